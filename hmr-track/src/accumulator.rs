@@ -1,0 +1,904 @@
+//! The accumulator: [`State`] (`stack` of open calls + `store` of entities) and `apply`, which
+//! validates an event fully and only then mutates, so a refused event changes nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApplyError;
+use crate::event::{Event, ModuleOutcome, UpdateOutcome};
+use crate::model::{
+    Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature, Subscription, Track,
+    signature_change,
+};
+use crate::path;
+
+/// Everything the accumulator knows: the open calls and the entities.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Open calls, per kind.
+    pub stack: Stack,
+    /// Entities by id, and the path index.
+    pub store: Store,
+    /// The next fresh id: greater than every id an event introduced.
+    pub next_id: Id,
+    /// The last module whose run returned `Ok`.
+    pub current_module: Option<ModuleId>,
+}
+
+/// Open calls, one vector per kind, innermost last.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Stack {
+    /// Open `module-call`s (at most one).
+    pub modules: Vec<ModuleId>,
+    /// Open `track-call`s.
+    pub tracks: Vec<TrackFrame>,
+    /// Open `pipeline-call`s and `operator-call`s.
+    pub entities: Vec<EntityFrame>,
+    /// Open `subscribe-call`s and `unsubscribe-call`s.
+    pub subscriptions: Vec<SubscriptionFrame>,
+}
+
+impl Stack {
+    /// True when no call of any kind is open (a balanced program ends so).
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+            && self.tracks.is_empty()
+            && self.entities.is_empty()
+            && self.subscriptions.is_empty()
+    }
+}
+
+/// An open track scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackFrame {
+    /// The track.
+    pub track: Id,
+    /// The index the next unkeyed child gets (0 each time the track is entered).
+    pub next_index: u32,
+    /// The core entity returned directly inside this scope so far.
+    pub entity: Option<Id>,
+    /// Kinds of the child tracks called so far, in order.
+    pub child_kinds: Vec<String>,
+}
+
+/// Which core entity an [`EntityFrame`] creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntityKind {
+    /// A `pipeline-call`.
+    Pipeline,
+    /// An `operator-call`.
+    Operator,
+}
+
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntityKind::Pipeline => "pipeline",
+            EntityKind::Operator => "operator",
+        })
+    }
+}
+
+/// An open `pipeline-call` or `operator-call`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityFrame {
+    /// The entity being created.
+    pub entity: Id,
+    /// Pipeline or operator.
+    pub kind: EntityKind,
+    /// How many track frames were open at the call; the return must see the same number.
+    pub track_depth: usize,
+}
+
+/// Which subscription call a [`SubscriptionFrame`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscriptionCall {
+    /// A `subscribe-call`.
+    Subscribe,
+    /// An `unsubscribe-call`.
+    Unsubscribe,
+}
+
+/// An open `subscribe-call` or `unsubscribe-call`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionFrame {
+    /// The subscription.
+    pub subscription: Id,
+    /// Subscribe or unsubscribe.
+    pub call: SubscriptionCall,
+    /// The registration run open at the call, if any (a failed run drops its frames).
+    pub module: Option<ModuleId>,
+}
+
+/// Entities by id (`BTreeMap`s, so serialization is deterministic) and the path index.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Store {
+    /// Registration runs.
+    pub modules: BTreeMap<ModuleId, Module>,
+    /// Tracks by id.
+    pub tracks: BTreeMap<Id, Track>,
+    /// Pipelines by id.
+    pub pipelines: BTreeMap<Id, Pipeline>,
+    /// Operators by id.
+    pub operators: BTreeMap<Id, Operator>,
+    /// Subscriptions by id.
+    pub subscriptions: BTreeMap<Id, Subscription>,
+    /// Structural path -> track id, one entry per track.
+    pub paths: BTreeMap<String, Id>,
+}
+
+/// Where the next `track-call` lands (computed from the stack top and validated).
+struct TrackPlan {
+    module: ModuleId,
+    index: Option<u32>,
+    parent: Option<Id>,
+    path: String,
+    existing: Option<Id>,
+}
+
+/// Applies `event` to `state` and returns the new state: the pure form of [`State::apply`].
+/// On error `state` is dropped (clone it first to keep it); [`State::apply`] keeps it instead.
+pub fn apply(mut state: State, event: &Event) -> Result<State, ApplyError> {
+    state.apply(event)?;
+    Ok(state)
+}
+
+impl State {
+    /// A state with nothing in it.
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Folds every event into a new state, stopping at the first error.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<State, ApplyError> {
+        let mut state = State::default();
+        for event in events {
+            state.apply(event)?;
+        }
+        Ok(state)
+    }
+
+    /// The id the next new track, entity or subscription should take.
+    pub fn fresh_id(&self) -> Id {
+        self.next_id
+    }
+
+    /// The module whose registration is running (between `module-call` and its return).
+    pub fn running_module(&self) -> Option<ModuleId> {
+        self.stack.modules.last().copied()
+    }
+
+    /// The id a `track-call` of `kind`/`key` must carry now: the id of the track already at the
+    /// path it would get (computed from the stack top), else [`State::fresh_id`]. Fails as the
+    /// `track-call` would (no module open, bad key, unkeyed top level, duplicate path).
+    pub fn track_id_for(&self, kind: &str, key: Option<&str>) -> Result<Id, ApplyError> {
+        let plan = self.plan_track_call("track-call", kind, key)?;
+        Ok(plan.existing.unwrap_or_else(|| self.fresh_id()))
+    }
+
+    /// True when a track, entity or subscription has this id.
+    pub fn id_in_use(&self, id: Id) -> bool {
+        self.store.tracks.contains_key(&id)
+            || self.store.pipelines.contains_key(&id)
+            || self.store.operators.contains_key(&id)
+            || self.store.subscriptions.contains_key(&id)
+    }
+
+    /// Applies one event atomically: on `Err` the state is exactly as before.
+    pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
+        match event {
+            Event::ModuleCall { module, label } => self.module_call(*module, label),
+            Event::ModuleCallReturn { module, outcome } => {
+                self.module_call_return(*module, outcome)
+            }
+            Event::TrackCall {
+                track,
+                kind,
+                key,
+                signature,
+            } => self.track_call(*track, kind, key.as_deref(), signature),
+            Event::TrackCallReturn { track } => self.track_call_return(*track),
+            Event::PipelineCall { entity, name } => {
+                self.entity_call("pipeline-call", *entity, EntityKind::Pipeline, name)
+            }
+            Event::PipelineCallReturn { entity } => {
+                self.entity_call_return("pipeline-call-return", *entity, EntityKind::Pipeline)
+            }
+            Event::OperatorCall { entity, kind } => {
+                self.entity_call("operator-call", *entity, EntityKind::Operator, kind)
+            }
+            Event::OperatorCallReturn { entity } => {
+                self.entity_call_return("operator-call-return", *entity, EntityKind::Operator)
+            }
+            Event::SubscribeCall {
+                subscription,
+                track,
+            } => self.subscribe_call(*subscription, *track),
+            Event::SubscribeCallReturn { subscription } => self.subscription_call_return(
+                "subscribe-call-return",
+                *subscription,
+                SubscriptionCall::Subscribe,
+            ),
+            Event::UnsubscribeCall { subscription } => self.unsubscribe_call(*subscription),
+            Event::UnsubscribeCallReturn { subscription } => self.subscription_call_return(
+                "unsubscribe-call-return",
+                *subscription,
+                SubscriptionCall::Unsubscribe,
+            ),
+            Event::TrackUpdate {
+                track,
+                module,
+                outcome,
+            } => self.track_update(*track, *module, outcome),
+        }
+    }
+
+    fn introduce(&mut self, id: Id) {
+        self.next_id = self.next_id.max(id.saturating_add(1));
+    }
+
+    fn open_module(&self, event: &'static str) -> Result<ModuleId, ApplyError> {
+        self.running_module()
+            .ok_or(ApplyError::NoModuleOpen { event })
+    }
+
+    // ---- modules -------------------------------------------------------------------------
+
+    fn module_call(&mut self, module: ModuleId, label: &str) -> Result<(), ApplyError> {
+        const EVENT: &str = "module-call";
+        if let Some(open) = self.running_module() {
+            return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
+        }
+        if let Some((&last, _)) = self.store.modules.last_key_value()
+            && module <= last
+        {
+            return Err(ApplyError::ModuleNotIncreasing {
+                event: EVENT,
+                module,
+                last,
+            });
+        }
+        self.stack.modules.push(module);
+        self.store.modules.insert(
+            module,
+            Module {
+                id: module,
+                label: label.to_owned(),
+                status: ModuleStatus::Running,
+            },
+        );
+        Ok(())
+    }
+
+    fn module_call_return(
+        &mut self,
+        module: ModuleId,
+        outcome: &ModuleOutcome,
+    ) -> Result<(), ApplyError> {
+        const EVENT: &str = "module-call-return";
+        let Some(open) = self.running_module() else {
+            return Err(ApplyError::ReturnWithoutCall {
+                event: EVENT,
+                found: module,
+            });
+        };
+        if open != module {
+            return Err(ApplyError::ReturnMismatch {
+                event: EVENT,
+                expected: open,
+                found: module,
+            });
+        }
+        match outcome {
+            ModuleOutcome::Ok => {
+                let scope = || format!("module {module}");
+                if let Some(frame) = self.stack.tracks.last() {
+                    return Err(ApplyError::OpenCallsInside {
+                        event: EVENT,
+                        scope: scope(),
+                        open: format!("track {}", frame.track),
+                    });
+                }
+                if let Some(frame) = self.stack.entities.last() {
+                    return Err(ApplyError::OpenCallsInside {
+                        event: EVENT,
+                        scope: scope(),
+                        open: format!("{} {}", frame.kind, frame.entity),
+                    });
+                }
+                if let Some(frame) = self
+                    .stack
+                    .subscriptions
+                    .iter()
+                    .find(|f| f.module == Some(module))
+                {
+                    return Err(ApplyError::OpenCallsInside {
+                        event: EVENT,
+                        scope: scope(),
+                        open: format!("subscription {}", frame.subscription),
+                    });
+                }
+                self.stack.modules.pop();
+                if let Some(m) = self.store.modules.get_mut(&module) {
+                    m.status = ModuleStatus::Ok;
+                }
+                self.current_module = Some(module);
+            }
+            ModuleOutcome::Failed { reason } => self.roll_back(module, reason),
+        }
+        Ok(())
+    }
+
+    /// Undoes the run `module`: its frames, the tracks it created, its pendings, its entities
+    /// and subscriptions. Cannot fail.
+    fn roll_back(&mut self, module: ModuleId, reason: &str) {
+        let Store {
+            modules,
+            tracks,
+            pipelines,
+            operators,
+            subscriptions,
+            paths,
+        } = &mut self.store;
+        self.stack.modules.pop();
+        self.stack.tracks.clear();
+        self.stack.entities.clear();
+        self.stack
+            .subscriptions
+            .retain(|frame| frame.module != Some(module));
+        tracks.retain(|_, track| {
+            if track.created_by == module {
+                paths.remove(&track.path);
+                return false;
+            }
+            if track.pending.as_ref().is_some_and(|p| p.module == module) {
+                track.pending = None;
+            }
+            true
+        });
+        pipelines.retain(|_, p| p.module != module);
+        operators.retain(|_, o| o.module != module);
+        subscriptions.retain(|_, s| s.module != Some(module));
+        if let Some(m) = modules.get_mut(&module) {
+            m.status = ModuleStatus::Failed {
+                reason: reason.to_owned(),
+            };
+        }
+    }
+
+    // ---- tracks --------------------------------------------------------------------------
+
+    fn plan_track_call(
+        &self,
+        event: &'static str,
+        kind: &str,
+        key: Option<&str>,
+    ) -> Result<TrackPlan, ApplyError> {
+        let module = self.open_module(event)?;
+        path::check_kind(event, kind)?;
+        if let Some(key) = key {
+            path::check_key(event, key)?;
+        }
+        let (parent, index, path) = match self.stack.tracks.last() {
+            None => match key {
+                Some(key) => (None, None, key.to_owned()),
+                None => {
+                    return Err(ApplyError::TopLevelNotKeyed {
+                        event,
+                        kind: kind.to_owned(),
+                    });
+                }
+            },
+            Some(frame) => {
+                let parent = self.store.tracks.get(&frame.track).ok_or_else(|| {
+                    ApplyError::BrokenTrack {
+                        event,
+                        track: frame.track,
+                        detail: "an open track frame names a track not in the store".into(),
+                    }
+                })?;
+                let index = match key {
+                    Some(_) => None,
+                    None if frame.next_index == u32::MAX => {
+                        return Err(ApplyError::TooManyChildren {
+                            event,
+                            parent: frame.track,
+                        });
+                    }
+                    None => Some(frame.next_index),
+                };
+                let segment = path::nested_segment(index, key, kind);
+                (
+                    Some(frame.track),
+                    index,
+                    path::join(&parent.path, &segment),
+                )
+            }
+        };
+        let existing = self.store.paths.get(&path).copied();
+        if let Some(id) = existing
+            && let Some(track) = self.store.tracks.get(&id)
+            && (track.module == module
+                || track.pending.as_ref().is_some_and(|p| p.module == module))
+        {
+            return Err(ApplyError::DuplicatePath {
+                event,
+                path,
+                module,
+            });
+        }
+        Ok(TrackPlan {
+            module,
+            index,
+            parent,
+            path,
+            existing,
+        })
+    }
+
+    fn track_call(
+        &mut self,
+        track: Id,
+        kind: &str,
+        key: Option<&str>,
+        signature: &Signature,
+    ) -> Result<(), ApplyError> {
+        const EVENT: &str = "track-call";
+        let plan = self.plan_track_call(EVENT, kind, key)?;
+        if !signature.kind.is_empty() && signature.kind != kind {
+            return Err(ApplyError::KindMismatch {
+                event: EVENT,
+                kind: kind.to_owned(),
+                signature_kind: signature.kind.clone(),
+            });
+        }
+        match plan.existing {
+            Some(expected) if expected != track => {
+                return Err(ApplyError::TrackIdMismatch {
+                    event: EVENT,
+                    path: plan.path,
+                    expected,
+                    found: track,
+                });
+            }
+            None if self.id_in_use(track) => {
+                return Err(ApplyError::IdInUse {
+                    event: EVENT,
+                    id: track,
+                });
+            }
+            _ => {}
+        }
+        // Validated: mutate.
+        let mut signature = signature.clone();
+        kind.clone_into(&mut signature.kind);
+        signature.children.clear();
+        if let Some(frame) = self.stack.tracks.last_mut() {
+            if plan.index.is_some() {
+                frame.next_index += 1;
+            }
+            frame.child_kinds.push(kind.to_owned());
+        }
+        let existing = plan
+            .existing
+            .and_then(|id| self.store.tracks.get_mut(&id));
+        match existing {
+            Some(existing) => {
+                existing.pending = Some(Pending {
+                    module: plan.module,
+                    signature,
+                    entity_id: None,
+                });
+            }
+            None => {
+                self.store.paths.insert(plan.path.clone(), track);
+                self.store.tracks.insert(
+                    track,
+                    Track {
+                        id: track,
+                        path: plan.path,
+                        entity_id: None,
+                        prev_entity_ids: Vec::new(),
+                        parent: plan.parent,
+                        index: plan.index,
+                        key: key.map(str::to_owned),
+                        kind: kind.to_owned(),
+                        signature,
+                        version: 0,
+                        module: plan.module,
+                        created_by: plan.module,
+                        pending: None,
+                    },
+                );
+                self.introduce(track);
+            }
+        }
+        self.stack.tracks.push(TrackFrame {
+            track,
+            next_index: 0,
+            entity: None,
+            child_kinds: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn track_call_return(&mut self, track: Id) -> Result<(), ApplyError> {
+        const EVENT: &str = "track-call-return";
+        let Some(frame) = self.stack.tracks.last() else {
+            return Err(ApplyError::ReturnWithoutCall {
+                event: EVENT,
+                found: track,
+            });
+        };
+        if frame.track != track {
+            return Err(ApplyError::ReturnMismatch {
+                event: EVENT,
+                expected: frame.track,
+                found: track,
+            });
+        }
+        if let Some(entity) = self.stack.entities.last()
+            && entity.track_depth >= self.stack.tracks.len()
+        {
+            return Err(ApplyError::OpenCallsInside {
+                event: EVENT,
+                scope: format!("track {track}"),
+                open: format!("{} {}", entity.kind, entity.entity),
+            });
+        }
+        let module = self.open_module(EVENT)?;
+        if !self.store.tracks.contains_key(&track) {
+            return Err(ApplyError::BrokenTrack {
+                event: EVENT,
+                track,
+                detail: "the open track frame names a track not in the store".into(),
+            });
+        }
+        // Validated: mutate.
+        let Some(frame) = self.stack.tracks.pop() else {
+            return Ok(());
+        };
+        if let Some(stored) = self.store.tracks.get_mut(&track) {
+            match stored.pending.as_mut() {
+                Some(pending) if pending.module == module => {
+                    pending.signature.children = frame.child_kinds;
+                    pending.entity_id = frame.entity;
+                }
+                _ => {
+                    stored.signature.children = frame.child_kinds;
+                    stored.entity_id = frame.entity;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn track_update(
+        &mut self,
+        track: Id,
+        module: ModuleId,
+        outcome: &UpdateOutcome,
+    ) -> Result<(), ApplyError> {
+        const EVENT: &str = "track-update";
+        if let Some(open) = self.running_module() {
+            return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
+        }
+        let Some(stored) = self.store.tracks.get(&track) else {
+            return Err(ApplyError::UnknownTrack {
+                event: EVENT,
+                track,
+            });
+        };
+        if self.current_module != Some(module) {
+            return Err(ApplyError::ModuleNotCurrent {
+                event: EVENT,
+                module,
+                current: self.current_module,
+            });
+        }
+        match outcome {
+            UpdateOutcome::Swapped | UpdateOutcome::Reset { .. } => {
+                let Some(pending) = stored.pending.as_ref().filter(|p| p.module == module) else {
+                    return Err(ApplyError::NoPending {
+                        event: EVENT,
+                        track,
+                        module,
+                    });
+                };
+                if *outcome == UpdateOutcome::Swapped
+                    && let Some(reason) = signature_change(&stored.signature, &pending.signature)
+                {
+                    return Err(ApplyError::SignatureChanged {
+                        event: EVENT,
+                        track,
+                        reason,
+                    });
+                }
+                // Validated: mutate.
+                let Some(stored) = self.store.tracks.get_mut(&track) else {
+                    return Ok(());
+                };
+                let Some(pending) = stored.pending.take() else {
+                    return Ok(());
+                };
+                stored.signature = pending.signature;
+                if let Some(old) = stored.entity_id.take() {
+                    stored.prev_entity_ids.push(old);
+                }
+                stored.entity_id = pending.entity_id;
+                stored.version += 1;
+                stored.module = module;
+            }
+            UpdateOutcome::Removed => {
+                if !(stored.module < module
+                    && stored.pending.as_ref().is_none_or(|p| p.module != module))
+                {
+                    return Err(ApplyError::NotOrphan {
+                        event: EVENT,
+                        track,
+                        module,
+                    });
+                }
+                let prefix = path::descendant_prefix(&stored.path);
+                if let Some((_, &child)) = self
+                    .store
+                    .paths
+                    .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+                    .next()
+                    .filter(|(p, _)| p.starts_with(&prefix))
+                {
+                    return Err(ApplyError::HasChildren {
+                        event: EVENT,
+                        track,
+                        child,
+                    });
+                }
+                let busy = self.store.subscriptions.values().find(|s| {
+                    s.track == track
+                        && (s.active
+                            || self
+                                .stack
+                                .subscriptions
+                                .iter()
+                                .any(|f| f.subscription == s.id))
+                });
+                if let Some(subscription) = busy {
+                    return Err(ApplyError::ActiveSubscription {
+                        event: EVENT,
+                        track,
+                        subscription: subscription.id,
+                    });
+                }
+                // Validated: mutate.
+                if let Some(removed) = self.store.tracks.remove(&track) {
+                    self.store.paths.remove(&removed.path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- core entities -------------------------------------------------------------------
+
+    fn entity_call(
+        &mut self,
+        event: &'static str,
+        entity: Id,
+        kind: EntityKind,
+        name: &str,
+    ) -> Result<(), ApplyError> {
+        let module = self.open_module(event)?;
+        if self.id_in_use(entity) {
+            return Err(ApplyError::IdInUse { event, id: entity });
+        }
+        // Validated: mutate.
+        match kind {
+            EntityKind::Pipeline => {
+                self.store.pipelines.insert(
+                    entity,
+                    Pipeline {
+                        id: entity,
+                        name: name.to_owned(),
+                        module,
+                    },
+                );
+            }
+            EntityKind::Operator => {
+                self.store.operators.insert(
+                    entity,
+                    Operator {
+                        id: entity,
+                        kind: name.to_owned(),
+                        module,
+                    },
+                );
+            }
+        }
+        self.stack.entities.push(EntityFrame {
+            entity,
+            kind,
+            track_depth: self.stack.tracks.len(),
+        });
+        self.introduce(entity);
+        Ok(())
+    }
+
+    fn entity_call_return(
+        &mut self,
+        event: &'static str,
+        entity: Id,
+        kind: EntityKind,
+    ) -> Result<(), ApplyError> {
+        let Some(frame) = self.stack.entities.last() else {
+            return Err(ApplyError::ReturnWithoutCall {
+                event,
+                found: entity,
+            });
+        };
+        if frame.entity != entity {
+            return Err(ApplyError::ReturnMismatch {
+                event,
+                expected: frame.entity,
+                found: entity,
+            });
+        }
+        if frame.kind != kind {
+            return Err(ApplyError::WrongReturnKind {
+                event,
+                id: entity,
+                open: format!("{}-call", frame.kind),
+            });
+        }
+        if frame.track_depth != self.stack.tracks.len() {
+            let crossed = self
+                .stack
+                .tracks
+                .get(frame.track_depth)
+                .map_or(entity, |t| t.track);
+            return Err(ApplyError::CrossesTrack {
+                event,
+                entity,
+                track: crossed,
+            });
+        }
+        if let Some(top) = self.stack.tracks.last()
+            && let Some(first) = top.entity
+        {
+            return Err(ApplyError::SecondEntity {
+                event,
+                track: top.track,
+                first,
+                second: entity,
+            });
+        }
+        // Validated: mutate.
+        self.stack.entities.pop();
+        if let Some(top) = self.stack.tracks.last_mut() {
+            top.entity = Some(entity);
+        }
+        Ok(())
+    }
+
+    // ---- subscriptions -------------------------------------------------------------------
+
+    fn subscribe_call(&mut self, subscription: Id, track: Id) -> Result<(), ApplyError> {
+        const EVENT: &str = "subscribe-call";
+        let Some(stored) = self.store.tracks.get(&track) else {
+            return Err(ApplyError::UnknownTrack {
+                event: EVENT,
+                track,
+            });
+        };
+        if !stored
+            .entity_id
+            .is_some_and(|e| self.store.pipelines.contains_key(&e))
+        {
+            return Err(ApplyError::NotAPipelineTrack {
+                event: EVENT,
+                track,
+            });
+        }
+        if self.id_in_use(subscription) {
+            return Err(ApplyError::IdInUse {
+                event: EVENT,
+                id: subscription,
+            });
+        }
+        // Validated: mutate.
+        let module = self.running_module();
+        self.store.subscriptions.insert(
+            subscription,
+            Subscription {
+                id: subscription,
+                track,
+                active: false,
+                module,
+            },
+        );
+        self.stack.subscriptions.push(SubscriptionFrame {
+            subscription,
+            call: SubscriptionCall::Subscribe,
+            module,
+        });
+        self.introduce(subscription);
+        Ok(())
+    }
+
+    fn unsubscribe_call(&mut self, subscription: Id) -> Result<(), ApplyError> {
+        const EVENT: &str = "unsubscribe-call";
+        let Some(stored) = self.store.subscriptions.get(&subscription) else {
+            return Err(ApplyError::UnknownSubscription {
+                event: EVENT,
+                subscription,
+            });
+        };
+        if self
+            .stack
+            .subscriptions
+            .iter()
+            .any(|f| f.subscription == subscription)
+        {
+            return Err(ApplyError::CallAlreadyOpen {
+                event: EVENT,
+                id: subscription,
+            });
+        }
+        if !stored.active {
+            return Err(ApplyError::SubscriptionNotActive {
+                event: EVENT,
+                subscription,
+            });
+        }
+        // Validated: mutate.
+        let module = self.running_module();
+        self.stack.subscriptions.push(SubscriptionFrame {
+            subscription,
+            call: SubscriptionCall::Unsubscribe,
+            module,
+        });
+        Ok(())
+    }
+
+    fn subscription_call_return(
+        &mut self,
+        event: &'static str,
+        subscription: Id,
+        call: SubscriptionCall,
+    ) -> Result<(), ApplyError> {
+        let Some(frame) = self.stack.subscriptions.last() else {
+            return Err(ApplyError::ReturnWithoutCall {
+                event,
+                found: subscription,
+            });
+        };
+        if frame.subscription != subscription {
+            return Err(ApplyError::ReturnMismatch {
+                event,
+                expected: frame.subscription,
+                found: subscription,
+            });
+        }
+        if frame.call != call {
+            let open = match frame.call {
+                SubscriptionCall::Subscribe => "subscribe-call",
+                SubscriptionCall::Unsubscribe => "unsubscribe-call",
+            };
+            return Err(ApplyError::WrongReturnKind {
+                event,
+                id: subscription,
+                open: open.to_owned(),
+            });
+        }
+        // Validated: mutate.
+        self.stack.subscriptions.pop();
+        if let Some(stored) = self.store.subscriptions.get_mut(&subscription) {
+            stored.active = call == SubscriptionCall::Subscribe;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! The closed event vocabulary: paired `*-call` / `*-call-return` events and `track-update`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Id, ModuleId, Signature};
+
+/// How a registration run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ModuleOutcome {
+    /// The registration ran to its end.
+    Ok,
+    /// The registration failed (panic, build or ABI error...): roll the run back.
+    Failed {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// What the host did with a track after a run of a newer plugin version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum UpdateOutcome {
+    /// Same path, same signature: the new code runs on the old state.
+    Swapped,
+    /// Same path, different signature: the state was rebuilt.
+    Reset {
+        /// Why (usually [`crate::signature_change`]'s text).
+        reason: String,
+    },
+    /// The track was not registered again: it was disposed.
+    Removed,
+}
+
+/// One event folded into the [`crate::State`]. Serialized with a `"type"` tag holding the
+/// kebab-case variant name: `{"type":"track-call","track":3,...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Event {
+    /// A run of a plugin version's registration starts.
+    ModuleCall {
+        /// The plugin version; greater than every earlier one.
+        module: ModuleId,
+        /// A label for people.
+        label: String,
+    },
+    /// The run ends.
+    ModuleCallReturn {
+        /// The run that ends (the one open).
+        module: ModuleId,
+        /// How it ended.
+        outcome: ModuleOutcome,
+    },
+    /// A track scope is entered (its parent is the open track on top of the stack).
+    TrackCall {
+        /// The id: the existing track's at the same path, else a fresh one
+        /// (see [`crate::State::track_id_for`]).
+        track: Id,
+        /// The scope kind.
+        kind: String,
+        /// The explicit key (required at top level).
+        key: Option<String>,
+        /// The signature; `children` is ignored (the accumulator fills it).
+        signature: Signature,
+    },
+    /// The track scope on top of the stack is left.
+    TrackCallReturn {
+        /// Must be the top track.
+        track: Id,
+    },
+    /// A pipeline (observable) is being created.
+    PipelineCall {
+        /// A fresh id.
+        entity: Id,
+        /// The pipeline's name.
+        name: String,
+    },
+    /// The pipeline creation returns.
+    PipelineCallReturn {
+        /// Must be the top open entity.
+        entity: Id,
+    },
+    /// An operator is being created.
+    OperatorCall {
+        /// A fresh id.
+        entity: Id,
+        /// The operator kind.
+        kind: String,
+    },
+    /// The operator creation returns.
+    OperatorCallReturn {
+        /// Must be the top open entity.
+        entity: Id,
+    },
+    /// A subscription to a pipeline track starts.
+    SubscribeCall {
+        /// A fresh id.
+        subscription: Id,
+        /// A pipeline track.
+        track: Id,
+    },
+    /// The subscription is active.
+    SubscribeCallReturn {
+        /// Must be the top open subscription call.
+        subscription: Id,
+    },
+    /// An active subscription is being ended.
+    UnsubscribeCall {
+        /// An active subscription.
+        subscription: Id,
+    },
+    /// The subscription is inactive.
+    UnsubscribeCallReturn {
+        /// Must be the top open subscription call.
+        subscription: Id,
+    },
+    /// A track moved to a new module version (or was removed from it).
+    TrackUpdate {
+        /// The track.
+        track: Id,
+        /// The run (the current module) the track moves to.
+        module: ModuleId,
+        /// What happened.
+        outcome: UpdateOutcome,
+    },
+}
+
+impl Event {
+    /// The serialized `"type"` of the event, e.g. `"track-call-return"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::ModuleCall { .. } => "module-call",
+            Event::ModuleCallReturn { .. } => "module-call-return",
+            Event::TrackCall { .. } => "track-call",
+            Event::TrackCallReturn { .. } => "track-call-return",
+            Event::PipelineCall { .. } => "pipeline-call",
+            Event::PipelineCallReturn { .. } => "pipeline-call-return",
+            Event::OperatorCall { .. } => "operator-call",
+            Event::OperatorCallReturn { .. } => "operator-call-return",
+            Event::SubscribeCall { .. } => "subscribe-call",
+            Event::SubscribeCallReturn { .. } => "subscribe-call-return",
+            Event::UnsubscribeCall { .. } => "unsubscribe-call",
+            Event::UnsubscribeCallReturn { .. } => "unsubscribe-call-return",
+            Event::TrackUpdate { .. } => "track-update",
+        }
+    }
+
+    /// True for the `*-call-return` events.
+    pub fn is_return(&self) -> bool {
+        self.name().ends_with("-return")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_tag_is_the_kebab_case_name() {
+        let events = [
+            Event::ModuleCall {
+                module: 1,
+                label: "v1".into(),
+            },
+            Event::ModuleCallReturn {
+                module: 1,
+                outcome: ModuleOutcome::Failed {
+                    reason: "panic".into(),
+                },
+            },
+            Event::TrackCall {
+                track: 0,
+                kind: "pipeline".into(),
+                key: Some("counter".into()),
+                signature: Signature::default(),
+            },
+            Event::TrackCallReturn { track: 0 },
+            Event::PipelineCall {
+                entity: 1,
+                name: "counter".into(),
+            },
+            Event::PipelineCallReturn { entity: 1 },
+            Event::OperatorCall {
+                entity: 2,
+                kind: "map".into(),
+            },
+            Event::OperatorCallReturn { entity: 2 },
+            Event::SubscribeCall {
+                subscription: 3,
+                track: 0,
+            },
+            Event::SubscribeCallReturn { subscription: 3 },
+            Event::UnsubscribeCall { subscription: 3 },
+            Event::UnsubscribeCallReturn { subscription: 3 },
+            Event::TrackUpdate {
+                track: 0,
+                module: 2,
+                outcome: UpdateOutcome::Reset {
+                    reason: "seed changed from 0 to 1".into(),
+                },
+            },
+        ];
+        for event in &events {
+            let json = serde_json::to_value(event).unwrap();
+            assert_eq!(json["type"], event.name(), "{json}");
+            let back: Event = serde_json::from_value(json).unwrap();
+            assert_eq!(&back, event);
+            assert_eq!(event.is_return(), event.name().ends_with("-call-return"));
+        }
+    }
+
+    #[test]
+    fn json_shape_is_stable() {
+        let json = serde_json::to_string(&Event::TrackUpdate {
+            track: 4,
+            module: 2,
+            outcome: UpdateOutcome::Swapped,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"track-update","track":4,"module":2,"outcome":{"type":"swapped"}}"#
+        );
+        let json = serde_json::to_string(&Event::ModuleCallReturn {
+            module: 1,
+            outcome: ModuleOutcome::Ok,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"module-call-return","module":1,"outcome":{"type":"ok"}}"#
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The tracking store of the HMR host: `hmr_track` entities, the paired call events that build
+//! them, a pure accumulator that folds events into a [`State`], and the structural-path queries
+//! the host reconciles with.
+//!
+//! While a plugin version runs its registration, the host emits [`Event`]s; [`State::apply`]
+//! folds each into a [`Stack`] of open calls and a [`Store`] of entities ([`Track`], [`Module`],
+//! [`Pipeline`], [`Operator`], [`Subscription`]). A track is named by its structural path; a
+//! later version registering the same path leaves a [`Pending`] on the existing track, and the
+//! host settles it with a `track-update` (swapped when the [`Signature`]s are equal, reset
+//! otherwise) or removes the [`State::orphans`] of the new run. The crate is pure data and logic:
+//! no I/O, no threads. [`Recorder`] keeps a state and its event log and picks ids.
+//!
+//! ```
+//! use hmr_track::{ModuleOutcome, Recorder, Signature, UpdateOutcome};
+//!
+//! # fn main() -> Result<(), hmr_track::ApplyError> {
+//! let mut rec = Recorder::new();
+//! // One run of the registration: p.pipeline("counter", ..).map(..).filter(..)
+//! let run = |rec: &mut Recorder| -> Result<u64, hmr_track::ApplyError> {
+//!     let module = rec.module_call("example-plugin")?;
+//!     let counter = rec.track_call("pipeline", Some("counter"), Signature::default())?;
+//!     let pipeline = rec.pipeline_call("counter")?;
+//!     rec.pipeline_call_return(pipeline)?;
+//!     for kind in ["map", "filter"] {
+//!         let track = rec.track_call(kind, None, Signature::default())?;
+//!         let op = rec.operator_call(kind)?;
+//!         rec.operator_call_return(op)?;
+//!         rec.track_call_return(track)?;
+//!     }
+//!     rec.track_call_return(counter)?;
+//!     rec.module_call_return(module, ModuleOutcome::Ok)?;
+//!     Ok(module)
+//! };
+//! run(&mut rec)?;
+//! let filter = rec.state.find_by_path("counter|1:filter").expect("registered").id;
+//! assert_eq!(rec.state.derive_structural_path(filter)?, "counter|1:filter");
+//!
+//! // The plugin is rebuilt: the same registration runs again as module 2.
+//! let module = run(&mut rec)?;
+//! assert!(rec.state.orphans(module).is_empty());
+//! for track in rec.state.pending_updates(module) {
+//!     rec.update(track, module, UpdateOutcome::Swapped)?;
+//! }
+//! assert_eq!(rec.state.track(filter).map(|t| t.version), Some(1));
+//! assert!(rec.state.stack.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Event vocabulary
+//!
+//! One closed enum, [`Event`], serialized with a `"type"` tag holding the kebab-case name. Calls
+//! come in pairs `xyz-call` / `xyz-call-return` and nest like a call stack:
+//!
+//! | event | meaning |
+//! |---|---|
+//! | `module-call` / `-return` | one run of a plugin version's registration; the return is `ok` or `failed` (a failed run is rolled back whole) |
+//! | `track-call` / `-return` | a track scope (the DSL's `pipeline(..)`, each operator, `scope("key", ..)`); the parent is the open track on top of the stack, never passed in the event |
+//! | `pipeline-call` / `-return` | a pipeline (observable) is created |
+//! | `operator-call` / `-return` | an operator is created |
+//! | `subscribe-call` / `-return` | a subscription to a pipeline track starts |
+//! | `unsubscribe-call` / `-return` | it ends |
+//! | `track-update` | after a run returned `ok`: a track moved to the new version (`swapped`, `reset` with a reason) or was `removed` |
+//!
+//! Track, pipeline and operator calls need an open `module-call`. Returns must match the
+//! innermost open call of their kind, and a scope cannot close while a call opened inside it is
+//! open. A refused event returns an [`ApplyError`] naming it and leaves the state untouched.
+//!
+//! # Correlation rule
+//!
+//! The core entity (pipeline or operator) whose `*-call-return` happens while a track is the top
+//! of the track stack — called and returned directly inside that scope, not inside a nested
+//! track — is what the scope returned. A scope returns at most one (a second is an error; an
+//! entity created inside another entity's call directly in the same scope counts too). At
+//! `track-call-return` it becomes the track's `entity_id` (a new track) or `pending.entity_id` (a
+//! track registered again by a later run). A scope that produced nothing (a keyed `scope`) keeps
+//! `entity_id` `None`. The same return also fills `signature.children` with the kinds of the
+//! scope's direct child tracks, in call order.
+//!
+//! # Path format
+//!
+//! - Top-level tracks must be keyed (the pipeline's name); their segment is the key verbatim.
+//! - A nested unkeyed track's segment is `{index}:{kind}`, the index counting the parent's
+//!   unkeyed children in this run of the parent (restarting each time the parent is entered,
+//!   like hook call order).
+//! - A nested keyed track's segment is `#{key}:{kind}`; it does not consume an index, so adding
+//!   or moving a keyed scope shifts no unkeyed sibling.
+//! - Segments are joined with `|`: `counter|0:map|1:filter`, `counter|#norm:scope|0:map`.
+//! - Keys are non-empty and hold none of `|`, `:`, `#`; kinds are non-empty without `|`. A path
+//!   registered twice in one run is an error.
+//!
+//! # From the TypeScript seed
+//!
+//! | seed (`tracking/v2`) | here |
+//! |---|---|
+//! | `__$(key, fn)` | the DSL's track scope: a `track-call` / `track-call-return` pair |
+//! | `hmr_track` | [`Track`] |
+//! | `hmr_module` | [`Module`] (one registration run, id = plugin version) |
+//! | `hmr-module-call` / `-return` | `module-call` / `module-call-return` |
+//! | `track-call` / `track-call-return` | the same names |
+//! | `observable` / `operator` / `subscription` | [`Pipeline`] / [`Operator`] / [`Subscription`] |
+//! | `deriveStructuralPath` | [`State::derive_structural_path`] |
+//! | `prev_observable_ids` | [`Track::prev_entity_ids`] |
+//! | `entity_id` | [`Track::entity_id`] |
+//! | `state$ = { stack, store }` | [`State`] `{ stack: Stack, store: Store, .. }` |
+//! | `03_scan-accumulator.ts` | [`apply`] / [`State::apply`] |
+//! | `index: 0 // TODO` | per-parent index, restarting each run ([`TrackFrame::next_index`]) |
+//! | orphans (completed, unsubscribed) | [`State::orphans`] + `track-update` `removed` |
+//!
+//! # Not covered
+//!
+//! Unsubscribing, inside a run that then fails, a subscription made before that run is not
+//! undone by the rollback.
+
+mod accumulator;
+mod error;
+mod event;
+mod model;
+pub mod path;
+mod query;
+mod recorder;
+
+pub use accumulator::{
+    EntityFrame, EntityKind, Stack, State, Store, SubscriptionCall, SubscriptionFrame, TrackFrame,
+    apply,
+};
+pub use error::ApplyError;
+pub use event::{Event, ModuleOutcome, UpdateOutcome};
+pub use model::{
+    Fingerprint, Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature,
+    Subscription, Track, signature_change,
+};
+pub use recorder::Recorder;

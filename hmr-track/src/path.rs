@@ -1,0 +1,89 @@
+//! Structural paths: segment format, key and kind rules.
+//!
+//! A top-level track's segment is its key verbatim (`counter`); a nested unkeyed track's is
+//! `"{index}:{kind}"` (`0:map`); a nested keyed track's is `"#{key}:{kind}"` (`#norm:scope`).
+//! Segments are joined with [`SEPARATOR`]: `counter|#norm:scope|0:map`.
+
+use crate::error::ApplyError;
+
+/// Joins the segments of a path.
+pub const SEPARATOR: char = '|';
+
+/// Characters a key may not hold (they delimit segments).
+pub const KEY_FORBIDDEN: [char; 3] = ['|', ':', '#'];
+
+/// Checks a key: non-empty, none of `|`, `:`, `#`.
+pub fn check_key(event: &'static str, key: &str) -> Result<(), ApplyError> {
+    if key.is_empty() || key.contains(KEY_FORBIDDEN) {
+        return Err(ApplyError::InvalidKey {
+            event,
+            key: key.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a kind: non-empty, no `|`.
+pub fn check_kind(event: &'static str, kind: &str) -> Result<(), ApplyError> {
+    if kind.is_empty() || kind.contains(SEPARATOR) {
+        return Err(ApplyError::InvalidKind {
+            event,
+            kind: kind.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The segment of a nested track: `#{key}:{kind}` when keyed, else `{index}:{kind}`.
+pub fn nested_segment(index: Option<u32>, key: Option<&str>, kind: &str) -> String {
+    match key {
+        Some(key) => format!("#{key}:{kind}"),
+        None => format!("{}:{kind}", index.unwrap_or_default()),
+    }
+}
+
+/// `parent|segment`.
+pub fn join(parent: &str, segment: &str) -> String {
+    let mut path = String::with_capacity(parent.len() + 1 + segment.len());
+    path.push_str(parent);
+    path.push(SEPARATOR);
+    path.push_str(segment);
+    path
+}
+
+/// The prefix every descendant path of `path` starts with (`path|`).
+pub fn descendant_prefix(path: &str) -> String {
+    join(path, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments() {
+        assert_eq!(nested_segment(Some(3), None, "map"), "3:map");
+        assert_eq!(nested_segment(None, Some("norm"), "scope"), "#norm:scope");
+        assert_eq!(join("counter", "0:map"), "counter|0:map");
+        assert_eq!(descendant_prefix("counter"), "counter|");
+    }
+
+    #[test]
+    fn key_rules() {
+        let table = [
+            ("norm", true),
+            ("counter-2", true),
+            ("with space", true),
+            ("", false),
+            ("a|b", false),
+            ("a:b", false),
+            ("#a", false),
+        ];
+        for (key, ok) in table {
+            assert_eq!(check_key("track-call", key).is_ok(), ok, "{key:?}");
+        }
+        for (kind, ok) in [("map", true), ("", false), ("a|b", false), ("a:b", true)] {
+            assert_eq!(check_kind("track-call", kind).is_ok(), ok, "{kind:?}");
+        }
+    }
+}

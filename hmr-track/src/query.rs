@@ -1,0 +1,137 @@
+//! Read-only queries on a [`State`]: structural paths, lookups, children, a module's tracks,
+//! orphans and pending updates.
+
+use std::ops::Bound;
+
+use crate::accumulator::State;
+use crate::error::ApplyError;
+use crate::model::{Id, ModuleId, Track};
+use crate::path;
+
+impl State {
+    /// The track with this id.
+    pub fn track(&self, id: Id) -> Option<&Track> {
+        self.store.tracks.get(&id)
+    }
+
+    /// The track at this structural path (O(log n) through the path index).
+    pub fn find_by_path(&self, path: &str) -> Option<&Track> {
+        self.store
+            .paths
+            .get(path)
+            .and_then(|id| self.store.tracks.get(id))
+    }
+
+    /// Rebuilds a track's path by walking its parents (`deriveStructuralPath` in the seed).
+    /// Always equal to the stored [`Track::path`] for a store built by `apply`.
+    pub fn derive_structural_path(&self, track: Id) -> Result<String, ApplyError> {
+        const QUERY: &str = "derive-structural-path";
+        let broken = |detail: String| ApplyError::BrokenTrack {
+            event: QUERY,
+            track,
+            detail,
+        };
+        let mut current = self.track(track).ok_or(ApplyError::UnknownTrack {
+            event: QUERY,
+            track,
+        })?;
+        let mut segments = Vec::new();
+        loop {
+            if segments.len() > self.store.tracks.len() {
+                return Err(broken("the parent chain has a cycle".into()));
+            }
+            match current.parent {
+                None => {
+                    let key = current.key.as_deref().ok_or_else(|| {
+                        broken(format!("top-level track {} has no key", current.id))
+                    })?;
+                    segments.push(key.to_owned());
+                    break;
+                }
+                Some(parent) => {
+                    if current.key.is_none() && current.index.is_none() {
+                        return Err(broken(format!(
+                            "track {} has neither key nor index",
+                            current.id
+                        )));
+                    }
+                    segments.push(path::nested_segment(
+                        current.index,
+                        current.key.as_deref(),
+                        &current.kind,
+                    ));
+                    current = self.track(parent).ok_or_else(|| {
+                        broken(format!("parent {parent} of track {} is missing", current.id))
+                    })?;
+                }
+            }
+        }
+        segments.reverse();
+        Ok(segments.join(&path::SEPARATOR.to_string()))
+    }
+
+    /// Tracks in the subtree below `path` (not `path` itself), in path order.
+    fn descendants<'a>(&'a self, path: &str) -> impl Iterator<Item = &'a Track> + 'a {
+        let prefix = path::descendant_prefix(path);
+        self.store
+            .paths
+            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .take_while(move |(p, _)| p.starts_with(&prefix))
+            .filter_map(|(_, id)| self.store.tracks.get(id))
+    }
+
+    /// The direct children of a track: unkeyed ones by index, then keyed ones by key.
+    /// Empty for an unknown track.
+    pub fn children(&self, track: Id) -> Vec<&Track> {
+        let Some(parent) = self.track(track) else {
+            return Vec::new();
+        };
+        let mut children: Vec<&Track> = self
+            .descendants(&parent.path)
+            .filter(|t| t.parent == Some(track))
+            .collect();
+        children.sort_by(|a, b| {
+            (a.index.is_none(), a.index, &a.key).cmp(&(b.index.is_none(), b.index, &b.key))
+        });
+        children
+    }
+
+    /// Tracks committed by `module` or pending from it, in path order.
+    pub fn tracks_of_module(&self, module: ModuleId) -> Vec<&Track> {
+        self.tracks_in_path_order()
+            .filter(|t| t.module == module || pending_from(t, module))
+            .collect()
+    }
+
+    /// Tracks with a registration pending from `module`, in path order.
+    pub fn pending_updates(&self, module: ModuleId) -> Vec<Id> {
+        self.tracks_in_path_order()
+            .filter(|t| pending_from(t, module))
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// Tracks that existed before run `module` and were not registered again in it, children
+    /// before parents (reverse path order), so they can be removed one by one.
+    pub fn orphans(&self, module: ModuleId) -> Vec<Id> {
+        self.store
+            .paths
+            .values()
+            .rev()
+            .filter_map(|id| self.store.tracks.get(id))
+            .filter(|t| t.module < module && !pending_from(t, module))
+            .map(|t| t.id)
+            .collect()
+    }
+
+    fn tracks_in_path_order(&self) -> impl Iterator<Item = &Track> {
+        self.store
+            .paths
+            .values()
+            .filter_map(|id| self.store.tracks.get(id))
+    }
+}
+
+fn pending_from(track: &Track, module: ModuleId) -> bool {
+    track.pending.as_ref().is_some_and(|p| p.module == module)
+}

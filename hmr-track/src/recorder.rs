@@ -1,0 +1,143 @@
+//! [`Recorder`]: a [`State`] plus the log of the events applied to it, with helpers that pick ids.
+
+use serde::{Deserialize, Serialize};
+
+use crate::accumulator::State;
+use crate::error::ApplyError;
+use crate::event::{Event, ModuleOutcome, UpdateOutcome};
+use crate::model::{Id, ModuleId, Signature};
+
+/// A state and the events that built it. Every helper emits events through [`Recorder::record`],
+/// so `State::replay(&recorder.log)` always rebuilds `recorder.state`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorder {
+    /// The state after every event of `log`.
+    pub state: State,
+    /// The events applied, in order (refused events are not logged).
+    pub log: Vec<Event>,
+}
+
+impl Recorder {
+    /// An empty recorder.
+    pub fn new() -> Recorder {
+        Recorder::default()
+    }
+
+    /// Applies `event`; logs it only if it was accepted.
+    pub fn record(&mut self, event: Event) -> Result<(), ApplyError> {
+        self.state.apply(&event)?;
+        self.log.push(event);
+        Ok(())
+    }
+
+    /// The module id the next `module_call` takes: the last module + 1 (1 for the first).
+    pub fn next_module(&self) -> ModuleId {
+        self.state
+            .store
+            .modules
+            .last_key_value()
+            .map_or(1, |(&last, _)| last + 1)
+    }
+
+    /// `module-call` for the next module; returns its id.
+    pub fn module_call(&mut self, label: &str) -> Result<ModuleId, ApplyError> {
+        let module = self.next_module();
+        self.record(Event::ModuleCall {
+            module,
+            label: label.to_owned(),
+        })?;
+        Ok(module)
+    }
+
+    /// `module-call-return`.
+    pub fn module_call_return(
+        &mut self,
+        module: ModuleId,
+        outcome: ModuleOutcome,
+    ) -> Result<(), ApplyError> {
+        self.record(Event::ModuleCallReturn { module, outcome })
+    }
+
+    /// `track-call` with the id [`State::track_id_for`] picks; returns it.
+    pub fn track_call(
+        &mut self,
+        kind: &str,
+        key: Option<&str>,
+        signature: Signature,
+    ) -> Result<Id, ApplyError> {
+        let track = self.state.track_id_for(kind, key)?;
+        self.record(Event::TrackCall {
+            track,
+            kind: kind.to_owned(),
+            key: key.map(str::to_owned),
+            signature,
+        })?;
+        Ok(track)
+    }
+
+    /// `track-call-return`.
+    pub fn track_call_return(&mut self, track: Id) -> Result<(), ApplyError> {
+        self.record(Event::TrackCallReturn { track })
+    }
+
+    /// `pipeline-call` with a fresh id; returns it.
+    pub fn pipeline_call(&mut self, name: &str) -> Result<Id, ApplyError> {
+        let entity = self.state.fresh_id();
+        self.record(Event::PipelineCall {
+            entity,
+            name: name.to_owned(),
+        })?;
+        Ok(entity)
+    }
+
+    /// `pipeline-call-return`.
+    pub fn pipeline_call_return(&mut self, entity: Id) -> Result<(), ApplyError> {
+        self.record(Event::PipelineCallReturn { entity })
+    }
+
+    /// `operator-call` with a fresh id; returns it.
+    pub fn operator_call(&mut self, kind: &str) -> Result<Id, ApplyError> {
+        let entity = self.state.fresh_id();
+        self.record(Event::OperatorCall {
+            entity,
+            kind: kind.to_owned(),
+        })?;
+        Ok(entity)
+    }
+
+    /// `operator-call-return`.
+    pub fn operator_call_return(&mut self, entity: Id) -> Result<(), ApplyError> {
+        self.record(Event::OperatorCallReturn { entity })
+    }
+
+    /// `subscribe-call` then `subscribe-call-return` with a fresh id; returns it.
+    pub fn subscribe(&mut self, track: Id) -> Result<Id, ApplyError> {
+        let subscription = self.state.fresh_id();
+        self.record(Event::SubscribeCall {
+            subscription,
+            track,
+        })?;
+        self.record(Event::SubscribeCallReturn { subscription })?;
+        Ok(subscription)
+    }
+
+    /// `unsubscribe-call` then `unsubscribe-call-return`.
+    pub fn unsubscribe(&mut self, subscription: Id) -> Result<(), ApplyError> {
+        self.record(Event::UnsubscribeCall { subscription })?;
+        self.record(Event::UnsubscribeCallReturn { subscription })
+    }
+
+    /// `track-update`.
+    pub fn update(
+        &mut self,
+        track: Id,
+        module: ModuleId,
+        outcome: UpdateOutcome,
+    ) -> Result<(), ApplyError> {
+        self.record(Event::TrackUpdate {
+            track,
+            module,
+            outcome,
+        })
+    }
+}

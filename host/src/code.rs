@@ -1,0 +1,302 @@
+//! One version of one pipeline's code ([`PipelineCode`]), its operators' state slots in host
+//! memory ([`StateSlots`]), and the calls into the plugin that run them.
+//!
+//! This module and `loader` / `register` are the only places that call plugin code.
+
+use std::alloc::Layout;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use hmr_track::{Fingerprint, Id};
+use plugin_api::abi::{
+    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, SourceDesc, source_kind, status,
+};
+
+use crate::loader::LibVersion;
+
+/// An operator of a compiled pipeline.
+#[derive(Clone, Debug)]
+pub struct OpCode {
+    /// Its track in the store (stable across versions for the same structural path).
+    pub track: Id,
+    /// Its structural path.
+    pub path: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its state type (`None` for stateless operators).
+    pub state: Option<Fingerprint>,
+    /// Debug text of its seed arguments.
+    pub seed: Option<String>,
+    pub(crate) layout: Layout,
+    pub(crate) init: InitFn,
+    pub(crate) drop: DropStateFn,
+}
+
+impl OpCode {
+    /// Whether state written by `old` may be handed to this operator unchanged: same track,
+    /// same state type, same seed.
+    pub fn keeps_state_of(&self, old: &OpCode) -> bool {
+        self.track == old.track && self.state == old.state && self.seed == old.seed
+    }
+}
+
+/// One plugin version's code for one pipeline.
+pub struct PipelineCode {
+    /// Pipeline name.
+    pub name: String,
+    /// The pipeline's track.
+    pub track: Id,
+    /// Plugin version.
+    pub version: u64,
+    /// Its source.
+    pub source: SourceDesc,
+    /// Operators in chain order.
+    pub ops: Vec<OpCode>,
+    pub(crate) env: *mut c_void,
+    pub(crate) push: PushFn,
+    pub(crate) complete: CompleteFn,
+    pub(crate) drop_env: DropEnvFn,
+    pub(crate) lib: Arc<LibVersion>,
+}
+
+impl std::fmt::Debug for PipelineCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineCode")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("ops", &self.ops)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: `env` is the plugin's `Env<S>` where every stage is `Send + Sync` (bounds of the
+// DSL's `Stage` trait), and the function pointers are immutable code in a library that is
+// never unmapped (`lib` keeps it counted as live).
+unsafe impl Send for PipelineCode {}
+// SAFETY: as above; the plugin's entry points take `env` by shared pointer only.
+unsafe impl Sync for PipelineCode {}
+
+impl Drop for PipelineCode {
+    fn drop(&mut self) {
+        // SAFETY: `env` came from this version's `finish` and is freed once, here, by the
+        // same version's drop function; the library is still mapped (`self.lib`).
+        unsafe { (self.drop_env)(self.env) }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// All values went through.
+    Continue,
+    /// The chain completed after taking `consumed` values.
+    Complete {
+        /// Values taken, the one that completed the chain included.
+        consumed: usize,
+    },
+    /// A user function panicked on the value at `consumed - 1`; the plugin reported it.
+    Panicked {
+        /// Values taken, the panicking one included.
+        consumed: usize,
+    },
+}
+
+impl PipelineCode {
+    /// Whether the source is a `range` (batched, completes).
+    pub fn is_batch(&self) -> bool {
+        self.source.kind == source_kind::RANGE
+    }
+
+    /// The library version this code belongs to.
+    pub fn lib(&self) -> &Arc<LibVersion> {
+        &self.lib
+    }
+
+    /// Runs `items` through the chain.
+    pub fn push(&self, states: &StateSlots, items: &[u64], cx: &EmitCx) -> Pushed {
+        debug_assert_eq!(states.ptrs.len(), self.ops.len());
+        let mut consumed = 0usize;
+        // SAFETY: `states` was built for this code's operators by `StateSlots::new` or
+        // `migrate` (one initialised slot per operator, fingerprint-checked); `items` and
+        // `cx` are valid for the call; the plugin catches every panic before returning.
+        let s = unsafe {
+            (self.push)(
+                self.env,
+                states.ptrs.as_ptr(),
+                items.as_ptr(),
+                items.len(),
+                cx,
+                &mut consumed,
+            )
+        };
+        match s {
+            status::CONTINUE => Pushed::Continue,
+            status::COMPLETE => Pushed::Complete {
+                consumed: consumed.clamp(1, items.len().max(1)),
+            },
+            _ => Pushed::Panicked {
+                consumed: consumed.clamp(1, items.len().max(1)),
+            },
+        }
+    }
+
+    /// Tells the chain its source completed; false if a user function panicked.
+    pub fn complete(&self, states: &StateSlots, cx: &EmitCx) -> bool {
+        // SAFETY: as in `push`.
+        let s = unsafe { (self.complete)(self.env, states.ptrs.as_ptr(), cx) };
+        s != status::PANICKED
+    }
+}
+
+struct Slot {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    op: OpCode,
+    /// The version whose `drop` this slot will call; kept live while the slot exists.
+    lib: Arc<LibVersion>,
+}
+
+/// The state slots of one running pipeline, in host memory, one per operator.
+pub struct StateSlots {
+    slots: Vec<Slot>,
+    ptrs: Vec<*mut u8>,
+}
+
+impl std::fmt::Debug for StateSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateSlots")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+// SAFETY: slots hold values of `Send` state types (DSL bounds) and are used by one thread
+// at a time (the pipeline's runner owns them).
+unsafe impl Send for StateSlots {}
+
+/// A state's seed could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("the seed of {path} panicked while being cloned")]
+pub struct InitError {
+    /// The operator.
+    pub path: String,
+}
+
+impl StateSlots {
+    /// No slots (a placeholder while slots are being migrated).
+    pub fn empty() -> StateSlots {
+        StateSlots {
+            slots: Vec::new(),
+            ptrs: Vec::new(),
+        }
+    }
+
+    /// Fresh, seeded slots for every operator of `code`.
+    pub fn new(code: &PipelineCode) -> Result<StateSlots, InitError> {
+        let mut slots = StateSlots {
+            slots: Vec::with_capacity(code.ops.len()),
+            ptrs: Vec::with_capacity(code.ops.len()),
+        };
+        for (i, op) in code.ops.iter().enumerate() {
+            let slot = fresh_slot(code, i, op)?;
+            slots.ptrs.push(slot.ptr.as_ptr());
+            slots.slots.push(slot);
+        }
+        Ok(slots)
+    }
+
+    /// Moves these slots (written by `old`'s operators) to `new`'s operators: a slot whose
+    /// operator has the same track, state type and seed in `new` is kept as it is; every other
+    /// operator of `new` gets a fresh seed, and slots nobody takes are dropped with the code
+    /// that made them. Returns the paths whose state was reset.
+    pub fn migrate(self, new: &PipelineCode) -> Result<(StateSlots, Vec<String>), InitError> {
+        let mut old: Vec<Option<Slot>> = self.into_slots().into_iter().map(Some).collect();
+        let mut out = StateSlots {
+            slots: Vec::with_capacity(new.ops.len()),
+            ptrs: Vec::with_capacity(new.ops.len()),
+        };
+        let mut reset = Vec::new();
+        for (i, op) in new.ops.iter().enumerate() {
+            let kept = old
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|s| op.keeps_state_of(&s.op)))
+                .and_then(Option::take);
+            let slot = match kept {
+                Some(mut s) => {
+                    // Fingerprint-equal types: the new version's drop glue is as good as the
+                    // old one's, and using it lets the old version retire.
+                    s.op = op.clone();
+                    s.lib = new.lib.clone();
+                    s
+                }
+                None => {
+                    if op.state.is_some() {
+                        reset.push(op.path.clone());
+                    }
+                    fresh_slot(new, i, op)?
+                }
+            };
+            out.ptrs.push(slot.ptr.as_ptr());
+            out.slots.push(slot);
+        }
+        // Slots not taken drop here, through their own version's drop function.
+        drop(old);
+        Ok((out, reset))
+    }
+
+    fn into_slots(mut self) -> Vec<Slot> {
+        self.ptrs.clear();
+        std::mem::take(&mut self.slots)
+    }
+}
+
+fn fresh_slot(code: &PipelineCode, index: usize, op: &OpCode) -> Result<Slot, InitError> {
+    let ptr = if op.layout.size() == 0 {
+        // A dangling pointer aligned for the type is valid for zero-sized reads and writes.
+        NonNull::new(op.layout.align() as *mut u8).unwrap_or(NonNull::dangling())
+    } else {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc(op.layout) };
+        NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(op.layout))
+    };
+    // SAFETY: `ptr` is valid and aligned for the operator's state layout (checked against its
+    // fingerprint at registration), and `init` is this code's own initialiser.
+    let ok = unsafe { (op.init)(code.env, index as u32, ptr.as_ptr()) };
+    if !ok {
+        if op.layout.size() != 0 {
+            // SAFETY: allocated above with this layout and never initialised.
+            unsafe { std::alloc::dealloc(ptr.as_ptr(), op.layout) };
+        }
+        return Err(InitError {
+            path: op.path.clone(),
+        });
+    }
+    Ok(Slot {
+        ptr,
+        layout: op.layout,
+        op: op.clone(),
+        lib: code.lib.clone(),
+    })
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: the slot holds an initialised value of the operator's state type, which is
+        // dropped once, here, by the drop function of the version that seeded it (or of a
+        // fingerprint-equal one); `self.lib` keeps that version live.
+        let _ = unsafe { (self.op.drop)(self.ptr.as_ptr()) };
+        let _ = &self.lib;
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `fresh_slot` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        }
+    }
+}
+
+impl Drop for StateSlots {
+    fn drop(&mut self) {
+        self.ptrs.clear();
+        self.slots.clear();
+    }
+}

@@ -1,0 +1,230 @@
+//! What the host reports: the [`HostEvent`]s of the command-line contract, and the sinks
+//! that print them (one JSON object per line, or text for a person) or hand them to tests.
+
+use std::io::Write;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// A track as reported in `loaded` and `reload` events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TrackInfo {
+    /// Structural path, e.g. `counter|2:scan`.
+    pub path: String,
+    /// Operator kind (`pipeline`, `map`, `scope`, ...).
+    pub kind: String,
+    /// How many times its code was swapped or its state reset.
+    pub version: u64,
+}
+
+/// A track whose state was reset by a reload, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResetInfo {
+    /// Structural path.
+    pub path: String,
+    /// Why its signature no longer matches.
+    pub reason: String,
+}
+
+/// One event of the host's output contract (see DESIGN.md, "Contract").
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum HostEvent {
+    /// The first version was loaded and its pipelines started.
+    Loaded {
+        /// Plugin version (1 for the first load).
+        version: u64,
+        /// Every track of the version.
+        tracks: Vec<TrackInfo>,
+        /// Milliseconds cargo took.
+        build_ms: u64,
+        /// Milliseconds to copy, open, check and register the library.
+        load_ms: u64,
+    },
+    /// A `log` operator saw a value.
+    Emission {
+        /// Pipeline name.
+        pipeline: String,
+        /// Plugin version whose code produced the value.
+        version: u64,
+        /// The value's Debug text.
+        value: String,
+    },
+    /// A new version replaced the running one.
+    Reload {
+        /// The new plugin version.
+        version: u64,
+        /// Tracks whose code was swapped with their state kept.
+        swapped: usize,
+        /// Tracks whose state was reset, with the reason.
+        reset: Vec<ResetInfo>,
+        /// Paths of new tracks.
+        added: Vec<String>,
+        /// Paths of tracks no longer registered, now disposed.
+        removed: Vec<String>,
+        /// Milliseconds cargo took.
+        build_ms: u64,
+        /// Milliseconds to copy, open, check and register the library.
+        load_ms: u64,
+        /// Microseconds to reconcile and publish the new code.
+        swap_us: u64,
+        /// Library versions still mapped (never unmapped, see ARCHITECTURE.md).
+        mapped_versions: usize,
+        /// Versions whose code may still run or own something.
+        live_versions: usize,
+        /// Every track of the new version.
+        tracks: Vec<TrackInfo>,
+    },
+    /// Cargo failed; the running version stays.
+    BuildFailed {
+        /// The first error diagnostic as cargo rendered it.
+        error: String,
+    },
+    /// The library could not be loaded or registered; the running version stays.
+    LoadFailed {
+        /// The cause.
+        error: String,
+    },
+    /// A user function panicked during an emission.
+    Error {
+        /// Pipeline name.
+        pipeline: String,
+        /// The structural path of the operator that panicked.
+        path: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// A pipeline's source completed (or a `take` completed it).
+    Completed {
+        /// Pipeline name.
+        pipeline: String,
+        /// Values its source produced.
+        emissions: u64,
+        /// Microseconds from its first source value to its completion.
+        elapsed_us: u64,
+    },
+}
+
+/// Where events go. Called from source threads and the reloader at once.
+pub trait EventSink: Send + Sync {
+    /// Delivers one event.
+    fn event(&self, event: HostEvent);
+}
+
+/// Prints each event as one JSON object per line on stdout.
+#[derive(Debug, Default)]
+pub struct JsonSink;
+
+impl EventSink for JsonSink {
+    fn event(&self, event: HostEvent) {
+        let line = serde_json::to_string(&event).unwrap_or_else(|e| {
+            format!(r#"{{"event":"error","pipeline":"","path":"","message":"cannot encode event: {e}"}}"#)
+        });
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (the reader went away) is not worth crashing the host for.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Prints events for a person.
+#[derive(Debug, Default)]
+pub struct HumanSink;
+
+impl EventSink for HumanSink {
+    fn event(&self, event: HostEvent) {
+        let text = human(&event);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+}
+
+fn human(event: &HostEvent) -> String {
+    match event {
+        HostEvent::Loaded {
+            version,
+            tracks,
+            build_ms,
+            load_ms,
+        } => {
+            let mut s = format!(
+                "[hmr] loaded v{version}: {} tracks (build {build_ms} ms, load {load_ms} ms)",
+                tracks.len()
+            );
+            for t in tracks {
+                s.push_str(&format!("\n[hmr]   {}", t.path));
+            }
+            s
+        }
+        HostEvent::Emission {
+            pipeline,
+            version,
+            value,
+        } => format!("{pipeline} v{version}: {value}"),
+        HostEvent::Reload {
+            version,
+            swapped,
+            reset,
+            added,
+            removed,
+            build_ms,
+            load_ms,
+            swap_us,
+            mapped_versions,
+            live_versions,
+            ..
+        } => {
+            let mut s = format!(
+                "[hmr] reload v{version}: {swapped} swapped, {} reset, {} added, {} removed \
+                 (build {build_ms} ms, load {load_ms} ms, swap {swap_us} us; \
+                 {mapped_versions} versions mapped, {live_versions} live)",
+                reset.len(),
+                added.len(),
+                removed.len()
+            );
+            for r in reset {
+                s.push_str(&format!("\n[hmr]   reset {}: {}", r.path, r.reason));
+            }
+            for a in added {
+                s.push_str(&format!("\n[hmr]   added {a}"));
+            }
+            for r in removed {
+                s.push_str(&format!("\n[hmr]   removed {r}"));
+            }
+            s
+        }
+        HostEvent::BuildFailed { error } => {
+            format!("[hmr] build failed, still running the last good version:\n{error}")
+        }
+        HostEvent::LoadFailed { error } => {
+            format!("[hmr] load failed, still running the last good version: {error}")
+        }
+        HostEvent::Error {
+            pipeline,
+            path,
+            message,
+        } => format!("[hmr] error in {pipeline} at {path}: {message}"),
+        HostEvent::Completed {
+            pipeline,
+            emissions,
+            elapsed_us,
+        } => format!("[hmr] {pipeline} completed after {emissions} values in {elapsed_us} us"),
+    }
+}
+
+/// Sends every event to a channel (the test kit reads it).
+#[derive(Debug)]
+pub struct ChannelSink(pub Mutex<Sender<HostEvent>>);
+
+impl EventSink for ChannelSink {
+    fn event(&self, event: HostEvent) {
+        if let Ok(tx) = self.0.lock() {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// A shared sink.
+pub type Sink = Arc<dyn EventSink>;

@@ -1,0 +1,29 @@
+//! The hmr host: runs the reactive pipelines of a plugin crate and hot-swaps their code on
+//! every save, keeping subscriptions, sources and operator state alive.
+//!
+//! The pieces, in the order a save travels through them:
+//! [`watch`] (file events, debounce) → [`cargo`] (build, find the cdylib) → [`loader`]
+//! (private copy, `dlopen`, ABI header) → [`register`] (run the plugin's registration into
+//! the tracking store, `hmr_track`) → [`reloader`] (reconcile by structural path) →
+//! [`runtime`] (publish, migrate state at the next emission) → [`events`] (what is printed).
+//! [`session`] ties them together; [`testkit`] drives them from tests.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use host::{events::HumanSink, session::{Options, Session}};
+//!
+//! let session = Session::start(&Options::new("example-plugin"), Arc::new(HumanSink))?;
+//! session.wait();
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod cargo;
+pub mod code;
+pub mod events;
+pub mod loader;
+pub mod register;
+pub mod reloader;
+pub mod runtime;
+pub mod session;
+pub mod testkit;
+pub mod watch;

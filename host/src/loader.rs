@@ -1,0 +1,266 @@
+//! Loading one plugin version: copy the built library, open it, check its ABI header.
+//!
+//! 1. **Copy** the library cargo built to a private, unique path (`v{N}-{file}` in a
+//!    directory of this process), so the next build can overwrite cargo's output while this
+//!    version stays mapped, and so the dynamic loader never hands back an already-open copy
+//!    of an older build under the same name.
+//! 2. **Open** it with `RTLD_NOW | RTLD_LOCAL`: every symbol resolves now (a broken library
+//!    fails here, not at its first call) and none of its symbols leak into the global scope
+//!    where the next version would bind to them.
+//! 3. **Read the header** through `hmr_plugin_header`: first the frozen fields (magic, ABI
+//!    version, header size), then, only if they match, the plugin-api version, the rustc
+//!    version and the target.
+//! 4. **Keep it mapped forever.** A [`LibVersion`] never calls `dlclose`: closures, drop glue
+//!    and thread-local destructors of the version may still run, and on glibc unloading a Rust
+//!    library with thread-local destructors is unsound (see ARCHITECTURE.md, hazards).
+
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use plugin_api::abi::{self, PluginHeader, RStr};
+
+/// Why a library could not be loaded. Each variant names the library.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The private copy could not be made.
+    #[error("cannot copy {from} to {to}: {source}")]
+    Copy {
+        /// Cargo's output.
+        from: PathBuf,
+        /// The private copy.
+        to: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `dlopen` refused the file (truncated, half-written, not a library, missing symbols).
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The library.
+        path: PathBuf,
+        /// The loader's message.
+        source: libloading::Error,
+    },
+    /// The library does not export the entry symbol: not a plugin crate.
+    #[error("{path} does not export `{symbol}`: is it a plugin crate ending in `plugin_api::export_plugin!(register);`?")]
+    MissingSymbol {
+        /// The library.
+        path: PathBuf,
+        /// The symbol looked up.
+        symbol: String,
+    },
+    /// The header's magic bytes are wrong: not a header of ours.
+    #[error("{path}: the plugin header has magic {found:?}, expected {expected:?}")]
+    BadMagic {
+        /// The library.
+        path: PathBuf,
+        /// What we expect.
+        expected: [u8; 8],
+        /// What the library has.
+        found: [u8; 8],
+    },
+    /// A header field does not match this host.
+    #[error("{path} was built with {field} {found}, this host has {expected}: rebuild the plugin against this host's plugin-api")]
+    Mismatch {
+        /// The library.
+        path: PathBuf,
+        /// Which field (`ABI version`, `plugin-api version`, `rustc`, `target`, `header size`).
+        field: &'static str,
+        /// This host's value.
+        expected: String,
+        /// The plugin's value.
+        found: String,
+    },
+}
+
+/// A loaded, checked plugin library. Never unmapped.
+pub struct LibVersion {
+    version: u64,
+    path: PathBuf,
+    header: *const PluginHeader,
+    _lib: ManuallyDrop<libloading::Library>,
+}
+
+impl std::fmt::Debug for LibVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibVersion")
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: `header` points at immutable `'static` data in a library that is never unmapped
+// (`_lib` is never dropped), so the pointer may be shared and sent between threads.
+unsafe impl Send for LibVersion {}
+// SAFETY: as above; nothing in a `LibVersion` is mutated after construction.
+unsafe impl Sync for LibVersion {}
+
+impl LibVersion {
+    /// The plugin version number.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The private copy that is mapped.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &PluginHeader {
+        // SAFETY: checked in `Loader::load` (magic, ABI version and size match this build of
+        // plugin-api) and the library stays mapped for the life of the process.
+        unsafe { &*self.header }
+    }
+}
+
+/// Copies and opens plugin libraries in a private directory of this process.
+#[derive(Debug)]
+pub struct Loader {
+    dir: PathBuf,
+}
+
+static LOADER_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Loader {
+    /// A loader whose copies live in a new directory under the system temp dir.
+    pub fn new() -> std::io::Result<Loader> {
+        let dir = std::env::temp_dir().join(format!(
+            "hmr-host-{}-{}",
+            std::process::id(),
+            LOADER_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Loader { dir })
+    }
+
+    /// Loads the library cargo built at `built` as plugin version `version`.
+    pub fn load(&self, built: &Path, version: u64) -> Result<Arc<LibVersion>, LoadError> {
+        let file = built
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".to_owned());
+        let path = self.dir.join(format!("v{version}-{file}"));
+        std::fs::copy(built, &path).map_err(|source| LoadError::Copy {
+            from: built.to_owned(),
+            to: path.clone(),
+            source,
+        })?;
+        let lib = open(&path)?;
+        let header = read_header(&lib, &path)?;
+        Ok(Arc::new(LibVersion {
+            version,
+            path,
+            header,
+            _lib: ManuallyDrop::new(lib),
+        }))
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Mapped libraries stay mapped after their file is unlinked.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(unix)]
+fn open(path: &Path) -> Result<libloading::Library, LoadError> {
+    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+    // SAFETY: opening a library runs its initialisers. The file is a copy of what cargo
+    // built from the plugin crate the user pointed us at; running its code is the purpose
+    // of this tool. Rust cdylibs have no initialisers beyond std's own.
+    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+        .map(libloading::Library::from)
+        .map_err(|source| LoadError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(not(unix))]
+fn open(path: &Path) -> Result<libloading::Library, LoadError> {
+    // SAFETY: as on unix: running the plugin's initialisers is the purpose of the tool.
+    unsafe { libloading::Library::new(path) }.map_err(|source| LoadError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_header(lib: &libloading::Library, path: &Path) -> Result<*const PluginHeader, LoadError> {
+    let symbol = String::from_utf8_lossy(abi::HEADER_SYMBOL).into_owned();
+    // SAFETY: every plugin built with plugin-api exports `hmr_plugin_header` with exactly
+    // this signature (`export_plugin!`). A foreign library exporting the name with another
+    // signature cannot be told apart here; the magic check below catches most such cases.
+    let get_header: libloading::Symbol<'_, extern "C" fn() -> *const PluginHeader> =
+        unsafe { lib.get(abi::HEADER_SYMBOL) }.map_err(|_| LoadError::MissingSymbol {
+            path: path.to_owned(),
+            symbol,
+        })?;
+    let header = get_header();
+    if header.is_null() {
+        return Err(mismatch(path, "header", "a header", "a null pointer"));
+    }
+    // SAFETY: the first 16 bytes of every header version are `magic`, `abi_version` and
+    // `header_size` (frozen fields, `#[repr(C)]`), so reading them is valid whatever
+    // version of plugin-api built the library.
+    let (magic, abi_version, header_size) = unsafe {
+        let base = header.cast::<u8>();
+        (
+            base.cast::<[u8; 8]>().read_unaligned(),
+            base.add(8).cast::<u32>().read_unaligned(),
+            base.add(12).cast::<u32>().read_unaligned(),
+        )
+    };
+    if magic != abi::MAGIC {
+        return Err(LoadError::BadMagic {
+            path: path.to_owned(),
+            expected: abi::MAGIC,
+            found: magic,
+        });
+    }
+    if abi_version != abi::ABI_VERSION {
+        return Err(mismatch(
+            path,
+            "ABI version",
+            abi::ABI_VERSION,
+            abi_version,
+        ));
+    }
+    let size = std::mem::size_of::<PluginHeader>();
+    if header_size as usize != size {
+        return Err(mismatch(path, "header size", size, header_size));
+    }
+    // SAFETY: magic, ABI version and size match, so the whole struct has our layout; it is
+    // static data in a library we never unmap.
+    let h = unsafe { &*header };
+    let fields: [(&'static str, RStr, &str); 3] = [
+        ("plugin-api version", h.api_version, abi::API_VERSION),
+        ("rustc", h.rustc_version, abi::RUSTC_VERSION),
+        ("target", h.target, abi::TARGET),
+    ];
+    for (field, theirs, ours) in fields {
+        // SAFETY: header strings point at string constants in the library image.
+        let theirs = unsafe { theirs.to_string_lossy() }.unwrap_or_default();
+        if theirs != ours {
+            return Err(mismatch(path, field, ours, theirs));
+        }
+    }
+    Ok(header)
+}
+
+fn mismatch(
+    path: &Path,
+    field: &'static str,
+    expected: impl ToString,
+    found: impl ToString,
+) -> LoadError {
+    LoadError::Mismatch {
+        path: path.to_owned(),
+        field,
+        expected: expected.to_string(),
+        found: found.to_string(),
+    }
+}

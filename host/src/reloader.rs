@@ -1,0 +1,335 @@
+//! The reload sequence. One call of [`Reloader::reload`] is one attempt, all or nothing:
+//!
+//! 1. **Build**: `cargo build` the plugin ([`crate::cargo`]); on a compile error report
+//!    `build-failed` with the first diagnostic and stop here.
+//! 2. **Load**: copy the library to a private path, open it, check its ABI header
+//!    ([`crate::loader`]); on any mismatch report `load-failed` and stop here.
+//! 3. **Register**: run the plugin's `register` inside a `module-call` of the tracking store
+//!    ([`crate::register`]); a panic or a refused track rolls the run back (`load-failed`).
+//! 4. **Reconcile** by structural path: every re-registered track gets a `track-update`,
+//!    `swapped` when its signature is unchanged, `reset` (with the reason) when not; new
+//!    tracks are `added`; tracks of the previous version not registered again are `removed`,
+//!    only now that the registration ran to its end.
+//! 5. **Swap**: publish each pipeline's new code with one atomic store ([`crate::runtime`]);
+//!    each source thread migrates its own state at its next emission. Removed pipelines are
+//!    unsubscribed and stopped; new ones subscribed and started.
+//! 6. **Report** one `loaded` / `reload` event with the counts and timings.
+//!
+//! Until step 5 nothing running has changed, so any failure leaves the last good version
+//! running untouched. Versions are retired, never unmapped ([`crate::loader`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hmr_track::{Id, Recorder, UpdateOutcome, signature_change};
+
+use crate::cargo::{self, BuildConfig};
+use crate::code::PipelineCode;
+use crate::events::{HostEvent, ResetInfo, Sink, TrackInfo};
+use crate::loader::{LibVersion, Loader};
+use crate::runtime::{PanicPolicy, Runtime};
+
+/// What one reload attempt ended with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new version runs.
+    Loaded {
+        /// Its number.
+        version: u64,
+    },
+    /// Cargo failed.
+    BuildFailed,
+    /// The library or its registration was refused.
+    LoadFailed,
+}
+
+/// Builds, loads and swaps plugin versions into a [`Runtime`].
+pub struct Reloader {
+    build: BuildConfig,
+    sink: Sink,
+    loader: Loader,
+    recorder: Recorder,
+    runtime: Runtime,
+    versions: Vec<Arc<LibVersion>>,
+    current: Option<u64>,
+    subscriptions: BTreeMap<String, Id>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("manifest", &self.build.manifest)
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader for the plugin crate whose manifest is `build.manifest`.
+    pub fn new(build: BuildConfig, sink: Sink, policy: PanicPolicy) -> std::io::Result<Reloader> {
+        Ok(Reloader {
+            build,
+            runtime: Runtime::new(sink.clone(), policy),
+            sink,
+            loader: Loader::new()?,
+            recorder: Recorder::new(),
+            versions: Vec::new(),
+            current: None,
+            subscriptions: BTreeMap::new(),
+        })
+    }
+
+    /// The plugin crate's directory.
+    pub fn plugin_dir(&self) -> &Path {
+        self.build.manifest.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The version running now.
+    pub fn current(&self) -> Option<u64> {
+        self.current
+    }
+
+    /// The tracking store (read only).
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// The running pipelines.
+    pub fn runtime(&mut self) -> &mut Runtime {
+        &mut self.runtime
+    }
+
+    /// Library versions mapped (all of them: none is ever unmapped).
+    pub fn mapped_versions(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Versions whose code, closures or state may still run or be dropped: held by running
+    /// code or state slots, beyond our own list.
+    pub fn live_versions(&self) -> usize {
+        self.versions
+            .iter()
+            .filter(|v| Arc::strong_count(v) > 1)
+            .count()
+    }
+
+    /// Loads a library that is already built (skips step 1); used by tests that forge one.
+    pub fn load_built(&mut self, library: &Path, build_ms: u64) -> Outcome {
+        self.load_and_swap(library, build_ms)
+    }
+
+    /// Steps 1 to 6.
+    pub fn reload(&mut self) -> Outcome {
+        let artifact = match cargo::build(&self.build) {
+            Ok(a) => a,
+            Err(e) => {
+                self.sink.event(HostEvent::BuildFailed {
+                    error: format!("{e:#}"),
+                });
+                return Outcome::BuildFailed;
+            }
+        };
+        let build_ms = artifact.elapsed.as_millis() as u64;
+        self.load_and_swap(&artifact.library, build_ms)
+    }
+
+    fn load_and_swap(&mut self, library: &Path, build_ms: u64) -> Outcome {
+        let load_started = Instant::now();
+        let version = self.recorder.next_module();
+        let lib = match self.loader.load(library, version) {
+            Ok(lib) => lib,
+            Err(e) => {
+                self.sink.event(HostEvent::LoadFailed {
+                    error: e.to_string(),
+                });
+                return Outcome::LoadFailed;
+            }
+        };
+        // Mapped from here on, whatever happens next.
+        self.versions.push(lib.clone());
+        let (module, pipelines) = match crate::register::register(&lib, &mut self.recorder) {
+            Ok(r) => r,
+            Err(e) => {
+                self.sink.event(HostEvent::LoadFailed {
+                    error: e.to_string(),
+                });
+                return Outcome::LoadFailed;
+            }
+        };
+        drop(lib);
+        let load_ms = load_started.elapsed().as_millis() as u64;
+        let swap_started = Instant::now();
+        let report = self.reconcile(module, pipelines);
+        let swap_us = swap_started.elapsed().as_micros() as u64;
+        let first = self.current.is_none();
+        self.current = Some(module);
+        let tracks = self.tracks();
+        let event = if first {
+            HostEvent::Loaded {
+                version: module,
+                tracks,
+                build_ms,
+                load_ms,
+            }
+        } else {
+            HostEvent::Reload {
+                version: module,
+                swapped: report.swapped,
+                reset: report.reset,
+                added: report.added,
+                removed: report.removed,
+                build_ms,
+                load_ms,
+                swap_us,
+                mapped_versions: self.mapped_versions(),
+                live_versions: self.live_versions(),
+                tracks,
+            }
+        };
+        self.sink.event(event);
+        Outcome::Loaded { version: module }
+    }
+
+    /// Every track of the running version, in path order.
+    pub fn tracks(&self) -> Vec<TrackInfo> {
+        let mut tracks: Vec<TrackInfo> = self
+            .recorder
+            .state
+            .store
+            .tracks
+            .values()
+            .map(|t| TrackInfo {
+                path: t.path.clone(),
+                kind: t.kind.clone(),
+                version: t.version,
+            })
+            .collect();
+        tracks.sort_by(|a, b| a.path.cmp(&b.path));
+        tracks
+    }
+
+    /// Steps 4 and 5.
+    fn reconcile(&mut self, module: u64, pipelines: Vec<PipelineCode>) -> Report {
+        let mut report = Report::default();
+        let state = &self.recorder.state;
+        let mut updates = Vec::new();
+        for id in state.pending_updates(module) {
+            let Some(track) = state.track(id) else {
+                continue;
+            };
+            let Some(pending) = &track.pending else {
+                continue;
+            };
+            match signature_change(&track.signature, &pending.signature) {
+                None => updates.push((id, UpdateOutcome::Swapped)),
+                Some(reason) => {
+                    report.reset.push(ResetInfo {
+                        path: track.path.clone(),
+                        reason: reason.clone(),
+                    });
+                    updates.push((id, UpdateOutcome::Reset { reason }));
+                }
+            }
+        }
+        report.swapped = updates
+            .iter()
+            .filter(|(_, o)| *o == UpdateOutcome::Swapped)
+            .count();
+        report.added = state
+            .store
+            .tracks
+            .values()
+            .filter(|t| t.created_by == module && t.module == module && self.current.is_some())
+            .map(|t| t.path.clone())
+            .collect();
+        let orphans = state.orphans(module);
+        let removed_pipelines: BTreeSet<String> = orphans
+            .iter()
+            .filter_map(|id| state.track(*id))
+            .filter(|t| t.kind == "pipeline")
+            .map(|t| t.key.clone().unwrap_or_default())
+            .collect();
+        report.removed = orphans
+            .iter()
+            .filter_map(|id| state.track(*id).map(|t| t.path.clone()))
+            .collect();
+        for (id, outcome) in updates {
+            if let Err(e) = self.recorder.update(id, module, outcome) {
+                self.internal_error(&e);
+            }
+        }
+        // Step 5: removed pipelines first, then the new code.
+        for name in removed_pipelines {
+            self.runtime.remove(&name);
+            if let Some(sub) = self.subscriptions.remove(&name) {
+                if let Err(e) = self.recorder.unsubscribe(sub) {
+                    self.internal_error(&e);
+                }
+            }
+        }
+        for id in orphans {
+            if let Err(e) = self.recorder.update(id, module, UpdateOutcome::Removed) {
+                self.internal_error(&e);
+            }
+        }
+        for code in pipelines {
+            let name = code.name.clone();
+            let track = code.track;
+            self.runtime.publish(code);
+            if !self.subscriptions.contains_key(&name) {
+                match self.recorder.subscribe(track) {
+                    Ok(sub) => {
+                        self.subscriptions.insert(name, sub);
+                    }
+                    Err(e) => self.internal_error(&e),
+                }
+            }
+        }
+        report
+    }
+
+    fn internal_error(&self, e: &dyn std::fmt::Display) {
+        self.sink.event(HostEvent::Error {
+            pipeline: String::new(),
+            path: String::new(),
+            message: format!("tracking store refused an update (a host bug): {e}"),
+        });
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    swapped: usize,
+    reset: Vec<ResetInfo>,
+    added: Vec<String>,
+    removed: Vec<String>,
+}
+
+/// The manifest of the plugin crate in `dir`, after checking that it is one.
+pub fn plugin_manifest(dir: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::{Context, bail};
+    if !dir.exists() {
+        bail!("plugin directory {} does not exist", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("plugin path {} is not a directory", dir.display());
+    }
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!(
+            "{} holds no Cargo.toml: a plugin directory is a cargo crate",
+            dir.display()
+        );
+    }
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    if !text.contains("cdylib") {
+        bail!(
+            "{} does not build a cdylib: add `[lib] crate-type = [\"cdylib\"]`",
+            manifest.display()
+        );
+    }
+    Ok(manifest)
+}

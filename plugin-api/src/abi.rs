@@ -1,0 +1,300 @@
+//! The stable ABI: every type and function that crosses the library boundary.
+//!
+//! Architecture invariant: only `#[repr(C)]` data, integers and `extern "C"` function
+//! pointers appear here. No Rust-ABI type (`String`, `Vec`, trait objects, `Result`, enums
+//! with data) crosses between host and plugin; strings travel as [`RStr`] views that the
+//! receiver copies before the call returns.
+//!
+//! The load sequence the host follows (see `host::loader`):
+//!
+//! 1. look up [`HEADER_SYMBOL`] (`hmr_plugin_header`) and call it;
+//! 2. check [`PluginHeader::magic`], then [`PluginHeader::abi_version`] and
+//!    [`PluginHeader::header_size`]: these three leading fields are frozen across ABI versions
+//!    so that any future host can read them;
+//! 3. compare the plugin-api version, the rustc version and the target strings;
+//! 4. only then call [`PluginHeader::register`] with a [`HostApi`].
+
+use core::ffi::c_void;
+
+/// The name of the exported function returning `*const PluginHeader`.
+pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
+
+/// The first eight bytes of every plugin header.
+pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
+
+/// Bumped whenever any type in this module changes layout or meaning.
+pub const ABI_VERSION: u32 = 1;
+
+/// The version of the `plugin-api` crate compiled into this side of the boundary.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `rustc -V` of the compiler that built this side of the boundary.
+pub const RUSTC_VERSION: &str = env!("HMR_RUSTC_VERSION");
+
+/// The target triple this side of the boundary was built for.
+pub const TARGET: &str = env!("HMR_TARGET");
+
+/// A borrowed UTF-8 string: a pointer and a length. The receiver must copy it before the
+/// call it was passed to returns, unless the documentation of that call says otherwise.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RStr {
+    /// Start of the bytes; may be null only when `len` is 0.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+impl RStr {
+    /// The absent string (used for "no key").
+    pub const NONE: RStr = RStr {
+        ptr: core::ptr::null(),
+        len: 0,
+    };
+
+    /// A view of `s`; valid as long as `s` is.
+    pub const fn new(s: &str) -> RStr {
+        RStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// Whether this is [`RStr::NONE`].
+    pub fn is_none(&self) -> bool {
+        self.ptr.is_null()
+    }
+
+    /// The string this view points at; `None` for [`RStr::NONE`]. Invalid UTF-8 is replaced,
+    /// so a corrupt string from a bad library cannot cause undefined behaviour here.
+    ///
+    /// # Safety
+    /// Unless null, `ptr` must point at `len` readable bytes that stay valid and unchanged
+    /// for `'a`.
+    pub unsafe fn to_string_lossy<'a>(&self) -> Option<std::borrow::Cow<'a, str>> {
+        if self.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: the caller guarantees `ptr..ptr+len` is readable for `'a`.
+        let bytes = unsafe { core::slice::from_raw_parts(self.ptr, self.len) };
+        Some(String::from_utf8_lossy(bytes))
+    }
+}
+
+/// A type fingerprint: enough to tell whether state written by one plugin version may be
+/// read by another as the same type. Two fingerprints match only if all four fields do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RFingerprint {
+    /// `core::any::type_name` of the type (a `'static` string in the plugin's image).
+    pub name: RStr,
+    /// `size_of`.
+    pub size: usize,
+    /// `align_of`.
+    pub align: usize,
+    /// A hash of the layout description (see `plugin_api::fingerprint`).
+    pub hash: u64,
+}
+
+/// The signature of a track as the plugin states it: types and seed arguments, never the
+/// body of a closure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RSignature {
+    /// Input value type; `name` is [`RStr::NONE`] when the track has no input.
+    pub input: RFingerprint,
+    /// Output value type; `name` is [`RStr::NONE`] when the track has no output.
+    pub output: RFingerprint,
+    /// State type; `name` is [`RStr::NONE`] when the track keeps no state.
+    pub state: RFingerprint,
+    /// Debug text of the seed arguments (`scan` seed, `take(n)`, a source's parameters).
+    pub seed: RStr,
+}
+
+/// Source kinds (values of [`SourceDesc::kind`]).
+pub mod source_kind {
+    /// `interval_ms(period)`: `a` is the period in milliseconds; emits 0, 1, 2, ... forever.
+    pub const INTERVAL: u32 = 1;
+    /// `range(start, end)`: `a..b`, then completes.
+    pub const RANGE: u32 = 2;
+}
+
+/// A pipeline's source: the host runs it on a thread of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceDesc {
+    /// One of [`source_kind`].
+    pub kind: u32,
+    /// First parameter.
+    pub a: u64,
+    /// Second parameter.
+    pub b: u64,
+}
+
+/// Values returned by [`PushFn`] and [`CompleteFn`].
+pub mod status {
+    /// The chain wants more values.
+    pub const CONTINUE: u32 = 0;
+    /// The chain completed (a `take` reached its count); stop the source.
+    pub const COMPLETE: u32 = 1;
+    /// A user function panicked; the plugin already reported it through [`super::EmitCx::error`].
+    pub const PANICKED: u32 = 2;
+}
+
+/// How a pipeline's compiled chain reaches the host while it runs.
+#[repr(C)]
+#[derive(Debug)]
+pub struct EmitCx {
+    /// Host data for the callbacks.
+    pub host: *mut c_void,
+    /// `log` operator number `op` produced `text` (a value's Debug text).
+    pub log: unsafe extern "C" fn(host: *mut c_void, op: u32, text: RStr),
+    /// Operator number `op` panicked with `message`.
+    pub error: unsafe extern "C" fn(host: *mut c_void, op: u32, message: RStr),
+}
+
+/// Run the chain on `n` source values.
+///
+/// `states` points at one pointer per operator (in operator order) to its state slot in host
+/// memory, allocated with the size and alignment of [`StateVTable`] and initialised by
+/// [`StateVTable::init`] of a version whose fingerprint matches. On [`status::PANICKED`]
+/// and [`status::COMPLETE`], `*consumed` is the number of values taken from `items`, the one
+/// that panicked or completed the chain included; on [`status::CONTINUE`] all were taken.
+pub type PushFn = unsafe extern "C" fn(
+    env: *const c_void,
+    states: *const *mut u8,
+    items: *const u64,
+    n: usize,
+    cx: *const EmitCx,
+    consumed: *mut usize,
+) -> u32;
+
+/// Tell the chain its source completed (a `reduce` emits here).
+pub type CompleteFn =
+    unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
+
+/// Write operator `op`'s seed state into `dst`; returns false if the seed's `Clone` panicked.
+pub type InitFn = unsafe extern "C" fn(env: *const c_void, op: u32, dst: *mut u8) -> bool;
+
+/// Drop the state value at `dst` in place; returns false if its drop panicked.
+pub type DropStateFn = unsafe extern "C" fn(dst: *mut u8) -> bool;
+
+/// Drop a pipeline's closures (`env`).
+pub type DropEnvFn = unsafe extern "C" fn(env: *mut c_void);
+
+/// How to create and destroy an operator's state. Zero `size` means the operator keeps no
+/// state and the host passes a dangling, aligned pointer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateVTable {
+    /// The state's type.
+    pub fingerprint: RFingerprint,
+    /// Writes the seed.
+    pub init: InitFn,
+    /// Drops a state value.
+    pub drop: DropStateFn,
+}
+
+/// One operator of a pipeline, in chain order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpDesc {
+    /// The handle [`HostApi::track_call`] returned for the operator's track.
+    pub track: u64,
+    /// Operator kind (`map`, `scan`, ...).
+    pub kind: RStr,
+    /// Its state.
+    pub state: StateVTable,
+}
+
+/// A compiled pipeline handed to the host at the end of its registration.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PipelineDesc {
+    /// The pipeline's name.
+    pub name: RStr,
+    /// The handle of the pipeline's track.
+    pub track: u64,
+    /// Its source.
+    pub source: SourceDesc,
+    /// The closures of the chain, owned by the host from now on; freed with `drop_env`.
+    pub env: *mut c_void,
+    /// Feeds values.
+    pub push: PushFn,
+    /// Signals completion.
+    pub complete: CompleteFn,
+    /// Frees `env`.
+    pub drop_env: DropEnvFn,
+    /// `n_ops` operator descriptions, valid for the duration of the call.
+    pub ops: *const OpDesc,
+    /// Number of operators.
+    pub n_ops: usize,
+}
+
+/// Functions the host lends the plugin for the duration of one registration.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HostApi {
+    /// The host's [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Host data for the callbacks.
+    pub ctx: *mut c_void,
+    /// Open a track scope of `kind` under the innermost open scope; `key` is
+    /// [`RStr::NONE`] for an unkeyed scope. Returns the track's handle, or 0 when the host
+    /// rejected it (the host records why and rejects the registration at its end).
+    pub track_call: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        kind: RStr,
+        key: RStr,
+        signature: *const RSignature,
+    ) -> u64,
+    /// Close the innermost track scope, which must be `track`.
+    pub track_call_return: unsafe extern "C" fn(ctx: *mut c_void, track: u64),
+    /// Hand over a compiled pipeline; the host takes ownership of `env`.
+    pub add_pipeline: unsafe extern "C" fn(ctx: *mut c_void, desc: *const PipelineDesc),
+    /// Report a failure of the registration (a panic's message); the host rejects the run.
+    pub fail: unsafe extern "C" fn(ctx: *mut c_void, message: RStr),
+}
+
+/// The registration entry point: runs the plugin's `register` function against `host`.
+/// Returns true when it ran to its end without panicking.
+pub type RegisterFn = unsafe extern "C" fn(host: *const HostApi) -> bool;
+
+/// What a plugin exports through [`HEADER_SYMBOL`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct PluginHeader {
+    /// Always [`MAGIC`]. Frozen field.
+    pub magic: [u8; 8],
+    /// The plugin's [`ABI_VERSION`]. Frozen field.
+    pub abi_version: u32,
+    /// `size_of::<PluginHeader>()` as the plugin sees it. Frozen field.
+    pub header_size: u32,
+    /// The plugin's [`API_VERSION`].
+    pub api_version: RStr,
+    /// The plugin's [`RUSTC_VERSION`].
+    pub rustc_version: RStr,
+    /// The plugin's [`TARGET`].
+    pub target: RStr,
+    /// The registration entry point.
+    pub register: RegisterFn,
+}
+
+// SAFETY: every pointer in a header points at `'static`, immutable data in the plugin image
+// (string constants and functions), so sharing a header between threads is sound.
+unsafe impl Sync for PluginHeader {}
+
+impl PluginHeader {
+    /// The header describing this side of the boundary, with `register` as entry point.
+    pub const fn new(register: RegisterFn) -> PluginHeader {
+        PluginHeader {
+            magic: MAGIC,
+            abi_version: ABI_VERSION,
+            header_size: core::mem::size_of::<PluginHeader>() as u32,
+            api_version: RStr::new(API_VERSION),
+            rustc_version: RStr::new(RUSTC_VERSION),
+            target: RStr::new(TARGET),
+            register,
+        }
+    }
+}

@@ -1,0 +1,890 @@
+//! The pipeline DSL: [`Plugin::pipeline`], sources and operators.
+//!
+//! Each operator call does two things while the plugin's `register` function runs:
+//!
+//! 1. it opens and closes a track scope through the host ([`HostApi::track_call`] /
+//!    [`HostApi::track_call_return`]), so the host's tracking store learns the operator's
+//!    structural path and signature;
+//! 2. it wraps the chain built so far in a generic struct ([`Then`]), so when the chain is
+//!    finished (the [`Chain`] value is dropped at the end of its statement) the whole pipeline
+//!    is one monomorphised type. Its entry point (`push_entry::<S>`) runs every operator on
+//!    a batch of source values inside one call, with the closures inlined: no indirect call
+//!    and no allocation per operator per value.
+//!
+//! Operator state (a `scan` accumulator, a `take` counter) is never stored in the plugin:
+//! the host allocates a slot per operator and passes the slots in on every call, so the state
+//! survives when the host swaps in a new version of this code.
+
+use core::cell::Cell;
+use core::ffi::c_void;
+use core::fmt;
+use core::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::abi::{
+    EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature, RStr, SourceDesc,
+    StateVTable, source_kind, status,
+};
+use crate::fingerprint;
+
+/// The plugin's handle on the host during registration.
+pub struct Plugin<'h> {
+    host: &'h HostApi,
+}
+
+impl fmt::Debug for Plugin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").finish_non_exhaustive()
+    }
+}
+
+/// A source of `u64` values, run by the host on a thread of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    desc: SourceDesc,
+    label: String,
+}
+
+/// Emits 0, 1, 2, ... every `period` milliseconds, forever.
+pub fn interval_ms(period: u64) -> Source {
+    Source {
+        desc: SourceDesc {
+            kind: source_kind::INTERVAL,
+            a: period,
+            b: 0,
+        },
+        label: format!("interval_ms({period})"),
+    }
+}
+
+/// Emits `start..end` as fast as the pipeline takes them, in batches, then completes.
+pub fn range(start: u64, end: u64) -> Source {
+    Source {
+        desc: SourceDesc {
+            kind: source_kind::RANGE,
+            a: start,
+            b: end,
+        },
+        label: format!("range({start}, {end})"),
+    }
+}
+
+impl<'h> Plugin<'h> {
+    /// Starts the pipeline `name` (its identity across reloads) on `source`.
+    pub fn pipeline(&mut self, name: &str, source: Source) -> Chain<'_, Root> {
+        let signature = RSignature {
+            input: fingerprint::NONE,
+            output: fingerprint::of::<u64>(),
+            state: fingerprint::NONE,
+            seed: RStr::new(&source.label),
+        };
+        // SAFETY: `host` is the table the host passed to this registration, valid for its
+        // duration; the strings and the signature live across the call.
+        let track = unsafe {
+            (self.host.track_call)(
+                self.host.ctx,
+                RStr::new("pipeline"),
+                RStr::new(name),
+                &signature,
+            )
+        };
+        Chain {
+            host: self.host,
+            inner: Some(Inner {
+                name: name.to_owned(),
+                track,
+                source: source.desc,
+                stage: Root,
+                ops: Vec::new(),
+            }),
+            _plugin: PhantomData,
+        }
+    }
+}
+
+/// Whether a chain wants more values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep going.
+    Continue,
+    /// Done: a `take` reached its count.
+    Complete,
+}
+
+const NO_OP: u32 = u32::MAX;
+
+/// What operators see of the host while they run.
+pub struct Cx<'a> {
+    states: &'a [*mut u8],
+    emit: &'a EmitCx,
+    panicked_op: Cell<u32>,
+}
+
+impl fmt::Debug for Cx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cx")
+            .field("states", &self.states.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cx<'_> {
+    /// Runs `f` as the user function of operator `op`: if it panics, the panic is attributed
+    /// to `op`. Costs nothing when it does not panic (the guard only runs while unwinding).
+    #[inline(always)]
+    fn user<R>(&self, op: u32, f: impl FnOnce() -> R) -> R {
+        struct Guard<'c>(&'c Cell<u32>, u32);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if self.0.get() == NO_OP {
+                    self.0.set(self.1);
+                }
+            }
+        }
+        let guard = Guard(&self.panicked_op, op);
+        let r = f();
+        core::mem::forget(guard);
+        r
+    }
+
+    /// The state slot of operator `op`.
+    ///
+    /// # Safety
+    /// The slot must hold an initialised `A` (the host allocates and seeds slots with this
+    /// version's, or a fingerprint-equal version's, [`StateVTable`]), and no other reference
+    /// to it may be live while the returned one is.
+    #[inline(always)]
+    unsafe fn state<A>(&self, op: u32) -> *mut A {
+        self.states[op as usize].cast::<A>()
+    }
+}
+
+/// A chain of operators from the `u64` source to `Out`, monomorphised into one type.
+pub trait Stage: Send + Sync + 'static {
+    /// The type of the values the chain emits.
+    type Out;
+    /// Runs one source value through the chain, calling `k` for each value it emits.
+    fn push<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow;
+    /// Completes the chain, flushing what operators hold (a `reduce` emits here).
+    fn complete<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
+    /// Writes the seed state of operator `op` into `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of operator `op`'s state type and aligned for it.
+    unsafe fn init(&self, op: u32, dst: *mut u8);
+}
+
+/// One operator, from `In` to `Out`.
+pub trait Op<In>: Send + Sync + 'static {
+    /// What it emits.
+    type Out;
+    /// Its index in the pipeline.
+    fn index(&self) -> u32;
+    /// Handles one value.
+    fn push<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: In, k: &mut K) -> Flow;
+    /// Handles completion.
+    fn complete<K: FnMut(Self::Out) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+        Flow::Continue
+    }
+    /// Writes its seed state.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of its state type and aligned for it.
+    unsafe fn init(&self, _dst: *mut u8) {}
+}
+
+/// The start of every chain: the source's values, unchanged.
+#[derive(Clone, Copy, Debug)]
+pub struct Root;
+
+impl Stage for Root {
+    type Out = u64;
+    #[inline(always)]
+    fn push<K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
+        k(x)
+    }
+    #[inline(always)]
+    fn complete<K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+        Flow::Continue
+    }
+    unsafe fn init(&self, _op: u32, _dst: *mut u8) {}
+}
+
+/// A chain `S` followed by the operator `O`.
+#[derive(Debug)]
+pub struct Then<S, O>(S, O);
+
+impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
+    type Out = O::Out;
+    #[inline(always)]
+    fn push<K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
+        let o = &self.1;
+        self.0.push(cx, x, &mut |y| o.push(cx, y, k))
+    }
+    #[inline(always)]
+    fn complete<K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        let o = &self.1;
+        let upstream = self.0.complete(cx, &mut |y| o.push(cx, y, k));
+        let own = o.complete(cx, k);
+        if upstream == Flow::Complete || own == Flow::Complete {
+            Flow::Complete
+        } else {
+            Flow::Continue
+        }
+    }
+    unsafe fn init(&self, op: u32, dst: *mut u8) {
+        if op == self.1.index() {
+            // SAFETY: forwarded caller obligation: `dst` fits operator `op`'s state.
+            unsafe { self.1.init(dst) }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.0.init(op, dst) }
+        }
+    }
+}
+
+/// `map(f)`.
+pub struct Map<F, T, U> {
+    f: F,
+    op: u32,
+    _t: PhantomData<fn(T) -> U>,
+}
+
+impl<F: Fn(T) -> U + Send + Sync + 'static, T: 'static, U: 'static> Op<T> for Map<F, T, U> {
+    type Out = U;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(U) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        let y = cx.user(self.op, || (self.f)(x));
+        k(y)
+    }
+}
+
+/// `filter(f)`.
+pub struct Filter<F, T> {
+    f: F,
+    op: u32,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: 'static> Op<T> for Filter<F, T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        if cx.user(self.op, || (self.f)(&x)) {
+            k(x)
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+/// `tap(f)`.
+pub struct Tap<F, T> {
+    f: F,
+    op: u32,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<F: Fn(&T) + Send + Sync + 'static, T: 'static> Op<T> for Tap<F, T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        cx.user(self.op, || (self.f)(&x));
+        k(x)
+    }
+}
+
+/// `scan(seed, f)`: state `A`, emits every new accumulator.
+pub struct Scan<A, F, T> {
+    seed: A,
+    f: F,
+    op: u32,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<A, F, T> Op<T> for Scan<A, F, T>
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(A, T) -> A + Send + Sync + 'static,
+    T: 'static,
+{
+    type Out = A;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // SAFETY: the host seeded this slot with an `A` (fingerprint-checked) and no other
+        // reference to it exists: each operator touches only its own slot.
+        let acc = unsafe { &mut *cx.state::<A>(self.op) };
+        // The old value stays in place until `f` returns, so a panic leaves the state intact.
+        let next = cx.user(self.op, || (self.f)(acc.clone(), x));
+        *acc = next.clone();
+        k(next)
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
+        unsafe { dst.cast::<A>().write(self.seed.clone()) }
+    }
+}
+
+/// `reduce(seed, f)`: state `A`, emits the accumulator once, on completion.
+pub struct Reduce<A, F, T> {
+    seed: A,
+    f: F,
+    op: u32,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<A, F, T> Op<T> for Reduce<A, F, T>
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(A, T) -> A + Send + Sync + 'static,
+    T: 'static,
+{
+    type Out = A;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, x: T, _k: &mut K) -> Flow {
+        // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
+        let acc = unsafe { &mut *cx.state::<A>(self.op) };
+        *acc = cx.user(self.op, || (self.f)(acc.clone(), x));
+        Flow::Continue
+    }
+    fn complete<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        // SAFETY: as in `push`.
+        let value = unsafe { (*cx.state::<A>(self.op)).clone() };
+        k(value)
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
+        unsafe { dst.cast::<A>().write(self.seed.clone()) }
+    }
+}
+
+/// `take(n)`: state `u64` (values passed so far).
+pub struct Take<T> {
+    n: u64,
+    op: u32,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: 'static> Op<T> for Take<T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // SAFETY: a seeded `u64`, touched only by this operator.
+        let taken = unsafe { &mut *cx.state::<u64>(self.op) };
+        if *taken >= self.n {
+            return Flow::Complete;
+        }
+        *taken += 1;
+        let done = *taken >= self.n;
+        let r = k(x);
+        if done { Flow::Complete } else { r }
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for a `u64`.
+        unsafe { dst.cast::<u64>().write(0) }
+    }
+}
+
+/// `log()`: hands each value's Debug text to the host, which prints it as an emission.
+pub struct Log<T> {
+    op: u32,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: fmt::Debug + 'static> Op<T> for Log<T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        cx.user(self.op, || with_debug_text(&x, |text| cx.log(self.op, text)));
+        k(x)
+    }
+}
+
+impl Cx<'_> {
+    fn log(&self, op: u32, text: &str) {
+        // SAFETY: `emit` is the host's context for this call; `text` outlives the call.
+        unsafe { (self.emit.log)(self.emit.host, op, RStr::new(text)) }
+    }
+}
+
+/// Formats `value` with Debug into a stack buffer (a heap string only when it does not fit)
+/// and passes the text to `f`.
+fn with_debug_text<T: fmt::Debug>(value: &T, f: impl FnOnce(&str)) {
+    struct Buf {
+        bytes: [u8; 256],
+        len: usize,
+        overflow: bool,
+    }
+    impl fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.len + s.len();
+            if end > self.bytes.len() {
+                self.overflow = true;
+                return Err(fmt::Error);
+            }
+            self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf {
+        bytes: [0; 256],
+        len: 0,
+        overflow: false,
+    };
+    let fitted = fmt::write(&mut buf, format_args!("{value:?}")).is_ok();
+    if fitted && !buf.overflow {
+        // Only whole `&str`s were copied in, so the prefix is valid UTF-8.
+        f(core::str::from_utf8(&buf.bytes[..buf.len]).unwrap_or("<invalid utf-8>"));
+    } else {
+        f(&format!("{value:?}"));
+    }
+}
+
+struct OpInfo {
+    track: u64,
+    kind: &'static str,
+    state: RFingerprint,
+    drop: crate::abi::DropStateFn,
+}
+
+struct Inner<S> {
+    name: String,
+    track: u64,
+    source: SourceDesc,
+    stage: S,
+    ops: Vec<OpInfo>,
+}
+
+/// A pipeline under construction. Dropping it (at the end of the statement that built it)
+/// hands the compiled chain to the host.
+pub struct Chain<'p, S: Stage> {
+    host: &'p HostApi,
+    inner: Option<Inner<S>>,
+    _plugin: PhantomData<&'p mut ()>,
+}
+
+impl<S: Stage> fmt::Debug for Chain<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("pipeline", &self.inner.as_ref().map(|i| i.name.as_str()))
+            .finish_non_exhaustive()
+    }
+}
+
+unsafe extern "C" fn drop_state<A>(dst: *mut u8) -> bool {
+    // SAFETY: the host calls this only on a slot that holds an initialised `A` it will not
+    // use again.
+    catch_unwind(AssertUnwindSafe(|| unsafe { dst.cast::<A>().drop_in_place() })).is_ok()
+}
+
+unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
+    true
+}
+
+impl<'p, S: Stage> Chain<'p, S> {
+    fn inner(&mut self) -> Inner<S> {
+        self.inner
+            .take()
+            .expect("a chain is consumed by each operator call")
+    }
+
+    /// Opens and closes the track of the next operator and returns its index.
+    fn track_op<In: 'static, Out: 'static>(
+        &mut self,
+        kind: &'static str,
+        state: Option<(RFingerprint, crate::abi::DropStateFn)>,
+        seed: Option<&str>,
+    ) -> u32 {
+        let (state_fp, drop) = state.unwrap_or((fingerprint::NONE, drop_nothing));
+        let signature = RSignature {
+            input: fingerprint::of::<In>(),
+            output: fingerprint::of::<Out>(),
+            state: state_fp,
+            seed: seed.map(RStr::new).unwrap_or(RStr::NONE),
+        };
+        let host = self.host;
+        // SAFETY: `host` is valid for the registration; arguments outlive the calls.
+        let track = unsafe {
+            let t = (host.track_call)(host.ctx, RStr::new(kind), RStr::NONE, &signature);
+            (host.track_call_return)(host.ctx, t);
+            t
+        };
+        let inner = self.inner.as_mut().expect("chain already consumed");
+        let index = inner.ops.len() as u32;
+        inner.ops.push(OpInfo {
+            track,
+            kind,
+            state: state_fp,
+            drop,
+        });
+        index
+    }
+
+    fn then<O: Op<S::Out>>(mut self, op: O) -> Chain<'p, Then<S, O>> {
+        let inner = self.inner();
+        Chain {
+            host: self.host,
+            inner: Some(Inner {
+                name: inner.name,
+                track: inner.track,
+                source: inner.source,
+                stage: Then(inner.stage, op),
+                ops: inner.ops,
+            }),
+            _plugin: PhantomData,
+        }
+    }
+
+    /// Transforms each value.
+    pub fn map<U: 'static, F>(mut self, f: F) -> Chain<'p, Then<S, Map<F, S::Out, U>>>
+    where
+        F: Fn(S::Out) -> U + Send + Sync + 'static,
+    {
+        let op = self.track_op::<S::Out, U>("map", None, None);
+        self.then(Map {
+            f,
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Passes the values for which `f` returns true.
+    pub fn filter<F>(mut self, f: F) -> Chain<'p, Then<S, Filter<F, S::Out>>>
+    where
+        F: Fn(&S::Out) -> bool + Send + Sync + 'static,
+    {
+        let op = self.track_op::<S::Out, S::Out>("filter", None, None);
+        self.then(Filter {
+            f,
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Calls `f` on each value and passes it on.
+    pub fn tap<F>(mut self, f: F) -> Chain<'p, Then<S, Tap<F, S::Out>>>
+    where
+        F: Fn(&S::Out) + Send + Sync + 'static,
+    {
+        let op = self.track_op::<S::Out, S::Out>("tap", None, None);
+        self.then(Tap {
+            f,
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Folds each value into an accumulator kept by the host and emits every new one.
+    pub fn scan<A, F>(mut self, seed: A, f: F) -> Chain<'p, Then<S, Scan<A, F, S::Out>>>
+    where
+        A: Clone + fmt::Debug + Send + Sync + 'static,
+        F: Fn(A, S::Out) -> A + Send + Sync + 'static,
+    {
+        let seed_text = format!("{seed:?}");
+        let state = (fingerprint::of::<A>(), drop_state::<A> as crate::abi::DropStateFn);
+        let op = self.track_op::<S::Out, A>("scan", Some(state), Some(&seed_text));
+        self.then(Scan {
+            seed,
+            f,
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Folds each value into an accumulator kept by the host and emits it once, when the
+    /// source completes.
+    pub fn reduce<A, F>(mut self, seed: A, f: F) -> Chain<'p, Then<S, Reduce<A, F, S::Out>>>
+    where
+        A: Clone + fmt::Debug + Send + Sync + 'static,
+        F: Fn(A, S::Out) -> A + Send + Sync + 'static,
+    {
+        let seed_text = format!("{seed:?}");
+        let state = (fingerprint::of::<A>(), drop_state::<A> as crate::abi::DropStateFn);
+        let op = self.track_op::<S::Out, A>("reduce", Some(state), Some(&seed_text));
+        self.then(Reduce {
+            seed,
+            f,
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Passes the first `n` values, then completes the pipeline.
+    pub fn take(mut self, n: u64) -> Chain<'p, Then<S, Take<S::Out>>> {
+        let seed_text = format!("{n}");
+        let state = (
+            fingerprint::of::<u64>(),
+            drop_state::<u64> as crate::abi::DropStateFn,
+        );
+        let op = self.track_op::<S::Out, S::Out>("take", Some(state), Some(&seed_text));
+        self.then(Take {
+            n,
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Prints each value (its Debug text) through the host, and passes it on.
+    pub fn log(mut self) -> Chain<'p, Then<S, Log<S::Out>>>
+    where
+        S::Out: fmt::Debug,
+    {
+        let op = self.track_op::<S::Out, S::Out>("log", None, None);
+        self.then(Log {
+            op,
+            _t: PhantomData,
+        })
+    }
+
+    /// Runs `f` on the chain inside a keyed scope: the operators `f` adds are identified by
+    /// `key` and their position inside the scope, so they keep their identity (and state)
+    /// when the scope moves among its siblings, like a React key.
+    pub fn scope<S2: Stage>(
+        self,
+        key: &str,
+        f: impl FnOnce(Chain<'p, S>) -> Chain<'p, S2>,
+    ) -> Chain<'p, S2> {
+        let host = self.host;
+        let signature = RSignature {
+            input: fingerprint::of::<S::Out>(),
+            output: fingerprint::NONE,
+            state: fingerprint::NONE,
+            seed: RStr::NONE,
+        };
+        // SAFETY: `host` is valid for the registration; arguments outlive the call.
+        let track =
+            unsafe { (host.track_call)(host.ctx, RStr::new("scope"), RStr::new(key), &signature) };
+        let chain = f(self);
+        // SAFETY: as above.
+        unsafe { (host.track_call_return)(host.ctx, track) };
+        chain
+    }
+
+    fn finish(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let ops: Vec<OpDesc> = inner
+            .ops
+            .iter()
+            .map(|o| OpDesc {
+                track: o.track,
+                kind: RStr::new(o.kind),
+                state: StateVTable {
+                    fingerprint: o.state,
+                    init: init_entry::<S>,
+                    drop: o.drop,
+                },
+            })
+            .collect();
+        let n_ops = ops.len();
+        let env = Box::into_raw(Box::new(Env {
+            stage: inner.stage,
+            n_ops,
+        }));
+        let desc = PipelineDesc {
+            name: RStr::new(&inner.name),
+            track: inner.track,
+            source: inner.source,
+            env: env.cast::<c_void>(),
+            push: push_entry::<S>,
+            complete: complete_entry::<S>,
+            drop_env: drop_env_entry::<S>,
+            ops: ops.as_ptr(),
+            n_ops,
+        };
+        let host = self.host;
+        // SAFETY: `host` is valid for the registration; `desc` and `ops` outlive the call,
+        // and ownership of `env` passes to the host, which frees it with `drop_env`.
+        unsafe {
+            (host.add_pipeline)(host.ctx, &desc);
+            (host.track_call_return)(host.ctx, inner.track);
+        }
+    }
+}
+
+impl<S: Stage> Drop for Chain<'_, S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The registration is failing; the host discards the whole run.
+            return;
+        }
+        self.finish();
+    }
+}
+
+struct Env<S> {
+    stage: S,
+    n_ops: usize,
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    };
+    // A payload whose destructor panics must not unwind out of here.
+    if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        core::mem::forget(inner);
+    }
+    message
+}
+
+/// Builds the [`Cx`] for one call from the raw arguments.
+///
+/// # Safety
+/// `env` must come from `finish` for this `S`, `states` must point at `n_ops` slot pointers,
+/// and `cx` at a live [`EmitCx`].
+unsafe fn enter<'a, S>(
+    env: *const c_void,
+    states: *const *mut u8,
+    cx: *const EmitCx,
+) -> (&'a Env<S>, Cx<'a>) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let env = &*env.cast::<Env<S>>();
+        let states = if env.n_ops == 0 {
+            &[][..]
+        } else {
+            core::slice::from_raw_parts(states, env.n_ops)
+        };
+        let cx = Cx {
+            states,
+            emit: &*cx,
+            panicked_op: Cell::new(NO_OP),
+        };
+        (env, cx)
+    }
+}
+
+fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
+    let message = panic_message(payload);
+    // SAFETY: `emit` is the host's live context for this call; the message outlives it.
+    unsafe { (cx.emit.error)(cx.emit.host, cx.panicked_op.get(), RStr::new(&message)) };
+    status::PANICKED
+}
+
+unsafe extern "C" fn push_entry<S: Stage>(
+    env: *const c_void,
+    states: *const *mut u8,
+    items: *const u64,
+    n: usize,
+    cx: *const EmitCx,
+    consumed: *mut usize,
+) -> u32 {
+    // SAFETY: the host passes the arguments `PushFn` documents.
+    let (env, cx) = unsafe { enter::<S>(env, states, cx) };
+    let items = if n == 0 {
+        &[][..]
+    } else {
+        // SAFETY: the host passes `n` readable values at `items`.
+        unsafe { core::slice::from_raw_parts(items, n) }
+    };
+    let position = Cell::new(0usize);
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let mut sink = |_out: S::Out| Flow::Continue;
+        for (i, &x) in items.iter().enumerate() {
+            position.set(i);
+            if env.stage.push(&cx, x, &mut sink) == Flow::Complete {
+                return status::COMPLETE;
+            }
+        }
+        status::CONTINUE
+    }));
+    match run {
+        Ok(status::COMPLETE) => {
+            // SAFETY: the host passes a writable `consumed`.
+            unsafe { *consumed = position.get() + 1 };
+            status::COMPLETE
+        }
+        Ok(s) => s,
+        Err(payload) => {
+            // SAFETY: the host passes a writable `consumed`.
+            unsafe { *consumed = position.get() + 1 };
+            report_panic(&cx, payload)
+        }
+    }
+}
+
+unsafe extern "C" fn complete_entry<S: Stage>(
+    env: *const c_void,
+    states: *const *mut u8,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `CompleteFn` documents.
+    let (env, cx) = unsafe { enter::<S>(env, states, cx) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let mut sink = |_out: S::Out| Flow::Continue;
+        match env.stage.complete(&cx, &mut sink) {
+            Flow::Continue => status::CONTINUE,
+            Flow::Complete => status::COMPLETE,
+        }
+    }));
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+}
+
+unsafe extern "C" fn init_entry<S: Stage>(env: *const c_void, op: u32, dst: *mut u8) -> bool {
+    // SAFETY: `env` comes from `finish` for this `S` and `dst` is a slot sized and aligned
+    // for operator `op`'s state, as `InitFn` documents.
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        (*env.cast::<Env<S>>()).stage.init(op, dst)
+    }))
+    .is_ok()
+}
+
+unsafe extern "C" fn drop_env_entry<S: Stage>(env: *mut c_void) {
+    // SAFETY: `env` came from `Box::into_raw` in `finish` and the host frees it once.
+    let env = unsafe { Box::from_raw(env.cast::<Env<S>>()) };
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(env))) {
+        core::mem::forget(payload);
+    }
+}
+
+/// Runs the plugin's registration function `f` against `host`; used by
+/// [`export_plugin!`](crate::export_plugin).
+///
+/// # Safety
+/// `host` must point at a [`HostApi`] valid for the duration of the call.
+pub unsafe fn run_register(host: *const HostApi, f: fn(&mut Plugin<'_>)) -> bool {
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    // Panics in plugin code are caught and reported by the host with the track's path; the
+    // plugin's own copy of std would otherwise also print them to stderr.
+    QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    // SAFETY: guaranteed by the caller.
+    let host = unsafe { &*host };
+    let mut plugin = Plugin { host };
+    match catch_unwind(AssertUnwindSafe(|| f(&mut plugin))) {
+        Ok(()) => true,
+        Err(payload) => {
+            let message = panic_message(payload);
+            // SAFETY: `host` is valid for the registration; the message outlives the call.
+            unsafe { (host.fail)(host.ctx, RStr::new(&message)) };
+            false
+        }
+    }
+}
