@@ -189,6 +189,13 @@ impl Reloader {
             }
         };
         self.sink.event(event);
+        if let Err(e) = self.runtime.launch() {
+            self.sink.event(HostEvent::Error {
+                pipeline: String::new(),
+                path: String::new(),
+                message: format!("cannot start a source thread: {e}"),
+            });
+        }
         Outcome::Loaded { version: module }
     }
 

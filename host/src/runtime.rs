@@ -80,6 +80,8 @@ struct Running {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     source: SourceDesc,
+    /// Published but not started yet (see [`Runtime::launch`]).
+    waiting: bool,
 }
 
 impl Running {
@@ -164,6 +166,7 @@ impl Runtime {
         }
     }
 
+    /// Registers `code` as a pipeline to start at the next [`Runtime::launch`].
     fn start(&mut self, code: PipelineCode) {
         let name = code.name.clone();
         let source = code.source;
@@ -173,11 +176,29 @@ impl Runtime {
             stop: AtomicBool::new(false),
             ended: AtomicU64::new(ended_code(Ended::Running)),
         });
-        let thread = {
-            let shared = shared.clone();
+        self.pipelines.insert(
+            name,
+            Running {
+                shared,
+                thread: None,
+                source,
+                waiting: true,
+            },
+        );
+    }
+
+    /// Starts the source threads of pipelines published since the last call (so a reload
+    /// can report itself before new pipelines emit).
+    pub fn launch(&mut self) -> std::io::Result<()> {
+        for (name, r) in &mut self.pipelines {
+            if !r.waiting {
+                continue;
+            }
+            r.waiting = false;
+            let shared = r.shared.clone();
             let sink = self.sink.clone();
             let policy = self.policy;
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("hmr-src-{name}"))
                 .spawn(move || {
                     let ended = match catch_unwind(AssertUnwindSafe(|| {
@@ -187,17 +208,10 @@ impl Runtime {
                         Err(_) => Ended::Errored,
                     };
                     shared.ended.store(ended_code(ended), Ordering::Release);
-                })
-                .expect("spawning a source thread")
-        };
-        self.pipelines.insert(
-            name,
-            Running {
-                shared,
-                thread: Some(thread),
-                source,
-            },
-        );
+                })?;
+            r.thread = Some(thread);
+        }
+        Ok(())
     }
 
     /// Stops and forgets the pipeline `name`; its state is dropped by its thread.
