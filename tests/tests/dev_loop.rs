@@ -87,3 +87,80 @@ fn body_edit_swaps_code_and_keeps_state_and_paths() -> anyhow::Result<()> {
     assert!(emissions[switch..].iter().all(|(ver, _)| *ver == v2), "v1 after v2: {emissions:?}");
     Ok(())
 }
+
+/// Changing a `scan`'s state type resets that state only, says why, and the next values
+/// come from the new seed; the operator before it keeps its path.
+#[test]
+fn scan_state_type_change_resets_that_state_with_reason() -> anyhow::Result<()> {
+    let fixture = Fixture::new("scan_type", COUNTER);
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    host.wait_emission("counter", |v| value(v) >= 5)?;
+
+    fixture.edit(
+        "src/lib.rs",
+        ".scan(0u64, |acc: u64, n: u64| acc + n)",
+        ".scan(-100i64, |acc: i64, n: u64| acc - n as i64)",
+    );
+    let reload = host.wait_reload()?;
+    let (_, reset, added, removed) = reload_fields(&reload);
+    assert!(added.is_empty() && removed.is_empty(), "{reload:?}");
+    let scan_reset: Vec<&String> = reset.iter().filter(|r| r.starts_with("counter|1:scan")).collect();
+    assert_eq!(scan_reset.len(), 1, "{reset:?}");
+    assert!(scan_reset[0].contains("state type changed from u64 to i64"), "{reset:?}");
+    assert!(!reset.iter().any(|r| r.starts_with("counter|0:map")), "map kept: {reset:?}");
+
+    // Fresh from the new seed: -101, -102, ...
+    let HostEvent::Reload { version: v2, .. } = reload else { unreachable!() };
+    let (version, first) = host.wait_emission("counter", |v| value(v) < 0)?;
+    assert_eq!(version, v2);
+    assert_eq!(value(&first), -101, "the reset state starts from the new seed");
+    Ok(())
+}
+
+/// Adding a pipeline starts it; removing one stops it after the registration ran to its end.
+#[test]
+fn adding_and_removing_a_pipeline() -> anyhow::Result<()> {
+    let fixture = Fixture::new("add_remove", COUNTER);
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    host.wait_emission("counter", |_| true)?;
+
+    let extra = r#"    p.pipeline("extra", interval_ms(5))
+        .map(|n: u64| n + 10_000)
+        .log();
+}"#;
+    let text = fixture.read("src/lib.rs");
+    let body_end = text.find("}\n\nplugin_api::export_plugin!").expect("register's end");
+    fixture.write("src/lib.rs", &format!("{}{}{}", &text[..body_end], extra, &text[body_end + 1..]));
+    let reload = host.wait_reload()?;
+    let (swapped, reset, added, removed) = reload_fields(&reload);
+    assert_eq!(added, vec!["extra", "extra|0:map", "extra|1:log"], "{reload:?}");
+    assert!(reset.is_empty() && removed.is_empty(), "{reload:?}");
+    assert!(swapped >= 4, "{reload:?}");
+    host.wait_emission("extra", |v| value(v) >= 10_000)?;
+
+    // Remove the counter.
+    let text = fixture.read("src/lib.rs");
+    let start = text.find("    p.pipeline(\"counter\"").expect("counter pipeline");
+    let end = start + text[start..].find(".log();\n").expect("its end") + ".log();\n".len();
+    fixture.write("src/lib.rs", &format!("{}{}", &text[..start], &text[end..]));
+    let reload = host.wait_reload()?;
+    let (_, _, added, removed) = reload_fields(&reload);
+    assert!(added.is_empty(), "{reload:?}");
+    assert_eq!(
+        removed.iter().filter(|p| p.starts_with("counter")).count(),
+        4,
+        "the counter and its three operators: {reload:?}"
+    );
+    // After the reload event, the extra pipeline keeps going and the counter is silent.
+    let seen_before = host.history().len();
+    host.wait_emission("extra", |_| true)?;
+    host.wait_emission("extra", |_| true)?;
+    let counter_after = host.history()[seen_before..]
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Emission { pipeline, .. } if pipeline == "counter"))
+        .count();
+    assert_eq!(counter_after, 0, "the removed counter still emits");
+    Ok(())
+}

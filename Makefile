@@ -1,0 +1,23 @@
+# The one entry point for people and CI. `make test` is what .ci/run calls.
+CARGO ?= cargo
+
+.PHONY: run test check fmt lint bench
+
+run:
+	$(CARGO) run -p host
+
+test: check
+	$(CARGO) test --workspace --locked
+
+check:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+bench:
+	$(CARGO) bench --workspace --locked
