@@ -131,7 +131,10 @@ pub fn build(config: &BuildConfig) -> Result<Artifact, BuildError> {
         };
         match msg.reason.as_str() {
             "compiler-artifact" => {
-                let is_plugin = msg.manifest_path.as_deref().is_some_and(|m| same_file(m, &config.manifest));
+                let is_plugin = msg
+                    .manifest_path
+                    .as_deref()
+                    .is_some_and(|m| same_file(m, &config.manifest));
                 let is_cdylib = msg
                     .target
                     .as_ref()

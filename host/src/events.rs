@@ -2,8 +2,8 @@
 //! that print them (one JSON object per line, or text for a person) or hand them to tests.
 
 use std::io::Write;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::sync::mpsc::Sender;
 
 use serde::Serialize;
 

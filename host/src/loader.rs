@@ -43,7 +43,9 @@ pub enum LoadError {
         source: libloading::Error,
     },
     /// The library does not export the entry symbol: not a plugin crate.
-    #[error("{path} does not export `{symbol}`: is it a plugin crate ending in `plugin_api::export_plugin!(register);`?")]
+    #[error(
+        "{path} does not export `{symbol}`: is it a plugin crate ending in `plugin_api::export_plugin!(register);`?"
+    )]
     MissingSymbol {
         /// The library.
         path: PathBuf,
@@ -61,7 +63,9 @@ pub enum LoadError {
         found: [u8; 8],
     },
     /// A header field does not match this host.
-    #[error("{path} was built with {field} {found}, this host has {expected}: rebuild the plugin against this host's plugin-api")]
+    #[error(
+        "{path} was built with {field} {found}, this host has {expected}: rebuild the plugin against this host's plugin-api"
+    )]
     Mismatch {
         /// The library.
         path: PathBuf,
@@ -222,12 +226,7 @@ fn read_header(lib: &libloading::Library, path: &Path) -> Result<*const PluginHe
         });
     }
     if abi_version != abi::ABI_VERSION {
-        return Err(mismatch(
-            path,
-            "ABI version",
-            abi::ABI_VERSION,
-            abi_version,
-        ));
+        return Err(mismatch(path, "ABI version", abi::ABI_VERSION, abi_version));
     }
     let size = std::mem::size_of::<PluginHeader>();
     if header_size as usize != size {

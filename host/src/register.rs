@@ -134,7 +134,10 @@ impl Ctx<'_> {
 
     fn op_code(&self, op: &abi::OpDesc) -> Result<OpCode, String> {
         let track = track_of(op.track).ok_or("an operator's track was refused")?;
-        let sig = self.signatures.get(&track).ok_or("unknown operator track")?;
+        let sig = self
+            .signatures
+            .get(&track)
+            .ok_or("unknown operator track")?;
         let fp = &op.state.fingerprint;
         let layout = Layout::from_size_align(fp.size, fp.align.max(1)).map_err(|_| {
             format!(

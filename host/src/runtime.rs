@@ -201,12 +201,12 @@ impl Runtime {
             let thread = std::thread::Builder::new()
                 .name(format!("hmr-src-{name}"))
                 .spawn(move || {
-                    let ended = match catch_unwind(AssertUnwindSafe(|| {
-                        run_source(&shared, &sink, policy)
-                    })) {
-                        Ok(e) => e,
-                        Err(_) => Ended::Errored,
-                    };
+                    let ended =
+                        match catch_unwind(AssertUnwindSafe(|| run_source(&shared, &sink, policy)))
+                        {
+                            Ok(e) => e,
+                            Err(_) => Ended::Errored,
+                        };
                     shared.ended.store(ended_code(ended), Ordering::Release);
                 })?;
             r.thread = Some(thread);
@@ -229,7 +229,12 @@ impl Runtime {
     pub fn status(&self) -> BTreeMap<String, Ended> {
         self.pipelines
             .iter()
-            .map(|(n, r)| (n.clone(), ended_from(r.shared.ended.load(Ordering::Acquire))))
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    ended_from(r.shared.ended.load(Ordering::Acquire)),
+                )
+            })
             .collect()
     }
 

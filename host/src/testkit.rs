@@ -109,7 +109,10 @@ impl Fixture {
     /// Writes a plugin crate whose `src/lib.rs` is `lib_rs`. `name` must be unique among
     /// the fixtures that may build at the same time (use the test's name).
     pub fn new(name: &str, lib_rs: &str) -> Fixture {
-        let package = format!("hmrfx_{}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let package = format!(
+            "hmrfx_{}",
+            name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
         let dir = TempDir::new(name);
         let fixture = Fixture { dir, package };
         fixture.write("Cargo.toml", &fixture.manifest());
@@ -173,7 +176,10 @@ plugin-api = {{ path = {:?} }}
     pub fn edit(&self, rel: &str, from: &str, to: &str) {
         let text = self.read(rel);
         let n = text.matches(from).count();
-        assert_eq!(n, 1, "{rel} holds {n} occurrences of {from:?}, expected one");
+        assert_eq!(
+            n, 1,
+            "{rel} holds {n} occurrences of {from:?}, expected one"
+        );
         self.write(rel, &text.replacen(from, to, 1));
     }
 
@@ -258,7 +264,9 @@ impl Harness {
         match self.wait_for("loaded", BUILD_TIMEOUT, |e| {
             matches!(
                 e,
-                HostEvent::Loaded { .. } | HostEvent::BuildFailed { .. } | HostEvent::LoadFailed { .. }
+                HostEvent::Loaded { .. }
+                    | HostEvent::BuildFailed { .. }
+                    | HostEvent::LoadFailed { .. }
             )
         })? {
             HostEvent::Loaded {
@@ -273,7 +281,9 @@ impl Harness {
         self.wait_for("a reload outcome", BUILD_TIMEOUT, |e| {
             matches!(
                 e,
-                HostEvent::Reload { .. } | HostEvent::BuildFailed { .. } | HostEvent::LoadFailed { .. }
+                HostEvent::Reload { .. }
+                    | HostEvent::BuildFailed { .. }
+                    | HostEvent::LoadFailed { .. }
             )
         })
     }

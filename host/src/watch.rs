@@ -61,7 +61,11 @@ pub fn watch(dir: &Path, tx: Sender<Msg>) -> anyhow::Result<notify::RecommendedW
         if matches!(event.kind, EventKind::Access(_) | EventKind::Other) {
             return;
         }
-        if event.paths.iter().any(|p| is_source_change(&filter_root, p)) {
+        if event
+            .paths
+            .iter()
+            .any(|p| is_source_change(&filter_root, p))
+        {
             let _ = tx.send(Msg::Changed);
         }
     })

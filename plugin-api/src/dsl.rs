@@ -22,10 +22,11 @@ use core::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
-    EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature, RStr, SourceDesc,
-    StateVTable, source_kind, status,
+    EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature, RStr, SourceDesc, StateVTable,
+    source_kind, status,
 };
 use crate::fingerprint;
+use crate::shape::Shape;
 
 /// The plugin's handle on the host during registration.
 pub struct Plugin<'h> {
@@ -416,7 +417,9 @@ impl<T: fmt::Debug + 'static> Op<T> for Log<T> {
     }
     #[inline(always)]
     fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        cx.user(self.op, || with_debug_text(&x, |text| cx.log(self.op, text)));
+        cx.user(self.op, || {
+            with_debug_text(&x, |text| cx.log(self.op, text))
+        });
         k(x)
     }
 }
@@ -477,6 +480,9 @@ struct Inner<S> {
     ops: Vec<OpInfo>,
 }
 
+/// The chain `S` extended by the operator `O`.
+pub type Next<'p, S, O> = Chain<'p, Then<S, O>>;
+
 /// A pipeline under construction. Dropping it (at the end of the statement that built it)
 /// hands the compiled chain to the host.
 pub struct Chain<'p, S: Stage> {
@@ -496,7 +502,10 @@ impl<S: Stage> fmt::Debug for Chain<'_, S> {
 unsafe extern "C" fn drop_state<A>(dst: *mut u8) -> bool {
     // SAFETY: the host calls this only on a slot that holds an initialised `A` it will not
     // use again.
-    catch_unwind(AssertUnwindSafe(|| unsafe { dst.cast::<A>().drop_in_place() })).is_ok()
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        dst.cast::<A>().drop_in_place()
+    }))
+    .is_ok()
 }
 
 unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
@@ -558,7 +567,7 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Transforms each value.
-    pub fn map<U: 'static, F>(mut self, f: F) -> Chain<'p, Then<S, Map<F, S::Out, U>>>
+    pub fn map<U: 'static, F>(mut self, f: F) -> Next<'p, S, Map<F, S::Out, U>>
     where
         F: Fn(S::Out) -> U + Send + Sync + 'static,
     {
@@ -571,7 +580,7 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Passes the values for which `f` returns true.
-    pub fn filter<F>(mut self, f: F) -> Chain<'p, Then<S, Filter<F, S::Out>>>
+    pub fn filter<F>(mut self, f: F) -> Next<'p, S, Filter<F, S::Out>>
     where
         F: Fn(&S::Out) -> bool + Send + Sync + 'static,
     {
@@ -584,7 +593,7 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Calls `f` on each value and passes it on.
-    pub fn tap<F>(mut self, f: F) -> Chain<'p, Then<S, Tap<F, S::Out>>>
+    pub fn tap<F>(mut self, f: F) -> Next<'p, S, Tap<F, S::Out>>
     where
         F: Fn(&S::Out) + Send + Sync + 'static,
     {
@@ -597,13 +606,16 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Folds each value into an accumulator kept by the host and emits every new one.
-    pub fn scan<A, F>(mut self, seed: A, f: F) -> Chain<'p, Then<S, Scan<A, F, S::Out>>>
+    pub fn scan<A, F>(mut self, seed: A, f: F) -> Next<'p, S, Scan<A, F, S::Out>>
     where
-        A: Clone + fmt::Debug + Send + Sync + 'static,
+        A: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(A, S::Out) -> A + Send + Sync + 'static,
     {
         let seed_text = format!("{seed:?}");
-        let state = (fingerprint::of::<A>(), drop_state::<A> as crate::abi::DropStateFn);
+        let state = (
+            fingerprint::of_state::<A>(),
+            drop_state::<A> as crate::abi::DropStateFn,
+        );
         let op = self.track_op::<S::Out, A>("scan", Some(state), Some(&seed_text));
         self.then(Scan {
             seed,
@@ -615,13 +627,16 @@ impl<'p, S: Stage> Chain<'p, S> {
 
     /// Folds each value into an accumulator kept by the host and emits it once, when the
     /// source completes.
-    pub fn reduce<A, F>(mut self, seed: A, f: F) -> Chain<'p, Then<S, Reduce<A, F, S::Out>>>
+    pub fn reduce<A, F>(mut self, seed: A, f: F) -> Next<'p, S, Reduce<A, F, S::Out>>
     where
-        A: Clone + fmt::Debug + Send + Sync + 'static,
+        A: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(A, S::Out) -> A + Send + Sync + 'static,
     {
         let seed_text = format!("{seed:?}");
-        let state = (fingerprint::of::<A>(), drop_state::<A> as crate::abi::DropStateFn);
+        let state = (
+            fingerprint::of_state::<A>(),
+            drop_state::<A> as crate::abi::DropStateFn,
+        );
         let op = self.track_op::<S::Out, A>("reduce", Some(state), Some(&seed_text));
         self.then(Reduce {
             seed,
@@ -632,10 +647,10 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Passes the first `n` values, then completes the pipeline.
-    pub fn take(mut self, n: u64) -> Chain<'p, Then<S, Take<S::Out>>> {
+    pub fn take(mut self, n: u64) -> Next<'p, S, Take<S::Out>> {
         let seed_text = format!("{n}");
         let state = (
-            fingerprint::of::<u64>(),
+            fingerprint::of_state::<u64>(),
             drop_state::<u64> as crate::abi::DropStateFn,
         );
         let op = self.track_op::<S::Out, S::Out>("take", Some(state), Some(&seed_text));
@@ -647,7 +662,7 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Prints each value (its Debug text) through the host, and passes it on.
-    pub fn log(mut self) -> Chain<'p, Then<S, Log<S::Out>>>
+    pub fn log(mut self) -> Next<'p, S, Log<S::Out>>
     where
         S::Out: fmt::Debug,
     {

@@ -1,11 +1,14 @@
 //! Type fingerprints: how the host tells whether two plugin versions agree on a type.
 //!
-//! A fingerprint is the type's name (`core::any::type_name`), size, alignment and a hash of
-//! those three. Function bodies never enter it. What it cannot see: a struct whose fields
-//! changed while its name, size and alignment stayed the same (for example two `u32` fields
-//! swapped). See ARCHITECTURE.md, "Cross-library hazards", type layout.
+//! A fingerprint is the type's name (`core::any::type_name`), size, alignment and a hash.
+//! For value types flowing between operators ([`of`]) the hash covers those three: rustc
+//! type-checks a whole chain within one version, so they only serve reports. For state
+//! types, which cross versions, the hash is the layout description of [`crate::shape`]
+//! ([`of_state`]): field names, offsets and types, recursively. Function bodies never enter
+//! either.
 
 use crate::abi::{RFingerprint, RStr};
+use crate::shape::{Shape, layout_hash};
 
 /// FNV-1a over `bytes`, continuing from `h`.
 pub const fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
@@ -34,6 +37,14 @@ pub fn of<T: 'static>() -> RFingerprint {
         size,
         align,
         hash: h,
+    }
+}
+
+/// The fingerprint of a state type `T`: its hash is `T`'s layout description.
+pub fn of_state<T: Shape>() -> RFingerprint {
+    RFingerprint {
+        hash: layout_hash::<T>(),
+        ..of::<T>()
     }
 }
 

@@ -23,16 +23,20 @@
 //! The crate has three parts: [`abi`], the `#[repr(C)]` types and `extern "C"` signatures
 //! that are all that crosses the library boundary; [`dsl`], which compiles each pipeline
 //! into one monomorphised entry point while the host keeps its operators' state; and
-//! [`fingerprint`], the type fingerprints the host compares before it lets a new version
-//! touch old state. It has no dependencies, so a clean plugin build stays short.
+//! [`fingerprint`] and [`shape`], the type fingerprints and layout descriptions the host
+//! compares before it lets a new version touch old state (declare state structs in
+//! [`state!`]). It has no dependencies, so a clean plugin build stays short.
 
 pub mod abi;
 pub mod dsl;
 pub mod fingerprint;
+pub mod shape;
 
 /// What a plugin crate needs: `use plugin_api::prelude::*;`.
 pub mod prelude {
     pub use crate::dsl::{Chain, Plugin, Source, interval_ms, range};
+    pub use crate::shape::Shape;
+    pub use crate::state;
 }
 
 /// Exports `register` (a `fn(&mut Plugin)`) as this library's plugin entry point, together

@@ -33,7 +33,10 @@ fn reload_fields(e: &HostEvent) -> (usize, Vec<String>, Vec<String>, Vec<String>
             ..
         } => (
             *swapped,
-            reset.iter().map(|r| format!("{}: {}", r.path, r.reason)).collect(),
+            reset
+                .iter()
+                .map(|r| format!("{}: {}", r.path, r.reason))
+                .collect(),
             added.clone(),
             removed.clone(),
         ),
@@ -57,8 +60,15 @@ fn body_edit_swaps_code_and_keeps_state_and_paths() -> anyhow::Result<()> {
     fixture.edit("src/lib.rs", "|_n: u64| 1u64", "|_n: u64| 1000u64");
     let reload = host.wait_reload()?;
     let (swapped, reset, added, removed) = reload_fields(&reload);
-    assert!(reset.is_empty() && added.is_empty() && removed.is_empty(), "{reload:?}");
-    assert_eq!(swapped, tracks_before.len(), "every track swapped: {reload:?}");
+    assert!(
+        reset.is_empty() && added.is_empty() && removed.is_empty(),
+        "{reload:?}"
+    );
+    assert_eq!(
+        swapped,
+        tracks_before.len(),
+        "every track swapped: {reload:?}"
+    );
     let HostEvent::Reload {
         version: v2,
         tracks: tracks_after,
@@ -79,12 +89,25 @@ fn body_edit_swaps_code_and_keeps_state_and_paths() -> anyhow::Result<()> {
     let mut previous = 0i64;
     for (version, v) in &emissions {
         let step = if *version == v1 { 1 } else { 1000 };
-        assert!(*version == v1 || *version == v2, "unknown version in {emissions:?}");
-        assert_eq!(value(v), previous + step, "at {v} (v{version}) in {emissions:?}");
+        assert!(
+            *version == v1 || *version == v2,
+            "unknown version in {emissions:?}"
+        );
+        assert_eq!(
+            value(v),
+            previous + step,
+            "at {v} (v{version}) in {emissions:?}"
+        );
         previous = value(v);
     }
-    let switch = emissions.iter().position(|(ver, _)| *ver == v2).expect("a v2 emission");
-    assert!(emissions[switch..].iter().all(|(ver, _)| *ver == v2), "v1 after v2: {emissions:?}");
+    let switch = emissions
+        .iter()
+        .position(|(ver, _)| *ver == v2)
+        .expect("a v2 emission");
+    assert!(
+        emissions[switch..].iter().all(|(ver, _)| *ver == v2),
+        "v1 after v2: {emissions:?}"
+    );
     Ok(())
 }
 
@@ -105,16 +128,31 @@ fn scan_state_type_change_resets_that_state_with_reason() -> anyhow::Result<()> 
     let reload = host.wait_reload()?;
     let (_, reset, added, removed) = reload_fields(&reload);
     assert!(added.is_empty() && removed.is_empty(), "{reload:?}");
-    let scan_reset: Vec<&String> = reset.iter().filter(|r| r.starts_with("counter|1:scan")).collect();
+    let scan_reset: Vec<&String> = reset
+        .iter()
+        .filter(|r| r.starts_with("counter|1:scan"))
+        .collect();
     assert_eq!(scan_reset.len(), 1, "{reset:?}");
-    assert!(scan_reset[0].contains("state type changed from u64 to i64"), "{reset:?}");
-    assert!(!reset.iter().any(|r| r.starts_with("counter|0:map")), "map kept: {reset:?}");
+    assert!(
+        scan_reset[0].contains("state type changed from u64 to i64"),
+        "{reset:?}"
+    );
+    assert!(
+        !reset.iter().any(|r| r.starts_with("counter|0:map")),
+        "map kept: {reset:?}"
+    );
 
     // Fresh from the new seed: -101, -102, ...
-    let HostEvent::Reload { version: v2, .. } = reload else { unreachable!() };
+    let HostEvent::Reload { version: v2, .. } = reload else {
+        unreachable!()
+    };
     let (version, first) = host.wait_emission("counter", |v| value(v) < 0)?;
     assert_eq!(version, v2);
-    assert_eq!(value(&first), -101, "the reset state starts from the new seed");
+    assert_eq!(
+        value(&first),
+        -101,
+        "the reset state starts from the new seed"
+    );
     Ok(())
 }
 
@@ -131,18 +169,29 @@ fn adding_and_removing_a_pipeline() -> anyhow::Result<()> {
         .log();
 }"#;
     let text = fixture.read("src/lib.rs");
-    let body_end = text.find("}\n\nplugin_api::export_plugin!").expect("register's end");
-    fixture.write("src/lib.rs", &format!("{}{}{}", &text[..body_end], extra, &text[body_end + 1..]));
+    let body_end = text
+        .find("}\n\nplugin_api::export_plugin!")
+        .expect("register's end");
+    fixture.write(
+        "src/lib.rs",
+        &format!("{}{}{}", &text[..body_end], extra, &text[body_end + 1..]),
+    );
     let reload = host.wait_reload()?;
     let (swapped, reset, added, removed) = reload_fields(&reload);
-    assert_eq!(added, vec!["extra", "extra|0:map", "extra|1:log"], "{reload:?}");
+    assert_eq!(
+        added,
+        vec!["extra", "extra|0:map", "extra|1:log"],
+        "{reload:?}"
+    );
     assert!(reset.is_empty() && removed.is_empty(), "{reload:?}");
     assert!(swapped >= 4, "{reload:?}");
     host.wait_emission("extra", |v| value(v) >= 10_000)?;
 
     // Remove the counter.
     let text = fixture.read("src/lib.rs");
-    let start = text.find("    p.pipeline(\"counter\"").expect("counter pipeline");
+    let start = text
+        .find("    p.pipeline(\"counter\"")
+        .expect("counter pipeline");
     let end = start + text[start..].find(".log();\n").expect("its end") + ".log();\n".len();
     fixture.write("src/lib.rs", &format!("{}{}", &text[..start], &text[end..]));
     let reload = host.wait_reload()?;
