@@ -8,7 +8,7 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use hmr_track::{Fingerprint, Id};
+use hmr_track::{Id, Signature};
 use plugin_api::abi::{
     CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, SourceDesc, source_kind, status,
 };
@@ -24,20 +24,24 @@ pub struct OpCode {
     pub path: String,
     /// Its kind.
     pub kind: String,
-    /// Its state type (`None` for stateless operators).
-    pub state: Option<Fingerprint>,
-    /// Debug text of its seed arguments.
-    pub seed: Option<String>,
+    /// Its signature as registered (types and seed; the store's view of it).
+    pub signature: Signature,
     pub(crate) layout: Layout,
     pub(crate) init: InitFn,
     pub(crate) drop: DropStateFn,
 }
 
 impl OpCode {
-    /// Whether state written by `old` may be handed to this operator unchanged: same track,
-    /// same state type, same seed.
+    /// Whether state written by `old` may be handed to this operator unchanged: the same
+    /// track with the same signature (the rule the reloader reports as `swapped`).
     pub fn keeps_state_of(&self, old: &OpCode) -> bool {
-        self.track == old.track && self.state == old.state && self.seed == old.seed
+        self.track == old.track
+            && hmr_track::signature_change(&old.signature, &self.signature).is_none()
+    }
+
+    /// Whether the operator keeps state.
+    pub fn has_state(&self) -> bool {
+        self.signature.state.is_some()
     }
 }
 
@@ -231,7 +235,7 @@ impl StateSlots {
                     s
                 }
                 None => {
-                    if op.state.is_some() {
+                    if op.has_state() {
                         reset.push(op.path.clone());
                     }
                     fresh_slot(new, i, op)?

@@ -4,6 +4,9 @@
 //!    directory of this process), so the next build can overwrite cargo's output while this
 //!    version stays mapped, and so the dynamic loader never hands back an already-open copy
 //!    of an older build under the same name.
+//!    Before the copy is opened, its ELF headers are checked against its length: `dlopen`
+//!    maps segments straight from the file, so a half-written library (cargo still linking,
+//!    a copy cut short) would otherwise crash the host with `SIGBUS` instead of failing.
 //! 2. **Open** it with `RTLD_NOW | RTLD_LOCAL`: every symbol resolves now (a broken library
 //!    fails here, not at its first call) and none of its symbols leak into the global scope
 //!    where the next version would bind to them.
@@ -33,6 +36,14 @@ pub enum LoadError {
         to: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The file is cut short or is not a shared library for this machine.
+    #[error("{path} is not a complete shared library: {reason}")]
+    Incomplete {
+        /// The library.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
     },
     /// `dlopen` refused the file (truncated, half-written, not a library, missing symbols).
     #[error("cannot open {path}: {source}")]
@@ -147,11 +158,19 @@ impl Loader {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".to_owned());
         let path = self.dir.join(format!("v{version}-{file}"));
-        std::fs::copy(built, &path).map_err(|source| LoadError::Copy {
+        let copy_error = |source| LoadError::Copy {
             from: built.to_owned(),
             to: path.clone(),
             source,
+        };
+        // Read once and check what was read: the private copy is then exactly what was
+        // checked, whatever happens to cargo's file meanwhile.
+        let bytes = std::fs::read(built).map_err(copy_error)?;
+        check_complete(&bytes).map_err(|reason| LoadError::Incomplete {
+            path: built.to_owned(),
+            reason,
         })?;
+        std::fs::write(&path, &bytes).map_err(copy_error)?;
         let lib = open(&path)?;
         let header = read_header(&lib, &path)?;
         Ok(Arc::new(LibVersion {
@@ -168,6 +187,68 @@ impl Drop for Loader {
         // Mapped libraries stay mapped after their file is unlinked.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Checks that an ELF file holds every byte its headers point at (the program headers'
+/// segments and the section header table). Other formats pass unchecked.
+fn check_complete(bytes: &[u8]) -> Result<(), String> {
+    if !cfg!(target_os = "linux") {
+        // Mach-O and PE are not checked here (untested platforms); the loader decides.
+        return Ok(());
+    }
+    let len = bytes.len() as u64;
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return Err(format!("{len} bytes without an ELF header"));
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".to_owned());
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as u64;
+    let u32_at = |at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_le_bytes(b)
+    };
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (phoff, shoff) = (u64_at(0x20), u64_at(0x28));
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    let (shentsize, shnum) = (u16_at(0x3a), u16_at(0x3c));
+    let table_end = |off: u64, size: u64, n: u64| off.checked_add(size.checked_mul(n)?);
+    match table_end(phoff, phentsize, phnum) {
+        Some(end) if end <= len && phentsize >= 56 => {}
+        _ => {
+            return Err(format!(
+                "program headers run past the end of its {len} bytes"
+            ));
+        }
+    }
+    match table_end(shoff, shentsize, shnum) {
+        Some(end) if end <= len => {}
+        _ => {
+            return Err(format!(
+                "section headers run past the end of its {len} bytes"
+            ));
+        }
+    }
+    for i in 0..phnum {
+        let at = (phoff + i * phentsize) as usize;
+        let (kind, offset, filesz) = (u32_at(at), u64_at(at + 8), u64_at(at + 32));
+        const PT_LOAD: u32 = 1;
+        const PT_DYNAMIC: u32 = 2;
+        if (kind == PT_LOAD || kind == PT_DYNAMIC)
+            && offset.checked_add(filesz).is_none_or(|end| end > len)
+        {
+            return Err(format!(
+                "segment {i} needs bytes up to {} but the file has {len}: written only in part?",
+                offset.saturating_add(filesz)
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(unix)]

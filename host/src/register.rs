@@ -152,8 +152,7 @@ impl Ctx<'_> {
             kind: unsafe { op.kind.to_string_lossy() }
                 .unwrap_or_default()
                 .into_owned(),
-            state: sig.state.clone(),
-            seed: sig.seed.clone(),
+            signature: sig.clone(),
             layout,
             init: op.state.init,
             drop: op.state.drop,

@@ -55,6 +55,7 @@ pub struct Reloader {
     versions: Vec<Arc<LibVersion>>,
     current: Option<u64>,
     subscriptions: BTreeMap<String, Id>,
+    builds: Vec<(Instant, Instant)>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -78,6 +79,7 @@ impl Reloader {
             versions: Vec::new(),
             current: None,
             subscriptions: BTreeMap::new(),
+            builds: Vec::new(),
         })
     }
 
@@ -120,9 +122,18 @@ impl Reloader {
         self.load_and_swap(library, build_ms)
     }
 
+    /// When each cargo build started and ended, in order (builds never overlap: this is
+    /// the only place that runs them, on one thread).
+    pub fn build_windows(&self) -> &[(Instant, Instant)] {
+        &self.builds
+    }
+
     /// Steps 1 to 6.
     pub fn reload(&mut self) -> Outcome {
-        let artifact = match cargo::build(&self.build) {
+        let started = Instant::now();
+        let built = cargo::build(&self.build);
+        self.builds.push((started, Instant::now()));
+        let artifact = match built {
             Ok(a) => a,
             Err(e) => {
                 self.sink.event(HostEvent::BuildFailed {

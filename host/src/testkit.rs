@@ -312,6 +312,18 @@ impl Harness {
         }
     }
 
+    /// Waits for the first emission of `pipeline` produced by plugin `version`; returns its
+    /// value.
+    pub fn wait_emission_from(&mut self, pipeline: &str, version: u64) -> anyhow::Result<String> {
+        let what = format!("an emission of {pipeline} from v{version}");
+        match self.wait_for(&what, EMISSION_TIMEOUT, |e| {
+            matches!(e, HostEvent::Emission { pipeline: p, version: v, .. } if p == pipeline && *v == version)
+        })? {
+            HostEvent::Emission { value, .. } => Ok(value),
+            _ => unreachable!("wait_for returns a matching event"),
+        }
+    }
+
     /// Emissions of `pipeline` received so far, as (version, value).
     pub fn emissions(&self, pipeline: &str) -> Vec<(u64, String)> {
         self.history

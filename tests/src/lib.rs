@@ -1,1 +1,75 @@
-//! Shared helpers live in `host::testkit`; this crate only holds the test files.
+//! Fixtures and expectation helpers shared by the integration tests in `tests/`; the host's
+//! test kit (`host::testkit`) does the driving.
+
+use host::events::{HostEvent, TrackInfo};
+
+/// A counter whose running total makes lost, repeated or reset state visible: every value
+/// adds one step (the `map`'s constant) to the total.
+pub const COUNTER: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("counter", interval_ms(5))
+        .map(|_n: u64| 1u64)
+        .scan(0u64, |acc: u64, n: u64| acc + n)
+        .log();
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// The number an emission's Debug text holds.
+pub fn value(v: &str) -> i64 {
+    v.parse().unwrap_or_else(|_| panic!("not a number: {v:?}"))
+}
+
+/// A reload's fields: swapped count, resets as `path: reason`, added and removed paths.
+pub fn reload_fields(e: &HostEvent) -> (usize, Vec<String>, Vec<String>, Vec<String>) {
+    match e {
+        HostEvent::Reload {
+            swapped,
+            reset,
+            added,
+            removed,
+            ..
+        } => (
+            *swapped,
+            reset
+                .iter()
+                .map(|r| format!("{}: {}", r.path, r.reason))
+                .collect(),
+            added.clone(),
+            removed.clone(),
+        ),
+        other => panic!("not a reload: {other:?}"),
+    }
+}
+
+/// The version a reload event installed.
+pub fn reload_version(e: &HostEvent) -> u64 {
+    match e {
+        HostEvent::Reload { version, .. } => *version,
+        other => panic!("not a reload: {other:?}"),
+    }
+}
+
+/// The paths of `tracks`.
+pub fn paths(tracks: &[TrackInfo]) -> Vec<String> {
+    tracks.iter().map(|t| t.path.clone()).collect()
+}
+
+/// Checks that `emissions` (version, value) of a [`COUNTER`]-like pipeline step the total by
+/// exactly the step of the version that produced each value: nothing lost, nothing repeated,
+/// state carried across versions. `step_of` maps a version to its step.
+pub fn assert_steps(emissions: &[(u64, String)], start: i64, step_of: impl Fn(u64) -> i64) {
+    let mut previous = start;
+    for (version, v) in emissions {
+        let step = step_of(*version);
+        assert_eq!(
+            value(v),
+            previous + step,
+            "at {v} (v{version}) in {emissions:?}"
+        );
+        previous = value(v);
+    }
+}

@@ -3,50 +3,7 @@
 
 use host::events::HostEvent;
 use host::testkit::{Fixture, Harness};
-
-/// A counter whose running total makes lost, repeated or reset state visible: every value
-/// adds `STEP` to the total.
-const COUNTER: &str = r#"
-use plugin_api::prelude::*;
-
-fn register(p: &mut Plugin) {
-    p.pipeline("counter", interval_ms(5))
-        .map(|_n: u64| 1u64)
-        .scan(0u64, |acc: u64, n: u64| acc + n)
-        .log();
-}
-
-plugin_api::export_plugin!(register);
-"#;
-
-fn value(v: &str) -> i64 {
-    v.parse().unwrap_or_else(|_| panic!("not a number: {v:?}"))
-}
-
-fn reload_fields(e: &HostEvent) -> (usize, Vec<String>, Vec<String>, Vec<String>) {
-    match e {
-        HostEvent::Reload {
-            swapped,
-            reset,
-            added,
-            removed,
-            ..
-        } => (
-            *swapped,
-            reset
-                .iter()
-                .map(|r| format!("{}: {}", r.path, r.reason))
-                .collect(),
-            added.clone(),
-            removed.clone(),
-        ),
-        other => panic!("not a reload: {other:?}"),
-    }
-}
-
-fn paths(tracks: &[host::events::TrackInfo]) -> Vec<String> {
-    tracks.iter().map(|t| t.path.clone()).collect()
-}
+use integration_tests::{COUNTER, assert_steps, paths, reload_fields, value};
 
 /// Editing a closure body swaps the code, keeps the scan total, loses and repeats nothing,
 /// and leaves every structural path as it was.
@@ -86,20 +43,11 @@ fn body_edit_swaps_code_and_keeps_state_and_paths() -> anyhow::Result<()> {
 
     // Every emission steps the total by exactly one step of the version that produced it:
     // 1 under v1, 1000 under v2. Nothing lost, nothing repeated, state kept across the swap.
-    let mut previous = 0i64;
-    for (version, v) in &emissions {
-        let step = if *version == v1 { 1 } else { 1000 };
-        assert!(
-            *version == v1 || *version == v2,
-            "unknown version in {emissions:?}"
-        );
-        assert_eq!(
-            value(v),
-            previous + step,
-            "at {v} (v{version}) in {emissions:?}"
-        );
-        previous = value(v);
-    }
+    assert!(
+        emissions.iter().all(|(v, _)| *v == v1 || *v == v2),
+        "{emissions:?}"
+    );
+    assert_steps(&emissions, 0, |v| if v == v1 { 1 } else { 1000 });
     let switch = emissions
         .iter()
         .position(|(ver, _)| *ver == v2)
