@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApplyError;
 use crate::event::{Event, ModuleOutcome, UpdateOutcome};
 use crate::model::{
-    Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature, Subscription, Track,
-    signature_change,
+    Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature, Subscription,
+    Track, signature_change,
 };
 use crate::path;
 
@@ -254,8 +254,13 @@ impl State {
         if let Some(open) = self.running_module() {
             return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
         }
-        if let Some((&last, _)) = self.store.modules.last_key_value()
-            && module <= last
+        if let Some(last) = self
+            .store
+            .modules
+            .keys()
+            .next_back()
+            .copied()
+            .filter(|&last| module <= last)
         {
             return Err(ApplyError::ModuleNotIncreasing {
                 event: EVENT,
@@ -384,48 +389,46 @@ impl State {
         if let Some(key) = key {
             path::check_key(event, key)?;
         }
-        let (parent, index, path) = match self.stack.tracks.last() {
-            None => match key {
-                Some(key) => (None, None, key.to_owned()),
-                None => {
-                    return Err(ApplyError::TopLevelNotKeyed {
-                        event,
-                        kind: kind.to_owned(),
-                    });
-                }
-            },
-            Some(frame) => {
-                let parent = self.store.tracks.get(&frame.track).ok_or_else(|| {
-                    ApplyError::BrokenTrack {
-                        event,
-                        track: frame.track,
-                        detail: "an open track frame names a track not in the store".into(),
-                    }
-                })?;
-                let index = match key {
-                    Some(_) => None,
-                    None if frame.next_index == u32::MAX => {
-                        return Err(ApplyError::TooManyChildren {
+        let (parent, index, path) =
+            match self.stack.tracks.last() {
+                None => match key {
+                    Some(key) => (None, None, key.to_owned()),
+                    None => {
+                        return Err(ApplyError::TopLevelNotKeyed {
                             event,
-                            parent: frame.track,
+                            kind: kind.to_owned(),
                         });
                     }
-                    None => Some(frame.next_index),
-                };
-                let segment = path::nested_segment(index, key, kind);
-                (
-                    Some(frame.track),
-                    index,
-                    path::join(&parent.path, &segment),
-                )
-            }
-        };
+                },
+                Some(frame) => {
+                    let parent = self.store.tracks.get(&frame.track).ok_or_else(|| {
+                        ApplyError::BrokenTrack {
+                            event,
+                            track: frame.track,
+                            detail: "an open track frame names a track not in the store".into(),
+                        }
+                    })?;
+                    let index = match key {
+                        Some(_) => None,
+                        None if frame.next_index == u32::MAX => {
+                            return Err(ApplyError::TooManyChildren {
+                                event,
+                                parent: frame.track,
+                            });
+                        }
+                        None => Some(frame.next_index),
+                    };
+                    let segment = path::nested_segment(index, key, kind);
+                    (Some(frame.track), index, path::join(&parent.path, &segment))
+                }
+            };
         let existing = self.store.paths.get(&path).copied();
-        if let Some(id) = existing
-            && let Some(track) = self.store.tracks.get(&id)
-            && (track.module == module
-                || track.pending.as_ref().is_some_and(|p| p.module == module))
-        {
+        let registered_in_this_run = existing
+            .and_then(|id| self.store.tracks.get(&id))
+            .is_some_and(|track| {
+                track.module == module || track.pending.as_ref().is_some_and(|p| p.module == module)
+            });
+        if registered_in_this_run {
             return Err(ApplyError::DuplicatePath {
                 event,
                 path,
@@ -484,9 +487,7 @@ impl State {
             }
             frame.child_kinds.push(kind.to_owned());
         }
-        let existing = plan
-            .existing
-            .and_then(|id| self.store.tracks.get_mut(&id));
+        let existing = plan.existing.and_then(|id| self.store.tracks.get_mut(&id));
         match existing {
             Some(existing) => {
                 existing.pending = Some(Pending {
@@ -542,8 +543,11 @@ impl State {
                 found: track,
             });
         }
-        if let Some(entity) = self.stack.entities.last()
-            && entity.track_depth >= self.stack.tracks.len()
+        if let Some(entity) = self
+            .stack
+            .entities
+            .last()
+            .filter(|e| e.track_depth >= self.stack.tracks.len())
         {
             return Err(ApplyError::OpenCallsInside {
                 event: EVENT,
@@ -610,9 +614,13 @@ impl State {
                         module,
                     });
                 };
-                if *outcome == UpdateOutcome::Swapped
-                    && let Some(reason) = signature_change(&stored.signature, &pending.signature)
-                {
+                let change = match outcome {
+                    UpdateOutcome::Swapped => {
+                        signature_change(&stored.signature, &pending.signature)
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = change {
                     return Err(ApplyError::SignatureChanged {
                         event: EVENT,
                         track,
@@ -766,12 +774,15 @@ impl State {
                 track: crossed,
             });
         }
-        if let Some(top) = self.stack.tracks.last()
-            && let Some(first) = top.entity
+        if let Some((track, first)) = self
+            .stack
+            .tracks
+            .last()
+            .and_then(|top| top.entity.map(|first| (top.track, first)))
         {
             return Err(ApplyError::SecondEntity {
                 event,
-                track: top.track,
+                track,
                 first,
                 second: entity,
             });

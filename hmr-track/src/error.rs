@@ -87,7 +87,9 @@ pub enum ApplyError {
         open: String,
     },
     /// A pipeline/operator return while a track opened after its call is still open.
-    #[error("{event}: entity {entity} returns inside track {track}, which was opened after its call")]
+    #[error(
+        "{event}: entity {entity} returns inside track {track}, which was opened after its call"
+    )]
     CrossesTrack {
         /// The refused event.
         event: &'static str,
@@ -161,7 +163,9 @@ pub enum ApplyError {
         id: Id,
     },
     /// A second core entity returned directly inside one track scope.
-    #[error("{event}: track {track} already produced entity {first}, a second one ({second}) is not allowed")]
+    #[error(
+        "{event}: track {track} already produced entity {first}, a second one ({second}) is not allowed"
+    )]
     SecondEntity {
         /// The refused event.
         event: &'static str,
@@ -322,7 +326,9 @@ mod tests {
     #[test]
     fn display_is_lowercase_without_final_period_and_names_the_event() {
         let errors = [
-            ApplyError::NoModuleOpen { event: "track-call" },
+            ApplyError::NoModuleOpen {
+                event: "track-call",
+            },
             ApplyError::ModuleNotCurrent {
                 event: "track-update",
                 module: 2,

@@ -36,6 +36,11 @@ pub enum UpdateOutcome {
 /// kebab-case variant name: `{"type":"track-call","track":3,...}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the spec fixes `signature: Signature` inline; events are applied one at a time, \
+              boxing it would cost an allocation per track-call"
+)]
 pub enum Event {
     /// A run of a plugin version's registration starts.
     ModuleCall {

@@ -146,17 +146,18 @@ pub struct Subscription {
 }
 
 /// Why `new` cannot keep the state built under `old`: `None` when equal, else a lowercase
-/// reason naming the first differing field (in the order kind, input, output, state, seed,
+/// reason naming the first differing field (in the order kind, state, input, output, seed,
 /// children) with old -> new, e.g. `state type changed from u64 to i64`,
 /// `seed changed from 0 to 10`, `children changed from [map] to [map, tap]`.
 pub fn signature_change(old: &Signature, new: &Signature) -> Option<String> {
     if old.kind != new.kind {
         return Some(format!("kind changed from {} to {}", old.kind, new.kind));
     }
+    // State first: it is what a reset throws away, so it is the reason worth naming.
     let types = [
+        ("state", &old.state, &new.state),
         ("input", &old.input, &new.input),
         ("output", &old.output, &new.output),
-        ("state", &old.state, &new.state),
     ];
     for (field, a, b) in types {
         if a != b {

@@ -61,7 +61,10 @@ impl State {
                         &current.kind,
                     ));
                     current = self.track(parent).ok_or_else(|| {
-                        broken(format!("parent {parent} of track {} is missing", current.id))
+                        broken(format!(
+                            "parent {parent} of track {} is missing",
+                            current.id
+                        ))
                     })?;
                 }
             }

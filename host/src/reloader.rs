@@ -281,10 +281,10 @@ impl Reloader {
         // Step 5: removed pipelines first, then the new code.
         for name in removed_pipelines {
             self.runtime.remove(&name);
-            if let Some(sub) = self.subscriptions.remove(&name) {
-                if let Err(e) = self.recorder.unsubscribe(sub) {
-                    self.internal_error(&e);
-                }
+            if let Some(sub) = self.subscriptions.remove(&name)
+                && let Err(e) = self.recorder.unsubscribe(sub)
+            {
+                self.internal_error(&e);
             }
         }
         for id in orphans {

@@ -138,13 +138,10 @@ impl Runtime {
     /// Makes `code` the current code of its pipeline, starting the pipeline if needed.
     pub fn publish(&mut self, code: PipelineCode) -> Published {
         let name = code.name.clone();
-        let restart = match self.pipelines.get(&name) {
-            None => None,
-            Some(r) => Some(
-                r.source != code.source
-                    || ended_from(r.shared.ended.load(Ordering::Acquire)) != Ended::Running,
-            ),
-        };
+        let restart = self.pipelines.get(&name).map(|r| {
+            r.source != code.source
+                || ended_from(r.shared.ended.load(Ordering::Acquire)) != Ended::Running
+        });
         match restart {
             Some(false) => {
                 let r = &self.pipelines[&name];

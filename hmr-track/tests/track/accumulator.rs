@@ -36,24 +36,52 @@ fn module_call(module: u64) -> Event {
 #[test]
 fn paths_of_programs() {
     let table: &[(&str, &[&str])] = &[
-        ("counter{map filter}", &["counter", "counter|0:map", "counter|1:filter"]),
+        (
+            "counter{map filter}",
+            &["counter", "counter|0:map", "counter|1:filter"],
+        ),
         (
             "counter{map filter scan(0) tap}",
-            &["counter", "counter|0:map", "counter|1:filter", "counter|2:scan", "counter|3:tap"],
+            &[
+                "counter",
+                "counter|0:map",
+                "counter|1:filter",
+                "counter|2:scan",
+                "counter|3:tap",
+            ],
         ),
         (
             "counter{#norm:scope{map} map}",
-            &["counter", "counter|#norm:scope", "counter|#norm:scope|0:map", "counter|0:map"],
+            &[
+                "counter",
+                "counter|#norm:scope",
+                "counter|#norm:scope|0:map",
+                "counter|0:map",
+            ],
         ),
         (
             // The index restarts in every scope, like hook call order.
             "a{map{tap tap} filter{tap}}",
-            &["a", "a|0:map", "a|0:map|0:tap", "a|0:map|1:tap", "a|1:filter", "a|1:filter|0:tap"],
+            &[
+                "a",
+                "a|0:map",
+                "a|0:map|0:tap",
+                "a|0:map|1:tap",
+                "a|1:filter",
+                "a|1:filter|0:tap",
+            ],
         ),
         (
             // Keyed scopes consume no index.
             "a{map #x:scope #y:scope{filter} map}",
-            &["a", "a|#x:scope", "a|#y:scope", "a|#y:scope|0:filter", "a|0:map", "a|1:map"],
+            &[
+                "a",
+                "a|#x:scope",
+                "a|#y:scope",
+                "a|#y:scope|0:filter",
+                "a|0:map",
+                "a|1:map",
+            ],
         ),
         (
             "total{reduce(0)} counter{map}",
@@ -80,20 +108,57 @@ fn paths_of_programs() {
 fn bad_track_calls_are_refused_with_their_reason() {
     // Each row: a prefix of events (accepted), then the refused event and its error text.
     let table: Vec<(Vec<Event>, Event, &str)> = vec![
-        (vec![], track_call(0, "pipeline", Some("c")), "track-call: no module is open (call it between module-call and module-call-return)"),
-        (vec![module_call(1)], track_call(0, "map", None), "track-call: a top-level track must be keyed (kind map has no key)"),
-        (vec![module_call(1)], track_call(0, "pipeline", Some("")), "track-call: invalid key \"\" (keys are non-empty and hold none of '|', ':', '#')"),
-        (vec![module_call(1)], track_call(0, "pipeline", Some("a|b")), "track-call: invalid key \"a|b\" (keys are non-empty and hold none of '|', ':', '#')"),
-        (vec![module_call(1)], track_call(0, "pipeline", Some("a:b")), "track-call: invalid key \"a:b\" (keys are non-empty and hold none of '|', ':', '#')"),
-        (vec![module_call(1)], track_call(0, "pipeline", Some("#a")), "track-call: invalid key \"#a\" (keys are non-empty and hold none of '|', ':', '#')"),
-        (vec![module_call(1)], track_call(0, "", Some("a")), "track-call: invalid kind \"\" (kinds are non-empty and hold no '|')"),
         (
-            vec![module_call(1), track_call(0, "pipeline", Some("c")), Event::TrackCallReturn { track: 0 }],
+            vec![],
+            track_call(0, "pipeline", Some("c")),
+            "track-call: no module is open (call it between module-call and module-call-return)",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "map", None),
+            "track-call: a top-level track must be keyed (kind map has no key)",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "pipeline", Some("")),
+            "track-call: invalid key \"\" (keys are non-empty and hold none of '|', ':', '#')",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "pipeline", Some("a|b")),
+            "track-call: invalid key \"a|b\" (keys are non-empty and hold none of '|', ':', '#')",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "pipeline", Some("a:b")),
+            "track-call: invalid key \"a:b\" (keys are non-empty and hold none of '|', ':', '#')",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "pipeline", Some("#a")),
+            "track-call: invalid key \"#a\" (keys are non-empty and hold none of '|', ':', '#')",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "", Some("a")),
+            "track-call: invalid kind \"\" (kinds are non-empty and hold no '|')",
+        ),
+        (
+            vec![
+                module_call(1),
+                track_call(0, "pipeline", Some("c")),
+                Event::TrackCallReturn { track: 0 },
+            ],
             track_call(1, "pipeline", Some("c")),
             "track-call: duplicate path c in module 1",
         ),
         (
-            vec![module_call(1), track_call(0, "pipeline", Some("c")), track_call(1, "scope", Some("k")), Event::TrackCallReturn { track: 1 }],
+            vec![
+                module_call(1),
+                track_call(0, "pipeline", Some("c")),
+                track_call(1, "scope", Some("k")),
+                Event::TrackCallReturn { track: 1 },
+            ],
             track_call(2, "scope", Some("k")),
             "track-call: duplicate path c|#k:scope in module 1",
         ),
@@ -104,8 +169,14 @@ fn bad_track_calls_are_refused_with_their_reason() {
         ),
         (
             vec![
-                module_call(1), track_call(0, "pipeline", Some("c")), Event::TrackCallReturn { track: 0 },
-                Event::ModuleCallReturn { module: 1, outcome: ModuleOutcome::Ok }, module_call(2),
+                module_call(1),
+                track_call(0, "pipeline", Some("c")),
+                Event::TrackCallReturn { track: 0 },
+                Event::ModuleCallReturn {
+                    module: 1,
+                    outcome: ModuleOutcome::Ok,
+                },
+                module_call(2),
             ],
             track_call(7, "pipeline", Some("c")),
             "track-call: path c belongs to track 0, found 7",
@@ -116,7 +187,10 @@ fn bad_track_calls_are_refused_with_their_reason() {
                 track: 0,
                 kind: "map".into(),
                 key: Some("m".into()),
-                signature: Signature { kind: "filter".into(), ..Signature::default() },
+                signature: Signature {
+                    kind: "filter".into(),
+                    ..Signature::default()
+                },
             },
             "track-call: signature kind filter differs from track kind map",
         ),
@@ -132,32 +206,110 @@ fn bad_returns_are_refused() {
     let open = vec![
         module_call(1),
         track_call(0, "pipeline", Some("c")),
-        Event::PipelineCall { entity: 1, name: "c".into() },
+        Event::PipelineCall {
+            entity: 1,
+            name: "c".into(),
+        },
     ];
     let table: Vec<(Vec<Event>, Event, &str)> = vec![
-        (vec![], Event::TrackCallReturn { track: 3 }, "track-call-return: return for 3 without its call (nothing is open)"),
-        (vec![], Event::ModuleCallReturn { module: 1, outcome: ModuleOutcome::Ok }, "module-call-return: return for 1 without its call (nothing is open)"),
-        (vec![module_call(1)], Event::ModuleCallReturn { module: 2, outcome: ModuleOutcome::Ok }, "module-call-return: return for another id (expected 1, found 2)"),
-        (open.clone(), Event::PipelineCallReturn { entity: 9 }, "pipeline-call-return: return for another id (expected 1, found 9)"),
-        (open.clone(), Event::OperatorCallReturn { entity: 1 }, "operator-call-return: 1 is an open pipeline-call, not this call"),
-        (open.clone(), Event::TrackCallReturn { track: 0 }, "track-call-return: track 0 is closed while pipeline 1 opened inside it is still open"),
-        (open.clone(), Event::TrackCallReturn { track: 5 }, "track-call-return: return for another id (expected 0, found 5)"),
+        (
+            vec![],
+            Event::TrackCallReturn { track: 3 },
+            "track-call-return: return for 3 without its call (nothing is open)",
+        ),
+        (
+            vec![],
+            Event::ModuleCallReturn {
+                module: 1,
+                outcome: ModuleOutcome::Ok,
+            },
+            "module-call-return: return for 1 without its call (nothing is open)",
+        ),
+        (
+            vec![module_call(1)],
+            Event::ModuleCallReturn {
+                module: 2,
+                outcome: ModuleOutcome::Ok,
+            },
+            "module-call-return: return for another id (expected 1, found 2)",
+        ),
+        (
+            open.clone(),
+            Event::PipelineCallReturn { entity: 9 },
+            "pipeline-call-return: return for another id (expected 1, found 9)",
+        ),
+        (
+            open.clone(),
+            Event::OperatorCallReturn { entity: 1 },
+            "operator-call-return: 1 is an open pipeline-call, not this call",
+        ),
+        (
+            open.clone(),
+            Event::TrackCallReturn { track: 0 },
+            "track-call-return: track 0 is closed while pipeline 1 opened inside it is still open",
+        ),
+        (
+            open.clone(),
+            Event::TrackCallReturn { track: 5 },
+            "track-call-return: return for another id (expected 0, found 5)",
+        ),
         (
             [open.clone(), vec![track_call(2, "map", None)]].concat(),
             Event::PipelineCallReturn { entity: 1 },
             "pipeline-call-return: entity 1 returns inside track 2, which was opened after its call",
         ),
-        (open.clone(), Event::ModuleCallReturn { module: 1, outcome: ModuleOutcome::Ok }, "module-call-return: module 1 is closed while track 0 opened inside it is still open"),
         (
-            [open.clone(), vec![Event::PipelineCallReturn { entity: 1 }, Event::OperatorCall { entity: 2, kind: "map".into() }]].concat(),
+            open.clone(),
+            Event::ModuleCallReturn {
+                module: 1,
+                outcome: ModuleOutcome::Ok,
+            },
+            "module-call-return: module 1 is closed while track 0 opened inside it is still open",
+        ),
+        (
+            [
+                open.clone(),
+                vec![
+                    Event::PipelineCallReturn { entity: 1 },
+                    Event::OperatorCall {
+                        entity: 2,
+                        kind: "map".into(),
+                    },
+                ],
+            ]
+            .concat(),
             Event::OperatorCallReturn { entity: 2 },
             "operator-call-return: track 0 already produced entity 1, a second one (2) is not allowed",
         ),
-        (vec![], Event::OperatorCall { entity: 0, kind: "map".into() }, "operator-call: no module is open (call it between module-call and module-call-return)"),
-        (open.clone(), Event::OperatorCall { entity: 0, kind: "map".into() }, "operator-call: id 0 is already in use"),
-        (vec![module_call(1)], module_call(2), "module-call: module 1 is still open"),
         (
-            vec![module_call(3), Event::ModuleCallReturn { module: 3, outcome: ModuleOutcome::Ok }],
+            vec![],
+            Event::OperatorCall {
+                entity: 0,
+                kind: "map".into(),
+            },
+            "operator-call: no module is open (call it between module-call and module-call-return)",
+        ),
+        (
+            open.clone(),
+            Event::OperatorCall {
+                entity: 0,
+                kind: "map".into(),
+            },
+            "operator-call: id 0 is already in use",
+        ),
+        (
+            vec![module_call(1)],
+            module_call(2),
+            "module-call: module 1 is still open",
+        ),
+        (
+            vec![
+                module_call(3),
+                Event::ModuleCallReturn {
+                    module: 3,
+                    outcome: ModuleOutcome::Ok,
+                },
+            ],
             module_call(3),
             "module-call: module 3 is not greater than the last module 3",
         ),
@@ -172,7 +324,9 @@ fn bad_returns_are_refused() {
 fn the_entity_returned_directly_inside_a_scope_is_correlated() {
     let mut rec = Recorder::new();
     let m = rec.module_call("v1").unwrap();
-    let c = rec.track_call("pipeline", Some("c"), Signature::default()).unwrap();
+    let c = rec
+        .track_call("pipeline", Some("c"), Signature::default())
+        .unwrap();
     let map = rec.track_call("map", None, Signature::default()).unwrap();
     let op = rec.operator_call("map").unwrap();
     rec.operator_call_return(op).unwrap();
@@ -180,7 +334,9 @@ fn the_entity_returned_directly_inside_a_scope_is_correlated() {
     // The pipeline is created after its children: still directly inside `c`.
     let pipeline = rec.pipeline_call("c").unwrap();
     // A pipeline call may enclose a nested track; the operator inside belongs to that track.
-    let scope = rec.track_call("scope", Some("k"), Signature::default()).unwrap();
+    let scope = rec
+        .track_call("scope", Some("k"), Signature::default())
+        .unwrap();
     rec.track_call_return(scope).unwrap();
     rec.pipeline_call_return(pipeline).unwrap();
     rec.track_call_return(c).unwrap();
@@ -233,7 +389,9 @@ fn a_rerun_leaves_pendings_and_keeps_committed_fields() {
 #[test]
 fn track_updates_commit_pendings() {
     let mut rec = recorded("c{map scan(0)}");
-    let sub = rec.subscribe(rec.state.find_by_path("c").unwrap().id).unwrap();
+    let sub = rec
+        .subscribe(rec.state.find_by_path("c").unwrap().id)
+        .unwrap();
     let scan = rec.state.find_by_path("c|1:scan").unwrap().clone();
     let map = rec.state.find_by_path("c|0:map").unwrap().clone();
     run(&mut rec, &parse("c{map scan(5)}")).unwrap();
@@ -241,13 +399,26 @@ fn track_updates_commit_pendings() {
     // Swapping a changed signature is refused, with the reason.
     let error = refuse(
         &mut rec.state,
-        Event::TrackUpdate { track: scan.id, module: 2, outcome: UpdateOutcome::Swapped },
+        Event::TrackUpdate {
+            track: scan.id,
+            module: 2,
+            outcome: UpdateOutcome::Swapped,
+        },
     );
-    assert_eq!(error.to_string(), format!("track-update: track {} cannot be swapped: seed changed from 0 to 5", scan.id));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "track-update: track {} cannot be swapped: seed changed from 0 to 5",
+            scan.id
+        )
+    );
 
     let settled = settle(&mut rec, 2).unwrap();
     assert_eq!(settled.swapped, ["c", "c|0:map"]);
-    assert_eq!(settled.reset, [("c|1:scan".to_owned(), "seed changed from 0 to 5".to_owned())]);
+    assert_eq!(
+        settled.reset,
+        [("c|1:scan".to_owned(), "seed changed from 0 to 5".to_owned())]
+    );
     assert!(settled.added.is_empty() && settled.removed.is_empty());
 
     let new_scan = rec.state.track(scan.id).unwrap();
@@ -265,9 +436,20 @@ fn track_updates_commit_pendings() {
     // A second update of the same track finds no pending.
     let error = refuse(
         &mut rec.state,
-        Event::TrackUpdate { track: scan.id, module: 2, outcome: UpdateOutcome::Swapped },
+        Event::TrackUpdate {
+            track: scan.id,
+            module: 2,
+            outcome: UpdateOutcome::Swapped,
+        },
     );
-    assert_eq!(error, ApplyError::NoPending { event: "track-update", track: scan.id, module: 2 });
+    assert_eq!(
+        error,
+        ApplyError::NoPending {
+            event: "track-update",
+            track: scan.id,
+            module: 2
+        }
+    );
 }
 
 #[test]
@@ -276,25 +458,65 @@ fn bad_track_updates_are_refused() {
     let c = rec.state.find_by_path("c").unwrap().id;
     let map = rec.state.find_by_path("c|0:map").unwrap().id;
     let sub = rec.subscribe(c).unwrap();
-    let update = |track, module, outcome| Event::TrackUpdate { track, module, outcome };
+    let update = |track, module, outcome| Event::TrackUpdate {
+        track,
+        module,
+        outcome,
+    };
 
     // Module 1 is current and registered everything: nothing is pending or orphaned.
     let e = refuse(&mut rec.state, update(map, 1, UpdateOutcome::Swapped));
-    assert_eq!(e, ApplyError::NoPending { event: "track-update", track: map, module: 1 });
+    assert_eq!(
+        e,
+        ApplyError::NoPending {
+            event: "track-update",
+            track: map,
+            module: 1
+        }
+    );
     let e = refuse(&mut rec.state, update(map, 1, UpdateOutcome::Removed));
-    assert_eq!(e, ApplyError::NotOrphan { event: "track-update", track: map, module: 1 });
+    assert_eq!(
+        e,
+        ApplyError::NotOrphan {
+            event: "track-update",
+            track: map,
+            module: 1
+        }
+    );
     let e = refuse(&mut rec.state, update(map, 2, UpdateOutcome::Removed));
-    assert_eq!(e, ApplyError::ModuleNotCurrent { event: "track-update", module: 2, current: Some(1) });
+    assert_eq!(
+        e,
+        ApplyError::ModuleNotCurrent {
+            event: "track-update",
+            module: 2,
+            current: Some(1)
+        }
+    );
     let e = refuse(&mut rec.state, update(999, 1, UpdateOutcome::Removed));
-    assert_eq!(e, ApplyError::UnknownTrack { event: "track-update", track: 999 });
+    assert_eq!(
+        e,
+        ApplyError::UnknownTrack {
+            event: "track-update",
+            track: 999
+        }
+    );
 
     // Module 2 drops the whole pipeline.
     let m2 = rec.module_call("v2").unwrap();
     let e = refuse(&mut rec.state, update(map, 1, UpdateOutcome::Removed));
-    assert_eq!(e, ApplyError::ModuleStillOpen { event: "track-update", open: m2 });
+    assert_eq!(
+        e,
+        ApplyError::ModuleStillOpen {
+            event: "track-update",
+            open: m2
+        }
+    );
     rec.module_call_return(m2, ModuleOutcome::Ok).unwrap();
     let e = refuse(&mut rec.state, update(map, m2, UpdateOutcome::Removed));
-    assert!(matches!(e, ApplyError::HasChildren { track, .. } if track == map), "{e}");
+    assert!(
+        matches!(e, ApplyError::HasChildren { track, .. } if track == map),
+        "{e}"
+    );
     let e = refuse(&mut rec.state, update(c, m2, UpdateOutcome::Removed));
     assert!(matches!(e, ApplyError::HasChildren { .. }), "{e}");
     let orphans = rec.state.orphans(m2);
@@ -302,7 +524,14 @@ fn bad_track_updates_are_refused() {
     rec.update(orphans[0], m2, UpdateOutcome::Removed).unwrap();
     rec.update(orphans[1], m2, UpdateOutcome::Removed).unwrap();
     let e = refuse(&mut rec.state, update(c, m2, UpdateOutcome::Removed));
-    assert_eq!(e, ApplyError::ActiveSubscription { event: "track-update", track: c, subscription: sub });
+    assert_eq!(
+        e,
+        ApplyError::ActiveSubscription {
+            event: "track-update",
+            track: c,
+            subscription: sub
+        }
+    );
     rec.unsubscribe(sub).unwrap();
     rec.update(c, m2, UpdateOutcome::Removed).unwrap();
     assert!(rec.state.store.tracks.is_empty());
@@ -318,16 +547,26 @@ fn a_failed_run_is_rolled_back_whole() {
     let before = rec.state.clone();
 
     let m = rec.module_call("v2").unwrap();
-    let c2 = rec.track_call("pipeline", Some("c"), Signature::default()).unwrap();
+    let c2 = rec
+        .track_call("pipeline", Some("c"), Signature::default())
+        .unwrap();
     assert_eq!(c2, c);
     let p = rec.pipeline_call("c").unwrap();
     rec.pipeline_call_return(p).unwrap();
-    let new = rec.track_call("filter", None, Signature::default()).unwrap();
+    let new = rec
+        .track_call("filter", None, Signature::default())
+        .unwrap();
     let sub2 = rec.subscribe(c).unwrap();
     let op = rec.operator_call("filter").unwrap();
     // The registration panics here, with frames still open.
     assert!(rec.state.track(c).unwrap().pending.is_some());
-    rec.module_call_return(m, ModuleOutcome::Failed { reason: "panic in register".into() }).unwrap();
+    rec.module_call_return(
+        m,
+        ModuleOutcome::Failed {
+            reason: "panic in register".into(),
+        },
+    )
+    .unwrap();
 
     let state = &rec.state;
     assert!(state.stack.is_empty());
@@ -342,7 +581,9 @@ fn a_failed_run_is_rolled_back_whole() {
     assert_eq!(state.current_module, Some(1));
     assert_eq!(
         state.store.modules[&m].status,
-        ModuleStatus::Failed { reason: "panic in register".into() }
+        ModuleStatus::Failed {
+            reason: "panic in register".into()
+        }
     );
     // Ids are never reused, and the next good run goes on from there.
     assert!(state.fresh_id() > op);
@@ -360,31 +601,105 @@ fn subscriptions() {
     let map = rec.state.find_by_path("c|0:map").unwrap().id;
     let scope = rec.state.find_by_path("c|#k:scope").unwrap().id;
     for track in [map, scope] {
-        let e = refuse(&mut rec.state, Event::SubscribeCall { subscription: 100, track });
-        assert_eq!(e, ApplyError::NotAPipelineTrack { event: "subscribe-call", track });
+        let e = refuse(
+            &mut rec.state,
+            Event::SubscribeCall {
+                subscription: 100,
+                track,
+            },
+        );
+        assert_eq!(
+            e,
+            ApplyError::NotAPipelineTrack {
+                event: "subscribe-call",
+                track
+            }
+        );
     }
-    let e = refuse(&mut rec.state, Event::SubscribeCall { subscription: 100, track: 77 });
-    assert_eq!(e, ApplyError::UnknownTrack { event: "subscribe-call", track: 77 });
-    let e = refuse(&mut rec.state, Event::SubscribeCall { subscription: map, track: c });
-    assert_eq!(e, ApplyError::IdInUse { event: "subscribe-call", id: map });
+    let e = refuse(
+        &mut rec.state,
+        Event::SubscribeCall {
+            subscription: 100,
+            track: 77,
+        },
+    );
+    assert_eq!(
+        e,
+        ApplyError::UnknownTrack {
+            event: "subscribe-call",
+            track: 77
+        }
+    );
+    let e = refuse(
+        &mut rec.state,
+        Event::SubscribeCall {
+            subscription: map,
+            track: c,
+        },
+    );
+    assert_eq!(
+        e,
+        ApplyError::IdInUse {
+            event: "subscribe-call",
+            id: map
+        }
+    );
 
     let id = rec.state.fresh_id();
-    rec.record(Event::SubscribeCall { subscription: id, track: c }).unwrap();
+    rec.record(Event::SubscribeCall {
+        subscription: id,
+        track: c,
+    })
+    .unwrap();
     assert!(!rec.state.store.subscriptions[&id].active);
     let e = refuse(&mut rec.state, Event::UnsubscribeCall { subscription: id });
-    assert_eq!(e, ApplyError::CallAlreadyOpen { event: "unsubscribe-call", id });
-    let e = refuse(&mut rec.state, Event::UnsubscribeCallReturn { subscription: id });
-    assert_eq!(e.to_string(), format!("unsubscribe-call-return: {id} is an open subscribe-call, not this call"));
-    rec.record(Event::SubscribeCallReturn { subscription: id }).unwrap();
+    assert_eq!(
+        e,
+        ApplyError::CallAlreadyOpen {
+            event: "unsubscribe-call",
+            id
+        }
+    );
+    let e = refuse(
+        &mut rec.state,
+        Event::UnsubscribeCallReturn { subscription: id },
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("unsubscribe-call-return: {id} is an open subscribe-call, not this call")
+    );
+    rec.record(Event::SubscribeCallReturn { subscription: id })
+        .unwrap();
     assert!(rec.state.store.subscriptions[&id].active);
     rec.unsubscribe(id).unwrap();
     assert!(!rec.state.store.subscriptions[&id].active);
     let e = refuse(&mut rec.state, Event::UnsubscribeCall { subscription: id });
-    assert_eq!(e, ApplyError::SubscriptionNotActive { event: "unsubscribe-call", subscription: id });
+    assert_eq!(
+        e,
+        ApplyError::SubscriptionNotActive {
+            event: "unsubscribe-call",
+            subscription: id
+        }
+    );
     let e = refuse(&mut rec.state, Event::UnsubscribeCall { subscription: 555 });
-    assert_eq!(e, ApplyError::UnknownSubscription { event: "unsubscribe-call", subscription: 555 });
-    let e = refuse(&mut rec.state, Event::SubscribeCallReturn { subscription: id });
-    assert_eq!(e, ApplyError::ReturnWithoutCall { event: "subscribe-call-return", found: id });
+    assert_eq!(
+        e,
+        ApplyError::UnknownSubscription {
+            event: "unsubscribe-call",
+            subscription: 555
+        }
+    );
+    let e = refuse(
+        &mut rec.state,
+        Event::SubscribeCallReturn { subscription: id },
+    );
+    assert_eq!(
+        e,
+        ApplyError::ReturnWithoutCall {
+            event: "subscribe-call-return",
+            found: id
+        }
+    );
     assert!(rec.state.stack.is_empty());
 }
 
@@ -395,7 +710,12 @@ fn ids_come_from_the_path_or_are_fresh() {
     assert!(rec.state.fresh_id() > map);
     assert_eq!(rec.state.next_id, rec.state.fresh_id());
     let e = rec.state.track_id_for("pipeline", Some("c")).unwrap_err();
-    assert_eq!(e, ApplyError::NoModuleOpen { event: "track-call" });
+    assert_eq!(
+        e,
+        ApplyError::NoModuleOpen {
+            event: "track-call"
+        }
+    );
 
     let m = rec.module_call("v2").unwrap();
     let c = rec.state.track_id_for("pipeline", Some("c")).unwrap();
@@ -403,23 +723,45 @@ fn ids_come_from_the_path_or_are_fresh() {
     let fresh = rec.state.track_id_for("pipeline", Some("d")).unwrap();
     assert_eq!(fresh, rec.state.fresh_id());
     let e = rec.state.track_id_for("map", None).unwrap_err();
-    assert_eq!(e, ApplyError::TopLevelNotKeyed { event: "track-call", kind: "map".into() });
-    rec.track_call("pipeline", Some("c"), Signature::default()).unwrap();
+    assert_eq!(
+        e,
+        ApplyError::TopLevelNotKeyed {
+            event: "track-call",
+            kind: "map".into()
+        }
+    );
+    rec.track_call("pipeline", Some("c"), Signature::default())
+        .unwrap();
     assert_eq!(rec.state.track_id_for("map", None).unwrap(), map);
-    assert_eq!(rec.state.track_id_for("filter", None).unwrap(), rec.state.fresh_id());
+    assert_eq!(
+        rec.state.track_id_for("filter", None).unwrap(),
+        rec.state.fresh_id()
+    );
 
     // An event may introduce an id beyond next_id: next_id follows it.
-    rec.record(Event::OperatorCall { entity: 1000, kind: "map".into() }).unwrap();
+    rec.record(Event::OperatorCall {
+        entity: 1000,
+        kind: "map".into(),
+    })
+    .unwrap();
     assert_eq!(rec.state.fresh_id(), 1001);
     rec.operator_call_return(1000).unwrap();
     rec.track_call_return(c).unwrap();
     rec.module_call_return(m, ModuleOutcome::Ok).unwrap();
     // The duplicate check matches the track-call's.
     rec.module_call("v3").unwrap();
-    rec.track_call("pipeline", Some("c"), Signature::default()).unwrap();
+    rec.track_call("pipeline", Some("c"), Signature::default())
+        .unwrap();
     rec.track_call_return(c).unwrap();
     let e = rec.state.track_id_for("pipeline", Some("c")).unwrap_err();
-    assert_eq!(e, ApplyError::DuplicatePath { event: "track-call", path: "c".into(), module: 3 });
+    assert_eq!(
+        e,
+        ApplyError::DuplicatePath {
+            event: "track-call",
+            path: "c".into(),
+            module: 3
+        }
+    );
 }
 
 #[test]

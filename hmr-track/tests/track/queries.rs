@@ -6,11 +6,16 @@ use hmr_track::{ApplyError, Id, State, UpdateOutcome};
 use crate::support::{parse, recorded, run, settle};
 
 fn id(state: &State, path: &str) -> Id {
-    state.find_by_path(path).unwrap_or_else(|| panic!("no track at {path}")).id
+    state
+        .find_by_path(path)
+        .unwrap_or_else(|| panic!("no track at {path}"))
+        .id
 }
 
 fn path_list(state: &State, ids: &[Id]) -> Vec<String> {
-    ids.iter().map(|&i| state.track(i).unwrap().path.clone()).collect()
+    ids.iter()
+        .map(|&i| state.track(i).unwrap().path.clone())
+        .collect()
 }
 
 #[test]
@@ -36,7 +41,10 @@ fn derive_structural_path_walks_the_parents() {
     }
     assert_eq!(
         rec.state.derive_structural_path(999),
-        Err(ApplyError::UnknownTrack { event: "derive-structural-path", track: 999 })
+        Err(ApplyError::UnknownTrack {
+            event: "derive-structural-path",
+            track: 999
+        })
     );
 }
 
@@ -47,7 +55,12 @@ fn derive_structural_path_reports_a_broken_store() {
     let c = id(&state, "c");
     state.store.tracks.remove(&c);
     let error = state.derive_structural_path(map).unwrap_err();
-    assert_eq!(error.to_string(), format!("derive-structural-path: track {map} has no valid parent chain (parent {c} of track {map} is missing)"));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "derive-structural-path: track {map} has no valid parent chain (parent {c} of track {map} is missing)"
+        )
+    );
 }
 
 #[test]
@@ -71,7 +84,14 @@ fn children_are_unkeyed_by_index_then_keyed_by_key() {
         .collect();
     assert_eq!(
         kids,
-        ["c|0:map", "c|1:filter", "c|2:scan", "c|#a:scope", "c|#b:scope", "c|#c:map"]
+        [
+            "c|0:map",
+            "c|1:filter",
+            "c|2:scan",
+            "c|#a:scope",
+            "c|#b:scope",
+            "c|#c:map"
+        ]
     );
     let kids: Vec<&str> = state
         .children(id(state, "c|1:filter"))
@@ -85,7 +105,7 @@ fn children_are_unkeyed_by_index_then_keyed_by_key() {
 
 #[test]
 fn children_index_order_is_numeric() {
-    let src = format!("c{{{}}}", vec!["map"; 12].join(" "));
+    let src = format!("c{{{}}}", ["map"; 12].join(" "));
     let rec = recorded(&src);
     let indexes: Vec<Option<u32>> = rec
         .state
@@ -106,23 +126,47 @@ fn tracks_of_module_pending_updates_and_orphans() {
     // Module 2: `a` loses its filter subtree and gains a tap, `b` is gone, `c` is new.
     run(&mut rec, &parse("a{map tap} c{map}")).unwrap();
     let state = &rec.state;
-    let of_2: Vec<&str> = state.tracks_of_module(2).iter().map(|t| t.path.as_str()).collect();
+    let of_2: Vec<&str> = state
+        .tracks_of_module(2)
+        .iter()
+        .map(|t| t.path.as_str())
+        .collect();
     assert_eq!(of_2, ["a", "a|0:map", "a|1:tap", "c", "c|0:map"]);
-    assert_eq!(path_list(state, &state.pending_updates(2)), ["a", "a|0:map"]);
+    assert_eq!(
+        path_list(state, &state.pending_updates(2)),
+        ["a", "a|0:map"]
+    );
     // Children before parents.
     assert_eq!(
         path_list(state, &state.orphans(2)),
         ["b|0:scan", "b", "a|1:filter|0:tap", "a|1:filter"]
     );
-    let of_1: Vec<&str> = state.tracks_of_module(1).iter().map(|t| t.path.as_str()).collect();
-    assert_eq!(of_1, ["a", "a|0:map", "a|1:filter", "a|1:filter|0:tap", "b", "b|0:scan"]);
+    let of_1: Vec<&str> = state
+        .tracks_of_module(1)
+        .iter()
+        .map(|t| t.path.as_str())
+        .collect();
+    assert_eq!(
+        of_1,
+        [
+            "a",
+            "a|0:map",
+            "a|1:filter",
+            "a|1:filter|0:tap",
+            "b",
+            "b|0:scan"
+        ]
+    );
 
     let settled = settle(&mut rec, 2).unwrap();
     assert_eq!(settled.added, ["a|1:tap", "c", "c|0:map"]);
     assert_eq!(settled.swapped, ["a|0:map"]);
     assert_eq!(
         settled.reset,
-        [("a".to_owned(), "children changed from [map, filter] to [map, tap]".to_owned())]
+        [(
+            "a".to_owned(),
+            "children changed from [map, filter] to [map, tap]".to_owned()
+        )]
     );
     assert_eq!(settled.removed.len(), 4);
     let state = &rec.state;

@@ -214,7 +214,13 @@ pub fn settle(rec: &mut Recorder, module: ModuleId) -> Result<Settled, ApplyErro
                 settled.swapped.push(path);
             }
             Some(reason) => {
-                rec.update(id, module, UpdateOutcome::Reset { reason: reason.clone() })?;
+                rec.update(
+                    id,
+                    module,
+                    UpdateOutcome::Reset {
+                        reason: reason.clone(),
+                    },
+                )?;
                 settled.reset.push((path, reason));
             }
         }

@@ -1,0 +1,635 @@
+//! Property tests over random nested scope programs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hmr_track::{
+    EntityKind, Event, Id, ModuleOutcome, Recorder, Signature, State, SubscriptionCall,
+    UpdateOutcome,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::select;
+
+use crate::support::{Node, Place, paths, replay_checked, run, settle};
+
+const KINDS: [&str; 5] = ["map", "filter", "scan", "tap", "scope"];
+const KEYS: [&str; 3] = ["a", "b", "c"];
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn make(
+    kind: &str,
+    key: Option<String>,
+    seed: Option<u8>,
+    after: bool,
+    children: Vec<Node>,
+) -> Node {
+    let mut node = Node::new(kind, key.as_deref(), dedupe(children));
+    node.seed = seed.map(|s| s.to_string());
+    if node.entity == Place::Before && after {
+        node.entity = Place::After;
+    }
+    node
+}
+
+/// Keys are unique among siblings (a repeated key would be a duplicate path).
+fn dedupe(mut children: Vec<Node>) -> Vec<Node> {
+    let mut seen = BTreeSet::new();
+    for child in &mut children {
+        let duplicate = child.key.as_ref().is_some_and(|k| !seen.insert(k.clone()));
+        if duplicate {
+            child.key = None;
+        }
+    }
+    children
+}
+
+fn key() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![3 => Just(None), 1 => select(&KEYS[..]).prop_map(|k| Some(k.to_owned()))]
+}
+
+fn seed() -> impl Strategy<Value = Option<u8>> {
+    prop_oneof![Just(None), (0u8..3).prop_map(Some)]
+}
+
+fn node() -> impl Strategy<Value = Node> {
+    let leaf = (select(&KINDS[..]), key(), seed(), any::<bool>())
+        .prop_map(|(kind, key, seed, after)| make(kind, key, seed, after, Vec::new()));
+    leaf.prop_recursive(4, 32, 4, |inner| {
+        (
+            select(&KINDS[..]),
+            key(),
+            seed(),
+            any::<bool>(),
+            vec(inner, 0..4),
+        )
+            .prop_map(|(kind, key, seed, after, children)| make(kind, key, seed, after, children))
+    })
+}
+
+/// 1..4 pipelines named p0, p1, ... each with 0..4 children.
+fn program() -> impl Strategy<Value = Vec<Node>> {
+    vec((vec(node(), 0..4), any::<bool>()), 1..4).prop_map(|pipelines| {
+        pipelines
+            .into_iter()
+            .enumerate()
+            .map(|(i, (children, after))| {
+                make("pipeline", Some(format!("p{i}")), None, after, children)
+            })
+            .collect()
+    })
+}
+
+fn count(program: &[Node]) -> usize {
+    program.iter().map(Node::count).sum()
+}
+
+/// The whole store is coherent: one path index entry per track, every stored path equal to the
+/// derived one, parents present.
+fn assert_consistent(state: &State) {
+    assert_eq!(state.store.paths.len(), state.store.tracks.len());
+    for (path, id) in &state.store.paths {
+        assert_eq!(&state.track(*id).expect("indexed track exists").path, path);
+    }
+    for track in state.store.tracks.values() {
+        assert_eq!(
+            state.derive_structural_path(track.id).as_deref(),
+            Ok(track.path.as_str())
+        );
+        if let Some(parent) = track.parent {
+            assert!(state.track(parent).is_some());
+        }
+    }
+}
+
+fn path_ids(state: &State) -> BTreeMap<String, Id> {
+    state.store.paths.clone()
+}
+
+fn route_paths(state: &State, tracks: &[(Vec<usize>, Id)]) -> BTreeMap<Vec<usize>, String> {
+    tracks
+        .iter()
+        .map(|(route, id)| {
+            (
+                route.clone(),
+                state.track(*id).expect("tracked").path.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Calls `f` on every node in preorder with a running counter.
+fn for_each_mut(nodes: &mut [Node], counter: &mut usize, f: &mut impl FnMut(&mut Node, usize)) {
+    for node in nodes {
+        f(node, *counter);
+        *counter += 1;
+        for_each_mut(&mut node.children, counter, f);
+    }
+}
+
+/// The children list at `route` (the empty route is the top level).
+fn scope_at<'a>(program: &'a mut Vec<Node>, route: &[usize]) -> &'a mut Vec<Node> {
+    match route.split_first() {
+        None => program,
+        Some((&first, rest)) => scope_at(&mut program[first].children, rest),
+    }
+}
+
+/// Routes of every node (the scopes one can insert into).
+fn routes(nodes: &[Node], prefix: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+    for (i, node) in nodes.iter().enumerate() {
+        prefix.push(i);
+        out.push(prefix.clone());
+        routes(&node.children, prefix, out);
+        prefix.pop();
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Drop(prop::sample::Index),
+    Swap(prop::sample::Index, prop::sample::Index),
+    Unknown(prop::sample::Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<prop::sample::Index>().prop_map(Mutation::Drop),
+        (any::<prop::sample::Index>(), any::<prop::sample::Index>())
+            .prop_map(|(a, b)| Mutation::Swap(a, b)),
+        any::<prop::sample::Index>().prop_map(Mutation::Unknown),
+    ]
+}
+
+fn with_return_id(event: &Event, id: Id) -> Event {
+    match event {
+        Event::ModuleCallReturn { outcome, .. } => Event::ModuleCallReturn {
+            module: id,
+            outcome: outcome.clone(),
+        },
+        Event::TrackCallReturn { .. } => Event::TrackCallReturn { track: id },
+        Event::PipelineCallReturn { .. } => Event::PipelineCallReturn { entity: id },
+        Event::OperatorCallReturn { .. } => Event::OperatorCallReturn { entity: id },
+        Event::SubscribeCallReturn { .. } => Event::SubscribeCallReturn { subscription: id },
+        Event::UnsubscribeCallReturn { .. } => Event::UnsubscribeCallReturn { subscription: id },
+        other => other.clone(),
+    }
+}
+
+/// Random, mostly nonsensical events over a small id space.
+fn garbage_event() -> impl Strategy<Value = Event> {
+    let id = 0u64..24;
+    let module = 0u64..5;
+    let kind = select(&["map", "pipeline", "scope", "", "a|b"][..]).prop_map(str::to_owned);
+    let key = prop_oneof![
+        Just(None),
+        select(&["p0", "p1", "a", "", "x:y"][..]).prop_map(|k| Some(k.to_owned()))
+    ];
+    prop_oneof![
+        (module.clone(), Just("g".to_owned()))
+            .prop_map(|(module, label)| Event::ModuleCall { module, label }),
+        (module.clone(), any::<bool>()).prop_map(|(module, ok)| Event::ModuleCallReturn {
+            module,
+            outcome: if ok {
+                ModuleOutcome::Ok
+            } else {
+                ModuleOutcome::Failed { reason: "x".into() }
+            },
+        }),
+        (id.clone(), kind.clone(), key).prop_map(|(track, kind, key)| Event::TrackCall {
+            track,
+            kind,
+            key,
+            signature: Signature::default()
+        }),
+        id.clone()
+            .prop_map(|track| Event::TrackCallReturn { track }),
+        id.clone().prop_map(|entity| Event::PipelineCall {
+            entity,
+            name: "p".into()
+        }),
+        id.clone()
+            .prop_map(|entity| Event::PipelineCallReturn { entity }),
+        (id.clone(), kind).prop_map(|(entity, kind)| Event::OperatorCall { entity, kind }),
+        id.clone()
+            .prop_map(|entity| Event::OperatorCallReturn { entity }),
+        (id.clone(), id.clone()).prop_map(|(subscription, track)| Event::SubscribeCall {
+            subscription,
+            track
+        }),
+        id.clone()
+            .prop_map(|subscription| Event::SubscribeCallReturn { subscription }),
+        id.clone()
+            .prop_map(|subscription| Event::UnsubscribeCall { subscription }),
+        id.clone()
+            .prop_map(|subscription| Event::UnsubscribeCallReturn { subscription }),
+        (id, module, 0u8..3).prop_map(|(track, module, o)| Event::TrackUpdate {
+            track,
+            module,
+            outcome: match o {
+                0 => UpdateOutcome::Swapped,
+                1 => UpdateOutcome::Reset { reason: "r".into() },
+                _ => UpdateOutcome::Removed,
+            },
+        }),
+    ]
+}
+
+/// A step of a random walk: a likely-valid next event derived from the state, or garbage.
+#[derive(Clone, Debug)]
+enum Step {
+    Plausible(u8),
+    Garbage(Box<Event>),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => any::<u8>().prop_map(Step::Plausible),
+        1 => garbage_event().prop_map(|e| Step::Garbage(Box::new(e))),
+    ]
+}
+
+/// A next event that is usually accepted, chosen by `choice` from what the state allows.
+fn plausible(state: &State, choice: u8) -> Option<Event> {
+    let fresh = state.fresh_id();
+    let kind = ["map", "filter", "scan", "scope"][usize::from(choice / 8 % 4)];
+    if let Some(module) = state.running_module() {
+        let track_call = |kind: &str, key: Option<String>| {
+            let track = state.track_id_for(kind, key.as_deref()).unwrap_or(fresh);
+            let seed = Some((choice % 3).to_string());
+            let signature = Signature {
+                seed,
+                ..Signature::default()
+            };
+            Event::TrackCall {
+                track,
+                kind: kind.into(),
+                key,
+                signature,
+            }
+        };
+        let entity = state.stack.entities.last();
+        let depth = state.stack.tracks.len();
+        if choice % 5 < 3 {
+            // Close the innermost open call.
+            return Some(match (entity, state.stack.tracks.last()) {
+                (Some(e), _) if e.track_depth == depth => match e.kind {
+                    EntityKind::Pipeline => Event::PipelineCallReturn { entity: e.entity },
+                    EntityKind::Operator => Event::OperatorCallReturn { entity: e.entity },
+                },
+                (_, Some(frame)) => Event::TrackCallReturn { track: frame.track },
+                _ if choice % 16 == 0 => Event::ModuleCallReturn {
+                    module,
+                    outcome: ModuleOutcome::Failed {
+                        reason: "boom".into(),
+                    },
+                },
+                _ => Event::ModuleCallReturn {
+                    module,
+                    outcome: ModuleOutcome::Ok,
+                },
+            });
+        }
+        // At most one entity per scope (a second is refused, and would stay open for good).
+        let top = state.stack.tracks.last();
+        let entity_free =
+            top.is_none_or(|f| f.entity.is_none()) && entity.is_none_or(|e| e.track_depth < depth);
+        return Some(match (top, choice / 5 % 6) {
+            (None, 0) if entity_free => Event::PipelineCall {
+                entity: fresh,
+                name: "p".into(),
+            },
+            (None, _) => track_call("pipeline", Some(format!("p{}", choice % 3))),
+            (Some(_), 0) if entity_free => Event::OperatorCall {
+                entity: fresh,
+                kind: kind.into(),
+            },
+            (Some(_), 0 | 1) if entity_free => Event::PipelineCall {
+                entity: fresh,
+                name: "p".into(),
+            },
+            (Some(_), 2) => track_call(
+                "scope",
+                Some(["a", "b"][usize::from(choice / 8 % 2)].into()),
+            ),
+            (Some(_), _) => track_call(kind, None),
+        });
+    }
+    let current = state.current_module.unwrap_or(0);
+    match choice % 6 {
+        0 | 1 => {
+            let last = state.store.modules.keys().next_back().copied().unwrap_or(0);
+            Some(Event::ModuleCall {
+                module: last + 1,
+                label: "walk".into(),
+            })
+        }
+        2 | 3 => state.pending_updates(current).first().map(|&track| {
+            let t = state.track(track).expect("pending track");
+            let same = t
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.signature == t.signature);
+            Event::TrackUpdate {
+                track,
+                module: current,
+                outcome: if same && choice % 2 == 0 {
+                    UpdateOutcome::Swapped
+                } else {
+                    UpdateOutcome::Reset {
+                        reason: "walk".into(),
+                    }
+                },
+            }
+        }),
+        4 => state
+            .orphans(current)
+            .first()
+            .map(|&track| Event::TrackUpdate {
+                track,
+                module: current,
+                outcome: UpdateOutcome::Removed,
+            }),
+        _ => {
+            if let Some(frame) = state.stack.subscriptions.last() {
+                return Some(match frame.call {
+                    SubscriptionCall::Subscribe => Event::SubscribeCallReturn {
+                        subscription: frame.subscription,
+                    },
+                    SubscriptionCall::Unsubscribe => Event::UnsubscribeCallReturn {
+                        subscription: frame.subscription,
+                    },
+                });
+            }
+            if let Some(active) = state
+                .store
+                .subscriptions
+                .values()
+                .find(|s| s.active && choice % 3 == 0)
+            {
+                return Some(Event::UnsubscribeCall {
+                    subscription: active.id,
+                });
+            }
+            state
+                .store
+                .tracks
+                .values()
+                .find(|t| t.parent.is_none())
+                .map(|t| Event::SubscribeCall {
+                    subscription: fresh,
+                    track: t.id,
+                })
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Paths are unique and derivable, the stack ends empty, and the JSON log replays to the
+    /// same state.
+    #[test]
+    fn balanced_programs(program in program()) {
+        let mut rec = Recorder::new();
+        let first = run(&mut rec, &program).unwrap();
+        let state = &rec.state;
+        prop_assert_eq!(state.store.tracks.len(), count(&program));
+        prop_assert_eq!(first.tracks.len(), count(&program));
+        let ids: BTreeSet<Id> = first.tracks.iter().map(|(_, id)| *id).collect();
+        prop_assert_eq!(ids.len(), count(&program));
+        assert_consistent(state);
+        prop_assert!(state.stack.is_empty());
+
+        let json = serde_json::to_string(&rec.log).unwrap();
+        let log: Vec<Event> = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(&State::replay(&log).unwrap(), state);
+        let back: State = serde_json::from_str(&serde_json::to_string(state).unwrap()).unwrap();
+        prop_assert_eq!(&back, state);
+    }
+
+    /// Running the same registration twice (module 1 then 2, then the track-updates) yields the
+    /// same paths and ids; every track is swapped once.
+    #[test]
+    fn rerun_yields_the_same_paths(program in program()) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &program).unwrap();
+        let before = path_ids(&rec.state);
+        let second = run(&mut rec, &program).unwrap();
+        prop_assert!(rec.state.stack.is_empty());
+        prop_assert_eq!(path_ids(&rec.state), before.clone());
+        let settled = settle(&mut rec, second.module).unwrap();
+        prop_assert_eq!(settled.swapped.len(), before.len());
+        prop_assert!(settled.added.is_empty() && settled.reset.is_empty() && settled.removed.is_empty());
+        prop_assert_eq!(path_ids(&rec.state), before);
+        prop_assert!(rec.state.store.tracks.values().all(|t| t.version == 1 && t.module == 2 && t.pending.is_none()));
+        assert_consistent(&rec.state);
+        let log: Vec<Event> = serde_json::from_str(&serde_json::to_string(&rec.log).unwrap()).unwrap();
+        prop_assert_eq!(State::replay(&log).unwrap(), rec.state);
+    }
+
+    /// A change that is not structural (a body, or a seed) keeps every path; only the tracks
+    /// whose signature changed are reset.
+    #[test]
+    fn non_structural_changes_keep_paths(program in program(), every in 1usize..4) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &program).unwrap();
+        let before = path_ids(&rec.state);
+        let mut changed = program.clone();
+        let mut reseeded = BTreeSet::new();
+        for_each_mut(&mut changed, &mut 0, &mut |node, i| {
+            if i % every == 0 {
+                node.seed = Some(format!("{}+1", node.seed.as_deref().unwrap_or("none")));
+                reseeded.insert(i);
+            }
+        });
+        let second = run(&mut rec, &changed).unwrap();
+        prop_assert_eq!(path_ids(&rec.state), before.clone());
+        let settled = settle(&mut rec, second.module).unwrap();
+        prop_assert_eq!(settled.reset.len(), reseeded.len());
+        prop_assert!(settled.reset.iter().all(|(_, reason)| reason.starts_with("seed changed from ")));
+        prop_assert_eq!(settled.swapped.len() + settled.reset.len(), before.len());
+        prop_assert_eq!(path_ids(&rec.state), before);
+    }
+
+    /// Inserting an unkeyed operator changes only the paths of its later unkeyed siblings (and
+    /// their subtrees); everything else keeps its path, and after the updates the store holds
+    /// exactly the new program's paths.
+    #[test]
+    fn inserting_an_operator_shifts_only_later_siblings(
+        program in program(),
+        at in any::<prop::sample::Index>(),
+        pos in any::<prop::sample::Index>(),
+    ) {
+        let mut rec = Recorder::new();
+        let first = run(&mut rec, &program).unwrap();
+        let old = route_paths(&rec.state, &first.tracks);
+
+        let mut scopes = Vec::new();
+        routes(&program, &mut Vec::new(), &mut scopes);
+        let parent = at.get(&scopes).clone();
+        let mut inserted = program.clone();
+        let siblings = scope_at(&mut inserted, &parent);
+        let k = pos.index(siblings.len() + 1);
+        siblings.insert(k, Node::new("tap", None, Vec::new()));
+        let siblings = siblings.clone();
+
+        let second = run(&mut rec, &inserted).unwrap();
+        let new = route_paths(&rec.state, &second.tracks);
+        for (route, old_path) in &old {
+            let mut moved = route.clone();
+            let mut shifted = false;
+            if route.len() > parent.len() && route.starts_with(&parent) {
+                let j = route[parent.len()];
+                if j >= k {
+                    moved[parent.len()] = j + 1;
+                    shifted = siblings[j + 1].key.is_none();
+                }
+            }
+            let new_path = &new[&moved];
+            prop_assert_eq!(new_path != old_path, shifted, "route {:?}: {} -> {}", route, old_path, new_path);
+        }
+        settle(&mut rec, second.module).unwrap();
+        let expected: BTreeSet<String> = new.into_values().collect();
+        prop_assert_eq!(paths(&rec.state).into_iter().collect::<BTreeSet<_>>(), expected);
+        assert_consistent(&rec.state);
+    }
+
+    /// Reordering keyed scopes among themselves keeps every path and id.
+    #[test]
+    fn keyed_scopes_keep_identity_when_reordered(program in program(), turn in 1usize..3) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &program).unwrap();
+        let before = path_ids(&rec.state);
+
+        fn rotate_keyed(nodes: &mut [Node], turn: usize) {
+            let slots: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].key.is_some()).collect();
+            if !slots.is_empty() {
+                let keyed: Vec<Node> = slots.iter().map(|&i| nodes[i].clone()).collect();
+                for (n, &slot) in slots.iter().enumerate() {
+                    nodes[slot] = keyed[(n + turn) % keyed.len()].clone();
+                }
+            }
+            for node in nodes {
+                rotate_keyed(&mut node.children, turn);
+            }
+        }
+        let mut reordered = program.clone();
+        rotate_keyed(&mut reordered, turn);
+
+        let second = run(&mut rec, &reordered).unwrap();
+        prop_assert_eq!(path_ids(&rec.state), before.clone());
+        let settled = settle(&mut rec, second.module).unwrap();
+        prop_assert!(settled.added.is_empty() && settled.removed.is_empty());
+        prop_assert_eq!(path_ids(&rec.state), before);
+    }
+
+    /// Dropping a return, swapping two returns or naming an unknown id is refused, and the
+    /// refused event leaves the state as it was.
+    #[test]
+    fn unbalanced_programs_are_refused(program in program(), mutation in mutation()) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &program).unwrap();
+        let mut log = rec.log.clone();
+        let returns: Vec<usize> = (0..log.len()).filter(|&i| log[i].is_return()).collect();
+        match &mutation {
+            Mutation::Drop(i) => {
+                // Not the final module return: an unreturned module is merely still running.
+                let i = returns[i.index(returns.len() - 1)];
+                log.remove(i);
+            }
+            Mutation::Swap(a, b) => {
+                let (a, b) = (returns[a.index(returns.len())], returns[b.index(returns.len())]);
+                prop_assume!(a != b);
+                log.swap(a, b);
+            }
+            Mutation::Unknown(i) => {
+                let i = returns[i.index(returns.len())];
+                log[i] = with_return_id(&log[i], u64::MAX - 1);
+            }
+        }
+        let (state, refused) = replay_checked(&log);
+        prop_assert!(refused.is_some(), "{:?} was accepted", mutation);
+        assert_consistent(&state);
+    }
+
+    /// A run that fails anywhere leaves the store as the last good run left it.
+    #[test]
+    fn a_failed_run_changes_nothing(first in program(), second in program(), cut in any::<prop::sample::Index>()) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &first).unwrap();
+        for track in rec.state.store.tracks.values().filter(|t| t.parent.is_none()).map(|t| t.id).collect::<Vec<_>>() {
+            rec.subscribe(track).unwrap();
+        }
+        let good = rec.state.clone();
+        let mut scratch = rec.clone();
+        run(&mut scratch, &second).unwrap();
+        let second_events = &scratch.log[rec.log.len()..];
+        // Keep the module-call and a prefix of the registration, drop its return.
+        let end = 1 + cut.index(second_events.len() - 1);
+        for event in &second_events[..end] {
+            rec.record(event.clone()).unwrap();
+        }
+        rec.module_call_return(2, ModuleOutcome::Failed { reason: "boom".into() }).unwrap();
+        let state = &rec.state;
+        prop_assert!(state.stack.is_empty());
+        prop_assert_eq!(&state.store.tracks, &good.store.tracks);
+        prop_assert_eq!(&state.store.paths, &good.store.paths);
+        prop_assert_eq!(&state.store.pipelines, &good.store.pipelines);
+        prop_assert_eq!(&state.store.operators, &good.store.operators);
+        prop_assert_eq!(&state.store.subscriptions, &good.store.subscriptions);
+        prop_assert_eq!(state.current_module, Some(1));
+    }
+
+    /// Random events never panic; a refused one changes nothing; the store stays coherent.
+    #[test]
+    fn random_events_never_corrupt_the_store(
+        program in program(),
+        events in vec(garbage_event(), 0..60),
+    ) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &program).unwrap();
+        let mut state = rec.state;
+        for event in &events {
+            let before = state.clone();
+            if let Err(error) = state.apply(event) {
+                prop_assert_eq!(&state, &before);
+                prop_assert_eq!(error.event(), event.name());
+                let text = error.to_string();
+                prop_assert!(!text.ends_with('.'));
+                prop_assert!(text.starts_with(event.name()));
+            }
+        }
+        assert_consistent(&state);
+    }
+
+    /// A random walk of mostly valid events, with garbage mixed in: refusals change nothing,
+    /// the store stays coherent and the log of accepted events replays to the same state.
+    #[test]
+    fn random_walks_keep_the_store_coherent(steps in vec(step(), 0..120)) {
+        let mut rec = Recorder::new();
+        for step in steps {
+            let event = match step {
+                Step::Plausible(choice) => match plausible(&rec.state, choice) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                Step::Garbage(event) => *event,
+            };
+            let before = rec.state.clone();
+            if let Err(error) = rec.record(event.clone()) {
+                prop_assert_eq!(&rec.state, &before);
+                prop_assert_eq!(error.event(), event.name());
+            }
+        }
+        assert_consistent(&rec.state);
+        let log: Vec<Event> = serde_json::from_str(&serde_json::to_string(&rec.log).unwrap()).unwrap();
+        prop_assert_eq!(State::replay(&log).unwrap(), rec.state);
+    }
+}
