@@ -103,6 +103,11 @@ impl Reloader {
         &mut self.runtime
     }
 
+    /// Every library version loaded, oldest first (all still mapped).
+    pub fn versions(&self) -> &[Arc<LibVersion>] {
+        &self.versions
+    }
+
     /// Library versions mapped (all of them: none is ever unmapped).
     pub fn mapped_versions(&self) -> usize {
         self.versions.len()
