@@ -135,7 +135,7 @@ fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
             "a checkpoint lost or repeated at v{version}"
         );
         previous = *count;
-        let model = (count.wrapping_mul(count - 1) / 2) as u64;
+        let model = (u128::from(*count) * u128::from(count - 1) / 2) as u64;
         assert_eq!(*sum, model, "values lost or delivered twice before {count}");
         assert_eq!(*mixed, 0, "an emission ran through two versions");
         assert_eq!(
