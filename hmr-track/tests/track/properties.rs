@@ -284,7 +284,7 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
                     EntityKind::Operator => Event::OperatorCallReturn { entity: e.entity },
                 },
                 (_, Some(frame)) => Event::TrackCallReturn { track: frame.track },
-                _ if choice % 16 == 0 => Event::ModuleCallReturn {
+                _ if choice.is_multiple_of(16) => Event::ModuleCallReturn {
                     module,
                     outcome: ModuleOutcome::Failed {
                         reason: "boom".into(),
@@ -339,7 +339,7 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
             Event::TrackUpdate {
                 track,
                 module: current,
-                outcome: if same && choice % 2 == 0 {
+                outcome: if same && choice.is_multiple_of(2) {
                     UpdateOutcome::Swapped
                 } else {
                     UpdateOutcome::Reset {
@@ -371,7 +371,7 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
                 .store
                 .subscriptions
                 .values()
-                .find(|s| s.active && choice % 3 == 0)
+                .find(|s| s.active && choice.is_multiple_of(3))
             {
                 return Some(Event::UnsubscribeCall {
                     subscription: active.id,
