@@ -77,7 +77,7 @@ fn ended_from(v: u64) -> Ended {
 }
 
 struct Running {
-    shared: Arc<Shared>,
+    publisher: Publisher,
     thread: Option<JoinHandle<()>>,
     source: SourceDesc,
     /// Published but not started yet (see [`Runtime::launch`]).
@@ -86,7 +86,7 @@ struct Running {
 
 impl Running {
     fn stop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        self.publisher.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
@@ -140,13 +140,11 @@ impl Runtime {
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
             r.source != code.source
-                || ended_from(r.shared.ended.load(Ordering::Acquire)) != Ended::Running
+                || ended_from(r.publisher.shared.ended.load(Ordering::Acquire)) != Ended::Running
         });
         match restart {
             Some(false) => {
-                let r = &self.pipelines[&name];
-                r.shared.code.store(Arc::new(code));
-                r.shared.generation.fetch_add(1, Ordering::Release);
+                self.pipelines[&name].publisher.publish(code);
                 Published::Swapped
             }
             Some(true) => {
@@ -167,16 +165,10 @@ impl Runtime {
     fn start(&mut self, code: PipelineCode) {
         let name = code.name.clone();
         let source = code.source;
-        let shared = Arc::new(Shared {
-            generation: AtomicU64::new(0),
-            code: ArcSwap::from_pointee(code),
-            stop: AtomicBool::new(false),
-            ended: AtomicU64::new(ended_code(Ended::Running)),
-        });
         self.pipelines.insert(
             name,
             Running {
-                shared,
+                publisher: Publisher::new(code),
                 thread: None,
                 source,
                 waiting: true,
@@ -192,7 +184,7 @@ impl Runtime {
                 continue;
             }
             r.waiting = false;
-            let shared = r.shared.clone();
+            let shared = r.publisher.shared.clone();
             let sink = self.sink.clone();
             let policy = self.policy;
             let thread = std::thread::Builder::new()
@@ -229,7 +221,7 @@ impl Runtime {
             .map(|(n, r)| {
                 (
                     n.clone(),
-                    ended_from(r.shared.ended.load(Ordering::Acquire)),
+                    ended_from(r.publisher.shared.ended.load(Ordering::Acquire)),
                 )
             })
             .collect()
@@ -298,75 +290,172 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
     }));
 }
 
-/// The source thread's view of its pipeline: the code it runs and the state it owns.
-struct Local {
+/// The reload side of one pipeline: publishes new code for its [`Driver`].
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field(
+                "generation",
+                &self.shared.generation.load(Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A pipeline whose first code is `code`; pair it with a [`Driver`].
+    pub fn new(code: PipelineCode) -> Publisher {
+        Publisher {
+            shared: Arc::new(Shared {
+                generation: AtomicU64::new(0),
+                code: ArcSwap::from_pointee(code),
+                stop: AtomicBool::new(false),
+                ended: AtomicU64::new(ended_code(Ended::Running)),
+            }),
+        }
+    }
+
+    /// Makes `code` current: one store, then a generation bump the driver sees at its next
+    /// push. Never waits for the driver.
+    pub fn publish(&self, code: PipelineCode) {
+        self.shared.code.store(Arc::new(code));
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The driver for this pipeline, owning fresh, seeded state. Create it on the thread
+    /// that will push.
+    pub fn driver(&self, sink: Sink) -> Result<Driver, String> {
+        Driver::new(self.shared.clone(), sink)
+    }
+}
+
+/// The emission side of one pipeline: the code it runs, the state it owns, and the context
+/// the plugin's callbacks report through. Used by one thread.
+pub struct Driver {
+    shared: Arc<Shared>,
     generation: u64,
     code: Arc<PipelineCode>,
     states: StateSlots,
+    host: Box<HostCx>,
+    cx: EmitCx,
 }
 
-impl Local {
-    /// Takes the newest code if the generation moved. One atomic load when it did not.
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("pipeline", &self.host.pipeline)
+            .field("version", &self.code.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    fn new(shared: Arc<Shared>, sink: Sink) -> Result<Driver, String> {
+        // Read the generation before the code: a publish in between is seen at the first push.
+        let generation = shared.generation.load(Ordering::Acquire);
+        let code = shared.code.load_full();
+        let states = StateSlots::new(&code).map_err(|e| e.to_string())?;
+        let host = Box::new(HostCx {
+            pipeline: code.name.clone(),
+            version: Cell::new(code.version),
+            paths: RefCell::new(code.ops.iter().map(|o| o.path.clone()).collect()),
+            sink,
+        });
+        let cx = EmitCx {
+            host: (&raw const *host).cast_mut().cast::<c_void>(),
+            log: cb_log,
+            error: cb_error,
+        };
+        Ok(Driver {
+            shared,
+            generation,
+            code,
+            states,
+            host,
+            cx,
+        })
+    }
+
+    /// The plugin version whose code the next push runs (after a refresh).
+    pub fn version(&self) -> u64 {
+        self.code.version
+    }
+
+    /// Takes the newest code if the generation moved: one atomic load when it did not.
+    /// Otherwise migrates the state slots to the new code (see [`StateSlots::migrate`]).
     #[inline]
-    fn refresh(&mut self, shared: &Shared, host: &HostCx) -> Result<(), String> {
-        let g = shared.generation.load(Ordering::Acquire);
+    fn refresh(&mut self) -> Result<(), String> {
+        let g = self.shared.generation.load(Ordering::Acquire);
         if g == self.generation {
             return Ok(());
         }
-        let new = shared.code.load_full();
+        self.migrate(g)
+    }
+
+    #[cold]
+    fn migrate(&mut self, g: u64) -> Result<(), String> {
+        let new = self.shared.code.load_full();
         let old = std::mem::replace(&mut self.states, StateSlots::empty());
         let (states, _reset) = old.migrate(&new).map_err(|e| e.to_string())?;
         self.states = states;
         self.generation = g;
-        host.version.set(new.version);
-        *host.paths.borrow_mut() = new.ops.iter().map(|o| o.path.clone()).collect();
+        self.host.version.set(new.version);
+        *self.host.paths.borrow_mut() = new.ops.iter().map(|o| o.path.clone()).collect();
         // The old code is dropped here if nothing else holds it.
         self.code = new;
         Ok(())
     }
+
+    /// Runs `items` through the newest code. One emission (or batch) runs through exactly
+    /// one version. Fails only when a state could not be seeded for new code.
+    #[inline]
+    pub fn push(&mut self, items: &[u64]) -> Result<Pushed, String> {
+        self.refresh()?;
+        Ok(self.code.push(&self.states, items, &self.cx))
+    }
+
+    /// Tells the chain its source completed; false if a user function panicked.
+    pub fn complete(&mut self) -> Result<bool, String> {
+        self.refresh()?;
+        Ok(self.code.complete(&self.states, &self.cx))
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
 }
 
-fn run_source(shared: &Shared, sink: &Sink, policy: PanicPolicy) -> Ended {
-    let code = shared.code.load_full();
-    let host = HostCx {
-        pipeline: code.name.clone(),
-        version: Cell::new(code.version),
-        paths: RefCell::new(code.ops.iter().map(|o| o.path.clone()).collect()),
-        sink: sink.clone(),
-    };
-    let report_init = |e: String| {
+fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
+    let report = |pipeline: String, e: String| {
         sink.event(HostEvent::Error {
-            pipeline: host.pipeline.clone(),
-            path: host.pipeline.clone(),
+            path: pipeline.clone(),
+            pipeline,
             message: e,
         });
         Ended::Errored
     };
-    let states = match StateSlots::new(&code) {
-        Ok(s) => s,
-        Err(e) => return report_init(e.to_string()),
+    let name = shared.code.load().name.clone();
+    let mut d = match Driver::new(shared.clone(), sink.clone()) {
+        Ok(d) => d,
+        Err(e) => return report(name, e),
     };
-    let mut local = Local {
-        generation: shared.generation.load(Ordering::Acquire),
-        code,
-        states,
-    };
-    // Code published between our load of `code` and of `generation` is picked up at the
-    // first emission: `refresh` compares against a generation at most as new as the code.
-    let cx = EmitCx {
-        host: (&raw const host).cast_mut().cast::<c_void>(),
-        log: cb_log,
-        error: cb_error,
-    };
-    let source = local.code.source;
+    let source = d.code.source;
     let mut produced = 0u64;
     let mut first: Option<Instant> = None;
-    let finish = |local: &mut Local, produced: u64, first: Option<Instant>| {
-        if !local.code.complete(&local.states, &cx) && policy == PanicPolicy::Error {
-            return Ended::Errored;
+    let finish = |d: &mut Driver, produced: u64, first: Option<Instant>| {
+        match d.complete() {
+            Ok(true) => {}
+            Ok(false) if policy == PanicPolicy::Error => return Ended::Errored,
+            Ok(false) => {}
+            Err(e) => return report(name.clone(), e),
         }
         sink.event(HostEvent::Completed {
-            pipeline: host.pipeline.clone(),
+            pipeline: name.clone(),
             emissions: produced,
             elapsed_us: first.map_or(0, |t| t.elapsed().as_micros() as u64),
         });
@@ -380,7 +469,7 @@ fn run_source(shared: &Shared, sink: &Sink, policy: PanicPolicy) -> Ended {
             loop {
                 let due = start + period * (n as u32);
                 loop {
-                    if shared.stop.load(Ordering::Acquire) {
+                    if d.stopped() {
                         return Ended::Stopped;
                     }
                     let now = Instant::now();
@@ -389,19 +478,16 @@ fn run_source(shared: &Shared, sink: &Sink, policy: PanicPolicy) -> Ended {
                     }
                     std::thread::park_timeout(due - now);
                 }
-                if let Err(e) = local.refresh(shared, &host) {
-                    return report_init(e);
-                }
                 first.get_or_insert_with(Instant::now);
                 produced += 1;
-                match local.code.push(&local.states, &[n], &cx) {
-                    Pushed::Continue => {}
-                    Pushed::Complete { .. } => return finish(&mut local, produced, first),
-                    Pushed::Panicked { .. } => {
-                        if policy == PanicPolicy::Error {
-                            return Ended::Errored;
-                        }
+                match d.push(&[n]) {
+                    Ok(Pushed::Continue) => {}
+                    Ok(Pushed::Complete { .. }) => return finish(&mut d, produced, first),
+                    Ok(Pushed::Panicked { .. }) if policy == PanicPolicy::Error => {
+                        return Ended::Errored;
                     }
+                    Ok(Pushed::Panicked { .. }) => {}
+                    Err(e) => return report(name.clone(), e),
                 }
                 n += 1;
             }
@@ -410,11 +496,8 @@ fn run_source(shared: &Shared, sink: &Sink, policy: PanicPolicy) -> Ended {
             let (mut next, end) = (source.a, source.b);
             let mut buf = [0u64; BATCH];
             while next < end {
-                if shared.stop.load(Ordering::Acquire) {
+                if d.stopped() {
                     return Ended::Stopped;
-                }
-                if let Err(e) = local.refresh(shared, &host) {
-                    return report_init(e);
                 }
                 let len = ((end - next) as usize).min(BATCH);
                 for (i, slot) in buf[..len].iter_mut().enumerate() {
@@ -422,32 +505,30 @@ fn run_source(shared: &Shared, sink: &Sink, policy: PanicPolicy) -> Ended {
                 }
                 first.get_or_insert_with(Instant::now);
                 let mut items = &buf[..len];
-                loop {
-                    match local.code.push(&local.states, items, &cx) {
-                        Pushed::Continue => {
+                while !items.is_empty() {
+                    match d.push(items) {
+                        Ok(Pushed::Continue) => {
                             produced += items.len() as u64;
-                            break;
+                            items = &[];
                         }
-                        Pushed::Complete { consumed } => {
+                        Ok(Pushed::Complete { consumed }) => {
                             produced += consumed as u64;
-                            return finish(&mut local, produced, first);
+                            return finish(&mut d, produced, first);
                         }
-                        Pushed::Panicked { consumed } => {
+                        Ok(Pushed::Panicked { consumed }) => {
                             produced += consumed as u64;
                             if policy == PanicPolicy::Error {
                                 return Ended::Errored;
                             }
                             items = &items[consumed.min(items.len())..];
-                            if items.is_empty() {
-                                break;
-                            }
                         }
+                        Err(e) => return report(name.clone(), e),
                     }
                 }
                 next += len as u64;
             }
-            finish(&mut local, produced, first)
+            finish(&mut d, produced, first)
         }
-        other => report_init(format!("unknown source kind {other}")),
+        other => report(name.clone(), format!("unknown source kind {other}")),
     }
 }
