@@ -151,8 +151,13 @@ impl Loader {
         Ok(Loader { dir })
     }
 
-    /// Loads the library cargo built at `built` as plugin version `version`.
-    pub fn load(&self, built: &Path, version: u64) -> Result<Arc<LibVersion>, LoadError> {
+    /// Loads the library cargo built at `built` as plugin version `version`; also returns
+    /// how long the header check took.
+    pub fn load(
+        &self,
+        built: &Path,
+        version: u64,
+    ) -> Result<(Arc<LibVersion>, std::time::Duration), LoadError> {
         let file = built
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -172,13 +177,23 @@ impl Loader {
         })?;
         std::fs::write(&path, &bytes).map_err(copy_error)?;
         let lib = open(&path)?;
-        let header = read_header(&lib, &path)?;
-        Ok(Arc::new(LibVersion {
+        let validate = std::time::Instant::now();
+        let header = match read_header(&lib, &path) {
+            Ok(h) => h,
+            Err(e) => {
+                // Its code ran (initialisers, the header function): like every library we
+                // opened, it stays mapped.
+                std::mem::forget(lib);
+                return Err(e);
+            }
+        };
+        let lib = Arc::new(LibVersion {
             version,
             path,
             header,
             _lib: ManuallyDrop::new(lib),
-        }))
+        });
+        Ok((lib, validate.elapsed()))
     }
 }
 

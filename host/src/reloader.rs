@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hmr_track::{Id, Recorder, UpdateOutcome, signature_change};
 
@@ -45,6 +45,21 @@ pub enum Outcome {
     LoadFailed,
 }
 
+/// Where the host's share of the last successful reload went (everything but cargo).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Cargo.
+    pub build: Duration,
+    /// Reading, checking and copying the library file, and `dlopen`.
+    pub load: Duration,
+    /// Reading and checking the ABI header.
+    pub validate: Duration,
+    /// Running the registration into the tracking store.
+    pub register: Duration,
+    /// Reconciling by path and publishing the new code.
+    pub swap: Duration,
+}
+
 /// Builds, loads and swaps plugin versions into a [`Runtime`].
 pub struct Reloader {
     build: BuildConfig,
@@ -56,6 +71,7 @@ pub struct Reloader {
     current: Option<u64>,
     subscriptions: BTreeMap<String, Id>,
     builds: Vec<(Instant, Instant)>,
+    timings: Timings,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -80,6 +96,7 @@ impl Reloader {
             current: None,
             subscriptions: BTreeMap::new(),
             builds: Vec::new(),
+            timings: Timings::default(),
         })
     }
 
@@ -124,7 +141,14 @@ impl Reloader {
 
     /// Loads a library that is already built (skips step 1); used by tests that forge one.
     pub fn load_built(&mut self, library: &Path, build_ms: u64) -> Outcome {
-        self.load_and_swap(library, build_ms)
+        let outcome = self.load_and_swap(library, build_ms);
+        self.timings.build = Duration::from_millis(build_ms);
+        outcome
+    }
+
+    /// Where the last successful reload's time went.
+    pub fn last_timings(&self) -> Timings {
+        self.timings
     }
 
     /// When each cargo build started and ended, in order (builds never overlap: this is
@@ -147,15 +171,20 @@ impl Reloader {
                 return Outcome::BuildFailed;
             }
         };
-        let build_ms = artifact.elapsed.as_millis() as u64;
-        self.load_and_swap(&artifact.library, build_ms)
+        let outcome = self.load_and_swap(&artifact.library, artifact.elapsed.as_millis() as u64);
+        self.timings.build = artifact.elapsed;
+        outcome
     }
 
     fn load_and_swap(&mut self, library: &Path, build_ms: u64) -> Outcome {
         let load_started = Instant::now();
         let version = self.recorder.next_module();
         let lib = match self.loader.load(library, version) {
-            Ok(lib) => lib,
+            Ok((lib, validate)) => {
+                self.timings.validate = validate;
+                self.timings.load = load_started.elapsed() - validate;
+                lib
+            }
             Err(e) => {
                 self.sink.event(HostEvent::LoadFailed {
                     error: e.to_string(),
@@ -165,6 +194,7 @@ impl Reloader {
         };
         // Mapped from here on, whatever happens next.
         self.versions.push(lib.clone());
+        let register_started = Instant::now();
         let (module, pipelines) = match crate::register::register(&lib, &mut self.recorder) {
             Ok(r) => r,
             Err(e) => {
@@ -175,10 +205,12 @@ impl Reloader {
             }
         };
         drop(lib);
+        self.timings.register = register_started.elapsed();
         let load_ms = load_started.elapsed().as_millis() as u64;
         let swap_started = Instant::now();
         let report = self.reconcile(module, pipelines);
-        let swap_us = swap_started.elapsed().as_micros() as u64;
+        self.timings.swap = swap_started.elapsed();
+        let swap_us = self.timings.swap.as_micros() as u64;
         let first = self.current.is_none();
         self.current = Some(module);
         let tracks = self.tracks();
