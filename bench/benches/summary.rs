@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use hmr_bench::{
     CountingSink, build_release, load, load_codes, median, ns_per, quantile, rss_bytes,
 };
+use host::code::Pushed;
 use host::events::{ChannelSink, HostEvent, Sink};
 use host::loader::Loader;
 use host::reloader::{Outcome, Reloader, plugin_manifest};
-use host::code::Pushed;
 use host::runtime::{BATCH, PanicPolicy};
 use host::testkit::{Fixture, Harness, fixture_target_dir, workspace_root};
 use rxrust::prelude::*;
@@ -147,9 +147,19 @@ fn side_by_side(rounds: usize, contenders: &mut [(&str, &mut dyn FnMut() -> f64)
     samples.iter_mut().map(|s| median(s)).collect()
 }
 
-fn table(report: &mut Report, title: &str, names: &[&str], medians: &[f64], unit: &str, base: usize) {
+fn table(
+    report: &mut Report,
+    title: &str,
+    names: &[&str],
+    medians: &[f64],
+    unit: &str,
+    base: usize,
+) {
     report.line(format!("\n### {title}\n"));
-    report.line(format!("| contender | median {unit} | ratio to {} |", names[base]));
+    report.line(format!(
+        "| contender | median {unit} | ratio to {} |",
+        names[base]
+    ));
     report.line("|---|---:|---:|");
     for (name, m) in names.iter().zip(medians) {
         report.line(format!("| {name} | {m:.2} | {:.2}x |", m / medians[base]));
@@ -218,7 +228,11 @@ fn batch(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> 
     let names = ["host (release plugin)", "rxRust from_iter", "plain loop"];
     let medians = side_by_side(
         ROUNDS,
-        &mut [(names[0], &mut host), (names[1], &mut rx), (names[2], &mut plain)],
+        &mut [
+            (names[0], &mut host),
+            (names[1], &mut rx),
+            (names[2], &mut plain),
+        ],
     );
     anyhow::ensure!(
         host_result == rx_result && rx_result == loop_result,
@@ -226,7 +240,9 @@ fn batch(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> 
     );
     table(
         report,
-        &format!("1. Batch source: range(0, {N_BATCH}) -> map -> filter -> reduce (ns per item; target <= 2x rxRust)"),
+        &format!(
+            "1. Batch source: range(0, {N_BATCH}) -> map -> filter -> reduce (ns per item; target <= 2x rxRust)"
+        ),
         &names,
         &medians,
         "ns/item",
@@ -243,7 +259,7 @@ fn slot_map(n: u64) -> u64 {
     n * 2
 }
 fn slot_filter(n: &u64) -> bool {
-    n % 3 == 0
+    n.is_multiple_of(3)
 }
 fn slot_scan(acc: u64, n: u64) -> u64 {
     acc.wrapping_add(n)
@@ -280,8 +296,14 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         ns_per(t, N_PUSH)
     };
     MAP_SLOT.store(slot_map as fn(u64) -> u64 as *mut (), Ordering::Release);
-    FILTER_SLOT.store(slot_filter as fn(&u64) -> bool as *mut (), Ordering::Release);
-    SCAN_SLOT.store(slot_scan as fn(u64, u64) -> u64 as *mut (), Ordering::Release);
+    FILTER_SLOT.store(
+        slot_filter as fn(&u64) -> bool as *mut (),
+        Ordering::Release,
+    );
+    SCAN_SLOT.store(
+        slot_scan as fn(u64, u64) -> u64 as *mut (),
+        Ordering::Release,
+    );
     let mut slots = || {
         let end = black_box(N_PUSH);
         let mut acc = 0u64;
@@ -291,9 +313,15 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
             // stored above and never changed.
             let (map, filter, scan) = unsafe {
                 (
-                    std::mem::transmute::<*mut (), fn(u64) -> u64>(MAP_SLOT.load(Ordering::Acquire)),
-                    std::mem::transmute::<*mut (), fn(&u64) -> bool>(FILTER_SLOT.load(Ordering::Acquire)),
-                    std::mem::transmute::<*mut (), fn(u64, u64) -> u64>(SCAN_SLOT.load(Ordering::Acquire)),
+                    std::mem::transmute::<*mut (), fn(u64) -> u64>(
+                        MAP_SLOT.load(Ordering::Acquire),
+                    ),
+                    std::mem::transmute::<*mut (), fn(&u64) -> bool>(
+                        FILTER_SLOT.load(Ordering::Acquire),
+                    ),
+                    std::mem::transmute::<*mut (), fn(u64, u64) -> u64>(
+                        SCAN_SLOT.load(Ordering::Acquire),
+                    ),
                 )
             };
             let m = map(x);
@@ -305,10 +333,18 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         black_box(acc);
         ns_per(t, N_PUSH)
     };
-    let names = ["host (one value per call)", "rxRust Subject", "3 AtomicPtr fn slots"];
+    let names = [
+        "host (one value per call)",
+        "rxRust Subject",
+        "3 AtomicPtr fn slots",
+    ];
     let medians = side_by_side(
         ROUNDS,
-        &mut [(names[0], &mut host), (names[1], &mut rx), (names[2], &mut slots)],
+        &mut [
+            (names[0], &mut host),
+            (names[1], &mut rx),
+            (names[2], &mut slots),
+        ],
     );
     table(
         report,
@@ -352,7 +388,10 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
         black_box(acc);
         ns_per(t, n_hlr)
     };
-    CALL_SLOT.store(hlr_fixture::step as fn(u64) -> u64 as *mut (), Ordering::Release);
+    CALL_SLOT.store(
+        hlr_fixture::step as fn(u64) -> u64 as *mut (),
+        Ordering::Release,
+    );
     let mut slot = || {
         let end = black_box(N_PUSH);
         let mut acc = 0u64;
@@ -368,10 +407,18 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
         black_box(acc);
         ns_per(t, N_PUSH)
     };
-    let names = ["host hot-swappable call", "hot-lib-reloader #[hot_module] call", "AtomicPtr fn call"];
+    let names = [
+        "host hot-swappable call",
+        "hot-lib-reloader #[hot_module] call",
+        "AtomicPtr fn call",
+    ];
     let medians = side_by_side(
         ROUNDS,
-        &mut [(names[0], &mut host), (names[1], &mut hlr), (names[2], &mut slot)],
+        &mut [
+            (names[0], &mut host),
+            (names[1], &mut hlr),
+            (names[2], &mut slot),
+        ],
     );
     table(
         report,
@@ -389,7 +436,9 @@ fn allocations(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resul
     report.line("| pipeline | values | allocations | per value |");
     report.line("|---|---:|---:|---:|");
     for name in ["push", "call", "batch"] {
-        let mut d = loaded.pipelines[name].driver(null_sink()).expect("seeded state");
+        let mut d = loaded.pipelines[name]
+            .driver(null_sink())
+            .expect("seeded state");
         let n = 1_000_000u64;
         let mut buf = [0u64; BATCH];
         let before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -408,7 +457,10 @@ fn allocations(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resul
             }
         }
         let count = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        report.line(format!("| {name} | {n} | {count} | {:.6} |", count as f64 / n as f64));
+        report.line(format!(
+            "| {name} | {n} | {count} | {:.6} |",
+            count as f64 / n as f64
+        ));
     }
     Ok(())
 }
@@ -509,7 +561,7 @@ fn latency_under_reloads(report: &mut Report, library: &std::path::Path) -> anyh
                 let e = t.elapsed();
                 debug_assert!(matches!(r, Ok(Pushed::Continue)));
                 worst = worst.max(e);
-                if x % 64 == 0 && lat.len() < lat.capacity() {
+                if x.is_multiple_of(64) && lat.len() < lat.capacity() {
                     lat.push(e.as_nanos() as f64);
                 }
                 x += 1;
@@ -534,7 +586,9 @@ fn latency_under_reloads(report: &mut Report, library: &std::path::Path) -> anyh
     let reload_time = reloads_started.elapsed();
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
-    worker.join().map_err(|_| anyhow::anyhow!("the driver thread panicked"))?;
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the driver thread panicked"))?;
     let (mut lat, count, elapsed) = std::mem::take(&mut *stats.lock().expect("stats"));
     let rate = count as f64 / elapsed.as_secs_f64();
     report.line("\n### 8. Emission latency while 50 reloads swap the code of a running pipeline\n");
@@ -553,7 +607,10 @@ fn latency_under_reloads(report: &mut Report, library: &std::path::Path) -> anyh
 
 fn save_to_emission(report: &mut Report) -> anyhow::Result<()> {
     let source = std::fs::read_to_string(workspace_root().join("example-plugin/src/lib.rs"))?;
-    anyhow::ensure!(source.contains("interval_ms(500)"), "example plugin changed");
+    anyhow::ensure!(
+        source.contains("interval_ms(500)"),
+        "example plugin changed"
+    );
     // Tick every millisecond so the wait for the next tick does not hide the host's share.
     let source = source.replace("interval_ms(500)", "interval_ms(1)");
     let fixture = Fixture::new("bench_save", &source);
@@ -602,9 +659,18 @@ fn save_to_emission(report: &mut Report) -> anyhow::Result<()> {
     report.line("|---|---:|");
     report.line(format!("| debounce + watcher | {:.1} |", median(&mut rest)));
     report.line(format!("| cargo build | {b:.1} |"));
-    report.line(format!("| load + validate + register | {:.1} |", median(&mut load)));
-    report.line(format!("| reconcile + publish | {:.2} |", median(&mut swap)));
-    report.line(format!("| to first new emission | {:.1} |", median(&mut first)));
+    report.line(format!(
+        "| load + validate + register | {:.1} |",
+        median(&mut load)
+    ));
+    report.line(format!(
+        "| reconcile + publish | {:.2} |",
+        median(&mut swap)
+    ));
+    report.line(format!(
+        "| to first new emission | {:.1} |",
+        median(&mut first)
+    ));
     report.line(format!("| **save to first new emission** | **{t:.1}** |"));
     report.line(format!("| host share (all but cargo) | {:.1} |", t - b));
     Ok(())
@@ -637,7 +703,8 @@ fn soak(report: &mut Report) -> anyhow::Result<()> {
         // Settle: wait for the counter to tick on the last version.
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Ok(e) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if matches!(e, HostEvent::Emission { ref pipeline, version, .. } if pipeline == "counter" && version == last) {
+            if matches!(e, HostEvent::Emission { ref pipeline, version, .. } if pipeline == "counter" && version == last)
+            {
                 break;
             }
         }
@@ -653,7 +720,9 @@ fn soak(report: &mut Report) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing to parse.
-    let mut report = Report { text: String::new() };
+    let mut report = Report {
+        text: String::new(),
+    };
     let started = Instant::now();
     let mut header = String::new();
     let _ = writeln!(
@@ -676,7 +745,10 @@ fn main() -> anyhow::Result<()> {
     reload_at_scale(&mut report, &scale.library)?;
     latency_under_reloads(&mut report, &plugin.library)?;
     soak(&mut report)?;
-    report.line(format!("\n(whole run: {:.0} s)", started.elapsed().as_secs_f64()));
+    report.line(format!(
+        "\n(whole run: {:.0} s)",
+        started.elapsed().as_secs_f64()
+    ));
     let out = fixture_target_dir().join("..").join("bench-summary.md");
     std::fs::write(&out, &report.text)?;
     println!("\nwritten to {}", out.display());

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use host::cargo::{self, BuildConfig};
+use host::code::PipelineCode;
 use host::events::{EventSink, HostEvent};
 use host::loader::{LibVersion, Loader};
 use host::reloader::plugin_manifest;
-use host::code::PipelineCode;
 use host::runtime::Publisher;
 use host::testkit::{Fixture, fixture_target_dir};
 
@@ -104,7 +104,7 @@ pub fn median(samples: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         samples[n / 2]
     } else {
         (samples[n / 2 - 1] + samples[n / 2]) / 2.0

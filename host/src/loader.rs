@@ -1,7 +1,7 @@
 //! Loading one plugin version: copy the built library, open it, check its ABI header.
 //!
-//! 1. **Copy** the library cargo built to a private, unique path (`v{N}-{file}` in a
-//!    directory of this process), so the next build can overwrite cargo's output while this
+//! 1. **Copy** the library cargo built to a private, unique path (`v{N}-{attempt}-{file}` in a
+//!    directory of this process, never reused), so the next build can overwrite cargo's output while this
 //!    version stays mapped, and so the dynamic loader never hands back an already-open copy
 //!    of an older build under the same name.
 //!    Before the copy is opened, its ELF headers are checked against its length: `dlopen`
@@ -135,6 +135,7 @@ impl LibVersion {
 #[derive(Debug)]
 pub struct Loader {
     dir: PathBuf,
+    attempts: AtomicU64,
 }
 
 static LOADER_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -148,7 +149,10 @@ impl Loader {
             LOADER_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir)?;
-        Ok(Loader { dir })
+        Ok(Loader {
+            dir,
+            attempts: AtomicU64::new(0),
+        })
     }
 
     /// Loads the library cargo built at `built` as plugin version `version`; also returns
@@ -162,7 +166,11 @@ impl Loader {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".to_owned());
-        let path = self.dir.join(format!("v{version}-{file}"));
+        // One name per attempt, never reused: a library that failed its checks stays mapped,
+        // and writing new bytes over its file (or opening the same name again, which the
+        // dynamic loader answers with the old, still-open handle) would corrupt it.
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("v{version}-{attempt}-{file}"));
         let copy_error = |source| LoadError::Copy {
             from: built.to_owned(),
             to: path.clone(),
@@ -175,7 +183,7 @@ impl Loader {
             path: built.to_owned(),
             reason,
         })?;
-        std::fs::write(&path, &bytes).map_err(copy_error)?;
+        write_new(&path, &bytes).map_err(copy_error)?;
         let lib = open(&path)?;
         let validate = std::time::Instant::now();
         let header = match read_header(&lib, &path) {
@@ -202,6 +210,16 @@ impl Drop for Loader {
         // Mapped libraries stay mapped after their file is unlinked.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes `bytes` to a file that must not exist yet.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 /// Checks that an ELF file holds every byte its headers point at (the program headers'

@@ -31,7 +31,8 @@ OPTIONS:
     --on-panic MODE      what a panic in a user function does: `drop` (default) drops that
                          value and keeps the subscription; `error` ends the subscription as
                          Rx does, and the next good reload subscribes it again
-    --debounce-ms N      quiet time after a save before building (default: 30)
+    --debounce-ms N      quiet time before building after a write that did not close its
+                         file (default: 30); a finished save builds after 1 ms
     -h, --help           print this help
     -V, --version        print the version
 

@@ -137,6 +137,10 @@ plugin-api = {{ path = {:?} }}
 
 # Not part of any enclosing workspace.
 [workspace]
+
+# What the README recommends for plugin crates: faster links, smaller libraries.
+[profile.dev]
+debug = false
 "#,
             self.package,
             api.display().to_string()
@@ -339,8 +343,11 @@ impl Harness {
             .collect()
     }
 
-    /// Stops the session; returns the reloader for inspection.
-    pub fn stop(mut self) -> Option<Reloader> {
-        self.session.take().and_then(Session::stop)
+    /// Stops the session, then moves every event it sent into [`Harness::history`];
+    /// returns the reloader for inspection.
+    pub fn stop(&mut self) -> Option<Reloader> {
+        let reloader = self.session.take().and_then(Session::stop);
+        self.history.extend(self.rx.try_iter());
+        reloader
     }
 }

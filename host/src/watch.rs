@@ -1,18 +1,26 @@
 //! Watching the plugin crate and driving the reloader: the dev loop.
 //!
-//! The watcher (notify; inotify on Linux) reports changes under the plugin directory. A
-//! change to a `.rs` file, a `Cargo.toml` or a `build.rs` starts a debounce window
-//! ([`DEFAULT_DEBOUNCE`], `--debounce-ms`): the build starts once the directory has been quiet
-//! that long. Builds never overlap: saves made during a build queue up in the channel and
-//! cause exactly one follow-up build, of the newest files.
+//! The watcher (notify; inotify on Linux) reports changes under the plugin directory to a
+//! `.rs` file, a `Cargo.toml` or a `build.rs`. Changes come in two sorts:
+//!
+//! - **finished** writes: a file closed after writing (`IN_CLOSE_WRITE`), renamed into place,
+//!   or removed. The build starts once the directory has been quiet for [`SETTLE`] (1 ms),
+//!   which still gathers an editor's "save all" into one build.
+//! - **unfinished** writes: a file created or modified but not (yet) closed. The build starts
+//!   after [`DEFAULT_DEBOUNCE`] (`--debounce-ms`) of quiet, unless a finished write comes first.
+//!
+//! So a normal save costs about a millisecond of waiting, not a fixed debounce, and a writer
+//! that never closes its file is still picked up. Builds never overlap: saves made during a
+//! build queue up in the channel and cause exactly one follow-up build, of the newest files.
 //!
 //! # Known problems
 //! - Editors save in different ways: truncate and write, write a temp file and rename it
-//!   over, or several writes in a row. All of them show up as create / modify / rename
-//!   events on the crate's files; the debounce turns a burst into one build.
-//! - A build may read a file while the editor is still writing it. Cargo then compiles a
-//!   half-written file and fails, or compiles an old version; the editor's final write is a
-//!   new event, so a follow-up build sees the finished file.
+//!   over, or several writes in a row. Truncate-and-write and rename both end in a finished
+//!   event after the content is complete; several writes in a row that each close the file
+//!   can start a build on the first, and the later ones cause one follow-up build.
+//! - A build may still read a file another program is writing without closing it between
+//!   writes (mmap writers). Cargo then compiles a partial file and fails; the writer's next
+//!   event starts a follow-up build that sees the finished file.
 //! - `target/` and `Cargo.lock` are ignored: cargo writes them during every build, and
 //!   watching them would rebuild forever.
 //! - Files on network mounts may produce no events at all (inotify limitation); untested.
@@ -26,16 +34,36 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::reloader::Reloader;
 
-/// How long the plugin directory must be quiet before a build starts (`--debounce-ms`).
+/// How long the plugin directory must be quiet after an unfinished write before a build
+/// starts (`--debounce-ms`).
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(30);
+
+/// How long the plugin directory must be quiet after a finished write before a build starts.
+pub const SETTLE: Duration = Duration::from_millis(1);
 
 /// What the dev loop reacts to.
 #[derive(Debug)]
 pub enum Msg {
-    /// Something changed under the plugin directory.
-    Changed,
+    /// Something changed under the plugin directory; `finished` when the write is complete
+    /// (closed, renamed into place, removed).
+    Changed {
+        /// Whether the change is a finished write.
+        finished: bool,
+    },
     /// Stop the loop.
     Stop,
+}
+
+/// Whether `kind` is a finished write (`Some(true)`), an unfinished one (`Some(false)`), or
+/// not a change at all (`None`).
+pub fn classify(kind: &EventKind) -> Option<bool> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        EventKind::Access(_) | EventKind::Other | EventKind::Any => None,
+        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(true),
+        EventKind::Modify(_) | EventKind::Create(_) => Some(false),
+    }
 }
 
 /// Whether a change to `path` should trigger a rebuild.
@@ -58,15 +86,15 @@ pub fn watch(dir: &Path, tx: Sender<Msg>) -> anyhow::Result<notify::RecommendedW
     let filter_root = root.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
-        if matches!(event.kind, EventKind::Access(_) | EventKind::Other) {
+        let Some(finished) = classify(&event.kind) else {
             return;
-        }
+        };
         if event
             .paths
             .iter()
             .any(|p| is_source_change(&filter_root, p))
         {
-            let _ = tx.send(Msg::Changed);
+            let _ = tx.send(Msg::Changed { finished });
         }
     })
     .context("cannot start the file watcher")?;
@@ -80,14 +108,16 @@ pub fn watch(dir: &Path, tx: Sender<Msg>) -> anyhow::Result<notify::RecommendedW
 /// when every sender is gone.
 pub fn dev_loop(reloader: &mut Reloader, rx: &Receiver<Msg>, debounce: Duration) {
     loop {
-        match rx.recv() {
-            Ok(Msg::Changed) => {}
+        let mut finished = match rx.recv() {
+            Ok(Msg::Changed { finished }) => finished,
             Ok(Msg::Stop) | Err(_) => return,
-        }
-        // Debounce: wait until the directory has been quiet for `debounce`.
+        };
+        // Wait until the directory has been quiet: briefly after a finished write, for the
+        // debounce after an unfinished one.
         loop {
-            match rx.recv_timeout(debounce) {
-                Ok(Msg::Changed) => continue,
+            let quiet = if finished { SETTLE } else { debounce };
+            match rx.recv_timeout(quiet) {
+                Ok(Msg::Changed { finished: f }) => finished |= f,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => break,
             }

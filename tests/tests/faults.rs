@@ -455,22 +455,15 @@ fn save_storm_ends_on_the_last_save() -> anyhow::Result<()> {
             false
         },
     )?;
-    let reloads = host
-        .history()
-        .iter()
-        .filter(|e| matches!(e, HostEvent::Reload { .. }))
-        .count();
-    let failures = host
-        .history()
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                HostEvent::BuildFailed { .. } | HostEvent::LoadFailed { .. }
-            )
-        })
-        .count();
     let reloader = host.stop().expect("the reloader");
+    let count = |f: fn(&HostEvent) -> bool| host.history().iter().filter(|e| f(e)).count();
+    let reloads = count(|e| matches!(e, HostEvent::Reload { .. }));
+    let failures = count(|e| {
+        matches!(
+            e,
+            HostEvent::BuildFailed { .. } | HostEvent::LoadFailed { .. }
+        )
+    });
     let builds = reloader.build_windows();
     assert!(
         builds.len() < 20,
