@@ -272,7 +272,7 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         let end = black_box(N_PUSH);
         let started = Instant::now();
         for x in 0..end {
-            let _ = black_box(d.push(&[x]));
+            let _ = d.push_one(x);
         }
         ns_per(started.elapsed(), N_PUSH)
     };
@@ -295,13 +295,17 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         black_box(out.get());
         ns_per(t, N_PUSH)
     };
-    MAP_SLOT.store(slot_map as fn(u64) -> u64 as *mut (), Ordering::Release);
+    // black_box: a slot written once with a constant would let LLVM fold the loads away.
+    MAP_SLOT.store(
+        black_box(slot_map as fn(u64) -> u64 as *mut ()),
+        Ordering::Release,
+    );
     FILTER_SLOT.store(
-        slot_filter as fn(&u64) -> bool as *mut (),
+        black_box(slot_filter as fn(&u64) -> bool as *mut ()),
         Ordering::Release,
     );
     SCAN_SLOT.store(
-        slot_scan as fn(u64, u64) -> u64 as *mut (),
+        black_box(slot_scan as fn(u64, u64) -> u64 as *mut ()),
         Ordering::Release,
     );
     let mut slots = || {
@@ -372,7 +376,7 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
         let end = black_box(N_PUSH);
         let started = Instant::now();
         for x in 0..end {
-            let _ = black_box(d.push(&[x]));
+            let _ = d.push_one(x);
         }
         ns_per(started.elapsed(), N_PUSH)
     };
@@ -389,7 +393,7 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
         ns_per(t, n_hlr)
     };
     CALL_SLOT.store(
-        hlr_fixture::step as fn(u64) -> u64 as *mut (),
+        black_box(hlr_fixture::step as fn(u64) -> u64 as *mut ()),
         Ordering::Release,
     );
     let mut slot = || {
@@ -453,7 +457,7 @@ fn allocations(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resul
             }
         } else {
             for x in 0..n {
-                let _ = black_box(d.push(&[x]));
+                let _ = d.push_one(x);
             }
         }
         let count = ALLOCATIONS.load(Ordering::Relaxed) - before;
@@ -557,7 +561,7 @@ fn latency_under_reloads(report: &mut Report, library: &std::path::Path) -> anyh
             let mut x = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let r = d.push(&[x]);
+                let r = d.push_one(x);
                 let e = t.elapsed();
                 debug_assert!(matches!(r, Ok(Pushed::Continue)));
                 worst = worst.max(e);
@@ -732,19 +736,40 @@ fn main() -> anyhow::Result<()> {
         std::env::consts::ARCH
     );
     report.line(header.trim_end());
+    // `cargo bench -p hmr-bench -- NAME` runs the scenarios whose name contains NAME.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let plugin = build_release("bench_plugin", PLUGIN)?;
     let scale = build_release("bench_scale", SCALE)?;
     let loader = Loader::new()?;
     let loaded = load(&loader, &plugin.library, 1)?;
-    batch(&mut report, &loaded)?;
-    push(&mut report, &loaded)?;
-    per_call(&mut report, &loaded)?;
-    swap_scaling(&mut report, &scale.library)?;
-    save_to_emission(&mut report)?;
-    allocations(&mut report, &loaded)?;
-    reload_at_scale(&mut report, &scale.library)?;
-    latency_under_reloads(&mut report, &plugin.library)?;
-    soak(&mut report)?;
+    if wanted("batch") {
+        batch(&mut report, &loaded)?;
+    }
+    if wanted("push") {
+        push(&mut report, &loaded)?;
+    }
+    if wanted("call") {
+        per_call(&mut report, &loaded)?;
+    }
+    if wanted("swap") {
+        swap_scaling(&mut report, &scale.library)?;
+    }
+    if wanted("save") {
+        save_to_emission(&mut report)?;
+    }
+    if wanted("alloc") {
+        allocations(&mut report, &loaded)?;
+    }
+    if wanted("scale") {
+        reload_at_scale(&mut report, &scale.library)?;
+    }
+    if wanted("latency") {
+        latency_under_reloads(&mut report, &plugin.library)?;
+    }
+    if wanted("soak") {
+        soak(&mut report)?;
+    }
     report.line(format!(
         "\n(whole run: {:.0} s)",
         started.elapsed().as_secs_f64()

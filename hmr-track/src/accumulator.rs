@@ -1,6 +1,7 @@
 //! The accumulator: [`State`] (`stack` of open calls + `store` of entities) and `apply`, which
 //! validates an event fully and only then mutates, so a refused event changes nothing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
@@ -133,6 +134,8 @@ pub struct Store {
 }
 
 /// Where the next `track-call` lands (computed from the stack top and validated).
+const TRACK_CALL: &str = "track-call";
+
 struct TrackPlan {
     module: ModuleId,
     index: Option<u32>,
@@ -418,8 +421,8 @@ impl State {
                         }
                         None => Some(frame.next_index),
                     };
-                    let segment = path::nested_segment(index, key, kind);
-                    (Some(frame.track), index, path::join(&parent.path, &segment))
+                    let path = path::nested_path(&parent.path, index, key, kind);
+                    (Some(frame.track), index, path)
                 }
             };
         let existing = self.store.paths.get(&path).copied();
@@ -451,8 +454,34 @@ impl State {
         key: Option<&str>,
         signature: &Signature,
     ) -> Result<(), ApplyError> {
-        const EVENT: &str = "track-call";
-        let plan = self.plan_track_call(EVENT, kind, key)?;
+        let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
+        self.track_call_planned(plan, track, kind, key, Cow::Borrowed(signature))
+    }
+
+    /// A `track-call` whose id is the one its path picks (the existing track's, else a fresh
+    /// one), planned once: what [`State::track_id_for`] followed by [`State::apply`] of the
+    /// event does, without computing the path twice or copying the signature. Returns the id.
+    pub(crate) fn track_call_auto(
+        &mut self,
+        kind: &str,
+        key: Option<&str>,
+        signature: Signature,
+    ) -> Result<Id, ApplyError> {
+        let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
+        let track = plan.existing.unwrap_or_else(|| self.fresh_id());
+        self.track_call_planned(plan, track, kind, key, Cow::Owned(signature))?;
+        Ok(track)
+    }
+
+    fn track_call_planned(
+        &mut self,
+        plan: TrackPlan,
+        track: Id,
+        kind: &str,
+        key: Option<&str>,
+        signature: Cow<'_, Signature>,
+    ) -> Result<(), ApplyError> {
+        const EVENT: &str = TRACK_CALL;
         if !signature.kind.is_empty() && signature.kind != kind {
             return Err(ApplyError::KindMismatch {
                 event: EVENT,
@@ -478,7 +507,7 @@ impl State {
             _ => {}
         }
         // Validated: mutate.
-        let mut signature = signature.clone();
+        let mut signature = signature.into_owned();
         kind.clone_into(&mut signature.kind);
         signature.children.clear();
         if let Some(frame) = self.stack.tracks.last_mut() {
@@ -582,6 +611,59 @@ impl State {
         Ok(())
     }
 
+    /// `track-update` `swapped` / `reset`: validated and committed with one lookup (this runs
+    /// once per track on every reload).
+    fn commit_update(
+        &mut self,
+        track: Id,
+        module: ModuleId,
+        outcome: &UpdateOutcome,
+    ) -> Result<(), ApplyError> {
+        const EVENT: &str = "track-update";
+        let current = self.current_module;
+        let Some(stored) = self.store.tracks.get_mut(&track) else {
+            return Err(ApplyError::UnknownTrack {
+                event: EVENT,
+                track,
+            });
+        };
+        if current != Some(module) {
+            return Err(ApplyError::ModuleNotCurrent {
+                event: EVENT,
+                module,
+                current,
+            });
+        }
+        let Some(pending) = stored.pending.as_ref().filter(|p| p.module == module) else {
+            return Err(ApplyError::NoPending {
+                event: EVENT,
+                track,
+                module,
+            });
+        };
+        if matches!(outcome, UpdateOutcome::Swapped)
+            && let Some(reason) = signature_change(&stored.signature, &pending.signature)
+        {
+            return Err(ApplyError::SignatureChanged {
+                event: EVENT,
+                track,
+                reason,
+            });
+        }
+        // Validated: mutate.
+        let Some(pending) = stored.pending.take() else {
+            return Ok(());
+        };
+        stored.signature = pending.signature;
+        if let Some(old) = stored.entity_id.take() {
+            stored.prev_entity_ids.push(old);
+        }
+        stored.entity_id = pending.entity_id;
+        stored.version += 1;
+        stored.module = module;
+        Ok(())
+    }
+
     fn track_update(
         &mut self,
         track: Id,
@@ -591,6 +673,9 @@ impl State {
         const EVENT: &str = "track-update";
         if let Some(open) = self.running_module() {
             return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
+        }
+        if !matches!(outcome, UpdateOutcome::Removed) {
+            return self.commit_update(track, module, outcome);
         }
         let Some(stored) = self.store.tracks.get(&track) else {
             return Err(ApplyError::UnknownTrack {
@@ -606,42 +691,8 @@ impl State {
             });
         }
         match outcome {
-            UpdateOutcome::Swapped | UpdateOutcome::Reset { .. } => {
-                let Some(pending) = stored.pending.as_ref().filter(|p| p.module == module) else {
-                    return Err(ApplyError::NoPending {
-                        event: EVENT,
-                        track,
-                        module,
-                    });
-                };
-                let change = match outcome {
-                    UpdateOutcome::Swapped => {
-                        signature_change(&stored.signature, &pending.signature)
-                    }
-                    _ => None,
-                };
-                if let Some(reason) = change {
-                    return Err(ApplyError::SignatureChanged {
-                        event: EVENT,
-                        track,
-                        reason,
-                    });
-                }
-                // Validated: mutate.
-                let Some(stored) = self.store.tracks.get_mut(&track) else {
-                    return Ok(());
-                };
-                let Some(pending) = stored.pending.take() else {
-                    return Ok(());
-                };
-                stored.signature = pending.signature;
-                if let Some(old) = stored.entity_id.take() {
-                    stored.prev_entity_ids.push(old);
-                }
-                stored.entity_id = pending.entity_id;
-                stored.version += 1;
-                stored.module = module;
-            }
+            // Committed by `commit_update` above.
+            UpdateOutcome::Swapped | UpdateOutcome::Reset { .. } => {}
             UpdateOutcome::Removed => {
                 if !(stored.module < module
                     && stored.pending.as_ref().is_none_or(|p| p.module != module))

@@ -42,6 +42,26 @@ pub fn nested_segment(index: Option<u32>, key: Option<&str>, kind: &str) -> Stri
     }
 }
 
+/// `parent|segment` for the segment [`nested_segment`] would make, built in one allocation.
+pub fn nested_path(parent: &str, index: Option<u32>, key: Option<&str>, kind: &str) -> String {
+    use std::fmt::Write;
+    let mut path = String::with_capacity(parent.len() + 14 + key.map_or(0, str::len) + kind.len());
+    path.push_str(parent);
+    path.push(SEPARATOR);
+    match key {
+        Some(key) => {
+            path.push('#');
+            path.push_str(key);
+        }
+        None => {
+            let _ = write!(path, "{}", index.unwrap_or_default());
+        }
+    }
+    path.push(':');
+    path.push_str(kind);
+    path
+}
+
 /// `parent|segment`.
 pub fn join(parent: &str, segment: &str) -> String {
     let mut path = String::with_capacity(parent.len() + 1 + segment.len());
@@ -66,6 +86,16 @@ mod tests {
         assert_eq!(nested_segment(None, Some("norm"), "scope"), "#norm:scope");
         assert_eq!(join("counter", "0:map"), "counter|0:map");
         assert_eq!(descendant_prefix("counter"), "counter|");
+        for (index, key, kind) in [
+            (Some(3), None, "map"),
+            (None, Some("norm"), "scope"),
+            (Some(12), None, "scan"),
+        ] {
+            assert_eq!(
+                nested_path("counter|0:map", index, key, kind),
+                join("counter|0:map", &nested_segment(index, key, kind))
+            );
+        }
     }
 
     #[test]

@@ -8,13 +8,16 @@ use crate::event::{Event, ModuleOutcome, UpdateOutcome};
 use crate::model::{Id, ModuleId, Signature};
 
 /// A state and the events that built it. Every helper emits events through [`Recorder::record`],
-/// so `State::replay(&recorder.log)` always rebuilds `recorder.state`.
+/// so `State::replay(&recorder.log)` always rebuilds `recorder.state` (unless the log is off).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorder {
     /// The state after every event of `log`.
     pub state: State,
     /// The events applied, in order (refused events are not logged).
     pub log: Vec<Event>,
+    /// When set, events are applied but not kept (see [`Recorder::without_log`]).
+    #[serde(default)]
+    pub log_disabled: bool,
 }
 
 impl Recorder {
@@ -23,10 +26,21 @@ impl Recorder {
         Recorder::default()
     }
 
-    /// Applies `event`; logs it only if it was accepted.
+    /// An empty recorder that keeps no log: for a long-running host, where a log of every
+    /// registration would grow with every reload.
+    pub fn without_log() -> Recorder {
+        Recorder {
+            log_disabled: true,
+            ..Recorder::default()
+        }
+    }
+
+    /// Applies `event`; logs it only if it was accepted (and logging is on).
     pub fn record(&mut self, event: Event) -> Result<(), ApplyError> {
         self.state.apply(&event)?;
-        self.log.push(event);
+        if !self.log_disabled {
+            self.log.push(event);
+        }
         Ok(())
     }
 
@@ -65,6 +79,10 @@ impl Recorder {
         key: Option<&str>,
         signature: Signature,
     ) -> Result<Id, ApplyError> {
+        if self.log_disabled {
+            // The same event, applied without being built: the path is planned once.
+            return self.state.track_call_auto(kind, key, signature);
+        }
         let track = self.state.track_id_for(kind, key)?;
         self.record(Event::TrackCall {
             track,
@@ -139,5 +157,61 @@ impl Recorder {
             module,
             outcome,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UpdateOutcome;
+
+    /// Two runs of a registration (pipeline, operators, a keyed scope), the second swapping
+    /// every track; then a duplicate path that must be refused.
+    fn program(rec: &mut Recorder) -> Vec<Result<(), ApplyError>> {
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let mut run = || -> Result<(), ApplyError> {
+                let module = rec.module_call("lib")?;
+                let p = rec.track_call("pipeline", Some("p"), Signature::default())?;
+                for kind in ["map", "filter"] {
+                    let t = rec.track_call(kind, None, Signature::default())?;
+                    rec.track_call_return(t)?;
+                }
+                let scope = rec.track_call("scope", Some("k"), Signature::default())?;
+                let inner = rec.track_call("scan", None, Signature::default())?;
+                rec.track_call_return(inner)?;
+                rec.track_call_return(scope)?;
+                rec.track_call_return(p)?;
+                rec.module_call_return(module, ModuleOutcome::Ok)?;
+                for t in rec.state.pending_updates(module) {
+                    rec.update(t, module, UpdateOutcome::Swapped)?;
+                }
+                Ok(())
+            };
+            results.push(run());
+        }
+        let module = rec.module_call("lib").expect("a third run");
+        let p = rec.track_call("pipeline", Some("p"), Signature::default());
+        results.push(p.and_then(|p| rec.track_call_return(p)));
+        results.push(
+            rec.track_call("pipeline", Some("p"), Signature::default())
+                .map(drop),
+        );
+        let _ = module;
+        results
+    }
+
+    #[test]
+    fn the_fast_track_call_without_log_builds_the_same_state() {
+        let mut logged = Recorder::new();
+        let mut fast = Recorder::without_log();
+        let a = program(&mut logged);
+        let b = program(&mut fast);
+        assert_eq!(a, b);
+        assert!(a[..3].iter().all(Result::is_ok), "{a:?}");
+        assert!(a[3].is_err(), "a duplicate path is refused: {a:?}");
+        assert_eq!(logged.state, fast.state);
+        assert!(fast.log.is_empty());
+        assert_eq!(State::replay(&logged.log).as_ref(), Ok(&logged.state));
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, SourceDesc, source_kind, status,
+    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, source_kind,
+    status,
 };
 
 use crate::loader::LibVersion;
@@ -59,6 +60,7 @@ pub struct PipelineCode {
     pub ops: Vec<OpCode>,
     pub(crate) env: *mut c_void,
     pub(crate) push: PushFn,
+    pub(crate) push_one: PushOneFn,
     pub(crate) complete: CompleteFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
@@ -118,6 +120,7 @@ impl PipelineCode {
     }
 
     /// Runs `items` through the chain.
+    #[inline]
     pub fn push(&self, states: &StateSlots, items: &[u64], cx: &EmitCx) -> Pushed {
         debug_assert_eq!(states.ptrs.len(), self.ops.len());
         let mut consumed = 0usize;
@@ -143,6 +146,25 @@ impl PipelineCode {
                 consumed: consumed.clamp(1, items.len().max(1)),
             },
         }
+    }
+
+    /// Runs one value through the chain.
+    #[inline]
+    pub fn push_one(&self, states: &StateSlots, x: u64, cx: &EmitCx) -> Pushed {
+        debug_assert_eq!(states.ptrs.len(), self.ops.len());
+        // SAFETY: as in `push`, for a single value.
+        let s = unsafe { (self.push_one)(self.env, states.ptrs.as_ptr(), x, cx) };
+        match s {
+            status::CONTINUE => Pushed::Continue,
+            status::COMPLETE => Pushed::Complete { consumed: 1 },
+            _ => Pushed::Panicked { consumed: 1 },
+        }
+    }
+
+    /// The raw entry point of [`PipelineCode::push_one`] and its arguments, for a caller that
+    /// keeps them at hand (the emission path) instead of reaching through the code each time.
+    pub(crate) fn push_one_raw(&self) -> (PushOneFn, *const std::ffi::c_void) {
+        (self.push_one, self.env)
     }
 
     /// Tells the chain its source completed; false if a user function panicked.
@@ -188,6 +210,11 @@ pub struct InitError {
 }
 
 impl StateSlots {
+    /// The slot pointers, one per operator, as the plugin's entry points take them.
+    pub(crate) fn as_ptr(&self) -> *const *mut u8 {
+        self.ptrs.as_ptr()
+    }
+
     /// No slots (a placeholder while slots are being migrated).
     pub fn empty() -> StateSlots {
         StateSlots {

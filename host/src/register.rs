@@ -59,7 +59,13 @@ impl Ctx<'_> {
             return 0;
         }
         let result = (|| {
-            let track = self.recorder.track_call(kind, key, sig.clone())?;
+            // Operators' signatures are kept for their state slots; other scopes need none.
+            let (given, kept) = if matches!(kind, "pipeline" | "scope") {
+                (sig, None)
+            } else {
+                (sig.clone(), Some(sig))
+            };
+            let track = self.recorder.track_call(kind, key, given)?;
             match kind {
                 "pipeline" => {
                     let e = self.recorder.pipeline_call(key.unwrap_or_default())?;
@@ -71,11 +77,13 @@ impl Ctx<'_> {
                     self.recorder.operator_call_return(e)?;
                 }
             }
-            Ok::<Id, hmr_track::ApplyError>(track)
+            Ok::<(Id, Option<Signature>), hmr_track::ApplyError>((track, kept))
         })();
         match result {
-            Ok(track) => {
-                self.signatures.insert(track, sig);
+            Ok((track, sig)) => {
+                if let Some(sig) = sig {
+                    self.signatures.insert(track, sig);
+                }
                 handle(track)
             }
             Err(e) => {
@@ -110,6 +118,7 @@ impl Ctx<'_> {
             ops: Vec::new(),
             env: desc.env,
             push: desc.push,
+            push_one: desc.push_one,
             complete: desc.complete,
             drop_env: desc.drop_env,
             lib: self.lib.clone(),
@@ -211,8 +220,8 @@ unsafe extern "C" fn cb_track_call(
     // valid for the call.
     unsafe {
         with_ctx(ctx, 0, |c| {
-            let kind = kind.to_string_lossy().unwrap_or_default().into_owned();
-            let key = key.to_string_lossy().map(|k| k.into_owned());
+            let kind = kind.to_string_lossy().unwrap_or_default();
+            let key = key.to_string_lossy();
             let sig = signature(&kind, &*sig);
             c.track_call(&kind, key.as_deref(), sig)
         })

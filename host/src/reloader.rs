@@ -91,7 +91,8 @@ impl Reloader {
             runtime: Runtime::new(sink.clone(), policy),
             sink,
             loader: Loader::new()?,
-            recorder: Recorder::new(),
+            // The host never replays: a log would grow with every reload.
+            recorder: Recorder::without_log(),
             versions: Vec::new(),
             current: None,
             subscriptions: BTreeMap::new(),
@@ -270,46 +271,44 @@ impl Reloader {
         let mut report = Report::default();
         let state = &self.recorder.state;
         let mut updates = Vec::new();
-        for id in state.pending_updates(module) {
-            let Some(track) = state.track(id) else {
-                continue;
-            };
-            let Some(pending) = &track.pending else {
-                continue;
-            };
-            match signature_change(&track.signature, &pending.signature) {
-                None => updates.push((id, UpdateOutcome::Swapped)),
-                Some(reason) => {
-                    report.reset.push(ResetInfo {
-                        path: track.path.clone(),
-                        reason: reason.clone(),
-                    });
-                    updates.push((id, UpdateOutcome::Reset { reason }));
+        let mut orphans = Vec::new();
+        // One pass over the store: this is the part of a reload that grows with the number of
+        // tracks, so re-registered, new and orphaned tracks are sorted out together.
+        for track in state.store.tracks.values() {
+            if let Some(pending) = track.pending.as_ref().filter(|p| p.module == module) {
+                match signature_change(&track.signature, &pending.signature) {
+                    None => updates.push((track.id, UpdateOutcome::Swapped)),
+                    Some(reason) => {
+                        report.reset.push(ResetInfo {
+                            path: track.path.clone(),
+                            reason: reason.clone(),
+                        });
+                        updates.push((track.id, UpdateOutcome::Reset { reason }));
+                    }
                 }
+            } else if track.module == module {
+                if track.created_by == module && self.current.is_some() {
+                    report.added.push(track.path.clone());
+                }
+            } else if track.module < module {
+                orphans.push(track);
             }
         }
+        report.reset.sort_by(|a, b| a.path.cmp(&b.path));
+        report.added.sort();
         report.swapped = updates
             .iter()
             .filter(|(_, o)| *o == UpdateOutcome::Swapped)
             .count();
-        report.added = state
-            .store
-            .tracks
-            .values()
-            .filter(|t| t.created_by == module && t.module == module && self.current.is_some())
-            .map(|t| t.path.clone())
-            .collect();
-        let orphans = state.orphans(module);
+        // Children before parents, so each removal leaves no child behind.
+        orphans.sort_by(|a, b| b.path.cmp(&a.path));
         let removed_pipelines: BTreeSet<String> = orphans
             .iter()
-            .filter_map(|id| state.track(*id))
             .filter(|t| t.kind == "pipeline")
             .map(|t| t.key.clone().unwrap_or_default())
             .collect();
-        report.removed = orphans
-            .iter()
-            .filter_map(|id| state.track(*id).map(|t| t.path.clone()))
-            .collect();
+        report.removed = orphans.iter().rev().map(|t| t.path.clone()).collect();
+        let orphans: Vec<Id> = orphans.iter().map(|t| t.id).collect();
         for (id, outcome) in updates {
             if let Err(e) = self.recorder.update(id, module, outcome) {
                 self.internal_error(&e);

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use plugin_api::abi::{EmitCx, RStr, SourceDesc, source_kind};
+use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind, status};
 
 use crate::code::{PipelineCode, Pushed, StateSlots};
 use crate::events::{HostEvent, Sink};
@@ -339,6 +339,9 @@ impl Publisher {
 pub struct Driver {
     shared: Arc<Shared>,
     generation: u64,
+    /// `code`'s single-value entry point and closures, and `states`' slot array, kept here so
+    /// an emission reaches them without going through `code` (refreshed with it).
+    hot: (PushOneFn, *const c_void, *const *mut u8),
     code: Arc<PipelineCode>,
     states: StateSlots,
     host: Box<HostCx>,
@@ -371,7 +374,9 @@ impl Driver {
             log: cb_log,
             error: cb_error,
         };
+        let (push_one, env) = code.push_one_raw();
         Ok(Driver {
+            hot: (push_one, env, states.as_ptr()),
             shared,
             generation,
             code,
@@ -406,6 +411,8 @@ impl Driver {
         self.generation = g;
         self.host.version.set(new.version);
         *self.host.paths.borrow_mut() = new.ops.iter().map(|o| o.path.clone()).collect();
+        let (push_one, env) = new.push_one_raw();
+        self.hot = (push_one, env, self.states.as_ptr());
         // The old code is dropped here if nothing else holds it.
         self.code = new;
         Ok(())
@@ -417,6 +424,22 @@ impl Driver {
     pub fn push(&mut self, items: &[u64]) -> Result<Pushed, String> {
         self.refresh()?;
         Ok(self.code.push(&self.states, items, &self.cx))
+    }
+
+    /// Runs one value through the newest code (a push source's emission).
+    #[inline]
+    pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
+        self.refresh()?;
+        let (push_one, env, states) = self.hot;
+        // SAFETY: `hot` holds the current code's entry point and closures and the slot array
+        // of `states`, built for that code (refreshed together in `migrate`); `code` keeps
+        // the library live; the plugin catches its own panics.
+        let s = unsafe { push_one(env, states, x, &self.cx) };
+        Ok(match s {
+            status::CONTINUE => Pushed::Continue,
+            status::COMPLETE => Pushed::Complete { consumed: 1 },
+            _ => Pushed::Panicked { consumed: 1 },
+        })
     }
 
     /// Tells the chain its source completed; false if a user function panicked.
@@ -480,7 +503,7 @@ fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
                 }
                 first.get_or_insert_with(Instant::now);
                 produced += 1;
-                match d.push(&[n]) {
+                match d.push_one(n) {
                     Ok(Pushed::Continue) => {}
                     Ok(Pushed::Complete { .. }) => return finish(&mut d, produced, first),
                     Ok(Pushed::Panicked { .. }) if policy == PanicPolicy::Error => {

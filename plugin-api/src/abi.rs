@@ -169,6 +169,16 @@ pub type PushFn = unsafe extern "C" fn(
     consumed: *mut usize,
 ) -> u32;
 
+/// Run the chain on one source value `x`: [`PushFn`] for a single value, without the
+/// batch's slice and bookkeeping (push sources call this once per value). Returns a
+/// [`status`]; the value counts as taken whatever it returns.
+pub type PushOneFn = unsafe extern "C" fn(
+    env: *const c_void,
+    states: *const *mut u8,
+    x: u64,
+    cx: *const EmitCx,
+) -> u32;
+
 /// Tell the chain its source completed (a `reduce` emits here).
 pub type CompleteFn =
     unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
@@ -221,6 +231,8 @@ pub struct PipelineDesc {
     pub env: *mut c_void,
     /// Feeds values.
     pub push: PushFn,
+    /// Feeds one value.
+    pub push_one: PushOneFn,
     /// Signals completion.
     pub complete: CompleteFn,
     /// Frees `env`.

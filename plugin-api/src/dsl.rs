@@ -725,6 +725,7 @@ impl<'p, S: Stage> Chain<'p, S> {
             source: inner.source,
             env: env.cast::<c_void>(),
             push: push_entry::<S>,
+            push_one: push_one_entry::<S>,
             complete: complete_entry::<S>,
             drop_env: drop_env_entry::<S>,
             ops: ops.as_ptr(),
@@ -843,6 +844,24 @@ unsafe extern "C" fn push_entry<S: Stage>(
             unsafe { *consumed = position.get() + 1 };
             report_panic(&cx, payload)
         }
+    }
+}
+
+unsafe extern "C" fn push_one_entry<S: Stage>(
+    env: *const c_void,
+    states: *const *mut u8,
+    x: u64,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `PushOneFn` documents.
+    let (env, cx) = unsafe { enter::<S>(env, states, cx) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        env.stage.push(&cx, x, &mut |_out: S::Out| Flow::Continue)
+    }));
+    match run {
+        Ok(Flow::Continue) => status::CONTINUE,
+        Ok(Flow::Complete) => status::COMPLETE,
+        Err(payload) => report_panic(&cx, payload),
     }
 }
 
