@@ -116,7 +116,8 @@ const NO_OP: u32 = u32::MAX;
 
 /// What operators see of the host while they run.
 pub struct Cx<'a> {
-    states: &'a [*mut u8],
+    /// One slot pointer per operator (the host passes exactly as many as the chain has).
+    states: *const *mut u8,
     emit: &'a EmitCx,
     panicked_op: Cell<u32>,
 }
@@ -124,7 +125,7 @@ pub struct Cx<'a> {
 impl fmt::Debug for Cx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cx")
-            .field("states", &self.states.len())
+            .field("states", &self.states)
             .finish_non_exhaustive()
     }
 }
@@ -156,7 +157,9 @@ impl Cx<'_> {
     /// to it may be live while the returned one is.
     #[inline(always)]
     unsafe fn state<A>(&self, op: u32) -> *mut A {
-        self.states[op as usize].cast::<A>()
+        // SAFETY: `op` is the index of one of this chain's operators (assigned in order by the
+        // DSL) and the host passes one slot pointer per operator.
+        unsafe { (*self.states.add(op as usize)).cast::<A>() }
     }
 }
 
@@ -715,10 +718,7 @@ impl<'p, S: Stage> Chain<'p, S> {
             })
             .collect();
         let n_ops = ops.len();
-        let env = Box::into_raw(Box::new(Env {
-            stage: inner.stage,
-            n_ops,
-        }));
+        let env = Box::into_raw(Box::new(Env { stage: inner.stage }));
         let desc = PipelineDesc {
             name: RStr::new(&inner.name),
             track: inner.track,
@@ -753,7 +753,6 @@ impl<S: Stage> Drop for Chain<'_, S> {
 
 struct Env<S> {
     stage: S,
-    n_ops: usize,
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -774,8 +773,8 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Builds the [`Cx`] for one call from the raw arguments.
 ///
 /// # Safety
-/// `env` must come from `finish` for this `S`, `states` must point at `n_ops` slot pointers,
-/// and `cx` at a live [`EmitCx`].
+/// `env` must come from `finish` for this `S`, `states` must point at one slot pointer per
+/// operator of the chain, and `cx` at a live [`EmitCx`].
 unsafe fn enter<'a, S>(
     env: *const c_void,
     states: *const *mut u8,
@@ -784,11 +783,6 @@ unsafe fn enter<'a, S>(
     // SAFETY: guaranteed by the caller.
     unsafe {
         let env = &*env.cast::<Env<S>>();
-        let states = if env.n_ops == 0 {
-            &[][..]
-        } else {
-            core::slice::from_raw_parts(states, env.n_ops)
-        };
         let cx = Cx {
             states,
             emit: &*cx,
