@@ -19,5 +19,9 @@ fmt:
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The tracking store's micro-benchmarks (divan), then the side-by-side summary (also written
+# to target/bench-summary.md), then what plugin build settings give.
 bench:
-	$(CARGO) bench --workspace --locked
+	$(CARGO) bench --locked -p hmr-track
+	$(CARGO) bench --locked -p hmr-bench
+	bench/scripts/build-profiles.sh
