@@ -22,15 +22,13 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmr_bench::{
-    CountingSink, build_release, load, load_codes, median, ns_per, quantile, rss_bytes,
-};
+use hmr_bench::{CountingSink, build_release, load, load_codes, median, ns_per, quantile};
 use host::code::Pushed;
 use host::events::{ChannelSink, HostEvent, Sink};
 use host::loader::Loader;
 use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::runtime::{BATCH, PanicPolicy};
-use host::testkit::{Fixture, Harness, fixture_target_dir, workspace_root};
+use host::testkit::{Fixture, Harness, fixture_target_dir, rss_bytes, workspace_root};
 use rxrust::prelude::*;
 use rxrust::scheduler::{Scheduler, TaskHandle};
 
@@ -251,6 +249,18 @@ fn batch(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Pushes `N_PUSH` values one at a time through a fresh driver of `publisher`, as an interval
+/// source does; ns per value.
+fn one_by_one(publisher: &host::runtime::Publisher) -> f64 {
+    let mut d = publisher.driver(null_sink()).expect("seeded state");
+    let end = black_box(N_PUSH);
+    let started = Instant::now();
+    for x in 0..end {
+        let _ = d.push_one(x);
+    }
+    ns_per(started.elapsed(), N_PUSH)
+}
+
 static MAP_SLOT: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 static FILTER_SLOT: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 static SCAN_SLOT: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
@@ -267,15 +277,7 @@ fn slot_scan(acc: u64, n: u64) -> u64 {
 
 fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     let publisher = &loaded.pipelines["push"];
-    let mut host = || {
-        let mut d = publisher.driver(null_sink()).expect("seeded state");
-        let end = black_box(N_PUSH);
-        let started = Instant::now();
-        for x in 0..end {
-            let _ = d.push_one(x);
-        }
-        ns_per(started.elapsed(), N_PUSH)
-    };
+    let mut host = || one_by_one(publisher);
     let mut rx = || {
         let end = black_box(N_PUSH);
         let mut subject = Local::subject::<u64, Infallible>();
@@ -371,15 +373,7 @@ static CALL_SLOT: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 
 fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     let publisher = &loaded.pipelines["call"];
-    let mut host = || {
-        let mut d = publisher.driver(null_sink()).expect("seeded state");
-        let end = black_box(N_PUSH);
-        let started = Instant::now();
-        for x in 0..end {
-            let _ = d.push_one(x);
-        }
-        ns_per(started.elapsed(), N_PUSH)
-    };
+    let mut host = || one_by_one(publisher);
     let n_hlr = N_PUSH / 10;
     let mut hlr = || {
         let end = black_box(n_hlr);

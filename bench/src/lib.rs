@@ -125,13 +125,3 @@ pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
 pub fn ns_per(elapsed: Duration, items: u64) -> f64 {
     elapsed.as_nanos() as f64 / items as f64
 }
-
-/// Resident memory of this process, in bytes (Linux; 0 elsewhere).
-pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}

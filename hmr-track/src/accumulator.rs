@@ -559,19 +559,7 @@ impl State {
 
     fn track_call_return(&mut self, track: Id) -> Result<(), ApplyError> {
         const EVENT: &str = "track-call-return";
-        let Some(frame) = self.stack.tracks.last() else {
-            return Err(ApplyError::ReturnWithoutCall {
-                event: EVENT,
-                found: track,
-            });
-        };
-        if frame.track != track {
-            return Err(ApplyError::ReturnMismatch {
-                event: EVENT,
-                expected: frame.track,
-                found: track,
-            });
-        }
+        check_return(EVENT, self.stack.tracks.last().map(|f| f.track), track)?;
         if let Some(entity) = self
             .stack
             .entities
@@ -793,19 +781,10 @@ impl State {
         entity: Id,
         kind: EntityKind,
     ) -> Result<(), ApplyError> {
+        check_return(event, self.stack.entities.last().map(|f| f.entity), entity)?;
         let Some(frame) = self.stack.entities.last() else {
-            return Err(ApplyError::ReturnWithoutCall {
-                event,
-                found: entity,
-            });
+            return Ok(());
         };
-        if frame.entity != entity {
-            return Err(ApplyError::ReturnMismatch {
-                event,
-                expected: frame.entity,
-                found: entity,
-            });
-        }
         if frame.kind != kind {
             return Err(ApplyError::WrongReturnKind {
                 event,
@@ -932,19 +911,11 @@ impl State {
         subscription: Id,
         call: SubscriptionCall,
     ) -> Result<(), ApplyError> {
+        let top = self.stack.subscriptions.last().map(|f| f.subscription);
+        check_return(event, top, subscription)?;
         let Some(frame) = self.stack.subscriptions.last() else {
-            return Err(ApplyError::ReturnWithoutCall {
-                event,
-                found: subscription,
-            });
+            return Ok(());
         };
-        if frame.subscription != subscription {
-            return Err(ApplyError::ReturnMismatch {
-                event,
-                expected: frame.subscription,
-                found: subscription,
-            });
-        }
         if frame.call != call {
             let open = match frame.call {
                 SubscriptionCall::Subscribe => "subscribe-call",
@@ -962,5 +933,18 @@ impl State {
             stored.active = call == SubscriptionCall::Subscribe;
         }
         Ok(())
+    }
+}
+
+/// A `*-call-return` for `found` must close the innermost open call of its kind, `top`.
+fn check_return(event: &'static str, top: Option<Id>, found: Id) -> Result<(), ApplyError> {
+    match top {
+        None => Err(ApplyError::ReturnWithoutCall { event, found }),
+        Some(expected) if expected != found => Err(ApplyError::ReturnMismatch {
+            event,
+            expected,
+            found,
+        }),
+        Some(_) => Ok(()),
     }
 }

@@ -64,6 +64,16 @@ pub fn fixture_target_dir() -> PathBuf {
     target.join("hmr-fixtures")
 }
 
+/// Resident memory of this process in bytes, from `/proc/self/status` (0 where there is none).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A directory removed when dropped.
 #[derive(Debug)]
 pub struct TempDir {

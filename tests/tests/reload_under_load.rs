@@ -11,7 +11,7 @@ use host::cargo::{self, BuildConfig};
 use host::events::{ChannelSink, HostEvent};
 use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::runtime::PanicPolicy;
-use host::testkit::{Fixture, TempDir, fixture_target_dir, workspace_root};
+use host::testkit::{Fixture, TempDir, fixture_target_dir, rss_bytes, workspace_root};
 
 const LOAD: &str = r#"
 use plugin_api::prelude::*;
@@ -150,15 +150,6 @@ fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
         "both versions ran: a {in_a}, b {in_b}"
     );
     Ok(())
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// How many of `reloader`'s library copies the process still maps.
