@@ -238,7 +238,7 @@ impl StateSlots {
     }
 
     /// Moves these slots (written by `old`'s operators) to `new`'s operators: a slot whose
-    /// operator has the same track, state type and seed in `new` is kept as it is; every other
+    /// operator has the same track and signature in `new` is kept as it is; every other
     /// operator of `new` gets a fresh seed, and slots nobody takes are dropped with the code
     /// that made them. Returns the paths whose state was reset.
     pub fn migrate(self, new: &PipelineCode) -> Result<(StateSlots, Vec<String>), InitError> {

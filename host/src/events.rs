@@ -27,6 +27,15 @@ pub struct ResetInfo {
     pub reason: String,
 }
 
+/// A pipeline a reload started afresh instead of swapping its code in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RestartInfo {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Why (its source changed; it had completed; it had ended with an error).
+    pub reason: String,
+}
+
 /// One event of the host's output contract (see DESIGN.md, "Contract").
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -63,6 +72,9 @@ pub enum HostEvent {
         added: Vec<String>,
         /// Paths of tracks no longer registered, now disposed.
         removed: Vec<String>,
+        /// Pipelines started afresh (fresh state) rather than swapped; their tracks are not
+        /// counted in `swapped`.
+        restarted: Vec<RestartInfo>,
         /// Milliseconds cargo took.
         build_ms: u64,
         /// Milliseconds to copy, open, check and register the library.
@@ -169,6 +181,7 @@ fn human(event: &HostEvent) -> String {
             reset,
             added,
             removed,
+            restarted,
             build_ms,
             load_ms,
             swap_us,
@@ -177,12 +190,13 @@ fn human(event: &HostEvent) -> String {
             ..
         } => {
             let mut s = format!(
-                "[hmr] reload v{version}: {swapped} swapped, {} reset, {} added, {} removed \
-                 (build {build_ms} ms, load {load_ms} ms, swap {swap_us} us; \
+                "[hmr] reload v{version}: {swapped} swapped, {} reset, {} added, {} removed, \
+                 {} restarted (build {build_ms} ms, load {load_ms} ms, swap {swap_us} us; \
                  {mapped_versions} versions mapped, {live_versions} live)",
                 reset.len(),
                 added.len(),
-                removed.len()
+                removed.len(),
+                restarted.len()
             );
             for r in reset {
                 s.push_str(&format!("\n[hmr]   reset {}: {}", r.path, r.reason));
@@ -192,6 +206,9 @@ fn human(event: &HostEvent) -> String {
             }
             for r in removed {
                 s.push_str(&format!("\n[hmr]   removed {r}"));
+            }
+            for r in restarted {
+                s.push_str(&format!("\n[hmr]   restarted {}: {}", r.pipeline, r.reason));
             }
             s
         }

@@ -63,8 +63,18 @@ pub enum LoadError {
         /// The symbol looked up.
         symbol: String,
     },
+    /// `hmr_plugin_header` returned a null pointer.
+    #[error("{path}: `hmr_plugin_header` returned a null pointer")]
+    NullHeader {
+        /// The library.
+        path: PathBuf,
+    },
     /// The header's magic bytes are wrong: not a header of ours.
-    #[error("{path}: the plugin header has magic {found:?}, expected {expected:?}")]
+    #[error(
+        "{path}: the plugin header starts with \"{}\", expected \"{}\": not a header written by plugin-api",
+        found.escape_ascii(),
+        expected.escape_ascii()
+    )]
     BadMagic {
         /// The library.
         path: PathBuf,
@@ -92,7 +102,10 @@ pub enum LoadError {
 /// A loaded, checked plugin library. Never unmapped.
 pub struct LibVersion {
     version: u64,
+    /// The private copy that was mapped (unlinked once open).
     path: PathBuf,
+    /// The file cargo built, which the copy was made from.
+    built: PathBuf,
     header: *const PluginHeader,
     _lib: ManuallyDrop<libloading::Library>,
 }
@@ -118,9 +131,14 @@ impl LibVersion {
         self.version
     }
 
-    /// The private copy that is mapped.
+    /// The private copy that is mapped (its name; the file itself is unlinked once open).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The library cargo built, which this version is a copy of.
+    pub fn built(&self) -> &Path {
+        &self.built
     }
 
     /// The checked header.
@@ -184,7 +202,11 @@ impl Loader {
             reason,
         })?;
         write_new(&path, &bytes).map_err(copy_error)?;
-        let lib = open(&path)?;
+        let opened = open(&path);
+        // The mapping outlives the file: nothing of ours is left in the temp dir, however
+        // many versions a session loads.
+        let _ = std::fs::remove_file(&path);
+        let lib = opened?;
         let validate = std::time::Instant::now();
         let header = match read_header(&lib, &path) {
             Ok(h) => h,
@@ -198,6 +220,7 @@ impl Loader {
         let lib = Arc::new(LibVersion {
             version,
             path,
+            built: built.to_owned(),
             header,
             _lib: ManuallyDrop::new(lib),
         });
@@ -287,9 +310,10 @@ fn check_complete(bytes: &[u8]) -> Result<(), String> {
 #[cfg(unix)]
 fn open(path: &Path) -> Result<libloading::Library, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-    // SAFETY: opening a library runs its initialisers. The file is a copy of what cargo
-    // built from the plugin crate the user pointed us at; running its code is the purpose
-    // of this tool. Rust cdylibs have no initialisers beyond std's own.
+    // SAFETY: opening a library runs its initialisers (std's, and those of crates such as
+    // `ctor` or `inventory` if the plugin uses them). The file is a copy of what cargo built
+    // from the plugin crate the user pointed us at: running its code is the purpose of this
+    // tool, and its initialisers are its author's responsibility like the rest of its code.
     unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
         .map(libloading::Library::from)
         .map_err(|source| LoadError::Open {
@@ -319,7 +343,9 @@ fn read_header(lib: &libloading::Library, path: &Path) -> Result<*const PluginHe
         })?;
     let header = get_header();
     if header.is_null() {
-        return Err(mismatch(path, "header", "a header", "a null pointer"));
+        return Err(LoadError::NullHeader {
+            path: path.to_owned(),
+        });
     }
     // SAFETY: the first 16 bytes of every header version are `magic`, `abi_version` and
     // `header_size` (frozen fields, `#[repr(C)]`), so reading them is valid whatever

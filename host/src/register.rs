@@ -255,7 +255,7 @@ pub fn register(
     lib: &Arc<LibVersion>,
     recorder: &mut Recorder,
 ) -> Result<(ModuleId, Vec<PipelineCode>), RegisterError> {
-    let library = lib.path().display().to_string();
+    let library = lib.built().display().to_string();
     let fail = |reason: String| RegisterError {
         library: library.clone(),
         reason,

@@ -27,9 +27,9 @@ use hmr_track::{Id, Recorder, UpdateOutcome, signature_change};
 
 use crate::cargo::{self, BuildConfig};
 use crate::code::PipelineCode;
-use crate::events::{HostEvent, ResetInfo, Sink, TrackInfo};
+use crate::events::{HostEvent, ResetInfo, RestartInfo, Sink, TrackInfo};
 use crate::loader::{LibVersion, Loader};
-use crate::runtime::{PanicPolicy, Runtime};
+use crate::runtime::{PanicPolicy, Published, Runtime};
 
 /// What one reload attempt ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub enum Outcome {
     BuildFailed,
     /// The library or its registration was refused.
     LoadFailed,
+    /// Cargo produced the same library as the one running (a save that changed nothing the
+    /// compiler sees): nothing was loaded.
+    Unchanged,
 }
 
 /// Where the host's share of the last successful reload went (everything but cargo).
@@ -72,6 +75,9 @@ pub struct Reloader {
     subscriptions: BTreeMap<String, Id>,
     builds: Vec<(Instant, Instant)>,
     timings: Timings,
+    /// A hash of the bytes of the library running now (see [`Outcome::Unchanged`]).
+    running_library: Option<u64>,
+    unchanged: usize,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -98,6 +104,8 @@ impl Reloader {
             subscriptions: BTreeMap::new(),
             builds: Vec::new(),
             timings: Timings::default(),
+            running_library: None,
+            unchanged: 0,
         })
     }
 
@@ -140,11 +148,20 @@ impl Reloader {
             .count()
     }
 
-    /// Loads a library that is already built (skips step 1); used by tests that forge one.
+    /// Loads a library that is already built (skips step 1), even one identical to the
+    /// running version; used by tests and benchmarks.
     pub fn load_built(&mut self, library: &Path, build_ms: u64) -> Outcome {
         let outcome = self.load_and_swap(library, build_ms);
         self.timings.build = Duration::from_millis(build_ms);
+        if matches!(outcome, Outcome::Loaded { .. }) {
+            self.running_library = library_hash(library);
+        }
         outcome
+    }
+
+    /// How many builds produced the library already running ([`Outcome::Unchanged`]).
+    pub fn unchanged_builds(&self) -> usize {
+        self.unchanged
     }
 
     /// Where the last successful reload's time went.
@@ -172,8 +189,16 @@ impl Reloader {
                 return Outcome::BuildFailed;
             }
         };
+        let hash = library_hash(&artifact.library);
+        if hash.is_some() && hash == self.running_library {
+            self.unchanged += 1;
+            return Outcome::Unchanged;
+        }
         let outcome = self.load_and_swap(&artifact.library, artifact.elapsed.as_millis() as u64);
         self.timings.build = artifact.elapsed;
+        if matches!(outcome, Outcome::Loaded { .. }) {
+            self.running_library = hash;
+        }
         outcome
     }
 
@@ -229,6 +254,7 @@ impl Reloader {
                 reset: report.reset,
                 added: report.added,
                 removed: report.removed,
+                restarted: report.restarted,
                 build_ms,
                 load_ms,
                 swap_us,
@@ -296,10 +322,11 @@ impl Reloader {
         }
         report.reset.sort_by(|a, b| a.path.cmp(&b.path));
         report.added.sort();
-        report.swapped = updates
+        let swapped_paths: Vec<String> = updates
             .iter()
             .filter(|(_, o)| *o == UpdateOutcome::Swapped)
-            .count();
+            .filter_map(|(id, _)| state.track(*id).map(|t| t.path.clone()))
+            .collect();
         // Children before parents, so each removal leaves no child behind.
         orphans.sort_by(|a, b| b.path.cmp(&a.path));
         let removed_pipelines: BTreeSet<String> = orphans
@@ -331,7 +358,12 @@ impl Reloader {
         for code in pipelines {
             let name = code.name.clone();
             let track = code.track;
-            self.runtime.publish(code);
+            if let Published::Restarted(why) = self.runtime.publish(code) {
+                report.restarted.push(RestartInfo {
+                    pipeline: name.clone(),
+                    reason: why.to_string(),
+                });
+            }
             if !self.subscriptions.contains_key(&name) {
                 match self.recorder.subscribe(track) {
                     Ok(sub) => {
@@ -341,6 +373,17 @@ impl Reloader {
                 }
             }
         }
+        // A restarted pipeline runs the new code from fresh state: its tracks were not
+        // swapped with their state kept, whatever their signatures say.
+        let restarted_track = |path: &str| {
+            report.restarted.iter().any(|r| {
+                path == r.pipeline
+                    || path
+                        .strip_prefix(r.pipeline.as_str())
+                        .is_some_and(|rest| rest.starts_with('|'))
+            })
+        };
+        report.swapped = swapped_paths.iter().filter(|p| !restarted_track(p)).count();
         report
     }
 
@@ -359,6 +402,16 @@ struct Report {
     reset: Vec<ResetInfo>,
     added: Vec<String>,
     removed: Vec<String>,
+    restarted: Vec<RestartInfo>,
+}
+
+/// A hash of the file at `path` (`None` if it cannot be read; the load then reports why).
+fn library_hash(path: &Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 /// The manifest of the plugin crate in `dir`, after checking that it is one.

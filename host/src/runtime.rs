@@ -5,14 +5,16 @@
 //! published with one atomic store (`ArcSwap::store`, then a generation bump); the source
 //! thread reads the generation once per emission (or batch) with one atomic load. When it
 //! changed, the thread itself takes the new code and migrates the state slots (keep a slot
-//! when track, state type and seed are equal; reseed it otherwise) before the next emission.
-//! No lock is taken on this path, and a reload never waits for an emission or the other way
-//! round.
+//! when the operator has the same track and signature: kind, input, output and state types,
+//! seed; reseed it otherwise) before the next emission. No lock is taken on this path, and a
+//! reload never waits for an emission or the other way round (a `log` operator's printing
+//! takes stdout's lock, which the reloader also takes for the instant it prints its line).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -85,12 +87,13 @@ struct Running {
 }
 
 impl Running {
-    fn stop(&mut self) {
+    /// Asks the source thread to stop at its next check (between emissions) and wakes it if
+    /// it sleeps; returns its handle without waiting for it.
+    fn signal_stop(&mut self) -> Option<JoinHandle<()>> {
         self.publisher.shared.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
+        let t = self.thread.take()?;
+        t.thread().unpark();
+        Some(t)
     }
 }
 
@@ -99,6 +102,10 @@ pub struct Runtime {
     sink: Sink,
     policy: PanicPolicy,
     pipelines: BTreeMap<String, Running>,
+    /// Threads asked to stop and not joined yet: the reloader never waits for a source
+    /// thread (a user function may be slow, or loop forever); they are joined once they have
+    /// finished, or at shutdown.
+    retired: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -112,12 +119,33 @@ impl std::fmt::Debug for Runtime {
 /// What [`Runtime::publish`] did with a pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Published {
-    /// The running thread will pick the code up at its next emission.
+    /// The running thread will pick the code up at its next emission, state kept.
     Swapped,
-    /// It was not running (completed, errored, or its source changed): started afresh.
-    Restarted,
+    /// Started afresh, from fresh state, for the reason given.
+    Restarted(Restart),
     /// It is new: started.
     Started,
+}
+
+/// Why a known pipeline was started afresh instead of swapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// Its source's kind or parameters changed.
+    SourceChanged,
+    /// It had completed: a reload subscribes it again, so the new code's result shows.
+    Completed,
+    /// A panic had ended it (`--on-panic error`) or its state could not be seeded.
+    Errored,
+}
+
+impl std::fmt::Display for Restart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Restart::SourceChanged => "its source changed",
+            Restart::Completed => "it had completed",
+            Restart::Errored => "it had ended with an error",
+        })
+    }
 }
 
 impl Runtime {
@@ -127,6 +155,7 @@ impl Runtime {
             sink,
             policy,
             pipelines: BTreeMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -137,28 +166,44 @@ impl Runtime {
 
     /// Makes `code` the current code of its pipeline, starting the pipeline if needed.
     pub fn publish(&mut self, code: PipelineCode) -> Published {
+        self.reap();
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
-            r.source != code.source
-                || ended_from(r.publisher.shared.ended.load(Ordering::Acquire)) != Ended::Running
+            if r.source != code.source {
+                return Some(Restart::SourceChanged);
+            }
+            match ended_from(r.publisher.shared.ended.load(Ordering::Acquire)) {
+                Ended::Running => None,
+                Ended::Completed => Some(Restart::Completed),
+                Ended::Errored | Ended::Stopped => Some(Restart::Errored),
+            }
         });
         match restart {
-            Some(false) => {
+            Some(None) => {
                 self.pipelines[&name].publisher.publish(code);
                 Published::Swapped
             }
-            Some(true) => {
-                if let Some(mut old) = self.pipelines.remove(&name) {
-                    old.stop();
-                }
+            Some(Some(why)) => {
+                self.remove(&name);
                 self.start(code);
-                Published::Restarted
+                Published::Restarted(why)
             }
             None => {
                 self.start(code);
                 Published::Started
             }
         }
+    }
+
+    /// Joins retired threads that have finished.
+    fn reap(&mut self) {
+        let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|t| t.is_finished());
+        for t in done {
+            let _ = t.join();
+        }
+        self.retired = live;
     }
 
     /// Registers `code` as a pipeline to start at the next [`Runtime::launch`].
@@ -203,11 +248,12 @@ impl Runtime {
         Ok(())
     }
 
-    /// Stops and forgets the pipeline `name`; its state is dropped by its thread.
+    /// Stops and forgets the pipeline `name` without waiting for its thread, which finishes
+    /// its current emission, drops its state and exits.
     pub fn remove(&mut self, name: &str) -> bool {
         match self.pipelines.remove(name) {
             Some(mut r) => {
-                r.stop();
+                self.retired.extend(r.signal_stop());
                 true
             }
             None => false,
@@ -236,10 +282,14 @@ impl Runtime {
         }
     }
 
-    /// Stops every pipeline.
+    /// Stops every pipeline and waits for their threads (shutdown: each finishes the
+    /// emission it is in).
     pub fn stop_all(&mut self) {
         for (_, mut r) in std::mem::take(&mut self.pipelines) {
-            r.stop();
+            self.retired.extend(r.signal_stop());
+        }
+        for t in std::mem::take(&mut self.retired) {
+            let _ = t.join();
         }
     }
 }
@@ -344,7 +394,9 @@ pub struct Driver {
     hot: (PushOneFn, *const c_void, *const *mut u8),
     code: Arc<PipelineCode>,
     states: StateSlots,
-    host: Box<HostCx>,
+    /// Shared, not boxed: `cx.host` points into it, and moving an `Rc` (unlike a `Box`)
+    /// asserts nothing about pointers taken from it.
+    host: Rc<HostCx>,
     cx: EmitCx,
 }
 
@@ -363,14 +415,14 @@ impl Driver {
         let generation = shared.generation.load(Ordering::Acquire);
         let code = shared.code.load_full();
         let states = StateSlots::new(&code).map_err(|e| e.to_string())?;
-        let host = Box::new(HostCx {
+        let host = Rc::new(HostCx {
             pipeline: code.name.clone(),
             version: Cell::new(code.version),
             paths: RefCell::new(code.ops.iter().map(|o| o.path.clone()).collect()),
             sink,
         });
         let cx = EmitCx {
-            host: (&raw const *host).cast_mut().cast::<c_void>(),
+            host: Rc::as_ptr(&host).cast_mut().cast::<c_void>(),
             log: cb_log,
             error: cb_error,
         };
@@ -487,10 +539,9 @@ fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
     match source.kind {
         source_kind::INTERVAL => {
             let period = Duration::from_millis(source.a.max(1));
-            let start = Instant::now();
+            let mut due = Instant::now();
             let mut n = 0u64;
             loop {
-                let due = start + period * (n as u32);
                 loop {
                     if d.stopped() {
                         return Ended::Stopped;
@@ -513,6 +564,12 @@ fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
                     Err(e) => return report(name.clone(), e),
                 }
                 n += 1;
+                // The next tick is one period after this one was due: no drift, and no
+                // overflow for any period (a schedule beyond `Instant`'s range stops ticking).
+                match due.checked_add(period) {
+                    Some(next) => due = next,
+                    None => return Ended::Stopped,
+                }
             }
         }
         source_kind::RANGE => {

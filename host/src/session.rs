@@ -78,7 +78,13 @@ impl Session {
     pub fn start(options: &Options, sink: Sink) -> anyhow::Result<Session> {
         let mut reloader = options.reloader(sink)?;
         let (tx, rx) = channel();
-        let watcher = watch(reloader.plugin_dir(), tx.clone())?;
+        // Cargo writes build-script output (`.rs` files in OUT_DIR) under the target dir.
+        let target = options
+            .target_dir
+            .clone()
+            .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from));
+        let ignore: Vec<PathBuf> = target.into_iter().collect();
+        let watcher = watch(reloader.plugin_dir(), &ignore, tx.clone())?;
         let debounce = options.debounce;
         let thread = std::thread::Builder::new()
             .name("hmr-reloader".to_owned())

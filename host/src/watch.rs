@@ -25,7 +25,7 @@
 //!   watching them would rebuild forever.
 //! - Files on network mounts may produce no events at all (inotify limitation); untested.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
@@ -57,17 +57,26 @@ pub enum Msg {
 /// Whether `kind` is a finished write (`Some(true)`), an unfinished one (`Some(false)`), or
 /// not a change at all (`None`).
 pub fn classify(kind: &EventKind) -> Option<bool> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
         EventKind::Access(_) | EventKind::Other | EventKind::Any => None,
-        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(true),
+        // A file renamed into place is complete; one renamed away or removed may be about to
+        // be replaced (an editor moving the original aside), so it waits for the debounce.
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => Some(false),
+        EventKind::Modify(ModifyKind::Name(_)) => Some(true),
         EventKind::Modify(_) | EventKind::Create(_) => Some(false),
     }
 }
 
-/// Whether a change to `path` should trigger a rebuild.
-pub fn is_source_change(plugin_dir: &Path, path: &Path) -> bool {
+/// Whether a change to `path` should trigger a rebuild: a `.rs` file or a `Cargo.toml` under
+/// `plugin_dir`, outside `target/`, `.git/` and the directories in `ignore` (a target directory
+/// inside the crate under another name), and not an editor's lock, swap or backup file
+/// (`.#lib.rs`, `#lib.rs#`, `.lib.rs.swp`, `lib.rs~`).
+pub fn is_source_change(plugin_dir: &Path, ignore: &[PathBuf], path: &Path) -> bool {
+    if ignore.iter().any(|dir| path.starts_with(dir)) {
+        return false;
+    }
     let rel = path.strip_prefix(plugin_dir).unwrap_or(path);
     if rel
         .components()
@@ -76,14 +85,25 @@ pub fn is_source_change(plugin_dir: &Path, path: &Path) -> bool {
         return false;
     }
     let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.starts_with('.') || name.starts_with('#') {
+        return false;
+    }
     name == "Cargo.toml" || name.ends_with(".rs")
 }
 
 /// Starts watching `dir`; changes arrive on `tx` as [`Msg::Changed`]. Keep the returned
 /// watcher alive as long as events are wanted.
-pub fn watch(dir: &Path, tx: Sender<Msg>) -> anyhow::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    dir: &Path,
+    ignore: &[PathBuf],
+    tx: Sender<Msg>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let root = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let filter_root = root.clone();
+    let ignore: Vec<PathBuf> = ignore
+        .iter()
+        .map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()))
+        .collect();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         let Some(finished) = classify(&event.kind) else {
@@ -92,7 +112,7 @@ pub fn watch(dir: &Path, tx: Sender<Msg>) -> anyhow::Result<notify::RecommendedW
         if event
             .paths
             .iter()
-            .any(|p| is_source_change(&filter_root, p))
+            .any(|p| is_source_change(&filter_root, &ignore, p))
         {
             let _ = tx.send(Msg::Changed { finished });
         }
@@ -125,5 +145,74 @@ pub fn dev_loop(reloader: &mut Reloader, rx: &Receiver<Msg>, debounce: Duration)
         reloader.reload();
         // Saves made during the build are still queued: the next turn of the loop sees them
         // and builds once more.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode,
+    };
+
+    #[test]
+    fn which_paths_trigger_a_build() {
+        let root = Path::new("/p");
+        let ignore = [PathBuf::from("/p/build-out")];
+        let table = [
+            ("/p/src/lib.rs", true),
+            ("/p/Cargo.toml", true),
+            ("/p/build.rs", true),
+            ("/p/src/nested/mod.rs", true),
+            ("/p/Cargo.lock", false),
+            ("/p/target/debug/build/x/out/gen.rs", false),
+            ("/p/build-out/debug/build/x/out/gen.rs", false),
+            ("/p/.git/HEAD", false),
+            ("/p/src/.#lib.rs", false),
+            ("/p/src/#lib.rs#", false),
+            ("/p/src/.lib.rs.swp", false),
+            ("/p/src/lib.rs~", false),
+            ("/p/README.md", false),
+        ];
+        for (path, expected) in table {
+            assert_eq!(
+                is_source_change(root, &ignore, Path::new(path)),
+                expected,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn which_events_are_finished_writes() {
+        let table = [
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                Some(true),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                Some(true),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                Some(true),
+            ),
+            (
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                Some(false),
+            ),
+            (EventKind::Remove(RemoveKind::File), Some(false)),
+            (EventKind::Create(CreateKind::File), Some(false)),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                Some(false),
+            ),
+            (EventKind::Access(AccessKind::Open(AccessMode::Read)), None),
+            (EventKind::Other, None),
+        ];
+        for (kind, expected) in table {
+            assert_eq!(classify(&kind), expected, "{kind:?}");
+        }
     }
 }

@@ -192,8 +192,8 @@ pub type DropStateFn = unsafe extern "C" fn(dst: *mut u8) -> bool;
 /// Drop a pipeline's closures (`env`).
 pub type DropEnvFn = unsafe extern "C" fn(env: *mut c_void);
 
-/// How to create and destroy an operator's state. Zero `size` means the operator keeps no
-/// state and the host passes a dangling, aligned pointer.
+/// How to create and destroy an operator's state. For a zero-sized state (no state, or a
+/// state such as `()`), the host passes a dangling, aligned pointer instead of allocating.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StateVTable {

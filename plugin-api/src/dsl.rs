@@ -330,9 +330,13 @@ where
         // SAFETY: the host seeded this slot with an `A` (fingerprint-checked) and no other
         // reference to it exists: each operator touches only its own slot.
         let acc = unsafe { &mut *cx.state::<A>(self.op) };
-        // The old value stays in place until `f` returns, so a panic leaves the state intact.
-        let next = cx.user(self.op, || (self.f)(acc.clone(), x));
-        *acc = next.clone();
+        // The old value stays in place until `f` returns, so a panic leaves the state intact;
+        // the clones (user `Clone` impls) count as the operator's code too.
+        let (kept, next) = cx.user(self.op, || {
+            let next = (self.f)(acc.clone(), x);
+            (next.clone(), next)
+        });
+        *acc = kept;
         k(next)
     }
     unsafe fn init(&self, dst: *mut u8) {
@@ -368,7 +372,8 @@ where
     }
     fn complete<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
         // SAFETY: as in `push`.
-        let value = unsafe { (*cx.state::<A>(self.op)).clone() };
+        let acc = unsafe { &*cx.state::<A>(self.op) };
+        let value = cx.user(self.op, || acc.clone());
         k(value)
     }
     unsafe fn init(&self, dst: *mut u8) {
@@ -505,10 +510,23 @@ impl<S: Stage> fmt::Debug for Chain<'_, S> {
 unsafe extern "C" fn drop_state<A>(dst: *mut u8) -> bool {
     // SAFETY: the host calls this only on a slot that holds an initialised `A` it will not
     // use again.
-    catch_unwind(AssertUnwindSafe(|| unsafe {
+    let run = catch_unwind(AssertUnwindSafe(|| unsafe {
         dst.cast::<A>().drop_in_place()
-    }))
-    .is_ok()
+    }));
+    contained(run).is_some()
+}
+
+/// `Some` of a caught call's result, `None` if it panicked. The panic's payload is forgotten,
+/// not dropped: a payload whose destructor panics would otherwise unwind out of an
+/// `extern "C"` function and abort the host.
+fn contained<R>(run: std::thread::Result<R>) -> Option<R> {
+    match run {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            core::mem::forget(payload);
+            None
+        }
+    }
 }
 
 unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
@@ -764,9 +782,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         "panic with a non-string payload".to_owned()
     };
     // A payload whose destructor panics must not unwind out of here.
-    if let Err(inner) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        core::mem::forget(inner);
-    }
+    contained(catch_unwind(AssertUnwindSafe(move || drop(payload))));
     message
 }
 
@@ -879,18 +895,16 @@ unsafe extern "C" fn complete_entry<S: Stage>(
 unsafe extern "C" fn init_entry<S: Stage>(env: *const c_void, op: u32, dst: *mut u8) -> bool {
     // SAFETY: `env` comes from `finish` for this `S` and `dst` is a slot sized and aligned
     // for operator `op`'s state, as `InitFn` documents.
-    catch_unwind(AssertUnwindSafe(|| unsafe {
+    contained(catch_unwind(AssertUnwindSafe(|| unsafe {
         (*env.cast::<Env<S>>()).stage.init(op, dst)
-    }))
-    .is_ok()
+    })))
+    .is_some()
 }
 
 unsafe extern "C" fn drop_env_entry<S: Stage>(env: *mut c_void) {
     // SAFETY: `env` came from `Box::into_raw` in `finish` and the host frees it once.
     let env = unsafe { Box::from_raw(env.cast::<Env<S>>()) };
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(env))) {
-        core::mem::forget(payload);
-    }
+    contained(catch_unwind(AssertUnwindSafe(move || drop(env))));
 }
 
 /// Runs the plugin's registration function `f` against `host`; used by

@@ -72,6 +72,12 @@ impl Describer {
 /// must be safe to read as each other. Getting this wrong lets a new plugin version read old
 /// state as a different type, which is undefined behaviour. Use [`state!`] instead of
 /// implementing it by hand.
+///
+/// A state that owns heap memory (`String`, `Vec`, `Box`) is allocated by one plugin version
+/// and freed by a later one, so every version must use the same allocator: plugin crates must
+/// not set a `#[global_allocator]` (each version would get its own, and freeing across them
+/// corrupts the heap). Plugins built as the README says use the system allocator, as the host
+/// does.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be kept as operator state across reloads",
     note = "declare the struct inside `plugin_api::state! {{ ... }}` so the host can fingerprint its layout"

@@ -161,3 +161,83 @@ fn adding_and_removing_a_pipeline() -> anyhow::Result<()> {
     assert_eq!(counter_after, 0, "the removed counter still emits");
     Ok(())
 }
+
+/// A pipeline that had completed, or whose source changed, starts afresh on the new code:
+/// the reload lists it as restarted (its tracks are not counted as swapped) and it emits
+/// from the new version, from fresh state.
+#[test]
+fn completed_and_source_changed_pipelines_restart_on_the_new_code() -> anyhow::Result<()> {
+    const TWO: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("counter", interval_ms(5))
+        .map(|_n: u64| 1u64)
+        .scan(0u64, |acc: u64, n: u64| acc + n)
+        .log();
+    p.pipeline("total", range(0, 100))
+        .reduce(0u64, |acc: u64, n: u64| acc + n)
+        .log();
+}
+
+plugin_api::export_plugin!(register);
+"#;
+    let fixture = Fixture::new("restarts", TWO);
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    host.wait_emission("total", |v| v == "4950")?;
+    host.wait_emission("counter", |v| value(v) >= 3)?;
+
+    // (edit, pipeline expected to restart, its reason, total's next value)
+    let cases = [
+        (
+            "acc + n)\n        .log();\n}",
+            "total",
+            "it had completed",
+            "9900",
+        ),
+        ("interval_ms(5)", "counter", "its source changed", "9900"),
+    ];
+    let edits = [
+        (
+            "acc + n)\n        .log();\n}",
+            "2 * n + acc)\n        .log();\n}",
+        ),
+        ("interval_ms(5)", "interval_ms(6)"),
+    ];
+    for ((_, pipeline, reason, total), (from, to)) in cases.iter().zip(edits) {
+        fixture.edit("src/lib.rs", from, to);
+        let reload = host.wait_reload()?;
+        let HostEvent::Reload {
+            version,
+            swapped,
+            restarted,
+            ..
+        } = &reload
+        else {
+            unreachable!()
+        };
+        let restarted: Vec<(&str, &str)> = restarted
+            .iter()
+            .map(|r| (r.pipeline.as_str(), r.reason.as_str()))
+            .collect();
+        assert!(restarted.contains(&(*pipeline, *reason)), "{reload:?}");
+        // total (3 tracks) restarts every time (it always completed before); the counter
+        // (4 tracks) restarts only when its source changed.
+        let expected_swapped = if *pipeline == "counter" { 0 } else { 4 };
+        assert_eq!(*swapped, expected_swapped, "{reload:?}");
+        let (v, got) = host.wait_emission("total", |_| true)?;
+        assert_eq!((v, got.as_str()), (*version, *total));
+        if *pipeline == "counter" {
+            // Fresh state: the count starts again at 1.
+            host.wait_emission_from("counter", *version)?;
+            let first = host
+                .emissions("counter")
+                .into_iter()
+                .find(|(v, _)| v == version)
+                .expect("an emission of the new version");
+            assert_eq!(value(&first.1), 1);
+        }
+    }
+    Ok(())
+}
