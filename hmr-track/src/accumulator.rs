@@ -2,7 +2,7 @@
 //! validates an event fully and only then mutates, so a refused event changes nothing.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 
@@ -117,12 +117,16 @@ pub struct SubscriptionFrame {
 }
 
 /// Entities by id (`BTreeMap`s, so serialization is deterministic) and the path index.
+///
+/// Read it freely; change it only through events ([`State::apply`]): a hashed copy of
+/// `paths`, kept beside it for lookups, is updated there (and rebuilt on deserialization).
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "StoreData")]
 pub struct Store {
     /// Registration runs.
     pub modules: BTreeMap<ModuleId, Module>,
     /// Tracks by id.
-    pub tracks: BTreeMap<Id, Track>,
+    pub tracks: BTreeMap<Id, Box<Track>>,
     /// Pipelines by id.
     pub pipelines: BTreeMap<Id, Pipeline>,
     /// Operators by id.
@@ -131,6 +135,53 @@ pub struct Store {
     pub subscriptions: BTreeMap<Id, Subscription>,
     /// Structural path -> track id, one entry per track.
     pub paths: BTreeMap<String, Id>,
+    /// `paths` again, hashed: a lookup by path is one hash, not a dozen string comparisons
+    /// down a B-tree (a registration looks every track up by path).
+    #[serde(skip)]
+    path_index: HashMap<String, Id>,
+}
+
+/// What a [`Store`] serializes as.
+#[derive(Deserialize)]
+struct StoreData {
+    modules: BTreeMap<ModuleId, Module>,
+    tracks: BTreeMap<Id, Box<Track>>,
+    pipelines: BTreeMap<Id, Pipeline>,
+    operators: BTreeMap<Id, Operator>,
+    subscriptions: BTreeMap<Id, Subscription>,
+    paths: BTreeMap<String, Id>,
+}
+
+impl From<StoreData> for Store {
+    fn from(d: StoreData) -> Store {
+        let path_index = d.paths.iter().map(|(p, id)| (p.clone(), *id)).collect();
+        Store {
+            modules: d.modules,
+            tracks: d.tracks,
+            pipelines: d.pipelines,
+            operators: d.operators,
+            subscriptions: d.subscriptions,
+            paths: d.paths,
+            path_index,
+        }
+    }
+}
+
+impl Store {
+    /// The track id at `path`.
+    pub fn track_at(&self, path: &str) -> Option<Id> {
+        self.path_index.get(path).copied()
+    }
+
+    fn insert_path(&mut self, path: String, id: Id) {
+        self.path_index.insert(path.clone(), id);
+        self.paths.insert(path, id);
+    }
+
+    fn remove_path(&mut self, path: &str) {
+        self.path_index.remove(path);
+        self.paths.remove(path);
+    }
 }
 
 /// Where the next `track-call` lands (computed from the stack top and validated).
@@ -352,6 +403,7 @@ impl State {
             operators,
             subscriptions,
             paths,
+            path_index,
         } = &mut self.store;
         self.stack.modules.pop();
         self.stack.tracks.clear();
@@ -362,6 +414,7 @@ impl State {
         tracks.retain(|_, track| {
             if track.created_by == module {
                 paths.remove(&track.path);
+                path_index.remove(&track.path);
                 return false;
             }
             if track.pending.as_ref().is_some_and(|p| p.module == module) {
@@ -425,7 +478,7 @@ impl State {
                     (Some(frame.track), index, path)
                 }
             };
-        let existing = self.store.paths.get(&path).copied();
+        let existing = self.store.track_at(&path);
         let registered_in_this_run = existing
             .and_then(|id| self.store.tracks.get(&id))
             .is_some_and(|track| {
@@ -526,10 +579,10 @@ impl State {
                 });
             }
             None => {
-                self.store.paths.insert(plan.path.clone(), track);
+                self.store.insert_path(plan.path.clone(), track);
                 self.store.tracks.insert(
                     track,
-                    Track {
+                    Box::new(Track {
                         id: track,
                         path: plan.path,
                         entity_id: None,
@@ -543,7 +596,7 @@ impl State {
                         module: plan.module,
                         created_by: plan.module,
                         pending: None,
-                    },
+                    }),
                 );
                 self.introduce(track);
             }
@@ -723,7 +776,7 @@ impl State {
                 }
                 // Validated: mutate.
                 if let Some(removed) = self.store.tracks.remove(&track) {
-                    self.store.paths.remove(&removed.path);
+                    self.store.remove_path(&removed.path);
                 }
             }
         }

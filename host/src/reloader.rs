@@ -322,10 +322,10 @@ impl Reloader {
         }
         report.reset.sort_by(|a, b| a.path.cmp(&b.path));
         report.added.sort();
-        let swapped_paths: Vec<String> = updates
+        let swapped: Vec<Id> = updates
             .iter()
             .filter(|(_, o)| *o == UpdateOutcome::Swapped)
-            .filter_map(|(id, _)| state.track(*id).map(|t| t.path.clone()))
+            .map(|(id, _)| *id)
             .collect();
         // Children before parents, so each removal leaves no child behind.
         orphans.sort_by(|a, b| b.path.cmp(&a.path));
@@ -375,7 +375,10 @@ impl Reloader {
         }
         // A restarted pipeline runs the new code from fresh state: its tracks were not
         // swapped with their state kept, whatever their signatures say.
-        let restarted_track = |path: &str| {
+        let restarted_track = |id: &Id| {
+            let Some(path) = self.recorder.state.track(*id).map(|t| t.path.as_str()) else {
+                return false;
+            };
             report.restarted.iter().any(|r| {
                 path == r.pipeline
                     || path
@@ -383,7 +386,11 @@ impl Reloader {
                         .is_some_and(|rest| rest.starts_with('|'))
             })
         };
-        report.swapped = swapped_paths.iter().filter(|p| !restarted_track(p)).count();
+        report.swapped = if report.restarted.is_empty() {
+            swapped.len()
+        } else {
+            swapped.iter().filter(|id| !restarted_track(id)).count()
+        };
         report
     }
 
