@@ -84,6 +84,7 @@ fn register(p: &mut Plugin) {
         .filter(|n: &u64| n % 3 == 0)
         .scan(0u64, |acc: u64, n: u64| acc.wrapping_add(n));
     p.pipeline("call", interval_ms(3_600_000)).map(|n: u64| n.wrapping_mul(3) ^ 7);
+    p.pipeline("nop", interval_ms(3_600_000));
 }
 
 plugin_api::export_plugin!(register);
@@ -405,10 +406,13 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
         black_box(acc);
         ns_per(t, N_PUSH)
     };
+    let nop = &loaded.pipelines["nop"];
+    let mut empty = || one_by_one(nop);
     let names = [
         "host hot-swappable call",
         "hot-lib-reloader #[hot_module] call",
         "AtomicPtr fn call",
+        "host call into an empty pipeline (the fixed cost)",
     ];
     let medians = side_by_side(
         ROUNDS,
@@ -416,6 +420,7 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
             (names[0], &mut host),
             (names[1], &mut hlr),
             (names[2], &mut slot),
+            (names[3], &mut empty),
         ],
     );
     table(
