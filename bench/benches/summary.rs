@@ -22,7 +22,7 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmr_bench::{CountingSink, build_release, load, load_codes, median, ns_per, quantile};
+use hmr_bench::{Built, CountingSink, build_release, load, load_codes, median, ns_per, quantile};
 use host::code::Pushed;
 use host::events::{ChannelSink, HostEvent, Sink};
 use host::loader::Loader;
@@ -90,18 +90,16 @@ fn register(p: &mut Plugin) {
 plugin_api::export_plugin!(register);
 "#;
 
-/// `HMR_BENCH_PIPELINES` pipelines, each with `HMR_BENCH_SCOPES` keyed scopes and a stateful
-/// tail: (scopes + 3) tracks a pipeline.
+/// `PIPELINES` pipelines, each with `SCOPES` keyed scopes and a stateful tail: (SCOPES + 3)
+/// tracks a pipeline. Built once per configuration (`scale_plugin`).
 const SCALE: &str = r#"
 use plugin_api::prelude::*;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+const PIPELINES: usize = {PIPELINES};
+const SCOPES: usize = {SCOPES};
 
 fn register(p: &mut Plugin) {
-    let pipelines = env("HMR_BENCH_PIPELINES", 10);
-    let scopes = env("HMR_BENCH_SCOPES", 0);
+    let (pipelines, scopes) = (PIPELINES, SCOPES);
     for i in 0..pipelines {
         let mut chain = p.pipeline(&format!("p{i}"), interval_ms(3_600_000));
         for s in 0..scopes {
@@ -468,26 +466,25 @@ fn allocations(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resul
     Ok(())
 }
 
-fn scale_reloader(pipelines: usize, scopes: usize) -> anyhow::Result<Reloader> {
-    // SAFETY (of the environment): set before any thread of this run reads it; the fixture's
-    // registration reads these variables when the reloader loads it below.
-    // SAFETY: no other thread reads or writes the environment at this point of the run
-    // (source threads of earlier scenarios only push values).
-    unsafe {
-        std::env::set_var("HMR_BENCH_PIPELINES", pipelines.to_string());
-        std::env::set_var("HMR_BENCH_SCOPES", scopes.to_string());
-    }
-    let fixture = Fixture::new("bench_scale_cfg", SCALE);
-    let config = hmr_bench::release_config(&fixture)?;
-    Ok(Reloader::new(config, null_sink(), PanicPolicy::Drop)?)
+/// A release build of `SCALE` with `pipelines` pipelines of `scopes` scopes, and a reloader
+/// for it.
+fn scale_plugin(pipelines: usize, scopes: usize) -> anyhow::Result<(Built, Reloader)> {
+    let source = SCALE
+        .replace("{PIPELINES}", &pipelines.to_string())
+        .replace("{SCOPES}", &scopes.to_string());
+    let built = build_release(&format!("bench_scale_{pipelines}_{scopes}"), &source)?;
+    let config = hmr_bench::release_config(&built.fixture)?;
+    let reloader = Reloader::new(config, null_sink(), PanicPolicy::Drop)?;
+    Ok((built, reloader))
 }
 
-fn swap_scaling(report: &mut Report, scale_lib: &std::path::Path) -> anyhow::Result<()> {
+fn swap_scaling(report: &mut Report) -> anyhow::Result<()> {
     report.line("\n### 4. Swap cost against the number of tracks (host side of a reload; target linear, < 10 ms at 10,000)\n");
     report.line("| tracks | load (copy + dlopen) | validate | register | reconcile + publish | host total | per track |");
     report.line("|---:|---:|---:|---:|---:|---:|---:|");
     for scopes in [7usize, 97, 997] {
-        let mut r = scale_reloader(10, scopes)?;
+        let (built, mut r) = scale_plugin(10, scopes)?;
+        let scale_lib = &built.library;
         anyhow::ensure!(matches!(r.load_built(scale_lib, 0), Outcome::Loaded { .. }));
         let tracks = r.tracks().len();
         let mut load = Vec::new();
@@ -519,9 +516,10 @@ fn swap_scaling(report: &mut Report, scale_lib: &std::path::Path) -> anyhow::Res
     Ok(())
 }
 
-fn reload_at_scale(report: &mut Report, scale_lib: &std::path::Path) -> anyhow::Result<()> {
+fn reload_at_scale(report: &mut Report) -> anyhow::Result<()> {
     report.line("\n### 7. Reload at scale: 100 pipelines (300 tracks, 100 source threads)\n");
-    let mut r = scale_reloader(100, 0)?;
+    let (built, mut r) = scale_plugin(100, 0)?;
+    let scale_lib = &built.library;
     anyhow::ensure!(matches!(r.load_built(scale_lib, 0), Outcome::Loaded { .. }));
     for _ in 0..5 {
         r.load_built(scale_lib, 0);
@@ -739,7 +737,6 @@ fn main() -> anyhow::Result<()> {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let plugin = build_release("bench_plugin", PLUGIN)?;
-    let scale = build_release("bench_scale", SCALE)?;
     let loader = Loader::new()?;
     let loaded = load(&loader, &plugin.library, 1)?;
     if wanted("batch") {
@@ -752,7 +749,7 @@ fn main() -> anyhow::Result<()> {
         per_call(&mut report, &loaded)?;
     }
     if wanted("swap") {
-        swap_scaling(&mut report, &scale.library)?;
+        swap_scaling(&mut report)?;
     }
     if wanted("save") {
         save_to_emission(&mut report)?;
@@ -761,7 +758,7 @@ fn main() -> anyhow::Result<()> {
         allocations(&mut report, &loaded)?;
     }
     if wanted("scale") {
-        reload_at_scale(&mut report, &scale.library)?;
+        reload_at_scale(&mut report)?;
     }
     if wanted("latency") {
         latency_under_reloads(&mut report, &plugin.library)?;

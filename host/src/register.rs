@@ -132,21 +132,30 @@ impl Ctx<'_> {
             // SAFETY: the plugin passes `n_ops` descriptions valid for the call.
             unsafe { std::slice::from_raw_parts(desc.ops, desc.n_ops) }
         };
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             match self.op_code(op) {
                 Ok(o) => code.ops.push(o),
-                Err(e) => return self.fail(format!("pipeline {}: {e}", code.name)),
+                Err(e) => {
+                    // SAFETY: the plugin passes a kind valid for the call.
+                    let kind = unsafe { op.kind.to_string_lossy() }.unwrap_or_default();
+                    return self.fail(format!(
+                        "pipeline {}, operator {i} ({kind}): {e}",
+                        code.name
+                    ));
+                }
             }
         }
         self.pipelines.push(code);
     }
 
     fn op_code(&self, op: &abi::OpDesc) -> Result<OpCode, String> {
-        let track = track_of(op.track).ok_or("an operator's track was refused")?;
-        let sig = self
-            .signatures
-            .get(&track)
-            .ok_or("unknown operator track")?;
+        let track = track_of(op.track).ok_or("its track was refused")?;
+        let sig = self.signatures.get(&track).ok_or_else(|| {
+            format!(
+                "track handle {} was not returned by a track-call of this run",
+                op.track
+            )
+        })?;
         let fp = &op.state.fingerprint;
         let layout = Layout::from_size_align(fp.size, fp.align.max(1)).map_err(|_| {
             format!(
