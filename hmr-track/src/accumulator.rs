@@ -231,8 +231,24 @@ impl State {
     /// path it would get (computed from the stack top), else [`State::fresh_id`]. Fails as the
     /// `track-call` would (no module open, bad key, unkeyed top level, duplicate path).
     pub fn track_id_for(&self, kind: &str, key: Option<&str>) -> Result<Id, ApplyError> {
-        let plan = self.plan_track_call("track-call", kind, key)?;
-        Ok(plan.existing.unwrap_or_else(|| self.fresh_id()))
+        let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
+        match plan.existing {
+            Some(id)
+                if self
+                    .store
+                    .tracks
+                    .get(&id)
+                    .is_some_and(|t| registered_in(t, plan.module)) =>
+            {
+                Err(ApplyError::DuplicatePath {
+                    event: TRACK_CALL,
+                    path: plan.path,
+                    module: plan.module,
+                })
+            }
+            Some(id) => Ok(id),
+            None => Ok(self.fresh_id()),
+        }
     }
 
     /// True when a track, entity or subscription has this id.
@@ -479,18 +495,6 @@ impl State {
                 }
             };
         let existing = self.store.track_at(&path);
-        let registered_in_this_run = existing
-            .and_then(|id| self.store.tracks.get(&id))
-            .is_some_and(|track| {
-                track.module == module || track.pending.as_ref().is_some_and(|p| p.module == module)
-            });
-        if registered_in_this_run {
-            return Err(ApplyError::DuplicatePath {
-                event,
-                path,
-                module,
-            });
-        }
         Ok(TrackPlan {
             module,
             index,
@@ -535,30 +539,59 @@ impl State {
         signature: Cow<'_, Signature>,
     ) -> Result<(), ApplyError> {
         const EVENT: &str = TRACK_CALL;
-        if !signature.kind.is_empty() && signature.kind != kind {
-            return Err(ApplyError::KindMismatch {
-                event: EVENT,
-                kind: kind.to_owned(),
-                signature_kind: signature.kind.clone(),
-            });
-        }
-        match plan.existing {
-            Some(expected) if expected != track => {
-                return Err(ApplyError::TrackIdMismatch {
+        let kind_mismatch = || {
+            (!signature.kind.is_empty() && signature.kind != kind).then(|| {
+                ApplyError::KindMismatch {
                     event: EVENT,
-                    path: plan.path,
-                    expected,
-                    found: track,
-                });
+                    kind: kind.to_owned(),
+                    signature_kind: signature.kind.clone(),
+                }
+            })
+        };
+        // Checks in the order they are reported: duplicate path, kind, id. The existing
+        // track is looked up once, mutably, and changed only after every check passed.
+        let existing = match plan.existing {
+            None => {
+                if let Some(e) = kind_mismatch() {
+                    return Err(e);
+                }
+                if self.id_in_use(track) {
+                    return Err(ApplyError::IdInUse {
+                        event: EVENT,
+                        id: track,
+                    });
+                }
+                None
             }
-            None if self.id_in_use(track) => {
-                return Err(ApplyError::IdInUse {
-                    event: EVENT,
-                    id: track,
-                });
+            Some(expected) => {
+                let Some(t) = self.store.tracks.get_mut(&expected) else {
+                    return Err(ApplyError::BrokenTrack {
+                        event: EVENT,
+                        track: expected,
+                        detail: "the path index names a track not in the store".into(),
+                    });
+                };
+                if registered_in(t, plan.module) {
+                    return Err(ApplyError::DuplicatePath {
+                        event: EVENT,
+                        path: plan.path,
+                        module: plan.module,
+                    });
+                }
+                if let Some(e) = kind_mismatch() {
+                    return Err(e);
+                }
+                if expected != track {
+                    return Err(ApplyError::TrackIdMismatch {
+                        event: EVENT,
+                        path: plan.path,
+                        expected,
+                        found: track,
+                    });
+                }
+                Some(t)
             }
-            _ => {}
-        }
+        };
         // Validated: mutate.
         let mut signature = signature.into_owned();
         kind.clone_into(&mut signature.kind);
@@ -569,7 +602,6 @@ impl State {
             }
             frame.child_kinds.push(kind.to_owned());
         }
-        let existing = plan.existing.and_then(|id| self.store.tracks.get_mut(&id));
         match existing {
             Some(existing) => {
                 existing.pending = Some(Pending {
@@ -626,27 +658,26 @@ impl State {
             });
         }
         let module = self.open_module(EVENT)?;
-        if !self.store.tracks.contains_key(&track) {
+        // One lookup validates and, once nothing else can fail, mutates.
+        let Some(stored) = self.store.tracks.get_mut(&track) else {
             return Err(ApplyError::BrokenTrack {
                 event: EVENT,
                 track,
                 detail: "the open track frame names a track not in the store".into(),
             });
-        }
+        };
         // Validated: mutate.
         let Some(frame) = self.stack.tracks.pop() else {
             return Ok(());
         };
-        if let Some(stored) = self.store.tracks.get_mut(&track) {
-            match stored.pending.as_mut() {
-                Some(pending) if pending.module == module => {
-                    pending.signature.children = frame.child_kinds;
-                    pending.entity_id = frame.entity;
-                }
-                _ => {
-                    stored.signature.children = frame.child_kinds;
-                    stored.entity_id = frame.entity;
-                }
+        match stored.pending.as_mut() {
+            Some(pending) if pending.module == module => {
+                pending.signature.children = frame.child_kinds;
+                pending.entity_id = frame.entity;
+            }
+            _ => {
+                stored.signature.children = frame.child_kinds;
+                stored.entity_id = frame.entity;
             }
         }
         Ok(())
@@ -1000,4 +1031,10 @@ fn check_return(event: &'static str, top: Option<Id>, found: Id) -> Result<(), A
         }),
         Some(_) => Ok(()),
     }
+}
+
+/// Whether `track` was already registered by the run `module` (committed by it, or pending
+/// from it): a second registration at its path in the same run is a duplicate.
+fn registered_in(track: &Track, module: ModuleId) -> bool {
+    track.module == module || track.pending.as_ref().is_some_and(|p| p.module == module)
 }
