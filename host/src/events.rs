@@ -88,6 +88,14 @@ pub enum HostEvent {
         /// Every track of the new version.
         tracks: Vec<TrackInfo>,
     },
+    /// Cargo built a library identical to the running one (a save the compiler does not
+    /// see): nothing was loaded. Printed for a person; not part of the `--json` contract, so
+    /// the JSON sink leaves it out.
+    #[serde(skip)]
+    Unchanged {
+        /// Milliseconds cargo took.
+        build_ms: u64,
+    },
     /// Cargo failed; the running version stays.
     BuildFailed {
         /// The first error diagnostic as cargo rendered it.
@@ -130,6 +138,9 @@ pub struct JsonSink;
 
 impl EventSink for JsonSink {
     fn event(&self, event: HostEvent) {
+        if matches!(event, HostEvent::Unchanged { .. }) {
+            return;
+        }
         let line = serde_json::to_string(&event).unwrap_or_else(|e| {
             format!(r#"{{"event":"error","pipeline":"","path":"","message":"cannot encode event: {e}"}}"#)
         });
@@ -211,6 +222,9 @@ fn human(event: &HostEvent) -> String {
                 s.push_str(&format!("\n[hmr]   restarted {}: {}", r.pipeline, r.reason));
             }
             s
+        }
+        HostEvent::Unchanged { build_ms } => {
+            format!("[hmr] no change: cargo built the library that is running ({build_ms} ms)")
         }
         HostEvent::BuildFailed { error } => {
             format!("[hmr] build failed, still running the last good version:\n{error}")

@@ -192,6 +192,9 @@ impl Reloader {
         let hash = library_hash(&artifact.library);
         if hash.is_some() && hash == self.running_library {
             self.unchanged += 1;
+            self.sink.event(HostEvent::Unchanged {
+                build_ms: artifact.elapsed.as_millis() as u64,
+            });
             return Outcome::Unchanged;
         }
         let outcome = self.load_and_swap(&artifact.library, artifact.elapsed.as_millis() as u64);

@@ -290,7 +290,8 @@ impl Harness {
         }
     }
 
-    /// Waits for the next `reload`, `build-failed` or `load-failed` event.
+    /// Waits for the next outcome of a build: `reload`, `build-failed`, `load-failed`, or
+    /// `unchanged` (the library built is the one running; not a `--json` event).
     pub fn wait_outcome(&mut self) -> anyhow::Result<HostEvent> {
         self.wait_for("a reload outcome", BUILD_TIMEOUT, |e| {
             matches!(
@@ -298,6 +299,7 @@ impl Harness {
                 HostEvent::Reload { .. }
                     | HostEvent::BuildFailed { .. }
                     | HostEvent::LoadFailed { .. }
+                    | HostEvent::Unchanged { .. }
             )
         })
     }

@@ -471,6 +471,8 @@ fn save_storm_ends_on_the_last_save() -> anyhow::Result<()> {
             HostEvent::BuildFailed { .. } | HostEvent::LoadFailed { .. }
         )
     });
+    let unchanged = count(|e| matches!(e, HostEvent::Unchanged { .. }));
+    assert_eq!(unchanged, reloader.unchanged_builds());
     let builds = reloader.build_windows();
     assert!(
         builds.len() < 20,
@@ -478,7 +480,7 @@ fn save_storm_ends_on_the_last_save() -> anyhow::Result<()> {
         builds.len()
     );
     assert_eq!(
-        1 + reloads + failures + reloader.unchanged_builds(),
+        1 + reloads + failures + unchanged,
         builds.len(),
         "the first load, then one outcome a build"
     );
