@@ -138,7 +138,34 @@ pub struct Store {
     /// `paths` again, hashed: a lookup by path is one hash, not a dozen string comparisons
     /// down a B-tree (a registration looks every track up by path).
     #[serde(skip)]
-    path_index: HashMap<String, Id>,
+    path_index: HashMap<String, Id, BuildFnv>,
+}
+
+/// FNV-1a: paths are short strings hashed once per registered track, where SipHash's
+/// DoS resistance buys nothing (the keys come from the developer's own plugin).
+#[derive(Clone, Copy, Debug, Default)]
+struct BuildFnv;
+
+impl std::hash::BuildHasher for BuildFnv {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// What a [`Store`] serializes as.

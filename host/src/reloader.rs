@@ -154,7 +154,8 @@ impl Reloader {
         let outcome = self.load_and_swap(library, build_ms);
         self.timings.build = Duration::from_millis(build_ms);
         if matches!(outcome, Outcome::Loaded { .. }) {
-            self.running_library = library_hash(library);
+            // Not hashed: the next build is loaded whatever it holds.
+            self.running_library = None;
         }
         outcome
     }
