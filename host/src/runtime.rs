@@ -84,6 +84,8 @@ struct Running {
     source: SourceDesc,
     /// Published but not started yet (see [`Runtime::launch`]).
     waiting: bool,
+    /// New code staged but not committed yet (see [`Runtime::launch`]).
+    staged: bool,
 }
 
 impl Running {
@@ -116,7 +118,7 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// What [`Runtime::publish`] did with a pipeline.
+/// What [`Runtime::publish`] did with a pipeline (effective at [`Runtime::launch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Published {
     /// The running thread will pick the code up at its next emission, state kept.
@@ -180,7 +182,9 @@ impl Runtime {
         });
         match restart {
             Some(None) => {
-                self.pipelines[&name].publisher.publish(code);
+                let r = &mut self.pipelines.get_mut(&name).expect("checked above");
+                r.publisher.stage(code);
+                r.staged = true;
                 Published::Swapped
             }
             Some(Some(why)) => {
@@ -217,13 +221,21 @@ impl Runtime {
                 thread: None,
                 source,
                 waiting: true,
+                staged: false,
             },
         );
     }
 
-    /// Starts the source threads of pipelines published since the last call (so a reload
-    /// can report itself before new pipelines emit).
+    /// Makes what [`Runtime::publish`] did take effect: commits staged code (running
+    /// pipelines switch at their next emission) and starts the source threads of new and
+    /// restarted pipelines. Split from `publish` so a reload reports itself before any value
+    /// of the new version is emitted.
     pub fn launch(&mut self) -> std::io::Result<()> {
+        for r in self.pipelines.values_mut() {
+            if std::mem::take(&mut r.staged) {
+                r.publisher.commit();
+            }
+        }
         for (name, r) in &mut self.pipelines {
             if !r.waiting {
                 continue;
@@ -373,7 +385,19 @@ impl Publisher {
     /// Makes `code` current: one store, then a generation bump the driver sees at its next
     /// push. Never waits for the driver.
     pub fn publish(&self, code: PipelineCode) {
+        self.stage(code);
+        self.commit();
+    }
+
+    /// Stores `code` without telling the driver: it keeps running the code it has until
+    /// [`Publisher::commit`].
+    pub fn stage(&self, code: PipelineCode) {
         self.shared.code.store(Arc::new(code));
+    }
+
+    /// Tells the driver about the code staged last: one generation bump, seen at its next
+    /// push.
+    pub fn commit(&self) {
         self.shared.generation.fetch_add(1, Ordering::Release);
     }
 

@@ -64,6 +64,34 @@ pub fn fixture_target_dir() -> PathBuf {
     target.join("hmr-fixtures")
 }
 
+/// Runs `cmd` to its end and returns its output, or fails once `timeout` has passed (and
+/// kills it), so a hung child fails a test instead of hanging the run.
+pub fn output_within(
+    mut cmd: std::process::Command,
+    timeout: Duration,
+) -> anyhow::Result<std::process::Output> {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            bail!("{cmd:?} did not finish within {timeout:?}")
+        }
+    }
+}
+
 /// Resident memory of this process in bytes, from `/proc/self/status` (0 where there is none).
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -167,15 +195,25 @@ debug = false
         &self.package
     }
 
-    /// Writes `content` to `rel` (creating directories).
+    /// Writes `content` to `rel` (creating directories) the way careful editors save: into a
+    /// hidden temp file beside it, renamed into place, so the host never sees a half-written
+    /// file (a truncate-then-write could be built in between on a loaded machine).
     pub fn write(&self, rel: &str, content: &str) {
         let path = self.path().join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
-        }
-        std::fs::write(&path, content)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        let parent = path.parent().unwrap_or(self.path());
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let temp = parent.join(format!(".{name}.hmr-tmp"));
+        std::fs::write(&temp, content)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", temp.display()));
+        std::fs::rename(&temp, &path).unwrap_or_else(|e| {
+            panic!(
+                "cannot rename {} to {}: {e}",
+                temp.display(),
+                path.display()
+            )
+        });
     }
 
     /// Reads `rel`.
@@ -304,9 +342,18 @@ impl Harness {
         })
     }
 
-    /// Waits for the next `reload` event; fails on a build or load failure.
+    /// Waits for the next `reload` event; fails on a build or load failure. A build of the
+    /// library already running (`unchanged`, say a repeated build of the same save) is not an
+    /// outcome here: the wait goes on.
     pub fn wait_reload(&mut self) -> anyhow::Result<HostEvent> {
-        match self.wait_outcome()? {
+        match self.wait_for("a reload", BUILD_TIMEOUT, |e| {
+            matches!(
+                e,
+                HostEvent::Reload { .. }
+                    | HostEvent::BuildFailed { .. }
+                    | HostEvent::LoadFailed { .. }
+            )
+        })? {
             e @ HostEvent::Reload { .. } => Ok(e),
             other => bail!("expected a reload, got {other:?}"),
         }
@@ -328,9 +375,20 @@ impl Harness {
         }
     }
 
-    /// Waits for the first emission of `pipeline` produced by plugin `version`; returns its
-    /// value.
+    /// The first emission of `pipeline` produced by plugin `version`, from the events seen so
+    /// far or, if there is none yet, the next one; returns its value.
     pub fn wait_emission_from(&mut self, pipeline: &str, version: u64) -> anyhow::Result<String> {
+        let seen = self.history.iter().find_map(|e| match e {
+            HostEvent::Emission {
+                pipeline: p,
+                version: v,
+                value,
+            } if p == pipeline && *v == version => Some(value.clone()),
+            _ => None,
+        });
+        if let Some(value) = seen {
+            return Ok(value);
+        }
         let what = format!("an emission of {pipeline} from v{version}");
         match self.wait_for(&what, EMISSION_TIMEOUT, |e| {
             matches!(e, HostEvent::Emission { pipeline: p, version: v, .. } if p == pipeline && *v == version)

@@ -3,14 +3,14 @@
 
 use std::process::Command;
 
-use host::testkit::TempDir;
+use std::time::Duration;
+
+use host::testkit::{TempDir, output_within};
 
 fn host(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("run the host binary");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
+    cmd.args(args).env("RUST_BACKTRACE", "1");
+    let out = output_within(cmd, Duration::from_secs(60)).expect("run the host binary");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -119,12 +119,11 @@ fn register(p: &mut Plugin) {
 plugin_api::export_plugin!(register);
 "#,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(["--no-watch", "--json", "--plugin"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
+    cmd.args(["--no-watch", "--json", "--plugin"])
         .arg(fixture.path())
-        .env("CARGO_TARGET_DIR", host::testkit::fixture_target_dir())
-        .output()
-        .expect("run the host binary");
+        .env("CARGO_TARGET_DIR", host::testkit::fixture_target_dir());
+    let out = output_within(cmd, host::testkit::BUILD_TIMEOUT).expect("run the host binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1,6 +1,6 @@
 //! Reloads while a source pushes millions of values a second through a stateful pipeline:
 //! nothing lost, nothing delivered twice, every output from exactly one version, no
-//! deadlock. And a soak: hundreds of reloads, every version stays mapped, memory stays flat.
+//! deadlock. (The soak, which measures this process's memory, has a file of its own.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use host::cargo::{self, BuildConfig};
 use host::events::{ChannelSink, HostEvent};
 use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::runtime::PanicPolicy;
-use host::testkit::{Fixture, TempDir, fixture_target_dir, rss_bytes, workspace_root};
+use host::testkit::{Fixture, TempDir, fixture_target_dir};
 
 const LOAD: &str = r#"
 use plugin_api::prelude::*;
@@ -87,42 +87,53 @@ fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
     let b = build_copy(&config, keep.path(), "libb.so")?;
 
     let (mut reloader, rx) = reloader(config)?;
+    let mut checkpoints = Vec::new();
+    let mut reloads = 0;
+    // Reads events until a checkpoint of `version` has been seen (keeping every checkpoint
+    // and counting reloads); fails after 60 s.
+    let mut read_until = |version: u64, reloads_seen: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut reached = checkpoints.iter().any(|(v, _)| *v == version);
+        while !(reached && reloads >= reloads_seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = rx.recv_timeout(left).map_err(|_| {
+                anyhow::anyhow!("no checkpoint from v{version} within 60 s (deadlock?)")
+            })?;
+            match e {
+                HostEvent::Emission {
+                    version: v, value, ..
+                } => {
+                    reached |= v == version;
+                    checkpoints.push((v, tally(&value)));
+                }
+                HostEvent::Reload { reset, .. } => {
+                    assert!(
+                        reset.is_empty(),
+                        "a same-signature reload reset state: {reset:?}"
+                    );
+                    reloads += 1;
+                }
+                HostEvent::Error { message, .. } => panic!("error under load: {message}"),
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    // Version 1 (body a) runs, then version 2 (body b) runs, so both bodies certainly
+    // emitted whatever the scheduler does; then 49 more reloads, as fast as they go.
     assert_eq!(reloader.load_built(&a, 0), Outcome::Loaded { version: 1 });
-    let mut last = 1;
-    for i in 0..50 {
+    read_until(1, 0)?;
+    assert_eq!(reloader.load_built(&b, 0), Outcome::Loaded { version: 2 });
+    read_until(2, 1)?;
+    let mut last = 2;
+    for i in 1..50 {
         let lib = if i % 2 == 0 { &b } else { &a };
         match reloader.load_built(lib, 0) {
             Outcome::Loaded { version } => last = version,
             other => panic!("reload {i}: {other:?}"),
         }
     }
-    // Wait for a checkpoint produced by the last version.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut checkpoints = Vec::new();
-    let mut reloads = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let e = rx
-            .recv_timeout(left)
-            .map_err(|_| anyhow::anyhow!("no checkpoint from v{last} within 60 s (deadlock?)"))?;
-        match e {
-            HostEvent::Emission { version, value, .. } => {
-                checkpoints.push((version, tally(&value)));
-                if version == last {
-                    break;
-                }
-            }
-            HostEvent::Reload { reset, .. } => {
-                assert!(
-                    reset.is_empty(),
-                    "a same-signature reload reset state: {reset:?}"
-                );
-                reloads += 1;
-            }
-            HostEvent::Error { message, .. } => panic!("error under load: {message}"),
-            _ => {}
-        }
-    }
+    read_until(last, 50)?;
     drop(reloader);
     assert_eq!(reloads, 50);
     assert!(!checkpoints.is_empty());
@@ -137,6 +148,7 @@ fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
         previous = *count;
         let model = (u128::from(*count) * u128::from(count - 1) / 2) as u64;
         assert_eq!(*sum, model, "values lost or delivered twice before {count}");
+        // True by construction (one library runs each push): kept as the model's check.
         assert_eq!(*mixed, 0, "an emission ran through two versions");
         assert_eq!(
             in_a + in_b,
@@ -148,79 +160,6 @@ fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
     assert!(
         in_a > 0 && in_b > 0,
         "both versions ran: a {in_a}, b {in_b}"
-    );
-    Ok(())
-}
-
-/// How many of `reloader`'s library copies the process still maps.
-fn still_mapped(reloader: &Reloader) -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let mapped: std::collections::BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .collect();
-    reloader
-        .versions()
-        .iter()
-        .filter(|v| {
-            let p = v.path().display().to_string();
-            mapped.contains(p.as_str()) || mapped.contains(format!("{p} (deleted)").as_str())
-        })
-        .count()
-}
-
-/// 200 reloads of the example plugin: resident memory grows by at most 1 MiB a reload,
-/// every version stays mapped, and retired versions stop being live once their pipelines
-/// moved on.
-#[test]
-fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
-    let config = BuildConfig {
-        manifest: plugin_manifest(&workspace_root().join("example-plugin"))?,
-        release: false,
-        target_dir: Some(fixture_target_dir()),
-    };
-    let built = cargo::build(&config)?;
-    let (mut reloader, rx) = reloader(config)?;
-    let mut version = 0;
-    let mut reload = |reloader: &mut Reloader| match reloader.load_built(&built.library, 0) {
-        Outcome::Loaded { version: v } => version = v,
-        other => panic!("{other:?}"),
-    };
-    for _ in 0..20 {
-        reload(&mut reloader);
-    }
-    let before = rss_bytes();
-    for _ in 0..200 {
-        reload(&mut reloader);
-    }
-    let after = rss_bytes();
-    let per_reload = after.saturating_sub(before) / 200;
-    eprintln!("soak: resident {before} -> {after} bytes over 200 reloads, {per_reload} a reload");
-    assert!(
-        per_reload <= 1 << 20,
-        "resident memory grew {per_reload} bytes per reload ({before} -> {after})"
-    );
-    assert_eq!(reloader.mapped_versions(), 220);
-    if cfg!(target_os = "linux") {
-        assert_eq!(still_mapped(&reloader), 220, "a version was unmapped");
-    }
-    // Once the counter ticked on the last version, older versions hold nothing.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left)? {
-            HostEvent::Emission {
-                pipeline,
-                version: v,
-                ..
-            } if pipeline == "counter" && v == version => break,
-            _ => {}
-        }
-    }
-    let live = reloader.live_versions();
-    assert!(
-        live <= 2,
-        "{live} versions still live after the pipelines moved on"
     );
     Ok(())
 }
