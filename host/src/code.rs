@@ -1,7 +1,8 @@
 //! One version of one pipeline's code ([`PipelineCode`]), its operators' state slots in host
 //! memory ([`StateSlots`]), and the calls into the plugin that run them.
 //!
-//! This module and `loader` / `register` are the only places that call plugin code.
+//! This module, `loader`, `register` and the emission path of `runtime` (`Driver`) are the
+//! only places that call plugin code.
 
 use std::alloc::Layout;
 use std::ffi::c_void;

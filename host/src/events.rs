@@ -36,7 +36,7 @@ pub struct RestartInfo {
     pub reason: String,
 }
 
-/// One event of the host's output contract (see DESIGN.md, "Contract").
+/// One event of the host's `--json` output contract (README.md lists them).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum HostEvent {
@@ -153,18 +153,30 @@ impl EventSink for JsonSink {
 
 /// Prints events for a person.
 #[derive(Debug, Default)]
-pub struct HumanSink;
+pub struct HumanSink {
+    /// Whether a version has been loaded (so a failure can say what keeps running).
+    loaded: std::sync::atomic::AtomicBool,
+}
 
 impl EventSink for HumanSink {
     fn event(&self, event: HostEvent) {
-        let text = human(&event);
+        use std::sync::atomic::Ordering;
+        if matches!(event, HostEvent::Loaded { .. }) {
+            self.loaded.store(true, Ordering::Relaxed);
+        }
+        let text = human(&event, self.loaded.load(Ordering::Relaxed));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     }
 }
 
-fn human(event: &HostEvent) -> String {
+fn human(event: &HostEvent, running: bool) -> String {
+    let keeps = if running {
+        "still running the last good version"
+    } else {
+        "nothing is running yet; fix it and save"
+    };
     match event {
         HostEvent::Loaded {
             version,
@@ -226,12 +238,13 @@ fn human(event: &HostEvent) -> String {
         HostEvent::Unchanged { build_ms } => {
             format!("[hmr] no change: cargo built the library that is running ({build_ms} ms)")
         }
-        HostEvent::BuildFailed { error } => {
-            format!("[hmr] build failed, still running the last good version:\n{error}")
-        }
-        HostEvent::LoadFailed { error } => {
-            format!("[hmr] load failed, still running the last good version: {error}")
-        }
+        HostEvent::BuildFailed { error } => format!("[hmr] build failed, {keeps}:\n{error}"),
+        HostEvent::LoadFailed { error } => format!("[hmr] load failed, {keeps}: {error}"),
+        HostEvent::Error {
+            pipeline,
+            path,
+            message,
+        } if pipeline.is_empty() => format!("[hmr] error: {message}"),
         HostEvent::Error {
             pipeline,
             path,

@@ -12,7 +12,7 @@
 //! use std::sync::Arc;
 //! use host::{events::HumanSink, session::{Options, Session}};
 //!
-//! let session = Session::start(&Options::new("example-plugin"), Arc::new(HumanSink))?;
+//! let session = Session::start(&Options::new("example-plugin"), Arc::new(HumanSink::default()))?;
 //! session.wait();
 //! # Ok::<(), anyhow::Error>(())
 //! ```

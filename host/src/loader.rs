@@ -1,9 +1,10 @@
 //! Loading one plugin version: copy the built library, open it, check its ABI header.
 //!
-//! 1. **Copy** the library cargo built to a private, unique path (`v{N}-{attempt}-{file}` in a
-//!    directory of this process, never reused), so the next build can overwrite cargo's output while this
-//!    version stays mapped, and so the dynamic loader never hands back an already-open copy
-//!    of an older build under the same name.
+//! 1. **Copy** the library cargo built to a private, unique path
+//!    (`<temp>/hmr-host-<pid>-<n>-v{N}-{attempt}-{file}`, never reused, unlinked once
+//!    mapped), so the next build can overwrite cargo's output while this version stays
+//!    mapped, and so the dynamic loader never hands back an already-open copy of an older
+//!    build under the same name.
 //!    Before the copy is opened, its ELF headers are checked against its length: `dlopen`
 //!    maps segments straight from the file, so a half-written library (cargo still linking,
 //!    a copy cut short) would otherwise crash the host with `SIGBUS` instead of failing.
@@ -152,23 +153,24 @@ impl LibVersion {
 /// Copies and opens plugin libraries in a private directory of this process.
 #[derive(Debug)]
 pub struct Loader {
-    dir: PathBuf,
+    /// `<temp dir>/hmr-host-<pid>-<n>`: every copy's name starts with it.
+    prefix: PathBuf,
     attempts: AtomicU64,
 }
 
 static LOADER_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Loader {
-    /// A loader whose copies live in a new directory under the system temp dir.
+    /// A loader whose copies are made in the system temp dir. Each copy is unlinked as soon
+    /// as it is mapped, so nothing is left behind, even when the host is interrupted.
     pub fn new() -> std::io::Result<Loader> {
-        let dir = std::env::temp_dir().join(format!(
+        let prefix = std::env::temp_dir().join(format!(
             "hmr-host-{}-{}",
             std::process::id(),
             LOADER_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir)?;
         Ok(Loader {
-            dir,
+            prefix,
             attempts: AtomicU64::new(0),
         })
     }
@@ -188,7 +190,9 @@ impl Loader {
         // and writing new bytes over its file (or opening the same name again, which the
         // dynamic loader answers with the old, still-open handle) would corrupt it.
         let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("v{version}-{attempt}-{file}"));
+        let mut name = self.prefix.clone().into_os_string();
+        name.push(format!("-v{version}-{attempt}-{file}"));
+        let path = PathBuf::from(name);
         let copy_error = |source| LoadError::Copy {
             from: built.to_owned(),
             to: path.clone(),
@@ -225,13 +229,6 @@ impl Loader {
             _lib: ManuallyDrop::new(lib),
         });
         Ok((lib, validate.elapsed()))
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        // Mapped libraries stay mapped after their file is unlinked.
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

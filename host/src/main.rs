@@ -62,6 +62,12 @@ fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Cli>> 
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
+        let flag_only = |name: &str| -> anyhow::Result<()> {
+            match &inline {
+                Some(v) => bail!("{name} takes no value, not `{v}`"),
+                None => Ok(()),
+            }
+        };
         let mut value = |name: &str| -> anyhow::Result<String> {
             match inline.clone().or_else(|| args.next()) {
                 Some(v) => Ok(v),
@@ -78,9 +84,18 @@ fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Cli>> 
                 return Ok(None);
             }
             "--plugin" => options.plugin_dir = PathBuf::from(value("--plugin")?),
-            "--release" => options.release = true,
-            "--no-watch" => options.watch = false,
-            "--json" => json = true,
+            "--release" => {
+                flag_only("--release")?;
+                options.release = true;
+            }
+            "--no-watch" => {
+                flag_only("--no-watch")?;
+                options.watch = false;
+            }
+            "--json" => {
+                flag_only("--json")?;
+                json = true;
+            }
             "--on-panic" => {
                 options.on_panic = match value("--on-panic")?.as_str() {
                     "drop" => PanicPolicy::Drop,
@@ -108,10 +123,17 @@ fn run() -> anyhow::Result<bool> {
     let sink: Sink = if cli.json {
         Arc::new(JsonSink)
     } else {
-        Arc::new(HumanSink)
+        Arc::new(HumanSink::default())
     };
     if !cli.options.watch {
-        return run_once(&cli.options, sink);
+        let ran = run_once(&cli.options, sink)?;
+        if !ran {
+            eprintln!(
+                "error: the first build or load of {} failed (the cause is printed above)",
+                cli.options.plugin_dir.display()
+            );
+        }
+        return Ok(ran);
     }
     let session = Session::start(&cli.options, sink)?;
     session.wait();

@@ -138,6 +138,8 @@ pub enum Restart {
     Completed,
     /// A panic had ended it (`--on-panic error`) or its state could not be seeded.
     Errored,
+    /// Its source had stopped (an interval schedule beyond what a clock can represent).
+    Stopped,
 }
 
 impl std::fmt::Display for Restart {
@@ -146,6 +148,7 @@ impl std::fmt::Display for Restart {
             Restart::SourceChanged => "its source changed",
             Restart::Completed => "it had completed",
             Restart::Errored => "it had ended with an error",
+            Restart::Stopped => "its source had stopped",
         })
     }
 }
@@ -177,7 +180,8 @@ impl Runtime {
             match ended_from(r.publisher.shared.ended.load(Ordering::Acquire)) {
                 Ended::Running => None,
                 Ended::Completed => Some(Restart::Completed),
-                Ended::Errored | Ended::Stopped => Some(Restart::Errored),
+                Ended::Errored => Some(Restart::Errored),
+                Ended::Stopped => Some(Restart::Stopped),
             }
         });
         match restart {

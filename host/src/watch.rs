@@ -3,11 +3,12 @@
 //! The watcher (notify; inotify on Linux) reports changes under the plugin directory to a
 //! `.rs` file, a `Cargo.toml` or a `build.rs`. Changes come in two sorts:
 //!
-//! - **finished** writes: a file closed after writing (`IN_CLOSE_WRITE`), renamed into place,
-//!   or removed. The build starts once the directory has been quiet for [`SETTLE`] (1 ms),
-//!   which still gathers an editor's "save all" into one build.
-//! - **unfinished** writes: a file created or modified but not (yet) closed. The build starts
-//!   after [`DEFAULT_DEBOUNCE`] (`--debounce-ms`) of quiet, unless a finished write comes first.
+//! - **finished** writes: a file closed after writing (`IN_CLOSE_WRITE`) or renamed into
+//!   place. The build starts once the directory has been quiet for [`SETTLE`] (1 ms), which
+//!   still gathers an editor's "save all" into one build.
+//! - **unfinished** writes: a file created, modified but not (yet) closed, renamed away or
+//!   removed (it may be about to be replaced). The build starts after [`DEFAULT_DEBOUNCE`]
+//!   (`--debounce-ms`) of quiet, unless a finished write comes first.
 //!
 //! So a normal save costs about a millisecond of waiting, not a fixed debounce, and a writer
 //! that never closes its file is still picked up. Builds never overlap: saves made during a
@@ -45,7 +46,7 @@ pub const SETTLE: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub enum Msg {
     /// Something changed under the plugin directory; `finished` when the write is complete
-    /// (closed, renamed into place, removed).
+    /// (closed, or renamed into place).
     Changed {
         /// Whether the change is a finished write.
         finished: bool,

@@ -66,6 +66,10 @@ fn bad_command_lines_fail_with_one_clear_message() {
             vec!["--debounce-ms".into(), "soon".into()],
             "--debounce-ms takes milliseconds, not `soon`".into(),
         ),
+        (
+            vec!["--json=false".into()],
+            "--json takes no value, not `false`".into(),
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -340,7 +340,7 @@ fn strict_panic_ends_the_subscription_until_the_next_good_reload() -> anyhow::Re
 }
 
 /// Types that changed across versions: each is reset with its reason, or rejected, as
-/// DESIGN.md says; old state is never read as another type.
+/// the product brief says; old state is never read as another type.
 #[test]
 fn changed_types_reset_or_reject_with_a_reason() -> anyhow::Result<()> {
     const STRUCT_STATE: &str = r#"
