@@ -64,17 +64,25 @@ pub enum HostEvent {
     Reload {
         /// The new plugin version.
         version: u64,
-        /// Tracks whose code was swapped with their state kept.
+        /// How many tracks had their code swapped with their state kept.
         swapped: usize,
-        /// Tracks whose state was reset, with the reason.
-        reset: Vec<ResetInfo>,
-        /// Paths of new tracks.
-        added: Vec<String>,
-        /// Paths of tracks no longer registered, now disposed.
-        removed: Vec<String>,
-        /// Pipelines started afresh (fresh state) rather than swapped; their tracks are not
-        /// counted in `swapped`.
-        restarted: Vec<RestartInfo>,
+        /// How many tracks had their state reset (`resets` says which and why).
+        reset: usize,
+        /// How many tracks are new (`added_paths`).
+        added: usize,
+        /// How many tracks were not registered again and were disposed (`removed_paths`).
+        removed: usize,
+        /// How many pipelines were started afresh rather than swapped (`restarts`); their
+        /// tracks are not counted in `swapped`.
+        restarted: usize,
+        /// Each reset track, with the reason.
+        resets: Vec<ResetInfo>,
+        /// Paths of the new tracks.
+        added_paths: Vec<String>,
+        /// Paths of the disposed tracks.
+        removed_paths: Vec<String>,
+        /// Each restarted pipeline, with the reason.
+        restarts: Vec<RestartInfo>,
         /// Milliseconds cargo took.
         build_ms: u64,
         /// Milliseconds to copy, open, check and register the library.
@@ -201,10 +209,10 @@ fn human(event: &HostEvent, running: bool) -> String {
         HostEvent::Reload {
             version,
             swapped,
-            reset,
-            added,
-            removed,
-            restarted,
+            resets,
+            added_paths,
+            removed_paths,
+            restarts,
             build_ms,
             load_ms,
             swap_us,
@@ -216,21 +224,21 @@ fn human(event: &HostEvent, running: bool) -> String {
                 "[hmr] reload v{version}: {swapped} swapped, {} reset, {} added, {} removed, \
                  {} restarted (build {build_ms} ms, load {load_ms} ms, swap {swap_us} us; \
                  {mapped_versions} versions mapped, {live_versions} live)",
-                reset.len(),
-                added.len(),
-                removed.len(),
-                restarted.len()
+                resets.len(),
+                added_paths.len(),
+                removed_paths.len(),
+                restarts.len()
             );
-            for r in reset {
+            for r in resets {
                 s.push_str(&format!("\n[hmr]   reset {}: {}", r.path, r.reason));
             }
-            for a in added {
+            for a in added_paths {
                 s.push_str(&format!("\n[hmr]   added {a}"));
             }
-            for r in removed {
+            for r in removed_paths {
                 s.push_str(&format!("\n[hmr]   removed {r}"));
             }
-            for r in restarted {
+            for r in restarts {
                 s.push_str(&format!("\n[hmr]   restarted {}: {}", r.pipeline, r.reason));
             }
             s
@@ -271,3 +279,140 @@ impl EventSink for ChannelSink {
 
 /// A shared sink.
 pub type Sink = Arc<dyn EventSink>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--json` contract: each event's name and the fields outside tools rely on, with
+    /// their JSON types.
+    #[test]
+    fn json_events_carry_the_contract_fields() {
+        let track = TrackInfo {
+            path: "counter|0:map".into(),
+            kind: "map".into(),
+            version: 1,
+        };
+        let cases: Vec<(HostEvent, &str, Vec<(&str, &str)>)> = vec![
+            (
+                HostEvent::Loaded {
+                    version: 1,
+                    tracks: vec![track.clone()],
+                    build_ms: 100,
+                    load_ms: 1,
+                },
+                "loaded",
+                vec![("version", "number"), ("tracks", "array")],
+            ),
+            (
+                HostEvent::Emission {
+                    pipeline: "counter".into(),
+                    version: 2,
+                    value: "42".into(),
+                },
+                "emission",
+                vec![
+                    ("pipeline", "string"),
+                    ("version", "number"),
+                    ("value", "string"),
+                ],
+            ),
+            (
+                HostEvent::Reload {
+                    version: 2,
+                    swapped: 3,
+                    reset: 1,
+                    added: 0,
+                    removed: 0,
+                    restarted: 0,
+                    resets: vec![ResetInfo {
+                        path: "counter|1:scan".into(),
+                        reason: "seed changed from 0 to 1".into(),
+                    }],
+                    added_paths: vec![],
+                    removed_paths: vec![],
+                    restarts: vec![],
+                    build_ms: 120,
+                    load_ms: 1,
+                    swap_us: 50,
+                    mapped_versions: 2,
+                    live_versions: 1,
+                    tracks: vec![track],
+                },
+                "reload",
+                vec![
+                    ("version", "number"),
+                    ("swapped", "number"),
+                    ("reset", "number"),
+                    ("added", "number"),
+                    ("removed", "number"),
+                    ("build_ms", "number"),
+                    ("load_ms", "number"),
+                    ("swap_us", "number"),
+                    ("tracks", "array"),
+                    ("resets", "array"),
+                ],
+            ),
+            (
+                HostEvent::BuildFailed {
+                    error: "error[E0308]: mismatched types".into(),
+                },
+                "build-failed",
+                vec![("error", "string")],
+            ),
+            (
+                HostEvent::LoadFailed {
+                    error: "cannot open".into(),
+                },
+                "load-failed",
+                vec![("error", "string")],
+            ),
+            (
+                HostEvent::Error {
+                    pipeline: "counter".into(),
+                    path: "counter|0:map".into(),
+                    message: "boom".into(),
+                },
+                "error",
+                vec![
+                    ("pipeline", "string"),
+                    ("path", "string"),
+                    ("message", "string"),
+                ],
+            ),
+            (
+                HostEvent::Completed {
+                    pipeline: "total".into(),
+                    emissions: 1000,
+                    elapsed_us: 30,
+                },
+                "completed",
+                vec![
+                    ("pipeline", "string"),
+                    ("emissions", "number"),
+                    ("elapsed_us", "number"),
+                ],
+            ),
+        ];
+        for (event, name, fields) in cases {
+            let json: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&event).expect("serializes"))
+                    .expect("parses");
+            assert_eq!(json["event"], name, "{json}");
+            for (field, ty) in fields {
+                let v = &json[field];
+                let found = match v {
+                    serde_json::Value::Number(_) => "number",
+                    serde_json::Value::String(_) => "string",
+                    serde_json::Value::Array(_) => "array",
+                    _ => "other",
+                };
+                assert_eq!(found, ty, "{name}.{field} in {json}");
+            }
+            if name == "loaded" || name == "reload" {
+                assert_eq!(json["tracks"][0]["path"], "counter|0:map");
+                assert_eq!(json["tracks"][0]["kind"], "map");
+            }
+        }
+    }
+}

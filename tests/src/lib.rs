@@ -31,16 +31,26 @@ pub fn reload_fields(e: &HostEvent) -> (usize, Vec<String>, Vec<String>, Vec<Str
             reset,
             added,
             removed,
+            resets,
+            added_paths,
+            removed_paths,
             ..
-        } => (
-            *swapped,
-            reset
-                .iter()
-                .map(|r| format!("{}: {}", r.path, r.reason))
-                .collect(),
-            added.clone(),
-            removed.clone(),
-        ),
+        } => {
+            assert_eq!(
+                (*reset, *added, *removed),
+                (resets.len(), added_paths.len(), removed_paths.len()),
+                "counts and lists disagree in {e:?}"
+            );
+            (
+                *swapped,
+                resets
+                    .iter()
+                    .map(|r| format!("{}: {}", r.path, r.reason))
+                    .collect(),
+                added_paths.clone(),
+                removed_paths.clone(),
+            )
+        }
         other => panic!("not a reload: {other:?}"),
     }
 }

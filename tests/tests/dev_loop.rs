@@ -226,12 +226,14 @@ plugin_api::export_plugin!(register);
             version,
             swapped,
             restarted,
+            restarts,
             ..
         } = &reload
         else {
             unreachable!()
         };
-        let restarted: Vec<(&str, &str)> = restarted
+        assert_eq!(*restarted, restarts.len());
+        let restarted: Vec<(&str, &str)> = restarts
             .iter()
             .map(|r| (r.pipeline.as_str(), r.reason.as_str()))
             .collect();

@@ -106,10 +106,10 @@ fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
                     reached |= v == version;
                     checkpoints.push((v, tally(&value)));
                 }
-                HostEvent::Reload { reset, .. } => {
+                HostEvent::Reload { resets, .. } => {
                     assert!(
-                        reset.is_empty(),
-                        "a same-signature reload reset state: {reset:?}"
+                        resets.is_empty(),
+                        "a same-signature reload reset state: {resets:?}"
                     );
                     reloads += 1;
                 }
