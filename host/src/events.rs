@@ -293,7 +293,9 @@ mod tests {
             kind: "map".into(),
             version: 1,
         };
-        let cases: Vec<(HostEvent, &str, Vec<(&str, &str)>)> = vec![
+        /// An event, its name, and its (field, JSON type) pairs.
+        type Case = (HostEvent, &'static str, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
             (
                 HostEvent::Loaded {
                     version: 1,
