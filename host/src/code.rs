@@ -109,6 +109,18 @@ pub enum Pushed {
     },
 }
 
+impl Pushed {
+    /// What a single-value push (`push_one`) returned: the value counts as taken either way.
+    #[inline]
+    pub(crate) fn from_one(status: u32) -> Pushed {
+        match status {
+            status::CONTINUE => Pushed::Continue,
+            status::COMPLETE => Pushed::Complete { consumed: 1 },
+            _ => Pushed::Panicked { consumed: 1 },
+        }
+    }
+}
+
 impl PipelineCode {
     /// Whether the source is a `range` (batched, completes).
     pub fn is_batch(&self) -> bool {
@@ -149,21 +161,8 @@ impl PipelineCode {
         }
     }
 
-    /// Runs one value through the chain.
-    #[inline]
-    pub fn push_one(&self, states: &StateSlots, x: u64, cx: &EmitCx) -> Pushed {
-        debug_assert_eq!(states.ptrs.len(), self.ops.len());
-        // SAFETY: as in `push`, for a single value.
-        let s = unsafe { (self.push_one)(self.env, states.ptrs.as_ptr(), x, cx) };
-        match s {
-            status::CONTINUE => Pushed::Continue,
-            status::COMPLETE => Pushed::Complete { consumed: 1 },
-            _ => Pushed::Panicked { consumed: 1 },
-        }
-    }
-
-    /// The raw entry point of [`PipelineCode::push_one`] and its arguments, for a caller that
-    /// keeps them at hand (the emission path) instead of reaching through the code each time.
+    /// The single-value entry point and its closures, for the emission path, which keeps them
+    /// at hand instead of reaching through the code for every value (see `Driver::push_one`).
     pub(crate) fn push_one_raw(&self) -> (PushOneFn, *const std::ffi::c_void) {
         (self.push_one, self.env)
     }

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind, status};
+use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind};
 
 use crate::code::{PipelineCode, Pushed, StateSlots};
 use crate::events::{HostEvent, Sink};
@@ -515,11 +515,7 @@ impl Driver {
         // of `states`, built for that code (refreshed together in `migrate`); `code` keeps
         // the library live; the plugin catches its own panics.
         let s = unsafe { push_one(env, states, x, &self.cx) };
-        Ok(match s {
-            status::CONTINUE => Pushed::Continue,
-            status::COMPLETE => Pushed::Complete { consumed: 1 },
-            _ => Pushed::Panicked { consumed: 1 },
-        })
+        Ok(Pushed::from_one(s))
     }
 
     /// Tells the chain its source completed; false if a user function panicked.
