@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, source_kind,
-    status,
+    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, status,
 };
 
 use crate::loader::LibVersion;
@@ -122,11 +121,6 @@ impl Pushed {
 }
 
 impl PipelineCode {
-    /// Whether the source is a `range` (batched, completes).
-    pub fn is_batch(&self) -> bool {
-        self.source.kind == source_kind::RANGE
-    }
-
     /// The library version this code belongs to.
     pub fn lib(&self) -> &Arc<LibVersion> {
         &self.lib

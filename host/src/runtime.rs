@@ -164,11 +164,6 @@ impl Runtime {
         }
     }
 
-    /// Names of the pipelines the runtime knows.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.pipelines.keys().map(String::as_str)
-    }
-
     /// Makes `code` the current code of its pipeline, starting the pipeline if needed.
     pub fn publish(&mut self, code: PipelineCode) -> Published {
         self.reap();

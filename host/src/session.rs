@@ -101,11 +101,6 @@ impl Session {
         })
     }
 
-    /// Asks for a rebuild as if a file had changed.
-    pub fn poke(&self) {
-        let _ = self.tx.send(Msg::Changed { finished: true });
-    }
-
     /// Waits for the reloader (it runs until [`Session::stop`]).
     pub fn wait(mut self) {
         if let Some(t) = self.thread.take() {

@@ -190,11 +190,6 @@ debug = false
         self.dir.path()
     }
 
-    /// The package name.
-    pub fn package(&self) -> &str {
-        &self.package
-    }
-
     /// Writes `content` to `rel` (creating directories) the way careful editors save: into a
     /// hidden temp file beside it, renamed into place, so the host never sees a half-written
     /// file (a truncate-then-write could be built in between on a loaded machine).
