@@ -12,9 +12,8 @@ use host::cargo::{self, BuildConfig};
 use host::code::PipelineCode;
 use host::events::{EventSink, HostEvent};
 use host::loader::{LibVersion, Loader};
-use host::reloader::plugin_manifest;
 use host::runtime::Publisher;
-use host::testkit::{Fixture, fixture_target_dir};
+use host::testkit::Fixture;
 
 /// A fixture plugin built with `--release` into the shared fixture target dir.
 #[derive(Debug)]
@@ -38,11 +37,7 @@ pub fn build_release(name: &str, source: &str) -> anyhow::Result<Built> {
 
 /// The build configuration of `fixture`, release.
 pub fn release_config(fixture: &Fixture) -> anyhow::Result<BuildConfig> {
-    Ok(BuildConfig {
-        manifest: plugin_manifest(fixture.path())?,
-        release: true,
-        target_dir: Some(fixture_target_dir()),
-    })
+    fixture.build_config(true)
 }
 
 /// One loaded plugin version, its pipelines ready to drive.

@@ -236,6 +236,16 @@ debug = false
         o.target_dir = Some(fixture_target_dir());
         o
     }
+
+    /// How to build this fixture directly with [`crate::cargo::build`] (tests that load
+    /// libraries themselves), into [`fixture_target_dir`].
+    pub fn build_config(&self, release: bool) -> anyhow::Result<crate::cargo::BuildConfig> {
+        Ok(crate::cargo::BuildConfig {
+            manifest: crate::reloader::plugin_manifest(self.path())?,
+            release,
+            target_dir: Some(fixture_target_dir()),
+        })
+    }
 }
 
 /// A host session whose events a test reads.

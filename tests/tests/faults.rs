@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use host::cargo::{self, BuildConfig};
+use host::cargo::{self};
 use host::events::{ChannelSink, HostEvent};
-use host::reloader::{Outcome, Reloader, plugin_manifest};
+use host::reloader::{Outcome, Reloader};
 use host::runtime::PanicPolicy;
-use host::testkit::{Fixture, Harness, TempDir, fixture_target_dir};
+use host::testkit::{Fixture, Harness, TempDir};
 use integration_tests::{COUNTER, assert_steps, reload_fields, reload_version, value};
 
 /// Waits for two more emissions of `counter` from `version`: the old code still runs.
@@ -149,11 +149,7 @@ fn bad_libraries_are_refused_and_old_code_kept() -> anyhow::Result<()> {
 #[test]
 fn truncated_library_is_refused() -> anyhow::Result<()> {
     let fixture = Fixture::new("truncated", COUNTER);
-    let config = BuildConfig {
-        manifest: plugin_manifest(fixture.path())?,
-        release: false,
-        target_dir: Some(fixture_target_dir()),
-    };
+    let config = fixture.build_config(false)?;
     let built = cargo::build(&config)?;
     let (tx, rx) = channel();
     let mut reloader = Reloader::new(config, Arc::new(ChannelSink(tx)), PanicPolicy::Drop)?;

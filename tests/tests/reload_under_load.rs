@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use host::cargo::{self, BuildConfig};
 use host::events::{ChannelSink, HostEvent};
-use host::reloader::{Outcome, Reloader, plugin_manifest};
+use host::reloader::{Outcome, Reloader};
 use host::runtime::PanicPolicy;
-use host::testkit::{Fixture, TempDir, fixture_target_dir};
+use host::testkit::{Fixture, TempDir};
 
 const LOAD: &str = r#"
 use plugin_api::prelude::*;
@@ -76,11 +76,7 @@ fn tally(text: &str) -> [u64; 5] {
 #[test]
 fn fifty_reloads_under_load_lose_and_repeat_nothing() -> anyhow::Result<()> {
     let fixture = Fixture::new("under_load", LOAD);
-    let config = BuildConfig {
-        manifest: plugin_manifest(fixture.path())?,
-        release: false,
-        target_dir: Some(fixture_target_dir()),
-    };
+    let config = fixture.build_config(false)?;
     let keep = TempDir::new("under-load-libs");
     let a = build_copy(&config, keep.path(), "liba.so")?;
     fixture.edit("src/lib.rs", "const TAG: u64 = 1;", "const TAG: u64 = 2;");
