@@ -46,6 +46,14 @@ pub enum LoadError {
         /// What is missing or wrong.
         reason: String,
     },
+    /// Cargo's library could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The library.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// `dlopen` refused the file (truncated, half-written, not a library, missing symbols).
     #[error("cannot open {path}: {source}")]
     Open {
@@ -182,6 +190,18 @@ impl Loader {
         built: &Path,
         version: u64,
     ) -> Result<(Arc<LibVersion>, std::time::Duration), LoadError> {
+        let bytes = read(built)?;
+        self.load_bytes(built, &bytes, version)
+    }
+
+    /// [`Loader::load`] of `bytes`, already read from `built` (by [`read`]): what is checked,
+    /// copied and mapped is exactly those bytes, whatever happens to cargo's file meanwhile.
+    pub fn load_bytes(
+        &self,
+        built: &Path,
+        bytes: &[u8],
+        version: u64,
+    ) -> Result<(Arc<LibVersion>, std::time::Duration), LoadError> {
         let file = built
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -198,14 +218,11 @@ impl Loader {
             to: path.clone(),
             source,
         };
-        // Read once and check what was read: the private copy is then exactly what was
-        // checked, whatever happens to cargo's file meanwhile.
-        let bytes = std::fs::read(built).map_err(copy_error)?;
-        check_complete(&bytes).map_err(|reason| LoadError::Incomplete {
+        check_complete(bytes).map_err(|reason| LoadError::Incomplete {
             path: built.to_owned(),
             reason,
         })?;
-        write_new(&path, &bytes).map_err(copy_error)?;
+        write_new(&path, bytes).map_err(copy_error)?;
         let opened = open(&path);
         // The mapping outlives the file: nothing of ours is left in the temp dir, however
         // many versions a session loads.
@@ -230,6 +247,15 @@ impl Loader {
         });
         Ok((lib, validate.elapsed()))
     }
+}
+
+/// Reads the library cargo built, once: the reloader hashes these bytes to skip an unchanged
+/// build and then loads the same bytes ([`Loader::load_bytes`]).
+pub fn read(built: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(built).map_err(|source| LoadError::Read {
+        path: built.to_owned(),
+        source,
+    })
 }
 
 /// Writes `bytes` to a file that must not exist yet.

@@ -151,7 +151,11 @@ impl Reloader {
     /// Loads a library that is already built (skips step 1), even one identical to the
     /// running version; used by tests and benchmarks.
     pub fn load_built(&mut self, library: &Path, build_ms: u64) -> Outcome {
-        let outcome = self.load_and_swap(library, build_ms);
+        let started = Instant::now();
+        let Some(bytes) = self.read_library(library) else {
+            return Outcome::LoadFailed;
+        };
+        let outcome = self.load_and_swap(library, &bytes, started, build_ms);
         self.timings.build = Duration::from_millis(build_ms);
         if matches!(outcome, Outcome::Loaded { .. }) {
             // Not hashed: the next build is loaded whatever it holds.
@@ -190,15 +194,20 @@ impl Reloader {
                 return Outcome::BuildFailed;
             }
         };
-        let hash = library_hash(&artifact.library);
-        if hash.is_some() && hash == self.running_library {
+        let started = Instant::now();
+        let Some(bytes) = self.read_library(&artifact.library) else {
+            return Outcome::LoadFailed;
+        };
+        let hash = Some(content_hash(&bytes));
+        if hash == self.running_library {
             self.unchanged += 1;
             self.sink.event(HostEvent::Unchanged {
                 build_ms: artifact.elapsed.as_millis() as u64,
             });
             return Outcome::Unchanged;
         }
-        let outcome = self.load_and_swap(&artifact.library, artifact.elapsed.as_millis() as u64);
+        let build_ms = artifact.elapsed.as_millis() as u64;
+        let outcome = self.load_and_swap(&artifact.library, &bytes, started, build_ms);
         self.timings.build = artifact.elapsed;
         if matches!(outcome, Outcome::Loaded { .. }) {
             self.running_library = hash;
@@ -206,10 +215,29 @@ impl Reloader {
         outcome
     }
 
-    fn load_and_swap(&mut self, library: &Path, build_ms: u64) -> Outcome {
-        let load_started = Instant::now();
+    /// The bytes of the library cargo built, read once; `None` after reporting why not.
+    fn read_library(&self, library: &Path) -> Option<Vec<u8>> {
+        match crate::loader::read(library) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.sink.event(HostEvent::LoadFailed {
+                    error: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Steps 2 to 6 on `bytes`, read from `library` at `load_started`.
+    fn load_and_swap(
+        &mut self,
+        library: &Path,
+        bytes: &[u8],
+        load_started: Instant,
+        build_ms: u64,
+    ) -> Outcome {
         let version = self.recorder.next_module();
-        let lib = match self.loader.load(library, version) {
+        let lib = match self.loader.load_bytes(library, bytes, version) {
             Ok((lib, validate)) => {
                 self.timings.validate = validate;
                 self.timings.load = load_started.elapsed() - validate;
@@ -420,13 +448,12 @@ struct Report {
     restarted: Vec<RestartInfo>,
 }
 
-/// A hash of the file at `path` (`None` if it cannot be read; the load then reports why).
-fn library_hash(path: &Path) -> Option<u64> {
+/// A hash of a library's bytes, to recognise a build identical to the running one.
+fn content_hash(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }
 
 /// The manifest of the plugin crate in `dir`, after checking that it is one.
