@@ -27,6 +27,13 @@ pub struct OpCode {
     pub kind: String,
     /// Its signature as registered (types and seed; the store's view of it).
     pub signature: Signature,
+    /// The identity of the state this operator takes over: the reloader gives a track a new
+    /// lineage whenever it reports the track's state reset (or the track new), and passes the
+    /// old one on when it reports it swapped. A driver keeps a slot only across equal
+    /// lineages, so what it does is what the report said, even when it jumps several
+    /// versions at once. 0: not reconciled (code loaded outside a reloader): the signature
+    /// alone decides.
+    pub lineage: u64,
     pub(crate) layout: Layout,
     pub(crate) init: InitFn,
     pub(crate) drop: DropStateFn,
@@ -37,6 +44,7 @@ impl OpCode {
     /// track with the same signature (the rule the reloader reports as `swapped`).
     pub fn keeps_state_of(&self, old: &OpCode) -> bool {
         self.track == old.track
+            && self.lineage == old.lineage
             && hmr_track::signature_change(&old.signature, &self.signature).is_none()
     }
 

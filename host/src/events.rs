@@ -83,6 +83,10 @@ pub enum HostEvent {
         removed_paths: Vec<String>,
         /// Each restarted pipeline, with the reason.
         restarts: Vec<RestartInfo>,
+        /// Pipelines whose thread is stuck inside a call into plugin code (a `stuck` event
+        /// named it): their new code is staged, not swapped, and runs if that call returns.
+        /// Their tracks are not counted in `swapped`.
+        stuck: Vec<String>,
         /// Milliseconds cargo took.
         build_ms: u64,
         /// Milliseconds to copy, open, check and register the library.
@@ -122,6 +126,20 @@ pub enum HostEvent {
         path: String,
         /// The panic's message.
         message: String,
+    },
+    /// A pipeline's source thread has been inside one call into plugin code for longer than
+    /// [`crate::runtime::STUCK_AFTER`] (a user function that loops or blocks): it emits
+    /// nothing and cannot take new code until that call returns. Reported once per call.
+    Stuck {
+        /// Pipeline name.
+        pipeline: String,
+        /// The structural path of the operator whose user function it is in.
+        path: String,
+        /// How long it has been inside that call.
+        seconds: f64,
+        /// Whether the pipeline was already removed or restarted: its old thread cannot be
+        /// stopped (threads cannot be killed) and keeps running until the host exits.
+        retired: bool,
     },
     /// A pipeline's source completed (or a `take` completed it).
     Completed {
@@ -218,6 +236,7 @@ fn human(event: &HostEvent, running: bool) -> String {
             swap_us,
             mapped_versions,
             live_versions,
+            stuck,
             ..
         } => {
             let mut s = format!(
@@ -241,6 +260,12 @@ fn human(event: &HostEvent, running: bool) -> String {
             for r in restarts {
                 s.push_str(&format!("\n[hmr]   restarted {}: {}", r.pipeline, r.reason));
             }
+            for p in stuck {
+                s.push_str(&format!(
+                    "\n[hmr]   not swapped {p}: its thread is stuck in plugin code; the new code \
+                     runs when that call returns"
+                ));
+            }
             s
         }
         HostEvent::Unchanged { build_ms } => {
@@ -258,6 +283,24 @@ fn human(event: &HostEvent, running: bool) -> String {
             path,
             message,
         } => format!("[hmr] error in {pipeline} at {path}: {message}"),
+        HostEvent::Stuck {
+            pipeline,
+            path,
+            seconds,
+            retired,
+        } => {
+            let mut s = format!(
+                "[hmr] warning: {pipeline} is stuck at {path}: one call has not returned for \
+                 {seconds:.1} s; it emits nothing and cannot take new code until it returns"
+            );
+            if *retired {
+                s.push_str(
+                    " (the pipeline was removed or restarted; its old thread cannot be killed \
+                     and keeps running until the host exits)",
+                );
+            }
+            s
+        }
         HostEvent::Completed {
             pipeline,
             emissions,
@@ -334,6 +377,7 @@ mod tests {
                     added_paths: vec![],
                     removed_paths: vec![],
                     restarts: vec![],
+                    stuck: vec!["slow".into()],
                     build_ms: 120,
                     load_ms: 1,
                     swap_us: 50,
@@ -353,6 +397,7 @@ mod tests {
                     ("swap_us", "number"),
                     ("tracks", "array"),
                     ("resets", "array"),
+                    ("stuck", "array"),
                 ],
             ),
             (
@@ -383,6 +428,21 @@ mod tests {
                 ],
             ),
             (
+                HostEvent::Stuck {
+                    pipeline: "slow".into(),
+                    path: "slow|0:map".into(),
+                    seconds: 2.1,
+                    retired: false,
+                },
+                "stuck",
+                vec![
+                    ("pipeline", "string"),
+                    ("path", "string"),
+                    ("seconds", "number"),
+                    ("retired", "boolean"),
+                ],
+            ),
+            (
                 HostEvent::Completed {
                     pipeline: "total".into(),
                     emissions: 1000,
@@ -407,6 +467,7 @@ mod tests {
                     serde_json::Value::Number(_) => "number",
                     serde_json::Value::String(_) => "string",
                     serde_json::Value::Array(_) => "array",
+                    serde_json::Value::Bool(_) => "boolean",
                     _ => "other",
                 };
                 assert_eq!(found, ty, "{name}.{field} in {json}");

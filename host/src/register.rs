@@ -171,6 +171,7 @@ impl Ctx<'_> {
                 .unwrap_or_default()
                 .into_owned(),
             signature: sig.clone(),
+            lineage: 0,
             layout,
             init: op.state.init,
             drop: op.state.drop,

@@ -78,6 +78,8 @@ pub struct Reloader {
     /// A hash of the bytes of the library running now (see [`Outcome::Unchanged`]).
     running_library: Option<u64>,
     unchanged: usize,
+    /// The state lineage of every live operator track (see [`crate::code::OpCode::lineage`]).
+    lineages: std::collections::HashMap<Id, u64>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -106,6 +108,7 @@ impl Reloader {
             timings: Timings::default(),
             running_library: None,
             unchanged: 0,
+            lineages: std::collections::HashMap::new(),
         })
     }
 
@@ -291,6 +294,7 @@ impl Reloader {
                 added_paths: report.added,
                 removed_paths: report.removed,
                 restarts: report.restarted,
+                stuck: report.stuck,
                 build_ms,
                 load_ms,
                 swap_us,
@@ -300,11 +304,14 @@ impl Reloader {
             }
         };
         self.sink.event(event);
-        if let Err(e) = self.runtime.launch() {
+        for (pipeline, e) in self.runtime.launch() {
             self.sink.event(HostEvent::Error {
-                pipeline: String::new(),
-                path: String::new(),
-                message: format!("cannot start a source thread: {e}"),
+                path: pipeline.clone(),
+                message: format!(
+                    "cannot start the source thread of {pipeline}: {e}; it does not run, and the \
+                     next reload tries again"
+                ),
+                pipeline,
             });
         }
         Outcome::Loaded { version: module }
@@ -349,8 +356,11 @@ impl Reloader {
                     }
                 }
             } else if track.module == module {
-                if track.created_by == module && self.current.is_some() {
-                    report.added.push(track.path.clone());
+                if track.created_by == module {
+                    self.lineages.insert(track.id, module);
+                    if self.current.is_some() {
+                        report.added.push(track.path.clone());
+                    }
                 }
             } else if track.module < module {
                 orphans.push(track);
@@ -373,6 +383,10 @@ impl Reloader {
         report.removed = orphans.iter().rev().map(|t| t.path.clone()).collect();
         let orphans: Vec<Id> = orphans.iter().map(|t| t.id).collect();
         for (id, outcome) in updates {
+            // The one decision: the drivers keep exactly the states reported as swapped.
+            if outcome != UpdateOutcome::Swapped || !self.lineages.contains_key(&id) {
+                self.lineages.insert(id, module);
+            }
             if let Err(e) = self.recorder.update(id, module, outcome) {
                 self.internal_error(&e);
             }
@@ -387,18 +401,24 @@ impl Reloader {
             }
         }
         for id in orphans {
+            self.lineages.remove(&id);
             if let Err(e) = self.recorder.update(id, module, UpdateOutcome::Removed) {
                 self.internal_error(&e);
             }
         }
-        for code in pipelines {
+        for mut code in pipelines {
+            for op in &mut code.ops {
+                op.lineage = self.lineages.get(&op.track).copied().unwrap_or(module);
+            }
             let name = code.name.clone();
             let track = code.track;
-            if let Published::Restarted(why) = self.runtime.publish(code) {
-                report.restarted.push(RestartInfo {
+            match self.runtime.publish(code) {
+                Published::Restarted(why) => report.restarted.push(RestartInfo {
                     pipeline: name.clone(),
                     reason: why.to_string(),
-                });
+                }),
+                Published::Stuck => report.stuck.push(name.clone()),
+                Published::Swapped | Published::Started => {}
             }
             if !self.subscriptions.contains_key(&name) {
                 match self.recorder.subscribe(track) {
@@ -409,20 +429,22 @@ impl Reloader {
                 }
             }
         }
-        // A restarted pipeline runs the new code from fresh state: its tracks were not
-        // swapped with their state kept, whatever their signatures say.
+        // A restarted pipeline runs the new code from fresh state, and a stuck one cannot
+        // take it yet: their tracks were not swapped, whatever their signatures say.
         let restarted_track = |id: &Id| {
             let Some(path) = self.recorder.state.track(*id).map(|t| t.path.as_str()) else {
                 return false;
             };
-            report.restarted.iter().any(|r| {
-                path == r.pipeline
+            let under = |pipeline: &str| {
+                path == pipeline
                     || path
-                        .strip_prefix(r.pipeline.as_str())
+                        .strip_prefix(pipeline)
                         .is_some_and(|rest| rest.starts_with('|'))
-            })
+            };
+            report.restarted.iter().any(|r| under(&r.pipeline))
+                || report.stuck.iter().any(|p| under(p))
         };
-        report.swapped = if report.restarted.is_empty() {
+        report.swapped = if report.restarted.is_empty() && report.stuck.is_empty() {
             swapped.len()
         } else {
             swapped.iter().filter(|id| !restarted_track(id)).count()
@@ -446,6 +468,7 @@ struct Report {
     added: Vec<String>,
     removed: Vec<String>,
     restarted: Vec<RestartInfo>,
+    stuck: Vec<String>,
 }
 
 /// A hash of a library's bytes, to recognise a build identical to the running one.

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,21 @@ use crate::events::{HostEvent, Sink};
 
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
+
+/// How long a source thread may stay inside one call into plugin code before the watchdog
+/// reports it as stuck (a user function that loops, or blocks for good).
+pub const STUCK_AFTER: Duration = Duration::from_secs(2);
+
+/// How often the watchdog looks at the source threads.
+const WATCHDOG_TICK: Duration = Duration::from_millis(100);
+
+/// The stack of a source thread. Plugin code runs on it: a stack overflow there aborts the
+/// whole host (Rust cannot recover from one), so it gets more than std's 2 MiB default.
+pub const SOURCE_THREAD_STACK: usize = 16 << 20;
+
+/// How long shutdown waits for source threads to finish the emission they are in; a thread
+/// stuck in plugin code is left behind (it cannot be killed) and ends with the process.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What a panic in a user function does to its subscription.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,14 +65,58 @@ pub enum Ended {
     Errored,
     /// The host stopped it.
     Stopped,
+    /// Its thread could not be started.
+    NotStarted,
 }
 
 /// What the source thread and the reloader share.
 struct Shared {
     generation: AtomicU64,
+    /// The newest committed code: a version is stored here only after its reload was reported
+    /// (code and generation are published together, see [`Publisher::publish`]).
     code: ArcSwap<PipelineCode>,
     stop: AtomicBool,
     ended: AtomicU64,
+    /// Calls into plugin code begun plus calls finished: odd while the thread is inside one.
+    /// Written by the driver with plain stores, read by the watchdog.
+    calls: AtomicU64,
+    /// The operator whose user function the running call last entered (the plugin writes it
+    /// through [`EmitCx::current_op`]).
+    op: AtomicU32,
+    /// The operator paths of the code the driver runs (index = operator number).
+    paths: ArcSwap<Vec<String>>,
+    /// Set by the watchdog while the thread has been inside one call for [`STUCK_AFTER`].
+    stuck: AtomicBool,
+}
+
+impl Shared {
+    fn new(code: PipelineCode) -> Shared {
+        let paths = code.ops.iter().map(|o| o.path.clone()).collect();
+        Shared {
+            generation: AtomicU64::new(0),
+            code: ArcSwap::from_pointee(code),
+            stop: AtomicBool::new(false),
+            ended: AtomicU64::new(ended_code(Ended::Running)),
+            calls: AtomicU64::new(0),
+            op: AtomicU32::new(u32::MAX),
+            paths: ArcSwap::from_pointee(paths),
+            stuck: AtomicBool::new(false),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.code.load().name.clone()
+    }
+
+    /// The path of the operator the running call is in, or the pipeline's name.
+    fn current_path(&self) -> String {
+        let op = self.op.load(Ordering::Relaxed) as usize;
+        self.paths
+            .load()
+            .get(op)
+            .cloned()
+            .unwrap_or_else(|| self.name())
+    }
 }
 
 fn ended_code(e: Ended) -> u64 {
@@ -66,6 +125,7 @@ fn ended_code(e: Ended) -> u64 {
         Ended::Completed => 1,
         Ended::Errored => 2,
         Ended::Stopped => 3,
+        Ended::NotStarted => 4,
     }
 }
 
@@ -74,6 +134,7 @@ fn ended_from(v: u64) -> Ended {
         1 => Ended::Completed,
         2 => Ended::Errored,
         3 => Ended::Stopped,
+        4 => Ended::NotStarted,
         _ => Ended::Running,
     }
 }
@@ -84,8 +145,9 @@ struct Running {
     source: SourceDesc,
     /// Published but not started yet (see [`Runtime::launch`]).
     waiting: bool,
-    /// New code staged but not committed yet (see [`Runtime::launch`]).
-    staged: bool,
+    /// New code staged but not committed yet (see [`Runtime::launch`]). Held here, on the
+    /// reloader's side, so the source thread cannot see it before it is committed.
+    staged: Option<PipelineCode>,
 }
 
 impl Running {
@@ -99,6 +161,19 @@ impl Running {
     }
 }
 
+/// Starts a source thread: its name and body. Replaceable so tests can make it fail.
+pub type Spawner = fn(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>>;
+
+fn spawn_source_thread(
+    name: String,
+    body: Box<dyn FnOnce() + Send>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(SOURCE_THREAD_STACK)
+        .spawn(body)
+}
+
 /// The running pipelines, by name.
 pub struct Runtime {
     sink: Sink,
@@ -107,7 +182,111 @@ pub struct Runtime {
     /// Threads asked to stop and not joined yet: the reloader never waits for a source
     /// thread (a user function may be slow, or loop forever); they are joined once they have
     /// finished, or at shutdown.
-    retired: Vec<JoinHandle<()>>,
+    retired: Vec<(Arc<Shared>, JoinHandle<()>)>,
+    spawner: Spawner,
+    watchdog: Watchdog,
+}
+
+/// A thread that reports source threads stuck inside one call into plugin code.
+struct Watchdog {
+    watched: Arc<Mutex<Vec<Watched>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Watched {
+    shared: Arc<Shared>,
+    /// Whether the pipeline was removed or restarted (its thread was told to stop).
+    retired: bool,
+    /// The `calls` value last seen odd, and since when.
+    seen: Option<(u64, Instant)>,
+}
+
+impl Watchdog {
+    fn start(sink: Sink, stuck_after: Duration) -> Watchdog {
+        let watched: Arc<Mutex<Vec<Watched>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, s) = (watched.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("hmr-watchdog".to_owned())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    std::thread::park_timeout(WATCHDOG_TICK);
+                    let mut list = w.lock().unwrap_or_else(|p| p.into_inner());
+                    list.retain(|x| {
+                        !(x.retired
+                            && ended_from(x.shared.ended.load(Ordering::Acquire)) != Ended::Running)
+                    });
+                    for x in list.iter_mut() {
+                        watch_one(x, &sink, stuck_after);
+                    }
+                }
+            })
+            .ok();
+        Watchdog {
+            watched,
+            stop,
+            thread,
+        }
+    }
+
+    fn watch(&self, shared: &Arc<Shared>) {
+        self.lock().push(Watched {
+            shared: shared.clone(),
+            retired: false,
+            seen: None,
+        });
+    }
+
+    fn retire(&self, shared: &Arc<Shared>) {
+        if let Some(x) = self
+            .lock()
+            .iter_mut()
+            .find(|x| Arc::ptr_eq(&x.shared, shared))
+        {
+            x.retired = true;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Watched>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch_one(x: &mut Watched, sink: &Sink, stuck_after: Duration) {
+    let calls = x.shared.calls.load(Ordering::Relaxed);
+    if calls.is_multiple_of(2) {
+        x.seen = None;
+        x.shared.stuck.store(false, Ordering::Release);
+        return;
+    }
+    match x.seen {
+        Some((c, since)) if c == calls => {
+            if since.elapsed() >= stuck_after && !x.shared.stuck.swap(true, Ordering::AcqRel) {
+                let pipeline = x.shared.name();
+                sink.event(HostEvent::Stuck {
+                    path: x.shared.current_path(),
+                    pipeline,
+                    seconds: since.elapsed().as_secs_f64(),
+                    retired: x.retired,
+                });
+            }
+        }
+        _ => {
+            x.seen = Some((calls, Instant::now()));
+            x.shared.stuck.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -127,6 +306,9 @@ pub enum Published {
     Restarted(Restart),
     /// It is new: started.
     Started,
+    /// Its thread is stuck inside a call into plugin code (see [`STUCK_AFTER`]): the new
+    /// code is staged and runs once that call returns, if it ever does.
+    Stuck,
 }
 
 /// Why a known pipeline was started afresh instead of swapped.
@@ -140,6 +322,8 @@ pub enum Restart {
     Errored,
     /// Its source had stopped (an interval schedule beyond what a clock can represent).
     Stopped,
+    /// Its thread could not be started at the last reload.
+    NotStarted,
 }
 
 impl std::fmt::Display for Restart {
@@ -149,6 +333,7 @@ impl std::fmt::Display for Restart {
             Restart::Completed => "it had completed",
             Restart::Errored => "it had ended with an error",
             Restart::Stopped => "its source had stopped",
+            Restart::NotStarted => "its thread could not be started",
         })
     }
 }
@@ -157,14 +342,22 @@ impl Runtime {
     /// A runtime reporting to `sink`.
     pub fn new(sink: Sink, policy: PanicPolicy) -> Runtime {
         Runtime {
+            watchdog: Watchdog::start(sink.clone(), STUCK_AFTER),
             sink,
             policy,
             pipelines: BTreeMap::new(),
             retired: Vec::new(),
+            spawner: spawn_source_thread,
         }
     }
 
-    /// Makes `code` the current code of its pipeline, starting the pipeline if needed.
+    /// Replaces how source threads are started (tests use it to make a start fail).
+    pub fn set_spawner(&mut self, spawner: Spawner) {
+        self.spawner = spawner;
+    }
+
+    /// Makes `code` the current code of its pipeline at the next [`Runtime::launch`],
+    /// starting the pipeline if needed.
     pub fn publish(&mut self, code: PipelineCode) -> Published {
         self.reap();
         let name = code.name.clone();
@@ -177,14 +370,18 @@ impl Runtime {
                 Ended::Completed => Some(Restart::Completed),
                 Ended::Errored => Some(Restart::Errored),
                 Ended::Stopped => Some(Restart::Stopped),
+                Ended::NotStarted => Some(Restart::NotStarted),
             }
         });
         match restart {
             Some(None) => {
-                let r = &mut self.pipelines.get_mut(&name).expect("checked above");
-                r.publisher.stage(code);
-                r.staged = true;
-                Published::Swapped
+                let r = self.pipelines.get_mut(&name).expect("checked above");
+                r.staged = Some(code);
+                if r.publisher.shared.stuck.load(Ordering::Acquire) {
+                    Published::Stuck
+                } else {
+                    Published::Swapped
+                }
             }
             Some(Some(why)) => {
                 self.remove(&name);
@@ -202,8 +399,8 @@ impl Runtime {
     fn reap(&mut self) {
         let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
             .into_iter()
-            .partition(|t| t.is_finished());
-        for t in done {
+            .partition(|(_, t)| t.is_finished());
+        for (_, t) in done {
             let _ = t.join();
         }
         self.retired = live;
@@ -220,7 +417,7 @@ impl Runtime {
                 thread: None,
                 source,
                 waiting: true,
-                staged: false,
+                staged: None,
             },
         );
     }
@@ -228,13 +425,15 @@ impl Runtime {
     /// Makes what [`Runtime::publish`] did take effect: commits staged code (running
     /// pipelines switch at their next emission) and starts the source threads of new and
     /// restarted pipelines. Split from `publish` so a reload reports itself before any value
-    /// of the new version is emitted.
-    pub fn launch(&mut self) -> std::io::Result<()> {
+    /// of the new version is emitted. Returns the pipelines whose thread could not be
+    /// started, with the cause: they count as not started, and the next reload starts them.
+    pub fn launch(&mut self) -> Vec<(String, std::io::Error)> {
         for r in self.pipelines.values_mut() {
-            if std::mem::take(&mut r.staged) {
-                r.publisher.commit();
+            if let Some(code) = r.staged.take() {
+                r.publisher.publish(code);
             }
         }
+        let mut failed = Vec::new();
         for (name, r) in &mut self.pipelines {
             if !r.waiting {
                 continue;
@@ -243,20 +442,29 @@ impl Runtime {
             let shared = r.publisher.shared.clone();
             let sink = self.sink.clone();
             let policy = self.policy;
-            let thread = std::thread::Builder::new()
-                .name(format!("hmr-src-{name}"))
-                .spawn(move || {
-                    let ended =
-                        match catch_unwind(AssertUnwindSafe(|| run_source(&shared, &sink, policy)))
-                        {
-                            Ok(e) => e,
-                            Err(_) => Ended::Errored,
-                        };
-                    shared.ended.store(ended_code(ended), Ordering::Release);
-                })?;
-            r.thread = Some(thread);
+            let body = Box::new(move || {
+                let ended = match catch_unwind(AssertUnwindSafe(|| run_source(&shared, &sink, policy)))
+                {
+                    Ok(e) => e,
+                    Err(_) => Ended::Errored,
+                };
+                shared.ended.store(ended_code(ended), Ordering::Release);
+            });
+            match (self.spawner)(format!("hmr-src-{name}"), body) {
+                Ok(thread) => {
+                    self.watchdog.watch(&r.publisher.shared);
+                    r.thread = Some(thread);
+                }
+                Err(e) => {
+                    r.publisher
+                        .shared
+                        .ended
+                        .store(ended_code(Ended::NotStarted), Ordering::Release);
+                    failed.push((name.clone(), e));
+                }
+            }
         }
-        Ok(())
+        failed
     }
 
     /// Stops and forgets the pipeline `name` without waiting for its thread, which finishes
@@ -264,7 +472,11 @@ impl Runtime {
     pub fn remove(&mut self, name: &str) -> bool {
         match self.pipelines.remove(name) {
             Some(mut r) => {
-                self.retired.extend(r.signal_stop());
+                let shared = r.publisher.shared.clone();
+                self.watchdog.retire(&shared);
+                if let Some(t) = r.signal_stop() {
+                    self.retired.push((shared, t));
+                }
                 true
             }
             None => false,
@@ -284,6 +496,30 @@ impl Runtime {
             .collect()
     }
 
+    /// The pipelines whose thread the watchdog found stuck inside one call into plugin code
+    /// for [`STUCK_AFTER`] or more, with the operator path it is in.
+    pub fn stuck(&self) -> Vec<(String, String)> {
+        self.pipelines
+            .iter()
+            .filter(|(_, r)| r.publisher.shared.stuck.load(Ordering::Acquire))
+            .map(|(n, r)| (n.clone(), r.publisher.shared.current_path()))
+            .collect()
+    }
+
+    /// Threads of removed or restarted pipelines that are stuck in plugin code: they cannot
+    /// be stopped (Rust threads cannot be killed) and end with the process.
+    pub fn stuck_retired(&self) -> usize {
+        self.retired
+            .iter()
+            .filter(|(s, t)| !t.is_finished() && s.stuck.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// The publisher of the pipeline `name` (tests drive a second driver with it).
+    pub fn publisher(&self, name: &str) -> Option<Publisher> {
+        self.pipelines.get(name).map(|r| r.publisher.clone())
+    }
+
     /// Waits until every pipeline's source thread has ended (completed or errored).
     pub fn join_all(&mut self) {
         for r in self.pipelines.values_mut() {
@@ -294,13 +530,23 @@ impl Runtime {
     }
 
     /// Stops every pipeline and waits for their threads (shutdown: each finishes the
-    /// emission it is in).
+    /// emission it is in), for [`SHUTDOWN_GRACE`] at most: a thread stuck in plugin code
+    /// cannot be stopped and is left to end with the process.
     pub fn stop_all(&mut self) {
-        for (_, mut r) in std::mem::take(&mut self.pipelines) {
-            self.retired.extend(r.signal_stop());
+        for name in self.pipelines.keys().cloned().collect::<Vec<_>>() {
+            self.remove(&name);
         }
-        for t in std::mem::take(&mut self.retired) {
-            let _ = t.join();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        for (shared, t) in std::mem::take(&mut self.retired) {
+            while !t.is_finished() && Instant::now() < deadline {
+                if shared.stuck.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -372,31 +618,16 @@ impl Publisher {
     /// A pipeline whose first code is `code`; pair it with a [`Driver`].
     pub fn new(code: PipelineCode) -> Publisher {
         Publisher {
-            shared: Arc::new(Shared {
-                generation: AtomicU64::new(0),
-                code: ArcSwap::from_pointee(code),
-                stop: AtomicBool::new(false),
-                ended: AtomicU64::new(ended_code(Ended::Running)),
-            }),
+            shared: Arc::new(Shared::new(code)),
         }
     }
 
     /// Makes `code` current: one store, then a generation bump the driver sees at its next
-    /// push. Never waits for the driver.
+    /// push. Never waits for the driver. Code and generation go together: whatever code a
+    /// driver finds here was published (so reported) before it, never staged ahead of its
+    /// report (staging is the reloader's business, see [`Runtime::launch`]).
     pub fn publish(&self, code: PipelineCode) {
-        self.stage(code);
-        self.commit();
-    }
-
-    /// Stores `code` without telling the driver: it keeps running the code it has until
-    /// [`Publisher::commit`].
-    pub fn stage(&self, code: PipelineCode) {
         self.shared.code.store(Arc::new(code));
-    }
-
-    /// Tells the driver about the code staged last: one generation bump, seen at its next
-    /// push.
-    pub fn commit(&self) {
         self.shared.generation.fetch_add(1, Ordering::Release);
     }
 
@@ -421,6 +652,8 @@ pub struct Driver {
     /// asserts nothing about pointers taken from it.
     host: Rc<HostCx>,
     cx: EmitCx,
+    /// Calls into plugin code begun plus finished (mirrored to `shared.calls`).
+    calls: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -448,8 +681,12 @@ impl Driver {
             host: Rc::as_ptr(&host).cast_mut().cast::<c_void>(),
             log: cb_log,
             error: cb_error,
+            // `shared` is held by the driver, so the pointer outlives every call.
+            current_op: &raw const shared.op,
         };
+        shared.paths.store(Arc::new(host.paths.borrow().clone()));
         let (push_one, env) = code.push_one_raw();
+        let calls = shared.calls.load(Ordering::Relaxed);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
             shared,
@@ -458,7 +695,16 @@ impl Driver {
             states,
             host,
             cx,
+            calls,
         })
+    }
+
+    /// Marks the start (odd) or the end (even) of a call into plugin code, for the watchdog.
+    /// A plain store: only this thread writes the counter.
+    #[inline(always)]
+    fn mark_call(&mut self) {
+        self.calls += 1;
+        self.shared.calls.store(self.calls, Ordering::Relaxed);
     }
 
     /// The plugin version whose code the next push runs (after a refresh).
@@ -486,6 +732,9 @@ impl Driver {
         self.generation = g;
         self.host.version.set(new.version);
         *self.host.paths.borrow_mut() = new.ops.iter().map(|o| o.path.clone()).collect();
+        self.shared
+            .paths
+            .store(Arc::new(self.host.paths.borrow().clone()));
         let (push_one, env) = new.push_one_raw();
         self.hot = (push_one, env, self.states.as_ptr());
         // The old code is dropped here if nothing else holds it.
@@ -497,26 +746,38 @@ impl Driver {
     /// one version. Fails only when a state could not be seeded for new code.
     #[inline]
     pub fn push(&mut self, items: &[u64]) -> Result<Pushed, String> {
-        self.refresh()?;
-        Ok(self.code.push(&self.states, items, &self.cx))
+        self.mark_call();
+        let r = self
+            .refresh()
+            .map(|()| self.code.push(&self.states, items, &self.cx));
+        self.mark_call();
+        r
     }
 
     /// Runs one value through the newest code (a push source's emission).
     #[inline]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
-        self.refresh()?;
-        let (push_one, env, states) = self.hot;
-        // SAFETY: `hot` holds the current code's entry point and closures and the slot array
-        // of `states`, built for that code (refreshed together in `migrate`); `code` keeps
-        // the library live; the plugin catches its own panics.
-        let s = unsafe { push_one(env, states, x, &self.cx) };
-        Ok(Pushed::from_one(s))
+        self.mark_call();
+        let r = self.refresh().map(|()| {
+            let (push_one, env, states) = self.hot;
+            // SAFETY: `hot` holds the current code's entry point and closures and the slot
+            // array of `states`, built for that code (refreshed together in `migrate`); `code`
+            // keeps the library live; the plugin catches its own panics.
+            let s = unsafe { push_one(env, states, x, &self.cx) };
+            Pushed::from_one(s)
+        });
+        self.mark_call();
+        r
     }
 
     /// Tells the chain its source completed; false if a user function panicked.
     pub fn complete(&mut self) -> Result<bool, String> {
-        self.refresh()?;
-        Ok(self.code.complete(&self.states, &self.cx))
+        self.mark_call();
+        let r = self
+            .refresh()
+            .map(|()| self.code.complete(&self.states, &self.cx));
+        self.mark_call();
+        r
     }
 
     fn stopped(&self) -> bool {

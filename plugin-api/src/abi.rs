@@ -23,7 +23,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -151,6 +151,10 @@ pub struct EmitCx {
     pub log: unsafe extern "C" fn(host: *mut c_void, op: u32, text: RStr),
     /// Operator number `op` panicked with `message`.
     pub error: unsafe extern "C" fn(host: *mut c_void, op: u32, message: RStr),
+    /// Where the plugin writes the number of the operator whose user function it is about to
+    /// run (a relaxed store, read by the host's watchdog to name the operator a stuck call is
+    /// in). Never null; valid for the call.
+    pub current_op: *const core::sync::atomic::AtomicU32,
 }
 
 /// Run the chain on `n` source values.

@@ -143,6 +143,8 @@ impl Cx<'_> {
                 }
             }
         }
+        // SAFETY: the host passes a `current_op` valid for the call (`EmitCx` documents it).
+        unsafe { (*self.emit.current_op).store(op, core::sync::atomic::Ordering::Relaxed) };
         let guard = Guard(&self.panicked_op, op);
         let r = f();
         core::mem::forget(guard);
