@@ -164,7 +164,9 @@ impl Running {
 /// Starts a source thread: its name and body. Replaceable so tests can make it fail.
 pub type Spawner = fn(String, Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>>;
 
-fn spawn_source_thread(
+/// How the runtime starts source threads (the default [`Spawner`]): named, with
+/// [`SOURCE_THREAD_STACK`].
+pub fn spawn_source_thread(
     name: String,
     body: Box<dyn FnOnce() + Send>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -443,11 +445,11 @@ impl Runtime {
             let sink = self.sink.clone();
             let policy = self.policy;
             let body = Box::new(move || {
-                let ended = match catch_unwind(AssertUnwindSafe(|| run_source(&shared, &sink, policy)))
-                {
-                    Ok(e) => e,
-                    Err(_) => Ended::Errored,
-                };
+                let ended =
+                    match catch_unwind(AssertUnwindSafe(|| run_source(&shared, &sink, policy))) {
+                        Ok(e) => e,
+                        Err(_) => Ended::Errored,
+                    };
                 shared.ended.store(ended_code(ended), Ordering::Release);
             });
             match (self.spawner)(format!("hmr-src-{name}"), body) {

@@ -83,3 +83,50 @@ pub fn assert_steps(emissions: &[(u64, String)], start: i64, step_of: impl Fn(u6
         previous = value(v);
     }
 }
+
+/// Builds `config` with cargo and copies the library to `keep/name` (a later build of the
+/// same fixture overwrites cargo's file, not the copy).
+pub fn build_copy(
+    config: &host::cargo::BuildConfig,
+    keep: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let built = host::cargo::build(config)?;
+    let path = keep.join(name);
+    std::fs::copy(&built.library, &path)?;
+    Ok(path)
+}
+
+/// A reloader for `config` whose events arrive on the returned channel.
+pub fn channel_reloader(
+    config: host::cargo::BuildConfig,
+) -> anyhow::Result<(
+    host::reloader::Reloader,
+    std::sync::mpsc::Receiver<HostEvent>,
+)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = host::reloader::Reloader::new(
+        config,
+        std::sync::Arc::new(host::events::ChannelSink(tx)),
+        host::runtime::PanicPolicy::Drop,
+    )?;
+    Ok((r, rx))
+}
+
+/// The next event on `rx` that `pred` accepts, within `timeout`.
+pub fn next_matching(
+    rx: &std::sync::mpsc::Receiver<HostEvent>,
+    timeout: std::time::Duration,
+    mut pred: impl FnMut(&HostEvent) -> bool,
+) -> anyhow::Result<HostEvent> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = rx
+            .recv_timeout(left)
+            .map_err(|_| anyhow::anyhow!("no matching event within {timeout:?}"))?;
+        if pred(&e) {
+            return Ok(e);
+        }
+    }
+}
