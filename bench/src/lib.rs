@@ -58,7 +58,8 @@ pub fn load_codes(
 ) -> anyhow::Result<(Arc<LibVersion>, Vec<PipelineCode>)> {
     let (lib, _) = loader.load(library, version)?;
     let mut recorder = hmr_track::Recorder::new();
-    let (_, codes) = host::register::register(&lib, &mut recorder)?;
+    let (_, codes) =
+        host::register::register(&lib, &mut recorder, host::register::REGISTER_DEADLINE)?;
     Ok((lib, codes))
 }
 

@@ -8,10 +8,10 @@
 //! pipeline collected so far is dropped.
 
 use std::alloc::Layout;
-use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hmr_track::{Fingerprint, Id, ModuleId, ModuleOutcome, Recorder, Signature};
 use plugin_api::abi::{self, HostApi, PipelineDesc, RFingerprint, RSignature, RStr};
@@ -29,25 +29,35 @@ pub struct RegisterError {
     pub reason: String,
 }
 
-struct Ctx<'a> {
-    recorder: &'a mut Recorder,
+/// What the plugin's registration said, collected on the thread that runs it (see
+/// [`register`]): the track scopes it opened and closed, in order, and the pipelines it
+/// compiled. Handles given to the plugin are indexes into `tracks` + 1; the store's ids are
+/// assigned when the calls are replayed into it, on the reloader's thread.
+struct Ctx {
     lib: Arc<LibVersion>,
     version: u64,
-    signatures: HashMap<Id, Signature>,
+    calls: Vec<Call>,
+    /// The kind, key and signature of each track scope opened, by handle - 1.
+    tracks: Vec<(String, Option<String>, Signature)>,
+    /// Pipelines as compiled, with handles where track ids will go.
     pipelines: Vec<PipelineCode>,
     error: Option<String>,
 }
 
-/// Handles are track ids + 1, so that 0 can mean "refused".
-fn handle(id: Id) -> u64 {
-    id + 1
+/// One registration call, in order.
+enum Call {
+    /// A track scope opened (handle = index into `Ctx::tracks` + 1).
+    Open,
+    /// The scope with this handle closed.
+    Close(u64),
 }
 
-fn track_of(handle: u64) -> Option<Id> {
-    handle.checked_sub(1)
+/// Handles are indexes + 1, so that 0 can mean "refused".
+fn track_of(handle: u64) -> Option<usize> {
+    (handle as usize).checked_sub(1)
 }
 
-impl Ctx<'_> {
+impl Ctx {
     fn fail(&mut self, reason: String) {
         if self.error.is_none() {
             self.error = Some(reason);
@@ -58,51 +68,22 @@ impl Ctx<'_> {
         if self.error.is_some() {
             return 0;
         }
-        let result = (|| {
-            // Operators' signatures are kept for their state slots; other scopes need none.
-            let (given, kept) = if matches!(kind, "pipeline" | "scope") {
-                (sig, None)
-            } else {
-                (sig.clone(), Some(sig))
-            };
-            let track = self.recorder.track_call(kind, key, given)?;
-            match kind {
-                "pipeline" => {
-                    let e = self.recorder.pipeline_call(key.unwrap_or_default())?;
-                    self.recorder.pipeline_call_return(e)?;
-                }
-                "scope" => {}
-                _ => {
-                    let e = self.recorder.operator_call(kind)?;
-                    self.recorder.operator_call_return(e)?;
-                }
-            }
-            Ok::<(Id, Option<Signature>), hmr_track::ApplyError>((track, kept))
-        })();
-        match result {
-            Ok((track, sig)) => {
-                if let Some(sig) = sig {
-                    self.signatures.insert(track, sig);
-                }
-                handle(track)
-            }
-            Err(e) => {
-                self.fail(e.to_string());
-                0
-            }
-        }
+        self.tracks
+            .push((kind.to_owned(), key.map(str::to_owned), sig));
+        self.calls.push(Call::Open);
+        self.tracks.len() as u64
     }
 
     fn track_call_return(&mut self, handle: u64) {
         if self.error.is_some() {
             return;
         }
-        let Some(track) = track_of(handle) else {
-            return self.fail("track-call-return for a refused track".to_owned());
-        };
-        if let Err(e) = self.recorder.track_call_return(track) {
-            self.fail(e.to_string());
+        if track_of(handle).is_none_or(|i| i >= self.tracks.len()) {
+            return self.fail(format!(
+                "track-call-return for an unknown track handle {handle}"
+            ));
         }
+        self.calls.push(Call::Close(handle));
     }
 
     fn add_pipeline(&mut self, desc: &PipelineDesc) {
@@ -112,7 +93,8 @@ impl Ctx<'_> {
             name: unsafe { desc.name.to_string_lossy() }
                 .unwrap_or_default()
                 .into_owned(),
-            track: track_of(desc.track).unwrap_or(Id::MAX),
+            // A handle for now: replaced by the track's id in `replay`.
+            track: desc.track,
             version: self.version,
             source: desc.source,
             ops: Vec::new(),
@@ -149,8 +131,8 @@ impl Ctx<'_> {
     }
 
     fn op_code(&self, op: &abi::OpDesc) -> Result<OpCode, String> {
-        let track = track_of(op.track).ok_or("its track was refused")?;
-        let sig = self.signatures.get(&track).ok_or_else(|| {
+        let index = track_of(op.track).ok_or("its track was refused")?;
+        let (_, _, sig) = self.tracks.get(index).ok_or_else(|| {
             format!(
                 "track handle {} was not returned by a track-call of this run",
                 op.track
@@ -164,7 +146,8 @@ impl Ctx<'_> {
             )
         })?;
         Ok(OpCode {
-            track,
+            // A handle for now: replaced by the track's id in `replay`.
+            track: op.track,
             path: String::new(),
             // SAFETY: the plugin passes a kind valid for the call.
             kind: unsafe { op.kind.to_string_lossy() }
@@ -208,9 +191,9 @@ fn signature(kind: &str, sig: &RSignature) -> Signature {
 /// # Safety
 /// `ctx` must be the `Ctx` that `register` put in the `HostApi`, alive and not otherwise
 /// borrowed for the duration of the call.
-unsafe fn with_ctx<R>(ctx: *mut c_void, fallback: R, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
+unsafe fn with_ctx<R>(ctx: *mut c_void, fallback: R, f: impl FnOnce(&mut Ctx) -> R) -> R {
     // SAFETY: guaranteed by the caller.
-    let ctx = unsafe { &mut *ctx.cast::<Ctx<'_>>() };
+    let ctx = unsafe { &mut *ctx.cast::<Ctx>() };
     match catch_unwind(AssertUnwindSafe(|| f(ctx))) {
         Ok(r) => r,
         Err(_) => {
@@ -258,26 +241,70 @@ unsafe extern "C" fn cb_fail(ctx: *mut c_void, message: RStr) {
     }
 }
 
+/// How long a plugin's `register` may run before the host gives up on it
+/// ([`RegisterError`] says it did not return).
+pub const REGISTER_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Runs the registration of `lib` as module `version` of `recorder`. On success returns the
 /// compiled pipelines, operator paths filled in; on failure the run is rolled back in the
 /// store and nothing of it remains.
+///
+/// The plugin's `register` runs on a thread of its own and what it says is collected there;
+/// the store only sees it afterwards, replayed on the caller's thread. So a `register` that
+/// never returns (a loop, a blocked call) costs the caller `deadline`, not its thread: it
+/// gets an error and the store is untouched. The stuck thread cannot be stopped; it keeps
+/// `lib` (and what it allocated) alive, and counts among the live versions.
 pub fn register(
     lib: &Arc<LibVersion>,
     recorder: &mut Recorder,
+    deadline: Duration,
 ) -> Result<(ModuleId, Vec<PipelineCode>), RegisterError> {
     let library = lib.built().display().to_string();
     let fail = |reason: String| RegisterError {
         library: library.clone(),
         reason,
     };
-    let module = recorder
-        .module_call(&library)
-        .map_err(|e| fail(e.to_string()))?;
+    let version = recorder.next_module();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let run_lib = lib.clone();
+    std::thread::Builder::new()
+        .name(format!("hmr-register-v{version}"))
+        .stack_size(crate::runtime::SOURCE_THREAD_STACK)
+        .spawn(move || {
+            let _ = tx.send(collect(run_lib, version));
+        })
+        .map_err(|e| fail(format!("cannot start the registration thread: {e}")))?;
+    let ctx = match rx.recv_timeout(deadline) {
+        Ok(ctx) => ctx,
+        Err(_) => {
+            let reason = format!(
+                "register() of v{version} did not return within {deadline:?} (a loop or a \
+                 blocking call in the plugin's registration?); the thread running it cannot be \
+                 stopped and keeps v{version} mapped and live"
+            );
+            // The version number is used up, as by any failed run, so the next attempt is
+            // not reported under the same number.
+            if let Ok(module) = recorder.module_call(&library) {
+                let _ = recorder.module_call_return(
+                    module,
+                    ModuleOutcome::Failed {
+                        reason: reason.clone(),
+                    },
+                );
+            }
+            return Err(fail(reason));
+        }
+    };
+    replay(ctx, recorder).map_err(fail)
+}
+
+/// Runs the plugin's `register` against a collecting [`HostApi`].
+fn collect(lib: Arc<LibVersion>, version: u64) -> Ctx {
     let mut ctx = Ctx {
-        recorder,
         lib: lib.clone(),
-        version: module,
-        signatures: HashMap::new(),
+        version,
+        calls: Vec::new(),
+        tracks: Vec::new(),
         pipelines: Vec::new(),
         error: None,
     };
@@ -292,44 +319,75 @@ pub fn register(
     // SAFETY: the header was checked by the loader (same ABI), `api` and the `ctx` it points
     // at live across the call, and the plugin catches its own panics.
     let ran = unsafe { (lib.header().register)(&api) };
+    if !ran && ctx.error.is_none() {
+        ctx.error = Some("register panicked".to_owned());
+    }
+    ctx
+}
+
+/// Replays a collected registration into the store as one `module-call`, all or nothing.
+fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCode>), String> {
     let Ctx {
-        recorder,
-        pipelines,
+        lib,
+        version,
+        calls,
+        tracks,
+        mut pipelines,
         error,
-        ..
     } = ctx;
-    let error = match (ran, error) {
-        (_, Some(e)) => Some(e),
-        (false, None) => Some("register panicked".to_owned()),
-        (true, None) => None,
-    };
-    if let Some(reason) = error {
-        // Roll back the run; the collected pipelines drop (freeing their closures) on return.
+    let module = recorder
+        .module_call(&lib.built().display().to_string())
+        .map_err(|e| e.to_string())?;
+    debug_assert_eq!(module, version);
+    let run = |recorder: &mut Recorder| -> Result<Vec<Id>, String> {
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let mut ids: Vec<Id> = Vec::with_capacity(tracks.len());
+        let mut tracks = tracks.into_iter();
+        for call in calls {
+            match call {
+                Call::Open => {
+                    let (kind, key, sig) =
+                        tracks.next().ok_or("more scopes opened than recorded")?;
+                    ids.push(
+                        open(recorder, &kind, key.as_deref(), sig).map_err(|e| e.to_string())?,
+                    );
+                }
+                Call::Close(handle) => {
+                    let id = track_of(handle).and_then(|i| ids.get(i)).ok_or_else(|| {
+                        format!("track-call-return for a track not open: {handle}")
+                    })?;
+                    recorder.track_call_return(*id).map_err(|e| e.to_string())?;
+                }
+            }
+        }
         recorder
-            .module_call_return(
-                module,
-                ModuleOutcome::Failed {
-                    reason: reason.clone(),
-                },
-            )
-            .map_err(|e| fail(format!("{reason}; rolling back failed too: {e}")))?;
-        drop(pipelines);
-        return Err(fail(reason));
-    }
-    if let Err(e) = recorder.module_call_return(module, ModuleOutcome::Ok) {
-        let reason = e.to_string();
-        // Roll back: the run is still open after a refused return.
-        let _ = recorder.module_call_return(
-            module,
-            ModuleOutcome::Failed {
-                reason: reason.clone(),
-            },
-        );
-        return Err(fail(reason));
-    }
-    let mut pipelines = pipelines;
+            .module_call_return(module, ModuleOutcome::Ok)
+            .map_err(|e| e.to_string())?;
+        Ok(ids)
+    };
+    let ids = match run(recorder) {
+        Ok(ids) => ids,
+        Err(reason) => {
+            // Roll back the run; the collected pipelines drop (freeing their closures) on
+            // return.
+            recorder
+                .module_call_return(
+                    module,
+                    ModuleOutcome::Failed {
+                        reason: reason.clone(),
+                    },
+                )
+                .map_err(|e| format!("{reason}; rolling back failed too: {e}"))?;
+            return Err(reason);
+        }
+    };
+    let id_of = |handle: u64| track_of(handle).and_then(|i| ids.get(i)).copied();
     for p in &mut pipelines {
+        p.track = id_of(p.track).unwrap_or(Id::MAX);
         for op in &mut p.ops {
+            op.track = id_of(op.track).unwrap_or(Id::MAX);
             op.path = recorder
                 .state
                 .track(op.track)
@@ -338,4 +396,27 @@ pub fn register(
         }
     }
     Ok((module, pipelines))
+}
+
+/// One track scope opened by the plugin, as store events: the `track-call` and the core
+/// entity it wraps (`pipeline-call` / `operator-call` and their returns).
+fn open(
+    recorder: &mut Recorder,
+    kind: &str,
+    key: Option<&str>,
+    sig: Signature,
+) -> Result<Id, hmr_track::ApplyError> {
+    let track = recorder.track_call(kind, key, sig)?;
+    match kind {
+        "pipeline" => {
+            let e = recorder.pipeline_call(key.unwrap_or_default())?;
+            recorder.pipeline_call_return(e)?;
+        }
+        "scope" => {}
+        _ => {
+            let e = recorder.operator_call(kind)?;
+            recorder.operator_call_return(e)?;
+        }
+    }
+    Ok(track)
 }

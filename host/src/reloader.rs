@@ -80,6 +80,7 @@ pub struct Reloader {
     unchanged: usize,
     /// The state lineage of every live operator track (see [`crate::code::OpCode::lineage`]).
     lineages: std::collections::HashMap<Id, u64>,
+    register_deadline: Duration,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -109,7 +110,14 @@ impl Reloader {
             running_library: None,
             unchanged: 0,
             lineages: std::collections::HashMap::new(),
+            register_deadline: crate::register::REGISTER_DEADLINE,
         })
+    }
+
+    /// How long a plugin's `register` may run ([`crate::register::REGISTER_DEADLINE`] unless
+    /// set).
+    pub fn set_register_deadline(&mut self, deadline: Duration) {
+        self.register_deadline = deadline;
     }
 
     /// The plugin crate's directory.
@@ -256,15 +264,16 @@ impl Reloader {
         // Mapped from here on, whatever happens next.
         self.versions.push(lib.clone());
         let register_started = Instant::now();
-        let (module, pipelines) = match crate::register::register(&lib, &mut self.recorder) {
-            Ok(r) => r,
-            Err(e) => {
-                self.sink.event(HostEvent::LoadFailed {
-                    error: e.to_string(),
-                });
-                return Outcome::LoadFailed;
-            }
-        };
+        let (module, pipelines) =
+            match crate::register::register(&lib, &mut self.recorder, self.register_deadline) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.sink.event(HostEvent::LoadFailed {
+                        error: e.to_string(),
+                    });
+                    return Outcome::LoadFailed;
+                }
+            };
         drop(lib);
         self.timings.register = register_started.elapsed();
         let load_ms = load_started.elapsed().as_millis() as u64;

@@ -197,7 +197,9 @@ struct Watchdog {
 }
 
 struct Watched {
-    shared: Arc<Shared>,
+    /// Weak: the watchdog keeps nothing alive (a pipeline's code holds its library live).
+    /// A stuck thread holds its own `Arc`, so it stays watched.
+    shared: std::sync::Weak<Shared>,
     /// Whether the pipeline was removed or restarted (its thread was told to stop).
     retired: bool,
     /// The `calls` value last seen odd, and since when.
@@ -215,13 +217,18 @@ impl Watchdog {
                 while !s.load(Ordering::Acquire) {
                     std::thread::park_timeout(WATCHDOG_TICK);
                     let mut list = w.lock().unwrap_or_else(|p| p.into_inner());
-                    list.retain(|x| {
-                        !(x.retired
-                            && ended_from(x.shared.ended.load(Ordering::Acquire)) != Ended::Running)
+                    list.retain_mut(|x| {
+                        let Some(shared) = x.shared.upgrade() else {
+                            return false;
+                        };
+                        if x.retired
+                            && ended_from(shared.ended.load(Ordering::Acquire)) != Ended::Running
+                        {
+                            return false;
+                        }
+                        watch_one(x, &shared, &sink, stuck_after);
+                        true
                     });
-                    for x in list.iter_mut() {
-                        watch_one(x, &sink, stuck_after);
-                    }
                 }
             })
             .ok();
@@ -234,7 +241,7 @@ impl Watchdog {
 
     fn watch(&self, shared: &Arc<Shared>) {
         self.lock().push(Watched {
-            shared: shared.clone(),
+            shared: Arc::downgrade(shared),
             retired: false,
             seen: None,
         });
@@ -244,7 +251,7 @@ impl Watchdog {
         if let Some(x) = self
             .lock()
             .iter_mut()
-            .find(|x| Arc::ptr_eq(&x.shared, shared))
+            .find(|x| std::ptr::eq(x.shared.as_ptr(), Arc::as_ptr(shared)))
         {
             x.retired = true;
         }
@@ -265,19 +272,19 @@ impl Drop for Watchdog {
     }
 }
 
-fn watch_one(x: &mut Watched, sink: &Sink, stuck_after: Duration) {
-    let calls = x.shared.calls.load(Ordering::Relaxed);
+fn watch_one(x: &mut Watched, shared: &Shared, sink: &Sink, stuck_after: Duration) {
+    let calls = shared.calls.load(Ordering::Relaxed);
     if calls.is_multiple_of(2) {
         x.seen = None;
-        x.shared.stuck.store(false, Ordering::Release);
+        shared.stuck.store(false, Ordering::Release);
         return;
     }
     match x.seen {
         Some((c, since)) if c == calls => {
-            if since.elapsed() >= stuck_after && !x.shared.stuck.swap(true, Ordering::AcqRel) {
-                let pipeline = x.shared.name();
+            if since.elapsed() >= stuck_after && !shared.stuck.swap(true, Ordering::AcqRel) {
+                let pipeline = shared.name();
                 sink.event(HostEvent::Stuck {
-                    path: x.shared.current_path(),
+                    path: shared.current_path(),
                     pipeline,
                     seconds: since.elapsed().as_secs_f64(),
                     retired: x.retired,
@@ -286,7 +293,7 @@ fn watch_one(x: &mut Watched, sink: &Sink, stuck_after: Duration) {
         }
         _ => {
             x.seen = Some((calls, Instant::now()));
-            x.shared.stuck.store(false, Ordering::Release);
+            shared.stuck.store(false, Ordering::Release);
         }
     }
 }

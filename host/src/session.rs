@@ -28,6 +28,9 @@ pub struct Options {
     pub debounce: Duration,
     /// `CARGO_TARGET_DIR` for plugin builds; `None` leaves it to cargo.
     pub target_dir: Option<PathBuf>,
+    /// How long a plugin's `register` may run before the load fails
+    /// ([`crate::register::REGISTER_DEADLINE`]).
+    pub register_deadline: Duration,
 }
 
 impl Options {
@@ -40,6 +43,7 @@ impl Options {
             on_panic: PanicPolicy::Drop,
             debounce: DEFAULT_DEBOUNCE,
             target_dir: None,
+            register_deadline: crate::register::REGISTER_DEADLINE,
         }
     }
 
@@ -50,7 +54,10 @@ impl Options {
             release: self.release,
             target_dir: self.target_dir.clone(),
         };
-        Reloader::new(build, sink, self.on_panic).context("cannot create the library directory")
+        let mut reloader = Reloader::new(build, sink, self.on_panic)
+            .context("cannot create the library directory")?;
+        reloader.set_register_deadline(self.register_deadline);
+        Ok(reloader)
     }
 }
 

@@ -121,7 +121,8 @@ fn staged_code_never_runs_before_it_is_committed() -> anyhow::Result<()> {
     let mut recorder = hmr_track_recorder();
     let mut code = |version: u64| -> anyhow::Result<host::code::PipelineCode> {
         let (lib, _) = loader.load(&lib, version)?;
-        let (_, mut codes) = host::register::register(&lib, &mut recorder)?;
+        let (_, mut codes) =
+            host::register::register(&lib, &mut recorder, host::register::REGISTER_DEADLINE)?;
         Ok(codes.remove(0))
     };
     let (tx, _events) = channel();
