@@ -133,7 +133,7 @@ impl Ctx<'_> {
             unsafe { std::slice::from_raw_parts(desc.ops, desc.n_ops) }
         };
         for (i, op) in ops.iter().enumerate() {
-            match self.op_code(op) {
+            match op_code(&self.signatures, desc.env, i, op) {
                 Ok(o) => code.ops.push(o),
                 Err(e) => {
                     // SAFETY: the plugin passes a kind valid for the call.
@@ -147,34 +147,80 @@ impl Ctx<'_> {
         }
         self.pipelines.push(code);
     }
+}
 
-    fn op_code(&self, op: &abi::OpDesc) -> Result<OpCode, String> {
-        let track = track_of(op.track).ok_or("its track was refused")?;
-        let sig = self.signatures.get(&track).ok_or_else(|| {
-            format!(
-                "track handle {} was not returned by a track-call of this run",
-                op.track
-            )
-        })?;
-        let fp = &op.state.fingerprint;
-        let layout = Layout::from_size_align(fp.size, fp.align.max(1)).map_err(|_| {
-            format!(
-                "state of size {} and alignment {} is not a valid layout",
-                fp.size, fp.align
-            )
-        })?;
-        Ok(OpCode {
-            track,
-            path: String::new(),
-            // SAFETY: the plugin passes a kind valid for the call.
-            kind: unsafe { op.kind.to_string_lossy() }
-                .unwrap_or_default()
-                .into_owned(),
-            signature: sig.clone(),
-            layout,
-            init: op.state.init,
-            drop: op.state.drop,
-        })
+/// Checks operator `index` of a pipeline against what its track-call said, and makes its
+/// [`OpCode`]. Two premises of keeping state are checked here, not assumed:
+///
+/// - the state type of the signature sent with `track_call` (what decides whether a later
+///   version keeps this state) is the state type of the vtable (what sizes, seeds and drops
+///   the slot); were they to differ, state kept by signature would be read as another type;
+/// - the pipeline's code knows an operator of this index: `init` is asked with a null slot
+///   (no plugin code beyond the lookup runs), so a slot is never left unseeded and later
+///   dropped as if it held a value.
+fn op_code(
+    signatures: &HashMap<Id, Signature>,
+    env: *mut c_void,
+    index: usize,
+    op: &abi::OpDesc,
+) -> Result<OpCode, String> {
+    let track = track_of(op.track).ok_or("its track was refused")?;
+    let sig = signatures.get(&track).ok_or_else(|| {
+        format!(
+            "track handle {} was not returned by a track-call of this run",
+            op.track
+        )
+    })?;
+    let fp = &op.state.fingerprint;
+    let vtable_state = fingerprint(fp);
+    if vtable_state != sig.state || (vtable_state.is_none() && fp.size != 0) {
+        return Err(format!(
+            "its state type is {} by its signature but {} by its state vtable: refusing a \
+             library whose kept state could be read as another type",
+            describe(sig.state.as_ref()),
+            match &vtable_state {
+                Some(v) => describe(Some(v)),
+                None => format!("none (size {})", fp.size),
+            }
+        ));
+    }
+    let layout = Layout::from_size_align(fp.size, fp.align.max(1)).map_err(|_| {
+        format!(
+            "state of size {} and alignment {} is not a valid layout",
+            fp.size, fp.align
+        )
+    })?;
+    // SAFETY: `env` is the pipeline's closures the plugin just handed over with these
+    // descriptions; a null `dst` asks `init` to write nothing (`InitFn`).
+    let status = unsafe { (op.state.init)(env, index as u32, std::ptr::null_mut()) };
+    if status != abi::init_status::OK {
+        return Err(format!(
+            "its code has no operator {index} to seed (init answered {status}): the \
+             pipeline's description disagrees with its code"
+        ));
+    }
+    Ok(OpCode {
+        track,
+        path: String::new(),
+        // SAFETY: the plugin passes a kind valid for the call.
+        kind: unsafe { op.kind.to_string_lossy() }
+            .unwrap_or_default()
+            .into_owned(),
+        signature: sig.clone(),
+        layout,
+        init: op.state.init,
+        drop: op.state.drop,
+    })
+}
+
+/// A state type for a message: its name and layout, or `none`.
+fn describe(fp: Option<&Fingerprint>) -> String {
+    match fp {
+        Some(f) => format!(
+            "`{}` (size {}, align {}, layout hash {:#x})",
+            f.name, f.size, f.align, f.hash
+        ),
+        None => "none".to_owned(),
     }
 }
 
