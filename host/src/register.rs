@@ -384,3 +384,113 @@ pub fn register(
     }
     Ok((module, pipelines))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::abi::{OpDesc, StateVTable, init_status};
+
+    /// A pipeline's `init` that knows operators 0 and 1 and writes nothing.
+    unsafe extern "C" fn init_two(_env: *const c_void, op: u32, _dst: *mut u8) -> u32 {
+        if op < 2 {
+            init_status::OK
+        } else {
+            init_status::UNKNOWN_OP
+        }
+    }
+
+    unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
+        true
+    }
+
+    const NONE: RFingerprint = plugin_api::fingerprint::NONE;
+
+    fn state(name: &'static str, size: usize, hash: u64) -> RFingerprint {
+        RFingerprint {
+            name: RStr::new(name),
+            size,
+            align: 8,
+            hash,
+        }
+    }
+
+    /// Operator descriptions built by hand, as a faulty or forged plugin could send them:
+    /// the state its track-call announced, the state its vtable allocates, its index; and
+    /// what the host must say (`None`: accepted).
+    #[test]
+    fn op_descriptions_that_break_a_premise_are_refused() {
+        let u64_state = state("u64", 8, 1);
+        let cases: [(&str, RFingerprint, RFingerprint, usize, Option<&str>); 8] = [
+            ("stateless", NONE, NONE, 0, None),
+            ("same state", u64_state, u64_state, 1, None),
+            (
+                "another layout hash",
+                u64_state,
+                state("u64", 8, 2),
+                0,
+                Some("its state type is `u64` (size 8, align 8, layout hash 0x1) by its signature but `u64` (size 8, align 8, layout hash 0x2) by its state vtable"),
+            ),
+            (
+                "another size",
+                u64_state,
+                state("u64", 16, 1),
+                0,
+                Some("but `u64` (size 16,"),
+            ),
+            (
+                "state only in the vtable",
+                NONE,
+                u64_state,
+                0,
+                Some("its state type is none by its signature but `u64`"),
+            ),
+            (
+                "state only in the signature",
+                u64_state,
+                NONE,
+                0,
+                Some("by its signature but none (size 0) by its state vtable"),
+            ),
+            (
+                "a nameless state with a size",
+                NONE,
+                RFingerprint { size: 8, ..NONE },
+                0,
+                Some("by its signature but none (size 8) by its state vtable"),
+            ),
+            (
+                "an operator the code does not have",
+                u64_state,
+                u64_state,
+                2,
+                Some("its code has no operator 2 to seed (init answered 2)"),
+            ),
+        ];
+        for (what, announced, vtable, index, expected) in cases {
+            let track: Id = 7;
+            let sig = RSignature {
+                input: NONE,
+                output: NONE,
+                state: announced,
+                seed: RStr::NONE,
+            };
+            let signatures = HashMap::from([(track, signature("scan", &sig))]);
+            let op = OpDesc {
+                track: handle(track),
+                kind: RStr::new("scan"),
+                state: StateVTable {
+                    fingerprint: vtable,
+                    init: init_two,
+                    drop: drop_nothing,
+                },
+            };
+            let got = op_code(&signatures, std::ptr::null_mut(), index, &op);
+            match (expected, got) {
+                (None, Ok(code)) => assert_eq!(code.layout.size(), vtable.size, "{what}"),
+                (Some(part), Err(e)) => assert!(e.contains(part), "{what}: {e}"),
+                (None, Err(e)) => panic!("{what}: refused: {e}"),
+                (Some(part), Ok(_)) => panic!("{what}: accepted, expected {part:?}"),
+            }
+        }
+    }
+}
