@@ -906,7 +906,8 @@ fn heap_state(report: &mut Report) -> anyhow::Result<()> {
                 results.lock().expect("results").push(("rxRust", r));
                 ns
             };
-            let medians = side_by_side(HEAP_ROUNDS, &mut [("host", &mut host), ("rxRust", &mut rx)]);
+            let medians =
+                side_by_side(HEAP_ROUNDS, &mut [("host", &mut host), ("rxRust", &mut rx)]);
             for (who, r) in results.into_inner().expect("results") {
                 anyhow::ensure!(
                     r == expected,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc,
-    init_status, status,
+    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, init_status,
+    status,
 };
 
 use crate::loader::LibVersion;
@@ -207,7 +207,9 @@ pub enum InitError {
     },
     /// The plugin's code has no operator of that index (its description of the pipeline
     /// disagrees with its code: a plugin-api defect or a forged library).
-    #[error("the plugin has no operator {index} to seed for {path}: its pipeline description disagrees with its code")]
+    #[error(
+        "the plugin has no operator {index} to seed for {path}: its pipeline description disagrees with its code"
+    )]
     UnknownOp {
         /// The operator.
         path: String,

@@ -428,7 +428,9 @@ mod tests {
                 u64_state,
                 state("u64", 8, 2),
                 0,
-                Some("its state type is `u64` (size 8, align 8, layout hash 0x1) by its signature but `u64` (size 8, align 8, layout hash 0x2) by its state vtable"),
+                Some(
+                    "its state type is `u64` (size 8, align 8, layout hash 0x1) by its signature but `u64` (size 8, align 8, layout hash 0x2) by its state vtable",
+                ),
             ),
             (
                 "another size",

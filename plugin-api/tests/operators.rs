@@ -62,12 +62,7 @@ impl Drop for Counted {
 
 impl fmt::Debug for Counted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            self.items.len(),
-            self.items.iter().sum::<u64>()
-        )
+        write!(f, "{}:{}", self.items.len(), self.items.iter().sum::<u64>())
     }
 }
 
@@ -333,8 +328,16 @@ fn clones_per_value() {
         }
         let pushed = clones();
         assert_eq!(run.complete(), status::CONTINUE, "{what}");
-        assert_eq!(pushed - seeded, while_pushing, "{what} of {n}: clones per value");
-        assert_eq!(clones() - pushed, on_complete, "{what} of {n}: clones on completion");
+        assert_eq!(
+            pushed - seeded,
+            while_pushing,
+            "{what} of {n}: clones per value"
+        );
+        assert_eq!(
+            clones() - pushed,
+            on_complete,
+            "{what} of {n}: clones on completion"
+        );
         let logs = run.logs();
         let total: u64 = values.iter().sum();
         let last = match what {
@@ -385,8 +388,16 @@ fn a_panic_resets_the_state_to_the_seed_and_says_so() {
     type Case = (&'static str, fn(&mut Plugin<'_>), Vec<&'static str>);
     let cases: [Case; 3] = [
         // 100, +0, +1, +2, panic: reset to 100, +4, +5.
-        ("scan", panicky_scan, vec!["100", "101", "103", "104", "109"]),
-        ("scan_map", panicky_scan_map, vec!["100", "101", "103", "104", "109"]),
+        (
+            "scan",
+            panicky_scan,
+            vec!["100", "101", "103", "104", "109"],
+        ),
+        (
+            "scan_map",
+            panicky_scan_map,
+            vec!["100", "101", "103", "104", "109"],
+        ),
         ("reduce", panicky_reduce, vec!["109"]),
     ];
     for (what, plugin, expected) in cases {
@@ -430,7 +441,12 @@ fn scan_map_keeps_the_state_when_the_seed_cannot_be_cloned() {
     CLONE_PANICS.with(|c| c.set(false));
     assert_eq!(
         statuses,
-        vec![status::CONTINUE, status::CONTINUE, status::PANICKED, status::CONTINUE]
+        vec![
+            status::CONTINUE,
+            status::CONTINUE,
+            status::PANICKED,
+            status::CONTINUE
+        ]
     );
     assert_eq!(
         run.errors(),
@@ -495,7 +511,10 @@ fn reduce_aborts_with_a_message_when_the_seed_cannot_be_cloned() {
         "clone refused",
         "[hmr plugin] fatal: operator 0 panicked with its state moved out, and cloning its seed to restore the state panicked too",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -513,7 +532,11 @@ fn init_reports_unknown_operators() {
         (1, std::ptr::null_mut(), init_status::OK),
         (2, std::ptr::null_mut(), init_status::UNKNOWN_OP),
         (u32::MAX, std::ptr::null_mut(), init_status::UNKNOWN_OP),
-        (7, scratch.as_mut_ptr().cast::<u8>(), init_status::UNKNOWN_OP),
+        (
+            7,
+            scratch.as_mut_ptr().cast::<u8>(),
+            init_status::UNKNOWN_OP,
+        ),
     ];
     let before = (clones(), live());
     for (op, dst, expected) in cases {
@@ -541,7 +564,10 @@ fn state_vtables_match_the_announced_signatures() {
                 .expect("the operator's track was announced");
             // SAFETY: a `'static` type name in this binary.
             let name = unsafe { fp.name.to_string_lossy() }.map(|n| n.into_owned());
-            assert_eq!((&announced.1, announced.2, announced.3), (&name, fp.size, fp.hash));
+            assert_eq!(
+                (&announced.1, announced.2, announced.3),
+                (&name, fp.size, fp.hash)
+            );
         }
         // SAFETY: freed once.
         unsafe { (p.desc.drop_env)(p.env) };

@@ -69,7 +69,11 @@ plugin_api::export_plugin!(register);
         "{message}"
     );
     let (version, first) = host.wait_emission("seen", |_| true)?;
-    assert_eq!((version, value(&first)), (v3, 7), "length 1 again, after the reset");
+    assert_eq!(
+        (version, value(&first)),
+        (v3, 7),
+        "length 1 again, after the reset"
+    );
     host.stop();
     Ok(())
 }
@@ -85,7 +89,11 @@ fn a_plugin_built_with_panic_abort_is_refused() -> anyhow::Result<()> {
     let (v1, _) = host.wait_loaded()?;
     host.wait_emission("counter", |v| value(v) >= 2)?;
 
-    fixture.edit("Cargo.toml", "debug = false", "debug = false\npanic = \"abort\"");
+    fixture.edit(
+        "Cargo.toml",
+        "debug = false",
+        "debug = false\npanic = \"abort\"",
+    );
     match host.wait_outcome()? {
         HostEvent::LoadFailed { error } => {
             assert!(
@@ -101,7 +109,11 @@ fn a_plugin_built_with_panic_abort_is_refused() -> anyhow::Result<()> {
         assert_eq!(v, v1, "the last good version keeps emitting");
     }
 
-    fixture.edit("Cargo.toml", "debug = false\npanic = \"abort\"", "debug = false");
+    fixture.edit(
+        "Cargo.toml",
+        "debug = false\npanic = \"abort\"",
+        "debug = false",
+    );
     fixture.edit("src/lib.rs", "1u64", "7u64");
     let reload = host.wait_reload()?;
     let v2 = reload_version(&reload);
