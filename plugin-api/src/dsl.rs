@@ -407,7 +407,10 @@ impl<A: Clone> Drop for Reset<'_, A> {
                 // SAFETY: `slot` is this operator's slot holding an initialised `A` that no
                 // reference points at any more (the function that borrowed it has unwound).
                 let old = unsafe { self.slot.replace(seed) };
-                contained(catch_unwind(AssertUnwindSafe(move || drop(old))));
+                // Not `contained`: the panic that brought us here is still in flight.
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(old))) {
+                    core::mem::forget(payload);
+                }
                 self.after_panic.set(AfterPanic::Reseeded);
             }
             Err(payload) => {
