@@ -11,7 +11,9 @@
 //! 6. heap allocations per emission (a counting global allocator);
 //! 7. reload at scale: 100 pipelines;
 //! 8. emission latency while 50 reloads swap code under a running pipeline;
-//! 9. resident memory per reload over 200 reloads of the example plugin.
+//! 9. resident memory per reload over 200 reloads of the example plugin;
+//! 10. heap state: `reduce`, `scan_map` and `scan` on a `Vec` state of 10k and 100k items,
+//!     host vs rxRust's same operator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -719,6 +721,210 @@ fn soak(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The state sizes of scenario 10.
+const HEAP_SIZES: [usize; 2] = [10_000, 100_000];
+/// Values pushed per round in scenario 10 (the state grows by as many).
+const HEAP_VALUES: u64 = 2_000;
+/// Rounds of scenario 10 (each round is short: more rounds than elsewhere).
+const HEAP_ROUNDS: usize = 15;
+
+/// Scenario 10's plugin: for each operator and size, a pipeline folding values into a `Vec`
+/// state that already holds `size` items (its seed), with room for every value pushed (so a
+/// `Vec` growth does not show as a cost of the operator). Each ends in one `u64` result.
+const HEAP_PLUGIN: &str = r#"
+use plugin_api::prelude::*;
+
+state! {
+    pub struct Items { pub v: Vec<u64> }
+}
+
+/// Keeps the capacity: a state cloned from the seed has room for every value pushed.
+impl Clone for Items {
+    fn clone(&self) -> Items {
+        let mut v = Vec::with_capacity(self.v.capacity());
+        v.extend_from_slice(&self.v);
+        Items { v }
+    }
+}
+
+impl std::fmt::Debug for Items {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Items({})", self.v.len())
+    }
+}
+
+fn filled(n: usize) -> Items {
+    let mut v = Vec::with_capacity(n + {EXTRA});
+    v.extend(0..n as u64);
+    Items { v }
+}
+
+fn register(p: &mut Plugin) {
+    for n in [{SIZES}] {
+        p.pipeline(&format!("reduce_{n}"), range(0, 1))
+            .reduce(filled(n), |mut a: Items, x: u64| { a.v.push(x); a })
+            .map(|a: Items| a.v.len() as u64 + a.v[a.v.len() - 1])
+            .log();
+        p.pipeline(&format!("scan_map_{n}"), range(0, 1))
+            .scan_map(filled(n), |a: &mut Items, x: u64| { a.v.push(x); a.v.len() as u64 + x })
+            .reduce(0u64, |s: u64, y: u64| s.wrapping_add(y))
+            .log();
+        p.pipeline(&format!("scan_{n}"), range(0, 1))
+            .scan(filled(n), |mut a: Items, x: u64| { a.v.push(x); a })
+            .map(|a: Items| a.v.len() as u64 + a.v[a.v.len() - 1])
+            .reduce(0u64, |s: u64, y: u64| s.wrapping_add(y))
+            .log();
+    }
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// rxRust's side of scenario 10: the same state type, seed and functions.
+#[derive(Debug)]
+struct Items {
+    v: Vec<u64>,
+}
+
+impl Clone for Items {
+    fn clone(&self) -> Items {
+        let mut v = Vec::with_capacity(self.v.capacity());
+        v.extend_from_slice(&self.v);
+        Items { v }
+    }
+}
+
+fn filled(n: usize) -> Items {
+    let mut v = Vec::with_capacity(n + HEAP_VALUES as usize);
+    v.extend(0..n as u64);
+    Items { v }
+}
+
+/// One rxRust contender of scenario 10: a `Subject` fed one value per call, then completed
+/// outside the timer; returns (ns per value, result).
+fn rx_heap(op: &str, n: usize) -> (f64, u64) {
+    let mut subject = Local::subject::<u64, Infallible>();
+    let out = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let o = out.clone();
+    let seed = filled(n);
+    match op {
+        "reduce" => {
+            subject
+                .clone()
+                .reduce_initial(seed, |mut a: Items, x| {
+                    a.v.push(x);
+                    a
+                })
+                .map(|a: Items| a.v.len() as u64 + a.v[a.v.len() - 1])
+                .subscribe(move |v| o.set(v));
+        }
+        "scan_map" => {
+            subject
+                .clone()
+                .scan_map(seed, |a: &mut Items, x| {
+                    a.v.push(x);
+                    a.v.len() as u64 + x
+                })
+                .reduce_initial(0u64, |s, y| s.wrapping_add(y))
+                .subscribe(move |v| o.set(v));
+        }
+        _ => {
+            subject
+                .clone()
+                .scan(seed, |mut a: Items, x| {
+                    a.v.push(x);
+                    a
+                })
+                .map(|a: Items| a.v.len() as u64 + a.v[a.v.len() - 1])
+                .reduce_initial(0u64, |s, y| s.wrapping_add(y))
+                .subscribe(move |v| o.set(v));
+        }
+    }
+    let end = black_box(HEAP_VALUES);
+    let started = Instant::now();
+    for x in 0..end {
+        subject.next(x);
+    }
+    let t = started.elapsed();
+    subject.complete();
+    (ns_per(t, HEAP_VALUES), out.get())
+}
+
+/// The host's contender: a fresh driver (state seeded outside the timer), one value per
+/// call, completed outside the timer; returns (ns per value, result).
+fn host_heap(publisher: &host::runtime::Publisher) -> (f64, u64) {
+    let capture = Arc::new(CountingSink::default());
+    let mut d = publisher.driver(capture.clone()).expect("seeded state");
+    let end = black_box(HEAP_VALUES);
+    let started = Instant::now();
+    for x in 0..end {
+        let _ = d.push_one(x);
+    }
+    let t = started.elapsed();
+    let _ = d.complete();
+    let result = capture
+        .last
+        .lock()
+        .ok()
+        .and_then(|l| l.clone())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    (ns_per(t, HEAP_VALUES), result)
+}
+
+fn heap_state(report: &mut Report) -> anyhow::Result<()> {
+    let sizes = HEAP_SIZES.map(|n| n.to_string()).join(", ");
+    let source = HEAP_PLUGIN
+        .replace("{SIZES}", &sizes)
+        .replace("{EXTRA}", &HEAP_VALUES.to_string());
+    let built = build_release("bench_heap", &source)?;
+    let loader = Loader::new()?;
+    let loaded = load(&loader, &built.library, 1)?;
+    report.line(format!(
+        "\n### 10. Heap state: a `Vec` accumulator of 10k and 100k items, {HEAP_VALUES} values a round, one per call (ns per value; target: reduce and scan_map flat in the size, scan at half rxRust's)\n"
+    ));
+    report.line("| operator | state items | host ns/value | rxRust ns/value | host / rxRust |");
+    report.line("|---|---:|---:|---:|---:|");
+    let m = HEAP_VALUES;
+    for op in ["reduce", "scan_map", "scan"] {
+        for n in HEAP_SIZES {
+            let publisher = &loaded.pipelines[&format!("{op}_{n}")];
+            // What every contender must produce: reduce emits len + last once; the scans
+            // sum len + x over the values.
+            let expected = match op {
+                "reduce" => n as u64 + m + (m - 1),
+                _ => m * (n as u64 + 1) + m * (m - 1),
+            };
+            let results = Mutex::new(Vec::new());
+            let mut host = || {
+                let (ns, r) = host_heap(publisher);
+                results.lock().expect("results").push(("host", r));
+                ns
+            };
+            let mut rx = || {
+                let (ns, r) = rx_heap(op, n);
+                results.lock().expect("results").push(("rxRust", r));
+                ns
+            };
+            let medians =
+                side_by_side(HEAP_ROUNDS, &mut [("host", &mut host), ("rxRust", &mut rx)]);
+            for (who, r) in results.into_inner().expect("results") {
+                anyhow::ensure!(
+                    r == expected,
+                    "{op} of {n}: {who} computed {r}, expected {expected}"
+                );
+            }
+            report.line(format!(
+                "| {op} | {n} | {:.1} | {:.1} | {:.2}x |",
+                medians[0],
+                medians[1],
+                medians[0] / medians[1]
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing to parse.
     let mut report = Report {
@@ -765,6 +971,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("soak") {
         soak(&mut report)?;
+    }
+    if wanted("heap") {
+        heap_state(&mut report)?;
     }
     report.line(format!(
         "\n(whole run: {:.0} s)",

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, status,
+    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, init_status,
+    status,
 };
 
 use crate::loader::LibVersion;
@@ -205,10 +206,32 @@ unsafe impl Send for StateSlots {}
 
 /// A state's seed could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("the seed of {path} panicked while being cloned")]
-pub struct InitError {
-    /// The operator.
-    pub path: String,
+pub enum InitError {
+    /// The seed's `Clone` panicked.
+    #[error("the seed of {path} panicked while being cloned")]
+    Panicked {
+        /// The operator.
+        path: String,
+    },
+    /// The plugin's code has no operator of that index (its description of the pipeline
+    /// disagrees with its code: a plugin-api defect or a forged library).
+    #[error(
+        "the plugin has no operator {index} to seed for {path}: its pipeline description disagrees with its code"
+    )]
+    UnknownOp {
+        /// The operator.
+        path: String,
+        /// The index asked for.
+        index: usize,
+    },
+    /// The plugin answered with a status this host does not know.
+    #[error("seeding {path} returned the unknown status {status}")]
+    Status {
+        /// The operator.
+        path: String,
+        /// What it returned.
+        status: u32,
+    },
 }
 
 impl StateSlots {
@@ -295,14 +318,18 @@ fn fresh_slot(code: &PipelineCode, index: usize, op: &OpCode) -> Result<Slot, In
     };
     // SAFETY: `ptr` is valid and aligned for the operator's state layout (checked against its
     // fingerprint at registration), and `init` is this code's own initialiser.
-    let ok = unsafe { (op.init)(code.env, index as u32, ptr.as_ptr()) };
-    if !ok {
+    let status = unsafe { (op.init)(code.env, index as u32, ptr.as_ptr()) };
+    if status != init_status::OK {
         if op.layout.size() != 0 {
-            // SAFETY: allocated above with this layout and never initialised.
+            // SAFETY: allocated above with this layout and never initialised (`init`
+            // writes nothing unless it returns OK).
             unsafe { std::alloc::dealloc(ptr.as_ptr(), op.layout) };
         }
-        return Err(InitError {
-            path: op.path.clone(),
+        let path = op.path.clone();
+        return Err(match status {
+            init_status::PANICKED => InitError::Panicked { path },
+            init_status::UNKNOWN_OP => InitError::UnknownOp { path, index },
+            status => InitError::Status { path, status },
         });
     }
     Ok(Slot {

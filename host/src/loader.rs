@@ -13,7 +13,7 @@
 //!    where the next version would bind to them.
 //! 3. **Read the header** through `hmr_plugin_header`: first the frozen fields (magic, ABI
 //!    version, header size), then, only if they match, the plugin-api version, the rustc
-//!    version and the target.
+//!    version, the target and the panic strategy (which must be `unwind`).
 //! 4. **Keep it mapped forever.** A [`LibVersion`] never calls `dlclose`: closures, drop glue
 //!    and thread-local destructors of the version may still run, and on glibc unloading a Rust
 //!    library with thread-local destructors is unsound (see ARCHITECTURE.md, hazards).
@@ -91,6 +91,17 @@ pub enum LoadError {
         expected: [u8; 8],
         /// What the library has.
         found: [u8; 8],
+    },
+    /// The plugin was built with a panic strategy other than `unwind`: a panic in its code
+    /// could not be caught and would end the host's process.
+    #[error(
+        "{path} was built with panic strategy `{found}` (`panic = \"abort\"` in the plugin's profile, or `-C panic=abort`): a panic in its code would abort the host; build it with `panic = \"unwind\"`, the default"
+    )]
+    PanicStrategy {
+        /// The library.
+        path: PathBuf,
+        /// The plugin's strategy.
+        found: String,
     },
     /// A header field does not match this host.
     #[error(
@@ -409,6 +420,15 @@ fn read_header(lib: &libloading::Library, path: &Path) -> Result<*const PluginHe
         if theirs != ours {
             return Err(mismatch(path, field, ours, theirs));
         }
+    }
+    // Whatever the host's own strategy: plugin panics must unwind to be caught.
+    // SAFETY: as above, a string constant in the library image.
+    let panic = unsafe { h.panic_strategy.to_string_lossy() }.unwrap_or_default();
+    if panic != "unwind" {
+        return Err(LoadError::PanicStrategy {
+            path: path.to_owned(),
+            found: panic.into_owned(),
+        });
     }
     Ok(header)
 }

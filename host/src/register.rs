@@ -115,7 +115,7 @@ impl Ctx {
             unsafe { std::slice::from_raw_parts(desc.ops, desc.n_ops) }
         };
         for (i, op) in ops.iter().enumerate() {
-            match self.op_code(op) {
+            match op_code(&self.tracks, desc.env, i, op) {
                 Ok(o) => code.ops.push(o),
                 Err(e) => {
                     // SAFETY: the plugin passes a kind valid for the call.
@@ -129,36 +129,83 @@ impl Ctx {
         }
         self.pipelines.push(code);
     }
+}
 
-    fn op_code(&self, op: &abi::OpDesc) -> Result<OpCode, String> {
-        let index = track_of(op.track).ok_or("its track was refused")?;
-        let (_, _, sig) = self.tracks.get(index).ok_or_else(|| {
+/// Checks operator `index` of a pipeline against what its track-call said, and makes its
+/// [`OpCode`]. Two premises of keeping state are checked here, not assumed:
+///
+/// - the state type of the signature sent with `track_call` (what decides whether a later
+///   version keeps this state) is the state type of the vtable (what sizes, seeds and drops
+///   the slot); were they to differ, state kept by signature would be read as another type;
+/// - the pipeline's code knows an operator of this index: `init` is asked with a null slot
+///   (no plugin code beyond the lookup runs), so a slot is never left unseeded and later
+///   dropped as if it held a value.
+fn op_code(
+    tracks: &[(String, Option<String>, Signature)],
+    env: *mut c_void,
+    index: usize,
+    op: &abi::OpDesc,
+) -> Result<OpCode, String> {
+    let (_, _, sig) = track_of(op.track)
+        .and_then(|i| tracks.get(i))
+        .ok_or_else(|| {
             format!(
                 "track handle {} was not returned by a track-call of this run",
                 op.track
             )
         })?;
-        let fp = &op.state.fingerprint;
-        let layout = Layout::from_size_align(fp.size, fp.align.max(1)).map_err(|_| {
-            format!(
-                "state of size {} and alignment {} is not a valid layout",
-                fp.size, fp.align
-            )
-        })?;
-        Ok(OpCode {
-            // A handle for now: replaced by the track's id in `replay`.
-            track: op.track,
-            path: String::new(),
-            // SAFETY: the plugin passes a kind valid for the call.
-            kind: unsafe { op.kind.to_string_lossy() }
-                .unwrap_or_default()
-                .into_owned(),
-            signature: sig.clone(),
-            lineage: 0,
-            layout,
-            init: op.state.init,
-            drop: op.state.drop,
-        })
+    let fp = &op.state.fingerprint;
+    let vtable_state = fingerprint(fp);
+    if vtable_state != sig.state || (vtable_state.is_none() && fp.size != 0) {
+        return Err(format!(
+            "its state type is {} by its signature but {} by its state vtable: refusing a \
+             library whose kept state could be read as another type",
+            describe(sig.state.as_ref()),
+            match &vtable_state {
+                Some(v) => describe(Some(v)),
+                None => format!("none (size {})", fp.size),
+            }
+        ));
+    }
+    let layout = Layout::from_size_align(fp.size, fp.align.max(1)).map_err(|_| {
+        format!(
+            "state of size {} and alignment {} is not a valid layout",
+            fp.size, fp.align
+        )
+    })?;
+    // SAFETY: `env` is the pipeline's closures the plugin just handed over with these
+    // descriptions; a null `dst` asks `init` to write nothing (`InitFn`).
+    let status = unsafe { (op.state.init)(env, index as u32, std::ptr::null_mut()) };
+    if status != abi::init_status::OK {
+        return Err(format!(
+            "its code has no operator {index} to seed (init answered {status}): the \
+             pipeline's description disagrees with its code"
+        ));
+    }
+    Ok(OpCode {
+        // A handle for now: replaced by the track's id in `replay`.
+        track: op.track,
+        path: String::new(),
+        // SAFETY: the plugin passes a kind valid for the call.
+        kind: unsafe { op.kind.to_string_lossy() }
+            .unwrap_or_default()
+            .into_owned(),
+        signature: sig.clone(),
+        lineage: 0,
+        layout,
+        init: op.state.init,
+        drop: op.state.drop,
+    })
+}
+
+/// A state type for a message: its name and layout, or `none`.
+fn describe(fp: Option<&Fingerprint>) -> String {
+    match fp {
+        Some(f) => format!(
+            "`{}` (size {}, align {}, layout hash {:#x})",
+            f.name, f.size, f.align, f.hash
+        ),
+        None => "none".to_owned(),
     }
 }
 
@@ -419,4 +466,115 @@ fn open(
         }
     }
     Ok(track)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::abi::{OpDesc, StateVTable, init_status};
+
+    /// A pipeline's `init` that knows operators 0 and 1 and writes nothing.
+    unsafe extern "C" fn init_two(_env: *const c_void, op: u32, _dst: *mut u8) -> u32 {
+        if op < 2 {
+            init_status::OK
+        } else {
+            init_status::UNKNOWN_OP
+        }
+    }
+
+    unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
+        true
+    }
+
+    const NONE: RFingerprint = plugin_api::fingerprint::NONE;
+
+    fn state(name: &'static str, size: usize, hash: u64) -> RFingerprint {
+        RFingerprint {
+            name: RStr::new(name),
+            size,
+            align: 8,
+            hash,
+        }
+    }
+
+    /// Operator descriptions built by hand, as a faulty or forged plugin could send them:
+    /// the state its track-call announced, the state its vtable allocates, its index; and
+    /// what the host must say (`None`: accepted).
+    #[test]
+    fn op_descriptions_that_break_a_premise_are_refused() {
+        let u64_state = state("u64", 8, 1);
+        let cases: [(&str, RFingerprint, RFingerprint, usize, Option<&str>); 8] = [
+            ("stateless", NONE, NONE, 0, None),
+            ("same state", u64_state, u64_state, 1, None),
+            (
+                "another layout hash",
+                u64_state,
+                state("u64", 8, 2),
+                0,
+                Some(
+                    "its state type is `u64` (size 8, align 8, layout hash 0x1) by its signature but `u64` (size 8, align 8, layout hash 0x2) by its state vtable",
+                ),
+            ),
+            (
+                "another size",
+                u64_state,
+                state("u64", 16, 1),
+                0,
+                Some("but `u64` (size 16,"),
+            ),
+            (
+                "state only in the vtable",
+                NONE,
+                u64_state,
+                0,
+                Some("its state type is none by its signature but `u64`"),
+            ),
+            (
+                "state only in the signature",
+                u64_state,
+                NONE,
+                0,
+                Some("by its signature but none (size 0) by its state vtable"),
+            ),
+            (
+                "a nameless state with a size",
+                NONE,
+                RFingerprint { size: 8, ..NONE },
+                0,
+                Some("by its signature but none (size 8) by its state vtable"),
+            ),
+            (
+                "an operator the code does not have",
+                u64_state,
+                u64_state,
+                2,
+                Some("its code has no operator 2 to seed (init answered 2)"),
+            ),
+        ];
+        for (what, announced, vtable, index, expected) in cases {
+            let sig = RSignature {
+                input: NONE,
+                output: NONE,
+                state: announced,
+                seed: RStr::NONE,
+            };
+            let tracks = vec![(String::from("scan"), None, signature("scan", &sig))];
+            let op = OpDesc {
+                track: 1,
+                kind: RStr::new("scan"),
+                state: StateVTable {
+                    fingerprint: vtable,
+                    init: init_two,
+                    drop: drop_nothing,
+                },
+            };
+            let got = op_code(&tracks, std::ptr::null_mut(), index, &op);
+            match (expected, got) {
+                (None, Ok(code)) => assert_eq!(code.layout.size(), vtable.size, "{what}"),
+                (Some(part), Err(e)) => assert!(e.contains(part), "{what}: {e}"),
+                (None, Err(e)) => panic!("{what}: refused: {e}"),
+                (Some(part), Ok(_)) => panic!("{what}: accepted, expected {part:?}"),
+            }
+        }
+    }
 }

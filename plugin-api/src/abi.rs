@@ -11,7 +11,8 @@
 //! 2. check [`PluginHeader::magic`], then [`PluginHeader::abi_version`] and
 //!    [`PluginHeader::header_size`]: these three leading fields are frozen across ABI versions
 //!    so that any future host can read them;
-//! 3. compare the plugin-api version, the rustc version and the target strings;
+//! 3. compare the plugin-api version, the rustc version and the target strings, and refuse a
+//!    plugin whose panic strategy is not `unwind`;
 //! 4. only then call [`PluginHeader::register`] with a [`HostApi`].
 
 use core::ffi::c_void;
@@ -33,6 +34,16 @@ pub const RUSTC_VERSION: &str = env!("HMR_RUSTC_VERSION");
 
 /// The target triple this side of the boundary was built for.
 pub const TARGET: &str = env!("HMR_TARGET");
+
+/// The panic strategy this side of the boundary was built with: `unwind`, or `abort` (a
+/// profile's `panic = "abort"`, or `-C panic=abort`). Compiled into the plugin with the rest
+/// of plugin-api, so it is the plugin's: the host refuses a plugin whose panics cannot be
+/// caught, since any of them would end the host's process.
+pub const PANIC_STRATEGY: &str = if cfg!(panic = "unwind") {
+    "unwind"
+} else {
+    "abort"
+};
 
 /// A borrowed UTF-8 string: a pointer and a length. The receiver must copy it before the
 /// call it was passed to returns, unless the documentation of that call says otherwise.
@@ -187,8 +198,21 @@ pub type PushOneFn = unsafe extern "C" fn(
 pub type CompleteFn =
     unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
 
-/// Write operator `op`'s seed state into `dst`; returns false if the seed's `Clone` panicked.
-pub type InitFn = unsafe extern "C" fn(env: *const c_void, op: u32, dst: *mut u8) -> bool;
+/// Values returned by [`InitFn`].
+pub mod init_status {
+    /// The seed was written (or, for a null `dst`, the operator exists).
+    pub const OK: u32 = 0;
+    /// The seed's `Clone` panicked; nothing was written.
+    pub const PANICKED: u32 = 1;
+    /// The pipeline has no operator of that index; nothing was written.
+    pub const UNKNOWN_OP: u32 = 2;
+}
+
+/// Write operator `op`'s seed state into `dst`; returns an [`init_status`]. Anything but
+/// [`init_status::OK`] leaves `dst` uninitialised. With a null `dst` nothing is written and
+/// nothing of the plugin's code runs: the call only says whether operator `op` exists (the
+/// host checks every operator of a pipeline this way at registration).
+pub type InitFn = unsafe extern "C" fn(env: *const c_void, op: u32, dst: *mut u8) -> u32;
 
 /// Drop the state value at `dst` in place; returns false if its drop panicked.
 pub type DropStateFn = unsafe extern "C" fn(dst: *mut u8) -> bool;
@@ -292,6 +316,8 @@ pub struct PluginHeader {
     pub rustc_version: RStr,
     /// The plugin's [`TARGET`].
     pub target: RStr,
+    /// The plugin's [`PANIC_STRATEGY`].
+    pub panic_strategy: RStr,
     /// The registration entry point.
     pub register: RegisterFn,
 }
@@ -310,6 +336,7 @@ impl PluginHeader {
             api_version: RStr::new(API_VERSION),
             rustc_version: RStr::new(RUSTC_VERSION),
             target: RStr::new(TARGET),
+            panic_strategy: RStr::new(PANIC_STRATEGY),
             register,
         }
     }

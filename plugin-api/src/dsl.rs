@@ -23,7 +23,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
     EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature, RStr, SourceDesc, StateVTable,
-    source_kind, status,
+    init_status, source_kind, status,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -120,6 +120,33 @@ pub struct Cx<'a> {
     states: *const *mut u8,
     emit: &'a EmitCx,
     panicked_op: Cell<u32>,
+    /// What a panic did to the panicking operator's state, for the error report.
+    after_panic: Cell<AfterPanic>,
+}
+
+/// What a panic in a `scan`, `scan_map` or `reduce` function did to that operator's state
+/// (see [`Chain::reduce`] for the rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterPanic {
+    /// The panic did not touch any state (or the operator keeps none).
+    Untouched,
+    /// The state was dropped and replaced by a clone of the seed.
+    Reseeded,
+    /// `scan_map` only: cloning the seed panicked too, so the state stays as the panic left it.
+    LeftAsIs,
+}
+
+impl AfterPanic {
+    /// The note appended to the panic's message.
+    fn note(self) -> &'static str {
+        match self {
+            AfterPanic::Untouched => "",
+            AfterPanic::Reseeded => " (its state was reset to the seed)",
+            AfterPanic::LeftAsIs => {
+                " (its state is kept as the panic left it: cloning the seed to reset it panicked too)"
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Cx<'_> {
@@ -173,11 +200,13 @@ pub trait Stage: Send + Sync + 'static {
     fn push<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow;
     /// Completes the chain, flushing what operators hold (a `reduce` emits here).
     fn complete<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
-    /// Writes the seed state of operator `op` into `dst`.
+    /// Writes the seed state of operator `op` into `dst`; returns false, writing nothing, when
+    /// the chain has no operator `op`. A null `dst` only asks whether operator `op` exists.
     ///
     /// # Safety
-    /// `dst` must be valid for writes of operator `op`'s state type and aligned for it.
-    unsafe fn init(&self, op: u32, dst: *mut u8);
+    /// Unless null, `dst` must be valid for writes of operator `op`'s state type and aligned
+    /// for it.
+    unsafe fn init(&self, op: u32, dst: *mut u8) -> bool;
 }
 
 /// One operator, from `In` to `Out`.
@@ -213,7 +242,10 @@ impl Stage for Root {
     fn complete<K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
         Flow::Continue
     }
-    unsafe fn init(&self, _op: u32, _dst: *mut u8) {}
+    unsafe fn init(&self, _op: u32, _dst: *mut u8) -> bool {
+        // The source has no state and no operator index: whatever was asked for is unknown.
+        false
+    }
 }
 
 /// A chain `S` followed by the operator `O`.
@@ -238,10 +270,13 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
             Flow::Continue
         }
     }
-    unsafe fn init(&self, op: u32, dst: *mut u8) {
+    unsafe fn init(&self, op: u32, dst: *mut u8) -> bool {
         if op == self.1.index() {
-            // SAFETY: forwarded caller obligation: `dst` fits operator `op`'s state.
-            unsafe { self.1.init(dst) }
+            if !dst.is_null() {
+                // SAFETY: forwarded caller obligation: `dst` fits operator `op`'s state.
+                unsafe { self.1.init(dst) }
+            }
+            true
         } else {
             // SAFETY: as above.
             unsafe { self.0.init(op, dst) }
@@ -309,7 +344,98 @@ impl<F: Fn(&T) + Send + Sync + 'static, T: 'static> Op<T> for Tap<F, T> {
     }
 }
 
-/// `scan(seed, f)`: state `A`, emits every new accumulator.
+/// Refills a state slot whose value was moved into a user function (`scan`, `reduce`) if
+/// that function unwinds: the slot must never be left without a value, since the host will
+/// hand it to the next call and drop it at the end.
+///
+/// Armed only while the function runs; [`Refill::disarm`] once it has returned. It clones the
+/// seed while unwinding, so the happy path pays no clone. If that clone panics as well, no
+/// value exists to put in the slot, and the process aborts after saying why on stderr.
+struct Refill<'a, A: Clone> {
+    slot: *mut A,
+    seed: &'a A,
+    op: u32,
+    after_panic: &'a Cell<AfterPanic>,
+}
+
+impl<A: Clone> Refill<'_, A> {
+    fn disarm(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl<A: Clone> Drop for Refill<'_, A> {
+    fn drop(&mut self) {
+        // Only reached while unwinding out of the user function, which owned the old value.
+        match catch_unwind(AssertUnwindSafe(|| self.seed.clone())) {
+            Ok(seed) => {
+                // SAFETY: `slot` is this operator's slot, valid and aligned for an `A`, and its
+                // value was moved out (into the function that panicked): writing does not leak
+                // or double-drop anything.
+                unsafe { self.slot.write(seed) };
+                self.after_panic.set(AfterPanic::Reseeded);
+            }
+            Err(payload) => {
+                core::mem::forget(payload);
+                fatal(&format!(
+                    "operator {} panicked with its state moved out, and cloning its seed to \
+                     restore the state panicked too: its state slot cannot be refilled",
+                    self.op
+                ));
+            }
+        }
+    }
+}
+
+/// Resets a state updated in place (`scan_map`) to its seed if the update unwinds: the
+/// value is still valid, but may be half-updated. Armed only while the function runs.
+struct Reset<'a, A: Clone> {
+    slot: *mut A,
+    seed: &'a A,
+    after_panic: &'a Cell<AfterPanic>,
+}
+
+impl<A: Clone> Reset<'_, A> {
+    fn disarm(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl<A: Clone> Drop for Reset<'_, A> {
+    fn drop(&mut self) {
+        // Only reached while unwinding out of the user function, whose `&mut A` is gone.
+        match catch_unwind(AssertUnwindSafe(|| self.seed.clone())) {
+            Ok(seed) => {
+                // SAFETY: `slot` is this operator's slot holding an initialised `A` that no
+                // reference points at any more (the function that borrowed it has unwound).
+                let old = unsafe { self.slot.replace(seed) };
+                // Not `contained`: the panic that brought us here is still in flight.
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(old))) {
+                    core::mem::forget(payload);
+                }
+                self.after_panic.set(AfterPanic::Reseeded);
+            }
+            Err(payload) => {
+                // The half-updated value is still a valid `A`: keep it rather than abort.
+                core::mem::forget(payload);
+                self.after_panic.set(AfterPanic::LeftAsIs);
+            }
+        }
+    }
+}
+
+/// Ends the process after printing `message` to stderr: for the few states from which no
+/// sound way back exists. The host shares the process, so it ends too; the message is what
+/// the person gets.
+#[cold]
+fn fatal(message: &str) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "[hmr plugin] fatal: {message}; aborting");
+    std::process::abort()
+}
+
+/// `scan(seed, f)`: state `A`, emits every new accumulator (one clone per value: the one it
+/// emits).
 pub struct Scan<A, F, T> {
     seed: A,
     f: F,
@@ -331,15 +457,27 @@ where
     fn push<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
         // SAFETY: the host seeded this slot with an `A` (fingerprint-checked) and no other
         // reference to it exists: each operator touches only its own slot.
-        let acc = unsafe { &mut *cx.state::<A>(self.op) };
-        // The old value stays in place until `f` returns, so a panic leaves the state intact;
-        // the clones (user `Clone` impls) count as the operator's code too.
-        let (kept, next) = cx.user(self.op, || {
-            let next = (self.f)(acc.clone(), x);
-            (next.clone(), next)
+        let slot = unsafe { cx.state::<A>(self.op) };
+        // The clone is a user `Clone` impl: it counts as the operator's code too.
+        let out = cx.user(self.op, || {
+            let refill = Refill {
+                slot,
+                seed: &self.seed,
+                op: self.op,
+                after_panic: &cx.after_panic,
+            };
+            // SAFETY: the slot holds an initialised `A`; it is moved out here and written
+            // back below, or by `refill` if `f` unwinds.
+            let acc = unsafe { slot.read() };
+            let next = (self.f)(acc, x);
+            refill.disarm();
+            // SAFETY: the slot's value was moved out above; this puts the new one back.
+            unsafe { slot.write(next) };
+            // A panic in this clone leaves the new state in place: only the value is lost.
+            // SAFETY: the slot holds the `A` just written; nothing else refers to it.
+            unsafe { (*slot).clone() }
         });
-        *acc = kept;
-        k(next)
+        k(out)
     }
     unsafe fn init(&self, dst: *mut u8) {
         // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
@@ -347,7 +485,52 @@ where
     }
 }
 
-/// `reduce(seed, f)`: state `A`, emits the accumulator once, on completion.
+/// `scan_map(seed, f)`: state `A`, updated in place by `f`, which returns what to emit; no
+/// clone per value.
+pub struct ScanMap<A, F, T, U> {
+    seed: A,
+    f: F,
+    op: u32,
+    _t: PhantomData<fn(T) -> U>,
+}
+
+impl<A, F, T, U> Op<T> for ScanMap<A, F, T, U>
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(&mut A, T) -> U + Send + Sync + 'static,
+    T: 'static,
+    U: 'static,
+{
+    type Out = U;
+    fn index(&self) -> u32 {
+        self.op
+    }
+    #[inline(always)]
+    fn push<K: FnMut(U) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
+        let slot = unsafe { cx.state::<A>(self.op) };
+        let out = cx.user(self.op, || {
+            let reset = Reset {
+                slot,
+                seed: &self.seed,
+                after_panic: &cx.after_panic,
+            };
+            // SAFETY: the slot holds an initialised `A`; this is the only reference to it
+            // while `f` runs, and it is gone before `reset` could touch the slot.
+            let out = (self.f)(unsafe { &mut *slot }, x);
+            reset.disarm();
+            out
+        });
+        k(out)
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
+        unsafe { dst.cast::<A>().write(self.seed.clone()) }
+    }
+}
+
+/// `reduce(seed, f)`: state `A`, emits the accumulator once, on completion (no clone per
+/// value; one when it emits).
 pub struct Reduce<A, F, T> {
     seed: A,
     f: F,
@@ -368,8 +551,21 @@ where
     #[inline(always)]
     fn push<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, x: T, _k: &mut K) -> Flow {
         // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
-        let acc = unsafe { &mut *cx.state::<A>(self.op) };
-        *acc = cx.user(self.op, || (self.f)(acc.clone(), x));
+        let slot = unsafe { cx.state::<A>(self.op) };
+        cx.user(self.op, || {
+            let refill = Refill {
+                slot,
+                seed: &self.seed,
+                op: self.op,
+                after_panic: &cx.after_panic,
+            };
+            // SAFETY: as in `Scan::push`: moved out here, written back below or by `refill`.
+            let acc = unsafe { slot.read() };
+            let next = (self.f)(acc, x);
+            refill.disarm();
+            // SAFETY: the slot's value was moved out above; this puts the new one back.
+            unsafe { slot.write(next) };
+        });
         Flow::Continue
     }
     fn complete<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
@@ -525,9 +721,43 @@ fn contained<R>(run: std::thread::Result<R>) -> Option<R> {
     match run {
         Ok(r) => Some(r),
         Err(payload) => {
+            caught();
             core::mem::forget(payload);
             None
         }
+    }
+}
+
+std::thread_local! {
+    /// Whether a panic raised by this library's code is unwinding on this thread and has not
+    /// been caught by one of its entry points yet (see [`quiet_hook`]).
+    static UNWINDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the panic in flight on this thread as caught by an entry point.
+fn caught() {
+    let _ = UNWINDING.try_with(|u| u.set(false));
+}
+
+/// This library's panic hook: silent for the panics its entry points catch (the host reports
+/// them, with the operator's path), loud for those that may end the process, which no one
+/// could report afterwards:
+///
+/// - every panic when the library was built with `panic = "abort"` (the host refuses such a
+///   library before running any of its code, so this is a second line);
+/// - a panic raised while another one unwinds on the same thread (in a destructor, or in
+///   the seed clone that refills a state): Rust aborts when such a panic leaves a destructor.
+///   A nested panic that is then caught (a user function catching its own) is printed too.
+fn quiet_hook(info: &std::panic::PanicHookInfo<'_>) {
+    let nested = UNWINDING.try_with(|u| u.replace(true)).unwrap_or(true);
+    if nested || !cfg!(panic = "unwind") {
+        use std::io::Write;
+        let why = if nested {
+            "panic while another panic unwinds (the process may abort)"
+        } else {
+            "panic in a library built with panic = \"abort\" (the process aborts)"
+        };
+        let _ = writeln!(std::io::stderr(), "[hmr plugin] {why}: {info}");
     }
 }
 
@@ -628,17 +858,32 @@ impl<'p, S: Stage> Chain<'p, S> {
         })
     }
 
+    /// The state signature of an accumulating operator: `A`'s fingerprint and drop glue,
+    /// and the seed's Debug text.
+    fn accumulator<A: Shape + fmt::Debug>(
+        seed: &A,
+    ) -> ((RFingerprint, crate::abi::DropStateFn), String) {
+        (
+            (
+                fingerprint::of_state::<A>(),
+                drop_state::<A> as crate::abi::DropStateFn,
+            ),
+            format!("{seed:?}"),
+        )
+    }
+
     /// Folds each value into an accumulator kept by the host and emits every new one.
+    ///
+    /// `f` takes the accumulator by value and returns the next one; the operator emits a
+    /// clone of it, which is the only clone per value (a `Vec` state costs one copy of the
+    /// `Vec` per value: use [`Chain::scan_map`] to emit something smaller). If `f` panics,
+    /// the state is reset to a clone of `seed`, as described at [`Chain::reduce`].
     pub fn scan<A, F>(mut self, seed: A, f: F) -> Next<'p, S, Scan<A, F, S::Out>>
     where
         A: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(A, S::Out) -> A + Send + Sync + 'static,
     {
-        let seed_text = format!("{seed:?}");
-        let state = (
-            fingerprint::of_state::<A>(),
-            drop_state::<A> as crate::abi::DropStateFn,
-        );
+        let (state, seed_text) = Self::accumulator(&seed);
         let op = self.track_op::<S::Out, A>("scan", Some(state), Some(&seed_text));
         self.then(Scan {
             seed,
@@ -648,18 +893,43 @@ impl<'p, S: Stage> Chain<'p, S> {
         })
     }
 
+    /// Updates an accumulator kept by the host in place and emits what `f` returns (rxRust's
+    /// `scan_map`): no clone per value, whatever the state's size. Its signature is `scan`'s:
+    /// the state type `A`, the output `U`, and the seed's Debug text.
+    ///
+    /// If `f` panics, the state (which `f` may have left half-updated) is dropped and reset
+    /// to a clone of `seed`, and the error reports the reset. If cloning the seed panics too,
+    /// the state is kept as the panic left it, and the error says so.
+    pub fn scan_map<A, U, F>(mut self, seed: A, f: F) -> Next<'p, S, ScanMap<A, F, S::Out, U>>
+    where
+        A: Shape + Clone + fmt::Debug + Send + Sync,
+        U: 'static,
+        F: Fn(&mut A, S::Out) -> U + Send + Sync + 'static,
+    {
+        let (state, seed_text) = Self::accumulator(&seed);
+        let op = self.track_op::<S::Out, U>("scan_map", Some(state), Some(&seed_text));
+        self.then(ScanMap {
+            seed,
+            f,
+            op,
+            _t: PhantomData,
+        })
+    }
+
     /// Folds each value into an accumulator kept by the host and emits it once, when the
-    /// source completes.
+    /// source completes. No clone per value: the accumulator moves into `f` and back.
+    ///
+    /// **A panic in `f`** (of `reduce` and `scan`) drops the accumulator `f` was given, so the
+    /// state is reset to a clone of `seed` (made only then), and the error reporting the
+    /// panic says so: `<message> (its state was reset to the seed)`. The slot is never left
+    /// without a value. If cloning the seed panics as well, nothing can fill the slot: the
+    /// process (and with it the host) aborts, after printing why to stderr.
     pub fn reduce<A, F>(mut self, seed: A, f: F) -> Next<'p, S, Reduce<A, F, S::Out>>
     where
         A: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(A, S::Out) -> A + Send + Sync + 'static,
     {
-        let seed_text = format!("{seed:?}");
-        let state = (
-            fingerprint::of_state::<A>(),
-            drop_state::<A> as crate::abi::DropStateFn,
-        );
+        let (state, seed_text) = Self::accumulator(&seed);
         let op = self.track_op::<S::Out, A>("reduce", Some(state), Some(&seed_text));
         self.then(Reduce {
             seed,
@@ -805,13 +1075,16 @@ unsafe fn enter<'a, S>(
             states,
             emit: &*cx,
             panicked_op: Cell::new(NO_OP),
+            after_panic: Cell::new(AfterPanic::Untouched),
         };
         (env, cx)
     }
 }
 
 fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
-    let message = panic_message(payload);
+    caught();
+    let mut message = panic_message(payload);
+    message.push_str(cx.after_panic.get().note());
     // SAFETY: `emit` is the host's live context for this call; the message outlives it.
     unsafe { (cx.emit.error)(cx.emit.host, cx.panicked_op.get(), RStr::new(&message)) };
     status::PANICKED
@@ -894,13 +1167,17 @@ unsafe extern "C" fn complete_entry<S: Stage>(
     run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
-unsafe extern "C" fn init_entry<S: Stage>(env: *const c_void, op: u32, dst: *mut u8) -> bool {
-    // SAFETY: `env` comes from `finish` for this `S` and `dst` is a slot sized and aligned
-    // for operator `op`'s state, as `InitFn` documents.
-    contained(catch_unwind(AssertUnwindSafe(|| unsafe {
+unsafe extern "C" fn init_entry<S: Stage>(env: *const c_void, op: u32, dst: *mut u8) -> u32 {
+    // SAFETY: `env` comes from `finish` for this `S` and `dst` is null or a slot sized and
+    // aligned for operator `op`'s state, as `InitFn` documents.
+    let run = contained(catch_unwind(AssertUnwindSafe(|| unsafe {
         (*env.cast::<Env<S>>()).stage.init(op, dst)
-    })))
-    .is_some()
+    })));
+    match run {
+        Some(true) => init_status::OK,
+        Some(false) => init_status::UNKNOWN_OP,
+        None => init_status::PANICKED,
+    }
 }
 
 unsafe extern "C" fn drop_env_entry<S: Stage>(env: *mut c_void) {
@@ -918,13 +1195,14 @@ pub unsafe fn run_register(host: *const HostApi, f: fn(&mut Plugin<'_>)) -> bool
     static QUIET: std::sync::Once = std::sync::Once::new();
     // Panics in plugin code are caught and reported by the host with the track's path; the
     // plugin's own copy of std would otherwise also print them to stderr.
-    QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    QUIET.call_once(|| std::panic::set_hook(Box::new(quiet_hook)));
     // SAFETY: guaranteed by the caller.
     let host = unsafe { &*host };
     let mut plugin = Plugin { host };
     match catch_unwind(AssertUnwindSafe(|| f(&mut plugin))) {
         Ok(()) => true,
         Err(payload) => {
+            caught();
             let message = panic_message(payload);
             // SAFETY: `host` is valid for the registration; the message outlives the call.
             unsafe { (host.fail)(host.ctx, RStr::new(&message)) };

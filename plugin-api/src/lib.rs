@@ -3,7 +3,7 @@
 //! A plugin crate is a `cdylib` that depends on this crate, writes its pipelines in a
 //! `register` function with the DSL ([`Plugin::pipeline`](dsl::Plugin::pipeline), sources
 //! [`interval_ms`](dsl::interval_ms) and [`range`](dsl::range), operators `map`, `filter`,
-//! `scan`, `reduce`, `take`, `tap`, `log` and keyed `scope`s) and exports it with
+//! `scan`, `scan_map`, `reduce`, `take`, `tap`, `log` and keyed `scope`s) and exports it with
 //! [`export_plugin!`]:
 //!
 //! ```

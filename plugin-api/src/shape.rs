@@ -8,7 +8,7 @@
 //! compares is a hash of that description.
 //!
 //! [`Shape`] is implemented for the primitive types, tuples, arrays, `Option`, `Vec`,
-//! `VecDeque`, `String` and `Box`. Declare your own state structs inside [`state!`], which
+//! `VecDeque`, `String` and `Box`. Declare your own state structs inside [`state!`](crate::state), which
 //! writes the struct as given and derives its description from its fields.
 
 use std::collections::VecDeque;
@@ -70,7 +70,7 @@ impl Describer {
 /// [`Shape::describe`] must describe everything that determines how the type's bytes (and
 /// the heap data it owns) are read: two versions of a type that describe themselves alike
 /// must be safe to read as each other. Getting this wrong lets a new plugin version read old
-/// state as a different type, which is undefined behaviour. Use [`state!`] instead of
+/// state as a different type, which is undefined behaviour. Use [`state!`](crate::state) instead of
 /// implementing it by hand.
 ///
 /// A state that owns heap memory (`String`, `Vec`, `Box`) is allocated by one plugin version
