@@ -154,6 +154,8 @@ fn register(f: fn(&mut Plugin<'_>)) -> Registry {
 struct Sink {
     logs: RefCell<Vec<String>>,
     errors: RefCell<Vec<(u32, String)>>,
+    /// Where the plugin says which operator it is in (`EmitCx::current_op`).
+    current_op: std::sync::atomic::AtomicU32,
 }
 
 unsafe extern "C" fn on_log(host: *mut c_void, _op: u32, text: RStr) {
@@ -204,6 +206,7 @@ impl Running {
             host: (&raw const *sink).cast_mut().cast::<c_void>(),
             log: on_log,
             error: on_error,
+            current_op: &raw const sink.current_op,
         };
         Running { p, slots, sink, cx }
     }
