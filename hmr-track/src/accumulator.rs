@@ -16,6 +16,13 @@ use crate::model::{
 };
 use crate::path;
 
+/// How many replaced core entities a track remembers (`prev_entity_ids`); older ones leave
+/// the store, so a long session's store does not grow with its reloads.
+pub const PREV_ENTITY_HISTORY: usize = 4;
+
+/// How many registration runs the store remembers (`modules`).
+pub const MODULE_HISTORY: usize = 64;
+
 /// Everything the accumulator knows: the open calls and the entities.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct State {
@@ -374,6 +381,11 @@ impl State {
                 status: ModuleStatus::Running,
             },
         );
+        // Bounded history: only the newest runs are kept (ids only ever grow, so the newest
+        // still tells the next id).
+        while self.store.modules.len() > MODULE_HISTORY {
+            self.store.modules.pop_first();
+        }
         Ok(())
     }
 
@@ -757,6 +769,19 @@ impl State {
         if let Some(old) = stored.entity_id.take() {
             stored.prev_entity_ids.push(old);
         }
+        // Bounded history: the oldest replaced entity leaves the track's history and the
+        // store (an entity belongs to the one scope run that produced it, so nothing else
+        // refers to it).
+        if stored.prev_entity_ids.len() > PREV_ENTITY_HISTORY {
+            let forgotten: Vec<Id> = stored
+                .prev_entity_ids
+                .drain(..stored.prev_entity_ids.len() - PREV_ENTITY_HISTORY)
+                .collect();
+            for id in forgotten {
+                self.store.pipelines.remove(&id);
+                self.store.operators.remove(&id);
+            }
+        }
         stored.entity_id = pending.entity_id;
         stored.version += 1;
         stored.module = module;
@@ -832,9 +857,14 @@ impl State {
                         subscription: subscription.id,
                     });
                 }
-                // Validated: mutate.
+                // Validated: mutate. The track's entities and ended subscriptions go with it.
                 if let Some(removed) = self.store.tracks.remove(&track) {
                     self.store.remove_path(&removed.path);
+                    for id in removed.entity_id.iter().chain(&removed.prev_entity_ids) {
+                        self.store.pipelines.remove(id);
+                        self.store.operators.remove(id);
+                    }
+                    self.store.subscriptions.retain(|_, s| s.track != track);
                 }
             }
         }

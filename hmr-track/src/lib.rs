@@ -121,8 +121,8 @@ mod query;
 mod recorder;
 
 pub use accumulator::{
-    EntityFrame, EntityKind, Stack, State, Store, SubscriptionCall, SubscriptionFrame, TrackFrame,
-    apply,
+    EntityFrame, EntityKind, MODULE_HISTORY, PREV_ENTITY_HISTORY, Stack, State, Store,
+    SubscriptionCall, SubscriptionFrame, TrackFrame, apply,
 };
 pub use error::ApplyError;
 pub use event::{Event, ModuleOutcome, UpdateOutcome};
