@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +70,7 @@ pub struct TrackFrame {
     /// The core entity returned directly inside this scope so far.
     pub entity: Option<Id>,
     /// Kinds of the child tracks called so far, in order.
-    pub child_kinds: Vec<String>,
+    pub child_kinds: Vec<Arc<str>>,
 }
 
 /// Which core entity an [`EntityFrame`] creates.
@@ -148,27 +149,44 @@ pub struct Store {
     path_index: HashMap<String, Id, BuildFnv>,
 }
 
-/// FNV-1a: paths are short strings hashed once per registered track, where SipHash's
-/// DoS resistance buys nothing (the keys come from the developer's own plugin).
+/// An Fx-style hash (rustc's): paths are short strings hashed once per registered track, where
+/// SipHash's DoS resistance buys nothing (the keys come from the developer's own plugin); eight
+/// bytes a step, not one.
 #[derive(Clone, Copy, Debug, Default)]
 struct BuildFnv;
 
 impl std::hash::BuildHasher for BuildFnv {
     type Hasher = Fnv;
     fn build_hasher(&self) -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+        Fnv(0)
     }
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Fnv(u64);
 
+impl Fnv {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
 impl std::hash::Hasher for Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
     }
     fn finish(&self) -> u64 {
         self.0
@@ -225,8 +243,28 @@ struct TrackPlan {
     module: ModuleId,
     index: Option<u32>,
     parent: Option<Id>,
-    path: String,
+    /// The path, when no track has it yet (an existing track holds it: see [`TrackPlan::path`]).
+    new_path: Option<String>,
     existing: Option<Id>,
+}
+
+impl TrackPlan {
+    /// The planned path: the new one, or the existing track's (the same text).
+    fn path(&self, store: &Store) -> String {
+        match (
+            &self.new_path,
+            self.existing.and_then(|id| store.tracks.get(&id)),
+        ) {
+            (Some(p), _) => p.clone(),
+            (None, Some(t)) => t.path.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+thread_local! {
+    /// A buffer for the path a track-call plans: found in the store, it is not allocated.
+    static PATH_BUFFER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Applies `event` to `state` and returns the new state: the pure form of [`State::apply`].
@@ -276,7 +314,7 @@ impl State {
             {
                 Err(ApplyError::DuplicatePath {
                     event: TRACK_CALL,
-                    path: plan.path,
+                    path: plan.path(&self.store),
                     module: plan.module,
                 })
             }
@@ -500,10 +538,15 @@ impl State {
         if let Some(key) = key {
             path::check_key(event, key)?;
         }
-        let (parent, index, path) =
-            match self.stack.tracks.last() {
+        PATH_BUFFER.with(|buffer| {
+            let mut path = buffer.borrow_mut();
+            path.clear();
+            let (parent, index) = match self.stack.tracks.last() {
                 None => match key {
-                    Some(key) => (None, None, key.to_owned()),
+                    Some(key) => {
+                        path.push_str(key);
+                        (None, None)
+                    }
                     None => {
                         return Err(ApplyError::TopLevelNotKeyed {
                             event,
@@ -529,17 +572,18 @@ impl State {
                         }
                         None => Some(frame.next_index),
                     };
-                    let path = path::nested_path(&parent.path, index, key, kind);
-                    (Some(frame.track), index, path)
+                    path::nested_path_into(&mut path, &parent.path, index, key, kind);
+                    (Some(frame.track), index)
                 }
             };
-        let existing = self.store.track_at(&path);
-        Ok(TrackPlan {
-            module,
-            index,
-            parent,
-            path,
-            existing,
+            let existing = self.store.track_at(&path);
+            Ok(TrackPlan {
+                module,
+                index,
+                parent,
+                new_path: existing.is_none().then(|| path.clone()),
+                existing,
+            })
         })
     }
 
@@ -579,11 +623,11 @@ impl State {
     ) -> Result<(), ApplyError> {
         const EVENT: &str = TRACK_CALL;
         let kind_mismatch = || {
-            (!signature.kind.is_empty() && signature.kind != kind).then(|| {
+            (!signature.kind.is_empty() && *signature.kind != *kind).then(|| {
                 ApplyError::KindMismatch {
                     event: EVENT,
                     kind: kind.to_owned(),
-                    signature_kind: signature.kind.clone(),
+                    signature_kind: signature.kind.to_string(),
                 }
             })
         };
@@ -613,7 +657,7 @@ impl State {
                 if registered_in(t, plan.module) {
                     return Err(ApplyError::DuplicatePath {
                         event: EVENT,
-                        path: plan.path,
+                        path: t.path.clone(),
                         module: plan.module,
                     });
                 }
@@ -623,7 +667,7 @@ impl State {
                 if expected != track {
                     return Err(ApplyError::TrackIdMismatch {
                         event: EVENT,
-                        path: plan.path,
+                        path: t.path.clone(),
                         expected,
                         found: track,
                     });
@@ -633,13 +677,15 @@ impl State {
         };
         // Validated: mutate.
         let mut signature = signature.into_owned();
-        kind.clone_into(&mut signature.kind);
+        if *signature.kind != *kind {
+            signature.kind = Arc::from(kind);
+        }
         signature.children.clear();
         if let Some(frame) = self.stack.tracks.last_mut() {
             if plan.index.is_some() {
                 frame.next_index += 1;
             }
-            frame.child_kinds.push(kind.to_owned());
+            frame.child_kinds.push(signature.kind.clone());
         }
         match existing {
             Some(existing) => {
@@ -650,18 +696,19 @@ impl State {
                 });
             }
             None => {
-                self.store.insert_path(plan.path.clone(), track);
+                let path = plan.new_path.unwrap_or_default();
+                self.store.insert_path(path.clone(), track);
                 self.store.tracks.insert(
                     track,
                     Box::new(Track {
                         id: track,
-                        path: plan.path,
+                        path,
                         entity_id: None,
                         prev_entity_ids: Vec::new(),
                         parent: plan.parent,
                         index: plan.index,
                         key: key.map(str::to_owned),
-                        kind: kind.to_owned(),
+                        kind: signature.kind.clone(),
                         signature,
                         version: 0,
                         module: plan.module,
@@ -897,11 +944,23 @@ impl State {
                 );
             }
             EntityKind::Operator => {
+                // The kind of the track scope the operator is made in, shared when equal.
+                let shared = self
+                    .stack
+                    .tracks
+                    .last()
+                    .and_then(|f| self.store.tracks.get(&f.track))
+                    .map(|t| match &t.pending {
+                        Some(p) => &p.signature.kind,
+                        None => &t.signature.kind,
+                    })
+                    .filter(|k| ***k == *name)
+                    .cloned();
                 self.store.operators.insert(
                     entity,
                     Operator {
                         id: entity,
-                        kind: name.to_owned(),
+                        kind: shared.unwrap_or_else(|| Arc::from(name)),
                         module,
                     },
                 );

@@ -1,5 +1,7 @@
 //! The entities of the store (tracks, modules, pipelines, operators, subscriptions) and their signatures.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// One id space for tracks, core entities (pipelines, operators) and subscriptions.
@@ -12,8 +14,8 @@ pub type ModuleId = u64;
 /// (or of anything the host chooses that changes when the type changes).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint {
-    /// The type name, e.g. `u64`.
-    pub name: String,
+    /// The type name, e.g. `u64` (shared: the same few names recur in every signature).
+    pub name: Arc<str>,
     /// `size_of` the type.
     pub size: u64,
     /// `align_of` the type.
@@ -25,8 +27,9 @@ pub struct Fingerprint {
 /// What must stay equal for a track's state to survive a swap (function bodies are not part of it).
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Signature {
-    /// The operator kind (`map`, `scan`, `pipeline`, `scope`, ...).
-    pub kind: String,
+    /// The operator kind (`map`, `scan`, `pipeline`, `scope`, ...). Shared, like every kind
+    /// and type name in the store: cloning a signature allocates only its seed.
+    pub kind: Arc<str>,
     /// The type flowing in.
     pub input: Option<Fingerprint>,
     /// The type flowing out.
@@ -37,7 +40,7 @@ pub struct Signature {
     pub seed: Option<String>,
     /// Kinds of the direct children in call order. Filled by the accumulator at
     /// `track-call-return`; whatever a `track-call` event carries here is ignored.
-    pub children: Vec<String>,
+    pub children: Vec<Arc<str>>,
 }
 
 /// What a later run of the registration proposed for an existing track, waiting for its
@@ -70,7 +73,7 @@ pub struct Track {
     /// The explicit key (a pipeline's name at top level, `scope("name", ..)` below).
     pub key: Option<String>,
     /// The scope kind (`pipeline`, `map`, `scope`, ...).
-    pub kind: String,
+    pub kind: Arc<str>,
     /// The committed signature.
     pub signature: Signature,
     /// 0 when created, +1 on every swapped or reset update.
@@ -126,7 +129,7 @@ pub struct Operator {
     /// The entity id.
     pub id: Id,
     /// The operator kind (`map`, `scan`, ...).
-    pub kind: String,
+    pub kind: Arc<str>,
     /// The run that created it.
     pub module: ModuleId,
 }
@@ -191,7 +194,7 @@ fn describe_pair(a: Option<&Fingerprint>, b: Option<&Fingerprint>) -> (String, S
 }
 
 fn describe_name(f: Option<&Fingerprint>) -> String {
-    f.map_or_else(|| "none".to_owned(), |f| f.name.clone())
+    f.map_or_else(|| "none".to_owned(), |f| f.name.to_string())
 }
 
 fn describe_full(f: &Fingerprint) -> String {

@@ -44,8 +44,20 @@ pub fn nested_segment(index: Option<u32>, key: Option<&str>, kind: &str) -> Stri
 
 /// `parent|segment` for the segment [`nested_segment`] would make, built in one allocation.
 pub fn nested_path(parent: &str, index: Option<u32>, key: Option<&str>, kind: &str) -> String {
-    use std::fmt::Write;
     let mut path = String::with_capacity(parent.len() + 14 + key.map_or(0, str::len) + kind.len());
+    nested_path_into(&mut path, parent, index, key, kind);
+    path
+}
+
+/// [`nested_path`] appended to `path` (a reused buffer: looking an existing track up by its
+/// path then allocates nothing).
+pub fn nested_path_into(
+    path: &mut String,
+    parent: &str,
+    index: Option<u32>,
+    key: Option<&str>,
+    kind: &str,
+) {
     path.push_str(parent);
     path.push(SEPARATOR);
     match key {
@@ -54,12 +66,25 @@ pub fn nested_path(parent: &str, index: Option<u32>, key: Option<&str>, kind: &s
             path.push_str(key);
         }
         None => {
-            let _ = write!(path, "{}", index.unwrap_or_default());
+            // Decimal digits without the formatting machinery (this runs once per track).
+            let mut digits = [0u8; 10];
+            let mut n = index.unwrap_or_default();
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for &d in &digits[at..] {
+                path.push(char::from(d));
+            }
         }
     }
     path.push(':');
     path.push_str(kind);
-    path
 }
 
 /// `parent|segment`.
@@ -79,6 +104,20 @@ pub fn descendant_prefix(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_paths_spell_every_index() {
+        for (index, key, expected) in [
+            (Some(0), None, "p|0:map"),
+            (Some(9), None, "p|9:map"),
+            (Some(10), None, "p|10:map"),
+            (Some(1_000_007), None, "p|1000007:map"),
+            (Some(u32::MAX), None, "p|4294967295:map"),
+            (None, Some("k"), "p|#k:map"),
+        ] {
+            assert_eq!(nested_path("p", index, key, "map"), expected);
+        }
+    }
 
     #[test]
     fn segments() {

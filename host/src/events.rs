@@ -13,7 +13,7 @@ pub struct TrackInfo {
     /// Structural path, e.g. `counter|2:scan`.
     pub path: String,
     /// Operator kind (`pipeline`, `map`, `scope`, ...).
-    pub kind: String,
+    pub kind: std::sync::Arc<str>,
     /// How many times its code was swapped or its state reset.
     pub version: u64,
 }

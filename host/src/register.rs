@@ -38,7 +38,8 @@ struct Ctx {
     version: u64,
     calls: Vec<Call>,
     /// The kind, key and signature of each track scope opened, by handle - 1.
-    tracks: Vec<(String, Option<String>, Signature)>,
+    tracks: Vec<(Option<String>, Signature)>,
+    names: Names,
     /// Pipelines as compiled, with handles where track ids will go.
     pipelines: Vec<PipelineCode>,
     error: Option<String>,
@@ -64,12 +65,11 @@ impl Ctx {
         }
     }
 
-    fn track_call(&mut self, kind: &str, key: Option<&str>, sig: Signature) -> u64 {
+    fn track_call(&mut self, key: Option<&str>, sig: Signature) -> u64 {
         if self.error.is_some() {
             return 0;
         }
-        self.tracks
-            .push((kind.to_owned(), key.map(str::to_owned), sig));
+        self.tracks.push((key.map(str::to_owned), sig));
         self.calls.push(Call::Open);
         self.tracks.len() as u64
     }
@@ -141,12 +141,12 @@ impl Ctx {
 ///   (no plugin code beyond the lookup runs), so a slot is never left unseeded and later
 ///   dropped as if it held a value.
 fn op_code(
-    tracks: &[(String, Option<String>, Signature)],
+    tracks: &[(Option<String>, Signature)],
     env: *mut c_void,
     index: usize,
     op: &abi::OpDesc,
 ) -> Result<OpCode, String> {
-    let (_, _, sig) = track_of(op.track)
+    let (_, sig) = track_of(op.track)
         .and_then(|i| tracks.get(i))
         .ok_or_else(|| {
             format!(
@@ -209,28 +209,84 @@ fn describe(fp: Option<&Fingerprint>) -> String {
     }
 }
 
+/// Kinds and type names, shared: a registration repeats the same few (`map`, `u64`) for
+/// every track, and the plugin passes each from the same `'static` string in its image, so
+/// a name is decoded and allocated once per registration, then found by its address (and
+/// checked byte for byte, so a plugin reusing a buffer gets the right name all the same).
+struct Names {
+    /// A small direct-mapped cache by address: no hashing, one compare on a hit.
+    slots: [Option<(usize, Arc<str>)>; NAME_SLOTS],
+}
+
+const NAME_SLOTS: usize = 64;
+
+impl Default for Names {
+    fn default() -> Names {
+        Names {
+            slots: std::array::from_fn(|_| None),
+        }
+    }
+}
+
+impl Names {
+    /// The shared string for `s`; `None` for the absent string.
+    ///
+    /// # Safety
+    /// `s` must be readable for the call (the plugin passes strings valid for the call).
+    unsafe fn get(&mut self, s: RStr) -> Option<Arc<str>> {
+        if s.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: guaranteed by the caller.
+        let bytes = unsafe { std::slice::from_raw_parts(s.ptr, s.len) };
+        let address = s.ptr as usize;
+        let slot = &mut self.slots[(address >> 3 ^ s.len) % NAME_SLOTS];
+        if let Some((a, name)) = slot
+            && *a == address
+            && name.as_bytes() == bytes
+        {
+            return Some(name.clone());
+        }
+        let name: Arc<str> = Arc::from(String::from_utf8_lossy(bytes));
+        *slot = Some((address, name.clone()));
+        Some(name)
+    }
+
+    /// # Safety
+    /// As for [`Names::get`]: the fingerprint's name must be readable for the call.
+    unsafe fn fingerprint(&mut self, fp: &RFingerprint) -> Option<Fingerprint> {
+        // SAFETY: forwarded.
+        let name = unsafe { self.get(fp.name) }?;
+        Some(Fingerprint {
+            name,
+            size: fp.size as u64,
+            align: fp.align as u64,
+            hash: fp.hash,
+        })
+    }
+
+    /// # Safety
+    /// As for [`Names::get`], for `kind` and every string of `sig`.
+    unsafe fn signature(&mut self, kind: RStr, sig: &RSignature) -> Signature {
+        // SAFETY: forwarded.
+        unsafe {
+            Signature {
+                kind: self.get(kind).unwrap_or_else(|| Arc::from("")),
+                input: self.fingerprint(&sig.input),
+                output: self.fingerprint(&sig.output),
+                state: self.fingerprint(&sig.state),
+                seed: sig.seed.to_string_lossy().map(|s| s.into_owned()),
+                children: Vec::new(),
+            }
+        }
+    }
+}
+
+/// A fingerprint read once, not shared (messages and checks outside a registration).
 fn fingerprint(fp: &RFingerprint) -> Option<Fingerprint> {
     // SAFETY: fingerprint names point at `'static` type names in the plugin image, valid for
     // the call (we copy them).
-    let name = unsafe { fp.name.to_string_lossy() }?;
-    Some(Fingerprint {
-        name: name.into_owned(),
-        size: fp.size as u64,
-        align: fp.align as u64,
-        hash: fp.hash,
-    })
-}
-
-fn signature(kind: &str, sig: &RSignature) -> Signature {
-    Signature {
-        kind: kind.to_owned(),
-        input: fingerprint(&sig.input),
-        output: fingerprint(&sig.output),
-        state: fingerprint(&sig.state),
-        // SAFETY: the plugin passes a seed valid for the call.
-        seed: unsafe { sig.seed.to_string_lossy() }.map(|s| s.into_owned()),
-        children: Vec::new(),
-    }
+    unsafe { Names::default().fingerprint(fp) }
 }
 
 /// Runs `f` on the context behind `ctx`, never letting a host panic unwind into the plugin.
@@ -260,10 +316,9 @@ unsafe extern "C" fn cb_track_call(
     // valid for the call.
     unsafe {
         with_ctx(ctx, 0, |c| {
-            let kind = kind.to_string_lossy().unwrap_or_default();
             let key = key.to_string_lossy();
-            let sig = signature(&kind, &*sig);
-            c.track_call(&kind, key.as_deref(), sig)
+            let sig = c.names.signature(kind, &*sig);
+            c.track_call(key.as_deref(), sig)
         })
     }
 }
@@ -352,6 +407,7 @@ fn collect(lib: Arc<LibVersion>, version: u64) -> Ctx {
         version,
         calls: Vec::new(),
         tracks: Vec::new(),
+        names: Names::default(),
         pipelines: Vec::new(),
         error: None,
     };
@@ -381,6 +437,7 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
         tracks,
         mut pipelines,
         error,
+        ..
     } = ctx;
     let module = recorder
         .module_call(&lib.built().display().to_string())
@@ -395,8 +452,8 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
         for call in calls {
             match call {
                 Call::Open => {
-                    let (kind, key, sig) =
-                        tracks.next().ok_or("more scopes opened than recorded")?;
+                    let (key, sig) = tracks.next().ok_or("more scopes opened than recorded")?;
+                    let kind = sig.kind.clone();
                     ids.push(
                         open(recorder, &kind, key.as_deref(), sig).map_err(|e| e.to_string())?,
                     );
@@ -558,7 +615,9 @@ mod tests {
                 state: announced,
                 seed: RStr::NONE,
             };
-            let tracks = vec![(String::from("scan"), None, signature("scan", &sig))];
+            // SAFETY: the strings of `sig` are `'static`.
+            let sig = unsafe { Names::default().signature(RStr::new("scan"), &sig) };
+            let tracks = vec![(None, sig)];
             let op = OpDesc {
                 track: 1,
                 kind: RStr::new("scan"),

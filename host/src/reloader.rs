@@ -79,7 +79,7 @@ pub struct Reloader {
     running_library: Option<u64>,
     unchanged: usize,
     /// The state lineage of every live operator track (see [`crate::code::OpCode::lineage`]).
-    lineages: std::collections::HashMap<Id, u64>,
+    lineages: std::collections::HashMap<Id, u64, IdHash>,
     register_deadline: Duration,
 }
 
@@ -109,7 +109,7 @@ impl Reloader {
             timings: Timings::default(),
             running_library: None,
             unchanged: 0,
-            lineages: std::collections::HashMap::new(),
+            lineages: std::collections::HashMap::default(),
             register_deadline: crate::register::REGISTER_DEADLINE,
         })
     }
@@ -328,20 +328,18 @@ impl Reloader {
 
     /// Every track of the running version, in path order.
     pub fn tracks(&self) -> Vec<TrackInfo> {
-        let mut tracks: Vec<TrackInfo> = self
-            .recorder
-            .state
-            .store
-            .tracks
-            .values()
-            .map(|t| TrackInfo {
-                path: t.path.clone(),
+        let store = &self.recorder.state.store;
+        // `paths` is ordered by path: no sort, and each kind is shared, not copied.
+        store
+            .paths
+            .iter()
+            .filter_map(|(path, id)| store.tracks.get(id).map(|t| (path, t)))
+            .map(|(path, t)| TrackInfo {
+                path: path.clone(),
                 kind: t.kind.clone(),
                 version: t.version,
             })
-            .collect();
-        tracks.sort_by(|a, b| a.path.cmp(&b.path));
-        tracks
+            .collect()
     }
 
     /// Steps 4 and 5.
@@ -386,7 +384,7 @@ impl Reloader {
         orphans.sort_by(|a, b| b.path.cmp(&a.path));
         let removed_pipelines: BTreeSet<String> = orphans
             .iter()
-            .filter(|t| t.kind == "pipeline")
+            .filter(|t| &*t.kind == "pipeline")
             .map(|t| t.key.clone().unwrap_or_default())
             .collect();
         report.removed = orphans.iter().rev().map(|t| t.path.clone()).collect();
@@ -478,6 +476,27 @@ struct Report {
     removed: Vec<String>,
     restarted: Vec<RestartInfo>,
     stuck: Vec<String>,
+}
+
+/// A hasher for track ids (small integers the store hands out): one multiply, no SipHash.
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A hash of a library's bytes, to recognise a build identical to the running one.

@@ -5,6 +5,7 @@ use hmr_track::{
     ApplyError, Event, ModuleOutcome, ModuleStatus, Recorder, Signature, State, UpdateOutcome,
     apply,
 };
+use std::sync::Arc;
 
 use crate::support::{parse, paths, recorded, replay_checked, run, settle};
 
@@ -346,10 +347,13 @@ fn the_entity_returned_directly_inside_a_scope_is_correlated() {
     assert_eq!(state.track(c).unwrap().entity_id, Some(pipeline));
     assert_eq!(state.track(map).unwrap().entity_id, Some(op));
     assert_eq!(state.track(scope).unwrap().entity_id, None);
-    assert_eq!(state.track(c).unwrap().signature.children, ["map", "scope"]);
-    assert_eq!(state.track(c).unwrap().signature.kind, "pipeline");
+    assert_eq!(
+        state.track(c).unwrap().signature.children,
+        [Arc::from("map"), Arc::from("scope")]
+    );
+    assert_eq!(&*state.track(c).unwrap().signature.kind, "pipeline");
     assert_eq!(state.store.pipelines[&pipeline].module, m);
-    assert_eq!(state.store.operators[&op].kind, "map");
+    assert_eq!(&*state.store.operators[&op].kind, "map");
 }
 
 #[test]

@@ -28,7 +28,11 @@ fn the_store_stays_flat_over_many_reloads() {
     // Each run changes a seed (a reset), keeps the rest (swaps), and every other run adds or
     // removes a pipeline (with its subscription).
     let program = |i: usize| {
-        let extra = if i.is_multiple_of(2) { " extra{map}" } else { "" };
+        let extra = if i.is_multiple_of(2) {
+            " extra{map}"
+        } else {
+            ""
+        };
         parse(&format!(
             "counter{{map filter scan({})}} total{{reduce(0)}}{extra}",
             i % 3
