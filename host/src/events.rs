@@ -118,13 +118,16 @@ pub enum HostEvent {
         /// The cause.
         error: String,
     },
-    /// A user function panicked during an emission.
+    /// Something went wrong while the host ran: a user function panicked during an emission
+    /// (`pipeline` and `path` name the operator), a pipeline could not be run (its thread did
+    /// not start, its state could not be seeded: `path` is the pipeline), or the host itself
+    /// failed (`pipeline` and `path` empty, the cause in `message`).
     Error {
-        /// Pipeline name.
+        /// Pipeline name, or empty for a failure of the host's own.
         pipeline: String,
-        /// The structural path of the operator that panicked.
+        /// The structural path of the operator that panicked, the pipeline's name, or empty.
         path: String,
-        /// The panic's message.
+        /// The panic's message, or the cause.
         message: String,
     },
     /// A pipeline's source thread has been inside one call into plugin code for longer than

@@ -1,21 +1,27 @@
-//! The reload sequence. One call of [`Reloader::reload`] is one attempt, all or nothing:
+//! The reload sequence. One call of [`Reloader::reload`] is one attempt, all or nothing. The
+//! steps are numbered as in ARCHITECTURE.md ("The reload sequence"; step 0, waiting for the
+//! save to finish, is the watcher's):
 //!
 //! 1. **Build**: `cargo build` the plugin ([`crate::cargo`]); on a compile error report
-//!    `build-failed` with the first diagnostic and stop here.
-//! 2. **Load**: copy the library to a private path, open it, check its ABI header
-//!    ([`crate::loader`]); on any mismatch report `load-failed` and stop here.
-//! 3. **Register**: run the plugin's `register` inside a `module-call` of the tracking store
-//!    ([`crate::register`]); a panic or a refused track rolls the run back (`load-failed`).
-//! 4. **Reconcile** by structural path: every re-registered track gets a `track-update`,
-//!    `swapped` when its signature is unchanged, `reset` (with the reason) when not; new
-//!    tracks are `added`; tracks of the previous version not registered again are `removed`,
-//!    only now that the registration ran to its end.
-//! 5. **Swap**: publish each pipeline's new code with one atomic store ([`crate::runtime`]);
-//!    each source thread migrates its own state at its next emission. Removed pipelines are
-//!    unsubscribed and stopped; new ones subscribed and started.
-//! 6. **Report** one `loaded` / `reload` event with the counts and timings.
+//!    `build-failed` with the first diagnostic and stop here. A library byte-identical to
+//!    the running one ends the attempt ([`Outcome::Unchanged`]).
+//! 2. to 4. **Load**: check the file, copy it to a private path, open it, check its ABI
+//!    header ([`crate::loader`]); on any mismatch report `load-failed` and stop here.
+//! 5. **Register**: run the plugin's `register` on its own thread with a deadline, then
+//!    replay what it said into the tracking store as one `module-call`
+//!    ([`crate::register`]); a panic, a refused track or a missed deadline rolls the run back
+//!    (`load-failed`).
+//! 6. **Reconcile** by structural path: every re-registered track gets a `track-update`,
+//!    `swapped` when its signature is unchanged, `reset` (with the reason) when not, and a
+//!    state lineage to match (the one decision the source threads follow); new tracks are
+//!    `added`; tracks of the previous version not registered again are `removed`, only now
+//!    that the registration ran to its end, and their pipelines stopped.
+//! 7. **Stage** each pipeline's new code on the reloader's side ([`crate::runtime`]).
+//! 8. **Report** one `loaded` / `reload` event with the counts and timings, then commit:
+//!    publish each staged code with its generation, start new and restarted pipelines.
+//! 9. (On each source thread, at its next emission: migrate the state, run the new code.)
 //!
-//! Until step 5 nothing running has changed, so any failure leaves the last good version
+//! Until step 6 nothing running has changed, so any failure leaves the last good version
 //! running untouched. Versions are retired, never unmapped ([`crate::loader`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,18 +54,21 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Where the host's share of the last successful reload went (everything but cargo).
+/// Where the last successful reload's time went: cargo, then the host's share (steps 2 to
+/// 7; the report and the commit after it are not timed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
-    /// Cargo.
+    /// Cargo (step 1), as given to [`Reloader::load_built`] for a library built elsewhere.
     pub build: Duration,
-    /// Reading, checking and copying the library file, and `dlopen`.
+    /// Reading and checking the library file, writing the private copy, `dlopen` (steps 2
+    /// and 3), without the header check.
     pub load: Duration,
-    /// Reading and checking the ABI header.
+    /// Reading and checking the ABI header (step 4).
     pub validate: Duration,
-    /// Running the registration into the tracking store.
+    /// Running the plugin's `register` on its thread and replaying it into the tracking
+    /// store (step 5).
     pub register: Duration,
-    /// Reconciling by path and publishing the new code.
+    /// Reconciling by path and staging the new code (steps 6 and 7).
     pub swap: Duration,
 }
 
@@ -191,7 +200,7 @@ impl Reloader {
         &self.builds
     }
 
-    /// Steps 1 to 6.
+    /// Steps 1 to 8.
     pub fn reload(&mut self) -> Outcome {
         let started = Instant::now();
         let built = cargo::build(&self.build);
@@ -239,7 +248,7 @@ impl Reloader {
         }
     }
 
-    /// Steps 2 to 6 on `bytes`, read from `library` at `load_started`.
+    /// Steps 2 to 8 on `bytes`, read from `library` at `load_started`.
     fn load_and_swap(
         &mut self,
         library: &Path,
@@ -342,7 +351,7 @@ impl Reloader {
             .collect()
     }
 
-    /// Steps 4 and 5.
+    /// Steps 6 and 7.
     fn reconcile(&mut self, module: u64, pipelines: Vec<PipelineCode>) -> Report {
         let mut report = Report::default();
         let state = &self.recorder.state;
