@@ -54,6 +54,30 @@ fn bad_command_lines_fail_with_one_clear_message() {
             format!("plugin path {} is not a directory", s(&file)),
         ),
         (vec!["--plugin".into()], "--plugin needs a value".into()),
+        (vec!["--plugin=".into()], "--plugin needs a value".into()),
+        // The option after `--plugin` is not taken as its directory.
+        (
+            vec!["--plugin".into(), "--json".into()],
+            "--plugin needs a value, and `--json` is an option".into(),
+        ),
+        (
+            vec!["--json".into(), "--plugin".into(), "--no-watch".into()],
+            "--plugin needs a value, and `--no-watch` is an option".into(),
+        ),
+        (vec!["--on-panic".into()], "--on-panic needs a value".into()),
+        (
+            vec!["stray".into()],
+            "unknown argument `stray`".into(),
+        ),
+        (vec!["-x".into()], "unknown argument `-x`".into()),
+        (
+            vec!["--release=yes".into()],
+            "--release takes no value, not `yes`".into(),
+        ),
+        (
+            vec!["--debounce-ms=-3".into()],
+            "--debounce-ms takes milliseconds, not `-3`".into(),
+        ),
         (
             vec!["--frobnicate".into()],
             "unknown argument `--frobnicate`".into(),
@@ -90,19 +114,42 @@ fn bad_command_lines_fail_with_one_clear_message() {
     }
 }
 
+/// `--help` and `--version` print to stdout and exit 0; the help names every option and
+/// shows the defaults the host really uses (taken from the named constants).
 #[test]
-fn help_names_every_option() {
-    let (code, stdout, _) = host(&["--help"]);
-    assert_eq!(code, Some(0));
-    for option in [
-        "--plugin DIR",
+fn help_and_version_print_and_exit_zero() {
+    let debounce = format!("[default: {}]", host::watch::DEFAULT_DEBOUNCE.as_millis());
+    let version = format!("host {}", env!("CARGO_PKG_VERSION"));
+    let help: Vec<&str> = vec![
+        "Usage: host [OPTIONS]",
+        "--plugin <DIR>",
         "--release",
         "--no-watch",
         "--json",
-        "--on-panic",
-        "--debounce-ms",
-    ] {
-        assert!(stdout.contains(option), "--help lacks {option}");
+        "--on-panic <MODE>",
+        "drop:",
+        "error:",
+        "[default: drop]",
+        "--debounce-ms <N>",
+        &debounce,
+        "--version",
+    ];
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["--help"], help.clone()),
+        (vec!["-h"], vec!["--plugin <DIR>", "--on-panic <MODE>"]),
+        // Help wins over a bad flag after it, as before.
+        (vec!["--help", "--frobnicate"], vec!["Usage: host"]),
+        (vec!["--json", "--help"], help.clone()),
+        (vec!["--version"], vec![&version]),
+        (vec!["-V"], vec![&version]),
+    ];
+    for (args, expected) in cases {
+        let (code, stdout, stderr) = host(&args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        for text in expected {
+            assert!(stdout.contains(text), "{args:?}: lacks {text:?}:\n{stdout}");
+        }
     }
 }
 
