@@ -139,7 +139,7 @@ fn help_and_version_print_and_exit_zero() {
         (vec!["-h"], vec!["--plugin <DIR>", "--on-panic <MODE>"]),
         // Help wins over a bad flag after it, as before.
         (vec!["--help", "--frobnicate"], vec!["Usage: host"]),
-        (vec!["--json", "--help"], help.clone()),
+        (vec!["--json", "--help"], help),
         (vec!["--version"], vec![&version]),
         (vec!["-V"], vec![&version]),
     ];
