@@ -1,24 +1,41 @@
 //! The `host` binary: runs a plugin crate's pipelines and hot-reloads them on save.
 //!
 //! Exit status: 0 when the host ran and ended normally (`--no-watch`: every pipeline
-//! completed; `--help`, `--version`); 1 when `--no-watch`'s first build or load failed;
-//! [`EXIT_USAGE`] (2) for a bad command line or plugin directory.
+//! completed; `--help`, `--version`); 1 when `--no-watch`'s first build or load failed, or
+//! stdout failed otherwise than by closing; [`EXIT_USAGE`] (2) for a bad command line or
+//! plugin directory; [`EXIT_INTERNAL`] (70) when the host died of an internal error;
+//! [`EXIT_OUTPUT_CLOSED`] (141) when the reader of its output went away.
 
 use std::ffi::OsString;
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, ValueEnum};
-use host::events::{HumanSink, JsonSink, Sink};
+use host::events::Formatter;
+use host::output::Printer;
 use host::runtime::PanicPolicy;
-use host::session::{Options, Session, run_once};
+use host::session::{Options, Session, Stopper, run_once};
 use host::watch::DEFAULT_DEBOUNCE;
 
 /// Exit status for a bad command line or plugin directory (as clap and most tools use).
 const EXIT_USAGE: u8 = 2;
+
+/// Exit status when the host died of an internal error (a panic on the reloader thread):
+/// sysexits' `EX_SOFTWARE`.
+const EXIT_INTERNAL: u8 = 70;
+
+/// Exit status when the reader of stdout went away (`host --json | head -2`): 128 + SIGPIPE,
+/// what a shell reports for a Unix tool killed by a broken pipe.
+const EXIT_OUTPUT_CLOSED: u8 = 141;
+
+/// How long a watching host whose output closed waits for its reloader to stop (a build in
+/// progress ends first) before it exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// host: hot module replacement for reactive pipelines
 ///
@@ -198,26 +215,108 @@ fn usage_error(e: &clap::Error, args: &[OsString]) -> String {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<bool> {
+/// How a run ended, and so the exit status.
+enum End {
+    /// Ended normally: 0.
+    Done,
+    /// `--no-watch`'s first build or load failed: 1.
+    FirstLoadFailed,
+    /// Writing stdout failed: [`EXIT_OUTPUT_CLOSED`] when the reader went away, else 1.
+    Output(io::ErrorKind, String),
+    /// The host died of an internal error: [`EXIT_INTERNAL`].
+    Internal(anyhow::Error),
+}
+
+impl End {
+    fn status(&self) -> u8 {
+        match self {
+            End::Done => 0,
+            End::FirstLoadFailed => 1,
+            End::Output(io::ErrorKind::BrokenPipe, _) => EXIT_OUTPUT_CLOSED,
+            End::Output(..) => 1,
+            End::Internal(_) => EXIT_INTERNAL,
+        }
+    }
+
+    /// Says why on stderr (the first build's failure is printed where it happens; a closed
+    /// pipe is silent, as for a tool killed by SIGPIPE).
+    fn say(&self) {
+        match self {
+            End::Output(kind, e) if *kind != io::ErrorKind::BrokenPipe => {
+                eprintln!("error: cannot write the output, the host stops: {e}");
+            }
+            End::Internal(e) => eprintln!("error: {e:#}"),
+            _ => {}
+        }
+    }
+}
+
+/// Once the output has closed, ends the host: stops the session through `stop` and exits
+/// when it has stopped, or after [`SHUTDOWN_GRACE`] (a build in progress ends first; a user
+/// function may never return); with nothing to stop (`--no-watch`), exits at once.
+fn exit_when_closed(
+    closed: mpsc::Receiver<(io::ErrorKind, String)>,
+    stop: Option<Stopper>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("hmr-shutdown".to_owned())
+        .spawn(move || {
+            let Ok((kind, e)) = closed.recv() else {
+                return;
+            };
+            if let Some(stop) = stop {
+                stop.stop();
+                std::thread::sleep(SHUTDOWN_GRACE);
+                eprintln!(
+                    "error: the host did not stop within {} s of its output closing; it exits",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+            }
+            let end = End::Output(kind, e);
+            end.say();
+            std::process::exit(end.status().into());
+        })
+        .context("cannot start the shutdown thread")?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<End> {
     let options = cli.options();
-    let sink: Sink = if cli.json {
-        Arc::new(JsonSink)
+    let formatter = if cli.json {
+        Formatter::json()
     } else {
-        Arc::new(HumanSink::default())
+        Formatter::human(options.watch)
     };
-    if !options.watch {
-        let ran = run_once(&options, sink)?;
-        if !ran {
+    let (closed_tx, closed) = mpsc::channel();
+    let printer = Printer::stdout(formatter, move |e| {
+        let _ = closed_tx.send((e.kind(), e.to_string()));
+    })
+    .context("cannot start the printer thread")?;
+    let sink = printer.sink();
+    if options.watch {
+        let session = Session::start(&options, sink)?;
+        exit_when_closed(closed, Some(session.stopper()))?;
+        if let Err(e) = session.wait() {
+            printer.finish();
+            return Ok(End::Internal(e));
+        }
+    } else {
+        exit_when_closed(closed, None)?;
+        if !run_once(&options, sink)? {
+            printer.finish();
             eprintln!(
                 "error: the first build or load of {} failed (the cause is printed above)",
                 options.plugin_dir.display()
             );
+            return Ok(End::FirstLoadFailed);
         }
-        return Ok(ran);
     }
-    let session = Session::start(&options, sink)?;
-    session.wait();
-    Ok(true)
+    let failure = printer.failure();
+    printer.finish();
+    Ok(match failure {
+        Some((kind, e)) => End::Output(kind, e),
+        None => End::Done,
+    })
 }
 
 fn main() -> ExitCode {
@@ -234,8 +333,10 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(end) => {
+            end.say();
+            ExitCode::from(end.status())
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_USAGE)

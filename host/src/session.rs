@@ -5,7 +5,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::cargo::BuildConfig;
 use crate::events::Sink;
@@ -101,11 +101,23 @@ impl Session {
         })
     }
 
-    /// Waits for the reloader (it runs until [`Session::stop`]).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Waits for the reloader (it runs until [`Session::stop`] or a [`Stopper`]). An error
+    /// means the host died of an internal error: the reloader thread panicked (the panic
+    /// hook has printed where).
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Err(payload)) => bail!(
+                "internal error: the reloader thread panicked ({}); the host stops",
+                panic_text(payload.as_ref())
+            ),
+            _ => Ok(()),
         }
+    }
+
+    /// A handle that ends the session from another thread: the reloader stops once the
+    /// build or load in progress is over, and [`Session::wait`] returns.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
     }
 
     /// Stops watching, stops every pipeline and returns the reloader's final state.
@@ -113,6 +125,27 @@ impl Session {
         let _ = self.tx.send(Msg::Stop);
         self.thread.take().and_then(|t| t.join().ok())
     }
+}
+
+/// Ends a [`Session`] from another thread (see [`Session::stopper`]).
+#[derive(Clone, Debug)]
+pub struct Stopper(Sender<Msg>);
+
+impl Stopper {
+    /// Asks the session to stop; returns at once.
+    pub fn stop(&self) {
+        // A session already gone has nothing left to stop.
+        let _ = self.0.send(Msg::Stop);
+    }
+}
+
+/// A panic payload's message (`panic!` gives a `&str` or a `String`).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 impl Drop for Session {

@@ -1,11 +1,14 @@
 //! The `host` binary's command line: bad input gets one clear message naming the cause and
 //! a non-zero exit, never a panic or a backtrace.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
 
-use std::time::Duration;
-
-use host::testkit::{TempDir, output_within};
+use host::testkit::{
+    BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture, TempDir, fixture_target_dir, output_within,
+};
 
 fn host(args: &[&str]) -> (Option<i32>, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
@@ -65,10 +68,7 @@ fn bad_command_lines_fail_with_one_clear_message() {
             "--plugin needs a value, and `--no-watch` is an option".into(),
         ),
         (vec!["--on-panic".into()], "--on-panic needs a value".into()),
-        (
-            vec!["stray".into()],
-            "unknown argument `stray`".into(),
-        ),
+        (vec!["stray".into()], "unknown argument `stray`".into()),
         (vec!["-x".into()], "unknown argument `-x`".into()),
         (
             vec!["--release=yes".into()],
@@ -245,5 +245,187 @@ plugin_api::export_plugin!(register);
     assert_eq!(
         completed,
         [("firsts".to_owned(), 3), ("total".to_owned(), 1000)]
+    );
+}
+
+/// A host binary on `fixture` with `args`, its stdout a pipe the test reads (or not) and its
+/// stderr a file in `logs` (cargo's output must not fill a pipe nobody reads).
+fn spawn_on(fixture: &Fixture, args: &[&str], logs: &TempDir) -> Child {
+    let stderr = std::fs::File::create(logs.path().join("stderr")).expect("create stderr log");
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .arg("--plugin")
+        .arg(fixture.path())
+        .env("CARGO_TARGET_DIR", fixture_target_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start the host binary")
+}
+
+/// Reads `stdout` line by line on a thread; each line arrives on the returned channel. The
+/// thread reads at most `limit` lines, then drops `stdout`, closing the pipe.
+fn read_lines(stdout: ChildStdout, limit: usize) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for _ in 0..limit {
+            let Some(Ok(line)) = lines.next() else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The exit status of `child` once it has exited, or `None` (and the child killed) when it
+/// is still running after `timeout`.
+fn exit_within(mut child: Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(status) => Some(status.expect("wait for the host")),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            None
+        }
+    }
+}
+
+fn stderr_of(logs: &TempDir) -> String {
+    std::fs::read_to_string(logs.path().join("stderr")).unwrap_or_default()
+}
+
+/// `host --json | head -2`: once the reader has gone, the host exits promptly, silently,
+/// with 141 (what a shell reports for a tool killed by SIGPIPE), watching or not.
+#[test]
+fn a_closed_output_pipe_ends_the_host() {
+    let fixture = Fixture::new(
+        "cli_epipe",
+        r#"
+use plugin_api::prelude::*;
+fn register(p: &mut Plugin) {
+    p.pipeline("ticks", interval_ms(1)).log();
+}
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let cases: [&[&str]; 4] = [&["--json"], &[], &["--json", "--no-watch"], &["--no-watch"]];
+    for args in cases {
+        let logs = TempDir::new("cli-epipe-logs");
+        let mut child = spawn_on(&fixture, args, &logs);
+        let lines = read_lines(child.stdout.take().expect("piped"), 2);
+        for _ in 0..2 {
+            lines
+                .recv_timeout(BUILD_TIMEOUT)
+                .unwrap_or_else(|_| panic!("{args:?}: no output: {}", stderr_of(&logs)));
+        }
+        // The reader has read two lines and closed the pipe.
+        let status = exit_within(child, Duration::from_secs(10));
+        let stderr = stderr_of(&logs);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(141),
+            "{args:?}: the host must exit once its output closed: {stderr}"
+        );
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
+
+/// A reader that stops reading (`host --json | slow-tool`): values keep flowing through the
+/// pipeline and reloads still happen (the plugin writes a marker file: the second channel),
+/// memory stays bounded by dropping values; once reading resumes, the host says how many
+/// it dropped, and prints the reload before any value of the new version.
+#[test]
+fn a_stalled_reader_stalls_neither_pipelines_nor_reloads() {
+    let scratch = TempDir::new("cli-stall");
+    let marker = scratch.path().join("marker");
+    let fixture = Fixture::new(
+        "cli_stall",
+        &r#"
+use plugin_api::prelude::*;
+const VERSION: &str = "v1";
+fn register(p: &mut Plugin) {
+    p.pipeline("big", interval_ms(1))
+        .map(|n: u64| {
+            let _ = std::fs::write(MARKER, format!("{VERSION} {n}"));
+            format!("{VERSION} {}", "x".repeat(10_000))
+        })
+        .log();
+}
+plugin_api::export_plugin!(register);
+"#
+        .replace("MARKER", &format!("{:?}", marker.display().to_string())),
+    );
+    // What the plugin's code last wrote: its version and its emission count.
+    let seen = || -> Option<(String, u64)> {
+        let text = std::fs::read_to_string(&marker).ok()?;
+        let (v, n) = text.split_once(' ')?;
+        Some((v.to_owned(), n.parse().ok()?))
+    };
+    let wait_until = |what: &str, ok: &dyn Fn((String, u64)) -> bool, timeout: Duration| {
+        let deadline = Instant::now() + timeout;
+        while !seen().is_some_and(ok) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the plugin's last mark is {:?}",
+                seen()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let logs = TempDir::new("cli-stall-logs");
+    let mut child = spawn_on(&fixture, &["--json"], &logs);
+    let stdout = child.stdout.take().expect("piped");
+    wait_until("v1 is loaded", &|(v, _)| v == "v1", BUILD_TIMEOUT);
+    // 3,000 values of 10 KB: 30 MB, far beyond the pipe (64 KiB) and the printer's budget.
+    wait_until(
+        "v1 keeps emitting while nobody reads",
+        &|(v, n)| v == "v1" && n >= 3_000,
+        EMISSION_TIMEOUT,
+    );
+    fixture.edit("src/lib.rs", "\"v1\"", "\"v2\"");
+    wait_until(
+        "v2 is loaded and runs while nobody reads",
+        &|(v, n)| v == "v2" && n >= 3_100,
+        BUILD_TIMEOUT,
+    );
+    // Read until a few values of v2 have been printed.
+    let lines = read_lines(stdout, usize::MAX);
+    let mut events = Vec::new();
+    let mut v2 = 0;
+    while v2 < 3 {
+        let line = lines
+            .recv_timeout(EMISSION_TIMEOUT)
+            .unwrap_or_else(|_| panic!("no more output: {}", stderr_of(&logs)));
+        let e: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if e["event"] == "emission" && e["version"] == 2 {
+            v2 += 1;
+        }
+        events.push(e);
+    }
+    let _ = exit_within(child, Duration::from_secs(10));
+    let at = |name: &str| events.iter().position(|e| e["event"] == name);
+    let reload = at("reload").expect("the reload is printed");
+    let first_v2 = events
+        .iter()
+        .position(|e| e["event"] == "emission" && e["version"] == 2)
+        .expect("v2 emitted");
+    assert!(reload < first_v2, "the reload comes before v2's values");
+    let dropped: u64 = events
+        .iter()
+        .filter(|e| e["event"] == "dropped")
+        .map(|e| e["emissions"].as_u64().expect("a count"))
+        .sum();
+    let printed = events.iter().filter(|e| e["event"] == "emission").count() as u64;
+    assert!(
+        dropped >= 3_000 - printed,
+        "{dropped} dropped and {printed} printed of over 3,000"
     );
 }
