@@ -149,24 +149,26 @@ pub trait EventSink: Send + Sync {
     fn event(&self, event: HostEvent);
 }
 
-/// The longest panic or error message printed in full, in bytes; a longer one is cut at a
-/// character boundary and says how much was cut.
+/// The longest panic or error message reported, in bytes; a longer one is cut at a
+/// character boundary to fit, with a note saying how much was cut.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
-/// `message` cut to [`MAX_MESSAGE_BYTES`], saying how many bytes were cut.
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] bytes, note included, saying how many
+/// bytes were cut (so cutting a cut message changes nothing).
 pub fn cap_message(message: &str) -> Cow<'_, str> {
     if message.len() <= MAX_MESSAGE_BYTES {
         return Cow::Borrowed(message);
     }
-    let mut end = MAX_MESSAGE_BYTES;
+    let note = |cut: usize| {
+        format!("... [{cut} more bytes cut: messages are capped at {MAX_MESSAGE_BYTES} bytes]")
+    };
+    // The note's length depends on the count only through its digits: the longest count
+    // gives a prefix that always fits.
+    let mut end = MAX_MESSAGE_BYTES - note(message.len()).len();
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    Cow::Owned(format!(
-        "{}... [{} more bytes cut: messages are capped at {MAX_MESSAGE_BYTES} bytes]",
-        &message[..end],
-        message.len() - end
-    ))
+    Cow::Owned(format!("{}{}", &message[..end], note(message.len() - end)))
 }
 
 impl HostEvent {
@@ -361,6 +363,35 @@ pub type Sink = Arc<dyn EventSink>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Short messages pass; long ones fit the cap, note included, cut on a character
+    /// boundary, and say how much was cut; a cut message is not cut again.
+    #[test]
+    fn long_messages_are_capped_and_say_how_much_was_cut() {
+        let max = MAX_MESSAGE_BYTES;
+        let cases: Vec<(String, Option<usize>)> = vec![
+            (String::new(), None),
+            ("x".repeat(max), None),
+            ("x".repeat(max + 1), Some(max + 1)),
+            ("x".repeat(5_000_000), Some(5_000_000)),
+            ("é".repeat(max), Some(2 * max)),
+            ("🦀".repeat(3 * max), Some(12 * max)),
+        ];
+        for (message, cut_from) in cases {
+            let capped = cap_message(&message);
+            let Some(len) = cut_from else {
+                assert_eq!(capped, message);
+                continue;
+            };
+            assert!(capped.len() <= max, "{len}: {} bytes", capped.len());
+            let (kept, note) = capped.split_once("... [").expect("a note");
+            assert!(message.starts_with(kept), "{len}");
+            let cut: usize = note.split(' ').next().unwrap().parse().unwrap();
+            assert_eq!(kept.len() + cut, len, "{note}");
+            assert!(note.ends_with(&format!("capped at {max} bytes]")), "{note}");
+            assert_eq!(cap_message(&capped), capped, "{len}: cut once");
+        }
+    }
 
     /// The `--json` contract: each event's name and the fields outside tools rely on, with
     /// their JSON types.

@@ -87,7 +87,7 @@ impl Ctx<'_> {
                 handle(track)
             }
             Err(e) => {
-                self.fail(e.to_string());
+                self.fail(in_person_terms(kind, key, e));
                 0
             }
         }
@@ -337,4 +337,24 @@ pub fn register(
         }
     }
     Ok((module, pipelines))
+}
+
+/// A refused `track-call` in the terms of the person who wrote the DSL call: pipelines have
+/// names, scopes have keys (the store's own text speaks of paths and modules).
+fn in_person_terms(kind: &str, key: Option<&str>, e: hmr_track::ApplyError) -> String {
+    use hmr_track::ApplyError::{DuplicatePath, InvalidKey};
+    let what = if kind == "pipeline" { "name" } else { "key" };
+    match (e, key) {
+        (DuplicatePath { .. }, Some(key)) if kind == "pipeline" => {
+            format!("two pipelines are named `{key}`")
+        }
+        (DuplicatePath { path, .. }, Some(key)) => {
+            format!("two {kind}s side by side are keyed `{key}` (at {path})")
+        }
+        (InvalidKey { key, .. }, _) => format!(
+            "{kind} {what} {key:?} is not allowed: a {what} is non-empty and holds none of \
+             '|', ':', '#' and no control character"
+        ),
+        (e, _) => e.to_string(),
+    }
 }

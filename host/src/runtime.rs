@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind};
 
 use crate::code::{PipelineCode, Pushed, StateSlots};
-use crate::events::{HostEvent, Sink};
+use crate::events::{HostEvent, Sink, cap_message};
 
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
@@ -346,7 +346,7 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
         h.sink.event(HostEvent::Error {
             pipeline: h.pipeline.clone(),
             path,
-            message: message.to_string_lossy().unwrap_or_default().into_owned(),
+            message: cap_message(&message.to_string_lossy().unwrap_or_default()).into_owned(),
         });
     }));
 }

@@ -105,12 +105,9 @@ impl Session {
     /// means the host died of an internal error: the reloader thread panicked (the panic
     /// hook has printed where).
     pub fn wait(mut self) -> anyhow::Result<()> {
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Err(payload)) => bail!(
-                "internal error: the reloader thread panicked ({}); the host stops",
-                panic_text(payload.as_ref())
-            ),
-            _ => Ok(()),
+        match self.thread.take() {
+            Some(t) => ended(t.join()),
+            None => Ok(()),
         }
     }
 
@@ -139,6 +136,17 @@ impl Stopper {
     }
 }
 
+/// How the reloader thread ended: an error if it panicked.
+fn ended<T>(joined: std::thread::Result<T>) -> anyhow::Result<()> {
+    match joined {
+        Ok(_) => Ok(()),
+        Err(payload) => bail!(
+            "internal error: the reloader thread panicked ({}); the host stops",
+            panic_text(payload.as_ref())
+        ),
+    }
+}
+
 /// A panic payload's message (`panic!` gives a `&str` or a `String`).
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -153,6 +161,43 @@ impl Drop for Session {
         let _ = self.tx.send(Msg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reloader thread that panicked is an internal error naming the panic; one that
+    /// returned is not.
+    #[test]
+    fn a_panicked_reloader_thread_is_an_internal_error() {
+        /// A reloader thread's body, and the text its error must hold (none: no error).
+        type Case = (Box<dyn FnOnce() + Send>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            (Box::new(|| {}), None),
+            (Box::new(|| panic!("boom")), Some("boom")),
+            (
+                Box::new(|| panic!("{}", String::from("owned boom"))),
+                Some("owned boom"),
+            ),
+            (
+                Box::new(|| std::panic::panic_any(7u8)),
+                Some("a panic without a message"),
+            ),
+        ];
+        for (body, expected) in cases {
+            let joined = std::thread::spawn(body).join();
+            match (ended(joined), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(text)) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with("internal error: "), "{e}");
+                    assert!(e.contains(text), "{e} lacks {text}");
+                }
+                (got, want) => panic!("got {got:?}, want {want:?}"),
+            }
         }
     }
 }

@@ -429,3 +429,117 @@ plugin_api::export_plugin!(register);
         "{dropped} dropped and {printed} printed of over 3,000"
     );
 }
+
+/// What a person reads when a plugin misbehaves, on real builds under `--no-watch`: each
+/// case's plugin, flags, exit status, and what its stdout must and must not hold.
+#[test]
+fn misbehaving_plugins_get_short_messages_in_the_persons_terms() {
+    struct Case {
+        name: &'static str,
+        register: &'static str,
+        json: bool,
+        status: i32,
+        holds: Vec<String>,
+        lacks: Vec<&'static str>,
+    }
+    let cap = host::events::MAX_MESSAGE_BYTES;
+    let cases = vec![
+        Case {
+            name: "cli_msg_duplicate",
+            register: r#"
+    p.pipeline("a", range(0, 2)).log();
+    p.pipeline("a", range(0, 3)).log();"#,
+            json: true,
+            status: 1,
+            holds: vec!["two pipelines are named `a`".into()],
+            lacks: vec!["track-call", "module 1", "duplicate path"],
+        },
+        Case {
+            name: "cli_msg_nul",
+            register: r#"
+    p.pipeline("a\0b", range(0, 2)).log();"#,
+            json: true,
+            status: 1,
+            holds: vec![
+                r#"pipeline name \"a\\0b\" is not allowed"#.into(),
+                "control character".into(),
+            ],
+            lacks: vec!["track-call"],
+        },
+        Case {
+            name: "cli_msg_huge_panic",
+            register: r#"
+    p.pipeline("big", range(0, 3))
+        .map(|n: u64| if n == 1 { panic!("{}", "x".repeat(5_000_000)) } else { n })
+        .log();"#,
+            json: true,
+            status: 0,
+            holds: vec![
+                "more bytes cut".into(),
+                format!("messages are capped at {cap} bytes"),
+            ],
+            lacks: vec![],
+        },
+        Case {
+            name: "cli_msg_no_watch",
+            register: r#"
+    p.pipeline("a", range(0, 2)).log()"#,
+            json: false,
+            status: 1,
+            holds: vec![
+                "build failed".into(),
+                "nothing is running (--no-watch: the host stops here)".into(),
+            ],
+            lacks: vec!["save"],
+        },
+    ];
+    for case in cases {
+        let fixture = Fixture::new(
+            case.name,
+            &format!(
+                "use plugin_api::prelude::*;\nfn register(p: &mut Plugin) {{{}\n}}\n\
+                 plugin_api::export_plugin!(register);\n",
+                case.register
+            ),
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_host"));
+        cmd.arg("--no-watch")
+            .args(case.json.then_some("--json"))
+            .arg("--plugin")
+            .arg(fixture.path())
+            .env("CARGO_TARGET_DIR", fixture_target_dir());
+        let out = output_within(cmd, BUILD_TIMEOUT).expect("run the host binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = case.name;
+        assert_eq!(
+            out.status.code(),
+            Some(case.status),
+            "{name}: {stdout}\n{stderr}"
+        );
+        for text in &case.holds {
+            assert!(
+                stdout.contains(text.as_str()),
+                "{name}: lacks {text:?}:\n{stdout}"
+            );
+        }
+        for text in case.lacks {
+            assert!(!stdout.contains(text), "{name}: holds {text:?}:\n{stdout}");
+        }
+        assert!(
+            stdout.len() < 64 * 1024,
+            "{name}: {} bytes of output",
+            stdout.len()
+        );
+        if case.json {
+            for line in stdout.lines() {
+                let e: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
+                for field in ["message", "error"] {
+                    let len = e[field].as_str().map_or(0, str::len);
+                    assert!(len <= cap, "{name}: a {len}-byte {field}");
+                }
+            }
+        }
+    }
+}
