@@ -7,8 +7,8 @@
 //! changed, the thread itself takes the new code and migrates the state slots (keep a slot
 //! when the operator has the same track and signature: kind, input, output and state types,
 //! seed; reseed it otherwise) before the next emission. No lock is taken on this path, and a
-//! reload never waits for an emission or the other way round (a `log` operator's printing
-//! takes stdout's lock, which the reloader also takes for the instant it prints its line).
+//! reload never waits for an emission or the other way round (a `log` operator's value is
+//! queued for the printer thread, [`crate::output`], which alone waits on stdout).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
