@@ -6,9 +6,12 @@
 //!    so a busy stream costs no system call per value.
 //! 2. **Bound.** Per-value events ([`HostEvent::is_per_value`]: emissions, and user-function
 //!    panics, which can come once per value) are admitted while less than
-//!    [`OUTPUT_QUEUE_BYTES`] of them wait; beyond that they are dropped and counted. Every
-//!    other event (loaded, reload, build and load failures, completions, host errors) is
-//!    always admitted: there are a handful per reload, and a person needs each one.
+//!    [`OUTPUT_QUEUE_BYTES`] of them wait; beyond that they are dropped and counted
+//!    ([`WhenFull::Drop`], for a terminal or a pipe, whose reader may stall for good). For a
+//!    regular file or `/dev/null`, which never stall for long, the emission waits for room
+//!    instead ([`WhenFull::Wait`]): `host --no-watch --json > out.jsonl` keeps every value.
+//!    Every other event (loaded, reload, build and load failures, completions, host errors)
+//!    is always admitted: there are a handful per reload, and a person needs each one.
 //! 3. **Print.** The printer takes the whole queue at once, formats each event
 //!    ([`Formatter`]) and writes it through a [`BufWriter`]; it flushes as soon as the queue
 //!    is empty, and at least every [`FLUSH_INTERVAL`] while it is not, so output stays live.
@@ -42,6 +45,33 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 /// The printer's write buffer: one `write` system call per this many bytes under load.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// What a per-value event does when the queue's budget is spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Drop it and count it (a terminal or a pipe: the reader may stall for good).
+    Drop,
+    /// Wait for room (a regular file or `/dev/null`: writes finish).
+    Wait,
+}
+
+impl WhenFull {
+    /// What suits the process's stdout: [`WhenFull::Wait`] for a regular file or a
+    /// character device that is not a terminal (`/dev/null`), else [`WhenFull::Drop`].
+    pub fn for_stdout() -> WhenFull {
+        use std::io::IsTerminal;
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::FileTypeExt;
+        let stdout = io::stdout();
+        let Ok(fd) = stdout.as_fd().try_clone_to_owned() else {
+            return WhenFull::Drop;
+        };
+        match std::fs::File::from(fd).metadata().map(|m| m.file_type()) {
+            Ok(t) if t.is_file() || (t.is_char_device() && !stdout.is_terminal()) => WhenFull::Wait,
+            _ => WhenFull::Drop,
+        }
+    }
+}
+
 /// What a queued event is counted as, besides its text.
 const EVENT_OVERHEAD: usize = 64;
 
@@ -54,6 +84,8 @@ struct Queue {
     dropped_errors: u64,
     /// The printer waits for a push.
     idle: bool,
+    /// Pushes waiting for room ([`WhenFull::Wait`]).
+    waiting: usize,
     /// [`Printer::finish`] asked the printer to print what is queued and end.
     closing: bool,
     /// Writing failed; everything is discarded.
@@ -76,7 +108,10 @@ impl Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
+    /// Signalled when the printer has taken the queue, or failed.
+    room: Condvar,
     budget: usize,
+    when_full: WhenFull,
 }
 
 impl Shared {
@@ -92,7 +127,16 @@ impl Shared {
         }
         if event.is_per_value() {
             let weight = weight(&event);
-            if q.per_value_bytes > 0 && q.per_value_bytes + weight > self.budget {
+            while q.per_value_bytes > 0 && q.per_value_bytes + weight > self.budget {
+                if self.when_full == WhenFull::Wait && !q.closing {
+                    q.waiting += 1;
+                    q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    q.waiting -= 1;
+                    if q.failed.is_some() {
+                        return;
+                    }
+                    continue;
+                }
                 match event {
                     HostEvent::Emission { .. } => q.dropped_emissions += 1,
                     _ => q.dropped_errors += 1,
@@ -150,12 +194,20 @@ impl std::fmt::Debug for Printer {
 }
 
 impl Printer {
-    /// A printer writing to stdout with the default budget.
+    /// A printer writing to stdout with the default budget, dropping or waiting as suits
+    /// what stdout is ([`WhenFull::for_stdout`]).
     pub fn stdout(
         formatter: Formatter,
         on_closed: impl FnOnce(&io::Error) + Send + 'static,
     ) -> io::Result<Printer> {
-        Printer::start(formatter, io::stdout(), OUTPUT_QUEUE_BYTES, on_closed)
+        let when_full = WhenFull::for_stdout();
+        Printer::start(
+            formatter,
+            io::stdout(),
+            OUTPUT_QUEUE_BYTES,
+            when_full,
+            on_closed,
+        )
     }
 
     /// A printer writing to `out`, holding at most `budget` bytes of per-value events;
@@ -164,12 +216,15 @@ impl Printer {
         formatter: Formatter,
         out: W,
         budget: usize,
+        when_full: WhenFull,
         on_closed: impl FnOnce(&io::Error) + Send + 'static,
     ) -> io::Result<Printer> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            room: Condvar::new(),
             budget,
+            when_full,
         });
         let printing = shared.clone();
         let thread = std::thread::Builder::new()
@@ -182,6 +237,7 @@ impl Printer {
                         q.events.clear();
                         q.per_value_bytes = 0;
                     }
+                    printing.room.notify_all();
                     on_closed(&e);
                 }
             })?;
@@ -251,6 +307,9 @@ fn print<W: Write>(shared: &Shared, mut formatter: Formatter, out: W) -> io::Res
             }
             std::mem::swap(&mut batch, &mut q.events);
             q.per_value_bytes = 0;
+            if q.waiting > 0 {
+                shared.room.notify_all();
+            }
             q.closing
         };
         if batch.is_empty() {
@@ -363,7 +422,8 @@ mod tests {
                 written: written.clone(),
             };
             let budget = 100 * (EVENT_OVERHEAD + 5);
-            let printer = Printer::start(Formatter::json(), out, budget, |_| {}).unwrap();
+            let printer =
+                Printer::start(Formatter::json(), out, budget, WhenFull::Drop, |_| {}).unwrap();
             // Dropped before the printer, so a failing case never leaves its writer blocked.
             let open = open;
             let sink = printer.sink();
@@ -431,6 +491,49 @@ mod tests {
         }
     }
 
+    /// Waiting for room instead of dropping (a file): every value is printed, in order,
+    /// and nothing is reported dropped, however small the budget.
+    #[test]
+    fn waiting_for_room_loses_nothing() {
+        let (entered_tx, entered) = channel();
+        let (open, gate) = channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let out = Gated {
+            entered: entered_tx,
+            gate: Some(gate),
+            written: written.clone(),
+        };
+        let printer = Printer::start(Formatter::json(), out, 300, WhenFull::Wait, |_| {}).unwrap();
+        let open = open;
+        let sink = printer.sink();
+        sink.event(emission(1, 0));
+        entered
+            .recv_timeout(WAIT)
+            .expect("the first line is flushed");
+        let s = sink.clone();
+        let (done_tx, done) = channel();
+        std::thread::spawn(move || {
+            for n in 1..10_000 {
+                s.event(emission(1, n));
+            }
+            let _ = done_tx.send(());
+        });
+        open.send(()).unwrap();
+        done.recv_timeout(WAIT)
+            .expect("the pushes end once the output moves");
+        printer.finish();
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let values: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                let e: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(e["event"], "emission", "{l}");
+                e["value"].as_str().unwrap().parse().unwrap()
+            })
+            .collect();
+        assert_eq!(values, (0..10_000).collect::<Vec<_>>());
+    }
+
     /// A line reaches the output without waiting for more lines or for the end.
     #[test]
     fn a_lone_line_is_flushed_at_once() {
@@ -446,7 +549,14 @@ mod tests {
             }
         }
         let (tx, written) = channel();
-        let printer = Printer::start(Formatter::human(true), Sent(tx), 1024, |_| {}).unwrap();
+        let printer = Printer::start(
+            Formatter::human(true),
+            Sent(tx),
+            1024,
+            WhenFull::Drop,
+            |_| {},
+        )
+        .unwrap();
         printer.sink().event(emission(1, 7));
         let line = written.recv_timeout(WAIT).expect("the line is written");
         assert_eq!(line, b"p v1: 7\n");
@@ -467,7 +577,7 @@ mod tests {
             }
         }
         let (tx, rx) = channel();
-        let printer = Printer::start(Formatter::json(), Closed, 1024, move |e| {
+        let printer = Printer::start(Formatter::json(), Closed, 1024, WhenFull::Wait, move |e| {
             tx.send(e.kind()).unwrap();
         })
         .unwrap();
