@@ -47,11 +47,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
     name = "host",
     version,
     args_override_self = true,
-    after_help = "\
-Examples:
-  cargo run -p host
-  cargo run -p host -- --plugin ../my-plugin --json
-  cargo run -p host -- --plugin=-odd-name     (a directory whose name starts with '-')"
+    after_help = after_help()
 )]
 struct Cli {
     /// The plugin crate to run: a directory holding a Cargo.toml with
@@ -75,6 +71,19 @@ struct Cli {
     /// file; a finished save builds after 1 ms
     #[arg(long, value_name = "N", value_parser = milliseconds, default_value_t = DEFAULT_DEBOUNCE.as_millis() as u64)]
     debounce_ms: u64,
+}
+
+/// The end of `--help`: examples, and the exit statuses from their constants.
+fn after_help() -> String {
+    format!(
+        "Examples:
+  cargo run -p host
+  cargo run -p host -- --plugin ../my-plugin --json
+  cargo run -p host -- --plugin=-odd-name     (a directory whose name starts with '-')
+
+Exit status: 0 normal end; 1 --no-watch's first build or load failed; {EXIT_USAGE} bad command
+line or plugin directory; {EXIT_INTERNAL} internal error; {EXIT_OUTPUT_CLOSED} the reader of the output went away"
+    )
 }
 
 /// `--on-panic`: [`PanicPolicy`] as the command line spells it.

@@ -133,6 +133,8 @@ fn help_and_version_print_and_exit_zero() {
         "--debounce-ms <N>",
         &debounce,
         "--version",
+        "Exit status:",
+        "141 the reader of the output went away",
     ];
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (vec!["--help"], help.clone()),
