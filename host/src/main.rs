@@ -183,7 +183,7 @@ fn usage_error(e: &clap::Error, args: &[OsString]) -> String {
             None => format!("unknown argument `{arg}` (see --help)"),
         },
         ErrorKind::TooManyValues => format!("{arg} takes no value, not `{value}`"),
-        ErrorKind::InvalidValue if value.is_empty() => {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation if value.is_empty() => {
             // `--plugin --json`: the next word is an option, not the value.
             let next = args
                 .iter()

@@ -68,6 +68,14 @@ fn bad_command_lines_fail_with_one_clear_message() {
             "--plugin needs a value, and `--no-watch` is an option".into(),
         ),
         (vec!["--on-panic".into()], "--on-panic needs a value".into()),
+        (
+            vec!["--on-panic=".into()],
+            "--on-panic needs a value".into(),
+        ),
+        (
+            vec!["--debounce-ms=".into()],
+            "--debounce-ms needs a value".into(),
+        ),
         (vec!["stray".into()], "unknown argument `stray`".into()),
         (vec!["-x".into()], "unknown argument `-x`".into()),
         (
