@@ -106,8 +106,10 @@ pub enum ApplyError {
         /// The kind of the track.
         kind: String,
     },
-    /// A key that is empty or holds `|`, `:` or `#`.
-    #[error("{event}: invalid key {key:?} (keys are non-empty and hold none of '|', ':', '#')")]
+    /// A key that is empty or holds `|`, `:`, `#` or a control character.
+    #[error(
+        "{event}: invalid key {key:?} (keys are non-empty and hold none of '|', ':', '#' and no control character)"
+    )]
     InvalidKey {
         /// The refused event.
         event: &'static str,

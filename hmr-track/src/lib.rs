@@ -86,8 +86,8 @@
 //! - A nested keyed track's segment is `#{key}:{kind}`; it does not consume an index, so adding
 //!   or moving a keyed scope shifts no unkeyed sibling.
 //! - Segments are joined with `|`: `counter|0:map|1:filter`, `counter|#norm:scope|0:map`.
-//! - Keys are non-empty and hold none of `|`, `:`, `#`; kinds are non-empty without `|`. A path
-//!   registered twice in one run is an error.
+//! - Keys are non-empty and hold none of `|`, `:`, `#` and no control character; kinds are
+//!   non-empty without `|`. A path registered twice in one run is an error.
 //!
 //! # From the TypeScript seed
 //!

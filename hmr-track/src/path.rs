@@ -12,9 +12,11 @@ pub const SEPARATOR: char = '|';
 /// Characters a key may not hold (they delimit segments).
 pub const KEY_FORBIDDEN: [char; 3] = ['|', ':', '#'];
 
-/// Checks a key: non-empty, none of `|`, `:`, `#`.
+/// Checks a key: non-empty, none of `|`, `:`, `#`, no control character (a pipeline's key
+/// is its name, which also names its thread and is printed: a NUL or a newline in it would
+/// fail the one and garble the other).
 pub fn check_key(event: &'static str, key: &str) -> Result<(), ApplyError> {
-    if key.is_empty() || key.contains(KEY_FORBIDDEN) {
+    if key.is_empty() || key.contains(KEY_FORBIDDEN) || key.contains(char::is_control) {
         return Err(ApplyError::InvalidKey {
             event,
             key: key.to_owned(),

@@ -1,7 +1,8 @@
-//! What the host reports: the [`HostEvent`]s of the command-line contract, and the sinks
-//! that print them (one JSON object per line, or text for a person) or hand them to tests.
+//! What the host reports: the [`HostEvent`]s of the command-line contract, the [`Formatter`]
+//! that turns them into lines (one JSON object per line, or text for a person), and the
+//! sink that hands them to tests. [`crate::output`] prints them.
 
-use std::io::Write;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
@@ -153,6 +154,14 @@ pub enum HostEvent {
         /// Microseconds from its first source value to its completion.
         elapsed_us: u64,
     },
+    /// The reader of the output (a terminal, a pipe) could not keep up, so per-value events
+    /// were left out here (see [`HostEvent::is_per_value`]); printed where the gap is.
+    Dropped {
+        /// Emissions left out.
+        emissions: u64,
+        /// User-function errors left out.
+        errors: u64,
+    },
 }
 
 /// Where events go. Called from source threads and the reloader at once.
@@ -161,50 +170,113 @@ pub trait EventSink: Send + Sync {
     fn event(&self, event: HostEvent);
 }
 
-/// Prints each event as one JSON object per line on stdout.
-#[derive(Debug, Default)]
-pub struct JsonSink;
+/// The longest panic or error message reported, in bytes; a longer one is cut at a
+/// character boundary to fit, with a note saying how much was cut.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
 
-impl EventSink for JsonSink {
-    fn event(&self, event: HostEvent) {
-        if matches!(event, HostEvent::Unchanged { .. }) {
-            return;
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] bytes, note included, saying how many
+/// bytes were cut (so cutting a cut message changes nothing).
+pub fn cap_message(message: &str) -> Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return Cow::Borrowed(message);
+    }
+    let note = |cut: usize| {
+        format!("... [{cut} more bytes cut: messages are capped at {MAX_MESSAGE_BYTES} bytes]")
+    };
+    // The note's length depends on the count only through its digits: the longest count
+    // gives a prefix that always fits.
+    let mut end = MAX_MESSAGE_BYTES - note(message.len()).len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{}", &message[..end], note(message.len() - end)))
+}
+
+impl HostEvent {
+    /// Whether the event comes once per value (an emission, or a user function's panic,
+    /// which can happen on every value): the printer may drop these when its reader cannot
+    /// keep up. Every other event says what the host did and is never dropped.
+    pub fn is_per_value(&self) -> bool {
+        match self {
+            HostEvent::Emission { .. } => true,
+            HostEvent::Error { pipeline, .. } => !pipeline.is_empty(),
+            _ => false,
         }
-        let line = serde_json::to_string(&event).unwrap_or_else(|e| {
-            format!(r#"{{"event":"error","pipeline":"","path":"","message":"cannot encode event: {e}"}}"#)
-        });
-        let mut out = std::io::stdout().lock();
-        // A closed stdout (the reader went away) is not worth crashing the host for.
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+    }
+
+    /// The event with its messages cut to [`MAX_MESSAGE_BYTES`].
+    fn capped(&self) -> Cow<'_, HostEvent> {
+        let mut event = Cow::Borrowed(self);
+        let text = match self {
+            HostEvent::Error { message: t, .. }
+            | HostEvent::LoadFailed { error: t }
+            | HostEvent::BuildFailed { error: t } => t,
+            _ => return event,
+        };
+        if let Cow::Owned(cut) = cap_message(text) {
+            match event.to_mut() {
+                HostEvent::Error { message: t, .. }
+                | HostEvent::LoadFailed { error: t }
+                | HostEvent::BuildFailed { error: t } => *t = cut,
+                _ => {}
+            }
+        }
+        event
     }
 }
 
-/// Prints events for a person.
-#[derive(Debug, Default)]
-pub struct HumanSink {
+/// Turns events into lines: one JSON object per line (`--json`), or text for a person.
+#[derive(Debug)]
+pub struct Formatter {
+    json: bool,
+    /// Whether the host watches and reloads (so a failure can say "fix it and save").
+    watching: bool,
     /// Whether a version has been loaded (so a failure can say what keeps running).
-    loaded: std::sync::atomic::AtomicBool,
+    running: bool,
 }
 
-impl EventSink for HumanSink {
-    fn event(&self, event: HostEvent) {
-        use std::sync::atomic::Ordering;
-        if matches!(event, HostEvent::Loaded { .. }) {
-            self.loaded.store(true, Ordering::Relaxed);
+impl Formatter {
+    /// One JSON object per line: the `--json` contract.
+    pub fn json() -> Formatter {
+        Formatter {
+            json: true,
+            watching: true,
+            running: false,
         }
-        let text = human(&event, self.loaded.load(Ordering::Relaxed));
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+    }
+
+    /// Text for a person; `watching` is false under `--no-watch`.
+    pub fn human(watching: bool) -> Formatter {
+        Formatter {
+            json: false,
+            watching,
+            running: false,
+        }
+    }
+
+    /// The line for `event` (without its newline), or `None` when this format leaves it out.
+    pub fn line(&mut self, event: &HostEvent) -> Option<String> {
+        if matches!(event, HostEvent::Loaded { .. }) {
+            self.running = true;
+        }
+        let event = event.capped();
+        if !self.json {
+            return Some(human(&event, self.running, self.watching));
+        }
+        if matches!(*event, HostEvent::Unchanged { .. }) {
+            return None;
+        }
+        Some(serde_json::to_string(&*event).unwrap_or_else(|e| {
+            format!(r#"{{"event":"error","pipeline":"","path":"","message":"cannot encode event: {e}"}}"#)
+        }))
     }
 }
 
-fn human(event: &HostEvent, running: bool) -> String {
-    let keeps = if running {
-        "still running the last good version"
-    } else {
-        "nothing is running yet; fix it and save"
+fn human(event: &HostEvent, running: bool, watching: bool) -> String {
+    let keeps = match (running, watching) {
+        (true, _) => "still running the last good version",
+        (false, true) => "nothing is running yet; fix it and save",
+        (false, false) => "nothing is running (--no-watch: the host stops here)",
     };
     match event {
         HostEvent::Loaded {
@@ -309,6 +381,14 @@ fn human(event: &HostEvent, running: bool) -> String {
             emissions,
             elapsed_us,
         } => format!("[hmr] {pipeline} completed after {emissions} values in {elapsed_us} us"),
+        HostEvent::Dropped { emissions, errors } => {
+            let mut s = format!("[hmr] dropped {emissions} emissions");
+            if *errors > 0 {
+                s.push_str(&format!(" and {errors} errors"));
+            }
+            s.push_str(": output could not keep up");
+            s
+        }
     }
 }
 
@@ -329,6 +409,35 @@ pub type Sink = Arc<dyn EventSink>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Short messages pass; long ones fit the cap, note included, cut on a character
+    /// boundary, and say how much was cut; a cut message is not cut again.
+    #[test]
+    fn long_messages_are_capped_and_say_how_much_was_cut() {
+        let max = MAX_MESSAGE_BYTES;
+        let cases: Vec<(String, Option<usize>)> = vec![
+            (String::new(), None),
+            ("x".repeat(max), None),
+            ("x".repeat(max + 1), Some(max + 1)),
+            ("x".repeat(5_000_000), Some(5_000_000)),
+            ("é".repeat(max), Some(2 * max)),
+            ("🦀".repeat(3 * max), Some(12 * max)),
+        ];
+        for (message, cut_from) in cases {
+            let capped = cap_message(&message);
+            let Some(len) = cut_from else {
+                assert_eq!(capped, message);
+                continue;
+            };
+            assert!(capped.len() <= max, "{len}: {} bytes", capped.len());
+            let (kept, note) = capped.split_once("... [").expect("a note");
+            assert!(message.starts_with(kept), "{len}");
+            let cut: usize = note.split(' ').next().unwrap().parse().unwrap();
+            assert_eq!(kept.len() + cut, len, "{note}");
+            assert!(note.ends_with(&format!("capped at {max} bytes]")), "{note}");
+            assert_eq!(cap_message(&capped), capped, "{len}: cut once");
+        }
+    }
 
     /// The `--json` contract: each event's name and the fields outside tools rely on, with
     /// their JSON types.
@@ -457,6 +566,14 @@ mod tests {
                     ("emissions", "number"),
                     ("elapsed_us", "number"),
                 ],
+            ),
+            (
+                HostEvent::Dropped {
+                    emissions: 1200,
+                    errors: 3,
+                },
+                "dropped",
+                vec![("emissions", "number"), ("errors", "number")],
             ),
         ];
         for (event, name, fields) in cases {

@@ -5,15 +5,18 @@
 //! [`watch`] (file events, debounce) → [`cargo`] (build, find the cdylib) → [`loader`]
 //! (private copy, `dlopen`, ABI header) → [`register`] (run the plugin's registration into
 //! the tracking store, `hmr_track`) → [`reloader`] (reconcile by structural path) →
-//! [`runtime`] (publish, migrate state at the next emission) → [`events`] (what is printed).
-//! [`session`] ties them together; [`testkit`] drives them from tests.
+//! [`runtime`] (publish, migrate state at the next emission) → [`events`] (what is reported)
+//! → [`output`] (printed on a thread of its own). [`session`] ties them together; [`testkit`]
+//! drives them from tests.
 //!
 //! ```no_run
-//! use std::sync::Arc;
-//! use host::{events::HumanSink, session::{Options, Session}};
+//! use host::events::Formatter;
+//! use host::output::Printer;
+//! use host::session::{Options, Session};
 //!
-//! let session = Session::start(&Options::new("example-plugin"), Arc::new(HumanSink::default()))?;
-//! session.wait();
+//! let printer = Printer::stdout(Formatter::human(true), false, |_| {})?;
+//! let session = Session::start(&Options::new("example-plugin"), printer.sink())?;
+//! session.wait()?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
@@ -21,6 +24,7 @@ pub mod cargo;
 pub mod code;
 pub mod events;
 pub mod loader;
+pub mod output;
 pub mod register;
 pub mod reloader;
 pub mod runtime;

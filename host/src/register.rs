@@ -455,7 +455,8 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
                     let (key, sig) = tracks.next().ok_or("more scopes opened than recorded")?;
                     let kind = sig.kind.clone();
                     ids.push(
-                        open(recorder, &kind, key.as_deref(), sig).map_err(|e| e.to_string())?,
+                        open(recorder, &kind, key.as_deref(), sig)
+                            .map_err(|e| in_person_terms(&kind, key.as_deref(), e))?,
                     );
                 }
                 Call::Close(handle) => {
@@ -500,6 +501,26 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
         }
     }
     Ok((module, pipelines))
+}
+
+/// A refused `track-call` in the terms of the person who wrote the DSL call: pipelines have
+/// names, scopes have keys (the store's own text speaks of paths and modules).
+fn in_person_terms(kind: &str, key: Option<&str>, e: hmr_track::ApplyError) -> String {
+    use hmr_track::ApplyError::{DuplicatePath, InvalidKey};
+    let what = if kind == "pipeline" { "name" } else { "key" };
+    match (e, key) {
+        (DuplicatePath { .. }, Some(key)) if kind == "pipeline" => {
+            format!("two pipelines are named `{key}`")
+        }
+        (DuplicatePath { path, .. }, Some(key)) => {
+            format!("two {kind}s side by side are keyed `{key}` (at {path})")
+        }
+        (InvalidKey { key, .. }, _) => format!(
+            "{kind} {what} {key:?} is not allowed: a {what} is non-empty and holds none of \
+             '|', ':', '#' and no control character"
+        ),
+        (e, _) => e.to_string(),
+    }
 }
 
 /// One track scope opened by the plugin, as store events: the `track-call` and the core

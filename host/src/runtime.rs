@@ -7,8 +7,8 @@
 //! changed, the thread itself takes the new code and migrates the state slots (keep a slot
 //! when the operator has the same track and signature: kind, input, output and state types,
 //! seed; reseed it otherwise) before the next emission. No lock is taken on this path, and a
-//! reload never waits for an emission or the other way round (a `log` operator's printing
-//! takes stdout's lock, which the reloader also takes for the instant it prints its line).
+//! reload never waits for an emission or the other way round (a `log` operator's value is
+//! queued for the printer thread, [`crate::output`], which alone waits on stdout).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind};
 
 use crate::code::{PipelineCode, Pushed, StateSlots};
-use crate::events::{HostEvent, Sink};
+use crate::events::{HostEvent, Sink, cap_message};
 
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
@@ -184,7 +184,9 @@ pub struct Runtime {
     /// Threads asked to stop and not joined yet: the reloader never waits for a source
     /// thread (a user function may be slow, or loop forever); they are joined once they have
     /// finished, or at shutdown.
-    retired: Vec<(Arc<Shared>, JoinHandle<()>)>,
+    /// Weak: a finished thread's `Shared` (and the code it holds, so its library) is freed
+    /// at once, not at the next reap; a stuck thread holds its own.
+    retired: Vec<(std::sync::Weak<Shared>, JoinHandle<()>)>,
     spawner: Spawner,
     watchdog: Watchdog,
 }
@@ -484,7 +486,7 @@ impl Runtime {
                 let shared = r.publisher.shared.clone();
                 self.watchdog.retire(&shared);
                 if let Some(t) = r.signal_stop() {
-                    self.retired.push((shared, t));
+                    self.retired.push((Arc::downgrade(&shared), t));
                 }
                 true
             }
@@ -520,7 +522,9 @@ impl Runtime {
     pub fn stuck_retired(&self) -> usize {
         self.retired
             .iter()
-            .filter(|(s, t)| !t.is_finished() && s.stuck.load(Ordering::Acquire))
+            .filter(|(s, t)| {
+                !t.is_finished() && s.upgrade().is_some_and(|s| s.stuck.load(Ordering::Acquire))
+            })
             .count()
     }
 
@@ -548,7 +552,10 @@ impl Runtime {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         for (shared, t) in std::mem::take(&mut self.retired) {
             while !t.is_finished() && Instant::now() < deadline {
-                if shared.stuck.load(Ordering::Acquire) {
+                if shared
+                    .upgrade()
+                    .is_some_and(|s| s.stuck.load(Ordering::Acquire))
+                {
                     break;
                 }
                 std::thread::park_timeout(Duration::from_millis(1));
@@ -601,7 +608,7 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
         h.sink.event(HostEvent::Error {
             pipeline: h.pipeline.clone(),
             path,
-            message: message.to_string_lossy().unwrap_or_default().into_owned(),
+            message: cap_message(&message.to_string_lossy().unwrap_or_default()).into_owned(),
         });
     }));
 }
@@ -755,6 +762,9 @@ impl Driver {
     /// one version. Fails only when a state could not be seeded for new code.
     #[inline]
     pub fn push(&mut self, items: &[u64]) -> Result<Pushed, String> {
+        // The batch path does not say which operator it is in (see `EmitCx::current_op`):
+        // a stuck batch is reported at the pipeline, not at a stale operator.
+        self.shared.op.store(u32::MAX, Ordering::Relaxed);
         self.mark_call();
         let r = self
             .refresh()

@@ -5,7 +5,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::cargo::BuildConfig;
 use crate::events::Sink;
@@ -108,11 +108,20 @@ impl Session {
         })
     }
 
-    /// Waits for the reloader (it runs until [`Session::stop`]).
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Waits for the reloader (it runs until [`Session::stop`] or a [`Stopper`]). An error
+    /// means the host died of an internal error: the reloader thread panicked (the panic
+    /// hook has printed where).
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(t) => ended(t.join()),
+            None => Ok(()),
         }
+    }
+
+    /// A handle that ends the session from another thread: the reloader stops once the
+    /// build or load in progress is over, and [`Session::wait`] returns.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
     }
 
     /// Stops watching, stops every pipeline and returns the reloader's final state.
@@ -122,11 +131,80 @@ impl Session {
     }
 }
 
+/// Ends a [`Session`] from another thread (see [`Session::stopper`]).
+#[derive(Clone, Debug)]
+pub struct Stopper(Sender<Msg>);
+
+impl Stopper {
+    /// Asks the session to stop; returns at once.
+    pub fn stop(&self) {
+        // A session already gone has nothing left to stop.
+        let _ = self.0.send(Msg::Stop);
+    }
+}
+
+/// How the reloader thread ended: an error if it panicked.
+fn ended<T>(joined: std::thread::Result<T>) -> anyhow::Result<()> {
+    match joined {
+        Ok(_) => Ok(()),
+        Err(payload) => bail!(
+            "internal error: the reloader thread panicked ({}); the host stops",
+            panic_text(payload.as_ref())
+        ),
+    }
+}
+
+/// A panic payload's message (`panic!` gives a `&str` or a `String`).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reloader thread that panicked is an internal error naming the panic; one that
+    /// returned is not.
+    #[test]
+    fn a_panicked_reloader_thread_is_an_internal_error() {
+        /// A reloader thread's body, and the text its error must hold (none: no error).
+        type Case = (Box<dyn FnOnce() + Send>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            (Box::new(|| {}), None),
+            (Box::new(|| panic!("boom")), Some("boom")),
+            (
+                Box::new(|| panic!("{}", String::from("owned boom"))),
+                Some("owned boom"),
+            ),
+            (
+                Box::new(|| std::panic::panic_any(7u8)),
+                Some("a panic without a message"),
+            ),
+        ];
+        for (body, expected) in cases {
+            let joined = std::thread::spawn(body).join();
+            match (ended(joined), expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(text)) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with("internal error: "), "{e}");
+                    assert!(e.contains(text), "{e} lacks {text}");
+                }
+                (got, want) => panic!("got {got:?}, want {want:?}"),
+            }
         }
     }
 }

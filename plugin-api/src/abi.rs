@@ -164,7 +164,8 @@ pub struct EmitCx {
     pub error: unsafe extern "C" fn(host: *mut c_void, op: u32, message: RStr),
     /// Where the plugin writes the number of the operator whose user function it is about to
     /// run (a relaxed store, read by the host's watchdog to name the operator a stuck call is
-    /// in). Never null; valid for the call.
+    /// in), on the single-value paths (`push_one`, `complete`); the batch path (`push`) leaves
+    /// it alone. Never null; valid for the call.
     pub current_op: *const core::sync::atomic::AtomicU32,
 }
 

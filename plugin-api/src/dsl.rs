@@ -122,6 +122,11 @@ pub struct Cx<'a> {
     panicked_op: Cell<u32>,
     /// What a panic did to the panicking operator's state, for the error report.
     after_panic: Cell<AfterPanic>,
+    /// Whether each user function call first writes its operator to
+    /// [`EmitCx::current_op`]: on for single values (push sources, completion), where it is
+    /// one store among many; off on the batch path, whose loop it would slow by half. A
+    /// constant of each entry point, so the test is compiled away.
+    mark_ops: bool,
 }
 
 /// What a panic in a `scan`, `scan_map` or `reduce` function did to that operator's state
@@ -170,8 +175,11 @@ impl Cx<'_> {
                 }
             }
         }
-        // SAFETY: the host passes a `current_op` valid for the call (`EmitCx` documents it).
-        unsafe { (*self.emit.current_op).store(op, core::sync::atomic::Ordering::Relaxed) };
+        if self.mark_ops {
+            // SAFETY: the host passes a `current_op` valid for the call (`EmitCx` documents
+            // it).
+            unsafe { (*self.emit.current_op).store(op, core::sync::atomic::Ordering::Relaxed) };
+        }
         let guard = Guard(&self.panicked_op, op);
         let r = f();
         core::mem::forget(guard);
@@ -1067,6 +1075,7 @@ unsafe fn enter<'a, S>(
     env: *const c_void,
     states: *const *mut u8,
     cx: *const EmitCx,
+    mark_ops: bool,
 ) -> (&'a Env<S>, Cx<'a>) {
     // SAFETY: guaranteed by the caller.
     unsafe {
@@ -1075,6 +1084,7 @@ unsafe fn enter<'a, S>(
             states,
             emit: &*cx,
             panicked_op: Cell::new(NO_OP),
+            mark_ops,
             after_panic: Cell::new(AfterPanic::Untouched),
         };
         (env, cx)
@@ -1099,7 +1109,7 @@ unsafe extern "C" fn push_entry<S: Stage>(
     consumed: *mut usize,
 ) -> u32 {
     // SAFETY: the host passes the arguments `PushFn` documents.
-    let (env, cx) = unsafe { enter::<S>(env, states, cx) };
+    let (env, cx) = unsafe { enter::<S>(env, states, cx, false) };
     let items = if n == 0 {
         &[][..]
     } else {
@@ -1139,7 +1149,7 @@ unsafe extern "C" fn push_one_entry<S: Stage>(
     cx: *const EmitCx,
 ) -> u32 {
     // SAFETY: the host passes the arguments `PushOneFn` documents.
-    let (env, cx) = unsafe { enter::<S>(env, states, cx) };
+    let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
         env.stage.push(&cx, x, &mut |_out: S::Out| Flow::Continue)
     }));
@@ -1156,7 +1166,7 @@ unsafe extern "C" fn complete_entry<S: Stage>(
     cx: *const EmitCx,
 ) -> u32 {
     // SAFETY: the host passes the arguments `CompleteFn` documents.
-    let (env, cx) = unsafe { enter::<S>(env, states, cx) };
+    let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
         let mut sink = |_out: S::Out| Flow::Continue;
         match env.stage.complete(&cx, &mut sink) {

@@ -122,22 +122,32 @@ fn bad_track_calls_are_refused_with_their_reason() {
         (
             vec![module_call(1)],
             track_call(0, "pipeline", Some("")),
-            "track-call: invalid key \"\" (keys are non-empty and hold none of '|', ':', '#')",
+            "track-call: invalid key \"\" (keys are non-empty and hold none of '|', ':', '#' and no control character)",
         ),
         (
             vec![module_call(1)],
             track_call(0, "pipeline", Some("a|b")),
-            "track-call: invalid key \"a|b\" (keys are non-empty and hold none of '|', ':', '#')",
+            "track-call: invalid key \"a|b\" (keys are non-empty and hold none of '|', ':', '#' and no control character)",
         ),
         (
             vec![module_call(1)],
             track_call(0, "pipeline", Some("a:b")),
-            "track-call: invalid key \"a:b\" (keys are non-empty and hold none of '|', ':', '#')",
+            "track-call: invalid key \"a:b\" (keys are non-empty and hold none of '|', ':', '#' and no control character)",
         ),
         (
             vec![module_call(1)],
             track_call(0, "pipeline", Some("#a")),
-            "track-call: invalid key \"#a\" (keys are non-empty and hold none of '|', ':', '#')",
+            "track-call: invalid key \"#a\" (keys are non-empty and hold none of '|', ':', '#' and no control character)",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "pipeline", Some("a\0b")),
+            "track-call: invalid key \"a\\0b\" (keys are non-empty and hold none of '|', ':', '#' and no control character)",
+        ),
+        (
+            vec![module_call(1)],
+            track_call(0, "pipeline", Some("a\nb")),
+            "track-call: invalid key \"a\\nb\" (keys are non-empty and hold none of '|', ':', '#' and no control character)",
         ),
         (
             vec![module_call(1)],
