@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use host::events::{HumanSink, JsonSink, Sink};
 use host::runtime::PanicPolicy;
-use host::session::{Options, Session, run_once};
+use host::session::{Options, Session, exit_on_signals, run_once};
 use host::watch::DEFAULT_DEBOUNCE;
 
 const HELP: &str = "\
@@ -120,6 +120,7 @@ fn run() -> anyhow::Result<bool> {
     let Some(cli) = parse(std::env::args().skip(1))? else {
         return Ok(true);
     };
+    exit_on_signals()?;
     let sink: Sink = if cli.json {
         Arc::new(JsonSink)
     } else {
