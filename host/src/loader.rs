@@ -173,11 +173,13 @@ pub struct Loader {
     /// `<pid>-<n>`: every copy's file name starts with it.
     prefix: String,
     attempts: AtomicU64,
+    /// The copy directories this loader has used (cleaned of dead hosts' copies first).
+    dirs: Mutex<BTreeSet<PathBuf>>,
 }
 
 static LOADER_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// The copy directories this process has used (cleaned of dead hosts' copies on first use).
+/// The copy directories this process has used, for [`remove_own_copies`].
 static COPY_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 impl Loader {
@@ -192,6 +194,7 @@ impl Loader {
         Ok(Loader {
             prefix,
             attempts: AtomicU64::new(0),
+            dirs: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -199,11 +202,15 @@ impl Loader {
     /// of dead hosts) on first use.
     fn copy_dir(&self, built: &Path) -> std::io::Result<PathBuf> {
         let dir = built.parent().unwrap_or(Path::new(".")).join(COPY_DIR);
-        let mut dirs = COPY_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         if !dirs.contains(&dir) || !dir.is_dir() {
             std::fs::create_dir_all(&dir)?;
             remove_stale_copies(&dir);
             dirs.insert(dir.clone());
+            COPY_DIRS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.clone());
         }
         Ok(dir)
     }
