@@ -4,6 +4,8 @@
 //! the target directory and none is left behind; the plugin check reads cargo's metadata.
 
 use std::path::Path;
+
+use anyhow::Context;
 use std::time::{Duration, SystemTime};
 
 use host::events::HostEvent;
@@ -107,7 +109,9 @@ fn edits_to_path_dependencies_and_included_files_reload() -> anyhow::Result<()> 
         std::fs::write(&temp, text.replacen(from, to, 1))?;
         std::fs::rename(&temp, &file)?;
 
-        let v2 = reload_version(&wait_edit_reload(&mut host)?);
+        let v2 = reload_version(
+            &wait_edit_reload(&mut host).with_context(|| format!("{name}: {}", file.display()))?,
+        );
         host.wait_emission("counter", |v| value(v) >= 3000)?;
         let emissions = host.emissions("counter");
         host.stop();
