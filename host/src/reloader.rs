@@ -181,7 +181,8 @@ impl Reloader {
     }
 
     /// When each cargo build started and ended, in order (builds never overlap: this is
-    /// the only place that runs them, on one thread).
+    /// the only place that runs them, on one thread). A build killed because the host is
+    /// stopping is not among them: it has no outcome.
     pub fn build_windows(&self) -> &[(Instant, Instant)] {
         &self.builds
     }
@@ -190,11 +191,13 @@ impl Reloader {
     pub fn reload(&mut self) -> Outcome {
         let started = Instant::now();
         let built = self.builder.build();
+        if matches!(built, Err(BuildError::Stopped)) {
+            // The host is shutting down and killed the build: no outcome to report.
+            return Outcome::BuildFailed;
+        }
         self.builds.push((started, Instant::now()));
         let artifact = match built {
             Ok(a) => a,
-            // The host is shutting down: nothing to report.
-            Err(BuildError::Stopped) => return Outcome::BuildFailed,
             Err(e) => {
                 self.sink.event(HostEvent::BuildFailed {
                     error: format!("{e:#}"),
