@@ -150,10 +150,7 @@ fn cargo_command(config: &BuildConfig, sub: &str) -> Command {
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from));
     if let Some(dir) = target {
         // A relative CARGO_TARGET_DIR is relative to where the host was started.
-        cmd.env(
-            "CARGO_TARGET_DIR",
-            std::path::absolute(&dir).unwrap_or(dir),
-        );
+        cmd.env("CARGO_TARGET_DIR", std::path::absolute(&dir).unwrap_or(dir));
     }
     cmd.stdin(Stdio::null());
     cmd
@@ -225,7 +222,9 @@ pub fn metadata(config: &BuildConfig) -> Result<Metadata, BuildError> {
         stderr,
     };
     if !output.status.success() {
-        return Err(failed(stderr_tail(&String::from_utf8_lossy(&output.stderr))));
+        return Err(failed(stderr_tail(&String::from_utf8_lossy(
+            &output.stderr,
+        ))));
     }
     let raw: RawMetadata = serde_json::from_slice(&output.stdout)
         .map_err(|e| failed(format!("cannot read cargo metadata's output: {e}")))?;
@@ -826,13 +825,13 @@ mod tests {
     #[test]
     fn status_lines_worth_showing() {
         let table = [
-            (
-                "Blocking waiting for file lock on build directory",
-                true,
-            ),
+            ("Blocking waiting for file lock on build directory", true),
             ("Compiling plugin-api v0.1.0 (/w/plugin-api)", true),
             ("Updating crates.io index", true),
-            ("Finished `dev` profile [unoptimized] target(s) in 0.1s", false),
+            (
+                "Finished `dev` profile [unoptimized] target(s) in 0.1s",
+                false,
+            ),
             ("warning: unused manifest key", false),
             ("error: could not compile `p`", false),
             ("", false),
@@ -849,9 +848,11 @@ mod tests {
         std::fs::write(&a, "a").unwrap();
         std::fs::write(&b, "b").unwrap();
         let before = Sources::read(&[a.clone(), b.clone()]);
-        assert!(Sources::read(&[a.clone(), b.clone()])
-            .changed_since(&before)
-            .is_empty());
+        assert!(
+            Sources::read(&[a.clone(), b.clone()])
+                .changed_since(&before)
+                .is_empty()
+        );
         std::fs::write(&b, "b2").unwrap();
         std::fs::write(&c, "c").unwrap();
         let after = Sources::read(&[a.clone(), b.clone(), c.clone()]);

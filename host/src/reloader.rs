@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use hmr_track::{Id, Recorder, UpdateOutcome, signature_change};
 
-use crate::cargo::{BuildConfig, BuildError, Builder};
 pub use crate::cargo::plugin_manifest;
+use crate::cargo::{BuildConfig, BuildError, Builder};
 use crate::code::PipelineCode;
 use crate::events::{HostEvent, ResetInfo, RestartInfo, Sink, TrackInfo};
 use crate::loader::{LibVersion, Loader};
@@ -466,4 +466,3 @@ fn content_hash(bytes: &[u8]) -> u64 {
     bytes.hash(&mut h);
     h.finish()
 }
-

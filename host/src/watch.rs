@@ -231,8 +231,7 @@ pub fn react(res: &notify::Result<notify::Event>, plan: &Plan) -> Reaction {
         },
         Ok(event) => Reaction {
             report: None,
-            change: classify(&event.kind)
-                .filter(|_| event.paths.iter().any(|p| plan.wants(p))),
+            change: classify(&event.kind).filter(|_| event.paths.iter().any(|p| plan.wants(p))),
         },
     }
 }
@@ -412,17 +411,20 @@ pub fn dev_loop(
 mod tests {
     use super::*;
     use notify::event::{
-        AccessKind, AccessMode, CreateKind, DataChange, Flag, MetadataKind, ModifyKind,
-        RemoveKind, RenameMode,
+        AccessKind, AccessMode, CreateKind, DataChange, Flag, MetadataKind, ModifyKind, RemoveKind,
+        RenameMode,
     };
 
     #[test]
     fn which_paths_trigger_a_build() {
         let plan = Plan {
             dirs: BTreeMap::new(),
-            files: [PathBuf::from("/p/data/step.txt"), PathBuf::from("/dep/src/lib.rs")]
-                .into_iter()
-                .collect(),
+            files: [
+                PathBuf::from("/p/data/step.txt"),
+                PathBuf::from("/dep/src/lib.rs"),
+            ]
+            .into_iter()
+            .collect(),
             ignore: vec![PathBuf::from("/p/build-out")],
         };
         let table = [
@@ -512,7 +514,10 @@ mod tests {
             dep.join("build.rs"),
             target.join("debug/build/x/out/gen.rs"),
         ];
-        for f in inputs.iter().chain([&p.join("Cargo.toml"), &dep.join("Cargo.toml")]) {
+        for f in inputs
+            .iter()
+            .chain([&p.join("Cargo.toml"), &dep.join("Cargo.toml")])
+        {
             std::fs::write(f, "").unwrap();
         }
         let got = plan(&p, Some(&p), std::slice::from_ref(&target), &inputs);
@@ -540,9 +545,8 @@ mod tests {
             files: BTreeSet::new(),
             ignore: vec![PathBuf::from("/p/target")],
         };
-        let event = |kind: EventKind, path: &str| {
-            notify::Event::new(kind).add_path(PathBuf::from(path))
-        };
+        let event =
+            |kind: EventKind, path: &str| notify::Event::new(kind).add_path(PathBuf::from(path));
         let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
         let cases: Vec<(notify::Result<notify::Event>, Option<&str>, Option<bool>)> = vec![
             (Ok(event(close, "/p/src/lib.rs")), None, Some(true)),

@@ -239,8 +239,12 @@ fn a_slow_build_says_what_it_waits_for_and_json_stays_clean() {
         "the second host waits for the first's lock: {line}"
     );
     std::fs::write(fixture.path().join("gate"), "").expect("open the gate");
-    human.wait_line("loaded", BUILD_TIMEOUT, |l| l.starts_with("[hmr] loaded v1"));
-    json.wait_line("loaded", BUILD_TIMEOUT, |l| l.contains(r#""event":"loaded""#));
+    human.wait_line("loaded", BUILD_TIMEOUT, |l| {
+        l.starts_with("[hmr] loaded v1")
+    });
+    json.wait_line("loaded", BUILD_TIMEOUT, |l| {
+        l.contains(r#""event":"loaded""#)
+    });
     json.wait_line("the emission", BUILD_TIMEOUT, |l| {
         l.contains(r#""event":"emission""#)
     });
@@ -303,7 +307,9 @@ fn main() {
         // Started outside the plugin's directory.
         cmd.current_dir(std::env::temp_dir());
     });
-    host.wait_line("loaded", BUILD_TIMEOUT, |l| l.starts_with("[hmr] loaded v1"));
+    host.wait_line("loaded", BUILD_TIMEOUT, |l| {
+        l.starts_with("[hmr] loaded v1")
+    });
     host.wait_line("the first value", BUILD_TIMEOUT, |l| {
         l.starts_with("config v1: ")
     });
@@ -313,7 +319,10 @@ fn main() {
         host.seen
     );
     let out: PathBuf = fixture.path().join("build-out");
-    assert!(out.join("debug").is_dir(), "cargo built into the config's target dir");
+    assert!(
+        out.join("debug").is_dir(),
+        "cargo built into the config's target dir"
+    );
 
     fixture.edit("src/lib.rs", "STEP: u64 = 1;", "STEP: u64 = 2;");
     host.wait_line("the reload", BUILD_TIMEOUT, |l| {
@@ -324,9 +333,14 @@ fn main() {
     // build within a debounce (30 ms) of this one's end, as the build wrote OUT_DIR and
     // the target dir; three seconds is ten builds' time on this machine.
     let builds = host.lines_within(Duration::from_secs(3), |l| {
-        ["[hmr] reload", "[hmr] no change", "[hmr] build failed", "[hmr] load failed"]
-            .iter()
-            .any(|p| l.starts_with(p))
+        [
+            "[hmr] reload",
+            "[hmr] no change",
+            "[hmr] build failed",
+            "[hmr] load failed",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
     });
     assert!(builds.is_empty(), "builds nobody asked for: {builds:?}");
 }

@@ -29,7 +29,10 @@ fn wait_edit_reload(host: &mut Harness) -> anyhow::Result<HostEvent> {
                 | HostEvent::Unchanged { .. }
         )
     })?;
-    anyhow::ensure!(matches!(e, HostEvent::Reload { .. }), "expected a reload, got {e:?}");
+    anyhow::ensure!(
+        matches!(e, HostEvent::Reload { .. }),
+        "expected a reload, got {e:?}"
+    );
     Ok(e)
 }
 
@@ -57,7 +60,10 @@ plugin_api::export_plugin!(register);
 #[test]
 fn edits_to_path_dependencies_and_included_files_reload() -> anyhow::Result<()> {
     /// (test name, prepare the fixture and return the file to edit with its from/to text)
-    type Case = (&'static str, fn(&Fixture, &Path) -> (std::path::PathBuf, &'static str, &'static str));
+    type Case = (
+        &'static str,
+        fn(&Fixture, &Path) -> (std::path::PathBuf, &'static str, &'static str),
+    );
     let cases: [Case; 2] = [
         ("path_dep_edit", |fixture, scratch| {
             let dep = scratch.join("dep");
@@ -116,7 +122,10 @@ fn edits_to_path_dependencies_and_included_files_reload() -> anyhow::Result<()> 
         let emissions = host.emissions("counter");
         host.stop();
         assert_steps(&emissions, 0, |v| if v == v1 { 1 } else { 1000 });
-        assert!(emissions.iter().any(|(v, _)| *v == v2), "{name}: {emissions:?}");
+        assert!(
+            emissions.iter().any(|(v, _)| *v == v2),
+            "{name}: {emissions:?}"
+        );
     }
     Ok(())
 }
@@ -219,9 +228,7 @@ fn the_plugin_check_reads_cargo_metadata() -> anyhow::Result<()> {
         std::fs::write(path, text).unwrap();
     };
     let package = |name: &str, lib: &str| {
-        format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n{lib}"
-        )
+        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n{lib}")
     };
     // Says "cdylib" in a comment only: a text search took it for a plugin.
     write(
@@ -258,8 +265,9 @@ fn the_plugin_check_reads_cargo_metadata() -> anyhow::Result<()> {
 
     let dir = |rel: &str| scratch.path().join(rel);
     let s = |rel: &str| dir(rel).display().to_string();
-    // (directory, Ok or the texts the error must hold, texts it must not hold)
-    let cases: Vec<(&str, Result<(), Vec<String>>, Vec<String>)> = vec![
+    /// A directory, `Ok` or the texts the error must hold, and texts it must not hold.
+    type Case<'a> = (&'a str, Result<(), Vec<String>>, Vec<String>);
+    let cases: Vec<Case> = vec![
         ("plugin", Ok(()), vec![]),
         (
             "comment",

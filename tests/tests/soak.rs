@@ -87,7 +87,12 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
         .expect("a directory")
         .join(host::loader::COPY_DIR);
     for v in reloader.versions() {
-        assert_eq!(v.path().parent(), Some(copies.as_path()), "{}", v.path().display());
+        assert_eq!(
+            v.path().parent(),
+            Some(copies.as_path()),
+            "{}",
+            v.path().display()
+        );
         assert!(!v.path().exists(), "{} remains", v.path().display());
     }
     let live = reloader.live_versions();

@@ -178,7 +178,10 @@ mod tests {
             (
                 "escaped hash, doubled dollar, a colon inside a word, a continued line",
                 "/t/x.so: /p/a\\#b.rs /p/$$HOME.rs \\\n  /p/c:d.rs\n",
-                vec![rule(&["/t/x.so"], &["/p/a#b.rs", "/p/$HOME.rs", "/p/c:d.rs"])],
+                vec![rule(
+                    &["/t/x.so"],
+                    &["/p/a#b.rs", "/p/$HOME.rs", "/p/c:d.rs"],
+                )],
             ),
             ("no colon at all", "just words\n", vec![]),
         ];
