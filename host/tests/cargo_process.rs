@@ -8,6 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use host::cargo::Builder;
+use host::events::{ChannelSink, EventSink, HostEvent, Sink};
+use host::session::Session;
 use host::testkit::{BUILD_TIMEOUT, Fixture, fixture_target_dir};
 
 /// A `host` process whose output lines a test reads as they come.
@@ -219,6 +224,55 @@ fn a_signal_ends_the_host_and_its_build() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         assert!(gone, "{name}: the build script {pid} outlived the host");
+    }
+}
+
+/// The other ways out end the build too: a session stopped during a build (the library's
+/// way, and what an error on the host's side does), and a panic that unwinds through a build
+/// (here from the sink that receives its progress).
+#[test]
+fn a_stopped_session_or_a_panic_ends_the_build() {
+    struct PanicOnProgress;
+    impl EventSink for PanicOnProgress {
+        fn event(&self, event: HostEvent) {
+            if matches!(event, HostEvent::Building { .. }) {
+                panic!("a panic during a build");
+            }
+        }
+    }
+    type WayOut = fn(&Fixture) -> u32;
+    let cases: [(&str, WayOut); 2] = [
+        ("stopped_session", |fixture| {
+            let (tx, _rx) = channel();
+            let session = Session::start(&fixture.options(), Arc::new(ChannelSink(tx)))
+                .expect("start a session");
+            let pid = build_script_pid(fixture);
+            assert!(running(pid));
+            let stopped = Instant::now();
+            session.stop();
+            assert!(
+                stopped.elapsed() < Duration::from_secs(30),
+                "stop waited for the build"
+            );
+            pid
+        }),
+        ("panic_in_build", |fixture| {
+            let config = fixture.build_config(false).expect("a build config");
+            let sink: Sink = Arc::new(PanicOnProgress);
+            let build = std::thread::spawn(move || Builder::new(config, Some(sink)).build());
+            let pid = build_script_pid(fixture);
+            assert!(build.join().is_err(), "the build panicked");
+            pid
+        }),
+    ];
+    for (name, way_out) in cases {
+        let fixture = gated_fixture(name);
+        let pid = way_out(&fixture);
+        let gone = eventually(Duration::from_secs(10), || !running(pid));
+        if !gone {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        assert!(gone, "{name}: the build script {pid} outlived the build");
     }
 }
 
