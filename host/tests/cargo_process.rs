@@ -259,9 +259,19 @@ fn a_stopped_session_or_a_panic_ends_the_build() {
         ("panic_in_build", |fixture| {
             let config = fixture.build_config(false).expect("a build config");
             let sink: Sink = Arc::new(PanicOnProgress);
-            let build = std::thread::spawn(move || Builder::new(config, Some(sink)).build());
+            let (done, ended) = channel();
+            std::thread::spawn(move || {
+                // The builder is dropped with the panic: nothing of it is seen afterwards.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    Builder::new(config, Some(sink)).build().is_ok()
+                }));
+                let _ = done.send(outcome.is_err());
+            });
             let pid = build_script_pid(fixture);
-            assert!(build.join().is_err(), "the build panicked");
+            // The panic comes at the first progress line, a second in; unwinding must not
+            // wait for the build script (it waits two minutes for its gate).
+            let panicked = ended.recv_timeout(Duration::from_secs(30));
+            assert_eq!(panicked, Ok(true), "the build panicked and ended at once");
             pid
         }),
     ];
