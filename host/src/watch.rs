@@ -170,6 +170,8 @@ pub fn plan(
         }
         files.insert(input);
     }
+    // A file the build read may have gone since (a module deleted): nothing to watch there.
+    dirs.retain(|d, _| d.is_dir());
     Plan {
         dirs,
         files,
