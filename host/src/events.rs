@@ -109,6 +109,17 @@ pub enum HostEvent {
         /// Milliseconds cargo took.
         build_ms: u64,
     },
+    /// A build has taken more than [`crate::cargo::SLOW_BUILD`]: what cargo is doing (its
+    /// latest status line, such as `Compiling ...` or `Blocking waiting for file lock ...`);
+    /// sent once at that mark and then for each new status line of the same build. Printed
+    /// for a person; not part of the `--json` contract, so the JSON sink leaves it out.
+    #[serde(skip)]
+    Building {
+        /// Milliseconds since cargo started.
+        elapsed_ms: u64,
+        /// Cargo's status line.
+        status: String,
+    },
     /// Cargo failed; the running version stays.
     BuildFailed {
         /// The first error diagnostic as cargo rendered it.
@@ -263,7 +274,10 @@ impl Formatter {
         if !self.json {
             return Some(human(&event, self.running, self.watching));
         }
-        if matches!(*event, HostEvent::Unchanged { .. }) {
+        if matches!(
+            *event,
+            HostEvent::Unchanged { .. } | HostEvent::Building { .. }
+        ) {
             return None;
         }
         Some(serde_json::to_string(&*event).unwrap_or_else(|e| {
@@ -346,6 +360,11 @@ fn human(event: &HostEvent, running: bool, watching: bool) -> String {
         HostEvent::Unchanged { build_ms } => {
             format!("[hmr] no change: cargo built the library that is running ({build_ms} ms)")
         }
+        HostEvent::Building { elapsed_ms, status } => format!(
+            "[hmr] building ({}.{} s): {status}",
+            elapsed_ms / 1000,
+            elapsed_ms % 1000 / 100
+        ),
         HostEvent::BuildFailed { error } => format!("[hmr] build failed, {keeps}:\n{error}"),
         HostEvent::LoadFailed { error } => format!("[hmr] load failed, {keeps}: {error}"),
         HostEvent::Error {

@@ -1,10 +1,15 @@
 //! Loading one plugin version: copy the built library, open it, check its ABI header.
 //!
-//! 1. **Copy** the library cargo built to a private, unique path
-//!    (`<temp>/hmr-host-<pid>-<n>-v{N}-{attempt}-{file}`, never reused, unlinked once
-//!    mapped), so the next build can overwrite cargo's output while this version stays
-//!    mapped, and so the dynamic loader never hands back an already-open copy of an older
-//!    build under the same name.
+//! 1. **Copy** the library cargo built to a private, unique path beside it, under the
+//!    build's target directory (`<target>/debug/hmr-host/<pid>-<n>-v{N}-{attempt}-{file}`,
+//!    never reused, unlinked once mapped), so the next build can overwrite cargo's output
+//!    while this version stays mapped, and so the dynamic loader never hands back an
+//!    already-open copy of an older build under the same name. Not the system temp dir: a
+//!    `noexec` `/tmp` refuses to map code, and on a tmpfs `/tmp` every unlinked but mapped
+//!    copy keeps its pages in memory. A copy left by a host that died between the copy and
+//!    the unlink (a `SIGKILL`) is removed by the next host to use the directory, once no
+//!    process of that pid is alive; a host stopped by a signal removes its own
+//!    ([`remove_own_copies`]).
 //!    Before the copy is opened, its ELF headers are checked against its length: `dlopen`
 //!    maps segments straight from the file, so a half-written library (cargo still linking,
 //!    a copy cut short) would otherwise crash the host with `SIGBUS` instead of failing.
@@ -18,10 +23,11 @@
 //!    and thread-local destructors of the version may still run, and on glibc unloading a Rust
 //!    library with thread-local destructors is unsound (see ARCHITECTURE.md, hazards).
 
+use std::collections::BTreeSet;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use plugin_api::abi::{self, PluginHeader, RStr};
 
@@ -169,29 +175,55 @@ impl LibVersion {
     }
 }
 
-/// Copies and opens plugin libraries in a private directory of this process.
+/// The directory beside cargo's library that holds the private copies.
+pub const COPY_DIR: &str = "hmr-host";
+
+/// Copies and opens plugin libraries under private names.
 #[derive(Debug)]
 pub struct Loader {
-    /// `<temp dir>/hmr-host-<pid>-<n>`: every copy's name starts with it.
-    prefix: PathBuf,
+    /// `<pid>-<n>`: every copy's file name starts with it.
+    prefix: String,
     attempts: AtomicU64,
+    /// The copy directories this loader has used (cleaned of dead hosts' copies first).
+    dirs: Mutex<BTreeSet<PathBuf>>,
 }
 
 static LOADER_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The copy directories this process has used, for [`remove_own_copies`].
+static COPY_DIRS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
 impl Loader {
-    /// A loader whose copies are made in the system temp dir. Each copy is unlinked as soon
-    /// as it is mapped, so nothing is left behind, even when the host is interrupted.
+    /// A loader whose copies are made in [`COPY_DIR`] beside each library it loads. Each
+    /// copy is unlinked as soon as it is mapped.
     pub fn new() -> std::io::Result<Loader> {
-        let prefix = std::env::temp_dir().join(format!(
-            "hmr-host-{}-{}",
+        let prefix = format!(
+            "{}-{}",
             std::process::id(),
             LOADER_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
         Ok(Loader {
             prefix,
             attempts: AtomicU64::new(0),
+            dirs: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// Where copies of `built` go: [`COPY_DIR`] beside it, created (and cleaned of the copies
+    /// of dead hosts) on first use.
+    fn copy_dir(&self, built: &Path) -> std::io::Result<PathBuf> {
+        let dir = built.parent().unwrap_or(Path::new(".")).join(COPY_DIR);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if !dirs.contains(&dir) || !dir.is_dir() {
+            std::fs::create_dir_all(&dir)?;
+            remove_stale_copies(&dir);
+            dirs.insert(dir.clone());
+            COPY_DIRS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.clone());
+        }
+        Ok(dir)
     }
 
     /// Loads the library cargo built at `built` as plugin version `version`; also returns
@@ -221,21 +253,28 @@ impl Loader {
         // and writing new bytes over its file (or opening the same name again, which the
         // dynamic loader answers with the old, still-open handle) would corrupt it.
         let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
-        let mut name = self.prefix.clone().into_os_string();
-        name.push(format!("-v{version}-{attempt}-{file}"));
-        let path = PathBuf::from(name);
-        let copy_error = |source| LoadError::Copy {
-            from: built.to_owned(),
-            to: path.clone(),
-            source,
-        };
+        let name = format!("{}-v{version}-{attempt}-{file}", self.prefix);
         check_complete(bytes).map_err(|reason| LoadError::Incomplete {
             path: built.to_owned(),
             reason,
         })?;
-        write_new(&path, bytes).map_err(copy_error)?;
+        let dir = self.copy_dir(built).map_err(|source| LoadError::Copy {
+            from: built.to_owned(),
+            to: built.with_file_name(COPY_DIR).join(&name),
+            source,
+        })?;
+        let path = dir.join(name);
+        write_new(&path, bytes).map_err(|source| {
+            // A copy cut short (a full disk) must not stay behind.
+            let _ = std::fs::remove_file(&path);
+            LoadError::Copy {
+                from: built.to_owned(),
+                to: path.clone(),
+                source,
+            }
+        })?;
         let opened = open(&path);
-        // The mapping outlives the file: nothing of ours is left in the temp dir, however
+        // The mapping outlives the file: nothing of ours is left in the target dir, however
         // many versions a session loads.
         let _ = std::fs::remove_file(&path);
         let lib = opened?;
@@ -267,6 +306,62 @@ pub fn read(built: &Path) -> Result<Vec<u8>, LoadError> {
         path: built.to_owned(),
         source,
     })
+}
+
+/// The pid a copy's file name starts with (`<pid>-<n>-v...`).
+fn owner_pid(name: &str) -> Option<u32> {
+    name.split('-').next()?.parse().ok()
+}
+
+/// Whether a process with this pid is alive (or may be: a pid we may not signal).
+#[cfg(unix)]
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks that the pid exists and
+    // may be signalled. It takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn alive(_pid: u32) -> bool {
+    true
+}
+
+/// Removes the copies in `dir` whose host is no longer alive (it died between copying and
+/// unlinking: killed by `SIGKILL`, say).
+fn remove_stale_copies(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(pid) = owner_pid(&name.to_string_lossy())
+            && pid != std::process::id()
+            && !alive(pid)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes every copy this process has made that is still on disk (a load interrupted between
+/// copy and unlink). For a host stopped by a signal, just before it exits.
+pub fn remove_own_copies() {
+    let own = std::process::id();
+    let dirs = COPY_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    for dir in dirs.iter() {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if owner_pid(&entry.file_name().to_string_lossy()) == Some(own) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// Writes `bytes` to a file that must not exist yet.

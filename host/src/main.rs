@@ -19,7 +19,7 @@ use clap::{Parser, ValueEnum};
 use host::events::Formatter;
 use host::output::Printer;
 use host::runtime::PanicPolicy;
-use host::session::{Options, Session, Stopper, run_once};
+use host::session::{Options, Session, Stopper, exit_on_signals, run_once};
 use host::watch::DEFAULT_DEBOUNCE;
 
 /// Exit status for a bad command line or plugin directory (as clap and most tools use).
@@ -290,6 +290,7 @@ fn exit_when_closed(
 }
 
 fn run(cli: Cli) -> anyhow::Result<End> {
+    exit_on_signals()?;
     let options = cli.options();
     let formatter = if cli.json {
         Formatter::json()

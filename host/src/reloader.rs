@@ -25,13 +25,14 @@
 //! running untouched. Versions are retired, never unmapped ([`crate::loader`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmr_track::{Id, Recorder, UpdateOutcome, signature_change};
 
-use crate::cargo::{self, BuildConfig};
+pub use crate::cargo::plugin_manifest;
+use crate::cargo::{BuildConfig, BuildError, Builder};
 use crate::code::PipelineCode;
 use crate::events::{HostEvent, ResetInfo, RestartInfo, Sink, TrackInfo};
 use crate::loader::{LibVersion, Loader};
@@ -74,7 +75,7 @@ pub struct Timings {
 
 /// Builds, loads and swaps plugin versions into a [`Runtime`].
 pub struct Reloader {
-    build: BuildConfig,
+    builder: Builder,
     sink: Sink,
     loader: Loader,
     recorder: Recorder,
@@ -95,7 +96,7 @@ pub struct Reloader {
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reloader")
-            .field("manifest", &self.build.manifest)
+            .field("manifest", &self.builder.config().manifest)
             .field("current", &self.current)
             .finish_non_exhaustive()
     }
@@ -105,7 +106,7 @@ impl Reloader {
     /// A reloader for the plugin crate whose manifest is `build.manifest`.
     pub fn new(build: BuildConfig, sink: Sink, policy: PanicPolicy) -> std::io::Result<Reloader> {
         Ok(Reloader {
-            build,
+            builder: Builder::new(build, Some(sink.clone())),
             runtime: Runtime::new(sink.clone(), policy),
             sink,
             loader: Loader::new()?,
@@ -131,7 +132,12 @@ impl Reloader {
 
     /// The plugin crate's directory.
     pub fn plugin_dir(&self) -> &Path {
-        self.build.manifest.parent().unwrap_or(Path::new("."))
+        self.builder.plugin_dir()
+    }
+
+    /// The cargo side: target directory, the last build's inputs, a canceller.
+    pub fn builder(&mut self) -> &mut Builder {
+        &mut self.builder
     }
 
     /// The version running now.
@@ -195,7 +201,8 @@ impl Reloader {
     }
 
     /// When each cargo build started and ended, in order (builds never overlap: this is
-    /// the only place that runs them, on one thread).
+    /// the only place that runs them, on one thread). A build killed because the host is
+    /// stopping is not among them: it has no outcome.
     pub fn build_windows(&self) -> &[(Instant, Instant)] {
         &self.builds
     }
@@ -203,7 +210,11 @@ impl Reloader {
     /// Steps 1 to 8.
     pub fn reload(&mut self) -> Outcome {
         let started = Instant::now();
-        let built = cargo::build(&self.build);
+        let built = self.builder.build();
+        if matches!(built, Err(BuildError::Stopped)) {
+            // The host is shutting down and killed the build: no outcome to report.
+            return Outcome::BuildFailed;
+        }
         self.builds.push((started, Instant::now()));
         let artifact = match built {
             Ok(a) => a,
@@ -514,31 +525,4 @@ fn content_hash(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
-}
-
-/// The manifest of the plugin crate in `dir`, after checking that it is one.
-pub fn plugin_manifest(dir: &Path) -> anyhow::Result<PathBuf> {
-    use anyhow::{Context, bail};
-    if !dir.exists() {
-        bail!("plugin directory {} does not exist", dir.display());
-    }
-    if !dir.is_dir() {
-        bail!("plugin path {} is not a directory", dir.display());
-    }
-    let manifest = dir.join("Cargo.toml");
-    if !manifest.is_file() {
-        bail!(
-            "{} holds no Cargo.toml: a plugin directory is a cargo crate",
-            dir.display()
-        );
-    }
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("cannot read {}", manifest.display()))?;
-    if !text.contains("cdylib") {
-        bail!(
-            "{} does not build a cdylib: add `[lib] crate-type = [\"cdylib\"]`",
-            manifest.display()
-        );
-    }
-    Ok(manifest)
 }

@@ -1,4 +1,5 @@
-//! A running host: the reloader on a thread of its own, fed by the file watcher.
+//! A running host: the reloader on a thread of its own, fed by the file watcher; and the
+//! signal handling of the `host` binary ([`exit_on_signals`]).
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Sender, channel};
@@ -7,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::cargo::BuildConfig;
+use crate::cargo::{BuildConfig, Canceller};
 use crate::events::Sink;
 use crate::reloader::{Outcome, Reloader, plugin_manifest};
 use crate::runtime::PanicPolicy;
-use crate::watch::{DEFAULT_DEBOUNCE, Msg, dev_loop, watch};
+use crate::watch::{DEFAULT_DEBOUNCE, Msg, Watch, dev_loop, plan_for};
 
 /// How to run a plugin.
 #[derive(Clone, Debug)]
@@ -77,34 +78,41 @@ pub fn run_once(options: &Options, sink: Sink) -> anyhow::Result<bool> {
 pub struct Session {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<Reloader>>,
-    _watcher: notify::RecommendedWatcher,
+    builds: Canceller,
 }
 
 impl Session {
     /// Starts watching, then builds and loads the first version on the session's thread.
     pub fn start(options: &Options, sink: Sink) -> anyhow::Result<Session> {
-        let mut reloader = options.reloader(sink)?;
+        let mut reloader = options.reloader(sink.clone())?;
         let (tx, rx) = channel();
-        // Cargo writes build-script output (`.rs` files in OUT_DIR) under the target dir.
-        let target = options
-            .target_dir
-            .clone()
-            .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from));
-        let ignore: Vec<PathBuf> = target.into_iter().collect();
-        let watcher = watch(reloader.plugin_dir(), &ignore, tx.clone())?;
+        let mut watch = Watch::start(tx.clone(), sink)?;
+        // Before the first build: the plugin's directory and sources, not cargo's target
+        // directory (`cargo metadata` names it); after each build, what it read.
+        let initial = plan_for(reloader.builder());
+        let plugin_dir = reloader.plugin_dir().canonicalize().ok();
+        if let Some((dir, why)) = watch
+            .apply(initial)
+            .into_iter()
+            .find(|(dir, _)| Some(dir) == plugin_dir.as_ref())
+        {
+            anyhow::bail!("cannot watch {}: {why}", dir.display());
+        }
+        let builds = reloader.builder().canceller();
         let debounce = options.debounce;
         let thread = std::thread::Builder::new()
             .name("hmr-reloader".to_owned())
             .spawn(move || {
                 reloader.reload();
-                dev_loop(&mut reloader, &rx, debounce);
+                watch.follow(&mut reloader);
+                dev_loop(&mut reloader, &rx, debounce, Some(&mut watch));
                 reloader
             })
             .context("cannot start the reloader thread")?;
         Ok(Session {
             tx,
             thread: Some(thread),
-            _watcher: watcher,
+            builds,
         })
     }
 
@@ -124,8 +132,10 @@ impl Session {
         Stopper(self.tx.clone())
     }
 
-    /// Stops watching, stops every pipeline and returns the reloader's final state.
+    /// Stops watching, stops a build in progress (cargo and its children), stops every
+    /// pipeline and returns the reloader's final state.
     pub fn stop(mut self) -> Option<Reloader> {
+        self.builds.stop();
         let _ = self.tx.send(Msg::Stop);
         self.thread.take().and_then(|t| t.join().ok())
     }
@@ -165,11 +175,33 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.builds.stop();
         let _ = self.tx.send(Msg::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// Makes SIGINT and SIGTERM end the host cleanly: every cargo build of the process is killed
+/// with its children (cargo runs in a process group of its own, so a terminal's Ctrl-C no
+/// longer reaches it directly), library copies not yet unlinked are removed, and the process
+/// exits with 128 + the signal's number, as a shell reports a process killed by it.
+pub fn exit_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install the signal handlers")?;
+    std::thread::Builder::new()
+        .name("hmr-signals".to_owned())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                crate::cargo::stop_all_builds();
+                crate::loader::remove_own_copies();
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A soak: 200 reloads of the example plugin in a process of its own (this file is its own
 //! test binary, so nothing else moves its memory): every version stays mapped, resident
-//! memory grows by at most 1 MiB a reload, and retired versions stop being live.
+//! memory grows by at most 1 MiB a reload, no library copy is left on disk, and retired
+//! versions stop being live.
 
 use std::sync::Arc;
 use std::sync::mpsc::channel;
@@ -77,6 +78,22 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
             } if pipeline == "counter" && v == version => break,
             _ => {}
         }
+    }
+    // Every copy was unlinked once mapped: none of the 220 is on disk, in the target dir
+    // beside cargo's library (not the system temp dir, where a tmpfs would keep them in RAM).
+    let copies = built
+        .library
+        .parent()
+        .expect("a directory")
+        .join(host::loader::COPY_DIR);
+    for v in reloader.versions() {
+        assert_eq!(
+            v.path().parent(),
+            Some(copies.as_path()),
+            "{}",
+            v.path().display()
+        );
+        assert!(!v.path().exists(), "{} remains", v.path().display());
     }
     let live = reloader.live_versions();
     assert!(
