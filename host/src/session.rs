@@ -115,18 +115,28 @@ impl Session {
         }
     }
 
-    /// Stops watching, stops every pipeline and returns the reloader's final state.
+    /// Stops watching, stops every pipeline and returns the reloader's final state. If the
+    /// reloader's thread panicked, the panic goes on here (a test using the session fails).
     pub fn stop(mut self) -> Option<Reloader> {
         let _ = self.tx.send(Msg::Stop);
-        self.thread.take().and_then(|t| t.join().ok())
+        let t = self.thread.take()?;
+        match t.join() {
+            Ok(reloader) => Some(reloader),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && let Err(panic) = t.join()
+            && !std::thread::panicking()
+        {
+            // The reloader's panic is not lost with the session (unless this thread is
+            // already unwinding, when a second panic would abort).
+            std::panic::resume_unwind(panic);
         }
     }
 }
