@@ -493,6 +493,16 @@ plugin_api::export_plugin!(register);
     .replace("GATE", &format!("{:?}", gate.display().to_string()));
     let fixture = Fixture::new("blocked_source", &source);
     let mut host = Harness::start(&fixture.options())?;
+    // Opens the gate when told to, or after a minute: a reloader that waited for the blocked
+    // thread would report only then, with the gate open.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let timer = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            let _ = released.recv_timeout(Duration::from_secs(60));
+            std::fs::write(&gate, "")
+        })
+    };
     host.wait_loaded()?;
     // The watchdog says when the function is inside its blocking call.
     host.wait_for(
@@ -509,7 +519,7 @@ plugin_api::export_plugin!(register);
         &format!("{}{}", &text[..start], &text[end..]).replace("n + 1", "n + 2"),
     );
     let reload = host.wait_reload()?;
-    assert!(!gate.exists());
+    assert!(!gate.exists(), "the reload came only once the function returned");
     let (_, _, _, removed) = reload_fields(&reload);
     assert_eq!(
         removed,
@@ -519,7 +529,8 @@ plugin_api::export_plugin!(register);
     host.wait_emission_from("ok", reload_version(&reload))?;
     assert!(!gate.exists(), "the reload came while the function blocked");
 
-    std::fs::write(&gate, "")?;
+    let _ = release.send(());
+    timer.join().expect("the gate timer")?;
     host.stop();
     Ok(())
 }
