@@ -777,3 +777,111 @@ fn debounce_applies_to_unfinished_writes_only() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A sink that panics on the reloader's thread at the first load.
+struct PanicsOnLoad;
+
+impl host::events::EventSink for PanicsOnLoad {
+    fn event(&self, event: HostEvent) {
+        if matches!(event, HostEvent::Loaded { .. }) {
+            panic!("planted panic on the reloader's thread");
+        }
+    }
+}
+
+/// A panic of the reloader's thread is not lost: stopping the session (what
+/// `Harness::stop` does) panics with it, and so does dropping a session not stopped, so a test
+/// on a session whose reloader died fails.
+#[test]
+fn a_panicked_reloader_fails_the_test() -> anyhow::Result<()> {
+    let fixture = Fixture::new("panicked_reloader", COUNTER);
+    for stop in [true, false] {
+        let session =
+            host::session::Session::start(&fixture.options(), std::sync::Arc::new(PanicsOnLoad))?;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            if stop {
+                let _ = session.stop();
+            } else {
+                drop(session);
+            }
+        }));
+        let payload = outcome.expect_err("the reloader's panic went on");
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert_eq!(message, "planted panic on the reloader's thread", "stop: {stop}");
+    }
+    Ok(())
+}
+
+/// Each library copy is unlinked once mapped, refused ones too (a complete shared library
+/// that is not a plugin is copied, opened and refused at its header), and nothing of the
+/// copies is left in the directory the loader puts them in.
+#[cfg(target_os = "linux")]
+#[test]
+fn copies_are_unlinked_and_nothing_is_left() -> anyhow::Result<()> {
+    let fixture = Fixture::new("copies_unlinked", COUNTER);
+    let config = fixture.build_config(false)?;
+    let built = host::cargo::build(&config)?;
+    let (mut reloader, _rx) = integration_tests::channel_reloader(config)?;
+    let not_a_plugin = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/libm.so.6", "/lib64/libm.so.6"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+        .expect("libm, a complete shared library that is not a plugin");
+    for _ in 0..3 {
+        assert!(matches!(
+            reloader.load_built(&built.library, 0),
+            host::reloader::Outcome::Loaded { .. }
+        ));
+    }
+    assert_eq!(
+        reloader.load_built(not_a_plugin, 0),
+        host::reloader::Outcome::LoadFailed
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let names: Vec<String> = reloader
+        .versions()
+        .iter()
+        .map(|v| {
+            let path = v.path().display().to_string();
+            assert!(!v.path().exists(), "{path} was not unlinked");
+            assert!(
+                maps.lines().any(|l| l.ends_with(&format!("{path} (deleted)"))),
+                "{path} is not mapped as a deleted file"
+            );
+            v.path()
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    // The loader's prefix (`hmr-host-<pid>-<n>-v`): what every copy's name starts with.
+    let prefix = names.iter().fold(names[0].clone(), |p, n| {
+        p.chars()
+            .zip(n.chars())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect()
+    });
+    let dir = reloader.versions()[0].path().parent().expect("a directory");
+    let refused: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains(&format!("{}/{prefix}", dir.display())) && l.contains("libm"))
+        .collect();
+    assert!(!refused.is_empty(), "the refused copy is mapped");
+    assert!(
+        refused.iter().all(|l| l.ends_with(" (deleted)")),
+        "the refused copy was not unlinked: {refused:?}"
+    );
+    let left: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+    Ok(())
+}
