@@ -333,8 +333,7 @@ fn a_save_that_changes_nothing_loads_nothing() -> anyhow::Result<()> {
 /// A changed seed resets the state and the total starts again from the new seed, through a
 /// real plugin and the watching host.
 #[test]
-fn a_seed_change_resets_the_state_and_the_total_starts_from_the_new_seed() -> anyhow::Result<()>
-{
+fn a_seed_change_resets_the_state_and_the_total_starts_from_the_new_seed() -> anyhow::Result<()> {
     let fixture = Fixture::new("seed_change", COUNTER);
     let mut host = Harness::start(&fixture.options())?;
     let (v1, _) = host.wait_loaded()?;
@@ -405,7 +404,10 @@ plugin_api::export_plugin!(register);
     let v2 = reload_version(&reload);
     let (_, reset, added, removed) = reload_fields(&reload);
     let scans = |list: &[String]| -> Vec<String> {
-        list.iter().filter(|p| p.contains("scan")).cloned().collect()
+        list.iter()
+            .filter(|p| p.contains("scan"))
+            .cloned()
+            .collect()
     };
     assert_eq!(scans(&added), vec!["plain|2:scan"], "{reload:?}");
     assert_eq!(scans(&removed), vec!["plain|1:scan"], "{reload:?}");
@@ -519,7 +521,10 @@ plugin_api::export_plugin!(register);
         &format!("{}{}", &text[..start], &text[end..]).replace("n + 1", "n + 2"),
     );
     let reload = host.wait_reload()?;
-    assert!(!gate.exists(), "the reload came only once the function returned");
+    assert!(
+        !gate.exists(),
+        "the reload came only once the function returned"
+    );
     let (_, _, _, removed) = reload_fields(&reload);
     assert_eq!(
         removed,
@@ -623,7 +628,11 @@ plugin_api::export_plugin!(register);
     let config = fixture.build_config(false)?;
     let keep = host::testkit::TempDir::new("restart-reasons-libs");
     let a = integration_tests::build_copy(&config, keep.path(), "liba.so")?;
-    fixture.edit("src/lib.rs", "interval_ms(5)).log()", "interval_ms(6)).log()");
+    fixture.edit(
+        "src/lib.rs",
+        "interval_ms(5)).log()",
+        "interval_ms(6)).log()",
+    );
     let b = integration_tests::build_copy(&config, keep.path(), "libb.so")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut reloader = host::reloader::Reloader::new(
@@ -811,7 +820,10 @@ fn a_panicked_reloader_fails_the_test() -> anyhow::Result<()> {
             .map(|s| (*s).to_owned())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        assert_eq!(message, "planted panic on the reloader's thread", "stop: {stop}");
+        assert_eq!(
+            message, "planted panic on the reloader's thread",
+            "stop: {stop}"
+        );
     }
     Ok(())
 }
@@ -826,11 +838,15 @@ fn copies_are_unlinked_and_nothing_is_left() -> anyhow::Result<()> {
     let config = fixture.build_config(false)?;
     let built = host::cargo::build(&config)?;
     let (mut reloader, _rx) = integration_tests::channel_reloader(config)?;
-    let not_a_plugin = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/libm.so.6", "/lib64/libm.so.6"]
-        .into_iter()
-        .map(std::path::Path::new)
-        .find(|p| p.exists())
-        .expect("libm, a complete shared library that is not a plugin");
+    let not_a_plugin = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/libm.so.6",
+        "/lib64/libm.so.6",
+    ]
+    .into_iter()
+    .map(std::path::Path::new)
+    .find(|p| p.exists())
+    .expect("libm, a complete shared library that is not a plugin");
     for _ in 0..3 {
         assert!(matches!(
             reloader.load_built(&built.library, 0),
@@ -849,7 +865,8 @@ fn copies_are_unlinked_and_nothing_is_left() -> anyhow::Result<()> {
             let path = v.path().display().to_string();
             assert!(!v.path().exists(), "{path} was not unlinked");
             assert!(
-                maps.lines().any(|l| l.ends_with(&format!("{path} (deleted)"))),
+                maps.lines()
+                    .any(|l| l.ends_with(&format!("{path} (deleted)"))),
                 "{path} is not mapped as a deleted file"
             );
             v.path()

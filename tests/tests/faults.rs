@@ -275,10 +275,9 @@ plugin_api::export_plugin!(register);
 fn user_panic_drops_that_value_and_the_subscription_lives() -> anyhow::Result<()> {
     let fixture = Fixture::new(
         "user_panic",
-        &PANICKY.replace("{ 1u64 }", "{ n }").replace(
-            "        .scan(0u64, |acc: u64, n: u64| acc + n)\n",
-            "",
-        ),
+        &PANICKY
+            .replace("{ 1u64 }", "{ n }")
+            .replace("        .scan(0u64, |acc: u64, n: u64| acc + n)\n", ""),
     );
     let mut host = Harness::start(&fixture.options())?;
     host.wait_loaded()?;
@@ -524,7 +523,7 @@ fn logged_builds(log: &std::path::Path) -> Vec<(u128, u128)> {
             (kind, t.parse().expect("nanoseconds"))
         })
         .collect();
-    assert!(lines.len() % 2 == 0, "a build did not end: {text}");
+    assert!(lines.len().is_multiple_of(2), "a build did not end: {text}");
     lines
         .chunks(2)
         .map(|pair| match pair {

@@ -239,7 +239,10 @@ fn tracks_of(parent: &str, ops: &[Op], log: bool, out: &mut BTreeMap<String, Sig
         match op {
             Op::Scope(key, inner) => {
                 let path = format!("{parent}|#{key}:scope");
-                out.insert(path.clone(), ("scope", None, inner.iter().map(kind).collect()));
+                out.insert(
+                    path.clone(),
+                    ("scope", None, inner.iter().map(kind).collect()),
+                );
                 tracks_of(&path, inner, false, out);
             }
             other => {
@@ -247,7 +250,10 @@ fn tracks_of(parent: &str, ops: &[Op], log: bool, out: &mut BTreeMap<String, Sig
                     Op::Scan(s) => Some(*s),
                     _ => None,
                 };
-                out.insert(format!("{parent}|{index}:{}", kind(other)), (kind(other), seed, vec![]));
+                out.insert(
+                    format!("{parent}|{index}:{}", kind(other)),
+                    (kind(other), seed, vec![]),
+                );
                 index += 1;
             }
         }
@@ -318,12 +324,12 @@ proptest! {
     }
 }
 
+/// A reload's swapped count and its reset, added and removed paths.
+type Report = (usize, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+
 /// Builds `old` and `new`, loads both into one reloader, and returns the second load's
 /// swapped count and reset, added and removed paths.
-fn reload_of(
-    old: &[Pipeline],
-    new: &[Pipeline],
-) -> anyhow::Result<(usize, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>)> {
+fn reload_of(old: &[Pipeline], new: &[Pipeline]) -> anyhow::Result<Report> {
     let fixture = Fixture::new("reconcile_property", &source(old));
     let config = fixture.build_config(false)?;
     let keep = TempDir::new("reconcile-property-libs");

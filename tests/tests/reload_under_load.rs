@@ -142,7 +142,11 @@ impl Seen {
     /// a checkpoint's version was reported before it (the report comes before any value of
     /// its version), versions never go back, and the code's own tag is the tag of the
     /// version the host says ran it.
-    fn until_checkpoint_of(&mut self, rx: &Receiver<HostEvent>, version: u64) -> anyhow::Result<()> {
+    fn until_checkpoint_of(
+        &mut self,
+        rx: &Receiver<HostEvent>,
+        version: u64,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -154,7 +158,10 @@ impl Seen {
                 HostEvent::Reload {
                     version: v, resets, ..
                 } => {
-                    assert!(resets.is_empty(), "a same-signature reload reset: {resets:?}");
+                    assert!(
+                        resets.is_empty(),
+                        "a same-signature reload reset: {resets:?}"
+                    );
                     self.reported.push(v);
                 }
                 HostEvent::Emission {
@@ -204,7 +211,11 @@ impl Seen {
             }
             let model = (u128::from(t.count) * u128::from(self.first)
                 + u128::from(t.count) * u128::from(t.count - 1) / 2) as u64;
-            assert_eq!(t.sum, model, "values lost or delivered twice before {}", t.count);
+            assert_eq!(
+                t.sum, model,
+                "values lost or delivered twice before {}",
+                t.count
+            );
             // The tag changed once at the first value (from the seed's 0) and once at every
             // version, since the test loads the next version only after the current one ran:
             // a value run by the wrong code, or a version skipped, changes the count.
@@ -246,7 +257,10 @@ fn run(
         ..Seen::default()
     };
     let started = Instant::now();
-    assert_eq!(reloader.load_built(&libs[0], 0), Outcome::Loaded { version: 1 });
+    assert_eq!(
+        reloader.load_built(&libs[0], 0),
+        Outcome::Loaded { version: 1 }
+    );
     after_first_load(reloader);
     seen.until_checkpoint_of(rx, 1)?;
     for version in 2..=RELOADS + 1 {
@@ -255,7 +269,12 @@ fn run(
         seen.until_checkpoint_of(rx, version)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let values = seen.checkpoints.iter().map(|(_, t)| t.count).max().unwrap_or(0);
+    let values = seen
+        .checkpoints
+        .iter()
+        .map(|(_, t)| t.count)
+        .max()
+        .unwrap_or(0);
     let rate = values as f64 / elapsed;
     eprintln!(
         "{} reloads, {values} values in {elapsed:.2} s: {:.1} M values a second",

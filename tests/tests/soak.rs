@@ -60,7 +60,8 @@ fn mapped_files() -> BTreeMap<String, u64> {
             continue;
         }
         let (start, end) = range.split_once('-').expect("a range");
-        let size = u64::from_str_radix(end, 16).expect("hex") - u64::from_str_radix(start, 16).expect("hex");
+        let size = u64::from_str_radix(end, 16).expect("hex")
+            - u64::from_str_radix(start, 16).expect("hex");
         *out.entry(path.to_owned()).or_default() += size;
     }
     out
@@ -89,7 +90,10 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
     );
     // A driver of the test on the counter: one value after each reload makes it migrate the
     // state to that version, and the total says the state was kept.
-    let publisher = reloader.runtime().publisher("counter").expect("counter runs");
+    let publisher = reloader
+        .runtime()
+        .publisher("counter")
+        .expect("counter runs");
     let (mine_tx, mine) = channel();
     let mut driver = publisher
         .driver(Arc::new(ChannelSink(mine_tx)))
@@ -137,7 +141,6 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
         last = step(&mut reloader)?;
     }
     let after = rss();
-    drop(step);
     drop(driver);
     let per_reload = after.saturating_sub(before) / RELOADS as u64;
     assert_eq!(reloader.mapped_versions(), RELOADS + WARM_UP);
@@ -148,7 +151,10 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
     let mut copies_bytes = 0;
     for v in reloader.versions() {
         let path = v.path().display().to_string();
-        assert!(!mapped.contains_key(&path), "{path} is mapped under its live name");
+        assert!(
+            !mapped.contains_key(&path),
+            "{path} is mapped under its live name"
+        );
         let bytes = mapped
             .get(&format!("{path} (deleted)"))
             .copied()
@@ -161,19 +167,36 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
     let names: Vec<String> = reloader
         .versions()
         .iter()
-        .map(|v| v.path().file_name().expect("a name").to_string_lossy().into_owned())
+        .map(|v| {
+            v.path()
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let prefix = names.iter().fold(names[0].clone(), |p, n| {
-        p.chars().zip(n.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect()
+        p.chars()
+            .zip(n.chars())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect()
     });
-    assert!(prefix.len() >= "hmr-host-".len(), "copies named {prefix:?}...");
+    assert!(
+        prefix.len() >= "hmr-host-".len(),
+        "copies named {prefix:?}..."
+    );
     let dir = reloader.versions()[0].path().parent().expect("a directory");
     let left: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&prefix))
         .collect();
-    assert!(left.is_empty(), "copies left in {}: {left:?}", dir.display());
+    assert!(
+        left.is_empty(),
+        "copies left in {}: {left:?}",
+        dir.display()
+    );
     let per_copy = copies_bytes / reloader.versions().len() as u64;
     let bound = MAX_GROWTH_PER_RELOAD;
     eprintln!(
@@ -219,14 +242,20 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
         .filter(|v| Arc::strong_count(v) > 1)
         .map(|v| v.version())
         .collect();
-    eprintln!("soak: live after settling {live:?}; the last reload restarted a pipeline: {restarted_last}");
+    eprintln!(
+        "soak: live after settling {live:?}; the last reload restarted a pipeline: {restarted_last}"
+    );
     if restarted_last {
         assert!(
             live == [last] || live == [last - 1, last],
             "versions still live after the pipelines moved on: {live:?}"
         );
     } else {
-        assert_eq!(live, vec![last], "versions still live after the pipelines moved on");
+        assert_eq!(
+            live,
+            vec![last],
+            "versions still live after the pipelines moved on"
+        );
     }
     assert_eq!(reloader.live_versions(), live.len());
     Ok(())
