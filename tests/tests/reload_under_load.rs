@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
-use host::events::{ChannelSink, EventSink, HostEvent};
+use host::events::{EventSink, HostEvent};
 use host::reloader::{Outcome, Reloader};
 use host::runtime::PanicPolicy;
 use host::testkit::{Fixture, TempDir};
@@ -284,7 +284,45 @@ fn run(
     Ok((seen, rate))
 }
 
-/// The batch path: a `range` source pushes 1024 values a call while 50 reloads happen.
+/// Forwards events to a channel; holds each `reload` report until one more emission has gone
+/// through. Code committed before its report would emit its first value's checkpoint at once
+/// (the filter logs it), and that checkpoint would reach the channel ahead of the report;
+/// code committed after it cannot emit before the report is let through. So a commit ahead of
+/// the report is caught whatever the scheduler does, on both paths (every event, the source
+/// thread's and the test driver's emissions too, goes through this sink).
+struct HoldReports {
+    tx: Sender<HostEvent>,
+    emissions: AtomicU64,
+}
+
+impl HoldReports {
+    fn new(tx: Sender<HostEvent>) -> HoldReports {
+        HoldReports {
+            tx,
+            emissions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EventSink for HoldReports {
+    fn event(&self, event: HostEvent) {
+        if matches!(event, HostEvent::Reload { .. }) {
+            let from = self.emissions.load(Ordering::Acquire);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.emissions.load(Ordering::Acquire) == from && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+        let emission = matches!(event, HostEvent::Emission { .. });
+        let _ = self.tx.send(event);
+        if emission {
+            self.emissions.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The batch path: a `range` source pushes 1024 values a call while 50 reloads happen; each
+/// report is held until the source thread emitted once more ([`HoldReports`]).
 #[test]
 fn fifty_reloads_under_load_on_the_batch_path() -> anyhow::Result<()> {
     let keep = TempDir::new("under-load-batch-libs");
@@ -292,7 +330,7 @@ fn fifty_reloads_under_load_on_the_batch_path() -> anyhow::Result<()> {
     let (tx, rx) = channel();
     let mut reloader = Reloader::new(
         fixture.build_config(false)?,
-        Arc::new(ChannelSink(tx)),
+        Arc::new(HoldReports::new(tx)),
         PanicPolicy::Drop,
     )?;
     let (seen, rate) = run(&mut reloader, &rx, &libs, 0, |_| {})?;
@@ -301,47 +339,21 @@ fn fifty_reloads_under_load_on_the_batch_path() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forwards events to a channel; holds each `reload` report until the test's pusher has
-/// pushed two more values. Code committed before its report would run in those pushes, and
-/// its first value's checkpoint would reach the channel ahead of the report.
-struct HoldReports {
-    tx: Sender<HostEvent>,
-    pushed: Arc<AtomicU64>,
-}
-
-impl EventSink for HoldReports {
-    fn event(&self, event: HostEvent) {
-        if matches!(event, HostEvent::Reload { .. }) {
-            let from = self.pushed.load(Ordering::Acquire);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.pushed.load(Ordering::Acquire) < from + 2 && Instant::now() < deadline {
-                std::thread::yield_now();
-            }
-        }
-        let _ = self.tx.send(event);
-    }
-}
-
 /// The push path: the pipeline's own interval ticks once an hour (its first tick, 0, is
 /// filtered out), and a thread of the test
 /// pushes values one at a time, as fast as it can, through a driver of its own on the
-/// pipeline's publisher while 50 reloads happen. Its emissions go to the channel the
-/// reloader reports to, so event order compares the two; each report is held until the
-/// pusher has pushed again ([`HoldReports`]), so code committed ahead of its report is caught
-/// whatever the scheduler does.
+/// pipeline's publisher while 50 reloads happen. Its emissions go through the reloader's sink,
+/// so event order compares the two; each report is held until the pusher emitted once more
+/// ([`HoldReports`]).
 #[test]
 fn fifty_reloads_under_load_on_the_push_one_path() -> anyhow::Result<()> {
     let keep = TempDir::new("under-load-push-libs");
     let (fixture, libs) = libraries("under_load_push", "interval_ms(3_600_000)", 1, &keep)?;
     let (tx, rx) = channel();
-    let pushed = Arc::new(AtomicU64::new(0));
-    let sink = HoldReports {
-        tx: tx.clone(),
-        pushed: pushed.clone(),
-    };
+    let sink = Arc::new(HoldReports::new(tx));
     let mut reloader = Reloader::new(
         fixture.build_config(false)?,
-        Arc::new(sink),
+        sink.clone(),
         PanicPolicy::Drop,
     )?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -352,11 +364,10 @@ fn fifty_reloads_under_load_on_the_push_one_path() -> anyhow::Result<()> {
         let publisher = reloader.runtime().publisher("load").expect("load runs");
         let stop = stop.clone();
         pusher = Some(std::thread::spawn(move || -> Result<u64, String> {
-            let mut driver = publisher.driver(Arc::new(ChannelSink(tx)))?;
+            let mut driver = publisher.driver(sink)?;
             let mut n = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 driver.push_one(n)?;
-                pushed.store(n, Ordering::Release);
                 n += 1;
             }
             Ok(n)
