@@ -478,7 +478,12 @@ mod tests {
                     load_ms: 1,
                 },
                 "loaded",
-                vec![("version", "number"), ("tracks", "array")],
+                vec![
+                    ("version", "number"),
+                    ("tracks", "array"),
+                    ("build_ms", "number"),
+                    ("load_ms", "number"),
+                ],
             ),
             (
                 HostEvent::Emission {
@@ -498,16 +503,19 @@ mod tests {
                     version: 2,
                     swapped: 3,
                     reset: 1,
-                    added: 0,
-                    removed: 0,
-                    restarted: 0,
+                    added: 1,
+                    removed: 1,
+                    restarted: 1,
                     resets: vec![ResetInfo {
                         path: "counter|1:scan".into(),
                         reason: "seed changed from 0 to 1".into(),
                     }],
-                    added_paths: vec![],
-                    removed_paths: vec![],
-                    restarts: vec![],
+                    added_paths: vec!["extra".into()],
+                    removed_paths: vec!["gone".into()],
+                    restarts: vec![RestartInfo {
+                        pipeline: "total".into(),
+                        reason: "it had completed".into(),
+                    }],
                     stuck: vec!["slow".into()],
                     build_ms: 120,
                     load_ms: 1,
@@ -523,11 +531,17 @@ mod tests {
                     ("reset", "number"),
                     ("added", "number"),
                     ("removed", "number"),
-                    ("build_ms", "number"),
                     ("load_ms", "number"),
+                    ("restarted", "number"),
+                    ("build_ms", "number"),
                     ("swap_us", "number"),
+                    ("mapped_versions", "number"),
+                    ("live_versions", "number"),
                     ("tracks", "array"),
                     ("resets", "array"),
+                    ("added_paths", "array"),
+                    ("removed_paths", "array"),
+                    ("restarts", "array"),
                     ("stuck", "array"),
                 ],
             ),
@@ -600,6 +614,18 @@ mod tests {
                 serde_json::from_str(&serde_json::to_string(&event).expect("serializes"))
                     .expect("parses");
             assert_eq!(json["event"], name, "{json}");
+            // Exactly these fields: one left out of the list (or added to the event without
+            // a decision about the contract) fails here.
+            let keys: std::collections::BTreeSet<&str> = json
+                .as_object()
+                .expect("an object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let listed: std::collections::BTreeSet<&str> = std::iter::once("event")
+                .chain(fields.iter().map(|(f, _)| *f))
+                .collect();
+            assert_eq!(keys, listed, "{name}: {json}");
             for (field, ty) in fields {
                 let v = &json[field];
                 let found = match v {
@@ -612,9 +638,231 @@ mod tests {
                 assert_eq!(found, ty, "{name}.{field} in {json}");
             }
             if name == "loaded" || name == "reload" {
-                assert_eq!(json["tracks"][0]["path"], "counter|0:map");
-                assert_eq!(json["tracks"][0]["kind"], "map");
+                assert_eq!(
+                    json["tracks"],
+                    serde_json::json!([{"path": "counter|0:map", "kind": "map", "version": 1}])
+                );
             }
+            if name == "reload" {
+                // The details' shapes and values.
+                let details = [
+                    (
+                        "resets",
+                        serde_json::json!([
+                            {"path": "counter|1:scan", "reason": "seed changed from 0 to 1"}
+                        ]),
+                    ),
+                    ("added_paths", serde_json::json!(["extra"])),
+                    ("removed_paths", serde_json::json!(["gone"])),
+                    (
+                        "restarts",
+                        serde_json::json!([{"pipeline": "total", "reason": "it had completed"}]),
+                    ),
+                    ("stuck", serde_json::json!(["slow"])),
+                    ("restarted", serde_json::json!(1)),
+                    ("mapped_versions", serde_json::json!(2)),
+                    ("live_versions", serde_json::json!(1)),
+                ];
+                for (field, expected) in details {
+                    assert_eq!(json[field], expected, "reload.{field} in {json}");
+                }
+            }
+        }
+    }
+
+    /// `unchanged` is not part of the `--json` contract: it serializes to nothing the JSON
+    /// sink prints, and the sink leaves it out.
+    #[test]
+    fn unchanged_is_not_in_the_json_contract() {
+        assert!(serde_json::to_string(&HostEvent::Unchanged { build_ms: 3 }).is_err());
+    }
+
+    /// What a person reads for each event, exactly; failures say whether a version keeps
+    /// running.
+    #[test]
+    fn human_output_for_each_event() {
+        let track = |path: &str, kind: &str| TrackInfo {
+            path: path.into(),
+            kind: kind.into(),
+            version: 1,
+        };
+        let reload = HostEvent::Reload {
+            version: 3,
+            swapped: 2,
+            reset: 1,
+            added: 1,
+            removed: 1,
+            restarted: 1,
+            resets: vec![ResetInfo {
+                path: "counter|1:scan".into(),
+                reason: "seed changed from 0 to 100".into(),
+            }],
+            added_paths: vec!["extra".into()],
+            removed_paths: vec!["gone".into()],
+            restarts: vec![RestartInfo {
+                pipeline: "total".into(),
+                reason: "it had completed".into(),
+            }],
+            stuck: vec!["slow".into()],
+            build_ms: 120,
+            load_ms: 4,
+            swap_us: 50,
+            mapped_versions: 3,
+            live_versions: 1,
+            tracks: vec![],
+        };
+        let cases: Vec<(HostEvent, bool, &str)> = vec![
+            (
+                HostEvent::Loaded {
+                    version: 1,
+                    tracks: vec![track("counter", "pipeline"), track("counter|0:map", "map")],
+                    build_ms: 100,
+                    load_ms: 2,
+                },
+                false,
+                "[hmr] loaded v1: 2 tracks (build 100 ms, load 2 ms)\n[hmr]   counter\n\
+                 [hmr]   counter|0:map",
+            ),
+            (
+                HostEvent::Emission {
+                    pipeline: "counter".into(),
+                    version: 2,
+                    value: "42".into(),
+                },
+                true,
+                "counter v2: 42",
+            ),
+            (
+                reload,
+                true,
+                "[hmr] reload v3: 2 swapped, 1 reset, 1 added, 1 removed, 1 restarted (build \
+                 120 ms, load 4 ms, swap 50 us; 3 versions mapped, 1 live)\n\
+                 [hmr]   reset counter|1:scan: seed changed from 0 to 100\n\
+                 [hmr]   added extra\n\
+                 [hmr]   removed gone\n\
+                 [hmr]   restarted total: it had completed\n\
+                 [hmr]   not swapped slow: its thread is stuck in plugin code; the new code runs \
+                 when that call returns",
+            ),
+            (
+                HostEvent::Unchanged { build_ms: 7 },
+                true,
+                "[hmr] no change: cargo built the library that is running (7 ms)",
+            ),
+            (
+                HostEvent::BuildFailed {
+                    error: "error[E0308]: mismatched types".into(),
+                },
+                true,
+                "[hmr] build failed, still running the last good version:\n\
+                 error[E0308]: mismatched types",
+            ),
+            (
+                HostEvent::BuildFailed {
+                    error: "error: expected `;`".into(),
+                },
+                false,
+                "[hmr] build failed, nothing is running yet; fix it and save:\nerror: expected `;`",
+            ),
+            (
+                HostEvent::LoadFailed {
+                    error: "ABI version 999".into(),
+                },
+                true,
+                "[hmr] load failed, still running the last good version: ABI version 999",
+            ),
+            (
+                HostEvent::LoadFailed {
+                    error: "ABI version 999".into(),
+                },
+                false,
+                "[hmr] load failed, nothing is running yet; fix it and save: ABI version 999",
+            ),
+            (
+                HostEvent::Error {
+                    pipeline: "counter".into(),
+                    path: "counter|0:map".into(),
+                    message: "boom".into(),
+                },
+                true,
+                "[hmr] error in counter at counter|0:map: boom",
+            ),
+            (
+                HostEvent::Error {
+                    pipeline: String::new(),
+                    path: String::new(),
+                    message: "a host bug".into(),
+                },
+                true,
+                "[hmr] error: a host bug",
+            ),
+            (
+                HostEvent::Stuck {
+                    pipeline: "slow".into(),
+                    path: "slow|0:map".into(),
+                    seconds: 2.14,
+                    retired: false,
+                },
+                true,
+                "[hmr] warning: slow is stuck at slow|0:map: one call has not returned for 2.1 s; \
+                 it emits nothing and cannot take new code until it returns",
+            ),
+            (
+                HostEvent::Stuck {
+                    pipeline: "slow".into(),
+                    path: "slow|0:map".into(),
+                    seconds: 2.0,
+                    retired: true,
+                },
+                true,
+                "[hmr] warning: slow is stuck at slow|0:map: one call has not returned for 2.0 s; \
+                 it emits nothing and cannot take new code until it returns (the pipeline was \
+                 removed or restarted; its old thread cannot be killed and keeps running until \
+                 the host exits)",
+            ),
+            (
+                HostEvent::Completed {
+                    pipeline: "total".into(),
+                    emissions: 100,
+                    elapsed_us: 30,
+                },
+                true,
+                "[hmr] total completed after 100 values in 30 us",
+            ),
+        ];
+        for (event, running, expected) in cases {
+            assert_eq!(human(&event, running, true), expected, "{event:?}");
+        }
+        // Without watching, a failure before anything runs does not ask for a save; events
+        // the `--json` contract leaves out still read for a person.
+        let unwatched: Vec<(HostEvent, bool, &str)> = vec![
+            (
+                HostEvent::BuildFailed {
+                    error: "error: expected `;`".into(),
+                },
+                false,
+                "[hmr] build failed, nothing is running (--no-watch: the host stops here):\n\
+                 error: expected `;`",
+            ),
+            (
+                HostEvent::Building {
+                    elapsed_ms: 1_250,
+                    status: "Blocking waiting for file lock on build directory".into(),
+                },
+                false,
+                "[hmr] building (1.2 s): Blocking waiting for file lock on build directory",
+            ),
+            (
+                HostEvent::Dropped {
+                    emissions: 7,
+                    errors: 2,
+                },
+                true,
+                "[hmr] dropped 7 emissions and 2 errors: output could not keep up",
+            ),
+        ];
+        for (event, running, expected) in unwatched {
+            assert_eq!(human(&event, running, false), expected, "{event:?}");
         }
     }
 }

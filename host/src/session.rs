@@ -132,12 +132,17 @@ impl Session {
         Stopper(self.tx.clone())
     }
 
-    /// Stops watching, stops a build in progress (cargo and its children), stops every
-    /// pipeline and returns the reloader's final state.
+    /// Stops watching and a build in progress (cargo and its children), and returns the
+    /// reloader; its pipelines run until it is dropped (or `runtime().stop_all()`). If the
+    /// reloader's thread panicked, the panic goes on here (a test using the session fails).
     pub fn stop(mut self) -> Option<Reloader> {
         self.builds.stop();
         let _ = self.tx.send(Msg::Stop);
-        self.thread.take().and_then(|t| t.join().ok())
+        let t = self.thread.take()?;
+        match t.join() {
+            Ok(reloader) => Some(reloader),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 }
 
@@ -177,8 +182,13 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.builds.stop();
         let _ = self.tx.send(Msg::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && let Err(panic) = t.join()
+            && !std::thread::panicking()
+        {
+            // The reloader's panic is not lost with the session (unless this thread is
+            // already unwinding, when a second panic would abort).
+            std::panic::resume_unwind(panic);
         }
     }
 }

@@ -419,7 +419,8 @@ impl Harness {
     }
 
     /// Stops the session, then moves every event it sent into [`Harness::history`];
-    /// returns the reloader for inspection.
+    /// returns the reloader for inspection. A panic of the reloader's thread goes on here
+    /// (and when a harness that was not stopped is dropped), so it fails the test.
     pub fn stop(&mut self) -> Option<Reloader> {
         let reloader = self.session.take().and_then(Session::stop);
         self.history.extend(self.rx.try_iter());

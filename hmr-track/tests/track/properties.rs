@@ -93,6 +93,27 @@ fn program() -> impl Strategy<Value = Vec<Node>> {
     })
 }
 
+/// A [`program`] in which one pipeline holds two or three keyed scopes (keys `m0`, `m1`, ...,
+/// unused elsewhere, each with a random subtree) inserted at random places among its
+/// children: a reorder of keyed siblings always has something to move.
+fn program_with_keyed_siblings() -> impl Strategy<Value = Vec<Node>> {
+    (
+        program(),
+        any::<prop::sample::Index>(),
+        vec((vec(node(), 0..3), any::<prop::sample::Index>()), 2..4),
+    )
+        .prop_map(|(mut program, pipeline, scopes)| {
+            let p = pipeline.index(program.len());
+            for (i, (children, at)) in scopes.into_iter().enumerate() {
+                let scope = make("scope", Some(format!("m{i}")), None, false, children);
+                let siblings = &mut program[p].children;
+                let at = at.index(siblings.len() + 1);
+                siblings.insert(at, scope);
+            }
+            program
+        })
+}
+
 fn count(program: &[Node]) -> usize {
     program.iter().map(Node::count).sum()
 }
@@ -508,27 +529,39 @@ proptest! {
         assert_consistent(&rec.state);
     }
 
-    /// Reordering keyed scopes among themselves keeps every path and id.
+    /// Reordering keyed scopes among themselves keeps every path and id. The generator puts
+    /// two or three keyed scopes among the children of one pipeline (at random places, with
+    /// random subtrees), so every case moves at least one keyed scope; the case checks so.
     #[test]
-    fn keyed_scopes_keep_identity_when_reordered(program in program(), turn in 1usize..3) {
+    fn keyed_scopes_keep_identity_when_reordered(program in program_with_keyed_siblings()) {
         let mut rec = Recorder::new();
         run(&mut rec, &program).unwrap();
         let before = path_ids(&rec.state);
 
-        fn rotate_keyed(nodes: &mut [Node], turn: usize) {
+        /// Rotates each group of keyed siblings by one; returns how many groups moved.
+        fn rotate_keyed(nodes: &mut [Node]) -> usize {
             let slots: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].key.is_some()).collect();
-            if !slots.is_empty() {
+            let mut moved = 0;
+            if slots.len() >= 2 {
                 let keyed: Vec<Node> = slots.iter().map(|&i| nodes[i].clone()).collect();
                 for (n, &slot) in slots.iter().enumerate() {
-                    nodes[slot] = keyed[(n + turn) % keyed.len()].clone();
+                    nodes[slot] = keyed[(n + 1) % keyed.len()].clone();
                 }
+                moved += 1;
             }
             for node in nodes {
-                rotate_keyed(&mut node.children, turn);
+                moved += rotate_keyed(&mut node.children);
             }
+            moved
         }
         let mut reordered = program.clone();
-        rotate_keyed(&mut reordered, turn);
+        let moved = rotate_keyed(&mut reordered);
+        prop_assert!(moved >= 1);
+        let keys = |nodes: &[Node]| -> Vec<Option<String>> { nodes.iter().map(|n| n.key.clone()).collect() };
+        prop_assert!(
+            program.iter().zip(&reordered).any(|(a, b)| keys(&a.children) != keys(&b.children)),
+            "nothing moved"
+        );
 
         let second = run(&mut rec, &reordered).unwrap();
         prop_assert_eq!(path_ids(&rec.state), before.clone());
