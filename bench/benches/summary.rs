@@ -913,7 +913,7 @@ fn latency_under_reloads(report: &mut Report) -> anyhow::Result<()> {
     let expected = chain_sum(run.count);
     anyhow::ensure!(
         result == expected,
-        "results differ: the scan across {LATENCY_RELOADS} swaps computed {result}, expected          {expected} for {} values (state lost or values dropped)",
+        "results differ: the scan across {LATENCY_RELOADS} swaps computed {result}, expected {expected} for {} values (state lost or values dropped)",
         run.count
     );
     let mut sample = run.sample;
