@@ -50,8 +50,9 @@ pub struct Loaded {
 }
 
 /// Loads `library` as the host does (check, copy, open, header, registration) and returns
-/// its compiled pipelines.
-pub fn load_codes(
+/// its compiled pipelines. Each call registers into a fresh store: for one-off loads only
+/// (reloads go through a `Reloader`, whose reconcile decides what state is kept).
+fn load_codes(
     loader: &Loader,
     library: &std::path::Path,
     version: u64,
@@ -218,6 +219,23 @@ impl Verdict {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "info",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The closed form against the chain itself, run directly, for small and edge counts.
+    #[test]
+    fn chain_sum_matches_the_chain() {
+        for n in [0u64, 1, 2, 3, 4, 5, 6, 7, 100, 1_000, 12_345] {
+            let direct = (0..n)
+                .map(|x| x * 2)
+                .filter(|x| x % 3 == 0)
+                .fold(0u64, |a, x| a.wrapping_add(x));
+            assert_eq!(chain_sum(n), direct, "n = {n}");
         }
     }
 }
