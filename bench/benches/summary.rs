@@ -765,7 +765,7 @@ fn reload_at_scale(report: &mut Report) -> anyhow::Result<()> {
     let scale_lib = &built.library;
     anyhow::ensure!(matches!(r.load_built(scale_lib, 0), Outcome::Loaded { .. }));
     for _ in 0..5 {
-        r.load_built(scale_lib, 0);
+        anyhow::ensure!(matches!(r.load_built(scale_lib, 0), Outcome::Loaded { .. }));
     }
     let before = rss_bytes();
     let mut total = Vec::new();
@@ -1053,7 +1053,10 @@ fn soak(report: &mut Report) -> anyhow::Result<()> {
         let (tx, rx) = channel();
         let mut r = Reloader::new(config, Arc::new(ChannelSink(tx)), PanicPolicy::Drop)?;
         for _ in 0..20 {
-            r.load_built(&built.library, 0);
+            anyhow::ensure!(matches!(
+                r.load_built(&built.library, 0),
+                Outcome::Loaded { .. }
+            ));
         }
         let before = rss_bytes();
         let mut last = 0;
