@@ -785,6 +785,18 @@ fn reload_at_scale(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The calling thread's involuntary context switches so far (Linux), to tell a slow push
+/// that waited from one whose thread was taken off its core.
+fn involuntary_switches() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Reloads scenario 8 makes under the running pipeline.
 const LATENCY_RELOADS: usize = 50;
 
@@ -801,6 +813,9 @@ struct LatencyRun {
     worst_at: Instant,
     /// Pushes slower than `SLOW_PUSH` (every push counted).
     slow: u64,
+    /// Times the kernel took the measuring thread off its core while it pushed (`None` off
+    /// Linux).
+    preempted: Option<u64>,
     count: u64,
     refused: u64,
     elapsed: Duration,
@@ -836,6 +851,7 @@ fn latency_under_reloads(report: &mut Report) -> anyhow::Result<()> {
             let mut worst = Duration::ZERO;
             let mut refused = 0u64;
             let mut slow = 0u64;
+            let switches_before = involuntary_switches();
             let started = Instant::now();
             let mut worst_at = started;
             let mut x = 0u64;
@@ -862,12 +878,16 @@ fn latency_under_reloads(report: &mut Report) -> anyhow::Result<()> {
                 }
             }
             let elapsed = started.elapsed();
+            let preempted = involuntary_switches()
+                .zip(switches_before)
+                .map(|(after, before)| after - before);
             let version = d.version();
             Ok(LatencyRun {
                 sample,
                 worst,
                 worst_at,
                 slow,
+                preempted,
                 count: x,
                 refused,
                 elapsed,
@@ -931,7 +951,8 @@ fn latency_under_reloads(report: &mut Report) -> anyhow::Result<()> {
     report.line(format!(
         "{} values in {:.2} s ({:.1} M values/s, one value per push) while {LATENCY_RELOADS} reloads took {:.0} ms; \
          scan total checked against the closed form (state kept across every swap), last version {last} reached; \
-         per-push latency, every push timed: **max {:.1} us** ({worst_when}), {} pushes over {} us; \
+         per-push latency, every push timed: **max {:.1} us** ({worst_when}), {} pushes over {} us, \
+         the thread preempted {} times while pushing; \
          from a sample of 1 push in 64: median {:.0} ns, p99.9 {:.0} ns",
         run.count,
         run.elapsed.as_secs_f64(),
@@ -940,6 +961,7 @@ fn latency_under_reloads(report: &mut Report) -> anyhow::Result<()> {
         run.worst.as_secs_f64() * 1e6,
         run.slow,
         SLOW_PUSH.as_micros(),
+        run.preempted.map_or("an unknown number of".to_owned(), |n| n.to_string()),
         median(&mut sample),
         quantile(&mut sample, 0.999),
     ));
