@@ -279,7 +279,7 @@ impl Loader {
         let _ = std::fs::remove_file(&path);
         let lib = opened?;
         let validate = std::time::Instant::now();
-        let header = match read_header(&lib, &path) {
+        let header = match read_header(&lib, built) {
             Ok(h) => h,
             Err(e) => {
                 // Its code ran (initialisers, the header function): like every library we

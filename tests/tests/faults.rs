@@ -119,6 +119,12 @@ fn bad_libraries_are_refused_and_old_code_kept() -> anyhow::Result<()> {
         match host.wait_outcome()? {
             HostEvent::LoadFailed { error } => {
                 assert!(error.contains(expected), "{what}: {error}");
+                // Named as the person knows it: cargo's library, not the private copy.
+                assert!(
+                    error.contains("/debug/libhmrfx_bad_libraries.so")
+                        && !error.contains(&format!("/{}/", host::loader::COPY_DIR)),
+                    "{what}: {error}"
+                );
             }
             other => panic!("{what}: expected load-failed, got {other:?}"),
         }
