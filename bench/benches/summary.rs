@@ -579,6 +579,20 @@ const ALLOC_ROWS: [(&str, &str); 5] = [
 /// Values pushed per pipeline in scenario 6.
 const ALLOC_VALUES: u64 = 1_000_000;
 
+/// A writer that counts the lines written to it and keeps nothing.
+struct LineCounter(Arc<std::sync::atomic::AtomicU64>);
+
+impl std::io::Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.0.fetch_add(lines, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Scenario 6's measuring child (this binary, run with the counter preloaded): loads
 /// `library`, pushes `ALLOC_VALUES` through each of `ALLOC_ROWS` and prints one line per
 /// pipeline, `<name> <values> <allocations>`.
@@ -588,10 +602,40 @@ fn alloc_child(library: &std::path::Path) -> anyhow::Result<()> {
     let loaded = load(&loader, library, 1)?;
     let mut lines = Vec::new();
     for (name, _) in ALLOC_ROWS {
+        // The `log` row goes the whole way a person's emissions go: the printer's queue and
+        // thread, formatted as `--json` lines (into a writer that counts them). Both threads'
+        // allocations count; the printer is warmed up first and caught up before each reading.
+        let printed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let printer = (name == "log")
+            .then(|| {
+                host::output::Printer::start(
+                    host::events::Formatter::json(),
+                    LineCounter(printed.clone()),
+                    host::output::OUTPUT_QUEUE_BYTES,
+                    host::output::WhenFull::Wait,
+                    |_| {},
+                )
+            })
+            .transpose()?;
+        let sink = printer.as_ref().map_or_else(null_sink, |p| p.sink());
         let mut d = loaded.pipelines[name]
-            .driver(null_sink())
+            .driver(sink)
             .map_err(|e| anyhow::anyhow!("seeding {name}: {e}"))?;
+        let caught_up = |count: u64| -> anyhow::Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while printed.load(Ordering::Relaxed) < count {
+                anyhow::ensure!(Instant::now() < deadline, "the printer did not catch up");
+                std::thread::yield_now();
+            }
+            Ok(())
+        };
         let n = ALLOC_VALUES;
+        if printer.is_some() {
+            for x in 0..n {
+                let _ = d.push_one(x);
+            }
+            caught_up(n)?;
+        }
         let mut buf = [0u64; BATCH];
         let mut refused = 0u64;
         let before = counter.get();
@@ -613,7 +657,11 @@ fn alloc_child(library: &std::path::Path) -> anyhow::Result<()> {
                 }
             }
         }
+        if printer.is_some() {
+            caught_up(2 * n)?;
+        }
         let count = counter.get() - before;
+        drop(printer);
         anyhow::ensure!(refused == 0, "{name}: {refused} pushes did not go through");
         // Printed after counting: formatting allocates.
         lines.push(format!("{name} {n} {count}"));

@@ -179,6 +179,17 @@ pub enum HostEvent {
 pub trait EventSink: Send + Sync {
     /// Delivers one event.
     fn event(&self, event: HostEvent);
+
+    /// Delivers one emission (a `log` operator's value), given borrowed: a sink that keeps
+    /// it can copy it into storage it reuses ([`crate::output::Printer`] does: no allocation
+    /// per emission once warm). By default, an [`HostEvent::Emission`] to [`Self::event`].
+    fn emission(&self, pipeline: &str, version: u64, value: &str) {
+        self.event(HostEvent::Emission {
+            pipeline: pipeline.to_owned(),
+            version,
+            value: value.to_owned(),
+        });
+    }
 }
 
 /// The longest panic or error message reported, in bytes; a longer one is cut at a
@@ -262,6 +273,34 @@ impl Formatter {
             json: false,
             watching,
             running: false,
+        }
+    }
+
+    /// Appends the line for `event` (without its newline) to `out`; false when this format
+    /// leaves it out. An emission is written straight into `out` (a buffer the printer
+    /// reuses): no allocation per value.
+    pub fn line_into(&mut self, event: &HostEvent, out: &mut Vec<u8>) -> bool {
+        use std::io::Write as _;
+        if let HostEvent::Emission {
+            pipeline,
+            version,
+            value,
+        } = event
+        {
+            if self.json {
+                if serde_json::to_writer(&mut *out, event).is_ok() {
+                    return true;
+                }
+            } else {
+                return write!(out, "{pipeline} v{version}: {value}").is_ok();
+            }
+        }
+        match self.line(event) {
+            Some(line) => {
+                out.extend_from_slice(line.as_bytes());
+                true
+            }
+            None => false,
         }
     }
 

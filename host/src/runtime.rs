@@ -586,12 +586,9 @@ unsafe extern "C" fn cb_log(host: *mut c_void, _op: u32, text: RStr) {
     // back; `text` is valid for the call.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
-        let value = text.to_string_lossy().unwrap_or_default().into_owned();
-        h.sink.event(HostEvent::Emission {
-            pipeline: h.pipeline.clone(),
-            version: h.version.get(),
-            value,
-        });
+        // Borrowed when the text is UTF-8 (a Debug text is): the sink decides what to copy.
+        let value = text.to_string_lossy().unwrap_or_default();
+        h.sink.emission(&h.pipeline, h.version.get(), &value);
     }));
 }
 
