@@ -130,3 +130,29 @@ pub fn next_matching(
         }
     }
 }
+
+/// The name prefix every library copy of `reloader` shares (the loader's `<pid>-<n>-v`), to
+/// look for copies left behind in their directory.
+pub fn copies_prefix(reloader: &host::reloader::Reloader) -> String {
+    let names: Vec<String> = reloader
+        .versions()
+        .iter()
+        .map(|v| {
+            v.path()
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let Some(first) = names.first() else {
+        return String::new();
+    };
+    names.iter().fold(first.clone(), |p, n| {
+        p.chars()
+            .zip(n.chars())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect()
+    })
+}

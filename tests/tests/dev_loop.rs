@@ -874,32 +874,17 @@ fn copies_are_unlinked_and_nothing_is_left() -> anyhow::Result<()> {
         host::reloader::Outcome::LoadFailed
     );
     let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let names: Vec<String> = reloader
-        .versions()
-        .iter()
-        .map(|v| {
-            let path = v.path().display().to_string();
-            assert!(!v.path().exists(), "{path} was not unlinked");
-            assert!(
-                maps.lines()
-                    .any(|l| l.ends_with(&format!("{path} (deleted)"))),
-                "{path} is not mapped as a deleted file"
-            );
-            v.path()
-                .file_name()
-                .expect("a name")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    for v in reloader.versions() {
+        let path = v.path().display().to_string();
+        assert!(!v.path().exists(), "{path} was not unlinked");
+        assert!(
+            maps.lines()
+                .any(|l| l.ends_with(&format!("{path} (deleted)"))),
+            "{path} is not mapped as a deleted file"
+        );
+    }
     // The loader's prefix (`<pid>-<n>-v`): what every copy's name starts with.
-    let prefix = names.iter().fold(names[0].clone(), |p, n| {
-        p.chars()
-            .zip(n.chars())
-            .take_while(|(a, b)| a == b)
-            .map(|(a, _)| a)
-            .collect()
-    });
+    let prefix = integration_tests::copies_prefix(&reloader);
     let dir = reloader.versions()[0].path().parent().expect("a directory");
     let refused: Vec<&str> = maps
         .lines()

@@ -178,24 +178,7 @@ fn soak_two_hundred_reloads_of_the_example_plugin() -> anyhow::Result<()> {
             v.path().display()
         );
     }
-    let names: Vec<String> = reloader
-        .versions()
-        .iter()
-        .map(|v| {
-            v.path()
-                .file_name()
-                .expect("a name")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    let prefix = names.iter().fold(names[0].clone(), |p, n| {
-        p.chars()
-            .zip(n.chars())
-            .take_while(|(a, b)| a == b)
-            .map(|(a, _)| a)
-            .collect()
-    });
+    let prefix = integration_tests::copies_prefix(&reloader);
     assert!(
         prefix.starts_with(&format!("{}-", std::process::id())),
         "copies named {prefix:?}..."
