@@ -400,6 +400,8 @@ pub struct Builder {
     inputs: Vec<PathBuf>,
     /// The inputs' content as of the last build cargo compiled (not fresh).
     compiled_from: Option<Sources>,
+    /// The inputs' content as the last successful build read them.
+    last_read: Option<Sources>,
     forced: usize,
 }
 
@@ -423,6 +425,7 @@ impl Builder {
             cancel: Canceller::new(),
             inputs: Vec::new(),
             compiled_from: None,
+            last_read: None,
             forced: 0,
         }
     }
@@ -459,6 +462,16 @@ impl Builder {
     /// The files the last successful build read (outside the target directory).
     pub fn inputs(&self) -> &[PathBuf] {
         &self.inputs
+    }
+
+    /// The inputs of the last successful build whose content changed since it read them: a
+    /// save made between the build and the moment its inputs are watched (the watcher learns
+    /// them from the build) would otherwise be missed.
+    pub fn inputs_changed_since_build(&self) -> Vec<PathBuf> {
+        match &self.last_read {
+            Some(read) => Sources::read(&self.inputs, Some(read)).changed_since(read),
+            None => Vec::new(),
+        }
     }
 
     /// How many times a "fresh" library was not believed and the build forced.
@@ -501,8 +514,9 @@ impl Builder {
             }
         }
         if !artifact.fresh || self.compiled_from.is_none() {
-            self.compiled_from = Some(sources);
+            self.compiled_from = Some(sources.clone());
         }
+        self.last_read = Some(sources);
         self.inputs = artifact.inputs.clone();
         Ok(artifact)
     }

@@ -264,6 +264,7 @@ pub struct Watch {
     plan: Arc<Mutex<Plan>>,
     watched: BTreeMap<PathBuf, bool>,
     sink: Sink,
+    tx: Sender<Msg>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -281,6 +282,7 @@ impl Watch {
         let plan = Arc::new(Mutex::new(Plan::default()));
         let shared = plan.clone();
         let report_to = sink.clone();
+        let changes = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let reaction = {
                 let plan = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,7 +296,7 @@ impl Watch {
                 });
             }
             if let Some(finished) = reaction.change {
-                let _ = tx.send(Msg::Changed { finished });
+                let _ = changes.send(Msg::Changed { finished });
             }
         })
         .context("cannot start the file watcher")?;
@@ -303,6 +305,7 @@ impl Watch {
             plan,
             watched: BTreeMap::new(),
             sink,
+            tx,
         })
     }
 
@@ -357,10 +360,16 @@ impl Watch {
         failed
     }
 
-    /// Watches what the reloader's last build read.
+    /// Watches what the reloader's last build read. A file of it saved after the build read
+    /// it and before it was watched (a path dependency's source, the first time) raised no
+    /// event: it is found by content, and builds after the debounce, as a write not known to
+    /// be finished does (it may still be open).
     pub fn follow(&mut self, reloader: &mut Reloader) {
         let plan = plan_for(reloader.builder());
         self.apply(plan);
+        if !reloader.builder().inputs_changed_since_build().is_empty() {
+            let _ = self.tx.send(Msg::Changed { finished: false });
+        }
     }
 }
 

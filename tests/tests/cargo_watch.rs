@@ -3,7 +3,7 @@
 //! modification time is rebuilt instead of reported as "no change"; library copies live under
 //! the target directory and none is left behind; the plugin check reads cargo's metadata.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use std::time::{Duration, SystemTime};
@@ -311,5 +311,25 @@ fn the_plugin_check_reads_cargo_metadata() -> anyhow::Result<()> {
             (expected, got) => panic!("{rel}: expected {expected:?}, got {got:?}"),
         }
     }
+    Ok(())
+}
+
+/// A save between the build that read a file and the watch on it raises no event (the
+/// watcher learns what to watch from that build): the builder finds it by content, and the
+/// session builds once its watches are in place (`Watch::follow`).
+#[test]
+fn a_save_before_the_watch_is_in_place_is_found_by_content() -> anyhow::Result<()> {
+    let fixture = Fixture::new("save_before_watch", integration_tests::COUNTER);
+    let mut builder = host::cargo::Builder::new(fixture.build_config(false)?, None);
+    builder.build()?;
+    let lib_rs = fixture.path().join("src/lib.rs").canonicalize()?;
+    assert!(
+        builder.inputs().iter().any(|p| p == &lib_rs),
+        "src/lib.rs is an input: {:?}",
+        builder.inputs()
+    );
+    assert_eq!(builder.inputs_changed_since_build(), Vec::<PathBuf>::new());
+    fixture.edit("src/lib.rs", "1u64", "2u64");
+    assert_eq!(builder.inputs_changed_since_build(), vec![lib_rs]);
     Ok(())
 }
