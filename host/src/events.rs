@@ -144,6 +144,11 @@ pub enum HostEvent {
         /// stopped (threads cannot be killed) and keeps running until the host exits.
         retired: bool,
     },
+    /// The inspector (`--inspect`) listens: its page is at `url`.
+    Inspector {
+        /// `http://ADDR/`.
+        url: String,
+    },
     /// A pipeline's source completed (or a `take` completed it).
     Completed {
         /// Pipeline name.
@@ -309,6 +314,7 @@ fn human(event: &HostEvent, running: bool) -> String {
             emissions,
             elapsed_us,
         } => format!("[hmr] {pipeline} completed after {emissions} values in {elapsed_us} us"),
+        HostEvent::Inspector { url } => format!("inspector: {url}"),
     }
 }
 
@@ -444,6 +450,13 @@ mod tests {
                     ("seconds", "number"),
                     ("retired", "boolean"),
                 ],
+            ),
+            (
+                HostEvent::Inspector {
+                    url: "http://127.0.0.1:7000/".into(),
+                },
+                "inspector",
+                vec![("url", "string")],
             ),
             (
                 HostEvent::Completed {

@@ -20,6 +20,7 @@
 pub mod cargo;
 pub mod code;
 pub mod events;
+pub mod inspect;
 pub mod loader;
 pub mod register;
 pub mod reloader;

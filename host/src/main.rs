@@ -31,6 +31,8 @@ OPTIONS:
     --on-panic MODE      what a panic in a user function does: `drop` (default) drops that
                          value and keeps the subscription; `error` ends the subscription as
                          Rx does, and the next good reload subscribes it again
+    --inspect ADDR       serve the inspector (a live page and a JSON API) at ADDR, for
+                         example 127.0.0.1:7000 (port 0 picks a free one)
     --debounce-ms N      quiet time before building after a write that did not close its
                          file (default: 30); a finished save builds after 1 ms
     -h, --help           print this help
@@ -102,6 +104,12 @@ fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Cli>> 
                     "error" => PanicPolicy::Error,
                     other => bail!("--on-panic takes `drop` or `error`, not `{other}`"),
                 }
+            }
+            "--inspect" => {
+                let v = value("--inspect")?;
+                options.inspect = Some(v.parse().with_context(|| {
+                    format!("--inspect takes an address such as 127.0.0.1:7000, not `{v}`")
+                })?);
             }
             "--debounce-ms" => {
                 let v = value("--debounce-ms")?;

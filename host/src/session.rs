@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::cargo::BuildConfig;
 use crate::events::Sink;
+use crate::inspect::Inspector;
 use crate::reloader::{Outcome, Reloader, plugin_manifest};
 use crate::runtime::PanicPolicy;
 use crate::watch::{DEFAULT_DEBOUNCE, Msg, dev_loop, watch};
@@ -31,6 +32,8 @@ pub struct Options {
     /// How long a plugin's `register` may run before the load fails
     /// ([`crate::register::REGISTER_DEADLINE`]).
     pub register_deadline: Duration,
+    /// Serve the inspector there (`--inspect`); `None`: no inspector, nothing counted.
+    pub inspect: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -44,6 +47,19 @@ impl Options {
             debounce: DEFAULT_DEBOUNCE,
             target_dir: None,
             register_deadline: crate::register::REGISTER_DEADLINE,
+            inspect: None,
+        }
+    }
+
+    /// Starts the inspector if asked for: the sink to report through (the inspector's, in
+    /// front of `sink`) and the inspector, which lives as long as it is held.
+    fn inspector(&self, sink: Sink) -> anyhow::Result<(Sink, Option<Inspector>)> {
+        match self.inspect {
+            Some(addr) => {
+                let inspector = Inspector::start(addr, sink)?;
+                Ok((inspector.sink(), Some(inspector)))
+            }
+            None => Ok((sink, None)),
         }
     }
 
@@ -64,7 +80,11 @@ impl Options {
 /// Loads the plugin once and runs it until every pipeline has completed (`--no-watch`).
 /// Returns false when the first build or load failed.
 pub fn run_once(options: &Options, sink: Sink) -> anyhow::Result<bool> {
+    let (sink, inspector) = options.inspector(sink)?;
     let mut reloader = options.reloader(sink)?;
+    if let Some(i) = &inspector {
+        reloader.runtime().set_tallies(i.tallies());
+    }
     if !matches!(reloader.reload(), Outcome::Loaded { .. }) {
         return Ok(false);
     }
@@ -78,12 +98,17 @@ pub struct Session {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<Reloader>>,
     _watcher: notify::RecommendedWatcher,
+    inspector: Option<Inspector>,
 }
 
 impl Session {
     /// Starts watching, then builds and loads the first version on the session's thread.
     pub fn start(options: &Options, sink: Sink) -> anyhow::Result<Session> {
+        let (sink, inspector) = options.inspector(sink)?;
         let mut reloader = options.reloader(sink)?;
+        if let Some(i) = &inspector {
+            reloader.runtime().set_tallies(i.tallies());
+        }
         let (tx, rx) = channel();
         // Cargo writes build-script output (`.rs` files in OUT_DIR) under the target dir.
         let target = options
@@ -105,7 +130,13 @@ impl Session {
             tx,
             thread: Some(thread),
             _watcher: watcher,
+            inspector,
         })
+    }
+
+    /// The inspector, when started with [`Options::inspect`].
+    pub fn inspector(&self) -> Option<&Inspector> {
+        self.inspector.as_ref()
     }
 
     /// Waits for the reloader (it runs until [`Session::stop`]).

@@ -207,6 +207,7 @@ impl Running {
             log: on_log,
             error: on_error,
             current_op: &raw const sink.current_op,
+            counts: std::ptr::null(),
         };
         Running { p, slots, sink, cx }
     }
