@@ -575,6 +575,50 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_never_reads_loses_events_counted_and_blocks_nobody() {
+        let hub = Hub::new(Arc::new(crate::events::ChannelSink(
+            std::sync::mpsc::channel().0,
+        )));
+        let (stuck, dropped) = hub.subscribe();
+        let (live, _) = hub.subscribe();
+        let extra = 10;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut got = 0;
+            while got < CLIENT_QUEUE + extra {
+                if live.recv_timeout(Duration::from_secs(30)).is_err() {
+                    break;
+                }
+                got += 1;
+            }
+            got
+        });
+        let hub = Arc::new(hub);
+        let h = hub.clone();
+        std::thread::spawn(move || {
+            for n in 0..CLIENT_QUEUE + extra {
+                h.event(HostEvent::Emission {
+                    pipeline: "p".into(),
+                    version: 1,
+                    value: n.to_string(),
+                });
+            }
+            let _ = done_tx.send(());
+        });
+        // Reporting never waits for the stuck client (a blocking send would hang here).
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reporting events blocked on a client that does not read");
+        assert_eq!(reader.join().expect("reader"), CLIENT_QUEUE + extra);
+        assert_eq!(stuck.try_iter().count(), CLIENT_QUEUE);
+        assert_eq!(dropped.load(Ordering::Relaxed), extra as u64);
+        // Clients that went away (both, now) are forgotten at the next event.
+        drop(stuck);
+        hub.event(HostEvent::LoadFailed { error: "x".into() });
+        assert_eq!(hub.n_clients.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn the_record_keeps_the_last_events_and_clears_a_build_failure_on_the_next_build() {
         let hub = Hub::new(Arc::new(crate::events::ChannelSink(
             std::sync::mpsc::channel().0,
