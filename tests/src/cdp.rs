@@ -212,10 +212,25 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
         conn,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    let (_, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    Ok(body.to_owned())
+    // Chromium keeps the connection open: read the body by its length.
+    let mut reader = BufReader::new(conn);
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = h.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse()?;
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8(body)?)
 }
 
 /// A client WebSocket: text messages only.

@@ -339,3 +339,126 @@ plugin_api::export_plugin!(register);
     host.stop();
     Ok(())
 }
+
+/// Where the browser test leaves its screenshots, for a person to look at.
+fn screenshot_dir() -> std::path::PathBuf {
+    host::testkit::fixture_target_dir()
+        .parent()
+        .map(|p| p.join("inspector-screenshots"))
+        .unwrap_or_else(|| std::path::PathBuf::from("inspector-screenshots"))
+}
+
+#[test]
+fn page_in_chromium() -> anyhow::Result<()> {
+    use integration_tests::cdp::{Browser, chromium};
+    let chromium = chromium()?;
+    let fixture = Fixture::new("inspector_page", PLUGIN);
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+    let mut page = Browser::open(&chromium, &format!("http://{addr}/"))?;
+    let shots = screenshot_dir();
+
+    // Track paths, then counts that rise.
+    let rows = "[...document.querySelectorAll('tr.track')].map(r => r.dataset.path)";
+    let paths = page.eval_until("the track rows", rows, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "counter|1:scan"))
+    })?;
+    for p in ["counter", "counter|0:map", "counter|2:log", "faulty|0:map"] {
+        assert!(
+            paths.as_array().is_some_and(|a| a.iter().any(|x| x == p)),
+            "{p} not in {paths}"
+        );
+    }
+    let count = r#"(() => { const c = document.querySelector('tr.track[data-path="counter|2:log"] td.emissions');
+        return c ? Number(c.textContent.replace(/,/g, '')) : -1; })()"#;
+    let first = page
+        .eval_until("a count", count, EMISSION_TIMEOUT, |v| v.as_i64() > Some(0))?
+        .as_i64()
+        .unwrap_or(0);
+    page.eval_until("the count to rise", count, EMISSION_TIMEOUT, |v| {
+        v.as_i64() > Some(first + 10)
+    })?;
+    let state =
+        r#"document.querySelector('tr.track[data-path="counter|1:scan"] td.state').textContent"#;
+    page.eval_until("the scan's state", state, EMISSION_TIMEOUT, |v| {
+        v.as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })?;
+    let errors = "[...document.querySelectorAll('#errors li.error')].map(e => e.dataset.path)";
+    page.eval_until("the faulty map's error", errors, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "faulty|0:map"))
+    })?;
+    page.screenshot(&shots.join("1-running.png"))?;
+
+    // An edit: the new version, its tick on the rail, the swap marks, and the reload in the
+    // live event log (which only the event stream fills).
+    fixture.edit("src/lib.rs", "|_n: u64| 1u64", "|_n: u64| 2u64");
+    host.wait_reload()?;
+    page.eval_until(
+        "v2 on the page",
+        "document.getElementById('version').textContent",
+        EMISSION_TIMEOUT,
+        |v| v == "v2",
+    )?;
+    page.eval_until(
+        "the v2 tick on the rail",
+        "document.querySelectorAll('#rail li.reload[data-version=\"2\"]').length",
+        EMISSION_TIMEOUT,
+        |v| v == 1,
+    )?;
+    let marks = r#"[...document.querySelectorAll('tr.track [data-mark]')].map(b => b.closest('tr').dataset.path + '=' + b.dataset.mark)"#;
+    let marked = page.eval_until("the swap marks", marks, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "counter|0:map=swapped"))
+    })?;
+    assert!(
+        marked
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "counter|1:scan=swapped")),
+        "{marked}"
+    );
+    page.eval_until(
+        "the reload in the event log",
+        "document.getElementById('log').textContent",
+        EMISSION_TIMEOUT,
+        |v| v.as_str().is_some_and(|t| t.contains("reload v2")),
+    )?;
+    page.screenshot(&shots.join("2-reloaded.png"))?;
+
+    // A broken build shows cargo's diagnostic over the page; the next good build clears it.
+    let overlay = "document.getElementById('overlay').classList.contains('shown') ? document.getElementById('overlay-text').textContent : null";
+    fixture.edit("src/lib.rs", "|_n: u64| 2u64", "|_n: u64| 2u64 + \"three\"");
+    match host.wait_outcome()? {
+        HostEvent::BuildFailed { .. } => {}
+        other => bail!("expected a failed build, got {other:?}"),
+    }
+    let text = page.eval_until("the build-failed overlay", overlay, EMISSION_TIMEOUT, |v| {
+        v.is_string()
+    })?;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("error[E0277]") && t.contains("src/lib.rs")),
+        "{text}"
+    );
+    page.screenshot(&shots.join("3-build-failed.png"))?;
+    fixture.edit("src/lib.rs", "|_n: u64| 2u64 + \"three\"", "|_n: u64| 3u64");
+    host.wait_reload()?;
+    page.eval_until(
+        "the overlay to clear",
+        overlay,
+        EMISSION_TIMEOUT,
+        Value::is_null,
+    )?;
+    page.eval_until(
+        "v3 on the page",
+        "document.getElementById('version').textContent",
+        EMISSION_TIMEOUT,
+        |v| v == "v3",
+    )?;
+    page.screenshot(&shots.join("4-fixed.png"))?;
+    host.stop();
+    Ok(())
+}
