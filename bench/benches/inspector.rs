@@ -103,7 +103,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let join = |t: std::thread::JoinHandle<u64>| t.join().map_err(|_| anyhow::anyhow!("a client panicked"));
+    let join = |t: std::thread::JoinHandle<u64>| {
+        t.join().map_err(|_| anyhow::anyhow!("a client panicked"))
+    };
     let (polls, hammers) = (join(polling)?, join(hammering)?);
     let counts = quiet.pipeline("push").counts();
     anyhow::ensure!(
