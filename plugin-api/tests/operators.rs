@@ -581,7 +581,7 @@ fn state_vtables_match_the_announced_signatures() {
 fn counting_chain(p: &mut Plugin<'_>) {
     p.pipeline("p", range(0, 100))
         .map(|x: u64| x * 2)
-        .filter(|x: &u64| x % 3 == 0)
+        .filter(|x: &u64| x.is_multiple_of(3))
         .take(4)
         .reduce(0u64, |a: u64, x: u64| a + x)
         .log();

@@ -260,8 +260,8 @@ impl Inspected {
                     r.tracks
                         .iter()
                         .filter(|u| u.path.starts_with(&prefix))
-                        .filter_map(|u| counts.get(&u.path))
-                        .last()
+                        .rev()
+                        .find_map(|u| counts.get(&u.path))
                         .copied()
                 });
                 TrackView {
