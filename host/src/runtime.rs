@@ -756,11 +756,17 @@ impl Driver {
 
     #[cold]
     fn answer_state(&mut self) {
+        let texts = self.state_texts();
+        if let Some((t, _)) = &self.tally {
+            t.answer(texts);
+        }
+    }
+
+    /// Each operator's path and its state's Debug text, read here, on the owning thread.
+    fn state_texts(&mut self) -> Vec<(String, Option<String>)> {
         let texts = self.states.debug_texts(STATE_CAP);
         let paths = self.code.ops.iter().map(|o| o.path.clone());
-        if let Some((t, _)) = &self.tally {
-            t.answer(paths.zip(texts).collect());
-        }
+        paths.zip(texts).collect()
     }
 
     /// Marks the start (odd) or the end (even) of a call into plugin code, for the watchdog.
@@ -790,8 +796,10 @@ impl Driver {
     #[cold]
     fn migrate(&mut self, g: u64) -> Result<(), String> {
         let new = self.shared.code.load_full();
+        // With the inspector on: the states as the old code left them.
+        let before = self.tally.is_some().then(|| self.state_texts());
         let old = std::mem::replace(&mut self.states, StateSlots::empty());
-        let (states, _reset) = old.migrate(&new).map_err(|e| e.to_string())?;
+        let (states, reset) = old.migrate(&new).map_err(|e| e.to_string())?;
         self.states = states;
         self.generation = g;
         self.host.version.set(new.version);
@@ -807,6 +815,12 @@ impl Driver {
         self.hot = (push_one, env, self.states.as_ptr());
         // The old code is dropped here if nothing else holds it.
         self.code = new;
+        if let Some(before) = before {
+            let after = self.state_texts();
+            if let Some((t, _)) = &self.tally {
+                t.record_migration(self.code.version, &before, &after, &reset);
+            }
+        }
         Ok(())
     }
 

@@ -206,6 +206,35 @@ fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {
         track(&s, "counter|0:map").is_some_and(|t| t["version"].as_u64() >= Some(1)),
         "{s:#}"
     );
+
+    // What the reload did to the scan's state, seen as the thread took the new code: kept,
+    // the same text before and after. Then a seed change resets it: from the total to 100.
+    let change = |s: &Value, version: u64| -> Option<Value> {
+        s["state_changes"]
+            .as_array()?
+            .iter()
+            .find(|c| c["version"] == version && c["path"] == "counter|1:scan")
+            .cloned()
+    };
+    let s = snapshot_until(addr, "the v2 state change", EMISSION_TIMEOUT, |s| {
+        change(s, 2).is_some()
+    })?;
+    let c = change(&s, 2).unwrap_or_default();
+    assert_eq!(c["kept"], true, "{c}");
+    assert!(c["before"].is_string() && c["before"] == c["after"], "{c}");
+    fixture.edit("src/lib.rs", ".scan(0u64", ".scan(100u64");
+    host.wait_reload()?;
+    let s = snapshot_until(addr, "the v3 state change", EMISSION_TIMEOUT, |s| {
+        change(s, 3).is_some()
+    })?;
+    let c = change(&s, 3).unwrap_or_default();
+    assert_eq!(
+        (&c["kept"], &c["after"]),
+        (&Value::Bool(false), &Value::from("100")),
+        "{c}"
+    );
+    let before: u64 = c["before"].as_str().unwrap_or("").parse()?;
+    assert!(before >= 2, "{c}");
     host.stop();
     Ok(())
 }
@@ -421,11 +450,22 @@ fn page_in_chromium() -> anyhow::Result<()> {
         "{marked}"
     );
     page.eval_until(
+        "the scan's state kept across v2 on the rail",
+        "document.querySelector('#rail li.reload[data-version=\"2\"] .details').textContent",
+        EMISSION_TIMEOUT,
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains("state counter|1:scan: ") && t.contains("(kept)"))
+        },
+    )?;
+    page.eval_until(
         "the reload in the event log",
         "document.getElementById('log').textContent",
         EMISSION_TIMEOUT,
         |v| v.as_str().is_some_and(|t| t.contains("reload v2")),
     )?;
+    // Open the tick's details for the person looking at the screenshot.
+    page.eval("document.querySelector('#rail li.reload[data-version=\"2\"]').click()")?;
     page.screenshot(&shots.join("2-reloaded.png"))?;
 
     // A broken build shows cargo's diagnostic over the page; the next good build clears it.

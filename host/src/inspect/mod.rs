@@ -238,6 +238,9 @@ pub struct Snapshot {
     pub build_failed: Option<String>,
     /// The last load failure, until the next good load.
     pub load_failed: Option<String>,
+    /// What each reload did to each stateful operator's state (the last
+    /// [`tally::KEPT_CHANGES`] of each pipeline), by version, then path.
+    pub state_changes: Vec<tally::StateChange>,
 }
 
 /// The inspector's shared parts: what the server reads.
@@ -252,7 +255,9 @@ impl Inspected {
     pub fn snapshot(&self) -> Snapshot {
         let states = self.tallies.states(STATE_WAIT);
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut state_changes = Vec::new();
         for (name, t) in self.tallies.all() {
+            state_changes.extend(t.changes());
             let c = t.counts();
             counts.insert(name, c.source());
             for (path, n) in c.by_path() {
@@ -291,6 +296,10 @@ impl Inspected {
             dropped: BTreeMap::from([("reloads", r.dropped_reloads), ("errors", r.dropped_errors)]),
             build_failed: r.build_failed.clone(),
             load_failed: r.load_failed.clone(),
+            state_changes: {
+                state_changes.sort_by(|a, b| (a.version, &a.path).cmp(&(b.version, &b.path)));
+                state_changes
+            },
         }
     }
 }

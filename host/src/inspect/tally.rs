@@ -18,7 +18,7 @@
 //! `StateVTable::debug`, capped at [`STATE_CAP`] bytes), then wakes the readers. A pipeline
 //! that emits rarely answers late; the reader waits a bounded time and shows the last texts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -30,6 +30,26 @@ use crate::code::PipelineCode;
 
 /// The most bytes of Debug text kept per state.
 pub const STATE_CAP: usize = 256;
+
+/// How many state changes (one per stateful operator per migration) a pipeline keeps.
+pub const KEPT_CHANGES: usize = 256;
+
+/// What taking new code did to one stateful operator's state, seen by its source thread as
+/// it migrated the slots (so `before` is the state the old code left, `after` what the new
+/// code starts from).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StateChange {
+    /// The plugin version the thread moved to.
+    pub version: u64,
+    /// The operator.
+    pub path: String,
+    /// Its state's Debug text before (`None`: the operator is new).
+    pub before: Option<String>,
+    /// Its state's Debug text after.
+    pub after: Option<String>,
+    /// Whether the state was kept (else reset to the seed, or new).
+    pub kept: bool,
+}
 
 /// The emission counters of one version of one pipeline's code.
 #[derive(Debug)]
@@ -103,6 +123,7 @@ pub struct PipelineTally {
     want_state: AtomicBool,
     states: Mutex<StateTexts>,
     answered: Condvar,
+    changes: Mutex<VecDeque<StateChange>>,
 }
 
 impl PipelineTally {
@@ -112,6 +133,7 @@ impl PipelineTally {
             want_state: AtomicBool::new(false),
             states: Mutex::new(StateTexts::default()),
             answered: Condvar::new(),
+            changes: Mutex::default(),
         }
     }
 
@@ -132,6 +154,42 @@ impl PipelineTally {
     #[inline]
     pub(crate) fn wants_state(&self) -> bool {
         self.want_state.load(Ordering::Relaxed)
+    }
+
+    /// The driver's record of a migration to `version`: each stateful operator's state text
+    /// before (by path, from the old code's operators) and after, and the paths whose state
+    /// was not kept.
+    pub(crate) fn record_migration(
+        &self,
+        version: u64,
+        before: &[(String, Option<String>)],
+        after: &[(String, Option<String>)],
+        reset: &[String],
+    ) {
+        let mut changes = lock(&self.changes);
+        for (path, text) in after {
+            if text.is_none() {
+                continue;
+            }
+            if changes.len() == KEPT_CHANGES {
+                changes.pop_front();
+            }
+            changes.push_back(StateChange {
+                version,
+                path: path.clone(),
+                before: before
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .and_then(|(_, t)| t.clone()),
+                after: text.clone(),
+                kept: !reset.contains(path),
+            });
+        }
+    }
+
+    /// The state changes recorded, oldest first.
+    pub fn changes(&self) -> Vec<StateChange> {
+        lock(&self.changes).iter().cloned().collect()
     }
 
     /// The driver's answer: the state texts of its operators.
