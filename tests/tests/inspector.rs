@@ -12,7 +12,8 @@ use host::events::HostEvent;
 use host::testkit::{BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture, Harness};
 use serde_json::Value;
 
-/// `counter` ticks every 5 ms and keeps a running total; `faulty` panics on every third value.
+/// `counter` ticks every 5 ms and keeps a running total; `faulty` panics on every third value;
+/// `scoped` filters inside a keyed scope.
 const PLUGIN: &str = r#"
 use plugin_api::prelude::*;
 
@@ -23,6 +24,9 @@ fn register(p: &mut Plugin) {
         .log();
     p.pipeline("faulty", interval_ms(5))
         .map(|n: u64| if n % 3 == 2 { panic!("boom at {n}") } else { n });
+    p.pipeline("scoped", interval_ms(5))
+        .scope("k", |c| c.map(|n: u64| n).filter(|n: &u64| n % 2 == 0))
+        .map(|n: u64| n + 1);
 }
 
 plugin_api::export_plugin!(register);
@@ -131,6 +135,10 @@ fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {
         "counter|2:log",
         "faulty",
         "faulty|0:map",
+        "scoped|#k:scope",
+        "scoped|#k:scope|0:map",
+        "scoped|#k:scope|1:filter",
+        "scoped|0:map",
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
@@ -162,6 +170,17 @@ fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {
     assert!(
         out < src && out + 1 >= src * 2 / 3,
         "faulty: {src} in, {out} out"
+    );
+
+    // A scope emits what its last operator emits; the filter inside passes the even values.
+    let s = snapshot_until(addr, "the scope's count", EMISSION_TIMEOUT, |s| {
+        emissions(s, "scoped|#k:scope|1:filter") > 1
+    })?;
+    let scope = emissions(&s, "scoped|#k:scope");
+    assert_eq!(scope, emissions(&s, "scoped|#k:scope|1:filter"), "{s:#}");
+    assert!(
+        scope > 0 && scope <= emissions(&s, "scoped|#k:scope|0:map") / 2 + 1,
+        "{s:#}"
     );
 
     // Counts rise.

@@ -259,33 +259,30 @@ impl Inspected {
         for (name, t) in self.tallies.all() {
             state_changes.extend(t.changes());
             let c = t.counts();
+            // A pipeline counts its source's values.
             counts.insert(name, c.source());
-            for (path, n) in c.by_path() {
+            // An operator counts what it emitted; a scope what its last operator emitted:
+            // walking the operators from the last, the first one met inside a scope is it.
+            let ops: Vec<(&str, u64)> = c.by_path().collect();
+            for &(path, n) in ops.iter().rev() {
                 counts.insert(path.to_owned(), n);
+                let mut outer = path;
+                while let Some((parent, _)) = outer.rsplit_once('|') {
+                    counts.entry(parent.to_owned()).or_insert(n);
+                    outer = parent;
+                }
             }
         }
         let r = lock(&self.hub.record);
         let tracks = r
             .tracks
             .iter()
-            .map(|t| {
-                let emissions = counts.get(&t.path).copied().or_else(|| {
-                    // A scope emits what its last operator emits.
-                    let prefix = format!("{}|", t.path);
-                    r.tracks
-                        .iter()
-                        .filter(|u| u.path.starts_with(&prefix))
-                        .rev()
-                        .find_map(|u| counts.get(&u.path))
-                        .copied()
-                });
-                TrackView {
-                    path: t.path.clone(),
-                    kind: t.kind.clone(),
-                    version: t.version,
-                    emissions,
-                    state: states.get(&t.path).cloned().flatten(),
-                }
+            .map(|t| TrackView {
+                path: t.path.clone(),
+                kind: t.kind.clone(),
+                version: t.version,
+                emissions: counts.get(&t.path).copied(),
+                state: states.get(&t.path).cloned().flatten(),
             })
             .collect();
         Snapshot {
