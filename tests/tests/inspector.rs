@@ -439,6 +439,14 @@ fn page_in_chromium() -> anyhow::Result<()> {
         v.as_array()
             .is_some_and(|a| a.iter().any(|p| p == "faulty|0:map"))
     })?;
+    let pinned = r#"(() => { const b = document.querySelector('tr.track[data-path="faulty|0:map"] [data-errors]');
+        return b ? Number(b.dataset.errors) : 0; })()"#;
+    page.eval_until(
+        "the errors pinned to the faulty map",
+        pinned,
+        EMISSION_TIMEOUT,
+        |v| v.as_u64() > Some(0),
+    )?;
     page.screenshot(&shots.join("1-running.png"))?;
 
     // An edit: the new version, its tick on the rail, the swap marks, and the reload in the
