@@ -52,7 +52,7 @@ pub struct Loaded {
 /// Loads `library` as the host does (check, copy, open, header, registration) and returns
 /// its compiled pipelines. Each call registers into a fresh store: for one-off loads only
 /// (reloads go through a `Reloader`, whose reconcile decides what state is kept).
-fn load_codes(
+pub fn load_codes(
     loader: &Loader,
     library: &std::path::Path,
     version: u64,

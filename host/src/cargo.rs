@@ -464,9 +464,9 @@ impl Builder {
         &self.inputs
     }
 
-    /// The inputs of the last successful build whose content changed since it read them: a
-    /// save made between the build and the moment its inputs are watched (the watcher learns
-    /// them from the build) would otherwise be missed.
+    /// The inputs of the last build, if it succeeded, whose content changed since it read
+    /// them: a save made between the build and the moment its inputs are watched (the watcher
+    /// learns them from the build) would otherwise be missed. Empty after a failed build.
     pub fn inputs_changed_since_build(&self) -> Vec<PathBuf> {
         match &self.last_read {
             Some(read) => Sources::read(&self.inputs, Some(read)).changed_since(read),
@@ -481,6 +481,9 @@ impl Builder {
 
     /// Builds the plugin (step 2 to 5 of the module doc).
     pub fn build(&mut self) -> Result<Artifact, BuildError> {
+        // Set again only when this build succeeds: after a failed build, nothing is known to
+        // have been read (and the watches stay those of the last good one).
+        self.last_read = None;
         let target = self.target_dir();
         let sink = self.sink.clone();
         let mut progress = |elapsed: Duration, status: &str| {

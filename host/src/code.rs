@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, SourceDesc, init_status,
-    status,
+    CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn,
+    SourceDesc, debug_status, init_status, status,
 };
 
 use crate::loader::LibVersion;
@@ -38,6 +38,7 @@ pub struct OpCode {
     pub(crate) layout: Layout,
     pub(crate) init: InitFn,
     pub(crate) drop: DropStateFn,
+    pub(crate) debug: DebugStateFn,
 }
 
 impl OpCode {
@@ -71,6 +72,9 @@ pub struct PipelineCode {
     pub(crate) push: PushFn,
     pub(crate) push_one: PushOneFn,
     pub(crate) complete: CompleteFn,
+    pub(crate) push_counted: PushFn,
+    pub(crate) push_one_counted: PushOneFn,
+    pub(crate) complete_counted: CompleteFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
 }
@@ -135,16 +139,22 @@ impl PipelineCode {
         &self.lib
     }
 
-    /// Runs `items` through the chain.
+    /// Runs `items` through the chain; with [`EmitCx::counts`] set, through the entry point
+    /// that counts emissions into it.
     #[inline]
     pub fn push(&self, states: &StateSlots, items: &[u64], cx: &EmitCx) -> Pushed {
         debug_assert_eq!(states.ptrs.len(), self.ops.len());
         let mut consumed = 0usize;
+        let push = if cx.counts.is_null() {
+            self.push
+        } else {
+            self.push_counted
+        };
         // SAFETY: `states` was built for this code's operators by `StateSlots::new` or
         // `migrate` (one initialised slot per operator, fingerprint-checked); `items` and
         // `cx` are valid for the call; the plugin catches every panic before returning.
         let s = unsafe {
-            (self.push)(
+            push(
                 self.env,
                 states.ptrs.as_ptr(),
                 items.as_ptr(),
@@ -166,14 +176,26 @@ impl PipelineCode {
 
     /// The single-value entry point and its closures, for the emission path, which keeps them
     /// at hand instead of reaching through the code for every value (see `Driver::push_one`).
-    pub(crate) fn push_one_raw(&self) -> (PushOneFn, *const std::ffi::c_void) {
-        (self.push_one, self.env)
+    /// `counted`: the entry point that also counts emissions (the inspector's).
+    pub(crate) fn push_one_raw(&self, counted: bool) -> (PushOneFn, *const std::ffi::c_void) {
+        let push_one = if counted {
+            self.push_one_counted
+        } else {
+            self.push_one
+        };
+        (push_one, self.env)
     }
 
-    /// Tells the chain its source completed; false if a user function panicked.
+    /// Tells the chain its source completed; false if a user function panicked. Counts
+    /// emissions when [`EmitCx::counts`] is set.
     pub fn complete(&self, states: &StateSlots, cx: &EmitCx) -> bool {
+        let complete = if cx.counts.is_null() {
+            self.complete
+        } else {
+            self.complete_counted
+        };
         // SAFETY: as in `push`.
-        let s = unsafe { (self.complete)(self.env, states.ptrs.as_ptr(), cx) };
+        let s = unsafe { complete(self.env, states.ptrs.as_ptr(), cx) };
         s != status::PANICKED
     }
 }
@@ -299,6 +321,35 @@ impl StateSlots {
         // Slots not taken drop here, through their own version's drop function.
         drop(old);
         Ok((out, reset))
+    }
+
+    /// The Debug text of each operator's state (`None` for an operator without state), at
+    /// most `cap` bytes each (a cut text ends with `…`). Takes `&mut self`: the plugin reads
+    /// the slots, so no push may run meanwhile, and only the owner of the slots (the thread
+    /// that pushes) can call it.
+    pub fn debug_texts(&mut self, cap: usize) -> Vec<Option<String>> {
+        let mut buf = vec![0u8; cap];
+        self.slots
+            .iter()
+            .map(|slot| {
+                let mut len = 0usize;
+                // SAFETY: the slot holds an initialised value of the operator's state type
+                // (seeded by a fingerprint-equal version, see `Slot`), nothing else touches it
+                // during the call (`&mut self`), `buf` has `cap` writable bytes, and
+                // `slot.lib` keeps the code of `debug` mapped.
+                let status =
+                    unsafe { (slot.op.debug)(slot.ptr.as_ptr(), buf.as_mut_ptr(), cap, &mut len) };
+                let text = || String::from_utf8_lossy(&buf[..len.min(cap)]).into_owned();
+                match status {
+                    debug_status::OK => Some(text()),
+                    debug_status::TRUNCATED => Some(text() + "…"),
+                    debug_status::PANICKED => {
+                        Some(format!("<its Debug panicked after {:?}>", text()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     fn into_slots(mut self) -> Vec<Slot> {

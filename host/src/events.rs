@@ -156,6 +156,11 @@ pub enum HostEvent {
         /// stopped (threads cannot be killed) and keeps running until the host exits.
         retired: bool,
     },
+    /// The inspector (`--inspect`) listens: its page is at `url`.
+    Inspector {
+        /// `http://ADDR/`.
+        url: String,
+    },
     /// A pipeline's source completed (or a `take` completed it).
     Completed {
         /// Pipeline name.
@@ -447,6 +452,7 @@ fn human(event: &HostEvent, running: bool, watching: bool) -> String {
             s.push_str(": output could not keep up");
             s
         }
+        HostEvent::Inspector { url } => format!("inspector: {url}"),
     }
 }
 
@@ -625,6 +631,13 @@ mod tests {
                     ("seconds", "number"),
                     ("retired", "boolean"),
                 ],
+            ),
+            (
+                HostEvent::Inspector {
+                    url: "http://127.0.0.1:7000/".into(),
+                },
+                "inspector",
+                vec![("url", "string")],
             ),
             (
                 HostEvent::Completed {

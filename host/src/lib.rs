@@ -23,6 +23,7 @@
 pub mod cargo;
 pub mod code;
 pub mod events;
+pub mod inspect;
 pub mod loader;
 pub mod output;
 pub mod register;

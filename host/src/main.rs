@@ -71,6 +71,10 @@ struct Cli {
     /// file; a finished save builds after 1 ms
     #[arg(long, value_name = "N", value_parser = milliseconds, default_value_t = DEFAULT_DEBOUNCE.as_millis() as u64)]
     debounce_ms: u64,
+    /// Serve the inspector (a live page and a JSON API) at ADDR, for example
+    /// 127.0.0.1:7000 (port 0 picks a free one)
+    #[arg(long, value_name = "ADDR", value_parser = address)]
+    inspect: Option<std::net::SocketAddr>,
 }
 
 /// The end of `--help`: examples, and the exit statuses from their constants.
@@ -125,6 +129,11 @@ fn milliseconds(s: &str) -> Result<u64, String> {
     s.parse().map_err(|_| "takes milliseconds".to_owned())
 }
 
+fn address(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "takes an address such as 127.0.0.1:7000".to_owned())
+}
+
 impl Cli {
     fn options(&self) -> Options {
         let mut options = Options::new(self.plugin.clone().unwrap_or_else(default_plugin_dir));
@@ -132,6 +141,7 @@ impl Cli {
         options.watch = !self.no_watch;
         options.on_panic = self.on_panic.into();
         options.debounce = Duration::from_millis(self.debounce_ms);
+        options.inspect = self.inspect;
         options
     }
 }

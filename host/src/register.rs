@@ -102,6 +102,9 @@ impl Ctx {
             push: desc.push,
             push_one: desc.push_one,
             complete: desc.complete,
+            push_counted: desc.push_counted,
+            push_one_counted: desc.push_one_counted,
+            complete_counted: desc.complete_counted,
             drop_env: desc.drop_env,
             lib: self.lib.clone(),
         };
@@ -195,6 +198,7 @@ fn op_code(
         layout,
         init: op.state.init,
         drop: op.state.drop,
+        debug: op.state.debug,
     })
 }
 
@@ -560,6 +564,15 @@ mod tests {
         }
     }
 
+    unsafe extern "C" fn debug_nothing(
+        _src: *const u8,
+        _buf: *mut u8,
+        _cap: usize,
+        _len: *mut usize,
+    ) -> u32 {
+        plugin_api::abi::debug_status::NO_STATE
+    }
+
     unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
         true
     }
@@ -646,6 +659,7 @@ mod tests {
                     fingerprint: vtable,
                     init: init_two,
                     drop: drop_nothing,
+                    debug: debug_nothing,
                 },
             };
             let got = op_code(&tracks, std::ptr::null_mut(), index, &op);

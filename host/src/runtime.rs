@@ -25,6 +25,7 @@ use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind};
 
 use crate::code::{PipelineCode, Pushed, StateSlots};
 use crate::events::{HostEvent, Sink, cap_message};
+use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
@@ -87,10 +88,12 @@ struct Shared {
     paths: ArcSwap<Vec<String>>,
     /// Set by the watchdog while the thread has been inside one call for [`STUCK_AFTER`].
     stuck: AtomicBool,
+    /// The inspector's counters and state texts (`--inspect`); `None`: nothing is counted.
+    tally: Option<Arc<PipelineTally>>,
 }
 
 impl Shared {
-    fn new(code: PipelineCode) -> Shared {
+    fn new(code: PipelineCode, tally: Option<Arc<PipelineTally>>) -> Shared {
         let paths = code.ops.iter().map(|o| o.path.clone()).collect();
         Shared {
             generation: AtomicU64::new(0),
@@ -101,6 +104,7 @@ impl Shared {
             op: AtomicU32::new(u32::MAX),
             paths: ArcSwap::from_pointee(paths),
             stuck: AtomicBool::new(false),
+            tally,
         }
     }
 
@@ -189,6 +193,8 @@ pub struct Runtime {
     retired: Vec<(std::sync::Weak<Shared>, JoinHandle<()>)>,
     spawner: Spawner,
     watchdog: Watchdog,
+    /// The inspector's tallies (`--inspect`), handed to every pipeline started.
+    tallies: Option<Arc<Tallies>>,
 }
 
 /// A thread that reports source threads stuck inside one call into plugin code.
@@ -359,7 +365,14 @@ impl Runtime {
             pipelines: BTreeMap::new(),
             retired: Vec::new(),
             spawner: spawn_source_thread,
+            tallies: None,
         }
+    }
+
+    /// Counts emissions and answers state requests into `tallies` in every pipeline started
+    /// from now on (the inspector's; see [`crate::inspect::tally`]).
+    pub fn set_tallies(&mut self, tallies: Arc<Tallies>) {
+        self.tallies = Some(tallies);
     }
 
     /// Replaces how source threads are started (tests use it to make a start fail).
@@ -421,10 +434,13 @@ impl Runtime {
     fn start(&mut self, code: PipelineCode) {
         let name = code.name.clone();
         let source = code.source;
+        let tally = self.tallies.as_ref().map(|t| t.pipeline(&name));
         self.pipelines.insert(
             name,
             Running {
-                publisher: Publisher::new(code),
+                publisher: Publisher {
+                    shared: Arc::new(Shared::new(code, tally)),
+                },
                 thread: None,
                 source,
                 waiting: true,
@@ -631,7 +647,15 @@ impl Publisher {
     /// A pipeline whose first code is `code`; pair it with a [`Driver`].
     pub fn new(code: PipelineCode) -> Publisher {
         Publisher {
-            shared: Arc::new(Shared::new(code)),
+            shared: Arc::new(Shared::new(code, None)),
+        }
+    }
+
+    /// A pipeline whose drivers count emissions and answer state requests into `tally` (as
+    /// with `--inspect`).
+    pub fn inspected(code: PipelineCode, tally: Arc<PipelineTally>) -> Publisher {
+        Publisher {
+            shared: Arc::new(Shared::new(code, Some(tally))),
         }
     }
 
@@ -667,6 +691,9 @@ pub struct Driver {
     cx: EmitCx,
     /// Calls into plugin code begun plus finished (mirrored to `shared.calls`).
     calls: u64,
+    /// With the inspector on: its tally, and the counters `cx.counts` points into (held here
+    /// so the pointer stays valid).
+    tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -690,15 +717,21 @@ impl Driver {
             paths: RefCell::new(code.ops.iter().map(|o| o.path.clone()).collect()),
             sink,
         });
+        let tally = shared.tally.clone().map(|t| {
+            let counts = t.counts_for(&code);
+            (t, counts)
+        });
         let cx = EmitCx {
             host: Rc::as_ptr(&host).cast_mut().cast::<c_void>(),
             log: cb_log,
             error: cb_error,
             // `shared` is held by the driver, so the pointer outlives every call.
             current_op: &raw const shared.op,
+            // Held by the driver (`tally`) and replaced only with the code, in `migrate`.
+            counts: tally.as_ref().map_or(std::ptr::null(), |(_, c)| c.as_ptr()),
         };
         shared.paths.store(Arc::new(host.paths.borrow().clone()));
-        let (push_one, env) = code.push_one_raw();
+        let (push_one, env) = code.push_one_raw(tally.is_some());
         let calls = shared.calls.load(Ordering::Relaxed);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
@@ -709,7 +742,35 @@ impl Driver {
             host,
             cx,
             calls,
+            tally,
         })
+    }
+
+    /// With the inspector on, answers a pending request for the state texts. Called after
+    /// each call into the plugin, on the thread that owns the slots: the only place where
+    /// reading them cannot race a push. Without the inspector: one predictable branch.
+    #[inline(always)]
+    fn after_call(&mut self) {
+        if let Some((t, _)) = &self.tally
+            && t.wants_state()
+        {
+            self.answer_state();
+        }
+    }
+
+    #[cold]
+    fn answer_state(&mut self) {
+        let texts = self.state_texts();
+        if let Some((t, _)) = &self.tally {
+            t.answer(texts);
+        }
+    }
+
+    /// Each operator's path and its state's Debug text, read here, on the owning thread.
+    fn state_texts(&mut self) -> Vec<(String, Option<String>)> {
+        let texts = self.states.debug_texts(STATE_CAP);
+        let paths = self.code.ops.iter().map(|o| o.path.clone());
+        paths.zip(texts).collect()
     }
 
     /// Marks the start (odd) or the end (even) of a call into plugin code, for the watchdog.
@@ -739,8 +800,10 @@ impl Driver {
     #[cold]
     fn migrate(&mut self, g: u64) -> Result<(), String> {
         let new = self.shared.code.load_full();
+        // With the inspector on: the states as the old code left them.
+        let before = self.tally.is_some().then(|| self.state_texts());
         let old = std::mem::replace(&mut self.states, StateSlots::empty());
-        let (states, _reset) = old.migrate(&new).map_err(|e| e.to_string())?;
+        let (states, reset) = old.migrate(&new).map_err(|e| e.to_string())?;
         self.states = states;
         self.generation = g;
         self.host.version.set(new.version);
@@ -748,10 +811,20 @@ impl Driver {
         self.shared
             .paths
             .store(Arc::new(self.host.paths.borrow().clone()));
-        let (push_one, env) = new.push_one_raw();
+        if let Some((t, counts)) = &mut self.tally {
+            *counts = t.counts_for(&new);
+            self.cx.counts = counts.as_ptr();
+        }
+        let (push_one, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (push_one, env, self.states.as_ptr());
         // The old code is dropped here if nothing else holds it.
         self.code = new;
+        if let Some(before) = before {
+            let after = self.state_texts();
+            if let Some((t, _)) = &self.tally {
+                t.record_migration(self.code.version, &before, &after, &reset);
+            }
+        }
         Ok(())
     }
 
@@ -767,6 +840,7 @@ impl Driver {
             .refresh()
             .map(|()| self.code.push(&self.states, items, &self.cx));
         self.mark_call();
+        self.after_call();
         r
     }
 
@@ -783,6 +857,7 @@ impl Driver {
             Pushed::from_one(s)
         });
         self.mark_call();
+        self.after_call();
         r
     }
 
@@ -793,6 +868,10 @@ impl Driver {
             .refresh()
             .map(|()| self.code.complete(&self.states, &self.cx));
         self.mark_call();
+        if self.tally.is_some() {
+            // The last word of a completed pipeline: its final states stay readable.
+            self.answer_state();
+        }
         r
     }
 

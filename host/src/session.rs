@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::cargo::{BuildConfig, Canceller};
 use crate::events::Sink;
+use crate::inspect::Inspector;
 use crate::reloader::{Outcome, Reloader, plugin_manifest};
 use crate::runtime::PanicPolicy;
 use crate::watch::{DEFAULT_DEBOUNCE, Msg, Watch, dev_loop, plan_for};
@@ -32,6 +33,8 @@ pub struct Options {
     /// How long a plugin's `register` may run before the load fails
     /// ([`crate::register::REGISTER_DEADLINE`]).
     pub register_deadline: Duration,
+    /// Serve the inspector there (`--inspect`); `None`: no inspector, nothing counted.
+    pub inspect: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -45,6 +48,19 @@ impl Options {
             debounce: DEFAULT_DEBOUNCE,
             target_dir: None,
             register_deadline: crate::register::REGISTER_DEADLINE,
+            inspect: None,
+        }
+    }
+
+    /// Starts the inspector if asked for: the sink to report through (the inspector's, in
+    /// front of `sink`) and the inspector, which lives as long as it is held.
+    fn inspector(&self, sink: Sink) -> anyhow::Result<(Sink, Option<Inspector>)> {
+        match self.inspect {
+            Some(addr) => {
+                let inspector = Inspector::start(addr, sink)?;
+                Ok((inspector.sink(), Some(inspector)))
+            }
+            None => Ok((sink, None)),
         }
     }
 
@@ -65,7 +81,11 @@ impl Options {
 /// Loads the plugin once and runs it until every pipeline has completed (`--no-watch`).
 /// Returns false when the first build or load failed.
 pub fn run_once(options: &Options, sink: Sink) -> anyhow::Result<bool> {
+    let (sink, inspector) = options.inspector(sink)?;
     let mut reloader = options.reloader(sink)?;
+    if let Some(i) = &inspector {
+        reloader.runtime().set_tallies(i.tallies());
+    }
     if !matches!(reloader.reload(), Outcome::Loaded { .. }) {
         return Ok(false);
     }
@@ -79,12 +99,17 @@ pub struct Session {
     tx: Sender<Msg>,
     thread: Option<JoinHandle<Reloader>>,
     builds: Canceller,
+    inspector: Option<Inspector>,
 }
 
 impl Session {
     /// Starts watching, then builds and loads the first version on the session's thread.
     pub fn start(options: &Options, sink: Sink) -> anyhow::Result<Session> {
+        let (sink, inspector) = options.inspector(sink)?;
         let mut reloader = options.reloader(sink.clone())?;
+        if let Some(i) = &inspector {
+            reloader.runtime().set_tallies(i.tallies());
+        }
         let (tx, rx) = channel();
         let mut watch = Watch::start(tx.clone(), sink)?;
         // Before the first build: the plugin's directory and sources, not cargo's target
@@ -113,7 +138,13 @@ impl Session {
             tx,
             thread: Some(thread),
             builds,
+            inspector,
         })
+    }
+
+    /// The inspector, when started with [`Options::inspect`].
+    pub fn inspector(&self) -> Option<&Inspector> {
+        self.inspector.as_ref()
     }
 
     /// Waits for the reloader (it runs until [`Session::stop`] or a [`Stopper`]). An error

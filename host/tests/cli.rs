@@ -38,6 +38,9 @@ fn bad_command_lines_fail_with_one_clear_message() {
     let file = scratch.path().join("a-file");
     std::fs::write(&file, "").unwrap();
 
+    // A port in use: the inspector cannot listen there.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap();
     let s = |p: &std::path::Path| p.display().to_string();
     let cases: Vec<(Vec<String>, String)> = vec![
         (
@@ -102,6 +105,14 @@ fn bad_command_lines_fail_with_one_clear_message() {
             vec!["--json=false".into()],
             "--json takes no value, not `false`".into(),
         ),
+        (
+            vec!["--inspect".into(), "localhost".into()],
+            "--inspect takes an address such as 127.0.0.1:7000, not `localhost`".into(),
+        ),
+        (
+            vec!["--inspect".into(), taken.to_string()],
+            format!("cannot listen on {taken} for --inspect"),
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -133,6 +144,7 @@ fn help_and_version_print_and_exit_zero() {
         "--plugin <DIR>",
         "--release",
         "--no-watch",
+        "--inspect <ADDR>",
         "--json",
         "--on-panic <MODE>",
         "drop:",

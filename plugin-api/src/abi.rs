@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -167,6 +167,12 @@ pub struct EmitCx {
     /// in), on the single-value paths (`push_one`, `complete`); the batch path (`push`) leaves
     /// it alone. Never null; valid for the call.
     pub current_op: *const core::sync::atomic::AtomicU32,
+    /// Emission counters for the inspector, or null: cell 0 counts the source values the
+    /// chain took, cell `1 + op` the values operator `op` emitted. Only the counting entry
+    /// points ([`PipelineDesc::push_counted`], ...) touch them, with relaxed loads and stores
+    /// (one writer: the thread calling); the host passes a null pointer to the others.
+    /// Valid for the call, with one cell per operator plus one.
+    pub counts: *const core::sync::atomic::AtomicU64,
 }
 
 /// Run the chain on `n` source values.
@@ -218,6 +224,24 @@ pub type InitFn = unsafe extern "C" fn(env: *const c_void, op: u32, dst: *mut u8
 /// Drop the state value at `dst` in place; returns false if its drop panicked.
 pub type DropStateFn = unsafe extern "C" fn(dst: *mut u8) -> bool;
 
+/// Values returned by [`DebugStateFn`].
+pub mod debug_status {
+    /// The whole Debug text was written.
+    pub const OK: u32 = 0;
+    /// The text did not fit: the first bytes were written, cut at a character boundary.
+    pub const TRUNCATED: u32 = 1;
+    /// The state's `Debug` panicked; `*len` bytes were written before it did.
+    pub const PANICKED: u32 = 2;
+    /// The operator keeps no state; nothing was written.
+    pub const NO_STATE: u32 = 3;
+}
+
+/// Write the Debug text of the state value at `src` into `buf` (at most `cap` bytes of
+/// UTF-8) and its length into `*len`; returns a [`debug_status`]. The host calls it only on
+/// the thread that owns the slot, between two calls that run the chain.
+pub type DebugStateFn =
+    unsafe extern "C" fn(src: *const u8, buf: *mut u8, cap: usize, len: *mut usize) -> u32;
+
 /// Drop a pipeline's closures (`env`).
 pub type DropEnvFn = unsafe extern "C" fn(env: *mut c_void);
 
@@ -232,6 +256,8 @@ pub struct StateVTable {
     pub init: InitFn,
     /// Drops a state value.
     pub drop: DropStateFn,
+    /// Writes a state value's Debug text (the inspector shows it).
+    pub debug: DebugStateFn,
 }
 
 /// One operator of a pipeline, in chain order.
@@ -264,6 +290,12 @@ pub struct PipelineDesc {
     pub push_one: PushOneFn,
     /// Signals completion.
     pub complete: CompleteFn,
+    /// [`PipelineDesc::push`], also counting emissions into [`EmitCx::counts`].
+    pub push_counted: PushFn,
+    /// [`PipelineDesc::push_one`], also counting emissions into [`EmitCx::counts`].
+    pub push_one_counted: PushOneFn,
+    /// [`PipelineDesc::complete`], also counting emissions into [`EmitCx::counts`].
+    pub complete_counted: CompleteFn,
     /// Frees `env`.
     pub drop_env: DropEnvFn,
     /// `n_ops` operator descriptions, valid for the duration of the call.

@@ -22,8 +22,8 @@ use core::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
-    EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature, RStr, SourceDesc, StateVTable,
-    init_status, source_kind, status,
+    DebugStateFn, DropStateFn, EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature,
+    RStr, SourceDesc, StateVTable, debug_status, init_status, source_kind, status,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -200,14 +200,63 @@ impl Cx<'_> {
     }
 }
 
+/// The operator number [`Tally::count`] takes for the source's values.
+const SOURCE: u32 = u32::MAX;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Whether a compiled chain counts emissions: [`Silent`] (the plain entry points, no cost) or
+/// [`Counted`] (the inspector's entry points, one relaxed load and store per emission).
+pub trait Tally: sealed::Sealed + 'static {
+    /// Notes one value emitted by operator `op` (or taken from the source, [`SOURCE`]).
+    fn count(cx: &Cx<'_>, op: u32);
+}
+
+/// Counts nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Silent;
+
+/// Counts into [`EmitCx::counts`].
+#[derive(Clone, Copy, Debug)]
+pub struct Counted;
+
+impl sealed::Sealed for Silent {}
+impl sealed::Sealed for Counted {}
+
+impl Tally for Silent {
+    #[inline(always)]
+    fn count(_cx: &Cx<'_>, _op: u32) {}
+}
+
+impl Tally for Counted {
+    #[inline(always)]
+    fn count(cx: &Cx<'_>, op: u32) {
+        use core::sync::atomic::Ordering::Relaxed;
+        let counts = cx.emit.counts;
+        if counts.is_null() {
+            return;
+        }
+        // The source's cell is 0, operator `op`'s is `op + 1` (wrapping maps SOURCE to 0).
+        let cell = op.wrapping_add(1) as usize;
+        // SAFETY: the host passes one cell per operator plus one with the counting entry
+        // points, valid for the call (`EmitCx::counts`); `op` is an operator of this chain.
+        let c = unsafe { &*counts.add(cell) };
+        // One writer (this thread): a load and a store, no read-modify-write instruction.
+        c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+}
+
 /// A chain of operators from the `u64` source to `Out`, monomorphised into one type.
 pub trait Stage: Send + Sync + 'static {
     /// The type of the values the chain emits.
     type Out;
-    /// Runs one source value through the chain, calling `k` for each value it emits.
-    fn push<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow;
+    /// Runs one source value through the chain, calling `k` for each value it emits; `C`
+    /// counts each operator's emissions (or, [`Silent`], does nothing).
+    fn push<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow;
     /// Completes the chain, flushing what operators hold (a `reduce` emits here).
-    fn complete<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
+    fn complete<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
     /// Writes the seed state of operator `op` into `dst`; returns false, writing nothing, when
     /// the chain has no operator `op`. A null `dst` only asks whether operator `op` exists.
     ///
@@ -243,11 +292,12 @@ pub struct Root;
 impl Stage for Root {
     type Out = u64;
     #[inline(always)]
-    fn push<K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
+    fn push<C: Tally, K: FnMut(u64) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
+        C::count(cx, SOURCE);
         k(x)
     }
     #[inline(always)]
-    fn complete<K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+    fn complete<C: Tally, K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
         Flow::Continue
     }
     unsafe fn init(&self, _op: u32, _dst: *mut u8) -> bool {
@@ -263,15 +313,26 @@ pub struct Then<S, O>(S, O);
 impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
     type Out = O::Out;
     #[inline(always)]
-    fn push<K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
+    fn push<C: Tally, K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
         let o = &self.1;
-        self.0.push(cx, x, &mut |y| o.push(cx, y, k))
+        let mut counted = |z: O::Out| {
+            C::count(cx, o.index());
+            k(z)
+        };
+        self.0
+            .push::<C, _>(cx, x, &mut |y| o.push(cx, y, &mut counted))
     }
     #[inline(always)]
-    fn complete<K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+    fn complete<C: Tally, K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
         let o = &self.1;
-        let upstream = self.0.complete(cx, &mut |y| o.push(cx, y, k));
-        let own = o.complete(cx, k);
+        let mut counted = |z: O::Out| {
+            C::count(cx, o.index());
+            k(z)
+        };
+        let upstream = self
+            .0
+            .complete::<C, _>(cx, &mut |y| o.push(cx, y, &mut counted));
+        let own = o.complete(cx, &mut counted);
         if upstream == Flow::Complete || own == Flow::Complete {
             Flow::Complete
         } else {
@@ -683,7 +744,8 @@ struct OpInfo {
     track: u64,
     kind: &'static str,
     state: RFingerprint,
-    drop: crate::abi::DropStateFn,
+    drop: DropStateFn,
+    debug: DebugStateFn,
 }
 
 struct Inner<S> {
@@ -773,6 +835,86 @@ unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
     true
 }
 
+unsafe extern "C" fn debug_nothing(
+    _src: *const u8,
+    _buf: *mut u8,
+    _cap: usize,
+    len: *mut usize,
+) -> u32 {
+    // SAFETY: the host passes a writable `len`.
+    unsafe { *len = 0 };
+    debug_status::NO_STATE
+}
+
+/// A state's fingerprint, drop glue and Debug writer.
+type StateFns = (RFingerprint, DropStateFn, DebugStateFn);
+
+fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
+    (
+        fingerprint::of_state::<A>(),
+        drop_state::<A> as DropStateFn,
+        debug_state::<A> as DebugStateFn,
+    )
+}
+
+unsafe extern "C" fn debug_state<A: fmt::Debug>(
+    src: *const u8,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> u32 {
+    /// Writes into the host's buffer; stops the formatting (an error) once it is full, so a
+    /// huge state costs no more than `cap` bytes of formatting.
+    struct Capped<'b> {
+        buf: &'b mut [u8],
+        len: usize,
+        full: bool,
+    }
+    impl fmt::Write for Capped<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = self.buf.len() - self.len;
+            let mut n = s.len().min(room);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            if n < s.len() {
+                self.full = true;
+                return Err(fmt::Error);
+            }
+            Ok(())
+        }
+    }
+    let out: &mut [u8] = if cap == 0 || buf.is_null() {
+        &mut []
+    } else {
+        // SAFETY: the host passes `cap` writable bytes at `buf`.
+        unsafe { core::slice::from_raw_parts_mut(buf, cap) }
+    };
+    let mut w = Capped {
+        buf: out,
+        len: 0,
+        full: false,
+    };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host calls this only on a slot holding an initialised `A` that nothing
+        // mutates during the call (on the thread that owns it, between two pushes).
+        let value = unsafe { &*src.cast::<A>() };
+        let _ = fmt::write(&mut w, format_args!("{value:?}"));
+    }));
+    let panicked = contained(run).is_none();
+    // SAFETY: the host passes a writable `len`.
+    unsafe { *len = w.len };
+    if panicked {
+        debug_status::PANICKED
+    } else if w.full {
+        debug_status::TRUNCATED
+    } else {
+        debug_status::OK
+    }
+}
+
 impl<'p, S: Stage> Chain<'p, S> {
     fn inner(&mut self) -> Inner<S> {
         self.inner
@@ -784,10 +926,11 @@ impl<'p, S: Stage> Chain<'p, S> {
     fn track_op<In: 'static, Out: 'static>(
         &mut self,
         kind: &'static str,
-        state: Option<(RFingerprint, crate::abi::DropStateFn)>,
+        state: Option<StateFns>,
         seed: Option<&str>,
     ) -> u32 {
-        let (state_fp, drop) = state.unwrap_or((fingerprint::NONE, drop_nothing));
+        let (state_fp, drop, debug) =
+            state.unwrap_or((fingerprint::NONE, drop_nothing, debug_nothing));
         let signature = RSignature {
             input: fingerprint::of::<In>(),
             output: fingerprint::of::<Out>(),
@@ -808,6 +951,7 @@ impl<'p, S: Stage> Chain<'p, S> {
             kind,
             state: state_fp,
             drop,
+            debug,
         });
         index
     }
@@ -868,16 +1012,8 @@ impl<'p, S: Stage> Chain<'p, S> {
 
     /// The state signature of an accumulating operator: `A`'s fingerprint and drop glue,
     /// and the seed's Debug text.
-    fn accumulator<A: Shape + fmt::Debug>(
-        seed: &A,
-    ) -> ((RFingerprint, crate::abi::DropStateFn), String) {
-        (
-            (
-                fingerprint::of_state::<A>(),
-                drop_state::<A> as crate::abi::DropStateFn,
-            ),
-            format!("{seed:?}"),
-        )
+    fn accumulator<A: Shape + fmt::Debug>(seed: &A) -> (StateFns, String) {
+        (state_fns::<A>(), format!("{seed:?}"))
     }
 
     /// Folds each value into an accumulator kept by the host and emits every new one.
@@ -950,11 +1086,8 @@ impl<'p, S: Stage> Chain<'p, S> {
     /// Passes the first `n` values, then completes the pipeline.
     pub fn take(mut self, n: u64) -> Next<'p, S, Take<S::Out>> {
         let seed_text = format!("{n}");
-        let state = (
-            fingerprint::of_state::<u64>(),
-            drop_state::<u64> as crate::abi::DropStateFn,
-        );
-        let op = self.track_op::<S::Out, S::Out>("take", Some(state), Some(&seed_text));
+        let op =
+            self.track_op::<S::Out, S::Out>("take", Some(state_fns::<u64>()), Some(&seed_text));
         self.then(Take {
             n,
             op,
@@ -1012,6 +1145,7 @@ impl<'p, S: Stage> Chain<'p, S> {
                     fingerprint: o.state,
                     init: init_entry::<S>,
                     drop: o.drop,
+                    debug: o.debug,
                 },
             })
             .collect();
@@ -1022,9 +1156,12 @@ impl<'p, S: Stage> Chain<'p, S> {
             track: inner.track,
             source: inner.source,
             env: env.cast::<c_void>(),
-            push: push_entry::<S>,
-            push_one: push_one_entry::<S>,
-            complete: complete_entry::<S>,
+            push: push_entry::<S, Silent>,
+            push_one: push_one_entry::<S, Silent>,
+            complete: complete_entry::<S, Silent>,
+            push_counted: push_entry::<S, Counted>,
+            push_one_counted: push_one_entry::<S, Counted>,
+            complete_counted: complete_entry::<S, Counted>,
             drop_env: drop_env_entry::<S>,
             ops: ops.as_ptr(),
             n_ops,
@@ -1100,7 +1237,7 @@ fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
     status::PANICKED
 }
 
-unsafe extern "C" fn push_entry<S: Stage>(
+unsafe extern "C" fn push_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
     items: *const u64,
@@ -1121,7 +1258,7 @@ unsafe extern "C" fn push_entry<S: Stage>(
         let mut sink = |_out: S::Out| Flow::Continue;
         for (i, &x) in items.iter().enumerate() {
             position.set(i);
-            if env.stage.push(&cx, x, &mut sink) == Flow::Complete {
+            if env.stage.push::<C, _>(&cx, x, &mut sink) == Flow::Complete {
                 return status::COMPLETE;
             }
         }
@@ -1142,7 +1279,7 @@ unsafe extern "C" fn push_entry<S: Stage>(
     }
 }
 
-unsafe extern "C" fn push_one_entry<S: Stage>(
+unsafe extern "C" fn push_one_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
     x: u64,
@@ -1151,7 +1288,8 @@ unsafe extern "C" fn push_one_entry<S: Stage>(
     // SAFETY: the host passes the arguments `PushOneFn` documents.
     let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
-        env.stage.push(&cx, x, &mut |_out: S::Out| Flow::Continue)
+        env.stage
+            .push::<C, _>(&cx, x, &mut |_out: S::Out| Flow::Continue)
     }));
     match run {
         Ok(Flow::Continue) => status::CONTINUE,
@@ -1160,7 +1298,7 @@ unsafe extern "C" fn push_one_entry<S: Stage>(
     }
 }
 
-unsafe extern "C" fn complete_entry<S: Stage>(
+unsafe extern "C" fn complete_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
     cx: *const EmitCx,
@@ -1169,7 +1307,7 @@ unsafe extern "C" fn complete_entry<S: Stage>(
     let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
         let mut sink = |_out: S::Out| Flow::Continue;
-        match env.stage.complete(&cx, &mut sink) {
+        match env.stage.complete::<C, _>(&cx, &mut sink) {
             Flow::Continue => status::CONTINUE,
             Flow::Complete => status::COMPLETE,
         }

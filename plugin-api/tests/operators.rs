@@ -207,6 +207,7 @@ impl Running {
             log: on_log,
             error: on_error,
             current_op: &raw const sink.current_op,
+            counts: std::ptr::null(),
         };
         Running { p, slots, sink, cx }
     }
@@ -574,5 +575,94 @@ fn state_vtables_match_the_announced_signatures() {
         }
         // SAFETY: freed once.
         unsafe { (p.desc.drop_env)(p.env) };
+    }
+}
+
+fn counting_chain(p: &mut Plugin<'_>) {
+    p.pipeline("p", range(0, 100))
+        .map(|x: u64| x * 2)
+        .filter(|x: &u64| x.is_multiple_of(3))
+        .take(4)
+        .reduce(0u64, |a: u64, x: u64| a + x)
+        .log();
+}
+
+/// The counting entry points count what each operator emitted (cell `1 + op`) and the source
+/// values taken (cell 0); the plain ones count nothing, even with cells to count into.
+#[test]
+fn counting_entry_points_count_each_operators_emissions() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // (how, cells: source, map, filter, take, reduce, log)
+    let cases: [(&str, [u64; 6]); 3] = [
+        ("plain batch", [0; 6]),
+        ("counted batch", [10, 10, 4, 4, 1, 1]),
+        ("counted one by one", [10, 10, 4, 4, 1, 1]),
+    ];
+    for (how, expected) in cases {
+        let mut run = only_pipeline(register(counting_chain));
+        let cells: Vec<AtomicU64> = (0..6).map(|_| AtomicU64::new(0)).collect();
+        run.cx.counts = cells.as_ptr();
+        let ptrs = run.ptrs();
+        let values: Vec<u64> = (0..20).collect();
+        let (push, complete) = match how {
+            "plain batch" => (run.p.desc.push, run.p.desc.complete),
+            _ => (run.p.desc.push_counted, run.p.desc.complete_counted),
+        };
+        if how == "counted one by one" {
+            for &x in &values {
+                // SAFETY: one seeded slot per operator, a valid context and counts.
+                let s =
+                    unsafe { (run.p.desc.push_one_counted)(run.p.env, ptrs.as_ptr(), x, &run.cx) };
+                if s == status::COMPLETE {
+                    break;
+                }
+            }
+        } else {
+            let mut consumed = 0;
+            // SAFETY: as above.
+            let s = unsafe {
+                push(
+                    run.p.env,
+                    ptrs.as_ptr(),
+                    values.as_ptr(),
+                    values.len(),
+                    &run.cx,
+                    &mut consumed,
+                )
+            };
+            assert_eq!((s, consumed), (status::COMPLETE, 10), "{how}");
+        }
+        // SAFETY: as above.
+        unsafe { complete(run.p.env, ptrs.as_ptr(), &run.cx) };
+        let got: Vec<u64> = cells.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(got, expected, "{how}");
+        // The chain ran the same either way: 0 + 6 + 12 + 18.
+        assert_eq!(run.logs(), ["36"], "{how}");
+        run.cx.counts = std::ptr::null();
+    }
+}
+
+/// A state's Debug text through its vtable: whole, cut to the buffer at a character boundary,
+/// or absent for an operator without state.
+#[test]
+fn state_debug_text_is_written_capped() {
+    use plugin_api::abi::debug_status;
+    let run = only_pipeline(register(scan_counted));
+    assert_eq!(run.push(&[1, 2, 3]).0, status::CONTINUE);
+    // (operator, buffer size, status, text)
+    let cases = [
+        (0, 64, debug_status::OK, "3:6"),
+        (0, 2, debug_status::TRUNCATED, "3:"),
+        (0, 0, debug_status::TRUNCATED, ""),
+        (1, 64, debug_status::NO_STATE, ""),
+    ];
+    for (op, cap, expected, text) in cases {
+        let mut buf = vec![0u8; cap];
+        let mut len = usize::MAX;
+        let vtable = &run.p.ops[op].state;
+        // SAFETY: the slot holds the operator's seeded state; `buf` has `cap` bytes.
+        let s = unsafe { (vtable.debug)(run.slots[op].0, buf.as_mut_ptr(), cap, &mut len) };
+        assert_eq!(s, expected, "op {op}, cap {cap}");
+        assert_eq!(&buf[..len], text.as_bytes(), "op {op}, cap {cap}");
     }
 }

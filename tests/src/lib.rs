@@ -1,6 +1,8 @@
 //! Fixtures and expectation helpers shared by the integration tests in `tests/`; the host's
 //! test kit (`host::testkit`) does the driving.
 
+pub mod cdp;
+
 use host::events::{HostEvent, TrackInfo};
 
 /// A counter whose running total makes lost, repeated or reset state visible: every value

@@ -333,3 +333,16 @@ fn a_save_before_the_watch_is_in_place_is_found_by_content() -> anyhow::Result<(
     assert_eq!(builder.inputs_changed_since_build(), vec![lib_rs]);
     Ok(())
 }
+
+/// After a failed build nothing is reported changed: the broken file is what that build read
+/// (a rebuild of it would fail again, and the person's next save is seen by the watcher).
+#[test]
+fn after_a_failed_build_nothing_is_reported_changed() -> anyhow::Result<()> {
+    let fixture = Fixture::new("changed_after_failure", integration_tests::COUNTER);
+    let mut builder = host::cargo::Builder::new(fixture.build_config(false)?, None);
+    builder.build()?;
+    fixture.edit("src/lib.rs", "acc + n)", "acc + n +)");
+    assert!(builder.build().is_err(), "the edit breaks the build");
+    assert_eq!(builder.inputs_changed_since_build(), Vec::<PathBuf>::new());
+    Ok(())
+}

@@ -1,0 +1,657 @@
+//! The inspector (`--inspect ADDR`): a read-only page and JSON API served by the host.
+//!
+//! - `GET /`: the page ([`PAGE`], plain HTML, CSS and JS compiled into the binary);
+//! - `GET /api/snapshot`: version, tracks with their emission counts and state texts, the
+//!   `reload` and `error` events, the build failure showing (if any);
+//! - `GET /api/events`: the `--json` events as server-sent events.
+//!
+//! Plain `std::net`: one thread accepts, one thread serves each connection (at most
+//! [`MAX_CONNECTIONS`] at once). Nothing here can change the running host. A request whose
+//! `Host` header is not `127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT` or the address it
+//! listens on gets 403, so a page of another origin cannot read it through DNS rebinding.
+//!
+//! Events reach the inspector through [`Hub`], a sink wrapped around the host's own: it keeps
+//! the last version's tracks, the last [`KEPT_EVENTS`] reloads and errors, and the build
+//! failure showing, and hands every event to each event-stream client through a bounded queue
+//! ([`CLIENT_QUEUE`]). A slow or stuck client loses events (counted, and told in the stream)
+//! and never slows the thread that reports them. Counts and states come from
+//! [`tally::Tallies`], written by the source threads.
+
+pub mod tally;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::events::{EventSink, HostEvent, Sink, TrackInfo};
+use tally::Tallies;
+
+/// The page, compiled in.
+pub const PAGE: &str = include_str!("page.html");
+
+/// How many `reload` and `error` events the snapshot keeps (older ones are dropped and
+/// counted).
+pub const KEPT_EVENTS: usize = 256;
+
+/// How many events wait for one event-stream client before newer ones are dropped for it.
+pub const CLIENT_QUEUE: usize = 1024;
+
+/// Connections served at once; more are answered 503 and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a snapshot waits for the source threads to report their states.
+pub const STATE_WAIT: Duration = Duration::from_millis(100);
+
+/// How long a write to a client may block before the client is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an idle event stream sends a comment (so a gone client is noticed).
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the inspector remembers of the events.
+#[derive(Debug, Default)]
+struct Record {
+    version: u64,
+    tracks: Vec<TrackInfo>,
+    reloads: VecDeque<HostEvent>,
+    errors: VecDeque<HostEvent>,
+    dropped_reloads: u64,
+    dropped_errors: u64,
+    /// cargo's rendered diagnostic, from the last build if it failed.
+    build_failed: Option<String>,
+    /// The last load failure, until the next good load.
+    load_failed: Option<String>,
+}
+
+fn push_bounded(q: &mut VecDeque<HostEvent>, e: HostEvent, dropped: &mut u64) {
+    if q.len() == KEPT_EVENTS {
+        q.pop_front();
+        *dropped += 1;
+    }
+    q.push_back(e);
+}
+
+struct Client {
+    tx: SyncSender<Arc<str>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The sink the host reports through when the inspector is on: records what the snapshot
+/// shows, feeds event-stream clients, then hands the event to the host's own sink.
+pub struct Hub {
+    inner: Sink,
+    record: Mutex<Record>,
+    clients: Mutex<Vec<Client>>,
+    /// `clients.len()`, read without the lock: with no client, an event costs no encoding.
+    n_clients: AtomicUsize,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("clients", &self.n_clients.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub in front of `inner`.
+    pub fn new(inner: Sink) -> Hub {
+        Hub {
+            inner,
+            record: Mutex::default(),
+            clients: Mutex::default(),
+            n_clients: AtomicUsize::new(0),
+        }
+    }
+
+    fn remember(&self, event: &HostEvent) {
+        if matches!(
+            event,
+            HostEvent::Emission { .. }
+                | HostEvent::Stuck { .. }
+                | HostEvent::Completed { .. }
+                | HostEvent::Inspector { .. }
+        ) {
+            // Not recorded: an emission (the most frequent event) takes no lock here.
+            return;
+        }
+        let mut r = lock(&self.record);
+        match event {
+            HostEvent::Loaded {
+                version, tracks, ..
+            } => {
+                r.version = *version;
+                r.tracks = tracks.clone();
+                r.build_failed = None;
+                r.load_failed = None;
+            }
+            HostEvent::Reload {
+                version, tracks, ..
+            } => {
+                r.version = *version;
+                r.tracks = tracks.clone();
+                r.build_failed = None;
+                r.load_failed = None;
+                let r = &mut *r;
+                push_bounded(&mut r.reloads, event.clone(), &mut r.dropped_reloads);
+            }
+            HostEvent::Unchanged { .. } => r.build_failed = None,
+            HostEvent::BuildFailed { error } => r.build_failed = Some(error.clone()),
+            HostEvent::LoadFailed { error } => {
+                r.build_failed = None;
+                r.load_failed = Some(error.clone());
+            }
+            HostEvent::Error { .. } => {
+                let r = &mut *r;
+                push_bounded(&mut r.errors, event.clone(), &mut r.dropped_errors);
+            }
+            _ => {}
+        }
+    }
+
+    fn broadcast(&self, event: &HostEvent) {
+        if self.n_clients.load(Ordering::Relaxed) == 0
+            || matches!(event, HostEvent::Unchanged { .. })
+        {
+            return;
+        }
+        let Ok(json) = serde_json::to_string(event) else {
+            return;
+        };
+        let json: Arc<str> = json.into();
+        let mut clients = lock(&self.clients);
+        clients.retain(|c| match c.tx.try_send(json.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+        self.n_clients.store(clients.len(), Ordering::Relaxed);
+    }
+
+    fn subscribe(&self) -> (Receiver<Arc<str>>, Arc<AtomicU64>) {
+        let (tx, rx) = sync_channel(CLIENT_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut clients = lock(&self.clients);
+        clients.push(Client {
+            tx,
+            dropped: dropped.clone(),
+        });
+        self.n_clients.store(clients.len(), Ordering::Relaxed);
+        (rx, dropped)
+    }
+}
+
+impl EventSink for Hub {
+    fn event(&self, event: HostEvent) {
+        self.remember(&event);
+        self.broadcast(&event);
+        self.inner.event(event);
+    }
+}
+
+/// One track in the snapshot.
+#[derive(Debug, Serialize)]
+pub struct TrackView {
+    /// Structural path.
+    pub path: String,
+    /// Kind.
+    pub kind: Arc<str>,
+    /// How many times its code was swapped or its state reset.
+    pub version: u64,
+    /// Values it emitted since it was added: an operator's outputs, a pipeline's source
+    /// values, a scope's last operator's outputs; `None` before its first count.
+    pub emissions: Option<u64>,
+    /// The Debug text of its state (capped), `None` without state.
+    pub state: Option<String>,
+}
+
+/// `GET /api/snapshot`.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// The running plugin version (0 before the first load).
+    pub version: u64,
+    /// Every track of that version, in path order.
+    pub tracks: Vec<TrackView>,
+    /// The last [`KEPT_EVENTS`] `reload` events.
+    pub reloads: Vec<HostEvent>,
+    /// The last [`KEPT_EVENTS`] `error` events.
+    pub errors: Vec<HostEvent>,
+    /// Older reloads and errors no longer kept.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// cargo's rendered diagnostic while the last build failed, else `None`.
+    pub build_failed: Option<String>,
+    /// The last load failure, until the next good load.
+    pub load_failed: Option<String>,
+    /// What each reload did to each stateful operator's state (the last
+    /// [`tally::KEPT_CHANGES`] of each pipeline), by version, then path.
+    pub state_changes: Vec<tally::StateChange>,
+}
+
+/// The inspector's shared parts: what the server reads.
+#[derive(Debug)]
+pub struct Inspected {
+    hub: Arc<Hub>,
+    tallies: Arc<Tallies>,
+}
+
+impl Inspected {
+    /// The snapshot as of now (waits up to [`STATE_WAIT`] for state texts).
+    pub fn snapshot(&self) -> Snapshot {
+        let states = self.tallies.states(STATE_WAIT);
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut state_changes = Vec::new();
+        for (name, t) in self.tallies.all() {
+            state_changes.extend(t.changes());
+            let c = t.counts();
+            // A pipeline counts its source's values.
+            counts.insert(name, c.source());
+            // An operator counts what it emitted; a scope what its last operator emitted:
+            // walking the operators from the last, the first one met inside a scope is it.
+            let ops: Vec<(&str, u64)> = c.by_path().collect();
+            for &(path, n) in ops.iter().rev() {
+                counts.insert(path.to_owned(), n);
+                let mut outer = path;
+                while let Some((parent, _)) = outer.rsplit_once('|') {
+                    counts.entry(parent.to_owned()).or_insert(n);
+                    outer = parent;
+                }
+            }
+        }
+        let r = lock(&self.hub.record);
+        let tracks = r
+            .tracks
+            .iter()
+            .map(|t| TrackView {
+                path: t.path.clone(),
+                kind: t.kind.clone(),
+                version: t.version,
+                emissions: counts.get(&t.path).copied(),
+                state: states.get(&t.path).cloned().flatten(),
+            })
+            .collect();
+        Snapshot {
+            version: r.version,
+            tracks,
+            reloads: r.reloads.iter().cloned().collect(),
+            errors: r.errors.iter().cloned().collect(),
+            dropped: BTreeMap::from([("reloads", r.dropped_reloads), ("errors", r.dropped_errors)]),
+            build_failed: r.build_failed.clone(),
+            load_failed: r.load_failed.clone(),
+            state_changes: {
+                state_changes.sort_by(|a, b| (a.version, &a.path).cmp(&(b.version, &b.path)));
+                state_changes
+            },
+        }
+    }
+}
+
+/// A listening inspector. Dropping it stops accepting and ends the event streams.
+#[derive(Debug)]
+pub struct Inspector {
+    addr: SocketAddr,
+    inspected: Arc<Inspected>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Inspector {
+    /// Binds `addr` (port 0: a free one), starts serving, and reports the `inspector` event
+    /// to `sink`. Returns the inspector; report the host's events through
+    /// [`Inspector::sink`] and run pipelines with [`Inspector::tallies`].
+    pub fn start(addr: SocketAddr, sink: Sink) -> anyhow::Result<Inspector> {
+        let listener = TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} for --inspect"))?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the inspector's address")?;
+        let inspected = Arc::new(Inspected {
+            hub: Arc::new(Hub::new(sink.clone())),
+            tallies: Arc::default(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (i, s) = (inspected.clone(), stop.clone());
+        let accept = std::thread::Builder::new()
+            .name("hmr-inspector".to_owned())
+            .spawn(move || accept_loop(&listener, addr, &i, &s))
+            .context("cannot start the inspector's thread")?;
+        sink.event(HostEvent::Inspector {
+            url: format!("http://{addr}/"),
+        });
+        Ok(Inspector {
+            addr,
+            inspected,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The sink to report the host's events through.
+    pub fn sink(&self) -> Sink {
+        self.inspected.hub.clone()
+    }
+
+    /// The tallies the runtime counts into ([`crate::runtime::Runtime::set_tallies`]).
+    pub fn tallies(&self) -> Arc<Tallies> {
+        self.inspected.tallies.clone()
+    }
+
+    /// The snapshot `GET /api/snapshot` answers now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.inspected.snapshot()
+    }
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accepting thread with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    addr: SocketAddr,
+    inspected: &Arc<Inspected>,
+    stop: &Arc<AtomicBool>,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(mut conn) = conn else { continue };
+        if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            let _ = respond(&mut conn, 503, "text/plain", b"too many connections\n");
+            continue;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let (i, s, o) = (inspected.clone(), stop.clone(), open.clone());
+        let spawned = std::thread::Builder::new()
+            .name("hmr-inspector-conn".to_owned())
+            .spawn(move || {
+                let _ = serve(conn, addr, &i, &s);
+                o.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A parsed request: method, path (without the query) and `Host` header.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    host: Option<String>,
+}
+
+/// Reads the request head (at most 16 KiB).
+fn read_request(conn: &TcpStream) -> anyhow::Result<Request> {
+    let mut reader = BufReader::new(conn.take(16 * 1024));
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .context("cannot read the request line")?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default();
+    let path = target
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut host = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).context("cannot read a header")? == 0 {
+            break;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = h.split_once(':')
+            && name.trim().eq_ignore_ascii_case("host")
+        {
+            host = Some(value.trim().to_owned());
+        }
+    }
+    Ok(Request { method, path, host })
+}
+
+/// Whether `host` (a `Host` header) names the inspector itself.
+fn host_allowed(host: Option<&str>, addr: SocketAddr) -> bool {
+    let Some(host) = host else { return false };
+    let port = addr.port();
+    let host = host.to_ascii_lowercase();
+    [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        addr.to_string(),
+    ]
+    .contains(&host)
+}
+
+fn respond(
+    conn: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    conn.flush()
+}
+
+fn serve(
+    mut conn: TcpStream,
+    addr: SocketAddr,
+    inspected: &Inspected,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    conn.set_read_timeout(Some(WRITE_TIMEOUT))?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let req = read_request(&conn)?;
+    if !host_allowed(req.host.as_deref(), addr) {
+        respond(
+            &mut conn,
+            403,
+            "text/plain",
+            b"forbidden: the Host header must name the inspector (127.0.0.1:PORT or localhost:PORT)\n",
+        )?;
+        return Ok(());
+    }
+    if req.method != "GET" {
+        respond(
+            &mut conn,
+            405,
+            "text/plain",
+            b"the inspector only reads: GET\n",
+        )?;
+        return Ok(());
+    }
+    match req.path.as_str() {
+        "/" | "/index.html" => {
+            respond(&mut conn, 200, "text/html; charset=utf-8", PAGE.as_bytes())?
+        }
+        "/api/snapshot" => {
+            let body =
+                serde_json::to_vec(&inspected.snapshot()).context("cannot encode the snapshot")?;
+            respond(&mut conn, 200, "application/json", &body)?;
+        }
+        "/api/events" => stream_events(conn, &inspected.hub, stop)?,
+        _ => respond(&mut conn, 404, "text/plain", b"not found\n")?,
+    }
+    Ok(())
+}
+
+/// Serves the event stream until the client goes or the inspector stops.
+fn stream_events(mut conn: TcpStream, hub: &Hub, stop: &AtomicBool) -> anyhow::Result<()> {
+    conn.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
+          Connection: close\r\n\r\n: hmr inspector events\n\n",
+    )?;
+    conn.flush()?;
+    let (rx, dropped) = hub.subscribe();
+    let mut told = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        let mut out = Vec::new();
+        match rx.recv_timeout(KEEPALIVE.min(Duration::from_millis(500))) {
+            Ok(json) => {
+                write_data(&mut out, &json);
+                // Whatever else is queued goes in the same write.
+                for json in rx.try_iter().take(256) {
+                    write_data(&mut out, &json);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => out.extend_from_slice(b": keepalive\n\n"),
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        let lost = dropped.load(Ordering::Relaxed);
+        if lost != told {
+            out.extend_from_slice(
+                format!("event: dropped\ndata: {{\"dropped\":{lost}}}\n\n").as_bytes(),
+            );
+            told = lost;
+        }
+        conn.write_all(&out)?;
+        conn.flush()?;
+    }
+    Ok(())
+}
+
+fn write_data(out: &mut Vec<u8>, json: &str) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_inspectors_own_host_names_are_allowed() {
+        let addr: SocketAddr = "127.0.0.1:7000".parse().expect("address");
+        let cases = [
+            (Some("127.0.0.1:7000"), true),
+            (Some("localhost:7000"), true),
+            (Some("LOCALHOST:7000"), true),
+            (Some("[::1]:7000"), true),
+            (Some("evil.example:7000"), false),
+            (Some("localhost:7001"), false),
+            (Some("127.0.0.1"), false),
+            (Some("localhost"), false),
+            (Some(""), false),
+            (None, false),
+        ];
+        for (host, allowed) in cases {
+            assert_eq!(host_allowed(host, addr), allowed, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_that_never_reads_loses_events_counted_and_blocks_nobody() {
+        let hub = Arc::new(Hub::new(Arc::new(crate::events::ChannelSink(
+            std::sync::mpsc::channel().0,
+        ))));
+        let (stuck, dropped) = hub.subscribe();
+        let (live, live_dropped) = hub.subscribe();
+        let extra = 10;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let h = hub.clone();
+        let reporter = std::thread::spawn(move || {
+            let mut received = 0;
+            for n in 0..CLIENT_QUEUE + extra {
+                h.event(HostEvent::Emission {
+                    pipeline: "p".into(),
+                    version: 1,
+                    value: n.to_string(),
+                });
+                // The live client keeps up: it reads each event as it comes.
+                received += live.try_iter().count();
+            }
+            let _ = done_tx.send(received);
+        });
+        // Reporting never waits for the stuck client (a blocking send would hang here).
+        let received = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reporting events blocked on a client that does not read");
+        reporter.join().expect("reporter");
+        assert_eq!(received, CLIENT_QUEUE + extra);
+        assert_eq!(live_dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(stuck.try_iter().count(), CLIENT_QUEUE);
+        assert_eq!(dropped.load(Ordering::Relaxed), extra as u64);
+        // Clients that went away (both, now) are forgotten at the next event.
+        drop(stuck);
+        hub.event(HostEvent::LoadFailed { error: "x".into() });
+        assert_eq!(hub.n_clients.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_record_keeps_the_last_events_and_clears_a_build_failure_on_the_next_build() {
+        let hub = Hub::new(Arc::new(crate::events::ChannelSink(
+            std::sync::mpsc::channel().0,
+        )));
+        hub.event(HostEvent::BuildFailed {
+            error: "error[E0308]".into(),
+        });
+        assert_eq!(
+            lock(&hub.record).build_failed.as_deref(),
+            Some("error[E0308]")
+        );
+        hub.event(HostEvent::Unchanged { build_ms: 1 });
+        assert_eq!(lock(&hub.record).build_failed, None);
+        for i in 0..KEPT_EVENTS + 3 {
+            hub.event(HostEvent::Error {
+                pipeline: "p".into(),
+                path: format!("p|{i}:map"),
+                message: "boom".into(),
+            });
+        }
+        let r = lock(&hub.record);
+        assert_eq!(r.errors.len(), KEPT_EVENTS);
+        assert_eq!(r.dropped_errors, 3);
+        assert!(matches!(&r.errors[0], HostEvent::Error { path, .. } if path == "p|3:map"));
+    }
+}

@@ -1,0 +1,531 @@
+//! The inspector (`--inspect`) on real fixture builds, over real sockets: the snapshot's
+//! fields and types, counts that rise and survive a reload, state texts, reloads and errors
+//! listed, the event stream, the Host-header guard, a stuck client that costs the pipelines
+//! nothing; and the page in a real headless Chromium (`page_in_chromium`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use host::events::HostEvent;
+use host::testkit::{BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture, Harness};
+use serde_json::Value;
+
+/// `counter` ticks every 5 ms and keeps a running total; `faulty` panics on every third value;
+/// `scoped` filters inside a keyed scope.
+const PLUGIN: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("counter", interval_ms(5))
+        .map(|_n: u64| 1u64)
+        .scan(0u64, |acc: u64, n: u64| acc + n)
+        .log();
+    p.pipeline("faulty", interval_ms(5))
+        .map(|n: u64| if n % 3 == 2 { panic!("boom at {n}") } else { n });
+    p.pipeline("scoped", interval_ms(5))
+        .scope("k", |c| c.map(|n: u64| n).filter(|n: &u64| n % 2 == 0))
+        .map(|n: u64| n + 1);
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// A host with the inspector on a free port; returns it and the inspector's address.
+fn start(fixture: &Fixture) -> anyhow::Result<(Harness, SocketAddr)> {
+    let mut options = fixture.options();
+    options.inspect = Some("127.0.0.1:0".parse()?);
+    let mut host = Harness::start(&options)?;
+    let url = match host.wait_for("the inspector event", BUILD_TIMEOUT, |e| {
+        matches!(e, HostEvent::Inspector { .. })
+    })? {
+        HostEvent::Inspector { url } => url,
+        _ => unreachable!("wait_for returns a matching event"),
+    };
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix('/'))
+        .with_context(|| format!("the url {url:?} is not http://ADDR/"))?
+        .parse()?;
+    Ok((host, addr))
+}
+
+/// One GET with `host` as the Host header (`None`: no Host header); status and body.
+fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+fn snapshot(addr: SocketAddr) -> anyhow::Result<Value> {
+    let (status, body) = get(addr, "/api/snapshot", Some(&addr.to_string()))?;
+    anyhow::ensure!(status == 200, "snapshot answered {status}: {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Polls the snapshot until `pred` holds; fails after `timeout` with the last snapshot.
+fn snapshot_until(
+    addr: SocketAddr,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = snapshot(addr)?;
+        if pred(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last snapshot: {s:#}");
+        }
+        // The snapshot itself waits (for state texts), so this loop does not spin.
+    }
+}
+
+fn track<'a>(s: &'a Value, path: &str) -> Option<&'a Value> {
+    s["tracks"].as_array()?.iter().find(|t| t["path"] == path)
+}
+
+fn emissions(s: &Value, path: &str) -> u64 {
+    track(s, path)
+        .and_then(|t| t["emissions"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {
+    let fixture = Fixture::new("inspector_snapshot", PLUGIN);
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+
+    // Fields and their JSON types.
+    let s = snapshot_until(addr, "counts and a state", EMISSION_TIMEOUT, |s| {
+        emissions(s, "counter|1:scan") >= 5
+            && track(s, "counter|1:scan").is_some_and(|t| t["state"].is_string())
+    })?;
+    assert_eq!(s["version"], 1, "{s:#}");
+    for key in ["tracks", "reloads", "errors"] {
+        assert!(s[key].is_array(), "{key} in {s:#}");
+    }
+    let paths: Vec<&str> = s["tracks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["path"].as_str())
+        .collect();
+    for p in [
+        "counter",
+        "counter|0:map",
+        "counter|1:scan",
+        "counter|2:log",
+        "faulty",
+        "faulty|0:map",
+        "scoped|#k:scope",
+        "scoped|#k:scope|0:map",
+        "scoped|#k:scope|1:filter",
+        "scoped|0:map",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    for t in s["tracks"].as_array().into_iter().flatten() {
+        assert!(t["path"].is_string() && t["kind"].is_string(), "{t}");
+        assert!(t["version"].is_u64() && t["emissions"].is_u64(), "{t}");
+        assert!(t["state"].is_string() || t["state"].is_null(), "{t}");
+    }
+    // Only stateful operators have a state text; the scan's is its running total, which
+    // counts the values the map emitted (each adds one).
+    assert!(
+        track(&s, "counter|0:map").is_some_and(|t| t["state"].is_null()),
+        "{s:#}"
+    );
+    let total: u64 = track(&s, "counter|1:scan")
+        .and_then(|t| t["state"].as_str())
+        .unwrap_or("")
+        .parse()?;
+    assert!(
+        total >= 1 && total <= emissions(&s, "counter|0:map"),
+        "state {total} in {s:#}"
+    );
+    // The pipeline counts its source's values; a filterless chain emits all of them (a
+    // count is read while the next value may be on its way, hence the slack of one).
+    let source = emissions(&s, "counter");
+    assert!(emissions(&s, "counter|0:map") + 1 >= source, "{s:#}");
+    // The faulty map drops every third value: it emits about two thirds of its source.
+    let (src, out) = (emissions(&s, "faulty"), emissions(&s, "faulty|0:map"));
+    assert!(
+        out < src && out + 1 >= src * 2 / 3,
+        "faulty: {src} in, {out} out"
+    );
+
+    // A scope emits what its last operator emits; the filter inside passes the even values.
+    let s = snapshot_until(addr, "the scope's count", EMISSION_TIMEOUT, |s| {
+        emissions(s, "scoped|#k:scope|1:filter") > 1
+    })?;
+    let scope = emissions(&s, "scoped|#k:scope");
+    assert_eq!(scope, emissions(&s, "scoped|#k:scope|1:filter"), "{s:#}");
+    assert!(
+        scope > 0 && scope <= emissions(&s, "scoped|#k:scope|0:map") / 2 + 1,
+        "{s:#}"
+    );
+
+    // Counts rise.
+    let before = emissions(&s, "counter|2:log");
+    snapshot_until(addr, "the count to rise", EMISSION_TIMEOUT, |s| {
+        emissions(s, "counter|2:log") >= before + 5
+    })?;
+
+    // Errors are listed with their path.
+    let s = snapshot_until(addr, "an error", EMISSION_TIMEOUT, |s| {
+        s["errors"].as_array().is_some_and(|e| !e.is_empty())
+    })?;
+    let e = &s["errors"][0];
+    assert_eq!(e["event"], "error", "{e}");
+    assert_eq!(e["path"], "faulty|0:map", "{e}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("boom at")),
+        "{e}"
+    );
+
+    // A reload appears with its outcome; counts carry over the swap.
+    let counted = emissions(&snapshot(addr)?, "counter|1:scan");
+    fixture.edit("src/lib.rs", "|_n: u64| 1u64", "|_n: u64| 2u64");
+    host.wait_reload()?;
+    let s = snapshot_until(addr, "the reload in the snapshot", EMISSION_TIMEOUT, |s| {
+        s["version"] == 2 && s["reloads"].as_array().is_some_and(|r| r.len() == 1)
+    })?;
+    let r = &s["reloads"][0];
+    assert_eq!(
+        (r["event"].as_str(), r["version"].as_u64()),
+        (Some("reload"), Some(2)),
+        "{r}"
+    );
+    assert!(r["swapped"].as_u64().is_some_and(|n| n >= 4), "{r}");
+    assert_eq!(r["reset"], 0, "{r}");
+    assert!(
+        emissions(&s, "counter|1:scan") >= counted,
+        "counts restarted: {s:#}"
+    );
+    // The swapped map's version moved on.
+    assert!(
+        track(&s, "counter|0:map").is_some_and(|t| t["version"].as_u64() >= Some(1)),
+        "{s:#}"
+    );
+
+    // What the reload did to the scan's state, seen as the thread took the new code: kept,
+    // the same text before and after. Then a seed change resets it: from the total to 100.
+    let change = |s: &Value, version: u64| -> Option<Value> {
+        s["state_changes"]
+            .as_array()?
+            .iter()
+            .find(|c| c["version"] == version && c["path"] == "counter|1:scan")
+            .cloned()
+    };
+    let s = snapshot_until(addr, "the v2 state change", EMISSION_TIMEOUT, |s| {
+        change(s, 2).is_some()
+    })?;
+    let c = change(&s, 2).unwrap_or_default();
+    assert_eq!(c["kept"], true, "{c}");
+    assert!(c["before"].is_string() && c["before"] == c["after"], "{c}");
+    fixture.edit("src/lib.rs", ".scan(0u64", ".scan(100u64");
+    host.wait_reload()?;
+    let s = snapshot_until(addr, "the v3 state change", EMISSION_TIMEOUT, |s| {
+        change(s, 3).is_some()
+    })?;
+    let c = change(&s, 3).unwrap_or_default();
+    assert_eq!(
+        (&c["kept"], &c["after"]),
+        (&Value::Bool(false), &Value::from("100")),
+        "{c}"
+    );
+    let before: u64 = c["before"].as_str().unwrap_or("").parse()?;
+    assert!(before >= 2, "{c}");
+    host.stop();
+    Ok(())
+}
+
+/// Reads server-sent events from `conn` until one's data satisfies `pred`.
+fn read_event(
+    reader: &mut BufReader<TcpStream>,
+    what: &str,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader
+            .read_line(&mut line)
+            .with_context(|| format!("waiting for {what}"))?
+            == 0
+        {
+            bail!("the event stream ended before {what}");
+        }
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data)?;
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(BUILD_TIMEOUT))?;
+    write!(
+        conn,
+        "GET /api/events HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+        addr.port()
+    )?;
+    let mut reader = BufReader::new(conn);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    anyhow::ensure!(
+        status.starts_with("HTTP/1.1 200"),
+        "events answered {status:?}"
+    );
+    let mut header = String::new();
+    let mut event_stream = false;
+    loop {
+        header.clear();
+        reader.read_line(&mut header)?;
+        if header.trim_end().is_empty() {
+            break;
+        }
+        event_stream |= header.to_ascii_lowercase().contains("text/event-stream");
+    }
+    anyhow::ensure!(event_stream, "no text/event-stream content type");
+    Ok(reader)
+}
+
+#[test]
+fn event_stream_guard_and_a_stuck_client() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "inspector_stream",
+        r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("ticks", interval_ms(5)).map(|n: u64| n + 1).log();
+}
+
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+
+    // The Host-header guard: the inspector's own names pass, any other gets 403.
+    let port = addr.port();
+    let cases = [
+        (Some(format!("127.0.0.1:{port}")), 200),
+        (Some(format!("localhost:{port}")), 200),
+        (Some(format!("evil.example:{port}")), 403),
+        (Some(format!("localhost:{}", port.wrapping_add(1))), 403),
+        (Some("localhost".to_owned()), 403),
+        (None, 403),
+    ];
+    for (h, expected) in cases {
+        for path in ["/", "/api/snapshot", "/api/events"] {
+            let status = if expected == 200 && path == "/api/events" {
+                // A stream never ends: only its status line is read.
+                let mut conn = TcpStream::connect(addr)?;
+                write!(
+                    conn,
+                    "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
+                    h.as_deref().unwrap_or("")
+                )?;
+                let mut line = String::new();
+                BufReader::new(conn).read_line(&mut line)?;
+                line.split_whitespace().nth(1).unwrap_or("0").parse()?
+            } else {
+                get(addr, path, h.as_deref())?.0
+            };
+            assert_eq!(status, expected, "{path} with Host {h:?}");
+        }
+    }
+    let (status, page) = get(addr, "/", Some(&addr.to_string()))?;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>hmr inspector</title>"), "{page}");
+
+    // A client that connects and never reads: emissions go on while a second client gets
+    // them, then a reload, then the new version's emissions.
+    let stuck = open_stream(addr)?;
+    let mut live = open_stream(addr)?;
+    let first = read_event(&mut live, "an emission", |v| v["event"] == "emission")?;
+    let n: u64 = first["value"].as_str().unwrap_or("").parse()?;
+    // More values than the stuck client's queue holds (`CLIENT_QUEUE`) pass meanwhile.
+    let queue = host::inspect::CLIENT_QUEUE as u64;
+    read_event(&mut live, "many more emissions", |v| {
+        v["event"] == "emission"
+            && v["value"].as_str().and_then(|x| x.parse::<u64>().ok()) > Some(n + queue + 100)
+    })?;
+    fixture.edit("src/lib.rs", "n + 1", "n + 1_000_000");
+    let r = read_event(&mut live, "a reload", |v| v["event"] == "reload")?;
+    assert_eq!(r["version"], 2, "{r}");
+    read_event(&mut live, "an emission of v2", |v| {
+        v["event"] == "emission" && v["version"] == 2
+    })?;
+    // The stuck client is still connected: nothing waited for it, nothing closed it. (Whether
+    // its queue overflowed depends on the kernel's socket buffers, which absorb megabytes; the
+    // hub's unit tests show the bounded queue dropping and counting.)
+    drop(stuck);
+    host.stop();
+    Ok(())
+}
+
+/// Where the browser test leaves its screenshots, for a person to look at.
+fn screenshot_dir() -> std::path::PathBuf {
+    host::testkit::fixture_target_dir()
+        .parent()
+        .map(|p| p.join("inspector-screenshots"))
+        .unwrap_or_else(|| std::path::PathBuf::from("inspector-screenshots"))
+}
+
+#[test]
+fn page_in_chromium() -> anyhow::Result<()> {
+    use integration_tests::cdp::{Browser, chromium};
+    let chromium = chromium()?;
+    let fixture = Fixture::new("inspector_page", PLUGIN);
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+    let mut page = Browser::open(&chromium, &format!("http://{addr}/"))?;
+    let shots = screenshot_dir();
+
+    // Track paths, then counts that rise.
+    let rows = "[...document.querySelectorAll('tr.track')].map(r => r.dataset.path)";
+    let paths = page.eval_until("the track rows", rows, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "counter|1:scan"))
+    })?;
+    for p in ["counter", "counter|0:map", "counter|2:log", "faulty|0:map"] {
+        assert!(
+            paths.as_array().is_some_and(|a| a.iter().any(|x| x == p)),
+            "{p} not in {paths}"
+        );
+    }
+    let count = r#"(() => { const c = document.querySelector('tr.track[data-path="counter|2:log"] td.emissions');
+        return c ? Number(c.textContent.replace(/,/g, '')) : -1; })()"#;
+    let first = page
+        .eval_until("a count", count, EMISSION_TIMEOUT, |v| v.as_i64() > Some(0))?
+        .as_i64()
+        .unwrap_or(0);
+    page.eval_until("the count to rise", count, EMISSION_TIMEOUT, |v| {
+        v.as_i64() > Some(first + 10)
+    })?;
+    let state =
+        r#"document.querySelector('tr.track[data-path="counter|1:scan"] td.state').textContent"#;
+    page.eval_until("the scan's state", state, EMISSION_TIMEOUT, |v| {
+        v.as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })?;
+    let errors = "[...document.querySelectorAll('#errors li.error')].map(e => e.dataset.path)";
+    page.eval_until("the faulty map's error", errors, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "faulty|0:map"))
+    })?;
+    let pinned = r#"(() => { const b = document.querySelector('tr.track[data-path="faulty|0:map"] [data-errors]');
+        return b ? Number(b.dataset.errors) : 0; })()"#;
+    page.eval_until(
+        "the errors pinned to the faulty map",
+        pinned,
+        EMISSION_TIMEOUT,
+        |v| v.as_u64() > Some(0),
+    )?;
+    page.screenshot(&shots.join("1-running.png"))?;
+
+    // An edit: the new version, its tick on the rail, the swap marks, and the reload in the
+    // live event log (which only the event stream fills).
+    fixture.edit("src/lib.rs", "|_n: u64| 1u64", "|_n: u64| 2u64");
+    host.wait_reload()?;
+    page.eval_until(
+        "v2 on the page",
+        "document.getElementById('version').textContent",
+        EMISSION_TIMEOUT,
+        |v| v == "v2",
+    )?;
+    page.eval_until(
+        "the v2 tick on the rail",
+        "document.querySelectorAll('#rail li.reload[data-version=\"2\"]').length",
+        EMISSION_TIMEOUT,
+        |v| v == 1,
+    )?;
+    let marks = r#"[...document.querySelectorAll('tr.track [data-mark]')].map(b => b.closest('tr').dataset.path + '=' + b.dataset.mark)"#;
+    let marked = page.eval_until("the swap marks", marks, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "counter|0:map=swapped"))
+    })?;
+    assert!(
+        marked
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "counter|1:scan=swapped")),
+        "{marked}"
+    );
+    page.eval_until(
+        "the scan's state kept across v2 on the rail",
+        "document.querySelector('#rail li.reload[data-version=\"2\"] .details').textContent",
+        EMISSION_TIMEOUT,
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains("state counter|1:scan: ") && t.contains("(kept)"))
+        },
+    )?;
+    page.eval_until(
+        "the reload in the event log",
+        "document.getElementById('log').textContent",
+        EMISSION_TIMEOUT,
+        |v| v.as_str().is_some_and(|t| t.contains("reload v2")),
+    )?;
+    // Open the tick's details for the person looking at the screenshot.
+    page.eval("document.querySelector('#rail li.reload[data-version=\"2\"]').click()")?;
+    page.screenshot(&shots.join("2-reloaded.png"))?;
+
+    // A broken build shows cargo's diagnostic over the page; the next good build clears it.
+    let overlay = "document.getElementById('overlay').classList.contains('shown') ? document.getElementById('overlay-text').textContent : null";
+    fixture.edit("src/lib.rs", "|_n: u64| 2u64", "|_n: u64| 2u64 + \"three\"");
+    match host.wait_outcome()? {
+        HostEvent::BuildFailed { .. } => {}
+        other => bail!("expected a failed build, got {other:?}"),
+    }
+    let text = page.eval_until("the build-failed overlay", overlay, EMISSION_TIMEOUT, |v| {
+        v.is_string()
+    })?;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("error[E0277]") && t.contains("src/lib.rs")),
+        "{text}"
+    );
+    page.screenshot(&shots.join("3-build-failed.png"))?;
+    fixture.edit("src/lib.rs", "|_n: u64| 2u64 + \"three\"", "|_n: u64| 3u64");
+    host.wait_reload()?;
+    page.eval_until(
+        "the overlay to clear",
+        overlay,
+        EMISSION_TIMEOUT,
+        Value::is_null,
+    )?;
+    page.eval_until(
+        "v3 on the page",
+        "document.getElementById('version').textContent",
+        EMISSION_TIMEOUT,
+        |v| v == "v3",
+    )?;
+    page.screenshot(&shots.join("4-fixed.png"))?;
+    host.stop();
+    Ok(())
+}
