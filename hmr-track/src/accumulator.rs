@@ -230,6 +230,14 @@ impl Store {
         self.paths.insert(path, id);
     }
 
+    /// Removes core entities that left a track's bounded history.
+    fn forget_entities(&mut self, forgotten: &[Id]) {
+        for id in forgotten {
+            self.pipelines.remove(id);
+            self.operators.remove(id);
+        }
+    }
+
     fn remove_path(&mut self, path: &str) {
         self.path_index.remove(path);
         self.paths.remove(path);
@@ -809,30 +817,63 @@ impl State {
             });
         }
         // Validated: mutate.
-        let Some(pending) = stored.pending.take() else {
-            return Ok(());
-        };
-        stored.signature = pending.signature;
-        if let Some(old) = stored.entity_id.take() {
-            stored.prev_entity_ids.push(old);
+        let mut forgotten = Vec::new();
+        commit_pending(stored, module, &mut forgotten);
+        self.store.forget_entities(&forgotten);
+        Ok(())
+    }
+
+    /// Settles the run `module` in one pass over the store, as one decision: every track it
+    /// registered again is committed, `swapped` when its [`Signature`] is unchanged and
+    /// `reset` (with [`signature_change`]'s reason) when not, exactly as the `track-update`
+    /// events of [`Settlement::updates`] would commit them one by one; tracks it created are
+    /// listed as `added`, tracks it did not register as `orphans` (left in place: removing
+    /// them is the caller's, with `track-update` `removed`, once their pipelines stopped).
+    ///
+    /// Refused, changing nothing, while a run is open or when `module` is not the current
+    /// module (the errors a `track-update` would get).
+    pub fn settle_run(&mut self, module: ModuleId) -> Result<Settlement, ApplyError> {
+        const EVENT: &str = "track-update";
+        if let Some(open) = self.running_module() {
+            return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
         }
-        // Bounded history: the oldest replaced entity leaves the track's history and the
-        // store (an entity belongs to the one scope run that produced it, so nothing else
-        // refers to it).
-        if stored.prev_entity_ids.len() > PREV_ENTITY_HISTORY {
-            let forgotten: Vec<Id> = stored
-                .prev_entity_ids
-                .drain(..stored.prev_entity_ids.len() - PREV_ENTITY_HISTORY)
-                .collect();
-            for id in forgotten {
-                self.store.pipelines.remove(&id);
-                self.store.operators.remove(&id);
+        if self.current_module != Some(module) {
+            return Err(ApplyError::ModuleNotCurrent {
+                event: EVENT,
+                module,
+                current: self.current_module,
+            });
+        }
+        // Validated: mutate.
+        let mut settlement = Settlement {
+            module,
+            ..Settlement::default()
+        };
+        let mut forgotten = Vec::new();
+        for stored in self.store.tracks.values_mut() {
+            match stored.pending.as_ref() {
+                Some(pending) if pending.module == module => {
+                    match signature_change(&stored.signature, &pending.signature) {
+                        None => settlement.swapped.push(stored.id),
+                        Some(reason) => settlement.reset.push((stored.id, reason)),
+                    }
+                    commit_pending(stored, module, &mut forgotten);
+                }
+                _ if stored.module == module => {
+                    if stored.created_by == module {
+                        settlement.added.push(stored.id);
+                    }
+                }
+                _ if stored.module < module => settlement.orphans.push(stored.id),
+                _ => {}
             }
         }
-        stored.entity_id = pending.entity_id;
-        stored.version += 1;
-        stored.module = module;
-        Ok(())
+        self.store.forget_entities(&forgotten);
+        settlement.swapped.sort_unstable();
+        settlement.reset.sort_unstable_by_key(|(id, _)| *id);
+        settlement.added.sort_unstable();
+        settlement.orphans.sort_unstable();
+        Ok(settlement)
     }
 
     fn track_update(
@@ -1153,4 +1194,72 @@ fn check_return(event: &'static str, top: Option<Id>, found: Id) -> Result<(), A
 /// from it): a second registration at its path in the same run is a duplicate.
 fn registered_in(track: &Track, module: ModuleId) -> bool {
     track.module == module || track.pending.as_ref().is_some_and(|p| p.module == module)
+}
+
+/// Commits `stored`'s pending registration from `module` (what a `swapped` or `reset`
+/// `track-update` does once validated); the entities that leave its bounded history go to
+/// `forgotten`, to be removed from the store.
+fn commit_pending(stored: &mut Track, module: ModuleId, forgotten: &mut Vec<Id>) {
+    let Some(pending) = stored.pending.take() else {
+        return;
+    };
+    stored.signature = pending.signature;
+    if let Some(old) = stored.entity_id.take() {
+        stored.prev_entity_ids.push(old);
+    }
+    // Bounded history: the oldest replaced entity leaves the track's history and the store
+    // (an entity belongs to the one scope run that produced it, so nothing else refers to it).
+    if stored.prev_entity_ids.len() > PREV_ENTITY_HISTORY {
+        let excess = stored.prev_entity_ids.len() - PREV_ENTITY_HISTORY;
+        forgotten.extend(stored.prev_entity_ids.drain(..excess));
+    }
+    stored.entity_id = pending.entity_id;
+    stored.version += 1;
+    stored.module = module;
+}
+
+/// What [`State::settle_run`] decided for a run and committed: track ids, each list in id
+/// order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// The run settled.
+    pub module: ModuleId,
+    /// Registered again with the same signature: their state is kept.
+    pub swapped: Vec<Id>,
+    /// Registered again with another signature, and why (see [`signature_change`]).
+    pub reset: Vec<(Id, String)>,
+    /// Created by the run.
+    pub added: Vec<Id>,
+    /// Not registered by the run: still in the store, to be removed.
+    pub orphans: Vec<Id>,
+}
+
+impl Settlement {
+    /// The `track-update` events that commit the same tracks one by one (swapped and reset,
+    /// in id order): applying them to the state before [`State::settle_run`] yields the state
+    /// after it.
+    pub fn updates(&self) -> Vec<Event> {
+        let mut updates: Vec<(Id, UpdateOutcome)> = self
+            .swapped
+            .iter()
+            .map(|&id| (id, UpdateOutcome::Swapped))
+            .chain(self.reset.iter().map(|(id, reason)| {
+                (
+                    *id,
+                    UpdateOutcome::Reset {
+                        reason: reason.clone(),
+                    },
+                )
+            }))
+            .collect();
+        updates.sort_unstable_by_key(|(id, _)| *id);
+        updates
+            .into_iter()
+            .map(|(track, outcome)| Event::TrackUpdate {
+                track,
+                module: self.module,
+                outcome,
+            })
+            .collect()
+    }
 }

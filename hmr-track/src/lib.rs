@@ -121,7 +121,7 @@ mod query;
 mod recorder;
 
 pub use accumulator::{
-    EntityFrame, EntityKind, MODULE_HISTORY, PREV_ENTITY_HISTORY, Stack, State, Store,
+    EntityFrame, EntityKind, MODULE_HISTORY, PREV_ENTITY_HISTORY, Settlement, Stack, State, Store,
     SubscriptionCall, SubscriptionFrame, TrackFrame, apply,
 };
 pub use error::ApplyError;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::accumulator::State;
+use crate::accumulator::{Settlement, State};
 use crate::error::ApplyError;
 use crate::event::{Event, ModuleOutcome, UpdateOutcome};
 use crate::model::{Id, ModuleId, Signature};
@@ -143,6 +143,17 @@ impl Recorder {
     pub fn unsubscribe(&mut self, subscription: Id) -> Result<(), ApplyError> {
         self.record(Event::UnsubscribeCall { subscription })?;
         self.record(Event::UnsubscribeCallReturn { subscription })
+    }
+
+    /// Settles the run `module` in one pass ([`State::settle_run`]): the same state as a
+    /// `track-update` `swapped` or `reset` for each track the run registered again, decided
+    /// once; logged as those events (in id order).
+    pub fn settle_run(&mut self, module: ModuleId) -> Result<Settlement, ApplyError> {
+        let settlement = self.state.settle_run(module)?;
+        if !self.log_disabled {
+            self.log.extend(settlement.updates());
+        }
+        Ok(settlement)
     }
 
     /// `track-update`.

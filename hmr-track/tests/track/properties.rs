@@ -486,6 +486,66 @@ proptest! {
         prop_assert_eq!(path_ids(&rec.state), before);
     }
 
+    /// Settling a run in one pass (`settle_run`, what the host does on every reload) leaves
+    /// the store exactly as the `track-update` events decided track by track do, names the
+    /// same tracks swapped, reset, added and orphaned, and logs events that rebuild it. Over
+    /// a series of runs: the same program reseeded here and there (swaps and resets, enough
+    /// of them to overflow each track's entity history), then another program (adds and
+    /// removals).
+    #[test]
+    fn settling_in_one_pass_matches_the_events(
+        first in program(),
+        then in program(),
+        reruns in 1usize..7,
+        every in 1usize..5,
+    ) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &first).unwrap();
+        let mut programs = Vec::new();
+        for r in 0..reruns {
+            let mut changed = first.clone();
+            for_each_mut(&mut changed, &mut 0, &mut |node, i| {
+                if (i + r) % every == 0 {
+                    node.seed = Some(format!("{r}"));
+                }
+            });
+            programs.push(changed);
+        }
+        programs.push(then);
+        for program in &programs {
+            let module = run(&mut rec, program).unwrap().module;
+            let mut fast = rec.clone();
+            let by_events = settle(&mut rec, module).unwrap();
+            let settlement = fast.settle_run(module).unwrap();
+            let path = |id: &Id| fast.state.track(*id).map(|t| t.path.clone()).unwrap();
+            let mut swapped: Vec<String> = settlement.swapped.iter().map(path).collect();
+            let mut reset: Vec<(String, String)> = settlement
+                .reset
+                .iter()
+                .map(|(id, reason)| (path(id), reason.clone()))
+                .collect();
+            let mut added: Vec<String> = settlement.added.iter().map(path).collect();
+            let mut orphans: Vec<String> = settlement.orphans.iter().map(path).collect();
+            // What is left to the host: removing the orphans, by events.
+            let rest = settle(&mut fast, module).unwrap();
+            prop_assert!(rest.swapped.is_empty() && rest.reset.is_empty(), "{:?}", rest);
+            prop_assert_eq!(&fast.state, &rec.state);
+            let mut expected = by_events;
+            for list in [&mut swapped, &mut added, &mut orphans, &mut expected.swapped, &mut expected.added, &mut expected.removed] {
+                list.sort();
+            }
+            reset.sort();
+            expected.reset.sort();
+            prop_assert_eq!(swapped, expected.swapped);
+            prop_assert_eq!(reset, expected.reset);
+            prop_assert_eq!(added, expected.added);
+            prop_assert_eq!(orphans, expected.removed);
+            let replayed = State::replay(&fast.log);
+            prop_assert_eq!(replayed.as_ref(), Ok(&fast.state));
+            assert_consistent(&fast.state);
+        }
+    }
+
     /// Inserting an unkeyed operator changes only the paths of its later unkeyed siblings (and
     /// their subtrees); everything else keeps its path, and after the updates the store holds
     /// exactly the new program's paths.
