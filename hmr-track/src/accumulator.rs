@@ -16,6 +16,7 @@ use crate::model::{
     Track, signature_change,
 };
 use crate::path;
+use crate::tracks::TrackMap;
 
 /// How many replaced core entities a track remembers (`prev_entity_ids`); older ones leave
 /// the store, so a long session's store does not grow with its reloads.
@@ -134,7 +135,7 @@ pub struct Store {
     /// Registration runs.
     pub modules: BTreeMap<ModuleId, Module>,
     /// Tracks by id.
-    pub tracks: BTreeMap<Id, Box<Track>>,
+    pub tracks: TrackMap,
     /// Pipelines by id.
     pub pipelines: BTreeMap<Id, Pipeline>,
     /// Operators by id.
@@ -197,7 +198,7 @@ impl std::hash::Hasher for Fnv {
 #[derive(Deserialize)]
 struct StoreData {
     modules: BTreeMap<ModuleId, Module>,
-    tracks: BTreeMap<Id, Box<Track>>,
+    tracks: TrackMap,
     pipelines: BTreeMap<Id, Pipeline>,
     operators: BTreeMap<Id, Operator>,
     subscriptions: BTreeMap<Id, Subscription>,
@@ -708,7 +709,7 @@ impl State {
                 self.store.insert_path(path.clone(), track);
                 self.store.tracks.insert(
                     track,
-                    Box::new(Track {
+                    Track {
                         id: track,
                         path,
                         entity_id: None,
@@ -722,7 +723,7 @@ impl State {
                         module: plan.module,
                         created_by: plan.module,
                         pending: None,
-                    }),
+                    },
                 );
                 self.introduce(track);
             }

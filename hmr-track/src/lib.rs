@@ -119,6 +119,7 @@ mod model;
 pub mod path;
 mod query;
 mod recorder;
+mod tracks;
 
 pub use accumulator::{
     EntityFrame, EntityKind, MODULE_HISTORY, PREV_ENTITY_HISTORY, Settlement, Stack, State, Store,
@@ -131,3 +132,4 @@ pub use model::{
     Subscription, Track, signature_change,
 };
 pub use recorder::Recorder;
+pub use tracks::TrackMap;
