@@ -37,12 +37,23 @@ struct Ctx {
     lib: Arc<LibVersion>,
     version: u64,
     calls: Vec<Call>,
-    /// The kind, key and signature of each track scope opened, by handle - 1.
-    tracks: Vec<(Option<String>, Signature)>,
+    /// The key and signature of each track scope opened, by handle - 1.
+    tracks: Vec<Opened>,
+    /// Every key, one after the other: a registration of 10,000 keyed scopes makes one
+    /// allocation here, not 10,000 (each freed later on another thread, which glibc's
+    /// per-thread arenas make slower still).
+    keys: String,
     names: Names,
     /// Pipelines as compiled, with handles where track ids will go.
     pipelines: Vec<PipelineCode>,
     error: Option<String>,
+}
+
+/// A track scope the plugin opened.
+struct Opened {
+    /// Where its key is in `Ctx::keys`.
+    key: Option<std::ops::Range<usize>>,
+    signature: Signature,
 }
 
 /// One registration call, in order.
@@ -65,11 +76,16 @@ impl Ctx {
         }
     }
 
-    fn track_call(&mut self, key: Option<&str>, sig: Signature) -> u64 {
+    fn track_call(&mut self, key: Option<&str>, signature: Signature) -> u64 {
         if self.error.is_some() {
             return 0;
         }
-        self.tracks.push((key.map(str::to_owned), sig));
+        let key = key.map(|key| {
+            let start = self.keys.len();
+            self.keys.push_str(key);
+            start..self.keys.len()
+        });
+        self.tracks.push(Opened { key, signature });
         self.calls.push(Call::Open);
         self.tracks.len() as u64
     }
@@ -141,12 +157,12 @@ impl Ctx {
 ///   (no plugin code beyond the lookup runs), so a slot is never left unseeded and later
 ///   dropped as if it held a value.
 fn op_code(
-    tracks: &[(Option<String>, Signature)],
+    tracks: &[Opened],
     env: *mut c_void,
     index: usize,
     op: &abi::OpDesc,
 ) -> Result<OpCode, String> {
-    let (_, sig) = track_of(op.track)
+    let Opened { signature: sig, .. } = track_of(op.track)
         .and_then(|i| tracks.get(i))
         .ok_or_else(|| {
             format!(
@@ -367,13 +383,14 @@ pub fn register(
         reason,
     };
     let version = recorder.next_module();
+    let expected = recorder.state.store.tracks.len();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let run_lib = lib.clone();
     std::thread::Builder::new()
         .name(format!("hmr-register-v{version}"))
         .stack_size(crate::runtime::SOURCE_THREAD_STACK)
         .spawn(move || {
-            let _ = tx.send(collect(run_lib, version));
+            let _ = tx.send(collect(run_lib, version, expected));
         })
         .map_err(|e| fail(format!("cannot start the registration thread: {e}")))?;
     let ctx = match rx.recv_timeout(deadline) {
@@ -401,12 +418,16 @@ pub fn register(
 }
 
 /// Runs the plugin's `register` against a collecting [`HostApi`].
-fn collect(lib: Arc<LibVersion>, version: u64) -> Ctx {
+///
+/// `expected` tracks (the last run's count) are made room for at once: growing the buffers
+/// by doubling would copy every signature collected so far, several times over.
+fn collect(lib: Arc<LibVersion>, version: u64, expected: usize) -> Ctx {
     let mut ctx = Ctx {
         lib: lib.clone(),
         version,
-        calls: Vec::new(),
-        tracks: Vec::new(),
+        calls: Vec::with_capacity(2 * expected),
+        tracks: Vec::with_capacity(expected),
+        keys: String::with_capacity(8 * expected),
         names: Names::default(),
         pipelines: Vec::new(),
         error: None,
@@ -435,6 +456,7 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
         version,
         calls,
         tracks,
+        keys,
         mut pipelines,
         error,
         ..
@@ -452,11 +474,13 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
         for call in calls {
             match call {
                 Call::Open => {
-                    let (key, sig) = tracks.next().ok_or("more scopes opened than recorded")?;
-                    let kind = sig.kind.clone();
+                    let Opened { key, signature } =
+                        tracks.next().ok_or("more scopes opened than recorded")?;
+                    let key = key.and_then(|range| keys.get(range));
+                    let kind = signature.kind.clone();
                     ids.push(
-                        open(recorder, &kind, key.as_deref(), sig)
-                            .map_err(|e| in_person_terms(&kind, key.as_deref(), e))?,
+                        open(recorder, &kind, key, signature)
+                            .map_err(|e| in_person_terms(&kind, key, e))?,
                     );
                 }
                 Call::Close(handle) => {
@@ -638,7 +662,10 @@ mod tests {
             };
             // SAFETY: the strings of `sig` are `'static`.
             let sig = unsafe { Names::default().signature(RStr::new("scan"), &sig) };
-            let tracks = vec![(None, sig)];
+            let tracks = vec![Opened {
+                key: None,
+                signature: sig,
+            }];
             let op = OpDesc {
                 track: 1,
                 kind: RStr::new("scan"),
