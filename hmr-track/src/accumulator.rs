@@ -596,6 +596,32 @@ impl State {
         })
     }
 
+    /// The plan of a `track-call` of `kind`/`key` when the track `hint` is where it lands
+    /// (see [`State::track_call_auto`]); `None` when it is not, or when the call must fail.
+    fn plan_from_hint(&self, kind: &str, key: Option<&str>, hint: Id) -> Option<TrackPlan> {
+        let module = self.running_module()?;
+        let track = self.store.tracks.get(&hint)?;
+        let frame = self.stack.tracks.last();
+        let index = match (frame, key) {
+            (_, Some(_)) => None,
+            (Some(frame), None) if frame.next_index < u32::MAX => Some(frame.next_index),
+            // An unkeyed top-level track, or too many children: the full plan says why.
+            _ => return None,
+        };
+        let parent = frame.map(|f| f.track);
+        (track.parent == parent
+            && track.index == index
+            && track.key.as_deref() == key
+            && *track.kind == *kind)
+            .then_some(TrackPlan {
+                module,
+                index,
+                parent,
+                new_path: None,
+                existing: Some(hint),
+            })
+    }
+
     fn track_call(
         &mut self,
         track: Id,
@@ -610,13 +636,23 @@ impl State {
     /// A `track-call` whose id is the one its path picks (the existing track's, else a fresh
     /// one), planned once: what [`State::track_id_for`] followed by [`State::apply`] of the
     /// event does, without computing the path twice or copying the signature. Returns the id.
+    ///
+    /// `hint` is the track the caller expects (the one at the same place in the last run):
+    /// when it is the open track's child with this kind, key and index, its path is the one
+    /// the call would build (a track's path is its parent's path and its own segment, fixed
+    /// at creation), so the plan takes it without building or hashing the path. Any other
+    /// hint is ignored. Either way the outcome is the unhinted call's.
     pub(crate) fn track_call_auto(
         &mut self,
         kind: &str,
         key: Option<&str>,
         signature: Signature,
+        hint: Option<Id>,
     ) -> Result<Id, ApplyError> {
-        let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
+        let plan = match hint.and_then(|hint| self.plan_from_hint(kind, key, hint)) {
+            Some(plan) => plan,
+            None => self.plan_track_call(TRACK_CALL, kind, key)?,
+        };
         let track = plan.existing.unwrap_or_else(|| self.fresh_id());
         self.track_call_planned(plan, track, kind, key, Cow::Owned(signature))?;
         Ok(track)

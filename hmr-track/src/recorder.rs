@@ -79,9 +79,23 @@ impl Recorder {
         key: Option<&str>,
         signature: Signature,
     ) -> Result<Id, ApplyError> {
+        self.track_call_hinted(kind, key, signature, None)
+    }
+
+    /// [`Recorder::track_call`] for a caller that expects the track `hint` (the one at the
+    /// same place in its last run): when the hint is right, the path is neither built nor
+    /// looked up (see `State::track_call_auto`). A wrong hint is ignored; the outcome is
+    /// always [`Recorder::track_call`]'s.
+    pub fn track_call_hinted(
+        &mut self,
+        kind: &str,
+        key: Option<&str>,
+        signature: Signature,
+        hint: Option<Id>,
+    ) -> Result<Id, ApplyError> {
         if self.log_disabled {
             // The same event, applied without being built: the path is planned once.
-            return self.state.track_call_auto(kind, key, signature);
+            return self.state.track_call_auto(kind, key, signature, hint);
         }
         let track = self.state.track_id_for(kind, key)?;
         self.record(Event::TrackCall {

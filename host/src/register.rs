@@ -363,58 +363,84 @@ unsafe extern "C" fn cb_fail(ctx: *mut c_void, message: RStr) {
 /// ([`RegisterError`] says it did not return).
 pub const REGISTER_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Runs the registration of `lib` as module `version` of `recorder`. On success returns the
-/// compiled pipelines, operator paths filled in; on failure the run is rolled back in the
-/// store and nothing of it remains.
-///
-/// The plugin's `register` runs on a thread of its own and what it says is collected there;
-/// the store only sees it afterwards, replayed on the caller's thread. So a `register` that
-/// never returns (a loop, a blocked call) costs the caller `deadline`, not its thread: it
-/// gets an error and the store is untouched. The stuck thread cannot be stopped; it keeps
-/// `lib` (and what it allocated) alive, and counts among the live versions.
+/// Runs the registration of `lib` as module `version` of `recorder` (a one-off
+/// [`Registrar`]: see [`Registrar::register`]).
 pub fn register(
     lib: &Arc<LibVersion>,
     recorder: &mut Recorder,
     deadline: Duration,
 ) -> Result<(ModuleId, Vec<PipelineCode>), RegisterError> {
-    let library = lib.built().display().to_string();
-    let fail = |reason: String| RegisterError {
-        library: library.clone(),
-        reason,
-    };
-    let version = recorder.next_module();
-    let expected = recorder.state.store.tracks.len();
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let run_lib = lib.clone();
-    std::thread::Builder::new()
-        .name(format!("hmr-register-v{version}"))
-        .stack_size(crate::runtime::SOURCE_THREAD_STACK)
-        .spawn(move || {
-            let _ = tx.send(collect(run_lib, version, expected));
-        })
-        .map_err(|e| fail(format!("cannot start the registration thread: {e}")))?;
-    let ctx = match rx.recv_timeout(deadline) {
-        Ok(ctx) => ctx,
-        Err(_) => {
-            let reason = format!(
-                "register() of v{version} did not return within {deadline:?} (a loop or a \
-                 blocking call in the plugin's registration?); the thread running it cannot be \
-                 stopped and keeps v{version} mapped and live"
-            );
-            // The version number is used up, as by any failed run, so the next attempt is
-            // not reported under the same number.
-            if let Ok(module) = recorder.module_call(&library) {
-                let _ = recorder.module_call_return(
-                    module,
-                    ModuleOutcome::Failed {
-                        reason: reason.clone(),
-                    },
+    Registrar::default().register(lib, recorder, deadline)
+}
+
+/// What one recorder's registrations keep from one run to the next: the track ids of the
+/// last run, in call order. The n-th track-call of the next run is hinted with the n-th id
+/// ([`Recorder::track_call_hinted`]): a plugin registering what it registered last time
+/// (every reload that changes no structure) has each track found without building or
+/// hashing its path; a wrong hint costs nothing but the check.
+#[derive(Debug, Default)]
+pub struct Registrar {
+    last_ids: Vec<Id>,
+}
+
+impl Registrar {
+    /// Runs the registration of `lib` as module `version` of `recorder`. On success returns
+    /// the compiled pipelines, operator paths filled in; on failure the run is rolled back in
+    /// the store and nothing of it remains.
+    ///
+    /// The plugin's `register` runs on a thread of its own and what it says is collected
+    /// there; the store only sees it afterwards, replayed on the caller's thread. So a
+    /// `register` that never returns (a loop, a blocked call) costs the caller `deadline`, not
+    /// its thread: it gets an error and the store is untouched. The stuck thread cannot be
+    /// stopped; it keeps `lib` (and what it allocated) alive, and counts among the live
+    /// versions.
+    pub fn register(
+        &mut self,
+        lib: &Arc<LibVersion>,
+        recorder: &mut Recorder,
+        deadline: Duration,
+    ) -> Result<(ModuleId, Vec<PipelineCode>), RegisterError> {
+        let library = lib.built().display().to_string();
+        let fail = |reason: String| RegisterError {
+            library: library.clone(),
+            reason,
+        };
+        let version = recorder.next_module();
+        let expected = recorder.state.store.tracks.len();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let run_lib = lib.clone();
+        std::thread::Builder::new()
+            .name(format!("hmr-register-v{version}"))
+            .stack_size(crate::runtime::SOURCE_THREAD_STACK)
+            .spawn(move || {
+                let _ = tx.send(collect(run_lib, version, expected));
+            })
+            .map_err(|e| fail(format!("cannot start the registration thread: {e}")))?;
+        let ctx = match rx.recv_timeout(deadline) {
+            Ok(ctx) => ctx,
+            Err(_) => {
+                let reason = format!(
+                    "register() of v{version} did not return within {deadline:?} (a loop or a \
+                     blocking call in the plugin's registration?); the thread running it cannot \
+                     be stopped and keeps v{version} mapped and live"
                 );
+                // The version number is used up, as by any failed run, so the next attempt is
+                // not reported under the same number.
+                if let Ok(module) = recorder.module_call(&library) {
+                    let _ = recorder.module_call_return(
+                        module,
+                        ModuleOutcome::Failed {
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                return Err(fail(reason));
             }
-            return Err(fail(reason));
-        }
-    };
-    replay(ctx, recorder).map_err(fail)
+        };
+        let (module, pipelines, ids) = replay(ctx, recorder, &self.last_ids).map_err(fail)?;
+        self.last_ids = ids;
+        Ok((module, pipelines))
+    }
 }
 
 /// Runs the plugin's `register` against a collecting [`HostApi`].
@@ -449,8 +475,13 @@ fn collect(lib: Arc<LibVersion>, version: u64, expected: usize) -> Ctx {
     ctx
 }
 
-/// Replays a collected registration into the store as one `module-call`, all or nothing.
-fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCode>), String> {
+/// Replays a collected registration into the store as one `module-call`, all or nothing;
+/// the n-th track-call hinted with `hints[n]`. Returns the run's track ids in call order too.
+fn replay(
+    ctx: Ctx,
+    recorder: &mut Recorder,
+    hints: &[Id],
+) -> Result<(ModuleId, Vec<PipelineCode>, Vec<Id>), String> {
     let Ctx {
         lib,
         version,
@@ -478,8 +509,9 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
                         tracks.next().ok_or("more scopes opened than recorded")?;
                     let key = key.and_then(|range| keys.get(range));
                     let kind = signature.kind.clone();
+                    let hint = hints.get(ids.len()).copied();
                     ids.push(
-                        open(recorder, &kind, key, signature)
+                        open(recorder, &kind, key, signature, hint)
                             .map_err(|e| in_person_terms(&kind, key, e))?,
                     );
                 }
@@ -524,7 +556,7 @@ fn replay(ctx: Ctx, recorder: &mut Recorder) -> Result<(ModuleId, Vec<PipelineCo
                 .unwrap_or_default();
         }
     }
-    Ok((module, pipelines))
+    Ok((module, pipelines, ids))
 }
 
 /// A refused `track-call` in the terms of the person who wrote the DSL call: pipelines have
@@ -554,8 +586,9 @@ fn open(
     kind: &str,
     key: Option<&str>,
     sig: Signature,
+    hint: Option<Id>,
 ) -> Result<Id, hmr_track::ApplyError> {
-    let track = recorder.track_call(kind, key, sig)?;
+    let track = recorder.track_call_hinted(kind, key, sig, hint)?;
     match kind {
         "pipeline" => {
             let e = recorder.pipeline_call(key.unwrap_or_default())?;

@@ -91,6 +91,7 @@ pub struct Reloader {
     /// The state lineage of every live operator track (see [`crate::code::OpCode::lineage`]).
     lineages: std::collections::HashMap<Id, u64, IdHash>,
     register_deadline: Duration,
+    registrar: crate::register::Registrar,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -121,6 +122,7 @@ impl Reloader {
             unchanged: 0,
             lineages: std::collections::HashMap::default(),
             register_deadline: crate::register::REGISTER_DEADLINE,
+            registrar: crate::register::Registrar::default(),
         })
     }
 
@@ -285,7 +287,10 @@ impl Reloader {
         self.versions.push(lib.clone());
         let register_started = Instant::now();
         let (module, pipelines) =
-            match crate::register::register(&lib, &mut self.recorder, self.register_deadline) {
+            match self
+                .registrar
+                .register(&lib, &mut self.recorder, self.register_deadline)
+            {
                 Ok(r) => r,
                 Err(e) => {
                     self.sink.event(HostEvent::LoadFailed {

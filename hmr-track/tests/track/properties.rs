@@ -10,7 +10,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-use crate::support::{Node, Place, paths, replay_checked, run, settle};
+use crate::support::{Node, Place, paths, replay_checked, run, run_hinted, settle};
 
 const KINDS: [&str; 5] = ["map", "filter", "scan", "tap", "scope"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
@@ -543,6 +543,45 @@ proptest! {
             let replayed = State::replay(&fast.log);
             prop_assert_eq!(replayed.as_ref(), Ok(&fast.state));
             assert_consistent(&fast.state);
+        }
+    }
+
+    /// A track-call hinted with the track it should land on (the host passes the last run's
+    /// ids in call order) skips building and looking up the path; a hint that is right gives
+    /// the unhinted call's outcome, and so does a wrong one (another track's id, an unknown
+    /// id): the store is the event path's after every run.
+    #[test]
+    fn hinted_track_calls_build_the_same_state(
+        first in program(),
+        then in program(),
+        noise in vec(0u64..64, 1..8),
+    ) {
+        let mut events = Recorder::new();
+        let mut hinted = Recorder::without_log();
+        let mut wrong = Recorder::without_log();
+        let mut last: Vec<Id> = Vec::new();
+        for program in [&first, &first, &then, &then, &first] {
+            // Wrong hints: the right ones shifted by one, every few replaced by noise.
+            let bad: Vec<Id> = (0..last.len() + 2)
+                .map(|i| match i % (noise.len() + 1) {
+                    0 => noise[i % noise.len()],
+                    _ => last.get(i + 1).copied().unwrap_or(u64::MAX),
+                })
+                .collect();
+            let a = run(&mut events, program).map(|r| (r.module, r.tracks));
+            let b = run_hinted(&mut hinted, program, &last).map(|r| (r.module, r.tracks));
+            let c = run_hinted(&mut wrong, program, &bad).map(|r| (r.module, r.tracks));
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(&a, &c);
+            prop_assert_eq!(&events.state, &hinted.state);
+            prop_assert_eq!(&events.state, &wrong.state);
+            let (module, tracks) = a.unwrap();
+            for rec in [&mut events, &mut hinted, &mut wrong] {
+                settle(rec, module).unwrap();
+            }
+            prop_assert_eq!(&events.state, &hinted.state);
+            prop_assert_eq!(&events.state, &wrong.state);
+            last = tracks.into_iter().map(|(_, id)| id).collect();
         }
     }
 
