@@ -896,10 +896,8 @@ impl State {
                     }
                     commit_pending(stored, module, &mut forgotten);
                 }
-                _ if stored.module == module => {
-                    if stored.created_by == module {
-                        settlement.added.push(stored.id);
-                    }
+                _ if stored.module == module && stored.created_by == module => {
+                    settlement.added.push(stored.id);
                 }
                 _ if stored.module < module => settlement.orphans.push(stored.id),
                 _ => {}

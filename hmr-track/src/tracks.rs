@@ -236,7 +236,9 @@ mod tests {
         };
         let mut x: u64 = 7;
         for step in 0..400u64 {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             let id = (x >> 33) % 40;
             match step % 7 {
                 0..=2 => {

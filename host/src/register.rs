@@ -162,14 +162,15 @@ fn op_code(
     index: usize,
     op: &abi::OpDesc,
 ) -> Result<OpCode, String> {
-    let Opened { signature: sig, .. } = track_of(op.track)
-        .and_then(|i| tracks.get(i))
-        .ok_or_else(|| {
-            format!(
-                "track handle {} was not returned by a track-call of this run",
-                op.track
-            )
-        })?;
+    let Opened { signature: sig, .. } =
+        track_of(op.track)
+            .and_then(|i| tracks.get(i))
+            .ok_or_else(|| {
+                format!(
+                    "track handle {} was not returned by a track-call of this run",
+                    op.track
+                )
+            })?;
     let fp = &op.state.fingerprint;
     let vtable_state = fingerprint(fp);
     if vtable_state != sig.state || (vtable_state.is_none() && fp.size != 0) {

@@ -112,17 +112,30 @@ fn registrations_share_one_thread_until_one_is_stuck() -> anyhow::Result<()> {
             .map(|t| t.path)
             .filter(|p| p.starts_with("on-") && !p.contains('|'))
             .collect();
-        anyhow::ensure!(named.len() == 1, "one pipeline named after its thread: {named:?}");
+        anyhow::ensure!(
+            named.len() == 1,
+            "one pipeline named after its thread: {named:?}"
+        );
         Ok(named.into_iter().next())
     };
     let first = thread_of_load()?.expect("v1 loads");
     let second = thread_of_load()?.expect("v2 loads");
-    assert_eq!(first, second, "the second registration ran on another thread");
+    assert_eq!(
+        first, second,
+        "the second registration ran on another thread"
+    );
     std::fs::write(&marker, "")?;
-    assert_eq!(thread_of_load()?, None, "a register() that never returns fails the load");
+    assert_eq!(
+        thread_of_load()?,
+        None,
+        "a register() that never returns fails the load"
+    );
     std::fs::remove_file(&marker)?;
     let after = thread_of_load()?.expect("v4 loads");
-    assert_ne!(after, first, "the stuck thread cannot run the next registration");
+    assert_ne!(
+        after, first,
+        "the stuck thread cannot run the next registration"
+    );
     let again = thread_of_load()?.expect("v5 loads");
     assert_eq!(after, again, "the new thread is kept in turn");
     Ok(())
