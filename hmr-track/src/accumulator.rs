@@ -1,7 +1,6 @@
 //! The accumulator: [`State`] (`stack` of open calls + `store` of entities) and `apply`, which
 //! validates an event fully and only then mutates, so a refused event changes nothing.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
@@ -612,7 +611,7 @@ impl State {
         (track.parent == parent
             && track.index == index
             && track.key.as_deref() == key
-            && *track.kind == *kind)
+            && same_str(&track.kind, kind))
             .then_some(TrackPlan {
                 module,
                 index,
@@ -630,7 +629,7 @@ impl State {
         signature: &Signature,
     ) -> Result<(), ApplyError> {
         let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
-        self.track_call_planned(plan, track, kind, key, Cow::Borrowed(signature))
+        self.track_call_planned(plan, track, kind, key, signature.clone())
     }
 
     /// A `track-call` whose id is the one its path picks (the existing track's, else a fresh
@@ -654,7 +653,7 @@ impl State {
             None => self.plan_track_call(TRACK_CALL, kind, key)?,
         };
         let track = plan.existing.unwrap_or_else(|| self.fresh_id());
-        self.track_call_planned(plan, track, kind, key, Cow::Owned(signature))?;
+        self.track_call_planned(plan, track, kind, key, signature)?;
         Ok(track)
     }
 
@@ -664,11 +663,11 @@ impl State {
         track: Id,
         kind: &str,
         key: Option<&str>,
-        signature: Cow<'_, Signature>,
+        signature: Signature,
     ) -> Result<(), ApplyError> {
         const EVENT: &str = TRACK_CALL;
         let kind_mismatch = || {
-            (!signature.kind.is_empty() && *signature.kind != *kind).then(|| {
+            (!signature.kind.is_empty() && !same_str(&signature.kind, kind)).then(|| {
                 ApplyError::KindMismatch {
                     event: EVENT,
                     kind: kind.to_owned(),
@@ -721,8 +720,8 @@ impl State {
             }
         };
         // Validated: mutate.
-        let mut signature = signature.into_owned();
-        if *signature.kind != *kind {
+        let mut signature = signature;
+        if !same_str(&signature.kind, kind) {
             signature.kind = Arc::from(kind);
         }
         signature.children.clear();
@@ -1297,4 +1296,11 @@ impl Settlement {
             })
             .collect()
     }
+}
+
+/// String equality that first asks whether both are the same bytes in memory (a track-call's
+/// kind is usually its signature's own kind).
+#[inline]
+fn same_str(a: &str, b: &str) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len() || a == b
 }
