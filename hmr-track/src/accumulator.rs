@@ -612,13 +612,13 @@ impl State {
             && track.index == index
             && track.key.as_deref() == key
             && same_str(&track.kind, kind))
-            .then_some(TrackPlan {
-                module,
-                index,
-                parent,
-                new_path: None,
-                existing: Some(hint),
-            })
+        .then_some(TrackPlan {
+            module,
+            index,
+            parent,
+            new_path: None,
+            existing: Some(hint),
+        })
     }
 
     fn track_call(
