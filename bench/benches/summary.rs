@@ -751,8 +751,8 @@ fn scale_plugin(pipelines: usize, scopes: usize) -> anyhow::Result<(Built, Reloa
 
 fn swap_scaling(report: &mut Report) -> anyhow::Result<()> {
     report.line("\n### 4. Swap cost against the number of tracks (host side of a reload; target linear, < 10 ms at 10,000)\n");
-    report.line("| tracks | load (copy + dlopen) | validate | register | reconcile + publish | host total | per track |");
-    report.line("|---:|---:|---:|---:|---:|---:|---:|");
+    report.line("| tracks | load (copy + dlopen) | validate | register | reconcile + publish | host total | per track | slowest reload |");
+    report.line("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut totals = Vec::new();
     for scopes in [7usize, 97, 997] {
         let (built, mut r) = scale_plugin(10, scopes)?;
@@ -774,25 +774,32 @@ fn swap_scaling(report: &mut Report) -> anyhow::Result<()> {
             swap.push(us(t.swap));
             total.push(us(t.load + t.validate + t.register + t.swap));
         }
+        let slowest = total.iter().copied().fold(0.0, f64::max);
         let total_m = median(&mut total);
         report.line(format!(
-            "| {tracks} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | {:.2} ms | {:.2} us |",
+            "| {tracks} | {:.0} us | {:.0} us | {:.0} us | {:.0} us | {:.2} ms | {:.2} us | {:.2} ms |",
             median(&mut load),
             median(&mut validate),
             median(&mut register),
             median(&mut swap),
             total_m / 1000.0,
-            total_m / tracks as f64
+            total_m / tracks as f64,
+            slowest / 1000.0
         ));
-        totals.push((tracks, total_m / 1000.0));
+        totals.push((tracks, total_m / 1000.0, slowest / 1000.0));
     }
-    let [_, (mid_tracks, mid_ms), (top_tracks, top_ms)] = totals[..] else {
+    let [_, (mid_tracks, mid_ms, _), (top_tracks, top_ms, top_max)] = totals[..] else {
         anyhow::bail!("three configurations were measured, not {}", totals.len());
     };
     report.verdict(
         "swap: host side of a reload < 10 ms at 10,000 tracks",
         format!("{top_ms:.2} ms at {top_tracks} tracks"),
         Some(top_tracks >= 10_000 && top_ms < 10.0),
+    );
+    report.verdict(
+        "swap: host side of a reload < 5 ms median, never over 10 ms, at 10,000 tracks (hardening issue)",
+        format!("median {top_ms:.2} ms, slowest of 9 {top_max:.2} ms"),
+        Some(top_tracks >= 10_000 && top_ms < 5.0 && top_max <= 10.0),
     );
     let growth = (top_ms / top_tracks as f64) / (mid_ms / mid_tracks as f64);
     report.verdict(

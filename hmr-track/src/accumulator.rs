@@ -1,7 +1,6 @@
 //! The accumulator: [`State`] (`stack` of open calls + `store` of entities) and `apply`, which
 //! validates an event fully and only then mutates, so a refused event changes nothing.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
@@ -16,6 +15,7 @@ use crate::model::{
     Track, signature_change,
 };
 use crate::path;
+use crate::tracks::TrackMap;
 
 /// How many replaced core entities a track remembers (`prev_entity_ids`); older ones leave
 /// the store, so a long session's store does not grow with its reloads.
@@ -134,7 +134,7 @@ pub struct Store {
     /// Registration runs.
     pub modules: BTreeMap<ModuleId, Module>,
     /// Tracks by id.
-    pub tracks: BTreeMap<Id, Box<Track>>,
+    pub tracks: TrackMap,
     /// Pipelines by id.
     pub pipelines: BTreeMap<Id, Pipeline>,
     /// Operators by id.
@@ -197,7 +197,7 @@ impl std::hash::Hasher for Fnv {
 #[derive(Deserialize)]
 struct StoreData {
     modules: BTreeMap<ModuleId, Module>,
-    tracks: BTreeMap<Id, Box<Track>>,
+    tracks: TrackMap,
     pipelines: BTreeMap<Id, Pipeline>,
     operators: BTreeMap<Id, Operator>,
     subscriptions: BTreeMap<Id, Subscription>,
@@ -228,6 +228,14 @@ impl Store {
     fn insert_path(&mut self, path: String, id: Id) {
         self.path_index.insert(path.clone(), id);
         self.paths.insert(path, id);
+    }
+
+    /// Removes core entities that left a track's bounded history.
+    fn forget_entities(&mut self, forgotten: &[Id]) {
+        for id in forgotten {
+            self.pipelines.remove(id);
+            self.operators.remove(id);
+        }
     }
 
     fn remove_path(&mut self, path: &str) {
@@ -587,6 +595,32 @@ impl State {
         })
     }
 
+    /// The plan of a `track-call` of `kind`/`key` when the track `hint` is where it lands
+    /// (see [`State::track_call_auto`]); `None` when it is not, or when the call must fail.
+    fn plan_from_hint(&self, kind: &str, key: Option<&str>, hint: Id) -> Option<TrackPlan> {
+        let module = self.running_module()?;
+        let track = self.store.tracks.get(&hint)?;
+        let frame = self.stack.tracks.last();
+        let index = match (frame, key) {
+            (_, Some(_)) => None,
+            (Some(frame), None) if frame.next_index < u32::MAX => Some(frame.next_index),
+            // An unkeyed top-level track, or too many children: the full plan says why.
+            _ => return None,
+        };
+        let parent = frame.map(|f| f.track);
+        (track.parent == parent
+            && track.index == index
+            && track.key.as_deref() == key
+            && same_str(&track.kind, kind))
+        .then_some(TrackPlan {
+            module,
+            index,
+            parent,
+            new_path: None,
+            existing: Some(hint),
+        })
+    }
+
     fn track_call(
         &mut self,
         track: Id,
@@ -595,21 +629,31 @@ impl State {
         signature: &Signature,
     ) -> Result<(), ApplyError> {
         let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
-        self.track_call_planned(plan, track, kind, key, Cow::Borrowed(signature))
+        self.track_call_planned(plan, track, kind, key, signature.clone())
     }
 
     /// A `track-call` whose id is the one its path picks (the existing track's, else a fresh
     /// one), planned once: what [`State::track_id_for`] followed by [`State::apply`] of the
     /// event does, without computing the path twice or copying the signature. Returns the id.
+    ///
+    /// `hint` is the track the caller expects (the one at the same place in the last run):
+    /// when it is the open track's child with this kind, key and index, its path is the one
+    /// the call would build (a track's path is its parent's path and its own segment, fixed
+    /// at creation), so the plan takes it without building or hashing the path. Any other
+    /// hint is ignored. Either way the outcome is the unhinted call's.
     pub(crate) fn track_call_auto(
         &mut self,
         kind: &str,
         key: Option<&str>,
         signature: Signature,
+        hint: Option<Id>,
     ) -> Result<Id, ApplyError> {
-        let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
+        let plan = match hint.and_then(|hint| self.plan_from_hint(kind, key, hint)) {
+            Some(plan) => plan,
+            None => self.plan_track_call(TRACK_CALL, kind, key)?,
+        };
         let track = plan.existing.unwrap_or_else(|| self.fresh_id());
-        self.track_call_planned(plan, track, kind, key, Cow::Owned(signature))?;
+        self.track_call_planned(plan, track, kind, key, signature)?;
         Ok(track)
     }
 
@@ -619,11 +663,11 @@ impl State {
         track: Id,
         kind: &str,
         key: Option<&str>,
-        signature: Cow<'_, Signature>,
+        signature: Signature,
     ) -> Result<(), ApplyError> {
         const EVENT: &str = TRACK_CALL;
         let kind_mismatch = || {
-            (!signature.kind.is_empty() && *signature.kind != *kind).then(|| {
+            (!signature.kind.is_empty() && !same_str(&signature.kind, kind)).then(|| {
                 ApplyError::KindMismatch {
                     event: EVENT,
                     kind: kind.to_owned(),
@@ -676,8 +720,8 @@ impl State {
             }
         };
         // Validated: mutate.
-        let mut signature = signature.into_owned();
-        if *signature.kind != *kind {
+        let mut signature = signature;
+        if !same_str(&signature.kind, kind) {
             signature.kind = Arc::from(kind);
         }
         signature.children.clear();
@@ -700,7 +744,7 @@ impl State {
                 self.store.insert_path(path.clone(), track);
                 self.store.tracks.insert(
                     track,
-                    Box::new(Track {
+                    Track {
                         id: track,
                         path,
                         entity_id: None,
@@ -714,7 +758,7 @@ impl State {
                         module: plan.module,
                         created_by: plan.module,
                         pending: None,
-                    }),
+                    },
                 );
                 self.introduce(track);
             }
@@ -809,30 +853,61 @@ impl State {
             });
         }
         // Validated: mutate.
-        let Some(pending) = stored.pending.take() else {
-            return Ok(());
-        };
-        stored.signature = pending.signature;
-        if let Some(old) = stored.entity_id.take() {
-            stored.prev_entity_ids.push(old);
+        let mut forgotten = Vec::new();
+        commit_pending(stored, module, &mut forgotten);
+        self.store.forget_entities(&forgotten);
+        Ok(())
+    }
+
+    /// Settles the run `module` in one pass over the store, as one decision: every track it
+    /// registered again is committed, `swapped` when its [`Signature`] is unchanged and
+    /// `reset` (with [`signature_change`]'s reason) when not, exactly as the `track-update`
+    /// events of [`Settlement::updates`] would commit them one by one; tracks it created are
+    /// listed as `added`, tracks it did not register as `orphans` (left in place: removing
+    /// them is the caller's, with `track-update` `removed`, once their pipelines stopped).
+    ///
+    /// Refused, changing nothing, while a run is open or when `module` is not the current
+    /// module (the errors a `track-update` would get).
+    pub fn settle_run(&mut self, module: ModuleId) -> Result<Settlement, ApplyError> {
+        const EVENT: &str = "track-update";
+        if let Some(open) = self.running_module() {
+            return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
         }
-        // Bounded history: the oldest replaced entity leaves the track's history and the
-        // store (an entity belongs to the one scope run that produced it, so nothing else
-        // refers to it).
-        if stored.prev_entity_ids.len() > PREV_ENTITY_HISTORY {
-            let forgotten: Vec<Id> = stored
-                .prev_entity_ids
-                .drain(..stored.prev_entity_ids.len() - PREV_ENTITY_HISTORY)
-                .collect();
-            for id in forgotten {
-                self.store.pipelines.remove(&id);
-                self.store.operators.remove(&id);
+        if self.current_module != Some(module) {
+            return Err(ApplyError::ModuleNotCurrent {
+                event: EVENT,
+                module,
+                current: self.current_module,
+            });
+        }
+        // Validated: mutate.
+        let mut settlement = Settlement {
+            module,
+            ..Settlement::default()
+        };
+        let mut forgotten = Vec::new();
+        for stored in self.store.tracks.values_mut() {
+            match stored.pending.as_ref() {
+                Some(pending) if pending.module == module => {
+                    match signature_change(&stored.signature, &pending.signature) {
+                        None => settlement.swapped.push(stored.id),
+                        Some(reason) => settlement.reset.push((stored.id, reason)),
+                    }
+                    commit_pending(stored, module, &mut forgotten);
+                }
+                _ if stored.module == module && stored.created_by == module => {
+                    settlement.added.push(stored.id);
+                }
+                _ if stored.module < module => settlement.orphans.push(stored.id),
+                _ => {}
             }
         }
-        stored.entity_id = pending.entity_id;
-        stored.version += 1;
-        stored.module = module;
-        Ok(())
+        self.store.forget_entities(&forgotten);
+        settlement.swapped.sort_unstable();
+        settlement.reset.sort_unstable_by_key(|(id, _)| *id);
+        settlement.added.sort_unstable();
+        settlement.orphans.sort_unstable();
+        Ok(settlement)
     }
 
     fn track_update(
@@ -1153,4 +1228,79 @@ fn check_return(event: &'static str, top: Option<Id>, found: Id) -> Result<(), A
 /// from it): a second registration at its path in the same run is a duplicate.
 fn registered_in(track: &Track, module: ModuleId) -> bool {
     track.module == module || track.pending.as_ref().is_some_and(|p| p.module == module)
+}
+
+/// Commits `stored`'s pending registration from `module` (what a `swapped` or `reset`
+/// `track-update` does once validated); the entities that leave its bounded history go to
+/// `forgotten`, to be removed from the store.
+fn commit_pending(stored: &mut Track, module: ModuleId, forgotten: &mut Vec<Id>) {
+    let Some(pending) = stored.pending.take() else {
+        return;
+    };
+    stored.signature = pending.signature;
+    if let Some(old) = stored.entity_id.take() {
+        stored.prev_entity_ids.push(old);
+    }
+    // Bounded history: the oldest replaced entity leaves the track's history and the store
+    // (an entity belongs to the one scope run that produced it, so nothing else refers to it).
+    if stored.prev_entity_ids.len() > PREV_ENTITY_HISTORY {
+        let excess = stored.prev_entity_ids.len() - PREV_ENTITY_HISTORY;
+        forgotten.extend(stored.prev_entity_ids.drain(..excess));
+    }
+    stored.entity_id = pending.entity_id;
+    stored.version += 1;
+    stored.module = module;
+}
+
+/// What [`State::settle_run`] decided for a run and committed: track ids, each list in id
+/// order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// The run settled.
+    pub module: ModuleId,
+    /// Registered again with the same signature: their state is kept.
+    pub swapped: Vec<Id>,
+    /// Registered again with another signature, and why (see [`signature_change`]).
+    pub reset: Vec<(Id, String)>,
+    /// Created by the run.
+    pub added: Vec<Id>,
+    /// Not registered by the run: still in the store, to be removed.
+    pub orphans: Vec<Id>,
+}
+
+impl Settlement {
+    /// The `track-update` events that commit the same tracks one by one (swapped and reset,
+    /// in id order): applying them to the state before [`State::settle_run`] yields the state
+    /// after it.
+    pub fn updates(&self) -> Vec<Event> {
+        let mut updates: Vec<(Id, UpdateOutcome)> = self
+            .swapped
+            .iter()
+            .map(|&id| (id, UpdateOutcome::Swapped))
+            .chain(self.reset.iter().map(|(id, reason)| {
+                (
+                    *id,
+                    UpdateOutcome::Reset {
+                        reason: reason.clone(),
+                    },
+                )
+            }))
+            .collect();
+        updates.sort_unstable_by_key(|(id, _)| *id);
+        updates
+            .into_iter()
+            .map(|(track, outcome)| Event::TrackUpdate {
+                track,
+                module: self.module,
+                outcome,
+            })
+            .collect()
+    }
+}
+
+/// String equality that first asks whether both are the same bytes in memory (a track-call's
+/// kind is usually its signature's own kind).
+#[inline]
+fn same_str(a: &str, b: &str) -> bool {
+    std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len() || a == b
 }

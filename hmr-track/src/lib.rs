@@ -119,9 +119,10 @@ mod model;
 pub mod path;
 mod query;
 mod recorder;
+mod tracks;
 
 pub use accumulator::{
-    EntityFrame, EntityKind, MODULE_HISTORY, PREV_ENTITY_HISTORY, Stack, State, Store,
+    EntityFrame, EntityKind, MODULE_HISTORY, PREV_ENTITY_HISTORY, Settlement, Stack, State, Store,
     SubscriptionCall, SubscriptionFrame, TrackFrame, apply,
 };
 pub use error::ApplyError;
@@ -131,3 +132,4 @@ pub use model::{
     Subscription, Track, signature_change,
 };
 pub use recorder::Recorder;
+pub use tracks::TrackMap;

@@ -16,7 +16,14 @@ pub const KEY_FORBIDDEN: [char; 3] = ['|', ':', '#'];
 /// is its name, which also names its thread and is printed: a NUL or a newline in it would
 /// fail the one and garble the other).
 pub fn check_key(event: &'static str, key: &str) -> Result<(), ApplyError> {
-    if key.is_empty() || key.contains(KEY_FORBIDDEN) || key.contains(char::is_control) {
+    // Bytes first (this runs once per registered track): the forbidden characters and the
+    // ASCII controls are single bytes that never occur inside a multi-byte character; only
+    // a key with non-ASCII text is searched for the other controls (U+0080 to U+009F).
+    let ascii_refused = |b: u8| b.is_ascii_control() || KEY_FORBIDDEN.contains(&char::from(b));
+    if key.is_empty()
+        || key.bytes().any(ascii_refused)
+        || (!key.is_ascii() && key.contains(char::is_control))
+    {
         return Err(ApplyError::InvalidKey {
             event,
             key: key.to_owned(),
@@ -149,6 +156,15 @@ mod tests {
             ("a|b", false),
             ("a:b", false),
             ("#a", false),
+            ("a\nb", false),
+            ("nul\0", false),
+            ("del\u{7f}", false),
+            ("naïve", true),
+            ("日本", true),
+            ("é|", false),
+            ("next\u{85}line", false),
+            ("\u{9f}", false),
+            ("\u{a0}", true),
         ];
         for (key, ok) in table {
             assert_eq!(check_key("track-call", key).is_ok(), ok, "{key:?}");

@@ -11,14 +11,14 @@ use crate::path;
 impl State {
     /// The track with this id.
     pub fn track(&self, id: Id) -> Option<&Track> {
-        self.store.tracks.get(&id).map(|t| &**t)
+        self.store.tracks.get(&id)
     }
 
     /// The track at this structural path (O(log n) through the path index).
     pub fn find_by_path(&self, path: &str) -> Option<&Track> {
         self.store
             .track_at(path)
-            .and_then(|id| self.store.tracks.get(&id).map(|t| &**t))
+            .and_then(|id| self.store.tracks.get(&id))
     }
 
     /// Rebuilds a track's path by walking its parents (`deriveStructuralPath` in the seed).
@@ -79,7 +79,7 @@ impl State {
             .paths
             .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
             .take_while(move |(p, _)| p.starts_with(&prefix))
-            .filter_map(|(_, id)| self.store.tracks.get(id).map(|t| &**t))
+            .filter_map(|(_, id)| self.store.tracks.get(id))
     }
 
     /// The direct children of a track: unkeyed ones by index, then keyed ones by key.
@@ -120,7 +120,7 @@ impl State {
             .paths
             .values()
             .rev()
-            .filter_map(|id| self.store.tracks.get(id).map(|t| &**t))
+            .filter_map(|id| self.store.tracks.get(id))
             .filter(|t| t.module < module && !pending_from(t, module))
             .map(|t| t.id)
             .collect()
@@ -130,7 +130,7 @@ impl State {
         self.store
             .paths
             .values()
-            .filter_map(|id| self.store.tracks.get(id).map(|t| &**t))
+            .filter_map(|id| self.store.tracks.get(id))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::accumulator::State;
+use crate::accumulator::{Settlement, State};
 use crate::error::ApplyError;
 use crate::event::{Event, ModuleOutcome, UpdateOutcome};
 use crate::model::{Id, ModuleId, Signature};
@@ -79,9 +79,23 @@ impl Recorder {
         key: Option<&str>,
         signature: Signature,
     ) -> Result<Id, ApplyError> {
+        self.track_call_hinted(kind, key, signature, None)
+    }
+
+    /// [`Recorder::track_call`] for a caller that expects the track `hint` (the one at the
+    /// same place in its last run): when the hint is right, the path is neither built nor
+    /// looked up (see `State::track_call_auto`). A wrong hint is ignored; the outcome is
+    /// always [`Recorder::track_call`]'s.
+    pub fn track_call_hinted(
+        &mut self,
+        kind: &str,
+        key: Option<&str>,
+        signature: Signature,
+        hint: Option<Id>,
+    ) -> Result<Id, ApplyError> {
         if self.log_disabled {
             // The same event, applied without being built: the path is planned once.
-            return self.state.track_call_auto(kind, key, signature);
+            return self.state.track_call_auto(kind, key, signature, hint);
         }
         let track = self.state.track_id_for(kind, key)?;
         self.record(Event::TrackCall {
@@ -143,6 +157,17 @@ impl Recorder {
     pub fn unsubscribe(&mut self, subscription: Id) -> Result<(), ApplyError> {
         self.record(Event::UnsubscribeCall { subscription })?;
         self.record(Event::UnsubscribeCallReturn { subscription })
+    }
+
+    /// Settles the run `module` in one pass ([`State::settle_run`]): the same state as a
+    /// `track-update` `swapped` or `reset` for each track the run registered again, decided
+    /// once; logged as those events (in id order).
+    pub fn settle_run(&mut self, module: ModuleId) -> Result<Settlement, ApplyError> {
+        let settlement = self.state.settle_run(module)?;
+        if !self.log_disabled {
+            self.log.extend(settlement.updates());
+        }
+        Ok(settlement)
     }
 
     /// `track-update`.

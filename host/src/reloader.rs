@@ -29,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmr_track::{Id, Recorder, UpdateOutcome, signature_change};
+use hmr_track::{Id, Recorder, Settlement, UpdateOutcome};
 
 pub use crate::cargo::plugin_manifest;
 use crate::cargo::{BuildConfig, BuildError, Builder};
@@ -91,6 +91,7 @@ pub struct Reloader {
     /// The state lineage of every live operator track (see [`crate::code::OpCode::lineage`]).
     lineages: std::collections::HashMap<Id, u64, IdHash>,
     register_deadline: Duration,
+    registrar: crate::register::Registrar,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -121,6 +122,7 @@ impl Reloader {
             unchanged: 0,
             lineages: std::collections::HashMap::default(),
             register_deadline: crate::register::REGISTER_DEADLINE,
+            registrar: crate::register::Registrar::default(),
         })
     }
 
@@ -285,7 +287,10 @@ impl Reloader {
         self.versions.push(lib.clone());
         let register_started = Instant::now();
         let (module, pipelines) =
-            match crate::register::register(&lib, &mut self.recorder, self.register_deadline) {
+            match self
+                .registrar
+                .register(&lib, &mut self.recorder, self.register_deadline)
+            {
                 Ok(r) => r,
                 Err(e) => {
                     self.sink.event(HostEvent::LoadFailed {
@@ -365,40 +370,30 @@ impl Reloader {
     /// Steps 6 and 7.
     fn reconcile(&mut self, module: u64, pipelines: Vec<PipelineCode>) -> Report {
         let mut report = Report::default();
+        // One plan, decided and committed in one pass over the store: this is the part of a
+        // reload that grows with the number of tracks, so re-registered, new and orphaned
+        // tracks are sorted out together, each signature compared once.
+        let settlement = self.recorder.settle_run(module).unwrap_or_else(|e| {
+            self.internal_error(&e);
+            Settlement::default()
+        });
         let state = &self.recorder.state;
-        let mut updates = Vec::new();
-        let mut orphans = Vec::new();
-        // One pass over the store: this is the part of a reload that grows with the number of
-        // tracks, so re-registered, new and orphaned tracks are sorted out together.
-        for track in state.store.tracks.values() {
-            if let Some(pending) = track.pending.as_ref().filter(|p| p.module == module) {
-                match signature_change(&track.signature, &pending.signature) {
-                    None => updates.push((track.id, UpdateOutcome::Swapped)),
-                    Some(reason) => {
-                        report.reset.push(ResetInfo {
-                            path: track.path.clone(),
-                            reason: reason.clone(),
-                        });
-                        updates.push((track.id, UpdateOutcome::Reset { reason }));
-                    }
-                }
-            } else if track.module == module {
-                if track.created_by == module {
-                    self.lineages.insert(track.id, module);
-                    if self.current.is_some() {
-                        report.added.push(track.path.clone());
-                    }
-                }
-            } else if track.module < module {
-                orphans.push(track);
-            }
+        let path_of = |id: &Id| state.track(*id).map(|t| t.path.clone()).unwrap_or_default();
+        for (id, reason) in &settlement.reset {
+            report.reset.push(ResetInfo {
+                path: path_of(id),
+                reason: reason.clone(),
+            });
+        }
+        if self.current.is_some() {
+            report.added = settlement.added.iter().map(path_of).collect();
         }
         report.reset.sort_by(|a, b| a.path.cmp(&b.path));
         report.added.sort();
-        let swapped: Vec<Id> = updates
+        let mut orphans: Vec<&hmr_track::Track> = settlement
+            .orphans
             .iter()
-            .filter(|(_, o)| *o == UpdateOutcome::Swapped)
-            .map(|(id, _)| *id)
+            .filter_map(|id| state.track(*id))
             .collect();
         // Children before parents, so each removal leaves no child behind.
         orphans.sort_by(|a, b| b.path.cmp(&a.path));
@@ -409,15 +404,17 @@ impl Reloader {
             .collect();
         report.removed = orphans.iter().rev().map(|t| t.path.clone()).collect();
         let orphans: Vec<Id> = orphans.iter().map(|t| t.id).collect();
-        for (id, outcome) in updates {
-            // The one decision: the drivers keep exactly the states reported as swapped.
-            if outcome != UpdateOutcome::Swapped || !self.lineages.contains_key(&id) {
-                self.lineages.insert(id, module);
-            }
-            if let Err(e) = self.recorder.update(id, module, outcome) {
-                self.internal_error(&e);
-            }
+        // The one decision: the drivers keep exactly the states reported as swapped.
+        for &id in &settlement.added {
+            self.lineages.insert(id, module);
         }
+        for (id, _) in &settlement.reset {
+            self.lineages.insert(*id, module);
+        }
+        for &id in &settlement.swapped {
+            self.lineages.entry(id).or_insert(module);
+        }
+        let swapped = settlement.swapped;
         // Step 5: removed pipelines first, then the new code.
         for name in removed_pipelines {
             self.runtime.remove(&name);

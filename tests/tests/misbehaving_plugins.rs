@@ -65,3 +65,78 @@ fn a_register_that_never_returns_fails_the_load_and_the_fix_loads() -> anyhow::R
     );
     Ok(())
 }
+
+/// A plugin that names a pipeline after the (Linux) thread its `register` runs on, and never returns
+/// from `register` while the file `{MARKER}` exists.
+#[cfg(target_os = "linux")]
+const THREAD_NAMER: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    while std::path::Path::new("{MARKER}").exists() {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+    // The kernel's thread id (`std::thread::current().id()` would be the plugin's own std's,
+    // which counts afresh in every loaded copy).
+    let tid = std::fs::read_link("/proc/thread-self").expect("linux");
+    let tid = tid.file_name().expect("a thread id").to_string_lossy().into_owned();
+    p.pipeline(&format!("on-{tid}"), interval_ms(3_600_000))
+        .map(|n: u64| n + 1);
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// Registrations run on one thread, kept from one reload to the next (no thread is started
+/// per reload), until a `register` misses its deadline: that thread is left stuck, and the
+/// next registration runs on a new one, kept in turn.
+#[cfg(target_os = "linux")]
+#[test]
+fn registrations_share_one_thread_until_one_is_stuck() -> anyhow::Result<()> {
+    let scratch = host::testkit::TempDir::new("register_thread_marker");
+    let marker = scratch.path().join("stuck");
+    let source = THREAD_NAMER.replace("{MARKER}", &marker.display().to_string());
+    let fixture = Fixture::new("register_thread_namer", &source);
+    let config = fixture.build_config(false)?;
+    let library = host::cargo::build(&config)?.library;
+    let (mut reloader, _events) = integration_tests::channel_reloader(config)?;
+    reloader.set_register_deadline(Duration::from_secs(1));
+    let mut thread_of_load = || -> anyhow::Result<Option<String>> {
+        let outcome = reloader.load_built(&library, 0);
+        if outcome == host::reloader::Outcome::LoadFailed {
+            return Ok(None);
+        }
+        let named: Vec<String> = reloader
+            .tracks()
+            .into_iter()
+            .map(|t| t.path)
+            .filter(|p| p.starts_with("on-") && !p.contains('|'))
+            .collect();
+        anyhow::ensure!(
+            named.len() == 1,
+            "one pipeline named after its thread: {named:?}"
+        );
+        Ok(named.into_iter().next())
+    };
+    let first = thread_of_load()?.expect("v1 loads");
+    let second = thread_of_load()?.expect("v2 loads");
+    assert_eq!(
+        first, second,
+        "the second registration ran on another thread"
+    );
+    std::fs::write(&marker, "")?;
+    assert_eq!(
+        thread_of_load()?,
+        None,
+        "a register() that never returns fails the load"
+    );
+    std::fs::remove_file(&marker)?;
+    let after = thread_of_load()?.expect("v4 loads");
+    assert_ne!(
+        after, first,
+        "the stuck thread cannot run the next registration"
+    );
+    let again = thread_of_load()?.expect("v5 loads");
+    assert_eq!(after, again, "the new thread is kept in turn");
+    Ok(())
+}

@@ -10,7 +10,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-use crate::support::{Node, Place, paths, replay_checked, run, settle};
+use crate::support::{Node, Place, paths, replay_checked, run, run_hinted, settle};
 
 const KINDS: [&str; 5] = ["map", "filter", "scan", "tap", "scope"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
@@ -484,6 +484,105 @@ proptest! {
         prop_assert!(settled.reset.iter().all(|(_, reason)| reason.starts_with("seed changed from ")));
         prop_assert_eq!(settled.swapped.len() + settled.reset.len(), before.len());
         prop_assert_eq!(path_ids(&rec.state), before);
+    }
+
+    /// Settling a run in one pass (`settle_run`, what the host does on every reload) leaves
+    /// the store exactly as the `track-update` events decided track by track do, names the
+    /// same tracks swapped, reset, added and orphaned, and logs events that rebuild it. Over
+    /// a series of runs: the same program reseeded here and there (swaps and resets, enough
+    /// of them to overflow each track's entity history), then another program (adds and
+    /// removals).
+    #[test]
+    fn settling_in_one_pass_matches_the_events(
+        first in program(),
+        then in program(),
+        reruns in 1usize..7,
+        every in 1usize..5,
+    ) {
+        let mut rec = Recorder::new();
+        run(&mut rec, &first).unwrap();
+        let mut programs = Vec::new();
+        for r in 0..reruns {
+            let mut changed = first.clone();
+            for_each_mut(&mut changed, &mut 0, &mut |node, i| {
+                if (i + r) % every == 0 {
+                    node.seed = Some(format!("{r}"));
+                }
+            });
+            programs.push(changed);
+        }
+        programs.push(then);
+        for program in &programs {
+            let module = run(&mut rec, program).unwrap().module;
+            let mut fast = rec.clone();
+            let by_events = settle(&mut rec, module).unwrap();
+            let settlement = fast.settle_run(module).unwrap();
+            let path = |id: &Id| fast.state.track(*id).map(|t| t.path.clone()).unwrap();
+            let mut swapped: Vec<String> = settlement.swapped.iter().map(path).collect();
+            let mut reset: Vec<(String, String)> = settlement
+                .reset
+                .iter()
+                .map(|(id, reason)| (path(id), reason.clone()))
+                .collect();
+            let mut added: Vec<String> = settlement.added.iter().map(path).collect();
+            let mut orphans: Vec<String> = settlement.orphans.iter().map(path).collect();
+            // What is left to the host: removing the orphans, by events.
+            let rest = settle(&mut fast, module).unwrap();
+            prop_assert!(rest.swapped.is_empty() && rest.reset.is_empty(), "{:?}", rest);
+            prop_assert_eq!(&fast.state, &rec.state);
+            let mut expected = by_events;
+            for list in [&mut swapped, &mut added, &mut orphans, &mut expected.swapped, &mut expected.added, &mut expected.removed] {
+                list.sort();
+            }
+            reset.sort();
+            expected.reset.sort();
+            prop_assert_eq!(swapped, expected.swapped);
+            prop_assert_eq!(reset, expected.reset);
+            prop_assert_eq!(added, expected.added);
+            prop_assert_eq!(orphans, expected.removed);
+            let replayed = State::replay(&fast.log);
+            prop_assert_eq!(replayed.as_ref(), Ok(&fast.state));
+            assert_consistent(&fast.state);
+        }
+    }
+
+    /// A track-call hinted with the track it should land on (the host passes the last run's
+    /// ids in call order) skips building and looking up the path; a hint that is right gives
+    /// the unhinted call's outcome, and so does a wrong one (another track's id, an unknown
+    /// id): the store is the event path's after every run.
+    #[test]
+    fn hinted_track_calls_build_the_same_state(
+        first in program(),
+        then in program(),
+        noise in vec(0u64..64, 1..8),
+    ) {
+        let mut events = Recorder::new();
+        let mut hinted = Recorder::without_log();
+        let mut wrong = Recorder::without_log();
+        let mut last: Vec<Id> = Vec::new();
+        for program in [&first, &first, &then, &then, &first] {
+            // Wrong hints: the right ones shifted by one, every few replaced by noise.
+            let bad: Vec<Id> = (0..last.len() + 2)
+                .map(|i| match i % (noise.len() + 1) {
+                    0 => noise[i % noise.len()],
+                    _ => last.get(i + 1).copied().unwrap_or(u64::MAX),
+                })
+                .collect();
+            let a = run(&mut events, program).map(|r| (r.module, r.tracks));
+            let b = run_hinted(&mut hinted, program, &last).map(|r| (r.module, r.tracks));
+            let c = run_hinted(&mut wrong, program, &bad).map(|r| (r.module, r.tracks));
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(&a, &c);
+            prop_assert_eq!(&events.state, &hinted.state);
+            prop_assert_eq!(&events.state, &wrong.state);
+            let (module, tracks) = a.unwrap();
+            for rec in [&mut events, &mut hinted, &mut wrong] {
+                settle(rec, module).unwrap();
+            }
+            prop_assert_eq!(&events.state, &hinted.state);
+            prop_assert_eq!(&events.state, &wrong.state);
+            last = tracks.into_iter().map(|(_, id)| id).collect();
+        }
     }
 
     /// Inserting an unkeyed operator changes only the paths of its later unkeyed siblings (and

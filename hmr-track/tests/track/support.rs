@@ -128,7 +128,26 @@ pub fn emit(
     route: &mut Vec<usize>,
     out: &mut Vec<(Vec<usize>, Id)>,
 ) -> Result<(), ApplyError> {
-    let track = rec.track_call(&node.kind, node.key.as_deref(), signature(node))?;
+    emit_hinted(rec, node, route, out, None)
+}
+
+/// [`emit`] through [`Recorder::track_call_hinted`], the hint of the n-th track (preorder)
+/// being `hints[n]`.
+fn emit_hinted(
+    rec: &mut Recorder,
+    node: &Node,
+    route: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, Id)>,
+    hints: Option<&[Id]>,
+) -> Result<(), ApplyError> {
+    let sig = signature(node);
+    let track = match hints {
+        None => rec.track_call(&node.kind, node.key.as_deref(), sig)?,
+        Some(hints) => {
+            let hint = hints.get(out.len()).copied();
+            rec.track_call_hinted(&node.kind, node.key.as_deref(), sig, hint)?
+        }
+    };
     out.push((route.clone(), track));
     let entity = |rec: &mut Recorder| -> Result<(), ApplyError> {
         if node.kind == "pipeline" {
@@ -145,7 +164,7 @@ pub fn emit(
     }
     for (i, child) in node.children.iter().enumerate() {
         route.push(i);
-        emit(rec, child, route, out)?;
+        emit_hinted(rec, child, route, out, hints)?;
         route.pop();
     }
     if node.entity == Place::After {
@@ -165,6 +184,17 @@ pub fn run(rec: &mut Recorder, program: &[Node]) -> Result<Run, ApplyError> {
     let mut tracks = Vec::new();
     for (i, node) in program.iter().enumerate() {
         emit(rec, node, &mut vec![i], &mut tracks)?;
+    }
+    rec.module_call_return(module, ModuleOutcome::Ok)?;
+    Ok(Run { module, tracks })
+}
+
+/// [`run`] with a hint for each track-call (preorder), right or wrong.
+pub fn run_hinted(rec: &mut Recorder, program: &[Node], hints: &[Id]) -> Result<Run, ApplyError> {
+    let module = rec.module_call("test")?;
+    let mut tracks = Vec::new();
+    for (i, node) in program.iter().enumerate() {
+        emit_hinted(rec, node, &mut vec![i], &mut tracks, Some(hints))?;
     }
     rec.module_call_return(module, ModuleOutcome::Ok)?;
     Ok(Run { module, tracks })
