@@ -529,3 +529,55 @@ fn page_in_chromium() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A user function stuck in one call shows as a lint on its track's path (issue: "show the
+/// same as a lint in the inspector"), with the stuck event's fields; the lint stays while the
+/// thread is stuck, through a reload that lists the pipeline as stuck.
+#[test]
+fn a_stuck_call_is_a_lint_on_its_track() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "inspector_stuck",
+        r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("spin", interval_ms(5))
+        .map(|n: u64| {
+            if n == 2 {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            n
+        })
+        .log();
+    p.pipeline("ok", interval_ms(5)).map(|n: u64| n + 1).log();
+}
+
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_for("a stuck event", EMISSION_TIMEOUT, |e| {
+        matches!(e, HostEvent::Stuck { .. })
+    })?;
+    let lints = |s: &Value| s["lints"].as_array().cloned().unwrap_or_default();
+    let s = snapshot_until(addr, "the stuck lint", EMISSION_TIMEOUT, |s| {
+        !lints(s).is_empty()
+    })?;
+    let lint = &lints(&s)[0];
+    assert_eq!(lint["event"], "stuck", "{lint}");
+    assert_eq!(lint["pipeline"], "spin", "{lint}");
+    assert_eq!(lint["path"], "spin|0:map", "{lint}");
+    assert!(
+        track(&s, "spin|0:map").is_some(),
+        "the lint's path is a track"
+    );
+    // A reload while the thread is stuck keeps the lint (the reload lists it as stuck).
+    fixture.edit("src/lib.rs", "n + 1", "n + 2");
+    host.wait_reload()?;
+    let s = snapshot(addr)?;
+    assert_eq!(lints(&s).len(), 1, "{s}");
+    host.stop();
+    Ok(())
+}

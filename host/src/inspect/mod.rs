@@ -73,6 +73,9 @@ struct Record {
     build_failed: Option<String>,
     /// The last load failure, until the next good load.
     load_failed: Option<String>,
+    /// The last `stuck` event of each pipeline whose thread is stuck, by pipeline: a lint,
+    /// until a reload no longer lists the pipeline as stuck (its call returned).
+    stuck: BTreeMap<String, HostEvent>,
 }
 
 fn push_bounded(q: &mut VecDeque<HostEvent>, e: HostEvent, dropped: &mut u64) {
@@ -121,7 +124,6 @@ impl Hub {
         if matches!(
             event,
             HostEvent::Emission { .. }
-                | HostEvent::Stuck { .. }
                 | HostEvent::Completed { .. }
                 | HostEvent::Inspector { .. }
         ) {
@@ -139,12 +141,16 @@ impl Hub {
                 r.load_failed = None;
             }
             HostEvent::Reload {
-                version, tracks, ..
+                version,
+                tracks,
+                stuck,
+                ..
             } => {
                 r.version = *version;
                 r.tracks = tracks.clone();
                 r.build_failed = None;
                 r.load_failed = None;
+                r.stuck.retain(|pipeline, _| stuck.contains(pipeline));
                 let r = &mut *r;
                 push_bounded(&mut r.reloads, event.clone(), &mut r.dropped_reloads);
             }
@@ -157,6 +163,9 @@ impl Hub {
             HostEvent::Error { .. } => {
                 let r = &mut *r;
                 push_bounded(&mut r.errors, event.clone(), &mut r.dropped_errors);
+            }
+            HostEvent::Stuck { pipeline, .. } => {
+                r.stuck.insert(pipeline.clone(), event.clone());
             }
             _ => {}
         }
@@ -241,6 +250,9 @@ pub struct Snapshot {
     /// What each reload did to each stateful operator's state (the last
     /// [`tally::KEPT_CHANGES`] of each pipeline), by version, then path.
     pub state_changes: Vec<tally::StateChange>,
+    /// Lints: the `stuck` event of each pipeline whose thread is stuck in one call into
+    /// plugin code (see `runtime::STUCK_AFTER`), until a reload no longer lists it as stuck.
+    pub lints: Vec<HostEvent>,
 }
 
 /// The inspector's shared parts: what the server reads.
@@ -297,6 +309,7 @@ impl Inspected {
                 state_changes.sort_by(|a, b| (a.version, &a.path).cmp(&(b.version, &b.path)));
                 state_changes
             },
+            lints: r.stuck.values().cloned().collect(),
         }
     }
 }
