@@ -123,9 +123,7 @@ impl Hub {
     fn remember(&self, event: &HostEvent) {
         if matches!(
             event,
-            HostEvent::Emission { .. }
-                | HostEvent::Completed { .. }
-                | HostEvent::Inspector { .. }
+            HostEvent::Emission { .. } | HostEvent::Completed { .. } | HostEvent::Inspector { .. }
         ) {
             // Not recorded: an emission (the most frequent event) takes no lock here.
             return;
