@@ -226,7 +226,10 @@ impl HostEvent {
     pub fn is_per_value(&self) -> bool {
         match self {
             HostEvent::Emission { .. } => true,
-            HostEvent::Error { pipeline, .. } => !pipeline.is_empty(),
+            // A user function's panic names its operator (`pipeline|i:kind`); a failure of a
+            // pipeline (its thread, its seed) names the pipeline itself, and the host's own
+            // nothing: those are never dropped, nor waited on for room.
+            HostEvent::Error { pipeline, path, .. } => !pipeline.is_empty() && path != pipeline,
             _ => false,
         }
     }
@@ -473,6 +476,41 @@ pub type Sink = Arc<dyn EventSink>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only values may be dropped by the printer: emissions and user-function panics (which
+    /// name an operator path); a pipeline's or the host's own failure never.
+    #[test]
+    fn only_values_are_per_value() {
+        let error = |pipeline: &str, path: &str| HostEvent::Error {
+            pipeline: pipeline.into(),
+            path: path.into(),
+            message: "m".into(),
+        };
+        let cases = [
+            (
+                HostEvent::Emission {
+                    pipeline: "p".into(),
+                    version: 1,
+                    value: "1".into(),
+                },
+                true,
+            ),
+            (error("p", "p|0:map"), true),
+            (error("p", "p"), false),
+            (error("", ""), false),
+            (
+                HostEvent::Completed {
+                    pipeline: "p".into(),
+                    emissions: 1,
+                    elapsed_us: 1,
+                },
+                false,
+            ),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(event.is_per_value(), expected, "{event:?}");
+        }
+    }
 
     /// Short messages pass; long ones fit the cap, note included, cut on a character
     /// boundary, and say how much was cut; a cut message is not cut again.

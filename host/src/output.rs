@@ -313,7 +313,13 @@ impl Printer {
         let thread = std::thread::Builder::new()
             .name("hmr-printer".to_owned())
             .spawn(move || {
-                if let Err(e) = print(&printing, formatter, out) {
+                // A panic while printing (a formatter or writer bug) ends printing as a write
+                // error does: nothing may wait for room that will never come.
+                let printed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    print(&printing, formatter, out)
+                }))
+                .unwrap_or_else(|_| Err(io::Error::other("the printer thread panicked")));
+                if let Err(e) = printed {
                     {
                         let mut q = printing.lock();
                         q.failed = Some((e.kind(), e.to_string()));
@@ -499,6 +505,35 @@ mod tests {
         });
         rx.recv_timeout(WAIT)
             .expect("the sink waited for a blocked output");
+    }
+
+    /// A writer that panics ends printing as a failed write does: a sink that waits for room
+    /// (`WhenFull::Wait`) is released instead of waiting for good, and the failure is said.
+    #[test]
+    fn a_panicking_writer_ends_printing_and_blocks_nobody() {
+        struct Panics;
+        impl Write for Panics {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                panic!("planted: a writer that panics")
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (closed_tx, closed) = channel();
+        let printer = Printer::start(Formatter::json(), Panics, 256, WhenFull::Wait, move |e| {
+            let _ = closed_tx.send(e.to_string());
+        })
+        .expect("a printer");
+        let sink = printer.sink();
+        within(move || {
+            for i in 0..10_000u64 {
+                sink.emission("p", 1, &i.to_string());
+            }
+        });
+        let said = closed.recv_timeout(WAIT).expect("the failure is reported");
+        assert!(said.contains("panicked"), "{said}");
+        assert!(printer.failure().is_some());
     }
 
     /// With the output blocked, pushing never waits; per-value events beyond the budget

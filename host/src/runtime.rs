@@ -224,19 +224,25 @@ impl Watchdog {
             .spawn(move || {
                 while !s.load(Ordering::Acquire) {
                     std::thread::park_timeout(WATCHDOG_TICK);
+                    // The `Arc`s upgraded here are dropped after the lock is released: one may
+                    // be the last (its thread just ended), and dropping it runs plugin code
+                    // (the closures' destructors), which must not run under this lock.
+                    let mut upgraded = Vec::new();
                     let mut list = w.lock().unwrap_or_else(|p| p.into_inner());
                     list.retain_mut(|x| {
                         let Some(shared) = x.shared.upgrade() else {
                             return false;
                         };
-                        if x.retired
-                            && ended_from(shared.ended.load(Ordering::Acquire)) != Ended::Running
-                        {
-                            return false;
+                        let keep = !(x.retired
+                            && ended_from(shared.ended.load(Ordering::Acquire)) != Ended::Running);
+                        if keep {
+                            watch_one(x, &shared, &sink, stuck_after);
                         }
-                        watch_one(x, &shared, &sink, stuck_after);
-                        true
+                        upgraded.push(shared);
+                        keep
                     });
+                    drop(list);
+                    drop(upgraded);
                 }
             })
             .ok();
@@ -760,7 +766,11 @@ impl Driver {
 
     #[cold]
     fn answer_state(&mut self) {
+        // The states' Debug impls are plugin code: a call the watchdog watches.
+        self.shared.op.store(u32::MAX, Ordering::Relaxed);
+        self.mark_call();
         let texts = self.state_texts();
+        self.mark_call();
         if let Some((t, _)) = &self.tally {
             t.answer(texts);
         }

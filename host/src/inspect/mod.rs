@@ -395,7 +395,11 @@ fn accept_loop(
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut conn) = conn else { continue };
+        let Ok(mut conn) = conn else {
+            // Out of descriptors, say: do not spin a core until one frees up.
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+            continue;
+        };
         if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
             let _ = respond(&mut conn, 503, "text/plain", b"too many connections\n");
             continue;
@@ -405,8 +409,15 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name("hmr-inspector-conn".to_owned())
             .spawn(move || {
+                // The slot is given back however `serve` ends, a panic included.
+                struct Slot(Arc<AtomicUsize>);
+                impl Drop for Slot {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                let _slot = Slot(o);
                 let _ = serve(conn, addr, &i, &s);
-                o.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
             open.fetch_sub(1, Ordering::AcqRel);
