@@ -132,4 +132,4 @@ pub use model::{
     Subscription, Track, signature_change,
 };
 pub use recorder::Recorder;
-pub use tracks::TrackMap;
+pub use tracks::{BuildIdHash, IdHasher, TrackMap};

@@ -180,11 +180,13 @@ impl FromIterator<(Id, Track)> for TrackMap {
     }
 }
 
-/// Ids are small integers the store hands out: one multiply spreads them, no SipHash.
-type BuildIdHash = std::hash::BuildHasherDefault<IdHasher>;
+/// Ids are small integers the store hands out: one multiply spreads them, no SipHash. For
+/// maps keyed by track id, in this crate and in the host.
+pub type BuildIdHash = std::hash::BuildHasherDefault<IdHasher>;
 
-#[derive(Default)]
-struct IdHasher(u64);
+/// The hasher of [`BuildIdHash`].
+#[derive(Debug, Default)]
+pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {

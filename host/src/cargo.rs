@@ -31,7 +31,7 @@ mod sources;
 use group::ChildGuard;
 pub use group::{Canceller, stop_all_builds};
 pub use meta::{Metadata, Package, PackageTarget, check_plugin, metadata, plugin_manifest};
-pub use sources::Sources;
+pub use sources::{Sources, content_hash};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -89,7 +89,7 @@ pub struct Reloader {
     running_library: Option<u64>,
     unchanged: usize,
     /// The state lineage of every live operator track (see [`crate::code::OpCode::lineage`]).
-    lineages: std::collections::HashMap<Id, u64, IdHash>,
+    lineages: std::collections::HashMap<Id, u64, hmr_track::BuildIdHash>,
     register_deadline: Duration,
     registrar: crate::register::Registrar,
 }
@@ -231,7 +231,8 @@ impl Reloader {
         let Some(bytes) = self.read_library(&artifact.library) else {
             return Outcome::LoadFailed;
         };
-        let hash = Some(content_hash(&bytes));
+        // A build identical to the running one is recognised by its bytes' hash.
+        let hash = Some(crate::cargo::content_hash(&bytes));
         if hash == self.running_library {
             self.unchanged += 1;
             self.sink.event(HostEvent::Unchanged {
@@ -493,33 +494,4 @@ struct Report {
     removed: Vec<String>,
     restarted: Vec<RestartInfo>,
     stuck: Vec<String>,
-}
-
-/// A hasher for track ids (small integers the store hands out): one multiply, no SipHash.
-type IdHash = std::hash::BuildHasherDefault<IdHasher>;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 =
-                (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A hash of a library's bytes, to recognise a build identical to the running one.
-fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
 }

@@ -20,6 +20,28 @@ fn register(p: &mut Plugin) {
 plugin_api::export_plugin!(register);
 "#;
 
+/// `spin`'s `map` never returns from its third value (it blocks for good, which costs no CPU;
+/// a `loop {}` is the same to the watchdog); `ok` runs on beside it.
+pub const STUCK: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("spin", interval_ms(5))
+        .map(|n: u64| {
+            if n == 2 {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            n
+        })
+        .log();
+    p.pipeline("ok", interval_ms(5)).map(|n: u64| n + 1).log();
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
 /// The number an emission's Debug text holds.
 pub fn value(v: &str) -> i64 {
     v.parse().unwrap_or_else(|_| panic!("not a number: {v:?}"))

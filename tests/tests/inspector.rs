@@ -535,28 +535,7 @@ fn page_in_chromium() -> anyhow::Result<()> {
 /// thread is stuck, through a reload that lists the pipeline as stuck.
 #[test]
 fn a_stuck_call_is_a_lint_on_its_track() -> anyhow::Result<()> {
-    let fixture = Fixture::new(
-        "inspector_stuck",
-        r#"
-use plugin_api::prelude::*;
-
-fn register(p: &mut Plugin) {
-    p.pipeline("spin", interval_ms(5))
-        .map(|n: u64| {
-            if n == 2 {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
-                }
-            }
-            n
-        })
-        .log();
-    p.pipeline("ok", interval_ms(5)).map(|n: u64| n + 1).log();
-}
-
-plugin_api::export_plugin!(register);
-"#,
-    );
+    let fixture = Fixture::new("inspector_stuck", integration_tests::STUCK);
     let (mut host, addr) = start(&fixture)?;
     host.wait_for("a stuck event", EMISSION_TIMEOUT, |e| {
         matches!(e, HostEvent::Stuck { .. })

@@ -213,28 +213,7 @@ fn a_pipeline_whose_thread_cannot_start_is_reported_and_retried() -> anyhow::Res
 /// reload says the pipeline is stuck instead of swapped; the other pipelines run on.
 #[test]
 fn a_stuck_user_function_is_reported_and_not_called_swapped() -> anyhow::Result<()> {
-    let fixture = Fixture::new(
-        "handover_stuck",
-        r#"
-use plugin_api::prelude::*;
-
-fn register(p: &mut Plugin) {
-    p.pipeline("spin", interval_ms(5))
-        .map(|n: u64| {
-            if n == 2 {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
-                }
-            }
-            n
-        })
-        .log();
-    p.pipeline("ok", interval_ms(5)).map(|n: u64| n + 1).log();
-}
-
-plugin_api::export_plugin!(register);
-"#,
-    );
+    let fixture = Fixture::new("handover_stuck", integration_tests::STUCK);
     let mut host = Harness::start(&fixture.options())?;
     host.wait_loaded()?;
     let stuck = host.wait_for("a stuck event", WAIT, |e| {

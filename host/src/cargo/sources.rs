@@ -37,7 +37,7 @@ impl Sources {
             Some(Stamp {
                 len: bytes.len() as u64,
                 modified,
-                hash: hash(&bytes),
+                hash: content_hash(&bytes),
             })
         };
         Sources(inputs.iter().map(|p| (p.clone(), stamp(p))).collect())
@@ -56,7 +56,8 @@ impl Sources {
     }
 }
 
-fn hash(bytes: &[u8]) -> u64 {
+/// A hash of a file's content (inputs here; the reloader's libraries too).
+pub fn content_hash(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);

@@ -210,6 +210,19 @@ impl EventSink for Hub {
         self.broadcast(&event);
         self.inner.event(event);
     }
+
+    fn emission(&self, pipeline: &str, version: u64, value: &str) {
+        // An emission is not remembered; with no client to stream it to, it goes on borrowed
+        // (the printer copies it into recycled strings), as without the inspector.
+        if self.n_clients.load(Ordering::Relaxed) == 0 {
+            return self.inner.emission(pipeline, version, value);
+        }
+        self.event(HostEvent::Emission {
+            pipeline: pipeline.to_owned(),
+            version,
+            value: value.to_owned(),
+        });
+    }
 }
 
 /// One track in the snapshot.
