@@ -9,10 +9,11 @@ use std::ffi::c_void;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use hmr_track::Fingerprint;
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn,
-    SourceDesc, debug_status, init_status, status,
+    CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, StartFn,
+    debug_status, init_status, source_kind, status,
 };
 
 use crate::loader::LibVersion;
@@ -56,6 +57,58 @@ impl OpCode {
     }
 }
 
+/// One source of a pipeline (one port), as the plugin described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// One of [`source_kind`].
+    pub kind: u32,
+    /// First numeric parameter.
+    pub a: u64,
+    /// Second numeric parameter.
+    pub b: u64,
+    /// The text parameter (a path, an address, a subject name); empty when none.
+    pub text: String,
+    /// The source as written (`interval_ms(50)`): its signature.
+    pub label: String,
+    /// For a subject: the layout fingerprint of its values.
+    pub item: Option<Fingerprint>,
+}
+
+impl SourceSpec {
+    /// How the port's values cross the boundary.
+    pub fn wire(&self) -> Wire {
+        match self.kind {
+            source_kind::STDIN_LINES | source_kind::FILE_LINES | source_kind::TCP_LINES => {
+                Wire::Str
+            }
+            source_kind::SUBJECT => Wire::Ptr,
+            _ => Wire::U64,
+        }
+    }
+}
+
+/// The wire type of a port (see `plugin_api::abi::source_kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// `u64` values (intervals, ranges, `of` indices).
+    U64,
+    /// Lines, passed as `RStr` views.
+    Str,
+    /// A subject's values, passed as pointers to the publisher's value.
+    Ptr,
+}
+
+/// A `publish` operator of a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// Its operator number.
+    pub op: u32,
+    /// The subject's name.
+    pub subject: String,
+    /// The layout fingerprint of the values it publishes.
+    pub item: Fingerprint,
+}
+
 /// One plugin version's code for one pipeline.
 pub struct PipelineCode {
     /// Pipeline name.
@@ -64,17 +117,21 @@ pub struct PipelineCode {
     pub track: Id,
     /// Plugin version.
     pub version: u64,
-    /// Its source.
-    pub source: SourceDesc,
+    /// Its sources, in port order (the first is the pipeline's own).
+    pub sources: Vec<SourceSpec>,
+    /// Its `publish` operators.
+    pub publishes: Vec<PublishSpec>,
     /// Operators in chain order.
     pub ops: Vec<OpCode>,
     pub(crate) env: *mut c_void,
     pub(crate) push: PushFn,
     pub(crate) push_one: PushOneFn,
     pub(crate) complete: CompleteFn,
+    pub(crate) start: StartFn,
     pub(crate) push_counted: PushFn,
     pub(crate) push_one_counted: PushOneFn,
     pub(crate) complete_counted: CompleteFn,
+    pub(crate) start_counted: StartFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
 }
@@ -119,6 +176,12 @@ pub enum Pushed {
         /// Values taken, the panicking one included.
         consumed: usize,
     },
+    /// This port's stream completed after taking `consumed` values (an inner stream's
+    /// `take`); the pipeline goes on.
+    PortDone {
+        /// Values taken, the one that completed the port included.
+        consumed: usize,
+    },
 }
 
 impl Pushed {
@@ -128,6 +191,7 @@ impl Pushed {
         match status {
             status::CONTINUE => Pushed::Continue,
             status::COMPLETE => Pushed::Complete { consumed: 1 },
+            status::PORT_DONE => Pushed::PortDone { consumed: 1 },
             _ => Pushed::Panicked { consumed: 1 },
         }
     }
@@ -139,10 +203,22 @@ impl PipelineCode {
         &self.lib
     }
 
-    /// Runs `items` through the chain; with [`EmitCx::counts`] set, through the entry point
-    /// that counts emissions into it.
+    /// Runs `n` wire values at `items` of source `port` through the chain; with
+    /// [`EmitCx::counts`] set, through the entry point that counts emissions into it.
+    ///
+    /// # Safety
+    /// `items` must point at `n` initialised values of the port's wire type
+    /// ([`SourceSpec::wire`]), valid for the call, and `port` must be one of this code's
+    /// ports.
     #[inline]
-    pub fn push(&self, states: &StateSlots, items: &[u64], cx: &EmitCx) -> Pushed {
+    pub unsafe fn push_raw(
+        &self,
+        states: &StateSlots,
+        port: u32,
+        items: *const c_void,
+        n: usize,
+        cx: &EmitCx,
+    ) -> Pushed {
         debug_assert_eq!(states.ptrs.len(), self.ops.len());
         let mut consumed = 0usize;
         let push = if cx.counts.is_null() {
@@ -152,25 +228,47 @@ impl PipelineCode {
         };
         // SAFETY: `states` was built for this code's operators by `StateSlots::new` or
         // `migrate` (one initialised slot per operator, fingerprint-checked); `items` and
-        // `cx` are valid for the call; the plugin catches every panic before returning.
+        // `cx` are valid for the call (the caller's obligation); the plugin catches every
+        // panic before returning.
         let s = unsafe {
             push(
                 self.env,
                 states.ptrs.as_ptr(),
-                items.as_ptr(),
-                items.len(),
+                port,
+                items,
+                n,
                 cx,
                 &mut consumed,
             )
         };
+        let consumed = consumed.clamp(1, n.max(1));
         match s {
             status::CONTINUE => Pushed::Continue,
-            status::COMPLETE => Pushed::Complete {
-                consumed: consumed.clamp(1, items.len().max(1)),
-            },
-            _ => Pushed::Panicked {
-                consumed: consumed.clamp(1, items.len().max(1)),
-            },
+            status::COMPLETE => Pushed::Complete { consumed },
+            status::PORT_DONE => Pushed::PortDone { consumed },
+            _ => Pushed::Panicked { consumed },
+        }
+    }
+
+    /// Runs `items` (values of a `u64` port) through the chain.
+    #[inline]
+    pub fn push(&self, states: &StateSlots, port: u32, items: &[u64], cx: &EmitCx) -> Pushed {
+        assert!(
+            self.sources
+                .get(port as usize)
+                .is_some_and(|s| s.wire() == Wire::U64),
+            "port {port} of {} takes no u64 values",
+            self.name
+        );
+        // SAFETY: a `u64` port of this code, `items.len()` values.
+        unsafe {
+            self.push_raw(
+                states,
+                port,
+                items.as_ptr().cast::<c_void>(),
+                items.len(),
+                cx,
+            )
         }
     }
 
@@ -186,17 +284,30 @@ impl PipelineCode {
         (push_one, self.env)
     }
 
-    /// Tells the chain its source completed; false if a user function panicked. Counts
-    /// emissions when [`EmitCx::counts`] is set.
-    pub fn complete(&self, states: &StateSlots, cx: &EmitCx) -> bool {
+    /// Tells the chain source `port` completed. Counts emissions when [`EmitCx::counts`] is
+    /// set.
+    pub fn complete(&self, states: &StateSlots, port: u32, cx: &EmitCx) -> Pushed {
         let complete = if cx.counts.is_null() {
             self.complete
         } else {
             self.complete_counted
         };
-        // SAFETY: as in `push`.
-        let s = unsafe { complete(self.env, states.ptrs.as_ptr(), cx) };
-        s != status::PANICKED
+        // SAFETY: as in `push_raw`.
+        let s = unsafe { complete(self.env, states.ptrs.as_ptr(), port, cx) };
+        Pushed::from_one(s)
+    }
+
+    /// Subscribes the chain (`start_with` values). Counts emissions when
+    /// [`EmitCx::counts`] is set.
+    pub fn start(&self, states: &StateSlots, cx: &EmitCx) -> Pushed {
+        let start = if cx.counts.is_null() {
+            self.start
+        } else {
+            self.start_counted
+        };
+        // SAFETY: as in `push_raw`.
+        let s = unsafe { start(self.env, states.ptrs.as_ptr(), cx) };
+        Pushed::from_one(s)
     }
 }
 

@@ -156,6 +156,14 @@ pub enum HostEvent {
         /// stopped (threads cannot be killed) and keeps running until the host exits.
         retired: bool,
     },
+    /// A source of a pipeline has something to say once (`file_lines` waiting for its file,
+    /// following a truncation or a rotation).
+    Notice {
+        /// Pipeline name.
+        pipeline: String,
+        /// What happened.
+        message: String,
+    },
     /// The inspector (`--inspect`) listens: its page is at `url`.
     Inspector {
         /// `http://ADDR/`.
@@ -456,6 +464,7 @@ fn human(event: &HostEvent, running: bool, watching: bool) -> String {
             s
         }
         HostEvent::Inspector { url } => format!("inspector: {url}"),
+        HostEvent::Notice { pipeline, message } => format!("[hmr] {pipeline}: {message}"),
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod cargo;
 pub mod code;
 pub mod events;
+pub mod feed;
 pub mod inspect;
 pub mod loader;
 pub mod output;
@@ -30,5 +31,6 @@ pub mod register;
 pub mod reloader;
 pub mod runtime;
 pub mod session;
+pub mod subjects;
 pub mod testkit;
 pub mod watch;

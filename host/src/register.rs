@@ -112,15 +112,18 @@ impl Ctx {
             // A handle for now: replaced by the track's id in `replay`.
             track: desc.track,
             version: self.version,
-            source: desc.source,
+            sources: Vec::new(),
+            publishes: Vec::new(),
             ops: Vec::new(),
             env: desc.env,
             push: desc.push,
             push_one: desc.push_one,
             complete: desc.complete,
+            start: desc.start,
             push_counted: desc.push_counted,
             push_one_counted: desc.push_one_counted,
             complete_counted: desc.complete_counted,
+            start_counted: desc.start_counted,
             drop_env: desc.drop_env,
             lib: self.lib.clone(),
         };
@@ -133,6 +136,77 @@ impl Ctx {
             // SAFETY: the plugin passes `n_ops` descriptions valid for the call.
             unsafe { std::slice::from_raw_parts(desc.ops, desc.n_ops) }
         };
+        let sources = if desc.n_sources == 0 || desc.sources.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the plugin passes `n_sources` descriptions valid for the call.
+            unsafe { std::slice::from_raw_parts(desc.sources, desc.n_sources) }
+        };
+        if sources.is_empty() {
+            return self.fail(format!("pipeline {}: it has no source", code.name));
+        }
+        for (port, src) in sources.iter().enumerate() {
+            let known = matches!(
+                src.kind,
+                abi::source_kind::INTERVAL
+                    | abi::source_kind::RANGE
+                    | abi::source_kind::OF
+                    | abi::source_kind::STDIN_LINES
+                    | abi::source_kind::FILE_LINES
+                    | abi::source_kind::TCP_LINES
+                    | abi::source_kind::SUBJECT
+            );
+            if !known {
+                return self.fail(format!(
+                    "pipeline {}, source {port}: unknown source kind {}",
+                    code.name, src.kind
+                ));
+            }
+            // SAFETY: the plugin passes strings valid for the call.
+            let (text, label) = unsafe {
+                (
+                    src.text.to_string_lossy().unwrap_or_default().into_owned(),
+                    src.label.to_string_lossy().unwrap_or_default().into_owned(),
+                )
+            };
+            code.sources.push(crate::code::SourceSpec {
+                kind: src.kind,
+                a: src.a,
+                b: src.b,
+                text,
+                label,
+                item: fingerprint(&src.item),
+            });
+        }
+        let publishes = if desc.n_publishes == 0 || desc.publishes.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the plugin passes `n_publishes` descriptions valid for the call.
+            unsafe { std::slice::from_raw_parts(desc.publishes, desc.n_publishes) }
+        };
+        for p in publishes {
+            // SAFETY: the plugin passes strings valid for the call.
+            let subject = unsafe { p.subject.to_string_lossy() }
+                .unwrap_or_default()
+                .into_owned();
+            let Some(item) = fingerprint(&p.item) else {
+                return self.fail(format!(
+                    "pipeline {}: publish({subject:?}) names no value type",
+                    code.name
+                ));
+            };
+            if p.op as usize >= desc.n_ops {
+                return self.fail(format!(
+                    "pipeline {}: publish({subject:?}) names operator {} of {}",
+                    code.name, p.op, desc.n_ops
+                ));
+            }
+            code.publishes.push(crate::code::PublishSpec {
+                op: p.op,
+                subject,
+                item,
+            });
+        }
         for (i, op) in ops.iter().enumerate() {
             match op_code(&self.tracks, desc.env, i, op) {
                 Ok(o) => code.ops.push(o),
@@ -543,7 +617,57 @@ fn collect(lib: Arc<LibVersion>, version: u64, expected: usize) -> Ctx {
     if !ran && ctx.error.is_none() {
         ctx.error = Some("register panicked".to_owned());
     }
+    if ctx.error.is_none() {
+        ctx.error = subject_mismatch(&ctx.pipelines);
+    }
     ctx
+}
+
+/// The first subject whose publishers and subscribers disagree on the value type, as a
+/// message naming the subject and both types; `None` when they all agree.
+pub fn subject_mismatch(pipelines: &[PipelineCode]) -> Option<String> {
+    use std::collections::BTreeMap;
+    let mut seen: BTreeMap<&str, (&Fingerprint, String)> = BTreeMap::new();
+    let uses = pipelines.iter().flat_map(|p| {
+        let publishes = p
+            .publishes
+            .iter()
+            .map(move |x| (x.subject.as_str(), &x.item, format!("{} publishes", p.name)));
+        let reads = p
+            .sources
+            .iter()
+            .filter(|s| s.kind == abi::source_kind::SUBJECT)
+            .filter_map(move |s| {
+                s.item
+                    .as_ref()
+                    .map(|item| (s.text.as_str(), item, format!("{} reads", p.name)))
+            });
+        publishes.chain(reads)
+    });
+    for (subject, item, who) in uses {
+        match seen.get(subject) {
+            None => {
+                seen.insert(subject, (item, who));
+            }
+            Some((first, first_who)) if *first != item => {
+                let what = if first.name == item.name {
+                    format!(
+                        "`{}` with another layout (layout hash {:#x} vs {:#x})",
+                        item.name, first.hash, item.hash
+                    )
+                } else {
+                    format!("`{}`", item.name)
+                };
+                return Some(format!(
+                    "subject {subject:?}: {first_who} `{}` but {who} {what}: publisher and \
+                     subscribers must agree on the value type",
+                    first.name
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// Replays a collected registration into the store as one `module-call`, all or nothing;

@@ -106,9 +106,13 @@ impl std::fmt::Debug for Reloader {
 impl Reloader {
     /// A reloader for the plugin crate whose manifest is `build.manifest`.
     pub fn new(build: BuildConfig, sink: Sink, policy: PanicPolicy) -> std::io::Result<Reloader> {
+        let mut runtime = Runtime::new(sink.clone(), policy);
+        if let Some(dir) = build.manifest.parent() {
+            runtime.set_base_dir(dir);
+        }
         Ok(Reloader {
             builder: Builder::new(build, Some(sink.clone())),
-            runtime: Runtime::new(sink.clone(), policy),
+            runtime,
             sink,
             loader: Loader::new()?,
             // The host never replays: a log would grow with every reload.

@@ -21,11 +21,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use plugin_api::abi::{EmitCx, PushOneFn, RStr, SourceDesc, source_kind};
+use crossbeam_channel::{Receiver, Sender};
+use plugin_api::abi::{EmitCx, PushOneFn, RStr, source_kind};
 
-use crate::code::{PipelineCode, Pushed, StateSlots};
+use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
+use crate::subjects::{Hub, Subjects};
 
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
@@ -71,7 +73,7 @@ pub enum Ended {
 }
 
 /// What the source thread and the reloader share.
-struct Shared {
+pub(crate) struct Shared {
     generation: AtomicU64,
     /// The newest committed code: a version is stored here only after its reload was reported
     /// (code and generation are published together, see [`Publisher::publish`]).
@@ -90,12 +92,41 @@ struct Shared {
     stuck: AtomicBool,
     /// The inspector's counters and state texts (`--inspect`); `None`: nothing is counted.
     tally: Option<Arc<PipelineTally>>,
+    /// The pipeline thread's inbox: lines from host sources, and wake-ups.
+    inbox: (Sender<Msg>, Receiver<Msg>),
+    /// The host's subjects (what `publish` operators deliver to).
+    subjects: Arc<Subjects>,
+}
+
+/// What reaches a pipeline thread through its inbox.
+#[derive(Debug)]
+pub enum Msg {
+    /// A line of the source on `port`.
+    Line(u32, String),
+    /// The source on `port` completed.
+    Complete(u32),
+    /// The source on `port` reports an error (the pipeline goes on).
+    Error(u32, String),
+    /// The source on `port` has something to say once (a file waited for).
+    Notice(u32, String),
+    /// Look at the stop flag and the clock again.
+    Wake,
 }
 
 impl Shared {
     fn new(code: PipelineCode, tally: Option<Arc<PipelineTally>>) -> Shared {
+        Shared::with_subjects(code, tally, Arc::default())
+    }
+
+    fn with_subjects(
+        code: PipelineCode,
+        tally: Option<Arc<PipelineTally>>,
+        subjects: Arc<Subjects>,
+    ) -> Shared {
         let paths = code.ops.iter().map(|o| o.path.clone()).collect();
         Shared {
+            inbox: crossbeam_channel::unbounded(),
+            subjects,
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -110,6 +141,17 @@ impl Shared {
 
     fn name(&self) -> String {
         self.code.load().name.clone()
+    }
+
+    /// Whether the pipeline ended (completed, errored, stopped).
+    pub(crate) fn ended(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+            || ended_from(self.ended.load(Ordering::Acquire)) != Ended::Running
+    }
+
+    /// Records how the pipeline ended (a subscriber ended by a delivery).
+    pub(crate) fn end(&self, e: Ended) {
+        self.ended.store(ended_code(e), Ordering::Release);
     }
 
     /// The path of the operator the running call is in, or the pipeline's name.
@@ -143,10 +185,18 @@ fn ended_from(v: u64) -> Ended {
     }
 }
 
+/// A subject reader's shared driver and the hubs it is subscribed to.
+type Subscribed = (Arc<Mutex<Driver>>, Vec<Arc<Hub>>);
+
 struct Running {
     publisher: Publisher,
     thread: Option<JoinHandle<()>>,
-    source: SourceDesc,
+    sources: Vec<SourceSpec>,
+    /// For a pipeline reading subjects: its driver, shared with the publishers' threads,
+    /// and the hubs it is subscribed to.
+    subscribed: Option<Subscribed>,
+    /// What its host sources hold (tasks, listeners); dropped when it stops.
+    held: Vec<crate::feed::Held>,
     /// Published but not started yet (see [`Runtime::launch`]).
     waiting: bool,
     /// New code staged but not committed yet (see [`Runtime::launch`]). Held here, on the
@@ -159,6 +209,14 @@ impl Running {
     /// it sleeps; returns its handle without waiting for it.
     fn signal_stop(&mut self) -> Option<JoinHandle<()>> {
         self.publisher.shared.stop.store(true, Ordering::Release);
+        if let Some((_, hubs)) = self.subscribed.take() {
+            let name = self.publisher.shared.name();
+            for h in hubs {
+                h.unsubscribe(&name);
+            }
+        }
+        self.held.clear();
+        let _ = self.publisher.shared.inbox.0.send(Msg::Wake);
         let t = self.thread.take()?;
         t.thread().unpark();
         Some(t)
@@ -195,6 +253,11 @@ pub struct Runtime {
     watchdog: Watchdog,
     /// The inspector's tallies (`--inspect`), handed to every pipeline started.
     tallies: Option<Arc<Tallies>>,
+    /// The host's subjects.
+    subjects: Arc<Subjects>,
+    /// What host sources need: the directory relative paths resolve against, the I/O
+    /// runtime, the shared listeners and stdin.
+    feeds: crate::feed::Feeds,
 }
 
 /// A thread that reports source threads stuck inside one call into plugin code.
@@ -372,7 +435,19 @@ impl Runtime {
             retired: Vec::new(),
             spawner: spawn_source_thread,
             tallies: None,
+            subjects: Arc::default(),
+            feeds: crate::feed::Feeds::new(),
         }
+    }
+
+    /// Relative paths of sources (`file_lines`) resolve against `dir` (the plugin crate's).
+    pub fn set_base_dir(&mut self, dir: &std::path::Path) {
+        self.feeds.set_base_dir(dir);
+    }
+
+    /// The host's subjects.
+    pub fn subjects(&self) -> &Arc<Subjects> {
+        &self.subjects
     }
 
     /// Counts emissions and answers state requests into `tallies` in every pipeline started
@@ -392,7 +467,7 @@ impl Runtime {
         self.reap();
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
-            if r.source != code.source {
+            if r.sources != code.sources {
                 return Some(Restart::SourceChanged);
             }
             match ended_from(r.publisher.shared.ended.load(Ordering::Acquire)) {
@@ -439,16 +514,18 @@ impl Runtime {
     /// Registers `code` as a pipeline to start at the next [`Runtime::launch`].
     fn start(&mut self, code: PipelineCode) {
         let name = code.name.clone();
-        let source = code.source;
+        let sources = code.sources.clone();
         let tally = self.tallies.as_ref().map(|t| t.pipeline(&name));
         self.pipelines.insert(
             name,
             Running {
                 publisher: Publisher {
-                    shared: Arc::new(Shared::new(code, tally)),
+                    shared: Arc::new(Shared::with_subjects(code, tally, self.subjects.clone())),
                 },
                 thread: None,
-                source,
+                sources,
+                subscribed: None,
+                held: Vec::new(),
                 waiting: true,
                 staged: None,
             },
@@ -475,12 +552,77 @@ impl Runtime {
             let shared = r.publisher.shared.clone();
             let sink = self.sink.clone();
             let policy = self.policy;
+            // Host sources (files, sockets, stdin) feed the inbox; errors binding them are
+            // the pipeline's errors, and the other sources run on.
+            let tx = shared.inbox.0.clone();
+            for (port, spec) in r.sources.iter().enumerate() {
+                match self.feeds.open(spec, port as u32, &tx) {
+                    Ok(Some(held)) => r.held.push(held),
+                    Ok(None) => {}
+                    Err(message) => {
+                        let _ = tx.send(Msg::Error(port as u32, message));
+                        let _ = tx.send(Msg::Complete(port as u32));
+                    }
+                }
+            }
+            // A pipeline reading a subject is driven by the publishers' threads too: its
+            // driver is shared, behind a lock, and subscribed to each subject's hub.
+            let subject_ports: Vec<(u32, &SourceSpec)> = r
+                .sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.kind == source_kind::SUBJECT)
+                .map(|(i, s)| (i as u32, s))
+                .collect();
+            let cell = if subject_ports.is_empty() {
+                None
+            } else {
+                let d = match Driver::new(shared.clone(), sink.clone()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        sink.event(HostEvent::Error {
+                            pipeline: name.clone(),
+                            path: name.clone(),
+                            message: e,
+                        });
+                        shared
+                            .ended
+                            .store(ended_code(Ended::Errored), Ordering::Release);
+                        continue;
+                    }
+                };
+                let d = Arc::new(Mutex::new(d));
+                let mut hubs = Vec::new();
+                for (port, spec) in subject_ports {
+                    let hub = self.subjects.hub(&spec.text);
+                    hub.subscribe(name, port, d.clone(), shared.clone(), policy);
+                    hubs.push(hub);
+                }
+                r.subscribed = Some((d.clone(), hubs));
+                Some(d)
+            };
+            if r.sources.iter().all(|s| s.kind == source_kind::SUBJECT) {
+                // Driven by its publishers alone: no thread of its own.
+                self.watchdog.watch(&r.publisher.shared);
+                if let Some(d) = &cell {
+                    let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = d.start() {
+                        sink.event(HostEvent::Error {
+                            pipeline: name.clone(),
+                            path: name.clone(),
+                            message: e,
+                        });
+                    }
+                }
+                continue;
+            }
             let body = Box::new(move || {
-                let ended =
-                    match catch_unwind(AssertUnwindSafe(|| run_source(&shared, &sink, policy))) {
-                        Ok(e) => e,
-                        Err(_) => Ended::Errored,
-                    };
+                let ended = match catch_unwind(AssertUnwindSafe(|| {
+                    run_pipeline(&shared, &sink, policy, cell)
+                })) {
+                    Ok(e) => e,
+                    Err(_) => Ended::Errored,
+                };
                 shared.ended.store(ended_code(ended), Ordering::Release);
             });
             match (self.spawner)(format!("hmr-src-{name}"), body) {
@@ -601,6 +743,23 @@ struct HostCx {
     version: Cell<u64>,
     paths: RefCell<Vec<String>>,
     sink: Sink,
+    /// By operator number: the hub a `publish` operator delivers to.
+    publish: RefCell<Vec<Option<Arc<Hub>>>>,
+    subjects: Arc<Subjects>,
+}
+
+impl HostCx {
+    fn set_code(&self, code: &PipelineCode) {
+        self.version.set(code.version);
+        *self.paths.borrow_mut() = code.ops.iter().map(|o| o.path.clone()).collect();
+        let mut hubs = vec![None; code.ops.len()];
+        for p in &code.publishes {
+            if let Some(slot) = hubs.get_mut(p.op as usize) {
+                *slot = Some(self.subjects.hub(&p.subject));
+            }
+        }
+        *self.publish.borrow_mut() = hubs;
+    }
 }
 
 unsafe extern "C" fn cb_log(host: *mut c_void, _op: u32, text: RStr) {
@@ -629,6 +788,17 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
             path,
             message: cap_message(&message.to_string_lossy().unwrap_or_default()).into_owned(),
         });
+    }));
+}
+
+unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void) {
+    // SAFETY: as in `cb_log`; `value` is the publisher's value, borrowed for the call.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let h = &*host.cast::<HostCx>();
+        let hub = h.publish.borrow().get(op as usize).cloned().flatten();
+        if let Some(hub) = hub {
+            hub.deliver(&h.pipeline, value, &h.sink);
+        }
     }));
 }
 
@@ -702,6 +872,13 @@ pub struct Driver {
     tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
 }
 
+// SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
+// its `HostCx`), and its `Rc` is never cloned outside it, so moving the whole driver to
+// another thread moves everything they point at with it. A driver is used by one thread at
+// a time: its pipeline thread, or (for a pipeline reading a subject) whoever holds the lock
+// it lives behind.
+unsafe impl Send for Driver {}
+
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
@@ -720,9 +897,12 @@ impl Driver {
         let host = Rc::new(HostCx {
             pipeline: code.name.clone(),
             version: Cell::new(code.version),
-            paths: RefCell::new(code.ops.iter().map(|o| o.path.clone()).collect()),
+            paths: RefCell::new(Vec::new()),
             sink,
+            publish: RefCell::new(Vec::new()),
+            subjects: shared.subjects.clone(),
         });
+        host.set_code(&code);
         let tally = shared.tally.clone().map(|t| {
             let counts = t.counts_for(&code);
             (t, counts)
@@ -731,6 +911,7 @@ impl Driver {
             host: Rc::as_ptr(&host).cast_mut().cast::<c_void>(),
             log: cb_log,
             error: cb_error,
+            publish: cb_publish,
             // `shared` is held by the driver, so the pointer outlives every call.
             current_op: &raw const shared.op,
             // Held by the driver (`tally`) and replaced only with the code, in `migrate`.
@@ -816,8 +997,7 @@ impl Driver {
         let (states, reset) = old.migrate(&new).map_err(|e| e.to_string())?;
         self.states = states;
         self.generation = g;
-        self.host.version.set(new.version);
-        *self.host.paths.borrow_mut() = new.ops.iter().map(|o| o.path.clone()).collect();
+        self.host.set_code(&new);
         self.shared
             .paths
             .store(Arc::new(self.host.paths.borrow().clone()));
@@ -838,23 +1018,34 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs `items` through the newest code. One emission (or batch) runs through exactly
-    /// one version. Fails only when a state could not be seeded for new code.
+    /// Runs `items` (values of port 0, a `u64` source) through the newest code. One
+    /// emission (or batch) runs through exactly one version. Fails only when a state could
+    /// not be seeded for new code.
     #[inline]
     pub fn push(&mut self, items: &[u64]) -> Result<Pushed, String> {
+        self.push_port(0, items)
+    }
+
+    /// Runs `items` (values of `port`, a `u64` source) through the newest code.
+    #[inline]
+    pub fn push_port(&mut self, port: u32, items: &[u64]) -> Result<Pushed, String> {
         // The batch path does not say which operator it is in (see `EmitCx::current_op`):
         // a stuck batch is reported at the pipeline, not at a stale operator.
         self.shared.op.store(u32::MAX, Ordering::Relaxed);
         self.mark_call();
-        let r = self
-            .refresh()
-            .map(|()| self.code.push(&self.states, items, &self.cx));
+        let r = self.refresh().and_then(|()| {
+            if self.code.sources.get(port as usize).map(SourceSpec::wire) != Some(Wire::U64) {
+                return Err(format!("port {port} takes no u64 values"));
+            }
+            Ok(self.code.push(&self.states, port, items, &self.cx))
+        });
         self.mark_call();
         self.after_call();
         r
     }
 
-    /// Runs one value through the newest code (a push source's emission).
+    /// Runs one value of port 0 (a `u64` source) through the newest code (a push
+    /// source's emission).
     #[inline]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
         self.mark_call();
@@ -862,8 +1053,9 @@ impl Driver {
             let (push_one, env, states) = self.hot;
             // SAFETY: `hot` holds the current code's entry point and closures and the slot
             // array of `states`, built for that code (refreshed together in `migrate`); `code`
-            // keeps the library live; the plugin catches its own panics.
-            let s = unsafe { push_one(env, states, x, &self.cx) };
+            // keeps the library live; `x` is a `u64` for port 0, whose wire type the caller
+            // (a `u64` source) guarantees; the plugin catches its own panics.
+            let s = unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) };
             Pushed::from_one(s)
         });
         self.mark_call();
@@ -871,49 +1063,173 @@ impl Driver {
         r
     }
 
-    /// Tells the chain its source completed; false if a user function panicked.
+    /// Runs one wire value of `port` through the newest code, if the newest code's port
+    /// takes values of `wire`; an `Err` otherwise.
+    ///
+    /// # Safety
+    /// `item` must point at one initialised value of `wire`'s type (a `u64`, an `RStr`
+    /// view, or a subject's value of the port's checked layout), valid for the call.
+    pub unsafe fn push_item(
+        &mut self,
+        port: u32,
+        wire: Wire,
+        item: *const c_void,
+    ) -> Result<Pushed, String> {
+        self.mark_call();
+        let r = self.refresh().and_then(|()| {
+            let spec = self.code.sources.get(port as usize);
+            if spec.map(SourceSpec::wire) != Some(wire) {
+                return Err(format!(
+                    "port {port} of {} does not take {wire:?} values",
+                    self.code.name
+                ));
+            }
+            let (push_one, env, states) = self.hot;
+            // SAFETY: as in `push_one`; the port's wire type was checked above and the item
+            // is the caller's obligation.
+            let s = unsafe { push_one(env, states, port, item, &self.cx) };
+            Ok(Pushed::from_one(s))
+        });
+        self.mark_call();
+        self.after_call();
+        r
+    }
+
+    /// Tells the chain port 0's source completed; false if a user function panicked.
     pub fn complete(&mut self) -> Result<bool, String> {
+        self.complete_port(0)
+            .map(|p| !matches!(p, Pushed::Panicked { .. }))
+    }
+
+    /// Tells the chain source `port` completed.
+    pub fn complete_port(&mut self, port: u32) -> Result<Pushed, String> {
         self.mark_call();
         let r = self
             .refresh()
-            .map(|()| self.code.complete(&self.states, &self.cx));
+            .map(|()| self.code.complete(&self.states, port, &self.cx));
         self.mark_call();
         if self.tally.is_some() {
-            // The last word of a completed pipeline: its final states stay readable.
+            // Perhaps the last word of a completed pipeline: its final states stay readable.
             self.answer_state();
         }
         r
     }
 
-    fn stopped(&self) -> bool {
+    /// Subscribes the chain: `start_with` values are emitted here.
+    pub fn start(&mut self) -> Result<Pushed, String> {
+        self.mark_call();
+        let r = self
+            .refresh()
+            .map(|()| self.code.start(&self.states, &self.cx));
+        self.mark_call();
+        self.after_call();
+        r
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.host.pipeline
+    }
+
+    /// The number of ports of the code it runs.
+    pub fn ports(&self) -> usize {
+        self.code.sources.len()
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
         self.shared.stop.load(Ordering::Acquire)
     }
 }
 
-fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
-    let report = |pipeline: String, e: String| {
+/// Where a pipeline thread's driver lives: on the thread, or behind the lock it shares with
+/// the threads publishing to the pipeline's subjects.
+enum DriverCell {
+    Local(Box<Driver>),
+    Locked(Arc<Mutex<Driver>>),
+}
+
+impl DriverCell {
+    #[inline]
+    fn with<R>(&mut self, f: impl FnOnce(&mut Driver) -> R) -> R {
+        match self {
+            DriverCell::Local(d) => f(d),
+            DriverCell::Locked(d) => f(&mut d.lock().unwrap_or_else(|p| p.into_inner())),
+        }
+    }
+
+    fn stopped(&mut self) -> bool {
+        self.with(|d| d.stopped())
+    }
+}
+
+/// What a pipeline thread does for one port.
+enum PortRun {
+    /// `interval_ms`: the next value and when it is due.
+    Interval {
+        period: Duration,
+        due: Instant,
+        n: u64,
+    },
+    /// `range`, `of`: the values `next..end`, pushed in batches.
+    Batch { next: u64, end: u64 },
+    /// Fed through the inbox (lines) or by publishers (subjects).
+    Fed,
+    /// Completed.
+    Done,
+}
+
+/// How a pipeline thread goes on after a push.
+enum Step {
+    Go,
+    End(Ended),
+}
+
+/// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
+/// ranges in batches) and takes what host sources send to its inbox (lines), until every
+/// port is done, the pipeline completes, or the host stops it.
+fn run_pipeline(
+    shared: &Arc<Shared>,
+    sink: &Sink,
+    policy: PanicPolicy,
+    locked: Option<Arc<Mutex<Driver>>>,
+) -> Ended {
+    let name = shared.name();
+    let report = |e: String| {
         sink.event(HostEvent::Error {
-            path: pipeline.clone(),
-            pipeline,
+            path: name.clone(),
+            pipeline: name.clone(),
             message: e,
         });
         Ended::Errored
     };
-    let name = shared.code.load().name.clone();
-    let mut d = match Driver::new(shared.clone(), sink.clone()) {
-        Ok(d) => d,
-        Err(e) => return report(name, e),
+    let mut cell = match locked {
+        Some(d) => DriverCell::Locked(d),
+        None => match Driver::new(shared.clone(), sink.clone()) {
+            Ok(d) => DriverCell::Local(Box::new(d)),
+            Err(e) => return report(e),
+        },
     };
-    let source = d.code.source;
+    let sources = cell.with(|d| d.code.sources.clone());
+    let start = Instant::now();
+    let mut ports: Vec<PortRun> = sources
+        .iter()
+        .map(|s| match s.kind {
+            source_kind::INTERVAL => PortRun::Interval {
+                period: Duration::from_millis(s.a.max(1)),
+                due: start,
+                n: 0,
+            },
+            source_kind::RANGE => PortRun::Batch {
+                next: s.a,
+                end: s.b,
+            },
+            source_kind::OF => PortRun::Batch { next: 0, end: s.a },
+            _ => PortRun::Fed,
+        })
+        .collect();
     let mut produced = 0u64;
     let mut first: Option<Instant> = None;
-    let finish = |d: &mut Driver, produced: u64, first: Option<Instant>| {
-        match d.complete() {
-            Ok(true) => {}
-            Ok(false) if policy == PanicPolicy::Error => return Ended::Errored,
-            Ok(false) => {}
-            Err(e) => return report(name.clone(), e),
-        }
+    let completed = |produced: u64, first: Option<Instant>| {
         sink.event(HostEvent::Completed {
             pipeline: name.clone(),
             emissions: produced,
@@ -921,79 +1237,183 @@ fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
         });
         Ended::Completed
     };
-    match source.kind {
-        source_kind::INTERVAL => {
-            let period = Duration::from_millis(source.a.max(1));
-            let mut due = Instant::now();
-            let mut n = 0u64;
-            loop {
-                loop {
-                    if d.stopped() {
-                        return Ended::Stopped;
+    // What one push's outcome means for the port and the pipeline.
+    let outcome = |r: Result<Pushed, String>, port: &mut PortRun| -> Result<Step, String> {
+        match r? {
+            Pushed::Continue => Ok(Step::Go),
+            Pushed::Complete { .. } => Ok(Step::End(Ended::Completed)),
+            Pushed::PortDone { .. } => {
+                *port = PortRun::Done;
+                Ok(Step::Go)
+            }
+            Pushed::Panicked { .. } if policy == PanicPolicy::Error => {
+                Ok(Step::End(Ended::Errored))
+            }
+            Pushed::Panicked { .. } => Ok(Step::Go),
+        }
+    };
+    macro_rules! step {
+        ($r:expr, $port:expr) => {
+            match outcome($r, $port) {
+                Ok(Step::Go) => {}
+                Ok(Step::End(Ended::Completed)) => return completed(produced, first),
+                Ok(Step::End(e)) => return e,
+                Err(e) => return report(e),
+            }
+        };
+    }
+    let mut begun = PortRun::Fed;
+    step!(cell.with(|d| d.start()), &mut begun);
+    let rx = shared.inbox.1.clone();
+    let mut buf = [0u64; BATCH];
+    let mut pending: Option<Msg> = None;
+    loop {
+        if cell.stopped() {
+            return Ended::Stopped;
+        }
+        // 1. What host sources sent (a bounded number, so timers and batches get their turn).
+        for _ in 0..BATCH {
+            let Some(msg) = pending.take().or_else(|| rx.try_recv().ok()) else {
+                break;
+            };
+            match msg {
+                Msg::Line(port, line) => {
+                    let Some(p) = ports.get_mut(port as usize) else {
+                        continue;
+                    };
+                    if matches!(p, PortRun::Done) {
+                        continue;
                     }
-                    let now = Instant::now();
-                    if now >= due {
-                        break;
-                    }
-                    std::thread::park_timeout(due - now);
+                    first.get_or_insert_with(Instant::now);
+                    produced += 1;
+                    let view = RStr::new(&line);
+                    // SAFETY: a line port takes `RStr` views (checked against the newest
+                    // code's port by `push_item`); `view` outlives the call.
+                    let r = cell.with(|d| unsafe {
+                        d.push_item(port, Wire::Str, (&raw const view).cast::<c_void>())
+                    });
+                    step!(r, p);
                 }
+                Msg::Complete(port) => {
+                    let Some(p) = ports.get_mut(port as usize) else {
+                        continue;
+                    };
+                    if matches!(p, PortRun::Done) {
+                        continue;
+                    }
+                    let r = cell.with(|d| d.complete_port(port));
+                    *p = PortRun::Done;
+                    step!(r, p);
+                }
+                Msg::Error(_, message) => sink.event(HostEvent::Error {
+                    pipeline: name.clone(),
+                    path: name.clone(),
+                    message,
+                }),
+                Msg::Notice(_, message) => sink.event(HostEvent::Notice {
+                    pipeline: name.clone(),
+                    message,
+                }),
+                Msg::Wake => {}
+            }
+        }
+        if cell.stopped() {
+            return Ended::Stopped;
+        }
+        // 2. Intervals that are due.
+        let now = Instant::now();
+        let mut next_due: Option<Instant> = None;
+        for (port, p) in ports.iter_mut().enumerate() {
+            let PortRun::Interval { period, due, n } = p else {
+                continue;
+            };
+            if now >= *due {
                 first.get_or_insert_with(Instant::now);
                 produced += 1;
-                match d.push_one(n) {
-                    Ok(Pushed::Continue) => {}
-                    Ok(Pushed::Complete { .. }) => return finish(&mut d, produced, first),
-                    Ok(Pushed::Panicked { .. }) if policy == PanicPolicy::Error => {
-                        return Ended::Errored;
-                    }
-                    Ok(Pushed::Panicked { .. }) => {}
-                    Err(e) => return report(name.clone(), e),
-                }
-                n += 1;
+                let x = *n;
+                *n += 1;
                 // The next tick is one period after this one was due: no drift, and no
-                // overflow for any period (a schedule beyond `Instant`'s range stops ticking).
-                match due.checked_add(period) {
-                    Some(next) => due = next,
-                    None => return Ended::Stopped,
-                }
-            }
-        }
-        source_kind::RANGE => {
-            let (mut next, end) = (source.a, source.b);
-            let mut buf = [0u64; BATCH];
-            while next < end {
-                if d.stopped() {
-                    return Ended::Stopped;
-                }
-                let len = ((end - next) as usize).min(BATCH);
-                for (i, slot) in buf[..len].iter_mut().enumerate() {
-                    *slot = next + i as u64;
-                }
-                first.get_or_insert_with(Instant::now);
-                let mut items = &buf[..len];
-                while !items.is_empty() {
-                    match d.push(items) {
-                        Ok(Pushed::Continue) => {
-                            produced += items.len() as u64;
-                            items = &[];
-                        }
-                        Ok(Pushed::Complete { consumed }) => {
-                            produced += consumed as u64;
-                            return finish(&mut d, produced, first);
-                        }
-                        Ok(Pushed::Panicked { consumed }) => {
-                            produced += consumed as u64;
-                            if policy == PanicPolicy::Error {
-                                return Ended::Errored;
-                            }
-                            items = &items[consumed.min(items.len())..];
-                        }
-                        Err(e) => return report(name.clone(), e),
+                // overflow for any period (a schedule beyond `Instant`'s range stops it).
+                match due.checked_add(*period) {
+                    Some(next) => *due = next,
+                    None => {
+                        *p = PortRun::Done;
+                        continue;
                     }
                 }
-                next += len as u64;
+                let r = if port == 0 {
+                    cell.with(|d| d.push_one(x))
+                } else {
+                    // SAFETY: an interval port takes `u64` values; `x` outlives the call.
+                    cell.with(|d| unsafe {
+                        d.push_item(port as u32, Wire::U64, (&raw const x).cast::<c_void>())
+                    })
+                };
+                step!(r, p);
             }
-            finish(&mut d, produced, first)
+            if let PortRun::Interval { due, .. } = p {
+                next_due = Some(next_due.map_or(*due, |d| d.min(*due)));
+            }
         }
-        other => report(name.clone(), format!("unknown source kind {other}")),
+        // 3. One batch of the first batch port.
+        if let Some(port) = ports
+            .iter()
+            .position(|p| matches!(p, PortRun::Batch { .. }))
+        {
+            let p = &mut ports[port];
+            let PortRun::Batch { next, end } = p else {
+                unreachable!("matched above")
+            };
+            if *next >= *end {
+                let r = cell.with(|d| d.complete_port(port as u32));
+                *p = PortRun::Done;
+                step!(r, p);
+                continue;
+            }
+            let len = ((*end - *next) as usize).min(BATCH);
+            for (i, slot) in buf[..len].iter_mut().enumerate() {
+                *slot = *next + i as u64;
+            }
+            *next += len as u64;
+            first.get_or_insert_with(Instant::now);
+            let mut items = &buf[..len];
+            while !items.is_empty() {
+                let r = cell.with(|d| d.push_port(port as u32, items));
+                let taken = match &r {
+                    Ok(Pushed::Continue) => items.len(),
+                    Ok(
+                        Pushed::Complete { consumed }
+                        | Pushed::Panicked { consumed }
+                        | Pushed::PortDone { consumed },
+                    ) => *consumed,
+                    Err(_) => 0,
+                };
+                produced += taken as u64;
+                let port_done = matches!(r, Ok(Pushed::PortDone { .. }));
+                step!(r, p);
+                if port_done {
+                    break;
+                }
+                items = &items[taken.min(items.len())..];
+            }
+            continue;
+        }
+        // 4. Every port done: the pipeline is.
+        if ports.iter().all(|p| matches!(p, PortRun::Done)) {
+            return completed(produced, first);
+        }
+        // 5. Wait for the next deadline or message.
+        let msg = match next_due {
+            Some(due) => {
+                let now = Instant::now();
+                if due <= now {
+                    continue;
+                }
+                rx.recv_timeout(due - now).ok()
+            }
+            None => rx.recv().ok(),
+        };
+        // Handled first at the top of the loop, before what came after it.
+        pending = msg;
     }
 }

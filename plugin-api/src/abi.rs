@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -122,34 +122,81 @@ pub struct RSignature {
     pub seed: RStr,
 }
 
-/// Source kinds (values of [`SourceDesc::kind`]).
+/// Source kinds (values of [`SourceDesc::kind`]). The comment on each says how its values
+/// cross the boundary (the port's *wire* type, see [`PushFn`]).
 pub mod source_kind {
     /// `interval_ms(period)`: `a` is the period in milliseconds; emits 0, 1, 2, ... forever.
+    /// Wire: `u64`.
     pub const INTERVAL: u32 = 1;
-    /// `range(start, end)`: `a..b`, then completes.
+    /// `range(start, end)`: `a..b`, then completes. Wire: `u64`.
     pub const RANGE: u32 = 2;
+    /// `of(items)`: `a` items held by the plugin; the host sends their indices `0..a`, then
+    /// completes. Wire: `u64` (the index).
+    pub const OF: u32 = 3;
+    /// `stdin_lines()`: each line of the host's standard input; completes at its end.
+    /// Wire: [`RStr`](super::RStr) (valid for the call; the plugin copies it).
+    pub const STDIN_LINES: u32 = 4;
+    /// `file_lines(path)`: `text` is the path, relative to the plugin crate's directory
+    /// unless absolute; every line, then each line appended; never completes. Wire: `RStr`.
+    pub const FILE_LINES: u32 = 5;
+    /// `tcp_lines(addr)`: `text` is the address to listen on; each line of each connection.
+    /// Wire: `RStr`.
+    pub const TCP_LINES: u32 = 6;
+    /// `subject::<T>(name)`: `text` is the subject's name; each value published to it.
+    /// Wire: `*const T`, a value the publisher owns, borrowed for the call (the plugin clones
+    /// it); `item` is `T`'s layout fingerprint, checked against every publisher's.
+    pub const SUBJECT: u32 = 7;
 }
 
-/// A pipeline's source: the host runs it on a thread of its own.
+/// One source of a pipeline (one *port*): the host runs it and feeds its values to the
+/// pipeline's entry points with this port's number (its index in
+/// [`PipelineDesc::sources`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct SourceDesc {
     /// One of [`source_kind`].
     pub kind: u32,
-    /// First parameter.
+    /// First numeric parameter.
     pub a: u64,
-    /// Second parameter.
+    /// Second numeric parameter.
     pub b: u64,
+    /// Text parameter (a path, an address, a subject name), or [`RStr::NONE`].
+    pub text: RStr,
+    /// The type of the values the source feeds into the chain (for `subject`, its layout
+    /// fingerprint).
+    pub item: RFingerprint,
+    /// The source as written (`interval_ms(50)`): its signature. A source keeps what it
+    /// holds (a position, a listener, a count) across a reload when its owner track and its
+    /// label are unchanged.
+    pub label: RStr,
+    /// The handle of the track the source belongs to: the pipeline's track for the
+    /// pipeline's own source, the fan-in operator's track for an inner stream's source.
+    pub owner: u64,
 }
 
-/// Values returned by [`PushFn`] and [`CompleteFn`].
+/// A `publish(subject)` operator of a pipeline.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PublishDesc {
+    /// Its operator number (what it passes to [`EmitCx::publish`]).
+    pub op: u32,
+    /// The subject's name.
+    pub subject: RStr,
+    /// The layout fingerprint of the values it publishes.
+    pub item: RFingerprint,
+}
+
+/// Values returned by [`PushFn`], [`PushOneFn`], [`CompleteFn`] and [`StartFn`].
 pub mod status {
     /// The chain wants more values.
     pub const CONTINUE: u32 = 0;
-    /// The chain completed (a `take` reached its count); stop the source.
+    /// The pipeline completed (its end received `complete`): stop every source.
     pub const COMPLETE: u32 = 1;
     /// A user function panicked; the plugin already reported it through [`super::EmitCx::error`].
     pub const PANICKED: u32 = 2;
+    /// This port's stream completed (a `take` inside an inner stream) but the pipeline goes
+    /// on: stop this port's source only.
+    pub const PORT_DONE: u32 = 3;
 }
 
 /// How a pipeline's compiled chain reaches the host while it runs.
@@ -162,10 +209,14 @@ pub struct EmitCx {
     pub log: unsafe extern "C" fn(host: *mut c_void, op: u32, text: RStr),
     /// Operator number `op` panicked with `message`.
     pub error: unsafe extern "C" fn(host: *mut c_void, op: u32, message: RStr),
+    /// `publish` operator number `op` publishes the value at `value` (a `T` of its
+    /// [`PublishDesc::item`] type, borrowed for the call): the host delivers it to every
+    /// subscriber before returning.
+    pub publish: unsafe extern "C" fn(host: *mut c_void, op: u32, value: *const c_void),
     /// Where the plugin writes the number of the operator whose user function it is about to
     /// run (a relaxed store, read by the host's watchdog to name the operator a stuck call is
-    /// in), on the single-value paths (`push_one`, `complete`); the batch path (`push`) leaves
-    /// it alone. Never null; valid for the call.
+    /// in), on the single-value paths (`push_one`, `complete`, `start`); the batch path
+    /// (`push`) leaves it alone. Never null; valid for the call.
     pub current_op: *const core::sync::atomic::AtomicU32,
     /// Emission counters for the inspector, or null: cell 0 counts the source values the
     /// chain took, cell `1 + op` the values operator `op` emitted. Only the counting entry
@@ -175,34 +226,47 @@ pub struct EmitCx {
     pub counts: *const core::sync::atomic::AtomicU64,
 }
 
-/// Run the chain on `n` source values.
+/// Run the chain on `n` values of source `port`.
 ///
-/// `states` points at one pointer per operator (in operator order) to its state slot in host
-/// memory, allocated with the size and alignment of [`StateVTable`] and initialised by
-/// [`StateVTable::init`] of a version whose fingerprint matches. On [`status::PANICKED`]
-/// and [`status::COMPLETE`], `*consumed` is the number of values taken from `items`, the one
-/// that panicked or completed the chain included; on [`status::CONTINUE`] all were taken.
+/// `items` points at `n` values of the port's wire type (see [`source_kind`]). `states`
+/// points at one pointer per operator (in operator order) to its state slot in host memory,
+/// allocated with the size and alignment of [`StateVTable`] and initialised by
+/// [`StateVTable::init`] of a version whose fingerprint matches. On any status but
+/// [`status::CONTINUE`], `*consumed` is the number of values taken from `items`, the one
+/// that panicked or completed included; on [`status::CONTINUE`] all were taken.
 pub type PushFn = unsafe extern "C" fn(
     env: *const c_void,
     states: *const *mut u8,
-    items: *const u64,
+    port: u32,
+    items: *const c_void,
     n: usize,
     cx: *const EmitCx,
     consumed: *mut usize,
 ) -> u32;
 
-/// Run the chain on one source value `x`: [`PushFn`] for a single value, without the
-/// batch's slice and bookkeeping (push sources call this once per value). Returns a
+/// Run the chain on one value of source `port`, at `item` (one value of the port's wire
+/// type): [`PushFn`] for a single value, without the batch's bookkeeping. Returns a
 /// [`status`]; the value counts as taken whatever it returns.
 pub type PushOneFn = unsafe extern "C" fn(
     env: *const c_void,
     states: *const *mut u8,
-    x: u64,
+    port: u32,
+    item: *const c_void,
     cx: *const EmitCx,
 ) -> u32;
 
-/// Tell the chain its source completed (a `reduce` emits here).
-pub type CompleteFn =
+/// Tell the chain source `port` completed (a `reduce` emits here once its pipeline's end
+/// completes). Returns a [`status`].
+pub type CompleteFn = unsafe extern "C" fn(
+    env: *const c_void,
+    states: *const *mut u8,
+    port: u32,
+    cx: *const EmitCx,
+) -> u32;
+
+/// Subscribe the chain: operators that emit at subscription (`start_with`) emit here. The
+/// host calls it once, before the first value of the pipeline's first run.
+pub type StartFn =
     unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
 
 /// Values returned by [`InitFn`].
@@ -280,28 +344,39 @@ pub struct PipelineDesc {
     pub name: RStr,
     /// The handle of the pipeline's track.
     pub track: u64,
-    /// Its source.
-    pub source: SourceDesc,
+    /// Its sources (its ports, in port order; the first is the pipeline's own), valid for
+    /// the duration of the call.
+    pub sources: *const SourceDesc,
+    /// Number of sources (at least 1).
+    pub n_sources: usize,
     /// The closures of the chain, owned by the host from now on; freed with `drop_env`.
     pub env: *mut c_void,
     /// Feeds values.
     pub push: PushFn,
     /// Feeds one value.
     pub push_one: PushOneFn,
-    /// Signals completion.
+    /// Signals a source's completion.
     pub complete: CompleteFn,
+    /// Subscribes the chain.
+    pub start: StartFn,
     /// [`PipelineDesc::push`], also counting emissions into [`EmitCx::counts`].
     pub push_counted: PushFn,
     /// [`PipelineDesc::push_one`], also counting emissions into [`EmitCx::counts`].
     pub push_one_counted: PushOneFn,
     /// [`PipelineDesc::complete`], also counting emissions into [`EmitCx::counts`].
     pub complete_counted: CompleteFn,
+    /// [`PipelineDesc::start`], also counting emissions into [`EmitCx::counts`].
+    pub start_counted: StartFn,
     /// Frees `env`.
     pub drop_env: DropEnvFn,
     /// `n_ops` operator descriptions, valid for the duration of the call.
     pub ops: *const OpDesc,
     /// Number of operators.
     pub n_ops: usize,
+    /// `n_publishes` `publish` operators, valid for the duration of the call.
+    pub publishes: *const PublishDesc,
+    /// Number of `publish` operators.
+    pub n_publishes: usize,
 }
 
 /// Functions the host lends the plugin for the duration of one registration.

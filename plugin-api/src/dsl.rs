@@ -1,19 +1,23 @@
-//! The pipeline DSL: [`Plugin::pipeline`], sources and operators.
+//! The pipeline DSL: [`Plugin::pipeline`], sources, streams and operators.
 //!
-//! Each operator call does two things while the plugin's `register` function runs:
+//! A pipeline is built in two steps:
 //!
-//! 1. it opens and closes a track scope through the host ([`HostApi::track_call`] /
-//!    [`HostApi::track_call_return`]), so the host's tracking store learns the operator's
-//!    structural path and signature;
-//! 2. it wraps the chain built so far in a generic struct ([`Then`]), so when the chain is
-//!    finished (the [`Chain`] value is dropped at the end of its statement) the whole pipeline
-//!    is one monomorphised type. Its entry point (`push_entry::<S>`) runs every operator on
-//!    a batch of source values inside one call, with the closures inlined: no indirect call
-//!    and no allocation per operator per value.
+//! 1. **Building.** Sources ([`interval_ms`], [`file_lines`], [`subject`], ...) are
+//!    [`Stream`]s; every operator (the methods of [`Pipe`], implemented by [`Stream`] and by
+//!    the pipeline's [`Chain`]) wraps the stage built so far in a generic struct ([`Then`]),
+//!    and the fan-in operators ([`Pipe::merge`], [`Pipe::zip`], ...) join two stages into one
+//!    with two sets of *ports* (one port per source). When the chain's statement ends (the
+//!    [`Chain`] is dropped) the whole pipeline is one monomorphised type.
+//! 2. **Binding.** Only then does the chain talk to the host: it walks its stages in the
+//!    order they were written and opens a track scope for each operator
+//!    ([`HostApi::track_call`]), nesting the operators of an inner stream under the fan-in
+//!    operator that takes it (`a|1:merge|0:map`), assigns each operator its state slot
+//!    number, and hands the host the entry points (`push_entry::<S>`), which run every
+//!    operator on the values of one port inside one call, with the closures inlined.
 //!
-//! Operator state (a `scan` accumulator, a `take` counter) is never stored in the plugin:
-//! the host allocates a slot per operator and passes the slots in on every call, so the state
-//! survives when the host swaps in a new version of this code.
+//! Operator state (a `scan` accumulator, a `take` counter, a `zip` queue) is never stored in
+//! the plugin: the host allocates a slot per operator and passes the slots in on every call,
+//! so the state survives when the host swaps in a new version of this code.
 
 use core::cell::Cell;
 use core::ffi::c_void;
@@ -22,11 +26,16 @@ use core::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
-    DebugStateFn, DropStateFn, EmitCx, HostApi, OpDesc, PipelineDesc, RFingerprint, RSignature,
-    RStr, SourceDesc, StateVTable, debug_status, init_status, source_kind, status,
+    DebugStateFn, DropStateFn, EmitCx, HostApi, OpDesc, PipelineDesc, PublishDesc, RFingerprint,
+    RSignature, RStr, SourceDesc, StateVTable, debug_status, init_status, status,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
+
+pub use crate::source::{
+    Lines, Of, Root, SubjectItems, Ticks, Wire, file_lines, interval_ms, of, range, stdin_lines,
+    subject, tcp_lines,
+};
 
 /// The plugin's handle on the host during registration.
 pub struct Plugin<'h> {
@@ -39,80 +48,42 @@ impl fmt::Debug for Plugin<'_> {
     }
 }
 
-/// A source of `u64` values, run by the host on a thread of its own.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Source {
-    desc: SourceDesc,
-    label: String,
-}
-
-/// Emits 0, 1, 2, ... every `period` milliseconds, forever.
-pub fn interval_ms(period: u64) -> Source {
-    Source {
-        desc: SourceDesc {
-            kind: source_kind::INTERVAL,
-            a: period,
-            b: 0,
-        },
-        label: format!("interval_ms({period})"),
-    }
-}
-
-/// Emits `start..end` as fast as the pipeline takes them, in batches, then completes.
-pub fn range(start: u64, end: u64) -> Source {
-    Source {
-        desc: SourceDesc {
-            kind: source_kind::RANGE,
-            a: start,
-            b: end,
-        },
-        label: format!("range({start}, {end})"),
-    }
-}
+/// Kept for part-1 code that names it: every source is a [`Stream`] now.
+pub type Source<W> = Stream<Root<W>>;
 
 impl<'h> Plugin<'h> {
-    /// Starts the pipeline `name` (its identity across reloads) on `source`.
-    pub fn pipeline(&mut self, name: &str, source: Source) -> Chain<'_, Root> {
-        let signature = RSignature {
-            input: fingerprint::NONE,
-            output: fingerprint::of::<u64>(),
-            state: fingerprint::NONE,
-            seed: RStr::new(&source.label),
-        };
-        // SAFETY: `host` is the table the host passed to this registration, valid for its
-        // duration; the strings and the signature live across the call.
-        let track = unsafe {
-            (self.host.track_call)(
-                self.host.ctx,
-                RStr::new("pipeline"),
-                RStr::new(name),
-                &signature,
-            )
-        };
+    /// Starts the pipeline `name` (its identity across reloads) on `source`: a source such
+    /// as [`interval_ms`], or any [`Stream`] built on one.
+    pub fn pipeline<S: Stage>(&mut self, name: &str, source: Stream<S>) -> Chain<'_, S> {
         Chain {
             host: self.host,
-            inner: Some(Inner {
-                name: name.to_owned(),
-                track,
-                source: source.desc,
-                stage: Root,
-                ops: Vec::new(),
-            }),
+            name: name.to_owned(),
+            body: Some(source.body),
             _plugin: PhantomData,
         }
     }
 }
 
-/// Whether a chain wants more values.
+/// Whether a receiver wants more values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     /// Keep going.
     Continue,
-    /// Done: a `take` reached its count.
+    /// Done: send nothing more this way (the receiver completed, or everything after it did).
     Complete,
 }
 
-const NO_OP: u32 = u32::MAX;
+/// What receives a stage's values: the next operator, a fan-in operator's input, or the
+/// pipeline's end. `next` and `complete` return [`Flow::Complete`] once the receiver wants
+/// nothing more.
+pub trait Observer<T> {
+    /// One value.
+    fn next(&mut self, value: T) -> Flow;
+    /// The end of the values.
+    fn complete(&mut self) -> Flow;
+}
+
+pub(crate) const NO_OP: u32 = u32::MAX;
 
 /// What operators see of the host while they run.
 pub struct Cx<'a> {
@@ -121,18 +92,20 @@ pub struct Cx<'a> {
     emit: &'a EmitCx,
     panicked_op: Cell<u32>,
     /// What a panic did to the panicking operator's state, for the error report.
-    after_panic: Cell<AfterPanic>,
+    pub(crate) after_panic: Cell<AfterPanic>,
     /// Whether each user function call first writes its operator to
     /// [`EmitCx::current_op`]: on for single values (push sources, completion), where it is
     /// one store among many; off on the batch path, whose loop it would slow by half. A
     /// constant of each entry point, so the test is compiled away.
     mark_ops: bool,
+    /// Set when the pipeline's end received `complete`.
+    completed: Cell<bool>,
 }
 
 /// What a panic in a `scan`, `scan_map` or `reduce` function did to that operator's state
-/// (see [`Chain::reduce`] for the rule).
+/// (see [`Pipe::reduce`] for the rule).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AfterPanic {
+pub(crate) enum AfterPanic {
     /// The panic did not touch any state (or the operator keeps none).
     Untouched,
     /// The state was dropped and replaced by a clone of the seed.
@@ -166,7 +139,7 @@ impl Cx<'_> {
     /// Runs `f` as the user function of operator `op`: if it panics, the panic is attributed
     /// to `op`. Costs nothing when it does not panic (the guard only runs while unwinding).
     #[inline(always)]
-    fn user<R>(&self, op: u32, f: impl FnOnce() -> R) -> R {
+    pub(crate) fn user<R>(&self, op: u32, f: impl FnOnce() -> R) -> R {
         struct Guard<'c>(&'c Cell<u32>, u32);
         impl Drop for Guard<'_> {
             fn drop(&mut self) {
@@ -193,15 +166,31 @@ impl Cx<'_> {
     /// version's, or a fingerprint-equal version's, [`StateVTable`]), and no other reference
     /// to it may be live while the returned one is.
     #[inline(always)]
-    unsafe fn state<A>(&self, op: u32) -> *mut A {
+    pub(crate) unsafe fn state<A>(&self, op: u32) -> *mut A {
         // SAFETY: `op` is the index of one of this chain's operators (assigned in order by the
-        // DSL) and the host passes one slot pointer per operator.
+        // binder) and the host passes one slot pointer per operator.
         unsafe { (*self.states.add(op as usize)).cast::<A>() }
+    }
+
+    fn log(&self, op: u32, text: &str) {
+        // SAFETY: `emit` is the host's context for this call; `text` outlives the call.
+        unsafe { (self.emit.log)(self.emit.host, op, RStr::new(text)) }
+    }
+
+    /// Whether the pipeline's end received `complete` during this call.
+    pub(crate) fn is_completed(&self) -> bool {
+        self.completed.get()
+    }
+
+    fn publish<T>(&self, op: u32, value: &T) {
+        // SAFETY: `emit` is the host's context for this call; `value` is a `T` of the type
+        // this operator declared in its `PublishDesc`, borrowed for the call.
+        unsafe { (self.emit.publish)(self.emit.host, op, (value as *const T).cast::<c_void>()) }
     }
 }
 
 /// The operator number [`Tally::count`] takes for the source's values.
-const SOURCE: u32 = u32::MAX;
+pub(crate) const SOURCE: u32 = u32::MAX;
 
 mod sealed {
     pub trait Sealed {}
@@ -210,7 +199,7 @@ mod sealed {
 /// Whether a compiled chain counts emissions: [`Silent`] (the plain entry points, no cost) or
 /// [`Counted`] (the inspector's entry points, one relaxed load and store per emission).
 pub trait Tally: sealed::Sealed + 'static {
-    /// Notes one value emitted by operator `op` (or taken from the source, [`SOURCE`]).
+    /// Notes one value emitted by operator `op` (or taken from a source, [`SOURCE`]).
     fn count(cx: &Cx<'_>, op: u32);
 }
 
@@ -248,17 +237,34 @@ impl Tally for Counted {
     }
 }
 
-/// A chain of operators from the `u64` source to `Out`, monomorphised into one type.
+/// A stage: a source, or a source followed by operators, or two stages joined by a fan-in
+/// operator, monomorphised into one type. Its values arrive on *ports*, one per source.
 pub trait Stage: Send + Sync + 'static {
-    /// The type of the values the chain emits.
+    /// The type of the values the stage emits.
     type Out;
-    /// Runs one source value through the chain, calling `k` for each value it emits; `C`
-    /// counts each operator's emissions (or, [`Silent`], does nothing).
-    fn push<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow;
-    /// Completes the chain, flushing what operators hold (a `reduce` emits here).
-    fn complete<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
+    /// The number of sources (ports) feeding it.
+    const PORTS: u32;
+    /// Runs value `i` of `items` (the wire values of source `port`, counted from this
+    /// stage's first port) through the stage, handing what it emits to `k`.
+    fn push<C: Tally, K: Observer<Self::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        port: u32,
+        items: *const c_void,
+        i: usize,
+        k: &mut K,
+    ) -> Flow;
+    /// Source `port` completed.
+    fn complete<C: Tally, K: Observer<Self::Out>>(&self, cx: &Cx<'_>, port: u32, k: &mut K)
+    -> Flow;
+    /// Subscription: what operators emit before any source value (`start_with`).
+    fn start<C: Tally, K: Observer<Self::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
+    /// Registers the stage's tracks and sources in order (see [`Binder`]).
+    fn bind(&mut self, b: &mut Binder<'_>);
+    /// The sources as written, for a signature (`interval_ms(50)`).
+    fn label(&self) -> String;
     /// Writes the seed state of operator `op` into `dst`; returns false, writing nothing, when
-    /// the chain has no operator `op`. A null `dst` only asks whether operator `op` exists.
+    /// the stage has no operator `op`. A null `dst` only asks whether operator `op` exists.
     ///
     /// # Safety
     /// Unless null, `dst` must be valid for writes of operator `op`'s state type and aligned
@@ -270,12 +276,18 @@ pub trait Stage: Send + Sync + 'static {
 pub trait Op<In>: Send + Sync + 'static {
     /// What it emits.
     type Out;
-    /// Its index in the pipeline.
+    /// Its index in the pipeline (its state slot), or [`NO_OP`] for a marker.
     fn index(&self) -> u32;
+    /// Registers its track (see [`Binder::op`]).
+    fn bind(&mut self, b: &mut Binder<'_>);
     /// Handles one value.
-    fn push<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: In, k: &mut K) -> Flow;
-    /// Handles completion.
-    fn complete<K: FnMut(Self::Out) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+    fn push<C: Tally, K: Observer<Self::Out>>(&self, cx: &Cx<'_>, x: In, k: &mut K) -> Flow;
+    /// Handles completion: flushes what it holds, then completes `k`.
+    fn complete<C: Tally, K: Observer<Self::Out>>(&self, _cx: &Cx<'_>, k: &mut K) -> Flow {
+        k.complete()
+    }
+    /// Handles subscription (`start_with` emits here).
+    fn start<C: Tally, K: Observer<Self::Out>>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
         Flow::Continue
     }
     /// Writes its seed state.
@@ -285,59 +297,372 @@ pub trait Op<In>: Send + Sync + 'static {
     unsafe fn init(&self, _dst: *mut u8) {}
 }
 
-/// The start of every chain: the source's values, unchanged.
-#[derive(Clone, Copy, Debug)]
-pub struct Root;
+/// What the binder needs to register an operator's track, fixed when it is built.
+pub(crate) struct Meta {
+    kind: &'static str,
+    input: RFingerprint,
+    output: RFingerprint,
+    state: Option<StateFns>,
+    seed: Option<String>,
+}
 
-impl Stage for Root {
-    type Out = u64;
-    #[inline(always)]
-    fn push<C: Tally, K: FnMut(u64) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
-        C::count(cx, SOURCE);
-        k(x)
-    }
-    #[inline(always)]
-    fn complete<C: Tally, K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
-        Flow::Continue
-    }
-    unsafe fn init(&self, _op: u32, _dst: *mut u8) -> bool {
-        // The source has no state and no operator index: whatever was asked for is unknown.
-        false
+// SAFETY: the fingerprints' names are `'static` strings in this library's image (type
+// names); nothing else in a `Meta` is a pointer.
+unsafe impl Send for Meta {}
+// SAFETY: as above; a `Meta` is never mutated through a shared reference.
+unsafe impl Sync for Meta {}
+
+/// An operator's place in its pipeline: its description until bound, then its slot number.
+pub struct At {
+    /// The operator's number (its state slot), assigned by [`Binder::op`].
+    pub(crate) op: u32,
+    meta: Meta,
+}
+
+impl At {
+    /// An operator of `kind` from `In` to `Out`, with optional state and seed text.
+    pub(crate) fn new<In: 'static, Out: 'static>(
+        kind: &'static str,
+        state: Option<StateFns>,
+        seed: Option<String>,
+    ) -> At {
+        At {
+            op: NO_OP,
+            meta: Meta {
+                kind,
+                input: fingerprint::of::<In>(),
+                output: fingerprint::of::<Out>(),
+                state,
+                seed,
+            },
+        }
     }
 }
 
-/// A chain `S` followed by the operator `O`.
+impl fmt::Debug for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("At")
+            .field("op", &self.op)
+            .field("kind", &self.meta.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A keyed scope's boundary on a chain's spine (see [`Pipe::scope`]).
+#[derive(Clone, Debug)]
+pub(crate) enum Mark {
+    Open { key: String, input: RFingerprint },
+    Close,
+}
+
+// SAFETY: as for `Meta`: the only pointers are `'static` type names.
+unsafe impl Send for Mark {}
+// SAFETY: as above.
+unsafe impl Sync for Mark {}
+
+struct OpInfo {
+    track: u64,
+    kind: &'static str,
+    state: RFingerprint,
+    drop: DropStateFn,
+    debug: DebugStateFn,
+}
+
+struct SourceInfo {
+    desc: SourceDesc,
+    label: String,
+    text: String,
+}
+
+struct PublishInfo {
+    op: u32,
+    subject: String,
+    item: RFingerprint,
+}
+
+/// One open spine: its scope marks (by position), the position reached, the next mark.
+type Spine = (Vec<(u32, Mark)>, u32, usize);
+
+/// Registers a pipeline's tracks with the host, in the order the chain was written: the
+/// operators of one *spine* (a stream's straight line of operators) in order, the scope
+/// boundaries between them, and each inner stream's spine inside its fan-in operator's
+/// track.
+pub struct Binder<'h> {
+    host: &'h HostApi,
+    ops: Vec<OpInfo>,
+    sources: Vec<SourceInfo>,
+    publishes: Vec<PublishInfo>,
+    /// The innermost open track a source belongs to.
+    owners: Vec<u64>,
+    /// Per open spine: its scope marks (by position) and the position reached.
+    spines: Vec<Spine>,
+    /// Scope tracks opened and not closed yet.
+    scopes: Vec<u64>,
+}
+
+impl fmt::Debug for Binder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binder")
+            .field("ops", &self.ops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'h> Binder<'h> {
+    fn track_call(&self, kind: &str, key: Option<&str>, signature: &RSignature) -> u64 {
+        // SAFETY: `host` is valid for the registration; arguments outlive the call.
+        unsafe {
+            (self.host.track_call)(
+                self.host.ctx,
+                RStr::new(kind),
+                key.map_or(RStr::NONE, RStr::new),
+                signature,
+            )
+        }
+    }
+
+    fn track_return(&self, track: u64) {
+        // SAFETY: as in `track_call`.
+        unsafe { (self.host.track_call_return)(self.host.ctx, track) }
+    }
+
+    fn signature(meta: &Meta) -> RSignature {
+        let state = meta.state.map_or(fingerprint::NONE, |(fp, _, _)| fp);
+        RSignature {
+            input: meta.input,
+            output: meta.output,
+            state,
+            seed: meta.seed.as_deref().map_or(RStr::NONE, RStr::new),
+        }
+    }
+
+    /// Applies the scope marks of the current spine that stand before its next operator,
+    /// and moves past it.
+    fn advance(&mut self) {
+        self.apply_marks();
+        if let Some(spine) = self.spines.last_mut() {
+            spine.1 += 1;
+        }
+    }
+
+    fn apply_marks(&mut self) {
+        loop {
+            let Some(spine) = self.spines.last_mut() else {
+                return;
+            };
+            let (marks, pos, next) = spine;
+            let Some((at, mark)) = marks.get(*next) else {
+                return;
+            };
+            if *at > *pos {
+                return;
+            }
+            let mark = mark.clone();
+            *next += 1;
+            match mark {
+                Mark::Open { key, input } => {
+                    let signature = RSignature {
+                        input,
+                        output: fingerprint::NONE,
+                        state: fingerprint::NONE,
+                        seed: RStr::NONE,
+                    };
+                    let t = self.track_call("scope", Some(&key), &signature);
+                    self.scopes.push(t);
+                }
+                Mark::Close => {
+                    if let Some(t) = self.scopes.pop() {
+                        self.track_return(t);
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_spine(&mut self, marks: Vec<(u32, Mark)>) {
+        self.spines.push((marks, 0, 0));
+    }
+
+    fn close_spine(&mut self) {
+        // Marks after the last operator (a scope closing at the end).
+        if let Some(spine) = self.spines.last_mut() {
+            spine.1 = u32::MAX;
+        }
+        self.apply_marks();
+        self.spines.pop();
+    }
+
+    /// Registers one operator: opens and closes its track and gives it the next slot.
+    pub fn op(&mut self, at: &mut At) {
+        self.advance();
+        let signature = Self::signature(&at.meta);
+        let track = self.track_call(at.meta.kind, None, &signature);
+        self.track_return(track);
+        at.op = self.push_op(track, &at.meta);
+    }
+
+    fn push_op(&mut self, track: u64, meta: &Meta) -> u32 {
+        let (state, drop, debug) =
+            meta.state
+                .unwrap_or((fingerprint::NONE, drop_nothing, debug_nothing));
+        let index = self.ops.len() as u32;
+        self.ops.push(OpInfo {
+            track,
+            kind: meta.kind,
+            state,
+            drop,
+            debug,
+        });
+        index
+    }
+
+    /// Registers a fan-in operator and runs `inner` (which binds the inner stream) inside
+    /// its track; the inner stream's scope marks are `marks`.
+    pub(crate) fn fan_in(
+        &mut self,
+        at: &mut At,
+        marks: Vec<(u32, Mark)>,
+        inner: impl FnOnce(&mut Binder<'h>),
+    ) {
+        self.advance();
+        let signature = Self::signature(&at.meta);
+        let track = self.track_call(at.meta.kind, None, &signature);
+        at.op = self.push_op(track, &at.meta);
+        self.owners.push(track);
+        self.open_spine(marks);
+        inner(self);
+        self.close_spine();
+        self.owners.pop();
+        self.track_return(track);
+    }
+
+    /// Registers a source: the next port.
+    pub(crate) fn source(&mut self, mut desc: SourceDesc, label: String, text: String) {
+        desc.owner = self.owners.last().copied().unwrap_or(0);
+        self.sources.push(SourceInfo { desc, label, text });
+    }
+
+    /// Registers a `publish` operator's subject.
+    fn publish(&mut self, op: u32, subject: &str, item: RFingerprint) {
+        self.publishes.push(PublishInfo {
+            op,
+            subject: subject.to_owned(),
+            item,
+        });
+    }
+}
+
+/// The start of every chain is a [`Root`] (see `source.rs`); a chain `S` followed by the
+/// operator `O` is this.
 #[derive(Debug)]
-pub struct Then<S, O>(S, O);
+pub struct Then<S, O>(pub(crate) S, pub(crate) O);
+
+/// The receiver a [`Then`] hands its upstream: runs `O` on each value, counting what `O`
+/// emits, into `K`.
+struct ThenObs<'a, 'c, C, O, K> {
+    cx: &'a Cx<'c>,
+    o: &'a O,
+    k: &'a mut K,
+    _c: PhantomData<C>,
+}
+
+/// Counts each value it passes (as operator `op`'s emission).
+pub(crate) struct Counting<'a, 'c, C, K> {
+    pub(crate) cx: &'a Cx<'c>,
+    pub(crate) op: u32,
+    pub(crate) k: &'a mut K,
+    pub(crate) _c: PhantomData<C>,
+}
+
+impl<T, C: Tally, K: Observer<T>> Observer<T> for Counting<'_, '_, C, K> {
+    #[inline(always)]
+    fn next(&mut self, value: T) -> Flow {
+        C::count(self.cx, self.op);
+        self.k.next(value)
+    }
+    #[inline(always)]
+    fn complete(&mut self) -> Flow {
+        self.k.complete()
+    }
+}
+
+impl<In, C: Tally, O: Op<In>, K: Observer<O::Out>> Observer<In> for ThenObs<'_, '_, C, O, K> {
+    #[inline(always)]
+    fn next(&mut self, value: In) -> Flow {
+        let mut counted = Counting::<C, K> {
+            cx: self.cx,
+            op: self.o.index(),
+            k: self.k,
+            _c: PhantomData,
+        };
+        self.o.push::<C, _>(self.cx, value, &mut counted)
+    }
+    #[inline(always)]
+    fn complete(&mut self) -> Flow {
+        let mut counted = Counting::<C, K> {
+            cx: self.cx,
+            op: self.o.index(),
+            k: self.k,
+            _c: PhantomData,
+        };
+        self.o.complete::<C, _>(self.cx, &mut counted)
+    }
+}
 
 impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
     type Out = O::Out;
+    const PORTS: u32 = S::PORTS;
     #[inline(always)]
-    fn push<C: Tally, K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
-        let o = &self.1;
-        let mut counted = |z: O::Out| {
-            C::count(cx, o.index());
-            k(z)
+    fn push<C: Tally, K: Observer<O::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        port: u32,
+        items: *const c_void,
+        i: usize,
+        k: &mut K,
+    ) -> Flow {
+        let mut obs = ThenObs::<C, O, K> {
+            cx,
+            o: &self.1,
+            k,
+            _c: PhantomData,
         };
-        self.0
-            .push::<C, _>(cx, x, &mut |y| o.push(cx, y, &mut counted))
+        self.0.push::<C, _>(cx, port, items, i, &mut obs)
     }
-    #[inline(always)]
-    fn complete<C: Tally, K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
-        let o = &self.1;
-        let mut counted = |z: O::Out| {
-            C::count(cx, o.index());
-            k(z)
+    fn complete<C: Tally, K: Observer<O::Out>>(&self, cx: &Cx<'_>, port: u32, k: &mut K) -> Flow {
+        let mut obs = ThenObs::<C, O, K> {
+            cx,
+            o: &self.1,
+            k,
+            _c: PhantomData,
         };
-        let upstream = self
-            .0
-            .complete::<C, _>(cx, &mut |y| o.push(cx, y, &mut counted));
-        let own = o.complete(cx, &mut counted);
-        if upstream == Flow::Complete || own == Flow::Complete {
-            Flow::Complete
-        } else {
-            Flow::Continue
+        self.0.complete::<C, _>(cx, port, &mut obs)
+    }
+    fn start<C: Tally, K: Observer<O::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        // RxJS order: an operator's own subscription values come before its upstream's.
+        let mut counted = Counting::<C, K> {
+            cx,
+            op: self.1.index(),
+            k,
+            _c: PhantomData,
+        };
+        if self.1.start::<C, _>(cx, &mut counted) == Flow::Complete {
+            return Flow::Complete;
         }
+        let mut obs = ThenObs::<C, O, K> {
+            cx,
+            o: &self.1,
+            k,
+            _c: PhantomData,
+        };
+        self.0.start::<C, _>(cx, &mut obs)
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        self.0.bind(b);
+        self.1.bind(b);
+    }
+    fn label(&self) -> String {
+        self.0.label()
     }
     unsafe fn init(&self, op: u32, dst: *mut u8) -> bool {
         if op == self.1.index() {
@@ -353,41 +678,549 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
     }
 }
 
+/// The pipeline's end: notes completion, wants every value.
+struct Terminal<'a> {
+    completed: &'a Cell<bool>,
+}
+
+impl<T> Observer<T> for Terminal<'_> {
+    #[inline(always)]
+    fn next(&mut self, _value: T) -> Flow {
+        Flow::Continue
+    }
+    fn complete(&mut self) -> Flow {
+        self.completed.set(true);
+        Flow::Complete
+    }
+}
+
+/// A stream: a source, perhaps followed by operators, that is not (yet) a pipeline. Hand
+/// it to [`Plugin::pipeline`], or to a fan-in operator of another stream.
+pub struct Stream<S: Stage> {
+    pub(crate) body: Body<S>,
+}
+
+impl<S: Stage> fmt::Debug for Stream<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream")
+            .field("sources", &self.body.stage.label())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stage and the scope marks written along its spine.
+pub struct Body<S> {
+    pub(crate) stage: S,
+    marks: Vec<(u32, Mark)>,
+    /// Operators on the spine so far (where the next mark goes).
+    len: u32,
+}
+
+impl<S> Body<S> {
+    pub(crate) fn new(stage: S) -> Body<S> {
+        Body {
+            stage,
+            marks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn then<S2>(self, f: impl FnOnce(S) -> S2) -> Body<S2> {
+        Body {
+            stage: f(self.stage),
+            marks: self.marks,
+            len: self.len + 1,
+        }
+    }
+
+    fn into_parts(self) -> (S, Vec<(u32, Mark)>) {
+        (self.stage, self.marks)
+    }
+}
+
+/// A pipeline under construction. Dropping it (at the end of the statement that built it)
+/// registers its tracks and hands the compiled chain to the host.
+pub struct Chain<'p, S: Stage> {
+    host: &'p HostApi,
+    name: String,
+    body: Option<Body<S>>,
+    _plugin: PhantomData<&'p mut ()>,
+}
+
+impl<S: Stage> fmt::Debug for Chain<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chain")
+            .field("pipeline", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The operators, on a [`Stream`] and on a pipeline's [`Chain`] alike.
+pub trait Pipe: Sized {
+    /// The stage built so far.
+    type S: Stage;
+    /// The same kind of builder around another stage.
+    type With<S2: Stage>: Pipe<S = S2>;
+
+    #[doc(hidden)]
+    fn body_mut(&mut self) -> &mut Body<Self::S>;
+    #[doc(hidden)]
+    fn map_body<S2: Stage>(self, f: impl FnOnce(Body<Self::S>) -> Body<S2>) -> Self::With<S2>;
+
+    /// Appends the operator `op`.
+    #[doc(hidden)]
+    fn then<O: Op<<Self::S as Stage>::Out>>(self, op: O) -> Next<Self, O> {
+        self.map_body(|b| b.then(|s| Then(s, op)))
+    }
+
+    /// Transforms each value.
+    fn map<U: 'static, F>(self, f: F) -> Next<Self, Map<F, Out<Self>, U>>
+    where
+        F: Fn(Out<Self>) -> U + Send + Sync + 'static,
+    {
+        self.then(Map {
+            f,
+            at: At::new::<Out<Self>, U>("map", None, None),
+            _t: PhantomData,
+        })
+    }
+
+    /// Passes the values for which `f` returns true.
+    fn filter<F>(self, f: F) -> Next<Self, Filter<F, Out<Self>>>
+    where
+        F: Fn(&Out<Self>) -> bool + Send + Sync + 'static,
+    {
+        self.then(Filter {
+            f,
+            at: At::new::<Out<Self>, Out<Self>>("filter", None, None),
+            _t: PhantomData,
+        })
+    }
+
+    /// Calls `f` on each value and passes it on.
+    fn tap<F>(self, f: F) -> Next<Self, Tap<F, Out<Self>>>
+    where
+        F: Fn(&Out<Self>) + Send + Sync + 'static,
+    {
+        self.then(Tap {
+            f,
+            at: At::new::<Out<Self>, Out<Self>>("tap", None, None),
+            _t: PhantomData,
+        })
+    }
+
+    /// Folds each value into an accumulator kept by the host and emits every new one.
+    ///
+    /// `f` takes the accumulator by value and returns the next one; the operator emits a
+    /// clone of it, which is the only clone per value (a `Vec` state costs one copy of the
+    /// `Vec` per value: use [`Pipe::scan_map`] to emit something smaller). If `f` panics,
+    /// the state is reset to a clone of `seed`, as described at [`Pipe::reduce`].
+    fn scan<A, F>(self, seed: A, f: F) -> Next<Self, Scan<A, F, Out<Self>>>
+    where
+        A: Shape + Clone + fmt::Debug + Send + Sync,
+        F: Fn(A, Out<Self>) -> A + Send + Sync + 'static,
+    {
+        let text = format!("{seed:?}");
+        self.then(Scan {
+            seed,
+            f,
+            at: At::new::<Out<Self>, A>("scan", Some(state_fns::<A>()), Some(text)),
+            _t: PhantomData,
+        })
+    }
+
+    /// Updates an accumulator kept by the host in place and emits what `f` returns (rxRust's
+    /// `scan_map`): no clone per value, whatever the state's size. Its signature is `scan`'s:
+    /// the state type `A`, the output `U`, and the seed's Debug text.
+    ///
+    /// If `f` panics, the state (which `f` may have left half-updated) is dropped and reset
+    /// to a clone of `seed`, and the error reports the reset. If cloning the seed panics too,
+    /// the state is kept as the panic left it, and the error says so.
+    fn scan_map<A, U, F>(self, seed: A, f: F) -> Next<Self, ScanMap<A, F, Out<Self>, U>>
+    where
+        A: Shape + Clone + fmt::Debug + Send + Sync,
+        U: 'static,
+        F: Fn(&mut A, Out<Self>) -> U + Send + Sync + 'static,
+    {
+        let text = format!("{seed:?}");
+        self.then(ScanMap {
+            seed,
+            f,
+            at: At::new::<Out<Self>, U>("scan_map", Some(state_fns::<A>()), Some(text)),
+            _t: PhantomData,
+        })
+    }
+
+    /// Folds each value into an accumulator kept by the host and emits it once, when the
+    /// stream completes. No clone per value: the accumulator moves into `f` and back.
+    ///
+    /// **A panic in `f`** (of `reduce` and `scan`) drops the accumulator `f` was given, so the
+    /// state is reset to a clone of `seed` (made only then), and the error reporting the
+    /// panic says so: `<message> (its state was reset to the seed)`. The slot is never left
+    /// without a value. If cloning the seed panics as well, nothing can fill the slot: the
+    /// process (and with it the host) aborts, after printing why to stderr.
+    fn reduce<A, F>(self, seed: A, f: F) -> Next<Self, Reduce<A, F, Out<Self>>>
+    where
+        A: Shape + Clone + fmt::Debug + Send + Sync,
+        F: Fn(A, Out<Self>) -> A + Send + Sync + 'static,
+    {
+        let text = format!("{seed:?}");
+        self.then(Reduce {
+            seed,
+            f,
+            at: At::new::<Out<Self>, A>("reduce", Some(state_fns::<A>()), Some(text)),
+            _t: PhantomData,
+        })
+    }
+
+    /// Passes the first `n` values, then completes.
+    fn take(self, n: u64) -> Next<Self, Take<Out<Self>>> {
+        self.then(Take {
+            n,
+            at: At::new::<Out<Self>, Out<Self>>(
+                "take",
+                Some(state_fns::<u64>()),
+                Some(format!("{n}")),
+            ),
+            _t: PhantomData,
+        })
+    }
+
+    /// Prints each value (its Debug text) through the host, and passes it on.
+    fn log(self) -> Next<Self, Log<Out<Self>>>
+    where
+        Out<Self>: fmt::Debug,
+    {
+        self.then(Log {
+            at: At::new::<Out<Self>, Out<Self>>("log", None, None),
+            _t: PhantomData,
+        })
+    }
+
+    /// Sends each value to the host-owned subject `name` (delivered at once, in order, to
+    /// every pipeline reading [`subject`]`::<T>(name)`), and passes it on. Publisher and
+    /// subscribers must agree on the value type: a reload where they do not is rejected.
+    fn publish(self, name: &str) -> Next<Self, Publish<Out<Self>>>
+    where
+        Out<Self>: Shape + Clone + Send + Sync,
+    {
+        self.then(Publish {
+            subject: name.to_owned(),
+            at: At::new::<Out<Self>, Out<Self>>("publish", None, Some(format!("{name:?}"))),
+            _t: PhantomData,
+        })
+    }
+
+    /// Runs `f` on the chain inside a keyed scope: the operators `f` adds are identified by
+    /// `key` and their position inside the scope, so they keep their identity (and state)
+    /// when the scope moves among its siblings, like a React key.
+    fn scope<R: Pipe>(mut self, key: &str, f: impl FnOnce(Self) -> R) -> R {
+        let body = self.body_mut();
+        body.marks.push((
+            body.len,
+            Mark::Open {
+                key: key.to_owned(),
+                input: fingerprint::of::<Out<Self>>(),
+            },
+        ));
+        let mut r = f(self);
+        let body = r.body_mut();
+        body.marks.push((body.len, Mark::Close));
+        r
+    }
+
+    /// Emits the values of both this stream and `other`; completes when both have.
+    fn merge<S2>(self, other: Stream<S2>) -> Self::With<crate::fanin::Merge<Self::S, S2>>
+    where
+        S2: Stage<Out = Out<Self>>,
+    {
+        crate::fanin::merge(self, other)
+    }
+
+    /// Pairs the n-th value of this stream with the n-th of `other` through `f`; values
+    /// wait in host-owned queues (kept across reloads). Completes when a stream that
+    /// completed has nothing queued.
+    fn zip<S2, V, F>(
+        self,
+        other: Stream<S2>,
+        f: F,
+    ) -> Self::With<crate::fanin::Zip<Self::S, S2, F, V>>
+    where
+        S2: Stage,
+        Out<Self>: Shape + fmt::Debug + Send + Sync,
+        S2::Out: Shape + fmt::Debug + Send + Sync,
+        F: Fn(Out<Self>, S2::Out) -> V + Send + Sync + 'static,
+        V: 'static,
+    {
+        crate::fanin::zip(self, other, f)
+    }
+
+    /// Once both streams have emitted, emits `f(latest of this, latest of other)` on each
+    /// value of either. Completes when both have.
+    fn combine_latest<S2, V, F>(
+        self,
+        other: Stream<S2>,
+        f: F,
+    ) -> Self::With<crate::fanin::CombineLatest<Self::S, S2, F, V>>
+    where
+        S2: Stage,
+        Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
+        S2::Out: Shape + Clone + fmt::Debug + Send + Sync,
+        F: Fn(&Out<Self>, &S2::Out) -> V + Send + Sync + 'static,
+        V: 'static,
+    {
+        crate::fanin::combine_latest(self, other, f)
+    }
+
+    /// On each value of this stream, once `other` has emitted, emits `f(value, latest of
+    /// other)`. Completes when this stream does.
+    fn with_latest_from<S2, V, F>(
+        self,
+        other: Stream<S2>,
+        f: F,
+    ) -> Self::With<crate::fanin::WithLatestFrom<Self::S, S2, F, V>>
+    where
+        S2: Stage,
+        S2::Out: Shape + Clone + fmt::Debug + Send + Sync,
+        F: Fn(Out<Self>, &S2::Out) -> V + Send + Sync + 'static,
+        V: 'static,
+    {
+        crate::fanin::with_latest_from(self, other, f)
+    }
+}
+
+/// The builder `P` extended by the operator `O`.
+pub type Next<P, O> = <P as Pipe>::With<Then<<P as Pipe>::S, O>>;
+
+/// The type of the values a builder's stage emits.
+pub type Out<P> = <<P as Pipe>::S as Stage>::Out;
+
+impl<S: Stage> Pipe for Stream<S> {
+    type S = S;
+    type With<S2: Stage> = Stream<S2>;
+    fn body_mut(&mut self) -> &mut Body<S> {
+        &mut self.body
+    }
+    fn map_body<S2: Stage>(self, f: impl FnOnce(Body<S>) -> Body<S2>) -> Stream<S2> {
+        Stream { body: f(self.body) }
+    }
+}
+
+impl<'p, S: Stage> Pipe for Chain<'p, S> {
+    type S = S;
+    type With<S2: Stage> = Chain<'p, S2>;
+    fn body_mut(&mut self) -> &mut Body<S> {
+        self.body
+            .as_mut()
+            .expect("a chain is consumed by each operator call")
+    }
+    fn map_body<S2: Stage>(mut self, f: impl FnOnce(Body<S>) -> Body<S2>) -> Chain<'p, S2> {
+        let body = self
+            .body
+            .take()
+            .expect("a chain is consumed by each operator call");
+        Chain {
+            host: self.host,
+            name: std::mem::take(&mut self.name),
+            body: Some(f(body)),
+            _plugin: PhantomData,
+        }
+    }
+}
+
+impl<S: Stage> Body<S> {
+    /// Joins `other` to this body with the fan-in stage `make` builds from both stages and
+    /// the other's scope marks.
+    pub(crate) fn join<S2: Stage, J: Stage>(
+        self,
+        other: Body<S2>,
+        make: impl FnOnce(S, S2, Vec<(u32, Mark)>) -> J,
+    ) -> Body<J> {
+        let (b, marks) = other.into_parts();
+        self.then(|a| make(a, b, marks))
+    }
+}
+
+impl<S: Stage> Chain<'_, S> {
+    fn finish(&mut self) {
+        let Some(body) = self.body.take() else {
+            return;
+        };
+        let (mut stage, marks) = body.into_parts();
+        let host = self.host;
+        let label = stage.label();
+        let signature = RSignature {
+            input: fingerprint::NONE,
+            output: fingerprint::NONE,
+            state: fingerprint::NONE,
+            seed: RStr::new(&label),
+        };
+        let mut b = Binder {
+            host,
+            ops: Vec::new(),
+            sources: Vec::new(),
+            publishes: Vec::new(),
+            owners: Vec::new(),
+            spines: Vec::new(),
+            scopes: Vec::new(),
+        };
+        let track = b.track_call("pipeline", Some(&self.name), &signature);
+        b.owners.push(track);
+        b.open_spine(marks);
+        stage.bind(&mut b);
+        b.close_spine();
+        // Scopes left open by a mark out of order close with the pipeline.
+        while let Some(t) = b.scopes.pop() {
+            b.track_return(t);
+        }
+        let ops: Vec<OpDesc> = b
+            .ops
+            .iter()
+            .map(|o| OpDesc {
+                track: o.track,
+                kind: RStr::new(o.kind),
+                state: StateVTable {
+                    fingerprint: o.state,
+                    init: init_entry::<S>,
+                    drop: o.drop,
+                    debug: o.debug,
+                },
+            })
+            .collect();
+        let sources: Vec<SourceDesc> = b
+            .sources
+            .iter()
+            .map(|s| SourceDesc {
+                label: RStr::new(&s.label),
+                text: if s.desc.text.is_none() {
+                    RStr::NONE
+                } else {
+                    RStr::new(&s.text)
+                },
+                ..s.desc
+            })
+            .collect();
+        let publishes: Vec<PublishDesc> = b
+            .publishes
+            .iter()
+            .map(|p| PublishDesc {
+                op: p.op,
+                subject: RStr::new(&p.subject),
+                item: p.item,
+            })
+            .collect();
+        let env = Box::into_raw(Box::new(Env { stage }));
+        let desc = PipelineDesc {
+            name: RStr::new(&self.name),
+            track,
+            sources: sources.as_ptr(),
+            n_sources: sources.len(),
+            env: env.cast::<c_void>(),
+            push: push_entry::<S, Silent>,
+            push_one: push_one_entry::<S, Silent>,
+            complete: complete_entry::<S, Silent>,
+            start: start_entry::<S, Silent>,
+            push_counted: push_entry::<S, Counted>,
+            push_one_counted: push_one_entry::<S, Counted>,
+            complete_counted: complete_entry::<S, Counted>,
+            start_counted: start_entry::<S, Counted>,
+            drop_env: drop_env_entry::<S>,
+            ops: ops.as_ptr(),
+            n_ops: ops.len(),
+            publishes: publishes.as_ptr(),
+            n_publishes: publishes.len(),
+        };
+        // SAFETY: `host` is valid for the registration; `desc` and the arrays it points at
+        // outlive the call, and ownership of `env` passes to the host, which frees it with
+        // `drop_env`.
+        unsafe {
+            (host.add_pipeline)(host.ctx, &desc);
+        }
+        b.track_return(track);
+    }
+}
+
+impl<S: Stage> Drop for Chain<'_, S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The registration is failing; the host discards the whole run.
+            return;
+        }
+        self.finish();
+    }
+}
+
+struct Env<S> {
+    stage: S,
+}
+
+/// `publish(name)`: hands each value to the host (which delivers it to the subject's
+/// subscribers before returning) and passes it on.
+pub struct Publish<T> {
+    subject: String,
+    at: At,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: Shape + Clone + Send + Sync + 'static> Op<T> for Publish<T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+        b.publish(self.at.op, &self.subject, fingerprint::of_state::<T>());
+    }
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // The subscribers' code runs inside this call: a panic there is reported by their
+        // own pipelines, never here.
+        cx.publish(self.at.op, &x);
+        k.next(x)
+    }
+}
+
 /// `map(f)`.
 pub struct Map<F, T, U> {
     f: F,
-    op: u32,
+    at: At,
     _t: PhantomData<fn(T) -> U>,
 }
 
 impl<F: Fn(T) -> U + Send + Sync + 'static, T: 'static, U: 'static> Op<T> for Map<F, T, U> {
     type Out = U;
     fn index(&self) -> u32 {
-        self.op
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
     }
     #[inline(always)]
-    fn push<K: FnMut(U) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        let y = cx.user(self.op, || (self.f)(x));
-        k(y)
+    fn push<C: Tally, K: Observer<U>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        let y = cx.user(self.at.op, || (self.f)(x));
+        k.next(y)
     }
 }
 
 /// `filter(f)`.
 pub struct Filter<F, T> {
     f: F,
-    op: u32,
+    at: At,
     _t: PhantomData<fn(T)>,
 }
 
 impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: 'static> Op<T> for Filter<F, T> {
     type Out = T;
     fn index(&self) -> u32 {
-        self.op
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
     }
     #[inline(always)]
-    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        if cx.user(self.op, || (self.f)(&x)) {
-            k(x)
+    fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        if cx.user(self.at.op, || (self.f)(&x)) {
+            k.next(x)
         } else {
             Flow::Continue
         }
@@ -397,22 +1230,247 @@ impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: 'static> Op<T> for Filter<F, 
 /// `tap(f)`.
 pub struct Tap<F, T> {
     f: F,
-    op: u32,
+    at: At,
     _t: PhantomData<fn(T)>,
 }
 
 impl<F: Fn(&T) + Send + Sync + 'static, T: 'static> Op<T> for Tap<F, T> {
     type Out = T;
     fn index(&self) -> u32 {
-        self.op
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
     }
     #[inline(always)]
-    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        cx.user(self.op, || (self.f)(&x));
-        k(x)
+    fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        cx.user(self.at.op, || (self.f)(&x));
+        k.next(x)
     }
 }
 
+/// `scan(seed, f)`: state `A`, emits every new accumulator (one clone per value: the one it
+/// emits).
+pub struct Scan<A, F, T> {
+    seed: A,
+    f: F,
+    at: At,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<A, F, T> Op<T> for Scan<A, F, T>
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(A, T) -> A + Send + Sync + 'static,
+    T: 'static,
+{
+    type Out = A;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+    }
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<A>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // SAFETY: the host seeded this slot with an `A` (fingerprint-checked) and no other
+        // reference to it exists: each operator touches only its own slot.
+        let slot = unsafe { cx.state::<A>(self.at.op) };
+        // The clone is a user `Clone` impl: it counts as the operator's code too.
+        let out = cx.user(self.at.op, || {
+            let refill = Refill {
+                slot,
+                seed: &self.seed,
+                op: self.at.op,
+                after_panic: &cx.after_panic,
+            };
+            // SAFETY: the slot holds an initialised `A`; it is moved out here and written
+            // back below, or by `refill` if `f` unwinds.
+            let acc = unsafe { slot.read() };
+            let next = (self.f)(acc, x);
+            refill.disarm();
+            // SAFETY: the slot's value was moved out above; this puts the new one back.
+            unsafe { slot.write(next) };
+            // A panic in this clone leaves the new state in place: only the value is lost.
+            // SAFETY: the slot holds the `A` just written; nothing else refers to it.
+            unsafe { (*slot).clone() }
+        });
+        k.next(out)
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
+        unsafe { dst.cast::<A>().write(self.seed.clone()) }
+    }
+}
+
+/// `scan_map(seed, f)`: state `A`, updated in place by `f`, which returns what to emit; no
+/// clone per value.
+pub struct ScanMap<A, F, T, U> {
+    seed: A,
+    f: F,
+    at: At,
+    _t: PhantomData<fn(T) -> U>,
+}
+
+impl<A, F, T, U> Op<T> for ScanMap<A, F, T, U>
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(&mut A, T) -> U + Send + Sync + 'static,
+    T: 'static,
+    U: 'static,
+{
+    type Out = U;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+    }
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<U>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
+        let slot = unsafe { cx.state::<A>(self.at.op) };
+        let out = cx.user(self.at.op, || {
+            let reset = Reset {
+                slot,
+                seed: &self.seed,
+                after_panic: &cx.after_panic,
+            };
+            // SAFETY: the slot holds an initialised `A`; this is the only reference to it
+            // while `f` runs, and it is gone before `reset` could touch the slot.
+            let out = (self.f)(unsafe { &mut *slot }, x);
+            reset.disarm();
+            out
+        });
+        k.next(out)
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
+        unsafe { dst.cast::<A>().write(self.seed.clone()) }
+    }
+}
+
+/// `reduce(seed, f)`: state `A`, emits the accumulator once, on completion (no clone per
+/// value; one when it emits).
+pub struct Reduce<A, F, T> {
+    seed: A,
+    f: F,
+    at: At,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<A, F, T> Op<T> for Reduce<A, F, T>
+where
+    A: Clone + Send + Sync + 'static,
+    F: Fn(A, T) -> A + Send + Sync + 'static,
+    T: 'static,
+{
+    type Out = A;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+    }
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<A>>(&self, cx: &Cx<'_>, x: T, _k: &mut K) -> Flow {
+        // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
+        let slot = unsafe { cx.state::<A>(self.at.op) };
+        cx.user(self.at.op, || {
+            let refill = Refill {
+                slot,
+                seed: &self.seed,
+                op: self.at.op,
+                after_panic: &cx.after_panic,
+            };
+            // SAFETY: as in `Scan::push`: moved out here, written back below or by `refill`.
+            let acc = unsafe { slot.read() };
+            let next = (self.f)(acc, x);
+            refill.disarm();
+            // SAFETY: the slot's value was moved out above; this puts the new one back.
+            unsafe { slot.write(next) };
+        });
+        Flow::Continue
+    }
+    fn complete<C: Tally, K: Observer<A>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        // SAFETY: as in `push`.
+        let acc = unsafe { &*cx.state::<A>(self.at.op) };
+        let value = cx.user(self.at.op, || acc.clone());
+        if k.next(value) == Flow::Complete {
+            return Flow::Complete;
+        }
+        k.complete()
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
+        unsafe { dst.cast::<A>().write(self.seed.clone()) }
+    }
+}
+
+/// `take(n)`: state `u64` (values passed so far).
+pub struct Take<T> {
+    n: u64,
+    at: At,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: 'static> Op<T> for Take<T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+    }
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        // SAFETY: a seeded `u64`, touched only by this operator.
+        let taken = unsafe { &mut *cx.state::<u64>(self.at.op) };
+        if *taken >= self.n {
+            // `take(0)`, or a value after the count (none reaches here once complete).
+            k.complete();
+            return Flow::Complete;
+        }
+        *taken += 1;
+        let done = *taken >= self.n;
+        let r = k.next(x);
+        if done {
+            if r == Flow::Continue {
+                k.complete();
+            }
+            Flow::Complete
+        } else {
+            r
+        }
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for a `u64`.
+        unsafe { dst.cast::<u64>().write(0) }
+    }
+}
+
+/// `log()`: hands each value's Debug text to the host, which prints it as an emission.
+pub struct Log<T> {
+    at: At,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T: fmt::Debug + 'static> Op<T> for Log<T> {
+    type Out = T;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+    }
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        cx.user(self.at.op, || {
+            with_debug_text(&x, |text| cx.log(self.at.op, text))
+        });
+        k.next(x)
+    }
+}
 /// Refills a state slot whose value was moved into a user function (`scan`, `reduce`) if
 /// that function unwinds: the slot must never be left without a value, since the host will
 /// hand it to the next call and drop it at the end.
@@ -503,209 +1561,6 @@ fn fatal(message: &str) -> ! {
     std::process::abort()
 }
 
-/// `scan(seed, f)`: state `A`, emits every new accumulator (one clone per value: the one it
-/// emits).
-pub struct Scan<A, F, T> {
-    seed: A,
-    f: F,
-    op: u32,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<A, F, T> Op<T> for Scan<A, F, T>
-where
-    A: Clone + Send + Sync + 'static,
-    F: Fn(A, T) -> A + Send + Sync + 'static,
-    T: 'static,
-{
-    type Out = A;
-    fn index(&self) -> u32 {
-        self.op
-    }
-    #[inline(always)]
-    fn push<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        // SAFETY: the host seeded this slot with an `A` (fingerprint-checked) and no other
-        // reference to it exists: each operator touches only its own slot.
-        let slot = unsafe { cx.state::<A>(self.op) };
-        // The clone is a user `Clone` impl: it counts as the operator's code too.
-        let out = cx.user(self.op, || {
-            let refill = Refill {
-                slot,
-                seed: &self.seed,
-                op: self.op,
-                after_panic: &cx.after_panic,
-            };
-            // SAFETY: the slot holds an initialised `A`; it is moved out here and written
-            // back below, or by `refill` if `f` unwinds.
-            let acc = unsafe { slot.read() };
-            let next = (self.f)(acc, x);
-            refill.disarm();
-            // SAFETY: the slot's value was moved out above; this puts the new one back.
-            unsafe { slot.write(next) };
-            // A panic in this clone leaves the new state in place: only the value is lost.
-            // SAFETY: the slot holds the `A` just written; nothing else refers to it.
-            unsafe { (*slot).clone() }
-        });
-        k(out)
-    }
-    unsafe fn init(&self, dst: *mut u8) {
-        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
-        unsafe { dst.cast::<A>().write(self.seed.clone()) }
-    }
-}
-
-/// `scan_map(seed, f)`: state `A`, updated in place by `f`, which returns what to emit; no
-/// clone per value.
-pub struct ScanMap<A, F, T, U> {
-    seed: A,
-    f: F,
-    op: u32,
-    _t: PhantomData<fn(T) -> U>,
-}
-
-impl<A, F, T, U> Op<T> for ScanMap<A, F, T, U>
-where
-    A: Clone + Send + Sync + 'static,
-    F: Fn(&mut A, T) -> U + Send + Sync + 'static,
-    T: 'static,
-    U: 'static,
-{
-    type Out = U;
-    fn index(&self) -> u32 {
-        self.op
-    }
-    #[inline(always)]
-    fn push<K: FnMut(U) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
-        let slot = unsafe { cx.state::<A>(self.op) };
-        let out = cx.user(self.op, || {
-            let reset = Reset {
-                slot,
-                seed: &self.seed,
-                after_panic: &cx.after_panic,
-            };
-            // SAFETY: the slot holds an initialised `A`; this is the only reference to it
-            // while `f` runs, and it is gone before `reset` could touch the slot.
-            let out = (self.f)(unsafe { &mut *slot }, x);
-            reset.disarm();
-            out
-        });
-        k(out)
-    }
-    unsafe fn init(&self, dst: *mut u8) {
-        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
-        unsafe { dst.cast::<A>().write(self.seed.clone()) }
-    }
-}
-
-/// `reduce(seed, f)`: state `A`, emits the accumulator once, on completion (no clone per
-/// value; one when it emits).
-pub struct Reduce<A, F, T> {
-    seed: A,
-    f: F,
-    op: u32,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<A, F, T> Op<T> for Reduce<A, F, T>
-where
-    A: Clone + Send + Sync + 'static,
-    F: Fn(A, T) -> A + Send + Sync + 'static,
-    T: 'static,
-{
-    type Out = A;
-    fn index(&self) -> u32 {
-        self.op
-    }
-    #[inline(always)]
-    fn push<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, x: T, _k: &mut K) -> Flow {
-        // SAFETY: as for `Scan`: a seeded `A`, touched only by this operator.
-        let slot = unsafe { cx.state::<A>(self.op) };
-        cx.user(self.op, || {
-            let refill = Refill {
-                slot,
-                seed: &self.seed,
-                op: self.op,
-                after_panic: &cx.after_panic,
-            };
-            // SAFETY: as in `Scan::push`: moved out here, written back below or by `refill`.
-            let acc = unsafe { slot.read() };
-            let next = (self.f)(acc, x);
-            refill.disarm();
-            // SAFETY: the slot's value was moved out above; this puts the new one back.
-            unsafe { slot.write(next) };
-        });
-        Flow::Continue
-    }
-    fn complete<K: FnMut(A) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
-        // SAFETY: as in `push`.
-        let acc = unsafe { &*cx.state::<A>(self.op) };
-        let value = cx.user(self.op, || acc.clone());
-        k(value)
-    }
-    unsafe fn init(&self, dst: *mut u8) {
-        // SAFETY: the caller guarantees `dst` is valid and aligned for an `A`.
-        unsafe { dst.cast::<A>().write(self.seed.clone()) }
-    }
-}
-
-/// `take(n)`: state `u64` (values passed so far).
-pub struct Take<T> {
-    n: u64,
-    op: u32,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<T: 'static> Op<T> for Take<T> {
-    type Out = T;
-    fn index(&self) -> u32 {
-        self.op
-    }
-    #[inline(always)]
-    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        // SAFETY: a seeded `u64`, touched only by this operator.
-        let taken = unsafe { &mut *cx.state::<u64>(self.op) };
-        if *taken >= self.n {
-            return Flow::Complete;
-        }
-        *taken += 1;
-        let done = *taken >= self.n;
-        let r = k(x);
-        if done { Flow::Complete } else { r }
-    }
-    unsafe fn init(&self, dst: *mut u8) {
-        // SAFETY: the caller guarantees `dst` is valid and aligned for a `u64`.
-        unsafe { dst.cast::<u64>().write(0) }
-    }
-}
-
-/// `log()`: hands each value's Debug text to the host, which prints it as an emission.
-pub struct Log<T> {
-    op: u32,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<T: fmt::Debug + 'static> Op<T> for Log<T> {
-    type Out = T;
-    fn index(&self) -> u32 {
-        self.op
-    }
-    #[inline(always)]
-    fn push<K: FnMut(T) -> Flow>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        cx.user(self.op, || {
-            with_debug_text(&x, |text| cx.log(self.op, text))
-        });
-        k(x)
-    }
-}
-
-impl Cx<'_> {
-    fn log(&self, op: u32, text: &str) {
-        // SAFETY: `emit` is the host's context for this call; `text` outlives the call.
-        unsafe { (self.emit.log)(self.emit.host, op, RStr::new(text)) }
-    }
-}
-
 /// Formats `value` with Debug into a stack buffer (a heap string only when it does not fit)
 /// and passes the text to `f`.
 fn with_debug_text<T: fmt::Debug>(value: &T, f: impl FnOnce(&str)) {
@@ -737,41 +1592,6 @@ fn with_debug_text<T: fmt::Debug>(value: &T, f: impl FnOnce(&str)) {
         f(core::str::from_utf8(&buf.bytes[..buf.len]).unwrap_or("<invalid utf-8>"));
     } else {
         f(&format!("{value:?}"));
-    }
-}
-
-struct OpInfo {
-    track: u64,
-    kind: &'static str,
-    state: RFingerprint,
-    drop: DropStateFn,
-    debug: DebugStateFn,
-}
-
-struct Inner<S> {
-    name: String,
-    track: u64,
-    source: SourceDesc,
-    stage: S,
-    ops: Vec<OpInfo>,
-}
-
-/// The chain `S` extended by the operator `O`.
-pub type Next<'p, S, O> = Chain<'p, Then<S, O>>;
-
-/// A pipeline under construction. Dropping it (at the end of the statement that built it)
-/// hands the compiled chain to the host.
-pub struct Chain<'p, S: Stage> {
-    host: &'p HostApi,
-    inner: Option<Inner<S>>,
-    _plugin: PhantomData<&'p mut ()>,
-}
-
-impl<S: Stage> fmt::Debug for Chain<'_, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Chain")
-            .field("pipeline", &self.inner.as_ref().map(|i| i.name.as_str()))
-            .finish_non_exhaustive()
     }
 }
 
@@ -847,9 +1667,9 @@ unsafe extern "C" fn debug_nothing(
 }
 
 /// A state's fingerprint, drop glue and Debug writer.
-type StateFns = (RFingerprint, DropStateFn, DebugStateFn);
+pub(crate) type StateFns = (RFingerprint, DropStateFn, DebugStateFn);
 
-fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
+pub(crate) fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
     (
         fingerprint::of_state::<A>(),
         drop_state::<A> as DropStateFn,
@@ -915,281 +1735,6 @@ unsafe extern "C" fn debug_state<A: fmt::Debug>(
     }
 }
 
-impl<'p, S: Stage> Chain<'p, S> {
-    fn inner(&mut self) -> Inner<S> {
-        self.inner
-            .take()
-            .expect("a chain is consumed by each operator call")
-    }
-
-    /// Opens and closes the track of the next operator and returns its index.
-    fn track_op<In: 'static, Out: 'static>(
-        &mut self,
-        kind: &'static str,
-        state: Option<StateFns>,
-        seed: Option<&str>,
-    ) -> u32 {
-        let (state_fp, drop, debug) =
-            state.unwrap_or((fingerprint::NONE, drop_nothing, debug_nothing));
-        let signature = RSignature {
-            input: fingerprint::of::<In>(),
-            output: fingerprint::of::<Out>(),
-            state: state_fp,
-            seed: seed.map(RStr::new).unwrap_or(RStr::NONE),
-        };
-        let host = self.host;
-        // SAFETY: `host` is valid for the registration; arguments outlive the calls.
-        let track = unsafe {
-            let t = (host.track_call)(host.ctx, RStr::new(kind), RStr::NONE, &signature);
-            (host.track_call_return)(host.ctx, t);
-            t
-        };
-        let inner = self.inner.as_mut().expect("chain already consumed");
-        let index = inner.ops.len() as u32;
-        inner.ops.push(OpInfo {
-            track,
-            kind,
-            state: state_fp,
-            drop,
-            debug,
-        });
-        index
-    }
-
-    fn then<O: Op<S::Out>>(mut self, op: O) -> Chain<'p, Then<S, O>> {
-        let inner = self.inner();
-        Chain {
-            host: self.host,
-            inner: Some(Inner {
-                name: inner.name,
-                track: inner.track,
-                source: inner.source,
-                stage: Then(inner.stage, op),
-                ops: inner.ops,
-            }),
-            _plugin: PhantomData,
-        }
-    }
-
-    /// Transforms each value.
-    pub fn map<U: 'static, F>(mut self, f: F) -> Next<'p, S, Map<F, S::Out, U>>
-    where
-        F: Fn(S::Out) -> U + Send + Sync + 'static,
-    {
-        let op = self.track_op::<S::Out, U>("map", None, None);
-        self.then(Map {
-            f,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Passes the values for which `f` returns true.
-    pub fn filter<F>(mut self, f: F) -> Next<'p, S, Filter<F, S::Out>>
-    where
-        F: Fn(&S::Out) -> bool + Send + Sync + 'static,
-    {
-        let op = self.track_op::<S::Out, S::Out>("filter", None, None);
-        self.then(Filter {
-            f,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Calls `f` on each value and passes it on.
-    pub fn tap<F>(mut self, f: F) -> Next<'p, S, Tap<F, S::Out>>
-    where
-        F: Fn(&S::Out) + Send + Sync + 'static,
-    {
-        let op = self.track_op::<S::Out, S::Out>("tap", None, None);
-        self.then(Tap {
-            f,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// The state signature of an accumulating operator: `A`'s fingerprint and drop glue,
-    /// and the seed's Debug text.
-    fn accumulator<A: Shape + fmt::Debug>(seed: &A) -> (StateFns, String) {
-        (state_fns::<A>(), format!("{seed:?}"))
-    }
-
-    /// Folds each value into an accumulator kept by the host and emits every new one.
-    ///
-    /// `f` takes the accumulator by value and returns the next one; the operator emits a
-    /// clone of it, which is the only clone per value (a `Vec` state costs one copy of the
-    /// `Vec` per value: use [`Chain::scan_map`] to emit something smaller). If `f` panics,
-    /// the state is reset to a clone of `seed`, as described at [`Chain::reduce`].
-    pub fn scan<A, F>(mut self, seed: A, f: F) -> Next<'p, S, Scan<A, F, S::Out>>
-    where
-        A: Shape + Clone + fmt::Debug + Send + Sync,
-        F: Fn(A, S::Out) -> A + Send + Sync + 'static,
-    {
-        let (state, seed_text) = Self::accumulator(&seed);
-        let op = self.track_op::<S::Out, A>("scan", Some(state), Some(&seed_text));
-        self.then(Scan {
-            seed,
-            f,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Updates an accumulator kept by the host in place and emits what `f` returns (rxRust's
-    /// `scan_map`): no clone per value, whatever the state's size. Its signature is `scan`'s:
-    /// the state type `A`, the output `U`, and the seed's Debug text.
-    ///
-    /// If `f` panics, the state (which `f` may have left half-updated) is dropped and reset
-    /// to a clone of `seed`, and the error reports the reset. If cloning the seed panics too,
-    /// the state is kept as the panic left it, and the error says so.
-    pub fn scan_map<A, U, F>(mut self, seed: A, f: F) -> Next<'p, S, ScanMap<A, F, S::Out, U>>
-    where
-        A: Shape + Clone + fmt::Debug + Send + Sync,
-        U: 'static,
-        F: Fn(&mut A, S::Out) -> U + Send + Sync + 'static,
-    {
-        let (state, seed_text) = Self::accumulator(&seed);
-        let op = self.track_op::<S::Out, U>("scan_map", Some(state), Some(&seed_text));
-        self.then(ScanMap {
-            seed,
-            f,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Folds each value into an accumulator kept by the host and emits it once, when the
-    /// source completes. No clone per value: the accumulator moves into `f` and back.
-    ///
-    /// **A panic in `f`** (of `reduce` and `scan`) drops the accumulator `f` was given, so the
-    /// state is reset to a clone of `seed` (made only then), and the error reporting the
-    /// panic says so: `<message> (its state was reset to the seed)`. The slot is never left
-    /// without a value. If cloning the seed panics as well, nothing can fill the slot: the
-    /// process (and with it the host) aborts, after printing why to stderr.
-    pub fn reduce<A, F>(mut self, seed: A, f: F) -> Next<'p, S, Reduce<A, F, S::Out>>
-    where
-        A: Shape + Clone + fmt::Debug + Send + Sync,
-        F: Fn(A, S::Out) -> A + Send + Sync + 'static,
-    {
-        let (state, seed_text) = Self::accumulator(&seed);
-        let op = self.track_op::<S::Out, A>("reduce", Some(state), Some(&seed_text));
-        self.then(Reduce {
-            seed,
-            f,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Passes the first `n` values, then completes the pipeline.
-    pub fn take(mut self, n: u64) -> Next<'p, S, Take<S::Out>> {
-        let seed_text = format!("{n}");
-        let op =
-            self.track_op::<S::Out, S::Out>("take", Some(state_fns::<u64>()), Some(&seed_text));
-        self.then(Take {
-            n,
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Prints each value (its Debug text) through the host, and passes it on.
-    pub fn log(mut self) -> Next<'p, S, Log<S::Out>>
-    where
-        S::Out: fmt::Debug,
-    {
-        let op = self.track_op::<S::Out, S::Out>("log", None, None);
-        self.then(Log {
-            op,
-            _t: PhantomData,
-        })
-    }
-
-    /// Runs `f` on the chain inside a keyed scope: the operators `f` adds are identified by
-    /// `key` and their position inside the scope, so they keep their identity (and state)
-    /// when the scope moves among its siblings, like a React key.
-    pub fn scope<S2: Stage>(
-        self,
-        key: &str,
-        f: impl FnOnce(Chain<'p, S>) -> Chain<'p, S2>,
-    ) -> Chain<'p, S2> {
-        let host = self.host;
-        let signature = RSignature {
-            input: fingerprint::of::<S::Out>(),
-            output: fingerprint::NONE,
-            state: fingerprint::NONE,
-            seed: RStr::NONE,
-        };
-        // SAFETY: `host` is valid for the registration; arguments outlive the call.
-        let track =
-            unsafe { (host.track_call)(host.ctx, RStr::new("scope"), RStr::new(key), &signature) };
-        let chain = f(self);
-        // SAFETY: as above.
-        unsafe { (host.track_call_return)(host.ctx, track) };
-        chain
-    }
-
-    fn finish(&mut self) {
-        let Some(inner) = self.inner.take() else {
-            return;
-        };
-        let ops: Vec<OpDesc> = inner
-            .ops
-            .iter()
-            .map(|o| OpDesc {
-                track: o.track,
-                kind: RStr::new(o.kind),
-                state: StateVTable {
-                    fingerprint: o.state,
-                    init: init_entry::<S>,
-                    drop: o.drop,
-                    debug: o.debug,
-                },
-            })
-            .collect();
-        let n_ops = ops.len();
-        let env = Box::into_raw(Box::new(Env { stage: inner.stage }));
-        let desc = PipelineDesc {
-            name: RStr::new(&inner.name),
-            track: inner.track,
-            source: inner.source,
-            env: env.cast::<c_void>(),
-            push: push_entry::<S, Silent>,
-            push_one: push_one_entry::<S, Silent>,
-            complete: complete_entry::<S, Silent>,
-            push_counted: push_entry::<S, Counted>,
-            push_one_counted: push_one_entry::<S, Counted>,
-            complete_counted: complete_entry::<S, Counted>,
-            drop_env: drop_env_entry::<S>,
-            ops: ops.as_ptr(),
-            n_ops,
-        };
-        let host = self.host;
-        // SAFETY: `host` is valid for the registration; `desc` and `ops` outlive the call,
-        // and ownership of `env` passes to the host, which frees it with `drop_env`.
-        unsafe {
-            (host.add_pipeline)(host.ctx, &desc);
-            (host.track_call_return)(host.ctx, inner.track);
-        }
-    }
-}
-
-impl<S: Stage> Drop for Chain<'_, S> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The registration is failing; the host discards the whole run.
-            return;
-        }
-        self.finish();
-    }
-}
-
-struct Env<S> {
-    stage: S,
-}
-
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     let message = if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -1223,6 +1768,7 @@ unsafe fn enter<'a, S>(
             panicked_op: Cell::new(NO_OP),
             mark_ops,
             after_panic: Cell::new(AfterPanic::Untouched),
+            completed: Cell::new(false),
         };
         (env, cx)
     }
@@ -1237,79 +1783,114 @@ fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
     status::PANICKED
 }
 
+/// The status of a call whose stage returned `flow`.
+#[inline(always)]
+fn flow_status(cx: &Cx<'_>, flow: Flow) -> u32 {
+    match flow {
+        Flow::Continue => status::CONTINUE,
+        Flow::Complete if cx.completed.get() => status::COMPLETE,
+        Flow::Complete => status::PORT_DONE,
+    }
+}
+
 unsafe extern "C" fn push_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
-    items: *const u64,
+    port: u32,
+    items: *const c_void,
     n: usize,
     cx: *const EmitCx,
     consumed: *mut usize,
 ) -> u32 {
     // SAFETY: the host passes the arguments `PushFn` documents.
     let (env, cx) = unsafe { enter::<S>(env, states, cx, false) };
-    let items = if n == 0 {
-        &[][..]
-    } else {
-        // SAFETY: the host passes `n` readable values at `items`.
-        unsafe { core::slice::from_raw_parts(items, n) }
-    };
     let position = Cell::new(0usize);
     let run = catch_unwind(AssertUnwindSafe(|| {
-        let mut sink = |_out: S::Out| Flow::Continue;
-        for (i, &x) in items.iter().enumerate() {
+        let mut end = Terminal {
+            completed: &cx.completed,
+        };
+        for i in 0..n {
             position.set(i);
-            if env.stage.push::<C, _>(&cx, x, &mut sink) == Flow::Complete {
-                return status::COMPLETE;
+            C::count(&cx, SOURCE);
+            let flow = env.stage.push::<C, _>(&cx, port, items, i, &mut end);
+            if flow == Flow::Complete {
+                return flow_status(&cx, flow);
             }
         }
         status::CONTINUE
     }));
-    match run {
-        Ok(status::COMPLETE) => {
-            // SAFETY: the host passes a writable `consumed`.
-            unsafe { *consumed = position.get() + 1 };
-            status::COMPLETE
-        }
+    let s = match run {
         Ok(s) => s,
-        Err(payload) => {
-            // SAFETY: the host passes a writable `consumed`.
-            unsafe { *consumed = position.get() + 1 };
-            report_panic(&cx, payload)
-        }
+        Err(payload) => report_panic(&cx, payload),
+    };
+    if s != status::CONTINUE {
+        // SAFETY: the host passes a writable `consumed`.
+        unsafe { *consumed = position.get() + 1 };
     }
+    s
 }
 
 unsafe extern "C" fn push_one_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
-    x: u64,
+    port: u32,
+    item: *const c_void,
     cx: *const EmitCx,
 ) -> u32 {
     // SAFETY: the host passes the arguments `PushOneFn` documents.
     let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
-        env.stage
-            .push::<C, _>(&cx, x, &mut |_out: S::Out| Flow::Continue)
+        C::count(&cx, SOURCE);
+        let mut end = Terminal {
+            completed: &cx.completed,
+        };
+        flow_status(&cx, env.stage.push::<C, _>(&cx, port, item, 0, &mut end))
     }));
-    match run {
-        Ok(Flow::Continue) => status::CONTINUE,
-        Ok(Flow::Complete) => status::COMPLETE,
-        Err(payload) => report_panic(&cx, payload),
-    }
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
 unsafe extern "C" fn complete_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
+    port: u32,
     cx: *const EmitCx,
 ) -> u32 {
     // SAFETY: the host passes the arguments `CompleteFn` documents.
     let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
-        let mut sink = |_out: S::Out| Flow::Continue;
-        match env.stage.complete::<C, _>(&cx, &mut sink) {
-            Flow::Continue => status::CONTINUE,
-            Flow::Complete => status::COMPLETE,
+        let mut end = Terminal {
+            completed: &cx.completed,
+        };
+        let flow = env.stage.complete::<C, _>(&cx, port, &mut end);
+        if cx.completed.get() {
+            status::COMPLETE
+        } else if flow == Flow::Complete {
+            status::PORT_DONE
+        } else {
+            // The port's source completed: whatever the stage answered, nothing more comes
+            // from it.
+            status::PORT_DONE
+        }
+    }));
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+}
+
+unsafe extern "C" fn start_entry<S: Stage, C: Tally>(
+    env: *const c_void,
+    states: *const *mut u8,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `StartFn` documents.
+    let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let mut end = Terminal {
+            completed: &cx.completed,
+        };
+        let flow = env.stage.start::<C, _>(&cx, &mut end);
+        if cx.completed.get() || flow == Flow::Complete {
+            status::COMPLETE
+        } else {
+            status::CONTINUE
         }
     }));
     run.unwrap_or_else(|payload| report_panic(&cx, payload))

@@ -29,12 +29,17 @@
 
 pub mod abi;
 pub mod dsl;
+pub mod fanin;
 pub mod fingerprint;
 pub mod shape;
+pub mod source;
 
 /// What a plugin crate needs: `use plugin_api::prelude::*;`.
 pub mod prelude {
-    pub use crate::dsl::{Chain, Plugin, Source, interval_ms, range};
+    pub use crate::dsl::{
+        Chain, Pipe, Plugin, Source, Stream, file_lines, interval_ms, of, range, stdin_lines,
+        subject, tcp_lines,
+    };
     pub use crate::shape::Shape;
     pub use crate::state;
 }

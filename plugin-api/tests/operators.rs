@@ -167,6 +167,8 @@ unsafe extern "C" fn on_log(host: *mut c_void, _op: u32, text: RStr) {
     }
 }
 
+unsafe extern "C" fn on_publish(_host: *mut c_void, _op: u32, _value: *const c_void) {}
+
 unsafe extern "C" fn on_error(host: *mut c_void, op: u32, message: RStr) {
     // SAFETY: as in `on_log`.
     unsafe {
@@ -206,6 +208,7 @@ impl Running {
             host: (&raw const *sink).cast_mut().cast::<c_void>(),
             log: on_log,
             error: on_error,
+            publish: on_publish,
             current_op: &raw const sink.current_op,
             counts: std::ptr::null(),
         };
@@ -225,7 +228,8 @@ impl Running {
             (self.p.desc.push)(
                 self.p.env,
                 ptrs.as_ptr(),
-                xs.as_ptr(),
+                0,
+                xs.as_ptr().cast(),
                 xs.len(),
                 &self.cx,
                 &mut consumed,
@@ -239,14 +243,22 @@ impl Running {
         let ptrs = self.ptrs();
         xs.into_iter()
             // SAFETY: as in `push`.
-            .map(|x| unsafe { (self.p.desc.push_one)(self.p.env, ptrs.as_ptr(), x, &self.cx) })
+            .map(|x| unsafe {
+                (self.p.desc.push_one)(
+                    self.p.env,
+                    ptrs.as_ptr(),
+                    0,
+                    (&raw const x).cast(),
+                    &self.cx,
+                )
+            })
             .collect()
     }
 
     fn complete(&self) -> u32 {
         let ptrs = self.ptrs();
         // SAFETY: as in `push`.
-        unsafe { (self.p.desc.complete)(self.p.env, ptrs.as_ptr(), &self.cx) }
+        unsafe { (self.p.desc.complete)(self.p.env, ptrs.as_ptr(), 0, &self.cx) }
     }
 
     fn logs(&self) -> Vec<String> {
@@ -331,7 +343,7 @@ fn clones_per_value() {
             assert_eq!(run.push(batch).0, status::CONTINUE, "{what}");
         }
         let pushed = clones();
-        assert_eq!(run.complete(), status::CONTINUE, "{what}");
+        assert_eq!(run.complete(), status::COMPLETE, "{what}");
         assert_eq!(
             pushed - seeded,
             while_pushing,
@@ -419,7 +431,7 @@ fn a_panic_resets_the_state_to_the_seed_and_says_so() {
             vec![(0, "boom 3 (its state was reset to the seed)".to_owned())],
             "{what}"
         );
-        assert_eq!(run.complete(), status::CONTINUE, "{what}");
+        assert_eq!(run.complete(), status::COMPLETE, "{what}");
         assert_eq!(run.logs(), expected, "{what}");
     }
 }
@@ -611,8 +623,15 @@ fn counting_entry_points_count_each_operators_emissions() {
         if how == "counted one by one" {
             for &x in &values {
                 // SAFETY: one seeded slot per operator, a valid context and counts.
-                let s =
-                    unsafe { (run.p.desc.push_one_counted)(run.p.env, ptrs.as_ptr(), x, &run.cx) };
+                let s = unsafe {
+                    (run.p.desc.push_one_counted)(
+                        run.p.env,
+                        ptrs.as_ptr(),
+                        0,
+                        (&raw const x).cast(),
+                        &run.cx,
+                    )
+                };
                 if s == status::COMPLETE {
                     break;
                 }
@@ -624,7 +643,8 @@ fn counting_entry_points_count_each_operators_emissions() {
                 push(
                     run.p.env,
                     ptrs.as_ptr(),
-                    values.as_ptr(),
+                    0,
+                    values.as_ptr().cast(),
                     values.len(),
                     &run.cx,
                     &mut consumed,
@@ -632,8 +652,9 @@ fn counting_entry_points_count_each_operators_emissions() {
             };
             assert_eq!((s, consumed), (status::COMPLETE, 10), "{how}");
         }
-        // SAFETY: as above.
-        unsafe { complete(run.p.env, ptrs.as_ptr(), &run.cx) };
+        // The `take` completed the pipeline, which flushed the `reduce`: the host calls no
+        // `complete` after a COMPLETE status.
+        let _ = complete;
         let got: Vec<u64> = cells.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         assert_eq!(got, expected, "{how}");
         // The chain ran the same either way: 0 + 6 + 12 + 18.

@@ -1,0 +1,207 @@
+//! Subjects: named host objects that `publish` operators deliver to and `subject::<T>`
+//! sources read. A subject outlives every plugin version: its hub keeps its name and its
+//! subscribers across reloads (a pipeline that keeps running keeps its subscription).
+//!
+//! Delivery is synchronous and in order, as with an Rx `Subject`: the publisher's
+//! `publish` call runs each subscriber's chain on the publisher's thread before it returns.
+//! A subscriber's driver is shared with its own thread (if it has other sources) behind a
+//! lock; pipelines that read no subject never take one. A value that would be delivered
+//! back into a pipeline already running on this thread (a cycle through subjects) is
+//! dropped with an error instead of deadlocking.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::code::{Pushed, Wire};
+use crate::events::{HostEvent, Sink};
+use crate::runtime::{Driver, PanicPolicy};
+
+/// The host's subjects, by name.
+#[derive(Default)]
+pub struct Subjects {
+    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+}
+
+impl std::fmt::Debug for Subjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("Subjects")
+            .field("names", &hubs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Subjects {
+    /// The hub of the subject `name`, created on first use.
+    pub fn hub(&self, name: &str) -> Arc<Hub> {
+        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        hubs.entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Hub {
+                    name: name.to_owned(),
+                    subscribers: ArcSwap::from_pointee(Vec::new()),
+                    edit: Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// The names of the subjects and their subscribers (pipeline names).
+    pub fn snapshot(&self) -> Vec<(String, Vec<String>)> {
+        let hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = hubs
+            .values()
+            .map(|h| {
+                let subs = h.subscribers.load();
+                (
+                    h.name.clone(),
+                    subs.iter().map(|s| s.pipeline.clone()).collect(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// One subscriber of a subject: a pipeline's port.
+pub struct Subscriber {
+    pipeline: String,
+    port: u32,
+    driver: Arc<Mutex<Driver>>,
+    shared: Arc<crate::runtime::Shared>,
+    policy: PanicPolicy,
+}
+
+/// A subject: its name and its subscribers. Publishing reads the subscriber list with one
+/// atomic load; (un)subscribing replaces it.
+pub struct Hub {
+    name: String,
+    subscribers: ArcSwap<Vec<Arc<Subscriber>>>,
+    edit: Mutex<()>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("name", &self.name).finish()
+    }
+}
+
+std::thread_local! {
+    /// The subscriber drivers this thread is delivering into (to refuse a cycle).
+    static DELIVERING: RefCell<Vec<*const Mutex<Driver>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Hub {
+    /// The subject's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Subscribes `port` of the pipeline `pipeline` (its driver, shared with its thread).
+    pub(crate) fn subscribe(
+        &self,
+        pipeline: &str,
+        port: u32,
+        driver: Arc<Mutex<Driver>>,
+        shared: Arc<crate::runtime::Shared>,
+        policy: PanicPolicy,
+    ) {
+        let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<Subscriber>> = self.subscribers.load().as_ref().clone();
+        list.push(Arc::new(Subscriber {
+            pipeline: pipeline.to_owned(),
+            port,
+            driver,
+            shared,
+            policy,
+        }));
+        self.subscribers.store(Arc::new(list));
+    }
+
+    /// Removes every subscription of the pipeline `pipeline`.
+    pub(crate) fn unsubscribe(&self, pipeline: &str) {
+        let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let list: Vec<Arc<Subscriber>> = self
+            .subscribers
+            .load()
+            .iter()
+            .filter(|s| s.pipeline != pipeline)
+            .cloned()
+            .collect();
+        self.subscribers.store(Arc::new(list));
+    }
+
+    /// Delivers the value at `value` (published by `from`) to every subscriber, in
+    /// subscription order, before returning.
+    ///
+    /// # Safety
+    /// `value` must point at a live value of the subject's checked layout, valid for the
+    /// call.
+    pub(crate) unsafe fn deliver(&self, from: &str, value: *const c_void, sink: &Sink) {
+        let subs = self.subscribers.load_full();
+        for s in subs.iter() {
+            if s.shared.ended() {
+                continue;
+            }
+            let key = Arc::as_ptr(&s.driver);
+            let cycle = DELIVERING.with(|d| d.borrow().contains(&key));
+            if cycle {
+                sink.event(HostEvent::Error {
+                    pipeline: s.pipeline.clone(),
+                    path: s.pipeline.clone(),
+                    message: format!(
+                        "a value published to subject {:?} by {from} would run {} again while \
+                         it runs (a cycle through subjects): dropped",
+                        self.name, s.pipeline
+                    ),
+                });
+                continue;
+            }
+            DELIVERING.with(|d| d.borrow_mut().push(key));
+            let r = {
+                let mut d = s.driver.lock().unwrap_or_else(|p| p.into_inner());
+                if d.stopped() {
+                    None
+                } else {
+                    // A subject port's wire values are pointers to the values.
+                    let item: *const c_void = value;
+                    // SAFETY: the caller's obligation: `value` is a live value of the
+                    // subject's layout; `item` outlives the call; `push_item` checks the
+                    // port reads a subject.
+                    Some(unsafe {
+                        d.push_item(s.port, Wire::Ptr, (&raw const item).cast::<c_void>())
+                    })
+                }
+            };
+            DELIVERING.with(|d| {
+                d.borrow_mut().pop();
+            });
+            match r {
+                None | Some(Ok(Pushed::Continue | Pushed::PortDone { .. })) => {}
+                Some(Ok(Pushed::Panicked { .. })) => {
+                    if s.policy == PanicPolicy::Error {
+                        s.shared.end(crate::runtime::Ended::Errored);
+                    }
+                }
+                Some(Ok(Pushed::Complete { .. })) => {
+                    s.shared.end(crate::runtime::Ended::Completed);
+                    sink.event(HostEvent::Completed {
+                        pipeline: s.pipeline.clone(),
+                        emissions: 0,
+                        elapsed_us: 0,
+                    });
+                }
+                Some(Err(e)) => sink.event(HostEvent::Error {
+                    pipeline: s.pipeline.clone(),
+                    path: s.pipeline.clone(),
+                    message: e,
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Sources: where a pipeline's values come from. Every source runs in the host (a timer, a
+//! file, a socket, stdin, a subject), so what it holds survives reloads; the plugin side
+//! of a source is a [`Root`] stage that turns the port's *wire* values (see
+//! [`source_kind`](crate::abi::source_kind)) into the values the chain sees.
+
+use core::ffi::c_void;
+use core::fmt;
+use core::marker::PhantomData;
+
+use crate::abi::{RStr, SourceDesc, source_kind};
+use crate::dsl::{Binder, Body, Cx, Flow, Observer, Stage, Stream, Tally};
+use crate::fingerprint;
+use crate::shape::Shape;
+
+/// How a source's wire values become the chain's values.
+pub trait Wire: Send + Sync + 'static {
+    /// The wire type (one element of the `items` array the host passes).
+    type Raw;
+    /// The values the chain sees.
+    type Out;
+    /// Converts one wire value; `None` skips it (an index out of range).
+    fn read(&self, raw: &Self::Raw) -> Option<Self::Out>;
+}
+
+/// `u64` values as they are: `interval_ms`, `range`.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticks;
+
+impl Wire for Ticks {
+    type Raw = u64;
+    type Out = u64;
+    #[inline(always)]
+    fn read(&self, raw: &u64) -> Option<u64> {
+        Some(*raw)
+    }
+}
+
+/// `of(items)`: the host sends indices; the items stay in the plugin.
+#[derive(Debug)]
+pub struct Of<T> {
+    items: Vec<T>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Wire for Of<T> {
+    type Raw = u64;
+    type Out = T;
+    #[inline(always)]
+    fn read(&self, raw: &u64) -> Option<T> {
+        self.items.get(*raw as usize).cloned()
+    }
+}
+
+/// Lines (`stdin_lines`, `file_lines`, `tcp_lines`): borrowed from the host, owned here.
+#[derive(Clone, Copy, Debug)]
+pub struct Lines;
+
+impl Wire for Lines {
+    type Raw = RStr;
+    type Out = String;
+    #[inline(always)]
+    fn read(&self, raw: &RStr) -> Option<String> {
+        // SAFETY: the host passes line views valid for the call (`source_kind`).
+        unsafe { raw.to_string_lossy() }.map(|s| s.into_owned())
+    }
+}
+
+/// A subject's values: borrowed from the publisher, cloned here.
+pub struct SubjectItems<T> {
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for SubjectItems<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubjectItems")
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Wire for SubjectItems<T> {
+    type Raw = *const T;
+    type Out = T;
+    #[inline(always)]
+    fn read(&self, raw: &*const T) -> Option<T> {
+        // SAFETY: the host passes a pointer to a live `T` of this layout (the subject's
+        // fingerprint was checked against the publisher's), borrowed for the call.
+        Some(unsafe { (**raw).clone() })
+    }
+}
+
+/// A source: port 0 of the stage it starts.
+pub struct Root<W> {
+    wire: W,
+    desc: SourceDesc,
+    label: String,
+    text: String,
+}
+
+impl<W: fmt::Debug> fmt::Debug for Root<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Root").field("label", &self.label).finish()
+    }
+}
+
+// SAFETY: the `SourceDesc` holds only views into `label`/`text` (owned by the root) and
+// fingerprint strings in the image; nothing in it is shared mutable state.
+unsafe impl<W: Send> Send for Root<W> {}
+// SAFETY: as above.
+unsafe impl<W: Sync> Sync for Root<W> {}
+
+impl<W: Wire> Stage for Root<W> {
+    type Out = W::Out;
+    const PORTS: u32 = 1;
+    #[inline(always)]
+    fn push<C: Tally, K: Observer<W::Out>>(
+        &self,
+        _cx: &Cx<'_>,
+        _port: u32,
+        items: *const c_void,
+        i: usize,
+        k: &mut K,
+    ) -> Flow {
+        // SAFETY: the host passes at least `i + 1` wire values of this port's type.
+        let raw = unsafe { &*items.cast::<W::Raw>().add(i) };
+        match self.wire.read(raw) {
+            Some(x) => k.next(x),
+            None => Flow::Continue,
+        }
+    }
+    fn complete<C: Tally, K: Observer<W::Out>>(&self, _cx: &Cx<'_>, _port: u32, k: &mut K) -> Flow {
+        k.complete();
+        Flow::Complete
+    }
+    fn start<C: Tally, K: Observer<W::Out>>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+        Flow::Continue
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.source(self.desc, self.label.clone(), self.text.clone());
+    }
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+    unsafe fn init(&self, _op: u32, _dst: *mut u8) -> bool {
+        // A source has no state in the plugin and no operator index.
+        false
+    }
+}
+
+fn root<W: Wire>(
+    wire: W,
+    kind: u32,
+    a: u64,
+    b: u64,
+    text: Option<&str>,
+    label: String,
+) -> Stream<Root<W>> {
+    root_typed::<W>(wire, kind, a, b, text, label, fingerprint::of::<W::Out>())
+}
+
+fn root_typed<W: Wire>(
+    wire: W,
+    kind: u32,
+    a: u64,
+    b: u64,
+    text: Option<&str>,
+    label: String,
+    item: crate::abi::RFingerprint,
+) -> Stream<Root<W>> {
+    Stream {
+        body: Body::new(Root {
+            wire,
+            desc: SourceDesc {
+                kind,
+                a,
+                b,
+                // Replaced by a view of `text` when the pipeline is handed over.
+                text: if text.is_some() {
+                    RStr::new("")
+                } else {
+                    RStr::NONE
+                },
+                item,
+                label: RStr::NONE,
+                owner: 0,
+            },
+            label,
+            text: text.unwrap_or_default().to_owned(),
+        }),
+    }
+}
+
+/// Emits 0, 1, 2, ... every `period` milliseconds, forever.
+pub fn interval_ms(period: u64) -> Stream<Root<Ticks>> {
+    root(
+        Ticks,
+        source_kind::INTERVAL,
+        period,
+        0,
+        None,
+        format!("interval_ms({period})"),
+    )
+}
+
+/// Emits `start..end` as fast as the pipeline takes them, in batches, then completes.
+pub fn range(start: u64, end: u64) -> Stream<Root<Ticks>> {
+    root(
+        Ticks,
+        source_kind::RANGE,
+        start,
+        end,
+        None,
+        format!("range({start}, {end})"),
+    )
+}
+
+/// Emits each item, then completes. The items are part of the source's signature: an edit
+/// that changes them starts the source again from its first item.
+pub fn of<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) -> Stream<Root<Of<T>>> {
+    let n = items.len() as u64;
+    let mut text = format!("{items:?}");
+    if text.len() > 200 {
+        let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, text.as_bytes());
+        let mut cut = 160;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text = format!("{}... ({n} items, hash {hash:016x})", &text[..cut]);
+    }
+    let label = format!("of::<{}>({text})", core::any::type_name::<T>());
+    root(Of { items }, source_kind::OF, n, 0, None, label)
+}
+
+/// Each line of the host's standard input (without its line ending); completes at the end
+/// of the input. Every pipeline reading it gets every line.
+pub fn stdin_lines() -> Stream<Root<Lines>> {
+    root(
+        Lines,
+        source_kind::STDIN_LINES,
+        0,
+        0,
+        None,
+        "stdin_lines()".to_owned(),
+    )
+}
+
+/// Every line of the file at `path` (relative to the plugin crate's directory unless
+/// absolute), then each line appended, like `tail -F`: waits for a missing file, follows
+/// truncation and rotation, holds a last line until its newline arrives. Never completes.
+pub fn file_lines(path: &str) -> Stream<Root<Lines>> {
+    root(
+        Lines,
+        source_kind::FILE_LINES,
+        0,
+        0,
+        Some(path),
+        format!("file_lines({path:?})"),
+    )
+}
+
+/// Each line received on any connection to `addr`, which the host listens on.
+pub fn tcp_lines(addr: &str) -> Stream<Root<Lines>> {
+    root(
+        Lines,
+        source_kind::TCP_LINES,
+        0,
+        0,
+        Some(addr),
+        format!("tcp_lines({addr:?})"),
+    )
+}
+
+/// Every value published to the host-owned subject `name` (by a [`publish`] in any
+/// pipeline), delivered synchronously and in order.
+///
+/// [`publish`]: crate::dsl::Pipe::publish
+pub fn subject<T: Shape + Clone + Send + Sync + 'static>(
+    name: &str,
+) -> Stream<Root<SubjectItems<T>>> {
+    root_typed(
+        SubjectItems { _t: PhantomData },
+        source_kind::SUBJECT,
+        0,
+        0,
+        Some(name),
+        format!("subject::<{}>({name:?})", core::any::type_name::<T>()),
+        fingerprint::of_state::<T>(),
+    )
+}
