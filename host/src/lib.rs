@@ -30,5 +30,6 @@ pub mod register;
 pub mod reloader;
 pub mod runtime;
 pub mod session;
+pub mod sources;
 pub mod testkit;
 pub mod watch;
