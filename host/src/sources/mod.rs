@@ -315,8 +315,9 @@ mod tests {
 
     #[test]
     fn splitter_cuts_lines_across_chunks() {
-        // (chunks, lines completed, what is still pending)
-        let cases: &[(&[&[u8]], &[&[u8]], &[u8])] = &[
+        /// Chunks pushed, lines completed, what is still pending.
+        type Case<'a> = (&'a [&'a [u8]], &'a [&'a [u8]], &'a [u8]);
+        let cases: &[Case] = &[
             (&[b"a\nb\n"], &[b"a", b"b"], b""),
             (&[b"pa", b"rt", b"ial\n"], &[b"partial"], b""),
             (&[b"crlf\r\n", b"x\r", b"\n"], &[b"crlf", b"x"], b""),

@@ -249,6 +249,8 @@ mod tests {
             (MAX_LINE + 1, b"\n", false),
             (MAX_LINE + 1, b"\r\n", false),
             (3 * MAX_LINE, b"\n", false),
+            // Never ended: closed once the bytes held pass the limit.
+            (2 * MAX_LINE, b"", false),
         ];
         let rt = runtime();
         let src = TcpLines::bind(rt.handle(), "127.0.0.1:0").unwrap();
