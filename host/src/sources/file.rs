@@ -44,15 +44,11 @@ pub const CHUNK: usize = 64 * 1024;
 
 /// Starts tailing `path` into `outlet` on `rt` (see the module doc).
 pub fn spawn_file_lines(rt: &Handle, path: PathBuf, outlet: Arc<dyn Outlet>) -> SourceTask {
+    spawn_tail(rt, Tail::new(path, outlet))
+}
+
+fn spawn_tail(rt: &Handle, mut tail: Tail) -> SourceTask {
     SourceTask::spawn(rt, async move {
-        let mut tail = Tail {
-            path,
-            outlet,
-            open: None,
-            problem: None,
-            buf: vec![0; CHUNK],
-            lines: Vec::new(),
-        };
         // `Err(Closed)`: nobody reads any more.
         let _ = tail.run().await;
     })
@@ -93,9 +89,26 @@ struct Tail {
     problem: Option<SourceEvent>,
     buf: Vec<u8>,
     lines: Vec<RawLine>,
+    /// Runs after each read to the end of the file, before the path is looked at: lets a
+    /// test change the files in that window.
+    #[cfg(test)]
+    at_end: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl Tail {
+    fn new(path: PathBuf, outlet: Arc<dyn Outlet>) -> Tail {
+        Tail {
+            path,
+            outlet,
+            open: None,
+            problem: None,
+            buf: vec![0; CHUNK],
+            lines: Vec::new(),
+            #[cfg(test)]
+            at_end: None,
+        }
+    }
+
     async fn run(&mut self) -> Result<(), Closed> {
         loop {
             if self.open.is_none() {
@@ -109,6 +122,10 @@ impl Tail {
                 // A read failed (said once): the file is opened again after a pause.
                 tokio::time::sleep(POLL).await;
                 continue;
+            }
+            #[cfg(test)]
+            if let Some(at_end) = self.at_end.as_mut() {
+                at_end();
             }
             let Some(open) = self.open.as_ref() else {
                 continue;
@@ -315,18 +332,19 @@ mod tests {
     fn truncation_reads_again_from_the_start() {
         let dir = TempDir::new("file-lines-truncate");
         let path = dir.path().join("app.log");
-        std::fs::write(&path, "one\ntwo\n").unwrap();
+        std::fs::write(&path, "one\ntwo\nheld").unwrap();
         let rt = runtime();
         let (outlet, rx) = ChannelOutlet::new();
         let _task = spawn_file_lines(rt.handle(), path.clone(), outlet);
         expect(&rx, &[line("one"), line("two")]);
-        // Truncated in place (same inode), then shorter content than was read.
+        // Truncated in place (same inode), then shorter content than was read. The line held
+        // (never ended) is delivered as it was.
         std::fs::write(&path, "new\n").unwrap();
         let msg = format!(
             "{} was truncated; reading it from its start",
             path.display()
         );
-        expect(&rx, &[notice(msg), line("new")]);
+        expect(&rx, &[line("held"), notice(msg), line("new")]);
         append(&path, b"\xff\n");
         // Line numbers count from the truncation.
         let err = format!("invalid utf-8 in {} line 2", path.display());
@@ -356,6 +374,45 @@ mod tests {
         );
         append(&path, b"new 2\n");
         expect(&rx, &[line("new 2")]);
+    }
+
+    #[test]
+    fn rotation_between_the_last_read_and_the_look_loses_nothing() {
+        // The old file grows and is replaced after its end was read and before the path is
+        // looked at: its new lines are read before the new file's, and its last line (never
+        // ended) is delivered as it is.
+        let dir = TempDir::new("file-lines-rotate-window");
+        let path = dir.path().join("app.log");
+        let old = dir.path().join("app.log.1");
+        std::fs::write(&path, "old 1\n").unwrap();
+        let rt = runtime();
+        let (outlet, rx) = ChannelOutlet::new();
+        let mut tail = Tail::new(path.clone(), outlet);
+        let (p, o) = (path.clone(), old.clone());
+        let mut rotated = false;
+        tail.at_end = Some(Box::new(move || {
+            if !rotated && std::fs::read(&p).is_ok_and(|b| b == b"old 1\n") {
+                rotated = true;
+                std::fs::rename(&p, &o).unwrap();
+                append(&o, b"old 2\nold 3");
+                append(&p, b"new 1\n");
+            }
+        }));
+        let _task = spawn_tail(rt.handle(), tail);
+        let msg = format!(
+            "{} was replaced (rotated); reading the new file from its start",
+            path.display()
+        );
+        expect(
+            &rx,
+            &[
+                line("old 1"),
+                line("old 2"),
+                line("old 3"),
+                notice(msg),
+                line("new 1"),
+            ],
+        );
     }
 
     #[test]

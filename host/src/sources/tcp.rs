@@ -91,7 +91,7 @@ impl TcpLines {
 
 async fn accept_loop(listener: TcpListener, addr: SocketAddr, fanout: Arc<Fanout>) {
     // Dropped with this task: aborts every connection task.
-    let mut connections = JoinSet::new();
+    let mut connections: JoinSet<()> = JoinSet::new();
     let mut last_error: Option<String> = None;
     loop {
         tokio::select! {
