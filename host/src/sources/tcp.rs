@@ -18,12 +18,12 @@
 //! Dropping the [`TcpLines`] aborts the accept task, which owns the listener and the
 //! connection tasks (a `JoinSet`): all are closed.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
@@ -34,6 +34,10 @@ pub const MAX_LINE: usize = 1 << 20;
 
 /// The most bytes read from a connection at once.
 pub const CHUNK: usize = 16 * 1024;
+
+/// Connections the kernel queues before the accept task takes them (std's listeners queue
+/// 128: a burst of 200 connections then waits a second for SYN retransmits).
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// How long the accept task pauses after a failed accept (out of file descriptors), so it
 /// does not spin.
@@ -57,13 +61,11 @@ impl std::fmt::Debug for TcpLines {
 impl TcpLines {
     /// Binds `addr` now (its error is returned as is) and accepts connections on `rt`.
     pub fn bind(rt: &Handle, addr: &str) -> std::io::Result<TcpLines> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let local = listener.local_addr()?;
         let listener = {
             let _entered = rt.enter();
-            TcpListener::from_std(listener)?
+            listen(addr)?
         };
+        let local = listener.local_addr()?;
         let fanout = Arc::new(Fanout::default());
         let accept = SourceTask::spawn(rt, accept_loop(listener, local, fanout.clone()));
         Ok(TcpLines {
@@ -87,6 +89,32 @@ impl TcpLines {
     pub fn unsubscribe(&self, id: u64) {
         self.fanout.unsubscribe(id);
     }
+}
+
+/// Listens on the first address `addr` resolves to that can be bound (as
+/// `std::net::TcpListener::bind` does), with a [`LISTEN_BACKLOG`]; the last error if none.
+fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        let socket = if a.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As std does: a port whose last connections are in TIME_WAIT can be bound again.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
+    }))
 }
 
 async fn accept_loop(listener: TcpListener, addr: SocketAddr, fanout: Arc<Fanout>) {
