@@ -98,10 +98,15 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    #[test]
-    fn every_subscriber_gets_every_line_then_complete() {
-        let rt = runtime();
-        let (mut input, reader) = tokio::io::duplex(64);
+    /// Two subscribers get every line then `Complete`, and a late one `Complete` at once.
+    fn every_subscriber_gets_every_line_then_complete<W, R>(
+        rt: &tokio::runtime::Runtime,
+        mut input: W,
+        reader: R,
+    ) where
+        W: tokio::io::AsyncWrite + Unpin,
+        R: AsyncRead + Send + Unpin + 'static,
+    {
         let src = StdinLines::start(rt.handle(), reader);
         let (a, ra) = ChannelOutlet::new();
         let (b, rb) = ChannelOutlet::new();
@@ -125,6 +130,24 @@ mod tests {
         let (late, rl) = ChannelOutlet::new();
         src.subscribe(late);
         assert_eq!(rl.try_iter().collect::<Vec<_>>(), [SourceEvent::Complete]);
+    }
+
+    #[test]
+    fn every_subscriber_gets_every_line_of_a_duplex_then_complete() {
+        let rt = runtime();
+        let (input, reader) = tokio::io::duplex(64);
+        every_subscriber_gets_every_line_then_complete(&rt, input, reader);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn every_subscriber_gets_every_line_of_a_pipe_then_complete() {
+        let rt = runtime();
+        let (input, reader) = {
+            let _entered = rt.enter();
+            tokio::net::unix::pipe::pipe().expect("cannot make a pipe")
+        };
+        every_subscriber_gets_every_line_then_complete(&rt, input, reader);
     }
 
     #[test]
