@@ -1,31 +1,103 @@
 //! Host sources that feed a pipeline thread's inbox: `file_lines`, `tcp_lines` and
-//! `stdin_lines` (see [`crate::sources`]), opened for a pipeline's port when it starts.
+//! `stdin_lines` (see [`crate::sources`]), opened for a pipeline's port when its thread
+//! starts, on one small tokio runtime shared by all of them.
+//!
+//! What a source holds lives as long as the pipeline that reads it: a file position in
+//! its task, a listener and its connections in a [`TcpLines`] shared by every pipeline on
+//! that address, stdin in one [`StdinLines`] for the whole host. A pipeline that is swapped
+//! by a reload keeps them; one that is restarted (its sources changed) opens them again.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use crossbeam_channel::Sender;
 use plugin_api::abi::source_kind;
 
 use crate::code::SourceSpec;
 use crate::runtime::Msg;
+use crate::sources::stdin::StdinLines;
+use crate::sources::tcp::TcpLines;
+use crate::sources::{Outlet, SourceEvent, SourceTask, file::spawn_file_lines};
+
+/// How many threads run the host's sources, timers and I/O: a fixed number, whatever the
+/// number of sources.
+pub const IO_THREADS: usize = 2;
 
 /// What a running host source holds for a pipeline (a task, a subscription); dropping it
 /// stops the delivery.
-pub struct Held {
-    _inner: Box<dyn Send>,
+pub enum Held {
+    /// A `file_lines` task (its position).
+    File(SourceTask),
+    /// A subscription to a shared listener.
+    Tcp(Arc<TcpLines>, u64),
+    /// A subscription to the host's stdin.
+    Stdin(Arc<StdinLines>, u64),
 }
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Held")
+        f.write_str(match self {
+            Held::File(_) => "Held::File",
+            Held::Tcp(..) => "Held::Tcp",
+            Held::Stdin(..) => "Held::Stdin",
+        })
     }
 }
 
-/// Where host sources come from: the directory relative paths resolve against, and the
-/// shared ones (listeners, stdin).
-#[derive(Debug, Default)]
+impl Drop for Held {
+    fn drop(&mut self) {
+        match self {
+            Held::File(_) => {}
+            Held::Tcp(t, id) => t.unsubscribe(*id),
+            Held::Stdin(s, id) => s.unsubscribe(*id),
+        }
+    }
+}
+
+/// Delivers a source's events into a pipeline thread's inbox, as messages for `port`.
+struct InboxOutlet {
+    tx: Sender<Msg>,
+    port: u32,
+}
+
+impl Outlet for InboxOutlet {
+    fn send(&self, event: SourceEvent) -> bool {
+        let msg = match event {
+            SourceEvent::Line(l) => Msg::Line(self.port, l),
+            SourceEvent::Error(e) => Msg::Error(self.port, e),
+            SourceEvent::Notice(n) => Msg::Notice(self.port, n),
+            SourceEvent::Complete => Msg::Complete(self.port),
+        };
+        self.tx.send(msg).is_ok()
+    }
+
+    fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+/// A reader the host's `stdin_lines` reads instead of the process's standard input.
+pub type StdinReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Where host sources come from: the directory relative paths resolve against, the I/O
+/// runtime, and the shared sources (listeners, stdin).
+#[derive(Default)]
 pub struct Feeds {
     base: Option<PathBuf>,
+    rt: Option<tokio::runtime::Runtime>,
+    tcp: HashMap<String, Weak<TcpLines>>,
+    stdin: Option<Arc<StdinLines>>,
+    stdin_from: Option<StdinReader>,
+}
+
+impl std::fmt::Debug for Feeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeds")
+            .field("base", &self.base)
+            .field("listeners", &self.tcp.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Feeds {
@@ -36,7 +108,35 @@ impl Feeds {
 
     /// Relative paths resolve against `dir`.
     pub fn set_base_dir(&mut self, dir: &Path) {
-        self.base = Some(dir.to_path_buf());
+        self.base = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()));
+    }
+
+    /// `stdin_lines` reads `reader` instead of the process's standard input (tests).
+    pub fn set_stdin(&mut self, reader: StdinReader) {
+        self.stdin_from = Some(reader);
+    }
+
+    fn rt(&mut self) -> Result<tokio::runtime::Handle, String> {
+        if self.rt.is_none() {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(IO_THREADS)
+                .thread_name("hmr-io")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the i/o runtime: {e}"))?;
+            self.rt = Some(rt);
+        }
+        Ok(self.rt.as_ref().expect("just set").handle().clone())
+    }
+
+    /// Where `file_lines(path)` reads: `path` itself when absolute, else under the plugin
+    /// crate's directory.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        match &self.base {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_path_buf(),
+        }
     }
 
     /// Opens the host source of `spec` for `port`, delivering into `tx`: `Ok(None)` for a
@@ -48,12 +148,64 @@ impl Feeds {
         port: u32,
         tx: &Sender<Msg>,
     ) -> Result<Option<Held>, String> {
-        let _ = (port, tx);
+        let outlet = || -> Arc<dyn Outlet> {
+            Arc::new(InboxOutlet {
+                tx: tx.clone(),
+                port,
+            })
+        };
         match spec.kind {
-            source_kind::STDIN_LINES | source_kind::FILE_LINES | source_kind::TCP_LINES => {
-                Err(format!("{}: line sources are being wired", spec.label))
+            source_kind::FILE_LINES => {
+                let rt = self.rt()?;
+                let path = self.resolve(&spec.text);
+                Ok(Some(Held::File(spawn_file_lines(&rt, path, outlet()))))
+            }
+            source_kind::TCP_LINES => {
+                let listener = match self.tcp.get(&spec.text).and_then(Weak::upgrade) {
+                    Some(l) => l,
+                    None => {
+                        let rt = self.rt()?;
+                        let l = TcpLines::bind(&rt, &spec.text).map_err(|e| {
+                            format!("tcp_lines({:?}): cannot listen: {e}", spec.text)
+                        })?;
+                        let l = Arc::new(l);
+                        self.tcp.retain(|_, w| w.strong_count() > 0);
+                        self.tcp.insert(spec.text.clone(), Arc::downgrade(&l));
+                        l
+                    }
+                };
+                let id = listener.subscribe(outlet());
+                Ok(Some(Held::Tcp(listener, id)))
+            }
+            source_kind::STDIN_LINES => {
+                let stdin = match &self.stdin {
+                    Some(s) => s.clone(),
+                    None => {
+                        let rt = self.rt()?;
+                        let s = match self.stdin_from.take() {
+                            Some(r) => StdinLines::start(&rt, r),
+                            None => StdinLines::start(&rt, tokio::io::stdin()),
+                        };
+                        let s = Arc::new(s);
+                        self.stdin = Some(s.clone());
+                        s
+                    }
+                };
+                let id = stdin.subscribe(outlet());
+                Ok(Some(Held::Stdin(stdin, id)))
             }
             _ => Ok(None),
+        }
+    }
+}
+
+impl Drop for Feeds {
+    fn drop(&mut self) {
+        self.stdin = None;
+        self.tcp.clear();
+        if let Some(rt) = self.rt.take() {
+            // Tokio reads stdin on a blocking thread that cannot be cancelled: do not wait.
+            rt.shutdown_background();
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod register;
 pub mod reloader;
 pub mod runtime;
 pub mod session;
+pub mod sources;
 pub mod subjects;
 pub mod testkit;
 pub mod watch;
