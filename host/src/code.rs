@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
     CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn,
-    SourceDesc, debug_status, init_status, status,
+    SourceDesc, StartFn, debug_status, init_status, status,
 };
 
 use crate::loader::LibVersion;
@@ -71,9 +71,11 @@ pub struct PipelineCode {
     pub(crate) env: *mut c_void,
     pub(crate) push: PushFn,
     pub(crate) push_one: PushOneFn,
+    pub(crate) start: StartFn,
     pub(crate) complete: CompleteFn,
     pub(crate) push_counted: PushFn,
     pub(crate) push_one_counted: PushOneFn,
+    pub(crate) start_counted: StartFn,
     pub(crate) complete_counted: CompleteFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
@@ -184,6 +186,23 @@ impl PipelineCode {
             self.push_one
         };
         (push_one, self.env)
+    }
+
+    /// Tells the chain its pipeline starts (a `start_with` emits here), once, before the
+    /// source's first value. Counts emissions when [`EmitCx::counts`] is set. No source
+    /// value is involved: a `Complete` or `Panicked` says `consumed: 0`.
+    pub fn start(&self, states: &StateSlots, cx: &EmitCx) -> Pushed {
+        let start = if cx.counts.is_null() {
+            self.start
+        } else {
+            self.start_counted
+        };
+        // SAFETY: as in `push`.
+        match unsafe { start(self.env, states.ptrs.as_ptr(), cx) } {
+            status::CONTINUE => Pushed::Continue,
+            status::COMPLETE => Pushed::Complete { consumed: 0 },
+            _ => Pushed::Panicked { consumed: 0 },
+        }
     }
 
     /// Tells the chain its source completed; false if a user function panicked. Counts

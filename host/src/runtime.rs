@@ -871,6 +871,17 @@ impl Driver {
         r
     }
 
+    /// Tells the chain its pipeline starts, before the source's first value.
+    pub fn start(&mut self) -> Result<Pushed, String> {
+        self.mark_call();
+        let r = self
+            .refresh()
+            .map(|()| self.code.start(&self.states, &self.cx));
+        self.mark_call();
+        self.after_call();
+        r
+    }
+
     /// Tells the chain its source completed; false if a user function panicked.
     pub fn complete(&mut self) -> Result<bool, String> {
         self.mark_call();
@@ -921,6 +932,14 @@ fn run_source(shared: &Arc<Shared>, sink: &Sink, policy: PanicPolicy) -> Ended {
         });
         Ended::Completed
     };
+    // Once per run of the source, before its first value (a `start_with` emits here).
+    match d.start() {
+        Ok(Pushed::Continue) => {}
+        Ok(Pushed::Complete { .. }) => return finish(&mut d, produced, first),
+        Ok(Pushed::Panicked { .. }) if policy == PanicPolicy::Error => return Ended::Errored,
+        Ok(Pushed::Panicked { .. }) => {}
+        Err(e) => return report(name.clone(), e),
+    }
     match source.kind {
         source_kind::INTERVAL => {
             let period = Duration::from_millis(source.a.max(1));

@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -164,8 +164,8 @@ pub struct EmitCx {
     pub error: unsafe extern "C" fn(host: *mut c_void, op: u32, message: RStr),
     /// Where the plugin writes the number of the operator whose user function it is about to
     /// run (a relaxed store, read by the host's watchdog to name the operator a stuck call is
-    /// in), on the single-value paths (`push_one`, `complete`); the batch path (`push`) leaves
-    /// it alone. Never null; valid for the call.
+    /// in), on the single-value paths (`push_one`, `start`, `complete`); the batch path
+    /// (`push`) leaves it alone. Never null; valid for the call.
     pub current_op: *const core::sync::atomic::AtomicU32,
     /// Emission counters for the inspector, or null: cell 0 counts the source values the
     /// chain took, cell `1 + op` the values operator `op` emitted. Only the counting entry
@@ -200,6 +200,14 @@ pub type PushOneFn = unsafe extern "C" fn(
     x: u64,
     cx: *const EmitCx,
 ) -> u32;
+
+/// Tell the chain its pipeline starts: called once, before the source's first value, when a
+/// pipeline's source begins (a `start_with` emits here). Not called again when a reload
+/// swaps the code of a running pipeline. Returns a [`status`]: [`status::COMPLETE`] when the
+/// chain completed on what it emitted (the host then completes it without running the
+/// source).
+pub type StartFn =
+    unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
 
 /// Tell the chain its source completed (a `reduce` emits here).
 pub type CompleteFn =
@@ -288,12 +296,16 @@ pub struct PipelineDesc {
     pub push: PushFn,
     /// Feeds one value.
     pub push_one: PushOneFn,
+    /// Signals the start, before the first value.
+    pub start: StartFn,
     /// Signals completion.
     pub complete: CompleteFn,
     /// [`PipelineDesc::push`], also counting emissions into [`EmitCx::counts`].
     pub push_counted: PushFn,
     /// [`PipelineDesc::push_one`], also counting emissions into [`EmitCx::counts`].
     pub push_one_counted: PushOneFn,
+    /// [`PipelineDesc::start`], also counting emissions into [`EmitCx::counts`].
+    pub start_counted: StartFn,
     /// [`PipelineDesc::complete`], also counting emissions into [`EmitCx::counts`].
     pub complete_counted: CompleteFn,
     /// Frees `env`.

@@ -108,7 +108,7 @@ impl<'h> Plugin<'h> {
 pub enum Flow {
     /// Keep going.
     Continue,
-    /// Done: a `take` reached its count.
+    /// Done: no more values wanted (a `take` reached its count, a `take_while` refused one).
     Complete,
 }
 
@@ -166,7 +166,7 @@ impl Cx<'_> {
     /// Runs `f` as the user function of operator `op`: if it panics, the panic is attributed
     /// to `op`. Costs nothing when it does not panic (the guard only runs while unwinding).
     #[inline(always)]
-    fn user<R>(&self, op: u32, f: impl FnOnce() -> R) -> R {
+    pub(crate) fn user<R>(&self, op: u32, f: impl FnOnce() -> R) -> R {
         struct Guard<'c>(&'c Cell<u32>, u32);
         impl Drop for Guard<'_> {
             fn drop(&mut self) {
@@ -193,7 +193,7 @@ impl Cx<'_> {
     /// version's, or a fingerprint-equal version's, [`StateVTable`]), and no other reference
     /// to it may be live while the returned one is.
     #[inline(always)]
-    unsafe fn state<A>(&self, op: u32) -> *mut A {
+    pub(crate) unsafe fn state<A>(&self, op: u32) -> *mut A {
         // SAFETY: `op` is the index of one of this chain's operators (assigned in order by the
         // DSL) and the host passes one slot pointer per operator.
         unsafe { (*self.states.add(op as usize)).cast::<A>() }
@@ -255,6 +255,9 @@ pub trait Stage: Send + Sync + 'static {
     /// Runs one source value through the chain, calling `k` for each value it emits; `C`
     /// counts each operator's emissions (or, [`Silent`], does nothing).
     fn push<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow;
+    /// Starts the chain, before the source's first value: operators emit what they emit on
+    /// subscription (a `start_with`), the one nearest the end first, as in Rx.
+    fn start<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
     /// Completes the chain, flushing what operators hold (a `reduce` emits here).
     fn complete<C: Tally, K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
     /// Writes the seed state of operator `op` into `dst`; returns false, writing nothing, when
@@ -274,6 +277,10 @@ pub trait Op<In>: Send + Sync + 'static {
     fn index(&self) -> u32;
     /// Handles one value.
     fn push<K: FnMut(Self::Out) -> Flow>(&self, cx: &Cx<'_>, x: In, k: &mut K) -> Flow;
+    /// Handles the pipeline's start (before the source's first value).
+    fn start<K: FnMut(Self::Out) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+        Flow::Continue
+    }
     /// Handles completion.
     fn complete<K: FnMut(Self::Out) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
         Flow::Continue
@@ -295,6 +302,10 @@ impl Stage for Root {
     fn push<C: Tally, K: FnMut(u64) -> Flow>(&self, cx: &Cx<'_>, x: u64, k: &mut K) -> Flow {
         C::count(cx, SOURCE);
         k(x)
+    }
+    #[inline(always)]
+    fn start<C: Tally, K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+        Flow::Continue
     }
     #[inline(always)]
     fn complete<C: Tally, K: FnMut(u64) -> Flow>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
@@ -321,6 +332,21 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
         };
         self.0
             .push::<C, _>(cx, x, &mut |y| o.push(cx, y, &mut counted))
+    }
+    #[inline(always)]
+    fn start<C: Tally, K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        let o = &self.1;
+        let mut counted = |z: O::Out| {
+            C::count(cx, o.index());
+            k(z)
+        };
+        // This operator's start values come before those of the chain upstream, which then
+        // pass through it: `start_with(1).start_with(2)` emits 2, 1.
+        if o.start(cx, &mut counted) == Flow::Complete {
+            return Flow::Complete;
+        }
+        self.0
+            .start::<C, _>(cx, &mut |y| o.push(cx, y, &mut counted))
     }
     #[inline(always)]
     fn complete<C: Tally, K: FnMut(O::Out) -> Flow>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
@@ -847,9 +873,9 @@ unsafe extern "C" fn debug_nothing(
 }
 
 /// A state's fingerprint, drop glue and Debug writer.
-type StateFns = (RFingerprint, DropStateFn, DebugStateFn);
+pub(crate) type StateFns = (RFingerprint, DropStateFn, DebugStateFn);
 
-fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
+pub(crate) fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
     (
         fingerprint::of_state::<A>(),
         drop_state::<A> as DropStateFn,
@@ -923,7 +949,7 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Opens and closes the track of the next operator and returns its index.
-    fn track_op<In: 'static, Out: 'static>(
+    pub(crate) fn track_op<In: 'static, Out: 'static>(
         &mut self,
         kind: &'static str,
         state: Option<StateFns>,
@@ -956,7 +982,7 @@ impl<'p, S: Stage> Chain<'p, S> {
         index
     }
 
-    fn then<O: Op<S::Out>>(mut self, op: O) -> Chain<'p, Then<S, O>> {
+    pub(crate) fn then<O: Op<S::Out>>(mut self, op: O) -> Chain<'p, Then<S, O>> {
         let inner = self.inner();
         Chain {
             host: self.host,
@@ -1158,9 +1184,11 @@ impl<'p, S: Stage> Chain<'p, S> {
             env: env.cast::<c_void>(),
             push: push_entry::<S, Silent>,
             push_one: push_one_entry::<S, Silent>,
+            start: start_entry::<S, Silent>,
             complete: complete_entry::<S, Silent>,
             push_counted: push_entry::<S, Counted>,
             push_one_counted: push_one_entry::<S, Counted>,
+            start_counted: start_entry::<S, Counted>,
             complete_counted: complete_entry::<S, Counted>,
             drop_env: drop_env_entry::<S>,
             ops: ops.as_ptr(),
@@ -1296,6 +1324,23 @@ unsafe extern "C" fn push_one_entry<S: Stage, C: Tally>(
         Ok(Flow::Complete) => status::COMPLETE,
         Err(payload) => report_panic(&cx, payload),
     }
+}
+
+unsafe extern "C" fn start_entry<S: Stage, C: Tally>(
+    env: *const c_void,
+    states: *const *mut u8,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `StartFn` documents.
+    let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let mut sink = |_out: S::Out| Flow::Continue;
+        match env.stage.start::<C, _>(&cx, &mut sink) {
+            Flow::Continue => status::CONTINUE,
+            Flow::Complete => status::COMPLETE,
+        }
+    }));
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
 unsafe extern "C" fn complete_entry<S: Stage, C: Tally>(

@@ -30,6 +30,7 @@
 pub mod abi;
 pub mod dsl;
 pub mod fingerprint;
+pub mod ops;
 pub mod shape;
 
 /// What a plugin crate needs: `use plugin_api::prelude::*;`.
