@@ -244,9 +244,9 @@ fn buffer_count(case: &Case) -> Outputs {
 fn filter_map(case: &Case) -> Outputs {
     (
         ours!(case, |c, n, v| c
-            .filter_map(|x: u64| (x % 2 == 0).then_some(x * 10))),
+            .filter_map(|x: u64| x.is_multiple_of(2).then_some(x * 10))),
         theirs!(case, |o, n, v| o
-            .filter_map(|x: u64| (x % 2 == 0).then_some(x * 10))),
+            .filter_map(|x: u64| x.is_multiple_of(2).then_some(x * 10))),
     )
 }
 
