@@ -407,3 +407,55 @@ fn state_texts_show_what_each_operator_keeps() {
         assert_eq!(run.state_text(0), text, "{what}");
     }
 }
+
+/// `first` and `take_while` complete the pipeline on the value that ends them, so the host
+/// stops the source there (`consumed` counts the values taken, that one included); the
+/// others never complete it on their own.
+#[test]
+fn completing_operators_stop_the_source() {
+    type Plugin = fn(&mut plugin_api::dsl::Plugin<'_>);
+    // (what, plugin, status of a batch of 0..8, values taken)
+    let cases: [(&str, Plugin, u32, usize); 5] = [
+        (
+            "first",
+            |p| drop(p.pipeline("p", range(0, 1)).first()),
+            status::COMPLETE,
+            1,
+        ),
+        (
+            "take_while",
+            |p| drop(p.pipeline("p", range(0, 1)).take_while(|x: &u64| *x < 3)),
+            status::COMPLETE,
+            4,
+        ),
+        (
+            "skip_while",
+            |p| drop(p.pipeline("p", range(0, 1)).skip_while(|x: &u64| *x < 3)),
+            status::CONTINUE,
+            8,
+        ),
+        (
+            "take_last",
+            |p| drop(p.pipeline("p", range(0, 1)).take_last(2)),
+            status::CONTINUE,
+            8,
+        ),
+        (
+            "distinct",
+            |p| drop(p.pipeline("p", range(0, 1)).distinct()),
+            status::CONTINUE,
+            8,
+        ),
+    ];
+    let values: Vec<u64> = (0..8).collect();
+    for (what, plugin, expected, taken) in cases {
+        let run = only_pipeline(register(plugin));
+        let (s, consumed) = run.push(&values);
+        let consumed = if s == status::CONTINUE {
+            values.len()
+        } else {
+            consumed
+        };
+        assert_eq!((s, consumed), (expected, taken), "{what}");
+    }
+}
