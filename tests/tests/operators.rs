@@ -131,7 +131,7 @@ fn a_plugin_built_with_panic_abort_is_refused() -> anyhow::Result<()> {
 
 /// The rxRust operator set on a real build. The host runs the start entry point once when it
 /// starts a pipeline's source: `start_with`'s value comes first, and a `take` full at the
-/// start completes the pipeline without waiting for its source (a tick an hour away). The
+/// start completes the pipeline before its source produced anything. The
 /// completion-time emitters emit when the source completes. A `distinct`'s set survives a
 /// reload that edits the code before it: the new version passes only values never seen.
 #[test]
@@ -151,13 +151,21 @@ plugin_api::export_plugin!(register);
     let fixture = Fixture::new("operator_set", OPS);
     let mut host = Harness::start(&fixture.options())?;
     let (v1, _) = host.wait_loaded()?;
-    let mut completed = std::collections::BTreeSet::new();
+    // Each completed pipeline and the number of source values it took.
+    let mut completed = std::collections::BTreeMap::new();
     host.wait_for("three completions", host::testkit::EMISSION_TIMEOUT, |e| {
-        if let HostEvent::Completed { pipeline, .. } = e {
-            completed.insert(pipeline.clone());
+        if let HostEvent::Completed {
+            pipeline,
+            emissions,
+            ..
+        } = e
+        {
+            completed.insert(pipeline.clone(), *emissions);
         }
         completed.len() == 3
     })?;
+    let taken: Vec<(&str, u64)> = completed.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    assert_eq!(taken, [("firsts", 3), ("started", 0), ("tail", 10)]);
     let values = |host: &Harness, pipeline: &str, version: u64| -> Vec<String> {
         host.emissions(pipeline)
             .into_iter()
