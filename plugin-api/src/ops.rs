@@ -581,8 +581,9 @@ impl<'p, S: Stage> Chain<'p, S> {
     }
 
     /// Emits the last `n` values, in order, when the pipeline completes (the source ended or
-    /// an operator upstream, such as a `take`, completed it). State: those values
-    /// (`VecDeque<T>`); its signature's seed is `n`, so a reload that changes `n` empties it.
+    /// an operator upstream, such as a `take`, completed it); `n = 0` emits nothing. State:
+    /// those values (`VecDeque<T>`, moved out as they are emitted); its signature's seed is
+    /// `n`, so a reload that changes `n` empties it.
     pub fn take_last(mut self, n: u64) -> Next<'p, S, TakeLast<S::Out>>
     where
         S::Out: Shape + fmt::Debug + Send,
