@@ -127,8 +127,8 @@ macro_rules! ours {
     }};
 }
 
-/// rxRust's output: `ops` (an expression on the observable `o`, with `n` and `v`) between the optional
-/// `take`s, each value's Debug text.
+/// rxRust's output: `ops` (an expression on the observable `o`, with `n` and `v`) between
+/// the optional `take`s, each value's Debug text.
 macro_rules! theirs {
     ($case:expr, |$o:ident, $n:ident, $v:ident| $ops:expr) => {{
         #[allow(unused_imports)]
@@ -291,6 +291,205 @@ const OPERATORS: [(&str, Check); 15] = [
     ("default_if_empty", default_if_empty),
     ("flat_map", flat_map),
 ];
+
+/// The operators of [`composed`]: those from `u64` to `u64`.
+const COMPOSABLE: [&str; 11] = [
+    "distinct_until_changed",
+    "distinct",
+    "skip",
+    "take_while",
+    "take_last",
+    "first",
+    "last",
+    "start_with",
+    "default_if_empty",
+    "count",
+    "flat_map",
+];
+
+/// Applies our operator `i` of [`COMPOSABLE`] to the chain `c`, then evaluates `k` with the
+/// result as `d` (each operator gives another type, so the rest of the chain is built in
+/// each arm).
+macro_rules! our_op {
+    ($i:expr, $c:expr, $n:ident, $v:ident, |$d:ident| $k:expr) => {
+        match $i {
+            0 => {
+                let $d = $c.distinct_until_changed();
+                $k
+            }
+            1 => {
+                let $d = $c.distinct();
+                $k
+            }
+            2 => {
+                let $d = $c.skip($n);
+                $k
+            }
+            3 => {
+                let $d = $c.take_while(move |x: &u64| *x < $n);
+                $k
+            }
+            4 => {
+                let $d = $c.take_last($n);
+                $k
+            }
+            5 => {
+                let $d = $c.first();
+                $k
+            }
+            6 => {
+                let $d = $c.last();
+                $k
+            }
+            7 => {
+                let $d = $c.start_with($v);
+                $k
+            }
+            8 => {
+                let $d = $c.default_if_empty($v);
+                $k
+            }
+            9 => {
+                let $d = $c.count();
+                $k
+            }
+            _ => {
+                let $d = $c.flat_map(|x: u64| 0..x);
+                $k
+            }
+        }
+    };
+}
+
+/// rxRust's operator `i` of [`COMPOSABLE`], as [`our_op`].
+macro_rules! their_op {
+    ($i:expr, $o:expr, $n:ident, $v:ident, |$d:ident| $k:expr) => {
+        match $i {
+            0 => {
+                let $d = $o.distinct_until_changed();
+                $k
+            }
+            1 => {
+                let $d = $o.distinct();
+                $k
+            }
+            2 => {
+                let $d = $o.skip($n as usize);
+                $k
+            }
+            3 => {
+                let $d = $o.take_while(move |x: &u64| *x < $n);
+                $k
+            }
+            4 => {
+                let $d = $o.take_last($n as usize);
+                $k
+            }
+            5 => {
+                let $d = $o.first();
+                $k
+            }
+            6 => {
+                let $d = $o.last();
+                $k
+            }
+            7 => {
+                let $d = $o.start_with(vec![$v]);
+                $k
+            }
+            8 => {
+                let $d = $o.default_if_empty($v);
+                $k
+            }
+            9 => {
+                // rxRust counts in `usize`: back to `u64`, as ours.
+                let $d = $o.count().map(|c: usize| c as u64);
+                $k
+            }
+            _ => {
+                let $d = $o.flat_map(|x: u64| rx::Local::from_iter(0..x));
+                $k
+            }
+        }
+    };
+}
+
+/// Operator `i` then operator `j` of [`COMPOSABLE`] after the optional upstream `take`: what
+/// one operator emits at the start or at completion goes through the next (a `start_with`
+/// into a `take_last`, a `count` into a `flat_map`, a `last` into a `first`).
+fn composed(case: &Case, i: usize, j: usize) -> Outputs {
+    let (n, v, take) = (case.n, case.v, case.take);
+    let ours = run_feed(
+        move |p: &mut Plugin<'_>| {
+            let c0 = p.pipeline("p", range(0, 0));
+            match take {
+                Some(k) => {
+                    let c = c0.take(k);
+                    our_op!(i, c, n, v, |d| our_op!(j, d, n, v, |e| drop(e.log())))
+                }
+                None => our_op!(i, c0, n, v, |d| our_op!(j, d, n, v, |e| drop(e.log()))),
+            }
+        },
+        &case.values,
+        &case.feed,
+        case.reload_at,
+    );
+    #[allow(unused_imports)]
+    use rx::{Observable, ObservableFactory};
+    let out = Rc::new(RefCell::new(Vec::<String>::new()));
+    let src = rx::Local::from_iter(case.values.clone());
+    let sink = out.clone();
+    let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
+    match take {
+        Some(k) => {
+            let o = src.take(k as usize);
+            their_op!(i, o, n, v, |d| their_op!(j, d, n, v, |e| {
+                e.subscribe(move |x| record(&x));
+            }))
+        }
+        None => their_op!(i, src, n, v, |d| their_op!(j, d, n, v, |e| {
+            e.subscribe(move |x| record(&x));
+        })),
+    }
+    (ours, out.take())
+}
+
+/// Every pair of composable operators on a few inputs: empty, and with a `take` upstream
+/// completing mid-stream or not.
+#[test]
+fn every_pair_of_operators_matches_rxrust() {
+    let cases: Vec<Case> = [
+        (vec![], None),
+        (vec![], Some(0)),
+        (vec![3, 1, 1, 2, 0, 3], None),
+        (vec![3, 1, 1, 2, 0, 3], Some(3)),
+    ]
+    .into_iter()
+    .flat_map(|(values, take)| {
+        [(0, 10), (2, 11)].map(|(n, v)| Case {
+            values: values.clone(),
+            take,
+            after: None,
+            n,
+            v,
+            feed: Feed::Batches(vec![2]),
+            reload_at: None,
+        })
+    })
+    .collect();
+    for i in 0..COMPOSABLE.len() {
+        for j in 0..COMPOSABLE.len() {
+            for case in &cases {
+                let (ours, theirs) = composed(case, i, j);
+                assert_eq!(
+                    ours, theirs,
+                    "{} then {} on {case:?}",
+                    COMPOSABLE[i], COMPOSABLE[j]
+                );
+            }
+        }
+    }
+}
 
 /// The edge cases, written out so that every operator meets each of them on every run: an
 /// empty input, alone or with a `take` on either side (`take(0)` included), and a `take`
@@ -482,6 +681,16 @@ proptest! {
     fn default_if_empty_matches_rxrust(case in case()) {
         let (ours, theirs) = default_if_empty(&case);
         prop_assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn pairs_of_operators_match_rxrust(
+        case in case(),
+        i in 0..COMPOSABLE.len(),
+        j in 0..COMPOSABLE.len(),
+    ) {
+        let (ours, theirs) = composed(&case, i, j);
+        prop_assert_eq!(ours, theirs, "{} then {}", COMPOSABLE[i], COMPOSABLE[j]);
     }
 
     #[test]
