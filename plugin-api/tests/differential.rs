@@ -477,15 +477,11 @@ fn every_pair_of_operators_matches_rxrust() {
         })
     })
     .collect();
-    for i in 0..COMPOSABLE.len() {
-        for j in 0..COMPOSABLE.len() {
+    for (i, first) in COMPOSABLE.iter().enumerate() {
+        for (j, second) in COMPOSABLE.iter().enumerate() {
             for case in &cases {
                 let (ours, theirs) = composed(case, i, j);
-                assert_eq!(
-                    ours, theirs,
-                    "{} then {} on {case:?}",
-                    COMPOSABLE[i], COMPOSABLE[j]
-                );
+                assert_eq!(ours, theirs, "{first} then {second} on {case:?}");
             }
         }
     }
