@@ -201,11 +201,11 @@ pub type PushOneFn = unsafe extern "C" fn(
     cx: *const EmitCx,
 ) -> u32;
 
-/// Tell the chain its pipeline starts: called once, before the source's first value, when a
-/// pipeline's source begins (a `start_with` emits here). Not called again when a reload
-/// swaps the code of a running pipeline. Returns a [`status`]: [`status::COMPLETE`] when the
-/// chain completed on what it emitted (the host then completes it without running the
-/// source).
+/// Tell the chain its pipeline starts (a `start_with` emits here): called once each time the
+/// host starts the pipeline's source (its first load, a restart), before the source's first
+/// value, on freshly seeded states. Not called when a reload swaps the code of a running
+/// pipeline. Returns a [`status`]: [`status::COMPLETE`] when the chain completed on what it
+/// emitted (the host then completes it without running the source).
 pub type StartFn =
     unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
 
