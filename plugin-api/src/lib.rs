@@ -3,8 +3,9 @@
 //! A plugin crate is a `cdylib` that depends on this crate, writes its pipelines in a
 //! `register` function with the DSL ([`Plugin::pipeline`](dsl::Plugin::pipeline), sources
 //! [`interval_ms`](dsl::interval_ms) and [`range`](dsl::range), operators `map`, `filter`,
-//! `scan`, `scan_map`, `reduce`, `take`, `tap`, `log` and keyed `scope`s) and exports it with
-//! [`export_plugin!`]:
+//! `scan`, `scan_map`, `reduce`, `take`, `tap`, `log`, keyed `scope`s, and the rest of the
+//! rxRust set in [`ops`]: `distinct`, `skip`, `take_while`, `buffer_count`, `flat_map`,
+//! ...) and exports it with [`export_plugin!`]:
 //!
 //! ```
 //! use plugin_api::prelude::*;
@@ -31,6 +32,7 @@ pub mod abi;
 pub mod dsl;
 pub mod fanin;
 pub mod fingerprint;
+pub mod ops;
 pub mod shape;
 pub mod source;
 
@@ -40,6 +42,7 @@ pub mod prelude {
         Chain, Pipe, Plugin, Source, Stream, file_lines, interval_ms, of, range, stdin_lines,
         subject, tcp_lines,
     };
+    pub use crate::ops::Operators;
     pub use crate::shape::Shape;
     pub use crate::state;
 }

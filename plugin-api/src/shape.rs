@@ -8,10 +8,10 @@
 //! compares is a hash of that description.
 //!
 //! [`Shape`] is implemented for the primitive types, tuples, arrays, `Option`, `Vec`,
-//! `VecDeque`, `String` and `Box`. Declare your own state structs inside [`state!`](crate::state), which
+//! `VecDeque`, `HashSet`, `String` and `Box`. Declare your own state structs inside [`state!`](crate::state), which
 //! writes the struct as given and derives its description from its fields.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use crate::fingerprint::{FNV_OFFSET, fnv1a};
 
@@ -151,6 +151,16 @@ unsafe impl<T: Shape> Shape for Vec<T> {
 unsafe impl<T: Shape> Shape for VecDeque<T> {
     fn describe(d: &mut Describer) {
         d.text("VecDeque").layout_of::<VecDeque<T>>().nested::<T>();
+    }
+}
+
+// SAFETY: as for `Vec`. The hasher is std's `RandomState`, whose keys live in the set, so
+// every version hashes with the keys the set was created with. A `Hash` of `T` edited
+// between versions makes lookups miss: a logic error (as std documents for a key whose hash
+// changes), never undefined behaviour.
+unsafe impl<T: Shape> Shape for HashSet<T> {
+    fn describe(d: &mut Describer) {
+        d.text("HashSet").layout_of::<HashSet<T>>().nested::<T>();
     }
 }
 

@@ -1,17 +1,13 @@
 //! The accumulating operators (`scan`, `scan_map`, `reduce`) and `init`, run through their
-//! `extern "C"` entry points by a minimal host written here: it records the registration,
-//! allocates and seeds the state slots as the real host does, pushes values and drops
-//! everything at the end. No library is loaded: the plugin is this test binary.
+//! `extern "C"` entry points by the minimal host of `common`.
 
-use std::alloc::Layout;
-use std::cell::{Cell, RefCell};
-use std::ffi::c_void;
+mod common;
+
+use std::cell::Cell;
 use std::fmt;
 
-use plugin_api::abi::{
-    EmitCx, HostApi, OpDesc, PipelineDesc, RSignature, RStr, init_status, status,
-};
-use plugin_api::dsl::run_register;
+use common::{CHILD, only_pipeline, register};
+use plugin_api::abi::{init_status, status};
 use plugin_api::prelude::*;
 
 thread_local! {
@@ -64,232 +60,6 @@ impl fmt::Debug for Counted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.items.len(), self.items.iter().sum::<u64>())
     }
-}
-
-/// One pipeline as the plugin handed it over.
-struct Captured {
-    env: *mut c_void,
-    desc: PipelineDesc,
-    ops: Vec<OpDesc>,
-}
-
-/// What the registration produced.
-#[derive(Default)]
-struct Registry {
-    next: u64,
-    /// The state fingerprint each track-call announced, by handle.
-    announced: Vec<(u64, Option<String>, usize, u64)>,
-    pipelines: Vec<Captured>,
-    failed: Option<String>,
-}
-
-unsafe extern "C" fn track_call(
-    ctx: *mut c_void,
-    _kind: RStr,
-    _key: RStr,
-    sig: *const RSignature,
-) -> u64 {
-    // SAFETY: `ctx` is the `Registry` of `register`; the plugin passes a valid signature.
-    let (reg, sig) = unsafe { (&mut *ctx.cast::<Registry>(), &*sig) };
-    reg.next += 1;
-    // SAFETY: the plugin's strings are valid for the call.
-    let name = unsafe { sig.state.name.to_string_lossy() }.map(|n| n.into_owned());
-    reg.announced
-        .push((reg.next, name, sig.state.size, sig.state.hash));
-    reg.next
-}
-
-unsafe extern "C" fn track_call_return(_ctx: *mut c_void, _track: u64) {}
-
-unsafe extern "C" fn add_pipeline(ctx: *mut c_void, desc: *const PipelineDesc) {
-    // SAFETY: as in `track_call`; the descriptions are valid for the call, and are copied.
-    unsafe {
-        let reg = &mut *ctx.cast::<Registry>();
-        let d = &*desc;
-        let ops = std::slice::from_raw_parts(d.ops, d.n_ops).to_vec();
-        reg.pipelines.push(Captured {
-            env: d.env,
-            desc: PipelineDesc {
-                name: RStr::NONE,
-                ops: std::ptr::null(),
-                ..*d
-            },
-            ops,
-        });
-    }
-}
-
-unsafe extern "C" fn fail(ctx: *mut c_void, message: RStr) {
-    // SAFETY: as in `track_call`.
-    unsafe {
-        let reg = &mut *ctx.cast::<Registry>();
-        reg.failed = message.to_string_lossy().map(|m| m.into_owned());
-    }
-}
-
-/// Runs `f` as a plugin's registration against the host here.
-fn register(f: fn(&mut Plugin<'_>)) -> Registry {
-    let mut reg = Registry::default();
-    let api = HostApi {
-        abi_version: plugin_api::abi::ABI_VERSION,
-        ctx: (&raw mut reg).cast::<c_void>(),
-        track_call,
-        track_call_return,
-        add_pipeline,
-        fail,
-    };
-    // SAFETY: `api` and the registry it points at live across the call.
-    let ok = unsafe { run_register(&api, f) };
-    assert!(ok, "registration failed: {:?}", reg.failed);
-    // The plugin installs a silent panic hook in its std, which is this binary's: restore
-    // the default so that a failing assertion still prints (unless a test wants the hook).
-    if std::env::var_os(CHILD).is_none() {
-        let _ = std::panic::take_hook();
-    }
-    reg
-}
-
-/// What the chain sent to the host while it ran.
-#[derive(Default)]
-struct Sink {
-    logs: RefCell<Vec<String>>,
-    errors: RefCell<Vec<(u32, String)>>,
-    /// Where the plugin says which operator it is in (`EmitCx::current_op`).
-    current_op: std::sync::atomic::AtomicU32,
-}
-
-unsafe extern "C" fn on_log(host: *mut c_void, _op: u32, text: RStr) {
-    // SAFETY: `host` is the `Sink` of the running pipeline; `text` is valid for the call.
-    unsafe {
-        let sink = &*host.cast::<Sink>();
-        let text = text.to_string_lossy().unwrap_or_default().into_owned();
-        sink.logs.borrow_mut().push(text);
-    }
-}
-
-unsafe extern "C" fn on_publish(_host: *mut c_void, _op: u32, _value: *const c_void) {}
-
-unsafe extern "C" fn on_error(host: *mut c_void, op: u32, message: RStr) {
-    // SAFETY: as in `on_log`.
-    unsafe {
-        let sink = &*host.cast::<Sink>();
-        let text = message.to_string_lossy().unwrap_or_default().into_owned();
-        sink.errors.borrow_mut().push((op, text));
-    }
-}
-
-/// A pipeline running on slots allocated and seeded here, as the host does it.
-struct Running {
-    p: Captured,
-    slots: Vec<(*mut u8, Layout)>,
-    sink: Box<Sink>,
-    cx: EmitCx,
-}
-
-impl Running {
-    fn start(p: Captured) -> Running {
-        let mut slots = Vec::new();
-        for (i, op) in p.ops.iter().enumerate() {
-            let fp = &op.state.fingerprint;
-            let layout = Layout::from_size_align(fp.size, fp.align).expect("a valid layout");
-            let ptr = if layout.size() == 0 {
-                layout.align() as *mut u8
-            } else {
-                // SAFETY: a non-zero size.
-                unsafe { std::alloc::alloc(layout) }
-            };
-            // SAFETY: `ptr` fits the operator's state; `env` is the pipeline's.
-            let s = unsafe { (op.state.init)(p.env, i as u32, ptr) };
-            assert_eq!(s, init_status::OK, "seeding operator {i}");
-            slots.push((ptr, layout));
-        }
-        let sink = Box::<Sink>::default();
-        let cx = EmitCx {
-            host: (&raw const *sink).cast_mut().cast::<c_void>(),
-            log: on_log,
-            error: on_error,
-            publish: on_publish,
-            current_op: &raw const sink.current_op,
-            counts: std::ptr::null(),
-        };
-        Running { p, slots, sink, cx }
-    }
-
-    fn ptrs(&self) -> Vec<*mut u8> {
-        self.slots.iter().map(|s| s.0).collect()
-    }
-
-    /// Pushes `xs` as one batch; returns the status and how many were taken.
-    fn push(&self, xs: &[u64]) -> (u32, usize) {
-        let ptrs = self.ptrs();
-        let mut consumed = 0;
-        // SAFETY: one seeded slot per operator, a valid batch and context.
-        let s = unsafe {
-            (self.p.desc.push)(
-                self.p.env,
-                ptrs.as_ptr(),
-                0,
-                xs.as_ptr().cast(),
-                xs.len(),
-                &self.cx,
-                &mut consumed,
-            )
-        };
-        (s, consumed)
-    }
-
-    /// Pushes each of `xs` on its own, as a push source does.
-    fn push_each(&self, xs: impl IntoIterator<Item = u64>) -> Vec<u32> {
-        let ptrs = self.ptrs();
-        xs.into_iter()
-            // SAFETY: as in `push`.
-            .map(|x| unsafe {
-                (self.p.desc.push_one)(
-                    self.p.env,
-                    ptrs.as_ptr(),
-                    0,
-                    (&raw const x).cast(),
-                    &self.cx,
-                )
-            })
-            .collect()
-    }
-
-    fn complete(&self) -> u32 {
-        let ptrs = self.ptrs();
-        // SAFETY: as in `push`.
-        unsafe { (self.p.desc.complete)(self.p.env, ptrs.as_ptr(), 0, &self.cx) }
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.sink.logs.borrow().clone()
-    }
-
-    fn errors(&self) -> Vec<(u32, String)> {
-        self.sink.errors.borrow().clone()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for (op, (ptr, layout)) in self.p.ops.iter().zip(&self.slots) {
-            // SAFETY: each slot holds a value seeded above and is dropped once.
-            unsafe {
-                assert!((op.state.drop)(*ptr), "dropping a state panicked");
-                if layout.size() != 0 {
-                    std::alloc::dealloc(*ptr, *layout);
-                }
-            }
-        }
-        // SAFETY: the closures are freed once, by their own version.
-        unsafe { (self.p.desc.drop_env)(self.p.env) };
-    }
-}
-
-fn only_pipeline(reg: Registry) -> Running {
-    let mut pipelines = reg.pipelines;
-    assert_eq!(pipelines.len(), 1);
-    Running::start(pipelines.remove(0))
 }
 
 fn scan_counted(p: &mut Plugin<'_>) {
@@ -478,9 +248,6 @@ fn scan_map_keeps_the_state_when_the_seed_cannot_be_cloned() {
     assert_eq!(live(), before, "every state dropped once");
 }
 
-/// Set in the child process of [`reduce_aborts_with_a_message_when_the_seed_cannot_be_cloned`].
-const CHILD: &str = "HMR_OPERATORS_ABORT_CHILD";
-
 fn reduce_unclonable(p: &mut Plugin<'_>) {
     p.pipeline("p", interval_ms(1))
         .reduce(Counted::new(), |mut acc: Counted, x: u64| {
@@ -576,14 +343,11 @@ fn state_vtables_match_the_announced_signatures() {
             let announced = reg
                 .announced
                 .iter()
-                .find(|a| a.0 == op.track)
+                .find(|a| a.handle == op.track)
                 .expect("the operator's track was announced");
             // SAFETY: a `'static` type name in this binary.
             let name = unsafe { fp.name.to_string_lossy() }.map(|n| n.into_owned());
-            assert_eq!(
-                (&announced.1, announced.2, announced.3),
-                (&name, fp.size, fp.hash)
-            );
+            assert_eq!(announced.state, (name, fp.size, fp.hash));
         }
         // SAFETY: freed once.
         unsafe { (p.desc.drop_env)(p.env) };

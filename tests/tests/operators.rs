@@ -128,3 +128,76 @@ fn a_plugin_built_with_panic_abort_is_refused() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// The rxRust operator set on a real build. The host runs the start entry point once when it
+/// starts a pipeline's source: `start_with`'s value comes first, and a `take` full at the
+/// start completes the pipeline before its source produced anything. The
+/// completion-time emitters emit when the source completes. A `distinct`'s set survives a
+/// reload that edits the code before it: the new version passes only values never seen.
+#[test]
+fn the_operator_set_runs_on_a_real_build_and_keeps_its_state() -> anyhow::Result<()> {
+    const OPS: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("firsts", range(0, 3)).start_with(100).log();
+    p.pipeline("started", interval_ms(3_600_000)).start_with(7).take(1).log();
+    p.pipeline("tail", range(0, 10)).map(|n: u64| n % 4).distinct().take_last(2).log();
+    p.pipeline("seen", interval_ms(2)).map(|n: u64| n % 4 * 1).distinct().log();
+}
+
+plugin_api::export_plugin!(register);
+"#;
+    let fixture = Fixture::new("operator_set", OPS);
+    let mut host = Harness::start(&fixture.options())?;
+    let (v1, _) = host.wait_loaded()?;
+    // Each completed pipeline and the number of source values it took.
+    let mut completed = std::collections::BTreeMap::new();
+    host.wait_for("three completions", host::testkit::EMISSION_TIMEOUT, |e| {
+        if let HostEvent::Completed {
+            pipeline,
+            emissions,
+            ..
+        } = e
+        {
+            completed.insert(pipeline.clone(), *emissions);
+        }
+        completed.len() == 3
+    })?;
+    let taken: Vec<(&str, u64)> = completed.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+    assert_eq!(taken, [("firsts", 3), ("started", 0), ("tail", 10)]);
+    let values = |host: &Harness, pipeline: &str, version: u64| -> Vec<String> {
+        host.emissions(pipeline)
+            .into_iter()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, value)| value)
+            .collect()
+    };
+    assert_eq!(values(&host, "firsts", v1), ["100", "0", "1", "2"]);
+    assert_eq!(values(&host, "started", v1), ["7"]);
+    assert_eq!(values(&host, "tail", v1), ["2", "3"]);
+
+    host.wait_emission("seen", |v| v == "3")?;
+    fixture.edit("src/lib.rs", "n % 4 * 1", "n % 8 * 1");
+    let reload = host.wait_reload()?;
+    let v2 = reload_version(&reload);
+    let (_, reset, _, _) = reload_fields(&reload);
+    assert!(reset.is_empty(), "{reset:?}");
+    for _ in 0..4 {
+        host.wait_emission("seen", |_| true)?;
+    }
+    let seen = host.emissions("seen");
+    let (old, new): (Vec<_>, Vec<_>) = seen.iter().partition(|(v, _)| *v == v1);
+    assert!(new.iter().all(|(v, _)| *v == v2), "{seen:?}");
+    let old: Vec<i64> = old.iter().map(|(_, x)| value(x)).collect();
+    let mut new: Vec<i64> = new.iter().map(|(_, x)| value(x)).collect();
+    assert_eq!(old, [0, 1, 2, 3], "{seen:?}");
+    new.sort_unstable();
+    assert_eq!(
+        new,
+        [4, 5, 6, 7],
+        "only values the set had not seen: {seen:?}"
+    );
+    host.stop();
+    Ok(())
+}
