@@ -21,6 +21,7 @@
 //! ```
 
 pub mod cargo;
+pub mod clock;
 pub mod code;
 pub mod events;
 pub mod feed;

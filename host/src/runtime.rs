@@ -24,6 +24,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use plugin_api::abi::{EmitCx, PushOneFn, RStr, source_kind};
 
+use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     inbox: (Sender<Msg>, Receiver<Msg>),
     /// The host's subjects (what `publish` operators deliver to).
     subjects: Arc<Subjects>,
+    /// Where deadlines are read.
+    clock: Clock,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -115,18 +118,20 @@ pub enum Msg {
 
 impl Shared {
     fn new(code: PipelineCode, tally: Option<Arc<PipelineTally>>) -> Shared {
-        Shared::with_subjects(code, tally, Arc::default())
+        Shared::with_subjects(code, tally, Arc::default(), Clock::System)
     }
 
     fn with_subjects(
         code: PipelineCode,
         tally: Option<Arc<PipelineTally>>,
         subjects: Arc<Subjects>,
+        clock: Clock,
     ) -> Shared {
         let paths = code.ops.iter().map(|o| o.path.clone()).collect();
         Shared {
             inbox: crossbeam_channel::unbounded(),
             subjects,
+            clock,
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -197,6 +202,9 @@ struct Running {
     subscribed: Option<Subscribed>,
     /// What its host sources hold (tasks, listeners); dropped when it stops.
     held: Vec<crate::feed::Held>,
+    /// Whether a host source could not be opened: the next reload restarts the pipeline,
+    /// which tries again.
+    open_failed: bool,
     /// Published but not started yet (see [`Runtime::launch`]).
     waiting: bool,
     /// New code staged but not committed yet (see [`Runtime::launch`]). Held here, on the
@@ -255,6 +263,8 @@ pub struct Runtime {
     tallies: Option<Arc<Tallies>>,
     /// The host's subjects.
     subjects: Arc<Subjects>,
+    /// The clock pipelines started from now on read.
+    clock: Clock,
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
     feeds: crate::feed::Feeds,
@@ -410,6 +420,9 @@ pub enum Restart {
     Stopped,
     /// Its thread could not be started at the last reload.
     NotStarted,
+    /// One of its host sources could not be opened (an address in use): a reload tries
+    /// again.
+    SourceFailed,
 }
 
 impl std::fmt::Display for Restart {
@@ -420,6 +433,7 @@ impl std::fmt::Display for Restart {
             Restart::Errored => "it had ended with an error",
             Restart::Stopped => "its source had stopped",
             Restart::NotStarted => "its thread could not be started",
+            Restart::SourceFailed => "a source of it could not be opened",
         })
     }
 }
@@ -436,8 +450,19 @@ impl Runtime {
             spawner: spawn_source_thread,
             tallies: None,
             subjects: Arc::default(),
+            clock: Clock::System,
             feeds: crate::feed::Feeds::new(),
         }
+    }
+
+    /// Pipelines started from now on read `clock` (a virtual clock in tests).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// `stdin_lines` reads `reader` instead of the process's standard input (tests).
+    pub fn set_stdin(&mut self, reader: crate::feed::StdinReader) {
+        self.feeds.set_stdin(reader);
     }
 
     /// Relative paths of sources (`file_lines`) resolve against `dir` (the plugin crate's).
@@ -469,6 +494,9 @@ impl Runtime {
         let restart = self.pipelines.get(&name).map(|r| {
             if r.sources != code.sources {
                 return Some(Restart::SourceChanged);
+            }
+            if r.open_failed {
+                return Some(Restart::SourceFailed);
             }
             match ended_from(r.publisher.shared.ended.load(Ordering::Acquire)) {
                 Ended::Running => None,
@@ -520,12 +548,18 @@ impl Runtime {
             name,
             Running {
                 publisher: Publisher {
-                    shared: Arc::new(Shared::with_subjects(code, tally, self.subjects.clone())),
+                    shared: Arc::new(Shared::with_subjects(
+                        code,
+                        tally,
+                        self.subjects.clone(),
+                        self.clock.clone(),
+                    )),
                 },
                 thread: None,
                 sources,
                 subscribed: None,
                 held: Vec::new(),
+                open_failed: false,
                 waiting: true,
                 staged: None,
             },
@@ -560,8 +594,13 @@ impl Runtime {
                     Ok(Some(held)) => r.held.push(held),
                     Ok(None) => {}
                     Err(message) => {
-                        let _ = tx.send(Msg::Error(port as u32, message));
-                        let _ = tx.send(Msg::Complete(port as u32));
+                        // The port stays open and silent (the pipeline does not complete
+                        // for it); the next reload restarts the pipeline to try again.
+                        r.open_failed = true;
+                        let _ = tx.send(Msg::Error(
+                            port as u32,
+                            format!("{message}; the next reload tries again"),
+                        ));
                     }
                 }
             }
@@ -616,9 +655,14 @@ impl Runtime {
                 }
                 continue;
             }
+            // Under a virtual clock, the thread counts as busy from now until it first waits.
+            let ticket = match &shared.clock {
+                Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone())),
+                Clock::System => None,
+            };
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    run_pipeline(&shared, &sink, policy, cell)
+                    run_pipeline(&shared, &sink, policy, cell, ticket)
                 })) {
                     Ok(e) => e,
                     Err(_) => Ended::Errored,
@@ -1192,6 +1236,7 @@ fn run_pipeline(
     sink: &Sink,
     policy: PanicPolicy,
     locked: Option<Arc<Mutex<Driver>>>,
+    ticket: Option<crate::clock::Ticket>,
 ) -> Ended {
     let name = shared.name();
     let report = |e: String| {
@@ -1210,7 +1255,8 @@ fn run_pipeline(
         },
     };
     let sources = cell.with(|d| d.code.sources.clone());
-    let start = Instant::now();
+    let clock = shared.clock.clone();
+    let start = clock.now();
     let mut ports: Vec<PortRun> = sources
         .iter()
         .map(|s| match s.kind {
@@ -1321,40 +1367,55 @@ fn run_pipeline(
             return Ended::Stopped;
         }
         // 2. Intervals that are due.
-        let now = Instant::now();
-        let mut next_due: Option<Instant> = None;
-        for (port, p) in ports.iter_mut().enumerate() {
-            let PortRun::Interval { period, due, n } = p else {
-                continue;
+        let epoch = ticket.as_ref().map(|t| t.epoch());
+        let now = clock.now();
+        // Earliest deadline first (ties: the lower port), one tick at a time, so two
+        // intervals interleave as their deadlines do however late this thread runs.
+        let next_due = loop {
+            let earliest = ports
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| match p {
+                    PortRun::Interval { due, .. } => Some((*due, i)),
+                    _ => None,
+                })
+                .min();
+            let Some((due, port)) = earliest else {
+                break None;
             };
-            if now >= *due {
-                first.get_or_insert_with(Instant::now);
-                produced += 1;
-                let x = *n;
-                *n += 1;
-                // The next tick is one period after this one was due: no drift, and no
-                // overflow for any period (a schedule beyond `Instant`'s range stops it).
-                match due.checked_add(*period) {
-                    Some(next) => *due = next,
-                    None => {
-                        *p = PortRun::Done;
-                        continue;
-                    }
+            if due > now {
+                break Some(due);
+            }
+            let p = &mut ports[port];
+            let PortRun::Interval { period, due, n } = p else {
+                unreachable!("found above")
+            };
+            first.get_or_insert_with(Instant::now);
+            produced += 1;
+            let x = *n;
+            *n += 1;
+            // The next tick is one period after this one was due: no drift, and no
+            // overflow for any period (a schedule beyond `Instant`'s range stops it).
+            match due.checked_add(*period) {
+                Some(next) => *due = next,
+                None => {
+                    *p = PortRun::Done;
+                    continue;
                 }
-                let r = if port == 0 {
-                    cell.with(|d| d.push_one(x))
-                } else {
-                    // SAFETY: an interval port takes `u64` values; `x` outlives the call.
-                    cell.with(|d| unsafe {
-                        d.push_item(port as u32, Wire::U64, (&raw const x).cast::<c_void>())
-                    })
-                };
-                step!(r, p);
             }
-            if let PortRun::Interval { due, .. } = p {
-                next_due = Some(next_due.map_or(*due, |d| d.min(*due)));
+            let r = if port == 0 {
+                cell.with(|d| d.push_one(x))
+            } else {
+                // SAFETY: an interval port takes `u64` values; `x` outlives the call.
+                cell.with(|d| unsafe {
+                    d.push_item(port as u32, Wire::U64, (&raw const x).cast::<c_void>())
+                })
+            };
+            step!(r, p);
+            if cell.stopped() {
+                return Ended::Stopped;
             }
-        }
+        };
         // 3. One batch of the first batch port.
         if let Some(port) = ports
             .iter()
@@ -1403,15 +1464,25 @@ fn run_pipeline(
             return completed(produced, first);
         }
         // 5. Wait for the next deadline or message.
-        let msg = match next_due {
-            Some(due) => {
-                let now = Instant::now();
-                if due <= now {
-                    continue;
+        if let Some(due) = next_due
+            && due <= clock.now()
+        {
+            continue;
+        }
+        let msg = match (&ticket, next_due) {
+            (Some(t), _) => {
+                // Virtual time moves only by `advance`, which wakes this thread.
+                if let Ok(m) = rx.try_recv() {
+                    Some(m)
+                } else {
+                    t.idle(epoch.unwrap_or_default());
+                    rx.recv().ok()
                 }
-                rx.recv_timeout(due - now).ok()
             }
-            None => rx.recv().ok(),
+            (None, Some(due)) => rx
+                .recv_timeout(due.saturating_duration_since(Instant::now()))
+                .ok(),
+            (None, None) => rx.recv().ok(),
         };
         // Handled first at the top of the loop, before what came after it.
         pending = msg;

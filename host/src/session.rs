@@ -35,6 +35,8 @@ pub struct Options {
     pub register_deadline: Duration,
     /// Serve the inspector there (`--inspect`); `None`: no inspector, nothing counted.
     pub inspect: Option<std::net::SocketAddr>,
+    /// The clock pipelines read (the system's; tests drive a virtual one).
+    pub clock: crate::clock::Clock,
 }
 
 impl Options {
@@ -49,6 +51,7 @@ impl Options {
             target_dir: None,
             register_deadline: crate::register::REGISTER_DEADLINE,
             inspect: None,
+            clock: crate::clock::Clock::System,
         }
     }
 
@@ -74,6 +77,7 @@ impl Options {
         let mut reloader = Reloader::new(build, sink, self.on_panic)
             .context("cannot create the library directory")?;
         reloader.set_register_deadline(self.register_deadline);
+        reloader.runtime().set_clock(self.clock.clone());
         Ok(reloader)
     }
 }

@@ -403,6 +403,12 @@ impl Harness {
         }
     }
 
+    /// Takes every event sent so far into [`Harness::history`] without waiting (after a
+    /// virtual clock's `settle`, everything it ran has been sent).
+    pub fn drain(&mut self) {
+        self.history.extend(self.rx.try_iter());
+    }
+
     /// Emissions of `pipeline` received so far, as (version, value).
     pub fn emissions(&self, pipeline: &str) -> Vec<(u64, String)> {
         self.history

@@ -235,3 +235,58 @@ fn a_subject_type_mismatch_is_rejected() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// Under a virtual clock, intervals tick only when the test moves time, in deadline order
+/// across the ports of a pipeline (two intervals merged interleave as their deadlines do),
+/// and `settle` says when everything due has run: the emissions are exact.
+#[test]
+fn intervals_follow_a_virtual_clock() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "streams_virtual_clock",
+        &plugin(
+            r#"    p.pipeline("ticks", interval_ms(100)).log();
+    p.pipeline("both", interval_ms(30))
+        .merge(interval_ms(70).map(|n: u64| n + 1000))
+        .log();"#,
+        ),
+    );
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    let settle = std::time::Duration::from_secs(30);
+    let values = |host: &Harness, p: &str| -> Vec<i64> {
+        host.emissions(p).iter().map(|(_, v)| value(v)).collect()
+    };
+    host.wait_emission("both", |v| value(v) == 1000)?;
+    assert!(
+        time.settle(settle),
+        "the pipelines ran what was due at t = 0"
+    );
+    host.drain();
+    assert_eq!(values(&host, "ticks"), [0]);
+    assert_eq!(values(&host, "both"), [0, 1000]);
+
+    time.advance(std::time::Duration::from_millis(250));
+    assert!(time.settle(settle));
+    host.drain();
+    assert_eq!(values(&host, "ticks"), [0, 1, 2]);
+    // 30, 60, 70, 90, 120, 140, 150, 180, 210 (30 first: the lower port), 210, 240.
+    assert_eq!(
+        values(&host, "both"),
+        [0, 1000, 1, 2, 1001, 3, 4, 1002, 5, 6, 7, 1003, 8]
+    );
+
+    time.advance(std::time::Duration::from_millis(50));
+    assert!(time.settle(settle));
+    host.drain();
+    assert_eq!(values(&host, "ticks"), [0, 1, 2, 3]);
+    assert_eq!(
+        values(&host, "both"),
+        // then 270, 280, 300.
+        [0, 1000, 1, 2, 1001, 3, 4, 1002, 5, 6, 7, 1003, 8, 9, 1004, 10]
+    );
+    host.stop();
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! The runtime's clock: the system's, or a virtual one that tests (and, later, replays)
+//! drive by hand.
+//!
+//! Every deadline of a pipeline thread (an interval's next tick) is computed from
+//! [`Clock::now`]. Under a [`VirtualClock`] time stands still until
+//! [`VirtualClock::advance`] moves it; then every pipeline thread wakes, runs what became due
+//! in deadline order, and reports itself idle, so [`VirtualClock::settle`] can wait until
+//! everything due by the new time has run: a test then knows exactly what was emitted, with
+//! no sleep standing in for synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::runtime::Msg;
+
+/// What a registered thread has seen before it first reports itself idle.
+const NOT_IDLE_YET: u64 = u64::MAX;
+
+/// Where the runtime reads the time.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    /// The system's monotonic clock: deadlines are waited for.
+    #[default]
+    System,
+    /// A clock that moves only when told to.
+    Virtual(Arc<VirtualClock>),
+}
+
+impl Clock {
+    /// A new virtual clock, and the handle that drives it.
+    pub fn virtual_clock() -> (Clock, Arc<VirtualClock>) {
+        let v = Arc::new(VirtualClock::new());
+        (Clock::Virtual(v.clone()), v)
+    }
+
+    /// The current time.
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            Clock::Virtual(v) => v.now(),
+        }
+    }
+}
+
+/// A pipeline thread's registration with a [`VirtualClock`]; unregisters when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    clock: Arc<VirtualClock>,
+    seen: Arc<AtomicU64>,
+}
+
+impl Ticket {
+    /// The time the thread is about to run to: read before it looks at its deadlines.
+    pub fn epoch(&self) -> u64 {
+        self.clock.state().epoch
+    }
+
+    /// The thread ran everything due up to the time of `epoch` and is about to wait.
+    pub fn idle(&self, epoch: u64) {
+        let _s = self.clock.state();
+        self.seen.store(epoch, Ordering::Release);
+        self.clock.changed.notify_all();
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut s = self.clock.state();
+        s.threads.retain(|(_, seen)| !Arc::ptr_eq(seen, &self.seen));
+        self.clock.changed.notify_all();
+    }
+}
+
+struct VState {
+    now: Duration,
+    /// Bumped by every `advance`.
+    epoch: u64,
+    threads: Vec<(Sender<Msg>, Arc<AtomicU64>)>,
+}
+
+/// Virtual time: starts at an arbitrary instant and moves only by [`VirtualClock::advance`].
+pub struct VirtualClock {
+    base: Instant,
+    state: Mutex<VState>,
+    changed: Condvar,
+}
+
+impl std::fmt::Debug for VirtualClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualClock")
+            .field("elapsed", &self.state().now)
+            .finish()
+    }
+}
+
+impl Default for VirtualClock {
+    fn default() -> VirtualClock {
+        VirtualClock::new()
+    }
+}
+
+impl VirtualClock {
+    /// A clock at its start.
+    pub fn new() -> VirtualClock {
+        VirtualClock {
+            base: Instant::now(),
+            state: Mutex::new(VState {
+                now: Duration::ZERO,
+                epoch: 0,
+                threads: Vec::new(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, VState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Instant {
+        self.base + self.state().now
+    }
+
+    /// How far the clock has moved since it started.
+    pub fn elapsed(&self) -> Duration {
+        self.state().now
+    }
+
+    /// Registers a pipeline thread woken through `inbox` whenever the clock moves. Until
+    /// it first reports itself idle, [`VirtualClock::settle`] waits for it.
+    pub fn register(self: &Arc<Self>, inbox: Sender<Msg>) -> Ticket {
+        let seen = Arc::new(AtomicU64::new(NOT_IDLE_YET));
+        self.state().threads.push((inbox, seen.clone()));
+        Ticket {
+            clock: self.clone(),
+            seen,
+        }
+    }
+
+    /// Moves the clock forward by `by` and wakes every pipeline thread.
+    pub fn advance(&self, by: Duration) {
+        let mut s = self.state();
+        s.now += by;
+        s.epoch += 1;
+        for (tx, _) in &s.threads {
+            let _ = tx.send(Msg::Wake);
+        }
+    }
+
+    /// Waits until every registered pipeline thread has run what was due by the current
+    /// time and waits again; false if that took longer than `timeout` (a thread busy or
+    /// stuck in plugin code).
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state();
+        loop {
+            let epoch = s.epoch;
+            if s.threads.iter().all(|(_, seen)| {
+                let seen = seen.load(Ordering::Acquire);
+                seen != NOT_IDLE_YET && seen >= epoch
+            }) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
