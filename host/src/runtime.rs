@@ -575,6 +575,19 @@ impl Runtime {
         for r in self.pipelines.values_mut() {
             if let Some(code) = r.staged.take() {
                 r.publisher.publish(code);
+                // A pipeline read from subjects migrates now if its lock is free (a delivery
+                // holding it migrates it anyway); the reloader never waits for it.
+                if let Some((d, _)) = &r.subscribed
+                    && let Ok(mut d) = d.try_lock()
+                    && let Err(e) = d.take_new_code()
+                {
+                    let name = r.publisher.shared.name();
+                    self.sink.event(HostEvent::Error {
+                        pipeline: name.clone(),
+                        path: name,
+                        message: e,
+                    });
+                }
             }
         }
         let mut failed = Vec::new();
@@ -886,6 +899,9 @@ impl Publisher {
     pub fn publish(&self, code: PipelineCode) {
         self.shared.code.store(Arc::new(code));
         self.shared.generation.fetch_add(1, Ordering::Release);
+        // A thread waiting for input takes the new code now rather than at its next value,
+        // so an idle pipeline does not keep the old version live.
+        let _ = self.shared.inbox.0.send(Msg::Wake);
     }
 
     /// The driver for this pipeline, owning fresh, seeded state. Create it on the thread
@@ -1170,6 +1186,15 @@ impl Driver {
         r
     }
 
+    /// Takes the newest code now if it was published since the last call (a migration: the
+    /// plugin's seeds and drops run, watched like any call), without running any value.
+    pub fn take_new_code(&mut self) -> Result<(), String> {
+        self.mark_call();
+        let r = self.refresh();
+        self.mark_call();
+        r
+    }
+
     /// The pipeline's name.
     pub fn pipeline(&self) -> &str {
         &self.host.pipeline
@@ -1360,7 +1385,12 @@ fn run_pipeline(
                     pipeline: name.clone(),
                     message,
                 }),
-                Msg::Wake => {}
+                Msg::Wake => {
+                    // New code may have been published: take it even if no value comes.
+                    if let Err(e) = cell.with(|d| d.take_new_code()) {
+                        return report(e);
+                    }
+                }
             }
         }
         if cell.stopped() {

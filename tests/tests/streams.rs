@@ -285,7 +285,9 @@ fn intervals_follow_a_virtual_clock() -> anyhow::Result<()> {
     assert_eq!(
         values(&host, "both"),
         // then 270, 280, 300.
-        [0, 1000, 1, 2, 1001, 3, 4, 1002, 5, 6, 7, 1003, 8, 9, 1004, 10]
+        [
+            0, 1000, 1, 2, 1001, 3, 4, 1002, 5, 6, 7, 1003, 8, 9, 1004, 10
+        ]
     );
     host.stop();
     Ok(())
