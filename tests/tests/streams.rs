@@ -292,3 +292,42 @@ fn intervals_follow_a_virtual_clock() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A `take` inside a merged stream ends that port only (the pipeline goes on with the other
+/// input), and a `take` after the merge completes the pipeline: exact under a virtual clock.
+#[test]
+fn a_take_inside_an_inner_stream_ends_only_its_port() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "streams_port_done",
+        &plugin(
+            r#"    p.pipeline("m", interval_ms(10))
+        .merge(interval_ms(10).map(|n: u64| n + 100).take(2))
+        .take(8)
+        .log();"#,
+        ),
+    );
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    for _ in 0..6 {
+        time.advance(std::time::Duration::from_millis(10));
+        assert!(time.settle(std::time::Duration::from_secs(30)));
+    }
+    let done = host.wait_for(
+        "completed",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "m"),
+    )?;
+    let HostEvent::Completed { emissions, .. } = done else {
+        unreachable!()
+    };
+    let values: Vec<i64> = host.emissions("m").iter().map(|(_, v)| value(v)).collect();
+    // t = 0: 0, 100; t = 10: 1, 101 (the inner take is done); then the outer port alone
+    // until the take after the merge has its 8.
+    assert_eq!(values, [0, 100, 1, 101, 2, 3, 4, 5]);
+    assert_eq!(emissions, 8, "source values taken");
+    host.stop();
+    Ok(())
+}
