@@ -154,9 +154,11 @@ impl Shared {
             || ended_from(self.ended.load(Ordering::Acquire)) != Ended::Running
     }
 
-    /// Records how the pipeline ended (a subscriber ended by a delivery).
+    /// Records how the pipeline ended (a subscriber ended by a delivery) and wakes its
+    /// thread, which then ends too.
     pub(crate) fn end(&self, e: Ended) {
         self.ended.store(ended_code(e), Ordering::Release);
+        let _ = self.inbox.0.send(Msg::Wake);
     }
 
     /// The path of the operator the running call is in, or the pipeline's name.
@@ -574,20 +576,8 @@ impl Runtime {
     pub fn launch(&mut self) -> Vec<(String, std::io::Error)> {
         for r in self.pipelines.values_mut() {
             if let Some(code) = r.staged.take() {
+                // Its thread takes it at its next value, or at once when it waits (a wake).
                 r.publisher.publish(code);
-                // A pipeline read from subjects migrates now if its lock is free (a delivery
-                // holding it migrates it anyway); the reloader never waits for it.
-                if let Some((d, _)) = &r.subscribed
-                    && let Ok(mut d) = d.try_lock()
-                    && let Err(e) = d.take_new_code()
-                {
-                    let name = r.publisher.shared.name();
-                    self.sink.event(HostEvent::Error {
-                        pipeline: name.clone(),
-                        path: name,
-                        message: e,
-                    });
-                }
             }
         }
         let mut failed = Vec::new();
@@ -653,21 +643,6 @@ impl Runtime {
                 r.subscribed = Some((d.clone(), hubs));
                 Some(d)
             };
-            if r.sources.iter().all(|s| s.kind == source_kind::SUBJECT) {
-                // Driven by its publishers alone: no thread of its own.
-                self.watchdog.watch(&r.publisher.shared);
-                if let Some(d) = &cell {
-                    let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = d.start() {
-                        sink.event(HostEvent::Error {
-                            pipeline: name.clone(),
-                            path: name.clone(),
-                            message: e,
-                        });
-                    }
-                }
-                continue;
-            }
             // Under a virtual clock, the thread counts as busy from now until it first waits.
             let ticket = match &shared.clock {
                 Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone())),
@@ -1341,6 +1316,11 @@ fn run_pipeline(
     loop {
         if cell.stopped() {
             return Ended::Stopped;
+        }
+        // A delivery from a publisher's thread may have ended the pipeline.
+        match ended_from(shared.ended.load(Ordering::Acquire)) {
+            Ended::Running => {}
+            e => return e,
         }
         // 1. What host sources sent (a bounded number, so timers and batches get their turn).
         for _ in 0..BATCH {

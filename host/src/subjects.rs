@@ -189,6 +189,7 @@ impl Hub {
                     }
                 }
                 Some(Ok(Pushed::Complete { .. })) => {
+                    // Its own thread sees it at its next look and ends.
                     s.shared.end(crate::runtime::Ended::Completed);
                     sink.event(HostEvent::Completed {
                         pipeline: s.pipeline.clone(),

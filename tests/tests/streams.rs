@@ -331,3 +331,43 @@ fn a_take_inside_an_inner_stream_ends_only_its_port() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A pipeline that reads only a subject has a thread of its own for its subscription
+/// (`start_with` emits at once, before any value is published) and completes through a
+/// delivery (its `take`), while the publisher and the other subscribers run on.
+#[test]
+fn a_subject_reader_starts_and_completes_on_its_own() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "streams_subject_reader",
+        &plugin(
+            r#"    p.pipeline("src", interval_ms(5)).publish("n");
+    p.pipeline("firsts", subject::<u64>("n")).start_with(99).take(3).log();
+    p.pipeline("all", subject::<u64>("n")).log();"#,
+        ),
+    );
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    host.wait_for(
+        "firsts completed",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "firsts"),
+    )?;
+    let (_, later) = host.wait_emission("all", |v| value(v) >= 5)?;
+    let firsts: Vec<i64> = host
+        .emissions("firsts")
+        .iter()
+        .map(|(_, v)| value(v))
+        .collect();
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
+    assert_eq!(firsts[0], 99, "start_with first: {firsts:?}");
+    assert!(firsts[1] < firsts[2], "{firsts:?}");
+    assert!(value(&later) >= 5);
+    let completions = host
+        .history()
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "firsts"))
+        .count();
+    assert_eq!(completions, 1, "a completed subscriber gets nothing more");
+    host.stop();
+    Ok(())
+}
