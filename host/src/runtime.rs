@@ -11,7 +11,8 @@
 //! queued for the printer thread, [`crate::output`], which alone waits on stdout).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
@@ -1208,12 +1209,8 @@ impl DriverCell {
 
 /// What a pipeline thread does for one port.
 enum PortRun {
-    /// `interval_ms`: the next value and when it is due.
-    Interval {
-        period: Duration,
-        due: Instant,
-        n: u64,
-    },
+    /// `interval_ms`: its period and next value (its deadline is in the thread's timers).
+    Interval { period: Duration, n: u64 },
     /// `range`, `of`: the values `next..end`, pushed in batches.
     Batch { next: u64, end: u64 },
     /// Fed through the inbox (lines) or by publishers (subjects).
@@ -1262,7 +1259,6 @@ fn run_pipeline(
         .map(|s| match s.kind {
             source_kind::INTERVAL => PortRun::Interval {
                 period: Duration::from_millis(s.a.max(1)),
-                due: start,
                 n: 0,
             },
             source_kind::RANGE => PortRun::Batch {
@@ -1272,6 +1268,13 @@ fn run_pipeline(
             source_kind::OF => PortRun::Batch { next: 0, end: s.a },
             _ => PortRun::Fed,
         })
+        .collect();
+    // The intervals' deadlines, earliest first (ties: the lower port).
+    let mut timers: BinaryHeap<Reverse<(Instant, u32)>> = ports
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p, PortRun::Interval { .. }))
+        .map(|(i, _)| Reverse((start, i as u32)))
         .collect();
     let mut produced = 0u64;
     let mut first: Option<Instant> = None;
@@ -1382,23 +1385,17 @@ fn run_pipeline(
         // Earliest deadline first (ties: the lower port), one tick at a time, so two
         // intervals interleave as their deadlines do however late this thread runs.
         let next_due = loop {
-            let earliest = ports
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| match p {
-                    PortRun::Interval { due, .. } => Some((*due, i)),
-                    _ => None,
-                })
-                .min();
-            let Some((due, port)) = earliest else {
+            let Some(&Reverse((due, port))) = timers.peek() else {
                 break None;
             };
             if due > now {
                 break Some(due);
             }
-            let p = &mut ports[port];
-            let PortRun::Interval { period, due, n } = p else {
-                unreachable!("found above")
+            timers.pop();
+            let p = &mut ports[port as usize];
+            // A port that ended (its stream completed) keeps no timer.
+            let PortRun::Interval { period, n } = p else {
+                continue;
             };
             first.get_or_insert_with(Instant::now);
             produced += 1;
@@ -1407,7 +1404,7 @@ fn run_pipeline(
             // The next tick is one period after this one was due: no drift, and no
             // overflow for any period (a schedule beyond `Instant`'s range stops it).
             match due.checked_add(*period) {
-                Some(next) => *due = next,
+                Some(next) => timers.push(Reverse((next, port))),
                 None => {
                     *p = PortRun::Done;
                     continue;
@@ -1418,7 +1415,7 @@ fn run_pipeline(
             } else {
                 // SAFETY: an interval port takes `u64` values; `x` outlives the call.
                 cell.with(|d| unsafe {
-                    d.push_item(port as u32, Wire::U64, (&raw const x).cast::<c_void>())
+                    d.push_item(port, Wire::U64, (&raw const x).cast::<c_void>())
                 })
             };
             step!(r, p);

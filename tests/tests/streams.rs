@@ -311,6 +311,9 @@ fn a_take_inside_an_inner_stream_ends_only_its_port() -> anyhow::Result<()> {
     options.clock = clock;
     let mut host = Harness::start(&options)?;
     host.wait_loaded()?;
+    // The pipeline's thread starts after the load is reported: its intervals start at the
+    // virtual time it subscribes, so let it subscribe (tick at t = 0) before moving time.
+    host.wait_emission("m", |v| value(v) == 100)?;
     for _ in 0..6 {
         time.advance(std::time::Duration::from_millis(10));
         assert!(time.settle(std::time::Duration::from_secs(30)));
