@@ -48,8 +48,9 @@ fn thread_heap(start: Instant) -> Outcome {
     let end = start + RUN;
     let mut counts = vec![0u64; TIMERS];
     let mut late = Vec::with_capacity(TIMERS * (RUN.as_millis() / PERIOD.as_millis()) as usize);
-    let mut heap: BinaryHeap<Reverse<(Instant, usize)>> =
-        (0..TIMERS).map(|i| Reverse((start + offset(i), i))).collect();
+    let mut heap: BinaryHeap<Reverse<(Instant, usize)>> = (0..TIMERS)
+        .map(|i| Reverse((start + offset(i), i)))
+        .collect();
     while let Some(&Reverse((due, i))) = heap.peek() {
         if due >= end {
             break;

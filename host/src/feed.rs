@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use plugin_api::abi::source_kind;
 
@@ -24,11 +25,19 @@ use crate::sources::{Outlet, SourceEvent, SourceTask, file::spawn_file_lines};
 /// number of sources.
 pub const IO_THREADS: usize = 2;
 
-/// What a running host source holds for a pipeline (a task, a subscription); dropping it
-/// stops the delivery.
-pub enum Held {
+/// What a running host source holds for a pipeline (a task, a subscription) and where it
+/// delivers; dropping it stops the delivery. A pipeline restarted by a reload (another of
+/// its sources changed) takes over the ones whose source is unchanged, pointed at its own
+/// inbox: a file keeps its position, a connection stays open.
+pub struct Held {
+    spec: SourceSpec,
+    outlet: Arc<InboxOutlet>,
+    what: What,
+}
+
+enum What {
     /// A `file_lines` task (its position).
-    File(SourceTask),
+    File(#[allow(dead_code, reason = "held: dropping it stops the task")] SourceTask),
     /// A subscription to a shared listener.
     Tcp(Arc<TcpLines>, u64),
     /// A subscription to the host's stdin.
@@ -37,43 +46,43 @@ pub enum Held {
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Held::File(_) => "Held::File",
-            Held::Tcp(..) => "Held::Tcp",
-            Held::Stdin(..) => "Held::Stdin",
-        })
+        f.debug_struct("Held")
+            .field("source", &self.spec.label)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        match self {
-            Held::File(_) => {}
-            Held::Tcp(t, id) => t.unsubscribe(*id),
-            Held::Stdin(s, id) => s.unsubscribe(*id),
+        match &self.what {
+            What::File(_) => {}
+            What::Tcp(t, id) => t.unsubscribe(*id),
+            What::Stdin(s, id) => s.unsubscribe(*id),
         }
     }
 }
 
-/// Delivers a source's events into a pipeline thread's inbox, as messages for `port`.
+/// Delivers a source's events into a pipeline thread's inbox, as messages for its port;
+/// the inbox and port can be changed (a restarted pipeline taking the source over).
 struct InboxOutlet {
-    tx: Sender<Msg>,
-    port: u32,
+    target: ArcSwap<(Sender<Msg>, u32)>,
 }
 
 impl Outlet for InboxOutlet {
     fn send(&self, event: SourceEvent) -> bool {
+        let target = self.target.load();
+        let (tx, port) = (&target.0, target.1);
         let msg = match event {
-            SourceEvent::Line(l) => Msg::Line(self.port, l),
-            SourceEvent::Error(e) => Msg::Error(self.port, e),
-            SourceEvent::Notice(n) => Msg::Notice(self.port, n),
-            SourceEvent::Complete => Msg::Complete(self.port),
+            SourceEvent::Line(l) => Msg::Line(port, l),
+            SourceEvent::Error(e) => Msg::Error(port, e),
+            SourceEvent::Notice(n) => Msg::Notice(port, n),
+            SourceEvent::Complete => Msg::Complete(port),
         };
-        self.tx.send(msg).is_ok()
+        tx.send(msg).is_ok()
     }
 
     fn backlog(&self) -> usize {
-        self.tx.len()
+        self.target.load().0.len()
     }
 }
 
@@ -141,24 +150,30 @@ impl Feeds {
 
     /// Opens the host source of `spec` for `port`, delivering into `tx`: `Ok(None)` for a
     /// source the pipeline thread runs itself, an error message naming the cause when the
-    /// source cannot be opened (an address in use).
+    /// source cannot be opened (an address in use). A source of the same spec in `reuse`
+    /// (what the pipeline held before a restart) is taken over instead of opened again; the
+    /// port it delivered to then comes with it.
     pub fn open(
         &mut self,
         spec: &SourceSpec,
         port: u32,
         tx: &Sender<Msg>,
-    ) -> Result<Option<Held>, String> {
-        let outlet = || -> Arc<dyn Outlet> {
-            Arc::new(InboxOutlet {
-                tx: tx.clone(),
-                port,
-            })
-        };
-        match spec.kind {
+        reuse: &mut Vec<Held>,
+    ) -> Result<Option<(Held, Option<u32>)>, String> {
+        if let Some(i) = reuse.iter().position(|h| h.spec == *spec) {
+            let held = reuse.swap_remove(i);
+            let old = held.outlet.target.swap(Arc::new((tx.clone(), port))).1;
+            return Ok(Some((held, Some(old))));
+        }
+        let outlet = Arc::new(InboxOutlet {
+            target: ArcSwap::from_pointee((tx.clone(), port)),
+        });
+        let dyn_outlet = || -> Arc<dyn Outlet> { outlet.clone() };
+        let what = match spec.kind {
             source_kind::FILE_LINES => {
                 let rt = self.rt()?;
                 let path = self.resolve(&spec.text);
-                Ok(Some(Held::File(spawn_file_lines(&rt, path, outlet()))))
+                What::File(spawn_file_lines(&rt, path, dyn_outlet()))
             }
             source_kind::TCP_LINES => {
                 let listener = match self.tcp.get(&spec.text).and_then(Weak::upgrade) {
@@ -174,8 +189,8 @@ impl Feeds {
                         l
                     }
                 };
-                let id = listener.subscribe(outlet());
-                Ok(Some(Held::Tcp(listener, id)))
+                let id = listener.subscribe(dyn_outlet());
+                What::Tcp(listener, id)
             }
             source_kind::STDIN_LINES => {
                 let stdin = match &self.stdin {
@@ -191,11 +206,19 @@ impl Feeds {
                         s
                     }
                 };
-                let id = stdin.subscribe(outlet());
-                Ok(Some(Held::Stdin(stdin, id)))
+                let id = stdin.subscribe(dyn_outlet());
+                What::Stdin(stdin, id)
             }
-            _ => Ok(None),
-        }
+            _ => return Ok(None),
+        };
+        Ok(Some((
+            Held {
+                spec: spec.clone(),
+                outlet,
+                what,
+            },
+            None,
+        )))
     }
 }
 

@@ -208,6 +208,10 @@ struct Running {
     /// Whether a host source could not be opened: the next reload restarts the pipeline,
     /// which tries again.
     open_failed: bool,
+    /// What the pipeline held before a restart, for its new start to take over, and the old
+    /// thread's inbox (what those sources sent that it did not take yet).
+    reusable: Vec<crate::feed::Held>,
+    old_inbox: Option<Receiver<Msg>>,
     /// Published but not started yet (see [`Runtime::launch`]).
     waiting: bool,
     /// New code staged but not committed yet (see [`Runtime::launch`]). Held here, on the
@@ -520,8 +524,18 @@ impl Runtime {
                 }
             }
             Some(Some(why)) => {
+                // Its unchanged host sources (a file's position, a listener and its
+                // connections) go over to the restarted pipeline.
+                let held = self.pipelines.get_mut(&name).map(|r| {
+                    let inbox = r.publisher.shared.inbox.1.clone();
+                    (std::mem::take(&mut r.held), inbox)
+                });
                 self.remove(&name);
                 self.start(code);
+                if let (Some(r), Some((held, inbox))) = (self.pipelines.get_mut(&name), held) {
+                    r.reusable = held;
+                    r.old_inbox = Some(inbox);
+                }
                 Published::Restarted(why)
             }
             None => {
@@ -563,6 +577,8 @@ impl Runtime {
                 subscribed: None,
                 held: Vec::new(),
                 open_failed: false,
+                reusable: Vec::new(),
+                old_inbox: None,
                 waiting: true,
                 staged: None,
             },
@@ -593,9 +609,15 @@ impl Runtime {
             // Host sources (files, sockets, stdin) feed the inbox; errors binding them are
             // the pipeline's errors, and the other sources run on.
             let tx = shared.inbox.0.clone();
+            let mut moved: Vec<(u32, u32)> = Vec::new();
             for (port, spec) in r.sources.iter().enumerate() {
-                match self.feeds.open(spec, port as u32, &tx) {
-                    Ok(Some(held)) => r.held.push(held),
+                match self.feeds.open(spec, port as u32, &tx, &mut r.reusable) {
+                    Ok(Some((held, from))) => {
+                        if let Some(old) = from {
+                            moved.push((old, port as u32));
+                        }
+                        r.held.push(held);
+                    }
                     Ok(None) => {}
                     Err(message) => {
                         // The port stays open and silent (the pipeline does not complete
@@ -608,6 +630,10 @@ impl Runtime {
                     }
                 }
             }
+            // What did not go over is closed; what did brings what the old thread had not
+            // taken from it yet (the old thread takes nothing more once told to stop).
+            r.reusable.clear();
+            let handover = r.old_inbox.take().map(|rx| (rx, moved));
             // A pipeline reading a subject is driven by the publishers' threads too: its
             // driver is shared, behind a lock, and subscribed to each subject's hub.
             let subject_ports: Vec<(u32, &SourceSpec)> = r
@@ -651,7 +677,7 @@ impl Runtime {
             };
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    run_pipeline(&shared, &sink, policy, cell, ticket)
+                    run_pipeline(&shared, &sink, policy, cell, ticket, handover)
                 })) {
                     Ok(e) => e,
                     Err(_) => Ended::Errored,
@@ -1234,6 +1260,7 @@ fn run_pipeline(
     policy: PanicPolicy,
     locked: Option<Arc<Mutex<Driver>>>,
     ticket: Option<crate::clock::Ticket>,
+    handover: Option<(Receiver<Msg>, Vec<(u32, u32)>)>,
 ) -> Ended {
     let name = shared.name();
     let report = |e: String| {
@@ -1316,6 +1343,23 @@ fn run_pipeline(
     let rx = shared.inbox.1.clone();
     let mut buf = [0u64; BATCH];
     let mut pending: Option<Msg> = None;
+    // What the sources taken over from a restarted pipeline sent to its old thread and it
+    // did not take: first, on their new ports.
+    let mut backlog: std::collections::VecDeque<Msg> = match handover {
+        Some((old, moved)) => {
+            let new_port = |p: u32| moved.iter().find(|(o, _)| *o == p).map(|(_, n)| *n);
+            old.try_iter()
+                .filter_map(|m| match m {
+                    Msg::Line(p, l) => new_port(p).map(|n| Msg::Line(n, l)),
+                    Msg::Complete(p) => new_port(p).map(Msg::Complete),
+                    Msg::Error(p, e) => new_port(p).map(|n| Msg::Error(n, e)),
+                    Msg::Notice(p, e) => new_port(p).map(|n| Msg::Notice(n, e)),
+                    Msg::Wake => None,
+                })
+                .collect()
+        }
+        None => Default::default(),
+    };
     loop {
         if cell.stopped() {
             return Ended::Stopped;
@@ -1327,7 +1371,15 @@ fn run_pipeline(
         }
         // 1. What host sources sent (a bounded number, so timers and batches get their turn).
         for _ in 0..BATCH {
-            let Some(msg) = pending.take().or_else(|| rx.try_recv().ok()) else {
+            if shared.stop.load(Ordering::Acquire) {
+                // Told to stop: what is left is for the pipeline's next start, if any.
+                return Ended::Stopped;
+            }
+            let Some(msg) = pending
+                .take()
+                .or_else(|| backlog.pop_front())
+                .or_else(|| rx.try_recv().ok())
+            else {
                 break;
             };
             match msg {

@@ -374,3 +374,56 @@ fn a_subject_reader_starts_and_completes_on_its_own() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A pipeline restarted because one of its sources changed takes over the others that did
+/// not: the file (a relative path, the plugin crate's) keeps its position, so no line is
+/// read twice, and what is appended after the reload reaches the new code.
+#[test]
+fn a_restart_for_one_source_keeps_the_others_position() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "streams_restart_keeps_file",
+        &plugin(
+            r#"    p.pipeline("mixed", file_lines("in.log").map(|l: String| l.len() as u64 * 10))
+        .merge(interval_ms(3_600_000))
+        .log();"#,
+        ),
+    );
+    fixture.write("in.log", "a\nbb\nccc\n");
+    let mut host = Harness::start(&fixture.options())?;
+    let (v1, _) = host.wait_loaded()?;
+    host.wait_emission("mixed", |v| v == "30")?;
+    fixture.edit(
+        "src/lib.rs",
+        "interval_ms(3_600_000)",
+        "interval_ms(3_500_000)",
+    );
+    let reload = host.wait_reload()?;
+    let v2 = reload_version(&reload);
+    let HostEvent::Reload { restarts, .. } = &reload else {
+        unreachable!()
+    };
+    assert_eq!(restarts.len(), 1, "{reload:?}");
+    assert_eq!(restarts[0].reason, "its source changed");
+    // The restarted pipeline's interval ticks 0 when it starts; then a line appended now.
+    host.wait_emission_from("mixed", v2)?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(fixture.path().join("in.log"))?;
+    std::io::Write::write_all(&mut log, b"dddd\n")?;
+    host.wait_emission("mixed", |v| v == "40")?;
+    let got: Vec<(u64, String)> = host.emissions("mixed");
+    let v1_lines: Vec<&str> = got
+        .iter()
+        .filter(|(v, x)| *v == v1 && x != "0")
+        .map(|(_, x)| x.as_str())
+        .collect();
+    let v2_values: Vec<&str> = got
+        .iter()
+        .filter(|(v, _)| *v == v2)
+        .map(|(_, x)| x.as_str())
+        .collect();
+    assert_eq!(v1_lines, ["10", "20", "30"], "{got:?}");
+    assert_eq!(v2_values, ["0", "40"], "nothing read twice: {got:?}");
+    host.stop();
+    Ok(())
+}
