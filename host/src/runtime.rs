@@ -1245,6 +1245,9 @@ enum PortRun {
     Done,
 }
 
+/// A restarted pipeline's old inbox and the ports its taken-over sources moved from and to.
+type Handover = (Receiver<Msg>, Vec<(u32, u32)>);
+
 /// How a pipeline thread goes on after a push.
 enum Step {
     Go,
@@ -1260,7 +1263,7 @@ fn run_pipeline(
     policy: PanicPolicy,
     locked: Option<Arc<Mutex<Driver>>>,
     ticket: Option<crate::clock::Ticket>,
-    handover: Option<(Receiver<Msg>, Vec<(u32, u32)>)>,
+    handover: Option<Handover>,
 ) -> Ended {
     let name = shared.name();
     let report = |e: String| {
