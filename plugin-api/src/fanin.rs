@@ -31,6 +31,10 @@ pub trait Join<L, R>: Send + Sync + 'static {
     type State: Shape + fmt::Debug + Send + Sync + 'static;
     /// Its kind (the track's).
     fn kind() -> &'static str;
+    /// Whether the right input is subscribed (started) before the left one, as RxJS and
+    /// rxRust do for `with_latest_from`: a start value of the right input is then the latest
+    /// one when the left input's start value arrives.
+    const RIGHT_FIRST: bool = false;
     /// Its seed state.
     fn seed() -> Self::State;
     /// A value of the left input.
@@ -187,13 +191,33 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
             self.b.complete::<C, _>(cx, port - SA::PORTS, &mut right)
         }
     }
+    /// Starts both inputs (the left one first, unless [`Join::RIGHT_FIRST`]). An input that
+    /// completes here (a `take(0)`, a `start_with(v).take(1)`) completes its side only: the
+    /// answer is `Complete` only if the pipeline's end completed, otherwise the pipeline goes
+    /// on, and that input's port reports `PORT_DONE` at its first value.
     fn start<C: Tally, K: Observer<J::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
-        let mut left = self.side::<C, K>(cx, LEFT, k);
-        if self.a.start::<C, _>(cx, &mut left) == Flow::Complete && cx.is_completed() {
-            return Flow::Complete;
+        let start_left = |k: &mut K| {
+            let mut left = self.side::<C, K>(cx, LEFT, k);
+            self.a.start::<C, _>(cx, &mut left);
+        };
+        let start_right = |k: &mut K| {
+            let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
+            self.b.start::<C, _>(cx, &mut right);
+        };
+        let (first, second): (&dyn Fn(&mut K), &dyn Fn(&mut K)) = if J::RIGHT_FIRST {
+            (&start_right, &start_left)
+        } else {
+            (&start_left, &start_right)
+        };
+        first(k);
+        if !cx.is_completed() {
+            second(k);
         }
-        let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
-        self.b.start::<C, _>(cx, &mut right)
+        if cx.is_completed() {
+            Flow::Complete
+        } else {
+            Flow::Continue
+        }
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.a.bind(b);
@@ -490,6 +514,7 @@ where
     fn kind() -> &'static str {
         "with_latest_from"
     }
+    const RIGHT_FIRST: bool = true;
     fn seed() -> Option<R> {
         None
     }
