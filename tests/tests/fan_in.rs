@@ -110,8 +110,10 @@ fn with_latest_from_keeps_its_latest_right_value_across_a_reload() -> anyhow::Re
 
 /// A `merge` keeps which inputs completed across a reload: its left input (`range(0, 3)`)
 /// completed before the reload; the reload edits the right input's `take_while` so that it
-/// completes at its next tick, and the pipeline completes then. A merge that forgot the left
-/// input's completion would wait for it for ever.
+/// completes at its next tick, and the merge completes then: the `count` after it emits the
+/// number of values merged (plus 1,000,000, to tell it apart). A merge that forgot the left
+/// input's completion would never complete downstream. (The host itself ends a pipeline
+/// once every port is done, so its `completed` event alone would not show it.)
 #[test]
 fn merge_keeps_which_inputs_completed_across_a_reload() -> anyhow::Result<()> {
     let fixture = Fixture::new(
@@ -119,6 +121,9 @@ fn merge_keeps_which_inputs_completed_across_a_reload() -> anyhow::Result<()> {
         &plugin(
             r#"    p.pipeline("m", range(0, 3))
         .merge(interval_ms(20).map(|n: u64| n + 100).take_while(|n: &u64| *n < u64::MAX))
+        .log()
+        .count()
+        .map(|n: u64| n + 1_000_000)
         .log();"#,
         ),
     );
@@ -158,6 +163,16 @@ fn merge_keeps_which_inputs_completed_across_a_reload() -> anyhow::Result<()> {
     )
     .expect("seen");
     assert!(completed > reloaded, "completed after the reload");
+    let emissions = host.emissions("m");
+    let (counts, merged): (Vec<i64>, Vec<i64>) = emissions
+        .iter()
+        .map(|(_, x)| value(x))
+        .partition(|x| *x >= 1_000_000);
+    assert_eq!(
+        counts,
+        [1_000_000 + merged.len() as i64],
+        "the merge completed downstream: {emissions:?}"
+    );
     host.stop();
     Ok(())
 }
