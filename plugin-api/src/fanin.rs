@@ -4,8 +4,13 @@
 //! any operator's, so it survives reloads.
 //!
 //! Completion follows RxJS: `merge` and `combine_latest` complete when both inputs have
-//! (`combine_latest` also when an input completes without ever emitting); `zip` when an
-//! input that completed has nothing queued; `with_latest_from` when its own input does.
+//! (`combine_latest` also when an input completes without ever emitting, as RxJS documents
+//! and rxRust and RxJava do; RxJS 7's code waits for both, though nothing can be emitted any
+//! more); `zip` when an input that completed has nothing queued; `with_latest_from` when its
+//! own input does. An input completing while the pipeline goes on makes its port answer
+//! `PORT_DONE`, at `start` too (see [`FanIn`]'s `start`). `with_latest_from` starts its right
+//! input first, as RxJS and rxRust subscribe it first. `tests/differential_fanin.rs` checks
+//! all four against rxRust 1.0.0-rc.6.
 
 use core::ffi::c_void;
 use core::fmt;
@@ -196,28 +201,19 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
     /// answer is `Complete` only if the pipeline's end completed, otherwise the pipeline goes
     /// on, and that input's port reports `PORT_DONE` at its first value.
     fn start<C: Tally, K: Observer<J::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
-        let start_left = |k: &mut K| {
-            let mut left = self.side::<C, K>(cx, LEFT, k);
-            self.a.start::<C, _>(cx, &mut left);
-        };
-        let start_right = |k: &mut K| {
-            let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
-            self.b.start::<C, _>(cx, &mut right);
-        };
-        let (first, second): (&dyn Fn(&mut K), &dyn Fn(&mut K)) = if J::RIGHT_FIRST {
-            (&start_right, &start_left)
-        } else {
-            (&start_left, &start_right)
-        };
-        first(k);
-        if !cx.is_completed() {
-            second(k);
+        for right in [J::RIGHT_FIRST, !J::RIGHT_FIRST] {
+            if right {
+                let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
+                self.b.start::<C, _>(cx, &mut right);
+            } else {
+                let mut left = self.side::<C, K>(cx, LEFT, k);
+                self.a.start::<C, _>(cx, &mut left);
+            }
+            if cx.is_completed() {
+                return Flow::Complete;
+            }
         }
-        if cx.is_completed() {
-            Flow::Complete
-        } else {
-            Flow::Continue
-        }
+        Flow::Continue
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.a.bind(b);
