@@ -22,10 +22,11 @@
 //! An absent `take` is written as `take(u64::MAX)` on both sides (it never completes), to
 //! keep the number of chain shapes down.
 //!
-//! Besides the outputs, every port our pipeline reported `PORT_DONE` for must be an input
-//! whose stream completed in rxRust before the output did (the converse does not hold: an
-//! input completing at subscription, a `take(0)`, is reported by our pipeline at that port's
-//! next value, since `start` has no port to name).
+//! Besides the outputs, our pipeline must report `PORT_DONE` for a port exactly where rxRust's
+//! input completes while the output goes on: at the same step of the schedule (the value
+//! inside a batch that completed it, by the count the batch entry point returns), or, for an
+//! input that completes at subscription (a `take(0)`), at that port's first step, since
+//! `start` has no port to name. Where the output completes too, the status is `COMPLETE`.
 //!
 //! Completion follows RxJS where the two differ. They agree on these four operators with
 //! one exception: RxJS 7's `combineLatest` completes only when every input has (its code),
@@ -159,12 +160,19 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-/// What one side produced: the outputs (Debug texts, then `|` if the output completed) and
-/// the inputs whose streams completed (ours: the ports reported `PORT_DONE`).
+/// Where in a schedule something happened: at subscription, or at event `i`.
+type At = Option<usize>;
+
+/// What one side produced.
 #[derive(Debug, PartialEq, Eq)]
 struct Ran {
+    /// The outputs' Debug texts, then `|` if the output completed.
     out: Vec<String>,
-    inputs_done: Vec<u32>,
+    /// Ours: each port reported `PORT_DONE`, and where. rxRust: each input whose stream
+    /// completed before the output did, and where.
+    inputs_done: Vec<(u32, At)>,
+    /// Where the output completed.
+    completed: Option<At>,
 }
 
 /// Runs the pipeline `build` registers through `case`'s schedule as the host runs two
@@ -173,9 +181,13 @@ struct Ran {
 /// at the sizes `case.feed` cycles through) or one by one.
 fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> Ran {
     let mut run = only_pipeline(register(build.clone()));
+    let mut completed = None;
     let mut done = match run.start() {
         status::CONTINUE => false,
-        status::COMPLETE => true,
+        status::COMPLETE => {
+            completed = Some(None);
+            true
+        }
         other => panic!("start returned {other}: {:?}", run.errors()),
     };
     let mut port_done = [false; 2];
@@ -195,13 +207,13 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> R
         if case.reload_at == Some(i) {
             run.reload(only_captured(register(build.clone())));
         }
-        let (port, s, n) = match events[i] {
+        let (port, s, n, at) = match events[i] {
             Ev::Complete(port) => {
                 if port_done[port as usize] {
                     i += 1;
                     continue;
                 }
-                (port, run.complete_port(port), 1)
+                (port, run.complete_port(port), 1, i)
             }
             Ev::Value(port, _) => {
                 // The run of values on `port` from `i`, up to the batch size and the reload.
@@ -225,25 +237,28 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> R
                     i = end;
                     continue;
                 }
-                let s = match case.feed {
+                let (s, at) = match case.feed {
                     Feed::Batches(_) => {
                         let (s, consumed) = run.push_port(port, &xs);
                         if s != status::CONTINUE {
                             assert!(consumed >= 1 && consumed <= xs.len(), "{consumed}");
                         }
-                        s
+                        (s, i + consumed.max(1) - 1)
                     }
-                    Feed::OneByOne => run.push_one_port(port, xs[0]),
+                    Feed::OneByOne => (run.push_one_port(port, xs[0]), i),
                 };
-                (port, s, end - i)
+                (port, s, end - i, at)
             }
         };
         match s {
             status::CONTINUE => {}
-            status::COMPLETE => done = true,
+            status::COMPLETE => {
+                done = true;
+                completed = Some(Some(at));
+            }
             status::PORT_DONE => {
                 port_done[port as usize] = true;
-                inputs_done.push(port);
+                inputs_done.push((port, Some(at)));
             }
             other => panic!("event {i} returned {other}: {:?}", run.errors()),
         }
@@ -254,8 +269,11 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> R
     if done {
         out.push("|".to_owned());
     }
-    inputs_done.sort_unstable();
-    Ran { out, inputs_done }
+    Ran {
+        out,
+        inputs_done,
+        completed,
+    }
 }
 
 /// Our output: the pipeline `join` (an expression on the inputs `l` and `r`) builds, with
@@ -313,14 +331,20 @@ macro_rules! theirs {
             case.takes.1.map_or(usize::MAX, |k| k as usize),
         );
         let after = case.after.map_or(usize::MAX, |a| a as usize);
-        let log = Rc::new(RefCell::new(Vec::<String>::new()));
+        let log = Rc::new(RefCell::new(Vec::<(String, At)>::new()));
+        // Where the schedule is: `None` while subscribing, then each event's index.
+        let now = Rc::new(std::cell::Cell::new(None::<usize>));
         let a = rx::Local::subject::<u64, std::convert::Infallible>();
         let b = rx::Local::subject::<u64, std::convert::Infallible>();
-        let (l_done, r_done, end, each) = (log.clone(), log.clone(), log.clone(), log.clone());
-        let l_done = move || l_done.borrow_mut().push("0 done".to_owned());
-        let r_done = move || r_done.borrow_mut().push("1 done".to_owned());
-        let end = move || end.borrow_mut().push("|".to_owned());
-        let each = move |x: &dyn std::fmt::Debug| each.borrow_mut().push(format!("{x:?}"));
+        let note = {
+            let (log, now) = (log.clone(), now.clone());
+            move |e: String| log.borrow_mut().push((e, now.get()))
+        };
+        let (n0, n1, n2, n3) = (note.clone(), note.clone(), note.clone(), note);
+        let l_done = move || n0("0 done".to_owned());
+        let r_done = move || n1("1 done".to_owned());
+        let end = move || n2("|".to_owned());
+        let each = move |x: &dyn std::fmt::Debug| n3(format!("{x:?}"));
         match case.starts {
             (Some(u), Some(v)) => {
                 let $l = a.clone().start_with(vec![u]).take(lk).on_complete(l_done);
@@ -356,7 +380,8 @@ macro_rules! theirs {
             }
         }
         let mut subjects = [Some(a), Some(b)];
-        for ev in &case.events {
+        for (i, ev) in case.events.iter().enumerate() {
+            now.set(Some(i));
             match *ev {
                 Ev::Value(port, x) => {
                     if let Some(s) = subjects[port as usize].as_mut() {
@@ -370,30 +395,43 @@ macro_rules! theirs {
                 }
             }
         }
-        split(log.take())
+        split(log.take(), &case.events)
     }};
 }
 
-/// rxRust's log as a [`Ran`]: what came before the output's completion (an input may report
-/// its completion after it: rxRust's `take` completes its observer after a last value that
-/// completed the output downstream).
-fn split(log: Vec<String>) -> Ran {
-    let end = log
+/// rxRust's log as a [`Ran`], with the input completions our pipeline must report: those
+/// before the output's completion (rxRust's `take` completes its observer after a last value
+/// that completed the output downstream) and not at the same step (there our status is
+/// `COMPLETE`); one at subscription is reported at that port's first step, if the output has
+/// not completed by then.
+fn split(log: Vec<(String, At)>, events: &[Ev]) -> Ran {
+    let end = log.iter().position(|(e, _)| e == "|");
+    let completed = end.map(|i| log[i].1);
+    let log = &log[..end.map_or(log.len(), |i| i + 1)];
+    let inputs_done = log
         .iter()
-        .position(|e| e == "|")
-        .map_or(log.len(), |i| i + 1);
-    let mut inputs_done: Vec<u32> = log[..end]
-        .iter()
-        .filter_map(|e| e.strip_suffix(" done")?.parse().ok())
+        .filter_map(|(e, at)| Some((e.strip_suffix(" done")?.parse::<u32>().ok()?, *at)))
+        .filter_map(|(port, at)| {
+            let at = match at {
+                Some(i) => i,
+                None => events.iter().position(|e| match e {
+                    Ev::Value(p, _) | Ev::Complete(p) => *p == port,
+                })?,
+            };
+            let before_end = completed.is_none_or(|c| c.is_some_and(|c| at < c));
+            before_end.then_some((port, Some(at)))
+        })
         .collect();
-    inputs_done.sort_unstable();
-    inputs_done.dedup();
-    let out = log[..end]
+    let out = log
         .iter()
-        .filter(|e| !e.ends_with(" done"))
-        .cloned()
+        .filter(|(e, _)| !e.ends_with(" done"))
+        .map(|(e, _)| e.clone())
         .collect();
-    Ran { out, inputs_done }
+    Ran {
+        out,
+        inputs_done,
+        completed,
+    }
 }
 
 type Runs = (Ran, Ran);
@@ -440,23 +478,12 @@ const OPERATORS: [(&str, Check); 4] = [
     ("with_latest_from", with_latest_from),
 ];
 
-/// Checks one run: the same outputs and completion, and every port we reported done is an
-/// input that completed in rxRust.
+/// Checks one run: the same outputs, the same completion point, and `PORT_DONE` where
+/// rxRust's input completed.
 fn check(name: &str, case: &Case, (ours, theirs): Runs) -> Result<(), String> {
-    if ours.out != theirs.out {
+    if ours != theirs {
         return Err(format!(
-            "{name}: ours {:?}, rxRust {:?} on {case:?}",
-            ours.out, theirs.out
-        ));
-    }
-    if let Some(p) = ours
-        .inputs_done
-        .iter()
-        .find(|p| !theirs.inputs_done.contains(p))
-    {
-        return Err(format!(
-            "{name}: port {p} reported done, input not completed in rxRust ({:?}) on {case:?}",
-            theirs.inputs_done
+            "{name}: ours {ours:?}, rxRust {theirs:?} on {case:?}"
         ));
     }
     Ok(())
@@ -547,19 +574,24 @@ fn the_reference_gives_the_expected_outputs() {
         Value(0, 3),
         Complete(0),
     ];
-    let cases: [(&str, Case, &[&str], &[u32]); 6] = [
+    // Each: the operator, the case, the outputs, where ports report `PORT_DONE` (port, step),
+    // and the step where the output completes.
+    type Expected<'a> = (&'a str, Case, &'a [&'a str], &'a [(u32, usize)], usize);
+    let cases: [Expected<'_>; 6] = [
         (
             "merge",
             case(events.clone(), (None, None)),
             &["1", "11", "2", "12", "13", "3", "|"],
-            &[1],
+            &[(1, 5)],
+            7,
         ),
         // The right input's `take(1)` completes its port; the merge goes on until the left.
         (
             "merge",
             case(events.clone(), (None, Some(1))),
             &["1", "11", "2", "3", "|"],
-            &[1],
+            &[(1, 1)],
+            7,
         ),
         // 13 waits in the right queue when the right input completes; the left 3 takes it,
         // and with nothing queued on a completed input, the zip completes.
@@ -567,13 +599,15 @@ fn the_reference_gives_the_expected_outputs() {
             "zip",
             case(events.clone(), (None, None)),
             &["111", "212", "313", "|"],
-            &[1],
+            &[(1, 5)],
+            6,
         ),
         (
             "combine_latest",
             case(events.clone(), (None, None)),
             &["111", "211", "212", "213", "313", "|"],
-            &[1],
+            &[(1, 5)],
+            7,
         ),
         // An input completing without a value: nothing can be combined any more.
         (
@@ -581,20 +615,26 @@ fn the_reference_gives_the_expected_outputs() {
             case(vec![Complete(1), Value(0, 1)], (None, None)),
             &["|"],
             &[],
+            0,
         ),
         (
             "with_latest_from",
             case(events, (None, None)),
             &["211", "313", "|"],
-            &[1],
+            &[(1, 5)],
+            7,
         ),
     ];
-    for (name, case, expected, done) in cases {
+    for (name, case, out, done, completed) in cases {
         let run = OPERATORS.iter().find(|o| o.0 == name).expect("listed").1;
         let (ours, theirs) = run(&case);
-        assert_eq!(theirs.out, expected, "rxRust's {name} on {case:?}");
-        assert_eq!(ours.out, expected, "our {name} on {case:?}");
-        assert_eq!(ours.inputs_done, done, "our {name}'s ports on {case:?}");
+        let expected = Ran {
+            out: out.iter().map(|s| s.to_string()).collect(),
+            inputs_done: done.iter().map(|&(p, i)| (p, Some(i))).collect(),
+            completed: Some(Some(completed)),
+        };
+        assert_eq!(theirs, expected, "rxRust's {name} on {case:?}");
+        assert_eq!(ours, expected, "our {name} on {case:?}");
     }
 }
 
