@@ -28,11 +28,13 @@
 //! input that completes at subscription (a `take(0)`), at that port's first step, since
 //! `start` has no port to name. Where the output completes too, the status is `COMPLETE`.
 //!
-//! Completion follows RxJS where the two differ. They agree on these four operators with
-//! one exception: RxJS 7's `combineLatest` completes only when every input has (its code),
-//! while its documentation, rxRust, RxJava and our operator complete as soon as an input
-//! completes without having emitted (no output can come after that). We keep that (see
-//! `fanin.rs`), so rxRust stays the reference here.
+//! The issue asks for RxJS's completion semantics. rxRust agrees with RxJS on these four
+//! with one exception, where we side with rxRust: RxJS's documentation says `combineLatest`
+//! completes as soon as an input completes without having emitted (no output can come after
+//! that), and rxRust, RxJava and our operator do so, while RxJS 7's code waits until every
+//! input has completed (the documentation and code disagree: ReactiveX/rxjs#4745). So rxRust
+//! stays the reference throughout. A `take(0)` completes at subscription in both (RxJS's
+//! `take(0)` is `EMPTY`).
 //!
 //! Subscription order follows RxJS and rxRust: `with_latest_from` subscribes its right
 //! input first (a `start_with` on it is the latest value when the left input's start value
