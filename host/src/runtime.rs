@@ -929,6 +929,8 @@ pub struct Driver {
     cx: EmitCx,
     /// Calls into plugin code begun plus finished (mirrored to `shared.calls`).
     calls: u64,
+    /// Whether the chain was subscribed (`start` ran): once per driver.
+    started: bool,
     /// With the inspector on: its tally, and the counters `cx.counts` points into (held here
     /// so the pointer stays valid).
     tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
@@ -991,6 +993,7 @@ impl Driver {
             host,
             cx,
             calls,
+            started: false,
             tally,
         })
     }
@@ -1137,6 +1140,14 @@ impl Driver {
         wire: Wire,
         item: *const c_void,
     ) -> Result<Pushed, String> {
+        // A subject's publisher may deliver before the subscriber's own thread subscribed
+        // its chain: the subscription (`start_with`) comes first whoever runs it.
+        if !self.started {
+            match self.start()? {
+                Pushed::Continue | Pushed::Panicked { .. } => {}
+                done => return Ok(done),
+            }
+        }
         self.mark_call();
         let r = self.refresh().and_then(|()| {
             let spec = self.code.sources.get(port as usize);
@@ -1179,6 +1190,10 @@ impl Driver {
 
     /// Subscribes the chain: `start_with` values are emitted here.
     pub fn start(&mut self) -> Result<Pushed, String> {
+        if self.started {
+            return Ok(Pushed::Continue);
+        }
+        self.started = true;
         self.mark_call();
         let r = self
             .refresh()

@@ -1443,6 +1443,17 @@ impl<T: 'static> Op<T> for Take<T> {
             r
         }
     }
+    /// A `take` already full at subscription (`take(0)`, or a count kept full) completes
+    /// there, without its upstream starting, as in RxJS (`take(0)` is `EMPTY`).
+    fn start<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        // SAFETY: as in `push`.
+        let taken = unsafe { *cx.state::<u64>(self.at.op) };
+        if taken >= self.n {
+            k.complete();
+            return Flow::Complete;
+        }
+        Flow::Continue
+    }
     unsafe fn init(&self, dst: *mut u8) {
         // SAFETY: the caller guarantees `dst` is valid and aligned for a `u64`.
         unsafe { dst.cast::<u64>().write(0) }

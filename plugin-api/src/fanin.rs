@@ -4,8 +4,13 @@
 //! any operator's, so it survives reloads.
 //!
 //! Completion follows RxJS: `merge` and `combine_latest` complete when both inputs have
-//! (`combine_latest` also when an input completes without ever emitting); `zip` when an
-//! input that completed has nothing queued; `with_latest_from` when its own input does.
+//! (`combine_latest` also when an input completes without ever emitting, as RxJS documents
+//! and rxRust and RxJava do; RxJS 7's code waits for both, though nothing can be emitted any
+//! more); `zip` when an input that completed has nothing queued; `with_latest_from` when its
+//! own input does. An input completing while the pipeline goes on makes its port answer
+//! `PORT_DONE`, at `start` too (see [`FanIn`]'s `start`). `with_latest_from` starts its right
+//! input first, as RxJS and rxRust subscribe it first. `tests/differential_fanin.rs` checks
+//! all four against rxRust 1.0.0-rc.6.
 
 use core::ffi::c_void;
 use core::fmt;
@@ -31,6 +36,10 @@ pub trait Join<L, R>: Send + Sync + 'static {
     type State: Shape + fmt::Debug + Send + Sync + 'static;
     /// Its kind (the track's).
     fn kind() -> &'static str;
+    /// Whether the right input is subscribed (started) before the left one, as RxJS and
+    /// rxRust do for `with_latest_from`: a start value of the right input is then the latest
+    /// one when the left input's start value arrives.
+    const RIGHT_FIRST: bool = false;
     /// Its seed state.
     fn seed() -> Self::State;
     /// A value of the left input.
@@ -187,13 +196,24 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
             self.b.complete::<C, _>(cx, port - SA::PORTS, &mut right)
         }
     }
+    /// Starts both inputs (the left one first, unless [`Join::RIGHT_FIRST`]). An input that
+    /// completes here (a `take(0)`, a `start_with(v).take(1)`) completes its side only: the
+    /// answer is `Complete` only if the pipeline's end completed, otherwise the pipeline goes
+    /// on, and that input's port reports `PORT_DONE` at its first value.
     fn start<C: Tally, K: Observer<J::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
-        let mut left = self.side::<C, K>(cx, LEFT, k);
-        if self.a.start::<C, _>(cx, &mut left) == Flow::Complete && cx.is_completed() {
-            return Flow::Complete;
+        for right in [J::RIGHT_FIRST, !J::RIGHT_FIRST] {
+            if right {
+                let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
+                self.b.start::<C, _>(cx, &mut right);
+            } else {
+                let mut left = self.side::<C, K>(cx, LEFT, k);
+                self.a.start::<C, _>(cx, &mut left);
+            }
+            if cx.is_completed() {
+                return Flow::Complete;
+            }
         }
-        let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
-        self.b.start::<C, _>(cx, &mut right)
+        Flow::Continue
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.a.bind(b);
@@ -490,6 +510,7 @@ where
     fn kind() -> &'static str {
         "with_latest_from"
     }
+    const RIGHT_FIRST: bool = true;
     fn seed() -> Option<R> {
         None
     }

@@ -225,6 +225,12 @@ impl Running {
 
     /// Pushes `xs` as one batch; returns the status and how many were taken.
     pub fn push(&self, xs: &[u64]) -> (u32, usize) {
+        self.push_port(0, xs)
+    }
+
+    /// Pushes `xs` as one batch on source `port` (a fan-in's ports: the left input's first,
+    /// then the right one's); returns the status and how many were taken.
+    pub fn push_port(&self, port: u32, xs: &[u64]) -> (u32, usize) {
         let ptrs = self.ptrs();
         let mut consumed = 0;
         // SAFETY: one seeded slot per operator, a valid batch and context.
@@ -232,7 +238,7 @@ impl Running {
             (self.p.desc.push)(
                 self.p.env,
                 ptrs.as_ptr(),
-                0,
+                port,
                 xs.as_ptr().cast(),
                 xs.len(),
                 &self.cx,
@@ -244,25 +250,33 @@ impl Running {
 
     /// Pushes each of `xs` on its own, as a push source does.
     pub fn push_each(&self, xs: impl IntoIterator<Item = u64>) -> Vec<u32> {
+        xs.into_iter().map(|x| self.push_one_port(0, x)).collect()
+    }
+
+    /// Pushes `x` alone on source `port`, through the single-value entry point.
+    pub fn push_one_port(&self, port: u32, x: u64) -> u32 {
         let ptrs = self.ptrs();
-        xs.into_iter()
-            // SAFETY: as in `push`.
-            .map(|x| unsafe {
-                (self.p.desc.push_one)(
-                    self.p.env,
-                    ptrs.as_ptr(),
-                    0,
-                    (&raw const x).cast(),
-                    &self.cx,
-                )
-            })
-            .collect()
+        // SAFETY: as in `push_port`; `x` outlives the call.
+        unsafe {
+            (self.p.desc.push_one)(
+                self.p.env,
+                ptrs.as_ptr(),
+                port,
+                (&raw const x).cast(),
+                &self.cx,
+            )
+        }
     }
 
     pub fn complete(&self) -> u32 {
+        self.complete_port(0)
+    }
+
+    /// Tells the chain that source `port` completed.
+    pub fn complete_port(&self, port: u32) -> u32 {
         let ptrs = self.ptrs();
-        // SAFETY: as in `push`.
-        unsafe { (self.p.desc.complete)(self.p.env, ptrs.as_ptr(), 0, &self.cx) }
+        // SAFETY: as in `push_port`.
+        unsafe { (self.p.desc.complete)(self.p.env, ptrs.as_ptr(), port, &self.cx) }
     }
 
     pub fn logs(&self) -> Vec<String> {
