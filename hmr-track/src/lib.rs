@@ -126,10 +126,10 @@ pub use accumulator::{
     SubscriptionCall, SubscriptionFrame, TrackFrame, apply,
 };
 pub use error::ApplyError;
-pub use event::{Event, ModuleOutcome, UpdateOutcome};
+pub use event::{Event, ModuleOutcome, SubjectRole, UpdateOutcome};
 pub use model::{
     Fingerprint, Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature,
-    Subscription, Track, signature_change,
+    Subject, SubjectPending, Subscription, Track, signature_change,
 };
 pub use recorder::Recorder;
 pub use tracks::{BuildIdHash, IdHasher, TrackMap};
