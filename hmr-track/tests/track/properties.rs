@@ -428,6 +428,13 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
                 .values()
                 .filter(registered)
                 .filter(|t| t.parent.is_none() && !open.contains(&t.id))
+                .filter(|t| {
+                    let entity = match &t.pending {
+                        Some(p) if p.module == module => p.entity_id,
+                        _ => t.entity_id,
+                    };
+                    entity.is_some_and(|e| state.store.pipelines.contains_key(&e))
+                })
                 .nth(usize::from(choice / 7 % 2))
             {
                 return Some(Event::SubjectUse {
@@ -844,6 +851,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
         first_uses in subject_uses(),
         second_uses in subject_uses(),
+        among_uses in any::<bool>(),
     ) {
         let mut rec = Recorder::new();
         run_with_subjects(&mut rec, &first, &uses_in(&first, &first_uses, "u64")).unwrap();
@@ -854,8 +862,18 @@ proptest! {
         let mut scratch = rec.clone();
         run_with_subjects(&mut scratch, &second, &uses_in(&second, &second_uses, "i32")).unwrap();
         let second_events = &scratch.log[rec.log.len()..];
-        // Keep the module-call and a prefix of the registration, drop its return.
-        let end = 1 + cut.index(second_events.len() - 1);
+        // Keep the module-call and a prefix of the registration, drop its return; half the
+        // time the prefix ends among the subject uses (if any), which come last.
+        let first_use = second_events
+            .iter()
+            .position(|e| matches!(e, Event::SubjectUse { .. }))
+            .unwrap_or(1)
+            .max(1);
+        let end = if among_uses {
+            first_use + cut.index(second_events.len() - first_use)
+        } else {
+            1 + cut.index(second_events.len() - 1)
+        };
         for event in &second_events[..end] {
             rec.record(event.clone()).unwrap();
         }
