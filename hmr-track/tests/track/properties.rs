@@ -440,7 +440,7 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
                 return Some(Event::SubjectUse {
                     subject: SUBJECTS[usize::from(choice / 14 % 2)].to_owned(),
                     track: track.id,
-                    role: if choice / 28 % 2 == 0 {
+                    role: if (choice / 28).is_multiple_of(2) {
                         SubjectRole::Publish
                     } else {
                         SubjectRole::Subscribe
