@@ -1,7 +1,7 @@
 //! The accumulator: [`State`] (`stack` of open calls + `store` of entities) and `apply`, which
 //! validates an event fully and only then mutates, so a refused event changes nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -9,10 +9,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApplyError;
-use crate::event::{Event, ModuleOutcome, UpdateOutcome};
+use crate::event::{Event, ModuleOutcome, SubjectRole, UpdateOutcome};
 use crate::model::{
-    Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature, Subscription,
-    Track, signature_change,
+    Fingerprint, Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature,
+    Subject, SubjectPending, Subscription, Track, describe_pair, signature_change,
 };
 use crate::path;
 use crate::tracks::TrackMap;
@@ -141,6 +141,8 @@ pub struct Store {
     pub operators: BTreeMap<Id, Operator>,
     /// Subscriptions by id.
     pub subscriptions: BTreeMap<Id, Subscription>,
+    /// Subjects by name.
+    pub subjects: BTreeMap<String, Subject>,
     /// Structural path -> track id, one entry per track.
     pub paths: BTreeMap<String, Id>,
     /// `paths` again, hashed: a lookup by path is one hash, not a dozen string comparisons
@@ -201,6 +203,9 @@ struct StoreData {
     pipelines: BTreeMap<Id, Pipeline>,
     operators: BTreeMap<Id, Operator>,
     subscriptions: BTreeMap<Id, Subscription>,
+    /// Absent from a store serialized before subjects were entities.
+    #[serde(default)]
+    subjects: BTreeMap<String, Subject>,
     paths: BTreeMap<String, Id>,
 }
 
@@ -213,6 +218,7 @@ impl From<StoreData> for Store {
             pipelines: d.pipelines,
             operators: d.operators,
             subscriptions: d.subscriptions,
+            subjects: d.subjects,
             paths: d.paths,
             path_index,
         }
@@ -380,6 +386,12 @@ impl State {
                 *subscription,
                 SubscriptionCall::Unsubscribe,
             ),
+            Event::SubjectUse {
+                subject,
+                track,
+                role,
+                item,
+            } => self.subject_use(subject, *track, *role, item),
             Event::TrackUpdate {
                 track,
                 module,
@@ -487,6 +499,7 @@ impl State {
                 if let Some(m) = self.store.modules.get_mut(&module) {
                     m.status = ModuleStatus::Ok;
                 }
+                commit_subjects(&mut self.store.subjects, module);
                 self.current_module = Some(module);
             }
             ModuleOutcome::Failed { reason } => self.roll_back(module, reason),
@@ -503,6 +516,7 @@ impl State {
             pipelines,
             operators,
             subscriptions,
+            subjects,
             paths,
             path_index,
         } = &mut self.store;
@@ -526,6 +540,12 @@ impl State {
         pipelines.retain(|_, p| p.module != module);
         operators.retain(|_, o| o.module != module);
         subscriptions.retain(|_, s| s.module != Some(module));
+        subjects.retain(|_, subject| {
+            if subject.pending.as_ref().is_some_and(|p| p.module == module) {
+                subject.pending = None;
+            }
+            subject.created_by != module
+        });
         if let Some(m) = modules.get_mut(&module) {
             m.status = ModuleStatus::Failed {
                 reason: reason.to_owned(),
@@ -1209,6 +1229,139 @@ impl State {
         }
         Ok(())
     }
+}
+
+impl State {
+    // ---- subjects ------------------------------------------------------------------------
+
+    fn subject_use(
+        &mut self,
+        subject: &str,
+        track: Id,
+        role: SubjectRole,
+        item: &Fingerprint,
+    ) -> Result<(), ApplyError> {
+        const EVENT: &str = "subject-use";
+        let module = self.open_module(EVENT)?;
+        if subject.is_empty() || subject.chars().any(char::is_control) {
+            return Err(ApplyError::InvalidSubject {
+                event: EVENT,
+                subject: subject.to_owned(),
+            });
+        }
+        let Some(stored) = self.store.tracks.get(&track) else {
+            return Err(ApplyError::UnknownTrack {
+                event: EVENT,
+                track,
+            });
+        };
+        if !registered_in(stored, module) {
+            return Err(ApplyError::TrackNotInRun {
+                event: EVENT,
+                track,
+                module,
+            });
+        }
+        // The entity of this run's registration of the track (set when its scope returned).
+        let entity = match &stored.pending {
+            Some(p) if p.module == module => p.entity_id,
+            _ => stored.entity_id,
+        };
+        if !entity.is_some_and(|e| self.store.pipelines.contains_key(&e)) {
+            return Err(ApplyError::NotAPipelineTrack {
+                event: EVENT,
+                track,
+            });
+        }
+        let Some(existing) = self.store.subjects.get_mut(subject) else {
+            // Validated: mutate. The first declaration of a new subject.
+            let (publishers, subscribers) = uses_of(role, track);
+            self.store.subjects.insert(
+                subject.to_owned(),
+                Subject {
+                    name: subject.to_owned(),
+                    item: item.clone(),
+                    publishers,
+                    subscribers,
+                    module,
+                    created_by: module,
+                    pending: None,
+                },
+            );
+            return Ok(());
+        };
+        // What this run declared for the subject so far, if anything.
+        let declared = if existing.module == module {
+            Some((
+                &existing.item,
+                &mut existing.publishers,
+                &mut existing.subscribers,
+            ))
+        } else {
+            existing
+                .pending
+                .as_mut()
+                .filter(|p| p.module == module)
+                .map(|p| (&p.item, &mut p.publishers, &mut p.subscribers))
+        };
+        match declared {
+            Some((declared, _, _)) if declared != item => {
+                let (declared, found) = describe_pair(Some(declared), Some(item));
+                Err(ApplyError::SubjectTypeMismatch {
+                    event: EVENT,
+                    subject: subject.to_owned(),
+                    module,
+                    declared,
+                    track,
+                    found,
+                })
+            }
+            // Validated: mutate.
+            Some((_, publishers, subscribers)) => {
+                match role {
+                    SubjectRole::Publish => publishers.insert(track),
+                    SubjectRole::Subscribe => subscribers.insert(track),
+                };
+                Ok(())
+            }
+            None => {
+                let (publishers, subscribers) = uses_of(role, track);
+                existing.pending = Some(SubjectPending {
+                    module,
+                    item: item.clone(),
+                    publishers,
+                    subscribers,
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The publisher and subscriber sets of a subject's first use in a run.
+fn uses_of(role: SubjectRole, track: Id) -> (BTreeSet<Id>, BTreeSet<Id>) {
+    let one = BTreeSet::from([track]);
+    match role {
+        SubjectRole::Publish => (one, BTreeSet::new()),
+        SubjectRole::Subscribe => (BTreeSet::new(), one),
+    }
+}
+
+/// At the `ok` return of run `module`: what it declared replaces what earlier runs did, and a
+/// subject it did not mention leaves the store (its uses were all in code the run replaced).
+fn commit_subjects(subjects: &mut BTreeMap<String, Subject>, module: ModuleId) {
+    subjects.retain(|_, subject| {
+        match subject.pending.take() {
+            Some(p) if p.module == module => {
+                subject.item = p.item;
+                subject.publishers = p.publishers;
+                subject.subscribers = p.subscribers;
+                subject.module = module;
+            }
+            other => subject.pending = other,
+        }
+        subject.module == module
+    });
 }
 
 /// A `*-call-return` for `found` must close the innermost open call of its kind, `top`.

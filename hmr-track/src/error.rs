@@ -268,6 +268,45 @@ pub enum ApplyError {
         /// The parent.
         parent: Id,
     },
+    /// A subject name that is empty or holds a control character.
+    #[error(
+        "{event}: invalid subject name {subject:?} (a subject name is non-empty and holds no control character)"
+    )]
+    InvalidSubject {
+        /// The refused event.
+        event: &'static str,
+        /// The name.
+        subject: String,
+    },
+    /// A `subject-use` naming a track the running module did not register.
+    #[error("{event}: track {track} is not registered by the running module {module}")]
+    TrackNotInRun {
+        /// The refused event.
+        event: &'static str,
+        /// The track.
+        track: Id,
+        /// The running module.
+        module: ModuleId,
+    },
+    /// A `subject-use` whose value type differs from the one the run already declared for
+    /// the subject.
+    #[error(
+        "{event}: subject {subject:?} carries {declared} in module {module}, track {track} uses it with {found}"
+    )]
+    SubjectTypeMismatch {
+        /// The refused event.
+        event: &'static str,
+        /// The subject.
+        subject: String,
+        /// The running module.
+        module: ModuleId,
+        /// The type the run declared first.
+        declared: String,
+        /// The track that named another type.
+        track: Id,
+        /// The other type.
+        found: String,
+    },
     /// A track whose parent chain is broken (only a store edited by hand can have one).
     #[error("{event}: track {track} has no valid parent chain ({detail})")]
     BrokenTrack {
@@ -312,6 +351,9 @@ impl ApplyError {
             | ApplyError::HasChildren { event, .. }
             | ApplyError::ActiveSubscription { event, .. }
             | ApplyError::TooManyChildren { event, .. }
+            | ApplyError::InvalidSubject { event, .. }
+            | ApplyError::TrackNotInRun { event, .. }
+            | ApplyError::SubjectTypeMismatch { event, .. }
             | ApplyError::BrokenTrack { event, .. } => event,
         }
     }

@@ -1,8 +1,9 @@
-//! The closed event vocabulary: paired `*-call` / `*-call-return` events and `track-update`.
+//! The closed event vocabulary: paired `*-call` / `*-call-return` events, `subject-use` and
+//! `track-update`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Id, ModuleId, Signature};
+use crate::model::{Fingerprint, Id, ModuleId, Signature};
 
 /// How a registration run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,25 @@ pub enum UpdateOutcome {
     },
     /// The track was not registered again: it was disposed.
     Removed,
+}
+
+/// How a pipeline uses a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectRole {
+    /// The pipeline sends its values to the subject (`.publish(name)`).
+    Publish,
+    /// The pipeline reads the subject (`subject::<T>(name)` is one of its sources).
+    Subscribe,
+}
+
+impl std::fmt::Display for SubjectRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SubjectRole::Publish => "publish",
+            SubjectRole::Subscribe => "subscribe",
+        })
+    }
 }
 
 /// One event folded into the [`crate::State`]. Serialized with a `"type"` tag holding the
@@ -119,6 +139,19 @@ pub enum Event {
         /// Must be the top open subscription call.
         subscription: Id,
     },
+    /// Inside a run: a pipeline track of the run publishes to or reads a subject (not a
+    /// scope: a single event). The run's first use of a subject declares it, with its value
+    /// type; every later use in the run must name the same type.
+    SubjectUse {
+        /// The subject's name.
+        subject: String,
+        /// A pipeline track registered by the running module (closed already).
+        track: Id,
+        /// Publisher or subscriber.
+        role: SubjectRole,
+        /// The type of the values.
+        item: Fingerprint,
+    },
     /// A track moved to a new module version (or was removed from it).
     TrackUpdate {
         /// The track.
@@ -146,6 +179,7 @@ impl Event {
             Event::SubscribeCallReturn { .. } => "subscribe-call-return",
             Event::UnsubscribeCall { .. } => "unsubscribe-call",
             Event::UnsubscribeCallReturn { .. } => "unsubscribe-call-return",
+            Event::SubjectUse { .. } => "subject-use",
             Event::TrackUpdate { .. } => "track-update",
         }
     }
@@ -197,6 +231,17 @@ mod tests {
             Event::SubscribeCallReturn { subscription: 3 },
             Event::UnsubscribeCall { subscription: 3 },
             Event::UnsubscribeCallReturn { subscription: 3 },
+            Event::SubjectUse {
+                subject: "counts".into(),
+                track: 0,
+                role: SubjectRole::Subscribe,
+                item: Fingerprint {
+                    name: "u64".into(),
+                    size: 8,
+                    align: 8,
+                    hash: 1,
+                },
+            },
             Event::TrackUpdate {
                 track: 0,
                 module: 2,
@@ -234,6 +279,22 @@ mod tests {
         assert_eq!(
             json,
             r#"{"type":"module-call-return","module":1,"outcome":{"type":"ok"}}"#
+        );
+        let json = serde_json::to_string(&Event::SubjectUse {
+            subject: "counts".into(),
+            track: 3,
+            role: SubjectRole::Publish,
+            item: Fingerprint {
+                name: "u64".into(),
+                size: 8,
+                align: 8,
+                hash: 9,
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"subject-use","subject":"counts","track":3,"role":"publish","item":{"name":"u64","size":8,"align":8,"hash":9}}"#
         );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! While a plugin version runs its registration, the host emits [`Event`]s; [`State::apply`]
 //! folds each into a [`Stack`] of open calls and a [`Store`] of entities ([`Track`], [`Module`],
-//! [`Pipeline`], [`Operator`], [`Subscription`]). A track is named by its structural path; a
+//! [`Pipeline`], [`Operator`], [`Subscription`], [`Subject`]). A track is named by its structural path; a
 //! later version registering the same path leaves a [`Pending`] on the existing track, and the
 //! host settles it with a `track-update` (swapped when the [`Signature`]s are equal, reset
 //! otherwise) or removes the [`State::orphans`] of the new run. The crate is pure data and logic:
@@ -60,9 +60,10 @@
 //! | `operator-call` / `-return` | an operator is created |
 //! | `subscribe-call` / `-return` | a subscription to a pipeline track starts |
 //! | `unsubscribe-call` / `-return` | it ends |
+//! | `subject-use` | inside a run, not a scope: a pipeline track of the run publishes to (`publish`) or reads (`subscribe`) a subject, with its value type |
 //! | `track-update` | after a run returned `ok`: a track moved to the new version (`swapped`, `reset` with a reason) or was `removed` |
 //!
-//! Track, pipeline and operator calls need an open `module-call`. Returns must match the
+//! Track, pipeline and operator calls and `subject-use` need an open `module-call`. Returns must match the
 //! innermost open call of their kind, and a scope cannot close while a call opened inside it is
 //! open. A refused event returns an [`ApplyError`] naming it and leaves the state untouched.
 //!
@@ -76,6 +77,21 @@
 //! track registered again by a later run). A scope that produced nothing (a keyed `scope`) keeps
 //! `entity_id` `None`. The same return also fills `signature.children` with the kinds of the
 //! scope's direct child tracks, in call order.
+//!
+//! # Subjects
+//!
+//! A [`Subject`] is keyed by its name. A registration run declares every subject it uses, one
+//! `subject-use` per publisher or subscriber, naming a closed pipeline track of the run (its
+//! scope returned a pipeline); the run's first use of a name fixes the value type for the run,
+//! and a later use with another type is refused ([`ApplyError::SubjectTypeMismatch`]). A new
+//! name makes a subject at once (`created_by` the run); for an existing one the run's
+//! declaration waits in [`Subject::pending`]. At the `ok` return of the run what it declared
+//! replaces the subject's type, publishers and subscribers (`module` becomes the run), and
+//! every subject the run did not mention leaves the store: the registration describes the whole
+//! program, so such a subject has no publisher and no subscriber left in the new code (its old
+//! pipelines are orphans, removed afterwards). A `failed` return drops what the run declared,
+//! as for tracks. So after an `ok` run a subject names only tracks of that run, never an orphan,
+//! and removing orphans never leaves a subject pointing at a missing track.
 //!
 //! # Path format
 //!
@@ -106,6 +122,7 @@
 //! | `03_scan-accumulator.ts` | [`apply`] / [`State::apply`] |
 //! | `index: 0 // TODO` | per-parent index, restarting each run ([`TrackFrame::next_index`]) |
 //! | orphans (completed, unsubscribed) | [`State::orphans`] + `track-update` `removed` |
+//! | (none: subjects are new here) | [`Subject`], `subject-use`, [`State::subjects`] / [`State::subject`] |
 //!
 //! # Not covered
 //!
@@ -126,10 +143,10 @@ pub use accumulator::{
     SubscriptionCall, SubscriptionFrame, TrackFrame, apply,
 };
 pub use error::ApplyError;
-pub use event::{Event, ModuleOutcome, UpdateOutcome};
+pub use event::{Event, ModuleOutcome, SubjectRole, UpdateOutcome};
 pub use model::{
     Fingerprint, Id, Module, ModuleId, ModuleStatus, Operator, Pending, Pipeline, Signature,
-    Subscription, Track, signature_change,
+    Subject, SubjectPending, Subscription, Track, signature_change,
 };
 pub use recorder::Recorder;
 pub use tracks::{BuildIdHash, IdHasher, TrackMap};

@@ -1,5 +1,6 @@
-//! The entities of the store (tracks, modules, pipelines, operators, subscriptions) and their signatures.
+//! The entities of the store (tracks, modules, pipelines, operators, subscriptions, subjects) and their signatures.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -148,6 +149,42 @@ pub struct Subscription {
     pub module: Option<ModuleId>,
 }
 
+/// A subject: a host-owned channel a plugin names (`.publish(name)` sends to it,
+/// `subject::<T>(name)` reads it), keyed by its name. Every registration run declares anew the
+/// subjects it uses (`subject-use`, one event per publisher or subscriber); what a run declares
+/// replaces what the last one did when the run returns `ok`, and a subject the run no longer
+/// mentions leaves the store then (it has no publisher and no subscriber left).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// The subject's name (the store's key).
+    pub name: String,
+    /// The type of its values, as the committed run declared it.
+    pub item: Fingerprint,
+    /// Pipeline tracks that publish to it.
+    pub publishers: BTreeSet<Id>,
+    /// Pipeline tracks that read it.
+    pub subscribers: BTreeSet<Id>,
+    /// The last registration run whose declaration is committed.
+    pub module: ModuleId,
+    /// The run that first declared it.
+    pub created_by: ModuleId,
+    /// A later run's declaration, committed when that run returns `ok`.
+    pub pending: Option<SubjectPending>,
+}
+
+/// What a running registration declared for a subject that an earlier run made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectPending {
+    /// The run declaring it.
+    pub module: ModuleId,
+    /// The type of its values.
+    pub item: Fingerprint,
+    /// Pipeline tracks that publish to it in this run.
+    pub publishers: BTreeSet<Id>,
+    /// Pipeline tracks that read it in this run.
+    pub subscribers: BTreeSet<Id>,
+}
+
 /// Why `new` cannot keep the state built under `old`: `None` when equal, else a lowercase
 /// reason naming the first differing field (in the order kind, state, input, output, seed,
 /// children) with old -> new, e.g. `state type changed from u64 to i64`,
@@ -186,7 +223,7 @@ pub fn signature_change(old: &Signature, new: &Signature) -> Option<String> {
 }
 
 /// Names two differing fingerprints; when the names are equal the layouts are shown too.
-fn describe_pair(a: Option<&Fingerprint>, b: Option<&Fingerprint>) -> (String, String) {
+pub(crate) fn describe_pair(a: Option<&Fingerprint>, b: Option<&Fingerprint>) -> (String, String) {
     match (a, b) {
         (Some(a), Some(b)) if a.name == b.name => (describe_full(a), describe_full(b)),
         _ => (describe_name(a), describe_name(b)),

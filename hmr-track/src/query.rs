@@ -1,11 +1,11 @@
 //! Read-only queries on a [`State`]: structural paths, lookups, children, a module's tracks,
-//! orphans and pending updates.
+//! orphans, pending updates and subjects.
 
 use std::ops::Bound;
 
 use crate::accumulator::State;
 use crate::error::ApplyError;
-use crate::model::{Id, ModuleId, Track};
+use crate::model::{Id, ModuleId, Subject, Track};
 use crate::path;
 
 impl State {
@@ -123,6 +123,23 @@ impl State {
             .filter_map(|id| self.store.tracks.get(id))
             .filter(|t| t.module < module && !pending_from(t, module))
             .map(|t| t.id)
+            .collect()
+    }
+
+    /// The subject with this name.
+    pub fn subject(&self, name: &str) -> Option<&Subject> {
+        self.store.subjects.get(name)
+    }
+
+    /// Every subject, by name.
+    pub fn subjects(&self) -> impl Iterator<Item = &Subject> {
+        self.store.subjects.values()
+    }
+
+    /// The subjects a pipeline track publishes to or reads (as committed), by name.
+    pub fn subjects_of_track(&self, track: Id) -> Vec<&Subject> {
+        self.subjects()
+            .filter(|s| s.publishers.contains(&track) || s.subscribers.contains(&track))
             .collect()
     }
 

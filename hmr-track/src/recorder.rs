@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::accumulator::{Settlement, State};
 use crate::error::ApplyError;
-use crate::event::{Event, ModuleOutcome, UpdateOutcome};
-use crate::model::{Id, ModuleId, Signature};
+use crate::event::{Event, ModuleOutcome, SubjectRole, UpdateOutcome};
+use crate::model::{Fingerprint, Id, ModuleId, Signature};
 
 /// A state and the events that built it. Every helper emits events through [`Recorder::record`],
 /// so `State::replay(&recorder.log)` always rebuilds `recorder.state` (unless the log is off).
@@ -157,6 +157,23 @@ impl Recorder {
     pub fn unsubscribe(&mut self, subscription: Id) -> Result<(), ApplyError> {
         self.record(Event::UnsubscribeCall { subscription })?;
         self.record(Event::UnsubscribeCallReturn { subscription })
+    }
+
+    /// `subject-use`: the pipeline track `track` of the running module publishes to or reads
+    /// `subject`, whose values are `item`s.
+    pub fn subject_use(
+        &mut self,
+        subject: &str,
+        track: Id,
+        role: SubjectRole,
+        item: Fingerprint,
+    ) -> Result<(), ApplyError> {
+        self.record(Event::SubjectUse {
+            subject: subject.to_owned(),
+            track,
+            role,
+            item,
+        })
     }
 
     /// Settles the run `module` in one pass ([`State::settle_run`]): the same state as a

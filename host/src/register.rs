@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use hmr_track::{Fingerprint, Id, ModuleId, ModuleOutcome, Recorder, Signature};
+use hmr_track::{Fingerprint, Id, ModuleId, ModuleOutcome, Recorder, Signature, SubjectRole};
 use plugin_api::abi::{self, HostApi, PipelineDesc, RFingerprint, RSignature, RStr};
 
 use crate::code::{OpCode, PipelineCode};
@@ -718,6 +718,7 @@ fn replay(
                 }
             }
         }
+        declare_subjects(recorder, &pipelines, &ids)?;
         recorder
             .module_call_return(module, ModuleOutcome::Ok)
             .map_err(|e| e.to_string())?;
@@ -752,6 +753,46 @@ fn replay(
         }
     }
     Ok((module, pipelines, ids))
+}
+
+/// The subjects each pipeline publishes to and reads, as `subject-use` events of the open run
+/// (the pipelines' tracks are closed by now): the store then lists every subject with its value
+/// type, publishers and subscribers, as of this run.
+fn declare_subjects(
+    recorder: &mut Recorder,
+    pipelines: &[PipelineCode],
+    ids: &[Id],
+) -> Result<(), String> {
+    for p in pipelines {
+        let track = track_of(p.track)
+            .and_then(|i| ids.get(i))
+            .copied()
+            .ok_or_else(|| format!("pipeline {}: its track was never opened", p.name))?;
+        let publishes = p
+            .publishes
+            .iter()
+            .map(|x| Ok::<_, String>((&x.subject, SubjectRole::Publish, &x.item)));
+        let reads = p
+            .sources
+            .iter()
+            .filter(|s| s.kind == abi::source_kind::SUBJECT)
+            .map(|s| {
+                let item = s.item.as_ref().ok_or_else(|| {
+                    format!(
+                        "pipeline {}: subject({:?}) names no value type",
+                        p.name, s.text
+                    )
+                })?;
+                Ok((&s.text, SubjectRole::Subscribe, item))
+            });
+        for used in publishes.chain(reads) {
+            let (subject, role, item) = used?;
+            recorder
+                .subject_use(subject, track, role, item.clone())
+                .map_err(|e| format!("pipeline {}: {role} {subject:?}: {e}", p.name))?;
+        }
+    }
+    Ok(())
 }
 
 /// A refused `track-call` in the terms of the person who wrote the DSL call: pipelines have

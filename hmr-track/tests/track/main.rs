@@ -1,7 +1,8 @@
-//! Integration tests of the tracking store: accumulator rules, queries and properties.
+//! Integration tests of the tracking store: accumulator rules, queries, subjects and properties.
 
 mod accumulator;
 mod bounded;
 mod properties;
 mod queries;
+mod subjects;
 mod support;

@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hmr_track::{
-    EntityKind, Event, Id, ModuleOutcome, Recorder, Signature, State, SubscriptionCall,
-    UpdateOutcome,
+    EntityKind, Event, Id, ModuleOutcome, Recorder, Signature, State, SubjectRole,
+    SubscriptionCall, UpdateOutcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-use crate::support::{Node, Place, paths, replay_checked, run, run_hinted, settle};
+use crate::support::{
+    Node, Place, Use, item, paths, replay_checked, run, run_hinted, run_with_subjects, settle,
+};
 
 const KINDS: [&str; 5] = ["map", "filter", "scan", "tap", "scope"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
@@ -134,6 +136,99 @@ fn assert_consistent(state: &State) {
             assert!(state.track(parent).is_some());
         }
     }
+    // Subjects: keyed by their name, each used by someone, naming only tracks in the store;
+    // a declaration is pending only while its run is open, and committed by a run that ended.
+    let running = state.running_module();
+    for (name, subject) in &state.store.subjects {
+        assert_eq!(&subject.name, name);
+        assert!(!name.is_empty());
+        assert!(
+            !(subject.publishers.is_empty() && subject.subscribers.is_empty()),
+            "subject {name} has no use"
+        );
+        for track in subject.publishers.iter().chain(&subject.subscribers) {
+            assert!(
+                state.track(*track).is_some(),
+                "subject {name} names track {track}"
+            );
+        }
+        assert!(subject.created_by <= subject.module);
+        assert!(
+            subject.module == running.unwrap_or(0) || Some(subject.module) <= state.current_module
+        );
+        if let Some(pending) = &subject.pending {
+            assert_eq!(
+                Some(pending.module),
+                running,
+                "subject {name} pending outside its run"
+            );
+            for track in pending.publishers.iter().chain(&pending.subscribers) {
+                assert!(state.track(*track).is_some());
+            }
+        }
+    }
+}
+
+/// Uses of subjects `s0`..`s2` by the pipelines `p0`..`p3` of a [`program`] (uses of a
+/// pipeline the program lacks are dropped by [`uses_in`]).
+fn subject_uses() -> impl Strategy<Value = Vec<(usize, usize, bool)>> {
+    vec((0usize..4, 0usize..3, any::<bool>()), 0..8)
+}
+
+const PIPELINES: [&str; 4] = ["p0", "p1", "p2", "p3"];
+const SUBJECTS: [&str; 3] = ["s0", "s1", "s2"];
+
+/// The uses whose pipeline exists in `program`, values typed `ty`.
+fn uses_in<'a>(program: &[Node], uses: &[(usize, usize, bool)], ty: &'a str) -> Vec<Use<'a>> {
+    uses.iter()
+        .filter(|(p, _, _)| *p < program.len())
+        .map(|&(p, s, publish)| {
+            let role = if publish {
+                SubjectRole::Publish
+            } else {
+                SubjectRole::Subscribe
+            };
+            (PIPELINES[p], SUBJECTS[s], role, ty)
+        })
+        .collect()
+}
+
+/// What the subjects must be after a run that declared `uses`: name -> (type, publisher
+/// tracks, subscriber tracks).
+type SubjectModel = BTreeMap<String, (String, BTreeSet<Id>, BTreeSet<Id>)>;
+
+fn model(state: &State, uses: &[Use<'_>]) -> SubjectModel {
+    let mut model = SubjectModel::new();
+    for &(pipeline, subject, role, ty) in uses {
+        let track = state
+            .find_by_path(pipeline)
+            .expect("a pipeline of the run")
+            .id;
+        let entry = model
+            .entry(subject.to_owned())
+            .or_insert_with(|| (ty.to_owned(), BTreeSet::new(), BTreeSet::new()));
+        match role {
+            SubjectRole::Publish => entry.1.insert(track),
+            SubjectRole::Subscribe => entry.2.insert(track),
+        };
+    }
+    model
+}
+
+fn subjects_of(state: &State) -> SubjectModel {
+    state
+        .subjects()
+        .map(|s| {
+            (
+                s.name.clone(),
+                (
+                    s.item.name.to_string(),
+                    s.publishers.clone(),
+                    s.subscribers.clone(),
+                ),
+            )
+        })
+        .collect()
 }
 
 fn path_ids(state: &State) -> BTreeMap<String, Id> {
@@ -257,6 +352,22 @@ fn garbage_event() -> impl Strategy<Value = Event> {
             .prop_map(|subscription| Event::UnsubscribeCall { subscription }),
         id.clone()
             .prop_map(|subscription| Event::UnsubscribeCallReturn { subscription }),
+        (
+            id.clone(),
+            select(&["s0", "s1", ""][..]),
+            any::<bool>(),
+            select(&["u64", "i32"][..])
+        )
+            .prop_map(|(track, subject, publish, ty)| Event::SubjectUse {
+                subject: subject.to_owned(),
+                track,
+                role: if publish {
+                    SubjectRole::Publish
+                } else {
+                    SubjectRole::Subscribe
+                },
+                item: item(ty),
+            }),
         (id, module, 0u8..3).prop_map(|(track, module, o)| Event::TrackUpdate {
             track,
             module,
@@ -304,6 +415,40 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
         };
         let entity = state.stack.entities.last();
         let depth = state.stack.tracks.len();
+        if choice % 7 == 6 {
+            // A use of a subject by a closed pipeline track of this run (a type that differs
+            // from the run's first is refused).
+            let registered = |t: &&hmr_track::Track| {
+                t.module == module || t.pending.as_ref().is_some_and(|p| p.module == module)
+            };
+            let open: BTreeSet<Id> = state.stack.tracks.iter().map(|f| f.track).collect();
+            if let Some(track) = state
+                .store
+                .tracks
+                .values()
+                .filter(registered)
+                .filter(|t| t.parent.is_none() && !open.contains(&t.id))
+                .filter(|t| {
+                    let entity = match &t.pending {
+                        Some(p) if p.module == module => p.entity_id,
+                        _ => t.entity_id,
+                    };
+                    entity.is_some_and(|e| state.store.pipelines.contains_key(&e))
+                })
+                .nth(usize::from(choice / 7 % 2))
+            {
+                return Some(Event::SubjectUse {
+                    subject: SUBJECTS[usize::from(choice / 14 % 2)].to_owned(),
+                    track: track.id,
+                    role: if (choice / 28).is_multiple_of(2) {
+                        SubjectRole::Publish
+                    } else {
+                        SubjectRole::Subscribe
+                    },
+                    item: item(["u64", "i32"][usize::from(choice / 56 % 2)]),
+                });
+            }
+        }
         if choice % 5 < 3 {
             // Close the innermost open call.
             return Some(match (entity, state.stack.tracks.last()) {
@@ -700,18 +845,35 @@ proptest! {
 
     /// A run that fails anywhere leaves the store as the last good run left it.
     #[test]
-    fn a_failed_run_changes_nothing(first in program(), second in program(), cut in any::<prop::sample::Index>()) {
+    fn a_failed_run_changes_nothing(
+        first in program(),
+        second in program(),
+        cut in any::<prop::sample::Index>(),
+        first_uses in subject_uses(),
+        second_uses in subject_uses(),
+        among_uses in any::<bool>(),
+    ) {
         let mut rec = Recorder::new();
-        run(&mut rec, &first).unwrap();
+        run_with_subjects(&mut rec, &first, &uses_in(&first, &first_uses, "u64")).unwrap();
         for track in rec.state.store.tracks.values().filter(|t| t.parent.is_none()).map(|t| t.id).collect::<Vec<_>>() {
             rec.subscribe(track).unwrap();
         }
         let good = rec.state.clone();
         let mut scratch = rec.clone();
-        run(&mut scratch, &second).unwrap();
+        run_with_subjects(&mut scratch, &second, &uses_in(&second, &second_uses, "i32")).unwrap();
         let second_events = &scratch.log[rec.log.len()..];
-        // Keep the module-call and a prefix of the registration, drop its return.
-        let end = 1 + cut.index(second_events.len() - 1);
+        // Keep the module-call and a prefix of the registration, drop its return; half the
+        // time the prefix ends among the subject uses (if any), which come last.
+        let first_use = second_events
+            .iter()
+            .position(|e| matches!(e, Event::SubjectUse { .. }))
+            .unwrap_or(1)
+            .max(1);
+        let end = if among_uses {
+            first_use + cut.index(second_events.len() - first_use)
+        } else {
+            1 + cut.index(second_events.len() - 1)
+        };
         for event in &second_events[..end] {
             rec.record(event.clone()).unwrap();
         }
@@ -723,7 +885,36 @@ proptest! {
         prop_assert_eq!(&state.store.pipelines, &good.store.pipelines);
         prop_assert_eq!(&state.store.operators, &good.store.operators);
         prop_assert_eq!(&state.store.subscriptions, &good.store.subscriptions);
+        prop_assert_eq!(&state.store.subjects, &good.store.subjects);
         prop_assert_eq!(state.current_module, Some(1));
+    }
+
+    /// After each `ok` run the subjects are exactly what that run declared (by name, type,
+    /// publisher and subscriber tracks), whatever earlier runs declared; one it no longer
+    /// mentions is gone, one it mentions again keeps the run that first declared it.
+    #[test]
+    fn subjects_are_what_the_last_run_declared(
+        runs in vec((program(), subject_uses()), 1..4),
+    ) {
+        let mut rec = Recorder::new();
+        let mut created: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, (program, uses)) in runs.iter().enumerate() {
+            let ty = ["u64", "i32"][i % 2];
+            let uses = uses_in(program, uses, ty);
+            let run = run_with_subjects(&mut rec, program, &uses).unwrap();
+            prop_assert_eq!(subjects_of(&rec.state), model(&rec.state, &uses));
+            created.retain(|name, _| rec.state.subject(name).is_some());
+            for subject in rec.state.subjects() {
+                prop_assert_eq!(subject.module, run.module);
+                let first = *created.entry(subject.name.clone()).or_insert(run.module);
+                prop_assert_eq!(subject.created_by, first);
+                prop_assert!(subject.pending.is_none());
+            }
+            settle(&mut rec, run.module).unwrap();
+            assert_consistent(&rec.state);
+        }
+        let log: Vec<Event> = serde_json::from_str(&serde_json::to_string(&rec.log).unwrap()).unwrap();
+        prop_assert_eq!(State::replay(&log).unwrap(), rec.state);
     }
 
     /// Random events never panic; a refused one changes nothing; the store stays coherent.

@@ -4,8 +4,8 @@
 #![allow(dead_code, reason = "not every helper is used by every test module")]
 
 use hmr_track::{
-    ApplyError, Event, Id, ModuleId, ModuleOutcome, Recorder, Signature, State, UpdateOutcome,
-    signature_change,
+    ApplyError, Event, Fingerprint, Id, ModuleId, ModuleOutcome, Recorder, Signature, State,
+    SubjectRole, UpdateOutcome, signature_change,
 };
 
 /// Where a scope's core entity is created relative to its children.
@@ -184,6 +184,40 @@ pub fn run(rec: &mut Recorder, program: &[Node]) -> Result<Run, ApplyError> {
     let mut tracks = Vec::new();
     for (i, node) in program.iter().enumerate() {
         emit(rec, node, &mut vec![i], &mut tracks)?;
+    }
+    rec.module_call_return(module, ModuleOutcome::Ok)?;
+    Ok(Run { module, tracks })
+}
+
+/// A value type named `name` (its layout and hash derived from the name).
+pub fn item(name: &str) -> Fingerprint {
+    let size = name.len() as u64;
+    Fingerprint {
+        name: name.into(),
+        size,
+        align: 8,
+        hash: size * 31 + u64::from(name.as_bytes()[0]),
+    }
+}
+
+/// One use of a subject by a top-level pipeline: (pipeline name, subject, role, value type).
+pub type Use<'a> = (&'a str, &'a str, SubjectRole, &'a str);
+
+/// [`run`] with `subject-use` events for `uses` after the tracks, before the return (as the
+/// host emits them).
+pub fn run_with_subjects(
+    rec: &mut Recorder,
+    program: &[Node],
+    uses: &[Use<'_>],
+) -> Result<Run, ApplyError> {
+    let module = rec.module_call("test")?;
+    let mut tracks = Vec::new();
+    for (i, node) in program.iter().enumerate() {
+        emit(rec, node, &mut vec![i], &mut tracks)?;
+    }
+    for &(pipeline, subject, role, ty) in uses {
+        let track = rec.state.find_by_path(pipeline).map_or(Id::MAX, |t| t.id);
+        rec.subject_use(subject, track, role, item(ty))?;
     }
     rec.module_call_return(module, ModuleOutcome::Ok)?;
     Ok(Run { module, tracks })
