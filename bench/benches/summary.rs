@@ -457,10 +457,31 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         let t = started.elapsed();
         Ok((ns_per(t, N_PUSH), black_box(acc)))
     };
+    // Not a contender for the verdict: the same chain and values through `push_item`, the
+    // entry of subject deliveries, lines and every port but 0 (scenarios 11 and 12).
+    let mut item = || -> anyhow::Result<(f64, u64)> {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = publisher
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+        let end = black_box(N_PUSH);
+        let mut refused = 0u64;
+        let started = Instant::now();
+        for x in 0..end {
+            // SAFETY: `x` is a live `u64`, valid for the call; `push_item` checks that port 0
+            // takes `u64` values.
+            let r = unsafe { d.push_item(0, Wire::U64, (&raw const x).cast()) };
+            refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
+        }
+        let t = started.elapsed();
+        anyhow::ensure!(refused == 0, "{refused} values did not go through");
+        Ok((ns_per(t, N_PUSH), finish(&mut d, &capture)?))
+    };
     let names = [
         "host (one value per call)",
         "rxRust Subject",
         "3 AtomicPtr fn slots",
+        "reference: host, the same chain through `Driver::push_item` (subjects, lines, ports > 0)",
     ];
     let medians = side_by_side(
         ROUNDS,
@@ -469,6 +490,7 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
             (names[0], Run::Checked(&mut host)),
             (names[1], Run::Checked(&mut rx)),
             (names[2], Run::Checked(&mut slots)),
+            (names[3], Run::Checked(&mut item)),
         ],
     )?;
     table(
@@ -1469,6 +1491,43 @@ fn host_subject(
     Ok((ns_per(t, n * subscribers.len() as u64), acc))
 }
 
+/// Scenario 11's reference row: the same subscriber chains, each value pushed into each
+/// subscriber's driver directly by the bench (the wire value a hub passes, through the same
+/// `push_item`), without a publisher pipeline or a hub: no `publish` call, no lock, no
+/// cycle check. The difference from `host_subject` is what the subject's delivery costs.
+fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64, u64)> {
+    let mut drivers = Vec::with_capacity(subscribers.len());
+    for s in subscribers {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = s
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
+        d.start()
+            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
+        drivers.push((d, capture));
+    }
+    let end = black_box(n);
+    let mut refused = 0u64;
+    let started = Instant::now();
+    for x in 0..end {
+        let item: *const u64 = &x;
+        for (d, _) in &mut drivers {
+            // SAFETY: a subject port's wire value is a pointer to the value: `item` points at
+            // a live `u64` and outlives the call; each port reads `subject::<u64>`, and
+            // `push_item` checks the port takes pointers.
+            let r = unsafe { d.push_item(0, Wire::Ptr, (&raw const item).cast()) };
+            refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
+        }
+    }
+    let t = started.elapsed();
+    let mut acc = 0u64;
+    for (d, capture) in &mut drivers {
+        acc = fold31(acc, finish(d, capture)?);
+    }
+    anyhow::ensure!(refused == 0, "{refused} values did not go through");
+    Ok((ns_per(t, n * subscribers.len() as u64), acc))
+}
+
 /// One rxRust round of scenario 11: a `Subject` with `k` subscribers doing the same work
 /// (`map(n * 2 + i)` -> `scan(wrapping sum)`, the last value kept in a `Cell`, as scenario
 /// 2's subscriber), `n` values pushed with `next`. Returns (ns per value per subscriber, the
@@ -1509,8 +1568,8 @@ fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> 
     report.line(format!(
         "\n### 11. Subjects: one publisher, 1 and 10 subscribers (`map(n * 2 + i)` -> `scan`), {N_SUBJECT} values a round, one per call (ns per value per subscriber; target <= rxRust Subject)\n"
     ));
-    report.line("| subscribers | host ns/value/subscriber | rxRust Subject ns/value/subscriber | host / rxRust |");
-    report.line("|---:|---:|---:|---:|");
+    report.line("| subscribers | host ns/value/subscriber | rxRust Subject ns/value/subscriber | host / rxRust | reference: the subscribers' drivers pushed directly, no publisher or hub (ns, / rxRust) |");
+    report.line("|---:|---:|---:|---:|---:|");
     for (name, k) in [("s1", 1u64), ("s10", 10)] {
         let hubs = Arc::new(host::subjects::Subjects::default());
         let hub = hubs.hub(name);
@@ -1528,22 +1587,40 @@ fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> 
                     .with_context(|| format!("the plugin has no sub_{k}_{i}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // A hub refuses a driver whose port does not read its subject (the publisher's
+        // port 0 is an interval).
+        let wrong = Arc::new(std::sync::Mutex::new(
+            publisher
+                .driver(null_sink())
+                .map_err(|e| anyhow::anyhow!("seeding the publisher: {e}"))?,
+        ));
+        // SAFETY: nothing is published while this runs, and the call is expected to fail.
+        let refused = unsafe { hub.subscribe_driver(0, wrong, PanicPolicy::Drop) };
+        anyhow::ensure!(
+            refused.is_err(),
+            "the hub of {name} took a port that does not read it"
+        );
         let expected = (0..k).fold(0u64, |acc, i| fold31(acc, subscriber_sum(N_SUBJECT, i)));
         let mut host = || host_subject(&publisher, &subscribers, &hub, N_SUBJECT);
         let mut rx = || rx_subject(k, N_SUBJECT);
+        let mut direct = || host_subject_direct(&subscribers, N_SUBJECT);
         let medians = side_by_side(
             ROUNDS,
             expected,
             &mut [
                 ("host", Run::Checked(&mut host)),
                 ("rxRust Subject", Run::Checked(&mut rx)),
+                ("host, pushed directly", Run::Checked(&mut direct)),
             ],
         )
         .with_context(|| format!("{k} subscribers"))?;
         let ratio = medians[0] / medians[1];
         report.line(format!(
-            "| {k} | {:.2} | {:.2} | {ratio:.2}x |",
-            medians[0], medians[1]
+            "| {k} | {:.2} | {:.2} | {ratio:.2}x | {:.2} ({:.2}x) |",
+            medians[0],
+            medians[1],
+            medians[2],
+            medians[2] / medians[1]
         ));
         report.verdict(
             &format!(
