@@ -1693,10 +1693,10 @@ fn fanin_expected(op: &str, n: u64, chunk: u64) -> u64 {
 }
 
 /// One host round of scenario 12: a fresh driver of the pipeline, its ports fed as
-/// `fanin_expected` describes (one value per call through the single-value entry, the
-/// interval source's path, when `chunk` is 1; batches through the batch entry, the `range`
-/// path, otherwise), then completed outside the timer. Returns (ns per input value, what the
-/// final `reduce` emitted).
+/// `fanin_expected` describes (when `chunk` is 1, one value per call, as a pipeline thread
+/// feeds two intervals; otherwise in batches through the batch entry, the `range` path),
+/// then completed outside the timer. Returns (ns per input value, what the final `reduce`
+/// emitted).
 fn host_fanin(publisher: &Publisher, n: u64, chunk: usize) -> anyhow::Result<(f64, u64)> {
     let capture = Arc::new(CountingSink::default());
     let mut d = publisher
@@ -1710,15 +1710,15 @@ fn host_fanin(publisher: &Publisher, n: u64, chunk: usize) -> anyhow::Result<(f6
     let mut next = 0u64;
     while next < end {
         if chunk == 1 {
-            let (a, b) = (next, right_of(next));
-            // SAFETY: `a` and `b` are `u64`s, live for the calls; `push_item` checks that
-            // both ports take `u64` values.
-            let r = unsafe {
-                (
-                    d.push_item(0, Wire::U64, (&raw const a).cast()),
-                    d.push_item(1, Wire::U64, (&raw const b).cast()),
-                )
-            };
+            // As a pipeline thread pushes two intervals: `push_one` for port 0, `push_item`
+            // for the others.
+            let b = right_of(next);
+            let r = (
+                d.push_one(next),
+                // SAFETY: `b` is a `u64`, live for the call; `push_item` checks that port 1
+                // takes `u64` values.
+                unsafe { d.push_item(1, Wire::U64, (&raw const b).cast()) },
+            );
             refused += u64::from(!matches!(r.0, Ok(Pushed::Continue)));
             refused += u64::from(!matches!(r.1, Ok(Pushed::Continue)));
             next += 1;
