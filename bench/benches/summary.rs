@@ -19,7 +19,11 @@
 //!    pipeline;
 //! 9. resident memory per reload over 200 reloads of the example plugin;
 //! 10. heap state: `reduce`, `scan_map` and `scan` on a `Vec` state of 10k and 100k items,
-//!     host vs rxRust's same operator.
+//!     host vs rxRust's same operator;
+//! 11. a subject with 1 and with 10 subscribers: a publisher pipeline delivering to subscriber
+//!     pipelines through the host's hub, vs an rxRust `Subject` with the same subscribers;
+//! 12. `merge`, `zip`, `combine_latest` on two inputs fed alternately (one value at a time,
+//!     and in batches of 1024), host vs rxRust's same operator on two `Subject`s.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -33,11 +37,12 @@ use hmr_bench::{
     AllocationCounter, Built, CountingSink, Verdict, build_malloc_counter, build_release,
     chain_sum, load, median, ns_per, quantile,
 };
-use host::code::Pushed;
+use host::code::{Pushed, Wire};
 use host::events::{ChannelSink, HostEvent, Sink};
 use host::loader::Loader;
 use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::runtime::{BATCH, PanicPolicy, Publisher};
+use host::subjects::Hub;
 use host::testkit::{Fixture, Harness, fixture_target_dir, rss_bytes, workspace_root};
 use rxrust::prelude::*;
 use rxrust::scheduler::{Scheduler, TaskHandle};
@@ -89,6 +94,32 @@ fn register(p: &mut Plugin) {
     p.pipeline("boxed", interval_ms(3_600_000))
         .map(|n: u64| *std::hint::black_box(Box::new(n)))
         .reduce(0u64, |acc: u64, n: u64| acc.wrapping_add(n))
+        .log();
+    // Scenario 11: a publisher and 1 or 10 subscribers; subscriber `i` maps `n * 2 + i`
+    // (so each subscriber's result is its own) and keeps its running sum.
+    for (name, k) in [("s1", 1u64), ("s10", 10)] {
+        p.pipeline(&format!("pub_{k}"), interval_ms(3_600_000)).publish(name);
+        for i in 0..k {
+            p.pipeline(&format!("sub_{k}_{i}"), subject::<u64>(name))
+                .map(move |n: u64| n * 2 + i)
+                .scan(0u64, |acc: u64, n: u64| acc.wrapping_add(n))
+                .reduce(0u64, |_last: u64, s: u64| s)
+                .log();
+        }
+    }
+    // Scenario 12: the fan-in operators on two `u64` ports, each folding what it emits
+    // (in order) into one checked result.
+    p.pipeline("merge", interval_ms(3_600_000))
+        .merge(interval_ms(3_600_000))
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    p.pipeline("zip", interval_ms(3_600_000))
+        .zip(interval_ms(3_600_000), |a: u64, b: u64| a.wrapping_mul(3) ^ b)
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    p.pipeline("combine_latest", interval_ms(3_600_000))
+        .combine_latest(interval_ms(3_600_000), |a: &u64, b: &u64| a.wrapping_mul(3) ^ b)
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
 }
 
@@ -426,10 +457,31 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         let t = started.elapsed();
         Ok((ns_per(t, N_PUSH), black_box(acc)))
     };
+    // Not a contender for the verdict: the same chain and values through `push_item`, the
+    // entry of subject deliveries, lines and every port but 0 (scenarios 11 and 12).
+    let mut item = || -> anyhow::Result<(f64, u64)> {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = publisher
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+        let end = black_box(N_PUSH);
+        let mut refused = 0u64;
+        let started = Instant::now();
+        for x in 0..end {
+            // SAFETY: `x` is a live `u64`, valid for the call; `push_item` checks that port 0
+            // takes `u64` values.
+            let r = unsafe { d.push_item(0, Wire::U64, (&raw const x).cast()) };
+            refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
+        }
+        let t = started.elapsed();
+        anyhow::ensure!(refused == 0, "{refused} values did not go through");
+        Ok((ns_per(t, N_PUSH), finish(&mut d, &capture)?))
+    };
     let names = [
         "host (one value per call)",
         "rxRust Subject",
         "3 AtomicPtr fn slots",
+        "reference: host, the same chain through `Driver::push_item` (subjects, lines, ports > 0)",
     ];
     let medians = side_by_side(
         ROUNDS,
@@ -438,6 +490,7 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
             (names[0], Run::Checked(&mut host)),
             (names[1], Run::Checked(&mut rx)),
             (names[2], Run::Checked(&mut slots)),
+            (names[3], Run::Checked(&mut item)),
         ],
     )?;
     table(
@@ -1375,6 +1428,439 @@ fn heap_state(report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Values published per round in scenario 11.
+const N_SUBJECT: u64 = 1_000_000;
+
+/// The order-sensitive fold of scenarios 11 and 12 (what the host's `reduce`s compute).
+fn fold31(acc: u64, v: u64) -> u64 {
+    acc.wrapping_mul(31).wrapping_add(v)
+}
+
+/// What subscriber `i` of scenario 11 ends with after the values `0..n`: the sum of
+/// `2x + i`, `n(n - 1) + i n` (wrapping).
+fn subscriber_sum(n: u64, i: u64) -> u64 {
+    n.wrapping_mul(n.wrapping_sub(1))
+        .wrapping_add(i.wrapping_mul(n))
+}
+
+/// One host round of scenario 11: fresh subscriber drivers (fresh state, a sink each)
+/// subscribed to `hub`, a fresh driver of the publisher, `n` values pushed one per call (the
+/// interval source's path; each is delivered to every subscriber before the push returns),
+/// then every subscriber completed outside the timer and unsubscribed. Returns (ns per value
+/// per subscriber, the subscribers' results folded in subscription order).
+fn host_subject(
+    publisher: &Publisher,
+    subscribers: &[Publisher],
+    hub: &Hub,
+    n: u64,
+) -> anyhow::Result<(f64, u64)> {
+    let mut subscribed = Vec::with_capacity(subscribers.len());
+    for s in subscribers {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = s
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
+        d.start()
+            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
+        let d = Arc::new(std::sync::Mutex::new(d));
+        // SAFETY: the publisher's `publish` sends its source's `u64`s, and every subscriber
+        // pipeline reads `subject::<u64>`: the layouts agree.
+        unsafe { hub.subscribe_driver(0, d.clone(), PanicPolicy::Drop) }
+            .map_err(|e| anyhow::anyhow!("subscribing: {e}"))?;
+        subscribed.push((d, capture));
+    }
+    let mut p = publisher
+        .driver(null_sink())
+        .map_err(|e| anyhow::anyhow!("seeding the publisher: {e}"))?;
+    let end = black_box(n);
+    let mut refused = 0u64;
+    let started = Instant::now();
+    for x in 0..end {
+        if !matches!(p.push_one(x), Ok(Pushed::Continue)) {
+            refused += 1;
+        }
+    }
+    let t = started.elapsed();
+    let mut acc = 0u64;
+    for (d, capture) in &subscribed {
+        let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+        hub.unsubscribe_pipeline(d.pipeline());
+        acc = fold31(acc, finish(&mut d, capture)?);
+    }
+    anyhow::ensure!(refused == 0, "{refused} values did not go through");
+    Ok((ns_per(t, n * subscribers.len() as u64), acc))
+}
+
+/// Scenario 11's reference row: the same subscriber chains, each value pushed into each
+/// subscriber's driver directly by the bench (the wire value a hub passes, through the same
+/// `push_item`), without a publisher pipeline or a hub: no `publish` call, no lock, no
+/// cycle check. The difference from `host_subject` is what the subject's delivery costs.
+fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64, u64)> {
+    let mut drivers = Vec::with_capacity(subscribers.len());
+    for s in subscribers {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = s
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
+        d.start()
+            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
+        drivers.push((d, capture));
+    }
+    let end = black_box(n);
+    let mut refused = 0u64;
+    let started = Instant::now();
+    for x in 0..end {
+        let item: *const u64 = &x;
+        for (d, _) in &mut drivers {
+            // SAFETY: a subject port's wire value is a pointer to the value: `item` points at
+            // a live `u64` and outlives the call; each port reads `subject::<u64>`, and
+            // `push_item` checks the port takes pointers.
+            let r = unsafe { d.push_item(0, Wire::Ptr, (&raw const item).cast()) };
+            refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
+        }
+    }
+    let t = started.elapsed();
+    let mut acc = 0u64;
+    for (d, capture) in &mut drivers {
+        acc = fold31(acc, finish(d, capture)?);
+    }
+    anyhow::ensure!(refused == 0, "{refused} values did not go through");
+    Ok((ns_per(t, n * subscribers.len() as u64), acc))
+}
+
+/// One rxRust round of scenario 11: a `Subject` with `k` subscribers doing the same work
+/// (`map(n * 2 + i)` -> `scan(wrapping sum)`, the last value kept in a `Cell`, as scenario
+/// 2's subscriber), `n` values pushed with `next`. Returns (ns per value per subscriber, the
+/// subscribers' results folded in subscription order).
+fn rx_subject(k: u64, n: u64) -> anyhow::Result<(f64, u64)> {
+    let mut subject = Local::subject::<u64, Infallible>();
+    let mut outs = Vec::new();
+    for i in 0..k {
+        let out = std::rc::Rc::new(std::cell::Cell::new(None));
+        let o = out.clone();
+        subject
+            .clone()
+            .map(move |n| n * 2 + i)
+            .scan(0u64, |acc, n| acc.wrapping_add(n))
+            .subscribe(move |v| o.set(Some(v)));
+        outs.push(out);
+    }
+    let end = black_box(n);
+    let started = Instant::now();
+    for x in 0..end {
+        subject.next(x);
+    }
+    let t = started.elapsed();
+    subject.complete();
+    let mut acc = 0u64;
+    for out in &outs {
+        acc = fold31(acc, out.get().context("an rxRust subscriber got nothing")?);
+    }
+    Ok((ns_per(t, n * k), acc))
+}
+
+fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> anyhow::Result<()> {
+    // The codes again (a second load of the same library), to give the publishers the
+    // scenario's own subjects (`Publisher::with_subjects`).
+    let (_lib, codes) = hmr_bench::load_codes(loader, library, 2)?;
+    let mut codes: std::collections::BTreeMap<String, host::code::PipelineCode> =
+        codes.into_iter().map(|c| (c.name.clone(), c)).collect();
+    report.line(format!(
+        "\n### 11. Subjects: one publisher, 1 and 10 subscribers (`map(n * 2 + i)` -> `scan`), {N_SUBJECT} values a round, one per call (ns per value per subscriber; target <= rxRust Subject)\n"
+    ));
+    report.line("| subscribers | host ns/value/subscriber | rxRust Subject ns/value/subscriber | host / rxRust | reference: the subscribers' drivers pushed directly, no publisher or hub (ns, / rxRust) |");
+    report.line("|---:|---:|---:|---:|---:|");
+    for (name, k) in [("s1", 1u64), ("s10", 10)] {
+        let hubs = Arc::new(host::subjects::Subjects::default());
+        let hub = hubs.hub(name);
+        let publisher = Publisher::with_subjects(
+            codes
+                .remove(&format!("pub_{k}"))
+                .with_context(|| format!("the plugin has no pub_{k}"))?,
+            hubs.clone(),
+        );
+        let subscribers = (0..k)
+            .map(|i| {
+                codes
+                    .remove(&format!("sub_{k}_{i}"))
+                    .map(Publisher::new)
+                    .with_context(|| format!("the plugin has no sub_{k}_{i}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // A hub refuses a driver whose port does not read its subject (the publisher's
+        // port 0 is an interval).
+        let wrong = Arc::new(std::sync::Mutex::new(
+            publisher
+                .driver(null_sink())
+                .map_err(|e| anyhow::anyhow!("seeding the publisher: {e}"))?,
+        ));
+        // SAFETY: nothing is published while this runs, and the call is expected to fail.
+        let refused = unsafe { hub.subscribe_driver(0, wrong, PanicPolicy::Drop) };
+        anyhow::ensure!(
+            refused.is_err(),
+            "the hub of {name} took a port that does not read it"
+        );
+        let expected = (0..k).fold(0u64, |acc, i| fold31(acc, subscriber_sum(N_SUBJECT, i)));
+        let mut host = || host_subject(&publisher, &subscribers, &hub, N_SUBJECT);
+        let mut rx = || rx_subject(k, N_SUBJECT);
+        let mut direct = || host_subject_direct(&subscribers, N_SUBJECT);
+        let medians = side_by_side(
+            ROUNDS,
+            expected,
+            &mut [
+                ("host", Run::Checked(&mut host)),
+                ("rxRust Subject", Run::Checked(&mut rx)),
+                ("host, pushed directly", Run::Checked(&mut direct)),
+            ],
+        )
+        .with_context(|| format!("{k} subscribers"))?;
+        let ratio = medians[0] / medians[1];
+        report.line(format!(
+            "| {k} | {:.2} | {:.2} | {ratio:.2}x | {:.2} ({:.2}x) |",
+            medians[0],
+            medians[1],
+            medians[2],
+            medians[2] / medians[1]
+        ));
+        report.verdict(
+            &format!(
+                "subject with {k} subscriber{}: per value per subscriber no slower than rxRust `Subject`",
+                if k == 1 { "" } else { "s" }
+            ),
+            format!("{:.2} vs {:.2} ns: {ratio:.2}x", medians[0], medians[1]),
+            Some(ratio <= 1.0),
+        );
+    }
+    Ok(())
+}
+
+/// Values fed to each input per round in scenario 12.
+const N_FANIN: u64 = 1_000_000;
+
+/// What scenario 12 feeds the right input for the left's `x` (distinct from the left's, so a
+/// value taken from the wrong input shows in the result).
+fn right_of(x: u64) -> u64 {
+    x + (1 << 32)
+}
+
+/// What each fan-in pipeline computes when its inputs are fed `0..n` (left) and
+/// `right_of(0..n)` (right) alternately, `chunk` values of the left, then the same values'
+/// partners on the right, and so on: a plain simulation of the operator, outside any timer.
+fn fanin_expected(op: &str, n: u64, chunk: u64) -> u64 {
+    let f = |a: u64, b: u64| a.wrapping_mul(3) ^ b;
+    let mut acc = 0u64;
+    let (mut qa, mut qb) = (
+        std::collections::VecDeque::new(),
+        std::collections::VecDeque::new(),
+    );
+    let (mut la, mut lb) = (None, None);
+    let mut next = 0;
+    while next < n {
+        let len = chunk.min(n - next);
+        let events = (next..next + len)
+            .map(|x| (true, x))
+            .chain((next..next + len).map(|x| (false, right_of(x))));
+        for (left, v) in events {
+            match op {
+                "merge" => acc = fold31(acc, v),
+                "zip" => {
+                    if left {
+                        qa.push_back(v)
+                    } else {
+                        qb.push_back(v)
+                    }
+                    if let (Some(&a), Some(&b)) = (qa.front(), qb.front()) {
+                        qa.pop_front();
+                        qb.pop_front();
+                        acc = fold31(acc, f(a, b));
+                    }
+                }
+                _ => {
+                    if left {
+                        la = Some(v)
+                    } else {
+                        lb = Some(v)
+                    }
+                    if let (Some(a), Some(b)) = (la, lb) {
+                        acc = fold31(acc, f(a, b));
+                    }
+                }
+            }
+        }
+        next += len;
+    }
+    acc
+}
+
+/// One host round of scenario 12: a fresh driver of the pipeline, its ports fed as
+/// `fanin_expected` describes (when `chunk` is 1, one value per call, as a pipeline thread
+/// feeds two intervals; otherwise in batches through the batch entry, the `range` path),
+/// then completed outside the timer. Returns (ns per input value, what the final `reduce`
+/// emitted).
+fn host_fanin(publisher: &Publisher, n: u64, chunk: usize) -> anyhow::Result<(f64, u64)> {
+    let capture = Arc::new(CountingSink::default());
+    let mut d = publisher
+        .driver(capture.clone())
+        .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+    let mut left = vec![0u64; chunk];
+    let mut right = vec![0u64; chunk];
+    let end = black_box(n);
+    let mut refused = 0u64;
+    let started = Instant::now();
+    let mut next = 0u64;
+    while next < end {
+        if chunk == 1 {
+            // As a pipeline thread pushes two intervals: `push_one` for port 0, `push_item`
+            // for the others.
+            let b = right_of(next);
+            let r = (
+                d.push_one(next),
+                // SAFETY: `b` is a `u64`, live for the call; `push_item` checks that port 1
+                // takes `u64` values.
+                unsafe { d.push_item(1, Wire::U64, (&raw const b).cast()) },
+            );
+            refused += u64::from(!matches!(r.0, Ok(Pushed::Continue)));
+            refused += u64::from(!matches!(r.1, Ok(Pushed::Continue)));
+            next += 1;
+        } else {
+            let len = ((end - next) as usize).min(chunk);
+            for (i, (l, r)) in left[..len].iter_mut().zip(&mut right[..len]).enumerate() {
+                *l = next + i as u64;
+                *r = right_of(*l);
+            }
+            refused += u64::from(!matches!(
+                d.push_port(0, &left[..len]),
+                Ok(Pushed::Continue)
+            ));
+            refused += u64::from(!matches!(
+                d.push_port(1, &right[..len]),
+                Ok(Pushed::Continue)
+            ));
+            next += len as u64;
+        }
+    }
+    let t = started.elapsed();
+    anyhow::ensure!(refused == 0, "{refused} pushes did not go through");
+    // Complete the inputs in order until the operator completes (a `zip` completes on the
+    // first, having nothing queued; `merge` and `combine_latest` on the second).
+    let mut completed = false;
+    for port in 0..2 {
+        match d.complete_port(port) {
+            Ok(Pushed::Complete { .. }) => {
+                completed = true;
+                break;
+            }
+            Ok(Pushed::Continue | Pushed::PortDone { .. }) => {}
+            Ok(Pushed::Panicked { .. }) => anyhow::bail!("a user function panicked completing"),
+            Err(e) => anyhow::bail!("completing port {port}: {e}"),
+        }
+    }
+    anyhow::ensure!(completed, "the pipeline did not complete with both inputs");
+    Ok((ns_per(t, 2 * n), capture.last_u64()?))
+}
+
+/// One rxRust round of scenario 12: the same operator on two `Subject`s fed the same values
+/// in the same order, its outputs folded by `reduce_initial`, the subjects completed outside
+/// the timer. Returns (ns per input value, the fold).
+fn rx_fanin(op: &str, n: u64, chunk: u64) -> anyhow::Result<(f64, u64)> {
+    let mut a = Local::subject::<u64, Infallible>();
+    let mut b = Local::subject::<u64, Infallible>();
+    let out = std::rc::Rc::new(std::cell::Cell::new(None));
+    let o = out.clone();
+    let f = |a: u64, b: u64| a.wrapping_mul(3) ^ b;
+    match op {
+        "merge" => {
+            a.clone()
+                .merge(b.clone())
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
+        "zip" => {
+            a.clone()
+                .zip(b.clone())
+                .map(move |(x, y)| f(x, y))
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
+        _ => {
+            a.clone()
+                .combine_latest(b.clone(), f)
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
+    }
+    let end = black_box(n);
+    let started = Instant::now();
+    let mut next = 0u64;
+    while next < end {
+        let len = chunk.min(end - next);
+        for x in next..next + len {
+            a.next(x);
+        }
+        for x in next..next + len {
+            b.next(right_of(x));
+        }
+        next += len;
+    }
+    let t = started.elapsed();
+    a.complete();
+    b.complete();
+    Ok((
+        ns_per(t, 2 * n),
+        out.get().context("rxRust emitted nothing")?,
+    ))
+}
+
+fn fan_in(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
+    report.line(format!(
+        "\n### 12. Fan-in: two inputs of {N_FANIN} values each, fed alternately, outputs folded by a `reduce` (ns per input value; target <= 2x rxRust's operator)\n"
+    ));
+    report.line("| operator | feed | host ns/value | rxRust ns/value | host / rxRust |");
+    report.line("|---|---|---:|---:|---:|");
+    for op in ["merge", "zip", "combine_latest"] {
+        let publisher = &loaded.pipelines[op];
+        let mut ratios = Vec::new();
+        for chunk in [1usize, BATCH] {
+            let feed = if chunk == 1 {
+                "one value at a time".to_owned()
+            } else {
+                format!("batches of {chunk}")
+            };
+            let expected = fanin_expected(op, N_FANIN, chunk as u64);
+            let mut host = || host_fanin(publisher, N_FANIN, chunk);
+            let mut rx = || rx_fanin(op, N_FANIN, chunk as u64);
+            let medians = side_by_side(
+                ROUNDS,
+                expected,
+                &mut [
+                    ("host", Run::Checked(&mut host)),
+                    ("rxRust", Run::Checked(&mut rx)),
+                ],
+            )
+            .with_context(|| format!("{op}, {feed}"))?;
+            let ratio = medians[0] / medians[1];
+            report.line(format!(
+                "| {op} | {feed} | {:.2} | {:.2} | {ratio:.2}x |",
+                medians[0], medians[1]
+            ));
+            ratios.push((
+                format!(
+                    "{feed}: {:.2} vs {:.2} ns, {ratio:.2}x",
+                    medians[0], medians[1]
+                ),
+                ratio,
+            ));
+        }
+        let measured: Vec<&str> = ratios.iter().map(|(m, _)| m.as_str()).collect();
+        report.verdict(
+            &format!("`{op}` per value within 2x of rxRust's (both feeds)"),
+            measured.join("; "),
+            Some(ratios.iter().all(|&(_, r)| r <= 2.0)),
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     // Scenario 6's measuring child: this binary again, with the counter preloaded.
     if let Some(library) = std::env::var_os(ALLOC_CHILD) {
@@ -1431,6 +1917,11 @@ fn run() -> anyhow::Result<bool> {
         ("latency", Box::new(latency_under_reloads)),
         ("soak", Box::new(soak)),
         ("heap", Box::new(heap_state)),
+        (
+            "subject",
+            Box::new(|r| subjects(r, &loader, &plugin.library)),
+        ),
+        ("fanin", Box::new(|r| fan_in(r, &loaded))),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {

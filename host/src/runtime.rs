@@ -1565,3 +1565,28 @@ fn run_pipeline(
         pending = msg;
     }
 }
+
+/// For code that drives pipelines without the runtime's threads (the benchmarks): a
+/// publisher whose drivers deliver to given subjects.
+impl Publisher {
+    /// A pipeline whose first code is `code` and whose `publish` operators deliver to the
+    /// hubs of `subjects`, as a pipeline of a [`Runtime`] delivers to [`Runtime::subjects`].
+    /// Its subscribers are subscribed with [`Hub::subscribe_driver`].
+    pub fn with_subjects(code: PipelineCode, subjects: Arc<Subjects>) -> Publisher {
+        Publisher {
+            shared: Arc::new(Shared::with_subjects(code, None, subjects)),
+        }
+    }
+}
+
+impl Driver {
+    /// What the driver shares with its publisher (a hub subscribing it needs it).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The sources of the code it runs, in port order.
+    pub(crate) fn sources(&self) -> &[SourceSpec] {
+        &self.code.sources
+    }
+}

@@ -206,3 +206,49 @@ impl Hub {
         }
     }
 }
+
+/// Subscriptions made outside the runtime: the benchmarks drive a subject's publisher and
+/// subscribers on one thread, through the same delivery as the runtime's pipelines.
+impl Hub {
+    /// Subscribes `port` of `driver`'s pipeline to this subject, as [`Runtime::launch`]
+    /// subscribes a pipeline reading subjects: each value published is pushed into `driver`
+    /// (locked) on the publisher's thread, before `publish` returns.
+    /// [`Hub::unsubscribe_pipeline`] ends it. Fails when `port` of the driver's code does not
+    /// read this subject.
+    ///
+    /// # Safety
+    /// Every value published to this subject while the subscription lasts must have the
+    /// layout of the values `port` reads (for the runtime's pipelines, the reloader checks
+    /// the fingerprints of publishers and subscribers before they run).
+    ///
+    /// [`Runtime::launch`]: crate::runtime::Runtime::launch
+    pub unsafe fn subscribe_driver(
+        &self,
+        port: u32,
+        driver: Arc<Mutex<Driver>>,
+        policy: PanicPolicy,
+    ) -> Result<(), String> {
+        let (pipeline, shared) = {
+            let d = driver.lock().unwrap_or_else(|p| p.into_inner());
+            let reads = d.sources().get(port as usize).is_some_and(|s| {
+                s.kind == plugin_api::abi::source_kind::SUBJECT && s.text == self.name
+            });
+            if !reads {
+                return Err(format!(
+                    "port {port} of {} does not read the subject {:?}",
+                    d.pipeline(),
+                    self.name
+                ));
+            }
+            (d.pipeline().to_owned(), d.shared().clone())
+        };
+        self.subscribe(&pipeline, port, driver, shared, policy);
+        Ok(())
+    }
+
+    /// Removes every subscription of the pipeline `pipeline` (made with
+    /// [`Hub::subscribe_driver`] or by the runtime).
+    pub fn unsubscribe_pipeline(&self, pipeline: &str) {
+        self.unsubscribe(pipeline);
+    }
+}
