@@ -1574,7 +1574,7 @@ impl Publisher {
     /// Its subscribers are subscribed with [`Hub::subscribe_driver`].
     pub fn with_subjects(code: PipelineCode, subjects: Arc<Subjects>) -> Publisher {
         Publisher {
-            shared: Arc::new(Shared::with_subjects(code, None, subjects)),
+            shared: Arc::new(Shared::with_subjects(code, None, subjects, Clock::System)),
         }
     }
 }
