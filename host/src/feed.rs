@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 
 use crossbeam_channel::Sender;
 use plugin_api::abi::source_kind;
@@ -80,6 +82,29 @@ impl Outlet for InboxOutlet {
 /// A reader the host's `stdin_lines` reads instead of the process's standard input.
 pub type StdinReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
+/// Reads nothing until its gate opens (or its sender is gone): stdin is read only once every
+/// pipeline of the launch that opened it has subscribed, so each gets the first lines too
+/// (lines already waiting in a pipe would otherwise reach the first subscriber alone).
+struct Gated {
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    inner: StdinReader,
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(gate) = self.gate.as_mut() {
+            // Opened, or the feeds are gone: read either way.
+            let _ = std::task::ready!(Pin::new(gate).poll(cx));
+            self.gate = None;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
 /// Where host sources come from: the directory relative paths resolve against, the I/O
 /// runtime, and the shared sources (listeners, stdin).
 #[derive(Default)]
@@ -89,6 +114,8 @@ pub struct Feeds {
     tcp: HashMap<String, Weak<TcpLines>>,
     stdin: Option<Arc<StdinLines>>,
     stdin_from: Option<StdinReader>,
+    /// Opens the gate of stdin once the launch that started it has subscribed everyone.
+    stdin_gate: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for Feeds {
@@ -182,10 +209,19 @@ impl Feeds {
                     Some(s) => s.clone(),
                     None => {
                         let rt = self.rt()?;
-                        let s = match self.stdin_from.take() {
-                            Some(r) => StdinLines::start(&rt, r),
-                            None => StdinLines::start(&rt, tokio::io::stdin()),
-                        };
+                        let inner = self
+                            .stdin_from
+                            .take()
+                            .unwrap_or_else(|| Box::new(tokio::io::stdin()));
+                        let (open, gate) = tokio::sync::oneshot::channel();
+                        self.stdin_gate = Some(open);
+                        let s = StdinLines::start(
+                            &rt,
+                            Gated {
+                                gate: Some(gate),
+                                inner,
+                            },
+                        );
                         let s = Arc::new(s);
                         self.stdin = Some(s.clone());
                         s
@@ -195,6 +231,14 @@ impl Feeds {
                 Ok(Some(Held::Stdin(stdin, id)))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Every pipeline being started has opened its sources: the host's stdin, if one of
+    /// them opened it, may be read now.
+    pub fn opened(&mut self) {
+        if let Some(open) = self.stdin_gate.take() {
+            let _ = open.send(());
         }
     }
 }

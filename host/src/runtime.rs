@@ -639,6 +639,8 @@ impl Runtime {
                 }
             }
         }
+        // Every pipeline of this launch has subscribed: stdin may be read now.
+        self.feeds.opened();
         failed
     }
 

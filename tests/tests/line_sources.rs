@@ -43,12 +43,13 @@ fn story(history: &[HostEvent], pipeline: &str) -> Vec<String> {
     history
         .iter()
         .filter_map(|e| match e {
-            HostEvent::Emission { pipeline: p, value, .. } if p == pipeline => {
-                Some(format!("emit {value}"))
-            }
-            HostEvent::Notice { pipeline: p, message } if p == pipeline => {
-                Some(format!("notice {message}"))
-            }
+            HostEvent::Emission {
+                pipeline: p, value, ..
+            } if p == pipeline => Some(format!("emit {value}")),
+            HostEvent::Notice {
+                pipeline: p,
+                message,
+            } if p == pipeline => Some(format!("notice {message}")),
             HostEvent::Error {
                 pipeline: p,
                 path,
@@ -65,10 +66,7 @@ fn story(history: &[HostEvent], pipeline: &str) -> Vec<String> {
 /// Waits until the `tick` pipeline (an `interval_ms(10)`) has emitted `n` more values: time
 /// for the file source (which looks every 50 ms) to have looked several times.
 fn let_ticks_pass(host: &mut Harness, n: i64) -> anyhow::Result<()> {
-    let now = host
-        .emissions("tick")
-        .last()
-        .map_or(0, |(_, v)| value(v));
+    let now = host.emissions("tick").last().map_or(0, |(_, v)| value(v));
     host.wait_emission("tick", |v| value(v) >= now + n)?;
     Ok(())
 }
@@ -161,9 +159,11 @@ fn file_lines_follows_a_file_like_tail_f() -> anyhow::Result<()> {
     let mut host = Harness::start(&fixture.options())?;
     host.wait_loaded()?;
     let waiting = format!("waiting for {shown} to exist");
-    host.wait_for("the waiting notice", EMISSION_TIMEOUT, |e| {
-        matches!(e, HostEvent::Notice { pipeline, .. } if pipeline == "grow")
-    })?;
+    host.wait_for(
+        "the waiting notice",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Notice { pipeline, .. } if pipeline == "grow"),
+    )?;
     // Several looks at the missing file (every 50 ms) tell nothing more.
     let_ticks_pass(&mut host, 25)?;
     std::fs::write(&log, "one\ntwo\n")?;
@@ -262,9 +262,11 @@ fn tcp_lines_keeps_connections_across_a_reload() -> anyhow::Result<()> {
     );
     let mut host = Harness::start(&fixture.options())?;
     let (v1, _) = host.wait_loaded()?;
-    let error = host.wait_for("the error of taken", EMISSION_TIMEOUT, |e| {
-        matches!(e, HostEvent::Error { pipeline, .. } if pipeline == "taken")
-    })?;
+    let error = host.wait_for(
+        "the error of taken",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Error { pipeline, .. } if pipeline == "taken"),
+    )?;
     let HostEvent::Error { path, message, .. } = &error else {
         unreachable!()
     };
@@ -311,9 +313,11 @@ fn tcp_lines_keeps_connections_across_a_reload() -> anyhow::Result<()> {
     // The host may close the connection before it has read everything: a failed write is
     // the point.
     let _ = c2.write_all(&long);
-    let error = host.wait_for("the error of the long line", EMISSION_TIMEOUT, |e| {
-        matches!(e, HostEvent::Error { pipeline, .. } if pipeline == "net")
-    })?;
+    let error = host.wait_for(
+        "the error of the long line",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Error { pipeline, .. } if pipeline == "net"),
+    )?;
     let HostEvent::Error { path, message, .. } = &error else {
         unreachable!()
     };
