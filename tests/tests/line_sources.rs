@@ -63,6 +63,28 @@ fn story(history: &[HostEvent], pipeline: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `n`th emission (from 1) of `pipeline`, seen or to come, as (version, value).
+fn nth_emission(host: &mut Harness, pipeline: &str, n: usize) -> anyhow::Result<(u64, String)> {
+    if let Some(e) = host.emissions(pipeline).into_iter().nth(n - 1) {
+        return Ok(e);
+    }
+    let mut seen = host.emissions(pipeline).len();
+    let e = host.wait_for(
+        &format!("emission {n} of {pipeline}"),
+        EMISSION_TIMEOUT,
+        |e| {
+            if matches!(e, HostEvent::Emission { pipeline: p, .. } if p == pipeline) {
+                seen += 1;
+            }
+            seen == n
+        },
+    )?;
+    let HostEvent::Emission { version, value, .. } = e else {
+        unreachable!("counted emissions only")
+    };
+    Ok((version, value))
+}
+
 /// Waits until the `tick` pipeline (an `interval_ms(10)`) has emitted `n` more values: time
 /// for the file source (which looks every 50 ms) to have looked several times.
 fn let_ticks_pass(host: &mut Harness, n: i64) -> anyhow::Result<()> {
@@ -86,45 +108,53 @@ fn file_lines_keeps_its_position_across_a_reload() -> anyhow::Result<()> {
         ),
     );
     let log = fixture.path().join("in.log");
+    let mut lines: Vec<String> = vec!["a".into(), "bb".into()];
     std::fs::write(&log, "a\nbb\n")?;
+    let mut write = |line: String| {
+        append(&log, format!("{line}\n").as_bytes());
+        lines.push(line);
+        lines.len()
+    };
     let mut host = Harness::start(&fixture.options())?;
     let (v1, _) = host.wait_loaded()?;
-    host.wait_emission("log", |v| v == "2")?;
-    append(&log, b"ccc\n");
-    host.wait_emission("log", |v| v == "3")?;
+    nth_emission(&mut host, "log", 2)?;
+    let n = write("c".repeat(3));
+    nth_emission(&mut host, "log", n)?;
     fixture.edit("src/lib.rs", "l.len() as u64 + 0", "l.len() as u64 + 1000");
-    // Appended while the new version builds: v1 or v2 runs it, once.
-    append(&log, b"dddd\n");
+    // Appended while the new version builds.
+    write("d".repeat(4));
     let reload = host.wait_reload()?;
     let v2 = reload_version(&reload);
     let HostEvent::Reload { restarts, .. } = &reload else {
         unreachable!()
     };
     assert!(restarts.is_empty(), "{reload:?}");
-    append(&log, b"eeeee\n");
-    host.wait_emission("log", |v| v == "1005")?;
-    append(&log, b"ffffff\n");
-    host.wait_emission("log", |v| v == "1006")?;
+    // The report comes just before the new code is committed: a line read in between runs
+    // v1. Lines until one runs v2; then every later line does.
+    for k in 0.. {
+        assert!(k < 100, "no line ran v2");
+        let n = write(format!("probe {k}"));
+        if nth_emission(&mut host, "log", n)?.0 == v2 {
+            break;
+        }
+    }
+    let n = write("f".repeat(6));
+    assert_eq!(nth_emission(&mut host, "log", n)?, (v2, "1006".to_owned()));
     host.stop();
     let got = host.emissions("log");
-    let dddd = got
+    assert_eq!(got.len(), lines.len(), "{got:?}");
+    let want: Vec<(u64, String)> = got
         .iter()
-        .find(|(_, v)| v.ends_with('4'))
-        .map(|(version, _)| *version)
-        .expect("the line appended during the build was emitted");
-    let four = if dddd == v1 { "4" } else { "1004" };
-    let want: Vec<(u64, String)> = [
-        (v1, "1"),
-        (v1, "2"),
-        (v1, "3"),
-        (dddd, four),
-        (v2, "1005"),
-        (v2, "1006"),
-    ]
-    .iter()
-    .map(|(v, s)| (*v, s.to_string()))
-    .collect();
+        .zip(&lines)
+        .map(|((v, _), line)| {
+            let extra = if *v == v1 { 0 } else { 1000 };
+            (*v, (line.len() + extra).to_string())
+        })
+        .collect();
     assert_eq!(got, want);
+    assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "{got:?}");
+    assert!(got.iter().all(|(v, _)| *v == v1 || *v == v2), "{got:?}");
+    assert!(got[..3].iter().all(|(v, _)| *v == v1), "{got:?}");
     assert!(
         host.history()
             .iter()
@@ -276,12 +306,18 @@ fn tcp_lines_keeps_connections_across_a_reload() -> anyhow::Result<()> {
         &format!("tcp_lines(\"{taken}\"): cannot listen: {in_use}")
     );
     // `net` runs: two connections, each line emitted.
+    let mut sent: Vec<String> = Vec::new();
+    let mut say = |c: &mut TcpStream, line: &str| {
+        send(c, format!("{line}\n").as_bytes());
+        sent.push(line.to_owned());
+        sent.len()
+    };
     let mut c1 = connect(net);
     let mut c2 = connect(net);
-    send(&mut c1, b"a1\n");
-    host.wait_emission("net", |v| v == text("a1/one"))?;
-    send(&mut c2, b"b1\r\n");
-    host.wait_emission("net", |v| v == text("b1/one"))?;
+    let n = say(&mut c1, "a1");
+    assert_eq!(nth_emission(&mut host, "net", n)?, (v1, text("a1/one")));
+    let n = say(&mut c2, "b1\r");
+    assert_eq!(nth_emission(&mut host, "net", n)?, (v1, text("b1/one")));
     // Free the address; the reload that edits `net` tries `taken` again.
     drop(busy);
     fixture.edit("src/lib.rs", "l + \"/one\"", "l + \"/two\"");
@@ -297,11 +333,18 @@ fn tcp_lines_keeps_connections_across_a_reload() -> anyhow::Result<()> {
     };
     let restarted: Vec<&str> = restarts.iter().map(|r| r.pipeline.as_str()).collect();
     assert_eq!(restarted, ["taken"], "{reload:?}");
-    // The connections opened under v1 deliver through v2.
-    send(&mut c2, b"b2\n");
-    host.wait_emission("net", |v| v == text("b2/two"))?;
-    send(&mut c1, b"a2\n");
-    host.wait_emission("net", |v| v == text("a2/two"))?;
+    // The connections opened under v1 deliver through v2. (The report comes just before
+    // the new code is committed: a line read in between runs v1. Lines on c2 until one
+    // runs v2; then every later line does.)
+    for k in 0.. {
+        assert!(k < 100, "no line ran v2");
+        let n = say(&mut c2, &format!("b2 {k}"));
+        if nth_emission(&mut host, "net", n)?.0 == v2 {
+            break;
+        }
+    }
+    let n = say(&mut c1, "a2");
+    assert_eq!(nth_emission(&mut host, "net", n)?, (v2, text("a2/two")));
     // `taken` listens now.
     let mut t = connect(taken);
     send(&mut t, b"t1\n");
@@ -332,21 +375,22 @@ fn tcp_lines_keeps_connections_across_a_reload() -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("expected c2 closed by the host, got {other:?}"),
     }
-    send(&mut c1, b"a3\n");
-    host.wait_emission("net", |v| v == text("a3/two"))?;
+    let n = say(&mut c1, "a3");
+    assert_eq!(nth_emission(&mut host, "net", n)?, (v2, text("a3/two")));
     host.stop();
     let got = host.emissions("net");
-    let want: Vec<(u64, String)> = [
-        (v1, "a1/one"),
-        (v1, "b1/one"),
-        (v2, "b2/two"),
-        (v2, "a2/two"),
-        (v2, "a3/two"),
-    ]
-    .iter()
-    .map(|(v, s)| (*v, text(s)))
-    .collect();
+    assert_eq!(got.len(), sent.len(), "{got:?}");
+    let want: Vec<(u64, String)> = got
+        .iter()
+        .zip(&sent)
+        .map(|((v, _), line)| {
+            let line = line.trim_end_matches('\r');
+            (*v, text(&format!("{line}/{}", if *v == v1 { "one" } else { "two" })))
+        })
+        .collect();
     assert_eq!(got, want);
+    assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "{got:?}");
+    assert!(got.iter().all(|(v, _)| *v == v1 || *v == v2), "{got:?}");
     assert_eq!(host.emissions("taken"), [(v2, text("t1/taken"))]);
     Ok(())
 }
