@@ -201,24 +201,24 @@ fn file_lines_follows_a_file_like_tail_f() -> anyhow::Result<()> {
     // Several looks at the missing file (every 50 ms) tell nothing more.
     let_ticks_pass(&mut host, 25)?;
     std::fs::write(&log, "one\ntwo\n")?;
-    host.wait_emission("grow", |v| v == text("two"))?;
+    grow_emits(&mut host, "two")?;
     // A last line without its newline is held, however many looks pass.
     append(&log, b"par");
     let_ticks_pass(&mut host, 25)?;
     append(&log, b"tial\n");
-    host.wait_emission("grow", |v| v == text("partial"))?;
+    grow_emits(&mut host, "partial")?;
     // Line 4 is not UTF-8: an error, and line 5 is still emitted.
     append(&log, b"\xffbad\xfe\nafter\n");
-    host.wait_emission("grow", |v| v == text("after"))?;
+    grow_emits(&mut host, "after")?;
     // Truncated and written shorter: read again from the start.
     std::fs::write(&log, "t\n")?;
-    host.wait_emission("grow", |v| v == text("t"))?;
+    grow_emits(&mut host, "t")?;
     // Rotated: the old file is read to its end, then the new one from its start (its line
     // numbers from 1).
     append(&log, b"last old\n");
     std::fs::rename(&log, dir.join("grow.log.1"))?;
     std::fs::write(&log, b"new 1\n\xff\nnew 3\n")?;
-    host.wait_emission("grow", |v| v == text("new 3"))?;
+    grow_emits(&mut host, "new 3")?;
     host.stop();
     let want = [
         format!("notice {waiting}"),
@@ -237,6 +237,17 @@ fn file_lines_follows_a_file_like_tail_f() -> anyhow::Result<()> {
     ];
     assert_eq!(story(host.history(), "grow"), want);
     Ok(())
+}
+
+/// Waits for `grow` to emit `line`; on a timeout, says what `grow` did so far.
+fn grow_emits(host: &mut Harness, line: &str) -> anyhow::Result<()> {
+    match host.wait_emission("grow", |v| v == text(line)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.context(format!(
+            "grow never emitted {line:?}; what it did: {:#?}",
+            story(host.history(), "grow")
+        ))),
+    }
 }
 
 /// A port nobody listens on now (bound, then freed).
