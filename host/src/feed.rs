@@ -253,3 +253,60 @@ impl Drop for Feeds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stdin_spec() -> SourceSpec {
+        SourceSpec {
+            kind: source_kind::STDIN_LINES,
+            a: 0,
+            b: 0,
+            text: String::new(),
+            label: "stdin_lines()".into(),
+            item: None,
+        }
+    }
+
+    /// What a pipeline's inbox received, as text.
+    fn next(rx: &crossbeam_channel::Receiver<Msg>) -> String {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Msg::Line(port, l)) => format!("{port}: {l}"),
+            Ok(Msg::Complete(port)) => format!("{port}: complete"),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => panic!("nothing in the inbox: {e}"),
+        }
+    }
+
+    /// Lines already waiting on stdin are read only once the launch has opened every
+    /// pipeline's sources: the first subscriber gets nothing before, and both get them all.
+    #[test]
+    fn stdin_is_read_once_every_pipeline_of_the_launch_subscribed() {
+        let mut feeds = Feeds::new();
+        feeds.set_stdin(Box::new(&b"one\ntwo\n"[..]));
+        let (tx1, rx1) = crossbeam_channel::unbounded();
+        let (tx2, rx2) = crossbeam_channel::unbounded();
+        let held1 = feeds.open(&stdin_spec(), 0, &tx1).expect("opened");
+        // The input is there at once; nothing is read while the launch goes on.
+        assert!(
+            rx1.recv_timeout(Duration::from_millis(300)).is_err(),
+            "read before the launch ended"
+        );
+        let held2 = feeds.open(&stdin_spec(), 1, &tx2).expect("opened");
+        feeds.opened();
+        for (rx, port) in [(&rx1, 0), (&rx2, 1)] {
+            let got: Vec<String> = (0..3).map(|_| next(rx)).collect();
+            assert_eq!(
+                got,
+                [
+                    format!("{port}: one"),
+                    format!("{port}: two"),
+                    format!("{port}: complete")
+                ]
+            );
+        }
+        drop((held1, held2));
+    }
+}
