@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
@@ -89,6 +91,29 @@ impl Outlet for InboxOutlet {
 /// A reader the host's `stdin_lines` reads instead of the process's standard input.
 pub type StdinReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
+/// Reads nothing until its gate opens (or its sender is gone): stdin is read only once every
+/// pipeline of the launch that opened it has subscribed, so each gets the first lines too
+/// (lines already waiting in a pipe would otherwise reach the first subscriber alone).
+struct Gated {
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    inner: StdinReader,
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(gate) = self.gate.as_mut() {
+            // Opened, or the feeds are gone: read either way.
+            let _ = std::task::ready!(Pin::new(gate).poll(cx));
+            self.gate = None;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
 /// Where host sources come from: the directory relative paths resolve against, the I/O
 /// runtime, and the shared sources (listeners, stdin).
 #[derive(Default)]
@@ -98,6 +123,8 @@ pub struct Feeds {
     tcp: HashMap<String, Weak<TcpLines>>,
     stdin: Option<Arc<StdinLines>>,
     stdin_from: Option<StdinReader>,
+    /// Opens the gate of stdin once the launch that started it has subscribed everyone.
+    stdin_gate: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for Feeds {
@@ -197,10 +224,19 @@ impl Feeds {
                     Some(s) => s.clone(),
                     None => {
                         let rt = self.rt()?;
-                        let s = match self.stdin_from.take() {
-                            Some(r) => StdinLines::start(&rt, r),
-                            None => StdinLines::start(&rt, tokio::io::stdin()),
-                        };
+                        let inner = self
+                            .stdin_from
+                            .take()
+                            .unwrap_or_else(|| Box::new(tokio::io::stdin()));
+                        let (open, gate) = tokio::sync::oneshot::channel();
+                        self.stdin_gate = Some(open);
+                        let s = StdinLines::start(
+                            &rt,
+                            Gated {
+                                gate: Some(gate),
+                                inner,
+                            },
+                        );
                         let s = Arc::new(s);
                         self.stdin = Some(s.clone());
                         s
@@ -220,6 +256,14 @@ impl Feeds {
             None,
         )))
     }
+
+    /// Every pipeline being started has opened its sources: the host's stdin, if one of
+    /// them opened it, may be read now.
+    pub fn opened(&mut self) {
+        if let Some(open) = self.stdin_gate.take() {
+            let _ = open.send(());
+        }
+    }
 }
 
 impl Drop for Feeds {
@@ -230,5 +274,66 @@ impl Drop for Feeds {
             // Tokio reads stdin on a blocking thread that cannot be cancelled: do not wait.
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stdin_spec() -> SourceSpec {
+        SourceSpec {
+            kind: source_kind::STDIN_LINES,
+            a: 0,
+            b: 0,
+            text: String::new(),
+            label: "stdin_lines()".into(),
+            item: None,
+        }
+    }
+
+    /// What a pipeline's inbox received, as text.
+    fn next(rx: &crossbeam_channel::Receiver<Msg>) -> String {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Msg::Line(port, l)) => format!("{port}: {l}"),
+            Ok(Msg::Complete(port)) => format!("{port}: complete"),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => panic!("nothing in the inbox: {e}"),
+        }
+    }
+
+    /// Lines already waiting on stdin are read only once the launch has opened every
+    /// pipeline's sources: the first subscriber gets nothing before, and both get them all.
+    #[test]
+    fn stdin_is_read_once_every_pipeline_of_the_launch_subscribed() {
+        let mut feeds = Feeds::new();
+        feeds.set_stdin(Box::new(&b"one\ntwo\n"[..]));
+        let (tx1, rx1) = crossbeam_channel::unbounded();
+        let (tx2, rx2) = crossbeam_channel::unbounded();
+        let held1 = feeds
+            .open(&stdin_spec(), 0, &tx1, &mut Vec::new())
+            .expect("opened");
+        // The input is there at once; nothing is read while the launch goes on.
+        assert!(
+            rx1.recv_timeout(Duration::from_millis(300)).is_err(),
+            "read before the launch ended"
+        );
+        let held2 = feeds
+            .open(&stdin_spec(), 1, &tx2, &mut Vec::new())
+            .expect("opened");
+        feeds.opened();
+        for (rx, port) in [(&rx1, 0), (&rx2, 1)] {
+            let got: Vec<String> = (0..3).map(|_| next(rx)).collect();
+            assert_eq!(
+                got,
+                [
+                    format!("{port}: one"),
+                    format!("{port}: two"),
+                    format!("{port}: complete")
+                ]
+            );
+        }
+        drop((held1, held2));
     }
 }

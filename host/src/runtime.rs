@@ -698,6 +698,8 @@ impl Runtime {
                 }
             }
         }
+        // Every pipeline of this launch has subscribed: stdin may be read now.
+        self.feeds.opened();
         failed
     }
 
