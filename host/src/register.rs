@@ -169,13 +169,21 @@ impl Ctx {
                     src.label.to_string_lossy().unwrap_or_default().into_owned(),
                 )
             };
+            let item = fingerprint(&src.item);
+            if src.kind == abi::source_kind::SUBJECT && item.is_none() {
+                // Its values are read through a pointer: their layout must be known.
+                return self.fail(format!(
+                    "pipeline {}, source {port} ({label}): names no value type",
+                    code.name
+                ));
+            }
             code.sources.push(crate::code::SourceSpec {
                 kind: src.kind,
                 a: src.a,
                 b: src.b,
                 text,
                 label,
-                item: fingerprint(&src.item),
+                item,
             });
         }
         let publishes = if desc.n_publishes == 0 || desc.publishes.is_null() {
@@ -618,9 +626,98 @@ fn collect(lib: Arc<LibVersion>, version: u64, expected: usize) -> Ctx {
         ctx.error = Some("register panicked".to_owned());
     }
     if ctx.error.is_none() {
-        ctx.error = subject_mismatch(&ctx.pipelines);
+        ctx.error = subject_mismatch(&ctx.pipelines).or_else(|| subject_cycle(&ctx.pipelines));
     }
     ctx
+}
+
+/// A cycle through subjects (a pipeline whose values, published to a subject, come back to
+/// it through the pipelines reading that subject), as a message naming the loop; `None`
+/// when there is none. Delivery is synchronous, so such a loop would run forever or block:
+/// a registration with one fails.
+pub fn subject_cycle(pipelines: &[PipelineCode]) -> Option<String> {
+    use std::collections::BTreeMap;
+    // Who reads each subject.
+    let mut readers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pipelines.iter().enumerate() {
+        for s in &p.sources {
+            if s.kind == abi::source_kind::SUBJECT {
+                readers.entry(s.text.as_str()).or_default().push(i);
+            }
+        }
+    }
+    // Edges: pipeline -> (subject, a pipeline reading it).
+    let edges: Vec<Vec<(&str, usize)>> = pipelines
+        .iter()
+        .map(|p| {
+            p.publishes
+                .iter()
+                .flat_map(|x| {
+                    readers
+                        .get(x.subject.as_str())
+                        .into_iter()
+                        .flatten()
+                        .map(move |r| (x.subject.as_str(), *r))
+                })
+                .collect()
+        })
+        .collect();
+    // Depth-first, iterative: 0 unseen, 1 on the current path, 2 done.
+    let mut state = vec![0u8; pipelines.len()];
+    for root in 0..pipelines.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        // (pipeline, next edge to follow); `via[k]` the subject that led to `stack[k]`.
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        let mut via: Vec<&str> = vec![""];
+        state[root] = 1;
+        while let Some(&mut (i, ref mut e)) = stack.last_mut() {
+            if let Some(&(subject, next)) = edges[i].get(*e) {
+                *e += 1;
+                match state[next] {
+                    0 => {
+                        state[next] = 1;
+                        stack.push((next, 0));
+                        via.push(subject);
+                    }
+                    1 => {
+                        let start = stack.iter().position(|(p, _)| *p == next).unwrap_or(0);
+                        let mut text = String::new();
+                        for k in start..stack.len() {
+                            let out = if k + 1 < stack.len() {
+                                via[k + 1]
+                            } else {
+                                subject
+                            };
+                            let to = if k + 1 < stack.len() {
+                                stack[k + 1].0
+                            } else {
+                                next
+                            };
+                            if !text.is_empty() {
+                                text.push_str(", ");
+                            }
+                            text.push_str(&format!(
+                                "{} publishes {out:?} read by {}",
+                                pipelines[stack[k].0].name, pipelines[to].name
+                            ));
+                        }
+                        return Some(format!(
+                            "subjects form a cycle ({text}): delivery is synchronous, so a \
+                             value would come back to the pipeline that published it"
+                        ));
+                    }
+                    _ => {}
+                }
+            } else {
+                state[i] = 2;
+                stack.pop();
+                via.pop();
+            }
+        }
+    }
+    None
 }
 
 /// The first subject whose publishers and subscribers disagree on the value type, as a

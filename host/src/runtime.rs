@@ -804,8 +804,9 @@ struct HostCx {
     version: Cell<u64>,
     paths: RefCell<Vec<String>>,
     sink: Sink,
-    /// By operator number: the hub a `publish` operator delivers to.
-    publish: RefCell<Vec<Option<Arc<Hub>>>>,
+    /// By operator number: the hub a `publish` operator delivers to, and the layout its
+    /// code declared for the values.
+    publish: RefCell<Vec<Option<(Arc<Hub>, hmr_track::Fingerprint)>>>,
     subjects: Arc<Subjects>,
 }
 
@@ -816,7 +817,7 @@ impl HostCx {
         let mut hubs = vec![None; code.ops.len()];
         for p in &code.publishes {
             if let Some(slot) = hubs.get_mut(p.op as usize) {
-                *slot = Some(self.subjects.hub(&p.subject));
+                *slot = Some((self.subjects.hub(&p.subject), p.item.clone()));
             }
         }
         *self.publish.borrow_mut() = hubs;
@@ -857,8 +858,8 @@ unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
         let hub = h.publish.borrow().get(op as usize).cloned().flatten();
-        if let Some(hub) = hub {
-            hub.deliver(&h.pipeline, value, &h.sink);
+        if let Some((hub, item)) = hub {
+            hub.deliver(&h.pipeline, value, &item, &h.sink);
         }
     }));
 }
@@ -933,6 +934,10 @@ pub struct Driver {
     calls: u64,
     /// Whether the chain was subscribed (`start` ran): once per driver.
     started: bool,
+    /// Whether the chain's end completed: nothing more runs through it.
+    done: bool,
+    /// Whether port 0 of the current code takes `u64`s (what `push_one` passes).
+    port0_u64: bool,
     /// With the inspector on: its tally, and the counters `cx.counts` points into (held here
     /// so the pointer stays valid).
     tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
@@ -985,6 +990,7 @@ impl Driver {
         };
         shared.paths.store(Arc::new(host.paths.borrow().clone()));
         let (push_one, env) = code.push_one_raw(tally.is_some());
+        let port0_u64 = code.sources.first().map(SourceSpec::wire) == Some(Wire::U64);
         let calls = shared.calls.load(Ordering::Relaxed);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
@@ -996,6 +1002,8 @@ impl Driver {
             cx,
             calls,
             started: false,
+            done: false,
+            port0_u64,
             tally,
         })
     }
@@ -1074,6 +1082,7 @@ impl Driver {
         }
         let (push_one, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (push_one, env, self.states.as_ptr());
+        self.port0_u64 = new.sources.first().map(SourceSpec::wire) == Some(Wire::U64);
         // The old code is dropped here if nothing else holds it.
         self.code = new;
         if let Some(before) = before {
@@ -1099,6 +1108,9 @@ impl Driver {
         // The batch path does not say which operator it is in (see `EmitCx::current_op`):
         // a stuck batch is reported at the pipeline, not at a stale operator.
         self.shared.op.store(u32::MAX, Ordering::Relaxed);
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 1 });
+        }
         self.mark_call();
         let r = self.refresh().and_then(|()| {
             if self.code.sources.get(port as usize).map(SourceSpec::wire) != Some(Wire::U64) {
@@ -1108,25 +1120,41 @@ impl Driver {
         });
         self.mark_call();
         self.after_call();
+        self.note(&r);
         r
+    }
+
+    /// Notes a completion: the chain's end completed, so nothing more runs through it.
+    #[inline(always)]
+    fn note(&mut self, r: &Result<Pushed, String>) {
+        if let Ok(Pushed::Complete { .. }) = r {
+            self.done = true;
+        }
     }
 
     /// Runs one value of port 0 (a `u64` source) through the newest code (a push
     /// source's emission).
     #[inline]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 1 });
+        }
         self.mark_call();
-        let r = self.refresh().map(|()| {
+        let r = self.refresh().and_then(|()| {
+            if !self.port0_u64 {
+                return Err(format!("port 0 of {} takes no u64 values", self.code.name));
+            }
             let (push_one, env, states) = self.hot;
             // SAFETY: `hot` holds the current code's entry point and closures and the slot
             // array of `states`, built for that code (refreshed together in `migrate`); `code`
-            // keeps the library live; `x` is a `u64` for port 0, whose wire type the caller
-            // (a `u64` source) guarantees; the plugin catches its own panics.
+            // keeps the library live; port 0 takes `u64`s (checked above, cached with `hot`);
+            // the plugin catches its own panics.
             let s = unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) };
-            Pushed::from_one(s)
+            Ok(Pushed::from_one(s))
         });
         self.mark_call();
         self.after_call();
+        self.note(&r);
         r
     }
 
@@ -1136,12 +1164,46 @@ impl Driver {
     /// # Safety
     /// `item` must point at one initialised value of `wire`'s type (a `u64`, an `RStr`
     /// view, or a subject's value of the port's checked layout), valid for the call.
+    #[inline(always)]
     pub unsafe fn push_item(
         &mut self,
         port: u32,
         wire: Wire,
         item: *const c_void,
     ) -> Result<Pushed, String> {
+        // SAFETY: forwarded; no layout to check beyond the wire type.
+        unsafe { self.push_checked(port, wire, item, None) }
+    }
+
+    /// Runs one subject value of `port` (a pointer to a value of the layout `item`
+    /// describes, published to `subject`) through the newest code, if that code's port reads
+    /// values of that layout; an `Err` naming both types otherwise (the value is not read).
+    ///
+    /// # Safety
+    /// `value` must point at a pointer to a live value of `item`'s layout, both valid for the
+    /// call.
+    pub unsafe fn push_subject(
+        &mut self,
+        port: u32,
+        value: *const c_void,
+        item: &hmr_track::Fingerprint,
+        subject: &str,
+    ) -> Result<Pushed, String> {
+        // SAFETY: forwarded; `push_checked` compares the layouts before the value is read.
+        unsafe { self.push_checked(port, Wire::Ptr, value, Some((item, subject))) }
+    }
+
+    #[inline(always)]
+    unsafe fn push_checked(
+        &mut self,
+        port: u32,
+        wire: Wire,
+        item: *const c_void,
+        layout: Option<(&hmr_track::Fingerprint, &str)>,
+    ) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 1 });
+        }
         // A subject's publisher may deliver before the subscriber's own thread subscribed
         // its chain: the subscription (`start_with`) comes first whoever runs it.
         if !self.started {
@@ -1159,14 +1221,27 @@ impl Driver {
                     self.code.name
                 ));
             }
+            if let Some((published, subject)) = layout {
+                let reads = spec.and_then(|s| s.item.as_ref());
+                if reads != Some(published) {
+                    return Err(format!(
+                        "subject {subject:?}: a value of `{}` was not delivered: this version \
+                         of {} reads `{}` (publisher and subscriber were reloaded apart)",
+                        published.name,
+                        self.code.name,
+                        reads.map_or("nothing", |r| &*r.name)
+                    ));
+                }
+            }
             let (push_one, env, states) = self.hot;
-            // SAFETY: as in `push_one`; the port's wire type was checked above and the item
-            // is the caller's obligation.
+            // SAFETY: as in `push_one`; the port's wire type (and for a subject, the value's
+            // layout) was checked above and the item is the caller's obligation.
             let s = unsafe { push_one(env, states, port, item, &self.cx) };
             Ok(Pushed::from_one(s))
         });
         self.mark_call();
         self.after_call();
+        self.note(&r);
         r
     }
 
@@ -1178,11 +1253,15 @@ impl Driver {
 
     /// Tells the chain source `port` completed.
     pub fn complete_port(&mut self, port: u32) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 1 });
+        }
         self.mark_call();
         let r = self
             .refresh()
             .map(|()| self.code.complete(&self.states, port, &self.cx));
         self.mark_call();
+        self.note(&r);
         if self.tally.is_some() {
             // Perhaps the last word of a completed pipeline: its final states stay readable.
             self.answer_state();
@@ -1202,6 +1281,7 @@ impl Driver {
             .map(|()| self.code.start(&self.states, &self.cx));
         self.mark_call();
         self.after_call();
+        self.note(&r);
         r
     }
 

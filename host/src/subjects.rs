@@ -12,11 +12,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use hmr_track::Fingerprint;
 
 use arc_swap::ArcSwap;
 
-use crate::code::{Pushed, Wire};
+use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
 use crate::runtime::{Driver, PanicPolicy};
 
@@ -72,6 +75,8 @@ impl Subjects {
 pub struct Subscriber {
     pipeline: String,
     port: u32,
+    /// The port's stream completed (a `take` on it): it gets nothing more.
+    port_done: AtomicBool,
     driver: Arc<Mutex<Driver>>,
     shared: Arc<crate::runtime::Shared>,
     policy: PanicPolicy,
@@ -116,6 +121,7 @@ impl Hub {
         list.push(Arc::new(Subscriber {
             pipeline: pipeline.to_owned(),
             port,
+            port_done: AtomicBool::new(false),
             driver,
             shared,
             policy,
@@ -136,21 +142,29 @@ impl Hub {
         self.subscribers.store(Arc::new(list));
     }
 
-    /// Delivers the value at `value` (published by `from`) to every subscriber, in
-    /// subscription order, before returning.
+    /// Delivers the value at `value` (published by `from`, whose code declared it of type
+    /// `item`) to every subscriber, in subscription order, before returning. A subscriber
+    /// whose current code reads another type (the instant of a reload that changed both
+    /// sides: the publisher may still run its old code) does not get it: that is an error
+    /// of the subscriber, and the value is not read.
     ///
     /// # Safety
-    /// `value` must point at a live value of the subject's checked layout, valid for the
+    /// `value` must point at a live value of the layout `item` describes, valid for the
     /// call.
-    pub(crate) unsafe fn deliver(&self, from: &str, value: *const c_void, sink: &Sink) {
+    pub(crate) unsafe fn deliver(
+        &self,
+        from: &str,
+        value: *const c_void,
+        item: &Fingerprint,
+        sink: &Sink,
+    ) {
         let subs = self.subscribers.load_full();
         for s in subs.iter() {
-            if s.shared.ended() {
+            if s.shared.ended() || s.port_done.load(Ordering::Acquire) {
                 continue;
             }
             let key = Arc::as_ptr(&s.driver);
-            let cycle = DELIVERING.with(|d| d.borrow().contains(&key));
-            if cycle {
+            let Some(_entered) = Entered::enter(key) else {
                 sink.event(HostEvent::Error {
                     pipeline: s.pipeline.clone(),
                     path: s.pipeline.clone(),
@@ -161,49 +175,74 @@ impl Hub {
                     ),
                 });
                 continue;
-            }
-            DELIVERING.with(|d| d.borrow_mut().push(key));
-            let r = {
-                let mut d = s.driver.lock().unwrap_or_else(|p| p.into_inner());
-                if d.stopped() {
-                    None
-                } else {
-                    // A subject port's wire values are pointers to the values.
-                    let item: *const c_void = value;
-                    // SAFETY: the caller's obligation: `value` is a live value of the
-                    // subject's layout; `item` outlives the call; `push_item` checks the
-                    // port reads a subject.
-                    Some(unsafe {
-                        d.push_item(s.port, Wire::Ptr, (&raw const item).cast::<c_void>())
-                    })
-                }
             };
-            DELIVERING.with(|d| {
-                d.borrow_mut().pop();
-            });
+            let mut d = s.driver.lock().unwrap_or_else(|p| p.into_inner());
+            if d.stopped() {
+                continue;
+            }
+            // A subject port's wire values are pointers to the values.
+            let ptr: *const c_void = value;
+            // SAFETY: the caller's obligation: `value` is a live value of `item`'s layout;
+            // `push_subject` reads it only if the port's current code reads that layout;
+            // `ptr` outlives the call.
+            let r = unsafe {
+                d.push_subject(s.port, (&raw const ptr).cast::<c_void>(), item, &self.name)
+            };
             match r {
-                None | Some(Ok(Pushed::Continue | Pushed::PortDone { .. })) => {}
-                Some(Ok(Pushed::Panicked { .. })) => {
+                Ok(Pushed::Continue) => {}
+                Ok(Pushed::PortDone { .. }) => s.port_done.store(true, Ordering::Release),
+                Ok(Pushed::Panicked { .. }) => {
                     if s.policy == PanicPolicy::Error {
                         s.shared.end(crate::runtime::Ended::Errored);
                     }
                 }
-                Some(Ok(Pushed::Complete { .. })) => {
-                    // Its own thread sees it at its next look and ends.
+                Ok(Pushed::Complete { .. }) => {
+                    // Marked under the lock, so no other publisher pushes after it; its own
+                    // thread sees it at its next look and ends.
                     s.shared.end(crate::runtime::Ended::Completed);
+                    drop(d);
                     sink.event(HostEvent::Completed {
                         pipeline: s.pipeline.clone(),
                         emissions: 0,
                         elapsed_us: 0,
                     });
                 }
-                Some(Err(e)) => sink.event(HostEvent::Error {
+                Err(e) => sink.event(HostEvent::Error {
                     pipeline: s.pipeline.clone(),
                     path: s.pipeline.clone(),
                     message: e,
                 }),
             }
         }
+    }
+}
+
+/// A subscriber's driver this thread is delivering into, for as long as it lives (a guard,
+/// so a panic while delivering does not leave it marked).
+struct Entered(*const Mutex<Driver>);
+
+impl Entered {
+    /// Marks `key` entered on this thread; `None` if it already is (a cycle).
+    fn enter(key: *const Mutex<Driver>) -> Option<Entered> {
+        DELIVERING.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.contains(&key) {
+                return None;
+            }
+            d.push(key);
+            Some(Entered(key))
+        })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let _ = DELIVERING.try_with(|d| {
+            let mut d = d.borrow_mut();
+            if let Some(i) = d.iter().rposition(|k| *k == self.0) {
+                d.remove(i);
+            }
+        });
     }
 }
 

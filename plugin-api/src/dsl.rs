@@ -1426,9 +1426,18 @@ impl<T: 'static> Op<T> for Take<T> {
     fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
         // SAFETY: a seeded `u64`, touched only by this operator.
         let taken = unsafe { &mut *cx.state::<u64>(self.at.op) };
+        if self.n == 0 {
+            // `take(0)` completes once (its state 1 says it did), at its first value if its
+            // subscription did not already.
+            if *taken == 0 {
+                *taken = 1;
+                k.complete();
+            }
+            return Flow::Complete;
+        }
         if *taken >= self.n {
-            // `take(0)`, or a value after the count (none reaches here once complete).
-            k.complete();
+            // Completed already (with its n-th value): a value that still arrives (from
+            // another port of a stream it is in) completes nothing again.
             return Flow::Complete;
         }
         *taken += 1;
@@ -1447,8 +1456,11 @@ impl<T: 'static> Op<T> for Take<T> {
     /// there, without its upstream starting, as in RxJS (`take(0)` is `EMPTY`).
     fn start<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
         // SAFETY: as in `push`.
-        let taken = unsafe { *cx.state::<u64>(self.at.op) };
-        if taken >= self.n {
+        let taken = unsafe { &mut *cx.state::<u64>(self.at.op) };
+        if *taken >= self.n {
+            if self.n == 0 {
+                *taken = 1;
+            }
             k.complete();
             return Flow::Complete;
         }

@@ -25,6 +25,8 @@ use crate::shape::Shape;
 /// Bits of the `done` state: which inputs completed.
 const LEFT: u8 = 1;
 const RIGHT: u8 = 2;
+/// The operator completed: whatever an input still sends is refused (its port is done).
+const CLOSED: u8 = 4;
 
 /// What each fan-in operator does with its inputs' values and completions. `L` and `R` are
 /// the inputs' value types, `A` the state.
@@ -62,6 +64,10 @@ pub trait Join<L, R>: Send + Sync + 'static {
     ) -> Flow;
     /// Input `side` completed; returns whether the output completes.
     fn done(s: &mut Self::State, side: u8) -> bool;
+    /// Whether the operator completed (its output is done).
+    fn closed(s: &Self::State) -> bool;
+    /// Marks the operator completed.
+    fn close(s: &mut Self::State);
 }
 
 /// Two stages joined by the fan-in operator `J`.
@@ -110,7 +116,12 @@ impl<'a, 'c, C: Tally, A, B, J: Join<A, B>, K: Observer<J::Out>> Side<'a, 'c, C,
 
     fn finish(&mut self) -> Flow {
         let side = self.side;
-        if J::done(self.state(), side) {
+        let s = self.state();
+        if J::closed(s) {
+            return Flow::Complete;
+        }
+        if J::done(s, side) {
+            J::close(s);
             self.k.complete();
         }
         Flow::Complete
@@ -124,6 +135,10 @@ impl<C: Tally, A, B, J: Join<A, B>, K: Observer<J::Out>> Observer<A>
     fn next(&mut self, x: A) -> Flow {
         let (cx, op, j) = (self.cx, self.op, self.j);
         let s = self.state();
+        if J::closed(s) {
+            // Completed already (the other input ended it): this input's port is done.
+            return Flow::Complete;
+        }
         j.left::<C, _>(cx, op, s, x, &mut self.counted())
     }
     fn complete(&mut self) -> Flow {
@@ -141,6 +156,9 @@ impl<C: Tally, A, B, J: Join<A, B>, K: Observer<J::Out>> Observer<B>
     fn next(&mut self, x: B) -> Flow {
         let (cx, op, j) = (self.0.cx, self.0.op, self.0.j);
         let s = self.0.state();
+        if J::closed(s) {
+            return Flow::Complete;
+        }
         j.right::<C, _>(cx, op, s, x, &mut self.0.counted())
     }
     fn complete(&mut self) -> Flow {
@@ -289,7 +307,13 @@ impl<T: 'static> Join<T, T> for MergeJoin<T> {
     }
     fn done(s: &mut u8, side: u8) -> bool {
         *s |= side;
-        *s == LEFT | RIGHT
+        *s & (LEFT | RIGHT) == LEFT | RIGHT
+    }
+    fn closed(s: &u8) -> bool {
+        *s & CLOSED != 0
+    }
+    fn close(s: &mut u8) {
+        *s |= CLOSED;
     }
 }
 
@@ -341,6 +365,7 @@ where
                 let v = cx.user(op, || (self.f)(x, y));
                 let flow = k.next(v);
                 if flow == Flow::Continue && s.2 & RIGHT != 0 && s.1.is_empty() {
+                    s.2 |= CLOSED;
                     k.complete();
                     return Flow::Complete;
                 }
@@ -365,6 +390,7 @@ where
                 let v = cx.user(op, || (self.f)(x, y));
                 let flow = k.next(v);
                 if flow == Flow::Continue && s.2 & LEFT != 0 && s.0.is_empty() {
+                    s.2 |= CLOSED;
                     k.complete();
                     return Flow::Complete;
                 }
@@ -383,6 +409,12 @@ where
         } else {
             s.1.is_empty()
         }
+    }
+    fn closed(s: &Self::State) -> bool {
+        s.2 & CLOSED != 0
+    }
+    fn close(s: &mut Self::State) {
+        s.2 |= CLOSED;
     }
 }
 
@@ -467,7 +499,13 @@ where
         } else {
             s.1.is_none()
         };
-        never_emitted || s.2 == LEFT | RIGHT
+        never_emitted || s.2 & (LEFT | RIGHT) == LEFT | RIGHT
+    }
+    fn closed(s: &Self::State) -> bool {
+        s.2 & CLOSED != 0
+    }
+    fn close(s: &mut Self::State) {
+        s.2 |= CLOSED;
     }
 }
 
@@ -492,7 +530,7 @@ where
 }
 
 /// `with_latest_from`: each value of the left input with the latest of the right one.
-/// State: the latest right value.
+/// State: the latest right value, and whether the operator completed.
 pub struct LatestJoin<F, L, R, V> {
     f: F,
     _t: PhantomData<fn(L, R) -> V>,
@@ -506,23 +544,23 @@ where
     V: 'static,
 {
     type Out = V;
-    type State = Option<R>;
+    type State = (Option<R>, u8);
     fn kind() -> &'static str {
         "with_latest_from"
     }
     const RIGHT_FIRST: bool = true;
-    fn seed() -> Option<R> {
-        None
+    fn seed() -> (Option<R>, u8) {
+        (None, 0)
     }
     fn left<C: Tally, K: Observer<V>>(
         &self,
         cx: &Cx<'_>,
         op: u32,
-        s: &mut Option<R>,
+        s: &mut (Option<R>, u8),
         x: L,
         k: &mut K,
     ) -> Flow {
-        match s {
+        match &s.0 {
             Some(b) => {
                 let v = cx.user(op, || (self.f)(x, b));
                 k.next(v)
@@ -534,15 +572,21 @@ where
         &self,
         _cx: &Cx<'_>,
         _op: u32,
-        s: &mut Option<R>,
+        s: &mut (Option<R>, u8),
         y: R,
         _k: &mut K,
     ) -> Flow {
-        *s = Some(y);
+        s.0 = Some(y);
         Flow::Continue
     }
-    fn done(_s: &mut Option<R>, side: u8) -> bool {
+    fn done(_s: &mut (Option<R>, u8), side: u8) -> bool {
         side == LEFT
+    }
+    fn closed(s: &(Option<R>, u8)) -> bool {
+        s.1 & CLOSED != 0
+    }
+    fn close(s: &mut (Option<R>, u8)) {
+        s.1 |= CLOSED;
     }
 }
 

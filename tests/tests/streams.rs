@@ -427,3 +427,89 @@ fn a_restart_for_one_source_keeps_the_others_position() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A registration whose subjects form a cycle (a value published would come back to the
+/// pipeline that published it, synchronously) is refused, naming the loop: two pipelines
+/// feeding each other, and one pipeline reading the subject it publishes to.
+#[test]
+fn subjects_forming_a_cycle_are_refused() -> anyhow::Result<()> {
+    let cases = [
+        (
+            "streams_cycle_two",
+            r#"    p.pipeline("a", subject::<u64>("x")).map(|n: u64| n + 1).publish("y");
+    p.pipeline("b", subject::<u64>("y")).publish("x");
+    p.pipeline("src", interval_ms(5)).publish("x");"#,
+            "subjects form a cycle (a publishes \"y\" read by b, b publishes \"x\" read by a)",
+        ),
+        (
+            "streams_cycle_self",
+            r#"    p.pipeline("echo", subject::<u64>("s")).merge(interval_ms(10)).publish("s");"#,
+            "subjects form a cycle (echo publishes \"s\" read by echo)",
+        ),
+    ];
+    for (name, body, expected) in cases {
+        let fixture = Fixture::new(name, &plugin(body));
+        let mut host = Harness::start(&fixture.options())?;
+        match host.wait_outcome()? {
+            HostEvent::LoadFailed { error } => {
+                assert!(error.contains(expected), "{name}: {error}");
+            }
+            other => panic!("{name}: expected load-failed, got {other:?}"),
+        }
+        host.stop();
+    }
+    Ok(())
+}
+
+/// A reload that changes a subject's type on both sides: the reader restarts on its new
+/// code at once, while the publisher finishes the batch it is in with its old code. Those
+/// values are not read as the new type: each is an error of the reader, naming both types,
+/// and once the publisher runs its new code, values flow again.
+#[test]
+fn a_value_of_the_old_type_is_not_read_as_the_new_one() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "streams_subject_retyped",
+        &plugin(
+            r#"    p.pipeline("src", range(0, 1_000_000))
+        .map(|n: u64| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            n
+        })
+        .publish("v");
+    p.pipeline("reader", subject::<u64>("v")).log();"#,
+        ),
+    );
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    host.wait_emission("reader", |v| value(v) >= 3)?;
+    // Both sides become `String`s at once: the registration agrees with itself.
+    fixture.edit(
+        "src/lib.rs",
+        ".map(|n: u64| {\n            std::thread::sleep(std::time::Duration::from_millis(2));\n            n\n        })",
+        ".map(|n: u64| {\n            std::thread::sleep(std::time::Duration::from_millis(2));\n            format!(\"s{n}\")\n        })",
+    );
+    fixture.edit(
+        "src/lib.rs",
+        "subject::<u64>(\"v\")",
+        "subject::<String>(\"v\")",
+    );
+    let reload = host.wait_reload()?;
+    let v2 = reload_version(&reload);
+    let error = host.wait_for(
+        "an undelivered value",
+        EMISSION_TIMEOUT * 2,
+        |e| matches!(e, HostEvent::Error { pipeline, .. } if pipeline == "reader"),
+    )?;
+    let HostEvent::Error { message, .. } = &error else {
+        unreachable!()
+    };
+    assert!(
+        message.starts_with("subject \"v\": a value of `u64` was not delivered: this version of reader reads `alloc::string::String`"),
+        "{message}"
+    );
+    // The publisher's next batch runs its new code: strings reach the reader.
+    let (version, s) = host.wait_emission("reader", |v| v.starts_with("\"s"))?;
+    assert_eq!(version, v2, "{s}");
+    host.stop();
+    Ok(())
+}
