@@ -798,6 +798,10 @@ impl Drop for Runtime {
     }
 }
 
+/// Where a `publish` operator delivers: its subject's hub, and the value layout its code
+/// declared.
+type PublishTo = (Arc<Hub>, hmr_track::Fingerprint);
+
 /// What the plugin's callbacks see during a push: the pipeline's identity and the sink.
 struct HostCx {
     pipeline: String,
@@ -806,7 +810,7 @@ struct HostCx {
     sink: Sink,
     /// By operator number: the hub a `publish` operator delivers to, and the layout its
     /// code declared for the values.
-    publish: RefCell<Vec<Option<(Arc<Hub>, hmr_track::Fingerprint)>>>,
+    publish: RefCell<Vec<Option<PublishTo>>>,
     subjects: Arc<Subjects>,
 }
 
