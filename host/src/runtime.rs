@@ -193,8 +193,8 @@ fn ended_from(v: u64) -> Ended {
     }
 }
 
-/// A subject reader's shared driver and the hubs it is subscribed to.
-type Subscribed = (Arc<Mutex<Driver>>, Vec<Arc<Hub>>);
+/// The hubs a subject reader is subscribed to (by its thread).
+type Subscribed = Vec<Arc<Hub>>;
 
 struct Running {
     publisher: Publisher,
@@ -224,7 +224,7 @@ impl Running {
     /// it sleeps; returns its handle without waiting for it.
     fn signal_stop(&mut self) -> Option<JoinHandle<()>> {
         self.publisher.shared.stop.store(true, Ordering::Release);
-        if let Some((_, hubs)) = self.subscribed.take() {
+        if let Some(hubs) = self.subscribed.take() {
             let name = self.publisher.shared.name();
             for h in hubs {
                 h.unsubscribe(&name);
@@ -643,33 +643,15 @@ impl Runtime {
                 .filter(|(_, s)| s.kind == source_kind::SUBJECT)
                 .map(|(i, s)| (i as u32, s))
                 .collect();
-            let cell = if subject_ports.is_empty() {
-                None
-            } else {
-                let d = match Driver::new(shared.clone(), sink.clone()) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        sink.event(HostEvent::Error {
-                            pipeline: name.clone(),
-                            path: name.clone(),
-                            message: e,
-                        });
-                        shared
-                            .ended
-                            .store(ended_code(Ended::Errored), Ordering::Release);
-                        continue;
-                    }
-                };
-                let d = Arc::new(Mutex::new(d));
-                let mut hubs = Vec::new();
-                for (port, spec) in subject_ports {
-                    let hub = self.subjects.hub(&spec.text);
-                    hub.subscribe(name, port, d.clone(), shared.clone(), policy);
-                    hubs.push(hub);
-                }
-                r.subscribed = Some((d.clone(), hubs));
-                Some(d)
-            };
+            // The thread makes the driver (its seeds are plugin code: never run on the
+            // reloader's thread), subscribes the chain, then subscribes to the hubs.
+            let subscribe: Vec<(Arc<Hub>, u32)> = subject_ports
+                .into_iter()
+                .map(|(port, spec)| (self.subjects.hub(&spec.text), port))
+                .collect();
+            if !subscribe.is_empty() {
+                r.subscribed = Some(subscribe.iter().map(|(h, _)| h.clone()).collect());
+            }
             // Under a virtual clock, the thread counts as busy from now until it first waits.
             let ticket = match &shared.clock {
                 Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone())),
@@ -677,7 +659,7 @@ impl Runtime {
             };
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    run_pipeline(&shared, &sink, policy, cell, ticket, handover)
+                    run_pipeline(&shared, &sink, policy, subscribe, ticket, handover)
                 })) {
                     Ok(e) => e,
                     Err(_) => Ended::Errored,
@@ -1349,6 +1331,38 @@ enum PortRun {
 /// A restarted pipeline's old inbox and the ports its taken-over sources moved from and to.
 type Handover = (Receiver<Msg>, Vec<(u32, u32)>);
 
+/// A subject reader's subscriptions, made by its thread once its chain started; undone
+/// when the thread ends.
+struct Subscription {
+    hubs: Vec<(Arc<Hub>, u32)>,
+    driver: Arc<Mutex<Driver>>,
+    shared: Arc<Shared>,
+    policy: PanicPolicy,
+}
+
+impl Subscription {
+    fn subscribe(&self) {
+        let name = self.shared.name();
+        for (hub, port) in &self.hubs {
+            hub.subscribe(
+                &name,
+                *port,
+                self.driver.clone(),
+                self.shared.clone(),
+                self.policy,
+            );
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for (hub, _) in &self.hubs {
+            hub.unsubscribe_driver(&self.driver);
+        }
+    }
+}
+
 /// How a pipeline thread goes on after a push.
 enum Step {
     Go,
@@ -1362,7 +1376,7 @@ fn run_pipeline(
     shared: &Arc<Shared>,
     sink: &Sink,
     policy: PanicPolicy,
-    locked: Option<Arc<Mutex<Driver>>>,
+    subscribe: Vec<(Arc<Hub>, u32)>,
     ticket: Option<crate::clock::Ticket>,
     handover: Option<Handover>,
 ) -> Ended {
@@ -1375,12 +1389,26 @@ fn run_pipeline(
         });
         Ended::Errored
     };
-    let mut cell = match locked {
-        Some(d) => DriverCell::Locked(d),
-        None => match Driver::new(shared.clone(), sink.clone()) {
-            Ok(d) => DriverCell::Local(Box::new(d)),
-            Err(e) => return report(e),
-        },
+    let driver = match Driver::new(shared.clone(), sink.clone()) {
+        Ok(d) => d,
+        Err(e) => return report(e),
+    };
+    // A subject reader's driver is shared with its publishers' threads, behind a lock; the
+    // guard unsubscribes it when this thread ends, so its last reference (and the plugin's
+    // drops it runs) stays on this thread.
+    let (mut cell, _subscribed) = if subscribe.is_empty() {
+        (DriverCell::Local(Box::new(driver)), None)
+    } else {
+        let d = Arc::new(Mutex::new(driver));
+        (
+            DriverCell::Locked(d.clone()),
+            Some(Subscription {
+                hubs: subscribe,
+                driver: d,
+                shared: shared.clone(),
+                policy,
+            }),
+        )
     };
     let sources = cell.with(|d| d.code.sources.clone());
     let clock = shared.clock.clone();
@@ -1444,6 +1472,10 @@ fn run_pipeline(
     }
     let mut begun = PortRun::Fed;
     step!(cell.with(|d| d.start()), &mut begun);
+    // Subscribed: now the publishers may deliver (its `start_with` came first).
+    if let Some(s) = &_subscribed {
+        s.subscribe();
+    }
     let rx = shared.inbox.1.clone();
     let mut buf = [0u64; BATCH];
     let mut pending: Option<Msg> = None;

@@ -129,6 +129,20 @@ impl Hub {
         self.subscribers.store(Arc::new(list));
     }
 
+    /// Removes the subscriptions of `driver` (a pipeline restarted since may be subscribed
+    /// under the same name: only this driver's go).
+    pub(crate) fn unsubscribe_driver(&self, driver: &Arc<Mutex<Driver>>) {
+        let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let list: Vec<Arc<Subscriber>> = self
+            .subscribers
+            .load()
+            .iter()
+            .filter(|s| !Arc::ptr_eq(&s.driver, driver))
+            .cloned()
+            .collect();
+        self.subscribers.store(Arc::new(list));
+    }
+
     /// Removes every subscription of the pipeline `pipeline`.
     pub(crate) fn unsubscribe(&self, pipeline: &str) {
         let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
