@@ -525,11 +525,18 @@ impl Runtime {
             }
             Some(Some(why)) => {
                 // Its unchanged host sources (a file's position, a listener and its
-                // connections) go over to the restarted pipeline.
-                let held = self.pipelines.get_mut(&name).map(|r| {
-                    let inbox = r.publisher.shared.inbox.1.clone();
-                    (std::mem::take(&mut r.held), inbox)
-                });
+                // connections) go over to the pipeline restarted because another source
+                // changed or failed; one that had ended subscribes them afresh (a file is
+                // read from its start again, as a new subscription to it would be).
+                let takes_over = matches!(why, Restart::SourceChanged | Restart::SourceFailed);
+                let held = self
+                    .pipelines
+                    .get_mut(&name)
+                    .filter(|_| takes_over)
+                    .map(|r| {
+                        let inbox = r.publisher.shared.inbox.1.clone();
+                        (std::mem::take(&mut r.held), inbox)
+                    });
                 self.remove(&name);
                 self.start(code);
                 if let (Some(r), Some((held, inbox))) = (self.pipelines.get_mut(&name), held) {
@@ -843,9 +850,12 @@ unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void
     // SAFETY: as in `cb_log`; `value` is the publisher's value, borrowed for the call.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
-        let hub = h.publish.borrow().get(op as usize).cloned().flatten();
-        if let Some((hub, item)) = hub {
-            hub.deliver(&h.pipeline, value, &item, &h.sink);
+        // Borrowed for the delivery, not cloned: a delivery never comes back into this
+        // pipeline (cycles through subjects are refused at registration; a migration, the
+        // only writer, runs on this pipeline's own calls).
+        let publish = h.publish.borrow();
+        if let Some(Some((hub, item))) = publish.get(op as usize) {
+            hub.deliver(&h.pipeline, value, item, &h.sink);
         }
     }));
 }
@@ -1126,9 +1136,9 @@ impl Driver {
             return Ok(Pushed::Complete { consumed: 1 });
         }
         self.mark_call();
-        let r = self.refresh().and_then(|()| {
+        let r = self.refresh().map(|()| {
             if !self.port0_u64 {
-                return Err(format!("port 0 of {} takes no u64 values", self.code.name));
+                return None;
             }
             let (push_one, env, states) = self.hot;
             // SAFETY: `hot` holds the current code's entry point and closures and the slot
@@ -1136,12 +1146,25 @@ impl Driver {
             // keeps the library live; port 0 takes `u64`s (checked above, cached with `hot`);
             // the plugin catches its own panics.
             let s = unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) };
-            Ok(Pushed::from_one(s))
+            Some(Pushed::from_one(s))
         });
         self.mark_call();
         self.after_call();
-        self.note(&r);
-        r
+        match r {
+            Ok(Some(p)) => {
+                if let Pushed::Complete { .. } = p {
+                    self.done = true;
+                }
+                Ok(p)
+            }
+            Ok(None) => Err(self.not_u64()),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cold]
+    fn not_u64(&self) -> String {
+        format!("port 0 of {} takes no u64 values", self.code.name)
     }
 
     /// Runs one wire value of `port` through the newest code, if the newest code's port
@@ -1209,7 +1232,13 @@ impl Driver {
             }
             if let Some((published, subject)) = layout {
                 let reads = spec.and_then(|s| s.item.as_ref());
-                if reads != Some(published) {
+                // The layout hash describes the type whole (names, offsets, fields).
+                let same = reads.is_some_and(|r| {
+                    r.hash == published.hash
+                        && r.size == published.size
+                        && r.align == published.align
+                });
+                if !same {
                     return Err(format!(
                         "subject {subject:?}: a value of `{}` was not delivered: this version \
                          of {} reads `{}` (publisher and subscriber were reloaded apart)",

@@ -172,9 +172,9 @@ impl Hub {
         item: &Fingerprint,
         sink: &Sink,
     ) {
-        let subs = self.subscribers.load_full();
+        let subs = self.subscribers.load();
         for s in subs.iter() {
-            if s.shared.ended() || s.port_done.load(Ordering::Acquire) {
+            if s.port_done.load(Ordering::Relaxed) || s.shared.ended() {
                 continue;
             }
             let key = Arc::as_ptr(&s.driver);
