@@ -787,6 +787,32 @@ impl Drop for Runtime {
     }
 }
 
+/// What `refuse_one` answers: not a status of the plugin's.
+const REFUSED: u32 = u32::MAX;
+
+/// `push_one`'s entry point while port 0 takes no `u64`s: reads nothing, answers
+/// [`REFUSED`].
+unsafe extern "C" fn refuse_one(
+    _env: *const c_void,
+    _states: *const *mut u8,
+    _port: u32,
+    _item: *const c_void,
+    _cx: *const EmitCx,
+) -> u32 {
+    REFUSED
+}
+
+/// `push_one`'s entry point once the chain completed: reads nothing, answers COMPLETE.
+unsafe extern "C" fn completed_one(
+    _env: *const c_void,
+    _states: *const *mut u8,
+    _port: u32,
+    _item: *const c_void,
+    _cx: *const EmitCx,
+) -> u32 {
+    plugin_api::abi::status::COMPLETE
+}
+
 /// Where a `publish` operator delivers: its subject's hub, and the value layout its code
 /// declared.
 type PublishTo = (Arc<Hub>, hmr_track::Fingerprint);
@@ -932,8 +958,6 @@ pub struct Driver {
     started: bool,
     /// Whether the chain's end completed: nothing more runs through it.
     done: bool,
-    /// Whether port 0 of the current code takes `u64`s (what `push_one` passes).
-    port0_u64: bool,
     /// With the inspector on: its tally, and the counters `cx.counts` points into (held here
     /// so the pointer stays valid).
     tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
@@ -986,7 +1010,11 @@ impl Driver {
         };
         shared.paths.store(Arc::new(host.paths.borrow().clone()));
         let (push_one, env) = code.push_one_raw(tally.is_some());
-        let port0_u64 = code.sources.first().map(SourceSpec::wire) == Some(Wire::U64);
+        let push_one = if code.sources.first().map(SourceSpec::wire) == Some(Wire::U64) {
+            push_one
+        } else {
+            refuse_one as PushOneFn
+        };
         let calls = shared.calls.load(Ordering::Relaxed);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
@@ -999,7 +1027,6 @@ impl Driver {
             calls,
             started: false,
             done: false,
-            port0_u64,
             tally,
         })
     }
@@ -1076,9 +1103,8 @@ impl Driver {
             *counts = t.counts_for(&new);
             self.cx.counts = counts.as_ptr();
         }
-        let (push_one, env) = new.push_one_raw(self.tally.is_some());
-        self.hot = (push_one, env, self.states.as_ptr());
-        self.port0_u64 = new.sources.first().map(SourceSpec::wire) == Some(Wire::U64);
+        let (_, env) = new.push_one_raw(self.tally.is_some());
+        self.hot = (self.port0_entry(&new), env, self.states.as_ptr());
         // The old code is dropped here if nothing else holds it.
         self.code = new;
         if let Some(before) = before {
@@ -1125,6 +1151,19 @@ impl Driver {
     fn note(&mut self, r: &Result<Pushed, String>) {
         if let Ok(Pushed::Complete { .. }) = r {
             self.done = true;
+            self.hot.0 = completed_one;
+        }
+    }
+
+    /// `push_one`'s entry point for `code`: the plugin's while port 0 takes `u64`s and the
+    /// chain has not completed, else one of the host's that reads nothing.
+    fn port0_entry(&self, code: &PipelineCode) -> PushOneFn {
+        if self.done {
+            completed_one
+        } else if code.sources.first().map(SourceSpec::wire) == Some(Wire::U64) {
+            code.push_one_raw(self.tally.is_some()).0
+        } else {
+            refuse_one
         }
     }
 
@@ -1132,32 +1171,26 @@ impl Driver {
     /// source's emission).
     #[inline]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
-        if self.done {
-            return Ok(Pushed::Complete { consumed: 1 });
-        }
         self.mark_call();
         let r = self.refresh().map(|()| {
-            if !self.port0_u64 {
-                return None;
-            }
             let (push_one, env, states) = self.hot;
-            // SAFETY: `hot` holds the current code's entry point and closures and the slot
-            // array of `states`, built for that code (refreshed together in `migrate`); `code`
-            // keeps the library live; port 0 takes `u64`s (checked above, cached with `hot`);
-            // the plugin catches its own panics.
-            let s = unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) };
-            Some(Pushed::from_one(s))
+            // SAFETY: `hot` holds the current code's entry point for port 0 and closures and
+            // the slot array of `states`, built for that code (refreshed together in
+            // `migrate`); `code` keeps the library live. The entry point is the plugin's only
+            // while port 0 takes `u64`s and the chain has not completed; otherwise it is one of
+            // the host's (`refuse_one`, `completed_one`), which read nothing. The plugin
+            // catches its own panics.
+            unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) }
         });
         self.mark_call();
         self.after_call();
         match r {
-            Ok(Some(p)) => {
-                if let Pushed::Complete { .. } = p {
-                    self.done = true;
-                }
+            Ok(REFUSED) => Err(self.not_u64()),
+            Ok(s) => {
+                let p = Pushed::from_one(s);
+                self.note(&Ok(p));
                 Ok(p)
             }
-            Ok(None) => Err(self.not_u64()),
             Err(e) => Err(e),
         }
     }
@@ -1248,9 +1281,11 @@ impl Driver {
                     ));
                 }
             }
-            let (push_one, env, states) = self.hot;
-            // SAFETY: as in `push_one`; the port's wire type (and for a subject, the value's
-            // layout) was checked above and the item is the caller's obligation.
+            let (push_one, env) = self.code.push_one_raw(self.tally.is_some());
+            let states = self.hot.2;
+            // SAFETY: the current code's entry point and closures, the slot array built for
+            // that code; the port's wire type (and for a subject, the value's layout) was
+            // checked above and the item is the caller's obligation.
             let s = unsafe { push_one(env, states, port, item, &self.cx) };
             Ok(Pushed::from_one(s))
         });
