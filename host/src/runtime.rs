@@ -1169,7 +1169,9 @@ impl Driver {
 
     /// Runs one value of port 0 (a `u64` source) through the newest code (a push
     /// source's emission).
-    #[inline]
+    // Always inlined: the source loop calling it per value keeps the driver's fields in
+    // registers; as a call it cost 1.8 ns a value more (BENCHMARKS.md, 2).
+    #[inline(always)]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
         self.mark_call();
         let r = self.refresh().map(|()| {
