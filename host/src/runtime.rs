@@ -1226,6 +1226,7 @@ impl Driver {
     /// # Safety
     /// `value` must point at a pointer to a live value of `item`'s layout, both valid for the
     /// call.
+    #[inline(always)]
     pub unsafe fn push_subject(
         &mut self,
         port: u32,
