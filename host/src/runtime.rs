@@ -477,11 +477,6 @@ impl Runtime {
         self.feeds.set_base_dir(dir);
     }
 
-    /// The host's subjects.
-    pub fn subjects(&self) -> &Arc<Subjects> {
-        &self.subjects
-    }
-
     /// Counts emissions and answers state requests into `tallies` in every pipeline started
     /// from now on (the inspector's; see [`crate::inspect::tally`]).
     pub fn set_tallies(&mut self, tallies: Arc<Tallies>) {
@@ -1377,10 +1372,6 @@ impl DriverCell {
             DriverCell::Locked(d) => f(&mut d.lock().unwrap_or_else(|p| p.into_inner())),
         }
     }
-
-    fn stopped(&mut self) -> bool {
-        self.with(|d| d.stopped())
-    }
 }
 
 /// What a pipeline thread does for one port.
@@ -1564,7 +1555,7 @@ fn run_pipeline(
         None => Default::default(),
     };
     loop {
-        if cell.stopped() {
+        if shared.stop.load(Ordering::Acquire) {
             return Ended::Stopped;
         }
         // A delivery from a publisher's thread may have ended the pipeline.
@@ -1631,7 +1622,7 @@ fn run_pipeline(
                 }
             }
         }
-        if cell.stopped() {
+        if shared.stop.load(Ordering::Acquire) {
             return Ended::Stopped;
         }
         // 2. Intervals that are due.
@@ -1674,7 +1665,7 @@ fn run_pipeline(
                 })
             };
             step!(r, p);
-            if cell.stopped() {
+            if shared.stop.load(Ordering::Acquire) {
                 return Ended::Stopped;
             }
         };

@@ -52,23 +52,6 @@ impl Subjects {
             })
             .clone()
     }
-
-    /// The names of the subjects and their subscribers (pipeline names).
-    pub fn snapshot(&self) -> Vec<(String, Vec<String>)> {
-        let hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<_> = hubs
-            .values()
-            .map(|h| {
-                let subs = h.subscribers.load();
-                (
-                    h.name.clone(),
-                    subs.iter().map(|s| s.pipeline.clone()).collect(),
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    }
 }
 
 /// One subscriber of a subject: a pipeline's port.

@@ -1884,14 +1884,12 @@ unsafe extern "C" fn complete_entry<S: Stage, C: Tally>(
         let mut end = Terminal {
             completed: &cx.completed,
         };
-        let flow = env.stage.complete::<C, _>(&cx, port, &mut end);
+        env.stage.complete::<C, _>(&cx, port, &mut end);
+        // The port's source completed: whatever the stage answered, nothing more comes from
+        // it; the pipeline completed if its end did.
         if cx.completed.get() {
             status::COMPLETE
-        } else if flow == Flow::Complete {
-            status::PORT_DONE
         } else {
-            // The port's source completed: whatever the stage answered, nothing more comes
-            // from it.
             status::PORT_DONE
         }
     }));
