@@ -29,7 +29,31 @@ pub enum Clock {
     Virtual(Arc<VirtualClock>),
 }
 
+/// The instant every clock counts nanoseconds from ([`Clock::now_ns`]): fixed at its first
+/// use, for the life of the process, so a deadline an operator keeps in its state means the
+/// same time to every version of the code.
+fn origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `t` as nanoseconds since the origin (0 for an instant before it).
+pub fn to_ns(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(origin()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The instant `ns` nanoseconds after the origin, or `None` past `Instant`'s range.
+pub fn from_ns(ns: u64) -> Option<Instant> {
+    origin().checked_add(Duration::from_nanos(ns))
+}
+
 impl Clock {
+    /// The current time in nanoseconds since the origin: what the plugin's time operators
+    /// read ([`plugin_api::abi::EmitCx::now`]).
+    pub fn now_ns(&self) -> u64 {
+        to_ns(self.now())
+    }
+
     /// A new virtual clock, and the handle that drives it.
     pub fn virtual_clock() -> (Clock, Arc<VirtualClock>) {
         let v = Arc::new(VirtualClock::new());
@@ -76,8 +100,10 @@ impl Drop for Ticket {
 
 struct VState {
     now: Duration,
-    /// Bumped by every `advance`.
+    /// Bumped by every `advance` and `release`.
     epoch: u64,
+    /// Reloads reported and not yet in effect ([`VirtualClock::hold`]).
+    held: usize,
     threads: Vec<(Sender<Msg>, Arc<AtomicU64>)>,
 }
 
@@ -105,11 +131,14 @@ impl Default for VirtualClock {
 impl VirtualClock {
     /// A clock at its start.
     pub fn new() -> VirtualClock {
+        // Fix the origin first, so the virtual time never reads as before it.
+        let _ = origin();
         VirtualClock {
             base: Instant::now(),
             state: Mutex::new(VState {
                 now: Duration::ZERO,
                 epoch: 0,
+                held: 0,
                 threads: Vec::new(),
             }),
             changed: Condvar::new(),
@@ -151,18 +180,40 @@ impl VirtualClock {
         }
     }
 
+    /// A reload staged new code that its pipelines take only once it is launched (after it
+    /// was reported): until the matching [`VirtualClock::release`], `settle` waits, so a
+    /// test that saw the reload and settles knows the pipelines run the new code.
+    pub fn hold(&self) {
+        self.state().held += 1;
+    }
+
+    /// The staged code of a [`VirtualClock::hold`] was published: every pipeline thread is
+    /// woken to take it, and counts as busy until it waits again.
+    pub fn release(&self) {
+        let mut s = self.state();
+        s.held = s.held.saturating_sub(1);
+        s.epoch += 1;
+        for (tx, _) in &s.threads {
+            let _ = tx.send(Msg::Wake);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
     /// Waits until every registered pipeline thread has run what was due by the current
-    /// time and waits again; false if that took longer than `timeout` (a thread busy or
+    /// time and waits again, and no reload is staged but not launched; false if that took longer than `timeout` (a thread busy or
     /// stuck in plugin code).
     pub fn settle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.state();
         loop {
             let epoch = s.epoch;
-            if s.threads.iter().all(|(_, seen)| {
-                let seen = seen.load(Ordering::Acquire);
-                seen != NOT_IDLE_YET && seen >= epoch
-            }) {
+            if s.held == 0
+                && s.threads.iter().all(|(_, seen)| {
+                    let seen = seen.load(Ordering::Acquire);
+                    seen != NOT_IDLE_YET && seen >= epoch
+                })
+            {
                 return true;
             }
             let now = Instant::now();

@@ -13,7 +13,7 @@ use hmr_track::Fingerprint;
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
     CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, StartFn,
-    debug_status, init_status, source_kind, status,
+    WakeFn, debug_status, init_status, source_kind, status,
 };
 
 use crate::loader::LibVersion;
@@ -132,6 +132,8 @@ pub struct PipelineCode {
     pub(crate) push_one_counted: PushOneFn,
     pub(crate) complete_counted: CompleteFn,
     pub(crate) start_counted: StartFn,
+    pub(crate) wake: WakeFn,
+    pub(crate) wake_counted: WakeFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
 }
@@ -307,6 +309,19 @@ impl PipelineCode {
         };
         // SAFETY: as in `push_raw`.
         let s = unsafe { start(self.env, states.ptrs.as_ptr(), cx) };
+        Pushed::from_one(s)
+    }
+
+    /// Runs operator `op`'s due timers (a time operator emitting what became due). Counts
+    /// emissions when [`EmitCx::counts`] is set.
+    pub fn wake(&self, states: &StateSlots, op: u32, cx: &EmitCx) -> Pushed {
+        let wake = if cx.counts.is_null() {
+            self.wake
+        } else {
+            self.wake_counted
+        };
+        // SAFETY: as in `push_raw`; `op` is any number (the plugin ignores one it lacks).
+        let s = unsafe { wake(self.env, states.ptrs.as_ptr(), op, cx) };
         Pushed::from_one(s)
     }
 }

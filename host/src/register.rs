@@ -124,6 +124,8 @@ impl Ctx {
             push_one_counted: desc.push_one_counted,
             complete_counted: desc.complete_counted,
             start_counted: desc.start_counted,
+            wake: desc.wake,
+            wake_counted: desc.wake_counted,
             drop_env: desc.drop_env,
             lib: self.lib.clone(),
         };

@@ -30,6 +30,7 @@ use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
+use hmr_track::Id;
 
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
@@ -272,6 +273,8 @@ pub struct Runtime {
     subjects: Arc<Subjects>,
     /// The clock pipelines started from now on read.
     clock: Clock,
+    /// Whether a virtual clock was told a reload is staged (released at `launch`).
+    held: bool,
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
     feeds: crate::feed::Feeds,
@@ -458,6 +461,7 @@ impl Runtime {
             tallies: None,
             subjects: Arc::default(),
             clock: Clock::System,
+            held: false,
             feeds: crate::feed::Feeds::new(),
         }
     }
@@ -491,6 +495,12 @@ impl Runtime {
     /// Makes `code` the current code of its pipeline at the next [`Runtime::launch`],
     /// starting the pipeline if needed.
     pub fn publish(&mut self, code: PipelineCode) -> Published {
+        if let Clock::Virtual(v) = &self.clock
+            && !self.held
+        {
+            v.hold();
+            self.held = true;
+        }
         self.reap();
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
@@ -684,6 +694,12 @@ impl Runtime {
         }
         // Every pipeline of this launch has subscribed: stdin may be read now.
         self.feeds.opened();
+        if self.held
+            && let Clock::Virtual(v) = &self.clock
+        {
+            v.release();
+        }
+        self.held = false;
         failed
     }
 
@@ -822,11 +838,24 @@ struct HostCx {
     /// code declared for the values.
     publish: RefCell<Vec<Option<PublishTo>>>,
     subjects: Arc<Subjects>,
+    /// The runtime's clock, which time operators read (`EmitCx::now`).
+    clock: Clock,
+    /// While the thread runs something that was due at a deadline (an interval's tick, an
+    /// operator's timer): that deadline, in ns, which is what `EmitCx::now` reads then, so
+    /// a thread that runs late (or a virtual clock moved by a large step) times what it runs
+    /// as it was due, as a scheduler does. `u64::MAX` otherwise: the clock's time.
+    due: Cell<u64>,
+    /// By operator number: its track, which keys its timers across versions.
+    tracks: RefCell<Vec<Id>>,
+    /// The wakes operators asked for (`EmitCx::schedule`) that the pipeline's thread has not
+    /// taken into its timers yet: deadline (ns of the clock) and track.
+    timers: RefCell<Vec<(u64, Id)>>,
 }
 
 impl HostCx {
     fn set_code(&self, code: &PipelineCode) {
         self.version.set(code.version);
+        *self.tracks.borrow_mut() = code.ops.iter().map(|o| o.track).collect();
         *self.paths.borrow_mut() = code.ops.iter().map(|o| o.path.clone()).collect();
         let mut hubs = vec![None; code.ops.len()];
         for p in &code.publishes {
@@ -865,6 +894,26 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
             message: cap_message(&message.to_string_lossy().unwrap_or_default()).into_owned(),
         });
     }));
+}
+
+unsafe extern "C" fn cb_now(host: *mut c_void) -> u64 {
+    // SAFETY: as in `cb_log`.
+    let h = unsafe { &*host.cast::<HostCx>() };
+    match h.due.get() {
+        u64::MAX => h.clock.now_ns(),
+        due => due,
+    }
+}
+
+unsafe extern "C" fn cb_schedule(host: *mut c_void, op: u32, deadline: u64) {
+    // SAFETY: as in `cb_log`.
+    let h = unsafe { &*host.cast::<HostCx>() };
+    // `try_borrow`: never a panic here, whatever the plugin does.
+    if let (Ok(tracks), Ok(mut timers)) = (h.tracks.try_borrow(), h.timers.try_borrow_mut())
+        && let Some(&track) = tracks.get(op as usize)
+    {
+        timers.push((deadline, track));
+    }
 }
 
 unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void) {
@@ -987,6 +1036,10 @@ impl Driver {
             sink,
             publish: RefCell::new(Vec::new()),
             subjects: shared.subjects.clone(),
+            clock: shared.clock.clone(),
+            due: Cell::new(u64::MAX),
+            tracks: RefCell::new(Vec::new()),
+            timers: RefCell::new(Vec::new()),
         });
         host.set_code(&code);
         let tally = shared.tally.clone().map(|t| {
@@ -1002,6 +1055,8 @@ impl Driver {
             current_op: &raw const shared.op,
             // Held by the driver (`tally`) and replaced only with the code, in `migrate`.
             counts: tally.as_ref().map_or(std::ptr::null(), |(_, c)| c.as_ptr()),
+            now: cb_now,
+            schedule: cb_schedule,
         };
         shared.paths.store(Arc::new(host.paths.borrow().clone()));
         let (push_one, env) = code.push_one_raw(tally.is_some());
@@ -1230,7 +1285,13 @@ impl Driver {
         subject: &str,
     ) -> Result<Pushed, String> {
         // SAFETY: forwarded; `push_checked` compares the layouts before the value is read.
-        unsafe { self.push_checked(port, Wire::Ptr, value, Some((item, subject))) }
+        let r = unsafe { self.push_checked(port, Wire::Ptr, value, Some((item, subject))) };
+        // Delivered on the publisher's thread: a timer it set is for the pipeline's own
+        // thread, which may be waiting for its inbox.
+        if !self.host.timers.borrow().is_empty() {
+            let _ = self.shared.inbox.0.send(Msg::Wake);
+        }
+        r
     }
 
     #[inline(always)]
@@ -1333,6 +1394,48 @@ impl Driver {
         r
     }
 
+    /// Runs `f` with the time operators' clock reading `due` (see `HostCx::due`).
+    #[inline]
+    fn at_due<R>(&mut self, due: Instant, f: impl FnOnce(&mut Driver) -> R) -> R {
+        self.host.due.set(crate::clock::to_ns(due));
+        let r = f(self);
+        self.host.due.set(u64::MAX);
+        r
+    }
+
+    /// Moves the wakes operators asked for into `into`, as (deadline, track).
+    pub(crate) fn take_timers(&self, into: &mut Vec<(u64, Id)>) {
+        if let Ok(mut t) = self.host.timers.try_borrow_mut()
+            && !t.is_empty()
+        {
+            into.append(&mut t);
+        }
+    }
+
+    /// A timer of the operator on `track` is due: runs that operator's wake in the newest
+    /// code (after a migration, so what it emits runs through the new code downstream).
+    /// Nothing runs if the newest code has no operator on that track.
+    pub fn wake_track(&mut self, track: Id) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 0 });
+        }
+        self.mark_call();
+        let r = self.refresh().map(|()| {
+            match self.code.ops.iter().position(|o| o.track == track) {
+                Some(op) => match self.code.wake(&self.states, op as u32, &self.cx) {
+                    // No port was fed: the status says nothing of one.
+                    Pushed::PortDone { .. } => Pushed::Continue,
+                    p => p,
+                },
+                None => Pushed::Continue,
+            }
+        });
+        self.mark_call();
+        self.after_call();
+        self.note(&r);
+        r
+    }
+
     /// Takes the newest code now if it was published since the last call (a migration: the
     /// plugin's seeds and drops run, watched like any call), without running any value.
     pub fn take_new_code(&mut self) -> Result<(), String> {
@@ -1427,6 +1530,14 @@ enum Step {
     End(Ended),
 }
 
+/// What a pipeline thread's deadline is for: an interval's next tick (by port), or an
+/// operator's timer (the order it was asked for, and the operator's track).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Port(u32),
+    Op(u64, Id),
+}
+
 /// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
 /// ranges in batches) and takes what host sources send to its inbox (lines), until every
 /// port is done, the pipeline completes, or the host stops it.
@@ -1486,13 +1597,19 @@ fn run_pipeline(
             _ => PortRun::Fed,
         })
         .collect();
-    // The intervals' deadlines, earliest first (ties: the lower port).
-    let mut timers: BinaryHeap<Reverse<(Instant, u32)>> = ports
+    // The intervals' deadlines and the operators' timers, earliest first (ties: intervals
+    // by port, then operators' timers in the order they were asked for).
+    let mut timers: BinaryHeap<Reverse<(Instant, Due)>> = ports
         .iter()
         .enumerate()
         .filter(|(_, p)| matches!(p, PortRun::Interval { .. }))
-        .map(|(i, _)| Reverse((start, i as u32)))
+        .map(|(i, _)| Reverse((start, Due::Port(i as u32))))
         .collect();
+    // Operators' timers: how many were asked for (their order), and a buffer to take them in.
+    let mut asked = 0u64;
+    let mut taken: Vec<(u64, Id)> = Vec::new();
+    // Operator timers in the heap (a pipeline waits for them before it counts as done).
+    let mut op_timers = 0usize;
     let mut produced = 0u64;
     let mut first: Option<Instant> = None;
     let completed = |produced: u64, first: Option<Instant>| {
@@ -1625,19 +1742,41 @@ fn run_pipeline(
         if shared.stop.load(Ordering::Acquire) {
             return Ended::Stopped;
         }
-        // 2. Intervals that are due.
+        // 2. Intervals and operator timers that are due.
         let epoch = ticket.as_ref().map(|t| t.epoch());
         let now = clock.now();
-        // Earliest deadline first (ties: the lower port), one tick at a time, so two
-        // intervals interleave as their deadlines do however late this thread runs.
+        // Earliest deadline first, one at a time, so intervals and timers interleave as their
+        // deadlines do however late this thread runs.
         let next_due = loop {
-            let Some(&Reverse((due, port))) = timers.peek() else {
+            // The wakes asked for by the calls so far (a timer due now runs in this pass).
+            cell.with(|d| d.take_timers(&mut taken));
+            for (deadline, track) in taken.drain(..) {
+                // A deadline past `Instant`'s range never comes.
+                if let Some(at) = crate::clock::from_ns(deadline) {
+                    timers.push(Reverse((at, Due::Op(asked, track))));
+                    asked += 1;
+                    op_timers += 1;
+                }
+            }
+            let Some(&Reverse((due, what))) = timers.peek() else {
                 break None;
             };
             if due > now {
                 break Some(due);
             }
             timers.pop();
+            let port = match what {
+                Due::Port(port) => port,
+                Due::Op(_, track) => {
+                    op_timers -= 1;
+                    let r = cell.with(|d| d.at_due(due, |d| d.wake_track(track)));
+                    step!(r, &mut PortRun::Fed);
+                    if shared.stop.load(Ordering::Acquire) {
+                        return Ended::Stopped;
+                    }
+                    continue;
+                }
+            };
             let p = &mut ports[port as usize];
             // A port that ended (its stream completed) keeps no timer.
             let PortRun::Interval { period, n } = p else {
@@ -1650,18 +1789,20 @@ fn run_pipeline(
             // The next tick is one period after this one was due: no drift, and no
             // overflow for any period (a schedule beyond `Instant`'s range stops it).
             match due.checked_add(*period) {
-                Some(next) => timers.push(Reverse((next, port))),
+                Some(next) => timers.push(Reverse((next, Due::Port(port)))),
                 None => {
                     *p = PortRun::Done;
                     continue;
                 }
             }
             let r = if port == 0 {
-                cell.with(|d| d.push_one(x))
+                cell.with(|d| d.at_due(due, |d| d.push_one(x)))
             } else {
-                // SAFETY: an interval port takes `u64` values; `x` outlives the call.
-                cell.with(|d| unsafe {
-                    d.push_item(port, Wire::U64, (&raw const x).cast::<c_void>())
+                cell.with(|d| {
+                    // SAFETY: an interval port takes `u64` values; `x` outlives the call.
+                    d.at_due(due, |d| unsafe {
+                        d.push_item(port, Wire::U64, (&raw const x).cast::<c_void>())
+                    })
                 })
             };
             step!(r, p);
@@ -1712,8 +1853,9 @@ fn run_pipeline(
             }
             continue;
         }
-        // 4. Every port done: the pipeline is.
-        if ports.iter().all(|p| matches!(p, PortRun::Done)) {
+        // 4. Every port done and no operator waiting for a timer (a `delay` holding values
+        // or its completion): the pipeline is.
+        if ports.iter().all(|p| matches!(p, PortRun::Done)) && op_timers == 0 {
             return completed(produced, first);
         }
         // 5. Wait for the next deadline or message.

@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -224,6 +224,17 @@ pub struct EmitCx {
     /// (one writer: the thread calling); the host passes a null pointer to the others.
     /// Valid for the call, with one cell per operator plus one.
     pub counts: *const core::sync::atomic::AtomicU64,
+    /// The runtime's clock, in nanoseconds from an origin fixed for the host's life (a
+    /// virtual clock in tests and replays): what time operators compare their deadlines
+    /// with. Read only by operators that need the time, never per value of the others.
+    pub now: unsafe extern "C" fn(host: *mut c_void) -> u64,
+    /// Asks the host to call [`PipelineDesc::wake`] for operator number `op` once the clock
+    /// reads `deadline` (nanoseconds, as [`EmitCx::now`]) or later. The host keys the
+    /// timer by the operator's track, so it survives a reload that keeps the track, and
+    /// resolves it to the operator's number in the code current when it fires. A wake may
+    /// come late, or for an operator whose state no longer wants it: operators check their
+    /// own deadlines, kept in their state.
+    pub schedule: unsafe extern "C" fn(host: *mut c_void, op: u32, deadline: u64),
 }
 
 /// Run the chain on `n` values of source `port`.
@@ -268,6 +279,17 @@ pub type CompleteFn = unsafe extern "C" fn(
 /// host calls it once, before the first value of the pipeline's first run.
 pub type StartFn =
     unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
+
+/// A timer of operator `op` (asked for with [`EmitCx::schedule`]) is due: the operator
+/// emits what became due (a debounced value, a delayed one, a time buffer) through the
+/// rest of the chain. Returns a [`status`]; [`status::PORT_DONE`] means nothing here (no
+/// port was fed) and the host reads it as [`status::CONTINUE`].
+pub type WakeFn = unsafe extern "C" fn(
+    env: *const c_void,
+    states: *const *mut u8,
+    op: u32,
+    cx: *const EmitCx,
+) -> u32;
 
 /// Values returned by [`InitFn`].
 pub mod init_status {
@@ -367,6 +389,10 @@ pub struct PipelineDesc {
     pub complete_counted: CompleteFn,
     /// [`PipelineDesc::start`], also counting emissions into [`EmitCx::counts`].
     pub start_counted: StartFn,
+    /// Runs an operator's due timers.
+    pub wake: WakeFn,
+    /// [`PipelineDesc::wake`], also counting emissions into [`EmitCx::counts`].
+    pub wake_counted: WakeFn,
     /// Frees `env`.
     pub drop_env: DropEnvFn,
     /// `n_ops` operator descriptions, valid for the duration of the call.

@@ -177,6 +177,18 @@ impl Cx<'_> {
         unsafe { (self.emit.log)(self.emit.host, op, RStr::new(text)) }
     }
 
+    /// The runtime's clock, in nanoseconds (see [`EmitCx::now`]).
+    pub(crate) fn now(&self) -> u64 {
+        // SAFETY: `emit` is the host's context for this call.
+        unsafe { (self.emit.now)(self.emit.host) }
+    }
+
+    /// Asks for a wake of operator `op` at `deadline` (see [`EmitCx::schedule`]).
+    pub(crate) fn schedule(&self, op: u32, deadline: u64) {
+        // SAFETY: `emit` is the host's context for this call.
+        unsafe { (self.emit.schedule)(self.emit.host, op, deadline) }
+    }
+
     /// Whether the pipeline's end received `complete` during this call.
     pub(crate) fn is_completed(&self) -> bool {
         self.completed.get()
@@ -259,6 +271,15 @@ pub trait Stage: Send + Sync + 'static {
     -> Flow;
     /// Subscription: what operators emit before any source value (`start_with`).
     fn start<C: Tally, K: Observer<Self::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
+    /// A timer of operator `op` is due: runs [`Op::wake`] of that operator, handing what
+    /// it emits to the rest of the chain (built on the way down to it, as `push` does).
+    /// `None` when the stage has no operator `op`.
+    fn wake<C: Tally, K: Observer<Self::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        op: u32,
+        k: &mut K,
+    ) -> Option<Flow>;
     /// Registers the stage's tracks and sources in order (see [`Binder`]).
     fn bind(&mut self, b: &mut Binder<'_>);
     /// The sources as written, for a signature (`interval_ms(50)`).
@@ -288,6 +309,11 @@ pub trait Op<In>: Send + Sync + 'static {
     }
     /// Handles subscription (`start_with` emits here).
     fn start<C: Tally, K: Observer<Self::Out>>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+        Flow::Continue
+    }
+    /// A timer it asked for ([`Cx::schedule`]) is due, or was (wakes can be late, or
+    /// stale): emits what its state says is due by [`Cx::now`].
+    fn wake<C: Tally, K: Observer<Self::Out>>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
         Flow::Continue
     }
     /// Writes its seed state.
@@ -656,6 +682,24 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
             _c: PhantomData,
         };
         self.0.start::<C, _>(cx, &mut obs)
+    }
+    fn wake<C: Tally, K: Observer<O::Out>>(&self, cx: &Cx<'_>, op: u32, k: &mut K) -> Option<Flow> {
+        if op == self.1.index() {
+            let mut counted = Counting::<C, K> {
+                cx,
+                op,
+                k,
+                _c: PhantomData,
+            };
+            return Some(self.1.wake::<C, _>(cx, &mut counted));
+        }
+        let mut obs = ThenObs::<C, O, K> {
+            cx,
+            o: &self.1,
+            k,
+            _c: PhantomData,
+        };
+        self.0.wake::<C, _>(cx, op, &mut obs)
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.0.bind(b);
@@ -1124,6 +1168,8 @@ impl<S: Stage> Chain<'_, S> {
             push_one_counted: push_one_entry::<S, Counted>,
             complete_counted: complete_entry::<S, Counted>,
             start_counted: start_entry::<S, Counted>,
+            wake: wake_entry::<S, Silent>,
+            wake_counted: wake_entry::<S, Counted>,
             drop_env: drop_env_entry::<S>,
             ops: ops.as_ptr(),
             n_ops: ops.len(),
@@ -1912,6 +1958,27 @@ unsafe extern "C" fn start_entry<S: Stage, C: Tally>(
             status::COMPLETE
         } else {
             status::CONTINUE
+        }
+    }));
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+}
+
+unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
+    env: *const c_void,
+    states: *const *mut u8,
+    op: u32,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `WakeFn` documents.
+    let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let mut end = Terminal {
+            completed: &cx.completed,
+        };
+        // An operator this code does not have (a stale timer) has nothing to run.
+        match env.stage.wake::<C, _>(&cx, op, &mut end) {
+            Some(Flow::Complete) if cx.completed.get() => status::COMPLETE,
+            _ => status::CONTINUE,
         }
     }));
     run.unwrap_or_else(|payload| report_panic(&cx, payload))

@@ -233,6 +233,16 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
         }
         Flow::Continue
     }
+    fn wake<C: Tally, K: Observer<J::Out>>(&self, cx: &Cx<'_>, op: u32, k: &mut K) -> Option<Flow> {
+        {
+            let mut left = self.side::<C, K>(cx, LEFT, k);
+            if let Some(f) = self.a.wake::<C, _>(cx, op, &mut left) {
+                return Some(f);
+            }
+        }
+        let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
+        self.b.wake::<C, _>(cx, op, &mut right)
+    }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.a.bind(b);
         let marks = self.marks.take().unwrap_or_default();

@@ -35,6 +35,7 @@ pub mod fingerprint;
 pub mod ops;
 pub mod shape;
 pub mod source;
+pub mod time;
 
 /// What a plugin crate needs: `use plugin_api::prelude::*;`.
 pub mod prelude {
@@ -45,6 +46,7 @@ pub mod prelude {
     pub use crate::ops::Operators;
     pub use crate::shape::Shape;
     pub use crate::state;
+    pub use crate::time::TimeOperators;
 }
 
 /// Exports `register` (a `fn(&mut Plugin)`) as this library's plugin entry point, together

@@ -132,6 +132,14 @@ impl<W: Wire> Stage for Root<W> {
     fn start<C: Tally, K: Observer<W::Out>>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
         Flow::Continue
     }
+    fn wake<C: Tally, K: Observer<W::Out>>(
+        &self,
+        _cx: &Cx<'_>,
+        _op: u32,
+        _k: &mut K,
+    ) -> Option<Flow> {
+        None
+    }
     fn bind(&mut self, b: &mut Binder<'_>) {
         b.source(self.desc, self.label.clone(), self.text.clone());
     }
