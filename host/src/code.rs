@@ -12,8 +12,8 @@ use std::sync::Arc;
 use hmr_track::Fingerprint;
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, PushFn, PushOneFn, StartFn,
-    WakeFn, debug_status, init_status, source_kind, status,
+    CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, ProjectFn, PushFn, PushOneFn,
+    StartFn, WakeFn, debug_status, init_status, source_kind, status,
 };
 
 use crate::loader::LibVersion;
@@ -134,6 +134,7 @@ pub struct PipelineCode {
     pub(crate) start_counted: StartFn,
     pub(crate) wake: WakeFn,
     pub(crate) wake_counted: WakeFn,
+    pub(crate) project: ProjectFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
 }
@@ -312,17 +313,37 @@ impl PipelineCode {
         Pushed::from_one(s)
     }
 
-    /// Runs operator `op`'s due timers (a time operator emitting what became due). Counts
-    /// emissions when [`EmitCx::counts`] is set.
-    pub fn wake(&self, states: &StateSlots, op: u32, cx: &EmitCx) -> Pushed {
+    /// Runs operator `op`'s due timers (a time operator emitting what became due), or with
+    /// `inner` an event of one of its inner subscriptions. Counts emissions when
+    /// [`EmitCx::counts`] is set.
+    pub(crate) fn wake(
+        &self,
+        states: &StateSlots,
+        op: u32,
+        inner: Option<&mut plugin_api::abi::InnerCall>,
+        cx: &EmitCx,
+    ) -> Pushed {
         let wake = if cx.counts.is_null() {
             self.wake
         } else {
             self.wake_counted
         };
-        // SAFETY: as in `push_raw`; `op` is any number (the plugin ignores one it lacks).
-        let s = unsafe { wake(self.env, states.ptrs.as_ptr(), op, cx) };
+        let inner = inner.map_or(std::ptr::null_mut(), |c| c as *mut _);
+        // SAFETY: as in `push_raw`; `op` is any number (the plugin ignores one it lacks);
+        // `inner` is null or an event built by the host from a live subscription of `op`,
+        // whose env this code's projection built.
+        let s = unsafe { wake(self.env, states.ptrs.as_ptr(), op, inner, cx) };
         Pushed::from_one(s)
+    }
+
+    /// Re-projects the outer value at `value` through operator `op`'s projection: the
+    /// plugin hands the inner stream to `cx`'s `subscribe`. Returns the plugin's status.
+    ///
+    /// # Safety
+    /// `value` must point at a live value of operator `op`'s input type.
+    pub(crate) unsafe fn project(&self, op: u32, value: *const c_void, cx: &EmitCx) -> u32 {
+        // SAFETY: forwarded; `env` is this code's.
+        unsafe { (self.project)(self.env, op, value, cx) }
     }
 }
 
@@ -398,12 +419,22 @@ impl StateSlots {
 
     /// Fresh, seeded slots for every operator of `code`.
     pub fn new(code: &PipelineCode) -> Result<StateSlots, InitError> {
+        StateSlots::new_for(&code.ops, code.env, &code.lib)
+    }
+
+    /// Fresh slots for `ops`, seeded by their `init` with `env` (the closures of version
+    /// `lib` that the operators belong to: a pipeline's or an inner stream's).
+    pub(crate) fn new_for(
+        ops: &[OpCode],
+        env: *const c_void,
+        lib: &Arc<LibVersion>,
+    ) -> Result<StateSlots, InitError> {
         let mut slots = StateSlots {
-            slots: Vec::with_capacity(code.ops.len()),
-            ptrs: Vec::with_capacity(code.ops.len()),
+            slots: Vec::with_capacity(ops.len()),
+            ptrs: Vec::with_capacity(ops.len()),
         };
-        for (i, op) in code.ops.iter().enumerate() {
-            let slot = fresh_slot(code, i, op)?;
+        for (i, op) in ops.iter().enumerate() {
+            let slot = fresh_slot(env, lib, i, op)?;
             slots.ptrs.push(slot.ptr.as_ptr());
             slots.slots.push(slot);
         }
@@ -415,13 +446,23 @@ impl StateSlots {
     /// operator of `new` gets a fresh seed, and slots nobody takes are dropped with the code
     /// that made them. Returns the paths whose state was reset.
     pub fn migrate(self, new: &PipelineCode) -> Result<(StateSlots, Vec<String>), InitError> {
+        self.migrate_to(&new.ops, new.env, &new.lib)
+    }
+
+    /// [`StateSlots::migrate`] to operators `ops` of version `lib`, seeded with `env`.
+    pub(crate) fn migrate_to(
+        self,
+        ops: &[OpCode],
+        env: *const c_void,
+        lib: &Arc<LibVersion>,
+    ) -> Result<(StateSlots, Vec<String>), InitError> {
         let mut old: Vec<Option<Slot>> = self.into_slots().into_iter().map(Some).collect();
         let mut out = StateSlots {
-            slots: Vec::with_capacity(new.ops.len()),
-            ptrs: Vec::with_capacity(new.ops.len()),
+            slots: Vec::with_capacity(ops.len()),
+            ptrs: Vec::with_capacity(ops.len()),
         };
         let mut reset = Vec::new();
-        for (i, op) in new.ops.iter().enumerate() {
+        for (i, op) in ops.iter().enumerate() {
             let kept = old
                 .iter_mut()
                 .find(|s| s.as_ref().is_some_and(|s| op.keeps_state_of(&s.op)))
@@ -431,14 +472,14 @@ impl StateSlots {
                     // Fingerprint-equal types: the new version's drop glue is as good as the
                     // old one's, and using it lets the old version retire.
                     s.op = op.clone();
-                    s.lib = new.lib.clone();
+                    s.lib = lib.clone();
                     s
                 }
                 None => {
                     if op.has_state() {
                         reset.push(op.path.clone());
                     }
-                    fresh_slot(new, i, op)?
+                    fresh_slot(env, lib, i, op)?
                 }
             };
             out.ptrs.push(slot.ptr.as_ptr());
@@ -484,7 +525,12 @@ impl StateSlots {
     }
 }
 
-fn fresh_slot(code: &PipelineCode, index: usize, op: &OpCode) -> Result<Slot, InitError> {
+fn fresh_slot(
+    env: *const c_void,
+    lib: &Arc<LibVersion>,
+    index: usize,
+    op: &OpCode,
+) -> Result<Slot, InitError> {
     let ptr = if op.layout.size() == 0 {
         // A dangling pointer aligned for the type is valid for zero-sized reads and writes.
         NonNull::new(op.layout.align() as *mut u8).unwrap_or(NonNull::dangling())
@@ -495,7 +541,7 @@ fn fresh_slot(code: &PipelineCode, index: usize, op: &OpCode) -> Result<Slot, In
     };
     // SAFETY: `ptr` is valid and aligned for the operator's state layout (checked against its
     // fingerprint at registration), and `init` is this code's own initialiser.
-    let status = unsafe { (op.init)(code.env, index as u32, ptr.as_ptr()) };
+    let status = unsafe { (op.init)(env, index as u32, ptr.as_ptr()) };
     if status != init_status::OK {
         if op.layout.size() != 0 {
             // SAFETY: allocated above with this layout and never initialised (`init`
@@ -513,7 +559,7 @@ fn fresh_slot(code: &PipelineCode, index: usize, op: &OpCode) -> Result<Slot, In
         ptr,
         layout: op.layout,
         op: op.clone(),
-        lib: code.lib.clone(),
+        lib: lib.clone(),
     })
 }
 

@@ -25,6 +25,7 @@ pub mod clock;
 pub mod code;
 pub mod events;
 pub mod feed;
+pub(crate) mod inner;
 pub mod inspect;
 pub mod loader;
 pub mod output;

@@ -126,6 +126,7 @@ impl Ctx {
             start_counted: desc.start_counted,
             wake: desc.wake,
             wake_counted: desc.wake_counted,
+            project: desc.project,
             drop_env: desc.drop_env,
             lib: self.lib.clone(),
         };
@@ -318,7 +319,7 @@ fn describe(fp: Option<&Fingerprint>) -> String {
 /// every track, and the plugin passes each from the same `'static` string in its image, so
 /// a name is decoded and allocated once per registration, then found by its address (and
 /// checked byte for byte, so a plugin reusing a buffer gets the right name all the same).
-struct Names {
+pub(crate) struct Names {
     /// A small direct-mapped cache by address: no hashing, one compare on a hit.
     slots: [Option<(usize, Arc<str>)>; NAME_SLOTS],
 }
@@ -338,7 +339,7 @@ impl Names {
     ///
     /// # Safety
     /// `s` must be readable for the call (the plugin passes strings valid for the call).
-    unsafe fn get(&mut self, s: RStr) -> Option<Arc<str>> {
+    pub(crate) unsafe fn get(&mut self, s: RStr) -> Option<Arc<str>> {
         if s.ptr.is_null() {
             return None;
         }
@@ -359,7 +360,7 @@ impl Names {
 
     /// # Safety
     /// As for [`Names::get`]: the fingerprint's name must be readable for the call.
-    unsafe fn fingerprint(&mut self, fp: &RFingerprint) -> Option<Fingerprint> {
+    pub(crate) unsafe fn fingerprint(&mut self, fp: &RFingerprint) -> Option<Fingerprint> {
         // SAFETY: forwarded.
         let name = unsafe { self.get(fp.name) }?;
         Some(Fingerprint {
@@ -372,7 +373,7 @@ impl Names {
 
     /// # Safety
     /// As for [`Names::get`], for `kind` and every string of `sig`.
-    unsafe fn signature(&mut self, kind: RStr, sig: &RSignature) -> Signature {
+    pub(crate) unsafe fn signature(&mut self, kind: RStr, sig: &RSignature) -> Signature {
         // SAFETY: forwarded.
         unsafe {
             Signature {

@@ -23,11 +23,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
-use plugin_api::abi::{EmitCx, PushOneFn, RStr, source_kind};
+use plugin_api::abi::{
+    EmitCx, HostApi, InnerCall, InnerDesc, InnerHandle, PushOneFn, RSignature, RStr, inner_answer,
+    inner_kind, source_kind,
+};
 
 use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
+use crate::inner::{HeldValue, Inner, InnerCode, InnerHost, InnerPort, InnerReg};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
 use hmr_track::Id;
@@ -847,14 +851,52 @@ struct HostCx {
     due: Cell<u64>,
     /// By operator number: its track, which keys its timers across versions.
     tracks: RefCell<Vec<Id>>,
-    /// The wakes operators asked for (`EmitCx::schedule`) that the pipeline's thread has not
-    /// taken into its timers yet: deadline (ns of the clock) and track.
-    timers: RefCell<Vec<(u64, Id)>>,
+    /// The wakes asked for (`EmitCx::schedule`, an inner subscription's interval) that the
+    /// pipeline's thread has not taken into its timers yet: deadline (ns of the clock) and
+    /// what is due.
+    timers: RefCell<Vec<(u64, Key)>>,
+    /// Where the plugin marks the operator it runs (the watchdog reads it).
+    current_op: *const AtomicU32,
+    /// The current code's library (inner subscriptions made now belong to it).
+    lib: RefCell<Option<Arc<crate::loader::LibVersion>>>,
+    /// The run-time registration of the inner stream being bound.
+    reg: RefCell<InnerReg>,
+    /// The registration API inner streams are bound through (`EmitCx::api`).
+    api: Cell<*const HostApi>,
+    /// Live inner subscriptions, by number.
+    inners: RefCell<BTreeMap<u64, Inner>>,
+    /// Inner subscriptions ended during a call, freed after it returns.
+    graveyard: RefCell<Vec<Inner>>,
+    /// The next inner subscription's number, and the next host-local track id of an inner
+    /// operator.
+    next_inner: Cell<u64>,
+    next_track: Cell<u64>,
+    /// While a live subscription is re-projected: what the projection handed over.
+    reprojecting: Cell<bool>,
+    reprojected: RefCell<Option<InnerCode>>,
+    /// Subscriptions restarted by a re-projection, whose start (and synchronous sources)
+    /// the thread runs next.
+    starts: RefCell<Vec<u64>>,
 }
+
+/// What an operator timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Key {
+    /// The pipeline's operator on this track.
+    Op(Id),
+    /// The operator on this track of inner subscription `.0`.
+    InnerOp(u64, Id),
+    /// The next value of inner subscription `.0`'s interval on port `.1`.
+    InnerPort(u64, u32),
+}
+
+/// Host-local ids of inner subscriptions' operators: far above the store's.
+const INNER_TRACKS: u64 = 1 << 62;
 
 impl HostCx {
     fn set_code(&self, code: &PipelineCode) {
         self.version.set(code.version);
+        *self.lib.borrow_mut() = Some(code.lib().clone());
         *self.tracks.borrow_mut() = code.ops.iter().map(|o| o.track).collect();
         *self.paths.borrow_mut() = code.ops.iter().map(|o| o.path.clone()).collect();
         let mut hubs = vec![None; code.ops.len()];
@@ -912,9 +954,437 @@ unsafe extern "C" fn cb_schedule(host: *mut c_void, op: u32, deadline: u64) {
     if let (Ok(tracks), Ok(mut timers)) = (h.tracks.try_borrow(), h.timers.try_borrow_mut())
         && let Some(&track) = tracks.get(op as usize)
     {
-        timers.push((deadline, track));
+        timers.push((deadline, Key::Op(track)));
     }
 }
+
+// ---- Inner subscriptions: the run-time registration API and the callbacks ----
+
+unsafe extern "C" fn cbr_track_call(
+    ctx: *mut c_void,
+    kind: RStr,
+    key: RStr,
+    signature: *const RSignature,
+) -> u64 {
+    // SAFETY: `ctx` is the `HostCx` of the running thread (the API it made); the plugin
+    // passes strings and a signature valid for the call.
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        let h = &*ctx.cast::<HostCx>();
+        let Ok(mut reg) = h.reg.try_borrow_mut() else {
+            return 0;
+        };
+        reg.open(kind, key, &*signature)
+    }))
+    .unwrap_or(0)
+}
+
+unsafe extern "C" fn cbr_track_call_return(ctx: *mut c_void, _track: u64) {
+    // SAFETY: as in `cbr_track_call`.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let h = &*ctx.cast::<HostCx>();
+        if let Ok(mut reg) = h.reg.try_borrow_mut() {
+            reg.close();
+        }
+    }));
+}
+
+unsafe extern "C" fn cbr_add_pipeline(
+    _ctx: *mut c_void,
+    desc: *const plugin_api::abi::PipelineDesc,
+) {
+    // Never called at run time by the DSL; a pipeline handed over here is freed unused.
+    // SAFETY: the plugin passes a description valid for the call, whose env it gave up.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        ((*desc).drop_env)((*desc).env)
+    }));
+}
+
+unsafe extern "C" fn cbr_fail(_ctx: *mut c_void, _message: RStr) {}
+
+/// Why the host refuses an inner stream, if it does.
+fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option<String> {
+    if desc.n_publishes > 0 {
+        return Some("an inner stream cannot publish to a subject (not supported)".to_owned());
+    }
+    for s in sources {
+        if !matches!(
+            s.kind,
+            source_kind::INTERVAL | source_kind::RANGE | source_kind::OF
+        ) {
+            return Some(format!(
+                "an inner stream's source is `{}`: inner streams take `interval_ms`, `range` and \
+                 `of` (other sources are not supported inside a higher-order operator)",
+                s.label
+            ));
+        }
+    }
+    None
+}
+
+/// Reads an inner stream's description: its sources, and its operators with paths under
+/// `base` (tracks assigned later).
+///
+/// # Safety
+/// `desc` must be valid for the call, as the plugin passes it.
+unsafe fn read_inner(
+    desc: &InnerDesc,
+    opened: &[(String, hmr_track::Signature)],
+    base: &str,
+) -> Result<(Vec<crate::code::SourceSpec>, Vec<crate::code::OpCode>), String> {
+    // SAFETY: the plugin passes `n_sources` descriptions and `n_ops` operators valid for the
+    // call.
+    let (sources, ops) = unsafe {
+        (
+            if desc.n_sources == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(desc.sources, desc.n_sources)
+            },
+            if desc.n_ops == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(desc.ops, desc.n_ops)
+            },
+        )
+    };
+    let mut names = crate::register::Names::default();
+    let sources = sources
+        .iter()
+        .map(|src| crate::code::SourceSpec {
+            kind: src.kind,
+            a: src.a,
+            b: src.b,
+            // SAFETY: strings valid for the call.
+            text: unsafe { src.text.to_string_lossy() }
+                .unwrap_or_default()
+                .into_owned(),
+            // SAFETY: as above.
+            label: unsafe { src.label.to_string_lossy() }
+                .unwrap_or_default()
+                .into_owned(),
+            // SAFETY: as above.
+            item: unsafe { names.fingerprint(&src.item) },
+        })
+        .collect();
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let Some((rel, sig)) = (op.track as usize)
+            .checked_sub(1)
+            .and_then(|t| opened.get(t))
+        else {
+            return Err(format!(
+                "inner operator {i}: track handle {} was not registered",
+                op.track
+            ));
+        };
+        let fp = &op.state.fingerprint;
+        let layout = std::alloc::Layout::from_size_align(fp.size, fp.align.max(1))
+            .map_err(|_| format!("inner operator {i}: its state has no valid layout"))?;
+        // SAFETY: a fingerprint valid for the call.
+        let vtable_state = unsafe { names.fingerprint(fp) };
+        if vtable_state != sig.state || (vtable_state.is_none() && fp.size != 0) {
+            return Err(format!(
+                "inner operator {rel}: its state type differs between its signature and its \
+                 state vtable"
+            ));
+        }
+        out.push(crate::code::OpCode {
+            track: 0,
+            path: format!("{base}|{rel}"),
+            kind: sig.kind.to_string(),
+            signature: sig.clone(),
+            lineage: 0,
+            layout,
+            init: op.state.init,
+            drop: op.state.drop,
+            debug: op.state.debug,
+        });
+    }
+    Ok((sources, out))
+}
+
+impl HostCx {
+    fn now_ns(&self) -> u64 {
+        match self.due.get() {
+            u64::MAX => self.clock.now_ns(),
+            due => due,
+        }
+    }
+
+    fn error_at(&self, path: String, message: String) {
+        self.sink.event(HostEvent::Error {
+            pipeline: self.pipeline.clone(),
+            path,
+            message: cap_message(&message).into_owned(),
+        });
+    }
+
+    /// Makes the subscription's callback context.
+    fn inner_cx(&self, host: &InnerHost) -> EmitCx {
+        EmitCx {
+            host: (host as *const InnerHost).cast_mut().cast::<c_void>(),
+            log: cbi_log,
+            error: cbi_error,
+            publish: cbi_publish,
+            current_op: self.current_op,
+            counts: std::ptr::null(),
+            now: cbi_now,
+            schedule: cbi_schedule,
+            subscribe: cbi_subscribe,
+            unsubscribe: cbi_unsubscribe,
+            api: self.api.get(),
+        }
+    }
+
+    /// Fresh host-local tracks for `ops`, reusing `old`'s for the same paths.
+    fn assign_tracks(&self, ops: &mut [crate::code::OpCode], old: &[crate::code::OpCode]) {
+        for op in ops {
+            op.track = match old.iter().find(|o| o.path == op.path) {
+                Some(o) => o.track,
+                None => {
+                    let t = self.next_track.get();
+                    self.next_track.set(t + 1);
+                    t
+                }
+            };
+        }
+    }
+
+    /// Ports of `sources`: intervals start now (their first value is due at once).
+    fn start_ports(&self, id: u64, sources: &[crate::code::SourceSpec]) -> Vec<InnerPort> {
+        let now = self.now_ns();
+        sources
+            .iter()
+            .enumerate()
+            .map(|(port, s)| {
+                if s.kind == source_kind::INTERVAL {
+                    self.timers
+                        .borrow_mut()
+                        .push((now, Key::InnerPort(id, port as u32)));
+                    InnerPort::Interval {
+                        period: Duration::from_millis(s.a.max(1)),
+                        n: 0,
+                    }
+                } else {
+                    InnerPort::Done
+                }
+            })
+            .collect()
+    }
+
+    /// `subscribe` from a pipeline's higher-order operator `op`.
+    fn subscribe(&self, op: u32, desc: &InnerDesc, out: &mut InnerHandle) -> bool {
+        let Some(lib) = self.lib.borrow().clone() else {
+            return false;
+        };
+        // The env is ours from here: freed with its code whatever happens.
+        let mut code = InnerCode {
+            env: desc.env,
+            drop_env: desc.drop_env,
+            lib: lib.clone(),
+            ops: Vec::new(),
+            sources: Vec::new(),
+        };
+        let value = if desc.value.is_null() {
+            None
+        } else {
+            // SAFETY: the plugin gave up the value at `desc.value`, of `desc.value_type`.
+            match unsafe { HeldValue::take(desc, &lib) } {
+                Some(v) => Some(v),
+                None => {
+                    // SAFETY: as above: dropped in place with its own glue, since it cannot
+                    // be held.
+                    let _ = unsafe { (desc.value_drop)(desc.value.cast::<u8>()) };
+                    None
+                }
+            }
+        };
+        let opened = std::mem::take(&mut self.reg.borrow_mut().opened);
+        self.reg.borrow_mut().clear();
+        let (op_track, op_path) = {
+            let tracks = self.tracks.borrow();
+            let paths = self.paths.borrow();
+            match (tracks.get(op as usize), paths.get(op as usize)) {
+                (Some(t), Some(p)) => (*t, p.clone()),
+                _ => return false,
+            }
+        };
+        if self.reprojecting.get() {
+            // SAFETY: `desc` is valid for the call.
+            match unsafe { read_inner(desc, &opened, "") } {
+                Ok((sources, ops)) => {
+                    code.sources = sources;
+                    code.ops = ops;
+                    *self.reprojected.borrow_mut() = Some(code);
+                }
+                Err(e) => self.error_at(op_path, e),
+            }
+            return false;
+        }
+        let Some(value) = value else {
+            self.error_at(
+                op_path,
+                "an inner subscription without its outer value".to_owned(),
+            );
+            return false;
+        };
+        let id = self.next_inner.get();
+        let path = format!("{op_path}|#{id}:inner");
+        // SAFETY: `desc` is valid for the call.
+        let (sources, mut ops) = match unsafe { read_inner(desc, &opened, &path) } {
+            Ok(x) => x,
+            Err(e) => {
+                self.error_at(op_path, e);
+                return false;
+            }
+        };
+        if let Some(why) = refuse_inner(desc, &sources) {
+            self.error_at(op_path, why);
+            return false;
+        }
+        self.assign_tracks(&mut ops, &[]);
+        let slots = match StateSlots::new_for(&ops, code.env, &lib) {
+            Ok(s) => s,
+            Err(e) => {
+                self.error_at(path, e.to_string());
+                return false;
+            }
+        };
+        self.next_inner.set(id + 1);
+        code.ops = ops;
+        code.sources = sources;
+        let ports = self.start_ports(id, &code.sources);
+        let host = Box::new(InnerHost {
+            parent: (self as *const HostCx).cast::<c_void>(),
+            instance: id,
+            paths: code.ops.iter().map(|o| o.path.clone()).collect(),
+            tracks: code.ops.iter().map(|o| o.track).collect(),
+        });
+        let cx = Box::new(self.inner_cx(&host));
+        out.instance = id;
+        out.states = slots.as_ptr();
+        out.cx = &raw const *cx;
+        self.inners.borrow_mut().insert(
+            id,
+            Inner {
+                op_track,
+                path,
+                value,
+                slots,
+                code,
+                ports,
+                host,
+                cx,
+            },
+        );
+        true
+    }
+}
+
+unsafe extern "C" fn cb_subscribe(
+    host: *mut c_void,
+    op: u32,
+    desc: *const InnerDesc,
+    out: *mut InnerHandle,
+) -> bool {
+    // SAFETY: `host` is the `HostCx` of the running thread; `desc` and `out` are valid for
+    // the call.
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        (*host.cast::<HostCx>()).subscribe(op, &*desc, &mut *out)
+    }))
+    .unwrap_or(false)
+}
+
+unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) {
+    // SAFETY: as in `cb_log`.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let h = &*host.cast::<HostCx>();
+        let ended = h.inners.borrow_mut().remove(&instance);
+        if let Some(i) = ended {
+            // Freed after the call: its env and slots may still be on the plugin's stack.
+            h.graveyard.borrow_mut().push(i);
+        }
+    }));
+}
+
+/// The pipeline's `HostCx` behind an inner subscription's context.
+///
+/// # Safety
+/// `host` must be an `InnerHost` of a live subscription of the running thread.
+unsafe fn inner_host<'a>(host: *mut c_void) -> (&'a InnerHost, &'a HostCx) {
+    // SAFETY: guaranteed by the caller; the parent outlives its subscriptions.
+    unsafe {
+        let i = &*host.cast::<InnerHost>();
+        (i, &*i.parent.cast::<HostCx>())
+    }
+}
+
+unsafe extern "C" fn cbi_log(host: *mut c_void, _op: u32, text: RStr) {
+    // SAFETY: as in `inner_host`; `text` is valid for the call.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let (_, h) = inner_host(host);
+        let value = text.to_string_lossy().unwrap_or_default();
+        h.sink.emission(&h.pipeline, h.version.get(), &value);
+    }));
+}
+
+unsafe extern "C" fn cbi_error(host: *mut c_void, op: u32, message: RStr) {
+    // SAFETY: as in `cbi_log`.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let (i, h) = inner_host(host);
+        let path = i.paths.get(op as usize).cloned().unwrap_or_default();
+        h.error_at(
+            path,
+            message.to_string_lossy().unwrap_or_default().into_owned(),
+        );
+    }));
+}
+
+unsafe extern "C" fn cbi_publish(_host: *mut c_void, _op: u32, _value: *const c_void) {
+    // Refused at subscription: an inner stream has no `publish`.
+}
+
+unsafe extern "C" fn cbi_now(host: *mut c_void) -> u64 {
+    // SAFETY: as in `inner_host`.
+    let (_, h) = unsafe { inner_host(host) };
+    h.now_ns()
+}
+
+unsafe extern "C" fn cbi_schedule(host: *mut c_void, op: u32, deadline: u64) {
+    // SAFETY: as in `inner_host`.
+    let (i, h) = unsafe { inner_host(host) };
+    if let (Some(&track), Ok(mut timers)) = (i.tracks.get(op as usize), h.timers.try_borrow_mut()) {
+        timers.push((deadline, Key::InnerOp(i.instance, track)));
+    }
+}
+
+unsafe extern "C" fn cbi_subscribe(
+    host: *mut c_void,
+    _op: u32,
+    desc: *const InnerDesc,
+    _out: *mut InnerHandle,
+) -> bool {
+    // A higher-order operator inside an inner stream: refused, its env and value freed.
+    // SAFETY: as in `inner_host`; `desc` is valid for the call and its env and value given up.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let (i, h) = inner_host(host);
+        let d = &*desc;
+        (d.drop_env)(d.env);
+        if !d.value.is_null() {
+            let _ = (d.value_drop)(d.value.cast::<u8>());
+        }
+        if let Ok(mut reg) = h.reg.try_borrow_mut() {
+            reg.clear();
+        }
+        h.error_at(
+            i.paths.first().cloned().unwrap_or_default(),
+            "a higher-order operator inside an inner stream is not supported".to_owned(),
+        );
+    }));
+    false
+}
+
+unsafe extern "C" fn cbi_unsubscribe(_host: *mut c_void, _op: u32, _instance: u64) {}
 
 unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void) {
     // SAFETY: as in `cb_log`; `value` is the publisher's value, borrowed for the call.
@@ -1005,6 +1475,8 @@ pub struct Driver {
     /// With the inspector on: its tally, and the counters `cx.counts` points into (held here
     /// so the pointer stays valid).
     tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
+    /// The run-time registration API `cx.api` points at.
+    _api: Box<HostApi>,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -1040,7 +1512,27 @@ impl Driver {
             due: Cell::new(u64::MAX),
             tracks: RefCell::new(Vec::new()),
             timers: RefCell::new(Vec::new()),
+            current_op: &raw const shared.op,
+            lib: RefCell::new(None),
+            reg: RefCell::new(InnerReg::default()),
+            api: Cell::new(std::ptr::null()),
+            inners: RefCell::new(BTreeMap::new()),
+            graveyard: RefCell::new(Vec::new()),
+            next_inner: Cell::new(1),
+            next_track: Cell::new(INNER_TRACKS),
+            reprojecting: Cell::new(false),
+            reprojected: RefCell::new(None),
+            starts: RefCell::new(Vec::new()),
         });
+        let api = Box::new(HostApi {
+            abi_version: plugin_api::abi::ABI_VERSION,
+            ctx: Rc::as_ptr(&host).cast_mut().cast::<c_void>(),
+            track_call: cbr_track_call,
+            track_call_return: cbr_track_call_return,
+            add_pipeline: cbr_add_pipeline,
+            fail: cbr_fail,
+        });
+        host.api.set(&raw const *api);
         host.set_code(&code);
         let tally = shared.tally.clone().map(|t| {
             let counts = t.counts_for(&code);
@@ -1057,6 +1549,9 @@ impl Driver {
             counts: tally.as_ref().map_or(std::ptr::null(), |(_, c)| c.as_ptr()),
             now: cb_now,
             schedule: cb_schedule,
+            subscribe: cb_subscribe,
+            unsubscribe: cb_unsubscribe,
+            api: &raw const *api,
         };
         shared.paths.store(Arc::new(host.paths.borrow().clone()));
         let (push_one, env) = code.push_one_raw(tally.is_some());
@@ -1078,6 +1573,7 @@ impl Driver {
             started: false,
             done: false,
             tally,
+            _api: api,
         })
     }
 
@@ -1155,8 +1651,23 @@ impl Driver {
         }
         let (_, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (self.port0_entry(&new), env, self.states.as_ptr());
-        // The old code is dropped here if nothing else holds it.
+        // The old code is dropped here if nothing else holds it (live inner subscriptions
+        // keep their own version's library until re-projected).
         self.code = new;
+        if !self.host.inners.borrow().is_empty() {
+            let lines = self.reproject(&reset);
+            if !lines.is_empty() {
+                self.host.sink.event(HostEvent::Notice {
+                    pipeline: self.host.pipeline.clone(),
+                    message: format!(
+                        "re-projected {} inner subscription(s) with version {}: {}",
+                        lines.len(),
+                        self.code.version,
+                        lines.join("; ")
+                    ),
+                });
+            }
+        }
         if let Some(before) = before {
             let after = self.state_texts();
             if let Some((t, _)) = &self.tally {
@@ -1394,6 +1905,227 @@ impl Driver {
         r
     }
 
+    /// Live inner subscriptions.
+    pub(crate) fn live_inners(&self) -> usize {
+        self.host.inners.borrow().len()
+    }
+
+    /// Frees the inner subscriptions that ended during the last calls.
+    pub(crate) fn reap_inners(&self) {
+        let dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
+        drop(dead);
+    }
+
+    /// The subscriptions a re-projection restarted, to start now.
+    pub(crate) fn take_starts(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.host.starts.borrow_mut())
+    }
+
+    /// Runs one event of inner subscription `id` through the newest code (nothing if it
+    /// ended, or its operator is gone).
+    fn inner_event(
+        &mut self,
+        id: u64,
+        kind: u32,
+        port: u32,
+        item: *const c_void,
+        op: u32,
+    ) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 0 });
+        }
+        self.mark_call();
+        let r = self.refresh().map(|()| {
+            let found = self.host.inners.borrow().get(&id).map(|i| {
+                (
+                    i.op_track,
+                    i.code.env.cast_const(),
+                    i.slots.as_ptr(),
+                    &raw const *i.cx,
+                )
+            });
+            let Some((op_track, env, states, cx)) = found else {
+                return (Pushed::Continue, inner_answer::NONE);
+            };
+            let Some(h) = self.code.ops.iter().position(|o| o.track == op_track) else {
+                return (Pushed::Continue, inner_answer::NONE);
+            };
+            let mut call = InnerCall {
+                instance: id,
+                env,
+                states,
+                cx,
+                kind,
+                port,
+                item,
+                op,
+                next: std::ptr::null(),
+                answer: inner_answer::NONE,
+            };
+            let p = match self
+                .code
+                .wake(&self.states, h as u32, Some(&mut call), &self.cx)
+            {
+                Pushed::PortDone { .. } => Pushed::Continue,
+                p => p,
+            };
+            (p, call.answer)
+        });
+        self.mark_call();
+        self.after_call();
+        let r = r.map(|(p, answer)| {
+            if answer == inner_answer::PORT_DONE
+                && let Some(i) = self.host.inners.borrow_mut().get_mut(&id)
+                && let Some(p) = i.ports.get_mut(port as usize)
+            {
+                *p = InnerPort::Done;
+            }
+            p
+        });
+        self.note(&r);
+        r
+    }
+
+    /// Inner subscription `id`'s interval on `port` is due at `due` (ns): its next value,
+    /// and the deadline after it.
+    fn inner_tick(&mut self, id: u64, port: u32, due: u64) -> Result<Pushed, String> {
+        let x = {
+            let mut inners = self.host.inners.borrow_mut();
+            let Some(i) = inners.get_mut(&id) else {
+                return Ok(Pushed::Continue);
+            };
+            let Some(InnerPort::Interval { period, n }) = i.ports.get_mut(port as usize) else {
+                return Ok(Pushed::Continue);
+            };
+            let x = *n;
+            *n += 1;
+            let next = due.saturating_add(period.as_nanos() as u64);
+            self.host
+                .timers
+                .borrow_mut()
+                .push((next, Key::InnerPort(id, port)));
+            x
+        };
+        self.inner_event(
+            id,
+            inner_kind::PUSH,
+            port,
+            (&raw const x).cast::<c_void>(),
+            0,
+        )
+    }
+
+    /// A timer of inner subscription `id`'s operator on `track` is due.
+    fn inner_timer(&mut self, id: u64, track: Id) -> Result<Pushed, String> {
+        let op = self
+            .host
+            .inners
+            .borrow()
+            .get(&id)
+            .and_then(|i| i.op_of(track));
+        match op {
+            Some(op) => self.inner_event(id, inner_kind::WAKE, 0, std::ptr::null(), op),
+            None => Ok(Pushed::Continue),
+        }
+    }
+
+    /// Starts a subscription a re-projection restarted.
+    fn inner_start(&mut self, id: u64) -> Result<Pushed, String> {
+        self.inner_event(id, inner_kind::START, 0, std::ptr::null(), 0)
+    }
+
+    /// Re-projects every live inner subscription with the code just taken (see
+    /// `inner.rs`): returns one line per subscription, for a notice.
+    fn reproject(&mut self, reset: &[String]) -> Vec<String> {
+        let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
+        let mut lines = Vec::new();
+        for id in ids {
+            let Some(mut inner) = self.host.inners.borrow_mut().remove(&id) else {
+                continue;
+            };
+            let h = self.code.ops.iter().position(|o| o.track == inner.op_track);
+            let Some(h) = h.filter(|&h| !reset.contains(&self.code.ops[h].path)) else {
+                lines.push(format!(
+                    "{}: ended (its higher-order operator was reset or removed)",
+                    inner.path
+                ));
+                self.host.graveyard.borrow_mut().push(inner);
+                continue;
+            };
+            self.host.reprojecting.set(true);
+            // SAFETY: the held value is of operator `h`'s input type (its signature, input
+            // included, was kept).
+            let st = unsafe { self.code.project(h as u32, inner.value.as_ptr(), &self.cx) };
+            self.host.reprojecting.set(false);
+            let projected = self.host.reprojected.borrow_mut().take();
+            let Some(mut code) = projected.filter(|_| st == plugin_api::abi::status::CONTINUE)
+            else {
+                lines.push(format!(
+                    "{}: ended (the new projection of {} failed)",
+                    inner.path,
+                    inner.value.debug_text(200)
+                ));
+                self.host.graveyard.borrow_mut().push(inner);
+                continue;
+            };
+            for op in &mut code.ops {
+                op.path = format!("{}|{}", inner.path, op.path.trim_start_matches('|'));
+            }
+            self.host.assign_tracks(&mut code.ops, &inner.code.ops);
+            if code.sources != inner.code.sources {
+                let old: Vec<&str> = inner.code.sources.iter().map(|s| &*s.label).collect();
+                let new: Vec<&str> = code.sources.iter().map(|s| &*s.label).collect();
+                match StateSlots::new_for(&code.ops, code.env, &code.lib) {
+                    Ok(slots) => {
+                        lines.push(format!(
+                            "{}: reset: its source changed ({} -> {}); restarted from the new \
+                             projection",
+                            inner.path,
+                            old.join(", "),
+                            new.join(", ")
+                        ));
+                        inner.ports = self.host.start_ports(id, &code.sources);
+                        let old_slots = std::mem::replace(&mut inner.slots, slots);
+                        drop(old_slots);
+                        inner.code = code;
+                        self.host.starts.borrow_mut().push(id);
+                    }
+                    Err(e) => {
+                        lines.push(format!("{}: ended ({e})", inner.path));
+                        self.host.graveyard.borrow_mut().push(inner);
+                        continue;
+                    }
+                }
+            } else {
+                let slots = std::mem::replace(&mut inner.slots, StateSlots::empty());
+                match slots.migrate_to(&code.ops, code.env, &code.lib) {
+                    Ok((slots, reset_ops)) => {
+                        inner.slots = slots;
+                        inner.code = code;
+                        if reset_ops.is_empty() {
+                            lines.push(format!("{}: swapped", inner.path));
+                        } else {
+                            lines.push(format!(
+                                "{}: swapped; state reset (signature changed): {}",
+                                inner.path,
+                                reset_ops.join(", ")
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        lines.push(format!("{}: ended ({e})", inner.path));
+                        self.host.graveyard.borrow_mut().push(inner);
+                        continue;
+                    }
+                }
+            }
+            inner.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
+            inner.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
+            self.host.inners.borrow_mut().insert(id, inner);
+        }
+        lines
+    }
+
     /// Runs `f` with the time operators' clock reading `due` (see `HostCx::due`).
     #[inline]
     fn at_due<R>(&mut self, due: Instant, f: impl FnOnce(&mut Driver) -> R) -> R {
@@ -1403,8 +2135,8 @@ impl Driver {
         r
     }
 
-    /// Moves the wakes operators asked for into `into`, as (deadline, track).
-    pub(crate) fn take_timers(&self, into: &mut Vec<(u64, Id)>) {
+    /// Moves the wakes asked for into `into`, as (deadline, what).
+    pub(crate) fn take_timers(&self, into: &mut Vec<(u64, Key)>) {
         if let Ok(mut t) = self.host.timers.try_borrow_mut()
             && !t.is_empty()
         {
@@ -1422,7 +2154,7 @@ impl Driver {
         self.mark_call();
         let r = self.refresh().map(|()| {
             match self.code.ops.iter().position(|o| o.track == track) {
-                Some(op) => match self.code.wake(&self.states, op as u32, &self.cx) {
+                Some(op) => match self.code.wake(&self.states, op as u32, None, &self.cx) {
                     // No port was fed: the status says nothing of one.
                     Pushed::PortDone { .. } => Pushed::Continue,
                     p => p,
@@ -1530,12 +2262,12 @@ enum Step {
     End(Ended),
 }
 
-/// What a pipeline thread's deadline is for: an interval's next tick (by port), or an
-/// operator's timer (the order it was asked for, and the operator's track).
+/// What a pipeline thread's deadline is for: an interval's next tick (by port), or a timer
+/// (the order it was asked for, and what it is for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
     Port(u32),
-    Op(u64, Id),
+    Timer(u64, Key),
 }
 
 /// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
@@ -1607,7 +2339,7 @@ fn run_pipeline(
         .collect();
     // Operators' timers: how many were asked for (their order), and a buffer to take them in.
     let mut asked = 0u64;
-    let mut taken: Vec<(u64, Id)> = Vec::new();
+    let mut taken: Vec<(u64, Key)> = Vec::new();
     // Operator timers in the heap (a pipeline waits for them before it counts as done).
     let mut op_timers = 0usize;
     let mut produced = 0u64;
@@ -1742,18 +2474,26 @@ fn run_pipeline(
         if shared.stop.load(Ordering::Acquire) {
             return Ended::Stopped;
         }
-        // 2. Intervals and operator timers that are due.
+        // 2. Inner subscriptions a reload restarted: their start and synchronous sources.
+        for id in cell.with(|d| d.take_starts()) {
+            let r = cell.with(|d| d.inner_start(id));
+            step!(r, &mut PortRun::Fed);
+        }
+        // 3. Intervals and timers that are due.
         let epoch = ticket.as_ref().map(|t| t.epoch());
         let now = clock.now();
         // Earliest deadline first, one at a time, so intervals and timers interleave as their
         // deadlines do however late this thread runs.
         let next_due = loop {
             // The wakes asked for by the calls so far (a timer due now runs in this pass).
-            cell.with(|d| d.take_timers(&mut taken));
-            for (deadline, track) in taken.drain(..) {
+            cell.with(|d| {
+                d.take_timers(&mut taken);
+                d.reap_inners();
+            });
+            for (deadline, key) in taken.drain(..) {
                 // A deadline past `Instant`'s range never comes.
                 if let Some(at) = crate::clock::from_ns(deadline) {
-                    timers.push(Reverse((at, Due::Op(asked, track))));
+                    timers.push(Reverse((at, Due::Timer(asked, key))));
                     asked += 1;
                     op_timers += 1;
                 }
@@ -1767,9 +2507,16 @@ fn run_pipeline(
             timers.pop();
             let port = match what {
                 Due::Port(port) => port,
-                Due::Op(_, track) => {
+                Due::Timer(_, key) => {
                     op_timers -= 1;
-                    let r = cell.with(|d| d.at_due(due, |d| d.wake_track(track)));
+                    let ns = crate::clock::to_ns(due);
+                    let r = cell.with(|d| {
+                        d.at_due(due, |d| match key {
+                            Key::Op(track) => d.wake_track(track),
+                            Key::InnerOp(id, track) => d.inner_timer(id, track),
+                            Key::InnerPort(id, port) => d.inner_tick(id, port, ns),
+                        })
+                    });
                     step!(r, &mut PortRun::Fed);
                     if shared.stop.load(Ordering::Acquire) {
                         return Ended::Stopped;
@@ -1853,9 +2600,12 @@ fn run_pipeline(
             }
             continue;
         }
-        // 4. Every port done and no operator waiting for a timer (a `delay` holding values
-        // or its completion): the pipeline is.
-        if ports.iter().all(|p| matches!(p, PortRun::Done)) && op_timers == 0 {
+        // 4. Every port done, no operator waiting for a timer (a `delay` holding values or its
+        // completion) and no inner subscription live: the pipeline is.
+        if ports.iter().all(|p| matches!(p, PortRun::Done))
+            && op_timers == 0
+            && cell.with(|d| d.live_inners()) == 0
+        {
             return completed(produced, first);
         }
         // 5. Wait for the next deadline or message.

@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -235,6 +235,117 @@ pub struct EmitCx {
     /// come late, or for an operator whose state no longer wants it: operators check their
     /// own deadlines, kept in their state.
     pub schedule: unsafe extern "C" fn(host: *mut c_void, op: u32, deadline: u64),
+    /// The higher-order operator number `op` subscribes an inner stream it just built (its
+    /// tracks were registered through [`EmitCx::api`] just before). The host takes
+    /// ownership of `desc.env` and of the value at `desc.value` (moved out: the plugin must
+    /// not drop it) whatever it answers. On success it fills `out` and returns true; false
+    /// when it refused (the reason is an `error` event; nothing of it runs).
+    pub subscribe: unsafe extern "C" fn(
+        host: *mut c_void,
+        op: u32,
+        desc: *const InnerDesc,
+        out: *mut InnerHandle,
+    ) -> bool,
+    /// The higher-order operator number `op` ends inner subscription `instance` (its inner
+    /// stream completed, or a `switch_map` moved on). The host frees it after the current
+    /// call returns: its env and slots stay valid until then.
+    pub unsubscribe: unsafe extern "C" fn(host: *mut c_void, op: u32, instance: u64),
+    /// The registration callbacks an inner stream's tracks are registered through at run
+    /// time (only [`HostApi::track_call`] and [`HostApi::track_call_return`] are called).
+    /// Valid for the call.
+    pub api: *const HostApi,
+}
+
+/// An inner stream built at run time by a higher-order operator's projection, bound and
+/// compiled, handed to the host ([`EmitCx::subscribe`]).
+#[repr(C)]
+#[derive(Debug)]
+pub struct InnerDesc {
+    /// The inner stream's closures (owned by the host from now on; freed with `drop_env`).
+    pub env: *mut c_void,
+    /// Frees `env`.
+    pub drop_env: DropEnvFn,
+    /// Its sources, in port order, valid for the call.
+    pub sources: *const SourceDesc,
+    /// Number of sources.
+    pub n_sources: usize,
+    /// Its operators, in slot order (their `init` takes `env`), valid for the call.
+    pub ops: *const OpDesc,
+    /// Number of operators.
+    pub n_ops: usize,
+    /// Number of `publish` operators in it (the host refuses an inner stream that publishes).
+    pub n_publishes: usize,
+    /// The outer value the inner stream was projected from, to move into host memory (null
+    /// from [`ProjectFn`]: the host has it already).
+    pub value: *mut c_void,
+    /// The outer value's type (size and alignment to allocate it with).
+    pub value_type: RFingerprint,
+    /// Drops an outer value in place.
+    pub value_drop: DropStateFn,
+    /// Writes an outer value's Debug text.
+    pub value_debug: DebugStateFn,
+}
+
+/// What the host answers to [`EmitCx::subscribe`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct InnerHandle {
+    /// The inner subscription's number (never 0), stable across reloads.
+    pub instance: u64,
+    /// Its operators' slots (seeded), valid until the host frees the subscription.
+    pub states: *const *mut u8,
+    /// The context its operators call back through, valid as long as `states`.
+    pub cx: *const EmitCx,
+}
+
+/// Values of [`InnerCall::kind`].
+pub mod inner_kind {
+    /// A value of the inner subscription's source `port` (at `item`, of its wire type).
+    pub const PUSH: u32 = 0;
+    /// The inner subscription's source `port` completed.
+    pub const COMPLETE: u32 = 1;
+    /// A timer of the inner subscription's operator `op` is due (`next` null), or an event
+    /// for a higher-order operator `op` inside the inner stream (`next`).
+    pub const WAKE: u32 = 2;
+    /// The host restarted the subscription (a reload changed its source): subscribe its
+    /// stream (`start_with`) and run its synchronous sources (`range`, `of`).
+    pub const START: u32 = 3;
+}
+
+/// Values the plugin writes to [`InnerCall::answer`].
+pub mod inner_answer {
+    /// Nothing to report.
+    pub const NONE: u32 = 0;
+    /// The port fed is done (its stream completed inside the inner stream).
+    pub const PORT_DONE: u32 = 1;
+}
+
+/// An event for one inner subscription of a higher-order operator, passed to
+/// [`PipelineDesc::wake`] with that operator's number.
+#[repr(C)]
+#[derive(Debug)]
+pub struct InnerCall {
+    /// The subscription's number.
+    pub instance: u64,
+    /// Its env, built by the projection of the code the call runs (the host re-projects
+    /// live subscriptions when it takes new code).
+    pub env: *const c_void,
+    /// Its slots.
+    pub states: *const *mut u8,
+    /// Its callback context.
+    pub cx: *const EmitCx,
+    /// One of [`inner_kind`].
+    pub kind: u32,
+    /// The port, for `PUSH` and `COMPLETE`.
+    pub port: u32,
+    /// The value, for `PUSH`.
+    pub item: *const c_void,
+    /// The inner operator, for `WAKE`.
+    pub op: u32,
+    /// For `WAKE` of a nested higher-order operator: its event; null for a timer.
+    pub next: *const InnerCall,
+    /// Written by the plugin: one of [`inner_answer`].
+    pub answer: u32,
 }
 
 /// Run the chain on `n` values of source `port`.
@@ -280,14 +391,31 @@ pub type CompleteFn = unsafe extern "C" fn(
 pub type StartFn =
     unsafe extern "C" fn(env: *const c_void, states: *const *mut u8, cx: *const EmitCx) -> u32;
 
-/// A timer of operator `op` (asked for with [`EmitCx::schedule`]) is due: the operator
-/// emits what became due (a debounced value, a delayed one, a time buffer) through the
-/// rest of the chain. Returns a [`status`]; [`status::PORT_DONE`] means nothing here (no
-/// port was fed) and the host reads it as [`status::CONTINUE`].
+/// A timer of operator `op` (asked for with [`EmitCx::schedule`]) is due (`inner` null):
+/// the operator emits what became due (a debounced value, a delayed one, a time buffer)
+/// through the rest of the chain. With `inner`, an event for one inner subscription of
+/// the higher-order operator `op` (see [`InnerCall`]). Returns a [`status`];
+/// [`status::PORT_DONE`] means nothing here (no port of the pipeline was fed) and the host
+/// reads it as [`status::CONTINUE`].
 pub type WakeFn = unsafe extern "C" fn(
     env: *const c_void,
     states: *const *mut u8,
     op: u32,
+    inner: *mut InnerCall,
+    cx: *const EmitCx,
+) -> u32;
+
+/// Runs the projection of higher-order operator `op` on (a clone of) the outer value at
+/// `value` and binds the inner stream it returns (tracks through [`EmitCx::api`]), then
+/// hands it to the host through [`EmitCx::subscribe`] with a null `value` (the host has
+/// it), and nothing more: no start, no value runs. The host calls it when it takes new code
+/// for each live inner subscription (a reload re-projects, as React re-renders with the same
+/// props). Returns a [`status`]: `CONTINUE` once handed over, `PANICKED` (reported through
+/// `cx`), or `COMPLETE` when the code has no such operator.
+pub type ProjectFn = unsafe extern "C" fn(
+    env: *const c_void,
+    op: u32,
+    value: *const c_void,
     cx: *const EmitCx,
 ) -> u32;
 
@@ -393,6 +521,8 @@ pub struct PipelineDesc {
     pub wake: WakeFn,
     /// [`PipelineDesc::wake`], also counting emissions into [`EmitCx::counts`].
     pub wake_counted: WakeFn,
+    /// Re-projects a live inner subscription.
+    pub project: ProjectFn,
     /// Frees `env`.
     pub drop_env: DropEnvFn,
     /// `n_ops` operator descriptions, valid for the duration of the call.

@@ -26,8 +26,8 @@ use core::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
-    DebugStateFn, DropStateFn, EmitCx, HostApi, OpDesc, PipelineDesc, PublishDesc, RFingerprint,
-    RSignature, RStr, SourceDesc, StateVTable, debug_status, init_status, status,
+    DebugStateFn, DropStateFn, EmitCx, HostApi, InnerCall, OpDesc, PipelineDesc, PublishDesc,
+    RFingerprint, RSignature, RStr, SourceDesc, StateVTable, debug_status, init_status, status,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -100,6 +100,9 @@ pub struct Cx<'a> {
     mark_ops: bool,
     /// Set when the pipeline's end received `complete`.
     completed: Cell<bool>,
+    /// Where a panic inside an inner subscription's operator is reported: that
+    /// subscription's context and the operator's number there (null: this call's own).
+    pub(crate) panic_to: Cell<(*const EmitCx, u32)>,
 }
 
 /// What a panic in a `scan`, `scan_map` or `reduce` function did to that operator's state
@@ -132,6 +135,36 @@ impl fmt::Debug for Cx<'_> {
         f.debug_struct("Cx")
             .field("states", &self.states)
             .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Cx<'a> {
+    /// The context of an inner subscription's operators: its slots, its callbacks.
+    pub(crate) fn inner(states: *const *mut u8, emit: &'a EmitCx, mark_ops: bool) -> Cx<'a> {
+        Cx {
+            states,
+            emit,
+            panicked_op: Cell::new(NO_OP),
+            after_panic: Cell::new(AfterPanic::Untouched),
+            mark_ops,
+            completed: Cell::new(false),
+            panic_to: Cell::new((core::ptr::null(), NO_OP)),
+        }
+    }
+
+    /// The operator a panic in this call is attributed to (after it unwound through it).
+    pub(crate) fn panicked_op(&self) -> u32 {
+        self.panicked_op.get()
+    }
+
+    /// The callbacks of this call.
+    pub(crate) fn emit(&self) -> &'a EmitCx {
+        self.emit
+    }
+
+    /// Whether single-value paths mark their operators (see the field).
+    pub(crate) fn marks_ops(&self) -> bool {
+        self.mark_ops
     }
 }
 
@@ -271,15 +304,25 @@ pub trait Stage: Send + Sync + 'static {
     -> Flow;
     /// Subscription: what operators emit before any source value (`start_with`).
     fn start<C: Tally, K: Observer<Self::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow;
-    /// A timer of operator `op` is due: runs [`Op::wake`] of that operator, handing what
-    /// it emits to the rest of the chain (built on the way down to it, as `push` does).
-    /// `None` when the stage has no operator `op`.
+    /// A timer of operator `op` is due (`inner` null), or an event for one of its inner
+    /// subscriptions: runs [`Op::wake`] of that operator, handing what it emits to the rest
+    /// of the chain (built on the way down to it, as `push` does). `None` when the stage has
+    /// no operator `op`.
     fn wake<C: Tally, K: Observer<Self::Out>>(
         &self,
         cx: &Cx<'_>,
         op: u32,
+        inner: Option<&mut InnerCall>,
         k: &mut K,
     ) -> Option<Flow>;
+    /// Runs the projection of higher-order operator `op` on a clone of `value`, binds the
+    /// stream it returns and hands it to the host (see [`crate::abi::ProjectFn`]). `None`
+    /// when the stage has no operator `op`, `Some(false)` when that operator projects
+    /// nothing.
+    ///
+    /// # Safety
+    /// `value` must point at a live value of operator `op`'s input type.
+    unsafe fn project(&self, cx: &Cx<'_>, op: u32, value: *const c_void) -> Option<bool>;
     /// Registers the stage's tracks and sources in order (see [`Binder`]).
     fn bind(&mut self, b: &mut Binder<'_>);
     /// The sources as written, for a signature (`interval_ms(50)`).
@@ -312,9 +355,23 @@ pub trait Op<In>: Send + Sync + 'static {
         Flow::Continue
     }
     /// A timer it asked for ([`Cx::schedule`]) is due, or was (wakes can be late, or
-    /// stale): emits what its state says is due by [`Cx::now`].
-    fn wake<C: Tally, K: Observer<Self::Out>>(&self, _cx: &Cx<'_>, _k: &mut K) -> Flow {
+    /// stale): emits what its state says is due by [`Cx::now`]. With `inner` non-null: an
+    /// event for one of its inner subscriptions (higher-order operators only).
+    fn wake<C: Tally, K: Observer<Self::Out>>(
+        &self,
+        _cx: &Cx<'_>,
+        _inner: Option<&mut InnerCall>,
+        _k: &mut K,
+    ) -> Flow {
         Flow::Continue
+    }
+    /// Re-projects: see [`Stage::project`]. False for every operator but the higher-order
+    /// ones.
+    ///
+    /// # Safety
+    /// `value` must point at a live value of the operator's input type.
+    unsafe fn project(&self, _cx: &Cx<'_>, _value: *const c_void) -> bool {
+        false
     }
     /// Writes its seed state.
     ///
@@ -683,7 +740,13 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
         };
         self.0.start::<C, _>(cx, &mut obs)
     }
-    fn wake<C: Tally, K: Observer<O::Out>>(&self, cx: &Cx<'_>, op: u32, k: &mut K) -> Option<Flow> {
+    fn wake<C: Tally, K: Observer<O::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        op: u32,
+        inner: Option<&mut InnerCall>,
+        k: &mut K,
+    ) -> Option<Flow> {
         if op == self.1.index() {
             let mut counted = Counting::<C, K> {
                 cx,
@@ -691,7 +754,7 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
                 k,
                 _c: PhantomData,
             };
-            return Some(self.1.wake::<C, _>(cx, &mut counted));
+            return Some(self.1.wake::<C, _>(cx, inner, &mut counted));
         }
         let mut obs = ThenObs::<C, O, K> {
             cx,
@@ -699,7 +762,15 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
             k,
             _c: PhantomData,
         };
-        self.0.wake::<C, _>(cx, op, &mut obs)
+        self.0.wake::<C, _>(cx, op, inner, &mut obs)
+    }
+    unsafe fn project(&self, cx: &Cx<'_>, op: u32, value: *const c_void) -> Option<bool> {
+        if op == self.1.index() {
+            // SAFETY: forwarded: `value` is of this operator's input type.
+            return Some(unsafe { self.1.project(cx, value) });
+        }
+        // SAFETY: forwarded.
+        unsafe { self.0.project(cx, op, value) }
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.0.bind(b);
@@ -777,7 +848,7 @@ impl<S> Body<S> {
         }
     }
 
-    fn into_parts(self) -> (S, Vec<(u32, Mark)>) {
+    pub(crate) fn into_parts(self) -> (S, Vec<(u32, Mark)>) {
         (self.stage, self.marks)
     }
 }
@@ -1085,6 +1156,85 @@ impl<S: Stage> Body<S> {
     }
 }
 
+/// An inner stream bound at run time: what [`InnerDesc`] points at, kept alive while the
+/// host reads it.
+pub(crate) struct BoundInner {
+    pub(crate) ops: Vec<OpDesc>,
+    pub(crate) sources: Vec<SourceDesc>,
+    /// The strings the sources' `RStr`s point into.
+    _infos: Vec<SourceInfo>,
+    pub(crate) n_publishes: usize,
+    /// The synchronous sources (`range`, `of`): port, first and end index.
+    pub(crate) sync: Vec<(u32, u64, u64)>,
+}
+
+/// Binds an inner stream built at run time (its tracks registered through `api`, under
+/// whatever the host has open), numbering its operators from 0.
+pub(crate) fn bind_inner<S: Stage>(
+    stage: &mut S,
+    marks: Vec<(u32, Mark)>,
+    api: &HostApi,
+) -> BoundInner {
+    let mut b = Binder {
+        host: api,
+        ops: Vec::new(),
+        sources: Vec::new(),
+        publishes: Vec::new(),
+        owners: Vec::new(),
+        spines: Vec::new(),
+        scopes: Vec::new(),
+    };
+    b.open_spine(marks);
+    stage.bind(&mut b);
+    b.close_spine();
+    while let Some(t) = b.scopes.pop() {
+        b.track_return(t);
+    }
+    let ops = b
+        .ops
+        .iter()
+        .map(|o| OpDesc {
+            track: o.track,
+            kind: RStr::new(o.kind),
+            state: StateVTable {
+                fingerprint: o.state,
+                init: init_entry::<S>,
+                drop: o.drop,
+                debug: o.debug,
+            },
+        })
+        .collect();
+    let sources: Vec<SourceDesc> = b
+        .sources
+        .iter()
+        .map(|s| SourceDesc {
+            label: RStr::new(&s.label),
+            text: if s.desc.text.is_none() {
+                RStr::NONE
+            } else {
+                RStr::new(&s.text)
+            },
+            ..s.desc
+        })
+        .collect();
+    let sync = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(port, s)| match s.kind {
+            crate::abi::source_kind::RANGE => Some((port as u32, s.a, s.b)),
+            crate::abi::source_kind::OF => Some((port as u32, 0, s.a)),
+            _ => None,
+        })
+        .collect();
+    BoundInner {
+        ops,
+        sources,
+        _infos: b.sources,
+        n_publishes: b.publishes.len(),
+        sync,
+    }
+}
+
 impl<S: Stage> Chain<'_, S> {
     fn finish(&mut self) {
         let Some(body) = self.body.take() else {
@@ -1153,7 +1303,10 @@ impl<S: Stage> Chain<'_, S> {
                 item: p.item,
             })
             .collect();
-        let env = Box::into_raw(Box::new(Env { stage }));
+        let env = Box::into_raw(Box::new(Env {
+            stage,
+            sync: Vec::new(),
+        }));
         let desc = PipelineDesc {
             name: RStr::new(&self.name),
             track,
@@ -1170,6 +1323,7 @@ impl<S: Stage> Chain<'_, S> {
             start_counted: start_entry::<S, Counted>,
             wake: wake_entry::<S, Silent>,
             wake_counted: wake_entry::<S, Counted>,
+            project: project_entry::<S>,
             drop_env: drop_env_entry::<S>,
             ops: ops.as_ptr(),
             n_ops: ops.len(),
@@ -1196,8 +1350,11 @@ impl<S: Stage> Drop for Chain<'_, S> {
     }
 }
 
-struct Env<S> {
-    stage: S,
+pub(crate) struct Env<S> {
+    pub(crate) stage: S,
+    /// An inner stream's synchronous sources (port, first and end index), which its
+    /// higher-order operator runs itself; empty for a pipeline.
+    pub(crate) sync: Vec<(u32, u64, u64)>,
 }
 
 /// `publish(name)`: hands each value to the host (which delivers it to the subject's
@@ -1664,7 +1821,7 @@ fn with_debug_text<T: fmt::Debug>(value: &T, f: impl FnOnce(&str)) {
     }
 }
 
-unsafe extern "C" fn drop_state<A>(dst: *mut u8) -> bool {
+pub(crate) unsafe extern "C" fn drop_state<A>(dst: *mut u8) -> bool {
     // SAFETY: the host calls this only on a slot that holds an initialised `A` it will not
     // use again.
     let run = catch_unwind(AssertUnwindSafe(|| unsafe {
@@ -1746,7 +1903,7 @@ pub(crate) fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
     )
 }
 
-unsafe extern "C" fn debug_state<A: fmt::Debug>(
+pub(crate) unsafe extern "C" fn debug_state<A: fmt::Debug>(
     src: *const u8,
     buf: *mut u8,
     cap: usize,
@@ -1838,6 +1995,7 @@ unsafe fn enter<'a, S>(
             mark_ops,
             after_panic: Cell::new(AfterPanic::Untouched),
             completed: Cell::new(false),
+            panic_to: Cell::new((core::ptr::null(), NO_OP)),
         };
         (env, cx)
     }
@@ -1847,8 +2005,15 @@ fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
     caught();
     let mut message = panic_message(payload);
     message.push_str(cx.after_panic.get().note());
-    // SAFETY: `emit` is the host's live context for this call; the message outlives it.
-    unsafe { (cx.emit.error)(cx.emit.host, cx.panicked_op.get(), RStr::new(&message)) };
+    let (inner, op) = cx.panic_to.get();
+    if inner.is_null() {
+        // SAFETY: `emit` is the host's live context for this call; the message outlives it.
+        unsafe { (cx.emit.error)(cx.emit.host, cx.panicked_op.get(), RStr::new(&message)) };
+    } else {
+        // SAFETY: an inner subscription's context, valid for this call (the host frees a
+        // subscription only after the call returns).
+        unsafe { ((*inner).error)((*inner).host, op, RStr::new(&message)) };
+    }
     status::PANICKED
 }
 
@@ -1967,6 +2132,7 @@ unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
     env: *const c_void,
     states: *const *mut u8,
     op: u32,
+    inner: *mut InnerCall,
     cx: *const EmitCx,
 ) -> u32 {
     // SAFETY: the host passes the arguments `WakeFn` documents.
@@ -1976,7 +2142,9 @@ unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
             completed: &cx.completed,
         };
         // An operator this code does not have (a stale timer) has nothing to run.
-        match env.stage.wake::<C, _>(&cx, op, &mut end) {
+        // SAFETY: null, or a live event the host built for this call (`WakeFn`).
+        let inner = unsafe { inner.as_mut() };
+        match env.stage.wake::<C, _>(&cx, op, inner, &mut end) {
             Some(Flow::Complete) if cx.completed.get() => status::COMPLETE,
             _ => status::CONTINUE,
         }
@@ -1984,7 +2152,30 @@ unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
     run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
-unsafe extern "C" fn init_entry<S: Stage>(env: *const c_void, op: u32, dst: *mut u8) -> u32 {
+unsafe extern "C" fn project_entry<S: Stage>(
+    env: *const c_void,
+    op: u32,
+    value: *const c_void,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `ProjectFn` documents (no slots are read).
+    let (env, cx) = unsafe { enter::<S>(env, core::ptr::null(), cx, true) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `value` is a live value of operator `op`'s input type (the host's
+        // obligation).
+        match unsafe { env.stage.project(&cx, op, value) } {
+            Some(true) => status::CONTINUE,
+            _ => status::COMPLETE,
+        }
+    }));
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+}
+
+pub(crate) unsafe extern "C" fn init_entry<S: Stage>(
+    env: *const c_void,
+    op: u32,
+    dst: *mut u8,
+) -> u32 {
     // SAFETY: `env` comes from `finish` for this `S` and `dst` is null or a slot sized and
     // aligned for operator `op`'s state, as `InitFn` documents.
     let run = contained(catch_unwind(AssertUnwindSafe(|| unsafe {
@@ -1997,7 +2188,7 @@ unsafe extern "C" fn init_entry<S: Stage>(env: *const c_void, op: u32, dst: *mut
     }
 }
 
-unsafe extern "C" fn drop_env_entry<S: Stage>(env: *mut c_void) {
+pub(crate) unsafe extern "C" fn drop_env_entry<S: Stage>(env: *mut c_void) {
     // SAFETY: `env` came from `Box::into_raw` in `finish` and the host frees it once.
     let env = unsafe { Box::from_raw(env.cast::<Env<S>>()) };
     contained(catch_unwind(AssertUnwindSafe(move || drop(env))));

@@ -233,15 +233,29 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
         }
         Flow::Continue
     }
-    fn wake<C: Tally, K: Observer<J::Out>>(&self, cx: &Cx<'_>, op: u32, k: &mut K) -> Option<Flow> {
+    fn wake<C: Tally, K: Observer<J::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        op: u32,
+        mut inner: Option<&mut crate::abi::InnerCall>,
+        k: &mut K,
+    ) -> Option<Flow> {
         {
             let mut left = self.side::<C, K>(cx, LEFT, k);
-            if let Some(f) = self.a.wake::<C, _>(cx, op, &mut left) {
+            if let Some(f) = self.a.wake::<C, _>(cx, op, inner.as_deref_mut(), &mut left) {
                 return Some(f);
             }
         }
         let mut right = RightSide(self.side::<C, K>(cx, RIGHT, k));
-        self.b.wake::<C, _>(cx, op, &mut right)
+        self.b.wake::<C, _>(cx, op, inner, &mut right)
+    }
+    unsafe fn project(&self, cx: &Cx<'_>, op: u32, value: *const c_void) -> Option<bool> {
+        // SAFETY: forwarded.
+        unsafe {
+            self.a
+                .project(cx, op, value)
+                .or_else(|| self.b.project(cx, op, value))
+        }
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.a.bind(b);

@@ -32,6 +32,7 @@ pub mod abi;
 pub mod dsl;
 pub mod fanin;
 pub mod fingerprint;
+pub mod higher;
 pub mod ops;
 pub mod shape;
 pub mod source;
@@ -43,6 +44,7 @@ pub mod prelude {
         Chain, Pipe, Plugin, Source, Stream, file_lines, interval_ms, of, range, stdin_lines,
         subject, tcp_lines,
     };
+    pub use crate::higher::HigherOrderOperators;
     pub use crate::ops::Operators;
     pub use crate::shape::Shape;
     pub use crate::state;

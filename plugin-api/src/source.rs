@@ -136,8 +136,12 @@ impl<W: Wire> Stage for Root<W> {
         &self,
         _cx: &Cx<'_>,
         _op: u32,
+        _inner: Option<&mut crate::abi::InnerCall>,
         _k: &mut K,
     ) -> Option<Flow> {
+        None
+    }
+    unsafe fn project(&self, _cx: &Cx<'_>, _op: u32, _value: *const c_void) -> Option<bool> {
         None
     }
     fn bind(&mut self, b: &mut Binder<'_>) {

@@ -83,7 +83,12 @@ impl<T: 'static> Op<T> for Debounce<T> {
         arm(cx, self.at.op, &mut s.2, due);
         Flow::Continue
     }
-    fn wake<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+    fn wake<C: Tally, K: Observer<T>>(
+        &self,
+        cx: &Cx<'_>,
+        _inner: Option<&mut crate::abi::InnerCall>,
+        k: &mut K,
+    ) -> Flow {
         // SAFETY: as in `push`.
         let s = unsafe { &mut *cx.state::<DebounceState<T>>(self.at.op) };
         let now = cx.now();
@@ -177,7 +182,12 @@ impl<T: 'static> Op<T> for Delay<T> {
         arm(cx, self.at.op, &mut s.2, due);
         Flow::Continue
     }
-    fn wake<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+    fn wake<C: Tally, K: Observer<T>>(
+        &self,
+        cx: &Cx<'_>,
+        _inner: Option<&mut crate::abi::InnerCall>,
+        k: &mut K,
+    ) -> Flow {
         // SAFETY: as in `push`.
         let s = unsafe { &mut *cx.state::<DelayState<T>>(self.at.op) };
         let now = cx.now();
@@ -262,7 +272,12 @@ impl<T: 'static> Op<T> for BufferTime<T> {
         self.begin(cx, s);
         Flow::Continue
     }
-    fn wake<C: Tally, K: Observer<Vec<T>>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+    fn wake<C: Tally, K: Observer<Vec<T>>>(
+        &self,
+        cx: &Cx<'_>,
+        _inner: Option<&mut crate::abi::InnerCall>,
+        k: &mut K,
+    ) -> Flow {
         // SAFETY: as in `push`.
         let s = unsafe { &mut *cx.state::<BufferTimeState<T>>(self.at.op) };
         let now = cx.now();

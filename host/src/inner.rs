@@ -1,0 +1,230 @@
+//! Inner subscriptions of higher-order operators (`switch_map`, `merge_map`, `concat_map`,
+//! `exhaust_map`), held by the pipeline's driver.
+//!
+//! A higher-order operator builds a stream at run time for each outer value, binds it (its
+//! tracks arrive through the run-time registration API, [`InnerReg`]) and subscribes it
+//! ([`plugin_api::abi::EmitCx::subscribe`]). The host makes an [`Inner`]: the outer value,
+//! moved into host memory with its drop and Debug glue ([`HeldValue`]); the inner stream's
+//! closures (per code version); its operators ([`OpCode`]s with paths under the
+//! subscription's own track, `pipeline|1:switch_map|#3:inner|0:map`) and their state slots;
+//! and its sources' ports. The higher-order operator runs the synchronous sources itself;
+//! the host drives the asynchronous ones (intervals) on the pipeline's thread, with the same
+//! deadline heap as the pipeline's own intervals and timers.
+//!
+//! When the pipeline takes new code, each live subscription is **re-projected**: the new
+//! version's projection runs on the held outer value ([`plugin_api::abi::ProjectFn`]), its
+//! tracks are matched to the live ones by path and signature, and kept slots stay (an inner
+//! `scan` total, a `debounce` pending), as do the sources' positions (an interval's count) and
+//! pending timers; a changed source restarts the subscription from the new projection (fresh
+//! slots, sources from their start). See `Driver::reproject` in `runtime.rs`.
+
+use std::alloc::Layout;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmr_track::{Id, Signature};
+use plugin_api::abi::{DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InnerDesc, RSignature, RStr};
+
+use crate::code::{OpCode, SourceSpec, StateSlots};
+use crate::loader::LibVersion;
+use crate::register::Names;
+
+/// The tracks an inner stream registered while it was bound, relative to the subscription
+/// (`0:map`, `1:merge|0:map`), with their signatures, in handle order.
+#[derive(Default)]
+pub(crate) struct InnerReg {
+    /// Open tracks: their relative path and how many unkeyed children they had so far.
+    stack: Vec<(String, u32)>,
+    /// Unkeyed children of the subscription itself so far.
+    top: u32,
+    /// Every track opened, by handle - 1: relative path and signature.
+    pub(crate) opened: Vec<(String, Signature)>,
+    pub(crate) names: Names,
+}
+
+impl InnerReg {
+    /// A track opened: returns its handle.
+    ///
+    /// # Safety
+    /// `kind`, `key` and the strings of `sig` must be readable for the call.
+    pub(crate) unsafe fn open(&mut self, kind: RStr, key: RStr, sig: &RSignature) -> u64 {
+        // SAFETY: forwarded.
+        let (signature, key) = unsafe {
+            (
+                self.names.signature(kind, sig),
+                key.to_string_lossy().map(|k| k.into_owned()),
+            )
+        };
+        let segment = match &key {
+            Some(k) => format!("#{k}:{}", signature.kind),
+            None => {
+                let counter = match self.stack.last_mut() {
+                    Some((_, n)) => n,
+                    None => &mut self.top,
+                };
+                let i = *counter;
+                *counter += 1;
+                format!("{i}:{}", signature.kind)
+            }
+        };
+        let path = match self.stack.last() {
+            Some((parent, _)) => format!("{parent}|{segment}"),
+            None => segment,
+        };
+        self.stack.push((path.clone(), 0));
+        self.opened.push((path, signature));
+        self.opened.len() as u64
+    }
+
+    /// The innermost open track closed.
+    pub(crate) fn close(&mut self) {
+        self.stack.pop();
+    }
+
+    /// Forgets what was registered (before the next binding).
+    pub(crate) fn clear(&mut self) {
+        self.stack.clear();
+        self.top = 0;
+        self.opened.clear();
+    }
+}
+
+/// An outer value moved into host memory, dropped with its own version's glue.
+pub(crate) struct HeldValue {
+    ptr: NonNull<u8>,
+    layout: Layout,
+    drop: DropStateFn,
+    pub(crate) debug: DebugStateFn,
+    /// The version whose glue `drop` and `debug` are; kept mapped while the value lives.
+    _lib: Arc<LibVersion>,
+}
+
+impl HeldValue {
+    /// Moves the value at `desc.value` into a fresh allocation.
+    ///
+    /// # Safety
+    /// `desc.value` must point at a live value of `desc.value_type`, which the caller gives
+    /// up (the plugin forgets it).
+    pub(crate) unsafe fn take(desc: &InnerDesc, lib: &Arc<LibVersion>) -> Option<HeldValue> {
+        let fp = &desc.value_type;
+        let layout = Layout::from_size_align(fp.size, fp.align.max(1)).ok()?;
+        let ptr = if layout.size() == 0 {
+            NonNull::new(layout.align() as *mut u8).unwrap_or(NonNull::dangling())
+        } else {
+            // SAFETY: a non-zero size.
+            let p = unsafe { std::alloc::alloc(layout) };
+            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        };
+        // SAFETY: `ptr` is valid for `layout.size()` bytes; a Rust move is a copy of the bytes
+        // and the plugin forgets its copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(desc.value.cast::<u8>(), ptr.as_ptr(), layout.size())
+        };
+        Some(HeldValue {
+            ptr,
+            layout,
+            drop: desc.value_drop,
+            debug: desc.value_debug,
+            _lib: lib.clone(),
+        })
+    }
+
+    /// The value, for a re-projection.
+    pub(crate) fn as_ptr(&self) -> *const c_void {
+        self.ptr.as_ptr().cast::<c_void>()
+    }
+
+    /// Its Debug text, at most `cap` bytes.
+    pub(crate) fn debug_text(&self, cap: usize) -> String {
+        let mut buf = vec![0u8; cap];
+        let mut len = 0usize;
+        // SAFETY: the value is live; `buf` has `cap` writable bytes.
+        let _ = unsafe { (self.debug)(self.ptr.as_ptr(), buf.as_mut_ptr(), cap, &mut len) };
+        String::from_utf8_lossy(&buf[..len.min(cap)]).into_owned()
+    }
+}
+
+impl Drop for HeldValue {
+    fn drop(&mut self) {
+        // SAFETY: the value is live and dropped once, by its version's glue (kept mapped).
+        let _ = unsafe { (self.drop)(self.ptr.as_ptr()) };
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `take` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        }
+    }
+}
+
+// SAFETY: the value is of a `Send` type (the DSL requires `Send + Sync` of outer values)
+// and only its owner touches it.
+unsafe impl Send for HeldValue {}
+
+/// How the host drives one port of an inner subscription.
+#[derive(Clone, Debug)]
+pub(crate) enum InnerPort {
+    /// An interval: the next value.
+    Interval { period: Duration, n: u64 },
+    /// Run by the higher-order operator itself (`range`, `of`), or finished.
+    Done,
+}
+
+/// The callbacks' view of one inner subscription (behind its `EmitCx::host`).
+pub(crate) struct InnerHost {
+    /// The pipeline's callback context (`HostCx`), for what is the pipeline's (the clock,
+    /// the timers, the sink, the run-time registration).
+    pub(crate) parent: *const c_void,
+    pub(crate) instance: u64,
+    /// By inner operator number: its path and track.
+    pub(crate) paths: Vec<String>,
+    pub(crate) tracks: Vec<Id>,
+}
+
+/// The compiled stream of one version of a subscription.
+pub(crate) struct InnerCode {
+    pub(crate) env: *mut c_void,
+    pub(crate) drop_env: DropEnvFn,
+    pub(crate) lib: Arc<LibVersion>,
+    pub(crate) ops: Vec<OpCode>,
+    pub(crate) sources: Vec<SourceSpec>,
+}
+
+impl Drop for InnerCode {
+    fn drop(&mut self) {
+        // SAFETY: the env was handed over by this version's plugin and is freed once, by its
+        // own function (the library stays mapped: `lib`).
+        unsafe { (self.drop_env)(self.env) };
+    }
+}
+
+/// One live inner subscription.
+pub(crate) struct Inner {
+    /// The higher-order operator's track.
+    pub(crate) op_track: Id,
+    /// The subscription's path (`pipeline|1:switch_map|#3:inner`).
+    pub(crate) path: String,
+    pub(crate) value: HeldValue,
+    /// Dropped after the slots (fields drop in order): the slots' drop glue may live in the
+    /// same version.
+    pub(crate) slots: StateSlots,
+    pub(crate) code: InnerCode,
+    pub(crate) ports: Vec<InnerPort>,
+    pub(crate) host: Box<InnerHost>,
+    pub(crate) cx: Box<EmitCx>,
+}
+
+// SAFETY: an `Inner` lives in its pipeline's driver and moves with it (see `Driver`'s
+// `Send`): its pointers point into what it owns or into the driver's `HostCx`.
+unsafe impl Send for Inner {}
+
+impl Inner {
+    /// The inner operator on `track`, by number.
+    pub(crate) fn op_of(&self, track: Id) -> Option<u32> {
+        self.code
+            .ops
+            .iter()
+            .position(|o| o.track == track)
+            .map(|i| i as u32)
+    }
+}

@@ -1,0 +1,519 @@
+//! Higher-order operators: `switch_map`, `merge_map`, `concat_map`, `exhaust_map`.
+//!
+//! Each outer value goes through the user's *projection*, which builds a [`Stream`] at run
+//! time. The operator binds that stream (its tracks are registered with the host at run
+//! time, under the operator's track) and hands it to the host ([`EmitCx::subscribe`]), which
+//! keeps the outer value, allocates and seeds the inner stream's state slots, and drives its
+//! asynchronous sources (intervals) on the pipeline's thread. The operator itself runs the
+//! subscription's start (`start_with`) and its synchronous sources (`range`, `of`) at once,
+//! inside the outer value's call, as Rx does: `range(0, 3).switch_map(|x| of(vec![x, x]))`
+//! emits `0 0 1 1 2 2`. Later values of the inner stream arrive through the chain's `wake`
+//! entry with an [`InnerCall`]; they run the inner stream's code, then the rest of the
+//! outer chain.
+//!
+//! The operator's own state (a host slot) is what it decides with: the live subscription
+//! (`switch_map`, `concat_map`, `exhaust_map`), how many are live, `concat_map`'s queue of
+//! outer values waiting for their turn (kept across a reload, like any state), and whether
+//! the outer stream completed. RxJS semantics: `switch_map` ends the live inner subscription
+//! when a new outer value comes, `concat_map` queues outer values while one is live,
+//! `exhaust_map` ignores them, `merge_map` runs them all; each completes when the outer
+//! stream has completed and no inner subscription is live (or queued).
+//!
+//! **On reload** the host re-runs the new version's projection on each live subscription's
+//! outer value ([`crate::abi::ProjectFn`]), matches the new inner tracks to the live ones by
+//! path and signature, and swaps their code: see ARCHITECTURE.md.
+
+use core::ffi::c_void;
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use std::collections::VecDeque;
+
+use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, inner_answer, inner_kind};
+use crate::dsl::{
+    At, Binder, Cx, Env, Flow, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
+    bind_inner, debug_state, drop_env_entry, drop_state, state_fns,
+};
+use crate::fingerprint;
+use crate::shape::Shape;
+
+/// Which higher-order operator: how it treats an outer value while an inner subscription is
+/// live.
+pub trait Mode: Send + Sync + 'static {
+    /// The operator's kind (its track's).
+    const KIND: &'static str;
+    #[doc(hidden)]
+    const MODE: u8;
+}
+
+const SWITCH: u8 = 0;
+const MERGE: u8 = 1;
+const CONCAT: u8 = 2;
+const EXHAUST: u8 = 3;
+
+/// `switch_map`: a new outer value ends the live inner subscription.
+#[derive(Debug)]
+pub struct Switch;
+/// `merge_map`: every inner subscription runs.
+#[derive(Debug)]
+pub struct Merge;
+/// `concat_map`: outer values wait in a queue for the live one to complete.
+#[derive(Debug)]
+pub struct Concat;
+/// `exhaust_map`: outer values are ignored while one is live.
+#[derive(Debug)]
+pub struct Exhaust;
+
+impl Mode for Switch {
+    const KIND: &'static str = "switch_map";
+    const MODE: u8 = SWITCH;
+}
+impl Mode for Merge {
+    const KIND: &'static str = "merge_map";
+    const MODE: u8 = MERGE;
+}
+impl Mode for Concat {
+    const KIND: &'static str = "concat_map";
+    const MODE: u8 = CONCAT;
+}
+impl Mode for Exhaust {
+    const KIND: &'static str = "exhaust_map";
+    const MODE: u8 = EXHAUST;
+}
+
+/// The state of a higher-order operator: the live inner subscription (0: none; the last one
+/// started, for `merge_map`), how many are live, `concat_map`'s queue, and whether the outer
+/// stream completed.
+type HoState<T> = (u64, u64, VecDeque<T>, bool);
+
+/// A higher-order operator: projection `F` from `T` to a stream of stage `S2`.
+pub struct HigherOrder<F, T, S2, M> {
+    f: F,
+    at: At,
+    _t: PhantomData<fn(T) -> (S2, M)>,
+}
+
+impl<F, T, S2, M> fmt::Debug for HigherOrder<F, T, S2, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HigherOrder")
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an inner stream hands the rest of the chain: its values, counted as the
+/// higher-order operator's; its completion ends the subscription.
+struct InnerObs<'a, 'c, C, T, K> {
+    cx: &'a Cx<'c>,
+    op: u32,
+    instance: u64,
+    k: &'a mut K,
+    ended: bool,
+    _t: PhantomData<fn(C, T)>,
+}
+
+impl<C: Tally, T, V, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
+    #[inline(always)]
+    fn next(&mut self, v: V) -> Flow {
+        if self.ended {
+            return Flow::Complete;
+        }
+        C::count(self.cx, self.op);
+        self.k.next(v)
+    }
+    fn complete(&mut self) -> Flow {
+        if !self.ended {
+            self.ended = true;
+            let emit = self.cx.emit();
+            // SAFETY: the host's context for this call; it frees the subscription after
+            // the call returns.
+            unsafe { (emit.unsubscribe)(emit.host, self.op, self.instance) };
+            // SAFETY: this operator's slot holds a `HoState<T>`; no other reference to it is
+            // live here (the chain downstream touches its own slots only).
+            let s = unsafe { &mut *self.cx.state::<HoState<T>>(self.op) };
+            s.1 = s.1.saturating_sub(1);
+            if s.0 == self.instance {
+                s.0 = 0;
+            }
+        }
+        Flow::Complete
+    }
+}
+
+/// Attributes a panic unwinding out of an inner subscription's operator to that operator
+/// (its path is the inner track's), instead of to the pipeline.
+struct PanicAt<'a, 'b, 'c> {
+    outer: &'a Cx<'b>,
+    inner: &'a Cx<'c>,
+    emit: *const EmitCx,
+}
+
+impl Drop for PanicAt<'_, '_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let op = self.inner.panicked_op();
+            if op != NO_OP {
+                self.outer.panic_to.set((self.emit, op));
+            }
+        }
+    }
+}
+
+impl<F, T, S2, M> HigherOrder<F, T, S2, M>
+where
+    F: Fn(T) -> Stream<S2> + Send + Sync + 'static,
+    T: Shape + Clone + fmt::Debug + Send + Sync + 'static,
+    S2: Stage,
+    M: Mode,
+{
+    #[allow(clippy::mut_from_ref)]
+    fn state<'s>(&self, cx: &'s Cx<'_>) -> &'s mut HoState<T> {
+        // SAFETY: the host seeded this slot with a `HoState<T>` (fingerprint-checked); each
+        // caller drops the reference before the chain runs on.
+        unsafe { &mut *cx.state::<HoState<T>>(self.at.op) }
+    }
+
+    /// Runs the user's projection on `x` and binds the stream it returns.
+    fn project_bound(&self, cx: &Cx<'_>, x: &T) -> (Box<Env<S2>>, crate::dsl::BoundInner) {
+        let op = self.at.op;
+        let stream = cx.user(op, || (self.f)(x.clone()));
+        let (mut stage, marks) = stream.body.into_parts();
+        let emit = cx.emit();
+        // SAFETY: the host passes a registration API valid for the call.
+        let api = unsafe { &*emit.api };
+        let bound = bind_inner(&mut stage, marks, api);
+        let env = Box::new(Env {
+            stage,
+            sync: bound.sync.clone(),
+        });
+        (env, bound)
+    }
+
+    fn describe(env: Box<Env<S2>>, bound: &crate::dsl::BoundInner) -> InnerDesc {
+        InnerDesc {
+            env: Box::into_raw(env).cast::<c_void>(),
+            drop_env: drop_env_entry::<S2>,
+            sources: bound.sources.as_ptr(),
+            n_sources: bound.sources.len(),
+            ops: bound.ops.as_ptr(),
+            n_ops: bound.ops.len(),
+            n_publishes: bound.n_publishes,
+            value: core::ptr::null_mut(),
+            value_type: fingerprint::of::<T>(),
+            value_drop: drop_state::<T>,
+            value_debug: debug_state::<T>,
+        }
+    }
+
+    /// Projects `x`, subscribes the stream and runs its start and synchronous sources.
+    /// Returns whether that subscription already ended (or was refused).
+    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
+        let op = self.at.op;
+        let (env, bound) = self.project_bound(cx, &x);
+        let env_ptr: *const Env<S2> = &*env;
+        let mut desc = Self::describe(env, &bound);
+        let mut value = ManuallyDrop::new(x);
+        desc.value = (&raw mut *value).cast::<c_void>();
+        let mut h = InnerHandle {
+            instance: 0,
+            states: core::ptr::null(),
+            cx: core::ptr::null(),
+        };
+        let emit = cx.emit();
+        // SAFETY: the host's context for this call; `desc` and what it points at live across
+        // it. The host takes the env and moves the value out whatever it answers.
+        let ok = unsafe { (emit.subscribe)(emit.host, op, &desc, &mut h) };
+        drop(bound);
+        if !ok {
+            return true;
+        }
+        {
+            let s = self.state(cx);
+            s.0 = h.instance;
+            s.1 += 1;
+        }
+        // SAFETY: the host keeps the env until after this call, even if the subscription
+        // ends in it.
+        let env = unsafe { &*env_ptr };
+        let mut call = InnerCall {
+            instance: h.instance,
+            env: env_ptr.cast::<c_void>(),
+            states: h.states,
+            cx: h.cx,
+            kind: inner_kind::START,
+            port: 0,
+            item: core::ptr::null(),
+            op: 0,
+            next: core::ptr::null(),
+            answer: inner_answer::NONE,
+        };
+        self.run_inner::<C, K>(cx, env, &mut call, k).1
+    }
+
+    /// Runs one event of an inner subscription. Returns the flow for the outer chain and
+    /// whether the subscription ended.
+    fn run_inner<C: Tally, K: Observer<S2::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        env: &Env<S2>,
+        call: &mut InnerCall,
+        k: &mut K,
+    ) -> (Flow, bool) {
+        // SAFETY: the host passes the subscription's live context.
+        let emit = unsafe { &*call.cx };
+        let icx = Cx::inner(call.states, emit, cx.marks_ops());
+        let mut obs = InnerObs::<C, T, K> {
+            cx,
+            op: self.at.op,
+            instance: call.instance,
+            k,
+            ended: false,
+            _t: PhantomData,
+        };
+        let guard = PanicAt {
+            outer: cx,
+            inner: &icx,
+            emit: call.cx,
+        };
+        let flow = match call.kind {
+            inner_kind::PUSH => env
+                .stage
+                .push::<C, _>(&icx, call.port, call.item, 0, &mut obs),
+            inner_kind::COMPLETE => env.stage.complete::<C, _>(&icx, call.port, &mut obs),
+            inner_kind::WAKE => {
+                // SAFETY: null, or the nested event the host built for this call.
+                let next = unsafe { call.next.cast_mut().as_mut() };
+                env.stage
+                    .wake::<C, _>(&icx, call.op, next, &mut obs)
+                    .unwrap_or(Flow::Continue)
+            }
+            inner_kind::START => {
+                let mut flow = env.stage.start::<C, _>(&icx, &mut obs);
+                for &(port, from, to) in &env.sync {
+                    if obs.ended || cx.is_completed() {
+                        break;
+                    }
+                    for i in from..to {
+                        let f = env.stage.push::<C, _>(
+                            &icx,
+                            port,
+                            (&raw const i).cast::<c_void>(),
+                            0,
+                            &mut obs,
+                        );
+                        if f == Flow::Complete {
+                            break;
+                        }
+                    }
+                    if !obs.ended && !cx.is_completed() {
+                        flow = env.stage.complete::<C, _>(&icx, port, &mut obs);
+                    }
+                }
+                flow
+            }
+            _ => Flow::Continue,
+        };
+        drop(guard);
+        if flow == Flow::Complete && !obs.ended && !cx.is_completed() {
+            call.answer = inner_answer::PORT_DONE;
+        }
+        let ended = obs.ended;
+        let out = if cx.is_completed() {
+            Flow::Complete
+        } else {
+            Flow::Continue
+        };
+        (out, ended)
+    }
+
+    /// After an inner subscription ended: `concat_map` starts the next queued value; the
+    /// operator completes once the outer stream has and nothing is live or queued.
+    fn after_end<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        loop {
+            if cx.is_completed() {
+                return Flow::Complete;
+            }
+            let next = {
+                let s = self.state(cx);
+                if M::MODE == CONCAT && s.1 == 0 {
+                    s.2.pop_front()
+                } else {
+                    None
+                }
+            };
+            if let Some(x) = next {
+                if self.subscribe::<C, K>(cx, x, k) {
+                    continue;
+                }
+                return if cx.is_completed() {
+                    Flow::Complete
+                } else {
+                    Flow::Continue
+                };
+            }
+            let s = self.state(cx);
+            if s.3 && s.1 == 0 && s.2.is_empty() {
+                return k.complete();
+            }
+            return Flow::Continue;
+        }
+    }
+}
+
+impl<F, T, S2, M> Op<T> for HigherOrder<F, T, S2, M>
+where
+    F: Fn(T) -> Stream<S2> + Send + Sync + 'static,
+    T: Shape + Clone + fmt::Debug + Send + Sync + 'static,
+    S2: Stage,
+    M: Mode,
+{
+    type Out = S2::Out;
+    fn index(&self) -> u32 {
+        self.at.op
+    }
+    fn bind(&mut self, b: &mut Binder<'_>) {
+        b.op(&mut self.at);
+    }
+    fn push<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        {
+            let s = self.state(cx);
+            match M::MODE {
+                EXHAUST if s.1 > 0 => return Flow::Continue,
+                CONCAT if s.1 > 0 => {
+                    s.2.push_back(x);
+                    return Flow::Continue;
+                }
+                SWITCH if s.0 != 0 => {
+                    let emit = cx.emit();
+                    // SAFETY: the host's context for this call.
+                    unsafe { (emit.unsubscribe)(emit.host, self.at.op, s.0) };
+                    s.0 = 0;
+                    s.1 = s.1.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        if self.subscribe::<C, K>(cx, x, k) {
+            return self.after_end::<C, K>(cx, k);
+        }
+        if cx.is_completed() {
+            Flow::Complete
+        } else {
+            Flow::Continue
+        }
+    }
+    fn complete<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
+        let s = self.state(cx);
+        s.3 = true;
+        if s.1 == 0 && s.2.is_empty() {
+            return k.complete();
+        }
+        // The last inner subscription's end completes it.
+        Flow::Continue
+    }
+    fn wake<C: Tally, K: Observer<S2::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        inner: Option<&mut InnerCall>,
+        k: &mut K,
+    ) -> Flow {
+        let Some(call) = inner else {
+            return Flow::Continue;
+        };
+        // SAFETY: the host passes a live event for one of this operator's subscriptions,
+        // whose env this version's projection built (it re-projects on taking new code).
+        let env = unsafe { &*call.env.cast::<Env<S2>>() };
+        let (flow, ended) = self.run_inner::<C, K>(cx, env, call, k);
+        if ended {
+            return self.after_end::<C, K>(cx, k);
+        }
+        flow
+    }
+    unsafe fn project(&self, cx: &Cx<'_>, value: *const c_void) -> bool {
+        // SAFETY: the caller passes a live `T`.
+        let x = unsafe { &*value.cast::<T>() };
+        let (env, bound) = self.project_bound(cx, x);
+        let desc = Self::describe(env, &bound);
+        let mut h = InnerHandle {
+            instance: 0,
+            states: core::ptr::null(),
+            cx: core::ptr::null(),
+        };
+        let emit = cx.emit();
+        // SAFETY: the host's context for this call; `desc` and what it points at (`bound`)
+        // live across it; the host takes the env whatever it answers.
+        unsafe { (emit.subscribe)(emit.host, self.at.op, &desc, &mut h) };
+        true
+    }
+    unsafe fn init(&self, dst: *mut u8) {
+        // SAFETY: the caller guarantees `dst` is valid and aligned for the state.
+        unsafe {
+            dst.cast::<HoState<T>>()
+                .write((0, 0, VecDeque::new(), false))
+        }
+    }
+}
+
+/// The higher-order operators, on every stream and pipeline. The closure builds a stream
+/// for each outer value (`T: Clone`: the host keeps the value to re-project it on reload;
+/// `Shape`: `concat_map` queues it in its state).
+pub trait HigherOrderOperators: Pipe {
+    /// Projects each value to a stream and emits its values until the next value comes
+    /// (which ends that inner subscription). Completes when the outer stream has and the
+    /// last inner one has.
+    fn switch_map<S2, F>(self, f: F) -> Next<Self, HigherOrder<F, Out<Self>, S2, Switch>>
+    where
+        S2: Stage,
+        F: Fn(Out<Self>) -> Stream<S2> + Send + Sync + 'static,
+        Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
+    {
+        higher(self, f)
+    }
+    /// Projects each value to a stream and emits the values of all of them as they come.
+    fn merge_map<S2, F>(self, f: F) -> Next<Self, HigherOrder<F, Out<Self>, S2, Merge>>
+    where
+        S2: Stage,
+        F: Fn(Out<Self>) -> Stream<S2> + Send + Sync + 'static,
+        Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
+    {
+        higher(self, f)
+    }
+    /// Projects each value to a stream, one at a time: values that come while one runs
+    /// wait in a queue (state, kept across reloads).
+    fn concat_map<S2, F>(self, f: F) -> Next<Self, HigherOrder<F, Out<Self>, S2, Concat>>
+    where
+        S2: Stage,
+        F: Fn(Out<Self>) -> Stream<S2> + Send + Sync + 'static,
+        Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
+    {
+        higher(self, f)
+    }
+    /// Projects a value to a stream and ignores the values that come while it runs.
+    fn exhaust_map<S2, F>(self, f: F) -> Next<Self, HigherOrder<F, Out<Self>, S2, Exhaust>>
+    where
+        S2: Stage,
+        F: Fn(Out<Self>) -> Stream<S2> + Send + Sync + 'static,
+        Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
+    {
+        higher(self, f)
+    }
+}
+
+impl<P: Pipe> HigherOrderOperators for P {}
+
+fn higher<P, S2, F, M>(this: P, f: F) -> Next<P, HigherOrder<F, Out<P>, S2, M>>
+where
+    P: Pipe,
+    S2: Stage,
+    M: Mode,
+    F: Fn(Out<P>) -> Stream<S2> + Send + Sync + 'static,
+    Out<P>: Shape + Clone + fmt::Debug + Send + Sync,
+{
+    let state = state_fns::<HoState<Out<P>>>();
+    let at = At::new::<Out<P>, S2::Out>(M::KIND, Some(state), None);
+    this.then(HigherOrder {
+        f,
+        at,
+        _t: PhantomData,
+    })
+}
