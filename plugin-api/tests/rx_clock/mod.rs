@@ -146,7 +146,7 @@ pub fn advance_to(t: Duration) {
 }
 
 /// An open handle, from rxRust's own scheduler (see the module documentation).
-fn live_handle() -> TaskHandle {
+pub fn live_handle() -> TaskHandle {
     HANDLES.with(|h| {
         let set = h.borrow();
         let _inside = set.enter();
