@@ -1943,7 +1943,11 @@ fn host_time(publisher: &Publisher, n: u64) -> anyhow::Result<(f64, u64)> {
     let started = Instant::now();
     for i in 0..=end {
         // The wakes due by this value's time (after the last value: all of them).
-        let now = if i < end { TIME_BASE + time_of(i) } else { u64::MAX };
+        let now = if i < end {
+            TIME_BASE + time_of(i)
+        } else {
+            u64::MAX
+        };
         loop {
             d.take_timers(&mut taken);
             for (deadline, track) in taken.drain(..) {
@@ -1973,8 +1977,8 @@ fn host_time(publisher: &Publisher, n: u64) -> anyhow::Result<(f64, u64)> {
 /// One rxRust round of scenario 13: the same operator on a `Subject` on the virtual-time
 /// scheduler, fed `0..n`, the clock moved to each value's time first (running the tasks due
 /// by then, earliest first), then to the end; completed outside the timer. Returns (ns per
-/// value, the fold).
-fn rx_time(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
+/// value, the fold), and sets `tasks` to the tasks it scheduled a value.
+fn rx_time(op: &str, n: u64, tasks: &mut f64) -> anyhow::Result<(f64, u64)> {
     use rxrust::ops::throttle::ThrottleEdge;
     rx_clock::init();
     let mut s = rx_clock::Ctx::subject::<u64, Infallible>();
@@ -2000,6 +2004,7 @@ fn rx_time(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
     }
     rx_clock::advance_to(Duration::from_nanos(time_of(end) + 2 * d.as_nanos() as u64));
     let t = started.elapsed();
+    *tasks = rx_clock::scheduled() as f64 / n as f64;
     s.complete();
     Ok((ns_per(t, n), out.get().context("rxRust emitted nothing")?))
 }
@@ -2021,16 +2026,19 @@ fn time_operators(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Re
     report.line(format!(
         "\n### 13. Time operators: {N_TIME} values in bursts of 8, 1 ms apart, 21 ms between bursts, a {TIME_MS} ms operator, under a virtual clock (ns per value, wakes included; target <= 2x rxRust's operator)\n"
     ));
-    report.line("| operator | host ns/value | rxRust ns/value | host / rxRust |");
-    report.line("|---|---:|---:|---:|");
+    report.line(
+        "| operator | host ns/value | rxRust ns/value | of which cancel handles | rxRust without them | host / rxRust | host / rxRust without handles |",
+    );
+    report.line("|---|---:|---:|---:|---:|---:|---:|");
     for (op, theirs) in [
         ("debounce", "debounce"),
         ("throttle", "throttle_time(_, ThrottleEdge::leading())"),
     ] {
         let publisher = &loaded.pipelines[op];
         let expected = time_expected(op, N_TIME);
+        let mut tasks = 0.0;
         let mut host = || host_time(publisher, N_TIME);
-        let mut rx = || rx_time(op, N_TIME);
+        let mut rx = || rx_time(op, N_TIME, &mut tasks);
         let mut handles = || Ok(rx_handles(N_TIME / 10));
         let medians = side_by_side(
             ROUNDS,
@@ -2041,20 +2049,25 @@ fn time_operators(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Re
                 ("handle", Run::Reference(&mut handles)),
             ],
         )
-        .with_context(|| format!("{op}"))?;
-        let ratio = medians[0] / medians[1];
+        .with_context(|| op.to_owned())?;
+        // The scaffold's share of rxRust's time: its tasks a value times a handle's cost
+        // (the same every round: the data is). What is left is a lower bound of rxRust's
+        // operator on a scheduler of its own, and the target is judged against it.
+        let scaffold = tasks * medians[2];
+        let bare = medians[1] - scaffold;
+        let (ratio, strict) = (medians[0] / medians[1], medians[0] / bare);
         report.line(format!(
-            "| `{op}_ms` vs `{theirs}` | {:.2} | {:.2} | {ratio:.2}x |",
+            "| `{op}_ms` vs `{theirs}` | {:.2} | {:.2} | {scaffold:.2} ({tasks:.3} tasks a value) | {bare:.2} | {ratio:.2}x | {strict:.2}x |",
             medians[0], medians[1]
         ));
         report.verdict(
             &format!("`{op}_ms` per value within 2x of rxRust's `{theirs}`"),
             format!(
-                "{:.2} vs {:.2} ns, {ratio:.2}x (rxRust's side includes {:.0} ns a task for \
-                 the virtual scheduler's cancel handle)",
+                "{:.2} vs {:.2} ns, {ratio:.2}x; vs {bare:.2} ns without the virtual \
+                 scheduler's cancel handles ({:.0} ns each), {strict:.2}x",
                 medians[0], medians[1], medians[2]
             ),
-            Some(ratio <= 2.0),
+            Some(strict <= 2.0),
         );
     }
     Ok(())

@@ -48,7 +48,12 @@ enum Kind {
     BufferTime,
 }
 
-const KINDS: [Kind; 4] = [Kind::Debounce, Kind::Throttle, Kind::Delay, Kind::BufferTime];
+const KINDS: [Kind; 4] = [
+    Kind::Debounce,
+    Kind::Throttle,
+    Kind::Delay,
+    Kind::BufferTime,
+];
 
 /// One generated schedule (times in ms).
 #[derive(Clone, Debug)]
@@ -284,8 +289,7 @@ fn every_operator_on_the_edge_cases() {
                 let last = events.last().map_or(0, |e| e.0);
                 for complete in [None, Some(0), Some(ms)] {
                     for after in [None, Some(0), Some(1), Some(2)] {
-                        for reload in [None, Some(0), Some(events.len() / 2), Some(events.len())]
-                        {
+                        for reload in [None, Some(0), Some(events.len() / 2), Some(events.len())] {
                             let s = Schedule {
                                 ms,
                                 events: events.clone(),
@@ -316,7 +320,9 @@ fn the_reference_gives_the_expected_traces() {
         after: None,
         reload_at: None,
     };
-    let cases: [(Kind, Schedule, &[(u64, &str)]); 5] = [
+    // What each case must give: (time in ms, text).
+    type Expected = &'static [(u64, &'static str)];
+    let cases: [(Kind, Schedule, Expected); 5] = [
         (
             // 0 is replaced at 3 (due 8); at 8, 1 goes out before 2 comes; the completion
             // lets the pending 3 out at once.
@@ -327,7 +333,11 @@ fn the_reference_gives_the_expected_traces() {
         (
             // Windows [0, 5), [5, 10), [10, 15): a value at a window's end opens the next.
             Kind::Throttle,
-            s(5, &[(0, 0), (4, 1), (5, 2), (9, 3), (10, 4), (16, 5)], Some(16)),
+            s(
+                5,
+                &[(0, 0), (4, 1), (5, 2), (9, 3), (10, 4), (16, 5)],
+                Some(16),
+            ),
             &[(0, "0"), (5, "2"), (10, "4"), (16, "5"), (16, COMPLETE)],
         ),
         (

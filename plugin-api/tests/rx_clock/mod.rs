@@ -63,6 +63,8 @@ impl Ord for Entry {
 #[derive(Default)]
 struct State {
     now: Duration,
+    /// Tasks scheduled since `init` (a sleeping task queued again is not counted again).
+    scheduled: u64,
     next_id: u64,
     queue: BinaryHeap<Reverse<Entry>>,
 }
@@ -91,6 +93,11 @@ pub fn init() {
 /// The virtual clock.
 pub fn now() -> Duration {
     STATE.with(|s| s.borrow().now)
+}
+
+/// How many tasks were scheduled since [`init`] (each with its handle).
+pub fn scheduled() -> u64 {
+    STATE.with(|s| s.borrow().scheduled)
 }
 
 /// How many tasks are queued (cancelled ones included until their deadline).
@@ -188,6 +195,7 @@ where
     fn schedule(&self, source: S, delay: Option<Duration>) -> TaskHandle {
         let future = Box::pin(source.into_future(self));
         let handle = live_handle();
+        STATE.with(|s| s.borrow_mut().scheduled += 1);
         push(now() + delay.unwrap_or_default(), future, handle.clone());
         handle
     }
