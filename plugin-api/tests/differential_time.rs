@@ -14,9 +14,11 @@
 //! - the completion: at a generated time after the last value, or never;
 //! - an optional `take(a)` downstream (the operator's emissions cut short, from a wake);
 //! - an optional reload before some value (or before the completion): the chain is
-//!   registered again and the new code carries on with the old code's state slots and the
-//!   host's outstanding timers, so a pending value or deadline kept anywhere but in the slot
-//!   would diverge.
+//!   registered again, with a `map` after the operator that adds 1000, and the new code
+//!   carries on with the old code's state slots and the host's outstanding timers. A pending
+//!   value or deadline kept anywhere but in the slot would diverge, and every emission from
+//!   the reload on, a pending debounce, a `delay` queue and a buffer included, must show
+//!   the new code's 1000 (and none before it: one version per emission).
 //!
 //! At one instant, the due timers run before a value that arrives then, on both sides (the
 //! reference runs its tasks due by a time before the subject is fed at it; the host runs a
@@ -84,8 +86,18 @@ type Trace = Vec<(u64, String)>;
 
 const COMPLETE: &str = "complete";
 
-/// Our chain: the operator of `kind`, an optional `take(after)`, `log`.
-fn build(kind: Kind, ms: u64, after: Option<u64>) -> impl Fn(&mut Plugin<'_>) + Clone + 'static {
+/// What the second registration (the code after the reload) adds to each value it emits, so
+/// that the trace shows which code each emission ran through.
+const NEW_CODE: u64 = 1000;
+
+/// Our chain: the operator of `kind`, a `map` adding `offset` to each value (to each item of
+/// a buffer), an optional `take(after)`, `log`.
+fn build(
+    kind: Kind,
+    ms: u64,
+    after: Option<u64>,
+    offset: u64,
+) -> impl Fn(&mut Plugin<'_>) + Clone + 'static {
     move |p: &mut Plugin<'_>| {
         let c = p.pipeline("p", range(0, 0));
         macro_rules! tail {
@@ -100,11 +112,13 @@ fn build(kind: Kind, ms: u64, after: Option<u64>) -> impl Fn(&mut Plugin<'_>) + 
                 }
             };
         }
+        let shift = move |x: u64| x + offset;
+        let shift_all = move |v: Vec<u64>| v.into_iter().map(|x| x + offset).collect::<Vec<_>>();
         match kind {
-            Kind::Debounce => tail!(c.debounce_ms(ms)),
-            Kind::Throttle => tail!(c.throttle_ms(ms)),
-            Kind::Delay => tail!(c.delay_ms(ms)),
-            Kind::BufferTime => tail!(c.buffer_time_ms(ms)),
+            Kind::Debounce => tail!(c.debounce_ms(ms).map(shift)),
+            Kind::Throttle => tail!(c.throttle_ms(ms).map(shift)),
+            Kind::Delay => tail!(c.delay_ms(ms).map(shift)),
+            Kind::BufferTime => tail!(c.buffer_time_ms(ms).map(shift_all)),
         }
     }
 }
@@ -134,10 +148,12 @@ fn settle(run: &Running, t: u64, done: &mut Option<u64>) {
     }
 }
 
-/// Our trace: the schedule fed to the chain through the minimal host, under its clock.
+/// Our trace: the schedule fed to the chain through the minimal host, under its clock; at
+/// the reload, the second registration (whose `map` adds [`NEW_CODE`]) takes the slots and
+/// the outstanding wakes.
 fn ours(kind: Kind, s: &Schedule) -> Trace {
-    let build = build(kind, s.ms, s.after);
-    let mut run = only_pipeline(register(build.clone()));
+    let new_code = build(kind, s.ms, s.after, NEW_CODE);
+    let mut run = only_pipeline(register(build(kind, s.ms, s.after, 0)));
     let mut done = None;
     note(&run, "start", run.start(), 0, &mut done);
     for (i, &(t, x)) in s.events.iter().enumerate() {
@@ -146,13 +162,13 @@ fn ours(kind: Kind, s: &Schedule) -> Trace {
             break;
         }
         if s.reload_at == Some(i) {
-            run.reload(only_captured(register(build.clone())));
+            run.reload(only_captured(register(new_code.clone())));
         }
         let st = run.push_one_port(0, x);
         note(&run, "push", st, t * MS, &mut done);
     }
     if done.is_none() && s.reload_at == Some(s.events.len()) {
-        run.reload(only_captured(register(build.clone())));
+        run.reload(only_captured(register(new_code.clone())));
     }
     if let Some(c) = s.complete_at {
         settle(&run, c * MS, &mut done);
@@ -170,7 +186,10 @@ fn ours(kind: Kind, s: &Schedule) -> Trace {
     trace
 }
 
-/// rxRust's trace: the schedule fed to a subject on the virtual scheduler.
+/// rxRust's trace: the schedule fed to a subject on the virtual scheduler. From the point of
+/// our reload on (after the timers due by then ran, before the next value), what it emits
+/// gets [`NEW_CODE`] added: what our trace must show if every emission after the reload,
+/// pending ones included, runs through the new code, and none before it.
 fn theirs(kind: Kind, s: &Schedule) -> Trace {
     use rx_clock::Ctx;
     use rxrust::ops::throttle::ThrottleEdge;
@@ -179,9 +198,10 @@ fn theirs(kind: Kind, s: &Schedule) -> Trace {
     rx_clock::init();
     let out = Rc::new(RefCell::new(Trace::new()));
     let stamp = || rx_clock::now().as_nanos() as u64;
+    let offset = Rc::new(std::cell::Cell::new(0u64));
     let rec = {
-        let out = out.clone();
-        move |x: &dyn std::fmt::Debug| out.borrow_mut().push((stamp(), format!("{x:?}")))
+        let (out, offset) = (out.clone(), offset.clone());
+        move |x: &dyn Shifted| out.borrow_mut().push((stamp(), x.shifted(offset.get())))
     };
     let fin = {
         let out = out.clone();
@@ -210,9 +230,15 @@ fn theirs(kind: Kind, s: &Schedule) -> Trace {
         Kind::Delay => tail!(o.delay(d)),
         Kind::BufferTime => tail!(o.buffer_time(d)),
     }
-    for &(t, x) in &s.events {
+    for (i, &(t, x)) in s.events.iter().enumerate() {
         rx_clock::advance_to(Duration::from_millis(t));
+        if s.reload_at == Some(i) {
+            offset.set(NEW_CODE);
+        }
         subject.clone().next(x);
+    }
+    if s.reload_at == Some(s.events.len()) {
+        offset.set(NEW_CODE);
     }
     if let Some(c) = s.complete_at {
         rx_clock::advance_to(Duration::from_millis(c));
@@ -220,6 +246,23 @@ fn theirs(kind: Kind, s: &Schedule) -> Trace {
     }
     rx_clock::advance_to(Duration::from_millis(s.horizon()));
     out.take()
+}
+
+/// An emission's Debug text with `k` added to its value(s), as our `map` after the reload.
+trait Shifted {
+    fn shifted(&self, k: u64) -> String;
+}
+
+impl Shifted for u64 {
+    fn shifted(&self, k: u64) -> String {
+        format!("{:?}", self + k)
+    }
+}
+
+impl Shifted for Vec<u64> {
+    fn shifted(&self, k: u64) -> String {
+        format!("{:?}", self.iter().map(|x| x + k).collect::<Vec<_>>())
+    }
 }
 
 fn check(kind: Kind, s: &Schedule) -> (Trace, Trace) {
