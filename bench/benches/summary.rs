@@ -1887,13 +1887,14 @@ const TIME_MS: u64 = 5;
 
 /// When scenario 13 feeds value `i`, in ns of virtual time: bursts of 8 values 1 ms apart
 /// (closer than the duration: a debounce restarts, a throttle drops), 21 ms between bursts
-/// (longer: a debounce fires, a throttle window closes). The host's clock counts from its
-/// origin (`host::clock::to_ns`): its values start one second after it.
+/// (longer: a debounce fires, a throttle window closes).
 fn time_of(i: u64) -> u64 {
     const MS: u64 = 1_000_000;
     i * MS + (i / 8) * 20 * MS
 }
 
+/// Where scenario 13's values start on the host's clock, which counts ns from its origin
+/// (`host::clock::to_ns`): one second after it (rxRust's virtual clock starts at 0).
 const TIME_BASE: u64 = 1_000_000_000;
 
 /// What scenario 13's pipeline `op` folds when fed `0..n` at `time_of`: a plain simulation
