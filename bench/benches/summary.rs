@@ -23,7 +23,10 @@
 //! 11. a subject with 1 and with 10 subscribers: a publisher pipeline delivering to subscriber
 //!     pipelines through the host's hub, vs an rxRust `Subject` with the same subscribers;
 //! 12. `merge`, `zip`, `combine_latest` on two inputs fed alternately (one value at a time,
-//!     and in batches of 1024), host vs rxRust's same operator on two `Subject`s.
+//!     and in batches of 1024), host vs rxRust's same operator on two `Subject`s;
+//! 13. time operators: `debounce_ms` and `throttle_ms` per value under a virtual clock (the
+//!     driver fires the operators' wakes at their deadlines, as a pipeline thread does), host
+//!     vs rxRust's `debounce` and `throttle_time` on a virtual-time scheduler.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -58,6 +61,11 @@ impl<S> Scheduler<S> for NoTimers {
 }
 
 type Local<T> = rxrust::context::LocalCtx<T, NoTimers>;
+
+/// rxRust's virtual-time scheduler (scenario 13), shared with the differential tests of the
+/// time operators, which check rxRust's time operators on it against ours.
+#[path = "../../plugin-api/tests/rx_clock/mod.rs"]
+mod rx_clock;
 
 /// The pipelines of scenarios 1, 2, 3 and 6. Each ends in a `reduce` whose state holds the
 /// result, emitted to the host (`log`) when the source completes: the work reaches host
@@ -119,6 +127,15 @@ fn register(p: &mut Plugin) {
         .log();
     p.pipeline("combine_latest", interval_ms(3_600_000))
         .combine_latest(interval_ms(3_600_000), |a: &u64, b: &u64| a.wrapping_mul(3) ^ b)
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    // Scenario 13: the time operators (5 ms, `TIME_MS`), what they emit folded.
+    p.pipeline("debounce", interval_ms(3_600_000))
+        .debounce_ms(5)
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    p.pipeline("throttle", interval_ms(3_600_000))
+        .throttle_ms(5)
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
 }
@@ -1861,6 +1878,205 @@ fn fan_in(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Scenario 13's values.
+const N_TIME: u64 = 1_000_000;
+
+/// The time operators' duration in scenario 13 (the plugin's `debounce_ms(5)`,
+/// `throttle_ms(5)`), in ms.
+const TIME_MS: u64 = 5;
+
+/// When scenario 13 feeds value `i`, in ns of virtual time: bursts of 8 values 1 ms apart
+/// (closer than the duration: a debounce restarts, a throttle drops), 21 ms between bursts
+/// (longer: a debounce fires, a throttle window closes).
+fn time_of(i: u64) -> u64 {
+    const MS: u64 = 1_000_000;
+    i * MS + (i / 8) * 20 * MS
+}
+
+/// Where scenario 13's values start on the host's clock, which counts ns from its origin
+/// (`host::clock::to_ns`): one second after it (rxRust's virtual clock starts at 0).
+const TIME_BASE: u64 = 1_000_000_000;
+
+/// What scenario 13's pipeline `op` folds when fed `0..n` at `time_of`: a plain simulation
+/// of the operator (rxRust's semantics: a debounce lets its value out when the next comes at
+/// or after its deadline, and at the end; a throttle lets a value through at or after its
+/// window's end), outside any timer.
+fn time_expected(op: &str, n: u64) -> u64 {
+    let d = TIME_MS * 1_000_000;
+    let mut acc = 0u64;
+    let mut window_end = 0u64;
+    for i in 0..n {
+        let t = time_of(i);
+        let pass = match op {
+            "debounce" => i + 1 == n || time_of(i + 1) >= t + d,
+            _ => {
+                let open = i == 0 || t >= window_end;
+                if open {
+                    window_end = t + d;
+                }
+                open
+            }
+        };
+        if pass {
+            acc = fold31(acc, i);
+        }
+    }
+    acc
+}
+
+/// One host round of scenario 13: a fresh driver of pipeline `op`, fed `0..n`, each value
+/// at its time, the operator's wakes run at their deadlines in between (earliest first, as
+/// a pipeline thread runs them: `Driver::take_timers`, `at_due`, `wake_track`), then the
+/// wakes left, all timed; completed outside the timer. Returns (ns per value, what the
+/// final `reduce` emitted).
+fn host_time(publisher: &Publisher, n: u64) -> anyhow::Result<(f64, u64)> {
+    use std::cmp::Reverse;
+    let capture = Arc::new(CountingSink::default());
+    let mut d = publisher
+        .driver(capture.clone())
+        .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+    let at = |ns: u64| host::clock::from_ns(TIME_BASE + ns).context("a time past `Instant`");
+    let mut timers = std::collections::BinaryHeap::new();
+    let mut taken = Vec::new();
+    let mut asked = 0u64;
+    let mut refused = 0u64;
+    let end = black_box(n);
+    let started = Instant::now();
+    for i in 0..=end {
+        // The wakes due by this value's time (after the last value: all of them).
+        let now = if i < end {
+            TIME_BASE + time_of(i)
+        } else {
+            u64::MAX
+        };
+        loop {
+            d.take_timers(&mut taken);
+            for (deadline, track) in taken.drain(..) {
+                timers.push(Reverse((deadline, asked, track)));
+                asked += 1;
+            }
+            match timers.peek() {
+                Some(&Reverse((deadline, _, key))) if deadline <= now => {
+                    timers.pop();
+                    let due = host::clock::from_ns(deadline).context("a deadline")?;
+                    let host::runtime::Key::Op(track) = key else {
+                        anyhow::bail!("a timer of an inner subscription in a flat pipeline");
+                    };
+                    let r = d.at_due(due, |d| d.wake_track(track));
+                    refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
+                }
+                _ => break,
+            }
+        }
+        if i < end {
+            let r = d.at_due(at(time_of(i))?, |d| d.push_one(i));
+            refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
+        }
+    }
+    let t = started.elapsed();
+    anyhow::ensure!(refused == 0, "{refused} pushes or wakes did not go through");
+    Ok((ns_per(t, n), finish(&mut d, &capture)?))
+}
+
+/// One rxRust round of scenario 13: the same operator on a `Subject` on the virtual-time
+/// scheduler, fed `0..n`, the clock moved to each value's time first (running the tasks due
+/// by then, earliest first), then to the end; completed outside the timer. Returns (ns per
+/// value, the fold), and sets `tasks` to the tasks it scheduled a value.
+fn rx_time(op: &str, n: u64, tasks: &mut f64) -> anyhow::Result<(f64, u64)> {
+    use rxrust::ops::throttle::ThrottleEdge;
+    rx_clock::init();
+    let mut s = rx_clock::Ctx::subject::<u64, Infallible>();
+    let out = std::rc::Rc::new(std::cell::Cell::new(None));
+    let o = out.clone();
+    let d = Duration::from_millis(TIME_MS);
+    if op == "debounce" {
+        s.clone()
+            .debounce(d)
+            .reduce_initial(0u64, fold31)
+            .subscribe(move |v| o.set(Some(v)));
+    } else {
+        s.clone()
+            .throttle_time(d, ThrottleEdge::leading())
+            .reduce_initial(0u64, fold31)
+            .subscribe(move |v| o.set(Some(v)));
+    }
+    let end = black_box(n);
+    let started = Instant::now();
+    for i in 0..end {
+        rx_clock::advance_to(Duration::from_nanos(time_of(i)));
+        s.next(i);
+    }
+    rx_clock::advance_to(Duration::from_nanos(time_of(end) + 2 * d.as_nanos() as u64));
+    let t = started.elapsed();
+    *tasks = rx_clock::scheduled() as f64 / n as f64;
+    s.complete();
+    Ok((ns_per(t, n), out.get().context("rxRust emitted nothing")?))
+}
+
+/// What one task handle of the virtual-time scheduler costs rxRust (see `rx_clock`: an
+/// open `TaskHandle` is had only from rxRust's own scheduler, a `spawn_local`), ns each.
+fn rx_handles(n: u64) -> f64 {
+    rx_clock::init();
+    let started = Instant::now();
+    for _ in 0..black_box(n) {
+        black_box(rx_clock::live_handle());
+    }
+    let t = started.elapsed();
+    rx_clock::init();
+    ns_per(t, n)
+}
+
+fn time_operators(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
+    report.line(format!(
+        "\n### 13. Time operators: {N_TIME} values in bursts of 8, 1 ms apart, 21 ms between bursts, a {TIME_MS} ms operator, under a virtual clock (ns per value, wakes included; target <= 2x rxRust's operator)\n"
+    ));
+    report.line(
+        "| operator | host ns/value | rxRust ns/value | of which cancel handles | rxRust without them | host / rxRust | host / rxRust without handles |",
+    );
+    report.line("|---|---:|---:|---:|---:|---:|---:|");
+    for (op, theirs) in [
+        ("debounce", "debounce"),
+        ("throttle", "throttle_time(_, ThrottleEdge::leading())"),
+    ] {
+        let publisher = &loaded.pipelines[op];
+        let expected = time_expected(op, N_TIME);
+        let mut tasks = 0.0;
+        let mut host = || host_time(publisher, N_TIME);
+        let mut rx = || rx_time(op, N_TIME, &mut tasks);
+        let mut handles = || Ok(rx_handles(N_TIME / 10));
+        let medians = side_by_side(
+            ROUNDS,
+            expected,
+            &mut [
+                ("host", Run::Checked(&mut host)),
+                ("rxRust", Run::Checked(&mut rx)),
+                ("handle", Run::Reference(&mut handles)),
+            ],
+        )
+        .with_context(|| op.to_owned())?;
+        // The scaffold's share of rxRust's time: its tasks a value times a handle's cost
+        // (the same every round: the data is). What is left is a lower bound of rxRust's
+        // operator on a scheduler of its own, and the target is judged against it.
+        let scaffold = tasks * medians[2];
+        let bare = medians[1] - scaffold;
+        let (ratio, strict) = (medians[0] / medians[1], medians[0] / bare);
+        report.line(format!(
+            "| `{op}_ms` vs `{theirs}` | {:.2} | {:.2} | {scaffold:.2} ({tasks:.3} tasks a value) | {bare:.2} | {ratio:.2}x | {strict:.2}x |",
+            medians[0], medians[1]
+        ));
+        report.verdict(
+            &format!("`{op}_ms` per value within 2x of rxRust's `{theirs}`"),
+            format!(
+                "{:.2} vs {:.2} ns, {ratio:.2}x; vs {bare:.2} ns without the virtual \
+                 scheduler's cancel handles ({:.0} ns each), {strict:.2}x",
+                medians[0], medians[1], medians[2]
+            ),
+            Some(strict <= 2.0),
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     // Scenario 6's measuring child: this binary again, with the counter preloaded.
     if let Some(library) = std::env::var_os(ALLOC_CHILD) {
@@ -1922,6 +2138,7 @@ fn run() -> anyhow::Result<bool> {
             Box::new(|r| subjects(r, &loader, &plugin.library)),
         ),
         ("fanin", Box::new(|r| fan_in(r, &loaded))),
+        ("time", Box::new(|r| time_operators(r, &loaded))),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {

@@ -879,9 +879,9 @@ struct HostCx {
     starts: RefCell<Vec<u64>>,
 }
 
-/// What an operator timer is for.
+/// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Key {
+pub enum Key {
     /// The pipeline's operator on this track.
     Op(Id),
     /// The operator on this track of inner subscription `.0`.
@@ -2126,17 +2126,23 @@ impl Driver {
         lines
     }
 
-    /// Runs `f` with the time operators' clock reading `due` (see `HostCx::due`).
+    /// Runs `f` with the time operators' clock reading `due` (see `HostCx::due`): what a
+    /// pipeline thread does for an interval's tick and an operator's wake. Public for the
+    /// benches, which drive a pipeline's timers this way without a thread (with
+    /// [`Driver::take_timers`] and [`Driver::wake_track`]).
     #[inline]
-    fn at_due<R>(&mut self, due: Instant, f: impl FnOnce(&mut Driver) -> R) -> R {
+    pub fn at_due<R>(&mut self, due: Instant, f: impl FnOnce(&mut Driver) -> R) -> R {
         self.host.due.set(crate::clock::to_ns(due));
         let r = f(self);
         self.host.due.set(u64::MAX);
         r
     }
 
-    /// Moves the wakes asked for into `into`, as (deadline, what).
-    pub(crate) fn take_timers(&self, into: &mut Vec<(u64, Key)>) {
+    /// Moves the wakes asked for into `into`, as (deadline in ns of the clock, see
+    /// [`crate::clock::to_ns`], and what is due); the caller runs each at its deadline
+    /// through [`Driver::at_due`] (an operator's with [`Driver::wake_track`]), as the
+    /// pipeline thread does.
+    pub fn take_timers(&self, into: &mut Vec<(u64, Key)>) {
         if let Ok(mut t) = self.host.timers.try_borrow_mut()
             && !t.is_empty()
         {

@@ -137,6 +137,8 @@ pub fn register(f: impl FnOnce(&mut Plugin<'_>) + 'static) -> Registry {
 #[derive(Default)]
 pub struct Sink {
     logs: RefCell<Vec<String>>,
+    /// The clock when each of `logs` was logged.
+    log_times: RefCell<Vec<u64>>,
     errors: RefCell<Vec<(u32, String)>>,
     /// Where the plugin says which operator it is in (`EmitCx::current_op`).
     current_op: std::sync::atomic::AtomicU32,
@@ -213,6 +215,7 @@ unsafe extern "C" fn on_log(host: *mut c_void, _op: u32, text: RStr) {
         let sink = &*host.cast::<Sink>();
         let text = text.to_string_lossy().unwrap_or_default().into_owned();
         sink.logs.borrow_mut().push(text);
+        sink.log_times.borrow_mut().push(sink.now.get());
     }
 }
 
@@ -359,25 +362,28 @@ impl Running {
         self.sink.timers.borrow().len()
     }
 
+    /// Fires the one wake due first at or before `t` (ties: the order asked for), with the
+    /// clock at its deadline; returns the deadline and the wake's status, or `None` if no
+    /// wake is due by `t` (the clock then stays).
+    pub fn fire_next(&self, t: u64) -> Option<(u64, u32)> {
+        let next = {
+            let mut timers = self.sink.timers.borrow_mut();
+            let i = (0..timers.len())
+                .filter(|&i| timers[i].0 <= t)
+                .min_by_key(|&i| (timers[i].0, timers[i].1))?;
+            timers.remove(i)
+        };
+        self.sink.now.set(next.0.max(self.sink.now.get()));
+        Some((next.0, self.wake(next.2)))
+    }
+
     /// Moves the virtual clock to `t` (nanoseconds), waking each operator whose timer is
     /// due on the way, earliest deadline first (ties: the order they were asked for), with
     /// the clock at that deadline, as the host's pipeline thread does. Returns the statuses
     /// of the wakes that were not `CONTINUE`.
     pub fn advance_to(&self, t: u64) -> Vec<u32> {
         let mut out = Vec::new();
-        loop {
-            let next = {
-                let mut timers = self.sink.timers.borrow_mut();
-                let Some(i) = (0..timers.len())
-                    .filter(|&i| timers[i].0 <= t)
-                    .min_by_key(|&i| (timers[i].0, timers[i].1))
-                else {
-                    break;
-                };
-                timers.remove(i)
-            };
-            self.sink.now.set(next.0.max(self.sink.now.get()));
-            let s = self.wake(next.2);
+        while let Some((_, s)) = self.fire_next(t) {
             if s != status::CONTINUE {
                 out.push(s);
             }
@@ -403,6 +409,12 @@ impl Running {
 
     pub fn logs(&self) -> Vec<String> {
         self.sink.logs.borrow().clone()
+    }
+
+    /// What the chain logged, each text with the clock when it was logged.
+    pub fn timed_logs(&self) -> Vec<(u64, String)> {
+        let times = self.sink.log_times.borrow();
+        times.iter().copied().zip(self.logs()).collect()
     }
 
     pub fn errors(&self) -> Vec<(u32, String)> {
