@@ -458,6 +458,22 @@ impl Reloader {
                 }
             }
         }
+        // Live inner subscriptions: re-projected with the staged code by their pipelines'
+        // threads now, so the report counts their tracks (what each driver applies when it
+        // takes the code).
+        let mut inner_swapped = 0;
+        for (_, plan) in self.runtime.prepare_inners(PREPARE_WAIT) {
+            inner_swapped += plan.swapped;
+            report.reset.extend(
+                plan.reset
+                    .into_iter()
+                    .map(|(path, reason)| ResetInfo { path, reason }),
+            );
+            report.added.extend(plan.added);
+            report.removed.extend(plan.removed);
+        }
+        report.reset.sort_by(|a, b| a.path.cmp(&b.path));
+        report.added.sort();
         // A restarted pipeline runs the new code from fresh state, and a stuck one cannot
         // take it yet: their tracks were not swapped, whatever their signatures say.
         let restarted_track = |id: &Id| {
@@ -473,11 +489,12 @@ impl Reloader {
             report.restarted.iter().any(|r| under(&r.pipeline))
                 || report.stuck.iter().any(|p| under(p))
         };
-        report.swapped = if report.restarted.is_empty() && report.stuck.is_empty() {
-            swapped.len()
-        } else {
-            swapped.iter().filter(|id| !restarted_track(id)).count()
-        };
+        report.swapped = inner_swapped
+            + if report.restarted.is_empty() && report.stuck.is_empty() {
+                swapped.len()
+            } else {
+                swapped.iter().filter(|id| !restarted_track(id)).count()
+            };
         report
     }
 
@@ -489,6 +506,11 @@ impl Reloader {
         });
     }
 }
+
+/// How long a reload waits for the pipelines with live inner subscriptions to re-project
+/// them (`Runtime::prepare_inners`) before it reports; one that answers later re-projects
+/// when it takes the code and tells what happened in a `notice`.
+const PREPARE_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Report {

@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     subjects: Arc<Subjects>,
     /// Where deadlines are read.
     clock: Clock,
+    /// Live inner subscriptions (as the pipeline's thread last saw them).
+    live_inners: std::sync::atomic::AtomicUsize,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -120,6 +122,24 @@ pub enum Msg {
     Notice(u32, String),
     /// Look at the stop flag and the clock again.
     Wake,
+    /// A reload staged this code: re-project the live inner subscriptions with it now
+    /// (nothing runs through it yet) and answer what each would go through.
+    Prepare(Arc<PipelineCode>, Sender<InnerPlan>),
+}
+
+/// What a reload does to a pipeline's live inner subscriptions, decided by re-projecting them
+/// with the staged code before the reload is reported (`Runtime::prepare_inners`), and
+/// applied exactly when the pipeline takes that code.
+#[derive(Clone, Debug, Default)]
+pub struct InnerPlan {
+    /// Inner operators whose code is swapped with their state kept.
+    pub swapped: usize,
+    /// Inner operators reset, and subscriptions restarted: path and why.
+    pub reset: Vec<(String, String)>,
+    /// Inner operators the new projection added.
+    pub added: Vec<String>,
+    /// Inner operators gone, and subscriptions ended.
+    pub removed: Vec<String>,
 }
 
 impl Shared {
@@ -138,6 +158,7 @@ impl Shared {
             inbox: crossbeam_channel::unbounded(),
             subjects,
             clock,
+            live_inners: std::sync::atomic::AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -221,7 +242,7 @@ struct Running {
     waiting: bool,
     /// New code staged but not committed yet (see [`Runtime::launch`]). Held here, on the
     /// reloader's side, so the source thread cannot see it before it is committed.
-    staged: Option<PipelineCode>,
+    staged: Option<Arc<PipelineCode>>,
 }
 
 impl Running {
@@ -525,7 +546,7 @@ impl Runtime {
         match restart {
             Some(None) => {
                 let r = self.pipelines.get_mut(&name).expect("checked above");
-                r.staged = Some(code);
+                r.staged = Some(Arc::new(code));
                 if r.publisher.shared.stuck.load(Ordering::Acquire) {
                     Published::Stuck
                 } else {
@@ -601,6 +622,42 @@ impl Runtime {
         );
     }
 
+    /// Before a reload is reported: asks each pipeline that will swap to staged code and has
+    /// live inner subscriptions to re-project them with that code now (on its own thread:
+    /// the projection is plugin code), and returns what each answered within `wait`. A
+    /// pipeline that did not answer in time (busy in a long call) re-projects when it takes
+    /// the code, and tells what happened in a `notice` instead.
+    pub fn prepare_inners(&mut self, wait: Duration) -> Vec<(String, InnerPlan)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut asked = 0usize;
+        for r in self.pipelines.values() {
+            let Some(code) = &r.staged else {
+                continue;
+            };
+            let shared = &r.publisher.shared;
+            if shared.live_inners.load(Ordering::Acquire) == 0 || shared.ended() {
+                continue;
+            }
+            let name = code.name.clone();
+            let (one, answer) = crossbeam_channel::bounded(1);
+            if shared.inbox.0.send(Msg::Prepare(code.clone(), one)).is_ok() {
+                asked += 1;
+                let tx = tx.clone();
+                // Collected below, in arrival order.
+                let _ = tx.send((name, answer));
+            }
+        }
+        drop(tx);
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::with_capacity(asked);
+        for (name, answer) in rx.try_iter() {
+            if let Ok(plan) = answer.recv_deadline(deadline) {
+                out.push((name, plan));
+            }
+        }
+        out
+    }
+
     /// Makes what [`Runtime::publish`] did take effect: commits staged code (running
     /// pipelines switch at their next emission) and starts the source threads of new and
     /// restarted pipelines. Split from `publish` so a reload reports itself before any value
@@ -610,7 +667,7 @@ impl Runtime {
         for r in self.pipelines.values_mut() {
             if let Some(code) = r.staged.take() {
                 // Its thread takes it at its next value, or at once when it waits (a wake).
-                r.publisher.publish(code);
+                r.publisher.publish_shared(code);
             }
         }
         let mut failed = Vec::new();
@@ -871,8 +928,9 @@ struct HostCx {
     /// operator.
     next_inner: Cell<u64>,
     next_track: Cell<u64>,
-    /// While a live subscription is re-projected: what the projection handed over.
-    reprojecting: Cell<bool>,
+    /// While a live subscription is re-projected: the library of the code projecting, and
+    /// what the projection handed over.
+    reprojecting: RefCell<Option<Arc<crate::loader::LibVersion>>>,
     reprojected: RefCell<Option<InnerCode>>,
     /// Subscriptions restarted by a re-projection, whose start (and synchronous sources)
     /// the thread runs next.
@@ -1174,7 +1232,17 @@ impl HostCx {
 
     /// `subscribe` from a pipeline's higher-order operator `op`.
     fn subscribe(&self, op: u32, desc: &InnerDesc, out: &mut InnerHandle) -> bool {
-        let Some(lib) = self.lib.borrow().clone() else {
+        let reprojecting = self.reprojecting.borrow().clone();
+        let Some(lib) = reprojecting.clone().or_else(|| self.lib.borrow().clone()) else {
+            // No code yet (never the case once a driver exists): free what was handed over.
+            // SAFETY: the plugin gave up the env and the value; each is freed once, by its
+            // own glue.
+            unsafe {
+                (desc.drop_env)(desc.env);
+                if !desc.value.is_null() {
+                    let _ = (desc.value_drop)(desc.value.cast::<u8>());
+                }
+            }
             return false;
         };
         // The env is ours from here: freed with its code whatever happens.
@@ -1201,6 +1269,18 @@ impl HostCx {
         };
         let opened = std::mem::take(&mut self.reg.borrow_mut().opened);
         self.reg.borrow_mut().clear();
+        if reprojecting.is_some() {
+            // SAFETY: `desc` is valid for the call.
+            match unsafe { read_inner(desc, &opened, "") } {
+                Ok((sources, ops)) => {
+                    code.sources = sources;
+                    code.ops = ops;
+                    *self.reprojected.borrow_mut() = Some(code);
+                }
+                Err(e) => self.error_at(self.pipeline.clone(), e),
+            }
+            return false;
+        }
         let (op_track, op_path) = {
             let tracks = self.tracks.borrow();
             let paths = self.paths.borrow();
@@ -1209,18 +1289,6 @@ impl HostCx {
                 _ => return false,
             }
         };
-        if self.reprojecting.get() {
-            // SAFETY: `desc` is valid for the call.
-            match unsafe { read_inner(desc, &opened, "") } {
-                Ok((sources, ops)) => {
-                    code.sources = sources;
-                    code.ops = ops;
-                    *self.reprojected.borrow_mut() = Some(code);
-                }
-                Err(e) => self.error_at(op_path, e),
-            }
-            return false;
-        }
         let Some(value) = value else {
             self.error_at(
                 op_path,
@@ -1438,7 +1506,11 @@ impl Publisher {
     /// driver finds here was published (so reported) before it, never staged ahead of its
     /// report (staging is the reloader's business, see [`Runtime::launch`]).
     pub fn publish(&self, code: PipelineCode) {
-        self.shared.code.store(Arc::new(code));
+        self.publish_shared(Arc::new(code));
+    }
+
+    fn publish_shared(&self, code: Arc<PipelineCode>) {
+        self.shared.code.store(code);
         self.shared.generation.fetch_add(1, Ordering::Release);
         // A thread waiting for input takes the new code now rather than at its next value,
         // so an idle pipeline does not keep the old version live.
@@ -1477,6 +1549,9 @@ pub struct Driver {
     tally: Option<(Arc<PipelineTally>, Arc<Counts>)>,
     /// The run-time registration API `cx.api` points at.
     _api: Box<HostApi>,
+    /// Re-projections made for staged code (`Msg::Prepare`), by subscription: the version
+    /// and the inner code, taken when the driver takes that version.
+    prepared: BTreeMap<u64, (u64, InnerCode)>,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -1520,7 +1595,7 @@ impl Driver {
             graveyard: RefCell::new(Vec::new()),
             next_inner: Cell::new(1),
             next_track: Cell::new(INNER_TRACKS),
-            reprojecting: Cell::new(false),
+            reprojecting: RefCell::new(None),
             reprojected: RefCell::new(None),
             starts: RefCell::new(Vec::new()),
         });
@@ -1574,6 +1649,7 @@ impl Driver {
             done: false,
             tally,
             _api: api,
+            prepared: BTreeMap::new(),
         })
     }
 
@@ -2034,17 +2110,136 @@ impl Driver {
         self.inner_event(id, inner_kind::START, 0, std::ptr::null(), 0)
     }
 
+    /// Runs the projection of `code`'s operator `h` on `inner`'s outer value: the new inner
+    /// code, its operators under the subscription's path, with the live ones' tracks where
+    /// the paths are the same.
+    fn project_one(
+        &mut self,
+        code: &PipelineCode,
+        h: usize,
+        inner: &Inner,
+    ) -> Result<InnerCode, String> {
+        *self.host.reprojecting.borrow_mut() = Some(code.lib().clone());
+        self.host.reprojected.borrow_mut().take();
+        // SAFETY: the held value is of operator `h`'s input type (the caller checked that
+        // the operator keeps its signature, input included).
+        let st = unsafe { code.project(h as u32, inner.value.as_ptr(), &self.cx) };
+        *self.host.reprojecting.borrow_mut() = None;
+        let projected = self.host.reprojected.borrow_mut().take();
+        let mut new = match projected {
+            Some(c) if st == plugin_api::abi::status::CONTINUE => c,
+            _ => {
+                return Err(format!(
+                    "the new projection of {} failed",
+                    inner.value.debug_text(200)
+                ));
+            }
+        };
+        for op in &mut new.ops {
+            op.path = format!("{}|{}", inner.path, op.path.trim_start_matches('|'));
+        }
+        self.host.assign_tracks(&mut new.ops, &inner.code.ops);
+        Ok(new)
+    }
+
+    /// Whether `inner`'s higher-order operator keeps its state in `code`: its number there.
+    fn keeps_operator(
+        &self,
+        code: &PipelineCode,
+        inner: &Inner,
+        reset: Option<&[String]>,
+    ) -> Option<usize> {
+        let h = code.ops.iter().position(|o| o.track == inner.op_track)?;
+        let keeps = match reset {
+            Some(reset) => !reset.contains(&code.ops[h].path),
+            None => self
+                .code
+                .ops
+                .iter()
+                .find(|o| o.track == inner.op_track)
+                .is_some_and(|old| code.ops[h].keeps_state_of(old)),
+        };
+        keeps.then_some(h)
+    }
+
+    /// What taking `new` would do to `inner`, given its re-projection `projected`.
+    fn plan_one(inner: &Inner, projected: &InnerCode, plan: &mut InnerPlan) {
+        if projected.sources != inner.code.sources {
+            plan.reset
+                .push((inner.path.clone(), Self::restart_reason(inner, projected)));
+            return;
+        }
+        for op in &projected.ops {
+            match inner.code.ops.iter().find(|o| o.path == op.path) {
+                Some(old) => match hmr_track::signature_change(&old.signature, &op.signature) {
+                    None => plan.swapped += 1,
+                    Some(why) => plan.reset.push((op.path.clone(), why)),
+                },
+                None => plan.added.push(op.path.clone()),
+            }
+        }
+        for old in &inner.code.ops {
+            if !projected.ops.iter().any(|o| o.path == old.path) {
+                plan.removed.push(old.path.clone());
+            }
+        }
+    }
+
+    fn restart_reason(inner: &Inner, projected: &InnerCode) -> String {
+        let old: Vec<&str> = inner.code.sources.iter().map(|s| &*s.label).collect();
+        let new: Vec<&str> = projected.sources.iter().map(|s| &*s.label).collect();
+        format!(
+            "its source changed ({} -> {}); restarted from the new projection",
+            old.join(", "),
+            new.join(", ")
+        )
+    }
+
+    /// `Msg::Prepare`: re-projects every live inner subscription with the staged code `new`
+    /// (no value runs through it), keeps the results for when the driver takes `new`, and
+    /// answers what that will do.
+    pub(crate) fn prepare(&mut self, new: &Arc<PipelineCode>) -> InnerPlan {
+        self.prepared.clear();
+        let mut plan = InnerPlan::default();
+        let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
+        self.mark_call();
+        for id in ids {
+            let Some(inner) = self.host.inners.borrow_mut().remove(&id) else {
+                continue;
+            };
+            match self.keeps_operator(new, &inner, None) {
+                None => {
+                    plan.removed.push(inner.path.clone());
+                }
+                Some(h) => match self.project_one(new, h, &inner) {
+                    Ok(code) => {
+                        Self::plan_one(&inner, &code, &mut plan);
+                        self.prepared.insert(id, (new.version, code));
+                    }
+                    Err(e) => plan.removed.push(format!("{} ({e})", inner.path)),
+                },
+            }
+            self.host.inners.borrow_mut().insert(id, inner);
+        }
+        self.mark_call();
+        plan
+    }
+
     /// Re-projects every live inner subscription with the code just taken (see
-    /// `inner.rs`): returns one line per subscription, for a notice.
+    /// `inner.rs`), with what `Msg::Prepare` projected where it did (what the reload
+    /// reported), projecting now otherwise: returns one line per subscription projected
+    /// now, for a notice.
     fn reproject(&mut self, reset: &[String]) -> Vec<String> {
         let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
+        let mut prepared = std::mem::take(&mut self.prepared);
+        let version = self.code.version;
+        let code = self.code.clone();
         let mut lines = Vec::new();
         for id in ids {
             let Some(mut inner) = self.host.inners.borrow_mut().remove(&id) else {
                 continue;
             };
-            let h = self.code.ops.iter().position(|o| o.track == inner.op_track);
-            let Some(h) = h.filter(|&h| !reset.contains(&self.code.ops[h].path)) else {
+            let Some(h) = self.keeps_operator(&code, &inner, Some(reset)) else {
                 lines.push(format!(
                     "{}: ended (its higher-order operator was reset or removed)",
                     inner.path
@@ -2052,42 +2247,31 @@ impl Driver {
                 self.host.graveyard.borrow_mut().push(inner);
                 continue;
             };
-            self.host.reprojecting.set(true);
-            // SAFETY: the held value is of operator `h`'s input type (its signature, input
-            // included, was kept).
-            let st = unsafe { self.code.project(h as u32, inner.value.as_ptr(), &self.cx) };
-            self.host.reprojecting.set(false);
-            let projected = self.host.reprojected.borrow_mut().take();
-            let Some(mut code) = projected.filter(|_| st == plugin_api::abi::status::CONTINUE)
-            else {
-                lines.push(format!(
-                    "{}: ended (the new projection of {} failed)",
-                    inner.path,
-                    inner.value.debug_text(200)
-                ));
-                self.host.graveyard.borrow_mut().push(inner);
-                continue;
+            let (new, told) = match prepared.remove(&id) {
+                Some((v, c)) if v == version => (Ok(c), true),
+                _ => (self.project_one(&code, h, &inner), false),
             };
-            for op in &mut code.ops {
-                op.path = format!("{}|{}", inner.path, op.path.trim_start_matches('|'));
-            }
-            self.host.assign_tracks(&mut code.ops, &inner.code.ops);
-            if code.sources != inner.code.sources {
-                let old: Vec<&str> = inner.code.sources.iter().map(|s| &*s.label).collect();
-                let new: Vec<&str> = code.sources.iter().map(|s| &*s.label).collect();
-                match StateSlots::new_for(&code.ops, code.env, &code.lib) {
+            let new = match new {
+                Ok(c) => c,
+                Err(e) => {
+                    lines.push(format!("{}: ended ({e})", inner.path));
+                    self.host.graveyard.borrow_mut().push(inner);
+                    continue;
+                }
+            };
+            let line;
+            if new.sources != inner.code.sources {
+                match StateSlots::new_for(&new.ops, new.env, &new.lib) {
                     Ok(slots) => {
-                        lines.push(format!(
-                            "{}: reset: its source changed ({} -> {}); restarted from the new \
-                             projection",
+                        line = format!(
+                            "{}: reset: {}",
                             inner.path,
-                            old.join(", "),
-                            new.join(", ")
-                        ));
-                        inner.ports = self.host.start_ports(id, &code.sources);
+                            Self::restart_reason(&inner, &new)
+                        );
+                        inner.ports = self.host.start_ports(id, &new.sources);
                         let old_slots = std::mem::replace(&mut inner.slots, slots);
                         drop(old_slots);
-                        inner.code = code;
+                        inner.code = new;
                         self.host.starts.borrow_mut().push(id);
                     }
                     Err(e) => {
@@ -2098,19 +2282,19 @@ impl Driver {
                 }
             } else {
                 let slots = std::mem::replace(&mut inner.slots, StateSlots::empty());
-                match slots.migrate_to(&code.ops, code.env, &code.lib) {
+                match slots.migrate_to(&new.ops, new.env, &new.lib) {
                     Ok((slots, reset_ops)) => {
                         inner.slots = slots;
-                        inner.code = code;
-                        if reset_ops.is_empty() {
-                            lines.push(format!("{}: swapped", inner.path));
+                        inner.code = new;
+                        line = if reset_ops.is_empty() {
+                            format!("{}: swapped", inner.path)
                         } else {
-                            lines.push(format!(
+                            format!(
                                 "{}: swapped; state reset (signature changed): {}",
                                 inner.path,
                                 reset_ops.join(", ")
-                            ));
-                        }
+                            )
+                        };
                     }
                     Err(e) => {
                         lines.push(format!("{}: ended ({e})", inner.path));
@@ -2119,10 +2303,15 @@ impl Driver {
                     }
                 }
             }
+            if !told {
+                lines.push(line);
+            }
             inner.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
             inner.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
             self.host.inners.borrow_mut().insert(id, inner);
         }
+        // Projections for subscriptions that ended since, or for another version: freed.
+        drop(prepared);
         lines
     }
 
@@ -2403,7 +2592,7 @@ fn run_pipeline(
                     Msg::Complete(p) => new_port(p).map(Msg::Complete),
                     Msg::Error(p, e) => new_port(p).map(|n| Msg::Error(n, e)),
                     Msg::Notice(p, e) => new_port(p).map(|n| Msg::Notice(n, e)),
-                    Msg::Wake => None,
+                    Msg::Wake | Msg::Prepare(..) => None,
                 })
                 .collect()
         }
@@ -2469,6 +2658,10 @@ fn run_pipeline(
                     pipeline: name.clone(),
                     message,
                 }),
+                Msg::Prepare(code, answer) => {
+                    let plan = cell.with(|d| d.prepare(&code));
+                    let _ = answer.send(plan);
+                }
                 Msg::Wake => {
                     // New code may have been published: take it even if no value comes.
                     if let Err(e) = cell.with(|d| d.take_new_code()) {
@@ -2495,6 +2688,8 @@ fn run_pipeline(
             cell.with(|d| {
                 d.take_timers(&mut taken);
                 d.reap_inners();
+                let live = d.live_inners();
+                d.shared.live_inners.store(live, Ordering::Release);
             });
             for (deadline, key) in taken.drain(..) {
                 // A deadline past `Instant`'s range never comes.
