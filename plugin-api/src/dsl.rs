@@ -103,6 +103,9 @@ pub struct Cx<'a> {
     /// Where a panic inside an inner subscription's operator is reported: that
     /// subscription's context and the operator's number there (null: this call's own).
     pub(crate) panic_to: Cell<(*const EmitCx, u32)>,
+    /// A panic was caught and reported inside this call (one value of an inner stream's
+    /// synchronous source): the call answers `PANICKED` at its end.
+    pub(crate) contained: Cell<bool>,
 }
 
 /// What a panic in a `scan`, `scan_map` or `reduce` function did to that operator's state
@@ -149,6 +152,7 @@ impl<'a> Cx<'a> {
             mark_ops,
             completed: Cell::new(false),
             panic_to: Cell::new((core::ptr::null(), NO_OP)),
+            contained: Cell::new(false),
         }
     }
 
@@ -1996,6 +2000,7 @@ unsafe fn enter<'a, S>(
             after_panic: Cell::new(AfterPanic::Untouched),
             completed: Cell::new(false),
             panic_to: Cell::new((core::ptr::null(), NO_OP)),
+            contained: Cell::new(false),
         };
         (env, cx)
     }
@@ -2015,6 +2020,43 @@ fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
         unsafe { ((*inner).error)((*inner).host, op, RStr::new(&message)) };
     }
     status::PANICKED
+}
+
+/// Reports a panic caught inside a call, on one value of an inner stream (`inner`, whose
+/// callbacks are `inner_emit`), at the operator it happened in (an inner one, or one of
+/// the outer chain downstream), and marks the call as having contained one.
+pub(crate) fn contain_panic(
+    outer: &Cx<'_>,
+    inner: &Cx<'_>,
+    inner_emit: *const EmitCx,
+    payload: Box<dyn std::any::Any + Send>,
+) {
+    caught();
+    let mut message = panic_message(payload);
+    let (cx, emit) = if inner.panicked_op.get() != NO_OP {
+        (inner, inner_emit)
+    } else {
+        (outer, outer.emit as *const EmitCx)
+    };
+    message.push_str(cx.after_panic.get().note());
+    // SAFETY: the host's live contexts for this call (an inner subscription's is freed only
+    // after the call returns).
+    unsafe { ((*emit).error)((*emit).host, cx.panicked_op.get(), RStr::new(&message)) };
+    for c in [outer, inner] {
+        c.panicked_op.set(NO_OP);
+        c.after_panic.set(AfterPanic::Untouched);
+    }
+    outer.contained.set(true);
+}
+
+/// `s`, or `PANICKED` when the call contained a panic and would otherwise go on.
+#[inline(always)]
+fn settled(cx: &Cx<'_>, s: u32) -> u32 {
+    if s == status::CONTINUE && cx.contained.get() {
+        status::PANICKED
+    } else {
+        s
+    }
 }
 
 /// The status of a call whose stage returned `flow`.
@@ -2054,7 +2096,7 @@ unsafe extern "C" fn push_entry<S: Stage, C: Tally>(
         status::CONTINUE
     }));
     let s = match run {
-        Ok(s) => s,
+        Ok(s) => settled(&cx, s),
         Err(payload) => report_panic(&cx, payload),
     };
     if s != status::CONTINUE {
@@ -2080,7 +2122,7 @@ unsafe extern "C" fn push_one_entry<S: Stage, C: Tally>(
         };
         flow_status(&cx, env.stage.push::<C, _>(&cx, port, item, 0, &mut end))
     }));
-    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+    run.map_or_else(|payload| report_panic(&cx, payload), |s| settled(&cx, s))
 }
 
 unsafe extern "C" fn complete_entry<S: Stage, C: Tally>(
@@ -2125,7 +2167,7 @@ unsafe extern "C" fn start_entry<S: Stage, C: Tally>(
             status::CONTINUE
         }
     }));
-    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+    run.map_or_else(|payload| report_panic(&cx, payload), |s| settled(&cx, s))
 }
 
 unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
@@ -2149,7 +2191,7 @@ unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
             _ => status::CONTINUE,
         }
     }));
-    run.unwrap_or_else(|payload| report_panic(&cx, payload))
+    run.map_or_else(|payload| report_panic(&cx, payload), |s| settled(&cx, s))
 }
 
 unsafe extern "C" fn project_entry<S: Stage>(

@@ -32,10 +32,11 @@ use std::collections::VecDeque;
 use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, inner_answer, inner_kind};
 use crate::dsl::{
     At, Binder, Cx, Env, Flow, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
-    bind_inner, debug_state, drop_env_entry, drop_state, state_fns,
+    bind_inner, contain_panic, debug_state, drop_env_entry, drop_state, state_fns,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Which higher-order operator: how it treats an outer value while an inner subscription is
 /// live.
@@ -294,13 +295,25 @@ where
                         break;
                     }
                     for i in from..to {
-                        let f = env.stage.push::<C, _>(
-                            &icx,
-                            port,
-                            (&raw const i).cast::<c_void>(),
-                            0,
-                            &mut obs,
-                        );
+                        // A panic on one value drops that value only (it is reported at its
+                        // operator, and the call answers PANICKED at its end), as for any
+                        // source: the rest of the synchronous source still runs.
+                        let one = catch_unwind(AssertUnwindSafe(|| {
+                            env.stage.push::<C, _>(
+                                &icx,
+                                port,
+                                (&raw const i).cast::<c_void>(),
+                                0,
+                                &mut obs,
+                            )
+                        }));
+                        let f = match one {
+                            Ok(f) => f,
+                            Err(payload) => {
+                                contain_panic(cx, &icx, call.cx, payload);
+                                Flow::Continue
+                            }
+                        };
                         if f == Flow::Complete {
                             break;
                         }
@@ -379,9 +392,13 @@ where
             let s = self.state(cx);
             match M::MODE {
                 EXHAUST if s.1 > 0 => return Flow::Continue,
-                CONCAT if s.1 > 0 => {
+                // Behind the queue (which a panicking projection may have left waiting).
+                CONCAT if s.1 > 0 || !s.2.is_empty() => {
                     s.2.push_back(x);
-                    return Flow::Continue;
+                    if s.1 > 0 {
+                        return Flow::Continue;
+                    }
+                    return self.after_end::<C, K>(cx, k);
                 }
                 SWITCH if s.0 != 0 => {
                     let emit = cx.emit();
