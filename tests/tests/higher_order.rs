@@ -161,3 +161,211 @@ fn a_concat_map_queue_survives_a_reload() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A reloader driven from the test (no watcher: the test reloads after each edit) whose
+/// `stdin_lines` read what the test writes, under a virtual clock.
+struct StdinHost {
+    reloader: host::reloader::Reloader,
+    rx: std::sync::mpsc::Receiver<HostEvent>,
+    history: Vec<HostEvent>,
+    stdin: tokio::io::DuplexStream,
+    io: tokio::runtime::Runtime,
+    time: std::sync::Arc<host::clock::VirtualClock>,
+}
+
+impl StdinHost {
+    fn start(fixture: &Fixture) -> anyhow::Result<StdinHost> {
+        let (mut reloader, rx) = integration_tests::channel_reloader(fixture.build_config(false)?)?;
+        let (clock, time) = host::clock::Clock::virtual_clock();
+        let (stdin, reader) = tokio::io::duplex(1 << 16);
+        reloader.runtime().set_clock(clock);
+        reloader.runtime().set_stdin(Box::new(reader));
+        let io = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(StdinHost {
+            reloader,
+            rx,
+            history: Vec::new(),
+            stdin,
+            io,
+            time,
+        })
+    }
+
+    /// Builds and loads (or reloads) the fixture as it is now; returns the version.
+    fn reload(&mut self) -> anyhow::Result<u64> {
+        match self.reloader.reload() {
+            host::reloader::Outcome::Loaded { version } => {
+                assert!(self.time.settle(SETTLE), "the pipelines settled");
+                self.drain();
+                Ok(version)
+            }
+            other => {
+                self.drain();
+                anyhow::bail!("no reload ({other:?}): {:?}", self.history)
+            }
+        }
+    }
+
+    /// Writes `line` and a newline to the host's stdin.
+    fn write_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let text = format!("{line}\n");
+        let stdin = &mut self.stdin;
+        self.io
+            .block_on(stdin.write_all(text.as_bytes()))
+            .expect("write to the host's stdin");
+    }
+
+    fn drain(&mut self) {
+        self.history.extend(self.rx.try_iter());
+    }
+
+    /// Waits until `pipeline` has emitted `n` values in all (a line from stdin arrives on
+    /// its own time: the virtual clock does not know of it).
+    fn wait_emissions(&mut self, pipeline: &str, n: usize) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + EMISSION_TIMEOUT;
+        while self.emissions(pipeline).len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) => self.history.push(e),
+                Err(_) => anyhow::bail!(
+                    "fewer than {n} emissions of {pipeline} within {EMISSION_TIMEOUT:?}: {:?}",
+                    self.history
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn emissions(&self, pipeline: &str) -> Vec<(u64, i64)> {
+        self.history
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Emission {
+                    pipeline: p,
+                    version,
+                    value: v,
+                } if p == pipeline => Some((*version, value(v))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        advance(&self.time, ms);
+        self.drain();
+    }
+
+    /// The last reload event and the notices since it.
+    fn last_reload(&self) -> (&HostEvent, Vec<&HostEvent>) {
+        let at = self
+            .history
+            .iter()
+            .rposition(|e| matches!(e, HostEvent::Reload { .. } | HostEvent::Loaded { .. }))
+            .expect("a load");
+        let notices = self.history[at..]
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Notice { .. }))
+            .collect();
+        (&self.history[at], notices)
+    }
+
+    fn errors(&self) -> Vec<&HostEvent> {
+        self.history
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Error { .. }))
+            .collect()
+    }
+}
+
+/// What a person reads for `event` (the binary's text output).
+fn printed(event: &HostEvent) -> String {
+    let mut f = host::events::Formatter::human(true);
+    f.line(event).unwrap_or_default()
+}
+
+/// The issue's headline case: a `switch_map` over `stdin_lines` with an inner interval. Each
+/// line starts an inner subscription (ending the previous one). An edit of the inner `map`
+/// swaps the live subscription in place: its count goes on (n, n + 1) through the new code,
+/// no restart. An edit of the inner source resets it: the notice (as printed) says which
+/// subscription and why, and the count starts again from the new projection.
+#[test]
+fn a_switch_map_over_stdin_swaps_its_live_inner_interval_and_resets_it_on_a_source_change()
+-> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_stdin",
+        &plugin(
+            r#"    p.pipeline("s", stdin_lines())
+        .switch_map(|line: String| {
+            let base: u64 = line.trim().parse().unwrap_or(0);
+            interval_ms(100).map(move |i: u64| base * 1000 + i + 0)
+        })
+        .log();"#,
+        ),
+    );
+    let mut host = StdinHost::start(&fixture)?;
+    let v1 = host.reload()?;
+    host.write_line("1");
+    host.wait_emissions("s", 1)?; // the inner interval's first value comes at once
+    for _ in 0..3 {
+        host.advance(100);
+    }
+    assert_eq!(
+        host.emissions("s"),
+        [(v1, 1000), (v1, 1001), (v1, 1002), (v1, 1003)]
+    );
+
+    // An edit of the inner `map`: swapped, the count goes on through the new code.
+    fixture.edit("src/lib.rs", "i + 0", "i + 500");
+    let v2 = host.reload()?;
+    let (reload, notices) = host.last_reload();
+    let (_, reset, added, removed) = reload_fields(reload);
+    assert!(
+        reset.is_empty() && added.is_empty() && removed.is_empty(),
+        "{reload:?}"
+    );
+    let told: Vec<String> = notices.iter().map(|e| printed(e)).collect();
+    assert_eq!(
+        told,
+        [format!(
+            "[hmr] s: re-projected 1 inner subscription(s) with version {v2}: \
+             s|0:switch_map|#1:inner: swapped"
+        )]
+    );
+    host.advance(100);
+    host.advance(100);
+    assert_eq!(
+        host.emissions("s")[4..],
+        [(v2, 1504), (v2, 1505)],
+        "the count went on (4, 5) through v2's code"
+    );
+
+    // A second line switches to a new inner subscription (#2), from its start.
+    host.write_line("2");
+    host.wait_emissions("s", 7)?;
+    host.advance(100);
+    assert_eq!(host.emissions("s")[6..], [(v2, 2500), (v2, 2501)]);
+
+    // An edit of the inner source: reset, restarted from the new projection, reason printed.
+    fixture.edit("src/lib.rs", "interval_ms(100)", "interval_ms(40)");
+    let v3 = host.reload()?;
+    let (_, notices) = host.last_reload();
+    let told: Vec<String> = notices.iter().map(|e| printed(e)).collect();
+    assert_eq!(
+        told,
+        [format!(
+            "[hmr] s: re-projected 1 inner subscription(s) with version {v3}: \
+             s|0:switch_map|#2:inner: reset: its source changed (interval_ms(100) -> \
+             interval_ms(40)); restarted from the new projection"
+        )]
+    );
+    host.advance(40);
+    host.advance(40);
+    assert_eq!(
+        host.emissions("s")[8..],
+        [(v3, 2500), (v3, 2501), (v3, 2502)],
+        "restarted at 0 through v3, then every 40 ms"
+    );
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+    Ok(())
+}
