@@ -369,3 +369,316 @@ fn a_switch_map_over_stdin_swaps_its_live_inner_interval_and_resets_it_on_a_sour
     assert!(host.errors().is_empty(), "{:?}", host.errors());
     Ok(())
 }
+
+/// A panic in a projection is an `error` at the higher-order operator's path; that outer
+/// value is dropped. Under `--on-panic drop` (the default) the later outer values are
+/// projected as before and the pipeline completes; under `--on-panic error` the pipeline
+/// ends there. On the batch path (`range`) and the one-value path (an interval) alike.
+#[test]
+fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() -> anyhow::Result<()>
+{
+    use host::runtime::PanicPolicy;
+    let fixture = Fixture::new(
+        "higher_panic",
+        &plugin(
+            r#"    p.pipeline("batch", range(0, 5))
+        .switch_map(|n: u64| {
+            if n == 2 {
+                panic!("no inner stream for {n}");
+            }
+            of(vec![n * 10, n * 10 + 1])
+        })
+        .log();
+    p.pipeline("ticks", interval_ms(100).take(5))
+        .switch_map(|n: u64| {
+            if n == 2 {
+                panic!("no inner stream for {n}");
+            }
+            interval_ms(30).take(2).map(move |i: u64| n * 10 + i)
+        })
+        .log();"#,
+        ),
+    );
+    let cases: [(PanicPolicy, &[i64], bool); 2] = [
+        (PanicPolicy::Drop, &[0, 1, 10, 11, 30, 31, 40, 41], true),
+        (PanicPolicy::Error, &[0, 1, 10, 11], false),
+    ];
+    for (policy, want, completes) in cases {
+        let (clock, time) = host::clock::Clock::virtual_clock();
+        let mut options = fixture.options();
+        options.clock = clock;
+        options.on_panic = policy;
+        let mut host = Harness::start(&options)?;
+        host.wait_loaded()?;
+        assert!(time.settle(SETTLE));
+        for _ in 0..10 {
+            advance(&time, 50);
+        }
+        host.drain();
+        for (pipeline, path) in [
+            ("batch", "batch|0:switch_map"),
+            ("ticks", "ticks|1:switch_map"),
+        ] {
+            let got: Vec<i64> = values(&mut host, pipeline)
+                .iter()
+                .map(|(_, x)| *x)
+                .collect();
+            assert_eq!(got, want, "{pipeline} under {policy:?}");
+            let errors: Vec<(String, String)> = host
+                .history()
+                .iter()
+                .filter_map(|e| match e {
+                    HostEvent::Error {
+                        pipeline: p,
+                        path,
+                        message,
+                    } if p == pipeline => Some((path.clone(), message.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(errors.len(), 1, "{pipeline} under {policy:?}: {errors:?}");
+            assert_eq!(errors[0].0, path, "{errors:?}");
+            assert!(errors[0].1.contains("no inner stream for 2"), "{errors:?}");
+            let completed = host
+                .history()
+                .iter()
+                .any(|e| matches!(e, HostEvent::Completed { pipeline: p, .. } if p == pipeline));
+            assert_eq!(completed, completes, "{pipeline} under {policy:?}");
+        }
+        host.stop();
+    }
+    Ok(())
+}
+
+/// An inner type change (the inner stream's values go from `u64` to `String`, the
+/// downstream adjusted) changes the higher-order operator's signature: the reload resets
+/// it, saying why, its live subscription ends (a notice says so), and the next outer
+/// value's inner stream runs the new code, with the new type.
+#[test]
+fn an_inner_type_change_resets_the_operator_and_ends_its_subscriptions() -> anyhow::Result<()> {
+    let v1 = r#"    p.pipeline("t", interval_ms(1000).take(3))
+        .switch_map(|n: u64| interval_ms(100).map(move |i: u64| n * 100 + i))
+        .map(|x: u64| x + 0)
+        .log();"#;
+    let v2 = r#"    p.pipeline("t", interval_ms(1000).take(3))
+        .switch_map(|n: u64| interval_ms(100).map(move |i: u64| format!("{}", n * 100 + i)))
+        .map(|x: String| x + "s")
+        .log();"#;
+    let fixture = Fixture::new("higher_type", &plugin(v1));
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    let (first, _) = host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    advance(&time, 350);
+    host.drain();
+    let raw = |host: &Harness| host.emissions("t");
+    let at = |v: u64, xs: &[&str]| -> Vec<(u64, String)> {
+        xs.iter().map(|x| (v, (*x).to_owned())).collect()
+    };
+    assert_eq!(raw(&host), at(first, &["0", "1", "2", "3"]));
+
+    fixture.write("src/lib.rs", &plugin(v2));
+    let reload = host.wait_reload()?;
+    let v2 = reload_version(&reload);
+    let (_, reset, _, _) = reload_fields(&reload);
+    assert_eq!(
+        reset,
+        [
+            "t|1:switch_map: output type changed from u64 to alloc::string::String",
+            "t|2:map: input type changed from u64 to alloc::string::String",
+            "t|3:log: input type changed from u64 to alloc::string::String"
+        ],
+        "{reload:?}"
+    );
+    assert!(time.settle(SETTLE));
+    let told = notices(&mut host);
+    assert_eq!(
+        told,
+        [format!(
+            "re-projected 1 inner subscription(s) with version {v2}: t|1:switch_map|#1:inner: \
+             ended (its higher-order operator was reset or removed)"
+        )]
+    );
+    // The subscription ended: nothing until the next outer value (t = 1000), whose inner
+    // stream runs v2's code.
+    advance(&time, 550); // t = 900
+    assert_eq!(raw(&host).len(), 4, "{:?}", raw(&host));
+    advance(&time, 100);
+    advance(&time, 100);
+    host.drain();
+    assert_eq!(
+        raw(&host)[4..],
+        at(v2, &["\"100s\"", "\"101s\""]),
+        "{:?}",
+        host.history()
+    );
+    host.drain();
+    let errors: Vec<&HostEvent> = host
+        .history()
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    host.stop();
+    Ok(())
+}
+
+/// The four operators side by side on one outer stream (values 0, 1, 2 at t = 0, 100, 200)
+/// and one inner stream (`n * 10 + i` for i in 0..4, every 70 ms from its start), with a
+/// reload at t = 150 that adds 1000 to what the inner streams emit: `switch_map` ends the
+/// live inner stream at each outer value, `merge_map` interleaves all of them, `concat_map`
+/// queues, `exhaust_map` ignores the outer values that come while one is live. Each live
+/// inner subscription is swapped in place by the reload (a value at t > 150 is v2's, with
+/// its +1000; a value queued before the reload is projected by v2). Each completes when the
+/// outer stream and every inner stream (and `concat_map`'s queue) have, not before.
+#[test]
+fn the_four_operators_on_a_virtual_clock_across_a_reload() -> anyhow::Result<()> {
+    let body = |op: &str| {
+        format!(
+            "    p.pipeline(\"{op}\", interval_ms(100).take(3))\n        \
+             .{op}_map(|n: u64| interval_ms(70).take(4).map(move |i: u64| n * 10 + i + K))\n        \
+             .log();\n"
+        )
+    };
+    let ops = ["switch", "merge", "concat", "exhaust"];
+    let text: String = std::iter::once("    const K: u64 = 0;\n".to_owned())
+        .chain(ops.iter().map(|op| body(op)))
+        .collect();
+    let fixture = Fixture::new("higher_four", &plugin(&text));
+    // (operator, [(t, value)], t of its completion, inner subscriptions live at t = 150).
+    type Case = (&'static str, &'static [(u64, i64)], u64, usize);
+    let cases: [Case; 4] = [
+        (
+            "switch",
+            &[
+                (0, 0),
+                (70, 1),
+                (100, 10),
+                (170, 1011),
+                (200, 1020),
+                (270, 1021),
+                (340, 1022),
+                (410, 1023),
+            ],
+            410,
+            1,
+        ),
+        (
+            "merge",
+            &[
+                (0, 0),
+                (70, 1),
+                (100, 10),
+                (140, 2),
+                (170, 1011),
+                (200, 1020),
+                (210, 1003),
+                (240, 1012),
+                (270, 1021),
+                (310, 1013),
+                (340, 1022),
+                (410, 1023),
+            ],
+            410,
+            2,
+        ),
+        (
+            "concat",
+            &[
+                (0, 0),
+                (70, 1),
+                (140, 2),
+                (210, 1003),
+                (210, 1010),
+                (280, 1011),
+                (350, 1012),
+                (420, 1013),
+                (420, 1020),
+                (490, 1021),
+                (560, 1022),
+                (630, 1023),
+            ],
+            630,
+            1,
+        ),
+        ("exhaust", &[(0, 0), (70, 1), (140, 2), (210, 1003)], 210, 1),
+    ];
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    let (v1, _) = host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    // Per pipeline: (t, version, value) and the time it completed.
+    let mut seen: std::collections::BTreeMap<&str, (Vec<(u64, u64, i64)>, Option<u64>)> =
+        Default::default();
+    let mut taken = 0;
+    let mut v2 = None;
+    let mut t = 0;
+    let mut record = |host: &mut Harness, t: u64| {
+        host.drain();
+        for e in &host.history()[taken..] {
+            match e {
+                HostEvent::Emission {
+                    pipeline,
+                    version,
+                    value: v,
+                } => {
+                    let p = ops
+                        .iter()
+                        .find(|o| **o == pipeline.as_str())
+                        .expect("a pipeline");
+                    seen.entry(p).or_default().0.push((t, *version, value(v)));
+                }
+                HostEvent::Completed { pipeline, .. } => {
+                    let p = ops
+                        .iter()
+                        .find(|o| **o == pipeline.as_str())
+                        .expect("a pipeline");
+                    seen.entry(p).or_default().1.get_or_insert(t);
+                }
+                _ => {}
+            }
+        }
+        taken = host.history().len();
+    };
+    record(&mut host, 0);
+    while t < 700 {
+        advance(&time, 10);
+        t += 10;
+        record(&mut host, t);
+        if t == 150 {
+            fixture.edit("src/lib.rs", "K: u64 = 0", "K: u64 = 1000");
+            let reload = host.wait_reload()?;
+            v2 = Some(reload_version(&reload));
+            let (_, reset, _, _) = reload_fields(&reload);
+            assert!(reset.is_empty(), "{reload:?}");
+            assert!(time.settle(SETTLE));
+            record(&mut host, t);
+        }
+    }
+    let v2 = v2.expect("reloaded");
+    let told = notices(&mut host);
+    for (op, want, done, live) in cases {
+        let want: Vec<(u64, u64, i64)> = want
+            .iter()
+            .map(|&(t, x)| (t, if t <= 150 { v1 } else { v2 }, x))
+            .collect();
+        let (got, completed) = &seen[op];
+        assert_eq!(got, &want, "{op}_map");
+        assert_eq!(*completed, Some(done), "{op}_map's completion");
+        let line = format!("re-projected {live} inner subscription(s) with version {v2}");
+        let mine: Vec<&String> = told
+            .iter()
+            .filter(|m| m.contains(&format!("{op}|1:{op}_map|#")))
+            .collect();
+        assert!(
+            mine.len() == 1 && mine[0].starts_with(&line) && !mine[0].contains("reset"),
+            "{op}_map: {mine:?}"
+        );
+    }
+    host.stop();
+    Ok(())
+}
