@@ -877,6 +877,9 @@ struct HostCx {
     /// Subscriptions restarted by a re-projection, whose start (and synchronous sources)
     /// the thread runs next.
     starts: RefCell<Vec<u64>>,
+    /// Subscriptions a re-projection ended while their operator was kept (subscription,
+    /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
+    ended: RefCell<Vec<(u64, Id)>>,
 }
 
 /// What an operator timer is for.
@@ -1523,6 +1526,7 @@ impl Driver {
             reprojecting: Cell::new(false),
             reprojected: RefCell::new(None),
             starts: RefCell::new(Vec::new()),
+            ended: RefCell::new(Vec::new()),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -1921,6 +1925,49 @@ impl Driver {
         std::mem::take(&mut *self.host.starts.borrow_mut())
     }
 
+    /// The subscriptions a re-projection ended while their operator was kept, to tell it now.
+    pub(crate) fn take_ended(&self) -> Vec<(u64, Id)> {
+        std::mem::take(&mut *self.host.ended.borrow_mut())
+    }
+
+    /// Tells the higher-order operator on `op_track` that the host ended its subscription
+    /// `id` (see `inner_kind::ENDED`): it counts it as ended (and may go on: `concat_map`'s
+    /// next queued value, a completion).
+    fn inner_ended(&mut self, id: u64, op_track: Id) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 0 });
+        }
+        self.mark_call();
+        let r = self.refresh().map(|()| {
+            let Some(h) = self.code.ops.iter().position(|o| o.track == op_track) else {
+                return Pushed::Continue;
+            };
+            let mut call = InnerCall {
+                instance: id,
+                env: std::ptr::null(),
+                states: std::ptr::null(),
+                cx: std::ptr::null(),
+                kind: inner_kind::ENDED,
+                port: 0,
+                item: std::ptr::null(),
+                op: 0,
+                next: std::ptr::null(),
+                answer: inner_answer::NONE,
+            };
+            match self
+                .code
+                .wake(&self.states, h as u32, Some(&mut call), &self.cx)
+            {
+                Pushed::PortDone { .. } => Pushed::Continue,
+                p => p,
+            }
+        });
+        self.mark_call();
+        self.after_call();
+        self.note(&r);
+        r
+    }
+
     /// Runs one event of inner subscription `id` through the newest code (nothing if it
     /// ended, or its operator is gone).
     fn inner_event(
@@ -2065,6 +2112,7 @@ impl Driver {
                     inner.path,
                     inner.value.debug_text(200)
                 ));
+                self.host.ended.borrow_mut().push((id, inner.op_track));
                 self.host.graveyard.borrow_mut().push(inner);
                 continue;
             };
@@ -2092,6 +2140,7 @@ impl Driver {
                     }
                     Err(e) => {
                         lines.push(format!("{}: ended ({e})", inner.path));
+                        self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
                     }
@@ -2114,6 +2163,7 @@ impl Driver {
                     }
                     Err(e) => {
                         lines.push(format!("{}: ended ({e})", inner.path));
+                        self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
                     }
@@ -2477,6 +2527,11 @@ fn run_pipeline(
         // 2. Inner subscriptions a reload restarted: their start and synchronous sources.
         for id in cell.with(|d| d.take_starts()) {
             let r = cell.with(|d| d.inner_start(id));
+            step!(r, &mut PortRun::Fed);
+        }
+        // Those it ended while their operator was kept: the operator is told.
+        for (id, track) in cell.with(|d| d.take_ended()) {
+            let r = cell.with(|d| d.inner_ended(id, track));
             step!(r, &mut PortRun::Fed);
         }
         // 3. Intervals and timers that are due.

@@ -605,68 +605,17 @@ fn the_four_operators_on_a_virtual_clock_across_a_reload() -> anyhow::Result<()>
         ),
         ("exhaust", &[(0, 0), (70, 1), (140, 2), (210, 1003)], 210, 1),
     ];
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
-    let mut host = Harness::start(&options)?;
-    let (v1, _) = host.wait_loaded()?;
-    assert!(time.settle(SETTLE));
-    // Per pipeline: (t, version, value) and the time it completed.
-    let mut seen: std::collections::BTreeMap<&str, (Vec<(u64, u64, i64)>, Option<u64>)> =
-        Default::default();
-    let mut taken = 0;
-    let mut v2 = None;
-    let mut t = 0;
-    let mut record = |host: &mut Harness, t: u64| {
-        host.drain();
-        for e in &host.history()[taken..] {
-            match e {
-                HostEvent::Emission {
-                    pipeline,
-                    version,
-                    value: v,
-                } => {
-                    let p = ops
-                        .iter()
-                        .find(|o| **o == pipeline.as_str())
-                        .expect("a pipeline");
-                    seen.entry(p).or_default().0.push((t, *version, value(v)));
-                }
-                HostEvent::Completed { pipeline, .. } => {
-                    let p = ops
-                        .iter()
-                        .find(|o| **o == pipeline.as_str())
-                        .expect("a pipeline");
-                    seen.entry(p).or_default().1.get_or_insert(t);
-                }
-                _ => {}
-            }
-        }
-        taken = host.history().len();
-    };
-    record(&mut host, 0);
-    while t < 700 {
-        advance(&time, 10);
-        t += 10;
-        record(&mut host, t);
-        if t == 150 {
-            fixture.edit("src/lib.rs", "K: u64 = 0", "K: u64 = 1000");
-            let reload = host.wait_reload()?;
-            v2 = Some(reload_version(&reload));
-            let (_, reset, _, _) = reload_fields(&reload);
-            assert!(reset.is_empty(), "{reload:?}");
-            assert!(time.settle(SETTLE));
-            record(&mut host, t);
-        }
-    }
-    let v2 = v2.expect("reloaded");
-    let told = notices(&mut host);
+    let run = run_schedule(&fixture, 700, 150, || {
+        fixture.edit("src/lib.rs", "K: u64 = 0", "K: u64 = 1000");
+    })?;
+    let (v1, v2, told) = (run.v1, run.v2, &run.notices);
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
     for (op, want, done, live) in cases {
         let want: Vec<(u64, u64, i64)> = want
             .iter()
             .map(|&(t, x)| (t, if t <= 150 { v1 } else { v2 }, x))
             .collect();
-        let (got, completed) = &seen[op];
+        let (got, completed) = &run.seen[op];
         assert_eq!(got, &want, "{op}_map");
         assert_eq!(*completed, Some(done), "{op}_map's completion");
         let line = format!("re-projected {live} inner subscription(s) with version {v2}");
@@ -679,6 +628,196 @@ fn the_four_operators_on_a_virtual_clock_across_a_reload() -> anyhow::Result<()>
             "{op}_map: {mine:?}"
         );
     }
+    Ok(())
+}
+
+/// What [`run_schedule`] saw.
+struct Schedule {
+    v1: u64,
+    v2: u64,
+    /// Per pipeline: (t, version, value) of its emissions, and the time it completed.
+    seen: std::collections::BTreeMap<String, (Vec<(u64, u64, i64)>, Option<u64>)>,
+    notices: Vec<String>,
+    /// (path, message) of each error.
+    errors: Vec<(String, String)>,
+}
+
+/// Runs `fixture` under a virtual clock in steps of 10 ms until `until`, with `edit` made
+/// at `reload_at` (the reload waited for before the clock moves on). Times are to the step.
+fn run_schedule(
+    fixture: &Fixture,
+    until: u64,
+    reload_at: u64,
+    edit: impl FnOnce(),
+) -> anyhow::Result<Schedule> {
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    let (v1, _) = host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    let mut out = Schedule {
+        v1,
+        v2: v1,
+        seen: Default::default(),
+        notices: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut taken = 0;
+    let mut record = |host: &mut Harness, out: &mut Schedule, t: u64| {
+        host.drain();
+        for e in &host.history()[taken..] {
+            match e {
+                HostEvent::Emission {
+                    pipeline,
+                    version,
+                    value: v,
+                } => {
+                    let entry = out.seen.entry(pipeline.clone()).or_default();
+                    entry.0.push((t, *version, value(v)));
+                }
+                HostEvent::Completed { pipeline, .. } => {
+                    out.seen
+                        .entry(pipeline.clone())
+                        .or_default()
+                        .1
+                        .get_or_insert(t);
+                }
+                HostEvent::Notice { message, .. } => out.notices.push(message.clone()),
+                HostEvent::Error { path, message, .. } => {
+                    out.errors.push((path.clone(), message.clone()));
+                }
+                _ => {}
+            }
+        }
+        taken = host.history().len();
+    };
+    record(&mut host, &mut out, 0);
+    let mut edit = Some(edit);
+    let mut t = 0;
+    while t < until {
+        advance(&time, 10);
+        t += 10;
+        record(&mut host, &mut out, t);
+        if t == reload_at
+            && let Some(edit) = edit.take()
+        {
+            edit();
+            let reload = host.wait_reload()?;
+            out.v2 = reload_version(&reload);
+            let (_, reset, _, _) = reload_fields(&reload);
+            assert!(reset.is_empty(), "{reload:?}");
+            assert!(time.settle(SETTLE));
+            record(&mut host, &mut out, t);
+        }
+    }
     host.stop();
+    Ok(out)
+}
+
+/// A panic in the new projection when a reload re-projects a live subscription (the new code
+/// cannot project the held outer value): an `error` at the higher-order operator's path, the
+/// subscription ends (told in the notice) and the operator knows it did, as if that inner
+/// stream had completed: `merge_map` and `switch_map` complete once the others have,
+/// `concat_map` and `exhaust_map` take the next outer value instead of waiting for ever.
+/// Outer values 0, 1, 2 at t = 0, 100, 200; inner `n * 10 + i` for i in 0..4 every 40 ms; the
+/// reload at t = 50 makes the projection of 0 panic.
+#[test]
+fn a_panic_in_a_re_projection_ends_that_subscription_and_the_operator_goes_on() -> anyhow::Result<()>
+{
+    let ops = ["switch", "merge", "concat", "exhaust"];
+    let mut text = "    const FAIL: bool = false;\n".to_owned();
+    for op in ops {
+        text += &format!(
+            "    p.pipeline(\"{op}\", interval_ms(100).take(3))\n        \
+             .{op}_map(|n: u64| {{\n            \
+             if FAIL && n == 0 {{\n                panic!(\"cannot project {{n}} again\");\n            }}\n            \
+             interval_ms(40).take(4).map(move |i: u64| n * 10 + i)\n        }})\n        \
+             .log();\n"
+        );
+    }
+    let fixture = Fixture::new("higher_reproject_panic", &plugin(&text));
+    let run = run_schedule(&fixture, 500, 50, || {
+        fixture.edit("src/lib.rs", "FAIL: bool = false", "FAIL: bool = true");
+    })?;
+    type Case = (&'static str, &'static [(u64, i64)], u64);
+    let cases: [Case; 4] = [
+        (
+            "switch",
+            &[
+                (0, 0),
+                (40, 1),
+                (100, 10),
+                (140, 11),
+                (180, 12),
+                (200, 20),
+                (240, 21),
+                (280, 22),
+                (320, 23),
+            ],
+            320,
+        ),
+        (
+            "merge",
+            &[
+                (0, 0),
+                (40, 1),
+                (100, 10),
+                (140, 11),
+                (180, 12),
+                (200, 20),
+                (220, 13),
+                (240, 21),
+                (280, 22),
+                (320, 23),
+            ],
+            320,
+        ),
+        (
+            "concat",
+            &[
+                (0, 0),
+                (40, 1),
+                (100, 10),
+                (140, 11),
+                (180, 12),
+                (220, 13),
+                (220, 20),
+                (260, 21),
+                (300, 22),
+                (340, 23),
+            ],
+            340,
+        ),
+        (
+            "exhaust",
+            &[(0, 0), (40, 1), (100, 10), (140, 11), (180, 12), (220, 13)],
+            220,
+        ),
+    ];
+    for (op, want, done) in cases {
+        let want: Vec<(u64, u64, i64)> = want
+            .iter()
+            .map(|&(t, x)| (t, if t <= 50 { run.v1 } else { run.v2 }, x))
+            .collect();
+        let (got, completed) = &run.seen[op];
+        assert_eq!(got, &want, "{op}_map");
+        assert_eq!(*completed, Some(done), "{op}_map's completion");
+        let path = format!("{op}|1:{op}_map");
+        let errors: Vec<&(String, String)> =
+            run.errors.iter().filter(|(p, _)| *p == path).collect();
+        assert!(
+            errors.len() == 1 && errors[0].1.contains("cannot project 0 again"),
+            "{op}_map: {:?}",
+            run.errors
+        );
+        let ended = format!(
+            "re-projected 1 inner subscription(s) with version {}: {path}|#1:inner: ended (the \
+             new projection of 0 failed)",
+            run.v2
+        );
+        assert!(run.notices.contains(&ended), "{op}_map: {:?}", run.notices);
+    }
+    assert_eq!(run.errors.len(), 4, "{:?}", run.errors);
     Ok(())
 }
