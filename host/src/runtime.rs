@@ -1215,6 +1215,10 @@ impl HostCx {
         if self.reprojecting.get() {
             // SAFETY: `desc` is valid for the call.
             match unsafe { read_inner(desc, &opened, "") } {
+                // Refused as at a subscription: the live one ends (`reproject`).
+                Ok((sources, _)) if let Some(why) = refuse_inner(desc, &sources) => {
+                    self.error_at(op_path, why);
+                }
                 Ok((sources, ops)) => {
                     code.sources = sources;
                     code.ops = ops;

@@ -821,3 +821,54 @@ fn a_panic_in_a_re_projection_ends_that_subscription_and_the_operator_goes_on() 
     assert_eq!(run.errors.len(), 4, "{:?}", run.errors);
     Ok(())
 }
+
+/// A reload whose new projection builds an inner stream the host refuses (a source other
+/// than `interval_ms`, `range` and `of`; a `publish`) is refused at the re-projection as at a
+/// subscription: an `error` at the operator, the live subscription ends (not restarted on a
+/// source that never emits), and the next outer value's subscription is refused the same way.
+#[test]
+fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error()
+-> anyhow::Result<()> {
+    let inner = "interval_ms(100).map(move |i: u64| n * 100 + i)";
+    let cases = [
+        (
+            "stdin",
+            "stdin_lines().map(move |l: String| n * 100 + l.len() as u64)",
+            "an inner stream's source is `stdin_lines()`",
+        ),
+        (
+            "publish",
+            "interval_ms(100).map(move |i: u64| n * 100 + i).publish(\"t\")",
+            "an inner stream cannot publish to a subject",
+        ),
+    ];
+    for (name, edited, refusal) in cases {
+        let fixture = Fixture::new(
+            &format!("higher_refused_{name}"),
+            &plugin(&format!(
+                "    p.pipeline(\"r\", interval_ms(1000).take(2))\n        \
+                 .switch_map(|n: u64| {inner})\n        .log();"
+            )),
+        );
+        let run = run_schedule(&fixture, 1100, 150, || {
+            fixture.edit("src/lib.rs", inner, edited);
+        })?;
+        let (got, completed) = &run.seen["r"];
+        assert_eq!(got, &[(0, run.v1, 0), (100, run.v1, 1)], "{name}");
+        assert_eq!(*completed, Some(1000), "{name}");
+        assert_eq!(run.errors.len(), 2, "{name}: {:?}", run.errors);
+        for (path, message) in &run.errors {
+            assert_eq!(path, "r|1:switch_map", "{name}");
+            assert!(message.contains(refusal), "{name}: {message}");
+        }
+        assert!(
+            run.notices
+                .iter()
+                .any(|m| m
+                    .ends_with("r|1:switch_map|#1:inner: ended (the new projection of 0 failed)")),
+            "{name}: {:?}",
+            run.notices
+        );
+    }
+    Ok(())
+}
