@@ -631,12 +631,15 @@ fn the_four_operators_on_a_virtual_clock_across_a_reload() -> anyhow::Result<()>
     Ok(())
 }
 
+/// (t, version, value) of a pipeline's emissions, and the time it completed.
+type Timeline = (Vec<(u64, u64, i64)>, Option<u64>);
+
 /// What [`run_schedule`] saw.
 struct Schedule {
     v1: u64,
     v2: u64,
     /// Per pipeline: (t, version, value) of its emissions, and the time it completed.
-    seen: std::collections::BTreeMap<String, (Vec<(u64, u64, i64)>, Option<u64>)>,
+    seen: std::collections::BTreeMap<String, Timeline>,
     notices: Vec<String>,
     /// (path, message) of each error.
     errors: Vec<(String, String)>,
