@@ -144,6 +144,8 @@ struct Run {
     swap_us: u64,
     reproject: Duration,
     reload_call: Duration,
+    /// The re-projection notice's length.
+    notice_bytes: usize,
 }
 
 fn run(n: u64) -> anyhow::Result<Run> {
@@ -236,6 +238,7 @@ fn run(n: u64) -> anyhow::Result<Run> {
         swap_us: *swap_us,
         reproject,
         reload_call,
+        notice_bytes: notice.len(),
     })
 }
 
@@ -251,8 +254,14 @@ fn ten_thousand_inner_intervals_run_on_a_fixed_number_of_threads() -> anyhow::Re
         eprintln!(
             "{n} inner subscriptions: threads before/live/after {:?}, {:.0} bytes of RSS each, \
              reload: load {} ms, swap {} us, re-projection on the pipeline thread {:?} \
-             (reload event to its notice), load_built call {:?}",
-            r.threads, r.rss_per_inner, r.load_ms, r.swap_us, r.reproject, r.reload_call
+             (reload event to its notice, a notice of {} bytes), load_built call {:?}",
+            r.threads,
+            r.rss_per_inner,
+            r.load_ms,
+            r.swap_us,
+            r.reproject,
+            r.notice_bytes,
+            r.reload_call
         );
         runs.push(r);
     }
