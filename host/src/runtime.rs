@@ -930,11 +930,14 @@ struct HostCx {
     next_track: Cell<u64>,
     /// While a live subscription is re-projected: the library of the code projecting, and
     /// what the projection handed over.
-    reprojecting: RefCell<Option<Arc<crate::loader::LibVersion>>>,
+    reprojecting: RefCell<Option<(Arc<crate::loader::LibVersion>, String)>>,
     reprojected: RefCell<Option<InnerCode>>,
     /// Subscriptions restarted by a re-projection, whose start (and synchronous sources)
     /// the thread runs next.
     starts: RefCell<Vec<u64>>,
+    /// Subscriptions a re-projection ended while their operator was kept (subscription,
+    /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
+    ended: RefCell<Vec<(u64, Id)>>,
 }
 
 /// What a timer is for.
@@ -1233,7 +1236,11 @@ impl HostCx {
     /// `subscribe` from a pipeline's higher-order operator `op`.
     fn subscribe(&self, op: u32, desc: &InnerDesc, out: &mut InnerHandle) -> bool {
         let reprojecting = self.reprojecting.borrow().clone();
-        let Some(lib) = reprojecting.clone().or_else(|| self.lib.borrow().clone()) else {
+        let Some(lib) = reprojecting
+            .as_ref()
+            .map(|(lib, _)| lib.clone())
+            .or_else(|| self.lib.borrow().clone())
+        else {
             // No code yet (never the case once a driver exists): free what was handed over.
             // SAFETY: the plugin gave up the env and the value; each is freed once, by its
             // own glue.
@@ -1269,15 +1276,19 @@ impl HostCx {
         };
         let opened = std::mem::take(&mut self.reg.borrow_mut().opened);
         self.reg.borrow_mut().clear();
-        if reprojecting.is_some() {
+        if let Some((_, op_path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
             match unsafe { read_inner(desc, &opened, "") } {
+                // Refused as at a subscription: the live one ends (`reproject`).
+                Ok((sources, _)) if let Some(why) = refuse_inner(desc, &sources) => {
+                    self.error_at(op_path, why);
+                }
                 Ok((sources, ops)) => {
                     code.sources = sources;
                     code.ops = ops;
                     *self.reprojected.borrow_mut() = Some(code);
                 }
-                Err(e) => self.error_at(self.pipeline.clone(), e),
+                Err(e) => self.error_at(op_path, e),
             }
             return false;
         }
@@ -1551,7 +1562,7 @@ pub struct Driver {
     _api: Box<HostApi>,
     /// Re-projections made for staged code (`Msg::Prepare`), by subscription: the version
     /// and the inner code, taken when the driver takes that version.
-    prepared: BTreeMap<u64, (u64, InnerCode)>,
+    prepared: BTreeMap<u64, (u64, Result<InnerCode, String>)>,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -1598,6 +1609,7 @@ impl Driver {
             reprojecting: RefCell::new(None),
             reprojected: RefCell::new(None),
             starts: RefCell::new(Vec::new()),
+            ended: RefCell::new(Vec::new()),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -1997,6 +2009,49 @@ impl Driver {
         std::mem::take(&mut *self.host.starts.borrow_mut())
     }
 
+    /// The subscriptions a re-projection ended while their operator was kept, to tell it now.
+    pub(crate) fn take_ended(&self) -> Vec<(u64, Id)> {
+        std::mem::take(&mut *self.host.ended.borrow_mut())
+    }
+
+    /// Tells the higher-order operator on `op_track` that the host ended its subscription
+    /// `id` (see `inner_kind::ENDED`): it counts it as ended (and may go on: `concat_map`'s
+    /// next queued value, a completion).
+    fn inner_ended(&mut self, id: u64, op_track: Id) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 0 });
+        }
+        self.mark_call();
+        let r = self.refresh().map(|()| {
+            let Some(h) = self.code.ops.iter().position(|o| o.track == op_track) else {
+                return Pushed::Continue;
+            };
+            let mut call = InnerCall {
+                instance: id,
+                env: std::ptr::null(),
+                states: std::ptr::null(),
+                cx: std::ptr::null(),
+                kind: inner_kind::ENDED,
+                port: 0,
+                item: std::ptr::null(),
+                op: 0,
+                next: std::ptr::null(),
+                answer: inner_answer::NONE,
+            };
+            match self
+                .code
+                .wake(&self.states, h as u32, Some(&mut call), &self.cx)
+            {
+                Pushed::PortDone { .. } => Pushed::Continue,
+                p => p,
+            }
+        });
+        self.mark_call();
+        self.after_call();
+        self.note(&r);
+        r
+    }
+
     /// Runs one event of inner subscription `id` through the newest code (nothing if it
     /// ended, or its operator is gone).
     fn inner_event(
@@ -2119,7 +2174,7 @@ impl Driver {
         h: usize,
         inner: &Inner,
     ) -> Result<InnerCode, String> {
-        *self.host.reprojecting.borrow_mut() = Some(code.lib().clone());
+        *self.host.reprojecting.borrow_mut() = Some((code.lib().clone(), code.ops[h].path.clone()));
         self.host.reprojected.borrow_mut().take();
         // SAFETY: the held value is of operator `h`'s input type (the caller checked that
         // the operator keeps its signature, input included).
@@ -2211,13 +2266,15 @@ impl Driver {
                 None => {
                     plan.removed.push(inner.path.clone());
                 }
-                Some(h) => match self.project_one(new, h, &inner) {
-                    Ok(code) => {
-                        Self::plan_one(&inner, &code, &mut plan);
-                        self.prepared.insert(id, (new.version, code));
+                Some(h) => {
+                    let projected = self.project_one(new, h, &inner);
+                    match &projected {
+                        Ok(code) => Self::plan_one(&inner, code, &mut plan),
+                        Err(_) => plan.removed.push(inner.path.clone()),
                     }
-                    Err(e) => plan.removed.push(format!("{} ({e})", inner.path)),
-                },
+                    // Applied as decided, failures included (not projected twice).
+                    self.prepared.insert(id, (new.version, projected));
+                }
             }
             self.host.inners.borrow_mut().insert(id, inner);
         }
@@ -2248,13 +2305,14 @@ impl Driver {
                 continue;
             };
             let (new, told) = match prepared.remove(&id) {
-                Some((v, c)) if v == version => (Ok(c), true),
+                Some((v, c)) if v == version => (c, true),
                 _ => (self.project_one(&code, h, &inner), false),
             };
             let new = match new {
                 Ok(c) => c,
                 Err(e) => {
                     lines.push(format!("{}: ended ({e})", inner.path));
+                    self.host.ended.borrow_mut().push((id, inner.op_track));
                     self.host.graveyard.borrow_mut().push(inner);
                     continue;
                 }
@@ -2276,6 +2334,7 @@ impl Driver {
                     }
                     Err(e) => {
                         lines.push(format!("{}: ended ({e})", inner.path));
+                        self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
                     }
@@ -2298,6 +2357,7 @@ impl Driver {
                     }
                     Err(e) => {
                         lines.push(format!("{}: ended ({e})", inner.path));
+                        self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
                     }
@@ -2676,6 +2736,11 @@ fn run_pipeline(
         // 2. Inner subscriptions a reload restarted: their start and synchronous sources.
         for id in cell.with(|d| d.take_starts()) {
             let r = cell.with(|d| d.inner_start(id));
+            step!(r, &mut PortRun::Fed);
+        }
+        // Those it ended while their operator was kept: the operator is told.
+        for (id, track) in cell.with(|d| d.take_ended()) {
+            let r = cell.with(|d| d.inner_ended(id, track));
             step!(r, &mut PortRun::Fed);
         }
         // 3. Intervals and timers that are due.

@@ -310,6 +310,11 @@ pub mod inner_kind {
     /// The host restarted the subscription (a reload changed its source): subscribe its
     /// stream (`start_with`) and run its synchronous sources (`range`, `of`).
     pub const START: u32 = 3;
+    /// The host ended the subscription while the operator was kept (a reload's new
+    /// projection of its outer value failed): the operator counts it as ended, as if its
+    /// inner stream had completed. Nothing of the subscription runs: `env`, `states` and
+    /// `cx` are null.
+    pub const ENDED: u32 = 4;
 }
 
 /// Values the plugin writes to [`InnerCall::answer`].

@@ -437,6 +437,16 @@ where
         let Some(call) = inner else {
             return Flow::Continue;
         };
+        if call.kind == inner_kind::ENDED {
+            {
+                let s = self.state(cx);
+                s.1 = s.1.saturating_sub(1);
+                if s.0 == call.instance {
+                    s.0 = 0;
+                }
+            }
+            return self.after_end::<C, K>(cx, k);
+        }
         // SAFETY: the host passes a live event for one of this operator's subscriptions,
         // whose env this version's projection built (it re-projects on taking new code).
         let env = unsafe { &*call.env.cast::<Env<S2>>() };

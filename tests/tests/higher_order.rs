@@ -165,3 +165,721 @@ fn a_concat_map_queue_survives_a_reload() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A reloader driven from the test (no watcher: the test reloads after each edit) whose
+/// `stdin_lines` read what the test writes, under a virtual clock.
+struct StdinHost {
+    reloader: host::reloader::Reloader,
+    rx: std::sync::mpsc::Receiver<HostEvent>,
+    history: Vec<HostEvent>,
+    stdin: tokio::io::DuplexStream,
+    io: tokio::runtime::Runtime,
+    time: std::sync::Arc<host::clock::VirtualClock>,
+}
+
+impl StdinHost {
+    fn start(fixture: &Fixture) -> anyhow::Result<StdinHost> {
+        let (mut reloader, rx) = integration_tests::channel_reloader(fixture.build_config(false)?)?;
+        let (clock, time) = host::clock::Clock::virtual_clock();
+        let (stdin, reader) = tokio::io::duplex(1 << 16);
+        reloader.runtime().set_clock(clock);
+        reloader.runtime().set_stdin(Box::new(reader));
+        let io = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(StdinHost {
+            reloader,
+            rx,
+            history: Vec::new(),
+            stdin,
+            io,
+            time,
+        })
+    }
+
+    /// Builds and loads (or reloads) the fixture as it is now; returns the version.
+    fn reload(&mut self) -> anyhow::Result<u64> {
+        match self.reloader.reload() {
+            host::reloader::Outcome::Loaded { version } => {
+                assert!(self.time.settle(SETTLE), "the pipelines settled");
+                self.drain();
+                Ok(version)
+            }
+            other => {
+                self.drain();
+                anyhow::bail!("no reload ({other:?}): {:?}", self.history)
+            }
+        }
+    }
+
+    /// Writes `line` and a newline to the host's stdin.
+    fn write_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let text = format!("{line}\n");
+        let stdin = &mut self.stdin;
+        self.io
+            .block_on(stdin.write_all(text.as_bytes()))
+            .expect("write to the host's stdin");
+    }
+
+    fn drain(&mut self) {
+        self.history.extend(self.rx.try_iter());
+    }
+
+    /// Waits until `pipeline` has emitted `n` values in all (a line from stdin arrives on
+    /// its own time: the virtual clock does not know of it).
+    fn wait_emissions(&mut self, pipeline: &str, n: usize) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + EMISSION_TIMEOUT;
+        while self.emissions(pipeline).len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) => self.history.push(e),
+                Err(_) => anyhow::bail!(
+                    "fewer than {n} emissions of {pipeline} within {EMISSION_TIMEOUT:?}: {:?}",
+                    self.history
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn emissions(&self, pipeline: &str) -> Vec<(u64, i64)> {
+        self.history
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Emission {
+                    pipeline: p,
+                    version,
+                    value: v,
+                } if p == pipeline => Some((*version, value(v))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        advance(&self.time, ms);
+        self.drain();
+    }
+
+    /// The last reload event and the notices since it.
+    fn last_reload(&self) -> (&HostEvent, Vec<&HostEvent>) {
+        let at = self
+            .history
+            .iter()
+            .rposition(|e| matches!(e, HostEvent::Reload { .. } | HostEvent::Loaded { .. }))
+            .expect("a load");
+        let notices = self.history[at..]
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Notice { .. }))
+            .collect();
+        (&self.history[at], notices)
+    }
+
+    fn errors(&self) -> Vec<&HostEvent> {
+        self.history
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Error { .. }))
+            .collect()
+    }
+}
+
+/// What a person reads for `event` (the binary's text output).
+fn printed(event: &HostEvent) -> String {
+    let mut f = host::events::Formatter::human(true);
+    f.line(event).unwrap_or_default()
+}
+
+/// The issue's headline case: a `switch_map` over `stdin_lines` with an inner interval. Each
+/// line starts an inner subscription (ending the previous one). An edit of the inner `map`
+/// swaps the live subscription in place: its count goes on (n, n + 1) through the new code,
+/// no restart. An edit of the inner source resets it: the notice (as printed) says which
+/// subscription and why, and the count starts again from the new projection.
+#[test]
+fn a_switch_map_over_stdin_swaps_its_live_inner_interval_and_resets_it_on_a_source_change()
+-> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_stdin",
+        &plugin(
+            r#"    p.pipeline("s", stdin_lines())
+        .switch_map(|line: String| {
+            let base: u64 = line.trim().parse().unwrap_or(0);
+            interval_ms(100).map(move |i: u64| base * 1000 + i + 0)
+        })
+        .log();"#,
+        ),
+    );
+    let mut host = StdinHost::start(&fixture)?;
+    let v1 = host.reload()?;
+    host.write_line("1");
+    host.wait_emissions("s", 1)?; // the inner interval's first value comes at once
+    for _ in 0..3 {
+        host.advance(100);
+    }
+    assert_eq!(
+        host.emissions("s"),
+        [(v1, 1000), (v1, 1001), (v1, 1002), (v1, 1003)]
+    );
+
+    // An edit of the inner `map`: swapped, the count goes on through the new code.
+    fixture.edit("src/lib.rs", "i + 0", "i + 500");
+    let v2 = host.reload()?;
+    let (reload, notices) = host.last_reload();
+    let (swapped, reset, added, removed) = reload_fields(reload);
+    assert!(
+        reset.is_empty() && added.is_empty() && removed.is_empty(),
+        "{reload:?}"
+    );
+    // The pipeline's three tracks and the live subscription's `map`, re-projected before
+    // the reload was reported (so no notice after it).
+    assert_eq!(swapped, 4, "{reload:?}");
+    assert!(notices.is_empty(), "{notices:?}");
+    host.advance(100);
+    host.advance(100);
+    assert_eq!(
+        host.emissions("s")[4..],
+        [(v2, 1504), (v2, 1505)],
+        "the count went on (4, 5) through v2's code"
+    );
+
+    // A second line switches to a new inner subscription (#2), from its start.
+    host.write_line("2");
+    host.wait_emissions("s", 7)?;
+    host.advance(100);
+    assert_eq!(host.emissions("s")[6..], [(v2, 2500), (v2, 2501)]);
+
+    // An edit of the inner source: reset, restarted from the new projection, reason printed.
+    fixture.edit("src/lib.rs", "interval_ms(100)", "interval_ms(40)");
+    let v3 = host.reload()?;
+    let (reload, notices) = host.last_reload();
+    let (_, reset, _, _) = reload_fields(reload);
+    let why = "s|0:switch_map|#2:inner: its source changed (interval_ms(100) -> \
+               interval_ms(40)); restarted from the new projection";
+    assert_eq!(reset, [why], "{reload:?}");
+    // As a person reads it.
+    let line = printed(reload);
+    assert!(
+        line.contains("its source changed (interval_ms(100) -> interval_ms(40))"),
+        "{line}"
+    );
+    assert!(notices.is_empty(), "{notices:?}");
+    host.advance(40);
+    host.advance(40);
+    assert_eq!(
+        host.emissions("s")[8..],
+        [(v3, 2500), (v3, 2501), (v3, 2502)],
+        "restarted at 0 through v3, then every 40 ms"
+    );
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+    Ok(())
+}
+
+/// A panic in a projection is an `error` at the higher-order operator's path; that outer
+/// value is dropped. Under `--on-panic drop` (the default) the later outer values are
+/// projected as before and the pipeline completes; under `--on-panic error` the pipeline
+/// ends there. On the batch path (`range`) and the one-value path (an interval) alike.
+#[test]
+fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() -> anyhow::Result<()>
+{
+    use host::runtime::PanicPolicy;
+    let fixture = Fixture::new(
+        "higher_panic",
+        &plugin(
+            r#"    p.pipeline("batch", range(0, 5))
+        .switch_map(|n: u64| {
+            if n == 2 {
+                panic!("no inner stream for {n}");
+            }
+            of(vec![n * 10, n * 10 + 1])
+        })
+        .log();
+    p.pipeline("ticks", interval_ms(100).take(5))
+        .switch_map(|n: u64| {
+            if n == 2 {
+                panic!("no inner stream for {n}");
+            }
+            interval_ms(30).take(2).map(move |i: u64| n * 10 + i)
+        })
+        .log();"#,
+        ),
+    );
+    let cases: [(PanicPolicy, &[i64], bool); 2] = [
+        (PanicPolicy::Drop, &[0, 1, 10, 11, 30, 31, 40, 41], true),
+        (PanicPolicy::Error, &[0, 1, 10, 11], false),
+    ];
+    for (policy, want, completes) in cases {
+        let (clock, time) = host::clock::Clock::virtual_clock();
+        let mut options = fixture.options();
+        options.clock = clock;
+        options.on_panic = policy;
+        let mut host = Harness::start(&options)?;
+        host.wait_loaded()?;
+        assert!(time.settle(SETTLE));
+        for _ in 0..10 {
+            advance(&time, 50);
+        }
+        host.drain();
+        for (pipeline, path) in [
+            ("batch", "batch|0:switch_map"),
+            ("ticks", "ticks|1:switch_map"),
+        ] {
+            let got: Vec<i64> = values(&mut host, pipeline)
+                .iter()
+                .map(|(_, x)| *x)
+                .collect();
+            assert_eq!(got, want, "{pipeline} under {policy:?}");
+            let errors: Vec<(String, String)> = host
+                .history()
+                .iter()
+                .filter_map(|e| match e {
+                    HostEvent::Error {
+                        pipeline: p,
+                        path,
+                        message,
+                    } if p == pipeline => Some((path.clone(), message.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(errors.len(), 1, "{pipeline} under {policy:?}: {errors:?}");
+            assert_eq!(errors[0].0, path, "{errors:?}");
+            assert!(errors[0].1.contains("no inner stream for 2"), "{errors:?}");
+            let completed = host
+                .history()
+                .iter()
+                .any(|e| matches!(e, HostEvent::Completed { pipeline: p, .. } if p == pipeline));
+            assert_eq!(completed, completes, "{pipeline} under {policy:?}");
+        }
+        host.stop();
+    }
+    Ok(())
+}
+
+/// An inner type change (the inner stream's values go from `u64` to `String`, the
+/// downstream adjusted) changes the higher-order operator's signature: the reload resets
+/// it, saying why, its live subscription ends (a notice says so), and the next outer
+/// value's inner stream runs the new code, with the new type.
+#[test]
+fn an_inner_type_change_resets_the_operator_and_ends_its_subscriptions() -> anyhow::Result<()> {
+    let v1 = r#"    p.pipeline("t", interval_ms(1000).take(3))
+        .switch_map(|n: u64| interval_ms(100).map(move |i: u64| n * 100 + i))
+        .map(|x: u64| x + 0)
+        .log();"#;
+    let v2 = r#"    p.pipeline("t", interval_ms(1000).take(3))
+        .switch_map(|n: u64| interval_ms(100).map(move |i: u64| format!("{}", n * 100 + i)))
+        .map(|x: String| x + "s")
+        .log();"#;
+    let fixture = Fixture::new("higher_type", &plugin(v1));
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    let (first, _) = host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    advance(&time, 350);
+    host.drain();
+    let raw = |host: &Harness| host.emissions("t");
+    let at = |v: u64, xs: &[&str]| -> Vec<(u64, String)> {
+        xs.iter().map(|x| (v, (*x).to_owned())).collect()
+    };
+    assert_eq!(raw(&host), at(first, &["0", "1", "2", "3"]));
+
+    fixture.write("src/lib.rs", &plugin(v2));
+    let reload = host.wait_reload()?;
+    let v2 = reload_version(&reload);
+    let (_, reset, _, _) = reload_fields(&reload);
+    assert_eq!(
+        reset,
+        [
+            "t|1:switch_map: output type changed from u64 to alloc::string::String",
+            "t|2:map: input type changed from u64 to alloc::string::String",
+            "t|3:log: input type changed from u64 to alloc::string::String"
+        ],
+        "{reload:?}"
+    );
+    assert!(time.settle(SETTLE));
+    let told = notices(&mut host);
+    assert_eq!(
+        told,
+        [format!(
+            "re-projected 1 inner subscription(s) with version {v2}: t|1:switch_map|#1:inner: \
+             ended (its higher-order operator was reset or removed)"
+        )]
+    );
+    // The subscription ended: nothing until the next outer value (t = 1000), whose inner
+    // stream runs v2's code.
+    advance(&time, 550); // t = 900
+    assert_eq!(raw(&host).len(), 4, "{:?}", raw(&host));
+    advance(&time, 100);
+    advance(&time, 100);
+    host.drain();
+    assert_eq!(
+        raw(&host)[4..],
+        at(v2, &["\"100s\"", "\"101s\""]),
+        "{:?}",
+        host.history()
+    );
+    host.drain();
+    let errors: Vec<&HostEvent> = host
+        .history()
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    host.stop();
+    Ok(())
+}
+
+/// The four operators side by side on one outer stream (values 0, 1, 2 at t = 0, 100, 200)
+/// and one inner stream (`n * 10 + i` for i in 0..4, every 70 ms from its start), with a
+/// reload at t = 150 that adds 1000 to what the inner streams emit: `switch_map` ends the
+/// live inner stream at each outer value, `merge_map` interleaves all of them, `concat_map`
+/// queues, `exhaust_map` ignores the outer values that come while one is live. Each live
+/// inner subscription is swapped in place by the reload (a value at t > 150 is v2's, with
+/// its +1000; a value queued before the reload is projected by v2). Each completes when the
+/// outer stream and every inner stream (and `concat_map`'s queue) have, not before.
+#[test]
+fn the_four_operators_on_a_virtual_clock_across_a_reload() -> anyhow::Result<()> {
+    let body = |op: &str| {
+        format!(
+            "    p.pipeline(\"{op}\", interval_ms(100).take(3))\n        \
+             .{op}_map(|n: u64| interval_ms(70).take(4).map(move |i: u64| n * 10 + i + K))\n        \
+             .log();\n"
+        )
+    };
+    let ops = ["switch", "merge", "concat", "exhaust"];
+    let text: String = std::iter::once("    const K: u64 = 0;\n".to_owned())
+        .chain(ops.iter().map(|op| body(op)))
+        .collect();
+    let fixture = Fixture::new("higher_four", &plugin(&text));
+    // (operator, [(t, value)], t of its completion, inner subscriptions live at t = 150).
+    type Case = (&'static str, &'static [(u64, i64)], u64, usize);
+    let cases: [Case; 4] = [
+        (
+            "switch",
+            &[
+                (0, 0),
+                (70, 1),
+                (100, 10),
+                (170, 1011),
+                (200, 1020),
+                (270, 1021),
+                (340, 1022),
+                (410, 1023),
+            ],
+            410,
+            1,
+        ),
+        (
+            "merge",
+            &[
+                (0, 0),
+                (70, 1),
+                (100, 10),
+                (140, 2),
+                (170, 1011),
+                (200, 1020),
+                (210, 1003),
+                (240, 1012),
+                (270, 1021),
+                (310, 1013),
+                (340, 1022),
+                (410, 1023),
+            ],
+            410,
+            2,
+        ),
+        (
+            "concat",
+            &[
+                (0, 0),
+                (70, 1),
+                (140, 2),
+                (210, 1003),
+                (210, 1010),
+                (280, 1011),
+                (350, 1012),
+                (420, 1013),
+                (420, 1020),
+                (490, 1021),
+                (560, 1022),
+                (630, 1023),
+            ],
+            630,
+            1,
+        ),
+        ("exhaust", &[(0, 0), (70, 1), (140, 2), (210, 1003)], 210, 1),
+    ];
+    let run = run_schedule(&fixture, 700, 150, || {
+        fixture.edit("src/lib.rs", "K: u64 = 0", "K: u64 = 1000");
+    })?;
+    let (v1, v2) = (run.v1, run.v2);
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    // Each live subscription's `take` and `map` count in the reload with the pipelines'
+    // tracks: they were re-projected before the reload was reported (so no notice follows).
+    let Some(HostEvent::Reload {
+        swapped, tracks, ..
+    }) = &run.reload
+    else {
+        panic!("no reload: {:?}", run.reload);
+    };
+    let live: usize = cases.iter().map(|c| c.3).sum();
+    assert_eq!(*swapped, tracks.len() + 2 * live, "{:?}", run.reload);
+    assert!(run.notices.is_empty(), "{:?}", run.notices);
+    for (op, want, done, _) in cases {
+        let want: Vec<(u64, u64, i64)> = want
+            .iter()
+            .map(|&(t, x)| (t, if t <= 150 { v1 } else { v2 }, x))
+            .collect();
+        let (got, completed) = &run.seen[op];
+        assert_eq!(got, &want, "{op}_map");
+        assert_eq!(*completed, Some(done), "{op}_map's completion");
+    }
+    Ok(())
+}
+
+/// (t, version, value) of a pipeline's emissions, and the time it completed.
+type Timeline = (Vec<(u64, u64, i64)>, Option<u64>);
+
+/// What [`run_schedule`] saw.
+struct Schedule {
+    v1: u64,
+    v2: u64,
+    /// Per pipeline: (t, version, value) of its emissions, and the time it completed.
+    seen: std::collections::BTreeMap<String, Timeline>,
+    notices: Vec<String>,
+    /// (path, message) of each error.
+    errors: Vec<(String, String)>,
+    /// The reload event.
+    reload: Option<HostEvent>,
+}
+
+/// Runs `fixture` under a virtual clock in steps of 10 ms until `until`, with `edit` made
+/// at `reload_at` (the reload waited for before the clock moves on). Times are to the step.
+fn run_schedule(
+    fixture: &Fixture,
+    until: u64,
+    reload_at: u64,
+    edit: impl FnOnce(),
+) -> anyhow::Result<Schedule> {
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    let mut options = fixture.options();
+    options.clock = clock;
+    let mut host = Harness::start(&options)?;
+    let (v1, _) = host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    let mut out = Schedule {
+        v1,
+        v2: v1,
+        seen: Default::default(),
+        notices: Vec::new(),
+        errors: Vec::new(),
+        reload: None,
+    };
+    let mut taken = 0;
+    let mut record = |host: &mut Harness, out: &mut Schedule, t: u64| {
+        host.drain();
+        for e in &host.history()[taken..] {
+            match e {
+                HostEvent::Emission {
+                    pipeline,
+                    version,
+                    value: v,
+                } => {
+                    let entry = out.seen.entry(pipeline.clone()).or_default();
+                    entry.0.push((t, *version, value(v)));
+                }
+                HostEvent::Completed { pipeline, .. } => {
+                    out.seen
+                        .entry(pipeline.clone())
+                        .or_default()
+                        .1
+                        .get_or_insert(t);
+                }
+                HostEvent::Notice { message, .. } => out.notices.push(message.clone()),
+                HostEvent::Error { path, message, .. } => {
+                    out.errors.push((path.clone(), message.clone()));
+                }
+                _ => {}
+            }
+        }
+        taken = host.history().len();
+    };
+    record(&mut host, &mut out, 0);
+    let mut edit = Some(edit);
+    let mut t = 0;
+    while t < until {
+        advance(&time, 10);
+        t += 10;
+        record(&mut host, &mut out, t);
+        if t == reload_at
+            && let Some(edit) = edit.take()
+        {
+            edit();
+            let reload = host.wait_reload()?;
+            out.v2 = reload_version(&reload);
+            let (_, reset, _, _) = reload_fields(&reload);
+            assert!(reset.is_empty(), "{reload:?}");
+            out.reload = Some(reload);
+            assert!(time.settle(SETTLE));
+            record(&mut host, &mut out, t);
+        }
+    }
+    host.stop();
+    Ok(out)
+}
+
+/// A panic in the new projection when a reload re-projects a live subscription (the new code
+/// cannot project the held outer value): an `error` at the higher-order operator's path, the
+/// subscription ends (told in the notice) and the operator knows it did, as if that inner
+/// stream had completed: `merge_map` and `switch_map` complete once the others have,
+/// `concat_map` and `exhaust_map` take the next outer value instead of waiting for ever.
+/// Outer values 0, 1, 2 at t = 0, 100, 200; inner `n * 10 + i` for i in 0..4 every 40 ms; the
+/// reload at t = 50 makes the projection of 0 panic.
+#[test]
+fn a_panic_in_a_re_projection_ends_that_subscription_and_the_operator_goes_on() -> anyhow::Result<()>
+{
+    let ops = ["switch", "merge", "concat", "exhaust"];
+    let mut text = "    const FAIL: bool = false;\n".to_owned();
+    for op in ops {
+        text += &format!(
+            "    p.pipeline(\"{op}\", interval_ms(100).take(3))\n        \
+             .{op}_map(|n: u64| {{\n            \
+             if FAIL && n == 0 {{\n                panic!(\"cannot project {{n}} again\");\n            }}\n            \
+             interval_ms(40).take(4).map(move |i: u64| n * 10 + i)\n        }})\n        \
+             .log();\n"
+        );
+    }
+    let fixture = Fixture::new("higher_reproject_panic", &plugin(&text));
+    let run = run_schedule(&fixture, 500, 50, || {
+        fixture.edit("src/lib.rs", "FAIL: bool = false", "FAIL: bool = true");
+    })?;
+    type Case = (&'static str, &'static [(u64, i64)], u64);
+    let cases: [Case; 4] = [
+        (
+            "switch",
+            &[
+                (0, 0),
+                (40, 1),
+                (100, 10),
+                (140, 11),
+                (180, 12),
+                (200, 20),
+                (240, 21),
+                (280, 22),
+                (320, 23),
+            ],
+            320,
+        ),
+        (
+            "merge",
+            &[
+                (0, 0),
+                (40, 1),
+                (100, 10),
+                (140, 11),
+                (180, 12),
+                (200, 20),
+                (220, 13),
+                (240, 21),
+                (280, 22),
+                (320, 23),
+            ],
+            320,
+        ),
+        (
+            "concat",
+            &[
+                (0, 0),
+                (40, 1),
+                (100, 10),
+                (140, 11),
+                (180, 12),
+                (220, 13),
+                (220, 20),
+                (260, 21),
+                (300, 22),
+                (340, 23),
+            ],
+            340,
+        ),
+        (
+            "exhaust",
+            &[(0, 0), (40, 1), (100, 10), (140, 11), (180, 12), (220, 13)],
+            220,
+        ),
+    ];
+    for (op, want, done) in cases {
+        let want: Vec<(u64, u64, i64)> = want
+            .iter()
+            .map(|&(t, x)| (t, if t <= 50 { run.v1 } else { run.v2 }, x))
+            .collect();
+        let (got, completed) = &run.seen[op];
+        assert_eq!(got, &want, "{op}_map");
+        assert_eq!(*completed, Some(done), "{op}_map's completion");
+        let path = format!("{op}|1:{op}_map");
+        let errors: Vec<&(String, String)> =
+            run.errors.iter().filter(|(p, _)| *p == path).collect();
+        assert!(
+            errors.len() == 1 && errors[0].1.contains("cannot project 0 again"),
+            "{op}_map: {:?}",
+            run.errors
+        );
+        let ended = format!(
+            "re-projected 1 inner subscription(s) with version {}: {path}|#1:inner: ended (the \
+             new projection of 0 failed)",
+            run.v2
+        );
+        assert!(run.notices.contains(&ended), "{op}_map: {:?}", run.notices);
+    }
+    assert_eq!(run.errors.len(), 4, "{:?}", run.errors);
+    Ok(())
+}
+
+/// A reload whose new projection builds an inner stream the host refuses (a source other
+/// than `interval_ms`, `range` and `of`; a `publish`) is refused at the re-projection as at a
+/// subscription: an `error` at the operator, the live subscription ends (not restarted on a
+/// source that never emits), and the next outer value's subscription is refused the same way.
+#[test]
+fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error()
+-> anyhow::Result<()> {
+    let inner = "interval_ms(100).map(move |i: u64| n * 100 + i)";
+    let cases = [
+        (
+            "stdin",
+            "stdin_lines().map(move |l: String| n * 100 + l.len() as u64)",
+            "an inner stream's source is `stdin_lines()`",
+        ),
+        (
+            "publish",
+            "interval_ms(100).map(move |i: u64| n * 100 + i).publish(\"t\")",
+            "an inner stream cannot publish to a subject",
+        ),
+    ];
+    for (name, edited, refusal) in cases {
+        let fixture = Fixture::new(
+            &format!("higher_refused_{name}"),
+            &plugin(&format!(
+                "    p.pipeline(\"r\", interval_ms(1000).take(2))\n        \
+                 .switch_map(|n: u64| {inner})\n        .log();"
+            )),
+        );
+        let run = run_schedule(&fixture, 1100, 150, || {
+            fixture.edit("src/lib.rs", inner, edited);
+        })?;
+        let (got, completed) = &run.seen["r"];
+        assert_eq!(got, &[(0, run.v1, 0), (100, run.v1, 1)], "{name}");
+        assert_eq!(*completed, Some(1000), "{name}");
+        assert_eq!(run.errors.len(), 2, "{name}: {:?}", run.errors);
+        for (path, message) in &run.errors {
+            assert_eq!(path, "r|1:switch_map", "{name}");
+            assert!(message.contains(refusal), "{name}: {message}");
+        }
+        assert!(
+            run.notices
+                .iter()
+                .any(|m| m
+                    .ends_with("r|1:switch_map|#1:inner: ended (the new projection of 0 failed)")),
+            "{name}: {:?}",
+            run.notices
+        );
+    }
+    Ok(())
+}
