@@ -25,7 +25,8 @@
 //!   `range(a, b)` (synchronous: they run inside the outer value's call) or
 //!   `interval_ms(d).take(n)` (asynchronous: the host drives it on the virtual clock);
 //!   per outer value its length `n` (0 included: an empty inner stream, a `take(0)`) and
-//!   period `d`; the values are `100 * i + k` for outer value `i`, so the output says which
+//!   period `d`, and a `take(m)` on a synchronous one (completing it early, `take(0)` at
+//!   subscription); the values are `100 * i + k` for outer value `i`, so the output says which
 //!   inner stream each came from;
 //! - the outer values' times (several at the same time included) and the outer stream's
 //!   completion (at a generated time after the last value, or never);
@@ -225,11 +226,13 @@ enum Kind {
     Interval,
 }
 
-/// One outer value's inner stream: `n` values (an interval's `take(n)`), every `period` ms.
+/// One outer value's inner stream: `n` values (an interval's `take(n)`), every `period` ms;
+/// a synchronous one then goes through `take(m)` (`u64::MAX`: none).
 #[derive(Clone, Copy, Debug)]
 struct Inner {
     n: u64,
     period: u64,
+    m: u64,
 }
 
 /// One step of a schedule, at a time in ms.
@@ -249,6 +252,10 @@ struct Case {
     events: Vec<(u64, Ev)>,
     /// `take(a)` downstream.
     after: Option<u64>,
+    /// Outer values at the same time go as one batch through the batch entry point (as the
+    /// host feeds a `range`), for synchronous inner streams only: the host runs no timer
+    /// inside a batch, so an interval's first value would come after the whole batch.
+    batch: bool,
 }
 
 /// Time after the schedule that lets every inner stream end (at most 5 values, 25 ms
@@ -259,16 +266,20 @@ fn case() -> impl Strategy<Value = Case> {
     let kind = prop_oneof![Just(Kind::Of), Just(Kind::Range), Just(Kind::Interval)];
     (
         kind,
-        proptest::collection::vec((0u64..30, 0u64..5, 1u64..25), 0..7),
+        proptest::collection::vec(
+            (0u64..30, 0u64..5, 1u64..25, proptest::option::of(0u64..4)),
+            0..7,
+        ),
         proptest::option::of(0u64..60),
         proptest::option::of(0u64..8),
         proptest::option::of((0usize..8, 0u64..30)),
+        any::<bool>(),
     )
-        .prop_map(|(kind, outer, complete, after, reload)| {
+        .prop_map(|(kind, outer, complete, after, reload, batch)| {
             let mut t = 0;
             let mut events = Vec::new();
             let mut inners = Vec::new();
-            for (i, &(dt, n, period)) in outer.iter().enumerate() {
+            for (i, &(dt, n, period, m)) in outer.iter().enumerate() {
                 t += dt;
                 if let Some((r, dr)) = reload
                     && r == i
@@ -277,7 +288,11 @@ fn case() -> impl Strategy<Value = Case> {
                     events.push((t.saturating_sub(dr).max(prev), Ev::Reload));
                 }
                 events.push((t, Ev::Value(i as u64)));
-                inners.push(Inner { n, period });
+                inners.push(Inner {
+                    n,
+                    period,
+                    m: m.unwrap_or(u64::MAX),
+                });
             }
             if let Some((r, dr)) = reload
                 && r >= outer.len()
@@ -293,6 +308,7 @@ fn case() -> impl Strategy<Value = Case> {
                 inners,
                 events,
                 after,
+                batch: batch && kind != Kind::Interval,
             }
         })
 }
@@ -323,9 +339,16 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> O
     };
     take_logs(&run, &mut out, &mut seen, 0);
     let end = case.events.last().map_or(0, |e| e.0) + TAIL;
-    let events = case.events.iter().copied().chain([(end, Ev::Reload)]);
+    let events: Vec<(u64, Ev)> = case
+        .events
+        .iter()
+        .copied()
+        .chain([(end, Ev::Reload)])
+        .collect();
     let last = case.events.len();
-    'events: for (k, (t, ev)) in events.enumerate() {
+    let mut k = 0;
+    'events: while k <= last {
+        let (t, ev) = events[k];
         while let Some((due, s)) = run.run_one(t * MS) {
             take_logs(&run, &mut out, &mut seen, due);
             match s {
@@ -344,14 +367,28 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> O
         if k == last {
             break;
         }
-        let s = match ev {
-            Ev::Value(i) => run.push_one_port(0, i),
-            Ev::Complete => run.complete(),
+        let (s, n) = match ev {
+            Ev::Value(i) if case.batch => {
+                let mut xs = vec![i];
+                while let Some(&(u, Ev::Value(j))) = events[..last].get(k + xs.len())
+                    && u == t
+                {
+                    xs.push(j);
+                }
+                let (s, consumed) = run.push_port(0, &xs);
+                if s != status::CONTINUE {
+                    assert!(consumed >= 1 && consumed <= xs.len(), "{consumed}");
+                }
+                (s, xs.len())
+            }
+            Ev::Value(i) => (run.push_one_port(0, i), 1),
+            Ev::Complete => (run.complete(), 1),
             Ev::Reload => {
                 run.reload_reprojecting(only_captured(register(build.clone())));
-                status::CONTINUE
+                (status::CONTINUE, 1)
             }
         };
+        k += n;
         run.reap();
         take_logs(&run, &mut out, &mut seen, t * MS);
         match s {
@@ -419,8 +456,10 @@ fn ours(which: Which, case: &Case) -> Out {
         }};
     }
     match case.kind {
-        Kind::Of => build!(|i: u64, s: Inner| of((0..s.n).map(|k| 100 * i + k).collect())),
-        Kind::Range => build!(|i: u64, s: Inner| range(100 * i, 100 * i + s.n)),
+        Kind::Of => {
+            build!(|i: u64, s: Inner| of((0..s.n).map(|k| 100 * i + k).collect()).take(s.m))
+        }
+        Kind::Range => build!(|i: u64, s: Inner| range(100 * i, 100 * i + s.n).take(s.m)),
         Kind::Interval => build!(|i: u64, s: Inner| interval_ms(s.period)
             .take(s.n)
             .map(move |k: u64| 100 * i + k)),
@@ -496,8 +535,11 @@ fn theirs(which: Which, case: &Case) -> Out {
     match case.kind {
         Kind::Of => wire!(|i: u64, s: Inner| V::from_iter(
             (0..s.n).map(move |k| 100 * i + k).collect::<Vec<_>>()
-        )),
-        Kind::Range => wire!(|i: u64, s: Inner| V::from_iter(100 * i..100 * i + s.n)),
+        )
+        .take(s.m as usize)),
+        Kind::Range => {
+            wire!(|i: u64, s: Inner| V::from_iter(100 * i..100 * i + s.n).take(s.m as usize))
+        }
         Kind::Interval => wire!(|i: u64, s: Inner| V::<()>::lift(rx::VInterval {
             period: std::time::Duration::from_millis(s.period),
         })
