@@ -1905,13 +1905,17 @@ impl Driver {
         r
     }
 
-    /// Live inner subscriptions.
-    pub(crate) fn live_inners(&self) -> usize {
+    /// Live inner subscriptions (of higher-order operators).
+    pub fn live_inners(&self) -> usize {
         self.host.inners.borrow().len()
     }
 
-    /// Frees the inner subscriptions that ended during the last calls.
-    pub(crate) fn reap_inners(&self) {
+    /// Frees the inner subscriptions that ended during the last calls (their held outer
+    /// values, slots and inner code). A subscription that ends inside a call is only moved
+    /// aside then, since its env and slots may still be on the plugin's stack: whoever
+    /// drives the driver calls this between calls (the pipeline thread does on each pass),
+    /// or the ended subscriptions pile up.
+    pub fn reap_inners(&self) {
         let dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
         drop(dead);
     }
