@@ -631,7 +631,7 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
 /// The pipelines scenario 6 counts, with the values pushed, and what each must show: the
 /// control `boxed` allocates once per value in the plugin, so a counter that does not see the
 /// plugin's allocator fails the scenario.
-const ALLOC_ROWS: [(&str, &str); 5] = [
+const ALLOC_ROWS: [(&str, &str); 7] = [
     (
         "push",
         "`map` -> `filter` -> `scan` -> `reduce`, one value per call",
@@ -640,6 +640,14 @@ const ALLOC_ROWS: [(&str, &str); 5] = [
     ("batch", "`map` -> `filter` -> `reduce`, batches of 1024"),
     ("log", "`map` -> `log`: every value emitted to the host"),
     ("boxed", "control: the plugin allocates a `Box` per value"),
+    (
+        "switch_map",
+        "`switch_map` to `of(vec![x])` -> `reduce`: one inner subscription per value (freed after each call)",
+    ),
+    (
+        "merge_map",
+        "`merge_map` to `of(vec![x])` -> `reduce`: one inner subscription per value (freed after each call)",
+    ),
 ];
 
 /// Values pushed per pipeline in scenario 6.
@@ -717,9 +725,14 @@ fn alloc_child(library: &std::path::Path) -> anyhow::Result<()> {
                 next += BATCH as u64;
             }
         } else {
+            let inner = name.ends_with("_map");
             for x in 0..n {
                 if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
                     refused += 1;
+                }
+                if inner {
+                    // As the pipeline thread does after each call: what ended is freed.
+                    d.reap_inners();
                 }
             }
         }
@@ -781,6 +794,11 @@ fn allocations(report: &mut Report, library: &std::path::Path) -> anyhow::Result
                 count >= values,
                 "the counter is blind to the plugin's allocator: {count} allocations for \
                  {values} values that each allocate in the plugin"
+            ),
+            "switch_map" | "merge_map" => report.verdict(
+                &format!("`{name}`: heap allocations per inner subscription (information)"),
+                format!("{per:.2} allocations per outer value ({count} in {values})"),
+                None,
             ),
             "log" => report.verdict(
                 "no heap allocation per emission (`Copy` values), an emission reaching the host (`log`)",

@@ -1022,7 +1022,8 @@ fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option
 }
 
 /// Reads an inner stream's description: its sources, and its operators with paths under
-/// `base` (tracks assigned later).
+/// `base` (tracks assigned later). `names` is the pipeline's run-time cache of kinds and type
+/// names (the same few for every subscription: decoded once, not per subscription).
 ///
 /// # Safety
 /// `desc` must be valid for the call, as the plugin passes it.
@@ -1030,6 +1031,7 @@ unsafe fn read_inner(
     desc: &InnerDesc,
     opened: &[(String, hmr_track::Signature)],
     base: &str,
+    names: &mut crate::register::Names,
 ) -> Result<(Vec<crate::code::SourceSpec>, Vec<crate::code::OpCode>), String> {
     // SAFETY: the plugin passes `n_sources` descriptions and `n_ops` operators valid for the
     // call.
@@ -1047,7 +1049,6 @@ unsafe fn read_inner(
             },
         )
     };
-    let mut names = crate::register::Names::default();
     let sources = sources
         .iter()
         .map(|src| crate::code::SourceSpec {
@@ -1152,12 +1153,14 @@ impl HostCx {
 
     /// Ports of `sources`: intervals start now (their first value is due at once).
     fn start_ports(&self, id: u64, sources: &[crate::code::SourceSpec]) -> Vec<InnerPort> {
-        let now = self.now_ns();
+        // The clock is read only for an interval (most inner streams have none).
+        let mut now = None;
         sources
             .iter()
             .enumerate()
             .map(|(port, s)| {
                 if s.kind == source_kind::INTERVAL {
+                    let now = *now.get_or_insert_with(|| self.now_ns());
                     self.timers
                         .borrow_mut()
                         .push((now, Key::InnerPort(id, port as u32)));
@@ -1211,7 +1214,7 @@ impl HostCx {
         };
         if self.reprojecting.get() {
             // SAFETY: `desc` is valid for the call.
-            match unsafe { read_inner(desc, &opened, "") } {
+            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut().names) } {
                 Ok((sources, ops)) => {
                     code.sources = sources;
                     code.ops = ops;
@@ -1231,7 +1234,8 @@ impl HostCx {
         let id = self.next_inner.get();
         let path = format!("{op_path}|#{id}:inner");
         // SAFETY: `desc` is valid for the call.
-        let (sources, mut ops) = match unsafe { read_inner(desc, &opened, &path) } {
+        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut().names) };
+        let (sources, mut ops) = match read {
             Ok(x) => x,
             Err(e) => {
                 self.error_at(op_path, e);
@@ -1916,8 +1920,18 @@ impl Driver {
     /// drives the driver calls this between calls (the pipeline thread does on each pass),
     /// or the ended subscriptions pile up.
     pub fn reap_inners(&self) {
-        let dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
-        drop(dead);
+        let mut dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
+        if dead.is_empty() {
+            return;
+        }
+        // Dropped outside the borrow (a drop is plugin code), then the emptied vector goes
+        // back, so the next subscription that ends does not allocate one.
+        dead.clear();
+        if let Ok(mut g) = self.host.graveyard.try_borrow_mut()
+            && g.is_empty()
+        {
+            *g = dead;
+        }
     }
 
     /// The subscriptions a re-projection restarted, to start now.
