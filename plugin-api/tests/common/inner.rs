@@ -195,8 +195,8 @@ pub struct Inners {
     depth: Cell<usize>,
     /// Every track announced at run time, in order.
     pub announced: RefCell<Vec<RunTimeTrack>>,
-    live: RefCell<BTreeMap<u64, Box<Instance>>>,
-    graveyard: RefCell<Vec<Box<Instance>>>,
+    live: RefCell<BTreeMap<u64, Instance>>,
+    graveyard: RefCell<Vec<Instance>>,
     /// The last instance number given.
     last: Cell<u64>,
     /// Deadline (ns), the order asked (the sink's counter, shared with the pipeline's
@@ -336,7 +336,7 @@ impl Inners {
         out.cx = &raw const *cx;
         self.live.borrow_mut().insert(
             id,
-            Box::new(Instance {
+            Instance {
                 op,
                 value,
                 slots,
@@ -344,7 +344,7 @@ impl Inners {
                 ports,
                 host,
                 cx,
-            }),
+            },
         );
         true
     }
@@ -574,8 +574,8 @@ impl Running {
         };
         let ptrs = self.ptrs();
         // SAFETY: the pipeline's seeded slots, a live event of one of operator `h`'s
-        // subscriptions (boxed: its pointers stay valid if it ends in the call) and a valid
-        // context.
+        // subscriptions (its env, slots and context are on the heap: they stay where they are
+        // if it ends in the call and moves to the graveyard) and a valid context.
         let s = unsafe { (self.p.desc.wake)(self.p.env, ptrs.as_ptr(), h, &mut call, &self.cx) };
         if call.answer == inner_answer::PORT_DONE
             && let Some(i) = self.sink.inner.live.borrow_mut().get_mut(&id)
