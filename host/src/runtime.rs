@@ -1204,13 +1204,13 @@ impl HostCx {
         };
         let opened = std::mem::take(&mut self.reg.borrow_mut().opened);
         self.reg.borrow_mut().clear();
-        let (op_track, op_path) = {
-            let tracks = self.tracks.borrow();
-            let paths = self.paths.borrow();
-            match (tracks.get(op as usize), paths.get(op as usize)) {
-                (Some(t), Some(p)) => (*t, p.clone()),
-                _ => return false,
-            }
+        let Some(op_track) = self.tracks.borrow().get(op as usize).copied() else {
+            return false;
+        };
+        // Borrowed, not cloned (an allocation per subscription): nothing below changes paths.
+        let paths = self.paths.borrow();
+        let Some(op_path) = paths.get(op as usize) else {
+            return false;
         };
         if self.reprojecting.get() {
             // SAFETY: `desc` is valid for the call.
@@ -1220,13 +1220,13 @@ impl HostCx {
                     code.ops = ops;
                     *self.reprojected.borrow_mut() = Some(code);
                 }
-                Err(e) => self.error_at(op_path, e),
+                Err(e) => self.error_at(op_path.clone(), e),
             }
             return false;
         }
         let Some(value) = value else {
             self.error_at(
-                op_path,
+                op_path.clone(),
                 "an inner subscription without its outer value".to_owned(),
             );
             return false;
@@ -1238,12 +1238,12 @@ impl HostCx {
         let (sources, mut ops) = match read {
             Ok(x) => x,
             Err(e) => {
-                self.error_at(op_path, e);
+                self.error_at(op_path.clone(), e);
                 return false;
             }
         };
         if let Some(why) = refuse_inner(desc, &sources) {
-            self.error_at(op_path, why);
+            self.error_at(op_path.clone(), why);
             return false;
         }
         self.assign_tracks(&mut ops, &[]);
