@@ -26,7 +26,10 @@
 //!     and in batches of 1024), host vs rxRust's same operator on two `Subject`s;
 //! 13. time operators: `debounce_ms` and `throttle_ms` per value under a virtual clock (the
 //!     driver fires the operators' wakes at their deadlines, as a pipeline thread does), host
-//!     vs rxRust's `debounce` and `throttle_time` on a virtual-time scheduler.
+//!     vs rxRust's `debounce` and `throttle_time` on a virtual-time scheduler;
+//! 14. `switch_map` and `merge_map`, one inner subscription (`of(vec![x])`) created and ended
+//!     per outer value (one value at a time, and in batches of 1024), host vs rxRust's
+//!     `switch_map` / `flat_map` on a `Subject` with `from_iter(vec![x])` inner streams.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -136,6 +139,16 @@ fn register(p: &mut Plugin) {
         .log();
     p.pipeline("throttle", interval_ms(3_600_000))
         .throttle_ms(5)
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    // Scenario 14: one inner subscription created and ended per outer value, its one value
+    // folded (in order) into one checked result.
+    p.pipeline("switch_map", interval_ms(3_600_000))
+        .switch_map(|x: u64| of(vec![x]))
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    p.pipeline("merge_map", interval_ms(3_600_000))
+        .merge_map(|x: u64| of(vec![x]))
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
 }
@@ -635,7 +648,7 @@ fn per_call(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<(
 /// The pipelines scenario 6 counts, with the values pushed, and what each must show: the
 /// control `boxed` allocates once per value in the plugin, so a counter that does not see the
 /// plugin's allocator fails the scenario.
-const ALLOC_ROWS: [(&str, &str); 5] = [
+const ALLOC_ROWS: [(&str, &str); 7] = [
     (
         "push",
         "`map` -> `filter` -> `scan` -> `reduce`, one value per call",
@@ -644,6 +657,14 @@ const ALLOC_ROWS: [(&str, &str); 5] = [
     ("batch", "`map` -> `filter` -> `reduce`, batches of 1024"),
     ("log", "`map` -> `log`: every value emitted to the host"),
     ("boxed", "control: the plugin allocates a `Box` per value"),
+    (
+        "switch_map",
+        "`switch_map` to `of(vec![x])` -> `reduce`: one inner subscription per value (freed after each call)",
+    ),
+    (
+        "merge_map",
+        "`merge_map` to `of(vec![x])` -> `reduce`: one inner subscription per value (freed after each call)",
+    ),
 ];
 
 /// Values pushed per pipeline in scenario 6.
@@ -721,9 +742,14 @@ fn alloc_child(library: &std::path::Path) -> anyhow::Result<()> {
                 next += BATCH as u64;
             }
         } else {
+            let inner = name.ends_with("_map");
             for x in 0..n {
                 if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
                     refused += 1;
+                }
+                if inner {
+                    // As the pipeline thread does after each call: what ended is freed.
+                    d.reap_inners();
                 }
             }
         }
@@ -785,6 +811,11 @@ fn allocations(report: &mut Report, library: &std::path::Path) -> anyhow::Result
                 count >= values,
                 "the counter is blind to the plugin's allocator: {count} allocations for \
                  {values} values that each allocate in the plugin"
+            ),
+            "switch_map" | "merge_map" => report.verdict(
+                &format!("`{name}`: heap allocations per inner subscription (information)"),
+                format!("{per:.2} allocations per outer value ({count} in {values})"),
+                None,
             ),
             "log" => report.verdict(
                 "no heap allocation per emission (`Copy` values), an emission reaching the host (`log`)",
@@ -2077,6 +2108,127 @@ fn time_operators(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Re
     Ok(())
 }
 
+/// Outer values per round in scenario 14.
+const N_HIGHER: u64 = 200_000;
+
+/// One host round of scenario 14: a fresh driver of the pipeline, fed `0..n` one value per
+/// call (as a pipeline thread feeds an interval) or in batches through the batch entry (the
+/// `range` path), the ended inner subscriptions freed after each call as the pipeline thread
+/// does, then completed outside the timer. Returns (ns per outer value, what the final
+/// `reduce` emitted).
+fn host_higher(publisher: &Publisher, n: u64, chunk: usize) -> anyhow::Result<(f64, u64)> {
+    let capture = Arc::new(CountingSink::default());
+    let mut d = publisher
+        .driver(capture.clone())
+        .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+    let mut buf = vec![0u64; chunk];
+    let end = black_box(n);
+    let mut refused = 0u64;
+    let started = Instant::now();
+    let mut next = 0u64;
+    while next < end {
+        if chunk == 1 {
+            refused += u64::from(!matches!(d.push_one(next), Ok(Pushed::Continue)));
+            next += 1;
+        } else {
+            let len = ((end - next) as usize).min(chunk);
+            for (i, slot) in buf[..len].iter_mut().enumerate() {
+                *slot = next + i as u64;
+            }
+            refused += u64::from(!matches!(d.push_port(0, &buf[..len]), Ok(Pushed::Continue)));
+            next += len as u64;
+        }
+        d.reap_inners();
+    }
+    let t = started.elapsed();
+    anyhow::ensure!(refused == 0, "{refused} pushes did not go through");
+    anyhow::ensure!(
+        d.live_inners() == 0,
+        "{} inner subscriptions still live",
+        d.live_inners()
+    );
+    Ok((ns_per(t, n), finish(&mut d, &capture)?))
+}
+
+/// One rxRust round of scenario 14: the same operator on a `Subject` fed `0..n`, each value
+/// projected to `from_iter(vec![x])` (one allocation, as our `of(vec![x])`), the outputs
+/// folded by `reduce_initial`, the subject completed outside the timer. Returns (ns per
+/// outer value, the fold).
+fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
+    let mut s = Local::subject::<u64, Infallible>();
+    let out = std::rc::Rc::new(std::cell::Cell::new(None));
+    let o = out.clone();
+    if op == "switch_map" {
+        s.clone()
+            .switch_map(|x: u64| Local::from_iter(vec![x]))
+            .reduce_initial(0u64, fold31)
+            .subscribe(move |v| o.set(Some(v)));
+    } else {
+        s.clone()
+            .flat_map(|x: u64| Local::from_iter(vec![x]))
+            .reduce_initial(0u64, fold31)
+            .subscribe(move |v| o.set(Some(v)));
+    }
+    let end = black_box(n);
+    let started = Instant::now();
+    for x in 0..end {
+        s.next(x);
+    }
+    let t = started.elapsed();
+    s.complete();
+    Ok((ns_per(t, n), out.get().context("rxRust emitted nothing")?))
+}
+
+fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
+    report.line(format!(
+        "\n### 13. Higher-order operators: {N_HIGHER} outer values, one inner subscription (`of(vec![x])`) created and ended per value, outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
+    ));
+    report.line("| operator (rxRust's) | feed | host ns/value | rxRust ns/value | host / rxRust |");
+    report.line("|---|---|---:|---:|---:|");
+    let expected = (0..N_HIGHER).fold(0, fold31);
+    for (op, theirs) in [("switch_map", "switch_map"), ("merge_map", "flat_map")] {
+        let publisher = &loaded.pipelines[op];
+        let mut ratios = Vec::new();
+        for chunk in [1usize, BATCH] {
+            let feed = if chunk == 1 {
+                "one value at a time".to_owned()
+            } else {
+                format!("batches of {chunk}")
+            };
+            let mut host = || host_higher(publisher, N_HIGHER, chunk);
+            let mut rx = || rx_higher(op, N_HIGHER);
+            let medians = side_by_side(
+                ROUNDS,
+                expected,
+                &mut [
+                    ("host", Run::Checked(&mut host)),
+                    ("rxRust", Run::Checked(&mut rx)),
+                ],
+            )
+            .with_context(|| format!("{op}, {feed}"))?;
+            let ratio = medians[0] / medians[1];
+            report.line(format!(
+                "| {op} ({theirs}) | {feed} | {:.2} | {:.2} | {ratio:.2}x |",
+                medians[0], medians[1]
+            ));
+            ratios.push((
+                format!(
+                    "{feed}: {:.2} vs {:.2} ns, {ratio:.2}x",
+                    medians[0], medians[1]
+                ),
+                ratio,
+            ));
+        }
+        let measured: Vec<&str> = ratios.iter().map(|(m, _)| m.as_str()).collect();
+        report.verdict(
+            &format!("`{op}` per outer value (one inner subscription) within 2x of rxRust's `{theirs}` (both feeds)"),
+            measured.join("; "),
+            Some(ratios.iter().all(|&(_, r)| r <= 2.0)),
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     // Scenario 6's measuring child: this binary again, with the counter preloaded.
     if let Some(library) = std::env::var_os(ALLOC_CHILD) {
@@ -2139,6 +2291,7 @@ fn run() -> anyhow::Result<bool> {
         ),
         ("fanin", Box::new(|r| fan_in(r, &loaded))),
         ("time", Box::new(|r| time_operators(r, &loaded))),
+        ("higher", Box::new(|r| higher_order(r, &loaded))),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {

@@ -1083,7 +1083,8 @@ fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option
 }
 
 /// Reads an inner stream's description: its sources, and its operators with paths under
-/// `base` (tracks assigned later).
+/// `base` (tracks assigned later). `names` is the pipeline's run-time cache of kinds and type
+/// names (the same few for every subscription: decoded once, not per subscription).
 ///
 /// # Safety
 /// `desc` must be valid for the call, as the plugin passes it.
@@ -1091,6 +1092,7 @@ unsafe fn read_inner(
     desc: &InnerDesc,
     opened: &[(String, hmr_track::Signature)],
     base: &str,
+    names: &mut crate::register::Names,
 ) -> Result<(Vec<crate::code::SourceSpec>, Vec<crate::code::OpCode>), String> {
     // SAFETY: the plugin passes `n_sources` descriptions and `n_ops` operators valid for the
     // call.
@@ -1108,7 +1110,6 @@ unsafe fn read_inner(
             },
         )
     };
-    let mut names = crate::register::Names::default();
     let sources = sources
         .iter()
         .map(|src| crate::code::SourceSpec {
@@ -1213,12 +1214,14 @@ impl HostCx {
 
     /// Ports of `sources`: intervals start now (their first value is due at once).
     fn start_ports(&self, id: u64, sources: &[crate::code::SourceSpec]) -> Vec<InnerPort> {
-        let now = self.now_ns();
+        // The clock is read only for an interval (most inner streams have none).
+        let mut now = None;
         sources
             .iter()
             .enumerate()
             .map(|(port, s)| {
                 if s.kind == source_kind::INTERVAL {
+                    let now = *now.get_or_insert_with(|| self.now_ns());
                     self.timers
                         .borrow_mut()
                         .push((now, Key::InnerPort(id, port as u32)));
@@ -1278,7 +1281,7 @@ impl HostCx {
         self.reg.borrow_mut().clear();
         if let Some((_, op_path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
-            match unsafe { read_inner(desc, &opened, "") } {
+            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut().names) } {
                 // Refused as at a subscription: the live one ends (`reproject`).
                 Ok((sources, _)) if let Some(why) = refuse_inner(desc, &sources) => {
                     self.error_at(op_path, why);
@@ -1292,17 +1295,17 @@ impl HostCx {
             }
             return false;
         }
-        let (op_track, op_path) = {
-            let tracks = self.tracks.borrow();
-            let paths = self.paths.borrow();
-            match (tracks.get(op as usize), paths.get(op as usize)) {
-                (Some(t), Some(p)) => (*t, p.clone()),
-                _ => return false,
-            }
+        let Some(op_track) = self.tracks.borrow().get(op as usize).copied() else {
+            return false;
+        };
+        // Borrowed, not cloned (an allocation per subscription): nothing below changes paths.
+        let paths = self.paths.borrow();
+        let Some(op_path) = paths.get(op as usize) else {
+            return false;
         };
         let Some(value) = value else {
             self.error_at(
-                op_path,
+                op_path.clone(),
                 "an inner subscription without its outer value".to_owned(),
             );
             return false;
@@ -1310,15 +1313,16 @@ impl HostCx {
         let id = self.next_inner.get();
         let path = format!("{op_path}|#{id}:inner");
         // SAFETY: `desc` is valid for the call.
-        let (sources, mut ops) = match unsafe { read_inner(desc, &opened, &path) } {
+        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut().names) };
+        let (sources, mut ops) = match read {
             Ok(x) => x,
             Err(e) => {
-                self.error_at(op_path, e);
+                self.error_at(op_path.clone(), e);
                 return false;
             }
         };
         if let Some(why) = refuse_inner(desc, &sources) {
-            self.error_at(op_path, why);
+            self.error_at(op_path.clone(), why);
             return false;
         }
         self.assign_tracks(&mut ops, &[]);
@@ -1993,15 +1997,29 @@ impl Driver {
         r
     }
 
-    /// Live inner subscriptions.
-    pub(crate) fn live_inners(&self) -> usize {
+    /// Live inner subscriptions (of higher-order operators).
+    pub fn live_inners(&self) -> usize {
         self.host.inners.borrow().len()
     }
 
-    /// Frees the inner subscriptions that ended during the last calls.
-    pub(crate) fn reap_inners(&self) {
-        let dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
-        drop(dead);
+    /// Frees the inner subscriptions that ended during the last calls (their held outer
+    /// values, slots and inner code). A subscription that ends inside a call is only moved
+    /// aside then, since its env and slots may still be on the plugin's stack: whoever
+    /// drives the driver calls this between calls (the pipeline thread does on each pass),
+    /// or the ended subscriptions pile up.
+    pub fn reap_inners(&self) {
+        let mut dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
+        if dead.is_empty() {
+            return;
+        }
+        // Dropped outside the borrow (a drop is plugin code), then the emptied vector goes
+        // back, so the next subscription that ends does not allocate one.
+        dead.clear();
+        if let Ok(mut g) = self.host.graveyard.try_borrow_mut()
+            && g.is_empty()
+        {
+            *g = dead;
+        }
     }
 
     /// The subscriptions a re-projection restarted, to start now.

@@ -6,6 +6,8 @@
 //! Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod inner;
+
 use std::alloc::Layout;
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -147,59 +149,14 @@ pub struct Sink {
     /// The wakes asked for (`EmitCx::schedule`): deadline, operator, and the order asked.
     timers: RefCell<Vec<(u64, u64, u32)>>,
     asked: std::cell::Cell<u64>,
+    /// Inner subscriptions of higher-order operators (`inner.rs`).
+    inner: inner::Inners,
 }
 
 unsafe extern "C" fn on_now(host: *mut c_void) -> u64 {
     // SAFETY: `host` is the `Sink` of the running pipeline.
     unsafe { (*host.cast::<Sink>()).now.get() }
 }
-
-/// Inner subscriptions are not run by this host: it refuses them (freeing what it was
-/// given), which the higher-order operators treat as an inner stream that ended at once.
-unsafe extern "C" fn on_subscribe(
-    _host: *mut c_void,
-    _op: u32,
-    desc: *const plugin_api::abi::InnerDesc,
-    _out: *mut plugin_api::abi::InnerHandle,
-) -> bool {
-    // SAFETY: the plugin passes a description valid for the call and gives up its env and
-    // value.
-    unsafe {
-        let d = &*desc;
-        (d.drop_env)(d.env);
-        if !d.value.is_null() {
-            (d.value_drop)(d.value.cast());
-        }
-    }
-    false
-}
-
-unsafe extern "C" fn on_unsubscribe(_host: *mut c_void, _op: u32, _instance: u64) {}
-
-unsafe extern "C" fn rt_track_call(
-    _ctx: *mut c_void,
-    _kind: RStr,
-    _key: RStr,
-    _sig: *const RSignature,
-) -> u64 {
-    1
-}
-
-unsafe extern "C" fn rt_add_pipeline(_ctx: *mut c_void, _desc: *const PipelineDesc) {}
-
-/// `HostApi` holds a raw pointer; this one's is null and never read.
-struct SyncApi(HostApi);
-// SAFETY: the API's `ctx` is null and its callbacks read no state.
-unsafe impl Sync for SyncApi {}
-
-static RUN_TIME_API: SyncApi = SyncApi(HostApi {
-    abi_version: plugin_api::abi::ABI_VERSION,
-    ctx: std::ptr::null_mut(),
-    track_call: rt_track_call,
-    track_call_return,
-    add_pipeline: rt_add_pipeline,
-    fail,
-});
 
 unsafe extern "C" fn on_schedule(host: *mut c_void, op: u32, deadline: u64) {
     // SAFETY: as in `on_now`.
@@ -265,9 +222,9 @@ impl Running {
             counts: std::ptr::null(),
             now: on_now,
             schedule: on_schedule,
-            subscribe: on_subscribe,
-            unsubscribe: on_unsubscribe,
-            api: &RUN_TIME_API.0,
+            subscribe: inner::on_subscribe,
+            unsubscribe: inner::on_unsubscribe,
+            api: sink.inner.api(),
         };
         Running { p, slots, sink, cx }
     }
