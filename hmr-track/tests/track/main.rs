@@ -4,5 +4,6 @@ mod accumulator;
 mod bounded;
 mod properties;
 mod queries;
+mod runtime;
 mod subjects;
 mod support;
