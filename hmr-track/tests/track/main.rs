@@ -5,5 +5,6 @@ mod bounded;
 mod properties;
 mod queries;
 mod runtime;
+mod runtime_properties;
 mod subjects;
 mod support;

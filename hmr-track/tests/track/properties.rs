@@ -19,7 +19,7 @@ const KEYS: [&str; 3] = ["a", "b", "c"];
 
 /// 64 cases from a fixed seed, so CI runs the same programs every time (a failure is then
 /// reproducible, never a flake); `PROPTEST_RNG_SEED` picks another seed for exploring.
-fn config() -> ProptestConfig {
+pub(crate) fn config() -> ProptestConfig {
     let seed = std::env::var("PROPTEST_RNG_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -67,7 +67,7 @@ fn seed() -> impl Strategy<Value = Option<u8>> {
     prop_oneof![Just(None), (0u8..3).prop_map(Some)]
 }
 
-fn node() -> impl Strategy<Value = Node> {
+pub(crate) fn node() -> impl Strategy<Value = Node> {
     let leaf = (select(&KINDS[..]), key(), seed(), any::<bool>())
         .prop_map(|(kind, key, seed, after)| make(kind, key, seed, after, Vec::new()));
     leaf.prop_recursive(4, 32, 4, |inner| {
@@ -83,7 +83,7 @@ fn node() -> impl Strategy<Value = Node> {
 }
 
 /// 1..4 pipelines named p0, p1, ... each with 0..4 children.
-fn program() -> impl Strategy<Value = Vec<Node>> {
+pub(crate) fn program() -> impl Strategy<Value = Vec<Node>> {
     vec((vec(node(), 0..4), any::<bool>()), 1..4).prop_map(|pipelines| {
         pipelines
             .into_iter()
@@ -122,7 +122,7 @@ fn count(program: &[Node]) -> usize {
 
 /// The whole store is coherent: one path index entry per track, every stored path equal to the
 /// derived one, parents present.
-fn assert_consistent(state: &State) {
+pub(crate) fn assert_consistent(state: &State) {
     assert_eq!(state.store.paths.len(), state.store.tracks.len());
     for (path, id) in &state.store.paths {
         assert_eq!(&state.track(*id).expect("indexed track exists").path, path);

@@ -646,3 +646,4 @@ fn the_recorder_without_log_builds_the_same_state() {
     let back: State = serde_json::from_str(&json).unwrap();
     assert_eq!(back, logged.state);
 }
+
