@@ -106,7 +106,7 @@ fn emit_inner(rec: &mut Recorder, nodes: &[Node], out: &mut Vec<String>) {
 
 /// An inner subscription on `at`: `#key:inner`, then `inner` below it. Returns it and the
 /// paths it holds.
-fn subscribe(rec: &mut Recorder, at: Id, key: &str, inner: &[Node]) -> (Id, Vec<String>) {
+pub(crate) fn subscribe(rec: &mut Recorder, at: Id, key: &str, inner: &[Node]) -> (Id, Vec<String>) {
     let sub = rec.subscribe_at(at).expect("subscribe-call on an operator track");
     let root = [Node {
         kind: "inner".into(),
