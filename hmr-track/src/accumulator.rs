@@ -349,7 +349,8 @@ impl State {
 
     /// The id a `track-call` of `kind`/`key` must carry now: the id of the track already at the
     /// path it would get (computed from the stack top), else [`State::fresh_id`]. Fails as the
-    /// `track-call` would (no module open, bad key, unkeyed top level, duplicate path).
+    /// `track-call` would (no module nor subscribe-call open, bad key, unkeyed top level,
+    /// duplicate path, a path another owner holds).
     pub fn track_id_for(&self, kind: &str, key: Option<&str>) -> Result<Id, ApplyError> {
         let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
         let existing = plan.existing.and_then(|id| self.store.tracks.get(&id));
@@ -645,45 +646,44 @@ impl State {
         PATH_BUFFER.with(|buffer| {
             let mut path = buffer.borrow_mut();
             path.clear();
-            let (parent, index, at_subscription) = match parent_frame {
-                None => match key {
-                    Some(key) => {
-                        path.push_str(key);
-                        (None, None, false)
-                    }
-                    None => {
-                        return Err(ApplyError::TopLevelNotKeyed {
-                            event,
-                            kind: kind.to_owned(),
-                        });
-                    }
-                },
-                Some((track, next_index, at_subscription)) => {
-                    let parent =
-                        self.store
-                            .tracks
-                            .get(&track)
-                            .ok_or_else(|| ApplyError::BrokenTrack {
+            let (parent, index, at_subscription) =
+                match parent_frame {
+                    None => match key {
+                        Some(key) => {
+                            path.push_str(key);
+                            (None, None, false)
+                        }
+                        None => {
+                            return Err(ApplyError::TopLevelNotKeyed {
+                                event,
+                                kind: kind.to_owned(),
+                            });
+                        }
+                    },
+                    Some((track, next_index, at_subscription)) => {
+                        let parent = self.store.tracks.get(&track).ok_or_else(|| {
+                            ApplyError::BrokenTrack {
                                 event,
                                 track,
                                 detail: "an open track frame (or subscription) names a track \
                                          not in the store"
                                     .into(),
-                            })?;
-                    let index = match key {
-                        Some(_) => None,
-                        None if next_index == u32::MAX => {
-                            return Err(ApplyError::TooManyChildren {
-                                event,
-                                parent: track,
-                            });
-                        }
-                        None => Some(next_index),
-                    };
-                    path::nested_path_into(&mut path, &parent.path, index, key, kind);
-                    (Some(track), index, at_subscription)
-                }
-            };
+                            }
+                        })?;
+                        let index = match key {
+                            Some(_) => None,
+                            None if next_index == u32::MAX => {
+                                return Err(ApplyError::TooManyChildren {
+                                    event,
+                                    parent: track,
+                                });
+                            }
+                            None => Some(next_index),
+                        };
+                        path::nested_path_into(&mut path, &parent.path, index, key, kind);
+                        (Some(track), index, at_subscription)
+                    }
+                };
             let existing = self.store.track_at(&path);
             Ok(TrackPlan {
                 module,
@@ -1474,14 +1474,19 @@ impl State {
 
     /// Refuses ending `subscription` while an inner subscription on one of its run-time
     /// tracks is live (active, or its call open): end the nested one first.
-    fn check_no_live_nested(&self, event: &'static str, subscription: Id) -> Result<(), ApplyError> {
+    fn check_no_live_nested(
+        &self,
+        event: &'static str,
+        subscription: Id,
+    ) -> Result<(), ApplyError> {
         let Some(stored) = self.store.subscriptions.get(&subscription) else {
             return Ok(());
         };
         let live = stored.nested.iter().find_map(|n| {
-            self.store.subscriptions.get(n).filter(|s| {
-                s.active || self.subscription_call_open(s.id).is_some()
-            })
+            self.store
+                .subscriptions
+                .get(n)
+                .filter(|s| s.active || self.subscription_call_open(s.id).is_some())
         });
         match live {
             Some(nested) => Err(ApplyError::ActiveSubscription {

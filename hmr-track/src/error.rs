@@ -194,7 +194,9 @@ pub enum ApplyError {
         /// The id.
         subscription: Id,
     },
-    /// A subscribe-call on a track whose entity is not a pipeline.
+    /// A `subject-use` naming a track whose entity is not a pipeline, or a `subscribe-call`
+    /// on a track that takes no subscription (a scope that produced no pipeline or operator
+    /// and is not a run-time track).
     #[error("{event}: track {track} is not a pipeline track")]
     NotAPipelineTrack {
         /// The refused event.

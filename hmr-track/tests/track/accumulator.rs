@@ -624,22 +624,20 @@ fn subscriptions() {
         })
         .unwrap();
     assert!(inner.store.subscriptions[&100].inner);
-    for track in [scope] {
-        let e = refuse(
-            &mut rec.state,
-            Event::SubscribeCall {
-                subscription: 100,
-                track,
-            },
-        );
-        assert_eq!(
-            e,
-            ApplyError::NotAPipelineTrack {
-                event: "subscribe-call",
-                track
-            }
-        );
-    }
+    let e = refuse(
+        &mut rec.state,
+        Event::SubscribeCall {
+            subscription: 100,
+            track: scope,
+        },
+    );
+    assert_eq!(
+        e,
+        ApplyError::NotAPipelineTrack {
+            event: "subscribe-call",
+            track: scope
+        }
+    );
     let e = refuse(
         &mut rec.state,
         Event::SubscribeCall {

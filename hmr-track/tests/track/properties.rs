@@ -537,7 +537,9 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
                         let top = state.stack.tracks.last().map_or(0, |f| f.track);
                         return Some(Event::TrackCallReturn { track: top });
                     }
-                    let key = (choice % 8 == 0).then(|| ["a", "b"][usize::from(choice / 8 % 2)].to_owned());
+                    let key = choice
+                        .is_multiple_of(8)
+                        .then(|| ["a", "b"][usize::from(choice / 8 % 2)].to_owned());
                     let track = state.track_id_for(kind, key.as_deref()).unwrap_or(fresh);
                     return Some(Event::TrackCall {
                         track,
@@ -573,7 +575,11 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
             }
             if choice % 4 == 3 {
                 // A re-projection of an inner subscription, or the updates one left.
-                let inner = state.store.subscriptions.values().filter(|s| s.inner && s.active);
+                let inner = state
+                    .store
+                    .subscriptions
+                    .values()
+                    .filter(|s| s.inner && s.active);
                 if let Some(s) = inner.clone().nth(usize::from(choice / 4) % 3) {
                     if let Some(&track) = state.projection_updates(s.id).first() {
                         return Some(Event::TrackUpdate {
@@ -601,7 +607,11 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
             let tracks: Vec<&hmr_track::Track> = state.store.tracks.values().collect();
             let top_level = tracks.iter().find(|t| t.parent.is_none());
             let any = (!tracks.is_empty()).then(|| tracks[usize::from(choice) % tracks.len()]);
-            let chosen = if choice % 4 == 0 { any } else { top_level.copied() };
+            let chosen = if choice.is_multiple_of(4) {
+                any
+            } else {
+                top_level.copied()
+            };
             chosen.map(|t| Event::SubscribeCall {
                 subscription: fresh,
                 track: t.id,

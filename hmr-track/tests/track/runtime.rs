@@ -2,9 +2,7 @@
 //! operator's track inside their `subscribe-call`, lose them when they end, and are
 //! re-projected after a reload.
 
-use hmr_track::{
-    ApplyError, Event, Id, ModuleOutcome, Recorder, Signature, State, UpdateOutcome,
-};
+use hmr_track::{ApplyError, Event, Id, ModuleOutcome, Recorder, Signature, State, UpdateOutcome};
 
 use crate::support::{Node, parse, recorded, refuse_with, run, settle};
 
@@ -32,7 +30,8 @@ fn subscribe_inner(rec: &mut Recorder, op: Id, n: &str, inner: &str) -> (Id, Vec
         emit_inner(rec, &node, &mut tracks).expect("inner track-calls");
     }
     rec.track_call_return(root).expect("return");
-    rec.subscribe_call_return(sub).expect("subscribe-call-return");
+    rec.subscribe_call_return(sub)
+        .expect("subscribe-call-return");
     (sub, tracks)
 }
 
@@ -56,7 +55,10 @@ fn path(rec: &Recorder, id: Id) -> String {
 }
 
 fn op(rec: &Recorder) -> Id {
-    rec.state.find_by_path("p|1:switch_map").expect("operator").id
+    rec.state
+        .find_by_path("p|1:switch_map")
+        .expect("operator")
+        .id
 }
 
 #[test]
@@ -79,7 +81,11 @@ fn an_inner_subscription_makes_tracks_under_the_operator() {
     for &t in &tracks {
         let track = rec.state.track(t).unwrap();
         assert_eq!(track.subscription, Some(sub));
-        assert_eq!((track.module, track.created_by), (1, 1), "the current module");
+        assert_eq!(
+            (track.module, track.created_by),
+            (1, 1),
+            "the current module"
+        );
         assert_eq!(rec.state.derive_structural_path(t).unwrap(), track.path);
         assert_eq!(rec.state.find_by_path(&track.path).map(|t| t.id), Some(t));
         assert_eq!(track.entity_id, None);
@@ -97,7 +103,12 @@ fn an_inner_subscription_makes_tracks_under_the_operator() {
         rec.state.track(tracks[0]).unwrap().signature.children,
         ["map".into(), "scan".into(), "filter".into()] as [std::sync::Arc<str>; 3]
     );
-    let of_sub: Vec<Id> = rec.state.tracks_of_subscription(sub).iter().map(|t| t.id).collect();
+    let of_sub: Vec<Id> = rec
+        .state
+        .tracks_of_subscription(sub)
+        .iter()
+        .map(|t| t.id)
+        .collect();
     assert_eq!(of_sub, tracks);
     let stored = &rec.state.store.subscriptions[&sub];
     assert!(stored.active && stored.inner);
@@ -137,7 +148,9 @@ fn concurrent_subscriptions_do_not_collide_and_a_shared_path_is_refused() {
         )
     );
     // The same path twice in one subscription is a duplicate, as in a run.
-    let t = rec.inner_track_call("inner", Some("3"), Signature::default()).unwrap();
+    let t = rec
+        .inner_track_call("inner", Some("3"), Signature::default())
+        .unwrap();
     rec.track_call_return(t).unwrap();
     let e = rec
         .inner_track_call("inner", Some("3"), Signature::default())
@@ -147,9 +160,16 @@ fn concurrent_subscriptions_do_not_collide_and_a_shared_path_is_refused() {
         "{e}"
     );
     // A subscription's unkeyed top-level tracks are indexed per subscription call.
-    let u = rec.inner_track_call("tap", None, Signature::default()).unwrap();
+    let u = rec
+        .inner_track_call("tap", None, Signature::default())
+        .unwrap();
     assert_eq!(path(&rec, u), "p|1:switch_map|0:tap");
     rec.track_call_return(u).unwrap();
+    let v = rec
+        .inner_track_call("tap", None, Signature::default())
+        .unwrap();
+    assert_eq!(path(&rec, v), "p|1:switch_map|1:tap");
+    rec.track_call_return(v).unwrap();
     rec.subscribe_call_return(c).unwrap();
     assert_eq!(State::replay(&rec.log).as_ref(), Ok(&rec.state));
 }
@@ -172,7 +192,11 @@ fn unsubscribing_removes_every_track_of_the_subscription() {
             })
         );
     }
-    assert!(rec.state.find_by_path("p|1:switch_map|#2:inner|1:scan|0:tap|0:filter").is_none());
+    assert!(
+        rec.state
+            .find_by_path("p|1:switch_map|#2:inner|1:scan|0:tap|0:filter")
+            .is_none()
+    );
     let children: Vec<Id> = rec.state.children(op).iter().map(|t| t.id).collect();
     assert_eq!(children, [kept[0]]);
     assert_eq!(rec.state.store.tracks.len(), registration + kept.len());
@@ -201,7 +225,9 @@ fn a_pipeline_subscription_can_make_run_time_tracks_and_stays_when_ended() {
     let mut rec = recorded(PROGRAM);
     let p = rec.state.find_by_path("p").unwrap().id;
     let sub = rec.subscribe_at(p).unwrap();
-    let t = rec.inner_track_call("source", Some("s"), Signature::default()).unwrap();
+    let t = rec
+        .inner_track_call("source", Some("s"), Signature::default())
+        .unwrap();
     rec.track_call_return(t).unwrap();
     rec.subscribe_call_return(sub).unwrap();
     assert_eq!(path(&rec, t), "p|#s:source");
@@ -217,14 +243,22 @@ fn reloads_never_report_run_time_tracks() {
     let mut rec = recorded(PROGRAM);
     let op = op(&rec);
     let (sub, tracks) = subscribe_inner(&mut rec, op, "1", "map scan(0)");
-    let before: Vec<_> = tracks.iter().map(|&t| rec.state.track(t).unwrap().clone()).collect();
+    let before: Vec<_> = tracks
+        .iter()
+        .map(|&t| rec.state.track(t).unwrap().clone())
+        .collect();
 
     // The same registration again: nothing is orphaned, nothing run-time is pending.
     let second = run(&mut rec, &parse(PROGRAM)).unwrap();
     assert!(rec.state.orphans(second.module).is_empty());
     let pending = rec.state.pending_updates(second.module);
     assert!(tracks.iter().all(|t| !pending.contains(t)));
-    assert!(rec.state.tracks_of_module(second.module).iter().all(|t| t.subscription.is_none()));
+    assert!(
+        rec.state
+            .tracks_of_module(second.module)
+            .iter()
+            .all(|t| t.subscription.is_none())
+    );
     let mut fast = rec.clone();
     let settlement = fast.settle_run(second.module).unwrap();
     for list in [&settlement.swapped, &settlement.added, &settlement.orphans] {
@@ -240,9 +274,17 @@ fn reloads_never_report_run_time_tracks() {
     let m = rec.module_call("v3").unwrap();
     let (inside, inside_tracks) = subscribe_inner(&mut rec, op, "2", "map");
     assert_eq!(rec.state.store.subscriptions[&inside].module, Some(m));
-    rec.module_call_return(m, ModuleOutcome::Failed { reason: "boom".into() })
-        .unwrap();
-    let after: Vec<_> = tracks.iter().map(|&t| rec.state.track(t).unwrap().clone()).collect();
+    rec.module_call_return(
+        m,
+        ModuleOutcome::Failed {
+            reason: "boom".into(),
+        },
+    )
+    .unwrap();
+    let after: Vec<_> = tracks
+        .iter()
+        .map(|&t| rec.state.track(t).unwrap().clone())
+        .collect();
     assert_eq!(after, before);
     assert!(rec.state.store.subscriptions[&sub].active);
     assert!(!rec.state.store.subscriptions.contains_key(&inside));
@@ -360,7 +402,9 @@ fn a_re_projection_swaps_resets_adds_and_removes_inner_tracks() {
         }
     );
     rec.reproject(sub).unwrap();
-    let root = rec.inner_track_call("inner", Some("1"), Signature::default()).unwrap();
+    let root = rec
+        .inner_track_call("inner", Some("1"), Signature::default())
+        .unwrap();
     assert_eq!(root, tracks[0], "the same path keeps its id");
     let mut new = Vec::new();
     for node in parse_inner("map scan(5) #k:scope") {
@@ -391,9 +435,15 @@ fn a_re_projection_swaps_resets_adds_and_removes_inner_tracks() {
     assert_eq!(rec.state.track(scope).unwrap().created_by, m);
 
     // What the host reports per inner operator.
-    assert_eq!(rec.state.projection_updates(sub), vec![tracks[0], tracks[1], tracks[2]]);
+    assert_eq!(
+        rec.state.projection_updates(sub),
+        vec![tracks[0], tracks[1], tracks[2]]
+    );
     assert_eq!(rec.state.projection_orphans(sub), vec![tracks[3]]);
-    assert!(rec.state.pending_updates(m).is_empty(), "a run's pendings only");
+    assert!(
+        rec.state.pending_updates(m).is_empty(),
+        "a run's pendings only"
+    );
     assert!(rec.state.orphans(m).is_empty());
     let e = refuse_with(
         &mut rec.state,
@@ -427,8 +477,14 @@ fn a_re_projection_swaps_resets_adds_and_removes_inner_tracks() {
             module: m,
         }
     );
-    rec.update(tracks[0], m, UpdateOutcome::Reset { reason: "children changed".into() })
-        .unwrap();
+    rec.update(
+        tracks[0],
+        m,
+        UpdateOutcome::Reset {
+            reason: "children changed".into(),
+        },
+    )
+    .unwrap();
     rec.update(tracks[1], m, UpdateOutcome::Swapped).unwrap();
     rec.update(
         tracks[2],
@@ -474,7 +530,12 @@ fn run_time_calls_are_refused_where_they_would_corrupt_the_store() {
     let e = rec
         .inner_track_call("map", None, Signature::default())
         .unwrap_err();
-    assert_eq!(e, ApplyError::NoSubscriptionOpen { event: "track-call" });
+    assert_eq!(
+        e,
+        ApplyError::NoSubscriptionOpen {
+            event: "track-call"
+        }
+    );
     assert_eq!(
         e.to_string(),
         "track-call: no subscribe-call is open (run-time tracks are made inside one)"
@@ -483,10 +544,14 @@ fn run_time_calls_are_refused_where_they_would_corrupt_the_store() {
 
     // A registration track-call at a run-time track's path.
     let m = rec.module_call("v2").unwrap();
-    let p = rec.track_call("pipeline", Some("p"), Signature::default()).unwrap();
+    let p = rec
+        .track_call("pipeline", Some("p"), Signature::default())
+        .unwrap();
     let first = rec.track_call("map", None, Signature::default()).unwrap();
     rec.track_call_return(first).unwrap();
-    let sw = rec.track_call("switch_map", None, Signature::default()).unwrap();
+    let sw = rec
+        .track_call("switch_map", None, Signature::default())
+        .unwrap();
     assert_eq!(sw, op);
     let e = rec
         .track_call("inner", Some("1"), Signature::default())
@@ -522,10 +587,17 @@ fn run_time_calls_are_refused_where_they_would_corrupt_the_store() {
     );
     // Its top-level track hangs under the track it names (here the run's open one) with the
     // subscription's own index, and counts in no registered signature.
-    let t = rec.inner_track_call("tap", None, Signature::default()).unwrap();
+    let t = rec
+        .inner_track_call("tap", None, Signature::default())
+        .unwrap();
     assert_eq!(path(&rec, t), "p|1:switch_map|0:tap");
     assert_eq!(rec.state.track(t).unwrap().parent, Some(op));
-    let e = refuse_with(&mut rec.state, Event::SubscribeCallReturn { subscription: inside });
+    let e = refuse_with(
+        &mut rec.state,
+        Event::SubscribeCallReturn {
+            subscription: inside,
+        },
+    );
     assert_eq!(
         e,
         ApplyError::OpenCallsInside {
@@ -537,14 +609,19 @@ fn run_time_calls_are_refused_where_they_would_corrupt_the_store() {
     rec.track_call_return(t).unwrap();
     rec.subscribe_call_return(inside).unwrap();
     // The run's own indices go on as if the subscription was not there.
-    let f = rec.track_call("filter", None, Signature::default()).unwrap();
+    let f = rec
+        .track_call("filter", None, Signature::default())
+        .unwrap();
     assert_eq!(path(&rec, f), "p|1:switch_map|0:filter");
     rec.track_call_return(f).unwrap();
     rec.track_call_return(sw).unwrap();
     rec.track_call_return(p).unwrap();
     rec.module_call_return(m, ModuleOutcome::Ok).unwrap();
     let op_pending = rec.state.track(op).unwrap().pending.clone().unwrap();
-    assert_eq!(op_pending.signature.children, ["filter".into()] as [std::sync::Arc<str>; 1]);
+    assert_eq!(
+        op_pending.signature.children,
+        ["filter".into()] as [std::sync::Arc<str>; 1]
+    );
     // The run made `p|1:switch_map|0:filter`: a subscription cannot take that path.
     let s2 = rec.subscribe_at(op).unwrap();
     let e = rec
@@ -605,7 +682,12 @@ fn nested_inner_subscriptions_end_innermost_first() {
     rec.unsubscribe(nested).unwrap();
     assert!(rec.state.store.subscriptions[&outer].nested.is_empty());
     rec.unsubscribe(outer).unwrap();
-    assert!(tracks.iter().chain(&nested_tracks).all(|&t| rec.state.track(t).is_none()));
+    assert!(
+        tracks
+            .iter()
+            .chain(&nested_tracks)
+            .all(|&t| rec.state.track(t).is_none())
+    );
     assert_eq!(State::replay(&rec.log).as_ref(), Ok(&rec.state));
 }
 
@@ -619,20 +701,28 @@ fn the_recorder_without_log_builds_the_same_state() {
         let second = run(rec, &parse(PROGRAM)).unwrap();
         settle(rec, second.module).unwrap();
         rec.reproject(a).unwrap();
-        let root = rec.inner_track_call("inner", Some("1"), Signature::default()).unwrap();
+        let root = rec
+            .inner_track_call("inner", Some("1"), Signature::default())
+            .unwrap();
         for node in parse_inner("map tap") {
             emit_inner(rec, &node, &mut Vec::new()).unwrap();
         }
         rec.track_call_return(root).unwrap();
         rec.subscribe_call_return(a).unwrap();
         for t in rec.state.projection_updates(a) {
-            rec.update(t, second.module, UpdateOutcome::Swapped).unwrap_or_else(|_| {
-                rec.update(t, second.module, UpdateOutcome::Reset { reason: "r".into() })
+            rec.update(t, second.module, UpdateOutcome::Swapped)
+                .unwrap_or_else(|_| {
+                    rec.update(
+                        t,
+                        second.module,
+                        UpdateOutcome::Reset { reason: "r".into() },
+                    )
                     .unwrap()
-            });
+                });
         }
         for t in rec.state.projection_orphans(a) {
-            rec.update(t, second.module, UpdateOutcome::Removed).unwrap();
+            rec.update(t, second.module, UpdateOutcome::Removed)
+                .unwrap();
         }
         rec.unsubscribe(b).unwrap();
     };
@@ -647,3 +737,63 @@ fn the_recorder_without_log_builds_the_same_state() {
     assert_eq!(back, logged.state);
 }
 
+#[test]
+fn a_projection_failing_half_way_leaves_nothing_and_re_projections_wait_for_runs() {
+    let mut rec = recorded(PROGRAM);
+    let op = op(&rec);
+    let tracks_before = rec.state.store.tracks.clone();
+    // The projection panics after two track-calls: the host closes what is open and ends it.
+    let sub = rec.subscribe_at(op).unwrap();
+    let root = rec
+        .inner_track_call("inner", Some("1"), Signature::default())
+        .unwrap();
+    let map = rec
+        .inner_track_call("map", None, Signature::default())
+        .unwrap();
+    rec.track_call_return(map).unwrap();
+    rec.track_call_return(root).unwrap();
+    rec.subscribe_call_return(sub).unwrap();
+    rec.unsubscribe(sub).unwrap();
+    assert_eq!(rec.state.store.tracks, tracks_before);
+    assert!(rec.state.store.subscriptions.is_empty());
+
+    // A re-projection is refused while a run is open.
+    let (sub, _) = subscribe_inner(&mut rec, op, "2", "map");
+    let m = rec.module_call("v2").unwrap();
+    let e = refuse_with(
+        &mut rec.state,
+        Event::SubscribeCall {
+            subscription: sub,
+            track: op,
+        },
+    );
+    assert_eq!(
+        e,
+        ApplyError::ModuleStillOpen {
+            event: "subscribe-call",
+            open: m
+        }
+    );
+    rec.module_call_return(m, ModuleOutcome::Failed { reason: "x".into() })
+        .unwrap();
+    // A failed run made no module current: still nothing newer to re-project with.
+    let e = rec.reproject(sub).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApplyError::AlreadyProjected {
+                code: 1,
+                current: Some(1),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "subscribe-call: subscription {sub} was projected with module 1, a re-projection needs a newer current module (current: 1)"
+        )
+    );
+    assert_eq!(State::replay(&rec.log).as_ref(), Ok(&rec.state));
+}

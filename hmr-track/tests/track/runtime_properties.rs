@@ -7,8 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hmr_track::{
-    ApplyError, Id, ModuleOutcome, Recorder, State, Track, UpdateOutcome,
-    signature_change,
+    ApplyError, Id, ModuleOutcome, Recorder, State, Track, UpdateOutcome, signature_change,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -100,14 +99,22 @@ fn emit_inner(rec: &mut Recorder, nodes: &[Node], out: &mut Vec<String>) {
         };
         out.push(rec.state.track(track).expect("made").path.clone());
         emit_inner(rec, &node.children, out);
-        rec.track_call_return(track).expect("inner track-call-return");
+        rec.track_call_return(track)
+            .expect("inner track-call-return");
     }
 }
 
 /// An inner subscription on `at`: `#key:inner`, then `inner` below it. Returns it and the
 /// paths it holds.
-pub(crate) fn subscribe(rec: &mut Recorder, at: Id, key: &str, inner: &[Node]) -> (Id, Vec<String>) {
-    let sub = rec.subscribe_at(at).expect("subscribe-call on an operator track");
+pub(crate) fn subscribe(
+    rec: &mut Recorder,
+    at: Id,
+    key: &str,
+    inner: &[Node],
+) -> (Id, Vec<String>) {
+    let sub = rec
+        .subscribe_at(at)
+        .expect("subscribe-call on an operator track");
     let root = [Node {
         kind: "inner".into(),
         key: Some(key.into()),
@@ -117,7 +124,8 @@ pub(crate) fn subscribe(rec: &mut Recorder, at: Id, key: &str, inner: &[Node]) -
     }];
     let mut paths = Vec::new();
     emit_inner(rec, &root, &mut paths);
-    rec.subscribe_call_return(sub).expect("subscribe-call-return");
+    rec.subscribe_call_return(sub)
+        .expect("subscribe-call-return");
     (sub, paths)
 }
 
@@ -127,13 +135,19 @@ fn end_tree(rec: &mut Recorder, sub: Id, ended: &mut Vec<Id>) {
     for n in nested {
         end_tree(rec, n, ended);
     }
-    rec.unsubscribe(sub).expect("unsubscribe with no live nested subscription");
+    rec.unsubscribe(sub)
+        .expect("unsubscribe with no live nested subscription");
     ended.push(sub);
 }
 
 /// Ends every live subscription on `track` (and those nested in them).
 fn end_subscriptions_on(rec: &mut Recorder, track: Id, ended: &mut Vec<Id>) {
-    let on: Vec<Id> = rec.state.subscriptions_on(track).iter().map(|s| s.id).collect();
+    let on: Vec<Id> = rec
+        .state
+        .subscriptions_on(track)
+        .iter()
+        .map(|s| s.id)
+        .collect();
     for sub in on {
         end_tree(rec, sub, ended);
     }
@@ -159,7 +173,9 @@ fn emit_run(
     made.push(track);
     let entity = |rec: &mut Recorder| {
         if node.kind == "pipeline" {
-            let id = rec.pipeline_call(node.key.as_deref().unwrap_or("p")).unwrap();
+            let id = rec
+                .pipeline_call(node.key.as_deref().unwrap_or("p"))
+                .unwrap();
             rec.pipeline_call_return(id).unwrap();
         } else {
             let id = rec.operator_call(&node.kind).unwrap();
@@ -231,7 +247,11 @@ impl Side {
             } => {
                 let program = &programs[program.index(programs.len())];
                 let total: usize = program.iter().map(Node::count).sum();
-                let budget = if *ok { usize::MAX } else { cut.index(total + 1) };
+                let budget = if *ok {
+                    usize::MAX
+                } else {
+                    cut.index(total + 1)
+                };
                 self.run(program, *ok, budget, inside)
             }
             Op::Subscribe { at, shared, inner } => {
@@ -319,8 +339,13 @@ impl Side {
             }
         }
         if !ok {
-            rec.module_call_return(module, ModuleOutcome::Failed { reason: "cut".into() })
-                .unwrap();
+            rec.module_call_return(
+                module,
+                ModuleOutcome::Failed {
+                    reason: "cut".into(),
+                },
+            )
+            .unwrap();
             return Outcome::Run {
                 module,
                 ok,
@@ -334,9 +359,18 @@ impl Side {
         let orphans = rec.state.orphans(module);
         let pending = rec.state.pending_updates(module);
         for id in orphans.iter().chain(&pending) {
-            assert_eq!(rec.state.track(*id).unwrap().subscription, None, "track {id}");
+            assert_eq!(
+                rec.state.track(*id).unwrap().subscription,
+                None,
+                "track {id}"
+            );
         }
-        assert!(rec.state.tracks_of_module(module).iter().all(|t| t.subscription.is_none()));
+        assert!(
+            rec.state
+                .tracks_of_module(module)
+                .iter()
+                .all(|t| t.subscription.is_none())
+        );
         // The host ends the subscriptions on orphaned operators, then settles.
         let mut ended = Vec::new();
         for &orphan in &orphans {
@@ -351,7 +385,11 @@ impl Side {
                 .chain(&settlement.added)
                 .chain(&settlement.orphans);
             for id in listed {
-                assert_eq!(rec.state.track(*id).unwrap().subscription, None, "track {id}");
+                assert_eq!(
+                    rec.state.track(*id).unwrap().subscription,
+                    None,
+                    "track {id}"
+                );
             }
             assert_eq!(settlement.orphans, {
                 let mut o = orphans.clone();
@@ -396,16 +434,17 @@ impl Side {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for id in rec.state.projection_updates(sub) {
             let t = rec.state.track(id).unwrap();
-            let outcome = match signature_change(&t.signature, &t.pending.as_ref().unwrap().signature) {
-                None => {
-                    swapped.push(id);
-                    UpdateOutcome::Swapped
-                }
-                Some(reason) => {
-                    reset.push(id);
-                    UpdateOutcome::Reset { reason }
-                }
-            };
+            let outcome =
+                match signature_change(&t.signature, &t.pending.as_ref().unwrap().signature) {
+                    None => {
+                        swapped.push(id);
+                        UpdateOutcome::Swapped
+                    }
+                    Some(reason) => {
+                        reset.push(id);
+                        UpdateOutcome::Reset { reason }
+                    }
+                };
             rec.update(id, module, outcome).unwrap();
         }
         let orphans = rec.state.projection_orphans(sub);
@@ -442,19 +481,36 @@ fn reseed(nodes: &mut [Node], n: &mut usize) {
 fn check(state: &State, model: &Model) {
     assert_consistent(state);
     // Paths unique among live tracks.
-    let paths: BTreeSet<&str> = state.store.tracks.values().map(|t| t.path.as_str()).collect();
-    assert_eq!(paths.len(), state.store.tracks.len(), "two tracks share a path");
+    let paths: BTreeSet<&str> = state
+        .store
+        .tracks
+        .values()
+        .map(|t| t.path.as_str())
+        .collect();
+    assert_eq!(
+        paths.len(),
+        state.store.tracks.len(),
+        "two tracks share a path"
+    );
     for track in state.store.tracks.values() {
         let Some(sub) = track.subscription else {
             continue;
         };
-        assert!(!model.ended.contains(&sub), "track {} of ended subscription {sub}", track.path);
+        assert!(
+            !model.ended.contains(&sub),
+            "track {} of ended subscription {sub}",
+            track.path
+        );
         let stored = state
             .store
             .subscriptions
             .get(&sub)
             .unwrap_or_else(|| panic!("track {} of a missing subscription {sub}", track.path));
-        assert!(stored.active, "track {} of inactive subscription {sub}", track.path);
+        assert!(
+            stored.active,
+            "track {} of inactive subscription {sub}",
+            track.path
+        );
         assert!(stored.tracks.contains(&track.id));
         // Settled: committed at the subscription's code module, nothing pending.
         assert_eq!(track.module, stored.code, "{}", track.path);
@@ -485,7 +541,12 @@ impl Model {
         };
         match (outcome, op) {
             (Outcome::Skipped, _) => {}
-            (Outcome::Run { ok, ended, inside, .. }, Op::Run { inside: made, .. }) => {
+            (
+                Outcome::Run {
+                    ok, ended, inside, ..
+                },
+                Op::Run { inside: made, .. },
+            ) => {
                 if let (Some((sub, paths)), Some((_, inner))) = (inside, made) {
                     if *ok {
                         self.add(*sub, paths, inner);
@@ -501,7 +562,12 @@ impl Model {
                 self.add(*sub, paths, inner);
             }
             (Outcome::Ended(subs), _) => end(self, subs),
-            (Outcome::Reprojected { sub, paths, ended, .. }, Op::Reproject { .. }) => {
+            (
+                Outcome::Reprojected {
+                    sub, paths, ended, ..
+                },
+                Op::Reproject { .. },
+            ) => {
                 end(self, ended);
                 self.paths.insert(*sub, paths.iter().cloned().collect());
             }
