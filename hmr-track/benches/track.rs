@@ -161,3 +161,42 @@ fn rerun_and_swap_10k_tracks(bencher: Bencher) {
             state
         });
 }
+
+/// The host's path for the same reload: no log, each track-call hinted with the last run's
+/// id at its place, the run settled in one pass (`settle_run`).
+#[divan::bench(sample_count = 10)]
+fn rerun_hinted_and_settle_10k_tracks(bencher: Bencher) {
+    let register = |rec: &mut Recorder, hints: &[u64]| -> Vec<u64> {
+        let mut made = Vec::with_capacity(10_000);
+        let module = rec.module_call("bench").expect("module-call");
+        for p in 0..200 {
+            let name = format!("pipeline-{p}");
+            let hint = hints.get(made.len()).copied();
+            let pipeline = rec
+                .track_call_hinted("pipeline", Some(&name), Signature::default(), hint)
+                .expect("track-call");
+            made.push(pipeline);
+            for _ in 0..49 {
+                let hint = hints.get(made.len()).copied();
+                let t = rec
+                    .track_call_hinted("map", None, Signature::default(), hint)
+                    .expect("track-call");
+                made.push(t);
+                rec.track_call_return(t).expect("track-call-return");
+            }
+            rec.track_call_return(pipeline).expect("track-call-return");
+        }
+        rec.module_call_return(module, ModuleOutcome::Ok)
+            .expect("module-call-return");
+        made
+    };
+    let mut base = Recorder::without_log();
+    let hints = register(&mut base, &[]);
+    bencher
+        .with_inputs(|| base.clone())
+        .bench_local_values(|mut rec| {
+            register(&mut rec, &hints);
+            rec.settle_run(2).expect("settle");
+            rec
+        });
+}

@@ -122,6 +122,17 @@ pub struct SubscriptionFrame {
     pub call: SubscriptionCall,
     /// The registration run open at the call, if any (a failed run drops its frames).
     pub module: Option<ModuleId>,
+    /// How many track frames were open at the call: the frames above are the subscription's
+    /// run-time tracks, and a `track-call` at this depth is a child of the subscription's
+    /// track.
+    #[serde(default)]
+    pub track_depth: usize,
+    /// The index the next unkeyed child of the subscription's track gets in this call.
+    #[serde(default)]
+    pub next_index: u32,
+    /// True for a re-projection: a `subscribe-call` of a subscription already active.
+    #[serde(default)]
+    pub reprojection: bool,
 }
 
 /// Entities by id (`BTreeMap`s, so serialization is deterministic) and the path index.
@@ -260,6 +271,11 @@ struct TrackPlan {
     /// The path, when no track has it yet (an existing track holds it: see [`TrackPlan::path`]).
     new_path: Option<String>,
     existing: Option<Id>,
+    /// The subscription whose open subscribe-call makes the track (a run-time track).
+    subscription: Option<Id>,
+    /// True when the parent is the subscription's own track (the index and the child count
+    /// are the subscription frame's).
+    at_subscription: bool,
 }
 
 impl TrackPlan {
@@ -313,19 +329,36 @@ impl State {
         self.stack.modules.last().copied()
     }
 
+    /// The innermost open `subscribe-call` (an initial one or a re-projection): while one is
+    /// open, `track-call`s make run-time tracks of its subscription.
+    pub fn open_subscribe(&self) -> Option<&SubscriptionFrame> {
+        self.stack
+            .subscriptions
+            .iter()
+            .rev()
+            .find(|f| f.call == SubscriptionCall::Subscribe)
+    }
+
+    /// The open call (subscribe or unsubscribe) of `subscription`, if any.
+    fn subscription_call_open(&self, subscription: Id) -> Option<&SubscriptionFrame> {
+        self.stack
+            .subscriptions
+            .iter()
+            .find(|f| f.subscription == subscription)
+    }
+
     /// The id a `track-call` of `kind`/`key` must carry now: the id of the track already at the
     /// path it would get (computed from the stack top), else [`State::fresh_id`]. Fails as the
-    /// `track-call` would (no module open, bad key, unkeyed top level, duplicate path).
+    /// `track-call` would (no module nor subscribe-call open, bad key, unkeyed top level,
+    /// duplicate path, a path another owner holds).
     pub fn track_id_for(&self, kind: &str, key: Option<&str>) -> Result<Id, ApplyError> {
         let plan = self.plan_track_call(TRACK_CALL, kind, key)?;
+        let existing = plan.existing.and_then(|id| self.store.tracks.get(&id));
+        if let Some(t) = existing.filter(|t| t.subscription != plan.subscription) {
+            return Err(path_taken(TRACK_CALL, t));
+        }
         match plan.existing {
-            Some(id)
-                if self
-                    .store
-                    .tracks
-                    .get(&id)
-                    .is_some_and(|t| registered_in(t, plan.module)) =>
-            {
+            Some(_) if existing.is_some_and(|t| registered_in(t, plan.module)) => {
                 Err(ApplyError::DuplicatePath {
                     event: TRACK_CALL,
                     path: plan.path(&self.store),
@@ -415,6 +448,13 @@ impl State {
         const EVENT: &str = "module-call";
         if let Some(open) = self.running_module() {
             return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
+        }
+        if let Some(frame) = self.open_subscribe() {
+            // The run's track-calls would land in the subscription.
+            return Err(ApplyError::CallNotAllowed {
+                event: EVENT,
+                open: format!("the subscribe-call of subscription {}", frame.subscription),
+            });
         }
         if let Some(last) = self
             .store
@@ -526,8 +566,16 @@ impl State {
         self.stack
             .subscriptions
             .retain(|frame| frame.module != Some(module));
+        // Subscriptions made inside the run go, with their run-time tracks.
+        let dropped: BTreeSet<Id> = subscriptions
+            .values()
+            .filter(|s| s.module == Some(module))
+            .map(|s| s.id)
+            .collect();
         tracks.retain(|_, track| {
-            if track.created_by == module {
+            if track.created_by == module
+                || track.subscription.is_some_and(|s| dropped.contains(&s))
+            {
                 paths.remove(&track.path);
                 path_index.remove(&track.path);
                 return false;
@@ -540,6 +588,9 @@ impl State {
         pipelines.retain(|_, p| p.module != module);
         operators.retain(|_, o| o.module != module);
         subscriptions.retain(|_, s| s.module != Some(module));
+        for s in subscriptions.values_mut() {
+            s.nested.retain(|n| !dropped.contains(n));
+        }
         subjects.retain(|_, subject| {
             if subject.pending.as_ref().is_some_and(|p| p.module == module) {
                 subject.pending = None;
@@ -561,49 +612,78 @@ impl State {
         kind: &str,
         key: Option<&str>,
     ) -> Result<TrackPlan, ApplyError> {
-        let module = self.open_module(event)?;
+        // Inside an open subscribe-call the track is the subscription's (a run-time track),
+        // made with the subscription's code module; else it is the running registration's.
+        let owner = self.open_subscribe();
+        let (module, subscription) = match owner {
+            Some(frame) => (
+                self.store
+                    .subscriptions
+                    .get(&frame.subscription)
+                    .map_or(0, |s| s.code),
+                Some(frame),
+            ),
+            None => (self.open_module(event)?, None),
+        };
         path::check_kind(event, kind)?;
         if let Some(key) = key {
             path::check_key(event, key)?;
         }
+        // The parent: the top track frame, unless the subscription opened no track yet (its
+        // own track is then the parent, with the subscription frame's child index).
+        let top = self.stack.tracks.last();
+        let parent_frame = match subscription {
+            Some(sub) if self.stack.tracks.len() <= sub.track_depth => {
+                let track = self
+                    .store
+                    .subscriptions
+                    .get(&sub.subscription)
+                    .map_or(Id::MAX, |s| s.track);
+                Some((track, sub.next_index, true))
+            }
+            _ => top.map(|f| (f.track, f.next_index, false)),
+        };
         PATH_BUFFER.with(|buffer| {
             let mut path = buffer.borrow_mut();
             path.clear();
-            let (parent, index) = match self.stack.tracks.last() {
-                None => match key {
-                    Some(key) => {
-                        path.push_str(key);
-                        (None, None)
-                    }
-                    None => {
-                        return Err(ApplyError::TopLevelNotKeyed {
-                            event,
-                            kind: kind.to_owned(),
-                        });
-                    }
-                },
-                Some(frame) => {
-                    let parent = self.store.tracks.get(&frame.track).ok_or_else(|| {
-                        ApplyError::BrokenTrack {
-                            event,
-                            track: frame.track,
-                            detail: "an open track frame names a track not in the store".into(),
+            let (parent, index, at_subscription) =
+                match parent_frame {
+                    None => match key {
+                        Some(key) => {
+                            path.push_str(key);
+                            (None, None, false)
                         }
-                    })?;
-                    let index = match key {
-                        Some(_) => None,
-                        None if frame.next_index == u32::MAX => {
-                            return Err(ApplyError::TooManyChildren {
+                        None => {
+                            return Err(ApplyError::TopLevelNotKeyed {
                                 event,
-                                parent: frame.track,
+                                kind: kind.to_owned(),
                             });
                         }
-                        None => Some(frame.next_index),
-                    };
-                    path::nested_path_into(&mut path, &parent.path, index, key, kind);
-                    (Some(frame.track), index)
-                }
-            };
+                    },
+                    Some((track, next_index, at_subscription)) => {
+                        let parent = self.store.tracks.get(&track).ok_or_else(|| {
+                            ApplyError::BrokenTrack {
+                                event,
+                                track,
+                                detail: "an open track frame (or subscription) names a track \
+                                         not in the store"
+                                    .into(),
+                            }
+                        })?;
+                        let index = match key {
+                            Some(_) => None,
+                            None if next_index == u32::MAX => {
+                                return Err(ApplyError::TooManyChildren {
+                                    event,
+                                    parent: track,
+                                });
+                            }
+                            None => Some(next_index),
+                        };
+                        path::nested_path_into(&mut path, &parent.path, index, key, kind);
+                        (Some(track), index, at_subscription)
+                    }
+                };
             let existing = self.store.track_at(&path);
             Ok(TrackPlan {
                 module,
@@ -611,6 +691,8 @@ impl State {
                 parent,
                 new_path: existing.is_none().then(|| path.clone()),
                 existing,
+                subscription: subscription.map(|s| s.subscription),
+                at_subscription,
             })
         })
     }
@@ -619,6 +701,10 @@ impl State {
     /// (see [`State::track_call_auto`]); `None` when it is not, or when the call must fail.
     fn plan_from_hint(&self, kind: &str, key: Option<&str>, hint: Id) -> Option<TrackPlan> {
         let module = self.running_module()?;
+        if !self.stack.subscriptions.is_empty() && self.open_subscribe().is_some() {
+            // A run-time track-call: its parent may be the subscription's track.
+            return None;
+        }
         let track = self.store.tracks.get(&hint)?;
         let frame = self.stack.tracks.last();
         let index = match (frame, key) {
@@ -638,6 +724,8 @@ impl State {
             parent,
             new_path: None,
             existing: Some(hint),
+            subscription: None,
+            at_subscription: false,
         })
     }
 
@@ -718,6 +806,9 @@ impl State {
                         detail: "the path index names a track not in the store".into(),
                     });
                 };
+                if t.subscription != plan.subscription {
+                    return Err(path_taken(EVENT, t));
+                }
                 if registered_in(t, plan.module) {
                     return Err(ApplyError::DuplicatePath {
                         event: EVENT,
@@ -745,7 +836,20 @@ impl State {
             signature.kind = Arc::from(kind);
         }
         signature.children.clear();
-        if let Some(frame) = self.stack.tracks.last_mut() {
+        if plan.at_subscription {
+            // A child of the subscription's track: counted by the subscription frame, and
+            // not one of the track's registered children (its signature stays as registered).
+            if plan.index.is_some()
+                && let Some(frame) = self
+                    .stack
+                    .subscriptions
+                    .iter_mut()
+                    .rev()
+                    .find(|f| f.call == SubscriptionCall::Subscribe)
+            {
+                frame.next_index += 1;
+            }
+        } else if let Some(frame) = self.stack.tracks.last_mut() {
             if plan.index.is_some() {
                 frame.next_index += 1;
             }
@@ -778,8 +882,15 @@ impl State {
                         module: plan.module,
                         created_by: plan.module,
                         pending: None,
+                        subscription: plan.subscription,
                     },
                 );
+                if let Some(sub) = plan
+                    .subscription
+                    .and_then(|s| self.store.subscriptions.get_mut(&s))
+                {
+                    sub.tracks.push(track);
+                }
                 self.introduce(track);
             }
         }
@@ -807,7 +918,24 @@ impl State {
                 open: format!("{} {}", entity.kind, entity.entity),
             });
         }
-        let module = self.open_module(EVENT)?;
+        let owner = self.open_subscribe();
+        if let Some(sub) = owner.filter(|f| f.track_depth >= self.stack.tracks.len()) {
+            return Err(ApplyError::OpenCallsInside {
+                event: EVENT,
+                scope: format!("track {track}"),
+                open: format!("the subscribe-call of subscription {}", sub.subscription),
+            });
+        }
+        // The module the track's registration in this call belongs to: the subscription's
+        // code module for a run-time track, else the running registration.
+        let module = match owner {
+            Some(sub) => self
+                .store
+                .subscriptions
+                .get(&sub.subscription)
+                .map_or(0, |s| s.code),
+            None => self.open_module(EVENT)?,
+        };
         // One lookup validates and, once nothing else can fail, mutates.
         let Some(stored) = self.store.tracks.get_mut(&track) else {
             return Err(ApplyError::BrokenTrack {
@@ -833,6 +961,24 @@ impl State {
         Ok(())
     }
 
+    /// Refuses a `track-update` of a run-time track while its subscription's call is open
+    /// (a re-projection still registering).
+    fn check_not_reprojecting(&self, event: &'static str, track: Id) -> Result<(), ApplyError> {
+        match self
+            .store
+            .tracks
+            .get(&track)
+            .and_then(|t| t.subscription)
+            .and_then(|s| self.subscription_call_open(s))
+        {
+            Some(frame) => Err(ApplyError::CallNotAllowed {
+                event,
+                open: format!("the subscribe-call of subscription {}", frame.subscription),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// `track-update` `swapped` / `reset`: validated and committed with one lookup (this runs
     /// once per track on every reload).
     fn commit_update(
@@ -843,6 +989,9 @@ impl State {
     ) -> Result<(), ApplyError> {
         const EVENT: &str = "track-update";
         let current = self.current_module;
+        if !self.stack.subscriptions.is_empty() {
+            self.check_not_reprojecting(EVENT, track)?;
+        }
         let Some(stored) = self.store.tracks.get_mut(&track) else {
             return Err(ApplyError::UnknownTrack {
                 event: EVENT,
@@ -907,6 +1056,10 @@ impl State {
         };
         let mut forgotten = Vec::new();
         for stored in self.store.tracks.values_mut() {
+            if stored.subscription.is_some() {
+                // A run-time track: not the run's (re-projections settle their own).
+                continue;
+            }
             match stored.pending.as_ref() {
                 Some(pending) if pending.module == module => {
                     match signature_change(&stored.signature, &pending.signature) {
@@ -960,7 +1113,16 @@ impl State {
             // Committed by `commit_update` above.
             UpdateOutcome::Swapped | UpdateOutcome::Reset { .. } => {}
             UpdateOutcome::Removed => {
-                if !(stored.module < module
+                // A run-time track is an orphan of its subscription's last re-projection,
+                // made with this module; a registration track, of this module's run.
+                let projected = stored.subscription.is_none_or(|s| {
+                    self.store
+                        .subscriptions
+                        .get(&s)
+                        .is_some_and(|s| s.code == module)
+                });
+                if !(projected
+                    && stored.module < module
                     && stored.pending.as_ref().is_none_or(|p| p.module != module))
                 {
                     return Err(ApplyError::NotOrphan {
@@ -968,6 +1130,9 @@ impl State {
                         track,
                         module,
                     });
+                }
+                if !self.stack.subscriptions.is_empty() {
+                    self.check_not_reprojecting(EVENT, track)?;
                 }
                 let prefix = path::descendant_prefix(&stored.path);
                 if let Some((_, &child)) = self
@@ -977,6 +1142,22 @@ impl State {
                     .next()
                     .filter(|(p, _)| p.starts_with(&prefix))
                 {
+                    // A live subscription's run-time track below a registration track: end
+                    // the subscription first (its end removes them).
+                    if let Some(subscription) = self
+                        .store
+                        .tracks
+                        .get(&child)
+                        .and_then(|c| c.subscription)
+                        .filter(|&s| stored.subscription != Some(s))
+                    {
+                        return Err(ApplyError::HoldsRunTimeTracks {
+                            event: EVENT,
+                            track,
+                            child,
+                            subscription,
+                        });
+                    }
                     return Err(ApplyError::HasChildren {
                         event: EVENT,
                         track,
@@ -1007,6 +1188,12 @@ impl State {
                         self.store.operators.remove(id);
                     }
                     self.store.subscriptions.retain(|_, s| s.track != track);
+                    if let Some(owner) = removed
+                        .subscription
+                        .and_then(|s| self.store.subscriptions.get_mut(&s))
+                    {
+                        owner.tracks.retain(|&t| t != track);
+                    }
                 }
             }
         }
@@ -1023,6 +1210,13 @@ impl State {
         name: &str,
     ) -> Result<(), ApplyError> {
         let module = self.open_module(event)?;
+        if let Some(frame) = self.open_subscribe() {
+            // Run-time tracks carry no core entity (the registration made the operators).
+            return Err(ApplyError::CallNotAllowed {
+                event,
+                open: format!("the subscribe-call of subscription {}", frame.subscription),
+            });
+        }
         if self.id_in_use(entity) {
             return Err(ApplyError::IdInUse { event, id: entity });
         }
@@ -1130,15 +1324,27 @@ impl State {
                 track,
             });
         };
-        if !stored
+        if self.store.subscriptions.contains_key(&subscription) {
+            return self.reproject_call(subscription, track);
+        }
+        // A pipeline subscription, or an inner one: on a track that produced an operator (a
+        // higher-order operator's) or on a run-time track (nested). A scope that produced
+        // nothing is refused.
+        let pipeline = stored
             .entity_id
-            .is_some_and(|e| self.store.pipelines.contains_key(&e))
-        {
+            .is_some_and(|e| self.store.pipelines.contains_key(&e));
+        let inner = !pipeline
+            && (stored.subscription.is_some()
+                || stored
+                    .entity_id
+                    .is_some_and(|e| self.store.operators.contains_key(&e)));
+        if !pipeline && !inner {
             return Err(ApplyError::NotAPipelineTrack {
                 event: EVENT,
                 track,
             });
         }
+        let parent = stored.subscription;
         if self.id_in_use(subscription) {
             return Err(ApplyError::IdInUse {
                 event: EVENT,
@@ -1154,14 +1360,81 @@ impl State {
                 track,
                 active: false,
                 module,
+                inner,
+                code: self.current_module.unwrap_or(0),
+                tracks: Vec::new(),
+                parent,
+                nested: Vec::new(),
             },
         );
+        if let Some(p) = parent.and_then(|p| self.store.subscriptions.get_mut(&p)) {
+            p.nested.push(subscription);
+        }
         self.stack.subscriptions.push(SubscriptionFrame {
             subscription,
             call: SubscriptionCall::Subscribe,
             module,
+            track_depth: self.stack.tracks.len(),
+            next_index: 0,
+            reprojection: false,
         });
         self.introduce(subscription);
+        Ok(())
+    }
+
+    /// A `subscribe-call` of an active subscription: a re-projection with the current
+    /// module's code. Its track-calls register the subscription's tracks again (a pending on
+    /// each, from the current module) or add new ones; those it does not register again are
+    /// its orphans ([`State::projection_orphans`]) once it returned.
+    fn reproject_call(&mut self, subscription: Id, track: Id) -> Result<(), ApplyError> {
+        const EVENT: &str = "subscribe-call";
+        let Some(existing) = self.store.subscriptions.get(&subscription) else {
+            return Ok(());
+        };
+        if existing.track != track {
+            return Err(ApplyError::SubscriptionTrackMismatch {
+                event: EVENT,
+                subscription,
+                track: existing.track,
+                found: track,
+            });
+        }
+        if self.subscription_call_open(subscription).is_some() {
+            return Err(ApplyError::CallAlreadyOpen {
+                event: EVENT,
+                id: subscription,
+            });
+        }
+        if !existing.active {
+            return Err(ApplyError::SubscriptionNotActive {
+                event: EVENT,
+                subscription,
+            });
+        }
+        if let Some(open) = self.running_module() {
+            return Err(ApplyError::ModuleStillOpen { event: EVENT, open });
+        }
+        let current = self.current_module;
+        let Some(code) = current.filter(|&c| c > existing.code) else {
+            return Err(ApplyError::AlreadyProjected {
+                event: EVENT,
+                subscription,
+                code: existing.code,
+                current,
+            });
+        };
+        // Validated: mutate.
+        if let Some(existing) = self.store.subscriptions.get_mut(&subscription) {
+            existing.code = code;
+        }
+        self.stack.subscriptions.push(SubscriptionFrame {
+            subscription,
+            call: SubscriptionCall::Subscribe,
+            module: None,
+            track_depth: self.stack.tracks.len(),
+            next_index: 0,
+            reprojection: true,
+        });
         Ok(())
     }
 
@@ -1173,12 +1446,7 @@ impl State {
                 subscription,
             });
         };
-        if self
-            .stack
-            .subscriptions
-            .iter()
-            .any(|f| f.subscription == subscription)
-        {
+        if self.subscription_call_open(subscription).is_some() {
             return Err(ApplyError::CallAlreadyOpen {
                 event: EVENT,
                 id: subscription,
@@ -1190,14 +1458,44 @@ impl State {
                 subscription,
             });
         }
+        self.check_no_live_nested(EVENT, subscription)?;
         // Validated: mutate.
         let module = self.running_module();
         self.stack.subscriptions.push(SubscriptionFrame {
             subscription,
             call: SubscriptionCall::Unsubscribe,
             module,
+            track_depth: self.stack.tracks.len(),
+            next_index: 0,
+            reprojection: false,
         });
         Ok(())
+    }
+
+    /// Refuses ending `subscription` while an inner subscription on one of its run-time
+    /// tracks is live (active, or its call open): end the nested one first.
+    fn check_no_live_nested(
+        &self,
+        event: &'static str,
+        subscription: Id,
+    ) -> Result<(), ApplyError> {
+        let Some(stored) = self.store.subscriptions.get(&subscription) else {
+            return Ok(());
+        };
+        let live = stored.nested.iter().find_map(|n| {
+            self.store
+                .subscriptions
+                .get(n)
+                .filter(|s| s.active || self.subscription_call_open(s.id).is_some())
+        });
+        match live {
+            Some(nested) => Err(ApplyError::ActiveSubscription {
+                event,
+                track: nested.track,
+                subscription: nested.id,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn subscription_call_return(
@@ -1222,12 +1520,50 @@ impl State {
                 open: open.to_owned(),
             });
         }
+        if let Some(open) = self.stack.tracks.get(frame.track_depth) {
+            return Err(ApplyError::OpenCallsInside {
+                event,
+                scope: format!("subscription {subscription}"),
+                open: format!("track {}", open.track),
+            });
+        }
+        if call == SubscriptionCall::Unsubscribe {
+            self.check_no_live_nested(event, subscription)?;
+        }
         // Validated: mutate.
         self.stack.subscriptions.pop();
-        if let Some(stored) = self.store.subscriptions.get_mut(&subscription) {
-            stored.active = call == SubscriptionCall::Subscribe;
+        match call {
+            SubscriptionCall::Subscribe => {
+                if let Some(stored) = self.store.subscriptions.get_mut(&subscription) {
+                    stored.active = true;
+                }
+            }
+            SubscriptionCall::Unsubscribe => self.end_subscription(subscription),
         }
         Ok(())
+    }
+
+    /// An ended subscription: its run-time tracks leave the store (children before
+    /// parents), and so does the subscription itself when it is an inner one (a pipeline
+    /// subscription stays, inactive). Cannot fail.
+    fn end_subscription(&mut self, subscription: Id) {
+        let Some(stored) = self.store.subscriptions.get_mut(&subscription) else {
+            return;
+        };
+        stored.active = false;
+        let tracks = std::mem::take(&mut stored.tracks);
+        let (inner, parent) = (stored.inner, stored.parent);
+        for id in tracks.iter().rev() {
+            if let Some(removed) = self.store.tracks.remove(id) {
+                self.store.remove_path(&removed.path);
+            }
+        }
+        if inner {
+            self.store.subscriptions.remove(&subscription);
+            if let Some(p) = parent.and_then(|p| self.store.subscriptions.get_mut(&p)) {
+                p.nested.retain(|&n| n != subscription);
+            }
+        }
     }
 }
 
@@ -1362,6 +1698,19 @@ fn commit_subjects(subjects: &mut BTreeMap<String, Subject>, module: ModuleId) {
         }
         subject.module == module
     });
+}
+
+/// The refusal of a `track-call` at the path `holder` holds for another owner.
+fn path_taken(event: &'static str, holder: &Track) -> ApplyError {
+    ApplyError::PathTaken {
+        event,
+        path: holder.path.clone(),
+        track: holder.id,
+        owner: match holder.subscription {
+            Some(s) => format!("subscription {s}"),
+            None => "the registration".to_owned(),
+        },
+    }
 }
 
 /// A `*-call-return` for `found` must close the innermost open call of its kind, `top`.

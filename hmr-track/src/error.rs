@@ -194,7 +194,9 @@ pub enum ApplyError {
         /// The id.
         subscription: Id,
     },
-    /// A subscribe-call on a track whose entity is not a pipeline.
+    /// A `subject-use` naming a track whose entity is not a pipeline, or a `subscribe-call`
+    /// on a track that takes no subscription (a scope that produced no pipeline or operator
+    /// and is not a run-time track).
     #[error("{event}: track {track} is not a pipeline track")]
     NotAPipelineTrack {
         /// The refused event.
@@ -307,6 +309,79 @@ pub enum ApplyError {
         /// The other type.
         found: String,
     },
+    /// An event that is not allowed while another call is open (a `module-call` inside an
+    /// open `subscribe-call`, a pipeline or operator made inside one, a `track-update` of a
+    /// run-time track while its subscription is being re-projected...).
+    #[error("{event}: not allowed while {open} is open")]
+    CallNotAllowed {
+        /// The refused event.
+        event: &'static str,
+        /// The open call, e.g. `the subscribe-call of subscription 9`.
+        open: String,
+    },
+    /// A `track-call` whose path is held by a track of another owner: a registration's track
+    /// at a run-time track's path, a run-time track at a registration track's path, or at a
+    /// path another live subscription's track holds.
+    #[error("{event}: path {path} is held by track {track} of {owner}")]
+    PathTaken {
+        /// The refused event.
+        event: &'static str,
+        /// The path.
+        path: String,
+        /// The track holding it.
+        track: Id,
+        /// Its owner: `subscription 9` or `the registration`.
+        owner: String,
+    },
+    /// A re-projection (`subscribe-call` of an existing subscription) naming another track.
+    #[error("{event}: subscription {subscription} is on track {track}, not on track {found}")]
+    SubscriptionTrackMismatch {
+        /// The refused event.
+        event: &'static str,
+        /// The subscription.
+        subscription: Id,
+        /// Its track.
+        track: Id,
+        /// The track the event named.
+        found: Id,
+    },
+    /// A re-projection while the current module is not newer than the one the subscription
+    /// was last projected with.
+    #[error(
+        "{event}: subscription {subscription} was projected with module {code}, a re-projection needs a newer current module (current: {})",
+        opt(.current)
+    )]
+    AlreadyProjected {
+        /// The refused event.
+        event: &'static str,
+        /// The subscription.
+        subscription: Id,
+        /// The module it was last projected with.
+        code: ModuleId,
+        /// The current module.
+        current: Option<ModuleId>,
+    },
+    /// A removed update for a track under which a live subscription still holds run-time
+    /// tracks.
+    #[error(
+        "{event}: track {track} still holds run-time track {child} of subscription {subscription} (unsubscribe it first)"
+    )]
+    HoldsRunTimeTracks {
+        /// The refused event.
+        event: &'static str,
+        /// The track.
+        track: Id,
+        /// One run-time track below it.
+        child: Id,
+        /// That track's subscription.
+        subscription: Id,
+    },
+    /// A run-time track-call (`Recorder::inner_track_call`) with no `subscribe-call` open.
+    #[error("{event}: no subscribe-call is open (run-time tracks are made inside one)")]
+    NoSubscriptionOpen {
+        /// The refused event.
+        event: &'static str,
+    },
     /// A track whose parent chain is broken (only a store edited by hand can have one).
     #[error("{event}: track {track} has no valid parent chain ({detail})")]
     BrokenTrack {
@@ -354,6 +429,12 @@ impl ApplyError {
             | ApplyError::InvalidSubject { event, .. }
             | ApplyError::TrackNotInRun { event, .. }
             | ApplyError::SubjectTypeMismatch { event, .. }
+            | ApplyError::CallNotAllowed { event, .. }
+            | ApplyError::PathTaken { event, .. }
+            | ApplyError::SubscriptionTrackMismatch { event, .. }
+            | ApplyError::AlreadyProjected { event, .. }
+            | ApplyError::HoldsRunTimeTracks { event, .. }
+            | ApplyError::NoSubscriptionOpen { event }
             | ApplyError::BrokenTrack { event, .. } => event,
         }
     }

@@ -117,14 +117,17 @@ pub enum Event {
         /// Must be the top open entity.
         entity: Id,
     },
-    /// A subscription to a pipeline track starts.
+    /// A subscription starts: to a pipeline track, or an inner one to a higher-order
+    /// operator's track (or a run-time track). The `track-call`s until its return make its
+    /// run-time tracks. Naming an active subscription (and its track) again, it is a
+    /// re-projection of it with the current module's code.
     SubscribeCall {
-        /// A fresh id.
+        /// A fresh id (or an active subscription's, for a re-projection).
         subscription: Id,
-        /// A pipeline track.
+        /// A pipeline track, an operator's track or a run-time track.
         track: Id,
     },
-    /// The subscription is active.
+    /// The subscription is active (or its re-projection registered).
     SubscribeCallReturn {
         /// Must be the top open subscription call.
         subscription: Id,
@@ -134,7 +137,8 @@ pub enum Event {
         /// An active subscription.
         subscription: Id,
     },
-    /// The subscription is inactive.
+    /// The subscription is inactive: its run-time tracks leave the store, and so does an
+    /// inner subscription.
     UnsubscribeCallReturn {
         /// Must be the top open subscription call.
         subscription: Id,

@@ -85,6 +85,13 @@ pub struct Track {
     pub created_by: ModuleId,
     /// A later run's registration of this track, waiting for a `track-update`.
     pub pending: Option<Pending>,
+    /// For a run-time track (made inside a `subscribe-call`, see the crate doc's run-time
+    /// tracks): the subscription that made it, whose end removes it. `None` for a track of a
+    /// registration run. A run-time track's `module` and `created_by` are the module whose
+    /// code made it or last re-projected it ([`Subscription::code`]), and a pending on it
+    /// comes from a re-projection.
+    #[serde(default)]
+    pub subscription: Option<Id>,
 }
 
 /// How a registration run of a plugin version ended (or that it is still running).
@@ -145,8 +152,28 @@ pub struct Subscription {
     /// True between `subscribe-call-return` and `unsubscribe-call-return`.
     pub active: bool,
     /// The registration run that was open when it was made (`None` outside a run); a failed run
-    /// deletes the subscriptions made inside it.
+    /// deletes the subscriptions made inside it (and their run-time tracks).
     pub module: Option<ModuleId>,
+    /// True for an inner subscription: one on a track that is not a pipeline track (a
+    /// higher-order operator's, or a run-time track). It leaves the store when it ends
+    /// (a `switch_map` makes one per outer value); a pipeline subscription stays, inactive.
+    #[serde(default)]
+    pub inner: bool,
+    /// The module whose code made the subscription's run-time tracks: the current module at
+    /// its `subscribe-call` (0 before any run returned `ok`), then the current module of each
+    /// re-projection. Its run-time tracks are committed at this module or pending from it.
+    #[serde(default)]
+    pub code: ModuleId,
+    /// The run-time tracks it made and still holds, in creation order (a parent before its
+    /// children).
+    #[serde(default)]
+    pub tracks: Vec<Id>,
+    /// The subscription whose run-time track this one is on (a nested inner subscription).
+    #[serde(default)]
+    pub parent: Option<Id>,
+    /// Inner subscriptions made on its run-time tracks (ended ones leave the list).
+    #[serde(default)]
+    pub nested: Vec<Id>,
 }
 
 /// A subject: a host-owned channel a plugin names (`.publish(name)` sends to it,

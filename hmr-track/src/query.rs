@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use crate::accumulator::State;
 use crate::error::ApplyError;
-use crate::model::{Id, ModuleId, Subject, Track};
+use crate::model::{Id, ModuleId, Subject, Subscription, Track};
 use crate::path;
 
 impl State {
@@ -98,31 +98,97 @@ impl State {
         children
     }
 
-    /// Tracks committed by `module` or pending from it, in path order.
+    /// Registration tracks committed by `module` or pending from it, in path order (run-time
+    /// tracks are their subscription's: see [`State::tracks_of_subscription`]).
     pub fn tracks_of_module(&self, module: ModuleId) -> Vec<&Track> {
         self.tracks_in_path_order()
-            .filter(|t| t.module == module || pending_from(t, module))
+            .filter(|t| t.subscription.is_none() && (t.module == module || pending_from(t, module)))
             .collect()
     }
 
-    /// Tracks with a registration pending from `module`, in path order.
+    /// Registration tracks with a registration pending from `module`, in path order (a
+    /// re-projection's pendings: [`State::projection_updates`]).
     pub fn pending_updates(&self, module: ModuleId) -> Vec<Id> {
         self.tracks_in_path_order()
-            .filter(|t| pending_from(t, module))
+            .filter(|t| t.subscription.is_none() && pending_from(t, module))
             .map(|t| t.id)
             .collect()
     }
 
-    /// Tracks that existed before run `module` and were not registered again in it, children
-    /// before parents (reverse path order), so they can be removed one by one.
+    /// Registration tracks that existed before run `module` and were not registered again in
+    /// it, children before parents (reverse path order), so they can be removed one by one.
+    /// Never a run-time track: a registration does not make those, their subscription's end
+    /// removes them (a re-projection's: [`State::projection_orphans`]).
     pub fn orphans(&self, module: ModuleId) -> Vec<Id> {
         self.store
             .paths
             .values()
             .rev()
             .filter_map(|id| self.store.tracks.get(id))
-            .filter(|t| t.module < module && !pending_from(t, module))
+            .filter(|t| t.subscription.is_none() && t.module < module && !pending_from(t, module))
             .map(|t| t.id)
+            .collect()
+    }
+
+    /// The run-time tracks `subscription` holds, in path order (empty for an unknown or
+    /// ended inner subscription).
+    pub fn tracks_of_subscription(&self, subscription: Id) -> Vec<&Track> {
+        let Some(stored) = self.store.subscriptions.get(&subscription) else {
+            return Vec::new();
+        };
+        let mut tracks: Vec<&Track> = stored
+            .tracks
+            .iter()
+            .filter_map(|id| self.store.tracks.get(id))
+            .collect();
+        tracks.sort_by(|a, b| a.path.cmp(&b.path));
+        tracks
+    }
+
+    /// The run-time tracks of `subscription` its last re-projection registered again, waiting
+    /// for a `track-update` `swapped` / `reset` (with its module, [`Subscription::code`]), in
+    /// path order.
+    pub fn projection_updates(&self, subscription: Id) -> Vec<Id> {
+        let Some(code) = self.store.subscriptions.get(&subscription).map(|s| s.code) else {
+            return Vec::new();
+        };
+        self.tracks_of_subscription(subscription)
+            .into_iter()
+            .filter(|t| pending_from(t, code))
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// The run-time tracks of `subscription` its last re-projection did not register again,
+    /// children before parents (reverse path order): to remove with `track-update` `removed`
+    /// (module [`Subscription::code`]) once the re-projection returned.
+    pub fn projection_orphans(&self, subscription: Id) -> Vec<Id> {
+        let Some(code) = self.store.subscriptions.get(&subscription).map(|s| s.code) else {
+            return Vec::new();
+        };
+        let mut orphans: Vec<&Track> = self
+            .tracks_of_subscription(subscription)
+            .into_iter()
+            .filter(|t| t.module < code && !pending_from(t, code))
+            .collect();
+        orphans.reverse();
+        orphans.into_iter().map(|t| t.id).collect()
+    }
+
+    /// The live subscriptions (active, or being made) on `track`, by id.
+    pub fn subscriptions_on(&self, track: Id) -> Vec<&Subscription> {
+        self.store
+            .subscriptions
+            .values()
+            .filter(|s| {
+                s.track == track
+                    && (s.active
+                        || self
+                            .stack
+                            .subscriptions
+                            .iter()
+                            .any(|f| f.subscription == s.id))
+            })
             .collect()
     }
 

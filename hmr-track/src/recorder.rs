@@ -153,7 +153,62 @@ impl Recorder {
         Ok(subscription)
     }
 
-    /// `unsubscribe-call` then `unsubscribe-call-return`.
+    /// `subscribe-call` on `track` with a fresh id, left open: the run-time tracks the
+    /// subscription makes follow ([`Recorder::inner_track_call`]), then
+    /// [`Recorder::subscribe_call_return`]. For an inner subscription, `track` is the
+    /// higher-order operator's; returns the subscription's id.
+    pub fn subscribe_at(&mut self, track: Id) -> Result<Id, ApplyError> {
+        let subscription = self.state.fresh_id();
+        self.record(Event::SubscribeCall {
+            subscription,
+            track,
+        })?;
+        Ok(subscription)
+    }
+
+    /// `subscribe-call-return`: the subscription (or its re-projection) is made.
+    pub fn subscribe_call_return(&mut self, subscription: Id) -> Result<(), ApplyError> {
+        self.record(Event::SubscribeCallReturn { subscription })
+    }
+
+    /// `subscribe-call` of the active `subscription` again, left open: a re-projection with
+    /// the current module's code. Its [`Recorder::inner_track_call`]s register the
+    /// subscription's tracks again or add new ones; after
+    /// [`Recorder::subscribe_call_return`], `State::projection_updates` and
+    /// `State::projection_orphans` list what to `swap` / `reset` and `remove`.
+    pub fn reproject(&mut self, subscription: Id) -> Result<(), ApplyError> {
+        let track = self
+            .state
+            .store
+            .subscriptions
+            .get(&subscription)
+            .map_or(Id::MAX, |s| s.track);
+        self.record(Event::SubscribeCall {
+            subscription,
+            track,
+        })
+    }
+
+    /// A `track-call` inside the open `subscribe-call` (a run-time track): the parent is the
+    /// open run-time track, or the subscription's own track at first; the id is the one its
+    /// path picks, as for [`Recorder::track_call`]. Refused when no `subscribe-call` is open
+    /// (a registration's track-call is [`Recorder::track_call`]). Returns the id.
+    pub fn inner_track_call(
+        &mut self,
+        kind: &str,
+        key: Option<&str>,
+        signature: Signature,
+    ) -> Result<Id, ApplyError> {
+        if self.state.open_subscribe().is_none() {
+            return Err(ApplyError::NoSubscriptionOpen {
+                event: "track-call",
+            });
+        }
+        self.track_call_hinted(kind, key, signature, None)
+    }
+
+    /// `unsubscribe-call` then `unsubscribe-call-return`: the subscription's run-time tracks
+    /// leave the store (and an inner subscription itself).
     pub fn unsubscribe(&mut self, subscription: Id) -> Result<(), ApplyError> {
         self.record(Event::UnsubscribeCall { subscription })?;
         self.record(Event::UnsubscribeCallReturn { subscription })

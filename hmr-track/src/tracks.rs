@@ -224,6 +224,7 @@ mod tests {
             module: 1,
             created_by: 1,
             pending: None,
+            subscription: None,
         }
     }
 

@@ -614,22 +614,30 @@ fn subscriptions() {
     let c = rec.state.find_by_path("c").unwrap().id;
     let map = rec.state.find_by_path("c|0:map").unwrap().id;
     let scope = rec.state.find_by_path("c|#k:scope").unwrap().id;
-    for track in [map, scope] {
-        let e = refuse(
-            &mut rec.state,
-            Event::SubscribeCall {
-                subscription: 100,
-                track,
-            },
-        );
-        assert_eq!(
-            e,
-            ApplyError::NotAPipelineTrack {
-                event: "subscribe-call",
-                track
-            }
-        );
-    }
+    // An operator's track takes an inner subscription (a higher-order operator's, see
+    // `tests/track/runtime.rs`); a scope that produced nothing takes none.
+    let mut inner = rec.state.clone();
+    inner
+        .apply(&Event::SubscribeCall {
+            subscription: 100,
+            track: map,
+        })
+        .unwrap();
+    assert!(inner.store.subscriptions[&100].inner);
+    let e = refuse(
+        &mut rec.state,
+        Event::SubscribeCall {
+            subscription: 100,
+            track: scope,
+        },
+    );
+    assert_eq!(
+        e,
+        ApplyError::NotAPipelineTrack {
+            event: "subscribe-call",
+            track: scope
+        }
+    );
     let e = refuse(
         &mut rec.state,
         Event::SubscribeCall {

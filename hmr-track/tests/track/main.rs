@@ -4,5 +4,7 @@ mod accumulator;
 mod bounded;
 mod properties;
 mod queries;
+mod runtime;
+mod runtime_properties;
 mod subjects;
 mod support;

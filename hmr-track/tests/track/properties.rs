@@ -19,7 +19,7 @@ const KEYS: [&str; 3] = ["a", "b", "c"];
 
 /// 64 cases from a fixed seed, so CI runs the same programs every time (a failure is then
 /// reproducible, never a flake); `PROPTEST_RNG_SEED` picks another seed for exploring.
-fn config() -> ProptestConfig {
+pub(crate) fn config() -> ProptestConfig {
     let seed = std::env::var("PROPTEST_RNG_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -67,7 +67,7 @@ fn seed() -> impl Strategy<Value = Option<u8>> {
     prop_oneof![Just(None), (0u8..3).prop_map(Some)]
 }
 
-fn node() -> impl Strategy<Value = Node> {
+pub(crate) fn node() -> impl Strategy<Value = Node> {
     let leaf = (select(&KINDS[..]), key(), seed(), any::<bool>())
         .prop_map(|(kind, key, seed, after)| make(kind, key, seed, after, Vec::new()));
     leaf.prop_recursive(4, 32, 4, |inner| {
@@ -83,7 +83,7 @@ fn node() -> impl Strategy<Value = Node> {
 }
 
 /// 1..4 pipelines named p0, p1, ... each with 0..4 children.
-fn program() -> impl Strategy<Value = Vec<Node>> {
+pub(crate) fn program() -> impl Strategy<Value = Vec<Node>> {
     vec((vec(node(), 0..4), any::<bool>()), 1..4).prop_map(|pipelines| {
         pipelines
             .into_iter()
@@ -122,7 +122,7 @@ fn count(program: &[Node]) -> usize {
 
 /// The whole store is coherent: one path index entry per track, every stored path equal to the
 /// derived one, parents present.
-fn assert_consistent(state: &State) {
+pub(crate) fn assert_consistent(state: &State) {
     assert_eq!(state.store.paths.len(), state.store.tracks.len());
     for (path, id) in &state.store.paths {
         assert_eq!(&state.track(*id).expect("indexed track exists").path, path);
@@ -531,6 +531,29 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
             }),
         _ => {
             if let Some(frame) = state.stack.subscriptions.last() {
+                // Inside a subscribe-call: run-time track-calls and their returns.
+                if frame.call == SubscriptionCall::Subscribe && choice % 4 < 2 {
+                    if state.stack.tracks.len() > frame.track_depth && choice % 4 == 1 {
+                        let top = state.stack.tracks.last().map_or(0, |f| f.track);
+                        return Some(Event::TrackCallReturn { track: top });
+                    }
+                    let key = choice
+                        .is_multiple_of(8)
+                        .then(|| ["a", "b"][usize::from(choice / 8 % 2)].to_owned());
+                    let track = state.track_id_for(kind, key.as_deref()).unwrap_or(fresh);
+                    return Some(Event::TrackCall {
+                        track,
+                        kind: kind.into(),
+                        key,
+                        signature: Signature {
+                            seed: Some((choice % 3).to_string()),
+                            ..Signature::default()
+                        },
+                    });
+                }
+                if let Some(open) = state.stack.tracks.last().filter(|_| choice % 4 == 2) {
+                    return Some(Event::TrackCallReturn { track: open.track });
+                }
                 return Some(match frame.call {
                     SubscriptionCall::Subscribe => Event::SubscribeCallReturn {
                         subscription: frame.subscription,
@@ -550,15 +573,49 @@ fn plausible(state: &State, choice: u8) -> Option<Event> {
                     subscription: active.id,
                 });
             }
-            state
-                .store
-                .tracks
-                .values()
-                .find(|t| t.parent.is_none())
-                .map(|t| Event::SubscribeCall {
-                    subscription: fresh,
-                    track: t.id,
-                })
+            if choice % 4 == 3 {
+                // A re-projection of an inner subscription, or the updates one left.
+                let inner = state
+                    .store
+                    .subscriptions
+                    .values()
+                    .filter(|s| s.inner && s.active);
+                if let Some(s) = inner.clone().nth(usize::from(choice / 4) % 3) {
+                    if let Some(&track) = state.projection_updates(s.id).first() {
+                        return Some(Event::TrackUpdate {
+                            track,
+                            module: s.code,
+                            outcome: UpdateOutcome::Reset {
+                                reason: "walk".into(),
+                            },
+                        });
+                    }
+                    if let Some(&track) = state.projection_orphans(s.id).first() {
+                        return Some(Event::TrackUpdate {
+                            track,
+                            module: s.code,
+                            outcome: UpdateOutcome::Removed,
+                        });
+                    }
+                    return Some(Event::SubscribeCall {
+                        subscription: s.id,
+                        track: s.track,
+                    });
+                }
+            }
+            // A pipeline subscription, or an inner one on any track (refused on a scope).
+            let tracks: Vec<&hmr_track::Track> = state.store.tracks.values().collect();
+            let top_level = tracks.iter().find(|t| t.parent.is_none());
+            let any = (!tracks.is_empty()).then(|| tracks[usize::from(choice) % tracks.len()]);
+            let chosen = if choice.is_multiple_of(4) {
+                any
+            } else {
+                top_level.copied()
+            };
+            chosen.map(|t| Event::SubscribeCall {
+                subscription: fresh,
+                track: t.id,
+            })
         }
     }
 }
@@ -694,7 +751,8 @@ proptest! {
     /// A track-call hinted with the track it should land on (the host passes the last run's
     /// ids in call order) skips building and looking up the path; a hint that is right gives
     /// the unhinted call's outcome, and so does a wrong one (another track's id, an unknown
-    /// id): the store is the event path's after every run.
+    /// id): the store is the event path's after every run, with an inner subscription's
+    /// run-time tracks made between runs (see also `runtime_properties.rs`).
     #[test]
     fn hinted_track_calls_build_the_same_state(
         first in program(),
@@ -723,6 +781,25 @@ proptest! {
             let (module, tracks) = a.unwrap();
             for rec in [&mut events, &mut hinted, &mut wrong] {
                 settle(rec, module).unwrap();
+            }
+            prop_assert_eq!(&events.state, &hinted.state);
+            prop_assert_eq!(&events.state, &wrong.state);
+            // Between runs, a live inner subscription on the first operator track: the next
+            // runs meet its run-time tracks (and may orphan the operator).
+            for rec in [&mut events, &mut hinted, &mut wrong] {
+                let state = &rec.state;
+                let op = state
+                    .store
+                    .tracks
+                    .values()
+                    .filter(|t| t.entity_id.is_some_and(|e| state.store.operators.contains_key(&e)))
+                    .map(|t| t.id)
+                    .min();
+                if let Some(op) = op {
+                    let key = state.fresh_id().to_string();
+                    let inner = [Node::new("map", None, vec![Node::new("tap", None, Vec::new())])];
+                    crate::runtime_properties::subscribe(rec, op, &key, &inner);
+                }
             }
             prop_assert_eq!(&events.state, &hinted.state);
             prop_assert_eq!(&events.state, &wrong.state);

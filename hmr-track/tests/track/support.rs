@@ -322,3 +322,13 @@ pub fn replay_checked(events: &[Event]) -> (State, Option<(usize, ApplyError)>) 
     }
     (state, None)
 }
+
+/// Applies `event` expecting a refusal; checks the state did not change and the error names
+/// the event.
+pub fn refuse_with(state: &mut State, event: Event) -> ApplyError {
+    let before = state.clone();
+    let error = state.apply(&event).expect_err("event must be refused");
+    assert_eq!(*state, before, "refused {event:?} changed the state");
+    assert_eq!(error.event(), event.name());
+    error
+}
