@@ -31,6 +31,31 @@ use crate::code::{OpCode, SourceSpec, StateSlots};
 use crate::loader::LibVersion;
 use crate::register::Names;
 
+/// One run-time registration call of an inner stream, as the tracking store takes it.
+#[derive(Clone, Debug)]
+pub(crate) enum RegCall {
+    /// A track opened: kind, key, signature.
+    Open(String, Option<String>, Box<Signature>),
+    /// The innermost open track closed.
+    Close,
+}
+
+/// What a pipeline's inner subscriptions did, for the tracking store (`Reloader` enters it
+/// before each registration run, see ARCHITECTURE.md).
+#[derive(Clone, Debug)]
+pub(crate) enum Census {
+    /// Subscription `id` of `pipeline` started under the higher-order operator `op_track`,
+    /// registering these calls.
+    Started {
+        pipeline: String,
+        id: u64,
+        op_track: Id,
+        calls: Vec<RegCall>,
+    },
+    /// It ended.
+    Ended { pipeline: String, id: u64 },
+}
+
 /// The tracks an inner stream registered while it was bound, relative to the subscription
 /// (`0:map`, `1:merge|0:map`), with their signatures, in handle order.
 #[derive(Default)]
@@ -41,6 +66,8 @@ pub(crate) struct InnerReg {
     top: u32,
     /// Every track opened, by handle - 1: relative path and signature.
     pub(crate) opened: Vec<(String, Signature)>,
+    /// The calls as made, for the tracking store.
+    pub(crate) calls: Vec<RegCall>,
     pub(crate) names: Names,
 }
 
@@ -74,6 +101,11 @@ impl InnerReg {
             None => segment,
         };
         self.stack.push((path.clone(), 0));
+        self.calls.push(RegCall::Open(
+            signature.kind.to_string(),
+            key,
+            Box::new(signature.clone()),
+        ));
         self.opened.push((path, signature));
         self.opened.len() as u64
     }
@@ -81,6 +113,7 @@ impl InnerReg {
     /// The innermost open track closed.
     pub(crate) fn close(&mut self) {
         self.stack.pop();
+        self.calls.push(RegCall::Close);
     }
 
     /// Forgets what was registered (before the next binding).
@@ -88,6 +121,7 @@ impl InnerReg {
         self.stack.clear();
         self.top = 0;
         self.opened.clear();
+        self.calls.clear();
     }
 }
 
@@ -188,6 +222,8 @@ pub(crate) struct InnerCode {
     pub(crate) lib: Arc<LibVersion>,
     pub(crate) ops: Vec<OpCode>,
     pub(crate) sources: Vec<SourceSpec>,
+    /// Its run-time registration calls, for the tracking store (a re-projection's).
+    pub(crate) calls: Vec<RegCall>,
 }
 
 impl Drop for InnerCode {
@@ -200,6 +236,8 @@ impl Drop for InnerCode {
 
 /// One live inner subscription.
 pub(crate) struct Inner {
+    /// The subscription's number.
+    pub(crate) id: u64,
     /// The higher-order operator's track.
     pub(crate) op_track: Id,
     /// The subscription's path (`pipeline|1:switch_map|#3:inner`).

@@ -29,12 +29,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmr_track::{Id, Recorder, Settlement, UpdateOutcome};
+use hmr_track::{ApplyError, Id, Recorder, Settlement, Signature, UpdateOutcome};
 
 pub use crate::cargo::plugin_manifest;
 use crate::cargo::{BuildConfig, BuildError, Builder};
 use crate::code::PipelineCode;
 use crate::events::{HostEvent, ResetInfo, RestartInfo, Sink, TrackInfo};
+use crate::inner::{Census, RegCall};
 use crate::loader::{LibVersion, Loader};
 use crate::runtime::{PanicPolicy, Published, Runtime};
 
@@ -83,6 +84,9 @@ pub struct Reloader {
     versions: Vec<Arc<LibVersion>>,
     current: Option<u64>,
     subscriptions: BTreeMap<String, Id>,
+    /// The tracking store's subscription of each live inner subscription (pipeline, number)
+    /// it was told of (`Runtime::take_census`).
+    inner_subs: BTreeMap<(String, u64), Id>,
     builds: Vec<(Instant, Instant)>,
     timings: Timings,
     /// A hash of the bytes of the library running now (see [`Outcome::Unchanged`]).
@@ -120,6 +124,7 @@ impl Reloader {
             versions: Vec::new(),
             current: None,
             subscriptions: BTreeMap::new(),
+            inner_subs: BTreeMap::new(),
             builds: Vec::new(),
             timings: Timings::default(),
             running_library: None,
@@ -290,6 +295,9 @@ impl Reloader {
         };
         // Mapped from here on, whatever happens next.
         self.versions.push(lib.clone());
+        // The inner subscriptions that started and ended since the last reload enter the
+        // store first, as of the version they ran (a run cannot start inside one).
+        self.enter_census();
         let register_started = Instant::now();
         let (module, pipelines) =
             match self
@@ -308,7 +316,8 @@ impl Reloader {
         self.timings.register = register_started.elapsed();
         let load_ms = load_started.elapsed().as_millis() as u64;
         let swap_started = Instant::now();
-        let report = self.reconcile(module, pipelines);
+        let mut report = self.reconcile(module, pipelines);
+        let projections = std::mem::take(&mut report.projections);
         self.timings.swap = swap_started.elapsed();
         let swap_us = self.timings.swap.as_micros() as u64;
         let first = self.current.is_none();
@@ -352,6 +361,11 @@ impl Reloader {
                 ),
                 pipeline,
             });
+        }
+        // The tracking store learns of the re-projections after the new code runs: nothing
+        // waits for it.
+        for (pipeline, id, calls) in projections {
+            self.enter_projection(&pipeline, id, &calls, module);
         }
         Outcome::Loaded { version: module }
     }
@@ -430,6 +444,7 @@ impl Reloader {
             }
         }
         for id in orphans {
+            self.end_inner_subs_on(id);
             self.lineages.remove(&id);
             if let Err(e) = self.recorder.update(id, module, UpdateOutcome::Removed) {
                 self.internal_error(&e);
@@ -462,7 +477,11 @@ impl Reloader {
         // threads now, so the report counts their tracks (what each driver applies when it
         // takes the code).
         let mut inner_swapped = 0;
-        for (_, plan) in self.runtime.prepare_inners(PREPARE_WAIT) {
+        for (pipeline, plan) in self.runtime.prepare_inners(PREPARE_WAIT) {
+            // Entered into the store once the reload is reported (off its critical path).
+            for (id, calls) in plan.projected {
+                report.projections.push((pipeline.clone(), id, calls));
+            }
             inner_swapped += plan.swapped;
             report.reset.extend(
                 plan.reset
@@ -498,6 +517,174 @@ impl Reloader {
         report
     }
 
+    /// Between reloads (the dev loop calls it every [`crate::watch::CENSUS_EVERY`] while it
+    /// waits): brings the tracking store up to date with the pipelines' inner subscriptions.
+    pub fn idle(&mut self) {
+        self.enter_census();
+    }
+
+    /// Enters into the tracking store what the pipelines' inner subscriptions did since the
+    /// last call (`Runtime::take_census`): a started one as a subscription of its
+    /// higher-order operator's track with its run-time tracks (`#N:inner` and the inner
+    /// stream's), an ended one unsubscribed (its tracks leave the store).
+    fn enter_census(&mut self) {
+        for c in self.runtime.take_census() {
+            match c {
+                Census::Started {
+                    pipeline,
+                    id,
+                    op_track,
+                    calls,
+                } => {
+                    // Its operator may be gone already (a reload removed it).
+                    if self.recorder.state.track(op_track).is_none() {
+                        continue;
+                    }
+                    match self.recorder.subscribe_at(op_track) {
+                        Ok(sub) => {
+                            let replayed = self.replay_inner_calls(id, &calls);
+                            let returned = self.recorder.subscribe_call_return(sub);
+                            match replayed.and(returned) {
+                                Ok(()) => {
+                                    self.inner_subs.insert((pipeline, id), sub);
+                                }
+                                Err(e) => {
+                                    self.internal_error(&e);
+                                    let _ = self.recorder.unsubscribe(sub);
+                                }
+                            }
+                        }
+                        Err(e) => self.internal_error(&e),
+                    }
+                }
+                Census::Ended { pipeline, id } => {
+                    if let Some(sub) = self.inner_subs.remove(&(pipeline, id))
+                        && let Err(e) = self.recorder.unsubscribe(sub)
+                    {
+                        self.internal_error(&e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The run-time track calls of subscription `id`: its own keyed track `#id:inner`, then
+    /// the inner stream's, as its binding made them. Every track it opens is closed, whatever
+    /// fails.
+    fn replay_inner_calls(&mut self, id: u64, calls: &[RegCall]) -> Result<(), ApplyError> {
+        let key = id.to_string();
+        let top = self
+            .recorder
+            .inner_track_call("inner", Some(&key), Signature::default())?;
+        let mut open = vec![top];
+        let mut result = Ok(());
+        for c in calls {
+            match c {
+                RegCall::Open(kind, key, signature) => {
+                    match self.recorder.inner_track_call(
+                        kind,
+                        key.as_deref(),
+                        (**signature).clone(),
+                    ) {
+                        Ok(t) => open.push(t),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                RegCall::Close => {
+                    if open.len() > 1
+                        && let Some(t) = open.pop()
+                        && let Err(e) = self.recorder.track_call_return(t)
+                    {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(t) = open.pop() {
+            let closed = self.recorder.track_call_return(t);
+            if result.is_ok() {
+                result = closed;
+            }
+        }
+        result
+    }
+
+    /// A live inner subscription re-projected with `module`'s code (what the reload
+    /// reports): the store's re-projection of it, and the `track-update`s of its tracks
+    /// (swapped when the signature is unchanged, reset otherwise, removed when the new
+    /// projection no longer has them).
+    fn enter_projection(&mut self, pipeline: &str, id: u64, calls: &[RegCall], module: u64) {
+        let Some(&sub) = self.inner_subs.get(&(pipeline.to_owned(), id)) else {
+            // Started after the last census: it enters the store at the next one.
+            return;
+        };
+        if let Err(e) = self.recorder.reproject(sub) {
+            self.internal_error(&e);
+            return;
+        }
+        let replayed = self.replay_inner_calls(id, calls);
+        let returned = self.recorder.subscribe_call_return(sub);
+        if let Err(e) = replayed.and(returned) {
+            self.internal_error(&e);
+            return;
+        }
+        let state = &self.recorder.state;
+        let updates: Vec<(Id, UpdateOutcome)> = state
+            .projection_updates(sub)
+            .into_iter()
+            .filter_map(|t| {
+                let track = state.track(t)?;
+                let pending = track.pending.as_ref()?;
+                Some((
+                    t,
+                    match hmr_track::signature_change(&track.signature, &pending.signature) {
+                        None => UpdateOutcome::Swapped,
+                        Some(reason) => UpdateOutcome::Reset { reason },
+                    },
+                ))
+            })
+            .chain(
+                state
+                    .projection_orphans(sub)
+                    .into_iter()
+                    .map(|t| (t, UpdateOutcome::Removed)),
+            )
+            .collect();
+        for (t, outcome) in updates {
+            if let Err(e) = self.recorder.update(t, module, outcome) {
+                self.internal_error(&e);
+            }
+        }
+    }
+
+    /// Before a registration track is removed: the inner subscriptions on it end in the
+    /// store (their pipeline's thread ends them when it takes the new code).
+    fn end_inner_subs_on(&mut self, track: Id) {
+        let ending: Vec<((String, u64), Id)> = self
+            .inner_subs
+            .iter()
+            .filter(|(_, sub)| {
+                self.recorder
+                    .state
+                    .store
+                    .subscriptions
+                    .get(sub)
+                    .is_some_and(|s| s.track == track)
+            })
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        for (key, sub) in ending {
+            self.inner_subs.remove(&key);
+            if let Err(e) = self.recorder.unsubscribe(sub) {
+                self.internal_error(&e);
+            }
+        }
+    }
+
     fn internal_error(&self, e: &dyn std::fmt::Display) {
         self.sink.event(HostEvent::Error {
             pipeline: String::new(),
@@ -514,6 +701,8 @@ const PREPARE_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Report {
+    /// The re-projections of live inner subscriptions, for the tracking store.
+    projections: Vec<(String, u64, Vec<RegCall>)>,
     swapped: usize,
     reset: Vec<ResetInfo>,
     added: Vec<String>,

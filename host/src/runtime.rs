@@ -31,7 +31,7 @@ use plugin_api::abi::{
 use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
-use crate::inner::{HeldValue, Inner, InnerCode, InnerHost, InnerPort, InnerReg};
+use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerHost, InnerPort, InnerReg};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
 use hmr_track::Id;
@@ -107,6 +107,9 @@ pub(crate) struct Shared {
     clock: Clock,
     /// Live inner subscriptions (as the pipeline's thread last saw them).
     live_inners: std::sync::atomic::AtomicUsize,
+    /// Where the driver tells what its inner subscriptions did, for the tracking store (set
+    /// by the `Runtime` that starts the pipeline).
+    census: std::sync::OnceLock<Sender<Census>>,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -140,6 +143,8 @@ pub struct InnerPlan {
     pub added: Vec<String>,
     /// Inner operators gone, and subscriptions ended.
     pub removed: Vec<String>,
+    /// The re-projections, for the tracking store: subscription and its registration calls.
+    pub(crate) projected: Vec<(u64, Vec<crate::inner::RegCall>)>,
 }
 
 impl Shared {
@@ -159,6 +164,7 @@ impl Shared {
             subjects,
             clock,
             live_inners: std::sync::atomic::AtomicUsize::new(0),
+            census: std::sync::OnceLock::new(),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -300,6 +306,8 @@ pub struct Runtime {
     clock: Clock,
     /// Whether a virtual clock was told a reload is staged (released at `launch`).
     held: bool,
+    /// What the pipelines' inner subscriptions did, for the tracking store.
+    census: (Sender<Census>, Receiver<Census>),
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
     feeds: crate::feed::Feeds,
@@ -487,6 +495,7 @@ impl Runtime {
             subjects: Arc::default(),
             clock: Clock::System,
             held: false,
+            census: crossbeam_channel::unbounded(),
             feeds: crate::feed::Feeds::new(),
         }
     }
@@ -598,16 +607,13 @@ impl Runtime {
         let name = code.name.clone();
         let sources = code.sources.clone();
         let tally = self.tallies.as_ref().map(|t| t.pipeline(&name));
+        let shared = Shared::with_subjects(code, tally, self.subjects.clone(), self.clock.clone());
+        let _ = shared.census.set(self.census.0.clone());
         self.pipelines.insert(
             name,
             Running {
                 publisher: Publisher {
-                    shared: Arc::new(Shared::with_subjects(
-                        code,
-                        tally,
-                        self.subjects.clone(),
-                        self.clock.clone(),
-                    )),
+                    shared: Arc::new(shared),
                 },
                 thread: None,
                 sources,
@@ -620,6 +626,12 @@ impl Runtime {
                 staged: None,
             },
         );
+    }
+
+    /// What the pipelines' inner subscriptions did since the last call: for the tracking
+    /// store, which the reloader updates before each registration run.
+    pub(crate) fn take_census(&self) -> Vec<Census> {
+        self.census.1.try_iter().collect()
     }
 
     /// Before a reload is reported: asks each pipeline that will swap to staged code and has
@@ -935,6 +947,8 @@ struct HostCx {
     /// Subscriptions restarted by a re-projection, whose start (and synchronous sources)
     /// the thread runs next.
     starts: RefCell<Vec<u64>>,
+    /// Where subscriptions that start and end are told, for the tracking store.
+    census: Option<Sender<Census>>,
     /// Subscriptions a re-projection ended while their operator was kept (subscription,
     /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
     ended: RefCell<Vec<(u64, Id)>>,
@@ -953,6 +967,22 @@ pub enum Key {
 
 /// Host-local ids of inner subscriptions' operators: far above the store's.
 const INNER_TRACKS: u64 = 1 << 62;
+
+impl Drop for HostCx {
+    fn drop(&mut self) {
+        // The pipeline's thread ends: its subscriptions end with it.
+        if let Some(census) = &self.census {
+            let live = self.inners.get_mut().keys().copied();
+            let dead = self.graveyard.get_mut().iter().map(|i| i.id);
+            for id in live.chain(dead).collect::<Vec<_>>() {
+                let _ = census.send(Census::Ended {
+                    pipeline: self.pipeline.clone(),
+                    id,
+                });
+            }
+        }
+    }
+}
 
 impl HostCx {
     fn set_code(&self, code: &PipelineCode) {
@@ -1262,6 +1292,7 @@ impl HostCx {
             lib: lib.clone(),
             ops: Vec::new(),
             sources: Vec::new(),
+            calls: Vec::new(),
         };
         let value = if desc.value.is_null() {
             None
@@ -1277,8 +1308,15 @@ impl HostCx {
                 }
             }
         };
-        let opened = std::mem::take(&mut self.reg.borrow_mut().opened);
-        self.reg.borrow_mut().clear();
+        let (opened, calls) = {
+            let mut reg = self.reg.borrow_mut();
+            let taken = (
+                std::mem::take(&mut reg.opened),
+                std::mem::take(&mut reg.calls),
+            );
+            reg.clear();
+            taken
+        };
         if let Some((_, op_path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
             match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut().names) } {
@@ -1289,6 +1327,7 @@ impl HostCx {
                 Ok((sources, ops)) => {
                     code.sources = sources;
                     code.ops = ops;
+                    code.calls = calls;
                     *self.reprojected.borrow_mut() = Some(code);
                 }
                 Err(e) => self.error_at(op_path, e),
@@ -1347,9 +1386,18 @@ impl HostCx {
         out.instance = id;
         out.states = slots.as_ptr();
         out.cx = &raw const *cx;
+        if let Some(census) = &self.census {
+            let _ = census.send(Census::Started {
+                pipeline: self.pipeline.clone(),
+                id,
+                op_track,
+                calls,
+            });
+        }
         self.inners.borrow_mut().insert(
             id,
             Inner {
+                id,
                 op_track,
                 path,
                 value,
@@ -1614,6 +1662,7 @@ impl Driver {
             reprojected: RefCell::new(None),
             starts: RefCell::new(Vec::new()),
             ended: RefCell::new(Vec::new()),
+            census: shared.census.get().cloned(),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -2008,6 +2057,14 @@ impl Driver {
     /// drives the driver calls this between calls (the pipeline thread does on each pass),
     /// or the ended subscriptions pile up.
     pub fn reap_inners(&self) {
+        if let Some(census) = &self.host.census {
+            for dead in self.host.graveyard.borrow().iter() {
+                let _ = census.send(Census::Ended {
+                    pipeline: self.host.pipeline.clone(),
+                    id: dead.id,
+                });
+            }
+        }
         let mut dead = std::mem::take(&mut *self.host.graveyard.borrow_mut());
         if dead.is_empty() {
             return;
@@ -2287,7 +2344,10 @@ impl Driver {
                 Some(h) => {
                     let projected = self.project_one(new, h, &inner);
                     match &projected {
-                        Ok(code) => Self::plan_one(&inner, code, &mut plan),
+                        Ok(code) => {
+                            Self::plan_one(&inner, code, &mut plan);
+                            plan.projected.push((id, code.calls.clone()));
+                        }
                         Err(_) => plan.removed.push(inner.path.clone()),
                     }
                     // Applied as decided, failures included (not projected twice).

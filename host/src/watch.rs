@@ -386,6 +386,10 @@ pub fn plan_for(builder: &mut crate::cargo::Builder) -> Plan {
     )
 }
 
+/// How often the dev loop, while it waits, enters the inner subscriptions that started and
+/// ended into the tracking store ([`Reloader::idle`]).
+pub const CENSUS_EVERY: Duration = Duration::from_millis(100);
+
 /// The dev loop: waits for changes, debounces them, reloads, and after each build watches
 /// what it read; returns on [`Msg::Stop`] or when every sender is gone.
 pub fn dev_loop(
@@ -395,9 +399,14 @@ pub fn dev_loop(
     mut watch: Option<&mut Watch>,
 ) {
     loop {
-        let mut finished = match rx.recv() {
-            Ok(Msg::Changed { finished }) => finished,
-            Ok(Msg::Stop) | Err(_) => return,
+        // While waiting: the tracking store learns of the inner subscriptions that started
+        // and ended (run-time tracks), so it is at most this late.
+        let mut finished = loop {
+            match rx.recv_timeout(CENSUS_EVERY) {
+                Ok(Msg::Changed { finished }) => break finished,
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => reloader.idle(),
+            }
         };
         // Wait until the directory has been quiet: briefly after a finished write, for the
         // debounce after an unfinished one.

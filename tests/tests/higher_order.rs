@@ -621,7 +621,23 @@ fn the_four_operators_on_a_virtual_clock_across_a_reload() -> anyhow::Result<()>
         panic!("no reload: {:?}", run.reload);
     };
     let live: usize = cases.iter().map(|c| c.3).sum();
-    assert_eq!(*swapped, tracks.len() + 2 * live, "{:?}", run.reload);
+    let registered = tracks.iter().filter(|t| !t.path.contains(":inner")).count();
+    assert_eq!(*swapped, registered + 2 * live, "{:?}", run.reload);
+    // The tracking store holds the live subscriptions' run-time tracks, under their
+    // operators: the reload's track list shows them.
+    let inner: Vec<&str> = tracks
+        .iter()
+        .filter(|t| t.path.starts_with("switch|") && t.path.contains(":inner"))
+        .map(|t| t.path.as_str())
+        .collect();
+    assert_eq!(
+        inner,
+        [
+            "switch|1:switch_map|#2:inner",
+            "switch|1:switch_map|#2:inner|0:take",
+            "switch|1:switch_map|#2:inner|1:map"
+        ]
+    );
     assert!(run.notices.is_empty(), "{:?}", run.notices);
     for (op, want, done, _) in cases {
         let want: Vec<(u64, u64, i64)> = want

@@ -210,7 +210,8 @@ fn run(n: u64) -> anyhow::Result<Run> {
     // Each live subscription's `map` is swapped: counted in the reload when the pipeline's
     // thread re-projected them before it was reported (`PREPARE_WAIT`), or else told in a
     // notice once the thread took the code. Either way, all of them.
-    let in_reload = swapped - tracks.len();
+    let registered = tracks.iter().filter(|t| !t.path.contains(":inner")).count();
+    let in_reload = swapped - registered;
     let notice = told.iter().find_map(|(t, e)| match e {
         HostEvent::Notice { message, .. } => Some((t, message)),
         _ => None,
