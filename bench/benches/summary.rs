@@ -29,7 +29,10 @@
 //!     vs rxRust's `debounce` and `throttle_time` on a virtual-time scheduler;
 //! 14. `switch_map` and `merge_map`, one inner subscription (`of(vec![x])`) created and ended
 //!     per outer value (one value at a time, and in batches of 1024), host vs rxRust's
-//!     `switch_map` / `flat_map` on a `Subject` with `from_iter(vec![x])` inner streams.
+//!     `switch_map` / `flat_map` on a `Subject` with `from_iter(vec![x])` inner streams;
+//! 15. inner subscriptions at scale: a `merge_map` over `range(0, N)` with an inner interval
+//!     (N = 1,000 and 10,000 live): the host's threads, resident memory per subscription, and
+//!     the host side of a reload that re-projects them all (release builds).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -196,6 +199,25 @@ fn register(p: &mut Plugin) {
 
 plugin_api::export_plugin!(register);
 "#;
+
+/// Scenario 15's plugin: `{N}` live inner subscriptions (an hour's interval each: their
+/// first value comes at once, the next after the bench).
+const INNER_SCALE: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("m", range(0, {N}))
+        .merge_map(|n: u64| interval_ms(3_600_000).map(move |i: u64| n * 10 + i))
+        .log();
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// The host's threads (Linux; empty elsewhere).
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
 
 const N_BATCH: u64 = 50_000_000;
 const N_PUSH: u64 = 10_000_000;
@@ -911,6 +933,60 @@ fn swap_scaling(report: &mut Report) -> anyhow::Result<()> {
             top_ms * 1000.0 / top_tracks as f64
         ),
         Some(growth <= 1.5),
+    );
+    Ok(())
+}
+
+fn inner_scale(report: &mut Report) -> anyhow::Result<()> {
+    report.line("\n### 15. Inner subscriptions at scale: a `merge_map` over `range(0, N)`, an inner interval each (release)\n");
+    report.line("| live inner subscriptions | threads before / live | RSS per subscription | host side of a reload (median of 9) | of which re-projection and report (swap) | slowest |");
+    report.line("|---:|---:|---:|---:|---:|---:|");
+    let mut at_1000 = None;
+    for n in [1_000u64, 10_000] {
+        let source = INNER_SCALE.replace("{N}", &n.to_string());
+        let built = build_release(&format!("bench_inner_scale_{n}"), &source)?;
+        let config = hmr_bench::release_config(&built.fixture)?;
+        let threads_before = thread_count();
+        let rss_before = rss_bytes();
+        let mut r = Reloader::new(config, null_sink(), PanicPolicy::Drop)?;
+        anyhow::ensure!(matches!(r.load_built(&built.library, 0), Outcome::Loaded { .. }));
+        // Wait until every subscription is live and in the tracking store (the dev loop's
+        // drain between reloads: `Reloader::idle`): one `#k:inner` track and its `map` each.
+        let base = r.tracks().len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while r.tracks().len() < base + 2 * n as usize {
+            anyhow::ensure!(Instant::now() < deadline, "{n} inner subscriptions never all started");
+            std::thread::sleep(Duration::from_millis(10));
+            r.idle();
+        }
+        let rss = rss_bytes().saturating_sub(rss_before) as f64 / n as f64;
+        let threads_live = thread_count();
+        let mut total = Vec::new();
+        let mut swap = Vec::new();
+        for _ in 0..9 {
+            r.idle();
+            anyhow::ensure!(matches!(r.load_built(&built.library, 0), Outcome::Loaded { .. }));
+            let t = r.last_timings();
+            total.push((t.load + t.validate + t.register + t.swap).as_secs_f64() * 1e3);
+            swap.push(t.swap.as_secs_f64() * 1e3);
+        }
+        let slowest = total.iter().copied().fold(0.0, f64::max);
+        let total_m = median(&mut total);
+        report.line(format!(
+            "| {n} | {threads_before} / {threads_live} | {:.0} B | {total_m:.2} ms | {:.2} ms | {slowest:.2} ms |",
+            rss,
+            median(&mut swap)
+        ));
+        if n == 1_000 {
+            at_1000 = Some((total_m, slowest));
+        }
+        drop(r);
+    }
+    let (m, worst) = at_1000.context("the 1,000 run")?;
+    report.verdict(
+        "a reload with 1,000 live inner subscriptions: host share under 10 ms",
+        format!("median {m:.2} ms, slowest of 9 {worst:.2} ms"),
+        Some(m < 10.0),
     );
     Ok(())
 }
@@ -2292,6 +2368,7 @@ fn run() -> anyhow::Result<bool> {
         ("fanin", Box::new(|r| fan_in(r, &loaded))),
         ("time", Box::new(|r| time_operators(r, &loaded))),
         ("higher", Box::new(|r| higher_order(r, &loaded))),
+        ("inner_scale", Box::new(inner_scale)),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {
