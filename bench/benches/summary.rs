@@ -949,13 +949,19 @@ fn inner_scale(report: &mut Report) -> anyhow::Result<()> {
         let threads_before = thread_count();
         let rss_before = rss_bytes();
         let mut r = Reloader::new(config, null_sink(), PanicPolicy::Drop)?;
-        anyhow::ensure!(matches!(r.load_built(&built.library, 0), Outcome::Loaded { .. }));
+        anyhow::ensure!(matches!(
+            r.load_built(&built.library, 0),
+            Outcome::Loaded { .. }
+        ));
         // Wait until every subscription is live and in the tracking store (the dev loop's
         // drain between reloads: `Reloader::idle`): one `#k:inner` track and its `map` each.
         let base = r.tracks().len();
         let deadline = Instant::now() + Duration::from_secs(60);
         while r.tracks().len() < base + 2 * n as usize {
-            anyhow::ensure!(Instant::now() < deadline, "{n} inner subscriptions never all started");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{n} inner subscriptions never all started"
+            );
             std::thread::sleep(Duration::from_millis(10));
             r.idle();
         }
@@ -965,7 +971,10 @@ fn inner_scale(report: &mut Report) -> anyhow::Result<()> {
         let mut swap = Vec::new();
         for _ in 0..9 {
             r.idle();
-            anyhow::ensure!(matches!(r.load_built(&built.library, 0), Outcome::Loaded { .. }));
+            anyhow::ensure!(matches!(
+                r.load_built(&built.library, 0),
+                Outcome::Loaded { .. }
+            ));
             let t = r.last_timings();
             total.push((t.load + t.validate + t.register + t.swap).as_secs_f64() * 1e3);
             swap.push(t.swap.as_secs_f64() * 1e3);

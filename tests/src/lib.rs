@@ -42,6 +42,32 @@ fn register(p: &mut Plugin) {
 plugin_api::export_plugin!(register);
 "#;
 
+/// A plugin crate's `lib.rs` whose `register` runs `body` (with the prelude in scope).
+pub fn plugin(body: &str) -> String {
+    format!(
+        "use plugin_api::prelude::*;\n\nfn register(p: &mut Plugin) {{\n{body}\n}}\n\n\
+         plugin_api::export_plugin!(register);\n"
+    )
+}
+
+/// How long a test waits for the pipelines to run what a virtual clock made due.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Moves the virtual clock by `ms` and waits until every pipeline ran what became due.
+pub fn advance(time: &host::clock::VirtualClock, ms: u64) {
+    time.advance(std::time::Duration::from_millis(ms));
+    assert!(time.settle(SETTLE), "the pipelines settled");
+}
+
+/// (version, number) of each emission of pipeline `p` so far.
+pub fn numbers(host: &mut host::testkit::Harness, p: &str) -> Vec<(u64, i64)> {
+    host.drain();
+    host.emissions(p)
+        .iter()
+        .map(|(v, x)| (*v, value(x)))
+        .collect()
+}
+
 /// The number an emission's Debug text holds.
 pub fn value(v: &str) -> i64 {
     v.parse().unwrap_or_else(|_| panic!("not a number: {v:?}"))

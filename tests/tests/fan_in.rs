@@ -4,14 +4,7 @@
 
 use host::events::HostEvent;
 use host::testkit::{EMISSION_TIMEOUT, Fixture, Harness};
-use integration_tests::{reload_fields, reload_version, value};
-
-fn plugin(body: &str) -> String {
-    format!(
-        "use plugin_api::prelude::*;\n\nfn register(p: &mut Plugin) {{\n{body}\n}}\n\n\
-         plugin_api::export_plugin!(register);\n"
-    )
-}
+use integration_tests::{plugin, reload_fields, reload_version, value};
 
 /// What version 2 adds to every value, so its emissions are told apart.
 const V2: i64 = 500_000;

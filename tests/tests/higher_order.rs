@@ -4,33 +4,9 @@
 //! subscription with the reason told, a `concat_map` queue survives a reload, a panic in a
 //! projection is reported at the operator, and an inner type change resets the operator.
 
-use std::time::Duration;
-
 use host::events::HostEvent;
 use host::testkit::{EMISSION_TIMEOUT, Fixture, Harness};
-use integration_tests::{reload_fields, reload_version, value};
-
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn plugin(body: &str) -> String {
-    format!(
-        "use plugin_api::prelude::*;\n\nfn register(p: &mut Plugin) {{\n{body}\n}}\n\n\
-         plugin_api::export_plugin!(register);\n"
-    )
-}
-
-fn values(host: &mut Harness, p: &str) -> Vec<(u64, i64)> {
-    host.drain();
-    host.emissions(p)
-        .iter()
-        .map(|(v, x)| (*v, value(x)))
-        .collect()
-}
-
-fn advance(time: &host::clock::VirtualClock, ms: u64) {
-    time.advance(Duration::from_millis(ms));
-    assert!(time.settle(SETTLE), "the pipelines settled");
-}
+use integration_tests::{SETTLE, advance, numbers, plugin, reload_fields, reload_version, value};
 
 fn notices(host: &mut Harness) -> Vec<String> {
     host.drain();
@@ -63,7 +39,10 @@ fn a_live_inner_subscription_is_swapped_not_restarted() -> anyhow::Result<()> {
     let (v1, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));
     advance(&time, 350);
-    assert_eq!(values(&mut host, "s"), [(v1, 0), (v1, 1), (v1, 2), (v1, 3)]);
+    assert_eq!(
+        numbers(&mut host, "s"),
+        [(v1, 0), (v1, 1), (v1, 2), (v1, 3)]
+    );
 
     fixture.edit("src/lib.rs", "i + 0", "i + 50");
     let reload = host.wait_reload()?;
@@ -78,13 +57,13 @@ fn a_live_inner_subscription_is_swapped_not_restarted() -> anyhow::Result<()> {
     );
     assert!(time.settle(SETTLE));
     advance(&time, 100); // t = 450: the inner interval's 5th value, through v2
-    assert_eq!(values(&mut host, "s").last(), Some(&(v2, 54)));
+    assert_eq!(numbers(&mut host, "s").last(), Some(&(v2, 54)));
     // Reported in the reload, not again in a notice.
     assert_eq!(notices(&mut host), Vec::<String>::new());
 
     // t = 1000: the outer value 1 ends subscription #1 and starts #2.
     advance(&time, 550);
-    assert_eq!(values(&mut host, "s").last(), Some(&(v2, 150)));
+    assert_eq!(numbers(&mut host, "s").last(), Some(&(v2, 150)));
 
     fixture.edit("src/lib.rs", "interval_ms(100)", "interval_ms(40)");
     let reload = host.wait_reload()?;
@@ -100,9 +79,9 @@ fn a_live_inner_subscription_is_swapped_not_restarted() -> anyhow::Result<()> {
     );
     assert!(time.settle(SETTLE));
     // Restarted at t = 1000 from the new projection: 0 at once, then every 40 ms.
-    let before = values(&mut host, "s").len();
+    let before = numbers(&mut host, "s").len();
     advance(&time, 80);
-    let got = values(&mut host, "s");
+    let got = numbers(&mut host, "s");
     assert_eq!(
         got[before - 1..],
         [(v3, 150), (v3, 151), (v3, 152)],
@@ -131,7 +110,7 @@ fn a_concat_map_queue_survives_a_reload() -> anyhow::Result<()> {
     let (v1, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));
     advance(&time, 100);
-    assert_eq!(values(&mut host, "c"), [(v1, 0), (v1, 1)]);
+    assert_eq!(numbers(&mut host, "c"), [(v1, 0), (v1, 1)]);
     fixture.edit("src/lib.rs", "i + 0", "i + 1000");
     let reload = host.wait_reload()?;
     let v2 = reload_version(&reload);
@@ -149,7 +128,7 @@ fn a_concat_map_queue_survives_a_reload() -> anyhow::Result<()> {
         "{done:?}"
     );
     assert_eq!(
-        values(&mut host, "c"),
+        numbers(&mut host, "c"),
         [
             (v1, 0),
             (v1, 1),
@@ -421,7 +400,7 @@ fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() ->
             ("batch", "batch|0:switch_map"),
             ("ticks", "ticks|1:switch_map"),
         ] {
-            let got: Vec<i64> = values(&mut host, pipeline)
+            let got: Vec<i64> = numbers(&mut host, pipeline)
                 .iter()
                 .map(|(_, x)| *x)
                 .collect();

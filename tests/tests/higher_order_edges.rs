@@ -2,20 +2,9 @@
 //! is refused with an error at the operator (and the outer stream goes on), and a panic in an
 //! inner stream's operator is reported at that operator's own path.
 
-use std::time::Duration;
-
 use host::events::HostEvent;
 use host::testkit::{Fixture, Harness};
-use integration_tests::value;
-
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn plugin(body: &str) -> String {
-    format!(
-        "use plugin_api::prelude::*;\n\nfn register(p: &mut Plugin) {{\n{body}\n}}\n\n\
-         plugin_api::export_plugin!(register);\n"
-    )
-}
+use integration_tests::{SETTLE, plugin, value};
 
 fn errors(host: &mut Harness) -> Vec<(String, String)> {
     host.drain();

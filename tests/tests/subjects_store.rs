@@ -8,15 +8,8 @@ use hmr_track::{Id, Store};
 use host::events::HostEvent;
 use host::reloader::{Outcome, Reloader};
 use host::testkit::Fixture;
-use integration_tests::{channel_reloader, next_matching};
+use integration_tests::{channel_reloader, next_matching, plugin};
 use std::time::Duration;
-
-fn plugin(body: &str) -> String {
-    format!(
-        "use plugin_api::prelude::*;\n\nfn register(p: &mut Plugin) {{\n{body}\n}}\n\n\
-         plugin_api::export_plugin!(register);\n"
-    )
-}
 
 /// One publisher and two subscribers of `evens`.
 const V1: &str = r#"    p.pipeline("src", interval_ms(5))

@@ -3,33 +3,8 @@
 //! is a changed signature (reset, reported); a `delay` queue and a time buffer survive a
 //! reload the same way.
 
-use std::time::Duration;
-
 use host::testkit::{Fixture, Harness};
-use integration_tests::{reload_fields, reload_version, value};
-
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn plugin(body: &str) -> String {
-    format!(
-        "use plugin_api::prelude::*;\n\nfn register(p: &mut Plugin) {{\n{body}\n}}\n\n\
-         plugin_api::export_plugin!(register);\n"
-    )
-}
-
-fn values(host: &mut Harness, p: &str) -> Vec<(u64, i64)> {
-    host.drain();
-    host.emissions(p)
-        .iter()
-        .map(|(v, x)| (*v, value(x)))
-        .collect()
-}
-
-/// Moves the virtual clock by `ms` and waits until every pipeline ran what became due.
-fn advance(time: &host::clock::VirtualClock, ms: u64) {
-    time.advance(Duration::from_millis(ms));
-    assert!(time.settle(SETTLE), "the pipelines settled");
-}
+use integration_tests::{SETTLE, advance, numbers, plugin, reload_fields, reload_version};
 
 #[test]
 fn a_pending_debounce_fires_at_its_original_deadline_through_new_code() -> anyhow::Result<()> {
@@ -52,12 +27,12 @@ fn a_pending_debounce_fires_at_its_original_deadline_through_new_code() -> anyho
     // t = 0: tick 0 is pending until t = 300.
     assert!(time.settle(SETTLE));
     advance(&time, 299);
-    assert_eq!(values(&mut host, "d"), []);
+    assert_eq!(numbers(&mut host, "d"), []);
     advance(&time, 1);
-    assert_eq!(values(&mut host, "d"), [(v1, 10)]);
+    assert_eq!(numbers(&mut host, "d"), [(v1, 10)]);
     // t = 1100: tick 1 (t = 1000) is pending until t = 1300.
     advance(&time, 800);
-    assert_eq!(values(&mut host, "d"), [(v1, 10)]);
+    assert_eq!(numbers(&mut host, "d"), [(v1, 10)]);
 
     fixture.edit("src/lib.rs", "n + 10", "n + 20");
     let reload = host.wait_reload()?;
@@ -71,10 +46,10 @@ fn a_pending_debounce_fires_at_its_original_deadline_through_new_code() -> anyho
     // The pipeline's thread takes the new code when told (no value needed).
     assert!(time.settle(SETTLE));
     advance(&time, 199);
-    assert_eq!(values(&mut host, "d"), [(v1, 10)]);
+    assert_eq!(numbers(&mut host, "d"), [(v1, 10)]);
     // The original deadline, and the new code downstream.
     advance(&time, 1);
-    assert_eq!(values(&mut host, "d"), [(v1, 10), (v2, 21)]);
+    assert_eq!(numbers(&mut host, "d"), [(v1, 10), (v2, 21)]);
 
     // A changed duration is a changed signature: the debounce is reset (tick 2, pending
     // since t = 2000, is dropped) and the reload says why.
@@ -87,9 +62,9 @@ fn a_pending_debounce_fires_at_its_original_deadline_through_new_code() -> anyho
     assert!(reset[0].starts_with("d|0:debounce_ms: "), "{reset:?}");
     assert!(time.settle(SETTLE));
     advance(&time, 1000); // t = 3100: tick 3 (t = 3000) pending until 3400
-    assert_eq!(values(&mut host, "d"), [(v1, 10), (v2, 21)]);
+    assert_eq!(numbers(&mut host, "d"), [(v1, 10), (v2, 21)]);
     advance(&time, 300);
-    assert_eq!(values(&mut host, "d"), [(v1, 10), (v2, 21), (v3, 23)]);
+    assert_eq!(numbers(&mut host, "d"), [(v1, 10), (v2, 21), (v3, 23)]);
     host.stop();
     Ok(())
 }
@@ -122,8 +97,8 @@ fn a_delay_queue_and_a_time_buffer_survive_a_reload() -> anyhow::Result<()> {
     for _ in 0..32 {
         advance(&time, 10);
     }
-    assert_eq!(values(&mut host, "late"), [(v1, 1000)]);
-    assert_eq!(values(&mut host, "batches"), []);
+    assert_eq!(numbers(&mut host, "late"), [(v1, 1000)]);
+    assert_eq!(numbers(&mut host, "batches"), []);
     fixture.edit("src/lib.rs", "EXTRA: u64 = 1000", "EXTRA: u64 = 2000");
     let reload = host.wait_reload()?;
     let v2 = reload_version(&reload);
@@ -136,12 +111,12 @@ fn a_delay_queue_and_a_time_buffer_survive_a_reload() -> anyhow::Result<()> {
     // t = 350: tick 1 (due 350) through the new code; the buffer's first period ends with
     // ticks 0..=3 (sum 6, 4 values), also through the new code.
     advance(&time, 30);
-    assert_eq!(values(&mut host, "late"), [(v1, 1000), (v2, 2001)]);
-    assert_eq!(values(&mut host, "batches"), [(v2, 20_604)]);
+    assert_eq!(numbers(&mut host, "late"), [(v1, 1000), (v2, 2001)]);
+    assert_eq!(numbers(&mut host, "batches"), [(v2, 20_604)]);
     // t = 550: ticks 2 and 3 (due 450, 550).
     advance(&time, 200);
     assert_eq!(
-        values(&mut host, "late"),
+        numbers(&mut host, "late"),
         [(v1, 1000), (v2, 2001), (v2, 2002), (v2, 2003)]
     );
     host.stop();
