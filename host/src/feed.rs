@@ -66,19 +66,23 @@ impl Drop for Held {
 
 /// Delivers a source's events into a pipeline thread's inbox, as messages for its port;
 /// the inbox and port can be changed (a restarted pipeline taking the source over).
+/// Delivers a source's events to a pipeline thread's inbox: for port `.1` of the pipeline
+/// (`.2` = 0), or of its inner subscription `.2`.
 struct InboxOutlet {
-    target: ArcSwap<(Sender<Msg>, u32)>,
+    target: ArcSwap<(Sender<Msg>, u32, u64)>,
 }
 
 impl Outlet for InboxOutlet {
     fn send(&self, event: SourceEvent) -> bool {
         let target = self.target.load();
-        let (tx, port) = (&target.0, target.1);
-        let msg = match event {
-            SourceEvent::Line(l) => Msg::Line(port, l),
-            SourceEvent::Error(e) => Msg::Error(port, e),
-            SourceEvent::Notice(n) => Msg::Notice(port, n),
-            SourceEvent::Complete => Msg::Complete(port),
+        let (tx, port, inner) = (&target.0, target.1, target.2);
+        let msg = match (event, inner) {
+            (SourceEvent::Line(l), 0) => Msg::Line(port, l),
+            (SourceEvent::Line(l), id) => Msg::InnerLine(id, port, l),
+            (SourceEvent::Complete, 0) => Msg::Complete(port),
+            (SourceEvent::Complete, id) => Msg::InnerComplete(id, port),
+            (SourceEvent::Error(e), _) => Msg::Error(port, e),
+            (SourceEvent::Notice(n), _) => Msg::Notice(port, n),
         };
         tx.send(msg).is_ok()
     }
@@ -187,13 +191,29 @@ impl Feeds {
         tx: &Sender<Msg>,
         reuse: &mut Vec<Held>,
     ) -> Result<Option<(Held, Option<u32>)>, String> {
+        self.open_for(spec, port, 0, tx, reuse)
+    }
+
+    /// [`Feeds::open`] for port `port` of inner subscription `inner` (0: of the pipeline).
+    pub fn open_for(
+        &mut self,
+        spec: &SourceSpec,
+        port: u32,
+        inner: u64,
+        tx: &Sender<Msg>,
+        reuse: &mut Vec<Held>,
+    ) -> Result<Option<(Held, Option<u32>)>, String> {
         if let Some(i) = reuse.iter().position(|h| h.spec == *spec) {
             let held = reuse.swap_remove(i);
-            let old = held.outlet.target.swap(Arc::new((tx.clone(), port))).1;
+            let old = held
+                .outlet
+                .target
+                .swap(Arc::new((tx.clone(), port, inner)))
+                .1;
             return Ok(Some((held, Some(old))));
         }
         let outlet = Arc::new(InboxOutlet {
-            target: ArcSwap::from_pointee((tx.clone(), port)),
+            target: ArcSwap::from_pointee((tx.clone(), port, inner)),
         });
         let dyn_outlet = || -> Arc<dyn Outlet> { outlet.clone() };
         let what = match spec.kind {

@@ -238,6 +238,9 @@ impl Drop for InnerCode {
 pub(crate) struct Inner {
     /// The subscription's number.
     pub(crate) id: u64,
+    /// Its host sources (a file's task and position, a listener's subscription): closed
+    /// when it ends, first.
+    pub(crate) held: Vec<crate::feed::Held>,
     /// The higher-order operator's track.
     pub(crate) op_track: Id,
     /// The subscription's path (`pipeline|1:switch_map|#3:inner`).

@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     /// Where the driver tells what its inner subscriptions did, for the tracking store (set
     /// by the `Runtime` that starts the pipeline).
     census: std::sync::OnceLock<Sender<Census>>,
+    /// Where inner subscriptions open their host sources (files, sockets, stdin).
+    feeds: std::sync::OnceLock<Arc<Mutex<crate::feed::Feeds>>>,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -125,6 +127,10 @@ pub enum Msg {
     Notice(u32, String),
     /// Look at the stop flag and the clock again.
     Wake,
+    /// A line of inner subscription `.0`'s source on port `.1`.
+    InnerLine(u64, u32, String),
+    /// Inner subscription `.0`'s source on port `.1` completed.
+    InnerComplete(u64, u32),
     /// A reload staged this code: re-project the live inner subscriptions with it now
     /// (nothing runs through it yet) and answer what each would go through.
     Prepare(Arc<PipelineCode>, Sender<InnerPlan>),
@@ -165,6 +171,7 @@ impl Shared {
             clock,
             live_inners: std::sync::atomic::AtomicUsize::new(0),
             census: std::sync::OnceLock::new(),
+            feeds: std::sync::OnceLock::new(),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -310,7 +317,7 @@ pub struct Runtime {
     census: (Sender<Census>, Receiver<Census>),
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
-    feeds: crate::feed::Feeds,
+    feeds: Arc<Mutex<crate::feed::Feeds>>,
 }
 
 /// A thread that reports source threads stuck inside one call into plugin code.
@@ -496,7 +503,7 @@ impl Runtime {
             clock: Clock::System,
             held: false,
             census: crossbeam_channel::unbounded(),
-            feeds: crate::feed::Feeds::new(),
+            feeds: Arc::new(Mutex::new(crate::feed::Feeds::new())),
         }
     }
 
@@ -507,12 +514,12 @@ impl Runtime {
 
     /// `stdin_lines` reads `reader` instead of the process's standard input (tests).
     pub fn set_stdin(&mut self, reader: crate::feed::StdinReader) {
-        self.feeds.set_stdin(reader);
+        lock(&self.feeds).set_stdin(reader);
     }
 
     /// Relative paths of sources (`file_lines`) resolve against `dir` (the plugin crate's).
     pub fn set_base_dir(&mut self, dir: &std::path::Path) {
-        self.feeds.set_base_dir(dir);
+        lock(&self.feeds).set_base_dir(dir);
     }
 
     /// Counts emissions and answers state requests into `tallies` in every pipeline started
@@ -609,6 +616,7 @@ impl Runtime {
         let tally = self.tallies.as_ref().map(|t| t.pipeline(&name));
         let shared = Shared::with_subjects(code, tally, self.subjects.clone(), self.clock.clone());
         let _ = shared.census.set(self.census.0.clone());
+        let _ = shared.feeds.set(self.feeds.clone());
         self.pipelines.insert(
             name,
             Running {
@@ -696,7 +704,8 @@ impl Runtime {
             let tx = shared.inbox.0.clone();
             let mut moved: Vec<(u32, u32)> = Vec::new();
             for (port, spec) in r.sources.iter().enumerate() {
-                match self.feeds.open(spec, port as u32, &tx, &mut r.reusable) {
+                let opened = lock(&self.feeds).open(spec, port as u32, &tx, &mut r.reusable);
+                match opened {
                     Ok(Some((held, from))) => {
                         if let Some(old) = from {
                             moved.push((old, port as u32));
@@ -766,7 +775,7 @@ impl Runtime {
             }
         }
         // Every pipeline of this launch has subscribed: stdin may be read now.
-        self.feeds.opened();
+        lock(&self.feeds).opened();
         if self.held
             && let Clock::Virtual(v) = &self.clock
         {
@@ -949,6 +958,9 @@ struct HostCx {
     starts: RefCell<Vec<u64>>,
     /// Where subscriptions that start and end are told, for the tracking store.
     census: Option<Sender<Census>>,
+    /// Where inner subscriptions open their host sources, and the inbox those deliver to.
+    feeds: Option<Arc<Mutex<crate::feed::Feeds>>>,
+    inbox: Sender<Msg>,
     /// Subscriptions a re-projection ended while their operator was kept (subscription,
     /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
     ended: RefCell<Vec<(u64, Id)>>,
@@ -963,6 +975,11 @@ pub enum Key {
     InnerOp(u64, Id),
     /// The next value of inner subscription `.0`'s interval on port `.1`.
     InnerPort(u64, u32),
+}
+
+/// `m` locked, whatever a panic elsewhere left in it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Host-local ids of inner subscriptions' operators: far above the store's.
@@ -1098,13 +1115,10 @@ fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option
         return Some("an inner stream cannot publish to a subject (not supported)".to_owned());
     }
     for s in sources {
-        if !matches!(
-            s.kind,
-            source_kind::INTERVAL | source_kind::RANGE | source_kind::OF
-        ) {
+        if s.kind == source_kind::SUBJECT {
             return Some(format!(
-                "an inner stream's source is `{}`: inner streams take `interval_ms`, `range` and \
-                 `of` (other sources are not supported inside a higher-order operator)",
+                "an inner stream's source is `{}`: a subject cannot be read inside a \
+                 higher-order operator (not supported)",
                 s.label
             ));
         }
@@ -1266,6 +1280,33 @@ impl HostCx {
             .collect()
     }
 
+    /// Opens the host sources (files, sockets, stdin) of inner subscription `id`, delivering
+    /// to this pipeline's inbox: what they hold (a file's position, a listener) lives as long
+    /// as the subscription, and a re-projection that keeps the sources keeps them. A source
+    /// that cannot be opened is an error at `path`; its port stays silent.
+    fn open_inner_sources(
+        &self,
+        id: u64,
+        sources: &[crate::code::SourceSpec],
+        path: &str,
+    ) -> Vec<crate::feed::Held> {
+        let Some(feeds) = &self.feeds else {
+            return Vec::new();
+        };
+        let mut held = Vec::new();
+        let mut feeds = lock(feeds);
+        for (port, spec) in sources.iter().enumerate() {
+            match feeds.open_for(spec, port as u32, id, &self.inbox, &mut Vec::new()) {
+                Ok(Some((h, _))) => held.push(h),
+                Ok(None) => {}
+                Err(e) => self.error_at(path.to_owned(), e),
+            }
+        }
+        // An inner subscription that reads stdin starts now: nothing else is waited for.
+        feeds.opened();
+        held
+    }
+
     /// `subscribe` from a pipeline's higher-order operator `op`.
     fn subscribe(&self, op: u32, desc: &InnerDesc, out: &mut InnerHandle) -> bool {
         let reprojecting = self.reprojecting.borrow().clone();
@@ -1376,6 +1417,7 @@ impl HostCx {
         code.ops = ops;
         code.sources = sources;
         let ports = self.start_ports(id, &code.sources);
+        let held = self.open_inner_sources(id, &code.sources, &path);
         let host = Box::new(InnerHost {
             parent: (self as *const HostCx).cast::<c_void>(),
             instance: id,
@@ -1399,6 +1441,7 @@ impl HostCx {
             Inner {
                 id,
                 op_track,
+                held,
                 path,
                 value,
                 slots,
@@ -1663,6 +1706,8 @@ impl Driver {
             starts: RefCell::new(Vec::new()),
             ended: RefCell::new(Vec::new()),
             census: shared.census.get().cloned(),
+            feeds: shared.feeds.get().cloned(),
+            inbox: shared.inbox.0.clone(),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -2405,6 +2450,8 @@ impl Driver {
                             Self::restart_reason(&inner, &new)
                         );
                         inner.ports = self.host.start_ports(id, &new.sources);
+                        inner.held = Vec::new();
+                        inner.held = self.host.open_inner_sources(id, &new.sources, &inner.path);
                         let old_slots = std::mem::replace(&mut inner.slots, slots);
                         drop(old_slots);
                         inner.code = new;
@@ -2730,7 +2777,9 @@ fn run_pipeline(
                     Msg::Complete(p) => new_port(p).map(Msg::Complete),
                     Msg::Error(p, e) => new_port(p).map(|n| Msg::Error(n, e)),
                     Msg::Notice(p, e) => new_port(p).map(|n| Msg::Notice(n, e)),
-                    Msg::Wake | Msg::Prepare(..) => None,
+                    Msg::Wake | Msg::Prepare(..) | Msg::InnerLine(..) | Msg::InnerComplete(..) => {
+                        None
+                    }
                 })
                 .collect()
         }
@@ -2796,6 +2845,25 @@ fn run_pipeline(
                     pipeline: name.clone(),
                     message,
                 }),
+                Msg::InnerLine(id, port, line) => {
+                    let view = RStr::new(&line);
+                    let r = cell.with(|d| {
+                        d.inner_event(
+                            id,
+                            inner_kind::PUSH,
+                            port,
+                            (&raw const view).cast::<c_void>(),
+                            0,
+                        )
+                    });
+                    step!(r, &mut PortRun::Fed);
+                }
+                Msg::InnerComplete(id, port) => {
+                    let r = cell.with(|d| {
+                        d.inner_event(id, inner_kind::COMPLETE, port, std::ptr::null(), 0)
+                    });
+                    step!(r, &mut PortRun::Fed);
+                }
                 Msg::Prepare(code, answer) => {
                     let plan = cell.with(|d| d.prepare(&code));
                     let _ = answer.send(plan);

@@ -838,9 +838,9 @@ fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error
     let inner = "interval_ms(100).map(move |i: u64| n * 100 + i)";
     let cases = [
         (
-            "stdin",
-            "stdin_lines().map(move |l: String| n * 100 + l.len() as u64)",
-            "an inner stream's source is `stdin_lines()`",
+            "subject",
+            "subject::<u64>(\"t\").map(move |x: u64| n * 100 + x)",
+            "an inner stream's source is `subject::<u64>(\"t\")`",
         ),
         (
             "publish",

@@ -23,12 +23,12 @@ fn errors(host: &mut Harness) -> Vec<(String, String)> {
 fn refused_inner_streams_are_errors_at_the_operator() -> anyhow::Result<()> {
     let cases = [
         (
-            "file",
+            "subject",
             r#"p.pipeline("r", range(0, 3))
-        .merge_map(|n: u64| file_lines("in.log").map(move |_l: String| n))
+        .merge_map(|n: u64| subject::<u64>("t").map(move |x: u64| n + x))
         .log();"#,
             "r|0:merge_map",
-            "inner streams take `interval_ms`, `range` and `of`",
+            "a subject cannot be read inside a higher-order operator",
         ),
         (
             "nested",
@@ -88,6 +88,47 @@ fn a_panic_in_an_inner_operator_names_its_path() -> anyhow::Result<()> {
     );
     let got: Vec<i64> = host.emissions("q").iter().map(|(_, v)| value(v)).collect();
     assert_eq!(got, [1, 2, 3, 11, 13]);
+    host.stop();
+    Ok(())
+}
+
+/// An inner `file_lines` is a host source of its subscription: a reload that swaps the
+/// subscription keeps the file's task and position (the next line appended is the next value,
+/// through the new code; nothing is read twice).
+#[test]
+fn an_inner_file_keeps_its_position_across_a_reload() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_file",
+        &plugin(
+            r#"    p.pipeline("f", range(0, 1))
+        .switch_map(|_n: u64| file_lines("in.log").map(|l: String| l.len() as u64 + 0))
+        .log();"#,
+        ),
+    );
+    fixture.write("in.log", "a\nbb\n");
+    let mut host = Harness::start(&fixture.options())?;
+    let (v1, _) = host.wait_loaded()?;
+    host.wait_emission("f", |v| value(v) == 2)?;
+    fixture.edit("src/lib.rs", "as u64 + 0", "as u64 + 100");
+    let reload = host.wait_reload()?;
+    let v2 = integration_tests::reload_version(&reload);
+    let (_, reset, added, removed) = integration_tests::reload_fields(&reload);
+    assert!(
+        reset.is_empty() && added.is_empty() && removed.is_empty(),
+        "{reload:?}"
+    );
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(fixture.path().join("in.log"))?;
+    std::io::Write::write_all(&mut log, b"ccc\n")?;
+    drop(log);
+    host.wait_emission("f", |v| value(v) == 103)?;
+    let got: Vec<(u64, i64)> = host
+        .emissions("f")
+        .iter()
+        .map(|(v, x)| (*v, value(x)))
+        .collect();
+    assert_eq!(got, [(v1, 1), (v1, 2), (v2, 103)]);
     host.stop();
     Ok(())
 }
