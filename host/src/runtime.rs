@@ -659,7 +659,9 @@ impl Runtime {
                 continue;
             }
             let name = code.name.clone();
-            let (one, answer) = crossbeam_channel::bounded(1);
+            // A rendezvous: the thread's answer is taken by this call or refused (once the
+            // receiver is dropped after the wait), so the thread knows whether it was told.
+            let (one, answer) = crossbeam_channel::bounded(0);
             if shared.inbox.0.send(Msg::Prepare(code.clone(), one)).is_ok() {
                 asked += 1;
                 let tx = tx.clone();
@@ -1657,7 +1659,7 @@ pub struct Driver {
     _api: Box<HostApi>,
     /// Re-projections made for staged code (`Msg::Prepare`), by subscription: the version
     /// and the inner code, taken when the driver takes that version.
-    prepared: BTreeMap<u64, (u64, Result<InnerCode, String>)>,
+    prepared: BTreeMap<u64, (u64, Result<InnerCode, String>, bool)>,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2396,13 +2398,21 @@ impl Driver {
                         Err(_) => plan.removed.push(inner.path.clone()),
                     }
                     // Applied as decided, failures included (not projected twice).
-                    self.prepared.insert(id, (new.version, projected));
+                    self.prepared.insert(id, (new.version, projected, true));
                 }
             }
             self.host.inners.borrow_mut().insert(id, inner);
         }
         self.mark_call();
         plan
+    }
+
+    /// The last `Msg::Prepare` answer was not taken by the reload: its re-projections are
+    /// told in a notice when applied.
+    pub(crate) fn untold(&mut self) {
+        for (_, _, told) in self.prepared.values_mut() {
+            *told = false;
+        }
     }
 
     /// Re-projects every live inner subscription with the code just taken (see
@@ -2428,7 +2438,7 @@ impl Driver {
                 continue;
             };
             let (new, told) = match prepared.remove(&id) {
-                Some((v, c)) if v == version => (c, true),
+                Some((v, c, told)) if v == version => (c, told),
                 _ => (self.project_one(&code, h, &inner), false),
             };
             let new = match new {
@@ -2866,7 +2876,11 @@ fn run_pipeline(
                 }
                 Msg::Prepare(code, answer) => {
                     let plan = cell.with(|d| d.prepare(&code));
-                    let _ = answer.send(plan);
+                    // Not taken (the reload stopped waiting): what was prepared is applied
+                    // all the same, and told in a notice instead.
+                    if answer.send(plan).is_err() {
+                        cell.with(|d| d.untold());
+                    }
                 }
                 Msg::Wake => {
                     // New code may have been published: take it even if no value comes.

@@ -3,7 +3,7 @@
 //! inner stream's operator is reported at that operator's own path.
 
 use host::events::HostEvent;
-use host::testkit::{Fixture, Harness};
+use host::testkit::{EMISSION_TIMEOUT, Fixture, Harness};
 use integration_tests::{SETTLE, plugin, value};
 
 fn errors(host: &mut Harness) -> Vec<(String, String)> {
@@ -129,6 +129,67 @@ fn an_inner_file_keeps_its_position_across_a_reload() -> anyhow::Result<()> {
         .map(|(v, x)| (*v, value(x)))
         .collect();
     assert_eq!(got, [(v1, 1), (v1, 2), (v2, 103)]);
+    host.stop();
+    Ok(())
+}
+
+/// A pipeline too busy to answer the reload's question in time (`PREPARE_WAIT`: its thread
+/// is inside a line's `tap`, which waits for a file the test creates only after the reload
+/// was reported) is not counted in the reload. It answers late (the answer is refused) and
+/// applies that re-projection when it takes the code, telling it in a notice.
+#[test]
+fn a_busy_pipeline_re_projects_when_it_takes_the_code_and_says_so() -> anyhow::Result<()> {
+    let dir = host::testkit::TempDir::new("higher_busy_gate");
+    let go = dir.path().join("go");
+    let fixture = Fixture::new(
+        "higher_busy",
+        &plugin(&format!(
+            r#"    p.pipeline("busy", file_lines("in.log"))
+        .map(|l: String| l.trim().parse::<u64>().unwrap_or(0))
+        .tap(|n: &u64| {{
+            while *n == 1 && !std::path::Path::new({go:?}).exists() {{
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }}
+        }})
+        .switch_map(|n: u64| interval_ms(3_600_000).map(move |i: u64| n * 10 + i + 0))
+        .log();"#
+        )),
+    );
+    fixture.write("in.log", "0\n");
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    // Subscription #1 is live (its first value came); then line 1 holds the thread in its
+    // `tap` (the watchdog says so), with the reload's question waiting behind it.
+    host.wait_emission("busy", |v| value(v) == 0)?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(fixture.path().join("in.log"))?;
+    std::io::Write::write_all(&mut log, b"1\n")?;
+    drop(log);
+    host.wait_for(
+        "the thread held in the tap",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Stuck { path, .. } if path == "busy|1:tap"),
+    )?;
+    fixture.edit("src/lib.rs", "n * 10 + i + 0", "n * 10 + i + 5");
+    let reload = host.wait_reload()?;
+    let v2 = integration_tests::reload_version(&reload);
+    let (_, reset, added, removed) = integration_tests::reload_fields(&reload);
+    assert!(
+        reset.is_empty() && added.is_empty() && removed.is_empty(),
+        "{reload:?}"
+    );
+    std::fs::write(&go, "")?;
+    let prefix = format!(
+        "re-projected 1 inner subscription(s) with version {v2}: busy|2:switch_map|#2:inner: swapped"
+    );
+    host.wait_for(
+        "the re-projection notice",
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Notice { message, .. } if *message == prefix),
+    )?;
+    // Subscription #2 (line 1's, made by the old code) runs the new code.
+    host.wait_emission("busy", |v| value(v) == 15)?;
     host.stop();
     Ok(())
 }
