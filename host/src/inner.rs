@@ -213,6 +213,10 @@ pub(crate) struct InnerHost {
     /// By inner operator number: its path and track.
     pub(crate) paths: Vec<String>,
     pub(crate) tracks: Vec<Id>,
+    /// Where its operators mark the one they run (`EmitCx::current_op`): not the
+    /// pipeline's, whose numbers are the outer chain's; the watchdog names the
+    /// higher-order operator instead (the driver marks it before an inner event).
+    pub(crate) current_op: std::sync::atomic::AtomicU32,
 }
 
 /// The compiled stream of one version of a subscription.

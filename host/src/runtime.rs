@@ -935,8 +935,6 @@ struct HostCx {
     /// pipeline's thread has not taken into its timers yet: deadline (ns of the clock) and
     /// what is due.
     timers: RefCell<Vec<(u64, Key)>>,
-    /// Where the plugin marks the operator it runs (the watchdog reads it).
-    current_op: *const AtomicU32,
     /// The current code's library (inner subscriptions made now belong to it).
     lib: RefCell<Option<Arc<crate::loader::LibVersion>>>,
     /// The run-time registration of the inner stream being bound.
@@ -1234,7 +1232,7 @@ impl HostCx {
             log: cbi_log,
             error: cbi_error,
             publish: cbi_publish,
-            current_op: self.current_op,
+            current_op: &raw const host.current_op,
             counts: std::ptr::null(),
             now: cbi_now,
             schedule: cbi_schedule,
@@ -1425,6 +1423,7 @@ impl HostCx {
             instance: id,
             paths: code.ops.iter().map(|o| o.path.clone()).collect(),
             tracks: code.ops.iter().map(|o| o.track).collect(),
+            current_op: AtomicU32::new(u32::MAX),
         });
         let cx = Box::new(self.inner_cx(&host));
         out.instance = id;
@@ -1695,7 +1694,6 @@ impl Driver {
             due: Cell::new(u64::MAX),
             tracks: RefCell::new(Vec::new()),
             timers: RefCell::new(Vec::new()),
-            current_op: &raw const shared.op,
             lib: RefCell::new(None),
             reg: RefCell::new(InnerReg::default()),
             api: Cell::new(std::ptr::null()),
@@ -2203,6 +2201,8 @@ impl Driver {
             let Some(h) = self.code.ops.iter().position(|o| o.track == op_track) else {
                 return (Pushed::Continue, inner_answer::NONE);
             };
+            // A stuck inner operator is named by its higher-order operator.
+            self.shared.op.store(h as u32, Ordering::Relaxed);
             let mut call = InnerCall {
                 instance: id,
                 env,

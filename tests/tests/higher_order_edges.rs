@@ -193,3 +193,39 @@ fn a_busy_pipeline_re_projects_when_it_takes_the_code_and_says_so() -> anyhow::R
     host.stop();
     Ok(())
 }
+
+/// A call stuck in an inner stream's operator is reported at the higher-order operator that
+/// runs it (the watchdog knows the outer chain's operators), not at whichever outer operator
+/// has the inner one's number.
+#[test]
+fn a_stuck_inner_operator_is_reported_at_its_higher_order_operator() -> anyhow::Result<()> {
+    let dir = host::testkit::TempDir::new("higher_stuck_gate");
+    let go = dir.path().join("go");
+    let fixture = Fixture::new(
+        "higher_stuck",
+        &plugin(&format!(
+            r#"    p.pipeline("s", range(0, 1))
+        .map(|n: u64| n + 1)
+        .switch_map(|n: u64| interval_ms(3_600_000).map(move |i: u64| {{
+            while !std::path::Path::new({go:?}).exists() {{
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }}
+            n + i
+        }}))
+        .log();"#
+        )),
+    );
+    let mut host = Harness::start(&fixture.options())?;
+    host.wait_loaded()?;
+    let stuck = host.wait_for("the stuck report", EMISSION_TIMEOUT, |e| {
+        matches!(e, HostEvent::Stuck { .. })
+    })?;
+    let HostEvent::Stuck { path, .. } = &stuck else {
+        unreachable!("matched above")
+    };
+    assert_eq!(path, "s|1:switch_map");
+    std::fs::write(&go, "")?;
+    host.wait_emission("s", |v| value(v) == 1)?;
+    host.stop();
+    Ok(())
+}
