@@ -12,7 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
@@ -1659,6 +1659,11 @@ pub struct Driver {
     /// Re-projections made for staged code (`Msg::Prepare`), by subscription: the version
     /// and the inner code, taken when the driver takes that version.
     prepared: BTreeMap<u64, (u64, Result<InnerCode, String>, bool)>,
+    /// Subscriptions whose re-projection with a version panicked (subscription, version).
+    projection_panics: BTreeSet<(u64, u64)>,
+    /// A re-projection the driver applied had panicked: under `--on-panic error` the
+    /// pipeline ends, as for any panic.
+    pub(crate) reprojection_panicked: bool,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -1760,6 +1765,8 @@ impl Driver {
             tally,
             _api: api,
             prepared: BTreeMap::new(),
+            projection_panics: BTreeSet::new(),
+            reprojection_panicked: false,
         })
     }
 
@@ -2302,6 +2309,9 @@ impl Driver {
         // the operator keeps its signature, input included).
         let st = unsafe { code.project(h as u32, inner.value.as_ptr(), &self.cx) };
         *self.host.reprojecting.borrow_mut() = None;
+        if st == plugin_api::abi::status::PANICKED {
+            self.projection_panics.insert((inner.id, code.version));
+        }
         let projected = self.host.reprojected.borrow_mut().take();
         let mut new = match projected {
             Some(c) if st == plugin_api::abi::status::CONTINUE => c,
@@ -2444,6 +2454,9 @@ impl Driver {
             let new = match new {
                 Ok(c) => c,
                 Err(e) => {
+                    if self.projection_panics.remove(&(id, version)) {
+                        self.reprojection_panicked = true;
+                    }
                     lines.push(format!("{}: ended ({e})", inner.path));
                     self.host.ended.borrow_mut().push((id, inner.op_track));
                     self.host.graveyard.borrow_mut().push(inner);
@@ -2910,12 +2923,17 @@ fn run_pipeline(
         // deadlines do however late this thread runs.
         let next_due = loop {
             // The wakes asked for by the calls so far (a timer due now runs in this pass).
-            cell.with(|d| {
+            let reprojection_panicked = cell.with(|d| {
                 d.take_timers(&mut taken);
                 d.reap_inners();
                 let live = d.live_inners();
                 d.shared.live_inners.store(live, Ordering::Release);
+                std::mem::take(&mut d.reprojection_panicked)
             });
+            // A panic in a re-projection (reported at its operator) is a panic like any.
+            if reprojection_panicked && policy == PanicPolicy::Error {
+                return Ended::Errored;
+            }
             for (deadline, key) in taken.drain(..) {
                 // A deadline past `Instant`'s range never comes.
                 if let Some(at) = crate::clock::from_ns(deadline) {

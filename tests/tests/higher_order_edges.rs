@@ -229,3 +229,54 @@ fn a_stuck_inner_operator_is_reported_at_its_higher_order_operator() -> anyhow::
     host.stop();
     Ok(())
 }
+
+/// A panic in a reload's re-projection follows `--on-panic` like any panic: with `drop` the
+/// subscription ends and the pipeline goes on (the next outer value projects with the new
+/// code); with `error` the pipeline ends.
+#[test]
+fn a_panic_in_a_re_projection_follows_the_panic_policy() -> anyhow::Result<()> {
+    use host::runtime::PanicPolicy;
+    let body = plugin(
+        r#"    const FAIL: bool = false;
+    p.pipeline("r", interval_ms(100))
+        .switch_map(|n: u64| {
+            if FAIL && n == 0 {
+                panic!("cannot project {n} again");
+            }
+            interval_ms(1000).map(move |i: u64| n * 10 + i)
+        })
+        .log();"#,
+    );
+    for (policy, goes_on) in [(PanicPolicy::Drop, true), (PanicPolicy::Error, false)] {
+        let fixture = Fixture::new(&format!("higher_reproject_{policy:?}"), &body);
+        let (clock, time) = host::clock::Clock::virtual_clock();
+        let mut options = fixture.options();
+        options.clock = clock;
+        options.on_panic = policy;
+        let mut host = Harness::start(&options)?;
+        host.wait_loaded()?;
+        assert!(time.settle(SETTLE));
+        // t = 0: value 0's subscription emits 0.
+        let first: Vec<i64> = integration_tests::numbers(&mut host, "r")
+            .iter()
+            .map(|(_, x)| *x)
+            .collect();
+        assert_eq!(first, [0], "{policy:?}");
+        fixture.edit("src/lib.rs", "FAIL: bool = false", "FAIL: bool = true");
+        host.wait_reload()?;
+        assert!(time.settle(SETTLE));
+        integration_tests::advance(&time, 100); // t = 100: outer value 1
+        host.drain();
+        let errors: Vec<&HostEvent> = host
+            .history()
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Error { path, .. } if path == "r|0:switch_map"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{policy:?}: {errors:?}");
+        let got: Vec<i64> = host.emissions("r").iter().map(|(_, v)| value(v)).collect();
+        let want: &[i64] = if goes_on { &[0, 10] } else { &[0] };
+        assert_eq!(got, want, "{policy:?}");
+        host.stop();
+    }
+    Ok(())
+}
