@@ -69,6 +69,10 @@ pub(crate) struct InnerReg {
     /// The calls as made, for the tracking store.
     pub(crate) calls: Vec<RegCall>,
     pub(crate) names: Names,
+    /// The sources of the last inner stream read (`read_inner` in `runtime.rs`), handed to
+    /// the next subscriptions while theirs are the same: one allocation per operator and
+    /// code version instead of a vector and label per subscription.
+    pub(crate) sources: Option<Arc<[SourceSpec]>>,
 }
 
 impl InnerReg {
@@ -221,7 +225,9 @@ pub(crate) struct InnerCode {
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
     pub(crate) ops: Vec<OpCode>,
-    pub(crate) sources: Vec<SourceSpec>,
+    /// Shared by the subscriptions whose sources are the same (the pipeline's `HostCx` keeps
+    /// the last ones read and hands them out again while they match).
+    pub(crate) sources: Arc<[SourceSpec]>,
     /// Its run-time registration calls, for the tracking store (a re-projection's).
     pub(crate) calls: Vec<RegCall>,
 }
@@ -240,16 +246,24 @@ pub(crate) struct Inner {
     pub(crate) id: u64,
     /// The higher-order operator's track.
     pub(crate) op_track: Id,
-    /// The subscription's path (`pipeline|1:switch_map|#3:inner`).
-    pub(crate) path: String,
+    /// The higher-order operator's path (shared with the pipeline's `HostCx`): the
+    /// subscription's own is derived from it when a report needs it ([`Inner::path`]).
+    pub(crate) op_path: Arc<str>,
     pub(crate) value: HeldValue,
     /// Dropped after the slots (fields drop in order): the slots' drop glue may live in the
     /// same version.
     pub(crate) slots: StateSlots,
     pub(crate) code: InnerCode,
+    /// By port: empty when no source is an interval (a missing port is a finished one).
     pub(crate) ports: Vec<InnerPort>,
-    pub(crate) host: Box<InnerHost>,
-    pub(crate) cx: Box<EmitCx>,
+    pub(crate) ctx: Box<InnerCtx>,
+}
+
+/// The callbacks' view of a subscription and its callback context, in one allocation (the
+/// context's `host` points at `host`; a box, so both stay put while the `Inner` moves).
+pub(crate) struct InnerCtx {
+    pub(crate) host: InnerHost,
+    pub(crate) cx: EmitCx,
 }
 
 // SAFETY: an `Inner` lives in its pipeline's driver and moves with it (see `Driver`'s
@@ -257,6 +271,11 @@ pub(crate) struct Inner {
 unsafe impl Send for Inner {}
 
 impl Inner {
+    /// The subscription's path (`pipeline|1:switch_map|#3:inner`).
+    pub(crate) fn path(&self) -> String {
+        format!("{}|#{}:inner", self.op_path, self.id)
+    }
+
     /// The inner operator on `track`, by number.
     pub(crate) fn op_of(&self, track: Id) -> Option<u32> {
         self.code

@@ -31,7 +31,7 @@ use plugin_api::abi::{
 use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
-use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerHost, InnerPort, InnerReg};
+use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerCtx, InnerHost, InnerPort, InnerReg};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
 use hmr_track::Id;
@@ -905,7 +905,8 @@ type PublishTo = (Arc<Hub>, hmr_track::Fingerprint);
 struct HostCx {
     pipeline: String,
     version: Cell<u64>,
-    paths: RefCell<Vec<String>>,
+    /// Shared with the inner subscriptions of each higher-order operator (`Inner::op_path`).
+    paths: RefCell<Vec<Arc<str>>>,
     sink: Sink,
     /// By operator number: the hub a `publish` operator delivers to, and the layout its
     /// code declared for the values.
@@ -965,6 +966,10 @@ pub enum Key {
     InnerPort(u64, u32),
 }
 
+/// The sources of an inner stream not read yet (shared, so that it costs no allocation).
+static NO_SOURCES: std::sync::LazyLock<Arc<[SourceSpec]>> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
 /// Host-local ids of inner subscriptions' operators: far above the store's.
 const INNER_TRACKS: u64 = 1 << 62;
 
@@ -985,11 +990,16 @@ impl Drop for HostCx {
 }
 
 impl HostCx {
+    /// The operators' paths, owned.
+    fn op_paths(&self) -> Vec<String> {
+        self.paths.borrow().iter().map(|p| p.to_string()).collect()
+    }
+
     fn set_code(&self, code: &PipelineCode) {
         self.version.set(code.version);
         *self.lib.borrow_mut() = Some(code.lib().clone());
         *self.tracks.borrow_mut() = code.ops.iter().map(|o| o.track).collect();
-        *self.paths.borrow_mut() = code.ops.iter().map(|o| o.path.clone()).collect();
+        *self.paths.borrow_mut() = code.ops.iter().map(|o| Arc::from(&*o.path)).collect();
         let mut hubs = vec![None; code.ops.len()];
         for p in &code.publishes {
             if let Some(slot) = hubs.get_mut(p.op as usize) {
@@ -1019,7 +1029,7 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
             .paths
             .borrow()
             .get(op as usize)
-            .cloned()
+            .map(|p| p.to_string())
             .unwrap_or_else(|| h.pipeline.clone());
         h.sink.event(HostEvent::Error {
             pipeline: h.pipeline.clone(),
@@ -1112,9 +1122,30 @@ fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option
     None
 }
 
+/// Whether `spec` is the source `src` describes (no allocation: strings compared in place).
+///
+/// # Safety
+/// The strings of `src` must be readable for the call.
+unsafe fn same_source(
+    spec: &crate::code::SourceSpec,
+    src: &plugin_api::abi::SourceDesc,
+    names: &mut crate::register::Names,
+) -> bool {
+    // SAFETY: forwarded.
+    unsafe {
+        spec.kind == src.kind
+            && spec.a == src.a
+            && spec.b == src.b
+            && src.text.to_string_lossy().unwrap_or_default() == spec.text
+            && src.label.to_string_lossy().unwrap_or_default() == spec.label
+            && names.fingerprint(&src.item) == spec.item
+    }
+}
+
 /// Reads an inner stream's description: its sources, and its operators with paths under
-/// `base` (tracks assigned later). `names` is the pipeline's run-time cache of kinds and type
-/// names (the same few for every subscription: decoded once, not per subscription).
+/// `base` (tracks assigned later). `reg.names` is the pipeline's run-time cache of kinds and
+/// type names (the same few for every subscription: decoded once, not per subscription);
+/// `reg.sources` the last sources read, reused while they match.
 ///
 /// # Safety
 /// `desc` must be valid for the call, as the plugin passes it.
@@ -1122,8 +1153,13 @@ unsafe fn read_inner(
     desc: &InnerDesc,
     opened: &[(String, hmr_track::Signature)],
     base: &str,
-    names: &mut crate::register::Names,
-) -> Result<(Vec<crate::code::SourceSpec>, Vec<crate::code::OpCode>), String> {
+    reg: &mut InnerReg,
+) -> Result<(Arc<[crate::code::SourceSpec]>, Vec<crate::code::OpCode>), String> {
+    let InnerReg {
+        names,
+        sources: last,
+        ..
+    } = reg;
     // SAFETY: the plugin passes `n_sources` descriptions and `n_ops` operators valid for the
     // call.
     let (sources, ops) = unsafe {
@@ -1140,24 +1176,38 @@ unsafe fn read_inner(
             },
         )
     };
-    let sources = sources
-        .iter()
-        .map(|src| crate::code::SourceSpec {
-            kind: src.kind,
-            a: src.a,
-            b: src.b,
-            // SAFETY: strings valid for the call.
-            text: unsafe { src.text.to_string_lossy() }
-                .unwrap_or_default()
-                .into_owned(),
-            // SAFETY: as above.
-            label: unsafe { src.label.to_string_lossy() }
-                .unwrap_or_default()
-                .into_owned(),
-            // SAFETY: as above.
-            item: unsafe { names.fingerprint(&src.item) },
-        })
-        .collect();
+    let same = last.as_ref().is_some_and(|l| {
+        l.len() == sources.len()
+            && l.iter()
+                .zip(sources)
+                // SAFETY: strings valid for the call.
+                .all(|(spec, src)| unsafe { same_source(spec, src, names) })
+    });
+    let sources: Arc<[crate::code::SourceSpec]> = match last {
+        Some(l) if same => l.clone(),
+        _ => {
+            let read: Arc<[crate::code::SourceSpec]> = sources
+                .iter()
+                .map(|src| crate::code::SourceSpec {
+                    kind: src.kind,
+                    a: src.a,
+                    b: src.b,
+                    // SAFETY: strings valid for the call.
+                    text: unsafe { src.text.to_string_lossy() }
+                        .unwrap_or_default()
+                        .into_owned(),
+                    // SAFETY: as above.
+                    label: unsafe { src.label.to_string_lossy() }
+                        .unwrap_or_default()
+                        .into_owned(),
+                    // SAFETY: as above.
+                    item: unsafe { names.fingerprint(&src.item) },
+                })
+                .collect();
+            *last = Some(read.clone());
+            read
+        }
+    };
     let mut out = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let Some((rel, sig)) = (op.track as usize)
@@ -1211,10 +1261,11 @@ impl HostCx {
         });
     }
 
-    /// Makes the subscription's callback context.
-    fn inner_cx(&self, host: &InnerHost) -> EmitCx {
+    /// Makes a subscription's callback context (its `host` set by the caller, to the
+    /// subscription's `InnerHost`).
+    fn inner_cx(&self) -> EmitCx {
         EmitCx {
-            host: (host as *const InnerHost).cast_mut().cast::<c_void>(),
+            host: std::ptr::null_mut(),
             log: cbi_log,
             error: cbi_error,
             publish: cbi_publish,
@@ -1242,8 +1293,12 @@ impl HostCx {
         }
     }
 
-    /// Ports of `sources`: intervals start now (their first value is due at once).
+    /// Ports of `sources`: intervals start now (their first value is due at once). Empty
+    /// (no allocation) when none is an interval: a missing port is a finished one.
     fn start_ports(&self, id: u64, sources: &[crate::code::SourceSpec]) -> Vec<InnerPort> {
+        if !sources.iter().any(|s| s.kind == source_kind::INTERVAL) {
+            return Vec::new();
+        }
         // The clock is read only for an interval (most inner streams have none).
         let mut now = None;
         sources
@@ -1291,7 +1346,7 @@ impl HostCx {
             drop_env: desc.drop_env,
             lib: lib.clone(),
             ops: Vec::new(),
-            sources: Vec::new(),
+            sources: NO_SOURCES.clone(),
             calls: Vec::new(),
         };
         let value = if desc.value.is_null() {
@@ -1319,7 +1374,7 @@ impl HostCx {
         };
         if let Some((_, op_path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
-            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut().names) } {
+            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut()) } {
                 // Refused as at a subscription: the live one ends (`reproject`).
                 Ok((sources, _)) if let Some(why) = refuse_inner(desc, &sources) => {
                     self.error_at(op_path, why);
@@ -1344,48 +1399,59 @@ impl HostCx {
         };
         let Some(value) = value else {
             self.error_at(
-                op_path.clone(),
+                op_path.to_string(),
                 "an inner subscription without its outer value".to_owned(),
             );
             return false;
         };
         let id = self.next_inner.get();
-        let path = format!("{op_path}|#{id}:inner");
+        // Formatted here for the ops' paths only when there are ops (an error's message
+        // formats it again).
+        let path = if opened.is_empty() {
+            String::new()
+        } else {
+            format!("{op_path}|#{id}:inner")
+        };
         // SAFETY: `desc` is valid for the call.
-        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut().names) };
+        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut()) };
         let (sources, mut ops) = match read {
             Ok(x) => x,
             Err(e) => {
-                self.error_at(op_path.clone(), e);
+                self.error_at(op_path.to_string(), e);
                 return false;
             }
         };
         if let Some(why) = refuse_inner(desc, &sources) {
-            self.error_at(op_path.clone(), why);
+            self.error_at(op_path.to_string(), why);
             return false;
         }
         self.assign_tracks(&mut ops, &[]);
         let slots = match StateSlots::new_for(&ops, code.env, &lib) {
             Ok(s) => s,
             Err(e) => {
-                self.error_at(path, e.to_string());
+                self.error_at(format!("{op_path}|#{id}:inner"), e.to_string());
                 return false;
             }
         };
+        let op_path = op_path.clone();
+        drop(paths);
         self.next_inner.set(id + 1);
         code.ops = ops;
         code.sources = sources;
         let ports = self.start_ports(id, &code.sources);
-        let host = Box::new(InnerHost {
-            parent: (self as *const HostCx).cast::<c_void>(),
-            instance: id,
-            paths: code.ops.iter().map(|o| o.path.clone()).collect(),
-            tracks: code.ops.iter().map(|o| o.track).collect(),
+        let mut ctx = Box::new(InnerCtx {
+            host: InnerHost {
+                parent: (self as *const HostCx).cast::<c_void>(),
+                instance: id,
+                paths: code.ops.iter().map(|o| o.path.clone()).collect(),
+                tracks: code.ops.iter().map(|o| o.track).collect(),
+            },
+            cx: self.inner_cx(),
         });
-        let cx = Box::new(self.inner_cx(&host));
+        ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
         out.instance = id;
         out.states = slots.as_ptr();
-        out.cx = &raw const *cx;
+        out.cx = &raw const ctx.cx;
         if let Some(census) = &self.census {
             let _ = census.send(Census::Started {
                 pipeline: self.pipeline.clone(),
@@ -1399,13 +1465,12 @@ impl HostCx {
             Inner {
                 id,
                 op_track,
-                path,
+                op_path,
                 value,
                 slots,
                 code,
                 ports,
-                host,
-                cx,
+                ctx,
             },
         );
         true
@@ -1693,7 +1758,7 @@ impl Driver {
             unsubscribe: cb_unsubscribe,
             api: &raw const *api,
         };
-        shared.paths.store(Arc::new(host.paths.borrow().clone()));
+        shared.paths.store(Arc::new(host.op_paths()));
         let (push_one, env) = code.push_one_raw(tally.is_some());
         let push_one = if code.sources.first().map(SourceSpec::wire) == Some(Wire::U64) {
             push_one
@@ -1783,9 +1848,7 @@ impl Driver {
         self.states = states;
         self.generation = g;
         self.host.set_code(&new);
-        self.shared
-            .paths
-            .store(Arc::new(self.host.paths.borrow().clone()));
+        self.shared.paths.store(Arc::new(self.host.op_paths()));
         if let Some((t, counts)) = &mut self.tally {
             *counts = t.counts_for(&new);
             self.cx.counts = counts.as_ptr();
@@ -2147,7 +2210,7 @@ impl Driver {
                     i.op_track,
                     i.code.env.cast_const(),
                     i.slots.as_ptr(),
-                    &raw const *i.cx,
+                    &raw const i.ctx.cx,
                 )
             });
             let Some((op_track, env, states, cx)) = found else {
@@ -2266,7 +2329,7 @@ impl Driver {
             }
         };
         for op in &mut new.ops {
-            op.path = format!("{}|{}", inner.path, op.path.trim_start_matches('|'));
+            op.path = format!("{}|{}", inner.path(), op.path.trim_start_matches('|'));
         }
         self.host.assign_tracks(&mut new.ops, &inner.code.ops);
         Ok(new)
@@ -2296,7 +2359,7 @@ impl Driver {
     fn plan_one(inner: &Inner, projected: &InnerCode, plan: &mut InnerPlan) {
         if projected.sources != inner.code.sources {
             plan.reset
-                .push((inner.path.clone(), Self::restart_reason(inner, projected)));
+                .push((inner.path(), Self::restart_reason(inner, projected)));
             return;
         }
         for op in &projected.ops {
@@ -2339,7 +2402,7 @@ impl Driver {
             };
             match self.keeps_operator(new, &inner, None) {
                 None => {
-                    plan.removed.push(inner.path.clone());
+                    plan.removed.push(inner.path());
                 }
                 Some(h) => {
                     let projected = self.project_one(new, h, &inner);
@@ -2348,7 +2411,7 @@ impl Driver {
                             Self::plan_one(&inner, code, &mut plan);
                             plan.projected.push((id, code.calls.clone()));
                         }
-                        Err(_) => plan.removed.push(inner.path.clone()),
+                        Err(_) => plan.removed.push(inner.path()),
                     }
                     // Applied as decided, failures included (not projected twice).
                     self.prepared.insert(id, (new.version, projected));
@@ -2377,7 +2440,7 @@ impl Driver {
             let Some(h) = self.keeps_operator(&code, &inner, Some(reset)) else {
                 lines.push(format!(
                     "{}: ended (its higher-order operator was reset or removed)",
-                    inner.path
+                    inner.path()
                 ));
                 self.host.graveyard.borrow_mut().push(inner);
                 continue;
@@ -2389,7 +2452,7 @@ impl Driver {
             let new = match new {
                 Ok(c) => c,
                 Err(e) => {
-                    lines.push(format!("{}: ended ({e})", inner.path));
+                    lines.push(format!("{}: ended ({e})", inner.path()));
                     self.host.ended.borrow_mut().push((id, inner.op_track));
                     self.host.graveyard.borrow_mut().push(inner);
                     continue;
@@ -2401,7 +2464,7 @@ impl Driver {
                     Ok(slots) => {
                         line = format!(
                             "{}: reset: {}",
-                            inner.path,
+                            inner.path(),
                             Self::restart_reason(&inner, &new)
                         );
                         inner.ports = self.host.start_ports(id, &new.sources);
@@ -2411,7 +2474,7 @@ impl Driver {
                         self.host.starts.borrow_mut().push(id);
                     }
                     Err(e) => {
-                        lines.push(format!("{}: ended ({e})", inner.path));
+                        lines.push(format!("{}: ended ({e})", inner.path()));
                         self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
@@ -2424,17 +2487,17 @@ impl Driver {
                         inner.slots = slots;
                         inner.code = new;
                         line = if reset_ops.is_empty() {
-                            format!("{}: swapped", inner.path)
+                            format!("{}: swapped", inner.path())
                         } else {
                             format!(
                                 "{}: swapped; state reset (signature changed): {}",
-                                inner.path,
+                                inner.path(),
                                 reset_ops.join(", ")
                             )
                         };
                     }
                     Err(e) => {
-                        lines.push(format!("{}: ended ({e})", inner.path));
+                        lines.push(format!("{}: ended ({e})", inner.path()));
                         self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
@@ -2444,8 +2507,8 @@ impl Driver {
             if !told {
                 lines.push(line);
             }
-            inner.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
-            inner.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
+            inner.ctx.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
+            inner.ctx.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
             self.host.inners.borrow_mut().insert(id, inner);
         }
         // Projections for subscriptions that ended since, or for another version: freed.

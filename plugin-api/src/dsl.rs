@@ -455,12 +455,6 @@ struct OpInfo {
     debug: DebugStateFn,
 }
 
-struct SourceInfo {
-    desc: SourceDesc,
-    label: String,
-    text: String,
-}
-
 struct PublishInfo {
     op: u32,
     subject: String,
@@ -477,7 +471,9 @@ type Spine = (Vec<(u32, Mark)>, u32, usize);
 pub struct Binder<'h> {
     host: &'h HostApi,
     ops: Vec<OpInfo>,
-    sources: Vec<SourceInfo>,
+    /// Their `label` and `text` are views of the strings of the stage being bound (see
+    /// [`Binder::source`]).
+    sources: Vec<SourceDesc>,
     publishes: Vec<PublishInfo>,
     /// The innermost open track a source belongs to.
     owners: Vec<u64>,
@@ -623,10 +619,20 @@ impl<'h> Binder<'h> {
         self.track_return(track);
     }
 
-    /// Registers a source: the next port.
-    pub(crate) fn source(&mut self, mut desc: SourceDesc, label: String, text: String) {
+    /// Registers a source: the next port. Its description keeps views of `label` and
+    /// `text` (no copies: a binding allocates no strings).
+    ///
+    /// # Safety
+    /// `label` and `text` must stay where they are until the host has read the description
+    /// this binding hands over: they are the strings of the stage being bound (their heap
+    /// buffers do not move when the stage moves into its `Env`).
+    pub(crate) unsafe fn source(&mut self, mut desc: SourceDesc, label: &str, text: &str) {
         desc.owner = self.owners.last().copied().unwrap_or(0);
-        self.sources.push(SourceInfo { desc, label, text });
+        desc.label = RStr::new(label);
+        if !desc.text.is_none() {
+            desc.text = RStr::new(text);
+        }
+        self.sources.push(desc);
     }
 
     /// Registers a `publish` operator's subject.
@@ -1164,9 +1170,8 @@ impl<S: Stage> Body<S> {
 /// host reads it.
 pub(crate) struct BoundInner {
     pub(crate) ops: Vec<OpDesc>,
+    /// Their strings are views of the bound stage's (see [`Binder::source`]).
     pub(crate) sources: Vec<SourceDesc>,
-    /// The strings the sources' `RStr`s point into.
-    _infos: Vec<SourceInfo>,
     pub(crate) n_publishes: usize,
     /// The synchronous sources (`range`, `of`): port, first and end index.
     pub(crate) sync: Vec<(u32, u64, u64)>,
@@ -1208,19 +1213,7 @@ pub(crate) fn bind_inner<S: Stage>(
             },
         })
         .collect();
-    let sources: Vec<SourceDesc> = b
-        .sources
-        .iter()
-        .map(|s| SourceDesc {
-            label: RStr::new(&s.label),
-            text: if s.desc.text.is_none() {
-                RStr::NONE
-            } else {
-                RStr::new(&s.text)
-            },
-            ..s.desc
-        })
-        .collect();
+    let sources = std::mem::take(&mut b.sources);
     let sync = sources
         .iter()
         .enumerate()
@@ -1233,7 +1226,6 @@ pub(crate) fn bind_inner<S: Stage>(
     BoundInner {
         ops,
         sources,
-        _infos: b.sources,
         n_publishes: b.publishes.len(),
         sync,
     }
@@ -1285,19 +1277,7 @@ impl<S: Stage> Chain<'_, S> {
                 },
             })
             .collect();
-        let sources: Vec<SourceDesc> = b
-            .sources
-            .iter()
-            .map(|s| SourceDesc {
-                label: RStr::new(&s.label),
-                text: if s.desc.text.is_none() {
-                    RStr::NONE
-                } else {
-                    RStr::new(&s.text)
-                },
-                ..s.desc
-            })
-            .collect();
+        let sources = std::mem::take(&mut b.sources);
         let publishes: Vec<PublishDesc> = b
             .publishes
             .iter()

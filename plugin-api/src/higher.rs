@@ -182,10 +182,10 @@ where
         let emit = cx.emit();
         // SAFETY: the host passes a registration API valid for the call.
         let api = unsafe { &*emit.api };
-        let bound = bind_inner(&mut stage, marks, api);
+        let mut bound = bind_inner(&mut stage, marks, api);
         let env = Box::new(Env {
             stage,
-            sync: bound.sync.clone(),
+            sync: std::mem::take(&mut bound.sync),
         });
         (env, bound)
     }
