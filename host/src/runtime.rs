@@ -937,6 +937,9 @@ struct HostCx {
     inners: RefCell<BTreeMap<u64, Inner>>,
     /// Inner subscriptions ended during a call, freed after it returns.
     graveyard: RefCell<Vec<Inner>>,
+    /// The callback contexts of freed subscriptions, for the next ones (at most
+    /// [`CTX_POOL`]).
+    ctx_pool: RefCell<Vec<Box<InnerCtx>>>,
     /// The next inner subscription's number, and the next host-local track id of an inner
     /// operator.
     next_inner: Cell<u64>,
@@ -969,6 +972,9 @@ pub enum Key {
 /// The sources of an inner stream not read yet (shared, so that it costs no allocation).
 static NO_SOURCES: std::sync::LazyLock<Arc<[SourceSpec]>> =
     std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
+/// How many freed subscriptions' callback contexts a pipeline keeps for reuse.
+const CTX_POOL: usize = 64;
 
 /// Host-local ids of inner subscriptions' operators: far above the store's.
 const INNER_TRACKS: u64 = 1 << 62;
@@ -1183,8 +1189,33 @@ unsafe fn read_inner(
                 // SAFETY: strings valid for the call.
                 .all(|(spec, src)| unsafe { same_source(spec, src, names) })
     });
+    // No other subscription holds the last ones (it ended): rewritten in place, their
+    // strings' capacity reused (an `of(..)` source's label holds its items, so it differs
+    // from one outer value to the next).
+    let rewritten = !same
+        && match last.as_mut().and_then(Arc::get_mut) {
+            Some(specs) if specs.len() == sources.len() => {
+                for (spec, src) in specs.iter_mut().zip(sources) {
+                    spec.kind = src.kind;
+                    spec.a = src.a;
+                    spec.b = src.b;
+                    spec.text.clear();
+                    // SAFETY: strings valid for the call.
+                    spec.text
+                        .push_str(&unsafe { src.text.to_string_lossy() }.unwrap_or_default());
+                    spec.label.clear();
+                    // SAFETY: as above.
+                    spec.label
+                        .push_str(&unsafe { src.label.to_string_lossy() }.unwrap_or_default());
+                    // SAFETY: as above.
+                    spec.item = unsafe { names.fingerprint(&src.item) };
+                }
+                true
+            }
+            _ => false,
+        };
     let sources: Arc<[crate::code::SourceSpec]> = match last {
-        Some(l) if same => l.clone(),
+        Some(l) if same || rewritten => l.clone(),
         _ => {
             let read: Arc<[crate::code::SourceSpec]> = sources
                 .iter()
@@ -1439,15 +1470,31 @@ impl HostCx {
         code.ops = ops;
         code.sources = sources;
         let ports = self.start_ports(id, &code.sources);
-        let mut ctx = Box::new(InnerCtx {
-            host: InnerHost {
-                parent: (self as *const HostCx).cast::<c_void>(),
-                instance: id,
-                paths: code.ops.iter().map(|o| o.path.clone()).collect(),
-                tracks: code.ops.iter().map(|o| o.track).collect(),
-            },
-            cx: self.inner_cx(),
-        });
+        // A freed subscription's context if there is one (its vectors' capacity kept).
+        let pooled = self.ctx_pool.borrow_mut().pop();
+        let mut ctx = match pooled {
+            Some(mut ctx) => {
+                ctx.host.parent = (self as *const HostCx).cast::<c_void>();
+                ctx.host.instance = id;
+                ctx.host.paths.clear();
+                ctx.host
+                    .paths
+                    .extend(code.ops.iter().map(|o| o.path.clone()));
+                ctx.host.tracks.clear();
+                ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
+                ctx.cx = self.inner_cx();
+                ctx
+            }
+            None => Box::new(InnerCtx {
+                host: InnerHost {
+                    parent: (self as *const HostCx).cast::<c_void>(),
+                    instance: id,
+                    paths: code.ops.iter().map(|o| o.path.clone()).collect(),
+                    tracks: code.ops.iter().map(|o| o.track).collect(),
+                },
+                cx: self.inner_cx(),
+            }),
+        };
         ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
         out.instance = id;
         out.states = slots.as_ptr();
@@ -1496,7 +1543,10 @@ unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) 
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
         let ended = h.inners.borrow_mut().remove(&instance);
-        if let Some(i) = ended {
+        if let Some(mut i) = ended {
+            // Its sources are let go now, so that the next subscription may rewrite the
+            // shared ones in place (`read_inner`).
+            i.code.sources = NO_SOURCES.clone();
             // Freed after the call: its env and slots may still be on the plugin's stack.
             h.graveyard.borrow_mut().push(i);
         }
@@ -1721,6 +1771,7 @@ impl Driver {
             api: Cell::new(std::ptr::null()),
             inners: RefCell::new(BTreeMap::new()),
             graveyard: RefCell::new(Vec::new()),
+            ctx_pool: RefCell::new(Vec::new()),
             next_inner: Cell::new(1),
             next_track: Cell::new(INNER_TRACKS),
             reprojecting: RefCell::new(None),
@@ -2132,9 +2183,20 @@ impl Driver {
         if dead.is_empty() {
             return;
         }
-        // Dropped outside the borrow (a drop is plugin code), then the emptied vector goes
-        // back, so the next subscription that ends does not allocate one.
-        dead.clear();
+        // Dropped outside the borrow (a drop is plugin code), their callback contexts kept
+        // for the next subscriptions; then the emptied vector goes back, so the next
+        // subscription that ends does not allocate one.
+        for inner in dead.drain(..) {
+            let ctx = {
+                let Inner { ctx, .. } = inner;
+                ctx
+            };
+            if let Ok(mut pool) = self.host.ctx_pool.try_borrow_mut()
+                && pool.len() < CTX_POOL
+            {
+                pool.push(ctx);
+            }
+        }
         if let Ok(mut g) = self.host.graveyard.try_borrow_mut()
             && g.is_empty()
         {

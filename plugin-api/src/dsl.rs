@@ -1174,7 +1174,70 @@ pub(crate) struct BoundInner {
     pub(crate) sources: Vec<SourceDesc>,
     pub(crate) n_publishes: usize,
     /// The synchronous sources (`range`, `of`): port, first and end index.
-    pub(crate) sync: Vec<(u32, u64, u64)>,
+    pub(crate) sync: SyncPorts,
+}
+
+impl Drop for BoundInner {
+    fn drop(&mut self) {
+        // The vectors go back to this thread's scratch for the next binding.
+        let ops = std::mem::take(&mut self.ops);
+        let sources = std::mem::take(&mut self.sources);
+        SCRATCH.with(|s| {
+            let mut scratch = s.take().unwrap_or_default();
+            scratch.descs = ops;
+            scratch.descs.clear();
+            scratch.sources = sources;
+            scratch.sources.clear();
+            s.set(Some(scratch));
+        });
+    }
+}
+
+/// An inner stream's synchronous sources (port, first and end index): most have one, held
+/// without an allocation.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum SyncPorts {
+    #[default]
+    None,
+    One((u32, u64, u64)),
+    Many(Vec<(u32, u64, u64)>),
+}
+
+impl SyncPorts {
+    fn push(&mut self, x: (u32, u64, u64)) {
+        *self = match std::mem::take(self) {
+            SyncPorts::None => SyncPorts::One(x),
+            SyncPorts::One(a) => SyncPorts::Many(vec![a, x]),
+            SyncPorts::Many(mut v) => {
+                v.push(x);
+                SyncPorts::Many(v)
+            }
+        };
+    }
+
+    pub(crate) fn as_slice(&self) -> &[(u32, u64, u64)] {
+        match self {
+            SyncPorts::None => &[],
+            SyncPorts::One(x) => std::slice::from_ref(x),
+            SyncPorts::Many(v) => v,
+        }
+    }
+}
+
+/// Vectors a binding at run time reuses (one thread runs a pipeline and its inner
+/// subscriptions): emptied, their capacity kept.
+#[derive(Default)]
+struct Scratch {
+    ops: Vec<OpInfo>,
+    spines: Vec<Spine>,
+    sources: Vec<SourceDesc>,
+    descs: Vec<OpDesc>,
+}
+
+thread_local! {
+    /// Taken by a binding, given back when it is done (a nested binding, should one happen,
+    /// finds none and allocates).
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
 }
 
 /// Binds an inner stream built at run time (its tracks registered through `api`, under
@@ -1184,13 +1247,19 @@ pub(crate) fn bind_inner<S: Stage>(
     marks: Vec<(u32, Mark)>,
     api: &HostApi,
 ) -> BoundInner {
+    let Scratch {
+        ops,
+        spines,
+        sources,
+        mut descs,
+    } = SCRATCH.with(|s| s.take()).unwrap_or_default();
     let mut b = Binder {
         host: api,
-        ops: Vec::new(),
-        sources: Vec::new(),
+        ops,
+        sources,
         publishes: Vec::new(),
         owners: Vec::new(),
-        spines: Vec::new(),
+        spines,
         scopes: Vec::new(),
     };
     b.open_spine(marks);
@@ -1199,34 +1268,42 @@ pub(crate) fn bind_inner<S: Stage>(
     while let Some(t) = b.scopes.pop() {
         b.track_return(t);
     }
-    let ops = b
-        .ops
-        .iter()
-        .map(|o| OpDesc {
-            track: o.track,
-            kind: RStr::new(o.kind),
-            state: StateVTable {
-                fingerprint: o.state,
-                init: init_entry::<S>,
-                drop: o.drop,
-                debug: o.debug,
-            },
-        })
-        .collect();
+    descs.clear();
+    descs.extend(b.ops.iter().map(|o| OpDesc {
+        track: o.track,
+        kind: RStr::new(o.kind),
+        state: StateVTable {
+            fingerprint: o.state,
+            init: init_entry::<S>,
+            drop: o.drop,
+            debug: o.debug,
+        },
+    }));
     let sources = std::mem::take(&mut b.sources);
-    let sync = sources
-        .iter()
-        .enumerate()
-        .filter_map(|(port, s)| match s.kind {
-            crate::abi::source_kind::RANGE => Some((port as u32, s.a, s.b)),
-            crate::abi::source_kind::OF => Some((port as u32, 0, s.a)),
-            _ => None,
-        })
-        .collect();
+    let mut sync = SyncPorts::None;
+    for (port, s) in sources.iter().enumerate() {
+        match s.kind {
+            crate::abi::source_kind::RANGE => sync.push((port as u32, s.a, s.b)),
+            crate::abi::source_kind::OF => sync.push((port as u32, 0, s.a)),
+            _ => {}
+        }
+    }
+    let n_publishes = b.publishes.len();
+    // The binder's own vectors go back now; the descriptions' with the `BoundInner`.
+    let mut ops = std::mem::take(&mut b.ops);
+    let mut spines = std::mem::take(&mut b.spines);
+    ops.clear();
+    spines.clear();
+    SCRATCH.with(|s| {
+        let mut scratch = s.take().unwrap_or_default();
+        scratch.ops = ops;
+        scratch.spines = spines;
+        s.set(Some(scratch));
+    });
     BoundInner {
-        ops,
+        ops: descs,
         sources,
-        n_publishes: b.publishes.len(),
+        n_publishes,
         sync,
     }
 }
@@ -1289,7 +1366,7 @@ impl<S: Stage> Chain<'_, S> {
             .collect();
         let env = Box::into_raw(Box::new(Env {
             stage,
-            sync: Vec::new(),
+            sync: SyncPorts::None,
         }));
         let desc = PipelineDesc {
             name: RStr::new(&self.name),
@@ -1337,8 +1414,8 @@ impl<S: Stage> Drop for Chain<'_, S> {
 pub(crate) struct Env<S> {
     pub(crate) stage: S,
     /// An inner stream's synchronous sources (port, first and end index), which its
-    /// higher-order operator runs itself; empty for a pipeline.
-    pub(crate) sync: Vec<(u32, u64, u64)>,
+    /// higher-order operator runs itself; none for a pipeline.
+    pub(crate) sync: SyncPorts,
 }
 
 /// `publish(name)`: hands each value to the host (which delivers it to the subject's

@@ -290,7 +290,7 @@ where
             }
             inner_kind::START => {
                 let mut flow = env.stage.start::<C, _>(&icx, &mut obs);
-                for &(port, from, to) in &env.sync {
+                for &(port, from, to) in env.sync.as_slice() {
                     if obs.ended || cx.is_completed() {
                         break;
                     }
