@@ -938,7 +938,9 @@ struct HostCx {
     /// Inner subscriptions ended during a call, freed after it returns.
     graveyard: RefCell<Vec<Inner>>,
     /// The callback contexts of freed subscriptions, for the next ones (at most
-    /// [`CTX_POOL`]).
+    /// [`CTX_POOL`]). Boxed: a subscription's context must stay where it is, and the box is
+    /// what is reused.
+    #[allow(clippy::vec_box)]
     ctx_pool: RefCell<Vec<Box<InnerCtx>>>,
     /// The next inner subscription's number, and the next host-local track id of an inner
     /// operator.
@@ -3125,5 +3127,117 @@ impl Driver {
     /// The sources of the code it runs, in port order.
     pub(crate) fn sources(&self) -> &[SourceSpec] {
         &self.code.sources
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::abi::{SourceDesc, source_kind};
+
+    unsafe extern "C" fn no_env(_env: *mut c_void) {}
+    unsafe extern "C" fn no_drop(_dst: *mut u8) -> bool {
+        true
+    }
+    unsafe extern "C" fn no_debug(
+        _src: *const u8,
+        _buf: *mut u8,
+        _cap: usize,
+        len: *mut usize,
+    ) -> u32 {
+        // SAFETY: the caller passes a writable length.
+        unsafe { *len = 0 };
+        0
+    }
+
+    fn desc(sources: &[SourceDesc]) -> InnerDesc {
+        InnerDesc {
+            env: std::ptr::null_mut(),
+            drop_env: no_env,
+            sources: sources.as_ptr(),
+            n_sources: sources.len(),
+            ops: std::ptr::null(),
+            n_ops: 0,
+            n_publishes: 0,
+            value: std::ptr::null_mut(),
+            value_type: plugin_api::fingerprint::of::<u64>(),
+            value_drop: no_drop,
+            value_debug: no_debug,
+        }
+    }
+
+    fn source(kind: u32, label: &str) -> SourceDesc {
+        SourceDesc {
+            kind,
+            a: 1,
+            b: 0,
+            text: RStr::NONE,
+            item: plugin_api::fingerprint::of::<u64>(),
+            label: RStr::new(label),
+            owner: 0,
+        }
+    }
+
+    /// What `read_inner` should do with the shared sources of the last inner stream read.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Expect {
+        /// A new allocation.
+        Fresh,
+        /// The last ones, as they are (the same sources).
+        Shared,
+        /// The last ones, rewritten in place (no subscription held them).
+        Rewritten,
+    }
+
+    #[test]
+    fn shared_sources_are_reused_only_when_the_same_or_held_by_nobody() {
+        use Expect::*;
+        // (sources' labels, keep the result alive as a live subscription would, expected)
+        let steps: &[(&[&str], bool, Expect)] = &[
+            (&["of::<u64>([1])"], true, Fresh),
+            // The first is held: a different label may not overwrite it.
+            (&["of::<u64>([2])"], true, Fresh),
+            (&["of::<u64>([2])"], true, Shared),
+            (&["interval_ms(5)", "of::<u64>([2])"], false, Fresh),
+            // Nobody holds the last ones any more (dropped at once above).
+            (&["interval_ms(5)", "of::<u64>([3])"], false, Rewritten),
+            (&["interval_ms(7)", "of::<u64>([3])"], true, Rewritten),
+            (&["interval_ms(7)", "of::<u64>([4])"], true, Fresh),
+        ];
+        let mut reg = InnerReg::default();
+        let mut held: Vec<(Arc<[SourceSpec]>, Vec<String>)> = Vec::new();
+        for (i, &(labels, keep, expect)) in steps.iter().enumerate() {
+            let before = reg.sources.clone().map(|l| Arc::as_ptr(&l));
+            let descs: Vec<SourceDesc> = labels
+                .iter()
+                .map(|l| {
+                    let kind = if l.starts_with("interval") {
+                        source_kind::INTERVAL
+                    } else {
+                        source_kind::OF
+                    };
+                    source(kind, l)
+                })
+                .collect();
+            // SAFETY: the description and its strings live across the call.
+            let (got, _) = unsafe { read_inner(&desc(&descs), &[], "", &mut reg) }.unwrap();
+            let read: Vec<String> = got.iter().map(|s| s.label.clone()).collect();
+            assert_eq!(read, labels.to_vec(), "step {i}: labels read");
+            let reused = before == Some(Arc::as_ptr(&got));
+            let was = match (reused, expect) {
+                (false, _) => Fresh,
+                (true, Rewritten) => Rewritten,
+                (true, _) => Shared,
+            };
+            assert_eq!(was, expect, "step {i}");
+            // What live subscriptions hold is never changed under them.
+            for (j, (arc, labels)) in held.iter().enumerate() {
+                let now: Vec<&str> = arc.iter().map(|s| &*s.label).collect();
+                assert_eq!(now, *labels, "step {i}: held sources {j} changed");
+            }
+            if keep {
+                held.push((got, read));
+            }
+        }
     }
 }

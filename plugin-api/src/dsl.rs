@@ -2317,3 +2317,20 @@ pub unsafe fn run_register(host: *const HostApi, f: fn(&mut Plugin<'_>)) -> bool
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SyncPorts;
+
+    #[test]
+    fn sync_ports_hold_what_was_pushed_in_order() {
+        for n in 0..5u32 {
+            let want: Vec<(u32, u64, u64)> = (0..n).map(|i| (i, u64::from(i), 10)).collect();
+            let mut ports = SyncPorts::None;
+            for &p in &want {
+                ports.push(p);
+            }
+            assert_eq!(ports.as_slice(), &want[..], "{n} ports");
+        }
+    }
+}

@@ -239,7 +239,7 @@ pub fn of<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) -> Strea
     let start = label.len();
     let _ = write!(label, "{items:?}");
     if label.len() - start > 200 {
-        let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, label[start..].as_bytes());
+        let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, &label.as_bytes()[start..]);
         let mut cut = start + 160;
         while !label.is_char_boundary(cut) {
             cut -= 1;
@@ -306,4 +306,42 @@ pub fn subject<T: Shape + Clone + Send + Sync + 'static>(
         format!("subject::<{}>({name:?})", core::any::type_name::<T>()),
         fingerprint::of_state::<T>(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The label as `of` wrote it with two `format!`s (the signature every reload compares:
+    /// it must not change).
+    fn reference<T: fmt::Debug>(items: &[T]) -> String {
+        let n = items.len() as u64;
+        let mut text = format!("{items:?}");
+        if text.len() > 200 {
+            let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, text.as_bytes());
+            let mut cut = 160;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text = format!("{}... ({n} items, hash {hash:016x})", &text[..cut]);
+        }
+        format!("of::<{}>({text})", core::any::type_name::<T>())
+    }
+
+    #[test]
+    fn of_labels_are_the_items_text_cut_as_before() {
+        let numbers: Vec<Vec<u64>> = vec![vec![], vec![7], (0..10).collect(), (0..100).collect()];
+        for items in numbers {
+            let got = of(items.clone()).body.stage.label();
+            assert_eq!(got, reference(&items), "{} numbers", items.len());
+        }
+        // Multi-byte characters across the cut, at each offset.
+        for pad in 0..4 {
+            let items: Vec<String> = (0..40)
+                .map(|i| format!("{}é{i}ü", "a".repeat(pad)))
+                .collect();
+            let got = of(items.clone()).body.stage.label();
+            assert_eq!(got, reference(&items), "strings padded by {pad}");
+        }
+    }
 }
