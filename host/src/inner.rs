@@ -48,13 +48,13 @@ pub(crate) enum Census {
     /// Subscription `id` of `pipeline` started under the higher-order operator `op_track`,
     /// registering these calls.
     Started {
-        pipeline: String,
+        pipeline: Arc<str>,
         id: u64,
         op_track: Id,
         calls: Vec<RegCall>,
     },
     /// It ended.
-    Ended { pipeline: String, id: u64 },
+    Ended { pipeline: Arc<str>, id: u64 },
 }
 
 /// The tracks an inner stream registered while it was bound, relative to the subscription

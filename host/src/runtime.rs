@@ -904,6 +904,8 @@ type PublishTo = (Arc<Hub>, hmr_track::Fingerprint);
 /// What the plugin's callbacks see during a push: the pipeline's identity and the sink.
 struct HostCx {
     pipeline: String,
+    /// The pipeline's name, shared by what the census tells (no copy per subscription).
+    census_name: Arc<str>,
     version: Cell<u64>,
     /// Shared with the inner subscriptions of each higher-order operator (`Inner::op_path`).
     paths: RefCell<Vec<Arc<str>>>,
@@ -989,7 +991,7 @@ impl Drop for HostCx {
             let dead = self.graveyard.get_mut().iter().map(|i| i.id);
             for id in live.chain(dead).collect::<Vec<_>>() {
                 let _ = census.send(Census::Ended {
-                    pipeline: self.pipeline.clone(),
+                    pipeline: self.census_name.clone(),
                     id,
                 });
             }
@@ -1503,7 +1505,7 @@ impl HostCx {
         out.cx = &raw const ctx.cx;
         if let Some(census) = &self.census {
             let _ = census.send(Census::Started {
-                pipeline: self.pipeline.clone(),
+                pipeline: self.census_name.clone(),
                 id,
                 op_track,
                 calls,
@@ -1758,6 +1760,7 @@ impl Driver {
         let states = StateSlots::new(&code).map_err(|e| e.to_string())?;
         let host = Rc::new(HostCx {
             pipeline: code.name.clone(),
+            census_name: Arc::from(&*code.name),
             version: Cell::new(code.version),
             paths: RefCell::new(Vec::new()),
             sink,
@@ -2176,7 +2179,7 @@ impl Driver {
         if let Some(census) = &self.host.census {
             for dead in self.host.graveyard.borrow().iter() {
                 let _ = census.send(Census::Ended {
-                    pipeline: self.host.pipeline.clone(),
+                    pipeline: self.host.census_name.clone(),
                     id: dead.id,
                 });
             }
