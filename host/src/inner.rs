@@ -20,6 +20,7 @@
 
 use std::alloc::Layout;
 use std::ffi::c_void;
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,13 +48,13 @@ pub(crate) enum Census {
     /// Subscription `id` of `pipeline` started under the higher-order operator `op_track`,
     /// registering these calls.
     Started {
-        pipeline: String,
+        pipeline: Arc<str>,
         id: u64,
         op_track: Id,
         calls: Vec<RegCall>,
     },
     /// It ended.
-    Ended { pipeline: String, id: u64 },
+    Ended { pipeline: Arc<str>, id: u64 },
 }
 
 /// The tracks an inner stream registered while it was bound, relative to the subscription
@@ -69,6 +70,10 @@ pub(crate) struct InnerReg {
     /// The calls as made, for the tracking store.
     pub(crate) calls: Vec<RegCall>,
     pub(crate) names: Names,
+    /// The sources of the last inner stream read (`read_inner` in `runtime.rs`), handed to
+    /// the next subscriptions while theirs are the same: one allocation per operator and
+    /// code version instead of a vector and label per subscription.
+    pub(crate) sources: Option<Arc<[SourceSpec]>>,
 }
 
 impl InnerReg {
@@ -125,9 +130,23 @@ impl InnerReg {
     }
 }
 
+/// Where a held value's bytes are.
+enum Bytes {
+    /// In its own allocation (or, for a zero-sized value, a dangling aligned pointer).
+    Heap(NonNull<u8>),
+    /// In the `HeldValue` itself: a value of at most [`INLINE`] bytes and 8-byte alignment
+    /// (a number, a short `String` or `Vec` header) costs no allocation. A Rust value may be
+    /// moved with its bytes, so it moves with the `HeldValue`; the plugin only borrows it for
+    /// the length of a call.
+    Inline([MaybeUninit<u64>; INLINE / 8]),
+}
+
+/// The size of the largest value held without an allocation.
+const INLINE: usize = 24;
+
 /// An outer value moved into host memory, dropped with its own version's glue.
 pub(crate) struct HeldValue {
-    ptr: NonNull<u8>,
+    bytes: Bytes,
     layout: Layout,
     drop: DropStateFn,
     pub(crate) debug: DebugStateFn,
@@ -144,20 +163,24 @@ impl HeldValue {
     pub(crate) unsafe fn take(desc: &InnerDesc, lib: &Arc<LibVersion>) -> Option<HeldValue> {
         let fp = &desc.value_type;
         let layout = Layout::from_size_align(fp.size, fp.align.max(1)).ok()?;
-        let ptr = if layout.size() == 0 {
-            NonNull::new(layout.align() as *mut u8).unwrap_or(NonNull::dangling())
+        let mut bytes = if layout.size() == 0 {
+            Bytes::Heap(NonNull::new(layout.align() as *mut u8).unwrap_or(NonNull::dangling()))
+        } else if layout.size() <= INLINE && layout.align() <= 8 {
+            Bytes::Inline([MaybeUninit::uninit(); INLINE / 8])
         } else {
             // SAFETY: a non-zero size.
             let p = unsafe { std::alloc::alloc(layout) };
-            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+            Bytes::Heap(NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout)))
         };
-        // SAFETY: `ptr` is valid for `layout.size()` bytes; a Rust move is a copy of the bytes
-        // and the plugin forgets its copy.
-        unsafe {
-            std::ptr::copy_nonoverlapping(desc.value.cast::<u8>(), ptr.as_ptr(), layout.size())
+        let dst = match &mut bytes {
+            Bytes::Heap(p) => p.as_ptr(),
+            Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
         };
+        // SAFETY: `dst` is valid for `layout.size()` bytes and aligned for it; a Rust move is
+        // a copy of the bytes and the plugin forgets its copy.
+        unsafe { std::ptr::copy_nonoverlapping(desc.value.cast::<u8>(), dst, layout.size()) };
         Some(HeldValue {
-            ptr,
+            bytes,
             layout,
             drop: desc.value_drop,
             debug: desc.value_debug,
@@ -165,9 +188,12 @@ impl HeldValue {
         })
     }
 
-    /// The value, for a re-projection.
+    /// The value, for a re-projection (valid while the `HeldValue` stays where it is).
     pub(crate) fn as_ptr(&self) -> *const c_void {
-        self.ptr.as_ptr().cast::<c_void>()
+        match &self.bytes {
+            Bytes::Heap(p) => p.as_ptr().cast_const().cast::<c_void>(),
+            Bytes::Inline(buf) => buf.as_ptr().cast::<c_void>(),
+        }
     }
 
     /// Its Debug text, at most `cap` bytes.
@@ -175,18 +201,25 @@ impl HeldValue {
         let mut buf = vec![0u8; cap];
         let mut len = 0usize;
         // SAFETY: the value is live; `buf` has `cap` writable bytes.
-        let _ = unsafe { (self.debug)(self.ptr.as_ptr(), buf.as_mut_ptr(), cap, &mut len) };
+        let _ =
+            unsafe { (self.debug)(self.as_ptr().cast::<u8>(), buf.as_mut_ptr(), cap, &mut len) };
         String::from_utf8_lossy(&buf[..len.min(cap)]).into_owned()
     }
 }
 
 impl Drop for HeldValue {
     fn drop(&mut self) {
+        let ptr = match &mut self.bytes {
+            Bytes::Heap(p) => p.as_ptr(),
+            Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
+        };
         // SAFETY: the value is live and dropped once, by its version's glue (kept mapped).
-        let _ = unsafe { (self.drop)(self.ptr.as_ptr()) };
-        if self.layout.size() != 0 {
+        let _ = unsafe { (self.drop)(ptr) };
+        if let Bytes::Heap(p) = self.bytes
+            && self.layout.size() != 0
+        {
             // SAFETY: allocated in `take` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+            unsafe { std::alloc::dealloc(p.as_ptr(), self.layout) };
         }
     }
 }
@@ -225,7 +258,9 @@ pub(crate) struct InnerCode {
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
     pub(crate) ops: Vec<OpCode>,
-    pub(crate) sources: Vec<SourceSpec>,
+    /// Shared by the subscriptions whose sources are the same (the pipeline's `HostCx` keeps
+    /// the last ones read and hands them out again while they match).
+    pub(crate) sources: Arc<[SourceSpec]>,
     /// Its run-time registration calls, for the tracking store (a re-projection's).
     pub(crate) calls: Vec<RegCall>,
 }
@@ -247,16 +282,24 @@ pub(crate) struct Inner {
     pub(crate) held: Vec<crate::feed::Held>,
     /// The higher-order operator's track.
     pub(crate) op_track: Id,
-    /// The subscription's path (`pipeline|1:switch_map|#3:inner`).
-    pub(crate) path: String,
+    /// The higher-order operator's path (shared with the pipeline's `HostCx`): the
+    /// subscription's own is derived from it when a report needs it ([`Inner::path`]).
+    pub(crate) op_path: Arc<str>,
     pub(crate) value: HeldValue,
     /// Dropped after the slots (fields drop in order): the slots' drop glue may live in the
     /// same version.
     pub(crate) slots: StateSlots,
     pub(crate) code: InnerCode,
+    /// By port: empty when no source is an interval (a missing port is a finished one).
     pub(crate) ports: Vec<InnerPort>,
-    pub(crate) host: Box<InnerHost>,
-    pub(crate) cx: Box<EmitCx>,
+    pub(crate) ctx: Box<InnerCtx>,
+}
+
+/// The callbacks' view of a subscription and its callback context, in one allocation (the
+/// context's `host` points at `host`; a box, so both stay put while the `Inner` moves).
+pub(crate) struct InnerCtx {
+    pub(crate) host: InnerHost,
+    pub(crate) cx: EmitCx,
 }
 
 // SAFETY: an `Inner` lives in its pipeline's driver and moves with it (see `Driver`'s
@@ -264,6 +307,11 @@ pub(crate) struct Inner {
 unsafe impl Send for Inner {}
 
 impl Inner {
+    /// The subscription's path (`pipeline|1:switch_map|#3:inner`).
+    pub(crate) fn path(&self) -> String {
+        format!("{}|#{}:inner", self.op_path, self.id)
+    }
+
     /// The inner operator on `track`, by number.
     pub(crate) fn op_of(&self, track: Id) -> Option<u32> {
         self.code

@@ -86,7 +86,7 @@ pub struct Reloader {
     subscriptions: BTreeMap<String, Id>,
     /// The tracking store's subscription of each live inner subscription (pipeline, number)
     /// it was told of (`Runtime::take_census`).
-    inner_subs: BTreeMap<(String, u64), Id>,
+    inner_subs: BTreeMap<(Arc<str>, u64), Id>,
     builds: Vec<(Instant, Instant)>,
     timings: Timings,
     /// A hash of the bytes of the library running now (see [`Outcome::Unchanged`]).
@@ -618,7 +618,7 @@ impl Reloader {
     /// (swapped when the signature is unchanged, reset otherwise, removed when the new
     /// projection no longer has them).
     fn enter_projection(&mut self, pipeline: &str, id: u64, calls: &[RegCall], module: u64) {
-        let Some(&sub) = self.inner_subs.get(&(pipeline.to_owned(), id)) else {
+        let Some(&sub) = self.inner_subs.get(&(Arc::from(pipeline), id)) else {
             // Started after the last census: it enters the store at the next one.
             return;
         };
@@ -664,7 +664,7 @@ impl Reloader {
     /// Before a registration track is removed: the inner subscriptions on it end in the
     /// store (their pipeline's thread ends them when it takes the new code).
     fn end_inner_subs_on(&mut self, track: Id) {
-        let ending: Vec<((String, u64), Id)> = self
+        let ending: Vec<((Arc<str>, u64), Id)> = self
             .inner_subs
             .iter()
             .filter(|(_, sub)| {

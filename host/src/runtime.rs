@@ -31,7 +31,7 @@ use plugin_api::abi::{
 use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, Sink, cap_message};
-use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerHost, InnerPort, InnerReg};
+use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerCtx, InnerHost, InnerPort, InnerReg};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
 use hmr_track::Id;
@@ -915,8 +915,11 @@ type PublishTo = (Arc<Hub>, hmr_track::Fingerprint);
 /// What the plugin's callbacks see during a push: the pipeline's identity and the sink.
 struct HostCx {
     pipeline: String,
+    /// The pipeline's name, shared by what the census tells (no copy per subscription).
+    census_name: Arc<str>,
     version: Cell<u64>,
-    paths: RefCell<Vec<String>>,
+    /// Shared with the inner subscriptions of each higher-order operator (`Inner::op_path`).
+    paths: RefCell<Vec<Arc<str>>>,
     sink: Sink,
     /// By operator number: the hub a `publish` operator delivers to, and the layout its
     /// code declared for the values.
@@ -945,6 +948,11 @@ struct HostCx {
     inners: RefCell<BTreeMap<u64, Inner>>,
     /// Inner subscriptions ended during a call, freed after it returns.
     graveyard: RefCell<Vec<Inner>>,
+    /// The callback contexts of freed subscriptions, for the next ones (at most
+    /// [`CTX_POOL`]). Boxed: a subscription's context must stay where it is, and the box is
+    /// what is reused.
+    #[allow(clippy::vec_box)]
+    ctx_pool: RefCell<Vec<Box<InnerCtx>>>,
     /// The next inner subscription's number, and the next host-local track id of an inner
     /// operator.
     next_inner: Cell<u64>,
@@ -982,6 +990,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The sources of an inner stream not read yet (shared, so that it costs no allocation).
+static NO_SOURCES: std::sync::LazyLock<Arc<[SourceSpec]>> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
+/// How many freed subscriptions' callback contexts a pipeline keeps for reuse.
+const CTX_POOL: usize = 64;
+
 /// Host-local ids of inner subscriptions' operators: far above the store's.
 const INNER_TRACKS: u64 = 1 << 62;
 
@@ -993,7 +1008,7 @@ impl Drop for HostCx {
             let dead = self.graveyard.get_mut().iter().map(|i| i.id);
             for id in live.chain(dead).collect::<Vec<_>>() {
                 let _ = census.send(Census::Ended {
-                    pipeline: self.pipeline.clone(),
+                    pipeline: self.census_name.clone(),
                     id,
                 });
             }
@@ -1002,11 +1017,16 @@ impl Drop for HostCx {
 }
 
 impl HostCx {
+    /// The operators' paths, owned.
+    fn op_paths(&self) -> Vec<String> {
+        self.paths.borrow().iter().map(|p| p.to_string()).collect()
+    }
+
     fn set_code(&self, code: &PipelineCode) {
         self.version.set(code.version);
         *self.lib.borrow_mut() = Some(code.lib().clone());
         *self.tracks.borrow_mut() = code.ops.iter().map(|o| o.track).collect();
-        *self.paths.borrow_mut() = code.ops.iter().map(|o| o.path.clone()).collect();
+        *self.paths.borrow_mut() = code.ops.iter().map(|o| Arc::from(&*o.path)).collect();
         let mut hubs = vec![None; code.ops.len()];
         for p in &code.publishes {
             if let Some(slot) = hubs.get_mut(p.op as usize) {
@@ -1036,7 +1056,7 @@ unsafe extern "C" fn cb_error(host: *mut c_void, op: u32, message: RStr) {
             .paths
             .borrow()
             .get(op as usize)
-            .cloned()
+            .map(|p| p.to_string())
             .unwrap_or_else(|| h.pipeline.clone());
         h.sink.event(HostEvent::Error {
             pipeline: h.pipeline.clone(),
@@ -1126,9 +1146,30 @@ fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option
     None
 }
 
+/// Whether `spec` is the source `src` describes (no allocation: strings compared in place).
+///
+/// # Safety
+/// The strings of `src` must be readable for the call.
+unsafe fn same_source(
+    spec: &crate::code::SourceSpec,
+    src: &plugin_api::abi::SourceDesc,
+    names: &mut crate::register::Names,
+) -> bool {
+    // SAFETY: forwarded.
+    unsafe {
+        spec.kind == src.kind
+            && spec.a == src.a
+            && spec.b == src.b
+            && src.text.to_string_lossy().unwrap_or_default() == spec.text
+            && src.label.to_string_lossy().unwrap_or_default() == spec.label
+            && names.fingerprint(&src.item) == spec.item
+    }
+}
+
 /// Reads an inner stream's description: its sources, and its operators with paths under
-/// `base` (tracks assigned later). `names` is the pipeline's run-time cache of kinds and type
-/// names (the same few for every subscription: decoded once, not per subscription).
+/// `base` (tracks assigned later). `reg.names` is the pipeline's run-time cache of kinds and
+/// type names (the same few for every subscription: decoded once, not per subscription);
+/// `reg.sources` the last sources read, reused while they match.
 ///
 /// # Safety
 /// `desc` must be valid for the call, as the plugin passes it.
@@ -1136,8 +1177,13 @@ unsafe fn read_inner(
     desc: &InnerDesc,
     opened: &[(String, hmr_track::Signature)],
     base: &str,
-    names: &mut crate::register::Names,
-) -> Result<(Vec<crate::code::SourceSpec>, Vec<crate::code::OpCode>), String> {
+    reg: &mut InnerReg,
+) -> Result<(Arc<[crate::code::SourceSpec]>, Vec<crate::code::OpCode>), String> {
+    let InnerReg {
+        names,
+        sources: last,
+        ..
+    } = reg;
     // SAFETY: the plugin passes `n_sources` descriptions and `n_ops` operators valid for the
     // call.
     let (sources, ops) = unsafe {
@@ -1154,24 +1200,63 @@ unsafe fn read_inner(
             },
         )
     };
-    let sources = sources
-        .iter()
-        .map(|src| crate::code::SourceSpec {
-            kind: src.kind,
-            a: src.a,
-            b: src.b,
-            // SAFETY: strings valid for the call.
-            text: unsafe { src.text.to_string_lossy() }
-                .unwrap_or_default()
-                .into_owned(),
-            // SAFETY: as above.
-            label: unsafe { src.label.to_string_lossy() }
-                .unwrap_or_default()
-                .into_owned(),
-            // SAFETY: as above.
-            item: unsafe { names.fingerprint(&src.item) },
-        })
-        .collect();
+    let same = last.as_ref().is_some_and(|l| {
+        l.len() == sources.len()
+            && l.iter()
+                .zip(sources)
+                // SAFETY: strings valid for the call.
+                .all(|(spec, src)| unsafe { same_source(spec, src, names) })
+    });
+    // No other subscription holds the last ones (it ended): rewritten in place, their
+    // strings' capacity reused (an `of(..)` source's label holds its items, so it differs
+    // from one outer value to the next).
+    let rewritten = !same
+        && match last.as_mut().and_then(Arc::get_mut) {
+            Some(specs) if specs.len() == sources.len() => {
+                for (spec, src) in specs.iter_mut().zip(sources) {
+                    spec.kind = src.kind;
+                    spec.a = src.a;
+                    spec.b = src.b;
+                    spec.text.clear();
+                    // SAFETY: strings valid for the call.
+                    spec.text
+                        .push_str(&unsafe { src.text.to_string_lossy() }.unwrap_or_default());
+                    spec.label.clear();
+                    // SAFETY: as above.
+                    spec.label
+                        .push_str(&unsafe { src.label.to_string_lossy() }.unwrap_or_default());
+                    // SAFETY: as above.
+                    spec.item = unsafe { names.fingerprint(&src.item) };
+                }
+                true
+            }
+            _ => false,
+        };
+    let sources: Arc<[crate::code::SourceSpec]> = match last {
+        Some(l) if same || rewritten => l.clone(),
+        _ => {
+            let read: Arc<[crate::code::SourceSpec]> = sources
+                .iter()
+                .map(|src| crate::code::SourceSpec {
+                    kind: src.kind,
+                    a: src.a,
+                    b: src.b,
+                    // SAFETY: strings valid for the call.
+                    text: unsafe { src.text.to_string_lossy() }
+                        .unwrap_or_default()
+                        .into_owned(),
+                    // SAFETY: as above.
+                    label: unsafe { src.label.to_string_lossy() }
+                        .unwrap_or_default()
+                        .into_owned(),
+                    // SAFETY: as above.
+                    item: unsafe { names.fingerprint(&src.item) },
+                })
+                .collect();
+            *last = Some(read.clone());
+            read
+        }
+    };
     let mut out = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let Some((rel, sig)) = (op.track as usize)
@@ -1225,14 +1310,15 @@ impl HostCx {
         });
     }
 
-    /// Makes the subscription's callback context.
-    fn inner_cx(&self, host: &InnerHost) -> EmitCx {
+    /// Makes a subscription's callback context (its `host` and `current_op` set by the
+    /// caller, into the subscription's `InnerHost`).
+    fn inner_cx(&self) -> EmitCx {
         EmitCx {
-            host: (host as *const InnerHost).cast_mut().cast::<c_void>(),
+            host: std::ptr::null_mut(),
             log: cbi_log,
             error: cbi_error,
             publish: cbi_publish,
-            current_op: &raw const host.current_op,
+            current_op: std::ptr::null(),
             counts: std::ptr::null(),
             now: cbi_now,
             schedule: cbi_schedule,
@@ -1256,8 +1342,12 @@ impl HostCx {
         }
     }
 
-    /// Ports of `sources`: intervals start now (their first value is due at once).
+    /// Ports of `sources`: intervals start now (their first value is due at once). Empty
+    /// (no allocation) when none is an interval: a missing port is a finished one.
     fn start_ports(&self, id: u64, sources: &[crate::code::SourceSpec]) -> Vec<InnerPort> {
+        if !sources.iter().any(|s| s.kind == source_kind::INTERVAL) {
+            return Vec::new();
+        }
         // The clock is read only for an interval (most inner streams have none).
         let mut now = None;
         sources
@@ -1332,7 +1422,7 @@ impl HostCx {
             drop_env: desc.drop_env,
             lib: lib.clone(),
             ops: Vec::new(),
-            sources: Vec::new(),
+            sources: NO_SOURCES.clone(),
             calls: Vec::new(),
         };
         let value = if desc.value.is_null() {
@@ -1360,7 +1450,7 @@ impl HostCx {
         };
         if let Some((_, op_path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
-            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut().names) } {
+            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut()) } {
                 // Refused as at a subscription: the live one ends (`reproject`).
                 Ok((sources, _)) if let Some(why) = refuse_inner(desc, &sources) => {
                     self.error_at(op_path, why);
@@ -1385,53 +1475,81 @@ impl HostCx {
         };
         let Some(value) = value else {
             self.error_at(
-                op_path.clone(),
+                op_path.to_string(),
                 "an inner subscription without its outer value".to_owned(),
             );
             return false;
         };
         let id = self.next_inner.get();
-        let path = format!("{op_path}|#{id}:inner");
+        // Formatted here for the ops' paths only when there are ops (an error's message
+        // formats it again).
+        let path = if opened.is_empty() {
+            String::new()
+        } else {
+            format!("{op_path}|#{id}:inner")
+        };
         // SAFETY: `desc` is valid for the call.
-        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut().names) };
+        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut()) };
         let (sources, mut ops) = match read {
             Ok(x) => x,
             Err(e) => {
-                self.error_at(op_path.clone(), e);
+                self.error_at(op_path.to_string(), e);
                 return false;
             }
         };
         if let Some(why) = refuse_inner(desc, &sources) {
-            self.error_at(op_path.clone(), why);
+            self.error_at(op_path.to_string(), why);
             return false;
         }
         self.assign_tracks(&mut ops, &[]);
         let slots = match StateSlots::new_for(&ops, code.env, &lib) {
             Ok(s) => s,
             Err(e) => {
-                self.error_at(path, e.to_string());
+                self.error_at(format!("{op_path}|#{id}:inner"), e.to_string());
                 return false;
             }
         };
+        let op_path = op_path.clone();
+        drop(paths);
         self.next_inner.set(id + 1);
         code.ops = ops;
         code.sources = sources;
         let ports = self.start_ports(id, &code.sources);
-        let held = self.open_inner_sources(id, &code.sources, &path);
-        let host = Box::new(InnerHost {
-            parent: (self as *const HostCx).cast::<c_void>(),
-            instance: id,
-            paths: code.ops.iter().map(|o| o.path.clone()).collect(),
-            tracks: code.ops.iter().map(|o| o.track).collect(),
-            current_op: AtomicU32::new(u32::MAX),
-        });
-        let cx = Box::new(self.inner_cx(&host));
+        let held = self.open_inner_sources(id, &code.sources, &format!("{op_path}|#{id}:inner"));
+        // A freed subscription's context if there is one (its vectors' capacity kept).
+        let pooled = self.ctx_pool.borrow_mut().pop();
+        let mut ctx = match pooled {
+            Some(mut ctx) => {
+                ctx.host.parent = (self as *const HostCx).cast::<c_void>();
+                ctx.host.instance = id;
+                ctx.host.paths.clear();
+                ctx.host
+                    .paths
+                    .extend(code.ops.iter().map(|o| o.path.clone()));
+                ctx.host.tracks.clear();
+                ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
+                ctx.cx = self.inner_cx();
+                ctx
+            }
+            None => Box::new(InnerCtx {
+                host: InnerHost {
+                    parent: (self as *const HostCx).cast::<c_void>(),
+                    instance: id,
+                    paths: code.ops.iter().map(|o| o.path.clone()).collect(),
+                    tracks: code.ops.iter().map(|o| o.track).collect(),
+                    current_op: AtomicU32::new(u32::MAX),
+                },
+                cx: self.inner_cx(),
+            }),
+        };
+        ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
+        ctx.cx.current_op = &raw const ctx.host.current_op;
         out.instance = id;
         out.states = slots.as_ptr();
-        out.cx = &raw const *cx;
+        out.cx = &raw const ctx.cx;
         if let Some(census) = &self.census {
             let _ = census.send(Census::Started {
-                pipeline: self.pipeline.clone(),
+                pipeline: self.census_name.clone(),
                 id,
                 op_track,
                 calls,
@@ -1443,13 +1561,12 @@ impl HostCx {
                 id,
                 op_track,
                 held,
-                path,
+                op_path,
                 value,
                 slots,
                 code,
                 ports,
-                host,
-                cx,
+                ctx,
             },
         );
         true
@@ -1475,7 +1592,10 @@ unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) 
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
         let ended = h.inners.borrow_mut().remove(&instance);
-        if let Some(i) = ended {
+        if let Some(mut i) = ended {
+            // Its sources are let go now, so that the next subscription may rewrite the
+            // shared ones in place (`read_inner`).
+            i.code.sources = NO_SOURCES.clone();
             // Freed after the call: its env and slots may still be on the plugin's stack.
             h.graveyard.borrow_mut().push(i);
         }
@@ -1690,6 +1810,7 @@ impl Driver {
         let states = StateSlots::new(&code).map_err(|e| e.to_string())?;
         let host = Rc::new(HostCx {
             pipeline: code.name.clone(),
+            census_name: Arc::from(&*code.name),
             version: Cell::new(code.version),
             paths: RefCell::new(Vec::new()),
             sink,
@@ -1704,6 +1825,7 @@ impl Driver {
             api: Cell::new(std::ptr::null()),
             inners: RefCell::new(BTreeMap::new()),
             graveyard: RefCell::new(Vec::new()),
+            ctx_pool: RefCell::new(Vec::new()),
             next_inner: Cell::new(1),
             next_track: Cell::new(INNER_TRACKS),
             reprojecting: RefCell::new(None),
@@ -1743,7 +1865,7 @@ impl Driver {
             unsubscribe: cb_unsubscribe,
             api: &raw const *api,
         };
-        shared.paths.store(Arc::new(host.paths.borrow().clone()));
+        shared.paths.store(Arc::new(host.op_paths()));
         let (push_one, env) = code.push_one_raw(tally.is_some());
         let push_one = if code.sources.first().map(SourceSpec::wire) == Some(Wire::U64) {
             push_one
@@ -1835,9 +1957,7 @@ impl Driver {
         self.states = states;
         self.generation = g;
         self.host.set_code(&new);
-        self.shared
-            .paths
-            .store(Arc::new(self.host.paths.borrow().clone()));
+        self.shared.paths.store(Arc::new(self.host.op_paths()));
         if let Some((t, counts)) = &mut self.tally {
             *counts = t.counts_for(&new);
             self.cx.counts = counts.as_ptr();
@@ -2112,7 +2232,7 @@ impl Driver {
         if let Some(census) = &self.host.census {
             for dead in self.host.graveyard.borrow().iter() {
                 let _ = census.send(Census::Ended {
-                    pipeline: self.host.pipeline.clone(),
+                    pipeline: self.host.census_name.clone(),
                     id: dead.id,
                 });
             }
@@ -2121,9 +2241,20 @@ impl Driver {
         if dead.is_empty() {
             return;
         }
-        // Dropped outside the borrow (a drop is plugin code), then the emptied vector goes
-        // back, so the next subscription that ends does not allocate one.
-        dead.clear();
+        // Dropped outside the borrow (a drop is plugin code), their callback contexts kept
+        // for the next subscriptions; then the emptied vector goes back, so the next
+        // subscription that ends does not allocate one.
+        for inner in dead.drain(..) {
+            let ctx = {
+                let Inner { ctx, .. } = inner;
+                ctx
+            };
+            if let Ok(mut pool) = self.host.ctx_pool.try_borrow_mut()
+                && pool.len() < CTX_POOL
+            {
+                pool.push(ctx);
+            }
+        }
         if let Ok(mut g) = self.host.graveyard.try_borrow_mut()
             && g.is_empty()
         {
@@ -2199,7 +2330,7 @@ impl Driver {
                     i.op_track,
                     i.code.env.cast_const(),
                     i.slots.as_ptr(),
-                    &raw const *i.cx,
+                    &raw const i.ctx.cx,
                 )
             });
             let Some((op_track, env, states, cx)) = found else {
@@ -2323,7 +2454,7 @@ impl Driver {
             }
         };
         for op in &mut new.ops {
-            op.path = format!("{}|{}", inner.path, op.path.trim_start_matches('|'));
+            op.path = format!("{}|{}", inner.path(), op.path.trim_start_matches('|'));
         }
         self.host.assign_tracks(&mut new.ops, &inner.code.ops);
         Ok(new)
@@ -2353,7 +2484,7 @@ impl Driver {
     fn plan_one(inner: &Inner, projected: &InnerCode, plan: &mut InnerPlan) {
         if projected.sources != inner.code.sources {
             plan.reset
-                .push((inner.path.clone(), Self::restart_reason(inner, projected)));
+                .push((inner.path(), Self::restart_reason(inner, projected)));
             return;
         }
         for op in &projected.ops {
@@ -2396,7 +2527,7 @@ impl Driver {
             };
             match self.keeps_operator(new, &inner, None) {
                 None => {
-                    plan.removed.push(inner.path.clone());
+                    plan.removed.push(inner.path());
                 }
                 Some(h) => {
                     let projected = self.project_one(new, h, &inner);
@@ -2405,7 +2536,7 @@ impl Driver {
                             Self::plan_one(&inner, code, &mut plan);
                             plan.projected.push((id, code.calls.clone()));
                         }
-                        Err(_) => plan.removed.push(inner.path.clone()),
+                        Err(_) => plan.removed.push(inner.path()),
                     }
                     // Applied as decided, failures included (not projected twice).
                     self.prepared.insert(id, (new.version, projected, true));
@@ -2442,7 +2573,7 @@ impl Driver {
             let Some(h) = self.keeps_operator(&code, &inner, Some(reset)) else {
                 lines.push(format!(
                     "{}: ended (its higher-order operator was reset or removed)",
-                    inner.path
+                    inner.path()
                 ));
                 self.host.graveyard.borrow_mut().push(inner);
                 continue;
@@ -2457,7 +2588,7 @@ impl Driver {
                     if self.projection_panics.remove(&(id, version)) {
                         self.reprojection_panicked = true;
                     }
-                    lines.push(format!("{}: ended ({e})", inner.path));
+                    lines.push(format!("{}: ended ({e})", inner.path()));
                     self.host.ended.borrow_mut().push((id, inner.op_track));
                     self.host.graveyard.borrow_mut().push(inner);
                     continue;
@@ -2469,19 +2600,21 @@ impl Driver {
                     Ok(slots) => {
                         line = format!(
                             "{}: reset: {}",
-                            inner.path,
+                            inner.path(),
                             Self::restart_reason(&inner, &new)
                         );
                         inner.ports = self.host.start_ports(id, &new.sources);
                         inner.held = Vec::new();
-                        inner.held = self.host.open_inner_sources(id, &new.sources, &inner.path);
+                        inner.held = self
+                            .host
+                            .open_inner_sources(id, &new.sources, &inner.path());
                         let old_slots = std::mem::replace(&mut inner.slots, slots);
                         drop(old_slots);
                         inner.code = new;
                         self.host.starts.borrow_mut().push(id);
                     }
                     Err(e) => {
-                        lines.push(format!("{}: ended ({e})", inner.path));
+                        lines.push(format!("{}: ended ({e})", inner.path()));
                         self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
@@ -2494,17 +2627,17 @@ impl Driver {
                         inner.slots = slots;
                         inner.code = new;
                         line = if reset_ops.is_empty() {
-                            format!("{}: swapped", inner.path)
+                            format!("{}: swapped", inner.path())
                         } else {
                             format!(
                                 "{}: swapped; state reset (signature changed): {}",
-                                inner.path,
+                                inner.path(),
                                 reset_ops.join(", ")
                             )
                         };
                     }
                     Err(e) => {
-                        lines.push(format!("{}: ended ({e})", inner.path));
+                        lines.push(format!("{}: ended ({e})", inner.path()));
                         self.host.ended.borrow_mut().push((id, inner.op_track));
                         self.host.graveyard.borrow_mut().push(inner);
                         continue;
@@ -2514,8 +2647,8 @@ impl Driver {
             if !told {
                 lines.push(line);
             }
-            inner.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
-            inner.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
+            inner.ctx.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
+            inner.ctx.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
             self.host.inners.borrow_mut().insert(id, inner);
         }
         // Projections for subscriptions that ended since, or for another version: freed.
@@ -3100,5 +3233,117 @@ impl Driver {
     /// The sources of the code it runs, in port order.
     pub(crate) fn sources(&self) -> &[SourceSpec] {
         &self.code.sources
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::abi::{SourceDesc, source_kind};
+
+    unsafe extern "C" fn no_env(_env: *mut c_void) {}
+    unsafe extern "C" fn no_drop(_dst: *mut u8) -> bool {
+        true
+    }
+    unsafe extern "C" fn no_debug(
+        _src: *const u8,
+        _buf: *mut u8,
+        _cap: usize,
+        len: *mut usize,
+    ) -> u32 {
+        // SAFETY: the caller passes a writable length.
+        unsafe { *len = 0 };
+        0
+    }
+
+    fn desc(sources: &[SourceDesc]) -> InnerDesc {
+        InnerDesc {
+            env: std::ptr::null_mut(),
+            drop_env: no_env,
+            sources: sources.as_ptr(),
+            n_sources: sources.len(),
+            ops: std::ptr::null(),
+            n_ops: 0,
+            n_publishes: 0,
+            value: std::ptr::null_mut(),
+            value_type: plugin_api::fingerprint::of::<u64>(),
+            value_drop: no_drop,
+            value_debug: no_debug,
+        }
+    }
+
+    fn source(kind: u32, label: &str) -> SourceDesc {
+        SourceDesc {
+            kind,
+            a: 1,
+            b: 0,
+            text: RStr::NONE,
+            item: plugin_api::fingerprint::of::<u64>(),
+            label: RStr::new(label),
+            owner: 0,
+        }
+    }
+
+    /// What `read_inner` should do with the shared sources of the last inner stream read.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Expect {
+        /// A new allocation.
+        Fresh,
+        /// The last ones, as they are (the same sources).
+        Shared,
+        /// The last ones, rewritten in place (no subscription held them).
+        Rewritten,
+    }
+
+    #[test]
+    fn shared_sources_are_reused_only_when_the_same_or_held_by_nobody() {
+        use Expect::*;
+        // (sources' labels, keep the result alive as a live subscription would, expected)
+        let steps: &[(&[&str], bool, Expect)] = &[
+            (&["of::<u64>([1])"], true, Fresh),
+            // The first is held: a different label may not overwrite it.
+            (&["of::<u64>([2])"], true, Fresh),
+            (&["of::<u64>([2])"], true, Shared),
+            (&["interval_ms(5)", "of::<u64>([2])"], false, Fresh),
+            // Nobody holds the last ones any more (dropped at once above).
+            (&["interval_ms(5)", "of::<u64>([3])"], false, Rewritten),
+            (&["interval_ms(7)", "of::<u64>([3])"], true, Rewritten),
+            (&["interval_ms(7)", "of::<u64>([4])"], true, Fresh),
+        ];
+        let mut reg = InnerReg::default();
+        let mut held: Vec<(Arc<[SourceSpec]>, Vec<String>)> = Vec::new();
+        for (i, &(labels, keep, expect)) in steps.iter().enumerate() {
+            let before = reg.sources.clone().map(|l| Arc::as_ptr(&l));
+            let descs: Vec<SourceDesc> = labels
+                .iter()
+                .map(|l| {
+                    let kind = if l.starts_with("interval") {
+                        source_kind::INTERVAL
+                    } else {
+                        source_kind::OF
+                    };
+                    source(kind, l)
+                })
+                .collect();
+            // SAFETY: the description and its strings live across the call.
+            let (got, _) = unsafe { read_inner(&desc(&descs), &[], "", &mut reg) }.unwrap();
+            let read: Vec<String> = got.iter().map(|s| s.label.clone()).collect();
+            assert_eq!(read, labels.to_vec(), "step {i}: labels read");
+            let reused = before == Some(Arc::as_ptr(&got));
+            let was = match (reused, expect) {
+                (false, _) => Fresh,
+                (true, Rewritten) => Rewritten,
+                (true, _) => Shared,
+            };
+            assert_eq!(was, expect, "step {i}");
+            // What live subscriptions hold is never changed under them.
+            for (j, (arc, labels)) in held.iter().enumerate() {
+                let now: Vec<&str> = arc.iter().map(|s| &*s.label).collect();
+                assert_eq!(now, *labels, "step {i}: held sources {j} changed");
+            }
+            if keep {
+                held.push((got, read));
+            }
+        }
     }
 }

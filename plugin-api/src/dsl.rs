@@ -455,12 +455,6 @@ struct OpInfo {
     debug: DebugStateFn,
 }
 
-struct SourceInfo {
-    desc: SourceDesc,
-    label: String,
-    text: String,
-}
-
 struct PublishInfo {
     op: u32,
     subject: String,
@@ -477,7 +471,9 @@ type Spine = (Vec<(u32, Mark)>, u32, usize);
 pub struct Binder<'h> {
     host: &'h HostApi,
     ops: Vec<OpInfo>,
-    sources: Vec<SourceInfo>,
+    /// Their `label` and `text` are views of the strings of the stage being bound (see
+    /// [`Binder::source`]).
+    sources: Vec<SourceDesc>,
     publishes: Vec<PublishInfo>,
     /// The innermost open track a source belongs to.
     owners: Vec<u64>,
@@ -623,10 +619,20 @@ impl<'h> Binder<'h> {
         self.track_return(track);
     }
 
-    /// Registers a source: the next port.
-    pub(crate) fn source(&mut self, mut desc: SourceDesc, label: String, text: String) {
+    /// Registers a source: the next port. Its description keeps views of `label` and
+    /// `text` (no copies: a binding allocates no strings).
+    ///
+    /// # Safety
+    /// `label` and `text` must stay where they are until the host has read the description
+    /// this binding hands over: they are the strings of the stage being bound (their heap
+    /// buffers do not move when the stage moves into its `Env`).
+    pub(crate) unsafe fn source(&mut self, mut desc: SourceDesc, label: &str, text: &str) {
         desc.owner = self.owners.last().copied().unwrap_or(0);
-        self.sources.push(SourceInfo { desc, label, text });
+        desc.label = RStr::new(label);
+        if !desc.text.is_none() {
+            desc.text = RStr::new(text);
+        }
+        self.sources.push(desc);
     }
 
     /// Registers a `publish` operator's subject.
@@ -1164,12 +1170,74 @@ impl<S: Stage> Body<S> {
 /// host reads it.
 pub(crate) struct BoundInner {
     pub(crate) ops: Vec<OpDesc>,
+    /// Their strings are views of the bound stage's (see [`Binder::source`]).
     pub(crate) sources: Vec<SourceDesc>,
-    /// The strings the sources' `RStr`s point into.
-    _infos: Vec<SourceInfo>,
     pub(crate) n_publishes: usize,
     /// The synchronous sources (`range`, `of`): port, first and end index.
-    pub(crate) sync: Vec<(u32, u64, u64)>,
+    pub(crate) sync: SyncPorts,
+}
+
+impl Drop for BoundInner {
+    fn drop(&mut self) {
+        // The vectors go back to this thread's scratch for the next binding.
+        let ops = std::mem::take(&mut self.ops);
+        let sources = std::mem::take(&mut self.sources);
+        SCRATCH.with(|s| {
+            let mut scratch = s.take().unwrap_or_default();
+            scratch.descs = ops;
+            scratch.descs.clear();
+            scratch.sources = sources;
+            scratch.sources.clear();
+            s.set(Some(scratch));
+        });
+    }
+}
+
+/// An inner stream's synchronous sources (port, first and end index): most have one, held
+/// without an allocation.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum SyncPorts {
+    #[default]
+    None,
+    One((u32, u64, u64)),
+    Many(Vec<(u32, u64, u64)>),
+}
+
+impl SyncPorts {
+    fn push(&mut self, x: (u32, u64, u64)) {
+        *self = match std::mem::take(self) {
+            SyncPorts::None => SyncPorts::One(x),
+            SyncPorts::One(a) => SyncPorts::Many(vec![a, x]),
+            SyncPorts::Many(mut v) => {
+                v.push(x);
+                SyncPorts::Many(v)
+            }
+        };
+    }
+
+    pub(crate) fn as_slice(&self) -> &[(u32, u64, u64)] {
+        match self {
+            SyncPorts::None => &[],
+            SyncPorts::One(x) => std::slice::from_ref(x),
+            SyncPorts::Many(v) => v,
+        }
+    }
+}
+
+/// Vectors a binding at run time reuses (one thread runs a pipeline and its inner
+/// subscriptions): emptied, their capacity kept.
+#[derive(Default)]
+struct Scratch {
+    ops: Vec<OpInfo>,
+    spines: Vec<Spine>,
+    sources: Vec<SourceDesc>,
+    descs: Vec<OpDesc>,
+}
+
+thread_local! {
+    /// Taken by a binding, given back when it is done (a nested binding, should one happen,
+    /// finds none and allocates).
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
 }
 
 /// Binds an inner stream built at run time (its tracks registered through `api`, under
@@ -1179,13 +1247,19 @@ pub(crate) fn bind_inner<S: Stage>(
     marks: Vec<(u32, Mark)>,
     api: &HostApi,
 ) -> BoundInner {
+    let Scratch {
+        ops,
+        spines,
+        sources,
+        mut descs,
+    } = SCRATCH.with(|s| s.take()).unwrap_or_default();
     let mut b = Binder {
         host: api,
-        ops: Vec::new(),
-        sources: Vec::new(),
+        ops,
+        sources,
         publishes: Vec::new(),
         owners: Vec::new(),
-        spines: Vec::new(),
+        spines,
         scopes: Vec::new(),
     };
     b.open_spine(marks);
@@ -1194,47 +1268,42 @@ pub(crate) fn bind_inner<S: Stage>(
     while let Some(t) = b.scopes.pop() {
         b.track_return(t);
     }
-    let ops = b
-        .ops
-        .iter()
-        .map(|o| OpDesc {
-            track: o.track,
-            kind: RStr::new(o.kind),
-            state: StateVTable {
-                fingerprint: o.state,
-                init: init_entry::<S>,
-                drop: o.drop,
-                debug: o.debug,
-            },
-        })
-        .collect();
-    let sources: Vec<SourceDesc> = b
-        .sources
-        .iter()
-        .map(|s| SourceDesc {
-            label: RStr::new(&s.label),
-            text: if s.desc.text.is_none() {
-                RStr::NONE
-            } else {
-                RStr::new(&s.text)
-            },
-            ..s.desc
-        })
-        .collect();
-    let sync = sources
-        .iter()
-        .enumerate()
-        .filter_map(|(port, s)| match s.kind {
-            crate::abi::source_kind::RANGE => Some((port as u32, s.a, s.b)),
-            crate::abi::source_kind::OF => Some((port as u32, 0, s.a)),
-            _ => None,
-        })
-        .collect();
+    descs.clear();
+    descs.extend(b.ops.iter().map(|o| OpDesc {
+        track: o.track,
+        kind: RStr::new(o.kind),
+        state: StateVTable {
+            fingerprint: o.state,
+            init: init_entry::<S>,
+            drop: o.drop,
+            debug: o.debug,
+        },
+    }));
+    let sources = std::mem::take(&mut b.sources);
+    let mut sync = SyncPorts::None;
+    for (port, s) in sources.iter().enumerate() {
+        match s.kind {
+            crate::abi::source_kind::RANGE => sync.push((port as u32, s.a, s.b)),
+            crate::abi::source_kind::OF => sync.push((port as u32, 0, s.a)),
+            _ => {}
+        }
+    }
+    let n_publishes = b.publishes.len();
+    // The binder's own vectors go back now; the descriptions' with the `BoundInner`.
+    let mut ops = std::mem::take(&mut b.ops);
+    let mut spines = std::mem::take(&mut b.spines);
+    ops.clear();
+    spines.clear();
+    SCRATCH.with(|s| {
+        let mut scratch = s.take().unwrap_or_default();
+        scratch.ops = ops;
+        scratch.spines = spines;
+        s.set(Some(scratch));
+    });
     BoundInner {
-        ops,
+        ops: descs,
         sources,
-        _infos: b.sources,
-        n_publishes: b.publishes.len(),
+        n_publishes,
         sync,
     }
 }
@@ -1285,19 +1354,7 @@ impl<S: Stage> Chain<'_, S> {
                 },
             })
             .collect();
-        let sources: Vec<SourceDesc> = b
-            .sources
-            .iter()
-            .map(|s| SourceDesc {
-                label: RStr::new(&s.label),
-                text: if s.desc.text.is_none() {
-                    RStr::NONE
-                } else {
-                    RStr::new(&s.text)
-                },
-                ..s.desc
-            })
-            .collect();
+        let sources = std::mem::take(&mut b.sources);
         let publishes: Vec<PublishDesc> = b
             .publishes
             .iter()
@@ -1309,7 +1366,7 @@ impl<S: Stage> Chain<'_, S> {
             .collect();
         let env = Box::into_raw(Box::new(Env {
             stage,
-            sync: Vec::new(),
+            sync: SyncPorts::None,
         }));
         let desc = PipelineDesc {
             name: RStr::new(&self.name),
@@ -1357,8 +1414,8 @@ impl<S: Stage> Drop for Chain<'_, S> {
 pub(crate) struct Env<S> {
     pub(crate) stage: S,
     /// An inner stream's synchronous sources (port, first and end index), which its
-    /// higher-order operator runs itself; empty for a pipeline.
-    pub(crate) sync: Vec<(u32, u64, u64)>,
+    /// higher-order operator runs itself; none for a pipeline.
+    pub(crate) sync: SyncPorts,
 }
 
 /// `publish(name)`: hands each value to the host (which delivers it to the subject's
@@ -2257,6 +2314,23 @@ pub unsafe fn run_register(host: *const HostApi, f: fn(&mut Plugin<'_>)) -> bool
             // SAFETY: `host` is valid for the registration; the message outlives the call.
             unsafe { (host.fail)(host.ctx, RStr::new(&message)) };
             false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncPorts;
+
+    #[test]
+    fn sync_ports_hold_what_was_pushed_in_order() {
+        for n in 0..5u32 {
+            let want: Vec<(u32, u64, u64)> = (0..n).map(|i| (i, u64::from(i), 10)).collect();
+            let mut ports = SyncPorts::None;
+            for &p in &want {
+                ports.push(p);
+            }
+            assert_eq!(ports.as_slice(), &want[..], "{n} ports");
         }
     }
 }

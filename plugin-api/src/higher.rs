@@ -182,10 +182,10 @@ where
         let emit = cx.emit();
         // SAFETY: the host passes a registration API valid for the call.
         let api = unsafe { &*emit.api };
-        let bound = bind_inner(&mut stage, marks, api);
+        let mut bound = bind_inner(&mut stage, marks, api);
         let env = Box::new(Env {
             stage,
-            sync: bound.sync.clone(),
+            sync: std::mem::take(&mut bound.sync),
         });
         (env, bound)
     }
@@ -290,7 +290,7 @@ where
             }
             inner_kind::START => {
                 let mut flow = env.stage.start::<C, _>(&icx, &mut obs);
-                for &(port, from, to) in &env.sync {
+                for &(port, from, to) in env.sync.as_slice() {
                     if obs.ended || cx.is_completed() {
                         break;
                     }

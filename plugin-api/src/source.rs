@@ -145,7 +145,9 @@ impl<W: Wire> Stage for Root<W> {
         None
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        b.source(self.desc, self.label.clone(), self.text.clone());
+        // SAFETY: the strings are this root's, which the stage keeps (in its `Env`) at least
+        // until the host has read the binding's description.
+        unsafe { b.source(self.desc, &self.label, &self.text) };
     }
     fn label(&self) -> String {
         self.label.clone()
@@ -226,17 +228,26 @@ pub fn range(start: u64, end: u64) -> Stream<Root<Ticks>> {
 /// Emits each item, then completes. The items are part of the source's signature: an edit
 /// that changes them starts the source again from its first item.
 pub fn of<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) -> Stream<Root<Of<T>>> {
+    use core::fmt::Write as _;
     let n = items.len() as u64;
-    let mut text = format!("{items:?}");
-    if text.len() > 200 {
-        let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, text.as_bytes());
-        let mut cut = 160;
-        while !text.is_char_boundary(cut) {
+    let name = core::any::type_name::<T>();
+    // `of::<T>(items)`, the items' text cut to 160 bytes and a hash when longer than 200,
+    // written into one buffer sized for short lists (one allocation per call, in the
+    // projections of higher-order operators too).
+    let mut label = String::with_capacity(name.len() + 8 + (24 * items.len()).min(240));
+    let _ = write!(label, "of::<{name}>(");
+    let start = label.len();
+    let _ = write!(label, "{items:?}");
+    if label.len() - start > 200 {
+        let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, &label.as_bytes()[start..]);
+        let mut cut = start + 160;
+        while !label.is_char_boundary(cut) {
             cut -= 1;
         }
-        text = format!("{}... ({n} items, hash {hash:016x})", &text[..cut]);
+        label.truncate(cut);
+        let _ = write!(label, "... ({n} items, hash {hash:016x})");
     }
-    let label = format!("of::<{}>({text})", core::any::type_name::<T>());
+    label.push(')');
     root(Of { items }, source_kind::OF, n, 0, None, label)
 }
 
@@ -295,4 +306,42 @@ pub fn subject<T: Shape + Clone + Send + Sync + 'static>(
         format!("subject::<{}>({name:?})", core::any::type_name::<T>()),
         fingerprint::of_state::<T>(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The label as `of` wrote it with two `format!`s (the signature every reload compares:
+    /// it must not change).
+    fn reference<T: fmt::Debug>(items: &[T]) -> String {
+        let n = items.len() as u64;
+        let mut text = format!("{items:?}");
+        if text.len() > 200 {
+            let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, text.as_bytes());
+            let mut cut = 160;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text = format!("{}... ({n} items, hash {hash:016x})", &text[..cut]);
+        }
+        format!("of::<{}>({text})", core::any::type_name::<T>())
+    }
+
+    #[test]
+    fn of_labels_are_the_items_text_cut_as_before() {
+        let numbers: Vec<Vec<u64>> = vec![vec![], vec![7], (0..10).collect(), (0..100).collect()];
+        for items in numbers {
+            let got = of(items.clone()).body.stage.label();
+            assert_eq!(got, reference(&items), "{} numbers", items.len());
+        }
+        // Multi-byte characters across the cut, at each offset.
+        for pad in 0..4 {
+            let items: Vec<String> = (0..40)
+                .map(|i| format!("{}é{i}ü", "a".repeat(pad)))
+                .collect();
+            let got = of(items.clone()).body.stage.label();
+            assert_eq!(got, reference(&items), "strings padded by {pad}");
+        }
+    }
 }
