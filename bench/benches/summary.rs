@@ -2266,7 +2266,7 @@ fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
 
 fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     report.line(format!(
-        "\n### 13. Higher-order operators: {N_HIGHER} outer values, one inner subscription (`of(vec![x])`) created and ended per value, outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
+        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription (`of(vec![x])`) created and ended per value, outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
     ));
     report.line("| operator (rxRust's) | feed | host ns/value | rxRust ns/value | host / rxRust |");
     report.line("|---|---|---:|---:|---:|");
