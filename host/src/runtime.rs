@@ -648,8 +648,7 @@ impl Runtime {
     /// pipeline that did not answer in time (busy in a long call) re-projects when it takes
     /// the code, and tells what happened in a `notice` instead.
     pub fn prepare_inners(&mut self, wait: Duration) -> Vec<(String, InnerPlan)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let mut asked = 0usize;
+        let mut asked = Vec::new();
         for r in self.pipelines.values() {
             let Some(code) = &r.staged else {
                 continue;
@@ -658,26 +657,20 @@ impl Runtime {
             if shared.live_inners.load(Ordering::Acquire) == 0 || shared.ended() {
                 continue;
             }
-            let name = code.name.clone();
             // A rendezvous: the thread's answer is taken by this call or refused (once the
             // receiver is dropped after the wait), so the thread knows whether it was told.
             let (one, answer) = crossbeam_channel::bounded(0);
             if shared.inbox.0.send(Msg::Prepare(code.clone(), one)).is_ok() {
-                asked += 1;
-                let tx = tx.clone();
-                // Collected below, in arrival order.
-                let _ = tx.send((name, answer));
+                asked.push((code.name.clone(), answer));
             }
         }
-        drop(tx);
+        // Taken in the order asked: a thread that answers first waits for its turn, within
+        // the same deadline.
         let deadline = Instant::now() + wait;
-        let mut out = Vec::with_capacity(asked);
-        for (name, answer) in rx.try_iter() {
-            if let Ok(plan) = answer.recv_deadline(deadline) {
-                out.push((name, plan));
-            }
-        }
-        out
+        asked
+            .into_iter()
+            .filter_map(|(name, answer)| answer.recv_deadline(deadline).ok().map(|p| (name, p)))
+            .collect()
     }
 
     /// Makes what [`Runtime::publish`] did take effect: commits staged code (running

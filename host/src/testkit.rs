@@ -237,6 +237,15 @@ debug = false
         o
     }
 
+    /// [`Fixture::options`] with a virtual clock (`options.clock`), and the handle that
+    /// moves it.
+    pub fn virtual_options(&self) -> (Options, std::sync::Arc<crate::clock::VirtualClock>) {
+        let (clock, time) = crate::clock::Clock::virtual_clock();
+        let mut o = self.options();
+        o.clock = clock;
+        (o, time)
+    }
+
     /// How to build this fixture directly with [`crate::cargo::build`] (tests that load
     /// libraries themselves), into [`fixture_target_dir`].
     pub fn build_config(&self, release: bool) -> anyhow::Result<crate::cargo::BuildConfig> {

@@ -104,7 +104,8 @@ pub struct Cx<'a> {
     /// subscription's context and the operator's number there (null: this call's own).
     pub(crate) panic_to: Cell<(*const EmitCx, u32)>,
     /// A panic was caught and reported inside this call (one value of an inner stream's
-    /// synchronous source): the call answers `PANICKED` at its end.
+    /// synchronous source): the higher-order operator that ran it answers the call with
+    /// `PANICKED` once it is done ([`rethrow_contained`]).
     pub(crate) contained: Cell<bool>,
 }
 
@@ -455,6 +456,22 @@ struct OpInfo {
     debug: DebugStateFn,
 }
 
+impl OpInfo {
+    /// The operator's description for the host, its state seeded through stage `S`'s env.
+    fn desc<S: Stage>(&self) -> OpDesc {
+        OpDesc {
+            track: self.track,
+            kind: RStr::new(self.kind),
+            state: StateVTable {
+                fingerprint: self.state,
+                init: init_entry::<S>,
+                drop: self.drop,
+                debug: self.debug,
+            },
+        }
+    }
+}
+
 struct PublishInfo {
     op: u32,
     subject: String,
@@ -573,6 +590,17 @@ impl<'h> Binder<'h> {
         }
         self.apply_marks();
         self.spines.pop();
+    }
+
+    /// Registers `stage`'s tracks on a spine with scope marks `marks`; scopes left open by a
+    /// mark out of order close at the end.
+    fn bind_stage<S: Stage>(&mut self, stage: &mut S, marks: Vec<(u32, Mark)>) {
+        self.open_spine(marks);
+        stage.bind(self);
+        self.close_spine();
+        while let Some(t) = self.scopes.pop() {
+            self.track_return(t);
+        }
     }
 
     /// Registers one operator: opens and closes its track and gives it the next slot.
@@ -1262,23 +1290,9 @@ pub(crate) fn bind_inner<S: Stage>(
         spines,
         scopes: Vec::new(),
     };
-    b.open_spine(marks);
-    stage.bind(&mut b);
-    b.close_spine();
-    while let Some(t) = b.scopes.pop() {
-        b.track_return(t);
-    }
+    b.bind_stage(stage, marks);
     descs.clear();
-    descs.extend(b.ops.iter().map(|o| OpDesc {
-        track: o.track,
-        kind: RStr::new(o.kind),
-        state: StateVTable {
-            fingerprint: o.state,
-            init: init_entry::<S>,
-            drop: o.drop,
-            debug: o.debug,
-        },
-    }));
+    descs.extend(b.ops.iter().map(OpInfo::desc::<S>));
     let sources = std::mem::take(&mut b.sources);
     let mut sync = SyncPorts::None;
     for (port, s) in sources.iter().enumerate() {
@@ -1333,27 +1347,8 @@ impl<S: Stage> Chain<'_, S> {
         };
         let track = b.track_call("pipeline", Some(&self.name), &signature);
         b.owners.push(track);
-        b.open_spine(marks);
-        stage.bind(&mut b);
-        b.close_spine();
-        // Scopes left open by a mark out of order close with the pipeline.
-        while let Some(t) = b.scopes.pop() {
-            b.track_return(t);
-        }
-        let ops: Vec<OpDesc> = b
-            .ops
-            .iter()
-            .map(|o| OpDesc {
-                track: o.track,
-                kind: RStr::new(o.kind),
-                state: StateVTable {
-                    fingerprint: o.state,
-                    init: init_entry::<S>,
-                    drop: o.drop,
-                    debug: o.debug,
-                },
-            })
-            .collect();
+        b.bind_stage(&mut stage, marks);
+        let ops: Vec<OpDesc> = b.ops.iter().map(OpInfo::desc::<S>).collect();
         let sources = std::mem::take(&mut b.sources);
         let publishes: Vec<PublishDesc> = b
             .publishes
@@ -2065,6 +2060,10 @@ unsafe fn enter<'a, S>(
 
 fn report_panic(cx: &Cx<'_>, payload: Box<dyn std::any::Any + Send>) -> u32 {
     caught();
+    if payload.is::<Contained>() {
+        // Reported where it was caught (`contain_panic`).
+        return status::PANICKED;
+    }
     let mut message = panic_message(payload);
     message.push_str(cx.after_panic.get().note());
     let (inner, op) = cx.panic_to.get();
@@ -2089,6 +2088,11 @@ pub(crate) fn contain_panic(
     payload: Box<dyn std::any::Any + Send>,
 ) {
     caught();
+    if payload.is::<Contained>() {
+        // A higher-order operator downstream contained (and reported) it: passed on.
+        outer.contained.set(true);
+        return;
+    }
     let mut message = panic_message(payload);
     let (cx, emit) = if inner.panicked_op.get() != NO_OP {
         (inner, inner_emit)
@@ -2106,14 +2110,19 @@ pub(crate) fn contain_panic(
     outer.contained.set(true);
 }
 
-/// `s`, or `PANICKED` when the call contained a panic and would otherwise go on.
-#[inline(always)]
-fn settled(cx: &Cx<'_>, s: u32) -> u32 {
-    if s == status::CONTINUE && cx.contained.get() {
-        status::PANICKED
-    } else {
-        s
+/// What a higher-order operator unwinds with ([`rethrow_contained`]): the panic it stands
+/// for was reported already.
+pub(crate) struct Contained;
+
+/// At the end of a higher-order operator's own work: if it contained a panic (and would
+/// otherwise go on), unwinds to the entry point, which answers `PANICKED` as for any panic
+/// on this value. Only the higher-order operators pay this check, not every call.
+#[inline]
+pub(crate) fn rethrow_contained(cx: &Cx<'_>, flow: Flow) -> Flow {
+    if cx.contained.replace(false) && flow == Flow::Continue {
+        std::panic::resume_unwind(Box::new(Contained));
     }
+    flow
 }
 
 /// The status of a call whose stage returned `flow`.
@@ -2153,7 +2162,7 @@ unsafe extern "C" fn push_entry<S: Stage, C: Tally>(
         status::CONTINUE
     }));
     let s = match run {
-        Ok(s) => settled(&cx, s),
+        Ok(s) => s,
         Err(payload) => report_panic(&cx, payload),
     };
     if s != status::CONTINUE {
@@ -2179,7 +2188,7 @@ unsafe extern "C" fn push_one_entry<S: Stage, C: Tally>(
         };
         flow_status(&cx, env.stage.push::<C, _>(&cx, port, item, 0, &mut end))
     }));
-    run.map_or_else(|payload| report_panic(&cx, payload), |s| settled(&cx, s))
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
 unsafe extern "C" fn complete_entry<S: Stage, C: Tally>(
@@ -2224,7 +2233,7 @@ unsafe extern "C" fn start_entry<S: Stage, C: Tally>(
             status::CONTINUE
         }
     }));
-    run.map_or_else(|payload| report_panic(&cx, payload), |s| settled(&cx, s))
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
 unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
@@ -2248,7 +2257,7 @@ unsafe extern "C" fn wake_entry<S: Stage, C: Tally>(
             _ => status::CONTINUE,
         }
     }));
-    run.map_or_else(|payload| report_panic(&cx, payload), |s| settled(&cx, s))
+    run.unwrap_or_else(|payload| report_panic(&cx, payload))
 }
 
 unsafe extern "C" fn project_entry<S: Stage>(

@@ -32,7 +32,8 @@ use std::collections::VecDeque;
 use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, inner_answer, inner_kind};
 use crate::dsl::{
     At, Binder, Cx, Env, Flow, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
-    bind_inner, contain_panic, debug_state, drop_env_entry, drop_state, state_fns,
+    bind_inner, contain_panic, debug_state, drop_env_entry, drop_state, rethrow_contained,
+    state_fns,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -339,6 +340,70 @@ where
         (out, ended)
     }
 
+    /// One outer value (see [`Op::push`]).
+    fn push_value<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
+        {
+            let s = self.state(cx);
+            match M::MODE {
+                EXHAUST if s.1 > 0 => return Flow::Continue,
+                // Behind the queue (which a panicking projection may have left waiting).
+                CONCAT if s.1 > 0 || !s.2.is_empty() => {
+                    s.2.push_back(x);
+                    if s.1 > 0 {
+                        return Flow::Continue;
+                    }
+                    return self.after_end::<C, K>(cx, k);
+                }
+                SWITCH if s.0 != 0 => {
+                    let emit = cx.emit();
+                    // SAFETY: the host's context for this call.
+                    unsafe { (emit.unsubscribe)(emit.host, self.at.op, s.0) };
+                    s.0 = 0;
+                    s.1 = s.1.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        if self.subscribe::<C, K>(cx, x, k) {
+            return self.after_end::<C, K>(cx, k);
+        }
+        if cx.is_completed() {
+            Flow::Complete
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// One event of an inner subscription (see [`Op::wake`]).
+    fn inner_event<C: Tally, K: Observer<S2::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        inner: Option<&mut InnerCall>,
+        k: &mut K,
+    ) -> Flow {
+        let Some(call) = inner else {
+            return Flow::Continue;
+        };
+        if call.kind == inner_kind::ENDED {
+            {
+                let s = self.state(cx);
+                s.1 = s.1.saturating_sub(1);
+                if s.0 == call.instance {
+                    s.0 = 0;
+                }
+            }
+            return self.after_end::<C, K>(cx, k);
+        }
+        // SAFETY: the host passes a live event for one of this operator's subscriptions,
+        // whose env this version's projection built (it re-projects on taking new code).
+        let env = unsafe { &*call.env.cast::<Env<S2>>() };
+        let (flow, ended) = self.run_inner::<C, K>(cx, env, call, k);
+        if ended {
+            return self.after_end::<C, K>(cx, k);
+        }
+        flow
+    }
+
     /// After an inner subscription ended: `concat_map` starts the next queued value; the
     /// operator completes once the outer stream has and nothing is live or queued.
     fn after_end<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
@@ -388,36 +453,8 @@ where
         b.op(&mut self.at);
     }
     fn push<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
-        {
-            let s = self.state(cx);
-            match M::MODE {
-                EXHAUST if s.1 > 0 => return Flow::Continue,
-                // Behind the queue (which a panicking projection may have left waiting).
-                CONCAT if s.1 > 0 || !s.2.is_empty() => {
-                    s.2.push_back(x);
-                    if s.1 > 0 {
-                        return Flow::Continue;
-                    }
-                    return self.after_end::<C, K>(cx, k);
-                }
-                SWITCH if s.0 != 0 => {
-                    let emit = cx.emit();
-                    // SAFETY: the host's context for this call.
-                    unsafe { (emit.unsubscribe)(emit.host, self.at.op, s.0) };
-                    s.0 = 0;
-                    s.1 = s.1.saturating_sub(1);
-                }
-                _ => {}
-            }
-        }
-        if self.subscribe::<C, K>(cx, x, k) {
-            return self.after_end::<C, K>(cx, k);
-        }
-        if cx.is_completed() {
-            Flow::Complete
-        } else {
-            Flow::Continue
-        }
+        let flow = self.push_value::<C, K>(cx, x, k);
+        rethrow_contained(cx, flow)
     }
     fn complete<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, k: &mut K) -> Flow {
         let s = self.state(cx);
@@ -434,27 +471,8 @@ where
         inner: Option<&mut InnerCall>,
         k: &mut K,
     ) -> Flow {
-        let Some(call) = inner else {
-            return Flow::Continue;
-        };
-        if call.kind == inner_kind::ENDED {
-            {
-                let s = self.state(cx);
-                s.1 = s.1.saturating_sub(1);
-                if s.0 == call.instance {
-                    s.0 = 0;
-                }
-            }
-            return self.after_end::<C, K>(cx, k);
-        }
-        // SAFETY: the host passes a live event for one of this operator's subscriptions,
-        // whose env this version's projection built (it re-projects on taking new code).
-        let env = unsafe { &*call.env.cast::<Env<S2>>() };
-        let (flow, ended) = self.run_inner::<C, K>(cx, env, call, k);
-        if ended {
-            return self.after_end::<C, K>(cx, k);
-        }
-        flow
+        let flow = self.inner_event::<C, K>(cx, inner, k);
+        rethrow_contained(cx, flow)
     }
     unsafe fn project(&self, cx: &Cx<'_>, value: *const c_void) -> bool {
         // SAFETY: the caller passes a live `T`.

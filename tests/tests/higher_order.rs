@@ -32,9 +32,7 @@ fn a_live_inner_subscription_is_swapped_not_restarted() -> anyhow::Result<()> {
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (v1, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));
@@ -103,9 +101,7 @@ fn a_concat_map_queue_survives_a_reload() -> anyhow::Result<()> {
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (v1, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));
@@ -385,9 +381,7 @@ fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() ->
         (PanicPolicy::Error, &[0, 1, 10, 11], false),
     ];
     for (policy, want, completes) in cases {
-        let (clock, time) = host::clock::Clock::virtual_clock();
-        let mut options = fixture.options();
-        options.clock = clock;
+        let (mut options, time) = fixture.virtual_options();
         options.on_panic = policy;
         let mut host = Harness::start(&options)?;
         host.wait_loaded()?;
@@ -446,9 +440,7 @@ fn an_inner_type_change_resets_the_operator_and_ends_its_subscriptions() -> anyh
         .map(|x: String| x + "s")
         .log();"#;
     let fixture = Fixture::new("higher_type", &plugin(v1));
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (first, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));
@@ -654,9 +646,7 @@ fn run_schedule(
     reload_at: u64,
     edit: impl FnOnce(),
 ) -> anyhow::Result<Schedule> {
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (v1, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));

@@ -41,9 +41,7 @@ fn refused_inner_streams_are_errors_at_the_operator() -> anyhow::Result<()> {
     ];
     for (name, body, path, message) in cases {
         let fixture = Fixture::new(&format!("higher_refused_{name}"), &plugin(body));
-        let (clock, time) = host::clock::Clock::virtual_clock();
-        let mut options = fixture.options();
-        options.clock = clock;
+        let (options, time) = fixture.virtual_options();
         let mut host = Harness::start(&options)?;
         host.wait_loaded()?;
         assert!(time.settle(SETTLE), "{name}");
@@ -74,9 +72,7 @@ fn a_panic_in_an_inner_operator_names_its_path() -> anyhow::Result<()> {
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     host.wait_loaded()?;
     assert!(time.settle(SETTLE));
@@ -249,9 +245,7 @@ fn a_panic_in_a_re_projection_follows_the_panic_policy() -> anyhow::Result<()> {
     );
     for (policy, goes_on) in [(PanicPolicy::Drop, true), (PanicPolicy::Error, false)] {
         let fixture = Fixture::new(&format!("higher_reproject_{policy:?}"), &body);
-        let (clock, time) = host::clock::Clock::virtual_clock();
-        let mut options = fixture.options();
-        options.clock = clock;
+        let (mut options, time) = fixture.virtual_options();
         options.on_panic = policy;
         let mut host = Harness::start(&options)?;
         host.wait_loaded()?;

@@ -243,9 +243,7 @@ fn intervals_follow_a_virtual_clock() -> anyhow::Result<()> {
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     host.wait_loaded()?;
     let settle = std::time::Duration::from_secs(30);
@@ -299,9 +297,7 @@ fn a_take_inside_an_inner_stream_ends_only_its_port() -> anyhow::Result<()> {
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     host.wait_loaded()?;
     // The pipeline's thread starts after the load is reported: its intervals start at the

@@ -17,9 +17,7 @@ fn a_pending_debounce_fires_at_its_original_deadline_through_new_code() -> anyho
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (v1, tracks) = host.wait_loaded()?;
     let paths: Vec<&str> = tracks.iter().map(|t| t.path.as_str()).collect();
@@ -87,9 +85,7 @@ fn a_delay_queue_and_a_time_buffer_survive_a_reload() -> anyhow::Result<()> {
         .log();"#,
         ),
     );
-    let (clock, time) = host::clock::Clock::virtual_clock();
-    let mut options = fixture.options();
-    options.clock = clock;
+    let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (v1, _) = host.wait_loaded()?;
     assert!(time.settle(SETTLE));
