@@ -12,8 +12,9 @@ use std::sync::Arc;
 use hmr_track::Fingerprint;
 use hmr_track::{Id, Signature};
 use plugin_api::abi::{
-    CompleteFn, DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InitFn, ProjectFn, PushFn, PushOneFn,
-    StartFn, WakeFn, debug_status, init_status, source_kind, status,
+    CloneStateFn, CompleteFn, DebugStateFn, DescribeFn, DropEnvFn, DropStateFn, EmitCx, InitFn,
+    ProjectFn, PushFn, PushOneFn, StartFn, WakeFn, clone_status, debug_status, init_status,
+    source_kind, status,
 };
 
 use crate::loader::LibVersion;
@@ -40,6 +41,7 @@ pub struct OpCode {
     pub(crate) init: InitFn,
     pub(crate) drop: DropStateFn,
     pub(crate) debug: DebugStateFn,
+    pub(crate) clone: CloneStateFn,
 }
 
 impl OpCode {
@@ -99,7 +101,7 @@ pub enum Wire {
 }
 
 /// A `publish` operator of a pipeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct PublishSpec {
     /// Its operator number.
     pub op: u32,
@@ -107,6 +109,8 @@ pub struct PublishSpec {
     pub subject: String,
     /// The layout fingerprint of the values it publishes.
     pub item: Fingerprint,
+    /// Writes a published value's Debug text.
+    pub(crate) debug: DebugStateFn,
 }
 
 /// One plugin version's code for one pipeline.
@@ -135,6 +139,7 @@ pub struct PipelineCode {
     pub(crate) wake: WakeFn,
     pub(crate) wake_counted: WakeFn,
     pub(crate) project: ProjectFn,
+    pub(crate) describe: DescribeFn,
     pub(crate) drop_env: DropEnvFn,
     pub(crate) lib: Arc<LibVersion>,
 }
@@ -204,6 +209,34 @@ impl PipelineCode {
     /// The library version this code belongs to.
     pub fn lib(&self) -> &Arc<LibVersion> {
         &self.lib
+    }
+
+    /// The Debug text of the value the wire value at `item` of source `port` stands for (an
+    /// `of`'s index as its item), at most `cap` bytes; `None` when the port's values have
+    /// none.
+    ///
+    /// # Safety
+    /// `item` must point at one initialised value of the port's wire type, valid for the
+    /// call.
+    pub(crate) unsafe fn describe(
+        &self,
+        port: u32,
+        item: *const c_void,
+        cap: usize,
+    ) -> Option<String> {
+        let mut buf = vec![0u8; cap];
+        let mut len = 0usize;
+        // SAFETY: `env` is this version's; `item` is the caller's obligation; `buf` has `cap`
+        // writable bytes; the plugin catches its panics.
+        let status =
+            unsafe { (self.describe)(self.env, port, item, buf.as_mut_ptr(), cap, &mut len) };
+        let text = || String::from_utf8_lossy(&buf[..len.min(cap)]).into_owned();
+        match status {
+            debug_status::OK => Some(text()),
+            debug_status::TRUNCATED => Some(text() + "…"),
+            debug_status::PANICKED => Some(format!("<its Debug panicked after {:?}>", text())),
+            _ => None,
+        }
     }
 
     /// Runs `n` wire values at `items` of source `port` through the chain; with
@@ -490,6 +523,33 @@ impl StateSlots {
         Ok((out, reset))
     }
 
+    /// Copies of these slots for `ops` (of version `lib`, seeded with `env`), leaving these
+    /// untouched: an operator that would keep its slot in a migration ([`OpCode::keeps_state_of`])
+    /// gets a clone of it, made by the glue of the version that wrote it; every other one a
+    /// fresh seed. Copies for the slots' own operators are clones of them all. What a replay
+    /// on reload runs on. Takes `&mut self` for the reason [`StateSlots::debug_texts`] does.
+    pub(crate) fn copy_for(
+        &mut self,
+        ops: &[OpCode],
+        env: *const c_void,
+        lib: &Arc<LibVersion>,
+    ) -> Result<StateSlots, String> {
+        let mut out = StateSlots {
+            slots: Vec::with_capacity(ops.len()),
+            ptrs: Vec::with_capacity(ops.len()),
+        };
+        for (i, op) in ops.iter().enumerate() {
+            let kept = self.slots.iter().find(|s| op.keeps_state_of(&s.op));
+            let slot = match kept {
+                Some(s) => s.clone_for(op, lib)?,
+                None => fresh_slot(env, lib, i, op).map_err(|e| e.to_string())?,
+            };
+            out.ptrs.push(slot.ptr.as_ptr());
+            out.slots.push(slot);
+        }
+        Ok(out)
+    }
+
     /// The Debug text of each operator's state (`None` for an operator without state), at
     /// most `cap` bytes each (a cut text ends with `…`). Takes `&mut self`: the plugin reads
     /// the slots, so no push may run meanwhile, and only the owner of the slots (the thread
@@ -561,6 +621,50 @@ fn fresh_slot(
         op: op.clone(),
         lib: lib.clone(),
     })
+}
+
+impl Slot {
+    /// A clone of this slot's value for `op` (whose state type is fingerprint-equal), made by
+    /// the clone glue of the version that wrote it.
+    fn clone_for(&self, op: &OpCode, lib: &Arc<LibVersion>) -> Result<Slot, String> {
+        let ptr = if self.layout.size() == 0 {
+            NonNull::new(self.layout.align() as *mut u8).unwrap_or(NonNull::dangling())
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { std::alloc::alloc(self.layout) };
+            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(self.layout))
+        };
+        // SAFETY: the slot holds an initialised value of the state type, which nothing else
+        // touches during the call (the caller owns the slots); `ptr` is valid and aligned for
+        // that type, uninitialised; `self.lib` keeps the clone glue mapped.
+        let status = unsafe { (self.op.clone)(self.ptr.as_ptr(), ptr.as_ptr()) };
+        if status != clone_status::OK {
+            if self.layout.size() != 0 {
+                // SAFETY: allocated above with this layout, never initialised (the glue
+                // writes nothing unless it answers OK).
+                unsafe { std::alloc::dealloc(ptr.as_ptr(), self.layout) };
+            }
+            return Err(match status {
+                clone_status::UNSUPPORTED => format!(
+                    "the state of {} ({}) cannot be copied: its values need not be Clone",
+                    self.op.path, self.op.kind
+                ),
+                clone_status::PANICKED => {
+                    format!("the Clone of the state of {} panicked", self.op.path)
+                }
+                s => format!(
+                    "copying the state of {} returned the unknown status {s}",
+                    self.op.path
+                ),
+            });
+        }
+        Ok(Slot {
+            ptr,
+            layout: self.layout,
+            op: op.clone(),
+            lib: lib.clone(),
+        })
+    }
 }
 
 impl Drop for Slot {

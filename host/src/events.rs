@@ -37,6 +37,41 @@ pub struct RestartInfo {
     pub reason: String,
 }
 
+/// What a reload's replay of one pipeline's recent inputs found (`reload.replay`): the
+/// inputs run through the old and the new code, each on a copy of the live state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplayInfo {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Inputs run through both versions and compared.
+    pub inputs: usize,
+    /// Of those, how many made the new code emit something else.
+    pub changed: usize,
+    /// Up to [`crate::replay::SAMPLES`] of the changed inputs.
+    pub samples: Vec<ReplaySample>,
+    /// `compared`; `cut-short` (the budget ran out: `inputs` says how far it got);
+    /// `incomparable` (a `log` or `publish` operator changed its type, or is new or gone:
+    /// not run); `not-replayed` (see `reason`).
+    pub status: String,
+    /// Why, unless `compared`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Panics during the replay (`old code: path: message`, `new code: ...`), the first
+    /// few of each version's. The reload goes ahead all the same.
+    pub panics: Vec<String>,
+}
+
+/// One input whose outputs changed: Debug texts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplaySample {
+    /// The input (a source value, or `complete (port N)`).
+    pub input: String,
+    /// What the old code emitted for it (`nothing`, or the values joined by `, `).
+    pub old: String,
+    /// What the new code emits for it.
+    pub new: String,
+}
+
 /// One event of the host's `--json` output contract (README.md lists them).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -100,6 +135,8 @@ pub enum HostEvent {
         live_versions: usize,
         /// Every track of the new version.
         tracks: Vec<TrackInfo>,
+        /// What the new code does with each swapped pipeline's recent inputs (`--replay`).
+        replay: Vec<ReplayInfo>,
     },
     /// Cargo built a library identical to the running one (a save the compiler does not
     /// see): nothing was loaded. Printed for a person; not part of the `--json` contract, so
@@ -381,6 +418,7 @@ fn human(event: &HostEvent, running: bool, watching: bool) -> String {
             mapped_versions,
             live_versions,
             stuck,
+            replay,
             ..
         } => {
             let mut s = format!(
@@ -409,6 +447,9 @@ fn human(event: &HostEvent, running: bool, watching: bool) -> String {
                     "\n[hmr]   not swapped {p}: its thread is stuck in plugin code; the new code \
                      runs when that call returns"
                 ));
+            }
+            for line in replay.iter().filter_map(crate::replay::line) {
+                s.push_str(&format!("\n[hmr]   replay {line}"));
             }
             s
         }
@@ -615,6 +656,19 @@ mod tests {
                     mapped_versions: 2,
                     live_versions: 1,
                     tracks: vec![track],
+                    replay: vec![ReplayInfo {
+                        pipeline: "counter".into(),
+                        inputs: 32,
+                        changed: 12,
+                        samples: vec![ReplaySample {
+                            input: "7".into(),
+                            old: "14".into(),
+                            new: "21".into(),
+                        }],
+                        status: "compared".into(),
+                        reason: None,
+                        panics: vec![],
+                    }],
                 },
                 "reload",
                 vec![
@@ -630,6 +684,7 @@ mod tests {
                     ("mapped_versions", "number"),
                     ("live_versions", "number"),
                     ("tracks", "array"),
+                    ("replay", "array"),
                     ("resets", "array"),
                     ("added_paths", "array"),
                     ("removed_paths", "array"),
@@ -809,6 +864,7 @@ mod tests {
             mapped_versions: 3,
             live_versions: 1,
             tracks: vec![],
+            replay: vec![],
         };
         let cases: Vec<(HostEvent, bool, &str)> = vec![
             (

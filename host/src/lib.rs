@@ -31,6 +31,7 @@ pub mod loader;
 pub mod output;
 pub mod register;
 pub mod reloader;
+pub mod replay;
 pub mod runtime;
 pub mod session;
 pub mod sources;

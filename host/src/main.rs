@@ -75,6 +75,11 @@ struct Cli {
     /// 127.0.0.1:7000 (port 0 picks a free one)
     #[arg(long, value_name = "ADDR", value_parser = address)]
     inspect: Option<std::net::SocketAddr>,
+    /// Keep each pipeline's last N inputs, and on each reload replay them through the old
+    /// and the new code (on copies of the state, muted) to report what the edit changed;
+    /// 0 turns it off
+    #[arg(long, value_name = "N", default_value_t = host::replay::DEFAULT_INPUTS)]
+    replay: usize,
 }
 
 /// The end of `--help`: examples, and the exit statuses from their constants.
@@ -142,6 +147,7 @@ impl Cli {
         options.on_panic = self.on_panic.into();
         options.debounce = Duration::from_millis(self.debounce_ms);
         options.inspect = self.inspect;
+        options.replay = self.replay;
         options
     }
 }

@@ -492,6 +492,7 @@ mod tests {
             mapped_versions: 2,
             live_versions: 1,
             tracks: vec![],
+            replay: vec![],
         }
     }
 

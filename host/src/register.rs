@@ -127,6 +127,7 @@ impl Ctx {
             wake: desc.wake,
             wake_counted: desc.wake_counted,
             project: desc.project,
+            describe: desc.describe,
             drop_env: desc.drop_env,
             lib: self.lib.clone(),
         };
@@ -216,6 +217,7 @@ impl Ctx {
                 op: p.op,
                 subject,
                 item,
+                debug: p.debug,
             });
         }
         for (i, op) in ops.iter().enumerate() {
@@ -301,6 +303,7 @@ fn op_code(
         init: op.state.init,
         drop: op.state.drop,
         debug: op.state.debug,
+        clone: op.state.clone,
     })
 }
 
@@ -962,6 +965,10 @@ mod tests {
         plugin_api::abi::debug_status::NO_STATE
     }
 
+    unsafe extern "C" fn clone_nothing(_src: *const u8, _dst: *mut u8) -> u32 {
+        plugin_api::abi::clone_status::OK
+    }
+
     unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
         true
     }
@@ -1052,6 +1059,7 @@ mod tests {
                     init: init_two,
                     drop: drop_nothing,
                     debug: debug_nothing,
+                    clone: clone_nothing,
                 },
             };
             let got = op_code(&tracks, std::ptr::null_mut(), index, &op);

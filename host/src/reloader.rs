@@ -72,6 +72,9 @@ pub struct Timings {
     pub register: Duration,
     /// Reconciling by path and staging the new code (steps 6 and 7).
     pub swap: Duration,
+    /// Replaying the recent inputs through the old and the new code (`--replay`), before
+    /// the reload is reported.
+    pub replay: Duration,
 }
 
 /// Builds, loads and swaps plugin versions into a [`Runtime`].
@@ -320,6 +323,15 @@ impl Reloader {
         let projections = std::mem::take(&mut report.projections);
         self.timings.swap = swap_started.elapsed();
         let swap_us = self.timings.swap.as_micros() as u64;
+        // What the new code does with the recent inputs, found before it runs for real.
+        let replay_started = Instant::now();
+        let mut replay = if self.current.is_none() {
+            Vec::new()
+        } else {
+            self.runtime.replay(REPLAY_WAIT)
+        };
+        replay.sort_by(|a, b| a.pipeline.cmp(&b.pipeline));
+        self.timings.replay = replay_started.elapsed();
         let first = self.current.is_none();
         self.current = Some(module);
         let tracks = self.tracks();
@@ -349,6 +361,7 @@ impl Reloader {
                 mapped_versions: self.mapped_versions(),
                 live_versions: self.live_versions(),
                 tracks,
+                replay,
             }
         };
         self.sink.event(event);
@@ -698,6 +711,10 @@ impl Reloader {
 /// them (`Runtime::prepare_inners`) before it reports; one that answers later re-projects
 /// when it takes the code and tells what happened in a `notice`.
 const PREPARE_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a reload waits for the pipelines' replays (each stops after
+/// [`crate::replay::BUDGET`]); a pipeline busy in a long call is left out of the report.
+const REPLAY_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Report {

@@ -30,7 +30,7 @@ use plugin_api::abi::{
 
 use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
-use crate::events::{HostEvent, Sink, cap_message};
+use crate::events::{HostEvent, ReplayInfo, Sink, cap_message};
 use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerCtx, InnerHost, InnerPort, InnerReg};
 use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     census: std::sync::OnceLock<Sender<Census>>,
     /// Where inner subscriptions open their host sources (files, sockets, stdin).
     feeds: std::sync::OnceLock<Arc<Mutex<crate::feed::Feeds>>>,
+    /// How many recent inputs the driver keeps for a replay on reload (`--replay`).
+    replay_inputs: std::sync::atomic::AtomicUsize,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -134,6 +136,10 @@ pub enum Msg {
     /// A reload staged this code: re-project the live inner subscriptions with it now
     /// (nothing runs through it yet) and answer what each would go through.
     Prepare(Arc<PipelineCode>, Sender<InnerPlan>),
+    /// A reload staged this code: replay the recent inputs through the current code and
+    /// through it, each on a copy of the state, and answer what changed (nothing of it
+    /// reaches the outside).
+    Replay(Arc<PipelineCode>, Sender<ReplayInfo>),
 }
 
 /// What a reload does to a pipeline's live inner subscriptions, decided by re-projecting them
@@ -172,6 +178,7 @@ impl Shared {
             live_inners: std::sync::atomic::AtomicUsize::new(0),
             census: std::sync::OnceLock::new(),
             feeds: std::sync::OnceLock::new(),
+            replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -315,6 +322,8 @@ pub struct Runtime {
     held: bool,
     /// What the pipelines' inner subscriptions did, for the tracking store.
     census: (Sender<Census>, Receiver<Census>),
+    /// Recent inputs each pipeline started from now on keeps (`--replay`; 0: none).
+    replay_inputs: usize,
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
     feeds: Arc<Mutex<crate::feed::Feeds>>,
@@ -503,8 +512,15 @@ impl Runtime {
             clock: Clock::System,
             held: false,
             census: crossbeam_channel::unbounded(),
+            replay_inputs: crate::replay::DEFAULT_INPUTS,
             feeds: Arc::new(Mutex::new(crate::feed::Feeds::new())),
         }
+    }
+
+    /// Pipelines started from now on keep their last `n` inputs, replayed through the old
+    /// and the new code on each reload (`--replay N`; 0 turns it off).
+    pub fn set_replay(&mut self, n: usize) {
+        self.replay_inputs = n;
     }
 
     /// Pipelines started from now on read `clock` (a virtual clock in tests).
@@ -617,6 +633,9 @@ impl Runtime {
         let shared = Shared::with_subjects(code, tally, self.subjects.clone(), self.clock.clone());
         let _ = shared.census.set(self.census.0.clone());
         let _ = shared.feeds.set(self.feeds.clone());
+        shared
+            .replay_inputs
+            .store(self.replay_inputs, Ordering::Relaxed);
         self.pipelines.insert(
             name,
             Running {
@@ -670,6 +689,35 @@ impl Runtime {
         asked
             .into_iter()
             .filter_map(|(name, answer)| answer.recv_deadline(deadline).ok().map(|p| (name, p)))
+            .collect()
+    }
+
+    /// Before a reload is reported: asks each pipeline that will swap to staged code and
+    /// keeps recent inputs to replay them through its current code and the staged code, each
+    /// on a copy of its state (on its own thread: it is plugin code, and the slots are the
+    /// thread's), and returns what each answered within `wait`, by pipeline name. Nothing
+    /// runs through the staged code for real, and nothing reaches the outside. A pipeline
+    /// busy in a long call is left out.
+    pub fn replay(&mut self, wait: Duration) -> Vec<ReplayInfo> {
+        let mut asked = Vec::new();
+        for r in self.pipelines.values() {
+            let Some(code) = &r.staged else {
+                continue;
+            };
+            let shared = &r.publisher.shared;
+            if shared.replay_inputs.load(Ordering::Relaxed) == 0 || shared.ended() {
+                continue;
+            }
+            // A rendezvous: an answer after the wait is refused and dropped.
+            let (one, answer) = crossbeam_channel::bounded(0);
+            if shared.inbox.0.send(Msg::Replay(code.clone(), one)).is_ok() {
+                asked.push(answer);
+            }
+        }
+        let deadline = Instant::now() + wait;
+        asked
+            .into_iter()
+            .filter_map(|answer| answer.recv_deadline(deadline).ok())
             .collect()
     }
 
@@ -1282,6 +1330,7 @@ unsafe fn read_inner(
             init: op.state.init,
             drop: op.state.drop,
             debug: op.state.debug,
+            clone: op.state.clone,
         });
     }
     Ok((sources, out))
@@ -1777,6 +1826,8 @@ pub struct Driver {
     /// A re-projection the driver applied had panicked: under `--on-panic error` the
     /// pipeline ends, as for any panic.
     pub(crate) reprojection_panicked: bool,
+    /// The last inputs, for a replay on reload.
+    recent: crate::replay::Recent,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -1866,6 +1917,7 @@ impl Driver {
             refuse_one as PushOneFn
         };
         let calls = shared.calls.load(Ordering::Relaxed);
+        let shared_replay = shared.replay_inputs.load(Ordering::Relaxed);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
             shared,
@@ -1882,6 +1934,7 @@ impl Driver {
             prepared: BTreeMap::new(),
             projection_panics: BTreeSet::new(),
             reprojection_panicked: false,
+            recent: crate::replay::Recent::new(shared_replay),
         })
     }
 
@@ -2009,6 +2062,14 @@ impl Driver {
         });
         self.mark_call();
         self.after_call();
+        match &r {
+            Ok(Pushed::Complete { consumed } | Pushed::PortDone { consumed }) => {
+                self.recent
+                    .keep_u64s(port, &items[..(*consumed).min(items.len())]);
+            }
+            Ok(_) => self.recent.keep_u64s(port, items),
+            Err(_) => {}
+        }
         self.note(&r);
         r
     }
@@ -2040,6 +2101,7 @@ impl Driver {
     // registers; as a call it cost 1.8 ns a value more (BENCHMARKS.md, 2).
     #[inline(always)]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
+        self.recent.keep_u64(0, x);
         self.mark_call();
         let r = self.refresh().map(|()| {
             let (push_one, env, states) = self.hot;
@@ -2157,6 +2219,9 @@ impl Driver {
                     ));
                 }
             }
+            // SAFETY: the port's wire type was checked above; `item` points at one value of
+            // it (the caller's obligation).
+            unsafe { self.keep(port, wire, item, layout.map(|(_, s)| s)) };
             let (push_one, env) = self.code.push_one_raw(self.tally.is_some());
             let states = self.hot.2;
             // SAFETY: the current code's entry point and closures, the slot array built for
@@ -2168,6 +2233,50 @@ impl Driver {
         self.mark_call();
         self.after_call();
         self.note(&r);
+        r
+    }
+
+    /// Keeps a value of `port` for a replay on reload: a `u64` or a line; a subject's value
+    /// is not kept (the pipeline is then not replayed).
+    ///
+    /// # Safety
+    /// `item` must point at one initialised value of `wire`'s type, valid for the call.
+    #[inline(always)]
+    unsafe fn keep(&mut self, port: u32, wire: Wire, item: *const c_void, subject: Option<&str>) {
+        match wire {
+            // SAFETY: the caller's obligation.
+            Wire::U64 => self.recent.keep_u64(port, unsafe { *item.cast::<u64>() }),
+            Wire::Str => {
+                // SAFETY: the caller's obligation: a line view valid for the call.
+                let line = unsafe { (*item.cast::<RStr>()).to_string_lossy() };
+                self.recent.keep_line(port, &line.unwrap_or_default());
+            }
+            Wire::Ptr => self.recent.unkept(|| {
+                format!(
+                    "it reads subject {:?}, whose values are the publisher's and not kept",
+                    subject.unwrap_or("")
+                )
+            }),
+        }
+    }
+
+    /// `Msg::Replay`: runs the recent inputs through the current code and through `new`
+    /// (staged by a reload), each on a copy of the state, and says what changed. Nothing
+    /// reaches the outside; the live state and code are untouched.
+    pub(crate) fn replay(&mut self, new: &Arc<PipelineCode>) -> ReplayInfo {
+        // Plugin code: a call the watchdog watches, at no operator in particular.
+        self.shared.op.store(u32::MAX, Ordering::Relaxed);
+        self.mark_call();
+        let now = self.host.now_ns();
+        let r = crate::replay::run(
+            &self.code,
+            &mut self.states,
+            new,
+            &self.recent,
+            now,
+            crate::replay::BUDGET,
+        );
+        self.mark_call();
         r
     }
 
@@ -2187,6 +2296,7 @@ impl Driver {
             .refresh()
             .map(|()| self.code.complete(&self.states, port, &self.cx));
         self.mark_call();
+        self.recent.keep_complete(port);
         self.note(&r);
         if self.tally.is_some() {
             // Perhaps the last word of a completed pipeline: its final states stay readable.
@@ -2926,9 +3036,11 @@ fn run_pipeline(
                     Msg::Complete(p) => new_port(p).map(Msg::Complete),
                     Msg::Error(p, e) => new_port(p).map(|n| Msg::Error(n, e)),
                     Msg::Notice(p, e) => new_port(p).map(|n| Msg::Notice(n, e)),
-                    Msg::Wake | Msg::Prepare(..) | Msg::InnerLine(..) | Msg::InnerComplete(..) => {
-                        None
-                    }
+                    Msg::Wake
+                    | Msg::Prepare(..)
+                    | Msg::Replay(..)
+                    | Msg::InnerLine(..)
+                    | Msg::InnerComplete(..) => None,
                 })
                 .collect()
         }
@@ -3012,6 +3124,10 @@ fn run_pipeline(
                         d.inner_event(id, inner_kind::COMPLETE, port, std::ptr::null(), 0)
                     });
                     step!(r, &mut PortRun::Fed);
+                }
+                Msg::Replay(code, answer) => {
+                    // Muted: what it finds is the reload's to report, or nobody's.
+                    let _ = answer.send(cell.with(|d| d.replay(&code)));
                 }
                 Msg::Prepare(code, answer) => {
                     let plan = cell.with(|d| d.prepare(&code));

@@ -37,6 +37,8 @@ pub struct Options {
     pub inspect: Option<std::net::SocketAddr>,
     /// The clock pipelines read (the system's; tests drive a virtual one).
     pub clock: crate::clock::Clock,
+    /// Recent inputs each pipeline keeps and replays on a reload (`--replay`; 0: off).
+    pub replay: usize,
 }
 
 impl Options {
@@ -52,6 +54,7 @@ impl Options {
             register_deadline: crate::register::REGISTER_DEADLINE,
             inspect: None,
             clock: crate::clock::Clock::System,
+            replay: crate::replay::DEFAULT_INPUTS,
         }
     }
 
@@ -78,6 +81,7 @@ impl Options {
             .context("cannot create the library directory")?;
         reloader.set_register_deadline(self.register_deadline);
         reloader.runtime().set_clock(self.clock.clone());
+        reloader.runtime().set_replay(self.replay);
         Ok(reloader)
     }
 }

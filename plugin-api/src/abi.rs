@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -184,6 +184,8 @@ pub struct PublishDesc {
     pub subject: RStr,
     /// The layout fingerprint of the values it publishes.
     pub item: RFingerprint,
+    /// Writes a published value's Debug text (what a replay on reload compares).
+    pub debug: DebugStateFn,
 }
 
 /// Values returned by [`PushFn`], [`PushOneFn`], [`CompleteFn`] and [`StartFn`].
@@ -461,6 +463,34 @@ pub mod debug_status {
 pub type DebugStateFn =
     unsafe extern "C" fn(src: *const u8, buf: *mut u8, cap: usize, len: *mut usize) -> u32;
 
+/// Values returned by [`CloneStateFn`].
+pub mod clone_status {
+    /// The clone was written to `dst`.
+    pub const OK: u32 = 0;
+    /// The state's `Clone` panicked; nothing was written.
+    pub const PANICKED: u32 = 1;
+    /// The state type is not `Clone` (its operator's values are not): nothing was written.
+    pub const UNSUPPORTED: u32 = 2;
+}
+
+/// Write a clone of the state value at `src` into `dst` (valid and aligned for the state
+/// type, uninitialised); returns a [`clone_status`]. The host calls it only on the thread
+/// that owns the slot, between two calls that run the chain (a replay's state copies).
+pub type CloneStateFn = unsafe extern "C" fn(src: *const u8, dst: *mut u8) -> u32;
+
+/// Write the Debug text of the wire value at `item` of source `port` (as [`PushOneFn`] takes
+/// it: an index of an `of` is written as its item) into `buf` (at most `cap` bytes of UTF-8)
+/// and its length into `*len`; returns a [`debug_status`] (`NO_STATE`: no such port, or a
+/// value type without Debug text).
+pub type DescribeFn = unsafe extern "C" fn(
+    env: *const c_void,
+    port: u32,
+    item: *const c_void,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> u32;
+
 /// Drop a pipeline's closures (`env`).
 pub type DropEnvFn = unsafe extern "C" fn(env: *mut c_void);
 
@@ -477,6 +507,8 @@ pub struct StateVTable {
     pub drop: DropStateFn,
     /// Writes a state value's Debug text (the inspector shows it).
     pub debug: DebugStateFn,
+    /// Clones a state value (a replay on reload runs on copies of the live state).
+    pub clone: CloneStateFn,
 }
 
 /// One operator of a pipeline, in chain order.
@@ -528,6 +560,8 @@ pub struct PipelineDesc {
     pub wake_counted: WakeFn,
     /// Re-projects a live inner subscription.
     pub project: ProjectFn,
+    /// Writes a source value's Debug text (a replay's samples, a recording).
+    pub describe: DescribeFn,
     /// Frees `env`.
     pub drop_env: DropEnvFn,
     /// `n_ops` operator descriptions, valid for the duration of the call.

@@ -26,8 +26,9 @@ use core::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
-    DebugStateFn, DropStateFn, EmitCx, HostApi, InnerCall, OpDesc, PipelineDesc, PublishDesc,
-    RFingerprint, RSignature, RStr, SourceDesc, StateVTable, debug_status, init_status, status,
+    CloneStateFn, DebugStateFn, DropStateFn, EmitCx, HostApi, InnerCall, OpDesc, PipelineDesc,
+    PublishDesc, RFingerprint, RSignature, RStr, SourceDesc, StateVTable, clone_status,
+    debug_status, init_status, status,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -332,6 +333,12 @@ pub trait Stage: Send + Sync + 'static {
     fn bind(&mut self, b: &mut Binder<'_>);
     /// The sources as written, for a signature (`interval_ms(50)`).
     fn label(&self) -> String;
+    /// Writes the Debug text of the value the wire value at `item` of source `port` stands
+    /// for; false when there is no such port or its values have no Debug text.
+    ///
+    /// # Safety
+    /// `item` must point at one wire value of source `port`'s type.
+    unsafe fn describe(&self, port: u32, item: *const c_void, out: &mut dyn fmt::Write) -> bool;
     /// Writes the seed state of operator `op` into `dst`; returns false, writing nothing, when
     /// the stage has no operator `op`. A null `dst` only asks whether operator `op` exists.
     ///
@@ -454,6 +461,7 @@ struct OpInfo {
     state: RFingerprint,
     drop: DropStateFn,
     debug: DebugStateFn,
+    clone: CloneStateFn,
 }
 
 impl OpInfo {
@@ -467,6 +475,7 @@ impl OpInfo {
                 init: init_entry::<S>,
                 drop: self.drop,
                 debug: self.debug,
+                clone: self.clone,
             },
         }
     }
@@ -476,6 +485,7 @@ struct PublishInfo {
     op: u32,
     subject: String,
     item: RFingerprint,
+    debug: DebugStateFn,
 }
 
 /// One open spine: its scope marks (by position), the position reached, the next mark.
@@ -527,7 +537,7 @@ impl<'h> Binder<'h> {
     }
 
     fn signature(meta: &Meta) -> RSignature {
-        let state = meta.state.map_or(fingerprint::NONE, |(fp, _, _)| fp);
+        let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
         RSignature {
             input: meta.input,
             output: meta.output,
@@ -613,9 +623,12 @@ impl<'h> Binder<'h> {
     }
 
     fn push_op(&mut self, track: u64, meta: &Meta) -> u32 {
-        let (state, drop, debug) =
-            meta.state
-                .unwrap_or((fingerprint::NONE, drop_nothing, debug_nothing));
+        let (state, drop, debug, clone) = meta.state.unwrap_or((
+            fingerprint::NONE,
+            drop_nothing,
+            debug_nothing,
+            clone_nothing,
+        ));
         let index = self.ops.len() as u32;
         self.ops.push(OpInfo {
             track,
@@ -623,6 +636,7 @@ impl<'h> Binder<'h> {
             state,
             drop,
             debug,
+            clone,
         });
         index
     }
@@ -664,11 +678,12 @@ impl<'h> Binder<'h> {
     }
 
     /// Registers a `publish` operator's subject.
-    fn publish(&mut self, op: u32, subject: &str, item: RFingerprint) {
+    fn publish(&mut self, op: u32, subject: &str, item: RFingerprint, debug: DebugStateFn) {
         self.publishes.push(PublishInfo {
             op,
             subject: subject.to_owned(),
             item,
+            debug,
         });
     }
 }
@@ -816,6 +831,10 @@ impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
     }
     fn label(&self) -> String {
         self.0.label()
+    }
+    unsafe fn describe(&self, port: u32, item: *const c_void, out: &mut dyn fmt::Write) -> bool {
+        // SAFETY: forwarded: the ports are the upstream stage's.
+        unsafe { self.0.describe(port, item, out) }
     }
     unsafe fn init(&self, op: u32, dst: *mut u8) -> bool {
         if op == self.1.index() {
@@ -1055,7 +1074,7 @@ pub trait Pipe: Sized {
     /// subscribers must agree on the value type: a reload where they do not is rejected.
     fn publish(self, name: &str) -> Next<Self, Publish<Out<Self>>>
     where
-        Out<Self>: Shape + Clone + Send + Sync,
+        Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
     {
         self.then(Publish {
             subject: name.to_owned(),
@@ -1357,6 +1376,7 @@ impl<S: Stage> Chain<'_, S> {
                 op: p.op,
                 subject: RStr::new(&p.subject),
                 item: p.item,
+                debug: p.debug,
             })
             .collect();
         let env = Box::into_raw(Box::new(Env {
@@ -1380,6 +1400,7 @@ impl<S: Stage> Chain<'_, S> {
             wake: wake_entry::<S, Silent>,
             wake_counted: wake_entry::<S, Counted>,
             project: project_entry::<S>,
+            describe: describe_entry::<S>,
             drop_env: drop_env_entry::<S>,
             ops: ops.as_ptr(),
             n_ops: ops.len(),
@@ -1421,14 +1442,19 @@ pub struct Publish<T> {
     _t: PhantomData<fn(T)>,
 }
 
-impl<T: Shape + Clone + Send + Sync + 'static> Op<T> for Publish<T> {
+impl<T: Shape + Clone + fmt::Debug + Send + Sync + 'static> Op<T> for Publish<T> {
     type Out = T;
     fn index(&self) -> u32 {
         self.at.op
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         b.op(&mut self.at);
-        b.publish(self.at.op, &self.subject, fingerprint::of_state::<T>());
+        b.publish(
+            self.at.op,
+            &self.subject,
+            fingerprint::of_state::<T>(),
+            debug_state::<T>,
+        );
     }
     #[inline(always)]
     fn push<C: Tally, K: Observer<T>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
@@ -1948,15 +1974,133 @@ unsafe extern "C" fn debug_nothing(
     debug_status::NO_STATE
 }
 
-/// A state's fingerprint, drop glue and Debug writer.
-pub(crate) type StateFns = (RFingerprint, DropStateFn, DebugStateFn);
+/// A state's fingerprint, drop glue, Debug writer and clone glue.
+pub(crate) type StateFns = (RFingerprint, DropStateFn, DebugStateFn, CloneStateFn);
 
-pub(crate) fn state_fns<A: Shape + fmt::Debug>() -> StateFns {
+/// The glue of a `Clone` state (a replay on reload copies it).
+pub(crate) fn state_fns<A: Shape + fmt::Debug + Clone>() -> StateFns {
     (
         fingerprint::of_state::<A>(),
         drop_state::<A> as DropStateFn,
         debug_state::<A> as DebugStateFn,
+        clone_state::<A> as CloneStateFn,
     )
+}
+
+/// The glue of a state that cannot be copied (it holds values the operator does not require
+/// to be `Clone`): a replay on reload does not run its pipeline, and says why.
+pub(crate) fn state_fns_uncloned<A: Shape + fmt::Debug>() -> StateFns {
+    (
+        fingerprint::of_state::<A>(),
+        drop_state::<A> as DropStateFn,
+        debug_state::<A> as DebugStateFn,
+        clone_unsupported as CloneStateFn,
+    )
+}
+
+pub(crate) unsafe extern "C" fn clone_state<A: Clone>(src: *const u8, dst: *mut u8) -> u32 {
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host calls this on a slot holding an initialised `A` that nothing
+        // mutates during the call, and `dst` is valid and aligned for an `A`, uninitialised.
+        unsafe {
+            let copy = (*src.cast::<A>()).clone();
+            dst.cast::<A>().write(copy);
+        }
+    }));
+    match contained(run) {
+        Some(()) => clone_status::OK,
+        None => clone_status::PANICKED,
+    }
+}
+
+unsafe extern "C" fn clone_unsupported(_src: *const u8, _dst: *mut u8) -> u32 {
+    clone_status::UNSUPPORTED
+}
+
+/// A stateless operator's (zero-sized) state: nothing to write.
+unsafe extern "C" fn clone_nothing(_src: *const u8, _dst: *mut u8) -> u32 {
+    clone_status::OK
+}
+
+/// Writes into the host's buffer; stops the formatting (an error) once it is full, so a huge
+/// text costs no more than `cap` bytes of formatting.
+struct Capped<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+    full: bool,
+}
+
+impl fmt::Write for Capped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            self.full = true;
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+impl Capped<'_> {
+    /// A writer into `cap` bytes at `buf` (nothing when `cap` is 0 or `buf` null).
+    ///
+    /// # Safety
+    /// Unless `cap` is 0 or `buf` null, `buf` must be valid for `cap` writable bytes for as
+    /// long as the writer lives.
+    unsafe fn new<'b>(buf: *mut u8, cap: usize) -> Capped<'b> {
+        let buf: &'b mut [u8] = if cap == 0 || buf.is_null() {
+            &mut []
+        } else {
+            // SAFETY: the caller's obligation.
+            unsafe { core::slice::from_raw_parts_mut(buf, cap) }
+        };
+        Capped {
+            buf,
+            len: 0,
+            full: false,
+        }
+    }
+
+    /// The [`debug_status`] of what was written: `panicked` when the formatting did.
+    fn status(&self, panicked: bool) -> u32 {
+        if panicked {
+            debug_status::PANICKED
+        } else if self.full {
+            debug_status::TRUNCATED
+        } else {
+            debug_status::OK
+        }
+    }
+}
+
+pub(crate) unsafe extern "C" fn describe_entry<S: Stage>(
+    env: *const c_void,
+    port: u32,
+    item: *const c_void,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> u32 {
+    // SAFETY: the host passes `cap` writable bytes at `buf` (`DescribeFn`).
+    let mut w = unsafe { Capped::new(buf, cap) };
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `env` comes from `finish` for this `S`; `item` is one wire value of
+        // `port`'s type (the host's obligation).
+        unsafe { (*env.cast::<Env<S>>()).stage.describe(port, item, &mut w) }
+    }));
+    let run = contained(run);
+    // SAFETY: the host passes a writable `len`.
+    unsafe { *len = w.len };
+    match run {
+        Some(false) => debug_status::NO_STATE,
+        r => w.status(r.is_none()),
+    }
 }
 
 pub(crate) unsafe extern "C" fn debug_state<A: fmt::Debug>(
@@ -1965,40 +2109,8 @@ pub(crate) unsafe extern "C" fn debug_state<A: fmt::Debug>(
     cap: usize,
     len: *mut usize,
 ) -> u32 {
-    /// Writes into the host's buffer; stops the formatting (an error) once it is full, so a
-    /// huge state costs no more than `cap` bytes of formatting.
-    struct Capped<'b> {
-        buf: &'b mut [u8],
-        len: usize,
-        full: bool,
-    }
-    impl fmt::Write for Capped<'_> {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            let room = self.buf.len() - self.len;
-            let mut n = s.len().min(room);
-            while !s.is_char_boundary(n) {
-                n -= 1;
-            }
-            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-            self.len += n;
-            if n < s.len() {
-                self.full = true;
-                return Err(fmt::Error);
-            }
-            Ok(())
-        }
-    }
-    let out: &mut [u8] = if cap == 0 || buf.is_null() {
-        &mut []
-    } else {
-        // SAFETY: the host passes `cap` writable bytes at `buf`.
-        unsafe { core::slice::from_raw_parts_mut(buf, cap) }
-    };
-    let mut w = Capped {
-        buf: out,
-        len: 0,
-        full: false,
-    };
+    // SAFETY: the host passes `cap` writable bytes at `buf` (`DebugStateFn`).
+    let mut w = unsafe { Capped::new(buf, cap) };
     let run = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the host calls this only on a slot holding an initialised `A` that nothing
         // mutates during the call (on the thread that owns it, between two pushes).
@@ -2008,13 +2120,7 @@ pub(crate) unsafe extern "C" fn debug_state<A: fmt::Debug>(
     let panicked = contained(run).is_none();
     // SAFETY: the host passes a writable `len`.
     unsafe { *len = w.len };
-    if panicked {
-        debug_status::PANICKED
-    } else if w.full {
-        debug_status::TRUNCATED
-    } else {
-        debug_status::OK
-    }
+    w.status(panicked)
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -18,7 +18,8 @@ use core::marker::PhantomData;
 use std::collections::VecDeque;
 
 use crate::dsl::{
-    At, Binder, Counting, Cx, Flow, Mark, Observer, Out, Pipe, Stage, Stream, Tally, state_fns,
+    At, Binder, Counting, Cx, Flow, Mark, Observer, Out, Pipe, Stage, StateFns, Stream, Tally,
+    state_fns, state_fns_uncloned,
 };
 use crate::shape::Shape;
 
@@ -38,6 +39,8 @@ pub trait Join<L, R>: Send + Sync + 'static {
     type State: Shape + fmt::Debug + Send + Sync + 'static;
     /// Its kind (the track's).
     fn kind() -> &'static str;
+    /// Its state's glue (cloned for a replay when its values are `Clone`).
+    fn state_fns() -> StateFns;
     /// Whether the right input is subscribed (started) before the left one, as RxJS and
     /// rxRust do for `with_latest_from`: a start value of the right input is then the latest
     /// one when the left input's start value arrives.
@@ -266,6 +269,16 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
     fn label(&self) -> String {
         self.a.label()
     }
+    unsafe fn describe(&self, port: u32, item: *const c_void, out: &mut dyn fmt::Write) -> bool {
+        // SAFETY: forwarded to the side that owns the port (the left one's first).
+        unsafe {
+            if port < SA::PORTS {
+                self.a.describe(port, item, out)
+            } else {
+                self.b.describe(port - SA::PORTS, item, out)
+            }
+        }
+    }
     unsafe fn init(&self, op: u32, dst: *mut u8) -> bool {
         if op == self.at.op {
             if !dst.is_null() {
@@ -285,7 +298,7 @@ fn join<P: Pipe, S2: Stage, J: Join<Out<P>, S2::Out>>(
     j: J,
 ) -> P::With<FanIn<P::S, S2, J>> {
     let text = other.body.stage.label();
-    let at = At::new::<S2::Out, J::Out>(J::kind(), Some(state_fns::<J::State>()), Some(text));
+    let at = At::new::<S2::Out, J::Out>(J::kind(), Some(J::state_fns()), Some(text));
     this.map_body(|body| {
         body.join(other.body, |a, b, marks| FanIn {
             a,
@@ -305,6 +318,9 @@ impl<T: 'static> Join<T, T> for MergeJoin<T> {
     type State = u8;
     fn kind() -> &'static str {
         "merge"
+    }
+    fn state_fns() -> StateFns {
+        state_fns::<u8>()
     }
     fn seed() -> u8 {
         0
@@ -372,6 +388,9 @@ where
     type State = ZipState<L, R>;
     fn kind() -> &'static str {
         "zip"
+    }
+    fn state_fns() -> StateFns {
+        state_fns_uncloned::<ZipState<L, R>>()
     }
     fn seed() -> Self::State {
         (VecDeque::new(), VecDeque::new(), 0)
@@ -479,6 +498,9 @@ where
     fn kind() -> &'static str {
         "combine_latest"
     }
+    fn state_fns() -> StateFns {
+        state_fns::<CombineState<L, R>>()
+    }
     fn seed() -> Self::State {
         (None, None, 0)
     }
@@ -571,6 +593,9 @@ where
     type State = (Option<R>, u8);
     fn kind() -> &'static str {
         "with_latest_from"
+    }
+    fn state_fns() -> StateFns {
+        state_fns::<(Option<R>, u8)>()
     }
     const RIGHT_FIRST: bool = true;
     fn seed() -> (Option<R>, u8) {

@@ -33,7 +33,7 @@ use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, inner_answer, inner_
 use crate::dsl::{
     At, Binder, Cx, Env, Flow, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
     bind_inner, contain_panic, debug_state, drop_env_entry, drop_state, rethrow_contained,
-    state_fns,
+    state_fns_uncloned,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -554,7 +554,7 @@ where
     F: Fn(Out<P>) -> Stream<S2> + Send + Sync + 'static,
     Out<P>: Shape + Clone + fmt::Debug + Send + Sync,
 {
-    let state = state_fns::<HoState<Out<P>>>();
+    let state = state_fns_uncloned::<HoState<Out<P>>>();
     let at = At::new::<Out<P>, S2::Out>(M::KIND, Some(state), None);
     this.then(HigherOrder {
         f,

@@ -22,7 +22,9 @@ use core::marker::PhantomData;
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 
-use crate::dsl::{At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Tally, state_fns};
+use crate::dsl::{
+    At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Tally, state_fns, state_fns_uncloned,
+};
 use crate::shape::Shape;
 
 /// The largest buffer `buffer_count` reserves up front (a larger one grows as it fills).
@@ -645,7 +647,7 @@ pub trait Operators: Pipe {
         Out<Self>: Shape + fmt::Debug + Send,
     {
         let seed = format!("{n}");
-        let state = state_fns::<VecDeque<Out<Self>>>();
+        let state = state_fns_uncloned::<VecDeque<Out<Self>>>();
         let at = At::new::<Out<Self>, Out<Self>>("take_last", Some(state), Some(seed));
         self.then(TakeLast {
             n,
@@ -661,7 +663,7 @@ pub trait Operators: Pipe {
     where
         Out<Self>: Shape + fmt::Debug + Send,
     {
-        let state = state_fns::<Option<Out<Self>>>();
+        let state = state_fns_uncloned::<Option<Out<Self>>>();
         let at = At::new::<Out<Self>, Out<Self>>("last", Some(state), None);
         self.then(Last {
             at,
@@ -708,7 +710,7 @@ pub trait Operators: Pipe {
         Out<Self>: Shape + fmt::Debug + Send,
     {
         let seed = format!("{n}");
-        let state = state_fns::<Vec<Out<Self>>>();
+        let state = state_fns_uncloned::<Vec<Out<Self>>>();
         let at = At::new::<Out<Self>, Vec<Out<Self>>>("buffer_count", Some(state), Some(seed));
         self.then(BufferCount {
             n,

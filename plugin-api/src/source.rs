@@ -20,6 +20,12 @@ pub trait Wire: Send + Sync + 'static {
     type Out;
     /// Converts one wire value; `None` skips it (an index out of range).
     fn read(&self, raw: &Self::Raw) -> Option<Self::Out>;
+    /// Writes the Debug text of the value `raw` stands for (a replay's samples, a
+    /// recording); false when the values have none.
+    fn describe(&self, raw: &Self::Raw, out: &mut dyn fmt::Write) -> bool {
+        let _ = (raw, out);
+        false
+    }
 }
 
 /// `u64` values as they are: `interval_ms`, `range`.
@@ -33,6 +39,10 @@ impl Wire for Ticks {
     fn read(&self, raw: &u64) -> Option<u64> {
         Some(*raw)
     }
+    fn describe(&self, raw: &u64, out: &mut dyn fmt::Write) -> bool {
+        let _ = write!(out, "{raw}");
+        true
+    }
 }
 
 /// `of(items)`: the host sends indices; the items stay in the plugin.
@@ -41,12 +51,21 @@ pub struct Of<T> {
     items: Vec<T>,
 }
 
-impl<T: Clone + Send + Sync + 'static> Wire for Of<T> {
+impl<T: Clone + fmt::Debug + Send + Sync + 'static> Wire for Of<T> {
     type Raw = u64;
     type Out = T;
     #[inline(always)]
     fn read(&self, raw: &u64) -> Option<T> {
         self.items.get(*raw as usize).cloned()
+    }
+    fn describe(&self, raw: &u64, out: &mut dyn fmt::Write) -> bool {
+        match self.items.get(*raw as usize) {
+            Some(item) => {
+                let _ = write!(out, "{item:?}");
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -61,6 +80,16 @@ impl Wire for Lines {
     fn read(&self, raw: &RStr) -> Option<String> {
         // SAFETY: the host passes line views valid for the call (`source_kind`).
         unsafe { raw.to_string_lossy() }.map(|s| s.into_owned())
+    }
+    fn describe(&self, raw: &RStr, out: &mut dyn fmt::Write) -> bool {
+        // SAFETY: as in `read`.
+        match unsafe { raw.to_string_lossy() } {
+            Some(line) => {
+                let _ = write!(out, "{line:?}");
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -151,6 +180,11 @@ impl<W: Wire> Stage for Root<W> {
     }
     fn label(&self) -> String {
         self.label.clone()
+    }
+    unsafe fn describe(&self, port: u32, item: *const c_void, out: &mut dyn fmt::Write) -> bool {
+        // SAFETY: the host passes one wire value of this port's type (the caller's
+        // obligation).
+        port == 0 && self.wire.describe(unsafe { &*item.cast::<W::Raw>() }, out)
     }
     unsafe fn init(&self, _op: u32, _dst: *mut u8) -> bool {
         // A source has no state in the plugin and no operator index.

@@ -26,7 +26,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use std::collections::VecDeque;
 
-use crate::dsl::{At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Tally, state_fns};
+use crate::dsl::{At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Tally, state_fns_uncloned};
 use crate::shape::Shape;
 
 /// No deadline (no timer outstanding, nothing scheduled).
@@ -331,7 +331,7 @@ pub trait TimeOperators: Pipe {
     where
         Out<Self>: Shape + fmt::Debug + Send,
     {
-        let state = state_fns::<DebounceState<Out<Self>>>();
+        let state = state_fns_uncloned::<DebounceState<Out<Self>>>();
         let at = At::new::<Out<Self>, Out<Self>>("debounce_ms", Some(state), Some(ms.to_string()));
         self.then(Debounce {
             period: nanos(ms),
@@ -344,7 +344,7 @@ pub trait TimeOperators: Pipe {
     /// RxJS's `throttleTime` default, rxRust's `throttle_time` with
     /// `ThrottleEdge::leading()`). State: the end of the current window.
     fn throttle_ms(self, ms: u64) -> Next<Self, Throttle<Out<Self>>> {
-        let state = state_fns::<(u64, bool)>();
+        let state = state_fns_uncloned::<(u64, bool)>();
         let at = At::new::<Out<Self>, Out<Self>>("throttle_ms", Some(state), Some(ms.to_string()));
         self.then(Throttle {
             period: nanos(ms),
@@ -359,7 +359,7 @@ pub trait TimeOperators: Pipe {
     where
         Out<Self>: Shape + fmt::Debug + Send,
     {
-        let state = state_fns::<DelayState<Out<Self>>>();
+        let state = state_fns_uncloned::<DelayState<Out<Self>>>();
         let at = At::new::<Out<Self>, Out<Self>>("delay_ms", Some(state), Some(ms.to_string()));
         self.then(Delay {
             period: nanos(ms),
@@ -376,7 +376,7 @@ pub trait TimeOperators: Pipe {
     where
         Out<Self>: Shape + fmt::Debug + Send,
     {
-        let state = state_fns::<BufferTimeState<Out<Self>>>();
+        let state = state_fns_uncloned::<BufferTimeState<Out<Self>>>();
         let at = At::new::<Out<Self>, Vec<Out<Self>>>(
             "buffer_time_ms",
             Some(state),

@@ -1,0 +1,592 @@
+//! **Replay on reload**: what did my save change.
+//!
+//! Each pipeline's driver keeps its last inputs ([`Recent`]: source values and completions,
+//! `--replay N`, 32 by default). When a reload stages new code for a running pipeline, the
+//! reloader asks the pipeline's own thread (the code is plugin code, and the slots are the
+//! thread's) to run those inputs through the old code and through the new code, each on a
+//! **copy** of the live state ([`StateSlots::copy_for`]: the new code's copy keeps exactly
+//! the slots a migration would keep, seeds the rest), and to compare what each emits
+//! ([`run`]). Nothing reaches the outside: the callbacks the chain calls during a replay
+//! ([`Muted`]) collect what `log` and `publish` would have emitted and the panics, and
+//! deliver nothing; no event but the reload's report is emitted. `tap` closures are user
+//! code and run. The replay is informative only: it never changes what the reload does.
+//!
+//! Not replayed, with the reason: a pipeline with a time operator (its pending timers are
+//! host state a copy would have to move in time) or a higher-order one (its inner
+//! subscriptions are host objects with sources of their own), one reading a subject (the
+//! values are the publisher's, not kept), one whose state cannot be copied (an operator
+//! whose values need not be `Clone`: `take_last`, `last`, `buffer_count`, `zip`). A pipeline
+//! whose `log` or `publish` operators changed their type or went away is reported
+//! incomparable, not run.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use plugin_api::abi::{EmitCx, HostApi, InnerDesc, InnerHandle, RSignature, RStr};
+
+use crate::code::{PipelineCode, Pushed, StateSlots, Wire};
+use crate::events::{ReplayInfo, ReplaySample};
+
+/// How many recent inputs a pipeline keeps by default (`--replay N`).
+pub const DEFAULT_INPUTS: usize = 32;
+
+/// How long one pipeline's replay may run (old and new code together) before it is cut
+/// short; the report then says how many inputs it compared.
+pub const BUDGET: Duration = Duration::from_millis(100);
+
+/// Samples of changed inputs a report carries.
+pub const SAMPLES: usize = 5;
+
+/// The most bytes of one Debug text in a sample.
+const TEXT_CAP: usize = 200;
+
+/// Operator kinds whose pipelines are not replayed, and why.
+const NOT_REPLAYED: &[(&str, &str)] = &[
+    (
+        "debounce_ms",
+        "a time operator: its pending timers are not copied",
+    ),
+    (
+        "throttle_ms",
+        "a time operator: its pending timers are not copied",
+    ),
+    (
+        "delay_ms",
+        "a time operator: its pending timers are not copied",
+    ),
+    (
+        "buffer_time_ms",
+        "a time operator: its pending timers are not copied",
+    ),
+    (
+        "switch_map",
+        "a higher-order operator: its inner subscriptions are not copied",
+    ),
+    (
+        "merge_map",
+        "a higher-order operator: its inner subscriptions are not copied",
+    ),
+    (
+        "concat_map",
+        "a higher-order operator: its inner subscriptions are not copied",
+    ),
+    (
+        "exhaust_map",
+        "a higher-order operator: its inner subscriptions are not copied",
+    ),
+];
+
+/// One input of a pipeline, as its driver took it.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A value of a `u64` port (an interval's count, a `range` value, an `of` index).
+    U64(u32, u64),
+    /// A line of a line source.
+    Line(u32, String),
+    /// The source on the port completed.
+    Complete(u32),
+}
+
+/// The last inputs of a pipeline, oldest overwritten first. Keeping a `u64` costs a store;
+/// a line reuses the buffer of the line it overwrites (no allocation once the ring is
+/// full of lines at least as long).
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    ring: Vec<Input>,
+    cap: usize,
+    /// Where the next input goes once the ring is full.
+    next: usize,
+    /// Why this pipeline's inputs cannot be replayed (it read a subject's value).
+    pub(crate) unkept: Option<String>,
+}
+
+impl Recent {
+    /// Keeps the last `cap` inputs (0: none).
+    pub(crate) fn new(cap: usize) -> Recent {
+        Recent {
+            ring: Vec::with_capacity(cap),
+            cap,
+            next: 0,
+            unkept: None,
+        }
+    }
+
+    /// The slot the next input goes to, or `None` when nothing is kept.
+    #[inline(always)]
+    fn slot(&mut self) -> Option<&mut Input> {
+        let i = self.next;
+        if i >= self.cap {
+            return None;
+        }
+        self.next = if i + 1 == self.cap { 0 } else { i + 1 };
+        if i == self.ring.len() {
+            self.ring.push(Input::Complete(0));
+        }
+        self.ring.get_mut(i)
+    }
+
+    /// Keeps a value of a `u64` port.
+    #[inline(always)]
+    pub(crate) fn keep_u64(&mut self, port: u32, x: u64) {
+        if let Some(slot) = self.slot() {
+            *slot = Input::U64(port, x);
+        }
+    }
+
+    /// Keeps values of a `u64` port (the last `cap` of them).
+    #[inline]
+    pub(crate) fn keep_u64s(&mut self, port: u32, items: &[u64]) {
+        let from = items.len().saturating_sub(self.cap);
+        for &x in &items[from..] {
+            self.keep_u64(port, x);
+        }
+    }
+
+    /// Keeps a line.
+    #[inline]
+    pub(crate) fn keep_line(&mut self, port: u32, line: &str) {
+        if let Some(slot) = self.slot() {
+            match slot {
+                Input::Line(p, text) => {
+                    *p = port;
+                    text.clear();
+                    text.push_str(line);
+                }
+                other => *other = Input::Line(port, line.to_owned()),
+            }
+        }
+    }
+
+    /// Keeps a completion.
+    #[inline]
+    pub(crate) fn keep_complete(&mut self, port: u32) {
+        if let Some(slot) = self.slot() {
+            *slot = Input::Complete(port);
+        }
+    }
+
+    /// Notes that a value was not kept (a subject's): the pipeline is not replayed.
+    #[cold]
+    pub(crate) fn unkept(&mut self, why: impl FnOnce() -> String) {
+        if self.cap != 0 && self.unkept.is_none() {
+            self.unkept = Some(why());
+        }
+    }
+
+    /// How many inputs are kept.
+    pub(crate) fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// The kept inputs, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Input> {
+        let (newer, older) = if self.ring.len() < self.cap {
+            (&self.ring[..], &[][..])
+        } else {
+            self.ring.split_at(self.next)
+        };
+        older.iter().chain(newer)
+    }
+}
+
+/// What a chain emits to the outside during a replay, collected instead of delivered.
+struct Muted<'a> {
+    code: &'a PipelineCode,
+    /// What the input being run made the chain emit (`log` texts, `publish`ed values).
+    out: RefCell<Vec<String>>,
+    /// Panics (path: message), in order.
+    panics: RefCell<Vec<String>>,
+    /// What `EmitCx::now` reads: the clock when the replay began.
+    now: u64,
+    /// Where the plugin writes the operator it is in (read by nobody during a replay).
+    op: AtomicU32,
+    /// What `EmitCx::api` points at.
+    api: HostApi,
+}
+
+impl Muted<'_> {
+    fn path(&self, op: u32) -> String {
+        self.code
+            .ops
+            .get(op as usize)
+            .map_or_else(|| self.code.name.clone(), |o| o.path.clone())
+    }
+}
+
+/// The registration callbacks an inner stream would use: a replay never runs one (pipelines
+/// with higher-order operators are not replayed), so they do nothing.
+fn refusing_api() -> HostApi {
+    HostApi {
+        abi_version: plugin_api::abi::ABI_VERSION,
+        ctx: std::ptr::null_mut(),
+        track_call: api_track_call,
+        track_call_return: api_track_call_return,
+        add_pipeline: api_add_pipeline,
+        fail: api_fail,
+    }
+}
+
+unsafe extern "C" fn api_track_call(
+    _ctx: *mut c_void,
+    _name: RStr,
+    _key: RStr,
+    _signature: *const RSignature,
+) -> u64 {
+    0
+}
+
+unsafe extern "C" fn api_track_call_return(_ctx: *mut c_void, _track: u64) {}
+
+unsafe extern "C" fn api_add_pipeline(
+    _ctx: *mut c_void,
+    _desc: *const plugin_api::abi::PipelineDesc,
+) {
+}
+
+unsafe extern "C" fn api_fail(_ctx: *mut c_void, _message: RStr) {}
+
+unsafe extern "C" fn muted_log(host: *mut c_void, _op: u32, text: RStr) {
+    // SAFETY: `host` is the `Muted` of the replay running on this thread, alive for the call;
+    // `text` is valid for the call.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let m = &*host.cast::<Muted<'_>>();
+        let text = text.to_string_lossy().unwrap_or_default();
+        m.out.borrow_mut().push(cut(&text));
+    }));
+}
+
+unsafe extern "C" fn muted_error(host: *mut c_void, op: u32, message: RStr) {
+    // SAFETY: as in `muted_log`.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let m = &*host.cast::<Muted<'_>>();
+        let message = message.to_string_lossy().unwrap_or_default();
+        m.out
+            .borrow_mut()
+            .push(format!("<panicked: {}>", cut(&message)));
+        let mut panics = m.panics.borrow_mut();
+        if panics.len() < SAMPLES {
+            panics.push(format!("{}: {}", m.path(op), cut(&message)));
+        }
+    }));
+}
+
+unsafe extern "C" fn muted_publish(host: *mut c_void, op: u32, value: *const c_void) {
+    // SAFETY: as in `muted_log`; `value` is the publisher's value (of the `PublishSpec`'s
+    // type), borrowed for the call.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let m = &*host.cast::<Muted<'_>>();
+        let Some(p) = m.code.publishes.iter().find(|p| p.op == op) else {
+            return;
+        };
+        let mut buf = vec![0u8; TEXT_CAP];
+        let mut len = 0usize;
+        let _ = (p.debug)(value.cast::<u8>(), buf.as_mut_ptr(), TEXT_CAP, &mut len);
+        let text = String::from_utf8_lossy(&buf[..len.min(TEXT_CAP)]);
+        m.out
+            .borrow_mut()
+            .push(format!("{:?} <- {text}", p.subject));
+    }));
+}
+
+unsafe extern "C" fn muted_now(host: *mut c_void) -> u64 {
+    // SAFETY: as in `muted_log`.
+    unsafe { (*host.cast::<Muted<'_>>()).now }
+}
+
+unsafe extern "C" fn muted_schedule(_host: *mut c_void, _op: u32, _deadline: u64) {}
+
+unsafe extern "C" fn muted_subscribe(
+    _host: *mut c_void,
+    _op: u32,
+    desc: *const InnerDesc,
+    _out: *mut InnerHandle,
+) -> bool {
+    // The host owns what it was handed, whatever it answers: free it (never reached, as
+    // pipelines with higher-order operators are not replayed, but sound if it were).
+    // SAFETY: `desc` is valid for the call; its env and value are the host's now.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let d = &*desc;
+        if !d.value.is_null() {
+            let _ = (d.value_drop)(d.value.cast::<u8>());
+        }
+        (d.drop_env)(d.env);
+    }));
+    false
+}
+
+unsafe extern "C" fn muted_unsubscribe(_host: *mut c_void, _op: u32, _instance: u64) {}
+
+/// `text`, cut to [`TEXT_CAP`] bytes at a character boundary.
+fn cut(text: &str) -> String {
+    if text.len() <= TEXT_CAP {
+        return text.to_owned();
+    }
+    let mut n = TEXT_CAP;
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    format!("{}…", &text[..n])
+}
+
+/// Why `code` is not replayed, if it is not.
+fn not_replayable(code: &PipelineCode) -> Option<String> {
+    code.ops.iter().find_map(|op| {
+        NOT_REPLAYED
+            .iter()
+            .find(|(kind, _)| *kind == op.kind)
+            .map(|(kind, why)| format!("{} is {kind}, {why}", op.path))
+    })
+}
+
+/// Why the outputs of `old` and `new` cannot be compared: a `log` or `publish` operator
+/// that changed its input type, or that one version has and the other lacks.
+fn incomparable(old: &PipelineCode, new: &PipelineCode) -> Option<String> {
+    let sinks = |c: &PipelineCode| {
+        c.ops
+            .iter()
+            .filter(|o| o.kind == "log" || o.kind == "publish")
+            .map(|o| (o.path.clone(), o.signature.input.clone()))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (sinks(old), sinks(new));
+    for (path, input) in &a {
+        match b.iter().find(|(p, _)| p == path) {
+            None => return Some(format!("{path} is gone")),
+            Some((_, now)) if now != input => {
+                let name = |f: &Option<hmr_track::Fingerprint>| {
+                    f.as_ref()
+                        .map_or_else(|| "nothing".to_owned(), |f| f.name.to_string())
+                };
+                return Some(format!(
+                    "{path} now takes `{}`, not `{}`",
+                    name(now),
+                    name(input)
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    b.iter()
+        .find(|(p, _)| !a.iter().any(|(q, _)| q == p))
+        .map(|(path, _)| format!("{path} is new"))
+}
+
+fn report(pipeline: &str, status: &str, reason: Option<String>) -> ReplayInfo {
+    ReplayInfo {
+        pipeline: pipeline.to_owned(),
+        inputs: 0,
+        changed: 0,
+        samples: Vec::new(),
+        status: status.to_owned(),
+        reason,
+        panics: Vec::new(),
+    }
+}
+
+/// One side of a replay: a version's code, its state copy and its muted callbacks.
+struct Side<'a> {
+    code: &'a PipelineCode,
+    states: StateSlots,
+    muted: Box<Muted<'a>>,
+    cx: EmitCx,
+    /// The chain's end completed: it emits nothing more.
+    done: bool,
+}
+
+impl<'a> Side<'a> {
+    fn new(code: &'a PipelineCode, states: StateSlots, now: u64) -> Side<'a> {
+        let muted = Box::new(Muted {
+            code,
+            out: RefCell::new(Vec::new()),
+            panics: RefCell::new(Vec::new()),
+            now,
+            op: AtomicU32::new(u32::MAX),
+            api: refusing_api(),
+        });
+        let cx = EmitCx {
+            host: (&raw const *muted).cast_mut().cast::<c_void>(),
+            log: muted_log,
+            error: muted_error,
+            publish: muted_publish,
+            current_op: &raw const muted.op,
+            counts: std::ptr::null(),
+            now: muted_now,
+            schedule: muted_schedule,
+            subscribe: muted_subscribe,
+            unsubscribe: muted_unsubscribe,
+            api: &raw const muted.api,
+        };
+        Side {
+            code,
+            states,
+            muted,
+            cx,
+            done: false,
+        }
+    }
+
+    /// Runs `input` through this side's code; what it emitted.
+    fn run(&mut self, input: &Input) -> Vec<String> {
+        if !self.done {
+            let pushed = match input {
+                Input::U64(port, x) => self.push(*port, Wire::U64, (&raw const *x).cast()),
+                Input::Line(port, text) => {
+                    let view = RStr::new(text);
+                    self.push(*port, Wire::Str, (&raw const view).cast())
+                }
+                Input::Complete(port) => self.code.complete(&self.states, *port, &self.cx),
+            };
+            self.done = matches!(pushed, Pushed::Complete { .. });
+        }
+        std::mem::take(&mut *self.muted.out.borrow_mut())
+    }
+
+    fn push(&self, port: u32, wire: Wire, item: *const c_void) -> Pushed {
+        if self.code.sources.get(port as usize).map(|s| s.wire()) != Some(wire) {
+            // The ports' types are the same in both versions (a source change restarts the
+            // pipeline instead), so this is never reached; nothing runs if it is.
+            return Pushed::Continue;
+        }
+        let (push_one, env) = self.code.push_one_raw(false);
+        // SAFETY: this code's entry point and closures, and slots built for its operators
+        // (`copy_for`); the port takes `wire` values (checked above) and `item` points at
+        // one, valid for the call; `cx` points into `self.muted`, alive for the call. The
+        // plugin catches its own panics.
+        let s = unsafe { push_one(env, self.states.as_ptr(), port, item, &self.cx) };
+        Pushed::from_one(s)
+    }
+}
+
+/// Replays `recent` through `old` (running with `states`) and through `new` (the staged
+/// code), each on a copy of `states`, and compares what they emit, input by input. Stops
+/// after `budget`. `now` is what the chains read as the clock.
+pub(crate) fn run(
+    old: &PipelineCode,
+    states: &mut StateSlots,
+    new: &PipelineCode,
+    recent: &Recent,
+    now: u64,
+    budget: Duration,
+) -> ReplayInfo {
+    let name = &old.name;
+    if let Some(why) = &recent.unkept {
+        return report(name, "not-replayed", Some(why.clone()));
+    }
+    if let Some(why) = not_replayable(old).or_else(|| not_replayable(new)) {
+        return report(name, "not-replayed", Some(why));
+    }
+    if let Some(why) = incomparable(old, new) {
+        let mut r = report(name, "incomparable", Some(why));
+        r.inputs = recent.len();
+        return r;
+    }
+    let copies = states
+        .copy_for(&old.ops, old.env, old.lib())
+        .and_then(|a| Ok((a, states.copy_for(&new.ops, new.env, new.lib())?)));
+    let (a, b) = match copies {
+        Ok(c) => c,
+        Err(why) => return report(name, "not-replayed", Some(why)),
+    };
+    let started = Instant::now();
+    let mut r = report(name, "compared", None);
+    let (mut old_side, mut new_side) = (Side::new(old, a, now), Side::new(new, b, now));
+    for input in recent.iter() {
+        if started.elapsed() > budget {
+            r.status = "cut-short".to_owned();
+            r.reason = Some(format!(
+                "the replay ran past its budget of {} ms after {} of {} inputs",
+                budget.as_millis(),
+                r.inputs,
+                recent.len()
+            ));
+            break;
+        }
+        let was = old_side.run(input);
+        let now = new_side.run(input);
+        r.inputs += 1;
+        if was != now {
+            r.changed += 1;
+            if r.samples.len() < SAMPLES {
+                r.samples.push(ReplaySample {
+                    input: describe(old, input),
+                    old: outputs(&was),
+                    new: outputs(&now),
+                });
+            }
+        }
+    }
+    for (side, label) in [(&old_side, "old"), (&new_side, "new")] {
+        for p in side.muted.panics.borrow().iter() {
+            r.panics.push(format!("{label} code: {p}"));
+        }
+    }
+    // The copies drop here, through their versions' glue, on this thread.
+    r
+}
+
+/// An input's Debug text, as the source's values read (an `of` index as its item).
+fn describe(code: &PipelineCode, input: &Input) -> String {
+    let text = match input {
+        // SAFETY: `x` is a value of the port's wire type `u64` (kept from a `u64` port).
+        Input::U64(port, x) => unsafe { code.describe(*port, (&raw const *x).cast(), TEXT_CAP) },
+        Input::Line(port, text) => {
+            let view = RStr::new(text);
+            // SAFETY: a line port's wire value is an `RStr` view, valid for the call.
+            unsafe { code.describe(*port, (&raw const view).cast(), TEXT_CAP) }
+        }
+        Input::Complete(port) => Some(format!("complete (port {port})")),
+    };
+    text.unwrap_or_else(|| match input {
+        Input::U64(_, x) => x.to_string(),
+        Input::Line(_, t) => format!("{t:?}"),
+        Input::Complete(port) => format!("complete (port {port})"),
+    })
+}
+
+/// What one input made a chain emit, as one text.
+fn outputs(out: &[String]) -> String {
+    if out.is_empty() {
+        "nothing".to_owned()
+    } else {
+        out.join(", ")
+    }
+}
+
+/// The line a person reads for one pipeline's replay, or `None` when there is nothing to
+/// say (no input changed, or it was not replayed).
+pub fn line(r: &ReplayInfo) -> Option<String> {
+    let panics = if r.panics.is_empty() {
+        String::new()
+    } else {
+        format!("; panicked: {}", r.panics.join("; "))
+    };
+    match r.status.as_str() {
+        "incomparable" => Some(format!(
+            "{}: replay not compared: {}",
+            r.pipeline,
+            r.reason.as_deref().unwrap_or("")
+        )),
+        "not-replayed" => None,
+        _ if r.changed == 0 && r.panics.is_empty() && r.status == "compared" => None,
+        _ => {
+            let mut s = format!(
+                "{}: {} of {} recent inputs now give other values",
+                r.pipeline, r.changed, r.inputs
+            );
+            if let Some(e) = r.samples.first() {
+                s.push_str(&format!(", e.g. {}: {} -> {}", e.input, e.old, e.new));
+            }
+            if r.status == "cut-short" {
+                s.push_str(&format!(
+                    " ({})",
+                    r.reason.as_deref().unwrap_or("cut short")
+                ));
+            }
+            s.push_str(&panics);
+            Some(s)
+        }
+    }
+}
