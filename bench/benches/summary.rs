@@ -82,6 +82,7 @@ mod rx_clock;
 /// - `call`: one function (`n * 3 ^ 7`, hot-lib-reloader's `step`), results xor-folded.
 /// - `nop`: nothing at all (scenario 3's reference: the fixed cost of the boundary).
 /// - `log`: every value emitted to the host (scenario 6: the host's emission path).
+/// - `counter`: the example plugin's `counter` chain (scenario 16: a replay's cost).
 /// - `boxed`: one heap allocation in the plugin per value (scenario 6's control: the counter
 ///   must see it).
 const PLUGIN: &str = r#"
@@ -105,6 +106,12 @@ fn register(p: &mut Plugin) {
         .log();
     p.pipeline("nop", interval_ms(3_600_000));
     p.pipeline("log", interval_ms(3_600_000)).map(|n: u64| n * 2).log();
+    // Scenario 16: the example plugin's `counter` chain.
+    p.pipeline("counter", interval_ms(3_600_000))
+        .map(|n: u64| n * 2)
+        .filter(|n: &u64| n % 3 != 1)
+        .scan(0u64, |acc: u64, n: u64| acc + n)
+        .log();
     p.pipeline("boxed", interval_ms(3_600_000))
         .map(|n: u64| *std::hint::black_box(Box::new(n)))
         .reduce(0u64, |acc: u64, n: u64| acc.wrapping_add(n))
@@ -2314,6 +2321,156 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
     Ok(())
 }
 
+/// Scenario 16, one row: a driver of `publisher` (version 1) that took `n` inputs, replaying
+/// them through its code and `new` (version 2), against pushing the same `n` inputs live
+/// through one version. Microseconds per replay (or per `n` pushes).
+fn replay_row(
+    publisher: &Publisher,
+    new: &Arc<host::code::PipelineCode>,
+    n: u64,
+) -> anyhow::Result<[f64; 2]> {
+    let driver = |keep: usize| -> anyhow::Result<host::runtime::Driver> {
+        publisher.keep_inputs(keep);
+        publisher
+            .driver(Arc::new(CountingSink::default()))
+            .map_err(|e| anyhow::anyhow!("seeding: {e}"))
+    };
+    let mut replay = || -> anyhow::Result<(f64, u64)> {
+        let mut d = driver(n as usize)?;
+        for x in 0..n {
+            anyhow::ensure!(
+                matches!(d.push_one(x), Ok(Pushed::Continue)),
+                "input {x} refused"
+            );
+        }
+        let started = Instant::now();
+        let r = black_box(d.replay(new));
+        let t = started.elapsed();
+        anyhow::ensure!(
+            r.status == "compared" && r.changed == 0 && r.panics.is_empty(),
+            "unexpected replay: {r:?}"
+        );
+        Ok((t.as_secs_f64() * 1e6, r.inputs as u64))
+    };
+    let mut live = || -> anyhow::Result<(f64, u64)> {
+        let mut d = driver(0)?;
+        let mut taken = 0u64;
+        let started = Instant::now();
+        for x in 0..black_box(n) {
+            taken += u64::from(matches!(d.push_one(x), Ok(Pushed::Continue)));
+        }
+        Ok((started.elapsed().as_secs_f64() * 1e6, taken))
+    };
+    let medians = side_by_side(
+        ROUNDS * 3,
+        n,
+        &mut [
+            ("replay", Run::Checked(&mut replay)),
+            ("live", Run::Checked(&mut live)),
+        ],
+    )?;
+    publisher.keep_inputs(host::replay::DEFAULT_INPUTS);
+    Ok([medians[0], medians[1]])
+}
+
+/// Scenario 16: replay on reload. What a reload's replay of the recent inputs costs (old and
+/// new code, each on a copy of the state, outputs compared), on two of the bench plugin's
+/// chains, for 32 (the default) and 1,024 inputs; and what keeping the inputs costs the push
+/// path (scenario 2's chain with `--replay 32` and `--replay 0`, side by side).
+fn replay_on_reload(
+    report: &mut Report,
+    loaded: &hmr_bench::Loaded,
+    loader: &Loader,
+    library: &std::path::Path,
+) -> anyhow::Result<()> {
+    // The same library loaded again: version 2 of every pipeline, with equal signatures, so
+    // every state is copied (not seeded) and no output changes (checked every round).
+    let (_lib, codes) = hmr_bench::load_codes(loader, library, 2)?;
+    let mut codes: std::collections::BTreeMap<String, host::code::PipelineCode> =
+        codes.into_iter().map(|c| (c.name.clone(), c)).collect();
+    report.line(
+        "\n### 16. Replay on reload: the recent inputs through the old and the new code, each on a copy of the state (us per replay; target < 1 ms for 32 inputs)\n",
+    );
+    report.line("| chain | inputs | replay us (median) | reference: the same inputs pushed live through one version, us | replay / live |");
+    report.line("|---|---:|---:|---:|---:|");
+    let mut worst_32 = 0f64;
+    for (name, chain) in [
+        (
+            "push",
+            "map -> filter -> scan -> reduce -> log (emits at completion)",
+        ),
+        ("log", "map -> log (every input emits)"),
+        (
+            "counter",
+            "the example's `counter`: map -> filter -> scan -> log",
+        ),
+    ] {
+        let publisher = &loaded.pipelines[name];
+        let new = Arc::new(
+            codes
+                .remove(name)
+                .with_context(|| format!("the plugin has no {name}"))?,
+        );
+        for n in [32u64, 1024] {
+            let [replay, live] = replay_row(publisher, &new, n)?;
+            if n == 32 {
+                worst_32 = worst_32.max(replay);
+            }
+            report.line(format!(
+                "| `{name}`: {chain} | {n} | {replay:.1} | {live:.1} | {:.1}x |",
+                replay / live
+            ));
+        }
+    }
+    report.verdict(
+        "replay of 32 inputs on a reload under 1 ms",
+        format!("{worst_32:.1} us (slowest chain)"),
+        Some(worst_32 < 1000.0),
+    );
+    // Keeping the inputs on the push path.
+    let publisher = &loaded.pipelines["push"];
+    let mut kept = || {
+        publisher.keep_inputs(host::replay::DEFAULT_INPUTS);
+        one_by_one(publisher, N_PUSH)
+    };
+    let mut off = || {
+        publisher.keep_inputs(0);
+        one_by_one(publisher, N_PUSH)
+    };
+    let names = [
+        "host push, --replay 32 (the default)",
+        "host push, --replay 0",
+    ];
+    let medians = side_by_side(
+        ROUNDS,
+        chain_sum(N_PUSH),
+        &mut [
+            (names[0], Run::Checked(&mut kept)),
+            (names[1], Run::Checked(&mut off)),
+        ],
+    )?;
+    publisher.keep_inputs(host::replay::DEFAULT_INPUTS);
+    table(
+        report,
+        "16b. Keeping the recent inputs on the push path: scenario 2's chain (ns per value)",
+        &names,
+        &medians,
+        "ns/value",
+        1,
+    );
+    report.verdict(
+        "keeping recent inputs costs the push path little",
+        format!(
+            "{:.2} vs {:.2} ns/value: {:.2}x",
+            medians[0],
+            medians[1],
+            medians[0] / medians[1]
+        ),
+        None,
+    );
+    Ok(())
+}
+
 fn main() {
     // Scenario 6's measuring child: this binary again, with the counter preloaded.
     if let Some(library) = std::env::var_os(ALLOC_CHILD) {
@@ -2378,6 +2535,10 @@ fn run() -> anyhow::Result<bool> {
         ("time", Box::new(|r| time_operators(r, &loaded))),
         ("higher", Box::new(|r| higher_order(r, &loaded))),
         ("inner_scale", Box::new(inner_scale)),
+        (
+            "replay",
+            Box::new(|r| replay_on_reload(r, &loaded, &loader, &plugin.library)),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {

@@ -81,24 +81,47 @@ const NOT_REPLAYED: &[(&str, &str)] = &[
 
 /// One input of a pipeline, as its driver took it.
 #[derive(Debug)]
-pub(crate) enum Input {
+pub(crate) enum Input<'a> {
     /// A value of a `u64` port (an interval's count, a `range` value, an `of` index).
     U64(u32, u64),
     /// A line of a line source.
-    Line(u32, String),
+    Line(u32, &'a str),
     /// The source on the port completed.
     Complete(u32),
 }
 
-/// The last inputs of a pipeline, oldest overwritten first. Keeping a `u64` costs a store;
-/// a line reuses the buffer of the line it overwrites (no allocation once the ring is
-/// full of lines at least as long).
+/// What kind of input a slot of the ring holds.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+enum Kind {
+    U64,
+    Line,
+    Complete,
+}
+
+/// One slot of the ring: plain data, so keeping a `u64` is two stores (a line's text is in
+/// the slot's buffer beside it).
+#[derive(Clone, Copy, Debug)]
+struct Kept {
+    kind: Kind,
+    port: u32,
+    x: u64,
+}
+
+/// The last inputs of a pipeline, oldest overwritten first. Keeping a `u64` costs two stores
+/// and an index update; a line is copied into its slot's buffer, reused from one line to the
+/// next (no allocation once the buffers are as long as the lines).
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
-    ring: Vec<Input>,
+    /// `cap` slots from the start (placeholders until written).
+    ring: Vec<Kept>,
+    /// One text buffer per slot, for lines (empty, unallocated, until a line comes).
+    lines: Vec<String>,
     cap: usize,
-    /// Where the next input goes once the ring is full.
+    /// Where the next input goes.
     next: usize,
+    /// Whether the ring went round once (every slot holds an input).
+    full: bool,
     /// Why this pipeline's inputs cannot be replayed (it read a subject's value).
     pub(crate) unkept: Option<String>,
 }
@@ -106,34 +129,44 @@ pub(crate) struct Recent {
 impl Recent {
     /// Keeps the last `cap` inputs (0: none).
     pub(crate) fn new(cap: usize) -> Recent {
+        let placeholder = Kept {
+            kind: Kind::Complete,
+            port: 0,
+            x: 0,
+        };
         Recent {
-            ring: Vec::with_capacity(cap),
+            ring: vec![placeholder; cap],
+            lines: vec![String::new(); cap],
             cap,
             next: 0,
+            full: false,
             unkept: None,
         }
     }
 
-    /// The slot the next input goes to, or `None` when nothing is kept.
+    /// Writes the next slot, or nothing when nothing is kept; returns its index.
     #[inline(always)]
-    fn slot(&mut self) -> Option<&mut Input> {
+    fn put(&mut self, kept: Kept) -> Option<usize> {
         let i = self.next;
-        if i >= self.cap {
-            return None;
+        let cap = self.cap;
+        *self.ring.get_mut(i)? = kept;
+        if i + 1 == cap {
+            self.next = 0;
+            self.full = true;
+        } else {
+            self.next = i + 1;
         }
-        self.next = if i + 1 == self.cap { 0 } else { i + 1 };
-        if i == self.ring.len() {
-            self.ring.push(Input::Complete(0));
-        }
-        self.ring.get_mut(i)
+        Some(i)
     }
 
     /// Keeps a value of a `u64` port.
     #[inline(always)]
     pub(crate) fn keep_u64(&mut self, port: u32, x: u64) {
-        if let Some(slot) = self.slot() {
-            *slot = Input::U64(port, x);
-        }
+        self.put(Kept {
+            kind: Kind::U64,
+            port,
+            x,
+        });
     }
 
     /// Keeps values of a `u64` port (the last `cap` of them).
@@ -148,24 +181,25 @@ impl Recent {
     /// Keeps a line.
     #[inline]
     pub(crate) fn keep_line(&mut self, port: u32, line: &str) {
-        if let Some(slot) = self.slot() {
-            match slot {
-                Input::Line(p, text) => {
-                    *p = port;
-                    text.clear();
-                    text.push_str(line);
-                }
-                other => *other = Input::Line(port, line.to_owned()),
-            }
+        let kept = Kept {
+            kind: Kind::Line,
+            port,
+            x: 0,
+        };
+        if let Some(text) = self.put(kept).and_then(|i| self.lines.get_mut(i)) {
+            text.clear();
+            text.push_str(line);
         }
     }
 
     /// Keeps a completion.
     #[inline]
     pub(crate) fn keep_complete(&mut self, port: u32) {
-        if let Some(slot) = self.slot() {
-            *slot = Input::Complete(port);
-        }
+        self.put(Kept {
+            kind: Kind::Complete,
+            port,
+            x: 0,
+        });
     }
 
     /// Notes that a value was not kept (a subject's): the pipeline is not replayed.
@@ -178,17 +212,25 @@ impl Recent {
 
     /// How many inputs are kept.
     pub(crate) fn len(&self) -> usize {
-        self.ring.len()
+        if self.full { self.cap } else { self.next }
     }
 
     /// The kept inputs, oldest first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Input> {
-        let (newer, older) = if self.ring.len() < self.cap {
-            (&self.ring[..], &[][..])
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Input<'_>> {
+        let order = if !self.full {
+            0..self.len()
         } else {
-            self.ring.split_at(self.next)
+            self.next..self.next + self.cap
         };
-        older.iter().chain(newer)
+        order.map(move |i| {
+            let i = i % self.cap.max(1);
+            let k = self.ring[i];
+            match k.kind {
+                Kind::U64 => Input::U64(k.port, k.x),
+                Kind::Line => Input::Line(k.port, &self.lines[i]),
+                Kind::Complete => Input::Complete(k.port),
+            }
+        })
     }
 }
 
@@ -429,7 +471,7 @@ impl<'a> Side<'a> {
     }
 
     /// Runs `input` through this side's code; what it emitted.
-    fn run(&mut self, input: &Input) -> Vec<String> {
+    fn run(&mut self, input: &Input<'_>) -> Vec<String> {
         if !self.done {
             let pushed = match input {
                 Input::U64(port, x) => self.push(*port, Wire::U64, (&raw const *x).cast()),
@@ -504,14 +546,14 @@ pub(crate) fn run(
             ));
             break;
         }
-        let was = old_side.run(input);
-        let now = new_side.run(input);
+        let was = old_side.run(&input);
+        let now = new_side.run(&input);
         r.inputs += 1;
         if was != now {
             r.changed += 1;
             if r.samples.len() < SAMPLES {
                 r.samples.push(ReplaySample {
-                    input: describe(old, input),
+                    input: describe(old, &input),
                     old: outputs(&was),
                     new: outputs(&now),
                 });
@@ -528,7 +570,7 @@ pub(crate) fn run(
 }
 
 /// An input's Debug text, as the source's values read (an `of` index as its item).
-fn describe(code: &PipelineCode, input: &Input) -> String {
+fn describe(code: &PipelineCode, input: &Input<'_>) -> String {
     let text = match input {
         // SAFETY: `x` is a value of the port's wire type `u64` (kept from a `u64` port).
         Input::U64(port, x) => unsafe { code.describe(*port, (&raw const *x).cast(), TEXT_CAP) },
@@ -588,5 +630,168 @@ pub fn line(r: &ReplayInfo) -> Option<String> {
             s.push_str(&panics);
             Some(s)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What to keep: `u` a value, `l` a line, `c` a completion, `b` a batch of three values.
+    fn kept(cap: usize, script: &str) -> Vec<String> {
+        let mut r = Recent::new(cap);
+        for (i, c) in script.chars().enumerate() {
+            let i = i as u64;
+            match c {
+                'u' => r.keep_u64(0, i),
+                'l' => r.keep_line(1, &format!("line {i}")),
+                'c' => r.keep_complete(2),
+                'b' => r.keep_u64s(3, &[i * 10, i * 10 + 1, i * 10 + 2]),
+                _ => unreachable!(),
+            }
+        }
+        assert!(r.len() <= cap);
+        r.iter().map(|i| format!("{i:?}")).collect()
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_inputs_oldest_first() {
+        let cases: &[(usize, &str, &[&str])] = &[
+            (0, "uulcb", &[]),
+            (3, "", &[]),
+            (3, "uu", &["U64(0, 0)", "U64(0, 1)"]),
+            (3, "uuu", &["U64(0, 0)", "U64(0, 1)", "U64(0, 2)"]),
+            (3, "uuuu", &["U64(0, 1)", "U64(0, 2)", "U64(0, 3)"]),
+            (
+                3,
+                "ulcu",
+                &["Line(1, \"line 1\")", "Complete(2)", "U64(0, 3)"],
+            ),
+            (2, "ub", &["U64(3, 11)", "U64(3, 12)"]),
+            (
+                4,
+                "ub",
+                &["U64(0, 0)", "U64(3, 10)", "U64(3, 11)", "U64(3, 12)"],
+            ),
+            (1, "ulu", &["U64(0, 2)"]),
+            (2, "lllll", &["Line(1, \"line 3\")", "Line(1, \"line 4\")"]),
+        ];
+        for (cap, script, expected) in cases {
+            assert_eq!(kept(*cap, script), *expected, "cap {cap}, {script:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_reuses_the_buffer_of_the_line_it_overwrites() {
+        let mut r = Recent::new(1);
+        r.keep_line(0, "a first, long line");
+        let before = match r.iter().next() {
+            Some(Input::Line(_, t)) => t.as_ptr(),
+            other => panic!("{other:?}"),
+        };
+        r.keep_line(4, "shorter");
+        match r.iter().next() {
+            Some(Input::Line(4, t)) => {
+                assert_eq!(t, "shorter");
+                assert_eq!(t.as_ptr(), before, "no new allocation");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_subject_value_marks_the_pipeline_not_replayed_once() {
+        let mut r = Recent::new(4);
+        r.unkept(|| "first".to_owned());
+        r.unkept(|| "second".to_owned());
+        assert_eq!(r.unkept.as_deref(), Some("first"));
+        let mut off = Recent::new(0);
+        off.unkept(|| "nothing is kept".to_owned());
+        assert_eq!(off.unkept, None);
+    }
+
+    #[test]
+    fn a_person_reads_one_line_per_pipeline_with_something_to_say() {
+        let sample = |i: &str, o: &str, n: &str| ReplaySample {
+            input: i.into(),
+            old: o.into(),
+            new: n.into(),
+        };
+        let info = |status: &str, changed, samples, reason: Option<&str>, panics: Vec<String>| {
+            ReplayInfo {
+                pipeline: "counter".into(),
+                inputs: 32,
+                changed,
+                samples,
+                status: status.into(),
+                reason: reason.map(str::to_owned),
+                panics,
+            }
+        };
+        let cases = [
+            (info("compared", 0, vec![], None, vec![]), None),
+            (
+                info("compared", 12, vec![sample("7", "14", "21")], None, vec![]),
+                Some("counter: 12 of 32 recent inputs now give other values, e.g. 7: 14 -> 21"),
+            ),
+            (
+                info(
+                    "not-replayed",
+                    0,
+                    vec![],
+                    Some("counter|0:debounce_ms is ..."),
+                    vec![],
+                ),
+                None,
+            ),
+            (
+                info(
+                    "incomparable",
+                    0,
+                    vec![],
+                    Some("counter|1:log now takes `f64`, not `u64`"),
+                    vec![],
+                ),
+                Some("counter: replay not compared: counter|1:log now takes `f64`, not `u64`"),
+            ),
+            (
+                info(
+                    "compared",
+                    1,
+                    vec![sample("2", "3", "<panicked: boom>")],
+                    None,
+                    vec!["new code: counter|0:map: boom".into()],
+                ),
+                Some(
+                    "counter: 1 of 32 recent inputs now give other values, e.g. 2: 3 -> <panicked: boom>; panicked: new code: counter|0:map: boom",
+                ),
+            ),
+            (
+                info(
+                    "cut-short",
+                    0,
+                    vec![],
+                    Some("the replay ran past its budget of 100 ms after 5 of 32 inputs"),
+                    vec![],
+                ),
+                Some(
+                    "counter: 0 of 32 recent inputs now give other values (the replay ran past its budget of 100 ms after 5 of 32 inputs)",
+                ),
+            ),
+        ];
+        for (r, expected) in cases {
+            assert_eq!(line(&r).as_deref(), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_a_character_boundary() {
+        assert_eq!(cut("short"), "short");
+        let long = "é".repeat(TEXT_CAP);
+        let c = cut(&long);
+        assert!(
+            c.ends_with('…') && c.len() <= TEXT_CAP + '…'.len_utf8(),
+            "{c}"
+        );
     }
 }

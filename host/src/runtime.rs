@@ -1755,6 +1755,12 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// Drivers made from now on keep their last `n` inputs for a replay on reload (0: none;
+    /// a `Runtime` sets what `--replay` says).
+    pub fn keep_inputs(&self, n: usize) {
+        self.shared.replay_inputs.store(n, Ordering::Relaxed);
+    }
+
     /// A pipeline whose first code is `code`; pair it with a [`Driver`].
     pub fn new(code: PipelineCode) -> Publisher {
         Publisher {
@@ -2262,8 +2268,9 @@ impl Driver {
 
     /// `Msg::Replay`: runs the recent inputs through the current code and through `new`
     /// (staged by a reload), each on a copy of the state, and says what changed. Nothing
-    /// reaches the outside; the live state and code are untouched.
-    pub(crate) fn replay(&mut self, new: &Arc<PipelineCode>) -> ReplayInfo {
+    /// reaches the outside; the live state and code are untouched. Public for benches and
+    /// other drivers; the runtime calls it on the pipeline's thread.
+    pub fn replay(&mut self, new: &Arc<PipelineCode>) -> ReplayInfo {
         // Plugin code: a call the watchdog watches, at no operator in particular.
         self.shared.op.store(u32::MAX, Ordering::Relaxed);
         self.mark_call();

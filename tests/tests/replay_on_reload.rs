@@ -18,11 +18,14 @@ const BEFORE: &str = r#"    p.pipeline("counter", interval_ms(100)).map(|n: u64|
     p.pipeline("fragile", interval_ms(100)).map(|n: u64| n + 1).log();
     p.pipeline("timed", interval_ms(100)).debounce_ms(50).log();
     p.pipeline("typed", interval_ms(100)).map(|n: u64| n).log();
-    p.pipeline("kept", interval_ms(100)).take_last(3).log();"#;
+    p.pipeline("kept", interval_ms(100)).take_last(3).log();
+    p.pipeline("slow", interval_ms(100)).map(|n: u64| n + 0).log();
+    p.pipeline("lines", file_lines("in.log")).map(|l: String| l.len()).log();"#;
 
 /// The edit: `counter` from `n * 2` to `n * 3`; `same` rewritten with the same outputs;
 /// `total`'s `map` after its `scan` adds 1000; `doubled` publishes `n * 4`; `fragile`
-/// panics on even values; `typed` logs `f64`s.
+/// panics on even values; `typed` logs `f64`s; `slow` sleeps 20 ms a value (past the
+/// replay's budget); `lines` logs ten times the length.
 fn after() -> String {
     BEFORE
         .replace("map(|n: u64| n * 2).log()", "map(|n: u64| n * 3).log()")
@@ -34,6 +37,11 @@ fn after() -> String {
             "p.pipeline(\"fragile\", interval_ms(100)).map(|n: u64| {\n        if n % 2 == 0 {\n            panic!(\"even {n}\");\n        }\n        n + 1\n    })",
         )
         .replace("map(|n: u64| n).log()", "map(|n: u64| n as f64).log()")
+        .replace(
+            "map(|n: u64| n + 0)",
+            "map(|n: u64| {\n        std::thread::sleep(std::time::Duration::from_millis(20));\n        n + 0\n    })",
+        )
+        .replace("map(|l: String| l.len())", "map(|l: String| l.len() * 10)")
 }
 
 fn replay_of<'a>(reload: &'a HostEvent, pipeline: &str) -> &'a ReplayInfo {
@@ -56,15 +64,32 @@ fn samples(r: &ReplayInfo) -> Vec<(&str, &str, &str)> {
 #[test]
 fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Result<()> {
     let fixture = Fixture::new("replay_on_reload", &plugin(BEFORE));
-    assert_ne!(after(), BEFORE);
-    assert_eq!(
-        after().matches("1000").count(),
-        1,
-        "every replacement applies"
-    );
+    fixture.write("in.log", "a\nbb\nccc\n");
+    for (gone, new) in [
+        ("n * 2).log()", "n * 3).log()"),
+        (
+            "|n: u64| n + 1).log();\n    p.pipeline(\"total\"",
+            "|n: u64| 1 + n).log();",
+        ),
+        ("|t: u64| t)", "|t: u64| t + 1000)"),
+        ("n * 2).publish", "n * 4).publish"),
+        (
+            "|n: u64| n + 1).log();\n    p.pipeline(\"timed\"",
+            "even {n}",
+        ),
+        ("|n: u64| n).log()", "n as f64"),
+        ("|n: u64| n + 0)", "from_millis(20)"),
+        ("l.len())", "l.len() * 10)"),
+    ] {
+        assert!(BEFORE.contains(gone) && !after().contains(gone), "{gone}");
+        assert!(after().contains(new), "{new}");
+    }
     let (options, time) = fixture.virtual_options();
     let mut host = Harness::start(&options)?;
     let (v1, _) = host.wait_loaded()?;
+    for _ in 0..3 {
+        host.wait_emission("lines", |_| true)?;
+    }
     assert!(time.settle(SETTLE));
     // Ticks 0 to 40 (t = 0 to 4000 ms): the last 32 (9 to 40) are kept.
     advance(&time, 4000);
@@ -81,7 +106,12 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
     host.drain();
     let since: Vec<&HostEvent> = host.history()[emitted_before..]
         .iter()
-        .filter(|e| !matches!(e, HostEvent::Reload { .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                HostEvent::Emission { .. } | HostEvent::Error { .. } | HostEvent::Notice { .. }
+            )
+        })
         .collect();
     assert!(
         since.is_empty(),
@@ -181,6 +211,29 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
     assert!(
         kept.reason.as_deref().unwrap_or("").contains("take_last"),
         "{kept:?}"
+    );
+
+    // Past its budget: cut short after a few inputs (20 ms each, the budget 100 ms).
+    let slow = replay_of(&reload, "slow");
+    assert_eq!(slow.status, "cut-short", "{slow:?}");
+    assert!(slow.inputs < 32 && slow.changed == 0, "{slow:?}");
+    assert!(
+        slow.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("budget of 100 ms"),
+        "{slow:?}"
+    );
+    // Lines are kept as they came, and described as the chain reads them.
+    let lines = replay_of(&reload, "lines");
+    assert_eq!((lines.inputs, lines.changed), (3, 3), "{lines:?}");
+    assert_eq!(
+        samples(lines),
+        [
+            ("\"a\"", "1", "10"),
+            ("\"bb\"", "2", "20"),
+            ("\"ccc\"", "3", "30")
+        ]
     );
 
     // The live total was untouched by the replay: tick 41 makes 861, through the new code.
