@@ -598,13 +598,14 @@ fn outputs(out: &[String]) -> String {
 }
 
 /// The line a person reads for one pipeline's replay, or `None` when there is nothing to
-/// say (no input changed, or it was not replayed).
+/// say (no input changed, or it was not replayed). Panics that the old code had too change
+/// nothing and go unsaid; the first of the new code's is named.
 pub fn line(r: &ReplayInfo) -> Option<String> {
-    let panics = if r.panics.is_empty() {
-        String::new()
-    } else {
-        format!("; panicked: {}", r.panics.join("; "))
-    };
+    let panics = r
+        .panics
+        .iter()
+        .find_map(|p| p.strip_prefix("new code: "))
+        .map_or_else(String::new, |p| format!("; the new code panicked: {p}"));
     match r.status.as_str() {
         "incomparable" => Some(format!(
             "{}: replay not compared: {}",
@@ -612,7 +613,7 @@ pub fn line(r: &ReplayInfo) -> Option<String> {
             r.reason.as_deref().unwrap_or("")
         )),
         "not-replayed" => None,
-        _ if r.changed == 0 && r.panics.is_empty() && r.status == "compared" => None,
+        _ if r.changed == 0 && r.status == "compared" => None,
         _ => {
             let mut s = format!(
                 "{}: {} of {} recent inputs now give other values",
@@ -760,11 +761,27 @@ mod tests {
                     1,
                     vec![sample("2", "3", "<panicked: boom>")],
                     None,
-                    vec!["new code: counter|0:map: boom".into()],
+                    vec![
+                        "old code: counter|0:map: bang".into(),
+                        "new code: counter|0:map: boom".into(),
+                    ],
                 ),
                 Some(
-                    "counter: 1 of 32 recent inputs now give other values, e.g. 2: 3 -> <panicked: boom>; panicked: new code: counter|0:map: boom",
+                    "counter: 1 of 32 recent inputs now give other values, e.g. 2: 3 -> <panicked: boom>; the new code panicked: counter|0:map: boom",
                 ),
+            ),
+            (
+                info(
+                    "compared",
+                    0,
+                    vec![],
+                    None,
+                    vec![
+                        "old code: counter|0:map: boom".into(),
+                        "new code: counter|0:map: boom".into(),
+                    ],
+                ),
+                None,
             ),
             (
                 info(

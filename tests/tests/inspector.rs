@@ -216,6 +216,18 @@ fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {
     );
     assert!(r["swapped"].as_u64().is_some_and(|n| n >= 4), "{r}");
     assert_eq!(r["reset"], 0, "{r}");
+    // The replay: `counter`'s recent inputs all give other values (2 added, not 1).
+    let replay = r["replay"].as_array().cloned().unwrap_or_default();
+    let counter = replay
+        .iter()
+        .find(|x| x["pipeline"] == "counter")
+        .unwrap_or_else(|| panic!("no replay of counter: {r}"));
+    assert_eq!(counter["status"], "compared", "{counter}");
+    assert!(
+        counter["inputs"].as_u64().is_some_and(|n| n > 0)
+            && counter["changed"] == counter["inputs"],
+        "{counter}"
+    );
     assert!(
         emissions(&s, "counter|1:scan") >= counted,
         "counts restarted: {s:#}"
@@ -485,6 +497,28 @@ fn page_in_chromium() -> anyhow::Result<()> {
                 .is_some_and(|t| t.contains("state counter|1:scan: ") && t.contains("(kept)"))
         },
     )?;
+    // What the edit changed, replayed on the recent inputs: old and new side by side (the
+    // map's 1 became 2, so each input adds 2 to its copy of the total instead of 1: after
+    // the k-th input the new total is k more than the old).
+    let replay = page.eval_until(
+        "the replay of counter on the rail",
+        r#"[...document.querySelectorAll('#rail li.reload[data-version="2"] table.replay[data-pipeline="counter"] tr')].map(tr => [...tr.children].map(c => c.textContent))"#,
+        EMISSION_TIMEOUT,
+        |v| v.as_array().is_some_and(|rows| rows.len() >= 2),
+    )?;
+    let rows = replay.as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        rows[0],
+        serde_json::json!(["input", "old code", "new code"]),
+        "{replay}"
+    );
+    for (k, row) in rows.iter().enumerate().skip(1) {
+        let cell = |i: usize| row[i].as_str().and_then(|t| t.parse::<u64>().ok());
+        let (Some(_), Some(old), Some(new)) = (cell(0), cell(1), cell(2)) else {
+            panic!("not three numbers: {row}");
+        };
+        assert_eq!(new, old + k as u64, "{replay}");
+    }
     page.eval_until(
         "the reload in the event log",
         "document.getElementById('log').textContent",
