@@ -30,6 +30,7 @@ pub mod inspect;
 pub mod loader;
 pub mod output;
 pub mod register;
+pub mod record;
 pub mod reloader;
 pub mod runtime;
 pub mod session;

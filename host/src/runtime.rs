@@ -318,6 +318,8 @@ pub struct Runtime {
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
     feeds: Arc<Mutex<crate::feed::Feeds>>,
+    /// Recording source values (`--record`), or replaying them (`--replay-from`).
+    record: crate::record::Mode,
 }
 
 /// A thread that reports source threads stuck inside one call into plugin code.
@@ -504,7 +506,14 @@ impl Runtime {
             held: false,
             census: crossbeam_channel::unbounded(),
             feeds: Arc::new(Mutex::new(crate::feed::Feeds::new())),
+            record: crate::record::Mode::Live,
         }
+    }
+
+    /// Pipelines started from now on record their source values (`--record`), or take a
+    /// recording's instead of their own sources' (`--replay-from`): see [`crate::record`].
+    pub fn set_record_mode(&mut self, mode: crate::record::Mode) {
+        self.record = mode;
     }
 
     /// Pipelines started from now on read `clock` (a virtual clock in tests).
@@ -699,6 +708,9 @@ impl Runtime {
             let tx = shared.inbox.0.clone();
             let mut moved: Vec<(u32, u32)> = Vec::new();
             for (port, spec) in r.sources.iter().enumerate() {
+                if !self.record.opens_sources() {
+                    break;
+                }
                 let opened = lock(&self.feeds).open(spec, port as u32, &tx, &mut r.reusable);
                 match opened {
                     Ok(Some((held, from))) => {
@@ -746,9 +758,10 @@ impl Runtime {
                 Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone())),
                 Clock::System => None,
             };
+            let hook = self.record.hook(&shared.code.load_full(), &self.sink);
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    run_pipeline(&shared, &sink, policy, subscribe, ticket, handover)
+                    run_pipeline(&shared, &sink, policy, subscribe, ticket, handover, hook)
                 })) {
                     Ok(e) => e,
                     Err(_) => Ended::Errored,
@@ -2797,6 +2810,8 @@ enum Step {
 enum Due {
     Port(u32),
     Timer(u64, Key),
+    /// A replayed value that runs after the timers due at its instant.
+    Replay,
 }
 
 /// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
@@ -2809,7 +2824,14 @@ fn run_pipeline(
     subscribe: Vec<(Arc<Hub>, u32)>,
     ticket: Option<crate::clock::Ticket>,
     handover: Option<Handover>,
+    hook: crate::record::Hook,
 ) -> Ended {
+    use crate::record::{Hook, What};
+    let (tape, mut script) = match hook {
+        Hook::Off => (None, None),
+        Hook::Record(t) => (Some(t), None),
+        Hook::Replay(s) => (None, Some(s)),
+    };
     let name = shared.name();
     let report = |e: String| {
         sink.event(HostEvent::Error {
@@ -2857,6 +2879,7 @@ fn run_pipeline(
             source_kind::OF => PortRun::Batch { next: 0, end: s.a },
             _ => PortRun::Fed,
         })
+        .map(|p| if script.is_some() { PortRun::Fed } else { p })
         .collect();
     // The intervals' deadlines and the operators' timers, earliest first (ties: intervals
     // by port, then operators' timers in the order they were asked for).
@@ -2866,6 +2889,15 @@ fn run_pipeline(
         .filter(|(_, p)| matches!(p, PortRun::Interval { .. }))
         .map(|(i, _)| Reverse((start, Due::Port(i as u32))))
         .collect();
+    // A replay's next value waits in the heap at its time, as an interval's tick does.
+    let replay_due = |s: &crate::record::Script| {
+        s.next_due().map(|(at, before, port)| {
+            Reverse((at, if before { Due::Port(port) } else { Due::Replay }))
+        })
+    };
+    if let Some(next) = script.as_ref().and_then(replay_due) {
+        timers.push(next);
+    }
     // Operators' timers: how many were asked for (their order), and a buffer to take them in.
     let mut asked = 0u64;
     let mut taken: Vec<(u64, Key)> = Vec::new();
@@ -2972,6 +3004,9 @@ fn run_pipeline(
                     let r = cell.with(|d| unsafe {
                         d.push_item(port, Wire::Str, (&raw const view).cast::<c_void>())
                     });
+                    if let Some(t) = &tape {
+                        t.line(port, t.now(), line);
+                    }
                     step!(r, p);
                 }
                 Msg::Complete(port) => {
@@ -2980,6 +3015,9 @@ fn run_pipeline(
                     };
                     if matches!(p, PortRun::Done) {
                         continue;
+                    }
+                    if let Some(t) = &tape {
+                        t.complete(port, t.now());
                     }
                     let r = cell.with(|d| d.complete_port(port));
                     *p = PortRun::Done;
@@ -3076,7 +3114,84 @@ fn run_pipeline(
             }
             timers.pop();
             let port = match what {
+                Due::Port(_) | Due::Replay if script.is_some() => {
+                    let s = script.as_mut().expect("matched above");
+                    let Some(item) = s.take() else {
+                        continue;
+                    };
+                    if let Some(next) = replay_due(s) {
+                        timers.push(next);
+                    }
+                    let port = item.port;
+                    let p = &mut ports[port as usize];
+                    if matches!(p, PortRun::Done) {
+                        continue;
+                    }
+                    first.get_or_insert_with(Instant::now);
+                    match item.what {
+                        What::Tick(x) => {
+                            produced += 1;
+                            let r = if port == 0 {
+                                cell.with(|d| d.at_due(due, |d| d.push_one(x)))
+                            } else {
+                                // SAFETY: an interval port takes `u64` values; `x` outlives
+                                // the call.
+                                cell.with(|d| {
+                                    d.at_due(due, |d| unsafe {
+                                        d.push_item(port, Wire::U64, (&raw const x).cast())
+                                    })
+                                })
+                            };
+                            step!(r, p);
+                        }
+                        What::Line(line) => {
+                            produced += 1;
+                            let view = RStr::new(&line);
+                            // SAFETY: a line port takes `RStr` views (checked by `push_item`);
+                            // `view` outlives the call.
+                            let r = cell.with(|d| {
+                                d.at_due(due, |d| unsafe {
+                                    d.push_item(port, Wire::Str, (&raw const view).cast())
+                                })
+                            });
+                            step!(r, p);
+                        }
+                        What::Complete => {
+                            let r = cell.with(|d| d.at_due(due, |d| d.complete_port(port)));
+                            *p = PortRun::Done;
+                            step!(r, p);
+                        }
+                        What::Values(values) => {
+                            // As a live batch goes: what a panic left is pushed again.
+                            let mut items = &values[..];
+                            while !items.is_empty() {
+                                let r = cell.with(|d| d.at_due(due, |d| d.push_port(port, items)));
+                                let taken = match &r {
+                                    Ok(Pushed::Continue) => items.len(),
+                                    Ok(
+                                        Pushed::Complete { consumed }
+                                        | Pushed::Panicked { consumed }
+                                        | Pushed::PortDone { consumed },
+                                    ) => *consumed,
+                                    Err(_) => 0,
+                                };
+                                produced += taken as u64;
+                                let port_done = matches!(r, Ok(Pushed::PortDone { .. }));
+                                step!(r, p);
+                                if port_done {
+                                    break;
+                                }
+                                items = &items[taken.min(items.len())..];
+                            }
+                        }
+                    }
+                    if shared.stop.load(Ordering::Acquire) {
+                        return Ended::Stopped;
+                    }
+                    continue;
+                }
                 Due::Port(port) => port,
+                Due::Replay => continue,
                 Due::Timer(_, key) => {
                     op_timers -= 1;
                     let ns = crate::clock::to_ns(due);
@@ -3112,6 +3227,9 @@ fn run_pipeline(
                     continue;
                 }
             }
+            if let Some(t) = &tape {
+                t.value(port, due, x);
+            }
             let r = if port == 0 {
                 cell.with(|d| d.at_due(due, |d| d.push_one(x)))
             } else {
@@ -3137,6 +3255,9 @@ fn run_pipeline(
                 unreachable!("matched above")
             };
             if *next >= *end {
+                if let Some(t) = &tape {
+                    t.complete(port as u32, t.now());
+                }
                 let r = cell.with(|d| d.complete_port(port as u32));
                 *p = PortRun::Done;
                 step!(r, p);
@@ -3148,6 +3269,7 @@ fn run_pipeline(
             }
             *next += len as u64;
             first.get_or_insert_with(Instant::now);
+            let at = tape.as_ref().map(|t| t.now());
             let mut items = &buf[..len];
             while !items.is_empty() {
                 let r = cell.with(|d| d.push_port(port as u32, items));
@@ -3161,6 +3283,9 @@ fn run_pipeline(
                     Err(_) => 0,
                 };
                 produced += taken as u64;
+                if let (Some(t), Some(at), Some(&x)) = (&tape, at, items.first()) {
+                    t.run(port as u32, at, x, taken as u64);
+                }
                 let port_done = matches!(r, Ok(Pushed::PortDone { .. }));
                 step!(r, p);
                 if port_done {
