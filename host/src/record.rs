@@ -196,14 +196,17 @@ impl Recorder {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let header = serde_json::json!({
-            "format": FORMAT,
-            "version": VERSION,
-            "host": env!("CARGO_PKG_VERSION"),
-            "plugin": plugin.to_string_lossy(),
-            "start": unix_ms,
-        });
-        writeln!(file, "{header}")
+        // Written by hand: the fields in this order.
+        let mut header = format!(
+            "{{\"format\":\"{FORMAT}\",\"version\":{VERSION},\"host\":\"{}\",\"plugin\":",
+            env!("CARGO_PKG_VERSION")
+        )
+        .into_bytes();
+        push_json_str(&mut header, &plugin.to_string_lossy());
+        header.extend_from_slice(b",\"start\":");
+        push_u64(&mut header, unix_ms);
+        header.extend_from_slice(b"}\n");
+        file.write_all(&header)
             .with_context(|| format!("cannot write the recording {}", path.display()))?;
         let start = clock.now();
         let recording = Arc::new(Recording {

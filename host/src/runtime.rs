@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     census: std::sync::OnceLock<Sender<Census>>,
     /// Where inner subscriptions open their host sources (files, sockets, stdin).
     feeds: std::sync::OnceLock<Arc<Mutex<crate::feed::Feeds>>>,
+    /// Under a virtual clock: pokes sent to the thread and not handled yet.
+    pokes: Arc<AtomicU64>,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -134,6 +136,9 @@ pub enum Msg {
     /// A reload staged this code: re-project the live inner subscriptions with it now
     /// (nothing runs through it yet) and answer what each would go through.
     Prepare(Arc<PipelineCode>, Sender<InnerPlan>),
+    /// Under a virtual clock: another thread gave this one work (a subject delivery that set
+    /// a timer); `settle` waits until it is handled ([`crate::clock::VirtualClock::poke`]).
+    Poke,
 }
 
 /// What a reload does to a pipeline's live inner subscriptions, decided by re-projecting them
@@ -172,6 +177,7 @@ impl Shared {
             live_inners: std::sync::atomic::AtomicUsize::new(0),
             census: std::sync::OnceLock::new(),
             feeds: std::sync::OnceLock::new(),
+            pokes: Arc::default(),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -755,7 +761,9 @@ impl Runtime {
             }
             // Under a virtual clock, the thread counts as busy from now until it first waits.
             let ticket = match &shared.clock {
-                Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone())),
+                Clock::Virtual(v) => {
+                    Some(v.register(shared.inbox.0.clone(), shared.pokes.clone()))
+                }
                 Clock::System => None,
             };
             let hook = self.record.hook(&shared.code.load_full(), &self.sink);
@@ -2719,6 +2727,16 @@ impl Driver {
         r
     }
 
+    /// Under a virtual clock, after a delivery on another thread (a subject's publisher):
+    /// if it set a timer, pokes this pipeline's thread so `settle` waits until it took it.
+    pub(crate) fn poke_if_timers(&self) {
+        if let Clock::Virtual(v) = &self.shared.clock
+            && !self.host.timers.borrow().is_empty()
+        {
+            v.poke(&self.shared.inbox.0, &self.shared.pokes);
+        }
+    }
+
     /// The pipeline's name.
     pub fn pipeline(&self) -> &str {
         &self.host.pipeline
@@ -2947,6 +2965,8 @@ fn run_pipeline(
     let rx = shared.inbox.1.clone();
     let mut buf = [0u64; BATCH];
     let mut pending: Option<Msg> = None;
+    // Pokes handled since the thread last went idle (under a virtual clock).
+    let mut pokes = 0u64;
     // What the sources taken over from a restarted pipeline sent to its old thread and it
     // did not take: first, on their new ports.
     let mut backlog: std::collections::VecDeque<Msg> = match handover {
@@ -2958,9 +2978,11 @@ fn run_pipeline(
                     Msg::Complete(p) => new_port(p).map(Msg::Complete),
                     Msg::Error(p, e) => new_port(p).map(|n| Msg::Error(n, e)),
                     Msg::Notice(p, e) => new_port(p).map(|n| Msg::Notice(n, e)),
-                    Msg::Wake | Msg::Prepare(..) | Msg::InnerLine(..) | Msg::InnerComplete(..) => {
-                        None
-                    }
+                    Msg::Wake
+                    | Msg::Prepare(..)
+                    | Msg::InnerLine(..)
+                    | Msg::InnerComplete(..)
+                    | Msg::Poke => None,
                 })
                 .collect()
         }
@@ -3059,6 +3081,7 @@ fn run_pipeline(
                         cell.with(|d| d.untold());
                     }
                 }
+                Msg::Poke => pokes += 1,
                 Msg::Wake => {
                     // New code may have been published: take it even if no value comes.
                     if let Err(e) = cell.with(|d| d.take_new_code()) {
@@ -3315,7 +3338,7 @@ fn run_pipeline(
                 if let Ok(m) = rx.try_recv() {
                     Some(m)
                 } else {
-                    t.idle(epoch.unwrap_or_default());
+                    t.idle_until(epoch.unwrap_or_default(), next_due, std::mem::take(&mut pokes));
                     rx.recv().ok()
                 }
             }

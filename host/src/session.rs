@@ -120,6 +120,9 @@ pub fn run_once(options: &Options, sink: Sink) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// How far after the replay's start its first recorded instant is (virtual time).
+const REPLAY_START: Duration = Duration::from_millis(1);
+
 /// How long a replay waits for the pipelines to run what one recorded instant made due.
 pub const REPLAY_SETTLE: Duration = Duration::from_secs(60);
 
@@ -152,7 +155,9 @@ pub fn replay_from(
     }
     let (sink, _inspector) = options.inspector(sink)?;
     let mut reloader = options.reloader(sink)?;
-    let base = time.now();
+    // Time 0 of the recording is a moment after the pipelines started (and subscribed to
+    // their subjects): nothing recorded runs before every pipeline is ready.
+    let base = time.now() + REPLAY_START;
     let plan = Arc::new(ReplayPlan::new(recorded, base));
     reloader
         .runtime()
@@ -165,12 +170,6 @@ pub fn replay_from(
             "{file}: the recorded pipeline {name} is not in the code: its values are not replayed"
         ));
     }
-    // Every recorded instant in order, so pipelines that deliver to each other (subjects)
-    // interleave as they did; each thread runs its own values and timers in deadline order.
-    let mut times: Vec<u64> = recorded.entries.iter().map(|e| e.t).collect();
-    times.extend(recorded.end);
-    times.sort_unstable();
-    times.dedup();
     let settle = |at: &str| -> anyhow::Result<()> {
         if !time.settle(REPLAY_SETTLE) {
             bail!(
@@ -182,13 +181,24 @@ pub fn replay_from(
         Ok(())
     };
     settle("its start")?;
-    for t in times {
-        let to = base + Duration::from_nanos(t);
+    // From one deadline to the next, whichever thread's it is (a recorded value waits in its
+    // pipeline's deadline heap, with the operators' timers): pipelines that deliver to each
+    // other (subjects) run their values and timers in time order, as they did.
+    let last = recorded.entries.iter().map(|e| e.t).max().unwrap_or(0);
+    let end = base + Duration::from_nanos(recorded.end.unwrap_or(last).max(last));
+    loop {
         let now = time.now();
+        let to = time
+            .next_deadline()
+            .filter(|d| *d > now && *d < end)
+            .unwrap_or(end);
         if to > now {
             time.advance(to - now);
         }
-        settle(&format!("{t} ns"))?;
+        settle(&format!("{} ns", (to - base).as_nanos()))?;
+        if to >= end {
+            break;
+        }
     }
     reloader.runtime().stop_all();
     Ok(true)
