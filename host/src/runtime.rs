@@ -3020,14 +3020,16 @@ fn run_pipeline(
                     }
                     first.get_or_insert_with(Instant::now);
                     produced += 1;
+                    // Its time is when it is taken, before the push.
+                    let at = tape.as_ref().map(|t| t.now());
                     let view = RStr::new(&line);
                     // SAFETY: a line port takes `RStr` views (checked against the newest
                     // code's port by `push_item`); `view` outlives the call.
                     let r = cell.with(|d| unsafe {
                         d.push_item(port, Wire::Str, (&raw const view).cast::<c_void>())
                     });
-                    if let Some(t) = &tape {
-                        t.line(port, t.now(), line);
+                    if let (Some(t), Some(at)) = (&tape, at) {
+                        t.line(port, at, line);
                     }
                     step!(r, p);
                 }
