@@ -4,7 +4,6 @@
 //! kind of bad file is an error naming the file and line, or a warning.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use host::testkit::{Fixture, Harness, TempDir, replay};
 use integration_tests::{SETTLE, advance, plugin};
@@ -107,5 +106,151 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
     assert_eq!(edited.emissions("counter"), ["0", "3", "9", "18", "30"]);
     assert_eq!(edited.emissions("lines"), ["15", "6"]);
     assert_eq!(edited.emissions("batch"), recorded[1]);
+    Ok(())
+}
+
+/// A recording header for the fixture at `dir`, at `version`.
+fn header(dir: &Path, version: u64) -> String {
+    let dir = dir.canonicalize().expect("the fixture exists");
+    format!(
+        "{{\"format\":\"hmr-record\",\"version\":{version},\"host\":\"0.1.0\",\"plugin\":{},\"start\":0}}\n",
+        serde_json::to_string(&dir.to_string_lossy()).expect("a string")
+    )
+}
+
+/// One recorded tick of `interval_ms(600000)` for the pipeline `slow`.
+fn tick(n: u64) -> String {
+    format!(
+        "{{\"pipeline\":\"slow\",\"port\":0,\"source\":\"interval_ms(600000)\",\"t\":{},\"u64\":{n}}}\n",
+        n * 600_000_000_000
+    )
+}
+
+#[test]
+fn an_hour_of_recorded_ticks_replays_on_the_virtual_clock_without_waiting() -> anyhow::Result<()> {
+    // Ten-minute ticks for an hour, each delayed by five minutes: the replay runs the ticks and
+    // the delay's timers at their recorded times on its virtual clock. Waiting for real time
+    // would take an hour: a replay waits `REPLAY_SETTLE` (60 s) at most for its pipelines to
+    // run what is due, so it would fail instead.
+    let fixture = Fixture::new(
+        "record_hour",
+        &plugin(
+            r#"    p.pipeline("slow", interval_ms(600000))
+        .delay_ms(300000)
+        .map(|n: u64| n * 10)
+        .log();"#,
+        ),
+    );
+    let dir = TempDir::new("record_hour");
+    let file = dir.path().join("hour.jsonl");
+    let mut text = header(fixture.path(), 1);
+    for n in 0..=6 {
+        text.push_str(&tick(n));
+    }
+    // The end, after the last tick's delay.
+    text.push_str("{\"end\":3900000000000}\n");
+    std::fs::write(&file, text)?;
+    let replayed = replay(&fixture.options(), &file)?;
+    assert!(replayed.loaded, "{:?}", replayed.events);
+    assert_eq!(
+        replayed.emissions("slow"),
+        ["0", "10", "20", "30", "40", "50", "60"]
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_recordings_are_errors_naming_the_file_and_line() -> anyhow::Result<()> {
+    let dir = TempDir::new("record_bad");
+    let here = dir.path();
+    let good = header(here, 1);
+    let cases: [(&str, String, &str); 6] = [
+        ("empty", String::new(), ":1: not a recording: the file is empty"),
+        (
+            "not json",
+            "hello\n".to_owned(),
+            ":1: not a recording: the first line is not an `hmr-record` header",
+        ),
+        (
+            "another format",
+            "{\"format\":\"other\",\"version\":1}\n".to_owned(),
+            ":1: not a recording: the first line is not an `hmr-record` header",
+        ),
+        (
+            "newer",
+            header(here, 2),
+            ":1: recording format version 2 is newer than this host reads (version 1); replay it \
+             with a newer host",
+        ),
+        (
+            "not a record",
+            format!("{good}{}{{\"pipeline\":\"slow\"}}\n{}", tick(0), tick(1)),
+            ":3: not a record: it has no `port`",
+        ),
+        (
+            "two values",
+            format!(
+                "{good}{{\"pipeline\":\"slow\",\"port\":0,\"source\":\"x\",\"t\":0,\"u64\":1,\"line\":\"a\"}}\n"
+            ),
+            ":2: not a record: it needs exactly one of `u64`, `index`, `line` or `complete`",
+        ),
+    ];
+    for (what, text, want) in cases {
+        let file = here.join(format!("{}.jsonl", what.replace(' ', "_")));
+        std::fs::write(&file, text)?;
+        let e = host::record::read(&file).expect_err(what);
+        let e = format!("{e:#}");
+        assert_eq!(e, format!("{}{want}", file.display()), "{what}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_cut_last_line_another_plugin_and_silent_pipelines_are_warned_about() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "record_warn",
+        &plugin(
+            r#"    p.pipeline("slow", interval_ms(600000)).map(|n: u64| n + 1).log();
+    p.pipeline("quiet", interval_ms(10)).log();"#,
+        ),
+    );
+    let dir = TempDir::new("record_warn");
+    // A host that died while writing its third record; recorded from another plugin
+    // directory, with a pipeline the code does not have.
+    let file = dir.path().join("cut.jsonl");
+    let other = header(dir.path(), 1);
+    let gone = "{\"pipeline\":\"gone\",\"port\":0,\"source\":\"range(0, 1)\",\"t\":0,\"u64\":0}\n";
+    let cut = &tick(2)[..30];
+    std::fs::write(&file, format!("{other}{}{gone}{}{cut}", tick(0), tick(1)))?;
+    let replayed = replay(&fixture.options(), &file)?;
+    assert!(replayed.loaded, "{:?}", replayed.events);
+    assert_eq!(replayed.emissions("slow"), ["1", "2"]);
+    assert_eq!(replayed.emissions("quiet"), Vec::<String>::new());
+    let name = file.display();
+    let w = &replayed.warnings;
+    assert_eq!(w.len(), 3, "{w:#?}");
+    assert!(
+        w[0].starts_with(&format!("{name}:5: the last line is cut short (")),
+        "{w:#?}"
+    );
+    assert!(w[0].ends_with("); it is left out"), "{w:#?}");
+    assert_eq!(
+        w[1],
+        format!(
+            "{name}: recorded from the plugin {}, replayed on {}: pipelines get the values \
+             recorded under their name",
+            dir.path().canonicalize()?.display(),
+            fixture.path().canonicalize()?.display()
+        )
+    );
+    assert_eq!(
+        w[2],
+        format!("{name}: the recorded pipeline gone is not in the code: its values are not replayed")
+    );
+    assert_eq!(
+        replayed.notices("quiet"),
+        ["no recorded values for this pipeline: its sources stay silent"]
+    );
+    assert_eq!(replayed.notices("slow"), Vec::<String>::new());
     Ok(())
 }
