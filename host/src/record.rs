@@ -317,8 +317,7 @@ impl Recording {
     }
 
     /// Takes what the channel and the tapes hold into `out`, in each tape's order, and
-    /// formats what is in order. At the end (`last`), it waits [`FINISH_GRACE`] at most for
-    /// a chunk a thread is handing over, and writes what it has.
+    /// formats what is in order; at the end (`last`), everything it has, gaps or not.
     fn collect(&self, out: &mut Out, last: bool) {
         while let Ok(c) = self.chunks.1.try_recv() {
             self.accept(out, c);
@@ -340,16 +339,6 @@ impl Recording {
                         recs,
                     },
                 );
-            }
-        }
-        if last {
-            let deadline = Instant::now() + FINISH_GRACE;
-            while out.tapes.values().any(|t| !t.pending.is_empty()) {
-                match self.chunks.1.recv_deadline(deadline) {
-                    Ok(c) => self.accept(out, c),
-                    Err(_) => break,
-                }
-                out.write_ready(&self.pool.0, false);
             }
         }
         out.write_ready(&self.pool.0, last);
@@ -389,10 +378,24 @@ impl Recording {
     }
 
     fn finish(&self) -> anyhow::Result<()> {
-        let mut out = lock(&self.out);
-        if self.finished.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+        // A chunk a thread is handing over (sent, or taken by the writer thread and not yet
+        // put with the others) leaves a gap in its tape's order: wait for it, without
+        // holding the lock the writer thread needs to put it, for FINISH_GRACE at most.
+        let deadline = Instant::now() + FINISH_GRACE;
+        let mut out = loop {
+            let mut out = lock(&self.out);
+            if self.finished.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            self.collect(&mut out, false);
+            let gaps = out.tapes.values().any(|t| !t.pending.is_empty());
+            if !gaps || Instant::now() >= deadline {
+                break out;
+            }
+            drop(out);
+            std::thread::park_timeout(Duration::from_millis(1));
+        };
+        self.finished.store(true, Ordering::Release);
         self.collect(&mut out, true);
         let end = self.ns(self.clock.now());
         out.buf.extend_from_slice(b"{\"end\":");
@@ -417,6 +420,9 @@ fn writer(recording: Weak<Recording>) {
             return;
         };
         let got = r.chunks.1.recv_timeout(STEAL_EVERY);
+        // Under the lock `finish` holds while it looks for gaps: a chunk taken here is put
+        // with the others before the recording ends.
+        let mut out = lock(&r.out);
         if r.finished.load(Ordering::Acquire) {
             // Nothing more is written; senders are not left waiting.
             let idle = matches!(got, Err(RecvTimeoutError::Timeout));
@@ -426,12 +432,12 @@ fn writer(recording: Weak<Recording>) {
             while let Ok(c) = r.chunks.1.try_recv() {
                 let _ = r.pool.0.send(c.recs);
             }
+            drop(out);
             if idle && Arc::strong_count(&r) == 1 {
                 return;
             }
             continue;
         }
-        let mut out = lock(&r.out);
         match got {
             Ok(c) => {
                 r.accept(&mut out, c);

@@ -1758,6 +1758,12 @@ impl Publisher {
         let _ = self.shared.inbox.0.send(Msg::Wake);
     }
 
+    /// The pipeline's newest committed code (a recording's tape names its sources with it,
+    /// see [`crate::record::Recording::tape`]).
+    pub fn code(&self) -> Arc<PipelineCode> {
+        self.shared.code.load_full()
+    }
+
     /// The driver for this pipeline, owning fresh, seeded state. Create it on the thread
     /// that will push.
     pub fn driver(&self, sink: Sink) -> Result<Driver, String> {

@@ -254,3 +254,80 @@ fn a_cut_last_line_another_plugin_and_silent_pipelines_are_warned_about() -> any
     assert_eq!(replayed.notices("slow"), Vec::<String>::new());
     Ok(())
 }
+
+/// README.md, "Reproduce a bug": the same code as the README's example, run.
+#[test]
+fn readme_reproduce_a_bug() -> anyhow::Result<()> {
+    use std::time::Duration;
+    // README: begin
+    let fixture = Fixture::new(
+        "readme_bug",
+        r#"
+use plugin_api::prelude::*;
+fn register(p: &mut Plugin) {
+    p.pipeline("sizes", file_lines("input.log"))
+        .map(|line: String| line.parse::<u64>().unwrap() * 2) // panics on a line that is not a number
+        .log();
+    p.pipeline("ticks", interval_ms(1000)).map(|n: u64| n * 2).log();
+}
+plugin_api::export_plugin!(register);
+"#,
+    );
+    fixture.write("input.log", "1\n2\noops\n4\n");
+    let dir = TempDir::new("readme_bug");
+    let file = dir.path().join("session.jsonl");
+
+    // Record a session (as `host --record session.jsonl` does), on a virtual clock.
+    let (mut options, time) = fixture.virtual_options();
+    options.record = Some(file.clone());
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    host.wait_emission("sizes", |v| v == "8")?; // the line `oops` panicked on the way
+    time.advance(Duration::from_secs(3));
+    assert!(time.settle(Duration::from_secs(30)));
+    host.stop();
+
+    // Fix the bug, and replay the same inputs through the new code (as
+    // `host --replay-from session.jsonl` does): no waiting, the recorded schedule.
+    fixture.edit(
+        "src/lib.rs",
+        ".map(|line: String| line.parse::<u64>().unwrap() * 2)",
+        ".filter_map(|line: String| line.parse::<u64>().ok().map(|n| n * 2))",
+    );
+    let replayed = replay(&fixture.options(), &file)?;
+    assert_eq!(replayed.emissions("sizes"), ["2", "4", "8"]);
+    assert_eq!(replayed.emissions("ticks"), ["0", "2", "4", "6"]);
+    // README: end
+    // The recorded session did panic, and the replay did not.
+    let panicked = |events: &[host::events::HostEvent]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, host::events::HostEvent::Error { pipeline, .. } if pipeline == "sizes"))
+            .count()
+    };
+    assert_eq!(panicked(host.history()), 1);
+    assert_eq!(panicked(&replayed.events), 0);
+    Ok(())
+}
+
+/// README.md's example is the code of [`readme_reproduce_a_bug`] (whitespace aside).
+#[test]
+fn readme_shows_the_tested_code() -> anyhow::Result<()> {
+    let root = host::testkit::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let test = std::fs::read_to_string(root.join("tests/tests/record_replay.rs"))?;
+    let shown = readme
+        .split("From a test, with `host::testkit`")
+        .nth(1)
+        .and_then(|s| s.split("```rust\n").nth(1))
+        .and_then(|s| s.split("\n```").next())
+        .expect("README.md has the example");
+    let tested = test
+        .split("// README: begin\n")
+        .nth(1)
+        .and_then(|s| s.split("    // README: end").next())
+        .expect("the test has the example");
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    assert_eq!(squeeze(shown), squeeze(tested));
+    Ok(())
+}
