@@ -113,3 +113,131 @@ fn a_bad_recording_is_one_error_line_and_the_usage_status() {
     assert_eq!(status, Some(2), "{stderr}");
     assert!(stderr.contains("--record"), "{stderr}");
 }
+
+/// A `--no-watch --json --record FILE` host on a plugin whose interval never ends, the
+/// emission events it has printed counted by a reader thread.
+struct Recording {
+    child: std::process::Child,
+    emissions: std::sync::mpsc::Receiver<()>,
+    file: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Recording {
+    fn start(fixture: &Fixture, label: &str) -> Recording {
+        use std::io::BufRead;
+        let dir = TempDir::new(label);
+        let file = dir.path().join("run.jsonl");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["--no-watch", "--json", "--record"])
+            .arg(&file)
+            .arg("--plugin")
+            .arg(fixture.path())
+            .env("CARGO_TARGET_DIR", fixture_target_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the host");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, emissions) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"event\":\"emission\"") && tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        Recording {
+            child,
+            emissions,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `n` emissions were printed.
+    fn emitted(&self, n: usize) {
+        for i in 0..n {
+            if self.emissions.recv_timeout(BUILD_TIMEOUT).is_err() {
+                panic!("only {i} emissions");
+            }
+        }
+    }
+
+    /// Waits until the file holds `n` whole lines (the writer writes every 100 ms).
+    fn lines_written(&self, n: usize) {
+        let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
+        loop {
+            let text = std::fs::read(&self.file).unwrap_or_default();
+            if text.iter().filter(|&&b| b == b'\n').count() >= n {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the file stays short");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Option<i32> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) takes plain integers; the child has not been reaped (we hold it).
+        let r = unsafe { libc::kill(pid, signal) };
+        assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+        None
+    }
+
+    fn wait(mut self) -> (Option<i32>, std::path::PathBuf, TempDir) {
+        let status = self.child.wait().expect("wait for the host");
+        (status.code(), self.file, self._dir)
+    }
+}
+
+/// The recorded ticks of `recorded`: every value of `ticks`, in order from 0.
+fn ticks_in_order(recorded: &host::record::Recorded) -> usize {
+    for (i, e) in recorded.entries.iter().enumerate() {
+        assert_eq!(recorded.streams[e.stream].pipeline, "ticks");
+        assert_eq!(e.value, host::record::Value::U64(i as u64), "entry {i}");
+    }
+    recorded.entries.len()
+}
+
+const ENDLESS: &str = r#"
+use plugin_api::prelude::*;
+fn register(p: &mut Plugin) {
+    p.pipeline("ticks", interval_ms(1)).log();
+}
+plugin_api::export_plugin!(register);
+"#;
+
+#[test]
+fn a_killed_host_leaves_a_recording_readable_to_its_last_whole_line() {
+    let fixture = Fixture::new("record_killed", ENDLESS);
+    let host = Recording::start(&fixture, "record_killed");
+    host.lines_written(100);
+    host.signal(libc::SIGKILL);
+    let (status, file, _dir) = host.wait();
+    assert_eq!(status, None, "killed by a signal");
+    let recorded = host::record::read(&file).expect("a readable recording");
+    // Whole lines only. (A SIGKILL inside the writer's write(2) could cut it short between
+    // pages; the writer spends microseconds of every 100 ms there. The reader would then
+    // leave that line out with a warning.)
+    assert!(recorded.warnings.is_empty(), "{:?}", recorded.warnings);
+    assert_eq!(recorded.end, None, "no end line: the host was killed");
+    assert!(ticks_in_order(&recorded) >= 99);
+}
+
+#[test]
+fn ctrl_c_writes_every_value_taken_and_the_end() {
+    let fixture = Fixture::new("record_sigint", ENDLESS);
+    let host = Recording::start(&fixture, "record_sigint");
+    host.emitted(300);
+    host.signal(libc::SIGINT);
+    let (status, file, _dir) = host.wait();
+    assert_eq!(status, Some(130));
+    let recorded = host::record::read(&file).expect("a readable recording");
+    assert!(recorded.warnings.is_empty(), "{:?}", recorded.warnings);
+    assert!(recorded.end.is_some(), "the end line");
+    // Every value printed before the signal was recorded (a tick is taken, recorded, then
+    // pushed).
+    assert!(ticks_in_order(&recorded) >= 300);
+}
