@@ -524,7 +524,7 @@ fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
         return;
     };
     let of = t.tape.sources[port as usize].kind == source_kind::OF;
-    let value = |buf: &mut Vec<u8>, scratch: &mut String, v: u64| {
+    let value = |buf: &mut Vec<u8>, v: u64| {
         buf.extend_from_slice(prefix);
         push_u64(buf, at);
         if of {
@@ -535,20 +535,22 @@ fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
                 push_json_str(buf, &d);
             }
         } else {
+            // A `u64`'s Debug text is its digits.
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(v).as_bytes();
             buf.extend_from_slice(b",\"u64\":");
-            push_u64(buf, v);
+            buf.extend_from_slice(digits);
             buf.extend_from_slice(b",\"debug\":\"");
-            push_u64(buf, v);
+            buf.extend_from_slice(digits);
             buf.push(b'"');
         }
-        let _ = scratch;
         buf.extend_from_slice(b"}\n");
     };
     match r {
-        Rec::U64 { v, .. } => value(buf, scratch, v),
+        Rec::U64 { v, .. } => value(buf, v),
         Rec::Run { first, n, .. } => {
             for v in first..first.saturating_add(n) {
-                value(buf, scratch, v);
+                value(buf, v);
             }
         }
         Rec::Line { line, .. } => {
@@ -572,18 +574,9 @@ fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
 }
 
 /// Appends `v` in decimal.
-fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+#[inline]
+fn push_u64(buf: &mut Vec<u8>, v: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends `s` as a JSON string.
