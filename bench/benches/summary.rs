@@ -51,8 +51,8 @@ use hmr_bench::{
 use host::code::{Pushed, Wire};
 use host::events::{ChannelSink, HostEvent, Sink};
 use host::loader::Loader;
-use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::record::Recorder;
+use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::runtime::{BATCH, PanicPolicy, Publisher};
 use host::subjects::Hub;
 use host::testkit::{Fixture, Harness, fixture_target_dir, rss_bytes, workspace_root};

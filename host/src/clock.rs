@@ -94,7 +94,7 @@ impl Ticket {
     /// since it last said.
     pub fn idle_until(&self, epoch: u64, next: Option<Instant>, handled: u64) {
         let _s = self.clock.state();
-        let next = next.map_or(u64::MAX, |at| to_ns(at));
+        let next = next.map_or(u64::MAX, to_ns);
         self.next.store(next, Ordering::Release);
         self.pokes.fetch_sub(handled, Ordering::AcqRel);
         self.seen.store(epoch, Ordering::Release);

@@ -336,7 +336,9 @@ fn run(cli: Cli) -> anyhow::Result<End> {
             eprintln!("warning: {w}");
         }
         exit_when_closed(closed, None)?;
-        let loaded = replay_from(&options, &recorded, sink, &mut |w| eprintln!("warning: {w}"))?;
+        let loaded = replay_from(&options, &recorded, sink, &mut |w| {
+            eprintln!("warning: {w}")
+        })?;
         if !loaded {
             printer.finish();
             eprintln!(

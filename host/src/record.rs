@@ -82,7 +82,12 @@ enum Rec {
     /// One `u64` value (an interval's tick).
     U64 { port: u32, t: u64, v: u64 },
     /// A batch of consecutive values `first..first + n` (`range`, `of` indices).
-    Run { port: u32, t: u64, first: u64, n: u64 },
+    Run {
+        port: u32,
+        t: u64,
+        first: u64,
+        n: u64,
+    },
     /// A line.
     Line { port: u32, t: u64, line: String },
     /// The source completed.
@@ -297,16 +302,17 @@ impl Recording {
 
     /// Puts chunk `c` with its tape's others.
     fn accept(&self, out: &mut Out, c: Chunk) {
-        if !out.tapes.contains_key(&c.tape) {
-            let Some(tape) = lock(&self.tapes).iter().find(|t| t.id == c.tape).cloned() else {
-                let _ = self.pool.0.send(c.recs);
-                return;
-            };
-            out.tapes.insert(c.tape, TapeOut::new(tape));
-        }
-        if let Some(t) = out.tapes.get_mut(&c.tape) {
-            t.pending.insert(c.seq, c.recs);
-        }
+        let t = match out.tapes.entry(c.tape) {
+            std::collections::btree_map::Entry::Occupied(t) => t.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let Some(tape) = lock(&self.tapes).iter().find(|t| t.id == c.tape).cloned() else {
+                    let _ = self.pool.0.send(c.recs);
+                    return;
+                };
+                v.insert(TapeOut::new(tape))
+            }
+        };
+        t.pending.insert(c.seq, c.recs);
     }
 
     fn fresh_chunk(&self) -> Vec<Rec> {
@@ -324,7 +330,9 @@ impl Recording {
         }
         let tapes: Vec<Arc<TapeShared>> = lock(&self.tapes).clone();
         for tape in &tapes {
-            out.tapes.entry(tape.id).or_insert_with(|| TapeOut::new(tape.clone()));
+            out.tapes
+                .entry(tape.id)
+                .or_insert_with(|| TapeOut::new(tape.clone()));
             let mut b = lock(&tape.buf);
             if !b.recs.is_empty() {
                 let recs = std::mem::replace(&mut b.recs, self.fresh_chunk());
@@ -831,9 +839,9 @@ pub fn read(path: &Path) -> anyhow::Result<Recorded> {
                     header = Some(h);
                     continue;
                 }
-                _ => bail!(
-                    "{name}:{n}: not a recording: the first line is not an `{FORMAT}` header"
-                ),
+                _ => {
+                    bail!("{name}:{n}: not a recording: the first line is not an `{FORMAT}` header")
+                }
             }
         };
         let _ = h;
@@ -909,9 +917,7 @@ fn parse_record(text: &str) -> Result<Parsed, String> {
         values.push(Value::Complete);
     }
     if values.len() != 1 {
-        return Err(
-            "it needs exactly one of `u64`, `index`, `line` or `complete`".to_owned(),
-        );
+        return Err("it needs exactly one of `u64`, `index`, `line` or `complete`".to_owned());
     }
     let value = values.pop().expect("one");
     Ok(Parsed::Value(

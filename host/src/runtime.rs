@@ -761,9 +761,7 @@ impl Runtime {
             }
             // Under a virtual clock, the thread counts as busy from now until it first waits.
             let ticket = match &shared.clock {
-                Clock::Virtual(v) => {
-                    Some(v.register(shared.inbox.0.clone(), shared.pokes.clone()))
-                }
+                Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone(), shared.pokes.clone())),
                 Clock::System => None,
             };
             let hook = self.record.hook(&shared.code.load_full(), &self.sink);
@@ -3165,9 +3163,9 @@ fn run_pipeline(
                             let r = if port == 0 {
                                 cell.with(|d| d.at_due(due, |d| d.push_one(x)))
                             } else {
-                                // SAFETY: an interval port takes `u64` values; `x` outlives
-                                // the call.
                                 cell.with(|d| {
+                                    // SAFETY: an interval port takes `u64` values (checked by
+                                    // `push_item`); `x` outlives the call.
                                     d.at_due(due, |d| unsafe {
                                         d.push_item(port, Wire::U64, (&raw const x).cast())
                                     })
@@ -3178,9 +3176,9 @@ fn run_pipeline(
                         What::Line(line) => {
                             produced += 1;
                             let view = RStr::new(&line);
-                            // SAFETY: a line port takes `RStr` views (checked by `push_item`);
-                            // `view` outlives the call.
                             let r = cell.with(|d| {
+                                // SAFETY: a line port takes `RStr` views (checked by
+                                // `push_item`); `view` outlives the call.
                                 d.at_due(due, |d| unsafe {
                                     d.push_item(port, Wire::Str, (&raw const view).cast())
                                 })
@@ -3346,7 +3344,11 @@ fn run_pipeline(
                 if let Ok(m) = rx.try_recv() {
                     Some(m)
                 } else {
-                    t.idle_until(epoch.unwrap_or_default(), next_due, std::mem::take(&mut pokes));
+                    t.idle_until(
+                        epoch.unwrap_or_default(),
+                        next_due,
+                        std::mem::take(&mut pokes),
+                    );
                     rx.recv().ok()
                 }
             }

@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use std::sync::Arc;
 
 use crate::cargo::{BuildConfig, Canceller};
-use crate::record::{Mode, Recorded, Recorder, ReplayPlan};
 use crate::events::Sink;
 use crate::inspect::Inspector;
+use crate::record::{Mode, Recorded, Recorder, ReplayPlan};
 use crate::reloader::{Outcome, Reloader, plugin_manifest};
 use crate::runtime::PanicPolicy;
 use crate::watch::{DEFAULT_DEBOUNCE, Msg, Watch, dev_loop, plan_for};
@@ -143,7 +143,10 @@ pub fn replay_from(
     options.watch = false;
     options.record = None;
     let file = recorded.path.display();
-    let here = options.plugin_dir.canonicalize().unwrap_or_else(|_| options.plugin_dir.clone());
+    let here = options
+        .plugin_dir
+        .canonicalize()
+        .unwrap_or_else(|_| options.plugin_dir.clone());
     let there = PathBuf::from(&recorded.header.plugin);
     if there != here {
         warn(format!(

@@ -491,12 +491,10 @@ pub fn replay(options: &Options, file: &Path) -> anyhow::Result<Replayed> {
     let recorded = crate::record::read(file)?;
     let mut warnings = recorded.warnings.clone();
     let (tx, rx) = channel();
-    let loaded = crate::session::replay_from(
-        options,
-        &recorded,
-        Arc::new(ChannelSink(tx)),
-        &mut |w| warnings.push(w),
-    )?;
+    let loaded =
+        crate::session::replay_from(options, &recorded, Arc::new(ChannelSink(tx)), &mut |w| {
+            warnings.push(w)
+        })?;
     Ok(Replayed {
         loaded,
         events: rx.try_iter().collect(),

@@ -64,7 +64,10 @@ plugin_api::export_plugin!(register);
     let recorded = emissions(&recorded);
     assert!(recorded.len() > 10, "{recorded:?}");
     let text = std::fs::read_to_string(&file).expect("the recording");
-    assert_eq!(text.lines().last(), text.lines().rev().find(|l| l.starts_with("{\"end\":")));
+    assert_eq!(
+        text.lines().last(),
+        text.lines().rev().find(|l| l.starts_with("{\"end\":"))
+    );
 
     let (status, replayed, stderr) = host(&[
         "--replay-from".as_ref(),
@@ -76,7 +79,10 @@ plugin_api::export_plugin!(register);
     assert_eq!(status, Some(0), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
     let per = |all: &[(String, String)], p: &str| -> Vec<String> {
-        all.iter().filter(|(q, _)| q == p).map(|(_, v)| v.clone()).collect()
+        all.iter()
+            .filter(|(q, _)| q == p)
+            .map(|(_, v)| v.clone())
+            .collect()
     };
     let replayed = emissions(&replayed);
     for p in ["total", "firsts"] {
@@ -142,7 +148,10 @@ impl Recording {
         let stdout = child.stdout.take().expect("piped");
         let (tx, emissions) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if line.contains("\"event\":\"emission\"") && tx.send(()).is_err() {
                     return;
                 }

@@ -55,7 +55,10 @@ fn record_session(fixture: &Fixture, file: &Path) -> anyhow::Result<Vec<Vec<Stri
 }
 
 fn values(host: &Harness, pipeline: &str) -> Vec<String> {
-    host.emissions(pipeline).into_iter().map(|(_, v)| v).collect()
+    host.emissions(pipeline)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect()
 }
 
 #[test]
@@ -67,17 +70,29 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
     let recorded = record_session(&fixture, &file)?;
     // What the session did, so the comparison below compares something.
     assert_eq!(recorded[0], ["0", "2", "6", "12", "20"], "counter");
-    assert_eq!(recorded[1], ["0", "1000", "2000", "3000", "4000", "5000"], "batch");
+    assert_eq!(
+        recorded[1],
+        ["0", "1000", "2000", "3000", "4000", "5000"],
+        "batch"
+    );
     assert_eq!(recorded[2], ["14", "16", "18"], "items");
     assert_eq!(recorded[3], ["10", "4"], "lines");
     // Ticks every 500 ms up to 4.5 s (the first skipped: the reader may not have subscribed
     // yet), debounced by 300 ms, through a subject: the last one is still pending when the
     // recording ends.
-    assert_eq!(recorded[4], ["2", "4", "6", "8", "10", "12", "14", "16"], "reader");
+    assert_eq!(
+        recorded[4],
+        ["2", "4", "6", "8", "10", "12", "14", "16"],
+        "reader"
+    );
 
     let text = std::fs::read_to_string(&file)?;
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with(r#"{"format":"hmr-record","version":1,"#), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with(r#"{"format":"hmr-record","version":1,"#),
+        "{}",
+        lines[0]
+    );
     for want in [
         r#"{"pipeline":"counter","port":0,"source":"interval_ms(1000)","t":1000000000,"u64":1,"debug":"1"}"#,
         r#"{"pipeline":"batch","port":0,"source":"range(0, 3000)","t":0,"u64":2999,"debug":"2999"}"#,
@@ -86,7 +101,10 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
         r#"{"pipeline":"lines","port":0,"source":"file_lines(\"input.txt\")","t":0,"line":"be","debug":"\"be\""}"#,
     ] {
         let others: Vec<&&str> = lines.iter().filter(|l| !l.contains("range(")).collect();
-        assert!(lines.contains(&want), "{want} not in (range values left out)\n{others:#?}");
+        assert!(
+            lines.contains(&want),
+            "{want} not in (range values left out)\n{others:#?}"
+        );
     }
     assert_eq!(lines.last(), Some(&r#"{"end":4500000000}"#));
     // Subject values are not recorded: their publishers produce them again.
@@ -99,7 +117,11 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
         assert_eq!(&same.emissions(p), want, "{p}");
     }
 
-    fixture.edit("src/lib.rs", "n * 2)\n        .scan", "n * 3)\n        .scan");
+    fixture.edit(
+        "src/lib.rs",
+        "n * 2)\n        .scan",
+        "n * 3)\n        .scan",
+    );
     fixture.edit("src/lib.rs", "as u64 * 2", "as u64 * 3");
     let edited = replay(&fixture.options(), &file)?;
     assert!(edited.loaded, "{:?}", edited.events);
@@ -165,7 +187,11 @@ fn bad_recordings_are_errors_naming_the_file_and_line() -> anyhow::Result<()> {
     let here = dir.path();
     let good = header(here, 1);
     let cases: [(&str, String, &str); 6] = [
-        ("empty", String::new(), ":1: not a recording: the file is empty"),
+        (
+            "empty",
+            String::new(),
+            ":1: not a recording: the file is empty",
+        ),
         (
             "not json",
             "hello\n".to_owned(),
@@ -245,7 +271,9 @@ fn a_cut_last_line_another_plugin_and_silent_pipelines_are_warned_about() -> any
     );
     assert_eq!(
         w[2],
-        format!("{name}: the recorded pipeline gone is not in the code: its values are not replayed")
+        format!(
+            "{name}: the recorded pipeline gone is not in the code: its values are not replayed"
+        )
     );
     assert_eq!(
         replayed.notices("quiet"),
