@@ -37,7 +37,7 @@ const PIPELINES: [&str; 5] = ["counter", "batch", "items", "lines", "reader"];
 /// Records [`SESSION`] for 4.5 virtual seconds into `file`; returns each pipeline's logged
 /// values.
 fn record_session(fixture: &Fixture, file: &Path) -> anyhow::Result<Vec<Vec<String>>> {
-    fixture.write("input.txt", "alpha\nbe\n");
+    fixture.write("input.txt", "q \"x\"\t\\\u{e9}\u{1}\nalpha\nbe\n");
     let (mut options, time) = fixture.virtual_options();
     options.record = Some(file.to_owned());
     let mut host = Harness::start(&options)?;
@@ -76,7 +76,9 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
         "batch"
     );
     assert_eq!(recorded[2], ["14", "16", "18"], "items");
-    assert_eq!(recorded[3], ["10", "4"], "lines");
+    // The first line, 10 bytes: quotes, a tab, a backslash, a two-byte character, a control
+    // character.
+    assert_eq!(recorded[3], ["20", "10", "4"], "lines");
     // Ticks every 500 ms up to 4.5 s (the first skipped: the reader may not have subscribed
     // yet), debounced by 300 ms, through a subject: the last one is still pending when the
     // recording ends.
@@ -107,6 +109,22 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
         );
     }
     assert_eq!(lines.last(), Some(&r#"{"end":4500000000}"#));
+    // Lines are kept exactly (JSON escapes).
+    let read = host::record::read(&file)?;
+    let texts: Vec<&host::record::Value> = read
+        .entries
+        .iter()
+        .filter(|e| read.streams[e.stream].pipeline == "lines")
+        .map(|e| &e.value)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            &host::record::Value::Line("q \"x\"\t\\\u{e9}\u{1}".to_owned()),
+            &host::record::Value::Line("alpha".to_owned()),
+            &host::record::Value::Line("be".to_owned()),
+        ]
+    );
     // Subject values are not recorded: their publishers produce them again.
     assert!(!text.contains(r#""pipeline":"reader""#), "{text}");
 
@@ -126,7 +144,7 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
     let edited = replay(&fixture.options(), &file)?;
     assert!(edited.loaded, "{:?}", edited.events);
     assert_eq!(edited.emissions("counter"), ["0", "3", "9", "18", "30"]);
-    assert_eq!(edited.emissions("lines"), ["15", "6"]);
+    assert_eq!(edited.emissions("lines"), ["30", "15", "6"]);
     assert_eq!(edited.emissions("batch"), recorded[1]);
     Ok(())
 }
