@@ -15,7 +15,7 @@
 //! last line `{"end":<t>}`. Subject values are not recorded (their publishers produce them
 //! again), nor the sources of inner subscriptions.
 //!
-//! **Off the emission path.** A pipeline thread appends a compact [`Rec`] to its own
+//! **Off the emission path.** A pipeline thread appends a compact record to its own
 //! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in); a full
 //! chunk of [`CHUNK`] records goes to the writer thread through a bounded channel (the thread
 //! waits while the writer lags: no value is dropped), and the writer takes what each tape
@@ -244,7 +244,8 @@ impl Recorder {
         Ok(Recorder { recording })
     }
 
-    /// The recording, for the runtime ([`crate::runtime::Runtime::set_recording`]).
+    /// The recording, for the runtime ([`crate::runtime::Runtime::set_record_mode`] with
+    /// [`Mode::Record`]).
     pub fn recording(&self) -> Arc<Recording> {
         self.recording.clone()
     }
@@ -273,8 +274,8 @@ impl Recording {
         Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
     }
 
-    /// A tape for one run of the pipeline `pipeline` with these sources (port order) and
-    /// code (which formats an `of` item, see [`describe_input`]).
+    /// A tape for one run of a pipeline thread whose first code is `code` (its name and
+    /// sources name the records; it formats an `of` item, see [`describe_input`]).
     pub fn tape(self: &Arc<Self>, code: Arc<PipelineCode>) -> Tape {
         let shared = Arc::new(TapeShared {
             id: self.next_tape.fetch_add(1, Ordering::Relaxed),
