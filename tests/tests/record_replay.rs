@@ -29,10 +29,16 @@ const SESSION: &str = r#"    p.pipeline("counter", interval_ms(1000))
         .publish("doubled");
     p.pipeline("reader", subject::<u64>("doubled"))
         .debounce_ms(300)
-        .log();"#;
+        .log();
+    p.pipeline("inner", interval_ms(1000))
+        .switch_map(|n: u64| interval_ms(300).map(move |x: u64| n * 10 + x))
+        .log();
+    p.pipeline("bounce", interval_ms(500)).debounce_ms(500).log();"#;
 
 /// The pipelines of [`SESSION`] whose emissions a replay must reproduce.
-const PIPELINES: [&str; 5] = ["counter", "batch", "items", "lines", "reader"];
+const PIPELINES: [&str; 7] = [
+    "counter", "batch", "items", "lines", "reader", "inner", "bounce",
+];
 
 /// Records [`SESSION`] for 4.5 virtual seconds into `file`; returns each pipeline's logged
 /// values.
@@ -87,6 +93,18 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
         ["2", "4", "6", "8", "10", "12", "14", "16"],
         "reader"
     );
+    // An inner interval is not recorded: it ticks again on the replay's virtual clock.
+    assert_eq!(
+        recorded[5],
+        [
+            "0", "1", "2", "3", "10", "11", "12", "13", "20", "21", "22", "23", "30", "31", "32",
+            "33", "40", "41"
+        ],
+        "inner"
+    );
+    // Each tick is due with the debounce's timer of the tick before: the tick runs first (as
+    // an interval does), so the debounce never fires. A replay must keep that order.
+    assert!(recorded[6].is_empty(), "bounce: {:?}", recorded[6]);
 
     let text = std::fs::read_to_string(&file)?;
     let lines: Vec<&str> = text.lines().collect();
