@@ -33,6 +33,8 @@
 //! 15. inner subscriptions at scale: a `merge_map` over `range(0, N)` with an inner interval
 //!     (N = 1,000 and 10,000 live): the host's threads, resident memory per subscription, and
 //!     the host side of a reload that re-projects them all (release builds).
+//! 17. `--record`'s cost on scenario 2's push source: the same driver and values with and
+//!     without a recording to a file (one tape, its writer thread), side by side.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -49,6 +51,7 @@ use hmr_bench::{
 use host::code::{Pushed, Wire};
 use host::events::{ChannelSink, HostEvent, Sink};
 use host::loader::Loader;
+use host::record::Recorder;
 use host::reloader::{Outcome, Reloader, plugin_manifest};
 use host::runtime::{BATCH, PanicPolicy, Publisher};
 use host::subjects::Hub;
@@ -435,6 +438,108 @@ fn one_by_one(publisher: &Publisher, n: u64) -> anyhow::Result<(f64, u64)> {
     let t = started.elapsed();
     anyhow::ensure!(refused == 0, "{refused} values did not go through");
     Ok((ns_per(t, n), finish(&mut d, &capture)?))
+}
+
+/// Values per round of scenario 17 (its file holds a line of about 90 bytes per value).
+const N_RECORD: u64 = 1_000_000;
+
+/// Scenario 17: scenario 2's push, one value per call, without and with `--record` (the
+/// pipeline thread's tape appends one record per tick before the push, as `run_pipeline`
+/// does; the writer thread formats and writes). Every round checks the chain's result, and
+/// that the file holds every value (one line each, plus the header and the end).
+fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
+    let publisher = &loaded.pipelines["push"];
+    let dir = host::testkit::TempDir::new("bench_record");
+    let file = dir.path().join("push.jsonl");
+    let mut plain = || one_by_one(publisher, N_RECORD);
+    // Per round: time the emitting thread waited for the writer, and the finish's share.
+    let waited = std::cell::RefCell::new(Vec::new());
+    let tails = std::cell::RefCell::new(Vec::new());
+    let recorded = |with_finish: bool| -> anyhow::Result<(f64, u64)> {
+        let recorder =
+            Recorder::create(&file, dir.path(), host::clock::Clock::System, null_sink())?;
+        let tape = recorder.recording().tape(publisher.code());
+        let capture = Arc::new(CountingSink::default());
+        let mut d = publisher
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+        let end = black_box(N_RECORD);
+        let mut refused = 0u64;
+        // An interval's deadline, which the pipeline thread has at hand for each tick.
+        let due = Instant::now();
+        let started = Instant::now();
+        for x in 0..end {
+            tape.value(0, due, x);
+            if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
+                refused += 1;
+            }
+        }
+        let emitting = started.elapsed();
+        drop(tape);
+        recorder.finish()?;
+        let total = started.elapsed();
+        anyhow::ensure!(refused == 0, "{refused} values did not go through");
+        if !with_finish {
+            waited
+                .borrow_mut()
+                .push(recorder.recording().waited().as_secs_f64() * 1e9 / N_RECORD as f64);
+            tails
+                .borrow_mut()
+                .push((total - emitting).as_secs_f64() * 1e3);
+        }
+        // Every value is in the file: the header, one line each, the end.
+        let lines = std::fs::read(&file)?
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        anyhow::ensure!(
+            lines == N_RECORD + 2,
+            "the recording holds {lines} lines, not {}",
+            N_RECORD + 2
+        );
+        let t = if with_finish { total } else { emitting };
+        Ok((ns_per(t, N_RECORD), finish(&mut d, &capture)?))
+    };
+    let names = [
+        "host push, not recorded",
+        "host push, --record (the emitting thread, to its last value)",
+        "host push, --record, until every value is written",
+    ];
+    let mut emit_only = || recorded(false);
+    let mut with_finish = || recorded(true);
+    let all = side_by_side(
+        ROUNDS,
+        chain_sum(N_RECORD),
+        &mut [
+            (names[0], Run::Checked(&mut plain)),
+            (names[1], Run::Checked(&mut emit_only)),
+            (names[2], Run::Checked(&mut with_finish)),
+        ],
+    )?;
+    let waited_median = median(&mut waited.borrow_mut());
+    let tail = median(&mut tails.borrow_mut());
+    table(
+        report,
+        &format!(
+            "17. --record on the push source: map -> filter -> scan, one value at a time, {N_RECORD} values a round (ns per value; target <= 2x not recorded)"
+        ),
+        &names,
+        &all,
+        "ns/value",
+        0,
+    );
+    report.line(format!(
+        "\nThe emitting thread waited for the writer (a full channel) {waited_median:.1} ns per value \
+         (median of the rounds); the end of a recording (formatting and writing what the \
+         writer had not yet) took {tail:.1} ms (median)."
+    ));
+    let ratio = all[1] / all[0];
+    report.verdict(
+        "`--record` on the push benchmark within 2x of not recording",
+        format!("{:.2} vs {:.2} ns/value: {ratio:.2}x", all[1], all[0]),
+        Some(ratio <= 2.0),
+    );
+    Ok(())
 }
 
 static MAP_SLOT: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
@@ -2539,6 +2644,7 @@ fn run() -> anyhow::Result<bool> {
             "replay",
             Box::new(|r| replay_on_reload(r, &loaded, &loader, &plugin.library)),
         ),
+        ("record", Box::new(|r| record_overhead(r, &loaded))),
     ];
     let mut failures = Vec::new();
     for (name, scenario) in scenarios {

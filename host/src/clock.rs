@@ -74,6 +74,8 @@ impl Clock {
 pub struct Ticket {
     clock: Arc<VirtualClock>,
     seen: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+    pokes: Arc<AtomicU64>,
 }
 
 impl Ticket {
@@ -84,7 +86,17 @@ impl Ticket {
 
     /// The thread ran everything due up to the time of `epoch` and is about to wait.
     pub fn idle(&self, epoch: u64) {
+        self.idle_until(epoch, None, 0);
+    }
+
+    /// [`Ticket::idle`], saying when the thread's next deadline is (for
+    /// [`VirtualClock::next_deadline`]) and how many [`VirtualClock::poke`]s it has handled
+    /// since it last said.
+    pub fn idle_until(&self, epoch: u64, next: Option<Instant>, handled: u64) {
         let _s = self.clock.state();
+        let next = next.map_or(u64::MAX, to_ns);
+        self.next.store(next, Ordering::Release);
+        self.pokes.fetch_sub(handled, Ordering::AcqRel);
         self.seen.store(epoch, Ordering::Release);
         self.clock.changed.notify_all();
     }
@@ -93,7 +105,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut s = self.clock.state();
-        s.threads.retain(|(_, seen)| !Arc::ptr_eq(seen, &self.seen));
+        s.threads.retain(|t| !Arc::ptr_eq(&t.seen, &self.seen));
         self.clock.changed.notify_all();
     }
 }
@@ -104,7 +116,18 @@ struct VState {
     epoch: u64,
     /// Reloads reported and not yet in effect ([`VirtualClock::hold`]).
     held: usize,
-    threads: Vec<(Sender<Msg>, Arc<AtomicU64>)>,
+    threads: Vec<Registered>,
+}
+
+/// A pipeline thread registered with a [`VirtualClock`].
+struct Registered {
+    inbox: Sender<Msg>,
+    /// The epoch it last reported itself idle at.
+    seen: Arc<AtomicU64>,
+    /// Its next deadline then, in nanoseconds since the origin (`u64::MAX`: none).
+    next: Arc<AtomicU64>,
+    /// Pokes sent to it and not handled yet ([`VirtualClock::poke`]).
+    pokes: Arc<AtomicU64>,
 }
 
 /// Virtual time: starts at an arbitrary instant and moves only by [`VirtualClock::advance`].
@@ -161,13 +184,45 @@ impl VirtualClock {
 
     /// Registers a pipeline thread woken through `inbox` whenever the clock moves. Until
     /// it first reports itself idle, [`VirtualClock::settle`] waits for it.
-    pub fn register(self: &Arc<Self>, inbox: Sender<Msg>) -> Ticket {
+    /// `pokes` counts the [`VirtualClock::poke`]s sent to it and not handled yet.
+    pub fn register(self: &Arc<Self>, inbox: Sender<Msg>, pokes: Arc<AtomicU64>) -> Ticket {
         let seen = Arc::new(AtomicU64::new(NOT_IDLE_YET));
-        self.state().threads.push((inbox, seen.clone()));
+        let next = Arc::new(AtomicU64::new(u64::MAX));
+        self.state().threads.push(Registered {
+            inbox,
+            seen: seen.clone(),
+            next: next.clone(),
+            pokes: pokes.clone(),
+        });
         Ticket {
             clock: self.clone(),
             seen,
+            next,
+            pokes,
         }
+    }
+
+    /// Another thread gave the pipeline whose inbox is `inbox` work for its own thread (a
+    /// subject delivery that set a timer): `settle` waits until that thread has handled the
+    /// `Msg::Poke` this sends (`pokes` is the pipeline's count given to `register`).
+    pub fn poke(&self, inbox: &Sender<Msg>, pokes: &AtomicU64) {
+        pokes.fetch_add(1, Ordering::AcqRel);
+        if inbox.send(Msg::Poke).is_err() {
+            pokes.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The earliest deadline the registered threads reported when they last went idle
+    /// (after a `settle`: what is due next), if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let s = self.state();
+        let ns = s
+            .threads
+            .iter()
+            .map(|t| t.next.load(Ordering::Acquire))
+            .min()
+            .filter(|ns| *ns != u64::MAX)?;
+        from_ns(ns)
     }
 
     /// Moves the clock forward by `by` and wakes every pipeline thread.
@@ -175,8 +230,8 @@ impl VirtualClock {
         let mut s = self.state();
         s.now += by;
         s.epoch += 1;
-        for (tx, _) in &s.threads {
-            let _ = tx.send(Msg::Wake);
+        for t in &s.threads {
+            let _ = t.inbox.send(Msg::Wake);
         }
     }
 
@@ -193,8 +248,8 @@ impl VirtualClock {
         let mut s = self.state();
         s.held = s.held.saturating_sub(1);
         s.epoch += 1;
-        for (tx, _) in &s.threads {
-            let _ = tx.send(Msg::Wake);
+        for t in &s.threads {
+            let _ = t.inbox.send(Msg::Wake);
         }
         drop(s);
         self.changed.notify_all();
@@ -209,9 +264,9 @@ impl VirtualClock {
         loop {
             let epoch = s.epoch;
             if s.held == 0
-                && s.threads.iter().all(|(_, seen)| {
-                    let seen = seen.load(Ordering::Acquire);
-                    seen != NOT_IDLE_YET && seen >= epoch
+                && s.threads.iter().all(|t| {
+                    let seen = t.seen.load(Ordering::Acquire);
+                    seen != NOT_IDLE_YET && seen >= epoch && t.pokes.load(Ordering::Acquire) == 0
                 })
             {
                 return true;

@@ -29,6 +29,7 @@ pub(crate) mod inner;
 pub mod inspect;
 pub mod loader;
 pub mod output;
+pub mod record;
 pub mod register;
 pub mod reloader;
 pub mod replay;

@@ -19,7 +19,7 @@ use clap::{Parser, ValueEnum};
 use host::events::Formatter;
 use host::output::Printer;
 use host::runtime::PanicPolicy;
-use host::session::{Options, Session, Stopper, exit_on_signals, run_once};
+use host::session::{Options, Session, Stopper, exit_on_signals, replay_from, run_once};
 use host::watch::DEFAULT_DEBOUNCE;
 
 /// Exit status for a bad command line or plugin directory (as clap and most tools use).
@@ -80,6 +80,15 @@ struct Cli {
     /// 0 turns it off
     #[arg(long, value_name = "N", default_value_t = host::replay::DEFAULT_INPUTS)]
     replay: usize,
+    /// Record every source value, with its time, into FILE (JSON lines; written off the
+    /// emission path, at least every 100 ms and at exit)
+    #[arg(long, value_name = "FILE", conflicts_with = "replay_from")]
+    record: Option<PathBuf>,
+    /// Build and load the plugin once, feed it the values recorded in FILE (--record)
+    /// instead of its sources, on the recorded schedule under a virtual clock (no waiting),
+    /// and exit
+    #[arg(long, value_name = "FILE")]
+    replay_from: Option<PathBuf>,
 }
 
 /// The end of `--help`: examples, and the exit statuses from their constants.
@@ -89,9 +98,15 @@ fn after_help() -> String {
   cargo run -p host
   cargo run -p host -- --plugin ../my-plugin --json
   cargo run -p host -- --plugin=-odd-name     (a directory whose name starts with '-')
+  cargo run -p host -- --record session.jsonl
+  cargo run -p host -- --replay-from session.jsonl --json
 
-Exit status: 0 normal end; 1 --no-watch's first build or load failed; {EXIT_USAGE} bad command
-line or plugin directory; {EXIT_INTERNAL} internal error; {EXIT_OUTPUT_CLOSED} the reader of the output went away"
+Exit status:
+  0 normal end
+  1 --no-watch's (or --replay-from's) build or load failed
+  {EXIT_USAGE} bad command line, plugin directory or recording
+  {EXIT_INTERNAL} internal error
+  {EXIT_OUTPUT_CLOSED} the reader of the output went away"
     )
 }
 
@@ -148,6 +163,10 @@ impl Cli {
         options.debounce = Duration::from_millis(self.debounce_ms);
         options.inspect = self.inspect;
         options.replay = self.replay;
+        options.record = self.record.clone();
+        if self.replay_from.is_some() {
+            options.watch = false;
+        }
         options
     }
 }
@@ -289,6 +308,7 @@ fn exit_when_closed(
             let Ok((kind, e)) = closed.recv() else {
                 return;
             };
+            host::record::finish_all();
             if let Some(stop) = stop {
                 stop.stop();
                 std::thread::sleep(SHUTDOWN_GRACE);
@@ -319,7 +339,25 @@ fn run(cli: Cli) -> anyhow::Result<End> {
     })
     .context("cannot start the printer thread")?;
     let sink = printer.sink();
-    if options.watch {
+    if let Some(file) = &cli.replay_from {
+        // A bad file is an error before anything is built.
+        let recorded = host::record::read(file)?;
+        for w in &recorded.warnings {
+            eprintln!("warning: {w}");
+        }
+        exit_when_closed(closed, None)?;
+        let loaded = replay_from(&options, &recorded, sink, &mut |w| {
+            eprintln!("warning: {w}")
+        })?;
+        if !loaded {
+            printer.finish();
+            eprintln!(
+                "error: the build or load of {} failed (the cause is printed above)",
+                options.plugin_dir.display()
+            );
+            return Ok(End::FirstLoadFailed);
+        }
+    } else if options.watch {
         let session = Session::start(&options, sink)?;
         exit_when_closed(closed, Some(session.stopper()))?;
         if let Err(e) = session.wait() {

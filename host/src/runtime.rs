@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     feeds: std::sync::OnceLock<Arc<Mutex<crate::feed::Feeds>>>,
     /// How many recent inputs the driver keeps for a replay on reload (`--replay`).
     replay_inputs: std::sync::atomic::AtomicUsize,
+    /// Under a virtual clock: pokes sent to the thread and not handled yet.
+    pokes: Arc<AtomicU64>,
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -140,6 +142,9 @@ pub enum Msg {
     /// through it, each on a copy of the state, and answer what changed (nothing of it
     /// reaches the outside).
     Replay(Arc<PipelineCode>, Sender<ReplayInfo>),
+    /// Under a virtual clock: another thread gave this one work (a subject delivery that set
+    /// a timer); `settle` waits until it is handled ([`crate::clock::VirtualClock::poke`]).
+    Poke,
 }
 
 /// What a reload does to a pipeline's live inner subscriptions, decided by re-projecting them
@@ -179,6 +184,7 @@ impl Shared {
             census: std::sync::OnceLock::new(),
             feeds: std::sync::OnceLock::new(),
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
+            pokes: Arc::default(),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -327,6 +333,8 @@ pub struct Runtime {
     /// What host sources need: the directory relative paths resolve against, the I/O
     /// runtime, the shared listeners and stdin.
     feeds: Arc<Mutex<crate::feed::Feeds>>,
+    /// Recording source values (`--record`), or replaying them (`--replay-from`).
+    record: crate::record::Mode,
 }
 
 /// A thread that reports source threads stuck inside one call into plugin code.
@@ -514,6 +522,7 @@ impl Runtime {
             census: crossbeam_channel::unbounded(),
             replay_inputs: crate::replay::DEFAULT_INPUTS,
             feeds: Arc::new(Mutex::new(crate::feed::Feeds::new())),
+            record: crate::record::Mode::Live,
         }
     }
 
@@ -521,6 +530,12 @@ impl Runtime {
     /// and the new code on each reload (`--replay N`; 0 turns it off).
     pub fn set_replay(&mut self, n: usize) {
         self.replay_inputs = n;
+    }
+
+    /// Pipelines started from now on record their source values (`--record`), or take a
+    /// recording's instead of their own sources' (`--replay-from`): see [`crate::record`].
+    pub fn set_record_mode(&mut self, mode: crate::record::Mode) {
+        self.record = mode;
     }
 
     /// Pipelines started from now on read `clock` (a virtual clock in tests).
@@ -747,6 +762,9 @@ impl Runtime {
             let tx = shared.inbox.0.clone();
             let mut moved: Vec<(u32, u32)> = Vec::new();
             for (port, spec) in r.sources.iter().enumerate() {
+                if !self.record.opens_sources() {
+                    break;
+                }
                 let opened = lock(&self.feeds).open(spec, port as u32, &tx, &mut r.reusable);
                 match opened {
                     Ok(Some((held, from))) => {
@@ -791,12 +809,13 @@ impl Runtime {
             }
             // Under a virtual clock, the thread counts as busy from now until it first waits.
             let ticket = match &shared.clock {
-                Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone())),
+                Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone(), shared.pokes.clone())),
                 Clock::System => None,
             };
+            let hook = self.record.hook(&shared.code.load_full(), &self.sink);
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    run_pipeline(&shared, &sink, policy, subscribe, ticket, handover)
+                    run_pipeline(&shared, &sink, policy, subscribe, ticket, handover, hook)
                 })) {
                     Ok(e) => e,
                     Err(_) => Ended::Errored,
@@ -1790,6 +1809,12 @@ impl Publisher {
         // A thread waiting for input takes the new code now rather than at its next value,
         // so an idle pipeline does not keep the old version live.
         let _ = self.shared.inbox.0.send(Msg::Wake);
+    }
+
+    /// The pipeline's newest committed code (a recording's tape names its sources with it,
+    /// see [`crate::record::Recording::tape`]).
+    pub fn code(&self) -> Arc<PipelineCode> {
+        self.shared.code.load_full()
     }
 
     /// The driver for this pipeline, owning fresh, seeded state. Create it on the thread
@@ -2829,6 +2854,16 @@ impl Driver {
         r
     }
 
+    /// Under a virtual clock, after a delivery on another thread (a subject's publisher):
+    /// if it set a timer, pokes this pipeline's thread so `settle` waits until it took it.
+    pub(crate) fn poke_if_timers(&self) {
+        if let Clock::Virtual(v) = &self.shared.clock
+            && !self.host.timers.borrow().is_empty()
+        {
+            v.poke(&self.shared.inbox.0, &self.shared.pokes);
+        }
+    }
+
     /// The pipeline's name.
     pub fn pipeline(&self) -> &str {
         &self.host.pipeline
@@ -2920,6 +2955,8 @@ enum Step {
 enum Due {
     Port(u32),
     Timer(u64, Key),
+    /// A replayed value that runs after the timers due at its instant.
+    Replay,
 }
 
 /// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
@@ -2932,7 +2969,14 @@ fn run_pipeline(
     subscribe: Vec<(Arc<Hub>, u32)>,
     ticket: Option<crate::clock::Ticket>,
     handover: Option<Handover>,
+    hook: crate::record::Hook,
 ) -> Ended {
+    use crate::record::{Hook, What};
+    let (tape, mut script) = match hook {
+        Hook::Off => (None, None),
+        Hook::Record(t) => (Some(t), None),
+        Hook::Replay(s) => (None, Some(s)),
+    };
     let name = shared.name();
     let report = |e: String| {
         sink.event(HostEvent::Error {
@@ -2980,6 +3024,7 @@ fn run_pipeline(
             source_kind::OF => PortRun::Batch { next: 0, end: s.a },
             _ => PortRun::Fed,
         })
+        .map(|p| if script.is_some() { PortRun::Fed } else { p })
         .collect();
     // The intervals' deadlines and the operators' timers, earliest first (ties: intervals
     // by port, then operators' timers in the order they were asked for).
@@ -2989,6 +3034,15 @@ fn run_pipeline(
         .filter(|(_, p)| matches!(p, PortRun::Interval { .. }))
         .map(|(i, _)| Reverse((start, Due::Port(i as u32))))
         .collect();
+    // A replay's next value waits in the heap at its time, as an interval's tick does.
+    let replay_due = |s: &crate::record::Script| {
+        s.next_due().map(|(at, before, port)| {
+            Reverse((at, if before { Due::Port(port) } else { Due::Replay }))
+        })
+    };
+    if let Some(next) = script.as_ref().and_then(replay_due) {
+        timers.push(next);
+    }
     // Operators' timers: how many were asked for (their order), and a buffer to take them in.
     let mut asked = 0u64;
     let mut taken: Vec<(u64, Key)> = Vec::new();
@@ -3038,6 +3092,8 @@ fn run_pipeline(
     let rx = shared.inbox.1.clone();
     let mut buf = [0u64; BATCH];
     let mut pending: Option<Msg> = None;
+    // Pokes handled since the thread last went idle (under a virtual clock).
+    let mut pokes = 0u64;
     // What the sources taken over from a restarted pipeline sent to its old thread and it
     // did not take: first, on their new ports.
     let mut backlog: std::collections::VecDeque<Msg> = match handover {
@@ -3053,7 +3109,8 @@ fn run_pipeline(
                     | Msg::Prepare(..)
                     | Msg::Replay(..)
                     | Msg::InnerLine(..)
-                    | Msg::InnerComplete(..) => None,
+                    | Msg::InnerComplete(..)
+                    | Msg::Poke => None,
                 })
                 .collect()
         }
@@ -3091,12 +3148,17 @@ fn run_pipeline(
                     }
                     first.get_or_insert_with(Instant::now);
                     produced += 1;
+                    // Its time is when it is taken, before the push.
+                    let at = tape.as_ref().map(|t| t.now());
                     let view = RStr::new(&line);
                     // SAFETY: a line port takes `RStr` views (checked against the newest
                     // code's port by `push_item`); `view` outlives the call.
                     let r = cell.with(|d| unsafe {
                         d.push_item(port, Wire::Str, (&raw const view).cast::<c_void>())
                     });
+                    if let (Some(t), Some(at)) = (&tape, at) {
+                        t.line(port, at, line);
+                    }
                     step!(r, p);
                 }
                 Msg::Complete(port) => {
@@ -3105,6 +3167,9 @@ fn run_pipeline(
                     };
                     if matches!(p, PortRun::Done) {
                         continue;
+                    }
+                    if let Some(t) = &tape {
+                        t.complete(port, t.now());
                     }
                     let r = cell.with(|d| d.complete_port(port));
                     *p = PortRun::Done;
@@ -3150,6 +3215,7 @@ fn run_pipeline(
                         cell.with(|d| d.untold());
                     }
                 }
+                Msg::Poke => pokes += 1,
                 Msg::Wake => {
                     // New code may have been published: take it even if no value comes.
                     if let Err(e) = cell.with(|d| d.take_new_code()) {
@@ -3205,7 +3271,84 @@ fn run_pipeline(
             }
             timers.pop();
             let port = match what {
+                Due::Port(_) | Due::Replay if script.is_some() => {
+                    let s = script.as_mut().expect("matched above");
+                    let Some(item) = s.take() else {
+                        continue;
+                    };
+                    if let Some(next) = replay_due(s) {
+                        timers.push(next);
+                    }
+                    let port = item.port;
+                    let p = &mut ports[port as usize];
+                    if matches!(p, PortRun::Done) {
+                        continue;
+                    }
+                    first.get_or_insert_with(Instant::now);
+                    match item.what {
+                        What::Tick(x) => {
+                            produced += 1;
+                            let r = if port == 0 {
+                                cell.with(|d| d.at_due(due, |d| d.push_one(x)))
+                            } else {
+                                cell.with(|d| {
+                                    // SAFETY: an interval port takes `u64` values (checked by
+                                    // `push_item`); `x` outlives the call.
+                                    d.at_due(due, |d| unsafe {
+                                        d.push_item(port, Wire::U64, (&raw const x).cast())
+                                    })
+                                })
+                            };
+                            step!(r, p);
+                        }
+                        What::Line(line) => {
+                            produced += 1;
+                            let view = RStr::new(&line);
+                            let r = cell.with(|d| {
+                                // SAFETY: a line port takes `RStr` views (checked by
+                                // `push_item`); `view` outlives the call.
+                                d.at_due(due, |d| unsafe {
+                                    d.push_item(port, Wire::Str, (&raw const view).cast())
+                                })
+                            });
+                            step!(r, p);
+                        }
+                        What::Complete => {
+                            let r = cell.with(|d| d.at_due(due, |d| d.complete_port(port)));
+                            *p = PortRun::Done;
+                            step!(r, p);
+                        }
+                        What::Values(values) => {
+                            // As a live batch goes: what a panic left is pushed again.
+                            let mut items = &values[..];
+                            while !items.is_empty() {
+                                let r = cell.with(|d| d.at_due(due, |d| d.push_port(port, items)));
+                                let taken = match &r {
+                                    Ok(Pushed::Continue) => items.len(),
+                                    Ok(
+                                        Pushed::Complete { consumed }
+                                        | Pushed::Panicked { consumed }
+                                        | Pushed::PortDone { consumed },
+                                    ) => *consumed,
+                                    Err(_) => 0,
+                                };
+                                produced += taken as u64;
+                                let port_done = matches!(r, Ok(Pushed::PortDone { .. }));
+                                step!(r, p);
+                                if port_done {
+                                    break;
+                                }
+                                items = &items[taken.min(items.len())..];
+                            }
+                        }
+                    }
+                    if shared.stop.load(Ordering::Acquire) {
+                        return Ended::Stopped;
+                    }
+                    continue;
+                }
                 Due::Port(port) => port,
+                Due::Replay => continue,
                 Due::Timer(_, key) => {
                     op_timers -= 1;
                     let ns = crate::clock::to_ns(due);
@@ -3241,6 +3384,9 @@ fn run_pipeline(
                     continue;
                 }
             }
+            if let Some(t) = &tape {
+                t.value(port, due, x);
+            }
             let r = if port == 0 {
                 cell.with(|d| d.at_due(due, |d| d.push_one(x)))
             } else {
@@ -3266,6 +3412,9 @@ fn run_pipeline(
                 unreachable!("matched above")
             };
             if *next >= *end {
+                if let Some(t) = &tape {
+                    t.complete(port as u32, t.now());
+                }
                 let r = cell.with(|d| d.complete_port(port as u32));
                 *p = PortRun::Done;
                 step!(r, p);
@@ -3277,6 +3426,7 @@ fn run_pipeline(
             }
             *next += len as u64;
             first.get_or_insert_with(Instant::now);
+            let at = tape.as_ref().map(|t| t.now());
             let mut items = &buf[..len];
             while !items.is_empty() {
                 let r = cell.with(|d| d.push_port(port as u32, items));
@@ -3290,6 +3440,9 @@ fn run_pipeline(
                     Err(_) => 0,
                 };
                 produced += taken as u64;
+                if let (Some(t), Some(at), Some(&x)) = (&tape, at, items.first()) {
+                    t.run(port as u32, at, x, taken as u64);
+                }
                 let port_done = matches!(r, Ok(Pushed::PortDone { .. }));
                 step!(r, p);
                 if port_done {
@@ -3319,7 +3472,11 @@ fn run_pipeline(
                 if let Ok(m) = rx.try_recv() {
                     Some(m)
                 } else {
-                    t.idle(epoch.unwrap_or_default());
+                    t.idle_until(
+                        epoch.unwrap_or_default(),
+                        next_due,
+                        std::mem::take(&mut pokes),
+                    );
                     rx.recv().ok()
                 }
             }

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use std::sync::Arc;
+
 use crate::cargo::{BuildConfig, Canceller};
 use crate::events::Sink;
 use crate::inspect::Inspector;
+use crate::record::{Mode, Recorded, Recorder, ReplayPlan};
 use crate::reloader::{Outcome, Reloader, plugin_manifest};
 use crate::runtime::PanicPolicy;
 use crate::watch::{DEFAULT_DEBOUNCE, Msg, Watch, dev_loop, plan_for};
@@ -39,6 +42,8 @@ pub struct Options {
     pub clock: crate::clock::Clock,
     /// Recent inputs each pipeline keeps and replays on a reload (`--replay`; 0: off).
     pub replay: usize,
+    /// Record every source value into this file (`--record`, see [`crate::record`]).
+    pub record: Option<PathBuf>,
 }
 
 impl Options {
@@ -55,7 +60,21 @@ impl Options {
             inspect: None,
             clock: crate::clock::Clock::System,
             replay: crate::replay::DEFAULT_INPUTS,
+            record: None,
         }
+    }
+
+    /// Starts the recording if asked for (`--record`): the runtime of `reloader` records
+    /// into it until it is finished (or dropped).
+    fn recorder(&self, reloader: &mut Reloader, sink: Sink) -> anyhow::Result<Option<Recorder>> {
+        let Some(path) = &self.record else {
+            return Ok(None);
+        };
+        let recorder = Recorder::create(path, &self.plugin_dir, self.clock.clone(), sink)?;
+        reloader
+            .runtime()
+            .set_record_mode(Mode::Record(recorder.recording()));
+        Ok(Some(recorder))
     }
 
     /// Starts the inspector if asked for: the sink to report through (the inspector's, in
@@ -90,14 +109,105 @@ impl Options {
 /// Returns false when the first build or load failed.
 pub fn run_once(options: &Options, sink: Sink) -> anyhow::Result<bool> {
     let (sink, inspector) = options.inspector(sink)?;
-    let mut reloader = options.reloader(sink)?;
+    let mut reloader = options.reloader(sink.clone())?;
     if let Some(i) = &inspector {
         reloader.runtime().set_tallies(i.tallies());
     }
+    let recorder = options.recorder(&mut reloader, sink)?;
     if !matches!(reloader.reload(), Outcome::Loaded { .. }) {
         return Ok(false);
     }
     reloader.runtime().join_all();
+    if let Some(r) = recorder {
+        r.finish()?;
+    }
+    Ok(true)
+}
+
+/// How far after the replay's start its first recorded instant is (virtual time).
+const REPLAY_START: Duration = Duration::from_millis(1);
+
+/// How long a replay waits for the pipelines to run what one recorded instant made due.
+pub const REPLAY_SETTLE: Duration = Duration::from_secs(60);
+
+/// `--replay-from`: builds and loads the plugin once, feeds `recorded`'s values to its
+/// pipelines by name under a virtual clock (each at its recorded time, no waiting), runs
+/// what is due by the recording's end, and stops. Warnings (a recording of another plugin,
+/// recorded pipelines the code lacks) go to `warn`; a pipeline with no recorded values
+/// gets a `notice`. Returns false when the build or load failed.
+pub fn replay_from(
+    options: &Options,
+    recorded: &Recorded,
+    sink: Sink,
+    warn: &mut dyn FnMut(String),
+) -> anyhow::Result<bool> {
+    let (clock, time) = crate::clock::Clock::virtual_clock();
+    let mut options = options.clone();
+    options.clock = clock;
+    options.watch = false;
+    options.record = None;
+    let file = recorded.path.display();
+    let here = options
+        .plugin_dir
+        .canonicalize()
+        .unwrap_or_else(|_| options.plugin_dir.clone());
+    let there = PathBuf::from(&recorded.header.plugin);
+    if there != here {
+        warn(format!(
+            "{file}: recorded from the plugin {}, replayed on {}: pipelines get the values \
+             recorded under their name",
+            there.display(),
+            here.display()
+        ));
+    }
+    let (sink, _inspector) = options.inspector(sink)?;
+    let mut reloader = options.reloader(sink)?;
+    // Time 0 of the recording is a moment after the pipelines started (and subscribed to
+    // their subjects): nothing recorded runs before every pipeline is ready.
+    let base = time.now() + REPLAY_START;
+    let plan = Arc::new(ReplayPlan::new(recorded, base));
+    reloader
+        .runtime()
+        .set_record_mode(Mode::Replay(plan.clone()));
+    if !matches!(reloader.reload(), Outcome::Loaded { .. }) {
+        return Ok(false);
+    }
+    for name in plan.untaken() {
+        warn(format!(
+            "{file}: the recorded pipeline {name} is not in the code: its values are not replayed"
+        ));
+    }
+    let settle = |at: &str| -> anyhow::Result<()> {
+        if !time.settle(REPLAY_SETTLE) {
+            bail!(
+                "the replay of {file} did not settle within {} s at {at}: a pipeline is busy or \
+                 stuck in plugin code",
+                REPLAY_SETTLE.as_secs()
+            );
+        }
+        Ok(())
+    };
+    settle("its start")?;
+    // From one deadline to the next, whichever thread's it is (a recorded value waits in its
+    // pipeline's deadline heap, with the operators' timers): pipelines that deliver to each
+    // other (subjects) run their values and timers in time order, as they did.
+    let last = recorded.entries.iter().map(|e| e.t).max().unwrap_or(0);
+    let end = base + Duration::from_nanos(recorded.end.unwrap_or(last).max(last));
+    loop {
+        let now = time.now();
+        let to = time
+            .next_deadline()
+            .filter(|d| *d > now && *d < end)
+            .unwrap_or(end);
+        if to > now {
+            time.advance(to - now);
+        }
+        settle(&format!("{} ns", (to - base).as_nanos()))?;
+        if to >= end {
+            break;
+        }
+    }
+    reloader.runtime().stop_all();
     Ok(true)
 }
 
@@ -108,6 +218,8 @@ pub struct Session {
     thread: Option<JoinHandle<Reloader>>,
     builds: Canceller,
     inspector: Option<Inspector>,
+    /// The recording (`--record`), finished when the session stops.
+    recorder: Option<Recorder>,
 }
 
 impl Session {
@@ -118,6 +230,7 @@ impl Session {
         if let Some(i) = &inspector {
             reloader.runtime().set_tallies(i.tallies());
         }
+        let recorder = options.recorder(&mut reloader, sink.clone())?;
         let (tx, rx) = channel();
         let mut watch = Watch::start(tx.clone(), sink)?;
         // Before the first build: the plugin's directory and sources, not cargo's target
@@ -147,6 +260,7 @@ impl Session {
             thread: Some(thread),
             builds,
             inspector,
+            recorder,
         })
     }
 
@@ -174,11 +288,18 @@ impl Session {
     /// Stops watching and a build in progress (cargo and its children), and returns the
     /// reloader; its pipelines run until it is dropped (or `runtime().stop_all()`). If the
     /// reloader's thread panicked, the panic goes on here (a test using the session fails).
+    /// A recording (`--record`) ends here: what the pipelines did until then is written.
     pub fn stop(mut self) -> Option<Reloader> {
         self.builds.stop();
         let _ = self.tx.send(Msg::Stop);
         let t = self.thread.take()?;
-        match t.join() {
+        let joined = t.join();
+        if let Some(r) = self.recorder.take()
+            && let Err(e) = r.finish()
+        {
+            eprintln!("error: {e:#}");
+        }
+        match joined {
             Ok(reloader) => Some(reloader),
             Err(panic) => std::panic::resume_unwind(panic),
         }
@@ -246,6 +367,7 @@ pub fn exit_on_signals() -> anyhow::Result<()> {
             if let Some(signal) = signals.forever().next() {
                 crate::cargo::stop_all_builds();
                 crate::loader::remove_own_copies();
+                crate::record::finish_all();
                 std::process::exit(128 + signal);
             }
         })

@@ -185,6 +185,9 @@ impl Hub {
             let r = unsafe {
                 d.push_subject(s.port, (&raw const ptr).cast::<c_void>(), item, &self.name)
             };
+            // A timer set for the subscriber's thread: a virtual clock's `settle` waits until
+            // that thread has taken it.
+            d.poke_if_timers();
             match r {
                 Ok(Pushed::Continue) => {}
                 Ok(Pushed::PortDone { .. }) => s.port_done.store(true, Ordering::Release),

@@ -442,3 +442,62 @@ impl Harness {
         reloader
     }
 }
+
+/// What a replay ([`replay`]) did: every event it reported, and its warnings.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Whether the plugin was built and loaded.
+    pub loaded: bool,
+    /// Every event, in order.
+    pub events: Vec<HostEvent>,
+    /// The warnings (a last line cut short, a recording of another plugin, recorded
+    /// pipelines the code lacks), as the binary prints them after `warning: `.
+    pub warnings: Vec<String>,
+}
+
+impl Replayed {
+    /// The values `pipeline` logged, in order.
+    pub fn emissions(&self, pipeline: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Emission {
+                    pipeline: p, value, ..
+                } if p == pipeline => Some(value.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The notices of `pipeline`.
+    pub fn notices(&self, pipeline: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Notice {
+                    pipeline: p,
+                    message,
+                } if p == pipeline => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Replays the recording `file` (`--record`) on the plugin of `options`, as
+/// `host --replay-from FILE` does ([`crate::session::replay_from`]), and returns what it
+/// reported. A file that is not a recording is an error.
+pub fn replay(options: &Options, file: &Path) -> anyhow::Result<Replayed> {
+    let recorded = crate::record::read(file)?;
+    let mut warnings = recorded.warnings.clone();
+    let (tx, rx) = channel();
+    let loaded =
+        crate::session::replay_from(options, &recorded, Arc::new(ChannelSink(tx)), &mut |w| {
+            warnings.push(w)
+        })?;
+    Ok(Replayed {
+        loaded,
+        events: rx.try_iter().collect(),
+        warnings,
+    })
+}
