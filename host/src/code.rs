@@ -123,6 +123,9 @@ pub struct PipelineCode {
     pub version: u64,
     /// Its sources, in port order (the first is the pipeline's own).
     pub sources: Vec<SourceSpec>,
+    /// Per port, the clone and drop glue of a subject's values (what a replay on reload
+    /// keeps them with; `UNSUPPORTED` for the other sources).
+    pub(crate) value_glue: Vec<(CloneStateFn, DropStateFn)>,
     /// Its `publish` operators.
     pub publishes: Vec<PublishSpec>,
     /// Operators in chain order.
@@ -538,10 +541,19 @@ impl StateSlots {
             slots: Vec::with_capacity(ops.len()),
             ptrs: Vec::with_capacity(ops.len()),
         };
+        // Each slot copied at most once, as a migration moves it at most once.
+        let mut taken = vec![false; self.slots.len()];
         for (i, op) in ops.iter().enumerate() {
-            let kept = self.slots.iter().find(|s| op.keeps_state_of(&s.op));
+            let kept = self
+                .slots
+                .iter()
+                .zip(&mut taken)
+                .find(|(s, taken)| !**taken && op.keeps_state_of(&s.op));
             let slot = match kept {
-                Some(s) => s.clone_for(op, lib)?,
+                Some((s, taken)) => {
+                    *taken = true;
+                    s.clone_for(op, lib)?
+                }
                 None => fresh_slot(env, lib, i, op).map_err(|e| e.to_string())?,
             };
             out.ptrs.push(slot.ptr.as_ptr());

@@ -43,7 +43,8 @@ pub struct RestartInfo {
 pub struct ReplayInfo {
     /// Pipeline name.
     pub pipeline: String,
-    /// Inputs run through both versions and compared.
+    /// Inputs run through both versions and compared (for `incomparable`: the inputs kept,
+    /// none of them run).
     pub inputs: usize,
     /// Of those, how many made the new code emit something else.
     pub changed: usize,

@@ -154,6 +154,14 @@ pub(crate) struct HeldValue {
     _lib: Arc<LibVersion>,
 }
 
+impl std::fmt::Debug for HeldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldValue")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HeldValue {
     /// Moves the value at `desc.value` into a fresh allocation.
     ///
@@ -163,15 +171,7 @@ impl HeldValue {
     pub(crate) unsafe fn take(desc: &InnerDesc, lib: &Arc<LibVersion>) -> Option<HeldValue> {
         let fp = &desc.value_type;
         let layout = Layout::from_size_align(fp.size, fp.align.max(1)).ok()?;
-        let mut bytes = if layout.size() == 0 {
-            Bytes::Heap(NonNull::new(layout.align() as *mut u8).unwrap_or(NonNull::dangling()))
-        } else if layout.size() <= INLINE && layout.align() <= 8 {
-            Bytes::Inline([MaybeUninit::uninit(); INLINE / 8])
-        } else {
-            // SAFETY: a non-zero size.
-            let p = unsafe { std::alloc::alloc(layout) };
-            Bytes::Heap(NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout)))
-        };
+        let mut bytes = HeldValue::room(layout);
         let dst = match &mut bytes {
             Bytes::Heap(p) => p.as_ptr(),
             Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
@@ -186,6 +186,63 @@ impl HeldValue {
             debug: desc.value_debug,
             _lib: lib.clone(),
         })
+    }
+
+    /// A clone of the value at `src` (of layout `fp`), made by `clone` of version `lib` and
+    /// dropped by its `drop`: what a replay on reload keeps of a subject's value. The status
+    /// of the clone when it did not answer `OK` (nothing is held then).
+    ///
+    /// # Safety
+    /// `src` must point at a live value of `fp`'s layout, which nothing mutates during the
+    /// call, and `clone` and `drop` must be that type's glue in `lib`.
+    pub(crate) unsafe fn clone_of(
+        src: *const c_void,
+        fp: &hmr_track::Fingerprint,
+        clone: plugin_api::abi::CloneStateFn,
+        drop: DropStateFn,
+        lib: &Arc<LibVersion>,
+    ) -> Result<HeldValue, u32> {
+        let unsupported = plugin_api::abi::clone_status::UNSUPPORTED;
+        let size = usize::try_from(fp.size).map_err(|_| unsupported)?;
+        let align = usize::try_from(fp.align).map_err(|_| unsupported)?;
+        let layout = Layout::from_size_align(size, align.max(1)).map_err(|_| unsupported)?;
+        let mut held = HeldValue {
+            bytes: HeldValue::room(layout),
+            layout,
+            drop,
+            debug: no_debug,
+            _lib: lib.clone(),
+        };
+        let dst = held.as_mut_ptr();
+        // SAFETY: `dst` is valid and aligned for `layout`, uninitialised; `src` and the glue
+        // are the caller's obligation.
+        let status = unsafe { clone(src.cast::<u8>(), dst) };
+        if status != plugin_api::abi::clone_status::OK {
+            // Nothing was written: free the room without running `drop`.
+            held.drop = drop_none;
+            return Err(status);
+        }
+        Ok(held)
+    }
+
+    /// Room for a value of `layout`: inside the `HeldValue` when it fits.
+    fn room(layout: Layout) -> Bytes {
+        if layout.size() == 0 {
+            Bytes::Heap(NonNull::new(layout.align() as *mut u8).unwrap_or(NonNull::dangling()))
+        } else if layout.size() <= INLINE && layout.align() <= 8 {
+            Bytes::Inline([MaybeUninit::uninit(); INLINE / 8])
+        } else {
+            // SAFETY: a non-zero size.
+            let p = unsafe { std::alloc::alloc(layout) };
+            Bytes::Heap(NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout)))
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match &mut self.bytes {
+            Bytes::Heap(p) => p.as_ptr(),
+            Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
+        }
     }
 
     /// The value, for a re-projection (valid while the `HeldValue` stays where it is).
@@ -205,6 +262,19 @@ impl HeldValue {
             unsafe { (self.debug)(self.as_ptr().cast::<u8>(), buf.as_mut_ptr(), cap, &mut len) };
         String::from_utf8_lossy(&buf[..len.min(cap)]).into_owned()
     }
+}
+
+/// The Debug glue of a value held for a replay (its Debug text comes from the plugin's
+/// `describe` instead).
+unsafe extern "C" fn no_debug(_src: *const u8, _buf: *mut u8, _cap: usize, len: *mut usize) -> u32 {
+    // SAFETY: the caller passes a writable `len`.
+    unsafe { *len = 0 };
+    plugin_api::abi::debug_status::NO_STATE
+}
+
+/// The drop glue of a `HeldValue` whose clone failed: there is no value to drop.
+unsafe extern "C" fn drop_none(_dst: *mut u8) -> bool {
+    true
 }
 
 impl Drop for HeldValue {

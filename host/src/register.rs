@@ -113,6 +113,7 @@ impl Ctx {
             track: desc.track,
             version: self.version,
             sources: Vec::new(),
+            value_glue: Vec::new(),
             publishes: Vec::new(),
             ops: Vec::new(),
             env: desc.env,
@@ -181,6 +182,7 @@ impl Ctx {
                     code.name
                 ));
             }
+            code.value_glue.push((src.value_clone, src.value_drop));
             code.sources.push(crate::code::SourceSpec {
                 kind: src.kind,
                 a: src.a,

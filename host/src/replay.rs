@@ -11,10 +11,13 @@
 //! deliver nothing; no event but the reload's report is emitted. `tap` closures are user
 //! code and run. The replay is informative only: it never changes what the reload does.
 //!
+//! A subject's values are the publisher's, borrowed for the delivery: the ring keeps a clone
+//! made by the reader's code ([`HeldValue::clone_of`]).
+//!
 //! Not replayed, with the reason: a pipeline with a time operator (its pending timers are
 //! host state a copy would have to move in time) or a higher-order one (its inner
-//! subscriptions are host objects with sources of their own), one reading a subject (the
-//! values are the publisher's, not kept), one whose state cannot be copied (an operator
+//! subscriptions are host objects with sources of their own), one whose subject value could
+//! not be cloned, one whose state cannot be copied (an operator
 //! whose values need not be `Clone`: `take_last`, `last`, `buffer_count`, `zip`). A pipeline
 //! whose `log` or `publish` operators changed their type or went away is reported
 //! incomparable, not run.
@@ -22,6 +25,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,7 @@ use plugin_api::abi::{EmitCx, HostApi, InnerDesc, InnerHandle, RSignature, RStr}
 
 use crate::code::{PipelineCode, Pushed, StateSlots, Wire};
 use crate::events::{ReplayInfo, ReplaySample};
+use crate::inner::HeldValue;
 
 /// How many recent inputs a pipeline keeps by default (`--replay N`).
 pub const DEFAULT_INPUTS: usize = 32;
@@ -86,6 +91,8 @@ pub(crate) enum Input<'a> {
     U64(u32, u64),
     /// A line of a line source.
     Line(u32, &'a str),
+    /// A subject's value (a clone the ring holds), by its address.
+    Held(u32, *const c_void),
     /// The source on the port completed.
     Complete(u32),
 }
@@ -96,6 +103,7 @@ pub(crate) enum Input<'a> {
 enum Kind {
     U64,
     Line,
+    Held,
     Complete,
 }
 
@@ -117,12 +125,15 @@ pub(crate) struct Recent {
     ring: Vec<Kept>,
     /// One text buffer per slot, for lines (empty, unallocated, until a line comes).
     lines: Vec<String>,
+    /// Per slot, a subject's value cloned with its glue (a value of at most 24 bytes is held
+    /// without an allocation; a slot's clone is dropped when the next one takes its place).
+    held: Vec<Option<HeldValue>>,
     cap: usize,
     /// Where the next input goes.
     next: usize,
     /// Whether the ring went round once (every slot holds an input).
     full: bool,
-    /// Why this pipeline's inputs cannot be replayed (it read a subject's value).
+    /// Why this pipeline's inputs cannot be replayed (a subject's value could not be kept).
     pub(crate) unkept: Option<String>,
 }
 
@@ -137,6 +148,7 @@ impl Recent {
         Recent {
             ring: vec![placeholder; cap],
             lines: vec![String::new(); cap],
+            held: (0..cap).map(|_| None).collect(),
             cap,
             next: 0,
             full: false,
@@ -192,6 +204,23 @@ impl Recent {
         }
     }
 
+    /// Whether inputs are kept at all (`--replay` is not 0).
+    pub(crate) fn keeps(&self) -> bool {
+        self.cap != 0
+    }
+
+    /// Keeps a subject's value (a clone the ring now owns).
+    pub(crate) fn keep_held(&mut self, port: u32, value: HeldValue) {
+        let kept = Kept {
+            kind: Kind::Held,
+            port,
+            x: 0,
+        };
+        if let Some(slot) = self.put(kept).and_then(|i| self.held.get_mut(i)) {
+            *slot = Some(value);
+        }
+    }
+
     /// Keeps a completion.
     #[inline]
     pub(crate) fn keep_complete(&mut self, port: u32) {
@@ -228,6 +257,10 @@ impl Recent {
             match k.kind {
                 Kind::U64 => Input::U64(k.port, k.x),
                 Kind::Line => Input::Line(k.port, &self.lines[i]),
+                Kind::Held => match &self.held[i] {
+                    Some(v) => Input::Held(k.port, v.as_ptr()),
+                    None => Input::Complete(k.port),
+                },
                 Kind::Complete => Input::Complete(k.port),
             }
         })
@@ -416,6 +449,20 @@ fn incomparable(old: &PipelineCode, new: &PipelineCode) -> Option<String> {
         .map(|(path, _)| format!("{path} is new"))
 }
 
+/// A pipeline not replayed, and why.
+pub(crate) fn not_replayed(pipeline: &str, why: String) -> ReplayInfo {
+    report(pipeline, "not-replayed", Some(why))
+}
+
+/// A panic's message.
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
+}
+
 fn report(pipeline: &str, status: &str, reason: Option<String>) -> ReplayInfo {
     ReplayInfo {
         pipeline: pipeline.to_owned(),
@@ -432,7 +479,9 @@ fn report(pipeline: &str, status: &str, reason: Option<String>) -> ReplayInfo {
 struct Side<'a> {
     code: &'a PipelineCode,
     states: StateSlots,
-    muted: Box<Muted<'a>>,
+    /// Shared, not boxed: `cx` points into it, and moving an `Rc` (unlike a `Box`) asserts
+    /// nothing about pointers taken from it (as `Driver::host`).
+    muted: Rc<Muted<'a>>,
     cx: EmitCx,
     /// The chain's end completed: it emits nothing more.
     done: bool,
@@ -440,7 +489,7 @@ struct Side<'a> {
 
 impl<'a> Side<'a> {
     fn new(code: &'a PipelineCode, states: StateSlots, now: u64) -> Side<'a> {
-        let muted = Box::new(Muted {
+        let muted = Rc::new(Muted {
             code,
             out: RefCell::new(Vec::new()),
             panics: RefCell::new(Vec::new()),
@@ -449,7 +498,7 @@ impl<'a> Side<'a> {
             api: refusing_api(),
         });
         let cx = EmitCx {
-            host: (&raw const *muted).cast_mut().cast::<c_void>(),
+            host: Rc::as_ptr(&muted).cast_mut().cast::<c_void>(),
             log: muted_log,
             error: muted_error,
             publish: muted_publish,
@@ -479,6 +528,7 @@ impl<'a> Side<'a> {
                     let view = RStr::new(text);
                     self.push(*port, Wire::Str, (&raw const view).cast())
                 }
+                Input::Held(port, value) => self.push(*port, Wire::Ptr, (&raw const *value).cast()),
                 Input::Complete(port) => self.code.complete(&self.states, *port, &self.cx),
             };
             self.done = matches!(pushed, Pushed::Complete { .. });
@@ -579,11 +629,17 @@ fn describe(code: &PipelineCode, input: &Input<'_>) -> String {
             // SAFETY: a line port's wire value is an `RStr` view, valid for the call.
             unsafe { code.describe(*port, (&raw const view).cast(), TEXT_CAP) }
         }
+        // SAFETY: a subject port's wire value is a pointer to a live value of its layout (the
+        // ring's clone, alive while the ring is).
+        Input::Held(port, value) => unsafe {
+            code.describe(*port, (&raw const *value).cast(), TEXT_CAP)
+        },
         Input::Complete(port) => Some(format!("complete (port {port})")),
     };
     text.unwrap_or_else(|| match input {
         Input::U64(_, x) => x.to_string(),
         Input::Line(_, t) => format!("{t:?}"),
+        Input::Held(port, _) => format!("a value of subject port {port}"),
         Input::Complete(port) => format!("complete (port {port})"),
     })
 }

@@ -715,6 +715,7 @@ impl Runtime {
     /// busy in a long call is left out.
     pub fn replay(&mut self, wait: Duration) -> Vec<ReplayInfo> {
         let mut asked = Vec::new();
+        let mut busy = Vec::new();
         for r in self.pipelines.values() {
             let Some(code) = &r.staged else {
                 continue;
@@ -723,16 +724,38 @@ impl Runtime {
             if shared.replay_inputs.load(Ordering::Relaxed) == 0 || shared.ended() {
                 continue;
             }
+            if shared.stuck.load(Ordering::Relaxed) {
+                // Its thread is in a call that has not returned for seconds: not asked.
+                busy.push(crate::replay::not_replayed(
+                    &code.name,
+                    "its thread is stuck in a call into plugin code".to_owned(),
+                ));
+                continue;
+            }
             // A rendezvous: an answer after the wait is refused and dropped.
             let (one, answer) = crossbeam_channel::bounded(0);
             if shared.inbox.0.send(Msg::Replay(code.clone(), one)).is_ok() {
-                asked.push(answer);
+                asked.push((code.name.clone(), answer));
             }
         }
         let deadline = Instant::now() + wait;
+        let late = |name: &str| {
+            crate::replay::not_replayed(
+                name,
+                format!(
+                    "its thread did not answer within {} ms (busy in a call)",
+                    wait.as_millis()
+                ),
+            )
+        };
         asked
             .into_iter()
-            .filter_map(|answer| answer.recv_deadline(deadline).ok())
+            .map(|(name, answer)| {
+                answer
+                    .recv_deadline(deadline)
+                    .unwrap_or_else(|_| late(&name))
+            })
+            .chain(busy)
             .collect()
     }
 
@@ -2094,7 +2117,12 @@ impl Driver {
         self.mark_call();
         self.after_call();
         match &r {
-            Ok(Pushed::Complete { consumed } | Pushed::PortDone { consumed }) => {
+            Ok(
+                Pushed::Complete { consumed }
+                | Pushed::PortDone { consumed }
+                | Pushed::Panicked { consumed },
+            ) => {
+                // Only what was taken: the caller pushes the rest again.
                 self.recent
                     .keep_u64s(port, &items[..(*consumed).min(items.len())]);
             }
@@ -2132,7 +2160,6 @@ impl Driver {
     // registers; as a call it cost 1.8 ns a value more (BENCHMARKS.md, 2).
     #[inline(always)]
     pub fn push_one(&mut self, x: u64) -> Result<Pushed, String> {
-        self.recent.keep_u64(0, x);
         // `mark_call` twice, with the count in a register across the call (one store to
         // `self.calls` instead of two load-add-store chains through memory).
         let calls = self.calls;
@@ -2155,6 +2182,9 @@ impl Driver {
         match r {
             Ok(REFUSED) => Err(self.not_u64()),
             Ok(s) => {
+                // Taken by the chain (or by a completed one, which takes nothing more and is
+                // never replayed).
+                self.recent.keep_u64(0, x);
                 let p = Pushed::from_one(s);
                 self.note(&Ok(p));
                 Ok(p)
@@ -2288,12 +2318,37 @@ impl Driver {
                 let line = unsafe { (*item.cast::<RStr>()).to_string_lossy() };
                 self.recent.keep_line(port, &line.unwrap_or_default());
             }
-            Wire::Ptr => self.recent.unkept(|| {
-                format!(
-                    "it reads subject {:?}, whose values are the publisher's and not kept",
-                    subject.unwrap_or("")
-                )
-            }),
+            Wire::Ptr if self.recent.keeps() => {
+                // SAFETY: the caller's obligation: `item` points at a pointer to a live value
+                // of the port's layout (checked against the publisher's).
+                let value = unsafe { *item.cast::<*const c_void>() };
+                let glue = self.code.value_glue.get(port as usize).copied();
+                let layout = self
+                    .code
+                    .sources
+                    .get(port as usize)
+                    .and_then(|s| s.item.as_ref());
+                let kept = match (glue, layout) {
+                    // SAFETY: the value is live and of `layout`; `glue` is that type's, in the
+                    // current code's library.
+                    (Some((clone, drop)), Some(fp)) => unsafe {
+                        HeldValue::clone_of(value, fp, clone, drop, self.code.lib())
+                    },
+                    _ => Err(plugin_api::abi::clone_status::UNSUPPORTED),
+                };
+                match kept {
+                    Ok(v) => self.recent.keep_held(port, v),
+                    Err(status) => self.recent.unkept(|| {
+                        let why = if status == plugin_api::abi::clone_status::PANICKED {
+                            "the Clone of one of its values panicked"
+                        } else {
+                            "its values cannot be kept"
+                        };
+                        format!("it reads subject {:?}: {why}", subject.unwrap_or(""))
+                    }),
+                }
+            }
+            Wire::Ptr => {}
         }
     }
 
@@ -3204,8 +3259,20 @@ fn run_pipeline(
                     step!(r, &mut PortRun::Fed);
                 }
                 Msg::Replay(code, answer) => {
-                    // Muted: what it finds is the reload's to report, or nobody's.
-                    let _ = answer.send(cell.with(|d| d.replay(&code)));
+                    // Muted: what it finds is the reload's to report, or nobody's. A panic of
+                    // the host's own code in it is reported there, and the pipeline runs on.
+                    let replayed =
+                        catch_unwind(AssertUnwindSafe(|| cell.with(|d| d.replay(&code))))
+                            .unwrap_or_else(|p| {
+                                crate::replay::not_replayed(
+                                    &code.name,
+                                    format!(
+                                        "the replay failed: {}",
+                                        crate::replay::panic_text(&*p)
+                                    ),
+                                )
+                            });
+                    let _ = answer.send(replayed);
                 }
                 Msg::Prepare(code, answer) => {
                     let plan = cell.with(|d| d.prepare(&code));
@@ -3560,7 +3627,13 @@ mod tests {
             item: plugin_api::fingerprint::of::<u64>(),
             label: RStr::new(label),
             owner: 0,
+            value_clone: no_clone,
+            value_drop: no_drop,
         }
+    }
+
+    unsafe extern "C" fn no_clone(_src: *const u8, _dst: *mut u8) -> u32 {
+        plugin_api::abi::clone_status::UNSUPPORTED
     }
 
     /// What `read_inner` should do with the shared sources of the last inner stream read.

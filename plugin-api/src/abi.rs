@@ -172,6 +172,12 @@ pub struct SourceDesc {
     /// The handle of the track the source belongs to: the pipeline's track for the
     /// pipeline's own source, the fan-in operator's track for an inner stream's source.
     pub owner: u64,
+    /// For a subject: clones the value a wire item points at (`src` is the value, of the
+    /// `item` layout) into `dst`, for a replay on reload to keep it; `UNSUPPORTED` for other
+    /// sources.
+    pub value_clone: CloneStateFn,
+    /// Drops a value `value_clone` wrote.
+    pub value_drop: DropStateFn,
 }
 
 /// A `publish(subject)` operator of a pipeline.

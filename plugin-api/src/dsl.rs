@@ -1959,7 +1959,7 @@ fn quiet_hook(info: &std::panic::PanicHookInfo<'_>) {
     }
 }
 
-unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
+pub(crate) unsafe extern "C" fn drop_nothing(_dst: *mut u8) -> bool {
     true
 }
 
@@ -2013,7 +2013,7 @@ pub(crate) unsafe extern "C" fn clone_state<A: Clone>(src: *const u8, dst: *mut 
     }
 }
 
-unsafe extern "C" fn clone_unsupported(_src: *const u8, _dst: *mut u8) -> u32 {
+pub(crate) unsafe extern "C" fn clone_unsupported(_src: *const u8, _dst: *mut u8) -> u32 {
     clone_status::UNSUPPORTED
 }
 

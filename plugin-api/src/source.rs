@@ -7,8 +7,11 @@ use core::ffi::c_void;
 use core::fmt;
 use core::marker::PhantomData;
 
-use crate::abi::{RStr, SourceDesc, source_kind};
-use crate::dsl::{Binder, Body, Cx, Flow, Observer, Stage, Stream, Tally};
+use crate::abi::{CloneStateFn, DropStateFn, RStr, SourceDesc, source_kind};
+use crate::dsl::{
+    Binder, Body, Cx, Flow, Observer, Stage, Stream, Tally, clone_state, clone_unsupported,
+    drop_nothing, drop_state,
+};
 use crate::fingerprint;
 use crate::shape::Shape;
 
@@ -25,6 +28,11 @@ pub trait Wire: Send + Sync + 'static {
     fn describe(&self, raw: &Self::Raw, out: &mut dyn fmt::Write) -> bool {
         let _ = (raw, out);
         false
+    }
+    /// How the host keeps a value of this source for a replay on reload when the value is
+    /// not the host's own (a subject's, borrowed from its publisher): its clone and drop glue.
+    fn value_glue() -> (CloneStateFn, DropStateFn) {
+        (clone_unsupported, drop_nothing)
     }
 }
 
@@ -104,7 +112,7 @@ impl<T> fmt::Debug for SubjectItems<T> {
     }
 }
 
-impl<T: Clone + Send + Sync + 'static> Wire for SubjectItems<T> {
+impl<T: Clone + fmt::Debug + Send + Sync + 'static> Wire for SubjectItems<T> {
     type Raw = *const T;
     type Out = T;
     #[inline(always)]
@@ -112,6 +120,15 @@ impl<T: Clone + Send + Sync + 'static> Wire for SubjectItems<T> {
         // SAFETY: the host passes a pointer to a live `T` of this layout (the subject's
         // fingerprint was checked against the publisher's), borrowed for the call.
         Some(unsafe { (**raw).clone() })
+    }
+    fn describe(&self, raw: &*const T, out: &mut dyn fmt::Write) -> bool {
+        // SAFETY: as in `read`.
+        let value = unsafe { &**raw };
+        let _ = write!(out, "{value:?}");
+        true
+    }
+    fn value_glue() -> (CloneStateFn, DropStateFn) {
+        (clone_state::<T>, drop_state::<T>)
     }
 }
 
@@ -228,6 +245,8 @@ fn root_typed<W: Wire>(
                 item,
                 label: RStr::NONE,
                 owner: 0,
+                value_clone: W::value_glue().0,
+                value_drop: W::value_glue().1,
             },
             label,
             text: text.unwrap_or_default().to_owned(),
@@ -328,7 +347,7 @@ pub fn tcp_lines(addr: &str) -> Stream<Root<Lines>> {
 /// pipeline), delivered synchronously and in order.
 ///
 /// [`publish`]: crate::dsl::Pipe::publish
-pub fn subject<T: Shape + Clone + Send + Sync + 'static>(
+pub fn subject<T: Shape + Clone + fmt::Debug + Send + Sync + 'static>(
     name: &str,
 ) -> Stream<Root<SubjectItems<T>>> {
     root_typed(

@@ -14,13 +14,21 @@ const BEFORE: &str = r#"    p.pipeline("counter", interval_ms(100)).map(|n: u64|
         .map(|t: u64| t)
         .log();
     p.pipeline("doubled", interval_ms(100)).map(|n: u64| n * 2).publish("doubled");
-    p.pipeline("reader", subject::<u64>("doubled")).log();
+    p.pipeline("reader", subject::<u64>("doubled")).map(|v: u64| v).log();
     p.pipeline("fragile", interval_ms(100)).map(|n: u64| n + 1).log();
     p.pipeline("timed", interval_ms(100)).debounce_ms(50).log();
     p.pipeline("typed", interval_ms(100)).map(|n: u64| n).log();
     p.pipeline("kept", interval_ms(100)).take_last(3).log();
     p.pipeline("slow", interval_ms(100)).map(|n: u64| n + 0).log();
-    p.pipeline("lines", file_lines("in.log")).map(|l: String| l.len()).log();"#;
+    p.pipeline("lines", file_lines("in.log")).map(|l: String| l.len()).log();
+    p.pipeline("listed", interval_ms(100))
+        .scan(Vec::new(), |mut all: Vec<u64>, n: u64| {
+            all.push(n);
+            all
+        })
+        .map(|all: Vec<u64>| all.len())
+        .log();
+    p.pipeline("higher", interval_ms(100)).switch_map(|n: u64| of(vec![n])).log();"#;
 
 /// The edit: `counter` from `n * 2` to `n * 3`; `same` rewritten with the same outputs;
 /// `total`'s `map` after its `scan` adds 1000; `doubled` publishes `n * 4`; `fragile`
@@ -42,6 +50,8 @@ fn after() -> String {
             "map(|n: u64| {\n        std::thread::sleep(std::time::Duration::from_millis(20));\n        n + 0\n    })",
         )
         .replace("map(|l: String| l.len())", "map(|l: String| l.len() * 10)")
+        .replace("map(|v: u64| v)", "map(|v: u64| v + 1)")
+        .replace("all.len())", "all.len() + 1000)")
 }
 
 fn replay_of<'a>(reload: &'a HostEvent, pipeline: &str) -> &'a ReplayInfo {
@@ -80,6 +90,8 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
         ("|n: u64| n).log()", "n as f64"),
         ("|n: u64| n + 0)", "from_millis(20)"),
         ("l.len())", "l.len() * 10)"),
+        ("|v: u64| v)", "|v: u64| v + 1)"),
+        ("all.len())", "all.len() + 1000)"),
     ] {
         assert!(BEFORE.contains(gone) && !after().contains(gone), "{gone}");
         assert!(after().contains(new), "{new}");
@@ -161,15 +173,13 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
         samples(doubled)[0],
         ("9", "\"doubled\" <- 18", "\"doubled\" <- 36")
     );
+    // A subject's values are kept as clones (the publisher's are borrowed): the reader's
+    // last 32 are the old code's publications 18, 20, ..., 80.
     let reader = replay_of(&reload, "reader");
-    assert_eq!(reader.status, "not-replayed", "{reader:?}");
-    assert!(
-        reader
-            .reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("subject \"doubled\""),
-        "{reader:?}"
+    assert_eq!((reader.inputs, reader.changed), (32, 32), "{reader:?}");
+    assert_eq!(
+        samples(reader)[..2],
+        [("18", "18", "19"), ("20", "20", "21")]
     );
 
     // The even inputs (10, 12, ..., 40) panic in the new code; the reload went ahead.
@@ -236,11 +246,28 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
         ]
     );
 
+    // A heap state is copied deeply: each copy of the 41 values grows by itself.
+    let listed = replay_of(&reload, "listed");
+    assert_eq!((listed.inputs, listed.changed), (32, 32), "{listed:?}");
+    assert_eq!(samples(listed)[0], ("9", "42", "1042"));
+    let higher = replay_of(&reload, "higher");
+    assert_eq!(higher.status, "not-replayed", "{higher:?}");
+    assert!(
+        higher
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("switch_map"),
+        "{higher:?}"
+    );
+
     // The live total was untouched by the replay: tick 41 makes 861, through the new code.
     assert!(time.settle(SETTLE));
     advance(&time, 100);
     assert_eq!(numbers(&mut host, "total").last(), Some(&(v2, 1861)));
     assert_eq!(numbers(&mut host, "counter").last(), Some(&(v2, 123)));
+    // The live list was not grown by the replay's copies: 42 values, through the new code.
+    assert_eq!(numbers(&mut host, "listed").last(), Some(&(v2, 1042)));
     host.stop();
 
     // `--replay 0`: nothing kept, nothing replayed.
