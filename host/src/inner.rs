@@ -225,6 +225,13 @@ impl HeldValue {
         Ok(held)
     }
 
+    /// Makes `drop` of version `lib` the glue this value is dropped with (a fingerprint-equal
+    /// type's: as good as the old version's), so the old version can retire.
+    pub(crate) fn rehome(&mut self, drop: DropStateFn, lib: &Arc<LibVersion>) {
+        self.drop = drop;
+        self._lib = lib.clone();
+    }
+
     /// Room for a value of `layout`: inside the `HeldValue` when it fits.
     fn room(layout: Layout) -> Bytes {
         if layout.size() == 0 {

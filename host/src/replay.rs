@@ -221,6 +221,23 @@ impl Recent {
         }
     }
 
+    /// Hands the kept subject values to `code`'s drop glue (the driver took that code; its
+    /// subject ports read the same layouts, or the pipeline would have been restarted), so
+    /// the version that cloned them can retire.
+    pub(crate) fn rehome(&mut self, code: &PipelineCode) {
+        for (k, held) in self.ring.iter().zip(&mut self.held) {
+            let Some(v) = held else {
+                continue;
+            };
+            match code.value_glue.get(k.port as usize) {
+                Some((_, drop)) if matches!(k.kind, Kind::Held) => v.rehome(*drop, code.lib()),
+                // A stale clone (its slot moved on) or a port without glue: dropped now, by
+                // its own version's glue.
+                _ => *held = None,
+            }
+        }
+    }
+
     /// Keeps a completion.
     #[inline]
     pub(crate) fn keep_complete(&mut self, port: u32) {

@@ -2065,8 +2065,10 @@ impl Driver {
         let (_, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (self.port0_entry(&new), env, self.states.as_ptr());
         // The old code is dropped here if nothing else holds it (live inner subscriptions
-        // keep their own version's library until re-projected).
+        // keep their own version's library until re-projected; kept subject values move to
+        // the new version's glue).
         self.code = new;
+        self.recent.rehome(&self.code);
         if !self.host.inners.borrow().is_empty() {
             let lines = self.reproject(&reset);
             if !lines.is_empty() {

@@ -28,7 +28,12 @@ const BEFORE: &str = r#"    p.pipeline("counter", interval_ms(100)).map(|n: u64|
         })
         .map(|all: Vec<u64>| all.len())
         .log();
-    p.pipeline("higher", interval_ms(100)).switch_map(|n: u64| of(vec![n])).log();"#;
+    p.pipeline("higher", interval_ms(100)).switch_map(|n: u64| of(vec![n])).log();
+    p.pipeline("batched", range(0, 1000))
+        .merge(subject::<u64>("never"))
+        .map(|n: u64| if n == 990 { panic!("at 990") } else { n })
+        .scan(0u64, |sum: u64, b: u64| sum + b)
+        .log();"#;
 
 /// The edit: `counter` from `n * 2` to `n * 3`; `same` rewritten with the same outputs;
 /// `total`'s `map` after its `scan` adds 1000; `doubled` publishes `n * 4`; `fragile`
@@ -52,6 +57,7 @@ fn after() -> String {
         .replace("map(|l: String| l.len())", "map(|l: String| l.len() * 10)")
         .replace("map(|v: u64| v)", "map(|v: u64| v + 1)")
         .replace("all.len())", "all.len() + 1000)")
+        .replace("sum + b)", "sum + 2 * b)")
 }
 
 fn replay_of<'a>(reload: &'a HostEvent, pipeline: &str) -> &'a ReplayInfo {
@@ -92,6 +98,7 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
         ("l.len())", "l.len() * 10)"),
         ("|v: u64| v)", "|v: u64| v + 1)"),
         ("all.len())", "all.len() + 1000)"),
+        ("sum + b)", "sum + 2 * b)"),
     ] {
         assert!(BEFORE.contains(gone) && !after().contains(gone), "{gone}");
         assert!(after().contains(new), "{new}");
@@ -259,6 +266,16 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
             .unwrap_or("")
             .contains("switch_map"),
         "{higher:?}"
+    );
+
+    // A batch (a `range`) whose value 990 panicked: the values taken before the panic and
+    // those pushed again after it are each kept once (969 to 999), then the completion. On a
+    // copy of the live sum (0 + ... + 999 but 990 = 498510).
+    let batched = replay_of(&reload, "batched");
+    assert_eq!((batched.inputs, batched.changed), (32, 30), "{batched:?}");
+    assert_eq!(
+        samples(batched)[..2],
+        [("969", "499479", "500448"), ("970", "500449", "502388")]
     );
 
     // The live total was untouched by the replay: tick 41 makes 861, through the new code.
