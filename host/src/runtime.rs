@@ -3016,6 +3016,20 @@ enum Due {
     Replay,
 }
 
+/// How many of `n` values a batch push took: all, or up to the one that completed the
+/// chain or the port or panicked (the rest is pushed again, or not at all).
+fn batch_taken(r: &Result<Pushed, String>, n: usize) -> usize {
+    match r {
+        Ok(Pushed::Continue) => n,
+        Ok(
+            Pushed::Complete { consumed }
+            | Pushed::Panicked { consumed }
+            | Pushed::PortDone { consumed },
+        ) => *consumed,
+        Err(_) => 0,
+    }
+}
+
 /// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
 /// ranges in batches) and takes what host sources send to its inbox (lines), until every
 /// port is done, the pipeline completes, or the host stops it.
@@ -3392,15 +3406,7 @@ fn run_pipeline(
                             let mut items = &values[..];
                             while !items.is_empty() {
                                 let r = cell.with(|d| d.at_due(due, |d| d.push_port(port, items)));
-                                let taken = match &r {
-                                    Ok(Pushed::Continue) => items.len(),
-                                    Ok(
-                                        Pushed::Complete { consumed }
-                                        | Pushed::Panicked { consumed }
-                                        | Pushed::PortDone { consumed },
-                                    ) => *consumed,
-                                    Err(_) => 0,
-                                };
+                                let taken = batch_taken(&r, items.len());
                                 produced += taken as u64;
                                 let port_done = matches!(r, Ok(Pushed::PortDone { .. }));
                                 step!(r, p);
@@ -3499,15 +3505,7 @@ fn run_pipeline(
             let mut items = &buf[..len];
             while !items.is_empty() {
                 let r = cell.with(|d| d.push_port(port as u32, items));
-                let taken = match &r {
-                    Ok(Pushed::Continue) => items.len(),
-                    Ok(
-                        Pushed::Complete { consumed }
-                        | Pushed::Panicked { consumed }
-                        | Pushed::PortDone { consumed },
-                    ) => *consumed,
-                    Err(_) => 0,
-                };
+                let taken = batch_taken(&r, items.len());
                 produced += taken as u64;
                 if let (Some(t), Some(at), Some(&x)) = (&tape, at, items.first()) {
                     t.run(port as u32, at, x, taken as u64);

@@ -2087,15 +2087,32 @@ pub(crate) unsafe extern "C" fn describe_entry<S: Stage>(
     cap: usize,
     len: *mut usize,
 ) -> u32 {
-    // SAFETY: the host passes `cap` writable bytes at `buf` (`DescribeFn`).
-    let mut w = unsafe { Capped::new(buf, cap) };
-    let run = catch_unwind(AssertUnwindSafe(|| {
+    let describe = |w: &mut Capped<'_>| {
         // SAFETY: `env` comes from `finish` for this `S`; `item` is one wire value of
         // `port`'s type (the host's obligation).
-        unsafe { (*env.cast::<Env<S>>()).stage.describe(port, item, &mut w) }
-    }));
-    let run = contained(run);
-    // SAFETY: the host passes a writable `len`.
+        unsafe { (*env.cast::<Env<S>>()).stage.describe(port, item, w) }
+    };
+    // SAFETY: the host passes `cap` writable bytes at `buf` and a writable `len`
+    // (`DescribeFn`).
+    unsafe { write_capped(buf, cap, len, describe) }
+}
+
+/// Runs `f` with a writer into `cap` bytes at `buf`, catching its panics, and writes the
+/// length written to `*len`; the [`debug_status`] (`NO_STATE` when `f` answers false).
+///
+/// # Safety
+/// `buf` must be valid for `cap` writable bytes (or `cap` 0, or `buf` null), and `len`
+/// writable.
+unsafe fn write_capped(
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+    f: impl FnOnce(&mut Capped<'_>) -> bool,
+) -> u32 {
+    // SAFETY: the caller's obligation.
+    let mut w = unsafe { Capped::new(buf, cap) };
+    let run = contained(catch_unwind(AssertUnwindSafe(|| f(&mut w))));
+    // SAFETY: the caller's obligation.
     unsafe { *len = w.len };
     match run {
         Some(false) => debug_status::NO_STATE,
@@ -2109,18 +2126,16 @@ pub(crate) unsafe extern "C" fn debug_state<A: fmt::Debug>(
     cap: usize,
     len: *mut usize,
 ) -> u32 {
-    // SAFETY: the host passes `cap` writable bytes at `buf` (`DebugStateFn`).
-    let mut w = unsafe { Capped::new(buf, cap) };
-    let run = catch_unwind(AssertUnwindSafe(|| {
+    let debug = |w: &mut Capped<'_>| {
         // SAFETY: the host calls this only on a slot holding an initialised `A` that nothing
         // mutates during the call (on the thread that owns it, between two pushes).
         let value = unsafe { &*src.cast::<A>() };
-        let _ = fmt::write(&mut w, format_args!("{value:?}"));
-    }));
-    let panicked = contained(run).is_none();
-    // SAFETY: the host passes a writable `len`.
-    unsafe { *len = w.len };
-    w.status(panicked)
+        let _ = fmt::write(w, format_args!("{value:?}"));
+        true
+    };
+    // SAFETY: the host passes `cap` writable bytes at `buf` and a writable `len`
+    // (`DebugStateFn`).
+    unsafe { write_capped(buf, cap, len, debug) }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
