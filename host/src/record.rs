@@ -2,7 +2,7 @@
 //! code again (`--replay-from FILE`).
 //!
 //! **The file** is JSON lines. The first is a header:
-//! `{"format":"hmr-record","version":1,"host":"0.1.0","plugin":"/path/to/plugin","start":<unix ms>}`.
+//! `{"format":"hmr-record","version":2,"host":"0.1.0","plugin":"/path/to/plugin","start":<unix ms>}`.
 //! Then one line per source value a pipeline's own sources produced (interval ticks, `range`
 //! values, `of` indices, lines of `file_lines` / `tcp_lines` / `stdin_lines`) and per source
 //! completion, in the order each pipeline took them:
@@ -11,12 +11,25 @@
 //! virtual clock records virtual time), and the value is one of `"u64"` (an interval's or a
 //! `range`'s number), `"index"` (an `of` item: its index into the plugin's items), `"line"`
 //! (a line's text) or `"complete":true`. `debug` is the value's Debug text where the host knows
-//! it (an `of` item's through the plugin: [`describe_input`]). A host that ends normally writes a
-//! last line `{"end":<t>}`. Subject values are not recorded (their publishers produce them
-//! again), nor the sources of inner subscriptions.
+//! it (an `of` item's through the plugin: [`describe_input`]; a `u64`'s is its number).
+//!
+//! **Runs** (version 2). Regular values make one line: a `u64` or `index` line with `"n":N`
+//! and `"dt":DT` stands for the `N` values `u64 + k` (or indices `index + k`) at times
+//! `t + k * DT`, `k` in `0..N`: an interval's ticks (`dt` its period, the ticks' deadlines being
+//! exactly one period apart), or a `range`/`of` batch at one instant (`dt` 0):
+//! `{"pipeline":"counter","port":0,"source":"interval_ms(500)","t":500000000,"u64":1,"n":8,"dt":500000000}`.
+//! A `u64` run has no `debug` (each value's Debug text is its number); an `of` run has
+//! `"debug":[...]`, each item's text in order (`null` for an item the plugin has none for; no
+//! field if it has none at all). A run of one value is written as a plain value line. A
+//! reader checks `n` >= 1, both `n` and `dt` present, and that neither the last value nor the
+//! last time overflows a `u64`. A host that ends normally writes a last line `{"end":<t>}`.
+//! Subject values are not recorded (their publishers produce them again), nor the sources of
+//! inner subscriptions. This host reads versions 1 (no runs) and 2.
 //!
 //! **Off the emission path.** A pipeline thread appends a compact record to its own
-//! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in); a full
+//! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in; a
+//! value continuing the tape's last record, on the same port, by the next number at the next
+//! time step, extends it into a run in place: an interval's ticks cost no new record); a full
 //! chunk of [`CHUNK`] records goes to the writer thread through a bounded channel (the thread
 //! waits while the writer lags: no value is dropped), and the writer takes what each tape
 //! holds every [`STEAL_EVERY`], so a quiet or busy pipeline's values reach the file within
@@ -51,8 +64,10 @@ use crate::events::{HostEvent, Sink};
 /// The header's `format`.
 pub const FORMAT: &str = "hmr-record";
 
-/// The format version this host writes, and the newest it reads.
-pub const VERSION: u64 = 1;
+/// The format version this host writes, and the newest it reads. Version 2 added runs (a
+/// value line with `n` and `dt`); a host of version 1 would read a run as its first value
+/// only, so it is refused there as a newer version. Version 1 files (no runs) are read too.
+pub const VERSION: u64 = 2;
 
 /// Records a pipeline thread appends before it hands the chunk to the writer.
 pub const CHUNK: usize = 4096;
@@ -79,19 +94,79 @@ pub fn describe_input(code: &PipelineCode, port: u32, index: u64) -> Option<Stri
 /// One recorded source event as a pipeline thread appends it: no formatting, no allocation.
 #[derive(Debug)]
 enum Rec {
-    /// One `u64` value (an interval's tick).
-    U64 { port: u32, t: u64, v: u64 },
-    /// A batch of consecutive values `first..first + n` (`range`, `of` indices).
+    /// `n` consecutive `u64` values `first..first + n` (interval ticks, `range` values, `of`
+    /// indices), value `first + i` at time `t + i * dt`: a batch at one instant (`dt` 0), an
+    /// interval's ticks (`dt` its period), or one value (`n` 1, `dt` 0).
     Run {
         port: u32,
         t: u64,
         first: u64,
         n: u64,
+        dt: u64,
     },
     /// A line.
     Line { port: u32, t: u64, line: String },
     /// The source completed.
     Complete { port: u32, t: u64 },
+}
+
+impl Rec {
+    /// Extends this record by the `k` values `first..first + k` of `port` at time `t`, if they
+    /// continue it: the same port, the next values, and the next time of its step (after one
+    /// value, the step is the time since it: an interval's period, or 0 for the same
+    /// instant; `k` values at one instant need a step of 0). Returns whether it did. Nothing
+    /// overflows: a run's last value and last time are values appended.
+    #[inline]
+    fn extend(&mut self, port: u32, t: u64, first: u64, k: u64) -> bool {
+        let Rec::Run {
+            port: p,
+            t: t0,
+            first: f0,
+            n,
+            dt,
+        } = self
+        else {
+            return false;
+        };
+        if *p != port || f0.checked_add(*n) != Some(first) {
+            return false;
+        }
+        let step = if *n == 1 {
+            match t.checked_sub(*t0) {
+                Some(d) => d,
+                None => return false,
+            }
+        } else {
+            *dt
+        };
+        if (k > 1 && step != 0) || n.checked_mul(step).and_then(|d| t0.checked_add(d)) != Some(t)
+        {
+            return false;
+        }
+        let Some(total) = n.checked_add(k) else {
+            return false;
+        };
+        *n = total;
+        *dt = step;
+        true
+    }
+}
+
+/// Appends `r` to `recs`, or extends the last record with it (regular values: an interval's
+/// ticks, a batch's values at one instant, make one record). Returns whether a record was
+/// added.
+#[inline]
+fn push_rec(recs: &mut Vec<Rec>, r: Rec) -> bool {
+    if let Rec::Run {
+        port, t, first, n, ..
+    } = r
+        && let Some(last) = recs.last_mut()
+        && last.extend(port, t, first, n)
+    {
+        return false;
+    }
+    recs.push(r);
+    true
 }
 
 /// Records of one tape, in the order it appended them (`seq`).
@@ -115,7 +190,8 @@ struct TapeShared {
     id: u64,
     pipeline: String,
     sources: Vec<SourceSpec>,
-    code: Arc<PipelineCode>,
+    /// Formats an `of` item (none in the unit tests: no `debug` then).
+    code: Option<Arc<PipelineCode>>,
     buf: Mutex<TapeBuf>,
 }
 
@@ -277,10 +353,20 @@ impl Recording {
     /// A tape for one run of a pipeline thread whose first code is `code` (its name and
     /// sources name the records; it formats an `of` item, see [`describe_input`]).
     pub fn tape(self: &Arc<Self>, code: Arc<PipelineCode>) -> Tape {
+        self.tape_of(code.name.clone(), code.sources.clone(), Some(code))
+    }
+
+    /// A tape of the pipeline `pipeline` with `sources`, formatting `of` items with `code`.
+    fn tape_of(
+        self: &Arc<Self>,
+        pipeline: String,
+        sources: Vec<SourceSpec>,
+        code: Option<Arc<PipelineCode>>,
+    ) -> Tape {
         let shared = Arc::new(TapeShared {
             id: self.next_tape.fetch_add(1, Ordering::Relaxed),
-            pipeline: code.name.clone(),
-            sources: code.sources.clone(),
+            pipeline,
+            sources,
             code,
             buf: Mutex::new(TapeBuf {
                 seq: 0,
@@ -521,46 +607,79 @@ impl Out {
     }
 }
 
-/// Appends the JSON line of `r` to `buf`.
+/// Appends the JSON line of `r` to `buf`: a run of one value as a value line, a longer run as
+/// one line with its length `n` and time step `dt`.
 fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
     let (port, at) = match &r {
-        Rec::U64 { port, t, .. }
-        | Rec::Run { port, t, .. }
-        | Rec::Line { port, t, .. }
-        | Rec::Complete { port, t } => (*port, *t),
+        Rec::Run { port, t, .. } | Rec::Line { port, t, .. } | Rec::Complete { port, t } => {
+            (*port, *t)
+        }
     };
     let Some(prefix) = t.prefixes.get(port as usize) else {
         return;
     };
     let of = t.tape.sources[port as usize].kind == source_kind::OF;
-    let value = |buf: &mut Vec<u8>, v: u64| {
-        buf.extend_from_slice(prefix);
-        push_u64(buf, at);
-        if of {
-            buf.extend_from_slice(b",\"index\":");
-            push_u64(buf, v);
-            if let Some(d) = describe_input(&t.tape.code, port, v) {
-                buf.extend_from_slice(b",\"debug\":");
-                push_json_str(buf, &d);
-            }
-        } else {
-            // A `u64`'s Debug text is its digits.
-            let mut digits = itoa::Buffer::new();
-            let digits = digits.format(v).as_bytes();
-            buf.extend_from_slice(b",\"u64\":");
-            buf.extend_from_slice(digits);
-            buf.extend_from_slice(b",\"debug\":\"");
-            buf.extend_from_slice(digits);
-            buf.push(b'"');
-        }
-        buf.extend_from_slice(b"}\n");
-    };
     match r {
-        Rec::U64 { v, .. } => value(buf, v),
-        Rec::Run { first, n, .. } => {
-            for v in first..first.saturating_add(n) {
-                value(buf, v);
+        Rec::Run { first, n, dt, .. } => {
+            buf.extend_from_slice(prefix);
+            push_u64(buf, at);
+            if of {
+                buf.extend_from_slice(b",\"index\":");
+                push_u64(buf, first);
+                if n > 1 {
+                    buf.extend_from_slice(b",\"n\":");
+                    push_u64(buf, n);
+                    buf.extend_from_slice(b",\"dt\":");
+                    push_u64(buf, dt);
+                    // Each item's Debug text (`null` where the plugin has none); left out
+                    // when it has none for any.
+                    let mark = buf.len();
+                    buf.extend_from_slice(b",\"debug\":[");
+                    let mut any = false;
+                    for (i, v) in (first..first.saturating_add(n)).enumerate() {
+                        if i > 0 {
+                            buf.push(b',');
+                        }
+                        match t.tape.code.as_ref().and_then(|c| describe_input(c, port, v)) {
+                            Some(d) => {
+                                push_json_str(buf, &d);
+                                any = true;
+                            }
+                            None => buf.extend_from_slice(b"null"),
+                        }
+                    }
+                    if any {
+                        buf.push(b']');
+                    } else {
+                        buf.truncate(mark);
+                    }
+                } else if let Some(d) = t
+                    .tape
+                    .code
+                    .as_ref()
+                    .and_then(|c| describe_input(c, port, first))
+                {
+                    buf.extend_from_slice(b",\"debug\":");
+                    push_json_str(buf, &d);
+                }
+            } else {
+                // A `u64`'s Debug text is its digits: a run's are not written again.
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(first).as_bytes();
+                buf.extend_from_slice(b",\"u64\":");
+                buf.extend_from_slice(digits);
+                if n > 1 {
+                    buf.extend_from_slice(b",\"n\":");
+                    push_u64(buf, n);
+                    buf.extend_from_slice(b",\"dt\":");
+                    push_u64(buf, dt);
+                } else {
+                    buf.extend_from_slice(b",\"debug\":\"");
+                    buf.extend_from_slice(digits);
+                    buf.push(b'"');
+                }
             }
+            buf.extend_from_slice(b"}\n");
         }
         Rec::Line { line, .. } => {
             buf.extend_from_slice(prefix);
@@ -634,21 +753,35 @@ impl std::fmt::Debug for Tape {
 }
 
 impl Tape {
-    /// One `u64` value of `port` (an interval's tick) due at `at`.
+    /// One `u64` value of `port` (an interval's tick) due at `at`. It extends the tape's last
+    /// record into a run when it continues it (see [`Rec::extend`]).
     #[inline]
     pub fn value(&self, port: u32, at: Instant, v: u64) {
         let t = self.recording.ns(at);
-        self.append(Rec::U64 { port, t, v });
+        self.append(Rec::Run {
+            port,
+            t,
+            first: v,
+            n: 1,
+            dt: 0,
+        });
     }
 
-    /// The values `first..first + n` of `port` (a `range` batch, `of` indices) at `at`.
+    /// The values `first..first + n` of `port` (a `range` batch, `of` indices) at `at`. A
+    /// batch continuing the tape's last record at the same instant extends it.
     #[inline]
     pub fn run(&self, port: u32, at: Instant, first: u64, n: u64) {
         if n == 0 {
             return;
         }
         let t = self.recording.ns(at);
-        self.append(Rec::Run { port, t, first, n });
+        self.append(Rec::Run {
+            port,
+            t,
+            first,
+            n,
+            dt: 0,
+        });
     }
 
     /// A line of `port` at `at`.
@@ -675,8 +808,8 @@ impl Tape {
         }
         let full = {
             let mut b = lock(&self.shared.buf);
-            b.recs.push(r);
-            if b.recs.len() < CHUNK {
+            // A record the writer has taken is not extended: the next starts a new one.
+            if !push_rec(&mut b.recs, r) || b.recs.len() < CHUNK {
                 return;
             }
             let recs = std::mem::replace(&mut b.recs, self.recording.fresh_chunk());
@@ -794,6 +927,8 @@ struct RawLine<'a> {
     line: Option<String>,
     complete: Option<bool>,
     end: Option<u64>,
+    n: Option<u64>,
+    dt: Option<u64>,
 }
 
 /// Reads the recording at `path`. A file that is not a recording, or a line that is not a
@@ -873,6 +1008,35 @@ pub fn read(path: &Path) -> anyhow::Result<Recorded> {
                     value,
                 });
             }
+            Parsed::Run {
+                stream,
+                t,
+                first,
+                index: of,
+                n: count,
+                dt,
+            } => {
+                let i = *index.entry(stream.clone()).or_insert_with(|| {
+                    streams.push(stream);
+                    streams.len() - 1
+                });
+                let fits = usize::try_from(count)
+                    .ok()
+                    .filter(|&c| entries.try_reserve(c).is_ok());
+                if fits.is_none() {
+                    bail!("{name}:{n}: a run of {count} values does not fit in memory");
+                }
+                // Checked by `parse_record`: the last value and time do not overflow.
+                entries.extend((0..count).map(|k| Entry {
+                    stream: i,
+                    t: t + k * dt,
+                    value: if of {
+                        Value::Index(first + k)
+                    } else {
+                        Value::U64(first + k)
+                    },
+                }));
+            }
         }
     }
     let Some(header) = header else {
@@ -891,6 +1055,15 @@ pub fn read(path: &Path) -> anyhow::Result<Recorded> {
 enum Parsed {
     End(u64),
     Value(Stream, u64, Value),
+    /// `n` values `first + k` (indices of an `of` if `index`) at times `t + k * dt`.
+    Run {
+        stream: Stream,
+        t: u64,
+        first: u64,
+        index: bool,
+        n: u64,
+        dt: u64,
+    },
 }
 
 /// One record line, or why it is not one.
@@ -921,15 +1094,47 @@ fn parse_record(text: &str) -> Result<Parsed, String> {
         return Err("it needs exactly one of `u64`, `index`, `line` or `complete`".to_owned());
     }
     let value = values.pop().expect("one");
-    Ok(Parsed::Value(
-        Stream {
-            pipeline: pipeline.into_owned(),
-            port,
-            source: source.into_owned(),
-        },
+    let stream = Stream {
+        pipeline: pipeline.into_owned(),
+        port,
+        source: source.into_owned(),
+    };
+    let (n, dt) = match (raw.n, raw.dt) {
+        (None, None) => return Ok(Parsed::Value(stream, t, value)),
+        (Some(_), None) => return Err("a run (`n`) needs its time step `dt`".to_owned()),
+        (None, Some(_)) => return Err("a time step `dt` needs a run length `n`".to_owned()),
+        (Some(n), Some(dt)) => (n, dt),
+    };
+    let (first, index) = match value {
+        Value::U64(v) => (v, false),
+        Value::Index(i) => (i, true),
+        _ => return Err("a run (`n`) is of `u64` or `index` values".to_owned()),
+    };
+    if n == 0 {
+        return Err("a run of 0 values (`n` is at least 1)".to_owned());
+    }
+    if first.checked_add(n - 1).is_none() {
+        return Err(format!(
+            "the run's last value overflows: {first} + {} is past {}",
+            n - 1,
+            u64::MAX
+        ));
+    }
+    if (n - 1).checked_mul(dt).and_then(|d| t.checked_add(d)).is_none() {
+        return Err(format!(
+            "the run's last time overflows: {t} + {} * {dt} is past {}",
+            n - 1,
+            u64::MAX
+        ));
+    }
+    Ok(Parsed::Run {
+        stream,
         t,
-        value,
-    ))
+        first,
+        index,
+        n,
+        dt,
+    })
 }
 
 /// What a pipeline thread runs instead of its own sources in a replay.
@@ -1171,5 +1376,215 @@ impl Mode {
     /// Whether the pipelines' own host sources (files, sockets, stdin) are opened.
     pub fn opens_sources(&self) -> bool {
         !matches!(self, Mode::Replay(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends `(port, t, first, k)` (the values `first..first + k` of `port` at `t`) as a tape
+    /// does; returns its records as `(port, t, first, n, dt)`.
+    fn taped(appends: &[(u32, u64, u64, u64)]) -> Vec<(u32, u64, u64, u64, u64)> {
+        let mut recs = Vec::new();
+        for &(port, t, first, n) in appends {
+            push_rec(
+                &mut recs,
+                Rec::Run {
+                    port,
+                    t,
+                    first,
+                    n,
+                    dt: 0,
+                },
+            );
+        }
+        recs.into_iter()
+            .map(|r| match r {
+                Rec::Run {
+                    port,
+                    t,
+                    first,
+                    n,
+                    dt,
+                } => (port, t, first, n, dt),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn regular_values_extend_the_last_record_into_a_run() {
+        const M: u64 = u64::MAX;
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, &[(u32, u64, u64, u64)], &[(u32, u64, u64, u64, u64)])] = &[
+            (
+                "an interval's ticks",
+                &[(0, 500, 1, 1), (0, 1000, 2, 1), (0, 1500, 3, 1), (0, 2000, 4, 1)],
+                &[(0, 500, 1, 4, 500)],
+            ),
+            (
+                "a late deadline",
+                &[(0, 500, 1, 1), (0, 1000, 2, 1), (0, 1600, 3, 1), (0, 2200, 4, 1)],
+                &[(0, 500, 1, 2, 500), (0, 1600, 3, 2, 600)],
+            ),
+            (
+                "a value skipped",
+                &[(0, 500, 1, 1), (0, 1000, 2, 1), (0, 1500, 4, 1)],
+                &[(0, 500, 1, 2, 500), (0, 1500, 4, 1, 0)],
+            ),
+            (
+                "another port between",
+                &[(0, 500, 1, 1), (1, 700, 2, 1), (0, 1000, 2, 1)],
+                &[(0, 500, 1, 1, 0), (1, 700, 2, 1, 0), (0, 1000, 2, 1, 0)],
+            ),
+            (
+                "ticks at one instant",
+                &[(0, 5, 0, 1), (0, 5, 1, 1), (0, 5, 2, 1), (0, 6, 3, 1)],
+                &[(0, 5, 0, 3, 0), (0, 6, 3, 1, 0)],
+            ),
+            (
+                "time going back",
+                &[(0, 5, 0, 1), (0, 4, 1, 1)],
+                &[(0, 5, 0, 1, 0), (0, 4, 1, 1, 0)],
+            ),
+            (
+                "batches at one instant",
+                &[(0, 7, 0, 1024), (0, 7, 1024, 1024), (0, 7, 2048, 1)],
+                &[(0, 7, 0, 2049, 0)],
+            ),
+            (
+                "batches at two instants",
+                &[(0, 7, 0, 1024), (0, 9, 1024, 1024)],
+                &[(0, 7, 0, 1024, 0), (0, 9, 1024, 1024, 0)],
+            ),
+            (
+                "a batch after one value, later",
+                &[(0, 7, 0, 1), (0, 9, 1, 5)],
+                &[(0, 7, 0, 1, 0), (0, 9, 1, 5, 0)],
+            ),
+            (
+                "one-value batches a step apart",
+                &[(0, 7, 0, 1), (0, 9, 1, 1), (0, 11, 2, 1)],
+                &[(0, 7, 0, 3, 2)],
+            ),
+            (
+                "the next time past u64",
+                &[(0, 0, 0, 1), (0, M, 1, 1), (0, M, 2, 1)],
+                &[(0, 0, 0, 2, M), (0, M, 2, 1, 0)],
+            ),
+            (
+                "the last value",
+                &[(0, 0, M - 1, 1), (0, 0, M, 1)],
+                &[(0, 0, M - 1, 2, 0)],
+            ),
+        ];
+        for (what, appends, want) in cases {
+            assert_eq!(taped(appends), *want, "{what}");
+        }
+    }
+
+    fn spec(kind: u32, label: &str) -> SourceSpec {
+        SourceSpec {
+            kind,
+            a: 0,
+            b: 0,
+            text: String::new(),
+            label: label.to_owned(),
+            item: None,
+        }
+    }
+
+    #[test]
+    fn runs_are_one_line_each_and_read_back_as_every_value() -> anyhow::Result<()> {
+        let dir = crate::testkit::TempDir::new("record_runs");
+        let file = dir.path().join("runs.jsonl");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
+        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let recording = recorder.recording();
+        let tape = recording.tape_of(
+            "counter".to_owned(),
+            vec![
+                spec(source_kind::INTERVAL, "interval_ms(500)"),
+                spec(source_kind::RANGE, "range(0, 3000)"),
+                spec(source_kind::OF, "of([1, 2])"),
+            ],
+            None,
+        );
+        let ms = |k: u64| recording.start + Duration::from_millis(k);
+        {
+            // The writer takes nothing from the tape meanwhile (a steal would cut a run).
+            let _writer = lock(&recording.out);
+            for k in 1..=8 {
+                tape.value(0, ms(500 * k), k);
+            }
+            // A tick late by 100 ms (a deadline the runtime never gives: one more run).
+            tape.value(0, ms(4600), 9);
+            tape.value(0, ms(5100), 10);
+            // `range` batches at one instant, then the completion.
+            tape.run(1, ms(5100), 0, 1024);
+            tape.run(1, ms(5100), 1024, 1024);
+            tape.run(1, ms(5100), 2048, 952);
+            tape.complete(1, ms(5100));
+            tape.run(2, ms(6000), 0, 2);
+            tape.value(0, ms(7000), 11);
+        }
+        drop(tape);
+        recorder.finish()?;
+        let text = std::fs::read_to_string(&file)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let p = r#"{"pipeline":"counter","port":"#;
+        let want = [
+            format!(r#"{p}0,"source":"interval_ms(500)","t":500000000,"u64":1,"n":8,"dt":500000000}}"#),
+            format!(r#"{p}0,"source":"interval_ms(500)","t":4600000000,"u64":9,"n":2,"dt":500000000}}"#),
+            format!(r#"{p}1,"source":"range(0, 3000)","t":5100000000,"u64":0,"n":3000,"dt":0}}"#),
+            format!(r#"{p}1,"source":"range(0, 3000)","t":5100000000,"complete":true}}"#),
+            format!(r#"{p}2,"source":"of([1, 2])","t":6000000000,"index":0,"n":2,"dt":0}}"#),
+            format!(r#"{p}0,"source":"interval_ms(500)","t":7000000000,"u64":11,"debug":"11"}}"#),
+        ];
+        assert!(lines[0].starts_with(r#"{"format":"hmr-record","version":2,"#));
+        assert_eq!(lines[1..lines.len() - 1], want);
+        assert!(lines[lines.len() - 1].starts_with(r#"{"end":"#));
+
+        let read = read(&file)?;
+        let got: Vec<(u32, u64, Value)> = read
+            .entries
+            .iter()
+            .map(|e| (read.streams[e.stream].port, e.t, e.value.clone()))
+            .collect();
+        let ns = |ms: u64| ms * 1_000_000;
+        let mut expected: Vec<(u32, u64, Value)> =
+            (1..=8).map(|k| (0, ns(500 * k), Value::U64(k))).collect();
+        expected.push((0, ns(4600), Value::U64(9)));
+        expected.push((0, ns(5100), Value::U64(10)));
+        expected.extend((0..3000).map(|v| (1, ns(5100), Value::U64(v))));
+        expected.push((1, ns(5100), Value::Complete));
+        expected.push((2, ns(6000), Value::Index(0)));
+        expected.push((2, ns(6000), Value::Index(1)));
+        expected.push((0, ns(7000), Value::U64(11)));
+        assert_eq!(got, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_line_or_completion_is_never_extended() {
+        let mut recs = vec![Rec::Complete { port: 0, t: 5 }];
+        let run = |first| Rec::Run {
+            port: 0,
+            t: 5,
+            first,
+            n: 1,
+            dt: 0,
+        };
+        assert!(push_rec(&mut recs, run(0)));
+        recs.push(Rec::Line {
+            port: 0,
+            t: 5,
+            line: "a".to_owned(),
+        });
+        assert!(push_rec(&mut recs, run(1)));
+        assert!(!push_rec(&mut recs, run(2)));
+        assert_eq!(recs.len(), 4);
     }
 }
