@@ -139,8 +139,7 @@ impl Rec {
         } else {
             *dt
         };
-        if (k > 1 && step != 0) || n.checked_mul(step).and_then(|d| t0.checked_add(d)) != Some(t)
-        {
+        if (k > 1 && step != 0) || n.checked_mul(step).and_then(|d| t0.checked_add(d)) != Some(t) {
             return false;
         }
         let Some(total) = n.checked_add(k) else {
@@ -640,7 +639,12 @@ fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
                         if i > 0 {
                             buf.push(b',');
                         }
-                        match t.tape.code.as_ref().and_then(|c| describe_input(c, port, v)) {
+                        match t
+                            .tape
+                            .code
+                            .as_ref()
+                            .and_then(|c| describe_input(c, port, v))
+                        {
                             Some(d) => {
                                 push_json_str(buf, &d);
                                 any = true;
@@ -1120,7 +1124,11 @@ fn parse_record(text: &str) -> Result<Parsed, String> {
             u64::MAX
         ));
     }
-    if (n - 1).checked_mul(dt).and_then(|d| t.checked_add(d)).is_none() {
+    if (n - 1)
+        .checked_mul(dt)
+        .and_then(|d| t.checked_add(d))
+        .is_none()
+    {
         return Err(format!(
             "the run's last time overflows: {t} + {} * {dt} is past {}",
             n - 1,
@@ -1420,12 +1428,22 @@ mod tests {
         let cases: &[(&str, &[(u32, u64, u64, u64)], &[(u32, u64, u64, u64, u64)])] = &[
             (
                 "an interval's ticks",
-                &[(0, 500, 1, 1), (0, 1000, 2, 1), (0, 1500, 3, 1), (0, 2000, 4, 1)],
+                &[
+                    (0, 500, 1, 1),
+                    (0, 1000, 2, 1),
+                    (0, 1500, 3, 1),
+                    (0, 2000, 4, 1),
+                ],
                 &[(0, 500, 1, 4, 500)],
             ),
             (
                 "a late deadline",
-                &[(0, 500, 1, 1), (0, 1000, 2, 1), (0, 1600, 3, 1), (0, 2200, 4, 1)],
+                &[
+                    (0, 500, 1, 1),
+                    (0, 1000, 2, 1),
+                    (0, 1600, 3, 1),
+                    (0, 2200, 4, 1),
+                ],
                 &[(0, 500, 1, 2, 500), (0, 1600, 3, 2, 600)],
             ),
             (
@@ -1536,8 +1554,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let p = r#"{"pipeline":"counter","port":"#;
         let want = [
-            format!(r#"{p}0,"source":"interval_ms(500)","t":500000000,"u64":1,"n":8,"dt":500000000}}"#),
-            format!(r#"{p}0,"source":"interval_ms(500)","t":4600000000,"u64":9,"n":2,"dt":500000000}}"#),
+            format!(
+                r#"{p}0,"source":"interval_ms(500)","t":500000000,"u64":1,"n":8,"dt":500000000}}"#
+            ),
+            format!(
+                r#"{p}0,"source":"interval_ms(500)","t":4600000000,"u64":9,"n":2,"dt":500000000}}"#
+            ),
             format!(r#"{p}1,"source":"range(0, 3000)","t":5100000000,"u64":0,"n":3000,"dt":0}}"#),
             format!(r#"{p}1,"source":"range(0, 3000)","t":5100000000,"complete":true}}"#),
             format!(r#"{p}2,"source":"of([1, 2])","t":6000000000,"index":0,"n":2,"dt":0}}"#),

@@ -291,7 +291,11 @@ fn an_intervals_ticks_are_recorded_as_runs_and_replay_identically() -> anyhow::R
     let count = check_runs(&lines, "fast", "interval_ms(10)", 10_000_000, 101);
     // A line a tick before runs; a cut every 100 ms of real time at most since.
     assert!(count <= 20, "{count} lines for 101 ticks:\n{text}");
-    assert_eq!(lines.len(), count + 2, "the header, the ticks, the end:\n{text}");
+    assert_eq!(
+        lines.len(),
+        count + 2,
+        "the header, the ticks, the end:\n{text}"
+    );
 
     let replayed = replay(&fixture.options(), &file)?;
     assert!(replayed.warnings.is_empty(), "{:?}", replayed.warnings);
