@@ -45,6 +45,7 @@
 //! batch after them).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -91,81 +92,62 @@ pub fn describe_input(code: &PipelineCode, port: u32, index: u64) -> Option<Stri
     unsafe { code.describe(port, (&raw const index).cast(), 200) }
 }
 
-/// One recorded source event as a pipeline thread appends it: no formatting, no allocation.
-#[derive(Debug)]
-enum Rec {
-    /// `n` consecutive `u64` values `first..first + n` (interval ticks, `range` values, `of`
-    /// indices), value `first + i` at time `t + i * dt`: a batch at one instant (`dt` 0), an
-    /// interval's ticks (`dt` its period), or one value (`n` 1, `dt` 0).
-    Run {
-        port: u32,
-        t: u64,
-        first: u64,
-        n: u64,
-        dt: u64,
-    },
-    /// A line.
-    Line { port: u32, t: u64, line: String },
-    /// The source completed.
-    Complete { port: u32, t: u64 },
+/// `n` consecutive `u64` values `first..first + n` of a port (interval ticks, `range` values,
+/// `of` indices), value `first + i` at time `t + i * dt`: an interval's ticks (`dt` its
+/// period), a batch at one instant (`dt` 0), or one value (`n` 1, `dt` 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    port: u32,
+    t: u64,
+    first: u64,
+    n: u64,
+    dt: u64,
 }
 
-impl Rec {
-    /// Extends this record by the `k` values `first..first + k` of `port` at time `t`, if they
+impl Run {
+    /// Extends this run by the `k` values `first..first + k` of `port` at time `t`, if they
     /// continue it: the same port, the next values, and the next time of its step (after one
     /// value, the step is the time since it: an interval's period, or 0 for the same
     /// instant; `k` values at one instant need a step of 0). Returns whether it did. Nothing
     /// overflows: a run's last value and last time are values appended.
     #[inline]
     fn extend(&mut self, port: u32, t: u64, first: u64, k: u64) -> bool {
-        let Rec::Run {
-            port: p,
-            t: t0,
-            first: f0,
-            n,
-            dt,
-        } = self
-        else {
-            return false;
-        };
-        if *p != port || f0.checked_add(*n) != Some(first) {
+        if self.port != port || self.first.checked_add(self.n) != Some(first) {
             return false;
         }
-        let step = if *n == 1 {
-            match t.checked_sub(*t0) {
+        let step = if self.n == 1 {
+            match t.checked_sub(self.t) {
                 Some(d) => d,
                 None => return false,
             }
         } else {
-            *dt
+            self.dt
         };
-        if (k > 1 && step != 0) || n.checked_mul(step).and_then(|d| t0.checked_add(d)) != Some(t) {
+        if (k > 1 && step != 0)
+            || self.n.checked_mul(step).and_then(|d| self.t.checked_add(d)) != Some(t)
+        {
             return false;
         }
-        let Some(total) = n.checked_add(k) else {
+        let Some(total) = self.n.checked_add(k) else {
             return false;
         };
-        *n = total;
-        *dt = step;
+        self.n = total;
+        self.dt = step;
         true
     }
 }
 
-/// Appends `r` to `recs`, or extends the last record with it (regular values: an interval's
-/// ticks, a batch's values at one instant, make one record). Returns whether a record was
-/// added.
-#[inline]
-fn push_rec(recs: &mut Vec<Rec>, r: Rec) -> bool {
-    if let Rec::Run {
-        port, t, first, n, ..
-    } = r
-        && let Some(last) = recs.last_mut()
-        && last.extend(port, t, first, n)
-    {
-        return false;
-    }
-    recs.push(r);
-    true
+/// One recorded source event, as a tape holds it for the writer: no formatting, no
+/// allocation.
+#[derive(Debug)]
+enum Rec {
+    /// A run the pipeline thread has stopped extending: its tape's open run number `open`
+    /// (the writer may have written its first values already: [`TapeOut::done`]).
+    Run { run: Run, open: u64 },
+    /// A line.
+    Line { port: u32, t: u64, line: String },
+    /// The source completed.
+    Complete { port: u32, t: u64 },
 }
 
 /// Records of one tape, in the order it appended them (`seq`).
@@ -182,6 +164,11 @@ struct TapeBuf {
     recs: Vec<Rec>,
     /// The pipeline thread has ended: nothing more comes.
     closed: bool,
+    /// The run the pipeline thread is extending (after every record in `recs`), numbered
+    /// (from 1); its `n` is [`TapeShared::open_n`]: the thread grows it without this lock.
+    open: Option<(u64, Run)>,
+    /// The last open run's number.
+    opened: u64,
 }
 
 /// What the writer knows of a tape.
@@ -192,6 +179,10 @@ struct TapeShared {
     /// Formats an `of` item (none in the unit tests: no `debug` then).
     code: Option<Arc<PipelineCode>>,
     buf: Mutex<TapeBuf>,
+    /// The open run's length. Only its pipeline thread stores it: without the lock while the
+    /// run's step is known (from its second value on), under it otherwise; the writer reads
+    /// it under the lock, so it reads a length of the open run it sees there.
+    open_n: AtomicU64,
 }
 
 /// The writer's side of one tape: its chunks put back in order, and each port's line prefix.
@@ -200,6 +191,10 @@ struct TapeOut {
     next: u64,
     pending: BTreeMap<u64, Vec<Rec>>,
     prefixes: Vec<Vec<u8>>,
+    /// (open run's number, values of it written): the writer writes what an open run holds
+    /// when it takes the tape, and the rest later (the rest of the run's record, or of the
+    /// open run it sees next time).
+    done: (u64, u64),
 }
 
 /// The file and what is being written to it.
@@ -371,12 +366,16 @@ impl Recording {
                 seq: 0,
                 recs: Vec::with_capacity(CHUNK),
                 closed: false,
+                open: None,
+                opened: 0,
             }),
+            open_n: AtomicU64::new(0),
         });
         lock(&self.tapes).push(shared.clone());
         Tape {
             shared,
             recording: self.clone(),
+            open: Cell::new(None),
         }
     }
 
@@ -415,16 +414,24 @@ impl Recording {
             self.accept(out, c);
         }
         let tapes: Vec<Arc<TapeShared>> = lock(&self.tapes).clone();
+        // Per tape: its open run as it is now, after the chunks before `seq`.
+        let mut opens = Vec::new();
         for tape in &tapes {
             out.tapes
                 .entry(tape.id)
                 .or_insert_with(|| TapeOut::new(tape.clone()));
             let mut b = lock(&tape.buf);
-            if !b.recs.is_empty() {
+            let taken = (!b.recs.is_empty()).then(|| {
                 let recs = std::mem::replace(&mut b.recs, self.fresh_chunk());
-                let seq = b.seq;
                 b.seq += 1;
-                drop(b);
+                (b.seq - 1, recs)
+            });
+            if let Some((number, mut run)) = b.open {
+                run.n = tape.open_n.load(Ordering::Acquire);
+                opens.push((tape.id, b.seq, number, run));
+            }
+            drop(b);
+            if let Some((seq, recs)) = taken {
                 self.accept(
                     out,
                     Chunk {
@@ -436,6 +443,18 @@ impl Recording {
             }
         }
         out.write_ready(&self.pool.0, last);
+        // What the open runs hold so far, once every record before them is written (at the
+        // end, whatever is missing).
+        let Out {
+            buf, tapes: outs, ..
+        } = out;
+        for (id, seq, number, run) in opens {
+            if let Some(t) = outs.get_mut(&id)
+                && (last || t.next == seq)
+            {
+                format_run(buf, t, number, run);
+            }
+        }
         // Tapes whose thread ended and whose records are all written are done.
         let mut gone = Vec::new();
         for (id, t) in &out.tapes {
@@ -576,6 +595,7 @@ impl TapeOut {
             next: 0,
             pending: BTreeMap::new(),
             prefixes,
+            done: (0, 0),
         }
     }
 }
@@ -606,88 +626,20 @@ impl Out {
     }
 }
 
-/// Appends the JSON line of `r` to `buf`: a run of one value as a value line, a longer run as
-/// one line with its length `n` and time step `dt`.
-fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
-    let (port, at) = match &r {
-        Rec::Run { port, t, .. } | Rec::Line { port, t, .. } | Rec::Complete { port, t } => {
-            (*port, *t)
-        }
+/// Appends the JSON line of `r` to `buf`.
+fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &mut TapeOut, r: Rec) {
+    let (port, at, line) = match r {
+        Rec::Run { open, run } => return format_run(buf, t, open, run),
+        Rec::Line { port, t, line } => (port, t, Some(line)),
+        Rec::Complete { port, t } => (port, t, None),
     };
     let Some(prefix) = t.prefixes.get(port as usize) else {
         return;
     };
-    let of = t.tape.sources[port as usize].kind == source_kind::OF;
-    match r {
-        Rec::Run { first, n, dt, .. } => {
-            buf.extend_from_slice(prefix);
-            push_u64(buf, at);
-            if of {
-                buf.extend_from_slice(b",\"index\":");
-                push_u64(buf, first);
-                if n > 1 {
-                    buf.extend_from_slice(b",\"n\":");
-                    push_u64(buf, n);
-                    buf.extend_from_slice(b",\"dt\":");
-                    push_u64(buf, dt);
-                    // Each item's Debug text (`null` where the plugin has none); left out
-                    // when it has none for any.
-                    let mark = buf.len();
-                    buf.extend_from_slice(b",\"debug\":[");
-                    let mut any = false;
-                    for (i, v) in (first..first.saturating_add(n)).enumerate() {
-                        if i > 0 {
-                            buf.push(b',');
-                        }
-                        match t
-                            .tape
-                            .code
-                            .as_ref()
-                            .and_then(|c| describe_input(c, port, v))
-                        {
-                            Some(d) => {
-                                push_json_str(buf, &d);
-                                any = true;
-                            }
-                            None => buf.extend_from_slice(b"null"),
-                        }
-                    }
-                    if any {
-                        buf.push(b']');
-                    } else {
-                        buf.truncate(mark);
-                    }
-                } else if let Some(d) = t
-                    .tape
-                    .code
-                    .as_ref()
-                    .and_then(|c| describe_input(c, port, first))
-                {
-                    buf.extend_from_slice(b",\"debug\":");
-                    push_json_str(buf, &d);
-                }
-            } else {
-                // A `u64`'s Debug text is its digits: a run's are not written again.
-                let mut digits = itoa::Buffer::new();
-                let digits = digits.format(first).as_bytes();
-                buf.extend_from_slice(b",\"u64\":");
-                buf.extend_from_slice(digits);
-                if n > 1 {
-                    buf.extend_from_slice(b",\"n\":");
-                    push_u64(buf, n);
-                    buf.extend_from_slice(b",\"dt\":");
-                    push_u64(buf, dt);
-                } else {
-                    buf.extend_from_slice(b",\"debug\":\"");
-                    buf.extend_from_slice(digits);
-                    buf.push(b'"');
-                }
-            }
-            buf.extend_from_slice(b"}\n");
-        }
-        Rec::Line { line, .. } => {
-            buf.extend_from_slice(prefix);
-            push_u64(buf, at);
+    buf.extend_from_slice(prefix);
+    push_u64(buf, at);
+    match line {
+        Some(line) => {
             buf.extend_from_slice(b",\"line\":");
             push_json_str(buf, &line);
             buf.extend_from_slice(b",\"debug\":");
@@ -697,12 +649,95 @@ fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
             push_json_str(buf, scratch);
             buf.extend_from_slice(b"}\n");
         }
-        Rec::Complete { .. } => {
-            buf.extend_from_slice(prefix);
-            push_u64(buf, at);
-            buf.extend_from_slice(b",\"complete\":true}\n");
+        None => buf.extend_from_slice(b",\"complete\":true}\n"),
+    }
+}
+
+/// Appends the line of the values of `run` (the open run number `number` of `t`'s tape) not
+/// written yet ([`TapeOut::done`]): a run of one value as a value line, a longer run as one
+/// line with its length `n` and time step `dt`.
+fn format_run(buf: &mut Vec<u8>, t: &mut TapeOut, number: u64, run: Run) {
+    let done = if t.done.0 == number { t.done.1 } else { 0 };
+    t.done = (number, run.n.max(done));
+    if run.n <= done {
+        return;
+    }
+    // No overflow: the first value and time not written are those of a value appended.
+    let (first, at, n, dt) = (
+        run.first + done,
+        run.t + done * run.dt,
+        run.n - done,
+        run.dt,
+    );
+    let port = run.port;
+    let Some(prefix) = t.prefixes.get(port as usize) else {
+        return;
+    };
+    let of = t.tape.sources[port as usize].kind == source_kind::OF;
+    buf.extend_from_slice(prefix);
+    push_u64(buf, at);
+    if of {
+        buf.extend_from_slice(b",\"index\":");
+        push_u64(buf, first);
+        if n > 1 {
+            buf.extend_from_slice(b",\"n\":");
+            push_u64(buf, n);
+            buf.extend_from_slice(b",\"dt\":");
+            push_u64(buf, dt);
+            // Each item's Debug text (`null` where the plugin has none); left out when it
+            // has none for any.
+            let mark = buf.len();
+            buf.extend_from_slice(b",\"debug\":[");
+            let mut any = false;
+            for (i, v) in (first..first.saturating_add(n)).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                match t
+                    .tape
+                    .code
+                    .as_ref()
+                    .and_then(|c| describe_input(c, port, v))
+                {
+                    Some(d) => {
+                        push_json_str(buf, &d);
+                        any = true;
+                    }
+                    None => buf.extend_from_slice(b"null"),
+                }
+            }
+            if any {
+                buf.push(b']');
+            } else {
+                buf.truncate(mark);
+            }
+        } else if let Some(d) = t
+            .tape
+            .code
+            .as_ref()
+            .and_then(|c| describe_input(c, port, first))
+        {
+            buf.extend_from_slice(b",\"debug\":");
+            push_json_str(buf, &d);
+        }
+    } else {
+        // A `u64`'s Debug text is its digits: a run's are not written again.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(first).as_bytes();
+        buf.extend_from_slice(b",\"u64\":");
+        buf.extend_from_slice(digits);
+        if n > 1 {
+            buf.extend_from_slice(b",\"n\":");
+            push_u64(buf, n);
+            buf.extend_from_slice(b",\"dt\":");
+            push_u64(buf, dt);
+        } else {
+            buf.extend_from_slice(b",\"debug\":\"");
+            buf.extend_from_slice(digits);
+            buf.push(b'"');
         }
     }
+    buf.extend_from_slice(b"}\n");
 }
 
 /// Appends `v` in decimal.
@@ -741,11 +776,16 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-/// A pipeline thread's side of a recording: appends are cheap (a lock nobody else holds
-/// but the writer every [`STEAL_EVERY`], a push into a reused vector).
+/// A pipeline thread's side of a recording. A value continuing the open run (an interval's
+/// next tick, a batch at the same instant) costs a few compares and one store, without a
+/// lock; anything else takes a lock nobody else holds but the writer every [`STEAL_EVERY`]
+/// and pushes a record into a reused vector.
 pub struct Tape {
     shared: Arc<TapeShared>,
     recording: Arc<Recording>,
+    /// The open run as this thread knows it (`n` too: [`TapeShared::open_n`] is its copy for
+    /// the writer).
+    open: Cell<Option<Run>>,
 }
 
 impl std::fmt::Debug for Tape {
@@ -757,35 +797,20 @@ impl std::fmt::Debug for Tape {
 }
 
 impl Tape {
-    /// One `u64` value of `port` (an interval's tick) due at `at`. It extends the tape's last
-    /// record into a run when it continues it (see [`Rec::extend`]).
+    /// One `u64` value of `port` (an interval's tick) due at `at`. It extends the open run
+    /// when it continues it (see [`Run::extend`]).
     #[inline]
     pub fn value(&self, port: u32, at: Instant, v: u64) {
-        let t = self.recording.ns(at);
-        self.append(Rec::Run {
-            port,
-            t,
-            first: v,
-            n: 1,
-            dt: 0,
-        });
+        self.values(port, at, v, 1);
     }
 
     /// The values `first..first + n` of `port` (a `range` batch, `of` indices) at `at`. A
-    /// batch continuing the tape's last record at the same instant extends it.
+    /// batch continuing the open run at the same instant extends it.
     #[inline]
     pub fn run(&self, port: u32, at: Instant, first: u64, n: u64) {
-        if n == 0 {
-            return;
+        if n > 0 {
+            self.values(port, at, first, n);
         }
-        let t = self.recording.ns(at);
-        self.append(Rec::Run {
-            port,
-            t,
-            first,
-            n,
-            dt: 0,
-        });
     }
 
     /// A line of `port` at `at`.
@@ -806,27 +831,101 @@ impl Tape {
     }
 
     #[inline]
+    fn values(&self, port: u32, at: Instant, first: u64, k: u64) {
+        if self.recording.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let t = self.recording.ns(at);
+        // The open run's step is known (and seen by the writer): only its length grows.
+        if let Some(mut run) = self.open.get()
+            && run.n >= 2
+            && run.extend(port, t, first, k)
+        {
+            self.open.set(Some(run));
+            self.shared.open_n.store(run.n, Ordering::Release);
+            return;
+        }
+        self.values_locked(port, t, first, k);
+    }
+
+    /// [`Tape::values`] when the open run's step is set or a run starts: under the lock.
+    #[inline(never)]
+    fn values_locked(&self, port: u32, t: u64, first: u64, k: u64) {
+        let full = {
+            let mut b = lock(&self.shared.buf);
+            if let Some(mut run) = self.open.get()
+                && run.extend(port, t, first, k)
+            {
+                // Its second value: the step, seen with the length by the writer.
+                if let Some((_, o)) = &mut b.open {
+                    o.dt = run.dt;
+                }
+                self.open.set(Some(run));
+                self.shared.open_n.store(run.n, Ordering::Release);
+                return;
+            }
+            self.close_open(&mut b);
+            let run = Run {
+                port,
+                t,
+                first,
+                n: k,
+                dt: 0,
+            };
+            b.opened += 1;
+            b.open = Some((b.opened, run));
+            self.shared.open_n.store(k, Ordering::Release);
+            self.open.set(Some(run));
+            self.full_chunk(&mut b)
+        };
+        if let Some(c) = full {
+            self.send(c);
+        }
+    }
+
+    /// Ends the open run: a record after the others.
+    fn close_open(&self, b: &mut TapeBuf) {
+        if let Some((number, _)) = b.open.take()
+            && let Some(run) = self.open.get()
+        {
+            b.recs.push(Rec::Run { run, open: number });
+        }
+        self.open.set(None);
+    }
+
     fn append(&self, r: Rec) {
         if self.recording.finished.load(Ordering::Relaxed) {
             return;
         }
         let full = {
             let mut b = lock(&self.shared.buf);
-            // A record the writer has taken is not extended: the next starts a new one.
-            if !push_rec(&mut b.recs, r) || b.recs.len() < CHUNK {
-                return;
-            }
-            let recs = std::mem::replace(&mut b.recs, self.recording.fresh_chunk());
-            let seq = b.seq;
-            b.seq += 1;
-            Chunk {
-                tape: self.shared.id,
-                seq,
-                recs,
-            }
+            self.close_open(&mut b);
+            b.recs.push(r);
+            self.full_chunk(&mut b)
         };
-        // Sent outside the lock: the writer takes from this tape under it.
-        match self.recording.chunks.0.try_send(full) {
+        if let Some(c) = full {
+            self.send(c);
+        }
+    }
+
+    /// A full chunk, taken from the tape, for the writer.
+    fn full_chunk(&self, b: &mut TapeBuf) -> Option<Chunk> {
+        if b.recs.len() < CHUNK {
+            return None;
+        }
+        let recs = std::mem::replace(&mut b.recs, self.recording.fresh_chunk());
+        b.seq += 1;
+        Some(Chunk {
+            tape: self.shared.id,
+            seq: b.seq - 1,
+            recs,
+        })
+    }
+
+    /// Hands `c` to the writer (outside the lock: the writer takes from this tape under it),
+    /// waiting while the writer lags.
+    fn send(&self, c: Chunk) {
+        match self.recording.chunks.0.try_send(c) {
             Ok(()) => {}
             Err(TrySendError::Full(c)) => {
                 let waiting = Instant::now();
@@ -843,7 +942,9 @@ impl Tape {
 impl Drop for Tape {
     fn drop(&mut self) {
         // What is left is taken by the writer within `STEAL_EVERY`, or by `finish`.
-        lock(&self.shared.buf).closed = true;
+        let mut b = lock(&self.shared.buf);
+        self.close_open(&mut b);
+        b.closed = true;
     }
 }
 
@@ -1392,32 +1493,26 @@ mod tests {
     use super::*;
 
     /// Appends `(port, t, first, k)` (the values `first..first + k` of `port` at `t`) as a tape
-    /// does; returns its records as `(port, t, first, n, dt)`.
+    /// does (extending the open run, or starting one); returns the runs as
+    /// `(port, t, first, n, dt)`.
     fn taped(appends: &[(u32, u64, u64, u64)]) -> Vec<(u32, u64, u64, u64, u64)> {
-        let mut recs = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         for &(port, t, first, n) in appends {
-            push_rec(
-                &mut recs,
-                Rec::Run {
-                    port,
-                    t,
-                    first,
-                    n,
-                    dt: 0,
-                },
-            );
+            if let Some(last) = runs.last_mut()
+                && last.extend(port, t, first, n)
+            {
+                continue;
+            }
+            runs.push(Run {
+                port,
+                t,
+                first,
+                n,
+                dt: 0,
+            });
         }
-        recs.into_iter()
-            .map(|r| match r {
-                Rec::Run {
-                    port,
-                    t,
-                    first,
-                    n,
-                    dt,
-                } => (port, t, first, n, dt),
-                other => panic!("{other:?}"),
-            })
+        runs.into_iter()
+            .map(|r| (r.port, r.t, r.first, r.n, r.dt))
             .collect()
     }
 
@@ -1590,23 +1685,65 @@ mod tests {
     }
 
     #[test]
-    fn a_line_or_completion_is_never_extended() {
-        let mut recs = vec![Rec::Complete { port: 0, t: 5 }];
-        let run = |first| Rec::Run {
-            port: 0,
-            t: 5,
-            first,
-            n: 1,
-            dt: 0,
-        };
-        assert!(push_rec(&mut recs, run(0)));
-        recs.push(Rec::Line {
-            port: 0,
-            t: 5,
-            line: "a".to_owned(),
-        });
-        assert!(push_rec(&mut recs, run(1)));
-        assert!(!push_rec(&mut recs, run(2)));
-        assert_eq!(recs.len(), 4);
+    fn a_run_the_writer_takes_while_it_grows_goes_on_in_the_next_line() -> anyhow::Result<()> {
+        let dir = crate::testkit::TempDir::new("record_cut");
+        let file = dir.path().join("cut.jsonl");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
+        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let recording = recorder.recording();
+        let tape = recording.tape_of(
+            "counter".to_owned(),
+            vec![spec(source_kind::INTERVAL, "interval_ms(500)")],
+            None,
+        );
+        let ms = |k: u64| recording.start + Duration::from_millis(k);
+        {
+            // The writer thread takes nothing meanwhile; the test takes the tape (as the
+            // writer does every 100 ms) where it says.
+            let mut out = lock(&recording.out);
+            for k in 1..=4 {
+                tape.value(0, ms(500 * k), k);
+            }
+            recording.collect(&mut out, false);
+            for k in 5..=8 {
+                tape.value(0, ms(500 * k), k);
+            }
+            recording.collect(&mut out, false);
+            tape.value(0, ms(4500), 9);
+            // Late: the run of 1..=9 ends (its last value not yet written), another starts.
+            tape.value(0, ms(5200), 10);
+            tape.value(0, ms(5700), 11);
+            recording.collect(&mut out, false);
+            // Nothing new: nothing written.
+            recording.collect(&mut out, false);
+            tape.value(0, ms(6200), 12);
+        }
+        drop(tape);
+        recorder.finish()?;
+        let text = std::fs::read_to_string(&file)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let p = r#"{"pipeline":"counter","port":0,"source":"interval_ms(500)","t":"#;
+        let want = [
+            format!(r#"{p}500000000,"u64":1,"n":4,"dt":500000000}}"#),
+            format!(r#"{p}2500000000,"u64":5,"n":4,"dt":500000000}}"#),
+            format!(r#"{p}4500000000,"u64":9,"debug":"9"}}"#),
+            format!(r#"{p}5200000000,"u64":10,"n":2,"dt":500000000}}"#),
+            format!(r#"{p}6200000000,"u64":12,"debug":"12"}}"#),
+        ];
+        assert_eq!(lines[1..lines.len() - 1], want);
+        let read = read(&file)?;
+        let got: Vec<(u64, Value)> = read
+            .entries
+            .iter()
+            .map(|e| (e.t, e.value.clone()))
+            .collect();
+        let mut expected: Vec<(u64, Value)> =
+            (1..=9).map(|k| (k * 500_000_000, Value::U64(k))).collect();
+        expected.push((5_200_000_000, Value::U64(10)));
+        expected.push((5_700_000_000, Value::U64(11)));
+        expected.push((6_200_000_000, Value::U64(12)));
+        assert_eq!(got, expected);
+        Ok(())
     }
 }
