@@ -456,7 +456,28 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
     let publisher = &loaded.pipelines["push"];
     let dir = host::testkit::TempDir::new("bench_record");
     let file = dir.path().join("push.jsonl");
-    let mut plain = || one_by_one(publisher, N_RECORD);
+    // Not recorded: the same loop without the tape. The deadlines are stepped in both, as
+    // `run_pipeline` steps an interval's whether it records or not.
+    let mut plain = || -> anyhow::Result<(f64, u64)> {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = publisher
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+        let end = black_box(N_RECORD);
+        let mut refused = 0u64;
+        let mut due = Instant::now();
+        let started = Instant::now();
+        for x in 0..end {
+            if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
+                refused += 1;
+            }
+            due += RECORD_PERIOD;
+        }
+        let t = started.elapsed();
+        black_box(due);
+        anyhow::ensure!(refused == 0, "{refused} values did not go through");
+        Ok((ns_per(t, N_RECORD), finish(&mut d, &capture)?))
+    };
     // Per round: time the emitting thread waited for the writer, and the finish's share.
     let waited = std::cell::RefCell::new(Vec::new());
     let tails = std::cell::RefCell::new(Vec::new());

@@ -785,7 +785,38 @@ pub struct Tape {
     recording: Arc<Recording>,
     /// The open run as this thread knows it (`n` too: [`TapeShared::open_n`] is its copy for
     /// the writer).
-    open: Cell<Option<Run>>,
+    open: Cell<Option<Open>>,
+}
+
+/// The open run as its pipeline thread knows it.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    run: Run,
+    /// When its next value is due (its last value's instant plus its step), for
+    /// [`Tape::values`]' path without the lock: none while its step is not known yet (one
+    /// value), or when its times are not exact nanoseconds since the start.
+    next: Option<Instant>,
+    /// Its step.
+    step: Duration,
+    /// Values it may still grow by before its last value or its last time would pass a `u64`.
+    room: u64,
+}
+
+impl Open {
+    /// The open run `run` whose last value is due at `at`, on `recording`.
+    fn new(run: Run, at: Instant, recording: &Recording) -> Open {
+        let step = Duration::from_nanos(run.dt);
+        let by_value = u64::MAX - run.first;
+        let by_time = (u64::MAX - run.t).checked_div(run.dt).unwrap_or(u64::MAX);
+        Open {
+            run,
+            next: (run.n >= 2 && at >= recording.start)
+                .then(|| at.checked_add(step))
+                .flatten(),
+            step,
+            room: by_value.min(by_time) - (run.n - 1),
+        }
+    }
 }
 
 impl std::fmt::Debug for Tape {
@@ -832,37 +863,48 @@ impl Tape {
 
     #[inline]
     fn values(&self, port: u32, at: Instant, first: u64, k: u64) {
+        // The values continue the open run, whose step is known (and seen by the writer): only
+        // its length grows. (`Run::extend`'s rule, on instants: `next` is exact.)
+        if let Some(mut o) = self.open.get()
+            && o.next == Some(at)
+            && o.run.port == port
+            && o.run.first.wrapping_add(o.run.n) == first
+            && k <= o.room
+            && (k == 1 || o.step.is_zero())
+        {
+            o.run.n += k;
+            o.room -= k;
+            if !o.step.is_zero() {
+                o.next = at.checked_add(o.step);
+            }
+            self.open.set(Some(o));
+            self.shared.open_n.store(o.run.n, Ordering::Release);
+            return;
+        }
+        self.values_locked(port, at, first, k);
+    }
+
+    /// [`Tape::values`] when the open run's step is set or a run starts: under the lock.
+    /// (An open run growing after the recording ended is not written.)
+    #[inline(never)]
+    fn values_locked(&self, port: u32, at: Instant, first: u64, k: u64) {
         if self.recording.finished.load(Ordering::Relaxed) {
             return;
         }
         let t = self.recording.ns(at);
-        // The open run's step is known (and seen by the writer): only its length grows.
-        if let Some(mut run) = self.open.get()
-            && run.n >= 2
-            && run.extend(port, t, first, k)
-        {
-            self.open.set(Some(run));
-            self.shared.open_n.store(run.n, Ordering::Release);
-            return;
-        }
-        self.values_locked(port, t, first, k);
-    }
-
-    /// [`Tape::values`] when the open run's step is set or a run starts: under the lock.
-    #[inline(never)]
-    fn values_locked(&self, port: u32, t: u64, first: u64, k: u64) {
         let full = {
             let mut b = lock(&self.shared.buf);
-            if let Some(mut run) = self.open.get()
-                && run.extend(port, t, first, k)
-            {
-                // Its second value: the step, seen with the length by the writer.
-                if let Some((_, o)) = &mut b.open {
-                    o.dt = run.dt;
+            if let Some(o) = self.open.get() {
+                let mut run = o.run;
+                if run.extend(port, t, first, k) {
+                    // Its second value: the step, seen with the length by the writer.
+                    if let Some((_, o)) = &mut b.open {
+                        o.dt = run.dt;
+                    }
+                    self.open.set(Some(Open::new(run, at, &self.recording)));
+                    self.shared.open_n.store(run.n, Ordering::Release);
+                    return;
                 }
-                self.open.set(Some(run));
-                self.shared.open_n.store(run.n, Ordering::Release);
-                return;
             }
             self.close_open(&mut b);
             let run = Run {
@@ -875,7 +917,7 @@ impl Tape {
             b.opened += 1;
             b.open = Some((b.opened, run));
             self.shared.open_n.store(k, Ordering::Release);
-            self.open.set(Some(run));
+            self.open.set(Some(Open::new(run, at, &self.recording)));
             self.full_chunk(&mut b)
         };
         if let Some(c) = full {
@@ -886,9 +928,12 @@ impl Tape {
     /// Ends the open run: a record after the others.
     fn close_open(&self, b: &mut TapeBuf) {
         if let Some((number, _)) = b.open.take()
-            && let Some(run) = self.open.get()
+            && let Some(o) = self.open.get()
         {
-            b.recs.push(Rec::Run { run, open: number });
+            b.recs.push(Rec::Run {
+                run: o.run,
+                open: number,
+            });
         }
         self.open.set(None);
     }
