@@ -547,12 +547,14 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
         Ok((ns_per(t, N_RECORD), finish(&mut d, &capture)?))
     };
     let names = [
-        "host push, not recorded",
+        "host push, not recorded (deadlines stepped)",
         "host push, --record (the emitting thread, to its last value)",
         "host push, --record, until every value is written",
+        "host push, not recorded, no deadlines (scenario 2's loop)",
     ];
     let mut emit_only = || recorded(false);
     let mut with_finish = || recorded(true);
+    let mut bare = || one_by_one(publisher, N_RECORD);
     let all = side_by_side(
         ROUNDS,
         chain_sum(N_RECORD),
@@ -560,6 +562,7 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
             (names[0], Run::Checked(&mut plain)),
             (names[1], Run::Checked(&mut emit_only)),
             (names[2], Run::Checked(&mut with_finish)),
+            (names[3], Run::Checked(&mut bare)),
         ],
     )?;
     let waited_median = median(&mut waited.borrow_mut());

@@ -27,10 +27,12 @@
 //! inner subscriptions. This host reads versions 1 (no runs) and 2.
 //!
 //! **Off the emission path.** A pipeline thread appends a compact record to its own
-//! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in; a
-//! value continuing the tape's last record, on the same port, by the next number at the next
-//! time step, extends it into a run in place: an interval's ticks cost no new record); a full
-//! chunk of [`CHUNK`] records goes to the writer thread through a bounded channel (the thread
+//! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in). Its
+//! last values are its open run (`Run`): a value on the same port, continuing it by the next
+//! number at the next time step, extends it (without a lock from its second value on: one
+//! store of its length, `TapeShared::open_n`); the writer writes what the open run holds when
+//! it takes the tape, and the rest on a later line (`TapeOut::done`). A full chunk of
+//! [`CHUNK`] records goes to the writer thread through a bounded channel (the thread
 //! waits while the writer lags: no value is dropped), and the writer takes what each tape
 //! holds every [`STEAL_EVERY`], so a quiet or busy pipeline's values reach the file within
 //! that. The writer formats and writes whole lines only, at least every [`STEAL_EVERY`], so a
@@ -829,7 +831,7 @@ impl std::fmt::Debug for Tape {
 
 impl Tape {
     /// One `u64` value of `port` (an interval's tick) due at `at`. It extends the open run
-    /// when it continues it (see [`Run::extend`]).
+    /// when it continues it (see `Run::extend`).
     #[inline]
     pub fn value(&self, port: u32, at: Instant, v: u64) {
         self.values(port, at, v, 1);
