@@ -449,7 +449,7 @@ const RECORD_PERIOD: Duration = Duration::from_millis(1);
 /// Scenario 17: scenario 2's push, one value per call, without and with `--record`: the
 /// pipeline thread's tape takes each value with its deadline before the push, as
 /// `run_pipeline` does for an interval's tick (values 0, 1, 2, ... due one period apart, so
-/// they extend the tape's last record into a run); the writer thread formats and writes.
+/// they extend the tape's open run); the writer thread formats and writes.
 /// Every round checks the chain's result, and that the file holds every value with its time
 /// (read back with `record::read`, runs expanded).
 fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
