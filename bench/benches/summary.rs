@@ -440,21 +440,48 @@ fn one_by_one(publisher: &Publisher, n: u64) -> anyhow::Result<(f64, u64)> {
     Ok((ns_per(t, n), finish(&mut d, &capture)?))
 }
 
-/// Values per round of scenario 17 (its file holds a line of about 90 bytes per value).
+/// Values per round of scenario 17.
 const N_RECORD: u64 = 1_000_000;
 
-/// Scenario 17: scenario 2's push, one value per call, without and with `--record` (the
-/// pipeline thread's tape appends one record per tick before the push, as `run_pipeline`
-/// does; the writer thread formats and writes). Every round checks the chain's result, and
-/// that the file holds every value (one line each, plus the header and the end).
+/// The deadlines of scenario 17's values: those of `interval_ms(1)`'s ticks.
+const RECORD_PERIOD: Duration = Duration::from_millis(1);
+
+/// Scenario 17: scenario 2's push, one value per call, without and with `--record`: the
+/// pipeline thread's tape takes each value with its deadline before the push, as
+/// `run_pipeline` does for an interval's tick (values 0, 1, 2, ... due one period apart, so
+/// they extend the tape's open run); the writer thread formats and writes.
+/// Every round checks the chain's result, and that the file holds every value with its time
+/// (read back with `record::read`, runs expanded).
 fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     let publisher = &loaded.pipelines["push"];
     let dir = host::testkit::TempDir::new("bench_record");
     let file = dir.path().join("push.jsonl");
-    let mut plain = || one_by_one(publisher, N_RECORD);
+    // Not recorded: the same loop without the tape. The deadlines are stepped in both, as
+    // `run_pipeline` steps an interval's whether it records or not.
+    let mut plain = || -> anyhow::Result<(f64, u64)> {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = publisher
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
+        let end = black_box(N_RECORD);
+        let mut refused = 0u64;
+        let mut due = Instant::now();
+        let started = Instant::now();
+        for x in 0..end {
+            if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
+                refused += 1;
+            }
+            due += RECORD_PERIOD;
+        }
+        let t = started.elapsed();
+        black_box(due);
+        anyhow::ensure!(refused == 0, "{refused} values did not go through");
+        Ok((ns_per(t, N_RECORD), finish(&mut d, &capture)?))
+    };
     // Per round: time the emitting thread waited for the writer, and the finish's share.
     let waited = std::cell::RefCell::new(Vec::new());
     let tails = std::cell::RefCell::new(Vec::new());
+    let lines = std::cell::RefCell::new(Vec::new());
     let recorded = |with_finish: bool| -> anyhow::Result<(f64, u64)> {
         let recorder =
             Recorder::create(&file, dir.path(), host::clock::Clock::System, null_sink())?;
@@ -465,14 +492,17 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
             .map_err(|e| anyhow::anyhow!("seeding: {e}"))?;
         let end = black_box(N_RECORD);
         let mut refused = 0u64;
-        // An interval's deadline, which the pipeline thread has at hand for each tick.
-        let due = Instant::now();
+        // An interval's deadlines, which the pipeline thread has at hand for each tick: the
+        // next is one period after the last (`run_pipeline`'s `due.checked_add(period)`).
+        let first_due = Instant::now();
+        let mut due = first_due;
         let started = Instant::now();
         for x in 0..end {
             tape.value(0, due, x);
             if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
                 refused += 1;
             }
+            due += RECORD_PERIOD;
         }
         let emitting = started.elapsed();
         drop(tape);
@@ -487,26 +517,44 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
                 .borrow_mut()
                 .push((total - emitting).as_secs_f64() * 1e3);
         }
-        // Every value is in the file: the header, one line each, the end.
-        let lines = std::fs::read(&file)?
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
+        // Every value is in the file, with its time: runs expanded, not lines counted.
+        let read = host::record::read(&file)?;
         anyhow::ensure!(
-            lines == N_RECORD + 2,
-            "the recording holds {lines} lines, not {}",
-            N_RECORD + 2
+            read.entries.len() as u64 == N_RECORD,
+            "the recording holds {} values, not {N_RECORD}",
+            read.entries.len()
         );
+        let t0 = read.entries[0].t;
+        let period = RECORD_PERIOD.as_nanos() as u64;
+        for (x, e) in read.entries.iter().enumerate() {
+            let x = x as u64;
+            anyhow::ensure!(
+                e.value == host::record::Value::U64(x) && e.t == t0 + x * period,
+                "value {x} is recorded as {:?} at {}",
+                e.value,
+                e.t
+            );
+        }
+        if !with_finish {
+            lines.borrow_mut().push(
+                std::fs::read(&file)?
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as f64,
+            );
+        }
         let t = if with_finish { total } else { emitting };
         Ok((ns_per(t, N_RECORD), finish(&mut d, &capture)?))
     };
     let names = [
-        "host push, not recorded",
+        "host push, not recorded (deadlines stepped)",
         "host push, --record (the emitting thread, to its last value)",
         "host push, --record, until every value is written",
+        "host push, not recorded, no deadlines (scenario 2's loop)",
     ];
     let mut emit_only = || recorded(false);
     let mut with_finish = || recorded(true);
+    let mut bare = || one_by_one(publisher, N_RECORD);
     let all = side_by_side(
         ROUNDS,
         chain_sum(N_RECORD),
@@ -514,10 +562,12 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
             (names[0], Run::Checked(&mut plain)),
             (names[1], Run::Checked(&mut emit_only)),
             (names[2], Run::Checked(&mut with_finish)),
+            (names[3], Run::Checked(&mut bare)),
         ],
     )?;
     let waited_median = median(&mut waited.borrow_mut());
     let tail = median(&mut tails.borrow_mut());
+    let lines_median = median(&mut lines.borrow_mut());
     table(
         report,
         &format!(
@@ -531,7 +581,8 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
     report.line(format!(
         "\nThe emitting thread waited for the writer (a full channel) {waited_median:.1} ns per value \
          (median of the rounds); the end of a recording (formatting and writing what the \
-         writer had not yet) took {tail:.1} ms (median)."
+         writer had not yet) took {tail:.1} ms (median). The file held {lines_median:.0} lines \
+         (median; the header and the end included) for {N_RECORD} values."
     ));
     let ratio = all[1] / all[0];
     report.verdict(

@@ -2,7 +2,7 @@
 //! code again (`--replay-from FILE`).
 //!
 //! **The file** is JSON lines. The first is a header:
-//! `{"format":"hmr-record","version":1,"host":"0.1.0","plugin":"/path/to/plugin","start":<unix ms>}`.
+//! `{"format":"hmr-record","version":2,"host":"0.1.0","plugin":"/path/to/plugin","start":<unix ms>}`.
 //! Then one line per source value a pipeline's own sources produced (interval ticks, `range`
 //! values, `of` indices, lines of `file_lines` / `tcp_lines` / `stdin_lines`) and per source
 //! completion, in the order each pipeline took them:
@@ -11,13 +11,28 @@
 //! virtual clock records virtual time), and the value is one of `"u64"` (an interval's or a
 //! `range`'s number), `"index"` (an `of` item: its index into the plugin's items), `"line"`
 //! (a line's text) or `"complete":true`. `debug` is the value's Debug text where the host knows
-//! it (an `of` item's through the plugin: [`describe_input`]). A host that ends normally writes a
-//! last line `{"end":<t>}`. Subject values are not recorded (their publishers produce them
-//! again), nor the sources of inner subscriptions.
+//! it (an `of` item's through the plugin: [`describe_input`]; a `u64`'s is its number).
+//!
+//! **Runs** (version 2). Regular values make one line: a `u64` or `index` line with `"n":N`
+//! and `"dt":DT` stands for the `N` values `u64 + k` (or indices `index + k`) at times
+//! `t + k * DT`, `k` in `0..N`: an interval's ticks (`dt` its period, the ticks' deadlines being
+//! exactly one period apart), or a `range`/`of` batch at one instant (`dt` 0):
+//! `{"pipeline":"counter","port":0,"source":"interval_ms(500)","t":500000000,"u64":1,"n":8,"dt":500000000}`.
+//! A `u64` run has no `debug` (each value's Debug text is its number); an `of` run has
+//! `"debug":[...]`, each item's text in order (`null` for an item the plugin has none for; no
+//! field if it has none at all). A run of one value is written as a plain value line. A
+//! reader checks `n` >= 1, both `n` and `dt` present, and that neither the last value nor the
+//! last time overflows a `u64`. A host that ends normally writes a last line `{"end":<t>}`.
+//! Subject values are not recorded (their publishers produce them again), nor the sources of
+//! inner subscriptions. This host reads versions 1 (no runs) and 2.
 //!
 //! **Off the emission path.** A pipeline thread appends a compact record to its own
-//! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in); a full
-//! chunk of [`CHUNK`] records goes to the writer thread through a bounded channel (the thread
+//! [`Tape`] (no formatting; a `range` batch is one record, a line's `String` moves in). Its
+//! last values are its open run (`Run`): a value on the same port, continuing it by the next
+//! number at the next time step, extends it (without a lock from its second value on: one
+//! store of its length, `TapeShared::open_n`); the writer writes what the open run holds when
+//! it takes the tape, and the rest on a later line (`TapeOut::done`). A full chunk of
+//! [`CHUNK`] records goes to the writer thread through a bounded channel (the thread
 //! waits while the writer lags: no value is dropped), and the writer takes what each tape
 //! holds every [`STEAL_EVERY`], so a quiet or busy pipeline's values reach the file within
 //! that. The writer formats and writes whole lines only, at least every [`STEAL_EVERY`], so a
@@ -32,6 +47,7 @@
 //! batch after them).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -51,8 +67,10 @@ use crate::events::{HostEvent, Sink};
 /// The header's `format`.
 pub const FORMAT: &str = "hmr-record";
 
-/// The format version this host writes, and the newest it reads.
-pub const VERSION: u64 = 1;
+/// The format version this host writes, and the newest it reads. Version 2 added runs (a
+/// value line with `n` and `dt`); a host of version 1 would read a run as its first value
+/// only, so it is refused there as a newer version. Version 1 files (no runs) are read too.
+pub const VERSION: u64 = 2;
 
 /// Records a pipeline thread appends before it hands the chunk to the writer.
 pub const CHUNK: usize = 4096;
@@ -76,18 +94,58 @@ pub fn describe_input(code: &PipelineCode, port: u32, index: u64) -> Option<Stri
     unsafe { code.describe(port, (&raw const index).cast(), 200) }
 }
 
-/// One recorded source event as a pipeline thread appends it: no formatting, no allocation.
+/// `n` consecutive `u64` values `first..first + n` of a port (interval ticks, `range` values,
+/// `of` indices), value `first + i` at time `t + i * dt`: an interval's ticks (`dt` its
+/// period), a batch at one instant (`dt` 0), or one value (`n` 1, `dt` 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    port: u32,
+    t: u64,
+    first: u64,
+    n: u64,
+    dt: u64,
+}
+
+impl Run {
+    /// Extends this run by the `k` values `first..first + k` of `port` at time `t`, if they
+    /// continue it: the same port, the next values, and the next time of its step (after one
+    /// value, the step is the time since it: an interval's period, or 0 for the same
+    /// instant; `k` values at one instant need a step of 0). Returns whether it did. Nothing
+    /// overflows: a run's last value and last time are values appended.
+    #[inline]
+    fn extend(&mut self, port: u32, t: u64, first: u64, k: u64) -> bool {
+        if self.port != port || self.first.checked_add(self.n) != Some(first) {
+            return false;
+        }
+        let step = if self.n == 1 {
+            match t.checked_sub(self.t) {
+                Some(d) => d,
+                None => return false,
+            }
+        } else {
+            self.dt
+        };
+        if (k > 1 && step != 0)
+            || self.n.checked_mul(step).and_then(|d| self.t.checked_add(d)) != Some(t)
+        {
+            return false;
+        }
+        let Some(total) = self.n.checked_add(k) else {
+            return false;
+        };
+        self.n = total;
+        self.dt = step;
+        true
+    }
+}
+
+/// One recorded source event, as a tape holds it for the writer: no formatting, no
+/// allocation.
 #[derive(Debug)]
 enum Rec {
-    /// One `u64` value (an interval's tick).
-    U64 { port: u32, t: u64, v: u64 },
-    /// A batch of consecutive values `first..first + n` (`range`, `of` indices).
-    Run {
-        port: u32,
-        t: u64,
-        first: u64,
-        n: u64,
-    },
+    /// A run the pipeline thread has stopped extending: its tape's open run number `open`
+    /// (the writer may have written its first values already: [`TapeOut::done`]).
+    Run { run: Run, open: u64 },
     /// A line.
     Line { port: u32, t: u64, line: String },
     /// The source completed.
@@ -108,6 +166,11 @@ struct TapeBuf {
     recs: Vec<Rec>,
     /// The pipeline thread has ended: nothing more comes.
     closed: bool,
+    /// The run the pipeline thread is extending (after every record in `recs`), numbered
+    /// (from 1); its `n` is [`TapeShared::open_n`]: the thread grows it without this lock.
+    open: Option<(u64, Run)>,
+    /// The last open run's number.
+    opened: u64,
 }
 
 /// What the writer knows of a tape.
@@ -115,8 +178,13 @@ struct TapeShared {
     id: u64,
     pipeline: String,
     sources: Vec<SourceSpec>,
-    code: Arc<PipelineCode>,
+    /// Formats an `of` item (none in the unit tests: no `debug` then).
+    code: Option<Arc<PipelineCode>>,
     buf: Mutex<TapeBuf>,
+    /// The open run's length. Only its pipeline thread stores it: without the lock while the
+    /// run's step is known (from its second value on), under it otherwise; the writer reads
+    /// it under the lock, so it reads a length of the open run it sees there.
+    open_n: AtomicU64,
 }
 
 /// The writer's side of one tape: its chunks put back in order, and each port's line prefix.
@@ -125,6 +193,10 @@ struct TapeOut {
     next: u64,
     pending: BTreeMap<u64, Vec<Rec>>,
     prefixes: Vec<Vec<u8>>,
+    /// (open run's number, values of it written): the writer writes what an open run holds
+    /// when it takes the tape, and the rest later (the rest of the run's record, or of the
+    /// open run it sees next time).
+    done: (u64, u64),
 }
 
 /// The file and what is being written to it.
@@ -277,21 +349,35 @@ impl Recording {
     /// A tape for one run of a pipeline thread whose first code is `code` (its name and
     /// sources name the records; it formats an `of` item, see [`describe_input`]).
     pub fn tape(self: &Arc<Self>, code: Arc<PipelineCode>) -> Tape {
+        self.tape_of(code.name.clone(), code.sources.clone(), Some(code))
+    }
+
+    /// A tape of the pipeline `pipeline` with `sources`, formatting `of` items with `code`.
+    fn tape_of(
+        self: &Arc<Self>,
+        pipeline: String,
+        sources: Vec<SourceSpec>,
+        code: Option<Arc<PipelineCode>>,
+    ) -> Tape {
         let shared = Arc::new(TapeShared {
             id: self.next_tape.fetch_add(1, Ordering::Relaxed),
-            pipeline: code.name.clone(),
-            sources: code.sources.clone(),
+            pipeline,
+            sources,
             code,
             buf: Mutex::new(TapeBuf {
                 seq: 0,
                 recs: Vec::with_capacity(CHUNK),
                 closed: false,
+                open: None,
+                opened: 0,
             }),
+            open_n: AtomicU64::new(0),
         });
         lock(&self.tapes).push(shared.clone());
         Tape {
             shared,
             recording: self.clone(),
+            open: Cell::new(None),
         }
     }
 
@@ -330,16 +416,24 @@ impl Recording {
             self.accept(out, c);
         }
         let tapes: Vec<Arc<TapeShared>> = lock(&self.tapes).clone();
+        // Per tape: its open run as it is now, after the chunks before `seq`.
+        let mut opens = Vec::new();
         for tape in &tapes {
             out.tapes
                 .entry(tape.id)
                 .or_insert_with(|| TapeOut::new(tape.clone()));
             let mut b = lock(&tape.buf);
-            if !b.recs.is_empty() {
+            let taken = (!b.recs.is_empty()).then(|| {
                 let recs = std::mem::replace(&mut b.recs, self.fresh_chunk());
-                let seq = b.seq;
                 b.seq += 1;
-                drop(b);
+                (b.seq - 1, recs)
+            });
+            if let Some((number, mut run)) = b.open {
+                run.n = tape.open_n.load(Ordering::Acquire);
+                opens.push((tape.id, b.seq, number, run));
+            }
+            drop(b);
+            if let Some((seq, recs)) = taken {
                 self.accept(
                     out,
                     Chunk {
@@ -351,6 +445,18 @@ impl Recording {
             }
         }
         out.write_ready(&self.pool.0, last);
+        // What the open runs hold so far, once every record before them is written (at the
+        // end, whatever is missing).
+        let Out {
+            buf, tapes: outs, ..
+        } = out;
+        for (id, seq, number, run) in opens {
+            if let Some(t) = outs.get_mut(&id)
+                && (last || t.next == seq)
+            {
+                format_run(buf, t, number, run);
+            }
+        }
         // Tapes whose thread ended and whose records are all written are done.
         let mut gone = Vec::new();
         for (id, t) in &out.tapes {
@@ -491,6 +597,7 @@ impl TapeOut {
             next: 0,
             pending: BTreeMap::new(),
             prefixes,
+            done: (0, 0),
         }
     }
 }
@@ -522,49 +629,19 @@ impl Out {
 }
 
 /// Appends the JSON line of `r` to `buf`.
-fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
-    let (port, at) = match &r {
-        Rec::U64 { port, t, .. }
-        | Rec::Run { port, t, .. }
-        | Rec::Line { port, t, .. }
-        | Rec::Complete { port, t } => (*port, *t),
+fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &mut TapeOut, r: Rec) {
+    let (port, at, line) = match r {
+        Rec::Run { open, run } => return format_run(buf, t, open, run),
+        Rec::Line { port, t, line } => (port, t, Some(line)),
+        Rec::Complete { port, t } => (port, t, None),
     };
     let Some(prefix) = t.prefixes.get(port as usize) else {
         return;
     };
-    let of = t.tape.sources[port as usize].kind == source_kind::OF;
-    let value = |buf: &mut Vec<u8>, v: u64| {
-        buf.extend_from_slice(prefix);
-        push_u64(buf, at);
-        if of {
-            buf.extend_from_slice(b",\"index\":");
-            push_u64(buf, v);
-            if let Some(d) = describe_input(&t.tape.code, port, v) {
-                buf.extend_from_slice(b",\"debug\":");
-                push_json_str(buf, &d);
-            }
-        } else {
-            // A `u64`'s Debug text is its digits.
-            let mut digits = itoa::Buffer::new();
-            let digits = digits.format(v).as_bytes();
-            buf.extend_from_slice(b",\"u64\":");
-            buf.extend_from_slice(digits);
-            buf.extend_from_slice(b",\"debug\":\"");
-            buf.extend_from_slice(digits);
-            buf.push(b'"');
-        }
-        buf.extend_from_slice(b"}\n");
-    };
-    match r {
-        Rec::U64 { v, .. } => value(buf, v),
-        Rec::Run { first, n, .. } => {
-            for v in first..first.saturating_add(n) {
-                value(buf, v);
-            }
-        }
-        Rec::Line { line, .. } => {
-            buf.extend_from_slice(prefix);
-            push_u64(buf, at);
+    buf.extend_from_slice(prefix);
+    push_u64(buf, at);
+    match line {
+        Some(line) => {
             buf.extend_from_slice(b",\"line\":");
             push_json_str(buf, &line);
             buf.extend_from_slice(b",\"debug\":");
@@ -574,12 +651,95 @@ fn format_rec(buf: &mut Vec<u8>, scratch: &mut String, t: &TapeOut, r: Rec) {
             push_json_str(buf, scratch);
             buf.extend_from_slice(b"}\n");
         }
-        Rec::Complete { .. } => {
-            buf.extend_from_slice(prefix);
-            push_u64(buf, at);
-            buf.extend_from_slice(b",\"complete\":true}\n");
+        None => buf.extend_from_slice(b",\"complete\":true}\n"),
+    }
+}
+
+/// Appends the line of the values of `run` (the open run number `number` of `t`'s tape) not
+/// written yet ([`TapeOut::done`]): a run of one value as a value line, a longer run as one
+/// line with its length `n` and time step `dt`.
+fn format_run(buf: &mut Vec<u8>, t: &mut TapeOut, number: u64, run: Run) {
+    let done = if t.done.0 == number { t.done.1 } else { 0 };
+    t.done = (number, run.n.max(done));
+    if run.n <= done {
+        return;
+    }
+    // No overflow: the first value and time not written are those of a value appended.
+    let (first, at, n, dt) = (
+        run.first + done,
+        run.t + done * run.dt,
+        run.n - done,
+        run.dt,
+    );
+    let port = run.port;
+    let Some(prefix) = t.prefixes.get(port as usize) else {
+        return;
+    };
+    let of = t.tape.sources[port as usize].kind == source_kind::OF;
+    buf.extend_from_slice(prefix);
+    push_u64(buf, at);
+    if of {
+        buf.extend_from_slice(b",\"index\":");
+        push_u64(buf, first);
+        if n > 1 {
+            buf.extend_from_slice(b",\"n\":");
+            push_u64(buf, n);
+            buf.extend_from_slice(b",\"dt\":");
+            push_u64(buf, dt);
+            // Each item's Debug text (`null` where the plugin has none); left out when it
+            // has none for any.
+            let mark = buf.len();
+            buf.extend_from_slice(b",\"debug\":[");
+            let mut any = false;
+            for (i, v) in (first..first.saturating_add(n)).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                match t
+                    .tape
+                    .code
+                    .as_ref()
+                    .and_then(|c| describe_input(c, port, v))
+                {
+                    Some(d) => {
+                        push_json_str(buf, &d);
+                        any = true;
+                    }
+                    None => buf.extend_from_slice(b"null"),
+                }
+            }
+            if any {
+                buf.push(b']');
+            } else {
+                buf.truncate(mark);
+            }
+        } else if let Some(d) = t
+            .tape
+            .code
+            .as_ref()
+            .and_then(|c| describe_input(c, port, first))
+        {
+            buf.extend_from_slice(b",\"debug\":");
+            push_json_str(buf, &d);
+        }
+    } else {
+        // A `u64`'s Debug text is its digits: a run's are not written again.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(first).as_bytes();
+        buf.extend_from_slice(b",\"u64\":");
+        buf.extend_from_slice(digits);
+        if n > 1 {
+            buf.extend_from_slice(b",\"n\":");
+            push_u64(buf, n);
+            buf.extend_from_slice(b",\"dt\":");
+            push_u64(buf, dt);
+        } else {
+            buf.extend_from_slice(b",\"debug\":\"");
+            buf.extend_from_slice(digits);
+            buf.push(b'"');
         }
     }
+    buf.extend_from_slice(b"}\n");
 }
 
 /// Appends `v` in decimal.
@@ -618,11 +778,47 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-/// A pipeline thread's side of a recording: appends are cheap (a lock nobody else holds
-/// but the writer every [`STEAL_EVERY`], a push into a reused vector).
+/// A pipeline thread's side of a recording. A value continuing the open run (an interval's
+/// next tick, a batch at the same instant) costs a few compares and one store, without a
+/// lock; anything else takes a lock nobody else holds but the writer every [`STEAL_EVERY`]
+/// and pushes a record into a reused vector.
 pub struct Tape {
     shared: Arc<TapeShared>,
     recording: Arc<Recording>,
+    /// The open run as this thread knows it (`n` too: [`TapeShared::open_n`] is its copy for
+    /// the writer).
+    open: Cell<Option<Open>>,
+}
+
+/// The open run as its pipeline thread knows it.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    run: Run,
+    /// When its next value is due (its last value's instant plus its step), for
+    /// [`Tape::values`]' path without the lock: none while its step is not known yet (one
+    /// value), or when its times are not exact nanoseconds since the start.
+    next: Option<Instant>,
+    /// Its step.
+    step: Duration,
+    /// Values it may still grow by before its last value or its last time would pass a `u64`.
+    room: u64,
+}
+
+impl Open {
+    /// The open run `run` whose last value is due at `at`, on `recording`.
+    fn new(run: Run, at: Instant, recording: &Recording) -> Open {
+        let step = Duration::from_nanos(run.dt);
+        let by_value = u64::MAX - run.first;
+        let by_time = (u64::MAX - run.t).checked_div(run.dt).unwrap_or(u64::MAX);
+        Open {
+            run,
+            next: (run.n >= 2 && at >= recording.start)
+                .then(|| at.checked_add(step))
+                .flatten(),
+            step,
+            room: by_value.min(by_time) - (run.n - 1),
+        }
+    }
 }
 
 impl std::fmt::Debug for Tape {
@@ -634,21 +830,20 @@ impl std::fmt::Debug for Tape {
 }
 
 impl Tape {
-    /// One `u64` value of `port` (an interval's tick) due at `at`.
+    /// One `u64` value of `port` (an interval's tick) due at `at`. It extends the open run
+    /// when it continues it (see `Run::extend`).
     #[inline]
     pub fn value(&self, port: u32, at: Instant, v: u64) {
-        let t = self.recording.ns(at);
-        self.append(Rec::U64 { port, t, v });
+        self.values(port, at, v, 1);
     }
 
-    /// The values `first..first + n` of `port` (a `range` batch, `of` indices) at `at`.
+    /// The values `first..first + n` of `port` (a `range` batch, `of` indices) at `at`. A
+    /// batch continuing the open run at the same instant extends it.
     #[inline]
     pub fn run(&self, port: u32, at: Instant, first: u64, n: u64) {
-        if n == 0 {
-            return;
+        if n > 0 {
+            self.values(port, at, first, n);
         }
-        let t = self.recording.ns(at);
-        self.append(Rec::Run { port, t, first, n });
     }
 
     /// A line of `port` at `at`.
@@ -669,27 +864,115 @@ impl Tape {
     }
 
     #[inline]
+    fn values(&self, port: u32, at: Instant, first: u64, k: u64) {
+        // The values continue the open run, whose step is known (and seen by the writer): only
+        // its length grows. (`Run::extend`'s rule, on instants: `next` is exact.)
+        if let Some(mut o) = self.open.get()
+            && o.next == Some(at)
+            && o.run.port == port
+            && o.run.first.wrapping_add(o.run.n) == first
+            && k <= o.room
+            && (k == 1 || o.step.is_zero())
+        {
+            o.run.n += k;
+            o.room -= k;
+            if !o.step.is_zero() {
+                o.next = at.checked_add(o.step);
+            }
+            self.open.set(Some(o));
+            self.shared.open_n.store(o.run.n, Ordering::Release);
+            return;
+        }
+        self.values_locked(port, at, first, k);
+    }
+
+    /// [`Tape::values`] when the open run's step is set or a run starts: under the lock.
+    /// (An open run growing after the recording ended is not written.)
+    #[inline(never)]
+    fn values_locked(&self, port: u32, at: Instant, first: u64, k: u64) {
+        if self.recording.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let t = self.recording.ns(at);
+        let full = {
+            let mut b = lock(&self.shared.buf);
+            if let Some(o) = self.open.get() {
+                let mut run = o.run;
+                if run.extend(port, t, first, k) {
+                    // Its second value: the step, seen with the length by the writer.
+                    if let Some((_, o)) = &mut b.open {
+                        o.dt = run.dt;
+                    }
+                    self.open.set(Some(Open::new(run, at, &self.recording)));
+                    self.shared.open_n.store(run.n, Ordering::Release);
+                    return;
+                }
+            }
+            self.close_open(&mut b);
+            let run = Run {
+                port,
+                t,
+                first,
+                n: k,
+                dt: 0,
+            };
+            b.opened += 1;
+            b.open = Some((b.opened, run));
+            self.shared.open_n.store(k, Ordering::Release);
+            self.open.set(Some(Open::new(run, at, &self.recording)));
+            self.full_chunk(&mut b)
+        };
+        if let Some(c) = full {
+            self.send(c);
+        }
+    }
+
+    /// Ends the open run: a record after the others.
+    fn close_open(&self, b: &mut TapeBuf) {
+        if let Some((number, _)) = b.open.take()
+            && let Some(o) = self.open.get()
+        {
+            b.recs.push(Rec::Run {
+                run: o.run,
+                open: number,
+            });
+        }
+        self.open.set(None);
+    }
+
     fn append(&self, r: Rec) {
         if self.recording.finished.load(Ordering::Relaxed) {
             return;
         }
         let full = {
             let mut b = lock(&self.shared.buf);
+            self.close_open(&mut b);
             b.recs.push(r);
-            if b.recs.len() < CHUNK {
-                return;
-            }
-            let recs = std::mem::replace(&mut b.recs, self.recording.fresh_chunk());
-            let seq = b.seq;
-            b.seq += 1;
-            Chunk {
-                tape: self.shared.id,
-                seq,
-                recs,
-            }
+            self.full_chunk(&mut b)
         };
-        // Sent outside the lock: the writer takes from this tape under it.
-        match self.recording.chunks.0.try_send(full) {
+        if let Some(c) = full {
+            self.send(c);
+        }
+    }
+
+    /// A full chunk, taken from the tape, for the writer.
+    fn full_chunk(&self, b: &mut TapeBuf) -> Option<Chunk> {
+        if b.recs.len() < CHUNK {
+            return None;
+        }
+        let recs = std::mem::replace(&mut b.recs, self.recording.fresh_chunk());
+        b.seq += 1;
+        Some(Chunk {
+            tape: self.shared.id,
+            seq: b.seq - 1,
+            recs,
+        })
+    }
+
+    /// Hands `c` to the writer (outside the lock: the writer takes from this tape under it),
+    /// waiting while the writer lags.
+    fn send(&self, c: Chunk) {
+        match self.recording.chunks.0.try_send(c) {
             Ok(()) => {}
             Err(TrySendError::Full(c)) => {
                 let waiting = Instant::now();
@@ -706,7 +989,9 @@ impl Tape {
 impl Drop for Tape {
     fn drop(&mut self) {
         // What is left is taken by the writer within `STEAL_EVERY`, or by `finish`.
-        lock(&self.shared.buf).closed = true;
+        let mut b = lock(&self.shared.buf);
+        self.close_open(&mut b);
+        b.closed = true;
     }
 }
 
@@ -794,6 +1079,8 @@ struct RawLine<'a> {
     line: Option<String>,
     complete: Option<bool>,
     end: Option<u64>,
+    n: Option<u64>,
+    dt: Option<u64>,
 }
 
 /// Reads the recording at `path`. A file that is not a recording, or a line that is not a
@@ -873,6 +1160,35 @@ pub fn read(path: &Path) -> anyhow::Result<Recorded> {
                     value,
                 });
             }
+            Parsed::Run {
+                stream,
+                t,
+                first,
+                index: of,
+                n: count,
+                dt,
+            } => {
+                let i = *index.entry(stream.clone()).or_insert_with(|| {
+                    streams.push(stream);
+                    streams.len() - 1
+                });
+                let fits = usize::try_from(count)
+                    .ok()
+                    .filter(|&c| entries.try_reserve(c).is_ok());
+                if fits.is_none() {
+                    bail!("{name}:{n}: a run of {count} values does not fit in memory");
+                }
+                // Checked by `parse_record`: the last value and time do not overflow.
+                entries.extend((0..count).map(|k| Entry {
+                    stream: i,
+                    t: t + k * dt,
+                    value: if of {
+                        Value::Index(first + k)
+                    } else {
+                        Value::U64(first + k)
+                    },
+                }));
+            }
         }
     }
     let Some(header) = header else {
@@ -891,6 +1207,15 @@ pub fn read(path: &Path) -> anyhow::Result<Recorded> {
 enum Parsed {
     End(u64),
     Value(Stream, u64, Value),
+    /// `n` values `first + k` (indices of an `of` if `index`) at times `t + k * dt`.
+    Run {
+        stream: Stream,
+        t: u64,
+        first: u64,
+        index: bool,
+        n: u64,
+        dt: u64,
+    },
 }
 
 /// One record line, or why it is not one.
@@ -921,15 +1246,51 @@ fn parse_record(text: &str) -> Result<Parsed, String> {
         return Err("it needs exactly one of `u64`, `index`, `line` or `complete`".to_owned());
     }
     let value = values.pop().expect("one");
-    Ok(Parsed::Value(
-        Stream {
-            pipeline: pipeline.into_owned(),
-            port,
-            source: source.into_owned(),
-        },
+    let stream = Stream {
+        pipeline: pipeline.into_owned(),
+        port,
+        source: source.into_owned(),
+    };
+    let (n, dt) = match (raw.n, raw.dt) {
+        (None, None) => return Ok(Parsed::Value(stream, t, value)),
+        (Some(_), None) => return Err("a run (`n`) needs its time step `dt`".to_owned()),
+        (None, Some(_)) => return Err("a time step `dt` needs a run length `n`".to_owned()),
+        (Some(n), Some(dt)) => (n, dt),
+    };
+    let (first, index) = match value {
+        Value::U64(v) => (v, false),
+        Value::Index(i) => (i, true),
+        _ => return Err("a run (`n`) is of `u64` or `index` values".to_owned()),
+    };
+    if n == 0 {
+        return Err("a run of 0 values (`n` is at least 1)".to_owned());
+    }
+    if first.checked_add(n - 1).is_none() {
+        return Err(format!(
+            "the run's last value overflows: {first} + {} is past {}",
+            n - 1,
+            u64::MAX
+        ));
+    }
+    if (n - 1)
+        .checked_mul(dt)
+        .and_then(|d| t.checked_add(d))
+        .is_none()
+    {
+        return Err(format!(
+            "the run's last time overflows: {t} + {} * {dt} is past {}",
+            n - 1,
+            u64::MAX
+        ));
+    }
+    Ok(Parsed::Run {
+        stream,
         t,
-        value,
-    ))
+        first,
+        index,
+        n,
+        dt,
+    })
 }
 
 /// What a pipeline thread runs instead of its own sources in a replay.
@@ -1171,5 +1532,265 @@ impl Mode {
     /// Whether the pipelines' own host sources (files, sockets, stdin) are opened.
     pub fn opens_sources(&self) -> bool {
         !matches!(self, Mode::Replay(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends `(port, t, first, k)` (the values `first..first + k` of `port` at `t`) as a tape
+    /// does (extending the open run, or starting one); returns the runs as
+    /// `(port, t, first, n, dt)`.
+    fn taped(appends: &[(u32, u64, u64, u64)]) -> Vec<(u32, u64, u64, u64, u64)> {
+        let mut runs: Vec<Run> = Vec::new();
+        for &(port, t, first, n) in appends {
+            if let Some(last) = runs.last_mut()
+                && last.extend(port, t, first, n)
+            {
+                continue;
+            }
+            runs.push(Run {
+                port,
+                t,
+                first,
+                n,
+                dt: 0,
+            });
+        }
+        runs.into_iter()
+            .map(|r| (r.port, r.t, r.first, r.n, r.dt))
+            .collect()
+    }
+
+    #[test]
+    fn regular_values_extend_the_last_record_into_a_run() {
+        const M: u64 = u64::MAX;
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, &[(u32, u64, u64, u64)], &[(u32, u64, u64, u64, u64)])] = &[
+            (
+                "an interval's ticks",
+                &[
+                    (0, 500, 1, 1),
+                    (0, 1000, 2, 1),
+                    (0, 1500, 3, 1),
+                    (0, 2000, 4, 1),
+                ],
+                &[(0, 500, 1, 4, 500)],
+            ),
+            (
+                "a late deadline",
+                &[
+                    (0, 500, 1, 1),
+                    (0, 1000, 2, 1),
+                    (0, 1600, 3, 1),
+                    (0, 2200, 4, 1),
+                ],
+                &[(0, 500, 1, 2, 500), (0, 1600, 3, 2, 600)],
+            ),
+            (
+                "a value skipped",
+                &[(0, 500, 1, 1), (0, 1000, 2, 1), (0, 1500, 4, 1)],
+                &[(0, 500, 1, 2, 500), (0, 1500, 4, 1, 0)],
+            ),
+            (
+                "another port between",
+                &[(0, 500, 1, 1), (1, 700, 2, 1), (0, 1000, 2, 1)],
+                &[(0, 500, 1, 1, 0), (1, 700, 2, 1, 0), (0, 1000, 2, 1, 0)],
+            ),
+            (
+                "ticks at one instant",
+                &[(0, 5, 0, 1), (0, 5, 1, 1), (0, 5, 2, 1), (0, 6, 3, 1)],
+                &[(0, 5, 0, 3, 0), (0, 6, 3, 1, 0)],
+            ),
+            (
+                "time going back",
+                &[(0, 5, 0, 1), (0, 4, 1, 1)],
+                &[(0, 5, 0, 1, 0), (0, 4, 1, 1, 0)],
+            ),
+            (
+                "batches at one instant",
+                &[(0, 7, 0, 1024), (0, 7, 1024, 1024), (0, 7, 2048, 1)],
+                &[(0, 7, 0, 2049, 0)],
+            ),
+            (
+                "batches at two instants",
+                &[(0, 7, 0, 1024), (0, 9, 1024, 1024)],
+                &[(0, 7, 0, 1024, 0), (0, 9, 1024, 1024, 0)],
+            ),
+            (
+                "a batch after one value, later",
+                &[(0, 7, 0, 1), (0, 9, 1, 5)],
+                &[(0, 7, 0, 1, 0), (0, 9, 1, 5, 0)],
+            ),
+            (
+                "one-value batches a step apart",
+                &[(0, 7, 0, 1), (0, 9, 1, 1), (0, 11, 2, 1)],
+                &[(0, 7, 0, 3, 2)],
+            ),
+            (
+                "the next time past u64",
+                &[(0, 0, 0, 1), (0, M, 1, 1), (0, M, 2, 1)],
+                &[(0, 0, 0, 2, M), (0, M, 2, 1, 0)],
+            ),
+            (
+                "the last value",
+                &[(0, 0, M - 1, 1), (0, 0, M, 1)],
+                &[(0, 0, M - 1, 2, 0)],
+            ),
+        ];
+        for (what, appends, want) in cases {
+            assert_eq!(taped(appends), *want, "{what}");
+        }
+    }
+
+    fn spec(kind: u32, label: &str) -> SourceSpec {
+        SourceSpec {
+            kind,
+            a: 0,
+            b: 0,
+            text: String::new(),
+            label: label.to_owned(),
+            item: None,
+        }
+    }
+
+    #[test]
+    fn runs_are_one_line_each_and_read_back_as_every_value() -> anyhow::Result<()> {
+        let dir = crate::testkit::TempDir::new("record_runs");
+        let file = dir.path().join("runs.jsonl");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
+        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let recording = recorder.recording();
+        let tape = recording.tape_of(
+            "counter".to_owned(),
+            vec![
+                spec(source_kind::INTERVAL, "interval_ms(500)"),
+                spec(source_kind::RANGE, "range(0, 3000)"),
+                spec(source_kind::OF, "of([1, 2])"),
+            ],
+            None,
+        );
+        let ms = |k: u64| recording.start + Duration::from_millis(k);
+        {
+            // The writer takes nothing from the tape meanwhile (a steal would cut a run).
+            let _writer = lock(&recording.out);
+            for k in 1..=8 {
+                tape.value(0, ms(500 * k), k);
+            }
+            // A tick late by 100 ms (a deadline the runtime never gives: one more run).
+            tape.value(0, ms(4600), 9);
+            tape.value(0, ms(5100), 10);
+            // `range` batches at one instant, then the completion.
+            tape.run(1, ms(5100), 0, 1024);
+            tape.run(1, ms(5100), 1024, 1024);
+            tape.run(1, ms(5100), 2048, 952);
+            tape.complete(1, ms(5100));
+            tape.run(2, ms(6000), 0, 2);
+            tape.value(0, ms(7000), 11);
+        }
+        drop(tape);
+        recorder.finish()?;
+        let text = std::fs::read_to_string(&file)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let p = r#"{"pipeline":"counter","port":"#;
+        let want = [
+            format!(
+                r#"{p}0,"source":"interval_ms(500)","t":500000000,"u64":1,"n":8,"dt":500000000}}"#
+            ),
+            format!(
+                r#"{p}0,"source":"interval_ms(500)","t":4600000000,"u64":9,"n":2,"dt":500000000}}"#
+            ),
+            format!(r#"{p}1,"source":"range(0, 3000)","t":5100000000,"u64":0,"n":3000,"dt":0}}"#),
+            format!(r#"{p}1,"source":"range(0, 3000)","t":5100000000,"complete":true}}"#),
+            format!(r#"{p}2,"source":"of([1, 2])","t":6000000000,"index":0,"n":2,"dt":0}}"#),
+            format!(r#"{p}0,"source":"interval_ms(500)","t":7000000000,"u64":11,"debug":"11"}}"#),
+        ];
+        assert!(lines[0].starts_with(r#"{"format":"hmr-record","version":2,"#));
+        assert_eq!(lines[1..lines.len() - 1], want);
+        assert!(lines[lines.len() - 1].starts_with(r#"{"end":"#));
+
+        let read = read(&file)?;
+        let got: Vec<(u32, u64, Value)> = read
+            .entries
+            .iter()
+            .map(|e| (read.streams[e.stream].port, e.t, e.value.clone()))
+            .collect();
+        let ns = |ms: u64| ms * 1_000_000;
+        let mut expected: Vec<(u32, u64, Value)> =
+            (1..=8).map(|k| (0, ns(500 * k), Value::U64(k))).collect();
+        expected.push((0, ns(4600), Value::U64(9)));
+        expected.push((0, ns(5100), Value::U64(10)));
+        expected.extend((0..3000).map(|v| (1, ns(5100), Value::U64(v))));
+        expected.push((1, ns(5100), Value::Complete));
+        expected.push((2, ns(6000), Value::Index(0)));
+        expected.push((2, ns(6000), Value::Index(1)));
+        expected.push((0, ns(7000), Value::U64(11)));
+        assert_eq!(got, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_the_writer_takes_while_it_grows_goes_on_in_the_next_line() -> anyhow::Result<()> {
+        let dir = crate::testkit::TempDir::new("record_cut");
+        let file = dir.path().join("cut.jsonl");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
+        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let recording = recorder.recording();
+        let tape = recording.tape_of(
+            "counter".to_owned(),
+            vec![spec(source_kind::INTERVAL, "interval_ms(500)")],
+            None,
+        );
+        let ms = |k: u64| recording.start + Duration::from_millis(k);
+        {
+            // The writer thread takes nothing meanwhile; the test takes the tape (as the
+            // writer does every 100 ms) where it says.
+            let mut out = lock(&recording.out);
+            for k in 1..=4 {
+                tape.value(0, ms(500 * k), k);
+            }
+            recording.collect(&mut out, false);
+            for k in 5..=8 {
+                tape.value(0, ms(500 * k), k);
+            }
+            recording.collect(&mut out, false);
+            tape.value(0, ms(4500), 9);
+            // Late: the run of 1..=9 ends (its last value not yet written), another starts.
+            tape.value(0, ms(5200), 10);
+            tape.value(0, ms(5700), 11);
+            recording.collect(&mut out, false);
+            // Nothing new: nothing written.
+            recording.collect(&mut out, false);
+            tape.value(0, ms(6200), 12);
+        }
+        drop(tape);
+        recorder.finish()?;
+        let text = std::fs::read_to_string(&file)?;
+        let lines: Vec<&str> = text.lines().collect();
+        let p = r#"{"pipeline":"counter","port":0,"source":"interval_ms(500)","t":"#;
+        let want = [
+            format!(r#"{p}500000000,"u64":1,"n":4,"dt":500000000}}"#),
+            format!(r#"{p}2500000000,"u64":5,"n":4,"dt":500000000}}"#),
+            format!(r#"{p}4500000000,"u64":9,"debug":"9"}}"#),
+            format!(r#"{p}5200000000,"u64":10,"n":2,"dt":500000000}}"#),
+            format!(r#"{p}6200000000,"u64":12,"debug":"12"}}"#),
+        ];
+        assert_eq!(lines[1..lines.len() - 1], want);
+        let read = read(&file)?;
+        let got: Vec<(u64, Value)> = read
+            .entries
+            .iter()
+            .map(|e| (e.t, e.value.clone()))
+            .collect();
+        let mut expected: Vec<(u64, Value)> =
+            (1..=9).map(|k| (k * 500_000_000, Value::U64(k))).collect();
+        expected.push((5_200_000_000, Value::U64(10)));
+        expected.push((5_700_000_000, Value::U64(11)));
+        expected.push((6_200_000_000, Value::U64(12)));
+        assert_eq!(got, expected);
+        Ok(())
     }
 }

@@ -174,12 +174,13 @@ impl Recording {
         }
     }
 
-    /// Waits until the file holds `n` whole lines (the writer writes every 100 ms).
-    fn lines_written(&self, n: usize) {
+    /// Waits until the file's whole lines hold `n` values (the writer writes every 100 ms;
+    /// an interval's ticks are runs, many values a line).
+    fn values_written(&self, n: usize) {
         let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
         loop {
-            let text = std::fs::read(&self.file).unwrap_or_default();
-            if text.iter().filter(|&&b| b == b'\n').count() >= n {
+            let written = host::record::read(&self.file).map_or(0, |r| r.entries.len());
+            if written >= n {
                 return;
             }
             assert!(std::time::Instant::now() < deadline, "the file stays short");
@@ -222,7 +223,7 @@ plugin_api::export_plugin!(register);
 fn a_killed_host_leaves_a_recording_readable_to_its_last_whole_line() {
     let fixture = Fixture::new("record_killed", ENDLESS);
     let host = Recording::start(&fixture, "record_killed");
-    host.lines_written(100);
+    host.values_written(100);
     host.signal(libc::SIGKILL);
     let (status, file, _dir) = host.wait();
     assert_eq!(status, None, "killed by a signal");

@@ -60,6 +60,39 @@ fn record_session(fixture: &Fixture, file: &Path) -> anyhow::Result<Vec<Vec<Stri
     Ok(PIPELINES.iter().map(|p| values(&host, p)).collect())
 }
 
+/// Checks that the value lines of `pipeline` (one source, `source`) in `lines` hold its values
+/// `0..values` in order, value `v` at time `v * dt`, each line exactly the one the writer
+/// writes for the values it holds: a run (`"n"`, `"dt"`) of two or more, a plain line for
+/// one. Returns how many lines they take.
+fn check_runs(lines: &[&str], pipeline: &str, source: &str, dt: u64, values: u64) -> usize {
+    let prefix = format!(
+        "{{\"pipeline\":\"{pipeline}\",\"port\":0,\"source\":{},",
+        serde_json::to_string(source).expect("a string")
+    );
+    let mut next = 0u64;
+    let mut count = 0;
+    for line in lines
+        .iter()
+        .filter(|l| l.starts_with(&prefix) && !l.contains("\"complete\""))
+    {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let first = v["u64"].as_u64().expect("a u64 line");
+        let n = v["n"].as_u64().unwrap_or(1);
+        assert_eq!(first, next, "{line}");
+        let t = first * dt;
+        let want = if n == 1 {
+            format!("{prefix}\"t\":{t},\"u64\":{first},\"debug\":\"{first}\"}}")
+        } else {
+            format!("{prefix}\"t\":{t},\"u64\":{first},\"n\":{n},\"dt\":{dt}}}")
+        };
+        assert_eq!(*line, want);
+        next += n;
+        count += 1;
+    }
+    assert_eq!(next, values, "{pipeline}'s values");
+    count
+}
+
 fn values(host: &Harness, pipeline: &str) -> Vec<String> {
     host.emissions(pipeline)
         .into_iter()
@@ -109,15 +142,18 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
     let text = std::fs::read_to_string(&file)?;
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0].starts_with(r#"{"format":"hmr-record","version":1,"#),
+        lines[0].starts_with(r#"{"format":"hmr-record","version":2,"#),
         "{}",
         lines[0]
     );
+    // An interval's ticks (deadlines one period apart) and a `range`'s batches (at one
+    // instant) are runs: the writer may cut one where it takes the tape (every 100 ms).
+    check_runs(&lines, "counter", "interval_ms(1000)", 1_000_000_000, 5);
+    check_runs(&lines, "batch", "range(0, 3000)", 0, 3000);
     for want in [
-        r#"{"pipeline":"counter","port":0,"source":"interval_ms(1000)","t":1000000000,"u64":1,"debug":"1"}"#,
-        r#"{"pipeline":"batch","port":0,"source":"range(0, 3000)","t":0,"u64":2999,"debug":"2999"}"#,
         r#"{"pipeline":"batch","port":0,"source":"range(0, 3000)","t":0,"complete":true}"#,
-        r#"{"pipeline":"items","port":0,"source":"of::<u64>([7, 8, 9])","t":0,"index":2,"debug":"9"}"#,
+        // One batch of three items, with their Debug texts.
+        r#"{"pipeline":"items","port":0,"source":"of::<u64>([7, 8, 9])","t":0,"index":0,"n":3,"dt":0,"debug":["7","8","9"]}"#,
         r#"{"pipeline":"lines","port":0,"source":"file_lines(\"input.txt\")","t":0,"line":"be","debug":"\"be\""}"#,
     ] {
         let others: Vec<&&str> = lines.iter().filter(|l| !l.contains("range(")).collect();
@@ -200,20 +236,70 @@ fn an_hour_of_recorded_ticks_replays_on_the_virtual_clock_without_waiting() -> a
         ),
     );
     let dir = TempDir::new("record_hour");
-    let file = dir.path().join("hour.jsonl");
-    let mut text = header(fixture.path(), 1);
+    // As version 1 wrote it (a line a tick), and as a run (version 2): the same replay.
+    let mut one_by_one = header(fixture.path(), 1);
     for n in 0..=6 {
-        text.push_str(&tick(n));
+        one_by_one.push_str(&tick(n));
     }
-    // The end, after the last tick's delay.
-    text.push_str("{\"end\":3900000000000}\n");
-    std::fs::write(&file, text)?;
-    let replayed = replay(&fixture.options(), &file)?;
-    assert!(replayed.loaded, "{:?}", replayed.events);
-    assert_eq!(
-        replayed.emissions("slow"),
-        ["0", "10", "20", "30", "40", "50", "60"]
+    let run = format!(
+        "{}{{\"pipeline\":\"slow\",\"port\":0,\"source\":\"interval_ms(600000)\",\"t\":0,\"u64\":0,\"n\":7,\"dt\":600000000000}}\n",
+        header(fixture.path(), 2)
     );
+    for (what, mut text) in [("one_by_one", one_by_one), ("run", run)] {
+        // The end, after the last tick's delay.
+        text.push_str("{\"end\":3900000000000}\n");
+        let file = dir.path().join(format!("{what}.jsonl"));
+        std::fs::write(&file, text)?;
+        let replayed = replay(&fixture.options(), &file)?;
+        assert!(replayed.loaded, "{what}: {:?}", replayed.events);
+        assert_eq!(
+            replayed.emissions("slow"),
+            ["0", "10", "20", "30", "40", "50", "60"],
+            "{what}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_intervals_ticks_are_recorded_as_runs_and_replay_identically() -> anyhow::Result<()> {
+    // 101 ticks of a 10 ms interval in one virtual second: their deadlines are one period
+    // apart, so they make runs (one, unless the writer took the tape between two ticks).
+    let fixture = Fixture::new(
+        "record_runs",
+        &plugin(
+            r#"    p.pipeline("fast", interval_ms(10))
+        .scan(0u64, |acc: u64, n: u64| acc + n * 3)
+        .log();"#,
+        ),
+    );
+    let dir = TempDir::new("record_runs");
+    let file = dir.path().join("runs.jsonl");
+    let (mut options, time) = fixture.virtual_options();
+    options.record = Some(file.clone());
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    advance(&time, 1000);
+    host.stop();
+    let recorded = values(&host, "fast");
+    assert_eq!(recorded.len(), 101, "{recorded:?}");
+    assert_eq!(recorded.last().map(String::as_str), Some("15150"));
+
+    let text = std::fs::read_to_string(&file)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let count = check_runs(&lines, "fast", "interval_ms(10)", 10_000_000, 101);
+    // A line a tick before runs; a cut every 100 ms of real time at most since.
+    assert!(count <= 20, "{count} lines for 101 ticks:\n{text}");
+    assert_eq!(
+        lines.len(),
+        count + 2,
+        "the header, the ticks, the end:\n{text}"
+    );
+
+    let replayed = replay(&fixture.options(), &file)?;
+    assert!(replayed.warnings.is_empty(), "{:?}", replayed.warnings);
+    assert_eq!(replayed.emissions("fast"), recorded);
     Ok(())
 }
 
@@ -222,7 +308,10 @@ fn bad_recordings_are_errors_naming_the_file_and_line() -> anyhow::Result<()> {
     let dir = TempDir::new("record_bad");
     let here = dir.path();
     let good = header(here, 1);
-    let cases: [(&str, String, &str); 6] = [
+    let run = |fields: &str| {
+        format!("{good}{{\"pipeline\":\"slow\",\"port\":0,\"source\":\"x\",{fields}}}\n")
+    };
+    let cases: [(&str, String, &str); 13] = [
         (
             "empty",
             String::new(),
@@ -240,8 +329,8 @@ fn bad_recordings_are_errors_naming_the_file_and_line() -> anyhow::Result<()> {
         ),
         (
             "newer",
-            header(here, 2),
-            ":1: recording format version 2 is newer than this host reads (version 1); replay it \
+            header(here, 3),
+            ":1: recording format version 3 is newer than this host reads (version 2); replay it \
              with a newer host",
         ),
         (
@@ -255,6 +344,43 @@ fn bad_recordings_are_errors_naming_the_file_and_line() -> anyhow::Result<()> {
                 "{good}{{\"pipeline\":\"slow\",\"port\":0,\"source\":\"x\",\"t\":0,\"u64\":1,\"line\":\"a\"}}\n"
             ),
             ":2: not a record: it needs exactly one of `u64`, `index`, `line` or `complete`",
+        ),
+        (
+            "a run of none",
+            run(r#""t":0,"u64":1,"n":0,"dt":5"#),
+            ":2: not a record: a run of 0 values (`n` is at least 1)",
+        ),
+        (
+            "a run without its step",
+            run(r#""t":0,"u64":1,"n":3"#),
+            ":2: not a record: a run (`n`) needs its time step `dt`",
+        ),
+        (
+            "a step without a run",
+            run(r#""t":0,"u64":1,"dt":3"#),
+            ":2: not a record: a time step `dt` needs a run length `n`",
+        ),
+        (
+            "a run of lines",
+            run(r#""t":0,"line":"a","n":2,"dt":3"#),
+            ":2: not a record: a run (`n`) is of `u64` or `index` values",
+        ),
+        (
+            "a run past the last value",
+            run(r#""t":0,"index":18446744073709551615,"n":2,"dt":0"#),
+            ":2: not a record: the run's last value overflows: 18446744073709551615 + 1 is past \
+             18446744073709551615",
+        ),
+        (
+            "a run past the last time",
+            run(r#""t":18446744073709551605,"u64":0,"n":3,"dt":6"#),
+            ":2: not a record: the run's last time overflows: 18446744073709551605 + 2 * 6 is \
+             past 18446744073709551615",
+        ),
+        (
+            "a run too long to hold",
+            run(r#""t":0,"u64":0,"n":18446744073709551615,"dt":0"#),
+            ":2: a run of 18446744073709551615 values does not fit in memory",
         ),
     ];
     for (what, text, want) in cases {
