@@ -584,11 +584,17 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
          writer had not yet) took {tail:.1} ms (median). The file held {lines_median:.0} lines \
          (median; the header and the end included) for {N_RECORD} values."
     ));
+    // Against both baselines: the loop stepping an interval's deadlines (what the runtime
+    // does, recording or not), and scenario 2's bare loop (what "the push benchmark" times).
     let ratio = all[1] / all[0];
+    let bare = all[1] / all[3];
     report.verdict(
-        "`--record` on the push benchmark within 2x of not recording",
-        format!("{:.2} vs {:.2} ns/value: {ratio:.2}x", all[1], all[0]),
-        Some(ratio <= 2.0),
+        "`--record` on the push benchmark within 2x of not recording (both baselines)",
+        format!(
+            "{:.2} ns/value recorded: {ratio:.2}x the loop stepping deadlines ({:.2}), {bare:.2}x scenario 2's bare loop ({:.2})",
+            all[1], all[0], all[3]
+        ),
+        Some(ratio <= 2.0 && bare <= 2.0),
     );
     Ok(())
 }
