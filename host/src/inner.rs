@@ -130,110 +130,25 @@ impl InnerReg {
     }
 }
 
-/// Where a held value's bytes are.
-enum Bytes {
+/// Where a held value's bytes are (an inner subscription's outer value, a value a replay on
+/// reload keeps).
+#[derive(Debug)]
+pub(crate) enum Bytes {
     /// In its own allocation (or, for a zero-sized value, a dangling aligned pointer).
     Heap(NonNull<u8>),
-    /// In the `HeldValue` itself: a value of at most [`INLINE`] bytes and 8-byte alignment
-    /// (a number, a short `String` or `Vec` header) costs no allocation. A Rust value may be
-    /// moved with its bytes, so it moves with the `HeldValue`; the plugin only borrows it for
-    /// the length of a call.
+    /// In the owner itself: a value of at most [`INLINE`] bytes and 8-byte alignment (a
+    /// number, a short `String` or `Vec` header) costs no allocation. A Rust value may be
+    /// moved with its bytes, so it moves with its owner; the plugin only borrows it for the
+    /// length of a call.
     Inline([MaybeUninit<u64>; INLINE / 8]),
 }
 
 /// The size of the largest value held without an allocation.
 const INLINE: usize = 24;
 
-/// An outer value moved into host memory, dropped with its own version's glue.
-pub(crate) struct HeldValue {
-    bytes: Bytes,
-    layout: Layout,
-    drop: DropStateFn,
-    pub(crate) debug: DebugStateFn,
-    /// The version whose glue `drop` and `debug` are; kept mapped while the value lives.
-    _lib: Arc<LibVersion>,
-}
-
-impl std::fmt::Debug for HeldValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldValue")
-            .field("layout", &self.layout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl HeldValue {
-    /// Moves the value at `desc.value` into a fresh allocation.
-    ///
-    /// # Safety
-    /// `desc.value` must point at a live value of `desc.value_type`, which the caller gives
-    /// up (the plugin forgets it).
-    pub(crate) unsafe fn take(desc: &InnerDesc, lib: &Arc<LibVersion>) -> Option<HeldValue> {
-        let fp = &desc.value_type;
-        let layout = Layout::from_size_align(fp.size, fp.align.max(1)).ok()?;
-        let mut bytes = HeldValue::room(layout);
-        let dst = match &mut bytes {
-            Bytes::Heap(p) => p.as_ptr(),
-            Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
-        };
-        // SAFETY: `dst` is valid for `layout.size()` bytes and aligned for it; a Rust move is
-        // a copy of the bytes and the plugin forgets its copy.
-        unsafe { std::ptr::copy_nonoverlapping(desc.value.cast::<u8>(), dst, layout.size()) };
-        Some(HeldValue {
-            bytes,
-            layout,
-            drop: desc.value_drop,
-            debug: desc.value_debug,
-            _lib: lib.clone(),
-        })
-    }
-
-    /// A clone of the value at `src` (of layout `fp`), made by `clone` of version `lib` and
-    /// dropped by its `drop`: what a replay on reload keeps of a subject's value. The status
-    /// of the clone when it did not answer `OK` (nothing is held then).
-    ///
-    /// # Safety
-    /// `src` must point at a live value of `fp`'s layout, which nothing mutates during the
-    /// call, and `clone` and `drop` must be that type's glue in `lib`.
-    pub(crate) unsafe fn clone_of(
-        src: *const c_void,
-        fp: &hmr_track::Fingerprint,
-        clone: plugin_api::abi::CloneStateFn,
-        drop: DropStateFn,
-        lib: &Arc<LibVersion>,
-    ) -> Result<HeldValue, u32> {
-        let unsupported = plugin_api::abi::clone_status::UNSUPPORTED;
-        let size = usize::try_from(fp.size).map_err(|_| unsupported)?;
-        let align = usize::try_from(fp.align).map_err(|_| unsupported)?;
-        let layout = Layout::from_size_align(size, align.max(1)).map_err(|_| unsupported)?;
-        let mut held = HeldValue {
-            bytes: HeldValue::room(layout),
-            layout,
-            drop,
-            debug: no_debug,
-            _lib: lib.clone(),
-        };
-        let dst = held.as_mut_ptr();
-        // SAFETY: `dst` is valid and aligned for `layout`, uninitialised; `src` and the glue
-        // are the caller's obligation.
-        let status = unsafe { clone(src.cast::<u8>(), dst) };
-        if status != plugin_api::abi::clone_status::OK {
-            // Nothing was written: free the room without running `drop`.
-            held.drop = drop_none;
-            return Err(status);
-        }
-        Ok(held)
-    }
-
-    /// Makes `drop` of version `lib` the glue this value is dropped with (a fingerprint-equal
-    /// type's: as good as the old version's), so the old version can retire.
-    pub(crate) fn rehome(&mut self, drop: DropStateFn, lib: &Arc<LibVersion>) {
-        self.drop = drop;
-        self._lib = lib.clone();
-    }
-
-    /// Room for a value of `layout`: inside the `HeldValue` when it fits.
-    fn room(layout: Layout) -> Bytes {
+impl Bytes {
+    /// Room for a value of `layout` (uninitialised): inline when it fits.
+    pub(crate) fn new(layout: Layout) -> Bytes {
         if layout.size() == 0 {
             Bytes::Heap(NonNull::new(layout.align() as *mut u8).unwrap_or(NonNull::dangling()))
         } else if layout.size() <= INLINE && layout.align() <= 8 {
@@ -245,19 +160,73 @@ impl HeldValue {
         }
     }
 
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        match &mut self.bytes {
+    /// Where the value is (valid while the bytes stay where they are).
+    pub(crate) fn as_ptr(&self) -> *const c_void {
+        match self {
+            Bytes::Heap(p) => p.as_ptr().cast_const().cast::<c_void>(),
+            Bytes::Inline(buf) => buf.as_ptr().cast::<c_void>(),
+        }
+    }
+
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        match self {
             Bytes::Heap(p) => p.as_ptr(),
             Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
         }
     }
 
+    /// Frees the room of a value of `layout` (already dropped, or never written).
+    pub(crate) fn release(self, layout: Layout) {
+        if let Bytes::Heap(p) = self
+            && layout.size() != 0
+        {
+            // SAFETY: allocated in `Bytes::new` with this layout.
+            unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+        }
+    }
+}
+
+/// An outer value moved into host memory, dropped with its own version's glue.
+pub(crate) struct HeldValue {
+    bytes: Bytes,
+    layout: Layout,
+    drop: DropStateFn,
+    pub(crate) debug: DebugStateFn,
+    /// The version whose glue `drop` and `debug` are; kept mapped while the value lives.
+    _lib: Arc<LibVersion>,
+}
+
+impl HeldValue {
+    /// Moves the value at `desc.value` into a fresh allocation.
+    ///
+    /// # Safety
+    /// `desc.value` must point at a live value of `desc.value_type`, which the caller gives
+    /// up (the plugin forgets it).
+    pub(crate) unsafe fn take(desc: &InnerDesc, lib: &Arc<LibVersion>) -> Option<HeldValue> {
+        let fp = &desc.value_type;
+        let layout = Layout::from_size_align(fp.size, fp.align.max(1)).ok()?;
+        let mut bytes = Bytes::new(layout);
+        // SAFETY: the room is valid for `layout.size()` bytes and aligned for it; a Rust move
+        // is a copy of the bytes and the plugin forgets its copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                desc.value.cast::<u8>(),
+                bytes.as_mut_ptr(),
+                layout.size(),
+            )
+        };
+        Some(HeldValue {
+            bytes,
+            layout,
+            drop: desc.value_drop,
+            debug: desc.value_debug,
+            _lib: lib.clone(),
+        })
+    }
+
     /// The value, for a re-projection (valid while the `HeldValue` stays where it is).
     pub(crate) fn as_ptr(&self) -> *const c_void {
-        match &self.bytes {
-            Bytes::Heap(p) => p.as_ptr().cast_const().cast::<c_void>(),
-            Bytes::Inline(buf) => buf.as_ptr().cast::<c_void>(),
-        }
+        self.bytes.as_ptr()
     }
 
     /// Its Debug text, at most `cap` bytes.
@@ -271,33 +240,15 @@ impl HeldValue {
     }
 }
 
-/// The Debug glue of a value held for a replay (its Debug text comes from the plugin's
-/// `describe` instead).
-unsafe extern "C" fn no_debug(_src: *const u8, _buf: *mut u8, _cap: usize, len: *mut usize) -> u32 {
-    // SAFETY: the caller passes a writable `len`.
-    unsafe { *len = 0 };
-    plugin_api::abi::debug_status::NO_STATE
-}
-
-/// The drop glue of a `HeldValue` whose clone failed: there is no value to drop.
-unsafe extern "C" fn drop_none(_dst: *mut u8) -> bool {
-    true
-}
-
 impl Drop for HeldValue {
     fn drop(&mut self) {
-        let ptr = match &mut self.bytes {
-            Bytes::Heap(p) => p.as_ptr(),
-            Bytes::Inline(buf) => buf.as_mut_ptr().cast::<u8>(),
-        };
         // SAFETY: the value is live and dropped once, by its version's glue (kept mapped).
-        let _ = unsafe { (self.drop)(ptr) };
-        if let Bytes::Heap(p) = self.bytes
-            && self.layout.size() != 0
-        {
-            // SAFETY: allocated in `take` with this layout.
-            unsafe { std::alloc::dealloc(p.as_ptr(), self.layout) };
-        }
+        let _ = unsafe { (self.drop)(self.bytes.as_mut_ptr()) };
+        let bytes = std::mem::replace(
+            &mut self.bytes,
+            Bytes::Inline([MaybeUninit::uninit(); INLINE / 8]),
+        );
+        bytes.release(self.layout);
     }
 }
 

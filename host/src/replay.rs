@@ -12,7 +12,7 @@
 //! code and run. The replay is informative only: it never changes what the reload does.
 //!
 //! A subject's values are the publisher's, borrowed for the delivery: the ring keeps a clone
-//! made by the reader's code ([`HeldValue::clone_of`]).
+//! made by the reader's code ([`Recent::keep_subject`]).
 //!
 //! Not replayed, with the reason: a pipeline with a time operator (its pending timers are
 //! host state a copy would have to move in time) or a higher-order one (its inner
@@ -29,11 +29,18 @@ use std::rc::Rc;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
-use plugin_api::abi::{EmitCx, HostApi, InnerDesc, InnerHandle, RSignature, RStr};
+use std::alloc::Layout;
+use std::sync::Arc;
+
+use plugin_api::abi::{
+    CloneStateFn, DropStateFn, EmitCx, HostApi, InnerDesc, InnerHandle, RSignature, RStr,
+    clone_status,
+};
 
 use crate::code::{PipelineCode, Pushed, StateSlots, Wire};
 use crate::events::{ReplayInfo, ReplaySample};
-use crate::inner::HeldValue;
+use crate::inner::Bytes;
+use crate::loader::LibVersion;
 
 /// How many recent inputs a pipeline keeps by default (`--replay N`).
 pub const DEFAULT_INPUTS: usize = 32;
@@ -125,9 +132,14 @@ pub(crate) struct Recent {
     ring: Vec<Kept>,
     /// One text buffer per slot, for lines (empty, unallocated, until a line comes).
     lines: Vec<String>,
-    /// Per slot, a subject's value cloned with its glue (a value of at most 24 bytes is held
-    /// without an allocation; a slot's clone is dropped when the next one takes its place).
-    held: Vec<Option<HeldValue>>,
+    /// Per slot, a subject's value the slot holds (and its port), cloned with that port's
+    /// glue: a value of at most 24 bytes inside the slot, a larger one in an allocation the
+    /// slot reuses; dropped when another value of the port takes the slot, or at the end.
+    held: Vec<Option<(u32, Bytes)>>,
+    /// Per port, how a subject port's values are kept (`None` for the other sources).
+    glue: Vec<Option<Glue>>,
+    /// Keeps the code of `glue` live.
+    lib: Option<Arc<LibVersion>>,
     cap: usize,
     /// Where the next input goes.
     next: usize,
@@ -149,6 +161,8 @@ impl Recent {
             ring: vec![placeholder; cap],
             lines: vec![String::new(); cap],
             held: (0..cap).map(|_| None).collect(),
+            glue: Vec::new(),
+            lib: None,
             cap,
             next: 0,
             full: false,
@@ -209,32 +223,103 @@ impl Recent {
         self.cap != 0
     }
 
-    /// Keeps a subject's value (a clone the ring now owns).
-    pub(crate) fn keep_held(&mut self, port: u32, value: HeldValue) {
-        let kept = Kept {
+    /// Keeps a clone of a subject's value, made by the port's glue; the glue's status when
+    /// it could not (nothing is kept then).
+    ///
+    /// # Safety
+    /// `value` must point at a live value of the port's layout (checked against the
+    /// publisher's), which nothing mutates during the call.
+    pub(crate) unsafe fn keep_subject(
+        &mut self,
+        port: u32,
+        value: *const c_void,
+    ) -> Result<(), u32> {
+        let i = self.next;
+        if i >= self.ring.len() {
+            return Ok(());
+        }
+        let Some(g) = self.glue.get(port as usize).copied().flatten() else {
+            return Err(clone_status::UNSUPPORTED);
+        };
+        // The slot's room is reused for a value of the same port (the same layout).
+        let reused = match self.held[i].take() {
+            Some((p, mut room)) if p == port => {
+                // SAFETY: the room holds a live value of this port, dropped once, here.
+                let _ = unsafe { (g.drop)(room.as_mut_ptr()) };
+                Some(room)
+            }
+            Some((p, room)) => {
+                self.free(p, room);
+                None
+            }
+            None => None,
+        };
+        let mut room = reused.unwrap_or_else(|| Bytes::new(g.layout));
+        // SAFETY: the room is valid and aligned for the layout, uninitialised; `value` is the
+        // caller's obligation; the glue is the port's, in the code `self.lib` keeps.
+        let status = unsafe { (g.clone)(value.cast::<u8>(), room.as_mut_ptr()) };
+        if status != clone_status::OK {
+            room.release(g.layout);
+            return Err(status);
+        }
+        self.held[i] = Some((port, room));
+        self.put(Kept {
             kind: Kind::Held,
             port,
             x: 0,
-        };
-        if let Some(slot) = self.put(kept).and_then(|i| self.held.get_mut(i)) {
-            *slot = Some(value);
-        }
+        });
+        Ok(())
     }
 
-    /// Hands the kept subject values to `code`'s drop glue (the driver took that code; its
-    /// subject ports read the same layouts, or the pipeline would have been restarted), so
-    /// the version that cloned them can retire.
-    pub(crate) fn rehome(&mut self, code: &PipelineCode) {
-        for (k, held) in self.ring.iter().zip(&mut self.held) {
-            let Some(v) = held else {
+    /// Takes `code`'s glue for its subject ports (when the driver starts, and when it takes
+    /// new code): kept values are then dropped by that version's glue, as good as the old
+    /// one's for a fingerprint-equal type, so the old version can retire. A port whose
+    /// layout changed (never, for a swap: a changed subject type restarts the pipeline) has
+    /// its values dropped by the old glue first.
+    pub(crate) fn set_code(&mut self, code: &PipelineCode) {
+        let glue: Vec<Option<Glue>> = code
+            .sources
+            .iter()
+            .zip(&code.value_glue)
+            .map(|(s, &(clone, drop))| {
+                let fp = s.item.as_ref()?;
+                let size = usize::try_from(fp.size).ok()?;
+                let align = usize::try_from(fp.align).ok()?.max(1);
+                let layout = Layout::from_size_align(size, align).ok()?;
+                Some(Glue {
+                    clone,
+                    drop,
+                    layout,
+                })
+            })
+            .collect();
+        for i in 0..self.held.len() {
+            let Some(port) = self.held[i].as_ref().map(|(p, _)| *p as usize) else {
                 continue;
             };
-            match code.value_glue.get(k.port as usize) {
-                Some((_, drop)) if matches!(k.kind, Kind::Held) => v.rehome(*drop, code.lib()),
-                // A stale clone (its slot moved on) or a port without glue: dropped now, by
-                // its own version's glue.
-                _ => *held = None,
+            let layout = |g: &[Option<Glue>]| g.get(port).copied().flatten().map(|g| g.layout);
+            if layout(&self.glue) != layout(&glue)
+                && let Some((p, room)) = self.held[i].take()
+            {
+                self.free(p, room);
             }
+        }
+        self.glue = glue;
+        self.lib = Some(code.lib().clone());
+    }
+
+    /// Drops a kept value of `port` and frees its room.
+    fn free(&self, port: u32, mut room: Bytes) {
+        match self.glue.get(port as usize).copied().flatten() {
+            Some(g) => {
+                // SAFETY: the room holds a live value of this port's layout, dropped once,
+                // here, by the glue of a version `self.lib` keeps.
+                let _ = unsafe { (g.drop)(room.as_mut_ptr()) };
+                room.release(g.layout);
+            }
+            // Never: a value is kept only through its port's glue, and `set_code` frees
+            // the values of a port whose glue goes. Leaked rather than dropped blind.
+            None => debug_assert!(false, "a kept value of port {port} without glue"),
         }
     }
 
@@ -275,13 +360,32 @@ impl Recent {
                 Kind::U64 => Input::U64(k.port, k.x),
                 Kind::Line => Input::Line(k.port, &self.lines[i]),
                 Kind::Held => match &self.held[i] {
-                    Some(v) => Input::Held(k.port, v.as_ptr()),
+                    Some((_, room)) => Input::Held(k.port, room.as_ptr()),
                     None => Input::Complete(k.port),
                 },
                 Kind::Complete => Input::Complete(k.port),
             }
         })
     }
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        for i in 0..self.held.len() {
+            if let Some((port, room)) = self.held[i].take() {
+                self.free(port, room);
+            }
+        }
+    }
+}
+
+/// How the ring keeps one subject port's values: the reader's clone and drop glue, and the
+/// values' layout.
+#[derive(Clone, Copy, Debug)]
+struct Glue {
+    clone: CloneStateFn,
+    drop: DropStateFn,
+    layout: Layout,
 }
 
 /// What a chain emits to the outside during a replay, collected instead of delivered.
@@ -469,15 +573,6 @@ fn incomparable(old: &PipelineCode, new: &PipelineCode) -> Option<String> {
 /// A pipeline not replayed, and why.
 pub(crate) fn not_replayed(pipeline: &str, why: String) -> ReplayInfo {
     report(pipeline, "not-replayed", Some(why))
-}
-
-/// A panic's message.
-pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
 }
 
 fn report(pipeline: &str, status: &str, reason: Option<String>) -> ReplayInfo {

@@ -1971,7 +1971,8 @@ impl Driver {
             refuse_one as PushOneFn
         };
         let calls = shared.calls.load(Ordering::Relaxed);
-        let shared_replay = shared.replay_inputs.load(Ordering::Relaxed);
+        let mut recent = crate::replay::Recent::new(shared.replay_inputs.load(Ordering::Relaxed));
+        recent.set_code(&code);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
             shared,
@@ -1988,7 +1989,7 @@ impl Driver {
             prepared: BTreeMap::new(),
             projection_panics: BTreeSet::new(),
             reprojection_panicked: false,
-            recent: crate::replay::Recent::new(shared_replay),
+            recent,
         })
     }
 
@@ -2068,7 +2069,7 @@ impl Driver {
         // keep their own version's library until re-projected; kept subject values move to
         // the new version's glue).
         self.code = new;
-        self.recent.rehome(&self.code);
+        self.recent.set_code(&self.code);
         if !self.host.inners.borrow().is_empty() {
             let lines = self.reproject(&reset);
             if !lines.is_empty() {
@@ -2322,24 +2323,14 @@ impl Driver {
             }
             Wire::Ptr if self.recent.keeps() => {
                 // SAFETY: the caller's obligation: `item` points at a pointer to a live value
-                // of the port's layout (checked against the publisher's).
-                let value = unsafe { *item.cast::<*const c_void>() };
-                let glue = self.code.value_glue.get(port as usize).copied();
-                let layout = self
-                    .code
-                    .sources
-                    .get(port as usize)
-                    .and_then(|s| s.item.as_ref());
-                let kept = match (glue, layout) {
-                    // SAFETY: the value is live and of `layout`; `glue` is that type's, in the
-                    // current code's library.
-                    (Some((clone, drop)), Some(fp)) => unsafe {
-                        HeldValue::clone_of(value, fp, clone, drop, self.code.lib())
-                    },
-                    _ => Err(plugin_api::abi::clone_status::UNSUPPORTED),
+                // of the port's layout (checked against the publisher's), which the ring
+                // clones with the glue of the code it last took (`Recent::set_code`).
+                let kept = unsafe {
+                    self.recent
+                        .keep_subject(port, *item.cast::<*const c_void>())
                 };
                 match kept {
-                    Ok(v) => self.recent.keep_held(port, v),
+                    Ok(()) => {}
                     Err(status) => self.recent.unkept(|| {
                         let why = if status == plugin_api::abi::clone_status::PANICKED {
                             "the Clone of one of its values panicked"
@@ -3284,7 +3275,7 @@ fn run_pipeline(
                                     &code.name,
                                     format!(
                                         "the replay failed: {}",
-                                        crate::replay::panic_text(&*p)
+                                        crate::session::panic_text(&*p)
                                     ),
                                 )
                             });

@@ -330,7 +330,7 @@ fn ended<T>(joined: std::thread::Result<T>) -> anyhow::Result<()> {
 }
 
 /// A panic payload's message (`panic!` gives a `&str` or a `String`).
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
