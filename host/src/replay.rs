@@ -616,6 +616,8 @@ impl<'a> Side<'a> {
             publish: muted_publish,
             current_op: &raw const muted.op,
             counts: std::ptr::null(),
+            sample: std::ptr::null(),
+            marble: plugin_api::abi::no_marble,
             now: muted_now,
             schedule: muted_schedule,
             subscribe: muted_subscribe,

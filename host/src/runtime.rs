@@ -1052,6 +1052,8 @@ struct HostCx {
     /// Where inner subscriptions open their host sources, and the inbox those deliver to.
     feeds: Option<Arc<Mutex<crate::feed::Feeds>>>,
     inbox: Sender<Msg>,
+    /// The inspector's tally (`--inspect`), where marbles go.
+    tally: Option<Arc<PipelineTally>>,
     /// Subscriptions a re-projection ended while their operator was kept (subscription,
     /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
     ended: RefCell<Vec<(u64, Id)>>,
@@ -1128,6 +1130,20 @@ unsafe extern "C" fn cb_log(host: *mut c_void, _op: u32, text: RStr) {
         // Borrowed when the text is UTF-8 (a Debug text is): the sink decides what to copy.
         let value = text.to_string_lossy().unwrap_or_default();
         h.sink.emission(&h.pipeline, h.version.get(), &value);
+    }));
+}
+
+unsafe extern "C" fn cb_marble(host: *mut c_void, op: u32, text: RStr) {
+    // SAFETY: as in `cb_log`.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let h = &*host.cast::<HostCx>();
+        if let Some(t) = &h.tally {
+            t.marble(
+                op,
+                h.version.get(),
+                &text.to_string_lossy().unwrap_or_default(),
+            );
+        }
     }));
 }
 
@@ -1404,6 +1420,8 @@ impl HostCx {
             publish: cbi_publish,
             current_op: std::ptr::null(),
             counts: std::ptr::null(),
+            sample: std::ptr::null(),
+            marble: plugin_api::abi::no_marble,
             now: cbi_now,
             schedule: cbi_schedule,
             subscribe: cbi_subscribe,
@@ -1933,6 +1951,7 @@ impl Driver {
             census: shared.census.get().cloned(),
             feeds: shared.feeds.get().cloned(),
             inbox: shared.inbox.0.clone(),
+            tally: shared.tally.clone(),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -1957,6 +1976,10 @@ impl Driver {
             current_op: &raw const shared.op,
             // Held by the driver (`tally`) and replaced only with the code, in `migrate`.
             counts: tally.as_ref().map_or(std::ptr::null(), |(_, c)| c.as_ptr()),
+            sample: tally
+                .as_ref()
+                .map_or(std::ptr::null(), |(_, c)| c.sample_ptr()),
+            marble: cb_marble,
             now: cb_now,
             schedule: cb_schedule,
             subscribe: cb_subscribe,
@@ -2062,6 +2085,7 @@ impl Driver {
         if let Some((t, counts)) = &mut self.tally {
             *counts = t.counts_for(&new);
             self.cx.counts = counts.as_ptr();
+            self.cx.sample = counts.sample_ptr();
         }
         let (_, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (self.port0_entry(&new), env, self.states.as_ptr());

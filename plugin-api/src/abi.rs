@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -232,6 +232,16 @@ pub struct EmitCx {
     /// (one writer: the thread calling); the host passes a null pointer to the others.
     /// Valid for the call, with one cell per operator plus one.
     pub counts: *const core::sync::atomic::AtomicU64,
+    /// Marble sampling for the inspector, or null (as [`EmitCx::counts`], one cell per
+    /// operator plus one, the same numbering): the host sets a cell to ask for the Debug
+    /// text of the next value that cell counts. The counting entry points, on seeing a set
+    /// cell, clear it and hand that value's text to [`EmitCx::marble`]: a relaxed load per
+    /// counted value, and one text per request (the host asks at a bounded rate).
+    pub sample: *const core::sync::atomic::AtomicBool,
+    /// Operator number `op` emitted (or the source, `u32::MAX`, handed the chain) the value
+    /// whose Debug text (capped) is `text`: a marble the host asked for through
+    /// [`EmitCx::sample`]. Never called when `sample` is null.
+    pub marble: unsafe extern "C" fn(host: *mut c_void, op: u32, text: RStr),
     /// The runtime's clock, in nanoseconds from an origin fixed for the host's life (a
     /// virtual clock in tests and replays): what time operators compare their deadlines
     /// with. Read only by operators that need the time, never per value of the others.
@@ -263,6 +273,13 @@ pub struct EmitCx {
     /// Valid for the call.
     pub api: *const HostApi,
 }
+
+/// An [`EmitCx::marble`] for a context whose [`EmitCx::sample`] is null (it is never
+/// called there).
+///
+/// # Safety
+/// None: it does nothing.
+pub unsafe extern "C" fn no_marble(_host: *mut c_void, _op: u32, _text: RStr) {}
 
 /// An inner stream built at run time by a higher-order operator's projection, bound and
 /// compiled, handed to the host ([`EmitCx::subscribe`]).

@@ -252,6 +252,9 @@ mod sealed {
 pub trait Tally: sealed::Sealed + 'static {
     /// Notes one value emitted by operator `op` (or taken from a source, [`SOURCE`]).
     fn count(cx: &Cx<'_>, op: u32);
+    /// Hands the Debug text of `value`, emitted by operator `op` (or taken from a source,
+    /// [`SOURCE`]), to the host if it asked for one ([`EmitCx::sample`]): a marble.
+    fn sample<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: &T);
 }
 
 /// Counts nothing.
@@ -268,6 +271,8 @@ impl sealed::Sealed for Counted {}
 impl Tally for Silent {
     #[inline(always)]
     fn count(_cx: &Cx<'_>, _op: u32) {}
+    #[inline(always)]
+    fn sample<T: fmt::Debug>(_cx: &Cx<'_>, _op: u32, _value: &T) {}
 }
 
 impl Tally for Counted {
@@ -286,13 +291,61 @@ impl Tally for Counted {
         // One writer (this thread): a load and a store, no read-modify-write instruction.
         c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
     }
+    #[inline(always)]
+    fn sample<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: &T) {
+        use core::sync::atomic::Ordering::Relaxed;
+        let flags = cx.emit.sample;
+        if flags.is_null() {
+            return;
+        }
+        // SAFETY: the host passes one flag per operator plus one with the counting entry
+        // points, valid for the call (`EmitCx::sample`), numbered as the counts.
+        let f = unsafe { &*flags.add(op.wrapping_add(1) as usize) };
+        if f.load(Relaxed) {
+            f.store(false, Relaxed);
+            marble(cx, op, value);
+        }
+    }
+}
+
+/// The most bytes of a marble's Debug text (longer texts end in `…`).
+pub const MARBLE_CAP: usize = 120;
+
+/// Writes `value`'s Debug text, capped at [`MARBLE_CAP`] bytes, to the host as a marble. A
+/// panicking Debug impl costs the marble, nothing else: the inspector never changes what a
+/// chain does.
+#[cold]
+#[inline(never)]
+fn marble(cx: &Cx<'_>, op: u32, value: &dyn fmt::Debug) {
+    const ELLIPSIS: &str = "…";
+    let mut buf = [0u8; MARBLE_CAP + ELLIPSIS.len()];
+    let len = catch_unwind(AssertUnwindSafe(|| {
+        let mut w = Capped {
+            buf: &mut buf[..MARBLE_CAP],
+            len: 0,
+            full: false,
+        };
+        let _ = fmt::write(&mut w, format_args!("{value:?}"));
+        (w.len, w.full)
+    }));
+    // A panicking Debug impl costs the marble.
+    let Ok((mut len, full)) = len else { return };
+    if full {
+        buf[len..len + ELLIPSIS.len()].copy_from_slice(ELLIPSIS.as_bytes());
+        len += ELLIPSIS.len();
+    }
+    // `Capped` cuts at character boundaries, so the bytes are UTF-8.
+    let text = core::str::from_utf8(&buf[..len]).unwrap_or_default();
+    // SAFETY: `emit` is the host's context for this call; `text` outlives the call.
+    unsafe { (cx.emit.marble)(cx.emit.host, op, RStr::new(text)) }
 }
 
 /// A stage: a source, or a source followed by operators, or two stages joined by a fan-in
 /// operator, monomorphised into one type. Its values arrive on *ports*, one per source.
 pub trait Stage: Send + Sync + 'static {
-    /// The type of the values the stage emits.
-    type Out;
+    /// The type of the values the stage emits (Debug: the inspector shows them as
+    /// marbles).
+    type Out: fmt::Debug;
     /// The number of sources (ports) feeding it.
     const PORTS: u32;
     /// Runs value `i` of `items` (the wire values of source `port`, counted from this
@@ -710,10 +763,11 @@ pub(crate) struct Counting<'a, 'c, C, K> {
     pub(crate) _c: PhantomData<C>,
 }
 
-impl<T, C: Tally, K: Observer<T>> Observer<T> for Counting<'_, '_, C, K> {
+impl<T: fmt::Debug, C: Tally, K: Observer<T>> Observer<T> for Counting<'_, '_, C, K> {
     #[inline(always)]
     fn next(&mut self, value: T) -> Flow {
         C::count(self.cx, self.op);
+        C::sample(self.cx, self.op, &value);
         self.k.next(value)
     }
     #[inline(always)]
@@ -722,7 +776,10 @@ impl<T, C: Tally, K: Observer<T>> Observer<T> for Counting<'_, '_, C, K> {
     }
 }
 
-impl<In, C: Tally, O: Op<In>, K: Observer<O::Out>> Observer<In> for ThenObs<'_, '_, C, O, K> {
+impl<In, C: Tally, O: Op<In>, K: Observer<O::Out>> Observer<In> for ThenObs<'_, '_, C, O, K>
+where
+    O::Out: fmt::Debug,
+{
     #[inline(always)]
     fn next(&mut self, value: In) -> Flow {
         let mut counted = Counting::<C, K> {
@@ -745,7 +802,10 @@ impl<In, C: Tally, O: Op<In>, K: Observer<O::Out>> Observer<In> for ThenObs<'_, 
     }
 }
 
-impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O> {
+impl<S: Stage, O: Op<S::Out>> Stage for Then<S, O>
+where
+    O::Out: fmt::Debug,
+{
     type Out = O::Out;
     const PORTS: u32 = S::PORTS;
     #[inline(always)]
@@ -941,12 +1001,15 @@ pub trait Pipe: Sized {
 
     /// Appends the operator `op`.
     #[doc(hidden)]
-    fn then<O: Op<<Self::S as Stage>::Out>>(self, op: O) -> Next<Self, O> {
+    fn then<O: Op<<Self::S as Stage>::Out>>(self, op: O) -> Next<Self, O>
+    where
+        O::Out: fmt::Debug,
+    {
         self.map_body(|b| b.then(|s| Then(s, op)))
     }
 
     /// Transforms each value.
-    fn map<U: 'static, F>(self, f: F) -> Next<Self, Map<F, Out<Self>, U>>
+    fn map<U: fmt::Debug + 'static, F>(self, f: F) -> Next<Self, Map<F, Out<Self>, U>>
     where
         F: Fn(Out<Self>) -> U + Send + Sync + 'static,
     {
@@ -1011,7 +1074,7 @@ pub trait Pipe: Sized {
     fn scan_map<A, U, F>(self, seed: A, f: F) -> Next<Self, ScanMap<A, F, Out<Self>, U>>
     where
         A: Shape + Clone + fmt::Debug + Send + Sync,
-        U: 'static,
+        U: fmt::Debug + 'static,
         F: Fn(&mut A, Out<Self>) -> U + Send + Sync + 'static,
     {
         let text = format!("{seed:?}");
@@ -1122,7 +1185,7 @@ pub trait Pipe: Sized {
         Out<Self>: Shape + fmt::Debug + Send + Sync,
         S2::Out: Shape + fmt::Debug + Send + Sync,
         F: Fn(Out<Self>, S2::Out) -> V + Send + Sync + 'static,
-        V: 'static,
+        V: fmt::Debug + 'static,
     {
         crate::fanin::zip(self, other, f)
     }
@@ -1139,7 +1202,7 @@ pub trait Pipe: Sized {
         Out<Self>: Shape + Clone + fmt::Debug + Send + Sync,
         S2::Out: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(&Out<Self>, &S2::Out) -> V + Send + Sync + 'static,
-        V: 'static,
+        V: fmt::Debug + 'static,
     {
         crate::fanin::combine_latest(self, other, f)
     }
@@ -1155,7 +1218,7 @@ pub trait Pipe: Sized {
         S2: Stage,
         S2::Out: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(Out<Self>, &S2::Out) -> V + Send + Sync + 'static,
-        V: 'static,
+        V: fmt::Debug + 'static,
     {
         crate::fanin::with_latest_from(self, other, f)
     }

@@ -34,7 +34,7 @@ const CLOSED: u8 = 4;
 #[doc(hidden)]
 pub trait Join<L, R>: Send + Sync + 'static {
     /// What the operator emits.
-    type Out;
+    type Out: fmt::Debug;
     /// Its state.
     type State: Shape + fmt::Debug + Send + Sync + 'static;
     /// Its kind (the track's).
@@ -313,7 +313,7 @@ fn join<P: Pipe, S2: Stage, J: Join<Out<P>, S2::Out>>(
 /// `merge`: both inputs' values, in arrival order. State: which inputs completed.
 pub struct MergeJoin<T>(PhantomData<fn(T)>);
 
-impl<T: 'static> Join<T, T> for MergeJoin<T> {
+impl<T: fmt::Debug + 'static> Join<T, T> for MergeJoin<T> {
     type Out = T;
     type State = u8;
     fn kind() -> &'static str {
@@ -382,7 +382,7 @@ where
     F: Fn(L, R) -> V + Send + Sync + 'static,
     L: Shape + fmt::Debug + Send + Sync + 'static,
     R: Shape + fmt::Debug + Send + Sync + 'static,
-    V: 'static,
+    V: fmt::Debug + 'static,
 {
     type Out = V;
     type State = ZipState<L, R>;
@@ -471,7 +471,7 @@ where
     Out<P>: Shape + fmt::Debug + Send + Sync,
     S2::Out: Shape + fmt::Debug + Send + Sync,
     F: Fn(Out<P>, S2::Out) -> V + Send + Sync + 'static,
-    V: 'static,
+    V: fmt::Debug + 'static,
 {
     join(this, other, ZipJoin { f, _t: PhantomData })
 }
@@ -491,7 +491,7 @@ where
     F: Fn(&L, &R) -> V + Send + Sync + 'static,
     L: Shape + Clone + fmt::Debug + Send + Sync + 'static,
     R: Shape + Clone + fmt::Debug + Send + Sync + 'static,
-    V: 'static,
+    V: fmt::Debug + 'static,
 {
     type Out = V;
     type State = CombineState<L, R>;
@@ -570,7 +570,7 @@ where
     Out<P>: Shape + Clone + fmt::Debug + Send + Sync,
     S2::Out: Shape + Clone + fmt::Debug + Send + Sync,
     F: Fn(&Out<P>, &S2::Out) -> V + Send + Sync + 'static,
-    V: 'static,
+    V: fmt::Debug + 'static,
 {
     join(this, other, CombineJoin { f, _t: PhantomData })
 }
@@ -587,7 +587,7 @@ where
     F: Fn(L, &R) -> V + Send + Sync + 'static,
     L: 'static,
     R: Shape + Clone + fmt::Debug + Send + Sync + 'static,
-    V: 'static,
+    V: fmt::Debug + 'static,
 {
     type Out = V;
     type State = (Option<R>, u8);
@@ -653,7 +653,7 @@ where
     S2: Stage,
     S2::Out: Shape + Clone + fmt::Debug + Send + Sync,
     F: Fn(Out<P>, &S2::Out) -> V + Send + Sync + 'static,
-    V: 'static,
+    V: fmt::Debug + 'static,
 {
     join(this, other, LatestJoin { f, _t: PhantomData })
 }

@@ -114,13 +114,14 @@ struct InnerObs<'a, 'c, C, T, K> {
     _t: PhantomData<fn(C, T)>,
 }
 
-impl<C: Tally, T, V, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
+impl<C: Tally, T, V: fmt::Debug, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
     #[inline(always)]
     fn next(&mut self, v: V) -> Flow {
         if self.ended {
             return Flow::Complete;
         }
         C::count(self.cx, self.op);
+        C::sample(self.cx, self.op, &v);
         self.k.next(v)
     }
     fn complete(&mut self) -> Flow {

@@ -721,7 +721,7 @@ pub trait Operators: Pipe {
 
     /// Transforms each value with `f` and passes what it returns in `Some`; drops the value
     /// on `None`.
-    fn filter_map<U: 'static, F>(self, f: F) -> Next<Self, FilterMap<F, Out<Self>, U>>
+    fn filter_map<U: fmt::Debug + 'static, F>(self, f: F) -> Next<Self, FilterMap<F, Out<Self>, U>>
     where
         F: Fn(Out<Self>) -> Option<U> + Send + Sync + 'static,
     {
@@ -767,7 +767,7 @@ pub trait Operators: Pipe {
     fn flat_map<I, F>(self, f: F) -> Next<Self, FlatMap<F, Out<Self>, I>>
     where
         I: IntoIterator + 'static,
-        I::Item: 'static,
+        I::Item: fmt::Debug + 'static,
         F: Fn(Out<Self>) -> I + Send + Sync + 'static,
     {
         let at = At::new::<Out<Self>, I::Item>("flat_map", None, None);

@@ -20,7 +20,7 @@ pub trait Wire: Send + Sync + 'static {
     /// The wire type (one element of the `items` array the host passes).
     type Raw;
     /// The values the chain sees.
-    type Out;
+    type Out: fmt::Debug;
     /// Converts one wire value; `None` skips it (an index out of range).
     fn read(&self, raw: &Self::Raw) -> Option<Self::Out>;
     /// Writes the Debug text of the value `raw` stands for (a replay's samples, a
@@ -158,7 +158,7 @@ impl<W: Wire> Stage for Root<W> {
     #[inline(always)]
     fn push<C: Tally, K: Observer<W::Out>>(
         &self,
-        _cx: &Cx<'_>,
+        cx: &Cx<'_>,
         _port: u32,
         items: *const c_void,
         i: usize,
@@ -167,7 +167,10 @@ impl<W: Wire> Stage for Root<W> {
         // SAFETY: the host passes at least `i + 1` wire values of this port's type.
         let raw = unsafe { &*items.cast::<W::Raw>().add(i) };
         match self.wire.read(raw) {
-            Some(x) => k.next(x),
+            Some(x) => {
+                C::sample(cx, crate::dsl::SOURCE, &x);
+                k.next(x)
+            }
             None => Flow::Continue,
         }
     }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -76,6 +76,18 @@ struct Record {
     /// The last `stuck` event of each pipeline whose thread is stuck, by pipeline: a lint,
     /// until a reload no longer lists the pipeline as stuck (its call returned).
     stuck: BTreeMap<String, HostEvent>,
+    /// When each plugin version was loaded (the last [`KEPT_EVENTS`]): the reload lines
+    /// across the marble lanes.
+    loaded_at: VecDeque<(u64, Instant)>,
+}
+
+impl Record {
+    fn loaded(&mut self, version: u64) {
+        if self.loaded_at.len() == KEPT_EVENTS {
+            self.loaded_at.pop_front();
+        }
+        self.loaded_at.push_back((version, Instant::now()));
+    }
 }
 
 fn push_bounded(q: &mut VecDeque<HostEvent>, e: HostEvent, dropped: &mut u64) {
@@ -133,6 +145,7 @@ impl Hub {
             HostEvent::Loaded {
                 version, tracks, ..
             } => {
+                r.loaded(*version);
                 r.version = *version;
                 r.tracks = tracks.clone();
                 r.build_failed = None;
@@ -144,6 +157,7 @@ impl Hub {
                 stuck,
                 ..
             } => {
+                r.loaded(*version);
                 r.version = *version;
                 r.tracks = tracks.clone();
                 r.build_failed = None;
@@ -264,6 +278,22 @@ pub struct Snapshot {
     /// Lints: the `stuck` event of each pipeline whose thread is stuck in one call into
     /// plugin code (see `runtime::STUCK_AFTER`), until a reload no longer lists it as stuck.
     pub lints: Vec<HostEvent>,
+    /// The time axis' reading now, in milliseconds (marble times count on it).
+    pub now_ms: u64,
+    /// When each plugin version was loaded (on the marbles' time axis), oldest first.
+    pub versions: Vec<VersionAt>,
+    /// Each track's recent values (at most [`tally::MARBLES_PER_TRACK`], a few a second at
+    /// most), by path.
+    pub marbles: Vec<tally::Lane>,
+}
+
+/// When a plugin version was loaded.
+#[derive(Debug, Serialize)]
+pub struct VersionAt {
+    /// The version.
+    pub version: u64,
+    /// When, in milliseconds on the marbles' time axis.
+    pub at_ms: u64,
 }
 
 /// The inspector's shared parts: what the server reads.
@@ -321,6 +351,16 @@ impl Inspected {
                 state_changes
             },
             lints: r.stuck.values().cloned().collect(),
+            now_ms: self.tallies.now_ms(),
+            versions: r
+                .loaded_at
+                .iter()
+                .map(|&(version, at)| VersionAt {
+                    version,
+                    at_ms: self.tallies.ms_at(at),
+                })
+                .collect(),
+            marbles: self.tallies.lanes(),
         }
     }
 }
@@ -332,6 +372,7 @@ pub struct Inspector {
     inspected: Arc<Inspected>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
+    sampler: Option<JoinHandle<()>>,
 }
 
 impl Inspector {
@@ -354,6 +395,16 @@ impl Inspector {
             .name("hmr-inspector".to_owned())
             .spawn(move || accept_loop(&listener, addr, &i, &s))
             .context("cannot start the inspector's thread")?;
+        let (t, s) = (inspected.tallies.clone(), stop.clone());
+        let sampler = std::thread::Builder::new()
+            .name("hmr-inspector-marbles".to_owned())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    t.ask_marbles();
+                    std::thread::park_timeout(tally::MARBLE_PERIOD);
+                }
+            })
+            .context("cannot start the inspector's marble sampler")?;
         sink.event(HostEvent::Inspector {
             url: format!("http://{addr}/"),
         });
@@ -362,6 +413,7 @@ impl Inspector {
             inspected,
             stop,
             accept: Some(accept),
+            sampler: Some(sampler),
         })
     }
 
@@ -392,6 +444,10 @@ impl Drop for Inspector {
         // Wake the accepting thread with a connection of our own.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.sampler.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

@@ -12,6 +12,12 @@
 //! its operators, carrying each track's count over by track id, so `emissions` counts from the
 //! moment the track was added, across reloads and restarts.
 //!
+//! Marbles: each cell also has a request flag ([`Counts::want`]). The inspector's sampler
+//! sets every flag each [`MARBLE_PERIOD`]; the counting entry points, on the next value a
+//! flagged cell counts, clear the flag and hand that value's Debug text to the host, which
+//! keeps the last [`MARBLES_PER_TRACK`] per track with their time and version. So values are
+//! formatted only for what is kept, at a bounded rate per track, whatever the emission rate.
+//!
 //! State texts: a state slot is written by its source thread without synchronisation, so it
 //! is read on that thread only. A reader sets [`PipelineTally::want_state`]; the driver sees it
 //! after its next call into the plugin and writes the Debug text of every slot (the plugin's
@@ -58,6 +64,9 @@ pub struct Counts {
     pub ops: Vec<(Id, String)>,
     /// Cell 0: source values taken; cell `1 + i`: values operator `i` emitted.
     pub cells: Box<[AtomicU64]>,
+    /// Marble requests, numbered as `cells` ([`plugin_api::abi::EmitCx::sample`]): set by
+    /// [`Tallies::ask_marbles`], cleared by the plugin as it hands the next value's text.
+    pub want: Box<[AtomicBool]>,
 }
 
 impl Counts {
@@ -65,6 +74,7 @@ impl Counts {
         Counts {
             ops: Vec::new(),
             cells: Box::new([AtomicU64::new(0)]),
+            want: Box::new([AtomicBool::new(false)]),
         }
     }
 
@@ -82,10 +92,21 @@ impl Counts {
                 .map_or(0, |i| old.cells[i + 1].load(Ordering::Relaxed));
             cells.push(AtomicU64::new(before));
         }
+        let want = cells.iter().map(|_| AtomicBool::new(true)).collect();
         Counts {
             ops,
             cells: cells.into_boxed_slice(),
+            want,
         }
+    }
+
+    /// The path a marble of operator `op` (`u32::MAX`: the source) belongs to, for pipeline
+    /// `pipeline`.
+    pub(crate) fn marble_path<'a>(&'a self, pipeline: &'a str, op: u32) -> Option<&'a str> {
+        if op == u32::MAX {
+            return Some(pipeline);
+        }
+        self.ops.get(op as usize).map(|(_, p)| p.as_str())
     }
 
     /// Values the source handed to the chain.
@@ -105,6 +126,42 @@ impl Counts {
     pub(crate) fn as_ptr(&self) -> *const AtomicU64 {
         self.cells.as_ptr()
     }
+
+    /// The marble requests' pointer the plugin's counting entry points take.
+    pub(crate) fn sample_ptr(&self) -> *const AtomicBool {
+        self.want.as_ptr()
+    }
+}
+
+/// The most bytes of a marble's text (the plugin cuts longer ones and marks them `…`).
+pub use plugin_api::dsl::MARBLE_CAP;
+
+/// The most marbles kept per track (older ones are dropped).
+pub const MARBLES_PER_TRACK: usize = 48;
+
+/// How often each track is asked for its next value's text: at most this many marbles a
+/// second per track are formatted, whatever the rate of values.
+pub const MARBLE_PERIOD: Duration = Duration::from_millis(100);
+
+/// One recent value of a track: its Debug text (capped by the plugin at
+/// [`plugin_api::dsl::MARBLE_CAP`] bytes), when, and which plugin version's code produced it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Marble {
+    /// Milliseconds since the inspector started ([`Tallies::now_ms`]).
+    pub t_ms: u64,
+    /// The plugin version whose code emitted it.
+    pub version: u64,
+    /// Its Debug text.
+    pub value: String,
+}
+
+/// A track's recent values, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lane {
+    /// The track's path.
+    pub path: String,
+    /// At most [`MARBLES_PER_TRACK`], oldest first.
+    pub marbles: Vec<Marble>,
 }
 
 /// The Debug texts of a pipeline's states, as its thread last wrote them.
@@ -119,22 +176,64 @@ pub struct StateTexts {
 /// What the inspector reads of one pipeline.
 #[derive(Debug)]
 pub struct PipelineTally {
+    name: String,
+    origin: Instant,
     counts: ArcSwap<Counts>,
     want_state: AtomicBool,
     states: Mutex<StateTexts>,
     answered: Condvar,
     changes: Mutex<VecDeque<StateChange>>,
+    /// Recent values by track path (the current code's tracks and the source's).
+    lanes: Mutex<BTreeMap<String, VecDeque<Marble>>>,
 }
 
 impl PipelineTally {
-    fn new() -> PipelineTally {
+    fn new(name: &str, origin: Instant) -> PipelineTally {
         PipelineTally {
+            name: name.to_owned(),
+            origin,
             counts: ArcSwap::from_pointee(Counts::empty()),
             want_state: AtomicBool::new(false),
             states: Mutex::new(StateTexts::default()),
             answered: Condvar::new(),
             changes: Mutex::default(),
+            lanes: Mutex::default(),
         }
+    }
+
+    /// Keeps a marble of operator `op` (`u32::MAX`: the source) of the code the pipeline's
+    /// thread runs, emitted by `version`'s code. Called on that thread by the plugin's
+    /// counting entry points, at most once per track per [`MARBLE_PERIOD`].
+    pub(crate) fn marble(&self, op: u32, version: u64, value: &str) {
+        let counts = self.counts.load();
+        let Some(path) = counts.marble_path(&self.name, op) else {
+            return;
+        };
+        let t_ms = self.origin.elapsed().as_millis() as u64;
+        let mut lanes = lock(&self.lanes);
+        let lane = match lanes.get_mut(path) {
+            Some(lane) => lane,
+            None => lanes.entry(path.to_owned()).or_default(),
+        };
+        if lane.len() == MARBLES_PER_TRACK {
+            lane.pop_front();
+        }
+        lane.push_back(Marble {
+            t_ms,
+            version,
+            value: value.to_owned(),
+        });
+    }
+
+    /// The recent values of each track, by path.
+    pub fn lanes(&self) -> Vec<Lane> {
+        lock(&self.lanes)
+            .iter()
+            .map(|(path, m)| Lane {
+                path: path.clone(),
+                marbles: m.iter().cloned().collect(),
+            })
+            .collect()
     }
 
     /// The counters of the code the pipeline's thread runs now.
@@ -147,6 +246,9 @@ impl PipelineTally {
     pub(crate) fn counts_for(&self, code: &PipelineCode) -> Arc<Counts> {
         let counts = Arc::new(Counts::for_code(code, &self.counts.load()));
         self.counts.store(counts.clone());
+        // The lanes of tracks the code no longer has go (bounded by the tracks there are).
+        lock(&self.lanes)
+            .retain(|path, _| *path == self.name || counts.ops.iter().any(|(_, p)| p == path));
         counts
     }
 
@@ -227,9 +329,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Every pipeline's tally, by pipeline name (kept across restarts and removals: a pipeline
 /// that comes back continues its counts).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tallies {
     pipelines: Mutex<BTreeMap<String, Arc<PipelineTally>>>,
+    /// Where marble times count from.
+    origin: Instant,
+}
+
+impl Default for Tallies {
+    fn default() -> Tallies {
+        Tallies {
+            pipelines: Mutex::default(),
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl Tallies {
@@ -237,8 +350,36 @@ impl Tallies {
     pub fn pipeline(&self, name: &str) -> Arc<PipelineTally> {
         lock(&self.pipelines)
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(PipelineTally::new()))
+            .or_insert_with(|| Arc::new(PipelineTally::new(name, self.origin)))
             .clone()
+    }
+
+    /// Milliseconds since the tallies were made: the time axis of the marbles.
+    pub fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// The time axis' reading at `at` (0 before the origin).
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    /// Asks every track of every pipeline for the Debug text of its next value (the
+    /// inspector's sampler calls this every [`MARBLE_PERIOD`]).
+    pub fn ask_marbles(&self) {
+        for (_, t) in self.all() {
+            for w in t.counts.load().want.iter() {
+                w.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every pipeline's lanes.
+    pub fn lanes(&self) -> Vec<Lane> {
+        self.all()
+            .into_iter()
+            .flat_map(|(_, t)| t.lanes())
+            .collect()
     }
 
     /// All tallies, by pipeline name.

@@ -325,6 +325,8 @@ impl Inners {
             publish: cbi_publish,
             current_op: &raw const sink.current_op,
             counts: std::ptr::null(),
+            sample: std::ptr::null(),
+            marble: plugin_api::abi::no_marble,
             now: cbi_now,
             schedule: cbi_schedule,
             subscribe: cbi_subscribe,

@@ -220,6 +220,8 @@ impl Running {
             publish: on_publish,
             current_op: &raw const sink.current_op,
             counts: std::ptr::null(),
+            sample: std::ptr::null(),
+            marble: plugin_api::abi::no_marble,
             now: on_now,
             schedule: on_schedule,
             subscribe: inner::on_subscribe,

@@ -1,0 +1,234 @@
+//! The inspector's marble lanes on a real fixture build, over real sockets: each track's recent
+//! values with their time and the plugin version that produced them, sampled at a bounded
+//! rate whatever the emission rate, capped in size, coloured by version across a reload, and
+//! gone with their track.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use host::events::HostEvent;
+use host::inspect::tally::{MARBLE_CAP, MARBLE_PERIOD, MARBLES_PER_TRACK};
+use host::testkit::{BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture, Harness};
+use serde_json::Value;
+
+/// `ticks` doubles and keeps multiples of 4; `fast` runs every millisecond (ten times the
+/// marble rate); `long` emits texts far over the marble cap; `total` has a state, so each
+/// snapshot waits for the state texts (the polling loops below do not spin).
+const PLUGIN: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("ticks", interval_ms(5))
+        .map(|n: u64| n * 2)
+        .filter(|n: &u64| n % 4 == 0)
+        .log();
+    p.pipeline("fast", interval_ms(1))
+        .map(|n: u64| n + 1);
+    p.pipeline("long", interval_ms(5))
+        .map(|n: u64| format!("{n}:{}", "é".repeat(400)));
+    p.pipeline("total", interval_ms(5))
+        .scan(0u64, |acc: u64, n: u64| acc + n);
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+fn start(fixture: &Fixture) -> anyhow::Result<(Harness, SocketAddr)> {
+    let mut options = fixture.options();
+    options.inspect = Some("127.0.0.1:0".parse()?);
+    let mut host = Harness::start(&options)?;
+    let url = match host.wait_for("the inspector event", BUILD_TIMEOUT, |e| {
+        matches!(e, HostEvent::Inspector { .. })
+    })? {
+        HostEvent::Inspector { url } => url,
+        _ => unreachable!("wait_for returns a matching event"),
+    };
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix('/'))
+        .with_context(|| format!("the url {url:?} is not http://ADDR/"))?
+        .parse()?;
+    Ok((host, addr))
+}
+
+fn snapshot(addr: SocketAddr) -> anyhow::Result<Value> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        conn,
+        "GET /api/snapshot HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "snapshot answered {head}");
+    Ok(serde_json::from_str(body)?)
+}
+
+fn snapshot_until(
+    addr: SocketAddr,
+    what: &str,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + EMISSION_TIMEOUT;
+    loop {
+        // Each snapshot waits for `total`'s state text: this loop does not spin.
+        let s = snapshot(addr)?;
+        if pred(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}; last snapshot: {s:#}");
+        }
+    }
+}
+
+/// A marble: time, version, value.
+type Marble = (u64, u64, String);
+
+fn lane(s: &Value, path: &str) -> Option<Vec<Marble>> {
+    let lane = s["marbles"]
+        .as_array()?
+        .iter()
+        .find(|l| l["path"] == path)?;
+    lane["marbles"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            Some((
+                m["t_ms"].as_u64()?,
+                m["version"].as_u64()?,
+                m["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn lane_len(s: &Value, path: &str) -> usize {
+    lane(s, path).map_or(0, |l| l.len())
+}
+
+fn emissions(s: &Value, path: &str) -> u64 {
+    s["tracks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["path"] == path))
+        .and_then(|t| t["emissions"].as_u64())
+        .unwrap_or(0)
+}
+
+fn numbers(lane: &[Marble], version: u64) -> Vec<u64> {
+    lane.iter()
+        .filter(|m| m.1 == version)
+        .map(|m| {
+            m.2.parse()
+                .unwrap_or_else(|_| panic!("not a number: {m:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<()> {
+    let fixture = Fixture::new("inspector_marbles", PLUGIN);
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+
+    // Each track of `ticks` has a lane; the source's lane is the pipeline's own path.
+    let paths = ["ticks", "ticks|0:map", "ticks|1:filter", "ticks|2:log"];
+    let s = snapshot_until(addr, "marbles on every track of ticks", |s| {
+        paths.iter().all(|p| lane_len(s, p) >= 5)
+    })?;
+    let now = s["now_ms"].as_u64().context("now_ms")?;
+    for p in paths {
+        let l = lane(&s, p).unwrap_or_default();
+        assert!(l.len() <= MARBLES_PER_TRACK, "{p}: {l:?}");
+        assert!(
+            l.windows(2).all(|w| w[0].0 <= w[1].0),
+            "{p} out of order: {l:?}"
+        );
+        assert!(l.iter().all(|m| m.0 <= now && m.1 == 1), "{p}: {l:?}");
+    }
+    // The values are the track's own: the source counts, the map doubles, the filter and
+    // the log after it pass multiples of 4.
+    let rule = [
+        ("ticks|0:map", 2),
+        ("ticks|1:filter", 4),
+        ("ticks|2:log", 4),
+    ];
+    for (p, divisor) in rule {
+        let got = numbers(&lane(&s, p).unwrap_or_default(), 1);
+        assert!(got.iter().all(|&n| n % divisor == 0), "{p}: {got:?}");
+    }
+
+    // A long Debug text is capped, cut at a character boundary and marked.
+    let long = lane(&s, "long|0:map").unwrap_or_default();
+    assert!(!long.is_empty(), "{s:#}");
+    for (_, _, v) in &long {
+        assert!(
+            v.len() <= MARBLE_CAP + '…'.len_utf8() && v.ends_with('…') && v.starts_with('"'),
+            "{} bytes: {v:?}",
+            v.len()
+        );
+    }
+
+    // The rate is bounded: `fast` emits a value a millisecond, its lane gets about one
+    // marble per sampling period.
+    let t0 = now;
+    let n0 = emissions(&s, "fast|0:map");
+    let s = snapshot_until(addr, "two seconds of fast values", |s| {
+        s["now_ms"].as_u64().is_some_and(|t| t >= t0 + 2000)
+    })?;
+    let t1 = s["now_ms"].as_u64().context("now_ms")?;
+    let n1 = emissions(&s, "fast|0:map");
+    let fast = lane(&s, "fast|0:map").unwrap_or_default();
+    let in_window = fast.iter().filter(|m| m.0 > t0 && m.0 <= t1).count() as u64;
+    let periods = (t1 - t0) / MARBLE_PERIOD.as_millis() as u64;
+    assert!(
+        in_window >= 2 && in_window <= periods + 2,
+        "{in_window} marbles in {} ms ({periods} sampling periods)",
+        t1 - t0
+    );
+    assert!(
+        n1 - n0 >= 5 * in_window,
+        "{} values in the window, {in_window} marbles: not a sample",
+        n1 - n0
+    );
+
+    // A reload: the map's new code gives multiples of 6 and its marbles say version 2; the
+    // old code's marbles stay in the lane, marked version 1, before the new ones.
+    fixture.edit("src/lib.rs", "n * 2)", "n * 6)");
+    host.wait_reload()?;
+    let s = snapshot_until(addr, "version 2 marbles", |s| {
+        lane(s, "ticks|0:map").is_some_and(|l| l.iter().filter(|m| m.1 == 2).count() >= 3)
+    })?;
+    let map = lane(&s, "ticks|0:map").unwrap_or_default();
+    let new = numbers(&map, 2);
+    assert!(new.iter().all(|n| n % 6 == 0), "{map:?}");
+    assert!(
+        map.iter().any(|m| m.1 == 1) && map.windows(2).all(|w| w[0].1 <= w[1].1),
+        "versions out of order: {map:?}"
+    );
+    assert!(map.iter().all(|m| m.1 == 1 || m.0 >= t1), "{map:?}");
+    // The version's load time is on the same axis: after the edit, before now.
+    let loaded = s["versions"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["version"] == 2))
+        .and_then(|v| v["at_ms"].as_u64())
+        .with_context(|| format!("no load time of version 2: {s:#}"))?;
+    assert!(
+        loaded >= t1 && loaded <= s["now_ms"].as_u64().unwrap_or(0),
+        "loaded at {loaded}: {s:#}"
+    );
+
+    // A removed track's lane goes with it.
+    fixture.edit("src/lib.rs", ".filter(|n: &u64| n % 4 == 0)", "");
+    host.wait_reload()?;
+    let s = snapshot_until(addr, "the log's lane at its new path", |s| {
+        lane_len(s, "ticks|1:log") >= 1
+    })?;
+    assert!(lane(&s, "ticks|1:filter").is_none(), "{s:#}");
+    assert!(lane(&s, "ticks|2:log").is_none(), "{s:#}");
+    host.stop();
+    Ok(())
+}
