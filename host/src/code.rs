@@ -124,8 +124,9 @@ pub struct PipelineCode {
     /// Its sources, in port order (the first is the pipeline's own).
     pub sources: Vec<SourceSpec>,
     /// Per port, the clone and drop glue of a subject's values (what a replay on reload
-    /// keeps them with; `UNSUPPORTED` for the other sources).
-    pub(crate) value_glue: Vec<(CloneStateFn, DropStateFn)>,
+    /// keeps them with; `UNSUPPORTED` for the other sources), and whether the values are
+    /// plain bytes (`SourceDesc::value_plain`: kept by a copy, dropped by forgetting them).
+    pub(crate) value_glue: Vec<(CloneStateFn, DropStateFn, bool)>,
     /// Its `publish` operators.
     pub publishes: Vec<PublishSpec>,
     /// Operators in chain order.

@@ -182,7 +182,8 @@ impl Ctx {
                     code.name
                 ));
             }
-            code.value_glue.push((src.value_clone, src.value_drop));
+            code.value_glue
+                .push((src.value_clone, src.value_drop, src.value_plain));
             code.sources.push(crate::code::SourceSpec {
                 kind: src.kind,
                 a: src.a,

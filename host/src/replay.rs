@@ -241,6 +241,34 @@ impl Recent {
         let Some(g) = self.glue.get(port as usize).copied().flatten() else {
             return Err(clone_status::UNSUPPORTED);
         };
+        if g.plain {
+            // The fast path of a value without drop glue (a number, a struct of numbers): its
+            // bytes, copied over the slot's last value of the port (forgotten, not dropped).
+            let mut room = match self.held[i].take() {
+                Some((p, room)) if p == port => room,
+                Some((p, room)) => {
+                    self.free(p, room);
+                    Bytes::new(g.layout)
+                }
+                None => Bytes::new(g.layout),
+            };
+            // SAFETY: `value` points at a live value of the port's layout (the caller's
+            // obligation); the room is valid for that layout; the two do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    value.cast::<u8>(),
+                    room.as_mut_ptr(),
+                    g.layout.size(),
+                )
+            };
+            self.held[i] = Some((port, room));
+            self.put(Kept {
+                kind: Kind::Held,
+                port,
+                x: 0,
+            });
+            return Ok(());
+        }
         // The slot's room is reused for a value of the same port (the same layout).
         let reused = match self.held[i].take() {
             Some((p, mut room)) if p == port => {
@@ -281,14 +309,16 @@ impl Recent {
             .sources
             .iter()
             .zip(&code.value_glue)
-            .map(|(s, &(clone, drop))| {
+            .map(|(s, &(clone, drop, plain))| {
                 let fp = s.item.as_ref()?;
                 let size = usize::try_from(fp.size).ok()?;
                 let align = usize::try_from(fp.align).ok()?.max(1);
                 let layout = Layout::from_size_align(size, align).ok()?;
                 Some(Glue {
                     clone,
-                    drop,
+                    // A plain value's copy is forgotten, not dropped.
+                    drop: if plain { forget_plain } else { drop },
+                    plain,
                     layout,
                 })
             })
@@ -385,7 +415,15 @@ impl Drop for Recent {
 struct Glue {
     clone: CloneStateFn,
     drop: DropStateFn,
+    /// Values without drop glue: kept by copying their bytes, without a call into the
+    /// plugin (`SourceDesc::value_plain`).
+    plain: bool,
     layout: Layout,
+}
+
+/// The drop of a plain value's copy: nothing to do.
+unsafe extern "C" fn forget_plain(_value: *mut u8) -> bool {
+    true
 }
 
 /// What a chain emits to the outside during a replay, collected instead of delivered.

@@ -3644,6 +3644,7 @@ mod tests {
             owner: 0,
             value_clone: no_clone,
             value_drop: no_drop,
+            value_plain: false,
         }
     }
 

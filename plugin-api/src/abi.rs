@@ -178,6 +178,10 @@ pub struct SourceDesc {
     pub value_clone: CloneStateFn,
     /// Drops a value `value_clone` wrote.
     pub value_drop: DropStateFn,
+    /// The values have no drop glue (`!core::mem::needs_drop`): the host may keep one by
+    /// copying its bytes instead of calling `value_clone`, and drop such a copy by forgetting
+    /// it (the chain clones what it reads from it, as from the publisher's value).
+    pub value_plain: bool,
 }
 
 /// A `publish(subject)` operator of a pipeline.

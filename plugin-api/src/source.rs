@@ -34,6 +34,11 @@ pub trait Wire: Send + Sync + 'static {
     fn value_glue() -> (CloneStateFn, DropStateFn) {
         (clone_unsupported, drop_nothing)
     }
+    /// Whether a value kept for a replay may be a copy of its bytes (see
+    /// [`SourceDesc::value_plain`]).
+    fn value_plain() -> bool {
+        false
+    }
 }
 
 /// `u64` values as they are: `interval_ms`, `range`.
@@ -129,6 +134,11 @@ impl<T: Clone + fmt::Debug + Send + Sync + 'static> Wire for SubjectItems<T> {
     }
     fn value_glue() -> (CloneStateFn, DropStateFn) {
         (clone_state::<T>, drop_state::<T>)
+    }
+    fn value_plain() -> bool {
+        // A `T` without drop glue owns nothing: its bytes, copied, are a value to read (and
+        // clone) as the publisher's is, and forgetting the copy leaks nothing.
+        !core::mem::needs_drop::<T>()
     }
 }
 
@@ -250,6 +260,7 @@ fn root_typed<W: Wire>(
                 owner: 0,
                 value_clone: W::value_glue().0,
                 value_drop: W::value_glue().1,
+                value_plain: W::value_plain(),
             },
             label,
             text: text.unwrap_or_default().to_owned(),
