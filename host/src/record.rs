@@ -378,6 +378,7 @@ impl Recording {
             shared,
             recording: self.clone(),
             open: Cell::new(None),
+            hot: Hot::default(),
         }
     }
 
@@ -785,9 +786,30 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
 pub struct Tape {
     shared: Arc<TapeShared>,
     recording: Arc<Recording>,
-    /// The open run as this thread knows it (`n` too: [`TapeShared::open_n`] is its copy for
-    /// the writer).
+    /// The open run as this thread knows it, but for the fields in `hot` (`n` too:
+    /// [`TapeShared::open_n`] is its copy for the writer).
     open: Cell<Option<Open>>,
+    /// The fields of the open run a value continuing it reads and writes, each in its own
+    /// `Cell`: the path without the lock loads and stores a few words, not the whole run.
+    hot: Hot,
+}
+
+/// The open run's fields that change with each value ([`Tape::values`]' path without the
+/// lock); [`Tape::open_now`] puts them back together with the rest.
+#[derive(Debug, Default)]
+struct Hot {
+    /// [`Open::next`]: none when no run is open, so nothing continues one.
+    next: Cell<Option<Instant>>,
+    /// The open run's port.
+    port: Cell<u32>,
+    /// The value that continues it (`first + n`).
+    end: Cell<u64>,
+    /// [`Run::n`].
+    n: Cell<u64>,
+    /// [`Open::room`].
+    room: Cell<u64>,
+    /// [`Open::step`].
+    step: Cell<Duration>,
 }
 
 /// The open run as its pipeline thread knows it.
@@ -867,23 +889,49 @@ impl Tape {
     fn values(&self, port: u32, at: Instant, first: u64, k: u64) {
         // The values continue the open run, whose step is known (and seen by the writer): only
         // its length grows. (`Run::extend`'s rule, on instants: `next` is exact.)
-        if let Some(mut o) = self.open.get()
-            && o.next == Some(at)
-            && o.run.port == port
-            && o.run.first.wrapping_add(o.run.n) == first
-            && k <= o.room
-            && (k == 1 || o.step.is_zero())
-        {
-            o.run.n += k;
-            o.room -= k;
-            if !o.step.is_zero() {
-                o.next = at.checked_add(o.step);
+        let h = &self.hot;
+        if h.next.get() == Some(at) && h.port.get() == port && h.end.get() == first {
+            let (step, room) = (h.step.get(), h.room.get());
+            if k <= room && (k == 1 || step.is_zero()) {
+                let n = h.n.get() + k;
+                h.n.set(n);
+                h.end.set(first.wrapping_add(k));
+                h.room.set(room - k);
+                if !step.is_zero() {
+                    h.next.set(at.checked_add(step));
+                }
+                self.shared.open_n.store(n, Ordering::Release);
+                return;
             }
-            self.open.set(Some(o));
-            self.shared.open_n.store(o.run.n, Ordering::Release);
-            return;
         }
         self.values_locked(port, at, first, k);
+    }
+
+    /// The open run, with the fields the path without the lock keeps in [`Hot`].
+    fn open_now(&self) -> Option<Open> {
+        let mut o = self.open.get()?;
+        let h = &self.hot;
+        o.run.n = h.n.get();
+        o.next = h.next.get();
+        o.room = h.room.get();
+        Some(o)
+    }
+
+    /// Sets the open run (and its fields in [`Hot`]).
+    fn set_open(&self, o: Option<Open>) {
+        let h = &self.hot;
+        match &o {
+            Some(o) => {
+                h.next.set(o.next);
+                h.port.set(o.run.port);
+                h.end.set(o.run.first.wrapping_add(o.run.n));
+                h.n.set(o.run.n);
+                h.room.set(o.room);
+                h.step.set(o.step);
+            }
+            None => h.next.set(None),
+        }
+        self.open.set(o);
     }
 
     /// [`Tape::values`] when the open run's step is set or a run starts: under the lock.
@@ -896,14 +944,14 @@ impl Tape {
         let t = self.recording.ns(at);
         let full = {
             let mut b = lock(&self.shared.buf);
-            if let Some(o) = self.open.get() {
+            if let Some(o) = self.open_now() {
                 let mut run = o.run;
                 if run.extend(port, t, first, k) {
                     // Its second value: the step, seen with the length by the writer.
                     if let Some((_, o)) = &mut b.open {
                         o.dt = run.dt;
                     }
-                    self.open.set(Some(Open::new(run, at, &self.recording)));
+                    self.set_open(Some(Open::new(run, at, &self.recording)));
                     self.shared.open_n.store(run.n, Ordering::Release);
                     return;
                 }
@@ -919,7 +967,7 @@ impl Tape {
             b.opened += 1;
             b.open = Some((b.opened, run));
             self.shared.open_n.store(k, Ordering::Release);
-            self.open.set(Some(Open::new(run, at, &self.recording)));
+            self.set_open(Some(Open::new(run, at, &self.recording)));
             self.full_chunk(&mut b)
         };
         if let Some(c) = full {
@@ -930,14 +978,14 @@ impl Tape {
     /// Ends the open run: a record after the others.
     fn close_open(&self, b: &mut TapeBuf) {
         if let Some((number, _)) = b.open.take()
-            && let Some(o) = self.open.get()
+            && let Some(o) = self.open_now()
         {
             b.recs.push(Rec::Run {
                 run: o.run,
                 open: number,
             });
         }
-        self.open.set(None);
+        self.set_open(None);
     }
 
     fn append(&self, r: Rec) {
