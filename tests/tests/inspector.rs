@@ -748,3 +748,64 @@ fn run_time_inner_subscriptions_are_tracks() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// A `merge_map` with more live inner subscriptions than the snapshot lists: it lists
+/// `RUN_TIME_CAP` run-time tracks, whole subscriptions, oldest first, and counts the rest in
+/// `dropped.inner_tracks`; the operator's row counts every live subscription.
+#[test]
+fn run_time_tracks_beyond_the_cap_are_counted_not_listed() -> anyhow::Result<()> {
+    use host::inspect::inner::RUN_TIME_CAP;
+    use integration_tests::{SETTLE, plugin};
+    // Two run-time tracks per subscription (`#N:inner` and its `map`), all live (an
+    // interval never completes).
+    let subs = RUN_TIME_CAP / 2 + 1000;
+    let fixture = Fixture::new(
+        "inspector_inner_cap",
+        &plugin(&format!(
+            r#"    p.pipeline("m", range(0, {subs}))
+        .merge_map(|n: u64| interval_ms(1000).map(move |i: u64| n + i));"#
+        )),
+    );
+    let (options, time) = fixture.virtual_options();
+    let (mut host, addr) = start_with(options)?;
+    host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    let op = "m|0:merge_map";
+    let s = snapshot_until(addr, "every subscription live", EMISSION_TIMEOUT, |s| {
+        track(s, op).is_some_and(|t| t["subscriptions"] == subs)
+    })?;
+    let inner: Vec<&Value> = s["tracks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["inner"] == true)
+        .collect();
+    assert_eq!(inner.len(), RUN_TIME_CAP);
+    assert_eq!(
+        s["dropped"]["inner_tracks"],
+        (subs * 2 - RUN_TIME_CAP) as u64
+    );
+    // Whole subscriptions, the first ones.
+    let mut listed: Vec<u64> = inner
+        .iter()
+        .filter(|t| t["kind"] == "inner")
+        .filter_map(|t| {
+            t["path"]
+                .as_str()?
+                .strip_prefix("m|0:merge_map|#")?
+                .strip_suffix(":inner")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, (1..=(RUN_TIME_CAP / 2) as u64).collect::<Vec<_>>());
+    let paths: std::collections::HashSet<&str> =
+        inner.iter().filter_map(|t| t["path"].as_str()).collect();
+    for id in &listed {
+        let map = format!("{op}|#{id}:inner|0:map");
+        assert!(paths.contains(map.as_str()), "{map} not listed");
+    }
+    host.stop();
+    Ok(())
+}
