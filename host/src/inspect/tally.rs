@@ -279,7 +279,15 @@ impl InnerTally {
 
 impl Drop for InnerTally {
     fn drop(&mut self) {
-        lock(&self.tally.inners).remove(&self.id);
+        // Only its own: a restarted pipeline's new thread numbers its subscriptions from 1
+        // again, and may register one before the old thread's are freed.
+        let mut inners = lock(&self.tally.inners);
+        if inners
+            .get(&self.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.counts))
+        {
+            inners.remove(&self.id);
+        }
     }
 }
 
