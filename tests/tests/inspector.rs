@@ -1,7 +1,9 @@
 //! The inspector (`--inspect`) on real fixture builds, over real sockets: the snapshot's
 //! fields and types, counts that rise and survive a reload, state texts, reloads and errors
 //! listed, the event stream, the Host-header guard, a stuck client that costs the pipelines
-//! nothing; and the page in a real headless Chromium (`page_in_chromium`).
+//! nothing, run-time inner subscriptions as tracks (and their cap); and the page in a real
+//! headless Chromium (`page_in_chromium`, and the inner rows in
+//! `run_time_inner_subscriptions_are_tracks`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

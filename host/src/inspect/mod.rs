@@ -1,8 +1,9 @@
 //! The inspector (`--inspect ADDR`): a read-only page and JSON API served by the host.
 //!
 //! - `GET /`: the page ([`PAGE`], plain HTML, CSS and JS compiled into the binary);
-//! - `GET /api/snapshot`: version, tracks with their emission counts and state texts, the
-//!   `reload` and `error` events, the build failure showing (if any);
+//! - `GET /api/snapshot`: version, tracks with their emission counts and state texts (with
+//!   the live inner subscriptions' run-time tracks, see [`inner`]), the `reload` and `error`
+//!   events, the build failure showing (if any);
 //! - `GET /api/events`: the `--json` events as server-sent events.
 //!
 //! Plain `std::net`: one thread accepts, one thread serves each connection (at most
