@@ -321,6 +321,9 @@ pub(crate) struct Inner {
     /// By port: empty when no source is an interval (a missing port is a finished one).
     pub(crate) ports: Vec<InnerPort>,
     pub(crate) ctx: Box<InnerCtx>,
+    /// With the inspector on: its operators' counters (`ctx.cx.counts` points into them),
+    /// shown while it lives.
+    pub(crate) tally: Option<crate::inspect::tally::InnerTally>,
 }
 
 /// The callbacks' view of a subscription and its callback context, in one allocation (the

@@ -559,6 +559,7 @@ impl Reloader {
                             let returned = self.recorder.subscribe_call_return(sub);
                             match replayed.and(returned) {
                                 Ok(()) => {
+                                    self.show_inner(&pipeline, id, sub);
                                     self.inner_subs.insert((pipeline, id), sub);
                                 }
                                 Err(e) => {
@@ -571,6 +572,9 @@ impl Reloader {
                     }
                 }
                 Census::Ended { pipeline, id } => {
+                    if let Some(t) = self.runtime.tallies() {
+                        t.run_time().end(&pipeline, id);
+                    }
                     if let Some(sub) = self.inner_subs.remove(&(pipeline, id))
                         && let Err(e) = self.recorder.unsubscribe(sub)
                     {
@@ -579,6 +583,26 @@ impl Reloader {
                 }
             }
         }
+    }
+
+    /// With the inspector on: shows subscription `id` of `pipeline` (the store's `sub`) with
+    /// its run-time tracks as the store has them now (paths, kinds, versions).
+    fn show_inner(&self, pipeline: &Arc<str>, id: u64, sub: Id) {
+        let Some(t) = self.runtime.tallies() else {
+            return;
+        };
+        let tracks = self
+            .recorder
+            .state
+            .tracks_of_subscription(sub)
+            .into_iter()
+            .map(|t| TrackInfo {
+                path: t.path.clone(),
+                kind: t.kind.clone(),
+                version: t.version,
+            })
+            .collect();
+        t.run_time().set(pipeline, id, tracks);
     }
 
     /// The run-time track calls of subscription `id`: its own keyed track `#id:inner`, then
@@ -631,7 +655,8 @@ impl Reloader {
     /// (swapped when the signature is unchanged, reset otherwise, removed when the new
     /// projection no longer has them).
     fn enter_projection(&mut self, pipeline: &str, id: u64, calls: &[RegCall], module: u64) {
-        let Some(&sub) = self.inner_subs.get(&(Arc::from(pipeline), id)) else {
+        let pipeline: Arc<str> = Arc::from(pipeline);
+        let Some(&sub) = self.inner_subs.get(&(pipeline.clone(), id)) else {
             // Started after the last census: it enters the store at the next one.
             return;
         };
@@ -672,6 +697,7 @@ impl Reloader {
                 self.internal_error(&e);
             }
         }
+        self.show_inner(&pipeline, id, sub);
     }
 
     /// Before a registration track is removed: the inner subscriptions on it end in the
@@ -691,6 +717,9 @@ impl Reloader {
             .map(|(k, s)| (k.clone(), *s))
             .collect();
         for (key, sub) in ending {
+            if let Some(t) = self.runtime.tallies() {
+                t.run_time().end(&key.0, key.1);
+            }
             self.inner_subs.remove(&key);
             if let Err(e) = self.recorder.unsubscribe(sub) {
                 self.internal_error(&e);

@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, ReplayInfo, Sink, cap_message};
 use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerCtx, InnerHost, InnerPort, InnerReg};
-use crate::inspect::tally::{Counts, PipelineTally, STATE_CAP, Tallies};
+use crate::inspect::tally::{Counts, InnerTally, PipelineTally, STATE_CAP, Tallies};
 use crate::subjects::{Hub, Subjects};
 use hmr_track::Id;
 
@@ -559,6 +559,11 @@ impl Runtime {
         self.tallies = Some(tallies);
     }
 
+    /// The inspector's tallies, if it is on.
+    pub(crate) fn tallies(&self) -> Option<&Arc<Tallies>> {
+        self.tallies.as_ref()
+    }
+
     /// Replaces how source threads are started (tests use it to make a start fail).
     pub fn set_spawner(&mut self, spawner: Spawner) {
         self.spawner = spawner;
@@ -1049,11 +1054,12 @@ struct HostCx {
     starts: RefCell<Vec<u64>>,
     /// Where subscriptions that start and end are told, for the tracking store.
     census: Option<Sender<Census>>,
+    /// With the inspector on: the pipeline's tally, where subscriptions count and marbles
+    /// go.
+    tally: Option<Arc<PipelineTally>>,
     /// Where inner subscriptions open their host sources, and the inbox those deliver to.
     feeds: Option<Arc<Mutex<crate::feed::Feeds>>>,
     inbox: Sender<Msg>,
-    /// The inspector's tally (`--inspect`), where marbles go.
-    tally: Option<Arc<PipelineTally>>,
     /// Subscriptions a re-projection ended while their operator was kept (subscription,
     /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
     ended: RefCell<Vec<(u64, Id)>>,
@@ -1646,6 +1652,11 @@ impl HostCx {
         };
         ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
         ctx.cx.current_op = &raw const ctx.host.current_op;
+        let tally = self.tally.as_ref().map(|t| {
+            let t = InnerTally::start(t, id, &code.ops);
+            ctx.cx.counts = t.as_ptr();
+            t
+        });
         out.instance = id;
         out.states = slots.as_ptr();
         out.cx = &raw const ctx.cx;
@@ -1669,6 +1680,7 @@ impl HostCx {
                 code,
                 ports,
                 ctx,
+                tally,
             },
         );
         true
@@ -1949,9 +1961,9 @@ impl Driver {
             starts: RefCell::new(Vec::new()),
             ended: RefCell::new(Vec::new()),
             census: shared.census.get().cloned(),
+            tally: shared.tally.clone(),
             feeds: shared.feeds.get().cloned(),
             inbox: shared.inbox.0.clone(),
-            tally: shared.tally.clone(),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -2862,6 +2874,9 @@ impl Driver {
             }
             inner.ctx.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
             inner.ctx.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
+            if let Some(t) = &mut inner.tally {
+                inner.ctx.cx.counts = t.recount(&inner.code.ops);
+            }
             self.host.inners.borrow_mut().insert(id, inner);
         }
         // Projections for subscriptions that ended since, or for another version: freed.

@@ -103,8 +103,9 @@ impl<F, T, S2, M> fmt::Debug for HigherOrder<F, T, S2, M> {
     }
 }
 
-/// What an inner stream hands the rest of the chain: its values, counted as the
-/// higher-order operator's; its completion ends the subscription.
+/// What an inner stream hands the rest of the chain: its values (`K`, the chain's receiver,
+/// counts them as the higher-order operator's emissions: it is the `Counting` wrapper of the
+/// operator's `Then`, in `push` and `wake` alike); its completion ends the subscription.
 struct InnerObs<'a, 'c, C, T, K> {
     cx: &'a Cx<'c>,
     op: u32,
@@ -120,8 +121,6 @@ impl<C: Tally, T, V: fmt::Debug, K: Observer<V>> Observer<V> for InnerObs<'_, '_
         if self.ended {
             return Flow::Complete;
         }
-        C::count(self.cx, self.op);
-        C::sample(self.cx, self.op, &v);
         self.k.next(v)
     }
     fn complete(&mut self) -> Flow {

@@ -1,7 +1,9 @@
 //! The inspector (`--inspect`) on real fixture builds, over real sockets: the snapshot's
 //! fields and types, counts that rise and survive a reload, state texts, reloads and errors
 //! listed, the event stream, the Host-header guard, a stuck client that costs the pipelines
-//! nothing; and the page in a real headless Chromium (`page_in_chromium`).
+//! nothing, run-time inner subscriptions as tracks (and their cap); and the page in a real
+//! headless Chromium (`page_in_chromium`, and the inner rows in
+//! `run_time_inner_subscriptions_are_tracks`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,7 +36,11 @@ plugin_api::export_plugin!(register);
 
 /// A host with the inspector on a free port; returns it and the inspector's address.
 fn start(fixture: &Fixture) -> anyhow::Result<(Harness, SocketAddr)> {
-    let mut options = fixture.options();
+    start_with(fixture.options())
+}
+
+/// [`start`] with `options` (a virtual clock, say).
+fn start_with(mut options: host::session::Options) -> anyhow::Result<(Harness, SocketAddr)> {
     options.inspect = Some("127.0.0.1:0".parse()?);
     let mut host = Harness::start(&options)?;
     let url = match host.wait_for("the inspector event", BUILD_TIMEOUT, |e| {
@@ -591,6 +597,217 @@ fn a_stuck_call_is_a_lint_on_its_track() -> anyhow::Result<()> {
     host.wait_reload()?;
     let s = snapshot(addr)?;
     assert_eq!(lints(&s).len(), 1, "{s}");
+    host.stop();
+    Ok(())
+}
+
+/// The tracks of `s` in the snapshot's order: (path, kind, version, emissions, inner) of
+/// each, for the paths under `prefix`.
+fn rows_under(s: &Value, prefix: &str) -> Vec<(String, String, u64, Option<u64>, bool)> {
+    s["tracks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+        .map(|t| {
+            (
+                t["path"].as_str().unwrap_or("").to_owned(),
+                t["kind"].as_str().unwrap_or("").to_owned(),
+                t["version"].as_u64().unwrap_or(u64::MAX),
+                t["emissions"].as_u64(),
+                t["inner"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Run-time inner subscriptions in the snapshot, under a virtual clock (exact counts): a
+/// `switch_map`'s live subscription and its inner stream's operators are listed under the
+/// operator's path (`inner: true`, with their emission counts), the operator's row counts its
+/// live subscriptions; a reload that edits the inner `map` keeps them (same paths, the
+/// version moved on, the count carried over); the next outer value ends the subscription,
+/// whose tracks leave the snapshot, and the new one's appear. The page shows them nested and
+/// styled, with the live count on the operator's row.
+#[test]
+fn run_time_inner_subscriptions_are_tracks() -> anyhow::Result<()> {
+    use integration_tests::{SETTLE, advance, plugin};
+    let fixture = Fixture::new(
+        "inspector_inner",
+        &plugin(
+            r#"    p.pipeline("s", interval_ms(1000).take(3))
+        .switch_map(|n: u64| interval_ms(100).map(move |i: u64| n * 100 + i + 0))
+        .log();"#,
+        ),
+    );
+    let (options, time) = fixture.virtual_options();
+    let (mut host, addr) = start_with(options)?;
+    host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    // t = 300: the outer value 0 at t = 0 started subscription #1, whose interval ticked at
+    // 0, 100, 200 and 300.
+    advance(&time, 300);
+    let op = "s|1:switch_map";
+    let sub1 = "s|1:switch_map|#1:inner";
+    let map1 = "s|1:switch_map|#1:inner|0:map";
+    let s = snapshot_until(addr, "subscription #1's tracks", EMISSION_TIMEOUT, |s| {
+        emissions(s, map1) == 4
+    })?;
+    let row = |path: &str, kind: &str, version: u64, n: u64, inner: bool| {
+        (path.to_owned(), kind.to_owned(), version, Some(n), inner)
+    };
+    // In path order: the subscription right under its operator, its `map` under it; the
+    // subscription's track counts what its last operator emitted, as a scope does.
+    assert_eq!(
+        rows_under(&s, "s|"),
+        [
+            row("s|0:take", "take", 0, 1, false),
+            row(op, "switch_map", 0, 4, false),
+            row(sub1, "inner", 0, 4, true),
+            row(map1, "map", 0, 4, true),
+            row("s|2:log", "log", 0, 4, false),
+        ],
+        "{s:#}"
+    );
+    // The live count is on the operator's row only; registration tracks carry no `inner`.
+    assert_eq!(
+        track(&s, op).map(|t| &t["subscriptions"]),
+        Some(&Value::from(1))
+    );
+    assert!(track(&s, "s|0:take").is_some_and(|t| t.get("subscriptions").is_none()));
+    assert!(track(&s, "s").is_some_and(|t| t.get("inner").is_none()));
+    assert_eq!(s["dropped"]["inner_tracks"], 0, "{s:#}");
+
+    // The page: the inner rows nested and styled, the live count on the operator's row.
+    {
+        use integration_tests::cdp::{Browser, chromium};
+        let mut page = Browser::open(&chromium()?, &format!("http://{addr}/"))?;
+        let inner_rows = "[...document.querySelectorAll('tr.track.inner')].map(r => r.dataset.path + '@' + parseInt(r.querySelector('td.path').style.paddingLeft))";
+        page.eval_until("the inner rows", inner_rows, EMISSION_TIMEOUT, |v| {
+            *v == serde_json::json!([format!("{sub1}@38"), format!("{map1}@54")])
+        })?;
+        let live = format!(
+            "(() => {{ const b = document.querySelector('tr.track[data-path=\"{op}\"] [data-subscriptions]'); return b ? b.dataset.subscriptions + ' ' + b.textContent : null; }})()"
+        );
+        page.eval_until(
+            "the live count on the operator",
+            &live,
+            EMISSION_TIMEOUT,
+            |v| v == "1 1 live",
+        )?;
+        page.screenshot(&screenshot_dir().join("5-inner-subscriptions.png"))?;
+    }
+
+    // A reload that edits the inner `map`: the same paths, re-projected and swapped (the
+    // subscription's track and its `map` at version 1), the count carried over; the next
+    // tick counts on.
+    fixture.edit("src/lib.rs", "i + 0", "i + 50");
+    host.wait_reload()?;
+    assert!(time.settle(SETTLE));
+    let s = snapshot_until(addr, "the re-projected map", EMISSION_TIMEOUT, |s| {
+        track(s, map1).is_some_and(|t| t["version"] == 1)
+    })?;
+    assert_eq!(
+        rows_under(&s, op),
+        [
+            row(op, "switch_map", 1, 4, false),
+            row(sub1, "inner", 1, 4, true),
+            row(map1, "map", 1, 4, true),
+        ],
+        "{s:#}"
+    );
+    advance(&time, 100); // t = 400
+    snapshot_until(
+        addr,
+        "the re-projected map counting on",
+        EMISSION_TIMEOUT,
+        |s| emissions(s, map1) == 5,
+    )?;
+
+    // t = 1000: the outer value 1 ends subscription #1 and starts #2, whose interval ticks
+    // at once.
+    advance(&time, 600);
+    let sub2 = "s|1:switch_map|#2:inner";
+    let map2 = "s|1:switch_map|#2:inner|0:map";
+    let s = snapshot_until(
+        addr,
+        "subscription #2 instead of #1",
+        EMISSION_TIMEOUT,
+        |s| track(s, sub1).is_none() && emissions(s, map2) == 1,
+    )?;
+    assert_eq!(
+        rows_under(&s, op),
+        [
+            row(op, "switch_map", 1, 11, false),
+            row(sub2, "inner", 0, 1, true),
+            row(map2, "map", 0, 1, true),
+        ],
+        "{s:#}"
+    );
+    assert_eq!(
+        track(&s, op).map(|t| &t["subscriptions"]),
+        Some(&Value::from(1))
+    );
+    host.stop();
+    Ok(())
+}
+
+/// A `merge_map` with more live inner subscriptions than the snapshot lists: it lists
+/// `RUN_TIME_CAP` run-time tracks, whole subscriptions, oldest first, and counts the rest in
+/// `dropped.inner_tracks`; the operator's row counts every live subscription.
+#[test]
+fn run_time_tracks_beyond_the_cap_are_counted_not_listed() -> anyhow::Result<()> {
+    use host::inspect::inner::RUN_TIME_CAP;
+    use integration_tests::{SETTLE, plugin};
+    // Two run-time tracks per subscription (`#N:inner` and its `map`), all live (an
+    // interval never completes).
+    let subs = RUN_TIME_CAP / 2 + 1000;
+    let fixture = Fixture::new(
+        "inspector_inner_cap",
+        &plugin(&format!(
+            r#"    p.pipeline("m", range(0, {subs}))
+        .merge_map(|n: u64| interval_ms(1000).map(move |i: u64| n + i));"#
+        )),
+    );
+    let (options, time) = fixture.virtual_options();
+    let (mut host, addr) = start_with(options)?;
+    host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    let op = "m|0:merge_map";
+    let s = snapshot_until(addr, "every subscription live", EMISSION_TIMEOUT, |s| {
+        track(s, op).is_some_and(|t| t["subscriptions"] == subs)
+    })?;
+    let inner: Vec<&Value> = s["tracks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["inner"] == true)
+        .collect();
+    assert_eq!(inner.len(), RUN_TIME_CAP);
+    assert_eq!(
+        s["dropped"]["inner_tracks"],
+        (subs * 2 - RUN_TIME_CAP) as u64
+    );
+    // Whole subscriptions, the first ones.
+    let mut listed: Vec<u64> = inner
+        .iter()
+        .filter(|t| t["kind"] == "inner")
+        .filter_map(|t| {
+            t["path"]
+                .as_str()?
+                .strip_prefix("m|0:merge_map|#")?
+                .strip_suffix(":inner")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, (1..=(RUN_TIME_CAP / 2) as u64).collect::<Vec<_>>());
+    let paths: std::collections::HashSet<&str> =
+        inner.iter().filter_map(|t| t["path"].as_str()).collect();
+    for id in &listed {
+        let map = format!("{op}|#{id}:inner|0:map");
+        assert!(paths.contains(map.as_str()), "{map} not listed");
+    }
     host.stop();
     Ok(())
 }

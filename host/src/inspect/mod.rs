@@ -1,8 +1,9 @@
 //! The inspector (`--inspect ADDR`): a read-only page and JSON API served by the host.
 //!
 //! - `GET /`: the page ([`PAGE`], plain HTML, CSS and JS compiled into the binary);
-//! - `GET /api/snapshot`: version, tracks with their emission counts and state texts, the
-//!   `reload` and `error` events, the build failure showing (if any);
+//! - `GET /api/snapshot`: version, tracks with their emission counts and state texts (with
+//!   the live inner subscriptions' run-time tracks, see [`inner`]), the `reload` and `error`
+//!   events, the build failure showing (if any);
 //! - `GET /api/events`: the `--json` events as server-sent events.
 //!
 //! Plain `std::net`: one thread accepts, one thread serves each connection (at most
@@ -17,6 +18,7 @@
 //! and never slows the thread that reports them. Counts and states come from
 //! [`tally::Tallies`], written by the source threads.
 
+pub mod inner;
 pub mod tally;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -98,6 +100,16 @@ fn push_bounded(q: &mut VecDeque<HostEvent>, e: HostEvent, dropped: &mut u64) {
     q.push_back(e);
 }
 
+/// The tracks of a registration among `tracks`: the run-time ones a reload lists are those
+/// live at the reload, which [`inner::RunTimeTracks`] keeps current instead.
+fn registered(tracks: &[TrackInfo]) -> Vec<TrackInfo> {
+    tracks
+        .iter()
+        .filter(|t| !inner::is_run_time(&t.path))
+        .cloned()
+        .collect()
+}
+
 struct Client {
     tx: SyncSender<Arc<str>>,
     dropped: Arc<AtomicU64>,
@@ -147,7 +159,7 @@ impl Hub {
             } => {
                 r.loaded(*version);
                 r.version = *version;
-                r.tracks = tracks.clone();
+                r.tracks = registered(tracks);
                 r.build_failed = None;
                 r.load_failed = None;
             }
@@ -159,7 +171,7 @@ impl Hub {
             } => {
                 r.loaded(*version);
                 r.version = *version;
-                r.tracks = tracks.clone();
+                r.tracks = registered(tracks);
                 r.build_failed = None;
                 r.load_failed = None;
                 r.stuck.retain(|pipeline, _| stuck.contains(pipeline));
@@ -253,6 +265,14 @@ pub struct TrackView {
     pub emissions: Option<u64>,
     /// The Debug text of its state (capped), `None` without state.
     pub state: Option<String>,
+    /// A run-time track: a live inner subscription's own (`#N:inner`, under its higher-order
+    /// operator) or one of its inner stream's. Left out (false) for a registration's track.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inner: bool,
+    /// On a higher-order operator (`switch_map`, `merge_map`, `concat_map`, `exhaust_map`):
+    /// how many of its inner subscriptions are live, listed or not. Left out on others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<u64>,
 }
 
 /// `GET /api/snapshot`.
@@ -260,13 +280,15 @@ pub struct TrackView {
 pub struct Snapshot {
     /// The running plugin version (0 before the first load).
     pub version: u64,
-    /// Every track of that version, in path order.
+    /// Every track of that version, in path order: the registration's, and the run-time
+    /// tracks of the live inner subscriptions (`inner: true`), at most
+    /// [`inner::RUN_TIME_CAP`] of those (the rest counted in `dropped.inner_tracks`).
     pub tracks: Vec<TrackView>,
     /// The last [`KEPT_EVENTS`] `reload` events.
     pub reloads: Vec<HostEvent>,
     /// The last [`KEPT_EVENTS`] `error` events.
     pub errors: Vec<HostEvent>,
-    /// Older reloads and errors no longer kept.
+    /// Older reloads and errors no longer kept, and run-time tracks not listed.
     pub dropped: BTreeMap<&'static str, u64>,
     /// cargo's rendered diagnostic while the last build failed, else `None`.
     pub build_failed: Option<String>,
@@ -326,24 +348,65 @@ impl Inspected {
                 }
             }
         }
+        // The live run-time tracks, and the counts of those listed (an inner operator
+        // counts what it emitted; its subscription's track what the last one emitted).
+        let run_time = self.tallies.run_time().listed(inner::RUN_TIME_CAP);
+        let mut by_pipeline: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (pipeline, id, _) in &run_time.subs {
+            by_pipeline.entry(pipeline).or_default().push(*id);
+        }
+        for (pipeline, ids) in by_pipeline {
+            for c in self.tallies.pipeline(pipeline).inner_counts(ids) {
+                let ops: Vec<(&str, u64)> = c.by_path().collect();
+                for &(path, n) in ops.iter().rev() {
+                    counts.insert(path.to_owned(), n);
+                    // Up to the subscription's own track, not beyond: the higher-order
+                    // operator counts what it emitted itself.
+                    let mut outer = path;
+                    while let Some((parent, _)) = outer.rsplit_once('|')
+                        && inner::is_run_time(parent)
+                    {
+                        counts.entry(parent.to_owned()).or_insert(n);
+                        outer = parent;
+                    }
+                }
+            }
+        }
         let r = lock(&self.hub.record);
-        let tracks = r
-            .tracks
-            .iter()
-            .map(|t| TrackView {
-                path: t.path.clone(),
-                kind: t.kind.clone(),
-                version: t.version,
-                emissions: counts.get(&t.path).copied(),
-                state: states.get(&t.path).cloned().flatten(),
-            })
-            .collect();
+        let view = |t: &TrackInfo, inner: bool| TrackView {
+            path: t.path.clone(),
+            kind: t.kind.clone(),
+            version: t.version,
+            emissions: counts.get(&t.path).copied(),
+            state: states.get(&t.path).cloned().flatten(),
+            inner,
+            subscriptions: matches!(
+                &*t.kind,
+                "switch_map" | "merge_map" | "concat_map" | "exhaust_map"
+            )
+            .then(|| run_time.live_on.get(&t.path).copied().unwrap_or(0)),
+        };
+        let mut tracks: Vec<TrackView> = r.tracks.iter().map(|t| view(t, false)).collect();
+        if !run_time.subs.is_empty() {
+            tracks.extend(
+                run_time
+                    .subs
+                    .iter()
+                    .flat_map(|(_, _, ts)| ts)
+                    .map(|t| view(t, true)),
+            );
+            tracks.sort_by(|a, b| a.path.cmp(&b.path));
+        }
         Snapshot {
             version: r.version,
             tracks,
             reloads: r.reloads.iter().cloned().collect(),
             errors: r.errors.iter().cloned().collect(),
-            dropped: BTreeMap::from([("reloads", r.dropped_reloads), ("errors", r.dropped_errors)]),
+            dropped: BTreeMap::from([
+                ("reloads", r.dropped_reloads),
+                ("errors", r.dropped_errors),
+                ("inner_tracks", run_time.dropped),
+            ]),
             build_failed: r.build_failed.clone(),
             load_failed: r.load_failed.clone(),
             state_changes: {

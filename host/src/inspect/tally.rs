@@ -24,7 +24,7 @@
 //! `StateVTable::debug`, capped at [`STATE_CAP`] bytes), then wakes the readers. A pipeline
 //! that emits rarely answers late; the reader waits a bounded time and shows the last texts.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hmr_track::Id;
 
-use crate::code::PipelineCode;
+use crate::code::{OpCode, PipelineCode};
 
 /// The most bytes of Debug text kept per state.
 pub const STATE_CAP: usize = 256;
@@ -81,7 +81,13 @@ impl Counts {
     /// Counters for `code`, each starting where `old` had the same track (the source's cell
     /// carried over too).
     pub(crate) fn for_code(code: &PipelineCode, old: &Counts) -> Counts {
-        let ops: Vec<(Id, String)> = code.ops.iter().map(|o| (o.track, o.path.clone())).collect();
+        Counts::for_ops(&code.ops, old)
+    }
+
+    /// Counters for `ops` (a pipeline's, or an inner subscription's), each starting where
+    /// `old` had the same track (the source's cell carried over too).
+    pub(crate) fn for_ops(ops: &[OpCode], old: &Counts) -> Counts {
+        let ops: Vec<(Id, String)> = ops.iter().map(|o| (o.track, o.path.clone())).collect();
         let mut cells = Vec::with_capacity(ops.len() + 1);
         cells.push(AtomicU64::new(old.cells[0].load(Ordering::Relaxed)));
         for (track, _) in &ops {
@@ -185,6 +191,8 @@ pub struct PipelineTally {
     changes: Mutex<VecDeque<StateChange>>,
     /// Recent values by track path (the current code's tracks and the source's).
     lanes: Mutex<BTreeMap<String, VecDeque<Marble>>>,
+    /// The counters of each live inner subscription, by its number ([`InnerTally`]).
+    inners: Mutex<HashMap<u64, Arc<Counts>>>,
 }
 
 impl PipelineTally {
@@ -198,6 +206,7 @@ impl PipelineTally {
             answered: Condvar::new(),
             changes: Mutex::default(),
             lanes: Mutex::default(),
+            inners: Mutex::default(),
         }
     }
 
@@ -233,6 +242,15 @@ impl PipelineTally {
                 path: path.clone(),
                 marbles: m.iter().cloned().collect(),
             })
+            .collect()
+    }
+
+    /// The counters of the live inner subscriptions numbered `ids` (those the pipeline has:
+    /// an ended one is gone), one lock for all.
+    pub fn inner_counts(&self, ids: impl IntoIterator<Item = u64>) -> Vec<Arc<Counts>> {
+        let inners = lock(&self.inners);
+        ids.into_iter()
+            .filter_map(|id| inners.get(&id).cloned())
             .collect()
     }
 
@@ -323,15 +341,68 @@ impl PipelineTally {
     }
 }
 
+/// The counters of one live inner subscription's operators (cell `1 + op` for inner
+/// operator `op`; cell 0 stays 0: the inner stream's sources are not counted, the operator
+/// that takes them is), registered in its pipeline's tally while the subscription lives: the
+/// subscription holds it, and its end (the subscription freed) takes the counters out.
+#[derive(Debug)]
+pub(crate) struct InnerTally {
+    tally: Arc<PipelineTally>,
+    id: u64,
+    counts: Arc<Counts>,
+}
+
+impl InnerTally {
+    /// Counters for subscription `id`'s operators `ops`, registered in `tally`.
+    pub(crate) fn start(tally: &Arc<PipelineTally>, id: u64, ops: &[OpCode]) -> InnerTally {
+        let counts = Arc::new(Counts::for_ops(ops, &Counts::empty()));
+        lock(&tally.inners).insert(id, counts.clone());
+        InnerTally {
+            tally: tally.clone(),
+            id,
+            counts,
+        }
+    }
+
+    /// The pointer the counting entry points take (the subscription's `EmitCx::counts`),
+    /// valid while this lives and until the next [`InnerTally::recount`].
+    pub(crate) fn as_ptr(&self) -> *const AtomicU64 {
+        self.counts.as_ptr()
+    }
+
+    /// The subscription took new code (a re-projection): counters for its operators `ops`,
+    /// each carried over by track; returns the new pointer.
+    pub(crate) fn recount(&mut self, ops: &[OpCode]) -> *const AtomicU64 {
+        self.counts = Arc::new(Counts::for_ops(ops, &self.counts));
+        lock(&self.tally.inners).insert(self.id, self.counts.clone());
+        self.as_ptr()
+    }
+}
+
+impl Drop for InnerTally {
+    fn drop(&mut self) {
+        // Only its own: a restarted pipeline's new thread numbers its subscriptions from 1
+        // again, and may register one before the old thread's are freed.
+        let mut inners = lock(&self.tally.inners);
+        if inners
+            .get(&self.id)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.counts))
+        {
+            inners.remove(&self.id);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every pipeline's tally, by pipeline name (kept across restarts and removals: a pipeline
-/// that comes back continues its counts).
+/// that comes back continues its counts), and the live run-time tracks (the reloader's).
 #[derive(Debug)]
 pub struct Tallies {
     pipelines: Mutex<BTreeMap<String, Arc<PipelineTally>>>,
+    run_time: super::inner::RunTimeTracks,
     /// Where marble times count from.
     origin: Instant,
 }
@@ -340,12 +411,18 @@ impl Default for Tallies {
     fn default() -> Tallies {
         Tallies {
             pipelines: Mutex::default(),
+            run_time: Default::default(),
             origin: Instant::now(),
         }
     }
 }
 
 impl Tallies {
+    /// The run-time tracks of the live inner subscriptions, as the tracking store has them.
+    pub fn run_time(&self) -> &super::inner::RunTimeTracks {
+        &self.run_time
+    }
+
     /// The tally of pipeline `name`, created on first use.
     pub fn pipeline(&self, name: &str) -> Arc<PipelineTally> {
         lock(&self.pipelines)
