@@ -3,7 +3,9 @@
 //! - `GET /`: the page ([`PAGE`], plain HTML, CSS and JS compiled into the binary);
 //! - `GET /api/snapshot`: version, tracks with their emission counts and state texts, the
 //!   `reload` and `error` events, the build failure showing (if any);
-//! - `GET /api/events`: the `--json` events as server-sent events.
+//! - `GET /api/events`: the `--json` events as server-sent events (for tools);
+//! - `GET /api/updates`: what changed, as server-sent deltas, a few a second ([`updates`]):
+//!   what the page reads after one snapshot.
 //!
 //! Plain `std::net`: one thread accepts, one thread serves each connection (at most
 //! [`MAX_CONNECTIONS`] at once). Nothing here can change the running host. A request whose
@@ -18,8 +20,9 @@
 //! [`tally::Tallies`], written by the source threads.
 
 pub mod tally;
+pub mod updates;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -65,10 +68,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Record {
     version: u64,
     tracks: Vec<TrackInfo>,
-    reloads: VecDeque<HostEvent>,
-    errors: VecDeque<HostEvent>,
-    dropped_reloads: u64,
-    dropped_errors: u64,
+    reloads: Kept<HostEvent>,
+    errors: Kept<Versioned>,
     /// cargo's rendered diagnostic, from the last build if it failed.
     build_failed: Option<String>,
     /// The last load failure, until the next good load.
@@ -76,15 +77,79 @@ struct Record {
     /// The last `stuck` event of each pipeline whose thread is stuck, by pipeline: a lint,
     /// until a reload no longer lists the pipeline as stuck (its call returned).
     stuck: BTreeMap<String, HostEvent>,
+    /// Bumped at every change of the fields below's subjects: `tracks_at` when the tracks
+    /// (and the version) changed, `failed_at` the build or load failure, `lints_at` the
+    /// lints. An updates client sends a field when it changed after the last it sent.
+    seq: u64,
+    tracks_at: u64,
+    failed_at: u64,
+    lints_at: u64,
 }
 
-fn push_bounded(q: &mut VecDeque<HostEvent>, e: HostEvent, dropped: &mut u64) {
-    if q.len() == KEPT_EVENTS {
-        q.pop_front();
-        *dropped += 1;
-    }
-    q.push_back(e);
+/// A bounded list of the last [`KEPT_EVENTS`] items, each numbered (from 1) in the order
+/// it came, with how many were dropped.
+#[derive(Debug)]
+struct Kept<T> {
+    items: VecDeque<T>,
+    /// How many came in all: the last item's number.
+    pushed: u64,
 }
+
+impl<T> Default for Kept<T> {
+    fn default() -> Kept<T> {
+        Kept {
+            items: VecDeque::new(),
+            pushed: 0,
+        }
+    }
+}
+
+impl<T: Clone> Kept<T> {
+    fn push(&mut self, item: T) {
+        if self.items.len() == KEPT_EVENTS {
+            self.items.pop_front();
+        }
+        self.items.push_back(item);
+        self.pushed += 1;
+    }
+
+    /// Items dropped to keep the bound.
+    fn dropped(&self) -> u64 {
+        self.pushed - self.items.len() as u64
+    }
+
+    /// The items numbered after `n`, and how many of those are no longer kept.
+    fn after(&self, n: u64) -> (Vec<T>, u64) {
+        let new = self.pushed.saturating_sub(n);
+        let kept = new.min(self.items.len() as u64);
+        let from = self.items.len() - kept as usize;
+        (self.items.range(from..).cloned().collect(), new - kept)
+    }
+}
+
+/// An event with the plugin version running when the hub saw it (an error's version: the
+/// snapshot's errors are grouped by it). Serialised as the event's fields plus `version`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Versioned {
+    /// The event.
+    #[serde(flatten)]
+    pub event: HostEvent,
+    /// The plugin version running when it was reported.
+    pub version: u64,
+}
+
+/// The emissions of one pipeline's `log` operators, while an updates client is connected:
+/// how many, and the last few texts.
+#[derive(Debug, Default)]
+struct Emitted {
+    /// Emissions since the first updates client connected.
+    total: u64,
+    /// The last [`KEPT_TEXTS`] values: number (`total` when it came), version and text.
+    last: VecDeque<(u64, u64, String)>,
+}
+
+/// How many emission texts per pipeline the hub keeps for the page (the newest).
+pub const KEPT_TEXTS: usize = 3;
 
 struct Client {
     tx: SyncSender<Arc<str>>,
@@ -99,6 +164,10 @@ pub struct Hub {
     clients: Mutex<Vec<Client>>,
     /// `clients.len()`, read without the lock: with no client, an event costs no encoding.
     n_clients: AtomicUsize,
+    /// Updates clients connected (`/api/updates`): while there are none, emissions are not
+    /// counted nor kept here (`emitted` stays empty).
+    n_updates: AtomicUsize,
+    emitted: Mutex<HashMap<String, Emitted>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -117,6 +186,8 @@ impl Hub {
             record: Mutex::default(),
             clients: Mutex::default(),
             n_clients: AtomicUsize::new(0),
+            n_updates: AtomicUsize::new(0),
+            emitted: Mutex::default(),
         }
     }
 
@@ -129,12 +200,17 @@ impl Hub {
             return;
         }
         let mut r = lock(&self.record);
+        let r = &mut *r;
+        let seq = r.seq + 1;
+        let failed = (r.build_failed.clone(), r.load_failed.clone());
+        let lints = r.stuck.len();
         match event {
             HostEvent::Loaded {
                 version, tracks, ..
             } => {
                 r.version = *version;
                 r.tracks = tracks.clone();
+                r.tracks_at = seq;
                 r.build_failed = None;
                 r.load_failed = None;
             }
@@ -146,11 +222,11 @@ impl Hub {
             } => {
                 r.version = *version;
                 r.tracks = tracks.clone();
+                r.tracks_at = seq;
                 r.build_failed = None;
                 r.load_failed = None;
                 r.stuck.retain(|pipeline, _| stuck.contains(pipeline));
-                let r = &mut *r;
-                push_bounded(&mut r.reloads, event.clone(), &mut r.dropped_reloads);
+                r.reloads.push(event.clone());
             }
             HostEvent::Unchanged { .. } => r.build_failed = None,
             HostEvent::BuildFailed { error } => r.build_failed = Some(error.clone()),
@@ -158,15 +234,51 @@ impl Hub {
                 r.build_failed = None;
                 r.load_failed = Some(error.clone());
             }
-            HostEvent::Error { .. } => {
-                let r = &mut *r;
-                push_bounded(&mut r.errors, event.clone(), &mut r.dropped_errors);
-            }
+            HostEvent::Error { .. } => r.errors.push(Versioned {
+                event: event.clone(),
+                version: r.version,
+            }),
             HostEvent::Stuck { pipeline, .. } => {
                 r.stuck.insert(pipeline.clone(), event.clone());
+                r.lints_at = seq;
             }
             _ => {}
         }
+        if (&r.build_failed, &r.load_failed) != (&failed.0, &failed.1) {
+            r.failed_at = seq;
+        }
+        if r.stuck.len() != lints {
+            r.lints_at = seq;
+        }
+        r.seq = seq;
+    }
+
+    /// Counts an emission and keeps its text (the last [`KEPT_TEXTS`] per pipeline) for the
+    /// updates clients. Called only while one is connected.
+    #[cold]
+    fn keep_emission(&self, pipeline: &str, version: u64, value: &str) {
+        let mut emitted = lock(&self.emitted);
+        let e = match emitted.get_mut(pipeline) {
+            Some(e) => e,
+            None => emitted.entry(pipeline.to_owned()).or_default(),
+        };
+        e.total += 1;
+        // The oldest text's buffer is reused for the newest.
+        let mut text = if e.last.len() == KEPT_TEXTS {
+            e.last.pop_front().map(|(_, _, t)| t).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        text.clear();
+        text.push_str(value);
+        e.last.push_back((e.total, version, text));
+    }
+
+    /// Registers an updates client: from now until the guard drops, emissions are counted
+    /// and their last texts kept.
+    fn watch_emissions(self: &Arc<Hub>) -> UpdatesGuard {
+        self.n_updates.fetch_add(1, Ordering::AcqRel);
+        UpdatesGuard(self.clone())
     }
 
     fn broadcast(&self, event: &HostEvent) {
@@ -212,6 +324,11 @@ impl EventSink for Hub {
     }
 
     fn emission(&self, pipeline: &str, version: u64, value: &str) {
+        // With an updates client connected, the emission is counted and its text kept (the
+        // last few per pipeline); with none, that costs one relaxed load.
+        if self.n_updates.load(Ordering::Relaxed) != 0 {
+            self.keep_emission(pipeline, version, value);
+        }
         // An emission is not remembered; with no client to stream it to, it goes on borrowed
         // (the printer copies it into recycled strings), as without the inspector.
         if self.n_clients.load(Ordering::Relaxed) == 0 {
@@ -222,6 +339,19 @@ impl EventSink for Hub {
             version,
             value: value.to_owned(),
         });
+    }
+}
+
+/// An updates client's registration (see [`Hub::watch_emissions`]): when the last one
+/// drops, the hub forgets the emissions it kept.
+struct UpdatesGuard(Arc<Hub>);
+
+impl Drop for UpdatesGuard {
+    fn drop(&mut self) {
+        let mut emitted = lock(&self.0.emitted);
+        if self.0.n_updates.fetch_sub(1, Ordering::AcqRel) == 1 {
+            emitted.clear();
+        }
     }
 }
 
@@ -250,9 +380,10 @@ pub struct Snapshot {
     pub tracks: Vec<TrackView>,
     /// The last [`KEPT_EVENTS`] `reload` events.
     pub reloads: Vec<HostEvent>,
-    /// The last [`KEPT_EVENTS`] `error` events.
-    pub errors: Vec<HostEvent>,
-    /// Older reloads and errors no longer kept.
+    /// The last [`KEPT_EVENTS`] `error` events, each with the plugin `version` running when
+    /// it was reported.
+    pub errors: Vec<Versioned>,
+    /// Older reloads, errors and state changes no longer kept.
     pub dropped: BTreeMap<&'static str, u64>,
     /// cargo's rendered diagnostic while the last build failed, else `None`.
     pub build_failed: Option<String>,
@@ -264,6 +395,9 @@ pub struct Snapshot {
     /// Lints: the `stuck` event of each pipeline whose thread is stuck in one call into
     /// plugin code (see `runtime::STUCK_AFTER`), until a reload no longer lists it as stuck.
     pub lints: Vec<HostEvent>,
+    /// Where this snapshot stands: `GET /api/updates?` with these as its query sends what
+    /// changed after it.
+    pub cursor: updates::Cursor,
 }
 
 /// The inspector's shared parts: what the server reads.
@@ -273,27 +407,43 @@ pub struct Inspected {
     tallies: Arc<Tallies>,
 }
 
+/// Which count each of a pipeline's tracks shows: `(path, cell)` with cell 0 the source's
+/// values (the pipeline's own track), `1 + i` operator `i`'s outputs, and a scope the cell of
+/// its last operator (walking the operators from the last, the first one met inside it).
+pub fn count_cells(pipeline: &str, counts: &tally::Counts) -> Vec<(String, usize)> {
+    let mut cells = vec![(pipeline.to_owned(), 0)];
+    let mut scopes = std::collections::HashSet::new();
+    for (i, (_, path)) in counts.ops.iter().enumerate().rev() {
+        cells.push((path.clone(), i + 1));
+        let mut outer = path.as_str();
+        while let Some((parent, _)) = outer.rsplit_once('|') {
+            if parent != pipeline && scopes.insert(parent) {
+                cells.push((parent.to_owned(), i + 1));
+            }
+            outer = parent;
+        }
+    }
+    cells
+}
+
 impl Inspected {
+    /// The parts of a running inspector, for a caller that reports events through `hub` and
+    /// counts into `tallies` without serving them (a bench, a test of the updates).
+    pub fn new(hub: Arc<Hub>, tallies: Arc<Tallies>) -> Inspected {
+        Inspected { hub, tallies }
+    }
+
     /// The snapshot as of now (waits up to [`STATE_WAIT`] for state texts).
     pub fn snapshot(&self) -> Snapshot {
+        let last_change = self.tallies.last_change();
         let states = self.tallies.states(STATE_WAIT);
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let mut state_changes = Vec::new();
         for (name, t) in self.tallies.all() {
             state_changes.extend(t.changes());
             let c = t.counts();
-            // A pipeline counts its source's values.
-            counts.insert(name, c.source());
-            // An operator counts what it emitted; a scope what its last operator emitted:
-            // walking the operators from the last, the first one met inside a scope is it.
-            let ops: Vec<(&str, u64)> = c.by_path().collect();
-            for &(path, n) in ops.iter().rev() {
-                counts.insert(path.to_owned(), n);
-                let mut outer = path;
-                while let Some((parent, _)) = outer.rsplit_once('|') {
-                    counts.entry(parent.to_owned()).or_insert(n);
-                    outer = parent;
-                }
+            for (path, cell) in count_cells(&name, &c) {
+                counts.insert(path, c.cells[cell].load(Ordering::Relaxed));
             }
         }
         let r = lock(&self.hub.record);
@@ -311,9 +461,13 @@ impl Inspected {
         Snapshot {
             version: r.version,
             tracks,
-            reloads: r.reloads.iter().cloned().collect(),
-            errors: r.errors.iter().cloned().collect(),
-            dropped: BTreeMap::from([("reloads", r.dropped_reloads), ("errors", r.dropped_errors)]),
+            reloads: r.reloads.items.iter().cloned().collect(),
+            errors: r.errors.items.iter().cloned().collect(),
+            dropped: BTreeMap::from([
+                ("reloads", r.reloads.dropped()),
+                ("errors", r.errors.dropped()),
+                ("state_changes", self.tallies.dropped_changes()),
+            ]),
             build_failed: r.build_failed.clone(),
             load_failed: r.load_failed.clone(),
             state_changes: {
@@ -321,6 +475,12 @@ impl Inspected {
                 state_changes
             },
             lints: r.stuck.values().cloned().collect(),
+            cursor: updates::Cursor {
+                seq: r.seq,
+                reloads: r.reloads.pushed,
+                errors: r.errors.pushed,
+                changes: last_change,
+            },
         }
     }
 }
@@ -443,6 +603,7 @@ fn accept_loop(
 struct Request {
     method: String,
     path: String,
+    query: String,
     host: Option<String>,
 }
 
@@ -456,11 +617,9 @@ fn read_request(conn: &TcpStream) -> anyhow::Result<Request> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_owned();
     let target = parts.next().unwrap_or_default();
-    let path = target
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let target = target.split('#').next().unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
     let mut host = None;
     loop {
         let mut h = String::new();
@@ -477,7 +636,12 @@ fn read_request(conn: &TcpStream) -> anyhow::Result<Request> {
             host = Some(value.trim().to_owned());
         }
     }
-    Ok(Request { method, path, host })
+    Ok(Request {
+        method,
+        path,
+        query,
+        host,
+    })
 }
 
 /// Whether `host` (a `Host` header) names the inspector itself.
@@ -555,6 +719,7 @@ fn serve(
             respond(&mut conn, 200, "application/json", &body)?;
         }
         "/api/events" => stream_events(conn, &inspected.hub, stop)?,
+        "/api/updates" => updates::stream(conn, inspected, &req.query, stop)?,
         _ => respond(&mut conn, 404, "text/plain", b"not found\n")?,
     }
     Ok(())
@@ -685,8 +850,10 @@ mod tests {
             });
         }
         let r = lock(&hub.record);
-        assert_eq!(r.errors.len(), KEPT_EVENTS);
-        assert_eq!(r.dropped_errors, 3);
-        assert!(matches!(&r.errors[0], HostEvent::Error { path, .. } if path == "p|3:map"));
+        assert_eq!(r.errors.items.len(), KEPT_EVENTS);
+        assert_eq!(r.errors.dropped(), 3);
+        assert!(
+            matches!(&r.errors.items[0].event, HostEvent::Error { path, .. } if path == "p|3:map")
+        );
     }
 }
