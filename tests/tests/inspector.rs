@@ -296,11 +296,16 @@ fn read_event(
 }
 
 fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    open_sse(addr, "/api/events")
+}
+
+/// Opens a server-sent event stream at `path` and reads past its headers.
+fn open_sse(addr: SocketAddr, path: &str) -> anyhow::Result<BufReader<TcpStream>> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(BUILD_TIMEOUT))?;
     write!(
         conn,
-        "GET /api/events HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
         addr.port()
     )?;
     let mut reader = BufReader::new(conn);
@@ -308,7 +313,7 @@ fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
     reader.read_line(&mut status)?;
     anyhow::ensure!(
         status.starts_with("HTTP/1.1 200"),
-        "events answered {status:?}"
+        "{path} answered {status:?}"
     );
     let mut header = String::new();
     let mut event_stream = false;
@@ -322,6 +327,59 @@ fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
     }
     anyhow::ensure!(event_stream, "no text/event-stream content type");
     Ok(reader)
+}
+
+/// One `delta` of an updates stream: its data, its size in bytes and when it arrived.
+#[derive(Debug)]
+struct Delta {
+    data: Value,
+    bytes: usize,
+    at: Instant,
+}
+
+/// Reads the next `delta` of an updates stream (skipping comments).
+fn read_delta(reader: &mut BufReader<TcpStream>) -> anyhow::Result<Delta> {
+    let mut line = String::new();
+    let mut event = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).context("waiting for a delta")? == 0 {
+            bail!("the updates stream ended");
+        }
+        let l = line.trim_end();
+        if let Some(e) = l.strip_prefix("event: ") {
+            event = e.to_owned();
+        } else if let Some(data) = l.strip_prefix("data: ") {
+            anyhow::ensure!(event == "delta", "a {event:?} message in the updates: {l}");
+            return Ok(Delta {
+                data: serde_json::from_str(data)?,
+                bytes: data.len(),
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Reads deltas until one satisfies `pred` (failing after `timeout`).
+fn delta_until(
+    reader: &mut BufReader<TcpStream>,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let d = read_delta(reader)?;
+        if pred(&d.data) {
+            return Ok(d.data);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {what}; last delta {}",
+                d.data
+            );
+        }
+    }
 }
 
 #[test]
@@ -396,6 +454,167 @@ plugin_api::export_plugin!(register);
     // its queue overflowed depends on the kernel's socket buffers, which absorb megabytes; the
     // hub's unit tests show the bounded queue dropping and counting.)
     drop(stuck);
+    host.stop();
+    Ok(())
+}
+
+/// `/api/updates`: batched deltas, a few a second whatever the rate of values: counts that
+/// changed, state texts, the emissions of `log` operators as a count and the last few texts,
+/// a reload with its new tracks after an edit, and a stream started from a snapshot's cursor
+/// that sends what came after it.
+#[test]
+fn updates_are_batched_deltas() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "inspector_updates",
+        r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("ticks", interval_ms(5))
+        .map(|n: u64| n + 1)
+        .scan(0u64, |acc: u64, n: u64| acc + n)
+        .log();
+    p.pipeline("fast", range(0, u64::MAX))
+        .map(|n: u64| n ^ 1)
+        .filter(|n: &u64| n % 7 != 0);
+    p.pipeline("faulty", interval_ms(20))
+        .map(|n: u64| if n % 2 == 1 { panic!("odd {n}") } else { n });
+}
+
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+    let mut updates = open_sse(addr, "/api/updates")?;
+    let count = |d: &Value, path: &str| d["counts"][path].as_u64();
+
+    // Two seconds of deltas, under a source pushing as fast as it can.
+    let window = Duration::from_secs(2);
+    let first = read_delta(&mut updates)?;
+    let mut deltas = vec![first];
+    while deltas[deltas.len() - 1].at.duration_since(deltas[0].at) < window {
+        deltas.push(read_delta(&mut updates)?);
+    }
+    let span = deltas[deltas.len() - 1].at.duration_since(deltas[0].at);
+    // At most one every 250 ms (the first is sent at once; one more for arrival jitter).
+    let allowed = (span.as_secs_f64() / 0.25).floor() as usize + 2;
+    assert!(
+        deltas.len() <= allowed,
+        "{} deltas in {span:?}: more than 4 a second",
+        deltas.len()
+    );
+    // The fast source pushed many more values than there were messages.
+    let fast: Vec<u64> = deltas
+        .iter()
+        .filter_map(|d| count(&d.data, "fast"))
+        .collect();
+    let pushed = fast.last().copied().unwrap_or(0) - fast.first().copied().unwrap_or(0);
+    assert!(
+        fast.len() >= 3 && pushed > 1000 * deltas.len() as u64,
+        "fast counts {fast:?} over {} deltas",
+        deltas.len()
+    );
+    // A delta's size does not grow with the values: it carries counts, not values.
+    let largest = deltas.iter().map(|d| d.bytes).max().unwrap_or(0);
+    assert!(largest < 16 * 1024, "a delta of {largest} bytes");
+    // Changed counts only: the map's count rises from delta to delta.
+    let ticks: Vec<u64> = deltas
+        .iter()
+        .filter_map(|d| count(&d.data, "ticks|0:map"))
+        .collect();
+    assert!(
+        ticks.len() >= 3 && ticks.windows(2).all(|w| w[0] < w[1]),
+        "ticks|0:map counts {ticks:?}"
+    );
+    // The log's values: per delta a count and at most the last 3 texts, never one per value.
+    let logged: Vec<&Value> = deltas
+        .iter()
+        .filter_map(|d| d.data["emissions"].get("ticks"))
+        .collect();
+    let values: u64 = logged.iter().filter_map(|e| e["count"].as_u64()).sum();
+    assert!(
+        values >= 100 && logged.len() <= deltas.len(),
+        "{values} values in {} deltas",
+        logged.len()
+    );
+    for e in &logged {
+        let last = e["last"].as_array().map_or(0, Vec::len);
+        assert!(last >= 1 && last <= 3, "{e}");
+        assert_eq!(e["last"][0]["version"], 1, "{e}");
+    }
+    // The scan's state text comes (asked once a second), and errors with their version.
+    delta_until(&mut updates, "the scan's state", EMISSION_TIMEOUT, |d| {
+        d["states"]["ticks|1:scan"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0))
+    })?;
+    let d = delta_until(&mut updates, "errors", EMISSION_TIMEOUT, |d| {
+        d["events"]["errors"].is_array()
+    })?;
+    let e = &d["events"]["errors"][0];
+    assert_eq!(
+        (&e["event"], &e["path"], &e["version"]),
+        (
+            &Value::from("error"),
+            &Value::from("faulty|0:map"),
+            &Value::from(1)
+        ),
+        "{e}"
+    );
+
+    // An edit: a delta carries the reload and the new version's tracks.
+    fixture.edit("src/lib.rs", "n + 1", "n + 2");
+    let d = delta_until(&mut updates, "the reload", BUILD_TIMEOUT, |d| {
+        d["events"]["reloads"].is_array()
+    })?;
+    let r = &d["events"]["reloads"][0];
+    assert_eq!(
+        (&r["event"], &r["version"]),
+        (&Value::from("reload"), &Value::from(2)),
+        "{r}"
+    );
+    assert_eq!(d["tracks"]["version"], 2, "{d}");
+    assert!(
+        d["tracks"]["list"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|t| t["path"] == "ticks|1:scan")),
+        "{d}"
+    );
+    // The v2 values come with their version.
+    delta_until(&mut updates, "a v2 value", EMISSION_TIMEOUT, |d| {
+        d["emissions"]["ticks"]["last"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|v| v["version"] == 2))
+    })?;
+
+    // A stream from a snapshot's cursor sends what came after the snapshot: the next reload,
+    // not the one the snapshot holds.
+    let s = snapshot(addr)?;
+    let cursor = &s["cursor"];
+    let query: Vec<String> = ["seq", "reloads", "errors", "changes"]
+        .iter()
+        .map(|k| format!("{k}={}", cursor[k]))
+        .collect();
+    let mut from = open_sse(addr, &format!("/api/updates?{}", query.join("&")))?;
+    let first = read_delta(&mut from)?;
+    assert!(first.data.get("tracks").is_none(), "{}", first.data);
+    assert!(
+        first.data["events"].get("reloads").is_none(),
+        "{}",
+        first.data
+    );
+    fixture.edit("src/lib.rs", "n + 2", "n + 3");
+    let d = delta_until(&mut from, "the v3 reload", BUILD_TIMEOUT, |d| {
+        d["events"]["reloads"].is_array()
+    })?;
+    let versions: Vec<&Value> = d["events"]["reloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| &r["version"])
+        .collect();
+    assert_eq!(versions, [&Value::from(3)], "{d}");
     host.stop();
     Ok(())
 }
