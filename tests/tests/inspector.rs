@@ -634,6 +634,11 @@ fn page_in_chromium() -> anyhow::Result<()> {
     let fixture = Fixture::new("inspector_page", PLUGIN);
     let (mut host, addr) = start(&fixture)?;
     host.wait_loaded()?;
+    // The page reads the snapshot and the updates, not the event stream (kept for tools).
+    assert!(
+        !host::inspect::PAGE.contains("/api/events")
+            && host::inspect::PAGE.contains("/api/updates")
+    );
     let mut page = Browser::open(&chromium, &format!("http://{addr}/"))?;
     let shots = screenshot_dir();
 
@@ -779,6 +784,93 @@ fn page_in_chromium() -> anyhow::Result<()> {
         |v| v == "v3",
     )?;
     page.screenshot(&shots.join("4-fixed.png"))?;
+
+    // Errors pinned to their track keep their history per version: the faulty map panicked
+    // under v1 and under v3 (and v2). (The v2 tick clicked above selected v2: a second click
+    // clears the selection.)
+    page.eval("document.querySelector('#rail li.reload[data-version=\"2\"]').click()")?;
+    let history = r#"(() => { const b = document.querySelector('tr.track[data-path="faulty|0:map"] [data-errors]');
+        return b ? b.dataset.versions : ""; })()"#;
+    page.eval_until(
+        "the faulty map's errors under v1 and v3",
+        history,
+        EMISSION_TIMEOUT,
+        |v| {
+            v.as_str().is_some_and(|h| {
+                h.split(',').any(|x| x.starts_with("1:"))
+                    && h.split(',').any(|x| x.starts_with("3:"))
+            })
+        },
+    )?;
+
+    // Filter by version: v4 adds a filter to the faulty pipeline. With v4 selected the
+    // tracks shown are those v4 swapped or added (marked so), the errors v4's only; with v1
+    // selected, the tracks v1 added (not v4's filter).
+    fixture.edit(
+        "src/lib.rs",
+        "else { n });",
+        "else { n }).filter(|n: &u64| *n > 0);",
+    );
+    host.wait_reload()?;
+    page.eval_until(
+        "v4 on the page",
+        "document.getElementById('version').textContent",
+        EMISSION_TIMEOUT,
+        |v| v == "v4",
+    )?;
+    let select = |v: &str| {
+        format!(
+            "(() => {{ const s = document.getElementById('filter-version'); s.value = '{v}'; \
+             s.dispatchEvent(new Event('change')); return s.value; }})()"
+        )
+    };
+    assert_eq!(page.eval(&select("4"))?, "4");
+    let marked = page.eval_until("v4's marks", marks, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "faulty|1:filter=added"))
+    })?;
+    assert!(
+        marked
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "counter|1:scan=swapped")),
+        "{marked}"
+    );
+    let error_versions =
+        "[...document.querySelectorAll('#errors li.error')].map(e => e.dataset.version)";
+    page.eval_until("v4's errors only", error_versions, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x == "4"))
+    })?;
+    page.screenshot(&shots.join("5-version-4.png"))?;
+    assert_eq!(page.eval(&select("1"))?, "1");
+    let rows = "[...document.querySelectorAll('tr.track')].map(r => r.dataset.path)";
+    let shown = page.eval_until("v1's tracks", rows, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "counter|0:map"))
+    })?;
+    assert!(
+        shown
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|p| p == "faulty|1:filter")),
+        "v4's filter shown under v1: {shown}"
+    );
+    page.eval_until("v1's errors only", error_versions, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x == "1"))
+    })?;
+    // Clicking a rail tick selects its version; clicking it again clears the selection.
+    let tick = "(() => { document.querySelector('#rail li.reload[data-version=\"2\"]').click(); \
+                return document.getElementById('filter-version').value; })()";
+    assert_eq!(page.eval(tick)?, "2");
+    assert_eq!(page.eval(tick)?, "");
+    let all = page.eval_until("every track again", rows, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "faulty|1:filter"))
+    })?;
+    assert!(
+        all.as_array().map_or(0, Vec::len) >= 12,
+        "not every track: {all}"
+    );
     host.stop();
     Ok(())
 }

@@ -84,6 +84,28 @@ struct Record {
     tracks_at: u64,
     failed_at: u64,
     lints_at: u64,
+    /// Errors by operator and plugin version: how many, the last message, and the number of
+    /// the last error counted (the updates send the entries changed since they last sent).
+    error_history: BTreeMap<(String, u64), (ErrorTally, u64)>,
+    /// Entries dropped from `error_history` to keep it within [`KEPT_HISTORY`].
+    dropped_history: u64,
+}
+
+/// How many (operator, version) entries the error history keeps; the oldest versions' go
+/// first.
+pub const KEPT_HISTORY: usize = 4096;
+
+/// The errors one operator reported while one plugin version ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorTally {
+    /// The operator's path (or the pipeline's, for a failure of the pipeline).
+    pub path: String,
+    /// The plugin version running.
+    pub version: u64,
+    /// How many errors.
+    pub count: u64,
+    /// The last one's message.
+    pub last: String,
 }
 
 /// A bounded list of the last [`KEPT_EVENTS`] items, each numbered (from 1) in the order
@@ -234,10 +256,39 @@ impl Hub {
                 r.build_failed = None;
                 r.load_failed = Some(error.clone());
             }
-            HostEvent::Error { .. } => r.errors.push(Versioned {
-                event: event.clone(),
-                version: r.version,
-            }),
+            HostEvent::Error { path, message, .. } => {
+                r.errors.push(Versioned {
+                    event: event.clone(),
+                    version: r.version,
+                });
+                let n = r.errors.pushed;
+                let key = (path.clone(), r.version);
+                if let Some((t, at)) = r.error_history.get_mut(&key) {
+                    t.count += 1;
+                    t.last.clone_from(message);
+                    *at = n;
+                } else {
+                    if r.error_history.len() == KEPT_HISTORY {
+                        // The oldest version's first entry goes.
+                        let oldest = r
+                            .error_history
+                            .iter()
+                            .min_by_key(|((_, v), _)| *v)
+                            .map(|(k, _)| k.clone());
+                        if let Some(k) = oldest {
+                            r.error_history.remove(&k);
+                            r.dropped_history += 1;
+                        }
+                    }
+                    let tally = ErrorTally {
+                        path: key.0.clone(),
+                        version: key.1,
+                        count: 1,
+                        last: message.clone(),
+                    };
+                    r.error_history.insert(key, (tally, n));
+                }
+            }
             HostEvent::Stuck { pipeline, .. } => {
                 r.stuck.insert(pipeline.clone(), event.clone());
                 r.lints_at = seq;
@@ -395,6 +446,9 @@ pub struct Snapshot {
     /// Lints: the `stuck` event of each pipeline whose thread is stuck in one call into
     /// plugin code (see `runtime::STUCK_AFTER`), until a reload no longer lists it as stuck.
     pub lints: Vec<HostEvent>,
+    /// Every error counted by operator and plugin version (beyond the last
+    /// [`KEPT_EVENTS`] errors listed), the last [`KEPT_HISTORY`] entries.
+    pub error_history: Vec<ErrorTally>,
     /// Where this snapshot stands: `GET /api/updates?` with these as its query sends what
     /// changed after it.
     pub cursor: updates::Cursor,
@@ -467,6 +521,7 @@ impl Inspected {
                 ("reloads", r.reloads.dropped()),
                 ("errors", r.errors.dropped()),
                 ("state_changes", self.tallies.dropped_changes()),
+                ("error_history", r.dropped_history),
             ]),
             build_failed: r.build_failed.clone(),
             load_failed: r.load_failed.clone(),
@@ -475,6 +530,7 @@ impl Inspected {
                 state_changes
             },
             lints: r.stuck.values().cloned().collect(),
+            error_history: r.error_history.values().map(|(t, _)| t.clone()).collect(),
             cursor: updates::Cursor {
                 seq: r.seq,
                 reloads: r.reloads.pushed,

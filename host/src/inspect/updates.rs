@@ -115,6 +115,9 @@ impl Parts {
                 missed: [0, 0],
                 sent_missed: [0, 0],
             }),
+            Box::new(ErrorHistory {
+                after: at("errors", errors),
+            }),
             Box::new(States {
                 asked: None,
                 answers: HashMap::new(),
@@ -253,6 +256,34 @@ impl Part for Events {
             );
         }
         (!out.is_empty()).then_some(Value::Object(out))
+    }
+}
+
+/// `error_history`: the entries of the hub's error counts by operator and version that
+/// changed (`[{path, version, count, last}]`, the whole entry each).
+struct ErrorHistory {
+    /// The number of the last error counted in what was sent.
+    after: u64,
+}
+
+impl Part for ErrorHistory {
+    fn name(&self) -> &'static str {
+        "error_history"
+    }
+
+    fn next(&mut self, now: &Now<'_>) -> Option<Value> {
+        let r = lock(&now.inspected.hub.record);
+        if r.errors.pushed <= self.after {
+            return None;
+        }
+        let changed: Vec<&super::ErrorTally> = r
+            .error_history
+            .values()
+            .filter(|(_, at)| *at > self.after)
+            .map(|(t, _)| t)
+            .collect();
+        self.after = r.errors.pushed;
+        (!changed.is_empty()).then(|| json!(changed))
     }
 }
 
@@ -396,11 +427,12 @@ impl Part for Emissions {
     }
 }
 
-/// `dropped`: what the inspector no longer keeps (`reloads`, `errors`, `state_changes`
-/// dropped from their bounded records, as the snapshot's `dropped`), when it changed.
+/// `dropped`: what the inspector no longer keeps (`reloads`, `errors`, `state_changes`,
+/// `error_history` dropped from their bounded records, as the snapshot's `dropped`), when
+/// it changed.
 #[derive(Default)]
 struct Dropped {
-    sent: Option<[u64; 3]>,
+    sent: Option<[u64; 4]>,
 }
 
 impl Part for Dropped {
@@ -414,13 +446,16 @@ impl Part for Dropped {
             r.reloads.dropped(),
             r.errors.dropped(),
             now.inspected.tallies.dropped_changes(),
+            r.dropped_history,
         ];
         drop(r);
         if self.sent == Some(d) {
             return None;
         }
         self.sent = Some(d);
-        Some(json!({"reloads": d[0], "errors": d[1], "state_changes": d[2]}))
+        Some(json!({
+            "reloads": d[0], "errors": d[1], "state_changes": d[2], "error_history": d[3]
+        }))
     }
 }
 
@@ -543,16 +578,32 @@ mod tests {
             ],
             "{d}"
         );
+        let history = d["error_history"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            history,
+            [
+                json!({"path": "p|0:map", "version": 1, "count": 1, "last": "boom 1"}),
+                json!({"path": "p|0:map", "version": 2, "count": 1, "last": "boom 2"})
+            ],
+            "{d}"
+        );
         assert_eq!(parts.delta(&i), None, "sent once");
+        i.hub.event(error(3));
+        let d = parts.delta(&i).expect("a delta");
+        assert_eq!(
+            d["error_history"],
+            json!([{"path": "p|0:map", "version": 2, "count": 2, "last": "boom 3"}]),
+            "only the entry that changed: {d}"
+        );
         // A client starting from a snapshot's cursor gets what came after it.
         let cursor = i.snapshot().cursor;
-        i.hub.event(error(3));
+        i.hub.event(error(4));
         let since = Cursor::parse(&format!(
             "seq={}&reloads={}&errors={}&changes={}",
             cursor.seq, cursor.reloads, cursor.errors, cursor.changes
         ));
         let d = Parts::new(&i, &since).delta(&i).expect("a delta");
-        assert_eq!(d["events"]["errors"][0]["message"], "boom 3", "{d}");
+        assert_eq!(d["events"]["errors"][0]["message"], "boom 4", "{d}");
         assert_eq!(
             d["events"]["errors"].as_array().map(Vec::len),
             Some(1),
