@@ -34,7 +34,11 @@ plugin_api::export_plugin!(register);
 
 /// A host with the inspector on a free port; returns it and the inspector's address.
 fn start(fixture: &Fixture) -> anyhow::Result<(Harness, SocketAddr)> {
-    let mut options = fixture.options();
+    start_with(fixture.options())
+}
+
+/// [`start`] with these options.
+fn start_with(mut options: host::session::Options) -> anyhow::Result<(Harness, SocketAddr)> {
     options.inspect = Some("127.0.0.1:0".parse()?);
     let mut host = Harness::start(&options)?;
     let url = match host.wait_for("the inspector event", BUILD_TIMEOUT, |e| {
@@ -902,6 +906,136 @@ fn a_stuck_call_is_a_lint_on_its_track() -> anyhow::Result<()> {
     host.wait_reload()?;
     let s = snapshot(addr)?;
     assert_eq!(lints(&s).len(), 1, "{s}");
+    host.stop();
+    Ok(())
+}
+
+/// 1,000 pipelines of 10 operators (one type, built in a loop) ticking every second, and one
+/// pipeline pushing as fast as it can (a `range` batched through a `map` and a `filter`).
+const SCALE: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("fast", range(0, u64::MAX))
+        .map(|n: u64| n.wrapping_mul(3))
+        .filter(|n: &u64| n & 1 == 0);
+    for i in 0..1000 {
+        p.pipeline(&format!("p{i:04}"), interval_ms(1000))
+            .map(|n: u64| n + 1)
+            .filter(|n: &u64| *n != u64::MAX)
+            .map(|n: u64| n * 2)
+            .scan(0u64, |acc: u64, n: u64| acc.wrapping_add(n))
+            .map(|n: u64| n / 2)
+            .filter(|n: &u64| *n != 1)
+            .map(|n: u64| n + 3)
+            .map(|n: u64| n ^ 5)
+            .filter(|n: &u64| *n != u64::MAX)
+            .map(|n: u64| n);
+    }
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// The page at 10,000 tracks and 20 million values a second (issue 13: "it must stay
+/// readable"): it shows the track count, keeps the DOM small (pipelines collapsed, only the
+/// rows in view), shows the fast pipeline's rate, expands a pipeline to its tracks with
+/// rising counts, scrolls to the last pipeline, stays responsive, and its deltas stay
+/// bounded in size. Measures are printed.
+#[test]
+fn page_at_scale_in_chromium() -> anyhow::Result<()> {
+    use integration_tests::cdp::{Browser, chromium};
+    let chromium = chromium()?;
+    let fixture = Fixture::new("inspector_scale", SCALE);
+    let mut options = fixture.options();
+    // The rate a person would see from an optimised build.
+    options.release = true;
+    let (mut host, addr) = start_with(options)?;
+    host.wait_loaded()?;
+    let tracks = snapshot(addr)?["tracks"].as_array().map_or(0, Vec::len);
+    assert_eq!(tracks, 3 + 1000 * 11, "tracks in the snapshot");
+    let mut page = Browser::open(&chromium, &format!("http://{addr}/"))?;
+    let shots = screenshot_dir();
+
+    // The track count, with the pipelines collapsed: a row per pipeline, and only those in
+    // view (plus a margin) in the DOM.
+    page.eval_until(
+        "the track count",
+        "Number(document.getElementById('summary')?.dataset.tracks || 0)",
+        EMISSION_TIMEOUT,
+        |v| v.as_u64() == Some(tracks as u64),
+    )?;
+    let dom_rows = "document.querySelectorAll('#tracks tr.track').length";
+    let rows = page.eval(dom_rows)?.as_u64().unwrap_or(0);
+    assert!(rows > 10 && rows <= 100, "{rows} rows in the DOM");
+    assert_eq!(
+        page.eval("document.querySelectorAll('tr.track[data-path^=\"p0001|\"]').length")?,
+        0,
+        "pipelines start collapsed"
+    );
+
+    // The fast pipeline's rate, as the page shows it.
+    let rate = r#"(() => { const c = document.querySelector('tr.track[data-path="fast"] td.rate');
+        return c ? Number(c.textContent.replace(/,/g, '')) : 0; })()"#;
+    let mut best = 0u64;
+    let shown = page.eval_until("a rate of 20 million a second", rate, EMISSION_TIMEOUT, |v| {
+        best = best.max(v.as_u64().unwrap_or(0));
+        best >= 20_000_000
+    });
+    println!("fast pipeline: the page showed at most {best} values/s");
+    shown?;
+
+    // A pipeline expanded shows its tracks, whose counts rise.
+    page.eval("document.querySelector('[data-toggle=\"p0007\"]').click()")?;
+    let count = r#"(() => { const c = document.querySelector('tr.track[data-path="p0007|9:map"] td.emissions');
+        return c ? Number(c.textContent.replace(/,/g, '')) : -1; })()"#;
+    let first = page
+        .eval_until("p0007's last map", count, EMISSION_TIMEOUT, |v| {
+            v.as_i64() > Some(0)
+        })?
+        .as_i64()
+        .unwrap_or(0);
+    let paths = page.eval(
+        "[...document.querySelectorAll('tr.track[data-path^=\"p0007|\"]')].map(r => r.dataset.path)",
+    )?;
+    assert_eq!(paths.as_array().map_or(0, Vec::len), 10, "{paths}");
+    page.eval_until("p0007's count to rise", count, EMISSION_TIMEOUT, |v| {
+        v.as_i64() > Some(first)
+    })?;
+    page.screenshot(&shots.join("scale-1-expanded.png"))?;
+
+    // Responsive while updates flow: DevTools round trips, each well under a second.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        page.eval("document.querySelectorAll('#tracks tr.track').length")?;
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("slowest Runtime.evaluate round trip: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+
+    // Scrolled to the end: the last pipeline, and still a bounded DOM.
+    page.eval("(() => { const s = document.getElementById('scroller'); s.scrollTop = s.scrollHeight; })()")?;
+    page.eval_until(
+        "the last pipeline in view",
+        "!!document.querySelector('tr.track[data-path=\"p0999\"]')",
+        EMISSION_TIMEOUT,
+        |v| v == true,
+    )?;
+    let rows = page.eval(dom_rows)?.as_u64().unwrap_or(0);
+    assert!(rows > 10 && rows <= 100, "{rows} rows in the DOM");
+    page.screenshot(&shots.join("scale-2-scrolled.png"))?;
+
+    // What the updates cost the page: deltas bounded by the tracks (a count each at most),
+    // whatever the values; the slowest one applied.
+    let stats = page.eval(
+        "(() => { const d = document.getElementById('status').dataset; \
+         return [Number(d.deltas), Number(d.maxDeltaBytes), Number(d.maxApplyMs)]; })()",
+    )?;
+    println!("page updates: [deltas, largest bytes, slowest ms] = {stats}");
+    let largest = stats[1].as_u64().unwrap_or(u64::MAX);
+    assert!(largest <= 48 * tracks as u64, "a delta of {largest} bytes");
     host.stop();
     Ok(())
 }
