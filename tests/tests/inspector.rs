@@ -414,8 +414,10 @@ plugin_api::export_plugin!(register);
         (None, 403),
     ];
     for (h, expected) in cases {
-        for path in ["/", "/api/snapshot", "/api/events"] {
-            let status = if expected == 200 && path == "/api/events" {
+        for path in ["/", "/api/snapshot", "/api/events", "/api/updates"] {
+            let status = if expected == 200
+                && path.starts_with("/api/events") | path.starts_with("/api/updates")
+            {
                 // A stream never ends: only its status line is read.
                 let mut conn = TcpStream::connect(addr)?;
                 write!(
@@ -544,7 +546,7 @@ plugin_api::export_plugin!(register);
     );
     for e in &logged {
         let last = e["last"].as_array().map_or(0, Vec::len);
-        assert!(last >= 1 && last <= 3, "{e}");
+        assert!((1..=3).contains(&last), "{e}");
         assert_eq!(e["last"][0]["version"], 1, "{e}");
     }
     // The scan's state text comes (asked once a second), and errors with their version.
@@ -978,10 +980,15 @@ fn page_at_scale_in_chromium() -> anyhow::Result<()> {
     let rate = r#"(() => { const c = document.querySelector('tr.track[data-path="fast"] td.rate');
         return c ? Number(c.textContent.replace(/,/g, '')) : 0; })()"#;
     let mut best = 0u64;
-    let shown = page.eval_until("a rate of 20 million a second", rate, EMISSION_TIMEOUT, |v| {
-        best = best.max(v.as_u64().unwrap_or(0));
-        best >= 20_000_000
-    });
+    let shown = page.eval_until(
+        "a rate of 20 million a second",
+        rate,
+        EMISSION_TIMEOUT,
+        |v| {
+            best = best.max(v.as_u64().unwrap_or(0));
+            best >= 20_000_000
+        },
+    );
     println!("fast pipeline: the page showed at most {best} values/s");
     shown?;
 

@@ -327,7 +327,7 @@ impl Hub {
 
     /// Registers an updates client: from now until the guard drops, emissions are counted
     /// and their last texts kept.
-    fn watch_emissions(self: &Arc<Hub>) -> UpdatesGuard {
+    pub fn watch_emissions(self: &Arc<Hub>) -> UpdatesGuard {
         self.n_updates.fetch_add(1, Ordering::AcqRel);
         UpdatesGuard(self.clone())
     }
@@ -395,7 +395,8 @@ impl EventSink for Hub {
 
 /// An updates client's registration (see [`Hub::watch_emissions`]): when the last one
 /// drops, the hub forgets the emissions it kept.
-struct UpdatesGuard(Arc<Hub>);
+#[derive(Debug)]
+pub struct UpdatesGuard(Arc<Hub>);
 
 impl Drop for UpdatesGuard {
     fn drop(&mut self) {

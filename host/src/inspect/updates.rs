@@ -179,11 +179,15 @@ impl Part for Tracks {
     }
 }
 
+/// One pipeline's counts as a client last read them: the counters, their cells by path
+/// ([`count_cells`]), the values last sent.
+type Sent = (Arc<Counts>, Vec<(String, usize)>, Vec<u64>);
+
 /// `counts`: `{path: emissions}` for the tracks whose count changed.
 #[derive(Default)]
 struct CountsPart {
-    /// Per pipeline: the counters last read, their cells by path, the values last sent.
-    pipelines: HashMap<String, (Arc<Counts>, Vec<(String, usize)>, Vec<u64>)>,
+    /// Per pipeline, what was sent.
+    pipelines: HashMap<String, Sent>,
 }
 
 impl Part for CountsPart {
