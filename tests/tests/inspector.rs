@@ -415,9 +415,7 @@ plugin_api::export_plugin!(register);
     ];
     for (h, expected) in cases {
         for path in ["/", "/api/snapshot", "/api/events", "/api/updates"] {
-            let status = if expected == 200
-                && path.starts_with("/api/events") | path.starts_with("/api/updates")
-            {
+            let status = if expected == 200 && matches!(path, "/api/events" | "/api/updates") {
                 // A stream never ends: only its status line is read.
                 let mut conn = TcpStream::connect(addr)?;
                 write!(
