@@ -839,6 +839,16 @@ fn page_in_chromium() -> anyhow::Result<()> {
             .is_some_and(|a| a.iter().any(|m| m == "counter|1:scan=swapped")),
         "{marked}"
     );
+    // The state column shows what v4 did to each state: the scan's total kept.
+    page.eval_until(
+        "v4's state change of the scan",
+        r#"document.querySelector('tr.track[data-path="counter|1:scan"] td.state')?.textContent"#,
+        EMISSION_TIMEOUT,
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains(" → ") && t.ends_with("(kept)"))
+        },
+    )?;
     let error_versions =
         "[...document.querySelectorAll('#errors li.error')].map(e => e.dataset.version)";
     page.eval_until("v4's errors only", error_versions, EMISSION_TIMEOUT, |v| {
