@@ -885,6 +885,7 @@ fn page_in_chromium() -> anyhow::Result<()> {
         all.as_array().map_or(0, Vec::len) >= 12,
         "not every track: {all}"
     );
+    page.screenshot(&shots.join("6-every-version.png"))?;
     host.stop();
     Ok(())
 }
