@@ -375,13 +375,25 @@ impl EventSink for Hub {
     }
 
     fn emission(&self, pipeline: &str, version: u64, value: &str) {
-        // With an updates client connected, the emission is counted and its text kept (the
-        // last few per pipeline); with none, that costs one relaxed load.
+        // With no client of either kind, the emission goes on borrowed (the printer copies
+        // it into recycled strings), as without the inspector: two relaxed loads.
+        if self.n_updates.load(Ordering::Relaxed) == 0
+            && self.n_clients.load(Ordering::Relaxed) == 0
+        {
+            return self.inner.emission(pipeline, version, value);
+        }
+        self.emission_watched(pipeline, version, value);
+    }
+}
+
+impl Hub {
+    /// An emission while a client is connected: an updates client counts it and keeps its
+    /// text (the last few per pipeline); an event-stream client is sent it.
+    #[inline(never)]
+    fn emission_watched(&self, pipeline: &str, version: u64, value: &str) {
         if self.n_updates.load(Ordering::Relaxed) != 0 {
             self.keep_emission(pipeline, version, value);
         }
-        // An emission is not remembered; with no client to stream it to, it goes on borrowed
-        // (the printer copies it into recycled strings), as without the inspector.
         if self.n_clients.load(Ordering::Relaxed) == 0 {
             return self.inner.emission(pipeline, version, value);
         }
