@@ -490,6 +490,9 @@ plugin_api::export_plugin!(register);
     );
     let (mut host, addr) = start(&fixture)?;
     host.wait_loaded()?;
+    // A client that never reads its updates: nothing is queued for it, and it slows nobody
+    // (the live client below sees the counts rise at full speed).
+    let stuck = open_sse(addr, "/api/updates")?;
     let mut updates = open_sse(addr, "/api/updates")?;
     let count = |d: &Value, path: &str| d["counts"][path].as_u64();
 
@@ -619,6 +622,7 @@ plugin_api::export_plugin!(register);
         .map(|r| &r["version"])
         .collect();
     assert_eq!(versions, [&Value::from(3)], "{d}");
+    drop(stuck);
     host.stop();
     Ok(())
 }
