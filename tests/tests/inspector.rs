@@ -693,6 +693,26 @@ fn page_in_chromium() -> anyhow::Result<()> {
     )?;
     page.screenshot(&shots.join("1-running.png"))?;
 
+    // The updates stream drops: the page loads the snapshot again and follows the updates
+    // from there (its counts go on rising).
+    let snapshots = "performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/snapshot')).length";
+    let loaded = page.eval(snapshots)?.as_u64().unwrap_or(0);
+    assert!(loaded >= 1, "the page loaded no snapshot");
+    page.eval("stream.onerror()")?;
+    page.eval_until(
+        "the snapshot loaded again",
+        snapshots,
+        EMISSION_TIMEOUT,
+        |v| v.as_u64() > Some(loaded),
+    )?;
+    let now = page.eval(count)?.as_i64().unwrap_or(0);
+    page.eval_until(
+        "the count to rise after reconnecting",
+        count,
+        EMISSION_TIMEOUT,
+        |v| v.as_i64() > Some(now + 10),
+    )?;
+
     // An edit: the new version, its tick on the rail, the swap marks, and the reload in the
     // live event log (which only the event stream fills).
     fixture.edit("src/lib.rs", "|_n: u64| 1u64", "|_n: u64| 2u64");
