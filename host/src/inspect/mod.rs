@@ -77,9 +77,10 @@ struct Record {
     /// The last `stuck` event of each pipeline whose thread is stuck, by pipeline: a lint,
     /// until a reload no longer lists the pipeline as stuck (its call returned).
     stuck: BTreeMap<String, HostEvent>,
-    /// Bumped at every change of the fields below's subjects: `tracks_at` when the tracks
-    /// (and the version) changed, `failed_at` the build or load failure, `lints_at` the
-    /// lints. An updates client sends a field when it changed after the last it sent.
+    /// The hub's sequence number, bumped at every event it records; `tracks_at`,
+    /// `failed_at` and `lints_at` hold its value when the tracks (and the version), the
+    /// build or load failure, and the lints last changed. An updates client sends a field
+    /// when it changed after the sequence number it last saw.
     seq: u64,
     tracks_at: u64,
     failed_at: u64,
