@@ -1,7 +1,11 @@
 //! The inspector's cost on the emission path: the push scenario of `summary.rs` (one value
 //! per call through map -> filter -> scan, as an interval source pushes) with the inspector
-//! off, on with no client, and on with a client reading counts and asking for state texts as
-//! fast as it can. Contenders interleaved round by round; medians; ratios against "off".
+//! off, on with no client, on with the page's updates client (`/api/updates`: a delta built
+//! and encoded every 250 ms, the state texts asked once a second), and on with a client
+//! reading counts and asking for state texts every 100 ms or as fast as it can. Then a `log`
+//! operator's value through the inspector's hub: no hub, a hub with no client, a hub with an
+//! updates client (which counts it and keeps the last texts). Contenders interleaved round
+//! by round; medians; ratios against "off".
 //!
 //! `cargo bench -p hmr-bench --bench inspector`. Results: BENCHMARKS.md.
 
@@ -11,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hmr_bench::{CountingSink, build_release, load_codes, median, ns_per};
+use host::events::{EventSink, HostEvent, Sink};
 use host::inspect::tally::Tallies;
+use host::inspect::{Hub, Inspected, updates};
 use host::loader::Loader;
 use host::runtime::Publisher;
 
@@ -87,10 +93,31 @@ fn main() -> anyhow::Result<()> {
     };
     let (polled, polling) = client(Duration::from_millis(100))?;
     let (hammered, hammering) = client(Duration::ZERO)?;
+    // The page's client: what `/api/updates` does on its connection thread, minus the socket.
+    let page_tallies = Arc::new(Tallies::default());
+    let paged = publisher(5, Some(&page_tallies))?;
+    let page = {
+        let stop = stop.clone();
+        let inspected = Inspected::new(Arc::new(Hub::new(Arc::new(Quiet))), page_tallies.clone());
+        std::thread::spawn(move || {
+            let mut parts = updates::Parts::new(&inspected, &Default::default());
+            let (mut deltas, mut bytes) = (0u64, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if let Some(d) = parts.delta(&inspected) {
+                    bytes += d.to_string().len();
+                    deltas += 1;
+                }
+                std::thread::sleep(updates::TICK.saturating_sub(t.elapsed()));
+            }
+            (deltas, bytes)
+        })
+    };
 
     let names = [
         "inspector off",
         "on, no client",
+        "on, the page's updates client",
         "on, a client every 100 ms",
         "on, a client without pause",
     ];
@@ -98,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     for round in 0..ROUNDS {
         for k in 0..names.len() {
             let i = (round + k) % names.len();
-            let p = [&off, &on, &polled, &hammered][i];
+            let p = [&off, &on, &paged, &polled, &hammered][i];
             samples[i].push(one_by_one(p));
         }
     }
@@ -107,13 +134,19 @@ fn main() -> anyhow::Result<()> {
         t.join().map_err(|_| anyhow::anyhow!("a client panicked"))
     };
     let (polls, hammers) = (join(polling)?, join(hammering)?);
-    let counts = quiet.pipeline("push").counts();
-    anyhow::ensure!(
-        counts.source() == N_PUSH * ROUNDS as u64,
-        "the inspected pipeline counted {} source values, expected {}",
-        counts.source(),
-        N_PUSH * ROUNDS as u64
-    );
+    let (deltas, delta_bytes) = page
+        .join()
+        .map_err(|_| anyhow::anyhow!("the updates client panicked"))?;
+    // Every inspected contender counted every value (the same work each).
+    for (name, t) in [("on", &quiet), ("the page's", &*page_tallies)] {
+        let counts = t.pipeline("push").counts();
+        anyhow::ensure!(
+            counts.source() == N_PUSH * ROUNDS as u64,
+            "the {name} pipeline counted {} source values, expected {}",
+            counts.source(),
+            N_PUSH * ROUNDS as u64
+        );
+    }
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     println!(
         "### Inspector cost: push source, one value per call, map -> filter -> scan ({N_PUSH} values a round, {ROUNDS} rounds, median ns per value; target: on within 1.5x of off)\n"
@@ -124,7 +157,70 @@ fn main() -> anyhow::Result<()> {
         println!("| {name} | {m:.2} | {:.2}x |", m / medians[0]);
     }
     println!(
-        "\nRounds of reads (every count, then the state texts): {polls} by the 100 ms client, {hammers} by the one without pause."
+        "\nRounds of reads (every count, then the state texts): {polls} by the 100 ms client, {hammers} by the one without pause; {deltas} deltas ({delta_bytes} bytes) built by the updates client."
     );
+    emissions_through_the_hub()
+}
+
+/// A sink that does nothing with what it is given (the printer's own cost left out).
+#[derive(Debug)]
+struct Quiet;
+
+impl EventSink for Quiet {
+    fn event(&self, event: HostEvent) {
+        black_box(event);
+    }
+
+    fn emission(&self, pipeline: &str, version: u64, value: &str) {
+        black_box((pipeline, version, value));
+    }
+}
+
+const N_EMIT: u64 = 2_000_000;
+
+fn emit(sink: &Sink) -> f64 {
+    let texts: Vec<String> = (0..1024u64).map(|n| n.to_string()).collect();
+    let started = Instant::now();
+    for n in 0..N_EMIT {
+        sink.emission("push", 1, &texts[(n % 1024) as usize]);
+    }
+    ns_per(started.elapsed(), N_EMIT)
+}
+
+/// A `log` operator's value reported through the hub, with and without an updates client.
+fn emissions_through_the_hub() -> anyhow::Result<()> {
+    let bare: Sink = Arc::new(Quiet);
+    let quiet_hub = Arc::new(Hub::new(Arc::new(Quiet)));
+    let watched_hub = Arc::new(Hub::new(Arc::new(Quiet)));
+    let _client = watched_hub.watch_emissions();
+    let (quiet, watched): (Sink, Sink) = (quiet_hub, watched_hub.clone());
+    let names = ["no inspector", "hub, no client", "hub, an updates client"];
+    let inspected = Inspected::new(watched_hub, Arc::new(Tallies::default()));
+    let mut parts = updates::Parts::new(&inspected, &Default::default());
+    let mut samples = vec![Vec::new(); names.len()];
+    for round in 0..ROUNDS {
+        for k in 0..names.len() {
+            let i = (round + k) % names.len();
+            samples[i].push(emit([&bare, &quiet, &watched][i]));
+        }
+    }
+    // The updates client was told of every emission, with the last one's text.
+    let d = parts.delta(&inspected).unwrap_or_default();
+    let e = &d["emissions"]["push"];
+    anyhow::ensure!(
+        e["count"] == N_EMIT * ROUNDS as u64
+            && e["last"][2]["value"].as_str().and_then(|v| v.parse().ok())
+                == Some((N_EMIT - 1) % 1024),
+        "the updates client was told {e}"
+    );
+    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    println!(
+        "\n### A `log` operator's value through the inspector's hub ({N_EMIT} values a round, {ROUNDS} rounds, median ns per value)\n"
+    );
+    println!("| contender | ns/value | vs no inspector |");
+    println!("|---|---:|---:|");
+    for (name, m) in names.iter().zip(&medians) {
+        println!("| {name} | {m:.2} | {:.2}x |", m / medians[0]);
+    }
     Ok(())
 }

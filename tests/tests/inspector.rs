@@ -302,11 +302,16 @@ fn read_event(
 }
 
 fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
+    open_sse(addr, "/api/events")
+}
+
+/// Opens a server-sent event stream at `path` and reads past its headers.
+fn open_sse(addr: SocketAddr, path: &str) -> anyhow::Result<BufReader<TcpStream>> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(BUILD_TIMEOUT))?;
     write!(
         conn,
-        "GET /api/events HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\n\r\n",
         addr.port()
     )?;
     let mut reader = BufReader::new(conn);
@@ -314,7 +319,7 @@ fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
     reader.read_line(&mut status)?;
     anyhow::ensure!(
         status.starts_with("HTTP/1.1 200"),
-        "events answered {status:?}"
+        "{path} answered {status:?}"
     );
     let mut header = String::new();
     let mut event_stream = false;
@@ -328,6 +333,59 @@ fn open_stream(addr: SocketAddr) -> anyhow::Result<BufReader<TcpStream>> {
     }
     anyhow::ensure!(event_stream, "no text/event-stream content type");
     Ok(reader)
+}
+
+/// One `delta` of an updates stream: its data, its size in bytes and when it arrived.
+#[derive(Debug)]
+struct Delta {
+    data: Value,
+    bytes: usize,
+    at: Instant,
+}
+
+/// Reads the next `delta` of an updates stream (skipping comments).
+fn read_delta(reader: &mut BufReader<TcpStream>) -> anyhow::Result<Delta> {
+    let mut line = String::new();
+    let mut event = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).context("waiting for a delta")? == 0 {
+            bail!("the updates stream ended");
+        }
+        let l = line.trim_end();
+        if let Some(e) = l.strip_prefix("event: ") {
+            event = e.to_owned();
+        } else if let Some(data) = l.strip_prefix("data: ") {
+            anyhow::ensure!(event == "delta", "a {event:?} message in the updates: {l}");
+            return Ok(Delta {
+                data: serde_json::from_str(data)?,
+                bytes: data.len(),
+                at: Instant::now(),
+            });
+        }
+    }
+}
+
+/// Reads deltas until one satisfies `pred` (failing after `timeout`).
+fn delta_until(
+    reader: &mut BufReader<TcpStream>,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let d = read_delta(reader)?;
+        if pred(&d.data) {
+            return Ok(d.data);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {what}; last delta {}",
+                d.data
+            );
+        }
+    }
 }
 
 #[test]
@@ -358,8 +416,8 @@ plugin_api::export_plugin!(register);
         (None, 403),
     ];
     for (h, expected) in cases {
-        for path in ["/", "/api/snapshot", "/api/events"] {
-            let status = if expected == 200 && path == "/api/events" {
+        for path in ["/", "/api/snapshot", "/api/events", "/api/updates"] {
+            let status = if expected == 200 && matches!(path, "/api/events" | "/api/updates") {
                 // A stream never ends: only its status line is read.
                 let mut conn = TcpStream::connect(addr)?;
                 write!(
@@ -406,6 +464,171 @@ plugin_api::export_plugin!(register);
     Ok(())
 }
 
+/// `/api/updates`: batched deltas, a few a second whatever the rate of values: counts that
+/// changed, state texts, the emissions of `log` operators as a count and the last few texts,
+/// a reload with its new tracks after an edit, and a stream started from a snapshot's cursor
+/// that sends what came after it.
+#[test]
+fn updates_are_batched_deltas() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "inspector_updates",
+        r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("ticks", interval_ms(5))
+        .map(|n: u64| n + 1)
+        .scan(0u64, |acc: u64, n: u64| acc + n)
+        .log();
+    p.pipeline("fast", range(0, u64::MAX))
+        .map(|n: u64| n ^ 1)
+        .filter(|n: &u64| n % 7 != 0);
+    p.pipeline("faulty", interval_ms(20))
+        .map(|n: u64| if n % 2 == 1 { panic!("odd {n}") } else { n });
+}
+
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let (mut host, addr) = start(&fixture)?;
+    host.wait_loaded()?;
+    // A client that never reads its updates: nothing is queued for it, and it slows nobody
+    // (the live client below sees the counts rise at full speed).
+    let stuck = open_sse(addr, "/api/updates")?;
+    let mut updates = open_sse(addr, "/api/updates")?;
+    let count = |d: &Value, path: &str| d["counts"][path].as_u64();
+
+    // Two seconds of deltas, under a source pushing as fast as it can.
+    let window = Duration::from_secs(2);
+    let first = read_delta(&mut updates)?;
+    let mut deltas = vec![first];
+    while deltas[deltas.len() - 1].at.duration_since(deltas[0].at) < window {
+        deltas.push(read_delta(&mut updates)?);
+    }
+    let span = deltas[deltas.len() - 1].at.duration_since(deltas[0].at);
+    // At most one every 250 ms (the first is sent at once; one more for arrival jitter).
+    let allowed = (span.as_secs_f64() / 0.25).floor() as usize + 2;
+    assert!(
+        deltas.len() <= allowed,
+        "{} deltas in {span:?}: more than 4 a second",
+        deltas.len()
+    );
+    // The fast source pushed many more values than there were messages.
+    let fast: Vec<u64> = deltas
+        .iter()
+        .filter_map(|d| count(&d.data, "fast"))
+        .collect();
+    let pushed = fast.last().copied().unwrap_or(0) - fast.first().copied().unwrap_or(0);
+    assert!(
+        fast.len() >= 3 && pushed > 1000 * deltas.len() as u64,
+        "fast counts {fast:?} over {} deltas",
+        deltas.len()
+    );
+    // A delta's size does not grow with the values: it carries counts, not values.
+    let largest = deltas.iter().map(|d| d.bytes).max().unwrap_or(0);
+    assert!(largest < 16 * 1024, "a delta of {largest} bytes");
+    // Changed counts only: the map's count rises from delta to delta.
+    let ticks: Vec<u64> = deltas
+        .iter()
+        .filter_map(|d| count(&d.data, "ticks|0:map"))
+        .collect();
+    assert!(
+        ticks.len() >= 3 && ticks.windows(2).all(|w| w[0] < w[1]),
+        "ticks|0:map counts {ticks:?}"
+    );
+    // The log's values: per delta a count and at most the last 3 texts, never one per value.
+    let logged: Vec<&Value> = deltas
+        .iter()
+        .filter_map(|d| d.data["emissions"].get("ticks"))
+        .collect();
+    let values: u64 = logged.iter().filter_map(|e| e["count"].as_u64()).sum();
+    assert!(
+        values >= 100 && logged.len() <= deltas.len(),
+        "{values} values in {} deltas",
+        logged.len()
+    );
+    for e in &logged {
+        let last = e["last"].as_array().map_or(0, Vec::len);
+        assert!((1..=3).contains(&last), "{e}");
+        assert_eq!(e["last"][0]["version"], 1, "{e}");
+    }
+    // The scan's state text comes (asked once a second), and errors with their version.
+    delta_until(&mut updates, "the scan's state", EMISSION_TIMEOUT, |d| {
+        d["states"]["ticks|1:scan"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0))
+    })?;
+    let d = delta_until(&mut updates, "errors", EMISSION_TIMEOUT, |d| {
+        d["events"]["errors"].is_array()
+    })?;
+    let e = &d["events"]["errors"][0];
+    assert_eq!(
+        (&e["event"], &e["path"], &e["version"]),
+        (
+            &Value::from("error"),
+            &Value::from("faulty|0:map"),
+            &Value::from(1)
+        ),
+        "{e}"
+    );
+
+    // An edit: a delta carries the reload and the new version's tracks.
+    fixture.edit("src/lib.rs", "n + 1", "n + 2");
+    let d = delta_until(&mut updates, "the reload", BUILD_TIMEOUT, |d| {
+        d["events"]["reloads"].is_array()
+    })?;
+    let r = &d["events"]["reloads"][0];
+    assert_eq!(
+        (&r["event"], &r["version"]),
+        (&Value::from("reload"), &Value::from(2)),
+        "{r}"
+    );
+    assert_eq!(d["tracks"]["version"], 2, "{d}");
+    assert!(
+        d["tracks"]["list"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|t| t["path"] == "ticks|1:scan")),
+        "{d}"
+    );
+    // The v2 values come with their version.
+    delta_until(&mut updates, "a v2 value", EMISSION_TIMEOUT, |d| {
+        d["emissions"]["ticks"]["last"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|v| v["version"] == 2))
+    })?;
+
+    // A stream from a snapshot's cursor sends what came after the snapshot: the next reload,
+    // not the one the snapshot holds.
+    let s = snapshot(addr)?;
+    let cursor = &s["cursor"];
+    let query: Vec<String> = ["seq", "reloads", "errors", "changes"]
+        .iter()
+        .map(|k| format!("{k}={}", cursor[k]))
+        .collect();
+    let mut from = open_sse(addr, &format!("/api/updates?{}", query.join("&")))?;
+    let first = read_delta(&mut from)?;
+    assert!(first.data.get("tracks").is_none(), "{}", first.data);
+    assert!(
+        first.data["events"].get("reloads").is_none(),
+        "{}",
+        first.data
+    );
+    fixture.edit("src/lib.rs", "n + 2", "n + 3");
+    let d = delta_until(&mut from, "the v3 reload", BUILD_TIMEOUT, |d| {
+        d["events"]["reloads"].is_array()
+    })?;
+    let versions: Vec<&Value> = d["events"]["reloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| &r["version"])
+        .collect();
+    assert_eq!(versions, [&Value::from(3)], "{d}");
+    drop(stuck);
+    host.stop();
+    Ok(())
+}
+
 /// Where the browser test leaves its screenshots, for a person to look at.
 fn screenshot_dir() -> std::path::PathBuf {
     host::testkit::fixture_target_dir()
@@ -421,6 +644,11 @@ fn page_in_chromium() -> anyhow::Result<()> {
     let fixture = Fixture::new("inspector_page", PLUGIN);
     let (mut host, addr) = start(&fixture)?;
     host.wait_loaded()?;
+    // The page reads the snapshot and the updates, not the event stream (kept for tools).
+    assert!(
+        !host::inspect::PAGE.contains("/api/events")
+            && host::inspect::PAGE.contains("/api/updates")
+    );
     let mut page = Browser::open(&chromium, &format!("http://{addr}/"))?;
     let shots = screenshot_dir();
 
@@ -466,6 +694,26 @@ fn page_in_chromium() -> anyhow::Result<()> {
         |v| v.as_u64() > Some(0),
     )?;
     page.screenshot(&shots.join("1-running.png"))?;
+
+    // The updates stream drops: the page loads the snapshot again and follows the updates
+    // from there (its counts go on rising).
+    let snapshots = "performance.getEntriesByType('resource').filter(e => e.name.endsWith('/api/snapshot')).length";
+    let loaded = page.eval(snapshots)?.as_u64().unwrap_or(0);
+    assert!(loaded >= 1, "the page loaded no snapshot");
+    page.eval("stream.onerror()")?;
+    page.eval_until(
+        "the snapshot loaded again",
+        snapshots,
+        EMISSION_TIMEOUT,
+        |v| v.as_u64() > Some(loaded),
+    )?;
+    let now = page.eval(count)?.as_i64().unwrap_or(0);
+    page.eval_until(
+        "the count to rise after reconnecting",
+        count,
+        EMISSION_TIMEOUT,
+        |v| v.as_i64() > Some(now + 10),
+    )?;
 
     // An edit: the new version, its tick on the rail, the swap marks, and the reload in the
     // live event log (which only the event stream fills).
@@ -566,6 +814,104 @@ fn page_in_chromium() -> anyhow::Result<()> {
         |v| v == "v3",
     )?;
     page.screenshot(&shots.join("4-fixed.png"))?;
+
+    // Errors pinned to their track keep their history per version: the faulty map panicked
+    // under v1 and under v3 (and v2). (The v2 tick clicked above selected v2: a second click
+    // clears the selection.)
+    page.eval("document.querySelector('#rail li.reload[data-version=\"2\"]').click()")?;
+    let history = r#"(() => { const b = document.querySelector('tr.track[data-path="faulty|0:map"] [data-errors]');
+        return b ? b.dataset.versions : ""; })()"#;
+    page.eval_until(
+        "the faulty map's errors under v1 and v3",
+        history,
+        EMISSION_TIMEOUT,
+        |v| {
+            v.as_str().is_some_and(|h| {
+                h.split(',').any(|x| x.starts_with("1:"))
+                    && h.split(',').any(|x| x.starts_with("3:"))
+            })
+        },
+    )?;
+
+    // Filter by version: v4 adds a filter to the faulty pipeline. With v4 selected the
+    // tracks shown are those v4 swapped or added (marked so), the errors v4's only; with v1
+    // selected, the tracks v1 added (not v4's filter).
+    fixture.edit(
+        "src/lib.rs",
+        "else { n });",
+        "else { n }).filter(|n: &u64| *n > 0);",
+    );
+    host.wait_reload()?;
+    page.eval_until(
+        "v4 on the page",
+        "document.getElementById('version').textContent",
+        EMISSION_TIMEOUT,
+        |v| v == "v4",
+    )?;
+    let select = |v: &str| {
+        format!(
+            "(() => {{ const s = document.getElementById('filter-version'); s.value = '{v}'; \
+             s.dispatchEvent(new Event('change')); return s.value; }})()"
+        )
+    };
+    assert_eq!(page.eval(&select("4"))?, "4");
+    let marked = page.eval_until("v4's marks", marks, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "faulty|1:filter=added"))
+    })?;
+    assert!(
+        marked
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m == "counter|1:scan=swapped")),
+        "{marked}"
+    );
+    // The state column shows what v4 did to each state: the scan's total kept.
+    page.eval_until(
+        "v4's state change of the scan",
+        r#"document.querySelector('tr.track[data-path="counter|1:scan"] td.state')?.textContent"#,
+        EMISSION_TIMEOUT,
+        |v| {
+            v.as_str()
+                .is_some_and(|t| t.contains(" → ") && t.ends_with("(kept)"))
+        },
+    )?;
+    let error_versions =
+        "[...document.querySelectorAll('#errors li.error')].map(e => e.dataset.version)";
+    page.eval_until("v4's errors only", error_versions, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x == "4"))
+    })?;
+    page.screenshot(&shots.join("5-version-4.png"))?;
+    assert_eq!(page.eval(&select("1"))?, "1");
+    let rows = "[...document.querySelectorAll('tr.track')].map(r => r.dataset.path)";
+    let shown = page.eval_until("v1's tracks", rows, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "counter|0:map"))
+    })?;
+    assert!(
+        shown
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|p| p == "faulty|1:filter")),
+        "v4's filter shown under v1: {shown}"
+    );
+    page.eval_until("v1's errors only", error_versions, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x == "1"))
+    })?;
+    // Clicking a rail tick selects its version; clicking it again clears the selection.
+    let tick = "(() => { document.querySelector('#rail li.reload[data-version=\"2\"]').click(); \
+                return document.getElementById('filter-version').value; })()";
+    assert_eq!(page.eval(tick)?, "2");
+    assert_eq!(page.eval(tick)?, "");
+    let all = page.eval_until("every track again", rows, EMISSION_TIMEOUT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "faulty|1:filter"))
+    })?;
+    assert!(
+        all.as_array().map_or(0, Vec::len) >= 12,
+        "not every track: {all}"
+    );
+    page.screenshot(&shots.join("6-every-version.png"))?;
     host.stop();
     Ok(())
 }
@@ -678,10 +1024,11 @@ fn run_time_inner_subscriptions_are_tracks() -> anyhow::Result<()> {
     assert_eq!(s["dropped"]["inner_tracks"], 0, "{s:#}");
 
     // The page: the inner rows nested and styled, the live count on the operator's row.
+    // (It stays open: later subscriptions reach it through its updates stream.)
+    use integration_tests::cdp::{Browser, chromium};
+    let mut page = Browser::open(&chromium()?, &format!("http://{addr}/"))?;
+    let inner_rows = "[...document.querySelectorAll('tr.track.inner')].map(r => r.dataset.path + '@' + parseInt(r.querySelector('td.path').style.paddingLeft))";
     {
-        use integration_tests::cdp::{Browser, chromium};
-        let mut page = Browser::open(&chromium()?, &format!("http://{addr}/"))?;
-        let inner_rows = "[...document.querySelectorAll('tr.track.inner')].map(r => r.dataset.path + '@' + parseInt(r.querySelector('td.path').style.paddingLeft))";
         page.eval_until("the inner rows", inner_rows, EMISSION_TIMEOUT, |v| {
             *v == serde_json::json!([format!("{sub1}@38"), format!("{map1}@54")])
         })?;
@@ -747,6 +1094,23 @@ fn run_time_inner_subscriptions_are_tracks() -> anyhow::Result<()> {
         track(&s, op).map(|t| &t["subscriptions"]),
         Some(&Value::from(1))
     );
+    // The page learnt of it from its deltas (it loaded its one snapshot before): #1's rows
+    // gone, #2's there with its count.
+    page.eval_until(
+        "subscription #2 on the page",
+        inner_rows,
+        EMISSION_TIMEOUT,
+        |v| *v == serde_json::json!([format!("{sub2}@38"), format!("{map2}@54")]),
+    )?;
+    let count = format!(
+        "(() => {{ const c = document.querySelector('tr.track[data-path=\"{map2}\"] td.emissions'); return c ? c.textContent : null; }})()"
+    );
+    page.eval_until(
+        "#2's map count on the page",
+        &count,
+        EMISSION_TIMEOUT,
+        |v| v == "1",
+    )?;
     host.stop();
     Ok(())
 }
@@ -808,6 +1172,141 @@ fn run_time_tracks_beyond_the_cap_are_counted_not_listed() -> anyhow::Result<()>
         let map = format!("{op}|#{id}:inner|0:map");
         assert!(paths.contains(map.as_str()), "{map} not listed");
     }
+    host.stop();
+    Ok(())
+}
+
+/// 1,000 pipelines of 10 operators (one type, built in a loop) ticking every second, and one
+/// pipeline pushing as fast as it can (a `range` batched through a `map` and a `filter`).
+const SCALE: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("fast", range(0, u64::MAX))
+        .map(|n: u64| n.wrapping_mul(3))
+        .filter(|n: &u64| n & 1 == 0);
+    for i in 0..1000 {
+        p.pipeline(&format!("p{i:04}"), interval_ms(1000))
+            .map(|n: u64| n + 1)
+            .filter(|n: &u64| *n != u64::MAX)
+            .map(|n: u64| n * 2)
+            .scan(0u64, |acc: u64, n: u64| acc.wrapping_add(n))
+            .map(|n: u64| n / 2)
+            .filter(|n: &u64| *n != 1)
+            .map(|n: u64| n + 3)
+            .map(|n: u64| n ^ 5)
+            .filter(|n: &u64| *n != u64::MAX)
+            .map(|n: u64| n);
+    }
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// The page at 10,000 tracks and 20 million values a second (issue 13: "it must stay
+/// readable"): it shows the track count, keeps the DOM small (pipelines collapsed, only the
+/// rows in view), shows the fast pipeline's rate, expands a pipeline to its tracks with
+/// rising counts, scrolls to the last pipeline, stays responsive, and its deltas stay
+/// bounded in size. Measures are printed.
+#[test]
+fn page_at_scale_in_chromium() -> anyhow::Result<()> {
+    use integration_tests::cdp::{Browser, chromium};
+    let chromium = chromium()?;
+    let fixture = Fixture::new("inspector_scale", SCALE);
+    let mut options = fixture.options();
+    // The rate a person would see from an optimised build.
+    options.release = true;
+    let (mut host, addr) = start_with(options)?;
+    host.wait_loaded()?;
+    let tracks = snapshot(addr)?["tracks"].as_array().map_or(0, Vec::len);
+    assert_eq!(tracks, 3 + 1000 * 11, "tracks in the snapshot");
+    let mut page = Browser::open(&chromium, &format!("http://{addr}/"))?;
+    let shots = screenshot_dir();
+
+    // The track count, with the pipelines collapsed: a row per pipeline, and only those in
+    // view (plus a margin) in the DOM.
+    page.eval_until(
+        "the track count",
+        "Number(document.getElementById('summary')?.dataset.tracks || 0)",
+        EMISSION_TIMEOUT,
+        |v| v.as_u64() == Some(tracks as u64),
+    )?;
+    let dom_rows = "document.querySelectorAll('#tracks tr.track').length";
+    let rows = page.eval(dom_rows)?.as_u64().unwrap_or(0);
+    assert!(rows > 10 && rows <= 100, "{rows} rows in the DOM");
+    assert_eq!(
+        page.eval("document.querySelectorAll('tr.track[data-path^=\"p0001|\"]').length")?,
+        0,
+        "pipelines start collapsed"
+    );
+
+    // The fast pipeline's rate, as the page shows it.
+    let rate = r#"(() => { const c = document.querySelector('tr.track[data-path="fast"] td.rate');
+        return c ? Number(c.textContent.replace(/,/g, '')) : 0; })()"#;
+    let mut best = 0u64;
+    let shown = page.eval_until(
+        "a rate of 20 million a second",
+        rate,
+        EMISSION_TIMEOUT,
+        |v| {
+            best = best.max(v.as_u64().unwrap_or(0));
+            best >= 20_000_000
+        },
+    );
+    println!("fast pipeline: the page showed at most {best} values/s");
+    shown?;
+
+    // A pipeline expanded shows its tracks, whose counts rise.
+    page.eval("document.querySelector('[data-toggle=\"p0007\"]').click()")?;
+    let count = r#"(() => { const c = document.querySelector('tr.track[data-path="p0007|9:map"] td.emissions');
+        return c ? Number(c.textContent.replace(/,/g, '')) : -1; })()"#;
+    let first = page
+        .eval_until("p0007's last map", count, EMISSION_TIMEOUT, |v| {
+            v.as_i64() > Some(0)
+        })?
+        .as_i64()
+        .unwrap_or(0);
+    let paths = page.eval(
+        "[...document.querySelectorAll('tr.track[data-path^=\"p0007|\"]')].map(r => r.dataset.path)",
+    )?;
+    assert_eq!(paths.as_array().map_or(0, Vec::len), 10, "{paths}");
+    page.eval_until("p0007's count to rise", count, EMISSION_TIMEOUT, |v| {
+        v.as_i64() > Some(first)
+    })?;
+    page.screenshot(&shots.join("scale-1-expanded.png"))?;
+
+    // Responsive while updates flow: DevTools round trips, each well under a second.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        page.eval("document.querySelectorAll('#tracks tr.track').length")?;
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("slowest Runtime.evaluate round trip: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+
+    // Scrolled to the end: the last pipeline, and still a bounded DOM.
+    page.eval("(() => { const s = document.getElementById('scroller'); s.scrollTop = s.scrollHeight; })()")?;
+    page.eval_until(
+        "the last pipeline in view",
+        "!!document.querySelector('tr.track[data-path=\"p0999\"]')",
+        EMISSION_TIMEOUT,
+        |v| v == true,
+    )?;
+    let rows = page.eval(dom_rows)?.as_u64().unwrap_or(0);
+    assert!(rows > 10 && rows <= 100, "{rows} rows in the DOM");
+    page.screenshot(&shots.join("scale-2-scrolled.png"))?;
+
+    // What the updates cost the page: deltas bounded by the tracks (a count each at most),
+    // whatever the values; the slowest one applied.
+    let stats = page.eval(
+        "(() => { const d = document.getElementById('status').dataset; \
+         return [Number(d.deltas), Number(d.maxDeltaBytes), Number(d.maxApplyMs)]; })()",
+    )?;
+    println!("page updates: [deltas, largest bytes, slowest ms] = {stats}");
+    let largest = stats[1].as_u64().unwrap_or(u64::MAX);
+    assert!(largest <= 48 * tracks as u64, "a delta of {largest} bytes");
     host.stop();
     Ok(())
 }

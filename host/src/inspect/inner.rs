@@ -39,6 +39,8 @@ struct Live {
 #[derive(Debug, Default)]
 pub struct RunTimeTracks {
     live: Mutex<Live>,
+    /// Bumped at every change (an updates client sends the track list again).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// What a snapshot lists of the run-time tracks.
@@ -76,6 +78,17 @@ impl RunTimeTracks {
         if live.subs.insert((pipeline.clone(), id), sub).is_none() {
             *live.on.entry(op_path).or_default() += 1;
         }
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A number that changes whenever the live run-time tracks do.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Subscription `id` of `pipeline` ended: its tracks leave.
@@ -88,6 +101,7 @@ impl RunTimeTracks {
             if *n == 0 {
                 live.on.remove(&sub.op_path);
             }
+            self.bump();
         }
     }
 

@@ -2,9 +2,11 @@
 //!
 //! - `GET /`: the page ([`PAGE`], plain HTML, CSS and JS compiled into the binary);
 //! - `GET /api/snapshot`: version, tracks with their emission counts and state texts (with
-//!   the live inner subscriptions' run-time tracks, see [`inner`]), the `reload` and `error`
-//!   events, the build failure showing (if any);
-//! - `GET /api/events`: the `--json` events as server-sent events.
+//!   the live inner subscriptions' run-time tracks, see [`inner`]), their recent values
+//!   (marbles), the `reload` and `error` events, the build failure showing (if any);
+//! - `GET /api/events`: the `--json` events as server-sent events (for tools);
+//! - `GET /api/updates`: what changed, as server-sent deltas, a few a second ([`updates`]):
+//!   what the page reads after one snapshot.
 //!
 //! Plain `std::net`: one thread accepts, one thread serves each connection (at most
 //! [`MAX_CONNECTIONS`] at once). Nothing here can change the running host. A request whose
@@ -20,8 +22,9 @@
 
 pub mod inner;
 pub mod tally;
+pub mod updates;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -67,10 +70,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Record {
     version: u64,
     tracks: Vec<TrackInfo>,
-    reloads: VecDeque<HostEvent>,
-    errors: VecDeque<HostEvent>,
-    dropped_reloads: u64,
-    dropped_errors: u64,
+    reloads: Kept<HostEvent>,
+    errors: Kept<Versioned>,
     /// cargo's rendered diagnostic, from the last build if it failed.
     build_failed: Option<String>,
     /// The last load failure, until the next good load.
@@ -78,6 +79,19 @@ struct Record {
     /// The last `stuck` event of each pipeline whose thread is stuck, by pipeline: a lint,
     /// until a reload no longer lists the pipeline as stuck (its call returned).
     stuck: BTreeMap<String, HostEvent>,
+    /// The hub's sequence number, bumped at every event it records; `tracks_at`,
+    /// `failed_at` and `lints_at` hold its value when the tracks (and the version), the
+    /// build or load failure, and the lints last changed. An updates client sends a field
+    /// when it changed after the sequence number it last saw.
+    seq: u64,
+    tracks_at: u64,
+    failed_at: u64,
+    lints_at: u64,
+    /// Errors by operator and plugin version: how many, the last message, and the number of
+    /// the last error counted (the updates send the entries changed since they last sent).
+    error_history: BTreeMap<(String, u64), (ErrorTally, u64)>,
+    /// Entries dropped from `error_history` to keep it within [`KEPT_HISTORY`].
+    dropped_history: u64,
     /// When each plugin version was loaded (the last [`KEPT_EVENTS`]): the reload lines
     /// across the marble lanes.
     loaded_at: VecDeque<(u64, Instant)>,
@@ -92,12 +106,21 @@ impl Record {
     }
 }
 
-fn push_bounded(q: &mut VecDeque<HostEvent>, e: HostEvent, dropped: &mut u64) {
-    if q.len() == KEPT_EVENTS {
-        q.pop_front();
-        *dropped += 1;
-    }
-    q.push_back(e);
+/// How many (operator, version) entries the error history keeps; the oldest versions' go
+/// first.
+pub const KEPT_HISTORY: usize = 4096;
+
+/// The errors one operator reported while one plugin version ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorTally {
+    /// The operator's path (or the pipeline's, for a failure of the pipeline).
+    pub path: String,
+    /// The plugin version running.
+    pub version: u64,
+    /// How many errors.
+    pub count: u64,
+    /// The last one's message.
+    pub last: String,
 }
 
 /// The tracks of a registration among `tracks`: the run-time ones a reload lists are those
@@ -109,6 +132,71 @@ fn registered(tracks: &[TrackInfo]) -> Vec<TrackInfo> {
         .cloned()
         .collect()
 }
+
+/// A bounded list of the last [`KEPT_EVENTS`] items, each numbered (from 1) in the order
+/// it came, with how many were dropped.
+#[derive(Debug)]
+struct Kept<T> {
+    items: VecDeque<T>,
+    /// How many came in all: the last item's number.
+    pushed: u64,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Kept<T> {
+        Kept {
+            items: VecDeque::new(),
+            pushed: 0,
+        }
+    }
+}
+
+impl<T: Clone> Kept<T> {
+    fn push(&mut self, item: T) {
+        if self.items.len() == KEPT_EVENTS {
+            self.items.pop_front();
+        }
+        self.items.push_back(item);
+        self.pushed += 1;
+    }
+
+    /// Items dropped to keep the bound.
+    fn dropped(&self) -> u64 {
+        self.pushed - self.items.len() as u64
+    }
+
+    /// The items numbered after `n`, and how many of those are no longer kept.
+    fn after(&self, n: u64) -> (Vec<T>, u64) {
+        let new = self.pushed.saturating_sub(n);
+        let kept = new.min(self.items.len() as u64);
+        let from = self.items.len() - kept as usize;
+        (self.items.range(from..).cloned().collect(), new - kept)
+    }
+}
+
+/// An event with the plugin version running when the hub saw it (an error's version: the
+/// snapshot's errors are grouped by it). Serialised as the event's fields plus `version`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Versioned {
+    /// The event.
+    #[serde(flatten)]
+    pub event: HostEvent,
+    /// The plugin version running when it was reported.
+    pub version: u64,
+}
+
+/// The emissions of one pipeline's `log` operators, while an updates client is connected:
+/// how many, and the last few texts.
+#[derive(Debug, Default)]
+struct Emitted {
+    /// Emissions since the first updates client connected.
+    total: u64,
+    /// The last [`KEPT_TEXTS`] values: number (`total` when it came), version and text.
+    last: VecDeque<(u64, u64, String)>,
+}
+
+/// How many emission texts per pipeline the hub keeps for the page (the newest).
+pub const KEPT_TEXTS: usize = 3;
 
 struct Client {
     tx: SyncSender<Arc<str>>,
@@ -123,6 +211,10 @@ pub struct Hub {
     clients: Mutex<Vec<Client>>,
     /// `clients.len()`, read without the lock: with no client, an event costs no encoding.
     n_clients: AtomicUsize,
+    /// Updates clients connected (`/api/updates`): while there are none, emissions are not
+    /// counted nor kept here (`emitted` stays empty).
+    n_updates: AtomicUsize,
+    emitted: Mutex<HashMap<String, Emitted>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -141,6 +233,8 @@ impl Hub {
             record: Mutex::default(),
             clients: Mutex::default(),
             n_clients: AtomicUsize::new(0),
+            n_updates: AtomicUsize::new(0),
+            emitted: Mutex::default(),
         }
     }
 
@@ -153,6 +247,10 @@ impl Hub {
             return;
         }
         let mut r = lock(&self.record);
+        let r = &mut *r;
+        let seq = r.seq + 1;
+        let failed = (r.build_failed.clone(), r.load_failed.clone());
+        let lints = r.stuck.len();
         match event {
             HostEvent::Loaded {
                 version, tracks, ..
@@ -160,6 +258,7 @@ impl Hub {
                 r.loaded(*version);
                 r.version = *version;
                 r.tracks = registered(tracks);
+                r.tracks_at = seq;
                 r.build_failed = None;
                 r.load_failed = None;
             }
@@ -172,11 +271,11 @@ impl Hub {
                 r.loaded(*version);
                 r.version = *version;
                 r.tracks = registered(tracks);
+                r.tracks_at = seq;
                 r.build_failed = None;
                 r.load_failed = None;
                 r.stuck.retain(|pipeline, _| stuck.contains(pipeline));
-                let r = &mut *r;
-                push_bounded(&mut r.reloads, event.clone(), &mut r.dropped_reloads);
+                r.reloads.push(event.clone());
             }
             HostEvent::Unchanged { .. } => r.build_failed = None,
             HostEvent::BuildFailed { error } => r.build_failed = Some(error.clone()),
@@ -184,15 +283,80 @@ impl Hub {
                 r.build_failed = None;
                 r.load_failed = Some(error.clone());
             }
-            HostEvent::Error { .. } => {
-                let r = &mut *r;
-                push_bounded(&mut r.errors, event.clone(), &mut r.dropped_errors);
+            HostEvent::Error { path, message, .. } => {
+                r.errors.push(Versioned {
+                    event: event.clone(),
+                    version: r.version,
+                });
+                let n = r.errors.pushed;
+                let key = (path.clone(), r.version);
+                if let Some((t, at)) = r.error_history.get_mut(&key) {
+                    t.count += 1;
+                    t.last.clone_from(message);
+                    *at = n;
+                } else {
+                    if r.error_history.len() == KEPT_HISTORY {
+                        // The oldest version's first entry goes.
+                        let oldest = r
+                            .error_history
+                            .iter()
+                            .min_by_key(|((_, v), _)| *v)
+                            .map(|(k, _)| k.clone());
+                        if let Some(k) = oldest {
+                            r.error_history.remove(&k);
+                            r.dropped_history += 1;
+                        }
+                    }
+                    let tally = ErrorTally {
+                        path: key.0.clone(),
+                        version: key.1,
+                        count: 1,
+                        last: message.clone(),
+                    };
+                    r.error_history.insert(key, (tally, n));
+                }
             }
             HostEvent::Stuck { pipeline, .. } => {
                 r.stuck.insert(pipeline.clone(), event.clone());
+                r.lints_at = seq;
             }
             _ => {}
         }
+        if (&r.build_failed, &r.load_failed) != (&failed.0, &failed.1) {
+            r.failed_at = seq;
+        }
+        if r.stuck.len() != lints {
+            r.lints_at = seq;
+        }
+        r.seq = seq;
+    }
+
+    /// Counts an emission and keeps its text (the last [`KEPT_TEXTS`] per pipeline) for the
+    /// updates clients. Called only while one is connected.
+    #[cold]
+    fn keep_emission(&self, pipeline: &str, version: u64, value: &str) {
+        let mut emitted = lock(&self.emitted);
+        let e = match emitted.get_mut(pipeline) {
+            Some(e) => e,
+            None => emitted.entry(pipeline.to_owned()).or_default(),
+        };
+        e.total += 1;
+        // The oldest text's buffer is reused for the newest.
+        let mut text = if e.last.len() == KEPT_TEXTS {
+            e.last.pop_front().map(|(_, _, t)| t).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        text.clear();
+        text.push_str(value);
+        e.last.push_back((e.total, version, text));
+    }
+
+    /// Registers an updates client: from now until the guard drops, emissions are counted
+    /// and their last texts kept.
+    pub fn watch_emissions(self: &Arc<Hub>) -> UpdatesGuard {
+        self.n_updates.fetch_add(1, Ordering::AcqRel);
+        UpdatesGuard(self.clone())
     }
 
     fn broadcast(&self, event: &HostEvent) {
@@ -238,8 +402,25 @@ impl EventSink for Hub {
     }
 
     fn emission(&self, pipeline: &str, version: u64, value: &str) {
-        // An emission is not remembered; with no client to stream it to, it goes on borrowed
-        // (the printer copies it into recycled strings), as without the inspector.
+        // With no client of either kind, the emission goes on borrowed (the printer copies
+        // it into recycled strings), as without the inspector: two relaxed loads.
+        if self.n_updates.load(Ordering::Relaxed) == 0
+            && self.n_clients.load(Ordering::Relaxed) == 0
+        {
+            return self.inner.emission(pipeline, version, value);
+        }
+        self.emission_watched(pipeline, version, value);
+    }
+}
+
+impl Hub {
+    /// An emission while a client is connected: an updates client counts it and keeps its
+    /// text (the last few per pipeline); an event-stream client is sent it.
+    #[inline(never)]
+    fn emission_watched(&self, pipeline: &str, version: u64, value: &str) {
+        if self.n_updates.load(Ordering::Relaxed) != 0 {
+            self.keep_emission(pipeline, version, value);
+        }
         if self.n_clients.load(Ordering::Relaxed) == 0 {
             return self.inner.emission(pipeline, version, value);
         }
@@ -248,6 +429,20 @@ impl EventSink for Hub {
             version,
             value: value.to_owned(),
         });
+    }
+}
+
+/// An updates client's registration (see [`Hub::watch_emissions`]): when the last one
+/// drops, the hub forgets the emissions it kept.
+#[derive(Debug)]
+pub struct UpdatesGuard(Arc<Hub>);
+
+impl Drop for UpdatesGuard {
+    fn drop(&mut self) {
+        let mut emitted = lock(&self.0.emitted);
+        if self.0.n_updates.fetch_sub(1, Ordering::AcqRel) == 1 {
+            emitted.clear();
+        }
     }
 }
 
@@ -286,9 +481,11 @@ pub struct Snapshot {
     pub tracks: Vec<TrackView>,
     /// The last [`KEPT_EVENTS`] `reload` events.
     pub reloads: Vec<HostEvent>,
-    /// The last [`KEPT_EVENTS`] `error` events.
-    pub errors: Vec<HostEvent>,
-    /// Older reloads and errors no longer kept, and run-time tracks not listed.
+    /// The last [`KEPT_EVENTS`] `error` events, each with the plugin `version` running when
+    /// it was reported.
+    pub errors: Vec<Versioned>,
+    /// Older reloads, errors and state changes no longer kept, and run-time tracks not
+    /// listed.
     pub dropped: BTreeMap<&'static str, u64>,
     /// cargo's rendered diagnostic while the last build failed, else `None`.
     pub build_failed: Option<String>,
@@ -300,6 +497,12 @@ pub struct Snapshot {
     /// Lints: the `stuck` event of each pipeline whose thread is stuck in one call into
     /// plugin code (see `runtime::STUCK_AFTER`), until a reload no longer lists it as stuck.
     pub lints: Vec<HostEvent>,
+    /// Every error counted by operator and plugin version (beyond the last
+    /// [`KEPT_EVENTS`] errors listed), the last [`KEPT_HISTORY`] entries.
+    pub error_history: Vec<ErrorTally>,
+    /// Where this snapshot stands: `GET /api/updates?` with these as its query sends what
+    /// changed after it.
+    pub cursor: updates::Cursor,
     /// The time axis' reading now, in milliseconds (marble times count on it).
     pub now_ms: u64,
     /// When each plugin version was loaded (on the marbles' time axis), oldest first.
@@ -325,32 +528,57 @@ pub struct Inspected {
     tallies: Arc<Tallies>,
 }
 
-impl Inspected {
-    /// The snapshot as of now (waits up to [`STATE_WAIT`] for state texts).
-    pub fn snapshot(&self) -> Snapshot {
-        let states = self.tallies.states(STATE_WAIT);
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut state_changes = Vec::new();
-        for (name, t) in self.tallies.all() {
-            state_changes.extend(t.changes());
-            let c = t.counts();
-            // A pipeline counts its source's values.
-            counts.insert(name, c.source());
-            // An operator counts what it emitted; a scope what its last operator emitted:
-            // walking the operators from the last, the first one met inside a scope is it.
-            let ops: Vec<(&str, u64)> = c.by_path().collect();
-            for &(path, n) in ops.iter().rev() {
-                counts.insert(path.to_owned(), n);
-                let mut outer = path;
-                while let Some((parent, _)) = outer.rsplit_once('|') {
-                    counts.entry(parent.to_owned()).or_insert(n);
-                    outer = parent;
-                }
+/// Which count each of a pipeline's tracks shows: `(path, cell)` with cell 0 the source's
+/// values (the pipeline's own track), `1 + i` operator `i`'s outputs, and a scope the cell of
+/// its last operator (walking the operators from the last, the first one met inside it).
+pub fn count_cells(pipeline: &str, counts: &tally::Counts) -> Vec<(String, usize)> {
+    let mut cells = vec![(pipeline.to_owned(), 0)];
+    let mut scopes = std::collections::HashSet::new();
+    for (i, (_, path)) in counts.ops.iter().enumerate().rev() {
+        cells.push((path.clone(), i + 1));
+        let mut outer = path.as_str();
+        while let Some((parent, _)) = outer.rsplit_once('|') {
+            if parent != pipeline && scopes.insert(parent) {
+                cells.push((parent.to_owned(), i + 1));
             }
+            outer = parent;
         }
-        // The live run-time tracks, and the counts of those listed (an inner operator
-        // counts what it emitted; its subscription's track what the last one emitted).
-        let run_time = self.tallies.run_time().listed(inner::RUN_TIME_CAP);
+    }
+    cells
+}
+
+/// The tracks listed now, in path order: the registration's (`r.tracks`) and the live
+/// run-time ones of `run_time`, each with whether it is a run-time track and, for a
+/// higher-order operator, its live inner subscriptions (listed or not).
+fn listed_tracks<'a>(
+    r: &'a Record,
+    run_time: &'a inner::Listed,
+) -> impl Iterator<Item = (&'a TrackInfo, bool, Option<u64>)> {
+    let mut tracks: Vec<(&TrackInfo, bool)> = r.tracks.iter().map(|t| (t, false)).collect();
+    if !run_time.subs.is_empty() {
+        tracks.extend(
+            run_time
+                .subs
+                .iter()
+                .flat_map(|(_, _, ts)| ts)
+                .map(|t| (t, true)),
+        );
+        tracks.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    }
+    tracks.into_iter().map(|(t, inner)| {
+        let subscriptions = matches!(
+            &*t.kind,
+            "switch_map" | "merge_map" | "concat_map" | "exhaust_map"
+        )
+        .then(|| run_time.live_on.get(&t.path).copied().unwrap_or(0));
+        (t, inner, subscriptions)
+    })
+}
+
+impl Inspected {
+    /// Hands `out` the count of each run-time track `run_time` lists: an inner operator
+    /// counts what it emitted, its subscription's track what the last one emitted.
+    fn inner_counts(&self, run_time: &inner::Listed, mut out: impl FnMut(String, u64)) {
         let mut by_pipeline: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
         for (pipeline, id, _) in &run_time.subs {
             by_pipeline.entry(pipeline).or_default().push(*id);
@@ -358,53 +586,75 @@ impl Inspected {
         for (pipeline, ids) in by_pipeline {
             for c in self.tallies.pipeline(pipeline).inner_counts(ids) {
                 let ops: Vec<(&str, u64)> = c.by_path().collect();
+                let mut seen = std::collections::HashSet::new();
                 for &(path, n) in ops.iter().rev() {
-                    counts.insert(path.to_owned(), n);
+                    out(path.to_owned(), n);
+                    seen.insert(path);
                     // Up to the subscription's own track, not beyond: the higher-order
-                    // operator counts what it emitted itself.
+                    // operator counts what it emitted itself. The last operator met first
+                    // gives each enclosing track that is not an operator its count.
                     let mut outer = path;
                     while let Some((parent, _)) = outer.rsplit_once('|')
                         && inner::is_run_time(parent)
                     {
-                        counts.entry(parent.to_owned()).or_insert(n);
+                        if seen.insert(parent) {
+                            out(parent.to_owned(), n);
+                        }
                         outer = parent;
                     }
                 }
             }
         }
-        let r = lock(&self.hub.record);
-        let view = |t: &TrackInfo, inner: bool| TrackView {
-            path: t.path.clone(),
-            kind: t.kind.clone(),
-            version: t.version,
-            emissions: counts.get(&t.path).copied(),
-            state: states.get(&t.path).cloned().flatten(),
-            inner,
-            subscriptions: matches!(
-                &*t.kind,
-                "switch_map" | "merge_map" | "concat_map" | "exhaust_map"
-            )
-            .then(|| run_time.live_on.get(&t.path).copied().unwrap_or(0)),
-        };
-        let mut tracks: Vec<TrackView> = r.tracks.iter().map(|t| view(t, false)).collect();
-        if !run_time.subs.is_empty() {
-            tracks.extend(
-                run_time
-                    .subs
-                    .iter()
-                    .flat_map(|(_, _, ts)| ts)
-                    .map(|t| view(t, true)),
-            );
-            tracks.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+
+    /// The parts of a running inspector, for a caller that reports events through `hub` and
+    /// counts into `tallies` without serving them (a bench, a test of the updates).
+    pub fn new(hub: Arc<Hub>, tallies: Arc<Tallies>) -> Inspected {
+        Inspected { hub, tallies }
+    }
+
+    /// The snapshot as of now (waits up to [`STATE_WAIT`] for state texts).
+    pub fn snapshot(&self) -> Snapshot {
+        let last_change = self.tallies.last_change();
+        let states = self.tallies.states(STATE_WAIT);
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut state_changes = Vec::new();
+        for (name, t) in self.tallies.all() {
+            state_changes.extend(t.changes());
+            let c = t.counts();
+            for (path, cell) in count_cells(&name, &c) {
+                counts.insert(path, c.cells[cell].load(Ordering::Relaxed));
+            }
         }
+        // The live run-time tracks, and the counts of those listed (their generation read
+        // first: a change after it is sent again by an updates stream from this cursor).
+        let run_time_generation = self.tallies.run_time().generation();
+        let run_time = self.tallies.run_time().listed(inner::RUN_TIME_CAP);
+        self.inner_counts(&run_time, |path, n| {
+            counts.insert(path, n);
+        });
+        let r = lock(&self.hub.record);
+        let tracks = listed_tracks(&r, &run_time)
+            .map(|(t, inner, subscriptions)| TrackView {
+                path: t.path.clone(),
+                kind: t.kind.clone(),
+                version: t.version,
+                emissions: counts.get(&t.path).copied(),
+                state: states.get(&t.path).cloned().flatten(),
+                inner,
+                subscriptions,
+            })
+            .collect();
         Snapshot {
             version: r.version,
             tracks,
-            reloads: r.reloads.iter().cloned().collect(),
-            errors: r.errors.iter().cloned().collect(),
+            reloads: r.reloads.items.iter().cloned().collect(),
+            errors: r.errors.items.iter().cloned().collect(),
             dropped: BTreeMap::from([
-                ("reloads", r.dropped_reloads),
-                ("errors", r.dropped_errors),
+                ("reloads", r.reloads.dropped()),
+                ("errors", r.errors.dropped()),
+                ("state_changes", self.tallies.dropped_changes()),
+                ("error_history", r.dropped_history),
                 ("inner_tracks", run_time.dropped),
             ]),
             build_failed: r.build_failed.clone(),
@@ -424,6 +674,14 @@ impl Inspected {
                 })
                 .collect(),
             marbles: self.tallies.lanes(),
+            error_history: r.error_history.values().map(|(t, _)| t.clone()).collect(),
+            cursor: updates::Cursor {
+                seq: r.seq,
+                reloads: r.reloads.pushed,
+                errors: r.errors.pushed,
+                changes: last_change,
+                run_time: run_time_generation,
+            },
         }
     }
 }
@@ -562,6 +820,7 @@ fn accept_loop(
 struct Request {
     method: String,
     path: String,
+    query: String,
     host: Option<String>,
 }
 
@@ -575,11 +834,9 @@ fn read_request(conn: &TcpStream) -> anyhow::Result<Request> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_owned();
     let target = parts.next().unwrap_or_default();
-    let path = target
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let target = target.split('#').next().unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
     let mut host = None;
     loop {
         let mut h = String::new();
@@ -596,7 +853,12 @@ fn read_request(conn: &TcpStream) -> anyhow::Result<Request> {
             host = Some(value.trim().to_owned());
         }
     }
-    Ok(Request { method, path, host })
+    Ok(Request {
+        method,
+        path,
+        query,
+        host,
+    })
 }
 
 /// Whether `host` (a `Host` header) names the inspector itself.
@@ -674,6 +936,7 @@ fn serve(
             respond(&mut conn, 200, "application/json", &body)?;
         }
         "/api/events" => stream_events(conn, &inspected.hub, stop)?,
+        "/api/updates" => updates::stream(conn, inspected, &req.query, stop)?,
         _ => respond(&mut conn, 404, "text/plain", b"not found\n")?,
     }
     Ok(())
@@ -804,8 +1067,10 @@ mod tests {
             });
         }
         let r = lock(&hub.record);
-        assert_eq!(r.errors.len(), KEPT_EVENTS);
-        assert_eq!(r.dropped_errors, 3);
-        assert!(matches!(&r.errors[0], HostEvent::Error { path, .. } if path == "p|3:map"));
+        assert_eq!(r.errors.items.len(), KEPT_EVENTS);
+        assert_eq!(r.errors.dropped(), 3);
+        assert!(
+            matches!(&r.errors.items[0].event, HostEvent::Error { path, .. } if path == "p|3:map")
+        );
     }
 }

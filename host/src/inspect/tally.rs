@@ -45,6 +45,10 @@ pub const KEPT_CHANGES: usize = 256;
 /// code starts from).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StateChange {
+    /// Its number among every pipeline's state changes (from 1), for the page's updates
+    /// (which send the changes newer than the last they sent).
+    #[serde(skip)]
+    pub seq: u64,
     /// The plugin version the thread moved to.
     pub version: u64,
     /// The operator.
@@ -193,10 +197,22 @@ pub struct PipelineTally {
     lanes: Mutex<BTreeMap<String, VecDeque<Marble>>>,
     /// The counters of each live inner subscription, by its number ([`InnerTally`]).
     inners: Mutex<HashMap<u64, Arc<Counts>>>,
+    /// Shared by every pipeline's tally: numbers the state changes, and counts the ones no
+    /// longer kept.
+    seqs: Arc<ChangeSeqs>,
+}
+
+/// The numbering of state changes across pipelines.
+#[derive(Debug, Default)]
+struct ChangeSeqs {
+    /// The last number given.
+    last: AtomicU64,
+    /// Changes dropped from a full pipeline's record.
+    dropped: AtomicU64,
 }
 
 impl PipelineTally {
-    fn new(name: &str, origin: Instant) -> PipelineTally {
+    fn new(name: &str, origin: Instant, seqs: Arc<ChangeSeqs>) -> PipelineTally {
         PipelineTally {
             name: name.to_owned(),
             origin,
@@ -207,6 +223,7 @@ impl PipelineTally {
             changes: Mutex::default(),
             lanes: Mutex::default(),
             inners: Mutex::default(),
+            seqs,
         }
     }
 
@@ -293,8 +310,10 @@ impl PipelineTally {
             }
             if changes.len() == KEPT_CHANGES {
                 changes.pop_front();
+                self.seqs.dropped.fetch_add(1, Ordering::Relaxed);
             }
             changes.push_back(StateChange {
+                seq: self.seqs.last.fetch_add(1, Ordering::Relaxed) + 1,
                 version,
                 path: path.clone(),
                 before: before
@@ -310,6 +329,30 @@ impl PipelineTally {
     /// The state changes recorded, oldest first.
     pub fn changes(&self) -> Vec<StateChange> {
         lock(&self.changes).iter().cloned().collect()
+    }
+
+    /// The state changes numbered after `seq`, oldest first.
+    pub fn changes_after(&self, seq: u64) -> Vec<StateChange> {
+        let changes = lock(&self.changes);
+        let newer = changes.partition_point(|c| c.seq <= seq);
+        changes.range(newer..).cloned().collect()
+    }
+
+    /// Asks the pipeline's thread for fresh state texts without waiting for them: it
+    /// answers after its next call into the plugin ([`PipelineTally::last_states`] reads it).
+    pub fn ask_states(&self) {
+        self.want_state.store(true, Ordering::Relaxed);
+    }
+
+    /// The texts of the thread's last answer and how many answers it gave (0: none yet).
+    pub fn last_states(&self) -> (u64, Vec<(String, Option<String>)>) {
+        let s = lock(&self.states);
+        (s.seq, s.texts.clone())
+    }
+
+    /// How many answers the thread gave so far.
+    pub fn answers(&self) -> u64 {
+        lock(&self.states).seq
     }
 
     /// The driver's answer: the state texts of its operators.
@@ -403,6 +446,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Tallies {
     pipelines: Mutex<BTreeMap<String, Arc<PipelineTally>>>,
     run_time: super::inner::RunTimeTracks,
+    seqs: Arc<ChangeSeqs>,
     /// Where marble times count from.
     origin: Instant,
 }
@@ -412,6 +456,7 @@ impl Default for Tallies {
         Tallies {
             pipelines: Mutex::default(),
             run_time: Default::default(),
+            seqs: Arc::default(),
             origin: Instant::now(),
         }
     }
@@ -427,7 +472,7 @@ impl Tallies {
     pub fn pipeline(&self, name: &str) -> Arc<PipelineTally> {
         lock(&self.pipelines)
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(PipelineTally::new(name, self.origin)))
+            .or_insert_with(|| Arc::new(PipelineTally::new(name, self.origin, self.seqs.clone())))
             .clone()
     }
 
@@ -465,6 +510,23 @@ impl Tallies {
             .iter()
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect()
+    }
+
+    /// The number of the last state change recorded (0: none yet).
+    pub fn last_change(&self) -> u64 {
+        self.seqs.last.load(Ordering::Relaxed)
+    }
+
+    /// State changes dropped because their pipeline's record was full.
+    pub fn dropped_changes(&self) -> u64 {
+        self.seqs.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Asks every pipeline's thread for fresh state texts, without waiting.
+    pub fn ask_states(&self) {
+        for (_, t) in self.all() {
+            t.ask_states();
+        }
     }
 
     /// State texts of every pipeline, asked of all at once and waited for `wait` at most.
