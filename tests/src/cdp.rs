@@ -13,6 +13,14 @@ use anyhow::{Context, bail};
 use host::testkit::{TempDir, workspace_root};
 use serde_json::{Value, json};
 
+/// Where the browser tests leave their screenshots, for a person to look at.
+pub fn screenshot_dir() -> PathBuf {
+    host::testkit::fixture_target_dir()
+        .parent()
+        .map(|p| p.join("inspector-screenshots"))
+        .unwrap_or_else(|| PathBuf::from("inspector-screenshots"))
+}
+
 /// Makes sure Chromium is installed (`scripts/install-chromium.sh`, which installs Debian's
 /// `chromium` package where it is missing) and returns its path. Fails, never skips, when it
 /// cannot be had.

@@ -195,6 +195,55 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
         n1 - n0
     );
 
+    // The page: the first pipeline's lanes at first (`fast`), then `ticks`' when chosen:
+    // marbles on each of its tracks, their values in their titles.
+    use integration_tests::cdp::{Browser, chromium, screenshot_dir};
+    let mut page = Browser::open(&chromium()?, &format!("http://{addr}/"))?;
+    let on_page = |path: &str| {
+        format!(
+            "[...document.querySelectorAll('[data-lane=\"{path}\"] circle.marble')].map(c => c.dataset.version + ':' + c.querySelector('title').textContent.split(': ').slice(1).join(': '))"
+        )
+    };
+    let marbles = |v: &Value| -> Vec<(u64, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let (version, value) = m.as_str()?.split_once(':')?;
+                Some((version.parse().ok()?, value.to_owned()))
+            })
+            .collect()
+    };
+    page.eval_until(
+        "fast's lanes",
+        &on_page("fast|0:map"),
+        EMISSION_TIMEOUT,
+        |v| marbles(v).len() >= 3,
+    )?;
+    page.eval(
+        "(() => { const s = document.getElementById('lanes-pipeline'); s.value = 'ticks'; \
+         s.dispatchEvent(new Event('change')); })()",
+    )?;
+    let v = page.eval_until(
+        "ticks' lanes",
+        &on_page("ticks|1:filter"),
+        EMISSION_TIMEOUT,
+        |v| marbles(v).len() >= 3,
+    )?;
+    assert!(
+        marbles(&v)
+            .iter()
+            .all(|(version, n)| *version == 1 && n.parse::<u64>().is_ok_and(|n| n % 4 == 0)),
+        "{v}"
+    );
+    let lanes =
+        page.eval("[...document.querySelectorAll('#lanes [data-lane]')].map(l => l.dataset.lane)")?;
+    assert_eq!(
+        lanes,
+        serde_json::json!(["ticks", "ticks|0:map", "ticks|1:filter", "ticks|2:log"]),
+        "the lanes of ticks, its source first"
+    );
+
     // A reload: the map's new code gives multiples of 6 and its marbles say version 2; the
     // old code's marbles stay in the lane, marked version 1, before the new ones.
     fixture.edit("src/lib.rs", "n * 2)", "n * 6)");
@@ -220,6 +269,31 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
         loaded >= t1 && loaded <= s["now_ms"].as_u64().unwrap_or(0),
         "loaded at {loaded}: {s:#}"
     );
+    // On the page: version 2's marbles in the map's lane after version 1's, each version's
+    // colour in the legend, the reload drawn across the lanes.
+    let v = page.eval_until(
+        "v2 marbles on the page",
+        &on_page("ticks|0:map"),
+        EMISSION_TIMEOUT,
+        |v| marbles(v).iter().filter(|m| m.0 == 2).count() >= 2,
+    )?;
+    let got = marbles(&v);
+    assert!(
+        got.iter().any(|m| m.0 == 1)
+            && got.windows(2).all(|w| w[0].0 <= w[1].0)
+            && got
+                .iter()
+                .filter(|m| m.0 == 2)
+                .all(|m| m.1.parse::<u64>().is_ok_and(|n| n % 6 == 0)),
+        "{v}"
+    );
+    let reloads = page.eval(
+        "[...document.querySelectorAll('[data-lane=\"ticks|0:map\"] line.reload')].map(l => l.dataset.version)",
+    )?;
+    assert_eq!(reloads, serde_json::json!(["2"]), "the reload line");
+    let legend = page.eval("document.getElementById('lanes-legend').textContent")?;
+    assert_eq!(legend, "v1v2", "the legend");
+    page.screenshot(&screenshot_dir().join("marbles.png"))?;
 
     // A removed track's lane goes with it.
     fixture.edit("src/lib.rs", ".filter(|n: &u64| n % 4 == 0)", "");
@@ -229,6 +303,13 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
     })?;
     assert!(lane(&s, "ticks|1:filter").is_none(), "{s:#}");
     assert!(lane(&s, "ticks|2:log").is_none(), "{s:#}");
+    let lanes = "[...document.querySelectorAll('#lanes [data-lane]')].map(l => l.dataset.lane)";
+    page.eval_until(
+        "the page's lanes after the edit",
+        lanes,
+        EMISSION_TIMEOUT,
+        |v| *v == serde_json::json!(["ticks", "ticks|0:map", "ticks|1:log"]),
+    )?;
     host.stop();
     Ok(())
 }

@@ -576,6 +576,17 @@ fn listed_tracks<'a>(
 }
 
 impl Inspected {
+    /// When each plugin version `r` remembers was loaded, on the marbles' time axis.
+    fn versions(&self, r: &Record) -> Vec<VersionAt> {
+        r.loaded_at
+            .iter()
+            .map(|&(version, at)| VersionAt {
+                version,
+                at_ms: self.tallies.ms_at(at),
+            })
+            .collect()
+    }
+
     /// Hands `out` the count of each run-time track `run_time` lists: an inner operator
     /// counts what it emitted, its subscription's track what the last one emitted.
     fn inner_counts(&self, run_time: &inner::Listed, mut out: impl FnMut(String, u64)) {
@@ -613,8 +624,15 @@ impl Inspected {
         Inspected { hub, tallies }
     }
 
-    /// The snapshot as of now (waits up to [`STATE_WAIT`] for state texts).
+    /// The snapshot as of now (waits up to [`STATE_WAIT`] for state texts), with every
+    /// pipeline's marble lanes.
     pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_with(None)
+    }
+
+    /// [`Inspected::snapshot`] with the marble lanes of pipeline `lanes` only (`Some("")`:
+    /// none; `None`: every pipeline's): the query `?lanes=NAME` of `GET /api/snapshot`.
+    pub fn snapshot_with(&self, lanes: Option<&str>) -> Snapshot {
         let last_change = self.tallies.last_change();
         let states = self.tallies.states(STATE_WAIT);
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -665,15 +683,8 @@ impl Inspected {
             },
             lints: r.stuck.values().cloned().collect(),
             now_ms: self.tallies.now_ms(),
-            versions: r
-                .loaded_at
-                .iter()
-                .map(|&(version, at)| VersionAt {
-                    version,
-                    at_ms: self.tallies.ms_at(at),
-                })
-                .collect(),
-            marbles: self.tallies.lanes(),
+            versions: self.versions(&r),
+            marbles: self.tallies.lanes(lanes),
             error_history: r.error_history.values().map(|(t, _)| t.clone()).collect(),
             cursor: updates::Cursor {
                 seq: r.seq,
@@ -931,8 +942,9 @@ fn serve(
             respond(&mut conn, 200, "text/html; charset=utf-8", PAGE.as_bytes())?
         }
         "/api/snapshot" => {
-            let body =
-                serde_json::to_vec(&inspected.snapshot()).context("cannot encode the snapshot")?;
+            let lanes = updates::query_value(&req.query, "lanes");
+            let body = serde_json::to_vec(&inspected.snapshot_with(lanes.as_deref()))
+                .context("cannot encode the snapshot")?;
             respond(&mut conn, 200, "application/json", &body)?;
         }
         "/api/events" => stream_events(conn, &inspected.hub, stop)?,

@@ -163,6 +163,15 @@ pub struct Marble {
     pub version: u64,
     /// Its Debug text.
     pub value: String,
+    /// Its number among its pipeline's marbles (from 1): what an updates client sent last.
+    pub seq: u64,
+}
+
+/// A pipeline's lanes and the number of its last marble.
+#[derive(Debug, Default)]
+struct Lanes {
+    by_path: BTreeMap<String, VecDeque<Marble>>,
+    seq: u64,
 }
 
 /// A track's recent values, oldest first.
@@ -194,7 +203,7 @@ pub struct PipelineTally {
     answered: Condvar,
     changes: Mutex<VecDeque<StateChange>>,
     /// Recent values by track path (the current code's tracks and the source's).
-    lanes: Mutex<BTreeMap<String, VecDeque<Marble>>>,
+    lanes: Mutex<Lanes>,
     /// The counters of each live inner subscription, by its number ([`InnerTally`]).
     inners: Mutex<HashMap<u64, Arc<Counts>>>,
     /// Shared by every pipeline's tally: numbers the state changes, and counts the ones no
@@ -237,9 +246,11 @@ impl PipelineTally {
         };
         let t_ms = self.origin.elapsed().as_millis() as u64;
         let mut lanes = lock(&self.lanes);
-        let lane = match lanes.get_mut(path) {
+        lanes.seq += 1;
+        let seq = lanes.seq;
+        let lane = match lanes.by_path.get_mut(path) {
             Some(lane) => lane,
-            None => lanes.entry(path.to_owned()).or_default(),
+            None => lanes.by_path.entry(path.to_owned()).or_default(),
         };
         if lane.len() == MARBLES_PER_TRACK {
             lane.pop_front();
@@ -248,18 +259,31 @@ impl PipelineTally {
             t_ms,
             version,
             value: value.to_owned(),
+            seq,
         });
     }
 
     /// The recent values of each track, by path.
     pub fn lanes(&self) -> Vec<Lane> {
-        lock(&self.lanes)
+        self.lanes_after(0).0
+    }
+
+    /// The marbles numbered after `seq`, by lane (the lanes with any), and the number of the
+    /// last marble.
+    pub fn lanes_after(&self, seq: u64) -> (Vec<Lane>, u64) {
+        let lanes = lock(&self.lanes);
+        let out = lanes
+            .by_path
             .iter()
-            .map(|(path, m)| Lane {
-                path: path.clone(),
-                marbles: m.iter().cloned().collect(),
+            .filter_map(|(path, m)| {
+                let marbles: Vec<Marble> = m.iter().filter(|x| x.seq > seq).cloned().collect();
+                (!marbles.is_empty()).then(|| Lane {
+                    path: path.clone(),
+                    marbles,
+                })
             })
-            .collect()
+            .collect();
+        (out, lanes.seq)
     }
 
     /// The counters of the live inner subscriptions numbered `ids` (those the pipeline has:
@@ -283,6 +307,7 @@ impl PipelineTally {
         self.counts.store(counts.clone());
         // The lanes of tracks the code no longer has go (bounded by the tracks there are).
         lock(&self.lanes)
+            .by_path
             .retain(|path, _| *path == self.name || counts.ops.iter().any(|(_, p)| p == path));
         counts
     }
@@ -476,6 +501,11 @@ impl Tallies {
             .clone()
     }
 
+    /// The tally of pipeline `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<Arc<PipelineTally>> {
+        lock(&self.pipelines).get(name).cloned()
+    }
+
     /// Milliseconds since the tallies were made: the time axis of the marbles.
     pub fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
@@ -496,10 +526,11 @@ impl Tallies {
         }
     }
 
-    /// Every pipeline's lanes.
-    pub fn lanes(&self) -> Vec<Lane> {
+    /// The lanes of every pipeline, or of pipeline `only`.
+    pub fn lanes(&self, only: Option<&str>) -> Vec<Lane> {
         self.all()
             .into_iter()
+            .filter(|(name, _)| only.is_none_or(|o| o == name))
             .flat_map(|(_, t)| t.lanes())
             .collect()
     }

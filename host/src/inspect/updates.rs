@@ -66,6 +66,40 @@ impl Cursor {
     }
 }
 
+/// The value of `key` in `query` (`a=1&lanes=my%20pipe`), decoded (`%XX`, `+`); `None`
+/// when it is not there.
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        })
+        .or_else(|| query.split('&').any(|k| k == key).then_some(""))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// What a part reads from.
 pub struct Now<'a> {
     /// The inspector's shared parts.
@@ -136,10 +170,19 @@ impl Parts {
             Box::new(Lints { at: at("seq", seq) }),
             Box::new(Emissions { sent: emitted }),
             Box::new(Dropped::default()),
+            Box::new(Versions::default()),
         ];
         Parts {
             parts,
             started: Instant::now(),
+        }
+    }
+
+    /// Sends the marbles of `pipeline` too (`?lanes=NAME`): all it keeps in the next delta,
+    /// then the new ones. Without it (or with `None`) no marbles are sent.
+    pub fn watch_lanes(&mut self, pipeline: Option<String>) {
+        if let Some(pipeline) = pipeline.filter(|p| !p.is_empty()) {
+            self.parts.push(Box::new(Marbles { pipeline, after: 0 }));
         }
     }
 
@@ -514,6 +557,55 @@ impl Part for Dropped {
     }
 }
 
+/// `marbles`: `{pipeline, now_ms, lanes: [{path, marbles: [{t_ms, version, value, seq}]}]}`,
+/// the watched pipeline's marbles numbered after the last sent (at most
+/// [`super::tally::MARBLES_PER_TRACK`] per lane and a few a second: the sampler's rate).
+struct Marbles {
+    pipeline: String,
+    after: u64,
+}
+
+impl Part for Marbles {
+    fn name(&self) -> &'static str {
+        "marbles"
+    }
+
+    fn next(&mut self, now: &Now<'_>) -> Option<Value> {
+        let tallies = &now.inspected.tallies;
+        let (lanes, last) = tallies.get(&self.pipeline)?.lanes_after(self.after);
+        if lanes.is_empty() {
+            return None;
+        }
+        self.after = last;
+        Some(json!({"pipeline": self.pipeline, "now_ms": tallies.now_ms(), "lanes": lanes}))
+    }
+}
+
+/// `versions`: `{now_ms, list: [{version, at_ms}]}`, when each plugin version was loaded on
+/// the marbles' time axis, when a version was loaded since the last sent.
+#[derive(Default)]
+struct Versions {
+    sent: Option<(usize, u64)>,
+}
+
+impl Part for Versions {
+    fn name(&self) -> &'static str {
+        "versions"
+    }
+
+    fn next(&mut self, now: &Now<'_>) -> Option<Value> {
+        let r = lock(&now.inspected.hub.record);
+        let key = (r.loaded_at.len(), r.loaded_at.back().map_or(0, |(v, _)| *v));
+        if self.sent == Some(key) {
+            return None;
+        }
+        self.sent = Some(key);
+        let list = now.inspected.versions(&r);
+        drop(r);
+        Some(json!({"now_ms": now.inspected.tallies.now_ms(), "list": list}))
+    }
+}
+
 /// Whether the peer closed the connection (a read would say end of file), without waiting.
 fn closed(conn: &TcpStream) -> bool {
     if conn.set_nonblocking(true).is_err() {
@@ -538,6 +630,7 @@ pub(super) fn stream(
     conn.flush()?;
     let _guard = inspected.hub.watch_emissions();
     let mut parts = Parts::new(inspected, &Cursor::parse(query));
+    parts.watch_lanes(query_value(query, "lanes"));
     let mut last_write = Instant::now();
     let mut out = Vec::new();
     while !stop.load(Ordering::Acquire) {
@@ -566,6 +659,25 @@ pub(super) fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_value_is_found_and_decoded() {
+        let cases = [
+            ("seq=1&lanes=counter", "lanes", Some("counter")),
+            ("lanes=my%20pipe&seq=2", "lanes", Some("my pipe")),
+            ("lanes=a+b", "lanes", Some("a b")),
+            ("lanes=", "lanes", Some("")),
+            ("lanes", "lanes", Some("")),
+            ("seq=1", "lanes", None),
+            ("", "lanes", None),
+            ("lanes=%zz%4", "lanes", Some("%zz%4")),
+            ("lanes=%C3%A9t%C3%A9", "lanes", Some("été")),
+            ("xlanes=1&lanes=2", "lanes", Some("2")),
+        ];
+        for (query, key, want) in cases {
+            assert_eq!(query_value(query, key).as_deref(), want, "{query:?}");
+        }
+    }
     use crate::events::{EventSink, HostEvent, TrackInfo};
     use crate::inspect::{Hub, tally::Tallies};
 
