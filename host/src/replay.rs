@@ -302,8 +302,9 @@ impl Recent {
     /// Takes `code`'s glue for its subject ports (when the driver starts, and when it takes
     /// new code): kept values are then dropped by that version's glue, as good as the old
     /// one's for a fingerprint-equal type, so the old version can retire. A port whose
-    /// layout changed (never, for a swap: a changed subject type restarts the pipeline) has
-    /// its values dropped by the old glue first.
+    /// layout changed (never, for a swap: a changed subject type restarts the pipeline), or
+    /// whose values became or stopped being plain bytes (a `Drop` impl added or removed: the
+    /// fingerprint does not see it), has its values dropped by the old glue first.
     pub(crate) fn set_code(&mut self, code: &PipelineCode) {
         let glue: Vec<Option<Glue>> = code
             .sources
@@ -327,8 +328,12 @@ impl Recent {
             let Some(port) = self.held[i].as_ref().map(|(p, _)| *p as usize) else {
                 continue;
             };
-            let layout = |g: &[Option<Glue>]| g.get(port).copied().flatten().map(|g| g.layout);
-            if layout(&self.glue) != layout(&glue)
+            // A value kept under other terms (another layout, or a copy of plain bytes where
+            // the new version's type has drop glue, or the other way round) goes with the glue
+            // it was kept with.
+            let terms =
+                |g: &[Option<Glue>]| g.get(port).copied().flatten().map(|g| (g.layout, g.plain));
+            if terms(&self.glue) != terms(&glue)
                 && let Some((p, room)) = self.held[i].take()
             {
                 self.free(p, room);

@@ -1144,8 +1144,18 @@ unsafe extern "C" fn cb_marble(host: *mut c_void, op: u32, text: RStr) {
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
         if let Some(t) = &h.tally {
+            // The path in the code this driver runs (a retiring thread's marbles land in
+            // its own code's lanes, not in the new code's at the same number).
+            let paths = h.paths.borrow();
+            let path = match op {
+                u32::MAX => &*h.pipeline,
+                op => match paths.get(op as usize) {
+                    Some(p) => &**p,
+                    None => return,
+                },
+            };
             t.marble(
-                op,
+                path,
                 h.version.get(),
                 &text.to_string_lossy().unwrap_or_default(),
             );

@@ -328,8 +328,19 @@ fn marble(cx: &Cx<'_>, op: u32, value: &dyn fmt::Debug) {
         let _ = fmt::write(&mut w, format_args!("{value:?}"));
         (w.len, w.full)
     }));
-    // A panicking Debug impl costs the marble.
-    let Ok((mut len, full)) = len else { return };
+    // A panicking Debug impl costs the marble: its payload is forgotten (a payload whose
+    // drop panics must not unwind from here), and the panic counts as caught, unless this
+    // runs while another panic unwinds (that one is not caught yet).
+    let (mut len, full) = match len {
+        Ok(r) => r,
+        Err(payload) => {
+            core::mem::forget(payload);
+            if !std::thread::panicking() {
+                caught();
+            }
+            return;
+        }
+    };
     if full {
         buf[len..len + ELLIPSIS.len()].copy_from_slice(ELLIPSIS.as_bytes());
         len += ELLIPSIS.len();

@@ -115,7 +115,7 @@ struct InnerObs<'a, 'c, C, T, K> {
     _t: PhantomData<fn(C, T)>,
 }
 
-impl<C: Tally, T, V: fmt::Debug, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
+impl<C: Tally, T, V, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
     #[inline(always)]
     fn next(&mut self, v: V) -> Flow {
         if self.ended {

@@ -78,6 +78,14 @@ impl Describer {
 /// not set a `#[global_allocator]` (each version would get its own, and freeing across them
 /// corrupts the heap). Plugins built as the README says use the system allocator, as the host
 /// does.
+///
+/// A type without drop glue (`!core::mem::needs_drop`) must be plain data: a copy of its
+/// bytes must be a valid value of its own, independent of the original. A replay on reload
+/// keeps a subject's value of such a type as such a copy (`SourceDesc::value_plain`), reads
+/// and clones it while the publisher's value may be gone, and never drops it. The built-in
+/// impls and [`state!`](crate::state) structs of them are; a hand-written impl for a type
+/// holding atomics, raw pointers or `ManuallyDrop` heap data is not, and must not be a
+/// subject's value type.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be kept as operator state across reloads",
     note = "declare the struct inside `plugin_api::state! {{ ... }}` so the host can fingerprint its layout"

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 /// `ticks` doubles and keeps multiples of 4; `fast` runs every millisecond (ten times the
 /// marble rate); `long` emits texts far over the marble cap; `total` has a state, so each
-/// snapshot waits for the state texts (the polling loops below do not spin).
+/// snapshot waits for the state texts (the polling loops below do not spin); `bad`'s values
+/// have a Debug impl that panics for multiples of 3.
 const PLUGIN: &str = r#"
 use plugin_api::prelude::*;
 
@@ -30,6 +31,19 @@ fn register(p: &mut Plugin) {
         .map(|n: u64| format!("{n}:{}", "é".repeat(400)));
     p.pipeline("total", interval_ms(5))
         .scan(0u64, |acc: u64, n: u64| acc + n);
+    p.pipeline("bad", interval_ms(5)).map(|n: u64| Bad(n));
+}
+
+/// A value whose Debug text panics for multiples of 3.
+struct Bad(u64);
+
+impl std::fmt::Debug for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 % 3 == 0 {
+            panic!("no text for {}", self.0);
+        }
+        write!(f, "Bad({})", self.0)
+    }
 }
 
 plugin_api::export_plugin!(register);
@@ -58,7 +72,7 @@ fn snapshot(addr: SocketAddr) -> anyhow::Result<Value> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         conn,
-        "GET /api/snapshot HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET /api/snapshot?lanes=* HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut text = String::new();
     conn.read_to_string(&mut text)?;
@@ -172,6 +186,31 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
         );
     }
 
+    // A Debug impl that panics costs its marble, nothing else: no error, the values flow on,
+    // the lane holds the texts that could be written.
+    let s = snapshot_until(addr, "bad's marbles", |s| lane_len(s, "bad|0:map") >= 3)?;
+    let bad = lane(&s, "bad|0:map").unwrap_or_default();
+    assert!(
+        bad.iter().all(|m| m
+            .2
+            .strip_prefix("Bad(")
+            .and_then(|x| x.strip_suffix(')'))
+            .and_then(|x| x.parse::<u64>().ok())
+            .is_some_and(|n| n % 3 != 0)),
+        "{bad:?}"
+    );
+    host.drain();
+    let errors: Vec<&HostEvent> = host
+        .history()
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let before = emissions(&s, "bad|0:map");
+    snapshot_until(addr, "bad's values flowing on", |s| {
+        emissions(s, "bad|0:map") > before + 20
+    })?;
+
     // The rate is bounded: `fast` emits a value a millisecond, its lane gets about one
     // marble per sampling period.
     let t0 = now;
@@ -195,7 +234,7 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
         n1 - n0
     );
 
-    // The page: the first pipeline's lanes at first (`fast`), then `ticks`' when chosen:
+    // The page: the first pipeline's lanes at first (`bad`), then `ticks`' when chosen:
     // marbles on each of its tracks, their values in their titles.
     use integration_tests::cdp::{Browser, chromium, screenshot_dir};
     let mut page = Browser::open(&chromium()?, &format!("http://{addr}/"))?;
@@ -215,8 +254,8 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
             .collect()
     };
     page.eval_until(
-        "fast's lanes",
-        &on_page("fast|0:map"),
+        "bad's lanes",
+        &on_page("bad|0:map"),
         EMISSION_TIMEOUT,
         |v| marbles(v).len() >= 3,
     )?;

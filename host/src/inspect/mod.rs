@@ -595,7 +595,10 @@ impl Inspected {
             by_pipeline.entry(pipeline).or_default().push(*id);
         }
         for (pipeline, ids) in by_pipeline {
-            for c in self.tallies.pipeline(pipeline).inner_counts(ids) {
+            let Some(tally) = self.tallies.get(pipeline) else {
+                continue;
+            };
+            for c in tally.inner_counts(ids) {
                 let ops: Vec<(&str, u64)> = c.by_path().collect();
                 let mut seen = std::collections::HashSet::new();
                 for &(path, n) in ops.iter().rev() {
@@ -631,7 +634,7 @@ impl Inspected {
     }
 
     /// [`Inspected::snapshot`] with the marble lanes of pipeline `lanes` only (`Some("")`:
-    /// none; `None`: every pipeline's): the query `?lanes=NAME` of `GET /api/snapshot`.
+    /// none; `None`: every pipeline's).
     pub fn snapshot_with(&self, lanes: Option<&str>) -> Snapshot {
         let last_change = self.tallies.last_change();
         let states = self.tallies.states(STATE_WAIT);
@@ -942,8 +945,11 @@ fn serve(
             respond(&mut conn, 200, "text/html; charset=utf-8", PAGE.as_bytes())?
         }
         "/api/snapshot" => {
-            let lanes = updates::query_value(&req.query, "lanes");
-            let body = serde_json::to_vec(&inspected.snapshot_with(lanes.as_deref()))
+            // No marbles unless asked for (`?lanes=NAME`, or `?lanes=*`: all): at 10,000
+            // tracks every lane would be tens of megabytes.
+            let lanes = updates::query_value(&req.query, "lanes").unwrap_or_default();
+            let lanes = (lanes != "*").then_some(lanes.as_str());
+            let body = serde_json::to_vec(&inspected.snapshot_with(lanes))
                 .context("cannot encode the snapshot")?;
             respond(&mut conn, 200, "application/json", &body)?;
         }

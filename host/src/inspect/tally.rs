@@ -110,15 +110,6 @@ impl Counts {
         }
     }
 
-    /// The path a marble of operator `op` (`u32::MAX`: the source) belongs to, for pipeline
-    /// `pipeline`.
-    pub(crate) fn marble_path<'a>(&'a self, pipeline: &'a str, op: u32) -> Option<&'a str> {
-        if op == u32::MAX {
-            return Some(pipeline);
-        }
-        self.ops.get(op as usize).map(|(_, p)| p.as_str())
-    }
-
     /// Values the source handed to the chain.
     pub fn source(&self) -> u64 {
         self.cells[0].load(Ordering::Relaxed)
@@ -236,14 +227,10 @@ impl PipelineTally {
         }
     }
 
-    /// Keeps a marble of operator `op` (`u32::MAX`: the source) of the code the pipeline's
-    /// thread runs, emitted by `version`'s code. Called on that thread by the plugin's
-    /// counting entry points, at most once per track per [`MARBLE_PERIOD`].
-    pub(crate) fn marble(&self, op: u32, version: u64, value: &str) {
-        let counts = self.counts.load();
-        let Some(path) = counts.marble_path(&self.name, op) else {
-            return;
-        };
+    /// Keeps a marble of track `path`, emitted by `version`'s code. Called by the plugin's
+    /// counting entry points through the driver (on the pipeline's thread, or a publisher's
+    /// delivering to it), at most once per track per [`MARBLE_PERIOD`].
+    pub(crate) fn marble(&self, path: &str, version: u64, value: &str) {
         let t_ms = self.origin.elapsed().as_millis() as u64;
         let mut lanes = lock(&self.lanes);
         lanes.seq += 1;

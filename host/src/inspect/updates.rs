@@ -104,6 +104,9 @@ pub fn query_value(query: &str, key: &str) -> Option<String> {
 pub struct Now<'a> {
     /// The inspector's shared parts.
     pub inspected: &'a Inspected,
+    /// Set by the `tracks` part when this delta carries a new track list: the `counts` part
+    /// then sends every count (the client drops counts of paths it does not know yet).
+    pub tracks_sent: std::cell::Cell<bool>,
 }
 
 /// One field of the delta, with its memory of what it sent to this client.
@@ -189,7 +192,10 @@ impl Parts {
     /// The next delta: the fields that changed (with `ms`, the time since the stream began),
     /// or `None` when nothing did.
     pub fn delta(&mut self, inspected: &Inspected) -> Option<Value> {
-        let now = Now { inspected };
+        let now = Now {
+            inspected,
+            tracks_sent: std::cell::Cell::new(false),
+        };
         let mut delta = Map::new();
         for part in &mut self.parts {
             if let Some(v) = part.next(&now) {
@@ -242,6 +248,7 @@ impl Part for Tracks {
         }
         self.at = self.at.max(r.tracks_at);
         self.generation = generation;
+        now.tracks_sent.set(true);
         let run_time = run_time.listed(super::inner::RUN_TIME_CAP);
         let list: Vec<Listed<'_>> = super::listed_tracks(&r, &run_time)
             .map(|(t, inner, subscriptions)| Listed {
@@ -268,6 +275,9 @@ struct CountsPart {
     pipelines: HashMap<String, Sent>,
     /// The run-time tracks' counts sent (of those still listed).
     inner: HashMap<String, u64>,
+    /// The run-time tracks listed, as of the generation with it (listed again only when
+    /// inner subscriptions started or ended).
+    listed: Option<(u64, super::inner::Listed)>,
 }
 
 impl Part for CountsPart {
@@ -276,6 +286,11 @@ impl Part for CountsPart {
     }
 
     fn next(&mut self, now: &Now<'_>) -> Option<Value> {
+        if now.tracks_sent.get() {
+            // A new track list: every count again, paths the client just learnt included.
+            self.pipelines.clear();
+            self.inner.clear();
+        }
         let mut out = Map::new();
         for (name, t) in now.inspected.tallies.all() {
             let counts = t.counts();
@@ -299,10 +314,14 @@ impl Part for CountsPart {
             }
         }
         let run_time = now.inspected.tallies.run_time();
-        if run_time.generation() != 0 {
-            let listed = run_time.listed(super::inner::RUN_TIME_CAP);
+        let generation = run_time.generation();
+        if generation != 0 {
+            if self.listed.as_ref().is_none_or(|(g, _)| *g != generation) {
+                self.listed = Some((generation, run_time.listed(super::inner::RUN_TIME_CAP)));
+            }
+            let listed = self.listed.as_ref().map(|(_, l)| l)?;
             let mut counts = HashMap::new();
-            now.inspected.inner_counts(&listed, |path, n| {
+            now.inspected.inner_counts(listed, |path, n| {
                 counts.insert(path, n);
             });
             for (path, &n) in &counts {
