@@ -64,14 +64,25 @@ fn main() -> anyhow::Result<()> {
         })
     };
     let off = publisher(1, None)?;
-    let quiet = Tallies::default();
+    let quiet = Arc::new(Tallies::default());
     let on = publisher(2, Some(&quiet))?;
+    // Every inspected contender's marbles are asked for as `--inspect` asks: every track's
+    // next value's text, each `MARBLE_PERIOD` (the sampler thread of `Inspector::start`).
+    let sampled: Arc<std::sync::Mutex<Vec<Arc<Tallies>>>> = Arc::default();
+    sampled
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .push(quiet.clone());
     // Clients: one reads every count and asks for the state texts every 100 ms (ten times as
     // often as the page polls), one does so as fast as it can (the worst case; on this
     // 2-core machine it also takes a core from the pushing thread).
     let stop = Arc::new(AtomicBool::new(false));
     let client = |pause: Duration| -> anyhow::Result<(Publisher, std::thread::JoinHandle<u64>)> {
         let watched = Arc::new(Tallies::default());
+        sampled
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push(watched.clone());
         let p = publisher(3 + u64::from(pause.is_zero()), Some(&watched))?;
         let stop = stop.clone();
         let t = std::thread::spawn(move || {
@@ -95,7 +106,24 @@ fn main() -> anyhow::Result<()> {
     let (hammered, hammering) = client(Duration::ZERO)?;
     // The page's client: what `/api/updates` does on its connection thread, minus the socket.
     let page_tallies = Arc::new(Tallies::default());
+    sampled
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .push(page_tallies.clone());
     let paged = publisher(5, Some(&page_tallies))?;
+    let sampler = {
+        let (stop, sampled) = (stop.clone(), sampled.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(all) = sampled.lock() {
+                    for t in all.iter() {
+                        t.ask_marbles();
+                    }
+                }
+                std::thread::sleep(host::inspect::tally::MARBLE_PERIOD);
+            }
+        })
+    };
     let page = {
         let stop = stop.clone();
         let inspected = Inspected::new(Arc::new(Hub::new(Arc::new(Quiet))), page_tallies.clone());
@@ -134,11 +162,23 @@ fn main() -> anyhow::Result<()> {
         t.join().map_err(|_| anyhow::anyhow!("a client panicked"))
     };
     let (polls, hammers) = (join(polling)?, join(hammering)?);
+    sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the marble sampler panicked"))?;
     let (deltas, delta_bytes) = page
         .join()
         .map_err(|_| anyhow::anyhow!("the updates client panicked"))?;
-    // Every inspected contender counted every value (the same work each).
-    for (name, t) in [("on", &quiet), ("the page's", &*page_tallies)] {
+    // Every inspected contender counted every value and formatted its marbles (the same
+    // work each).
+    for t in sampled
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+    {
+        let marbles: usize = t.lanes(None).iter().map(|l| l.marbles.len()).sum();
+        anyhow::ensure!(marbles > 0, "an inspected contender kept no marbles");
+    }
+    for (name, t) in [("on", &*quiet), ("the page's", &*page_tallies)] {
         let counts = t.pipeline("push").counts();
         anyhow::ensure!(
             counts.source() == N_PUSH * ROUNDS as u64,
