@@ -1,0 +1,388 @@
+//! The inspector's HTTP server: axum's router on hyper's HTTP/1.1 connections, on a small
+//! tokio runtime of the inspector's own (one thread, `hmr-inspector`, plus a blocking pool
+//! for what waits or computes: the snapshot, the deltas).
+//!
+//! Every request passes [`guard`] first: a `Host` header that does not name the inspector
+//! gets 403, a method other than GET 405; every answer carries `Cache-Control: no-store` and
+//! `X-Content-Type-Options: nosniff`. At most [`MAX_CONNECTIONS`] connections are served at
+//! once (one request each: no keep-alive); the next ones are answered 503. A client that
+//! does not take what is written for [`WRITE_TIMEOUT`] is dropped ([`Deadline`]), and one
+//! that sends no request head within it too. Nothing a client does reaches the pipelines:
+//! the event stream reads the hub's bounded queue, the updates stream builds its deltas
+//! from counters the pipelines write anyway.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{Stream, StreamExt, future, stream};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+
+use super::{Hub, Inspected, MAX_CONNECTIONS, PAGE, host_allowed, updates};
+
+/// How long a write to a client may wait for the client to read (and a request head may
+/// take to arrive) before the client is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an idle event stream sends a comment.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// How long the connections get to end when the inspector stops (their streams end at
+/// once; this bounds a client that does not take the rest).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// The inspector's stop signal, as each stream and connection sees it: it fires when the
+/// [`watch::Sender`] it was made from drops.
+#[derive(Clone, Debug)]
+pub(super) struct Stop(watch::Receiver<()>);
+
+impl Stop {
+    /// A signal and the sender whose drop fires it.
+    pub(super) fn new() -> (watch::Sender<()>, Stop) {
+        let (tx, rx) = watch::channel(());
+        (tx, Stop(rx))
+    }
+
+    /// Resolves once the inspector stops (at once if it has).
+    pub(super) async fn stopped(&mut self) {
+        // Nothing is ever sent: `changed` returns only when the sender is gone.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
+/// What the handlers read.
+struct Served {
+    inspected: Arc<Inspected>,
+    addr: SocketAddr,
+    stop: Stop,
+}
+
+/// The routes, behind [`guard`].
+fn router(inspected: Arc<Inspected>, addr: SocketAddr, stop: Stop) -> Router {
+    let served = Arc::new(Served {
+        inspected,
+        addr,
+        stop,
+    });
+    Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/events", get(events))
+        .route("/api/updates", get(updates))
+        .fallback(not_found)
+        .layer(from_fn_with_state(served.clone(), guard))
+        .with_state(served)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// Every request: the Host-header guard, then GET only; every answer: the headers that keep
+/// it out of caches and content sniffing.
+async fn guard(State(s): State<Arc<Served>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let mut res = if !host_allowed(host, s.addr) {
+        plain(
+            StatusCode::FORBIDDEN,
+            "forbidden: the Host header must name the inspector (127.0.0.1:PORT or localhost:PORT)\n",
+        )
+    } else if req.method() != Method::GET {
+        let mut res = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the inspector only reads: GET\n",
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        res
+    } else {
+        next.run(req).await
+    };
+    let headers = res.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+async fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "not found\n")
+}
+
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
+}
+
+/// The snapshot, taken on the blocking pool: it waits up to [`super::STATE_WAIT`] for the
+/// state texts.
+async fn snapshot(State(s): State<Arc<Served>>) -> Response {
+    let inspected = s.inspected.clone();
+    let body = tokio::task::spawn_blocking(move || serde_json::to_vec(&inspected.snapshot()))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot take the snapshot: {e:#}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// A server-sent event stream of `body`.
+fn event_stream(
+    body: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+) -> Response {
+    ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
+}
+
+async fn events(State(s): State<Arc<Served>>) -> Response {
+    event_stream(stream_events(&s.inspected.hub, s.stop.clone()))
+}
+
+async fn updates(State(s): State<Arc<Served>>, RawQuery(query): RawQuery) -> Response {
+    event_stream(updates::stream(
+        s.inspected.clone(),
+        query.as_deref().unwrap_or(""),
+        s.stop.clone(),
+    ))
+}
+
+/// `/api/events`: each host event as `data:` (what the hub queued for this client, in one
+/// write as far as it goes), `event: dropped` with the total when the hub dropped events
+/// for it, a comment every [`KEEPALIVE`] of silence; until the client goes or the
+/// inspector stops.
+fn stream_events(
+    hub: &Hub,
+    stop: Stop,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let (rx, dropped) = hub.subscribe();
+    let head = stream::once(future::ready(Ok(Bytes::from_static(
+        b": hmr inspector events\n\n",
+    ))));
+    let rest = stream::unfold(
+        (rx, dropped, 0u64, stop),
+        |(mut rx, dropped, mut told, mut stop)| async move {
+            let mut out = Vec::new();
+            tokio::select! {
+                biased;
+                () = stop.stopped() => return None,
+                next = tokio::time::timeout(KEEPALIVE, rx.recv()) => match next {
+                    Ok(Some(json)) => {
+                        write_data(&mut out, &json);
+                        // Whatever else is queued goes in the same write.
+                        for _ in 0..256 {
+                            let Ok(json) = rx.try_recv() else { break };
+                            write_data(&mut out, &json);
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(_) => out.extend_from_slice(b": keepalive\n\n"),
+                },
+            }
+            let lost = dropped.load(Ordering::Relaxed);
+            if lost != told {
+                out.extend_from_slice(
+                    format!("event: dropped\ndata: {{\"dropped\":{lost}}}\n\n").as_bytes(),
+                );
+                told = lost;
+            }
+            Some((Ok(Bytes::from(out)), (rx, dropped, told, stop)))
+        },
+    );
+    head.chain(rest)
+}
+
+fn write_data(out: &mut Vec<u8>, json: &str) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The HTTP/1.1 settings of every connection: one request each, [`WRITE_TIMEOUT`] for the
+/// request head.
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(WRITE_TIMEOUT)
+        .keep_alive(false);
+    b
+}
+
+/// Accepts and serves connections until `stop` fires, then gives them [`GRACE`] to end.
+pub(super) async fn run(
+    listener: TcpListener,
+    inspected: Arc<Inspected>,
+    addr: SocketAddr,
+    mut stop: Stop,
+) {
+    let app = router(inspected, addr, stop.clone());
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let conn = tokio::select! {
+            biased;
+            () = stop.stopped() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            conn = listener.accept() => conn,
+        };
+        let Ok((tcp, _)) = conn else {
+            // Out of descriptors, say: do not spin until one frees up.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let io = TokioIo::new(Deadline::new(tcp, WRITE_TIMEOUT));
+        let mut stop = stop.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let service = TowerToHyperService::new(app.clone());
+                conns.spawn(async move {
+                    let _slot = slot;
+                    let conn = http1().serve_connection(io, service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = stop.stopped() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            Err(_) => {
+                conns.spawn(async move {
+                    let service = hyper::service::service_fn(|_| async {
+                        Ok::<_, Infallible>(plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many connections\n",
+                        ))
+                    });
+                    tokio::select! {
+                        _ = http1().serve_connection(io, service) => {}
+                        () = stop.stopped() => {}
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// A connection whose writes may wait at most `timeout` for the peer to read: a write that
+/// stays pending that long fails (`TimedOut`), which ends the connection.
+#[derive(Debug)]
+pub(super) struct Deadline<T> {
+    io: T,
+    timeout: Duration,
+    /// Armed while a write is pending; disarmed by any write that goes through.
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Deadline<T> {
+    pub(super) fn new(io: T, timeout: Duration) -> Deadline<T> {
+        Deadline {
+            io,
+            timeout,
+            waiting: None,
+        }
+    }
+
+    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if r.is_ready() {
+            self.waiting = None;
+            return r;
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if waiting.as_mut().poll(cx).is_ready() {
+            self.waiting = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {timeout:?}"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Deadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
+}
