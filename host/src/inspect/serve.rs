@@ -386,3 +386,243 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Deadline<T> {
         self.watch(cx, r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::events::{ChannelSink, EventSink, HostEvent};
+    use crate::inspect::Inspector;
+
+    fn inspector() -> Inspector {
+        let sink = Arc::new(ChannelSink(std::sync::mpsc::channel().0));
+        Inspector::start("127.0.0.1:0".parse().expect("address"), sink).expect("inspector")
+    }
+
+    /// One request (`head`: the request line and headers, without the blank line); the
+    /// status, the headers (lowercase) and the body, read to the end.
+    fn request(addr: SocketAddr, head: &str) -> (u16, String, String) {
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(conn, "{head}\r\n\r\n").expect("write");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read");
+        let (headers, body) = text.split_once("\r\n\r\n").expect("end of headers");
+        let status = headers
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, headers.to_ascii_lowercase(), body.to_owned())
+    }
+
+    /// Opens `path` as an event stream and reads its head; the connection, to read on.
+    fn open_stream(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("write");
+        let mut reader = BufReader::new(conn);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("status line");
+        assert!(line.starts_with("HTTP/1.1 200"), "{path}: {line:?}");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            if line.trim_end().is_empty() {
+                return reader;
+            }
+        }
+    }
+
+    #[test]
+    fn every_answer_by_host_method_and_path() {
+        let inspector = inspector();
+        let addr = inspector.addr();
+        let own = format!("Host: {addr}");
+        let evil = format!("Host: evil.example:{}", addr.port());
+        let cases = [
+            ("GET /", own.as_str(), 200, "text/html"),
+            ("GET /index.html", &own, 200, "text/html"),
+            ("GET /api/snapshot", &own, 200, "application/json"),
+            ("GET /api/snapshot?x=1", &own, 200, "application/json"),
+            ("GET /nope", &own, 404, "text/plain"),
+            ("GET /api", &own, 404, "text/plain"),
+            ("POST /", &own, 405, "text/plain"),
+            ("HEAD /", &own, 405, "text/plain"),
+            ("PUT /api/snapshot", &own, 405, "text/plain"),
+            ("DELETE /nope", &own, 405, "text/plain"),
+            // The guard comes first, whatever the method or path.
+            ("GET /", &evil, 403, "text/plain"),
+            ("POST /nope", &evil, 403, "text/plain"),
+            ("GET /api/snapshot", "X-No-Host: 1", 403, "text/plain"),
+        ];
+        for (line, host, status, content_type) in cases {
+            let (got, headers, body) = request(
+                addr,
+                &format!("{line} HTTP/1.1\r\n{host}\r\nConnection: close"),
+            );
+            assert_eq!(got, status, "{line} with {host}: {headers}\n{body}");
+            for h in [
+                format!("content-type: {content_type}"),
+                "cache-control: no-store".to_owned(),
+                "x-content-type-options: nosniff".to_owned(),
+            ] {
+                assert!(headers.contains(&h), "{line} with {host}: no {h} in {headers}");
+            }
+            if status == 405 {
+                assert!(headers.contains("allow: get"), "{headers}");
+                // (A HEAD answer has no body.)
+                if !line.starts_with("HEAD") {
+                    assert_eq!(body, "the inspector only reads: GET\n");
+                }
+            }
+        }
+        // The streams too (their head only: they never end by themselves).
+        for path in ["/api/events", "/api/updates"] {
+            let mut conn = TcpStream::connect(addr).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .expect("timeout");
+            write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("write");
+            let mut reader = BufReader::new(conn);
+            let mut head = String::new();
+            while !head.ends_with("\r\n\r\n") {
+                reader.read_line(&mut head).expect("head");
+            }
+            let head = head.to_ascii_lowercase();
+            for h in [
+                "content-type: text/event-stream",
+                "cache-control: no-store",
+                "x-content-type-options: nosniff",
+            ] {
+                assert!(head.contains(h), "{path}: no {h} in {head}");
+            }
+        }
+    }
+
+    #[test]
+    fn connections_over_the_limit_get_503_until_one_ends() {
+        let inspector = inspector();
+        let addr = inspector.addr();
+        let own = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close");
+        let mut streams: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| open_stream(addr, "/api/events"))
+            .collect();
+        let (status, _, body) = request(addr, &own);
+        assert_eq!((status, body.as_str()), (503, "too many connections\n"));
+        // A client that goes gives its slot back.
+        drop(streams.pop());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, _, _) = request(addr, &own);
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503);
+            assert!(
+                Instant::now() < deadline,
+                "the slot of a closed stream was not given back"
+            );
+        }
+    }
+
+    #[test]
+    fn dropping_the_inspector_ends_every_stream_even_with_a_client_that_does_not_read() {
+        let inspector = inspector();
+        let addr = inspector.addr();
+        // Two clients that read everything, on threads of their own, to the end.
+        let readers: Vec<_> = ["/api/events", "/api/updates"]
+            .into_iter()
+            .map(|path| {
+                let mut reader = open_stream(addr, path);
+                std::thread::spawn(move || {
+                    let mut all = Vec::new();
+                    let read = reader.read_to_end(&mut all);
+                    (path, read.map(|_| all))
+                })
+            })
+            .collect();
+        // A client that reads nothing while events of 64 KiB come until the server can no
+        // longer write to it (the hub then drops events for it).
+        let _stuck = open_stream(addr, "/api/events");
+        let hub = inspector.inspected.hub.clone();
+        let value = "x".repeat(64 * 1024);
+        let stuck_queue = {
+            let clients = crate::inspect::lock(&hub.clients);
+            assert_eq!(clients.len(), 2, "two event-stream clients");
+            clients[1].dropped.clone()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stuck_queue.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the stuck client's queue never filled");
+            hub.event(HostEvent::Emission {
+                pipeline: "p".into(),
+                version: 1,
+                value: value.clone(),
+            });
+        }
+        let started = Instant::now();
+        drop(inspector);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "the inspector took {took:?} to stop");
+        // The live streams ended cleanly: the last chunk (a zero-length one) came, so the
+        // server ended them; it did not cut the connections.
+        for reader in readers {
+            let (path, all) = reader.join().expect("reader");
+            let all = all.unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(
+                all.ends_with(b"\r\n0\r\n\r\n"),
+                "{path} did not end with the last chunk: {:?}",
+                String::from_utf8_lossy(&all[all.len().saturating_sub(64)..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_the_peer_does_not_take_fails_after_the_deadline() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let timeout = Duration::from_millis(100);
+        // (the peer reads, the write goes through)
+        for reads in [true, false] {
+            runtime.block_on(async {
+                let (ours, mut theirs) = tokio::io::duplex(16);
+                let mut conn = Deadline::new(ours, timeout);
+                let reader = tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    if reads {
+                        // Slower than the deadline in all, but each read in time.
+                        let mut b = [0u8; 16];
+                        while got.len() < 256 {
+                            tokio::time::sleep(timeout / 4).await;
+                            let n = theirs.read(&mut b).await.expect("read");
+                            got.extend_from_slice(&b[..n]);
+                        }
+                    }
+                    (got.len(), theirs)
+                });
+                let wrote = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    conn.write_all(&[7u8; 256]),
+                )
+                .await
+                .expect("the write neither went through nor failed");
+                if reads {
+                    wrote.expect("a write the peer takes in time");
+                    assert_eq!(reader.await.expect("reader").0, 256);
+                } else {
+                    let e = wrote.expect_err("a write nobody takes went through");
+                    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                }
+            });
+        }
+    }
+}
