@@ -515,7 +515,8 @@ mod tests {
             .map(|_| open_stream(addr, "/api/events"))
             .collect();
         let (status, _, body) = request(addr, &own);
-        assert_eq!((status, body.as_str()), (503, "too many connections\n"));
+        let start: String = body.chars().take(80).collect();
+        assert_eq!((status, start.as_str()), (503, "too many connections\n"));
         // A client that goes gives its slot back.
         drop(streams.pop());
         let deadline = Instant::now() + Duration::from_secs(30);
