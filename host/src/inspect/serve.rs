@@ -537,37 +537,42 @@ mod tests {
     fn dropping_the_inspector_ends_every_stream_even_with_a_client_that_does_not_read() {
         let inspector = inspector();
         let addr = inspector.addr();
-        // Two clients that read everything, on threads of their own, to the end.
-        let readers: Vec<_> = ["/api/events", "/api/updates"]
-            .into_iter()
-            .map(|path| {
-                let mut reader = open_stream(addr, path);
-                std::thread::spawn(move || {
-                    let mut all = Vec::new();
-                    let read = reader.read_to_end(&mut all);
-                    (path, read.map(|_| all))
-                })
+        // Clients that read everything, on threads of their own, to the end.
+        let read_all = |path: &'static str| {
+            let mut reader = open_stream(addr, path);
+            std::thread::spawn(move || {
+                let mut all = Vec::new();
+                let read = reader.read_to_end(&mut all);
+                (path, read.map(|_| all))
             })
-            .collect();
-        // A client that reads nothing while events of 64 KiB come until the server can no
-        // longer write to it (the hub then drops events for it).
+        };
+        let mut readers = vec![read_all("/api/updates")];
+        // A client that reads nothing while events of 4 KiB come until the server can no
+        // longer write to it: the hub then drops events for it.
         let _stuck = open_stream(addr, "/api/events");
         let hub = inspector.inspected.hub.clone();
-        let value = "x".repeat(64 * 1024);
-        let stuck_queue = {
-            let clients = crate::inspect::lock(&hub.clients);
-            assert_eq!(clients.len(), 2, "two event-stream clients");
-            clients[1].dropped.clone()
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stuck_queue.load(Ordering::Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "the stuck client's queue never filled");
+        let value = "x".repeat(4 * 1024);
+        let emit = || {
             hub.event(HostEvent::Emission {
                 pipeline: "p".into(),
                 version: 1,
                 value: value.clone(),
-            });
+            })
+        };
+        let stuck_queue = {
+            let clients = crate::inspect::lock(&hub.clients);
+            assert_eq!(clients.len(), 1, "one event-stream client");
+            clients[0].dropped.clone()
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stuck_queue.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the stuck client's queue never filled");
+            emit();
         }
+        readers.push(read_all("/api/events"));
+        emit();
+        // Still served (not yet dropped for its write deadline): the stop has to end it.
+        assert_eq!(hub.n_clients.load(Ordering::Relaxed), 2);
         let started = Instant::now();
         drop(inspector);
         let took = started.elapsed();
