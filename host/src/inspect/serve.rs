@@ -161,10 +161,12 @@ async fn snapshot(State(s): State<Arc<Served>>) -> Response {
 }
 
 /// A server-sent event stream of `body`.
-fn event_stream(
-    body: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
-) -> Response {
-    ([(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
+fn event_stream(body: impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 async fn events(State(s): State<Arc<Served>>) -> Response {
@@ -298,10 +300,7 @@ pub(super) async fn run(
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(GRACE, async { while conns.join_next().await.is_some() {} }).await;
 }
 
 /// A connection whose writes may wait at most `timeout` for the peer to read: a write that
@@ -474,7 +473,10 @@ mod tests {
                 "cache-control: no-store".to_owned(),
                 "x-content-type-options: nosniff".to_owned(),
             ] {
-                assert!(headers.contains(&h), "{line} with {host}: no {h} in {headers}");
+                assert!(
+                    headers.contains(&h),
+                    "{line} with {host}: no {h} in {headers}"
+                );
             }
             if status == 405 {
                 assert!(headers.contains("allow: get"), "{headers}");
@@ -566,7 +568,10 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while stuck_queue.load(Ordering::Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "the stuck client's queue never filled");
+            assert!(
+                Instant::now() < deadline,
+                "the stuck client's queue never filled"
+            );
             emit();
         }
         readers.push(read_all("/api/events"));
@@ -576,7 +581,10 @@ mod tests {
         let started = Instant::now();
         drop(inspector);
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(3), "the inspector took {took:?} to stop");
+        assert!(
+            took < Duration::from_secs(3),
+            "the inspector took {took:?} to stop"
+        );
         // The live streams ended cleanly: the last chunk (a zero-length one) came, so the
         // server ended them; it did not cut the connections.
         for reader in readers {
@@ -615,12 +623,10 @@ mod tests {
                     }
                     (got.len(), theirs)
                 });
-                let wrote = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    conn.write_all(&[7u8; 256]),
-                )
-                .await
-                .expect("the write neither went through nor failed");
+                let wrote =
+                    tokio::time::timeout(Duration::from_secs(10), conn.write_all(&[7u8; 256]))
+                        .await
+                        .expect("the write neither went through nor failed");
                 if reads {
                     wrote.expect("a write the peer takes in time");
                     assert_eq!(reader.await.expect("reader").0, 256);
