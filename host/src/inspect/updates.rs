@@ -519,9 +519,9 @@ impl Part for Dropped {
 /// One updates client's stream, between two deltas.
 struct Streaming {
     inspected: Arc<Inspected>,
-    /// Made with the first delta (from the query's cursor), then kept.
+    /// Made with the first delta (from `since`, the query's cursor), then kept.
     parts: Option<Parts>,
-    since: BTreeMap<String, u64>,
+    since: Option<BTreeMap<String, u64>>,
     ticks: tokio::time::Interval,
     last_write: Instant,
     stop: super::serve::Stop,
@@ -545,7 +545,7 @@ pub(super) fn stream(
         _watching: inspected.hub.watch_emissions(),
         inspected,
         parts: None,
-        since: Cursor::parse(query),
+        since: Some(Cursor::parse(query)),
         ticks,
         last_write: Instant::now(),
         stop,
@@ -560,9 +560,10 @@ pub(super) fn stream(
                 () = s.stop.stopped() => return None,
                 _ = s.ticks.tick() => {}
             }
-            let (inspected, parts, since) = (s.inspected.clone(), s.parts.take(), s.since.clone());
+            let (inspected, parts, since) = (s.inspected.clone(), s.parts.take(), s.since.take());
             let built = tokio::task::spawn_blocking(move || {
-                let mut parts = parts.unwrap_or_else(|| Parts::new(&inspected, &since));
+                let mut parts =
+                    parts.unwrap_or_else(|| Parts::new(&inspected, &since.unwrap_or_default()));
                 let mut out = Vec::new();
                 if let Some(delta) = parts.delta(&inspected) {
                     out.extend_from_slice(b"event: delta\ndata: ");
