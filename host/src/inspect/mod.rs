@@ -8,7 +8,7 @@
 //! - `GET /api/updates`: what changed, as server-sent deltas, a few a second ([`updates`]):
 //!   what the page reads after one snapshot.
 //!
-//! Served by axum on hyper, on a one-thread tokio runtime of its own ([`serve`]; at most
+//! Served by axum on hyper, on a one-thread tokio runtime of its own (`serve.rs`; at most
 //! [`MAX_CONNECTIONS`] connections at once). Nothing here can change the running host. A
 //! request whose `Host` header is not `127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT` or the
 //! address it listens on gets 403, so a page of another origin cannot read it through DNS

@@ -125,13 +125,18 @@ async fn guard(State(s): State<Arc<Served>>, req: Request, next: Next) -> Respon
     } else {
         next.run(req).await
     };
+    private(&mut res);
+    res
+}
+
+/// The headers every answer carries: not to be cached, nor its type sniffed.
+fn private(res: &mut Response) {
     let headers = res.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    res
 }
 
 async fn not_found() -> Response {
@@ -286,10 +291,10 @@ pub(super) async fn run(
             Err(_) => {
                 conns.spawn(async move {
                     let service = hyper::service::service_fn(|_| async {
-                        Ok::<_, Infallible>(plain(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "too many connections\n",
-                        ))
+                        let mut res =
+                            plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+                        private(&mut res);
+                        Ok::<_, Infallible>(res)
                     });
                     tokio::select! {
                         _ = http1().serve_connection(io, service) => {}
@@ -516,9 +521,12 @@ mod tests {
         let mut streams: Vec<_> = (0..MAX_CONNECTIONS)
             .map(|_| open_stream(addr, "/api/events"))
             .collect();
-        let (status, _, body) = request(addr, &own);
+        let (status, headers, body) = request(addr, &own);
         let start: String = body.chars().take(80).collect();
         assert_eq!((status, start.as_str()), (503, "too many connections\n"));
+        for h in ["cache-control: no-store", "x-content-type-options: nosniff"] {
+            assert!(headers.contains(h), "no {h} in {headers}");
+        }
         // A client that goes gives its slot back.
         drop(streams.pop());
         let deadline = Instant::now() + Duration::from_secs(30);
