@@ -8,10 +8,11 @@
 //! - `GET /api/updates`: what changed, as server-sent deltas, a few a second ([`updates`]):
 //!   what the page reads after one snapshot.
 //!
-//! Plain `std::net`: one thread accepts, one thread serves each connection (at most
-//! [`MAX_CONNECTIONS`] at once). Nothing here can change the running host. A request whose
-//! `Host` header is not `127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT` or the address it
-//! listens on gets 403, so a page of another origin cannot read it through DNS rebinding.
+//! Served by axum on hyper, on a one-thread tokio runtime of its own (`serve.rs`; at most
+//! [`MAX_CONNECTIONS`] connections at once). Nothing here can change the running host. A
+//! request whose `Host` header is not `127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT` or the
+//! address it listens on gets 403, so a page of another origin cannot read it through DNS
+//! rebinding.
 //!
 //! Events reach the inspector through [`Hub`], a sink wrapped around the host's own: it keeps
 //! the last version's tracks, the last [`KEPT_EVENTS`] reloads and errors, and the build
@@ -21,20 +22,20 @@
 //! [`tally::Tallies`], written by the source threads.
 
 pub mod inner;
+mod serve;
 pub mod tally;
 pub mod updates;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+use tokio::sync::mpsc::{Receiver, Sender, channel, error::TrySendError};
 
 use crate::events::{EventSink, HostEvent, Sink, TrackInfo};
 use tally::Tallies;
@@ -54,12 +55,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// How long a snapshot waits for the source threads to report their states.
 pub const STATE_WAIT: Duration = Duration::from_millis(100);
-
-/// How long a write to a client may block before the client is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How often an idle event stream sends a comment (so a gone client is noticed).
-const KEEPALIVE: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -199,7 +194,7 @@ struct Emitted {
 pub const KEPT_TEXTS: usize = 3;
 
 struct Client {
-    tx: SyncSender<Arc<str>>,
+    tx: Sender<Arc<str>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -376,13 +371,13 @@ impl Hub {
                 c.dropped.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Closed(_)) => false,
         });
         self.n_clients.store(clients.len(), Ordering::Relaxed);
     }
 
     fn subscribe(&self) -> (Receiver<Arc<str>>, Arc<AtomicU64>) {
-        let (tx, rx) = sync_channel(CLIENT_QUEUE);
+        let (tx, rx) = channel(CLIENT_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let mut clients = lock(&self.clients);
         clients.push(Client {
@@ -700,13 +695,17 @@ impl Inspected {
     }
 }
 
-/// A listening inspector. Dropping it stops accepting and ends the event streams.
+/// A listening inspector. Dropping it stops serving, ends the streams and joins its
+/// threads.
 #[derive(Debug)]
 pub struct Inspector {
     addr: SocketAddr,
     inspected: Arc<Inspected>,
+    /// Dropped to stop the server (its thread then ends).
+    stop_server: Option<tokio::sync::watch::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+    /// Stops the marble sampler.
     stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
     sampler: Option<JoinHandle<()>>,
 }
 
@@ -715,21 +714,41 @@ impl Inspector {
     /// to `sink`. Returns the inspector; report the host's events through
     /// [`Inspector::sink`] and run pipelines with [`Inspector::tallies`].
     pub fn start(addr: SocketAddr, sink: Sink) -> anyhow::Result<Inspector> {
-        let listener = TcpListener::bind(addr)
+        let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} for --inspect"))?;
         let addr = listener
             .local_addr()
             .context("cannot read the inspector's address")?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the inspector's socket non-blocking")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .thread_name("hmr-inspector-blocking")
+            .max_blocking_threads(8)
+            .build()
+            .context("cannot start the inspector's runtime")?;
+        let listener = {
+            let _in = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .context("cannot register the inspector's socket")?
+        };
         let inspected = Arc::new(Inspected {
             hub: Arc::new(Hub::new(sink.clone())),
             tallies: Arc::default(),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let (i, s) = (inspected.clone(), stop.clone());
-        let accept = std::thread::Builder::new()
+        let (stop_server, stopped) = serve::Stop::new();
+        let i = inspected.clone();
+        let server = std::thread::Builder::new()
             .name("hmr-inspector".to_owned())
-            .spawn(move || accept_loop(&listener, addr, &i, &s))
+            .spawn(move || {
+                runtime.block_on(serve::run(listener, i, addr, stopped));
+                // What is still running (a snapshot on the blocking pool) gets a moment.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
             .context("cannot start the inspector's thread")?;
+        let stop = Arc::new(AtomicBool::new(false));
         let (t, s) = (inspected.tallies.clone(), stop.clone());
         let sampler = std::thread::Builder::new()
             .name("hmr-inspector-marbles".to_owned())
@@ -746,8 +765,9 @@ impl Inspector {
         Ok(Inspector {
             addr,
             inspected,
+            stop_server: Some(stop_server),
+            server: Some(server),
             stop,
-            accept: Some(accept),
             sampler: Some(sampler),
         })
     }
@@ -775,104 +795,18 @@ impl Inspector {
 
 impl Drop for Inspector {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accepting thread with a connection of our own.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.accept.take() {
+        // The streams end at once; the server's thread after its connections (a second at
+        // most for a client that does not read).
+        drop(self.stop_server.take());
+        if let Some(t) = self.server.take() {
             let _ = t.join();
         }
+        self.stop.store(true, Ordering::Release);
         if let Some(t) = self.sampler.take() {
             t.thread().unpark();
             let _ = t.join();
         }
     }
-}
-
-fn accept_loop(
-    listener: &TcpListener,
-    addr: SocketAddr,
-    inspected: &Arc<Inspected>,
-    stop: &Arc<AtomicBool>,
-) {
-    let open = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(mut conn) = conn else {
-            // Out of descriptors, say: do not spin a core until one frees up.
-            std::thread::park_timeout(std::time::Duration::from_millis(10));
-            continue;
-        };
-        if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-            let _ = respond(&mut conn, 503, "text/plain", b"too many connections\n");
-            continue;
-        }
-        open.fetch_add(1, Ordering::AcqRel);
-        let (i, s, o) = (inspected.clone(), stop.clone(), open.clone());
-        let spawned = std::thread::Builder::new()
-            .name("hmr-inspector-conn".to_owned())
-            .spawn(move || {
-                // The slot is given back however `serve` ends, a panic included.
-                struct Slot(Arc<AtomicUsize>);
-                impl Drop for Slot {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
-                let _slot = Slot(o);
-                let _ = serve(conn, addr, &i, &s);
-            });
-        if spawned.is_err() {
-            open.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// A parsed request: method, path (without the query) and `Host` header.
-#[derive(Debug, PartialEq, Eq)]
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    host: Option<String>,
-}
-
-/// Reads the request head (at most 16 KiB).
-fn read_request(conn: &TcpStream) -> anyhow::Result<Request> {
-    let mut reader = BufReader::new(conn.take(16 * 1024));
-    let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .context("cannot read the request line")?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default();
-    let target = target.split('#').next().unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (path, query) = (path.to_owned(), query.to_owned());
-    let mut host = None;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).context("cannot read a header")? == 0 {
-            break;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = h.split_once(':')
-            && name.trim().eq_ignore_ascii_case("host")
-        {
-            host = Some(value.trim().to_owned());
-        }
-    }
-    Ok(Request {
-        method,
-        path,
-        query,
-        host,
-    })
 }
 
 /// Whether `host` (a `Host` header) names the inspector itself.
@@ -887,118 +821,6 @@ fn host_allowed(host: Option<&str>, addr: SocketAddr) -> bool {
         addr.to_string(),
     ]
     .contains(&host)
-}
-
-fn respond(
-    conn: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body)?;
-    conn.flush()
-}
-
-fn serve(
-    mut conn: TcpStream,
-    addr: SocketAddr,
-    inspected: &Inspected,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    conn.set_read_timeout(Some(WRITE_TIMEOUT))?;
-    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let req = read_request(&conn)?;
-    if !host_allowed(req.host.as_deref(), addr) {
-        respond(
-            &mut conn,
-            403,
-            "text/plain",
-            b"forbidden: the Host header must name the inspector (127.0.0.1:PORT or localhost:PORT)\n",
-        )?;
-        return Ok(());
-    }
-    if req.method != "GET" {
-        respond(
-            &mut conn,
-            405,
-            "text/plain",
-            b"the inspector only reads: GET\n",
-        )?;
-        return Ok(());
-    }
-    match req.path.as_str() {
-        "/" | "/index.html" => {
-            respond(&mut conn, 200, "text/html; charset=utf-8", PAGE.as_bytes())?
-        }
-        "/api/snapshot" => {
-            // No marbles unless asked for (`?lanes=NAME`, or `?lanes=*`: all): at 10,000
-            // tracks every lane would be tens of megabytes.
-            let lanes = updates::query_value(&req.query, "lanes").unwrap_or_default();
-            let lanes = (lanes != "*").then_some(lanes.as_str());
-            let body = serde_json::to_vec(&inspected.snapshot_with(lanes))
-                .context("cannot encode the snapshot")?;
-            respond(&mut conn, 200, "application/json", &body)?;
-        }
-        "/api/events" => stream_events(conn, &inspected.hub, stop)?,
-        "/api/updates" => updates::stream(conn, inspected, &req.query, stop)?,
-        _ => respond(&mut conn, 404, "text/plain", b"not found\n")?,
-    }
-    Ok(())
-}
-
-/// Serves the event stream until the client goes or the inspector stops.
-fn stream_events(mut conn: TcpStream, hub: &Hub, stop: &AtomicBool) -> anyhow::Result<()> {
-    conn.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
-          Connection: close\r\n\r\n: hmr inspector events\n\n",
-    )?;
-    conn.flush()?;
-    let (rx, dropped) = hub.subscribe();
-    let mut told = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        let mut out = Vec::new();
-        match rx.recv_timeout(KEEPALIVE.min(Duration::from_millis(500))) {
-            Ok(json) => {
-                write_data(&mut out, &json);
-                // Whatever else is queued goes in the same write.
-                for json in rx.try_iter().take(256) {
-                    write_data(&mut out, &json);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => out.extend_from_slice(b": keepalive\n\n"),
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        let lost = dropped.load(Ordering::Relaxed);
-        if lost != told {
-            out.extend_from_slice(
-                format!("event: dropped\ndata: {{\"dropped\":{lost}}}\n\n").as_bytes(),
-            );
-            told = lost;
-        }
-        conn.write_all(&out)?;
-        conn.flush()?;
-    }
-    Ok(())
-}
-
-fn write_data(out: &mut Vec<u8>, json: &str) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(json.as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 #[cfg(test)]
@@ -1025,13 +847,18 @@ mod tests {
         }
     }
 
+    /// Takes what is queued for a client, without waiting; how many.
+    fn drain(rx: &mut Receiver<Arc<str>>) -> usize {
+        std::iter::from_fn(|| rx.try_recv().ok()).count()
+    }
+
     #[test]
     fn a_client_that_never_reads_loses_events_counted_and_blocks_nobody() {
         let hub = Arc::new(Hub::new(Arc::new(crate::events::ChannelSink(
             std::sync::mpsc::channel().0,
         ))));
-        let (stuck, dropped) = hub.subscribe();
-        let (live, live_dropped) = hub.subscribe();
+        let (mut stuck, dropped) = hub.subscribe();
+        let (mut live, live_dropped) = hub.subscribe();
         let extra = 10;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let h = hub.clone();
@@ -1044,7 +871,7 @@ mod tests {
                     value: n.to_string(),
                 });
                 // The live client keeps up: it reads each event as it comes.
-                received += live.try_iter().count();
+                received += drain(&mut live);
             }
             let _ = done_tx.send(received);
         });
@@ -1055,7 +882,7 @@ mod tests {
         reporter.join().expect("reporter");
         assert_eq!(received, CLIENT_QUEUE + extra);
         assert_eq!(live_dropped.load(Ordering::Relaxed), 0);
-        assert_eq!(stuck.try_iter().count(), CLIENT_QUEUE);
+        assert_eq!(drain(&mut stuck), CLIENT_QUEUE);
         assert_eq!(dropped.load(Ordering::Relaxed), extra as u64);
         // Clients that went away (both, now) are forgotten at the next event.
         drop(stuck);

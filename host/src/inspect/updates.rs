@@ -1,6 +1,6 @@
 //! `GET /api/updates`: what changed, as batched deltas, for the page.
 //!
-//! Each client's connection thread builds its own deltas, at most one every [`TICK`]: it
+//! Each client's stream builds its own deltas, at most one every [`TICK`]: it
 //! keeps a [`Cursor`]-like memory of what it sent (per-track counts, state texts, the number
 //! of the last reload, error and state change, the hub's sequence number for the tracks,
 //! failures and lints, each pipeline's emission total) and sends only what is newer. Nothing
@@ -14,11 +14,13 @@
 //! more part (a struct implementing [`Part`]) in [`Parts::new`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::net::TcpStream;
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use futures_util::{Stream, StreamExt, future, stream};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -625,54 +627,91 @@ impl Part for Versions {
     }
 }
 
-/// Whether the peer closed the connection (a read would say end of file), without waiting.
-fn closed(conn: &TcpStream) -> bool {
-    if conn.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut b = [0u8; 1];
-    let gone = matches!(conn.peek(&mut b), Ok(0));
-    conn.set_nonblocking(false).is_err() || gone
+/// One updates client's stream, between two deltas.
+struct Streaming {
+    inspected: Arc<Inspected>,
+    /// Made with the first delta (from `since`, the query's cursor), then kept.
+    parts: Option<Parts>,
+    since: Option<BTreeMap<String, u64>>,
+    /// The pipeline whose marbles the stream sends (`lanes=NAME`), until the first delta.
+    lanes: Option<String>,
+    ticks: tokio::time::Interval,
+    last_write: Instant,
+    stop: super::serve::Stop,
+    /// Emissions are kept for the page while the stream lives.
+    _watching: super::UpdatesGuard,
 }
 
-/// Serves `/api/updates` until the client goes or the inspector stops.
+/// `/api/updates` (`query`: a snapshot's cursor, see [`Cursor::parse`]): a delta at most
+/// every [`TICK`] when something changed, a comment after [`KEEPALIVE`] of silence; until
+/// the client goes (the server then drops the stream) or the inspector stops. The deltas
+/// are built on the blocking pool: they read what the pipelines write, and take the hub's
+/// locks.
 pub(super) fn stream(
-    mut conn: TcpStream,
-    inspected: &Inspected,
+    inspected: Arc<Inspected>,
     query: &str,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    conn.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
-          Connection: close\r\n\r\n: hmr inspector updates\n\n",
-    )?;
-    conn.flush()?;
-    let _guard = inspected.hub.watch_emissions();
-    let mut parts = Parts::new(inspected, &Cursor::parse(query));
-    parts.watch_lanes(query_value(query, "lanes"));
-    let mut last_write = Instant::now();
-    let mut out = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        let tick = Instant::now();
-        out.clear();
-        if let Some(delta) = parts.delta(inspected) {
-            out.extend_from_slice(b"event: delta\ndata: ");
-            serde_json::to_writer(&mut out, &delta)?;
-            out.extend_from_slice(b"\n\n");
-        } else if last_write.elapsed() >= KEEPALIVE {
-            out.extend_from_slice(b": keepalive\n\n");
+    stop: super::serve::Stop,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = Streaming {
+        _watching: inspected.hub.watch_emissions(),
+        inspected,
+        parts: None,
+        since: Some(Cursor::parse(query)),
+        lanes: query_value(query, "lanes"),
+        ticks,
+        last_write: Instant::now(),
+        stop,
+    };
+    let head = stream::once(future::ready(Ok(Bytes::from_static(
+        b": hmr inspector updates\n\n",
+    ))));
+    let rest = stream::unfold(state, |mut s| async move {
+        loop {
+            tokio::select! {
+                biased;
+                () = s.stop.stopped() => return None,
+                _ = s.ticks.tick() => {}
+            }
+            let (inspected, parts, since, lanes) = (
+                s.inspected.clone(),
+                s.parts.take(),
+                s.since.take(),
+                s.lanes.take(),
+            );
+            let built = tokio::task::spawn_blocking(move || {
+                let mut parts = parts.unwrap_or_else(|| {
+                    let mut parts = Parts::new(&inspected, &since.unwrap_or_default());
+                    parts.watch_lanes(lanes);
+                    parts
+                });
+                let mut out = Vec::new();
+                if let Some(delta) = parts.delta(&inspected) {
+                    out.extend_from_slice(b"event: delta\ndata: ");
+                    // A `Value` always encodes.
+                    let _ = serde_json::to_writer(&mut out, &delta);
+                    out.extend_from_slice(b"\n\n");
+                }
+                (parts, out)
+            })
+            .await;
+            // The runtime is shutting down.
+            let Ok((parts, mut out)) = built else {
+                return None;
+            };
+            s.parts = Some(parts);
+            if out.is_empty() {
+                if s.last_write.elapsed() < KEEPALIVE {
+                    continue;
+                }
+                out.extend_from_slice(b": keepalive\n\n");
+            }
+            s.last_write = Instant::now();
+            return Some((Ok(Bytes::from(out)), s));
         }
-        if !out.is_empty() {
-            conn.write_all(&out)?;
-            conn.flush()?;
-            last_write = Instant::now();
-        }
-        if closed(&conn) {
-            return Ok(());
-        }
-        std::thread::sleep(TICK.saturating_sub(tick.elapsed()));
-    }
-    Ok(())
+    });
+    head.chain(rest)
 }
 
 #[cfg(test)]
