@@ -1436,8 +1436,8 @@ impl HostCx {
             publish: cbi_publish,
             current_op: std::ptr::null(),
             counts: std::ptr::null(),
-            sample: std::ptr::null(),
             marble: plugin_api::abi::no_marble,
+            marble_calls: std::ptr::null(),
             now: cbi_now,
             schedule: cbi_schedule,
             subscribe: cbi_subscribe,
@@ -1998,10 +1998,11 @@ impl Driver {
             current_op: &raw const shared.op,
             // Held by the driver (`tally`) and replaced only with the code, in `migrate`.
             counts: tally.as_ref().map_or(std::ptr::null(), |(_, c)| c.as_ptr()),
-            sample: tally
-                .as_ref()
-                .map_or(std::ptr::null(), |(_, c)| c.sample_ptr()),
             marble: cb_marble,
+            // Held by the driver (`tally`) for its life.
+            marble_calls: tally
+                .as_ref()
+                .map_or(std::ptr::null(), |(t, _)| t.marble_calls()),
             now: cb_now,
             schedule: cb_schedule,
             subscribe: cb_subscribe,
@@ -2107,7 +2108,6 @@ impl Driver {
         if let Some((t, counts)) = &mut self.tally {
             *counts = t.counts_for(&new);
             self.cx.counts = counts.as_ptr();
-            self.cx.sample = counts.sample_ptr();
         }
         let (_, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (self.port0_entry(&new), env, self.states.as_ptr());

@@ -236,16 +236,17 @@ pub struct EmitCx {
     /// (one writer: the thread calling); the host passes a null pointer to the others.
     /// Valid for the call, with one cell per operator plus one.
     pub counts: *const core::sync::atomic::AtomicU64,
-    /// Marble sampling for the inspector, or null (as [`EmitCx::counts`], one cell per
-    /// operator plus one, the same numbering): the host sets a cell to ask for the Debug
-    /// text of the next value that cell counts. The counting entry points, on seeing a set
-    /// cell, clear it and hand that value's text to [`EmitCx::marble`]: a relaxed load per
-    /// counted value, and one text per request (the host asks at a bounded rate).
-    pub sample: *const core::sync::atomic::AtomicBool,
     /// Operator number `op` emitted (or the source, `u32::MAX`, handed the chain) the value
-    /// whose Debug text (capped) is `text`: a marble the host asked for through
-    /// [`EmitCx::sample`]. Never called when `sample` is null.
+    /// whose Debug text (capped) is `text`: a marble the host asked for by setting
+    /// [`WANT_MARBLE`] in the value's count cell ([`EmitCx::counts`]). Only the counting
+    /// entry points call it.
     pub marble: unsafe extern "C" fn(host: *mut c_void, op: u32, text: RStr),
+    /// How many of the next calls of the counting entry points (`push`, `push_one`, `wake`)
+    /// look for marble requests, or null (never): while it is above 0, such a call runs the
+    /// chain compiled with the checks ([`WANT_MARBLE`]) and takes one off; otherwise the
+    /// chain that only counts, so the requests cost the values nothing between two rounds
+    /// of asking (a relaxed load per call). Valid for the call.
+    pub marble_calls: *const core::sync::atomic::AtomicU32,
     /// The runtime's clock, in nanoseconds from an origin fixed for the host's life (a
     /// virtual clock in tests and replays): what time operators compare their deadlines
     /// with. Read only by operators that need the time, never per value of the others.
@@ -278,7 +279,14 @@ pub struct EmitCx {
     pub api: *const HostApi,
 }
 
-/// An [`EmitCx::marble`] for a context whose [`EmitCx::sample`] is null (it is never
+/// The bit of a count cell ([`EmitCx::counts`]) the host sets (an atomic `fetch_or`) to ask
+/// for the Debug text of the next value the cell counts: the counting entry points, counting
+/// that value in a call that looks for requests ([`EmitCx::marble_calls`]), clear it and
+/// hand the text to [`EmitCx::marble`]. A request a count's store overwrites is lost, and
+/// asked again. Readers of a count mask it.
+pub const WANT_MARBLE: u64 = 1 << 63;
+
+/// An [`EmitCx::marble`] for a context whose counts the host never marks (it is never
 /// called there).
 ///
 /// # Safety

@@ -23,12 +23,13 @@ use core::cell::Cell;
 use core::ffi::c_void;
 use core::fmt;
 use core::marker::PhantomData;
+use core::sync::atomic::Ordering::Relaxed;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
     CloneStateFn, DebugStateFn, DropStateFn, EmitCx, HostApi, InnerCall, OpDesc, PipelineDesc,
-    PublishDesc, RFingerprint, RSignature, RStr, SourceDesc, StateVTable, clone_status,
-    debug_status, init_status, status,
+    PublishDesc, RFingerprint, RSignature, RStr, SourceDesc, StateVTable, WANT_MARBLE,
+    clone_status, debug_status, init_status, status,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -240,21 +241,27 @@ impl Cx<'_> {
     }
 }
 
-/// The operator number [`Tally::count`] takes for the source's values.
+/// The operator number [`Tally::emitted`] takes for the source's values.
 pub(crate) const SOURCE: u32 = u32::MAX;
 
 mod sealed {
     pub trait Sealed {}
 }
 
-/// Whether a compiled chain counts emissions: [`Silent`] (the plain entry points, no cost) or
-/// [`Counted`] (the inspector's entry points, one relaxed load and store per emission).
+/// Whether a compiled chain counts emissions: [`Silent`] (the plain entry points, no cost),
+/// [`Counted`] (the inspector's entry points, one relaxed load and store per emission), or
+/// [`Sampled`] (the same, and marbles: what the counting entry points run for a call the
+/// host wants marbles from, [`EmitCx::marble_calls`]).
 pub trait Tally: sealed::Sealed + 'static {
-    /// Notes one value emitted by operator `op` (or taken from a source, [`SOURCE`]).
-    fn count(cx: &Cx<'_>, op: u32);
-    /// Hands the Debug text of `value`, emitted by operator `op` (or taken from a source,
-    /// [`SOURCE`]), to the host if it asked for one ([`EmitCx::sample`]): a marble.
-    fn sample<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: &T);
+    /// Notes one value emitted by operator `op` (or taken from a source, [`SOURCE`]), and
+    /// hands its Debug text to the host when the host asked for one
+    /// ([`crate::abi::WANT_MARBLE`]): a marble.
+    ///
+    /// Takes the value and gives it back: a reference to it on the hot path would keep it in
+    /// memory for every value (its address escaping into the marble's call), which cost the
+    /// push scenario 2 ns a value; moved, it stays in registers, and only the cold path that
+    /// formats it takes its address.
+    fn emitted<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: T) -> T;
 }
 
 /// Counts nothing.
@@ -265,45 +272,139 @@ pub struct Silent;
 #[derive(Clone, Copy, Debug)]
 pub struct Counted;
 
+/// Counts into [`EmitCx::counts`], and writes a marble for each cell marked
+/// [`WANT_MARBLE`].
+#[derive(Clone, Copy, Debug)]
+pub struct Sampled;
+
 impl sealed::Sealed for Silent {}
 impl sealed::Sealed for Counted {}
+impl sealed::Sealed for Sampled {}
 
 impl Tally for Silent {
     #[inline(always)]
-    fn count(_cx: &Cx<'_>, _op: u32) {}
-    #[inline(always)]
-    fn sample<T: fmt::Debug>(_cx: &Cx<'_>, _op: u32, _value: &T) {}
+    fn emitted<T: fmt::Debug>(_cx: &Cx<'_>, _op: u32, value: T) -> T {
+        value
+    }
 }
 
 impl Tally for Counted {
     #[inline(always)]
-    fn count(cx: &Cx<'_>, op: u32) {
-        use core::sync::atomic::Ordering::Relaxed;
-        let counts = cx.emit.counts;
-        if counts.is_null() {
-            return;
+    fn emitted<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: T) -> T {
+        if let Some(c) = count_cell(cx, op) {
+            // One writer (this thread): a load and a store, no read-modify-write
+            // instruction. A marble request in the word is kept for a sampled call.
+            c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
         }
-        // The source's cell is 0, operator `op`'s is `op + 1` (wrapping maps SOURCE to 0).
-        let cell = op.wrapping_add(1) as usize;
-        // SAFETY: the host passes one cell per operator plus one with the counting entry
-        // points, valid for the call (`EmitCx::counts`); `op` is an operator of this chain.
-        let c = unsafe { &*counts.add(cell) };
-        // One writer (this thread): a load and a store, no read-modify-write instruction.
-        c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+        value
     }
+}
+
+impl Tally for Sampled {
     #[inline(always)]
-    fn sample<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: &T) {
-        use core::sync::atomic::Ordering::Relaxed;
-        let flags = cx.emit.sample;
-        if flags.is_null() {
-            return;
+    fn emitted<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: T) -> T {
+        let Some(c) = count_cell(cx, op) else {
+            return value;
+        };
+        // The request rides in the word the count loads: cleared by its store.
+        let v = c.load(Relaxed);
+        c.store((v & !WANT_MARBLE).wrapping_add(1), Relaxed);
+        if v & WANT_MARBLE != 0 {
+            return marble_of(cx, op, value);
         }
-        // SAFETY: the host passes one flag per operator plus one with the counting entry
-        // points, valid for the call (`EmitCx::sample`), numbered as the counts.
-        let f = unsafe { &*flags.add(op.wrapping_add(1) as usize) };
-        if f.load(Relaxed) {
-            f.store(false, Relaxed);
-            marble(cx, op, value);
+        value
+    }
+}
+
+/// The count cell of operator `op` (the source's: [`SOURCE`]), if this call counts.
+#[inline(always)]
+fn count_cell<'c>(cx: &Cx<'c>, op: u32) -> Option<&'c core::sync::atomic::AtomicU64> {
+    let counts = cx.emit.counts;
+    if counts.is_null() {
+        return None;
+    }
+    // The source's cell is 0, operator `op`'s is `op + 1` (wrapping maps SOURCE to 0).
+    let cell = op.wrapping_add(1) as usize;
+    // SAFETY: the host passes one cell per operator plus one with the counting entry
+    // points, valid for the call (`EmitCx::counts`); `op` is an operator of this chain.
+    Some(unsafe { &*counts.add(cell) })
+}
+
+/// Whether this call of a counting entry point looks for marble requests
+/// ([`EmitCx::marble_calls`]); if so, takes one call off.
+///
+/// # Safety
+/// `cx` must be the host's context for the call.
+#[inline(always)]
+unsafe fn sampling(cx: *const EmitCx) -> bool {
+    // SAFETY: the caller's obligation; `marble_calls` is null or valid for the call.
+    let calls = unsafe { (*cx).marble_calls.as_ref() };
+    match calls {
+        Some(n) => {
+            let left = n.load(Relaxed);
+            if left == 0 {
+                return false;
+            }
+            n.store(left - 1, Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The counting entry points: each runs the chain that only counts, or, for a call the host
+/// wants marbles from, the one that also writes them.
+unsafe extern "C" fn push_counted<S: Stage>(
+    env: *const c_void,
+    states: *const *mut u8,
+    port: u32,
+    items: *const c_void,
+    n: usize,
+    cx: *const EmitCx,
+    consumed: *mut usize,
+) -> u32 {
+    // SAFETY: the host passes the arguments `PushFn` documents, as the chains take them.
+    unsafe {
+        if sampling(cx) {
+            push_entry::<S, Sampled>(env, states, port, items, n, cx, consumed)
+        } else {
+            push_entry::<S, Counted>(env, states, port, items, n, cx, consumed)
+        }
+    }
+}
+
+/// See [`push_counted`].
+unsafe extern "C" fn push_one_counted<S: Stage>(
+    env: *const c_void,
+    states: *const *mut u8,
+    port: u32,
+    item: *const c_void,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `PushOneFn` documents, as the chains take them.
+    unsafe {
+        if sampling(cx) {
+            push_one_entry::<S, Sampled>(env, states, port, item, cx)
+        } else {
+            push_one_entry::<S, Counted>(env, states, port, item, cx)
+        }
+    }
+}
+
+/// See [`push_counted`].
+unsafe extern "C" fn wake_counted<S: Stage>(
+    env: *const c_void,
+    states: *const *mut u8,
+    op: u32,
+    inner: *mut InnerCall,
+    cx: *const EmitCx,
+) -> u32 {
+    // SAFETY: the host passes the arguments `WakeFn` documents, as the chains take them.
+    unsafe {
+        if sampling(cx) {
+            wake_entry::<S, Sampled>(env, states, op, inner, cx)
+        } else {
+            wake_entry::<S, Counted>(env, states, op, inner, cx)
         }
     }
 }
@@ -314,6 +415,14 @@ pub const MARBLE_CAP: usize = 120;
 /// Writes `value`'s Debug text, capped at [`MARBLE_CAP`] bytes, to the host as a marble. A
 /// panicking Debug impl costs the marble, nothing else: the inspector never changes what a
 /// chain does.
+/// [`marble`] of `value`, given back.
+#[cold]
+#[inline(never)]
+fn marble_of<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: T) -> T {
+    marble(cx, op, &value);
+    value
+}
+
 #[cold]
 #[inline(never)]
 fn marble(cx: &Cx<'_>, op: u32, value: &dyn fmt::Debug) {
@@ -777,8 +886,7 @@ pub(crate) struct Counting<'a, 'c, C, K> {
 impl<T: fmt::Debug, C: Tally, K: Observer<T>> Observer<T> for Counting<'_, '_, C, K> {
     #[inline(always)]
     fn next(&mut self, value: T) -> Flow {
-        C::count(self.cx, self.op);
-        C::sample(self.cx, self.op, &value);
+        let value = C::emitted(self.cx, self.op, value);
         self.k.next(value)
     }
     #[inline(always)]
@@ -1467,12 +1575,12 @@ impl<S: Stage> Chain<'_, S> {
             push_one: push_one_entry::<S, Silent>,
             complete: complete_entry::<S, Silent>,
             start: start_entry::<S, Silent>,
-            push_counted: push_entry::<S, Counted>,
-            push_one_counted: push_one_entry::<S, Counted>,
+            push_counted: push_counted::<S>,
+            push_one_counted: push_one_counted::<S>,
             complete_counted: complete_entry::<S, Counted>,
             start_counted: start_entry::<S, Counted>,
             wake: wake_entry::<S, Silent>,
-            wake_counted: wake_entry::<S, Counted>,
+            wake_counted: wake_counted::<S>,
             project: project_entry::<S>,
             describe: describe_entry::<S>,
             drop_env: drop_env_entry::<S>,
@@ -2348,7 +2456,6 @@ unsafe extern "C" fn push_entry<S: Stage, C: Tally>(
         };
         for i in 0..n {
             position.set(i);
-            C::count(&cx, SOURCE);
             let flow = env.stage.push::<C, _>(&cx, port, items, i, &mut end);
             if flow == Flow::Complete {
                 return flow_status(&cx, flow);
@@ -2377,7 +2484,6 @@ unsafe extern "C" fn push_one_entry<S: Stage, C: Tally>(
     // SAFETY: the host passes the arguments `PushOneFn` documents.
     let (env, cx) = unsafe { enter::<S>(env, states, cx, true) };
     let run = catch_unwind(AssertUnwindSafe(|| {
-        C::count(&cx, SOURCE);
         let mut end = Terminal {
             completed: &cx.completed,
         };

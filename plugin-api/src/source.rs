@@ -177,10 +177,7 @@ impl<W: Wire> Stage for Root<W> {
         // SAFETY: the host passes at least `i + 1` wire values of this port's type.
         let raw = unsafe { &*items.cast::<W::Raw>().add(i) };
         match self.wire.read(raw) {
-            Some(x) => {
-                C::sample(cx, crate::dsl::SOURCE, &x);
-                k.next(x)
-            }
+            Some(x) => k.next(C::emitted(cx, crate::dsl::SOURCE, x)),
             None => Flow::Continue,
         }
     }

@@ -639,7 +639,7 @@ impl Inspected {
             state_changes.extend(t.changes());
             let c = t.counts();
             for (path, cell) in count_cells(&name, &c) {
-                counts.insert(path, c.cells[cell].load(Ordering::Relaxed));
+                counts.insert(path, c.get(cell));
             }
         }
         // The live run-time tracks, and the counts of those listed (their generation read

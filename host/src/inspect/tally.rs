@@ -12,9 +12,10 @@
 //! its operators, carrying each track's count over by track id, so `emissions` counts from the
 //! moment the track was added, across reloads and restarts.
 //!
-//! Marbles: each cell also has a request flag ([`Counts::want`]). The inspector's sampler
-//! sets every flag each [`MARBLE_PERIOD`]; the counting entry points, on the next value a
-//! flagged cell counts, clear the flag and hand that value's Debug text to the host, which
+//! Marbles: a cell's top bit is a request ([`plugin_api::abi::WANT_MARBLE`]). The
+//! inspector's sampler sets it in every cell each [`MARBLE_PERIOD`]; the counting entry
+//! points, counting the next value of a marked cell, clear it and hand that value's Debug
+//! text to the host, which
 //! keeps the last [`MARBLES_PER_TRACK`] per track with their time and version. So values are
 //! formatted only for what is kept, at a bounded rate per track, whatever the emission rate.
 //!
@@ -25,12 +26,13 @@
 //! that emits rarely answers late; the reader waits a bounded time and shows the last texts.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hmr_track::Id;
+use plugin_api::abi::WANT_MARBLE;
 
 use crate::code::{OpCode, PipelineCode};
 
@@ -66,11 +68,10 @@ pub struct StateChange {
 pub struct Counts {
     /// Each operator's track and path, in operator order.
     pub ops: Vec<(Id, String)>,
-    /// Cell 0: source values taken; cell `1 + i`: values operator `i` emitted.
+    /// Cell 0: source values taken; cell `1 + i`: values operator `i` emitted. The top bit
+    /// is a marble request ([`WANT_MARBLE`], set by [`Tallies::ask_marbles`]), not a count:
+    /// read counts through [`Counts::get`].
     pub cells: Box<[AtomicU64]>,
-    /// Marble requests, numbered as `cells` ([`plugin_api::abi::EmitCx::sample`]): set by
-    /// [`Tallies::ask_marbles`], cleared by the plugin as it hands the next value's text.
-    pub want: Box<[AtomicBool]>,
 }
 
 impl Counts {
@@ -78,7 +79,6 @@ impl Counts {
         Counts {
             ops: Vec::new(),
             cells: Box::new([AtomicU64::new(0)]),
-            want: Box::new([AtomicBool::new(false)]),
         }
     }
 
@@ -93,26 +93,37 @@ impl Counts {
     pub(crate) fn for_ops(ops: &[OpCode], old: &Counts) -> Counts {
         let ops: Vec<(Id, String)> = ops.iter().map(|o| (o.track, o.path.clone())).collect();
         let mut cells = Vec::with_capacity(ops.len() + 1);
-        cells.push(AtomicU64::new(old.cells[0].load(Ordering::Relaxed)));
+        cells.push(AtomicU64::new(old.get(0)));
         for (track, _) in &ops {
             let before = old
                 .ops
                 .iter()
                 .position(|(t, _)| t == track)
-                .map_or(0, |i| old.cells[i + 1].load(Ordering::Relaxed));
+                .map_or(0, |i| old.get(i + 1));
             cells.push(AtomicU64::new(before));
         }
-        let want = cells.iter().map(|_| AtomicBool::new(true)).collect();
         Counts {
             ops,
             cells: cells.into_boxed_slice(),
-            want,
+        }
+    }
+
+    /// The count of cell `i` (without its marble request).
+    pub fn get(&self, i: usize) -> u64 {
+        self.cells[i].load(Ordering::Relaxed) & !WANT_MARBLE
+    }
+
+    /// Asks for a marble of every cell (an atomic `fetch_or` each: a request a count's
+    /// store overwrites is lost, and asked again next time).
+    fn ask_marbles(&self) {
+        for c in self.cells.iter() {
+            c.fetch_or(WANT_MARBLE, Ordering::Relaxed);
         }
     }
 
     /// Values the source handed to the chain.
     pub fn source(&self) -> u64 {
-        self.cells[0].load(Ordering::Relaxed)
+        self.get(0)
     }
 
     /// Values emitted by each operator, with its path.
@@ -120,22 +131,21 @@ impl Counts {
         self.ops
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| (p.as_str(), self.cells[i + 1].load(Ordering::Relaxed)))
+            .map(|(i, (_, p))| (p.as_str(), self.get(i + 1)))
     }
 
     /// The pointer the plugin's counting entry points take.
     pub(crate) fn as_ptr(&self) -> *const AtomicU64 {
         self.cells.as_ptr()
     }
-
-    /// The marble requests' pointer the plugin's counting entry points take.
-    pub(crate) fn sample_ptr(&self) -> *const AtomicBool {
-        self.want.as_ptr()
-    }
 }
 
 /// The most bytes of a marble's text (the plugin cuts longer ones and marks them `…`).
 pub use plugin_api::dsl::MARBLE_CAP;
+
+/// How many calls after each request look for marble requests: a track that emits in none
+/// of them (a filter that passes few values) waits for a later round.
+pub const SAMPLED_CALLS: u32 = 16;
 
 /// The most marbles kept per track (older ones are dropped).
 pub const MARBLES_PER_TRACK: usize = 48;
@@ -195,6 +205,8 @@ pub struct PipelineTally {
     changes: Mutex<VecDeque<StateChange>>,
     /// Recent values by track path (the current code's tracks and the source's).
     lanes: Mutex<Lanes>,
+    /// How many more calls look for marble requests (`EmitCx::marble_calls`).
+    marble_calls: AtomicU32,
     /// The counters of each live inner subscription, by its number ([`InnerTally`]).
     inners: Mutex<HashMap<u64, Arc<Counts>>>,
     /// Shared by every pipeline's tally: numbers the state changes, and counts the ones no
@@ -222,6 +234,7 @@ impl PipelineTally {
             answered: Condvar::new(),
             changes: Mutex::default(),
             lanes: Mutex::default(),
+            marble_calls: AtomicU32::new(0),
             inners: Mutex::default(),
             seqs,
         }
@@ -248,6 +261,11 @@ impl PipelineTally {
             value: value.to_owned(),
             seq,
         });
+    }
+
+    /// What the driver's `EmitCx::marble_calls` points at.
+    pub(crate) fn marble_calls(&self) -> *const AtomicU32 {
+        &raw const self.marble_calls
     }
 
     /// The recent values of each track, by path.
@@ -507,9 +525,8 @@ impl Tallies {
     /// inspector's sampler calls this every [`MARBLE_PERIOD`]).
     pub fn ask_marbles(&self) {
         for (_, t) in self.all() {
-            for w in t.counts.load().want.iter() {
-                w.store(true, Ordering::Relaxed);
-            }
+            t.counts.load().ask_marbles();
+            t.marble_calls.store(SAMPLED_CALLS, Ordering::Relaxed);
         }
     }
 

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -308,7 +307,7 @@ impl Part for CountsPart {
             };
             let (counts, cells, sent) = p;
             for ((path, cell), sent) in cells.iter().zip(sent.iter_mut()) {
-                let n = counts.cells[*cell].load(Ordering::Relaxed);
+                let n = counts.get(*cell);
                 if n != *sent {
                     *sent = n;
                     out.insert(path.clone(), json!(n));
