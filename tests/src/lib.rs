@@ -2,6 +2,7 @@
 //! test kit (`host::testkit`) does the driving.
 
 pub mod cdp;
+pub mod inspect;
 
 use host::events::{HostEvent, TrackInfo};
 

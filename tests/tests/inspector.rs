@@ -5,13 +5,16 @@
 //! headless Chromium (`page_in_chromium`, and the inner rows in
 //! `run_time_inner_subscriptions_are_tracks`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use host::events::HostEvent;
-use host::testkit::{BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture, Harness};
+use host::testkit::{BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture};
+use integration_tests::inspect::{
+    emissions, get, snapshot, snapshot_until, start, start_with, track,
+};
 use serde_json::Value;
 
 /// `counter` ticks every 5 ms and keeps a running total; `faulty` panics on every third value;
@@ -33,85 +36,6 @@ fn register(p: &mut Plugin) {
 
 plugin_api::export_plugin!(register);
 "#;
-
-/// A host with the inspector on a free port; returns it and the inspector's address.
-fn start(fixture: &Fixture) -> anyhow::Result<(Harness, SocketAddr)> {
-    start_with(fixture.options())
-}
-
-/// [`start`] with `options` (a virtual clock, say).
-fn start_with(mut options: host::session::Options) -> anyhow::Result<(Harness, SocketAddr)> {
-    options.inspect = Some("127.0.0.1:0".parse()?);
-    let mut host = Harness::start(&options)?;
-    let url = match host.wait_for("the inspector event", BUILD_TIMEOUT, |e| {
-        matches!(e, HostEvent::Inspector { .. })
-    })? {
-        HostEvent::Inspector { url } => url,
-        _ => unreachable!("wait_for returns a matching event"),
-    };
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|u| u.strip_suffix('/'))
-        .with_context(|| format!("the url {url:?} is not http://ADDR/"))?
-        .parse()?;
-    Ok((host, addr))
-}
-
-/// One GET with `host` as the Host header (`None`: no Host header); status and body.
-fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
-
-fn snapshot(addr: SocketAddr) -> anyhow::Result<Value> {
-    let (status, body) = get(addr, "/api/snapshot", Some(&addr.to_string()))?;
-    anyhow::ensure!(status == 200, "snapshot answered {status}: {body}");
-    Ok(serde_json::from_str(&body)?)
-}
-
-/// Polls the snapshot until `pred` holds; fails after `timeout` with the last snapshot.
-fn snapshot_until(
-    addr: SocketAddr,
-    what: &str,
-    timeout: Duration,
-    mut pred: impl FnMut(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = snapshot(addr)?;
-        if pred(&s) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last snapshot: {s:#}");
-        }
-        // The snapshot itself waits (for state texts), so this loop does not spin.
-    }
-}
-
-fn track<'a>(s: &'a Value, path: &str) -> Option<&'a Value> {
-    s["tracks"].as_array()?.iter().find(|t| t["path"] == path)
-}
-
-fn emissions(s: &Value, path: &str) -> u64 {
-    track(s, path)
-        .and_then(|t| t["emissions"].as_u64())
-        .unwrap_or(0)
-}
 
 #[test]
 fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {

@@ -3,14 +3,11 @@
 //! rate whatever the emission rate, capped in size, coloured by version across a reload, and
 //! gone with their track.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use host::events::HostEvent;
 use host::inspect::tally::{MARBLE_CAP, MARBLE_PERIOD, MARBLES_PER_TRACK};
-use host::testkit::{BUILD_TIMEOUT, EMISSION_TIMEOUT, Fixture, Harness};
+use host::testkit::{EMISSION_TIMEOUT, Fixture};
+use integration_tests::inspect::{emissions, snapshot_until_with, start};
 use serde_json::Value;
 
 /// `ticks` doubles and keeps multiples of 4; `fast` runs every millisecond (ten times the
@@ -49,54 +46,14 @@ impl std::fmt::Debug for Bad {
 plugin_api::export_plugin!(register);
 "#;
 
-fn start(fixture: &Fixture) -> anyhow::Result<(Harness, SocketAddr)> {
-    let mut options = fixture.options();
-    options.inspect = Some("127.0.0.1:0".parse()?);
-    let mut host = Harness::start(&options)?;
-    let url = match host.wait_for("the inspector event", BUILD_TIMEOUT, |e| {
-        matches!(e, HostEvent::Inspector { .. })
-    })? {
-        HostEvent::Inspector { url } => url,
-        _ => unreachable!("wait_for returns a matching event"),
-    };
-    let addr = url
-        .strip_prefix("http://")
-        .and_then(|u| u.strip_suffix('/'))
-        .with_context(|| format!("the url {url:?} is not http://ADDR/"))?
-        .parse()?;
-    Ok((host, addr))
-}
-
-fn snapshot(addr: SocketAddr) -> anyhow::Result<Value> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        conn,
-        "GET /api/snapshot?lanes=* HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "snapshot answered {head}");
-    Ok(serde_json::from_str(body)?)
-}
-
+/// Polls the snapshot, with every track's marbles, until `pred` holds.
 fn snapshot_until(
-    addr: SocketAddr,
+    addr: std::net::SocketAddr,
     what: &str,
-    mut pred: impl FnMut(&Value) -> bool,
+    pred: impl FnMut(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + EMISSION_TIMEOUT;
-    loop {
-        // Each snapshot waits for `total`'s state text: this loop does not spin.
-        let s = snapshot(addr)?;
-        if pred(&s) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}; last snapshot: {s:#}");
-        }
-    }
+    // Each snapshot waits for `total`'s state text: the loop does not spin.
+    snapshot_until_with(addr, "?lanes=*", what, EMISSION_TIMEOUT, pred)
 }
 
 /// A marble: time, version, value.
@@ -122,14 +79,6 @@ fn lane(s: &Value, path: &str) -> Option<Vec<Marble>> {
 
 fn lane_len(s: &Value, path: &str) -> usize {
     lane(s, path).map_or(0, |l| l.len())
-}
-
-fn emissions(s: &Value, path: &str) -> u64 {
-    s["tracks"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["path"] == path))
-        .and_then(|t| t["emissions"].as_u64())
-        .unwrap_or(0)
 }
 
 fn numbers(lane: &[Marble], version: u64) -> Vec<u64> {
