@@ -491,12 +491,18 @@ mod tests {
         let task = spawn_file_lines(rt.handle(), path.clone(), outlet);
         expect(&rx, &[line("one")]);
         drop(task);
-        append(&path, b"two\n");
-        // The aborted task drops the only other sender: the channel disconnects, with
-        // nothing delivered after the drop.
+        // The abort takes effect at the task's next await (it may be polling on another
+        // worker right now): then it drops the only other sender, and the channel
+        // disconnects with nothing delivered in between.
         match rx.recv_timeout(WAIT) {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
             other => panic!("expected a disconnected channel, got {other:?}"),
         }
+        // Stopped: a line appended now reaches nobody (no task reads the file any more).
+        append(&path, b"two\n");
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(50)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
     }
 }
