@@ -241,39 +241,14 @@ impl Recent {
         let Some(g) = self.glue.get(port as usize).copied().flatten() else {
             return Err(clone_status::UNSUPPORTED);
         };
-        if g.plain {
-            // The fast path of a value without drop glue (a number, a struct of numbers): its
-            // bytes, copied over the slot's last value of the port (forgotten, not dropped).
-            let mut room = match self.held[i].take() {
-                Some((p, room)) if p == port => room,
-                Some((p, room)) => {
-                    self.free(p, room);
-                    Bytes::new(g.layout)
-                }
-                None => Bytes::new(g.layout),
-            };
-            // SAFETY: `value` points at a live value of the port's layout (the caller's
-            // obligation); the room is valid for that layout; the two do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    value.cast::<u8>(),
-                    room.as_mut_ptr(),
-                    g.layout.size(),
-                )
-            };
-            self.held[i] = Some((port, room));
-            self.put(Kept {
-                kind: Kind::Held,
-                port,
-                x: 0,
-            });
-            return Ok(());
-        }
         // The slot's room is reused for a value of the same port (the same layout).
         let reused = match self.held[i].take() {
             Some((p, mut room)) if p == port => {
-                // SAFETY: the room holds a live value of this port, dropped once, here.
-                let _ = unsafe { (g.drop)(room.as_mut_ptr()) };
+                // A plain value's copy is forgotten, not dropped.
+                if !g.plain {
+                    // SAFETY: the room holds a live value of this port, dropped once, here.
+                    let _ = unsafe { (g.drop)(room.as_mut_ptr()) };
+                }
                 Some(room)
             }
             Some((p, room)) => {
@@ -283,12 +258,26 @@ impl Recent {
             None => None,
         };
         let mut room = reused.unwrap_or_else(|| Bytes::new(g.layout));
-        // SAFETY: the room is valid and aligned for the layout, uninitialised; `value` is the
-        // caller's obligation; the glue is the port's, in the code `self.lib` keeps.
-        let status = unsafe { (g.clone)(value.cast::<u8>(), room.as_mut_ptr()) };
-        if status != clone_status::OK {
-            room.release(g.layout);
-            return Err(status);
+        if g.plain {
+            // A value without drop glue (a number, a struct of numbers): its bytes, with no
+            // call into the plugin.
+            // SAFETY: `value` points at a live value of the port's layout (the caller's
+            // obligation); the room is valid for that layout; the two do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    value.cast::<u8>(),
+                    room.as_mut_ptr(),
+                    g.layout.size(),
+                )
+            };
+        } else {
+            // SAFETY: the room is valid and aligned for the layout, uninitialised; `value` is
+            // the caller's obligation; the glue is the port's, in the code `self.lib` keeps.
+            let status = unsafe { (g.clone)(value.cast::<u8>(), room.as_mut_ptr()) };
+            if status != clone_status::OK {
+                room.release(g.layout);
+                return Err(status);
+            }
         }
         self.held[i] = Some((port, room));
         self.put(Kept {
