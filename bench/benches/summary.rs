@@ -1794,8 +1794,8 @@ fn host_subject(
 }
 
 /// Scenario 11's reference row: the same subscriber chains, each value pushed into each
-/// subscriber's driver directly by the bench (the wire value a hub passes, through the same
-/// `push_item`), without a publisher pipeline or a hub: no `publish` call, no lock, no
+/// subscriber's driver directly by the bench (the wire value and layout a hub passes, through
+/// the same `push_subject`), without a publisher pipeline or a hub: no `publish` call, no lock, no
 /// cycle check. The difference from `host_subject` is what the subject's delivery costs.
 fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64, u64)> {
     let mut drivers = Vec::with_capacity(subscribers.len());
@@ -1806,24 +1806,31 @@ fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64
             .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
         d.start()
             .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
-        drivers.push((d, capture));
+        // The layout a hub passes with each value: the one the port reads.
+        let item = s
+            .code()
+            .sources
+            .first()
+            .and_then(|src| src.item.clone())
+            .ok_or_else(|| anyhow::anyhow!("a subscriber's port 0 reads no subject"))?;
+        drivers.push((d, capture, item));
     }
     let end = black_box(n);
     let mut refused = 0u64;
     let started = Instant::now();
     for x in 0..end {
         let item: *const u64 = &x;
-        for (d, _) in &mut drivers {
+        for (d, _, layout) in &mut drivers {
             // SAFETY: a subject port's wire value is a pointer to the value: `item` points at
-            // a live `u64` and outlives the call; each port reads `subject::<u64>`, and
-            // `push_item` checks the port takes pointers.
-            let r = unsafe { d.push_item(0, Wire::Ptr, (&raw const item).cast()) };
+            // a live `u64` and outlives the call; each port reads `subject::<u64>`, whose
+            // layout `layout` is (`push_subject` checks it, as for a hub's delivery).
+            let r = unsafe { d.push_subject(0, (&raw const item).cast(), layout, "s10") };
             refused += u64::from(!matches!(r, Ok(Pushed::Continue)));
         }
     }
     let t = started.elapsed();
     let mut acc = 0u64;
-    for (d, capture) in &mut drivers {
+    for (d, capture, _) in &mut drivers {
         acc = fold31(acc, finish(d, capture)?);
     }
     anyhow::ensure!(refused == 0, "{refused} values did not go through");

@@ -229,11 +229,40 @@ impl Recent {
     /// # Safety
     /// `value` must point at a live value of the port's layout (checked against the
     /// publisher's), which nothing mutates during the call.
+    #[inline(always)]
     pub(crate) unsafe fn keep_subject(
         &mut self,
         port: u32,
         value: *const c_void,
     ) -> Result<(), u32> {
+        // The common case inline: an 8-byte plain value (a number) into a slot whose room
+        // already holds one of this port's.
+        let i = self.next;
+        if let (Some(Some(g)), Some(Some((p, room)))) =
+            (self.glue.get(port as usize), self.held.get_mut(i))
+            && g.plain
+            && g.layout.size() == 8
+            && *p == port
+        {
+            // SAFETY: `value` points at a live value of the port's layout, 8 bytes (the
+            // caller's obligation); the room is valid for that layout; the two do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(value.cast::<u8>(), room.as_mut_ptr(), 8) };
+            self.put(Kept {
+                kind: Kind::Held,
+                port,
+                x: 0,
+            });
+            return Ok(());
+        }
+        // SAFETY: forwarded.
+        unsafe { self.keep_subject_slow(port, value) }
+    }
+
+    /// `keep_subject` in general.
+    ///
+    /// # Safety
+    /// As `keep_subject`.
+    unsafe fn keep_subject_slow(&mut self, port: u32, value: *const c_void) -> Result<(), u32> {
         let i = self.next;
         if i >= self.ring.len() {
             return Ok(());
@@ -241,45 +270,39 @@ impl Recent {
         let Some(g) = self.glue.get(port as usize).copied().flatten() else {
             return Err(clone_status::UNSUPPORTED);
         };
-        // The slot's room is reused for a value of the same port (the same layout).
-        let reused = match self.held[i].take() {
-            Some((p, mut room)) if p == port => {
-                // A plain value's copy is forgotten, not dropped.
-                if !g.plain {
-                    // SAFETY: the room holds a live value of this port, dropped once, here.
-                    let _ = unsafe { (g.drop)(room.as_mut_ptr()) };
-                }
-                Some(room)
-            }
-            Some((p, room)) => {
-                self.free(p, room);
-                None
-            }
-            None => None,
-        };
-        let mut room = reused.unwrap_or_else(|| Bytes::new(g.layout));
+        // The slot's room is reused, in place, for a value of the same port (the same
+        // layout); another port's value goes first. (In place: moving the room in and out
+        // of the slot cost a store-forwarding stall per value.)
+        if self.held[i].as_ref().is_some_and(|(p, _)| *p != port)
+            && let Some((p, room)) = self.held[i].take()
+        {
+            self.free(p, room);
+        }
+        let fresh = self.held[i].is_none();
+        let slot = self.held[i].get_or_insert_with(|| (port, Bytes::new(g.layout)));
+        let room = slot.1.as_mut_ptr();
         if g.plain {
             // A value without drop glue (a number, a struct of numbers): its bytes, with no
-            // call into the plugin.
+            // call into the plugin; the copy it replaces is forgotten, not dropped.
             // SAFETY: `value` points at a live value of the port's layout (the caller's
             // obligation); the room is valid for that layout; the two do not overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    value.cast::<u8>(),
-                    room.as_mut_ptr(),
-                    g.layout.size(),
-                )
-            };
+            unsafe { std::ptr::copy_nonoverlapping(value.cast::<u8>(), room, g.layout.size()) };
         } else {
-            // SAFETY: the room is valid and aligned for the layout, uninitialised; `value` is
-            // the caller's obligation; the glue is the port's, in the code `self.lib` keeps.
-            let status = unsafe { (g.clone)(value.cast::<u8>(), room.as_mut_ptr()) };
+            if !fresh {
+                // SAFETY: the room holds a live value of this port, dropped once, here.
+                let _ = unsafe { (g.drop)(room) };
+            }
+            // SAFETY: the room is valid and aligned for the layout, uninitialised (dropped
+            // above, or new); `value` is the caller's obligation; the glue is the port's, in
+            // the code `self.lib` keeps.
+            let status = unsafe { (g.clone)(value.cast::<u8>(), room) };
             if status != clone_status::OK {
-                room.release(g.layout);
+                if let Some((_, room)) = self.held[i].take() {
+                    room.release(g.layout);
+                }
                 return Err(status);
             }
         }
-        self.held[i] = Some((port, room));
         self.put(Kept {
             kind: Kind::Held,
             port,

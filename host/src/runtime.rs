@@ -116,6 +116,40 @@ pub(crate) struct Shared {
     replay_inputs: std::sync::atomic::AtomicUsize,
     /// Under a virtual clock: pokes sent to the thread and not handled yet.
     pokes: Arc<AtomicU64>,
+    /// For a driver shared behind a lock (a subject reader): the [`thread_tag`] of the
+    /// thread holding the lock, 0 when none does. A delivery that finds its own thread's
+    /// tag here would lock the driver again (a cycle through subjects) and is refused.
+    pub(crate) holder: std::sync::atomic::AtomicUsize,
+}
+
+/// This thread's tag: the address of a thread-local, distinct among live threads and never
+/// 0 (one TLS address computation).
+#[inline(always)]
+pub(crate) fn thread_tag() -> usize {
+    std::thread_local! {
+        static TAG: u8 = const { 0 };
+    }
+    TAG.with(|t| std::ptr::from_ref(t) as usize)
+}
+
+/// Marks a shared driver's lock held by this thread while it lives (declared after the
+/// lock's guard, so it is dropped first: the mark goes before the lock is released, also
+/// when the holder unwinds).
+pub(crate) struct Holding<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Holding<'a> {
+    #[inline(always)]
+    pub(crate) fn mark(holder: &'a std::sync::atomic::AtomicUsize, tag: usize) -> Holding<'a> {
+        holder.store(tag, Ordering::Relaxed);
+        Holding(holder)
+    }
+}
+
+impl Drop for Holding<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -185,6 +219,7 @@ impl Shared {
             feeds: std::sync::OnceLock::new(),
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             pokes: Arc::default(),
+            holder: std::sync::atomic::AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -1895,6 +1930,11 @@ pub struct Driver {
     /// `code`'s single-value entry point and closures, and `states`' slot array, kept here so
     /// an emission reaches them without going through `code` (refreshed with it).
     hot: (PushOneFn, *const c_void, *const *mut u8),
+    /// `code`'s single-value entry point for any port (`hot`'s is for port 0 only), and what
+    /// each port takes: its wire type and, for a subject, the layout of its values. A value
+    /// of that wire type (and layout), for a started driver whose code is current, goes
+    /// straight in (see `Driver::push_checked`). Refreshed with `code`.
+    entry: (PushOneFn, Vec<PortTakes>),
     code: Arc<PipelineCode>,
     states: StateSlots,
     /// Shared, not boxed: `cx.host` points into it, and moving an `Rc` (unlike a `Box`)
@@ -2019,8 +2059,10 @@ impl Driver {
         let calls = shared.calls.load(Ordering::Relaxed);
         let mut recent = crate::replay::Recent::new(shared.replay_inputs.load(Ordering::Relaxed));
         recent.set_code(&code);
+        let entry = port_entry(&code, tally.is_some());
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
+            entry,
             shared,
             generation,
             code,
@@ -2111,6 +2153,7 @@ impl Driver {
         }
         let (_, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (self.port0_entry(&new), env, self.states.as_ptr());
+        self.entry = port_entry(&new, self.tally.is_some());
         // The old code is dropped here if nothing else holds it (live inner subscriptions
         // keep their own version's library until re-projected; kept subject values move to
         // the new version's glue).
@@ -2289,8 +2332,59 @@ impl Driver {
         r
     }
 
+    /// # Safety
+    /// As `push_item` (`layout`: `None`) and `push_subject`.
     #[inline(always)]
     unsafe fn push_checked(
+        &mut self,
+        port: u32,
+        wire: Wire,
+        item: *const c_void,
+        layout: Option<(&hmr_track::Fingerprint, &str)>,
+    ) -> Result<Pushed, String> {
+        // The common case, with `push_checked_slow`'s checks folded into one test: a
+        // started, not completed chain whose code is current and whose port takes `wire`
+        // (and, for a subject's value, its layout).
+        let takes = PortTakes {
+            wire,
+            layout: layout.map(|(f, _)| (f.hash, f.size, f.align)),
+        };
+        let direct = !self.done
+            && self.started
+            && self.shared.generation.load(Ordering::Acquire) == self.generation
+            && self.entry.1.get(port as usize) == Some(&takes);
+        if !direct {
+            // SAFETY: forwarded.
+            return unsafe { self.push_checked_slow(port, wire, item, layout) };
+        }
+        // `mark_call` twice, with the count in a register across the call (as `push_one`).
+        let calls = self.calls;
+        self.shared.calls.store(calls + 1, Ordering::Relaxed);
+        // SAFETY: the caller's obligation: `item` points at one value of `wire`'s type (of
+        // the port's layout, checked above, for a subject's).
+        unsafe { self.keep(port, wire, item, layout.map(|(_, s)| s)) };
+        let push_one = self.entry.0;
+        let (_, env, states) = self.hot;
+        // SAFETY: the current code's entry point and closures (refreshed with the code, whose
+        // generation was checked above) and the slot array built for it; the port takes
+        // `wire` values (and the layout) checked above; `item` is the caller's obligation.
+        let s = unsafe { push_one(env, states, port, item, &self.cx) };
+        debug_assert_eq!(self.calls, calls);
+        self.calls = calls + 2;
+        self.shared.calls.store(calls + 2, Ordering::Relaxed);
+        self.after_call();
+        let p = Pushed::from_one(s);
+        self.note(&Ok(p));
+        Ok(p)
+    }
+
+    /// `push_checked` in general: starts the chain first if it was not, takes new code,
+    /// and says why a value is not taken.
+    ///
+    /// # Safety
+    /// As `push_checked`.
+    #[inline(never)]
+    unsafe fn push_checked_slow(
         &mut self,
         port: u32,
         wire: Wire,
@@ -2976,11 +3070,38 @@ impl Driver {
     }
 }
 
+/// What a port takes, as a push compares it: its wire type and, for a subject, the layout
+/// of its values (hash, size, align).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PortTakes {
+    wire: Wire,
+    layout: Option<(u64, u64, u64)>,
+}
+
+/// `code`'s entry point for any port and what each port takes (see `Driver::entry`).
+fn port_entry(code: &PipelineCode, counted: bool) -> (PushOneFn, Vec<PortTakes>) {
+    let takes = code
+        .sources
+        .iter()
+        .map(|s| {
+            let wire = s.wire();
+            let layout = s
+                .item
+                .as_ref()
+                .filter(|_| wire == Wire::Ptr)
+                .map(|f| (f.hash, f.size, f.align));
+            PortTakes { wire, layout }
+        })
+        .collect();
+    (code.push_one_raw(counted).0, takes)
+}
+
 /// Where a pipeline thread's driver lives: on the thread, or behind the lock it shares with
 /// the threads publishing to the pipeline's subjects.
 enum DriverCell {
     Local(Box<Driver>),
-    Locked(Arc<Mutex<Driver>>),
+    /// With its pipeline's shared half, where the lock's holder is marked.
+    Locked(Arc<Mutex<Driver>>, Arc<Shared>),
 }
 
 impl DriverCell {
@@ -2988,7 +3109,11 @@ impl DriverCell {
     fn with<R>(&mut self, f: impl FnOnce(&mut Driver) -> R) -> R {
         match self {
             DriverCell::Local(d) => f(d),
-            DriverCell::Locked(d) => f(&mut d.lock().unwrap_or_else(|p| p.into_inner())),
+            DriverCell::Locked(d, shared) => {
+                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+                let _held = Holding::mark(&shared.holder, thread_tag());
+                f(&mut d)
+            }
         }
     }
 }
@@ -3109,7 +3234,7 @@ fn run_pipeline(
     } else {
         let d = Arc::new(Mutex::new(driver));
         (
-            DriverCell::Locked(d.clone()),
+            DriverCell::Locked(d.clone(), shared.clone()),
             Some(Subscription {
                 hubs: subscribe,
                 driver: d,

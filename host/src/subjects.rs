@@ -9,7 +9,6 @@
 //! back into a pipeline already running on this thread (a cycle through subjects) is
 //! dropped with an error instead of deadlocking.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
-use crate::runtime::{Driver, PanicPolicy};
+use crate::runtime::{Driver, Holding, PanicPolicy, thread_tag};
 
 /// The host's subjects, by name.
 #[derive(Default)]
@@ -77,11 +76,6 @@ impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub").field("name", &self.name).finish()
     }
-}
-
-std::thread_local! {
-    /// The subscriber drivers this thread is delivering into (to refuse a cycle).
-    static DELIVERING: RefCell<Vec<*const Mutex<Driver>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Hub {
@@ -156,12 +150,13 @@ impl Hub {
         sink: &Sink,
     ) {
         let subs = self.subscribers.load();
+        let tag = thread_tag();
         for s in subs.iter() {
             if s.port_done.load(Ordering::Relaxed) || s.shared.ended() {
                 continue;
             }
-            let key = Arc::as_ptr(&s.driver);
-            let Some(_entered) = Entered::enter(key) else {
+            // Only this thread writes its own tag there, and clears it before it unlocks.
+            if s.shared.holder.load(Ordering::Relaxed) == tag {
                 sink.event(HostEvent::Error {
                     pipeline: s.pipeline.clone(),
                     path: s.pipeline.clone(),
@@ -172,8 +167,9 @@ impl Hub {
                     ),
                 });
                 continue;
-            };
+            }
             let mut d = s.driver.lock().unwrap_or_else(|p| p.into_inner());
+            let _held = Holding::mark(&s.shared.holder, tag);
             if d.stopped() {
                 continue;
             }
@@ -214,35 +210,6 @@ impl Hub {
                 }),
             }
         }
-    }
-}
-
-/// A subscriber's driver this thread is delivering into, for as long as it lives (a guard,
-/// so a panic while delivering does not leave it marked).
-struct Entered(*const Mutex<Driver>);
-
-impl Entered {
-    /// Marks `key` entered on this thread; `None` if it already is (a cycle).
-    fn enter(key: *const Mutex<Driver>) -> Option<Entered> {
-        DELIVERING.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.contains(&key) {
-                return None;
-            }
-            d.push(key);
-            Some(Entered(key))
-        })
-    }
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        let _ = DELIVERING.try_with(|d| {
-            let mut d = d.borrow_mut();
-            if let Some(i) = d.iter().rposition(|k| *k == self.0) {
-                d.remove(i);
-            }
-        });
     }
 }
 

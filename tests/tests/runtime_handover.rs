@@ -10,7 +10,7 @@ use std::time::Duration;
 use host::events::{ChannelSink, HostEvent};
 use host::loader::Loader;
 use host::reloader::Outcome;
-use host::runtime::{Ended, PanicPolicy, Runtime, spawn_source_thread};
+use host::runtime::{Ended, PanicPolicy, Publisher, Runtime, spawn_source_thread};
 use host::testkit::{Fixture, Harness, TempDir};
 use integration_tests::{
     build_copy, channel_reloader, next_matching, reload_fields, reload_version,
@@ -250,5 +250,97 @@ fn a_stuck_user_function_is_reported_and_not_called_swapped() -> anyhow::Result<
     assert_eq!(*swapped, 3, "{reload:?}");
     let version = reload_version(&reload);
     host.wait_emission_from("ok", version)?;
+    Ok(())
+}
+
+/// Two versions whose subjects form no cycle each, but do across them: in v1 `a` reads `x`
+/// and publishes `y`, which `b` only logs; in v2 `a` publishes `z` and `b` publishes what it
+/// reads to `x`. While a reload is half done (`a` still on v1, `b` on v2) a value goes
+/// x -> a -> y -> b -> x -> a, which would lock `a`'s driver again on the same thread.
+const CROSS_VERSION_CYCLE: &str = r#"
+use plugin_api::prelude::*;
+
+fn register(p: &mut Plugin) {
+    p.pipeline("src", interval_ms(3_600_000)).publish("x");
+    p.pipeline("a", subject::<u64>("x")).map(|n: u64| n + 1).publish("y");
+    p.pipeline("b", subject::<u64>("y")).map(|n: u64| n * 10).log();
+}
+
+plugin_api::export_plugin!(register);
+"#;
+
+/// The delivery refuses a value that would come back into a driver its thread is already
+/// in (a cycle through subjects made of two versions), with an error naming the subject,
+/// instead of deadlocking on the driver's lock; the rest of the delivery goes on.
+#[test]
+fn a_cycle_through_subjects_across_versions_is_refused_not_deadlocked() -> anyhow::Result<()> {
+    let fixture = Fixture::new("handover_cycle", CROSS_VERSION_CYCLE);
+    let config = fixture.build_config(false)?;
+    let keep = TempDir::new("handover-cycle-libs");
+    let v1 = build_copy(&config, keep.path(), "lib1.so")?;
+    fixture.edit("src/lib.rs", "publish(\"y\")", "publish(\"z\")");
+    fixture.edit("src/lib.rs", "map(|n: u64| n * 10).log()", "publish(\"x\")");
+    let v2 = build_copy(&config, keep.path(), "lib2.so")?;
+
+    let loader = Loader::new()?;
+    let mut recorder = hmr_track_recorder();
+    let mut codes = |lib: &std::path::Path, version: u64| {
+        let (lib, _) = loader.load(lib, version)?;
+        let (_, codes) =
+            host::register::register(&lib, &mut recorder, host::register::REGISTER_DEADLINE)?;
+        anyhow::Ok(
+            codes
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+    };
+    let mut old = codes(&v1, 1)?;
+    let mut new = codes(&v2, 2)?;
+    let subjects = Arc::new(host::subjects::Subjects::default());
+    let src = Publisher::with_subjects(old.remove("src").expect("src"), subjects.clone());
+    let a = Publisher::with_subjects(old.remove("a").expect("a"), subjects.clone());
+    let b = Publisher::with_subjects(new.remove("b").expect("b"), subjects.clone());
+
+    let (tx, events) = channel();
+    let sink: host::events::Sink = Arc::new(ChannelSink(tx));
+    let subscribe = |p: &Publisher, subject: &str| -> anyhow::Result<()> {
+        let mut d = p.driver(sink.clone()).map_err(anyhow::Error::msg)?;
+        d.start().map_err(anyhow::Error::msg)?;
+        let d = Arc::new(std::sync::Mutex::new(d));
+        // SAFETY: every pipeline here reads and publishes `u64`s.
+        unsafe {
+            subjects
+                .hub(subject)
+                .subscribe_driver(0, d, PanicPolicy::Drop)
+        }
+        .map_err(anyhow::Error::msg)
+    };
+    subscribe(&a, "x")?;
+    subscribe(&b, "y")?;
+    let mut src = src.driver(sink.clone()).map_err(anyhow::Error::msg)?;
+
+    // On its own thread: a deadlock fails the test by its timeout instead of hanging it.
+    let (done_tx, done) = channel();
+    std::thread::spawn(move || {
+        let r = src.push_one(4).map(|p| format!("{p:?}"));
+        let _ = done_tx.send(r);
+    });
+    let pushed = done
+        .recv_timeout(WAIT)
+        .map_err(|_| anyhow::anyhow!("the delivery did not return: a deadlock on a's lock"))?;
+    assert_eq!(pushed.map_err(anyhow::Error::msg)?, "Continue");
+    let error = next_matching(&events, WAIT, |e| matches!(e, HostEvent::Error { .. }))?;
+    let HostEvent::Error {
+        pipeline, message, ..
+    } = &error
+    else {
+        unreachable!()
+    };
+    assert_eq!(pipeline, "a", "{error:?}");
+    assert!(
+        message.contains("subject \"x\"") && message.contains("a cycle through subjects"),
+        "{message}"
+    );
     Ok(())
 }
