@@ -334,20 +334,13 @@ impl Formatter {
     /// leaves it out. An emission is written straight into `out` (a buffer the printer
     /// reuses): no allocation per value.
     pub fn line_into(&mut self, event: &HostEvent, out: &mut Vec<u8>) -> bool {
-        use std::io::Write as _;
         if let HostEvent::Emission {
             pipeline,
             version,
             value,
         } = event
         {
-            if self.json {
-                if serde_json::to_writer(&mut *out, event).is_ok() {
-                    return true;
-                }
-            } else {
-                return write!(out, "{pipeline} v{version}: {value}").is_ok();
-            }
+            return self.emission_into(pipeline, *version, value, out);
         }
         match self.line(event) {
             Some(line) => {
@@ -355,6 +348,39 @@ impl Formatter {
                 true
             }
             None => false,
+        }
+    }
+
+    /// An emission's line (without its newline) appended to `out`, from borrowed texts: no
+    /// allocation. The same line as [`Formatter::line`] gives for a [`HostEvent::Emission`].
+    pub fn emission_into(
+        &mut self,
+        pipeline: &str,
+        version: u64,
+        value: &str,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        use std::io::Write as _;
+        if self.json {
+            /// `HostEvent::Emission`'s JSON, borrowed.
+            #[derive(serde::Serialize)]
+            #[serde(tag = "event", rename = "emission")]
+            struct Emission<'a> {
+                pipeline: &'a str,
+                version: u64,
+                value: &'a str,
+            }
+            serde_json::to_writer(
+                &mut *out,
+                &Emission {
+                    pipeline,
+                    version,
+                    value,
+                },
+            )
+            .is_ok()
+        } else {
+            write!(out, "{pipeline} v{version}: {value}").is_ok()
         }
     }
 
@@ -527,6 +553,34 @@ pub type Sink = Arc<dyn EventSink>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An emission printed from borrowed texts (the printer's queue) reads as the event's own
+    /// line, in both formats, whatever the text holds (quotes, escapes, non-ASCII).
+    #[test]
+    fn borrowed_emission_lines_are_the_events_lines() {
+        for value in ["42", "\"a\\b\"", "Some([1, 2])", "é\n\t", ""] {
+            for json in [false, true] {
+                let mut f = if json {
+                    Formatter::json()
+                } else {
+                    Formatter::human(false)
+                };
+                let event = HostEvent::Emission {
+                    pipeline: "counter".into(),
+                    version: 7,
+                    value: value.into(),
+                };
+                let mut borrowed = Vec::new();
+                assert!(f.emission_into("counter", 7, value, &mut borrowed));
+                let owned = f.line(&event).expect("an emission has a line");
+                assert_eq!(
+                    String::from_utf8(borrowed).unwrap(),
+                    owned,
+                    "json {json}: {value:?}"
+                );
+            }
+        }
+    }
 
     /// Only values may be dropped by the printer: emissions and user-function panics (which
     /// name an operator path); a pipeline's or the host's own failure never.

@@ -25,10 +25,14 @@
 //! Order: events are printed in the order they were queued, so a reload is printed before
 //! any emission of its version (the reloader queues its report before it commits the code).
 //! Memory: per-value events held are at most twice [`OUTPUT_QUEUE_BYTES`] (the queue, and
-//! the batch being printed), plus one event larger than the whole budget; the strings of
-//! printed emissions are kept for reuse up to twice the budget again (so that a stream at full
-//! speed copies each value into a string that has room instead of allocating one: about 0.006
-//! allocations per emission in `make bench`'s scenario 6, from 1 before).
+//! the batch being printed), plus one event larger than the whole budget. An emission costs
+//! no allocation: its texts are copied into the queue's text arena, and the queue's entry is
+//! a few words. The queue and the printer's batch each reserve room for a full budget when
+//! the printer starts (address space: Linux backs it with memory only as it is written), and
+//! swap their buffers, so no push ever grows one; an arena grown past twice the budget by one
+//! huge value is given back after it is printed. (Before: a `String` pair per emission,
+//! recycled through a bounded pool, which allocated 0.006 to 0.2 times per emission in
+//! `make bench`'s scenario 6, depending on how far the producer ran ahead of the printer.)
 
 use std::collections::VecDeque;
 use std::io::{self, BufWriter, Write};
@@ -78,9 +82,47 @@ impl WhenFull {
 /// What a queued event is counted as, besides its text.
 const EVENT_OVERHEAD: usize = 64;
 
-#[derive(Default)]
+/// A queued event: an emission's texts are in the queue's arena (`Queue::text`), anything
+/// else is boxed (those allocate their strings anyway).
+enum Item {
+    /// An emission: the pipeline's name at `text[at..at + pipeline]`, then the value's text
+    /// (`value` bytes).
+    Emission {
+        at: usize,
+        pipeline: usize,
+        value: usize,
+        version: u64,
+    },
+    Event(Box<HostEvent>),
+}
+
+/// Queued events in order, and the texts of the queued emissions.
+struct Items {
+    items: VecDeque<Item>,
+    text: String,
+}
+
+impl Items {
+    /// Room for a budget's worth of per-value events, reserved now so no push grows it.
+    fn with_room(budget: usize) -> Items {
+        Items {
+            items: VecDeque::with_capacity(budget / EVENT_OVERHEAD + 16),
+            text: String::with_capacity(budget),
+        }
+    }
+
+    fn clear(&mut self, budget: usize) {
+        self.items.clear();
+        self.text.clear();
+        // One huge value grew the arena: give it back rather than hold it for good.
+        if self.text.capacity() > 2 * budget {
+            self.text.shrink_to(budget);
+        }
+    }
+}
+
 struct Queue {
-    events: VecDeque<HostEvent>,
+    events: Items,
     /// Bytes of per-value events in `events`.
     per_value_bytes: usize,
     dropped_emissions: u64,
@@ -93,46 +135,6 @@ struct Queue {
     closing: bool,
     /// Writing failed; everything is discarded.
     failed: Option<(io::ErrorKind, String)>,
-    /// The strings of printed (or dropped) emissions, handed back for the next ones: an
-    /// emission then costs a copy into a string that has room, not an allocation. Bounded:
-    /// at most twice the budget's worth of bytes (`spare_bytes`), what the queue and the batch
-    /// being printed hold at most, so a stream at full speed finds every string it needs.
-    spare: Vec<(String, String)>,
-    spare_bytes: usize,
-}
-
-/// The largest string kept for reuse (a huge value's string is freed, not kept).
-const SPARE_STRING_BYTES: usize = 1024;
-
-impl Queue {
-    /// Keeps `pipeline` and `value` for a later emission, if the pool has room within twice
-    /// `budget` bytes.
-    fn recycle(&mut self, pipeline: String, value: String, budget: usize) {
-        // Counted as the queue counts its events (text length), so the pool holds as many
-        // emissions as the queue and the printer's batch can.
-        let weight = EVENT_OVERHEAD + pipeline.len() + value.len();
-        if pipeline.capacity() <= SPARE_STRING_BYTES
-            && value.capacity() <= SPARE_STRING_BYTES
-            && self.spare_bytes + weight <= 2 * budget
-        {
-            self.spare_bytes += weight;
-            self.spare.push((pipeline, value));
-        }
-    }
-
-    /// Strings for one emission: recycled ones when there are.
-    fn spare_strings(&mut self) -> (String, String) {
-        match self.spare.pop() {
-            Some((p, v)) => {
-                self.spare_bytes = self
-                    .spare_bytes
-                    .saturating_sub(EVENT_OVERHEAD + p.len() + v.len());
-                (p, v)
-            }
-            // Room for a typical value from the start, so a recycled string rarely grows.
-            None => (String::with_capacity(32), String::with_capacity(32)),
-        }
-    }
 }
 
 impl Queue {
@@ -145,6 +147,14 @@ impl Queue {
             emissions: std::mem::take(&mut self.dropped_emissions),
             errors: std::mem::take(&mut self.dropped_errors),
         })
+    }
+
+    /// Queues `item`, after the report of what was dropped before it, if anything was.
+    fn push_back(&mut self, item: Item) {
+        if let Some(dropped) = self.take_dropped() {
+            self.events.items.push_back(Item::Event(Box::new(dropped)));
+        }
+        self.events.items.push_back(item);
     }
 }
 
@@ -164,64 +174,78 @@ impl Shared {
     }
 
     fn push(&self, event: HostEvent) {
-        let q = self.lock();
-        self.push_locked(q, event);
-    }
-
-    /// An emission, copied into recycled strings.
-    fn push_emission(&self, pipeline: &str, version: u64, value: &str) {
+        if let HostEvent::Emission {
+            pipeline,
+            version,
+            value,
+        } = &event
+        {
+            return self.push_emission(pipeline, *version, value);
+        }
         let mut q = self.lock();
-        if q.failed.is_some() {
+        if event.is_per_value() {
+            let Some(g) = self.admit(q, weight(&event), false) else {
+                return;
+            };
+            q = g;
+        } else if q.failed.is_some() {
             return;
         }
-        let (mut p, mut v) = q.spare_strings();
-        p.clear();
-        p.push_str(pipeline);
-        v.clear();
-        v.push_str(value);
-        self.push_locked(
-            q,
-            HostEvent::Emission {
-                pipeline: p,
-                version,
-                value: v,
-            },
-        );
+        q.push_back(Item::Event(Box::new(event)));
+        self.wake_printer(q);
     }
 
-    fn push_locked(&self, mut q: MutexGuard<'_, Queue>, event: HostEvent) {
-        if q.failed.is_some() {
+    /// An emission, its texts copied into the queue's arena: no allocation.
+    fn push_emission(&self, pipeline: &str, version: u64, value: &str) {
+        let q = self.lock();
+        let Some(mut q) = self.admit(q, EVENT_OVERHEAD + pipeline.len() + value.len(), true) else {
             return;
-        }
-        if event.is_per_value() {
-            let weight = weight(&event);
-            while q.per_value_bytes > 0 && q.per_value_bytes + weight > self.budget {
-                if self.when_full == WhenFull::Wait && !q.closing {
-                    q.waiting += 1;
-                    q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
-                    q.waiting -= 1;
-                    if q.failed.is_some() {
-                        return;
-                    }
-                    continue;
-                }
-                match event {
-                    HostEvent::Emission {
-                        pipeline, value, ..
-                    } => {
-                        q.dropped_emissions += 1;
-                        q.recycle(pipeline, value, self.budget);
-                    }
-                    _ => q.dropped_errors += 1,
-                }
-                return;
+        };
+        let at = q.events.text.len();
+        q.events.text.push_str(pipeline);
+        q.events.text.push_str(value);
+        q.push_back(Item::Emission {
+            at,
+            pipeline: pipeline.len(),
+            value: value.len(),
+            version,
+        });
+        self.wake_printer(q);
+    }
+
+    /// Room for a per-value event of `weight` (an `emission`, or a per-value error): the
+    /// queue's lock when it is admitted (its weight counted), `None` when it is dropped (and
+    /// counted) or printing failed. Waits for room under [`WhenFull::Wait`].
+    fn admit<'a>(
+        &'a self,
+        mut q: MutexGuard<'a, Queue>,
+        weight: usize,
+        emission: bool,
+    ) -> Option<MutexGuard<'a, Queue>> {
+        loop {
+            if q.failed.is_some() {
+                return None;
             }
-            q.per_value_bytes += weight;
+            if q.per_value_bytes == 0 || q.per_value_bytes + weight <= self.budget {
+                q.per_value_bytes += weight;
+                return Some(q);
+            }
+            if self.when_full == WhenFull::Wait && !q.closing {
+                q.waiting += 1;
+                q = self.room.wait(q).unwrap_or_else(PoisonError::into_inner);
+                q.waiting -= 1;
+                continue;
+            }
+            if emission {
+                q.dropped_emissions += 1;
+            } else {
+                q.dropped_errors += 1;
+            }
+            return None;
         }
-        if let Some(dropped) = q.take_dropped() {
-            q.events.push_back(dropped);
-        }
-        q.events.push_back(event);
+    }
+
+    fn wake_printer(&self, mut q: MutexGuard<'_, Queue>) {
         if std::mem::take(&mut q.idle) {
             drop(q);
             self.wake.notify_one();
@@ -303,7 +327,16 @@ impl Printer {
         on_closed: impl FnOnce(&io::Error) + Send + 'static,
     ) -> io::Result<Printer> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                events: Items::with_room(budget),
+                per_value_bytes: 0,
+                dropped_emissions: 0,
+                dropped_errors: 0,
+                idle: false,
+                waiting: 0,
+                closing: false,
+                failed: None,
+            }),
             wake: Condvar::new(),
             room: Condvar::new(),
             budget,
@@ -323,7 +356,8 @@ impl Printer {
                     {
                         let mut q = printing.lock();
                         q.failed = Some((e.kind(), e.to_string()));
-                        q.events.clear();
+                        let budget = printing.budget;
+                        q.events.clear(budget);
                         q.per_value_bytes = 0;
                     }
                     printing.room.notify_all();
@@ -375,30 +409,27 @@ impl Drop for Printer {
 /// The printer thread: takes the queue in batches and writes it until closed.
 fn print<W: Write>(shared: &Shared, mut formatter: Formatter, out: W) -> io::Result<()> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, out);
-    let mut batch = VecDeque::new();
-    let mut printed: Vec<(String, String)> = Vec::new();
+    let mut batch = Items::with_room(shared.budget);
     let mut line: Vec<u8> = Vec::new();
     let mut flushed = Instant::now();
     loop {
         let closing = {
             let mut q = shared.lock();
-            for (pipeline, value) in printed.drain(..) {
-                q.recycle(pipeline, value, shared.budget);
-            }
             loop {
-                if q.events.is_empty() {
+                if q.events.items.is_empty() {
                     // Caught up: say what was dropped since the last line.
                     if let Some(dropped) = q.take_dropped() {
-                        q.events.push_back(dropped);
+                        q.events.items.push_back(Item::Event(Box::new(dropped)));
                     }
                 }
                 // Flush what is buffered before sleeping (outside the lock, below).
-                if !q.events.is_empty() || q.closing || !out.buffer().is_empty() {
+                if !q.events.items.is_empty() || q.closing || !out.buffer().is_empty() {
                     break;
                 }
                 q.idle = true;
                 q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
             }
+            // The printed batch's buffers (cleared, their room kept) become the queue's.
             std::mem::swap(&mut batch, &mut q.events);
             q.per_value_bytes = 0;
             if q.waiting > 0 {
@@ -406,7 +437,7 @@ fn print<W: Write>(shared: &Shared, mut formatter: Formatter, out: W) -> io::Res
             }
             q.closing
         };
-        if batch.is_empty() {
+        if batch.items.is_empty() {
             out.flush()?;
             flushed = Instant::now();
             if closing {
@@ -414,23 +445,31 @@ fn print<W: Write>(shared: &Shared, mut formatter: Formatter, out: W) -> io::Res
             }
             continue;
         }
-        for event in batch.drain(..) {
+        for item in batch.items.drain(..) {
             line.clear();
-            if formatter.line_into(&event, &mut line) {
+            let printable = match item {
+                Item::Emission {
+                    at,
+                    pipeline,
+                    value,
+                    version,
+                } => {
+                    let texts = &batch.text[at..at + pipeline + value];
+                    let (pipeline, value) = texts.split_at(pipeline);
+                    formatter.emission_into(pipeline, version, value, &mut line)
+                }
+                Item::Event(event) => formatter.line_into(&event, &mut line),
+            };
+            if printable {
                 line.push(b'\n');
                 out.write_all(&line)?;
-            }
-            if let HostEvent::Emission {
-                pipeline, value, ..
-            } = event
-            {
-                printed.push((pipeline, value));
             }
             if flushed.elapsed() >= FLUSH_INTERVAL {
                 out.flush()?;
                 flushed = Instant::now();
             }
         }
+        batch.clear(shared.budget);
     }
 }
 
