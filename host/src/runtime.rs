@@ -1531,7 +1531,7 @@ impl HostCx {
         &self,
         id: u64,
         sources: &[crate::code::SourceSpec],
-        path: &str,
+        path: impl Fn() -> String,
     ) -> Vec<crate::feed::Held> {
         let Some(feeds) = &self.feeds else {
             return Vec::new();
@@ -1542,7 +1542,7 @@ impl HostCx {
             match feeds.open_for(spec, port as u32, id, &self.inbox, &mut Vec::new()) {
                 Ok(Some((h, _))) => held.push(h),
                 Ok(None) => {}
-                Err(e) => self.error_at(path.to_owned(), e),
+                Err(e) => self.error_at(path(), e),
             }
         }
         // An inner subscription that reads stdin starts now: nothing else is waited for.
@@ -1668,7 +1668,9 @@ impl HostCx {
         code.ops = ops;
         code.sources = sources;
         let ports = self.start_ports(id, &code.sources);
-        let held = self.open_inner_sources(id, &code.sources, &format!("{op_path}|#{id}:inner"));
+        // The path is formatted only for an error (two allocations per subscription
+        // otherwise, scenario 6).
+        let held = self.open_inner_sources(id, &code.sources, || format!("{op_path}|#{id}:inner"));
         // A freed subscription's context if there is one (its vectors' capacity kept).
         let pooled = self.ctx_pool.borrow_mut().pop();
         let mut ctx = match pooled {
@@ -2936,7 +2938,7 @@ impl Driver {
                         inner.held = Vec::new();
                         inner.held = self
                             .host
-                            .open_inner_sources(id, &new.sources, &inner.path());
+                            .open_inner_sources(id, &new.sources, || inner.path());
                         let old_slots = std::mem::replace(&mut inner.slots, slots);
                         drop(old_slots);
                         inner.code = new;
