@@ -498,11 +498,13 @@ fn record_overhead(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::R
         let mut due = first_due;
         let started = Instant::now();
         for x in 0..end {
-            tape.value(0, due, x);
+            // As `run_pipeline`: the next deadline first (for its timer), then the tick.
+            let next = due + RECORD_PERIOD;
+            tape.tick(0, due, RECORD_PERIOD, next, x);
             if !matches!(d.push_one(x), Ok(Pushed::Continue)) {
                 refused += 1;
             }
-            due += RECORD_PERIOD;
+            due = next;
         }
         let emitting = started.elapsed();
         drop(tape);

@@ -859,6 +859,34 @@ impl Tape {
         self.values(port, at, v, 1);
     }
 
+    /// An interval's tick: the value `v` of `port` due at `at`, whose next tick is due at
+    /// `next` (`at + period`, which the caller has computed for its own timer). A tick
+    /// continuing the open run at the run's step takes the caller's `next` instead of
+    /// computing it again: one `Instant` addition less per value. Otherwise as
+    /// [`Tape::value`].
+    #[inline]
+    pub fn tick(&self, port: u32, at: Instant, period: Duration, next: Instant, v: u64) {
+        let h = &self.hot;
+        if h.next.get() == Some(at)
+            && h.port.get() == port
+            && h.end.get() == v
+            && h.step.get() == period
+            && !period.is_zero()
+        {
+            let room = h.room.get();
+            if room >= 1 {
+                let n = h.n.get() + 1;
+                h.n.set(n);
+                h.end.set(v.wrapping_add(1));
+                h.room.set(room - 1);
+                h.next.set(Some(next));
+                self.shared.open_n.store(n, Ordering::Release);
+                return;
+            }
+        }
+        self.values(port, at, v, 1);
+    }
+
     /// The values `first..first + n` of `port` (a `range` batch, `of` indices) at `at`. A
     /// batch continuing the open run at the same instant extends it.
     #[inline]
@@ -1703,8 +1731,17 @@ mod tests {
         }
     }
 
+    /// The same lines whether an interval's values come through `Tape::value` or through
+    /// `Tape::tick` (the runtime's, with the next deadline it computed).
     #[test]
     fn runs_are_one_line_each_and_read_back_as_every_value() -> anyhow::Result<()> {
+        for ticks in [false, true] {
+            runs_read_back(ticks)?;
+        }
+        Ok(())
+    }
+
+    fn runs_read_back(ticks: bool) -> anyhow::Result<()> {
         let dir = crate::testkit::TempDir::new("record_runs");
         let file = dir.path().join("runs.jsonl");
         let (tx, _rx) = std::sync::mpsc::channel();
@@ -1721,22 +1758,30 @@ mod tests {
             None,
         );
         let ms = |k: u64| recording.start + Duration::from_millis(k);
+        let period = Duration::from_millis(500);
+        let value = |at: Instant, v: u64| {
+            if ticks {
+                tape.tick(0, at, period, at + period, v);
+            } else {
+                tape.value(0, at, v);
+            }
+        };
         {
             // The writer takes nothing from the tape meanwhile (a steal would cut a run).
             let _writer = lock(&recording.out);
             for k in 1..=8 {
-                tape.value(0, ms(500 * k), k);
+                value(ms(500 * k), k);
             }
             // A tick late by 100 ms (a deadline the runtime never gives: one more run).
-            tape.value(0, ms(4600), 9);
-            tape.value(0, ms(5100), 10);
+            value(ms(4600), 9);
+            value(ms(5100), 10);
             // `range` batches at one instant, then the completion.
             tape.run(1, ms(5100), 0, 1024);
             tape.run(1, ms(5100), 1024, 1024);
             tape.run(1, ms(5100), 2048, 952);
             tape.complete(1, ms(5100));
             tape.run(2, ms(6000), 0, 2);
-            tape.value(0, ms(7000), 11);
+            value(ms(7000), 11);
         }
         drop(tape);
         recorder.finish()?;
@@ -1779,8 +1824,65 @@ mod tests {
         Ok(())
     }
 
+    /// A tick due when the open run expects its next value, but at another period (a
+    /// reload changed the interval): the run is not extended at the old step past it, so
+    /// every value reads back at its own time.
+    #[test]
+    fn a_tick_at_another_period_keeps_its_own_times() -> anyhow::Result<()> {
+        let dir = crate::testkit::TempDir::new("record_period");
+        let file = dir.path().join("period.jsonl");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
+        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let recording = recorder.recording();
+        let tape = recording.tape_of(
+            "counter".to_owned(),
+            vec![spec(source_kind::INTERVAL, "interval_ms(500)")],
+            None,
+        );
+        let ms = |k: u64| recording.start + Duration::from_millis(k);
+        let ticks = [
+            (500, 500),
+            (1000, 500),
+            (1500, 500),
+            (2000, 1000),
+            (3000, 1000),
+            (4000, 1000),
+        ];
+        {
+            let _writer = lock(&recording.out);
+            for (v, &(at, period)) in ticks.iter().enumerate() {
+                let period = Duration::from_millis(period);
+                tape.tick(0, ms(at), period, ms(at) + period, v as u64);
+            }
+        }
+        drop(tape);
+        recorder.finish()?;
+        let read = read(&file)?;
+        let got: Vec<(u64, Value)> = read
+            .entries
+            .iter()
+            .map(|e| (e.t, e.value.clone()))
+            .collect();
+        let expected: Vec<(u64, Value)> = ticks
+            .iter()
+            .enumerate()
+            .map(|(v, &(at, _))| (at * 1_000_000, Value::U64(v as u64)))
+            .collect();
+        assert_eq!(got, expected);
+        Ok(())
+    }
+
     #[test]
     fn a_run_the_writer_takes_while_it_grows_goes_on_in_the_next_line() -> anyhow::Result<()> {
+        // Through `Tape::value`, and through the runtime's `Tape::tick`.
+        for ticks in [false, true] {
+            run_taken_while_it_grows(ticks)?;
+        }
+        Ok(())
+    }
+
+    fn run_taken_while_it_grows(ticks: bool) -> anyhow::Result<()> {
         let dir = crate::testkit::TempDir::new("record_cut");
         let file = dir.path().join("cut.jsonl");
         let (tx, _rx) = std::sync::mpsc::channel();
@@ -1793,26 +1895,34 @@ mod tests {
             None,
         );
         let ms = |k: u64| recording.start + Duration::from_millis(k);
+        let period = Duration::from_millis(500);
+        let value = |at: Instant, v: u64| {
+            if ticks {
+                tape.tick(0, at, period, at + period, v);
+            } else {
+                tape.value(0, at, v);
+            }
+        };
         {
             // The writer thread takes nothing meanwhile; the test takes the tape (as the
             // writer does every 100 ms) where it says.
             let mut out = lock(&recording.out);
             for k in 1..=4 {
-                tape.value(0, ms(500 * k), k);
+                value(ms(500 * k), k);
             }
             recording.collect(&mut out, false);
             for k in 5..=8 {
-                tape.value(0, ms(500 * k), k);
+                value(ms(500 * k), k);
             }
             recording.collect(&mut out, false);
-            tape.value(0, ms(4500), 9);
+            value(ms(4500), 9);
             // Late: the run of 1..=9 ends (its last value not yet written), another starts.
-            tape.value(0, ms(5200), 10);
-            tape.value(0, ms(5700), 11);
+            value(ms(5200), 10);
+            value(ms(5700), 11);
             recording.collect(&mut out, false);
             // Nothing new: nothing written.
             recording.collect(&mut out, false);
-            tape.value(0, ms(6200), 12);
+            value(ms(6200), 12);
         }
         drop(tape);
         recorder.finish()?;

@@ -3619,15 +3619,18 @@ fn run_pipeline(
             *n += 1;
             // The next tick is one period after this one was due: no drift, and no
             // overflow for any period (a schedule beyond `Instant`'s range stops it).
-            match due.checked_add(*period) {
-                Some(next) => timers.push(Reverse((next, Due::Port(port)))),
+            let next = match due.checked_add(*period) {
+                Some(next) => {
+                    timers.push(Reverse((next, Due::Port(port))));
+                    next
+                }
                 None => {
                     *p = PortRun::Done;
                     continue;
                 }
-            }
+            };
             if let Some(t) = &tape {
-                t.value(port, due, x);
+                t.tick(port, due, *period, next, x);
             }
             let r = if port == 0 {
                 cell.with(|d| d.at_due(due, |d| d.push_one(x)))
