@@ -27,10 +27,13 @@
 //! Memory: per-value events held are at most twice [`OUTPUT_QUEUE_BYTES`] (the queue, and
 //! the batch being printed), plus one event larger than the whole budget. An emission costs
 //! no allocation: its texts are copied into the queue's text arena, and the queue's entry is
-//! a few words. The queue and the printer's batch each reserve room for a full budget when
-//! the printer starts (address space: Linux backs it with memory only as it is written), and
-//! swap their buffers, so no push ever grows one; an arena grown past twice the budget by one
-//! huge value is given back after it is printed. (Before: a `String` pair per emission,
+//! a few words. The queue and the printer's batch each reserve room for a full budget of
+//! emissions when the printer starts (its text, and an entry of 40 bytes for each of the
+//! at most `budget / 64` events: about 13 MB each at the default budget, 26 MB of address
+//! space in all, which Linux backs with memory only as it is written), and swap their
+//! buffers, so no emission grows one; room grown past that (one value larger than the
+//! budget, a burst of other events) is given back after it is printed. Every other event is
+//! boxed in the queue (one allocation, besides its own strings). (Before: a `String` pair per emission,
 //! recycled through a bounded pool, which allocated 0.006 to 0.2 times per emission in
 //! `make bench`'s scenario 6, depending on how far the producer ran ahead of the printer.)
 
@@ -96,6 +99,9 @@ enum Item {
     Event(Box<HostEvent>),
 }
 
+// The entry the docs count (40 bytes) for the room reserved per event.
+const _: () = assert!(std::mem::size_of::<Item>() <= 40);
+
 /// Queued events in order, and the texts of the queued emissions.
 struct Items {
     items: VecDeque<Item>,
@@ -103,7 +109,7 @@ struct Items {
 }
 
 impl Items {
-    /// Room for a budget's worth of per-value events, reserved now so no push grows it.
+    /// Room for a budget's worth of per-value events, reserved now so no emission grows it.
     fn with_room(budget: usize) -> Items {
         Items {
             items: VecDeque::with_capacity(budget / EVENT_OVERHEAD + 16),
@@ -114,9 +120,14 @@ impl Items {
     fn clear(&mut self, budget: usize) {
         self.items.clear();
         self.text.clear();
-        // One huge value grew the arena: give it back rather than hold it for good.
-        if self.text.capacity() > 2 * budget {
+        // One huge value grew the arena (or a burst of other events the entries): give the
+        // room back to what was reserved rather than hold it for good.
+        if self.text.capacity() > budget {
             self.text.shrink_to(budget);
+        }
+        let entries = budget / EVENT_OVERHEAD + 16;
+        if self.items.capacity() > entries {
+            self.items.shrink_to(entries);
         }
     }
 }

@@ -872,17 +872,11 @@ impl Tape {
             && h.end.get() == v
             && h.step.get() == period
             && !period.is_zero()
+            && h.room.get() >= 1
         {
-            let room = h.room.get();
-            if room >= 1 {
-                let n = h.n.get() + 1;
-                h.n.set(n);
-                h.end.set(v.wrapping_add(1));
-                h.room.set(room - 1);
-                h.next.set(Some(next));
-                self.shared.open_n.store(n, Ordering::Release);
-                return;
-            }
+            self.grow_open(1);
+            h.next.set(Some(next));
+            return;
         }
         self.values(port, at, v, 1);
     }
@@ -921,18 +915,27 @@ impl Tape {
         if h.next.get() == Some(at) && h.port.get() == port && h.end.get() == first {
             let (step, room) = (h.step.get(), h.room.get());
             if k <= room && (k == 1 || step.is_zero()) {
-                let n = h.n.get() + k;
-                h.n.set(n);
-                h.end.set(first.wrapping_add(k));
-                h.room.set(room - k);
+                self.grow_open(k);
                 if !step.is_zero() {
                     h.next.set(at.checked_add(step));
                 }
-                self.shared.open_n.store(n, Ordering::Release);
                 return;
             }
         }
         self.values_locked(port, at, first, k);
+    }
+
+    /// Grows the open run by `k` values (which continue it, within its room), without the
+    /// lock: its length published to the writer with one `Release` store. The caller sets
+    /// when its next value is due.
+    #[inline(always)]
+    fn grow_open(&self, k: u64) {
+        let h = &self.hot;
+        let n = h.n.get() + k;
+        h.n.set(n);
+        h.end.set(h.end.get().wrapping_add(k));
+        h.room.set(h.room.get() - k);
+        self.shared.open_n.store(n, Ordering::Release);
     }
 
     /// The open run, with the fields the path without the lock keeps in [`Hot`].

@@ -132,23 +132,47 @@ pub(crate) fn thread_tag() -> usize {
     TAG.with(|t| std::ptr::from_ref(t) as usize)
 }
 
-/// Marks a shared driver's lock held by this thread while it lives (declared after the
-/// lock's guard, so it is dropped first: the mark goes before the lock is released, also
-/// when the holder unwinds).
-pub(crate) struct Holding<'a>(&'a std::sync::atomic::AtomicUsize);
+/// A shared driver, locked, with its lock marked held by this thread (its tag in the
+/// pipeline's `Shared::holder`) for as long as it lives: the mark goes before the lock is
+/// released (fields drop in order), also when the holder unwinds. The host locks a shared
+/// driver this way wherever plugin code runs under the lock (the pipeline's own thread, a
+/// delivery): [`lock_marked`]. Callers of the public API that lock a subscribed driver
+/// themselves (the benches) do not mark it, and must not publish into its subjects.
+pub(crate) struct Marked<'a> {
+    holder: &'a std::sync::atomic::AtomicUsize,
+    driver: std::sync::MutexGuard<'a, Driver>,
+}
 
-impl<'a> Holding<'a> {
+/// Locks `driver` and marks it held by this thread (`tag`, [`thread_tag`]) in `holder`.
+#[inline(always)]
+pub(crate) fn lock_marked<'a>(
+    driver: &'a Mutex<Driver>,
+    holder: &'a std::sync::atomic::AtomicUsize,
+    tag: usize,
+) -> Marked<'a> {
+    let driver = driver.lock().unwrap_or_else(|p| p.into_inner());
+    holder.store(tag, Ordering::Relaxed);
+    Marked { holder, driver }
+}
+
+impl Drop for Marked<'_> {
     #[inline(always)]
-    pub(crate) fn mark(holder: &'a std::sync::atomic::AtomicUsize, tag: usize) -> Holding<'a> {
-        holder.store(tag, Ordering::Relaxed);
-        Holding(holder)
+    fn drop(&mut self) {
+        // Before `driver`, the lock's guard, drops (after this body).
+        self.holder.store(0, Ordering::Relaxed);
     }
 }
 
-impl Drop for Holding<'_> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        self.0.store(0, Ordering::Relaxed);
+impl std::ops::Deref for Marked<'_> {
+    type Target = Driver;
+    fn deref(&self) -> &Driver {
+        &self.driver
+    }
+}
+
+impl std::ops::DerefMut for Marked<'_> {
+    fn deref_mut(&mut self) -> &mut Driver {
+        &mut self.driver
     }
 }
 
@@ -3111,11 +3135,7 @@ impl DriverCell {
     fn with<R>(&mut self, f: impl FnOnce(&mut Driver) -> R) -> R {
         match self {
             DriverCell::Local(d) => f(d),
-            DriverCell::Locked(d, shared) => {
-                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
-                let _held = Holding::mark(&shared.holder, thread_tag());
-                f(&mut d)
-            }
+            DriverCell::Locked(d, shared) => f(&mut lock_marked(d, &shared.holder, thread_tag())),
         }
     }
 }

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
-use crate::runtime::{Driver, Holding, PanicPolicy, thread_tag};
+use crate::runtime::{Driver, PanicPolicy, lock_marked, thread_tag};
 
 /// The host's subjects, by name.
 #[derive(Default)]
@@ -168,8 +168,7 @@ impl Hub {
                 });
                 continue;
             }
-            let mut d = s.driver.lock().unwrap_or_else(|p| p.into_inner());
-            let _held = Holding::mark(&s.shared.holder, tag);
+            let mut d = lock_marked(&s.driver, &s.shared.holder, tag);
             if d.stopped() {
                 continue;
             }
@@ -221,6 +220,10 @@ impl Hub {
     /// (locked) on the publisher's thread, before `publish` returns.
     /// [`Hub::unsubscribe_pipeline`] ends it. Fails when `port` of the driver's code does not
     /// read this subject.
+    ///
+    /// The caller locks `driver` itself only where no value can be published to this
+    /// subject meanwhile (its own lock is not marked, see `runtime::lock_marked`); subscribe
+    /// at most one driver of a `Publisher` (its drivers share the mark).
     ///
     /// # Safety
     /// Every value published to this subject while the subscription lasts must have the

@@ -254,31 +254,36 @@ fn a_stuck_user_function_is_reported_and_not_called_swapped() -> anyhow::Result<
 }
 
 /// Two versions whose subjects form no cycle each, but do across them: in v1 `a` reads `x`
-/// and publishes `y`, which `b` only logs; in v2 `a` publishes `z` and `b` publishes what it
-/// reads to `x`. While a reload is half done (`a` still on v1, `b` on v2) a value goes
-/// x -> a -> y -> b -> x -> a, which would lock `a`'s driver again on the same thread.
+/// (and ticks on its own) and publishes `y`, which `b` only logs; in v2 `a` publishes `z` and
+/// `b` publishes what it reads to `x`. While a reload is half done (`a` still on v1, `b` on
+/// v2) a value goes x -> a -> y -> b -> x -> a, which would lock `a`'s driver again on the
+/// same thread.
 const CROSS_VERSION_CYCLE: &str = r#"
 use plugin_api::prelude::*;
 
 fn register(p: &mut Plugin) {
     p.pipeline("src", interval_ms(3_600_000)).publish("x");
-    p.pipeline("a", subject::<u64>("x")).map(|n: u64| n + 1).publish("y");
+    p.pipeline("a", subject::<u64>("x"))
+        .merge(interval_ms(TICK))
+        .map(|n: u64| n + 1)
+        .publish("y");
     p.pipeline("b", subject::<u64>("y")).map(|n: u64| n * 10).log();
 }
 
 plugin_api::export_plugin!(register);
 "#;
 
-/// The delivery refuses a value that would come back into a driver its thread is already
-/// in (a cycle through subjects made of two versions), with an error naming the subject,
-/// instead of deadlocking on the driver's lock; the rest of the delivery goes on.
-#[test]
-fn a_cycle_through_subjects_across_versions_is_refused_not_deadlocked() -> anyhow::Result<()> {
-    let fixture = Fixture::new("handover_cycle", CROSS_VERSION_CYCLE);
+/// The codes of `src` and `a` in v1 and of `b` in v2 of [`CROSS_VERSION_CYCLE`], with `a`
+/// ticking every `tick` ms on its own.
+fn cross_version_codes(name: &str, tick: u64) -> anyhow::Result<Vec<host::code::PipelineCode>> {
+    let fixture = Fixture::new(
+        name,
+        &CROSS_VERSION_CYCLE.replace("TICK", &tick.to_string()),
+    );
     let config = fixture.build_config(false)?;
     let keep = TempDir::new("handover-cycle-libs");
     let v1 = build_copy(&config, keep.path(), "lib1.so")?;
-    fixture.edit("src/lib.rs", "publish(\"y\")", "publish(\"z\")");
+    fixture.edit("src/lib.rs", ".publish(\"y\")", ".publish(\"z\")");
     fixture.edit("src/lib.rs", "map(|n: u64| n * 10).log()", "publish(\"x\")");
     let v2 = build_copy(&config, keep.path(), "lib2.so")?;
 
@@ -297,10 +302,45 @@ fn a_cycle_through_subjects_across_versions_is_refused_not_deadlocked() -> anyho
     };
     let mut old = codes(&v1, 1)?;
     let mut new = codes(&v2, 2)?;
+    Ok(vec![
+        old.remove("src").expect("src"),
+        old.remove("a").expect("a"),
+        new.remove("b").expect("b"),
+    ])
+}
+
+/// The first error on `events`: it must be `a`'s, naming subject `x` and the cycle.
+fn assert_cycle_refused(events: &std::sync::mpsc::Receiver<HostEvent>) -> anyhow::Result<()> {
+    let error = next_matching(events, WAIT, |e| matches!(e, HostEvent::Error { .. }))?;
+    let HostEvent::Error {
+        pipeline, message, ..
+    } = &error
+    else {
+        unreachable!()
+    };
+    assert_eq!(pipeline, "a", "{error:?}");
+    assert!(
+        message.contains("subject \"x\"") && message.contains("a cycle through subjects"),
+        "{message}"
+    );
+    Ok(())
+}
+
+/// The delivery refuses a value that would come back into a driver its thread is already
+/// in (a cycle through subjects made of two versions), with an error naming the subject,
+/// instead of deadlocking on the driver's lock; the rest of the delivery goes on. Here the
+/// whole loop is deliveries on the publisher's thread (the test's drivers, by hand).
+#[test]
+fn a_cycle_through_subjects_across_versions_is_refused_not_deadlocked() -> anyhow::Result<()> {
+    // `a` ticks once an hour: the test's push is the only value.
+    let [src, a, b]: [host::code::PipelineCode; 3] =
+        cross_version_codes("handover_cycle", 3_600_000)?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("three codes"))?;
     let subjects = Arc::new(host::subjects::Subjects::default());
-    let src = Publisher::with_subjects(old.remove("src").expect("src"), subjects.clone());
-    let a = Publisher::with_subjects(old.remove("a").expect("a"), subjects.clone());
-    let b = Publisher::with_subjects(new.remove("b").expect("b"), subjects.clone());
+    let src = Publisher::with_subjects(src, subjects.clone());
+    let a = Publisher::with_subjects(a, subjects.clone());
+    let b = Publisher::with_subjects(b, subjects.clone());
 
     let (tx, events) = channel();
     let sink: host::events::Sink = Arc::new(ChannelSink(tx));
@@ -330,17 +370,23 @@ fn a_cycle_through_subjects_across_versions_is_refused_not_deadlocked() -> anyho
         .recv_timeout(WAIT)
         .map_err(|_| anyhow::anyhow!("the delivery did not return: a deadlock on a's lock"))?;
     assert_eq!(pushed.map_err(anyhow::Error::msg)?, "Continue");
-    let error = next_matching(&events, WAIT, |e| matches!(e, HostEvent::Error { .. }))?;
-    let HostEvent::Error {
-        pipeline, message, ..
-    } = &error
-    else {
-        unreachable!()
-    };
-    assert_eq!(pipeline, "a", "{error:?}");
-    assert!(
-        message.contains("subject \"x\"") && message.contains("a cycle through subjects"),
-        "{message}"
-    );
+    assert_cycle_refused(&events)
+}
+
+/// The same loop started by `a`'s own thread (its interval ticks): that thread holds `a`'s
+/// lock while its value goes to `b` and comes back, and must be seen holding it. The
+/// runtime runs the three pipelines, each on its thread.
+#[test]
+fn a_cycle_back_into_the_pipeline_thread_holding_the_lock_is_refused() -> anyhow::Result<()> {
+    let (tx, events) = channel();
+    let mut runtime = Runtime::new(Arc::new(ChannelSink(tx)), PanicPolicy::Drop);
+    for code in cross_version_codes("handover_cycle_own", 5)? {
+        runtime.publish(code);
+    }
+    assert!(runtime.launch().is_empty());
+    assert_cycle_refused(&events)?;
+    // And the pipelines run on: `a` ticks again, and is refused again (no deadlock).
+    assert_cycle_refused(&events)?;
+    runtime.stop_all();
     Ok(())
 }
