@@ -1334,8 +1334,10 @@ unsafe fn same_source(
         spec.kind == src.kind
             && spec.a == src.a
             && spec.b == src.b
-            && src.text.to_string_lossy().unwrap_or_default() == spec.text
-            && src.label.to_string_lossy().unwrap_or_default() == spec.label
+            // Bytes compared, not validated first: equal bytes are the (valid) spec's text;
+            // invalid ones differ from its lossy copy, and are read again.
+            && src.text.bytes().unwrap_or_default() == spec.text.as_bytes()
+            && src.label.bytes().unwrap_or_default() == spec.label.as_bytes()
             && names.fingerprint(&src.item) == spec.item
     }
 }

@@ -83,12 +83,27 @@ impl RStr {
     /// Unless null, `ptr` must point at `len` readable bytes that stay valid and unchanged
     /// for `'a`.
     pub unsafe fn to_string_lossy<'a>(&self) -> Option<std::borrow::Cow<'a, str>> {
+        // SAFETY: forwarded.
+        let bytes = unsafe { self.bytes() }?;
+        // The common case (valid UTF-8) checked by the fast validator; `from_utf8_lossy`'s
+        // chunked walk only for text that needs replacing.
+        Some(match core::str::from_utf8(bytes) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(bytes),
+        })
+    }
+
+    /// The bytes, unchecked (`None` for [`RStr::NONE`]): to compare with a known string
+    /// without validating them first (equal bytes are that string).
+    ///
+    /// # Safety
+    /// As [`RStr::to_string_lossy`].
+    pub unsafe fn bytes<'a>(&self) -> Option<&'a [u8]> {
         if self.ptr.is_null() {
             return None;
         }
         // SAFETY: the caller guarantees `ptr..ptr+len` is readable for `'a`.
-        let bytes = unsafe { core::slice::from_raw_parts(self.ptr, self.len) };
-        Some(String::from_utf8_lossy(bytes))
+        Some(unsafe { core::slice::from_raw_parts(self.ptr, self.len) })
     }
 }
 
@@ -677,5 +692,41 @@ impl PluginHeader {
             panic_strategy: RStr::new(PANIC_STRATEGY),
             register,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Valid text is borrowed as it is, invalid bytes are replaced (never read past the
+    /// view), the absent string is `None`; `bytes` gives the view unchecked.
+    #[test]
+    fn rstr_reads_text_lossily_and_bytes_as_they_are() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"of([1, 2])", "of([1, 2])"),
+            ("é ✓".as_bytes(), "é ✓"),
+            (b"a\xffb", "a\u{fffd}b"),
+            (b"", ""),
+        ];
+        for (bytes, text) in cases {
+            let r = RStr {
+                ptr: bytes.as_ptr(),
+                len: bytes.len(),
+            };
+            // SAFETY: `bytes` outlives the reads.
+            let (read, raw) = unsafe { (r.to_string_lossy(), r.bytes()) };
+            assert_eq!(read.as_deref(), Some(text), "{bytes:?}");
+            assert_eq!(
+                matches!(read, Some(std::borrow::Cow::Borrowed(_))),
+                std::str::from_utf8(bytes).is_ok(),
+                "{bytes:?}"
+            );
+            assert_eq!(raw, Some(bytes));
+        }
+        // SAFETY: the absent string reads nothing.
+        assert!(unsafe { RStr::NONE.to_string_lossy() }.is_none());
+        // SAFETY: as above.
+        assert!(unsafe { RStr::NONE.bytes() }.is_none());
     }
 }
