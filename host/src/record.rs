@@ -1745,11 +1745,7 @@ mod tests {
     }
 
     fn runs_read_back(ticks: bool) -> anyhow::Result<()> {
-        let dir = crate::testkit::TempDir::new("record_runs");
-        let file = dir.path().join("runs.jsonl");
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
-        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let (_dir, file, recorder) = recorder_in("record_runs")?;
         let recording = recorder.recording();
         let tape = recording.tape_of(
             "counter".to_owned(),
@@ -1761,14 +1757,7 @@ mod tests {
             None,
         );
         let ms = |k: u64| recording.start + Duration::from_millis(k);
-        let period = Duration::from_millis(500);
-        let value = |at: Instant, v: u64| {
-            if ticks {
-                tape.tick(0, at, period, at + period, v);
-            } else {
-                tape.value(0, at, v);
-            }
-        };
+        let value = |at: Instant, v: u64| put_500(&tape, ticks, at, v);
         {
             // The writer takes nothing from the tape meanwhile (a steal would cut a run).
             let _writer = lock(&recording.out);
@@ -1827,22 +1816,46 @@ mod tests {
         Ok(())
     }
 
+    /// A recording into `NAME.jsonl` in a temp dir of its own (kept alive by the caller).
+    fn recorder_in(
+        name: &str,
+    ) -> anyhow::Result<(crate::testkit::TempDir, std::path::PathBuf, Recorder)> {
+        let dir = crate::testkit::TempDir::new(name);
+        let file = dir.path().join(format!("{name}.jsonl"));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
+        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        Ok((dir, file, recorder))
+    }
+
+    /// A value of port 0, due at `at`, of a 500 ms interval: through `Tape::tick` (as the
+    /// runtime records a tick) or `Tape::value`.
+    fn put_500(tape: &Tape, ticks: bool, at: Instant, v: u64) {
+        let period = Duration::from_millis(500);
+        if ticks {
+            tape.tick(0, at, period, at + period, v);
+        } else {
+            tape.value(0, at, v);
+        }
+    }
+
+    /// The tape of a pipeline `counter` with one source, `interval_ms(500)`.
+    fn interval_500(recording: &Arc<Recording>) -> Tape {
+        recording.tape_of(
+            "counter".to_owned(),
+            vec![spec(source_kind::INTERVAL, "interval_ms(500)")],
+            None,
+        )
+    }
+
     /// A tick due when the open run expects its next value, but at another period (a
     /// reload changed the interval): the run is not extended at the old step past it, so
     /// every value reads back at its own time.
     #[test]
     fn a_tick_at_another_period_keeps_its_own_times() -> anyhow::Result<()> {
-        let dir = crate::testkit::TempDir::new("record_period");
-        let file = dir.path().join("period.jsonl");
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
-        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let (_dir, file, recorder) = recorder_in("record_period")?;
         let recording = recorder.recording();
-        let tape = recording.tape_of(
-            "counter".to_owned(),
-            vec![spec(source_kind::INTERVAL, "interval_ms(500)")],
-            None,
-        );
+        let tape = interval_500(&recording);
         let ms = |k: u64| recording.start + Duration::from_millis(k);
         let ticks = [
             (500, 500),
@@ -1886,26 +1899,11 @@ mod tests {
     }
 
     fn run_taken_while_it_grows(ticks: bool) -> anyhow::Result<()> {
-        let dir = crate::testkit::TempDir::new("record_cut");
-        let file = dir.path().join("cut.jsonl");
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let sink: Sink = Arc::new(crate::events::ChannelSink(tx));
-        let recorder = Recorder::create(&file, dir.path(), Clock::System, sink)?;
+        let (_dir, file, recorder) = recorder_in("record_cut")?;
         let recording = recorder.recording();
-        let tape = recording.tape_of(
-            "counter".to_owned(),
-            vec![spec(source_kind::INTERVAL, "interval_ms(500)")],
-            None,
-        );
+        let tape = interval_500(&recording);
         let ms = |k: u64| recording.start + Duration::from_millis(k);
-        let period = Duration::from_millis(500);
-        let value = |at: Instant, v: u64| {
-            if ticks {
-                tape.tick(0, at, period, at + period, v);
-            } else {
-                tape.value(0, at, v);
-            }
-        };
+        let value = |at: Instant, v: u64| put_500(&tape, ticks, at, v);
         {
             // The writer thread takes nothing meanwhile; the test takes the tape (as the
             // writer does every 100 ms) where it says.
