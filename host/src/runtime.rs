@@ -1562,6 +1562,11 @@ impl HostCx {
         let Some(feeds) = &self.feeds else {
             return Vec::new();
         };
+        // Most inner streams read no host source (intervals, `of`, `range`): the shared
+        // `Feeds` is not locked for them (the stdin gate is opened by every launch).
+        if !sources.iter().any(|s| s.wire() == Wire::Str) {
+            return Vec::new();
+        }
         let mut held = Vec::new();
         let mut feeds = lock(feeds);
         for (port, spec) in sources.iter().enumerate() {
