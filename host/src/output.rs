@@ -745,6 +745,50 @@ mod tests {
         drop(printer);
     }
 
+    /// Output memory is bounded: a value larger than the whole budget is printed whole, and
+    /// the room it took is given back once it is printed (the queue's text arena and entries
+    /// are back within their reserve for the values after it).
+    #[test]
+    fn a_huge_value_is_printed_and_its_room_given_back() {
+        struct Sent(Sender<Vec<u8>>);
+        impl Write for Sent {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let _ = self.0.send(buf.to_vec());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        const BUDGET: usize = 1024;
+        let (tx, written) = channel();
+        let printer = Printer::start(
+            Formatter::human(true),
+            Sent(tx),
+            BUDGET,
+            WhenFull::Wait,
+            |_| {},
+        )
+        .unwrap();
+        let sink = printer.sink();
+        let huge = "x".repeat(20 * BUDGET);
+        let values = [huge.as_str(), "7", "8"];
+        for (i, value) in values.into_iter().enumerate() {
+            sink.emission("p", 1, value);
+            let line = written.recv_timeout(WAIT).expect("the line is written");
+            assert_eq!(line, format!("p v1: {value}\n").as_bytes(), "value {i}");
+            // Whatever the queue holds now was cleared by the printer after its last use.
+            let q = printer.shared.lock();
+            assert!(
+                q.events.text.capacity() <= BUDGET,
+                "after value {i}: the queue's arena holds {} bytes of room, budget {BUDGET}",
+                q.events.text.capacity()
+            );
+            assert!(q.events.items.capacity() <= BUDGET / EVENT_OVERHEAD + 16);
+        }
+        drop(printer);
+    }
+
     /// A reader that went away: the printer says so once, and later events are discarded
     /// without waiting.
     #[test]
