@@ -546,6 +546,19 @@ mod tests {
         }
     }
 
+    /// A writer that sends each write to the test.
+    struct Sent(Sender<Vec<u8>>);
+
+    impl Write for Sent {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.send(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// Runs `f` on a thread and fails if it does not return within [`WAIT`]: a sink call
     /// that waited on the output would hang here.
     fn within(f: impl FnOnce() + Send + 'static) {
@@ -719,17 +732,6 @@ mod tests {
     /// A line reaches the output without waiting for more lines or for the end.
     #[test]
     fn a_lone_line_is_flushed_at_once() {
-        /// Sends each write to the test.
-        struct Sent(Sender<Vec<u8>>);
-        impl Write for Sent {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                let _ = self.0.send(buf.to_vec());
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let (tx, written) = channel();
         let printer = Printer::start(
             Formatter::human(true),
@@ -750,16 +752,6 @@ mod tests {
     /// are back within their reserve for the values after it).
     #[test]
     fn a_huge_value_is_printed_and_its_room_given_back() {
-        struct Sent(Sender<Vec<u8>>);
-        impl Write for Sent {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                let _ = self.0.send(buf.to_vec());
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         const BUDGET: usize = 1024;
         let (tx, written) = channel();
         let printer = Printer::start(
