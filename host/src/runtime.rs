@@ -2375,9 +2375,9 @@ impl Driver {
         item: *const c_void,
         layout: Option<(&hmr_track::Fingerprint, &str)>,
     ) -> Result<Pushed, String> {
-        // The common case, with `push_checked_slow`'s checks folded into one test: a
-        // started, not completed chain whose code is current and whose port takes `wire`
-        // (and, for a subject's value, its layout).
+        // The common case, with `prepare_push`'s checks folded into one test: a started, not
+        // completed chain whose code is current and whose port takes `wire` (and, for a
+        // subject's value, its layout). Anything else is prepared (or refused) first.
         let takes = PortTakes {
             wire,
             layout: layout.map(|(f, _)| (f.hash, f.size, f.align)),
@@ -2386,21 +2386,21 @@ impl Driver {
             && self.started
             && self.shared.generation.load(Ordering::Acquire) == self.generation
             && self.entry.1.get(port as usize) == Some(&takes);
-        if !direct {
-            // SAFETY: forwarded.
-            return unsafe { self.push_checked_slow(port, wire, item, layout) };
+        if !direct && let Some(refused) = self.prepare_push(port, wire, layout) {
+            return refused;
         }
         // `mark_call` twice, with the count in a register across the call (as `push_one`).
         let calls = self.calls;
         self.shared.calls.store(calls + 1, Ordering::Relaxed);
         // SAFETY: the caller's obligation: `item` points at one value of `wire`'s type (of
-        // the port's layout, checked above, for a subject's).
+        // the port's layout, checked above or by `prepare_push`, for a subject's).
         unsafe { self.keep(port, wire, item, layout.map(|(_, s)| s)) };
         let push_one = self.entry.0;
         let (_, env, states) = self.hot;
         // SAFETY: the current code's entry point and closures (refreshed with the code, whose
-        // generation was checked above) and the slot array built for it; the port takes
-        // `wire` values (and the layout) checked above; `item` is the caller's obligation.
+        // generation was checked above or taken by `prepare_push`) and the slot array built
+        // for it; the port takes `wire` values (and the layout), checked above or by
+        // `prepare_push`; `item` is the caller's obligation.
         let s = unsafe { push_one(env, states, port, item, &self.cx) };
         debug_assert_eq!(self.calls, calls);
         self.calls = calls + 2;
@@ -2411,72 +2411,55 @@ impl Driver {
         Ok(p)
     }
 
-    /// `push_checked` in general: starts the chain first if it was not, takes new code,
-    /// and says why a value is not taken.
-    ///
-    /// # Safety
-    /// As `push_checked`.
+    /// What `push_checked` does when its one test fails: answers for a completed chain,
+    /// starts the chain if it was not (a subject's publisher may deliver before the
+    /// subscriber's own thread subscribed it: `start_with` comes first whoever runs it),
+    /// takes new code, and says why the port does not take the value. `None`: the value
+    /// goes in as on the direct path (the driver's `entry` is current again).
+    #[cold]
     #[inline(never)]
-    unsafe fn push_checked_slow(
+    fn prepare_push(
         &mut self,
         port: u32,
         wire: Wire,
-        item: *const c_void,
         layout: Option<(&hmr_track::Fingerprint, &str)>,
-    ) -> Result<Pushed, String> {
+    ) -> Option<Result<Pushed, String>> {
         if self.done {
-            return Ok(Pushed::Complete { consumed: 1 });
+            return Some(Ok(Pushed::Complete { consumed: 1 }));
         }
-        // A subject's publisher may deliver before the subscriber's own thread subscribed
-        // its chain: the subscription (`start_with`) comes first whoever runs it.
         if !self.started {
-            match self.start()? {
-                Pushed::Continue | Pushed::Panicked { .. } => {}
-                done => return Ok(done),
+            match self.start() {
+                Ok(Pushed::Continue | Pushed::Panicked { .. }) => {}
+                done => return Some(done),
             }
         }
-        self.mark_call();
-        let r = self.refresh().and_then(|()| {
-            let spec = self.code.sources.get(port as usize);
-            if spec.map(SourceSpec::wire) != Some(wire) {
-                return Err(format!(
-                    "port {port} of {} does not take {wire:?} values",
-                    self.code.name
-                ));
+        if let Err(e) = self.take_new_code() {
+            return Some(Err(e));
+        }
+        let spec = self.code.sources.get(port as usize);
+        if spec.map(SourceSpec::wire) != Some(wire) {
+            return Some(Err(format!(
+                "port {port} of {} does not take {wire:?} values",
+                self.code.name
+            )));
+        }
+        if let Some((published, subject)) = layout {
+            let reads = spec.and_then(|s| s.item.as_ref());
+            // The layout hash describes the type whole (names, offsets, fields).
+            let same = reads.is_some_and(|r| {
+                r.hash == published.hash && r.size == published.size && r.align == published.align
+            });
+            if !same {
+                return Some(Err(format!(
+                    "subject {subject:?}: a value of `{}` was not delivered: this version of {} \
+                     reads `{}` (publisher and subscriber were reloaded apart)",
+                    published.name,
+                    self.code.name,
+                    reads.map_or("nothing", |r| &*r.name)
+                )));
             }
-            if let Some((published, subject)) = layout {
-                let reads = spec.and_then(|s| s.item.as_ref());
-                // The layout hash describes the type whole (names, offsets, fields).
-                let same = reads.is_some_and(|r| {
-                    r.hash == published.hash
-                        && r.size == published.size
-                        && r.align == published.align
-                });
-                if !same {
-                    return Err(format!(
-                        "subject {subject:?}: a value of `{}` was not delivered: this version \
-                         of {} reads `{}` (publisher and subscriber were reloaded apart)",
-                        published.name,
-                        self.code.name,
-                        reads.map_or("nothing", |r| &*r.name)
-                    ));
-                }
-            }
-            // SAFETY: the port's wire type was checked above; `item` points at one value of
-            // it (the caller's obligation).
-            unsafe { self.keep(port, wire, item, layout.map(|(_, s)| s)) };
-            let (push_one, env) = self.code.push_one_raw(self.tally.is_some());
-            let states = self.hot.2;
-            // SAFETY: the current code's entry point and closures, the slot array built for
-            // that code; the port's wire type (and for a subject, the value's layout) was
-            // checked above and the item is the caller's obligation.
-            let s = unsafe { push_one(env, states, port, item, &self.cx) };
-            Ok(Pushed::from_one(s))
-        });
-        self.mark_call();
-        self.after_call();
-        self.note(&r);
-        r
+        }
+        None
     }
 
     /// Keeps a value of `port` for a replay on reload: a `u64` or a line; a subject's value
