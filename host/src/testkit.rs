@@ -418,6 +418,14 @@ impl Harness {
         self.history.extend(self.rx.try_iter());
     }
 
+    /// The `error` events received so far.
+    pub fn errors(&self) -> Vec<&HostEvent> {
+        self.history
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Error { .. }))
+            .collect()
+    }
+
     /// Emissions of `pipeline` received so far, as (version, value).
     pub fn emissions(&self, pipeline: &str) -> Vec<(u64, String)> {
         self.history

@@ -590,11 +590,7 @@ plugin_api::export_plugin!(register);
     assert_eq!(removed, expected, "{reload:?}");
     host.wait_emission_from("ok", reload_version(&reload))?;
     let reloader = host.stop().expect("the reloader");
-    let errors: Vec<&HostEvent> = host
-        .history()
-        .iter()
-        .filter(|e| matches!(e, HostEvent::Error { .. }))
-        .collect();
+    let errors = host.errors();
     assert!(errors.is_empty(), "{errors:?}");
     let left: Vec<&String> = reloader
         .recorder()

@@ -488,11 +488,7 @@ fn an_inner_type_change_resets_the_operator_and_ends_its_subscriptions() -> anyh
         host.history()
     );
     host.drain();
-    let errors: Vec<&HostEvent> = host
-        .history()
-        .iter()
-        .filter(|e| matches!(e, HostEvent::Error { .. }))
-        .collect();
+    let errors = host.errors();
     assert!(errors.is_empty(), "{errors:?}");
     host.stop();
     Ok(())

@@ -4,7 +4,6 @@
 //! gone with their track.
 
 use anyhow::Context;
-use host::events::HostEvent;
 use host::inspect::tally::{MARBLE_CAP, MARBLE_PERIOD, MARBLES_PER_TRACK};
 use host::testkit::{EMISSION_TIMEOUT, Fixture};
 use integration_tests::inspect::{emissions, snapshot_until_with, start};
@@ -149,11 +148,7 @@ fn marbles_show_recent_values_by_version_at_a_bounded_rate() -> anyhow::Result<(
         "{bad:?}"
     );
     host.drain();
-    let errors: Vec<&HostEvent> = host
-        .history()
-        .iter()
-        .filter(|e| matches!(e, HostEvent::Error { .. }))
-        .collect();
+    let errors = host.errors();
     assert!(errors.is_empty(), "{errors:?}");
     let before = emissions(&s, "bad|0:map");
     snapshot_until(addr, "bad's values flowing on", |s| {
