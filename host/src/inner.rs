@@ -308,6 +308,8 @@ pub(crate) struct Inner {
     /// Its host sources (a file's task and position, a listener's subscription): closed
     /// when it ends, first.
     pub(crate) held: Vec<crate::feed::Held>,
+    /// The subjects it reads: unsubscribed when it ends or restarts.
+    pub(crate) hubs: Vec<HubLink>,
     /// The higher-order operator's track.
     pub(crate) op_track: Id,
     /// The higher-order operator's path (shared with the pipeline's `HostCx`): the
@@ -324,6 +326,22 @@ pub(crate) struct Inner {
     /// With the inspector on: its operators' counters (`ctx.cx.counts` points into them),
     /// shown while it lives.
     pub(crate) tally: Option<crate::inspect::tally::InnerTally>,
+}
+
+/// An inner subscription's subscription to a subject: undone when dropped (the hub
+/// subscriber itself is made after the call that started the subscription returns, by
+/// whoever holds the driver: see `subscribe_asks` in `runtime.rs`).
+pub(crate) struct HubLink {
+    pub(crate) hub: Arc<crate::subjects::Hub>,
+    /// The pipeline's `Shared`, by address (see `Hub::unsubscribe_inner`).
+    pub(crate) owner: usize,
+    pub(crate) id: u64,
+}
+
+impl Drop for HubLink {
+    fn drop(&mut self) {
+        self.hub.unsubscribe_inner(self.owner, self.id);
+    }
 }
 
 /// The callbacks' view of a subscription and its callback context, in one allocation (the

@@ -638,6 +638,11 @@ impl Runtime {
             self.held = true;
         }
         self.reap();
+        // What it publishes, declared before any pipeline runs this code: an inner
+        // subscription that starts from now on is checked against it.
+        for p in &code.publishes {
+            self.subjects.hub(&p.subject).declare(&p.item, &code.name);
+        }
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
             if r.sources != code.sources {
@@ -934,6 +939,11 @@ impl Runtime {
         failed
     }
 
+    /// The host's subjects (each pipeline's `publish` delivers to one of their hubs).
+    pub fn subjects(&self) -> &Arc<Subjects> {
+        &self.subjects
+    }
+
     /// Stops and forgets the pipeline `name` without waiting for its thread, which finishes
     /// its current emission, drops its state and exits.
     pub fn remove(&mut self, name: &str) -> bool {
@@ -1104,9 +1114,10 @@ struct HostCx {
     /// operator.
     next_inner: Cell<u64>,
     next_track: Cell<u64>,
-    /// While a live subscription is re-projected: the library of the code projecting, and
-    /// what the projection handed over.
-    reprojecting: RefCell<Option<(Arc<crate::loader::LibVersion>, String)>>,
+    /// While a live subscription is re-projected: the library of the code projecting, the
+    /// higher-order operator's path and the subscription's; and what the projection handed
+    /// over.
+    reprojecting: RefCell<Option<(Arc<crate::loader::LibVersion>, String, String)>>,
     reprojected: RefCell<Option<InnerCode>>,
     /// Subscriptions restarted by a re-projection, whose start (and synchronous sources)
     /// the thread runs next.
@@ -1122,6 +1133,14 @@ struct HostCx {
     /// Subscriptions a re-projection ended while their operator was kept (subscription,
     /// operator's track): the thread tells the operator next (`inner_kind::ENDED`).
     ended: RefCell<Vec<(u64, Id)>>,
+    /// Subjects inner subscriptions read, to subscribe once the call that started them
+    /// returns (hub, subscription, port): a hub subscriber needs the driver's shared
+    /// handle, which only whoever drives the driver holds (`subscribe_asks`).
+    hub_asks: RefCell<Vec<(Arc<Hub>, u64, u32)>>,
+    /// Whether `hub_asks` has any (one load after each call).
+    asked: Cell<bool>,
+    /// The pipeline's `Shared`, by address: what its hub subscribers are known by.
+    owner: usize,
 }
 
 /// What a timer is for.
@@ -1304,18 +1323,9 @@ unsafe extern "C" fn cbr_add_pipeline(
 unsafe extern "C" fn cbr_fail(_ctx: *mut c_void, _message: RStr) {}
 
 /// Why the host refuses an inner stream, if it does.
-fn refuse_inner(desc: &InnerDesc, sources: &[crate::code::SourceSpec]) -> Option<String> {
+fn refuse_inner(desc: &InnerDesc) -> Option<String> {
     if desc.n_publishes > 0 {
         return Some("an inner stream cannot publish to a subject (not supported)".to_owned());
-    }
-    for s in sources {
-        if s.kind == source_kind::SUBJECT {
-            return Some(format!(
-                "an inner stream's source is `{}`: a subject cannot be read inside a \
-                 higher-order operator (not supported)",
-                s.label
-            ));
-        }
     }
     None
 }
@@ -1581,12 +1591,64 @@ impl HostCx {
         held
     }
 
+    /// Why inner subscription `reader` may not read the subjects among `sources`: one
+    /// whose newest publisher declared another value type.
+    fn refuse_subjects(
+        &self,
+        sources: &[crate::code::SourceSpec],
+        reader: impl Fn() -> String,
+    ) -> Option<String> {
+        sources
+            .iter()
+            .filter(|s| s.kind == source_kind::SUBJECT)
+            .find_map(|s| {
+                self.subjects
+                    .hub(&s.text)
+                    .refuses(s.item.as_ref(), &reader())
+            })
+    }
+
+    /// Subscribes inner subscription `id` to the subjects among `sources` (the hub
+    /// subscribers are made once the running call returns, see `subscribe_asks`): what it
+    /// holds unsubscribes it when it ends or restarts. Empty (no allocation) when it reads
+    /// no subject.
+    fn link_subjects(
+        &self,
+        id: u64,
+        sources: &[crate::code::SourceSpec],
+    ) -> Vec<crate::inner::HubLink> {
+        if !sources.iter().any(|s| s.kind == source_kind::SUBJECT) {
+            return Vec::new();
+        }
+        let mut links = Vec::new();
+        let mut asks = self.hub_asks.borrow_mut();
+        for (port, s) in sources.iter().enumerate() {
+            if s.kind != source_kind::SUBJECT {
+                continue;
+            }
+            let hub = self.subjects.hub(&s.text);
+            asks.push((hub.clone(), id, port as u32));
+            if !links
+                .iter()
+                .any(|l: &crate::inner::HubLink| Arc::ptr_eq(&l.hub, &hub))
+            {
+                links.push(crate::inner::HubLink {
+                    hub,
+                    owner: self.owner,
+                    id,
+                });
+            }
+        }
+        self.asked.set(true);
+        links
+    }
+
     /// `subscribe` from a pipeline's higher-order operator `op`.
     fn subscribe(&self, op: u32, desc: &InnerDesc, out: &mut InnerHandle) -> bool {
         let reprojecting = self.reprojecting.borrow().clone();
         let Some(lib) = reprojecting
             .as_ref()
-            .map(|(lib, _)| lib.clone())
+            .map(|(lib, ..)| lib.clone())
             .or_else(|| self.lib.borrow().clone())
         else {
             // No code yet (never the case once a driver exists): free what was handed over.
@@ -1632,11 +1694,15 @@ impl HostCx {
             reg.clear();
             taken
         };
-        if let Some((_, op_path)) = reprojecting {
+        if let Some((_, op_path, path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
-            match unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut()) } {
+            let read = unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut()) };
+            match read {
                 // Refused as at a subscription: the live one ends (`reproject`).
-                Ok((sources, _)) if let Some(why) = refuse_inner(desc, &sources) => {
+                Ok((sources, _))
+                    if let Some(why) = refuse_inner(desc)
+                        .or_else(|| self.refuse_subjects(&sources, || path.clone())) =>
+                {
                     self.error_at(op_path, why);
                 }
                 Ok((sources, ops)) => {
@@ -1681,7 +1747,9 @@ impl HostCx {
                 return false;
             }
         };
-        if let Some(why) = refuse_inner(desc, &sources) {
+        let why = refuse_inner(desc)
+            .or_else(|| self.refuse_subjects(&sources, || format!("{op_path}|#{id}:inner")));
+        if let Some(why) = why {
             self.error_at(op_path.to_string(), why);
             return false;
         }
@@ -1702,6 +1770,7 @@ impl HostCx {
         // The path is formatted only for an error (two allocations per subscription
         // otherwise, scenario 6).
         let held = self.open_inner_sources(id, &code.sources, || format!("{op_path}|#{id}:inner"));
+        let hubs = self.link_subjects(id, &code.sources);
         // A freed subscription's context if there is one (its vectors' capacity kept).
         let pooled = self.ctx_pool.borrow_mut().pop();
         let mut ctx = match pooled {
@@ -1752,6 +1821,7 @@ impl HostCx {
                 id,
                 op_track,
                 held,
+                hubs,
                 op_path,
                 value,
                 slots,
@@ -1995,6 +2065,9 @@ pub struct Driver {
     pub(crate) reprojection_panicked: bool,
     /// The last inputs, for a replay on reload.
     recent: crate::replay::Recent,
+    /// The subjects its inner subscriptions were subscribed to through its shared handle
+    /// (`subscribe_asks`): what its thread unsubscribes it from when it ends.
+    inner_hubs: Vec<Arc<Hub>>,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2047,6 +2120,9 @@ impl Driver {
             tally: shared.tally.clone(),
             feeds: shared.feeds.get().cloned(),
             inbox: shared.inbox.0.clone(),
+            hub_asks: RefCell::new(Vec::new()),
+            asked: Cell::new(false),
+            owner: Arc::as_ptr(&shared) as usize,
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -2111,6 +2187,7 @@ impl Driver {
             projection_panics: BTreeSet::new(),
             reprojection_panicked: false,
             recent,
+            inner_hubs: Vec::new(),
         })
     }
 
@@ -2665,8 +2742,20 @@ impl Driver {
         item: *const c_void,
         op: u32,
     ) -> Result<Pushed, String> {
+        self.inner_event_answer(id, kind, port, item, op).0
+    }
+
+    /// As `inner_event`, with whether the event's port answered that it is done.
+    fn inner_event_answer(
+        &mut self,
+        id: u64,
+        kind: u32,
+        port: u32,
+        item: *const c_void,
+        op: u32,
+    ) -> (Result<Pushed, String>, bool) {
         if self.done {
-            return Ok(Pushed::Complete { consumed: 0 });
+            return (Ok(Pushed::Complete { consumed: 0 }), false);
         }
         self.mark_call();
         let r = self.refresh().map(|()| {
@@ -2709,8 +2798,10 @@ impl Driver {
         });
         self.mark_call();
         self.after_call();
+        let mut port_done = false;
         let r = r.map(|(p, answer)| {
-            if answer == inner_answer::PORT_DONE
+            port_done = answer == inner_answer::PORT_DONE;
+            if port_done
                 && let Some(i) = self.host.inners.borrow_mut().get_mut(&id)
                 && let Some(p) = i.ports.get_mut(port as usize)
             {
@@ -2719,7 +2810,95 @@ impl Driver {
             p
         });
         self.note(&r);
+        (r, port_done)
+    }
+
+    /// Runs a value of inner subscription `id`'s `port` (`item` points at it: a line's view
+    /// for `Wire::Str`; for a subject's value, a pointer to a value of `subject`'s layout),
+    /// if that port of the subscription's current code takes it: a subscription restarted
+    /// by a reload may read another source on that port now, and a value still on its way
+    /// from the old one is dropped (a subject's, with an error: the publisher's code
+    /// declared another type). `Pushed::PortDone` when the port answered it is done.
+    ///
+    /// # Safety
+    /// `item` must point at a value of `wire`'s type (and, for `subject`, the pointer it
+    /// holds at a live value of the fingerprint's layout), valid for the call.
+    unsafe fn push_inner_checked(
+        &mut self,
+        id: u64,
+        port: u32,
+        wire: Wire,
+        item: *const c_void,
+        subject: Option<(&hmr_track::Fingerprint, &str)>,
+    ) -> Result<Pushed, String> {
+        if self.done {
+            return Ok(Pushed::Complete { consumed: 0 });
+        }
+        // The newest code first: a migration re-projects (and may restart) the subscription.
+        self.refresh()?;
+        let takes = {
+            let inners = self.host.inners.borrow();
+            let Some(inner) = inners.get(&id) else {
+                return Ok(Pushed::Continue);
+            };
+            match (inner.code.sources.get(port as usize), subject) {
+                (Some(s), None) => s.wire() == wire,
+                (Some(s), Some((published, name))) => {
+                    let same = s.kind == source_kind::SUBJECT
+                        && s.text == name
+                        && s.item.as_ref().is_some_and(|f| {
+                            (f.hash, f.size, f.align)
+                                == (published.hash, published.size, published.align)
+                        });
+                    if !same && s.kind == source_kind::SUBJECT && s.text == name {
+                        return Err(format!(
+                            "subject {name:?}: a value of `{}` was not delivered: {} reads `{}`",
+                            published.name,
+                            inner.path(),
+                            s.item.as_ref().map_or("?", |f| &*f.name)
+                        ));
+                    }
+                    same
+                }
+                (None, _) => false,
+            }
+        };
+        if !takes {
+            return Ok(Pushed::Continue);
+        }
+        match self.inner_event_answer(id, inner_kind::PUSH, port, item, 0) {
+            (Ok(Pushed::Continue), true) => Ok(Pushed::PortDone { consumed: 1 }),
+            (r, _) => r,
+        }
+    }
+
+    /// Delivers a value published to `subject` to inner subscription `id`'s `port` (see
+    /// `push_inner_checked`).
+    ///
+    /// # Safety
+    /// As `push_subject`.
+    pub(crate) unsafe fn push_inner_subject(
+        &mut self,
+        id: u64,
+        port: u32,
+        value: *const c_void,
+        item: &hmr_track::Fingerprint,
+        subject: &str,
+    ) -> Result<Pushed, String> {
+        // SAFETY: forwarded; the layouts are compared before the value is read.
+        let r =
+            unsafe { self.push_inner_checked(id, port, Wire::Ptr, value, Some((item, subject))) };
+        if !self.host.timers.borrow().is_empty() {
+            let _ = self.shared.inbox.0.send(Msg::Wake);
+        }
         r
+    }
+
+    /// Whether inner subscriptions started by the last calls read subjects not subscribed
+    /// yet (see `subscribe_asks`).
+    #[inline(always)]
+    pub(crate) fn has_hub_asks(&self) -> bool {
+        self.host.asked.get()
     }
 
     /// Inner subscription `id`'s interval on `port` is due at `due` (ns): its next value,
@@ -2779,7 +2958,8 @@ impl Driver {
         h: usize,
         inner: &Inner,
     ) -> Result<InnerCode, String> {
-        *self.host.reprojecting.borrow_mut() = Some((code.lib().clone(), code.ops[h].path.clone()));
+        *self.host.reprojecting.borrow_mut() =
+            Some((code.lib().clone(), code.ops[h].path.clone(), inner.path()));
         self.host.reprojected.borrow_mut().take();
         // SAFETY: the held value is of operator `h`'s input type (the caller checked that
         // the operator keeps its signature, input included).
@@ -2953,6 +3133,10 @@ impl Driver {
                         inner.held = self
                             .host
                             .open_inner_sources(id, &new.sources, || inner.path());
+                        // The old subjects' subscribers go first (the same hub may be
+                        // subscribed again, at another port).
+                        inner.hubs = Vec::new();
+                        inner.hubs = self.host.link_subjects(id, &new.sources);
                         let old_slots = std::mem::replace(&mut inner.slots, slots);
                         drop(old_slots);
                         inner.code = new;
@@ -3113,19 +3297,96 @@ fn port_entry(code: &PipelineCode, counted: bool) -> (PushOneFn, Vec<PortTakes>)
 }
 
 /// Where a pipeline thread's driver lives: on the thread, or behind the lock it shares with
-/// the threads publishing to the pipeline's subjects.
+/// the threads publishing to the subjects it reads (as a pipeline's source, or inside an
+/// inner subscription's stream).
 enum DriverCell {
-    Local(Box<Driver>),
-    /// With its pipeline's shared half, where the lock's holder is marked.
-    Locked(Arc<Mutex<Driver>>, Arc<Shared>),
+    Local(Box<Driver>, PanicPolicy),
+    /// With the subscriptions that aim at it, undone when the thread ends.
+    Locked(Subscription),
+    /// Never seen outside `DriverCell::lock_up`.
+    Moving,
 }
 
 impl DriverCell {
     #[inline]
     fn with<R>(&mut self, f: impl FnOnce(&mut Driver) -> R) -> R {
-        match self {
-            DriverCell::Local(d) => f(d),
-            DriverCell::Locked(d, shared) => f(&mut lock_marked(d, &shared.holder, thread_tag())),
+        let (r, asked) = match self {
+            DriverCell::Local(d, _) => {
+                let r = f(d);
+                (r, d.has_hub_asks())
+            }
+            DriverCell::Locked(s) => {
+                let mut d = lock_marked(&s.driver, &s.shared.holder, thread_tag());
+                let r = f(&mut d);
+                if d.has_hub_asks() {
+                    subscribe_asks(&mut d, &s.driver, &s.shared, s.policy);
+                }
+                (r, false)
+            }
+            DriverCell::Moving => unreachable!("a driver cell is never used while it moves"),
+        };
+        if asked {
+            self.lock_up();
+        }
+        r
+    }
+
+    /// A driver on the thread whose inner subscriptions now read a subject: moved behind a
+    /// lock (publishers deliver on their threads from now on), and subscribed.
+    #[cold]
+    fn lock_up(&mut self) {
+        let DriverCell::Local(d, policy) = std::mem::replace(self, DriverCell::Moving) else {
+            unreachable!("only a local driver is locked up");
+        };
+        let shared = d.shared.clone();
+        // SAFETY (of the move): a driver moves whole (see its `Send`): its pointers point
+        // into what it owns or into its `Rc`'d `HostCx`.
+        let sub = Subscription {
+            hubs: Vec::new(),
+            driver: Arc::new(Mutex::new(*d)),
+            shared,
+            policy,
+        };
+        {
+            let mut d = lock_marked(&sub.driver, &sub.shared.holder, thread_tag());
+            subscribe_asks(&mut d, &sub.driver, &sub.shared, policy);
+        }
+        *self = DriverCell::Locked(sub);
+    }
+}
+
+/// Makes the hub subscribers that inner subscriptions started by the last calls asked for
+/// (`HostCx::link_subjects`), aimed at the driver `d` through its shared handle `driver`:
+/// called by whoever holds the driver after a call (its pipeline's thread, a publisher's
+/// delivery). A subscription that ended meanwhile, or restarted reading another source on
+/// that port, is not subscribed.
+pub(crate) fn subscribe_asks(
+    d: &mut Driver,
+    driver: &Arc<Mutex<Driver>>,
+    shared: &Arc<Shared>,
+    policy: PanicPolicy,
+) {
+    d.host.asked.set(false);
+    let asks = std::mem::take(&mut *d.host.hub_asks.borrow_mut());
+    for (hub, id, port) in asks {
+        let live = d.host.inners.borrow().get(&id).is_some_and(|i| {
+            i.code
+                .sources
+                .get(port as usize)
+                .is_some_and(|s| s.kind == source_kind::SUBJECT && s.text == hub.name())
+        });
+        if !live {
+            continue;
+        }
+        hub.subscribe(
+            &d.host.pipeline,
+            crate::subjects::Target::Inner(id, port),
+            driver.clone(),
+            shared.clone(),
+            policy,
+        );
+        if !d.inner_hubs.iter().any(|h| Arc::ptr_eq(h, &hub)) {
+            d.inner_hubs.push(hub);
         }
     }
 }
@@ -3160,7 +3421,7 @@ impl Subscription {
         for (hub, port) in &self.hubs {
             hub.subscribe(
                 &name,
-                *port,
+                crate::subjects::Target::Port(*port),
                 self.driver.clone(),
                 self.shared.clone(),
                 self.policy,
@@ -3172,6 +3433,12 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for (hub, _) in &self.hubs {
+            hub.unsubscribe_driver(&self.driver);
+        }
+        // Its inner subscriptions' subjects too: a hub's subscriber holds the driver, which
+        // holds the hub.
+        let inner = std::mem::take(&mut lock(&self.driver).inner_hubs);
+        for hub in inner {
             hub.unsubscribe_driver(&self.driver);
         }
     }
@@ -3241,19 +3508,15 @@ fn run_pipeline(
     // A subject reader's driver is shared with its publishers' threads, behind a lock; the
     // guard unsubscribes it when this thread ends, so its last reference (and the plugin's
     // drops it runs) stays on this thread.
-    let (mut cell, _subscribed) = if subscribe.is_empty() {
-        (DriverCell::Local(Box::new(driver)), None)
+    let mut cell = if subscribe.is_empty() {
+        DriverCell::Local(Box::new(driver), policy)
     } else {
-        let d = Arc::new(Mutex::new(driver));
-        (
-            DriverCell::Locked(d.clone(), shared.clone()),
-            Some(Subscription {
-                hubs: subscribe,
-                driver: d,
-                shared: shared.clone(),
-                policy,
-            }),
-        )
+        DriverCell::Locked(Subscription {
+            hubs: subscribe,
+            driver: Arc::new(Mutex::new(driver)),
+            shared: shared.clone(),
+            policy,
+        })
     };
     let sources = cell.with(|d| d.code.sources.clone());
     let clock = shared.clock.clone();
@@ -3334,7 +3597,7 @@ fn run_pipeline(
     let mut begun = PortRun::Fed;
     step!(cell.with(|d| d.start()), &mut begun);
     // Subscribed: now the publishers may deliver (its `start_with` came first).
-    if let Some(s) = &_subscribed {
+    if let DriverCell::Locked(s) = &cell {
         s.subscribe();
     }
     let rx = shared.inbox.1.clone();
@@ -3434,13 +3697,15 @@ fn run_pipeline(
                 }),
                 Msg::InnerLine(id, port, line) => {
                     let view = RStr::new(&line);
-                    let r = cell.with(|d| {
-                        d.inner_event(
+                    // SAFETY: `view` is a line's view, valid for the call; it runs only if
+                    // the port reads lines.
+                    let r = cell.with(|d| unsafe {
+                        d.push_inner_checked(
                             id,
-                            inner_kind::PUSH,
                             port,
+                            Wire::Str,
                             (&raw const view).cast::<c_void>(),
-                            0,
+                            None,
                         )
                     });
                     step!(r, &mut PortRun::Fed);

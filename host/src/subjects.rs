@@ -47,16 +47,28 @@ impl Subjects {
                     name: name.to_owned(),
                     subscribers: ArcSwap::from_pointee(Vec::new()),
                     edit: Mutex::new(()),
+                    declared: Mutex::new(None),
                 })
             })
             .clone()
     }
 }
 
-/// One subscriber of a subject: a pipeline's port.
+/// Where a subscriber's values go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A port of the pipeline's chain (`subject::<T>(..)` as a pipeline's source).
+    Port(u32),
+    /// A port of the pipeline's inner subscription `.0` (`subject::<T>(..)` inside the
+    /// stream a higher-order operator's projection returned).
+    Inner(u64, u32),
+}
+
+/// One subscriber of a subject: a pipeline's port, or a port of one of its inner
+/// subscriptions.
 pub struct Subscriber {
     pipeline: String,
-    port: u32,
+    target: Target,
     /// The port's stream completed (a `take` on it): it gets nothing more.
     port_done: AtomicBool,
     driver: Arc<Mutex<Driver>>,
@@ -70,6 +82,11 @@ pub struct Hub {
     name: String,
     subscribers: ArcSwap<Vec<Arc<Subscriber>>>,
     edit: Mutex<()>,
+    /// The value type the newest code publishing here declared, and its pipeline (set when
+    /// the runtime is handed that code, before it runs): what an inner subscription reading
+    /// the subject is checked against when it starts (a pipeline's own reads are checked by
+    /// the reload, with the publishers' code).
+    declared: Mutex<Option<(Fingerprint, String)>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -84,20 +101,33 @@ impl Hub {
         &self.name
     }
 
-    /// Subscribes `port` of the pipeline `pipeline` (its driver, shared with its thread).
+    /// How many subscribers it has now (pipelines' ports, inner subscriptions' ports).
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load().len()
+    }
+
+    /// Subscribes `target` of the pipeline `pipeline` (its driver, shared with its thread);
+    /// nothing if that target is subscribed already.
     pub(crate) fn subscribe(
         &self,
         pipeline: &str,
-        port: u32,
+        target: Target,
         driver: Arc<Mutex<Driver>>,
         shared: Arc<crate::runtime::Shared>,
         policy: PanicPolicy,
     ) {
         let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<Arc<Subscriber>> = self.subscribers.load().as_ref().clone();
+        let old = self.subscribers.load();
+        if old
+            .iter()
+            .any(|s| s.target == target && Arc::ptr_eq(&s.driver, &driver))
+        {
+            return;
+        }
+        let mut list: Vec<Arc<Subscriber>> = old.as_ref().clone();
         list.push(Arc::new(Subscriber {
             pipeline: pipeline.to_owned(),
-            port,
+            target,
             port_done: AtomicBool::new(false),
             driver,
             shared,
@@ -118,6 +148,55 @@ impl Hub {
             .cloned()
             .collect();
         self.subscribers.store(Arc::new(list));
+    }
+
+    /// Removes the subscriptions of inner subscription `id` of the pipeline whose shared
+    /// half is at `owner` (its driver's [`Arc::as_ptr`] of `Shared`).
+    pub(crate) fn unsubscribe_inner(&self, owner: usize, id: u64) {
+        let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.subscribers.load();
+        let mine = |s: &Subscriber| {
+            matches!(s.target, Target::Inner(i, _) if i == id)
+                && Arc::as_ptr(&s.shared) as usize == owner
+        };
+        if !old.iter().any(|s| mine(s)) {
+            return;
+        }
+        let list: Vec<Arc<Subscriber>> = old.iter().filter(|s| !mine(s)).cloned().collect();
+        self.subscribers.store(Arc::new(list));
+    }
+
+    /// Records the value type the code of a publisher (`who`, for messages) declared.
+    pub(crate) fn declare(&self, item: &Fingerprint, who: &str) {
+        let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        match &*d {
+            Some((f, w)) if f == item && w == who => {}
+            _ => *d = Some((item.clone(), who.to_owned())),
+        }
+    }
+
+    /// Why a subscriber reading values of `item` may not subscribe: the newest publisher's
+    /// code declared another type (a message naming the subject and both types).
+    pub(crate) fn refuses(&self, item: Option<&Fingerprint>, reader: &str) -> Option<String> {
+        let d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        let (declared, who) = d.as_ref()?;
+        let item = item?;
+        if declared == item {
+            return None;
+        }
+        let what = if declared.name == item.name {
+            format!(
+                "`{}` with another layout (layout hash {:#x} vs {:#x})",
+                item.name, item.hash, declared.hash
+            )
+        } else {
+            format!("`{}`", item.name)
+        };
+        Some(format!(
+            "subject {:?}: {who} publishes `{}` but {reader} reads {what}: publisher and \
+             subscribers must agree on the value type",
+            self.name, declared.name
+        ))
     }
 
     /// Removes every subscription of the pipeline `pipeline`.
@@ -174,12 +253,21 @@ impl Hub {
             }
             // A subject port's wire values are pointers to the values.
             let ptr: *const c_void = value;
-            // SAFETY: the caller's obligation: `value` is a live value of `item`'s layout;
-            // `push_subject` reads it only if the port's current code reads that layout;
-            // `ptr` outlives the call.
-            let r = unsafe {
-                d.push_subject(s.port, (&raw const ptr).cast::<c_void>(), item, &self.name)
+            let at = (&raw const ptr).cast::<c_void>();
+            let r = match s.target {
+                // SAFETY: the caller's obligation: `value` is a live value of `item`'s
+                // layout; `push_subject` reads it only if the port's current code reads that
+                // layout; `ptr` outlives the call.
+                Target::Port(port) => unsafe { d.push_subject(port, at, item, &self.name) },
+                // SAFETY: as above, for the inner subscription's port.
+                Target::Inner(id, port) => unsafe {
+                    d.push_inner_subject(id, port, at, item, &self.name)
+                },
             };
+            // Inner subscriptions started by that value, reading subjects: subscribed now.
+            if d.has_hub_asks() {
+                crate::runtime::subscribe_asks(&mut d, &s.driver, &s.shared, s.policy);
+            }
             // A timer set for the subscriber's thread: a virtual clock's `settle` waits until
             // that thread has taken it.
             d.poke_if_timers();
@@ -202,11 +290,19 @@ impl Hub {
                         elapsed_us: 0,
                     });
                 }
-                Err(e) => sink.event(HostEvent::Error {
-                    pipeline: s.pipeline.clone(),
-                    path: s.pipeline.clone(),
-                    message: e,
-                }),
+                Err(e) => {
+                    // An inner subscription whose code reads another type than the
+                    // publisher's (a reload changed the publisher's) is told once: its
+                    // code cannot change until it is re-projected, which subscribes anew.
+                    if let Target::Inner(..) = s.target {
+                        s.port_done.store(true, Ordering::Release);
+                    }
+                    sink.event(HostEvent::Error {
+                        pipeline: s.pipeline.clone(),
+                        path: s.pipeline.clone(),
+                        message: e,
+                    })
+                }
             }
         }
     }
@@ -251,7 +347,7 @@ impl Hub {
             }
             (d.pipeline().to_owned(), d.shared().clone())
         };
-        self.subscribe(&pipeline, port, driver, shared, policy);
+        self.subscribe(&pipeline, Target::Port(port), driver, shared, policy);
         Ok(())
     }
 

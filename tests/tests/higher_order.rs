@@ -814,10 +814,11 @@ fn a_panic_in_a_re_projection_ends_that_subscription_and_the_operator_goes_on() 
     Ok(())
 }
 
-/// A reload whose new projection builds an inner stream the host refuses (a source other
-/// than `interval_ms`, `range` and `of`; a `publish`) is refused at the re-projection as at a
-/// subscription: an `error` at the operator, the live subscription ends (not restarted on a
-/// source that never emits), and the next outer value's subscription is refused the same way.
+/// A reload whose new projection builds an inner stream the host refuses (one that
+/// publishes; one that reads a subject as another type than its publisher's) is refused at
+/// the re-projection as at a subscription: an `error` at the operator, the live subscription
+/// ends (not restarted on a source that never emits), and the next outer value's
+/// subscription is refused the same way.
 #[test]
 fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error()
 -> anyhow::Result<()> {
@@ -825,8 +826,8 @@ fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error
     let cases = [
         (
             "subject",
-            "subject::<u64>(\"t\").map(move |x: u64| n * 100 + x)",
-            "an inner stream's source is `subject::<u64>(\"t\")`",
+            "subject::<String>(\"t\").map(move |x: String| n * 100 + x.len() as u64)",
+            "subject \"t\": q publishes `u64` but r|1:switch_map|#",
         ),
         (
             "publish",
@@ -839,7 +840,8 @@ fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error
             &format!("higher_refused_{name}"),
             &plugin(&format!(
                 "    p.pipeline(\"r\", interval_ms(1000).take(2))\n        \
-                 .switch_map(|n: u64| {inner})\n        .log();"
+                 .switch_map(|n: u64| {inner})\n        .log();\n    \
+                 p.pipeline(\"q\", interval_ms(3_600_000)).publish(\"t\");"
             )),
         );
         let run = run_schedule(&fixture, 1100, 150, || {
@@ -862,5 +864,171 @@ fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error
             run.notices
         );
     }
+    Ok(())
+}
+
+/// An inner stream may read a subject: each subscription is a subscriber of its own (the hub
+/// delivers on the publisher's thread into the subscription's port); a reload that swaps
+/// the subscription keeps it subscribed (the next value runs through the new code); a
+/// subscription that ends is unsubscribed (the previous inner of a `switch_map` gets nothing
+/// more). The publisher sends 1, 2, ... every 300 ms; the outer values 0 and 1 come at t = 0
+/// and 1000; the reload at t = 650 edits the inner `map`.
+#[test]
+fn an_inner_stream_reads_a_subject_across_a_reload_and_a_switch() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_subject",
+        &plugin(
+            r#"    p.pipeline("prices", interval_ms(300).take(6)).map(|i: u64| i + 1).publish("t");
+    p.pipeline("w", interval_ms(1000).take(2))
+        .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k * 100 + x + 0))
+        .log();"#,
+        ),
+    );
+    let run = run_schedule(&fixture, 1600, 650, || {
+        fixture.edit("src/lib.rs", "x + 0", "x + 50");
+    })?;
+    let (v1, v2) = (run.v1, run.v2);
+    let (got, _) = &run.seen["w"];
+    // The value published at t = 0 races the first subscription: left out.
+    let got: Vec<(u64, u64, i64)> = got.iter().filter(|(t, ..)| *t > 0).copied().collect();
+    assert_eq!(
+        got,
+        [
+            (300, v1, 2),
+            (600, v1, 3),
+            (900, v2, 54),
+            (1200, v2, 155),
+            (1500, v2, 156)
+        ],
+        "{:?}",
+        run.errors
+    );
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    // Swapped: the pipelines' tracks and the live subscription's `map`.
+    let reload = run.reload.as_ref().expect("a reload");
+    let (swapped, ..) = reload_fields(reload);
+    assert_eq!(swapped, 9, "{reload:?}");
+    Ok(())
+}
+
+/// A reload that changes a publisher's value type while an inner subscription reads the
+/// subject as the old type (no pipeline reads it as its source, so the reload's own check has
+/// nothing to compare): the re-projection of the live subscription is refused (an error at
+/// the operator naming the subject and both types) and the subscription ends, before any
+/// value of the new type reaches it; the next outer value's subscription is refused the same
+/// way.
+#[test]
+fn a_publisher_type_change_ends_a_live_inner_reader_with_an_error() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_subject_type",
+        &plugin(
+            r#"    p.pipeline("prices", interval_ms(300)).map(|i: u64| i + 1).publish("t");
+    p.pipeline("w", interval_ms(1000).take(2))
+        .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k * 100 + x))
+        .log();"#,
+        ),
+    );
+    let (options, time) = fixture.virtual_options();
+    let mut host = Harness::start(&options)?;
+    let (v1, _) = host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    advance(&time, 300);
+    advance(&time, 300);
+    fixture.edit(
+        "src/lib.rs",
+        ".map(|i: u64| i + 1)",
+        ".map(|i: u64| format!(\"{i}\"))",
+    );
+    host.wait_reload()?;
+    assert!(time.settle(SETTLE));
+    for _ in 0..4 {
+        advance(&time, 300);
+    }
+    host.drain();
+    let got: Vec<(u64, i64)> = host
+        .emissions("w")
+        .iter()
+        .map(|(v, x)| (*v, value(x)))
+        .filter(|(_, x)| *x > 1)
+        .collect();
+    assert_eq!(got, [(v1, 2), (v1, 3)]);
+    let errors: Vec<String> = host
+        .errors()
+        .iter()
+        .map(|e| match e {
+            HostEvent::Error { path, message, .. } => format!("{path}: {message}"),
+            _ => unreachable!(),
+        })
+        .collect();
+    let refused = |id: u64| {
+        format!(
+            "w|1:switch_map: subject \"t\": prices publishes `alloc::string::String` but \
+             w|1:switch_map|#{id}:inner reads `u64`: publisher and subscribers must agree on \
+             the value type"
+        )
+    };
+    assert_eq!(errors, [refused(1), refused(2)]);
+    host.stop();
+    Ok(())
+}
+
+/// Each inner subscription that reads a subject is one subscriber of its hub while it lives:
+/// a `switch_map` that switched five times leaves one (the ended ones are unsubscribed, not
+/// merely ignored), and none is left once the pipeline's thread has ended (a hub's
+/// subscriber holds the driver, which holds the hub: nothing keeps the other alive).
+#[test]
+fn inner_subject_subscribers_leave_with_their_subscriptions_and_their_thread() -> anyhow::Result<()>
+{
+    let fixture = Fixture::new(
+        "higher_inner_subject_leave",
+        &plugin(
+            r#"    p.pipeline("q", interval_ms(100).take(5))
+        .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k + x))
+        .log();
+    p.pipeline("src", interval_ms(3_600_000)).publish("t");"#,
+        ),
+    );
+    let mut host = StdinHost::start(&fixture)?;
+    host.reload()?;
+    for _ in 0..4 {
+        host.advance(100);
+    }
+    let hub = host.reloader.runtime().subjects().hub("t");
+    assert_eq!(hub.subscribers(), 1, "the live subscription's only");
+    host.reloader.runtime().stop_all();
+    assert_eq!(hub.subscribers(), 0, "none once the thread ended");
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+    Ok(())
+}
+
+/// A loop through a subject that only an inner stream reads (so registration cannot see
+/// it): `loop`'s inner subscription reads `t` and `loop` publishes to `t`. A value published
+/// by `seed` runs `loop` on `seed`'s thread; `loop`'s publish would deliver back into `loop`
+/// while it runs, which is refused with an error naming the cycle (not a deadlock, not an
+/// endless loop), and both pipelines go on.
+#[test]
+fn a_cycle_through_an_inner_subject_is_refused_not_deadlocked() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_subject_cycle",
+        &plugin(
+            r#"    p.pipeline("seed", interval_ms(300).take(3)).publish("t");
+    p.pipeline("loop", interval_ms(100).take(1))
+        .switch_map(|_k: u64| subject::<u64>("t").map(|x: u64| x + 10))
+        .publish("t");"#,
+        ),
+    );
+    let mut host = StdinHost::start(&fixture)?;
+    host.reload()?;
+    host.advance(300);
+    host.advance(300);
+    let cycle = "a value published to subject \"t\" by loop would run loop again while it \
+                 runs (a cycle through subjects): dropped";
+    let errors: Vec<&HostEvent> = host.errors();
+    // The values of t = 300 and 600 (the one of t = 0 races the subscription).
+    let refused = errors
+        .iter()
+        .filter(|e| matches!(e, HostEvent::Error { message, .. } if message == cycle))
+        .count();
+    assert!(refused >= 2 && refused == errors.len(), "{errors:?}");
     Ok(())
 }

@@ -23,12 +23,13 @@ fn errors(host: &mut Harness) -> Vec<(String, String)> {
 fn refused_inner_streams_are_errors_at_the_operator() -> anyhow::Result<()> {
     let cases = [
         (
-            "subject",
-            r#"p.pipeline("r", range(0, 3))
-        .merge_map(|n: u64| subject::<u64>("t").map(move |x: u64| n + x))
+            "subject_type",
+            r#"p.pipeline("q", interval_ms(3_600_000)).publish("t");
+    p.pipeline("r", range(0, 3))
+        .merge_map(|n: u64| subject::<String>("t").map(move |x: String| n + x.len() as u64))
         .log();"#,
             "r|0:merge_map",
-            "a subject cannot be read inside a higher-order operator",
+            "q publishes `u64` but r|0:merge_map|#1:inner reads `alloc::string::String`",
         ),
         (
             "nested",
