@@ -259,8 +259,9 @@ unsafe impl Send for HeldValue {}
 /// How the host drives one port of an inner subscription.
 #[derive(Clone, Debug)]
 pub(crate) enum InnerPort {
-    /// An interval: the next value.
-    Interval { period: Duration, n: u64 },
+    /// An interval: the next value and when it is due (ns of the clock). A timer due at
+    /// another instant is a stale one (of the source a restart replaced): it does nothing.
+    Interval { period: Duration, n: u64, next: u64 },
     /// Run by the higher-order operator itself (`range`, `of`), or finished.
     Done,
 }

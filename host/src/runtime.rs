@@ -1551,6 +1551,7 @@ impl HostCx {
                     InnerPort::Interval {
                         period: Duration::from_millis(s.a.max(1)),
                         n: 0,
+                        next: now,
                     }
                 } else {
                     InnerPort::Done
@@ -2909,16 +2910,22 @@ impl Driver {
             let Some(i) = inners.get_mut(&id) else {
                 return Ok(Pushed::Continue);
             };
-            let Some(InnerPort::Interval { period, n }) = i.ports.get_mut(port as usize) else {
+            let Some(InnerPort::Interval { period, n, next }) = i.ports.get_mut(port as usize)
+            else {
                 return Ok(Pushed::Continue);
             };
+            // The timer of an interval a restart replaced (the same subscription and port):
+            // its chain ends here, or the port would tick twice.
+            if *next != due {
+                return Ok(Pushed::Continue);
+            }
             let x = *n;
             *n += 1;
-            let next = due.saturating_add(period.as_nanos() as u64);
+            *next = due.saturating_add(period.as_nanos() as u64);
             self.host
                 .timers
                 .borrow_mut()
-                .push((next, Key::InnerPort(id, port)));
+                .push((*next, Key::InnerPort(id, port)));
             x
         };
         self.inner_event(
