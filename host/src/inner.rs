@@ -279,6 +279,8 @@ pub(crate) struct InnerHost {
     /// pipeline's, whose numbers are the outer chain's; the watchdog names the
     /// higher-order operator instead (the driver marks it before an inner event).
     pub(crate) current_op: std::sync::atomic::AtomicU32,
+    /// Its `publish` operators (as its code's, `InnerCode::publishes`).
+    pub(crate) publishes: Vec<InnerPublish>,
 }
 
 /// The compiled stream of one version of a subscription.
@@ -292,7 +294,13 @@ pub(crate) struct InnerCode {
     pub(crate) sources: Arc<[SourceSpec]>,
     /// Its run-time registration calls, for the tracking store (a re-projection's).
     pub(crate) calls: Vec<RegCall>,
+    /// Its `publish` operators: operator number, subject's hub, declared value type.
+    pub(crate) publishes: Vec<InnerPublish>,
 }
+
+/// An inner stream's `publish` operator: its number among the stream's operators, the
+/// subject's hub, and the value type its code declared.
+pub(crate) type InnerPublish = (u32, Arc<crate::subjects::Hub>, hmr_track::Fingerprint);
 
 impl Drop for InnerCode {
     fn drop(&mut self) {

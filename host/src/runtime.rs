@@ -638,10 +638,22 @@ impl Runtime {
             self.held = true;
         }
         self.reap();
-        // What it publishes, declared before any pipeline runs this code: an inner
-        // subscription that starts from now on is checked against it.
+        // The value types of the subjects it publishes to and reads, declared before any
+        // pipeline runs this code: an inner subscription that starts from now on is checked
+        // against them (the reload checked the pipelines' own uses against each other).
         for p in &code.publishes {
-            self.subjects.hub(&p.subject).declare(&p.item, &code.name);
+            let who = format!("{} publishes", code.name);
+            self.subjects.hub(&p.subject).declare(&p.item, &who);
+        }
+        for s in code
+            .sources
+            .iter()
+            .filter(|s| s.kind == source_kind::SUBJECT)
+        {
+            if let Some(item) = &s.item {
+                let who = format!("{} reads", code.name);
+                self.subjects.hub(&s.text).declare(item, &who);
+            }
         }
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
@@ -1322,14 +1334,6 @@ unsafe extern "C" fn cbr_add_pipeline(
 
 unsafe extern "C" fn cbr_fail(_ctx: *mut c_void, _message: RStr) {}
 
-/// Why the host refuses an inner stream, if it does.
-fn refuse_inner(desc: &InnerDesc) -> Option<String> {
-    if desc.n_publishes > 0 {
-        return Some("an inner stream cannot publish to a subject (not supported)".to_owned());
-    }
-    None
-}
-
 /// Whether `spec` is the source `src` describes (no allocation: strings compared in place).
 ///
 /// # Safety
@@ -1592,21 +1596,50 @@ impl HostCx {
         held
     }
 
-    /// Why inner subscription `reader` may not read the subjects among `sources`: one
-    /// whose newest publisher declared another value type.
+    /// Why inner subscription `path` may not read the subjects among `sources`, or publish
+    /// to those of `publishes`: one whose newest pipeline code declared another value type.
     fn refuse_subjects(
         &self,
         sources: &[crate::code::SourceSpec],
-        reader: impl Fn() -> String,
+        publishes: &[crate::inner::InnerPublish],
+        path: impl Fn() -> String,
     ) -> Option<String> {
-        sources
+        let reads = sources
             .iter()
             .filter(|s| s.kind == source_kind::SUBJECT)
             .find_map(|s| {
-                self.subjects
-                    .hub(&s.text)
-                    .refuses(s.item.as_ref(), &reader())
+                let who = format!("{} reads", path());
+                self.subjects.hub(&s.text).refuses(s.item.as_ref(), &who)
+            });
+        reads.or_else(|| {
+            publishes.iter().find_map(|(_, hub, item)| {
+                hub.refuses(Some(item), &format!("{} publishes", path()))
             })
+        })
+    }
+
+    /// The `publish` operators of the inner stream `desc` describes. Empty (no allocation)
+    /// when it has none.
+    ///
+    /// # Safety
+    /// `desc`'s publish descriptions and their strings must be readable for the call.
+    unsafe fn read_publishes(&self, desc: &InnerDesc) -> Vec<crate::inner::InnerPublish> {
+        if desc.n_publishes == 0 || desc.publishes.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: the plugin passes `n_publishes` descriptions valid for the call.
+        let publishes = unsafe { std::slice::from_raw_parts(desc.publishes, desc.n_publishes) };
+        let mut reg = self.reg.borrow_mut();
+        publishes
+            .iter()
+            .filter_map(|p| {
+                // SAFETY: strings valid for the call.
+                let subject = unsafe { p.subject.to_string_lossy() }?;
+                // SAFETY: as above.
+                let item = unsafe { reg.names.fingerprint(&p.item) }?;
+                Some((p.op, self.subjects.hub(&subject), item))
+            })
+            .collect()
     }
 
     /// Subscribes inner subscription `id` to the subjects among `sources` (the hub
@@ -1671,6 +1704,7 @@ impl HostCx {
             ops: Vec::new(),
             sources: NO_SOURCES.clone(),
             calls: Vec::new(),
+            publishes: Vec::new(),
         };
         let value = if desc.value.is_null() {
             None
@@ -1699,18 +1733,19 @@ impl HostCx {
             // SAFETY: `desc` is valid for the call.
             let read = unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut()) };
             match read {
-                // Refused as at a subscription: the live one ends (`reproject`).
-                Ok((sources, _))
-                    if let Some(why) = refuse_inner(desc)
-                        .or_else(|| self.refuse_subjects(&sources, || path.clone())) =>
-                {
-                    self.error_at(op_path, why);
-                }
                 Ok((sources, ops)) => {
-                    code.sources = sources;
-                    code.ops = ops;
-                    code.calls = calls;
-                    *self.reprojected.borrow_mut() = Some(code);
+                    // SAFETY: `desc` is valid for the call.
+                    code.publishes = unsafe { self.read_publishes(desc) };
+                    // Refused as at a subscription: the live one ends (`reproject`).
+                    match self.refuse_subjects(&sources, &code.publishes, || path.clone()) {
+                        Some(why) => self.error_at(op_path, why),
+                        None => {
+                            code.sources = sources;
+                            code.ops = ops;
+                            code.calls = calls;
+                            *self.reprojected.borrow_mut() = Some(code);
+                        }
+                    }
                 }
                 Err(e) => self.error_at(op_path, e),
             }
@@ -1748,9 +1783,11 @@ impl HostCx {
                 return false;
             }
         };
-        let why = refuse_inner(desc)
-            .or_else(|| self.refuse_subjects(&sources, || format!("{op_path}|#{id}:inner")));
-        if let Some(why) = why {
+        // SAFETY: `desc` is valid for the call.
+        code.publishes = unsafe { self.read_publishes(desc) };
+        if let Some(why) = self.refuse_subjects(&sources, &code.publishes, || {
+            format!("{op_path}|#{id}:inner")
+        }) {
             self.error_at(op_path.to_string(), why);
             return false;
         }
@@ -1784,6 +1821,7 @@ impl HostCx {
                     .extend(code.ops.iter().map(|o| o.path.clone()));
                 ctx.host.tracks.clear();
                 ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
+                ctx.host.publishes.clone_from(&code.publishes);
                 ctx.cx = self.inner_cx();
                 ctx
             }
@@ -1794,6 +1832,7 @@ impl HostCx {
                     paths: code.ops.iter().map(|o| o.path.clone()).collect(),
                     tracks: code.ops.iter().map(|o| o.track).collect(),
                     current_op: AtomicU32::new(u32::MAX),
+                    publishes: code.publishes.clone(),
                 },
                 cx: self.inner_cx(),
             }),
@@ -1898,8 +1937,16 @@ unsafe extern "C" fn cbi_error(host: *mut c_void, op: u32, message: RStr) {
     }));
 }
 
-unsafe extern "C" fn cbi_publish(_host: *mut c_void, _op: u32, _value: *const c_void) {
-    // Refused at subscription: an inner stream has no `publish`.
+unsafe extern "C" fn cbi_publish(host: *mut c_void, op: u32, value: *const c_void) {
+    // SAFETY: as in `cbi_log`; `value` is the publisher's value, borrowed for the call.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let (ih, h) = inner_host(host);
+        // A delivery never comes back into this pipeline: a subscriber of it is behind its
+        // lock, which this thread holds and marked (`lock_marked`), so it is refused.
+        if let Some((_, hub, item)) = ih.publishes.iter().find(|(o, ..)| *o == op) {
+            hub.deliver(&h.pipeline, value, item, &h.sink);
+        }
+    }));
 }
 
 unsafe extern "C" fn cbi_now(host: *mut c_void) -> u64 {
@@ -3185,6 +3232,7 @@ impl Driver {
             }
             inner.ctx.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
             inner.ctx.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
+            inner.ctx.host.publishes.clone_from(&inner.code.publishes);
             if let Some(t) = &mut inner.tally {
                 inner.ctx.cx.counts = t.recount(&inner.code.ops);
             }
@@ -4062,6 +4110,7 @@ mod tests {
             n_sources: sources.len(),
             ops: std::ptr::null(),
             n_ops: 0,
+            publishes: std::ptr::null(),
             n_publishes: 0,
             value: std::ptr::null_mut(),
             value_type: plugin_api::fingerprint::of::<u64>(),

@@ -82,10 +82,10 @@ pub struct Hub {
     name: String,
     subscribers: ArcSwap<Vec<Arc<Subscriber>>>,
     edit: Mutex<()>,
-    /// The value type the newest code publishing here declared, and its pipeline (set when
-    /// the runtime is handed that code, before it runs): what an inner subscription reading
-    /// the subject is checked against when it starts (a pipeline's own reads are checked by
-    /// the reload, with the publishers' code).
+    /// The value type the newest pipeline code publishing or reading here declared, and who
+    /// (`prices publishes`; set when the runtime is handed that code, before it runs): what an
+    /// inner subscription reading or publishing to the subject is checked against when it
+    /// starts (the pipelines' own uses are checked against each other by the reload).
     declared: Mutex<Option<(Fingerprint, String)>>,
 }
 
@@ -166,7 +166,8 @@ impl Hub {
         self.subscribers.store(Arc::new(list));
     }
 
-    /// Records the value type the code of a publisher (`who`, for messages) declared.
+    /// Records the value type a pipeline's code declared (`who`: `prices publishes`, `w
+    /// reads`, for messages).
     pub(crate) fn declare(&self, item: &Fingerprint, who: &str) {
         let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
         match &*d {
@@ -175,11 +176,12 @@ impl Hub {
         }
     }
 
-    /// Why a subscriber reading values of `item` may not subscribe: the newest publisher's
-    /// code declared another type (a message naming the subject and both types).
-    pub(crate) fn refuses(&self, item: Option<&Fingerprint>, reader: &str) -> Option<String> {
+    /// Why an inner subscription's use of values of `item` (`who`: `w|0:switch_map|#1:inner
+    /// reads`) is refused: the newest pipeline code using the subject declared another type
+    /// (a message naming the subject, both uses and both types).
+    pub(crate) fn refuses(&self, item: Option<&Fingerprint>, who: &str) -> Option<String> {
         let d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
-        let (declared, who) = d.as_ref()?;
+        let (declared, declared_by) = d.as_ref()?;
         let item = item?;
         if declared == item {
             return None;
@@ -193,8 +195,8 @@ impl Hub {
             format!("`{}`", item.name)
         };
         Some(format!(
-            "subject {:?}: {who} publishes `{}` but {reader} reads {what}: publisher and \
-             subscribers must agree on the value type",
+            "subject {:?}: {declared_by} `{}` but {who} {what}: publisher and subscribers \
+             must agree on the value type",
             self.name, declared.name
         ))
     }

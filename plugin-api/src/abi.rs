@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -325,7 +325,10 @@ pub struct InnerDesc {
     pub ops: *const OpDesc,
     /// Number of operators.
     pub n_ops: usize,
-    /// Number of `publish` operators in it (the host refuses an inner stream that publishes).
+    /// Its `publish` operators (their `op` numbered as its operators are), valid for the
+    /// call.
+    pub publishes: *const PublishDesc,
+    /// Number of `publish` operators.
     pub n_publishes: usize,
     /// The outer value the inner stream was projected from, to move into host memory (null
     /// from [`ProjectFn`]: the host has it already).

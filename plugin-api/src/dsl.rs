@@ -661,6 +661,18 @@ struct PublishInfo {
     debug: DebugStateFn,
 }
 
+impl PublishInfo {
+    /// Its description, whose subject is a view of `self.subject` (valid while it lives).
+    fn desc(&self) -> PublishDesc {
+        PublishDesc {
+            op: self.op,
+            subject: RStr::new(&self.subject),
+            item: self.item,
+            debug: self.debug,
+        }
+    }
+}
+
 /// One open spine: its scope marks (by position), the position reached, the next mark.
 type Spine = (Vec<(u32, Mark)>, u32, usize);
 
@@ -1401,7 +1413,10 @@ pub(crate) struct BoundInner {
     pub(crate) ops: Vec<OpDesc>,
     /// Their strings are views of the bound stage's (see [`Binder::source`]).
     pub(crate) sources: Vec<SourceDesc>,
-    pub(crate) n_publishes: usize,
+    /// Its `publish` operators: their subjects are views of `_subjects`' strings.
+    pub(crate) publishes: Vec<PublishDesc>,
+    /// Held for the views in `publishes`.
+    _subjects: Vec<PublishInfo>,
     /// The synchronous sources (`range`, `of`): port, first and end index.
     pub(crate) sync: SyncPorts,
 }
@@ -1503,7 +1518,9 @@ pub(crate) fn bind_inner<S: Stage>(
             _ => {}
         }
     }
-    let n_publishes = b.publishes.len();
+    // Most inner streams publish nothing: no allocation then.
+    let subjects = std::mem::take(&mut b.publishes);
+    let publishes: Vec<PublishDesc> = subjects.iter().map(PublishInfo::desc).collect();
     // The binder's own vectors go back now; the descriptions' with the `BoundInner`.
     let mut ops = std::mem::take(&mut b.ops);
     let mut spines = std::mem::take(&mut b.spines);
@@ -1518,7 +1535,8 @@ pub(crate) fn bind_inner<S: Stage>(
     BoundInner {
         ops: descs,
         sources,
-        n_publishes,
+        publishes,
+        _subjects: subjects,
         sync,
     }
 }
@@ -1551,16 +1569,7 @@ impl<S: Stage> Chain<'_, S> {
         b.bind_stage(&mut stage, marks);
         let ops: Vec<OpDesc> = b.ops.iter().map(OpInfo::desc::<S>).collect();
         let sources = std::mem::take(&mut b.sources);
-        let publishes: Vec<PublishDesc> = b
-            .publishes
-            .iter()
-            .map(|p| PublishDesc {
-                op: p.op,
-                subject: RStr::new(&p.subject),
-                item: p.item,
-                debug: p.debug,
-            })
-            .collect();
+        let publishes: Vec<PublishDesc> = b.publishes.iter().map(PublishInfo::desc).collect();
         let env = Box::into_raw(Box::new(Env {
             stage,
             sync: SyncPorts::None,

@@ -818,8 +818,8 @@ fn a_panic_in_a_re_projection_ends_that_subscription_and_the_operator_goes_on() 
     Ok(())
 }
 
-/// A reload whose new projection builds an inner stream the host refuses (one that
-/// publishes; one that reads a subject as another type than its publisher's) is refused at
+/// A reload whose new projection builds an inner stream the host refuses (one that reads a
+/// subject, or publishes to one, as another type than the pipelines' code declared) is refused at
 /// the re-projection as at a subscription: an `error` at the operator, the live subscription
 /// ends (not restarted on a source that never emits), and the next outer value's
 /// subscription is refused the same way.
@@ -831,12 +831,13 @@ fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error
         (
             "subject",
             "subject::<String>(\"t\").map(move |x: String| n * 100 + x.len() as u64)",
-            "subject \"t\": q publishes `u64` but r|1:switch_map|#",
+            ":inner reads `alloc::string::String`: publisher and subscribers must agree",
         ),
         (
             "publish",
-            "interval_ms(100).map(move |i: u64| n * 100 + i).publish(\"t\")",
-            "an inner stream cannot publish to a subject",
+            "interval_ms(100).map(move |i: u64| format!(\"{n}{i}\")).publish(\"t\")\
+             .map(|s: String| s.len() as u64)",
+            ":inner publishes `alloc::string::String`: publisher and subscribers must agree",
         ),
     ];
     for (name, edited, refusal) in cases {
@@ -855,8 +856,10 @@ fn a_re_projection_to_a_refused_inner_stream_ends_the_subscription_with_an_error
         assert_eq!(got, &[(0, run.v1, 0), (100, run.v1, 1)], "{name}");
         assert_eq!(*completed, Some(1000), "{name}");
         assert_eq!(run.errors.len(), 2, "{name}: {:?}", run.errors);
-        for (path, message) in &run.errors {
+        for ((path, message), id) in run.errors.iter().zip(1..) {
             assert_eq!(path, "r|1:switch_map", "{name}");
+            let named = format!("subject \"t\": q publishes `u64` but r|1:switch_map|#{id}");
+            assert!(message.starts_with(&named), "{name}: {message}");
             assert!(message.contains(refusal), "{name}: {message}");
         }
         assert!(
@@ -1005,34 +1008,95 @@ fn inner_subject_subscribers_leave_with_their_subscriptions_and_their_thread() -
     Ok(())
 }
 
-/// A loop through a subject that only an inner stream reads (so registration cannot see
-/// it): `loop`'s inner subscription reads `t` and `loop` publishes to `t`. A value published
-/// by `seed` runs `loop` on `seed`'s thread; `loop`'s publish would deliver back into `loop`
-/// while it runs, which is refused with an error naming the cycle (not a deadlock, not an
-/// endless loop), and both pipelines go on.
+/// A loop through a subject that only an inner stream reads or publishes to (so
+/// registration cannot see it): `loop`'s inner subscription reads `t` and `loop` publishes to
+/// `t`; or `loop` reads `t` and its inner stream publishes to it. A value published by `seed`
+/// runs `loop` on `seed`'s thread; what `loop` then publishes would be delivered back into
+/// `loop` while it runs, which is refused with an error naming the cycle (not a deadlock, not
+/// an endless loop), and the pipelines go on.
 #[test]
 fn a_cycle_through_an_inner_subject_is_refused_not_deadlocked() -> anyhow::Result<()> {
-    let fixture = Fixture::new(
-        "higher_inner_subject_cycle",
-        &plugin(
-            r#"    p.pipeline("seed", interval_ms(300).take(3)).publish("t");
-    p.pipeline("loop", interval_ms(100).take(1))
+    let cases = [
+        (
+            "reads",
+            r#"p.pipeline("loop", interval_ms(100).take(1))
         .switch_map(|_k: u64| subject::<u64>("t").map(|x: u64| x + 10))
         .publish("t");"#,
         ),
+        (
+            "publishes",
+            r#"p.pipeline("loop", subject::<u64>("t"))
+        .switch_map(|x: u64| of(vec![x + 10]).publish("t"));"#,
+        ),
+    ];
+    for (name, body) in cases {
+        let fixture = Fixture::new(
+            &format!("higher_inner_subject_cycle_{name}"),
+            &plugin(&format!(
+                "    p.pipeline(\"seed\", interval_ms(300).take(3)).publish(\"t\");\n    {body}"
+            )),
+        );
+        let mut host = StdinHost::start(&fixture)?;
+        host.reload()?;
+        host.advance(300);
+        host.advance(300);
+        let cycle = "a value published to subject \"t\" by loop would run loop again while it \
+                     runs (a cycle through subjects): dropped";
+        let errors: Vec<&HostEvent> = host.errors();
+        // The values of t = 300 and 600 (the one of t = 0 races the subscription).
+        let refused = errors
+            .iter()
+            .filter(|e| matches!(e, HostEvent::Error { message, .. } if message == cycle))
+            .count();
+        assert!(
+            refused >= 2 && refused == errors.len(),
+            "{name}: {errors:?}"
+        );
+    }
+    Ok(())
+}
+
+/// An inner stream may publish: each value its `publish` operator sees is delivered to the
+/// subject's subscribers (here a pipeline reading it) on the inner subscription's thread,
+/// before it goes on downstream; a reload that swaps the subscription keeps publishing
+/// through the new code, and the next subscription publishes too. The inner interval counts
+/// every 300 ms; the outer values 0 and 1 come at t = 0 and 1000; the reload at t = 650 edits
+/// the inner `map`.
+#[test]
+fn an_inner_stream_publishes_across_a_reload_and_a_switch() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_publish",
+        &plugin(
+            r#"    p.pipeline("w", interval_ms(1000).take(2))
+        .switch_map(|k: u64| interval_ms(300).map(move |i: u64| k * 100 + i + 0).publish("t"))
+        .log();
+    p.pipeline("r", subject::<u64>("t")).map(|x: u64| x + 1000).log();"#,
+        ),
     );
-    let mut host = StdinHost::start(&fixture)?;
-    host.reload()?;
-    host.advance(300);
-    host.advance(300);
-    let cycle = "a value published to subject \"t\" by loop would run loop again while it \
-                 runs (a cycle through subjects): dropped";
-    let errors: Vec<&HostEvent> = host.errors();
-    // The values of t = 300 and 600 (the one of t = 0 races the subscription).
-    let refused = errors
-        .iter()
-        .filter(|e| matches!(e, HostEvent::Error { message, .. } if message == cycle))
-        .count();
-    assert!(refused >= 2 && refused == errors.len(), "{errors:?}");
+    let run = run_schedule(&fixture, 1600, 650, || {
+        fixture.edit("src/lib.rs", "i + 0", "i + 50");
+    })?;
+    let (v1, v2) = (run.v1, run.v2);
+    let expected = [
+        (300, v1, 1),
+        (600, v1, 2),
+        (900, v2, 53),
+        (1000, v2, 150),
+        (1300, v2, 151),
+        (1600, v2, 152),
+    ];
+    // The value of t = 0 races `r`'s subscription: left out.
+    let after_0 = |p: &str| -> Vec<(u64, u64, i64)> {
+        run.seen[p]
+            .0
+            .iter()
+            .filter(|(t, ..)| *t > 0)
+            .copied()
+            .collect()
+    };
+    assert_eq!(after_0("w"), expected, "{:?}", run.errors);
+    let read: Vec<(u64, u64, i64)> = expected.iter().map(|&(t, v, x)| (t, v, x + 1000)).collect();
+    assert_eq!(after_0("r"), read, "{:?}", run.errors);
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
     Ok(())
 }

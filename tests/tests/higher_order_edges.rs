@@ -32,6 +32,15 @@ fn refused_inner_streams_are_errors_at_the_operator() -> anyhow::Result<()> {
             "q publishes `u64` but r|0:merge_map|#1:inner reads `alloc::string::String`",
         ),
         (
+            "publish_type",
+            r#"p.pipeline("q", subject::<u64>("t")).log();
+    p.pipeline("r", range(0, 3))
+        .merge_map(|n: u64| of(vec![format!("{n}")]).publish("t").map(|s: String| s.len() as u64))
+        .log();"#,
+            "r|0:merge_map",
+            "q reads `u64` but r|0:merge_map|#1:inner publishes `alloc::string::String`",
+        ),
+        (
             "nested",
             r#"p.pipeline("r", range(0, 3))
         .merge_map(|n: u64| of(vec![n]).switch_map(move |m: u64| of(vec![m, n])))
