@@ -120,6 +120,9 @@ pub(crate) struct Shared {
     /// thread holding the lock, 0 when none does. A delivery that finds its own thread's
     /// tag here would lock the driver again (a cycle through subjects) and is refused.
     pub(crate) holder: std::sync::atomic::AtomicUsize,
+    /// Whether the driver's inner subscriptions asked for hub subscriptions not made yet
+    /// (`HostCx::hub_asks`): next to `holder`, which a delivery reads anyway.
+    pub(crate) hub_asked: AtomicBool,
 }
 
 /// This thread's tag: the address of a thread-local, distinct among live threads and never
@@ -244,6 +247,7 @@ impl Shared {
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             pokes: Arc::default(),
             holder: std::sync::atomic::AtomicUsize::new(0),
+            hub_asked: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -1149,10 +1153,9 @@ struct HostCx {
     /// returns (hub, subscription, port): a hub subscriber needs the driver's shared
     /// handle, which only whoever drives the driver holds (`subscribe_asks`).
     hub_asks: RefCell<Vec<(Arc<Hub>, u64, u32)>>,
-    /// Whether `hub_asks` has any (one load after each call).
-    asked: Cell<bool>,
-    /// The pipeline's `Shared`, by address: what its hub subscribers are known by.
-    owner: usize,
+    /// The pipeline's shared half: where `hub_asks` having any is flagged
+    /// (`Shared::hub_asked`), and, by address, what its hub subscribers are known by.
+    shared: Arc<Shared>,
 }
 
 /// What a timer is for.
@@ -1668,12 +1671,12 @@ impl HostCx {
             {
                 links.push(crate::inner::HubLink {
                     hub,
-                    owner: self.owner,
+                    owner: Arc::as_ptr(&self.shared) as usize,
                     id,
                 });
             }
         }
-        self.asked.set(true);
+        self.shared.hub_asked.store(true, Ordering::Relaxed);
         links
     }
 
@@ -2169,8 +2172,7 @@ impl Driver {
             feeds: shared.feeds.get().cloned(),
             inbox: shared.inbox.0.clone(),
             hub_asks: RefCell::new(Vec::new()),
-            asked: Cell::new(false),
-            owner: Arc::as_ptr(&shared) as usize,
+            shared: shared.clone(),
         });
         let api = Box::new(HostApi {
             abi_version: plugin_api::abi::ABI_VERSION,
@@ -2925,6 +2927,7 @@ impl Driver {
     ///
     /// # Safety
     /// As `push_subject`.
+    #[inline(never)]
     pub(crate) unsafe fn push_inner_subject(
         &mut self,
         id: u64,
@@ -2946,7 +2949,7 @@ impl Driver {
     /// yet (see `subscribe_asks`).
     #[inline(always)]
     pub(crate) fn has_hub_asks(&self) -> bool {
-        self.host.asked.get()
+        self.shared.hub_asked.load(Ordering::Relaxed)
     }
 
     /// Inner subscription `id`'s interval on `port` is due at `due` (ns): its next value,
@@ -3415,13 +3418,15 @@ impl DriverCell {
 /// called by whoever holds the driver after a call (its pipeline's thread, a publisher's
 /// delivery). A subscription that ended meanwhile, or restarted reading another source on
 /// that port, is not subscribed.
+#[cold]
+#[inline(never)]
 pub(crate) fn subscribe_asks(
     d: &mut Driver,
     driver: &Arc<Mutex<Driver>>,
     shared: &Arc<Shared>,
     policy: PanicPolicy,
 ) {
-    d.host.asked.set(false);
+    d.shared.hub_asked.store(false, Ordering::Relaxed);
     let asks = std::mem::take(&mut *d.host.hub_asks.borrow_mut());
     for (hub, id, port) in asks {
         let live = d.host.inners.borrow().get(&id).is_some_and(|i| {
