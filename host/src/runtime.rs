@@ -107,6 +107,9 @@ pub(crate) struct Shared {
     clock: Clock,
     /// Live inner subscriptions (as the pipeline's thread last saw them).
     live_inners: std::sync::atomic::AtomicUsize,
+    /// Deadlines in the pipeline thread's heap (intervals' ticks, timers), as it last saw
+    /// them.
+    timers_held: std::sync::atomic::AtomicUsize,
     /// Where the driver tells what its inner subscriptions did, for the tracking store (set
     /// by the `Runtime` that starts the pipeline).
     census: std::sync::OnceLock<Sender<Census>>,
@@ -242,6 +245,7 @@ impl Shared {
             subjects,
             clock,
             live_inners: std::sync::atomic::AtomicUsize::new(0),
+            timers_held: std::sync::atomic::AtomicUsize::new(0),
             census: std::sync::OnceLock::new(),
             feeds: std::sync::OnceLock::new(),
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
@@ -976,6 +980,14 @@ impl Runtime {
         }
     }
 
+    /// How many deadlines (intervals' next ticks, operators' and inner subscriptions'
+    /// timers) the thread of pipeline `name` holds, as it last counted them.
+    pub fn timers_held(&self, name: &str) -> Option<usize> {
+        self.pipelines
+            .get(name)
+            .map(|r| r.publisher.shared.timers_held.load(Ordering::Relaxed))
+    }
+
     /// How each pipeline is doing.
     pub fn status(&self) -> BTreeMap<String, Ended> {
         self.pipelines
@@ -1177,6 +1189,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The sources of an inner stream not read yet (shared, so that it costs no allocation).
 static NO_SOURCES: std::sync::LazyLock<Arc<[SourceSpec]>> =
     std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
+/// The smallest heap of deadlines a pipeline thread sweeps for ended inner subscriptions'
+/// timers.
+const TIMER_SWEEP_MIN: usize = 256;
 
 /// How many freed subscriptions' callback contexts a pipeline keeps for reuse.
 const CTX_POOL: usize = 64;
@@ -3619,6 +3635,9 @@ fn run_pipeline(
     let mut taken: Vec<(u64, Key)> = Vec::new();
     // Operator timers in the heap (a pipeline waits for them before it counts as done).
     let mut op_timers = 0usize;
+    // The heap's length past which the timers of ended inner subscriptions are dropped from
+    // it (see below); doubled from what is left after each sweep, so sweeps cost O(1) a timer.
+    let mut sweep_at = TIMER_SWEEP_MIN;
     let mut produced = 0u64;
     let mut first: Option<Instant> = None;
     let completed = |produced: u64, first: Option<Instant>| {
@@ -3848,6 +3867,25 @@ fn run_pipeline(
                     op_timers += 1;
                 }
             }
+            // An ended inner subscription's timers (its interval's next tick, its operators'
+            // wakes) would wait in the heap until their deadlines, doing nothing then: a fast
+            // outer stream with long inner periods would grow it without bound. Dropped once
+            // the heap has doubled since the last sweep.
+            if timers.len() > sweep_at {
+                let before = timers.len();
+                cell.with(|d| {
+                    let inners = d.host.inners.borrow();
+                    timers.retain(|Reverse((_, due))| match due {
+                        Due::Timer(_, Key::InnerPort(id, _) | Key::InnerOp(id, _)) => {
+                            inners.contains_key(id)
+                        }
+                        _ => true,
+                    });
+                });
+                op_timers -= before - timers.len();
+                sweep_at = (2 * timers.len()).max(TIMER_SWEEP_MIN);
+            }
+            shared.timers_held.store(timers.len(), Ordering::Relaxed);
             let Some(&Reverse((due, what))) = timers.peek() else {
                 break None;
             };

@@ -1100,3 +1100,33 @@ fn an_inner_stream_publishes_across_a_reload_and_a_switch() -> anyhow::Result<()
     assert!(run.errors.is_empty(), "{:?}", run.errors);
     Ok(())
 }
+
+/// A fast outer stream whose inner streams wait long (a `switch_map` every millisecond onto
+/// an hourly interval) ends a subscription each millisecond, each leaving its interval's
+/// next tick an hour away: the pipeline's thread drops those from its deadlines instead of
+/// holding them for the hour (1,000 after a second otherwise, one more each millisecond).
+#[test]
+fn ended_inner_subscriptions_leave_no_timers_behind() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_timers_swept",
+        &plugin(
+            r#"    p.pipeline("s", interval_ms(1))
+        .switch_map(|k: u64| interval_ms(3_600_000).map(move |i: u64| k + i))
+        .log();"#,
+        ),
+    );
+    let mut host = StdinHost::start(&fixture)?;
+    host.reload()?;
+    for _ in 0..4 {
+        host.advance(1000);
+        let held = host.reloader.runtime().timers_held("s");
+        // The outer interval's tick, the live subscription's, and at most one sweep's worth
+        // of ended ones (the heap is swept each time it doubles, from 256).
+        assert!(held.is_some_and(|n| n <= 512), "{held:?}");
+    }
+    // Every millisecond switched: the last value is the 4,000th outer value's first.
+    let last = host.emissions("s").last().copied();
+    assert_eq!(last.map(|(_, x)| x), Some(4000));
+    assert!(host.errors().is_empty(), "{:?}", host.errors());
+    Ok(())
+}
