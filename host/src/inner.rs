@@ -296,6 +296,9 @@ pub(crate) struct InnerCode {
     pub(crate) calls: Vec<RegCall>,
     /// Its `publish` operators: operator number, subject's hub, declared value type.
     pub(crate) publishes: Vec<InnerPublish>,
+    /// Its uses of subjects (reads and publishes), counted while this code is the
+    /// subscription's (`Subjects::enter_inner`).
+    pub(crate) uses: Option<crate::subjects::InnerUses>,
 }
 
 /// An inner stream's `publish` operator: its number among the stream's operators, the

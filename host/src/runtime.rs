@@ -33,7 +33,7 @@ use crate::code::{PipelineCode, Pushed, SourceSpec, StateSlots, Wire};
 use crate::events::{HostEvent, ReplayInfo, Sink, cap_message};
 use crate::inner::{Census, HeldValue, Inner, InnerCode, InnerCtx, InnerHost, InnerPort, InnerReg};
 use crate::inspect::tally::{Counts, InnerTally, PipelineTally, STATE_CAP, Tallies};
-use crate::subjects::{Hub, Subjects};
+use crate::subjects::{Dir, Hub, Subjects};
 use hmr_track::Id;
 
 /// How many `range` values go into one call of the plugin.
@@ -646,23 +646,26 @@ impl Runtime {
             self.held = true;
         }
         self.reap();
-        // The value types of the subjects it publishes to and reads, declared before any
+        // The subjects it publishes to and reads, with their value types, recorded before any
         // pipeline runs this code: an inner subscription that starts from now on is checked
         // against them (the reload checked the pipelines' own uses against each other).
-        for p in &code.publishes {
-            let who = format!("{} publishes", code.name);
-            self.subjects.hub(&p.subject).declare(&p.item, &who);
-        }
-        for s in code
+        let publishes = code
+            .publishes
+            .iter()
+            .map(|p| (p.subject.clone(), Dir::Publishes, p.item.clone()));
+        let reads = code
             .sources
             .iter()
             .filter(|s| s.kind == source_kind::SUBJECT)
-        {
-            if let Some(item) = &s.item {
-                let who = format!("{} reads", code.name);
-                self.subjects.hub(&s.text).declare(item, &who);
-            }
-        }
+            .filter_map(|s| Some((s.text.clone(), Dir::Reads, s.item.clone()?)));
+        let uses: Vec<_> = publishes.chain(reads).collect();
+        let name = code.name.clone();
+        let published = self.publish_code(code);
+        self.subjects.set_pipeline(&name, uses);
+        published
+    }
+
+    fn publish_code(&mut self, code: PipelineCode) -> Published {
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
             if r.sources != code.sources {
@@ -967,6 +970,7 @@ impl Runtime {
     /// Stops and forgets the pipeline `name` without waiting for its thread, which finishes
     /// its current emission, drops its state and exits.
     pub fn remove(&mut self, name: &str) -> bool {
+        self.subjects.remove_pipeline(name);
         match self.pipelines.remove(name) {
             Some(mut r) => {
                 let shared = r.publisher.shared.clone();
@@ -1615,48 +1619,66 @@ impl HostCx {
         held
     }
 
-    /// Why inner subscription `path` may not read the subjects among `sources`, or publish
-    /// to those of `publishes`: one whose newest pipeline code declared another value type.
-    fn refuse_subjects(
+    /// Enters the uses of subjects of inner subscription `path` (the subjects among
+    /// `sources` it reads, those of `publishes` it publishes to), counted while the guard
+    /// lives; or why they are refused: a value type other than a pipeline's own use of the
+    /// subject, or a loop through subjects they would close (see `Subjects::enter_inner`).
+    fn enter_subjects(
         &self,
         sources: &[crate::code::SourceSpec],
         publishes: &[crate::inner::InnerPublish],
         path: impl Fn() -> String,
-    ) -> Option<String> {
-        let reads = sources
+    ) -> Result<Option<crate::subjects::InnerUses>, String> {
+        // Most inner streams use no subject: nothing is formatted or locked for them.
+        if publishes.is_empty() && !sources.iter().any(|s| s.kind == source_kind::SUBJECT) {
+            return Ok(None);
+        }
+        let reads: Vec<(&str, Option<&hmr_track::Fingerprint>)> = sources
             .iter()
             .filter(|s| s.kind == source_kind::SUBJECT)
-            .find_map(|s| {
-                let who = format!("{} reads", path());
-                self.subjects.hub(&s.text).refuses(s.item.as_ref(), &who)
-            });
-        reads.or_else(|| {
-            publishes.iter().find_map(|(_, hub, item)| {
-                hub.refuses(Some(item), &format!("{} publishes", path()))
-            })
-        })
+            .map(|s| (s.text.as_str(), s.item.as_ref()))
+            .collect();
+        let publishes: Vec<(&str, &hmr_track::Fingerprint)> = publishes
+            .iter()
+            .map(|(_, hub, item)| (hub.name(), item))
+            .collect();
+        self.subjects
+            .enter_inner(&self.pipeline, &path(), &reads, &publishes)
     }
 
-    /// The `publish` operators of the inner stream `desc` describes. Empty (no allocation)
-    /// when it has none.
+    /// The `publish` operators of the inner stream `desc` describes (empty, no allocation,
+    /// when it has none), or why one cannot be read.
     ///
     /// # Safety
     /// `desc`'s publish descriptions and their strings must be readable for the call.
-    unsafe fn read_publishes(&self, desc: &InnerDesc) -> Vec<crate::inner::InnerPublish> {
-        if desc.n_publishes == 0 || desc.publishes.is_null() {
-            return Vec::new();
+    unsafe fn read_publishes(
+        &self,
+        desc: &InnerDesc,
+    ) -> Result<Vec<crate::inner::InnerPublish>, String> {
+        if desc.n_publishes == 0 {
+            return Ok(Vec::new());
+        }
+        if desc.publishes.is_null() {
+            return Err("its publish operators were not described".to_owned());
         }
         // SAFETY: the plugin passes `n_publishes` descriptions valid for the call.
         let publishes = unsafe { std::slice::from_raw_parts(desc.publishes, desc.n_publishes) };
         let mut reg = self.reg.borrow_mut();
         publishes
             .iter()
-            .filter_map(|p| {
+            .map(|p| {
                 // SAFETY: strings valid for the call.
-                let subject = unsafe { p.subject.to_string_lossy() }?;
+                let subject = unsafe { p.subject.to_string_lossy() };
                 // SAFETY: as above.
-                let item = unsafe { reg.names.fingerprint(&p.item) }?;
-                Some((p.op, self.subjects.hub(&subject), item))
+                let item = unsafe { reg.names.fingerprint(&p.item) };
+                match (subject, item) {
+                    (Some(subject), Some(item)) => Ok((p.op, self.subjects.hub(&subject), item)),
+                    _ => Err(format!(
+                        "its publish operator {}: the subject's name or value type could not \
+                         be read",
+                        p.op
+                    )),
+                }
             })
             .collect()
     }
@@ -1724,6 +1746,7 @@ impl HostCx {
             sources: NO_SOURCES.clone(),
             calls: Vec::new(),
             publishes: Vec::new(),
+            uses: None,
         };
         let value = if desc.value.is_null() {
             None
@@ -1754,14 +1777,19 @@ impl HostCx {
             match read {
                 Ok((sources, ops)) => {
                     // SAFETY: `desc` is valid for the call.
-                    code.publishes = unsafe { self.read_publishes(desc) };
+                    let entered = unsafe { self.read_publishes(desc) }.and_then(|publishes| {
+                        let uses = self.enter_subjects(&sources, &publishes, || path.clone())?;
+                        Ok((publishes, uses))
+                    });
                     // Refused as at a subscription: the live one ends (`reproject`).
-                    match self.refuse_subjects(&sources, &code.publishes, || path.clone()) {
-                        Some(why) => self.error_at(op_path, why),
-                        None => {
+                    match entered {
+                        Err(why) => self.error_at(op_path, why),
+                        Ok((publishes, uses)) => {
                             code.sources = sources;
                             code.ops = ops;
                             code.calls = calls;
+                            code.publishes = publishes;
+                            code.uses = uses;
                             *self.reprojected.borrow_mut() = Some(code);
                         }
                     }
@@ -1803,12 +1831,22 @@ impl HostCx {
             }
         };
         // SAFETY: `desc` is valid for the call.
-        code.publishes = unsafe { self.read_publishes(desc) };
-        if let Some(why) = self.refuse_subjects(&sources, &code.publishes, || {
-            format!("{op_path}|#{id}:inner")
-        }) {
-            self.error_at(op_path.to_string(), why);
-            return false;
+        let entered = unsafe { self.read_publishes(desc) }.and_then(|publishes| {
+            let uses =
+                self.enter_subjects(&sources, &publishes, || format!("{op_path}|#{id}:inner"))?;
+            Ok((publishes, uses))
+        });
+        match entered {
+            Ok((publishes, uses)) => {
+                code.publishes = publishes;
+                code.uses = uses;
+            }
+            Err(why) => {
+                // Its number is used up: each refusal names its own.
+                self.next_inner.set(id + 1);
+                self.error_at(op_path.to_string(), why);
+                return false;
+            }
         }
         self.assign_tracks(&mut ops, &[]);
         let slots = match StateSlots::new_for(&ops, code.env, &lib) {
@@ -1960,8 +1998,9 @@ unsafe extern "C" fn cbi_publish(host: *mut c_void, op: u32, value: *const c_voi
     // SAFETY: as in `cbi_log`; `value` is the publisher's value, borrowed for the call.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let (ih, h) = inner_host(host);
-        // A delivery never comes back into this pipeline: a subscriber of it is behind its
-        // lock, which this thread holds and marked (`lock_marked`), so it is refused.
+        // A delivery never comes back into this pipeline: a loop is refused when an inner
+        // subscription would close one (`Subjects::enter_inner`), and a subscriber of this
+        // pipeline is behind its lock, which this thread holds and marked (`lock_marked`).
         if let Some((_, hub, item)) = ih.publishes.iter().find(|(o, ..)| *o == op) {
             hub.deliver(&h.pipeline, value, item, &h.sink);
         }
@@ -2014,9 +2053,10 @@ unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void
     // SAFETY: as in `cb_log`; `value` is the publisher's value, borrowed for the call.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
-        // Borrowed for the delivery, not cloned: a delivery never comes back into this
-        // pipeline (cycles through subjects are refused at registration; a migration, the
-        // only writer, runs on this pipeline's own calls).
+        // Borrowed for the delivery, not cloned: a delivery never runs this pipeline's code
+        // again while this call runs (a loop back into it is refused at registration, when an
+        // inner subscription would close one, and at run time by its marked lock), and a
+        // migration, the only writer, runs on this pipeline's own calls.
         let publish = h.publish.borrow();
         if let Some(Some((hub, item))) = publish.get(op as usize) {
             hub.deliver(&h.pipeline, value, item, &h.sink);
@@ -2135,6 +2175,9 @@ pub struct Driver {
     /// The subjects its inner subscriptions were subscribed to through its shared handle
     /// (`subscribe_asks`): what its thread unsubscribes it from when it ends.
     inner_hubs: Vec<Arc<Hub>>,
+    /// Its thread ended and unsubscribed it: a delivery that still holds a subscriber of it
+    /// runs nothing, and subscribes nothing more.
+    detached: bool,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2254,6 +2297,7 @@ impl Driver {
             reprojection_panicked: false,
             recent,
             inner_hubs: Vec::new(),
+            detached: false,
         })
     }
 
@@ -2900,8 +2944,12 @@ impl Driver {
         if self.done {
             return Ok(Pushed::Complete { consumed: 0 });
         }
-        // The newest code first: a migration re-projects (and may restart) the subscription.
-        self.refresh()?;
+        // The newest code first: a migration re-projects (and may restart) the subscription,
+        // which is plugin code (marked as a call, for the watchdog).
+        self.mark_call();
+        let fresh = self.refresh();
+        self.mark_call();
+        fresh?;
         let takes = {
             let inners = self.host.inners.borrow();
             let Some(inner) = inners.get(&id) else {
@@ -3319,6 +3367,25 @@ impl Driver {
         r
     }
 
+    /// After a delivery on another thread (a subject's publisher), which holds the driver
+    /// between calls now: frees the inner subscriptions that ended in it (their hub
+    /// subscribers with them: a pipeline fed only by subjects may not run its own thread for
+    /// a long time), and wakes the pipeline's thread for what only it runs (a timer set, a
+    /// subscription a re-projection restarted or ended, to start or to tell).
+    pub(crate) fn after_delivery(&self) {
+        self.reap_inners();
+        let pending = !self.host.starts.borrow().is_empty() || !self.host.ended.borrow().is_empty();
+        if pending {
+            match &self.shared.clock {
+                Clock::Virtual(v) => v.poke(&self.shared.inbox.0, &self.shared.pokes),
+                Clock::System => {
+                    let _ = self.shared.inbox.0.send(Msg::Wake);
+                }
+            }
+        }
+        self.poke_if_timers();
+    }
+
     /// Under a virtual clock, after a delivery on another thread (a subject's publisher):
     /// if it set a timer, pokes this pipeline's thread so `settle` waits until it took it.
     pub(crate) fn poke_if_timers(&self) {
@@ -3340,7 +3407,7 @@ impl Driver {
     }
 
     pub(crate) fn stopped(&self) -> bool {
-        self.shared.stop.load(Ordering::Acquire)
+        self.detached || self.shared.stop.load(Ordering::Acquire)
     }
 }
 
@@ -3444,6 +3511,9 @@ pub(crate) fn subscribe_asks(
 ) {
     d.shared.hub_asked.store(false, Ordering::Relaxed);
     let asks = std::mem::take(&mut *d.host.hub_asks.borrow_mut());
+    if d.detached {
+        return;
+    }
     for (hub, id, port) in asks {
         let live = d.host.inners.borrow().get(&id).is_some_and(|i| {
             i.code
@@ -3508,13 +3578,16 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // Under the driver's lock (the order every delivery takes: driver, then a hub's
+        // edit lock), so no delivery in between subscribes an inner subscription anew: a
+        // hub's subscriber holds the driver, which holds the hub.
+        let mut d = lock(&self.driver);
+        d.detached = true;
         for (hub, _) in &self.hubs {
             hub.unsubscribe_driver(&self.driver);
         }
-        // Its inner subscriptions' subjects too: a hub's subscriber holds the driver, which
-        // holds the hub.
-        let inner = std::mem::take(&mut lock(&self.driver).inner_hubs);
-        for hub in inner {
+        // Its inner subscriptions' subjects too.
+        for hub in std::mem::take(&mut d.inner_hubs) {
             hub.unsubscribe_driver(&self.driver);
         }
     }

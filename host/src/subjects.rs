@@ -22,10 +22,127 @@ use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
 use crate::runtime::{Driver, PanicPolicy, lock_marked, thread_tag};
 
-/// The host's subjects, by name.
+/// The host's subjects, by name, and who uses them.
 #[derive(Default)]
 pub struct Subjects {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    uses: Mutex<Uses>,
+}
+
+/// Whether a use of a subject reads or publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Dir {
+    Reads,
+    Publishes,
+}
+
+impl Dir {
+    fn verb(self) -> &'static str {
+        match self {
+            Dir::Reads => "reads",
+            Dir::Publishes => "publishes",
+        }
+    }
+}
+
+/// Who uses which subject: each pipeline's own code (as the runtime was last handed it) and
+/// its live inner subscriptions (counted). What an inner subscription's uses are checked
+/// against when it starts or is re-projected: the value types of the pipelines' own uses,
+/// and the loops the uses would close.
+#[derive(Default)]
+struct Uses {
+    /// By pipeline: (subject, direction, value type) of its own code.
+    pipelines: HashMap<String, Vec<(String, Dir, Fingerprint)>>,
+    /// (pipeline, subject, direction) of live inner subscriptions, with their count.
+    inner: HashMap<(String, String, Dir), usize>,
+}
+
+impl Uses {
+    /// Every (pipeline, subject, direction) in use.
+    fn edges(&self) -> impl Iterator<Item = (&str, &str, Dir)> {
+        let own = self.pipelines.iter().flat_map(|(p, uses)| {
+            uses.iter()
+                .map(move |(s, d, _)| (p.as_str(), s.as_str(), *d))
+        });
+        let inner = self
+            .inner
+            .keys()
+            .map(|(p, s, d)| (p.as_str(), s.as_str(), *d));
+        own.chain(inner)
+    }
+
+    /// A loop through subjects that `pipeline`'s extra uses `extra` would close (a value
+    /// published by a pipeline coming back to it, synchronously: on its own thread a
+    /// refusal, across two threads a deadlock), as a message naming it.
+    fn cycle(&self, pipeline: &str, extra: &[(&str, Dir)]) -> Option<String> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut readers: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut publishers: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let all = self
+            .edges()
+            .chain(extra.iter().map(|(s, d)| (pipeline, *s, *d)));
+        for (p, s, d) in all {
+            match d {
+                Dir::Reads => readers.entry(s).or_default().insert(p),
+                Dir::Publishes => publishers.entry(s).or_default().insert(p),
+            };
+        }
+        // Breadth-first from `pipeline` along (publishes s) -> (reads s): the first way back
+        // to it, with the steps that lead there.
+        let mut seen: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([pipeline]);
+        while let Some(p) = queue.pop_front() {
+            for (s, pubs) in &publishers {
+                if !pubs.contains(p) {
+                    continue;
+                }
+                for &r in readers.get(s).into_iter().flatten() {
+                    if r == pipeline {
+                        // The steps back from `p` to `pipeline`, then in order.
+                        let mut steps = vec![format!("{p} publishes {s:?} read by {r}")];
+                        let mut at = p;
+                        while at != pipeline {
+                            let (from, via) = seen[at];
+                            steps.push(format!("{from} publishes {via:?} read by {at}"));
+                            at = from;
+                        }
+                        steps.reverse();
+                        return Some(format!(
+                            "subjects would form a cycle ({}): delivery is synchronous, so a \
+                             value would come back to the pipeline that published it",
+                            steps.join(", ")
+                        ));
+                    }
+                    if r != p && !seen.contains_key(r) {
+                        seen.insert(r, (p, s));
+                        queue.push_back(r);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// An inner subscription's uses of subjects, counted while it lives (see
+/// [`Subjects::enter_inner`]).
+pub(crate) struct InnerUses {
+    subjects: Arc<Subjects>,
+    keys: Vec<(String, String, Dir)>,
+}
+
+impl Drop for InnerUses {
+    fn drop(&mut self) {
+        let mut uses = self.subjects.lock_uses();
+        for key in self.keys.drain(..) {
+            if let Some(n) = uses.inner.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    uses.inner.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Subjects {
@@ -38,6 +155,90 @@ impl std::fmt::Debug for Subjects {
 }
 
 impl Subjects {
+    fn lock_uses(&self) -> std::sync::MutexGuard<'_, Uses> {
+        self.uses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the subjects pipeline `name`'s code reads and publishes to (with their value
+    /// types), replacing what its earlier code did. The reload checked them against the
+    /// other pipelines'; an inner subscription is checked against them when it starts.
+    pub(crate) fn set_pipeline(&self, name: &str, uses: Vec<(String, Dir, Fingerprint)>) {
+        let mut all = self.lock_uses();
+        if uses.is_empty() {
+            all.pipelines.remove(name);
+        } else {
+            all.pipelines.insert(name.to_owned(), uses);
+        }
+    }
+
+    /// Forgets the subjects pipeline `name`'s code uses (it was removed).
+    pub(crate) fn remove_pipeline(&self, name: &str) {
+        self.lock_uses().pipelines.remove(name);
+    }
+
+    /// Counts the uses of subjects (`reads`, `publishes`: subject and value type) of an inner
+    /// subscription of `pipeline` (`path`, for messages) while the returned guard lives; or
+    /// why they are refused: a value type that differs from a pipeline's own use of the
+    /// subject (a message naming the subject, both uses and both types), or a loop through
+    /// subjects they would close. `None` (and nothing counted) when there are no uses.
+    pub(crate) fn enter_inner(
+        self: &Arc<Self>,
+        pipeline: &str,
+        path: &str,
+        reads: &[(&str, Option<&Fingerprint>)],
+        publishes: &[(&str, &Fingerprint)],
+    ) -> Result<Option<InnerUses>, String> {
+        if reads.is_empty() && publishes.is_empty() {
+            return Ok(None);
+        }
+        let mut uses = self.lock_uses();
+        let asked = reads.iter().map(|(s, f)| (*s, Dir::Reads, *f)).chain(
+            publishes
+                .iter()
+                .map(|(s, f)| (*s, Dir::Publishes, Some(*f))),
+        );
+        for (subject, dir, item) in asked.clone() {
+            let Some(item) = item else { continue };
+            let own = uses.pipelines.iter().find_map(|(p, u)| {
+                u.iter()
+                    .find(|(s, _, f)| s == subject && f != item)
+                    .map(|(_, d, f)| (p, *d, f))
+            });
+            if let Some((p, d, declared)) = own {
+                let what = if declared.name == item.name {
+                    format!(
+                        "`{}` with another layout (layout hash {:#x} vs {:#x})",
+                        item.name, item.hash, declared.hash
+                    )
+                } else {
+                    format!("`{}`", item.name)
+                };
+                return Err(format!(
+                    "subject {subject:?}: {p} {} `{}` but {path} {} {what}: publisher and \
+                     subscribers must agree on the value type",
+                    d.verb(),
+                    declared.name,
+                    dir.verb()
+                ));
+            }
+        }
+        let extra: Vec<(&str, Dir)> = asked.map(|(s, d, _)| (s, d)).collect();
+        if let Some(why) = uses.cycle(pipeline, &extra) {
+            return Err(why);
+        }
+        let keys: Vec<(String, String, Dir)> = extra
+            .iter()
+            .map(|(s, d)| (pipeline.to_owned(), (*s).to_owned(), *d))
+            .collect();
+        for key in &keys {
+            *uses.inner.entry(key.clone()).or_default() += 1;
+        }
+        Ok(Some(InnerUses {
+            subjects: self.clone(),
+            keys,
+        }))
+    }
+
     /// The hub of the subject `name`, created on first use.
     pub fn hub(&self, name: &str) -> Arc<Hub> {
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
@@ -47,7 +248,6 @@ impl Subjects {
                     name: name.to_owned(),
                     subscribers: ArcSwap::from_pointee(Vec::new()),
                     edit: Mutex::new(()),
-                    declared: Mutex::new(None),
                 })
             })
             .clone()
@@ -82,11 +282,6 @@ pub struct Hub {
     name: String,
     subscribers: ArcSwap<Vec<Arc<Subscriber>>>,
     edit: Mutex<()>,
-    /// The value type the newest pipeline code publishing or reading here declared, and who
-    /// (`prices publishes`; set when the runtime is handed that code, before it runs): what an
-    /// inner subscription reading or publishing to the subject is checked against when it
-    /// starts (the pipelines' own uses are checked against each other by the reload).
-    declared: Mutex<Option<(Fingerprint, String)>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -166,41 +361,6 @@ impl Hub {
         self.subscribers.store(Arc::new(list));
     }
 
-    /// Records the value type a pipeline's code declared (`who`: `prices publishes`, `w
-    /// reads`, for messages).
-    pub(crate) fn declare(&self, item: &Fingerprint, who: &str) {
-        let mut d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
-        match &*d {
-            Some((f, w)) if f == item && w == who => {}
-            _ => *d = Some((item.clone(), who.to_owned())),
-        }
-    }
-
-    /// Why an inner subscription's use of values of `item` (`who`: `w|0:switch_map|#1:inner
-    /// reads`) is refused: the newest pipeline code using the subject declared another type
-    /// (a message naming the subject, both uses and both types).
-    pub(crate) fn refuses(&self, item: Option<&Fingerprint>, who: &str) -> Option<String> {
-        let d = self.declared.lock().unwrap_or_else(|p| p.into_inner());
-        let (declared, declared_by) = d.as_ref()?;
-        let item = item?;
-        if declared == item {
-            return None;
-        }
-        let what = if declared.name == item.name {
-            format!(
-                "`{}` with another layout (layout hash {:#x} vs {:#x})",
-                item.name, item.hash, declared.hash
-            )
-        } else {
-            format!("`{}`", item.name)
-        };
-        Some(format!(
-            "subject {:?}: {declared_by} `{}` but {who} {what}: publisher and subscribers \
-             must agree on the value type",
-            self.name, declared.name
-        ))
-    }
-
     /// Removes every subscription of the pipeline `pipeline`.
     pub(crate) fn unsubscribe(&self, pipeline: &str) {
         let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
@@ -270,9 +430,10 @@ impl Hub {
             if d.has_hub_asks() {
                 crate::runtime::subscribe_asks(&mut d, &s.driver, &s.shared, s.policy);
             }
-            // A timer set for the subscriber's thread: a virtual clock's `settle` waits until
-            // that thread has taken it.
-            d.poke_if_timers();
+            // The subscriptions it ended are freed (their hub subscribers with them), and
+            // the subscriber's thread is woken for what only it runs (a timer set, a
+            // subscription a re-projection restarted).
+            d.after_delivery();
             match r {
                 Ok(Pushed::Continue) => {}
                 Ok(Pushed::PortDone { .. }) => s.port_done.store(true, Ordering::Release),
@@ -292,19 +453,11 @@ impl Hub {
                         elapsed_us: 0,
                     });
                 }
-                Err(e) => {
-                    // An inner subscription whose code reads another type than the
-                    // publisher's (a reload changed the publisher's) is told once: its
-                    // code cannot change until it is re-projected, which subscribes anew.
-                    if let Target::Inner(..) = s.target {
-                        s.port_done.store(true, Ordering::Release);
-                    }
-                    sink.event(HostEvent::Error {
-                        pipeline: s.pipeline.clone(),
-                        path: s.pipeline.clone(),
-                        message: e,
-                    })
-                }
+                Err(e) => sink.event(HostEvent::Error {
+                    pipeline: s.pipeline.clone(),
+                    path: s.pipeline.clone(),
+                    message: e,
+                }),
             }
         }
     }

@@ -980,40 +980,58 @@ fn a_publisher_type_change_ends_a_live_inner_reader_with_an_error() -> anyhow::R
 }
 
 /// Each inner subscription that reads a subject is one subscriber of its hub while it lives:
-/// a `switch_map` that switched five times leaves one (the ended ones are unsubscribed, not
-/// merely ignored), and none is left once the pipeline's thread has ended (a hub's
+/// a `switch_map` that switched four times leaves one (the ended ones are unsubscribed, not
+/// merely ignored), whether its outer values come from its own thread (an interval) or from
+/// a publisher's (a subject); and none is left once the pipeline's thread has ended (a hub's
 /// subscriber holds the driver, which holds the hub: nothing keeps the other alive).
 #[test]
 fn inner_subject_subscribers_leave_with_their_subscriptions_and_their_thread() -> anyhow::Result<()>
 {
-    let fixture = Fixture::new(
-        "higher_inner_subject_leave",
-        &plugin(
-            r#"    p.pipeline("q", interval_ms(100).take(5))
+    let cases = [
+        (
+            "interval",
+            r#"p.pipeline("q", interval_ms(100).take(5))
         .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k + x))
-        .log();
-    p.pipeline("src", interval_ms(3_600_000)).publish("t");"#,
+        .log();"#,
         ),
-    );
-    let mut host = StdinHost::start(&fixture)?;
-    host.reload()?;
-    for _ in 0..4 {
-        host.advance(100);
+        (
+            "subject",
+            r#"p.pipeline("o", interval_ms(100).take(5)).publish("outer");
+    p.pipeline("q", subject::<u64>("outer"))
+        .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k + x))
+        .log();"#,
+        ),
+    ];
+    for (name, body) in cases {
+        let fixture = Fixture::new(
+            &format!("higher_inner_subject_leave_{name}"),
+            &plugin(&format!(
+                "    {body}\n    p.pipeline(\"src\", interval_ms(3_600_000)).publish(\"t\");"
+            )),
+        );
+        let mut host = StdinHost::start(&fixture)?;
+        host.reload()?;
+        for _ in 0..4 {
+            host.advance(100);
+        }
+        let hub = host.reloader.runtime().subjects().hub("t");
+        assert_eq!(hub.subscribers(), 1, "{name}: the live subscription's only");
+        host.reloader.runtime().stop_all();
+        assert_eq!(hub.subscribers(), 0, "{name}: none once the thread ended");
+        assert!(host.errors().is_empty(), "{name}: {:?}", host.errors());
     }
-    let hub = host.reloader.runtime().subjects().hub("t");
-    assert_eq!(hub.subscribers(), 1, "the live subscription's only");
-    host.reloader.runtime().stop_all();
-    assert_eq!(hub.subscribers(), 0, "none once the thread ended");
-    assert!(host.errors().is_empty(), "{:?}", host.errors());
     Ok(())
 }
 
-/// A loop through a subject that only an inner stream reads or publishes to (so
-/// registration cannot see it): `loop`'s inner subscription reads `t` and `loop` publishes to
-/// `t`; or `loop` reads `t` and its inner stream publishes to it. A value published by `seed`
-/// runs `loop` on `seed`'s thread; what `loop` then publishes would be delivered back into
-/// `loop` while it runs, which is refused with an error naming the cycle (not a deadlock, not
-/// an endless loop), and the pipelines go on.
+/// A loop through subjects that an inner stream would close (so registration cannot see it)
+/// is refused when the inner subscription starts, with an error at its operator naming the
+/// loop: `loop`'s inner stream reads `t` and `loop` publishes to `t` (the value would come
+/// back on the same thread); `loop` reads `t` and its inner stream publishes to it; or, across
+/// two pipelines on two threads, `a` publishes its interval's values to `y` and its inner
+/// stream reads `x`, while `b` publishes to `x` and its inner stream reads `y` (when both
+/// intervals tick, each thread would hold its own pipeline's lock and wait for the other's: a
+/// deadlock). Whichever inner subscription comes second is refused, at each outer value.
+/// Nothing deadlocks, the pipelines go on.
 #[test]
 fn a_cycle_through_an_inner_subject_is_refused_not_deadlocked() -> anyhow::Result<()> {
     let cases = [
@@ -1022,36 +1040,69 @@ fn a_cycle_through_an_inner_subject_is_refused_not_deadlocked() -> anyhow::Resul
             r#"p.pipeline("loop", interval_ms(100).take(1))
         .switch_map(|_k: u64| subject::<u64>("t").map(|x: u64| x + 10))
         .publish("t");"#,
+            &["loop publishes \"t\" read by loop"][..],
         ),
         (
             "publishes",
             r#"p.pipeline("loop", subject::<u64>("t"))
         .switch_map(|x: u64| of(vec![x + 10]).publish("t"));"#,
+            &["loop publishes \"t\" read by loop"][..],
+        ),
+        (
+            "two_threads",
+            r#"p.pipeline("a", interval_ms(100).take(3))
+        .publish("y")
+        .switch_map(|_k: u64| subject::<u64>("x"))
+        .log();
+    p.pipeline("b", interval_ms(100).take(3))
+        .publish("x")
+        .switch_map(|_k: u64| subject::<u64>("y"))
+        .log();"#,
+            &[
+                "a publishes \"y\" read by b, b publishes \"x\" read by a",
+                "b publishes \"x\" read by a, a publishes \"y\" read by b",
+            ][..],
         ),
     ];
-    for (name, body) in cases {
+    for (name, body, loops) in cases {
         let fixture = Fixture::new(
             &format!("higher_inner_subject_cycle_{name}"),
             &plugin(&format!(
-                "    p.pipeline(\"seed\", interval_ms(300).take(3)).publish(\"t\");\n    {body}"
+                "    p.pipeline(\"seed\", interval_ms(300).take(3)).publish(\"t\");\n    \
+                 p.pipeline(\"seed2\", interval_ms(300).take(3)).publish(\"x\");\n    {body}"
             )),
         );
         let mut host = StdinHost::start(&fixture)?;
         host.reload()?;
         host.advance(300);
         host.advance(300);
-        let cycle = "a value published to subject \"t\" by loop would run loop again while it \
-                     runs (a cycle through subjects): dropped";
-        let errors: Vec<&HostEvent> = host.errors();
-        // The values of t = 300 and 600 (the one of t = 0 races the subscription).
-        let refused = errors
+        let errors: Vec<(String, String)> = host
+            .errors()
             .iter()
-            .filter(|e| matches!(e, HostEvent::Error { message, .. } if message == cycle))
-            .count();
-        assert!(
-            refused >= 2 && refused == errors.len(),
-            "{name}: {errors:?}"
-        );
+            .map(|e| match e {
+                HostEvent::Error { path, message, .. } => (path.clone(), message.clone()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(!errors.is_empty(), "{name}");
+        for (path, message) in &errors {
+            assert!(path.ends_with(":switch_map"), "{name}: {path}: {message}");
+            let named = loops.iter().any(|l| {
+                message.starts_with(&format!(
+                    "subjects would form a cycle ({l}): delivery is synchronous"
+                ))
+            });
+            assert!(named, "{name}: {message}");
+        }
+        // `loop`'s one outer value; the three of whichever of `a` and `b` came second.
+        match name {
+            "reads" => assert_eq!(errors.len(), 1, "{errors:?}"),
+            "two_threads" => {
+                assert_eq!(errors.len(), 3, "{errors:?}");
+                assert!(errors.iter().all(|(p, _)| *p == errors[0].0), "{errors:?}");
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -1128,5 +1179,41 @@ fn ended_inner_subscriptions_leave_no_timers_behind() -> anyhow::Result<()> {
     let last = host.emissions("s").last().copied();
     assert_eq!(last.map(|(_, x)| x), Some(4000));
     assert!(host.errors().is_empty(), "{:?}", host.errors());
+    Ok(())
+}
+
+/// A pipeline fed only by a subject has nothing to run on its own thread (no timers, no
+/// inbox: it sleeps), so the subscriptions its `switch_map` ends are freed by the deliveries
+/// themselves, their hub subscribers with them: after ten switches made on the publisher's
+/// thread, one subscriber is left (on the system clock, where nothing wakes the pipeline's
+/// thread).
+#[test]
+fn a_pipeline_fed_only_by_subjects_frees_the_inner_subscriptions_it_ends() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_subject_reap",
+        &plugin(
+            r#"    p.pipeline("o", interval_ms(10).take(10)).publish("outer");
+    p.pipeline("q", subject::<u64>("outer"))
+        .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k + x))
+        .log();
+    p.pipeline("src", interval_ms(3_600_000)).publish("t");"#,
+        ),
+    );
+    let (mut reloader, rx) = integration_tests::channel_reloader(fixture.build_config(false)?)?;
+    let loaded = reloader.reload();
+    assert!(
+        matches!(loaded, host::reloader::Outcome::Loaded { .. }),
+        "{loaded:?}"
+    );
+    // `o`'s last value was delivered (and its switch made) before `o` completed.
+    integration_tests::next_matching(
+        &rx,
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "o"),
+    )?;
+    let hub = reloader.runtime().subjects().hub("t");
+    assert_eq!(hub.subscribers(), 1, "the live subscription's only");
+    reloader.runtime().stop_all();
+    assert_eq!(hub.subscribers(), 0);
     Ok(())
 }
