@@ -126,6 +126,13 @@ pub(crate) struct Shared {
     /// Whether the driver's inner subscriptions asked for hub subscriptions not made yet
     /// (`HostCx::hub_asks`): next to `holder`, which a delivery reads anyway.
     pub(crate) hub_asked: AtomicBool,
+    /// The pipeline's thread ended and unsubscribed its driver (set under the driver's lock):
+    /// a delivery that still holds a subscriber of it runs and subscribes nothing more.
+    pub(crate) detached: AtomicBool,
+    /// Whether a call ended an inner subscription, or a re-projection ran: what
+    /// `Driver::after_delivery` looks at first (one load after each delivery, beside the
+    /// others a delivery reads).
+    inner_work: AtomicBool,
 }
 
 /// This thread's tag: the address of a thread-local, distinct among live threads and never
@@ -252,6 +259,8 @@ impl Shared {
             pokes: Arc::default(),
             holder: std::sync::atomic::AtomicUsize::new(0),
             hub_asked: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            inner_work: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -1169,6 +1178,9 @@ struct HostCx {
     /// returns (hub, subscription, port): a hub subscriber needs the driver's shared
     /// handle, which only whoever drives the driver holds (`subscribe_asks`).
     hub_asks: RefCell<Vec<(Arc<Hub>, u64, u32)>>,
+    /// The subjects its inner subscriptions were subscribed to through the driver's shared
+    /// handle (`subscribe_asks`): what its thread unsubscribes it from when it ends.
+    inner_hubs: RefCell<Vec<Arc<Hub>>>,
     /// The pipeline's shared half: where `hub_asks` having any is flagged
     /// (`Shared::hub_asked`), and, by address, what its hub subscribers are known by.
     shared: Arc<Shared>,
@@ -1957,6 +1969,7 @@ unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) 
             i.code.sources = NO_SOURCES.clone();
             // Freed after the call: its env and slots may still be on the plugin's stack.
             h.graveyard.borrow_mut().push(i);
+            h.shared.inner_work.store(true, Ordering::Relaxed);
         }
     }));
 }
@@ -2172,12 +2185,6 @@ pub struct Driver {
     pub(crate) reprojection_panicked: bool,
     /// The last inputs, for a replay on reload.
     recent: crate::replay::Recent,
-    /// The subjects its inner subscriptions were subscribed to through its shared handle
-    /// (`subscribe_asks`): what its thread unsubscribes it from when it ends.
-    inner_hubs: Vec<Arc<Hub>>,
-    /// Its thread ended and unsubscribed it: a delivery that still holds a subscriber of it
-    /// runs nothing, and subscribes nothing more.
-    detached: bool,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2231,6 +2238,7 @@ impl Driver {
             feeds: shared.feeds.get().cloned(),
             inbox: shared.inbox.0.clone(),
             hub_asks: RefCell::new(Vec::new()),
+            inner_hubs: RefCell::new(Vec::new()),
             shared: shared.clone(),
         });
         let api = Box::new(HostApi {
@@ -2296,8 +2304,6 @@ impl Driver {
             projection_panics: BTreeSet::new(),
             reprojection_panicked: false,
             recent,
-            inner_hubs: Vec::new(),
-            detached: false,
         })
     }
 
@@ -3207,6 +3213,7 @@ impl Driver {
     /// reported), projecting now otherwise: returns one line per subscription projected
     /// now, for a notice.
     fn reproject(&mut self, reset: &[String]) -> Vec<String> {
+        self.shared.inner_work.store(true, Ordering::Relaxed);
         let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
         let mut prepared = std::mem::take(&mut self.prepared);
         let version = self.code.version;
@@ -3372,7 +3379,17 @@ impl Driver {
     /// subscribers with them: a pipeline fed only by subjects may not run its own thread for
     /// a long time), and wakes the pipeline's thread for what only it runs (a timer set, a
     /// subscription a re-projection restarted or ended, to start or to tell).
+    #[inline]
     pub(crate) fn after_delivery(&self) {
+        if self.shared.inner_work.load(Ordering::Relaxed) {
+            self.shared.inner_work.store(false, Ordering::Relaxed);
+            self.after_inner_work();
+        }
+        self.poke_if_timers();
+    }
+
+    #[cold]
+    fn after_inner_work(&self) {
         self.reap_inners();
         let pending = !self.host.starts.borrow().is_empty() || !self.host.ended.borrow().is_empty();
         if pending {
@@ -3383,7 +3400,6 @@ impl Driver {
                 }
             }
         }
-        self.poke_if_timers();
     }
 
     /// Under a virtual clock, after a delivery on another thread (a subject's publisher):
@@ -3407,7 +3423,7 @@ impl Driver {
     }
 
     pub(crate) fn stopped(&self) -> bool {
-        self.detached || self.shared.stop.load(Ordering::Acquire)
+        self.shared.stop.load(Ordering::Acquire)
     }
 }
 
@@ -3511,7 +3527,7 @@ pub(crate) fn subscribe_asks(
 ) {
     d.shared.hub_asked.store(false, Ordering::Relaxed);
     let asks = std::mem::take(&mut *d.host.hub_asks.borrow_mut());
-    if d.detached {
+    if d.shared.detached.load(Ordering::Relaxed) {
         return;
     }
     for (hub, id, port) in asks {
@@ -3531,8 +3547,9 @@ pub(crate) fn subscribe_asks(
             shared.clone(),
             policy,
         );
-        if !d.inner_hubs.iter().any(|h| Arc::ptr_eq(h, &hub)) {
-            d.inner_hubs.push(hub);
+        let mut hubs = d.host.inner_hubs.borrow_mut();
+        if !hubs.iter().any(|h| Arc::ptr_eq(h, &hub)) {
+            hubs.push(hub);
         }
     }
 }
@@ -3581,13 +3598,14 @@ impl Drop for Subscription {
         // Under the driver's lock (the order every delivery takes: driver, then a hub's
         // edit lock), so no delivery in between subscribes an inner subscription anew: a
         // hub's subscriber holds the driver, which holds the hub.
-        let mut d = lock(&self.driver);
-        d.detached = true;
+        let d = lock(&self.driver);
+        d.shared.detached.store(true, Ordering::Relaxed);
         for (hub, _) in &self.hubs {
             hub.unsubscribe_driver(&self.driver);
         }
         // Its inner subscriptions' subjects too.
-        for hub in std::mem::take(&mut d.inner_hubs) {
+        let inner = std::mem::take(&mut *d.host.inner_hubs.borrow_mut());
+        for hub in inner {
             hub.unsubscribe_driver(&self.driver);
         }
     }

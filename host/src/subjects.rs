@@ -410,7 +410,8 @@ impl Hub {
                 continue;
             }
             let mut d = lock_marked(&s.driver, &s.shared.holder, tag);
-            if d.stopped() {
+            // Its thread ended and unsubscribed it while this delivery waited for the lock.
+            if d.stopped() || s.shared.detached.load(Ordering::Relaxed) {
                 continue;
             }
             // A subject port's wire values are pointers to the values.
