@@ -756,24 +756,36 @@ pub fn subject_mismatch(pipelines: &[PipelineCode]) -> Option<String> {
                 seen.insert(subject, (item, who));
             }
             Some((first, first_who)) if *first != item => {
-                let what = if first.name == item.name {
-                    format!(
-                        "`{}` with another layout (layout hash {:#x} vs {:#x})",
-                        item.name, first.hash, item.hash
-                    )
-                } else {
-                    format!("`{}`", item.name)
-                };
-                return Some(format!(
-                    "subject {subject:?}: {first_who} `{}` but {who} {what}: publisher and \
-                     subscribers must agree on the value type",
-                    first.name
-                ));
+                return Some(type_disagreement(subject, first_who, first, &who, item));
             }
             Some(_) => {}
         }
     }
     None
+}
+
+/// The message for two uses of `subject` that disagree on its value type: `first_who`
+/// (`prices publishes`) uses `first`, `who` (`w reads`) uses `item`.
+pub(crate) fn type_disagreement(
+    subject: &str,
+    first_who: &str,
+    first: &Fingerprint,
+    who: &str,
+    item: &Fingerprint,
+) -> String {
+    let what = if first.name == item.name {
+        format!(
+            "`{}` with another layout (layout hash {:#x} vs {:#x})",
+            item.name, first.hash, item.hash
+        )
+    } else {
+        format!("`{}`", item.name)
+    };
+    format!(
+        "subject {subject:?}: {first_who} `{}` but {who} {what}: publisher and subscribers \
+         must agree on the value type",
+        first.name
+    )
 }
 
 /// Replays a collected registration into the store as one `module-call`, all or nothing;

@@ -205,20 +205,12 @@ impl Subjects {
                     .map(|(_, d, f)| (p, *d, f))
             });
             if let Some((p, d, declared)) = own {
-                let what = if declared.name == item.name {
-                    format!(
-                        "`{}` with another layout (layout hash {:#x} vs {:#x})",
-                        item.name, item.hash, declared.hash
-                    )
-                } else {
-                    format!("`{}`", item.name)
-                };
-                return Err(format!(
-                    "subject {subject:?}: {p} {} `{}` but {path} {} {what}: publisher and \
-                     subscribers must agree on the value type",
-                    d.verb(),
-                    declared.name,
-                    dir.verb()
+                return Err(crate::register::type_disagreement(
+                    subject,
+                    &format!("{p} {}", d.verb()),
+                    declared,
+                    &format!("{path} {}", dir.verb()),
+                    item,
                 ));
             }
         }
@@ -511,5 +503,145 @@ impl Hub {
     /// [`Hub::subscribe_driver`] or by the runtime).
     pub fn unsubscribe_pipeline(&self, pipeline: &str) {
         self.unsubscribe(pipeline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(name: &str) -> Fingerprint {
+        Fingerprint {
+            name: Arc::from(name),
+            size: 8,
+            align: 8,
+            hash: name.len() as u64,
+        }
+    }
+
+    /// Each case: the pipelines' own uses, an inner subscription of `p` reading and
+    /// publishing, and the loop it would close (or none).
+    #[test]
+    fn the_loop_an_inner_subscription_would_close_is_named_step_by_step() {
+        /// The pipelines' own uses, the inner stream's reads and publishes, the loop.
+        type Case<'a> = (
+            &'a [(&'a str, &'a str, Dir)],
+            &'a [&'a str],
+            &'a [&'a str],
+            Option<&'a str>,
+        );
+        let cases: [Case; 5] = [
+            // `p` publishes what its own inner stream reads.
+            (
+                &[("p", "t", Dir::Publishes)],
+                &["t"],
+                &[],
+                Some("p publishes \"t\" read by p"),
+            ),
+            // Through two others: p -> q -> r -> p.
+            (
+                &[
+                    ("p", "a", Dir::Publishes),
+                    ("q", "a", Dir::Reads),
+                    ("q", "b", Dir::Publishes),
+                    ("r", "b", Dir::Reads),
+                    ("r", "c", Dir::Publishes),
+                ],
+                &["c"],
+                &[],
+                Some(
+                    "p publishes \"a\" read by q, q publishes \"b\" read by r, \
+                     r publishes \"c\" read by p",
+                ),
+            ),
+            // The inner stream publishes where `p` reads, through `q`.
+            (
+                &[
+                    ("p", "x", Dir::Reads),
+                    ("q", "y", Dir::Reads),
+                    ("q", "x", Dir::Publishes),
+                ],
+                &[],
+                &["y"],
+                Some("p publishes \"y\" read by q, q publishes \"x\" read by p"),
+            ),
+            // A chain that does not come back.
+            (
+                &[
+                    ("p", "a", Dir::Publishes),
+                    ("q", "a", Dir::Reads),
+                    ("q", "b", Dir::Publishes),
+                ],
+                &["c"],
+                &[],
+                None,
+            ),
+            // Others loop among themselves (as a half-done reload might): not `p`'s loop.
+            (
+                &[
+                    ("q", "a", Dir::Publishes),
+                    ("q", "a", Dir::Reads),
+                    ("p", "b", Dir::Publishes),
+                ],
+                &["a"],
+                &[],
+                None,
+            ),
+        ];
+        for (own, reads, publishes, want) in cases {
+            let subjects = Arc::new(Subjects::default());
+            let mut by: HashMap<&str, Vec<(String, Dir, Fingerprint)>> = HashMap::new();
+            for (p, s, d) in own {
+                by.entry(p)
+                    .or_default()
+                    .push(((*s).to_owned(), *d, fp("u64")));
+            }
+            for (p, uses) in by {
+                subjects.set_pipeline(p, uses);
+            }
+            let u64 = fp("u64");
+            let reads: Vec<(&str, Option<&Fingerprint>)> =
+                reads.iter().map(|s| (*s, Some(&u64))).collect();
+            let publishes: Vec<(&str, &Fingerprint)> =
+                publishes.iter().map(|s| (*s, &u64)).collect();
+            let got = subjects.enter_inner("p", "p|0:switch_map|#1:inner", &reads, &publishes);
+            match (want, got) {
+                (Some(steps), Err(e)) => assert!(
+                    e.starts_with(&format!("subjects would form a cycle ({steps}): ")),
+                    "{e}"
+                ),
+                (None, Ok(guard)) => {
+                    // Counted while the guard lives, gone with it.
+                    assert!(guard.is_some());
+                    assert!(!subjects.lock_uses().inner.is_empty());
+                    drop(guard);
+                    assert!(subjects.lock_uses().inner.is_empty());
+                }
+                (want, got) => panic!("{own:?}: wanted {want:?}, got {:?}", got.err()),
+            }
+        }
+    }
+
+    /// A use of another value type than a pipeline's own is refused, naming both.
+    #[test]
+    fn an_inner_use_of_another_type_is_refused_naming_both() {
+        let subjects = Arc::new(Subjects::default());
+        subjects.set_pipeline("prices", vec![("t".to_owned(), Dir::Publishes, fp("u64"))]);
+        let s = fp("alloc::string::String");
+        let e = subjects
+            .enter_inner("w", "w|0:switch_map|#1:inner", &[("t", Some(&s))], &[])
+            .err();
+        assert_eq!(
+            e.as_deref(),
+            Some(
+                "subject \"t\": prices publishes `u64` but w|0:switch_map|#1:inner reads \
+                 `alloc::string::String`: publisher and subscribers must agree on the value \
+                 type"
+            )
+        );
+        // Once the pipeline is gone, nothing is declared there.
+        subjects.remove_pipeline("prices");
+        let ok = subjects.enter_inner("w", "w|0:switch_map|#2:inner", &[("t", Some(&s))], &[]);
+        assert!(ok.is_ok_and(|g| g.is_some()));
     }
 }
