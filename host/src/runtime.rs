@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -123,16 +123,13 @@ pub(crate) struct Shared {
     /// thread holding the lock, 0 when none does. A delivery that finds its own thread's
     /// tag here would lock the driver again (a cycle through subjects) and is refused.
     pub(crate) holder: std::sync::atomic::AtomicUsize,
-    /// Whether the driver's inner subscriptions asked for hub subscriptions not made yet
-    /// (`HostCx::hub_asks`): next to `holder`, which a delivery reads anyway.
-    pub(crate) hub_asked: AtomicBool,
-    /// The pipeline's thread ended and unsubscribed its driver (set under the driver's lock):
-    /// a delivery that still holds a subscriber of it runs and subscribes nothing more.
-    pub(crate) detached: AtomicBool,
-    /// Whether a call ended an inner subscription, or a re-projection ran: what
-    /// `Driver::after_delivery` looks at first (one load after each delivery, beside the
-    /// others a delivery reads).
-    inner_work: AtomicBool,
+    /// What whoever holds the driver has to look at after a call (`flags` bits, one load
+    /// beside `holder`, which a delivery reads anyway): hub subscriptions its inner
+    /// subscriptions asked for (`HostCx::hub_asks`), inner work (a call ended an inner
+    /// subscription, or a re-projection ran: `Driver::after_inner_work`), and whether its
+    /// thread ended and unsubscribed it (a delivery that still holds a subscriber of it runs
+    /// and subscribes nothing more).
+    pub(crate) flags: AtomicU8,
 }
 
 /// This thread's tag: the address of a thread-local, distinct among live threads and never
@@ -235,7 +232,20 @@ pub struct InnerPlan {
     pub(crate) projected: Vec<(u64, Vec<crate::inner::RegCall>)>,
 }
 
+/// The bits of `Shared::flags`.
+pub(crate) mod flags {
+    pub(crate) const HUB_ASKS: u8 = 1;
+    pub(crate) const INNER_WORK: u8 = 2;
+    pub(crate) const DETACHED: u8 = 4;
+}
+
 impl Shared {
+    /// Whether its thread ended and unsubscribed its driver (see `Shared::flags`).
+    #[inline]
+    pub(crate) fn detached(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & flags::DETACHED != 0
+    }
+
     fn new(code: PipelineCode, tally: Option<Arc<PipelineTally>>) -> Shared {
         Shared::with_subjects(code, tally, Arc::default(), Clock::System)
     }
@@ -258,9 +268,7 @@ impl Shared {
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             pokes: Arc::default(),
             holder: std::sync::atomic::AtomicUsize::new(0),
-            hub_asked: AtomicBool::new(false),
-            detached: AtomicBool::new(false),
-            inner_work: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
             stop: AtomicBool::new(false),
@@ -1178,11 +1186,8 @@ struct HostCx {
     /// returns (hub, subscription, port): a hub subscriber needs the driver's shared
     /// handle, which only whoever drives the driver holds (`subscribe_asks`).
     hub_asks: RefCell<Vec<(Arc<Hub>, u64, u32)>>,
-    /// The subjects its inner subscriptions were subscribed to through the driver's shared
-    /// handle (`subscribe_asks`): what its thread unsubscribes it from when it ends.
-    inner_hubs: RefCell<Vec<Arc<Hub>>>,
     /// The pipeline's shared half: where `hub_asks` having any is flagged
-    /// (`Shared::hub_asked`), and, by address, what its hub subscribers are known by.
+    /// (`Shared::flags`), and, by address, what its hub subscribers are known by.
     shared: Arc<Shared>,
 }
 
@@ -1726,7 +1731,9 @@ impl HostCx {
                 });
             }
         }
-        self.shared.hub_asked.store(true, Ordering::Relaxed);
+        self.shared
+            .flags
+            .fetch_or(flags::HUB_ASKS, Ordering::Relaxed);
         links
     }
 
@@ -1969,7 +1976,9 @@ unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) 
             i.code.sources = NO_SOURCES.clone();
             // Freed after the call: its env and slots may still be on the plugin's stack.
             h.graveyard.borrow_mut().push(i);
-            h.shared.inner_work.store(true, Ordering::Relaxed);
+            h.shared
+                .flags
+                .fetch_or(flags::INNER_WORK, Ordering::Relaxed);
         }
     }));
 }
@@ -2185,6 +2194,9 @@ pub struct Driver {
     pub(crate) reprojection_panicked: bool,
     /// The last inputs, for a replay on reload.
     recent: crate::replay::Recent,
+    /// The subjects its inner subscriptions were subscribed to through its shared handle
+    /// (`subscribe_asks`): what its thread unsubscribes it from when it ends.
+    inner_hubs: Vec<Arc<Hub>>,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2238,7 +2250,6 @@ impl Driver {
             feeds: shared.feeds.get().cloned(),
             inbox: shared.inbox.0.clone(),
             hub_asks: RefCell::new(Vec::new()),
-            inner_hubs: RefCell::new(Vec::new()),
             shared: shared.clone(),
         });
         let api = Box::new(HostApi {
@@ -2304,6 +2315,7 @@ impl Driver {
             projection_panics: BTreeSet::new(),
             reprojection_panicked: false,
             recent,
+            inner_hubs: Vec::new(),
         })
     }
 
@@ -3019,7 +3031,7 @@ impl Driver {
     /// yet (see `subscribe_asks`).
     #[inline(always)]
     pub(crate) fn has_hub_asks(&self) -> bool {
-        self.shared.hub_asked.load(Ordering::Relaxed)
+        self.shared.flags.load(Ordering::Relaxed) & flags::HUB_ASKS != 0
     }
 
     /// Inner subscription `id`'s interval on `port` is due at `due` (ns): its next value,
@@ -3213,7 +3225,9 @@ impl Driver {
     /// reported), projecting now otherwise: returns one line per subscription projected
     /// now, for a notice.
     fn reproject(&mut self, reset: &[String]) -> Vec<String> {
-        self.shared.inner_work.store(true, Ordering::Relaxed);
+        self.shared
+            .flags
+            .fetch_or(flags::INNER_WORK, Ordering::Relaxed);
         let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
         let mut prepared = std::mem::take(&mut self.prepared);
         let version = self.code.version;
@@ -3375,19 +3389,11 @@ impl Driver {
     }
 
     /// After a delivery on another thread (a subject's publisher), which holds the driver
-    /// between calls now: frees the inner subscriptions that ended in it (their hub
-    /// subscribers with them: a pipeline fed only by subjects may not run its own thread for
-    /// a long time), and wakes the pipeline's thread for what only it runs (a timer set, a
-    /// subscription a re-projection restarted or ended, to start or to tell).
-    #[inline]
-    pub(crate) fn after_delivery(&self) {
-        if self.shared.inner_work.load(Ordering::Relaxed) {
-            self.shared.inner_work.store(false, Ordering::Relaxed);
-            self.after_inner_work();
-        }
-        self.poke_if_timers();
-    }
-
+    /// between calls now, when a call ended an inner subscription or a re-projection ran:
+    /// frees the subscriptions that ended (their hub subscribers with them: a pipeline fed
+    /// only by subjects may not run its own thread for a long time), and wakes the
+    /// pipeline's thread for what only it runs (a subscription a re-projection restarted or
+    /// ended, to start or to tell).
     #[cold]
     fn after_inner_work(&self) {
         self.reap_inners();
@@ -3517,6 +3523,27 @@ impl DriverCell {
 /// called by whoever holds the driver after a call (its pipeline's thread, a publisher's
 /// delivery). A subscription that ended meanwhile, or restarted reading another source on
 /// that port, is not subscribed.
+/// After a delivery into `d` whose pipeline's flags are set: its inner subscriptions' hub
+/// asks subscribed, what they left to do done (see `Driver::after_inner_work`).
+#[cold]
+#[inline(never)]
+pub(crate) fn after_inner_delivery(
+    d: &mut Driver,
+    driver: &Arc<Mutex<Driver>>,
+    shared: &Arc<Shared>,
+    policy: PanicPolicy,
+) {
+    if d.has_hub_asks() {
+        subscribe_asks(d, driver, shared, policy);
+    }
+    if shared.flags.load(Ordering::Relaxed) & flags::INNER_WORK != 0 {
+        shared
+            .flags
+            .fetch_and(!flags::INNER_WORK, Ordering::Relaxed);
+        d.after_inner_work();
+    }
+}
+
 #[cold]
 #[inline(never)]
 pub(crate) fn subscribe_asks(
@@ -3525,9 +3552,11 @@ pub(crate) fn subscribe_asks(
     shared: &Arc<Shared>,
     policy: PanicPolicy,
 ) {
-    d.shared.hub_asked.store(false, Ordering::Relaxed);
+    d.shared
+        .flags
+        .fetch_and(!flags::HUB_ASKS, Ordering::Relaxed);
     let asks = std::mem::take(&mut *d.host.hub_asks.borrow_mut());
-    if d.shared.detached.load(Ordering::Relaxed) {
+    if d.shared.detached() {
         return;
     }
     for (hub, id, port) in asks {
@@ -3547,9 +3576,8 @@ pub(crate) fn subscribe_asks(
             shared.clone(),
             policy,
         );
-        let mut hubs = d.host.inner_hubs.borrow_mut();
-        if !hubs.iter().any(|h| Arc::ptr_eq(h, &hub)) {
-            hubs.push(hub);
+        if !d.inner_hubs.iter().any(|h| Arc::ptr_eq(h, &hub)) {
+            d.inner_hubs.push(hub);
         }
     }
 }
@@ -3598,13 +3626,13 @@ impl Drop for Subscription {
         // Under the driver's lock (the order every delivery takes: driver, then a hub's
         // edit lock), so no delivery in between subscribes an inner subscription anew: a
         // hub's subscriber holds the driver, which holds the hub.
-        let d = lock(&self.driver);
-        d.shared.detached.store(true, Ordering::Relaxed);
+        let mut d = lock(&self.driver);
+        d.shared.flags.fetch_or(flags::DETACHED, Ordering::Relaxed);
         for (hub, _) in &self.hubs {
             hub.unsubscribe_driver(&self.driver);
         }
         // Its inner subscriptions' subjects too.
-        let inner = std::mem::take(&mut *d.host.inner_hubs.borrow_mut());
+        let inner = std::mem::take(&mut d.inner_hubs);
         for hub in inner {
             hub.unsubscribe_driver(&self.driver);
         }

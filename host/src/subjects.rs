@@ -403,7 +403,7 @@ impl Hub {
             }
             let mut d = lock_marked(&s.driver, &s.shared.holder, tag);
             // Its thread ended and unsubscribed it while this delivery waited for the lock.
-            if d.stopped() || s.shared.detached.load(Ordering::Relaxed) {
+            if d.stopped() || s.shared.detached() {
                 continue;
             }
             // A subject port's wire values are pointers to the values.
@@ -420,13 +420,15 @@ impl Hub {
                 },
             };
             // Inner subscriptions started by that value, reading subjects: subscribed now.
-            if d.has_hub_asks() {
-                crate::runtime::subscribe_asks(&mut d, &s.driver, &s.shared, s.policy);
+            // The subscriptions it ended are freed (their hub subscribers with them), and the
+            // subscriber's thread is woken for what only it runs (a subscription a
+            // re-projection restarted). One load when there is nothing of the kind.
+            if s.shared.flags.load(Ordering::Relaxed) != 0 {
+                crate::runtime::after_inner_delivery(&mut d, &s.driver, &s.shared, s.policy);
             }
-            // The subscriptions it ended are freed (their hub subscribers with them), and
-            // the subscriber's thread is woken for what only it runs (a timer set, a
-            // subscription a re-projection restarted).
-            d.after_delivery();
+            // A timer set for the subscriber's thread: a virtual clock's `settle` waits until
+            // that thread has taken it.
+            d.poke_if_timers();
             match r {
                 Ok(Pushed::Continue) => {}
                 Ok(Pushed::PortDone { .. }) => s.port_done.store(true, Ordering::Release),
