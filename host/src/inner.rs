@@ -294,11 +294,25 @@ pub(crate) struct InnerCode {
     pub(crate) sources: Arc<[SourceSpec]>,
     /// Its run-time registration calls, for the tracking store (a re-projection's).
     pub(crate) calls: Vec<RegCall>,
+    /// Its `publish` operators and uses of subjects, if it has any (boxed: most inner
+    /// streams have none, and an `InnerCode` moves with its subscription).
+    pub(crate) subjects: Option<Box<CodeSubjects>>,
+}
+
+/// An inner stream's `publish` operators and uses of subjects.
+pub(crate) struct CodeSubjects {
     /// Its `publish` operators: operator number, subject's hub, declared value type.
     pub(crate) publishes: Vec<InnerPublish>,
     /// Its uses of subjects (reads and publishes), counted while this code is the
     /// subscription's (`Subjects::enter_inner`).
-    pub(crate) uses: Option<crate::subjects::InnerUses>,
+    pub(crate) _uses: Option<crate::subjects::InnerUses>,
+}
+
+impl InnerCode {
+    /// Its `publish` operators.
+    pub(crate) fn publishes(&self) -> &[InnerPublish] {
+        self.subjects.as_ref().map_or(&[], |s| &s.publishes)
+    }
 }
 
 /// An inner stream's `publish` operator: its number among the stream's operators, the

@@ -128,7 +128,7 @@ pub(crate) struct Shared {
     /// subscriptions asked for (`HostCx::hub_asks`), inner work (a call ended an inner
     /// subscription, or a re-projection ran: `Driver::after_inner_work`), and whether its
     /// thread ended and unsubscribed it (a delivery that still holds a subscriber of it runs
-    /// and subscribes nothing more).
+    /// and subscribes nothing more). Written only by whoever holds the driver (`set_flag`).
     pub(crate) flags: AtomicU8,
 }
 
@@ -240,6 +240,22 @@ pub(crate) mod flags {
 }
 
 impl Shared {
+    /// Sets a bit of `flags`. Only whoever holds the driver writes them (its pipeline's
+    /// thread, or a delivery holding its lock): a load and a store, not a locked
+    /// read-modify-write.
+    #[inline]
+    fn set_flag(&self, bit: u8) {
+        let f = self.flags.load(Ordering::Relaxed);
+        self.flags.store(f | bit, Ordering::Relaxed);
+    }
+
+    /// Clears a bit of `flags` (as `set_flag`).
+    #[inline]
+    fn clear_flag(&self, bit: u8) {
+        let f = self.flags.load(Ordering::Relaxed);
+        self.flags.store(f & !bit, Ordering::Relaxed);
+    }
+
     /// Whether its thread ended and unsubscribed its driver (see `Shared::flags`).
     #[inline]
     pub(crate) fn detached(&self) -> bool {
@@ -1731,9 +1747,7 @@ impl HostCx {
                 });
             }
         }
-        self.shared
-            .flags
-            .fetch_or(flags::HUB_ASKS, Ordering::Relaxed);
+        self.shared.set_flag(flags::HUB_ASKS);
         links
     }
 
@@ -1764,8 +1778,7 @@ impl HostCx {
             ops: Vec::new(),
             sources: NO_SOURCES.clone(),
             calls: Vec::new(),
-            publishes: Vec::new(),
-            uses: None,
+            subjects: None,
         };
         let value = if desc.value.is_null() {
             None
@@ -1807,8 +1820,10 @@ impl HostCx {
                             code.sources = sources;
                             code.ops = ops;
                             code.calls = calls;
-                            code.publishes = publishes;
-                            code.uses = uses;
+                            code.subjects = Some(Box::new(crate::inner::CodeSubjects {
+                                publishes,
+                                _uses: uses,
+                            }));
                             *self.reprojected.borrow_mut() = Some(code);
                         }
                     }
@@ -1849,22 +1864,27 @@ impl HostCx {
                 return false;
             }
         };
-        // SAFETY: `desc` is valid for the call.
-        let entered = unsafe { self.read_publishes(desc) }.and_then(|publishes| {
-            let uses =
-                self.enter_subjects(&sources, &publishes, || format!("{op_path}|#{id}:inner"))?;
-            Ok((publishes, uses))
-        });
-        match entered {
-            Ok((publishes, uses)) => {
-                code.publishes = publishes;
-                code.uses = uses;
-            }
-            Err(why) => {
-                // Its number is used up: each refusal names its own.
-                self.next_inner.set(id + 1);
-                self.error_at(op_path.to_string(), why);
-                return false;
+        // Most inner streams use no subject: nothing more to read or check for them.
+        if desc.n_publishes != 0 || sources.iter().any(|s| s.kind == source_kind::SUBJECT) {
+            // SAFETY: `desc` is valid for the call.
+            let entered = unsafe { self.read_publishes(desc) }.and_then(|publishes| {
+                let path = || format!("{op_path}|#{id}:inner");
+                let uses = self.enter_subjects(&sources, &publishes, path)?;
+                Ok((publishes, uses))
+            });
+            match entered {
+                Ok((publishes, uses)) => {
+                    code.subjects = Some(Box::new(crate::inner::CodeSubjects {
+                        publishes,
+                        _uses: uses,
+                    }));
+                }
+                Err(why) => {
+                    // Its number is used up: each refusal names its own.
+                    self.next_inner.set(id + 1);
+                    self.error_at(op_path.to_string(), why);
+                    return false;
+                }
             }
         }
         self.assign_tracks(&mut ops, &[]);
@@ -1897,7 +1917,8 @@ impl HostCx {
                     .extend(code.ops.iter().map(|o| o.path.clone()));
                 ctx.host.tracks.clear();
                 ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
-                ctx.host.publishes.clone_from(&code.publishes);
+                ctx.host.publishes.clear();
+                ctx.host.publishes.extend_from_slice(code.publishes());
                 ctx.cx = self.inner_cx();
                 ctx
             }
@@ -1908,7 +1929,7 @@ impl HostCx {
                     paths: code.ops.iter().map(|o| o.path.clone()).collect(),
                     tracks: code.ops.iter().map(|o| o.track).collect(),
                     current_op: AtomicU32::new(u32::MAX),
-                    publishes: code.publishes.clone(),
+                    publishes: code.publishes().to_vec(),
                 },
                 cx: self.inner_cx(),
             }),
@@ -1976,9 +1997,7 @@ unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) 
             i.code.sources = NO_SOURCES.clone();
             // Freed after the call: its env and slots may still be on the plugin's stack.
             h.graveyard.borrow_mut().push(i);
-            h.shared
-                .flags
-                .fetch_or(flags::INNER_WORK, Ordering::Relaxed);
+            h.shared.set_flag(flags::INNER_WORK);
         }
     }));
 }
@@ -3225,9 +3244,7 @@ impl Driver {
     /// reported), projecting now otherwise: returns one line per subscription projected
     /// now, for a notice.
     fn reproject(&mut self, reset: &[String]) -> Vec<String> {
-        self.shared
-            .flags
-            .fetch_or(flags::INNER_WORK, Ordering::Relaxed);
+        self.shared.set_flag(flags::INNER_WORK);
         let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
         let mut prepared = std::mem::take(&mut self.prepared);
         let version = self.code.version;
@@ -3320,7 +3337,7 @@ impl Driver {
             }
             inner.ctx.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
             inner.ctx.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
-            inner.ctx.host.publishes.clone_from(&inner.code.publishes);
+            inner.ctx.host.publishes = inner.code.publishes().to_vec();
             if let Some(t) = &mut inner.tally {
                 inner.ctx.cx.counts = t.recount(&inner.code.ops);
             }
@@ -3537,9 +3554,7 @@ pub(crate) fn after_inner_delivery(
         subscribe_asks(d, driver, shared, policy);
     }
     if shared.flags.load(Ordering::Relaxed) & flags::INNER_WORK != 0 {
-        shared
-            .flags
-            .fetch_and(!flags::INNER_WORK, Ordering::Relaxed);
+        shared.clear_flag(flags::INNER_WORK);
         d.after_inner_work();
     }
 }
@@ -3552,9 +3567,7 @@ pub(crate) fn subscribe_asks(
     shared: &Arc<Shared>,
     policy: PanicPolicy,
 ) {
-    d.shared
-        .flags
-        .fetch_and(!flags::HUB_ASKS, Ordering::Relaxed);
+    d.shared.clear_flag(flags::HUB_ASKS);
     let asks = std::mem::take(&mut *d.host.hub_asks.borrow_mut());
     if d.shared.detached() {
         return;
@@ -3627,7 +3640,7 @@ impl Drop for Subscription {
         // edit lock), so no delivery in between subscribes an inner subscription anew: a
         // hub's subscriber holds the driver, which holds the hub.
         let mut d = lock(&self.driver);
-        d.shared.flags.fetch_or(flags::DETACHED, Ordering::Relaxed);
+        d.shared.set_flag(flags::DETACHED);
         for (hub, _) in &self.hubs {
             hub.unsubscribe_driver(&self.driver);
         }
