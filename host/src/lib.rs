@@ -38,4 +38,5 @@ pub mod session;
 pub mod sources;
 pub mod subjects;
 pub mod testkit;
+pub(crate) mod waits;
 pub mod watch;

@@ -165,6 +165,29 @@ pub(crate) fn lock_marked<'a>(
     Marked { holder, driver }
 }
 
+/// Locks a subject subscriber's driver for a delivery on this thread (tag `tag`) and marks
+/// it held, unless waiting for it would close a cycle of threads each holding a driver the
+/// next one's delivery needs (`crate::waits`): `Err` with the number of threads in it.
+#[inline(always)]
+pub(crate) fn lock_delivery<'a>(
+    driver: &'a Mutex<Driver>,
+    shared: &'a Arc<Shared>,
+    tag: usize,
+) -> Result<Marked<'a>, usize> {
+    let driver = crate::waits::lock_unless_cycle(driver, shared, tag)?;
+    shared.holder.store(tag, Ordering::Relaxed);
+    Ok(Marked {
+        holder: &shared.holder,
+        driver,
+    })
+}
+
+impl crate::waits::Held for Shared {
+    fn holder(&self) -> &std::sync::atomic::AtomicUsize {
+        &self.holder
+    }
+}
+
 impl Drop for Marked<'_> {
     #[inline(always)]
     fn drop(&mut self) {
@@ -3573,17 +3596,19 @@ pub(crate) fn subscribe_asks(
         return;
     }
     for (hub, id, port) in asks {
-        let live = d.host.inners.borrow().get(&id).is_some_and(|i| {
+        let live = d.host.inners.borrow().get(&id).and_then(|i| {
             i.code
                 .sources
                 .get(port as usize)
                 .is_some_and(|s| s.kind == source_kind::SUBJECT && s.text == hub.name())
+                .then(|| format!("{}|#{id}:inner", i.op_path))
         });
-        if !live {
+        let Some(path) = live else {
             continue;
-        }
+        };
         hub.subscribe(
             &d.host.pipeline,
+            path,
             crate::subjects::Target::Inner(id, port),
             driver.clone(),
             shared.clone(),
@@ -3625,6 +3650,7 @@ impl Subscription {
         for (hub, port) in &self.hubs {
             hub.subscribe(
                 &name,
+                name.clone(),
                 crate::subjects::Target::Port(*port),
                 self.driver.clone(),
                 self.shared.clone(),

@@ -6,8 +6,9 @@
 //! `publish` call runs each subscriber's chain on the publisher's thread before it returns.
 //! A subscriber's driver is shared with its own thread (if it has other sources) behind a
 //! lock; pipelines that read no subject never take one. A value that would be delivered
-//! back into a pipeline already running on this thread (a cycle through subjects) is
-//! dropped with an error instead of deadlocking.
+//! back into a pipeline already running on this thread (a cycle through subjects), or whose
+//! delivery would wait for a thread that waits for this one (`crate::waits`), is dropped
+//! with an error instead of deadlocking.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -20,7 +21,7 @@ use arc_swap::ArcSwap;
 
 use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
-use crate::runtime::{Driver, PanicPolicy, lock_marked, thread_tag};
+use crate::runtime::{Driver, PanicPolicy, lock_delivery, thread_tag};
 
 /// The host's subjects, by name, and who uses them.
 #[derive(Default)]
@@ -260,6 +261,9 @@ pub(crate) enum Target {
 /// subscriptions.
 pub struct Subscriber {
     pipeline: String,
+    /// Where its errors are reported: the pipeline, or the inner subscription
+    /// (`pipeline|i:switch_map|#id:inner`).
+    path: String,
     target: Target,
     /// The port's stream completed (a `take` on it): it gets nothing more.
     port_done: AtomicBool,
@@ -293,11 +297,12 @@ impl Hub {
         self.subscribers.load().len()
     }
 
-    /// Subscribes `target` of the pipeline `pipeline` (its driver, shared with its thread);
-    /// nothing if that target is subscribed already.
+    /// Subscribes `target` of the pipeline `pipeline` (its driver, shared with its thread;
+    /// its errors reported at `path`); nothing if that target is subscribed already.
     pub(crate) fn subscribe(
         &self,
         pipeline: &str,
+        path: String,
         target: Target,
         driver: Arc<Mutex<Driver>>,
         shared: Arc<crate::runtime::Shared>,
@@ -314,6 +319,7 @@ impl Hub {
         let mut list: Vec<Arc<Subscriber>> = old.as_ref().clone();
         list.push(Arc::new(Subscriber {
             pipeline: pipeline.to_owned(),
+            path,
             target,
             port_done: AtomicBool::new(false),
             driver,
@@ -392,7 +398,7 @@ impl Hub {
             if s.shared.holder.load(Ordering::Relaxed) == tag {
                 sink.event(HostEvent::Error {
                     pipeline: s.pipeline.clone(),
-                    path: s.pipeline.clone(),
+                    path: s.path.clone(),
                     message: format!(
                         "a value published to subject {:?} by {from} would run {} again while \
                          it runs (a cycle through subjects): dropped",
@@ -401,7 +407,24 @@ impl Hub {
                 });
                 continue;
             }
-            let mut d = lock_marked(&s.driver, &s.shared.holder, tag);
+            let mut d = match lock_delivery(&s.driver, &s.shared, tag) {
+                Ok(d) => d,
+                Err(threads) => {
+                    sink.event(HostEvent::Error {
+                        pipeline: s.pipeline.clone(),
+                        path: s.path.clone(),
+                        message: format!(
+                            "a value published to subject {:?} by {from} was dropped: \
+                             delivering it would wait for {}, whose lock is held by a thread \
+                             waiting for one this thread holds (a cycle through subjects \
+                             across {threads} threads, as a reload taken by one pipeline and \
+                             not yet by another can close)",
+                            self.name, s.pipeline
+                        ),
+                    });
+                    continue;
+                }
+            };
             // Its thread ended and unsubscribed it while this delivery waited for the lock.
             if d.stopped() || s.shared.detached() {
                 continue;
@@ -450,7 +473,7 @@ impl Hub {
                 }
                 Err(e) => sink.event(HostEvent::Error {
                     pipeline: s.pipeline.clone(),
-                    path: s.pipeline.clone(),
+                    path: s.path.clone(),
                     message: e,
                 }),
             }
@@ -497,7 +520,8 @@ impl Hub {
             }
             (d.pipeline().to_owned(), d.shared().clone())
         };
-        self.subscribe(&pipeline, Target::Port(port), driver, shared, policy);
+        let path = pipeline.clone();
+        self.subscribe(&pipeline, path, Target::Port(port), driver, shared, policy);
         Ok(())
     }
 

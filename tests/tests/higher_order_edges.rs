@@ -284,3 +284,42 @@ fn a_panic_in_a_re_projection_follows_the_panic_policy() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Two inner streams that use a subject no pipeline's own code uses are not checked against
+/// each other when they start: a value of another type reaching the reader is dropped with
+/// an error at the reading inner subscription's own path (not its pipeline's), once per
+/// value, and the reader goes on.
+#[test]
+fn an_inner_reader_refuses_a_value_of_another_type_at_its_own_path() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_inner_reader_path",
+        &plugin(
+            r#"    p.pipeline("r", of(vec![7u64]))
+        .switch_map(|k: u64| subject::<u64>("t").map(move |x: u64| k + x))
+        .log();
+    p.pipeline("w", interval_ms(100).skip(1).take(3))
+        .merge_map(|n: u64| of(vec![format!("{n}")]).publish("t"))
+        .log();"#,
+        ),
+    );
+    let (options, time) = fixture.virtual_options();
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    // The reader subscribed when its thread started (the first settle waits for that); the
+    // first value is published at 100 (an interval's 0 at the start races the reader).
+    for ms in [100, 100, 100] {
+        integration_tests::advance(&time, ms);
+    }
+    let refused = (
+        "r|0:switch_map|#1:inner".to_owned(),
+        "subject \"t\": a value of `alloc::string::String` was not delivered: \
+         r|0:switch_map|#1:inner reads `u64`"
+            .to_owned(),
+    );
+    let got = errors(&mut host);
+    assert_eq!(got, vec![refused; 3]);
+    assert_eq!(host.emissions("w").len(), 3, "{got:?}");
+    host.stop();
+    Ok(())
+}
