@@ -128,7 +128,7 @@ pub(crate) struct Shared {
     /// subscriptions asked for (`HostCx::hub_asks`), inner work (a call ended an inner
     /// subscription, or a re-projection ran: `Driver::after_inner_work`), and whether its
     /// thread ended and unsubscribed it (a delivery that still holds a subscriber of it runs
-    /// and subscribes nothing more). Written only by whoever holds the driver (`set_flag`).
+    /// and subscribes nothing more).
     pub(crate) flags: AtomicU8,
 }
 
@@ -263,20 +263,17 @@ pub(crate) mod flags {
 }
 
 impl Shared {
-    /// Sets a bit of `flags`. Only whoever holds the driver writes them (its pipeline's
-    /// thread, or a delivery holding its lock): a load and a store, not a locked
-    /// read-modify-write.
+    /// Sets a bit of `flags`. A read-modify-write: two drivers may share one `Shared` (a
+    /// [`Publisher::driver`] beside the runtime's own), each under its own lock.
     #[inline]
     fn set_flag(&self, bit: u8) {
-        let f = self.flags.load(Ordering::Relaxed);
-        self.flags.store(f | bit, Ordering::Relaxed);
+        self.flags.fetch_or(bit, Ordering::Relaxed);
     }
 
     /// Clears a bit of `flags` (as `set_flag`).
     #[inline]
     fn clear_flag(&self, bit: u8) {
-        let f = self.flags.load(Ordering::Relaxed);
-        self.flags.store(f & !bit, Ordering::Relaxed);
+        self.flags.fetch_and(!bit, Ordering::Relaxed);
     }
 
     /// Whether its thread ended and unsubscribed its driver (see `Shared::flags`).
@@ -1843,10 +1840,12 @@ impl HostCx {
                             code.sources = sources;
                             code.ops = ops;
                             code.calls = calls;
-                            code.subjects = Some(Box::new(crate::inner::CodeSubjects {
-                                publishes,
-                                _uses: uses,
-                            }));
+                            code.subjects = (!publishes.is_empty() || uses.is_some()).then(|| {
+                                Box::new(crate::inner::CodeSubjects {
+                                    publishes,
+                                    _uses: uses,
+                                })
+                            });
                             *self.reprojected.borrow_mut() = Some(code);
                         }
                     }

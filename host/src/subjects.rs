@@ -416,9 +416,9 @@ impl Hub {
                         message: format!(
                             "a value published to subject {:?} by {from} was dropped: \
                              delivering it would wait for {}, whose lock is held by a thread \
-                             waiting for one this thread holds (a cycle through subjects \
-                             across {threads} threads, as a reload taken by one pipeline and \
-                             not yet by another can close)",
+                             that waits, directly or through others, for a lock this thread \
+                             holds (a cycle through subjects across {threads} threads, as a \
+                             reload taken by one pipeline and not yet by another can close)",
                             self.name, s.pipeline
                         ),
                     });

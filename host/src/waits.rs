@@ -131,10 +131,12 @@ mod tests {
     type Outcome = Result<(), usize>;
 
     /// Runs `n` threads; thread `i` locks (and marks) cell `i`, then, once all hold theirs,
-    /// asks for cell `wants[i]` (if any), adds 1 to it, and lets go of both. Fails if the
-    /// threads do not all end within 10 s (a deadlock).
+    /// asks for cell `wants[i]` (if any), adds 1 to it, and lets go of both; a thread that
+    /// wants none lets go only once all the others wait in the table. Fails if the threads do
+    /// not all end within 10 s (a deadlock).
     fn run(n: usize, wants: &[Option<usize>]) -> Vec<Outcome> {
         let cells: Vec<Arc<Cell>> = (0..n).map(|_| Arc::new(Cell::default())).collect();
+        let waiting = wants.iter().filter(|w| w.is_some()).count();
         let barrier = Arc::new(Barrier::new(n));
         let (done, results) = std::sync::mpsc::channel();
         for (i, want) in wants.iter().copied().enumerate() {
@@ -146,7 +148,20 @@ mod tests {
                 own.holder.store(tag, Ordering::Relaxed);
                 barrier.wait();
                 let outcome = match want {
-                    None => Ok(()),
+                    // Holds its lock until every thread that wants one waits in the table, so
+                    // that each of them is checked (not handed the lock by its spins).
+                    None => {
+                        let mine = |w: &Wait| {
+                            let at = Arc::as_ptr(&w.target).cast::<()>();
+                            cells
+                                .iter()
+                                .any(|c| std::ptr::eq(Arc::as_ptr(c).cast::<()>(), at))
+                        };
+                        while WAITS.lock().unwrap().iter().filter(|w| mine(w)).count() < waiting {
+                            std::thread::yield_now();
+                        }
+                        Ok(())
+                    }
                     Some(j) => {
                         let other = &cells[j];
                         lock_unless_cycle(&other.lock, other, tag).map(|mut h| {
