@@ -1186,10 +1186,13 @@ struct HostCx {
     reg: RefCell<InnerReg>,
     /// The registration API inner streams are bound through (`EmitCx::api`).
     api: Cell<*const HostApi>,
-    /// Live inner subscriptions, by number.
-    inners: RefCell<BTreeMap<u64, Inner>>,
-    /// Inner subscriptions ended during a call, freed after it returns.
-    graveyard: RefCell<Vec<Inner>>,
+    /// Live inner subscriptions, by number (boxed: see `graveyard`).
+    inners: RefCell<BTreeMap<u64, Box<Inner>>>,
+    /// Inner subscriptions ended during a call, freed after it returns. Boxed, as in
+    /// `inners`: an `Inner` is 352 bytes, and moving it in and out of the map, here and to
+    /// its drop was a third of a subscription's cost (BENCHMARKS.md, 14).
+    #[allow(clippy::vec_box)]
+    graveyard: RefCell<Vec<Box<Inner>>>,
     /// The callback contexts of freed subscriptions, for the next ones (at most
     /// [`CTX_POOL`]). Boxed: a subscription's context must stay where it is, and the box is
     /// what is reused.
@@ -1410,6 +1413,13 @@ unsafe extern "C" fn cbr_add_pipeline(
 
 unsafe extern "C" fn cbr_fail(_ctx: *mut c_void, _message: RStr) {}
 
+/// Byte equality without the library call for empty strings (most sources' texts): the
+/// call cost a subscription more than the comparison (scenario 14's profile).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 /// Whether `spec` is the source `src` describes (no allocation: strings compared in place).
 ///
 /// # Safety
@@ -1426,8 +1436,8 @@ unsafe fn same_source(
             && spec.b == src.b
             // Bytes compared, not validated first: equal bytes are the (valid) spec's text;
             // invalid ones differ from its lossy copy, and are read again.
-            && src.text.bytes().unwrap_or_default() == spec.text.as_bytes()
-            && src.label.bytes().unwrap_or_default() == spec.label.as_bytes()
+            && same_bytes(src.text.bytes().unwrap_or_default(), spec.text.as_bytes())
+            && same_bytes(src.label.bytes().unwrap_or_default(), spec.label.as_bytes())
             && names.fingerprint(&src.item) == spec.item
     }
 }
@@ -1976,7 +1986,7 @@ impl HostCx {
         }
         self.inners.borrow_mut().insert(
             id,
-            Inner {
+            Box::new(Inner {
                 id,
                 op_track,
                 held,
@@ -1988,7 +1998,7 @@ impl HostCx {
                 ports,
                 ctx,
                 tally,
-            },
+            }),
         );
         true
     }
@@ -2837,7 +2847,7 @@ impl Driver {
         // subscription that ends does not allocate one.
         for inner in dead.drain(..) {
             let ctx = {
-                let Inner { ctx, .. } = inner;
+                let Inner { ctx, .. } = *inner;
                 ctx
             };
             if let Ok(mut pool) = self.host.ctx_pool.try_borrow_mut()
