@@ -299,7 +299,9 @@ pub fn of<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) -> Strea
     // written into one buffer sized for short lists (one allocation per call, in the
     // projections of higher-order operators too).
     let mut label = String::with_capacity(name.len() + 8 + (24 * items.len()).min(240));
-    let _ = write!(label, "of::<{name}>(");
+    label.push_str("of::<");
+    label.push_str(name);
+    label.push_str(">(");
     let start = label.len();
     write_items(&mut label, &items);
     if label.len() - start > 200 {
@@ -357,9 +359,7 @@ fn push_int(label: &mut String, negative: bool, mut v: u64) {
     if negative {
         label.push('-');
     }
-    for &d in &digits[at..] {
-        label.push(d as char);
-    }
+    label.push_str(core::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// Each line of the host's standard input (without its line ending); completes at the end
