@@ -1984,7 +1984,8 @@ impl HostCx {
                 calls,
             });
         }
-        self.inners.borrow_mut().insert(
+        // Numbers are never reused: nothing is replaced (and nothing dropped under the borrow).
+        let replaced = self.inners.borrow_mut().insert(
             id,
             Box::new(Inner {
                 id,
@@ -2000,6 +2001,7 @@ impl HostCx {
                 tally,
             }),
         );
+        debug_assert!(replaced.is_none(), "inner subscription {id} numbered twice");
         true
     }
 }
@@ -3257,7 +3259,8 @@ impl Driver {
                     self.prepared.insert(id, (new.version, projected, true));
                 }
             }
-            self.host.inners.borrow_mut().insert(id, inner);
+            let replaced = self.host.inners.borrow_mut().insert(id, inner);
+            debug_assert!(replaced.is_none(), "inner subscription {id} put back twice");
         }
         self.mark_call();
         plan
@@ -3373,7 +3376,8 @@ impl Driver {
             if let Some(t) = &mut inner.tally {
                 inner.ctx.cx.counts = t.recount(&inner.code.ops);
             }
-            self.host.inners.borrow_mut().insert(id, inner);
+            let replaced = self.host.inners.borrow_mut().insert(id, inner);
+            debug_assert!(replaced.is_none(), "inner subscription {id} put back twice");
         }
         // Projections for subscriptions that ended since, or for another version: freed.
         drop(prepared);

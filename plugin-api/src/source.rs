@@ -464,6 +464,9 @@ mod tests {
         same::<i32>(vec![]);
         same((-60i64..60).collect());
         same(vec![1.5f64, -0.0]);
+        // Not among the types written directly: through `Debug`, the same.
+        same(vec![u128::MAX, 0]);
+        same(vec![i128::MIN, i128::MAX]);
         // Multi-byte characters across the cut, at each offset.
         for pad in 0..4 {
             let items: Vec<String> = (0..40)
