@@ -718,6 +718,39 @@ impl Runtime {
         published
     }
 
+    /// What [`Runtime::publish`] of `code` would restart its pipeline for, when a source
+    /// changed: the sources that differ, as written (`its source changed (interval_ms(5) ->
+    /// interval_ms(6))`; with several ports, each that changed, or all of them when their
+    /// number changed). `None` when the pipeline is new or its sources are the same.
+    pub fn source_change(&self, code: &PipelineCode) -> Option<String> {
+        let old = &self.pipelines.get(&code.name)?.sources;
+        let new = &code.sources;
+        if old == new {
+            return None;
+        }
+        let pairs: Vec<String> = if old.len() == new.len() {
+            old.iter()
+                .zip(new.iter())
+                .filter(|(o, n)| o != n)
+                .map(|(o, n)| format!("{} -> {}", o.label, n.label))
+                .collect()
+        } else {
+            let labels = |s: &[SourceSpec]| -> String {
+                s.iter()
+                    .map(|s| s.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![format!("{} -> {}", labels(old), labels(new))]
+        };
+        let noun = if old.len() == 1 && new.len() == 1 {
+            "source"
+        } else {
+            "sources"
+        };
+        Some(format!("its {noun} changed ({})", pairs.join("; ")))
+    }
+
     fn publish_code(&mut self, code: PipelineCode) -> Published {
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {

@@ -212,7 +212,12 @@ plugin_api::export_plugin!(register);
             "it had completed",
             "9900",
         ),
-        ("interval_ms(5)", "counter", "its source changed", "9900"),
+        (
+            "interval_ms(5)",
+            "counter",
+            "its source changed (interval_ms(5) -> interval_ms(6))",
+            "9900",
+        ),
     ];
     let edits = [
         (
@@ -689,7 +694,10 @@ plugin_api::export_plugin!(register);
         vec![
             ("done", "it had completed"),
             ("failed", "it had ended with an error"),
-            ("moved", "its source changed"),
+            (
+                "moved",
+                "its source changed (interval_ms(5) -> interval_ms(6))"
+            ),
         ]
     );
     assert_eq!(*restarted, 3);

@@ -206,7 +206,15 @@ fn an_inner_source_change_resets_the_fan_in_and_says_so() -> anyhow::Result<()> 
         .iter()
         .map(|r| (r.pipeline.as_str(), r.reason.as_str()))
         .collect();
-    assert_eq!(restarts, [("m", "its source changed")], "{reload:?}");
+    // Which of its two sources changed, as written.
+    assert_eq!(
+        restarts,
+        [(
+            "m",
+            "its sources changed (interval_ms(7) -> interval_ms(9))"
+        )],
+        "{reload:?}"
+    );
     // Started afresh: a fresh total, into which the range's 1, 2, 3 go again (whether the
     // new thread's first tick comes before them or not), then the new ticks.
     host.wait_for("m from v2 past 3006", EMISSION_TIMEOUT, |e| {

@@ -392,7 +392,11 @@ fn a_restart_for_one_source_keeps_the_others_position() -> anyhow::Result<()> {
         unreachable!()
     };
     assert_eq!(restarts.len(), 1, "{reload:?}");
-    assert_eq!(restarts[0].reason, "its source changed");
+    // Only the one that changed is named.
+    assert_eq!(
+        restarts[0].reason,
+        "its sources changed (interval_ms(3600000) -> interval_ms(3500000))"
+    );
     // The restarted pipeline's interval ticks 0 when it starts; then a line appended now.
     host.wait_emission_from("mixed", v2)?;
     let mut log = std::fs::OpenOptions::new()
