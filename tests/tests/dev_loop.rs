@@ -611,7 +611,8 @@ plugin_api::export_plugin!(register);
 }
 
 /// The reasons a reload restarts a pipeline instead of swapping it, in one reload: it had
-/// completed, a panic had ended it (`--on-panic error`), its source changed. (A thread that
+/// completed, a panic had ended it (`--on-panic error`), its source changed, its number of
+/// sources changed (each named as written). (A thread that
 /// could not start: `runtime_handover.rs`. "Its source had stopped" is not reached on Linux:
 /// an `Instant` holds any `interval_ms` period, even `u64::MAX` ms.)
 #[test]
@@ -625,6 +626,7 @@ fn register(p: &mut Plugin) {
         .map(|n: u64| if n == 1 { panic!("fails at 1") } else { n })
         .log();
     p.pipeline("moved", interval_ms(5)).log();
+    p.pipeline("merged", interval_ms(8)).merge(interval_ms(9)).log();
 }
 
 plugin_api::export_plugin!(register);
@@ -639,6 +641,7 @@ plugin_api::export_plugin!(register);
         "interval_ms(5)).log()",
         "interval_ms(6)).log()",
     );
+    fixture.edit("src/lib.rs", ".merge(interval_ms(9))", "");
     let b = integration_tests::build_copy(&config, keep.path(), "libb.so")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let mut reloader = host::reloader::Reloader::new(
@@ -655,6 +658,7 @@ plugin_api::export_plugin!(register);
         ("done", Ended::Completed),
         ("failed", Ended::Errored),
         ("moved", Ended::Running),
+        ("merged", Ended::Running),
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -695,12 +699,16 @@ plugin_api::export_plugin!(register);
             ("done", "it had completed"),
             ("failed", "it had ended with an error"),
             (
+                "merged",
+                "its sources changed (interval_ms(8), interval_ms(9) -> interval_ms(8))"
+            ),
+            (
                 "moved",
                 "its source changed (interval_ms(5) -> interval_ms(6))"
             ),
         ]
     );
-    assert_eq!(*restarted, 3);
+    assert_eq!(*restarted, 4);
     assert_eq!(*swapped, 0, "{reload:?}");
     Ok(())
 }
