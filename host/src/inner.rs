@@ -308,6 +308,21 @@ pub(crate) struct CodeSubjects {
     pub(crate) _uses: Option<crate::subjects::InnerUses>,
 }
 
+impl CodeSubjects {
+    /// What an inner stream holds of subjects, boxed; `None` when it holds nothing.
+    pub(crate) fn boxed(
+        publishes: Vec<InnerPublish>,
+        uses: Option<crate::subjects::InnerUses>,
+    ) -> Option<Box<CodeSubjects>> {
+        (!publishes.is_empty() || uses.is_some()).then(|| {
+            Box::new(CodeSubjects {
+                publishes,
+                _uses: uses,
+            })
+        })
+    }
+}
+
 impl InnerCode {
     /// Its `publish` operators.
     pub(crate) fn publishes(&self) -> &[InnerPublish] {

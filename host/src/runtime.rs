@@ -160,9 +160,24 @@ pub(crate) fn lock_marked<'a>(
     holder: &'a std::sync::atomic::AtomicUsize,
     tag: usize,
 ) -> Marked<'a> {
-    let driver = driver.lock().unwrap_or_else(|p| p.into_inner());
-    holder.store(tag, Ordering::Relaxed);
-    Marked { holder, driver }
+    Marked::mark(
+        driver.lock().unwrap_or_else(|p| p.into_inner()),
+        holder,
+        tag,
+    )
+}
+
+impl<'a> Marked<'a> {
+    /// Marks the locked `driver` held by this thread (`tag`) in `holder`.
+    #[inline(always)]
+    fn mark(
+        driver: std::sync::MutexGuard<'a, Driver>,
+        holder: &'a std::sync::atomic::AtomicUsize,
+        tag: usize,
+    ) -> Marked<'a> {
+        holder.store(tag, Ordering::Relaxed);
+        Marked { holder, driver }
+    }
 }
 
 /// Locks a subject subscriber's driver for a delivery on this thread (tag `tag`) and marks
@@ -175,11 +190,7 @@ pub(crate) fn lock_delivery<'a>(
     tag: usize,
 ) -> Result<Marked<'a>, usize> {
     let driver = crate::waits::lock_unless_cycle(driver, shared, tag)?;
-    shared.holder.store(tag, Ordering::Relaxed);
-    Ok(Marked {
-        holder: &shared.holder,
-        driver,
-    })
+    Ok(Marked::mark(driver, &shared.holder, tag))
 }
 
 impl crate::waits::Held for Shared {
@@ -1883,12 +1894,7 @@ impl HostCx {
                             code.sources = sources;
                             code.ops = ops;
                             code.calls = calls;
-                            code.subjects = (!publishes.is_empty() || uses.is_some()).then(|| {
-                                Box::new(crate::inner::CodeSubjects {
-                                    publishes,
-                                    _uses: uses,
-                                })
-                            });
+                            code.subjects = crate::inner::CodeSubjects::boxed(publishes, uses);
                             *self.reprojected.borrow_mut() = Some(code);
                         }
                     }
@@ -1939,10 +1945,7 @@ impl HostCx {
             });
             match entered {
                 Ok((publishes, uses)) => {
-                    code.subjects = Some(Box::new(crate::inner::CodeSubjects {
-                        publishes,
-                        _uses: uses,
-                    }));
+                    code.subjects = crate::inner::CodeSubjects::boxed(publishes, uses);
                 }
                 Err(why) => {
                     // Its number is used up: each refusal names its own.
@@ -3405,7 +3408,12 @@ impl Driver {
             }
             inner.ctx.host.paths = inner.code.ops.iter().map(|o| o.path.clone()).collect();
             inner.ctx.host.tracks = inner.code.ops.iter().map(|o| o.track).collect();
-            inner.ctx.host.publishes = inner.code.publishes().to_vec();
+            inner.ctx.host.publishes.clear();
+            inner
+                .ctx
+                .host
+                .publishes
+                .extend_from_slice(inner.code.publishes());
             if let Some(t) = &mut inner.tally {
                 inner.ctx.cx.counts = t.recount(&inner.code.ops);
             }

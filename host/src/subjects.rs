@@ -394,33 +394,30 @@ impl Hub {
             if s.port_done.load(Ordering::Relaxed) || s.shared.ended() {
                 continue;
             }
-            // Only this thread writes its own tag there, and clears it before it unlocks.
-            if s.shared.holder.load(Ordering::Relaxed) == tag {
-                sink.event(HostEvent::Error {
-                    pipeline: s.pipeline.clone(),
-                    path: s.path.clone(),
-                    message: format!(
-                        "a value published to subject {:?} by {from} would run {} again while \
-                         it runs (a cycle through subjects): dropped",
-                        self.name, s.pipeline
-                    ),
-                });
-                continue;
-            }
             let mut d = match lock_delivery(&s.driver, &s.shared, tag) {
                 Ok(d) => d,
                 Err(threads) => {
-                    sink.event(HostEvent::Error {
-                        pipeline: s.pipeline.clone(),
-                        path: s.path.clone(),
-                        message: format!(
+                    let message = if threads == 1 {
+                        // This thread holds it: the value would run it again while it runs.
+                        format!(
+                            "a value published to subject {:?} by {from} would run {} again \
+                             while it runs (a cycle through subjects): dropped",
+                            self.name, s.pipeline
+                        )
+                    } else {
+                        format!(
                             "a value published to subject {:?} by {from} was dropped: \
                              delivering it would wait for {}, whose lock is held by a thread \
                              that waits, directly or through others, for a lock this thread \
                              holds (a cycle through subjects across {threads} threads, as a \
                              reload taken by one pipeline and not yet by another can close)",
                             self.name, s.pipeline
-                        ),
+                        )
+                    };
+                    sink.event(HostEvent::Error {
+                        pipeline: s.pipeline.clone(),
+                        path: s.path.clone(),
+                        message,
                     });
                     continue;
                 }

@@ -4,11 +4,11 @@
 //! thread while the publisher's own driver stays locked (delivery is synchronous). Two
 //! threads each holding a driver the other's delivery needs would wait forever. Loops
 //! through subjects are refused where they can be seen: at registration (the pipelines' own
-//! code), when an inner subscription starts or is re-projected (`Subjects::enter_inner`),
-//! and on one thread by the holder mark (`Shared::holder`). What is left is a loop that no
-//! single version closes: one pipeline still running its old code while another already
-//! runs its new code, for the instant of a reload. That one is caught here, when a delivery
-//! is about to wait.
+//! code), and when an inner subscription starts or is re-projected (`Subjects::enter_inner`).
+//! What is left is a loop that no single version closes: one pipeline still running its old
+//! code while another already runs its new code, for the instant of a reload. That one is
+//! caught here, when a delivery is about to wait: on one thread (the lock is held by this
+//! thread, by its mark `Shared::holder`: a cycle of one) or across several.
 //!
 //! A delivery that finds the driver it needs locked registers what it waits for in one
 //! table, after checking under the table's lock that waiting would not close a cycle (the
@@ -82,6 +82,11 @@ fn wait_unless_cycle<'a, T, H: Held + 'static>(
     target: &Arc<H>,
     tag: usize,
 ) -> Result<MutexGuard<'a, T>, usize> {
+    // This thread holds it already (it marked it, and clears the mark before it lets go):
+    // a cycle of one, refused without waiting for anything.
+    if target.holder().load(Ordering::Relaxed) == tag {
+        return Err(1);
+    }
     for _ in 0..SPINS {
         std::hint::spin_loop();
         match lock.try_lock() {
@@ -199,6 +204,7 @@ mod tests {
     fn a_wait_that_would_close_a_cycle_is_refused_and_the_others_go_on() {
         // (threads, what each wants once it holds its own, how many are refused)
         let cases: &[(&str, usize, &[Option<usize>], usize)] = &[
+            ("a thread wanting the lock it holds", 1, &[Some(0)], 1),
             (
                 "two threads, each wanting the other's",
                 2,

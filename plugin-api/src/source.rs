@@ -441,16 +441,15 @@ mod tests {
 
     #[test]
     fn of_labels_are_the_items_text_cut_as_before() {
-        let numbers: Vec<Vec<u64>> = vec![vec![], vec![7], (0..10).collect(), (0..100).collect()];
-        for items in numbers {
-            let got = of(items.clone()).body.stage.label();
-            assert_eq!(got, reference(&items), "{} numbers", items.len());
-        }
-        // Every integer type written without `Debug`, at its extremes and signs.
         fn same<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) {
             let got = of(items.clone()).body.stage.label();
-            assert_eq!(got, reference(&items));
+            assert_eq!(got, reference(&items), "{} items", items.len());
         }
+        let numbers: Vec<Vec<u64>> = vec![vec![], vec![7], (0..10).collect(), (0..100).collect()];
+        for items in numbers {
+            same(items);
+        }
+        // Every integer type written without `Debug`, at its extremes and signs.
         same(vec![u64::MAX, 0, 10, 99, 100]);
         same(vec![i64::MIN, -1, 0, 1, i64::MAX]);
         same(vec![u32::MAX, 5]);
