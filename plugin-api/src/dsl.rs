@@ -619,8 +619,45 @@ impl fmt::Debug for At {
 /// A keyed scope's boundary on a chain's spine (see [`Pipe::scope`]).
 #[derive(Clone, Debug)]
 pub(crate) enum Mark {
-    Open { key: String, input: RFingerprint },
+    Open { key: Key, input: RFingerprint },
     Close,
+}
+
+/// A scope's key as the chain keeps it until it is bound: short keys (the usual `s{i}`,
+/// an id) inline, longer ones on the heap. A registration of 10,000 scopes made one
+/// allocation per scope for its key alone (BENCHMARKS.md, 4).
+#[derive(Clone, Debug)]
+pub(crate) enum Key {
+    Inline { len: u8, bytes: [u8; KEY_INLINE] },
+    Heap(String),
+}
+
+/// The longest key kept inline.
+const KEY_INLINE: usize = 22;
+
+impl Key {
+    fn new(key: &str) -> Key {
+        if key.len() <= KEY_INLINE {
+            let mut bytes = [0u8; KEY_INLINE];
+            bytes[..key.len()].copy_from_slice(key.as_bytes());
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(key.to_owned())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The first `len` bytes are a copy of a `str`'s, cut nowhere else.
+            Key::Inline { len, bytes } => {
+                core::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Key::Heap(s) => s,
+        }
+    }
 }
 
 // SAFETY: as for `Meta`: the only pointers are `'static` type names.
@@ -746,13 +783,15 @@ impl<'h> Binder<'h> {
                 return;
             };
             let (marks, pos, next) = spine;
-            let Some((at, mark)) = marks.get(*next) else {
+            let Some((at, mark)) = marks.get_mut(*next) else {
                 return;
             };
             if *at > *pos {
                 return;
             }
-            let mark = mark.clone();
+            // Each mark is read once (`next` moves past it): taken, not cloned (a key's copy
+            // per scope and registration, 4% of a 10,000-track reload's instructions).
+            let mark = std::mem::replace(mark, Mark::Close);
             *next += 1;
             match mark {
                 Mark::Open { key, input } => {
@@ -762,7 +801,7 @@ impl<'h> Binder<'h> {
                         state: fingerprint::NONE,
                         seed: RStr::NONE,
                     };
-                    let t = self.track_call("scope", Some(&key), &signature);
+                    let t = self.track_call("scope", Some(key.as_str()), &signature);
                     self.scopes.push(t);
                 }
                 Mark::Close => {
@@ -1285,7 +1324,7 @@ pub trait Pipe: Sized {
         body.marks.push((
             body.len,
             Mark::Open {
-                key: key.to_owned(),
+                key: Key::new(key),
                 input: fingerprint::of::<Out<Self>>(),
             },
         ));
@@ -2650,6 +2689,21 @@ mod tests {
                 ports.push(p);
             }
             assert_eq!(ports.as_slice(), &want[..], "{n} ports");
+        }
+    }
+
+    #[test]
+    fn a_scope_key_reads_back_as_written_inline_or_not() {
+        let long = "k".repeat(super::KEY_INLINE + 1);
+        let at_limit = "k".repeat(super::KEY_INLINE);
+        // Multi-byte characters on both sides of the inline limit (21 + 2 bytes: heap).
+        let wide = format!("{}é", "k".repeat(super::KEY_INLINE - 1));
+        let keys = ["", "s0", "s997", "ключ", &at_limit, &long, &wide];
+        for key in keys {
+            let k = super::Key::new(key);
+            assert_eq!(k.as_str(), key);
+            let inline = matches!(k, super::Key::Inline { .. });
+            assert_eq!(inline, key.len() <= super::KEY_INLINE, "{key:?} inline");
         }
     }
 }
