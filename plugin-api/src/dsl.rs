@@ -623,6 +623,11 @@ pub(crate) enum Mark {
     Close,
 }
 
+// SAFETY: as for `Meta`: the only pointers are `'static` type names.
+unsafe impl Send for Mark {}
+// SAFETY: as above.
+unsafe impl Sync for Mark {}
+
 /// A scope's key as the chain keeps it until it is bound: short keys (the usual `s{i}`,
 /// an id) inline, longer ones on the heap. A registration of 10,000 scopes made one
 /// allocation per scope for its key alone (BENCHMARKS.md, 4).
@@ -649,21 +654,24 @@ impl Key {
         }
     }
 
-    fn as_str(&self) -> &str {
+    /// The key's bytes: a copy of the `str` it was made from (inline, the first `len`
+    /// bytes, cut nowhere else), so UTF-8 without a check here (the host checks what it
+    /// reads anyway).
+    fn as_bytes(&self) -> &[u8] {
         match self {
-            // The first `len` bytes are a copy of a `str`'s, cut nowhere else.
-            Key::Inline { len, bytes } => {
-                core::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            Key::Heap(s) => s,
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    fn as_rstr(&self) -> RStr {
+        let bytes = self.as_bytes();
+        RStr {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
         }
     }
 }
-
-// SAFETY: as for `Meta`: the only pointers are `'static` type names.
-unsafe impl Send for Mark {}
-// SAFETY: as above.
-unsafe impl Sync for Mark {}
 
 struct OpInfo {
     track: u64,
@@ -742,15 +750,13 @@ impl fmt::Debug for Binder<'_> {
 
 impl<'h> Binder<'h> {
     fn track_call(&self, kind: &str, key: Option<&str>, signature: &RSignature) -> u64 {
+        self.track_call_keyed(kind, key.map_or(RStr::NONE, RStr::new), signature)
+    }
+
+    /// `track_call` with the key as the host reads it (UTF-8 bytes, or none).
+    fn track_call_keyed(&self, kind: &str, key: RStr, signature: &RSignature) -> u64 {
         // SAFETY: `host` is valid for the registration; arguments outlive the call.
-        unsafe {
-            (self.host.track_call)(
-                self.host.ctx,
-                RStr::new(kind),
-                key.map_or(RStr::NONE, RStr::new),
-                signature,
-            )
-        }
+        unsafe { (self.host.track_call)(self.host.ctx, RStr::new(kind), key, signature) }
     }
 
     fn track_return(&self, track: u64) {
@@ -801,7 +807,7 @@ impl<'h> Binder<'h> {
                         state: fingerprint::NONE,
                         seed: RStr::NONE,
                     };
-                    let t = self.track_call("scope", Some(key.as_str()), &signature);
+                    let t = self.track_call_keyed("scope", key.as_rstr(), &signature);
                     self.scopes.push(t);
                 }
                 Mark::Close => {
@@ -2701,7 +2707,10 @@ mod tests {
         let keys = ["", "s0", "s997", "ключ", &at_limit, &long, &wide];
         for key in keys {
             let k = super::Key::new(key);
-            assert_eq!(k.as_str(), key);
+            assert_eq!(k.as_bytes(), key.as_bytes());
+            // SAFETY: the view borrows `k`, live and unchanged while it is read.
+            let read = unsafe { k.as_rstr().to_string_lossy() };
+            assert_eq!(read.as_deref(), Some(key));
             let inline = matches!(k, super::Key::Inline { .. });
             assert_eq!(inline, key.len() <= super::KEY_INLINE, "{key:?} inline");
         }
