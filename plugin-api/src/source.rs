@@ -359,7 +359,12 @@ fn push_int(label: &mut String, negative: bool, mut v: u64) {
     if negative {
         label.push('-');
     }
-    label.push_str(core::str::from_utf8(&digits[at..]).unwrap_or_default());
+    // ASCII digits, pushed as chars: no UTF-8 check of what is known to be ASCII (the check
+    // was an eighth of `of`'s cost in an inner stream's projection).
+    label.reserve(digits.len() - at);
+    for &d in &digits[at..] {
+        label.push(char::from(d));
+    }
 }
 
 /// Each line of the host's standard input (without its line ending); completes at the end
