@@ -359,8 +359,7 @@ fn push_int(label: &mut String, negative: bool, mut v: u64) {
     if negative {
         label.push('-');
     }
-    // ASCII digits, pushed as chars: no UTF-8 check of what is known to be ASCII (the check
-    // was an eighth of `of`'s cost in an inner stream's projection).
+    // ASCII digits, pushed as chars: no UTF-8 check of what is known to be ASCII.
     label.reserve(digits.len() - at);
     for &d in &digits[at..] {
         label.push(char::from(d));
