@@ -342,6 +342,34 @@ impl Drop for InnerCode {
     }
 }
 
+/// Live inner subscriptions by number. Hashed, not ordered: a subscription that starts and
+/// ends within one call costs an insert and a remove, about 270 instructions in a `BTreeMap`
+/// (BENCHMARKS.md, 14); whoever needs them in order (a re-projection) sorts the numbers.
+pub(crate) type Inners =
+    std::collections::HashMap<u64, Box<Inner>, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes subscription numbers (the host's own counter, never chosen from outside) with one
+/// multiplication (Fibonacci hashing: consecutive numbers spread over the table's low bits,
+/// which pick the bucket, and its high bits, which tag it).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// One live inner subscription.
 pub(crate) struct Inner {
     /// The subscription's number.
@@ -409,5 +437,32 @@ impl Inner {
             .iter()
             .position(|o| o.track == track)
             .map(|i| i as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    use super::IdHasher;
+
+    /// Consecutive subscription numbers, from any start, land in distinct buckets of a table
+    /// their size (the low bits) and carry varied tags (the top 7 bits): the map stays one
+    /// probe deep.
+    #[test]
+    fn consecutive_numbers_spread_over_buckets_and_tags() {
+        let build = BuildHasherDefault::<IdHasher>::default();
+        for (start, n) in [(0u64, 1024u64), (1, 4096), (1 << 40, 16_384)] {
+            let mask = n - 1;
+            let hashes: Vec<u64> = (start..start + n).map(|id| build.hash_one(id)).collect();
+            let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & mask).collect();
+            let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+            assert_eq!(buckets.len() as u64, n, "from {start}: buckets");
+            assert!(
+                tags.len() >= 100,
+                "from {start}: {} tags of 128",
+                tags.len()
+            );
+        }
     }
 }

@@ -1231,7 +1231,7 @@ struct HostCx {
     /// The registration API inner streams are bound through (`EmitCx::api`).
     api: Cell<*const HostApi>,
     /// Live inner subscriptions, by number (boxed: see `graveyard`).
-    inners: RefCell<BTreeMap<u64, Box<Inner>>>,
+    inners: RefCell<crate::inner::Inners>,
     /// Inner subscriptions ended during a call, freed after it returns. Boxed, as in
     /// `inners`: an `Inner` is 352 bytes, and moving it in and out of the map, here and to
     /// its drop was a third of a subscription's cost (BENCHMARKS.md, 14).
@@ -1308,9 +1308,10 @@ impl Drop for HostCx {
     fn drop(&mut self) {
         // The pipeline's thread ends: its subscriptions end with it.
         if let Some(census) = &self.census {
-            let live = self.inners.get_mut().keys().copied();
+            let mut live: Vec<u64> = self.inners.get_mut().keys().copied().collect();
+            live.sort_unstable();
             let dead = self.graveyard.get_mut().iter().map(|i| i.id);
-            for id in live.chain(dead).collect::<Vec<_>>() {
+            for id in live.into_iter().chain(dead).collect::<Vec<_>>() {
                 let _ = census.send(Census::Ended {
                     pipeline: self.census_name.clone(),
                     id,
@@ -2325,7 +2326,7 @@ impl Driver {
             lib: RefCell::new(None),
             reg: RefCell::new(InnerReg::default()),
             api: Cell::new(std::ptr::null()),
-            inners: RefCell::new(BTreeMap::new()),
+            inners: RefCell::new(crate::inner::Inners::default()),
             graveyard: RefCell::new(Vec::new()),
             ctx_pool: RefCell::new(Vec::new()),
             next_inner: Cell::new(1),
@@ -2901,6 +2902,13 @@ impl Driver {
         }
     }
 
+    /// The live inner subscriptions' numbers, in the order they started.
+    fn live_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The subscriptions a re-projection restarted, to start now.
     pub(crate) fn take_starts(&self) -> Vec<u64> {
         std::mem::take(&mut *self.host.starts.borrow_mut())
@@ -3272,7 +3280,7 @@ impl Driver {
     pub(crate) fn prepare(&mut self, new: &Arc<PipelineCode>) -> InnerPlan {
         self.prepared.clear();
         let mut plan = InnerPlan::default();
-        let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
+        let ids = self.live_ids();
         self.mark_call();
         for id in ids {
             let Some(inner) = self.host.inners.borrow_mut().remove(&id) else {
@@ -3316,7 +3324,7 @@ impl Driver {
     /// now, for a notice.
     fn reproject(&mut self, reset: &[String]) -> Vec<String> {
         self.shared.set_flag(flags::INNER_WORK);
-        let ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
+        let ids = self.live_ids();
         let mut prepared = std::mem::take(&mut self.prepared);
         let version = self.code.version;
         let code = self.code.clone();
