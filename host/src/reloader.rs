@@ -37,7 +37,7 @@ use crate::code::PipelineCode;
 use crate::events::{HostEvent, ResetInfo, RestartInfo, Sink, TrackInfo};
 use crate::inner::{Census, RegCall};
 use crate::loader::{LibVersion, Loader};
-use crate::runtime::{PanicPolicy, Published, Restart, Runtime};
+use crate::runtime::{PanicPolicy, Published, Runtime};
 
 /// What one reload attempt ended with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,14 +469,10 @@ impl Reloader {
             }
             let name = code.name.clone();
             let track = code.track;
-            let changed = self.runtime.source_change(&code);
             match self.runtime.publish(code) {
                 Published::Restarted(why) => report.restarted.push(RestartInfo {
                     pipeline: name.clone(),
-                    reason: match (why, changed) {
-                        (Restart::SourceChanged, Some(what)) => what,
-                        _ => why.to_string(),
-                    },
+                    reason: why.to_string(),
                 }),
                 Published::Stuck => report.stuck.push(name.clone()),
                 Published::Swapped | Published::Started => {}

@@ -592,7 +592,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// What [`Runtime::publish`] did with a pipeline (effective at [`Runtime::launch`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Published {
     /// The running thread will pick the code up at its next emission, state kept.
     Swapped,
@@ -606,10 +606,12 @@ pub enum Published {
 }
 
 /// Why a known pipeline was started afresh instead of swapped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Restart {
-    /// Its source's kind or parameters changed.
-    SourceChanged,
+    /// Its source's kind or parameters changed: the sources that differ, as written
+    /// (`interval_ms(5) -> interval_ms(6)`; with several ports, each that changed, or all of
+    /// them when their number changed).
+    SourceChanged(String),
     /// It had completed: a reload subscribes it again, so the new code's result shows.
     Completed,
     /// A panic had ended it (`--on-panic error`) or its state could not be seeded.
@@ -626,7 +628,7 @@ pub enum Restart {
 impl std::fmt::Display for Restart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Restart::SourceChanged => "its source changed",
+            Restart::SourceChanged(what) => return write!(f, "{what}"),
             Restart::Completed => "it had completed",
             Restart::Errored => "it had ended with an error",
             Restart::Stopped => "its source had stopped",
@@ -634,6 +636,32 @@ impl std::fmt::Display for Restart {
             Restart::SourceFailed => "a source of it could not be opened",
         })
     }
+}
+
+/// Why a pipeline whose sources went from `old` to `new` (not equal) restarts, naming the
+/// sources that differ as written: `its source changed (interval_ms(5) -> interval_ms(6))`.
+fn source_change(old: &[SourceSpec], new: &[SourceSpec]) -> String {
+    let pairs: Vec<String> = if old.len() == new.len() {
+        old.iter()
+            .zip(new)
+            .filter(|(o, n)| o != n)
+            .map(|(o, n)| format!("{} -> {}", o.label, n.label))
+            .collect()
+    } else {
+        let labels = |s: &[SourceSpec]| -> String {
+            s.iter()
+                .map(|s| s.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        vec![format!("{} -> {}", labels(old), labels(new))]
+    };
+    let noun = if old.len() == 1 && new.len() == 1 {
+        "source"
+    } else {
+        "sources"
+    };
+    format!("its {noun} changed ({})", pairs.join("; "))
 }
 
 impl Runtime {
@@ -729,44 +757,14 @@ impl Runtime {
         published
     }
 
-    /// What [`Runtime::publish`] of `code` would restart its pipeline for, when a source
-    /// changed: the sources that differ, as written (`its source changed (interval_ms(5) ->
-    /// interval_ms(6))`; with several ports, each that changed, or all of them when their
-    /// number changed). `None` when the pipeline is new or its sources are the same.
-    pub fn source_change(&self, code: &PipelineCode) -> Option<String> {
-        let old = &self.pipelines.get(&code.name)?.sources;
-        let new = &code.sources;
-        if old == new {
-            return None;
-        }
-        let pairs: Vec<String> = if old.len() == new.len() {
-            old.iter()
-                .zip(new.iter())
-                .filter(|(o, n)| o != n)
-                .map(|(o, n)| format!("{} -> {}", o.label, n.label))
-                .collect()
-        } else {
-            let labels = |s: &[SourceSpec]| -> String {
-                s.iter()
-                    .map(|s| s.label.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            vec![format!("{} -> {}", labels(old), labels(new))]
-        };
-        let noun = if old.len() == 1 && new.len() == 1 {
-            "source"
-        } else {
-            "sources"
-        };
-        Some(format!("its {noun} changed ({})", pairs.join("; ")))
-    }
-
     fn publish_code(&mut self, code: PipelineCode) -> Published {
         let name = code.name.clone();
         let restart = self.pipelines.get(&name).map(|r| {
             if r.sources != code.sources {
-                return Some(Restart::SourceChanged);
+                return Some(Restart::SourceChanged(source_change(
+                    &r.sources,
+                    &code.sources,
+                )));
             }
             if r.open_failed {
                 return Some(Restart::SourceFailed);
@@ -794,7 +792,7 @@ impl Runtime {
                 // connections) go over to the pipeline restarted because another source
                 // changed or failed; one that had ended subscribes them afresh (a file is
                 // read from its start again, as a new subscription to it would be).
-                let takes_over = matches!(why, Restart::SourceChanged | Restart::SourceFailed);
+                let takes_over = matches!(why, Restart::SourceChanged(_) | Restart::SourceFailed);
                 let held = self
                     .pipelines
                     .get_mut(&name)
@@ -1308,10 +1306,9 @@ impl Drop for HostCx {
     fn drop(&mut self) {
         // The pipeline's thread ends: its subscriptions end with it.
         if let Some(census) = &self.census {
-            let mut live: Vec<u64> = self.inners.get_mut().keys().copied().collect();
-            live.sort_unstable();
-            let dead = self.graveyard.get_mut().iter().map(|i| i.id);
-            for id in live.into_iter().chain(dead).collect::<Vec<_>>() {
+            let mut ids = self.live_ids();
+            ids.extend(self.graveyard.get_mut().iter().map(|i| i.id));
+            for id in ids {
                 let _ = census.send(Census::Ended {
                     pipeline: self.census_name.clone(),
                     id,
@@ -1322,6 +1319,13 @@ impl Drop for HostCx {
 }
 
 impl HostCx {
+    /// The live inner subscriptions' numbers, in the order they started.
+    fn live_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.inners.borrow().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The operators' paths, owned.
     fn op_paths(&self) -> Vec<String> {
         self.paths.borrow().iter().map(|p| p.to_string()).collect()
@@ -2902,13 +2906,6 @@ impl Driver {
         }
     }
 
-    /// The live inner subscriptions' numbers, in the order they started.
-    fn live_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.host.inners.borrow().keys().copied().collect();
-        ids.sort_unstable();
-        ids
-    }
-
     /// The subscriptions a re-projection restarted, to start now.
     pub(crate) fn take_starts(&self) -> Vec<u64> {
         std::mem::take(&mut *self.host.starts.borrow_mut())
@@ -3280,7 +3277,7 @@ impl Driver {
     pub(crate) fn prepare(&mut self, new: &Arc<PipelineCode>) -> InnerPlan {
         self.prepared.clear();
         let mut plan = InnerPlan::default();
-        let ids = self.live_ids();
+        let ids = self.host.live_ids();
         self.mark_call();
         for id in ids {
             let Some(inner) = self.host.inners.borrow_mut().remove(&id) else {
@@ -3324,7 +3321,7 @@ impl Driver {
     /// now, for a notice.
     fn reproject(&mut self, reset: &[String]) -> Vec<String> {
         self.shared.set_flag(flags::INNER_WORK);
-        let ids = self.live_ids();
+        let ids = self.host.live_ids();
         let mut prepared = std::mem::take(&mut self.prepared);
         let version = self.code.version;
         let code = self.code.clone();
