@@ -207,9 +207,36 @@ impl Pushed {
             _ => Pushed::Panicked { consumed: 1 },
         }
     }
+
+    /// What a push of the part of a batch after its first `before` values returned, as the
+    /// whole batch's answer (the values counted from the batch's start).
+    pub(crate) fn after(self, before: usize) -> Pushed {
+        match self {
+            Pushed::Continue => Pushed::Continue,
+            Pushed::Complete { consumed } => Pushed::Complete {
+                consumed: before + consumed,
+            },
+            Pushed::Panicked { consumed } => Pushed::Panicked {
+                consumed: before + consumed,
+            },
+            Pushed::PortDone { consumed } => Pushed::PortDone {
+                consumed: before + consumed,
+            },
+        }
+    }
 }
 
+/// The kinds of the higher-order operators: the operators that start inner subscriptions.
+pub(crate) const HIGHER_ORDER: [&str; 4] = ["switch_map", "merge_map", "concat_map", "exhaust_map"];
+
 impl PipelineCode {
+    /// Whether the chain has a higher-order operator (it starts inner subscriptions).
+    pub(crate) fn runs_inners(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|o| HIGHER_ORDER.contains(&o.kind.as_str()))
+    }
+
     /// The library version this code belongs to.
     pub fn lib(&self) -> &Arc<LibVersion> {
         &self.lib

@@ -39,6 +39,14 @@ use hmr_track::Id;
 /// How many `range` values go into one call of the plugin.
 pub const BATCH: usize = 1024;
 
+/// How many values of a batch go into one call of a chain with a higher-order operator.
+/// Inner subscriptions that end inside a call are freed only after it (their env may be on
+/// the plugin's stack): fed whole, a batch of 1,024 outer values piles up 1,024 dead
+/// subscriptions before any is freed, and the next ones are allocated in memory out of cache.
+/// In short runs, freed between the calls, each run reuses what the run before let go
+/// (BENCHMARKS.md, 14).
+const INNER_RUN: usize = 8;
+
 /// How long a source thread may stay inside one call into plugin code before the watchdog
 /// reports it as stuck (a user function that loops, or blocks for good).
 pub const STUCK_AFTER: Duration = Duration::from_secs(2);
@@ -2291,6 +2299,8 @@ pub struct Driver {
     /// The subjects its inner subscriptions were subscribed to through its shared handle
     /// (`subscribe_asks`): what its thread unsubscribes it from when it ends.
     inner_hubs: Vec<Arc<Hub>>,
+    /// Whether `code` has a higher-order operator: batches go in short runs (`push_runs`).
+    inner_runs: bool,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2391,6 +2401,7 @@ impl Driver {
         let mut recent = crate::replay::Recent::new(shared.replay_inputs.load(Ordering::Relaxed));
         recent.set_code(&code);
         let entry = port_entry(&code, tally.is_some());
+        let inner_runs = code.runs_inners();
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
             entry,
@@ -2410,6 +2421,7 @@ impl Driver {
             reprojection_panicked: false,
             recent,
             inner_hubs: Vec::new(),
+            inner_runs,
         })
     }
 
@@ -2489,6 +2501,7 @@ impl Driver {
         // The old code is dropped here if nothing else holds it (live inner subscriptions
         // keep their own version's library until re-projected; kept subject values move to
         // the new version's glue).
+        self.inner_runs = new.runs_inners();
         self.code = new;
         self.recent.set_code(&self.code);
         if !self.host.inners.borrow().is_empty() {
@@ -2536,7 +2549,7 @@ impl Driver {
             if self.code.sources.get(port as usize).map(SourceSpec::wire) != Some(Wire::U64) {
                 return Err(format!("port {port} takes no u64 values"));
             }
-            Ok(self.code.push(&self.states, port, items, &self.cx))
+            Ok(self.push_runs(port, items))
         });
         self.mark_call();
         self.after_call();
@@ -2860,6 +2873,26 @@ impl Driver {
         self.after_call();
         self.note(&r);
         r
+    }
+
+    /// Runs `items` of `port` through the current code: at once, or, for a chain with a
+    /// higher-order operator, `INNER_RUN` values a call with the inner subscriptions that
+    /// ended freed between the calls. All through the one version the caller took.
+    fn push_runs(&self, port: u32, items: &[u64]) -> Pushed {
+        if !self.inner_runs || items.len() <= INNER_RUN {
+            return self.code.push(&self.states, port, items, &self.cx);
+        }
+        let mut before = 0;
+        for run in items.chunks(INNER_RUN) {
+            if before != 0 {
+                self.reap_inners();
+            }
+            match self.code.push(&self.states, port, run, &self.cx) {
+                Pushed::Continue => before += run.len(),
+                stopped => return stopped.after(before),
+            }
+        }
+        Pushed::Continue
     }
 
     /// Live inner subscriptions (of higher-order operators).

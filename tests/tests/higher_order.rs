@@ -354,7 +354,10 @@ fn a_switch_map_over_stdin_swaps_its_live_inner_interval_and_resets_it_on_a_sour
 /// A panic in a projection is an `error` at the higher-order operator's path; that outer
 /// value is dropped. Under `--on-panic drop` (the default) the later outer values are
 /// projected as before and the pipeline completes; under `--on-panic error` the pipeline
-/// ends there. On the batch path (`range`) and the one-value path (an interval) alike.
+/// ends there. On the batch path (`range`) and the one-value path (an interval) alike. The
+/// batch path feeds a chain with a higher-order operator a few values a call: the second
+/// panic (19) is in a later call than the first, and what follows it is pushed again from
+/// the value after it, not from the start of its call.
 #[test]
 fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() -> anyhow::Result<()>
 {
@@ -362,9 +365,9 @@ fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() ->
     let fixture = Fixture::new(
         "higher_panic",
         &plugin(
-            r#"    p.pipeline("batch", range(0, 5))
+            r#"    p.pipeline("batch", range(0, 25))
         .switch_map(|n: u64| {
-            if n == 2 {
+            if n == 2 || n == 19 {
                 panic!("no inner stream for {n}");
             }
             of(vec![n * 10, n * 10 + 1])
@@ -380,11 +383,27 @@ fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() ->
         .log();"#,
         ),
     );
-    let cases: [(PanicPolicy, &[i64], bool); 2] = [
-        (PanicPolicy::Drop, &[0, 1, 10, 11, 30, 31, 40, 41], true),
-        (PanicPolicy::Error, &[0, 1, 10, 11], false),
+    // Under `drop`, each pipeline's values and panics; under `error`, both end at 2.
+    let batch: Vec<i64> = (0..25)
+        .filter(|n| ![2, 19].contains(n))
+        .flat_map(|n| [n * 10, n * 10 + 1])
+        .collect();
+    let ticks: Vec<i64> = vec![0, 1, 10, 11, 30, 31, 40, 41];
+    // Per pipeline: its values, and the outer values whose projection panicked.
+    type Outcome<'a> = (&'a [i64], &'a [u64]);
+    let cases: [(PanicPolicy, [Outcome; 2], bool); 2] = [
+        (
+            PanicPolicy::Drop,
+            [(&batch, &[2, 19]), (&ticks, &[2])],
+            true,
+        ),
+        (
+            PanicPolicy::Error,
+            [(&[0, 1, 10, 11], &[2]), (&[0, 1, 10, 11], &[2])],
+            false,
+        ),
     ];
-    for (policy, want, completes) in cases {
+    for (policy, wants, completes) in cases {
         let (mut options, time) = fixture.virtual_options();
         options.on_panic = policy;
         let mut host = Harness::start(&options)?;
@@ -394,10 +413,13 @@ fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() ->
             advance(&time, 50);
         }
         host.drain();
-        for (pipeline, path) in [
+        for ((pipeline, path), (want, panics)) in [
             ("batch", "batch|0:switch_map"),
             ("ticks", "ticks|1:switch_map"),
-        ] {
+        ]
+        .into_iter()
+        .zip(wants)
+        {
             let got: Vec<i64> = numbers(&mut host, pipeline)
                 .iter()
                 .map(|(_, x)| *x)
@@ -415,9 +437,18 @@ fn a_panic_in_a_projection_is_an_error_at_the_operator_and_drops_that_value() ->
                     _ => None,
                 })
                 .collect();
-            assert_eq!(errors.len(), 1, "{pipeline} under {policy:?}: {errors:?}");
-            assert_eq!(errors[0].0, path, "{errors:?}");
-            assert!(errors[0].1.contains("no inner stream for 2"), "{errors:?}");
+            assert_eq!(
+                errors.len(),
+                panics.len(),
+                "{pipeline} under {policy:?}: {errors:?}"
+            );
+            for ((at, message), n) in errors.iter().zip(panics) {
+                assert_eq!(at, path, "{errors:?}");
+                assert!(
+                    message.contains(&format!("no inner stream for {n}")),
+                    "{errors:?}"
+                );
+            }
             let completed = host
                 .history()
                 .iter()
