@@ -11,7 +11,7 @@ use std::alloc::Layout;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmr_track::{Fingerprint, Id, ModuleId, ModuleOutcome, Recorder, Signature, SubjectRole};
 use plugin_api::abi::{self, HostApi, PipelineDesc, RFingerprint, RSignature, RStr};
@@ -31,22 +31,59 @@ pub struct RegisterError {
 
 /// What the plugin's registration said, collected on the thread that runs it (see
 /// [`register`]): the track scopes it opened and closed, in order, and the pipelines it
-/// compiled. Handles given to the plugin are indexes into `tracks` + 1; the store's ids are
-/// assigned when the calls are replayed into it, on the reloader's thread.
+/// compiled. Handles given to the plugin are indexes of the tracks opened in the run + 1;
+/// the store's ids are assigned when the calls are replayed into it, on the reloader's
+/// thread. The calls go there in batches while the plugin runs on (`Collected`), so that
+/// the store's replay overlaps the plugin's registration instead of following it.
 struct Ctx {
     lib: Arc<LibVersion>,
     version: u64,
-    calls: Vec<Call>,
-    /// The key and signature of each track scope opened, by handle - 1.
-    tracks: Vec<Opened>,
-    /// Every key, one after the other: a registration of 10,000 keyed scopes makes one
-    /// allocation here, not 10,000 (each freed later on another thread, which glibc's
-    /// per-thread arenas make slower still).
-    keys: String,
+    /// The calls not yet sent.
+    batch: Batch,
+    /// Tracks opened in the batches sent before `batch`: the handle of `batch.tracks[i]` is
+    /// `base + i + 1`.
+    base: usize,
+    /// Where full batches go (`None` once the reloader stopped listening: the rest is kept
+    /// until the end, and dropped with the run).
+    out: Option<mpsc::Sender<Collected>>,
     names: Names,
     /// Pipelines as compiled, with handles where track ids will go.
     pipelines: Vec<PipelineCode>,
     error: Option<String>,
+}
+
+/// Registration calls in order, with what they opened.
+#[derive(Default)]
+struct Batch {
+    calls: Vec<Call>,
+    /// The key and signature of each track scope opened in this batch, in order.
+    tracks: Vec<Opened>,
+    /// The batch's keys, one after the other: a registration of 10,000 keyed scopes makes
+    /// one allocation a batch here, not one a key (each freed later on another thread,
+    /// which glibc's per-thread arenas make slower still).
+    keys: String,
+}
+
+impl Batch {
+    fn with_capacity(tracks: usize) -> Batch {
+        Batch {
+            calls: Vec::with_capacity(2 * tracks),
+            tracks: Vec::with_capacity(tracks),
+            keys: String::with_capacity(8 * tracks),
+        }
+    }
+}
+
+/// A batch is sent on once it holds this many calls, when the pipeline that made them is
+/// added (an operator's description refers to its own pipeline's tracks, which the
+/// collecting side keeps until then).
+const BATCH_CALLS: usize = 1024;
+
+/// What the registration thread sends the reloader's thread: full batches while the plugin
+/// runs, then the rest and the pipelines.
+enum Collected {
+    Batch(Batch),
+    Done(Box<Ctx>),
 }
 
 /// A track scope the plugin opened.
@@ -80,26 +117,47 @@ impl Ctx {
         if self.error.is_some() {
             return 0;
         }
+        let b = &mut self.batch;
         let key = key.map(|key| {
-            let start = self.keys.len();
-            self.keys.push_str(key);
-            start..self.keys.len()
+            let start = b.keys.len();
+            b.keys.push_str(key);
+            start..b.keys.len()
         });
-        self.tracks.push(Opened { key, signature });
-        self.calls.push(Call::Open);
-        self.tracks.len() as u64
+        b.tracks.push(Opened { key, signature });
+        b.calls.push(Call::Open);
+        (self.base + b.tracks.len()) as u64
     }
 
     fn track_call_return(&mut self, handle: u64) {
         if self.error.is_some() {
             return;
         }
-        if track_of(handle).is_none_or(|i| i >= self.tracks.len()) {
+        if track_of(handle).is_none_or(|i| i >= self.base + self.batch.tracks.len()) {
             return self.fail(format!(
                 "track-call-return for an unknown track handle {handle}"
             ));
         }
-        self.calls.push(Call::Close(handle));
+        self.batch.calls.push(Call::Close(handle));
+    }
+
+    /// Sends the batch on if it is full (see [`BATCH_CALLS`]).
+    fn send_full(&mut self) {
+        if self.batch.calls.len() < BATCH_CALLS || self.error.is_some() {
+            return;
+        }
+        let Some(out) = &self.out else {
+            return;
+        };
+        // Room for as many tracks as this batch took: pipelines tend to look alike.
+        let next = Batch::with_capacity(self.batch.tracks.len());
+        let full = std::mem::replace(&mut self.batch, next);
+        let opened = full.tracks.len();
+        if out.send(Collected::Batch(full)).is_ok() {
+            self.base += opened;
+        } else {
+            // The reloader gave up on this run (its deadline passed): nothing more to say.
+            self.out = None;
+        }
     }
 
     fn add_pipeline(&mut self, desc: &PipelineDesc) {
@@ -224,7 +282,7 @@ impl Ctx {
             });
         }
         for (i, op) in ops.iter().enumerate() {
-            match op_code(&self.tracks, desc.env, i, op) {
+            match op_code(&self.batch.tracks, self.base, desc.env, i, op) {
                 Ok(o) => code.ops.push(o),
                 Err(e) => {
                     // SAFETY: the plugin passes a kind valid for the call.
@@ -237,6 +295,7 @@ impl Ctx {
             }
         }
         self.pipelines.push(code);
+        self.send_full();
     }
 }
 
@@ -249,21 +308,25 @@ impl Ctx {
 /// - the pipeline's code knows an operator of this index: `init` is asked with a null slot
 ///   (no plugin code beyond the lookup runs), so a slot is never left unseeded and later
 ///   dropped as if it held a value.
+///
+/// `tracks` are the tracks opened since the last batch sent, the first with handle `base + 1`:
+/// an operator's track is its own pipeline's, opened after the last pipeline was added.
 fn op_code(
     tracks: &[Opened],
+    base: usize,
     env: *mut c_void,
     index: usize,
     op: &abi::OpDesc,
 ) -> Result<OpCode, String> {
-    let Opened { signature: sig, .. } =
-        track_of(op.track)
-            .and_then(|i| tracks.get(i))
-            .ok_or_else(|| {
-                format!(
-                    "track handle {} was not returned by a track-call of this run",
-                    op.track
-                )
-            })?;
+    let Opened { signature: sig, .. } = track_of(op.track)
+        .and_then(|i| i.checked_sub(base))
+        .and_then(|i| tracks.get(i))
+        .ok_or_else(|| {
+            format!(
+                "track handle {} was not returned by a track-call of this pipeline",
+                op.track
+            )
+        })?;
     let fp = &op.state.fingerprint;
     let vtable_state = fingerprint(fp);
     if vtable_state != sig.state || (vtable_state.is_none() && fp.size != 0) {
@@ -495,7 +558,7 @@ struct Job {
     lib: Arc<LibVersion>,
     version: u64,
     expected: usize,
-    done: mpsc::SyncSender<Ctx>,
+    done: mpsc::Sender<Collected>,
 }
 
 impl Worker {
@@ -508,8 +571,9 @@ impl Worker {
                 for job in queue {
                     // `lib` moves into the context and back with it: between jobs the thread
                     // holds no version.
-                    let ctx = collect(job.lib, job.version, job.expected);
-                    let _ = job.done.send(ctx);
+                    let done = job.done.clone();
+                    let ctx = collect(job.lib, job.version, job.expected, Some(job.done));
+                    let _ = done.send(Collected::Done(Box::new(ctx)));
                 }
             })
             .map_err(|e| format!("cannot start the registration thread: {e}"))?;
@@ -540,11 +604,12 @@ impl Registrar {
     /// the store and nothing of it remains.
     ///
     /// The plugin's `register` runs on a thread of its own and what it says is collected
-    /// there; the store only sees it afterwards, replayed on the caller's thread. So a
+    /// there and sent here in batches, which are replayed into the store on the caller's
+    /// thread while the plugin goes on (the run's `module-call` is open from the start). So a
     /// `register` that never returns (a loop, a blocked call) costs the caller `deadline`, not
-    /// its thread: it gets an error and the store is untouched. The stuck thread cannot be
-    /// stopped; it keeps `lib` (and what it allocated) alive, and counts among the live
-    /// versions.
+    /// its thread: it gets an error and the run is rolled back, the batches it sent
+    /// included. The stuck thread cannot be stopped; it keeps `lib` (and what it allocated)
+    /// alive, and counts among the live versions.
     pub fn register(
         &mut self,
         lib: &Arc<LibVersion>,
@@ -558,64 +623,104 @@ impl Registrar {
         };
         let version = recorder.next_module();
         let expected = recorder.state.store.tracks.len();
-        let (done, answer) = mpsc::sync_channel(1);
+        // The run starts in the store before the plugin runs: its batches are replayed as
+        // they come.
+        let module = recorder
+            .module_call(&library)
+            .map_err(|e| fail(e.to_string()))?;
+        debug_assert_eq!(module, version);
+        let rollback = |recorder: &mut Recorder, reason: String| {
+            // What was replayed of the run leaves the store; the version number is used up,
+            // as by any failed run, so the next attempt is not reported under the same number.
+            match recorder.module_call_return(
+                module,
+                ModuleOutcome::Failed {
+                    reason: reason.clone(),
+                },
+            ) {
+                Ok(_) => fail(reason),
+                Err(e) => fail(format!("{reason}; rolling back failed too: {e}")),
+            }
+        };
+        let (done, answer) = mpsc::channel();
         let job = Job {
             lib: lib.clone(),
             version,
             expected,
             done,
         };
-        let worker = self.send(job).map_err(fail)?;
-        let ctx = match answer.recv_timeout(deadline) {
-            Ok(ctx) => {
-                self.worker = Some(worker);
-                ctx
-            }
-            Err(e) => {
-                // The worker is left to its fate (stuck in the plugin's `register`, or gone);
-                // the next registration starts another.
-                drop(worker);
-                let reason = match e {
-                    mpsc::RecvTimeoutError::Timeout => format!(
-                        "register() of v{version} did not return within {deadline:?} (a loop or \
-                         a blocking call in the plugin's registration?); the thread running it \
-                         cannot be stopped and keeps v{version} mapped and live"
-                    ),
-                    mpsc::RecvTimeoutError::Disconnected => format!(
-                        "the registration thread ended without an answer for v{version} (a host \
-                         bug: it panicked)"
-                    ),
-                };
-                // The version number is used up, as by any failed run, so the next attempt is
-                // not reported under the same number.
-                if let Ok(module) = recorder.module_call(&library) {
-                    let _ = recorder.module_call_return(
-                        module,
-                        ModuleOutcome::Failed {
-                            reason: reason.clone(),
-                        },
-                    );
+        let worker = match self.send(job) {
+            Ok(w) => w,
+            Err(e) => return Err(rollback(recorder, e)),
+        };
+        let until = Instant::now() + deadline;
+        let mut run = Replay {
+            ids: Vec::with_capacity(expected),
+            failed: None,
+        };
+        let ctx = loop {
+            match recv_until(&answer, until) {
+                Ok(Collected::Batch(batch)) => run.batch(recorder, batch, &self.last_ids),
+                Ok(Collected::Done(ctx)) => {
+                    self.worker = Some(worker);
+                    break ctx;
                 }
-                return Err(fail(reason));
+                Err(e) => {
+                    // The worker is left to its fate (stuck in the plugin's `register`, or
+                    // gone); the next registration starts another.
+                    drop(worker);
+                    let reason = match e {
+                        mpsc::RecvTimeoutError::Timeout => format!(
+                            "register() of v{version} did not return within {deadline:?} (a \
+                             loop or a blocking call in the plugin's registration?); the thread \
+                             running it cannot be stopped and keeps v{version} mapped and live"
+                        ),
+                        mpsc::RecvTimeoutError::Disconnected => format!(
+                            "the registration thread ended without an answer for v{version} (a \
+                             host bug: it panicked)"
+                        ),
+                    };
+                    return Err(rollback(recorder, reason));
+                }
             }
         };
-        let (module, pipelines, ids) = replay(ctx, recorder, &self.last_ids).map_err(fail)?;
-        self.last_ids = ids;
-        Ok((module, pipelines))
+        match run.finish(*ctx, recorder, module, &self.last_ids) {
+            Ok((pipelines, ids)) => {
+                self.last_ids = ids;
+                Ok((module, pipelines))
+            }
+            Err(reason) => Err(rollback(recorder, reason)),
+        }
     }
+}
+
+/// The next message of `rx` if one comes before `until`; `Timeout` once `until` has passed,
+/// even with messages queued: a `register` that never stops adding pipelines must not keep
+/// the reloader replaying its batches past the deadline.
+fn recv_until<T>(rx: &mpsc::Receiver<T>, until: Instant) -> Result<T, mpsc::RecvTimeoutError> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(mpsc::RecvTimeoutError::Timeout);
+    }
+    rx.recv_timeout(left)
 }
 
 /// Runs the plugin's `register` against a collecting [`HostApi`].
 ///
 /// `expected` tracks (the last run's count) are made room for at once: growing the buffers
 /// by doubling would copy every signature collected so far, several times over.
-fn collect(lib: Arc<LibVersion>, version: u64, expected: usize) -> Ctx {
+fn collect(
+    lib: Arc<LibVersion>,
+    version: u64,
+    expected: usize,
+    out: Option<mpsc::Sender<Collected>>,
+) -> Ctx {
     let mut ctx = Ctx {
         lib: lib.clone(),
         version,
-        calls: Vec::with_capacity(2 * expected),
-        tracks: Vec::with_capacity(expected),
-        keys: String::with_capacity(8 * expected),
+        batch: Batch::with_capacity(expected),
+        base: 0,
+        out,
         names: Names::default(),
         pipelines: Vec::new(),
         error: None,
@@ -788,32 +893,32 @@ pub(crate) fn type_disagreement(
     )
 }
 
-/// Replays a collected registration into the store as one `module-call`, all or nothing;
-/// the n-th track-call hinted with `hints[n]`. Returns the run's track ids in call order too.
-fn replay(
-    ctx: Ctx,
-    recorder: &mut Recorder,
-    hints: &[Id],
-) -> Result<(ModuleId, Vec<PipelineCode>, Vec<Id>), String> {
-    let Ctx {
-        lib,
-        version,
-        calls,
-        tracks,
-        keys,
-        mut pipelines,
-        error,
-        ..
-    } = ctx;
-    let module = recorder
-        .module_call(&lib.built().display().to_string())
-        .map_err(|e| e.to_string())?;
-    debug_assert_eq!(module, version);
-    let run = |recorder: &mut Recorder| -> Result<Vec<Id>, String> {
-        if let Some(e) = error {
-            return Err(e);
+/// The replay of a registration's batches into the store, inside the run's `module-call`
+/// (opened by [`Registrar::register`] before the plugin ran, and closed or rolled back by
+/// it): the n-th track-call hinted with the n-th id of the last run.
+struct Replay {
+    /// The store's id of each track opened so far, by handle - 1.
+    ids: Vec<Id>,
+    /// The first error the store met; the batches after it are not replayed.
+    failed: Option<String>,
+}
+
+impl Replay {
+    /// Replays `batch` (the calls after the previous batch's).
+    fn batch(&mut self, recorder: &mut Recorder, batch: Batch, hints: &[Id]) {
+        if self.failed.is_none()
+            && let Err(e) = self.calls(recorder, batch, hints)
+        {
+            self.failed = Some(e);
         }
-        let mut ids: Vec<Id> = Vec::with_capacity(tracks.len());
+    }
+
+    fn calls(&mut self, recorder: &mut Recorder, batch: Batch, hints: &[Id]) -> Result<(), String> {
+        let Batch {
+            calls,
+            tracks,
+            keys,
+        } = batch;
         let mut tracks = tracks.into_iter();
         for call in calls {
             match call {
@@ -822,55 +927,68 @@ fn replay(
                         tracks.next().ok_or("more scopes opened than recorded")?;
                     let key = key.and_then(|range| keys.get(range));
                     let kind = signature.kind.clone();
-                    let hint = hints.get(ids.len()).copied();
-                    ids.push(
+                    let hint = hints.get(self.ids.len()).copied();
+                    self.ids.push(
                         open(recorder, &kind, key, signature, hint)
                             .map_err(|e| in_person_terms(&kind, key, e))?,
                     );
                 }
                 Call::Close(handle) => {
-                    let id = track_of(handle).and_then(|i| ids.get(i)).ok_or_else(|| {
-                        format!("track-call-return for a track not open: {handle}")
-                    })?;
+                    let id = track_of(handle)
+                        .and_then(|i| self.ids.get(i))
+                        .ok_or_else(|| {
+                            format!("track-call-return for a track not open: {handle}")
+                        })?;
                     recorder.track_call_return(*id).map_err(|e| e.to_string())?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Replays the last batch and ends the run in the store (`module-call-return`). Returns
+    /// the pipelines with their track ids and operator paths, and the run's track ids in call
+    /// order; the error that fails the run otherwise (the caller rolls it back): the
+    /// plugin's own (a panic in `register`, a refused description) before the store's.
+    fn finish(
+        mut self,
+        ctx: Ctx,
+        recorder: &mut Recorder,
+        module: ModuleId,
+        hints: &[Id],
+    ) -> Result<(Vec<PipelineCode>, Vec<Id>), String> {
+        let Ctx {
+            batch,
+            mut pipelines,
+            error,
+            ..
+        } = ctx;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        self.batch(recorder, batch, hints);
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let ids = self.ids;
         declare_subjects(recorder, &pipelines, &ids)?;
         recorder
             .module_call_return(module, ModuleOutcome::Ok)
             .map_err(|e| e.to_string())?;
-        Ok(ids)
-    };
-    let ids = match run(recorder) {
-        Ok(ids) => ids,
-        Err(reason) => {
-            // Roll back the run; the collected pipelines drop (freeing their closures) on
-            // return.
-            recorder
-                .module_call_return(
-                    module,
-                    ModuleOutcome::Failed {
-                        reason: reason.clone(),
-                    },
-                )
-                .map_err(|e| format!("{reason}; rolling back failed too: {e}"))?;
-            return Err(reason);
+        let id_of = |handle: u64| track_of(handle).and_then(|i| ids.get(i)).copied();
+        for p in &mut pipelines {
+            p.track = id_of(p.track).unwrap_or(Id::MAX);
+            for op in &mut p.ops {
+                op.track = id_of(op.track).unwrap_or(Id::MAX);
+                op.path = recorder
+                    .state
+                    .track(op.track)
+                    .map(|t| t.path.clone())
+                    .unwrap_or_default();
+            }
         }
-    };
-    let id_of = |handle: u64| track_of(handle).and_then(|i| ids.get(i)).copied();
-    for p in &mut pipelines {
-        p.track = id_of(p.track).unwrap_or(Id::MAX);
-        for op in &mut p.ops {
-            op.track = id_of(op.track).unwrap_or(Id::MAX);
-            op.path = recorder
-                .state
-                .track(op.track)
-                .map(|t| t.path.clone())
-                .unwrap_or_default();
-        }
+        Ok((pipelines, ids))
     }
-    Ok((module, pipelines, ids))
 }
 
 /// The subjects each pipeline publishes to and reads, as `subject-use` events of the open run
@@ -1002,6 +1120,29 @@ mod tests {
     /// Operator descriptions built by hand, as a faulty or forged plugin could send them:
     /// the state its track-call announced, the state its vtable allocates, its index; and
     /// what the host must say (`None`: accepted).
+    /// Past the deadline, a queued message is not taken: the deadline holds under a flood.
+    #[test]
+    fn the_deadline_holds_with_messages_queued() {
+        let (tx, rx) = mpsc::channel();
+        for i in 0..3 {
+            tx.send(i).expect("the receiver is here");
+        }
+        let now = Instant::now();
+        let cases = [
+            (now.checked_sub(Duration::from_millis(1)), None),
+            (Some(now), None),
+            (Some(now + Duration::from_secs(60)), Some(0)),
+        ];
+        for (until, expected) in cases {
+            let until = until.expect("a clock past its first millisecond");
+            assert_eq!(
+                recv_until(&rx, until).ok(),
+                expected,
+                "{until:?} from {now:?}"
+            );
+        }
+    }
+
     #[test]
     fn op_descriptions_that_break_a_premise_are_refused() {
         let u64_state = state("u64", 8, 1);
@@ -1077,7 +1218,7 @@ mod tests {
                     clone: clone_nothing,
                 },
             };
-            let got = op_code(&tracks, std::ptr::null_mut(), index, &op);
+            let got = op_code(&tracks, 0, std::ptr::null_mut(), index, &op);
             match (expected, got) {
                 (None, Ok(code)) => assert_eq!(code.layout.size(), vtable.size, "{what}"),
                 (Some(part), Err(e)) => assert!(e.contains(part), "{what}: {e}"),
