@@ -45,7 +45,10 @@ struct Ctx {
     base: usize,
     /// Where full batches go (`None` once the reloader stopped listening: the rest is kept
     /// until the end, and dropped with the run).
-    out: Option<mpsc::Sender<Collected>>,
+    out: Option<mpsc::Sender<Stamped>>,
+    /// Tracks opened before the pipeline being registered now (when the last pipeline was
+    /// added): an operator's track is one of its own pipeline's.
+    first: usize,
     names: Names,
     /// Pipelines as compiled, with handles where track ids will go.
     pipelines: Vec<PipelineCode>,
@@ -80,11 +83,15 @@ impl Batch {
 const BATCH_CALLS: usize = 1024;
 
 /// What the registration thread sends the reloader's thread: full batches while the plugin
-/// runs, then the rest and the pipelines.
+/// runs, then the rest and the pipelines. Each with the time it was sent: what the plugin
+/// said before the deadline counts, however late the reloader reads it (`recv_sent_by`).
 enum Collected {
     Batch(Batch),
     Done(Box<Ctx>),
 }
+
+/// A message of the registration thread and when it was sent.
+type Stamped = (Instant, Collected);
 
 /// A track scope the plugin opened.
 struct Opened {
@@ -152,7 +159,7 @@ impl Ctx {
         let next = Batch::with_capacity(self.batch.tracks.len());
         let full = std::mem::replace(&mut self.batch, next);
         let opened = full.tracks.len();
-        if out.send(Collected::Batch(full)).is_ok() {
+        if out.send((Instant::now(), Collected::Batch(full))).is_ok() {
             self.base += opened;
         } else {
             // The reloader gave up on this run (its deadline passed): nothing more to say.
@@ -282,7 +289,7 @@ impl Ctx {
             });
         }
         for (i, op) in ops.iter().enumerate() {
-            match op_code(&self.batch.tracks, self.base, desc.env, i, op) {
+            match op_code(&self.batch.tracks, self.base, self.first, desc.env, i, op) {
                 Ok(o) => code.ops.push(o),
                 Err(e) => {
                     // SAFETY: the plugin passes a kind valid for the call.
@@ -295,6 +302,7 @@ impl Ctx {
             }
         }
         self.pipelines.push(code);
+        self.first = self.base + self.batch.tracks.len();
         self.send_full();
     }
 }
@@ -309,16 +317,19 @@ impl Ctx {
 ///   (no plugin code beyond the lookup runs), so a slot is never left unseeded and later
 ///   dropped as if it held a value.
 ///
-/// `tracks` are the tracks opened since the last batch sent, the first with handle `base + 1`:
-/// an operator's track is its own pipeline's, opened after the last pipeline was added.
+/// `tracks` are the tracks opened since the last batch sent, the first with handle `base + 1`;
+/// an operator's track must be its own pipeline's, opened after the tracks before `first`
+/// (whatever went in which batch).
 fn op_code(
     tracks: &[Opened],
     base: usize,
+    first: usize,
     env: *mut c_void,
     index: usize,
     op: &abi::OpDesc,
 ) -> Result<OpCode, String> {
     let Opened { signature: sig, .. } = track_of(op.track)
+        .filter(|&i| i >= first)
         .and_then(|i| i.checked_sub(base))
         .and_then(|i| tracks.get(i))
         .ok_or_else(|| {
@@ -558,7 +569,7 @@ struct Job {
     lib: Arc<LibVersion>,
     version: u64,
     expected: usize,
-    done: mpsc::Sender<Collected>,
+    done: mpsc::Sender<Stamped>,
 }
 
 impl Worker {
@@ -573,7 +584,7 @@ impl Worker {
                     // holds no version.
                     let done = job.done.clone();
                     let ctx = collect(job.lib, job.version, job.expected, Some(job.done));
-                    let _ = done.send(Collected::Done(Box::new(ctx)));
+                    let _ = done.send((Instant::now(), Collected::Done(Box::new(ctx))));
                 }
             })
             .map_err(|e| format!("cannot start the registration thread: {e}"))?;
@@ -653,13 +664,14 @@ impl Registrar {
             Ok(w) => w,
             Err(e) => return Err(rollback(recorder, e)),
         };
-        let until = Instant::now() + deadline;
+        // No deadline past what the clock can count.
+        let until = Instant::now().checked_add(deadline);
         let mut run = Replay {
             ids: Vec::with_capacity(expected),
             failed: None,
         };
         let ctx = loop {
-            match recv_until(&answer, until) {
+            match recv_sent_by(&answer, until) {
                 Ok(Collected::Batch(batch)) => run.batch(recorder, batch, &self.last_ids),
                 Ok(Collected::Done(ctx)) => {
                     self.worker = Some(worker);
@@ -694,15 +706,35 @@ impl Registrar {
     }
 }
 
-/// The next message of `rx` if one comes before `until`; `Timeout` once `until` has passed,
-/// even with messages queued: a `register` that never stops adding pipelines must not keep
-/// the reloader replaying its batches past the deadline.
-fn recv_until<T>(rx: &mpsc::Receiver<T>, until: Instant) -> Result<T, mpsc::RecvTimeoutError> {
+/// The next message of `rx` sent by `until` (`None`: whenever it comes). The deadline is the
+/// plugin's, not the reader's: a message sent in time is taken however late it is read (the
+/// reader was replaying the batches before it), and `Timeout` comes once the next message
+/// was sent after `until`, or none was sent by then. So a `register` that never stops
+/// adding pipelines cannot keep the reader replaying past the deadline: the messages sent by
+/// then are finite.
+fn recv_sent_by<T>(
+    rx: &mpsc::Receiver<(Instant, T)>,
+    until: Option<Instant>,
+) -> Result<T, mpsc::RecvTimeoutError> {
+    let Some(until) = until else {
+        return rx
+            .recv()
+            .map(|(_, m)| m)
+            .map_err(|_| mpsc::RecvTimeoutError::Disconnected);
+    };
     let left = until.saturating_duration_since(Instant::now());
-    if left.is_zero() {
+    let (sent, m) = if left.is_zero() {
+        rx.try_recv().map_err(|e| match e {
+            mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+            mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+        })?
+    } else {
+        rx.recv_timeout(left)?
+    };
+    if sent > until {
         return Err(mpsc::RecvTimeoutError::Timeout);
     }
-    rx.recv_timeout(left)
+    Ok(m)
 }
 
 /// Runs the plugin's `register` against a collecting [`HostApi`].
@@ -713,7 +745,7 @@ fn collect(
     lib: Arc<LibVersion>,
     version: u64,
     expected: usize,
-    out: Option<mpsc::Sender<Collected>>,
+    out: Option<mpsc::Sender<Stamped>>,
 ) -> Ctx {
     let mut ctx = Ctx {
         lib: lib.clone(),
@@ -721,6 +753,7 @@ fn collect(
         batch: Batch::with_capacity(expected),
         base: 0,
         out,
+        first: 0,
         names: Names::default(),
         pipelines: Vec::new(),
         error: None,
@@ -1117,32 +1150,90 @@ mod tests {
         }
     }
 
-    /// Operator descriptions built by hand, as a faulty or forged plugin could send them:
-    /// the state its track-call announced, the state its vtable allocates, its index; and
-    /// what the host must say (`None`: accepted).
-    /// Past the deadline, a queued message is not taken: the deadline holds under a flood.
+    /// The deadline is the sender's: what was sent by then is taken however late it is
+    /// read; the first message sent after it is a timeout, queued or not, so a flood of
+    /// messages cannot carry the reader past it; with no deadline, whatever comes.
     #[test]
-    fn the_deadline_holds_with_messages_queued() {
-        let (tx, rx) = mpsc::channel();
-        for i in 0..3 {
-            tx.send(i).expect("the receiver is here");
-        }
+    fn the_deadline_counts_what_was_sent_by_then() {
         let now = Instant::now();
-        let cases = [
-            (now.checked_sub(Duration::from_millis(1)), None),
-            (Some(now), None),
-            (Some(now + Duration::from_secs(60)), Some(0)),
-        ];
-        for (until, expected) in cases {
-            let until = until.expect("a clock past its first millisecond");
-            assert_eq!(
-                recv_until(&rx, until).ok(),
-                expected,
-                "{until:?} from {now:?}"
-            );
+        let ms = Duration::from_millis;
+        let before = now
+            .checked_sub(ms(10))
+            .expect("a clock past its first 10 ms");
+        let until = now.checked_sub(ms(5)).expect("as above");
+        let (tx, rx) = mpsc::channel();
+        for (sent, m) in [(before, 0), (until, 1), (now, 2), (before, 3)] {
+            tx.send((sent, m)).expect("the receiver is here");
+        }
+        // Read after the deadline, in order: two sent in time, then one sent late.
+        assert_eq!(recv_sent_by(&rx, Some(until)).ok(), Some(0));
+        assert_eq!(recv_sent_by(&rx, Some(until)).ok(), Some(1));
+        assert_eq!(
+            recv_sent_by(&rx, Some(until)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        // Nothing queued: a timeout at once past the deadline, the message before it.
+        assert_eq!(recv_sent_by(&rx, Some(until)).ok(), Some(3));
+        assert_eq!(
+            recv_sent_by(&rx, Some(until)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        tx.send((now + ms(1), 4)).expect("the receiver is here");
+        assert_eq!(recv_sent_by(&rx, Some(now + ms(60_000))).ok(), Some(4));
+        tx.send((now, 5)).expect("the receiver is here");
+        assert_eq!(recv_sent_by(&rx, None).ok(), Some(5));
+        drop(tx);
+        assert_eq!(
+            recv_sent_by(&rx, None),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+
+    /// An operator's track must be one of its own pipeline's (opened after `first`), however
+    /// the run's tracks were split into batches (`base`).
+    #[test]
+    fn an_operator_names_a_track_of_its_own_pipeline() {
+        let fp = state("u64", 8, 7);
+        let opened = || Opened {
+            key: None,
+            signature: Signature {
+                kind: Arc::from("scan"),
+                input: None,
+                output: None,
+                state: fingerprint(&fp),
+                seed: None,
+                children: Vec::new(),
+            },
+        };
+        // Tracks 6 to 8 (handles 7 to 9) since the last batch; this pipeline's from 7.
+        let tracks = [opened(), opened(), opened()];
+        let (base, first) = (6, 7);
+        for (handle, accepted) in [(6, false), (7, false), (8, true), (9, true), (10, false)] {
+            let op = OpDesc {
+                track: handle,
+                kind: RStr::new("scan"),
+                state: StateVTable {
+                    fingerprint: fp,
+                    init: init_two,
+                    drop: drop_nothing,
+                    debug: debug_nothing,
+                    clone: clone_nothing,
+                },
+            };
+            let got = op_code(&tracks, base, first, std::ptr::null_mut(), 0, &op);
+            match got {
+                Ok(_) => assert!(accepted, "handle {handle} accepted"),
+                Err(e) => {
+                    assert!(!accepted, "handle {handle} refused: {e}");
+                    assert!(e.contains("of this pipeline"), "{e}");
+                }
+            }
         }
     }
 
+    /// Operator descriptions built by hand, as a faulty or forged plugin could send them:
+    /// the state its track-call announced, the state its vtable allocates, its index; and
+    /// what the host must say (`None`: accepted).
     #[test]
     fn op_descriptions_that_break_a_premise_are_refused() {
         let u64_state = state("u64", 8, 1);
@@ -1218,7 +1309,7 @@ mod tests {
                     clone: clone_nothing,
                 },
             };
-            let got = op_code(&tracks, 0, std::ptr::null_mut(), index, &op);
+            let got = op_code(&tracks, 0, 0, std::ptr::null_mut(), index, &op);
             match (expected, got) {
                 (None, Ok(code)) => assert_eq!(code.layout.size(), vtable.size, "{what}"),
                 (Some(part), Err(e)) => assert!(e.contains(part), "{what}: {e}"),
