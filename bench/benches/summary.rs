@@ -681,7 +681,7 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         Ok((ns_per(t, N_PUSH), black_box(acc)))
     };
     // Not a contender for the verdict: the same chain and values through `push_item`, the
-    // entry of subject deliveries, lines and every port but 0 (scenarios 11 and 12).
+    // general entry (lines; subject deliveries take its path through `push_subject`).
     let mut item = || -> anyhow::Result<(f64, u64)> {
         let capture = Arc::new(CountingSink::default());
         let mut d = publisher
@@ -704,7 +704,7 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         "host (one value per call)",
         "rxRust Subject",
         "3 AtomicPtr fn slots",
-        "reference: host, the same chain through `Driver::push_item` (subjects, lines, ports > 0)",
+        "reference: host, the same chain through `Driver::push_item` (lines; subjects' path)",
     ];
     let medians = side_by_side(
         ROUNDS,
@@ -2021,15 +2021,10 @@ fn host_fanin(publisher: &Publisher, n: u64, chunk: usize) -> anyhow::Result<(f6
     let mut next = 0u64;
     while next < end {
         if chunk == 1 {
-            // As a pipeline thread pushes two intervals: `push_one` for port 0, `push_item`
+            // As a pipeline thread pushes two intervals: `push_one` for port 0, `push_u64`
             // for the others.
             let b = right_of(next);
-            let r = (
-                d.push_one(next),
-                // SAFETY: `b` is a `u64`, live for the call; `push_item` checks that port 1
-                // takes `u64` values.
-                unsafe { d.push_item(1, Wire::U64, (&raw const b).cast()) },
-            );
+            let r = (d.push_one(next), d.push_u64(1, b));
             refused += u64::from(!matches!(r.0, Ok(Pushed::Continue)));
             refused += u64::from(!matches!(r.1, Ok(Pushed::Continue)));
             next += 1;

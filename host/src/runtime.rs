@@ -2301,6 +2301,9 @@ pub struct Driver {
     inner_hubs: Vec<Arc<Hub>>,
     /// Whether `code` has a higher-order operator: batches go in short runs (`push_runs`).
     inner_runs: bool,
+    /// Bit `p` set when port `p` (below 64) of `code` takes `u64` values: `push_u64`'s one
+    /// test (refreshed with `entry`).
+    u64_ports: u64,
 }
 
 // SAFETY: a driver's pointers (`hot`, `cx`) point into what it owns (its code, its slots,
@@ -2402,6 +2405,7 @@ impl Driver {
         recent.set_code(&code);
         let entry = port_entry(&code, tally.is_some());
         let inner_runs = code.runs_inners();
+        let u64_ports = u64_ports(&entry.1);
         Ok(Driver {
             hot: (push_one, env, states.as_ptr()),
             entry,
@@ -2422,6 +2426,7 @@ impl Driver {
             recent,
             inner_hubs: Vec::new(),
             inner_runs,
+            u64_ports,
         })
     }
 
@@ -2498,6 +2503,7 @@ impl Driver {
         let (_, env) = new.push_one_raw(self.tally.is_some());
         self.hot = (self.port0_entry(&new), env, self.states.as_ptr());
         self.entry = port_entry(&new, self.tally.is_some());
+        self.u64_ports = u64_ports(&self.entry.1);
         // The old code is dropped here if nothing else holds it (live inner subscriptions
         // keep their own version's library until re-projected; kept subject values move to
         // the new version's glue).
@@ -2628,6 +2634,39 @@ impl Driver {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Runs one value of `port`, a `u64` source (an interval's tick), through the newest
+    /// code: `push_one`'s path for any port, with one test of the port where `push_item`
+    /// compares what the port takes; `push_item`'s answers where that test fails.
+    #[inline(always)]
+    pub fn push_u64(&mut self, port: u32, x: u64) -> Result<Pushed, String> {
+        let direct = !self.done
+            && self.started
+            && port < 64
+            && self.u64_ports >> port & 1 == 1
+            && self.shared.generation.load(Ordering::Acquire) == self.generation;
+        if !direct {
+            // SAFETY: `x` is a live `u64`, valid for the call.
+            return unsafe { self.push_item(port, Wire::U64, (&raw const x).cast()) };
+        }
+        // As `push_one`, through the entry point for any port.
+        let calls = self.calls;
+        self.shared.calls.store(calls + 1, Ordering::Relaxed);
+        let push_one = self.entry.0;
+        let (_, env, states) = self.hot;
+        // SAFETY: the current code's entry point and closures and the slot array built for
+        // it (refreshed together, the generation checked above); the port takes `u64`
+        // values (its bit, refreshed with the code); `x` is live for the call.
+        let s = unsafe { push_one(env, states, port, (&raw const x).cast::<c_void>(), &self.cx) };
+        debug_assert_eq!(self.calls, calls);
+        self.calls = calls + 2;
+        self.shared.calls.store(calls + 2, Ordering::Relaxed);
+        self.after_call();
+        self.recent.keep_u64(port, x);
+        let p = Pushed::from_one(s);
+        self.note(&Ok(p));
+        Ok(p)
     }
 
     #[cold]
@@ -3573,6 +3612,16 @@ struct PortTakes {
     layout: Option<(u64, u64, u64)>,
 }
 
+/// The ports of `takes` below 64 that take `u64` values, as bits.
+fn u64_ports(takes: &[PortTakes]) -> u64 {
+    takes
+        .iter()
+        .take(64)
+        .enumerate()
+        .filter(|(_, t)| t.wire == Wire::U64)
+        .fold(0, |bits, (p, _)| bits | 1 << p)
+}
+
 /// `code`'s entry point for any port and what each port takes (see `Driver::entry`).
 fn port_entry(code: &PipelineCode, counted: bool) -> (PushOneFn, Vec<PortTakes>) {
     let takes = code
@@ -4164,13 +4213,7 @@ fn run_pipeline(
                             let r = if port == 0 {
                                 cell.with(|d| d.at_due(due, |d| d.push_one(x)))
                             } else {
-                                cell.with(|d| {
-                                    // SAFETY: an interval port takes `u64` values (checked by
-                                    // `push_item`); `x` outlives the call.
-                                    d.at_due(due, |d| unsafe {
-                                        d.push_item(port, Wire::U64, (&raw const x).cast())
-                                    })
-                                })
+                                cell.with(|d| d.at_due(due, |d| d.push_u64(port, x)))
                             };
                             step!(r, p);
                         }
@@ -4258,12 +4301,7 @@ fn run_pipeline(
             let r = if port == 0 {
                 cell.with(|d| d.at_due(due, |d| d.push_one(x)))
             } else {
-                cell.with(|d| {
-                    // SAFETY: an interval port takes `u64` values; `x` outlives the call.
-                    d.at_due(due, |d| unsafe {
-                        d.push_item(port, Wire::U64, (&raw const x).cast::<c_void>())
-                    })
-                })
+                cell.with(|d| d.at_due(due, |d| d.push_u64(port, x)))
             };
             step!(r, p);
             if shared.stop.load(Ordering::Acquire) {

@@ -235,3 +235,69 @@ fn an_inner_source_change_resets_the_fan_in_and_says_so() -> anyhow::Result<()> 
     host.stop();
     Ok(())
 }
+
+/// `Driver::push_u64`, how a pipeline thread pushes an interval's tick on any port but the
+/// first: a value of a `u64` port goes in, in order with the first port's; a port that takes
+/// lines, a port the pipeline does not have, and any port of a completed chain get the
+/// answers `push_item` gives them, and nothing runs.
+#[test]
+fn a_u64_port_past_the_first_takes_its_values_and_refuses_what_it_must() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::mpsc::channel;
+
+    use host::code::Pushed;
+    use host::events::ChannelSink;
+    use host::loader::Loader;
+    use host::runtime::Publisher;
+    use host::testkit::TempDir;
+
+    let fixture = Fixture::new(
+        "fan_in_u64_ports",
+        &plugin(
+            r#"p.pipeline("m", interval_ms(1000))
+        .merge(interval_ms(1000))
+        .merge(file_lines("in.txt").map(|s: String| s.len() as u64))
+        .take(3)
+        .log();"#,
+        ),
+    );
+    let config = fixture.build_config(false)?;
+    let keep = TempDir::new("fan-in-u64-ports-libs");
+    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
+    let (lib, _) = Loader::new()?.load(&lib, 1)?;
+    let mut recorder = hmr_track::Recorder::without_log();
+    let (_, mut codes) =
+        host::register::register(&lib, &mut recorder, host::register::REGISTER_DEADLINE)?;
+    let publisher = Publisher::new(codes.remove(0));
+    let (tx, rx) = channel();
+    let mut d = publisher
+        .driver(Arc::new(ChannelSink(tx)))
+        .map_err(anyhow::Error::msg)?;
+    d.start().map_err(anyhow::Error::msg)?;
+    let refused = |port: u32| format!("port {port} of m does not take U64 values");
+    let cases: [(u32, u64, Result<Pushed, String>); 6] = [
+        (1, 8, Ok(Pushed::Continue)),
+        (0, 7, Ok(Pushed::Continue)),
+        (2, 9, Err(refused(2))),
+        (64, 9, Err(refused(64))),
+        (1, 10, Ok(Pushed::Complete { consumed: 1 })),
+        (1, 11, Ok(Pushed::Complete { consumed: 1 })),
+    ];
+    for (port, x, expected) in cases {
+        let got = if port == 0 {
+            d.push_one(x)
+        } else {
+            d.push_u64(port, x)
+        };
+        assert_eq!(got, expected, "port {port}, value {x}");
+    }
+    let emitted: Vec<String> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            HostEvent::Emission { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(emitted, ["8", "7", "10"]);
+    Ok(())
+}
