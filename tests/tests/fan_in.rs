@@ -239,7 +239,9 @@ fn an_inner_source_change_resets_the_fan_in_and_says_so() -> anyhow::Result<()> 
 /// `Driver::push_u64`, how a pipeline thread pushes an interval's tick on any port but the
 /// first: a value of a `u64` port goes in, in order with the first port's; a port that takes
 /// lines, a port the pipeline does not have, and any port of a completed chain get the
-/// answers `push_item` gives them, and nothing runs.
+/// answers `push_item` gives them, and nothing runs. Its test of the port is refreshed with
+/// the code: after a migration to code whose port 1 reads lines (the driver took it on a
+/// push of port 0), a `u64` for port 1 is refused, not read as a line.
 #[test]
 fn a_u64_port_past_the_first_takes_its_values_and_refuses_what_it_must() -> anyhow::Result<()> {
     use std::sync::Arc;
@@ -258,6 +260,10 @@ fn a_u64_port_past_the_first_takes_its_values_and_refuses_what_it_must() -> anyh
         .merge(interval_ms(1000))
         .merge(file_lines("in.txt").map(|s: String| s.len() as u64))
         .take(3)
+        .log();
+    p.pipeline("n", interval_ms(1000))
+        .merge(file_lines("in.txt").map(|s: String| s.len() as u64))
+        .take(3)
         .log();"#,
         ),
     );
@@ -266,30 +272,47 @@ fn a_u64_port_past_the_first_takes_its_values_and_refuses_what_it_must() -> anyh
     let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
     let (lib, _) = Loader::new()?.load(&lib, 1)?;
     let mut recorder = hmr_track::Recorder::without_log();
-    let (_, mut codes) =
+    let (_, codes) =
         host::register::register(&lib, &mut recorder, host::register::REGISTER_DEADLINE)?;
-    let publisher = Publisher::new(codes.remove(0));
+    let mut codes = codes.into_iter();
+    let (Some(m), Some(n)) = (codes.next(), codes.next()) else {
+        anyhow::bail!("the plugin registered fewer than two pipelines");
+    };
+    let publisher = Publisher::new(m);
     let (tx, rx) = channel();
     let mut d = publisher
         .driver(Arc::new(ChannelSink(tx)))
         .map_err(anyhow::Error::msg)?;
     d.start().map_err(anyhow::Error::msg)?;
-    let refused = |port: u32| format!("port {port} of m does not take U64 values");
-    let cases: [(u32, u64, Result<Pushed, String>); 6] = [
+    let refused = |name: &str, port: u32| format!("port {port} of {name} does not take U64 values");
+    let steps: [(u32, u64, Result<Pushed, String>); 5] = [
         (1, 8, Ok(Pushed::Continue)),
         (0, 7, Ok(Pushed::Continue)),
-        (2, 9, Err(refused(2))),
-        (64, 9, Err(refused(64))),
-        (1, 10, Ok(Pushed::Complete { consumed: 1 })),
-        (1, 11, Ok(Pushed::Complete { consumed: 1 })),
+        (2, 9, Err(refused("m", 2))),
+        (3, 9, Err(refused("m", 3))),
+        (64, 9, Err(refused("m", 64))),
     ];
-    for (port, x, expected) in cases {
-        let got = if port == 0 {
+    let push = |d: &mut host::runtime::Driver, port: u32, x: u64| {
+        if port == 0 {
             d.push_one(x)
         } else {
             d.push_u64(port, x)
-        };
-        assert_eq!(got, expected, "port {port}, value {x}");
+        }
+    };
+    for (port, x, expected) in steps {
+        assert_eq!(push(&mut d, port, x), expected, "m: port {port}, value {x}");
+    }
+    // Version 2: `n`, whose port 1 reads lines (its state starts afresh: other tracks).
+    publisher.publish(n);
+    let steps: [(u32, u64, Result<Pushed, String>); 5] = [
+        (0, 10, Ok(Pushed::Continue)),
+        (1, 11, Err(refused("n", 1))),
+        (0, 12, Ok(Pushed::Continue)),
+        (0, 13, Ok(Pushed::Complete { consumed: 1 })),
+        (1, 14, Ok(Pushed::Complete { consumed: 1 })),
+    ];
+    for (port, x, expected) in steps {
+        assert_eq!(push(&mut d, port, x), expected, "n: port {port}, value {x}");
     }
     let emitted: Vec<String> = rx
         .try_iter()
@@ -298,6 +321,6 @@ fn a_u64_port_past_the_first_takes_its_values_and_refuses_what_it_must() -> anyh
             _ => None,
         })
         .collect();
-    assert_eq!(emitted, ["8", "7", "10"]);
+    assert_eq!(emitted, ["8", "7", "10", "12", "13"]);
     Ok(())
 }
