@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,6 +68,11 @@ impl Browser {
     /// Starts `chromium` headless on `url` with a fresh profile and attaches to the page.
     pub fn open(chromium: &Path, url: &str) -> anyhow::Result<Browser> {
         let profile = TempDir::new("chromium-profile");
+        // Its own temporary files too (`org.chromium.Chromium.*`, which a killed Chromium
+        // leaves behind): inside the profile, removed with it.
+        let tmp = profile.path().join("tmp");
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let child = Command::new(chromium)
             .args([
                 "--headless",
@@ -81,10 +87,13 @@ impl Browser {
                 "--window-size=1280,860",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
+            .env("TMPDIR", &tmp)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, with the helpers it starts: ended together (`Drop`).
+            .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", chromium.display()))?;
         let mut browser = Browser {
@@ -185,9 +194,28 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends Chromium and its helpers (renderer, GPU, network service: its process group),
+    /// and waits until none is left before the profile is removed: killed alone, the main
+    /// process left helpers writing into the profile, which then outlived the test (a
+    /// megabyte in the temp dir a run).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let signal = |sig: &str| {
+            Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !signal("-KILL") {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
+        // Not children of ours: no wait to block in, so the group is asked until it is empty.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while signal("-0") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
