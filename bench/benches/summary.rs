@@ -681,7 +681,8 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         Ok((ns_per(t, N_PUSH), black_box(acc)))
     };
     // Not a contender for the verdict: the same chain and values through `push_item`, the
-    // general entry (lines; subject deliveries take its path through `push_subject`).
+    // entry of every port but 0 (`push_u64`'s path for intervals; lines and subject
+    // deliveries take it with the port's table for a test).
     let mut item = || -> anyhow::Result<(f64, u64)> {
         let capture = Arc::new(CountingSink::default());
         let mut d = publisher
@@ -704,7 +705,7 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         "host (one value per call)",
         "rxRust Subject",
         "3 AtomicPtr fn slots",
-        "reference: host, the same chain through `Driver::push_item` (lines; subjects' path)",
+        "reference: host, the same chain through `Driver::push_item` (ports > 0)",
     ];
     let medians = side_by_side(
         ROUNDS,

@@ -95,7 +95,7 @@ type Stamped = (Instant, Collected);
 
 /// A track scope the plugin opened.
 struct Opened {
-    /// Where its key is in `Ctx::keys`.
+    /// Where its key is in its batch's `keys`.
     key: Option<std::ops::Range<usize>>,
     signature: Signature,
 }
@@ -739,8 +739,9 @@ fn recv_sent_by<T>(
 
 /// Runs the plugin's `register` against a collecting [`HostApi`].
 ///
-/// `expected` tracks (the last run's count) are made room for at once: growing the buffers
-/// by doubling would copy every signature collected so far, several times over.
+/// The first batch makes room for `expected` tracks (the last run's count), each next one
+/// for as many as the batch before it took: growing a batch by doubling would copy every
+/// signature collected so far, several times over.
 fn collect(
     lib: Arc<LibVersion>,
     version: u64,

@@ -2301,8 +2301,8 @@ pub struct Driver {
     inner_hubs: Vec<Arc<Hub>>,
     /// Whether `code` has a higher-order operator: batches go in short runs (`push_runs`).
     inner_runs: bool,
-    /// Bit `p` set when port `p` (below 64) of `code` takes `u64` values: `push_u64`'s one
-    /// test (refreshed with `entry`).
+    /// Bit `p` set when port `p` (below 64) of `code` takes `u64` values: the test of a
+    /// `u64` pushed into a port (`push_checked`), refreshed with `entry`.
     u64_ports: u64,
 }
 
@@ -2636,37 +2636,13 @@ impl Driver {
         }
     }
 
-    /// Runs one value of `port`, a `u64` source (an interval's tick), through the newest
-    /// code: `push_one`'s path for any port, with one test of the port where `push_item`
-    /// compares what the port takes; `push_item`'s answers where that test fails.
+    /// Runs one value of `port`, a `u64` source (an interval's tick on any port), through
+    /// the newest code: `push_item`'s path, whose test of the port is then one bit of a mask
+    /// (`u64_ports`) rather than the port's entry in the table.
     #[inline(always)]
     pub fn push_u64(&mut self, port: u32, x: u64) -> Result<Pushed, String> {
-        let direct = !self.done
-            && self.started
-            && port < 64
-            && self.u64_ports >> port & 1 == 1
-            && self.shared.generation.load(Ordering::Acquire) == self.generation;
-        if !direct {
-            // SAFETY: `x` is a live `u64`, valid for the call.
-            return unsafe { self.push_item(port, Wire::U64, (&raw const x).cast()) };
-        }
-        // As `push_one`, through the entry point for any port.
-        let calls = self.calls;
-        self.shared.calls.store(calls + 1, Ordering::Relaxed);
-        let push_one = self.entry.0;
-        let (_, env, states) = self.hot;
-        // SAFETY: the current code's entry point and closures and the slot array built for
-        // it (refreshed together, the generation checked above); the port takes `u64`
-        // values (its bit, refreshed with the code); `x` is live for the call.
-        let s = unsafe { push_one(env, states, port, (&raw const x).cast::<c_void>(), &self.cx) };
-        debug_assert_eq!(self.calls, calls);
-        self.calls = calls + 2;
-        self.shared.calls.store(calls + 2, Ordering::Relaxed);
-        self.after_call();
-        self.recent.keep_u64(port, x);
-        let p = Pushed::from_one(s);
-        self.note(&Ok(p));
-        Ok(p)
+        // SAFETY: `x` is a live `u64`, valid for the call.
+        unsafe { self.push_item(port, Wire::U64, (&raw const x).cast()) }
     }
 
     #[cold]
@@ -2728,35 +2704,83 @@ impl Driver {
     ) -> Result<Pushed, String> {
         // The common case, with `prepare_push`'s checks folded into one test: a started, not
         // completed chain whose code is current and whose port takes `wire` (and, for a
-        // subject's value, its layout). Anything else is prepared (or refused) first.
-        let takes = PortTakes {
-            wire,
-            layout: layout.map(|(f, _)| (f.hash, f.size, f.align)),
+        // subject's value, its layout). Anything else is prepared (or refused) first. A
+        // `u64` (an interval's tick) is tested against one bit of `u64_ports`, a line or a
+        // subject's value against the port's entry in the table (inlined, `wire` is a
+        // constant of the caller's: one test or the other is compiled).
+        let takes_it = if wire == Wire::U64 && layout.is_none() {
+            port < 64 && self.u64_ports >> port & 1 == 1
+        } else {
+            let takes = PortTakes {
+                wire,
+                layout: layout.map(|(f, _)| (f.hash, f.size, f.align)),
+            };
+            self.entry.1.get(port as usize) == Some(&takes)
         };
         let direct = !self.done
             && self.started
             && self.shared.generation.load(Ordering::Acquire) == self.generation
-            && self.entry.1.get(port as usize) == Some(&takes);
-        if !direct && let Some(refused) = self.prepare_push(port, wire, layout) {
+            && takes_it;
+        if !direct {
+            // SAFETY: forwarded.
+            return unsafe { self.push_prepared(port, wire, item, layout) };
+        }
+        // SAFETY: forwarded; the port takes `wire` (and the layout), checked above.
+        unsafe { self.push_direct(port, wire, item, layout.map(|(_, s)| s)) }
+    }
+
+    /// `push_checked` when its one test fails, out of its way: the value goes in once
+    /// `prepare_push` has made the driver ready for it, or is refused.
+    ///
+    /// # Safety
+    /// As `push_checked`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn push_prepared(
+        &mut self,
+        port: u32,
+        wire: Wire,
+        item: *const c_void,
+        layout: Option<(&hmr_track::Fingerprint, &str)>,
+    ) -> Result<Pushed, String> {
+        if let Some(refused) = self.prepare_push(port, wire, layout) {
             return refused;
         }
+        // SAFETY: forwarded; `prepare_push` checked the port's wire type and layout.
+        unsafe { self.push_direct(port, wire, item, layout.map(|(_, s)| s)) }
+    }
+
+    /// Runs `item` into `port` of the current code (keeps it, marks the call): the port is
+    /// known to take it.
+    ///
+    /// # Safety
+    /// As `push_checked`, and the driver's code current and its `port` taking `wire` values
+    /// (of the subject's layout, for `Wire::Ptr`).
+    #[inline(always)]
+    unsafe fn push_direct(
+        &mut self,
+        port: u32,
+        wire: Wire,
+        item: *const c_void,
+        subject: Option<&str>,
+    ) -> Result<Pushed, String> {
         // `mark_call` twice, with the count in a register across the call (as `push_one`).
         let calls = self.calls;
         self.shared.calls.store(calls + 1, Ordering::Relaxed);
-        // SAFETY: the caller's obligation: `item` points at one value of `wire`'s type (of
-        // the port's layout, checked above or by `prepare_push`, for a subject's).
-        unsafe { self.keep(port, wire, item, layout.map(|(_, s)| s)) };
         let push_one = self.entry.0;
         let (_, env, states) = self.hot;
         // SAFETY: the current code's entry point and closures (refreshed with the code, whose
-        // generation was checked above or taken by `prepare_push`) and the slot array built
-        // for it; the port takes `wire` values (and the layout), checked above or by
-        // `prepare_push`; `item` is the caller's obligation.
+        // generation the caller checked or `prepare_push` took) and the slot array built for
+        // it; the port takes `wire` values (and the layout): the caller's obligation.
         let s = unsafe { push_one(env, states, port, item, &self.cx) };
         debug_assert_eq!(self.calls, calls);
         self.calls = calls + 2;
         self.shared.calls.store(calls + 2, Ordering::Relaxed);
         self.after_call();
+        // Kept after the call, as `push_one` keeps its value (the plugin only borrows it).
+        // SAFETY: the caller's obligation: `item` points at one value of `wire`'s type (of
+        // the port's layout, for a subject's), valid for the whole push.
+        unsafe { self.keep(port, wire, item, subject) };
         let p = Pushed::from_one(s);
         self.note(&Ok(p));
         Ok(p)
