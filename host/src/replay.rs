@@ -37,7 +37,7 @@ use plugin_api::abi::{
     clone_status,
 };
 
-use crate::code::{PipelineCode, Pushed, StateSlots, Wire};
+use crate::code::{HIGHER_ORDER, PipelineCode, Pushed, StateSlots, Wire};
 use crate::events::{ReplayInfo, ReplaySample};
 use crate::inner::Bytes;
 use crate::loader::LibVersion;
@@ -72,22 +72,6 @@ const NOT_REPLAYED: &[(&str, &str)] = &[
     (
         "buffer_time_ms",
         "a time operator: its pending timers are not copied",
-    ),
-    (
-        "switch_map",
-        "a higher-order operator: its inner subscriptions are not copied",
-    ),
-    (
-        "merge_map",
-        "a higher-order operator: its inner subscriptions are not copied",
-    ),
-    (
-        "concat_map",
-        "a higher-order operator: its inner subscriptions are not copied",
-    ),
-    (
-        "exhaust_map",
-        "a higher-order operator: its inner subscriptions are not copied",
     ),
 ];
 
@@ -582,13 +566,20 @@ fn cut(text: &str) -> String {
     format!("{}…", &text[..n])
 }
 
-/// Why `code` is not replayed, if it is not.
+/// Why `code` is not replayed, if it is not: a kind of `NOT_REPLAYED`, or a higher-order
+/// operator ([`HIGHER_ORDER`]).
 fn not_replayable(code: &PipelineCode) -> Option<String> {
     code.ops.iter().find_map(|op| {
-        NOT_REPLAYED
+        let why = NOT_REPLAYED
             .iter()
             .find(|(kind, _)| *kind == op.kind)
-            .map(|(kind, why)| format!("{} is {kind}, {why}", op.path))
+            .map(|(_, why)| *why)
+            .or_else(|| {
+                HIGHER_ORDER
+                    .contains(&op.kind.as_str())
+                    .then_some("a higher-order operator: its inner subscriptions are not copied")
+            })?;
+        Some(format!("{} is {}, {why}", op.path, op.kind))
     })
 }
 

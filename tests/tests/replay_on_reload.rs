@@ -264,7 +264,7 @@ fn a_reload_reports_what_the_edit_changes_on_the_recent_inputs() -> anyhow::Resu
             .reason
             .as_deref()
             .unwrap_or("")
-            .contains("switch_map"),
+            .contains("higher|0:switch_map is switch_map, a higher-order operator"),
         "{higher:?}"
     );
 
