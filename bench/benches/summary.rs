@@ -1767,7 +1767,7 @@ fn host_subject(
             .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
         d.start()
             .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
-        let d = Arc::new(std::sync::Mutex::new(d));
+        let d = Arc::new(host::runtime::SharedDriver::new(d));
         // SAFETY: the publisher's `publish` sends its source's `u64`s, and every subscriber
         // pipeline reads `subject::<u64>`: the layouts agree.
         unsafe { hub.subscribe_driver(0, d.clone(), PanicPolicy::Drop) }
@@ -1788,7 +1788,7 @@ fn host_subject(
     let t = started.elapsed();
     let mut acc = 0u64;
     for (d, capture) in &subscribed {
-        let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = d.lock();
         hub.unsubscribe_pipeline(d.pipeline());
         acc = fold31(acc, finish(&mut d, capture)?);
     }
@@ -1901,7 +1901,7 @@ fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> 
             .collect::<anyhow::Result<Vec<_>>>()?;
         // A hub refuses a driver whose port does not read its subject (the publisher's
         // port 0 is an interval).
-        let wrong = Arc::new(std::sync::Mutex::new(
+        let wrong = Arc::new(host::runtime::SharedDriver::new(
             publisher
                 .driver(null_sink())
                 .map_err(|e| anyhow::anyhow!("seeding the publisher: {e}"))?,

@@ -95,6 +95,8 @@ enum Kind {
     U64,
     Line,
     Held,
+    /// A subject's value of 8 plain bytes (no drop glue), in the slot's `x`.
+    Inline,
     Complete,
 }
 
@@ -122,6 +124,9 @@ pub(crate) struct Recent {
     held: Vec<Option<(u32, Bytes)>>,
     /// Per port, how a subject port's values are kept (`None` for the other sources).
     glue: Vec<Option<Glue>>,
+    /// Bit `p`: port `p`'s values are 8 plain bytes (a number), kept in the slot itself
+    /// (`Kind::Inline`: a copy, no call into the plugin, no room).
+    inline: u64,
     /// Keeps the code of `glue` live.
     lib: Option<Arc<LibVersion>>,
     cap: usize,
@@ -146,6 +151,7 @@ impl Recent {
             lines: vec![String::new(); cap],
             held: (0..cap).map(|_| None).collect(),
             glue: Vec::new(),
+            inline: 0,
             lib: None,
             cap,
             next: 0,
@@ -219,22 +225,15 @@ impl Recent {
         port: u32,
         value: *const c_void,
     ) -> Result<(), u32> {
-        // The common case inline: an 8-byte plain value (a number) into a slot whose room
-        // already holds one of this port's.
-        let i = self.next;
-        if let (Some(Some(g)), Some(Some((p, room)))) =
-            (self.glue.get(port as usize), self.held.get_mut(i))
-            && g.plain
-            && g.layout.size() == 8
-            && *p == port
-        {
-            // SAFETY: `value` points at a live value of the port's layout, 8 bytes (the
-            // caller's obligation); the room is valid for that layout; the two do not overlap.
-            unsafe { std::ptr::copy_nonoverlapping(value.cast::<u8>(), room.as_mut_ptr(), 8) };
+        // The common case inline: an 8-byte plain value (a number), its bytes in the slot.
+        if port < 64 && self.inline >> port & 1 == 1 {
+            // SAFETY: `value` points at a live value of the port's layout, 8 bytes of any
+            // alignment up to 8 (the caller's obligation); read as bytes, unaligned.
+            let x = unsafe { value.cast::<u64>().read_unaligned() };
             self.put(Kept {
-                kind: Kind::Held,
+                kind: Kind::Inline,
                 port,
-                x: 0,
+                x,
             });
             return Ok(());
         }
@@ -320,23 +319,46 @@ impl Recent {
                 })
             })
             .collect();
+        self.take_glue(glue);
+        self.lib = Some(code.lib().clone());
+    }
+
+    /// `set_code` with its ports' glue read: the kept values follow it.
+    fn take_glue(&mut self, glue: Vec<Option<Glue>>) {
+        // A value kept under other terms (another layout, or a copy of plain bytes where
+        // the new version's type has drop glue, or the other way round) goes with the glue
+        // it was kept with.
+        let terms = |g: &[Option<Glue>], port: usize| {
+            g.get(port).copied().flatten().map(|g| (g.layout, g.plain))
+        };
         for i in 0..self.held.len() {
             let Some(port) = self.held[i].as_ref().map(|(p, _)| *p as usize) else {
                 continue;
             };
-            // A value kept under other terms (another layout, or a copy of plain bytes where
-            // the new version's type has drop glue, or the other way round) goes with the glue
-            // it was kept with.
-            let terms =
-                |g: &[Option<Glue>]| g.get(port).copied().flatten().map(|g| (g.layout, g.plain));
-            if terms(&self.glue) != terms(&glue)
+            if terms(&self.glue, port) != terms(&glue, port)
                 && let Some((p, room)) = self.held[i].take()
             {
                 self.free(p, room);
             }
         }
+        // The same for the values kept in the ring's slots: one whose port's terms changed
+        // reads as a completion, as a freed room does (its slot's room, if any, may hold
+        // another port's value).
+        for k in &mut self.ring {
+            let port = k.port as usize;
+            if matches!(k.kind, Kind::Inline) && terms(&self.glue, port) != terms(&glue, port) {
+                k.kind = Kind::Complete;
+            }
+        }
+        self.inline = glue
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(|(_, g)| {
+                g.is_some_and(|g| g.plain && g.layout.size() == 8 && g.layout.align() <= 8)
+            })
+            .fold(0, |m, (p, _)| m | 1 << p);
         self.glue = glue;
-        self.lib = Some(code.lib().clone());
     }
 
     /// Drops a kept value of `port` and frees its room.
@@ -388,6 +410,7 @@ impl Recent {
             let i = i % self.cap.max(1);
             let k = self.ring[i];
             match k.kind {
+                Kind::Inline => Input::Held(k.port, (&raw const self.ring[i].x).cast()),
                 Kind::U64 => Input::U64(k.port, k.x),
                 Kind::Line => Input::Line(k.port, &self.lines[i]),
                 Kind::Held => match &self.held[i] {
@@ -914,6 +937,65 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    unsafe extern "C" fn clone_u32(src: *const u8, dst: *mut u8) -> u32 {
+        // SAFETY: the test passes a live `u32` and room for one.
+        unsafe { dst.cast::<u32>().write(src.cast::<u32>().read()) };
+        clone_status::OK
+    }
+
+    /// A subject port's glue in these tests: plain values of `layout`.
+    fn plain(layout: Layout) -> Option<Glue> {
+        Some(Glue {
+            clone: clone_u32,
+            drop: forget_plain,
+            plain: true,
+            layout,
+        })
+    }
+
+    /// What the ring reads back: a held value as the `u64` (or `u32`) it points at.
+    fn read_back(r: &Recent, size: usize) -> Vec<String> {
+        r.iter()
+            .map(|i| match i {
+                // SAFETY: the ring's values of these tests are `u64`s or `u32`s.
+                Input::Held(p, v) if size == 8 => format!("{p}: {}", unsafe { *v.cast::<u64>() }),
+                // SAFETY: as above.
+                Input::Held(p, v) => format!("{p}: {}", unsafe { *v.cast::<u32>() }),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_eight_byte_values_are_kept_in_the_ring_and_go_with_their_terms() {
+        let u64s = Layout::new::<u64>();
+        let mut r = Recent::new(3);
+        r.take_glue(vec![None, plain(u64s), plain(Layout::new::<u32>())]);
+        assert_eq!(r.inline, 0b10, "only the 8-byte port is kept inline");
+        for x in [7u64, 8, 9, 10] {
+            // SAFETY: port 1 reads `u64`s; `x` lives across the call.
+            unsafe { r.keep_subject(1, (&raw const x).cast()) }.unwrap();
+        }
+        assert_eq!(read_back(&r, 8), ["1: 8", "1: 9", "1: 10"]);
+        // A `u32` port's values go to the slot's room, beside the inline ones.
+        let y = 5u32;
+        // SAFETY: port 2 reads `u32`s.
+        unsafe { r.keep_subject(2, (&raw const y).cast()) }.unwrap();
+        assert_eq!(r.iter().count(), 3);
+        // The same terms again (a swap): the values stay.
+        r.take_glue(vec![None, plain(u64s), plain(Layout::new::<u32>())]);
+        assert_eq!(read_back(&r, 8)[..2], ["1: 9", "1: 10"]);
+        // Port 1 now reads another layout: its kept values read as completions, not as
+        // the new layout's bytes; port 2's value stays.
+        r.take_glue(vec![
+            None,
+            plain(Layout::new::<u32>()),
+            plain(Layout::new::<u32>()),
+        ]);
+        assert_eq!(r.inline, 0);
+        assert_eq!(read_back(&r, 4), ["Complete(1)", "Complete(1)", "2: 5"]);
     }
 
     #[test]

@@ -127,12 +127,8 @@ pub(crate) struct Shared {
     replay_inputs: std::sync::atomic::AtomicUsize,
     /// Under a virtual clock: pokes sent to the thread and not handled yet.
     pokes: Arc<AtomicU64>,
-    /// For a driver shared behind a lock (a subject reader): the [`thread_tag`] of the
-    /// thread holding the lock, 0 when none does. A delivery that finds its own thread's
-    /// tag here would lock the driver again (a cycle through subjects) and is refused.
-    pub(crate) holder: std::sync::atomic::AtomicUsize,
-    /// What whoever holds the driver has to look at after a call (`flags` bits, one load
-    /// beside `holder`, which a delivery reads anyway): hub subscriptions its inner
+    /// What whoever holds the driver has to look at after a call (`flags` bits, one load):
+    /// hub subscriptions its inner
     /// subscriptions asked for (`HostCx::hub_asks`), inner work (a call ended an inner
     /// subscription, or a re-projection ran: `Driver::after_inner_work`), and whether its
     /// thread ended and unsubscribed it (a delivery that still holds a subscriber of it runs
@@ -150,82 +146,20 @@ pub(crate) fn thread_tag() -> usize {
     TAG.with(|t| std::ptr::from_ref(t) as usize)
 }
 
-/// A shared driver, locked, with its lock marked held by this thread (its tag in the
-/// pipeline's `Shared::holder`) for as long as it lives: the mark goes before the lock is
-/// released (fields drop in order), also when the holder unwinds. The host locks a shared
-/// driver this way wherever plugin code runs under the lock (the pipeline's own thread, a
-/// delivery): [`lock_marked`]. Callers of the public API that lock a subscribed driver
-/// themselves (the benches) do not mark it, and must not publish into its subjects.
-pub(crate) struct Marked<'a> {
-    holder: &'a std::sync::atomic::AtomicUsize,
-    driver: std::sync::MutexGuard<'a, Driver>,
-}
+pub use crate::waits::{DriverLock, Locked};
 
-/// Locks `driver` and marks it held by this thread (`tag`, [`thread_tag`]) in `holder`.
+/// A shared driver (a subject reader's), behind the lock whose word marks its holder.
+pub type SharedDriver = DriverLock<Driver>;
+
+/// Locks a subject subscriber's driver for a delivery on this thread (tag `tag`), unless
+/// waiting for it would close a cycle of threads each holding a driver the next one's
+/// delivery needs (`crate::waits`): `Err` with the number of threads in it.
 #[inline(always)]
-pub(crate) fn lock_marked<'a>(
-    driver: &'a Mutex<Driver>,
-    holder: &'a std::sync::atomic::AtomicUsize,
+pub(crate) fn lock_delivery(
+    driver: &Arc<SharedDriver>,
     tag: usize,
-) -> Marked<'a> {
-    Marked::mark(
-        driver.lock().unwrap_or_else(|p| p.into_inner()),
-        holder,
-        tag,
-    )
-}
-
-impl<'a> Marked<'a> {
-    /// Marks the locked `driver` held by this thread (`tag`) in `holder`.
-    #[inline(always)]
-    fn mark(
-        driver: std::sync::MutexGuard<'a, Driver>,
-        holder: &'a std::sync::atomic::AtomicUsize,
-        tag: usize,
-    ) -> Marked<'a> {
-        holder.store(tag, Ordering::Relaxed);
-        Marked { holder, driver }
-    }
-}
-
-/// Locks a subject subscriber's driver for a delivery on this thread (tag `tag`) and marks
-/// it held, unless waiting for it would close a cycle of threads each holding a driver the
-/// next one's delivery needs (`crate::waits`): `Err` with the number of threads in it.
-#[inline(always)]
-pub(crate) fn lock_delivery<'a>(
-    driver: &'a Mutex<Driver>,
-    shared: &'a Arc<Shared>,
-    tag: usize,
-) -> Result<Marked<'a>, usize> {
-    let driver = crate::waits::lock_unless_cycle(driver, shared, tag)?;
-    Ok(Marked::mark(driver, &shared.holder, tag))
-}
-
-impl crate::waits::Held for Shared {
-    fn holder(&self) -> &std::sync::atomic::AtomicUsize {
-        &self.holder
-    }
-}
-
-impl Drop for Marked<'_> {
-    #[inline(always)]
-    fn drop(&mut self) {
-        // Before `driver`, the lock's guard, drops (after this body).
-        self.holder.store(0, Ordering::Relaxed);
-    }
-}
-
-impl std::ops::Deref for Marked<'_> {
-    type Target = Driver;
-    fn deref(&self) -> &Driver {
-        &self.driver
-    }
-}
-
-impl std::ops::DerefMut for Marked<'_> {
-    fn deref_mut(&mut self) -> &mut Driver {
-        &mut self.driver
-    }
+) -> Result<Locked<'_, Driver>, usize> {
+    crate::waits::lock_unless_cycle(driver, tag)
 }
 
 /// What reaches a pipeline thread through its inbox.
@@ -322,7 +256,6 @@ impl Shared {
             feeds: std::sync::OnceLock::new(),
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             pokes: Arc::default(),
-            holder: std::sync::atomic::AtomicUsize::new(0),
             flags: AtomicU8::new(0),
             generation: AtomicU64::new(0),
             code: ArcSwap::from_pointee(code),
@@ -2124,7 +2057,7 @@ unsafe extern "C" fn cbi_publish(host: *mut c_void, op: u32, value: *const c_voi
         let (ih, h) = inner_host(host);
         // A delivery never comes back into this pipeline: a loop is refused when an inner
         // subscription would close one (`Subjects::enter_inner`), and a subscriber of this
-        // pipeline is behind its lock, which this thread holds and marked (`lock_marked`).
+        // pipeline is behind its lock, which this thread holds (its word is this thread's tag).
         if let Some((_, hub, item)) = ih.publishes.iter().find(|(o, ..)| *o == op) {
             hub.deliver(&h.pipeline, value, item, &h.sink);
         }
@@ -3684,7 +3617,7 @@ impl DriverCell {
                 (r, d.has_hub_asks())
             }
             DriverCell::Locked(s) => {
-                let mut d = lock_marked(&s.driver, &s.shared.holder, thread_tag());
+                let mut d = s.driver.lock_as(thread_tag());
                 let r = f(&mut d);
                 if d.has_hub_asks() {
                     subscribe_asks(&mut d, &s.driver, &s.shared, s.policy);
@@ -3711,12 +3644,12 @@ impl DriverCell {
         // into what it owns or into its `Rc`'d `HostCx`.
         let sub = Subscription {
             hubs: Vec::new(),
-            driver: Arc::new(Mutex::new(*d)),
+            driver: Arc::new(SharedDriver::new(*d)),
             shared,
             policy,
         };
         {
-            let mut d = lock_marked(&sub.driver, &sub.shared.holder, thread_tag());
+            let mut d = sub.driver.lock_as(thread_tag());
             subscribe_asks(&mut d, &sub.driver, &sub.shared, policy);
         }
         *self = DriverCell::Locked(sub);
@@ -3734,7 +3667,7 @@ impl DriverCell {
 #[inline(never)]
 pub(crate) fn after_inner_delivery(
     d: &mut Driver,
-    driver: &Arc<Mutex<Driver>>,
+    driver: &Arc<SharedDriver>,
     shared: &Arc<Shared>,
     policy: PanicPolicy,
 ) {
@@ -3751,7 +3684,7 @@ pub(crate) fn after_inner_delivery(
 #[inline(never)]
 pub(crate) fn subscribe_asks(
     d: &mut Driver,
-    driver: &Arc<Mutex<Driver>>,
+    driver: &Arc<SharedDriver>,
     shared: &Arc<Shared>,
     policy: PanicPolicy,
 ) {
@@ -3804,7 +3737,7 @@ type Handover = (Receiver<Msg>, Vec<(u32, u32)>);
 /// when the thread ends.
 struct Subscription {
     hubs: Vec<(Arc<Hub>, u32)>,
-    driver: Arc<Mutex<Driver>>,
+    driver: Arc<SharedDriver>,
     shared: Arc<Shared>,
     policy: PanicPolicy,
 }
@@ -3830,7 +3763,7 @@ impl Drop for Subscription {
         // Under the driver's lock (the order every delivery takes: driver, then a hub's
         // edit lock), so no delivery in between subscribes an inner subscription anew: a
         // hub's subscriber holds the driver, which holds the hub.
-        let mut d = lock(&self.driver);
+        let mut d = self.driver.lock();
         d.shared.set_flag(flags::DETACHED);
         for (hub, _) in &self.hubs {
             hub.unsubscribe_driver(&self.driver);
@@ -3912,7 +3845,7 @@ fn run_pipeline(
     } else {
         DriverCell::Locked(Subscription {
             hubs: subscribe,
-            driver: Arc::new(Mutex::new(driver)),
+            driver: Arc::new(SharedDriver::new(driver)),
             shared: shared.clone(),
             policy,
         })

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 
 use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
-use crate::runtime::{Driver, PanicPolicy, lock_delivery, thread_tag};
+use crate::runtime::{PanicPolicy, SharedDriver, lock_delivery, thread_tag};
 
 /// The host's subjects, by name, and who uses them.
 #[derive(Default)]
@@ -267,7 +267,7 @@ pub struct Subscriber {
     target: Target,
     /// The port's stream completed (a `take` on it): it gets nothing more.
     port_done: AtomicBool,
-    driver: Arc<Mutex<Driver>>,
+    driver: Arc<SharedDriver>,
     shared: Arc<crate::runtime::Shared>,
     policy: PanicPolicy,
 }
@@ -304,7 +304,7 @@ impl Hub {
         pipeline: &str,
         path: String,
         target: Target,
-        driver: Arc<Mutex<Driver>>,
+        driver: Arc<SharedDriver>,
         shared: Arc<crate::runtime::Shared>,
         policy: PanicPolicy,
     ) {
@@ -331,7 +331,7 @@ impl Hub {
 
     /// Removes the subscriptions of `driver` (a pipeline restarted since may be subscribed
     /// under the same name: only this driver's go).
-    pub(crate) fn unsubscribe_driver(&self, driver: &Arc<Mutex<Driver>>) {
+    pub(crate) fn unsubscribe_driver(&self, driver: &Arc<SharedDriver>) {
         let _g = self.edit.lock().unwrap_or_else(|p| p.into_inner());
         let list: Vec<Arc<Subscriber>> = self
             .subscribers
@@ -394,7 +394,7 @@ impl Hub {
             if s.port_done.load(Ordering::Relaxed) || s.shared.ended() {
                 continue;
             }
-            let mut d = match lock_delivery(&s.driver, &s.shared, tag) {
+            let mut d = match lock_delivery(&s.driver, tag) {
                 Ok(d) => d,
                 Err(threads) => {
                     let message = if threads == 1 {
@@ -487,9 +487,8 @@ impl Hub {
     /// [`Hub::unsubscribe_pipeline`] ends it. Fails when `port` of the driver's code does not
     /// read this subject.
     ///
-    /// The caller locks `driver` itself only where no value can be published to this
-    /// subject meanwhile (its own lock is not marked, see `runtime::lock_marked`); subscribe
-    /// at most one driver of a `Publisher` (its drivers share the mark).
+    /// Subscribe at most one driver of a `Publisher` (its drivers share the flags a delivery
+    /// reads).
     ///
     /// # Safety
     /// Every value published to this subject while the subscription lasts must have the
@@ -500,11 +499,11 @@ impl Hub {
     pub unsafe fn subscribe_driver(
         &self,
         port: u32,
-        driver: Arc<Mutex<Driver>>,
+        driver: Arc<SharedDriver>,
         policy: PanicPolicy,
     ) -> Result<(), String> {
         let (pipeline, shared) = {
-            let d = driver.lock().unwrap_or_else(|p| p.into_inner());
+            let d = driver.lock();
             let reads = d.sources().get(port as usize).is_some_and(|s| {
                 s.kind == plugin_api::abi::source_kind::SUBJECT && s.text == self.name
             });

@@ -347,7 +347,7 @@ fn a_cycle_through_subjects_across_versions_is_refused_not_deadlocked() -> anyho
     let subscribe = |p: &Publisher, subject: &str| -> anyhow::Result<()> {
         let mut d = p.driver(sink.clone()).map_err(anyhow::Error::msg)?;
         d.start().map_err(anyhow::Error::msg)?;
-        let d = Arc::new(std::sync::Mutex::new(d));
+        let d = Arc::new(host::runtime::SharedDriver::new(d));
         // SAFETY: every pipeline here reads and publishes `u64`s.
         unsafe {
             subjects
