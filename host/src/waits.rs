@@ -18,13 +18,16 @@
 //! holder's tag, set when it was taken, before that thread registered its own wait under the
 //! same lock), and a thread that waits holds what it holds until its wait ends. That thread
 //! is refused (its value is dropped with an error), it unwinds its own delivery, and the
-//! others go on. An uncontended lock costs one compare-exchange; the table is touched only
-//! by a delivery that would block.
+//! others go on. (A thread that got its lock and has not yet taken its wait out of the table
+//! leaves an entry whose target's word is its own tag: the walk goes round it until its
+//! bound and finds no cycle, rightly, as that thread runs.) An uncontended lock costs one
+//! compare-exchange; the table is touched only by a delivery that would block.
 //!
 //! The driver's lock is [`DriverLock`] (below), the one lock of the host written here rather
 //! than taken from `std`.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +60,9 @@ pub struct DriverLock<T> {
     parked: Mutex<Vec<std::thread::Thread>>,
     /// How long a waiting thread parks before it looks again, woken or not ([`PARK`]).
     park: Duration,
+    /// How many times a thread parked waiting for it (a test tells a wake from no park).
+    #[cfg(test)]
+    parks: AtomicUsize,
     value: UnsafeCell<T>,
 }
 
@@ -85,6 +91,8 @@ impl<T> DriverLock<T> {
             waiters: AtomicUsize::new(0),
             parked: Mutex::new(Vec::new()),
             park: PARK,
+            #[cfg(test)]
+            parks: AtomicUsize::new(0),
             value: UnsafeCell::new(value),
         }
     }
@@ -121,7 +129,10 @@ impl<T> DriverLock<T> {
         self.holder
             .compare_exchange(0, tag, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| Locked { lock: self })
+            .map(|_| Locked {
+                lock: self,
+                _not_send: PhantomData,
+            })
     }
 
     /// The tag of the thread holding it, 0 when none does.
@@ -132,6 +143,12 @@ impl<T> DriverLock<T> {
     #[cold]
     #[inline(never)]
     fn lock_slow(&self, tag: usize) -> Locked<'_, T> {
+        // It would wait for itself forever.
+        assert_ne!(
+            self.held_by(),
+            tag,
+            "a driver's lock taken twice by one thread"
+        );
         for _ in 0..SPINS {
             std::hint::spin_loop();
             if let Some(g) = self.try_lock_as(tag) {
@@ -148,6 +165,8 @@ impl<T> DriverLock<T> {
             self.waiters.fetch_add(1, Ordering::SeqCst);
             let got = self.try_lock_as(tag);
             if got.is_none() {
+                #[cfg(test)]
+                self.parks.fetch_add(1, Ordering::SeqCst);
                 std::thread::park_timeout(self.park);
             }
             self.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -177,10 +196,29 @@ fn lock_list<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A held [`DriverLock`]: the value, for as long as it lives. Dropping it lets go (also when
-/// its holder unwinds).
+/// its holder unwinds). It stays on the thread that took it (the lock's word names that
+/// thread: moved, it would name the wrong one), and is shared between threads only where the
+/// value may be (`T: Sync`), as a `MutexGuard`.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let lock = host::runtime::DriverLock::new(0u64);
+/// send(lock.lock()); // a guard does not move to another thread
+/// ```
+///
+/// ```compile_fail
+/// fn sync<T: Sync>(_: &T) {}
+/// let lock = host::runtime::DriverLock::new(std::cell::Cell::new(0u64));
+/// sync(&lock.lock()); // nor is it shared when its value may not be
+/// ```
 pub struct Locked<'a, T> {
     lock: &'a DriverLock<T>,
+    _not_send: PhantomData<(&'a mut T, *const ())>,
 }
+
+// SAFETY: a shared `Locked` gives only `&T` (through `Deref`), which threads may share when
+// `T: Sync`; it is not `Send` (the raw pointer in its marker).
+unsafe impl<T: Sync> Sync for Locked<'_, T> {}
 
 impl<T> std::ops::Deref for Locked<'_, T> {
     type Target = T;
@@ -409,8 +447,9 @@ mod tests {
                 let _ = tx.send(());
             })
         };
-        // Let go once the other thread is listed and counted (its next step is to park).
-        while lock.waiters.load(Ordering::SeqCst) == 0 {
+        // Let go once the other thread parks (counted just before its park: a wake before
+        // the park makes the park return at once).
+        while lock.parks.load(Ordering::SeqCst) == 0 {
             std::thread::yield_now();
         }
         drop(g);
