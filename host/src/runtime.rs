@@ -2569,6 +2569,23 @@ impl Driver {
         }
     }
 
+    /// The plugin's entry for port 0 called with `x` and nothing around it: no watchdog
+    /// marks, no look for new code, nothing kept for a replay, the status returned as the
+    /// plugin answered it. Not a way to run a pipeline: a benchmark's floor, what
+    /// [`Driver::push_one`]'s own work adds to the plugin's (BENCHMARKS.md, 2).
+    ///
+    /// # Safety
+    /// Port 0 of the driver's current code takes `u64`s, the chain has not completed, and no
+    /// code was published since the driver last took code (a `push_one` took it).
+    #[doc(hidden)]
+    #[inline(always)]
+    pub unsafe fn push_one_unguarded(&mut self, x: u64) -> u32 {
+        let (push_one, env, states) = self.hot;
+        // SAFETY: `hot` is the current code's entry, closures and slots (the caller's
+        // obligations make it the plugin's, for a `u64`); `x` outlives the call.
+        unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) }
+    }
+
     /// Runs one value of `port`, a `u64` source (an interval's tick on any port), through
     /// the newest code: `push_item`'s path, whose test of the port is then one bit of a mask
     /// (`u64_ports`) rather than the port's entry in the table.
