@@ -718,9 +718,10 @@ fn push(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
         let mut answers = 0u32;
         let started = Instant::now();
         for x in 1..end {
-            // SAFETY: port 0 of the push pipeline takes `u64`s, its chain never completes
-            // before `finish`, and nothing publishes code meanwhile (`push_one` took it).
-            answers |= unsafe { d.push_one_unguarded(x) };
+            // SAFETY: port 0 of the push pipeline takes `u64`s, `x` lives across the call,
+            // the chain never completes before `finish`, and nothing publishes code meanwhile
+            // (`push_one` took it).
+            answers |= unsafe { d.push_unguarded(0, (&raw const x).cast()) };
         }
         let t = started.elapsed();
         anyhow::ensure!(
@@ -1879,6 +1880,58 @@ fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64
     Ok((ns_per(t, n * subscribers.len() as u64), acc))
 }
 
+/// Scenario 11's floor: the same subscriber chains, each value handed to each subscriber's
+/// entry through the driver's pointer with nothing around it (`Driver::push_unguarded`: no
+/// lock, no checks, no marks, no replay ring): the part of a delivery that is the plugin's.
+fn host_subject_floor(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64, u64)> {
+    let mut drivers = Vec::with_capacity(subscribers.len());
+    for s in subscribers {
+        let capture = Arc::new(CountingSink::default());
+        let mut d = s
+            .driver(capture.clone())
+            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
+        d.start()
+            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
+        let layout = s
+            .code()
+            .sources
+            .first()
+            .and_then(|src| src.item.clone())
+            .ok_or_else(|| anyhow::anyhow!("a subscriber's port 0 reads no subject"))?;
+        // The first value the way a hub delivers it: the driver takes its code, and the
+        // port is checked to read this layout.
+        let first = 0u64;
+        let item: *const u64 = &first;
+        // SAFETY: a subject port's wire value is a pointer to the value, live for the call;
+        // `push_subject` checks the layout before the value is read.
+        let r = unsafe { d.push_subject(0, (&raw const item).cast(), &layout, "s10") };
+        anyhow::ensure!(matches!(r, Ok(Pushed::Continue)), "the first value: {r:?}");
+        drivers.push((d, capture));
+    }
+    let end = black_box(n);
+    let mut answers = 0u32;
+    let started = Instant::now();
+    for x in 1..end {
+        let item: *const u64 = &x;
+        for (d, _) in &mut drivers {
+            // SAFETY: port 0 reads `subject::<u64>` (checked by the first value), `item`
+            // points at a live `u64` for the call, no chain completes before `finish`, and no
+            // code is published meanwhile.
+            answers |= unsafe { d.push_unguarded(0, (&raw const item).cast()) };
+        }
+    }
+    let t = started.elapsed();
+    let mut acc = 0u64;
+    for (d, capture) in &mut drivers {
+        acc = fold31(acc, finish(d, capture)?);
+    }
+    anyhow::ensure!(
+        answers == 0,
+        "a value was not taken (status bits {answers:#x})"
+    );
+    Ok((ns_per(t, n * subscribers.len() as u64), acc))
+}
+
 /// One rxRust round of scenario 11: a `Subject` with `k` subscribers doing the same work
 /// (`map(n * 2 + i)` -> `scan(wrapping sum)`, the last value kept in a `Cell`, as scenario
 /// 2's subscriber), `n` values pushed with `next`. Returns (ns per value per subscriber, the
@@ -1919,8 +1972,8 @@ fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> 
     report.line(format!(
         "\n### 11. Subjects: one publisher, 1 and 10 subscribers (`map(n * 2 + i)` -> `scan`), {N_SUBJECT} values a round, one per call (ns per value per subscriber; target <= rxRust Subject)\n"
     ));
-    report.line("| subscribers | host ns/value/subscriber | rxRust Subject ns/value/subscriber | host / rxRust | reference: the subscribers' drivers pushed directly, no publisher or hub (ns, / rxRust) |");
-    report.line("|---:|---:|---:|---:|---:|");
+    report.line("| subscribers | host ns/value/subscriber | rxRust Subject ns/value/subscriber | host / rxRust | reference: the subscribers' drivers pushed directly, no publisher or hub (ns, / rxRust) | floor: the subscribers' entries alone (ns, / rxRust) |");
+    report.line("|---:|---:|---:|---:|---:|---:|");
     for (name, k) in [("s1", 1u64), ("s10", 10)] {
         let hubs = Arc::new(host::subjects::Subjects::default());
         let hub = hubs.hub(name);
@@ -1955,6 +2008,7 @@ fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> 
         let mut host = || host_subject(&publisher, &subscribers, &hub, N_SUBJECT);
         let mut rx = || rx_subject(k, N_SUBJECT);
         let mut direct = || host_subject_direct(&subscribers, N_SUBJECT);
+        let mut floor = || host_subject_floor(&subscribers, N_SUBJECT);
         let medians = side_by_side(
             ROUNDS,
             expected,
@@ -1962,16 +2016,19 @@ fn subjects(report: &mut Report, loader: &Loader, library: &std::path::Path) -> 
                 ("host", Run::Checked(&mut host)),
                 ("rxRust Subject", Run::Checked(&mut rx)),
                 ("host, pushed directly", Run::Checked(&mut direct)),
+                ("the subscribers' entries alone", Run::Checked(&mut floor)),
             ],
         )
         .with_context(|| format!("{k} subscribers"))?;
         let ratio = medians[0] / medians[1];
         report.line(format!(
-            "| {k} | {:.2} | {:.2} | {ratio:.2}x | {:.2} ({:.2}x) |",
+            "| {k} | {:.2} | {:.2} | {ratio:.2}x | {:.2} ({:.2}x) | {:.2} ({:.2}x) |",
             medians[0],
             medians[1],
             medians[2],
-            medians[2] / medians[1]
+            medians[2] / medians[1],
+            medians[3],
+            medians[3] / medians[1]
         ));
         report.verdict(
             &format!(

@@ -2569,21 +2569,24 @@ impl Driver {
         }
     }
 
-    /// The plugin's entry for port 0 called with `x` and nothing around it: no watchdog
-    /// marks, no look for new code, nothing kept for a replay, the status returned as the
-    /// plugin answered it. Not a way to run a pipeline: a benchmark's floor, what
-    /// [`Driver::push_one`]'s own work adds to the plugin's (BENCHMARKS.md, 2).
+    /// The plugin's entry called with one wire value of `port` and nothing around it: no
+    /// watchdog marks, no look for new code, nothing kept for a replay, the status returned
+    /// as the plugin answered it. Not a way to run a pipeline: a benchmark's floor, what
+    /// [`Driver::push_one`]'s or a subject delivery's own work adds to the plugin's
+    /// (BENCHMARKS.md, 2 and 11).
     ///
     /// # Safety
-    /// Port 0 of the driver's current code takes `u64`s, the chain has not completed, and no
-    /// code was published since the driver last took code (a `push_one` took it).
+    /// `port` of the driver's current code takes values of `item`'s wire type (and layout,
+    /// for a subject's), `item` points at one, valid for the call, the chain has not
+    /// completed, and no code was published since the driver last took code (a push took it).
     #[doc(hidden)]
     #[inline(always)]
-    pub unsafe fn push_one_unguarded(&mut self, x: u64) -> u32 {
-        let (push_one, env, states) = self.hot;
-        // SAFETY: `hot` is the current code's entry, closures and slots (the caller's
-        // obligations make it the plugin's, for a `u64`); `x` outlives the call.
-        unsafe { push_one(env, states, 0, (&raw const x).cast::<c_void>(), &self.cx) }
+    pub unsafe fn push_unguarded(&mut self, port: u32, item: *const c_void) -> u32 {
+        let push = self.entry.0;
+        let (_, env, states) = self.hot;
+        // SAFETY: the current code's entry, closures and slots (refreshed together); the
+        // rest is the caller's obligation.
+        unsafe { push(env, states, port, item, &self.cx) }
     }
 
     /// Runs one value of `port`, a `u64` source (an interval's tick on any port), through
