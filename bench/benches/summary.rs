@@ -1801,12 +1801,7 @@ fn host_subject(
 ) -> anyhow::Result<(f64, u64)> {
     let mut subscribed = Vec::with_capacity(subscribers.len());
     for s in subscribers {
-        let capture = Arc::new(CountingSink::default());
-        let mut d = s
-            .driver(capture.clone())
-            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
-        d.start()
-            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
+        let (d, capture, _) = started_subscriber(s)?;
         let d = Arc::new(host::runtime::SharedDriver::new(d));
         // SAFETY: the publisher's `publish` sends its source's `u64`s, and every subscriber
         // pipeline reads `subject::<u64>`: the layouts agree.
@@ -1836,28 +1831,39 @@ fn host_subject(
     Ok((ns_per(t, n * subscribers.len() as u64), acc))
 }
 
+/// A started driver of subscriber `s` with a sink of its own, and the layout a hub passes
+/// with each value (the one its port 0 reads).
+fn started_subscriber(
+    s: &Publisher,
+) -> anyhow::Result<(
+    host::runtime::Driver,
+    Arc<CountingSink>,
+    hmr_track::Fingerprint,
+)> {
+    let capture = Arc::new(CountingSink::default());
+    let mut d = s
+        .driver(capture.clone())
+        .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
+    d.start()
+        .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
+    let layout = s
+        .code()
+        .sources
+        .first()
+        .and_then(|src| src.item.clone())
+        .ok_or_else(|| anyhow::anyhow!("a subscriber's port 0 reads no subject"))?;
+    Ok((d, capture, layout))
+}
+
 /// Scenario 11's reference row: the same subscriber chains, each value pushed into each
 /// subscriber's driver directly by the bench (the wire value and layout a hub passes, through
 /// the same `push_subject`), without a publisher pipeline or a hub: no `publish` call, no lock, no
 /// cycle check. The difference from `host_subject` is what the subject's delivery costs.
 fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64, u64)> {
-    let mut drivers = Vec::with_capacity(subscribers.len());
-    for s in subscribers {
-        let capture = Arc::new(CountingSink::default());
-        let mut d = s
-            .driver(capture.clone())
-            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
-        d.start()
-            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
-        // The layout a hub passes with each value: the one the port reads.
-        let item = s
-            .code()
-            .sources
-            .first()
-            .and_then(|src| src.item.clone())
-            .ok_or_else(|| anyhow::anyhow!("a subscriber's port 0 reads no subject"))?;
-        drivers.push((d, capture, item));
-    }
+    let mut drivers = subscribers
+        .iter()
+        .map(started_subscriber)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let end = black_box(n);
     let mut refused = 0u64;
     let started = Instant::now();
@@ -1886,18 +1892,7 @@ fn host_subject_direct(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64
 fn host_subject_floor(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64, u64)> {
     let mut drivers = Vec::with_capacity(subscribers.len());
     for s in subscribers {
-        let capture = Arc::new(CountingSink::default());
-        let mut d = s
-            .driver(capture.clone())
-            .map_err(|e| anyhow::anyhow!("seeding a subscriber: {e}"))?;
-        d.start()
-            .map_err(|e| anyhow::anyhow!("starting a subscriber: {e}"))?;
-        let layout = s
-            .code()
-            .sources
-            .first()
-            .and_then(|src| src.item.clone())
-            .ok_or_else(|| anyhow::anyhow!("a subscriber's port 0 reads no subject"))?;
+        let (mut d, capture, layout) = started_subscriber(s)?;
         // The first value the way a hub delivers it: the driver takes its code, and the
         // port is checked to read this layout.
         let first = 0u64;
