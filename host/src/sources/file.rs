@@ -16,14 +16,16 @@
 //!      waits [`POLL`] and goes to 2.
 //!
 //! A line that is not UTF-8 is an `Error("invalid utf-8 in <path> line <n>")` and is
-//! dropped; `n` counts the lines of that file (since its last truncation) from 1. The task
+//! dropped; so is a line longer than [`MAX_LINE`] (1 MiB), an `Error("<path> line <n> is
+//! over 1 MiB: dropped")` said as soon as its held bytes pass the limit (they are let go,
+//! and the rest of that line is skipped as it comes); `n` counts the lines of that file
+//! (since its last truncation) from 1. The task
 //! never completes; it ends only when its outlet stops reading or its [`SourceTask`] is
 //! dropped. The position (file, byte offset, line number) lives in the task.
 //!
 //! Known limits (as with `tail -F`): a truncation followed by writes past the old size before
 //! the next look is not seen as a truncation (reading goes on from the old offset); lines
-//! appended to a rotated file after the new file was noticed are not read. A line's bytes are
-//! held in memory until its newline comes, however long it is.
+//! appended to a rotated file after the new file was noticed are not read.
 
 use std::io::ErrorKind;
 use std::path::PathBuf;
@@ -33,7 +35,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::runtime::Handle;
 
-use super::{LineSplitter, Outlet, RawLine, SourceEvent, SourceTask, wait_for_room};
+use super::{LineSplitter, MAX_LINE, Outlet, RawLine, SourceEvent, SourceTask, wait_for_room};
 
 /// How often the file is looked at once everything in it was read (and retried while it is
 /// missing).
@@ -219,6 +221,10 @@ impl Tail {
             self.problem = None;
             open.pos += n as u64;
             open.splitter.push(&self.buf[..n], &mut self.lines);
+            let overlong = open
+                .splitter
+                .held_over_limit()
+                .then(|| open.splitter.skip_line());
             // Taken out of `self` while delivering, kept for the next chunk.
             let mut lines = std::mem::take(&mut self.lines);
             let mut result = Ok(());
@@ -230,7 +236,17 @@ impl Tail {
             }
             self.lines = lines;
             result?;
+            if let Some(number) = overlong {
+                self.deliver(self.too_long(number))?;
+            }
         }
+    }
+
+    fn too_long(&self, number: u64) -> SourceEvent {
+        SourceEvent::Error(format!(
+            "{} line {number} is over 1 MiB: dropped",
+            self.path.display()
+        ))
     }
 
     /// Delivers the held last line of the open file, if any, as a line of its own.
@@ -243,6 +259,10 @@ impl Tail {
 
     async fn deliver_line(&mut self, (number, bytes): RawLine) -> Result<(), Closed> {
         wait_for_room(&*self.outlet).await;
+        // A line that went past the limit within the chunk that ended it.
+        if bytes.len() > MAX_LINE {
+            return self.deliver(self.too_long(number));
+        }
         let event = match String::from_utf8(bytes) {
             Ok(s) => SourceEvent::Line(s),
             Err(_) => SourceEvent::Error(format!(
@@ -273,7 +293,7 @@ impl Tail {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{WAIT, expect, expect_quiet, line, runtime};
+    use super::super::test_support::{WAIT, expect, expect_quiet, line, next, runtime};
     use super::super::{BACKLOG_LIMIT, ChannelOutlet};
     use super::*;
     use crate::testkit::TempDir;
@@ -444,6 +464,59 @@ mod tests {
         expect(&rx, &[SourceEvent::Error(err)]);
         append(&path, "caf\u{e9}\n".as_bytes());
         expect(&rx, &[line("caf\u{e9}")]);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_an_error_naming_it_and_reading_goes_on() {
+        let long = |n: usize| vec![b'x'; n];
+        // (name, the file's bytes, then bytes appended)
+        let cases: &[(&str, Vec<u8>, Vec<u8>)] = &[
+            // Past the limit while its newline has not come (held bytes let go).
+            (
+                "held past the limit",
+                [b"a\n".to_vec(), long(MAX_LINE + 200_000)].concat(),
+                [long(1000), b"\nb\n".to_vec()].concat(),
+            ),
+            // Past the limit within the chunk that ends it.
+            (
+                "ended past the limit",
+                [b"a\n".to_vec(), long(MAX_LINE + 10), b"\n".to_vec()].concat(),
+                b"b\n".to_vec(),
+            ),
+            // At the limit, with a `\r\n` ending: a line.
+            (
+                "at the limit",
+                [b"a\n".to_vec(), long(MAX_LINE), b"\r\n".to_vec()].concat(),
+                b"b\n".to_vec(),
+            ),
+        ];
+        for (name, first, then) in cases {
+            let dir = TempDir::new("file-lines-long");
+            let path = dir.path().join("app.log");
+            std::fs::write(&path, first).unwrap();
+            let rt = runtime();
+            let (outlet, rx) = ChannelOutlet::new();
+            let _task = spawn_file_lines(rt.handle(), path.clone(), outlet);
+            let second = if *name == "at the limit" {
+                SourceEvent::Line(String::from_utf8(long(MAX_LINE)).unwrap())
+            } else {
+                SourceEvent::Error(format!("{} line 2 is over 1 MiB: dropped", path.display()))
+            };
+            let got = [next(&rx, &line("a")), next(&rx, &second)];
+            // Described cut short: a wrong long line would fill the screen.
+            let cut = |e: &SourceEvent| format!("{e:?}").chars().take(120).collect::<String>();
+            assert!(
+                got[0] == line("a") && got[1] == second,
+                "{name}: {} then {}",
+                cut(&got[0]),
+                cut(&got[1])
+            );
+            append(&path, then);
+            // The line after it, numbered 3 (an invalid one names its number).
+            append(&path, b"\xff\n");
+            let bad = format!("invalid utf-8 in {} line 4", path.display());
+            expect(&rx, &[line("b"), SourceEvent::Error(bad)]);
+        }
     }
 
     #[test]

@@ -211,12 +211,20 @@ impl Fanout {
     }
 }
 
+/// The longest line a line source takes, in bytes without its ending: a longer one is an
+/// error (a connection that sends one is closed; a file's is dropped and reading goes on
+/// after it).
+pub const MAX_LINE: usize = 1 << 20;
+
 /// Splits bytes into numbered lines: `\n` ends a line, a `\r` just before it is dropped.
 #[derive(Debug, Default)]
 pub(crate) struct LineSplitter {
     pending: Vec<u8>,
     /// Lines completed so far.
     number: u64,
+    /// The line not yet ended is being dropped ([`LineSplitter::skip_line`]): its bytes are
+    /// not kept, up to its end.
+    skipping: bool,
 }
 
 /// One line: its number (from 1) and its bytes, without the ending.
@@ -226,6 +234,15 @@ impl LineSplitter {
     /// Appends `chunk`, pushing every line it completes onto `out`.
     pub(crate) fn push(&mut self, chunk: &[u8], out: &mut Vec<RawLine>) {
         let mut rest = chunk;
+        if self.skipping {
+            let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            // The dropped line ends here: it keeps its number.
+            self.skipping = false;
+            self.number += 1;
+            rest = &rest[i + 1..];
+        }
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             let mut line = std::mem::take(&mut self.pending);
             line.extend_from_slice(&rest[..i]);
@@ -240,12 +257,32 @@ impl LineSplitter {
     }
 
     /// Bytes of the line not yet ended.
+    #[cfg(test)]
     pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
+    /// Whether the line not yet ended is longer than [`MAX_LINE`] already (one byte more
+    /// than the limit may be the `\r` of a `\r\n` ending).
+    pub(crate) fn held_over_limit(&self) -> bool {
+        self.pending.len() > MAX_LINE + 1
+    }
+
+    /// Drops the line not yet ended, and what comes of it up to its end; returns its
+    /// number. The lines after it keep their numbers.
+    pub(crate) fn skip_line(&mut self) -> u64 {
+        self.pending = Vec::new();
+        self.skipping = true;
+        self.number + 1
+    }
+
     /// The line not yet ended, if any, as a line of its own (the input has ended).
     pub(crate) fn finish(&mut self) -> Option<RawLine> {
+        if std::mem::take(&mut self.skipping) {
+            // Dropped already: it ends with the input.
+            self.number += 1;
+            return None;
+        }
         if self.pending.is_empty() {
             return None;
         }
@@ -257,6 +294,7 @@ impl LineSplitter {
     pub(crate) fn reset(&mut self) {
         self.pending.clear();
         self.number = 0;
+        self.skipping = false;
     }
 }
 
@@ -343,6 +381,49 @@ mod tests {
             let want_rest =
                 (!pending.is_empty()).then(|| (lines.len() as u64 + 1, pending.to_vec()));
             assert_eq!(rest, want_rest, "{chunks:?}");
+        }
+    }
+
+    #[test]
+    fn a_skipped_line_is_dropped_to_its_end_and_keeps_its_number() {
+        /// Chunks pushed before the skip, after it; lines completed (number, bytes); what
+        /// `finish` gives.
+        type Case<'a> = (
+            &'a [&'a [u8]],
+            &'a [&'a [u8]],
+            &'a [(u64, &'a [u8])],
+            Option<u64>,
+        );
+        let cases: &[Case] = &[
+            // Skipped while held; its end comes in a later chunk, with the next line.
+            (
+                &[b"a\nlong"],
+                &[b"more", b"end\nb\n"],
+                &[(1, b"a"), (3, b"b")],
+                None,
+            ),
+            // Its end comes alone; the next line is held.
+            (&[b"long"], &[b"\n", b"c"], &[], Some(2)),
+            // The input ends inside the skipped line: nothing of it, its number used up.
+            (&[b"x\nlong"], &[b"still"], &[(1, b"x")], None),
+            // A `\r\n` ending of a skipped line.
+            (&[b"long\r"], &[b"\r\nd\r\n"], &[(2, b"d")], None),
+        ];
+        for (before, after, lines, rest) in cases {
+            let mut s = LineSplitter::default();
+            let mut out = Vec::new();
+            for c in *before {
+                s.push(c, &mut out);
+            }
+            let completed = out.len() as u64;
+            assert_eq!(s.skip_line(), completed + 1, "{before:?}");
+            assert_eq!(s.pending_len(), 0);
+            for c in *after {
+                s.push(c, &mut out);
+            }
+            let want: Vec<RawLine> = lines.iter().map(|(n, l)| (*n, l.to_vec())).collect();
+            assert_eq!(out, want, "{before:?} {after:?}");
+            assert_eq!(s.finish().map(|(n, _)| n), *rest, "{before:?} {after:?}");
         }
     }
 

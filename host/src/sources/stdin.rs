@@ -4,8 +4,9 @@
 //! and sends each line to every current subscriber: a subscriber gets the lines read after it
 //! subscribed. At the end of input (a last line without newline counts as a line) every
 //! subscriber gets `Complete`, and so does any subscriber that comes later, at once. A read
-//! error is an `Error` followed by `Complete`. A line that is not UTF-8 is an `Error` naming
-//! its number (from 1); the line is dropped.
+//! error is an `Error` followed by `Complete`. A line that is not UTF-8, or longer than
+//! [`MAX_LINE`] (1 MiB: said once its held bytes pass the limit, the rest of it skipped as it
+//! comes), is an `Error` naming its number (from 1); the line is dropped.
 //!
 //! Tokio reads stdin on a blocking thread of its runtime: dropping the [`StdinLines`] stops
 //! the task, but a read already waiting on the terminal returns only with the next input or
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::runtime::Handle;
 
-use super::{Fanout, LineSplitter, Outlet, RawLine, SourceEvent, SourceTask};
+use super::{Fanout, LineSplitter, MAX_LINE, Outlet, RawLine, SourceEvent, SourceTask};
 
 /// The most bytes read at once.
 pub const CHUNK: usize = 64 * 1024;
@@ -69,6 +70,9 @@ async fn read_lines<R: AsyncRead + Unpin>(mut reader: R, fanout: Arc<Fanout>) {
                 for line in lines.drain(..) {
                     deliver(&fanout, line).await;
                 }
+                if splitter.held_over_limit() {
+                    fanout.send(too_long(splitter.skip_line()));
+                }
             }
             Err(e) => {
                 fanout.send(SourceEvent::Error(format!("stdin_lines: cannot read: {e}")));
@@ -83,8 +87,17 @@ async fn read_lines<R: AsyncRead + Unpin>(mut reader: R, fanout: Arc<Fanout>) {
     fanout.complete();
 }
 
+fn too_long(number: u64) -> SourceEvent {
+    SourceEvent::Error(format!("stdin_lines: line {number} is over 1 MiB: dropped"))
+}
+
 async fn deliver(fanout: &Fanout, (number, bytes): RawLine) {
     fanout.wait_for_room().await;
+    // A line that went past the limit within the chunk that ended it.
+    if bytes.len() > MAX_LINE {
+        fanout.send(too_long(number));
+        return;
+    }
     fanout.send(match String::from_utf8(bytes) {
         Ok(s) => SourceEvent::Line(s),
         Err(_) => SourceEvent::Error(format!("stdin_lines: invalid utf-8 in line {number}")),
@@ -148,6 +161,51 @@ mod tests {
             tokio::net::unix::pipe::pipe().expect("cannot make a pipe")
         };
         every_subscriber_gets_every_line_then_complete(&rt, input, reader);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_an_error_and_reading_goes_on() {
+        let rt = runtime();
+        let (mut input, reader) = tokio::io::duplex(64 * 1024);
+        let src = StdinLines::start(rt.handle(), reader);
+        let (a, ra) = ChannelOutlet::new();
+        src.subscribe(a);
+        let long = |n: usize| vec![b'x'; n];
+        let over =
+            |n: u64| SourceEvent::Error(format!("stdin_lines: line {n} is over 1 MiB: dropped"));
+        let at_limit = SourceEvent::Line(String::from_utf8(long(MAX_LINE)).unwrap());
+        // (bytes written, then the events they must give, before anything more is written:
+        // a line past the limit is said while its newline has not come)
+        let steps = [
+            (
+                [b"a\n".to_vec(), long(MAX_LINE + 200_000)].concat(),
+                vec![line("a"), over(2)],
+            ),
+            (
+                [
+                    long(1000),
+                    b"\nb\n".to_vec(),
+                    long(MAX_LINE),
+                    b"\r\n".to_vec(),
+                ]
+                .concat(),
+                vec![line("b"), at_limit],
+            ),
+            (long(MAX_LINE + 2), vec![over(5)]),
+            (b"\nc".to_vec(), vec![]),
+        ];
+        // Described cut short: a wrong long line would fill the screen.
+        let cut = |e: &SourceEvent| format!("{e:?}").chars().take(120).collect::<String>();
+        for (i, (bytes, events)) in steps.into_iter().enumerate() {
+            // The duplex holds 64 KiB: once the write returns, the reader has all but that.
+            rt.block_on(input.write_all(&bytes)).unwrap();
+            for w in &events {
+                let got = super::super::test_support::next(&ra, w);
+                assert!(got == *w, "step {i}: {} instead of {}", cut(&got), cut(w));
+            }
+        }
+        rt.block_on(input.shutdown()).unwrap();
+        expect(&ra, &[line("c"), SourceEvent::Complete]);
     }
 
     #[test]

@@ -27,10 +27,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
+pub use super::MAX_LINE;
 use super::{Fanout, LineSplitter, Outlet, SourceEvent, SourceTask};
-
-/// The longest line a connection may send, in bytes without its ending.
-pub const MAX_LINE: usize = 1 << 20;
 
 /// The most bytes read from a connection at once.
 pub const CHUNK: usize = 16 * 1024;
@@ -179,8 +177,7 @@ async fn connection(
             }
             deliver(&fanout, addr, peer, number, bytes).await;
         }
-        // One byte more than the limit may be the `\r` of a `\r\n` ending.
-        if splitter.pending_len() > MAX_LINE + 1 {
+        if splitter.held_over_limit() {
             fanout.send(too_long());
             return;
         }
