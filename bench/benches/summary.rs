@@ -1916,14 +1916,14 @@ fn host_subject_floor(subscribers: &[Publisher], n: u64) -> anyhow::Result<(f64,
         }
     }
     let t = started.elapsed();
-    let mut acc = 0u64;
-    for (d, capture) in &mut drivers {
-        acc = fold31(acc, finish(d, capture)?);
-    }
     anyhow::ensure!(
         answers == 0,
         "a value was not taken (status bits {answers:#x})"
     );
+    let mut acc = 0u64;
+    for (d, capture) in &mut drivers {
+        acc = fold31(acc, finish(d, capture)?);
+    }
     Ok((ns_per(t, n * subscribers.len() as u64), acc))
 }
 

@@ -2570,18 +2570,26 @@ impl Driver {
     }
 
     /// The plugin's entry called with one wire value of `port` and nothing around it: no
-    /// watchdog marks, no look for new code, nothing kept for a replay, the status returned
-    /// as the plugin answered it. Not a way to run a pipeline: a benchmark's floor, what
-    /// [`Driver::push_one`]'s or a subject delivery's own work adds to the plugin's
-    /// (BENCHMARKS.md, 2 and 11).
+    /// watchdog marks (a call stuck in it is not seen), no look for new code, nothing kept
+    /// for a replay, no inspector answer, and the status returned as the plugin answered it,
+    /// not noted (a completion leaves the driver believing the chain runs). Not a way to run
+    /// a pipeline: a benchmark's floor, what [`Driver::push_one`]'s or a subject delivery's
+    /// own work adds to the plugin's (BENCHMARKS.md, 2 and 11).
     ///
     /// # Safety
-    /// `port` of the driver's current code takes values of `item`'s wire type (and layout,
-    /// for a subject's), `item` points at one, valid for the call, the chain has not
-    /// completed, and no code was published since the driver last took code (a push took it).
+    /// `port` is a port of the driver's current code that takes values of `item`'s wire type
+    /// (and layout, for a subject's), and `item` points at one, valid for the call: else the
+    /// plugin reads memory as another type. Not memory safety but the caller's business
+    /// too: the chain has started and not completed (pushing after a completion breaks the
+    /// stream's rules), and the caller knows which code runs (the driver takes no new code
+    /// here; a push through the driver's checked paths takes it).
     #[doc(hidden)]
     #[inline(always)]
     pub unsafe fn push_unguarded(&mut self, port: u32, item: *const c_void) -> u32 {
+        debug_assert!(
+            self.started && !self.done && (port as usize) < self.entry.1.len(),
+            "push_unguarded into a chain not running, or a port it does not have"
+        );
         let push = self.entry.0;
         let (_, env, states) = self.hot;
         // SAFETY: the current code's entry, closures and slots (refreshed together); the

@@ -1473,7 +1473,8 @@ impl Drop for BoundInner {
         let mut sources = std::mem::take(&mut self.sources);
         ops.clear();
         sources.clear();
-        SCRATCH.with(|s| {
+        // `try_with`: during the thread's teardown they are dropped instead.
+        let _ = SCRATCH.try_with(|s| {
             if let Ok(mut scratch) = s.try_borrow_mut() {
                 scratch.descs = ops;
                 scratch.sources = sources;

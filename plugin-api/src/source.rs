@@ -374,7 +374,7 @@ fn push_int(label: &mut String, negative: bool, mut v: u64) {
         at -= 1;
     }
     // ASCII: the check is a few instructions for at most 21 bytes.
-    label.push_str(core::str::from_utf8(&digits[at..]).unwrap_or_default());
+    label.push_str(core::str::from_utf8(&digits[at..]).expect("digits and '-' are ASCII"));
 }
 
 /// Each line of the host's standard input (without its line ending); completes at the end

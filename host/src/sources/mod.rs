@@ -262,10 +262,11 @@ impl LineSplitter {
         self.pending.len()
     }
 
-    /// Whether the line not yet ended is longer than [`MAX_LINE`] already (one byte more
-    /// than the limit may be the `\r` of a `\r\n` ending).
+    /// Whether the line not yet ended is longer than [`MAX_LINE`] already: one byte more
+    /// than the limit is, unless it is a `\r` that a `\n` may follow.
     pub(crate) fn held_over_limit(&self) -> bool {
-        self.pending.len() > MAX_LINE + 1
+        let n = self.pending.len();
+        n > MAX_LINE + 1 || (n == MAX_LINE + 1 && self.pending.last() != Some(&b'\r'))
     }
 
     /// Drops the line not yet ended, and what comes of it up to its end; returns its
@@ -381,6 +382,24 @@ mod tests {
             let want_rest =
                 (!pending.is_empty()).then(|| (lines.len() as u64 + 1, pending.to_vec()));
             assert_eq!(rest, want_rest, "{chunks:?}");
+        }
+    }
+
+    #[test]
+    fn a_held_line_is_over_the_limit_from_its_first_byte_past_it() {
+        // (bytes held, over the limit)
+        let x = |n: usize| vec![b'x'; n];
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (x(MAX_LINE), false),
+            // The `\r` of a `\r\n` ending may come next: not yet.
+            ([x(MAX_LINE), b"\r".to_vec()].concat(), false),
+            (x(MAX_LINE + 1), true),
+            ([x(MAX_LINE), b"\r\r".to_vec()].concat(), true),
+        ];
+        for (held, over) in cases {
+            let mut s = LineSplitter::default();
+            s.push(&held, &mut Vec::new());
+            assert_eq!(s.held_over_limit(), over, "{} bytes", held.len());
         }
     }
 
