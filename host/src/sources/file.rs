@@ -520,6 +520,21 @@ mod tests {
     }
 
     #[test]
+    fn a_line_ended_past_the_limit_within_one_read_is_an_error() {
+        // The check of a completed line, which a read that carries a long line's last bytes
+        // and its newline reaches (the held bytes were at the limit before it).
+        let rt = runtime();
+        let (outlet, rx) = ChannelOutlet::new();
+        let mut tail = Tail::new(PathBuf::from("some.log"), outlet);
+        rt.block_on(async {
+            let _ = tail.deliver_line((7, vec![b'x'; MAX_LINE + 1])).await;
+            let _ = tail.deliver_line((8, b"ok".to_vec())).await;
+        });
+        let err = SourceEvent::Error("some.log line 7 is over 1 MiB: dropped".into());
+        expect(&rx, &[err, line("ok")]);
+    }
+
+    #[test]
     fn a_large_file_waits_for_its_reader() {
         let dir = TempDir::new("file-lines-backlog");
         let path = dir.path().join("big.log");

@@ -209,6 +209,25 @@ mod tests {
     }
 
     #[test]
+    fn a_line_ended_past_the_limit_within_one_read_is_an_error() {
+        // The check of a completed line, which a read that carries a long line's last bytes
+        // and its newline reaches (the held bytes were at the limit before it).
+        let rt = runtime();
+        let fanout = Fanout::default();
+        let (a, ra) = ChannelOutlet::new();
+        fanout.subscribe(a);
+        rt.block_on(deliver(&fanout, (7, vec![b'x'; MAX_LINE + 1])));
+        rt.block_on(deliver(&fanout, (8, b"ok".to_vec())));
+        expect(
+            &ra,
+            &[
+                SourceEvent::Error("stdin_lines: line 7 is over 1 MiB: dropped".into()),
+                line("ok"),
+            ],
+        );
+    }
+
+    #[test]
     fn a_subscriber_gets_the_lines_read_after_it_subscribed() {
         let rt = runtime();
         let (mut input, reader) = tokio::io::duplex(64);
