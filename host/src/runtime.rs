@@ -893,6 +893,10 @@ impl Runtime {
     /// of the new version is emitted. Returns the pipelines whose thread could not be
     /// started, with the cause: they count as not started, and the next reload starts them.
     pub fn launch(&mut self) -> Vec<(String, std::io::Error)> {
+        // The pipelines started here count their intervals from now, all of them, not from
+        // whenever each thread first runs: a virtual clock moved in between (a test that saw
+        // one of them emit) would start the others late, their ticks before it lost.
+        let launched = self.clock.now();
         for r in self.pipelines.values_mut() {
             if let Some(code) = r.staged.take() {
                 // Its thread takes it at its next value, or at once when it waits (a wake).
@@ -963,10 +967,12 @@ impl Runtime {
                 Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone(), shared.pokes.clone())),
                 Clock::System => None,
             };
+            let start = launched;
             let hook = self.record.hook(&shared.code.load_full(), &self.sink);
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    run_pipeline(&shared, &sink, policy, subscribe, ticket, handover, hook)
+                    let time = LaunchTime { start, ticket };
+                    run_pipeline(&shared, &sink, policy, subscribe, time, handover, hook)
                 })) {
                     Ok(e) => e,
                     Err(_) => Ended::Errored,
@@ -3834,6 +3840,13 @@ fn batch_taken(r: &Result<Pushed, String>, n: usize) -> usize {
     }
 }
 
+/// When a pipeline was launched, and its registration with a virtual clock.
+struct LaunchTime {
+    /// The clock's time at the launch: its intervals' first ticks.
+    start: Instant,
+    ticket: Option<crate::clock::Ticket>,
+}
+
 /// A pipeline's thread: runs its `u64` sources itself (intervals on their deadlines,
 /// ranges in batches) and takes what host sources send to its inbox (lines), until every
 /// port is done, the pipeline completes, or the host stops it.
@@ -3842,10 +3855,11 @@ fn run_pipeline(
     sink: &Sink,
     policy: PanicPolicy,
     subscribe: Vec<(Arc<Hub>, u32)>,
-    ticket: Option<crate::clock::Ticket>,
+    time: LaunchTime,
     handover: Option<Handover>,
     hook: crate::record::Hook,
 ) -> Ended {
+    let LaunchTime { start, ticket } = time;
     use crate::record::{Hook, What};
     let (tape, mut script) = match hook {
         Hook::Off => (None, None),
@@ -3880,7 +3894,6 @@ fn run_pipeline(
     };
     let sources = cell.with(|d| d.code.sources.clone());
     let clock = shared.clock.clone();
-    let start = clock.now();
     let mut ports: Vec<PortRun> = sources
         .iter()
         .map(|s| match s.kind {

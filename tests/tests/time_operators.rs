@@ -118,3 +118,56 @@ fn a_delay_queue_and_a_time_buffer_survive_a_reload() -> anyhow::Result<()> {
     host.stop();
     Ok(())
 }
+
+/// Every pipeline of a launch counts its intervals from the launch, not from whenever its own
+/// thread first runs: a virtual clock moved while a thread is still seeding its states (here
+/// held by a seed whose `Clone` waits for a file) loses none of its ticks. (The README's
+/// record-and-replay test failed now and then on a loaded machine: its clock moved after one
+/// pipeline had emitted and before the other's thread had read the time.)
+#[test]
+fn an_interval_counts_from_the_launch_even_when_its_thread_starts_late() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "time_late_thread",
+        r#"
+use plugin_api::prelude::*;
+
+state! {
+    #[derive(Debug)]
+    pub struct Gate { pub sum: u64 }
+}
+
+// Seeding a state clones its seed, on the pipeline's thread: this one waits for the test.
+impl Clone for Gate {
+    fn clone(&self) -> Gate {
+        let gate = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gate");
+        while !gate.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Gate { sum: self.sum }
+    }
+}
+
+fn register(p: &mut Plugin) {
+    p.pipeline("early", of(vec![7u64])).log();
+    p.pipeline("late", interval_ms(1000))
+        .scan(Gate { sum: 0 }, |g: Gate, n: u64| Gate { sum: g.sum + n })
+        .map(|g: Gate| g.sum)
+        .log();
+}
+
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let (options, time) = fixture.virtual_options();
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    // Launched: `early` ran, while `late` waits in its seed.
+    host.wait_emission("early", |v| v == "7")?;
+    time.advance(std::time::Duration::from_secs(3));
+    fixture.write("gate", "");
+    assert!(time.settle(SETTLE), "the pipelines settled");
+    // Ticks 0 to 3, at 0 s to 3 s: the sums 0, 1, 3 and 6 (from the moved time: only 0).
+    let sums: Vec<i64> = numbers(&mut host, "late").iter().map(|(_, s)| *s).collect();
+    assert_eq!(sums, [0, 1, 3, 6]);
+    Ok(())
+}
