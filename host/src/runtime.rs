@@ -151,17 +151,6 @@ pub use crate::waits::{DriverLock, Locked};
 /// A shared driver (a subject reader's), behind the lock whose word marks its holder.
 pub type SharedDriver = DriverLock<Driver>;
 
-/// Locks a subject subscriber's driver for a delivery on this thread (tag `tag`), unless
-/// waiting for it would close a cycle of threads each holding a driver the next one's
-/// delivery needs (`crate::waits`): `Err` with the number of threads in it.
-#[inline(always)]
-pub(crate) fn lock_delivery(
-    driver: &Arc<SharedDriver>,
-    tag: usize,
-) -> Result<Locked<'_, Driver>, usize> {
-    crate::waits::lock_unless_cycle(driver, tag)
-}
-
 /// What reaches a pipeline thread through its inbox.
 #[derive(Debug)]
 pub enum Msg {
@@ -967,11 +956,13 @@ impl Runtime {
                 Clock::Virtual(v) => Some(v.register(shared.inbox.0.clone(), shared.pokes.clone())),
                 Clock::System => None,
             };
-            let start = launched;
             let hook = self.record.hook(&shared.code.load_full(), &self.sink);
             let body = Box::new(move || {
                 let ended = match catch_unwind(AssertUnwindSafe(|| {
-                    let time = LaunchTime { start, ticket };
+                    let time = LaunchTime {
+                        start: launched,
+                        ticket,
+                    };
                     run_pipeline(&shared, &sink, policy, subscribe, time, handover, hook)
                 })) {
                     Ok(e) => e,
@@ -2604,10 +2595,14 @@ impl Driver {
     }
 
     /// Runs one value of `port`, a `u64` source (an interval's tick on any port), through
-    /// the newest code: `push_item`'s path, whose test of the port is then one bit of a mask
-    /// (`u64_ports`) rather than the port's entry in the table.
+    /// the newest code: port 0 through [`Driver::push_one`], any other through `push_item`'s
+    /// path, whose test of the port is then one bit of a mask (`u64_ports`) rather than the
+    /// port's entry in the table.
     #[inline(always)]
     pub fn push_u64(&mut self, port: u32, x: u64) -> Result<Pushed, String> {
+        if port == 0 {
+            return self.push_one(x);
+        }
         // SAFETY: `x` is a live `u64`, valid for the call.
         unsafe { self.push_item(port, Wire::U64, (&raw const x).cast()) }
     }
@@ -4208,11 +4203,7 @@ fn run_pipeline(
                     match item.what {
                         What::Tick(x) => {
                             produced += 1;
-                            let r = if port == 0 {
-                                cell.with(|d| d.at_due(due, |d| d.push_one(x)))
-                            } else {
-                                cell.with(|d| d.at_due(due, |d| d.push_u64(port, x)))
-                            };
+                            let r = cell.with(|d| d.at_due(due, |d| d.push_u64(port, x)));
                             step!(r, p);
                         }
                         What::Line(line) => {
@@ -4296,11 +4287,7 @@ fn run_pipeline(
             if let Some(t) = &tape {
                 t.tick(port, due, *period, next, x);
             }
-            let r = if port == 0 {
-                cell.with(|d| d.at_due(due, |d| d.push_one(x)))
-            } else {
-                cell.with(|d| d.at_due(due, |d| d.push_u64(port, x)))
-            };
+            let r = cell.with(|d| d.at_due(due, |d| d.push_u64(port, x)));
             step!(r, p);
             if shared.stop.load(Ordering::Acquire) {
                 return Ended::Stopped;

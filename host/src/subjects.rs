@@ -21,7 +21,8 @@ use arc_swap::ArcSwap;
 
 use crate::code::Pushed;
 use crate::events::{HostEvent, Sink};
-use crate::runtime::{PanicPolicy, SharedDriver, lock_delivery, thread_tag};
+use crate::runtime::{PanicPolicy, SharedDriver, thread_tag};
+use crate::waits::lock_unless_cycle;
 
 /// The host's subjects, by name, and who uses them.
 #[derive(Default)]
@@ -394,7 +395,9 @@ impl Hub {
             if s.port_done.load(Ordering::Relaxed) || s.shared.ended() {
                 continue;
             }
-            let mut d = match lock_delivery(&s.driver, tag) {
+            // Unless waiting for it would close a cycle of threads each holding a driver the
+            // next one's delivery needs (`crate::waits`): `Err` with the number of threads.
+            let mut d = match lock_unless_cycle(&s.driver, tag) {
                 Ok(d) => d,
                 Err(threads) => {
                     let message = if threads == 1 {

@@ -149,12 +149,22 @@ impl<T> DriverLock<T> {
             tag,
             "a driver's lock taken twice by one thread"
         );
-        for _ in 0..SPINS {
-            std::hint::spin_loop();
-            if let Some(g) = self.try_lock_as(tag) {
-                return g;
-            }
+        match self.spin_for(tag) {
+            Some(g) => g,
+            None => self.park_for(tag),
         }
+    }
+
+    /// Tries the lock again [`SPINS`] times.
+    fn spin_for(&self, tag: usize) -> Option<Locked<'_, T>> {
+        (0..SPINS).find_map(|_| {
+            std::hint::spin_loop();
+            self.try_lock_as(tag)
+        })
+    }
+
+    /// Waits for the lock parked, until the holder lets go (see the type's doc).
+    fn park_for(&self, tag: usize) -> Locked<'_, T> {
         let me = std::thread::current();
         loop {
             // Listed, then counted, before it looks again: a holder letting go after that
@@ -301,11 +311,8 @@ fn wait_unless_cycle<T: Send + 'static>(
     if lock.held_by() == tag {
         return Err(1);
     }
-    for _ in 0..SPINS {
-        std::hint::spin_loop();
-        if let Some(g) = lock.try_lock_as(tag) {
-            return Ok(g);
-        }
+    if let Some(g) = lock.spin_for(tag) {
+        return Ok(g);
     }
     {
         let mut waits = WAITS.lock().unwrap_or_else(|p| p.into_inner());
@@ -315,7 +322,8 @@ fn wait_unless_cycle<T: Send + 'static>(
         let target: Arc<dyn Held> = lock.clone();
         waits.push(Wait { tag, target });
     }
-    let g = lock.lock_as(tag);
+    // Spun already: parked at once.
+    let g = lock.park_for(tag);
     let mut waits = WAITS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(i) = waits.iter().position(|w| w.tag == tag) {
         waits.swap_remove(i);

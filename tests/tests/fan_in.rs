@@ -292,13 +292,7 @@ fn a_u64_port_past_the_first_takes_its_values_and_refuses_what_it_must() -> anyh
         (3, 9, Err(refused("m", 3))),
         (64, 9, Err(refused("m", 64))),
     ];
-    let push = |d: &mut host::runtime::Driver, port: u32, x: u64| {
-        if port == 0 {
-            d.push_one(x)
-        } else {
-            d.push_u64(port, x)
-        }
-    };
+    let push = |d: &mut host::runtime::Driver, port: u32, x: u64| d.push_u64(port, x);
     for (port, x, expected) in steps {
         assert_eq!(push(&mut d, port, x), expected, "m: port {port}, value {x}");
     }
