@@ -27,9 +27,10 @@
 //! 13. time operators: `debounce_ms` and `throttle_ms` per value under a virtual clock (the
 //!     driver fires the operators' wakes at their deadlines, as a pipeline thread does), host
 //!     vs rxRust's `debounce` and `throttle_time` on a virtual-time scheduler;
-//! 14. `switch_map` and `merge_map`, one inner subscription (`of(vec![x])`) created and ended
-//!     per outer value (one value at a time, and in batches of 1024), host vs rxRust's
-//!     `switch_map` / `flat_map` on a `Subject` with `from_iter(vec![x])` inner streams;
+//! 14. `switch_map` and `merge_map`, one inner subscription (`of(vec![x])`, a bare synchronous
+//!     source, and `of(vec![x]).map(..)`, subscribed the long way) created and ended per outer
+//!     value (one value at a time, and in batches of 1024), host vs rxRust's `switch_map` /
+//!     `flat_map` on a `Subject` with `from_iter(vec![x])` (`.map(..)`) inner streams;
 //! 15. inner subscriptions at scale: a `merge_map` over `range(0, N)` with an inner interval
 //!     (N = 1,000 and 10,000 live): the host's threads, resident memory per subscription, and
 //!     the host side of a reload that re-projects them all (release builds).
@@ -162,6 +163,16 @@ fn register(p: &mut Plugin) {
         .log();
     p.pipeline("merge_map", interval_ms(3_600_000))
         .merge_map(|x: u64| of(vec![x]))
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    // The same with an operator in the inner stream: subscribed (bound, tracked, slots), not
+    // run inside the call as a bare synchronous source is.
+    p.pipeline("switch_map_op", interval_ms(3_600_000))
+        .switch_map(|x: u64| of(vec![x]).map(|v: u64| v + 1))
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
+    p.pipeline("merge_map_op", interval_ms(3_600_000))
+        .merge_map(|x: u64| of(vec![x]).map(|v: u64| v + 1))
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
 }
@@ -2508,16 +2519,31 @@ fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
     let mut s = Local::subject::<u64, Infallible>();
     let out = std::rc::Rc::new(std::cell::Cell::new(None));
     let o = out.clone();
-    if op == "switch_map" {
-        s.clone()
-            .switch_map(|x: u64| Local::from_iter(vec![x]))
-            .reduce_initial(0u64, fold31)
-            .subscribe(move |v| o.set(Some(v)));
-    } else {
-        s.clone()
-            .flat_map(|x: u64| Local::from_iter(vec![x]))
-            .reduce_initial(0u64, fold31)
-            .subscribe(move |v| o.set(Some(v)));
+    match op {
+        "switch_map" => {
+            s.clone()
+                .switch_map(|x: u64| Local::from_iter(vec![x]))
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
+        "switch_map_op" => {
+            s.clone()
+                .switch_map(|x: u64| Local::from_iter(vec![x]).map(|v: u64| v + 1))
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
+        "merge_map" => {
+            s.clone()
+                .flat_map(|x: u64| Local::from_iter(vec![x]))
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
+        _ => {
+            s.clone()
+                .flat_map(|x: u64| Local::from_iter(vec![x]).map(|v: u64| v + 1))
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
     }
     let end = black_box(n);
     let started = Instant::now();
@@ -2531,12 +2557,22 @@ fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
 
 fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     report.line(format!(
-        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription (`of(vec![x])`) created and ended per value, outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
+        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription created and ended per value (`of(vec![x])`, a bare synchronous source run inside the call; `_op`: `of(vec![x]).map(..)`, subscribed), outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
     ));
     report.line("| operator (rxRust's) | feed | host ns/value | rxRust ns/value | host / rxRust |");
     report.line("|---|---|---:|---:|---:|");
-    let expected = (0..N_HIGHER).fold(0, fold31);
-    for (op, theirs) in [("switch_map", "switch_map"), ("merge_map", "flat_map")] {
+    // The bare rows run each inner stream inside the outer value's call (a bare synchronous
+    // source); the `_op` rows subscribe it (bound, tracked, its operator's slot).
+    for (op, theirs) in [
+        ("switch_map", "switch_map"),
+        ("merge_map", "flat_map"),
+        ("switch_map_op", "switch_map"),
+        ("merge_map_op", "flat_map"),
+    ] {
+        let with_op = op.ends_with("_op");
+        let expected = (0..N_HIGHER)
+            .map(|v| v + u64::from(with_op))
+            .fold(0, fold31);
         let publisher = &loaded.pipelines[op];
         let mut ratios = Vec::new();
         for chunk in [1usize, BATCH] {
@@ -2570,8 +2606,14 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
             ));
         }
         let measured: Vec<&str> = ratios.iter().map(|(m, _)| m.as_str()).collect();
+        let name = op.trim_end_matches("_op");
+        let inner = if with_op {
+            "an inner stream with an operator, `of(vec![x]).map(..)`: subscribed"
+        } else {
+            "a bare `of(vec![x])`: run inside the call"
+        };
         report.verdict(
-            &format!("`{op}` per outer value (one inner subscription) within 2x of rxRust's `{theirs}` (both feeds)"),
+            &format!("`{name}` per outer value (one inner subscription; {inner}) within 2x of rxRust's `{theirs}` (both feeds)"),
             measured.join("; "),
             Some(ratios.iter().all(|&(_, r)| r <= 2.0)),
         );

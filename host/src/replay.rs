@@ -577,6 +577,11 @@ unsafe extern "C" fn muted_subscribe(
 
 unsafe extern "C" fn muted_unsubscribe(_host: *mut c_void, _op: u32, _instance: u64) {}
 
+/// Never reached either (see `muted_subscribe`): the long way, which refuses.
+unsafe extern "C" fn muted_subscribe_sync(_host: *mut c_void, _op: u32) -> u64 {
+    0
+}
+
 /// `text`, cut to [`TEXT_CAP`] bytes at a character boundary.
 fn cut(text: &str) -> String {
     if text.len() <= TEXT_CAP {
@@ -690,6 +695,7 @@ impl<'a> Side<'a> {
             now: muted_now,
             schedule: muted_schedule,
             subscribe: muted_subscribe,
+            subscribe_sync: muted_subscribe_sync,
             unsubscribe: muted_unsubscribe,
             api: &raw const muted.api,
         };

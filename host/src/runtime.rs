@@ -1589,6 +1589,7 @@ impl HostCx {
             now: cbi_now,
             schedule: cbi_schedule,
             subscribe: cbi_subscribe,
+            subscribe_sync: cbi_subscribe_sync,
             unsubscribe: cbi_unsubscribe,
             api: self.api.get(),
         }
@@ -1766,6 +1767,36 @@ impl HostCx {
         }
         self.shared.set_flag(flags::HUB_ASKS);
         links
+    }
+
+    /// `subscribe_sync` from a pipeline's higher-order operator `op`: a bare synchronous
+    /// source that starts and ends inside the running call. It takes the next number, and
+    /// the census hears that it started (with no run-time track but its own) and ended, as
+    /// for one subscribed and ended in the call; nothing is held. 0 (the plugin subscribes
+    /// it the long way) while re-projecting, with the inspector on (its view of run-time
+    /// tracks is kept by the long way), or for an operator this code does not have.
+    fn subscribe_sync(&self, op: u32) -> u64 {
+        if self.tally.is_some() || self.reprojecting.borrow().is_some() {
+            return 0;
+        }
+        let Some(op_track) = self.tracks.borrow().get(op as usize).copied() else {
+            return 0;
+        };
+        let id = self.next_inner.get();
+        self.next_inner.set(id + 1);
+        if let Some(census) = &self.census {
+            let _ = census.send(Census::Started {
+                pipeline: self.census_name.clone(),
+                id,
+                op_track,
+                calls: Vec::new(),
+            });
+            let _ = census.send(Census::Ended {
+                pipeline: self.census_name.clone(),
+                id,
+            });
+        }
+        id
     }
 
     /// `subscribe` from a pipeline's higher-order operator `op`.
@@ -1999,6 +2030,14 @@ unsafe extern "C" fn cb_subscribe(
     .unwrap_or(false)
 }
 
+unsafe extern "C" fn cb_subscribe_sync(host: *mut c_void, op: u32) -> u64 {
+    // SAFETY: `host` is the `HostCx` of the running thread.
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        (*host.cast::<HostCx>()).subscribe_sync(op)
+    }))
+    .unwrap_or(0)
+}
+
 unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) {
     // SAFETY: as in `cb_log`.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
@@ -2102,6 +2141,12 @@ unsafe extern "C" fn cbi_subscribe(
 }
 
 unsafe extern "C" fn cbi_unsubscribe(_host: *mut c_void, _op: u32, _instance: u64) {}
+
+/// A higher-order operator inside an inner stream: subscribed the long way, which refuses it
+/// (`cbi_subscribe`).
+unsafe extern "C" fn cbi_subscribe_sync(_host: *mut c_void, _op: u32) -> u64 {
+    0
+}
 
 unsafe extern "C" fn cb_publish(host: *mut c_void, op: u32, value: *const c_void) {
     // SAFETY: as in `cb_log`; `value` is the publisher's value, borrowed for the call.
@@ -2320,6 +2365,7 @@ impl Driver {
             now: cb_now,
             schedule: cb_schedule,
             subscribe: cb_subscribe,
+            subscribe_sync: cb_subscribe_sync,
             unsubscribe: cb_unsubscribe,
             api: &raw const *api,
         };

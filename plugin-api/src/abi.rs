@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -288,6 +288,14 @@ pub struct EmitCx {
     /// stream completed, or a `switch_map` moved on). The host frees it after the current
     /// call returns: its env and slots stay valid until then.
     pub unsubscribe: unsafe extern "C" fn(host: *mut c_void, op: u32, instance: u64),
+    /// The higher-order operator number `op` is about to run an inner stream that lives
+    /// and ends inside the running call: a bare synchronous source (`of(..)`, `range(..)`)
+    /// with no operator, no track and nothing the host would hold. Returns the
+    /// subscription's number (the host counts it, and tells the tracking store it started
+    /// and ended, as for any subscription), or 0 when the host wants it subscribed through
+    /// [`EmitCx::subscribe`] instead (the plugin then binds and subscribes it as any inner
+    /// stream).
+    pub subscribe_sync: unsafe extern "C" fn(host: *mut c_void, op: u32) -> u64,
     /// The registration callbacks an inner stream's tracks are registered through at run
     /// time (only [`HostApi::track_call`] and [`HostApi::track_call_return`] are called).
     /// Valid for the call.

@@ -262,6 +262,9 @@ pub trait Tally: sealed::Sealed + 'static {
     /// push scenario 2 ns a value; moved, it stays in registers, and only the cold path that
     /// formats it takes its address.
     fn emitted<T: fmt::Debug>(cx: &Cx<'_>, op: u32, value: T) -> T;
+    /// Whether it counts anything (the inspector is on): an inner stream's values are then
+    /// counted on its own subscription's cells, so it is never run on the outer context.
+    const COUNTS: bool = true;
 }
 
 /// Counts nothing.
@@ -282,6 +285,7 @@ impl sealed::Sealed for Counted {}
 impl sealed::Sealed for Sampled {}
 
 impl Tally for Silent {
+    const COUNTS: bool = false;
     #[inline(always)]
     fn emitted<T: fmt::Debug>(_cx: &Cx<'_>, _op: u32, value: T) -> T {
         value
@@ -519,6 +523,13 @@ pub trait Stage: Send + Sync + 'static {
     /// Unless null, `dst` must be valid for writes of operator `op`'s state type and aligned
     /// for it.
     unsafe fn init(&self, op: u32, dst: *mut u8) -> bool;
+    /// For a bare synchronous source (`of(..)`, `range(..)`: one port, no operator), the
+    /// wire values it emits, `from..to`, each pushed on port 0 before it completes; `None`
+    /// for any other stage. A higher-order operator runs such an inner stream inside the
+    /// outer value's call without binding it ([`crate::abi::EmitCx::subscribe_sync`]).
+    fn sync_source(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// One operator, from `In` to `Out`.

@@ -142,6 +142,27 @@ impl<C: Tally, T, V, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
     }
 }
 
+/// What a bare synchronous source run inside the outer value's call hands the rest of the
+/// chain: its values, until it completes (which ends it, not the chain).
+struct SyncObs<'a, K> {
+    k: &'a mut K,
+    ended: bool,
+}
+
+impl<V, K: Observer<V>> Observer<V> for SyncObs<'_, K> {
+    #[inline(always)]
+    fn next(&mut self, v: V) -> Flow {
+        if self.ended {
+            return Flow::Complete;
+        }
+        self.k.next(v)
+    }
+    fn complete(&mut self) -> Flow {
+        self.ended = true;
+        Flow::Complete
+    }
+}
+
 /// Attributes a panic unwinding out of an inner subscription's operator to that operator
 /// (its path is the inner track's), instead of to the pipeline.
 struct PanicAt<'a, 'b, 'c> {
@@ -177,9 +198,17 @@ where
 
     /// Runs the user's projection on `x` and binds the stream it returns.
     fn project_bound(&self, cx: &Cx<'_>, x: &T) -> (Box<Env<S2>>, crate::dsl::BoundInner) {
-        let op = self.at.op;
-        let stream = cx.user(op, || (self.f)(x.clone()));
-        let (mut stage, marks) = stream.body.into_parts();
+        let stream = cx.user(self.at.op, || (self.f)(x.clone()));
+        let (stage, marks) = stream.body.into_parts();
+        Self::bound(cx, stage, marks)
+    }
+
+    /// Binds an inner stream's stage (its tracks registered with the host now).
+    fn bound(
+        cx: &Cx<'_>,
+        mut stage: S2,
+        marks: Vec<(u32, crate::dsl::Mark)>,
+    ) -> (Box<Env<S2>>, crate::dsl::BoundInner) {
         let emit = cx.emit();
         // SAFETY: the host passes a registration API valid for the call.
         let api = unsafe { &*emit.api };
@@ -212,7 +241,25 @@ where
     /// Returns whether that subscription already ended (or was refused).
     fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
         let op = self.at.op;
-        let (env, bound) = self.project_bound(cx, &x);
+        let stream = cx.user(op, || (self.f)(x.clone()));
+        let (stage, marks) = stream.body.into_parts();
+        // A bare synchronous source lives and ends inside this call: run at once, with no
+        // binding, env, slots or held value, if the host agrees (it numbers it, and tells
+        // the tracking store it started and ended). Never while counting: its values would
+        // be counted on the outer chain's cells.
+        if !C::COUNTS
+            && marks.is_empty()
+            && let Some((from, to)) = stage.sync_source()
+        {
+            let emit = cx.emit();
+            // SAFETY: the host's context for this call.
+            if unsafe { (emit.subscribe_sync)(emit.host, op) } != 0 {
+                drop(x);
+                Self::run_sync::<C, K>(cx, &stage, from, to, k);
+                return true;
+            }
+        }
+        let (env, bound) = Self::bound(cx, stage, marks);
         let env_ptr: *const Env<S2> = &*env;
         let mut desc = Self::describe(env, &bound);
         let mut value = ManuallyDrop::new(x);
@@ -251,6 +298,37 @@ where
             answer: inner_answer::NONE,
         };
         self.run_inner::<C, K>(cx, env, &mut call, k).1
+    }
+
+    /// Runs a bare synchronous source's values `from..to` through the rest of the chain,
+    /// then its completion (which ends it), unless the chain completes first. A panic on one
+    /// value drops that value only (reported at the operator it happened in, and the call
+    /// answers PANICKED at its end), as in a subscribed inner stream.
+    fn run_sync<C: Tally, K: Observer<S2::Out>>(
+        cx: &Cx<'_>,
+        stage: &S2,
+        from: u64,
+        to: u64,
+        k: &mut K,
+    ) {
+        let mut obs = SyncObs { k, ended: false };
+        for i in from..to {
+            if obs.ended || cx.is_completed() {
+                return;
+            }
+            let one = catch_unwind(AssertUnwindSafe(|| {
+                stage.push::<C, _>(cx, 0, (&raw const i).cast::<c_void>(), 0, &mut obs)
+            }));
+            match one {
+                Ok(Flow::Complete) => break,
+                Ok(Flow::Continue) => {}
+                // No inner operator to name: the panic is the outer chain's.
+                Err(payload) => contain_panic(cx, cx, cx.emit(), payload),
+            }
+        }
+        if !obs.ended && !cx.is_completed() {
+            stage.complete::<C, _>(cx, 0, &mut obs);
+        }
     }
 
     /// Runs one event of an inner subscription. Returns the flow for the outer chain and

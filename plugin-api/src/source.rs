@@ -146,13 +146,29 @@ impl<T: Clone + fmt::Debug + Send + Sync + 'static> Wire for SubjectItems<T> {
 pub struct Root<W> {
     wire: W,
     desc: SourceDesc,
+    /// Its label, or empty while `make_label` is set.
     label: String,
+    /// Writes the label from the wire and description, when it is first needed (at
+    /// binding): an inner stream run without binding (`Stage::sync_source`) never formats
+    /// it (`of`'s holds its items' text).
+    make_label: Option<fn(&W, &SourceDesc) -> String>,
     text: String,
+}
+
+impl<W> Root<W> {
+    fn label_text(&self) -> String {
+        match self.make_label {
+            Some(make) => make(&self.wire, &self.desc),
+            None => self.label.clone(),
+        }
+    }
 }
 
 impl<W: fmt::Debug> fmt::Debug for Root<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Root").field("label", &self.label).finish()
+        f.debug_struct("Root")
+            .field("label", &self.label_text())
+            .finish()
     }
 }
 
@@ -201,12 +217,22 @@ impl<W: Wire> Stage for Root<W> {
         None
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
+        if let Some(make) = self.make_label.take() {
+            self.label = make(&self.wire, &self.desc);
+        }
         // SAFETY: the strings are this root's, which the stage keeps (in its `Env`) at least
         // until the host has read the binding's description.
         unsafe { b.source(self.desc, &self.label, &self.text) };
     }
     fn label(&self) -> String {
-        self.label.clone()
+        self.label_text()
+    }
+    fn sync_source(&self) -> Option<(u64, u64)> {
+        match self.desc.kind {
+            source_kind::OF => Some((0, self.desc.a)),
+            source_kind::RANGE => Some((self.desc.a, self.desc.b)),
+            _ => None,
+        }
     }
     unsafe fn describe(&self, port: u32, item: *const c_void, out: &mut dyn fmt::Write) -> bool {
         // SAFETY: the host passes one wire value of this port's type (the caller's
@@ -219,13 +245,19 @@ impl<W: Wire> Stage for Root<W> {
     }
 }
 
+/// A source's label: written now, or when it is first needed.
+enum Label<W> {
+    Now(String),
+    Later(fn(&W, &SourceDesc) -> String),
+}
+
 fn root<W: Wire>(
     wire: W,
     kind: u32,
     a: u64,
     b: u64,
     text: Option<&str>,
-    label: String,
+    label: Label<W>,
 ) -> Stream<Root<W>> {
     root_typed::<W>(wire, kind, a, b, text, label, fingerprint::of::<W::Out>())
 }
@@ -236,9 +268,13 @@ fn root_typed<W: Wire>(
     a: u64,
     b: u64,
     text: Option<&str>,
-    label: String,
+    label: Label<W>,
     item: crate::abi::RFingerprint,
 ) -> Stream<Root<W>> {
+    let (label, make_label) = match label {
+        Label::Now(text) => (text, None),
+        Label::Later(make) => (String::new(), Some(make)),
+    };
     Stream {
         body: Body::new(Root {
             wire,
@@ -260,6 +296,7 @@ fn root_typed<W: Wire>(
                 value_plain: W::value_plain(),
             },
             label,
+            make_label,
             text: text.unwrap_or_default().to_owned(),
         }),
     }
@@ -273,7 +310,7 @@ pub fn interval_ms(period: u64) -> Stream<Root<Ticks>> {
         period,
         0,
         None,
-        format!("interval_ms({period})"),
+        Label::Later(|_, d| format!("interval_ms({})", d.a)),
     )
 }
 
@@ -285,25 +322,36 @@ pub fn range(start: u64, end: u64) -> Stream<Root<Ticks>> {
         start,
         end,
         None,
-        format!("range({start}, {end})"),
+        Label::Later(|_, d| format!("range({}, {})", d.a, d.b)),
     )
 }
 
 /// Emits each item, then completes. The items are part of the source's signature: an edit
 /// that changes them starts the source again from its first item.
 pub fn of<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) -> Stream<Root<Of<T>>> {
-    use core::fmt::Write as _;
     let n = items.len() as u64;
+    root(
+        Of { items },
+        source_kind::OF,
+        n,
+        0,
+        None,
+        Label::Later(|w, _| of_label(&w.items)),
+    )
+}
+
+/// `of`'s label: `of::<T>(items)`, the items' text cut to 160 bytes and a hash when longer
+/// than 200, written into one buffer sized for short lists (one allocation).
+fn of_label<T: fmt::Debug + 'static>(items: &Vec<T>) -> String {
+    use core::fmt::Write as _;
+    let n = items.len();
     let name = core::any::type_name::<T>();
-    // `of::<T>(items)`, the items' text cut to 160 bytes and a hash when longer than 200,
-    // written into one buffer sized for short lists (one allocation per call, in the
-    // projections of higher-order operators too).
     let mut label = String::with_capacity(name.len() + 8 + (24 * items.len()).min(240));
     label.push_str("of::<");
     label.push_str(name);
     label.push_str(">(");
     let start = label.len();
-    write_items(&mut label, &items);
+    write_items(&mut label, items);
     if label.len() - start > 200 {
         let hash = fingerprint::fnv1a(fingerprint::FNV_OFFSET, &label.as_bytes()[start..]);
         let mut cut = start + 160;
@@ -314,7 +362,7 @@ pub fn of<T: Clone + fmt::Debug + Send + Sync + 'static>(items: Vec<T>) -> Strea
         let _ = write!(label, "... ({n} items, hash {hash:016x})");
     }
     label.push(')');
-    root(Of { items }, source_kind::OF, n, 0, None, label)
+    label
 }
 
 /// Writes `items` as `{items:?}` does; integers without the formatting machinery (the same
@@ -386,7 +434,7 @@ pub fn stdin_lines() -> Stream<Root<Lines>> {
         0,
         0,
         None,
-        "stdin_lines()".to_owned(),
+        Label::Now("stdin_lines()".to_owned()),
     )
 }
 
@@ -400,7 +448,7 @@ pub fn file_lines(path: &str) -> Stream<Root<Lines>> {
         0,
         0,
         Some(path),
-        format!("file_lines({path:?})"),
+        Label::Now(format!("file_lines({path:?})")),
     )
 }
 
@@ -412,7 +460,7 @@ pub fn tcp_lines(addr: &str) -> Stream<Root<Lines>> {
         0,
         0,
         Some(addr),
-        format!("tcp_lines({addr:?})"),
+        Label::Now(format!("tcp_lines({addr:?})")),
     )
 }
 
@@ -429,7 +477,10 @@ pub fn subject<T: Shape + Clone + fmt::Debug + Send + Sync + 'static>(
         0,
         0,
         Some(name),
-        format!("subject::<{}>({name:?})", core::any::type_name::<T>()),
+        Label::Now(format!(
+            "subject::<{}>({name:?})",
+            core::any::type_name::<T>()
+        )),
         fingerprint::of_state::<T>(),
     )
 }

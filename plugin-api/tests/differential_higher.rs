@@ -223,6 +223,10 @@ mod rx {
 enum Kind {
     Of,
     Range,
+    /// `of(vec)` and `range(a, b)` alone: run inside the outer value's call without being
+    /// subscribed (`EmitCx::subscribe_sync`).
+    BareOf,
+    BareRange,
     Interval,
 }
 
@@ -263,7 +267,13 @@ struct Case {
 const TAIL: u64 = 1_000;
 
 fn case() -> impl Strategy<Value = Case> {
-    let kind = prop_oneof![Just(Kind::Of), Just(Kind::Range), Just(Kind::Interval)];
+    let kind = prop_oneof![
+        Just(Kind::Of),
+        Just(Kind::Range),
+        Just(Kind::BareOf),
+        Just(Kind::BareRange),
+        Just(Kind::Interval)
+    ];
     (
         kind,
         proptest::collection::vec(
@@ -288,10 +298,15 @@ fn case() -> impl Strategy<Value = Case> {
                     events.push((t.saturating_sub(dr).max(prev), Ev::Reload));
                 }
                 events.push((t, Ev::Value(i as u64)));
+                let bare = matches!(kind, Kind::BareOf | Kind::BareRange);
                 inners.push(Inner {
                     n,
                     period,
-                    m: m.unwrap_or(u64::MAX),
+                    m: if bare {
+                        u64::MAX
+                    } else {
+                        m.unwrap_or(u64::MAX)
+                    },
                 });
             }
             if let Some((r, dr)) = reload
@@ -403,6 +418,16 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> O
         }
     }
     assert_eq!(run.errors(), vec![], "{case:?}");
+    // A bare synchronous source is never subscribed; any other inner stream always is.
+    if matches!(case.kind, Kind::BareOf | Kind::BareRange) {
+        assert_eq!(
+            (run.freed_inners(), run.live_inners()),
+            (0, 0),
+            "subscribed: {case:?}"
+        );
+    } else {
+        assert_eq!(run.synced_inners(), 0, "run unsubscribed: {case:?}");
+    }
     if done {
         out.push((run.now() / MS, "|".to_owned()));
         // A completed pipeline's thread stops: its subscriptions are dropped with it.
@@ -460,6 +485,8 @@ fn ours(which: Which, case: &Case) -> Out {
             build!(|i: u64, s: Inner| of((0..s.n).map(|k| 100 * i + k).collect()).take(s.m))
         }
         Kind::Range => build!(|i: u64, s: Inner| range(100 * i, 100 * i + s.n).take(s.m)),
+        Kind::BareOf => build!(|i: u64, s: Inner| of((0..s.n).map(|k| 100 * i + k).collect())),
+        Kind::BareRange => build!(|i: u64, s: Inner| range(100 * i, 100 * i + s.n)),
         Kind::Interval => build!(|i: u64, s: Inner| interval_ms(s.period)
             .take(s.n)
             .map(move |k: u64| 100 * i + k)),
@@ -533,11 +560,11 @@ fn theirs(which: Which, case: &Case) -> Out {
         }};
     }
     match case.kind {
-        Kind::Of => wire!(|i: u64, s: Inner| V::from_iter(
+        Kind::Of | Kind::BareOf => wire!(|i: u64, s: Inner| V::from_iter(
             (0..s.n).map(move |k| 100 * i + k).collect::<Vec<_>>()
         )
         .take(s.m as usize)),
-        Kind::Range => {
+        Kind::Range | Kind::BareRange => {
             wire!(|i: u64, s: Inner| V::from_iter(100 * i..100 * i + s.n).take(s.m as usize))
         }
         Kind::Interval => wire!(|i: u64, s: Inner| V::<()>::lift(rx::VInterval {

@@ -323,3 +323,54 @@ fn an_inner_reader_refuses_a_value_of_another_type_at_its_own_path() -> anyhow::
     host.stop();
     Ok(())
 }
+
+/// A bare synchronous inner source (`of(..)`, `range(..)` with no operator) runs inside its
+/// outer value's call without being subscribed (nothing is held for it), yet it is a
+/// subscription like any other: it takes the next number of its pipeline, and the tracking
+/// store hears it start and end. Here each outer tick's `switch_map` runs a bare `of` whose
+/// two values each start a live `merge_map` subscription (the long way): the numbers
+/// alternate between the two operators, and each tick enters into the store the ids of one
+/// transient subscription (itself and its `#N:inner` track) and of two live ones (each with
+/// its `#N:inner`, `take` and `map` tracks).
+#[test]
+fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow::Result<()> {
+    use host::reloader::Outcome;
+    let fixture = Fixture::new(
+        "higher_bare_sync",
+        &plugin(
+            r#"    p.pipeline("b", interval_ms(100).take(3))
+        .switch_map(|n: u64| of(vec![n * 10, n * 10 + 1]))
+        .merge_map(|k: u64| interval_ms(3_600_000).take(2).map(move |i: u64| k + i))
+        .log();"#,
+        ),
+    );
+    let config = fixture.build_config(false)?;
+    let (mut reloader, _rx) = integration_tests::channel_reloader(config.clone())?;
+    let (clock, time) = host::clock::Clock::virtual_clock();
+    reloader.runtime().set_clock(clock);
+    let keep = host::testkit::TempDir::new("higher-bare-sync");
+    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
+    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    assert!(time.settle(SETTLE));
+    reloader.idle();
+    let mut ids = vec![reloader.recorder().state.next_id];
+    for _ in 0..2 {
+        integration_tests::advance(&time, 100);
+        reloader.idle();
+        ids.push(reloader.recorder().state.next_id);
+    }
+    let per_tick: Vec<u64> = ids.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(per_tick, [2 + 2 * 4, 2 + 2 * 4], "ids entered per tick");
+    let live: Vec<String> = reloader
+        .tracks()
+        .into_iter()
+        .filter(|t| t.path.ends_with(":inner"))
+        .map(|t| t.path)
+        .collect();
+    let want: Vec<String> = [2, 3, 5, 6, 8, 9]
+        .iter()
+        .map(|id| format!("b|2:merge_map|#{id}:inner"))
+        .collect();
+    assert_eq!(live, want);
+    Ok(())
+}

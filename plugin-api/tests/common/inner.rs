@@ -206,6 +206,9 @@ pub struct Inners {
     reprojected: RefCell<Option<Projected>>,
     /// How many instances were ended and freed.
     pub freed: Cell<u64>,
+    /// How many bare synchronous sources ran inside the outer value's call without being
+    /// subscribed (`EmitCx::subscribe_sync`); numbered as instances are.
+    pub synced: Cell<u64>,
 }
 
 impl Inners {
@@ -330,6 +333,7 @@ impl Inners {
             now: cbi_now,
             schedule: cbi_schedule,
             subscribe: cbi_subscribe,
+            subscribe_sync: cbi_subscribe_sync,
             unsubscribe: cbi_unsubscribe,
             api: self.api(),
         });
@@ -436,6 +440,19 @@ pub(super) unsafe extern "C" fn on_subscribe(
     }
 }
 
+pub(super) unsafe extern "C" fn on_subscribe_sync(host: *mut c_void, _op: u32) -> u64 {
+    // SAFETY: as in `on_subscribe`.
+    let sink = unsafe { &*host.cast::<Sink>() };
+    let inner = &sink.inner;
+    if inner.reprojecting.get() {
+        return 0;
+    }
+    let id = inner.last.get() + 1;
+    inner.last.set(id);
+    inner.synced.set(inner.synced.get() + 1);
+    id
+}
+
 pub(super) unsafe extern "C" fn on_unsubscribe(host: *mut c_void, _op: u32, instance: u64) {
     // SAFETY: as in `on_subscribe`.
     let sink = unsafe { &*host.cast::<Sink>() };
@@ -495,6 +512,11 @@ unsafe extern "C" fn cbi_schedule(host: *mut c_void, op: u32, deadline: u64) {
         .push_timer(sink, deadline, Due::Op(i.instance, op));
 }
 
+/// A higher-order operator inside an inner stream: the long way, refused there.
+unsafe extern "C" fn cbi_subscribe_sync(_host: *mut c_void, _op: u32) -> u64 {
+    0
+}
+
 unsafe extern "C" fn cbi_subscribe(
     host: *mut c_void,
     op: u32,
@@ -525,6 +547,11 @@ impl Running {
     /// Live inner subscriptions.
     pub fn live_inners(&self) -> usize {
         self.sink.inner.live.borrow().len()
+    }
+
+    /// How many bare synchronous sources ran without being subscribed.
+    pub fn synced_inners(&self) -> u64 {
+        self.sink.inner.synced.get()
     }
 
     /// How many ended inner subscriptions were freed.

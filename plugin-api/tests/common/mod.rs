@@ -225,6 +225,7 @@ impl Running {
             now: on_now,
             schedule: on_schedule,
             subscribe: inner::on_subscribe,
+            subscribe_sync: inner::on_subscribe_sync,
             unsubscribe: inner::on_unsubscribe,
             api: sink.inner.api(),
         };
