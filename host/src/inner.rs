@@ -25,7 +25,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmr_track::{Id, Signature};
+use hmr_track::{Fingerprint, Id, Signature};
 use plugin_api::abi::{DebugStateFn, DropEnvFn, DropStateFn, EmitCx, InnerDesc, RSignature, RStr};
 
 use crate::code::{OpCode, SourceSpec, StateSlots};
@@ -51,24 +51,46 @@ pub(crate) enum Census {
         pipeline: Arc<str>,
         id: u64,
         op_track: Id,
-        calls: Vec<RegCall>,
+        calls: Arc<[RegCall]>,
     },
     /// It ended.
     Ended { pipeline: Arc<str>, id: u64 },
 }
 
-/// The tracks an inner stream registered while it was bound, relative to the subscription
-/// (`0:map`, `1:merge|0:map`), with their signatures, in handle order.
-#[derive(Default)]
-pub(crate) struct InnerReg {
-    /// Open tracks: their relative path and how many unkeyed children they had so far.
-    stack: Vec<(String, u32)>,
-    /// Unkeyed children of the subscription itself so far.
-    top: u32,
+/// What one binding of an inner stream registered: its tracks relative to the subscription
+/// (`0:map`, `1:merge|0:map`) with their signatures, in handle order, and its calls for the
+/// tracking store. Shared by every subscription whose binding made the same calls.
+#[derive(Debug, Default)]
+pub(crate) struct Binding {
+    /// The calls' shape: the key of each track opened, or a close.
+    shape: Vec<Option<Option<String>>>,
     /// Every track opened, by handle - 1: relative path and signature.
     pub(crate) opened: Vec<(String, Signature)>,
     /// The calls as made, for the tracking store.
-    pub(crate) calls: Vec<RegCall>,
+    pub(crate) calls: Arc<[RegCall]>,
+}
+
+/// The tracks an inner stream registers while it is bound ([`Binding`]). A projection's
+/// stream has the same tracks from one outer value to the next, as a rule: while a binding
+/// repeats the last one call for call (kind, key and signature compared in place), nothing is
+/// decoded, formatted or copied, and the last [`Binding`] is handed out again
+/// ([`InnerReg::finish`]); from the first call that differs, the binding is built afresh.
+#[derive(Default)]
+pub(crate) struct InnerReg {
+    /// The last binding finished.
+    last: Option<Arc<Binding>>,
+    /// How many calls of the binding under way repeated `last`'s (while `fresh` is empty).
+    matched: usize,
+    /// How many tracks it opened so far.
+    handles: u64,
+    /// Built afresh from the first call that differed from `last` (`building`).
+    building: bool,
+    fresh: Binding,
+    /// Open tracks of `fresh`: their relative path and how many unkeyed children so far.
+    stack: Vec<(String, u32)>,
+    /// Unkeyed children of the subscription itself so far.
+    top: u32,
+    fresh_calls: Vec<RegCall>,
     pub(crate) names: Names,
     /// The sources of the last inner stream read (`read_inner` in `runtime.rs`), handed to
     /// the next subscriptions while theirs are the same: one allocation per operator and
@@ -76,19 +98,74 @@ pub(crate) struct InnerReg {
     pub(crate) sources: Option<Arc<[SourceSpec]>>,
 }
 
+/// Whether `fp` is `stored` (bytes compared in place).
+///
+/// # Safety
+/// `fp`'s name must be readable for the call.
+unsafe fn same_fingerprint(
+    fp: &plugin_api::abi::RFingerprint,
+    stored: &Option<Fingerprint>,
+) -> bool {
+    // SAFETY: forwarded.
+    match (unsafe { fp.name.bytes() }, stored) {
+        (None, None) => true,
+        (Some(name), Some(s)) => {
+            fp.size as u64 == s.size
+                && fp.align as u64 == s.align
+                && fp.hash == s.hash
+                && name == s.name.as_bytes()
+        }
+        _ => false,
+    }
+}
+
 impl InnerReg {
-    /// A track opened: returns its handle.
+    /// Whether call `kind`, `key`, `sig` is the next one of `last`.
     ///
     /// # Safety
-    /// `kind`, `key` and the strings of `sig` must be readable for the call.
-    pub(crate) unsafe fn open(&mut self, kind: RStr, key: RStr, sig: &RSignature) -> u64 {
-        // SAFETY: forwarded.
-        let (signature, key) = unsafe {
-            (
-                self.names.signature(kind, sig),
-                key.to_string_lossy().map(|k| k.into_owned()),
-            )
+    /// As for [`InnerReg::open`].
+    unsafe fn repeats(&self, kind: RStr, key: RStr, sig: &RSignature) -> bool {
+        let Some(last) = &self.last else {
+            return false;
         };
+        let Some(Some(stored_key)) = last.shape.get(self.matched) else {
+            return false;
+        };
+        let Some((_, stored)) = last.opened.get(self.handles as usize) else {
+            return false;
+        };
+        // SAFETY: forwarded.
+        unsafe {
+            key.bytes() == stored_key.as_deref().map(str::as_bytes)
+                && kind.bytes() == Some(stored.kind.as_bytes())
+                && sig.seed.bytes() == stored.seed.as_deref().map(str::as_bytes)
+                && same_fingerprint(&sig.input, &stored.input)
+                && same_fingerprint(&sig.output, &stored.output)
+                && same_fingerprint(&sig.state, &stored.state)
+        }
+    }
+
+    /// Leaves `last` for a binding of its own: the calls repeated so far are made again
+    /// into `fresh`, from `last`'s.
+    fn diverge(&mut self) {
+        self.building = true;
+        let Some(last) = self.last.clone() else {
+            return;
+        };
+        let mut opened = last.opened.iter();
+        for call in &last.shape[..self.matched] {
+            match call {
+                Some(key) => {
+                    if let Some((_, signature)) = opened.next() {
+                        self.open_decoded(key.clone(), signature.clone());
+                    }
+                }
+                None => self.close_fresh(),
+            }
+        }
+    }
+
+    fn open_decoded(&mut self, key: Option<String>, signature: Signature) {
         let segment = match &key {
             Some(k) => format!("#{k}:{}", signature.kind),
             None => {
@@ -106,27 +183,96 @@ impl InnerReg {
             None => segment,
         };
         self.stack.push((path.clone(), 0));
-        self.calls.push(RegCall::Open(
+        self.fresh_calls.push(RegCall::Open(
             signature.kind.to_string(),
-            key,
+            key.clone(),
             Box::new(signature.clone()),
         ));
-        self.opened.push((path, signature));
-        self.opened.len() as u64
+        self.fresh.shape.push(Some(key));
+        self.fresh.opened.push((path, signature));
+    }
+
+    fn close_fresh(&mut self) {
+        self.stack.pop();
+        self.fresh_calls.push(RegCall::Close);
+        self.fresh.shape.push(None);
+    }
+
+    /// A track opened: returns its handle.
+    ///
+    /// # Safety
+    /// `kind`, `key` and the strings of `sig` must be readable for the call.
+    pub(crate) unsafe fn open(&mut self, kind: RStr, key: RStr, sig: &RSignature) -> u64 {
+        // SAFETY: forwarded.
+        if !self.building && unsafe { self.repeats(kind, key, sig) } {
+            self.matched += 1;
+        } else {
+            if !self.building {
+                self.diverge();
+            }
+            // SAFETY: forwarded.
+            let (signature, key) = unsafe {
+                (
+                    self.names.signature(kind, sig),
+                    key.to_string_lossy().map(|k| k.into_owned()),
+                )
+            };
+            self.open_decoded(key, signature);
+        }
+        self.handles += 1;
+        self.handles
     }
 
     /// The innermost open track closed.
     pub(crate) fn close(&mut self) {
-        self.stack.pop();
-        self.calls.push(RegCall::Close);
+        if !self.building
+            && let Some(last) = &self.last
+            && last.shape.get(self.matched) == Some(&None)
+        {
+            self.matched += 1;
+            return;
+        }
+        if !self.building {
+            self.diverge();
+        }
+        self.close_fresh();
     }
 
-    /// Forgets what was registered (before the next binding).
+    /// The binding under way, finished: `last` again when it repeated it whole, else the one
+    /// built (which becomes `last`). The next binding starts from nothing.
+    pub(crate) fn finish(&mut self) -> Arc<Binding> {
+        let whole = !self.building
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|l| l.shape.len() == self.matched);
+        let binding = match &self.last {
+            Some(last) if whole => last.clone(),
+            _ => {
+                if !self.building {
+                    self.diverge();
+                }
+                let mut fresh = std::mem::take(&mut self.fresh);
+                fresh.calls = std::mem::take(&mut self.fresh_calls).into();
+                let b = Arc::new(fresh);
+                self.last = Some(b.clone());
+                b
+            }
+        };
+        self.clear();
+        binding
+    }
+
+    /// Forgets the binding under way (before the next one).
     pub(crate) fn clear(&mut self) {
+        self.matched = 0;
+        self.handles = 0;
+        self.building = false;
         self.stack.clear();
         self.top = 0;
-        self.opened.clear();
-        self.calls.clear();
+        self.fresh.shape.clear();
+        self.fresh.opened.clear();
+        self.fresh_calls.clear();
     }
 }
 
@@ -293,7 +439,7 @@ pub(crate) struct InnerCode {
     /// the last ones read and hands them out again while they match).
     pub(crate) sources: Arc<[SourceSpec]>,
     /// Its run-time registration calls, for the tracking store (a re-projection's).
-    pub(crate) calls: Vec<RegCall>,
+    pub(crate) calls: Arc<[RegCall]>,
     /// Its `publish` operators and uses of subjects, if it has any (boxed: most inner
     /// streams have none, and an `InnerCode` moves with its subscription).
     pub(crate) subjects: Option<Box<CodeSubjects>>,
@@ -443,8 +589,102 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use std::hash::{BuildHasher, BuildHasherDefault};
+    use std::sync::Arc;
 
-    use super::IdHasher;
+    use plugin_api::abi::{RSignature, RStr};
+    use plugin_api::fingerprint;
+
+    use super::{Binding, IdHasher, InnerReg, RegCall};
+
+    /// One registration call: open (kind, key, seed, state type) or close.
+    #[derive(Clone, Copy, Debug)]
+    enum Call {
+        Open(
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+            bool,
+        ),
+        Close,
+    }
+    use Call::{Close, Open};
+
+    fn bind(reg: &mut InnerReg, calls: &[Call]) -> Arc<Binding> {
+        for c in calls {
+            match *c {
+                Open(kind, key, seed, state) => {
+                    let sig = RSignature {
+                        input: fingerprint::of::<u64>(),
+                        output: fingerprint::of::<u64>(),
+                        state: if state {
+                            fingerprint::of::<(u64, u32)>()
+                        } else {
+                            fingerprint::NONE
+                        },
+                        seed: seed.map_or(RStr::NONE, RStr::new),
+                    };
+                    let key = key.map_or(RStr::NONE, RStr::new);
+                    // SAFETY: every string is `'static`.
+                    unsafe { reg.open(RStr::new(kind), key, &sig) };
+                }
+                Close => reg.close(),
+            }
+        }
+        reg.finish()
+    }
+
+    /// What a binding holds, comparable.
+    fn view(b: &Binding) -> (Vec<(String, String)>, Vec<String>) {
+        let opened = b
+            .opened
+            .iter()
+            .map(|(path, sig)| (path.clone(), format!("{sig:?}")))
+            .collect();
+        let calls = b
+            .calls
+            .iter()
+            .map(|c| match c {
+                RegCall::Open(kind, key, sig) => format!("open {kind} {key:?} {sig:?}"),
+                RegCall::Close => "close".to_owned(),
+            })
+            .collect();
+        (opened, calls)
+    }
+
+    /// A binding that repeats the last one is the last one, shared; any other is what a
+    /// registry that never saw a binding makes of it (the reference), whatever came before.
+    #[test]
+    fn a_repeated_binding_is_shared_and_any_other_is_built_as_if_fresh() {
+        let map = Open("map", None, None, false);
+        let scan = Open("scan", None, Some("0"), true);
+        let scan1 = Open("scan", None, Some("1"), true);
+        let keyed = Open("scope", Some("k"), None, false);
+        let bindings: [&[Call]; 12] = [
+            &[map, Close, scan, Close],
+            &[map, Close, scan, Close],
+            &[map, Close, scan1, Close],
+            &[map, Close],
+            &[map, Close, scan1, Close, map, Close],
+            &[keyed, map, Close, scan, Close, Close],
+            &[keyed, map, Close, scan, Close, Close],
+            &[keyed, map, Close, Close, scan, Close],
+            &[Open("map", Some("k"), None, false), Close],
+            &[Open("map", None, None, true), Close],
+            &[],
+            &[],
+        ];
+        let mut reg = InnerReg::default();
+        let mut last: Option<Arc<Binding>> = None;
+        for (i, calls) in bindings.iter().enumerate() {
+            let got = bind(&mut reg, calls);
+            let want = bind(&mut InnerReg::default(), calls);
+            assert_eq!(view(&got), view(&want), "binding {i}: {calls:?}");
+            let repeated = i > 0 && format!("{:?}", bindings[i - 1]) == format!("{calls:?}");
+            let shared = last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &got));
+            assert_eq!(shared, repeated, "binding {i} shared");
+            last = Some(got);
+        }
+    }
 
     /// Consecutive subscription numbers, from any start, land in distinct buckets of a table
     /// their size (the low bits) and carry varied tags (the top 7 bits): the map stays one

@@ -748,7 +748,7 @@ const REPLAY_WAIT: Duration = Duration::from_millis(500);
 #[derive(Default)]
 struct Report {
     /// The re-projections of live inner subscriptions, for the tracking store.
-    projections: Vec<(String, u64, Vec<RegCall>)>,
+    projections: Vec<(String, u64, std::sync::Arc<[RegCall]>)>,
     swapped: usize,
     reset: Vec<ResetInfo>,
     added: Vec<String>,

@@ -194,7 +194,7 @@ pub struct InnerPlan {
     /// Inner operators gone, and subscriptions ended.
     pub removed: Vec<String>,
     /// The re-projections, for the tracking store: subscription and its registration calls.
-    pub(crate) projected: Vec<(u64, Vec<crate::inner::RegCall>)>,
+    pub(crate) projected: Vec<(u64, Arc<[crate::inner::RegCall]>)>,
 }
 
 /// The bits of `Shared::flags`.
@@ -1230,6 +1230,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 static NO_SOURCES: std::sync::LazyLock<Arc<[SourceSpec]>> =
     std::sync::LazyLock::new(|| Arc::from(Vec::new()));
 
+/// No registration call (an inner stream without tracks of its own), shared.
+static NO_CALLS: std::sync::LazyLock<Arc<[crate::inner::RegCall]>> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
 /// The smallest heap of deadlines a pipeline thread sweeps for ended inner subscriptions'
 /// timers.
 const TIMER_SWEEP_MIN: usize = 256;
@@ -1789,7 +1793,7 @@ impl HostCx {
                 pipeline: self.census_name.clone(),
                 id,
                 op_track,
-                calls: Vec::new(),
+                calls: NO_CALLS.clone(),
             });
             let _ = census.send(Census::Ended {
                 pipeline: self.census_name.clone(),
@@ -1825,7 +1829,7 @@ impl HostCx {
             lib: lib.clone(),
             ops: Vec::new(),
             sources: NO_SOURCES.clone(),
-            calls: Vec::new(),
+            calls: NO_CALLS.clone(),
             subjects: None,
         };
         let value = if desc.value.is_null() {
@@ -1842,18 +1846,12 @@ impl HostCx {
                 }
             }
         };
-        let (opened, calls) = {
-            let mut reg = self.reg.borrow_mut();
-            let taken = (
-                std::mem::take(&mut reg.opened),
-                std::mem::take(&mut reg.calls),
-            );
-            reg.clear();
-            taken
-        };
+        // The binding's tracks: the last binding's again when it made the same calls.
+        let binding = self.reg.borrow_mut().finish();
+        let (opened, calls) = (&binding.opened, binding.calls.clone());
         if let Some((_, op_path, path)) = reprojecting {
             // SAFETY: `desc` is valid for the call.
-            let read = unsafe { read_inner(desc, &opened, "", &mut self.reg.borrow_mut()) };
+            let read = unsafe { read_inner(desc, opened, "", &mut self.reg.borrow_mut()) };
             match read {
                 Ok((sources, ops)) => {
                     // SAFETY: `desc` is valid for the call.
@@ -1901,7 +1899,7 @@ impl HostCx {
             format!("{op_path}|#{id}:inner")
         };
         // SAFETY: `desc` is valid for the call.
-        let read = unsafe { read_inner(desc, &opened, &path, &mut self.reg.borrow_mut()) };
+        let read = unsafe { read_inner(desc, opened, &path, &mut self.reg.borrow_mut()) };
         let (sources, mut ops) = match read {
             Ok(x) => x,
             Err(e) => {
