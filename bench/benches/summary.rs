@@ -28,7 +28,7 @@
 //!     driver fires the operators' wakes at their deadlines, as a pipeline thread does), host
 //!     vs rxRust's `debounce` and `throttle_time` on a virtual-time scheduler;
 //! 14. `switch_map` and `merge_map`, one inner subscription (`of(vec![x])`, a bare synchronous
-//!     source, and `of(vec![x]).map(..)`, subscribed the long way) created and ended per outer
+//!     source, and `of(vec![x]).map(..)`, with an operator) created and ended per outer
 //!     value (one value at a time, and in batches of 1024), host vs rxRust's `switch_map` /
 //!     `flat_map` on a `Subject` with `from_iter(vec![x])` (`.map(..)`) inner streams;
 //! 15. inner subscriptions at scale: a `merge_map` over `range(0, N)` with an inner interval
@@ -165,8 +165,8 @@ fn register(p: &mut Plugin) {
         .merge_map(|x: u64| of(vec![x]))
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
-    // The same with an operator in the inner stream: subscribed (bound, tracked, slots), not
-    // run inside the call as a bare synchronous source is.
+    // The same with an operator in the inner stream: bound (its track registered) and run
+    // inside the call on states the plugin seeds, without a host subscription.
     p.pipeline("switch_map_op", interval_ms(3_600_000))
         .switch_map(|x: u64| of(vec![x]).map(|v: u64| v + 1))
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
@@ -2557,12 +2557,13 @@ fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
 
 fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     report.line(format!(
-        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription created and ended per value (`of(vec![x])`, a bare synchronous source run inside the call; `_op`: `of(vec![x]).map(..)`, subscribed), outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
+        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription created and ended per value (`of(vec![x])`, a bare synchronous source run inside the call; `_op`: `of(vec![x]).map(..)`, bound and run inside the call), outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
     ));
     report.line("| operator (rxRust's) | feed | host ns/value | rxRust ns/value | host / rxRust |");
     report.line("|---|---|---:|---:|---:|");
-    // The bare rows run each inner stream inside the outer value's call (a bare synchronous
-    // source); the `_op` rows subscribe it (bound, tracked, its operator's slot).
+    // Every row runs its inner stream inside the outer value's call: the bare rows without
+    // binding it, the `_op` rows bound (a track) with its operator's state seeded by the
+    // plugin.
     for (op, theirs) in [
         ("switch_map", "switch_map"),
         ("merge_map", "flat_map"),
@@ -2608,7 +2609,7 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
         let measured: Vec<&str> = ratios.iter().map(|(m, _)| m.as_str()).collect();
         let name = op.trim_end_matches("_op");
         let inner = if with_op {
-            "an inner stream with an operator, `of(vec![x]).map(..)`: subscribed"
+            "an inner stream with an operator, `of(vec![x]).map(..)`: bound, run inside the call"
         } else {
             "a bare `of(vec![x])`: run inside the call"
         };

@@ -263,6 +263,11 @@ impl InnerReg {
         binding
     }
 
+    /// How many tracks the binding under way opened so far.
+    pub(crate) fn opened_so_far(&self) -> u64 {
+        self.handles
+    }
+
     /// Forgets the binding under way (before the next one).
     pub(crate) fn clear(&mut self) {
         self.matched = 0;
@@ -427,6 +432,26 @@ pub(crate) struct InnerHost {
     pub(crate) current_op: std::sync::atomic::AtomicU32,
     /// Its `publish` operators (as its code's, `InnerCode::publishes`).
     pub(crate) publishes: Vec<InnerPublish>,
+    /// For a subscription run inside its outer value's call (`paths` empty): the
+    /// higher-order operator's path and the binding, its operators' paths derived from them
+    /// when an error needs one.
+    pub(crate) sync: Option<(Arc<str>, Arc<Binding>)>,
+}
+
+impl InnerHost {
+    /// The path of inner operator `op`.
+    pub(crate) fn path_of(&self, op: u32) -> String {
+        if let Some(p) = self.paths.get(op as usize) {
+            return p.clone();
+        }
+        match &self.sync {
+            Some((op_path, binding)) => match binding.opened.get(op as usize) {
+                Some((rel, _)) => format!("{op_path}|#{}:inner|{rel}", self.instance),
+                None => String::new(),
+            },
+            None => String::new(),
+        }
+    }
 }
 
 /// The compiled stream of one version of a subscription.

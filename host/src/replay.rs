@@ -578,7 +578,13 @@ unsafe extern "C" fn muted_subscribe(
 unsafe extern "C" fn muted_unsubscribe(_host: *mut c_void, _op: u32, _instance: u64) {}
 
 /// Never reached either (see `muted_subscribe`): the long way, which refuses.
-unsafe extern "C" fn muted_subscribe_sync(_host: *mut c_void, _op: u32) -> u64 {
+unsafe extern "C" fn muted_subscribe_sync(
+    _host: *mut c_void,
+    _op: u32,
+    _ops: *const plugin_api::abi::OpDesc,
+    _n_ops: usize,
+    _cx: *mut *const EmitCx,
+) -> u64 {
     0
 }
 

@@ -1178,6 +1178,12 @@ struct HostCx {
     /// what is reused.
     #[allow(clippy::vec_box)]
     ctx_pool: RefCell<Vec<Box<InnerCtx>>>,
+    /// The callback contexts of the subscriptions run inside their outer value's call
+    /// (`subscribe_sync`), one per level of nesting, and how many are in use: kept for the
+    /// pipeline's life (a panic reported after its subscription ended still reads its own).
+    #[allow(clippy::vec_box)]
+    sync_ctxs: RefCell<Vec<Box<InnerCtx>>>,
+    sync_depth: Cell<usize>,
     /// The next inner subscription's number, and the next host-local track id of an inner
     /// operator.
     next_inner: Cell<u64>,
@@ -1773,18 +1779,43 @@ impl HostCx {
         links
     }
 
-    /// `subscribe_sync` from a pipeline's higher-order operator `op`: a bare synchronous
-    /// source that starts and ends inside the running call. It takes the next number, and
-    /// the census hears that it started (with no run-time track but its own) and ended, as
-    /// for one subscribed and ended in the call; nothing is held. 0 (the plugin subscribes
-    /// it the long way) while re-projecting, with the inspector on (its view of run-time
-    /// tracks is kept by the long way), or for an operator this code does not have.
-    fn subscribe_sync(&self, op: u32) -> u64 {
+    /// `subscribe_sync` from a pipeline's higher-order operator `op`: an inner stream that
+    /// starts and ends inside the running call, its operators `ops` (bound just before; none
+    /// for a bare source) run by the plugin on its own states. It takes the next number, and
+    /// the census hears that it started (with its binding's calls) and ended, as for one
+    /// subscribed and ended in the call; nothing is held but a callback context for its
+    /// operators (`*cx`), one per level of nesting, reused. 0 (the plugin subscribes it the
+    /// long way, the binding left for `subscribe` to read) while re-projecting, with the
+    /// inspector on (counts are per subscription), for an operator this code does not have,
+    /// or for a binding other than one track per operator in order.
+    fn subscribe_sync(
+        &self,
+        op: u32,
+        ops: &[plugin_api::abi::OpDesc],
+        cx: *mut *const EmitCx,
+    ) -> u64 {
+        /// Nesting deeper than this (a chain of higher-order operators each running a
+        /// synchronous inner stream) goes the long way.
+        const MAX_DEPTH: usize = 64;
         if self.tally.is_some() || self.reprojecting.borrow().is_some() {
             return 0;
         }
         let Some(op_track) = self.tracks.borrow().get(op as usize).copied() else {
             return 0;
+        };
+        let depth = self.sync_depth.get();
+        let binding = if ops.is_empty() {
+            None
+        } else {
+            let linear = ops.iter().enumerate().all(|(i, o)| o.track == i as u64 + 1);
+            if cx.is_null()
+                || depth >= MAX_DEPTH
+                || !linear
+                || self.reg.borrow().opened_so_far() != ops.len() as u64
+            {
+                return 0;
+            }
+            Some(self.reg.borrow_mut().finish())
         };
         let id = self.next_inner.get();
         self.next_inner.set(id + 1);
@@ -1793,12 +1824,47 @@ impl HostCx {
                 pipeline: self.census_name.clone(),
                 id,
                 op_track,
-                calls: NO_CALLS.clone(),
+                calls: binding
+                    .as_ref()
+                    .map_or_else(|| NO_CALLS.clone(), |b| b.calls.clone()),
             });
             let _ = census.send(Census::Ended {
                 pipeline: self.census_name.clone(),
                 id,
             });
+        }
+        if let Some(binding) = binding {
+            let op_path = self
+                .paths
+                .borrow()
+                .get(op as usize)
+                .cloned()
+                .unwrap_or_default();
+            let mut ctxs = self.sync_ctxs.borrow_mut();
+            if ctxs.len() == depth {
+                ctxs.push(Box::new(InnerCtx {
+                    host: InnerHost {
+                        parent: (self as *const HostCx).cast::<c_void>(),
+                        instance: id,
+                        paths: Vec::new(),
+                        tracks: Vec::new(),
+                        current_op: AtomicU32::new(u32::MAX),
+                        publishes: Vec::new(),
+                        sync: None,
+                    },
+                    cx: self.inner_cx(),
+                }));
+            }
+            let ctx = &mut ctxs[depth];
+            ctx.host.parent = (self as *const HostCx).cast::<c_void>();
+            ctx.host.instance = id;
+            ctx.host.sync = Some((op_path, binding));
+            ctx.cx = self.inner_cx();
+            ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
+            ctx.cx.current_op = &raw const ctx.host.current_op;
+            // SAFETY: the plugin passes a place for the context, valid for the call.
+            unsafe { *cx = &raw const ctx.cx };
+            self.sync_depth.set(depth + 1);
         }
         id
     }
@@ -1959,6 +2025,7 @@ impl HostCx {
                 ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
                 ctx.host.publishes.clear();
                 ctx.host.publishes.extend_from_slice(code.publishes());
+                ctx.host.sync = None;
                 ctx.cx = self.inner_cx();
                 ctx
             }
@@ -1970,6 +2037,7 @@ impl HostCx {
                     tracks: code.ops.iter().map(|o| o.track).collect(),
                     current_op: AtomicU32::new(u32::MAX),
                     publishes: code.publishes().to_vec(),
+                    sync: None,
                 },
                 cx: self.inner_cx(),
             }),
@@ -2028,10 +2096,22 @@ unsafe extern "C" fn cb_subscribe(
     .unwrap_or(false)
 }
 
-unsafe extern "C" fn cb_subscribe_sync(host: *mut c_void, op: u32) -> u64 {
-    // SAFETY: `host` is the `HostCx` of the running thread.
+unsafe extern "C" fn cb_subscribe_sync(
+    host: *mut c_void,
+    op: u32,
+    ops: *const plugin_api::abi::OpDesc,
+    n_ops: usize,
+    cx: *mut *const EmitCx,
+) -> u64 {
+    // SAFETY: `host` is the `HostCx` of the running thread; the plugin passes `n_ops`
+    // descriptions (and `cx`) valid for the call.
     catch_unwind(AssertUnwindSafe(|| unsafe {
-        (*host.cast::<HostCx>()).subscribe_sync(op)
+        let ops = if n_ops == 0 || ops.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(ops, n_ops)
+        };
+        (*host.cast::<HostCx>()).subscribe_sync(op, ops, cx)
     }))
     .unwrap_or(0)
 }
@@ -2040,6 +2120,17 @@ unsafe extern "C" fn cb_unsubscribe(host: *mut c_void, _op: u32, instance: u64) 
     // SAFETY: as in `cb_log`.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let h = &*host.cast::<HostCx>();
+        // A subscription run inside its outer value's call: its context is free again.
+        let depth = h.sync_depth.get();
+        if depth > 0
+            && let Ok(ctxs) = h.sync_ctxs.try_borrow()
+            && ctxs
+                .get(depth - 1)
+                .is_some_and(|c| c.host.instance == instance)
+        {
+            h.sync_depth.set(depth - 1);
+            return;
+        }
         let ended = h.inners.borrow_mut().remove(&instance);
         if let Some(mut i) = ended {
             // Its sources are let go now, so that the next subscription may rewrite the
@@ -2077,7 +2168,7 @@ unsafe extern "C" fn cbi_error(host: *mut c_void, op: u32, message: RStr) {
     // SAFETY: as in `cbi_log`.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let (i, h) = inner_host(host);
-        let path = i.paths.get(op as usize).cloned().unwrap_or_default();
+        let path = i.path_of(op);
         h.error_at(
             path,
             message.to_string_lossy().unwrap_or_default().into_owned(),
@@ -2142,7 +2233,13 @@ unsafe extern "C" fn cbi_unsubscribe(_host: *mut c_void, _op: u32, _instance: u6
 
 /// A higher-order operator inside an inner stream: subscribed the long way, which refuses it
 /// (`cbi_subscribe`).
-unsafe extern "C" fn cbi_subscribe_sync(_host: *mut c_void, _op: u32) -> u64 {
+unsafe extern "C" fn cbi_subscribe_sync(
+    _host: *mut c_void,
+    _op: u32,
+    _ops: *const plugin_api::abi::OpDesc,
+    _n_ops: usize,
+    _cx: *mut *const EmitCx,
+) -> u64 {
     0
 }
 
@@ -2319,6 +2416,8 @@ impl Driver {
             inners: RefCell::new(crate::inner::Inners::default()),
             graveyard: RefCell::new(Vec::new()),
             ctx_pool: RefCell::new(Vec::new()),
+            sync_ctxs: RefCell::new(Vec::new()),
+            sync_depth: Cell::new(0),
             next_inner: Cell::new(1),
             next_track: Cell::new(INNER_TRACKS),
             reprojecting: RefCell::new(None),

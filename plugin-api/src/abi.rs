@@ -288,14 +288,29 @@ pub struct EmitCx {
     /// stream completed, or a `switch_map` moved on). The host frees it after the current
     /// call returns: its env and slots stay valid until then.
     pub unsubscribe: unsafe extern "C" fn(host: *mut c_void, op: u32, instance: u64),
-    /// The higher-order operator number `op` is about to run an inner stream that lives
-    /// and ends inside the running call: a bare synchronous source (`of(..)`, `range(..)`)
-    /// with no operator, no track and nothing the host would hold. Returns the
-    /// subscription's number (the host counts it, and tells the tracking store it started
-    /// and ended, as for any subscription), or 0 when the host wants it subscribed through
-    /// [`EmitCx::subscribe`] instead (the plugin then binds and subscribes it as any inner
-    /// stream).
-    pub subscribe_sync: unsafe extern "C" fn(host: *mut c_void, op: u32) -> u64,
+    /// The higher-order operator number `op` is about to run an inner stream that lives and
+    /// ends inside the running call: a synchronous source (`of(..)`, `range(..)`) through
+    /// operators that ask the host for nothing that outlives the call (no timer, no
+    /// `publish`; `Op::SYNC`), with no `hmr_track` scope. The plugin keeps its env and its
+    /// operators' states itself; the host gives it a number (counted with the others; the
+    /// tracking store hears it start and end, as for any subscription) and returns it, or 0
+    /// when it wants the stream subscribed through [`EmitCx::subscribe`] instead.
+    ///
+    /// With operators (`n_ops` > 0), the plugin bound the stream just before (its tracks
+    /// registered through [`EmitCx::api`], one per operator in order) and passes their
+    /// descriptions, valid for the call; on success the host writes to `*cx` a context for
+    /// them (their `log` and `error`, with the subscription's paths), valid until the plugin
+    /// ends the subscription with [`EmitCx::unsubscribe`], which it must do before the
+    /// running call returns (also when unwinding). When it answers 0, the binding stays the
+    /// host's to read in the `subscribe` that follows. A bare source (`n_ops` 0, `ops` and
+    /// `cx` null) is bound by nobody and ended by nobody.
+    pub subscribe_sync: unsafe extern "C" fn(
+        host: *mut c_void,
+        op: u32,
+        ops: *const OpDesc,
+        n_ops: usize,
+        cx: *mut *const EmitCx,
+    ) -> u64,
     /// The registration callbacks an inner stream's tracks are registered through at run
     /// time (only [`HostApi::track_call`] and [`HostApi::track_call_return`] are called).
     /// Valid for the call.

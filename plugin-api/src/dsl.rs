@@ -523,11 +523,14 @@ pub trait Stage: Send + Sync + 'static {
     /// Unless null, `dst` must be valid for writes of operator `op`'s state type and aligned
     /// for it.
     unsafe fn init(&self, op: u32, dst: *mut u8) -> bool;
-    /// For a bare synchronous source (`of(..)`, `range(..)`: one port, no operator), the
-    /// wire values it emits, `from..to`, each pushed on port 0 before it completes; `None`
-    /// for any other stage. A higher-order operator runs such an inner stream inside the
-    /// outer value's call without binding it ([`crate::abi::EmitCx::subscribe_sync`]).
-    fn sync_source(&self) -> Option<(u64, u64)> {
+    /// For a synchronous source (`of(..)`, `range(..)`: one port) through operators that
+    /// are all [`Op::SYNC`]: the wire values it emits, `from..to`, each pushed on port 0
+    /// before it completes, and whether there is no operator at all (`true`: a bare
+    /// source); `None` for any other stage. A higher-order operator runs such an inner
+    /// stream inside the outer value's call without subscribing it
+    /// ([`crate::abi::EmitCx::subscribe_sync`]).
+    #[doc(hidden)]
+    fn sync_source(&self) -> Option<(u64, u64, bool)> {
         None
     }
 }
@@ -536,6 +539,11 @@ pub trait Stage: Send + Sync + 'static {
 pub trait Op<In>: Send + Sync + 'static {
     /// What it emits.
     type Out;
+    /// Whether it asks the host for nothing that would outlive the call it runs in (no
+    /// timer, no `publish`, no inner subscription): an inner stream made of such operators
+    /// over a synchronous source lives and ends inside its outer value's call, and a
+    /// higher-order operator runs it without subscribing it (`Stage::sync_source`).
+    const SYNC: bool = false;
     /// Its index in the pipeline (its state slot), or [`NO_OP`] for a marker.
     fn index(&self) -> u32;
     /// Registers its track (see [`Binder::op`]).
@@ -1063,6 +1071,12 @@ where
             _c: PhantomData,
         };
         self.0.wake::<C, _>(cx, op, inner, &mut obs)
+    }
+    fn sync_source(&self) -> Option<(u64, u64, bool)> {
+        if !O::SYNC {
+            return None;
+        }
+        self.0.sync_source().map(|(from, to, _)| (from, to, false))
     }
     unsafe fn project(&self, cx: &Cx<'_>, op: u32, value: *const c_void) -> Option<bool> {
         if op == self.1.index() {
@@ -1733,6 +1747,7 @@ pub struct Map<F, T, U> {
 
 impl<F: Fn(T) -> U + Send + Sync + 'static, T: 'static, U: 'static> Op<T> for Map<F, T, U> {
     type Out = U;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -1755,6 +1770,7 @@ pub struct Filter<F, T> {
 
 impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: 'static> Op<T> for Filter<F, T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -1780,6 +1796,7 @@ pub struct Tap<F, T> {
 
 impl<F: Fn(&T) + Send + Sync + 'static, T: 'static> Op<T> for Tap<F, T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -1809,6 +1826,7 @@ where
     T: 'static,
 {
     type Out = A;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -1864,6 +1882,7 @@ where
     U: 'static,
 {
     type Out = U;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -1910,6 +1929,7 @@ where
     T: 'static,
 {
     type Out = A;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -1960,6 +1980,7 @@ pub struct Take<T> {
 
 impl<T: 'static> Op<T> for Take<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -2024,6 +2045,7 @@ pub struct Log<T> {
 
 impl<T: fmt::Debug + 'static> Op<T> for Log<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }

@@ -163,6 +163,133 @@ impl<V, K: Observer<V>> Observer<V> for SyncObs<'_, K> {
     }
 }
 
+/// The states of an inner stream run inside its outer value's call, in one block of this
+/// side's memory: seeded by the stage's operators, dropped with their own glue.
+struct SyncStates<'a> {
+    ops: &'a [crate::abi::OpDesc],
+    block: *mut u8,
+    layout: std::alloc::Layout,
+    /// By operator: where its state is (an offset into `block` until seeded).
+    ptrs: SyncPtrs,
+    /// How many are seeded (dropped at the end).
+    seeded: usize,
+}
+
+/// At most eight operators' state pointers inline (no allocation), more in a vector.
+enum SyncPtrs {
+    Inline([*mut u8; 8]),
+    Heap(Vec<*mut u8>),
+}
+
+impl SyncPtrs {
+    fn as_mut_slice(&mut self, n: usize) -> &mut [*mut u8] {
+        match self {
+            SyncPtrs::Inline(a) => &mut a[..n],
+            SyncPtrs::Heap(v) => &mut v[..n],
+        }
+    }
+}
+
+impl<'a> SyncStates<'a> {
+    fn new(ops: &'a [crate::abi::OpDesc]) -> SyncStates<'a> {
+        let n = ops.len();
+        let mut ptrs = if n <= 8 {
+            SyncPtrs::Inline([core::ptr::null_mut(); 8])
+        } else {
+            SyncPtrs::Heap(vec![core::ptr::null_mut(); n])
+        };
+        // Each state at an offset aligned for it; the block aligned for the strictest.
+        let (mut size, mut align) = (0usize, 1usize);
+        for (p, op) in ptrs.as_mut_slice(n).iter_mut().zip(ops) {
+            let a = op.state.fingerprint.align.max(1);
+            size = size.next_multiple_of(a);
+            *p = size as *mut u8;
+            size += op.state.fingerprint.size;
+            align = align.max(a);
+        }
+        let layout = std::alloc::Layout::from_size_align(size, align)
+            .expect("state layouts the compiler gave");
+        let block = if size == 0 {
+            // Every state is zero-sized: any aligned, non-null address will do.
+            align as *mut u8
+        } else {
+            // SAFETY: a non-zero size.
+            let b = unsafe { std::alloc::alloc(layout) };
+            if b.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            b
+        };
+        for p in ptrs.as_mut_slice(n) {
+            // In bounds of the block (or of nothing, for a zero-sized state at its end).
+            *p = block.wrapping_add(*p as usize);
+        }
+        SyncStates {
+            ops,
+            block,
+            layout,
+            ptrs,
+            seeded: 0,
+        }
+    }
+
+    fn ptrs(&mut self) -> *const *mut u8 {
+        self.ptrs.as_mut_slice(self.ops.len()).as_ptr()
+    }
+
+    /// Seeds every state through the stage's operators (those seeded before a panic are
+    /// dropped at the end).
+    fn seed<S: Stage>(&mut self, stage: &S) {
+        let n = self.ops.len();
+        for i in 0..n {
+            let dst = self.ptrs.as_mut_slice(n)[i];
+            // SAFETY: `dst` is aligned for operator `i`'s state and as large.
+            let seeded = unsafe { stage.init(i as u32, dst) };
+            debug_assert!(seeded, "operator {i} of a bound stream has no seed");
+            self.seeded += 1;
+        }
+    }
+}
+
+impl Drop for SyncStates<'_> {
+    fn drop(&mut self) {
+        let n = self.ops.len();
+        for i in 0..self.seeded {
+            let p = self.ptrs.as_mut_slice(n)[i];
+            // SAFETY: a seeded state, dropped once with its own glue (which contains a
+            // panic of its drop).
+            unsafe { (self.ops[i].state.drop)(p) };
+        }
+        if self.layout.size() != 0 {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.block, self.layout) };
+        }
+    }
+}
+
+/// Ends an inner subscription run inside its outer value's call: its states dropped, then the
+/// host told (`unsubscribe`), also when unwinding.
+struct SyncEnd<'a, 'e> {
+    emit: &'e EmitCx,
+    op: u32,
+    id: u64,
+    states: SyncStates<'a>,
+}
+
+impl Drop for SyncEnd<'_, '_> {
+    fn drop(&mut self) {
+        let n = self.states.ops.len();
+        for i in 0..self.states.seeded {
+            let p = self.states.ptrs.as_mut_slice(n)[i];
+            // SAFETY: as in `SyncStates`' drop, which then drops nothing more.
+            unsafe { (self.states.ops[i].state.drop)(p) };
+        }
+        self.states.seeded = 0;
+        // SAFETY: the host's context for this call.
+        unsafe { (self.emit.unsubscribe)(self.emit.host, self.op, self.id) };
+    }
+}
+
 /// Attributes a panic unwinding out of an inner subscription's operator to that operator
 /// (its path is the inner track's), instead of to the pipeline.
 struct PanicAt<'a, 'b, 'c> {
@@ -242,24 +369,76 @@ where
     fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
         let op = self.at.op;
         let stream = cx.user(op, || (self.f)(x.clone()));
-        let (stage, marks) = stream.body.into_parts();
-        // A bare synchronous source lives and ends inside this call: run at once, with no
-        // binding, env, slots or held value, if the host agrees (it numbers it, and tells
-        // the tracking store it started and ended). Never while counting: its values would
-        // be counted on the outer chain's cells.
+        let (mut stage, marks) = stream.body.into_parts();
+        // A synchronous source through operators that hold nothing past the call lives and
+        // ends inside this call: run at once, its env and states on this side, no held
+        // value, if the host agrees (it numbers it, and tells the tracking store it started
+        // and ended). Never while counting: counts are per subscription on the host.
         if !C::COUNTS
             && marks.is_empty()
-            && let Some((from, to)) = stage.sync_source()
+            && let Some((from, to, bare)) = stage.sync_source()
         {
             let emit = cx.emit();
-            // SAFETY: the host's context for this call.
-            if unsafe { (emit.subscribe_sync)(emit.host, op) } != 0 {
-                drop(x);
-                Self::run_sync::<C, K>(cx, &stage, from, to, k);
-                return true;
+            if bare {
+                // SAFETY: the host's context for this call; a bare source passes no operator.
+                let id = unsafe {
+                    (emit.subscribe_sync)(
+                        emit.host,
+                        op,
+                        core::ptr::null(),
+                        0,
+                        core::ptr::null_mut(),
+                    )
+                };
+                if id != 0 {
+                    drop(x);
+                    Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
+                    return true;
+                }
+            } else {
+                // SAFETY: the host passes a registration API valid for the call.
+                let api = unsafe { &*emit.api };
+                let mut bound = bind_inner(&mut stage, marks, api);
+                let mut inner_cx: *const EmitCx = core::ptr::null();
+                // SAFETY: the host's context for this call; the operators' descriptions live
+                // across it.
+                let id = unsafe {
+                    (emit.subscribe_sync)(
+                        emit.host,
+                        op,
+                        bound.ops.as_ptr(),
+                        bound.ops.len(),
+                        &mut inner_cx,
+                    )
+                };
+                if id != 0 {
+                    drop(x);
+                    self.run_sync_ops::<C, K>(cx, &stage, &bound, id, inner_cx, from, to, k);
+                    return true;
+                }
+                // Refused: subscribed the long way, with this binding.
+                let env = Box::new(Env {
+                    stage,
+                    sync: std::mem::take(&mut bound.sync),
+                });
+                return self.subscribe_bound::<C, K>(cx, x, env, bound, k);
             }
         }
         let (env, bound) = Self::bound(cx, stage, marks);
+        self.subscribe_bound::<C, K>(cx, x, env, bound, k)
+    }
+
+    /// Subscribes a bound inner stream (the host takes its env and the outer value) and runs
+    /// its start and synchronous sources. Returns whether it already ended (or was refused).
+    fn subscribe_bound<C: Tally, K: Observer<S2::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        x: T,
+        env: Box<Env<S2>>,
+        bound: crate::dsl::BoundInner,
+        k: &mut K,
+    ) -> bool {
+        let op = self.at.op;
         let env_ptr: *const Env<S2> = &*env;
         let mut desc = Self::describe(env, &bound);
         let mut value = ManuallyDrop::new(x);
@@ -300,34 +479,80 @@ where
         self.run_inner::<C, K>(cx, env, &mut call, k).1
     }
 
-    /// Runs a bare synchronous source's values `from..to` through the rest of the chain,
-    /// then its completion (which ends it), unless the chain completes first. A panic on one
+    /// Runs inner subscription `id` of a synchronous source through its operators inside
+    /// this call: their states seeded here, on this side, and dropped at its end, which the
+    /// host hears of (`unsubscribe`, also when unwinding); `inner_cx` is the host's context
+    /// for its operators (their paths). A panic in one of them names its path, as in a
+    /// subscribed inner stream.
+    #[allow(clippy::too_many_arguments)]
+    fn run_sync_ops<C: Tally, K: Observer<S2::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        stage: &S2,
+        bound: &crate::dsl::BoundInner,
+        id: u64,
+        inner_cx: *const EmitCx,
+        from: u64,
+        to: u64,
+        k: &mut K,
+    ) {
+        let mut end = SyncEnd {
+            emit: cx.emit(),
+            op: self.at.op,
+            id,
+            states: SyncStates::new(&bound.ops),
+        };
+        if inner_cx.is_null() {
+            // The host numbered it but gave no context (never, by its contract): it ends
+            // unrun.
+            return;
+        }
+        end.states.seed(stage);
+        // SAFETY: the host's context for the subscription's operators, valid until `end`
+        // tells it the subscription ended.
+        let inner_emit = unsafe { &*inner_cx };
+        let icx = Cx::inner(end.states.ptrs(), inner_emit, cx.marks_ops());
+        let guard = PanicAt {
+            outer: cx,
+            inner: &icx,
+            emit: inner_cx,
+        };
+        Self::run_sync::<C, K>(cx, &icx, inner_emit, stage, from, to, k);
+        drop(guard);
+        drop(end);
+    }
+
+    /// Runs a synchronous source's values `from..to` through `stage` (on `icx`, the inner
+    /// stream's context; the outer one for a bare source) and the rest of the chain, then
+    /// its completion (which ends it), unless the chain completes first. A panic on one
     /// value drops that value only (reported at the operator it happened in, and the call
     /// answers PANICKED at its end), as in a subscribed inner stream.
     fn run_sync<C: Tally, K: Observer<S2::Out>>(
         cx: &Cx<'_>,
+        icx: &Cx<'_>,
+        inner_emit: &EmitCx,
         stage: &S2,
         from: u64,
         to: u64,
         k: &mut K,
     ) {
         let mut obs = SyncObs { k, ended: false };
+        stage.start::<C, _>(icx, &mut obs);
         for i in from..to {
             if obs.ended || cx.is_completed() {
                 return;
             }
             let one = catch_unwind(AssertUnwindSafe(|| {
-                stage.push::<C, _>(cx, 0, (&raw const i).cast::<c_void>(), 0, &mut obs)
+                stage.push::<C, _>(icx, 0, (&raw const i).cast::<c_void>(), 0, &mut obs)
             }));
             match one {
                 Ok(Flow::Complete) => break,
                 Ok(Flow::Continue) => {}
-                // No inner operator to name: the panic is the outer chain's.
-                Err(payload) => contain_panic(cx, cx, cx.emit(), payload),
+                Err(payload) => contain_panic(cx, icx, inner_emit, payload),
             }
         }
         if !obs.ended && !cx.is_completed() {
-            stage.complete::<C, _>(cx, 0, &mut obs);
+            stage.complete::<C, _>(icx, 0, &mut obs);
         }
     }
 

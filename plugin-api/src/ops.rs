@@ -38,6 +38,7 @@ pub struct DistinctUntilChanged<T> {
 
 impl<T: PartialEq + Clone + 'static> Op<T> for DistinctUntilChanged<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -74,6 +75,7 @@ pub struct Distinct<T> {
 
 impl<T: Eq + Hash + Clone + 'static> Op<T> for Distinct<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -110,6 +112,7 @@ pub struct Skip<T> {
 
 impl<T: 'static> Op<T> for Skip<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -141,6 +144,7 @@ pub struct SkipWhile<F, T> {
 
 impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: 'static> Op<T> for SkipWhile<F, T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -174,6 +178,7 @@ pub struct TakeWhile<F, T> {
 
 impl<F: Fn(&T) -> bool + Send + Sync + 'static, T: 'static> Op<T> for TakeWhile<F, T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -209,6 +214,7 @@ pub struct First<T> {
 
 impl<T: 'static> Op<T> for First<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -242,6 +248,7 @@ pub struct TakeLast<T> {
 
 impl<T: 'static> Op<T> for TakeLast<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -286,6 +293,7 @@ pub struct Last<T> {
 
 impl<T: 'static> Op<T> for Last<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -324,6 +332,7 @@ pub struct Pairwise<T> {
 
 impl<T: Clone + 'static> Op<T> for Pairwise<T> {
     type Out = (T, T);
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -358,6 +367,7 @@ pub struct StartWith<T> {
 
 impl<T: Clone + Send + Sync + 'static> Op<T> for StartWith<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -383,6 +393,7 @@ pub struct BufferCount<T> {
 
 impl<T: 'static> Op<T> for BufferCount<T> {
     type Out = Vec<T>;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -428,6 +439,7 @@ where
     U: 'static,
 {
     type Out = U;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -451,6 +463,7 @@ pub struct Count<T> {
 
 impl<T: 'static> Op<T> for Count<T> {
     type Out = u64;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -486,6 +499,7 @@ pub struct DefaultIfEmpty<T> {
 
 impl<T: Clone + Send + Sync + 'static> Op<T> for DefaultIfEmpty<T> {
     type Out = T;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
@@ -529,6 +543,7 @@ where
     T: 'static,
 {
     type Out = I::Item;
+    const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }

@@ -227,10 +227,10 @@ impl<W: Wire> Stage for Root<W> {
     fn label(&self) -> String {
         self.label_text()
     }
-    fn sync_source(&self) -> Option<(u64, u64)> {
+    fn sync_source(&self) -> Option<(u64, u64, bool)> {
         match self.desc.kind {
-            source_kind::OF => Some((0, self.desc.a)),
-            source_kind::RANGE => Some((self.desc.a, self.desc.b)),
+            source_kind::OF => Some((0, self.desc.a, true)),
+            source_kind::RANGE => Some((self.desc.a, self.desc.b, true)),
             _ => None,
         }
     }

@@ -418,15 +418,21 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> O
         }
     }
     assert_eq!(run.errors(), vec![], "{case:?}");
-    // A bare synchronous source is never subscribed; any other inner stream always is.
-    if matches!(case.kind, Kind::BareOf | Kind::BareRange) {
+    // A synchronous source, bare or through synchronous operators (`take`), is never
+    // subscribed, and each that ran has ended; an interval always is subscribed.
+    let (synced, unended) = run.synced_inners();
+    assert_eq!(
+        unended, 0,
+        "synchronous inner streams left running: {case:?}"
+    );
+    if case.kind == Kind::Interval {
+        assert_eq!(synced, 0, "run unsubscribed: {case:?}");
+    } else {
         assert_eq!(
             (run.freed_inners(), run.live_inners()),
             (0, 0),
             "subscribed: {case:?}"
         );
-    } else {
-        assert_eq!(run.synced_inners(), 0, "run unsubscribed: {case:?}");
     }
     if done {
         out.push((run.now() / MS, "|".to_owned()));

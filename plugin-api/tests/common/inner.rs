@@ -206,9 +206,15 @@ pub struct Inners {
     reprojected: RefCell<Option<Projected>>,
     /// How many instances were ended and freed.
     pub freed: Cell<u64>,
-    /// How many bare synchronous sources ran inside the outer value's call without being
+    /// How many synchronous inner streams ran inside the outer value's call without being
     /// subscribed (`EmitCx::subscribe_sync`); numbered as instances are.
     pub synced: Cell<u64>,
+    /// Those with operators: the context handed for them, while they run (until their
+    /// `unsubscribe`), then until the next [`Running::reap`].
+    #[allow(clippy::type_complexity)]
+    sync_live: RefCell<Vec<(u64, Box<InstHost>, Box<EmitCx>)>>,
+    #[allow(clippy::type_complexity)]
+    sync_done: RefCell<Vec<(u64, Box<InstHost>, Box<EmitCx>)>>,
 }
 
 impl Inners {
@@ -440,22 +446,72 @@ pub(super) unsafe extern "C" fn on_subscribe(
     }
 }
 
-pub(super) unsafe extern "C" fn on_subscribe_sync(host: *mut c_void, _op: u32) -> u64 {
-    // SAFETY: as in `on_subscribe`.
+pub(super) unsafe extern "C" fn on_subscribe_sync(
+    host: *mut c_void,
+    _op: u32,
+    ops: *const OpDesc,
+    n_ops: usize,
+    cx: *mut *const EmitCx,
+) -> u64 {
+    // SAFETY: as in `on_subscribe`; `ops` (and `cx`, with operators) valid for the call.
     let sink = unsafe { &*host.cast::<Sink>() };
     let inner = &sink.inner;
     if inner.reprojecting.get() {
         return 0;
     }
+    // SAFETY: as above.
+    let ops = unsafe { slice(ops, n_ops) };
+    if !ops.is_empty() {
+        // One track per operator, in order, as the host requires.
+        let linear = ops.iter().enumerate().all(|(i, o)| o.track == i as u64 + 1);
+        if cx.is_null() || !linear || inner.opened.borrow().len() != ops.len() {
+            return 0;
+        }
+        inner.opened.borrow_mut().clear();
+        inner.depth.set(0);
+    }
     let id = inner.last.get() + 1;
     inner.last.set(id);
     inner.synced.set(inner.synced.get() + 1);
+    if !ops.is_empty() {
+        let ih = Box::new(InstHost {
+            sink: sink as *const Sink,
+            instance: id,
+        });
+        let ecx = Box::new(EmitCx {
+            host: (&raw const *ih).cast_mut().cast::<c_void>(),
+            log: cbi_log,
+            error: cbi_error,
+            publish: cbi_publish,
+            current_op: &raw const sink.current_op,
+            counts: std::ptr::null(),
+            marble: plugin_api::abi::no_marble,
+            marble_calls: std::ptr::null(),
+            now: cbi_now,
+            schedule: cbi_schedule,
+            subscribe: cbi_subscribe,
+            subscribe_sync: cbi_subscribe_sync,
+            unsubscribe: cbi_unsubscribe,
+            api: inner.api(),
+        });
+        // SAFETY: `cx` is valid for the call (checked non-null above).
+        unsafe { *cx = &raw const *ecx };
+        inner.sync_live.borrow_mut().push((id, ih, ecx));
+    }
     id
 }
 
 pub(super) unsafe extern "C" fn on_unsubscribe(host: *mut c_void, _op: u32, instance: u64) {
     // SAFETY: as in `on_subscribe`.
     let sink = unsafe { &*host.cast::<Sink>() };
+    let mut sync = sink.inner.sync_live.borrow_mut();
+    if let Some(at) = sync.iter().position(|(id, ..)| *id == instance) {
+        // Kept until the next reap: a panic is reported through it after it ended.
+        let ended = sync.remove(at);
+        sink.inner.sync_done.borrow_mut().push(ended);
+        return;
+    }
+    drop(sync);
     let ended = sink.inner.live.borrow_mut().remove(&instance);
     if let Some(i) = ended {
         // Freed after the call: its env and slots may be on the plugin's stack.
@@ -513,7 +569,13 @@ unsafe extern "C" fn cbi_schedule(host: *mut c_void, op: u32, deadline: u64) {
 }
 
 /// A higher-order operator inside an inner stream: the long way, refused there.
-unsafe extern "C" fn cbi_subscribe_sync(_host: *mut c_void, _op: u32) -> u64 {
+unsafe extern "C" fn cbi_subscribe_sync(
+    _host: *mut c_void,
+    _op: u32,
+    _ops: *const OpDesc,
+    _n_ops: usize,
+    _cx: *mut *const EmitCx,
+) -> u64 {
     0
 }
 
@@ -549,9 +611,13 @@ impl Running {
         self.sink.inner.live.borrow().len()
     }
 
-    /// How many bare synchronous sources ran without being subscribed.
-    pub fn synced_inners(&self) -> u64 {
-        self.sink.inner.synced.get()
+    /// How many synchronous inner streams ran without being subscribed, and how many of
+    /// those with operators have not ended yet.
+    pub fn synced_inners(&self) -> (u64, usize) {
+        (
+            self.sink.inner.synced.get(),
+            self.sink.inner.sync_live.borrow().len(),
+        )
     }
 
     /// How many ended inner subscriptions were freed.
@@ -567,6 +633,7 @@ impl Running {
     /// Frees the inner subscriptions that ended during the last calls (the host does so
     /// after each call returns).
     pub fn reap(&self) {
+        self.sink.inner.sync_done.borrow_mut().clear();
         let dead = std::mem::take(&mut *self.sink.inner.graveyard.borrow_mut());
         self.sink
             .inner
