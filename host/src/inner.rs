@@ -433,21 +433,22 @@ pub(crate) struct InnerHost {
     /// Its `publish` operators (as its code's, `InnerCode::publishes`).
     pub(crate) publishes: Vec<InnerPublish>,
     /// For a subscription run inside its outer value's call (`paths` empty): the
-    /// higher-order operator's path and the binding, its operators' paths derived from them
-    /// when an error needs one.
-    pub(crate) sync: Option<(Arc<str>, Arc<Binding>)>,
+    /// higher-order operator's number in the pipeline and the binding, its operators' paths
+    /// derived from them when an error needs one.
+    pub(crate) sync: Option<(u32, Arc<Binding>)>,
 }
 
 impl InnerHost {
-    /// The path of inner operator `op`.
-    pub(crate) fn path_of(&self, op: u32) -> String {
+    /// The path of inner operator `op`; `op_path` gives the path of the pipeline's operator
+    /// by number.
+    pub(crate) fn path_of(&self, op: u32, op_path: impl Fn(u32) -> Option<Arc<str>>) -> String {
         if let Some(p) = self.paths.get(op as usize) {
             return p.clone();
         }
         match &self.sync {
-            Some((op_path, binding)) => match binding.opened.get(op as usize) {
-                Some((rel, _)) => format!("{op_path}|#{}:inner|{rel}", self.instance),
-                None => String::new(),
+            Some((ho, binding)) => match (op_path(*ho), binding.opened.get(op as usize)) {
+                (Some(ho), Some((rel, _))) => format!("{ho}|#{}:inner|{rel}", self.instance),
+                _ => String::new(),
             },
             None => String::new(),
         }

@@ -1834,15 +1834,9 @@ impl HostCx {
             });
         }
         if let Some(binding) = binding {
-            let op_path = self
-                .paths
-                .borrow()
-                .get(op as usize)
-                .cloned()
-                .unwrap_or_default();
             let mut ctxs = self.sync_ctxs.borrow_mut();
             if ctxs.len() == depth {
-                ctxs.push(Box::new(InnerCtx {
+                let mut ctx = Box::new(InnerCtx {
                     host: InnerHost {
                         parent: (self as *const HostCx).cast::<c_void>(),
                         instance: id,
@@ -1853,15 +1847,17 @@ impl HostCx {
                         sync: None,
                     },
                     cx: self.inner_cx(),
-                }));
+                });
+                ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
+                ctx.cx.current_op = &raw const ctx.host.current_op;
+                ctxs.push(ctx);
             }
+            // The context's callbacks and pointers are this pipeline's for its life (the box
+            // stays put); the registration API is the current code's.
             let ctx = &mut ctxs[depth];
-            ctx.host.parent = (self as *const HostCx).cast::<c_void>();
             ctx.host.instance = id;
-            ctx.host.sync = Some((op_path, binding));
-            ctx.cx = self.inner_cx();
-            ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
-            ctx.cx.current_op = &raw const ctx.host.current_op;
+            ctx.host.sync = Some((op, binding));
+            ctx.cx.api = self.api.get();
             // SAFETY: the plugin passes a place for the context, valid for the call.
             unsafe { *cx = &raw const ctx.cx };
             self.sync_depth.set(depth + 1);
@@ -2168,7 +2164,7 @@ unsafe extern "C" fn cbi_error(host: *mut c_void, op: u32, message: RStr) {
     // SAFETY: as in `cbi_log`.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
         let (i, h) = inner_host(host);
-        let path = i.path_of(op);
+        let path = i.path_of(op, |ho| h.paths.borrow().get(ho as usize).cloned());
         h.error_at(
             path,
             message.to_string_lossy().unwrap_or_default().into_owned(),

@@ -533,6 +533,12 @@ pub trait Stage: Send + Sync + 'static {
     fn sync_source(&self) -> Option<(u64, u64, bool)> {
         None
     }
+    /// The label of the first source, written now if it was left for later
+    /// ([`Binder::lazy_labels`]); `None` when the stage has no such source.
+    #[doc(hidden)]
+    fn label_source(&mut self) -> Option<RStr> {
+        None
+    }
 }
 
 /// One operator, from `In` to `Out`.
@@ -757,6 +763,9 @@ pub struct Binder<'h> {
     spines: Vec<Spine>,
     /// Scope tracks opened and not closed yet.
     scopes: Vec<u64>,
+    /// Sources leave their label empty, to write when asked (`Stage::label_source`): an
+    /// inner stream run inside its outer value's call never hands its sources over.
+    lazy_labels: bool,
 }
 
 impl fmt::Debug for Binder<'_> {
@@ -917,6 +926,11 @@ impl<'h> Binder<'h> {
     /// `label` and `text` must stay where they are until the host has read the description
     /// this binding hands over: they are the strings of the stage being bound (their heap
     /// buffers do not move when the stage moves into its `Env`).
+    /// Whether sources may leave their label empty (see `Binder::lazy_labels`).
+    pub(crate) fn lazy_labels(&self) -> bool {
+        self.lazy_labels
+    }
+
     pub(crate) unsafe fn source(&mut self, mut desc: SourceDesc, label: &str, text: &str) {
         desc.owner = self.owners.last().copied().unwrap_or(0);
         desc.label = RStr::new(label);
@@ -1077,6 +1091,9 @@ where
             return None;
         }
         self.0.sync_source().map(|(from, to, _)| (from, to, false))
+    }
+    fn label_source(&mut self) -> Option<RStr> {
+        self.0.label_source()
     }
     unsafe fn project(&self, cx: &Cx<'_>, op: u32, value: *const c_void) -> Option<bool> {
         if op == self.1.index() {
@@ -1569,6 +1586,7 @@ pub(crate) fn bind_inner<S: Stage>(
     stage: &mut S,
     marks: Vec<(u32, Mark)>,
     api: &HostApi,
+    lazy_labels: bool,
 ) -> BoundInner {
     let (ops, spines, sources, mut descs) = SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut s) => (
@@ -1587,6 +1605,7 @@ pub(crate) fn bind_inner<S: Stage>(
         owners: Vec::new(),
         spines,
         scopes: Vec::new(),
+        lazy_labels,
     };
     b.bind_stage(stage, marks);
     descs.clear();
@@ -1645,6 +1664,7 @@ impl<S: Stage> Chain<'_, S> {
             owners: Vec::new(),
             spines: Vec::new(),
             scopes: Vec::new(),
+            lazy_labels: false,
         };
         let track = b.track_call("pipeline", Some(&self.name), &signature);
         b.owners.push(track);

@@ -339,7 +339,7 @@ where
         let emit = cx.emit();
         // SAFETY: the host passes a registration API valid for the call.
         let api = unsafe { &*emit.api };
-        let mut bound = bind_inner(&mut stage, marks, api);
+        let mut bound = bind_inner(&mut stage, marks, api, false);
         let env = Box::new(Env {
             stage,
             sync: std::mem::take(&mut bound.sync),
@@ -398,7 +398,8 @@ where
             } else {
                 // SAFETY: the host passes a registration API valid for the call.
                 let api = unsafe { &*emit.api };
-                let mut bound = bind_inner(&mut stage, marks, api);
+                // Its source's label is written only if the host wants it subscribed.
+                let mut bound = bind_inner(&mut stage, marks, api, true);
                 let mut inner_cx: *const EmitCx = core::ptr::null();
                 // SAFETY: the host's context for this call; the operators' descriptions live
                 // across it.
@@ -416,7 +417,11 @@ where
                     self.run_sync_ops::<C, K>(cx, &stage, &bound, id, inner_cx, from, to, k);
                     return true;
                 }
-                // Refused: subscribed the long way, with this binding.
+                // Refused: subscribed the long way, with this binding and its label.
+                if let (Some(label), Some(src)) = (stage.label_source(), bound.sources.first_mut())
+                {
+                    src.label = label;
+                }
                 let env = Box::new(Env {
                     stage,
                     sync: std::mem::take(&mut bound.sync),

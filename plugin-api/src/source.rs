@@ -217,7 +217,9 @@ impl<W: Wire> Stage for Root<W> {
         None
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        if let Some(make) = self.make_label.take() {
+        if !b.lazy_labels()
+            && let Some(make) = self.make_label.take()
+        {
             self.label = make(&self.wire, &self.desc);
         }
         // SAFETY: the strings are this root's, which the stage keeps (in its `Env`) at least
@@ -226,6 +228,12 @@ impl<W: Wire> Stage for Root<W> {
     }
     fn label(&self) -> String {
         self.label_text()
+    }
+    fn label_source(&mut self) -> Option<RStr> {
+        if let Some(make) = self.make_label.take() {
+            self.label = make(&self.wire, &self.desc);
+        }
+        Some(RStr::new(&self.label))
     }
     fn sync_source(&self) -> Option<(u64, u64, bool)> {
         match self.desc.kind {

@@ -674,3 +674,33 @@ fn inner_subscriptions_are_registered_run_and_freed() {
     assert_eq!(run.complete(), status::COMPLETE);
     assert_eq!(run.errors(), vec![]);
 }
+
+/// A synchronous inner stream the host wants subscribed (it answers 0 to `subscribe_sync`)
+/// is subscribed as any other, with its source's label, which the binding leaves unwritten
+/// while the plugin may run the stream itself; the values are the same either way.
+#[test]
+fn a_refused_synchronous_stream_is_subscribed_with_its_label() {
+    for refuse in [false, true] {
+        let run = only_pipeline(register(|p: &mut Plugin<'_>| {
+            p.pipeline("p", range(0, 0))
+                .merge_map(|i: u64| of(vec![i, i + 1]).map(|x: u64| x * 2))
+                .log();
+        }));
+        run.refuse_sync(refuse);
+        assert_eq!(run.start(), status::CONTINUE);
+        for x in [1, 5] {
+            assert_eq!(run.push_one_port(0, x), status::CONTINUE);
+            run.reap();
+        }
+        assert_eq!(run.logs(), ["2", "4", "10", "12"], "refused: {refuse}");
+        let run_here = if refuse { 0 } else { 2 };
+        assert_eq!(run.synced_inners(), (run_here, 0), "refused: {refuse}");
+        assert_eq!(run.freed_inners(), 2 - run_here, "refused: {refuse}");
+        let labels: &[&str] = if refuse {
+            &["of::<u64>([1, 2])", "of::<u64>([5, 6])"]
+        } else {
+            &[]
+        };
+        assert_eq!(run.subscribed_labels(), labels, "refused: {refuse}");
+    }
+}

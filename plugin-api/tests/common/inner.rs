@@ -215,6 +215,10 @@ pub struct Inners {
     sync_live: RefCell<Vec<(u64, Box<InstHost>, Box<EmitCx>)>>,
     #[allow(clippy::type_complexity)]
     sync_done: RefCell<Vec<(u64, Box<InstHost>, Box<EmitCx>)>>,
+    /// Whether `subscribe_sync` answers 0 (every inner stream subscribed).
+    pub refuse_sync: Cell<bool>,
+    /// The sources' labels of every inner stream subscribed, in order.
+    pub labels: RefCell<Vec<String>>,
 }
 
 impl Inners {
@@ -240,6 +244,9 @@ impl Inners {
         let opened = std::mem::take(&mut *self.opened.borrow_mut());
         self.depth.set(0);
         let sources = read_sources(desc);
+        self.labels
+            .borrow_mut()
+            .extend(sources.iter().map(|s| s.label.clone()));
         // SAFETY: the plugin passes `n_ops` operators valid for the call.
         let ops = unsafe { slice(desc.ops, desc.n_ops) }.to_vec();
         let code = Code {
@@ -456,7 +463,7 @@ pub(super) unsafe extern "C" fn on_subscribe_sync(
     // SAFETY: as in `on_subscribe`; `ops` (and `cx`, with operators) valid for the call.
     let sink = unsafe { &*host.cast::<Sink>() };
     let inner = &sink.inner;
-    if inner.reprojecting.get() {
+    if inner.reprojecting.get() || inner.refuse_sync.get() {
         return 0;
     }
     // SAFETY: as above.
@@ -618,6 +625,16 @@ impl Running {
             self.sink.inner.synced.get(),
             self.sink.inner.sync_live.borrow().len(),
         )
+    }
+
+    /// Makes the host answer 0 to `subscribe_sync` (or not).
+    pub fn refuse_sync(&self, refuse: bool) {
+        self.sink.inner.refuse_sync.set(refuse);
+    }
+
+    /// The sources' labels of every inner stream subscribed so far.
+    pub fn subscribed_labels(&self) -> Vec<String> {
+        self.sink.inner.labels.borrow().clone()
     }
 
     /// How many ended inner subscriptions were freed.
