@@ -175,6 +175,12 @@ fn register(p: &mut Plugin) {
         .merge_map(|x: u64| of(vec![x]).map(|v: u64| v + 1))
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
+    // Subscribed the long way (a `publish`, to a subject nobody reads, is held by the host):
+    // what every inner stream cost before, and what an asynchronous one costs.
+    p.pipeline("merge_map_sub", interval_ms(3_600_000))
+        .merge_map(|x: u64| of(vec![x]).map(|v: u64| v + 1).publish("bench_unread"))
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
 }
 
 plugin_api::export_plugin!(register);
@@ -2569,8 +2575,10 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
         ("merge_map", "flat_map"),
         ("switch_map_op", "switch_map"),
         ("merge_map_op", "flat_map"),
+        ("merge_map_sub", "flat_map"),
     ] {
-        let with_op = op.ends_with("_op");
+        let subscribed = op.ends_with("_sub");
+        let with_op = op.ends_with("_op") || subscribed;
         let expected = (0..N_HIGHER)
             .map(|v| v + u64::from(with_op))
             .fold(0, fold31);
@@ -2607,7 +2615,15 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
             ));
         }
         let measured: Vec<&str> = ratios.iter().map(|(m, _)| m.as_str()).collect();
-        let name = op.trim_end_matches("_op");
+        let name = op.trim_end_matches("_op").trim_end_matches("_sub");
+        if subscribed {
+            report.verdict(
+                &format!("`{name}` per outer value, an inner stream subscribed the long way (`of(vec![x]).map(..).publish(..)`: information, no target)"),
+                measured.join("; "),
+                None,
+            );
+            continue;
+        }
         let inner = if with_op {
             "an inner stream with an operator, `of(vec![x]).map(..)`: bound, run inside the call"
         } else {
