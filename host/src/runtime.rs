@@ -3070,6 +3070,15 @@ impl Driver {
     /// drives the driver calls this between calls (the pipeline thread does on each pass),
     /// or the ended subscriptions pile up.
     pub fn reap_inners(&self) {
+        // Between calls no inner stream runs inside one: every context lent for one is free
+        // (the plugin's guard ended each). Reset in case one was not, so that the depth never
+        // drifts towards the limit past which they all go the long way.
+        debug_assert_eq!(
+            self.host.sync_depth.get(),
+            0,
+            "a synchronous inner stream not ended"
+        );
+        self.host.sync_depth.set(0);
         if let Some(census) = &self.host.census {
             for dead in self.host.graveyard.borrow().iter() {
                 let _ = census.send(Census::Ended {

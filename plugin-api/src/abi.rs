@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -299,9 +299,10 @@ pub struct EmitCx {
     /// With operators (`n_ops` > 0), the plugin bound the stream just before (its tracks
     /// registered through [`EmitCx::api`], one per operator in order) and passes their
     /// descriptions, valid for the call; on success the host writes to `*cx` a context for
-    /// them (their `log` and `error`, with the subscription's paths), valid until the plugin
-    /// ends the subscription with [`EmitCx::unsubscribe`], which it must do before the
-    /// running call returns (also when unwinding). When it answers 0, the binding stays the
+    /// them (their `log` and `error`, with the subscription's paths), valid until the running
+    /// call returns (a panic is reported through it after the subscription ended). The
+    /// plugin ends the subscription with [`EmitCx::unsubscribe`] before the running call
+    /// returns (also when unwinding). When it answers 0, the binding stays the
     /// host's to read in the `subscribe` that follows. A bare source (`n_ops` 0, `ops` and
     /// `cx` null) is bound by nobody and ended by nobody.
     pub subscribe_sync: unsafe extern "C" fn(

@@ -919,6 +919,13 @@ impl<'h> Binder<'h> {
         self.track_return(track);
     }
 
+    /// Whether sources may leave their label empty, to write when asked
+    /// ([`Stage::label_source`]): set while binding an inner stream the plugin may run
+    /// itself.
+    pub(crate) fn lazy_labels(&self) -> bool {
+        self.lazy_labels
+    }
+
     /// Registers a source: the next port. Its description keeps views of `label` and
     /// `text` (no copies: a binding allocates no strings).
     ///
@@ -926,11 +933,6 @@ impl<'h> Binder<'h> {
     /// `label` and `text` must stay where they are until the host has read the description
     /// this binding hands over: they are the strings of the stage being bound (their heap
     /// buffers do not move when the stage moves into its `Env`).
-    /// Whether sources may leave their label empty (see `Binder::lazy_labels`).
-    pub(crate) fn lazy_labels(&self) -> bool {
-        self.lazy_labels
-    }
-
     pub(crate) unsafe fn source(&mut self, mut desc: SourceDesc, label: &str, text: &str) {
         desc.owner = self.owners.last().copied().unwrap_or(0);
         desc.label = RStr::new(label);
@@ -2216,7 +2218,7 @@ pub(crate) unsafe extern "C" fn drop_state<A>(dst: *mut u8) -> bool {
 /// `Some` of a caught call's result, `None` if it panicked. The panic's payload is forgotten,
 /// not dropped: a payload whose destructor panics would otherwise unwind out of an
 /// `extern "C"` function and abort the host.
-fn contained<R>(run: std::thread::Result<R>) -> Option<R> {
+pub(crate) fn contained<R>(run: std::thread::Result<R>) -> Option<R> {
     match run {
         Ok(r) => Some(r),
         Err(payload) => {

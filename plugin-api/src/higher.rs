@@ -11,6 +11,11 @@
 //! entry with an [`InnerCall`]; they run the inner stream's code, then the rest of the
 //! outer chain.
 //!
+//! An inner stream that lives and ends inside the outer value's call (a synchronous source,
+//! alone or through [`Op::SYNC`] operators, with no scope) is not handed to the host: the
+//! operator asks it for a number ([`EmitCx::subscribe_sync`]), seeds the operators' states
+//! in its own memory and runs it at once; the host only lends a context for its operators.
+//!
 //! The operator's own state (a host slot) is what it decides with: the live subscription
 //! (`switch_map`, `concat_map`, `exhaust_map`), how many are live, `concat_map`'s queue of
 //! outer values waiting for their turn (kept across a reload, like any state), and whether
@@ -29,11 +34,11 @@ use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use std::collections::VecDeque;
 
-use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, inner_answer, inner_kind};
+use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, RStr, inner_answer, inner_kind};
 use crate::dsl::{
     At, Binder, Cx, Env, Flow, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
-    bind_inner, contain_panic, debug_state, drop_env_entry, drop_state, rethrow_contained,
-    state_fns_uncloned,
+    bind_inner, contain_panic, contained, debug_state, drop_env_entry, drop_state,
+    rethrow_contained, state_fns_uncloned,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -142,8 +147,8 @@ impl<C: Tally, T, V, K: Observer<V>> Observer<V> for InnerObs<'_, '_, C, T, K> {
     }
 }
 
-/// What a bare synchronous source run inside the outer value's call hands the rest of the
-/// chain: its values, until it completes (which ends it, not the chain).
+/// What an inner stream run inside the outer value's call hands the rest of the chain: its
+/// values, until it completes (which ends it, not the chain).
 struct SyncObs<'a, K> {
     k: &'a mut K,
     ended: bool,
@@ -237,17 +242,30 @@ impl<'a> SyncStates<'a> {
         self.ptrs.as_mut_slice(self.ops.len()).as_ptr()
     }
 
-    /// Seeds every state through the stage's operators (those seeded before a panic are
-    /// dropped at the end).
-    fn seed<S: Stage>(&mut self, stage: &S) {
+    /// Seeds every state through the stage's operators, in order; stops at the first that
+    /// cannot be seeded (its seed's `Clone` panicked, or the stage has no such operator) and
+    /// returns its number and why. Those seeded are dropped at the end.
+    fn seed<S: Stage>(&mut self, stage: &S) -> Result<(), (u32, &'static str)> {
         let n = self.ops.len();
         for i in 0..n {
             let dst = self.ptrs.as_mut_slice(n)[i];
             // SAFETY: `dst` is aligned for operator `i`'s state and as large.
-            let seeded = unsafe { stage.init(i as u32, dst) };
-            debug_assert!(seeded, "operator {i} of a bound stream has no seed");
-            self.seeded += 1;
+            let run = contained(catch_unwind(AssertUnwindSafe(|| unsafe {
+                stage.init(i as u32, dst)
+            })));
+            match run {
+                Some(true) => self.seeded += 1,
+                Some(false) => {
+                    return Err((
+                        i as u32,
+                        "the plugin has no operator to seed here: its description of the \
+                         inner stream disagrees with its code",
+                    ));
+                }
+                None => return Err((i as u32, "the seed panicked while being cloned")),
+            }
         }
+        Ok(())
     }
 }
 
@@ -400,22 +418,42 @@ where
                 let api = unsafe { &*emit.api };
                 // Its source's label is written only if the host wants it subscribed.
                 let mut bound = bind_inner(&mut stage, marks, api, true);
-                let mut inner_cx: *const EmitCx = core::ptr::null();
-                // SAFETY: the host's context for this call; the operators' descriptions live
-                // across it.
-                let id = unsafe {
-                    (emit.subscribe_sync)(
-                        emit.host,
-                        op,
-                        bound.ops.as_ptr(),
-                        bound.ops.len(),
-                        &mut inner_cx,
-                    )
-                };
-                if id != 0 {
-                    drop(x);
-                    self.run_sync_ops::<C, K>(cx, &stage, &bound, id, inner_cx, from, to, k);
-                    return true;
+                if bound.ops.is_empty() {
+                    // Operators that bound no operator of their own: as bare as a bare
+                    // source, to the host as to us.
+                    // SAFETY: the host's context for this call; no operator passed.
+                    let id = unsafe {
+                        (emit.subscribe_sync)(
+                            emit.host,
+                            op,
+                            core::ptr::null(),
+                            0,
+                            core::ptr::null_mut(),
+                        )
+                    };
+                    if id != 0 {
+                        drop(bound);
+                        drop(x);
+                        Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
+                        return true;
+                    }
+                } else {
+                    let mut inner_cx: *const EmitCx = core::ptr::null();
+                    // SAFETY: the host's context for this call; the operators' descriptions live
+                    // across it.
+                    let id = unsafe {
+                        (emit.subscribe_sync)(
+                            emit.host,
+                            op,
+                            bound.ops.as_ptr(),
+                            bound.ops.len(),
+                            &mut inner_cx,
+                        )
+                    };
+                    if id != 0 {
+                        self.run_sync_ops::<C, K>(cx, x, &stage, &bound, id, inner_cx, from, to, k);
+                        return true;
+                    }
                 }
                 // Refused: subscribed the long way, with this binding and its label.
                 if let (Some(label), Some(src)) = (stage.label_source(), bound.sources.first_mut())
@@ -493,6 +531,7 @@ where
     fn run_sync_ops<C: Tally, K: Observer<S2::Out>>(
         &self,
         cx: &Cx<'_>,
+        x: T,
         stage: &S2,
         bound: &crate::dsl::BoundInner,
         id: u64,
@@ -507,15 +546,23 @@ where
             id,
             states: SyncStates::new(&bound.ops),
         };
+        // The outer value goes now that the end is guaranteed (its drop is user code).
+        drop(x);
         if inner_cx.is_null() {
             // The host numbered it but gave no context (never, by its contract): it ends
             // unrun.
             return;
         }
-        end.states.seed(stage);
-        // SAFETY: the host's context for the subscription's operators, valid until `end`
-        // tells it the subscription ended.
+        // SAFETY: the host's context for the subscription's operators, valid until the
+        // running call returns.
         let inner_emit = unsafe { &*inner_cx };
+        if let Err((op, why)) = end.states.seed(stage) {
+            // As the host refuses a subscription whose seed fails: said at the operator, the
+            // stream ends unrun, the outer stream goes on.
+            // SAFETY: the host's context; the message outlives the call.
+            unsafe { (inner_emit.error)(inner_emit.host, op, RStr::new(why)) };
+            return;
+        }
         let icx = Cx::inner(end.states.ptrs(), inner_emit, cx.marks_ops());
         let guard = PanicAt {
             outer: cx,

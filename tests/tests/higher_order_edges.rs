@@ -374,3 +374,79 @@ fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow
     assert_eq!(live, want);
     Ok(())
 }
+
+/// Synchronous inner streams with operators, one level running inside the other's call: a
+/// panic at either level names that level's operator, the other values arrive, and a
+/// `scan` whose seed panics when cloned ends its stream unrun with an error at that
+/// operator while the outer stream goes on (as the host refuses such a subscription).
+#[test]
+fn nested_synchronous_inner_streams_name_their_own_operators() -> anyhow::Result<()> {
+    let fixture = Fixture::new(
+        "higher_sync_nested",
+        r#"
+use plugin_api::prelude::*;
+
+state! {
+    #[derive(Debug)]
+    pub struct Seed { pub n: u64 }
+}
+
+impl Clone for Seed {
+    fn clone(&self) -> Seed {
+        if self.n == 1 {
+            panic!("no seed for 1");
+        }
+        Seed { n: self.n }
+    }
+}
+
+fn register(p: &mut Plugin) {
+    p.pipeline("n", range(0, 2))
+        .concat_map(|n: u64| of(vec![1u64, 2]).map(move |x: u64| {
+            if n == 1 && x == 2 {
+                panic!("outer refuses {}", n * 10 + x);
+            }
+            n * 10 + x
+        }))
+        .merge_map(|v: u64| of(vec![v]).map(|x: u64| {
+            if x == 2 {
+                panic!("inner refuses {x}");
+            }
+            x + 100
+        }))
+        .log();
+    p.pipeline("s", range(0, 3))
+        .merge_map(|n: u64| of(vec![n]).scan(Seed { n }, |s: Seed, x: u64| Seed { n: s.n + x }))
+        .map(|s: Seed| s.n)
+        .log();
+}
+
+plugin_api::export_plugin!(register);
+"#,
+    );
+    let (options, time) = fixture.virtual_options();
+    let mut host = Harness::start(&options)?;
+    host.wait_loaded()?;
+    assert!(time.settle(SETTLE));
+    let errs = errors(&mut host);
+    let got: Vec<i64> = host.emissions("n").iter().map(|(_, v)| value(v)).collect();
+    assert_eq!(got, [101, 111], "{errs:?}");
+    let got: Vec<i64> = host.emissions("s").iter().map(|(_, v)| value(v)).collect();
+    assert_eq!(got, [0, 4], "{errs:?}");
+    let mut errs = errs;
+    errs.sort();
+    // The outer level's panic comes after an inner level ran inside its call (value 11):
+    // each is named by its own subscription.
+    let want = [
+        ("n|0:concat_map|#4:inner|0:map", "outer refuses 12"),
+        ("n|1:merge_map|#3:inner|0:map", "inner refuses 2"),
+        ("s|0:merge_map|#2:inner|0:scan", "the seed panicked"),
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:?}");
+    for ((path, message), (want_path, want_message)) in errs.iter().zip(want) {
+        assert_eq!(path, want_path, "{errs:?}");
+        assert!(message.contains(want_message), "{errs:?}");
+    }
+    host.stop();
+    Ok(())
+}
