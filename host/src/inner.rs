@@ -447,7 +447,9 @@ impl InnerHost {
         }
         match &self.sync {
             Some((ho, binding)) => match (op_path(*ho), binding.opened.get(op as usize)) {
-                (Some(ho), Some((rel, _))) => format!("{ho}|#{}:inner|{rel}", self.instance),
+                (Some(ho), Some((rel, _))) => {
+                    join_path(&subscription_path(&ho, self.instance), rel)
+                }
                 _ => String::new(),
             },
             None => String::new(),
@@ -542,6 +544,28 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// The path of subscription `id` of the higher-order operator at `op_path`
+/// (`pipeline|1:switch_map|#3:inner`), written into one buffer of its size (`format!` grew it
+/// several times, a tenth of a subscription's instructions, BENCHMARKS.md 14).
+pub(crate) fn subscription_path(op_path: &str, id: u64) -> String {
+    use std::fmt::Write as _;
+    let mut p = String::with_capacity(op_path.len() + 28);
+    p.push_str(op_path);
+    p.push_str("|#");
+    let _ = write!(p, "{id}");
+    p.push_str(":inner");
+    p
+}
+
+/// `base|rel`, in one buffer of its size.
+pub(crate) fn join_path(base: &str, rel: &str) -> String {
+    let mut p = String::with_capacity(base.len() + 1 + rel.len());
+    p.push_str(base);
+    p.push('|');
+    p.push_str(rel);
+    p
+}
+
 /// One live inner subscription.
 pub(crate) struct Inner {
     /// The subscription's number.
@@ -599,7 +623,7 @@ unsafe impl Send for Inner {}
 impl Inner {
     /// The subscription's path (`pipeline|1:switch_map|#3:inner`).
     pub(crate) fn path(&self) -> String {
-        format!("{}|#{}:inner", self.op_path, self.id)
+        subscription_path(&self.op_path, self.id)
     }
 
     /// The inner operator on `track`, by number.
@@ -675,6 +699,22 @@ mod tests {
             })
             .collect();
         (opened, calls)
+    }
+
+    /// The paths written without `format!` are the text `format!` wrote.
+    #[test]
+    fn paths_are_the_formatted_text() {
+        for (op_path, id) in [
+            ("", 0),
+            ("p|1:switch_map", 3),
+            ("a|0:merge|1:map", u64::MAX),
+        ] {
+            let sub = super::subscription_path(op_path, id);
+            assert_eq!(sub, format!("{op_path}|#{id}:inner"));
+            for rel in ["", "0:map", "1:merge|0:map"] {
+                assert_eq!(super::join_path(&sub, rel), format!("{sub}|{rel}"));
+            }
+        }
     }
 
     /// A binding that repeats the last one is the last one, shared; any other is what a

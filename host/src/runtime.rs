@@ -1554,7 +1554,7 @@ unsafe fn read_inner(
         }
         out.push(crate::code::OpCode {
             track: 0,
-            path: format!("{base}|{rel}"),
+            path: crate::inner::join_path(base, rel),
             kind: sig.kind.to_string(),
             signature: sig.clone(),
             lineage: 0,
@@ -1958,7 +1958,7 @@ impl HostCx {
         let path = if opened.is_empty() {
             String::new()
         } else {
-            format!("{op_path}|#{id}:inner")
+            crate::inner::subscription_path(op_path, id)
         };
         // SAFETY: `desc` is valid for the call.
         let read = unsafe { read_inner(desc, opened, &path, &mut self.reg.borrow_mut()) };
@@ -1973,7 +1973,7 @@ impl HostCx {
         if desc.n_publishes != 0 || sources.iter().any(|s| s.kind == source_kind::SUBJECT) {
             // SAFETY: `desc` is valid for the call.
             let entered = unsafe { self.read_publishes(desc) }.and_then(|publishes| {
-                let path = || format!("{op_path}|#{id}:inner");
+                let path = || crate::inner::subscription_path(op_path, id);
                 let uses = self.enter_subjects(&sources, &publishes, path)?;
                 Ok((publishes, uses))
             });
@@ -1993,7 +1993,7 @@ impl HostCx {
         let slots = match StateSlots::new_for(&ops, code.env, &lib) {
             Ok(s) => s,
             Err(e) => {
-                self.error_at(format!("{op_path}|#{id}:inner"), e.to_string());
+                self.error_at(crate::inner::subscription_path(op_path, id), e.to_string());
                 return false;
             }
         };
@@ -2005,7 +2005,9 @@ impl HostCx {
         let ports = self.start_ports(id, &code.sources);
         // The path is formatted only for an error (two allocations per subscription
         // otherwise, scenario 6).
-        let held = self.open_inner_sources(id, &code.sources, || format!("{op_path}|#{id}:inner"));
+        let held = self.open_inner_sources(id, &code.sources, || {
+            crate::inner::subscription_path(&op_path, id)
+        });
         let hubs = self.link_subjects(id, &code.sources);
         // A freed subscription's context if there is one (its vectors' capacity kept).
         let pooled = self.ctx_pool.borrow_mut().pop();

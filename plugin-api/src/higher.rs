@@ -384,7 +384,7 @@ where
 
     /// Projects `x`, subscribes the stream and runs its start and synchronous sources.
     /// Returns whether that subscription already ended (or was refused).
-    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
+    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, mut x: T, k: &mut K) -> bool {
         let op = self.at.op;
         let stream = cx.user(op, || (self.f)(x.clone()));
         let (mut stage, marks) = stream.body.into_parts();
@@ -397,8 +397,10 @@ where
             && let Some((from, to, bare)) = stage.sync_source()
         {
             let emit = cx.emit();
-            if bare {
-                // SAFETY: the host's context for this call; a bare source passes no operator.
+            // A stream with no operator (bare, or whose operators bound none of their own) runs
+            // on the outer chain's context, if the host numbers it.
+            let run_bare = |x: T, stage: &S2, k: &mut K| {
+                // SAFETY: the host's context for this call; no operator passed.
                 let id = unsafe {
                     (emit.subscribe_sync)(
                         emit.host,
@@ -408,10 +410,17 @@ where
                         core::ptr::null_mut(),
                     )
                 };
-                if id != 0 {
-                    drop(x);
-                    Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
-                    return true;
+                if id == 0 {
+                    return Err(x);
+                }
+                drop(x);
+                Self::run_sync::<C, K>(cx, cx, emit, stage, from, to, k);
+                Ok(())
+            };
+            if bare {
+                match run_bare(x, &stage, k) {
+                    Ok(()) => return true,
+                    Err(back) => x = back,
                 }
             } else {
                 // SAFETY: the host passes a registration API valid for the call.
@@ -419,23 +428,9 @@ where
                 // Its source's label is written only if the host wants it subscribed.
                 let mut bound = bind_inner(&mut stage, marks, api, true);
                 if bound.ops.is_empty() {
-                    // Operators that bound no operator of their own: as bare as a bare
-                    // source, to the host as to us.
-                    // SAFETY: the host's context for this call; no operator passed.
-                    let id = unsafe {
-                        (emit.subscribe_sync)(
-                            emit.host,
-                            op,
-                            core::ptr::null(),
-                            0,
-                            core::ptr::null_mut(),
-                        )
-                    };
-                    if id != 0 {
-                        drop(bound);
-                        drop(x);
-                        Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
-                        return true;
+                    match run_bare(x, &stage, k) {
+                        Ok(()) => return true,
+                        Err(back) => x = back,
                     }
                 } else {
                     let mut inner_cx: *const EmitCx = core::ptr::null();

@@ -334,22 +334,7 @@ impl Inners {
             sink: sink as *const Sink,
             instance: id,
         });
-        let cx = Box::new(EmitCx {
-            host: (&raw const *host).cast_mut().cast::<c_void>(),
-            log: cbi_log,
-            error: cbi_error,
-            publish: cbi_publish,
-            current_op: &raw const sink.current_op,
-            counts: std::ptr::null(),
-            marble: plugin_api::abi::no_marble,
-            marble_calls: std::ptr::null(),
-            now: cbi_now,
-            schedule: cbi_schedule,
-            subscribe: cbi_subscribe,
-            subscribe_sync: cbi_subscribe_sync,
-            unsubscribe: cbi_unsubscribe,
-            api: self.api(),
-        });
+        let cx = instance_cx(&host, sink, self.api());
         out.instance = id;
         out.states = slots.ptrs.as_ptr();
         out.cx = &raw const *cx;
@@ -485,22 +470,7 @@ pub(super) unsafe extern "C" fn on_subscribe_sync(
             sink: sink as *const Sink,
             instance: id,
         });
-        let ecx = Box::new(EmitCx {
-            host: (&raw const *ih).cast_mut().cast::<c_void>(),
-            log: cbi_log,
-            error: cbi_error,
-            publish: cbi_publish,
-            current_op: &raw const sink.current_op,
-            counts: std::ptr::null(),
-            marble: plugin_api::abi::no_marble,
-            marble_calls: std::ptr::null(),
-            now: cbi_now,
-            schedule: cbi_schedule,
-            subscribe: cbi_subscribe,
-            subscribe_sync: cbi_subscribe_sync,
-            unsubscribe: cbi_unsubscribe,
-            api: inner.api(),
-        });
+        let ecx = instance_cx(&ih, sink, inner.api());
         // SAFETY: `cx` is valid for the call (checked non-null above).
         unsafe { *cx = &raw const *ecx };
         inner.sync_live.borrow_mut().push((id, ih, ecx));
@@ -527,6 +497,26 @@ pub(super) unsafe extern "C" fn on_unsubscribe(host: *mut c_void, _op: u32, inst
 }
 
 // ---- An instance's callbacks ----
+
+/// The callback context of the instance behind `host` (which must outlive it).
+fn instance_cx(host: &InstHost, sink: &Sink, api: *const HostApi) -> Box<EmitCx> {
+    Box::new(EmitCx {
+        host: (host as *const InstHost).cast_mut().cast::<c_void>(),
+        log: cbi_log,
+        error: cbi_error,
+        publish: cbi_publish,
+        current_op: &raw const sink.current_op,
+        counts: std::ptr::null(),
+        marble: plugin_api::abi::no_marble,
+        marble_calls: std::ptr::null(),
+        now: cbi_now,
+        schedule: cbi_schedule,
+        subscribe: cbi_subscribe,
+        subscribe_sync: cbi_subscribe_sync,
+        unsubscribe: cbi_unsubscribe,
+        api,
+    })
+}
 
 /// The instance and sink behind an instance's context.
 ///
