@@ -55,6 +55,17 @@ pub(crate) enum Census {
     },
     /// It ended.
     Ended { pipeline: Arc<str>, id: u64 },
+    /// Subscriptions `first..first + count` of `pipeline` each started and ended inside one
+    /// call (run by the plugin, `EmitCx::subscribe_sync`) under the higher-order operator
+    /// `op_track`, each registering these calls: one message for a run of them, not two
+    /// each (a `merge_map` over a fast source makes millions).
+    Passed {
+        pipeline: Arc<str>,
+        op_track: Id,
+        calls: Arc<[RegCall]>,
+        first: u64,
+        count: u64,
+    },
 }
 
 /// What one binding of an inner stream registered: its tracks relative to the subscription

@@ -543,6 +543,22 @@ impl Reloader {
     fn enter_census(&mut self) {
         for c in self.runtime.take_census() {
             match c {
+                Census::Passed {
+                    pipeline,
+                    op_track,
+                    calls,
+                    first,
+                    count,
+                } => {
+                    // Each entered and removed, as a subscription that started and ended.
+                    if self.recorder.state.track(op_track).is_none() {
+                        continue;
+                    }
+                    for id in first..first.saturating_add(count) {
+                        self.enter_started(&pipeline, id, op_track, &calls);
+                        self.enter_ended(&pipeline, id);
+                    }
+                }
                 Census::Started {
                     pipeline,
                     id,
@@ -553,35 +569,43 @@ impl Reloader {
                     if self.recorder.state.track(op_track).is_none() {
                         continue;
                     }
-                    match self.recorder.subscribe_at(op_track) {
-                        Ok(sub) => {
-                            let replayed = self.replay_inner_calls(id, &calls);
-                            let returned = self.recorder.subscribe_call_return(sub);
-                            match replayed.and(returned) {
-                                Ok(()) => {
-                                    self.show_inner(&pipeline, id, sub);
-                                    self.inner_subs.insert((pipeline, id), sub);
-                                }
-                                Err(e) => {
-                                    self.internal_error(&e);
-                                    let _ = self.recorder.unsubscribe(sub);
-                                }
-                            }
-                        }
-                        Err(e) => self.internal_error(&e),
-                    }
+                    self.enter_started(&pipeline, id, op_track, &calls);
                 }
-                Census::Ended { pipeline, id } => {
-                    if let Some(t) = self.runtime.tallies() {
-                        t.run_time().end(&pipeline, id);
+                Census::Ended { pipeline, id } => self.enter_ended(&pipeline, id),
+            }
+        }
+    }
+
+    /// Enters subscription `id` of `pipeline` under `op_track` with its run-time tracks.
+    fn enter_started(&mut self, pipeline: &Arc<str>, id: u64, op_track: Id, calls: &[RegCall]) {
+        match self.recorder.subscribe_at(op_track) {
+            Ok(sub) => {
+                let replayed = self.replay_inner_calls(id, calls);
+                let returned = self.recorder.subscribe_call_return(sub);
+                match replayed.and(returned) {
+                    Ok(()) => {
+                        self.show_inner(pipeline, id, sub);
+                        self.inner_subs.insert((pipeline.clone(), id), sub);
                     }
-                    if let Some(sub) = self.inner_subs.remove(&(pipeline, id))
-                        && let Err(e) = self.recorder.unsubscribe(sub)
-                    {
+                    Err(e) => {
                         self.internal_error(&e);
+                        let _ = self.recorder.unsubscribe(sub);
                     }
                 }
             }
+            Err(e) => self.internal_error(&e),
+        }
+    }
+
+    /// Subscription `id` of `pipeline` ended: its tracks leave the store.
+    fn enter_ended(&mut self, pipeline: &Arc<str>, id: u64) {
+        if let Some(t) = self.runtime.tallies() {
+            t.run_time().end(pipeline, id);
+        }
+        if let Some(sub) = self.inner_subs.remove(&(pipeline.clone(), id))
+            && let Err(e) = self.recorder.unsubscribe(sub)
+        {
+            self.internal_error(&e);
         }
     }
 

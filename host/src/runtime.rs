@@ -793,6 +793,13 @@ impl Runtime {
         self.census.1.try_iter().collect()
     }
 
+    /// How many census messages wait for the tracking store (a test's view of how much a
+    /// burst of inner subscriptions queues).
+    #[doc(hidden)]
+    pub fn census_backlog(&self) -> usize {
+        self.census.1.len()
+    }
+
     /// Before a reload is reported: asks each pipeline that will swap to staged code and has
     /// live inner subscriptions to re-project them with that code now (on its own thread:
     /// the projection is plugin code), and returns what each answered within `wait`. A
@@ -1184,6 +1191,11 @@ struct HostCx {
     #[allow(clippy::vec_box)]
     sync_ctxs: RefCell<Vec<Box<InnerCtx>>>,
     sync_depth: Cell<usize>,
+    /// A run of subscriptions that started and ended inside their call, not yet told to the
+    /// census: operator track, calls, first number, how many. Told before anything else the
+    /// census hears from this pipeline, and after the call (`reap_inners`).
+    #[allow(clippy::type_complexity)]
+    passed: RefCell<Option<(Id, Arc<[crate::inner::RegCall]>, u64, u64)>>,
     /// The next inner subscription's number, and the next host-local track id of an inner
     /// operator.
     next_inner: Cell<u64>,
@@ -1253,6 +1265,7 @@ const INNER_TRACKS: u64 = 1 << 62;
 impl Drop for HostCx {
     fn drop(&mut self) {
         // The pipeline's thread ends: its subscriptions end with it.
+        self.flush_passed();
         if let Some(census) = &self.census {
             let mut ids = self.live_ids();
             ids.extend(self.graveyard.get_mut().iter().map(|i| i.id));
@@ -1779,6 +1792,27 @@ impl HostCx {
         links
     }
 
+    /// Tells the census a run of subscriptions that passed inside their calls.
+    #[allow(clippy::type_complexity)]
+    fn tell_passed(&self, run: Option<(Id, Arc<[crate::inner::RegCall]>, u64, u64)>) {
+        if let (Some(census), Some((op_track, calls, first, count))) = (&self.census, run) {
+            let _ = census.send(Census::Passed {
+                pipeline: self.census_name.clone(),
+                op_track,
+                calls,
+                first,
+                count,
+            });
+        }
+    }
+
+    /// Tells the census the run under way, if any: before anything else it hears from this
+    /// pipeline, and after each call.
+    fn flush_passed(&self) {
+        let run = self.passed.try_borrow_mut().ok().and_then(|mut p| p.take());
+        self.tell_passed(run);
+    }
+
     /// `subscribe_sync` from a pipeline's higher-order operator `op`: an inner stream that
     /// starts and ends inside the running call, its operators `ops` (bound just before; none
     /// for a bare source) run by the plugin on its own states. It takes the next number, and
@@ -1819,19 +1853,27 @@ impl HostCx {
         };
         let id = self.next_inner.get();
         self.next_inner.set(id + 1);
-        if let Some(census) = &self.census {
-            let _ = census.send(Census::Started {
-                pipeline: self.census_name.clone(),
-                id,
-                op_track,
-                calls: binding
-                    .as_ref()
-                    .map_or_else(|| NO_CALLS.clone(), |b| b.calls.clone()),
-            });
-            let _ = census.send(Census::Ended {
-                pipeline: self.census_name.clone(),
-                id,
-            });
+        if self.census.is_some() {
+            let calls = binding
+                .as_ref()
+                .map_or_else(|| NO_CALLS.clone(), |b| b.calls.clone());
+            let mut passed = self.passed.borrow_mut();
+            match &mut *passed {
+                Some((track, run_calls, first, count))
+                    if *track == op_track
+                        && *first + *count == id
+                        && Arc::ptr_eq(run_calls, &calls) =>
+                {
+                    *count += 1;
+                }
+                _ => {
+                    let earlier = passed.replace((op_track, calls, id, 1));
+                    drop(passed);
+                    self.tell_passed(earlier);
+                    // Told after the call, when the thread reaps.
+                    self.shared.set_flag(flags::INNER_WORK);
+                }
+            }
         }
         if let Some(binding) = binding {
             let mut ctxs = self.sync_ctxs.borrow_mut();
@@ -2050,6 +2092,7 @@ impl HostCx {
         out.instance = id;
         out.states = slots.as_ptr();
         out.cx = &raw const ctx.cx;
+        self.flush_passed();
         if let Some(census) = &self.census {
             let _ = census.send(Census::Started {
                 pipeline: self.census_name.clone(),
@@ -2416,6 +2459,7 @@ impl Driver {
             ctx_pool: RefCell::new(Vec::new()),
             sync_ctxs: RefCell::new(Vec::new()),
             sync_depth: Cell::new(0),
+            passed: RefCell::new(None),
             next_inner: Cell::new(1),
             next_track: Cell::new(INNER_TRACKS),
             reprojecting: RefCell::new(None),
@@ -3051,7 +3095,7 @@ impl Driver {
         let mut before = 0;
         for run in items.chunks(INNER_RUN) {
             if before != 0 {
-                self.reap_inners();
+                self.reap_dead();
             }
             match self.code.push(&self.states, port, run, &self.cx) {
                 Pushed::Continue => before += run.len(),
@@ -3072,6 +3116,14 @@ impl Driver {
     /// drives the driver calls this between calls (the pipeline thread does on each pass),
     /// or the ended subscriptions pile up.
     pub fn reap_inners(&self) {
+        self.reap_dead();
+        // The run of subscriptions passed inside the calls, told once the calls are done
+        // (not between the runs of one batch: a run spans them).
+        self.host.flush_passed();
+    }
+
+    /// Frees the inner subscriptions that ended (see [`Driver::reap_inners`]).
+    fn reap_dead(&self) {
         // Between calls no inner stream runs inside one: every context lent for one is free
         // (the plugin's guard ended each). Reset in case one was not, so that the depth never
         // drifts towards the limit past which they all go the long way.

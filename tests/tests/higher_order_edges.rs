@@ -450,3 +450,54 @@ plugin_api::export_plugin!(register);
     host.stop();
     Ok(())
 }
+
+/// A burst of inner streams run inside their calls is told to the tracking store as runs,
+/// not as two messages each: 10,000 of them queue a handful of census messages, and the
+/// store still enters each (itself, its `#N:inner` track and its `map` track) and removes it.
+#[test]
+fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow::Result<()> {
+    use host::reloader::Outcome;
+    const N: u64 = 10_000;
+    let fixture = Fixture::new(
+        "higher_sync_burst",
+        &plugin(&format!(
+            r#"    p.pipeline("burst", range(0, {N}))
+        .merge_map(|x: u64| of(vec![x]).map(|v: u64| v + 1))
+        .reduce(0u64, |a: u64, v: u64| a + v)
+        .log();"#
+        )),
+    );
+    let config = fixture.build_config(false)?;
+    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
+    let keep = host::testkit::TempDir::new("higher-sync-burst");
+    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
+    let before = reloader.recorder().state.next_id;
+    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    let loaded = reloader.recorder().state.next_id;
+    integration_tests::next_matching(
+        &rx,
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "burst"),
+    )?;
+    let backlog = reloader.runtime().census_backlog();
+    assert!(
+        backlog <= 16,
+        "{backlog} census messages for {N} subscriptions"
+    );
+    reloader.idle();
+    let entered = reloader.recorder().state.next_id - loaded;
+    assert_eq!(
+        entered,
+        3 * N,
+        "ids entered (registration took {})",
+        loaded - before
+    );
+    let live: Vec<String> = reloader
+        .tracks()
+        .into_iter()
+        .filter(|t| t.path.contains(":inner"))
+        .map(|t| t.path)
+        .collect();
+    assert!(live.is_empty(), "{live:?}");
+    Ok(())
+}
