@@ -1192,8 +1192,10 @@ struct HostCx {
     sync_ctxs: RefCell<Vec<Box<InnerCtx>>>,
     sync_depth: Cell<usize>,
     /// A run of subscriptions that started and ended inside their call, not yet told to the
-    /// census: operator track, calls, first number, how many. Told before anything else the
-    /// census hears from this pipeline, and after the call (`reap_inners`).
+    /// census: operator track, calls, first number, how many. Told before the census hears any
+    /// other subscription start, when the driver is dropped, and after the calls
+    /// (`reap_inners`). (Ends of other subscriptions may come before it: the store keys
+    /// everything by number.)
     #[allow(clippy::type_complexity)]
     passed: RefCell<Option<(Id, Arc<[crate::inner::RegCall]>, u64, u64)>>,
     /// The next inner subscription's number, and the next host-local track id of an inner
@@ -1806,10 +1808,10 @@ impl HostCx {
         }
     }
 
-    /// Tells the census the run under way, if any: before anything else it hears from this
-    /// pipeline, and after each call.
+    /// Tells the census the run under way, if any (see `HostCx::passed`).
     fn flush_passed(&self) {
-        let run = self.passed.try_borrow_mut().ok().and_then(|mut p| p.take());
+        // Never borrowed across a call out (plugin code, a send): a conflict is a defect.
+        let run = self.passed.borrow_mut().take();
         self.tell_passed(run);
     }
 
