@@ -73,8 +73,6 @@ pub(crate) enum Census {
 /// tracking store. Shared by every subscription whose binding made the same calls.
 #[derive(Debug, Default)]
 pub(crate) struct Binding {
-    /// The calls' shape: the key of each track opened, or a close.
-    shape: Vec<Option<Option<String>>>,
     /// Every track opened, by handle - 1: relative path and signature.
     pub(crate) opened: Vec<(String, Signature)>,
     /// The calls as made, for the tracking store.
@@ -139,10 +137,7 @@ impl InnerReg {
         let Some(last) = &self.last else {
             return false;
         };
-        let Some(Some(stored_key)) = last.shape.get(self.matched) else {
-            return false;
-        };
-        let Some((_, stored)) = last.opened.get(self.handles as usize) else {
+        let Some(RegCall::Open(_, stored_key, stored)) = last.calls.get(self.matched) else {
             return false;
         };
         // SAFETY: forwarded.
@@ -163,15 +158,12 @@ impl InnerReg {
         let Some(last) = self.last.clone() else {
             return;
         };
-        let mut opened = last.opened.iter();
-        for call in &last.shape[..self.matched] {
+        for call in &last.calls[..self.matched] {
             match call {
-                Some(key) => {
-                    if let Some((_, signature)) = opened.next() {
-                        self.open_decoded(key.clone(), signature.clone());
-                    }
+                RegCall::Open(_, key, signature) => {
+                    self.open_decoded(key.clone(), (**signature).clone());
                 }
-                None => self.close_fresh(),
+                RegCall::Close => self.close_fresh(),
             }
         }
     }
@@ -196,17 +188,15 @@ impl InnerReg {
         self.stack.push((path.clone(), 0));
         self.fresh_calls.push(RegCall::Open(
             signature.kind.to_string(),
-            key.clone(),
+            key,
             Box::new(signature.clone()),
         ));
-        self.fresh.shape.push(Some(key));
         self.fresh.opened.push((path, signature));
     }
 
     fn close_fresh(&mut self) {
         self.stack.pop();
         self.fresh_calls.push(RegCall::Close);
-        self.fresh.shape.push(None);
     }
 
     /// A track opened: returns its handle.
@@ -238,7 +228,7 @@ impl InnerReg {
     pub(crate) fn close(&mut self) {
         if !self.building
             && let Some(last) = &self.last
-            && last.shape.get(self.matched) == Some(&None)
+            && matches!(last.calls.get(self.matched), Some(RegCall::Close))
         {
             self.matched += 1;
             return;
@@ -256,7 +246,7 @@ impl InnerReg {
             && self
                 .last
                 .as_ref()
-                .is_some_and(|l| l.shape.len() == self.matched);
+                .is_some_and(|l| l.calls.len() == self.matched);
         let binding = match &self.last {
             Some(last) if whole => last.clone(),
             _ => {
@@ -286,7 +276,6 @@ impl InnerReg {
         self.building = false;
         self.stack.clear();
         self.top = 0;
-        self.fresh.shape.clear();
         self.fresh.opened.clear();
         self.fresh_calls.clear();
     }

@@ -555,8 +555,8 @@ impl Reloader {
                         continue;
                     }
                     for id in first..first.saturating_add(count) {
-                        self.enter_started(&pipeline, id, op_track, &calls);
-                        self.enter_ended(&pipeline, id);
+                        let sub = self.enter_started(&pipeline, id, op_track, &calls);
+                        self.leave(&pipeline, id, sub);
                     }
                 }
                 Census::Started {
@@ -569,15 +569,28 @@ impl Reloader {
                     if self.recorder.state.track(op_track).is_none() {
                         continue;
                     }
-                    self.enter_started(&pipeline, id, op_track, &calls);
+                    if let Some(sub) = self.enter_started(&pipeline, id, op_track, &calls) {
+                        self.inner_subs.insert((pipeline, id), sub);
+                    }
                 }
-                Census::Ended { pipeline, id } => self.enter_ended(&pipeline, id),
+                Census::Ended { pipeline, id } => {
+                    let sub = self.inner_subs.remove(&(pipeline.clone(), id));
+                    self.leave(&pipeline, id, sub);
+                }
             }
         }
     }
 
-    /// Enters subscription `id` of `pipeline` under `op_track` with its run-time tracks.
-    fn enter_started(&mut self, pipeline: &Arc<str>, id: u64, op_track: Id, calls: &[RegCall]) {
+    /// Enters subscription `id` of `pipeline` under `op_track` with its run-time tracks;
+    /// returns the store's subscription, or `None` when it could not be entered (said as an
+    /// internal error).
+    fn enter_started(
+        &mut self,
+        pipeline: &Arc<str>,
+        id: u64,
+        op_track: Id,
+        calls: &[RegCall],
+    ) -> Option<Id> {
         match self.recorder.subscribe_at(op_track) {
             Ok(sub) => {
                 let replayed = self.replay_inner_calls(id, calls);
@@ -585,24 +598,29 @@ impl Reloader {
                 match replayed.and(returned) {
                     Ok(()) => {
                         self.show_inner(pipeline, id, sub);
-                        self.inner_subs.insert((pipeline.clone(), id), sub);
+                        Some(sub)
                     }
                     Err(e) => {
                         self.internal_error(&e);
                         let _ = self.recorder.unsubscribe(sub);
+                        None
                     }
                 }
             }
-            Err(e) => self.internal_error(&e),
+            Err(e) => {
+                self.internal_error(&e);
+                None
+            }
         }
     }
 
-    /// Subscription `id` of `pipeline` ended: its tracks leave the store.
-    fn enter_ended(&mut self, pipeline: &Arc<str>, id: u64) {
+    /// Subscription `id` of `pipeline` (the store's `sub`, if it was entered) ended: its
+    /// tracks leave the store.
+    fn leave(&mut self, pipeline: &Arc<str>, id: u64, sub: Option<Id>) {
         if let Some(t) = self.runtime.tallies() {
             t.run_time().end(pipeline, id);
         }
-        if let Some(sub) = self.inner_subs.remove(&(pipeline.clone(), id))
+        if let Some(sub) = sub
             && let Err(e) = self.recorder.unsubscribe(sub)
         {
             self.internal_error(&e);

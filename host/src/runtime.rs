@@ -1196,8 +1196,7 @@ struct HostCx {
     /// other subscription start, when the driver is dropped, and after the calls
     /// (`reap_inners`). (Ends of other subscriptions may come before it: the store keys
     /// everything by number.)
-    #[allow(clippy::type_complexity)]
-    passed: RefCell<Option<(Id, Arc<[crate::inner::RegCall]>, u64, u64)>>,
+    passed: RefCell<Option<PassedRun>>,
     /// The next inner subscription's number, and the next host-local track id of an inner
     /// operator.
     next_inner: Cell<u64>,
@@ -1249,6 +1248,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The sources of an inner stream not read yet (shared, so that it costs no allocation).
 static NO_SOURCES: std::sync::LazyLock<Arc<[SourceSpec]>> =
     std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
+/// Subscriptions `first..first + count` that started and ended inside their calls under the
+/// higher-order operator `op_track`, each with `calls`: told to the census as one message.
+struct PassedRun {
+    op_track: Id,
+    calls: Arc<[crate::inner::RegCall]>,
+    first: u64,
+    count: u64,
+}
 
 /// No registration call (an inner stream without tracks of its own), shared.
 static NO_CALLS: std::sync::LazyLock<Arc<[crate::inner::RegCall]>> =
@@ -1794,16 +1802,35 @@ impl HostCx {
         links
     }
 
+    /// A subscription's callback context, new, its pointers into itself set (the box keeps
+    /// them valid), for no subscription yet.
+    fn fresh_ctx(&self) -> Box<InnerCtx> {
+        let mut ctx = Box::new(InnerCtx {
+            host: InnerHost {
+                parent: (self as *const HostCx).cast::<c_void>(),
+                instance: 0,
+                paths: Vec::new(),
+                tracks: Vec::new(),
+                current_op: AtomicU32::new(u32::MAX),
+                publishes: Vec::new(),
+                sync: None,
+            },
+            cx: self.inner_cx(),
+        });
+        ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
+        ctx.cx.current_op = &raw const ctx.host.current_op;
+        ctx
+    }
+
     /// Tells the census a run of subscriptions that passed inside their calls.
-    #[allow(clippy::type_complexity)]
-    fn tell_passed(&self, run: Option<(Id, Arc<[crate::inner::RegCall]>, u64, u64)>) {
-        if let (Some(census), Some((op_track, calls, first, count))) = (&self.census, run) {
+    fn tell_passed(&self, run: Option<PassedRun>) {
+        if let (Some(census), Some(run)) = (&self.census, run) {
             let _ = census.send(Census::Passed {
                 pipeline: self.census_name.clone(),
-                op_track,
-                calls,
-                first,
-                count,
+                op_track: run.op_track,
+                calls: run.calls,
+                first: run.first,
+                count: run.count,
             });
         }
     }
@@ -1861,15 +1888,20 @@ impl HostCx {
                 .map_or_else(|| NO_CALLS.clone(), |b| b.calls.clone());
             let mut passed = self.passed.borrow_mut();
             match &mut *passed {
-                Some((track, run_calls, first, count))
-                    if *track == op_track
-                        && *first + *count == id
-                        && Arc::ptr_eq(run_calls, &calls) =>
+                Some(run)
+                    if run.op_track == op_track
+                        && run.first + run.count == id
+                        && Arc::ptr_eq(&run.calls, &calls) =>
                 {
-                    *count += 1;
+                    run.count += 1;
                 }
                 _ => {
-                    let earlier = passed.replace((op_track, calls, id, 1));
+                    let earlier = passed.replace(PassedRun {
+                        op_track,
+                        calls,
+                        first: id,
+                        count: 1,
+                    });
                     drop(passed);
                     self.tell_passed(earlier);
                     // Told after the call, when the thread reaps.
@@ -1880,21 +1912,7 @@ impl HostCx {
         if let Some(binding) = binding {
             let mut ctxs = self.sync_ctxs.borrow_mut();
             if ctxs.len() == depth {
-                let mut ctx = Box::new(InnerCtx {
-                    host: InnerHost {
-                        parent: (self as *const HostCx).cast::<c_void>(),
-                        instance: id,
-                        paths: Vec::new(),
-                        tracks: Vec::new(),
-                        current_op: AtomicU32::new(u32::MAX),
-                        publishes: Vec::new(),
-                        sync: None,
-                    },
-                    cx: self.inner_cx(),
-                });
-                ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
-                ctx.cx.current_op = &raw const ctx.host.current_op;
-                ctxs.push(ctx);
+                ctxs.push(self.fresh_ctx());
             }
             // The context's callbacks and pointers are this pipeline's for its life (the box
             // stays put); the registration API is the current code's.
@@ -2055,35 +2073,19 @@ impl HostCx {
         let hubs = self.link_subjects(id, &code.sources);
         // A freed subscription's context if there is one (its vectors' capacity kept).
         let pooled = self.ctx_pool.borrow_mut().pop();
-        let mut ctx = match pooled {
-            Some(mut ctx) => {
-                ctx.host.parent = (self as *const HostCx).cast::<c_void>();
-                ctx.host.instance = id;
-                ctx.host.paths.clear();
-                ctx.host
-                    .paths
-                    .extend(code.ops.iter().map(|o| o.path.clone()));
-                ctx.host.tracks.clear();
-                ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
-                ctx.host.publishes.clear();
-                ctx.host.publishes.extend_from_slice(code.publishes());
-                ctx.host.sync = None;
-                ctx.cx = self.inner_cx();
-                ctx
-            }
-            None => Box::new(InnerCtx {
-                host: InnerHost {
-                    parent: (self as *const HostCx).cast::<c_void>(),
-                    instance: id,
-                    paths: code.ops.iter().map(|o| o.path.clone()).collect(),
-                    tracks: code.ops.iter().map(|o| o.track).collect(),
-                    current_op: AtomicU32::new(u32::MAX),
-                    publishes: code.publishes().to_vec(),
-                    sync: None,
-                },
-                cx: self.inner_cx(),
-            }),
-        };
+        let mut ctx = pooled.unwrap_or_else(|| self.fresh_ctx());
+        ctx.host.parent = (self as *const HostCx).cast::<c_void>();
+        ctx.host.instance = id;
+        ctx.host.paths.clear();
+        ctx.host
+            .paths
+            .extend(code.ops.iter().map(|o| o.path.clone()));
+        ctx.host.tracks.clear();
+        ctx.host.tracks.extend(code.ops.iter().map(|o| o.track));
+        ctx.host.publishes.clear();
+        ctx.host.publishes.extend_from_slice(code.publishes());
+        ctx.host.sync = None;
+        ctx.cx = self.inner_cx();
         ctx.cx.host = (&raw mut ctx.host).cast::<c_void>();
         ctx.cx.current_op = &raw const ctx.host.current_op;
         let tally = self.tally.as_ref().map(|t| {

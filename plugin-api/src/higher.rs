@@ -269,15 +269,23 @@ impl<'a> SyncStates<'a> {
     }
 }
 
-impl Drop for SyncStates<'_> {
-    fn drop(&mut self) {
+impl SyncStates<'_> {
+    /// Drops the seeded states, each once with its own glue (which contains a panic of its
+    /// drop); none is seeded after.
+    fn drop_seeded(&mut self) {
         let n = self.ops.len();
         for i in 0..self.seeded {
             let p = self.ptrs.as_mut_slice(n)[i];
-            // SAFETY: a seeded state, dropped once with its own glue (which contains a
-            // panic of its drop).
+            // SAFETY: a seeded state, dropped once (`seeded` is reset below).
             unsafe { (self.ops[i].state.drop)(p) };
         }
+        self.seeded = 0;
+    }
+}
+
+impl Drop for SyncStates<'_> {
+    fn drop(&mut self) {
+        self.drop_seeded();
         if self.layout.size() != 0 {
             // SAFETY: allocated in `new` with this layout.
             unsafe { std::alloc::dealloc(self.block, self.layout) };
@@ -296,13 +304,8 @@ struct SyncEnd<'a, 'e> {
 
 impl Drop for SyncEnd<'_, '_> {
     fn drop(&mut self) {
-        let n = self.states.ops.len();
-        for i in 0..self.states.seeded {
-            let p = self.states.ptrs.as_mut_slice(n)[i];
-            // SAFETY: as in `SyncStates`' drop, which then drops nothing more.
-            unsafe { (self.states.ops[i].state.drop)(p) };
-        }
-        self.states.seeded = 0;
+        // Before the host hears of the end (the states' block itself goes after).
+        self.states.drop_seeded();
         // SAFETY: the host's context for this call.
         unsafe { (self.emit.unsubscribe)(self.emit.host, self.op, self.id) };
     }
@@ -358,11 +361,15 @@ where
         // SAFETY: the host passes a registration API valid for the call.
         let api = unsafe { &*emit.api };
         let mut bound = bind_inner(&mut stage, marks, api, false);
-        let env = Box::new(Env {
+        (Self::env(stage, &mut bound), bound)
+    }
+
+    /// The env of a bound stage, for the host: its closures and synchronous sources.
+    fn env(stage: S2, bound: &mut crate::dsl::BoundInner) -> Box<Env<S2>> {
+        Box::new(Env {
             stage,
             sync: std::mem::take(&mut bound.sync),
-        });
-        (env, bound)
+        })
     }
 
     fn describe(env: Box<Env<S2>>, bound: &crate::dsl::BoundInner) -> InnerDesc {
@@ -455,10 +462,7 @@ where
                 {
                     src.label = label;
                 }
-                let env = Box::new(Env {
-                    stage,
-                    sync: std::mem::take(&mut bound.sync),
-                });
+                let env = Self::env(stage, &mut bound);
                 return self.subscribe_bound::<C, K>(cx, x, env, bound, k);
             }
         }

@@ -156,6 +156,13 @@ pub struct Root<W> {
 }
 
 impl<W> Root<W> {
+    /// Writes the label now if it was left for later.
+    fn write_label(&mut self) {
+        if let Some(make) = self.make_label.take() {
+            self.label = make(&self.wire, &self.desc);
+        }
+    }
+
     fn label_text(&self) -> String {
         match self.make_label {
             Some(make) => make(&self.wire, &self.desc),
@@ -217,10 +224,8 @@ impl<W: Wire> Stage for Root<W> {
         None
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        if !b.lazy_labels()
-            && let Some(make) = self.make_label.take()
-        {
-            self.label = make(&self.wire, &self.desc);
+        if !b.lazy_labels() {
+            self.write_label();
         }
         // SAFETY: the strings are this root's, which the stage keeps (in its `Env`) at least
         // until the host has read the binding's description.
@@ -230,9 +235,7 @@ impl<W: Wire> Stage for Root<W> {
         self.label_text()
     }
     fn label_source(&mut self) -> Option<RStr> {
-        if let Some(make) = self.make_label.take() {
-            self.label = make(&self.wire, &self.desc);
-        }
+        self.write_label();
         Some(RStr::new(&self.label))
     }
     fn sync_source(&self) -> Option<(u64, u64, bool)> {
