@@ -121,6 +121,12 @@ pub(crate) struct Shared {
     /// Where the driver tells what its inner subscriptions did, for the tracking store (set
     /// by the `Runtime` that starts the pipeline).
     census: std::sync::OnceLock<Sender<Census>>,
+    /// The next unclaimed inner subscription number of the pipeline's name, which drivers
+    /// claim in blocks of [`INNER_ID_BLOCK`]. A `Runtime` hands every start of one name the
+    /// same counter: a restarted pipeline's new thread numbers its subscriptions after the
+    /// old thread's, which may still be ending them (their paths, `...|#N:inner`, and the
+    /// census's keys never repeat).
+    inner_ids: Arc<AtomicU64>,
     /// Where inner subscriptions open their host sources (files, sockets, stdin).
     feeds: std::sync::OnceLock<Arc<Mutex<crate::feed::Feeds>>>,
     /// How many recent inputs the driver keeps for a replay on reload (`--replay`).
@@ -242,6 +248,7 @@ impl Shared {
             live_inners: std::sync::atomic::AtomicUsize::new(0),
             timers_held: std::sync::atomic::AtomicUsize::new(0),
             census: std::sync::OnceLock::new(),
+            inner_ids: Arc::new(AtomicU64::new(1)),
             feeds: std::sync::OnceLock::new(),
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             pokes: Arc::default(),
@@ -389,6 +396,9 @@ pub struct Runtime {
     held: bool,
     /// What the pipelines' inner subscriptions did, for the tracking store.
     census: (Sender<Census>, Receiver<Census>),
+    /// Where each pipeline name's inner subscriptions take their numbers, kept across its
+    /// restarts (see [`Shared::inner_ids`]).
+    inner_ids: BTreeMap<String, Arc<AtomicU64>>,
     /// Recent inputs each pipeline started from now on keeps (`--replay`; 0: none).
     replay_inputs: usize,
     /// What host sources need: the directory relative paths resolve against, the I/O
@@ -609,6 +619,7 @@ impl Runtime {
             clock: Clock::System,
             held: false,
             census: crossbeam_channel::unbounded(),
+            inner_ids: BTreeMap::new(),
             replay_inputs: crate::replay::DEFAULT_INPUTS,
             feeds: Arc::new(Mutex::new(crate::feed::Feeds::new())),
             record: crate::record::Mode::Live,
@@ -762,8 +773,14 @@ impl Runtime {
         let name = code.name.clone();
         let sources = code.sources.clone();
         let tally = self.tallies.as_ref().map(|t| t.pipeline(&name));
-        let shared = Shared::with_subjects(code, tally, self.subjects.clone(), self.clock.clone());
+        let mut shared =
+            Shared::with_subjects(code, tally, self.subjects.clone(), self.clock.clone());
         let _ = shared.census.set(self.census.0.clone());
+        shared.inner_ids = self
+            .inner_ids
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(AtomicU64::new(1)))
+            .clone();
         let _ = shared.feeds.set(self.feeds.clone());
         shared
             .replay_inputs
@@ -1197,9 +1214,11 @@ struct HostCx {
     /// (`reap_inners`). (Ends of other subscriptions may come before it: the store keys
     /// everything by number.)
     passed: RefCell<Option<PassedRun>>,
-    /// The next inner subscription's number, and the next host-local track id of an inner
-    /// operator.
+    /// The next inner subscription's number and the end of the block of numbers claimed
+    /// from [`Shared::inner_ids`] (equal: claim another, [`HostCx::inner_id`]); the next
+    /// host-local track id of an inner operator.
     next_inner: Cell<u64>,
+    inner_ids_end: Cell<u64>,
     next_track: Cell<u64>,
     /// While a live subscription is re-projected: the library of the code projecting, the
     /// higher-order operator's path and the subscription's; and what the projection handed
@@ -1271,6 +1290,10 @@ const CTX_POOL: usize = 64;
 
 /// Host-local ids of inner subscriptions' operators: far above the store's.
 const INNER_TRACKS: u64 = 1 << 62;
+
+/// How many inner subscription numbers a driver claims from its pipeline's counter at a time
+/// ([`Shared::inner_ids`]): one atomic add per block, not per subscription.
+const INNER_ID_BLOCK: u64 = 1024;
 
 impl Drop for HostCx {
     fn drop(&mut self) {
@@ -1802,6 +1825,22 @@ impl HostCx {
         links
     }
 
+    /// The next inner subscription's number (taken by setting `next_inner` past it): a new
+    /// block of numbers is claimed from the pipeline's counter when the last is used up.
+    fn inner_id(&self) -> u64 {
+        let id = self.next_inner.get();
+        if id != self.inner_ids_end.get() {
+            return id;
+        }
+        let first = self
+            .shared
+            .inner_ids
+            .fetch_add(INNER_ID_BLOCK, Ordering::Relaxed);
+        self.next_inner.set(first);
+        self.inner_ids_end.set(first + INNER_ID_BLOCK);
+        first
+    }
+
     /// A subscription's callback context, new, its pointers into itself set (the box keeps
     /// them valid), for no subscription yet.
     fn fresh_ctx(&self) -> Box<InnerCtx> {
@@ -1880,7 +1919,7 @@ impl HostCx {
             }
             Some(self.reg.borrow_mut().finish())
         };
-        let id = self.next_inner.get();
+        let id = self.inner_id();
         self.next_inner.set(id + 1);
         if self.census.is_some() {
             let calls = binding
@@ -2014,7 +2053,7 @@ impl HostCx {
             );
             return false;
         };
-        let id = self.next_inner.get();
+        let id = self.inner_id();
         // Formatted here for the ops' paths only when there are ops (an error's message
         // formats it again).
         let path = if opened.is_empty() {
@@ -2464,7 +2503,8 @@ impl Driver {
             sync_ctxs: RefCell::new(Vec::new()),
             sync_depth: Cell::new(0),
             passed: RefCell::new(None),
-            next_inner: Cell::new(1),
+            next_inner: Cell::new(0),
+            inner_ids_end: Cell::new(0),
             next_track: Cell::new(INNER_TRACKS),
             reprojecting: RefCell::new(None),
             reprojected: RefCell::new(None),

@@ -2518,18 +2518,27 @@ pub(crate) fn contain_panic(
         return;
     }
     let mut message = panic_message(payload);
-    let (cx, emit) = if inner.panicked_op.get() != NO_OP {
-        (inner, inner_emit)
-    } else {
-        (outer, outer.emit as *const EmitCx)
+    // Where: a stream that ran inside this one's call and let the panic out of its own
+    // operator (its `PanicAt` named it on the context it unwound into), else the operator
+    // of this stream or of the outer chain it happened in.
+    let deeper = [inner, outer]
+        .iter()
+        .map(|c| c.panic_to.get())
+        .find(|(to, _)| !to.is_null());
+    let (cx, emit, op) = match deeper {
+        Some((to, op)) => (inner, to, op),
+        None if inner.panicked_op.get() != NO_OP => (inner, inner_emit, inner.panicked_op.get()),
+        None => (outer, outer.emit as *const EmitCx, outer.panicked_op.get()),
     };
     message.push_str(cx.after_panic.get().note());
     // SAFETY: the host's live contexts for this call (an inner subscription's is freed only
-    // after the call returns).
-    unsafe { ((*emit).error)((*emit).host, cx.panicked_op.get(), RStr::new(&message)) };
+    // after the call returns; a `panic_to` is one of them).
+    unsafe { ((*emit).error)((*emit).host, op, RStr::new(&message)) };
+    // Reported: nothing of it is left to name a later panic of this call.
     for c in [outer, inner] {
         c.panicked_op.set(NO_OP);
         c.after_panic.set(AfterPanic::Untouched);
+        c.panic_to.set((core::ptr::null(), NO_OP));
     }
     outer.contained.set(true);
 }

@@ -419,6 +419,23 @@ fn register(p: &mut Plugin) {
         .merge_map(|n: u64| of(vec![n]).scan(Seed { n }, |s: Seed, x: u64| Seed { n: s.n + x }))
         .map(|s: Seed| s.n)
         .log();
+    p.pipeline("c", range(0, 2))
+        .concat_map(|n: u64| of(vec![n, n + 10]).map(|x: u64| x))
+        .merge_map(|y: u64| {
+            of(vec![y, 1]).reduce(0u64, |a: u64, v: u64| a + v).map(|s: u64| {
+                if s == 2 {
+                    panic!("the sum refuses {s}");
+                }
+                s + 1000
+            })
+        })
+        .map(|v: u64| {
+            if v == 1012 {
+                panic!("late refuses {v}");
+            }
+            v
+        })
+        .log();
 }
 
 plugin_api::export_plugin!(register);
@@ -433,11 +450,15 @@ plugin_api::export_plugin!(register);
     assert_eq!(got, [101, 111], "{errs:?}");
     let got: Vec<i64> = host.emissions("s").iter().map(|(_, v)| value(v)).collect();
     assert_eq!(got, [0, 4], "{errs:?}");
+    let got: Vec<i64> = host.emissions("c").iter().map(|(_, v)| value(v)).collect();
+    assert_eq!(got, [1001, 1011], "{errs:?}");
     let mut errs = errs;
     errs.sort();
     // The outer level's panic comes after an inner level ran inside its call (value 11):
     // each is named by its own subscription.
     let want = [
+        ("c|1:merge_map|#5:inner|1:map", "the sum refuses 2"),
+        ("c|2:map", "late refuses 1012"),
         ("n|0:concat_map|#4:inner|0:map", "outer refuses 12"),
         ("n|1:merge_map|#3:inner|0:map", "inner refuses 2"),
         ("s|0:merge_map|#2:inner|0:scan", "the seed panicked"),
@@ -499,5 +520,69 @@ fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow
         .map(|t| t.path)
         .collect();
     assert!(live.is_empty(), "{live:?}");
+    Ok(())
+}
+
+/// A pipeline restarted by a reload (its source changed) numbers its inner subscriptions
+/// after its old thread's, which may still be ending them: two subscriptions of one pipeline
+/// never share a path, so the old one's end cannot take the new one out of the tracking
+/// store, and the store ends holding the new one alone.
+#[test]
+fn a_restarted_pipeline_numbers_its_inner_subscriptions_after_the_old_ones() -> anyhow::Result<()> {
+    use host::reloader::Outcome;
+    let fixture = Fixture::new(
+        "higher_restart_ids",
+        &plugin(
+            r#"    p.pipeline("r", of(vec![1u64]))
+        .switch_map(|n: u64| interval_ms(3_600_000).map(move |i: u64| n + i))
+        .log();"#,
+        ),
+    );
+    let config = fixture.build_config(false)?;
+    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
+    let keep = host::testkit::TempDir::new("higher-restart-ids");
+    let inner_paths = |reloader: &host::reloader::Reloader| -> Vec<String> {
+        reloader
+            .tracks()
+            .into_iter()
+            .filter(|t| t.path.contains(":inner"))
+            .map(|t| t.path)
+            .collect()
+    };
+    let emitted = |rx: &std::sync::mpsc::Receiver<HostEvent>, want: i64| {
+        integration_tests::next_matching(rx, EMISSION_TIMEOUT, |e| {
+            matches!(e, HostEvent::Emission { pipeline, value: v, .. }
+                if pipeline == "r" && value(v) == want)
+        })
+    };
+    let lib = integration_tests::build_copy(&config, keep.path(), "v1.so")?;
+    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    emitted(&rx, 1)?;
+    reloader.idle();
+    let old = inner_paths(&reloader);
+    assert_eq!(
+        old,
+        ["r|0:switch_map|#1:inner", "r|0:switch_map|#1:inner|0:map"]
+    );
+    // Another source: the pipeline restarts on a new thread while the old one ends.
+    fixture.edit("src/lib.rs", "of(vec![1u64])", "range(5, 6)");
+    let lib = integration_tests::build_copy(&config, keep.path(), "v2.so")?;
+    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 2 });
+    emitted(&rx, 5)?;
+    let deadline = std::time::Instant::now() + EMISSION_TIMEOUT;
+    let new = loop {
+        reloader.idle();
+        let now = inner_paths(&reloader);
+        if now.len() == 2 && !now.iter().any(|p| old.contains(p)) {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store still holds {now:?} (the old subscription was {old:?})"
+        );
+        std::thread::yield_now();
+    };
+    assert!(new[0].starts_with("r|0:switch_map|#"), "{new:?}");
+    assert_eq!(new[1], format!("{}|0:map", new[0]));
     Ok(())
 }
