@@ -79,6 +79,95 @@ pub(crate) struct Binding {
     pub(crate) calls: Arc<[RegCall]>,
 }
 
+/// A type fingerprint as the plugin passed it: its name's address and length, and the rest.
+type FingerprintKey = (usize, usize, usize, usize, u64);
+
+fn fingerprint_key(fp: &plugin_api::abi::RFingerprint) -> FingerprintKey {
+    (
+        fp.name.ptr as usize,
+        fp.name.len,
+        fp.size,
+        fp.align,
+        fp.hash,
+    )
+}
+
+/// One operator of a [`SyncMemo`]: its kind and its signature's types as the plugin's
+/// pointers, its seed's text copied.
+struct MemoOp {
+    kind: (usize, usize),
+    types: [FingerprintKey; 3],
+    seed: Option<Box<[u8]>>,
+}
+
+/// The last binding of one higher-order operator's synchronous inner stream
+/// (`HostCx::subscribe_sync`), with the operators' descriptions it was registered from.
+/// The next stream that describes the same operators gets that binding again without a
+/// registration: its kinds and type names compared as addresses (the plugin's static text:
+/// within one loaded library, an equal address and length is the same text), its seeds by
+/// their bytes (a seed's text is the stream's own, somewhere new each time). The driver drops
+/// its memos whenever it takes other code (`HostCx::set_code`), so an address is never
+/// compared with one of another library, which could be mapped where an unloaded one was.
+pub(crate) struct SyncMemo {
+    ops: Vec<MemoOp>,
+    pub(crate) binding: Arc<Binding>,
+}
+
+impl SyncMemo {
+    /// A memo of `binding`, registered from `ops` and `sigs`.
+    ///
+    /// # Safety
+    /// The seeds of `sigs` must be readable for the call.
+    pub(crate) unsafe fn new(
+        ops: &[plugin_api::abi::OpDesc],
+        sigs: &[RSignature],
+        binding: Arc<Binding>,
+    ) -> SyncMemo {
+        let ops = ops
+            .iter()
+            .zip(sigs)
+            .map(|(o, sig)| MemoOp {
+                kind: (o.kind.ptr as usize, o.kind.len),
+                types: [
+                    fingerprint_key(&sig.input),
+                    fingerprint_key(&sig.output),
+                    fingerprint_key(&sig.state),
+                ],
+                // SAFETY: forwarded.
+                seed: unsafe { sig.seed.bytes() }.map(Box::from),
+            })
+            .collect();
+        SyncMemo { ops, binding }
+    }
+
+    /// Whether `ops` and `sigs` describe the memo's operators.
+    ///
+    /// # Safety
+    /// The seeds of `sigs` must be readable for the call.
+    pub(crate) unsafe fn matches(
+        &self,
+        ops: &[plugin_api::abi::OpDesc],
+        sigs: &[RSignature],
+    ) -> bool {
+        if self.ops.len() != ops.len() || sigs.len() != ops.len() {
+            return false;
+        }
+        for i in 0..ops.len() {
+            let (m, o, sig) = (&self.ops[i], &ops[i], &sigs[i]);
+            let same = m.kind == (o.kind.ptr as usize, o.kind.len)
+                && m.types[0] == fingerprint_key(&sig.input)
+                && m.types[1] == fingerprint_key(&sig.output)
+                && m.types[2] == fingerprint_key(&sig.state)
+                // SAFETY: forwarded.
+                && m.seed.as_deref() == unsafe { sig.seed.bytes() };
+            if !same {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 /// The tracks an inner stream registers while it is bound ([`Binding`]). A projection's
 /// stream has the same tracks from one outer value to the next, as a rule: while a binding
 /// repeats the last one call for call (kind, key and signature compared in place), nothing is

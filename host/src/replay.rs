@@ -582,6 +582,7 @@ unsafe extern "C" fn muted_subscribe_sync(
     _host: *mut c_void,
     _op: u32,
     _ops: *const plugin_api::abi::OpDesc,
+    _sigs: *const plugin_api::abi::RSignature,
     _n_ops: usize,
     _cx: *mut *const EmitCx,
 ) -> u64 {

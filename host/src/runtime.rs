@@ -329,9 +329,10 @@ struct Running {
     /// which tries again.
     open_failed: bool,
     /// What the pipeline held before a restart, for its new start to take over, and the old
-    /// thread's inbox (what those sources sent that it did not take yet).
+    /// thread's inbox (what those sources sent that it did not take yet; the rest is sent
+    /// back, see [`Handover`]).
     reusable: Vec<crate::feed::Held>,
-    old_inbox: Option<Receiver<Msg>>,
+    old_inbox: Option<(Sender<Msg>, Receiver<Msg>)>,
     /// Published but not started yet (see [`Runtime::launch`]).
     waiting: bool,
     /// New code staged but not committed yet (see [`Runtime::launch`]). Held here, on the
@@ -739,7 +740,7 @@ impl Runtime {
                     .get_mut(&name)
                     .filter(|_| takes_over)
                     .map(|r| {
-                        let inbox = r.publisher.shared.inbox.1.clone();
+                        let inbox = r.publisher.shared.inbox.clone();
                         (std::mem::take(&mut r.held), inbox)
                     });
                 self.remove(&name);
@@ -1214,6 +1215,10 @@ struct HostCx {
     /// (`reap_inners`). (Ends of other subscriptions may come before it: the store keys
     /// everything by number.)
     passed: RefCell<Option<PassedRun>>,
+    /// By higher-order operator: the last binding of its synchronous inner stream, to hand
+    /// out again while the plugin describes the same operators (`subscribe_sync`); dropped
+    /// whenever the driver takes other code (see [`crate::inner::SyncMemo`]).
+    sync_memos: RefCell<Vec<Option<crate::inner::SyncMemo>>>,
     /// The next inner subscription's number and the end of the block of numbers claimed
     /// from [`Shared::inner_ids`] (equal: claim another, [`HostCx::inner_id`]); the next
     /// host-local track id of an inner operator.
@@ -1327,6 +1332,8 @@ impl HostCx {
 
     fn set_code(&self, code: &PipelineCode) {
         self.version.set(code.version);
+        // Their addresses are the last library's (see `SyncMemo`).
+        self.sync_memos.borrow_mut().clear();
         *self.lib.borrow_mut() = Some(code.lib().clone());
         *self.tracks.borrow_mut() = code.ops.iter().map(|o| o.track).collect();
         *self.paths.borrow_mut() = code.ops.iter().map(|o| Arc::from(&*o.path)).collect();
@@ -1890,10 +1897,14 @@ impl HostCx {
     /// long way, the binding left for `subscribe` to read) while re-projecting, with the
     /// inspector on (counts are per subscription), for an operator this code does not have,
     /// or for a binding other than one track per operator in order.
-    fn subscribe_sync(
+    ///
+    /// # Safety
+    /// The strings of `ops` and `sigs` (as many) must be readable for the call.
+    unsafe fn subscribe_sync(
         &self,
         op: u32,
         ops: &[plugin_api::abi::OpDesc],
+        sigs: &[RSignature],
         cx: *mut *const EmitCx,
     ) -> u64 {
         /// Nesting deeper than this (a chain of higher-order operators each running a
@@ -1906,6 +1917,10 @@ impl HostCx {
             return 0;
         };
         let depth = self.sync_depth.get();
+        // Held to the end: the binding is borrowed from its memo, and `Arc`s are cloned only
+        // where they are kept anew (an atomic add or subtract each, four a subscription
+        // before).
+        let mut memos = self.sync_memos.borrow_mut();
         let binding = if ops.is_empty() {
             None
         } else {
@@ -1913,31 +1928,51 @@ impl HostCx {
             if cx.is_null()
                 || depth >= MAX_DEPTH
                 || !linear
-                || self.reg.borrow().opened_so_far() != ops.len() as u64
+                || sigs.len() != ops.len()
+                || self.reg.borrow().opened_so_far() != 0
             {
                 return 0;
             }
-            Some(self.reg.borrow_mut().finish())
+            if memos.len() <= op as usize {
+                memos.resize_with(op as usize + 1, || None);
+            }
+            let memo = &mut memos[op as usize];
+            let repeats = memo.as_ref().is_some_and(|m| {
+                // SAFETY: the caller's obligation.
+                unsafe { m.matches(ops, sigs) }
+            });
+            if !repeats {
+                // Registered here, as the plugin's track calls would have been: one track per
+                // operator, directly under the subscription.
+                let mut reg = self.reg.borrow_mut();
+                for (o, sig) in ops.iter().zip(sigs) {
+                    // SAFETY: the caller's obligation.
+                    unsafe { reg.open(o.kind, RStr::NONE, sig) };
+                    reg.close();
+                }
+                let binding = reg.finish();
+                // SAFETY: the caller's obligation.
+                *memo = Some(unsafe { crate::inner::SyncMemo::new(ops, sigs, binding) });
+            }
+            memo.as_ref().map(|m| &m.binding)
         };
         let id = self.inner_id();
         self.next_inner.set(id + 1);
         if self.census.is_some() {
-            let calls = binding
-                .as_ref()
-                .map_or_else(|| NO_CALLS.clone(), |b| b.calls.clone());
+            let calls = binding.map_or(&*NO_CALLS, |b| &b.calls);
             let mut passed = self.passed.borrow_mut();
             match &mut *passed {
                 Some(run)
                     if run.op_track == op_track
                         && run.first + run.count == id
-                        && Arc::ptr_eq(&run.calls, &calls) =>
+                        && Arc::ptr_eq(&run.calls, calls) =>
                 {
                     run.count += 1;
                 }
                 _ => {
                     let earlier = passed.replace(PassedRun {
                         op_track,
-                        calls,
+                        calls: calls.clone(),
                         first: id,
                         count: 1,
                     });
@@ -1957,7 +1992,14 @@ impl HostCx {
             // stays put); the registration API is the current code's.
             let ctx = &mut ctxs[depth];
             ctx.host.instance = id;
-            ctx.host.sync = Some((op, binding));
+            if !ctx
+                .host
+                .sync
+                .as_ref()
+                .is_some_and(|(o, b)| *o == op && Arc::ptr_eq(b, binding))
+            {
+                ctx.host.sync = Some((op, binding.clone()));
+            }
             ctx.cx.api = self.api.get();
             // SAFETY: the plugin passes a place for the context, valid for the call.
             unsafe { *cx = &raw const ctx.cx };
@@ -2184,18 +2226,22 @@ unsafe extern "C" fn cb_subscribe_sync(
     host: *mut c_void,
     op: u32,
     ops: *const plugin_api::abi::OpDesc,
+    sigs: *const RSignature,
     n_ops: usize,
     cx: *mut *const EmitCx,
 ) -> u64 {
     // SAFETY: `host` is the `HostCx` of the running thread; the plugin passes `n_ops`
-    // descriptions (and `cx`) valid for the call.
+    // descriptions and signatures (and `cx`) valid for the call.
     catch_unwind(AssertUnwindSafe(|| unsafe {
-        let ops = if n_ops == 0 || ops.is_null() {
-            &[][..]
+        let (ops, sigs) = if n_ops == 0 || ops.is_null() || sigs.is_null() {
+            (&[][..], &[][..])
         } else {
-            std::slice::from_raw_parts(ops, n_ops)
+            (
+                std::slice::from_raw_parts(ops, n_ops),
+                std::slice::from_raw_parts(sigs, n_ops),
+            )
         };
-        (*host.cast::<HostCx>()).subscribe_sync(op, ops, cx)
+        (*host.cast::<HostCx>()).subscribe_sync(op, ops, sigs, cx)
     }))
     .unwrap_or(0)
 }
@@ -2321,6 +2367,7 @@ unsafe extern "C" fn cbi_subscribe_sync(
     _host: *mut c_void,
     _op: u32,
     _ops: *const plugin_api::abi::OpDesc,
+    _sigs: *const RSignature,
     _n_ops: usize,
     _cx: *mut *const EmitCx,
 ) -> u64 {
@@ -2503,6 +2550,7 @@ impl Driver {
             sync_ctxs: RefCell::new(Vec::new()),
             sync_depth: Cell::new(0),
             passed: RefCell::new(None),
+            sync_memos: RefCell::new(Vec::new()),
             next_inner: Cell::new(0),
             inner_ids_end: Cell::new(0),
             next_track: Cell::new(INNER_TRACKS),
@@ -4006,7 +4054,47 @@ enum PortRun {
 }
 
 /// A restarted pipeline's old inbox and the ports its taken-over sources moved from and to.
-type Handover = (Receiver<Msg>, Vec<(u32, u32)>);
+///
+/// The new thread takes the taken-over sources' messages from the old inbox and sends every
+/// other one back (a wake, a poke, a question: the old thread's, which may still be waiting
+/// for them). Left out, the wake that tells the old thread to stop could be the new thread's
+/// to drop: the old one then slept to its next deadline (an hour, for an hourly interval),
+/// its inner subscriptions alive in the tracking store meanwhile.
+type Handover = ((Sender<Msg>, Receiver<Msg>), Vec<(u32, u32)>);
+
+/// What a restarted pipeline's new thread takes from the old thread's inbox (see
+/// [`Handover`]): the taken-over sources' messages, on their new ports, in order. Every other
+/// message goes back to the old inbox.
+fn take_over(((old_tx, old), moved): Handover) -> std::collections::VecDeque<Msg> {
+    let new_port = |p: u32| moved.iter().find(|(o, _)| *o == p).map(|(_, n)| *n);
+    // All taken before any is sent back (`try_iter` would see those again).
+    let msgs: Vec<Msg> = old.try_iter().collect();
+    let mut taken = std::collections::VecDeque::new();
+    for m in msgs {
+        let moved = match &m {
+            Msg::Line(p, _) | Msg::Complete(p) | Msg::Error(p, _) | Msg::Notice(p, _) => {
+                new_port(*p)
+            }
+            Msg::Wake
+            | Msg::Prepare(..)
+            | Msg::Replay(..)
+            | Msg::InnerLine(..)
+            | Msg::InnerComplete(..)
+            | Msg::Poke => None,
+        };
+        match (m, moved) {
+            (Msg::Line(_, l), Some(n)) => taken.push_back(Msg::Line(n, l)),
+            (Msg::Complete(_), Some(n)) => taken.push_back(Msg::Complete(n)),
+            (Msg::Error(_, e), Some(n)) => taken.push_back(Msg::Error(n, e)),
+            (Msg::Notice(_, e), Some(n)) => taken.push_back(Msg::Notice(n, e)),
+            // A source's message of a port that did not go over, or the old thread's.
+            (m, _) => {
+                let _ = old_tx.send(m);
+            }
+        }
+    }
+    taken
+}
 
 /// A subject reader's subscriptions, made by its thread once its chain started; undone
 /// when the thread ends.
@@ -4224,26 +4312,7 @@ fn run_pipeline(
     let mut pokes = 0u64;
     // What the sources taken over from a restarted pipeline sent to its old thread and it
     // did not take: first, on their new ports.
-    let mut backlog: std::collections::VecDeque<Msg> = match handover {
-        Some((old, moved)) => {
-            let new_port = |p: u32| moved.iter().find(|(o, _)| *o == p).map(|(_, n)| *n);
-            old.try_iter()
-                .filter_map(|m| match m {
-                    Msg::Line(p, l) => new_port(p).map(|n| Msg::Line(n, l)),
-                    Msg::Complete(p) => new_port(p).map(Msg::Complete),
-                    Msg::Error(p, e) => new_port(p).map(|n| Msg::Error(n, e)),
-                    Msg::Notice(p, e) => new_port(p).map(|n| Msg::Notice(n, e)),
-                    Msg::Wake
-                    | Msg::Prepare(..)
-                    | Msg::Replay(..)
-                    | Msg::InnerLine(..)
-                    | Msg::InnerComplete(..)
-                    | Msg::Poke => None,
-                })
-                .collect()
-        }
-        None => Default::default(),
-    };
+    let mut backlog = handover.map(take_over).unwrap_or_default();
     loop {
         if shared.stop.load(Ordering::Acquire) {
             return Ended::Stopped;
@@ -4662,6 +4731,39 @@ mod tests {
         // SAFETY: the caller passes a writable length.
         unsafe { *len = 0 };
         0
+    }
+
+    /// A restarted pipeline's new thread takes over the messages of the sources that went
+    /// over (on their new ports, in order) and sends every other one back to the old inbox,
+    /// above all the wake that tells the old thread to stop.
+    #[test]
+    fn a_take_over_leaves_the_old_thread_its_own_messages() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for m in [
+            Msg::Line(0, "a".into()),
+            Msg::Wake,
+            Msg::Line(1, "not moved".into()),
+            Msg::Complete(0),
+            Msg::Poke,
+            Msg::InnerComplete(3, 0),
+        ] {
+            tx.send(m).unwrap();
+        }
+        let taken: Vec<String> = take_over(((tx, rx.clone()), vec![(0, 2)]))
+            .iter()
+            .map(|m| format!("{m:?}"))
+            .collect();
+        assert_eq!(taken, ["Line(2, \"a\")", "Complete(2)"]);
+        let left: Vec<String> = rx.try_iter().map(|m| format!("{m:?}")).collect();
+        assert_eq!(
+            left,
+            [
+                "Wake",
+                "Line(1, \"not moved\")",
+                "Poke",
+                "InnerComplete(3, 0)"
+            ]
+        );
     }
 
     fn desc(sources: &[SourceDesc]) -> InnerDesc {

@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -296,19 +296,22 @@ pub struct EmitCx {
     /// tracking store hears it start and end, as for any subscription) and returns it, or 0
     /// when it wants the stream subscribed through [`EmitCx::subscribe`] instead.
     ///
-    /// With operators (`n_ops` > 0), the plugin bound the stream just before (its tracks
-    /// registered through [`EmitCx::api`], one per operator in order) and passes their
-    /// descriptions, valid for the call; on success the host writes to `*cx` a context for
-    /// them (their `log` and `error`, with the subscription's paths), valid until the running
-    /// call returns (a panic is reported through it after the subscription ended). The
-    /// plugin ends the subscription with [`EmitCx::unsubscribe`] before the running call
-    /// returns (also when unwinding). When it answers 0, the binding stays the
-    /// host's to read in the `subscribe` that follows. A bare source (`n_ops` 0, `ops` and
-    /// `cx` null) is bound by nobody and ended by nobody.
+    /// With operators (`n_ops` > 0), the plugin passes each one's description and the
+    /// signature of its track, in order (`ops[i].track` is `i + 1`), valid for the call, and
+    /// registers nothing through [`EmitCx::api`]: the host registers the tracks itself, one
+    /// per operator, unkeyed, directly under the subscription, as if the plugin had made the
+    /// calls. On success the host writes to `*cx` a context for the operators (their `log`
+    /// and `error`, with the subscription's paths), valid until the running call returns (a
+    /// panic is reported through it after the subscription ended). The plugin ends the
+    /// subscription with [`EmitCx::unsubscribe`] before the running call returns (also when
+    /// unwinding). When the host answers 0 it registered nothing: the plugin binds the
+    /// stream for [`EmitCx::subscribe`]. A bare source (`n_ops` 0, `ops`, `sigs` and `cx`
+    /// null) is bound by nobody and ended by nobody.
     pub subscribe_sync: unsafe extern "C" fn(
         host: *mut c_void,
         op: u32,
         ops: *const OpDesc,
+        sigs: *const RSignature,
         n_ops: usize,
         cx: *mut *const EmitCx,
     ) -> u64,

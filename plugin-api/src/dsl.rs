@@ -533,12 +533,6 @@ pub trait Stage: Send + Sync + 'static {
     fn sync_source(&self) -> Option<(u64, u64, bool)> {
         None
     }
-    /// The label of the first source, written now if it was left for later
-    /// ([`Binder::lazy_labels`]); `None` when the stage has no such source.
-    #[doc(hidden)]
-    fn label_source(&mut self) -> Option<RStr> {
-        None
-    }
 }
 
 /// One operator, from `In` to `Out`.
@@ -763,9 +757,9 @@ pub struct Binder<'h> {
     spines: Vec<Spine>,
     /// Scope tracks opened and not closed yet.
     scopes: Vec<u64>,
-    /// Sources leave their label empty, to write when asked (`Stage::label_source`): an
-    /// inner stream run inside its outer value's call never hands its sources over.
-    lazy_labels: bool,
+    /// A lean binding: operators are recorded there, not registered; sources are not
+    /// described (see [`LeanOps`]).
+    lean: Option<&'h mut LeanOps>,
 }
 
 impl fmt::Debug for Binder<'_> {
@@ -873,6 +867,10 @@ impl<'h> Binder<'h> {
 
     /// Registers one operator: opens and closes its track and gives it the next slot.
     pub fn op(&mut self, at: &mut At) {
+        if let Some(lean) = self.lean.as_deref_mut() {
+            lean.op(at);
+            return;
+        }
         self.advance();
         let signature = Self::signature(&at.meta);
         let track = self.track_call(at.meta.kind, None, &signature);
@@ -907,6 +905,11 @@ impl<'h> Binder<'h> {
         marks: Vec<(u32, Mark)>,
         inner: impl FnOnce(&mut Binder<'h>),
     ) {
+        if let Some(lean) = self.lean.as_deref_mut() {
+            // Not a straight line of operators: bound in full.
+            lean.refused = true;
+            return;
+        }
         self.advance();
         let signature = Self::signature(&at.meta);
         let track = self.track_call(at.meta.kind, None, &signature);
@@ -919,11 +922,10 @@ impl<'h> Binder<'h> {
         self.track_return(track);
     }
 
-    /// Whether sources may leave their label empty, to write when asked
-    /// ([`Stage::label_source`]): set while binding an inner stream the plugin may run
-    /// itself.
+    /// Whether sources may leave their label empty: a lean binding describes no source (an
+    /// inner stream run inside its outer value's call never hands its sources over).
     pub(crate) fn lazy_labels(&self) -> bool {
-        self.lazy_labels
+        self.lean.is_some()
     }
 
     /// Registers a source: the next port. Its description keeps views of `label` and
@@ -934,6 +936,12 @@ impl<'h> Binder<'h> {
     /// this binding hands over: they are the strings of the stage being bound (their heap
     /// buffers do not move when the stage moves into its `Env`).
     pub(crate) unsafe fn source(&mut self, mut desc: SourceDesc, label: &str, text: &str) {
+        if let Some(lean) = self.lean.as_deref_mut() {
+            // One source is the stream's own (`Stage::sync_source`); a second one is not.
+            lean.refused |= lean.sources > 0;
+            lean.sources += 1;
+            return;
+        }
         desc.owner = self.owners.last().copied().unwrap_or(0);
         desc.label = RStr::new(label);
         if !desc.text.is_none() {
@@ -944,6 +952,10 @@ impl<'h> Binder<'h> {
 
     /// Registers a `publish` operator's subject.
     fn publish(&mut self, op: u32, subject: &str, item: RFingerprint, debug: DebugStateFn) {
+        if let Some(lean) = self.lean.as_deref_mut() {
+            lean.refused = true;
+            return;
+        }
         self.publishes.push(PublishInfo {
             op,
             subject: subject.to_owned(),
@@ -1093,9 +1105,6 @@ where
             return None;
         }
         self.0.sync_source().map(|(from, to, _)| (from, to, false))
-    }
-    fn label_source(&mut self) -> Option<RStr> {
-        self.0.label_source()
     }
     unsafe fn project(&self, cx: &Cx<'_>, op: u32, value: *const c_void) -> Option<bool> {
         if op == self.1.index() {
@@ -1558,6 +1567,104 @@ impl SyncPorts {
     }
 }
 
+/// How many operators a lean binding records (more: the stream is bound in full).
+pub(crate) const LEAN_OPS: usize = 8;
+
+/// The operators of an inner stream that runs inside its outer value's call, recorded by a
+/// lean binding ([`bind_lean`]): each one's description and its track's signature, for the
+/// host to register in the one call that numbers the subscription
+/// ([`crate::abi::EmitCx::subscribe_sync`]), instead of a track call and return per
+/// operator through the general [`Binder`] (scope marks, spines, sources, scratch vectors:
+/// more than half of such a subscription's instructions, BENCHMARKS.md, 14). On the stack,
+/// nothing allocated.
+pub(crate) struct LeanOps {
+    /// The stage's state seeding entry (every description's `init`).
+    init: crate::abi::InitFn,
+    descs: [core::mem::MaybeUninit<OpDesc>; LEAN_OPS],
+    sigs: [core::mem::MaybeUninit<RSignature>; LEAN_OPS],
+    /// How many of each are written.
+    len: usize,
+    sources: u32,
+    /// Not a straight line of at most [`LEAN_OPS`] operators over one source: the stream is
+    /// bound in full.
+    refused: bool,
+}
+
+impl LeanOps {
+    pub(crate) fn new<S: Stage>() -> LeanOps {
+        LeanOps {
+            init: init_entry::<S>,
+            descs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
+            sigs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
+            len: 0,
+            sources: 0,
+            refused: false,
+        }
+    }
+
+    /// Records operator `at` as the next one (its number in the stream is its position).
+    fn op(&mut self, at: &mut At) {
+        if self.len == LEAN_OPS {
+            self.refused = true;
+            return;
+        }
+        let meta = &at.meta;
+        let (state, drop, debug, clone) = meta.state.unwrap_or((
+            fingerprint::NONE,
+            drop_nothing,
+            debug_nothing,
+            clone_nothing,
+        ));
+        self.descs[self.len].write(OpDesc {
+            track: self.len as u64 + 1,
+            kind: RStr::new(meta.kind),
+            state: StateVTable {
+                fingerprint: state,
+                init: self.init,
+                drop,
+                debug,
+                clone,
+            },
+        });
+        // The seed's text is the stage's (`Meta::seed`): it outlives the host's call.
+        self.sigs[self.len].write(Binder::signature(meta));
+        at.op = self.len as u32;
+        self.len += 1;
+    }
+
+    /// The operators' descriptions, in order.
+    pub(crate) fn descs(&self) -> &[OpDesc] {
+        // SAFETY: the first `len` are written (`op`), and `MaybeUninit<T>` has `T`'s layout.
+        unsafe { core::slice::from_raw_parts(self.descs.as_ptr().cast::<OpDesc>(), self.len) }
+    }
+
+    /// Their tracks' signatures, in order.
+    pub(crate) fn sigs(&self) -> &[RSignature] {
+        // SAFETY: as in `descs`.
+        unsafe { core::slice::from_raw_parts(self.sigs.as_ptr().cast::<RSignature>(), self.len) }
+    }
+}
+
+/// Binds an inner stream the lean way (see [`LeanOps`]): each operator numbered and
+/// recorded in `lean`, nothing registered, no source described (labels left for later).
+/// False when the stream is not one source through at most [`LEAN_OPS`] operators, one
+/// track each (it is then bound in full, which numbers its operators again).
+pub(crate) fn bind_lean<S: Stage>(stage: &mut S, api: &HostApi, lean: &mut LeanOps) -> bool {
+    let mut b = Binder {
+        host: api,
+        ops: Vec::new(),
+        sources: Vec::new(),
+        publishes: Vec::new(),
+        owners: Vec::new(),
+        spines: Vec::new(),
+        scopes: Vec::new(),
+        lean: Some(lean),
+    };
+    stage.bind(&mut b);
+    drop(b);
+    !lean.refused
+}
+
 /// Vectors a binding at run time reuses (one thread runs a pipeline and its inner
 /// subscriptions): emptied, their capacity kept.
 struct Scratch {
@@ -1588,7 +1695,6 @@ pub(crate) fn bind_inner<S: Stage>(
     stage: &mut S,
     marks: Vec<(u32, Mark)>,
     api: &HostApi,
-    lazy_labels: bool,
 ) -> BoundInner {
     let (ops, spines, sources, mut descs) = SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut s) => (
@@ -1607,7 +1713,7 @@ pub(crate) fn bind_inner<S: Stage>(
         owners: Vec::new(),
         spines,
         scopes: Vec::new(),
-        lazy_labels,
+        lean: None,
     };
     b.bind_stage(stage, marks);
     descs.clear();
@@ -1666,7 +1772,7 @@ impl<S: Stage> Chain<'_, S> {
             owners: Vec::new(),
             spines: Vec::new(),
             scopes: Vec::new(),
-            lazy_labels: false,
+            lean: None,
         };
         let track = b.track_call("pipeline", Some(&self.name), &signature);
         b.owners.push(track);

@@ -36,8 +36,8 @@ use std::collections::VecDeque;
 
 use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, RStr, inner_answer, inner_kind};
 use crate::dsl::{
-    At, Binder, Cx, Env, Flow, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
-    bind_inner, contain_panic, contained, debug_state, drop_env_entry, drop_state,
+    At, Binder, Cx, Env, Flow, LeanOps, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
+    bind_inner, bind_lean, contain_panic, contained, debug_state, drop_env_entry, drop_state,
     rethrow_contained, state_fns_uncloned,
 };
 use crate::fingerprint;
@@ -360,7 +360,7 @@ where
         let emit = cx.emit();
         // SAFETY: the host passes a registration API valid for the call.
         let api = unsafe { &*emit.api };
-        let mut bound = bind_inner(&mut stage, marks, api, false);
+        let mut bound = bind_inner(&mut stage, marks, api);
         (Self::env(stage, &mut bound), bound)
     }
 
@@ -413,6 +413,7 @@ where
                         emit.host,
                         op,
                         core::ptr::null(),
+                        core::ptr::null(),
                         0,
                         core::ptr::null_mut(),
                     )
@@ -432,38 +433,39 @@ where
             } else {
                 // SAFETY: the host passes a registration API valid for the call.
                 let api = unsafe { &*emit.api };
-                // Its source's label is written only if the host wants it subscribed.
-                let mut bound = bind_inner(&mut stage, marks, api, true);
-                if bound.ops.is_empty() {
-                    match run_bare(x, &stage, k) {
-                        Ok(()) => return true,
-                        Err(back) => x = back,
-                    }
-                } else {
-                    let mut inner_cx: *const EmitCx = core::ptr::null();
-                    // SAFETY: the host's context for this call; the operators' descriptions live
-                    // across it.
-                    let id = unsafe {
-                        (emit.subscribe_sync)(
-                            emit.host,
-                            op,
-                            bound.ops.as_ptr(),
-                            bound.ops.len(),
-                            &mut inner_cx,
-                        )
-                    };
-                    if id != 0 {
-                        self.run_sync_ops::<C, K>(cx, x, &stage, &bound, id, inner_cx, from, to, k);
-                        return true;
+                let mut lean = LeanOps::new::<S2>();
+                if bind_lean(&mut stage, api, &mut lean) {
+                    if lean.descs().is_empty() {
+                        match run_bare(x, &stage, k) {
+                            Ok(()) => return true,
+                            Err(back) => x = back,
+                        }
+                    } else {
+                        let mut inner_cx: *const EmitCx = core::ptr::null();
+                        let (ops, sigs) = (lean.descs(), lean.sigs());
+                        // SAFETY: the host's context for this call; the operators'
+                        // descriptions and signatures (and the seeds' text, the stage's) live
+                        // across it.
+                        let id = unsafe {
+                            (emit.subscribe_sync)(
+                                emit.host,
+                                op,
+                                ops.as_ptr(),
+                                sigs.as_ptr(),
+                                ops.len(),
+                                &mut inner_cx,
+                            )
+                        };
+                        if id != 0 {
+                            self.run_sync_ops::<C, K>(
+                                cx, x, &stage, ops, id, inner_cx, from, to, k,
+                            );
+                            return true;
+                        }
                     }
                 }
-                // Refused: subscribed the long way, with this binding and its label.
-                if let (Some(label), Some(src)) = (stage.label_source(), bound.sources.first_mut())
-                {
-                    src.label = label;
-                }
-                let env = Self::env(stage, &mut bound);
-                return self.subscribe_bound::<C, K>(cx, x, env, bound, k);
+                // Refused, or not a line the lean binding records: bound in full (its tracks
+                // registered, its source's label written) and subscribed the long way.
             }
         }
         let (env, bound) = Self::bound(cx, stage, marks);
@@ -532,7 +534,7 @@ where
         cx: &Cx<'_>,
         x: T,
         stage: &S2,
-        bound: &crate::dsl::BoundInner,
+        ops: &[crate::abi::OpDesc],
         id: u64,
         inner_cx: *const EmitCx,
         from: u64,
@@ -543,7 +545,7 @@ where
             emit: cx.emit(),
             op: self.at.op,
             id,
-            states: SyncStates::new(&bound.ops),
+            states: SyncStates::new(ops),
         };
         // The outer value goes now that the end is guaranteed (its drop is user code).
         drop(x);

@@ -234,10 +234,6 @@ impl<W: Wire> Stage for Root<W> {
     fn label(&self) -> String {
         self.label_text()
     }
-    fn label_source(&mut self) -> Option<RStr> {
-        self.write_label();
-        Some(RStr::new(&self.label))
-    }
     fn sync_source(&self) -> Option<(u64, u64, bool)> {
         match self.desc.kind {
             source_kind::OF => Some((0, self.desc.a, true)),

@@ -442,25 +442,37 @@ pub(super) unsafe extern "C" fn on_subscribe_sync(
     host: *mut c_void,
     _op: u32,
     ops: *const OpDesc,
+    sigs: *const RSignature,
     n_ops: usize,
     cx: *mut *const EmitCx,
 ) -> u64 {
-    // SAFETY: as in `on_subscribe`; `ops` (and `cx`, with operators) valid for the call.
+    // SAFETY: as in `on_subscribe`; `ops`, `sigs` (and `cx`, with operators) valid for the
+    // call.
     let sink = unsafe { &*host.cast::<Sink>() };
     let inner = &sink.inner;
     if inner.reprojecting.get() || inner.refuse_sync.get() {
         return 0;
     }
     // SAFETY: as above.
-    let ops = unsafe { slice(ops, n_ops) };
+    let (ops, sigs) = unsafe { (slice(ops, n_ops), slice(sigs, n_ops)) };
     if !ops.is_empty() {
-        // One track per operator, in order, as the host requires.
+        // One track per operator, in order, as the host requires, and nothing registered
+        // through the API before (the host registers them itself).
         let linear = ops.iter().enumerate().all(|(i, o)| o.track == i as u64 + 1);
-        if cx.is_null() || !linear || inner.opened.borrow().len() != ops.len() {
+        if cx.is_null() || !linear || sigs.len() != ops.len() || !inner.opened.borrow().is_empty() {
             return 0;
         }
-        inner.opened.borrow_mut().clear();
-        inner.depth.set(0);
+        // Announced as the host registers them: unkeyed, under the subscription.
+        let mut announced = inner.announced.borrow_mut();
+        for o in ops {
+            // SAFETY: the plugin's strings, valid for the call.
+            let kind = unsafe { o.kind.to_string_lossy() }.unwrap_or_default();
+            announced.push(RunTimeTrack {
+                kind: kind.into_owned(),
+                key: None,
+                depth: 0,
+            });
+        }
     }
     let id = inner.last.get() + 1;
     inner.last.set(id);
@@ -570,6 +582,7 @@ unsafe extern "C" fn cbi_subscribe_sync(
     _host: *mut c_void,
     _op: u32,
     _ops: *const OpDesc,
+    _sigs: *const RSignature,
     _n_ops: usize,
     _cx: *mut *const EmitCx,
 ) -> u64 {
