@@ -79,25 +79,38 @@ pub(crate) struct Binding {
     pub(crate) calls: Arc<[RegCall]>,
 }
 
-/// A type fingerprint as the plugin passed it: its name's address and length, and the rest.
-type FingerprintKey = (usize, usize, usize, usize, u64);
+/// An operator as the plugin described it, but its seed: its kind's address and length, and
+/// for each of its signature's types (input, output, state) its name's address and length,
+/// its size, alignment and hash.
+type OpKey = [usize; 17];
 
-fn fingerprint_key(fp: &plugin_api::abi::RFingerprint) -> FingerprintKey {
-    (
-        fp.name.ptr as usize,
-        fp.name.len,
-        fp.size,
-        fp.align,
-        fp.hash,
-    )
+fn op_key(o: &plugin_api::abi::OpDesc, sig: &RSignature) -> OpKey {
+    let (i, out, st) = (&sig.input, &sig.output, &sig.state);
+    [
+        o.kind.ptr as usize,
+        o.kind.len,
+        i.name.ptr as usize,
+        i.name.len,
+        i.size,
+        i.align,
+        i.hash as usize,
+        out.name.ptr as usize,
+        out.name.len,
+        out.size,
+        out.align,
+        out.hash as usize,
+        st.name.ptr as usize,
+        st.name.len,
+        st.size,
+        st.align,
+        st.hash as usize,
+    ]
 }
 
-/// One operator of a [`SyncMemo`]: its kind and its signature's types as the plugin's
-/// pointers, its seed's text copied.
-struct MemoOp {
-    kind: (usize, usize),
-    types: [FingerprintKey; 3],
-    seed: Option<Box<[u8]>>,
+/// Whether two keys are equal: every word compared, folded without a branch (an array's
+/// `==` is a call to `bcmp`, a twentieth of a subscription run inside its call).
+fn same_key(a: &OpKey, b: &OpKey) -> bool {
+    a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The last binding of one higher-order operator's synchronous inner stream
@@ -109,7 +122,9 @@ struct MemoOp {
 /// its memos whenever it takes other code (`HostCx::set_code`), so an address is never
 /// compared with one of another library, which could be mapped where an unloaded one was.
 pub(crate) struct SyncMemo {
-    ops: Vec<MemoOp>,
+    keys: Vec<OpKey>,
+    /// The seeds' bytes, by operator (`None`: no seed).
+    seeds: Vec<Option<Box<[u8]>>>,
     pub(crate) binding: Arc<Binding>,
 }
 
@@ -123,21 +138,19 @@ impl SyncMemo {
         sigs: &[RSignature],
         binding: Arc<Binding>,
     ) -> SyncMemo {
-        let ops = ops
-            .iter()
-            .zip(sigs)
-            .map(|(o, sig)| MemoOp {
-                kind: (o.kind.ptr as usize, o.kind.len),
-                types: [
-                    fingerprint_key(&sig.input),
-                    fingerprint_key(&sig.output),
-                    fingerprint_key(&sig.state),
-                ],
-                // SAFETY: forwarded.
-                seed: unsafe { sig.seed.bytes() }.map(Box::from),
-            })
-            .collect();
-        SyncMemo { ops, binding }
+        SyncMemo {
+            keys: ops
+                .iter()
+                .zip(sigs)
+                .map(|(o, sig)| op_key(o, sig))
+                .collect(),
+            // SAFETY: forwarded.
+            seeds: sigs
+                .iter()
+                .map(|sig| unsafe { sig.seed.bytes() }.map(Box::from))
+                .collect(),
+            binding,
+        }
     }
 
     /// Whether `ops` and `sigs` describe the memo's operators.
@@ -149,22 +162,17 @@ impl SyncMemo {
         ops: &[plugin_api::abi::OpDesc],
         sigs: &[RSignature],
     ) -> bool {
-        if self.ops.len() != ops.len() || sigs.len() != ops.len() {
-            return false;
-        }
-        for i in 0..ops.len() {
-            let (m, o, sig) = (&self.ops[i], &ops[i], &sigs[i]);
-            let same = m.kind == (o.kind.ptr as usize, o.kind.len)
-                && m.types[0] == fingerprint_key(&sig.input)
-                && m.types[1] == fingerprint_key(&sig.output)
-                && m.types[2] == fingerprint_key(&sig.state)
+        self.keys.len() == ops.len()
+            && sigs.len() == ops.len()
+            && self
+                .keys
+                .iter()
+                .zip(ops.iter().zip(sigs))
+                .all(|(k, (o, sig))| same_key(k, &op_key(o, sig)))
+            && self.seeds.iter().zip(sigs).all(|(seed, sig)| {
                 // SAFETY: forwarded.
-                && m.seed.as_deref() == unsafe { sig.seed.bytes() };
-            if !same {
-                return false;
-            }
-        }
-        true
+                seed.as_deref() == unsafe { sig.seed.bytes() }
+            })
     }
 }
 
@@ -788,6 +796,118 @@ mod tests {
             })
             .collect();
         (opened, calls)
+    }
+
+    /// A memo of a synchronous stream's operators matches the same descriptions again (a
+    /// seed's text compared by its bytes, wherever it is) and nothing else: another seed, a
+    /// seed where there was none, another kind, another state type, one operator more or less.
+    #[test]
+    fn a_sync_memo_matches_the_same_operators_only() {
+        use plugin_api::abi::{OpDesc, StateVTable};
+        unsafe extern "C" fn init(_env: *const std::ffi::c_void, _op: u32, _dst: *mut u8) -> u32 {
+            0
+        }
+        unsafe extern "C" fn drop_state(_p: *mut u8) -> bool {
+            true
+        }
+        unsafe extern "C" fn debug(_: *const u8, _: *mut u8, _: usize, _: *mut usize) -> u32 {
+            0
+        }
+        unsafe extern "C" fn clone(_: *const u8, _: *mut u8) -> u32 {
+            0
+        }
+        // (kind, seed, keeps a state)
+        type Described = (&'static str, Option<String>, bool);
+        let describe = |ops: &[Described]| -> (Vec<OpDesc>, Vec<RSignature>) {
+            ops.iter()
+                .enumerate()
+                .map(|(i, (kind, seed, state))| {
+                    let state_fp = if *state {
+                        fingerprint::of::<(u64, u32)>()
+                    } else {
+                        fingerprint::NONE
+                    };
+                    let desc = OpDesc {
+                        track: i as u64 + 1,
+                        kind: RStr::new(kind),
+                        state: StateVTable {
+                            fingerprint: state_fp,
+                            init,
+                            drop: drop_state,
+                            debug,
+                            clone,
+                        },
+                    };
+                    let sig = RSignature {
+                        input: fingerprint::of::<u64>(),
+                        output: fingerprint::of::<u64>(),
+                        state: state_fp,
+                        seed: seed.as_deref().map_or(RStr::NONE, RStr::new),
+                    };
+                    (desc, sig)
+                })
+                .unzip()
+        };
+        let base: Vec<Described> = vec![("map", None, false), ("take", Some("3".into()), false)];
+        let (ops, sigs) = describe(&base);
+        // SAFETY: the seeds are `base`'s, alive for the call.
+        let memo = unsafe { super::SyncMemo::new(&ops, &sigs, Arc::default()) };
+        let other_map: &'static str = Box::leak("map".to_owned().into_boxed_str());
+        let cases: Vec<(&str, Vec<Described>, bool)> = vec![
+            ("the same", base.clone(), true),
+            (
+                "the same seed elsewhere",
+                vec![
+                    ("map", None, false),
+                    ("take", Some(String::from("3")), false),
+                ],
+                true,
+            ),
+            (
+                "another seed",
+                vec![("map", None, false), ("take", Some("4".into()), false)],
+                false,
+            ),
+            (
+                "a seed where none was",
+                vec![
+                    ("map", Some("".into()), false),
+                    ("take", Some("3".into()), false),
+                ],
+                false,
+            ),
+            (
+                "another kind",
+                vec![("filter", None, false), ("take", Some("3".into()), false)],
+                false,
+            ),
+            (
+                "its text at another address",
+                vec![(other_map, None, false), ("take", Some("3".into()), false)],
+                false,
+            ),
+            (
+                "a state",
+                vec![("map", None, true), ("take", Some("3".into()), false)],
+                false,
+            ),
+            ("one fewer", vec![("map", None, false)], false),
+            (
+                "one more",
+                vec![
+                    ("map", None, false),
+                    ("take", Some("3".into()), false),
+                    ("map", None, false),
+                ],
+                false,
+            ),
+        ];
+        for (name, described, want) in cases {
+            let (ops, sigs) = describe(&described);
+            // SAFETY: the seeds are `described`'s, alive for the call.
+            let got = unsafe { memo.matches(&ops, &sigs) };
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     /// The paths written without `format!` are the text `format!` wrote.

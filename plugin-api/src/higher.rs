@@ -36,9 +36,9 @@ use std::collections::VecDeque;
 
 use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, RStr, inner_answer, inner_kind};
 use crate::dsl::{
-    At, Binder, Cx, Env, Flow, LeanOps, NO_OP, Next, Observer, Op, Out, Pipe, Stage, Stream, Tally,
-    bind_inner, bind_lean, contain_panic, contained, debug_state, drop_env_entry, drop_state,
-    rethrow_contained, state_fns_uncloned,
+    At, Binder, Cx, Env, Flow, LEAN_OPS, LeanOps, NO_OP, Next, Observer, Op, Out, Pipe, Stage,
+    Stream, Tally, bind_inner, bind_lean, contain_panic, contained, debug_state, drop_env_entry,
+    drop_state, rethrow_contained, state_fns_uncloned,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -175,37 +175,25 @@ struct SyncStates<'a> {
     block: *mut u8,
     layout: std::alloc::Layout,
     /// By operator: where its state is (an offset into `block` until seeded).
-    ptrs: SyncPtrs,
+    ptrs: [*mut u8; LEAN_OPS],
     /// How many are seeded (dropped at the end).
     seeded: usize,
 }
 
-/// At most eight operators' state pointers inline (no allocation), more in a vector.
-enum SyncPtrs {
-    Inline([*mut u8; 8]),
-    Heap(Vec<*mut u8>),
-}
-
-impl SyncPtrs {
-    fn as_mut_slice(&mut self, n: usize) -> &mut [*mut u8] {
-        match self {
-            SyncPtrs::Inline(a) => &mut a[..n],
-            SyncPtrs::Heap(v) => &mut v[..n],
-        }
-    }
+/// Whether operator `op` keeps no state (its state is not seeded, nor dropped: it has none).
+fn stateless(op: &crate::abi::OpDesc) -> bool {
+    op.state.fingerprint.name.is_none()
 }
 
 impl<'a> SyncStates<'a> {
+    /// The states of `ops`, as a lean binding records them (at most [`LEAN_OPS`]).
     fn new(ops: &'a [crate::abi::OpDesc]) -> SyncStates<'a> {
+        let ops = &ops[..ops.len().min(LEAN_OPS)];
         let n = ops.len();
-        let mut ptrs = if n <= 8 {
-            SyncPtrs::Inline([core::ptr::null_mut(); 8])
-        } else {
-            SyncPtrs::Heap(vec![core::ptr::null_mut(); n])
-        };
+        let mut ptrs = [core::ptr::null_mut(); LEAN_OPS];
         // Each state at an offset aligned for it; the block aligned for the strictest.
         let (mut size, mut align) = (0usize, 1usize);
-        for (p, op) in ptrs.as_mut_slice(n).iter_mut().zip(ops) {
+        for (p, op) in ptrs[..n].iter_mut().zip(ops) {
             let a = op.state.fingerprint.align.max(1);
             size = size.next_multiple_of(a);
             *p = size as *mut u8;
@@ -225,7 +213,7 @@ impl<'a> SyncStates<'a> {
             }
             b
         };
-        for p in ptrs.as_mut_slice(n) {
+        for p in &mut ptrs[..n] {
             // In bounds of the block (or of nothing, for a zero-sized state at its end).
             *p = block.wrapping_add(*p as usize);
         }
@@ -239,16 +227,19 @@ impl<'a> SyncStates<'a> {
     }
 
     fn ptrs(&mut self) -> *const *mut u8 {
-        self.ptrs.as_mut_slice(self.ops.len()).as_ptr()
+        self.ptrs.as_ptr()
     }
 
     /// Seeds every state through the stage's operators, in order; stops at the first that
     /// cannot be seeded (its seed's `Clone` panicked, or the stage has no such operator) and
     /// returns its number and why. Those seeded are dropped at the end.
     fn seed<S: Stage>(&mut self, stage: &S) -> Result<(), (u32, &'static str)> {
-        let n = self.ops.len();
-        for i in 0..n {
-            let dst = self.ptrs.as_mut_slice(n)[i];
+        for (i, op) in self.ops.iter().enumerate() {
+            if stateless(op) {
+                self.seeded += 1;
+                continue;
+            }
+            let dst = self.ptrs[i];
             // SAFETY: `dst` is aligned for operator `i`'s state and as large.
             let run = contained(catch_unwind(AssertUnwindSafe(|| unsafe {
                 stage.init(i as u32, dst)
@@ -273,11 +264,11 @@ impl SyncStates<'_> {
     /// Drops the seeded states, each once with its own glue (which contains a panic of its
     /// drop); none is seeded after.
     fn drop_seeded(&mut self) {
-        let n = self.ops.len();
-        for i in 0..self.seeded {
-            let p = self.ptrs.as_mut_slice(n)[i];
-            // SAFETY: a seeded state, dropped once (`seeded` is reset below).
-            unsafe { (self.ops[i].state.drop)(p) };
+        for (op, &p) in self.ops[..self.seeded].iter().zip(&self.ptrs) {
+            if !stateless(op) {
+                // SAFETY: a seeded state, dropped once (`seeded` is reset below).
+                unsafe { (op.state.drop)(p) };
+            }
         }
         self.seeded = 0;
     }
