@@ -771,6 +771,20 @@ impl fmt::Debug for Binder<'_> {
 }
 
 impl<'h> Binder<'h> {
+    /// A binder with nothing bound yet (no vector allocated).
+    fn new(host: &'h HostApi, lean: Option<&'h mut LeanOps>) -> Binder<'h> {
+        Binder {
+            host,
+            ops: Vec::new(),
+            sources: Vec::new(),
+            publishes: Vec::new(),
+            owners: Vec::new(),
+            spines: Vec::new(),
+            scopes: Vec::new(),
+            lean,
+        }
+    }
+
     fn track_call(&self, kind: &str, key: Option<&str>, signature: &RSignature) -> u64 {
         self.track_call_keyed(kind, key.map_or(RStr::NONE, RStr::new), signature)
     }
@@ -1650,16 +1664,7 @@ impl LeanOps {
 /// False when the stream is not one source through at most [`LEAN_OPS`] operators, one
 /// track each (it is then bound in full, which numbers its operators again).
 pub(crate) fn bind_lean<S: Stage>(stage: &mut S, api: &HostApi, lean: &mut LeanOps) -> bool {
-    let mut b = Binder {
-        host: api,
-        ops: Vec::new(),
-        sources: Vec::new(),
-        publishes: Vec::new(),
-        owners: Vec::new(),
-        spines: Vec::new(),
-        scopes: Vec::new(),
-        lean: Some(lean),
-    };
+    let mut b = Binder::new(api, Some(lean));
     stage.bind(&mut b);
     // A lean binding pushes to none of the binder's vectors (each of its entry points
     // returns first): nothing to free, so no drop glue to run.
@@ -1774,16 +1779,7 @@ impl<S: Stage> Chain<'_, S> {
             state: fingerprint::NONE,
             seed: RStr::new(&label),
         };
-        let mut b = Binder {
-            host,
-            ops: Vec::new(),
-            sources: Vec::new(),
-            publishes: Vec::new(),
-            owners: Vec::new(),
-            spines: Vec::new(),
-            scopes: Vec::new(),
-            lean: None,
-        };
+        let mut b = Binder::new(host, None);
         let track = b.track_call("pipeline", Some(&self.name), &signature);
         b.owners.push(track);
         b.bind_stage(&mut stage, marks);

@@ -186,10 +186,11 @@ fn stateless(op: &crate::abi::OpDesc) -> bool {
 }
 
 impl<'a> SyncStates<'a> {
-    /// The states of `ops`, as a lean binding records them (at most [`LEAN_OPS`]).
+    /// The states of `ops`, as a lean binding records them (at most [`LEAN_OPS`]: the
+    /// operators' numbers index `ptrs`).
     fn new(ops: &'a [crate::abi::OpDesc]) -> SyncStates<'a> {
-        let ops = &ops[..ops.len().min(LEAN_OPS)];
         let n = ops.len();
+        assert!(n <= LEAN_OPS, "{n} operators in a lean binding");
         let mut ptrs = [core::ptr::null_mut(); LEAN_OPS];
         // Each state at an offset aligned for it; the block aligned for the strictest.
         let (mut size, mut align) = (0usize, 1usize);
