@@ -116,11 +116,12 @@ fn same_key(a: &OpKey, b: &OpKey) -> bool {
 /// The last binding of one higher-order operator's synchronous inner stream
 /// (`HostCx::subscribe_sync`), with the operators' descriptions it was registered from.
 /// The next stream that describes the same operators gets that binding again without a
-/// registration: its kinds and type names compared as addresses (the plugin's static text:
-/// within one loaded library, an equal address and length is the same text), its seeds by
-/// their bytes (a seed's text is the stream's own, somewhere new each time). The driver drops
-/// its memos whenever it takes other code (`HostCx::set_code`), so an address is never
-/// compared with one of another library, which could be mapped where an unloaded one was.
+/// registration: its kinds and type names compared as addresses (a plugin's static text,
+/// which stays where it is for the process's life: libraries are never unloaded, so an equal
+/// address and length is the same text), its seeds by their bytes (a seed's text is the
+/// stream's own, somewhere new each time). The driver drops its memos whenever it takes other
+/// code (`HostCx::set_code`): a binding is handed out only under the code it was registered
+/// for, and nothing of an old version is kept for it.
 pub(crate) struct SyncMemo {
     keys: Vec<OpKey>,
     /// The seeds' bytes, by operator (`None`: no seed).

@@ -1332,7 +1332,7 @@ impl HostCx {
 
     fn set_code(&self, code: &PipelineCode) {
         self.version.set(code.version);
-        // Their addresses are the last library's (see `SyncMemo`).
+        // Each memo holds a binding registered under the last code (see `SyncMemo`).
         self.sync_memos.borrow_mut().clear();
         *self.lib.borrow_mut() = Some(code.lib().clone());
         *self.tracks.borrow_mut() = code.ops.iter().map(|o| o.track).collect();
@@ -1889,14 +1889,16 @@ impl HostCx {
     }
 
     /// `subscribe_sync` from a pipeline's higher-order operator `op`: an inner stream that
-    /// starts and ends inside the running call, its operators `ops` (bound just before; none
-    /// for a bare source) run by the plugin on its own states. It takes the next number, and
-    /// the census hears that it started (with its binding's calls) and ended, as for one
-    /// subscribed and ended in the call; nothing is held but a callback context for its
-    /// operators (`*cx`), one per level of nesting, reused. 0 (the plugin subscribes it the
-    /// long way, the binding left for `subscribe` to read) while re-projecting, with the
-    /// inspector on (counts are per subscription), for an operator this code does not have,
-    /// or for a binding other than one track per operator in order.
+    /// starts and ends inside the running call, its operators described by `ops` and `sigs`
+    /// (none for a bare source), run by the plugin on its own states. Their tracks are
+    /// registered here (or the operator's last binding is handed out again, `SyncMemo`). It
+    /// takes the next number, and the census hears that it started (with its binding's
+    /// calls) and ended, as for one subscribed and ended in the call; nothing is held but a
+    /// callback context for its operators (`*cx`), one per level of nesting, reused. 0,
+    /// nothing registered (the plugin binds the stream in full and subscribes it the long
+    /// way), while re-projecting, with the inspector on (counts are per subscription), for an
+    /// operator this code does not have, or for operators other than one track each in
+    /// order.
     ///
     /// # Safety
     /// The strings of `ops` and `sigs` (as many) must be readable for the call.
@@ -2233,8 +2235,12 @@ unsafe extern "C" fn cb_subscribe_sync(
     // SAFETY: `host` is the `HostCx` of the running thread; the plugin passes `n_ops`
     // descriptions and signatures (and `cx`) valid for the call.
     catch_unwind(AssertUnwindSafe(|| unsafe {
-        let (ops, sigs) = if n_ops == 0 || ops.is_null() || sigs.is_null() {
+        let (ops, sigs) = if n_ops == 0 {
             (&[][..], &[][..])
+        } else if ops.is_null() || sigs.is_null() {
+            // Operators said but not described: not a bare source (whose values would be
+            // lost unrun), and nothing to register.
+            return 0;
         } else {
             (
                 std::slice::from_raw_parts(ops, n_ops),

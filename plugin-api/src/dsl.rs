@@ -939,6 +939,11 @@ impl<'h> Binder<'h> {
     /// Whether sources may leave their label empty: a lean binding describes no source (an
     /// inner stream run inside its outer value's call never hands its sources over).
     pub(crate) fn lazy_labels(&self) -> bool {
+        self.is_lean()
+    }
+
+    /// Whether this is a lean binding ([`bind_lean`]), which registers nothing.
+    pub(crate) fn is_lean(&self) -> bool {
         self.lean.is_some()
     }
 

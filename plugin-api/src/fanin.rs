@@ -262,7 +262,13 @@ impl<SA: Stage, SB: Stage, J: Join<SA::Out, SB::Out>> Stage for FanIn<SA, SB, J>
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
         self.a.bind(b);
-        let marks = self.marks.take().unwrap_or_default();
+        // A lean binding refuses a fan-in, and the stream is bound again in full: the scope
+        // marks are taken only by a binding that registers them.
+        let marks = if b.is_lean() {
+            Vec::new()
+        } else {
+            self.marks.take().unwrap_or_default()
+        };
         let inner = &mut self.b;
         b.fan_in(&mut self.at, marks, |b| inner.bind(b));
     }
