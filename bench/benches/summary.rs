@@ -175,6 +175,12 @@ fn register(p: &mut Plugin) {
         .merge_map(|x: u64| of(vec![x]).map(|v: u64| v + 1))
         .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
         .log();
+    // A seed that differs per outer value: the operator's signature (its seed's text) with it,
+    // so each subscription's binding is another one.
+    p.pipeline("merge_map_seed", interval_ms(3_600_000))
+        .merge_map(|x: u64| of(vec![x]).scan(x, |a: u64, v: u64| a + v))
+        .reduce(0u64, |acc: u64, v: u64| acc.wrapping_mul(31).wrapping_add(v))
+        .log();
     // Subscribed the long way (a `publish`, to a subject nobody reads, is held by the host):
     // what every inner stream cost before, and what an asynchronous one costs.
     p.pipeline("merge_map_sub", interval_ms(3_600_000))
@@ -2538,6 +2544,12 @@ fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
                 .reduce_initial(0u64, fold31)
                 .subscribe(move |v| o.set(Some(v)));
         }
+        "merge_map_seed" => {
+            s.clone()
+                .flat_map(|x: u64| Local::from_iter(vec![x]).scan(x, |a: u64, v: u64| a + v))
+                .reduce_initial(0u64, fold31)
+                .subscribe(move |v| o.set(Some(v)));
+        }
         "merge_map" => {
             s.clone()
                 .flat_map(|x: u64| Local::from_iter(vec![x]))
@@ -2563,7 +2575,7 @@ fn rx_higher(op: &str, n: u64) -> anyhow::Result<(f64, u64)> {
 
 fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Result<()> {
     report.line(format!(
-        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription created and ended per value (`of(vec![x])`, a bare synchronous source run inside the call; `_op`: `of(vec![x]).map(..)`, bound and run inside the call), outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
+        "\n### 14. Higher-order operators: {N_HIGHER} outer values, one inner subscription created and ended per value (`of(vec![x])`, a bare synchronous source run inside the call; `_op`: `of(vec![x]).map(..)`, bound and run inside the call; `_seed`: `of(vec![x]).scan(x, ..)`, a seed per outer value; `_sub`: `.publish(..)` added, subscribed the long way), outputs folded by a `reduce` (ns per outer value; target <= 2x rxRust's operator)\n"
     ));
     report.line("| operator (rxRust's) | feed | host ns/value | rxRust ns/value | host / rxRust |");
     report.line("|---|---|---:|---:|---:|");
@@ -2575,12 +2587,21 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
         ("merge_map", "flat_map"),
         ("switch_map_op", "switch_map"),
         ("merge_map_op", "flat_map"),
+        ("merge_map_seed", "flat_map"),
         ("merge_map_sub", "flat_map"),
     ] {
         let subscribed = op.ends_with("_sub");
+        let seeded = op.ends_with("_seed");
         let with_op = op.ends_with("_op") || subscribed;
+        // `scan(x, +)` over `of(vec![x])` emits 2x.
         let expected = (0..N_HIGHER)
-            .map(|v| v + u64::from(with_op))
+            .map(|v| {
+                if seeded {
+                    2 * v
+                } else {
+                    v + u64::from(with_op)
+                }
+            })
             .fold(0, fold31);
         let publisher = &loaded.pipelines[op];
         let mut ratios = Vec::new();
@@ -2615,7 +2636,10 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
             ));
         }
         let measured: Vec<&str> = ratios.iter().map(|(m, _)| m.as_str()).collect();
-        let name = op.trim_end_matches("_op").trim_end_matches("_sub");
+        let name = op
+            .trim_end_matches("_op")
+            .trim_end_matches("_sub")
+            .trim_end_matches("_seed");
         if subscribed {
             report.verdict(
                 &format!("`{name}` per outer value, an inner stream subscribed the long way (`of(vec![x]).map(..).publish(..)`: information, no target)"),
@@ -2624,7 +2648,9 @@ fn higher_order(report: &mut Report, loaded: &hmr_bench::Loaded) -> anyhow::Resu
             );
             continue;
         }
-        let inner = if with_op {
+        let inner = if seeded {
+            "an operator whose seed is the outer value, `of(vec![x]).scan(x, ..)`: each binding another, run inside the call"
+        } else if with_op {
             "an inner stream with an operator, `of(vec![x]).map(..)`: bound, run inside the call"
         } else {
             "a bare `of(vec![x])`: run inside the call"
