@@ -702,14 +702,37 @@ struct OpInfo {
 }
 
 impl OpInfo {
+    /// Operator `meta` of track `track` (an operator without state keeps the empty one).
+    fn new(track: u64, meta: &Meta) -> OpInfo {
+        let (state, drop, debug, clone) = meta.state.unwrap_or((
+            fingerprint::NONE,
+            drop_nothing,
+            debug_nothing,
+            clone_nothing,
+        ));
+        OpInfo {
+            track,
+            kind: meta.kind,
+            state,
+            drop,
+            debug,
+            clone,
+        }
+    }
+
     /// The operator's description for the host, its state seeded through stage `S`'s env.
     fn desc<S: Stage>(&self) -> OpDesc {
+        self.desc_seeded_by(init_entry::<S>)
+    }
+
+    /// The operator's description for the host, its state seeded by `init`.
+    fn desc_seeded_by(&self, init: crate::abi::InitFn) -> OpDesc {
         OpDesc {
             track: self.track,
             kind: RStr::new(self.kind),
             state: StateVTable {
                 fingerprint: self.state,
-                init: init_entry::<S>,
+                init,
                 drop: self.drop,
                 debug: self.debug,
                 clone: self.clone,
@@ -893,21 +916,8 @@ impl<'h> Binder<'h> {
     }
 
     fn push_op(&mut self, track: u64, meta: &Meta) -> u32 {
-        let (state, drop, debug, clone) = meta.state.unwrap_or((
-            fingerprint::NONE,
-            drop_nothing,
-            debug_nothing,
-            clone_nothing,
-        ));
         let index = self.ops.len() as u32;
-        self.ops.push(OpInfo {
-            track,
-            kind: meta.kind,
-            state,
-            drop,
-            debug,
-            clone,
-        });
+        self.ops.push(OpInfo::new(track, meta));
         index
     }
 
@@ -1628,23 +1638,8 @@ impl LeanOps {
             return;
         }
         let meta = &at.meta;
-        let (state, drop, debug, clone) = meta.state.unwrap_or((
-            fingerprint::NONE,
-            drop_nothing,
-            debug_nothing,
-            clone_nothing,
-        ));
-        self.descs[self.len].write(OpDesc {
-            track: self.len as u64 + 1,
-            kind: RStr::new(meta.kind),
-            state: StateVTable {
-                fingerprint: state,
-                init: self.init,
-                drop,
-                debug,
-                clone,
-            },
-        });
+        self.descs[self.len]
+            .write(OpInfo::new(self.len as u64 + 1, meta).desc_seeded_by(self.init));
         // The seed's text is the stage's (`Meta::seed`): it outlives the host's call.
         self.sigs[self.len].write(Binder::signature(meta));
         at.op = self.len as u32;

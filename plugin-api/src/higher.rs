@@ -383,7 +383,7 @@ where
 
     /// Projects `x`, subscribes the stream and runs its start and synchronous sources.
     /// Returns whether that subscription already ended (or was refused).
-    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, mut x: T, k: &mut K) -> bool {
+    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
         let op = self.at.op;
         let stream = cx.user(op, || (self.f)(x.clone()));
         let (mut stage, marks) = stream.body.into_parts();
@@ -396,69 +396,36 @@ where
             && let Some((from, to, bare)) = stage.sync_source()
         {
             let emit = cx.emit();
-            // A stream with no operator (bare, or whose operators bound none of their own) runs
-            // on the outer chain's context, if the host numbers it.
-            let run_bare = |x: T, stage: &S2, k: &mut K| {
-                // SAFETY: the host's context for this call; no operator passed.
-                let id = unsafe {
-                    (emit.subscribe_sync)(
-                        emit.host,
-                        op,
-                        core::ptr::null(),
-                        core::ptr::null(),
-                        0,
-                        core::ptr::null_mut(),
-                    )
+            let mut lean = LeanOps::new::<S2>();
+            // SAFETY: the host passes a registration API valid for the call.
+            if bare || bind_lean(&mut stage, unsafe { &*emit.api }, &mut lean) {
+                let (ops, sigs) = (lean.descs(), lean.sigs());
+                // A stream with no operator (bare, or whose operators bound none of their
+                // own) runs on the outer chain's context, with no context of its own.
+                // Null pointers for a bare source, as the host's contract says.
+                let mut inner_cx: *const EmitCx = core::ptr::null();
+                let (ops_ptr, sigs_ptr, place) = if ops.is_empty() {
+                    (core::ptr::null(), core::ptr::null(), core::ptr::null_mut())
+                } else {
+                    (ops.as_ptr(), sigs.as_ptr(), &raw mut inner_cx)
                 };
-                if id == 0 {
-                    return Err(x);
-                }
-                drop(x);
-                Self::run_sync::<C, K>(cx, cx, emit, stage, from, to, k);
-                Ok(())
-            };
-            if bare {
-                match run_bare(x, &stage, k) {
-                    Ok(()) => return true,
-                    Err(back) => x = back,
-                }
-            } else {
-                // SAFETY: the host passes a registration API valid for the call.
-                let api = unsafe { &*emit.api };
-                let mut lean = LeanOps::new::<S2>();
-                if bind_lean(&mut stage, api, &mut lean) {
-                    if lean.descs().is_empty() {
-                        match run_bare(x, &stage, k) {
-                            Ok(()) => return true,
-                            Err(back) => x = back,
-                        }
+                // SAFETY: the host's context for this call; the operators' descriptions and
+                // signatures (and the seeds' text, the stage's) live across it.
+                let id = unsafe {
+                    (emit.subscribe_sync)(emit.host, op, ops_ptr, sigs_ptr, ops.len(), place)
+                };
+                if id != 0 {
+                    if ops.is_empty() {
+                        drop(x);
+                        Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
                     } else {
-                        let mut inner_cx: *const EmitCx = core::ptr::null();
-                        let (ops, sigs) = (lean.descs(), lean.sigs());
-                        // SAFETY: the host's context for this call; the operators'
-                        // descriptions and signatures (and the seeds' text, the stage's) live
-                        // across it.
-                        let id = unsafe {
-                            (emit.subscribe_sync)(
-                                emit.host,
-                                op,
-                                ops.as_ptr(),
-                                sigs.as_ptr(),
-                                ops.len(),
-                                &mut inner_cx,
-                            )
-                        };
-                        if id != 0 {
-                            self.run_sync_ops::<C, K>(
-                                cx, x, &stage, ops, id, inner_cx, from, to, k,
-                            );
-                            return true;
-                        }
+                        self.run_sync_ops::<C, K>(cx, x, &stage, ops, id, inner_cx, from, to, k);
                     }
+                    return true;
                 }
-                // Refused, or not a line the lean binding records: bound in full (its tracks
-                // registered, its source's label written) and subscribed the long way.
             }
+            // Refused, or not a line the lean binding records: bound in full (its tracks
+            // registered, its source's label written) and subscribed the long way.
         }
         let (env, bound) = Self::bound(cx, stage, marks);
         self.subscribe_bound::<C, K>(cx, x, env, bound, k)
