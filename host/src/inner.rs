@@ -57,15 +57,75 @@ pub(crate) enum Census {
     Ended { pipeline: Arc<str>, id: u64 },
     /// Subscriptions `first..first + count` of `pipeline` each started and ended inside one
     /// call (run by the plugin, `EmitCx::subscribe_sync`) under the higher-order operator
-    /// `op_track`, each registering these calls: one message for a run of them, not two
-    /// each (a `merge_map` over a fast source makes millions).
+    /// `op_track`, each registering these calls (with its own seeds from `seeds`, if there):
+    /// one message for a run of them, not two each (a `merge_map` over a fast source makes
+    /// millions).
     Passed {
         pipeline: Arc<str>,
         op_track: Id,
         calls: Arc<[RegCall]>,
         first: u64,
         count: u64,
+        seeds: Option<SeedLog>,
     },
+}
+
+/// The seeds of each subscription of a run told as one (`Census::Passed`) whose seeds are
+/// not all its calls' (`merge_map(|x| of(..).scan(x, ..))`: a seed per outer value): for
+/// each subscription in order, the text of each of its seeds, in the order of the calls'
+/// tracks that have one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SeedLog {
+    text: Vec<u8>,
+    /// Where each seed's text ends in `text` (it starts where the one before ends).
+    ends: Vec<usize>,
+}
+
+impl SeedLog {
+    /// How many bytes of text a log holds before its run is told and another begins.
+    pub(crate) const CAP: usize = 1 << 16;
+
+    /// Appends one subscription's seeds (of the signatures that have one).
+    ///
+    /// # Safety
+    /// The seeds of `sigs` must be readable for the call.
+    pub(crate) unsafe fn push(&mut self, sigs: &[RSignature]) {
+        for sig in sigs {
+            // SAFETY: forwarded.
+            if let Some(bytes) = unsafe { sig.seed.bytes() } {
+                self.text.extend_from_slice(bytes);
+                self.ends.push(self.text.len());
+            }
+        }
+    }
+
+    /// How many bytes of text it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The next subscription's calls: `calls` with each track's seed, where it has one,
+    /// the log's next (`cursor`: how many of the log's seeds were taken so far).
+    pub(crate) fn calls_of(&self, calls: &[RegCall], cursor: &mut usize) -> Vec<RegCall> {
+        calls
+            .iter()
+            .map(|call| match call {
+                RegCall::Open(kind, key, sig) if sig.seed.is_some() => {
+                    let start = match cursor.checked_sub(1) {
+                        None => 0,
+                        Some(i) => self.ends.get(i).copied().unwrap_or(self.text.len()),
+                    };
+                    let end = self.ends.get(*cursor).copied().unwrap_or(start);
+                    *cursor += 1;
+                    let text = self.text.get(start..end).unwrap_or_default();
+                    let mut sig = sig.clone();
+                    sig.seed = Some(String::from_utf8_lossy(text).into_owned());
+                    RegCall::Open(kind.clone(), key.clone(), sig)
+                }
+                other => other.clone(),
+            })
+            .collect()
+    }
 }
 
 /// What one binding of an inner stream registered: its tracks relative to the subscription
@@ -79,10 +139,10 @@ pub(crate) struct Binding {
     pub(crate) calls: Arc<[RegCall]>,
 }
 
-/// An operator as the plugin described it, but its seed: its kind's address and length, and
-/// for each of its signature's types (input, output, state) its name's address and length,
-/// its size, alignment and hash.
-type OpKey = [usize; 17];
+/// An operator as the plugin described it, but its seed's text: its kind's address and
+/// length, for each of its signature's types (input, output, state) its name's address and
+/// length, its size, alignment and hash, and whether it has a seed.
+type OpKey = [usize; 18];
 
 fn op_key(o: &plugin_api::abi::OpDesc, sig: &RSignature) -> OpKey {
     let (i, out, st) = (&sig.input, &sig.output, &sig.state);
@@ -104,6 +164,7 @@ fn op_key(o: &plugin_api::abi::OpDesc, sig: &RSignature) -> OpKey {
         st.size,
         st.align,
         st.hash as usize,
+        usize::from(sig.seed.is_none()),
     ]
 }
 
@@ -118,13 +179,14 @@ fn same_key(a: &OpKey, b: &OpKey) -> bool {
 /// The next stream that describes the same operators gets that binding again without a
 /// registration: its kinds and type names compared as addresses (a plugin's static text,
 /// which stays where it is for the process's life: libraries are never unloaded, so an equal
-/// address and length is the same text), its seeds by their bytes (a seed's text is the
-/// stream's own, somewhere new each time). The driver drops its memos whenever it takes other
-/// code (`HostCx::set_code`): a binding is handed out only under the code it was registered
-/// for, and nothing of an old version is kept for it.
+/// address and length is the same text), whatever its seeds say (a track's path does not
+/// depend on them; the census takes a subscription's own seeds where they differ from the
+/// binding's, [`SeedLog`]). The driver drops its memos whenever it takes other code
+/// (`HostCx::set_code`): a binding is handed out only under the code it was registered for,
+/// and nothing of an old version is kept for it.
 pub(crate) struct SyncMemo {
     keys: Vec<OpKey>,
-    /// The seeds' bytes, by operator (`None`: no seed).
+    /// The seeds' bytes the binding was registered with, by operator (`None`: no seed).
     seeds: Vec<Option<Box<[u8]>>>,
     pub(crate) binding: Arc<Binding>,
 }
@@ -154,15 +216,8 @@ impl SyncMemo {
         }
     }
 
-    /// Whether `ops` and `sigs` describe the memo's operators.
-    ///
-    /// # Safety
-    /// The seeds of `sigs` must be readable for the call.
-    pub(crate) unsafe fn matches(
-        &self,
-        ops: &[plugin_api::abi::OpDesc],
-        sigs: &[RSignature],
-    ) -> bool {
+    /// Whether `ops` and `sigs` describe the memo's operators, but for their seeds' text.
+    pub(crate) fn matches(&self, ops: &[plugin_api::abi::OpDesc], sigs: &[RSignature]) -> bool {
         self.keys.len() == ops.len()
             && sigs.len() == ops.len()
             && self
@@ -170,6 +225,14 @@ impl SyncMemo {
                 .iter()
                 .zip(ops.iter().zip(sigs))
                 .all(|(k, (o, sig))| same_key(k, &op_key(o, sig)))
+    }
+
+    /// Whether the seeds of `sigs` are the ones the binding was registered with.
+    ///
+    /// # Safety
+    /// The seeds of `sigs` must be readable for the call.
+    pub(crate) unsafe fn same_seeds(&self, sigs: &[RSignature]) -> bool {
+        self.seeds.len() == sigs.len()
             && self.seeds.iter().zip(sigs).all(|(seed, sig)| {
                 // SAFETY: forwarded.
                 seed.as_deref() == unsafe { sig.seed.bytes() }
@@ -799,9 +862,10 @@ mod tests {
         (opened, calls)
     }
 
-    /// A memo of a synchronous stream's operators matches the same descriptions again (a
-    /// seed's text compared by its bytes, wherever it is) and nothing else: another seed, a
-    /// seed where there was none, another kind, another state type, one operator more or less.
+    /// A memo of a synchronous stream's operators matches the same descriptions again,
+    /// whatever their seeds' text (told apart by its bytes, wherever it is), and nothing
+    /// else: a seed where there was none or none where there was one, another kind, another
+    /// state type, one operator more or less.
     #[test]
     fn a_sync_memo_matches_the_same_operators_only() {
         use plugin_api::abi::{OpDesc, StateVTable};
@@ -854,20 +918,22 @@ mod tests {
         // SAFETY: the seeds are `base`'s, alive for the call.
         let memo = unsafe { super::SyncMemo::new(&ops, &sigs, Arc::default()) };
         let other_map: &'static str = Box::leak("map".to_owned().into_boxed_str());
-        let cases: Vec<(&str, Vec<Described>, bool)> = vec![
-            ("the same", base.clone(), true),
+        // Per case: `None` when the memo's binding is not handed out, else whether the seeds are
+        // the binding's own (the census takes them apart when not).
+        let cases: Vec<(&str, Vec<Described>, Option<bool>)> = vec![
+            ("the same", base.clone(), Some(true)),
             (
                 "the same seed elsewhere",
                 vec![
                     ("map", None, false),
                     ("take", Some(String::from("3")), false),
                 ],
-                true,
+                Some(true),
             ),
             (
                 "another seed",
                 vec![("map", None, false), ("take", Some("4".into()), false)],
-                false,
+                Some(false),
             ),
             (
                 "a seed where none was",
@@ -875,24 +941,29 @@ mod tests {
                     ("map", Some("".into()), false),
                     ("take", Some("3".into()), false),
                 ],
-                false,
+                None,
+            ),
+            (
+                "no seed where one was",
+                vec![("map", None, false), ("take", None, false)],
+                None,
             ),
             (
                 "another kind",
                 vec![("filter", None, false), ("take", Some("3".into()), false)],
-                false,
+                None,
             ),
             (
                 "its text at another address",
                 vec![(other_map, None, false), ("take", Some("3".into()), false)],
-                false,
+                None,
             ),
             (
                 "a state",
                 vec![("map", None, true), ("take", Some("3".into()), false)],
-                false,
+                None,
             ),
-            ("one fewer", vec![("map", None, false)], false),
+            ("one fewer", vec![("map", None, false)], None),
             (
                 "one more",
                 vec![
@@ -900,15 +971,82 @@ mod tests {
                     ("take", Some("3".into()), false),
                     ("map", None, false),
                 ],
-                false,
+                None,
             ),
         ];
         for (name, described, want) in cases {
             let (ops, sigs) = describe(&described);
             // SAFETY: the seeds are `described`'s, alive for the call.
-            let got = unsafe { memo.matches(&ops, &sigs) };
+            let got = memo
+                .matches(&ops, &sigs)
+                .then(|| unsafe { memo.same_seeds(&sigs) });
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    /// A run's seed log gives each subscription its own seeds, in the order they were
+    /// logged, on the tracks that have one, and leaves the other calls as they are.
+    #[test]
+    fn a_seed_log_gives_each_subscription_its_own_seeds() {
+        use super::{RegCall, SeedLog};
+        use plugin_api::abi::{RSignature, RStr};
+        use plugin_api::fingerprint;
+        let sig = |seed: Option<&str>| hmr_track::Signature {
+            kind: "scan".into(),
+            seed: seed.map(str::to_owned),
+            ..hmr_track::Signature::default()
+        };
+        let open = |kind: &str, seed| RegCall::Open(kind.into(), None, Box::new(sig(seed)));
+        let calls = vec![
+            open("map", None),
+            RegCall::Close,
+            open("scan", Some("0")),
+            RegCall::Close,
+            open("take", Some("1")),
+            RegCall::Close,
+        ];
+        let subs: [[Option<&str>; 3]; 3] = [
+            [None, Some("7"), Some("1")],
+            [None, Some(""), Some("1")],
+            [None, Some("[1, 2]"), Some("\u{e9}")],
+        ];
+        let mut log = SeedLog::default();
+        for seeds in &subs {
+            let sigs: Vec<RSignature> = seeds
+                .iter()
+                .map(|s| RSignature {
+                    input: fingerprint::NONE,
+                    output: fingerprint::NONE,
+                    state: fingerprint::NONE,
+                    seed: s.map_or(RStr::NONE, RStr::new),
+                })
+                .collect();
+            // SAFETY: the seeds are `subs`' static text.
+            unsafe { log.push(&sigs) };
+        }
+        let mut cursor = 0;
+        for seeds in &subs {
+            let got = log.calls_of(&calls, &mut cursor);
+            let want: Vec<String> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    RegCall::Open(kind, ..) => {
+                        format!("{kind} {:?}", seeds[i / 2])
+                    }
+                    RegCall::Close => "close".into(),
+                })
+                .collect();
+            let got: Vec<String> = got
+                .iter()
+                .map(|c| match c {
+                    RegCall::Open(kind, _, sig) => format!("{kind} {:?}", sig.seed.as_deref()),
+                    RegCall::Close => "close".into(),
+                })
+                .collect();
+            assert_eq!(got, want);
+        }
+        assert_eq!(cursor, 6, "every seed taken once");
     }
 
     /// The paths written without `format!` are the text `format!` wrote.

@@ -164,6 +164,14 @@ impl Reloader {
         &self.recorder
     }
 
+    /// From now on, keeps every event the tracking store applies in its log
+    /// (`recorder().log`), which a running host does not (it would grow with every
+    /// registration and inner subscription): a test's or a debugging session's view of
+    /// what the store was told, a run-time track that came and went included.
+    pub fn keep_store_log(&mut self) {
+        self.recorder.log_disabled = false;
+    }
+
     /// The running pipelines.
     pub fn runtime(&mut self) -> &mut Runtime {
         &mut self.runtime
@@ -549,13 +557,22 @@ impl Reloader {
                     calls,
                     first,
                     count,
+                    seeds,
                 } => {
                     // Each entered and removed, as a subscription that started and ended.
                     if self.recorder.state.track(op_track).is_none() {
                         continue;
                     }
+                    let mut cursor = 0;
                     for id in first..first.saturating_add(count) {
-                        let sub = self.enter_started(&pipeline, id, op_track, &calls);
+                        let sub = match &seeds {
+                            // With its own seeds.
+                            Some(log) => {
+                                let own = log.calls_of(&calls, &mut cursor);
+                                self.enter_started(&pipeline, id, op_track, &own)
+                            }
+                            None => self.enter_started(&pipeline, id, op_track, &calls),
+                        };
                         self.leave(&pipeline, id, sub);
                     }
                 }

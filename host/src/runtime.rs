@@ -1280,6 +1280,9 @@ struct PassedRun {
     calls: Arc<[crate::inner::RegCall]>,
     first: u64,
     count: u64,
+    /// Each subscription's seeds, from the first whose seeds were not `calls`' on (a run
+    /// with a log logs every subscription's).
+    seeds: Option<crate::inner::SeedLog>,
 }
 
 /// No registration call (an inner stream without tracks of its own), shared.
@@ -1877,6 +1880,7 @@ impl HostCx {
                 calls: run.calls,
                 first: run.first,
                 count: run.count,
+                seeds: run.seeds,
             });
         }
     }
@@ -1923,7 +1927,7 @@ impl HostCx {
         // where they are kept anew (an atomic add or subtract each, four a subscription
         // before).
         let mut memos = self.sync_memos.borrow_mut();
-        let binding = if ops.is_empty() {
+        let memo = if ops.is_empty() {
             None
         } else {
             let linear = ops.iter().enumerate().all(|(i, o)| o.track == i as u64 + 1);
@@ -1939,10 +1943,7 @@ impl HostCx {
                 memos.resize_with(op as usize + 1, || None);
             }
             let memo = &mut memos[op as usize];
-            let repeats = memo.as_ref().is_some_and(|m| {
-                // SAFETY: the caller's obligation.
-                unsafe { m.matches(ops, sigs) }
-            });
+            let repeats = memo.as_ref().is_some_and(|m| m.matches(ops, sigs));
             if !repeats {
                 // Registered here, as the plugin's track calls would have been: one track per
                 // operator, directly under the subscription.
@@ -1956,27 +1957,46 @@ impl HostCx {
                 // SAFETY: the caller's obligation.
                 *memo = Some(unsafe { crate::inner::SyncMemo::new(ops, sigs, binding) });
             }
-            memo.as_ref().map(|m| &m.binding)
+            memo.as_ref()
         };
         let id = self.inner_id();
         self.next_inner.set(id + 1);
         if self.census.is_some() {
-            let calls = binding.map_or(&*NO_CALLS, |b| &b.calls);
+            let calls = memo.map_or(&*NO_CALLS, |m| &m.binding.calls);
+            // Whether this subscription's seeds are its binding's (a binding is handed out
+            // whatever its operators' seeds: see `SyncMemo`).
+            // SAFETY: the caller's obligation.
+            let own_seeds = || memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) });
             let mut passed = self.passed.borrow_mut();
             match &mut *passed {
                 Some(run)
                     if run.op_track == op_track
                         && run.first + run.count == id
-                        && Arc::ptr_eq(&run.calls, calls) =>
+                        && Arc::ptr_eq(&run.calls, calls)
+                        && run.seeds.as_ref().map_or_else(
+                            || !own_seeds(),
+                            |log| log.bytes() < crate::inner::SeedLog::CAP,
+                        ) =>
                 {
                     run.count += 1;
+                    if let Some(log) = &mut run.seeds {
+                        // SAFETY: the caller's obligation.
+                        unsafe { log.push(sigs) };
+                    }
                 }
                 _ => {
+                    let seeds = own_seeds().then(|| {
+                        let mut log = crate::inner::SeedLog::default();
+                        // SAFETY: the caller's obligation.
+                        unsafe { log.push(sigs) };
+                        log
+                    });
                     let earlier = passed.replace(PassedRun {
                         op_track,
                         calls: calls.clone(),
                         first: id,
                         count: 1,
+                        seeds,
                     });
                     drop(passed);
                     self.tell_passed(earlier);
@@ -1985,7 +2005,7 @@ impl HostCx {
                 }
             }
         }
-        if let Some(binding) = binding {
+        if let Some(binding) = memo.map(|m| &m.binding) {
             let mut ctxs = self.sync_ctxs.borrow_mut();
             if ctxs.len() == depth {
                 ctxs.push(self.fresh_ctx());

@@ -590,7 +590,56 @@ pub(crate) struct Meta {
     input: RFingerprint,
     output: RFingerprint,
     state: Option<StateFns>,
-    seed: Option<String>,
+    seed: Seed,
+}
+
+/// An operator's seed arguments as its track's signature shows them (DESIGN.md,
+/// "Signature"): written out when the operator is bound, not when it is built. An inner
+/// stream is built for every outer value and most are bound the lean way, where the text
+/// goes on the stack ([`LeanOps`]): formatted into a `String` at construction, a `scan(x, ..)`
+/// seed cost a sixth of such a subscription (BENCHMARKS.md, 14).
+pub(crate) enum Seed {
+    /// No seed arguments.
+    None,
+    /// Written when the operator was built (a subject's name, a fan-in's other stream).
+    Text(String),
+    /// A count or a duration: its decimal digits.
+    Count(u64),
+    /// The operator's seed value, in its Debug form: the stage hands it to the binder
+    /// ([`Binder::op_seeded`]).
+    Value,
+}
+
+impl Seed {
+    /// Writes the seed's text to `out` (`value`: the stage's seed value, for
+    /// [`Seed::Value`]); false, writing nothing, when there is none.
+    fn write(&self, value: Option<&dyn fmt::Debug>, out: &mut impl fmt::Write) -> bool {
+        match (self, value) {
+            (Seed::None, _) => false,
+            (Seed::Text(t), _) => out.write_str(t).is_ok(),
+            (Seed::Count(n), _) => {
+                let mut digits = [0u8; 20];
+                let mut at = digits.len();
+                let mut n = *n;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                // ASCII digits only.
+                out.write_str(core::str::from_utf8(&digits[at..]).unwrap_or_default())
+                    .is_ok()
+            }
+            (Seed::Value, Some(v)) => write!(out, "{v:?}").is_ok(),
+            (Seed::Value, None) => {
+                debug_assert!(false, "a seed value the stage did not hand to the binder");
+                false
+            }
+        }
+    }
 }
 
 // SAFETY: the fingerprints' names are `'static` strings in this library's image (type
@@ -607,11 +656,11 @@ pub struct At {
 }
 
 impl At {
-    /// An operator of `kind` from `In` to `Out`, with optional state and seed text.
+    /// An operator of `kind` from `In` to `Out`, with optional state and seed arguments.
     pub(crate) fn new<In: 'static, Out: 'static>(
         kind: &'static str,
         state: Option<StateFns>,
-        seed: Option<String>,
+        seed: Seed,
     ) -> At {
         At {
             op: NO_OP,
@@ -823,13 +872,21 @@ impl<'h> Binder<'h> {
         unsafe { (self.host.track_call_return)(self.host.ctx, track) }
     }
 
-    fn signature(meta: &Meta) -> RSignature {
+    /// The signature of operator `meta`, its seed's text (if any, `value` the stage's seed
+    /// value) written to `text` first: the signature's seed is a view of `text`, or of the
+    /// seed's own text when it has one.
+    fn signature(meta: &Meta, value: Option<&dyn fmt::Debug>, text: &mut String) -> RSignature {
         let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
+        let seed = match &meta.seed {
+            Seed::Text(t) => RStr::new(t),
+            other if other.write(value, text) => RStr::new(text),
+            _ => RStr::NONE,
+        };
         RSignature {
             input: meta.input,
             output: meta.output,
             state,
-            seed: meta.seed.as_deref().map_or(RStr::NONE, RStr::new),
+            seed,
         }
     }
 
@@ -904,12 +961,22 @@ impl<'h> Binder<'h> {
 
     /// Registers one operator: opens and closes its track and gives it the next slot.
     pub fn op(&mut self, at: &mut At) {
+        self.op_with(at, None);
+    }
+
+    /// [`Binder::op`] for an operator whose signature shows its seed value ([`Seed::Value`]).
+    pub(crate) fn op_seeded(&mut self, at: &mut At, seed: &dyn fmt::Debug) {
+        self.op_with(at, Some(seed));
+    }
+
+    fn op_with(&mut self, at: &mut At, seed: Option<&dyn fmt::Debug>) {
         if let Some(lean) = self.lean.as_deref_mut() {
-            lean.op(at);
+            lean.op(at, seed);
             return;
         }
         self.advance();
-        let signature = Self::signature(&at.meta);
+        let mut text = String::new();
+        let signature = Self::signature(&at.meta, seed, &mut text);
         let track = self.track_call(at.meta.kind, None, &signature);
         self.track_return(track);
         at.op = self.push_op(track, &at.meta);
@@ -935,7 +1002,8 @@ impl<'h> Binder<'h> {
             return;
         }
         self.advance();
-        let signature = Self::signature(&at.meta);
+        let mut text = String::new();
+        let signature = Self::signature(&at.meta, None, &mut text);
         let track = self.track_call(at.meta.kind, None, &signature);
         at.op = self.push_op(track, &at.meta);
         self.owners.push(track);
@@ -1273,7 +1341,7 @@ pub trait Pipe: Sized {
     {
         self.then(Map {
             f,
-            at: At::new::<Out<Self>, U>("map", None, None),
+            at: At::new::<Out<Self>, U>("map", None, Seed::None),
             _t: PhantomData,
         })
     }
@@ -1285,7 +1353,7 @@ pub trait Pipe: Sized {
     {
         self.then(Filter {
             f,
-            at: At::new::<Out<Self>, Out<Self>>("filter", None, None),
+            at: At::new::<Out<Self>, Out<Self>>("filter", None, Seed::None),
             _t: PhantomData,
         })
     }
@@ -1297,7 +1365,7 @@ pub trait Pipe: Sized {
     {
         self.then(Tap {
             f,
-            at: At::new::<Out<Self>, Out<Self>>("tap", None, None),
+            at: At::new::<Out<Self>, Out<Self>>("tap", None, Seed::None),
             _t: PhantomData,
         })
     }
@@ -1313,11 +1381,10 @@ pub trait Pipe: Sized {
         A: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(A, Out<Self>) -> A + Send + Sync + 'static,
     {
-        let text = format!("{seed:?}");
         self.then(Scan {
             seed,
             f,
-            at: At::new::<Out<Self>, A>("scan", Some(state_fns::<A>()), Some(text)),
+            at: At::new::<Out<Self>, A>("scan", Some(state_fns::<A>()), Seed::Value),
             _t: PhantomData,
         })
     }
@@ -1335,11 +1402,10 @@ pub trait Pipe: Sized {
         U: fmt::Debug + 'static,
         F: Fn(&mut A, Out<Self>) -> U + Send + Sync + 'static,
     {
-        let text = format!("{seed:?}");
         self.then(ScanMap {
             seed,
             f,
-            at: At::new::<Out<Self>, U>("scan_map", Some(state_fns::<A>()), Some(text)),
+            at: At::new::<Out<Self>, U>("scan_map", Some(state_fns::<A>()), Seed::Value),
             _t: PhantomData,
         })
     }
@@ -1357,11 +1423,10 @@ pub trait Pipe: Sized {
         A: Shape + Clone + fmt::Debug + Send + Sync,
         F: Fn(A, Out<Self>) -> A + Send + Sync + 'static,
     {
-        let text = format!("{seed:?}");
         self.then(Reduce {
             seed,
             f,
-            at: At::new::<Out<Self>, A>("reduce", Some(state_fns::<A>()), Some(text)),
+            at: At::new::<Out<Self>, A>("reduce", Some(state_fns::<A>()), Seed::Value),
             _t: PhantomData,
         })
     }
@@ -1370,11 +1435,7 @@ pub trait Pipe: Sized {
     fn take(self, n: u64) -> Next<Self, Take<Out<Self>>> {
         self.then(Take {
             n,
-            at: At::new::<Out<Self>, Out<Self>>(
-                "take",
-                Some(state_fns::<u64>()),
-                Some(format!("{n}")),
-            ),
+            at: At::new::<Out<Self>, Out<Self>>("take", Some(state_fns::<u64>()), Seed::Count(n)),
             _t: PhantomData,
         })
     }
@@ -1385,7 +1446,7 @@ pub trait Pipe: Sized {
         Out<Self>: fmt::Debug,
     {
         self.then(Log {
-            at: At::new::<Out<Self>, Out<Self>>("log", None, None),
+            at: At::new::<Out<Self>, Out<Self>>("log", None, Seed::None),
             _t: PhantomData,
         })
     }
@@ -1399,7 +1460,7 @@ pub trait Pipe: Sized {
     {
         self.then(Publish {
             subject: name.to_owned(),
-            at: At::new::<Out<Self>, Out<Self>>("publish", None, Some(format!("{name:?}"))),
+            at: At::new::<Out<Self>, Out<Self>>("publish", None, Seed::Text(format!("{name:?}"))),
             _t: PhantomData,
         })
     }
@@ -1605,12 +1666,17 @@ pub(crate) const LEAN_OPS: usize = 8;
 /// ([`crate::abi::EmitCx::subscribe_sync`]), instead of a track call and return per
 /// operator through the general [`Binder`] (scope marks, spines, sources, scratch vectors:
 /// more than half of such a subscription's instructions, BENCHMARKS.md, 14). On the stack,
-/// nothing allocated.
+/// nothing allocated (but seeds' text past [`LEAN_TEXT`] bytes).
 pub(crate) struct LeanOps {
     /// The stage's state seeding entry (every description's `init`).
     init: crate::abi::InitFn,
     descs: [core::mem::MaybeUninit<OpDesc>; LEAN_OPS],
+    /// Their seeds are pointed at [`LeanOps::text`] only by [`LeanOps::parts`] (the text may
+    /// move to the heap, and the whole may move, until then).
     sigs: [core::mem::MaybeUninit<RSignature>; LEAN_OPS],
+    /// By operator: where its seed's text is in `text` (start and end), if it has one.
+    seeds: [Option<(u32, u32)>; LEAN_OPS],
+    text: LeanText,
     /// How many of each are written.
     len: usize,
     sources: u32,
@@ -1619,20 +1685,68 @@ pub(crate) struct LeanOps {
     refused: bool,
 }
 
+/// How many bytes of seeds' text a lean binding keeps on the stack.
+const LEAN_TEXT: usize = 96;
+
+/// The seeds' text of a lean binding: on the stack, moved to the heap when it outgrows it.
+struct LeanText {
+    inline: [u8; LEAN_TEXT],
+    len: usize,
+    heap: Option<String>,
+}
+
+impl LeanText {
+    fn as_str(&self) -> &str {
+        match &self.heap {
+            Some(h) => h,
+            // Only `str`s are written (`write_str`), whole.
+            None => core::str::from_utf8(&self.inline[..self.len]).unwrap_or_default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.heap.as_ref().map_or(self.len, String::len)
+    }
+}
+
+impl fmt::Write for LeanText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(h) = &mut self.heap {
+            h.push_str(s);
+        } else if let Some(room) = self.inline.get_mut(self.len..self.len + s.len()) {
+            room.copy_from_slice(s.as_bytes());
+            self.len += s.len();
+        } else {
+            let mut h = String::with_capacity(2 * (self.len + s.len()));
+            h.push_str(core::str::from_utf8(&self.inline[..self.len]).unwrap_or_default());
+            h.push_str(s);
+            self.heap = Some(h);
+        }
+        Ok(())
+    }
+}
+
 impl LeanOps {
     pub(crate) fn new<S: Stage>() -> LeanOps {
         LeanOps {
             init: init_entry::<S>,
             descs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
             sigs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
+            seeds: [None; LEAN_OPS],
+            text: LeanText {
+                inline: [0; LEAN_TEXT],
+                len: 0,
+                heap: None,
+            },
             len: 0,
             sources: 0,
             refused: false,
         }
     }
 
-    /// Records operator `at` as the next one (its number in the stream is its position).
-    fn op(&mut self, at: &mut At) {
+    /// Records operator `at` as the next one (its number in the stream is its position);
+    /// `seed`: its seed value, for [`Seed::Value`].
+    fn op(&mut self, at: &mut At, seed: Option<&dyn fmt::Debug>) {
         if self.len == LEAN_OPS {
             self.refused = true;
             return;
@@ -1640,22 +1754,40 @@ impl LeanOps {
         let meta = &at.meta;
         self.descs[self.len]
             .write(OpInfo::new(self.len as u64 + 1, meta).desc_seeded_by(self.init));
-        // The seed's text is the stage's (`Meta::seed`): it outlives the host's call.
-        self.sigs[self.len].write(Binder::signature(meta));
+        let start = self.text.len();
+        let seeded = meta.seed.write(seed, &mut self.text);
+        self.seeds[self.len] = seeded.then(|| (start as u32, self.text.len() as u32));
+        let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
+        self.sigs[self.len].write(RSignature {
+            input: meta.input,
+            output: meta.output,
+            state,
+            // Pointed at the text by `parts`.
+            seed: RStr::NONE,
+        });
         at.op = self.len as u32;
         self.len += 1;
     }
 
-    /// The operators' descriptions, in order.
-    pub(crate) fn descs(&self) -> &[OpDesc] {
-        // SAFETY: the first `len` are written (`op`), and `MaybeUninit<T>` has `T`'s layout.
-        unsafe { core::slice::from_raw_parts(self.descs.as_ptr().cast::<OpDesc>(), self.len) }
-    }
-
-    /// Their tracks' signatures, in order.
-    pub(crate) fn sigs(&self) -> &[RSignature] {
-        // SAFETY: as in `descs`.
-        unsafe { core::slice::from_raw_parts(self.sigs.as_ptr().cast::<RSignature>(), self.len) }
+    /// The operators' descriptions and their tracks' signatures, in order, the signatures'
+    /// seeds pointing at the text this holds (valid while it is borrowed).
+    pub(crate) fn parts(&mut self) -> (&[OpDesc], &[RSignature]) {
+        let text = self.text.as_str();
+        for (sig, seed) in self.sigs[..self.len].iter_mut().zip(&self.seeds) {
+            if let Some((start, end)) = *seed {
+                // SAFETY: the first `len` are written (`op`).
+                unsafe { sig.assume_init_mut() }.seed =
+                    RStr::new(text.get(start as usize..end as usize).unwrap_or_default());
+            }
+        }
+        // SAFETY: the first `len` of each are written (`op`), and `MaybeUninit<T>` has `T`'s
+        // layout.
+        unsafe {
+            (
+                core::slice::from_raw_parts(self.descs.as_ptr().cast::<OpDesc>(), self.len),
+                core::slice::from_raw_parts(self.sigs.as_ptr().cast::<RSignature>(), self.len),
+            )
+        }
     }
 }
 
@@ -1955,7 +2087,7 @@ pub struct Scan<A, F, T> {
 
 impl<A, F, T> Op<T> for Scan<A, F, T>
 where
-    A: Clone + Send + Sync + 'static,
+    A: Clone + fmt::Debug + Send + Sync + 'static,
     F: Fn(A, T) -> A + Send + Sync + 'static,
     T: 'static,
 {
@@ -1965,7 +2097,7 @@ where
         self.at.op
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        b.op(&mut self.at);
+        b.op_seeded(&mut self.at, &self.seed);
     }
     #[inline(always)]
     fn push<C: Tally, K: Observer<A>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
@@ -2010,7 +2142,7 @@ pub struct ScanMap<A, F, T, U> {
 
 impl<A, F, T, U> Op<T> for ScanMap<A, F, T, U>
 where
-    A: Clone + Send + Sync + 'static,
+    A: Clone + fmt::Debug + Send + Sync + 'static,
     F: Fn(&mut A, T) -> U + Send + Sync + 'static,
     T: 'static,
     U: 'static,
@@ -2021,7 +2153,7 @@ where
         self.at.op
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        b.op(&mut self.at);
+        b.op_seeded(&mut self.at, &self.seed);
     }
     #[inline(always)]
     fn push<C: Tally, K: Observer<U>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
@@ -2058,7 +2190,7 @@ pub struct Reduce<A, F, T> {
 
 impl<A, F, T> Op<T> for Reduce<A, F, T>
 where
-    A: Clone + Send + Sync + 'static,
+    A: Clone + fmt::Debug + Send + Sync + 'static,
     F: Fn(A, T) -> A + Send + Sync + 'static,
     T: 'static,
 {
@@ -2068,7 +2200,7 @@ where
         self.at.op
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        b.op(&mut self.at);
+        b.op_seeded(&mut self.at, &self.seed);
     }
     #[inline(always)]
     fn push<C: Tally, K: Observer<A>>(&self, cx: &Cx<'_>, x: T, _k: &mut K) -> Flow {

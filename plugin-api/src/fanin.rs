@@ -18,8 +18,8 @@ use core::marker::PhantomData;
 use std::collections::VecDeque;
 
 use crate::dsl::{
-    At, Binder, Counting, Cx, Flow, Mark, Observer, Out, Pipe, Stage, StateFns, Stream, Tally,
-    state_fns, state_fns_uncloned,
+    At, Binder, Counting, Cx, Flow, Mark, Observer, Out, Pipe, Seed, Stage, StateFns, Stream,
+    Tally, state_fns, state_fns_uncloned,
 };
 use crate::shape::Shape;
 
@@ -304,7 +304,7 @@ fn join<P: Pipe, S2: Stage, J: Join<Out<P>, S2::Out>>(
     j: J,
 ) -> P::With<FanIn<P::S, S2, J>> {
     let text = other.body.stage.label();
-    let at = At::new::<S2::Out, J::Out>(J::kind(), Some(J::state_fns()), Some(text));
+    let at = At::new::<S2::Out, J::Out>(J::kind(), Some(J::state_fns()), Seed::Text(text));
     this.map_body(|body| {
         body.join(other.body, |a, b, marks| FanIn {
             a,

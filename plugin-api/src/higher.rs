@@ -36,9 +36,9 @@ use std::collections::VecDeque;
 
 use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, RStr, inner_answer, inner_kind};
 use crate::dsl::{
-    At, Binder, Cx, Env, Flow, LEAN_OPS, LeanOps, NO_OP, Next, Observer, Op, Out, Pipe, Stage,
-    Stream, Tally, bind_inner, bind_lean, contain_panic, contained, debug_state, drop_env_entry,
-    drop_state, rethrow_contained, state_fns_uncloned,
+    At, Binder, Cx, Env, Flow, LEAN_OPS, LeanOps, NO_OP, Next, Observer, Op, Out, Pipe, Seed,
+    Stage, Stream, Tally, bind_inner, bind_lean, contain_panic, contained, debug_state,
+    drop_env_entry, drop_state, rethrow_contained, state_fns_uncloned,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -399,7 +399,7 @@ where
             let mut lean = LeanOps::new::<S2>();
             // SAFETY: the host passes a registration API valid for the call.
             if bare || bind_lean(&mut stage, unsafe { &*emit.api }, &mut lean) {
-                let (ops, sigs) = (lean.descs(), lean.sigs());
+                let (ops, sigs) = lean.parts();
                 // A stream with no operator (bare, or whose operators bound none of their
                 // own) runs on the outer chain's context, with no context of its own.
                 // Null pointers for a bare source, as the host's contract says.
@@ -871,7 +871,7 @@ where
     Out<P>: Shape + Clone + fmt::Debug + Send + Sync,
 {
     let state = state_fns_uncloned::<HoState<Out<P>>>();
-    let at = At::new::<Out<P>, S2::Out>(M::KIND, Some(state), None);
+    let at = At::new::<Out<P>, S2::Out>(M::KIND, Some(state), Seed::None);
     this.then(HigherOrder {
         f,
         at,

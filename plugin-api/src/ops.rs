@@ -23,7 +23,7 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 
 use crate::dsl::{
-    At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Tally, state_fns, state_fns_uncloned,
+    At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Seed, Tally, state_fns, state_fns_uncloned,
 };
 use crate::shape::Shape;
 
@@ -365,14 +365,14 @@ pub struct StartWith<T> {
     at: At,
 }
 
-impl<T: Clone + Send + Sync + 'static> Op<T> for StartWith<T> {
+impl<T: Clone + fmt::Debug + Send + Sync + 'static> Op<T> for StartWith<T> {
     type Out = T;
     const SYNC: bool = true;
     fn index(&self) -> u32 {
         self.at.op
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        b.op(&mut self.at);
+        b.op_seeded(&mut self.at, &self.v);
     }
     #[inline(always)]
     fn push<C: Tally, K: Observer<T>>(&self, _cx: &Cx<'_>, x: T, k: &mut K) -> Flow {
@@ -577,7 +577,7 @@ pub trait Operators: Pipe {
         Out<Self>: Shape + PartialEq + Clone + fmt::Debug + Send,
     {
         let state = state_fns::<Option<Out<Self>>>();
-        let at = At::new::<Out<Self>, Out<Self>>("distinct_until_changed", Some(state), None);
+        let at = At::new::<Out<Self>, Out<Self>>("distinct_until_changed", Some(state), Seed::None);
         self.then(DistinctUntilChanged {
             at,
             _t: PhantomData,
@@ -591,7 +591,7 @@ pub trait Operators: Pipe {
         Out<Self>: Shape + Eq + Hash + Clone + fmt::Debug + Send,
     {
         let state = state_fns::<HashSet<Out<Self>>>();
-        let at = At::new::<Out<Self>, Out<Self>>("distinct", Some(state), None);
+        let at = At::new::<Out<Self>, Out<Self>>("distinct", Some(state), Seed::None);
         self.then(Distinct {
             at,
             _t: PhantomData,
@@ -601,8 +601,7 @@ pub trait Operators: Pipe {
     /// Drops the first `n` values and passes the rest. State: the number dropped (`u64`);
     /// its signature's seed is `n`, so a reload that changes `n` starts counting again.
     fn skip(self, n: u64) -> Next<Self, Skip<Out<Self>>> {
-        let seed = format!("{n}");
-        let at = At::new::<Out<Self>, Out<Self>>("skip", Some(state_fns::<u64>()), Some(seed));
+        let at = At::new::<Out<Self>, Out<Self>>("skip", Some(state_fns::<u64>()), Seed::Count(n));
         self.then(Skip {
             n,
             at,
@@ -617,7 +616,7 @@ pub trait Operators: Pipe {
         F: Fn(&Out<Self>) -> bool + Send + Sync + 'static,
     {
         let state = state_fns::<bool>();
-        let at = At::new::<Out<Self>, Out<Self>>("skip_while", Some(state), None);
+        let at = At::new::<Out<Self>, Out<Self>>("skip_while", Some(state), Seed::None);
         self.then(SkipWhile {
             f,
             at,
@@ -633,7 +632,7 @@ pub trait Operators: Pipe {
         F: Fn(&Out<Self>) -> bool + Send + Sync + 'static,
     {
         let state = state_fns::<bool>();
-        let at = At::new::<Out<Self>, Out<Self>>("take_while", Some(state), None);
+        let at = At::new::<Out<Self>, Out<Self>>("take_while", Some(state), Seed::None);
         self.then(TakeWhile {
             f,
             at,
@@ -646,7 +645,7 @@ pub trait Operators: Pipe {
     /// `EmptyError`, which a pipeline has no channel for (use `default_if_empty` before it to
     /// get a value either way). State: whether it passed its value (`bool`).
     fn first(self) -> Next<Self, First<Out<Self>>> {
-        let at = At::new::<Out<Self>, Out<Self>>("first", Some(state_fns::<bool>()), None);
+        let at = At::new::<Out<Self>, Out<Self>>("first", Some(state_fns::<bool>()), Seed::None);
         self.then(First {
             at,
             _t: PhantomData,
@@ -661,9 +660,8 @@ pub trait Operators: Pipe {
     where
         Out<Self>: Shape + fmt::Debug + Send,
     {
-        let seed = format!("{n}");
         let state = state_fns_uncloned::<VecDeque<Out<Self>>>();
-        let at = At::new::<Out<Self>, Out<Self>>("take_last", Some(state), Some(seed));
+        let at = At::new::<Out<Self>, Out<Self>>("take_last", Some(state), Seed::Count(n));
         self.then(TakeLast {
             n,
             at,
@@ -679,7 +677,7 @@ pub trait Operators: Pipe {
         Out<Self>: Shape + fmt::Debug + Send,
     {
         let state = state_fns_uncloned::<Option<Out<Self>>>();
-        let at = At::new::<Out<Self>, Out<Self>>("last", Some(state), None);
+        let at = At::new::<Out<Self>, Out<Self>>("last", Some(state), Seed::None);
         self.then(Last {
             at,
             _t: PhantomData,
@@ -693,7 +691,7 @@ pub trait Operators: Pipe {
         Out<Self>: Shape + Clone + fmt::Debug + Send,
     {
         let state = state_fns::<Option<Out<Self>>>();
-        let at = At::new::<Out<Self>, (Out<Self>, Out<Self>)>("pairwise", Some(state), None);
+        let at = At::new::<Out<Self>, (Out<Self>, Out<Self>)>("pairwise", Some(state), Seed::None);
         self.then(Pairwise {
             at,
             _t: PhantomData,
@@ -711,8 +709,7 @@ pub trait Operators: Pipe {
     where
         Out<Self>: Clone + fmt::Debug + Send + Sync,
     {
-        let seed = format!("{v:?}");
-        let at = At::new::<Out<Self>, Out<Self>>("start_with", None, Some(seed));
+        let at = At::new::<Out<Self>, Out<Self>>("start_with", None, Seed::Value);
         self.then(StartWith { v, at })
     }
 
@@ -724,9 +721,8 @@ pub trait Operators: Pipe {
     where
         Out<Self>: Shape + fmt::Debug + Send,
     {
-        let seed = format!("{n}");
         let state = state_fns_uncloned::<Vec<Out<Self>>>();
-        let at = At::new::<Out<Self>, Vec<Out<Self>>>("buffer_count", Some(state), Some(seed));
+        let at = At::new::<Out<Self>, Vec<Out<Self>>>("buffer_count", Some(state), Seed::Count(n));
         self.then(BufferCount {
             n,
             at,
@@ -740,7 +736,7 @@ pub trait Operators: Pipe {
     where
         F: Fn(Out<Self>) -> Option<U> + Send + Sync + 'static,
     {
-        let at = At::new::<Out<Self>, U>("filter_map", None, None);
+        let at = At::new::<Out<Self>, U>("filter_map", None, Seed::None);
         self.then(FilterMap {
             f,
             at,
@@ -751,7 +747,7 @@ pub trait Operators: Pipe {
     /// Emits the number of values seen (`u64`) when the pipeline completes; 0 if there were
     /// none. State: the count (`u64`).
     fn count(self) -> Next<Self, Count<Out<Self>>> {
-        let at = At::new::<Out<Self>, u64>("count", Some(state_fns::<u64>()), None);
+        let at = At::new::<Out<Self>, u64>("count", Some(state_fns::<u64>()), Seed::None);
         self.then(Count {
             at,
             _t: PhantomData,
@@ -769,7 +765,7 @@ pub trait Operators: Pipe {
         Out<Self>: Clone + Send + Sync,
     {
         let state = state_fns::<bool>();
-        let at = At::new::<Out<Self>, Out<Self>>("default_if_empty", Some(state), None);
+        let at = At::new::<Out<Self>, Out<Self>>("default_if_empty", Some(state), Seed::None);
         self.then(DefaultIfEmpty { v, at })
     }
 
@@ -785,7 +781,7 @@ pub trait Operators: Pipe {
         I::Item: fmt::Debug + 'static,
         F: Fn(Out<Self>) -> I + Send + Sync + 'static,
     {
-        let at = At::new::<Out<Self>, I::Item>("flat_map", None, None);
+        let at = At::new::<Out<Self>, I::Item>("flat_map", None, Seed::None);
         self.then(FlatMap {
             f,
             at,

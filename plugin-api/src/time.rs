@@ -26,7 +26,9 @@ use core::fmt;
 use core::marker::PhantomData;
 use std::collections::VecDeque;
 
-use crate::dsl::{At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Tally, state_fns_uncloned};
+use crate::dsl::{
+    At, Binder, Cx, Flow, Next, Observer, Op, Out, Pipe, Seed, Tally, state_fns_uncloned,
+};
 use crate::shape::Shape;
 
 /// No deadline (no timer outstanding, nothing scheduled).
@@ -332,7 +334,7 @@ pub trait TimeOperators: Pipe {
         Out<Self>: Shape + fmt::Debug + Send,
     {
         let state = state_fns_uncloned::<DebounceState<Out<Self>>>();
-        let at = At::new::<Out<Self>, Out<Self>>("debounce_ms", Some(state), Some(ms.to_string()));
+        let at = At::new::<Out<Self>, Out<Self>>("debounce_ms", Some(state), Seed::Count(ms));
         self.then(Debounce {
             period: nanos(ms),
             at,
@@ -345,7 +347,7 @@ pub trait TimeOperators: Pipe {
     /// `ThrottleEdge::leading()`). State: the end of the current window.
     fn throttle_ms(self, ms: u64) -> Next<Self, Throttle<Out<Self>>> {
         let state = state_fns_uncloned::<(u64, bool)>();
-        let at = At::new::<Out<Self>, Out<Self>>("throttle_ms", Some(state), Some(ms.to_string()));
+        let at = At::new::<Out<Self>, Out<Self>>("throttle_ms", Some(state), Seed::Count(ms));
         self.then(Throttle {
             period: nanos(ms),
             at,
@@ -360,7 +362,7 @@ pub trait TimeOperators: Pipe {
         Out<Self>: Shape + fmt::Debug + Send,
     {
         let state = state_fns_uncloned::<DelayState<Out<Self>>>();
-        let at = At::new::<Out<Self>, Out<Self>>("delay_ms", Some(state), Some(ms.to_string()));
+        let at = At::new::<Out<Self>, Out<Self>>("delay_ms", Some(state), Seed::Count(ms));
         self.then(Delay {
             period: nanos(ms),
             at,
@@ -377,11 +379,8 @@ pub trait TimeOperators: Pipe {
         Out<Self>: Shape + fmt::Debug + Send,
     {
         let state = state_fns_uncloned::<BufferTimeState<Out<Self>>>();
-        let at = At::new::<Out<Self>, Vec<Out<Self>>>(
-            "buffer_time_ms",
-            Some(state),
-            Some(ms.to_string()),
-        );
+        let at =
+            At::new::<Out<Self>, Vec<Out<Self>>>("buffer_time_ms", Some(state), Seed::Count(ms));
         self.then(BufferTime {
             period: nanos(ms),
             at,

@@ -523,6 +523,87 @@ fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow
     Ok(())
 }
 
+/// Inner streams run inside their calls whose seeds differ from one outer value to the next
+/// (`scan(x * 1000, ..)`, and a `scan_map` whose seed's text outgrows the plugin's stack
+/// buffer, beside a `take(1)` whose seed does not change) share one binding, but the
+/// tracking store hears each subscription with its own seeds: every track entered shows its
+/// outer value's seeds, in order, across more subscriptions than one census message logs.
+#[test]
+fn each_synchronous_inner_stream_reaches_the_store_with_its_own_seeds() -> anyhow::Result<()> {
+    use hmr_track::Event;
+    use host::reloader::Outcome;
+    const N: u64 = 15_000;
+    let fixture = Fixture::new(
+        "higher_sync_seeds",
+        &plugin(&format!(
+            r#"    p.pipeline("seeds", range(0, {N}))
+        .merge_map(|x: u64| {{
+            of(vec![x])
+                .scan(x * 1000, |a: u64, v: u64| a + v)
+                .scan_map(format!("{{x:0>100}}"), |s: &mut String, v: u64| v + s.len() as u64)
+                .take(1)
+        }})
+        .reduce(0u64, |a: u64, v: u64| a.wrapping_add(v))
+        .log();"#
+        )),
+    );
+    let config = fixture.build_config(false)?;
+    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
+    reloader.keep_store_log();
+    let keep = host::testkit::TempDir::new("higher-sync-seeds");
+    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
+    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    let done = integration_tests::next_matching(
+        &rx,
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Emission { pipeline, .. } if pipeline == "seeds"),
+    )?;
+    // Each inner stream emits x * 1000 + x + 100 once.
+    let want_sum: u64 = (0..N).map(|x| x * 1001 + 100).sum();
+    match done {
+        HostEvent::Emission { value: v, .. } => assert_eq!(value(&v), want_sum as i64),
+        other => panic!("{other:?}"),
+    }
+    integration_tests::next_matching(
+        &rx,
+        EMISSION_TIMEOUT,
+        |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "seeds"),
+    )?;
+    reloader.idle();
+    let mut seeds: std::collections::BTreeMap<&str, Vec<Option<String>>> = Default::default();
+    for event in &reloader.recorder().log {
+        if let Event::TrackCall {
+            kind, signature, ..
+        } = event
+            && ["scan", "scan_map", "take"].contains(&kind.as_str())
+        {
+            seeds
+                .entry(kind.as_str())
+                .or_default()
+                .push(signature.seed.clone());
+        }
+    }
+    let want =
+        |f: &dyn Fn(u64) -> String| -> Vec<Option<String>> { (0..N).map(|x| Some(f(x))).collect() };
+    for (kind, want) in [
+        ("scan", want(&|x| (x * 1000).to_string())),
+        ("scan_map", want(&|x| format!("{:?}", format!("{x:0>100}")))),
+        ("take", want(&|_| "1".to_owned())),
+    ] {
+        let got = seeds.get(kind).cloned().unwrap_or_default();
+        assert_eq!(got.len(), want.len(), "{kind} tracks entered");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+            panic!(
+                "subscription {} entered its {kind} with seed {:?}, want {:?}",
+                i + 1,
+                got[i],
+                want[i]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A pipeline restarted by a reload (its source changed) numbers its inner subscriptions
 /// after its old thread's, which may still be ending them: two subscriptions of one pipeline
 /// never share a path, so the old one's end cannot take the new one out of the tracking
