@@ -610,30 +610,81 @@ pub(crate) enum Seed {
     Value,
 }
 
+/// A seed value as the stage hands it to the binder ([`Binder::op_seeded`]).
+#[derive(Clone, Copy)]
+pub(crate) enum SeedValue<'a> {
+    /// An integer, written without `core::fmt` (its `Debug` text: the sign and the digits).
+    Int { negative: bool, magnitude: u64 },
+    /// Any other value, written with its `Debug`.
+    Debug(&'a dyn fmt::Debug),
+}
+
+impl<'a> SeedValue<'a> {
+    /// `v`, an integer of up to 64 bits told apart by its type (a `scan(x, ..)` seed is
+    /// written for every outer value: through `core::fmt`, a `u64`'s text was a seventh of
+    /// such a subscription, BENCHMARKS.md, 14).
+    pub(crate) fn of<A: fmt::Debug + 'static>(v: &'a A) -> SeedValue<'a> {
+        let any: &dyn core::any::Any = v;
+        macro_rules! unsigned {
+            ($($t:ty),*) => {$(
+                if let Some(n) = any.downcast_ref::<$t>() {
+                    return SeedValue::Int { negative: false, magnitude: *n as u64 };
+                }
+            )*};
+        }
+        macro_rules! signed {
+            ($($t:ty),*) => {$(
+                if let Some(n) = any.downcast_ref::<$t>() {
+                    return SeedValue::Int {
+                        negative: *n < 0,
+                        magnitude: n.unsigned_abs() as u64,
+                    };
+                }
+            )*};
+        }
+        unsigned!(u64, u32, u16, u8, usize);
+        signed!(i64, i32, i16, i8, isize);
+        SeedValue::Debug(v)
+    }
+}
+
+/// Writes an integer's decimal text (as its `Debug` and `Display` write it).
+fn write_int(out: &mut impl fmt::Write, negative: bool, mut n: u64) -> fmt::Result {
+    let mut digits = [0u8; 21];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    // SAFETY: ASCII digits and a minus sign only (checking them took twice as long as
+    // writing them).
+    out.write_str(unsafe { core::str::from_utf8_unchecked(&digits[at..]) })
+}
+
 impl Seed {
     /// Writes the seed's text to `out` (`value`: the stage's seed value, for
     /// [`Seed::Value`]); false, writing nothing, when there is none.
-    fn write(&self, value: Option<&dyn fmt::Debug>, out: &mut impl fmt::Write) -> bool {
+    fn write(&self, value: Option<SeedValue<'_>>, out: &mut impl fmt::Write) -> bool {
         match (self, value) {
             (Seed::None, _) => false,
             (Seed::Text(t), _) => out.write_str(t).is_ok(),
-            (Seed::Count(n), _) => {
-                let mut digits = [0u8; 20];
-                let mut at = digits.len();
-                let mut n = *n;
-                loop {
-                    at -= 1;
-                    digits[at] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                // ASCII digits only.
-                out.write_str(core::str::from_utf8(&digits[at..]).unwrap_or_default())
-                    .is_ok()
-            }
-            (Seed::Value, Some(v)) => write!(out, "{v:?}").is_ok(),
+            (Seed::Count(n), _) => write_int(out, false, *n).is_ok(),
+            (
+                Seed::Value,
+                Some(SeedValue::Int {
+                    negative,
+                    magnitude,
+                }),
+            ) => write_int(out, negative, magnitude).is_ok(),
+            (Seed::Value, Some(SeedValue::Debug(v))) => write!(out, "{v:?}").is_ok(),
             (Seed::Value, None) => {
                 debug_assert!(false, "a seed value the stage did not hand to the binder");
                 false
@@ -875,7 +926,7 @@ impl<'h> Binder<'h> {
     /// The signature of operator `meta`, its seed's text (if any, `value` the stage's seed
     /// value) written to `text` first: the signature's seed is a view of `text`, or of the
     /// seed's own text when it has one.
-    fn signature(meta: &Meta, value: Option<&dyn fmt::Debug>, text: &mut String) -> RSignature {
+    fn signature(meta: &Meta, value: Option<SeedValue<'_>>, text: &mut String) -> RSignature {
         let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
         let seed = match &meta.seed {
             Seed::Text(t) => RStr::new(t),
@@ -965,11 +1016,11 @@ impl<'h> Binder<'h> {
     }
 
     /// [`Binder::op`] for an operator whose signature shows its seed value ([`Seed::Value`]).
-    pub(crate) fn op_seeded(&mut self, at: &mut At, seed: &dyn fmt::Debug) {
-        self.op_with(at, Some(seed));
+    pub(crate) fn op_seeded<A: fmt::Debug + 'static>(&mut self, at: &mut At, seed: &A) {
+        self.op_with(at, Some(SeedValue::of(seed)));
     }
 
-    fn op_with(&mut self, at: &mut At, seed: Option<&dyn fmt::Debug>) {
+    fn op_with(&mut self, at: &mut At, seed: Option<SeedValue<'_>>) {
         if let Some(lean) = self.lean.as_deref_mut() {
             lean.op(at, seed);
             return;
@@ -1696,12 +1747,17 @@ struct LeanText {
 }
 
 impl LeanText {
-    fn as_str(&self) -> &str {
+    /// The text written, as bytes (only `str`s are written, whole: it is UTF-8).
+    fn bytes(&self) -> &[u8] {
         match &self.heap {
-            Some(h) => h,
-            // Only `str`s are written (`write_str`), whole.
-            None => core::str::from_utf8(&self.inline[..self.len]).unwrap_or_default(),
+            Some(h) => h.as_bytes(),
+            None => &self.inline[..self.len],
         }
+    }
+
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(self.bytes()).expect("only strs are written")
     }
 
     fn len(&self) -> usize {
@@ -1718,6 +1774,7 @@ impl fmt::Write for LeanText {
             self.len += s.len();
         } else {
             let mut h = String::with_capacity(2 * (self.len + s.len()));
+            // Only `str`s were written, whole.
             h.push_str(core::str::from_utf8(&self.inline[..self.len]).unwrap_or_default());
             h.push_str(s);
             self.heap = Some(h);
@@ -1746,7 +1803,7 @@ impl LeanOps {
 
     /// Records operator `at` as the next one (its number in the stream is its position);
     /// `seed`: its seed value, for [`Seed::Value`].
-    fn op(&mut self, at: &mut At, seed: Option<&dyn fmt::Debug>) {
+    fn op(&mut self, at: &mut At, seed: Option<SeedValue<'_>>) {
         if self.len == LEAN_OPS {
             self.refused = true;
             return;
@@ -1772,12 +1829,16 @@ impl LeanOps {
     /// The operators' descriptions and their tracks' signatures, in order, the signatures'
     /// seeds pointing at the text this holds (valid while it is borrowed).
     pub(crate) fn parts(&mut self) -> (&[OpDesc], &[RSignature]) {
-        let text = self.text.as_str();
+        let text = self.text.bytes();
         for (sig, seed) in self.sigs[..self.len].iter_mut().zip(&self.seeds) {
             if let Some((start, end)) = *seed {
+                // A whole seed's text, UTF-8 (written as a `str`).
+                let seed = text.get(start as usize..end as usize).unwrap_or_default();
                 // SAFETY: the first `len` are written (`op`).
-                unsafe { sig.assume_init_mut() }.seed =
-                    RStr::new(text.get(start as usize..end as usize).unwrap_or_default());
+                unsafe { sig.assume_init_mut() }.seed = RStr {
+                    ptr: seed.as_ptr(),
+                    len: seed.len(),
+                };
             }
         }
         // SAFETY: the first `len` of each are written (`op`), and `MaybeUninit<T>` has `T`'s
@@ -3005,6 +3066,71 @@ pub unsafe fn run_register(host: *const HostApi, f: fn(&mut Plugin<'_>)) -> bool
 #[cfg(test)]
 mod tests {
     use super::SyncPorts;
+
+    /// A seed value's text is its `Debug` text, for the integers written without `core::fmt`
+    /// (each type's extremes, zero, and values of each length) and for any other value;
+    /// and a lean binding's text reads back whole, on the stack or spilled to the heap.
+    #[test]
+    fn a_seed_is_written_as_its_debug_text() {
+        use super::{LEAN_TEXT, LeanText, Seed, SeedValue};
+        use core::fmt::{Debug, Write};
+        fn check<A: Debug + 'static>(v: A) {
+            let mut got = String::new();
+            assert!(Seed::Value.write(Some(SeedValue::of(&v)), &mut got));
+            assert_eq!(got, format!("{v:?}"), "{}", core::any::type_name::<A>());
+        }
+        for n in [0u64, 1, 9, 10, 99, 12_345, u64::MAX / 10, u64::MAX] {
+            check(n);
+            check(n as usize);
+            check(n as u32);
+            check(n as u16);
+            check(n as u8);
+            let mut got = String::new();
+            assert!(Seed::Count(n).write(None, &mut got));
+            assert_eq!(got, n.to_string());
+        }
+        for n in [0i64, -1, 1, -10, 99, -12_345, i64::MIN, i64::MAX] {
+            check(n);
+            check(n as isize);
+            check(n as i32);
+            check(n as i16);
+            check(n as i8);
+        }
+        check(i32::MIN);
+        check(i16::MIN);
+        check(i8::MIN);
+        check(u128::MAX);
+        check("a \"seed\"".to_owned());
+        check((1u8, -2i64, [3.5f64]));
+        check(Some(vec!['x']));
+        let mut none = String::new();
+        assert!(!Seed::None.write(Some(SeedValue::of(&1u64)), &mut none) && none.is_empty());
+        // The lean binding's buffer: up to its size on the stack, then all of it on the heap.
+        for pieces in [
+            vec!["ab"; 3],
+            vec!["x"; LEAN_TEXT],
+            vec!["é"; LEAN_TEXT],
+            vec!["0123456789"; 30],
+        ] {
+            let mut text = LeanText {
+                inline: [0; LEAN_TEXT],
+                len: 0,
+                heap: None,
+            };
+            for p in &pieces {
+                text.write_str(p).unwrap();
+            }
+            let want = pieces.concat();
+            assert_eq!(text.as_str(), want);
+            assert_eq!(text.len(), want.len());
+            assert_eq!(
+                text.heap.is_some(),
+                want.len() > LEAN_TEXT,
+                "{} bytes",
+                want.len()
+            );
+        }
+    }
 
     #[test]
     fn sync_ports_hold_what_was_pushed_in_order() {

@@ -169,15 +169,34 @@ impl<V, K: Observer<V>> Observer<V> for SyncObs<'_, K> {
 }
 
 /// The states of an inner stream run inside its outer value's call, in one block of this
-/// side's memory: seeded by the stage's operators, dropped with their own glue.
+/// side's memory (the caller's [`StateRoom`] when they fit, else the heap): seeded by the
+/// stage's operators, dropped with their own glue.
 struct SyncStates<'a> {
     ops: &'a [crate::abi::OpDesc],
     block: *mut u8,
-    layout: std::alloc::Layout,
-    /// By operator: where its state is (an offset into `block` until seeded).
+    /// The block's layout, if it was allocated (not the room).
+    heap: Option<std::alloc::Layout>,
+    /// By operator: where its state is.
     ptrs: [*mut u8; LEAN_OPS],
     /// How many are seeded (dropped at the end).
     seeded: usize,
+    /// The room `block` may be, borrowed for as long.
+    _room: core::marker::PhantomData<&'a mut StateRoom>,
+}
+
+/// How many bytes of states an inner stream run inside its call keeps on the stack.
+const STATE_ROOM: usize = 64;
+
+/// Room on the caller's stack for the states of an inner stream run inside its call, when
+/// they fit (an allocation and its free were a tenth of a `scan(x, ..)` subscription's
+/// instructions, BENCHMARKS.md, 14).
+#[repr(C, align(16))]
+struct StateRoom([core::mem::MaybeUninit<u8>; STATE_ROOM]);
+
+impl StateRoom {
+    fn new() -> StateRoom {
+        StateRoom([const { core::mem::MaybeUninit::uninit() }; STATE_ROOM])
+    }
 }
 
 /// Whether operator `op` keeps no state (its state is not seeded, nor dropped: it has none).
@@ -187,8 +206,8 @@ fn stateless(op: &crate::abi::OpDesc) -> bool {
 
 impl<'a> SyncStates<'a> {
     /// The states of `ops`, as a lean binding records them (at most [`LEAN_OPS`]: the
-    /// operators' numbers index `ptrs`).
-    fn new(ops: &'a [crate::abi::OpDesc]) -> SyncStates<'a> {
+    /// operators' numbers index `ptrs`), in `room` when they fit.
+    fn new(ops: &'a [crate::abi::OpDesc], room: &'a mut StateRoom) -> SyncStates<'a> {
         let n = ops.len();
         assert!(n <= LEAN_OPS, "{n} operators in a lean binding");
         let mut ptrs = [core::ptr::null_mut(); LEAN_OPS];
@@ -203,16 +222,18 @@ impl<'a> SyncStates<'a> {
         }
         let layout = std::alloc::Layout::from_size_align(size, align)
             .expect("state layouts the compiler gave");
-        let block = if size == 0 {
+        let (block, heap) = if size == 0 {
             // Every state is zero-sized: any aligned, non-null address will do.
-            align as *mut u8
+            (align as *mut u8, None)
+        } else if size <= STATE_ROOM && align <= core::mem::align_of::<StateRoom>() {
+            (room.0.as_mut_ptr().cast::<u8>(), None)
         } else {
             // SAFETY: a non-zero size.
             let b = unsafe { std::alloc::alloc(layout) };
             if b.is_null() {
                 std::alloc::handle_alloc_error(layout);
             }
-            b
+            (b, Some(layout))
         };
         for p in &mut ptrs[..n] {
             // In bounds of the block (or of nothing, for a zero-sized state at its end).
@@ -221,9 +242,10 @@ impl<'a> SyncStates<'a> {
         SyncStates {
             ops,
             block,
-            layout,
+            heap,
             ptrs,
             seeded: 0,
+            _room: core::marker::PhantomData,
         }
     }
 
@@ -278,9 +300,9 @@ impl SyncStates<'_> {
 impl Drop for SyncStates<'_> {
     fn drop(&mut self) {
         self.drop_seeded();
-        if self.layout.size() != 0 {
+        if let Some(layout) = self.heap {
             // SAFETY: allocated in `new` with this layout.
-            unsafe { std::alloc::dealloc(self.block, self.layout) };
+            unsafe { std::alloc::dealloc(self.block, layout) };
         }
     }
 }
@@ -500,11 +522,12 @@ where
         to: u64,
         k: &mut K,
     ) {
+        let mut room = StateRoom::new();
         let mut end = SyncEnd {
             emit: cx.emit(),
             op: self.at.op,
             id,
-            states: SyncStates::new(ops),
+            states: SyncStates::new(ops, &mut room),
         };
         // The outer value goes now that the end is guaranteed (its drop is user code).
         drop(x);

@@ -704,3 +704,123 @@ fn a_refused_synchronous_stream_is_subscribed_with_its_label() {
         assert_eq!(run.subscribed_labels(), labels, "refused: {refuse}");
     }
 }
+
+/// The states of an inner stream run inside its outer value's call live on the stack when
+/// they fit, else on the heap: states of every size and alignment (none, 8 bytes, a `u128`,
+/// a `Vec` with drop glue, 128 bytes, several of them at once) give the values a plain loop
+/// gives, each stream from its own seed, run inside the call.
+#[test]
+fn synchronous_inner_states_of_any_size_start_from_their_own_seeds() {
+    type Build = fn(&mut Plugin<'_>);
+    type Want = fn(u64) -> Vec<u64>;
+    // Each projection of `i`: `of([i, i + 1])` through states seeded from `i`; the want is
+    // what each emits, as a plain loop computes it.
+    let cases: Vec<(&str, Build, Want)> = vec![
+        (
+            "u64",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| of(vec![i, i + 1]).scan(i * 10, |a: u64, x: u64| a + x))
+                    .log();
+            },
+            |i| vec![i * 10 + i, i * 10 + i + i + 1],
+        ),
+        (
+            "two u64s",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| {
+                        of(vec![i, i + 1])
+                            .scan(i * 10, |a: u64, x: u64| a + x)
+                            .scan(i * 1000, |a: u64, x: u64| a + x)
+                    })
+                    .log();
+            },
+            |i| vec![i * 1000 + i * 11, i * 1000 + i * 11 + i * 11 + i + 1],
+        ),
+        (
+            "u128",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| {
+                        of(vec![i, i + 1])
+                            .scan(u128::from(i) << 64, |a: u128, x: u64| a + u128::from(x))
+                            .map(|a: u128| (a >> 64) as u64 * 1000 + a as u64)
+                    })
+                    .log();
+            },
+            |i| vec![i * 1000 + i, i * 1000 + i + i + 1],
+        ),
+        (
+            "a Vec",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| {
+                        of(vec![i, i + 1])
+                            .scan(vec![i; 3], |mut v: Vec<u64>, x: u64| {
+                                v.push(x);
+                                v
+                            })
+                            .map(|v: Vec<u64>| v.iter().sum::<u64>() * 10 + v.len() as u64)
+                    })
+                    .log();
+            },
+            |i| vec![(4 * i) * 10 + 4, (4 * i + i + 1) * 10 + 5],
+        ),
+        (
+            "128 bytes",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| {
+                        of(vec![i, i + 1])
+                            .scan([i; 16], |mut a: [u64; 16], x: u64| {
+                                a[15] += x;
+                                a
+                            })
+                            .map(|a: [u64; 16]| a[0] * 1000 + a[15])
+                    })
+                    .log();
+            },
+            |i| vec![i * 1000 + i + i, i * 1000 + i + i + i + 1],
+        ),
+        (
+            "several",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| {
+                        of(vec![i, i + 1])
+                            .skip(0)
+                            .scan([i; 5], |mut a: [u64; 5], x: u64| {
+                                a[4] += x;
+                                a
+                            })
+                            .scan(vec![i], |mut v: Vec<u64>, a: [u64; 5]| {
+                                v.push(a[4]);
+                                v
+                            })
+                            .scan(0u8, |n: u8, v: Vec<u64>| n + v.len() as u8)
+                            .map(move |n: u8| i * 100 + u64::from(n))
+                    })
+                    .log();
+            },
+            |i| vec![i * 100 + 2, i * 100 + 5],
+        ),
+    ];
+    for (name, build, want) in cases {
+        let run = only_pipeline(register(build));
+        assert_eq!(run.start(), status::CONTINUE);
+        let outer = [1u64, 7, 1 << 20];
+        for x in outer {
+            assert_eq!(run.push_one_port(0, x), status::CONTINUE, "{name}");
+            run.reap();
+        }
+        let want: Vec<String> = outer
+            .iter()
+            .flat_map(|&i| want(i))
+            .map(|v| v.to_string())
+            .collect();
+        assert_eq!(run.logs(), want, "{name}");
+        assert_eq!(run.synced_inners(), (3, 0), "{name}: run inside the calls");
+        assert_eq!(run.errors(), vec![], "{name}");
+    }
+}
