@@ -82,7 +82,8 @@ pub(crate) struct SeedLog {
 }
 
 impl SeedLog {
-    /// How many bytes of text a log holds before its run is told and another begins.
+    /// How many bytes a log holds (its text and its ends) before its run is told and
+    /// another begins.
     pub(crate) const CAP: usize = 1 << 16;
 
     /// Appends one subscription's seeds (of the signatures that have one).
@@ -99,9 +100,10 @@ impl SeedLog {
         }
     }
 
-    /// How many bytes of text it holds.
-    pub(crate) fn bytes(&self) -> usize {
-        self.text.len()
+    /// How many bytes it holds: its text and where each seed ends (a run of empty seeds is
+    /// capped too).
+    pub(crate) fn size(&self) -> usize {
+        self.text.len() + self.ends.len() * std::mem::size_of::<usize>()
     }
 
     /// The next subscription's calls: `calls` with each track's seed, where it has one,

@@ -1280,8 +1280,8 @@ struct PassedRun {
     calls: Arc<[crate::inner::RegCall]>,
     first: u64,
     count: u64,
-    /// Each subscription's seeds, from the first whose seeds were not `calls`' on (a run
-    /// with a log logs every subscription's).
+    /// Each subscription's seeds, when its first subscription's were not `calls`' (a run
+    /// with a log logs every subscription's; one without has `calls`' seeds throughout).
     seeds: Option<crate::inner::SeedLog>,
 }
 
@@ -1897,7 +1897,8 @@ impl HostCx {
     /// (none for a bare source), run by the plugin on its own states. Their tracks are
     /// registered here (or the operator's last binding is handed out again, `SyncMemo`). It
     /// takes the next number, and the census hears that it started (with its binding's
-    /// calls) and ended, as for one subscribed and ended in the call; nothing is held but a
+    /// calls, and its own seeds where they differ from the binding's: `SeedLog`) and ended,
+    /// as for one subscribed and ended in the call; nothing is held but a
     /// callback context for its operators (`*cx`), one per level of nesting, reused. 0,
     /// nothing registered (the plugin binds the stream in full and subscribes it the long
     /// way), while re-projecting, with the inspector on (counts are per subscription), for an
@@ -1963,45 +1964,50 @@ impl HostCx {
         self.next_inner.set(id + 1);
         if self.census.is_some() {
             let calls = memo.map_or(&*NO_CALLS, |m| &m.binding.calls);
-            // Whether this subscription's seeds are its binding's (a binding is handed out
-            // whatever its operators' seeds: see `SyncMemo`).
-            // SAFETY: the caller's obligation.
-            let own_seeds = || memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) });
             let mut passed = self.passed.borrow_mut();
-            match &mut *passed {
-                Some(run)
-                    if run.op_track == op_track
-                        && run.first + run.count == id
-                        && Arc::ptr_eq(&run.calls, calls)
-                        && run.seeds.as_ref().map_or_else(
-                            || !own_seeds(),
-                            |log| log.bytes() < crate::inner::SeedLog::CAP,
-                        ) =>
-                {
+            let same_run = passed.as_ref().is_some_and(|run| {
+                run.op_track == op_track
+                    && run.first + run.count == id
+                    && Arc::ptr_eq(&run.calls, calls)
+            });
+            let log = passed
+                .as_mut()
+                .filter(|_| same_run)
+                .and_then(|run| run.seeds.as_mut())
+                .filter(|log| log.size() < crate::inner::SeedLog::CAP);
+            if let Some(log) = log {
+                // A run that logs seeds logs every subscription's.
+                // SAFETY: the caller's obligation.
+                unsafe { log.push(sigs) };
+                if let Some(run) = passed.as_mut() {
                     run.count += 1;
-                    if let Some(log) = &mut run.seeds {
-                        // SAFETY: the caller's obligation.
-                        unsafe { log.push(sigs) };
-                    }
                 }
-                _ => {
-                    let seeds = own_seeds().then(|| {
-                        let mut log = crate::inner::SeedLog::default();
-                        // SAFETY: the caller's obligation.
-                        unsafe { log.push(sigs) };
-                        log
-                    });
-                    let earlier = passed.replace(PassedRun {
-                        op_track,
-                        calls: calls.clone(),
-                        first: id,
-                        count: 1,
-                        seeds,
-                    });
-                    drop(passed);
-                    self.tell_passed(earlier);
-                    // Told after the call, when the thread reaps.
-                    self.shared.set_flag(flags::INNER_WORK);
+            } else {
+                // Whether this subscription's seeds are not its binding's (a binding is handed
+                // out whatever its operators' seeds: see `SyncMemo`).
+                // SAFETY: the caller's obligation.
+                let own = memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) });
+                match &mut *passed {
+                    Some(run) if same_run && run.seeds.is_none() && !own => run.count += 1,
+                    _ => {
+                        let seeds = own.then(|| {
+                            let mut log = crate::inner::SeedLog::default();
+                            // SAFETY: the caller's obligation.
+                            unsafe { log.push(sigs) };
+                            log
+                        });
+                        let earlier = passed.replace(PassedRun {
+                            op_track,
+                            calls: calls.clone(),
+                            first: id,
+                            count: 1,
+                            seeds,
+                        });
+                        drop(passed);
+                        self.tell_passed(earlier);
+                        // Told after the call, when the thread reaps.
+                        self.shared.set_flag(flags::INNER_WORK);
+                    }
                 }
             }
         }

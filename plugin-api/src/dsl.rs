@@ -610,6 +610,11 @@ pub(crate) enum Seed {
     Value,
 }
 
+/// Written into a seed's text when its value's `Debug` returned an error.
+const SEED_DEBUG_FAILED: &str = "<its Debug failed>";
+/// Written into a seed's text when its value's `Debug` panicked.
+const SEED_DEBUG_PANICKED: &str = "<its Debug panicked>";
+
 /// A seed value as the stage hands it to the binder ([`Binder::op_seeded`]).
 #[derive(Clone, Copy)]
 pub(crate) enum SeedValue<'a> {
@@ -684,7 +689,17 @@ impl Seed {
                     magnitude,
                 }),
             ) => write_int(out, negative, magnitude).is_ok(),
-            (Seed::Value, Some(SeedValue::Debug(v))) => write!(out, "{v:?}").is_ok(),
+            (Seed::Value, Some(SeedValue::Debug(v))) => {
+                // The value's `Debug` is user code, run while the stream is bound: a panic in
+                // it or an error from it must not leave a binding half made, nor make a seed
+                // none (which would change the operator's signature), so either is written
+                // into the text (after what it wrote), as any other seed.
+                match contained(catch_unwind(AssertUnwindSafe(|| write!(out, "{v:?}")))) {
+                    Some(Ok(())) => true,
+                    Some(Err(_)) => out.write_str(SEED_DEBUG_FAILED).is_ok(),
+                    None => out.write_str(SEED_DEBUG_PANICKED).is_ok(),
+                }
+            }
             (Seed::Value, None) => {
                 debug_assert!(false, "a seed value the stage did not hand to the binder");
                 false
@@ -3105,6 +3120,26 @@ mod tests {
         check(Some(vec!['x']));
         let mut none = String::new();
         assert!(!Seed::None.write(Some(SeedValue::of(&1u64)), &mut none) && none.is_empty());
+        // A `Debug` that fails or panics still gives a seed, its text saying so.
+        struct Fails;
+        impl Debug for Fails {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("ab")?;
+                Err(core::fmt::Error)
+            }
+        }
+        struct Panics;
+        impl Debug for Panics {
+            fn fmt(&self, _: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                panic!("no text for this seed")
+            }
+        }
+        let mut failed = String::new();
+        assert!(Seed::Value.write(Some(SeedValue::of(&Fails)), &mut failed));
+        assert_eq!(failed, format!("ab{}", super::SEED_DEBUG_FAILED));
+        let mut panicked = String::new();
+        assert!(Seed::Value.write(Some(SeedValue::of(&Panics)), &mut panicked));
+        assert_eq!(panicked, super::SEED_DEBUG_PANICKED);
         // The lean binding's buffer: up to its size on the stack, then all of it on the heap.
         for pieces in [
             vec!["ab"; 3],

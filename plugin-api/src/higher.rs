@@ -432,7 +432,8 @@ where
                     (ops.as_ptr(), sigs.as_ptr(), &raw mut inner_cx)
                 };
                 // SAFETY: the host's context for this call; the operators' descriptions and
-                // signatures (and the seeds' text, the stage's) live across it.
+                // signatures (and the seeds' text, `lean`'s, borrowed by `ops` and `sigs`)
+                // live across it.
                 let id = unsafe {
                     (emit.subscribe_sync)(emit.host, op, ops_ptr, sigs_ptr, ops.len(), place)
                 };

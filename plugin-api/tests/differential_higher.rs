@@ -739,6 +739,31 @@ fn synchronous_inner_states_of_any_size_start_from_their_own_seeds() {
             |i| vec![i * 1000 + i * 11, i * 1000 + i * 11 + i * 11 + i + 1],
         ),
         (
+            "a u8, a u128 and a u64",
+            |p| {
+                p.pipeline("p", range(0, 0))
+                    .merge_map(|i: u64| {
+                        of(vec![i, i + 1])
+                            .scan(i as u8, |a: u8, x: u64| a.wrapping_add(x as u8))
+                            .scan(u128::from(i) << 64, |a: u128, x: u8| a + u128::from(x))
+                            .scan(i, |a: u64, x: u128| a + (x >> 64) as u64 + x as u64)
+                    })
+                    .log();
+            },
+            |i| {
+                let (a1, a2) = (
+                    (i as u8).wrapping_add(i as u8),
+                    (i as u8).wrapping_add(i as u8).wrapping_add((i + 1) as u8),
+                );
+                let (b1, b2) = (
+                    u128::from(i) << 64 | u128::from(a1),
+                    (u128::from(i) << 64) + u128::from(a1) + u128::from(a2),
+                );
+                let c1 = i + (b1 >> 64) as u64 + b1 as u64;
+                vec![c1, c1 + (b2 >> 64) as u64 + b2 as u64]
+            },
+        ),
+        (
             "u128",
             |p| {
                 p.pipeline("p", range(0, 0))
