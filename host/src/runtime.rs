@@ -1888,8 +1888,13 @@ impl HostCx {
     /// Tells the census the run under way, if any (see `HostCx::passed`).
     fn flush_passed(&self) {
         // Never borrowed across a call out (plugin code, a send): a conflict is a defect.
-        let run = self.passed.borrow_mut().take();
-        self.tell_passed(run);
+        let mut passed = self.passed.borrow_mut();
+        // Once a pass, mostly with nothing to tell (no tracking store): not moved then.
+        if passed.is_some() {
+            let run = passed.take();
+            drop(passed);
+            self.tell_passed(run);
+        }
     }
 
     /// `subscribe_sync` from a pipeline's higher-order operator `op`: an inner stream that

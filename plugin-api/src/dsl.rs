@@ -1725,6 +1725,8 @@ impl SyncPorts {
 
 /// How many operators a lean binding records (more: the stream is bound in full).
 pub(crate) const LEAN_OPS: usize = 8;
+// `LeanOps::seeded` has a bit per operator.
+const _: () = assert!(LEAN_OPS <= u8::BITS as usize);
 
 /// The operators of an inner stream that runs inside its outer value's call, recorded by a
 /// lean binding ([`bind_lean`]): each one's description and its track's signature, for the
@@ -1740,9 +1742,12 @@ pub(crate) struct LeanOps {
     /// Their seeds are pointed at [`LeanOps::text`] only by [`LeanOps::parts`] (the text may
     /// move to the heap, and the whole may move, until then).
     sigs: [core::mem::MaybeUninit<RSignature>; LEAN_OPS],
-    /// By operator: where its seed's text is in `text` (start and end), if it has one.
-    seeds: [Option<(u32, u32)>; LEAN_OPS],
-    text: LeanText,
+    /// By operator: where its seed's text is in `text` (start and end), written for those
+    /// whose bit is set in `seeded`.
+    seed_at: [core::mem::MaybeUninit<(u32, u32)>; LEAN_OPS],
+    seeded: u8,
+    /// Made at the first seed (most inner streams have none: nothing to set up for them).
+    text: Option<LeanText>,
     /// How many of each are written.
     len: usize,
     sources: u32,
@@ -1762,6 +1767,14 @@ struct LeanText {
 }
 
 impl LeanText {
+    fn new() -> LeanText {
+        LeanText {
+            inline: [0; LEAN_TEXT],
+            len: 0,
+            heap: None,
+        }
+    }
+
     /// The text written, as bytes (only `str`s are written, whole: it is UTF-8).
     fn bytes(&self) -> &[u8] {
         match &self.heap {
@@ -1804,12 +1817,9 @@ impl LeanOps {
             init: init_entry::<S>,
             descs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
             sigs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
-            seeds: [None; LEAN_OPS],
-            text: LeanText {
-                inline: [0; LEAN_TEXT],
-                len: 0,
-                heap: None,
-            },
+            seed_at: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
+            seeded: 0,
+            text: None,
             len: 0,
             sources: 0,
             refused: false,
@@ -1826,9 +1836,14 @@ impl LeanOps {
         let meta = &at.meta;
         self.descs[self.len]
             .write(OpInfo::new(self.len as u64 + 1, meta).desc_seeded_by(self.init));
-        let start = self.text.len();
-        let seeded = meta.seed.write(seed, &mut self.text);
-        self.seeds[self.len] = seeded.then(|| (start as u32, self.text.len() as u32));
+        if !matches!(meta.seed, Seed::None) {
+            let text = self.text.get_or_insert_with(LeanText::new);
+            let start = text.len();
+            if meta.seed.write(seed, text) {
+                self.seed_at[self.len].write((start as u32, text.len() as u32));
+                self.seeded |= 1 << self.len;
+            }
+        }
         let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
         self.sigs[self.len].write(RSignature {
             input: meta.input,
@@ -1844,9 +1859,20 @@ impl LeanOps {
     /// The operators' descriptions and their tracks' signatures, in order, the signatures'
     /// seeds pointing at the text this holds (valid while it is borrowed).
     pub(crate) fn parts(&mut self) -> (&[OpDesc], &[RSignature]) {
-        let text = self.text.bytes();
-        for (sig, seed) in self.sigs[..self.len].iter_mut().zip(&self.seeds) {
-            if let Some((start, end)) = *seed {
+        if self.seeded != 0
+            && let Some(text) = &self.text
+        {
+            let text = text.bytes();
+            for (i, (sig, at)) in self.sigs[..self.len]
+                .iter_mut()
+                .zip(&self.seed_at)
+                .enumerate()
+            {
+                if self.seeded & (1 << i) == 0 {
+                    continue;
+                }
+                // SAFETY: written for each operator whose bit is set (`op`).
+                let (start, end) = unsafe { at.assume_init() };
                 // A whole seed's text, UTF-8 (written as a `str`).
                 let seed = text.get(start as usize..end as usize).unwrap_or_default();
                 // SAFETY: the first `len` are written (`op`).
@@ -3147,11 +3173,7 @@ mod tests {
             vec!["é"; LEAN_TEXT],
             vec!["0123456789"; 30],
         ] {
-            let mut text = LeanText {
-                inline: [0; LEAN_TEXT],
-                len: 0,
-                heap: None,
-            };
+            let mut text = LeanText::new();
             for p in &pieces {
                 text.write_str(p).unwrap();
             }
