@@ -90,6 +90,9 @@ pub struct Reloader {
     /// The tracking store's subscription of each live inner subscription (pipeline, number)
     /// it was told of (`Runtime::take_census`).
     inner_subs: BTreeMap<(Arc<str>, u64), Id>,
+    /// How many inner subscriptions that started and ended inside one call the census told
+    /// of (`Census::Passed`), entered into the store or not (see `enter_census`).
+    passed_inner: u64,
     builds: Vec<(Instant, Instant)>,
     timings: Timings,
     /// A hash of the bytes of the library running now (see [`Outcome::Unchanged`]).
@@ -128,6 +131,7 @@ impl Reloader {
             current: None,
             subscriptions: BTreeMap::new(),
             inner_subs: BTreeMap::new(),
+            passed_inner: 0,
             builds: Vec::new(),
             timings: Timings::default(),
             running_library: None,
@@ -162,6 +166,13 @@ impl Reloader {
     /// The tracking store (read only).
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    /// How many inner subscriptions that started and ended inside their outer value's call
+    /// the tracking store was told of so far (entered into it only while its log is kept:
+    /// [`Reloader::keep_store_log`]).
+    pub fn passed_inner_subscriptions(&self) -> u64 {
+        self.passed_inner
     }
 
     /// From now on, keeps every event the tracking store applies in its log
@@ -559,7 +570,16 @@ impl Reloader {
                     count,
                     seeds,
                 } => {
-                    // Each entered and removed, as a subscription that started and ended.
+                    self.passed_inner = self.passed_inner.saturating_add(count);
+                    // Each entered and removed, as a subscription that started and ended:
+                    // which leaves the store as it was, so it is done only where the events
+                    // are seen (the store's log kept, `keep_store_log`; the inspector on
+                    // makes no such run: it counts per subscription). Otherwise a fast outer
+                    // source's millions of them (about a microsecond each in a release build,
+                    // ten in a debug one) would keep the dev loop from the next reload.
+                    if self.recorder.log_disabled && self.runtime.tallies().is_none() {
+                        continue;
+                    }
                     if self.recorder.state.track(op_track).is_none() {
                         continue;
                     }

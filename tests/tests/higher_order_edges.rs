@@ -330,8 +330,9 @@ fn an_inner_reader_refuses_a_value_of_another_type_at_its_own_path() -> anyhow::
 /// store hears it start and end. Here each outer tick's `switch_map` runs a bare `of` whose
 /// two values each start a live `merge_map` subscription (the long way): the numbers
 /// alternate between the two operators, and each tick enters into the store the ids of one
-/// transient subscription (itself and its `#N:inner` track) and of two live ones (each with
-/// its `#N:inner`, `take` and `map` tracks).
+/// transient subscription (itself and its `#N:inner` track: the store's log kept, as the
+/// reloader enters those only then) and of two live ones (each with its `#N:inner`, `take`
+/// and `map` tracks).
 #[test]
 fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow::Result<()> {
     use host::reloader::Outcome;
@@ -346,6 +347,7 @@ fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow
     );
     let config = fixture.build_config(false)?;
     let (mut reloader, _rx) = integration_tests::channel_reloader(config.clone())?;
+    reloader.keep_store_log();
     let (clock, time) = host::clock::Clock::virtual_clock();
     reloader.runtime().set_clock(clock);
     let keep = host::testkit::TempDir::new("higher-bare-sync");
@@ -361,6 +363,7 @@ fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow
     }
     let per_tick: Vec<u64> = ids.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(per_tick, [2 + 2 * 4, 2 + 2 * 4], "ids entered per tick");
+    assert_eq!(reloader.passed_inner_subscriptions(), 3, "one a tick");
     let live: Vec<String> = reloader
         .tracks()
         .into_iter()
@@ -473,10 +476,14 @@ plugin_api::export_plugin!(register);
 }
 
 /// A burst of inner streams run inside their calls is told to the tracking store as runs,
-/// not as two messages each: 10,000 of them queue a handful of census messages, and the
-/// store still enters each (itself, its `#N:inner` track and its `map` track) and removes it.
+/// not as two messages each: 10,000 of them queue a handful of census messages. With the
+/// store's log kept, the store enters each (itself, its `#N:inner` track and its `map`
+/// track) and removes it, and the log shows each; without, entering and removing them would
+/// leave the store as it was, and it is not done (it would hold the dev loop for 10 to 100
+/// ms here), but every one is counted.
 #[test]
 fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow::Result<()> {
+    use hmr_track::Event;
     use host::reloader::Outcome;
     const N: u64 = 10_000;
     let fixture = Fixture::new(
@@ -489,37 +496,53 @@ fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow
         )),
     );
     let config = fixture.build_config(false)?;
-    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
     let keep = host::testkit::TempDir::new("higher-sync-burst");
     let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
-    let before = reloader.recorder().state.next_id;
-    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
-    let loaded = reloader.recorder().state.next_id;
-    integration_tests::next_matching(
-        &rx,
-        EMISSION_TIMEOUT,
-        |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "burst"),
-    )?;
-    let backlog = reloader.runtime().census_backlog();
-    assert!(
-        backlog <= 16,
-        "{backlog} census messages for {N} subscriptions"
-    );
-    reloader.idle();
-    let entered = reloader.recorder().state.next_id - loaded;
-    assert_eq!(
-        entered,
-        3 * N,
-        "ids entered (registration took {})",
-        loaded - before
-    );
-    let live: Vec<String> = reloader
-        .tracks()
-        .into_iter()
-        .filter(|t| t.path.contains(":inner"))
-        .map(|t| t.path)
-        .collect();
-    assert!(live.is_empty(), "{live:?}");
+    for keep_log in [true, false] {
+        let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
+        if keep_log {
+            reloader.keep_store_log();
+        }
+        let before = reloader.recorder().state.next_id;
+        assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+        let loaded = reloader.recorder().state.next_id;
+        let events = reloader.recorder().log.len();
+        integration_tests::next_matching(
+            &rx,
+            EMISSION_TIMEOUT,
+            |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "burst"),
+        )?;
+        let backlog = reloader.runtime().census_backlog();
+        assert!(
+            backlog <= 16,
+            "{backlog} census messages for {N} subscriptions"
+        );
+        reloader.idle();
+        assert_eq!(
+            reloader.passed_inner_subscriptions(),
+            N,
+            "log kept: {keep_log}"
+        );
+        let entered = reloader.recorder().state.next_id - loaded;
+        let subscribed = reloader.recorder().log[events..]
+            .iter()
+            .filter(|e| matches!(e, Event::SubscribeCall { .. }))
+            .count() as u64;
+        let want = if keep_log { (3 * N, N) } else { (0, 0) };
+        assert_eq!(
+            (entered, subscribed),
+            want,
+            "ids entered and subscriptions logged, log kept: {keep_log} (registration took {})",
+            loaded - before
+        );
+        let live: Vec<String> = reloader
+            .tracks()
+            .into_iter()
+            .filter(|t| t.path.contains(":inner"))
+            .map(|t| t.path)
+            .collect();
+        assert!(live.is_empty(), "{live:?}");
+    }
     Ok(())
 }
 
