@@ -181,6 +181,9 @@ impl Reloader {
     /// what the store was told, a run-time track that came and went included.
     pub fn keep_store_log(&mut self) {
         self.recorder.log_disabled = false;
+        // The seeds of subscriptions that pass inside their calls are logged for it (each
+        // one's where they are not its binding's).
+        self.runtime.log_census_seeds();
     }
 
     /// The running pipelines.

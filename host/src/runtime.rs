@@ -127,6 +127,10 @@ pub(crate) struct Shared {
     /// old thread's, which may still be ending them (their paths, `...|#N:inner`, and the
     /// census's keys never repeat).
     inner_ids: Arc<AtomicU64>,
+    /// Whether the census logs each passed subscription's own seeds (`SeedLog`): only the
+    /// tracking store's log shows them (`Reloader::keep_store_log`), so only then. The
+    /// `Runtime`'s, shared by its pipelines.
+    census_seeds: Arc<AtomicBool>,
     /// Where inner subscriptions open their host sources (files, sockets, stdin).
     feeds: std::sync::OnceLock<Arc<Mutex<crate::feed::Feeds>>>,
     /// How many recent inputs the driver keeps for a replay on reload (`--replay`).
@@ -249,6 +253,7 @@ impl Shared {
             timers_held: std::sync::atomic::AtomicUsize::new(0),
             census: std::sync::OnceLock::new(),
             inner_ids: Arc::new(AtomicU64::new(1)),
+            census_seeds: Arc::new(AtomicBool::new(false)),
             feeds: std::sync::OnceLock::new(),
             replay_inputs: std::sync::atomic::AtomicUsize::new(crate::replay::DEFAULT_INPUTS),
             pokes: Arc::default(),
@@ -400,6 +405,8 @@ pub struct Runtime {
     /// Where each pipeline name's inner subscriptions take their numbers, kept across its
     /// restarts (see [`Shared::inner_ids`]).
     inner_ids: BTreeMap<String, Arc<AtomicU64>>,
+    /// Whether the census logs passed subscriptions' own seeds (see [`Shared::census_seeds`]).
+    census_seeds: Arc<AtomicBool>,
     /// Recent inputs each pipeline started from now on keeps (`--replay`; 0: none).
     replay_inputs: usize,
     /// What host sources need: the directory relative paths resolve against, the I/O
@@ -621,6 +628,7 @@ impl Runtime {
             held: false,
             census: crossbeam_channel::unbounded(),
             inner_ids: BTreeMap::new(),
+            census_seeds: Arc::new(AtomicBool::new(false)),
             replay_inputs: crate::replay::DEFAULT_INPUTS,
             feeds: Arc::new(Mutex::new(crate::feed::Feeds::new())),
             record: crate::record::Mode::Live,
@@ -777,6 +785,7 @@ impl Runtime {
         let mut shared =
             Shared::with_subjects(code, tally, self.subjects.clone(), self.clock.clone());
         let _ = shared.census.set(self.census.0.clone());
+        shared.census_seeds = self.census_seeds.clone();
         shared.inner_ids = self
             .inner_ids
             .entry(name.clone())
@@ -803,6 +812,13 @@ impl Runtime {
                 staged: None,
             },
         );
+    }
+
+    /// From now on, the census logs the seeds of each subscription that passes inside its
+    /// call where they are not its binding's (the tracking store's log shows them; nothing
+    /// else reads them).
+    pub(crate) fn log_census_seeds(&self) {
+        self.census_seeds.store(true, Ordering::Relaxed);
     }
 
     /// What the pipelines' inner subscriptions did since the last call: for the tracking
@@ -1990,8 +2006,10 @@ impl HostCx {
             } else {
                 // Whether this subscription's seeds are not its binding's (a binding is handed
                 // out whatever its operators' seeds: see `SyncMemo`).
+                // Only asked when the seeds are logged at all.
                 // SAFETY: the caller's obligation.
-                let own = memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) });
+                let own = self.shared.census_seeds.load(Ordering::Relaxed)
+                    && memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) });
                 match &mut *passed {
                     Some(run) if same_run && run.seeds.is_none() && !own => run.count += 1,
                     _ => {
