@@ -575,11 +575,14 @@ impl Reloader {
                 } => {
                     self.passed_inner = self.passed_inner.saturating_add(count);
                     // Each entered and removed, as a subscription that started and ended:
-                    // which leaves the store as it was, so it is done only where the events
-                    // are seen (the store's log kept, `keep_store_log`; the inspector on
-                    // makes no such run: it counts per subscription). Otherwise a fast outer
-                    // source's millions of them (about a microsecond each in a release build,
-                    // ten in a debug one) would keep the dev loop from the next reload.
+                    // which leaves the store's contents as they were (only its id counter
+                    // moves on), so it is done only where the events are seen (the store's
+                    // log kept, `keep_store_log`). The inspector's drivers make no such runs
+                    // (they count per subscription) and it is set before the first load; the
+                    // tallies are checked all the same, should one ever come later. Otherwise
+                    // a fast outer source's millions of them (about a microsecond each in a
+                    // release build, ten in a debug one) would keep the dev loop from the
+                    // next reload.
                     if self.recorder.log_disabled && self.runtime.tallies().is_none() {
                         continue;
                     }
