@@ -155,19 +155,32 @@ pub struct Root<W> {
     text: String,
 }
 
+/// A source's label when writing it panicked (an `of`'s items' `Debug` is user code).
+const LABEL_PANICKED: &str = "<its Debug panicked>";
+
 impl<W> Root<W> {
     /// Writes the label now if it was left for later.
     fn write_label(&mut self) {
         if let Some(make) = self.make_label.take() {
-            self.label = make(&self.wire, &self.desc);
+            self.label = Self::made(make, &self.wire, &self.desc);
         }
     }
 
     fn label_text(&self) -> String {
         match self.make_label {
-            Some(make) => make(&self.wire, &self.desc),
+            Some(make) => Self::made(make, &self.wire, &self.desc),
             None => self.label.clone(),
         }
+    }
+
+    /// The label `make` writes. It runs while a stream is bound, between the host's track
+    /// calls (an inner stream's root inside its fan-in's track): a panic in it would leave the
+    /// host a binding half made, so it is caught and said in the label, as for a seed.
+    fn made(make: fn(&W, &SourceDesc) -> String, wire: &W, desc: &SourceDesc) -> String {
+        crate::dsl::contained(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || make(wire, desc),
+        )))
+        .unwrap_or_else(|| LABEL_PANICKED.to_owned())
     }
 }
 
@@ -510,6 +523,24 @@ mod tests {
             text = format!("{}... ({n} items, hash {hash:016x})", &text[..cut]);
         }
         format!("of::<{}>({text})", core::any::type_name::<T>())
+    }
+
+    /// An `of` whose items' `Debug` panics gets a label that says so, written (not thrown)
+    /// wherever the label is asked for: at binding, or for a message.
+    #[test]
+    fn a_label_whose_debug_panics_says_so() {
+        #[derive(Clone)]
+        struct Panics;
+        impl fmt::Debug for Panics {
+            fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+                panic!("no text for this item")
+            }
+        }
+        let mut stream = of(vec![Panics]);
+        assert_eq!(stream.body.stage.label(), LABEL_PANICKED);
+        stream.body.stage.write_label();
+        assert_eq!(stream.body.stage.label, LABEL_PANICKED);
+        assert!(stream.body.stage.make_label.is_none());
     }
 
     #[test]
