@@ -479,8 +479,8 @@ plugin_api::export_plugin!(register);
 /// not as two messages each: 10,000 of them queue a handful of census messages. With the
 /// store's log kept, the store enters each (itself, its `#N:inner` track and its `map`
 /// track) and removes it, and the log shows each; without, entering and removing them would
-/// leave the store's contents as they were (only its ids move on), and it is not done (it would hold the dev loop for 10 to 100
-/// ms here), but every one is counted.
+/// leave the store's contents as they were (only its ids move on), and it is not done (it
+/// would hold the dev loop for 10 to 100 ms here), but every one is counted.
 #[test]
 fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow::Result<()> {
     use hmr_track::Event;
