@@ -653,24 +653,38 @@ impl<'a> SeedValue<'a> {
     }
 }
 
-/// Writes an integer's decimal text (as its `Debug` and `Display` write it).
-fn write_int(out: &mut impl fmt::Write, negative: bool, mut n: u64) -> fmt::Result {
-    let mut digits = [0u8; 21];
+/// Writes `v` in decimal, after a `-` if `negative` (an integer's `Debug` and `Display`
+/// text): two digits at a time from a table, into a buffer written once (a `push` per digit
+/// and a division per digit were a twentieth of an inner subscription's instructions,
+/// BENCHMARKS.md, 14). `of`'s labels and seeds' text both write integers this way.
+pub(crate) fn write_int(out: &mut impl fmt::Write, negative: bool, mut v: u64) -> fmt::Result {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let mut digits = [b'-'; 21];
     let mut at = digits.len();
-    loop {
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[at] = b'0' + v as u8;
     }
     if negative {
+        // The buffer's bytes are '-' where no digit was written.
         at -= 1;
-        digits[at] = b'-';
     }
-    // SAFETY: ASCII digits and a minus sign only (checking them took twice as long as
-    // writing them).
+    // SAFETY: ASCII digits and a minus sign only (checking them, a call to `from_utf8`, took
+    // about as long as writing them).
     out.write_str(unsafe { core::str::from_utf8_unchecked(&digits[at..]) })
 }
 
@@ -704,6 +718,18 @@ impl Seed {
                 debug_assert!(false, "a seed value the stage did not hand to the binder");
                 false
             }
+        }
+    }
+}
+
+impl Meta {
+    /// The signature of its track, with `seed` as its seed's text.
+    fn signature(&self, seed: RStr) -> RSignature {
+        RSignature {
+            input: self.input,
+            output: self.output,
+            state: self.state.map_or(fingerprint::NONE, |(fp, ..)| fp),
+            seed,
         }
     }
 }
@@ -942,18 +968,11 @@ impl<'h> Binder<'h> {
     /// value) written to `text` first: the signature's seed is a view of `text`, or of the
     /// seed's own text when it has one.
     fn signature(meta: &Meta, value: Option<SeedValue<'_>>, text: &mut String) -> RSignature {
-        let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
-        let seed = match &meta.seed {
+        meta.signature(match &meta.seed {
             Seed::Text(t) => RStr::new(t),
             other if other.write(value, text) => RStr::new(text),
             _ => RStr::NONE,
-        };
-        RSignature {
-            input: meta.input,
-            output: meta.output,
-            state,
-            seed,
-        }
+        })
     }
 
     /// Applies the scope marks of the current spine that stand before its next operator,
@@ -1078,12 +1097,6 @@ impl<'h> Binder<'h> {
         self.close_spine();
         self.owners.pop();
         self.track_return(track);
-    }
-
-    /// Whether sources may leave their label empty: a lean binding describes no source (an
-    /// inner stream run inside its outer value's call never hands its sources over).
-    pub(crate) fn lazy_labels(&self) -> bool {
-        self.is_lean()
     }
 
     /// Whether this is a lean binding ([`bind_lean`]), which registers nothing.
@@ -1844,14 +1857,8 @@ impl LeanOps {
                 self.seeded |= 1 << self.len;
             }
         }
-        let state = meta.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
-        self.sigs[self.len].write(RSignature {
-            input: meta.input,
-            output: meta.output,
-            state,
-            // Pointed at the text by `parts`.
-            seed: RStr::NONE,
-        });
+        // Its seed pointed at the text by `parts`.
+        self.sigs[self.len].write(meta.signature(RStr::NONE));
         at.op = self.len as u32;
         self.len += 1;
     }

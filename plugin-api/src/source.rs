@@ -237,7 +237,9 @@ impl<W: Wire> Stage for Root<W> {
         None
     }
     fn bind(&mut self, b: &mut Binder<'_>) {
-        if !b.lazy_labels() {
+        // A lean binding describes no source (an inner stream run inside its outer value's
+        // call never hands its sources over): the label is left for later.
+        if !b.is_lean() {
             self.write_label();
         }
         // SAFETY: the strings are this root's, which the stage keeps (in its `Env`) at least
@@ -401,7 +403,11 @@ fn write_items<T: fmt::Debug + 'static>(label: &mut String, items: &Vec<T>) {
                         label.push_str(", ");
                     }
                     #[allow(unused_comparisons, clippy::cast_lossless)]
-                    push_int(label, *x < 0, (*x as i128).unsigned_abs() as u64);
+                    let _ = crate::dsl::write_int(
+                        label,
+                        *x < 0,
+                        (*x as i128).unsigned_abs() as u64,
+                    );
                 }
                 label.push(']');
                 return;
@@ -410,39 +416,6 @@ fn write_items<T: fmt::Debug + 'static>(label: &mut String, items: &Vec<T>) {
     }
     ints!(u64, u32, u16, u8, usize, i64, i32, i16, i8, isize);
     let _ = write!(label, "{items:?}");
-}
-
-/// Writes `v` in decimal, after a `-` if `negative`: two digits at a time from a table, into
-/// a buffer pushed once (a `push` per digit and a division per digit were a twentieth of an
-/// inner subscription's instructions, BENCHMARKS.md, 14).
-fn push_int(label: &mut String, negative: bool, mut v: u64) {
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut digits = [b'-'; 21];
-    let mut at = digits.len();
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + v as u8;
-    }
-    if negative {
-        // The buffer's bytes are '-' where no digit was written.
-        at -= 1;
-    }
-    // ASCII: the check is a few instructions for at most 21 bytes.
-    label.push_str(core::str::from_utf8(&digits[at..]).expect("digits and '-' are ASCII"));
 }
 
 /// Each line of the host's standard input (without its line ending); completes at the end
