@@ -712,44 +712,40 @@ fn a_refused_synchronous_stream_is_subscribed_with_its_label() {
 #[test]
 fn synchronous_inner_states_of_any_size_start_from_their_own_seeds() {
     type Build = fn(&mut Plugin<'_>);
+    // A pipeline `p` whose `merge_map` projects each outer value with `$proj`, logged.
+    macro_rules! inner {
+        ($proj:expr) => {
+            |p: &mut Plugin<'_>| {
+                p.pipeline("p", range(0, 0)).merge_map($proj).log();
+            }
+        };
+    }
     type Want = fn(u64) -> Vec<u64>;
     // Each projection of `i`: `of([i, i + 1])` through states seeded from `i`; the want is
     // what each emits, as a plain loop computes it.
     let cases: Vec<(&str, Build, Want)> = vec![
         (
             "u64",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| of(vec![i, i + 1]).scan(i * 10, |a: u64, x: u64| a + x))
-                    .log();
-            },
+            inner!(|i: u64| of(vec![i, i + 1]).scan(i * 10, |a: u64, x: u64| a + x)),
             |i| vec![i * 10 + i, i * 10 + i + i + 1],
         ),
         (
             "two u64s",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| {
-                        of(vec![i, i + 1])
-                            .scan(i * 10, |a: u64, x: u64| a + x)
-                            .scan(i * 1000, |a: u64, x: u64| a + x)
-                    })
-                    .log();
-            },
+            inner!(|i: u64| {
+                of(vec![i, i + 1])
+                    .scan(i * 10, |a: u64, x: u64| a + x)
+                    .scan(i * 1000, |a: u64, x: u64| a + x)
+            }),
             |i| vec![i * 1000 + i * 11, i * 1000 + i * 11 + i * 11 + i + 1],
         ),
         (
             "a u8, a u128 and a u64",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| {
-                        of(vec![i, i + 1])
-                            .scan(i as u8, |a: u8, x: u64| a.wrapping_add(x as u8))
-                            .scan(u128::from(i) << 64, |a: u128, x: u8| a + u128::from(x))
-                            .scan(i, |a: u64, x: u128| a + (x >> 64) as u64 + x as u64)
-                    })
-                    .log();
-            },
+            inner!(|i: u64| {
+                of(vec![i, i + 1])
+                    .scan(i as u8, |a: u8, x: u64| a.wrapping_add(x as u8))
+                    .scan(u128::from(i) << 64, |a: u128, x: u8| a + u128::from(x))
+                    .scan(i, |a: u64, x: u128| a + (x >> 64) as u64 + x as u64)
+            }),
             |i| {
                 let (a1, a2) = (
                     (i as u8).wrapping_add(i as u8),
@@ -765,69 +761,53 @@ fn synchronous_inner_states_of_any_size_start_from_their_own_seeds() {
         ),
         (
             "u128",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| {
-                        of(vec![i, i + 1])
-                            .scan(u128::from(i) << 64, |a: u128, x: u64| a + u128::from(x))
-                            .map(|a: u128| (a >> 64) as u64 * 1000 + a as u64)
-                    })
-                    .log();
-            },
+            inner!(|i: u64| {
+                of(vec![i, i + 1])
+                    .scan(u128::from(i) << 64, |a: u128, x: u64| a + u128::from(x))
+                    .map(|a: u128| (a >> 64) as u64 * 1000 + a as u64)
+            }),
             |i| vec![i * 1000 + i, i * 1000 + i + i + 1],
         ),
         (
             "a Vec",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| {
-                        of(vec![i, i + 1])
-                            .scan(vec![i; 3], |mut v: Vec<u64>, x: u64| {
-                                v.push(x);
-                                v
-                            })
-                            .map(|v: Vec<u64>| v.iter().sum::<u64>() * 10 + v.len() as u64)
+            inner!(|i: u64| {
+                of(vec![i, i + 1])
+                    .scan(vec![i; 3], |mut v: Vec<u64>, x: u64| {
+                        v.push(x);
+                        v
                     })
-                    .log();
-            },
+                    .map(|v: Vec<u64>| v.iter().sum::<u64>() * 10 + v.len() as u64)
+            }),
             |i| vec![(4 * i) * 10 + 4, (4 * i + i + 1) * 10 + 5],
         ),
         (
             "128 bytes",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| {
-                        of(vec![i, i + 1])
-                            .scan([i; 16], |mut a: [u64; 16], x: u64| {
-                                a[15] += x;
-                                a
-                            })
-                            .map(|a: [u64; 16]| a[0] * 1000 + a[15])
+            inner!(|i: u64| {
+                of(vec![i, i + 1])
+                    .scan([i; 16], |mut a: [u64; 16], x: u64| {
+                        a[15] += x;
+                        a
                     })
-                    .log();
-            },
+                    .map(|a: [u64; 16]| a[0] * 1000 + a[15])
+            }),
             |i| vec![i * 1000 + i + i, i * 1000 + i + i + i + 1],
         ),
         (
             "several",
-            |p| {
-                p.pipeline("p", range(0, 0))
-                    .merge_map(|i: u64| {
-                        of(vec![i, i + 1])
-                            .skip(0)
-                            .scan([i; 5], |mut a: [u64; 5], x: u64| {
-                                a[4] += x;
-                                a
-                            })
-                            .scan(vec![i], |mut v: Vec<u64>, a: [u64; 5]| {
-                                v.push(a[4]);
-                                v
-                            })
-                            .scan(0u8, |n: u8, v: Vec<u64>| n + v.len() as u8)
-                            .map(move |n: u8| i * 100 + u64::from(n))
+            inner!(|i: u64| {
+                of(vec![i, i + 1])
+                    .skip(0)
+                    .scan([i; 5], |mut a: [u64; 5], x: u64| {
+                        a[4] += x;
+                        a
                     })
-                    .log();
-            },
+                    .scan(vec![i], |mut v: Vec<u64>, a: [u64; 5]| {
+                        v.push(a[4]);
+                        v
+                    })
+                    .scan(0u8, |n: u8, v: Vec<u64>| n + v.len() as u8)
+                    .map(move |n: u8| i * 100 + u64::from(n))
+            }),
             |i| vec![i * 100 + 2, i * 100 + 5],
         ),
     ];
