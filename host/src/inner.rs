@@ -186,7 +186,12 @@ fn same_key(a: &OpKey, b: &OpKey) -> bool {
 /// binding's, [`SeedLog`]). The driver drops its memos whenever it takes other code
 /// (`HostCx::set_code`): a binding is handed out only under the code it was registered for,
 /// and nothing of an old version is kept for it.
+///
+/// Each memo has a number no other memo of the process has (`token`): the plugin may name
+/// it instead of describing the same operators again (`HostCx::subscribe_sync_again`); a
+/// number of a memo dropped or replaced is never answered.
 pub(crate) struct SyncMemo {
+    pub(crate) token: u64,
     keys: Vec<OpKey>,
     /// The seeds' bytes the binding was registered with, by operator (`None`: no seed).
     seeds: Vec<Option<Box<[u8]>>>,
@@ -203,7 +208,10 @@ impl SyncMemo {
         sigs: &[RSignature],
         binding: Arc<Binding>,
     ) -> SyncMemo {
+        /// The next memo's number (from 1: 0 names none).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         SyncMemo {
+            token: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             keys: ops
                 .iter()
                 .zip(sigs)

@@ -585,6 +585,17 @@ unsafe extern "C" fn muted_subscribe_sync(
     _sigs: *const plugin_api::abi::RSignature,
     _n_ops: usize,
     _cx: *mut *const EmitCx,
+    _memo: *mut u64,
+) -> u64 {
+    0
+}
+
+/// Never reached (see `muted_subscribe_sync`).
+unsafe extern "C" fn muted_subscribe_sync_again(
+    _host: *mut c_void,
+    _op: u32,
+    _memo: u64,
+    _cx: *mut *const EmitCx,
 ) -> u64 {
     0
 }
@@ -703,6 +714,7 @@ impl<'a> Side<'a> {
             schedule: muted_schedule,
             subscribe: muted_subscribe,
             subscribe_sync: muted_subscribe_sync,
+            subscribe_sync_again: muted_subscribe_sync_again,
             unsubscribe: muted_unsubscribe,
             api: &raw const muted.api,
         };

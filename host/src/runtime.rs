@@ -1309,6 +1309,10 @@ static NO_CALLS: std::sync::LazyLock<Arc<[crate::inner::RegCall]>> =
 /// timers.
 const TIMER_SWEEP_MIN: usize = 256;
 
+/// Nesting deeper than this (a chain of higher-order operators each running a synchronous
+/// inner stream with operators) goes the long way.
+const MAX_SYNC_DEPTH: usize = 64;
+
 /// How many freed subscriptions' callback contexts a pipeline keeps for reuse.
 const CTX_POOL: usize = 64;
 
@@ -1672,6 +1676,7 @@ impl HostCx {
             schedule: cbi_schedule,
             subscribe: cbi_subscribe,
             subscribe_sync: cbi_subscribe_sync,
+            subscribe_sync_again: cbi_subscribe_sync_again,
             unsubscribe: cbi_unsubscribe,
             api: self.api.get(),
         }
@@ -1926,25 +1931,24 @@ impl HostCx {
     /// operator this code does not have, or for operators other than one track each in
     /// order.
     ///
+    /// With operators, `*memo` (when not null) is the number of the memo the binding came
+    /// from (`SyncMemo::token`), unless the seeds are being logged (the plugin must then
+    /// describe every subscription's operators, seeds and all).
+    ///
     /// # Safety
-    /// The strings of `ops` and `sigs` (as many) must be readable for the call.
+    /// The strings of `ops` and `sigs` (as many) must be readable for the call; `memo` is
+    /// null or writable.
     unsafe fn subscribe_sync(
         &self,
         op: u32,
         ops: &[plugin_api::abi::OpDesc],
         sigs: &[RSignature],
         cx: *mut *const EmitCx,
+        memo_out: *mut u64,
     ) -> u64 {
-        /// Nesting deeper than this (a chain of higher-order operators each running a
-        /// synchronous inner stream) goes the long way.
-        const MAX_DEPTH: usize = 64;
-        if self.tally.is_some() || self.reprojecting.borrow().is_some() {
-            return 0;
-        }
-        let Some(op_track) = self.tracks.borrow().get(op as usize).copied() else {
+        let Some((op_track, depth)) = self.sync_allowed(op) else {
             return 0;
         };
-        let depth = self.sync_depth.get();
         // Held to the end: the binding is borrowed from its memo, and `Arc`s are cloned only
         // where they are kept anew (an atomic add or subtract each, four a subscription
         // before).
@@ -1954,7 +1958,7 @@ impl HostCx {
         } else {
             let linear = ops.iter().enumerate().all(|(i, o)| o.track == i as u64 + 1);
             if cx.is_null()
-                || depth >= MAX_DEPTH
+                || depth >= MAX_SYNC_DEPTH
                 || !linear
                 || sigs.len() != ops.len()
                 || self.reg.borrow().opened_so_far() != 0
@@ -1981,6 +1985,82 @@ impl HostCx {
             }
             memo.as_ref()
         };
+        // SAFETY: the caller's obligation.
+        let id = unsafe { self.enter_sync(op, op_track, depth, memo, Some(sigs), cx) };
+        if let Some(m) = memo
+            && !memo_out.is_null()
+            && !self.shared.census_seeds.load(Ordering::Relaxed)
+        {
+            // SAFETY: the caller's obligation.
+            unsafe { *memo_out = m.token };
+        }
+        id
+    }
+
+    /// `subscribe_sync_again` from a pipeline's higher-order operator `op`: as
+    /// `subscribe_sync` for operators the plugin described as memo `token`'s were, handed
+    /// that memo's binding. 0 (nothing done) for a memo the operator no longer has, while
+    /// the seeds are logged (they are not passed here) or a run that logs them is under
+    /// way, and wherever `subscribe_sync` answers 0.
+    ///
+    /// # Safety
+    /// `cx` is null or writable.
+    unsafe fn subscribe_sync_again(&self, op: u32, token: u64, cx: *mut *const EmitCx) -> u64 {
+        if cx.is_null() || self.shared.census_seeds.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let Some((op_track, depth)) = self.sync_allowed(op) else {
+            return 0;
+        };
+        if depth >= MAX_SYNC_DEPTH
+            || self.reg.borrow().opened_so_far() != 0
+            || self
+                .passed
+                .borrow()
+                .as_ref()
+                .is_some_and(|run| run.seeds.is_some())
+        {
+            return 0;
+        }
+        let memos = self.sync_memos.borrow();
+        let Some(memo) = memos
+            .get(op as usize)
+            .and_then(Option::as_ref)
+            .filter(|m| m.token == token)
+        else {
+            return 0;
+        };
+        // SAFETY: `cx` is writable (the caller's obligation); no seeds are read.
+        unsafe { self.enter_sync(op, op_track, depth, Some(memo), None, cx) }
+    }
+
+    /// What `subscribe_sync` and `subscribe_sync_again` ask first: operator `op`'s track
+    /// and the nesting depth, unless the stream must go the long way (while counting or
+    /// re-projecting, for an operator this code does not have).
+    fn sync_allowed(&self, op: u32) -> Option<(u64, usize)> {
+        if self.tally.is_some() || self.reprojecting.borrow().is_some() {
+            return None;
+        }
+        let op_track = self.tracks.borrow().get(op as usize).copied()?;
+        Some((op_track, self.sync_depth.get()))
+    }
+
+    /// Numbers a synchronous inner subscription of operator `op` (track `op_track`), tells
+    /// the census, and points `*cx` at a context for its operators (with `memo`, its
+    /// binding; a bare source has none). `sigs`: its operators' signatures, for their seeds;
+    /// `None` only when no seed is logged (no run under way logs them, nor will this one).
+    ///
+    /// # Safety
+    /// The seeds of `sigs` must be readable for the call; with `memo`, `cx` is writable.
+    unsafe fn enter_sync(
+        &self,
+        op: u32,
+        op_track: u64,
+        depth: usize,
+        memo: Option<&crate::inner::SyncMemo>,
+        sigs: Option<&[RSignature]>,
+        cx: *mut *const EmitCx,
+    ) -> u64 {
         let id = self.inner_id();
         self.next_inner.set(id + 1);
         if self.census.is_some() {
@@ -1998,8 +2078,9 @@ impl HostCx {
                 .filter(|log| log.size() < crate::inner::SeedLog::CAP);
             if let Some(log) = log {
                 // A run that logs seeds logs every subscription's.
+                debug_assert!(sigs.is_some(), "a run that logs seeds given none");
                 // SAFETY: the caller's obligation.
-                unsafe { log.push(sigs) };
+                unsafe { log.push(sigs.unwrap_or_default()) };
                 if let Some(run) = passed.as_mut() {
                     run.count += 1;
                 }
@@ -2007,16 +2088,18 @@ impl HostCx {
                 // Whether this subscription's seeds are not its binding's (a binding is handed
                 // out whatever its operators' seeds: see `SyncMemo`).
                 // Only asked when the seeds are logged at all.
-                // SAFETY: the caller's obligation.
                 let own = self.shared.census_seeds.load(Ordering::Relaxed)
-                    && memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) });
+                    && sigs.is_some_and(|sigs| {
+                        // SAFETY: the caller's obligation.
+                        memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) })
+                    });
                 match &mut *passed {
                     Some(run) if same_run && run.seeds.is_none() && !own => run.count += 1,
                     _ => {
                         let seeds = own.then(|| {
                             let mut log = crate::inner::SeedLog::default();
-                            // SAFETY: the caller's obligation.
-                            unsafe { log.push(sigs) };
+                            // SAFETY: the caller's obligation (`own`: `sigs` is some).
+                            unsafe { log.push(sigs.unwrap_or_default()) };
                             log
                         });
                         let earlier = passed.replace(PassedRun {
@@ -2280,9 +2363,10 @@ unsafe extern "C" fn cb_subscribe_sync(
     sigs: *const RSignature,
     n_ops: usize,
     cx: *mut *const EmitCx,
+    memo: *mut u64,
 ) -> u64 {
     // SAFETY: `host` is the `HostCx` of the running thread; the plugin passes `n_ops`
-    // descriptions and signatures (and `cx`) valid for the call.
+    // descriptions and signatures (and `cx` and `memo`) valid for the call.
     catch_unwind(AssertUnwindSafe(|| unsafe {
         let (ops, sigs) = if n_ops == 0 {
             (&[][..], &[][..])
@@ -2296,7 +2380,21 @@ unsafe extern "C" fn cb_subscribe_sync(
                 std::slice::from_raw_parts(sigs, n_ops),
             )
         };
-        (*host.cast::<HostCx>()).subscribe_sync(op, ops, sigs, cx)
+        (*host.cast::<HostCx>()).subscribe_sync(op, ops, sigs, cx, memo)
+    }))
+    .unwrap_or(0)
+}
+
+unsafe extern "C" fn cb_subscribe_sync_again(
+    host: *mut c_void,
+    op: u32,
+    memo: u64,
+    cx: *mut *const EmitCx,
+) -> u64 {
+    // SAFETY: `host` is the `HostCx` of the running thread; the plugin passes `cx` valid for
+    // the call.
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        (*host.cast::<HostCx>()).subscribe_sync_again(op, memo, cx)
     }))
     .unwrap_or(0)
 }
@@ -2424,6 +2522,17 @@ unsafe extern "C" fn cbi_subscribe_sync(
     _ops: *const plugin_api::abi::OpDesc,
     _sigs: *const RSignature,
     _n_ops: usize,
+    _cx: *mut *const EmitCx,
+    _memo: *mut u64,
+) -> u64 {
+    0
+}
+
+/// As `cbi_subscribe_sync`.
+unsafe extern "C" fn cbi_subscribe_sync_again(
+    _host: *mut c_void,
+    _op: u32,
+    _memo: u64,
     _cx: *mut *const EmitCx,
 ) -> u64 {
     0
@@ -2652,6 +2761,7 @@ impl Driver {
             schedule: cb_schedule,
             subscribe: cb_subscribe,
             subscribe_sync: cb_subscribe_sync,
+            subscribe_sync_again: cb_subscribe_sync_again,
             unsubscribe: cb_unsubscribe,
             api: &raw const *api,
         };

@@ -24,7 +24,7 @@ pub const HEADER_SYMBOL: &[u8] = b"hmr_plugin_header";
 pub const MAGIC: [u8; 8] = *b"RXHMR\0\x01\x00";
 
 /// Bumped whenever any type in this module changes layout or meaning.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// The version of the `plugin-api` crate compiled into this side of the boundary.
 pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -307,6 +307,10 @@ pub struct EmitCx {
     /// unwinding). When the host answers 0 it registered nothing: the plugin binds the
     /// stream for [`EmitCx::subscribe`]. A bare source (`n_ops` 0, `ops`, `sigs` and `cx`
     /// null) is bound by nobody and ended by nobody.
+    ///
+    /// With operators, on success the host may also write to `*memo` (when not null) a
+    /// nonzero number naming the tracks it registered them as, for
+    /// [`EmitCx::subscribe_sync_again`]; it leaves `*memo` alone otherwise.
     pub subscribe_sync: unsafe extern "C" fn(
         host: *mut c_void,
         op: u32,
@@ -314,7 +318,18 @@ pub struct EmitCx {
         sigs: *const RSignature,
         n_ops: usize,
         cx: *mut *const EmitCx,
+        memo: *mut u64,
     ) -> u64,
+    /// [`EmitCx::subscribe_sync`] for a stream whose operators are, in order, the same as
+    /// those of a subscription the host answered with `memo` (the same kinds, types and
+    /// state layouts, each with a seed where that one had one; the seeds' text may differ),
+    /// without describing them again: the plugin keeps the descriptions it passed then and
+    /// uses them for this subscription. Answers 0 when the host no longer holds that
+    /// binding (another code version, another stream since) or wants the operators
+    /// described (it records each subscription's seeds): the plugin then calls
+    /// [`EmitCx::subscribe_sync`]. Otherwise as that call, `*cx` included.
+    pub subscribe_sync_again:
+        unsafe extern "C" fn(host: *mut c_void, op: u32, memo: u64, cx: *mut *const EmitCx) -> u64,
     /// The registration callbacks an inner stream's tracks are registered through at run
     /// time (only [`HostApi::track_call`] and [`HostApi::track_call_return`] are called).
     /// Valid for the call.

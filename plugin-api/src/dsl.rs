@@ -722,7 +722,51 @@ impl Seed {
     }
 }
 
+/// What a lean binding's memo compares of an operator ([`bind_lean_checked`]): its kind
+/// (a static string's address), the hashes of its input and output types, its state's type
+/// and layout, and whether it has a seed; not the seed's text. Two operators of one shape
+/// have the same description ([`OpDesc`]: the state's glue is its type's) and the same
+/// signature but for the seed's text, as the host's memo compares them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpShape {
+    kind: (*const u8, usize),
+    input: u64,
+    output: u64,
+    state: (u64, usize, usize),
+    seeded: bool,
+}
+
+// SAFETY: the only pointer is to a `'static` string of this library's image, never read
+// through (compared as an address).
+unsafe impl Send for OpShape {}
+// SAFETY: as above.
+unsafe impl Sync for OpShape {}
+
+impl Seed {
+    /// Whether [`Seed::write`] writes a text (`value_given`: the stage handed its seed
+    /// value), to a writer that never fails.
+    fn present(&self, value_given: bool) -> bool {
+        match self {
+            Seed::None => false,
+            Seed::Text(_) | Seed::Count(_) => true,
+            Seed::Value => value_given,
+        }
+    }
+}
+
 impl Meta {
+    /// Its shape, `seeded` or not.
+    fn shape(&self, seeded: bool) -> OpShape {
+        let state = self.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
+        OpShape {
+            kind: (self.kind.as_ptr(), self.kind.len()),
+            input: self.input.hash,
+            output: self.output.hash,
+            state: (state.hash, state.size, state.align),
+            seeded,
+        }
+    }
+
     /// The signature of its track, with `seed` as its seed's text.
     fn signature(&self, seed: RStr) -> RSignature {
         RSignature {
@@ -1099,6 +1143,18 @@ impl<'h> Binder<'h> {
         self.track_return(track);
     }
 
+    /// In a lean binding ([`bind_lean`]), counts a source and returns true (the caller
+    /// describes nothing); false in a full one.
+    pub(crate) fn lean_source(&mut self) -> bool {
+        let Some(lean) = self.lean.as_deref_mut() else {
+            return false;
+        };
+        // One source is the stream's own (`Stage::sync_source`); a second one is not.
+        lean.refused |= lean.sources > 0;
+        lean.sources += 1;
+        true
+    }
+
     /// Whether this is a lean binding ([`bind_lean`]), which registers nothing.
     pub(crate) fn is_lean(&self) -> bool {
         self.lean.is_some()
@@ -1112,10 +1168,7 @@ impl<'h> Binder<'h> {
     /// this binding hands over: they are the strings of the stage being bound (their heap
     /// buffers do not move when the stage moves into its `Env`).
     pub(crate) unsafe fn source(&mut self, mut desc: SourceDesc, label: &str, text: &str) {
-        if let Some(lean) = self.lean.as_deref_mut() {
-            // One source is the stream's own (`Stage::sync_source`); a second one is not.
-            lean.refused |= lean.sources > 0;
-            lean.sources += 1;
+        if self.lean_source() {
             return;
         }
         desc.owner = self.owners.last().copied().unwrap_or(0);
@@ -1748,9 +1801,17 @@ const _: () = assert!(LEAN_OPS <= u8::BITS as usize);
 /// operator through the general [`Binder`] (scope marks, spines, sources, scratch vectors:
 /// more than half of such a subscription's instructions, BENCHMARKS.md, 14). On the stack,
 /// nothing allocated (but seeds' text past [`LEAN_TEXT`] bytes).
+///
+/// Checking instead ([`bind_lean_checked`]), it records nothing but the operators' number
+/// of each: it compares each operator's shape with that of a binding the host answered
+/// before, whose descriptions the caller kept (see `higher::LeanMemo`).
 pub(crate) struct LeanOps {
     /// The stage's state seeding entry (every description's `init`).
     init: crate::abi::InitFn,
+    /// Checking: the shapes to compare with, and how many (null and 0 when recording).
+    check: *const OpShape,
+    check_len: usize,
+    shapes: [core::mem::MaybeUninit<OpShape>; LEAN_OPS],
     descs: [core::mem::MaybeUninit<OpDesc>; LEAN_OPS],
     /// Their seeds are pointed at [`LeanOps::text`] only by [`LeanOps::parts`] (the text may
     /// move to the heap, and the whole may move, until then).
@@ -1828,6 +1889,9 @@ impl LeanOps {
     pub(crate) fn new<S: Stage>() -> LeanOps {
         LeanOps {
             init: init_entry::<S>,
+            check: core::ptr::null(),
+            check_len: 0,
+            shapes: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
             descs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
             sigs: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
             seed_at: [const { core::mem::MaybeUninit::uninit() }; LEAN_OPS],
@@ -1847,25 +1911,42 @@ impl LeanOps {
             return;
         }
         let meta = &at.meta;
+        if !self.check.is_null() {
+            // The seed's text is not written: whether there is one is the shape's.
+            let same = self.len < self.check_len
+                // SAFETY: `check` points at `check_len` shapes while checking
+                // (`bind_lean_checked`).
+                && unsafe { *self.check.add(self.len) }
+                    == meta.shape(meta.seed.present(seed.is_some()));
+            self.refused |= !same;
+            at.op = self.len as u32;
+            self.len += 1;
+            return;
+        }
         self.descs[self.len]
             .write(OpInfo::new(self.len as u64 + 1, meta).desc_seeded_by(self.init));
+        let mut seeded = false;
         if !matches!(meta.seed, Seed::None) {
             let text = self.text.get_or_insert_with(LeanText::new);
             let start = text.len();
             if meta.seed.write(seed, text) {
                 self.seed_at[self.len].write((start as u32, text.len() as u32));
                 self.seeded |= 1 << self.len;
+                seeded = true;
             }
         }
+        self.shapes[self.len].write(meta.shape(seeded));
         // Its seed pointed at the text by `parts`.
         self.sigs[self.len].write(meta.signature(RStr::NONE));
         at.op = self.len as u32;
         self.len += 1;
     }
 
-    /// The operators' descriptions and their tracks' signatures, in order, the signatures'
-    /// seeds pointing at the text this holds (valid while it is borrowed).
-    pub(crate) fn parts(&mut self) -> (&[OpDesc], &[RSignature]) {
+    /// The operators' descriptions, their tracks' signatures and their shapes, in order,
+    /// the signatures' seeds pointing at the text this holds (valid while it is borrowed).
+    /// Only of a binding that recorded them (not checked).
+    pub(crate) fn parts(&mut self) -> (&[OpDesc], &[RSignature], &[OpShape]) {
+        debug_assert!(self.check.is_null(), "the parts of a checking binding");
         if self.seeded != 0
             && let Some(text) = &self.text
         {
@@ -1895,6 +1976,7 @@ impl LeanOps {
             (
                 core::slice::from_raw_parts(self.descs.as_ptr().cast::<OpDesc>(), self.len),
                 core::slice::from_raw_parts(self.sigs.as_ptr().cast::<RSignature>(), self.len),
+                core::slice::from_raw_parts(self.shapes.as_ptr().cast::<OpShape>(), self.len),
             )
         }
     }
@@ -1919,6 +2001,24 @@ pub(crate) fn bind_lean<S: Stage>(stage: &mut S, api: &HostApi, lean: &mut LeanO
     );
     core::mem::forget(b);
     !lean.refused
+}
+
+/// [`bind_lean`] checking instead of recording: true when the stream is, operator for
+/// operator, of `shapes` (as many operators, each of the same kind, types, state layout and
+/// seed presence; the seeds' text is not written), each operator numbered as recording
+/// would number it.
+pub(crate) fn bind_lean_checked<S: Stage>(
+    stage: &mut S,
+    api: &HostApi,
+    lean: &mut LeanOps,
+    shapes: &[OpShape],
+) -> bool {
+    lean.check = shapes.as_ptr();
+    lean.check_len = shapes.len();
+    let ok = bind_lean(stage, api, lean) && lean.len == shapes.len();
+    lean.check = core::ptr::null();
+    lean.check_len = 0;
+    ok
 }
 
 /// Vectors a binding at run time reuses (one thread runs a pipeline and its inner
@@ -3114,6 +3214,120 @@ pub unsafe fn run_register(host: *const HostApi, f: fn(&mut Plugin<'_>)) -> bool
 #[cfg(test)]
 mod tests {
     use super::SyncPorts;
+
+    /// A lean binding checked against the shapes another recorded passes when its operators
+    /// are, in order, of the same kinds, types, state layouts and seed presence, whatever
+    /// their closures and seeds' values; it fails on any other kind, type, state, or number
+    /// of operators.
+    #[test]
+    fn a_checked_lean_binding_passes_the_same_shapes_only() {
+        use super::{LeanOps, OpShape, Stage, Stream, bind_lean, bind_lean_checked};
+        use crate::abi::{HostApi, RSignature, RStr};
+        use crate::prelude::*;
+        use core::ffi::c_void;
+        unsafe extern "C" fn track_call(
+            _: *mut c_void,
+            _: RStr,
+            _: RStr,
+            _: *const RSignature,
+        ) -> u64 {
+            panic!("a lean binding registers nothing")
+        }
+        unsafe extern "C" fn track_call_return(_: *mut c_void, _: u64) {}
+        unsafe extern "C" fn add_pipeline(_: *mut c_void, _: *const crate::abi::PipelineDesc) {}
+        unsafe extern "C" fn fail(_: *mut c_void, _: RStr) {}
+        let api = HostApi {
+            abi_version: crate::abi::ABI_VERSION,
+            ctx: core::ptr::null_mut(),
+            track_call,
+            track_call_return,
+            add_pipeline,
+            fail,
+        };
+        // Records a stream's shapes.
+        fn shapes<S: Stage>(stream: Stream<S>, api: &HostApi) -> Vec<OpShape> {
+            let (mut stage, _) = stream.body.into_parts();
+            let mut lean = LeanOps::new::<S>();
+            assert!(bind_lean(&mut stage, api, &mut lean));
+            lean.parts().2.to_vec()
+        }
+        // Checks a stream against them.
+        fn check<S: Stage>(stream: Stream<S>, api: &HostApi, against: &[OpShape]) -> bool {
+            let (mut stage, _) = stream.body.into_parts();
+            bind_lean_checked(&mut stage, api, &mut LeanOps::new::<S>(), against)
+        }
+        let map = shapes(of(vec![1u64]).map(|x: u64| x + 1), &api);
+        let scan = shapes(of(vec![1u64]).scan(0u64, |a: u64, v: u64| a + v), &api);
+        let take = shapes(of(vec![1u64]).map(|x: u64| x + 1).take(1), &api);
+        let cases: [(&str, bool, bool); 11] = [
+            (
+                "another closure",
+                check(of(vec![2u64]).map(|x: u64| x * 3), &api, &map),
+                true,
+            ),
+            (
+                "filter for map",
+                check(of(vec![2u64]).filter(|x: &u64| *x > 1), &api, &map),
+                false,
+            ),
+            (
+                "another output",
+                check(of(vec![2u64]).map(|x: u64| x as u32), &api, &map),
+                false,
+            ),
+            (
+                "another input",
+                check(of(vec![2u32]).map(|x: u32| u64::from(x)), &api, &map),
+                false,
+            ),
+            (
+                "one more",
+                check(of(vec![2u64]).map(|x: u64| x).map(|x: u64| x), &api, &map),
+                false,
+            ),
+            (
+                "one fewer",
+                check(of(vec![2u64]).map(|x: u64| x + 1), &api, &take),
+                false,
+            ),
+            (
+                "another seed",
+                check(
+                    of(vec![2u64]).scan(9u64, |a: u64, v: u64| a * v),
+                    &api,
+                    &scan,
+                ),
+                true,
+            ),
+            (
+                "another state",
+                check(
+                    of(vec![2u64]).scan(9u32, |a: u32, v: u64| a + v as u32),
+                    &api,
+                    &scan,
+                ),
+                false,
+            ),
+            (
+                "another count",
+                check(of(vec![2u64]).map(|x: u64| x).take(5), &api, &take),
+                true,
+            ),
+            (
+                "skip for take",
+                check(of(vec![2u64]).map(|x: u64| x).skip(1), &api, &take),
+                false,
+            ),
+            (
+                "none against none",
+                check(of(vec![2u64]).map(|x: u64| x), &api, &[]),
+                false,
+            ),
+        ];
+        for (name, got, want) in cases {
+            assert_eq!(got, want, "{name}");
+        }
+    }
 
     /// A seed value's text is its `Debug` text, for the integers written without `core::fmt`
     /// (each type's extremes, zero, and values of each length) and for any other value;

@@ -36,9 +36,9 @@ use std::collections::VecDeque;
 
 use crate::abi::{EmitCx, InnerCall, InnerDesc, InnerHandle, RStr, inner_answer, inner_kind};
 use crate::dsl::{
-    At, Binder, Cx, Env, Flow, LEAN_OPS, LeanOps, NO_OP, Next, Observer, Op, Out, Pipe, Seed,
-    Stage, Stream, Tally, bind_inner, bind_lean, contain_panic, contained, debug_state,
-    drop_env_entry, drop_state, rethrow_contained, state_fns_uncloned,
+    At, Binder, Cx, Env, Flow, LEAN_OPS, LeanOps, NO_OP, Next, Observer, Op, OpShape, Out, Pipe,
+    Seed, Stage, Stream, Tally, bind_inner, bind_lean, bind_lean_checked, contain_panic, contained,
+    debug_state, drop_env_entry, drop_state, rethrow_contained, state_fns_uncloned,
 };
 use crate::fingerprint;
 use crate::shape::Shape;
@@ -97,7 +97,59 @@ type HoState<T> = (u64, u64, VecDeque<T>, bool);
 pub struct HigherOrder<F, T, S2, M> {
     f: F,
     at: At,
+    memo: LeanMemo,
     _t: PhantomData<fn(T) -> (S2, M)>,
+}
+
+/// What a higher-order operator keeps of its synchronous inner streams' lean bindings: the
+/// operators' descriptions and shapes of the first one the host answered with a memo number
+/// (`EmitCx::subscribe_sync`), and the last such number for bindings of those shapes. The
+/// next stream of the same shapes is checked against them ([`bind_lean_checked`]: nothing
+/// written, no seed's text) and subscribed with the number
+/// (`EmitCx::subscribe_sync_again`), its states laid out as the kept descriptions say; one
+/// that is not, or that the host no longer answers, is bound in full as before. The number
+/// is the host's to check: it answers it only while it still holds that binding, under the
+/// same code (BENCHMARKS.md, 14).
+#[derive(Default)]
+struct LeanMemo {
+    template: std::sync::OnceLock<Template>,
+    /// 0: none to try.
+    token: std::sync::atomic::AtomicU64,
+}
+
+/// The operators of a lean binding a higher-order operator keeps ([`LeanMemo`]).
+struct Template {
+    descs: Box<[crate::abi::OpDesc]>,
+    shapes: Box<[OpShape]>,
+    layout: StatesLayout,
+}
+
+// SAFETY: the descriptions' pointers are `'static` strings and functions of this library's
+// image (operator kinds, type names, state glue), never written through.
+unsafe impl Send for Template {}
+// SAFETY: as above; a template is never mutated once made.
+unsafe impl Sync for Template {}
+
+impl LeanMemo {
+    /// Keeps `token` for a binding of `descs` and `shapes` the host answered with it, if it
+    /// is of the shapes kept (the first such binding's, kept now if none is).
+    fn keep(
+        &self,
+        token: u64,
+        descs: &[crate::abi::OpDesc],
+        shapes: &[OpShape],
+        layout: &StatesLayout,
+    ) {
+        let t = self.template.get_or_init(|| Template {
+            descs: descs.into(),
+            shapes: shapes.into(),
+            layout: *layout,
+        });
+        if *t.shapes == *shapes {
+            self.token
+                .store(token, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl<F, T, S2, M> fmt::Debug for HigherOrder<F, T, S2, M> {
@@ -204,24 +256,50 @@ fn stateless(op: &crate::abi::OpDesc) -> bool {
     op.state.fingerprint.name.is_none()
 }
 
-impl<'a> SyncStates<'a> {
-    /// The states of `ops`, as a lean binding records them (at most [`LEAN_OPS`]: the
-    /// operators' numbers index `ptrs`), in `room` when they fit.
-    fn new(ops: &'a [crate::abi::OpDesc], room: &'a mut StateRoom) -> SyncStates<'a> {
+/// Where the states of a lean binding's operators go in one block ([`SyncStates`]).
+#[derive(Clone, Copy)]
+struct StatesLayout {
+    /// By operator: its state's offset in the block.
+    offsets: [usize; LEAN_OPS],
+    block: std::alloc::Layout,
+}
+
+impl StatesLayout {
+    /// The layout of the states of `ops`, as a lean binding records them (at most
+    /// [`LEAN_OPS`]: the operators' numbers index `offsets`).
+    fn of(ops: &[crate::abi::OpDesc]) -> StatesLayout {
         let n = ops.len();
         assert!(n <= LEAN_OPS, "{n} operators in a lean binding");
-        let mut ptrs = [core::ptr::null_mut(); LEAN_OPS];
+        let mut offsets = [0; LEAN_OPS];
         // Each state at an offset aligned for it; the block aligned for the strictest.
         let (mut size, mut align) = (0usize, 1usize);
-        for (p, op) in ptrs[..n].iter_mut().zip(ops) {
+        for (o, op) in offsets[..n].iter_mut().zip(ops) {
             let a = op.state.fingerprint.align.max(1);
             size = size.next_multiple_of(a);
-            *p = size as *mut u8;
+            *o = size;
             size += op.state.fingerprint.size;
             align = align.max(a);
         }
-        let layout = std::alloc::Layout::from_size_align(size, align)
-            .expect("state layouts the compiler gave");
+        StatesLayout {
+            offsets,
+            block: std::alloc::Layout::from_size_align(size, align)
+                .expect("state layouts the compiler gave"),
+        }
+    }
+}
+
+impl<'a> SyncStates<'a> {
+    /// The states of `ops` laid out by `layout` (theirs: [`StatesLayout::of`]), in `room`
+    /// when they fit.
+    fn new(
+        ops: &'a [crate::abi::OpDesc],
+        layout: &StatesLayout,
+        room: &'a mut StateRoom,
+    ) -> SyncStates<'a> {
+        let n = ops.len();
+        assert!(n <= LEAN_OPS, "{n} operators in a lean binding");
+        let whole = layout.block;
+        let (size, align) = (whole.size(), whole.align());
         let (block, heap) = if size == 0 {
             // Every state is zero-sized: any aligned, non-null address will do.
             (align as *mut u8, None)
@@ -229,15 +307,16 @@ impl<'a> SyncStates<'a> {
             (room.0.as_mut_ptr().cast::<u8>(), None)
         } else {
             // SAFETY: a non-zero size.
-            let b = unsafe { std::alloc::alloc(layout) };
+            let b = unsafe { std::alloc::alloc(whole) };
             if b.is_null() {
-                std::alloc::handle_alloc_error(layout);
+                std::alloc::handle_alloc_error(whole);
             }
-            (b, Some(layout))
+            (b, Some(whole))
         };
-        for p in &mut ptrs[..n] {
+        let mut ptrs = [core::ptr::null_mut(); LEAN_OPS];
+        for (p, &o) in ptrs[..n].iter_mut().zip(&layout.offsets) {
             // In bounds of the block (or of nothing, for a zero-sized state at its end).
-            *p = block.wrapping_add(*p as usize);
+            *p = block.wrapping_add(o);
         }
         SyncStates {
             ops,
@@ -418,31 +497,82 @@ where
             && let Some((from, to, bare)) = stage.sync_source()
         {
             let emit = cx.emit();
-            let mut lean = LeanOps::new::<S2>();
             // SAFETY: the host passes a registration API valid for the call.
-            if bare || bind_lean(&mut stage, unsafe { &*emit.api }, &mut lean) {
-                let (ops, sigs) = lean.parts();
+            let api = unsafe { &*emit.api };
+            let token = self.memo.token.load(std::sync::atomic::Ordering::Relaxed);
+            if !bare
+                && token != 0
+                && let Some(t) = self.memo.template.get()
+                && bind_lean_checked(&mut stage, api, &mut LeanOps::new::<S2>(), &t.shapes)
+            {
+                // The operators of a binding the host answered with `token`: named, not
+                // described again (`LeanMemo`).
+                let mut inner_cx: *const EmitCx = core::ptr::null();
+                // SAFETY: the host's context for this call; `inner_cx` lives across it.
+                let id =
+                    unsafe { (emit.subscribe_sync_again)(emit.host, op, token, &raw mut inner_cx) };
+                if id != 0 {
+                    self.run_sync_ops::<C, K>(
+                        cx, x, &stage, &t.descs, &t.layout, id, inner_cx, from, to, k,
+                    );
+                    return true;
+                }
+                // Gone, or the host wants them described: not named again until it answers
+                // another number.
+                self.memo
+                    .token
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut lean = LeanOps::new::<S2>();
+            if bare || bind_lean(&mut stage, api, &mut lean) {
+                let (ops, sigs, shapes) = lean.parts();
                 // A stream with no operator (bare, or whose operators bound none of their
                 // own) runs on the outer chain's context, with no context of its own.
                 // Null pointers for a bare source, as the host's contract says.
                 let mut inner_cx: *const EmitCx = core::ptr::null();
-                let (ops_ptr, sigs_ptr, place) = if ops.is_empty() {
-                    (core::ptr::null(), core::ptr::null(), core::ptr::null_mut())
+                let mut memo = 0u64;
+                let (ops_ptr, sigs_ptr, place, memo_place) = if ops.is_empty() {
+                    let null = core::ptr::null_mut();
+                    (
+                        core::ptr::null(),
+                        core::ptr::null(),
+                        null,
+                        core::ptr::null_mut(),
+                    )
                 } else {
-                    (ops.as_ptr(), sigs.as_ptr(), &raw mut inner_cx)
+                    (
+                        ops.as_ptr(),
+                        sigs.as_ptr(),
+                        &raw mut inner_cx,
+                        &raw mut memo,
+                    )
                 };
                 // SAFETY: the host's context for this call; the operators' descriptions and
-                // signatures (and the seeds' text, `lean`'s, borrowed by `ops` and `sigs`)
-                // live across it.
+                // signatures (and the seeds' text, `lean`'s, borrowed by `ops` and `sigs`),
+                // `inner_cx` and `memo` live across it.
                 let id = unsafe {
-                    (emit.subscribe_sync)(emit.host, op, ops_ptr, sigs_ptr, ops.len(), place)
+                    (emit.subscribe_sync)(
+                        emit.host,
+                        op,
+                        ops_ptr,
+                        sigs_ptr,
+                        ops.len(),
+                        place,
+                        memo_place,
+                    )
                 };
                 if id != 0 {
                     if ops.is_empty() {
                         drop(x);
                         Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
                     } else {
-                        self.run_sync_ops::<C, K>(cx, x, &stage, ops, id, inner_cx, from, to, k);
+                        let layout = StatesLayout::of(ops);
+                        if memo != 0 {
+                            self.memo.keep(memo, ops, shapes, &layout);
+                        }
+                        self.run_sync_ops::<C, K>(
+                            cx, x, &stage, ops, &layout, id, inner_cx, from, to, k,
+                        );
                     }
                     return true;
                 }
@@ -517,6 +647,7 @@ where
         x: T,
         stage: &S2,
         ops: &[crate::abi::OpDesc],
+        layout: &StatesLayout,
         id: u64,
         inner_cx: *const EmitCx,
         from: u64,
@@ -528,7 +659,7 @@ where
             emit: cx.emit(),
             op: self.at.op,
             id,
-            states: SyncStates::new(ops, &mut room),
+            states: SyncStates::new(ops, layout, &mut room),
         };
         // The outer value goes now that the end is guaranteed (its drop is user code).
         drop(x);
@@ -899,6 +1030,7 @@ where
     this.then(HigherOrder {
         f,
         at,
+        memo: LeanMemo::default(),
         _t: PhantomData,
     })
 }

@@ -239,9 +239,10 @@ impl<W: Wire> Stage for Root<W> {
     fn bind(&mut self, b: &mut Binder<'_>) {
         // A lean binding describes no source (an inner stream run inside its outer value's
         // call never hands its sources over): the label is left for later.
-        if !b.is_lean() {
-            self.write_label();
+        if b.lean_source() {
+            return;
         }
+        self.write_label();
         // SAFETY: the strings are this root's, which the stage keeps (in its `Env`) at least
         // until the host has read the binding's description.
         unsafe { b.source(self.desc, &self.label, &self.text) };

@@ -207,3 +207,34 @@ pub fn copies_prefix(reloader: &host::reloader::Reloader) -> String {
             .collect()
     })
 }
+
+/// A port nobody listens on now (bound, then freed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Connects to `addr`, trying again while nobody listens yet (the host binds once the
+/// pipeline starts, after its `loaded` or `reload` event).
+pub fn connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let deadline = std::time::Instant::now() + host::testkit::EMISSION_TIMEOUT;
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => {
+                s.set_read_timeout(Some(host::testkit::EMISSION_TIMEOUT))
+                    .expect("set a read timeout");
+                return s;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!(
+                "cannot connect to {addr} within {:?}: {e}",
+                host::testkit::EMISSION_TIMEOUT
+            ),
+        }
+    }
+}

@@ -637,6 +637,78 @@ fn each_synchronous_inner_stream_reaches_the_store_with_its_own_seeds() -> anyho
     Ok(())
 }
 
+/// A higher-order operator whose synchronous inner streams the host answered with a memo
+/// names that memo instead of describing each stream again (no seed's text is written then):
+/// once the store's log is kept, the seeds are logged, and the host refuses the name until
+/// it is described again, so every subscription from then on reaches the store with its own
+/// seeds, not those of the binding named before.
+#[test]
+fn seeds_reach_the_store_from_when_its_log_is_kept() -> anyhow::Result<()> {
+    use hmr_track::Event;
+    use host::reloader::Outcome;
+    use std::io::Write;
+    const N: u64 = 200;
+    let addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", integration_tests::free_port()).parse()?;
+    let fixture = Fixture::new(
+        "higher_sync_seeds_later",
+        &plugin(&format!(
+            r#"    p.pipeline("net", tcp_lines("{addr}"))
+        .merge_map(|l: String| {{
+            let x: u64 = l.trim().parse().unwrap_or(0);
+            of(vec![x]).scan(x * 1000, |a: u64, v: u64| a + v)
+        }})
+        .log();"#
+        )),
+    );
+    let config = fixture.build_config(false)?;
+    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
+    let keep = host::testkit::TempDir::new("higher-sync-seeds-later");
+    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
+    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    let mut conn = integration_tests::connect(addr);
+    // Each line `x` emits x * 1001 once; all of `lines` are awaited.
+    let mut send = |lines: std::ops::Range<u64>| -> anyhow::Result<()> {
+        let text: String = lines.clone().map(|x| format!("{x}\n")).collect();
+        conn.write_all(text.as_bytes())?;
+        for x in lines {
+            let e = integration_tests::next_matching(
+                &rx,
+                EMISSION_TIMEOUT,
+                |e| matches!(e, HostEvent::Emission { pipeline, .. } if pipeline == "net"),
+            )?;
+            let HostEvent::Emission { value: v, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(value(&v), (x * 1001) as i64, "line {x}");
+        }
+        Ok(())
+    };
+    // Without the log: the operator's streams are named by memo after the first.
+    send(1..N / 2)?;
+    reloader.idle();
+    reloader.keep_store_log();
+    send(N / 2..N)?;
+    reloader.idle();
+    let seeds: Vec<Option<String>> = reloader
+        .recorder()
+        .log
+        .iter()
+        .filter_map(|event| match event {
+            Event::TrackCall {
+                kind, signature, ..
+            } if kind == "scan" => Some(signature.seed.clone()),
+            _ => None,
+        })
+        .collect();
+    // Those before the log may or may not be there (told before or after it was kept); those
+    // after are last, each with its own seed.
+    let want: Vec<Option<String>> = (N / 2..N).map(|x| Some((x * 1000).to_string())).collect();
+    let got = &seeds[seeds.len().saturating_sub(want.len())..];
+    assert_eq!(got, want, "the scans' seeds the store heard last");
+    Ok(())
+}
+
 /// A pipeline restarted by a reload (its source changed) numbers its inner subscriptions
 /// after its old thread's, which may still be ending them: two subscriptions of one pipeline
 /// never share a path, so the old one's end cannot take the new one out of the tracking

@@ -8,11 +8,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use host::events::HostEvent;
 use host::testkit::{EMISSION_TIMEOUT, Fixture, Harness};
-use integration_tests::{plugin, reload_fields, reload_version, value};
+use integration_tests::{connect, free_port, plugin, reload_fields, reload_version, value};
 
 fn append(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new()
@@ -240,34 +240,6 @@ fn grow_emits(host: &mut Harness, line: &str) -> anyhow::Result<()> {
             "grow never emitted {line:?}; what it did: {:#?}",
             story(host.history(), "grow")
         ))),
-    }
-}
-
-/// A port nobody listens on now (bound, then freed).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Connects to `addr`, trying again while nobody listens yet (the host binds once the
-/// pipeline starts, after its `loaded` or `reload` event).
-fn connect(addr: SocketAddr) -> TcpStream {
-    let deadline = Instant::now() + EMISSION_TIMEOUT;
-    loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => {
-                s.set_read_timeout(Some(EMISSION_TIMEOUT))
-                    .expect("set a read timeout");
-                return s;
-            }
-            Err(e) if Instant::now() < deadline => {
-                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("cannot connect to {addr} within {EMISSION_TIMEOUT:?}: {e}"),
-        }
     }
 }
 

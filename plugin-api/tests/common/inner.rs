@@ -445,6 +445,8 @@ pub(super) unsafe extern "C" fn on_subscribe_sync(
     sigs: *const RSignature,
     n_ops: usize,
     cx: *mut *const EmitCx,
+    // Left alone: this host keeps no memo, so the plugin describes every stream.
+    _memo: *mut u64,
 ) -> u64 {
     // SAFETY: as in `on_subscribe`; `ops`, `sigs` (and `cx`, with operators) valid for the
     // call.
@@ -525,6 +527,7 @@ fn instance_cx(host: &InstHost, sink: &Sink, api: *const HostApi) -> Box<EmitCx>
         schedule: cbi_schedule,
         subscribe: cbi_subscribe,
         subscribe_sync: cbi_subscribe_sync,
+        subscribe_sync_again: no_subscribe_sync_again,
         unsubscribe: cbi_unsubscribe,
         api,
     })
@@ -584,6 +587,17 @@ unsafe extern "C" fn cbi_subscribe_sync(
     _ops: *const OpDesc,
     _sigs: *const RSignature,
     _n_ops: usize,
+    _cx: *mut *const EmitCx,
+    _memo: *mut u64,
+) -> u64 {
+    0
+}
+
+/// Never names a memo (`on_subscribe_sync` answers none): every stream is described.
+pub(super) unsafe extern "C" fn no_subscribe_sync_again(
+    _host: *mut c_void,
+    _op: u32,
+    _memo: u64,
     _cx: *mut *const EmitCx,
 ) -> u64 {
     0
