@@ -558,12 +558,35 @@ impl Reloader {
         self.enter_census();
     }
 
+    /// As [`Reloader::idle`], and then, until `done` holds, enters each census message as it
+    /// arrives, waiting for it at most until `timeout` has passed. Whether `done` held: a
+    /// test's way to wait for what the pipelines' threads tell the tracking store after their
+    /// calls are done.
+    #[doc(hidden)]
+    pub fn idle_until(&mut self, timeout: Duration, done: impl Fn(&Reloader) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.enter_census();
+        while !done(self) {
+            match self.runtime.next_census(deadline) {
+                Some(c) => self.enter_census_messages([c]),
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// Enters into the tracking store what the pipelines' inner subscriptions did since the
     /// last call (`Runtime::take_census`): a started one as a subscription of its
     /// higher-order operator's track with its run-time tracks (`#N:inner` and the inner
     /// stream's), an ended one unsubscribed (its tracks leave the store).
     fn enter_census(&mut self) {
-        for c in self.runtime.take_census() {
+        let census = self.runtime.take_census();
+        self.enter_census_messages(census);
+    }
+
+    /// Enters `census` (see [`Reloader::enter_census`]).
+    fn enter_census_messages(&mut self, census: impl IntoIterator<Item = Census>) {
+        for c in census {
             match c {
                 Census::Passed {
                     pipeline,

@@ -827,6 +827,11 @@ impl Runtime {
         self.census.1.try_iter().collect()
     }
 
+    /// The next census message, waiting for it until `deadline` (`Reloader::idle_until`).
+    pub(crate) fn next_census(&self, deadline: Instant) -> Option<Census> {
+        self.census.1.recv_deadline(deadline).ok()
+    }
+
     /// How many census messages wait for the tracking store (a test's view of how much a
     /// burst of inner subscriptions queues).
     #[doc(hidden)]

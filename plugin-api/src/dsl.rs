@@ -1426,6 +1426,11 @@ impl<S> Body<S> {
     pub(crate) fn into_parts(self) -> (S, Vec<(u32, Mark)>) {
         (self.stage, self.marks)
     }
+
+    /// Whether scope marks were written along its spine.
+    pub(crate) fn has_marks(&self) -> bool {
+        !self.marks.is_empty()
+    }
 }
 
 /// A pipeline under construction. Dropping it (at the end of the statement that built it)

@@ -486,14 +486,17 @@ where
     /// Returns whether that subscription already ended (or was refused).
     fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
         let op = self.at.op;
-        let stream = cx.user(op, || (self.f)(x.clone()));
-        let (mut stage, marks) = stream.body.into_parts();
+        let mut stream = cx.user(op, || (self.f)(x.clone()));
+        // Run where it was made: moved out of its body, the stage was copied (208 bytes for
+        // `of(vec![x]).map(..)`) before anything ran.
+        let marked = stream.body.has_marks();
+        let stage = &mut stream.body.stage;
         // A synchronous source through operators that hold nothing past the call lives and
         // ends inside this call: run at once, its env and states on this side, no held
         // value, if the host agrees (it numbers it, and tells the tracking store it started
         // and ended). Never while counting: counts are per subscription on the host.
         if !C::COUNTS
-            && marks.is_empty()
+            && !marked
             && let Some((from, to, bare)) = stage.sync_source()
         {
             let emit = cx.emit();
@@ -503,7 +506,7 @@ where
             if !bare
                 && token != 0
                 && let Some(t) = self.memo.template.get()
-                && bind_lean_checked(&mut stage, api, &mut LeanOps::new::<S2>(), &t.shapes)
+                && bind_lean_checked(stage, api, &mut LeanOps::new::<S2>(), &t.shapes)
             {
                 // The operators of a binding the host answered with `token`: named, not
                 // described again (`LeanMemo`).
@@ -513,7 +516,7 @@ where
                     unsafe { (emit.subscribe_sync_again)(emit.host, op, token, &raw mut inner_cx) };
                 if id != 0 {
                     self.run_sync_ops::<C, K>(
-                        cx, x, &stage, &t.descs, &t.layout, id, inner_cx, from, to, k,
+                        cx, x, stage, &t.descs, &t.layout, id, inner_cx, from, to, k,
                     );
                     return true;
                 }
@@ -524,7 +527,7 @@ where
                     .store(0, std::sync::atomic::Ordering::Relaxed);
             }
             let mut lean = LeanOps::new::<S2>();
-            if bare || bind_lean(&mut stage, api, &mut lean) {
+            if bare || bind_lean(stage, api, &mut lean) {
                 let (ops, sigs, shapes) = lean.parts();
                 // A stream with no operator (bare, or whose operators bound none of their
                 // own) runs on the outer chain's context, with no context of its own.
@@ -564,14 +567,14 @@ where
                 if id != 0 {
                     if ops.is_empty() {
                         drop(x);
-                        Self::run_sync::<C, K>(cx, cx, emit, &stage, from, to, k);
+                        Self::run_sync::<C, K>(cx, cx, emit, stage, from, to, k);
                     } else {
                         let layout = StatesLayout::of(ops);
                         if memo != 0 {
                             self.memo.keep(memo, ops, shapes, &layout);
                         }
                         self.run_sync_ops::<C, K>(
-                            cx, x, &stage, ops, &layout, id, inner_cx, from, to, k,
+                            cx, x, stage, ops, &layout, id, inner_cx, from, to, k,
                         );
                     }
                     return true;
@@ -580,6 +583,7 @@ where
             // Refused, or not a line the lean binding records: bound in full (its tracks
             // registered, its source's label written) and subscribed the long way.
         }
+        let (stage, marks) = stream.body.into_parts();
         let (env, bound) = Self::bound(cx, stage, marks);
         self.subscribe_bound::<C, K>(cx, x, env, bound, k)
     }
@@ -679,14 +683,14 @@ where
             return;
         }
         let icx = Cx::inner(end.states.ptrs(), inner_emit, cx.marks_ops());
-        let guard = PanicAt {
+        let _guard = PanicAt {
             outer: cx,
             inner: &icx,
             emit: inner_cx,
         };
         Self::run_sync::<C, K>(cx, &icx, inner_emit, stage, from, to, k);
-        drop(guard);
-        drop(end);
+        // Dropped where they are, in reverse order (the guard, then the end): moved into a
+        // `drop` call, the end (136 bytes) was copied first.
     }
 
     /// Runs a synchronous source's values `from..to` through `stage` (on `icx`, the inner
