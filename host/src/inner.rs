@@ -67,6 +67,9 @@ pub(crate) enum Census {
         first: u64,
         count: u64,
         seeds: Option<SeedLog>,
+        /// How many of them the plugin named by the memo of their binding instead of
+        /// describing their operators (`EmitCx::subscribe_sync_again`).
+        named: u64,
     },
 }
 

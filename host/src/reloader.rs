@@ -93,6 +93,8 @@ pub struct Reloader {
     /// How many inner subscriptions that started and ended inside one call the census told
     /// of (`Census::Passed`), entered into the store or not (see `enter_census`).
     passed_inner: u64,
+    /// Of those, how many the plugin named by memo (`Census::Passed::named`).
+    passed_named: u64,
     builds: Vec<(Instant, Instant)>,
     timings: Timings,
     /// A hash of the bytes of the library running now (see [`Outcome::Unchanged`]).
@@ -132,6 +134,7 @@ impl Reloader {
             subscriptions: BTreeMap::new(),
             inner_subs: BTreeMap::new(),
             passed_inner: 0,
+            passed_named: 0,
             builds: Vec::new(),
             timings: Timings::default(),
             running_library: None,
@@ -173,6 +176,13 @@ impl Reloader {
     /// [`Reloader::keep_store_log`]).
     pub fn passed_inner_subscriptions(&self) -> u64 {
         self.passed_inner
+    }
+
+    /// Of [`Reloader::passed_inner_subscriptions`], how many the plugin named by the memo of
+    /// their binding instead of describing them (a test's view of the fast way).
+    #[doc(hidden)]
+    pub fn named_inner_subscriptions(&self) -> u64 {
+        self.passed_named
     }
 
     /// From now on, keeps every event the tracking store applies in its log
@@ -595,8 +605,10 @@ impl Reloader {
                     first,
                     count,
                     seeds,
+                    named,
                 } => {
                     self.passed_inner = self.passed_inner.saturating_add(count);
+                    self.passed_named = self.passed_named.saturating_add(named);
                     // Each entered and removed, as a subscription that started and ended:
                     // which leaves the store's contents as they were (only its id counter
                     // moves on), so it is done only where the events are seen (the store's

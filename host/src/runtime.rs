@@ -1237,8 +1237,9 @@ struct HostCx {
     /// everything by number.)
     passed: RefCell<Option<PassedRun>>,
     /// By higher-order operator: the last binding of its synchronous inner stream, to hand
-    /// out again while the plugin describes the same operators (`subscribe_sync`); dropped
-    /// whenever the driver takes other code (see [`crate::inner::SyncMemo`]).
+    /// out again while the plugin describes the same operators (`subscribe_sync`) or names
+    /// the memo (`subscribe_sync_again`); dropped whenever the driver takes other code (see
+    /// [`crate::inner::SyncMemo`]).
     sync_memos: RefCell<Vec<Option<crate::inner::SyncMemo>>>,
     /// The next inner subscription's number and the end of the block of numbers claimed
     /// from [`Shared::inner_ids`] (equal: claim another, [`HostCx::inner_id`]); the next
@@ -1304,6 +1305,8 @@ struct PassedRun {
     /// Each subscription's seeds, when its first subscription's were not `calls`' (a run
     /// with a log logs every subscription's; one without has `calls`' seeds throughout).
     seeds: Option<crate::inner::SeedLog>,
+    /// How many were named by memo (`subscribe_sync_again`).
+    named: u64,
 }
 
 /// No registration call (an inner stream without tracks of its own), shared.
@@ -1907,6 +1910,7 @@ impl HostCx {
                 first: run.first,
                 count: run.count,
                 seeds: run.seeds,
+                named: run.named,
             });
         }
     }
@@ -1941,8 +1945,8 @@ impl HostCx {
     /// describe every subscription's operators, seeds and all).
     ///
     /// # Safety
-    /// The strings of `ops` and `sigs` (as many) must be readable for the call; `memo` is
-    /// null or writable.
+    /// The strings of `ops` and `sigs` (as many) must be readable for the call; `cx` and
+    /// `memo` are null or writable.
     unsafe fn subscribe_sync(
         &self,
         op: u32,
@@ -2053,7 +2057,8 @@ impl HostCx {
     /// Numbers a synchronous inner subscription of operator `op` (track `op_track`), tells
     /// the census, and points `*cx` at a context for its operators (with `memo`, its
     /// binding; a bare source has none). `sigs`: its operators' signatures, for their seeds;
-    /// `None` only when no seed is logged (no run under way logs them, nor will this one).
+    /// `None` when the plugin named the memo (no seed is logged then: a run under way that
+    /// logs them is not continued but told, and the next begun without).
     ///
     /// # Safety
     /// The seeds of `sigs` must be readable for the call; with `memo`, `cx` is writable.
@@ -2080,12 +2085,12 @@ impl HostCx {
                 .as_mut()
                 .filter(|_| same_run)
                 .and_then(|run| run.seeds.as_mut())
-                .filter(|log| log.size() < crate::inner::SeedLog::CAP);
-            if let Some(log) = log {
+                .filter(|log| log.size() < crate::inner::SeedLog::CAP)
+                .zip(sigs);
+            if let Some((log, sigs)) = log {
                 // A run that logs seeds logs every subscription's.
-                debug_assert!(sigs.is_some(), "a run that logs seeds given none");
                 // SAFETY: the caller's obligation.
-                unsafe { log.push(sigs.unwrap_or_default()) };
+                unsafe { log.push(sigs) };
                 if let Some(run) = passed.as_mut() {
                     run.count += 1;
                 }
@@ -2098,8 +2103,12 @@ impl HostCx {
                         // SAFETY: the caller's obligation.
                         memo.is_some_and(|m| !unsafe { m.same_seeds(sigs) })
                     });
+                let named = u64::from(sigs.is_none());
                 match &mut *passed {
-                    Some(run) if same_run && run.seeds.is_none() && !own => run.count += 1,
+                    Some(run) if same_run && run.seeds.is_none() && !own => {
+                        run.count += 1;
+                        run.named += named;
+                    }
                     _ => {
                         let seeds = own.then(|| {
                             let mut log = crate::inner::SeedLog::default();
@@ -2113,6 +2122,7 @@ impl HostCx {
                             first: id,
                             count: 1,
                             seeds,
+                            named,
                         });
                         drop(passed);
                         self.tell_passed(earlier);

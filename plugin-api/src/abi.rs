@@ -305,8 +305,8 @@ pub struct EmitCx {
     /// panic is reported through it after the subscription ended). The plugin ends the
     /// subscription with [`EmitCx::unsubscribe`] before the running call returns (also when
     /// unwinding). When the host answers 0 it registered nothing: the plugin binds the
-    /// stream for [`EmitCx::subscribe`]. A bare source (`n_ops` 0, `ops`, `sigs` and `cx`
-    /// null) is bound by nobody and ended by nobody.
+    /// stream for [`EmitCx::subscribe`]. A bare source (`n_ops` 0, `ops`, `sigs`, `cx` and
+    /// `memo` null) is bound by nobody and ended by nobody.
     ///
     /// With operators, on success the host may also write to `*memo` (when not null) a
     /// nonzero number naming the tracks it registered them as, for

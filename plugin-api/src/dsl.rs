@@ -722,25 +722,23 @@ impl Seed {
     }
 }
 
-/// What a lean binding's memo compares of an operator ([`bind_lean_checked`]): its kind
-/// (a static string's address), the hashes of its input and output types, its state's type
-/// and layout, and whether it has a seed; not the seed's text. Two operators of one shape
-/// have the same description ([`OpDesc`]: the state's glue is its type's) and the same
-/// signature but for the seed's text, as the host's memo compares them.
+/// What a lean binding's memo compares of an operator ([`bind_lean_checked`]), as the
+/// host's memo compares a description and signature (`inner::op_key`): its kind and its
+/// input, output and state types' names (static strings of this library, compared by
+/// address and length), the types' hashes, the state's size and alignment, and whether it
+/// has a seed; not the seed's text.
+///
+/// A higher-order operator keeps the descriptions of its own stage type's streams only
+/// (`higher::LeanMemo`), whose operators are fixed by that type: the check confirms what the
+/// type already says, and refuses, rather than trusts, a stream that differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct OpShape {
-    kind: (*const u8, usize),
-    input: u64,
-    output: u64,
-    state: (u64, usize, usize),
+    kind: (usize, usize),
+    /// Input, output, state: each type's name (address, length) and hash.
+    types: [(usize, usize, u64); 3],
+    state: (usize, usize),
     seeded: bool,
 }
-
-// SAFETY: the only pointer is to a `'static` string of this library's image, never read
-// through (compared as an address).
-unsafe impl Send for OpShape {}
-// SAFETY: as above.
-unsafe impl Sync for OpShape {}
 
 impl Seed {
     /// Whether [`Seed::write`] writes a text (`value_given`: the stage handed its seed
@@ -758,11 +756,11 @@ impl Meta {
     /// Its shape, `seeded` or not.
     fn shape(&self, seeded: bool) -> OpShape {
         let state = self.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
+        let ty = |fp: &RFingerprint| (fp.name.ptr as usize, fp.name.len, fp.hash);
         OpShape {
-            kind: (self.kind.as_ptr(), self.kind.len()),
-            input: self.input.hash,
-            output: self.output.hash,
-            state: (state.hash, state.size, state.align),
+            kind: (self.kind.as_ptr() as usize, self.kind.len()),
+            types: [ty(&self.input), ty(&self.output), ty(&state)],
+            state: (state.size, state.align),
             seeded,
         }
     }
@@ -1813,7 +1811,8 @@ const _: () = assert!(LEAN_OPS <= u8::BITS as usize);
 pub(crate) struct LeanOps {
     /// The stage's state seeding entry (every description's `init`).
     init: crate::abi::InitFn,
-    /// Checking: the shapes to compare with, and how many (null and 0 when recording).
+    /// Checking: the shapes to compare with, and how many (null and 0 when recording); set
+    /// by [`bind_lean_checked`] on a `LeanOps` of its own, for the call.
     check: *const OpShape,
     check_len: usize,
     shapes: [core::mem::MaybeUninit<OpShape>; LEAN_OPS],
@@ -2011,19 +2010,17 @@ pub(crate) fn bind_lean<S: Stage>(stage: &mut S, api: &HostApi, lean: &mut LeanO
 /// [`bind_lean`] checking instead of recording: true when the stream is, operator for
 /// operator, of `shapes` (as many operators, each of the same kind, types, state layout and
 /// seed presence; the seeds' text is not written), each operator numbered as recording
-/// would number it.
+/// would number it. Its `LeanOps` records nothing, so none is handed out.
 pub(crate) fn bind_lean_checked<S: Stage>(
     stage: &mut S,
     api: &HostApi,
-    lean: &mut LeanOps,
     shapes: &[OpShape],
 ) -> bool {
+    let mut lean = LeanOps::new::<S>();
+    // Read by `LeanOps::op` during the call only: `shapes` outlives it.
     lean.check = shapes.as_ptr();
     lean.check_len = shapes.len();
-    let ok = bind_lean(stage, api, lean) && lean.len == shapes.len();
-    lean.check = core::ptr::null();
-    lean.check_len = 0;
-    ok
+    bind_lean(stage, api, &mut lean) && lean.len == shapes.len()
 }
 
 /// Vectors a binding at run time reuses (one thread runs a pipeline and its inner
@@ -3259,12 +3256,16 @@ mod tests {
         // Checks a stream against them.
         fn check<S: Stage>(stream: Stream<S>, api: &HostApi, against: &[OpShape]) -> bool {
             let (mut stage, _) = stream.body.into_parts();
-            bind_lean_checked(&mut stage, api, &mut LeanOps::new::<S>(), against)
+            bind_lean_checked(&mut stage, api, against)
         }
         let map = shapes(of(vec![1u64]).map(|x: u64| x + 1), &api);
         let scan = shapes(of(vec![1u64]).scan(0u64, |a: u64, v: u64| a + v), &api);
         let take = shapes(of(vec![1u64]).map(|x: u64| x + 1).take(1), &api);
-        let cases: [(&str, bool, bool); 11] = [
+        let scan_map = shapes(
+            of(vec![1u64]).scan_map(0u64, |a: &mut u64, v: u64| *a + v),
+            &api,
+        );
+        let cases: [(&str, bool, bool); 13] = [
             (
                 "another closure",
                 check(of(vec![2u64]).map(|x: u64| x * 3), &api, &map),
@@ -3324,8 +3325,27 @@ mod tests {
                 false,
             ),
             (
-                "none against none",
+                "one against none",
                 check(of(vec![2u64]).map(|x: u64| x), &api, &[]),
+                false,
+            ),
+            (
+                "another scan_map seed",
+                check(
+                    of(vec![2u64]).scan_map(5u64, |a: &mut u64, v: u64| *a * v),
+                    &api,
+                    &scan_map,
+                ),
+                true,
+            ),
+            (
+                // The same input and output: only the state's type differs.
+                "another scan_map state",
+                check(
+                    of(vec![2u64]).scan_map(5u32, |a: &mut u32, v: u64| u64::from(*a) + v),
+                    &api,
+                    &scan_map,
+                ),
                 false,
             ),
         ];

@@ -506,7 +506,7 @@ where
             if !bare
                 && token != 0
                 && let Some(t) = self.memo.template.get()
-                && bind_lean_checked(stage, api, &mut LeanOps::new::<S2>(), &t.shapes)
+                && bind_lean_checked(stage, api, &t.shapes)
             {
                 // The operators of a binding the host answered with `token`: named, not
                 // described again (`LeanMemo`).
@@ -535,13 +535,8 @@ where
                 let mut inner_cx: *const EmitCx = core::ptr::null();
                 let mut memo = 0u64;
                 let (ops_ptr, sigs_ptr, place, memo_place) = if ops.is_empty() {
-                    let null = core::ptr::null_mut();
-                    (
-                        core::ptr::null(),
-                        core::ptr::null(),
-                        null,
-                        core::ptr::null_mut(),
-                    )
+                    use core::ptr::{null, null_mut};
+                    (null(), null(), null_mut(), null_mut())
                 } else {
                     (
                         ops.as_ptr(),
@@ -689,8 +684,8 @@ where
             emit: inner_cx,
         };
         Self::run_sync::<C, K>(cx, &icx, inner_emit, stage, from, to, k);
-        // Dropped where they are, in reverse order (the guard, then the end): moved into a
-        // `drop` call, the end (136 bytes) was copied first.
+        // Dropped where they are, in reverse order (the guard, the inner context, then the
+        // end): moved into a `drop` call, the end (136 bytes) was copied first.
     }
 
     /// Runs a synchronous source's values `from..to` through `stage` (on `icx`, the inner

@@ -692,11 +692,18 @@ fn seeds_reach_the_store_from_when_its_log_is_kept() -> anyhow::Result<()> {
         reloader.idle_until(EMISSION_TIMEOUT, told(N / 2 - 1)),
         "told of the first half"
     );
+    // All but the first, described once, were named.
+    assert_eq!(reloader.named_inner_subscriptions(), N / 2 - 2, "named");
     reloader.keep_store_log();
     send(N / 2..N)?;
     assert!(
         reloader.idle_until(EMISSION_TIMEOUT, told(N - 1)),
         "told of them all"
+    );
+    assert_eq!(
+        reloader.named_inner_subscriptions(),
+        N / 2 - 2,
+        "named with the log kept"
     );
     let seeds: Vec<Option<String>> = reloader
         .recorder()
