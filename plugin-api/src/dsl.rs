@@ -722,23 +722,32 @@ impl Seed {
     }
 }
 
-/// What a lean binding's memo compares of an operator ([`bind_lean_checked`]), as the
-/// host's memo compares a description and signature (`inner::op_key`): its kind and its
-/// input, output and state types' names (static strings of this library, compared by
-/// address and length), the types' hashes, the state's size and alignment, and whether it
-/// has a seed; not the seed's text.
+/// What a lean binding's memo compares of an operator ([`bind_lean_checked`]): its kind (a
+/// static string of this library, compared by address and length), its input's and
+/// output's type fingerprints (the hash of the type's name, size and alignment), its state's
+/// (the hash of its layout description, its size and alignment), and whether it has a seed;
+/// not the seed's text. The host's memo compares the types' names too (`inner::op_key`).
 ///
 /// A higher-order operator keeps the descriptions of its own stage type's streams only
-/// (`higher::LeanMemo`), whose operators are fixed by that type: the check confirms what the
-/// type already says, and refuses, rather than trusts, a stream that differs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct OpShape {
-    kind: (usize, usize),
-    /// Input, output, state: each type's name (address, length) and hash.
-    types: [(usize, usize, u64); 3],
-    state: (usize, usize),
-    seeded: bool,
+/// (`higher::LeanMemo`), whose operators, types and state glue that type fixes: the check
+/// confirms what the type already says, and refuses, rather than trusts, a stream that
+/// differs. The words, in order: the kind's address and length, the input's, output's and
+/// state's hashes, the state's size and alignment, 1 with a seed (else 0); compared folded,
+/// without a branch per word (as `op_key`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpShape([u64; 8]);
+
+impl PartialEq for OpShape {
+    fn eq(&self, other: &OpShape) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
+
+impl Eq for OpShape {}
 
 impl Seed {
     /// Whether [`Seed::write`] writes a text (`value_given`: the stage handed its seed
@@ -755,14 +764,18 @@ impl Seed {
 impl Meta {
     /// Its shape, `seeded` or not.
     fn shape(&self, seeded: bool) -> OpShape {
-        let state = self.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
-        let ty = |fp: &RFingerprint| (fp.name.ptr as usize, fp.name.len, fp.hash);
-        OpShape {
-            kind: (self.kind.as_ptr() as usize, self.kind.len()),
-            types: [ty(&self.input), ty(&self.output), ty(&state)],
-            state: (state.size, state.align),
-            seeded,
-        }
+        let s = self.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
+        let w = |n: usize| n as u64;
+        OpShape([
+            w(self.kind.as_ptr() as usize),
+            w(self.kind.len()),
+            self.input.hash,
+            self.output.hash,
+            s.hash,
+            w(s.size),
+            w(s.align),
+            u64::from(seeded),
+        ])
     }
 
     /// The signature of its track, with `seed` as its seed's text.

@@ -484,7 +484,7 @@ where
 
     /// Projects `x`, subscribes the stream and runs its start and synchronous sources.
     /// Returns whether that subscription already ended (or was refused).
-    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, x: T, k: &mut K) -> bool {
+    fn subscribe<C: Tally, K: Observer<S2::Out>>(&self, cx: &Cx<'_>, mut x: T, k: &mut K) -> bool {
         let op = self.at.op;
         let mut stream = cx.user(op, || (self.f)(x.clone()));
         // Run where it was made: moved out of its body, the stage was copied (208 bytes for
@@ -502,77 +502,48 @@ where
             let emit = cx.emit();
             // SAFETY: the host passes a registration API valid for the call.
             let api = unsafe { &*emit.api };
-            let token = self.memo.token.load(std::sync::atomic::Ordering::Relaxed);
-            if !bare
-                && token != 0
-                && let Some(t) = self.memo.template.get()
-                && bind_lean_checked(stage, api, &t.shapes)
-            {
-                // The operators of a binding the host answered with `token`: named, not
-                // described again (`LeanMemo`).
-                let mut inner_cx: *const EmitCx = core::ptr::null();
-                // SAFETY: the host's context for this call; `inner_cx` lives across it.
-                let id =
-                    unsafe { (emit.subscribe_sync_again)(emit.host, op, token, &raw mut inner_cx) };
-                if id != 0 {
-                    self.run_sync_ops::<C, K>(
-                        cx, x, stage, &t.descs, &t.layout, id, inner_cx, from, to, k,
-                    );
-                    return true;
-                }
-                // Gone, or the host wants them described: not named again until it answers
-                // another number.
-                self.memo
-                    .token
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
-            }
-            let mut lean = LeanOps::new::<S2>();
-            if bare || bind_lean(stage, api, &mut lean) {
-                let (ops, sigs, shapes) = lean.parts();
-                // A stream with no operator (bare, or whose operators bound none of their
-                // own) runs on the outer chain's context, with no context of its own.
-                // Null pointers for a bare source, as the host's contract says.
-                let mut inner_cx: *const EmitCx = core::ptr::null();
-                let mut memo = 0u64;
-                let (ops_ptr, sigs_ptr, place, memo_place) = if ops.is_empty() {
+            if bare {
+                // Bound by nobody and ended by nobody: null pointers, as the host's contract
+                // says. It runs on the outer chain's context.
+                let (ops, sigs, place, memo) = {
                     use core::ptr::{null, null_mut};
                     (null(), null(), null_mut(), null_mut())
-                } else {
-                    (
-                        ops.as_ptr(),
-                        sigs.as_ptr(),
-                        &raw mut inner_cx,
-                        &raw mut memo,
-                    )
                 };
-                // SAFETY: the host's context for this call; the operators' descriptions and
-                // signatures (and the seeds' text, `lean`'s, borrowed by `ops` and `sigs`),
-                // `inner_cx` and `memo` live across it.
-                let id = unsafe {
-                    (emit.subscribe_sync)(
-                        emit.host,
-                        op,
-                        ops_ptr,
-                        sigs_ptr,
-                        ops.len(),
-                        place,
-                        memo_place,
-                    )
-                };
+                // SAFETY: the host's context for this call.
+                let id = unsafe { (emit.subscribe_sync)(emit.host, op, ops, sigs, 0, place, memo) };
                 if id != 0 {
-                    if ops.is_empty() {
-                        drop(x);
-                        Self::run_sync::<C, K>(cx, cx, emit, stage, from, to, k);
-                    } else {
-                        let layout = StatesLayout::of(ops);
-                        if memo != 0 {
-                            self.memo.keep(memo, ops, shapes, &layout);
-                        }
-                        self.run_sync_ops::<C, K>(
-                            cx, x, stage, ops, &layout, id, inner_cx, from, to, k,
-                        );
-                    }
+                    drop(x);
+                    Self::run_sync::<C, K>(cx, cx, emit, stage, from, to, k);
                     return true;
+                }
+            } else {
+                let token = self.memo.token.load(std::sync::atomic::Ordering::Relaxed);
+                if token != 0
+                    && let Some(t) = self.memo.template.get()
+                    && bind_lean_checked(stage, api, &t.shapes)
+                {
+                    // The operators of a binding the host answered with `token`: named, not
+                    // described again (`LeanMemo`).
+                    let mut inner_cx: *const EmitCx = core::ptr::null();
+                    // SAFETY: the host's context for this call; `inner_cx` lives across it.
+                    let id = unsafe {
+                        (emit.subscribe_sync_again)(emit.host, op, token, &raw mut inner_cx)
+                    };
+                    if id != 0 {
+                        self.run_sync_ops::<C, K>(
+                            cx, x, stage, &t.descs, &t.layout, id, inner_cx, from, to, k,
+                        );
+                        return true;
+                    }
+                    // Gone, or the host wants them described: not named again until it
+                    // answers another number.
+                    self.memo
+                        .token
+                        .store(0, std::sync::atomic::Ordering::Relaxed);
+                }
+                match self.run_described::<C, K>(cx, x, stage, from, to, k) {
+                    Ok(()) => return true,
+                    Err(back) => x = back,
                 }
             }
             // Refused, or not a line the lean binding records: bound in full (its tracks
@@ -581,6 +552,77 @@ where
         let (stage, marks) = stream.body.into_parts();
         let (env, bound) = Self::bound(cx, stage, marks);
         self.subscribe_bound::<C, K>(cx, x, env, bound, k)
+    }
+
+    /// Runs a synchronous inner stream with operators inside this call, its operators
+    /// described to the host (`subscribe_sync`; kept for naming next time when the host
+    /// answers a memo number, `LeanMemo`). Gives `x` back when the stream is not one the
+    /// lean binding records or the host refused it: it is then subscribed the long way.
+    ///
+    /// Out of line: its binding's records (a few KiB) stay off the stack of the calls that
+    /// name the memo.
+    #[inline(never)]
+    fn run_described<C: Tally, K: Observer<S2::Out>>(
+        &self,
+        cx: &Cx<'_>,
+        x: T,
+        stage: &mut S2,
+        from: u64,
+        to: u64,
+        k: &mut K,
+    ) -> Result<(), T> {
+        let op = self.at.op;
+        let emit = cx.emit();
+        // SAFETY: the host passes a registration API valid for the call.
+        let api = unsafe { &*emit.api };
+        let mut lean = LeanOps::new::<S2>();
+        if !bind_lean(stage, api, &mut lean) {
+            return Err(x);
+        }
+        let (ops, sigs, shapes) = lean.parts();
+        // A stream whose operators bound none of their own runs on the outer chain's
+        // context, with no context of its own, as a bare source (null pointers).
+        let mut inner_cx: *const EmitCx = core::ptr::null();
+        let mut memo = 0u64;
+        let (ops_ptr, sigs_ptr, place, memo_place) = if ops.is_empty() {
+            use core::ptr::{null, null_mut};
+            (null(), null(), null_mut(), null_mut())
+        } else {
+            (
+                ops.as_ptr(),
+                sigs.as_ptr(),
+                &raw mut inner_cx,
+                &raw mut memo,
+            )
+        };
+        // SAFETY: the host's context for this call; the operators' descriptions and
+        // signatures (and the seeds' text, `lean`'s, borrowed by `ops` and `sigs`),
+        // `inner_cx` and `memo` live across it.
+        let id = unsafe {
+            (emit.subscribe_sync)(
+                emit.host,
+                op,
+                ops_ptr,
+                sigs_ptr,
+                ops.len(),
+                place,
+                memo_place,
+            )
+        };
+        if id == 0 {
+            return Err(x);
+        }
+        if ops.is_empty() {
+            drop(x);
+            Self::run_sync::<C, K>(cx, cx, emit, stage, from, to, k);
+        } else {
+            let layout = StatesLayout::of(ops);
+            if memo != 0 {
+                self.memo.keep(memo, ops, shapes, &layout);
+            }
+            self.run_sync_ops::<C, K>(cx, x, stage, ops, &layout, id, inner_cx, from, to, k);
+        }
+        Ok(())
     }
 
     /// Subscribes a bound inner stream (the host takes its env and the outer value) and runs
