@@ -107,7 +107,8 @@ pub struct HigherOrder<F, T, S2, M> {
 /// next stream of the same shapes is checked against them ([`bind_lean_checked`]: nothing
 /// written, no seed's text) and subscribed with the number
 /// (`EmitCx::subscribe_sync_again`), its states laid out as the kept descriptions say; one
-/// that is not, or that the host no longer answers, is bound in full as before. The number
+/// that is not, or that the host no longer answers, is described as before
+/// ([`HigherOrder::run_described`]). The number
 /// is the host's to check: it answers it only while it still holds that binding, under the
 /// same code (BENCHMARKS.md, 14).
 #[derive(Default)]
