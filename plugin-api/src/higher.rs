@@ -510,7 +510,8 @@ where
                     use core::ptr::{null, null_mut};
                     (null(), null(), null_mut(), null_mut())
                 };
-                // SAFETY: the host's context for this call.
+                // SAFETY: the host's context for this call; 0 operators and null pointers are
+                // the contract's form for a bare source (`EmitCx::subscribe_sync`).
                 let id = unsafe { (emit.subscribe_sync)(emit.host, op, ops, sigs, 0, place, memo) };
                 if id != 0 {
                     drop(x);
@@ -560,8 +561,9 @@ where
     /// answers a memo number, `LeanMemo`). Gives `x` back when the stream is not one the
     /// lean binding records or the host refused it: it is then subscribed the long way.
     ///
-    /// Out of line: its binding's records (a few KiB) stay off the stack of the calls that
-    /// name the memo.
+    /// Out of line: its binding's records (a few KiB) stay off the frame of a bare source's
+    /// subscription, which describes nothing. (The memo's check makes a `LeanOps` of its
+    /// own, `bind_lean_checked`; out of line as well, it read no faster.)
     #[inline(never)]
     fn run_described<C: Tally, K: Observer<S2::Out>>(
         &self,
