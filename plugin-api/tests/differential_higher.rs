@@ -826,6 +826,9 @@ fn synchronous_inner_states_of_any_size_start_from_their_own_seeds() {
             .collect();
         assert_eq!(run.logs(), want, "{name}");
         assert_eq!(run.synced_inners(), (3, 0), "{name}: run inside the calls");
+        // The first described, the next two named by the memo of its binding: their states
+        // laid out as the kept descriptions say.
+        assert_eq!(run.named_inners(), 2, "{name}: named after the first");
         assert_eq!(run.errors(), vec![], "{name}");
     }
 }

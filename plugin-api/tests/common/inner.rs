@@ -217,6 +217,13 @@ pub struct Inners {
     sync_done: RefCell<Vec<(u64, Box<InstHost>, Box<EmitCx>)>>,
     /// Whether `subscribe_sync` answers 0 (every inner stream subscribed).
     pub refuse_sync: Cell<bool>,
+    /// By higher-order operator: the memo number last answered and the operators' kinds it
+    /// was answered for (`subscribe_sync_again` names it).
+    sync_memos: RefCell<BTreeMap<u32, (u64, Vec<String>)>>,
+    /// The last memo number given.
+    last_memo: Cell<u64>,
+    /// How many synchronous inner streams were named by memo instead of described.
+    pub named: Cell<u64>,
     /// The sources' labels of every inner stream subscribed, in order.
     pub labels: RefCell<Vec<String>>,
 }
@@ -440,16 +447,15 @@ pub(super) unsafe extern "C" fn on_subscribe(
 
 pub(super) unsafe extern "C" fn on_subscribe_sync(
     host: *mut c_void,
-    _op: u32,
+    op: u32,
     ops: *const OpDesc,
     sigs: *const RSignature,
     n_ops: usize,
     cx: *mut *const EmitCx,
-    // Left alone: this host keeps no memo, so the plugin describes every stream.
-    _memo: *mut u64,
+    memo: *mut u64,
 ) -> u64 {
-    // SAFETY: as in `on_subscribe`; `ops`, `sigs` (and `cx`, with operators) valid for the
-    // call.
+    // SAFETY: as in `on_subscribe`; `ops`, `sigs` (and `cx` and `memo`, with operators)
+    // valid for the call.
     let sink = unsafe { &*host.cast::<Sink>() };
     let inner = &sink.inner;
     if inner.reprojecting.get() || inner.refuse_sync.get() {
@@ -457,6 +463,7 @@ pub(super) unsafe extern "C" fn on_subscribe_sync(
     }
     // SAFETY: as above.
     let (ops, sigs) = unsafe { (slice(ops, n_ops), slice(sigs, n_ops)) };
+    let mut kinds = Vec::new();
     if !ops.is_empty() {
         // One track per operator, in order, as the host requires, and nothing registered
         // through the API before (the host registers them itself).
@@ -464,28 +471,89 @@ pub(super) unsafe extern "C" fn on_subscribe_sync(
         if cx.is_null() || !linear || sigs.len() != ops.len() || !inner.opened.borrow().is_empty() {
             return 0;
         }
-        // Announced as the host registers them: unkeyed, under the subscription.
-        let mut announced = inner.announced.borrow_mut();
         for o in ops {
             // SAFETY: the plugin's strings, valid for the call.
             let kind = unsafe { o.kind.to_string_lossy() }.unwrap_or_default();
-            announced.push(RunTimeTrack {
-                kind: kind.into_owned(),
-                key: None,
-                depth: 0,
-            });
+            kinds.push(kind.into_owned());
         }
     }
+    // SAFETY: `cx` is valid for the call (checked non-null above, with operators).
+    let id = unsafe { enter_sync(sink, &kinds, cx) };
+    if !ops.is_empty() && !memo.is_null() {
+        // A memo number for these kinds: the last one if the same, else a new one.
+        let mut memos = inner.sync_memos.borrow_mut();
+        let token = match memos.get(&op) {
+            Some((token, same)) if *same == kinds => *token,
+            _ => {
+                let token = inner.last_memo.get() + 1;
+                inner.last_memo.set(token);
+                memos.insert(op, (token, kinds));
+                token
+            }
+        };
+        // SAFETY: `memo` is valid for the call (the plugin's).
+        unsafe { *memo = token };
+    }
+    id
+}
+
+/// Names the operators a memo number was answered for: as `on_subscribe_sync` with them.
+pub(super) unsafe extern "C" fn on_subscribe_sync_again(
+    host: *mut c_void,
+    op: u32,
+    memo: u64,
+    cx: *mut *const EmitCx,
+) -> u64 {
+    // SAFETY: as in `on_subscribe`; `cx` valid for the call.
+    let sink = unsafe { &*host.cast::<Sink>() };
+    let inner = &sink.inner;
+    if inner.reprojecting.get()
+        || inner.refuse_sync.get()
+        || cx.is_null()
+        || !inner.opened.borrow().is_empty()
+    {
+        return 0;
+    }
+    let Some(kinds) = inner
+        .sync_memos
+        .borrow()
+        .get(&op)
+        .filter(|(token, _)| *token == memo)
+        .map(|(_, kinds)| kinds.clone())
+    else {
+        return 0;
+    };
+    inner.named.set(inner.named.get() + 1);
+    // SAFETY: `cx` is valid for the call (checked non-null above).
+    unsafe { enter_sync(sink, &kinds, cx) }
+}
+
+/// Numbers a synchronous inner stream run inside the call whose operators are of `kinds`
+/// (none: a bare source), announcing their tracks as the host registers them (unkeyed,
+/// under the subscription), and hands a context for them through `cx`.
+///
+/// # Safety
+/// With operators, `cx` must be writable.
+unsafe fn enter_sync(sink: &Sink, kinds: &[String], cx: *mut *const EmitCx) -> u64 {
+    let inner = &sink.inner;
+    inner
+        .announced
+        .borrow_mut()
+        .extend(kinds.iter().map(|kind| RunTimeTrack {
+            kind: kind.clone(),
+            key: None,
+            depth: 0,
+        }));
     let id = inner.last.get() + 1;
     inner.last.set(id);
     inner.synced.set(inner.synced.get() + 1);
-    if !ops.is_empty() {
+    if !kinds.is_empty() {
         let ih = Box::new(InstHost {
             sink: sink as *const Sink,
             instance: id,
         });
         let ecx = instance_cx(&ih, sink, inner.api());
-        // SAFETY: `cx` is valid for the call (checked non-null above).
+        // SAFETY: the caller's obligation.
         unsafe { *cx = &raw const *ecx };
         inner.sync_live.borrow_mut().push((id, ih, ecx));
     }
@@ -593,7 +661,8 @@ unsafe extern "C" fn cbi_subscribe_sync(
     0
 }
 
-/// Never names a memo (`on_subscribe_sync` answers none): every stream is described.
+/// An inner stream's own higher-order operators run the long way (`cbi_subscribe_sync`):
+/// no memo to name.
 pub(super) unsafe extern "C" fn no_subscribe_sync_again(
     _host: *mut c_void,
     _op: u32,
@@ -642,6 +711,11 @@ impl Running {
             self.sink.inner.synced.get(),
             self.sink.inner.sync_live.borrow().len(),
         )
+    }
+
+    /// Of those, how many the plugin named by memo instead of describing their operators.
+    pub fn named_inners(&self) -> u64 {
+        self.sink.inner.named.get()
     }
 
     /// Makes the host answer 0 to `subscribe_sync` (or not).

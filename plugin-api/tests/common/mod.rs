@@ -226,7 +226,7 @@ impl Running {
             schedule: on_schedule,
             subscribe: inner::on_subscribe,
             subscribe_sync: inner::on_subscribe_sync,
-            subscribe_sync_again: inner::no_subscribe_sync_again,
+            subscribe_sync_again: inner::on_subscribe_sync_again,
             unsubscribe: inner::on_unsubscribe,
             api: sink.inner.api(),
         };
