@@ -1966,12 +1966,7 @@ impl HostCx {
             None
         } else {
             let linear = ops.iter().enumerate().all(|(i, o)| o.track == i as u64 + 1);
-            if cx.is_null()
-                || depth >= MAX_SYNC_DEPTH
-                || !linear
-                || sigs.len() != ops.len()
-                || self.reg.borrow().opened_so_far() != 0
-            {
+            if !linear || sigs.len() != ops.len() || !self.may_give_context(depth, cx) {
                 return 0;
             }
             if memos.len() <= op as usize {
@@ -2009,8 +2004,9 @@ impl HostCx {
     /// `subscribe_sync_again` from a pipeline's higher-order operator `op`: as
     /// `subscribe_sync` for operators the plugin described as memo `token`'s were, handed
     /// that memo's binding. 0 (nothing done) for a memo the operator no longer has, while
-    /// the seeds are logged (they are not passed here) or a run that logs them is under
-    /// way, and wherever `subscribe_sync` answers 0.
+    /// the seeds are logged (they are not passed here), and wherever `subscribe_sync`
+    /// answers 0. (A run that logs seeds, should one be under way, is told and not
+    /// continued: `enter_sync`.)
     ///
     /// # Safety
     /// `cx` is null or writable.
@@ -2021,14 +2017,7 @@ impl HostCx {
         let Some((op_track, depth)) = self.sync_allowed(op) else {
             return 0;
         };
-        if depth >= MAX_SYNC_DEPTH
-            || self.reg.borrow().opened_so_far() != 0
-            || self
-                .passed
-                .borrow()
-                .as_ref()
-                .is_some_and(|run| run.seeds.is_some())
-        {
+        if !self.may_give_context(depth, cx) {
             return 0;
         }
         let memos = self.sync_memos.borrow();
@@ -2041,6 +2030,14 @@ impl HostCx {
         };
         // SAFETY: `cx` is writable (the caller's obligation); no seeds are read.
         unsafe { self.enter_sync(op, op_track, depth, Some(memo), None, cx) }
+    }
+
+    /// Whether a synchronous inner stream with operators may have a context of its own at
+    /// nesting `depth` (handed through `cx`): a place for it, not nested too deep, and no
+    /// track opened through the registration API before (the host registers the operators'
+    /// tracks itself).
+    fn may_give_context(&self, depth: usize, cx: *mut *const EmitCx) -> bool {
+        !cx.is_null() && depth < MAX_SYNC_DEPTH && self.reg.borrow().opened_so_far() == 0
     }
 
     /// What `subscribe_sync` and `subscribe_sync_again` ask first: operator `op`'s track

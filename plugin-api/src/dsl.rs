@@ -612,8 +612,8 @@ pub(crate) enum Seed {
 
 /// Written into a seed's text when its value's `Debug` returned an error.
 const SEED_DEBUG_FAILED: &str = "<its Debug failed>";
-/// Written into a seed's text when its value's `Debug` panicked.
-const SEED_DEBUG_PANICKED: &str = "<its Debug panicked>";
+/// Written into a seed's text, or a source's label, when the value's `Debug` panicked.
+pub(crate) const DEBUG_PANICKED: &str = "<its Debug panicked>";
 
 /// A seed value as the stage hands it to the binder ([`Binder::op_seeded`]).
 #[derive(Clone, Copy)]
@@ -711,13 +711,23 @@ impl Seed {
                 match contained(catch_unwind(AssertUnwindSafe(|| write!(out, "{v:?}")))) {
                     Some(Ok(())) => true,
                     Some(Err(_)) => out.write_str(SEED_DEBUG_FAILED).is_ok(),
-                    None => out.write_str(SEED_DEBUG_PANICKED).is_ok(),
+                    None => out.write_str(DEBUG_PANICKED).is_ok(),
                 }
             }
             (Seed::Value, None) => {
                 debug_assert!(false, "a seed value the stage did not hand to the binder");
                 false
             }
+        }
+    }
+
+    /// Whether [`Seed::write`] writes a text (`value_given`: the stage handed its seed
+    /// value), to a writer that never fails.
+    fn present(&self, value_given: bool) -> bool {
+        match self {
+            Seed::None => false,
+            Seed::Text(_) | Seed::Count(_) => true,
+            Seed::Value => value_given,
         }
     }
 }
@@ -749,22 +759,10 @@ impl PartialEq for OpShape {
 
 impl Eq for OpShape {}
 
-impl Seed {
-    /// Whether [`Seed::write`] writes a text (`value_given`: the stage handed its seed
-    /// value), to a writer that never fails.
-    fn present(&self, value_given: bool) -> bool {
-        match self {
-            Seed::None => false,
-            Seed::Text(_) | Seed::Count(_) => true,
-            Seed::Value => value_given,
-        }
-    }
-}
-
 impl Meta {
     /// Its shape, `seeded` or not.
     fn shape(&self, seeded: bool) -> OpShape {
-        let s = self.state.map_or(fingerprint::NONE, |(fp, ..)| fp);
+        let s = self.state_fingerprint();
         let w = |n: usize| n as u64;
         OpShape([
             w(self.kind.as_ptr() as usize),
@@ -783,9 +781,14 @@ impl Meta {
         RSignature {
             input: self.input,
             output: self.output,
-            state: self.state.map_or(fingerprint::NONE, |(fp, ..)| fp),
+            state: self.state_fingerprint(),
             seed,
         }
+    }
+
+    /// Its state's fingerprint ([`fingerprint::NONE`] without state).
+    fn state_fingerprint(&self) -> RFingerprint {
+        self.state.map_or(fingerprint::NONE, |(fp, ..)| fp)
     }
 }
 
@@ -3424,7 +3427,7 @@ mod tests {
         assert_eq!(failed, format!("ab{}", super::SEED_DEBUG_FAILED));
         let mut panicked = String::new();
         assert!(Seed::Value.write(Some(SeedValue::of(&Panics)), &mut panicked));
-        assert_eq!(panicked, super::SEED_DEBUG_PANICKED);
+        assert_eq!(panicked, super::DEBUG_PANICKED);
         // The lean binding's buffer: up to its size on the stack, then all of it on the heap.
         for pieces in [
             vec!["ab"; 3],

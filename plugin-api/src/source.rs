@@ -155,9 +155,6 @@ pub struct Root<W> {
     text: String,
 }
 
-/// A source's label when writing it panicked (an `of`'s items' `Debug` is user code).
-const LABEL_PANICKED: &str = "<its Debug panicked>";
-
 impl<W> Root<W> {
     /// Writes the label now if it was left for later.
     fn write_label(&mut self) {
@@ -180,7 +177,8 @@ impl<W> Root<W> {
         crate::dsl::contained(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
             || make(wire, desc),
         )))
-        .unwrap_or_else(|| LABEL_PANICKED.to_owned())
+        // An `of`'s items' `Debug` is user code.
+        .unwrap_or_else(|| crate::dsl::DEBUG_PANICKED.to_owned())
     }
 }
 
@@ -511,9 +509,9 @@ mod tests {
             }
         }
         let mut stream = of(vec![Panics]);
-        assert_eq!(stream.body.stage.label(), LABEL_PANICKED);
+        assert_eq!(stream.body.stage.label(), crate::dsl::DEBUG_PANICKED);
         stream.body.stage.write_label();
-        assert_eq!(stream.body.stage.label, LABEL_PANICKED);
+        assert_eq!(stream.body.stage.label, crate::dsl::DEBUG_PANICKED);
         assert!(stream.body.stage.make_label.is_none());
     }
 

@@ -6,6 +6,28 @@ use host::events::HostEvent;
 use host::testkit::{EMISSION_TIMEOUT, Fixture, Harness};
 use integration_tests::{SETTLE, plugin, value};
 
+/// A reloader running `fixture`'s plugin as version 1 (its library copied into `keep`), and
+/// its events' channel; `prepare` runs on it before the load (the store's log kept, a clock
+/// set).
+fn load_v1(
+    fixture: &Fixture,
+    keep: &host::testkit::TempDir,
+    prepare: impl FnOnce(&mut host::reloader::Reloader),
+) -> anyhow::Result<(
+    host::reloader::Reloader,
+    std::sync::mpsc::Receiver<HostEvent>,
+)> {
+    let config = fixture.build_config(false)?;
+    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
+    prepare(&mut reloader);
+    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
+    assert_eq!(
+        reloader.load_built(&lib, 0),
+        host::reloader::Outcome::Loaded { version: 1 }
+    );
+    Ok((reloader, rx))
+}
+
 fn errors(host: &mut Harness) -> Vec<(String, String)> {
     host.drain();
     host.history()
@@ -335,7 +357,6 @@ fn an_inner_reader_refuses_a_value_of_another_type_at_its_own_path() -> anyhow::
 /// and `map` tracks).
 #[test]
 fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow::Result<()> {
-    use host::reloader::Outcome;
     let fixture = Fixture::new(
         "higher_bare_sync",
         &plugin(
@@ -345,14 +366,12 @@ fn a_bare_synchronous_inner_source_is_numbered_and_told_to_the_store() -> anyhow
         .log();"#,
         ),
     );
-    let config = fixture.build_config(false)?;
-    let (mut reloader, _rx) = integration_tests::channel_reloader(config.clone())?;
-    reloader.keep_store_log();
     let (clock, time) = host::clock::Clock::virtual_clock();
-    reloader.runtime().set_clock(clock);
     let keep = host::testkit::TempDir::new("higher-bare-sync");
-    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
-    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    let (mut reloader, _rx) = load_v1(&fixture, &keep, |r| {
+        r.keep_store_log();
+        r.runtime().set_clock(clock);
+    })?;
     assert!(time.settle(SETTLE));
     reloader.idle();
     let mut ids = vec![reloader.recorder().state.next_id];
@@ -554,7 +573,6 @@ fn a_burst_of_synchronous_inner_streams_is_told_to_the_store_in_runs() -> anyhow
 #[test]
 fn each_synchronous_inner_stream_reaches_the_store_with_its_own_seeds() -> anyhow::Result<()> {
     use hmr_track::Event;
-    use host::reloader::Outcome;
     const N: u64 = 15_000;
     let fixture = Fixture::new(
         "higher_sync_seeds",
@@ -574,12 +592,8 @@ fn each_synchronous_inner_stream_reaches_the_store_with_its_own_seeds() -> anyho
         .log();"#
         )),
     );
-    let config = fixture.build_config(false)?;
-    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
-    reloader.keep_store_log();
     let keep = host::testkit::TempDir::new("higher-sync-seeds");
-    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
-    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    let (mut reloader, rx) = load_v1(&fixture, &keep, |r| r.keep_store_log())?;
     // Each inner stream of "seeds" emits x * 1000 + x + 100 once.
     let want_sum: u64 = (0..N).map(|x| x * 1001 + 100).sum();
     let (mut sum, mut completed) = (None, 0);
@@ -645,7 +659,6 @@ fn each_synchronous_inner_stream_reaches_the_store_with_its_own_seeds() -> anyho
 #[test]
 fn seeds_reach_the_store_from_when_its_log_is_kept() -> anyhow::Result<()> {
     use hmr_track::Event;
-    use host::reloader::Outcome;
     use std::io::Write;
     const N: u64 = 200;
     let addr: std::net::SocketAddr =
@@ -661,11 +674,8 @@ fn seeds_reach_the_store_from_when_its_log_is_kept() -> anyhow::Result<()> {
         .log();"#
         )),
     );
-    let config = fixture.build_config(false)?;
-    let (mut reloader, rx) = integration_tests::channel_reloader(config.clone())?;
     let keep = host::testkit::TempDir::new("higher-sync-seeds-later");
-    let lib = integration_tests::build_copy(&config, keep.path(), "lib.so")?;
-    assert_eq!(reloader.load_built(&lib, 0), Outcome::Loaded { version: 1 });
+    let (mut reloader, rx) = load_v1(&fixture, &keep, |_| {})?;
     let mut conn = integration_tests::connect(addr);
     // Each line `x` emits x * 1001 once; all of `lines` are awaited.
     let mut send = |lines: std::ops::Range<u64>| -> anyhow::Result<()> {
