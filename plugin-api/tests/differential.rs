@@ -1,7 +1,8 @@
 //! Differential tests of the rxRust operator set: generated inputs run through our operators
 //! (a chain fed through its `extern "C"` entry points by the minimal host of `common`) and
 //! through rxRust 1.0.0-rc.6's operator of the same name must give the same output sequence,
-//! what is emitted at completion included.
+//! what is emitted at completion included, and complete at the same point: after as many of
+//! the source's values (`complete after k`, the last entry of each output).
 //!
 //! Each case varies:
 //! - the values (few distinct ones, so that duplicates happen) and their number (empty too);
@@ -23,7 +24,7 @@
 
 mod common;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use common::{Feed, run_feed};
@@ -128,7 +129,8 @@ macro_rules! ours {
 }
 
 /// rxRust's output: `ops` (an expression on the observable `o`, with `n` and `v`) between
-/// the optional `take`s, each value's Debug text.
+/// the optional `take`s, each value's Debug text, then `complete after k` (the values the
+/// source had emitted when the output completed, as `run_feed` says of ours).
 macro_rules! theirs {
     ($case:expr, |$o:ident, $n:ident, $v:ident| $ops:expr) => {{
         #[allow(unused_imports)]
@@ -137,25 +139,37 @@ macro_rules! theirs {
         let ($n, $v) = (case.n, case.v);
         let _ = ($n, $v);
         let out = Rc::new(RefCell::new(Vec::<String>::new()));
-        let src = rx::Local::from_iter(case.values.clone());
+        let emitted = Rc::new(Cell::new(0u64));
+        let counter = emitted.clone();
+        let src =
+            rx::Local::from_iter(case.values.clone()).tap(move |_| counter.set(counter.get() + 1));
+        let end = out.clone();
+        let done = move || {
+            end.borrow_mut()
+                .push(format!("complete after {}", emitted.get()))
+        };
         let sink = out.clone();
         let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
         match (case.take, case.after) {
             (Some(k), Some(a)) => {
                 let $o = src.take(k as usize);
-                $ops.take(a as usize).subscribe(move |x| record(&x));
+                $ops.take(a as usize)
+                    .on_complete(done)
+                    .subscribe(move |x| record(&x));
             }
             (Some(k), None) => {
                 let $o = src.take(k as usize);
-                $ops.subscribe(move |x| record(&x));
+                $ops.on_complete(done).subscribe(move |x| record(&x));
             }
             (None, Some(a)) => {
                 let $o = src;
-                $ops.take(a as usize).subscribe(move |x| record(&x));
+                $ops.take(a as usize)
+                    .on_complete(done)
+                    .subscribe(move |x| record(&x));
             }
             (None, None) => {
                 let $o = src;
-                $ops.subscribe(move |x| record(&x));
+                $ops.on_complete(done).subscribe(move |x| record(&x));
             }
         }
         out.take()
@@ -437,18 +451,26 @@ fn composed(case: &Case, i: usize, j: usize) -> Outputs {
     #[allow(unused_imports)]
     use rx::{Observable, ObservableFactory};
     let out = Rc::new(RefCell::new(Vec::<String>::new()));
-    let src = rx::Local::from_iter(case.values.clone());
+    let emitted = Rc::new(Cell::new(0u64));
+    let counter = emitted.clone();
+    let src =
+        rx::Local::from_iter(case.values.clone()).tap(move |_| counter.set(counter.get() + 1));
     let sink = out.clone();
     let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
+    let end = out.clone();
+    let done = move || {
+        end.borrow_mut()
+            .push(format!("complete after {}", emitted.get()))
+    };
     match take {
         Some(k) => {
             let o = src.take(k as usize);
             their_op!(i, o, n, v, |d| their_op!(j, d, n, v, |e| {
-                e.subscribe(move |x| record(&x));
+                e.on_complete(done).subscribe(move |x| record(&x));
             }))
         }
         None => their_op!(i, src, n, v, |d| their_op!(j, d, n, v, |e| {
-            e.subscribe(move |x| record(&x));
+            e.on_complete(done).subscribe(move |x| record(&x));
         })),
     }
     (ours, out.take())
@@ -537,36 +559,63 @@ fn the_reference_gives_the_expected_outputs() {
         feed: Feed::OneByOne,
         reload_at: None,
     };
-    let cases: [(&str, Case, &[&str]); 10] = [
+    let cases: [(&str, Case, &[&str]); 12] = [
         (
             "distinct_until_changed",
             case(vec![1, 1, 2, 1], None, 0),
-            &["1", "2", "1"],
+            &["1", "2", "1", "complete after 4"],
         ),
         (
             "distinct",
             case(vec![1, 1, 2, 1, 3], None, 0),
-            &["1", "2", "3"],
+            &["1", "2", "3", "complete after 5"],
         ),
-        ("take_last", case(vec![1, 2, 3, 4], Some(3), 2), &["2", "3"]),
+        (
+            "take_last",
+            case(vec![1, 2, 3, 4], Some(3), 2),
+            &["2", "3", "complete after 3"],
+        ),
         (
             "buffer_count",
             case(vec![1, 2, 3], None, 2),
-            &["[1, 2]", "[3]"],
+            &["[1, 2]", "[3]", "complete after 3"],
         ),
         (
             "pairwise",
             case(vec![1, 2, 3], None, 0),
-            &["(1, 2)", "(2, 3)"],
+            &["(1, 2)", "(2, 3)", "complete after 3"],
         ),
-        ("start_with", case(vec![], None, 0), &["10"]),
-        ("default_if_empty", case(vec![], None, 0), &["10"]),
-        ("count", case(vec![5, 5, 5], Some(2), 0), &["2"]),
-        ("first", case(vec![], None, 0), &[]),
+        (
+            "start_with",
+            case(vec![], None, 0),
+            &["10", "complete after 0"],
+        ),
+        (
+            "default_if_empty",
+            case(vec![], None, 0),
+            &["10", "complete after 0"],
+        ),
+        (
+            "count",
+            case(vec![5, 5, 5], Some(2), 0),
+            &["2", "complete after 2"],
+        ),
+        ("first", case(vec![], None, 0), &["complete after 0"]),
+        // Completed by the operator itself, with values left in the source.
+        (
+            "first",
+            case(vec![4, 5], None, 0),
+            &["4", "complete after 1"],
+        ),
+        (
+            "take_while",
+            case(vec![1, 2, 5, 1], None, 3),
+            &["1", "2", "complete after 3"],
+        ),
         (
             "flat_map",
             case(vec![2, 0, 3], None, 0),
-            &["0", "1", "0", "1", "2"],
+            &["0", "1", "0", "1", "2", "complete after 3"],
         ),
     ];
     for (name, case, expected) in cases {

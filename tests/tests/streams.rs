@@ -40,13 +40,14 @@ fn of_emits_each_item_then_completes() -> anyhow::Result<()> {
 
 /// A `zip` whose left input (a `range`) is queued in full at once keeps that queue across a
 /// reload that edits its function: after the reload, the values still pair `k` with `k`,
-/// through the new code, and the pipeline completes when the queue is empty.
+/// through the new code, and the pipeline completes when the queue is empty. The queue
+/// drains over 6 s, so the rebuild has that long to land on a busy machine.
 #[test]
 fn a_zip_keeps_its_queue_across_a_reload() -> anyhow::Result<()> {
     let fixture = Fixture::new(
         "streams_zip",
         &plugin(
-            r#"    p.pipeline("pairs", range(0, 12))
+            r#"    p.pipeline("pairs", range(0, 40))
         .zip(interval_ms(150), |a: u64, b: u64| a * 1000 + b + 0)
         .log();"#,
         ),
@@ -70,7 +71,7 @@ fn a_zip_keeps_its_queue_across_a_reload() -> anyhow::Result<()> {
         |e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "pairs"),
     )?;
     let emissions = host.emissions("pairs");
-    assert_eq!(emissions.len(), 12, "{emissions:?}");
+    assert_eq!(emissions.len(), 40, "{emissions:?}");
     for (k, (version, v)) in emissions.iter().enumerate() {
         let k = k as i64;
         let extra = if *version == v1 {
@@ -104,7 +105,7 @@ fn inner_stream_paths_are_stable_across_a_body_edit() -> anyhow::Result<()> {
         ),
     );
     let mut host = Harness::start(&fixture.options())?;
-    let (_, tracks) = host.wait_loaded()?;
+    let (v1, tracks) = host.wait_loaded()?;
     let paths: Vec<&str> = tracks.iter().map(|t| t.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -135,23 +136,34 @@ fn inner_stream_paths_are_stable_across_a_body_edit() -> anyhow::Result<()> {
     };
     let after: Vec<&str> = tracks.iter().map(|t| t.path.as_str()).collect();
     assert_eq!(after, paths);
-    // The total carries on: the first v2 value is above what v1 reached, and a step of 1000
-    // shows the new inner code ran.
+    // The total carries on: each value is the one before plus what one input's `map` gave,
+    // 1 from either input under v1, and under v2 1 (the left input) or 1000 (the right one,
+    // the new inner code). Some 3,000 further: either several steps of 1000, or 3,000 steps
+    // of 1 in about 9 s if the new inner code never ran.
     let before = host
         .emissions("m")
         .last()
         .map(|(_, v)| value(v))
         .unwrap_or(0);
-    let (_, big) = host.wait_emission("m", |v| value(v) >= before + 1000)?;
-    assert!(value(&big) > 1000, "{big}");
-    let mut last = 0;
-    for (_, v) in host.emissions("m") {
+    host.wait_emission("m", |v| value(v) >= before + 3000)?;
+    let got = host.emissions("m");
+    let mut big_steps = 0;
+    for w in got.windows(2) {
+        let ((_, a), (version, b)) = (&w[0], &w[1]);
+        let step = value(b) - value(a);
+        let steps: &[i64] = if *version == v1 { &[1] } else { &[1, 1000] };
         assert!(
-            value(&v) > last,
-            "the total never goes back: {v} after {last}"
+            steps.contains(&step),
+            "{a} then {b} (v{version}): a step of {step}"
         );
-        last = value(&v);
+        big_steps += i64::from(step == 1000);
     }
+    assert!(
+        big_steps >= 2,
+        "the new inner code gave {big_steps} steps of 1000 in {} values, the last {:?}",
+        got.len(),
+        &got[got.len().saturating_sub(5)..]
+    );
     host.stop();
     Ok(())
 }
@@ -190,13 +202,22 @@ fn a_subject_and_its_subscribers_survive_a_reload() -> anyhow::Result<()> {
     for (k, c) in counts.iter().enumerate() {
         assert_eq!(*c, k as i64 + 1, "{counts:?}");
     }
-    // `echo` saw the publisher's values in order: even ones, then odd ones, rising.
+    // `echo` saw every value the publisher sent, in order, none twice: tick `n` gave `2n`
+    // under v1 and `2n + 1` under v2, so halved they count up by one, across the reload too;
+    // the even ones all come before the odd ones.
     let echoes: Vec<i64> = host
         .emissions("echo")
         .into_iter()
         .map(|(_, v)| value(&v))
         .collect();
-    assert!(echoes.windows(2).all(|w| w[0] < w[1]), "{echoes:?}");
+    assert!(
+        echoes.windows(2).all(|w| w[1] / 2 == w[0] / 2 + 1),
+        "a tick lost or repeated: {echoes:?}"
+    );
+    assert!(
+        echoes.windows(2).all(|w| w[0] % 2 <= w[1] % 2),
+        "{echoes:?}"
+    );
     assert!(echoes.contains(&odd));
     host.stop();
     Ok(())

@@ -435,7 +435,9 @@ pub enum Feed {
 /// `feed` says until the chain completes, then completion. With `reload_at: Some(i)`, the
 /// chain is registered again after `i` values and the second registration's code carries on
 /// with the first one's state slots, as across a reload that keeps every state. Returns what
-/// the chain logged and the statuses it returned that were not `CONTINUE` or `COMPLETE`.
+/// the chain logged, then `complete after k`: how many of the source's values the chain
+/// had taken when it completed (all of them when the source's completion completed it).
+/// Any status but `CONTINUE` and `COMPLETE` fails the test.
 pub fn run_feed(
     build: impl Fn(&mut Plugin<'_>) + Clone + 'static,
     values: &[u64],
@@ -443,9 +445,14 @@ pub fn run_feed(
     reload_at: Option<usize>,
 ) -> Vec<String> {
     let mut run = only_pipeline(register(build.clone()));
+    // The source's values the chain had taken when it completed.
+    let mut taken = None;
     let mut done = match run.start() {
         status::CONTINUE => false,
-        status::COMPLETE => true,
+        status::COMPLETE => {
+            taken = Some(0);
+            true
+        }
         other => panic!("start returned {other}: {:?}", run.errors()),
     };
     let mut fed = 0;
@@ -467,19 +474,25 @@ pub fn run_feed(
             n = n.min(r - fed);
         }
         let chunk = &values[fed..fed + n];
-        let s = match feed {
+        let (s, consumed) = match feed {
             Feed::Batches(_) => {
                 let (s, consumed) = run.push(chunk);
                 if s == status::COMPLETE {
                     assert!(consumed >= 1 && consumed <= chunk.len(), "{consumed}");
                 }
-                s
+                (s, consumed)
             }
-            Feed::OneByOne => run.push_each(chunk.iter().copied())[0],
+            Feed::OneByOne => {
+                assert_eq!(chunk.len(), 1, "one value at a time");
+                (run.push_each(chunk.iter().copied())[0], 1)
+            }
         };
         match s {
             status::CONTINUE => {}
-            status::COMPLETE => done = true,
+            status::COMPLETE => {
+                done = true;
+                taken = Some(fed + consumed);
+            }
             other => panic!("push returned {other}: {:?}", run.errors()),
         }
         fed += n;
@@ -491,5 +504,7 @@ pub fn run_feed(
         assert_eq!(s, status::COMPLETE, "complete: {:?}", run.errors());
     }
     assert_eq!(run.errors(), vec![]);
-    run.logs()
+    let mut out = run.logs();
+    out.push(format!("complete after {}", taken.unwrap_or(values.len())));
+    out
 }
