@@ -9,6 +9,28 @@ use integration_tests::{plugin, reload_fields, reload_version, value};
 /// What version 2 adds to every value, so its emissions are told apart.
 const V2: i64 = 500_000;
 
+/// The emissions of `pipeline` as numbers, v2's extra taken off, then `tick` of each: they
+/// must count up by one, across the reload too (an interval's tick lost, repeated or counted
+/// again from 0 at the swap shows here).
+fn assert_ticks_in_order(host: &Harness, pipeline: &str, v2: u64, tick: impl Fn(i64) -> i64) {
+    let ticks: Vec<(u64, i64)> = host
+        .emissions(pipeline)
+        .into_iter()
+        .map(|(version, x)| {
+            let x = value(&x) - if version == v2 { V2 } else { 0 };
+            (version, tick(x))
+        })
+        .collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+        "{pipeline}: ticks out of step (version, tick): {ticks:?}"
+    );
+    assert!(
+        ticks.iter().filter(|(v, _)| *v == v2).count() >= 3,
+        "{pipeline}: {ticks:?}"
+    );
+}
+
 /// The position in the harness's history of the first event `pred` accepts.
 fn position(host: &Harness, pred: impl Fn(&HostEvent) -> bool) -> Option<usize> {
     host.history().iter().position(pred)
@@ -58,12 +80,21 @@ fn combine_latest_keeps_both_latest_values_across_a_reload() -> anyhow::Result<(
         .expect("v1 emitted");
     assert!(first % 1000 > last_v1, "a tick after the reload: {first}");
     // right_kept: the right value 7 from before the reload, with a new tick.
-    let first = value(&host.wait_emission_from("right_kept", v2)?) - V2;
-    assert_eq!(first % 1000, 7, "the right value 7 was kept: {first}");
+    let first_right = value(&host.wait_emission_from("right_kept", v2)?) - V2;
+    assert_eq!(
+        first_right % 1000,
+        7,
+        "the right value 7 was kept: {first_right}"
+    );
+    // Three ticks of v2 each, then every tick once, in order, from v1 into v2.
+    host.wait_emission("left_kept", |v| value(v) >= V2 + first + 2)?;
+    host.wait_emission("right_kept", |v| value(v) >= V2 + first_right + 2000)?;
     for (version, x) in host.emissions("right_kept") {
         let x = value(&x) - if version == v2 { V2 } else { 0 };
         assert_eq!(x % 1000, 7, "{x} (v{version})");
     }
+    assert_ticks_in_order(&host, "left_kept", v2, |x| x % 1000);
+    assert_ticks_in_order(&host, "right_kept", v2, |x| x / 1000);
     host.stop();
     Ok(())
 }
@@ -92,11 +123,12 @@ fn with_latest_from_keeps_its_latest_right_value_across_a_reload() -> anyhow::Re
     assert!(reset.is_empty(), "{reload:?}");
     let first = value(&host.wait_emission_from("w", v2)?) - V2;
     assert_eq!(first % 1000, 7, "the right value 7 was kept: {first}");
-    host.wait_emission("w", |v| value(v) >= V2 + first + 1000)?;
+    host.wait_emission("w", |v| value(v) >= V2 + first + 2000)?;
     for (version, x) in host.emissions("w") {
         let x = value(&x) - if version == v2 { V2 } else { 0 };
         assert_eq!(x % 1000, 7, "{x} (v{version})");
     }
+    assert_ticks_in_order(&host, "w", v2, |x| x / 1000);
     host.stop();
     Ok(())
 }
