@@ -40,7 +40,8 @@ fn errors(host: &mut Harness) -> Vec<(String, String)> {
 }
 
 /// Each case: a pipeline body whose inner stream the host refuses, the path of the error and
-/// a part of its message. The outer stream goes on: the values of the other branch arrive.
+/// a part of its message (for the first subscription, `#1`). The outer stream goes on: each
+/// of its three values gets its own refusal, once, and the pipeline completes.
 #[test]
 fn refused_inner_streams_are_errors_at_the_operator() -> anyhow::Result<()> {
     let cases = [
@@ -78,10 +79,23 @@ fn refused_inner_streams_are_errors_at_the_operator() -> anyhow::Result<()> {
         host.wait_loaded()?;
         assert!(time.settle(SETTLE), "{name}");
         let errs = errors(&mut host);
-        assert!(
-            errs.iter().any(|(p, m)| p == path && m.contains(message)),
-            "{name}: {errs:?}"
-        );
+        assert_eq!(errs.len(), 3, "{name}: {errs:?}");
+        for k in 1..=3 {
+            let (path, message) = (
+                path.replace("#1", &format!("#{k}")),
+                message.replace("#1", &format!("#{k}")),
+            );
+            let found = errs
+                .iter()
+                .filter(|(p, m)| *p == path && m.contains(&message))
+                .count();
+            assert_eq!(found, 1, "{name}: #{k} in {errs:?}");
+        }
+        let completed = host
+            .history()
+            .iter()
+            .any(|e| matches!(e, HostEvent::Completed { pipeline, .. } if pipeline == "r"));
+        assert!(completed, "{name}: {:?}", host.history());
         host.stop();
     }
     Ok(())
@@ -299,6 +313,17 @@ fn a_panic_in_a_re_projection_follows_the_panic_policy() -> anyhow::Result<()> {
             .filter(|e| matches!(e, HostEvent::Error { path, .. } if path == "r|0:switch_map"))
             .collect();
         assert_eq!(errors.len(), 1, "{policy:?}: {errors:?}");
+        assert!(
+            matches!(errors[0], HostEvent::Error { message, .. } if message.contains("cannot project 0 again")),
+            "{policy:?}: {errors:?}"
+        );
+        // The live subscription of 0 ended at the reload, and says why (its next value was
+        // not due before the switch to 1 would have ended it anyway).
+        let ended = host.history().iter().any(|e| {
+            matches!(e, HostEvent::Notice { pipeline, message } if pipeline == "r"
+                && message.ends_with("r|0:switch_map|#1:inner: ended (the new projection of 0 failed)"))
+        });
+        assert!(ended, "{policy:?}: {:?}", host.history());
         let got: Vec<i64> = host.emissions("r").iter().map(|(_, v)| value(v)).collect();
         let want: &[i64] = if goes_on { &[0, 10] } else { &[0] };
         assert_eq!(got, want, "{policy:?}");
