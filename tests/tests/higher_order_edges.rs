@@ -216,9 +216,19 @@ fn a_busy_pipeline_re_projects_when_it_takes_the_code_and_says_so() -> anyhow::R
     fixture.edit("src/lib.rs", "n * 10 + i + 0", "n * 10 + i + 5");
     let reload = host.wait_reload()?;
     let v2 = integration_tests::reload_version(&reload);
-    let (_, reset, added, removed) = integration_tests::reload_fields(&reload);
+    let (swapped, reset, added, removed) = integration_tests::reload_fields(&reload);
     assert!(
         reset.is_empty() && added.is_empty() && removed.is_empty(),
+        "{reload:?}"
+    );
+    // Held in a call, it is listed as stuck, its code staged: none of its tracks (nor the
+    // live subscription's `map`, which it could not answer for) is counted as swapped.
+    let HostEvent::Reload { stuck, .. } = &reload else {
+        unreachable!("a reload")
+    };
+    assert_eq!(
+        (swapped, &stuck[..]),
+        (0, &["busy".to_owned()][..]),
         "{reload:?}"
     );
     std::fs::write(&go, "")?;
@@ -230,8 +240,10 @@ fn a_busy_pipeline_re_projects_when_it_takes_the_code_and_says_so() -> anyhow::R
         EMISSION_TIMEOUT,
         |e| matches!(e, HostEvent::Notice { message, .. } if *message == prefix),
     )?;
-    // Subscription #2 (line 1's, made by the old code) runs the new code.
+    // Subscription #2 (line 1's, made by the old code) runs the new code, from its first value.
     host.wait_emission("busy", |v| value(v) == 15)?;
+    let got: Vec<(u64, i64)> = integration_tests::numbers(&mut host, "busy");
+    assert_eq!(got, [(1, 0), (v2, 15)]);
     host.stop();
     Ok(())
 }

@@ -57,7 +57,12 @@ fn a_pending_debounce_fires_at_its_original_deadline_through_new_code() -> anyho
     let v3 = reload_version(&reload);
     let (_, reset, _, _) = reload_fields(&reload);
     assert_eq!(reset.len(), 1, "{reload:?}");
-    assert!(reset[0].starts_with("d|0:debounce_ms: "), "{reset:?}");
+    assert!(
+        reset[0].starts_with("d|0:debounce_ms: ")
+            && reset[0].contains("300")
+            && reset[0].contains("400"),
+        "{reset:?}"
+    );
     assert!(time.settle(SETTLE));
     advance(&time, 1000); // t = 3100: tick 3 (t = 3000) pending until 3400
     assert_eq!(numbers(&mut host, "d"), [(v1, 10), (v2, 21)]);
