@@ -150,6 +150,8 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
     // instant) are runs: the writer may cut one where it takes the tape (every 100 ms).
     check_runs(&lines, "counter", "interval_ms(1000)", 1_000_000_000, 5);
     check_runs(&lines, "batch", "range(0, 3000)", 0, 3000);
+    // `bounce` emits nothing, so its ticks must be shown recorded (and replayed, below).
+    check_runs(&lines, "bounce", "interval_ms(500)", 500_000_000, 10);
     for want in [
         r#"{"pipeline":"batch","port":0,"source":"range(0, 3000)","t":0,"complete":true}"#,
         // One batch of three items, with their Debug texts.
@@ -188,6 +190,8 @@ fn a_replay_on_the_same_code_reproduces_the_emissions_and_on_edited_code_gives_n
     for (p, want) in PIPELINES.iter().zip(&recorded) {
         assert_eq!(&same.emissions(p), want, "{p}");
     }
+    // Its recorded ticks were fed (a source the file had nothing for would be told here).
+    assert!(same.notices("bounce").is_empty(), "{:?}", same.events);
 
     fixture.edit(
         "src/lib.rs",
