@@ -33,8 +33,9 @@ fn compile_error_keeps_old_code_and_the_fix_keeps_state() -> anyhow::Result<()> 
     fixture.edit("src/lib.rs", "acc + n)", "acc + n +)");
     match host.wait_outcome()? {
         HostEvent::BuildFailed { error } => {
-            assert!(error.starts_with("error"), "{error}");
-            assert!(error.contains("src/lib.rs"), "names the file: {error}");
+            // The first diagnostic: the syntax error the edit made, where it is.
+            assert!(error.starts_with("error: expected expression"), "{error}");
+            assert!(error.contains("src/lib.rs:"), "names the file: {error}");
         }
         other => panic!("expected build-failed, got {other:?}"),
     }
