@@ -653,10 +653,11 @@ fn inner_subscriptions_are_registered_run_and_freed() {
     assert_eq!((run.live_inners(), run.freed_inners()), (1, 0));
     assert_eq!(run.run_until(10 * MS), Vec::<u32>::new());
     assert_eq!(run.logs(), ["100", "101"]);
-    // A reload re-projects the live subscription: its count and timer stay.
+    // A reload with new code (the map adds 50) re-projects the live subscription: its count
+    // and timer stay, and its next value runs the new code.
     run.reload_reprojecting(only_captured(register(|p: &mut Plugin<'_>| {
         p.pipeline("p", range(0, 0))
-            .switch_map(|i: u64| interval_ms(10).take(3).map(move |k: u64| 100 * i + k))
+            .switch_map(|i: u64| interval_ms(10).take(3).map(move |k: u64| 100 * i + k + 50))
             .log();
     })));
     assert_eq!(
@@ -664,12 +665,15 @@ fn inner_subscriptions_are_registered_run_and_freed() {
         4,
         "the re-projection registered again"
     );
-    // The next value ends the live subscription (freed after the call) and starts another.
+    assert_eq!(run.run_until(20 * MS), Vec::<u32>::new());
+    assert_eq!(run.logs(), ["100", "101", "152"]);
+    // The next value starts another subscription, through the new code (the first one ended
+    // with its `take(3)`).
     assert_eq!(run.push_one_port(0, 2), status::CONTINUE);
     run.reap();
     assert_eq!((run.live_inners(), run.freed_inners()), (1, 1));
     assert_eq!(run.run_until(100 * MS), Vec::<u32>::new());
-    assert_eq!(run.logs(), ["100", "101", "200", "201", "202"]);
+    assert_eq!(run.logs(), ["100", "101", "152", "250", "251", "252"]);
     assert_eq!((run.live_inners(), run.freed_inners()), (0, 2));
     assert_eq!(run.complete(), status::COMPLETE);
     assert_eq!(run.errors(), vec![]);
