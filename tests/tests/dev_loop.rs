@@ -504,9 +504,26 @@ plugin_api::export_plugin!(register);
 "#
     .replace("GATE", &format!("{:?}", gate.display().to_string()));
     let fixture = Fixture::new("blocked_source", &source);
+    /// Opens the gate when dropped: a test that fails early leaves no thread blocked.
+    struct OpenOnDrop(std::path::PathBuf);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
     let mut host = Harness::start(&fixture.options())?;
-    // Opens the gate when told to, or after a minute: a reloader that waited for the blocked
-    // thread would report only then, with the gate open.
+    // Dropped before `host`.
+    let _open = OpenOnDrop(gate.clone());
+    host.wait_loaded()?;
+    // The watchdog says when the function is inside its blocking call.
+    host.wait_for(
+        "the blocked pipeline reported stuck",
+        Duration::from_secs(30),
+        |e| matches!(e, HostEvent::Stuck { pipeline, .. } if pipeline == "blocked"),
+    )?;
+    // From now on, opens the gate when told to, or after a minute: a reloader that waited
+    // for the blocked thread would report only then, with the gate open. (Started here, so
+    // the first build's time does not count against it.)
     let (release, released) = std::sync::mpsc::channel::<()>();
     let timer = {
         let gate = gate.clone();
@@ -515,13 +532,6 @@ plugin_api::export_plugin!(register);
             std::fs::write(&gate, "")
         })
     };
-    host.wait_loaded()?;
-    // The watchdog says when the function is inside its blocking call.
-    host.wait_for(
-        "the blocked pipeline reported stuck",
-        Duration::from_secs(30),
-        |e| matches!(e, HostEvent::Stuck { pipeline, .. } if pipeline == "blocked"),
-    )?;
 
     let text = fixture.read("src/lib.rs");
     let start = text.find("    p.pipeline(\"blocked\"").expect("blocked");
