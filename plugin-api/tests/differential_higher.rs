@@ -35,7 +35,9 @@
 //!   old code's state slots, and the test host re-projects each live inner subscription
 //!   through the new code (`Running::reload_reprojecting`, as the host's
 //!   `Driver::reproject`): its env is swapped, its slots, interval count and timers stay.
-//!   rxRust has no reload: the output must be the same as without one.
+//!   The new code adds `NEW_CODE` inside the projection; rxRust has no reload, so its side
+//!   adds `NEW_CODE` to every value from the reload on: a live inner subscription left
+//!   running the old code shows.
 //!
 //! Ties: our `interval_ms` emits its first value at subscription time and then every period,
 //! rescheduling each tick when the previous one ran (the host's `start_ports` and
@@ -335,8 +337,13 @@ const MS: u64 = 1_000_000;
 
 /// Runs our pipeline `build` registers through `case`'s schedule, as the host runs it:
 /// start, then for each event the timers due up to its time (inner intervals, in deadline
-/// order) and the event; then the timers until every inner stream ended.
-fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> Out {
+/// order) and the event (a reload registers `rebuild`'s code); then the timers until every
+/// inner stream ended.
+fn run_ours(
+    build: impl Fn(&mut Plugin<'_>) + Clone + 'static,
+    rebuild: impl Fn(&mut Plugin<'_>) + Clone + 'static,
+    case: &Case,
+) -> Out {
     let mut run = only_pipeline(register(build.clone()));
     let mut out: Out = Vec::new();
     let mut seen = 0;
@@ -399,7 +406,7 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> O
             Ev::Value(i) => (run.push_one_port(0, i), 1),
             Ev::Complete => (run.complete(), 1),
             Ev::Reload => {
-                run.reload_reprojecting(only_captured(register(build.clone())));
+                run.reload_reprojecting(only_captured(register(rebuild.clone())));
                 (status::CONTINUE, 1)
             }
         };
@@ -453,20 +460,26 @@ enum Which {
     Exhaust,
 }
 
+/// What the code a reload brings adds to every value of an inner stream (its projection's
+/// values are below 1,000): the output shows which code each came from.
+const NEW_CODE: u64 = 10_000;
+
 /// Our pipeline: `range(0, 0)` (fed by hand) into the operator, whose projection builds
-/// `case.kind`'s inner stream for outer value `i`, then `take(a)` and `log`.
+/// `case.kind`'s inner stream for outer value `i`, then `take(a)` and `log`. A reload
+/// registers the same with `NEW_CODE` added inside the projection, so a live inner
+/// subscription shows whether it was re-projected through the new code.
 fn ours(which: Which, case: &Case) -> Out {
     let inners = case.inners.clone();
     let after = case.after.unwrap_or(u64::MAX);
     macro_rules! build {
         ($proj:expr) => {{
-            let inners = inners.clone();
             let proj = $proj;
-            run_ours(
+            let code = |off: u64| {
+                let inners = inners.clone();
                 move |p: &mut Plugin<'_>| {
                     let inners = inners.clone();
                     let c = p.pipeline("p", range(0, 0));
-                    let f = move |i: u64| proj(i, inners[i as usize]);
+                    let f = move |i: u64| proj(i, inners[i as usize], off);
                     match which {
                         Which::Switch => {
                             c.switch_map(f).take(after).log();
@@ -481,21 +494,28 @@ fn ours(which: Which, case: &Case) -> Out {
                             c.exhaust_map(f).take(after).log();
                         }
                     }
-                },
-                case,
-            )
+                }
+            };
+            run_ours(code(0), code(NEW_CODE), case)
         }};
     }
     match case.kind {
-        Kind::Of => {
-            build!(|i: u64, s: Inner| of((0..s.n).map(|k| 100 * i + k).collect()).take(s.m))
+        Kind::Of => build!(|i: u64, s: Inner, off: u64| of((0..s.n)
+            .map(|k| 100 * i + k + off)
+            .collect())
+        .take(s.m)),
+        Kind::Range => {
+            build!(|i: u64, s: Inner, off: u64| range(100 * i + off, 100 * i + s.n + off).take(s.m))
         }
-        Kind::Range => build!(|i: u64, s: Inner| range(100 * i, 100 * i + s.n).take(s.m)),
-        Kind::BareOf => build!(|i: u64, s: Inner| of((0..s.n).map(|k| 100 * i + k).collect())),
-        Kind::BareRange => build!(|i: u64, s: Inner| range(100 * i, 100 * i + s.n)),
-        Kind::Interval => build!(|i: u64, s: Inner| interval_ms(s.period)
+        Kind::BareOf => {
+            build!(|i: u64, s: Inner, off: u64| of((0..s.n).map(|k| 100 * i + k + off).collect()))
+        }
+        Kind::BareRange => {
+            build!(|i: u64, s: Inner, off: u64| range(100 * i + off, 100 * i + s.n + off))
+        }
+        Kind::Interval => build!(|i: u64, s: Inner, off: u64| interval_ms(s.period)
             .take(s.n)
-            .map(move |k: u64| 100 * i + k)),
+            .map(move |k: u64| 100 * i + k + off)),
     }
 }
 
@@ -516,11 +536,16 @@ fn theirs(which: Which, case: &Case) -> Out {
         closed.set(true);
         out.borrow_mut().push((0, "|".to_owned()));
     }
+    // Set at the schedule's reload: from then on every value is the new code's (our side
+    // re-projects the live inner subscriptions through it), `NEW_CODE` added.
+    let reloaded = Rc::new(Cell::new(false));
+    let r1 = reloaded.clone();
     let (o1, o2, t1, c1, c2) = (out.clone(), out.clone(), taken, closed.clone(), closed);
     let each = move |x: u64| {
         if c1.get() {
             return;
         }
+        let x = if r1.get() { x + NEW_CODE } else { x };
         o1.borrow_mut().push((vt::now(), format!("{x:?}")));
         t1.set(t1.get() + 1);
         if t1.get() == after {
@@ -593,7 +618,7 @@ fn theirs(which: Which, case: &Case) -> Out {
                     s.complete();
                 }
             }
-            Ev::Reload => {}
+            Ev::Reload => reloaded.set(true),
         }
     }
     vt::run_until(case.events.last().map_or(0, |e| e.0) + TAIL);
