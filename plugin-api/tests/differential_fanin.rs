@@ -17,7 +17,10 @@
 //! - how the values arrive: runs of values on one port in batches of generated sizes, or one
 //!   by one;
 //! - an optional reload at some point of the schedule: the chain is registered again and its
-//!   new code carries on with the old code's state slots (the fan-in's state among them).
+//!   new code carries on with the old code's state slots (the fan-in's state among them); the
+//!   new code adds `NEW_CODE` to each value it emits (a `map` after the operator), and
+//!   rxRust's side adds it from that event on, so a value that went through the old code
+//!   after the reload shows.
 //!
 //! An absent `take` is written as `take(u64::MAX)` on both sides (it never completes), to
 //! keep the number of chain shapes down.
@@ -181,8 +184,12 @@ struct Ran {
 /// sources: start, then each event on its port until the pipeline completes; a port that
 /// reported `PORT_DONE` gets nothing more. Runs of values on one port go as one batch (cut
 /// at the sizes `case.feed` cycles through) or one by one.
-fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> Ran {
-    let mut run = only_pipeline(register(build.clone()));
+fn run_ours(
+    build: impl Fn(&mut Plugin<'_>) + Clone + 'static,
+    rebuild: impl Fn(&mut Plugin<'_>) + Clone + 'static,
+    case: &Case,
+) -> Ran {
+    let mut run = only_pipeline(register(build));
     let mut completed = None;
     let mut done = match run.start() {
         status::CONTINUE => false,
@@ -207,7 +214,7 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> R
     let mut i = 0;
     while !done && i < events.len() {
         if case.reload_at == Some(i) {
-            run.reload(only_captured(register(build.clone())));
+            run.reload(only_captured(register(rebuild.clone())));
         }
         let (port, s, n, at) = match events[i] {
             Ev::Complete(port) => {
@@ -278,6 +285,10 @@ fn run_ours(build: impl Fn(&mut Plugin<'_>) + Clone + 'static, case: &Case) -> R
     }
 }
 
+/// What the code a reload brings adds to every value the pipeline emits (a `map` after the
+/// operator, 0 before the reload): the output shows which code each value went through.
+const NEW_CODE: u64 = 1_000_000;
+
 /// Our output: the pipeline `join` (an expression on the inputs `l` and `r`) builds, with
 /// the case's `start_with`s and `take`s, then `take(a)` and `log`.
 macro_rules! ours {
@@ -289,7 +300,7 @@ macro_rules! ours {
         );
         let after = case.after.unwrap_or(u64::MAX);
         let starts = case.starts;
-        run_ours(
+        let code = |off: u64| {
             move |p: &mut Plugin<'_>| {
                 let c = p.pipeline("p", range(0, 0));
                 let inner = range(0, 0);
@@ -297,27 +308,27 @@ macro_rules! ours {
                     (Some(u), Some(v)) => {
                         let $l = c.start_with(u).take(lk);
                         let $r = inner.start_with(v).take(rk);
-                        $join.take(after).log();
+                        $join.map(move |x: u64| x + off).take(after).log();
                     }
                     (Some(u), None) => {
                         let $l = c.start_with(u).take(lk);
                         let $r = inner.take(rk);
-                        $join.take(after).log();
+                        $join.map(move |x: u64| x + off).take(after).log();
                     }
                     (None, Some(v)) => {
                         let $l = c.take(lk);
                         let $r = inner.start_with(v).take(rk);
-                        $join.take(after).log();
+                        $join.map(move |x: u64| x + off).take(after).log();
                     }
                     (None, None) => {
                         let $l = c.take(lk);
                         let $r = inner.take(rk);
-                        $join.take(after).log();
+                        $join.map(move |x: u64| x + off).take(after).log();
                     }
                 }
-            },
-            case,
-        )
+            }
+        };
+        run_ours(code(0), code(NEW_CODE), case)
     }};
 }
 
@@ -346,7 +357,13 @@ macro_rules! theirs {
         let l_done = move || n0("0 done".to_owned());
         let r_done = move || n1("1 done".to_owned());
         let end = move || n2("|".to_owned());
-        let each = move |x: &dyn std::fmt::Debug| n3(format!("{x:?}"));
+        // From the reload's event on, the values are the new code's: `NEW_CODE` added.
+        let reload_at = case.reload_at;
+        let at = now.clone();
+        let each = move |x: u64| {
+            let new = reload_at.is_some_and(|r| at.get().is_some_and(|i| i >= r));
+            n3(format!("{:?}", if new { x + NEW_CODE } else { x }))
+        };
         match case.starts {
             (Some(u), Some(v)) => {
                 let $l = a.clone().start_with(vec![u]).take(lk).on_complete(l_done);
@@ -354,7 +371,7 @@ macro_rules! theirs {
                 $join
                     .take(after)
                     .on_complete(end)
-                    .subscribe(move |x| each(&x));
+                    .subscribe(move |x| each(x));
             }
             (Some(u), None) => {
                 let $l = a.clone().start_with(vec![u]).take(lk).on_complete(l_done);
@@ -362,7 +379,7 @@ macro_rules! theirs {
                 $join
                     .take(after)
                     .on_complete(end)
-                    .subscribe(move |x| each(&x));
+                    .subscribe(move |x| each(x));
             }
             (None, Some(v)) => {
                 let $l = a.clone().take(lk).on_complete(l_done);
@@ -370,7 +387,7 @@ macro_rules! theirs {
                 $join
                     .take(after)
                     .on_complete(end)
-                    .subscribe(move |x| each(&x));
+                    .subscribe(move |x| each(x));
             }
             (None, None) => {
                 let $l = a.clone().take(lk).on_complete(l_done);
@@ -378,7 +395,7 @@ macro_rules! theirs {
                 $join
                     .take(after)
                     .on_complete(end)
-                    .subscribe(move |x| each(&x));
+                    .subscribe(move |x| each(x));
             }
         }
         let mut subjects = [Some(a), Some(b)];
