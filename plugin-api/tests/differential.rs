@@ -13,7 +13,9 @@
 //!   one (the single-value one);
 //! - an optional reload after some values: the chain is registered again and its new code
 //!   carries on with the old code's state slots, so an operator that kept its state anywhere
-//!   but in its slot would diverge.
+//!   but in its slot would diverge; the new code adds `NEW_CODE` to each source value (a
+//!   `map` at the source; rxRust's side adds it from the same value on), so a value that went
+//!   through the old code after the reload shows.
 //!
 //! rxRust has all fifteen operators. Where it departs from RxJS we follow rxRust, so it stays
 //! the reference: `first` and `last` on an empty source emit nothing and complete (RxJS
@@ -99,9 +101,9 @@ macro_rules! ours {
         let (take, after) = (case.take, case.after);
         let ($n, $v) = (case.n, case.v);
         let _ = ($n, $v);
-        run_feed(
+        let code = |off: u64| {
             move |p: &mut Plugin<'_>| {
-                let c0 = p.pipeline("p", range(0, 0));
+                let c0 = p.pipeline("p", range(0, 0)).map(move |x: u64| x + off);
                 match (take, after) {
                     (Some(k), Some(a)) => {
                         let $c = c0.take(k);
@@ -120,7 +122,11 @@ macro_rules! ours {
                         $ops.log();
                     }
                 }
-            },
+            }
+        };
+        run_feed(
+            code(0),
+            code(NEW_CODE),
             &case.values,
             &case.feed,
             case.reload_at,
@@ -141,8 +147,15 @@ macro_rules! theirs {
         let out = Rc::new(RefCell::new(Vec::<String>::new()));
         let emitted = Rc::new(Cell::new(0u64));
         let counter = emitted.clone();
-        let src =
-            rx::Local::from_iter(case.values.clone()).tap(move |_| counter.set(counter.get() + 1));
+        // From the reload on (the source's value `reload_at` and after), the new code's
+        // values: `NEW_CODE` added at the source, as our second registration's `map` does.
+        let (reload_at, seen) = (case.reload_at, emitted.clone());
+        let src = rx::Local::from_iter(case.values.clone())
+            .tap(move |_| counter.set(counter.get() + 1))
+            .map(move |x: u64| {
+                let new = reload_at.is_some_and(|r| seen.get() > r as u64);
+                if new { x + NEW_CODE } else { x }
+            });
         let end = out.clone();
         let done = move || {
             end.borrow_mut()
@@ -177,6 +190,11 @@ macro_rules! theirs {
 }
 
 type Outputs = (Vec<String>, Vec<String>);
+
+/// What the code a reload brings adds to each source value (a `map` at the source, 0 before
+/// the reload; rxRust's side adds it from the same value on): an output that went through
+/// the old code after the reload shows.
+const NEW_CODE: u64 = 1_000;
 
 fn distinct_until_changed(case: &Case) -> Outputs {
     (
@@ -433,9 +451,9 @@ macro_rules! their_op {
 /// into a `take_last`, a `count` into a `flat_map`, a `last` into a `first`).
 fn composed(case: &Case, i: usize, j: usize) -> Outputs {
     let (n, v, take) = (case.n, case.v, case.take);
-    let ours = run_feed(
+    let code = move |off: u64| {
         move |p: &mut Plugin<'_>| {
-            let c0 = p.pipeline("p", range(0, 0));
+            let c0 = p.pipeline("p", range(0, 0)).map(move |x: u64| x + off);
             match take {
                 Some(k) => {
                     let c = c0.take(k);
@@ -443,7 +461,11 @@ fn composed(case: &Case, i: usize, j: usize) -> Outputs {
                 }
                 None => our_op!(i, c0, n, v, |d| our_op!(j, d, n, v, |e| drop(e.log()))),
             }
-        },
+        }
+    };
+    let ours = run_feed(
+        code(0),
+        code(NEW_CODE),
         &case.values,
         &case.feed,
         case.reload_at,
@@ -453,8 +475,13 @@ fn composed(case: &Case, i: usize, j: usize) -> Outputs {
     let out = Rc::new(RefCell::new(Vec::<String>::new()));
     let emitted = Rc::new(Cell::new(0u64));
     let counter = emitted.clone();
-    let src =
-        rx::Local::from_iter(case.values.clone()).tap(move |_| counter.set(counter.get() + 1));
+    let (reload_at, seen) = (case.reload_at, emitted.clone());
+    let src = rx::Local::from_iter(case.values.clone())
+        .tap(move |_| counter.set(counter.get() + 1))
+        .map(move |x: u64| {
+            let new = reload_at.is_some_and(|r| seen.get() > r as u64);
+            if new { x + NEW_CODE } else { x }
+        });
     let sink = out.clone();
     let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
     let end = out.clone();

@@ -433,18 +433,19 @@ pub enum Feed {
 
 /// Runs a pipeline built by `build` as the host runs a source: start, `values` fed as
 /// `feed` says until the chain completes, then completion. With `reload_at: Some(i)`, the
-/// chain is registered again after `i` values and the second registration's code carries on
-/// with the first one's state slots, as across a reload that keeps every state. Returns what
+/// chain `rebuild` registers takes over after `i` values and carries on with the first
+/// registration's state slots, as across a reload that keeps every state. Returns what
 /// the chain logged, then `complete after k`: how many of the source's values the chain
 /// had taken when it completed (all of them when the source's completion completed it).
 /// Any status but `CONTINUE` and `COMPLETE` fails the test.
 pub fn run_feed(
     build: impl Fn(&mut Plugin<'_>) + Clone + 'static,
+    rebuild: impl Fn(&mut Plugin<'_>) + Clone + 'static,
     values: &[u64],
     feed: &Feed,
     reload_at: Option<usize>,
 ) -> Vec<String> {
-    let mut run = only_pipeline(register(build.clone()));
+    let mut run = only_pipeline(register(build));
     // The source's values the chain had taken when it completed.
     let mut taken = None;
     let mut done = match run.start() {
@@ -467,7 +468,7 @@ pub fn run_feed(
     let mut size = sizes.iter().copied().cycle();
     while !done && fed < values.len() {
         if reload_at == Some(fed) {
-            run.reload(only_captured(register(build.clone())));
+            run.reload(only_captured(register(rebuild.clone())));
         }
         let mut n = size.next().expect("cycled").min(values.len() - fed);
         if let Some(r) = reload_at.filter(|&r| r > fed) {
