@@ -134,6 +134,34 @@ macro_rules! ours {
     }};
 }
 
+/// The reference's pieces for `case`: its output list; its source (the case's values, each
+/// counted as it is emitted, and from the reload on, the source's value `reload_at` and
+/// after, the new code's: `NEW_CODE` added, as our second registration's `map` does); what
+/// records a value; and what its end calls on completion (`complete after k`).
+macro_rules! reference {
+    ($case:expr) => {{
+        let case: &Case = $case;
+        let out = Rc::new(RefCell::new(Vec::<String>::new()));
+        let emitted = Rc::new(Cell::new(0u64));
+        let counter = emitted.clone();
+        let (reload_at, seen) = (case.reload_at, emitted.clone());
+        let src = rx::Local::from_iter(case.values.clone())
+            .tap(move |_| counter.set(counter.get() + 1))
+            .map(move |x: u64| {
+                let new = reload_at.is_some_and(|r| seen.get() > r as u64);
+                if new { x + NEW_CODE } else { x }
+            });
+        let sink = out.clone();
+        let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
+        let end = out.clone();
+        let done = move || {
+            end.borrow_mut()
+                .push(format!("complete after {}", emitted.get()))
+        };
+        (out, src, record, done)
+    }};
+}
+
 /// rxRust's output: `ops` (an expression on the observable `o`, with `n` and `v`) between
 /// the optional `take`s, each value's Debug text, then `complete after k` (the values the
 /// source had emitted when the output completed, as `run_feed` says of ours).
@@ -144,25 +172,7 @@ macro_rules! theirs {
         let case: &Case = $case;
         let ($n, $v) = (case.n, case.v);
         let _ = ($n, $v);
-        let out = Rc::new(RefCell::new(Vec::<String>::new()));
-        let emitted = Rc::new(Cell::new(0u64));
-        let counter = emitted.clone();
-        // From the reload on (the source's value `reload_at` and after), the new code's
-        // values: `NEW_CODE` added at the source, as our second registration's `map` does.
-        let (reload_at, seen) = (case.reload_at, emitted.clone());
-        let src = rx::Local::from_iter(case.values.clone())
-            .tap(move |_| counter.set(counter.get() + 1))
-            .map(move |x: u64| {
-                let new = reload_at.is_some_and(|r| seen.get() > r as u64);
-                if new { x + NEW_CODE } else { x }
-            });
-        let end = out.clone();
-        let done = move || {
-            end.borrow_mut()
-                .push(format!("complete after {}", emitted.get()))
-        };
-        let sink = out.clone();
-        let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
+        let (out, src, record, done) = reference!(case);
         match (case.take, case.after) {
             (Some(k), Some(a)) => {
                 let $o = src.take(k as usize);
@@ -472,23 +482,7 @@ fn composed(case: &Case, i: usize, j: usize) -> Outputs {
     );
     #[allow(unused_imports)]
     use rx::{Observable, ObservableFactory};
-    let out = Rc::new(RefCell::new(Vec::<String>::new()));
-    let emitted = Rc::new(Cell::new(0u64));
-    let counter = emitted.clone();
-    let (reload_at, seen) = (case.reload_at, emitted.clone());
-    let src = rx::Local::from_iter(case.values.clone())
-        .tap(move |_| counter.set(counter.get() + 1))
-        .map(move |x: u64| {
-            let new = reload_at.is_some_and(|r| seen.get() > r as u64);
-            if new { x + NEW_CODE } else { x }
-        });
-    let sink = out.clone();
-    let record = move |x: &dyn std::fmt::Debug| sink.borrow_mut().push(format!("{x:?}"));
-    let end = out.clone();
-    let done = move || {
-        end.borrow_mut()
-            .push(format!("complete after {}", emitted.get()))
-    };
+    let (out, src, record, done) = reference!(case);
     match take {
         Some(k) => {
             let o = src.take(k as usize);
@@ -656,16 +650,7 @@ fn the_reference_gives_the_expected_outputs() {
 /// 1024 cases an operator from a fixed seed, so every run checks the same inputs (a failure
 /// is reproducible, never a flake); `PROPTEST_RNG_SEED` picks another seed for exploring.
 fn config() -> ProptestConfig {
-    let seed = std::env::var("PROPTEST_RNG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_126);
-    ProptestConfig {
-        cases: 1024,
-        failure_persistence: None,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
-        ..ProptestConfig::default()
-    }
+    common::fixed_seed(1024, 20_261_126)
 }
 
 proptest! {

@@ -424,16 +424,7 @@ fn the_reference_gives_the_expected_traces() {
 /// 1024 schedules an operator from a fixed seed, so every run checks the same ones (a
 /// failure is reproducible, never a flake); `PROPTEST_RNG_SEED` picks another seed.
 fn config() -> ProptestConfig {
-    let seed = std::env::var("PROPTEST_RNG_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_261_126);
-    ProptestConfig {
-        cases: 1024,
-        failure_persistence: None,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
-        ..ProptestConfig::default()
-    }
+    common::fixed_seed(1024, 20_261_126)
 }
 
 proptest! {

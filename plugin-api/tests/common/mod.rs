@@ -509,3 +509,19 @@ pub fn run_feed(
     out.push(format!("complete after {}", taken.unwrap_or(values.len())));
     out
 }
+
+/// `cases` property cases from a fixed seed (`seed`), so every run checks the same inputs:
+/// a failure is reproducible, never a flake; `PROPTEST_RNG_SEED` picks another seed for
+/// exploring.
+pub fn fixed_seed(cases: u32, seed: u64) -> proptest::test_runner::Config {
+    let seed = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(seed);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        ..proptest::test_runner::Config::default()
+    }
+}
