@@ -67,6 +67,10 @@ struct Case {
     v: u64,
     feed: Feed,
     reload_at: Option<usize>,
+    /// Whether the reload brings new code (`NEW_CODE` added at the source from then on) or
+    /// the same code: the same values before and after it show state lost at the swap (a
+    /// `distinct` that forgot its set), new ones show old code still running.
+    new_code: bool,
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -82,16 +86,20 @@ fn case() -> impl Strategy<Value = Case> {
         10u64..12,
         feed,
         proptest::option::of(0usize..16),
+        any::<bool>(),
     )
-        .prop_map(|(values, take, after, n, v, feed, reload_at)| Case {
-            values,
-            take,
-            after,
-            n,
-            v,
-            feed,
-            reload_at,
-        })
+        .prop_map(
+            |(values, take, after, n, v, feed, reload_at, new_code)| Case {
+                values,
+                take,
+                after,
+                n,
+                v,
+                feed,
+                reload_at,
+                new_code,
+            },
+        )
 }
 
 /// Our output: `ops` (an expression on the chain `c`, with the case's `n` and `v`) between the optional `take`s, logged.
@@ -126,7 +134,7 @@ macro_rules! ours {
         };
         run_feed(
             code(0),
-            code(NEW_CODE),
+            code(if case.new_code { NEW_CODE } else { 0 }),
             &case.values,
             &case.feed,
             case.reload_at,
@@ -144,7 +152,7 @@ macro_rules! reference {
         let out = Rc::new(RefCell::new(Vec::<String>::new()));
         let emitted = Rc::new(Cell::new(0u64));
         let counter = emitted.clone();
-        let (reload_at, seen) = (case.reload_at, emitted.clone());
+        let (reload_at, seen) = (case.reload_at.filter(|_| case.new_code), emitted.clone());
         let src = rx::Local::from_iter(case.values.clone())
             .tap(move |_| counter.set(counter.get() + 1))
             .map(move |x: u64| {
@@ -475,7 +483,7 @@ fn composed(case: &Case, i: usize, j: usize) -> Outputs {
     };
     let ours = run_feed(
         code(0),
-        code(NEW_CODE),
+        code(if case.new_code { NEW_CODE } else { 0 }),
         &case.values,
         &case.feed,
         case.reload_at,
@@ -517,6 +525,7 @@ fn every_pair_of_operators_matches_rxrust() {
             v,
             feed: Feed::Batches(vec![2]),
             reload_at: None,
+            new_code: false,
         })
     })
     .collect();
@@ -555,6 +564,7 @@ fn every_operator_on_the_edge_cases() {
                     v,
                     feed: Feed::Batches(vec![4]),
                     reload_at: None,
+                    new_code: false,
                 });
             }
         }
@@ -579,6 +589,7 @@ fn the_reference_gives_the_expected_outputs() {
         v: 10,
         feed: Feed::OneByOne,
         reload_at: None,
+        new_code: false,
     };
     let cases: [(&str, Case, &[&str]); 12] = [
         (

@@ -148,6 +148,8 @@ fn a_file_restored_with_an_older_time_is_rebuilt() -> anyhow::Result<()> {
     fixture.edit("src/lib.rs", "1u64", "1000u64");
     let v2 = reload_version(&wait_edit_reload(&mut host)?);
     host.wait_emission_from("counter", v2)?;
+    // A total past 3000 by v2's steps, before the restore (the check of `first` below).
+    host.wait_emission("counter", |v| value(v) >= 3000)?;
     assert!(std::fs::metadata(&lib)?.modified()? > original_time);
 
     // Restore the original text with its original (older) time, renamed into place.

@@ -46,10 +46,10 @@ fn combine_latest_keeps_both_latest_values_across_a_reload() -> anyhow::Result<(
     let source = |extra: i64| {
         plugin(&format!(
             r#"    p.pipeline("left_kept", range(2, 3))
-        .combine_latest(interval_ms(20), |a: &u64, b: &u64| a * 1000 + b + {extra})
+        .combine_latest(interval_ms(20), |a: &u64, b: &u64| a * 1_000_000 + b + {extra})
         .log();
     p.pipeline("right_kept", interval_ms(20))
-        .combine_latest(range(7, 8), |a: &u64, b: &u64| a * 1000 + b + {extra})
+        .combine_latest(range(7, 8), |a: &u64, b: &u64| a * 1_000_000 + b + {extra})
         .log();"#
         ))
     };
@@ -58,8 +58,8 @@ fn combine_latest_keeps_both_latest_values_across_a_reload() -> anyhow::Result<(
     let (v1, tracks) = host.wait_loaded()?;
     let paths: Vec<&str> = tracks.iter().map(|t| t.path.as_str()).collect();
     assert!(paths.contains(&"left_kept|0:combine_latest"), "{paths:?}");
-    host.wait_emission("left_kept", |v| value(v) >= 2002)?;
-    host.wait_emission("right_kept", |v| value(v) >= 2007)?;
+    host.wait_emission("left_kept", |v| value(v) >= 2_000_002)?;
+    host.wait_emission("right_kept", |v| value(v) >= 2_000_007)?;
     fixture.write("src/lib.rs", &source(V2));
     let reload = host.wait_reload()?;
     let v2 = reload_version(&reload);
@@ -68,33 +68,36 @@ fn combine_latest_keeps_both_latest_values_across_a_reload() -> anyhow::Result<(
         reset.is_empty() && added.is_empty() && removed.is_empty(),
         "{reload:?}"
     );
-    // left_kept: a * 1000 + b with a = 2 from before the reload, b a tick after it.
+    // left_kept: a * 1,000,000 + b with a = 2 from before the reload, b a tick after it.
     let first = value(&host.wait_emission_from("left_kept", v2)?) - V2;
-    assert_eq!(first / 1000, 2, "the left value 2 was kept: {first}");
+    assert_eq!(first / 1_000_000, 2, "the left value 2 was kept: {first}");
     let last_v1 = host
         .emissions("left_kept")
         .iter()
         .filter(|(v, _)| *v == v1)
-        .map(|(_, x)| value(x) % 1000)
+        .map(|(_, x)| value(x) % 1_000_000)
         .max()
         .expect("v1 emitted");
-    assert!(first % 1000 > last_v1, "a tick after the reload: {first}");
+    assert!(
+        first % 1_000_000 > last_v1,
+        "a tick after the reload: {first}"
+    );
     // right_kept: the right value 7 from before the reload, with a new tick.
     let first_right = value(&host.wait_emission_from("right_kept", v2)?) - V2;
     assert_eq!(
-        first_right % 1000,
+        first_right % 1_000_000,
         7,
         "the right value 7 was kept: {first_right}"
     );
     // Three ticks of v2 each, then every tick once, in order, from v1 into v2.
     host.wait_emission("left_kept", |v| value(v) >= V2 + first + 2)?;
-    host.wait_emission("right_kept", |v| value(v) >= V2 + first_right + 2000)?;
+    host.wait_emission("right_kept", |v| value(v) >= V2 + first_right + 2_000_000)?;
     for (version, x) in host.emissions("right_kept") {
         let x = value(&x) - if version == v2 { V2 } else { 0 };
-        assert_eq!(x % 1000, 7, "{x} (v{version})");
+        assert_eq!(x % 1_000_000, 7, "{x} (v{version})");
     }
-    assert_ticks_in_order(&host, "left_kept", v2, |x| x % 1000);
-    assert_ticks_in_order(&host, "right_kept", v2, |x| x / 1000);
+    assert_ticks_in_order(&host, "left_kept", v2, |x| x % 1_000_000);
+    assert_ticks_in_order(&host, "right_kept", v2, |x| x / 1_000_000);
     host.stop();
     Ok(())
 }
@@ -108,27 +111,27 @@ fn with_latest_from_keeps_its_latest_right_value_across_a_reload() -> anyhow::Re
     let source = |extra: i64| {
         plugin(&format!(
             r#"    p.pipeline("w", interval_ms(20))
-        .with_latest_from(range(7, 8), |a: u64, b: &u64| a * 1000 + b + {extra})
+        .with_latest_from(range(7, 8), |a: u64, b: &u64| a * 1_000_000 + b + {extra})
         .log();"#
         ))
     };
     let fixture = Fixture::new("fan_in_with_latest_from", &source(0));
     let mut host = Harness::start(&fixture.options())?;
     host.wait_loaded()?;
-    host.wait_emission("w", |v| value(v) >= 2007)?;
+    host.wait_emission("w", |v| value(v) >= 2_000_007)?;
     fixture.write("src/lib.rs", &source(V2));
     let reload = host.wait_reload()?;
     let v2 = reload_version(&reload);
     let (_, reset, _, _) = reload_fields(&reload);
     assert!(reset.is_empty(), "{reload:?}");
     let first = value(&host.wait_emission_from("w", v2)?) - V2;
-    assert_eq!(first % 1000, 7, "the right value 7 was kept: {first}");
-    host.wait_emission("w", |v| value(v) >= V2 + first + 2000)?;
+    assert_eq!(first % 1_000_000, 7, "the right value 7 was kept: {first}");
+    host.wait_emission("w", |v| value(v) >= V2 + first + 2_000_000)?;
     for (version, x) in host.emissions("w") {
         let x = value(&x) - if version == v2 { V2 } else { 0 };
-        assert_eq!(x % 1000, 7, "{x} (v{version})");
+        assert_eq!(x % 1_000_000, 7, "{x} (v{version})");
     }
-    assert_ticks_in_order(&host, "w", v2, |x| x / 1000);
+    assert_ticks_in_order(&host, "w", v2, |x| x / 1_000_000);
     host.stop();
     Ok(())
 }

@@ -160,15 +160,19 @@ fn snapshot_counts_states_reloads_and_errors() -> anyhow::Result<()> {
     );
     // Every value v1 logged was counted, whenever the swap came (a count restarted at the
     // swap would hold only the values since; the earlier reading alone could be outrun).
+    // Once a v2 value is logged, every v1 value has been (one thread, in order), and each
+    // was counted before it was logged: a snapshot taken then counts at least as many.
+    host.wait_emission_from("counter", 2)?;
     host.drain();
     let v1_logged = host
         .emissions("counter")
         .iter()
         .filter(|(v, _)| *v == 1)
         .count() as u64;
+    let after = snapshot(addr)?;
     assert!(
-        emissions(&s, "counter|1:scan") >= counted.max(v1_logged),
-        "counts restarted: {v1_logged} logged by v1, {s:#}"
+        emissions(&after, "counter|1:scan") >= counted.max(v1_logged),
+        "counts restarted: {v1_logged} logged by v1, {after:#}"
     );
     // The swapped map's version moved on.
     assert!(
@@ -427,6 +431,11 @@ plugin_api::export_plugin!(register);
     host.wait_loaded()?;
     // A client that never reads its updates: nothing is queued for it, and it slows nobody
     // (the live client below sees the counts rise at full speed).
+    // `done` has run its three values (before that, a delta could carry its count at 0, then
+    // at 3).
+    snapshot_until(addr, "done's three values", EMISSION_TIMEOUT, |s| {
+        emissions(s, "done|0:map") == 3
+    })?;
     let stuck = open_sse(addr, "/api/updates")?;
     let mut updates = open_sse(addr, "/api/updates")?;
     let count = |d: &Value, path: &str| d["counts"][path].as_u64();

@@ -247,7 +247,7 @@ fn a_stuck_user_function_is_reported_and_not_called_swapped() -> anyhow::Result<
     let reports = host
         .history()
         .iter()
-        .filter(|e| matches!(e, HostEvent::Stuck { .. }))
+        .filter(|e| matches!(e, HostEvent::Stuck { pipeline, .. } if pipeline == "spin"))
         .count();
     assert_eq!(reports, 1, "reported once per call");
     Ok(())
